@@ -1,0 +1,453 @@
+/* Knowledge-base retrieval and import over kb_documents.
+ *
+ * Retrieval uses InnoDB FULLTEXT in natural-language mode on a sanitised question: only word tokens
+ * survive, so the boolean-mode operators (+ - ~ * " ( ) @ <>) never reach the parser and the text is a
+ * bound parameter anyway. Fault codes take a separate exact path first (boolean "+E42", the code being
+ * validated as letter+digits), because a symptom guide mentioning many codes must not outrank the section
+ * that is about this one. A customer's model boosts its passages and damps other models'.
+ * Import splits a markdown file into one passage per "## " section and replaces the source's rows in one
+ * transaction, so a re-import is atomic and idempotent. */
+#include "chat_kb.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "chat_common.h"
+#include "chat_log.h"
+#include "chat_util.h"
+
+#define KB_MAX_TERMS 48
+#define KB_MAX_TERM_BYTES 84
+
+/* A byte that belongs to a word: ASCII letters/digits, or part of a valid multi-byte UTF-8 sequence. */
+static size_t word_char_len(const unsigned char *s, size_t avail)
+{
+    if (s[0] < 0x80) return isalnum(s[0]) ? 1 : 0;
+    for (size_t n = 2; n <= 4 && n <= avail; n++)
+        if (chat_utf8_valid((const char *)s, n)) return n;
+    return 0;
+}
+
+/* English function words: with the server's stopword list off (so "hp", "V6" and "E42" stay
+ * searchable), the question's own glue words would otherwise match every passage. Sorted for bsearch. */
+static const char *const STOPWORDS[] = {
+    "a", "about", "all", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can", "could",
+    "did", "do", "does", "for", "from", "get", "give", "had", "has", "have", "hello", "hey", "hi", "how", "i",
+    "if", "in", "into", "is", "it", "its", "just", "know", "let", "like", "me", "mean", "means", "much", "my",
+    "of", "on", "or", "our", "please", "say", "should", "so", "tell", "than", "that", "the", "their", "them",
+    "then", "there", "these", "they", "this", "those", "to", "us", "was", "we", "were", "what", "whats", "when",
+    "where", "which", "who", "why", "will", "with", "would", "you", "your",
+};
+
+static int cmp_stop(const void *key, const void *elem) { return strcmp(key, *(const char *const *)elem); }
+
+static bool is_stopword(const char *w)
+{
+    if (w[0] && !w[1] && !isdigit((unsigned char)w[0])) return true; /* lone letters: "t" of "won't" */
+    return bsearch(w, STOPWORDS, CHAT_ARRAY_LEN(STOPWORDS), sizeof STOPWORDS[0], cmp_stop) != NULL;
+}
+
+char *chat_kb_sanitize(const char *text, size_t max_terms)
+{
+    chat_buf out;
+    chat_buf_init(&out);
+    if (!text) return chat_buf_take(&out);
+    const unsigned char *p = (const unsigned char *)text;
+    size_t len = strlen(text), i = 0, terms = 0;
+    if (max_terms == 0 || max_terms > KB_MAX_TERMS) max_terms = KB_MAX_TERMS;
+    while (i < len && terms < max_terms) {
+        size_t start = i, n;
+        while (i < len && (n = word_char_len(p + i, len - i)) > 0) i += n;
+        size_t wlen = i - start;
+        if (wlen == 0) {
+            i++; /* separator or invalid byte */
+            continue;
+        }
+        if (wlen > KB_MAX_TERM_BYTES) continue;
+        char word[KB_MAX_TERM_BYTES + 1];
+        for (size_t k = 0; k < wlen; k++) word[k] = (char)tolower(p[start + k]);
+        word[wlen] = '\0';
+        if (is_stopword(word)) continue;
+        /* skip duplicates: they only inflate the query */
+        bool dup = false;
+        if (out.len) {
+            const char *q = out.data;
+            while (q && *q) {
+                const char *sp = strchr(q, ' ');
+                size_t ql = sp ? (size_t)(sp - q) : strlen(q);
+                if (ql == wlen && !memcmp(q, word, wlen)) {
+                    dup = true;
+                    break;
+                }
+                q = sp ? sp + 1 : NULL;
+            }
+        }
+        if (dup) continue;
+        if ((out.len && chat_buf_puts(&out, " ")) || chat_buf_append(&out, word, wlen)) {
+            chat_buf_free(&out);
+            return NULL;
+        }
+        terms++;
+    }
+    return chat_buf_take(&out);
+}
+
+int chat_kb_find_fault_code(const char *text, char out[16])
+{
+    if (!text) return 0;
+    for (const char *p = text; *p; p++) {
+        char c = (char)toupper((unsigned char)*p);
+        if (c != 'E' && c != 'P' && c != 'F') continue;
+        if (p > text && isalnum((unsigned char)p[-1])) continue;
+        const char *d = p + 1;
+        if (*d == '-') d++;
+        size_t nd = 0;
+        while (isdigit((unsigned char)d[nd])) nd++;
+        if (nd < 1 || nd > 4 || isalnum((unsigned char)d[nd])) continue;
+        out[0] = c;
+        memcpy(out + 1, d, nd);
+        out[1 + nd] = '\0';
+        return 1;
+    }
+    return 0;
+}
+
+void chat_kb_result_clear(chat_kb_result *r)
+{
+    if (!r) return;
+    for (size_t i = 0; i < r->n; i++) {
+        chat_kb_passage *p = &r->items[i];
+        free(p->source), free(p->title), free(p->agent), free(p->model_id), free(p->body);
+    }
+    free(r->items);
+    memset(r, 0, sizeof *r);
+}
+
+typedef struct collect_ctx {
+    chat_kb_result *out;
+    size_t cap;
+} collect_ctx;
+
+/* Columns: id, source, title, agent, model_id, body, score, raw. Skips ids already collected. */
+static int collect_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    collect_ctx *c = ud;
+    long long id = atoll(v[0]);
+    for (size_t i = 0; i < c->out->n; i++)
+        if (c->out->items[i].id == id) return 0;
+    if (c->out->n == c->cap) return 0;
+    chat_kb_passage *p = &c->out->items[c->out->n];
+    memset(p, 0, sizeof *p);
+    p->id = id;
+    p->source = chat_strdup0(v[1]);
+    p->title = chat_strdup0(v[2]);
+    p->agent = chat_strdup0(v[3]);
+    p->model_id = chat_strdup0(v[4]);
+    p->body = chat_strdup0(v[5]);
+    p->score = v[6] ? atof(v[6]) : 0;
+    double raw = v[7] ? atof(v[7]) : 0;
+    if (!p->source || !p->title || !p->body) {
+        free(p->source), free(p->title), free(p->agent), free(p->model_id), free(p->body);
+        return CHAT_ENOMEM;
+    }
+    if (raw > c->out->top_raw) c->out->top_raw = raw;
+    c->out->n++;
+    return 0;
+}
+
+/* The agent filter keeps the agent's passages and the general (NULL) ones. */
+static const char SQL_FAULT[] =
+    "SELECT id, source, title, agent, model_id, body,"
+    " 100 + MATCH(title, body) AGAINST (? IN BOOLEAN MODE) * (CASE WHEN title LIKE ? THEN 3 ELSE 1 END) AS score,"
+    " 20 AS raw"
+    " FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"
+    " ORDER BY score DESC, id LIMIT ?";
+
+static const char SQL_TEXT[] =
+    "SELECT id, source, title, agent, model_id, body,"
+    " MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)"
+    "   * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
+    "   * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score,"
+    " MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE) AS raw"
+    " FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)"
+    " ORDER BY score DESC, id LIMIT ?";
+
+int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    size_t k = q->k < 1 ? 1 : q->k > 50 ? 50 : q->k;
+    out->items = calloc(k, sizeof *out->items);
+    if (!out->items) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    collect_ctx ctx = {out, k};
+    int rc = 0;
+
+    char code[16];
+    const char *fc = q->fault_code;
+    if (fc && chat_kb_find_fault_code(fc, code)) {
+        char boolean[24], like[24];
+        snprintf(boolean, sizeof boolean, "+%s", code);
+        snprintf(like, sizeof like, "%%%s%%", code);
+        chat_db_param p[] = {CHAT_DB_P_STR(boolean), CHAT_DB_P_STR(like), CHAT_DB_P_STR(boolean),
+                             CHAT_DB_P_INT((long long)k)};
+        rc = chat_db_run(db, SQL_FAULT, p, 4, collect_row, &ctx, NULL, NULL, err, errlen);
+        if (rc) goto fail;
+    }
+
+    if (out->n < k) {
+        char *terms = chat_kb_sanitize(q->question, KB_MAX_TERMS);
+        if (!terms) {
+            rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+            goto fail;
+        }
+        if (terms[0]) {
+            chat_db_param model = q->model_id && *q->model_id ? CHAT_DB_P_STR(q->model_id) : CHAT_DB_P_NULL();
+            chat_db_param agent = q->agent && *q->agent ? CHAT_DB_P_STR(q->agent) : CHAT_DB_P_NULL();
+            chat_db_param t = CHAT_DB_P_STR(terms);
+            chat_db_param p[] = {t, model, model, agent, agent, t, t, CHAT_DB_P_INT((long long)k)};
+            rc = chat_db_run(db, SQL_TEXT, p, 8, collect_row, &ctx, NULL, NULL, err, errlen);
+        }
+        free(terms);
+        if (rc) goto fail;
+    }
+    return 0;
+fail:
+    chat_kb_result_clear(out);
+    return rc;
+}
+
+/* ---- import ---- */
+
+typedef struct front_matter {
+    char title[256];
+    char agent[32];
+    char model[64];
+} front_matter;
+
+static void trim_copy(char *dst, size_t cap, const char *s, size_t n)
+{
+    while (n && isspace((unsigned char)*s)) s++, n--;
+    while (n && isspace((unsigned char)s[n - 1])) n--;
+    if (n >= 2 && ((s[0] == '"' && s[n - 1] == '"') || (s[0] == '\'' && s[n - 1] == '\''))) s++, n -= 2;
+    n = chat_utf8_prefix(s, n, cap - 1);
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+/* Parses an optional "---" front-matter block; returns the offset where the body starts. */
+static size_t parse_front_matter(const char *text, size_t len, front_matter *fm)
+{
+    if (len < 4 || strncmp(text, "---", 3) || (text[3] != '\n' && text[3] != '\r')) return 0;
+    size_t i = text[3] == '\r' ? 5 : 4;
+    while (i < len) {
+        const char *line = text + i;
+        const char *nl = memchr(line, '\n', len - i);
+        size_t ll = nl ? (size_t)(nl - line) : len - i;
+        size_t next = i + ll + (nl ? 1 : 0);
+        if (ll >= 3 && !strncmp(line, "---", 3)) return next;
+        const char *colon = memchr(line, ':', ll);
+        if (colon) {
+            size_t kl = (size_t)(colon - line);
+            const char *val = colon + 1;
+            size_t vl = ll - kl - 1;
+            if (kl == 5 && !strncmp(line, "title", 5)) trim_copy(fm->title, sizeof fm->title, val, vl);
+            else if (kl == 5 && !strncmp(line, "agent", 5)) trim_copy(fm->agent, sizeof fm->agent, val, vl);
+            else if (kl == 5 && !strncmp(line, "model", 5)) trim_copy(fm->model, sizeof fm->model, val, vl);
+        }
+        i = next;
+    }
+    return 0; /* unterminated: treat the whole text as body */
+}
+
+static bool agent_valid(const char *a)
+{
+    return !strcmp(a, "specs") || !strcmp(a, "maintenance") || !strcmp(a, "troubleshooting");
+}
+
+static bool blank(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isspace((unsigned char)s[i])) return false;
+    return true;
+}
+
+static int insert_passage(chat_db *db, const char *source, int no, const front_matter *fm, const char *heading,
+                          size_t hlen, const char *body, size_t blen, char *err, size_t errlen)
+{
+    while (blen && isspace((unsigned char)*body)) body++, blen--;
+    while (blen && isspace((unsigned char)body[blen - 1])) blen--;
+    char title[512];
+    if (heading && hlen) {
+        char h[200];
+        trim_copy(h, sizeof h, heading, hlen);
+        snprintf(title, sizeof title, "%s - %s", fm->title, h);
+    } else {
+        snprintf(title, sizeof title, "%s", fm->title);
+    }
+    size_t tl = chat_utf8_prefix(title, strlen(title), 255);
+    title[tl] = '\0';
+    chat_db_param p[] = {
+        CHAT_DB_P_STR(source),
+        CHAT_DB_P_INT(no),
+        CHAT_DB_P_STR(title),
+        fm->agent[0] ? CHAT_DB_P_STR(fm->agent) : CHAT_DB_P_NULL(),
+        fm->model[0] ? CHAT_DB_P_STR(fm->model) : CHAT_DB_P_NULL(),
+        CHAT_DB_P_STRN(body, blen),
+    };
+    return chat_db_run(db,
+                       "INSERT INTO kb_documents (source, passage_no, title, agent, model_id, body)"
+                       " VALUES (?, ?, ?, ?, ?, ?)",
+                       p, 6, NULL, NULL, NULL, NULL, err, errlen);
+}
+
+/* Agent from the path when the front matter names none: under troubleshooting/, or a file named specs.md
+ * or maintenance.md. */
+static void agent_from_path(const char *source, char *agent, size_t cap)
+{
+    const char *base = strrchr(source, '/');
+    base = base ? base + 1 : source;
+    if (!strncmp(source, "troubleshooting/", 16)) snprintf(agent, cap, "troubleshooting");
+    else if (!strcmp(base, "specs.md")) snprintf(agent, cap, "specs");
+    else if (!strcmp(base, "maintenance.md")) snprintf(agent, cap, "maintenance");
+}
+
+int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_t len, chat_kb_import_stats *stats,
+                        char *err, size_t errlen)
+{
+    if (!source || !*source || strlen(source) > 255)
+        return chat_fail(err, errlen, CHAT_EINVAL, "invalid source name");
+    if (!chat_utf8_valid(text, len)) return chat_fail(err, errlen, CHAT_EINVAL, "%s: not valid UTF-8", source);
+    front_matter fm = {{0}, {0}, {0}};
+    size_t pos = parse_front_matter(text, len, &fm);
+    if (!fm.agent[0]) agent_from_path(source, fm.agent, sizeof fm.agent);
+    if (fm.agent[0] && !agent_valid(fm.agent)) {
+        if (strcmp(fm.agent, "general") && strcmp(fm.agent, "any"))
+            return chat_fail(err, errlen, CHAT_EINVAL, "%s: unknown agent '%s'", source, fm.agent);
+        fm.agent[0] = '\0';
+    }
+    if (!fm.title[0]) snprintf(fm.title, sizeof fm.title, "%s", source);
+
+    int rc = chat_db_begin(db, err, errlen);
+    if (rc) return rc;
+    chat_db_param sp = CHAT_DB_P_STR(source);
+    rc = chat_db_run(db, "DELETE FROM kb_documents WHERE source = ?", &sp, 1, NULL, NULL, NULL, NULL, err, errlen);
+    int no = 0;
+    const char *heading = NULL;
+    size_t hlen = 0, body_start = pos;
+    /* Walk lines; each "## " line closes the previous passage. "# " lines are the document title. */
+    size_t i = pos;
+    while (!rc && i <= len) {
+        const char *line = text + i;
+        const char *nl = i < len ? memchr(line, '\n', len - i) : NULL;
+        size_t ll = nl ? (size_t)(nl - line) : len - i;
+        bool at_end = i >= len;
+        bool h2 = !at_end && ll >= 3 && !strncmp(line, "## ", 3);
+        if (h2 || at_end) {
+            size_t blen = i - body_start;
+            const char *body = text + body_start;
+            /* drop a leading "# Title" line from the intro */
+            if (!heading && blen >= 2 && body[0] == '#' && body[1] == ' ') {
+                const char *e = memchr(body, '\n', blen);
+                size_t skip = e ? (size_t)(e - body) + 1 : blen;
+                body += skip, blen -= skip;
+            }
+            if (!blank(body, blen)) {
+                rc = insert_passage(db, source, no++, &fm, heading, hlen, body, blen, err, errlen);
+            }
+            if (h2) {
+                heading = line + 3, hlen = ll - 3;
+                body_start = i + ll + (nl ? 1 : 0);
+            }
+        }
+        if (at_end) break;
+        i += ll + (nl ? 1 : 0);
+        if (!nl) i = len; /* last line without newline: next iteration closes */
+    }
+    if (rc) {
+        chat_db_rollback(db);
+        return rc;
+    }
+    rc = chat_db_commit(db, err, errlen);
+    if (rc) return rc;
+    if (stats) stats->files++, stats->passages += no;
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int import_walk(chat_db *db, const char *root, const char *rel, chat_kb_import_stats *stats, int depth,
+                       char *err, size_t errlen)
+{
+    if (depth > 16) return 0;
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s%s%s", root, rel[0] ? "/" : "", rel);
+    DIR *d = opendir(dir);
+    if (!d) return chat_fail(err, errlen, CHAT_ERR, "cannot open %s: %s", dir, strerror(errno));
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 32;
+            char **nn = realloc(names, cap * sizeof *nn);
+            if (!nn) {
+                rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+                break;
+            }
+            names = nn;
+        }
+        if (!(names[n] = strdup(e->d_name))) {
+            rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+            break;
+        }
+        n++;
+    }
+    closedir(d);
+    if (names) qsort(names, n, sizeof *names, cmp_str);
+    for (size_t i = 0; i < n && !rc; i++) {
+        char relpath[4096], full[8192];
+        snprintf(relpath, sizeof relpath, "%s%s%s", rel, rel[0] ? "/" : "", names[i]);
+        snprintf(full, sizeof full, "%s/%s", root, relpath);
+        struct stat st;
+        if (stat(full, &st)) continue;
+        if (S_ISDIR(st.st_mode)) {
+            rc = import_walk(db, root, relpath, stats, depth + 1, err, errlen);
+        } else if (S_ISREG(st.st_mode) && strlen(names[i]) > 3 && !strcmp(names[i] + strlen(names[i]) - 3, ".md")) {
+            if (!strcmp(names[i], "README.md")) continue;
+            FILE *f = fopen(full, "rb");
+            if (!f) {
+                rc = chat_fail(err, errlen, CHAT_ERR, "cannot read %s", relpath);
+                break;
+            }
+            chat_buf b;
+            chat_buf_init(&b);
+            char tmp[8192];
+            size_t got;
+            while ((got = fread(tmp, 1, sizeof tmp, f)) > 0)
+                if (chat_buf_append(&b, tmp, got)) break;
+            fclose(f);
+            rc = chat_kb_import_text(db, relpath, b.data ? b.data : "", b.len, stats, err, errlen);
+            chat_buf_free(&b);
+        }
+    }
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+    return rc;
+}
+
+/* InnoDB keeps deleted rows in its full-text statistics until the index is optimised, so repeated
+ * re-imports would slowly skew ranking; a bulk import ends by rebuilding it. */
+int chat_kb_import_dir(chat_db *db, const char *dir, chat_kb_import_stats *stats, char *err, size_t errlen)
+{
+    int rc = import_walk(db, dir, "", stats, 0, err, errlen);
+    if (rc) return rc;
+    static const char optimize[] = "OPTIMIZE TABLE kb_documents";
+    return chat_db_exec_script(db, optimize, sizeof optimize - 1, err, errlen);
+}

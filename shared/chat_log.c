@@ -1,0 +1,51 @@
+/* stderr logging: one formatted line per call, written with a single write(2) so lines from threads
+ * and processes sharing a log file never interleave. */
+#include "chat_log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static char log_program[32] = "chat";
+static int log_level = CHAT_LOG_INFO;
+
+void chat_log_init(const char *program, int level)
+{
+    snprintf(log_program, sizeof log_program, "%s", program ? program : "chat");
+    log_level = level;
+    const char *env = getenv("CHAT_LOG_LEVEL");
+    if (env) {
+        if (!strcasecmp(env, "debug")) log_level = CHAT_LOG_DEBUG;
+        else if (!strcasecmp(env, "info")) log_level = CHAT_LOG_INFO;
+        else if (!strcasecmp(env, "warn")) log_level = CHAT_LOG_WARN;
+        else if (!strcasecmp(env, "error")) log_level = CHAT_LOG_ERROR;
+    }
+}
+
+void chat_log(int level, const char *fmt, ...)
+{
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    if (level < log_level) return;
+    if (level < 0 || level > CHAT_LOG_ERROR) level = CHAT_LOG_ERROR;
+    char line[1024];
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] %s: ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000),
+                     log_program, (int)getpid(), names[level]);
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : ((size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m : sizeof line - (size_t)n - 2));
+    line[len++] = '\n';
+    ssize_t w = write(STDERR_FILENO, line, len);
+    (void)w;
+}

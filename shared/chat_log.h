@@ -1,0 +1,19 @@
+/* Logging to stderr, one line per event: time, level, program, message.
+ *
+ * Policy (a security property, not a style): no JWT, API key, password or chat text is ever passed to
+ * these functions. Log ids, sizes, codes and durations instead. Thread-safe (one write(2) per line). */
+#ifndef CHAT_LOG_H
+#define CHAT_LOG_H
+
+enum { CHAT_LOG_DEBUG = 0, CHAT_LOG_INFO = 1, CHAT_LOG_WARN = 2, CHAT_LOG_ERROR = 3 };
+
+/* Sets the program name and minimum level (CHAT_LOG_LEVEL=debug|info|warn|error overrides level). */
+void chat_log_init(const char *program, int level);
+void chat_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define chat_log_debug(...) chat_log(CHAT_LOG_DEBUG, __VA_ARGS__)
+#define chat_log_info(...) chat_log(CHAT_LOG_INFO, __VA_ARGS__)
+#define chat_log_warn(...) chat_log(CHAT_LOG_WARN, __VA_ARGS__)
+#define chat_log_error(...) chat_log(CHAT_LOG_ERROR, __VA_ARGS__)
+
+#endif

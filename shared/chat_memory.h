@@ -1,0 +1,46 @@
+/* Conversation memory in MariaDB: sessions owned by users, and their turns.
+ *
+ * A session belongs to the user (JWT sub) who created it; every function that takes a session id and a
+ * user checks ownership and answers CHAT_EFORBIDDEN for anybody else, without revealing the history.
+ * A turn (user message + assistant answer) is keyed by a request id, so a retried request is stored
+ * once. All functions run on the caller's thread with the caller's chat_db. */
+#ifndef CHAT_MEMORY_H
+#define CHAT_MEMORY_H
+
+#include <stddef.h>
+
+#include "chat_db.h"
+
+#define CHAT_SESSION_ID_MAX 64
+
+typedef struct chat_turn {
+    char *role;    /* "user" or "assistant" */
+    char *content;
+} chat_turn;
+
+typedef struct chat_history {
+    chat_turn *items; /* oldest first */
+    size_t n;
+} chat_history;
+
+/* Opens requested_id for user_id, creating it when unknown; with requested_id NULL or empty, creates a
+ * new session with a UUID. out_id receives the session id. Returns 0, CHAT_EFORBIDDEN (owned by
+ * another user), CHAT_EINVAL (malformed id) or CHAT_EDB. created (may be NULL) is set to 1 when new. */
+int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
+                     char out_id[CHAT_SESSION_ID_MAX + 1], int *created, char *err, size_t errlen);
+
+/* The last max_turns turns (2 messages each) of the session, oldest first. Caller clears out. */
+int chat_memory_history(chat_db *db, const char *session_id, int max_turns, chat_history *out, char *err,
+                        size_t errlen);
+void chat_history_clear(chat_history *h);
+
+/* Stores one turn idempotently (request_id unique within the session). metadata_json may be NULL. */
+int chat_memory_store_turn(chat_db *db, const char *session_id, const char *request_id, const char *user_text,
+                           const char *assistant_text, const char *metadata_json, char *err, size_t errlen);
+
+/* The session's messages as a JSON text {"session_id":..., "messages":[{"role","content","created_at",
+ * "metadata"?}...]} for its owner. Caller frees *json. CHAT_ENOTFOUND, CHAT_EFORBIDDEN or CHAT_EDB. */
+int chat_memory_messages_json(chat_db *db, const char *user_id, const char *session_id, char **json, char *err,
+                              size_t errlen);
+
+#endif

@@ -1,0 +1,56 @@
+/* The JSON protocol of the spec (json-c): parse client frames, build server frames.
+ *
+ * Builders return a NUL-terminated JSON text the caller frees, or NULL on out of memory. The parser
+ * validates shape and sizes so that front ends only dispatch. */
+#ifndef CHAT_PROTO_H
+#define CHAT_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "chat_jwt.h"
+
+/* Error codes of the protocol (the spec's three plus the ones it leaves implicit). */
+#define CHAT_CODE_AUTH_REQUIRED "AUTH_REQUIRED"
+#define CHAT_CODE_EMPTY_MESSAGE "EMPTY_MESSAGE"
+#define CHAT_CODE_PROCESSING_ERROR "PROCESSING_ERROR"
+#define CHAT_CODE_INVALID_JSON "INVALID_JSON"
+#define CHAT_CODE_UNKNOWN_TYPE "UNKNOWN_TYPE"
+#define CHAT_CODE_MESSAGE_TOO_LONG "MESSAGE_TOO_LONG"
+#define CHAT_CODE_SESSION_FORBIDDEN "SESSION_FORBIDDEN"
+#define CHAT_CODE_RATE_LIMITED "RATE_LIMITED"
+#define CHAT_CODE_OVERLOADED "OVERLOADED"
+#define CHAT_CODE_INVALID_REQUEST "INVALID_REQUEST" /* a field of the wrong type or format */
+
+typedef enum { CHAT_IN_AUTH = 1, CHAT_IN_MESSAGE, CHAT_IN_CANCEL, CHAT_IN_PING } chat_in_type;
+
+typedef struct chat_in {
+    chat_in_type type;
+    char *token;       /* auth */
+    char *message;     /* message: trimmed text, never empty when parse succeeded */
+    char *session_id;  /* optional, validated with chat_id_valid */
+    char *customer_id; /* optional, validated with chat_id_valid */
+    bool partial;      /* message: send partial_response with tokens (default true) */
+} chat_in;
+
+/* Parses one client frame. On success returns 0 and fills in (free with chat_in_clear).
+ * On failure returns CHAT_EINVAL and sets *code to one of the CHAT_CODE_* strings and err to the
+ * client-facing message. max_message_bytes bounds the "message" field (MESSAGE_TOO_LONG). */
+int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, chat_in *in, const char **code,
+                     char *err, size_t errlen);
+void chat_in_clear(chat_in *in);
+
+char *chat_proto_auth_success(const chat_user *user);
+char *chat_proto_auth_error(const char *message);
+char *chat_proto_progress(const char *step); /* message text chosen per step */
+char *chat_proto_progress_msg(const char *step, const char *message);
+/* partial may be NULL: the field is then omitted (client opted out). */
+char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len);
+/* metadata_json is a JSON object text (from the pipeline); embedded as an object, not a string. */
+char *chat_proto_complete(const char *response, const char *session_id, const char *metadata_json);
+char *chat_proto_error(const char *message, const char *code);
+
+/* {"error": message, "code": code} for REST. */
+char *chat_proto_rest_error(const char *message, const char *code);
+
+#endif

@@ -1,0 +1,166 @@
+/* Byte buffers, UUIDs, UTF-8 checks and clocks. The UTF-8 validator follows RFC 3629 table 3-7
+ * byte ranges, so overlongs and surrogates are rejected without decoding. */
+#include "chat_util.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "chat_common.h"
+
+void chat_buf_init(chat_buf *b) { b->data = NULL, b->len = 0, b->cap = 0; }
+
+void chat_buf_free(chat_buf *b)
+{
+    free(b->data);
+    chat_buf_init(b);
+}
+
+void chat_buf_reset(chat_buf *b)
+{
+    b->len = 0;
+    if (b->data) b->data[0] = '\0';
+}
+
+static int buf_reserve(chat_buf *b, size_t extra)
+{
+    if (b->len + extra + 1 <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + extra + 1) {
+        if (cap > SIZE_MAX / 2) return CHAT_ENOMEM;
+        cap *= 2;
+    }
+    char *p = realloc(b->data, cap);
+    if (!p) return CHAT_ENOMEM;
+    b->data = p, b->cap = cap;
+    return 0;
+}
+
+int chat_buf_append(chat_buf *b, const void *data, size_t len)
+{
+    if (buf_reserve(b, len)) return CHAT_ENOMEM;
+    if (len) memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+int chat_buf_puts(chat_buf *b, const char *s) { return chat_buf_append(b, s, strlen(s)); }
+
+int chat_buf_printf(chat_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) return CHAT_ERR;
+    if (buf_reserve(b, (size_t)n)) return CHAT_ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+char *chat_buf_take(chat_buf *b)
+{
+    char *p = b->data;
+    if (!p) p = calloc(1, 1);
+    chat_buf_init(b);
+    return p;
+}
+
+int chat_uuid4(char out[37])
+{
+    unsigned char r[16];
+    size_t got = 0;
+    while (got < sizeof r) {
+        ssize_t n = getrandom(r + got, sizeof r - got, 0);
+        if (n < 0) return CHAT_ERR;
+        got += (size_t)n;
+    }
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2],
+             r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
+    return 0;
+}
+
+/* Length of the valid UTF-8 sequence at s (1..4), 0 when invalid or cut by the end. */
+static size_t utf8_seq(const unsigned char *s, size_t avail)
+{
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c == 0xE0) n = 3, lo = 0xA0;
+    else if (c == 0xED) n = 3, hi = 0x9F;
+    else if (c >= 0xE1 && c <= 0xEF) n = 3;
+    else if (c == 0xF0) n = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) n = 4;
+    else if (c == 0xF4) n = 4, hi = 0x8F;
+    else return 0;
+    if (avail < n) return 0;
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    return n;
+}
+
+bool chat_utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < len) {
+        size_t n = utf8_seq(p + i, len - i);
+        if (!n) return false;
+        i += n;
+    }
+    return true;
+}
+
+size_t chat_utf8_prefix(const char *s, size_t len, size_t max)
+{
+    if (len <= max) return len;
+    size_t i = max;
+    /* step back over continuation bytes to the start of the cut sequence */
+    while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80) i--;
+    return i;
+}
+
+int64_t chat_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t chat_now_ms(void) { return chat_now_us() / 1000; }
+
+bool chat_id_valid(const char *s)
+{
+    if (!s) return false;
+    size_t n = 0;
+    for (; s[n]; n++) {
+        unsigned char c = (unsigned char)s[n];
+        if (!(isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
+        if (n >= 64) return false;
+    }
+    return n > 0;
+}
+
+const char *chat_strcasestr(const char *hay, const char *needle)
+{
+    size_t n = strlen(needle);
+    if (!n) return hay;
+    for (; *hay; hay++)
+        if (strncasecmp(hay, needle, n) == 0) return hay;
+    return NULL;
+}
+
+char *chat_strdup0(const char *s) { return s ? strdup(s) : NULL; }

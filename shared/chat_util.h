@@ -1,0 +1,46 @@
+/* Small utilities every module needs: a growable byte buffer, UUIDs, UTF-8 validation, monotonic time.
+ * No allocation failures are ignored: chat_buf functions return CHAT_ENOMEM and leave the buffer valid. */
+#ifndef CHAT_UTIL_H
+#define CHAT_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct chat_buf {
+    char *data; /* always NUL-terminated when len > 0 or after any append */
+    size_t len;
+    size_t cap;
+} chat_buf;
+
+void chat_buf_init(chat_buf *b);
+void chat_buf_free(chat_buf *b); /* releases memory; the buffer is reusable (empty) afterwards */
+void chat_buf_reset(chat_buf *b); /* len = 0, keeps capacity */
+int chat_buf_append(chat_buf *b, const void *data, size_t len);
+int chat_buf_puts(chat_buf *b, const char *s);
+int chat_buf_printf(chat_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Hands the data to the caller (caller frees; never NULL unless out of memory) and empties b. */
+char *chat_buf_take(chat_buf *b);
+
+/* Random version-4 UUID, 36 chars + NUL, from the OS CSPRNG. Returns 0 or CHAT_ERR. */
+int chat_uuid4(char out[37]);
+
+/* True when [s, s+len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+bool chat_utf8_valid(const char *s, size_t len);
+/* Length of the longest prefix of s (at most max bytes) that does not cut a UTF-8 sequence. */
+size_t chat_utf8_prefix(const char *s, size_t len, size_t max);
+
+/* Monotonic clock in milliseconds / microseconds. */
+int64_t chat_now_ms(void);
+int64_t chat_now_us(void);
+
+/* Identifier check for session and customer ids: 1..64 chars of [A-Za-z0-9._:-]. */
+bool chat_id_valid(const char *s);
+
+/* Case-insensitive ASCII substring search; NULL when absent. */
+const char *chat_strcasestr(const char *hay, const char *needle);
+
+/* strdup that returns NULL for NULL. */
+char *chat_strdup0(const char *s);
+
+#endif

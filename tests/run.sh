@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs the test suite: unit tests (cmocka) against a private MariaDB, then end-to-end tests against the
+# real stack started on test ports with its own data folder (var/test), so a `make run` stack on the same
+# machine is never touched. Usage: tests/run.sh [all|unit|e2e]
+# Ends with one summary line "N passed, N failed" (counted from every cmocka program and script).
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+MODE=${1:-all}
+export CHAT_ROOT=$ROOT
+export CHAT_VAR=$ROOT/var/test
+export CHAT_DB_SOCKET=$CHAT_VAR/run/mariadb.sock CHAT_DB_USER=root CHAT_DB_PASSWORD= CHAT_DB_NAME=chat_test
+export CHAT_LOG_LEVEL=${CHAT_LOG_LEVEL:-warn}
+unset OPENROUTER_API_KEY LLM_BASE_URL LLM_API_KEY LLM_MODEL CHAT_LLM_PROVIDER JWT_SECRET
+mkdir -p "$CHAT_VAR/log"
+
+passed=0; failed=0; failed_names=()
+record() { # name passed failed
+  passed=$((passed + $2)); failed=$((failed + $3))
+  [ "$3" -gt 0 ] && failed_names+=("$1")
+}
+
+# Runs one cmocka program and counts its results from cmocka's closing lines.
+run_cmocka() {
+  local t=$1 name; name=$(basename "$t")
+  local log=$CHAT_VAR/log/$name.out
+  echo "== $name"
+  timeout "${TEST_TIMEOUT:-300}" "$t" >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  local p f
+  p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
+  f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
+  p=${p:-0}; f=${f:-0}
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "!! $name exited with $rc"; fi
+  record "$name" "$p" "$f"
+}
+
+cleanup() {
+  [ "${STACK_STARTED:-0}" = 1 ] && bash deploy/stack.sh stop >/dev/null 2>&1
+  bash deploy/mariadb.sh stop >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+bash deploy/mariadb.sh start || { echo "0 passed, 1 failed"; exit 1; }
+
+if [ "$MODE" = all ] || [ "$MODE" = unit ]; then
+  for t in build/tests/unit/test_*; do
+    [ -x "$t" ] && run_cmocka "$t"
+  done
+fi
+
+if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
+  for s in tests/e2e/*.sh; do
+    [ -f "$s" ] || continue
+    echo "== $(basename "$s")"
+    if bash "$s"; then record "$(basename "$s")" 1 0; else record "$(basename "$s")" 0 1; fi
+  done
+fi
+
+echo
+[ ${#failed_names[@]} -gt 0 ] && echo "failing: ${failed_names[*]}"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,291 @@
+/* Knowledge base against the real private MariaDB: schema and migrations, import and idempotent
+ * re-import, ranking on the sample knowledge base, hostile inputs, admin edits visible after COMMIT,
+ * and a server restart in the middle of a run. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "chat_common.h"
+#include "chat_kb.h"
+#include "chat_util.h"
+#include "testutil.h"
+
+static chat_db *db; /* the sample knowledge base, shared by the read-only tests */
+
+static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
+    return 0;
+}
+
+static long long count_sql(chat_db *d, const char *sql)
+{
+    long long n = -1;
+    char err[256];
+    assert_int_equal(chat_db_run(d, sql, NULL, 0, count_row, &n, NULL, NULL, err, sizeof err), 0);
+    return n;
+}
+
+static int setup_sample(void **state)
+{
+    db = testutil_db_fresh("kb", TESTUTIL_SAMPLE);
+    return 0;
+}
+
+static int teardown_sample(void **state)
+{
+    chat_db_free(db);
+    return 0;
+}
+
+static void test_sample_loaded(void **state)
+{
+    assert_true(count_sql(db, "SELECT COUNT(*) FROM kb_documents") >= 60);
+    assert_true(count_sql(db, "SELECT COUNT(DISTINCT model_id) FROM kb_documents WHERE agent = 'specs'") >= 6);
+    assert_true(count_sql(db, "SELECT COUNT(*) FROM kb_documents WHERE agent IS NULL") > 0);
+    assert_true(count_sql(db, "SELECT COUNT(*) FROM customers") >= 10);
+}
+
+static void test_migrations(void **state)
+{
+    /* A fresh database, then a migration folder with two numbered files: applied once, in order. */
+    chat_db *d = testutil_db_fresh("kb_migrate", TESTUTIL_SCHEMA);
+    char dir[] = "/tmp/chat-migrations-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/010_second.sql", dir);
+    FILE *f = fopen(path, "w");
+    fputs("ALTER TABLE t_mig ADD COLUMN IF NOT EXISTS b INT NOT NULL DEFAULT 7;\n", f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/002_first.sql", dir);
+    f = fopen(path, "w");
+    fputs("CREATE TABLE t_mig (a INT);\nINSERT INTO t_mig (a) VALUES (1);\n", f);
+    fclose(f);
+    char err[512], schema[1024];
+    snprintf(schema, sizeof schema, "%s", testutil_path("sql/schema.sql"));
+    int version = 0;
+    assert_int_equal(chat_db_migrate(d, schema, dir, &version, err, sizeof err), 0);
+    assert_int_equal(version, 10);
+    assert_int_equal(count_sql(d, "SELECT SUM(b) FROM t_mig"), 7);
+    /* again: nothing re-applied (the INSERT would add a row) */
+    assert_int_equal(chat_db_migrate(d, schema, dir, &version, err, sizeof err), 0);
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM t_mig"), 1);
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM schema_version"), 3);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/010_second.sql", dir);
+    unlink(path);
+    rmdir(dir);
+    chat_db_free(d);
+}
+
+static void test_import_idempotent(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_import", TESTUTIL_SCHEMA);
+    const char *doc = "---\ntitle: Test Boat Specs\nagent: specs\nmodel: test-1\n---\n# Test Boat\nIntro line.\n"
+                      "## Engine\nThe Test Boat has 99 hp.\n## Hull\nThe hull is blue.\n";
+    char err[256];
+    chat_kb_import_stats st = {0, 0};
+    assert_int_equal(chat_kb_import_text(d, "test/specs.md", doc, strlen(doc), &st, err, sizeof err), 0);
+    assert_int_equal(st.passages, 3);
+    assert_int_equal(chat_kb_import_text(d, "test/specs.md", doc, strlen(doc), &st, err, sizeof err), 0);
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM kb_documents"), 3);
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM kb_documents WHERE title = 'Test Boat Specs - Engine'"
+                                  " AND agent = 'specs' AND model_id = 'test-1'"),
+                     1);
+    /* a shorter new version replaces the old rows */
+    const char *v2 = "---\ntitle: Test Boat Specs\n---\n## Engine\nNow 120 hp.\n";
+    assert_int_equal(chat_kb_import_text(d, "test/specs.md", v2, strlen(v2), &st, err, sizeof err), 0);
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM kb_documents"), 1);
+    /* agent from the path when the front matter has none */
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM kb_documents WHERE agent = 'specs'"), 1);
+    /* invalid UTF-8 and unknown agents are refused, and the previous rows stay */
+    const char bad[] = "## X\nbad \xff\xfe bytes\n";
+    assert_int_equal(chat_kb_import_text(d, "test/specs.md", bad, strlen(bad), &st, err, sizeof err), CHAT_EINVAL);
+    const char *badagent = "---\nagent: sales\n---\n## X\ntext\n";
+    assert_int_equal(chat_kb_import_text(d, "test/specs.md", badagent, strlen(badagent), &st, err, sizeof err),
+                     CHAT_EINVAL);
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM kb_documents"), 1);
+    chat_db_free(d);
+}
+
+static void test_reimport_sample_dir(void **state)
+{
+    long long before = count_sql(db, "SELECT COUNT(*) FROM kb_documents");
+    char err[256];
+    chat_kb_import_stats st = {0, 0};
+    assert_int_equal(chat_kb_import_dir(db, testutil_path("sql/kb"), &st, err, sizeof err), 0);
+    assert_int_equal(st.passages, before);
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_documents"), before);
+}
+
+/* The right document first for each realistic question of tests/data/kb_ranking.tsv. */
+static void test_ranking(void **state)
+{
+    char *tsv = testutil_read_file(testutil_path("tests/data/kb_ranking.tsv"), NULL);
+    assert_non_null(tsv);
+    int total = 0, good = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(tsv, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#' || !line[0]) continue;
+        char *tab = strchr(line, '\t');
+        assert_non_null(tab);
+        *tab = '\0';
+        const char *expected = line, *question = tab + 1;
+        char code[16];
+        chat_kb_query q = {.question = question, .k = 3};
+        if (chat_kb_find_fault_code(question, code)) q.fault_code = code;
+        chat_kb_result r;
+        char err[256];
+        assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), 0);
+        total++;
+        if (r.n && !strcmp(r.items[0].source, expected)) good++;
+        else print_message("ranking miss: %s -> %s (expected %s)\n", question, r.n ? r.items[0].source : "-", expected);
+        chat_kb_result_clear(&r);
+    }
+    free(tsv);
+    print_message("ranking: %d/%d first\n", good, total);
+    assert_true(total >= 25);
+    assert_true(good * 100 >= total * 90);
+}
+
+static void test_short_tokens_and_codes(void **state)
+{
+    static const struct {
+        const char *question;
+        const char *must_contain; /* in the top passage's title or body */
+    } cases[] = {
+        {"V6", "V6"},
+        {"hp", "hp"},
+        {"E42", "E42"},
+        {"what does e42 mean", "E42"},
+        {"fault E-42", "E42"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        char code[16];
+        chat_kb_query q = {.question = cases[i].question, .k = 3};
+        if (chat_kb_find_fault_code(cases[i].question, code)) q.fault_code = code;
+        chat_kb_result r;
+        char err[256];
+        assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), 0);
+        assert_true(r.n > 0);
+        assert_true(strstr(r.items[0].body, cases[i].must_contain) || strstr(r.items[0].title, cases[i].must_contain));
+        chat_kb_result_clear(&r);
+    }
+}
+
+static void test_hostile_inputs(void **state)
+{
+    char *big = malloc(10 * 1024 + 1);
+    for (int i = 0; i < 10 * 1024; i++) big[i] = "abc (+*~\"' OR 1=1 -- "[i % 21];
+    big[10 * 1024] = '\0';
+    const char *inputs[] = {
+        "C++", "foo@bar.com", "*", "+", "~", "(((", "' OR 1=1 --", "\"unterminated", "-engine +power", "@distance 3",
+        "🚤🚤🚤 engine", "发动机功率是多少", "\xff\xfe\xfd invalid \xc3\x28 utf8", "", "   ", "%", "_", "\\", big,
+        "a' UNION SELECT password FROM mysql.user --", "MATCH(title) AGAINST('x')", "E", "E12345",
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(inputs); i++) {
+        char code[16];
+        chat_kb_query q = {.question = inputs[i], .k = 5, .agent = (i % 2) ? "specs" : NULL};
+        if (chat_kb_find_fault_code(inputs[i], code)) q.fault_code = code;
+        chat_kb_result r;
+        char err[256] = "";
+        int rc = chat_kb_search(db, &q, &r, err, sizeof err);
+        if (rc) fail_msg("input %zu gave an error: %s", i, err);
+        assert_true(r.n <= 5);
+        chat_kb_result_clear(&r);
+    }
+    free(big);
+    /* the sanitised query never contains an operator */
+    char *s = chat_kb_sanitize("+a -b ~c \"d\" (e) f* <g> @3 h", 0);
+    assert_non_null(s);
+    assert_null(strpbrk(s, "+-~\"()*<>@"));
+    free(s);
+}
+
+static void test_fault_code_parse(void **state)
+{
+    static const struct {
+        const char *text;
+        const char *code; /* NULL = none */
+    } cases[] = {
+        {"what does E42 mean", "E42"}, {"e42?", "E42"},   {"code E-7 shows", "E7"}, {"P0300 misfire", "P0300"},
+        {"HE42 is not one", NULL},     {"E12345", NULL},  {"no code here", NULL},   {"E", NULL},
+        {"E42x", NULL},                {"(E88)", "E88"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        char out[16];
+        int found = chat_kb_find_fault_code(cases[i].text, out);
+        if (cases[i].code) {
+            assert_int_equal(found, 1);
+            assert_string_equal(out, cases[i].code);
+        } else {
+            assert_int_equal(found, 0);
+        }
+    }
+}
+
+static int top_is(chat_db *d, const char *question, const char *source)
+{
+    chat_kb_query q = {.question = question, .k = 1};
+    chat_kb_result r;
+    char err[256];
+    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    int yes = r.n && !strcmp(r.items[0].source, source);
+    chat_kb_result_clear(&r);
+    return yes;
+}
+
+/* An admin's INSERT/UPDATE/DELETE with plain SQL is visible to the very next search after COMMIT. */
+static void test_admin_edits_visible(void **state)
+{
+    chat_config cfg = testutil_config("kb");
+    chat_db *admin = chat_db_new(&cfg);
+    testutil_sql(admin, "START TRANSACTION;"
+                        "INSERT INTO kb_documents (source, title, agent, body) VALUES ('admin/new.md',"
+                        " 'Zanzibar dock etiquette', NULL, 'Quixotic flamingos moor at the zanzibar dock.');"
+                        "COMMIT;");
+    assert_true(top_is(db, "zanzibar flamingos", "admin/new.md"));
+    testutil_sql(admin, "UPDATE kb_documents SET body = 'Renamed to the xylophone pier.' WHERE source = 'admin/new.md';"
+                        "COMMIT;");
+    assert_true(top_is(db, "xylophone pier", "admin/new.md"));
+    assert_false(top_is(db, "flamingos", "admin/new.md"));
+    testutil_sql(admin, "DELETE FROM kb_documents WHERE source = 'admin/new.md'; COMMIT;");
+    assert_false(top_is(db, "xylophone pier", "admin/new.md"));
+    chat_db_free(admin);
+}
+
+/* The server restarts under a live connection: the next call reconnects; while down, a clear error. */
+static void test_restart_mid_run(void **state)
+{
+    assert_true(top_is(db, "Seawind 250 engine power", "seawind-250/specs.md"));
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "bash %s stop >/dev/null 2>&1", testutil_path("deploy/mariadb.sh"));
+    assert_int_equal(system(cmd), 0);
+    chat_kb_query q = {.question = "engine power", .k = 1};
+    chat_kb_result r;
+    char err[256] = "";
+    assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), CHAT_EDB);
+    assert_non_null(strstr(err, "unavailable"));
+    snprintf(cmd, sizeof cmd, "bash %s start >/dev/null 2>&1", testutil_path("deploy/mariadb.sh"));
+    assert_int_equal(system(cmd), 0);
+    assert_true(top_is(db, "Seawind 250 engine power", "seawind-250/specs.md"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sample_loaded),      cmocka_unit_test(test_migrations),
+        cmocka_unit_test(test_import_idempotent),  cmocka_unit_test(test_reimport_sample_dir),
+        cmocka_unit_test(test_ranking),            cmocka_unit_test(test_short_tokens_and_codes),
+        cmocka_unit_test(test_hostile_inputs),     cmocka_unit_test(test_fault_code_parse),
+        cmocka_unit_test(test_admin_edits_visible), cmocka_unit_test(test_restart_mid_run),
+    };
+    return cmocka_run_group_tests(tests, setup_sample, teardown_sample);
+}

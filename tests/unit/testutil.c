@@ -1,0 +1,36 @@
+/* Test helpers that need no database. */
+#include "testutil.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_util.h"
+
+const char *testutil_root(void)
+{
+    const char *r = getenv("CHAT_ROOT");
+    return r && *r ? r : ".";
+}
+
+const char *testutil_path(const char *rel)
+{
+    static char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s/%s", testutil_root(), rel);
+    return buf;
+}
+
+char *testutil_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    chat_buf b;
+    chat_buf_init(&b);
+    char tmp[8192];
+    size_t n;
+    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) chat_buf_append(&b, tmp, n);
+    fclose(f);
+    if (len) *len = b.len;
+    return chat_buf_take(&b);
+}

@@ -1,0 +1,32 @@
+/* Helpers shared by the cmocka tests: the repository root, files, and fresh databases on the private
+ * test MariaDB that tests/run.sh starts (CHAT_DB_SOCKET etc. in the environment). */
+#ifndef TESTUTIL_H
+#define TESTUTIL_H
+
+#include <stddef.h>
+
+#include "chat_config.h"
+#include "chat_db.h"
+
+/* Repository root: $CHAT_ROOT, else the current directory. */
+const char *testutil_root(void);
+/* root-relative path into a static buffer (valid until the next call). */
+const char *testutil_path(const char *rel);
+/* Whole file, NUL-terminated; caller frees; NULL when unreadable. */
+char *testutil_read_file(const char *path, size_t *len);
+
+/* Configuration from the environment with the database name set to "chat_t_<name>". */
+chat_config testutil_config(const char *name);
+
+enum {
+    TESTUTIL_SCHEMA = 1,  /* sql/schema.sql and migrations */
+    TESTUTIL_SAMPLE = 2,  /* + sql/sample_data.sql, sql/classifier_terms.sql and the sql/kb import */
+};
+/* Drops and re-creates database chat_t_<name>, applies what flags ask; fails the test on error.
+ * Caller frees with chat_db_free. */
+chat_db *testutil_db_fresh(const char *name, int flags);
+
+/* Runs a trusted SQL text on db; fails the test on error. */
+void testutil_sql(chat_db *db, const char *sql);
+
+#endif

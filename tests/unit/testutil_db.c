@@ -1,0 +1,61 @@
+/* Test helpers for fresh databases on the private test server: each test program gets its own
+ * database (chat_t_<name>) so programs never see each other's rows. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_kb.h"
+#include "testutil.h"
+
+chat_config testutil_config(const char *name)
+{
+    chat_config cfg;
+    char err[256];
+    if (chat_config_from_env(&cfg, err, sizeof err)) fail_msg("config: %s", err);
+    snprintf(cfg.db_name, sizeof cfg.db_name, "chat_t_%s", name);
+    return cfg;
+}
+
+void testutil_sql(chat_db *db, const char *sql)
+{
+    char err[512];
+    if (chat_db_exec_script(db, sql, strlen(sql), err, sizeof err)) fail_msg("sql: %s", err);
+}
+
+static void run_file(chat_db *db, const char *rel)
+{
+    size_t len;
+    char *sql = testutil_read_file(testutil_path(rel), &len);
+    if (!sql) fail_msg("cannot read %s", rel);
+    char err[512];
+    if (chat_db_exec_script(db, sql, len, err, sizeof err)) fail_msg("%s: %s", rel, err);
+    free(sql);
+}
+
+chat_db *testutil_db_fresh(const char *name, int flags)
+{
+    chat_config cfg = testutil_config(name);
+    chat_db *db = chat_db_new(&cfg);
+    char err[512];
+    if (!db) fail_msg("out of memory");
+    if (chat_db_drop_database(db, err, sizeof err)) fail_msg("drop: %s", err);
+    if (chat_db_create_database(db, err, sizeof err)) fail_msg("create: %s", err);
+    if (flags & (TESTUTIL_SCHEMA | TESTUTIL_SAMPLE)) {
+        char schema[1024], migrations[1024];
+        snprintf(schema, sizeof schema, "%s", testutil_path("sql/schema.sql"));
+        snprintf(migrations, sizeof migrations, "%s", testutil_path("sql/migrations"));
+        if (chat_db_migrate(db, schema, migrations, NULL, err, sizeof err)) fail_msg("migrate: %s", err);
+    }
+    if (flags & TESTUTIL_SAMPLE) {
+        run_file(db, "sql/sample_data.sql");
+        run_file(db, "sql/classifier_terms.sql");
+        chat_kb_import_stats st = {0};
+        if (chat_kb_import_dir(db, testutil_path("sql/kb"), &st, err, sizeof err)) fail_msg("kb import: %s", err);
+    }
+    return db;
+}
