@@ -41,6 +41,7 @@ UNIT_TESTS  := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit
 E2E_COMMON  := $(filter-out tests/e2e/test_%,$(wildcard tests/e2e/*.c))
 E2E_TESTS   := $(patsubst tests/e2e/%.c,$(B)/tests/e2e/%,$(wildcard tests/e2e/test_*.c))
 
+.SECONDARY:
 .PHONY: all deps test unit e2e lint run start stop token kb-import bench clean format
 all: $(LIB) $(PROGS) $(UNIT_TESTS) $(E2E_TESTS)
 

@@ -433,7 +433,7 @@ int chat_db_migrate(chat_db *db, const char *schema_file, const char *migrations
     if (rc) return rc;
 
     DIR *d = migrations_dir ? opendir(migrations_dir) : NULL;
-    char *names[512];
+    char *names[512] = {0};
     int n = 0;
     if (d) {
         struct dirent *e;
