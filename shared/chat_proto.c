@@ -1,0 +1,500 @@
+/* The spec's JSON protocol: client frames in, server frames out.
+ *
+ * Parsing uses a json_tokener with a depth limit and UTF-8 validation and insists the whole frame was
+ * consumed (trailing whitespace aside), so a front end receives either a fully validated chat_in or one
+ * CHAT_CODE_* with a client-facing message. Messages are trimmed of the whitespace Python's str.strip()
+ * knows (ASCII and the Unicode spaces), so "only spaces" is empty whatever the client's keyboard.
+ *
+ * Builders use json-c except chat_proto_token, which runs once per LLM token on the streamer's hot path
+ * and is written by hand: one sizing pass, one malloc, one writing pass. Its escaper emits the short
+ * escapes json-c uses (\n \t ...), \u00XX for other control bytes, and passes UTF-8 through untouched;
+ * a malformed byte (an LLM token that cut a character in half) becomes U+FFFD so the frame stays valid
+ * UTF-8, which a WebSocket text frame must be. Every builder repairs strings the same way. */
+#include "chat_proto.h"
+
+#include <json-c/json.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_common.h"
+#include "chat_util.h"
+
+#define PROTO_JSON_DEPTH 16
+#define PROTO_TYPE_SHOWN 32
+#define TO_STRING_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+
+static const char REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FFFD */
+
+/* ---- UTF-8 ---- */
+
+/* Length (1..4) of the well-formed UTF-8 sequence at p, 0 when malformed or cut short. chat_util only
+ * validates whole ranges; the escaper and the trimmer need it per character. */
+static size_t utf8_len(const unsigned char *p, size_t avail)
+{
+    unsigned char c = p[0];
+    if (c < 0x80) return 1;
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c == 0xE0)
+        n = 3, lo = 0xA0;
+    else if (c == 0xED)
+        n = 3, hi = 0x9F;
+    else if (c >= 0xE1 && c <= 0xEF)
+        n = 3;
+    else if (c == 0xF0)
+        n = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3)
+        n = 4;
+    else if (c == 0xF4)
+        n = 4, hi = 0x8F;
+    else
+        return 0;
+    if (avail < n || p[1] < lo || p[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+    return n;
+}
+
+static unsigned long utf8_decode(const unsigned char *p, size_t n)
+{
+    if (n == 1) return p[0];
+    unsigned long cp = p[0] & (0x7F >> n);
+    for (size_t i = 1; i < n; i++)
+        cp = (cp << 6) | (p[i] & 0x3F);
+    return cp;
+}
+
+/* The characters Python's str.isspace() accepts. */
+static bool is_space_cp(unsigned long cp)
+{
+    return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+           cp == 0x3000;
+}
+
+/* Trims whitespace at both ends of valid UTF-8 s[0..n); returns the kept range. */
+static const char *trim(const char *s, size_t n, size_t *outlen)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t b = 0, e = n;
+    while (b < e) {
+        size_t k = utf8_len(p + b, e - b);
+        if (!k || !is_space_cp(utf8_decode(p + b, k))) break;
+        b += k;
+    }
+    while (e > b) {
+        size_t start = e - 1;
+        while (start > b && (p[start] & 0xC0) == 0x80 && e - start < 4)
+            start--;
+        size_t k = utf8_len(p + start, e - start);
+        if (k != e - start || !is_space_cp(utf8_decode(p + start, k))) break;
+        e = start;
+    }
+    *outlen = e - b;
+    return s + b;
+}
+
+/* ---- the escaper ---- */
+
+/* Writes the JSON string body (no quotes) for s[0..n) to out when out is non-NULL; returns its length
+ * either way, so a caller sizes with out = NULL and then writes. */
+static size_t json_escape(const char *s, size_t n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *p = (const unsigned char *)s;
+    size_t o = 0, i = 0;
+    while (i < n) {
+        size_t run = i;
+        while (run < n && p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' && p[run] != '\\')
+            run++;
+        if (run > i) {
+            if (out) memcpy(out + o, p + i, run - i);
+            o += run - i;
+            i = run;
+            if (i == n) break;
+        }
+        unsigned char c = p[i];
+        if (c >= 0x80) {
+            size_t k = utf8_len(p + i, n - i);
+            if (k) {
+                if (out) memcpy(out + o, p + i, k);
+                o += k, i += k;
+            } else {
+                if (out) memcpy(out + o, REPLACEMENT, 3);
+                o += 3, i++;
+            }
+            continue;
+        }
+        char short_esc = 0;
+        switch (c) {
+        case '"': short_esc = '"'; break;
+        case '\\': short_esc = '\\'; break;
+        case '\n': short_esc = 'n'; break;
+        case '\r': short_esc = 'r'; break;
+        case '\t': short_esc = 't'; break;
+        case '\b': short_esc = 'b'; break;
+        case '\f': short_esc = 'f'; break;
+        default: break;
+        }
+        if (short_esc) {
+            if (out) out[o] = '\\', out[o + 1] = short_esc;
+            o += 2;
+        } else {
+            if (out) {
+                memcpy(out + o, "\\u00", 4);
+                out[o + 4] = hex[c >> 4];
+                out[o + 5] = hex[c & 0xF];
+            }
+            o += 6;
+        }
+        i++;
+    }
+    return o;
+}
+
+/* ---- builders ---- */
+
+/* A json-c string from s, with malformed UTF-8 replaced by U+FFFD (NULL gives ""). */
+static json_object *new_str(const char *s)
+{
+    if (!s) s = "";
+    size_t n = strlen(s);
+    if (chat_utf8_valid(s, n)) return json_object_new_string_len(s, (int)(n > INT_MAX ? INT_MAX : n));
+    chat_buf b;
+    chat_buf_init(&b);
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_len(p + i, n - i);
+        int rc = k ? chat_buf_append(&b, p + i, k) : chat_buf_append(&b, REPLACEMENT, 3);
+        if (rc) {
+            chat_buf_free(&b);
+            return NULL;
+        }
+        i += k ? k : 1;
+    }
+    json_object *o = b.len <= INT_MAX ? json_object_new_string_len(b.data, (int)b.len) : NULL;
+    chat_buf_free(&b);
+    return o;
+}
+
+/* Adds val under key; on failure (val NULL or insertion failed) frees val and returns -1. */
+static int add(json_object *obj, const char *key, json_object *val)
+{
+    if (!val) return -1;
+    if (json_object_object_add(obj, key, val) != 0) {
+        json_object_put(val);
+        return -1;
+    }
+    return 0;
+}
+
+static int add_str(json_object *obj, const char *key, const char *s)
+{
+    return add(obj, key, new_str(s));
+}
+
+/* Adds a string, or JSON null when s is NULL or empty. */
+static int add_str_or_null(json_object *obj, const char *key, const char *s)
+{
+    if (!s || !*s) return json_object_object_add(obj, key, NULL) == 0 ? 0 : -1;
+    return add_str(obj, key, s);
+}
+
+/* Serialises obj into a malloc'd string and releases obj. */
+static char *finish(json_object *obj, int failed)
+{
+    char *out = NULL;
+    if (obj && !failed) {
+        const char *s = json_object_to_json_string_ext(obj, TO_STRING_FLAGS);
+        if (s) out = strdup(s);
+    }
+    json_object_put(obj);
+    return out;
+}
+
+/* {"type": type} plus one string field, the shape most frames share. */
+static char *typed_with(const char *type, const char *key, const char *value)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", type) || add_str(o, key, value);
+    return finish(o, failed);
+}
+
+char *chat_proto_auth_success(const chat_user *user)
+{
+    static const chat_user nobody;
+    if (!user) user = &nobody;
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "auth_success") || add_str(o, "message", "Authentication successful");
+    json_object *u = failed ? NULL : json_object_new_object();
+    if (!u) return finish(o, 1);
+    if (add_str(u, "id", user->id) || add_str_or_null(u, "email", user->email) ||
+        add_str_or_null(u, "name", user->name)) {
+        json_object_put(u);
+        return finish(o, 1);
+    }
+    return finish(o, add(o, "user", u));
+}
+
+char *chat_proto_auth_error(const char *message)
+{
+    return typed_with("auth_error", "message", message ? message : "Invalid token");
+}
+
+static const struct {
+    const char *step;
+    const char *message;
+} progress_messages[] = {
+    {"starting", "Processing your message..."},
+    {"agent_routing", "Routing to appropriate agent..."},
+    {"rag_retrieval", "Searching knowledge base..."},
+    {"generating", "Generating response..."},
+};
+
+char *chat_proto_progress(const char *step)
+{
+    const char *msg = "Processing...";
+    for (size_t i = 0; step && i < CHAT_ARRAY_LEN(progress_messages); i++)
+        if (strcmp(step, progress_messages[i].step) == 0) msg = progress_messages[i].message;
+    return chat_proto_progress_msg(step, msg);
+}
+
+char *chat_proto_progress_msg(const char *step, const char *message)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "progress") || add_str(o, "step", step) || add_str(o, "message", message);
+    return finish(o, failed);
+}
+
+char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len)
+{
+    static const char head[] = "{\"type\":\"token\",\"token\":\"";
+    static const char mid[] = "\",\"partial_response\":\"";
+    static const char tail[] = "\"}";
+    if (!token) token_len = 0, token = "";
+    size_t tl = json_escape(token, token_len, NULL);
+    size_t pl = partial ? json_escape(partial, partial_len, NULL) : 0;
+    size_t total = sizeof head - 1 + tl + (partial ? sizeof mid - 1 + pl : 0) + sizeof tail;
+    char *out = malloc(total);
+    if (!out) return NULL;
+    char *w = out;
+    memcpy(w, head, sizeof head - 1), w += sizeof head - 1;
+    w += json_escape(token, token_len, w);
+    if (partial) {
+        memcpy(w, mid, sizeof mid - 1), w += sizeof mid - 1;
+        w += json_escape(partial, partial_len, w);
+    }
+    memcpy(w, tail, sizeof tail); /* includes the NUL */
+    return out;
+}
+
+/* The pipeline's metadata as an object; {} when absent or not a JSON object. */
+static json_object *parse_metadata(const char *text)
+{
+    json_object *m = NULL;
+    size_t n = text ? strlen(text) : 0;
+    if (n && n <= INT_MAX) {
+        json_tokener *tok = json_tokener_new_ex(PROTO_JSON_DEPTH);
+        if (tok) {
+            json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+            m = json_tokener_parse_ex(tok, text, (int)n);
+            if (!m || json_tokener_get_parse_end(tok) != n || !json_object_is_type(m, json_type_object)) {
+                json_object_put(m);
+                m = NULL;
+            }
+            json_tokener_free(tok);
+        }
+    }
+    return m ? m : json_object_new_object();
+}
+
+char *chat_proto_complete(const char *response, const char *session_id, const char *metadata_json)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "complete") || add_str(o, "response", response) ||
+                 add_str_or_null(o, "session_id", session_id) || add(o, "metadata", parse_metadata(metadata_json));
+    return finish(o, failed);
+}
+
+char *chat_proto_error(const char *message, const char *code)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "error") || add_str(o, "error", message) ||
+                 add_str(o, "code", code ? code : CHAT_CODE_PROCESSING_ERROR);
+    return finish(o, failed);
+}
+
+char *chat_proto_rest_error(const char *message, const char *code)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "error", message) || add_str(o, "code", code ? code : CHAT_CODE_PROCESSING_ERROR);
+    return finish(o, failed);
+}
+
+/* ---- parser ---- */
+
+static int bad(const char **code, const char *c, char *err, size_t errlen, const char *msg)
+{
+    if (code) *code = c;
+    return chat_fail(err, errlen, CHAT_EINVAL, "%s", msg);
+}
+
+/* An optional identifier: absent, null and "" (what form-built clients send for "none") leave *dst NULL;
+ * a string must pass chat_id_valid; anything else is an error. */
+static int optional_id(json_object *root, const char *key, char **dst)
+{
+    json_object *o;
+    *dst = NULL;
+    if (!json_object_object_get_ex(root, key, &o) || !o) return 0;
+    if (!json_object_is_type(o, json_type_string)) return CHAT_EINVAL;
+    const char *s = json_object_get_string(o);
+    if ((size_t)json_object_get_string_len(o) != strlen(s)) return CHAT_EINVAL;
+    if (!*s) return 0;
+    if (!chat_id_valid(s)) return CHAT_EINVAL;
+    *dst = strdup(s);
+    return *dst ? 0 : CHAT_ENOMEM;
+}
+
+static int parse_auth(json_object *root, chat_in *in, const char **code, char *err, size_t errlen)
+{
+    json_object *o;
+    if (!json_object_object_get_ex(root, "token", &o) || !o)
+        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Missing token");
+    if (!json_object_is_type(o, json_type_string))
+        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Token must be a string");
+    const char *s = json_object_get_string(o);
+    size_t n = (size_t)json_object_get_string_len(o);
+    if (n == 0) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Missing token");
+    if (strlen(s) != n) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Token must be a string");
+    in->token = strdup(s);
+    if (!in->token) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
+    return 0;
+}
+
+static int parse_message(json_object *root, size_t max_bytes, chat_in *in, const char **code, char *err, size_t errlen)
+{
+    json_object *o;
+    if (!json_object_object_get_ex(root, "message", &o) || !o)
+        return bad(code, CHAT_CODE_EMPTY_MESSAGE, err, errlen, "Message cannot be empty");
+    if (!json_object_is_type(o, json_type_string))
+        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Message must be a string");
+    const char *s = json_object_get_string(o);
+    size_t n = (size_t)json_object_get_string_len(o);
+    if (strlen(s) != n) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Message must not contain NUL");
+    if (!chat_utf8_valid(s, n)) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Message must be UTF-8");
+    size_t kept;
+    const char *t = trim(s, n, &kept);
+    if (kept == 0) return bad(code, CHAT_CODE_EMPTY_MESSAGE, err, errlen, "Message cannot be empty");
+    if (kept > max_bytes) {
+        if (code) *code = CHAT_CODE_MESSAGE_TOO_LONG;
+        return chat_fail(err, errlen, CHAT_EINVAL, "Message too long (maximum %zu bytes)", max_bytes);
+    }
+
+    int rc = optional_id(root, "session_id", &in->session_id);
+    if (rc == CHAT_EINVAL) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Invalid session_id");
+    if (rc == 0) rc = optional_id(root, "customer_id", &in->customer_id);
+    if (rc == CHAT_EINVAL) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Invalid customer_id");
+    if (rc) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
+
+    in->partial = true;
+    if (json_object_object_get_ex(root, "partial", &o) && o) {
+        if (!json_object_is_type(o, json_type_boolean))
+            return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "partial must be a boolean");
+        in->partial = json_object_get_boolean(o);
+    }
+
+    in->message = strndup(t, kept);
+    if (!in->message) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
+    return 0;
+}
+
+/* "Unknown message type: X" with X cut to 32 bytes and reduced to a harmless alphabet, so a client
+ * cannot smuggle markup or control bytes into a message that may be displayed or logged. */
+static int unknown_type(const char *type, size_t len, const char **code, char *err, size_t errlen)
+{
+    char shown[PROTO_TYPE_SHOWN + 1];
+    size_t i = 0;
+    for (; i < len && i < PROTO_TYPE_SHOWN; i++) {
+        unsigned char c = (unsigned char)type[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+                  c == '.' || c == ':';
+        shown[i] = ok ? (char)c : '?';
+    }
+    shown[i] = '\0';
+    if (code) *code = CHAT_CODE_UNKNOWN_TYPE;
+    return chat_fail(err, errlen, CHAT_EINVAL, "Unknown message type: %s", shown);
+}
+
+int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, chat_in *in, const char **code, char *err,
+                     size_t errlen)
+{
+    if (code) *code = NULL;
+    if (!in) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Internal error");
+    memset(in, 0, sizeof *in);
+    if (!json || len == 0 || len > INT_MAX) return bad(code, CHAT_CODE_INVALID_JSON, err, errlen, "Invalid JSON");
+
+    json_tokener *tok = json_tokener_new_ex(PROTO_JSON_DEPTH);
+    if (!tok) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    json_object *root = json_tokener_parse_ex(tok, json, (int)len);
+    bool whole = root && json_tokener_get_error(tok) == json_tokener_success && json_tokener_get_parse_end(tok) == len;
+    json_tokener_free(tok);
+
+    int rc;
+    if (!whole || !json_object_is_type(root, json_type_object)) {
+        rc = bad(code, CHAT_CODE_INVALID_JSON, err, errlen, "Invalid JSON");
+        goto cleanup;
+    }
+    json_object *t;
+    if (!json_object_object_get_ex(root, "type", &t) || !json_object_is_type(t, json_type_string)) {
+        rc = bad(code, CHAT_CODE_INVALID_JSON, err, errlen, "Missing message type");
+        goto cleanup;
+    }
+    const char *type = json_object_get_string(t);
+    size_t tlen = (size_t)json_object_get_string_len(t);
+    if (tlen != strlen(type)) {
+        rc = unknown_type(type, tlen, code, err, errlen);
+    } else if (strcmp(type, "auth") == 0) {
+        in->type = CHAT_IN_AUTH;
+        rc = parse_auth(root, in, code, err, errlen);
+    } else if (strcmp(type, "message") == 0) {
+        in->type = CHAT_IN_MESSAGE;
+        rc = parse_message(root, max_message_bytes, in, code, err, errlen);
+    } else if (strcmp(type, "cancel") == 0) {
+        in->type = CHAT_IN_CANCEL;
+        rc = 0;
+    } else if (strcmp(type, "ping") == 0) {
+        in->type = CHAT_IN_PING;
+        rc = 0;
+    } else {
+        rc = unknown_type(type, tlen, code, err, errlen);
+    }
+
+cleanup:
+    json_object_put(root);
+    if (rc) chat_in_clear(in);
+    return rc;
+}
+
+void chat_in_clear(chat_in *in)
+{
+    if (!in) return;
+    if (in->token) {
+        explicit_bzero(in->token, strlen(in->token)); /* a bearer credential: do not leave it in the heap */
+        free(in->token);
+    }
+    free(in->message);
+    free(in->session_id);
+    free(in->customer_id);
+    memset(in, 0, sizeof *in);
+}

@@ -1,0 +1,599 @@
+/* Tests for chat_proto: every parser outcome and error code, every builder's exact shape (parsed back
+ * with json-c and checked field by field), and the hand-written escaper behind chat_proto_token, which
+ * is checked both by round trip and byte for byte against json-c's own serialisation. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <json-c/json.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_common.h"
+#include "chat_proto.h"
+#include "chat_util.h"
+
+#define MAX_MSG 40
+
+/* ---- parser table ---- */
+
+static const struct parse_case {
+    const char *name;
+    const char *json;
+    size_t len; /* 0: strlen(json) */
+    int want_rc;
+    const char *want_code; /* on failure */
+    const char *want_err;  /* on failure, exact */
+    chat_in_type type;     /* on success */
+    const char *token, *message, *session_id, *customer_id;
+    bool partial;
+} parse_cases[] = {
+    /* successes */
+    {"auth", "{\"type\":\"auth\",\"token\":\"abc.def.ghi\"}", 0, 0, NULL, NULL, CHAT_IN_AUTH, "abc.def.ghi", NULL, NULL,
+     NULL, false},
+    {"message minimal", "{\"type\":\"message\",\"message\":\"What is the engine power?\"}", 0, 0, NULL, NULL,
+     CHAT_IN_MESSAGE, NULL, "What is the engine power?", NULL, NULL, true},
+    {"message with ids",
+     "{\"type\":\"message\",\"message\":\"hi\",\"session_id\":\"s-1:a.b_c\",\"customer_id\":\"C42\"}", 0, 0, NULL, NULL,
+     CHAT_IN_MESSAGE, NULL, "hi", "s-1:a.b_c", "C42", true},
+    {"message null ids", "{\"type\":\"message\",\"message\":\"hi\",\"session_id\":null,\"customer_id\":null}", 0, 0,
+     NULL, NULL, CHAT_IN_MESSAGE, NULL, "hi", NULL, NULL, true},
+    {"message empty-string ids", "{\"type\":\"message\",\"message\":\"hi\",\"session_id\":\"\",\"customer_id\":\"\"}",
+     0, 0, NULL, NULL, CHAT_IN_MESSAGE, NULL, "hi", NULL, NULL, true},
+    {"partial false", "{\"type\":\"message\",\"message\":\"hi\",\"partial\":false}", 0, 0, NULL, NULL, CHAT_IN_MESSAGE,
+     NULL, "hi", NULL, NULL, false},
+    {"partial true", "{\"type\":\"message\",\"message\":\"hi\",\"partial\":true}", 0, 0, NULL, NULL, CHAT_IN_MESSAGE,
+     NULL, "hi", NULL, NULL, true},
+    {"partial null", "{\"type\":\"message\",\"message\":\"hi\",\"partial\":null}", 0, 0, NULL, NULL, CHAT_IN_MESSAGE,
+     NULL, "hi", NULL, NULL, true},
+    {"trimmed ASCII", "{\"type\":\"message\",\"message\":\" \\t\\n hello  world \\r\\n\"}", 0, 0, NULL, NULL,
+     CHAT_IN_MESSAGE, NULL, "hello  world", NULL, NULL, true},
+    {"trimmed Unicode spaces", "{\"type\":\"message\",\"message\":\"\\u00a0\\u3000hi\\u2003\\u202f\"}", 0, 0, NULL,
+     NULL, CHAT_IN_MESSAGE, NULL, "hi", NULL, NULL, true},
+    {"zero-width space is not whitespace", "{\"type\":\"message\",\"message\":\"\\u200b\"}", 0, 0, NULL, NULL,
+     CHAT_IN_MESSAGE, NULL, "\xe2\x80\x8b", NULL, NULL, true},
+    {"emoji and CJK", "{\"type\":\"message\",\"message\":\" \xf0\x9f\x9a\x97 \xe5\xbc\x95\xe6\x93\x8e \"}", 0, 0, NULL,
+     NULL, CHAT_IN_MESSAGE, NULL, "\xf0\x9f\x9a\x97 \xe5\xbc\x95\xe6\x93\x8e", NULL, NULL, true},
+    {"escaped surrogate pair", "{\"type\":\"message\",\"message\":\"\\ud83d\\ude00\"}", 0, 0, NULL, NULL,
+     CHAT_IN_MESSAGE, NULL, "\xf0\x9f\x98\x80", NULL, NULL, true},
+    {"lone surrogate becomes U+FFFD", "{\"type\":\"message\",\"message\":\"\\ud800\"}", 0, 0, NULL, NULL,
+     CHAT_IN_MESSAGE, NULL, "\xef\xbf\xbd", NULL, NULL, true},
+    {"exactly max bytes", "{\"type\":\"message\",\"message\":\"0123456789012345678901234567890123456789\"}", 0, 0, NULL,
+     NULL, CHAT_IN_MESSAGE, NULL, "0123456789012345678901234567890123456789", NULL, NULL, true},
+    {"max after trimming", "{\"type\":\"message\",\"message\":\"   0123456789012345678901234567890123456789   \"}", 0,
+     0, NULL, NULL, CHAT_IN_MESSAGE, NULL, "0123456789012345678901234567890123456789", NULL, NULL, true},
+    {"ping", "{\"type\":\"ping\"}", 0, 0, NULL, NULL, CHAT_IN_PING, NULL, NULL, NULL, NULL, false},
+    {"cancel", "{\"type\":\"cancel\",\"session_id\":\"ignored\"}", 0, 0, NULL, NULL, CHAT_IN_CANCEL, NULL, NULL, NULL,
+     NULL, false},
+    {"surrounding whitespace", " \n{\"type\":\"ping\"}\r\n ", 0, 0, NULL, NULL, CHAT_IN_PING, NULL, NULL, NULL, NULL,
+     false},
+    {"nested within depth limit", "{\"type\":\"ping\",\"x\":[[[[[[[[[[{}]]]]]]]]]]}", 0, 0, NULL, NULL, CHAT_IN_PING,
+     NULL, NULL, NULL, NULL, false},
+    {"unknown fields ignored", "{\"type\":\"ping\",\"x\":{\"y\":[1,2,3]}}", 0, 0, NULL, NULL, CHAT_IN_PING, NULL, NULL,
+     NULL, NULL, false},
+
+    /* INVALID_JSON */
+    {"empty input", "", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL, NULL, NULL, false},
+    {"not JSON", "hello", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL, NULL, NULL, false},
+    {"array", "[{\"type\":\"ping\"}]", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL, NULL,
+     NULL, false},
+    {"string", "\"ping\"", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL, NULL, NULL, false},
+    {"number", "42", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL, NULL, NULL, false},
+    {"null", "null", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL, NULL, NULL, false},
+    {"truncated", "{\"type\":\"ping\"", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL, NULL,
+     NULL, false},
+    {"trailing garbage", "{\"type\":\"ping\"} x", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL,
+     NULL, NULL, false},
+    {"two objects", "{\"type\":\"ping\"}{\"type\":\"ping\"}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0,
+     NULL, NULL, NULL, NULL, false},
+    {"trailing comma", "{\"type\":\"ping\",}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL,
+     NULL, NULL, false},
+    {"raw NUL inside", "{\"type\":\"ping\"}\0{}", 18, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL,
+     NULL, NULL, NULL, false},
+    {"not UTF-8", "{\"type\":\"message\",\"message\":\"caf\xe9\"}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON,
+     "Invalid JSON", 0, NULL, NULL, NULL, NULL, false},
+
+    {"too deep", "{\"type\":\"ping\",\"x\":[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_JSON, "Invalid JSON", 0, NULL, NULL, NULL, NULL, false},
+    {"missing type", "{\"message\":\"hi\"}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Missing message type", 0, NULL,
+     NULL, NULL, NULL, false},
+    {"type not a string", "{\"type\":1}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Missing message type", 0, NULL, NULL,
+     NULL, NULL, false},
+    {"type null", "{\"type\":null}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_JSON, "Missing message type", 0, NULL, NULL,
+     NULL, NULL, false},
+
+    /* UNKNOWN_TYPE */
+    {"unknown type", "{\"type\":\"hello\"}", 0, CHAT_EINVAL, CHAT_CODE_UNKNOWN_TYPE, "Unknown message type: hello", 0,
+     NULL, NULL, NULL, NULL, false},
+    {"type is case-sensitive", "{\"type\":\"AUTH\",\"token\":\"x\"}", 0, CHAT_EINVAL, CHAT_CODE_UNKNOWN_TYPE,
+     "Unknown message type: AUTH", 0, NULL, NULL, NULL, NULL, false},
+    {"empty type", "{\"type\":\"\"}", 0, CHAT_EINVAL, CHAT_CODE_UNKNOWN_TYPE, "Unknown message type: ", 0, NULL, NULL,
+     NULL, NULL, false},
+    {"type sanitised", "{\"type\":\"<img src=x>\\n\xc3\xa9\"}", 0, CHAT_EINVAL, CHAT_CODE_UNKNOWN_TYPE,
+     "Unknown message type: ?img?src?x????", 0, NULL, NULL, NULL, NULL, false},
+    {"type truncated", "{\"type\":\"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ\"}", 0, CHAT_EINVAL,
+     CHAT_CODE_UNKNOWN_TYPE, "Unknown message type: abcdefghijklmnopqrstuvwxyz012345", 0, NULL, NULL, NULL, NULL,
+     false},
+    {"type with NUL", "{\"type\":\"ping\\u0000x\"}", 0, CHAT_EINVAL, CHAT_CODE_UNKNOWN_TYPE,
+     "Unknown message type: ping?x", 0, NULL, NULL, NULL, NULL, false},
+
+    /* auth */
+    {"auth without token", "{\"type\":\"auth\"}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST, "Missing token", 0, NULL,
+     NULL, NULL, NULL, false},
+    {"auth empty token", "{\"type\":\"auth\",\"token\":\"\"}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST,
+     "Missing token", 0, NULL, NULL, NULL, NULL, false},
+    {"auth null token", "{\"type\":\"auth\",\"token\":null}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST,
+     "Missing token", 0, NULL, NULL, NULL, NULL, false},
+    {"auth numeric token", "{\"type\":\"auth\",\"token\":123}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST,
+     "Token must be a string", 0, NULL, NULL, NULL, NULL, false},
+    {"auth token with NUL", "{\"type\":\"auth\",\"token\":\"a.b.c\\u0000junk\"}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_REQUEST, "Token must be a string", 0, NULL, NULL, NULL, NULL, false},
+
+    /* message */
+    {"message missing", "{\"type\":\"message\"}", 0, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty", 0,
+     NULL, NULL, NULL, NULL, false},
+    {"message null", "{\"type\":\"message\",\"message\":null}", 0, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE,
+     "Message cannot be empty", 0, NULL, NULL, NULL, NULL, false},
+    {"message empty", "{\"type\":\"message\",\"message\":\"\"}", 0, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE,
+     "Message cannot be empty", 0, NULL, NULL, NULL, NULL, false},
+    {"message whitespace", "{\"type\":\"message\",\"message\":\"  \\t\\r\\n \"}", 0, CHAT_EINVAL,
+     CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty", 0, NULL, NULL, NULL, NULL, false},
+    {"message Unicode whitespace", "{\"type\":\"message\",\"message\":\"\\u3000\\u00a0\\u2028\"}", 0, CHAT_EINVAL,
+     CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty", 0, NULL, NULL, NULL, NULL, false},
+    {"message number", "{\"type\":\"message\",\"message\":42}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST,
+     "Message must be a string", 0, NULL, NULL, NULL, NULL, false},
+    {"message array", "{\"type\":\"message\",\"message\":[\"hi\"]}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST,
+     "Message must be a string", 0, NULL, NULL, NULL, NULL, false},
+    {"message bool", "{\"type\":\"message\",\"message\":true}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST,
+     "Message must be a string", 0, NULL, NULL, NULL, NULL, false},
+    /* json-c's UTF-8 check lets overlongs and encoded surrogates through; ours does not. */
+    {"message overlong UTF-8",
+     "{\"type\":\"message\",\"message\":\"a\xc0\xaf"
+     "b\"}",
+     0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST, "Message must be UTF-8", 0, NULL, NULL, NULL, NULL, false},
+    {"message raw surrogate", "{\"type\":\"message\",\"message\":\"\xed\xa0\x80\"}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_REQUEST, "Message must be UTF-8", 0, NULL, NULL, NULL, NULL, false},
+    {"message with NUL", "{\"type\":\"message\",\"message\":\"a\\u0000b\"}", 0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST,
+     "Message must not contain NUL", 0, NULL, NULL, NULL, NULL, false},
+    {"message too long", "{\"type\":\"message\",\"message\":\"01234567890123456789012345678901234567890\"}", 0,
+     CHAT_EINVAL, CHAT_CODE_MESSAGE_TOO_LONG, "Message too long (maximum 40 bytes)", 0, NULL, NULL, NULL, NULL, false},
+    {"message too long in bytes",
+     "{\"type\":\"message\",\"message\":\"\xe5\xbc\x95\xe5\xbc\x95\xe5\xbc\x95\xe5\xbc\x95"
+     "\xe5\xbc\x95\xe5\xbc\x95\xe5\xbc\x95\xe5\xbc\x95\xe5\xbc\x95\xe5\xbc\x95"
+     "\xe5\xbc\x95\xe5\xbc\x95\xe5\xbc\x95\xe5\xbc\x95\"}",
+     0, CHAT_EINVAL, CHAT_CODE_MESSAGE_TOO_LONG, "Message too long (maximum 40 bytes)", 0, NULL, NULL, NULL, NULL,
+     false},
+    {"session_id bad chars", "{\"type\":\"message\",\"message\":\"hi\",\"session_id\":\"a b\"}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_REQUEST, "Invalid session_id", 0, NULL, NULL, NULL, NULL, false},
+    {"session_id too long",
+     "{\"type\":\"message\",\"message\":\"hi\",\"session_id\":"
+     "\"0123456789012345678901234567890123456789012345678901234567890123x\"}",
+     0, CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST, "Invalid session_id", 0, NULL, NULL, NULL, NULL, false},
+    {"session_id number", "{\"type\":\"message\",\"message\":\"hi\",\"session_id\":7}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_REQUEST, "Invalid session_id", 0, NULL, NULL, NULL, NULL, false},
+    {"session_id injection", "{\"type\":\"message\",\"message\":\"hi\",\"session_id\":\"x' OR 1=1 --\"}", 0,
+     CHAT_EINVAL, CHAT_CODE_INVALID_REQUEST, "Invalid session_id", 0, NULL, NULL, NULL, NULL, false},
+    {"customer_id bad", "{\"type\":\"message\",\"message\":\"hi\",\"customer_id\":\"<x>\"}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_REQUEST, "Invalid customer_id", 0, NULL, NULL, NULL, NULL, false},
+    {"customer_id object", "{\"type\":\"message\",\"message\":\"hi\",\"customer_id\":{}}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_REQUEST, "Invalid customer_id", 0, NULL, NULL, NULL, NULL, false},
+    {"partial string", "{\"type\":\"message\",\"message\":\"hi\",\"partial\":\"yes\"}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_REQUEST, "partial must be a boolean", 0, NULL, NULL, NULL, NULL, false},
+    {"partial number", "{\"type\":\"message\",\"message\":\"hi\",\"partial\":0}", 0, CHAT_EINVAL,
+     CHAT_CODE_INVALID_REQUEST, "partial must be a boolean", 0, NULL, NULL, NULL, NULL, false},
+};
+
+static void check_opt_str(const char *name, const char *field, const char *got, const char *want)
+{
+    if (!want && !got) return;
+    if (!want || !got || strcmp(got, want) != 0)
+        fail_msg("case '%s': %s is '%s', want '%s'", name, field, got ? got : "(null)", want ? want : "(null)");
+}
+
+static void test_parse_table(void **state)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(parse_cases); i++) {
+        const struct parse_case *c = &parse_cases[i];
+        chat_in in;
+        memset(&in, 0x5a, sizeof in); /* garbage: parse must initialise */
+        const char *code = "unset";
+        char err[128] = "unset";
+        size_t len = c->len ? c->len : strlen(c->json);
+        int rc = chat_proto_parse(c->json, len, MAX_MSG, &in, &code, err, sizeof err);
+        if (rc != c->want_rc) fail_msg("case '%s': rc %d, want %d (%s)", c->name, rc, c->want_rc, err);
+        if (rc == 0) {
+            if (in.type != c->type) fail_msg("case '%s': type %d, want %d", c->name, in.type, c->type);
+            check_opt_str(c->name, "token", in.token, c->token);
+            check_opt_str(c->name, "message", in.message, c->message);
+            check_opt_str(c->name, "session_id", in.session_id, c->session_id);
+            check_opt_str(c->name, "customer_id", in.customer_id, c->customer_id);
+            if (c->type == CHAT_IN_MESSAGE && in.partial != c->partial)
+                fail_msg("case '%s': partial %d, want %d", c->name, in.partial, c->partial);
+        } else {
+            check_opt_str(c->name, "code", code, c->want_code);
+            check_opt_str(c->name, "err", err, c->want_err);
+            if (in.token || in.message || in.session_id || in.customer_id)
+                fail_msg("case '%s': fields left allocated after failure", c->name);
+        }
+        chat_in_clear(&in);
+        assert_null(in.message);
+        chat_in_clear(&in); /* idempotent */
+    }
+}
+
+static void test_parse_edges(void **state)
+{
+    chat_in in;
+    const char *code = NULL;
+    char err[64];
+    assert_int_equal(chat_proto_parse(NULL, 10, MAX_MSG, &in, &code, err, sizeof err), CHAT_EINVAL);
+    assert_string_equal(code, CHAT_CODE_INVALID_JSON);
+    assert_int_equal(chat_proto_parse("{\"type\":\"ping\"}", 15, MAX_MSG, NULL, &code, err, sizeof err), CHAT_EINVAL);
+    /* NULL code and err are allowed. */
+    assert_int_equal(chat_proto_parse("nope", 4, MAX_MSG, &in, NULL, NULL, 0), CHAT_EINVAL);
+    /* len bounds the input: the text after len is not read. */
+    const char *two = "{\"type\":\"ping\"}{\"type\":\"cancel\"}";
+    assert_int_equal(chat_proto_parse(two, 15, MAX_MSG, &in, &code, err, sizeof err), 0);
+    assert_int_equal(in.type, CHAT_IN_PING);
+    chat_in_clear(&in);
+    chat_in_clear(NULL);
+
+    /* A large message within a large limit survives intact. */
+    chat_buf b;
+    chat_buf_init(&b);
+    chat_buf_puts(&b, "{\"type\":\"message\",\"message\":\"");
+    for (int i = 0; i < 5000; i++)
+        chat_buf_puts(&b, "ab\\\"\xe2\x82\xac");
+    chat_buf_puts(&b, "\"}");
+    assert_int_equal(chat_proto_parse(b.data, b.len, 100000, &in, &code, err, sizeof err), 0);
+    assert_int_equal(strlen(in.message), 5000 * 6);
+    assert_int_equal(strncmp(in.message, "ab\"\xe2\x82\xac", 6), 0);
+    chat_in_clear(&in);
+    assert_int_equal(chat_proto_parse(b.data, b.len, 5000 * 6 - 1, &in, &code, err, sizeof err), CHAT_EINVAL);
+    assert_string_equal(code, CHAT_CODE_MESSAGE_TOO_LONG);
+    chat_buf_free(&b);
+}
+
+/* ---- builders ---- */
+
+/* Parses a builder's output strictly (valid UTF-8, one object, nothing trailing). */
+static json_object *parse_out(const char *text)
+{
+    assert_non_null(text);
+    size_t n = strlen(text);
+    assert_true(chat_utf8_valid(text, n));
+    json_tokener *tok = json_tokener_new();
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    json_object *o = json_tokener_parse_ex(tok, text, (int)n);
+    if (!o || json_tokener_get_parse_end(tok) != n) fail_msg("builder output does not parse: %s", text);
+    json_tokener_free(tok);
+    assert_true(json_object_is_type(o, json_type_object));
+    return o;
+}
+
+static json_object *field(json_object *o, const char *key)
+{
+    json_object *v = NULL;
+    if (!json_object_object_get_ex(o, key, &v)) fail_msg("field '%s' missing", key);
+    return v;
+}
+
+static void expect_str(json_object *o, const char *key, const char *want)
+{
+    json_object *v = field(o, key);
+    if (!json_object_is_type(v, json_type_string)) fail_msg("field '%s' is not a string", key);
+    assert_string_equal(json_object_get_string(v), want);
+}
+
+static void expect_null(json_object *o, const char *key)
+{
+    json_object *v = (json_object *)1;
+    assert_true(json_object_object_get_ex(o, key, &v));
+    assert_null(v);
+}
+
+static void test_auth_frames(void **state)
+{
+    chat_user u;
+    memset(&u, 0, sizeof u);
+    strcpy(u.id, "user-uuid");
+    strcpy(u.email, "user@example.com");
+    strcpy(u.name, "User \"Name\" \xc3\xa9");
+    char *s = chat_proto_auth_success(&u);
+    json_object *o = parse_out(s);
+    assert_int_equal(json_object_object_length(o), 3);
+    expect_str(o, "type", "auth_success");
+    expect_str(o, "message", "Authentication successful");
+    json_object *user = field(o, "user");
+    assert_true(json_object_is_type(user, json_type_object));
+    assert_int_equal(json_object_object_length(user), 3);
+    expect_str(user, "id", "user-uuid");
+    expect_str(user, "email", "user@example.com");
+    expect_str(user, "name", "User \"Name\" \xc3\xa9");
+    json_object_put(o);
+    free(s);
+
+    /* Absent profile claims are null, not "". */
+    memset(&u, 0, sizeof u);
+    strcpy(u.id, "bare");
+    s = chat_proto_auth_success(&u);
+    o = parse_out(s);
+    user = field(o, "user");
+    expect_str(user, "id", "bare");
+    expect_null(user, "email");
+    expect_null(user, "name");
+    json_object_put(o);
+    free(s);
+
+    s = chat_proto_auth_error("Invalid token");
+    o = parse_out(s);
+    assert_int_equal(json_object_object_length(o), 2);
+    expect_str(o, "type", "auth_error");
+    expect_str(o, "message", "Invalid token");
+    json_object_put(o);
+    free(s);
+    assert_string_equal((s = chat_proto_auth_error("Token expired")),
+                        "{\"type\":\"auth_error\",\"message\":\"Token expired\"}");
+    free(s);
+}
+
+static const struct {
+    const char *step;
+    const char *message;
+} progress_cases[] = {
+    {"starting", "Processing your message..."},
+    {"agent_routing", "Routing to appropriate agent..."},
+    {"rag_retrieval", "Searching knowledge base..."},
+    {"generating", "Generating response..."},
+    {"something_else", "Processing..."},
+};
+
+static void test_progress_frames(void **state)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(progress_cases); i++) {
+        char *s = chat_proto_progress(progress_cases[i].step);
+        json_object *o = parse_out(s);
+        assert_int_equal(json_object_object_length(o), 3);
+        expect_str(o, "type", "progress");
+        expect_str(o, "step", progress_cases[i].step);
+        expect_str(o, "message", progress_cases[i].message);
+        json_object_put(o);
+        free(s);
+    }
+    char *s = chat_proto_progress_msg("rag_retrieval", "Found 3 documents");
+    assert_string_equal(s, "{\"type\":\"progress\",\"step\":\"rag_retrieval\",\"message\":\"Found 3 documents\"}");
+    free(s);
+}
+
+static void test_complete_frames(void **state)
+{
+    const char *meta = "{\"agent\":\"specs\",\"confidence\":0.95,\"context\":{\"sources\":[\"doc1.md\",\"doc2.md\"]}}";
+    char *s = chat_proto_complete("Full \"response\"\nwith a/slash", "session-id", meta);
+    assert_non_null(strstr(s, "a/slash")); /* NOSLASHESCAPE */
+    json_object *o = parse_out(s);
+    assert_int_equal(json_object_object_length(o), 4);
+    expect_str(o, "type", "complete");
+    expect_str(o, "response", "Full \"response\"\nwith a/slash");
+    expect_str(o, "session_id", "session-id");
+    json_object *m = field(o, "metadata");
+    assert_true(json_object_is_type(m, json_type_object));
+    expect_str(m, "agent", "specs");
+    assert_true(fabs(json_object_get_double(field(m, "confidence")) - 0.95) < 1e-9);
+    json_object *srcs = field(field(m, "context"), "sources");
+    assert_int_equal(json_object_array_length(srcs), 2);
+    assert_string_equal(json_object_get_string(json_object_array_get_idx(srcs, 1)), "doc2.md");
+    json_object_put(o);
+    free(s);
+
+    /* Unusable metadata becomes {}; a missing session id is null. */
+    static const char *bad_meta[] = {NULL, "", "not json", "[1,2]", "\"str\"", "{\"a\":1} trailing", "{\"a\":"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(bad_meta); i++) {
+        s = chat_proto_complete("r", NULL, bad_meta[i]);
+        o = parse_out(s);
+        m = field(o, "metadata");
+        if (!json_object_is_type(m, json_type_object) || json_object_object_length(m) != 0)
+            fail_msg("metadata case %zu: not {}: %s", i, s);
+        expect_null(o, "session_id");
+        json_object_put(o);
+        free(s);
+    }
+}
+
+static void test_error_frames(void **state)
+{
+    char *s = chat_proto_error("Message cannot be empty", CHAT_CODE_EMPTY_MESSAGE);
+    json_object *o = parse_out(s);
+    assert_int_equal(json_object_object_length(o), 3);
+    expect_str(o, "type", "error");
+    expect_str(o, "error", "Message cannot be empty");
+    expect_str(o, "code", "EMPTY_MESSAGE");
+    json_object_put(o);
+    free(s);
+
+    s = chat_proto_error("boom", NULL);
+    o = parse_out(s);
+    expect_str(o, "code", "PROCESSING_ERROR");
+    json_object_put(o);
+    free(s);
+
+    s = chat_proto_rest_error("Too many requests", CHAT_CODE_RATE_LIMITED);
+    o = parse_out(s);
+    assert_int_equal(json_object_object_length(o), 2);
+    expect_str(o, "error", "Too many requests");
+    expect_str(o, "code", "RATE_LIMITED");
+    json_object_put(o);
+    free(s);
+
+    /* Malformed UTF-8 handed to a builder never yields an invalid frame. */
+    s = chat_proto_error("bad \xff byte \xe2\x82", "X");
+    o = parse_out(s);
+    expect_str(o, "error", "bad \xef\xbf\xbd byte \xef\xbf\xbd\xef\xbf\xbd");
+    json_object_put(o);
+    free(s);
+}
+
+/* ---- the token frame and its escaper ---- */
+
+static const struct {
+    const char *name;
+    const char *text;
+    size_t len; /* 0: strlen */
+} tricky[] = {
+    {"plain", "word ", 0},
+    {"empty", "", 0},
+    {"quotes", "say \"hi\" 'there'", 0},
+    {"backslashes", "C:\\path\\to\\ \\\\ \\u0041 \\n", 0},
+    {"newlines and tabs", "a\nb\r\nc\td\b\f", 0},
+    {"all control bytes",
+     "\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x11\x12\x13\x14\x15\x16"
+     "\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f\x7f",
+     0},
+    {"embedded NUL", "a\0b", 3},
+    {"emoji", "\xf0\x9f\x98\x80\xf0\x9f\x9a\x97 \xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9", 0},
+    {"CJK", "\xe5\xbc\x95\xe6\x93\x8e\xe3\x81\xae\xe5\x87\xba\xe5\x8a\x9b", 0},
+    {"slash and script", "</script><b>x</b>", 0},
+    {"line separators", "\xe2\x80\xa8\xe2\x80\xa9", 0},
+    {"mixed", "\"\xc3\xa9\\\n\xf0\x9f\x98\x80\x1f\"", 0},
+};
+
+/* json-c's own rendering of the same frame, for a byte-for-byte comparison. */
+static char *json_c_token_frame(const char *tok, size_t tl, const char *partial, size_t pl)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "type", json_object_new_string("token"));
+    json_object_object_add(o, "token", json_object_new_string_len(tok, (int)tl));
+    if (partial) json_object_object_add(o, "partial_response", json_object_new_string_len(partial, (int)pl));
+    char *s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
+    return s;
+}
+
+static void expect_str_len(json_object *o, const char *key, const char *want, size_t wlen, const char *name)
+{
+    json_object *v = field(o, key);
+    size_t n = (size_t)json_object_get_string_len(v);
+    if (n != wlen || memcmp(json_object_get_string(v), want, n) != 0)
+        fail_msg("case '%s': %s does not round-trip (%zu bytes, want %zu)", name, key, n, wlen);
+}
+
+static void test_token_frames(void **state)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(tricky); i++) {
+        const char *t = tricky[i].text;
+        size_t tl = tricky[i].len ? tricky[i].len : strlen(t);
+        /* partial: a longer text that contains the token twice */
+        chat_buf p;
+        chat_buf_init(&p);
+        chat_buf_puts(&p, "so far: ");
+        chat_buf_append(&p, t, tl);
+        chat_buf_append(&p, t, tl);
+
+        char *s = chat_proto_token(t, tl, p.data, p.len);
+        json_object *o = parse_out(s);
+        assert_int_equal(json_object_object_length(o), 3);
+        expect_str(o, "type", "token");
+        expect_str_len(o, "token", t, tl, tricky[i].name);
+        expect_str_len(o, "partial_response", p.data, p.len, tricky[i].name);
+        json_object_put(o);
+
+        char *ref = json_c_token_frame(t, tl, p.data, p.len);
+        if (strcmp(s, ref) != 0) fail_msg("case '%s': differs from json-c:\n  %s\n  %s", tricky[i].name, s, ref);
+        free(ref);
+        free(s);
+
+        /* Without partial the field is omitted. */
+        s = chat_proto_token(t, tl, NULL, 0);
+        o = parse_out(s);
+        assert_int_equal(json_object_object_length(o), 2);
+        expect_str_len(o, "token", t, tl, tricky[i].name);
+        assert_false(json_object_object_get_ex(o, "partial_response", NULL));
+        json_object_put(o);
+        free(s);
+        chat_buf_free(&p);
+    }
+
+    char *s = chat_proto_token("hi", 2, "hi", 2);
+    assert_string_equal(s, "{\"type\":\"token\",\"token\":\"hi\",\"partial_response\":\"hi\"}");
+    free(s);
+    s = chat_proto_token("q\"\n\x01", 4, NULL, 0);
+    assert_string_equal(s, "{\"type\":\"token\",\"token\":\"q\\\"\\n\\u0001\"}");
+    free(s);
+    s = chat_proto_token(NULL, 5, NULL, 0);
+    assert_string_equal(s, "{\"type\":\"token\",\"token\":\"\"}");
+    free(s);
+    /* token_len, not strlen, bounds the token. */
+    s = chat_proto_token("abcdef", 3, "abcdef", 4);
+    assert_string_equal(s, "{\"type\":\"token\",\"token\":\"abc\",\"partial_response\":\"abcd\"}");
+    free(s);
+}
+
+/* An LLM token may cut a character in half: each malformed byte becomes U+FFFD, the frame stays UTF-8. */
+static const struct {
+    const char *name;
+    const char *in;
+    const char *out;
+} malformed[] = {
+    {"lone continuation", "a\x80z", "a\xef\xbf\xbdz"},
+    {"cut emoji", "\xf0\x9f\x98", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+    {"cut then valid", "\xe2\x82\xe2\x82\xac", "\xef\xbf\xbd\xef\xbf\xbd\xe2\x82\xac"},
+    {"overlong slash", "\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},
+    {"surrogate", "\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+    {"above U+10FFFF", "\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+    {"0xff", "x\xffy", "x\xef\xbf\xbdy"},
+};
+
+static void test_token_malformed_utf8(void **state)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(malformed); i++) {
+        char *s = chat_proto_token(malformed[i].in, strlen(malformed[i].in), malformed[i].in, strlen(malformed[i].in));
+        json_object *o = parse_out(s);
+        expect_str_len(o, "token", malformed[i].out, strlen(malformed[i].out), malformed[i].name);
+        expect_str_len(o, "partial_response", malformed[i].out, strlen(malformed[i].out), malformed[i].name);
+        json_object_put(o);
+        free(s);
+    }
+}
+
+/* Random bytes: the frame always parses as valid UTF-8, and valid input round-trips exactly. */
+static void test_token_random(void **state)
+{
+    unsigned seed = 4242;
+    unsigned char buf[256];
+    int valid_seen = 0;
+    for (int round = 0; round < 20000; round++) {
+        size_t n = (size_t)(rand_r(&seed) % sizeof buf);
+        bool ascii_only = round % 2 == 0;
+        for (size_t i = 0; i < n; i++) {
+            int r = rand_r(&seed);
+            buf[i] = ascii_only ? (unsigned char)(r % 128) : (unsigned char)(r % 256);
+        }
+        char *s = chat_proto_token((const char *)buf, n, (const char *)buf, n / 2);
+        json_object *o = parse_out(s);
+        if (chat_utf8_valid((const char *)buf, n)) {
+            valid_seen++;
+            expect_str_len(o, "token", (const char *)buf, n, "random");
+        }
+        if (chat_utf8_valid((const char *)buf, n / 2))
+            expect_str_len(o, "partial_response", (const char *)buf, n / 2, "random");
+        json_object_put(o);
+        free(s);
+    }
+    assert_true(valid_seen > 5000);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_table),     cmocka_unit_test(test_parse_edges),
+        cmocka_unit_test(test_auth_frames),     cmocka_unit_test(test_progress_frames),
+        cmocka_unit_test(test_complete_frames), cmocka_unit_test(test_error_frames),
+        cmocka_unit_test(test_token_frames),    cmocka_unit_test(test_token_malformed_utf8),
+        cmocka_unit_test(test_token_random),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
