@@ -1,0 +1,767 @@
+/* The "openai" LLM provider: POST {base_url}/chat/completions with stream: true, the response read
+ * through chat_sse, each data payload parsed by chat_openai_parse_chunk, text handed to the caller as it
+ * arrives.
+ *
+ * Why the libcurl multi API rather than curl_easy_perform: the easy API only lets us look at the clock
+ * and the cancel flag from the progress callback, which libcurl calls about once a second while the
+ * server is silent; a user pressing "stop" while the model thinks would wait up to a second, and the
+ * first-token and stall timers would be as coarse. With the multi API we drive the transfer ourselves
+ * with curl_multi_poll(100 ms), so cancel and every timeout are checked at least ten times a second. The
+ * multi handle lives as long as the chat_openai, so its connection and DNS caches keep the TLS
+ * connection to the provider alive between generations (a worker answers many messages).
+ *
+ * Timers: connect (CURLOPT_CONNECTTIMEOUT_MS, libcurl's own), first token (no content within
+ * llm_first_token_timeout_ms of sending the request; keep-alive comments do not count) and stall (once
+ * text has started, no byte at all for llm_stall_timeout_ms). Before the first token only the first-token
+ * timer applies, because servers loading a model often send their headers and then nothing for a while. A request that
+ * fails before any text was emitted is retried once for transient failures (connect refused/reset, 429,
+ * 500/502/503/504) after a short backoff (Retry-After honoured, capped at 2 s); never after a token, since the caller
+ * has already shown it.
+ *
+ * Text is emitted only in whole UTF-8 characters: a chunk that ends inside a multi-byte character keeps
+ * the cut bytes until the next chunk completes them; invalid bytes become U+FFFD so the caller always
+ * gets valid UTF-8. The API key goes only into the Authorization header; it is never logged, and a
+ * provider error message that happens to contain it is replaced by a generic one. */
+#include "chat_openai.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "chat_common.h"
+#include "chat_log.h"
+#include "chat_sse.h"
+#include "chat_util.h"
+
+#define OAI_POLL_MS 100 /* how often cancel and the timers are looked at */
+#define OAI_MAX_EVENT_BYTES (1 << 20)
+#define OAI_MAX_ERRBODY 16384 /* kept of a non-2xx body, to quote the provider's message */
+#define OAI_DONE_GRACE_MS 500 /* after [DONE], how long to wait for the body to end cleanly */
+#define OAI_BACKOFF_MS 300
+#define OAI_BACKOFF_MAX_MS 2000
+#define OAI_MSG_MAX 200 /* provider messages quoted in err are cut to this */
+
+struct chat_openai {
+    CURLM *multi;
+    char url[600];
+    char key[512];
+    char model[256];
+    int connect_ms, first_ms, stall_ms, max_tokens;
+};
+
+static pthread_once_t oai_once = PTHREAD_ONCE_INIT;
+static CURLcode oai_global_rc = CURLE_OK;
+static void oai_global_init(void)
+{
+    oai_global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* ---- small helpers ---- */
+
+/* Copies a provider-supplied message into out: control characters become spaces, the length is cut at
+ * a UTF-8 boundary, and the message is dropped entirely if it contains the API key. */
+static void oai_safe_msg(char *out, size_t outlen, const char *msg, size_t len, const char *key)
+{
+    if (!outlen) return;
+    out[0] = '\0';
+    if (!msg) return;
+    if (key && *key && len >= strlen(key) && memmem(msg, len, key, strlen(key))) {
+        snprintf(out, outlen, "(message withheld)");
+        return;
+    }
+    size_t max = outlen - 1 < OAI_MSG_MAX ? outlen - 1 : OAI_MSG_MAX;
+    size_t n = chat_utf8_prefix(msg, len, max);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)msg[i];
+        out[i] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+    }
+    out[n] = '\0';
+}
+
+/* Finds a human message in an error JSON: {"error":{"message":..}}, {"error":".."}, {"message":..},
+ * {"detail":..}. Returns a pointer into root (valid while root lives) or NULL. */
+static const char *oai_error_message(json_object *root, size_t *len)
+{
+    json_object *e = NULL, *m = NULL;
+    if (!json_object_is_type(root, json_type_object)) return NULL;
+    if (json_object_object_get_ex(root, "error", &e) && e) {
+        if (json_object_is_type(e, json_type_string))
+            m = e;
+        else if (json_object_is_type(e, json_type_object) && json_object_object_get_ex(e, "message", &m) &&
+                 !json_object_is_type(m, json_type_string))
+            m = NULL;
+    }
+    if (!m && json_object_object_get_ex(root, "message", &m) && !json_object_is_type(m, json_type_string)) m = NULL;
+    if (!m && json_object_object_get_ex(root, "detail", &m) && !json_object_is_type(m, json_type_string)) m = NULL;
+    if (!m) return NULL;
+    *len = (size_t)json_object_get_string_len(m);
+    return json_object_get_string(m);
+}
+
+/* Parses exactly [data, data+len) as one JSON value (trailing whitespace allowed). */
+static json_object *oai_parse_json(const char *data, size_t len)
+{
+    if (len == 0 || len > INT_MAX) return NULL;
+    json_tokener *tok = json_tokener_new();
+    if (!tok) return NULL;
+    json_object *root = json_tokener_parse_ex(tok, data, (int)len);
+    if (root && json_tokener_get_error(tok) == json_tokener_success) {
+        for (size_t i = json_tokener_get_parse_end(tok); i < len; i++) {
+            if (!isspace((unsigned char)data[i])) {
+                json_object_put(root);
+                root = NULL;
+                break;
+            }
+        }
+    } else if (root) {
+        json_object_put(root);
+        root = NULL;
+    }
+    json_tokener_free(tok);
+    return root;
+}
+
+static int oai_append_text(char **text, const char *s, size_t n)
+{
+    size_t old = *text ? strlen(*text) : 0;
+    char *p = realloc(*text, old + n + 1);
+    if (!p) return CHAT_ENOMEM;
+    size_t k = old;
+    for (size_t i = 0; i < n; i++)
+        if (s[i]) p[k++] = s[i]; /* a NUL would silently cut a C string further down */
+    p[k] = '\0';
+    *text = p;
+    return 0;
+}
+
+int chat_openai_parse_chunk(const char *data, size_t len, char **text, char finish_reason[16], int *prompt_tokens,
+                            int *completion_tokens, char *err, size_t errlen)
+{
+    json_object *root = data ? oai_parse_json(data, len) : NULL;
+    if (!root || !json_object_is_type(root, json_type_object)) {
+        json_object_put(root);
+        return chat_fail(err, errlen, CHAT_EINVAL, "LLM sent an invalid response");
+    }
+    int rc = 0;
+    json_object *e = NULL, *choices = NULL, *usage = NULL;
+    if (json_object_object_get_ex(root, "error", &e) && e && !json_object_is_type(e, json_type_null)) {
+        size_t mlen = 0;
+        const char *m = oai_error_message(root, &mlen);
+        char safe[OAI_MSG_MAX + 1];
+        oai_safe_msg(safe, sizeof safe, m, mlen, NULL);
+        rc = chat_fail(err, errlen, CHAT_EINVAL, "LLM provider error: %s", safe[0] ? safe : "unspecified");
+        goto cleanup;
+    }
+
+    if (json_object_object_get_ex(root, "choices", &choices) && choices &&
+        !json_object_is_type(choices, json_type_null)) {
+        if (!json_object_is_type(choices, json_type_array)) {
+            rc = chat_fail(err, errlen, CHAT_EINVAL, "LLM sent an invalid response");
+            goto cleanup;
+        }
+        json_object *c0 = json_object_array_length(choices) ? json_object_array_get_idx(choices, 0) : NULL;
+        if (c0 && json_object_is_type(c0, json_type_object)) {
+            json_object *delta = NULL, *content = NULL, *fr = NULL;
+            /* delta.content for chat chunks; message.content (a non-streamed answer) and text (the legacy
+             * completions shape) are accepted too, since some servers fall back to them */
+            if ((json_object_object_get_ex(c0, "delta", &delta) || json_object_object_get_ex(c0, "message", &delta)) &&
+                json_object_is_type(delta, json_type_object))
+                json_object_object_get_ex(delta, "content", &content);
+            else
+                json_object_object_get_ex(c0, "text", &content);
+            if (content && json_object_is_type(content, json_type_string) && text) {
+                rc =
+                    oai_append_text(text, json_object_get_string(content), (size_t)json_object_get_string_len(content));
+                if (rc) goto cleanup;
+            }
+            if (json_object_object_get_ex(c0, "finish_reason", &fr) && json_object_is_type(fr, json_type_string) &&
+                finish_reason) {
+                const char *s = json_object_get_string(fr);
+                if (*s) snprintf(finish_reason, 16, "%s", s);
+            }
+        }
+    }
+
+    if (json_object_object_get_ex(root, "usage", &usage) && json_object_is_type(usage, json_type_object)) {
+        json_object *v = NULL;
+        if (prompt_tokens && json_object_object_get_ex(usage, "prompt_tokens", &v) &&
+            json_object_is_type(v, json_type_int))
+            *prompt_tokens = json_object_get_int(v);
+        if (completion_tokens && json_object_object_get_ex(usage, "completion_tokens", &v) &&
+            json_object_is_type(v, json_type_int))
+            *completion_tokens = json_object_get_int(v);
+    }
+cleanup:
+    json_object_put(root);
+    return rc;
+}
+
+/* ---- lifecycle ---- */
+
+chat_openai *chat_openai_new(const chat_config *cfg, char *err, size_t errlen)
+{
+    if (!cfg) {
+        chat_fail(err, errlen, CHAT_EINVAL, "no configuration");
+        return NULL;
+    }
+    size_t blen = strlen(cfg->llm_base_url);
+    while (blen && cfg->llm_base_url[blen - 1] == '/')
+        blen--;
+    if (!blen) {
+        chat_fail(err, errlen, CHAT_EINVAL, "the openai provider needs LLM_BASE_URL");
+        return NULL;
+    }
+    if (strncmp(cfg->llm_base_url, "http://", 7) && strncmp(cfg->llm_base_url, "https://", 8)) {
+        chat_fail(err, errlen, CHAT_EINVAL, "LLM_BASE_URL must start with http:// or https://");
+        return NULL;
+    }
+    pthread_once(&oai_once, oai_global_init);
+    if (oai_global_rc != CURLE_OK) {
+        chat_fail(err, errlen, CHAT_ERR, "libcurl initialisation failed");
+        return NULL;
+    }
+    chat_openai *o = calloc(1, sizeof *o);
+    if (!o) {
+        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+        return NULL;
+    }
+    int n = snprintf(o->url, sizeof o->url, "%.*s/chat/completions", (int)blen, cfg->llm_base_url);
+    if (n < 0 || (size_t)n >= sizeof o->url) {
+        free(o);
+        chat_fail(err, errlen, CHAT_EINVAL, "LLM_BASE_URL is too long");
+        return NULL;
+    }
+    snprintf(o->key, sizeof o->key, "%s", cfg->llm_api_key);
+    snprintf(o->model, sizeof o->model, "%s", cfg->llm_model[0] ? cfg->llm_model : "default");
+    o->connect_ms = cfg->llm_connect_timeout_ms > 0 ? cfg->llm_connect_timeout_ms : 5000;
+    o->first_ms = cfg->llm_first_token_timeout_ms > 0 ? cfg->llm_first_token_timeout_ms : 30000;
+    o->stall_ms = cfg->llm_stall_timeout_ms > 0 ? cfg->llm_stall_timeout_ms : 15000;
+    o->max_tokens = cfg->llm_max_tokens;
+    o->multi = curl_multi_init();
+    if (!o->multi) {
+        free(o);
+        chat_fail(err, errlen, CHAT_ERR, "libcurl initialisation failed");
+        return NULL;
+    }
+    return o;
+}
+
+void chat_openai_free(chat_openai *o)
+{
+    if (!o) return;
+    curl_multi_cleanup(o->multi);
+    explicit_bzero(o->key, sizeof o->key);
+    free(o);
+}
+
+/* ---- one streamed attempt ---- */
+
+typedef struct oai_stream {
+    chat_openai *o;
+    CURL *easy;
+    chat_sse *sse;
+    chat_llm_token_fn fn;
+    void *ud;
+    chat_llm_result *res;
+    chat_buf hold;    /* text not yet emitted: the start of a cut UTF-8 character */
+    chat_buf out;     /* scratch for the piece being emitted */
+    chat_buf errbody; /* body of a non-2xx answer, bounded */
+    long status;
+    int64_t last_byte_ms, done_ms;
+    long retry_after_ms; /* -1 when absent */
+    size_t body_bytes;
+    bool got_content, done, any_event, user_stop;
+    char finish[16];
+    int usage_prompt, usage_completion; /* -1 when the stream gave none */
+    int fail_code;                      /* set by a callback: abort with this error */
+    char fail_msg[256];
+} oai_stream;
+
+/* Length of the UTF-8 sequence at s: n when valid, 0 when invalid, SIZE_MAX when every available byte
+ * fits a valid sequence that is cut by the end of the buffer. Ranges per RFC 3629. */
+static size_t oai_u8_seq(const unsigned char *s, size_t avail)
+{
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    size_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c == 0xE0)
+        n = 3, lo = 0xA0;
+    else if (c == 0xED)
+        n = 3, hi = 0x9F;
+    else if (c >= 0xE1 && c <= 0xEF)
+        n = 3;
+    else if (c == 0xF0)
+        n = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3)
+        n = 4;
+    else if (c == 0xF4)
+        n = 4, hi = 0x8F;
+    else
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if (i >= avail) return SIZE_MAX;
+        unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
+        if (s[i] < l || s[i] > h) return 0;
+    }
+    return n;
+}
+
+/* Emits the whole characters held in s->hold; with final, a cut character left at the end becomes
+ * U+FFFD. Returns non-zero when the caller's callback asked to stop. */
+static int oai_emit(oai_stream *s, bool final)
+{
+    const unsigned char *h = (const unsigned char *)s->hold.data;
+    size_t i = 0;
+    chat_buf_reset(&s->out);
+    while (i < s->hold.len) {
+        size_t n = oai_u8_seq(h + i, s->hold.len - i);
+        if (n == SIZE_MAX && !final) break;
+        if (n == 0 || n == SIZE_MAX) {
+            if (chat_buf_append(&s->out, "\xEF\xBF\xBD", 3)) return CHAT_ENOMEM;
+            if (n == SIZE_MAX)
+                i = s->hold.len;
+            else
+                i++;
+            continue;
+        }
+        if (chat_buf_append(&s->out, h + i, n)) return CHAT_ENOMEM;
+        i += n;
+    }
+    memmove(s->hold.data, s->hold.data + i, s->hold.len - i);
+    s->hold.len -= i;
+    s->hold.data[s->hold.len] = '\0';
+    if (!s->out.len || !s->fn) return 0;
+    s->res->tokens_emitted++;
+    if (s->fn(s->ud, s->out.data, s->out.len)) {
+        s->user_stop = true;
+        return 1;
+    }
+    return 0;
+}
+
+static int oai_fail(oai_stream *s, int code, const char *msg)
+{
+    if (!s->fail_code) {
+        s->fail_code = code;
+        snprintf(s->fail_msg, sizeof s->fail_msg, "%s", msg);
+    }
+    return 1;
+}
+
+static int oai_on_event(void *ud, const char *event, const char *data, size_t len)
+{
+    oai_stream *s = ud;
+    if (s->done) return 0;
+    s->any_event = true;
+    while (len && isspace((unsigned char)*data))
+        data++, len--;
+    while (len && isspace((unsigned char)data[len - 1]))
+        len--;
+    if (!len) return 0; /* an empty data: line carries nothing */
+    if (len == 6 && !memcmp(data, "[DONE]", 6)) {
+        s->done = true;
+        s->done_ms = chat_now_ms();
+        return oai_emit(s, true);
+    }
+    char *text = NULL;
+    char err[256];
+    int rc =
+        chat_openai_parse_chunk(data, len, &text, s->finish, &s->usage_prompt, &s->usage_completion, err, sizeof err);
+    if (rc == 0 && !strcmp(event, "error")) rc = chat_fail(err, sizeof err, CHAT_EINVAL, "LLM provider error");
+    if (rc) {
+        free(text);
+        return oai_fail(s, CHAT_ELLM, rc == CHAT_ENOMEM ? "out of memory" : err);
+    }
+    if (text && *text) {
+        s->got_content = true;
+        rc = chat_buf_puts(&s->hold, text);
+        free(text);
+        if (rc) return oai_fail(s, CHAT_ENOMEM, "out of memory");
+        rc = oai_emit(s, false);
+        if (rc < 0) return oai_fail(s, CHAT_ENOMEM, "out of memory");
+        return rc;
+    }
+    free(text);
+    return 0;
+}
+
+static size_t oai_write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    oai_stream *s = ud;
+    size_t n = size * nmemb;
+    s->last_byte_ms = chat_now_ms();
+    if (!s->status) curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);
+    if (s->status < 200 || s->status >= 300) {
+        size_t room = s->errbody.len < OAI_MAX_ERRBODY ? OAI_MAX_ERRBODY - s->errbody.len : 0;
+        if (room && chat_buf_append(&s->errbody, ptr, n < room ? n : room)) return 0;
+        return n;
+    }
+    if (s->done) return n; /* the body after [DONE] is only read to keep the connection reusable */
+    s->body_bytes += n;
+    int rc = chat_sse_feed(s->sse, ptr, n);
+    if (rc == CHAT_EINVAL)
+        oai_fail(s, CHAT_ELLM, "LLM sent an invalid response");
+    else if (rc == CHAT_ENOMEM)
+        oai_fail(s, CHAT_ENOMEM, "out of memory");
+    return rc ? 0 : n;
+}
+
+static size_t oai_header_cb(char *ptr, size_t size, size_t nitems, void *ud)
+{
+    oai_stream *s = ud;
+    size_t n = size * nitems;
+    s->last_byte_ms = chat_now_ms();
+    if (n >= 5 && !strncmp(ptr, "HTTP/", 5)) {
+        s->retry_after_ms = -1; /* a new response (after a 100 Continue, say) */
+    } else if (n > 12 && !strncasecmp(ptr, "Retry-After:", 12)) {
+        char v[32];
+        size_t k = 0;
+        for (size_t i = 12; i < n && k + 1 < sizeof v; i++)
+            if (!isspace((unsigned char)ptr[i])) v[k++] = ptr[i];
+        v[k] = '\0';
+        char *end = NULL;
+        long secs = strtol(v, &end, 10);
+        /* an HTTP-date is not worth parsing for a 2 s cap: the default backoff applies */
+        if (k && end && !*end && secs >= 0) s->retry_after_ms = secs > 10 ? 10000 : secs * 1000;
+    }
+    return n;
+}
+
+/* Maps an HTTP status to the client-safe message; *transient says whether one retry makes sense. */
+static int oai_http_error(oai_stream *s, char *err, size_t errlen, bool *transient)
+{
+    long st = s->status;
+    *transient = st == 429 || st == 500 || st == 502 || st == 503 || st == 504;
+    if (st == 401 || st == 403) return chat_fail(err, errlen, CHAT_ELLM, "LLM provider rejected the API key");
+    if (st == 429) return chat_fail(err, errlen, CHAT_ELLM, "LLM provider rate limit reached");
+    if (st >= 500) return chat_fail(err, errlen, CHAT_ELLM, "LLM provider unavailable (HTTP %ld)", st);
+    char msg[OAI_MSG_MAX + 1] = "";
+    json_object *root = oai_parse_json(s->errbody.data, s->errbody.len);
+    if (root) {
+        size_t mlen = 0;
+        const char *m = oai_error_message(root, &mlen);
+        oai_safe_msg(msg, sizeof msg, m, mlen, s->o->key);
+        json_object_put(root);
+    }
+    if (st >= 400)
+        return chat_fail(err, errlen, CHAT_ELLM, "LLM provider refused the request (HTTP %ld)%s%s", st,
+                         msg[0] ? ": " : "", msg);
+    return chat_fail(err, errlen, CHAT_ELLM, "LLM provider answered HTTP %ld", st);
+}
+
+static int oai_curl_error(chat_openai *o, CURLcode cc, char *err, size_t errlen, bool *transient)
+{
+    *transient = false;
+    switch (cc) {
+    case CURLE_COULDNT_CONNECT:
+        *transient = true;
+        return chat_fail(err, errlen, CHAT_ELLM, "could not connect to the LLM provider");
+    case CURLE_OPERATION_TIMEDOUT:
+        return chat_fail(err, errlen, CHAT_ETIMEOUT, "could not connect to the LLM provider within %d ms",
+                         o->connect_ms);
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return chat_fail(err, errlen, CHAT_ELLM, "could not resolve the LLM provider's host name");
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+        *transient = true;
+        return chat_fail(err, errlen, CHAT_ELLM, "LLM stream ended unexpectedly");
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE: return chat_fail(err, errlen, CHAT_ELLM, "TLS error talking to the LLM provider");
+    default: return chat_fail(err, errlen, CHAT_ELLM, "LLM request failed: %s", curl_easy_strerror(cc));
+    }
+}
+
+/* Runs one HTTP exchange. Returns 0 on a complete answer, else an error with err set and *transient
+ * telling whether a retry may help. */
+static int oai_attempt(oai_stream *s, const char *body, size_t body_len, struct curl_slist *headers,
+                       const atomic_int *cancel, char *err, size_t errlen, bool *transient)
+{
+    chat_openai *o = s->o;
+    *transient = false;
+    CURL *e = curl_easy_init();
+    if (!e) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    s->easy = e;
+    curl_easy_setopt(e, CURLOPT_URL, o->url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "chat-backend/1");
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_ms);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, oai_write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, oai_header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
+
+    int64_t t0 = chat_now_ms();
+    bool completed = false, cancelled = false;
+    int timeout_kind = 0; /* 1 first token, 2 stall */
+    CURLcode cc = CURLE_OK;
+    int rc = 0;
+    if (curl_multi_add_handle(o->multi, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        s->easy = NULL;
+        return chat_fail(err, errlen, CHAT_ERR, "libcurl could not start the request");
+    }
+    for (;;) {
+        int running = 0;
+        CURLMcode mc = curl_multi_perform(o->multi, &running);
+        if (mc != CURLM_OK) {
+            oai_fail(s, CHAT_ELLM, "LLM transfer failed");
+            break;
+        }
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(o->multi, &left)))
+            if (msg->msg == CURLMSG_DONE && msg->easy_handle == e) completed = true, cc = msg->data.result;
+        if (completed || s->fail_code || s->user_stop) break;
+        int64_t now = chat_now_ms();
+        if (cancel && atomic_load(cancel)) {
+            cancelled = true;
+            break;
+        }
+        if (s->done) {
+            if (now - s->done_ms >= OAI_DONE_GRACE_MS) break;
+        } else if (!s->got_content && now - t0 >= o->first_ms) {
+            timeout_kind = 1;
+            break;
+        } else if (s->got_content && now - s->last_byte_ms >= o->stall_ms) {
+            timeout_kind = 2;
+            break;
+        }
+        curl_multi_poll(o->multi, NULL, 0, OAI_POLL_MS, NULL);
+    }
+    if (!s->status) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &s->status);
+    curl_multi_remove_handle(o->multi, e); /* closes the connection when the transfer was cut short */
+    curl_easy_cleanup(e);
+    s->easy = NULL;
+
+    bool ok2xx = s->status >= 200 && s->status < 300;
+    if (s->user_stop || cancelled) {
+        rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
+    } else if (s->fail_code) {
+        rc = chat_fail(err, errlen, s->fail_code, "%s", s->fail_msg);
+    } else if (timeout_kind == 1) {
+        rc = chat_fail(err, errlen, CHAT_ETIMEOUT, "LLM did not start answering within %d ms", o->first_ms);
+    } else if (timeout_kind == 2) {
+        rc = chat_fail(err, errlen, CHAT_ETIMEOUT, "LLM stream stalled (no data for %d ms)", o->stall_ms);
+    } else if (s->status && !ok2xx) {
+        rc = oai_http_error(s, err, errlen, transient);
+    } else if (s->done || s->finish[0]) {
+        rc = 0; /* complete, even if the connection then broke before the body's last byte */
+    } else if (completed && cc != CURLE_OK) {
+        rc = oai_curl_error(o, cc, err, errlen, transient);
+    } else if (s->body_bytes && !s->any_event) {
+        rc = chat_fail(err, errlen, CHAT_ELLM, "LLM sent an invalid response");
+    } else {
+        rc = chat_fail(err, errlen, CHAT_ELLM, "LLM stream ended unexpectedly");
+    }
+    if (rc == 0) {
+        int erc = oai_emit(s, true); /* a character still cut at the very end */
+        if (erc > 0 || s->user_stop)
+            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
+        else if (erc < 0)
+            rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    }
+    if (rc) chat_log_debug("openai: attempt failed: curl=%d status=%ld", (int)cc, s->status);
+    return rc;
+}
+
+static void oai_stream_reset(oai_stream *s)
+{
+    chat_sse_reset(s->sse);
+    chat_buf_reset(&s->hold);
+    chat_buf_reset(&s->errbody);
+    s->status = 0;
+    s->last_byte_ms = s->done_ms = 0;
+    s->retry_after_ms = -1;
+    s->body_bytes = 0;
+    s->got_content = s->done = s->any_event = s->user_stop = false;
+    s->finish[0] = '\0';
+    s->usage_prompt = s->usage_completion = -1;
+    s->fail_code = 0;
+    s->fail_msg[0] = '\0';
+}
+
+/* Sleeps ms in short slices; false when cancel was raised meanwhile. */
+static bool oai_backoff(int ms, const atomic_int *cancel)
+{
+    int64_t end = chat_now_ms() + ms;
+    for (;;) {
+        if (cancel && atomic_load(cancel)) return false;
+        int64_t left = end - chat_now_ms();
+        if (left <= 0) return true;
+        if (left > 50) left = 50;
+        struct timespec ts = {0, (long)left * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static struct curl_slist *oai_headers(const char *key)
+{
+    /* "Expect:" turns off libcurl's 100-continue round trip for large prompts */
+    static const char *fixed[] = {"Content-Type: application/json", "Accept: text/event-stream", "Expect:"};
+    struct curl_slist *l = NULL, *t;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(fixed); i++) {
+        if (!(t = curl_slist_append(l, fixed[i]))) goto fail;
+        l = t;
+    }
+    if (key[0]) {
+        char auth[600];
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", key);
+        t = curl_slist_append(l, auth);
+        explicit_bzero(auth, sizeof auth);
+        if (!t) goto fail;
+        l = t;
+    }
+    return l;
+fail:
+    curl_slist_free_all(l);
+    return NULL;
+}
+
+static char *oai_request_body(chat_openai *o, const chat_llm_request *req, size_t *len, size_t *prompt_bytes)
+{
+    char *out = NULL;
+    json_object *root = json_object_new_object();
+    json_object *msgs = json_object_new_array();
+    json_object *opts = json_object_new_object();
+    if (!root || !msgs || !opts) goto cleanup;
+    *prompt_bytes = 0;
+    for (size_t i = 0; i < req->n_messages; i++) {
+        const chat_llm_message *m = &req->messages[i];
+        const char *content = m->content ? m->content : "";
+        *prompt_bytes += strlen(content);
+        json_object *jm = json_object_new_object();
+        if (!jm) goto cleanup;
+        json_object_object_add(jm, "role", json_object_new_string(m->role ? m->role : "user"));
+        json_object_object_add(jm, "content", json_object_new_string(content));
+        json_object_array_add(msgs, jm);
+    }
+    int max_tokens = req->max_tokens > 0 ? req->max_tokens : o->max_tokens;
+    json_object_object_add(root, "model", json_object_new_string(o->model));
+    json_object_object_add(root, "messages", msgs);
+    msgs = NULL;
+    json_object_object_add(root, "stream", json_object_new_boolean(1));
+    if (max_tokens > 0) json_object_object_add(root, "max_tokens", json_object_new_int(max_tokens));
+    json_object_object_add(opts, "include_usage", json_object_new_boolean(1));
+    json_object_object_add(root, "stream_options", opts);
+    opts = NULL;
+    size_t n = 0;
+    const char *s =
+        json_object_to_json_string_length(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+    if (s && (out = malloc(n + 1))) {
+        memcpy(out, s, n + 1);
+        *len = n;
+    }
+cleanup:
+    json_object_put(opts);
+    json_object_put(msgs);
+    json_object_put(root);
+    return out;
+}
+
+int chat_openai_generate(chat_openai *o, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
+                         const atomic_int *cancel, chat_llm_result *res, char *err, size_t errlen)
+{
+    chat_llm_result dummy;
+    if (!res) res = &dummy;
+    memset(res, 0, sizeof *res);
+    snprintf(res->finish_reason, sizeof res->finish_reason, "error");
+    if (!o || !req || (req->n_messages && !req->messages))
+        return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
+
+    int rc = 0;
+    size_t body_len = 0, prompt_bytes = 0;
+    char *body = NULL;
+    struct curl_slist *headers = NULL;
+    oai_stream s;
+    memset(&s, 0, sizeof s);
+    chat_buf_init(&s.hold);
+    chat_buf_init(&s.out);
+    chat_buf_init(&s.errbody);
+    s.o = o, s.fn = fn, s.ud = ud, s.res = res;
+    s.usage_prompt = s.usage_completion = -1;
+    int64_t t0 = chat_now_ms();
+    int attempts = 0;
+
+    if (cancel && atomic_load(cancel)) {
+        rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
+        snprintf(res->finish_reason, sizeof res->finish_reason, "cancelled");
+        goto cleanup;
+    }
+    body = oai_request_body(o, req, &body_len, &prompt_bytes);
+    s.sse = chat_sse_new(oai_on_event, &s, OAI_MAX_EVENT_BYTES);
+    if (!body || !s.sse) {
+        rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+    headers = oai_headers(o->key);
+    if (!headers) {
+        rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+        goto cleanup;
+    }
+
+    for (;;) {
+        bool transient = false;
+        oai_stream_reset(&s);
+        attempts++;
+        rc = oai_attempt(&s, body, body_len, headers, cancel, err, errlen, &transient);
+        if (rc == 0 || !transient || attempts >= 2 || res->tokens_emitted > 0) break;
+        long wait = s.retry_after_ms >= 0 ? s.retry_after_ms : OAI_BACKOFF_MS;
+        if (wait < 200) wait = 200;
+        if (wait > OAI_BACKOFF_MAX_MS) wait = OAI_BACKOFF_MAX_MS;
+        chat_log_info("openai: model=%s status=%ld transient failure, retrying in %ld ms", o->model, s.status, wait);
+        if (!oai_backoff((int)wait, cancel)) {
+            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
+            break;
+        }
+    }
+
+    if (rc == 0) {
+        if (!strcmp(s.finish, "length"))
+            snprintf(res->finish_reason, sizeof res->finish_reason, "length");
+        else
+            snprintf(res->finish_reason, sizeof res->finish_reason, "stop"); /* stop, content_filter, eos... */
+    } else if (rc == CHAT_ECANCELLED) {
+        snprintf(res->finish_reason, sizeof res->finish_reason, "cancelled");
+    }
+
+cleanup:
+    res->prompt_tokens = s.usage_prompt >= 0 ? s.usage_prompt : (int)(prompt_bytes / 4);
+    res->completion_tokens = s.usage_completion >= 0 ? s.usage_completion : res->tokens_emitted;
+    if (rc == 0 || rc == CHAT_ECANCELLED)
+        chat_log_info("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d finish=%s", o->model,
+                      s.status, attempts, (long long)(chat_now_ms() - t0), res->tokens_emitted, res->finish_reason);
+    else
+        chat_log_warn("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d failed: %s (%s)", o->model,
+                      s.status, attempts, (long long)(chat_now_ms() - t0), res->tokens_emitted,
+                      err && errlen ? err : "", chat_strerror(rc));
+    curl_slist_free_all(headers); /* the Authorization entry is freed with it */
+    free(body);
+    chat_sse_free(s.sse);
+    chat_buf_free(&s.hold);
+    chat_buf_free(&s.out);
+    chat_buf_free(&s.errbody);
+    return rc;
+}

@@ -1,0 +1,650 @@
+/* Tests for the openai provider against build/bin/fake-llm (started once for the group on a free port):
+ * every scenario of the fake (tokens, finish_reason, usage, error codes and messages), the retry rules
+ * (429 once -> success, 429 always -> error after exactly two requests, none after a token), the stall
+ * and first-token timeouts, cancel from another thread while the server is silent, the request the
+ * server received (headers, body fields), and chat_openai_parse_chunk on real-world chunk shapes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat_common.h"
+#include "chat_openai.h"
+#include "chat_util.h"
+#include "testutil.h"
+
+static pid_t fake_pid = -1;
+static int fake_port;
+
+/* ---- the fake server ---- */
+
+static int start_fake(void **state)
+{
+    (void)state;
+    const char *bin = testutil_path("build/bin/fake-llm");
+    if (access(bin, X_OK)) {
+        fprintf(stderr, "test_openai: %s missing (make build/bin/fake-llm)\n", bin);
+        return -1;
+    }
+    int fds[2];
+    if (pipe(fds)) return -1;
+    fake_pid = fork();
+    if (fake_pid < 0) return -1;
+    if (fake_pid == 0) {
+        dup2(fds[1], STDOUT_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        execl(bin, "fake-llm", "--port", "0", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = "";
+    size_t n = 0;
+    int64_t deadline = chat_now_ms() + 5000;
+    while (n < sizeof line - 1 && !memchr(line, '\n', n) && chat_now_ms() < deadline) {
+        struct pollfd p = {fds[0], POLLIN, 0};
+        if (poll(&p, 1, 100) <= 0) continue;
+        ssize_t r = read(fds[0], line + n, sizeof line - 1 - n);
+        if (r <= 0) break;
+        n += (size_t)r;
+        line[n] = '\0';
+    }
+    close(fds[0]);
+    if (sscanf(line, "PORT %d", &fake_port) != 1 || fake_port <= 0) {
+        fprintf(stderr, "test_openai: fake-llm did not report its port\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int stop_fake(void **state)
+{
+    (void)state;
+    if (fake_pid > 0) {
+        kill(fake_pid, SIGTERM);
+        int st;
+        waitpid(fake_pid, &st, 0);
+        fake_pid = -1;
+    }
+    return 0;
+}
+
+static size_t collect_body(char *p, size_t size, size_t n, void *ud)
+{
+    chat_buf_append(ud, p, size * n);
+    return size * n;
+}
+
+/* GET /debug/last as a JSON object (caller puts). */
+static json_object *fake_last(void)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/debug/last", fake_port);
+    chat_buf b;
+    chat_buf_init(&b);
+    CURL *c = curl_easy_init();
+    assert_non_null(c);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    assert_int_equal(curl_easy_perform(c), CURLE_OK);
+    curl_easy_cleanup(c);
+    json_object *o = json_tokener_parse(b.data);
+    chat_buf_free(&b);
+    assert_non_null(o);
+    return o;
+}
+
+static long fake_requests(void)
+{
+    json_object *o = fake_last(), *v;
+    assert_true(json_object_object_get_ex(o, "requests", &v));
+    long n = (long)json_object_get_int64(v);
+    json_object_put(o);
+    return n;
+}
+
+static bool last_bool(json_object *o, const char *k)
+{
+    json_object *v;
+    assert_true(json_object_object_get_ex(o, k, &v));
+    return json_object_get_boolean(v);
+}
+
+static int last_int(json_object *o, const char *k)
+{
+    json_object *v;
+    assert_true(json_object_object_get_ex(o, k, &v));
+    return json_object_get_int(v);
+}
+
+static const char *last_str(json_object *o, const char *k)
+{
+    json_object *v;
+    assert_true(json_object_object_get_ex(o, k, &v));
+    return json_object_get_string(v);
+}
+
+/* ---- running a generation ---- */
+
+static const chat_llm_message prompt[] = {
+    {"system", "You are a helpful marine assistant."},
+    {"user", "What oil does my engine take?"},
+    {"assistant", "Your Yamaha F150 takes 10W-30 marine oil."},
+    {"user", "How do I winterize my outboard engine before storage?"},
+};
+#define PROMPT_WORDS "How do I winterize my"
+
+static size_t prompt_bytes(void)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(prompt); i++)
+        n += strlen(prompt[i].content);
+    return n;
+}
+
+typedef struct collect {
+    chat_buf text;
+    int pieces;
+    bool all_valid;
+    int stop_after; /* return non-zero from this piece on; 0 = never */
+} collect;
+
+static int on_token(void *ud, const char *t, size_t n)
+{
+    collect *c = ud;
+    c->pieces++;
+    if (n == 0 || !chat_utf8_valid(t, n)) c->all_valid = false;
+    chat_buf_append(&c->text, t, n);
+    return c->stop_after && c->pieces >= c->stop_after;
+}
+
+static chat_config config_for(const char *model, const char *key)
+{
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "openai");
+    snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", fake_port);
+    snprintf(cfg.llm_api_key, sizeof cfg.llm_api_key, "%s", key);
+    snprintf(cfg.llm_model, sizeof cfg.llm_model, "%s", model);
+    cfg.llm_connect_timeout_ms = 2000;
+    cfg.llm_first_token_timeout_ms = 5000;
+    cfg.llm_stall_timeout_ms = 5000;
+    cfg.llm_max_tokens = 77;
+    return cfg;
+}
+
+typedef struct run {
+    int rc;
+    char err[256];
+    chat_llm_result res;
+    collect col;
+    int64_t ms;
+    long requests; /* requests the fake received during the run */
+} run;
+
+static void do_run(const chat_config *cfg, const atomic_int *cancel, int stop_after, int max_tokens, run *r)
+{
+    memset(r, 0, sizeof *r);
+    chat_buf_init(&r->col.text);
+    r->col.all_valid = true;
+    r->col.stop_after = stop_after;
+    char err[256];
+    chat_openai *o = chat_openai_new(cfg, err, sizeof err);
+    if (!o) fail_msg("chat_openai_new: %s", err);
+    chat_llm_request req;
+    memset(&req, 0, sizeof req);
+    req.messages = prompt;
+    req.n_messages = CHAT_ARRAY_LEN(prompt);
+    req.max_tokens = max_tokens;
+    long before = fake_requests();
+    int64_t t0 = chat_now_ms();
+    r->rc = chat_openai_generate(o, &req, on_token, &r->col, cancel, &r->res, r->err, sizeof r->err);
+    r->ms = chat_now_ms() - t0;
+    r->requests = fake_requests() - before;
+    chat_openai_free(o);
+    /* the contract: tokens_emitted counts the callbacks */
+    assert_int_equal(r->res.tokens_emitted, r->col.pieces);
+    assert_true(r->col.all_valid);
+}
+
+static void run_model(const char *model, run *r)
+{
+    chat_config cfg = config_for(model, "sk-test-secret");
+    do_run(&cfg, NULL, 0, 0, r);
+}
+
+static void run_free(run *r)
+{
+    chat_buf_free(&r->col.text);
+}
+
+/* ---- scenarios ---- */
+
+static void test_ok(void **state)
+{
+    (void)state;
+    run r;
+    run_model("fake-ok", &r);
+    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
+    assert_string_equal(r.res.finish_reason, "stop");
+    const char *want_start = "You asked about: " PROMPT_WORDS ". ";
+    assert_non_null(r.col.text.data);
+    assert_memory_equal(r.col.text.data, want_start, strlen(want_start));
+    assert_non_null(strstr(r.col.text.data, "check every part."));
+    assert_true(r.col.pieces >= 15);
+    /* usage came from the stream: the fake counts 3 per message on top of bytes/4, unlike the estimate */
+    assert_int_equal(r.res.prompt_tokens, 3 * (int)CHAT_ARRAY_LEN(prompt) + (int)(prompt_bytes() / 4));
+    assert_int_equal(r.res.completion_tokens, r.col.pieces);
+    assert_int_equal(r.requests, 1);
+
+    json_object *last = fake_last();
+    assert_true(last_bool(last, "authorization_present"));
+    assert_true(last_bool(last, "accept_event_stream"));
+    assert_true(last_bool(last, "content_type_json"));
+    assert_true(last_bool(last, "stream"));
+    assert_true(last_bool(last, "include_usage"));
+    assert_int_equal(last_int(last, "max_tokens"), 77);
+    assert_int_equal(last_int(last, "messages"), (int)CHAT_ARRAY_LEN(prompt));
+    assert_string_equal(last_str(last, "model"), "fake-ok");
+    assert_string_equal(last_str(last, "path"), "/v1/chat/completions");
+    json_object_put(last);
+    run_free(&r);
+}
+
+static void test_no_key_trailing_slash(void **state)
+{
+    (void)state;
+    chat_config cfg = config_for("fake-ok", "");
+    strcat(cfg.llm_base_url, "/");
+    run r;
+    do_run(&cfg, NULL, 0, 12, &r);
+    assert_int_equal(r.rc, 0);
+    json_object *last = fake_last();
+    assert_false(last_bool(last, "authorization_present"));
+    assert_string_equal(last_str(last, "path"), "/v1/chat/completions");
+    assert_int_equal(last_int(last, "max_tokens"), 12); /* the request's max_tokens wins over the config */
+    json_object_put(last);
+    run_free(&r);
+}
+
+/* Scenarios that end in an error, table-driven. */
+typedef struct err_case {
+    const char *model;
+    int rc;
+    const char *err;    /* exact message, or NULL */
+    const char *substr; /* or a part of it */
+    int tokens;         /* tokens emitted before the error, -1 = any */
+    long requests;      /* requests the fake saw: 2 means one retry */
+} err_case;
+
+static const err_case err_cases[] = {
+    {"fake-401", CHAT_ELLM, "LLM provider rejected the API key", NULL, 0, 1},
+    {"fake-429-always", CHAT_ELLM, "LLM provider rate limit reached", NULL, 0, 2},
+    {"fake-disconnect", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, 4, 1},
+    {"fake-garbage", CHAT_ELLM, "LLM sent an invalid response", NULL, 0, 1},
+    {"fake-no-done", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, 3, 1},
+    {"fake-error-event", CHAT_ELLM, NULL, "overloaded", 2, 1},
+};
+
+static void test_errors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(err_cases); i++) {
+        const err_case *c = &err_cases[i];
+        run r;
+        run_model(c->model, &r);
+        if (r.rc != c->rc)
+            fail_msg("%s: rc %s want %s (%s)", c->model, chat_strerror(r.rc), chat_strerror(c->rc), r.err);
+        if (c->err && strcmp(r.err, c->err)) fail_msg("%s: err '%s' want '%s'", c->model, r.err, c->err);
+        if (c->substr && !strstr(r.err, c->substr)) fail_msg("%s: err '%s' lacks '%s'", c->model, r.err, c->substr);
+        if (c->tokens >= 0 && r.res.tokens_emitted != c->tokens)
+            fail_msg("%s: %d tokens want %d", c->model, r.res.tokens_emitted, c->tokens);
+        if (r.requests != c->requests) fail_msg("%s: %ld requests want %ld", c->model, r.requests, c->requests);
+        assert_string_equal(r.res.finish_reason, "error");
+        assert_null(strstr(r.err, "sk-test-secret"));
+        run_free(&r);
+    }
+}
+
+static void test_retry_429_once(void **state)
+{
+    (void)state;
+    run r;
+    run_model("fake-429", &r);
+    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
+    assert_int_equal(r.requests, 2);
+    assert_string_equal(r.res.finish_reason, "stop");
+    assert_true(r.col.pieces > 0);
+    /* the fake said Retry-After: 1 */
+    assert_true(r.ms >= 900);
+    assert_true(r.ms < 3000);
+    run_free(&r);
+}
+
+static void test_retry_500_once(void **state)
+{
+    (void)state;
+    run r;
+    run_model("fake-500-once", &r);
+    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
+    assert_int_equal(r.requests, 2);
+    assert_true(r.ms >= 200); /* a backoff happened */
+    assert_memory_equal(r.col.text.data, "You asked about: ", 17);
+    run_free(&r);
+}
+
+static void test_connect_refused(void **state)
+{
+    (void)state;
+    /* a port that was free a moment ago */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t alen = sizeof a;
+    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &alen), 0);
+    close(s);
+    chat_config cfg = config_for("fake-ok", "k");
+    snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", ntohs(a.sin_port));
+    run r;
+    do_run(&cfg, NULL, 0, 0, &r);
+    assert_int_equal(r.rc, CHAT_ELLM);
+    assert_string_equal(r.err, "could not connect to the LLM provider");
+    assert_true(r.ms >= 200); /* retried once after a backoff */
+    assert_true(r.ms < 3000);
+    run_free(&r);
+}
+
+static void test_length_and_estimates(void **state)
+{
+    (void)state;
+    run r;
+    run_model("fake-length", &r);
+    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
+    assert_string_equal(r.res.finish_reason, "length");
+    assert_int_equal(r.col.pieces, 5);
+    /* no usage chunk: estimates */
+    assert_int_equal(r.res.completion_tokens, 5);
+    assert_int_equal(r.res.prompt_tokens, (int)(prompt_bytes() / 4));
+    run_free(&r);
+}
+
+static void test_utf8(void **state)
+{
+    (void)state;
+    run r;
+    run_model("fake-utf8", &r);
+    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
+    /* every piece was valid UTF-8 (checked in do_run), and nothing was lost or replaced */
+    assert_string_equal(
+        r.col.text.data,
+        "H\xC3\xA9llo w\xC3\xB6rld \xE2\x80\x94 \xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E \xF0\x9F\x9A\xA4 ok");
+    assert_true(r.col.pieces >= 8);
+    run_free(&r);
+}
+
+static void test_stall_timeout(void **state)
+{
+    (void)state;
+    chat_config cfg = config_for("fake-stall", "k");
+    cfg.llm_stall_timeout_ms = 500;
+    run r;
+    do_run(&cfg, NULL, 0, 0, &r);
+    assert_int_equal(r.rc, CHAT_ETIMEOUT);
+    assert_non_null(strstr(r.err, "stalled"));
+    assert_int_equal(r.col.pieces, 3);
+    assert_true(r.ms >= 450);
+    assert_true(r.ms < 2000);
+    assert_int_equal(r.requests, 1);
+    assert_string_equal(r.res.finish_reason, "error");
+    run_free(&r);
+}
+
+static void test_first_token_timeout(void **state)
+{
+    (void)state;
+    chat_config cfg = config_for("fake-slow-first", "k");
+    cfg.llm_first_token_timeout_ms = 700;
+    cfg.llm_stall_timeout_ms = 300; /* must not apply before the first token */
+    run r;
+    do_run(&cfg, NULL, 0, 0, &r);
+    assert_int_equal(r.rc, CHAT_ETIMEOUT);
+    assert_non_null(strstr(r.err, "did not start answering"));
+    assert_int_equal(r.col.pieces, 0);
+    assert_true(r.ms >= 650);
+    assert_true(r.ms < 2000);
+    assert_int_equal(r.requests, 1); /* a timeout is not retried */
+    run_free(&r);
+}
+
+typedef struct canceller {
+    atomic_int *flag;
+    int after_ms;
+    int64_t set_at;
+} canceller;
+
+static void *cancel_thread(void *arg)
+{
+    canceller *c = arg;
+    struct timespec ts = {0, (long)c->after_ms * 1000000L};
+    nanosleep(&ts, NULL);
+    c->set_at = chat_now_ms();
+    atomic_store(c->flag, 1);
+    return NULL;
+}
+
+static void cancel_case(const char *model)
+{
+    chat_config cfg = config_for(model, "k");
+    atomic_int flag = 0;
+    canceller c = {&flag, 300, 0};
+    pthread_t t;
+    run r;
+    assert_int_equal(pthread_create(&t, NULL, cancel_thread, &c), 0);
+    do_run(&cfg, &flag, 0, 0, &r);
+    int64_t done = chat_now_ms();
+    pthread_join(t, NULL);
+    if (r.rc != CHAT_ECANCELLED) fail_msg("%s: rc %s (%s)", model, chat_strerror(r.rc), r.err);
+    assert_string_equal(r.res.finish_reason, "cancelled");
+    /* do_run's closing GET /debug/last is included in `done`; still far below a second */
+    if (done - c.set_at >= 1000) fail_msg("%s: cancel took %lld ms", model, (long long)(done - c.set_at));
+    run_free(&r);
+}
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    cancel_case("fake-stall");      /* silent after 3 tokens */
+    cancel_case("fake-slow-first"); /* silent from the start */
+}
+
+static void test_callback_stop_and_precancel(void **state)
+{
+    (void)state;
+    chat_config cfg = config_for("fake-ok", "k");
+    run r;
+    do_run(&cfg, NULL, 2, 0, &r);
+    assert_int_equal(r.rc, CHAT_ECANCELLED);
+    assert_int_equal(r.col.pieces, 2);
+    assert_string_equal(r.res.finish_reason, "cancelled");
+    run_free(&r);
+
+    atomic_int flag = 1;
+    do_run(&cfg, &flag, 0, 0, &r);
+    assert_int_equal(r.rc, CHAT_ECANCELLED);
+    assert_int_equal(r.requests, 0);
+    assert_string_equal(r.res.finish_reason, "cancelled");
+    run_free(&r);
+}
+
+static void test_new_rejects_bad_config(void **state)
+{
+    (void)state;
+    char err[128];
+    chat_config cfg = config_for("m", "");
+    cfg.llm_base_url[0] = '\0';
+    assert_null(chat_openai_new(&cfg, err, sizeof err));
+    snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "ftp://example.com/v1");
+    assert_null(chat_openai_new(&cfg, err, sizeof err));
+    assert_null(chat_openai_new(NULL, err, sizeof err));
+    chat_openai_free(NULL);
+}
+
+/* ---- chat_openai_parse_chunk on real-world shapes ---- */
+
+typedef struct chunk_case {
+    const char *name;
+    const char *json;
+    int rc;
+    const char *text;       /* expected appended text ("" = none) */
+    const char *finish;     /* "" = none */
+    int prompt, completion; /* -1 = untouched */
+    const char *err_substr;
+} chunk_case;
+
+static const chunk_case chunk_cases[] = {
+    {"openai role chunk",
+     "{\"id\":\"chatcmpl-9x\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"gpt-4o-mini\","
+     "\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\","
+     "\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}",
+     0, "", "", -1, -1, NULL},
+    {"openai content",
+     "{\"id\":\"chatcmpl-9x\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"gpt-4o-mini\","
+     "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}]}",
+     0, "Hello", "", -1, -1, NULL},
+    {"openai finish",
+     "{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,"
+     "\"finish_reason\":\"stop\"}]}",
+     0, "", "stop", -1, -1, NULL},
+    {"openai usage-only chunk",
+     "{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,"
+     "\"completion_tokens\":7,\"total_tokens\":19,\"prompt_tokens_details\":{\"cached_tokens\":0}}}",
+     0, "", "", 12, 7, NULL},
+    {"openrouter content",
+     "{\"id\":\"gen-1\",\"provider\":\"OpenAI\",\"model\":\"openai/gpt-4o-mini\",\"object\":\"chat.completion.chunk\","
+     "\"created\":1718000000,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\" world\"},"
+     "\"finish_reason\":null,\"native_finish_reason\":null,\"logprobs\":null}]}",
+     0, " world", "", -1, -1, NULL},
+    {"openrouter finish with usage",
+     "{\"id\":\"gen-1\",\"provider\":\"OpenAI\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+     "\"content\":\"\"},\"finish_reason\":\"length\",\"native_finish_reason\":\"length\"}],\"usage\":{"
+     "\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7,\"cost\":0.0001}}",
+     0, "", "length", 5, 2, NULL},
+    {"openrouter mid-stream error",
+     "{\"id\":\"gen-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"provider\":\"p\","
+     "\"error\":{\"code\":\"server_error\",\"message\":\"Provider disconnected unexpectedly\"},"
+     "\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\":\"error\"}]}",
+     CHAT_EINVAL, "", "", -1, -1, "Provider disconnected unexpectedly"},
+    {"error as a string", "{\"error\":\"Internal error\"}", CHAT_EINVAL, "", "", -1, -1, "Internal error"},
+    {"ollama content",
+     "{\"id\":\"chatcmpl-372\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"llama3.2\","
+     "\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+     "\"content\":\"Hi\"},\"finish_reason\":null}]}",
+     0, "Hi", "", -1, -1, NULL},
+    {"ollama final",
+     "{\"id\":\"chatcmpl-372\",\"object\":\"chat.completion.chunk\",\"created\":1718000000,\"model\":\"llama3.2\","
+     "\"system_fingerprint\":\"fp_ollama\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+     "\"content\":\"\"},\"finish_reason\":\"stop\"}]}",
+     0, "", "stop", -1, -1, NULL},
+    {"llama.cpp content",
+     "{\"choices\":[{\"finish_reason\":null,\"index\":0,\"delta\":{\"content\":\" there\"}}],\"created\":1718000000,"
+     "\"id\":\"chatcmpl-abc\",\"model\":\"gpt-3.5-turbo\",\"system_fingerprint\":\"b4000\","
+     "\"object\":\"chat.completion.chunk\"}",
+     0, " there", "", -1, -1, NULL},
+    {"llama.cpp final with timings",
+     "{\"choices\":[{\"finish_reason\":\"length\",\"index\":0,\"delta\":{}}],\"created\":1,\"id\":\"c\","
+     "\"model\":\"m\",\"object\":\"chat.completion.chunk\",\"usage\":{\"completion_tokens\":16,"
+     "\"prompt_tokens\":9,\"total_tokens\":25},\"timings\":{\"prompt_n\":9,\"predicted_n\":16}}",
+     0, "", "length", 9, 16, NULL},
+    {"null content", "{\"choices\":[{\"index\":0,\"delta\":{\"content\":null},\"finish_reason\":null}]}", 0, "", "", -1,
+     -1, NULL},
+    {"missing choices", "{\"id\":\"x\",\"object\":\"chat.completion.chunk\"}", 0, "", "", -1, -1, NULL},
+    {"null choices and usage", "{\"choices\":null,\"usage\":null}", 0, "", "", -1, -1, NULL},
+    {"escapes and surrogate pair",
+     "{\"choices\":[{\"delta\":{\"content\":\"caf\\u00e9 \\ud83d\\udea4 \\\"q\\\"\\n\"}}]}", 0,
+     "caf\xC3\xA9 \xF0\x9F\x9A\xA4 \"q\"\n", "", -1, -1, NULL},
+    {"other finish reason kept", "{\"choices\":[{\"delta\":{},\"finish_reason\":\"content_filter\"}]}", 0, "",
+     "content_filter", -1, -1, NULL},
+    {"legacy completions text", "{\"choices\":[{\"text\":\"abc\",\"finish_reason\":null}]}", 0, "abc", "", -1, -1,
+     NULL},
+    {"trailing whitespace ok", "{\"choices\":[]}  \n", 0, "", "", -1, -1, NULL},
+    {"not json", "this is not json", CHAT_EINVAL, "", "", -1, -1, "invalid response"},
+    {"truncated json", "{\"choices\":[{\"delta\":{\"content\":\"Hel", CHAT_EINVAL, "", "", -1, -1, "invalid response"},
+    {"not an object", "[1,2,3]", CHAT_EINVAL, "", "", -1, -1, "invalid response"},
+    {"trailing garbage", "{\"choices\":[]} x", CHAT_EINVAL, "", "", -1, -1, "invalid response"},
+    {"choices not an array", "{\"choices\":{\"delta\":{}}}", CHAT_EINVAL, "", "", -1, -1, "invalid response"},
+    {"empty", "", CHAT_EINVAL, "", "", -1, -1, "invalid response"},
+};
+
+static void test_parse_chunk_table(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(chunk_cases); i++) {
+        const chunk_case *c = &chunk_cases[i];
+        char *text = NULL, finish[16] = "", err[256] = "";
+        int prompt_t = -1, completion_t = -1;
+        int rc =
+            chat_openai_parse_chunk(c->json, strlen(c->json), &text, finish, &prompt_t, &completion_t, err, sizeof err);
+        if (rc != c->rc) fail_msg("%s: rc %d want %d (%s)", c->name, rc, c->rc, err);
+        if (strcmp(text ? text : "", c->text)) fail_msg("%s: text '%s' want '%s'", c->name, text ? text : "", c->text);
+        if (strcmp(finish, c->finish)) fail_msg("%s: finish '%s' want '%s'", c->name, finish, c->finish);
+        if (prompt_t != c->prompt || completion_t != c->completion)
+            fail_msg("%s: usage %d/%d want %d/%d", c->name, prompt_t, completion_t, c->prompt, c->completion);
+        if (c->err_substr && !strstr(err, c->err_substr))
+            fail_msg("%s: err '%s' lacks '%s'", c->name, err, c->err_substr);
+        free(text);
+    }
+
+    /* text accumulates over calls; the length bounds the parse (no NUL needed) */
+    char *text = NULL;
+    const char *a = "{\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}XXXX";
+    assert_int_equal(chat_openai_parse_chunk(a, strlen(a) - 4, &text, NULL, NULL, NULL, NULL, 0), 0);
+    const char *b = "{\"choices\":[{\"delta\":{\"content\":\", world\"}}]}";
+    assert_int_equal(chat_openai_parse_chunk(b, strlen(b), &text, NULL, NULL, NULL, NULL, 0), 0);
+    assert_string_equal(text, "Hello, world");
+    free(text);
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_chunk_table),
+        cmocka_unit_test(test_new_rejects_bad_config),
+        cmocka_unit_test(test_ok),
+        cmocka_unit_test(test_no_key_trailing_slash),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_retry_429_once),
+        cmocka_unit_test(test_retry_500_once),
+        cmocka_unit_test(test_connect_refused),
+        cmocka_unit_test(test_length_and_estimates),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_stall_timeout),
+        cmocka_unit_test(test_first_token_timeout),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_callback_stop_and_precancel),
+    };
+    int rc = cmocka_run_group_tests(tests, start_fake, stop_fake);
+    curl_global_cleanup();
+    return rc;
+}
