@@ -32,6 +32,9 @@ struct chat_db {
     MYSQL *conn;
     stmt_entry cache[STMT_CACHE_MAX];
     int n_cached;
+    /* Between begin and commit/rollback. A connection lost meanwhile took the transaction with it, so
+     * nothing may reconnect and carry on in autocommit: every call fails until rollback. */
+    bool in_tx;
 };
 
 chat_db *chat_db_new(const chat_config *cfg)
@@ -147,6 +150,7 @@ static int run_once(chat_db *db, const char *sql, const chat_db_param *params, i
                     void *ud, long long *affected, long long *last_id, bool *delivered, unsigned int *errnum,
                     char *err, size_t errlen)
 {
+    if (db->in_tx && !db->conn) return chat_fail(err, errlen, CHAT_EDB, "connection lost during a transaction");
     int rc = chat_db_connect(db, err, errlen);
     if (rc) {
         *errnum = CR_CONNECTION_ERROR;
@@ -290,7 +294,7 @@ int chat_db_run(chat_db *db, const char *sql, const chat_db_param *params, int n
         int rc = run_once(db, sql, params, nparams, fn, ud, affected, last_id, &delivered, &errnum, err, errlen);
         if (rc != CHAT_EDB || !is_connection_error(errnum)) return rc;
         drop_connection(db); /* the server went away: the next call (or this retry) reconnects */
-        if (delivered || attempt > 0) return rc;
+        if (delivered || attempt > 0 || db->in_tx) return rc;
     }
 }
 
@@ -335,18 +339,24 @@ int chat_db_exec_script(chat_db *db, const char *sql, size_t len, char *err, siz
 
 int chat_db_begin(chat_db *db, char *err, size_t errlen)
 {
+    db->in_tx = false;
     int rc = chat_db_ping(db, err, errlen);
-    return rc ? rc : simple_query(db, "START TRANSACTION", err, errlen);
+    if (!rc) rc = simple_query(db, "START TRANSACTION", err, errlen);
+    db->in_tx = rc == 0;
+    return rc;
 }
 
 int chat_db_commit(chat_db *db, char *err, size_t errlen)
 {
-    if (!db->conn) return chat_fail(err, errlen, CHAT_EDB, "connection lost before commit");
+    bool was = db->in_tx;
+    db->in_tx = false;
+    if (!db->conn || !was) return chat_fail(err, errlen, CHAT_EDB, "connection lost before commit");
     return simple_query(db, "COMMIT", err, errlen);
 }
 
 void chat_db_rollback(chat_db *db)
 {
+    db->in_tx = false;
     if (db->conn && mysql_query(db->conn, "ROLLBACK")) drop_connection(db);
 }
 

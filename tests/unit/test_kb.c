@@ -278,6 +278,27 @@ static void test_restart_mid_run(void **state)
     assert_true(top_is(db, "Seawind 250 engine power", "seawind-250/specs.md"));
 }
 
+/* A transaction cut by a server restart fails as a whole: nothing carries on in autocommit. */
+static void test_transaction_lost(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_tx", TESTUTIL_SCHEMA);
+    char err[256], cmd[1024];
+    testutil_sql(d, "CREATE TABLE t (a INT)");
+    assert_int_equal(chat_db_begin(d, err, sizeof err), 0);
+    chat_db_param one = CHAT_DB_P_INT(1), two = CHAT_DB_P_INT(2);
+    assert_int_equal(chat_db_run(d, "INSERT INTO t VALUES (?)", &one, 1, NULL, NULL, NULL, NULL, err, sizeof err), 0);
+    snprintf(cmd, sizeof cmd, "bash %s restart >/dev/null 2>&1", testutil_path("deploy/mariadb.sh"));
+    assert_int_equal(system(cmd), 0);
+    assert_int_equal(chat_db_run(d, "INSERT INTO t VALUES (?)", &two, 1, NULL, NULL, NULL, NULL, err, sizeof err),
+                     CHAT_EDB);
+    assert_int_equal(chat_db_run(d, "INSERT INTO t VALUES (?)", &two, 1, NULL, NULL, NULL, NULL, err, sizeof err),
+                     CHAT_EDB);
+    assert_int_equal(chat_db_commit(d, err, sizeof err), CHAT_EDB);
+    chat_db_rollback(d);
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM t"), 0);
+    chat_db_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -285,7 +306,7 @@ int main(void)
         cmocka_unit_test(test_import_idempotent),  cmocka_unit_test(test_reimport_sample_dir),
         cmocka_unit_test(test_ranking),            cmocka_unit_test(test_short_tokens_and_codes),
         cmocka_unit_test(test_hostile_inputs),     cmocka_unit_test(test_fault_code_parse),
-        cmocka_unit_test(test_admin_edits_visible), cmocka_unit_test(test_restart_mid_run),
+        cmocka_unit_test(test_admin_edits_visible), cmocka_unit_test(test_restart_mid_run),   cmocka_unit_test(test_transaction_lost),
     };
     return cmocka_run_group_tests(tests, setup_sample, teardown_sample);
 }

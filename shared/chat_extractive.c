@@ -1,0 +1,365 @@
+/* The extractive provider: answers from the knowledge base itself when no language model is configured.
+ *
+ * It is deliberately simple and honest: split the top passages into sentences, score each sentence by
+ * the question's content words it contains (with a few domain synonyms: "power" finds "hp" and "kW"),
+ * favour sentences with figures for spec questions and sentences about the customer's own model, then
+ * keep the best few in document order. The answer says where it comes from and, when nothing scores,
+ * says it does not know instead of guessing. Output streams word by word. */
+#include "chat_extractive.h"
+
+#include <ctype.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "chat_common.h"
+#include "chat_util.h"
+
+#define MAX_TERMS 32
+#define MAX_SENTENCES 256
+#define MAX_PICK 3
+
+typedef struct term {
+    char w[48];
+    double weight;
+} term;
+
+/* Question word -> words that state the answer in spec sheets. */
+static const struct {
+    const char *word;
+    const char *expands;
+} SYNONYMS[] = {
+    {"power", "hp kw horsepower delivering rated"},
+    {"horsepower", "hp kw power"},
+    {"hp", "horsepower kw power"},
+    {"torque", "nm lb"},
+    {"long", "length loa ft m"},
+    {"length", "loa ft m"},
+    {"wide", "beam"},
+    {"width", "beam"},
+    {"heavy", "weight kg lbs dry"},
+    {"weigh", "weight kg lbs dry"},
+    {"weight", "kg lbs dry"},
+    {"fast", "speed knots mph top"},
+    {"speed", "knots mph"},
+    {"fuel", "tank l gallons"},
+    {"capacity", "l gallons persons"},
+    {"people", "persons passengers"},
+    {"passengers", "persons people"},
+    {"engine", "outboard inboard sterndrive powered"},
+    {"motor", "engine outboard"},
+    {"oil", "sae litres quarts"},
+    {"range", "nautical nm miles"},
+    {"warranty", "covered coverage years"},
+    {"appointment", "appointments scheduled booked"},
+    {"service", "hours interval"},
+    {"open", "hours opening"},
+};
+
+static const char *const STOP[] = {
+    "a", "about", "an", "and", "any", "are", "as", "at", "be", "boat", "but", "by", "can", "could", "do",
+    "does", "for", "from", "get", "give", "had", "has", "have", "hi", "how", "i", "if", "in", "is", "it",
+    "its", "know", "me", "mean", "much", "my", "need", "of", "on", "or", "our", "please", "seawind", "should",
+    "so", "tell", "than", "that", "the", "their", "there", "this", "to", "us", "was", "we", "what", "whats",
+    "when", "where", "which", "who", "why", "will", "with", "would", "you", "your",
+};
+
+static bool is_stop(const char *w)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(STOP); i++)
+        if (!strcmp(STOP[i], w)) return true;
+    return false;
+}
+
+static void add_term(term *t, int *n, const char *w, size_t len, double weight)
+{
+    if (*n >= MAX_TERMS || len == 0 || len >= sizeof t[0].w) return;
+    for (int i = 0; i < *n; i++)
+        if (strlen(t[i].w) == len && !strncmp(t[i].w, w, len)) return;
+    memcpy(t[*n].w, w, len);
+    t[*n].w[len] = '\0';
+    t[*n].weight = weight;
+    (*n)++;
+}
+
+/* Lower-cased words of s, one callback each. */
+static void each_word(const char *s, void (*fn)(void *, const char *, size_t), void *ud)
+{
+    char w[48];
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s;; p++) {
+        if (*p && (isalnum(*p) || *p >= 0x80)) {
+            if (n < sizeof w - 1) w[n++] = (char)tolower(*p);
+            continue;
+        }
+        if (n) fn(ud, w, n);
+        n = 0;
+        if (!*p) break;
+    }
+}
+
+typedef struct qctx {
+    term *t;
+    int n;
+} qctx;
+
+static void question_word(void *ud, const char *w, size_t len)
+{
+    qctx *q = ud;
+    char word[48];
+    memcpy(word, w, len);
+    word[len] = '\0';
+    if (is_stop(word) || (len == 1 && !isdigit((unsigned char)w[0]))) return;
+    add_term(q->t, &q->n, w, len, 1.0);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(SYNONYMS); i++) {
+        if (strcmp(SYNONYMS[i].word, word)) continue;
+        const char *e = SYNONYMS[i].expands;
+        while (*e) {
+            const char *sp = strchr(e, ' ');
+            size_t l = sp ? (size_t)(sp - e) : strlen(e);
+            add_term(q->t, &q->n, e, l, 0.6);
+            e += l + (sp ? 1 : 0);
+        }
+    }
+}
+
+typedef struct sentence {
+    const char *s;
+    size_t len;
+    int passage;
+    int order;
+    double score;
+} sentence;
+
+typedef struct sctx {
+    const term *t;
+    int n;
+    bool seen[MAX_TERMS];
+    double score;
+    bool has_number;
+} sctx;
+
+static void sentence_word(void *ud, const char *w, size_t len)
+{
+    sctx *c = ud;
+    if (isdigit((unsigned char)w[0])) c->has_number = true;
+    for (int i = 0; i < c->n; i++) {
+        size_t tl = strlen(c->t[i].w);
+        /* prefix match on stems: "overheats" matches "overheat", "engines" matches "engine" */
+        bool hit = tl == len ? !strncmp(c->t[i].w, w, len)
+                             : (tl >= 4 && len > tl && len <= tl + 3 && !strncmp(c->t[i].w, w, tl));
+        if (hit && !c->seen[i]) {
+            c->seen[i] = true;
+            c->score += c->t[i].weight;
+        }
+    }
+}
+
+/* Splits body into sentences at ". ", "? ", "! " and line breaks (list items stay whole). */
+static int split_sentences(const char *body, int passage, sentence *out, int n, int max)
+{
+    const char *p = body, *start = body;
+    int order = 0;
+    while (n < max) {
+        bool end = !*p || *p == '\n' ||
+                   ((*p == '.' || *p == '?' || *p == '!') && (p[1] == ' ' || p[1] == '\n' || !p[1]) &&
+                    !(p > body && isdigit((unsigned char)p[-1]) && isdigit((unsigned char)p[1])));
+        if (end) {
+            const char *e = (*p && *p != '\n') ? p + 1 : p;
+            while (start < e && (isspace((unsigned char)*start) || *start == '-' || *start == '*')) start++;
+            if (e - start > 12) {
+                out[n].s = start;
+                out[n].len = (size_t)(e - start);
+                out[n].passage = passage;
+                out[n].order = order++;
+                out[n].score = 0;
+                n++;
+            }
+            if (!*p) break;
+            start = p + 1;
+        }
+        p++;
+    }
+    return n;
+}
+
+static bool asks_for_figure(const char *q)
+{
+    static const char *const cues[] = {"how much", "how many", "how long", "how heavy", "how fast", "how big",
+                                       "what is the", "what's the", "power", "torque", "capacity", "speed",
+                                       "length", "weight", "beam", "draft", "size", "hp", "range"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cues); i++)
+        if (chat_strcasestr(q, cues[i])) return true;
+    return false;
+}
+
+static bool asks_for_appointment(const char *q)
+{
+    static const char *const cues[] = {"appointment", "next service", "booked", "scheduled", "when is my",
+                                       "my service", "my next"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cues); i++)
+        if (chat_strcasestr(q, cues[i])) return true;
+    return false;
+}
+
+static int cmp_score(const void *a, const void *b)
+{
+    const sentence *x = a, *y = b;
+    if (x->score != y->score) return x->score < y->score ? 1 : -1;
+    if (x->passage != y->passage) return x->passage - y->passage;
+    return x->order - y->order;
+}
+
+static int cmp_position(const void *a, const void *b)
+{
+    const sentence *x = a, *y = b;
+    if (x->passage != y->passage) return x->passage - y->passage;
+    return x->order - y->order;
+}
+
+static const char *agent_intro(const char *agent)
+{
+    if (!agent) return "";
+    if (!strcmp(agent, "specs")) return "Here is what the specification sheet says. ";
+    if (!strcmp(agent, "maintenance")) return "From our service documentation: ";
+    if (!strcmp(agent, "troubleshooting")) return "Here is what our troubleshooting guide says. ";
+    return "";
+}
+
+char *chat_extractive_compose(const chat_llm_request *req)
+{
+    chat_buf out;
+    chat_buf_init(&out);
+    const char *question = req->question ? req->question : "";
+    term terms[MAX_TERMS];
+    qctx q = {terms, 0};
+    each_word(question, question_word, &q);
+
+    /* The customer's appointments answer "when is my next service" better than any document. */
+    const char *appt = NULL;
+    if (req->customer_context && asks_for_appointment(question))
+        appt = chat_strcasestr(req->customer_context, "Upcoming appointment");
+
+    sentence *s = calloc(MAX_SENTENCES, sizeof *s);
+    if (!s) return NULL;
+    int ns = 0;
+    size_t np = req->passages ? req->passages->n : 0;
+    if (np > 4) np = 4;
+    for (size_t i = 0; i < np; i++) ns = split_sentences(req->passages->items[i].body, (int)i, s, ns, MAX_SENTENCES);
+
+    bool figure = asks_for_figure(question);
+    for (int i = 0; i < ns; i++) {
+        char tmp[2048];
+        size_t l = s[i].len < sizeof tmp - 1 ? s[i].len : sizeof tmp - 1;
+        memcpy(tmp, s[i].s, l);
+        tmp[l] = '\0';
+        sctx c = {terms, q.n, {false}, 0, false};
+        each_word(tmp, sentence_word, &c);
+        double score = c.score;
+        if (score > 0 && figure && c.has_number) score += 0.75;
+        if (score > 0) score += 0.5 / (1 + s[i].passage) - 0.02 * s[i].order;
+        s[i].score = score;
+    }
+    qsort(s, (size_t)ns, sizeof *s, cmp_score);
+    int pick = 0;
+    double best = ns ? s[0].score : 0;
+    int max_pick = appt ? 1 : MAX_PICK; /* with an appointment to report, one supporting sentence at most */
+    while (pick < ns && pick < max_pick && s[pick].score >= 1.0 && s[pick].score >= best * 0.55) pick++;
+    qsort(s, (size_t)pick, sizeof *s, cmp_position);
+
+    if (appt) {
+        /* the upcoming part only: up to the end of its sentence */
+        const char *end = strstr(appt, ". ");
+        const char *nl = strchr(appt, '\n');
+        if (!end || (nl && nl < end)) end = nl;
+        size_t l = end ? (size_t)(end - appt) : strlen(appt);
+        chat_buf_puts(&out, "Here is what I have on file for you. ");
+        chat_buf_append(&out, appt, l);
+        if (l && appt[l - 1] != '.') chat_buf_puts(&out, ".");
+        if (pick) chat_buf_puts(&out, "\n\n");
+    }
+    if (pick) {
+        chat_buf_puts(&out, agent_intro(req->agent));
+        for (int i = 0; i < pick; i++) {
+            if (i) chat_buf_puts(&out, " ");
+            chat_buf_append(&out, s[i].s, s[i].len);
+        }
+        /* cite each passage used, once */
+        chat_buf_puts(&out, "\n\nSources: ");
+        int cited = 0;
+        for (int i = 0; i < pick; i++) {
+            bool dup = false;
+            for (int j = 0; j < i; j++) dup |= s[j].passage == s[i].passage ||
+                                             !strcmp(req->passages->items[s[j].passage].source,
+                                                     req->passages->items[s[i].passage].source);
+            if (dup) continue;
+            chat_buf_printf(&out, "%s%s", cited++ ? ", " : "", req->passages->items[s[i].passage].source);
+        }
+        chat_buf_puts(&out, ".");
+    } else if (!appt) {
+        chat_buf_puts(&out, "I could not find an answer to that in the Seawind Marine knowledge base. "
+                            "Could you rephrase it, or name the model or fault code you are asking about? "
+                            "For anything urgent, your nearest Seawind Marine service center can help.");
+    }
+    free(s);
+    return chat_buf_take(&out);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int chat_extractive_generate(const chat_config *cfg, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
+                             const atomic_int *cancel, chat_llm_result *res, char *err, size_t errlen)
+{
+    memset(res, 0, sizeof *res);
+    snprintf(res->finish_reason, sizeof res->finish_reason, "error");
+    char *text = chat_extractive_compose(req);
+    if (!text) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    size_t prompt_bytes = req->question ? strlen(req->question) : 0;
+    if (req->passages)
+        for (size_t i = 0; i < req->passages->n && i < 4; i++) prompt_bytes += strlen(req->passages->items[i].body);
+    res->prompt_tokens = (int)(prompt_bytes / 4) + 1;
+
+    int max_tokens = req->max_tokens > 0 ? req->max_tokens : 1 << 30;
+    int rc = 0;
+    const char *p = text;
+    snprintf(res->finish_reason, sizeof res->finish_reason, "stop");
+    while (*p) {
+        if (cancel && atomic_load(cancel)) {
+            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "cancelled");
+            snprintf(res->finish_reason, sizeof res->finish_reason, "cancelled");
+            break;
+        }
+        if (res->completion_tokens >= max_tokens) {
+            snprintf(res->finish_reason, sizeof res->finish_reason, "length");
+            break;
+        }
+        /* a token is a word with the whitespace that follows it */
+        const char *e = p;
+        while (*e && !isspace((unsigned char)*e)) e++;
+        while (*e && isspace((unsigned char)*e)) e++;
+        if (cfg->token_delay_ms > 0 && res->completion_tokens > 0) {
+            for (int waited = 0; waited < cfg->token_delay_ms; waited += 50) {
+                if (cancel && atomic_load(cancel)) break;
+                int step = cfg->token_delay_ms - waited < 50 ? cfg->token_delay_ms - waited : 50;
+                sleep_ms(step);
+            }
+            if (cancel && atomic_load(cancel)) continue; /* reported at the top of the loop */
+        }
+        res->completion_tokens++;
+        res->tokens_emitted++;
+        if (fn(ud, p, (size_t)(e - p))) {
+            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "stopped by the caller");
+            snprintf(res->finish_reason, sizeof res->finish_reason, "cancelled");
+            break;
+        }
+        p = e;
+    }
+    free(text);
+    return rc;
+}

@@ -1,0 +1,444 @@
+/* Conversation memory against the real private MariaDB: session creation and ownership, malformed ids,
+ * history order and limit, idempotent turns, the REST JSON, Unicode and large texts, a race for a new
+ * session id between two users, and the database restarted between two calls (chat_db must reconnect).
+ * Set CHAT_TEST_SKIP_RESTART=1 to skip the restart test when other people share the test server. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <json-c/json.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_common.h"
+#include "chat_memory.h"
+#include "chat_util.h"
+#include "testutil.h"
+
+static chat_db *db;
+static char err[512];
+
+static int setup(void **state)
+{
+    db = testutil_db_fresh("memory", TESTUTIL_SCHEMA);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    chat_db_free(db);
+    return 0;
+}
+
+static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
+    return 0;
+}
+
+static long long count_messages(const char *sid)
+{
+    long long n = -1;
+    chat_db_param p = CHAT_DB_P_STR(sid);
+    assert_int_equal(chat_db_run(db, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n,
+                                 NULL, NULL, err, sizeof err),
+                     0);
+    return n;
+}
+
+static void open_ok(const char *user, const char *req, char sid[CHAT_SESSION_ID_MAX + 1], int want_created)
+{
+    int created = -1;
+    int rc = chat_memory_open(db, user, req, NULL, sid, &created, err, sizeof err);
+    if (rc) fail_msg("open %s for %s: %s (%s)", req ? req : "(new)", user, chat_strerror(rc), err);
+    assert_int_equal(created, want_created);
+}
+
+static void test_open_and_ownership(void **state)
+{
+    char sid[CHAT_SESSION_ID_MAX + 1], sid2[CHAT_SESSION_ID_MAX + 1];
+    /* no id: a new UUID session */
+    open_ok("alice", NULL, sid, 1);
+    assert_int_equal(strlen(sid), 36);
+    assert_true(chat_id_valid(sid));
+    open_ok("alice", "", sid2, 1);
+    assert_string_not_equal(sid, sid2);
+    /* reopen by its owner */
+    char again[CHAT_SESSION_ID_MAX + 1];
+    open_ok("alice", sid, again, 0);
+    assert_string_equal(again, sid);
+    /* another user: forbidden, whatever the case of the user id or the session id */
+    static const char *const intruders[] = {"bob", "Alice", "alice ", "ALICE"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(intruders); i++)
+        assert_int_equal(chat_memory_open(db, intruders[i], sid, NULL, again, NULL, err, sizeof err),
+                         CHAT_EFORBIDDEN);
+    char upper[CHAT_SESSION_ID_MAX + 1];
+    snprintf(upper, sizeof upper, "%s", sid);
+    for (char *p = upper; *p; p++)
+        if (*p >= 'a' && *p <= 'z') *p = (char)(*p - 32);
+    assert_int_equal(chat_memory_open(db, "bob", upper, NULL, again, NULL, err, sizeof err), CHAT_EFORBIDDEN);
+    /* a client-chosen id is created on first use and owned from then on */
+    open_ok("carol", "carol-session.1:x", again, 1);
+    open_ok("carol", "carol-session.1:x", again, 0);
+    assert_int_equal(chat_memory_open(db, "dave", "carol-session.1:x", NULL, again, NULL, err, sizeof err),
+                     CHAT_EFORBIDDEN);
+    /* malformed ids and users */
+    char big[80];
+    memset(big, 'a', 65), big[65] = '\0';
+    static const char *const bad_ids[] = {"has space", "semi;colon", "quote'", "slash/x", "\xc3\xa9t\xc3\xa9",
+                                          "%", "a\nb"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(bad_ids); i++)
+        assert_int_equal(chat_memory_open(db, "alice", bad_ids[i], NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_open(db, "alice", big, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    memset(big, 'a', 64), big[64] = '\0';
+    open_ok("alice", big, again, 1); /* 64 is the limit, included */
+    assert_int_equal(chat_memory_open(db, "", NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_open(db, NULL, NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_open(db, "\xff", NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_open(db, "alice", NULL, "bad customer", again, NULL, err, sizeof err), CHAT_EINVAL);
+    /* a Unicode user id (JWT sub) is fine */
+    open_ok("\xe7\x94\xa8\xe6\x88\xb7-1", NULL, again, 1);
+}
+
+static int customer_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    snprintf(ud, 64, "%s", v[0] ? v[0] : "(null)");
+    return 0;
+}
+
+static void test_customer_tie(void **state)
+{
+    char sid[CHAT_SESSION_ID_MAX + 1], cust[64];
+    int created = 0;
+    assert_int_equal(chat_memory_open(db, "erin", "erin-1", NULL, sid, &created, err, sizeof err), 0);
+    chat_db_param p = CHAT_DB_P_STR("erin-1");
+    const char *sql = "SELECT customer_id FROM chat_sessions WHERE id = ?";
+    assert_int_equal(chat_db_run(db, sql, &p, 1, customer_row, cust, NULL, NULL, err, sizeof err), 0);
+    assert_string_equal(cust, "(null)");
+    /* the first customer named ties the session; a later one does not re-tie it */
+    assert_int_equal(chat_memory_open(db, "erin", "erin-1", "cust-1001", sid, NULL, err, sizeof err), 0);
+    assert_int_equal(chat_memory_open(db, "erin", "erin-1", "cust-1002", sid, NULL, err, sizeof err), 0);
+    assert_int_equal(chat_db_run(db, sql, &p, 1, customer_row, cust, NULL, NULL, err, sizeof err), 0);
+    assert_string_equal(cust, "cust-1001");
+    assert_int_equal(chat_memory_open(db, "erin", NULL, "cust-1003", sid, &created, err, sizeof err), 0);
+    p = CHAT_DB_P_STR(sid);
+    assert_int_equal(chat_db_run(db, sql, &p, 1, customer_row, cust, NULL, NULL, err, sizeof err), 0);
+    assert_string_equal(cust, "cust-1003");
+}
+
+static void store_ok(const char *sid, const char *rid, const char *u, const char *a, const char *meta)
+{
+    int rc = chat_memory_store_turn(db, sid, rid, u, a, meta, err, sizeof err);
+    if (rc) fail_msg("store %s/%s: %s (%s)", sid, rid, chat_strerror(rc), err);
+}
+
+static void test_history_order_and_limit(void **state)
+{
+    char sid[CHAT_SESSION_ID_MAX + 1];
+    open_ok("frank", NULL, sid, 1);
+    char rid[16], u[32], a[32];
+    for (int i = 1; i <= 5; i++) {
+        snprintf(rid, sizeof rid, "r%d", i), snprintf(u, sizeof u, "question %d", i), snprintf(a, sizeof a, "answer %d", i);
+        store_ok(sid, rid, u, a, NULL);
+    }
+    chat_history h;
+    assert_int_equal(chat_memory_history(db, sid, 3, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 6);
+    for (size_t i = 0; i < h.n; i++) {
+        snprintf(u, sizeof u, "%s %zu", i % 2 ? "answer" : "question", 3 + i / 2);
+        assert_string_equal(h.items[i].role, i % 2 ? "assistant" : "user");
+        assert_string_equal(h.items[i].content, u);
+    }
+    chat_history_clear(&h);
+    assert_int_equal(h.n, 0);
+    chat_history_clear(&h); /* twice is fine */
+    assert_int_equal(chat_memory_history(db, sid, 100, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 10);
+    assert_string_equal(h.items[0].content, "question 1");
+    chat_history_clear(&h);
+    assert_int_equal(chat_memory_history(db, sid, 0, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 0);
+    assert_int_equal(chat_memory_history(db, sid, -3, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 0);
+    /* an unknown session has an empty history; a malformed id is refused */
+    assert_int_equal(chat_memory_history(db, "nobody-here", 5, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 0);
+    assert_int_equal(chat_memory_history(db, "bad id", 5, &h, err, sizeof err), CHAT_EINVAL);
+    assert_null(h.items);
+}
+
+static void test_store_idempotent(void **state)
+{
+    char sid[CHAT_SESSION_ID_MAX + 1];
+    open_ok("grace", NULL, sid, 1);
+    store_ok(sid, "req-1", "What is the beam?", "8 ft 6 in.", "{\"agent\":\"specs\"}");
+    store_ok(sid, "req-1", "What is the beam?", "8 ft 6 in.", "{\"agent\":\"specs\"}");
+    assert_int_equal(count_messages(sid), 2);
+    /* a retry with other text keeps what was stored first */
+    store_ok(sid, "req-1", "changed", "changed", NULL);
+    assert_int_equal(count_messages(sid), 2);
+    chat_history h;
+    assert_int_equal(chat_memory_history(db, sid, 5, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 2);
+    assert_string_equal(h.items[0].content, "What is the beam?");
+    chat_history_clear(&h);
+    /* request ids are per session: the same id in another session is another turn */
+    char other[CHAT_SESSION_ID_MAX + 1];
+    open_ok("grace", NULL, other, 1);
+    store_ok(other, "req-1", "hi", "hello", NULL);
+    assert_int_equal(count_messages(other), 2);
+    /* an empty answer (a cancelled generation) is a turn too */
+    store_ok(sid, "req-2", "and the draft?", "", NULL);
+    assert_int_equal(count_messages(sid), 4);
+    /* refused inputs store nothing */
+    assert_int_equal(chat_memory_store_turn(db, "no-such-session", "r", "u", "a", NULL, err, sizeof err),
+                     CHAT_ENOTFOUND);
+    assert_int_equal(count_messages("no-such-session"), 0);
+    assert_int_equal(chat_memory_store_turn(db, sid, "bad id", "u", "a", NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "", "u", "a", NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "bad id", "r", "u", "a", NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r3", NULL, "a", NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "u", NULL, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "bad \xff utf8", "a", NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "u", "cut \xe2\x80", NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(count_messages(sid), 4);
+}
+
+static int ts_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    snprintf(ud, 32, "%s", v[0] ? v[0] : "");
+    return 0;
+}
+
+static void test_updated_at_touched(void **state)
+{
+    char sid[CHAT_SESSION_ID_MAX + 1], ts[32];
+    open_ok("heidi", NULL, sid, 1);
+    chat_db_param p = CHAT_DB_P_STR(sid);
+    assert_int_equal(chat_db_run(db, "UPDATE chat_sessions SET updated_at = '2001-01-01 00:00:00' WHERE id = ?", &p, 1,
+                                 NULL, NULL, NULL, NULL, err, sizeof err),
+                     0);
+    store_ok(sid, "r1", "u", "a", NULL);
+    assert_int_equal(chat_db_run(db, "SELECT updated_at > '2020-01-01' FROM chat_sessions WHERE id = ?", &p, 1, ts_row,
+                                 ts, NULL, NULL, err, sizeof err),
+                     0);
+    assert_string_equal(ts, "1");
+}
+
+static void test_messages_json(void **state)
+{
+    char sid[CHAT_SESSION_ID_MAX + 1];
+    open_ok("ivan", NULL, sid, 1);
+    store_ok(sid, "r1", "Is the \"250\" fast?\n", "Yes: 52 mph </script>", "{\"agent\":\"specs\",\"confidence\":0.9}");
+    store_ok(sid, "r2", "thanks", "You're welcome.", "not json {");
+    char *json = NULL;
+    assert_int_equal(chat_memory_messages_json(db, "ivan", sid, &json, err, sizeof err), 0);
+    assert_non_null(json);
+    json_object *root = json_tokener_parse(json);
+    assert_non_null(root);
+    json_object *v, *msgs;
+    assert_true(json_object_object_get_ex(root, "session_id", &v));
+    assert_string_equal(json_object_get_string(v), sid);
+    assert_true(json_object_object_get_ex(root, "messages", &msgs));
+    assert_int_equal(json_object_array_length(msgs), 4);
+    static const char *const roles[] = {"user", "assistant", "user", "assistant"};
+    static const char *const contents[] = {"Is the \"250\" fast?\n", "Yes: 52 mph </script>", "thanks",
+                                           "You're welcome."};
+    for (size_t i = 0; i < 4; i++) {
+        json_object *m = json_object_array_get_idx(msgs, i);
+        assert_true(json_object_object_get_ex(m, "role", &v));
+        assert_string_equal(json_object_get_string(v), roles[i]);
+        assert_true(json_object_object_get_ex(m, "content", &v));
+        assert_string_equal(json_object_get_string(v), contents[i]);
+        assert_true(json_object_object_get_ex(m, "created_at", &v));
+        const char *ts = json_object_get_string(v);
+        /* 2025-01-02T03:04:05.678Z */
+        assert_int_equal(strlen(ts), 24);
+        assert_true(ts[4] == '-' && ts[10] == 'T' && ts[19] == '.' && ts[23] == 'Z');
+        assert_true(ts[0] == '2');
+        /* metadata: only on the first answer; the unparsable one is left out */
+        bool has_meta = json_object_object_get_ex(m, "metadata", &v);
+        assert_int_equal(has_meta, i == 1);
+        if (has_meta) {
+            json_object *agent;
+            assert_true(json_object_object_get_ex(v, "agent", &agent));
+            assert_string_equal(json_object_get_string(agent), "specs");
+        }
+    }
+    json_object_put(root);
+    free(json);
+    /* only the owner */
+    json = (char *)1;
+    assert_int_equal(chat_memory_messages_json(db, "mallory", sid, &json, err, sizeof err), CHAT_EFORBIDDEN);
+    assert_null(json);
+    assert_int_equal(chat_memory_messages_json(db, "ivan", "no-such-session", &json, err, sizeof err),
+                     CHAT_ENOTFOUND);
+    assert_int_equal(chat_memory_messages_json(db, "ivan", "bad id", &json, err, sizeof err), CHAT_EINVAL);
+    /* an empty session */
+    open_ok("ivan", "ivan-empty", sid, 1);
+    assert_int_equal(chat_memory_messages_json(db, "ivan", sid, &json, err, sizeof err), 0);
+    assert_string_equal(json, "{\"session_id\":\"ivan-empty\",\"messages\":[]}");
+    free(json);
+}
+
+static void test_unicode_and_sizes(void **state)
+{
+    char sid[CHAT_SESSION_ID_MAX + 1];
+    open_ok("judy", NULL, sid, 1);
+    const char *u = "\xf0\x9f\x9a\xa4 \xe8\x88\xb9\xe3\x81\xae\xe3\x82\xa8\xe3\x83\xb3\xe3\x82\xb8\xe3\x83\xb3\xe3\x81"
+                    "\x8c\xe5\x8b\x95\xe3\x81\x8b\xe3\x81\xaa\xe3\x81\x84 e\xcc\x81 \xd8\xa7\xd9\x84\xd9\x82\xd8\xa7\xd8"
+                    "\xb1\xd8\xa8";
+    const char *a = "\xf0\x9f\x98\x80\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd \xe5\xae\x8c\xe4\xba\x86";
+    store_ok(sid, "r1", u, a, "{\"note\":\"\xf0\x9f\x9a\xa4\"}");
+    chat_history h;
+    assert_int_equal(chat_memory_history(db, sid, 1, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 2);
+    assert_string_equal(h.items[0].content, u);
+    assert_string_equal(h.items[1].content, a);
+    chat_history_clear(&h);
+    char *json = NULL;
+    assert_int_equal(chat_memory_messages_json(db, "judy", sid, &json, err, sizeof err), 0);
+    json_object *root = json_tokener_parse(json), *msgs, *v;
+    assert_true(json_object_object_get_ex(root, "messages", &msgs));
+    assert_true(json_object_object_get_ex(json_object_array_get_idx(msgs, 0), "content", &v));
+    assert_string_equal(json_object_get_string(v), u);
+    json_object_put(root);
+    free(json);
+
+    /* 1 MB is far above the front ends' 8 KB cap but within MEDIUMTEXT: stored and read back intact */
+    size_t mb = 1024 * 1024;
+    char *big = malloc(mb + 1);
+    assert_non_null(big);
+    for (size_t i = 0; i < mb; i++) big[i] = (char)('a' + i % 26);
+    big[mb] = '\0';
+    store_ok(sid, "r-big", big, "ok", NULL);
+    assert_int_equal(chat_memory_history(db, sid, 1, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 2);
+    assert_int_equal(strlen(h.items[0].content), mb);
+    assert_memory_equal(h.items[0].content, big, mb);
+    chat_history_clear(&h);
+    free(big);
+    /* above MEDIUMTEXT: refused before reaching the server */
+    size_t too = 16777216;
+    big = malloc(too + 1);
+    assert_non_null(big);
+    memset(big, 'x', too), big[too] = '\0';
+    assert_int_equal(chat_memory_store_turn(db, sid, "r-huge", big, "a", NULL, err, sizeof err), CHAT_EINVAL);
+    free(big);
+    assert_int_equal(count_messages(sid), 4);
+}
+
+/* Two users race to create the same new session id on separate connections: exactly one owns it. */
+typedef struct racer {
+    const char *user;
+    const char *sid;
+    int rc;
+} racer;
+
+static void *race(void *arg)
+{
+    racer *r = arg;
+    chat_config cfg = testutil_config("memory");
+    chat_db *d = chat_db_new(&cfg);
+    char out[CHAT_SESSION_ID_MAX + 1], e[256];
+    r->rc = d ? chat_memory_open(d, r->user, r->sid, NULL, out, NULL, e, sizeof e) : CHAT_ENOMEM;
+    chat_db_free(d);
+    return NULL;
+}
+
+static void test_open_race(void **state)
+{
+    for (int i = 0; i < 20; i++) {
+        char sid[32];
+        snprintf(sid, sizeof sid, "race-%d", i);
+        racer a = {"user-a", sid, 99}, b = {"user-b", sid, 99};
+        pthread_t ta, tb;
+        assert_int_equal(pthread_create(&ta, NULL, race, &a), 0);
+        assert_int_equal(pthread_create(&tb, NULL, race, &b), 0);
+        pthread_join(ta, NULL), pthread_join(tb, NULL);
+        int ok = (a.rc == 0) + (b.rc == 0), forbidden = (a.rc == CHAT_EFORBIDDEN) + (b.rc == CHAT_EFORBIDDEN);
+        if (ok != 1 || forbidden != 1) fail_msg("race %d: %s / %s", i, chat_strerror(a.rc), chat_strerror(b.rc));
+    }
+}
+
+/* Restarts the private test server: $CHAT_VAR, else the folder above the socket's run/ directory. */
+static void restart_database(void)
+{
+    const char *var = getenv("CHAT_VAR");
+    char derived[1024];
+    if (!var || !*var) {
+        const char *sock = getenv("CHAT_DB_SOCKET");
+        if (!sock || !*sock) fail_msg("CHAT_VAR or CHAT_DB_SOCKET needed to restart the test database");
+        snprintf(derived, sizeof derived, "%s", sock);
+        var = dirname(dirname(derived));
+    }
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "cd '%s' && CHAT_VAR='%s' bash deploy/mariadb.sh restart >/dev/null 2>&1",
+             testutil_root(), var);
+    if (system(cmd) != 0) fail_msg("restart failed: %s", cmd);
+}
+
+static void test_database_restart(void **state)
+{
+    const char *skip_env = getenv("CHAT_TEST_SKIP_RESTART");
+    if (skip_env && *skip_env == '1') {
+        print_message("restart test skipped (CHAT_TEST_SKIP_RESTART=1)\n");
+        skip();
+    }
+    char sid[CHAT_SESSION_ID_MAX + 1], again[CHAT_SESSION_ID_MAX + 1];
+    open_ok("kim", NULL, sid, 1);
+    store_ok(sid, "r1", "before the restart", "ok", NULL);
+
+    /* a read right after a restart: the stale connection and statement cache are replaced */
+    restart_database();
+    chat_history h;
+    int rc = chat_memory_history(db, sid, 5, &h, err, sizeof err);
+    if (rc) fail_msg("history after restart: %s (%s)", chat_strerror(rc), err);
+    assert_int_equal(h.n, 2);
+    chat_history_clear(&h);
+    /* it really was a new server */
+    char up[32] = "";
+    assert_int_equal(chat_db_run(db, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE "
+                                     "VARIABLE_NAME = 'UPTIME'",
+                                 NULL, 0, ts_row, up, NULL, NULL, err, sizeof err),
+                     0);
+    assert_true(atoi(up) < 60);
+
+    /* a transaction right after a restart */
+    restart_database();
+    rc = chat_memory_store_turn(db, sid, "r2", "after the restart", "ok", NULL, err, sizeof err);
+    if (rc) fail_msg("store after restart: %s (%s)", chat_strerror(rc), err);
+    assert_int_equal(count_messages(sid), 4);
+
+    /* ownership checks after a restart */
+    restart_database();
+    rc = chat_memory_open(db, "kim", sid, NULL, again, NULL, err, sizeof err);
+    if (rc) fail_msg("open after restart: %s (%s)", chat_strerror(rc), err);
+    assert_int_equal(chat_memory_open(db, "lee", sid, NULL, again, NULL, err, sizeof err), CHAT_EFORBIDDEN);
+    char *json = NULL;
+    restart_database();
+    rc = chat_memory_messages_json(db, "kim", sid, &json, err, sizeof err);
+    if (rc) fail_msg("messages after restart: %s (%s)", chat_strerror(rc), err);
+    assert_non_null(strstr(json, "after the restart"));
+    free(json);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_open_and_ownership),
+        cmocka_unit_test(test_customer_tie),
+        cmocka_unit_test(test_history_order_and_limit),
+        cmocka_unit_test(test_store_idempotent),
+        cmocka_unit_test(test_updated_at_touched),
+        cmocka_unit_test(test_messages_json),
+        cmocka_unit_test(test_unicode_and_sizes),
+        cmocka_unit_test(test_open_race),
+        cmocka_unit_test(test_database_restart),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

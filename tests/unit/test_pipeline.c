@@ -1,0 +1,376 @@
+/* The orchestration pipeline end to end inside one process, against the real MariaDB with the sample
+ * knowledge base and the extractive provider: event order, metadata, grounded answers for the facts of
+ * tests/data/extractive_facts.tsv, follow-ups, session ownership, idempotent turns, cancellation at each
+ * stage, a database outage, and the openai provider against the fake LLM server. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "chat_common.h"
+#include "chat_pipeline.h"
+#include "chat_util.h"
+#include "testutil.h"
+
+typedef struct events {
+    char steps[8][24];
+    int n_steps;
+    chat_buf tokens;
+    int n_tokens;
+    char *response;
+    char session_id[80];
+    json_object *metadata;
+    char error_code[40];
+    char error_message[256];
+    int terminals;
+    /* cancellation hooks */
+    atomic_int *cancel;
+    const char *cancel_at_step;
+    int cancel_after_tokens;
+} events;
+
+static void ev_init(events *e)
+{
+    memset(e, 0, sizeof *e);
+    chat_buf_init(&e->tokens);
+}
+
+static void ev_clear(events *e)
+{
+    chat_buf_free(&e->tokens);
+    free(e->response);
+    if (e->metadata) json_object_put(e->metadata);
+}
+
+static void on_progress(void *ud, const char *step, const char *message)
+{
+    events *e = ud;
+    assert_true(e->n_steps < 8);
+    snprintf(e->steps[e->n_steps++], sizeof e->steps[0], "%s", step);
+    assert_true(message && *message);
+    if (e->cancel_at_step && !strcmp(step, e->cancel_at_step)) atomic_store(e->cancel, 1);
+}
+
+static int on_token(void *ud, const char *text, size_t len)
+{
+    events *e = ud;
+    assert_true(chat_utf8_valid(text, len));
+    chat_buf_append(&e->tokens, text, len);
+    e->n_tokens++;
+    if (e->cancel_after_tokens && e->n_tokens == e->cancel_after_tokens) atomic_store(e->cancel, 1);
+    return 0;
+}
+
+static void on_complete(void *ud, const char *response, const char *session_id, const char *metadata)
+{
+    events *e = ud;
+    e->terminals++;
+    e->response = strdup(response);
+    snprintf(e->session_id, sizeof e->session_id, "%s", session_id);
+    e->metadata = json_tokener_parse(metadata);
+    assert_non_null(e->metadata);
+}
+
+static void on_error(void *ud, const char *code, const char *message)
+{
+    events *e = ud;
+    e->terminals++;
+    snprintf(e->error_code, sizeof e->error_code, "%s", code);
+    snprintf(e->error_message, sizeof e->error_message, "%s", message);
+}
+
+static chat_pipeline *pipe_extractive;
+static chat_user alice = {"user-alice", "alice@example.com", "Alice"};
+static chat_user bob = {"user-bob", "bob@example.com", "Bob"};
+
+static int setup(void **state)
+{
+    chat_db *db = testutil_db_fresh("pipeline", TESTUTIL_SAMPLE);
+    chat_db_free(db);
+    chat_config cfg = testutil_config("pipeline");
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    char err[256];
+    pipe_extractive = chat_pipeline_new(&cfg, err, sizeof err);
+    assert_non_null(pipe_extractive);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    chat_pipeline_free(pipe_extractive);
+    return 0;
+}
+
+static int run(chat_pipeline *p, events *e, const chat_user *u, const char *msg, const char *session,
+               const char *customer, const char *request_id, atomic_int *cancel)
+{
+    chat_request req = {msg, session, customer, u, request_id};
+    chat_sink sink = {e, on_progress, on_token, on_complete, on_error};
+    e->cancel = cancel;
+    return chat_pipeline_run(p, &req, &sink, cancel);
+}
+
+static const char *meta_str(json_object *m, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(m, key, &v) ? json_object_get_string(v) : NULL;
+}
+
+static double meta_confidence(json_object *m)
+{
+    json_object *v;
+    assert_true(json_object_object_get_ex(m, "confidence", &v));
+    return json_object_get_double(v);
+}
+
+static void test_event_order_and_metadata(void **state)
+{
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(pipe_extractive, &e, &alice, "What is the engine power of the Seawind 250?", NULL, NULL,
+                         NULL, NULL),
+                     0);
+    const char *order[] = {"starting", "agent_routing", "rag_retrieval", "generating"};
+    assert_int_equal(e.n_steps, 4);
+    for (int i = 0; i < 4; i++) assert_string_equal(e.steps[i], order[i]);
+    assert_int_equal(e.terminals, 1);
+    assert_true(e.n_tokens > 5);
+    assert_string_equal(e.response, e.tokens.data);
+    assert_int_equal(strlen(e.session_id), 36); /* a new UUID */
+    assert_string_equal(meta_str(e.metadata, "agent"), "specs");
+    assert_string_equal(meta_str(e.metadata, "finish_reason"), "stop");
+    double c = meta_confidence(e.metadata);
+    assert_true(c > 0.3 && c <= 1.0);
+    json_object *ctx, *sources, *usage, *timings, *v;
+    assert_true(json_object_object_get_ex(e.metadata, "context", &ctx));
+    assert_true(json_object_object_get_ex(ctx, "sources", &sources));
+    assert_true(json_object_array_length(sources) >= 1);
+    assert_string_equal(json_object_get_string(json_object_array_get_idx(sources, 0)), "seawind-250/specs.md");
+    assert_true(json_object_object_get_ex(e.metadata, "usage", &usage));
+    assert_true(json_object_object_get_ex(usage, "completion_tokens", &v));
+    assert_int_equal(json_object_get_int(v), e.n_tokens);
+    assert_true(json_object_object_get_ex(e.metadata, "timings", &timings));
+    assert_true(json_object_object_get_ex(timings, "first_token_ms", &v));
+    assert_true(json_object_get_double(v) >= 0);
+    assert_true(json_object_object_get_ex(timings, "total_ms", &v));
+    assert_true(strstr(e.response, "seawind-250/specs.md") != NULL); /* cites its source */
+    ev_clear(&e);
+}
+
+/* tests/data/extractive_facts.tsv: customer<TAB>question<TAB>fact that the answer must contain. */
+static void test_extractive_facts(void **state)
+{
+    char *tsv = testutil_read_file(testutil_path("tests/data/extractive_facts.tsv"), NULL);
+    assert_non_null(tsv);
+    int total = 0, good = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(tsv, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        if (!line[0] || line[0] == '#') continue;
+        char *q = strchr(line, '\t');
+        assert_non_null(q);
+        *q++ = '\0';
+        char *fact = strchr(q, '\t');
+        assert_non_null(fact);
+        *fact++ = '\0';
+        const char *customer = strcmp(line, "-") ? line : NULL;
+        events e;
+        ev_init(&e);
+        assert_int_equal(run(pipe_extractive, &e, &alice, q, NULL, customer, NULL, NULL), 0);
+        total++;
+        if (e.response && strstr(e.response, fact)) good++;
+        else print_message("missing fact '%s' for '%s' (customer %s): %s\n", fact, q, line, e.response ? e.response : "");
+        ev_clear(&e);
+    }
+    free(tsv);
+    print_message("extractive facts: %d/%d\n", good, total);
+    assert_true(total >= 12);
+    assert_int_equal(good, total);
+}
+
+static void test_follow_up_uses_history(void **state)
+{
+    events a, b;
+    ev_init(&a);
+    ev_init(&b);
+    assert_int_equal(run(pipe_extractive, &a, &alice, "Tell me about the Seawind 280 engine", NULL, NULL, NULL, NULL), 0);
+    assert_int_equal(run(pipe_extractive, &b, &alice, "and its torque?", a.session_id, NULL, NULL, NULL), 0);
+    assert_string_equal(b.session_id, a.session_id);
+    json_object *ctx, *model;
+    assert_true(json_object_object_get_ex(b.metadata, "context", &ctx));
+    assert_true(json_object_object_get_ex(ctx, "model", &model));
+    assert_string_equal(json_object_get_string(model), "seawind-280");
+    assert_non_null(strstr(b.response, "280"));
+    assert_non_null(strstr(b.response, "Nm"));
+    ev_clear(&a);
+    ev_clear(&b);
+}
+
+static void test_session_forbidden(void **state)
+{
+    events a, b;
+    ev_init(&a);
+    ev_init(&b);
+    assert_int_equal(run(pipe_extractive, &a, &alice, "Hello there", "alice-private-1", NULL, NULL, NULL), 0);
+    assert_string_equal(a.session_id, "alice-private-1");
+    assert_int_equal(run(pipe_extractive, &b, &bob, "What did alice ask?", "alice-private-1", NULL, NULL, NULL),
+                     CHAT_EFORBIDDEN);
+    assert_string_equal(b.error_code, "SESSION_FORBIDDEN");
+    assert_null(b.response);
+    assert_int_equal(b.n_tokens, 0);
+    ev_clear(&a);
+    ev_clear(&b);
+}
+
+static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    *(long long *)ud = atoll(v[0]);
+    return 0;
+}
+
+static void test_turn_stored_once(void **state)
+{
+    events a, b;
+    ev_init(&a);
+    ev_init(&b);
+    assert_int_equal(run(pipe_extractive, &a, &alice, "Warranty length?", "retry-session", NULL, "req-42", NULL), 0);
+    assert_int_equal(run(pipe_extractive, &b, &alice, "Warranty length?", "retry-session", NULL, "req-42", NULL), 0);
+    long long n = -1;
+    chat_db_param p = CHAT_DB_P_STR("retry-session");
+    char err[256];
+    assert_int_equal(chat_db_run(chat_pipeline_db(pipe_extractive),
+                                 "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n, NULL,
+                                 NULL, err, sizeof err),
+                     0);
+    assert_int_equal(n, 2);
+    ev_clear(&a);
+    ev_clear(&b);
+}
+
+static void test_confidence_varies(void **state)
+{
+    events clear, vague;
+    ev_init(&clear);
+    ev_init(&vague);
+    assert_int_equal(run(pipe_extractive, &clear, &alice, "What does fault code E42 mean?", NULL, NULL, NULL, NULL), 0);
+    assert_int_equal(run(pipe_extractive, &vague, &alice, "hmm ok", NULL, NULL, NULL, NULL), 0);
+    double c1 = meta_confidence(clear.metadata), c2 = meta_confidence(vague.metadata);
+    print_message("confidence: clear %.2f, vague %.2f\n", c1, c2);
+    assert_true(c1 > c2 + 0.2);
+    assert_string_equal(meta_str(clear.metadata, "agent"), "troubleshooting");
+    ev_clear(&clear);
+    ev_clear(&vague);
+}
+
+/* Cancelling at each stage ends with complete, finish_reason cancelled, and no further events. */
+static void test_cancel_each_stage(void **state)
+{
+    const char *stages[] = {"starting", "agent_routing", "rag_retrieval", "generating"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(stages) + 1; i++) {
+        atomic_int cancel = 0;
+        events e;
+        ev_init(&e);
+        if (i < CHAT_ARRAY_LEN(stages)) e.cancel_at_step = stages[i];
+        else e.cancel_after_tokens = 3;
+        assert_int_equal(run(pipe_extractive, &e, &alice, "What is the top speed of the Seawind 310?", NULL, NULL,
+                             NULL, &cancel),
+                         0);
+        assert_int_equal(e.terminals, 1);
+        assert_string_equal(meta_str(e.metadata, "finish_reason"), "cancelled");
+        if (i < CHAT_ARRAY_LEN(stages)) {
+            assert_int_equal(e.n_tokens, 0);
+            assert_int_equal(e.n_steps, (int)i + 1); /* nothing after the stage that cancelled */
+        } else {
+            assert_int_equal(e.n_tokens, 3);
+            assert_string_equal(e.response, e.tokens.data); /* the partial answer */
+        }
+        ev_clear(&e);
+    }
+}
+
+static void test_database_down(void **state)
+{
+    chat_config cfg = testutil_config("pipeline");
+    snprintf(cfg.db_socket, sizeof cfg.db_socket, "/nonexistent/mariadb.sock");
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
+    assert_non_null(p); /* starts while the database is down */
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(p, &e, &alice, "engine power?", NULL, NULL, NULL, NULL), CHAT_EDB);
+    assert_string_equal(e.error_code, "PROCESSING_ERROR");
+    assert_null(strstr(e.error_message, "nonexistent")); /* no internals leak */
+    assert_int_equal(e.terminals, 1);
+    ev_clear(&e);
+    chat_pipeline_free(p);
+}
+
+/* The openai provider against the fake LLM server: prompt with history reaches the model, tokens stream. */
+static void test_openai_provider(void **state)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl(testutil_path("build/bin/fake-llm"), "fake-llm", "--port", "0", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = "";
+    FILE *f = fdopen(fds[0], "r");
+    assert_non_null(fgets(line, sizeof line, f));
+    int port = 0;
+    assert_int_equal(sscanf(line, "PORT %d", &port), 1);
+
+    chat_config cfg = testutil_config("pipeline");
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "openai");
+    snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", port);
+    snprintf(cfg.llm_model, sizeof cfg.llm_model, "fake-ok");
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
+    assert_non_null(p);
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(p, &e, &alice, "What is the beam of the Seawind 340?", NULL, NULL, NULL, NULL), 0);
+    assert_true(e.n_tokens > 3);
+    assert_non_null(strstr(e.response, "beam")); /* the fake echoes the user's words */
+    assert_string_equal(meta_str(e.metadata, "provider"), "openai");
+    ev_clear(&e);
+    /* a provider failure before any token is an error event */
+    snprintf(cfg.llm_model, sizeof cfg.llm_model, "fake-401");
+    chat_pipeline *p2 = chat_pipeline_new(&cfg, err, sizeof err);
+    ev_init(&e);
+    assert_int_not_equal(run(p2, &e, &alice, "engine power?", NULL, NULL, NULL, NULL), 0);
+    assert_string_equal(e.error_code, "PROCESSING_ERROR");
+    ev_clear(&e);
+    chat_pipeline_free(p2);
+    chat_pipeline_free(p);
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+    fclose(f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_event_order_and_metadata),
+        cmocka_unit_test(test_extractive_facts),
+        cmocka_unit_test(test_follow_up_uses_history),
+        cmocka_unit_test(test_session_forbidden),
+        cmocka_unit_test(test_turn_stored_once),
+        cmocka_unit_test(test_confidence_varies),
+        cmocka_unit_test(test_cancel_each_stage),
+        cmocka_unit_test(test_database_down),
+        cmocka_unit_test(test_openai_provider),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
