@@ -6,9 +6,10 @@
  * reassembled. Raw frame sending exists so tests can send what a broken client would.
  *
  * Threads: one chat_wsc is used by one thread at a time; different connections may be used from different
- * threads concurrently. Memory: a connection costs ~100 bytes plus a 4 KB read buffer once it has read,
- * plus the current message (buffers above 64 KB are released at the next recv), so a load generator can
- * hold tens of thousands. The fd is non-blocking internally; every call blocks with poll() timeouts, and
+ * threads concurrently. Memory: a connection costs ~120 bytes, plus while receiving a 4 KB read buffer
+ * and the current message (a buffer above 64 KB is released at the next recv; both are released when
+ * recv returns CHAT_ETIMEOUT with nothing partly received), so a load generator can hold tens of
+ * thousands. The fd is non-blocking internally; every call blocks with poll() timeouts, and
  * recv with timeout 0 never blocks (for callers that poll() many chat_wsc_fd()s themselves). */
 #ifndef CHAT_WSCLIENT_H
 #define CHAT_WSCLIENT_H
