@@ -1,0 +1,487 @@
+/*
+ * chat-client.js - browser client for the streaming chat WebSocket (/ws/chat).
+ *
+ * A plain classic script: no modules, no build step. Load it with
+ *   <script src="/chat-client.js"></script>
+ * and use window.ChatWebSocket. It is the ChatWebSocket class of the protocol
+ * spec (same constructor, same onProgress/onMessage/onComplete/onError
+ * callbacks), made robust:
+ *   - the ws:// or wss:// URL is derived from location when none is given;
+ *   - the token is sent in an `auth` frame on every open, so a reconnect
+ *     re-authenticates by itself;
+ *   - reconnects with exponential backoff and jitter until disconnect();
+ *   - emits connection state changes and every server event through on(type, fn);
+ *   - sendMessage() returns a Promise of the `complete` frame (or rejects on
+ *     `error`), matched by order because the server answers in order;
+ *   - remembers the session_id of the last answer so follow-ups continue the
+ *     conversation.
+ *
+ * Events for on(type, fn) (fn gets one detail object):
+ *   state            {state, previous, ...}  state is one of: idle, connecting,
+ *                    open, authenticated, reconnecting, closed
+ *   open, close      {code, reason, wasClean, willReconnect}
+ *   reconnecting     {attempt, delayMs}
+ *   auth             {user, message}         (auth_success)
+ *   auth_error       {message}
+ *   progress         {step, message}
+ *   token            {token, partial_response}
+ *   complete         {response, session_id, metadata}
+ *   error            {error, code}           (the server's `error` frames only)
+ *   connection_error {error, code: 'CONNECTION_ERROR'}
+ *   frame            the raw parsed frame, for every frame received
+ *   send             the frame object just sent
+ */
+(function (global) {
+  'use strict';
+
+  var DEFAULTS = {
+    reconnect: true,        // reconnect after an unexpected close
+    minBackoffMs: 500,      // first retry delay
+    maxBackoffMs: 10000,    // cap: a restarted server is retried at least every ~10 s
+    connectTimeoutMs: 10000, // a socket stuck in CONNECTING is abandoned and retried
+    stableAfterMs: 5000,    // a connection open this long resets the backoff
+    tokenInQuery: false,    // also put ?token= in the URL (it then ends up in access logs: off by default)
+    path: '/ws/chat',
+    WebSocket: null         // injectable WebSocket implementation (tests, non-browser hosts)
+  };
+
+  // Error codes that answer one of our `message` frames. INVALID_JSON and
+  // UNKNOWN_TYPE cannot answer a well-formed message frame, so they never
+  // settle a pending sendMessage() promise.
+  var UNRELATED_CODES = { INVALID_JSON: true, UNKNOWN_TYPE: true };
+
+  function makeError(message, code, detail) {
+    var err = new Error(message || code || 'error');
+    err.code = code || 'ERROR';
+    if (detail !== undefined) err.detail = detail;
+    return err;
+  }
+
+  // Works out ws(s)://host/ws/chat from the page's own location, so the same
+  // page works over http and https, behind any host name or port.
+  function deriveUrl(url, path) {
+    var loc = global.location;
+    if (url && /^wss?:\/\//i.test(url)) return url;
+    if (!loc || !loc.host) {
+      if (url) return url;
+      throw makeError('ChatWebSocket: no URL given and no location to derive one from', 'NO_URL');
+    }
+    var scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
+    if (url && /^https?:\/\//i.test(url)) return url.replace(/^http/i, 'ws');
+    var p = url || path || '/ws/chat';
+    if (p.charAt(0) !== '/') p = '/' + p;
+    return scheme + '//' + loc.host + p;
+  }
+
+  function withQueryToken(url, token) {
+    if (!token) return url;
+    return url + (url.indexOf('?') >= 0 ? '&' : '?') + 'token=' + encodeURIComponent(token);
+  }
+
+  /**
+   * new ChatWebSocket(url?, token?, options?)  or  new ChatWebSocket({url, token, ...options})
+   * Nothing happens until connect() is called.
+   */
+  function ChatWebSocket(url, token, options) {
+    if (url && typeof url === 'object') { options = url; url = options.url; token = options.token; }
+    options = options || {};
+    this.options = {};
+    for (var k in DEFAULTS) this.options[k] = (options[k] !== undefined) ? options[k] : DEFAULTS[k];
+
+    this.url = deriveUrl(url, this.options.path);
+    this.token = token || null;
+    this.sessionId = options.sessionId || null; // continued by the next sendMessage()
+    this.user = null;                           // from the last auth_success
+    this.state = 'idle';
+    this.ws = null;
+
+    // Spec-compatible callbacks (optional); on(type, fn) is the richer interface.
+    this.onMessage = null;     // (token, partialResponse)
+    this.onProgress = null;    // (step, message)
+    this.onComplete = null;    // (response, metadata, frame)
+    this.onError = null;       // (error, code)  server errors, auth errors, connection errors
+    this.onAuth = null;        // (user)
+    this.onStateChange = null; // (state, previous)
+
+    this._listeners = {};
+    this._pending = [];  // sent, awaiting complete/error, in send order (the server answers FIFO)
+    this._outbox = [];   // accepted by sendMessage() but not sent yet (not connected/authenticated)
+    this._manualClose = true;  // true until connect(); disconnect() sets it again
+    this._attempt = 0;
+    this._reconnectTimer = null;
+    this._connectTimer = null;
+    this._stableTimer = null;
+    this._authFailed = false;
+    this._onOnline = null;
+  }
+
+  var P = ChatWebSocket.prototype;
+
+  // ---- events -----------------------------------------------------------
+
+  /** Subscribe; returns a function that unsubscribes. */
+  P.on = function (type, fn) {
+    (this._listeners[type] || (this._listeners[type] = [])).push(fn);
+    var self = this;
+    return function () { self.off(type, fn); };
+  };
+
+  P.off = function (type, fn) {
+    var list = this._listeners[type];
+    if (!list) return;
+    var i = list.indexOf(fn);
+    if (i >= 0) list.splice(i, 1);
+  };
+
+  P.once = function (type, fn) {
+    var off = this.on(type, function (d) { off(); fn(d); });
+    return off;
+  };
+
+  // A throwing listener must not break the stream or the other listeners.
+  P._emit = function (type, detail) {
+    var list = (this._listeners[type] || []).slice();
+    for (var i = 0; i < list.length; i++) {
+      try { list[i].call(this, detail); } catch (e) { if (global.console) console.error('ChatWebSocket listener for "' + type + '" threw', e); }
+    }
+  };
+
+  P._callback = function (name, args) {
+    var fn = this[name];
+    if (typeof fn !== 'function') return;
+    try { fn.apply(this, args); } catch (e) { if (global.console) console.error('ChatWebSocket ' + name + ' threw', e); }
+  };
+
+  P._setState = function (state, extra) {
+    if (state === this.state && !extra) return;
+    var previous = this.state;
+    this.state = state;
+    var detail = { state: state, previous: previous };
+    if (extra) for (var k in extra) detail[k] = extra[k];
+    this._emit('state', detail);
+    this._callback('onStateChange', [state, previous]);
+  };
+
+  // ---- connection -------------------------------------------------------
+
+  /** Opens the connection (no-op if already open or opening). Re-enables auto-reconnect. */
+  P.connect = function () {
+    this._manualClose = false;
+    this._authFailed = false;
+    this._clearTimer('_reconnectTimer');
+    this._watchOnline();
+    if (this.ws && (this.ws.readyState === 0 || this.ws.readyState === 1)) return this;
+    this._open();
+    return this;
+  };
+
+  P._open = function () {
+    var WS = this.options.WebSocket || global.WebSocket;
+    var url = this.options.tokenInQuery ? withQueryToken(this.url, this.token) : this.url;
+    var self = this;
+    var ws;
+    this._setState('connecting', { attempt: this._attempt });
+    try {
+      ws = new WS(url);
+    } catch (e) {
+      // A malformed URL or a blocked port throws synchronously: treat it as a failed attempt.
+      this._emit('connection_error', { error: String(e && e.message || e), code: 'CONNECTION_ERROR' });
+      this._callback('onError', ['WebSocket error: ' + (e && e.message || e), 'CONNECTION_ERROR']);
+      this._scheduleReconnect({ code: 1006, reason: 'constructor failed' });
+      return;
+    }
+    this.ws = ws;
+
+    this._clearTimer('_connectTimer');
+    this._connectTimer = setTimeout(function () {
+      // A half-open TCP connection can hang in CONNECTING for minutes; give up and retry.
+      if (self.ws === ws && ws.readyState === 0) { try { ws.close(); } catch (e) { /* ignore */ } self._handleClose(ws, { code: 4000, reason: 'connect timeout', wasClean: false }); }
+    }, this.options.connectTimeoutMs);
+
+    // Every handler checks `self.ws === ws`: events of a superseded socket are ignored.
+    ws.onopen = function () {
+      if (self.ws !== ws) return;
+      self._clearTimer('_connectTimer');
+      self._setState('open');
+      self._emit('open', {});
+      self._clearTimer('_stableTimer');
+      self._stableTimer = setTimeout(function () { if (self.ws === ws) self._attempt = 0; }, self.options.stableAfterMs);
+      if (self.token) {
+        // Re-sent on every (re)connect: a new socket is a new, unauthenticated session server-side.
+        self._sendRaw({ type: 'auth', token: self.token });
+      } else {
+        self._flushOutbox();
+      }
+    };
+    ws.onmessage = function (ev) {
+      if (self.ws !== ws) return;
+      if (typeof ev.data !== 'string') return; // the protocol is JSON text only
+      var data;
+      try { data = JSON.parse(ev.data); } catch (e) {
+        self._emit('connection_error', { error: 'unparsable frame from server', code: 'BAD_FRAME', raw: ev.data });
+        return;
+      }
+      if (!data || typeof data !== 'object') return;
+      self._handleFrame(data);
+    };
+    ws.onerror = function () {
+      if (self.ws !== ws) return;
+      // Browsers give no detail here on purpose; the close event that follows drives reconnection.
+      self._emit('connection_error', { error: 'WebSocket error', code: 'CONNECTION_ERROR' });
+      self._callback('onError', ['WebSocket error', 'CONNECTION_ERROR']);
+    };
+    ws.onclose = function (ev) {
+      self._handleClose(ws, { code: ev.code, reason: ev.reason, wasClean: ev.wasClean });
+    };
+  };
+
+  // restarting: the caller opens a new socket right away (reconnect()), so no backoff is scheduled.
+  P._handleClose = function (ws, info, restarting) {
+    if (this.ws !== ws) return;
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    this.ws = null;
+    this._clearTimer('_connectTimer');
+    this._clearTimer('_stableTimer');
+
+    // Answers in flight die with the socket: the server cannot resume them on a
+    // new connection. Unsent messages (outbox) survive and go out after reconnecting.
+    this._rejectPending(makeError('connection closed before the answer completed (code ' + info.code + ')', 'CONNECTION_LOST', info));
+
+    // 1008 after a rejected token: retrying with the same token would loop forever.
+    var willReconnect = !!restarting || (!this._manualClose && this.options.reconnect && !(this._authFailed && info.code === 1008));
+    info.willReconnect = willReconnect;
+    this._emit('close', info);
+    if (restarting) return;
+    if (willReconnect) {
+      this._scheduleReconnect(info);
+    } else {
+      this._rejectOutbox(makeError('disconnected', 'DISCONNECTED', info));
+      this._setState('closed', { code: info.code, reason: info.reason });
+    }
+  };
+
+  P._scheduleReconnect = function (info) {
+    if (this._manualClose || !this.options.reconnect) { this._setState('closed', info || {}); return; }
+    // Exponential backoff with "equal jitter": half fixed, half random, so many
+    // clients dropped by one server restart (close 1001) don't all return at once.
+    var base = Math.min(this.options.maxBackoffMs, this.options.minBackoffMs * Math.pow(2, this._attempt));
+    var delay = Math.round(base / 2 + Math.random() * base / 2);
+    this._attempt++;
+    var self = this;
+    this._clearTimer('_reconnectTimer');
+    this._reconnectTimer = setTimeout(function () {
+      self._reconnectTimer = null;
+      if (!self._manualClose) self._open();
+    }, delay);
+    var detail = { attempt: this._attempt, delayMs: delay, code: info && info.code, reason: info && info.reason };
+    this._emit('reconnecting', detail);
+    this._setState('reconnecting', detail);
+  };
+
+  /** Reconnect now, skipping any backoff delay (e.g. a "Reconnect" button). */
+  P.reconnect = function () {
+    this._attempt = 0;
+    if (this.ws) {
+      var ws = this.ws;
+      try { ws.close(1000, 'reconnect'); } catch (e) { /* ignore */ }
+      this._handleClose(ws, { code: 1000, reason: 'reconnect', wasClean: true }, true);
+    }
+    this._manualClose = false;
+    this._authFailed = false;
+    this._watchOnline();
+    this._clearTimer('_reconnectTimer');
+    this._open();
+    return this;
+  };
+
+  /** Closes for good: no reconnection; pending and queued messages are rejected. */
+  P.disconnect = function () {
+    this._manualClose = true;
+    this._clearTimer('_reconnectTimer');
+    this._unwatchOnline();
+    if (this.ws) {
+      var ws = this.ws;
+      try { ws.close(1000, 'client disconnect'); } catch (e) { /* ignore */ }
+      this._handleClose(ws, { code: 1000, reason: 'client disconnect', wasClean: true });
+    } else {
+      this._rejectOutbox(makeError('disconnected', 'DISCONNECTED'));
+      this._setState('closed', { code: 1000, reason: 'client disconnect' });
+    }
+  };
+
+  // When the browser comes back online, waiting out a 10 s backoff is pointless.
+  P._watchOnline = function () {
+    if (this._onOnline || typeof global.addEventListener !== 'function') return;
+    var self = this;
+    this._onOnline = function () {
+      if (self.state === 'reconnecting') { self._attempt = 0; self._clearTimer('_reconnectTimer'); self._open(); }
+    };
+    global.addEventListener('online', this._onOnline);
+  };
+
+  P._unwatchOnline = function () {
+    if (this._onOnline && typeof global.removeEventListener === 'function') global.removeEventListener('online', this._onOnline);
+    this._onOnline = null;
+  };
+
+  P._clearTimer = function (name) {
+    if (this[name]) { clearTimeout(this[name]); this[name] = null; }
+  };
+
+  /** Changes the token; re-authenticates at once when connected. */
+  P.setToken = function (token) {
+    this.token = token || null;
+    this._authFailed = false;
+    if (this.token && this.isOpen()) this._sendRaw({ type: 'auth', token: this.token });
+  };
+
+  P.isOpen = function () { return !!this.ws && this.ws.readyState === 1; };
+  P.isAuthenticated = function () { return this.state === 'authenticated'; };
+  /** Number of messages sent or queued whose answer has not arrived yet. */
+  P.pendingCount = function () { return this._pending.length + this._outbox.length; };
+
+  // ---- frames -----------------------------------------------------------
+
+  P._sendRaw = function (obj) {
+    if (!this.isOpen()) return false;
+    this.ws.send(JSON.stringify(obj));
+    this._emit('send', obj);
+    return true;
+  };
+
+  P._handleFrame = function (data) {
+    this._emit('frame', data);
+    switch (data.type) {
+      case 'auth_success':
+        this._authFailed = false;
+        this._attempt = 0;
+        this.user = data.user || null;
+        this._setState('authenticated', { user: this.user });
+        this._emit('auth', { user: this.user, message: data.message });
+        this._callback('onAuth', [this.user]);
+        this._flushOutbox();
+        break;
+      case 'auth_error':
+        this._authFailed = true;
+        this.user = null;
+        if (this.state === 'authenticated') this._setState('open');
+        this._emit('auth_error', { message: data.message });
+        this._callback('onError', [data.message, 'AUTH_ERROR']);
+        // Queued messages would only earn AUTH_REQUIRED: fail them now, clearly.
+        this._rejectOutbox(makeError(data.message || 'authentication failed', 'AUTH_ERROR', data));
+        break;
+      case 'progress':
+        this._emit('progress', { step: data.step, message: data.message });
+        this._callback('onProgress', [data.step, data.message]);
+        break;
+      case 'token':
+        this._emit('token', { token: data.token, partial_response: data.partial_response });
+        this._callback('onMessage', [data.token, data.partial_response]);
+        break;
+      case 'complete': {
+        if (data.session_id) this.sessionId = data.session_id;
+        var result = { response: data.response, session_id: data.session_id, metadata: data.metadata || {} };
+        var entry = this._pending.shift();
+        this._emit('complete', result);
+        this._callback('onComplete', [data.response, result.metadata, data]);
+        if (entry) entry.resolve(result);
+        break;
+      }
+      case 'error': {
+        var detail = { error: data.error, code: data.code };
+        this._emit('error', detail);
+        this._callback('onError', [data.error, data.code]);
+        var e = this._takePendingFor(data.code);
+        if (e) e.reject(makeError(data.error, data.code, data));
+        break;
+      }
+      default:
+        // Unknown frame types are ignored (forward compatibility); 'frame' listeners still see them.
+        break;
+    }
+  };
+
+  // Picks the pending message an error answers. Normally the oldest one (FIFO),
+  // but a server may validate a message the moment it arrives, before earlier
+  // queued answers finish: an EMPTY_MESSAGE then belongs to the first empty
+  // message, whatever its position.
+  P._takePendingFor = function (code) {
+    if (!this._pending.length || UNRELATED_CODES[code]) return null;
+    var idx = 0;
+    if (code === 'EMPTY_MESSAGE') {
+      for (var i = 0; i < this._pending.length; i++) {
+        if (!String(this._pending[i].frame.message || '').trim()) { idx = i; break; }
+      }
+    }
+    return this._pending.splice(idx, 1)[0];
+  };
+
+  P._rejectPending = function (err) {
+    var list = this._pending; this._pending = [];
+    for (var i = 0; i < list.length; i++) list[i].reject(err);
+  };
+
+  P._rejectOutbox = function (err) {
+    var list = this._outbox; this._outbox = [];
+    for (var i = 0; i < list.length; i++) list[i].reject(err);
+  };
+
+  // Sends what was queued while connecting; called once we may talk (authenticated, or open without a token).
+  P._flushOutbox = function () {
+    while (this._outbox.length && this.isOpen()) {
+      var entry = this._outbox.shift();
+      this._pending.push(entry);
+      this._sendRaw(entry.frame);
+    }
+  };
+
+  // ---- public API -------------------------------------------------------
+
+  /**
+   * Sends a chat message. Returns a Promise of {response, session_id, metadata}
+   * (resolved on `complete`, including finish_reason "cancelled"), rejected with
+   * an Error whose .code is the server's code (EMPTY_MESSAGE, RATE_LIMITED, ...)
+   * or CONNECTION_LOST / DISCONNECTED / AUTH_ERROR / NOT_CONNECTED.
+   *
+   * opts.sessionId: undefined -> continue the last conversation (this.sessionId);
+   *                 null or '' -> start a new one; a string -> that session.
+   * opts.customerId, opts.partial: passed through when given.
+   * While (re)connecting the message is queued and sent once authenticated.
+   */
+  P.sendMessage = function (text, opts) {
+    if (typeof opts === 'string' || opts === null) opts = { sessionId: opts }; // spec: sendMessage(message, sessionId)
+    opts = opts || {};
+    var frame = { type: 'message', message: text == null ? '' : String(text) };
+    var sid = opts.sessionId !== undefined ? opts.sessionId : this.sessionId;
+    if (sid) frame.session_id = String(sid);
+    if (opts.customerId) frame.customer_id = String(opts.customerId);
+    if (typeof opts.partial === 'boolean') frame.partial = opts.partial;
+
+    var self = this;
+    return new Promise(function (resolve, reject) {
+      var entry = { frame: frame, resolve: resolve, reject: reject };
+      // With a rejected token we still send: the server's own AUTH_REQUIRED is the honest answer.
+      var mayTalk = self.isOpen() && (self.state === 'authenticated' || !self.token || self._authFailed);
+      if (mayTalk) {
+        self._pending.push(entry);
+        self._sendRaw(frame);
+      } else if (!self._manualClose && (self.ws || self._reconnectTimer)) {
+        self._outbox.push(entry);
+      } else {
+        reject(makeError('not connected: call connect() first', 'NOT_CONNECTED'));
+      }
+    });
+  };
+
+  /** Asks the server to stop the answer in flight (it then completes with finish_reason "cancelled"). */
+  P.cancel = function () {
+    return this._sendRaw({ type: 'cancel' });
+  };
+
+  /** Forget the remembered session: the next message starts a new conversation. */
+  P.resetSession = function () { this.sessionId = null; };
+
+  ChatWebSocket.deriveUrl = deriveUrl;
+  global.ChatWebSocket = ChatWebSocket;
+  if (typeof module === 'object' && module && module.exports) module.exports = ChatWebSocket;
+})(typeof window !== 'undefined' ? window : (typeof self !== 'undefined' ? self : this));
