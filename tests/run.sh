@@ -50,12 +50,36 @@ if [ "$MODE" = all ] || [ "$MODE" = unit ]; then
   done
 fi
 
+# Runs the real-browser test and counts its closing "N passed, N failed" line.
+run_browser() {
+  local log=$CHAT_VAR/log/browser.out
+  echo "== browser test-page.mjs"
+  if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -x /usr/bin/chromium ]; then
+    echo "!! browser test cannot run: make deps installs chromium and playwright-core"; record browser 0 1; return
+  fi
+  CHAT_BASE_URL=http://127.0.0.1:$CHAT_PORT CHAT_TOKEN=$(cat "$CHAT_VAR/demo-token") \
+    CHAT_SCREENSHOT=$CHAT_VAR/ws-test.png timeout 120 node tests/browser/test-page.mjs >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  local line p f
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+  p=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p'); f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+  p=${p:-0}; f=${f:-0}
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+  record browser "$p" "$f"
+}
+
 if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
-  for s in tests/e2e/*.sh; do
-    [ -f "$s" ] || continue
-    echo "== $(basename "$s")"
-    if bash "$s"; then record "$(basename "$s")" 1 0; else record "$(basename "$s")" 0 1; fi
-  done
+  # The whole stack on test ports with its own data folder (var/test), so `make run` is never touched.
+  export CHAT_PORT=${CHAT_TEST_PORT:-18000}
+  if CHAT_DEMO=0 bash deploy/stack.sh start >"$CHAT_VAR/log/stack.out" 2>&1; then
+    STACK_STARTED=1
+    for t in build/tests/e2e/test_*; do [ -x "$t" ] && run_cmocka "$t"; done
+    run_browser
+    bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
+  else
+    cat "$CHAT_VAR/log/stack.out"; record stack 0 1
+  fi
 fi
 
 echo

@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# The whole chat stack on one machine, for development, tests and benchmarks (production uses the
+# systemd units in deploy/systemd instead).
+#
+#   deploy/stack.sh run                         everything in the foreground; Ctrl-C stops it all cleanly
+#   deploy/stack.sh start | stop | status       the same in the background (idempotent)
+#   deploy/stack.sh token [SUB EMAIL NAME TTL]  mints a JWT with the stack's secret (prints it)
+#   deploy/stack.sh kb-import DIR               imports markdown files into the knowledge base
+#
+# Order: MariaDB (private, unless CHAT_DB_HOST / CHAT_DB_SOCKET name another server) -> chat-kb setup
+# (schema, sample data, knowledge base; once, later runs keep the data) -> chat-worker -> chat-streamer
+# -> lighttpd with its FastCGI pool. `stop` goes in reverse and waits for each process to exit.
+#
+# Everything lives under CHAT_VAR (default var/): run/ (pid files, sockets), log/, tmp/, the JWT secret
+# (jwt-secret, mode 600, unless JWT_SECRET is set) and the demo token (demo-token). With CHAT_VAR and
+# CHAT_PORT (default 8000) set differently, a second stack (make test) runs beside `make run` without
+# sharing a port, a socket or a file: the streamer and the FastCGI pool listen on Unix sockets there.
+#
+# Other settings: CHAT_BIND (127.0.0.1), CHAT_FCGI_PROCS (4), CHAT_DEMO (1; 0 = no /api/v1/demo-token),
+# and every variable of deploy/chat.env.example, passed through to the programs.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+VAR=${CHAT_VAR:-$ROOT/var}
+case "$VAR" in /*) ;; *) VAR=$ROOT/$VAR ;; esac
+RUN=$VAR/run
+LOG=$VAR/log
+BIN=$ROOT/build/bin
+
+export CHAT_ROOT=$ROOT CHAT_VAR=$VAR
+export CHAT_PORT=${CHAT_PORT:-8000}
+export CHAT_BIND=${CHAT_BIND:-127.0.0.1}
+export CHAT_FCGI_PROCS=${CHAT_FCGI_PROCS:-4}
+export CHAT_LOG_LEVEL=${CHAT_LOG_LEVEL:-info}
+export CHAT_ZMQ_ENDPOINT=${CHAT_ZMQ_ENDPOINT:-ipc://$RUN/chat-workers.ipc}
+# lighttpd proxies /ws/chat over a Unix socket (see lighttpd.conf), so the streamer listens on one.
+case "${CHAT_STREAMER_LISTEN:-}" in
+  unix:/*) export CHAT_STREAMER_SOCKET=${CHAT_STREAMER_LISTEN#unix:} ;;
+  "") export CHAT_STREAMER_SOCKET=${CHAT_STREAMER_SOCKET:-$RUN/streamer.sock} ;;
+  *) echo "stack: CHAT_STREAMER_LISTEN must be unix:/path (lighttpd.conf proxies over a Unix socket)" >&2; exit 2 ;;
+esac
+export CHAT_STREAMER_LISTEN=unix:$CHAT_STREAMER_SOCKET
+# lighttpd must never cut an idle WebSocket before the streamer's own idle timeout does.
+export CHAT_WS_IDLE_S=${CHAT_WS_IDLE_S:-$(( ${CHAT_IDLE_TIMEOUT_S:-300} + 60 ))}
+
+# The private MariaDB unless another server is named.
+PRIVATE_DB=0
+if [ -z "${CHAT_DB_HOST:-}" ] && { [ -z "${CHAT_DB_SOCKET:-}" ] || [ "$CHAT_DB_SOCKET" = "$RUN/mariadb.sock" ]; }; then
+  PRIVATE_DB=1
+  export CHAT_DB_SOCKET=$RUN/mariadb.sock
+  export CHAT_DB_USER=${CHAT_DB_USER:-root}
+fi
+
+HOST=$CHAT_BIND
+case "$HOST" in 0.0.0.0 | "::" | "[::]") HOST=127.0.0.1 ;; esac
+BASE=http://$HOST:$CHAT_PORT
+# A name in $BASE for people (localhost), the literal address for curl (no IPv6 detour).
+PUBLIC=http://localhost:$CHAT_PORT
+[ "$HOST" = 127.0.0.1 ] || PUBLIC=$BASE
+
+say() { printf 'stack: %s\n' "$*"; }
+warn() { printf 'stack: %s\n' "$*" >&2; }
+
+# ---- processes: pid files under $RUN, checked against /proc so a recycled pid is never signalled ----
+
+pid_of() { # name -> pid on stdout when that process runs
+  local f=$RUN/$1.pid p
+  [ -f "$f" ] || return 1
+  p=$(cat "$f" 2>/dev/null) || return 1
+  [[ "$p" =~ ^[0-9]+$ ]] || return 1
+  kill -0 "$p" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "$2" || return 1
+  echo "$p"
+}
+
+# Starts a program in its own session (Ctrl-C in the terminal reaches only this script, which then stops
+# everything in order), stdout and stderr appended to $LOG/<log>.log. setsid execs in place (a background
+# job of a non-interactive shell is no group leader), so $! is the program's pid.
+spawn() { # name log command...
+  local name=$1 log=$2; shift 2
+  setsid "$@" >>"$LOG/$log.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+
+# SIGTERM, wait up to grace seconds, then whatever is left of its process group, then SIGKILL.
+stop_proc() { # name pattern grace
+  local name=$1 pat=$2 grace=$3 p i
+  if ! p=$(pid_of "$name" "$pat"); then rm -f "$RUN/$name.pid"; return 0; fi
+  say "stopping $name (pid $p)"
+  kill -TERM "$p" 2>/dev/null
+  for ((i = 0; i < grace * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$p" 2>/dev/null; then warn "$name did not exit within ${grace}s; killing it"; kill -KILL "$p" 2>/dev/null; fi
+  # Children it left behind (FastCGI responders, worker processes) share its process group.
+  if kill -0 -- "-$p" 2>/dev/null; then
+    kill -TERM -- "-$p" 2>/dev/null
+    for ((i = 0; i < 30; i++)); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$p" 2>/dev/null
+  fi
+  rm -f "$RUN/$name.pid"
+}
+
+fail_with_log() { # name logfile message
+  warn "$3"
+  [ -f "$2" ] && { warn "last lines of $2:"; tail -n 15 "$2" >&2; }
+  return 1
+}
+
+http_code() { curl -s -o /dev/null -m 2 -w '%{http_code}' "$@" 2>/dev/null; }
+
+# ---- the pieces ----
+
+secret() {
+  [ -n "${JWT_SECRET:-}" ] && return 0
+  local f=$VAR/jwt-secret
+  if [ ! -s "$f" ]; then
+    (umask 077 && head -c 48 /dev/urandom | od -An -v -tx1 | tr -d ' \n' >"$f.tmp" && mv "$f.tmp" "$f") ||
+      { warn "cannot write $f"; return 1; }
+    say "generated a JWT secret in $f"
+  fi
+  chmod 600 "$f"
+  JWT_SECRET=$(cat "$f")
+  export JWT_SECRET
+}
+
+db_start() {
+  if [ "$PRIVATE_DB" != 1 ]; then
+    say "database: ${CHAT_DB_SOCKET:-${CHAT_DB_HOST}:${CHAT_DB_PORT:-3306}} (not managed here)"
+    return 0
+  fi
+  if ! bash deploy/mariadb.sh status >/dev/null 2>&1; then
+    say "starting the private MariaDB ($RUN/mariadb.sock)"
+    bash deploy/mariadb.sh start || return 1
+    touch "$RUN/stack.mariadb" # we started it, so `stop` stops it
+  fi
+}
+
+kb_setup() {
+  [ -x "$BIN/chat-kb" ] || { warn "build/bin/chat-kb is missing (make): database not set up"; return 0; }
+  say "database set-up (chat-kb setup; log in $LOG/chat-kb.log)"
+  "$BIN/chat-kb" setup >>"$LOG/chat-kb.log" 2>&1 || fail_with_log chat-kb "$LOG/chat-kb.log" "chat-kb setup failed"
+}
+
+demo_token() {
+  rm -f "$VAR/demo-token"
+  if [ "${JWT_ALGORITHM:-HS256}" != HS256 ]; then warn "JWT_ALGORITHM is not HS256: no demo token"; return 0; fi
+  [ -x "$BIN/chat-token" ] || { warn "build/bin/chat-token is missing (make): no demo token"; return 0; }
+  local t
+  if ! t=$("$BIN/chat-token" --sub demo-user --email demo@example.com --name "Demo User" --ttl 86400) || [ -z "$t" ]; then
+    warn "chat-token failed: no demo token"; return 0
+  fi
+  (umask 077 && printf '%s\n' "$t" >"$VAR/demo-token")
+}
+
+start_worker() {
+  [ -x "$BIN/chat-worker" ] || { warn "build/bin/chat-worker is missing (make): no LLM workers"; return 0; }
+  if p=$(pid_of chat-worker chat-worker); then say "chat-worker already running (pid $p)"; return 0; fi
+  spawn chat-worker chat-worker "$BIN/chat-worker"
+  sleep 0.3
+  pid_of chat-worker chat-worker >/dev/null || fail_with_log chat-worker "$LOG/chat-worker.log" "chat-worker exited at start"
+}
+
+start_streamer() {
+  [ -x "$BIN/chat-streamer" ] || { warn "build/bin/chat-streamer is missing (make): no /ws/chat"; return 0; }
+  if p=$(pid_of chat-streamer chat-streamer); then say "chat-streamer already running (pid $p)"; return 0; fi
+  rm -f "$CHAT_STREAMER_SOCKET"
+  spawn chat-streamer chat-streamer "$BIN/chat-streamer"
+  local i
+  for ((i = 0; i < 200; i++)); do
+    pid_of chat-streamer chat-streamer >/dev/null ||
+      { fail_with_log chat-streamer "$LOG/chat-streamer.log" "chat-streamer exited at start"; return 1; }
+    [ "$(http_code --unix-socket "$CHAT_STREAMER_SOCKET" http://localhost/status)" = 200 ] && return 0
+    sleep 0.1
+  done
+  fail_with_log chat-streamer "$LOG/chat-streamer.log" "chat-streamer did not answer /status within 20 s"
+}
+
+start_lighttpd() {
+  command -v lighttpd >/dev/null || { warn "lighttpd is not installed (make deps)"; return 1; }
+  [ -x "$BIN/chat-fcgi" ] || { warn "build/bin/chat-fcgi is missing (make): lighttpd cannot start its FastCGI pool"; return 1; }
+  if p=$(pid_of lighttpd lighttpd); then say "lighttpd already running (pid $p)"; return 0; fi
+  lighttpd -tt -f "$ROOT/lighttpd.conf" >"$LOG/lighttpd-check.log" 2>&1 ||
+    { fail_with_log lighttpd "$LOG/lighttpd-check.log" "lighttpd.conf does not validate"; return 1; }
+  # Every WebSocket costs lighttpd two descriptors: let it use what the hard limit allows.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  # lighttpd's own messages go to lighttpd-error.log; its stderr, inherited by the FastCGI responders,
+  # is theirs.
+  # -D: no fork, so the pid spawn records is the one lighttpd writes to the same file (server.pid-file).
+  spawn lighttpd chat-fcgi lighttpd -D -f "$ROOT/lighttpd.conf"
+}
+
+# Waits for /health; 200 only when every component was found. Returns 1 when lighttpd never answers.
+wait_ready() {
+  local want_all=1 code="" i
+  for b in chat-worker chat-streamer; do [ -x "$BIN/$b" ] || want_all=0; done
+  for ((i = 0; i < 300; i++)); do
+    pid_of lighttpd lighttpd >/dev/null ||
+      { fail_with_log lighttpd "$LOG/lighttpd-error.log" "lighttpd exited at start"; return 1; }
+    code=$(http_code "$BASE/health")
+    [ "$code" = 200 ] && return 0
+    [ "$want_all" = 0 ] && [ -n "$code" ] && [ "$code" != 000 ] && break
+    sleep 0.1
+  done
+  if [ -z "$code" ] || [ "$code" = 000 ]; then
+    fail_with_log lighttpd "$LOG/lighttpd-error.log" "lighttpd does not answer on $BASE"
+    return 1
+  fi
+  warn "not fully healthy (GET /health -> $code): $(curl -s -m 2 "$BASE/health")"
+  [ "$want_all" = 0 ] # degraded is expected only when a program is missing
+}
+
+start_all() {
+  mkdir -p "$RUN" "$LOG" "$VAR/tmp"
+  command -v curl >/dev/null || { warn "curl is not installed (make deps)"; return 1; }
+  secret || return 1
+  db_start || return 1
+  kb_setup || return 1
+  # The demo token is always minted (scripts and benchmarks read it); CHAT_DEMO decides whether
+  # GET /api/v1/demo-token hands it out.
+  demo_token
+  if [ "${CHAT_DEMO:-1}" = 1 ]; then
+    if [ -s "$VAR/demo-token" ]; then
+      export CHAT_DEMO_TOKEN_FILE=${CHAT_DEMO_TOKEN_FILE:-$VAR/demo-token}
+      case "$CHAT_BIND" in 127.* | localhost | ::1) ;; *)
+        warn "CHAT_BIND=$CHAT_BIND with the demo token endpoint on: anyone who reaches the port gets a token (CHAT_DEMO=0 turns it off)" ;;
+      esac
+    fi
+  else
+    unset CHAT_DEMO_TOKEN_FILE
+  fi
+  start_worker || return 1
+  start_streamer || return 1
+  start_lighttpd || return 1
+  wait_ready || return 1
+  print_info
+}
+
+stop_all() {
+  stop_proc lighttpd lighttpd 10
+  stop_proc chat-streamer chat-streamer $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 5 ))
+  stop_proc chat-worker chat-worker 15
+  rm -f "$CHAT_STREAMER_SOCKET"
+  if [ -f "$RUN/stack.mariadb" ]; then
+    say "stopping the private MariaDB"
+    bash deploy/mariadb.sh stop
+    rm -f "$RUN/stack.mariadb"
+  fi
+}
+
+print_info() {
+  cat <<EOF
+
+  Test page   $PUBLIC/ws/test
+  WebSocket   ${PUBLIC/http:/ws:}/ws/chat
+  REST        POST $PUBLIC/api/v1/chat   (Authorization: Bearer <token>)
+  Health      $PUBLIC/health
+  Logs        $LOG/
+EOF
+  if [ -s "$VAR/demo-token" ]; then
+    printf '  Demo JWT    (24 h, also in %s)\n\n%s\n\n' "$VAR/demo-token" "$(cat "$VAR/demo-token")"
+  else
+    echo
+  fi
+}
+
+status() {
+  local rc=0 p
+  for c in chat-worker:chat-worker chat-streamer:chat-streamer lighttpd:lighttpd; do
+    if p=$(pid_of "${c%%:*}" "${c#*:}"); then
+      printf '%-14s running (pid %s)\n' "${c%%:*}" "$p"
+    else
+      printf '%-14s stopped\n' "${c%%:*}"; rc=3
+    fi
+  done
+  if [ "$PRIVATE_DB" = 1 ]; then
+    printf '%-14s %s\n' mariadb "$(bash deploy/mariadb.sh status 2>/dev/null || echo stopped)"
+  else
+    printf '%-14s external (%s)\n' mariadb "${CHAT_DB_SOCKET:-${CHAT_DB_HOST}}"
+  fi
+  if pid_of lighttpd lighttpd >/dev/null; then
+    printf '%-14s %s %s\n' health "$(http_code "$BASE/health")" "$(curl -s -m 2 "$BASE/health")"
+  fi
+  return $rc
+}
+
+run() {
+  trap 'echo; say "stopping"; stop_all; exit 0' INT TERM
+  # The interactive demo paces the offline provider like a real model so streaming is visible.
+  export CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-25}
+  start_all || { stop_all; exit 1; }
+  say "running in the foreground; Ctrl-C stops everything"
+  local c
+  while sleep 1; do
+    for c in chat-worker chat-streamer lighttpd; do
+      [ -f "$RUN/$c.pid" ] || continue
+      if ! pid_of "$c" "$c" >/dev/null; then
+        sleep 0.5 # `stack.sh stop` from another shell removes the pid file right after the process ends
+        if [ ! -f "$RUN/$c.pid" ]; then say "stopped from elsewhere"; stop_all; exit 0; fi
+        local log=$LOG/$c.log; [ "$c" = lighttpd ] && log=$LOG/lighttpd-error.log
+        fail_with_log "$c" "$log" "$c exited unexpectedly; stopping the stack"
+        stop_all
+        exit 1
+      fi
+    done
+  done
+}
+
+token() { # [sub email name ttl]
+  mkdir -p "$VAR"
+  secret || exit 1
+  [ -x "$BIN/chat-token" ] || { warn "build/bin/chat-token is missing (make)"; exit 1; }
+  exec "$BIN/chat-token" --sub "${1:-demo-user}" --email "${2:-demo@example.com}" --name "${3:-Demo User}" --ttl "${4:-3600}"
+}
+
+kb_import() { # dir
+  if [ -z "${1:-}" ] || [ ! -d "$1" ]; then warn "usage: make kb-import DIR=path/to/markdown"; exit 2; fi
+  [ -x "$BIN/chat-kb" ] || { warn "build/bin/chat-kb is missing (make)"; exit 1; }
+  mkdir -p "$RUN" "$LOG"
+  db_start || exit 1
+  exec "$BIN/chat-kb" import "$1"
+}
+
+case "${1:-}" in
+  run) run ;;
+  start) start_all || { warn "start failed; stopping what was started"; stop_all; exit 1; } ;;
+  stop) stop_all ;;
+  restart) stop_all; start_all ;;
+  status) status ;;
+  token) shift; token "$@" ;;
+  kb-import) shift; kb_import "$@" ;;
+  *) echo "usage: $0 run|start|stop|restart|status|token [SUB EMAIL NAME TTL]|kb-import DIR" >&2; exit 2 ;;
+esac

@@ -1,0 +1,215 @@
+/* /health probes with a one-second per-process cache.
+ *
+ * Why cache: the benchmark drives /health at ~10,000 req/s through lighttpd; without the cache every
+ * request would cost a database round trip and an HTTP request to the streamer. With it, each of the
+ * FastCGI processes probes once a second and otherwise copies a ready string.
+ * The streamer probe reuses one libcurl easy handle (keep-alive on the Unix socket or loopback) and is
+ * bounded by FCGI_HEALTH_STREAMER_TIMEOUT_MS so a hung streamer cannot stall the API. */
+#include "fcgi_health.h"
+
+#include <curl/curl.h>
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_common.h"
+#include "chat_log.h"
+
+#define STATUS_MAX_BYTES 16384 /* the streamer's /status is a few dozen bytes; anything bigger is wrong */
+
+struct fcgi_health {
+    CURL *curl;
+    char url[600];
+    char unix_path[512]; /* empty for TCP */
+    chat_buf cached;
+    int cached_status;
+    long long cached_at_ms;          /* 0 = nothing cached */
+    bool db_was_ok, streamer_was_ok; /* to log state changes once, not every second */
+};
+
+typedef struct streamer_state {
+    bool ok;
+    long long connections, workers_live, workers_busy, jobs_queued;
+} streamer_state;
+
+fcgi_health *fcgi_health_new(const chat_config *cfg)
+{
+    fcgi_health *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    chat_buf_init(&h->cached);
+    h->db_was_ok = h->streamer_was_ok = true;
+    const char *listen = cfg->streamer_listen;
+    if (!strncmp(listen, "unix:", 5)) {
+        snprintf(h->unix_path, sizeof h->unix_path, "%s", listen + 5);
+        snprintf(h->url, sizeof h->url, "http://localhost/status");
+    } else {
+        snprintf(h->url, sizeof h->url, "http://%s/status", listen);
+    }
+    h->curl = curl_easy_init();
+    if (!h->curl) {
+        fcgi_health_free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void fcgi_health_free(fcgi_health *h)
+{
+    if (!h) return;
+    if (h->curl) curl_easy_cleanup(h->curl);
+    chat_buf_free(&h->cached);
+    free(h);
+}
+
+void fcgi_health_invalidate(fcgi_health *h)
+{
+    h->cached_at_ms = 0;
+}
+
+static size_t collect(char *data, size_t size, size_t nmemb, void *ud)
+{
+    chat_buf *b = ud;
+    size_t n = size * nmemb;
+    if (b->len + n > STATUS_MAX_BYTES) return 0; /* aborts the transfer */
+    return chat_buf_append(b, data, n) ? 0 : n;
+}
+
+static long long json_int(json_object *o, const char *key)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_int)) return -1;
+    return (long long)json_object_get_int64(v);
+}
+
+static streamer_state probe_streamer(fcgi_health *h)
+{
+    streamer_state s = {.ok = false, .connections = -1, .workers_live = -1, .workers_busy = -1, .jobs_queued = -1};
+    chat_buf body;
+    chat_buf_init(&body);
+    CURL *c = h->curl;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, h->url);
+    if (h->unix_path[0]) curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, h->unix_path);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)FCGI_HEALTH_STREAMER_TIMEOUT_MS);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)FCGI_HEALTH_STREAMER_TIMEOUT_MS);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
+    CURLcode rc = curl_easy_perform(c);
+    long code = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    if (rc != CURLE_OK || code != 200) {
+        chat_log_debug("health: streamer /status failed (%s, HTTP %ld)", curl_easy_strerror(rc), code);
+        goto cleanup;
+    }
+    json_object *o = json_tokener_parse(body.data ? body.data : "");
+    if (!o || !json_object_is_type(o, json_type_object)) {
+        json_object_put(o);
+        chat_log_debug("health: streamer /status is not a JSON object");
+        goto cleanup;
+    }
+    s.ok = true;
+    s.connections = json_int(o, "connections");
+    s.workers_live = json_int(o, "workers_live");
+    s.workers_busy = json_int(o, "workers_busy");
+    s.jobs_queued = json_int(o, "jobs_queued");
+    json_object_put(o);
+cleanup:
+    chat_buf_free(&body);
+    return s;
+}
+
+static json_object *int_or_null(long long v)
+{
+    return v < 0 ? NULL : json_object_new_int64(v);
+}
+
+/* Probes and rebuilds the cached answer. */
+static int refresh(fcgi_health *h, chat_db *db)
+{
+    char err[256] = "";
+    long long t0 = chat_now_us();
+    bool db_ok = db && chat_db_ping(db, err, sizeof err) == 0;
+    double db_ms = (double)(chat_now_us() - t0) / 1000.0;
+    streamer_state st = probe_streamer(h);
+    bool workers_ok = st.ok && st.workers_live > 0;
+
+    if (db_ok != h->db_was_ok) {
+        if (db_ok)
+            chat_log_info("health: database reachable again");
+        else
+            chat_log_warn("health: database unreachable: %s", err[0] ? err : "no connection");
+        h->db_was_ok = db_ok;
+    }
+    if (st.ok != h->streamer_was_ok) {
+        if (st.ok)
+            chat_log_info("health: streamer reachable again");
+        else
+            chat_log_warn("health: streamer /status unreachable");
+        h->streamer_was_ok = st.ok;
+    }
+
+    json_object *root = json_object_new_object();
+    json_object *failing = json_object_new_array();
+    json_object *jdb = json_object_new_object();
+    json_object *jst = json_object_new_object();
+    json_object *jwk = json_object_new_object();
+    int rc = CHAT_ENOMEM;
+    if (!root || !failing || !jdb || !jst || !jwk) {
+        json_object_put(failing);
+        json_object_put(jdb);
+        json_object_put(jst);
+        json_object_put(jwk);
+        goto cleanup;
+    }
+    bool all_ok = db_ok && st.ok && workers_ok;
+    json_object_object_add(root, "status", json_object_new_string(all_ok ? "ok" : "degraded"));
+    if (!db_ok) json_object_array_add(failing, json_object_new_string("database"));
+    if (!st.ok) json_object_array_add(failing, json_object_new_string("streamer"));
+    if (!workers_ok) json_object_array_add(failing, json_object_new_string("workers"));
+    json_object_object_add(root, "failing", failing);
+
+    json_object_object_add(jdb, "ok", json_object_new_boolean(db_ok));
+    if (db_ok) {
+        char ms[32];
+        snprintf(ms, sizeof ms, "%.3f", db_ms); /* as printed, not 1.1879999999999999 */
+        json_object_object_add(jdb, "latency_ms", json_object_new_double_s(db_ms, ms));
+    }
+    json_object_object_add(root, "database", jdb);
+
+    json_object_object_add(jst, "ok", json_object_new_boolean(st.ok));
+    json_object_object_add(jst, "connections", int_or_null(st.connections));
+    json_object_object_add(jst, "jobs_queued", int_or_null(st.jobs_queued));
+    json_object_object_add(root, "streamer", jst);
+
+    json_object_object_add(jwk, "ok", json_object_new_boolean(workers_ok));
+    json_object_object_add(jwk, "live", int_or_null(st.workers_live));
+    json_object_object_add(jwk, "busy", int_or_null(st.workers_busy));
+    json_object_object_add(root, "workers", jwk);
+
+    const char *text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    if (!text) goto cleanup;
+    chat_buf_reset(&h->cached);
+    if (chat_buf_puts(&h->cached, text)) goto cleanup;
+    h->cached_status = all_ok ? 200 : 503;
+    h->cached_at_ms = chat_now_ms();
+    rc = 0;
+cleanup:
+    json_object_put(root);
+    return rc;
+}
+
+int fcgi_health_get(fcgi_health *h, chat_db *db, chat_buf *out)
+{
+    long long now = chat_now_ms();
+    if (!h->cached_at_ms || now - h->cached_at_ms >= FCGI_HEALTH_TTL_MS || now < h->cached_at_ms) {
+        int rc = refresh(h, db);
+        if (rc) return rc;
+    }
+    chat_buf_reset(out);
+    if (chat_buf_append(out, h->cached.data, h->cached.len)) return CHAT_ENOMEM;
+    return h->cached_status;
+}

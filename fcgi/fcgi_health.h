@@ -1,0 +1,38 @@
+/* GET /health: the state of the database, the streamer and the workers, cheap enough to be polled by
+ * load balancers and benchmarked at thousands of requests per second.
+ *
+ * The probes (chat_db_ping on the process's own connection, a libcurl GET of the streamer's /status
+ * with a 200 ms budget) run at most once per FCGI_HEALTH_TTL_MS per process; in between, the cached
+ * answer is served. Workers are reported by the streamer (it owns the ZeroMQ side).
+ *
+ * Body: {"status":"ok"|"degraded","failing":[...],"database":{"ok":bool,"latency_ms":N},
+ *        "streamer":{"ok":bool,"connections":N,"jobs_queued":N},"workers":{"ok":bool,"live":N,"busy":N}}
+ * 200 when everything is ok, 503 otherwise, "failing" naming the parts that are not.
+ * Thread context: one thread per fcgi_health. */
+#ifndef FCGI_HEALTH_H
+#define FCGI_HEALTH_H
+
+#include <stddef.h>
+
+#include "chat_config.h"
+#include "chat_db.h"
+#include "chat_util.h"
+
+#define FCGI_HEALTH_TTL_MS 1000
+#define FCGI_HEALTH_STREAMER_TIMEOUT_MS 200
+
+typedef struct fcgi_health fcgi_health;
+
+/* cfg->streamer_listen says where the streamer's /status is ("unix:/path" or "host:port"). */
+fcgi_health *fcgi_health_new(const chat_config *cfg);
+void fcgi_health_free(fcgi_health *h);
+
+/* Copies the current JSON answer into out and returns its HTTP status (200 or 503), probing first
+ * when the cached answer is older than FCGI_HEALTH_TTL_MS. db may be NULL (reported as down).
+ * Returns CHAT_ENOMEM if out could not grow. */
+int fcgi_health_get(fcgi_health *h, chat_db *db, chat_buf *out);
+
+/* Forgets the cached answer (the next call probes). */
+void fcgi_health_invalidate(fcgi_health *h);
+
+#endif

@@ -1,0 +1,194 @@
+/* chat-fcgi: the FastCGI REST responder that lighttpd spawns (fastcgi.server bin-path, max-procs).
+ *
+ * One process serves one request at a time with the FCGX_* API (FCGX_Accept_r loop on the listening
+ * socket lighttpd passes as fd 0; or on CHAT_FCGI_LISTEN, "path" or ":port", when run by hand or by
+ * another process manager). Each process owns one fcgi_api: one chat pipeline with its own lazy
+ * database connection, a JWT verifier and the /health cache. Concurrency comes from max-procs.
+ *
+ * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits.
+ * The log line per request holds method, path without query, status and duration; never a token,
+ * a header value or message text. /health lines are debug-level: they come thousands per second, and
+ * fcgi_health logs the changes of state that matter. */
+#include <curl/curl.h>
+#include <fcgiapp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_common.h"
+#include "chat_config.h"
+#include "chat_log.h"
+#include "chat_util.h"
+#include "fcgi_api.h"
+
+static volatile sig_atomic_t stopping;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    stopping = 1;
+    FCGX_ShutdownPending();
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 431: return "Request Header Fields Too Large";
+    case 503: return "Service Unavailable";
+    default: return status >= 500 ? "Internal Server Error" : "Error";
+    }
+}
+
+static long read_stdin(void *ud, char *buf, size_t len)
+{
+    FCGX_Stream *in = ud;
+    int n = FCGX_GetStr(buf, len > 65536 ? 65536 : (int)len, in);
+    return n < 0 ? -1 : n;
+}
+
+/* A non-negative decimal parameter, -1 when absent or malformed. */
+static long long param_count(const char *s)
+{
+    if (!s || !*s) return -1;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    return (*end || v < 0) ? -1 : v;
+}
+
+static int redirect_status(const char *s)
+{
+    long long v = param_count(s);
+    return v >= 100 && v <= 999 ? (int)v : 0;
+}
+
+/* Headers are formatted with snprintf: libfcgi's FCGX_FPrintF has its own printf that lacks %zu. */
+static void write_response(FCGX_Request *r, const char *method, const fcgi_resp *resp)
+{
+    char head[768];
+    int n = snprintf(head, sizeof head,
+                     "Status: %d %s\r\n"
+                     "Content-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\n"
+                     "X-Content-Type-Options: nosniff\r\n"
+                     "%s%s%s"
+                     "%s%s%s"
+                     "%s%s%s"
+                     "\r\n",
+                     resp->status, reason(resp->status), resp->body.len, resp->allow[0] ? "Allow: " : "", resp->allow,
+                     resp->allow[0] ? "\r\n" : "", resp->www_auth[0] ? "WWW-Authenticate: " : "", resp->www_auth,
+                     resp->www_auth[0] ? "\r\n" : "", resp->retry_after[0] ? "Retry-After: " : "", resp->retry_after,
+                     resp->retry_after[0] ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof head) n = 0; /* cannot happen: every field above is bounded */
+    FCGX_PutStr(head, n, r->out);
+    if (strcmp(method, "HEAD") && resp->body.len) FCGX_PutStr(resp->body.data, (int)resp->body.len, r->out);
+}
+
+/* Method for the log: letters only, bounded. */
+static void log_method(const char *m, char *out, size_t cap)
+{
+    size_t i = 0;
+    for (; m && m[i] && i + 1 < cap; i++)
+        out[i] = (m[i] >= 'A' && m[i] <= 'Z') ? m[i] : '?';
+    out[i] = '\0';
+}
+
+int main(void)
+{
+    chat_log_init("chat-fcgi", CHAT_LOG_INFO);
+    int exit_code = 1;
+    fcgi_api *api = NULL;
+    fcgi_resp resp;
+    fcgi_resp_init(&resp);
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_term; /* no SA_RESTART: accept() must return so the loop can end */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        chat_log_error("curl_global_init failed");
+        return 1;
+    }
+    chat_config cfg;
+    char err[512];
+    if (chat_config_from_env(&cfg, err, sizeof err)) {
+        chat_log_error("configuration: %s", err);
+        goto cleanup;
+    }
+    api = fcgi_api_new(&cfg, err, sizeof err);
+    if (!api) {
+        chat_log_error("start-up: %s", err);
+        goto cleanup;
+    }
+    if (FCGX_Init()) {
+        chat_log_error("FCGX_Init failed");
+        goto cleanup;
+    }
+    int listen_fd = 0; /* lighttpd's bin-path spawning hands us the listening socket as stdin */
+    const char *listen_at = getenv("CHAT_FCGI_LISTEN");
+    if (listen_at && *listen_at) {
+        listen_fd = FCGX_OpenSocket(listen_at, 1024);
+        if (listen_fd < 0) {
+            chat_log_error("cannot listen on CHAT_FCGI_LISTEN");
+            goto cleanup;
+        }
+    }
+    FCGX_Request req;
+    if (FCGX_InitRequest(&req, listen_fd, 0)) {
+        chat_log_error("FCGX_InitRequest failed");
+        goto cleanup;
+    }
+    chat_log_info("ready (llm provider %s)", cfg.llm_provider);
+
+    while (!stopping && FCGX_Accept_r(&req) >= 0) {
+        int64_t t0 = chat_now_us();
+        const char *method = FCGX_GetParam("REQUEST_METHOD", req.envp);
+        const char *uri = FCGX_GetParam("REQUEST_URI", req.envp);
+        if (!method) method = "";
+        fcgi_req in = {
+            .method = method,
+            .uri = uri ? uri : "",
+            .content_type = FCGX_GetParam("CONTENT_TYPE", req.envp),
+            .content_length = param_count(FCGX_GetParam("CONTENT_LENGTH", req.envp)),
+            .authorization = FCGX_GetParam("HTTP_AUTHORIZATION", req.envp),
+            .idempotency_key = FCGX_GetParam("HTTP_IDEMPOTENCY_KEY", req.envp),
+            .redirect_status = redirect_status(FCGX_GetParam("REDIRECT_STATUS", req.envp)),
+            .read_body = read_stdin,
+            .body_ud = req.in,
+        };
+        int status = fcgi_api_handle(api, &in, &resp);
+        write_response(&req, method, &resp);
+        /* Copied before FCGX_Finish_r, which frees the parameters they point into. */
+        char path[160], m[16];
+        fcgi_api_log_path(in.uri, path, sizeof path);
+        log_method(method, m, sizeof m);
+        FCGX_Finish_r(&req);
+
+        double ms = (double)(chat_now_us() - t0) / 1000.0;
+        chat_log(!strcmp(path, "/health") ? CHAT_LOG_DEBUG : CHAT_LOG_INFO, "%s %s %d %.1fms", m, path, status, ms);
+        /* Keep a big answer's buffer from living on between requests. */
+        if (resp.body.cap > 256 * 1024) chat_buf_free(&resp.body);
+    }
+    exit_code = 0;
+    chat_log_info("shutting down");
+
+cleanup:
+    fcgi_resp_clear(&resp);
+    fcgi_api_free(api);
+    curl_global_cleanup();
+    return exit_code;
+}

@@ -1,0 +1,880 @@
+/* The broker thread: ZeroMQ ROUTER <-> chat-worker DEALERs, the zguide load-balancing broker with
+ * Paranoid Pirate heartbeats (see chat_wire.h for the wire protocol).
+ *
+ * Design choices:
+ * - A thread of its own rather than ZMQ_FD inside the lws loop: ZMQ_FD is edge-triggered and must be
+ *   drained with ZMQ_EVENTS after every send and receive, which does not fit lws's level-triggered
+ *   callbacks; and heartbeats keep their rhythm whatever the load on the event loop. The price is two
+ *   small mutex-protected lists and two wake-ups: an eventfd polled beside the ROUTER (never blocks,
+ *   needs no zmq socket on the lws thread) and lws_cancel_service() the other way.
+ * - Jobs go only to live idle workers, least recently used first. A job waits in one bounded FIFO with a
+ *   deadline when all are busy; with no live worker at all it fails at once (OVERLOADED), never hangs.
+ * - A worker silent for CHAT_WIRE_DEAD_MS is dead. Its job is retried once on another worker if no token
+ *   reached the client yet, otherwise the client gets PROCESSING_ERROR. Progress steps already sent are
+ *   not repeated by the retry, and the pipeline's own "starting" is dropped (the streamer sent it).
+ * - Client-facing JSON (progress, complete, error) is built here, off the event loop; tokens travel raw
+ *   so the connection can coalesce them when its client reads slowly.
+ * - ROUTER_MANDATORY turns a send to a vanished worker into EHOSTUNREACH instead of a silent drop.
+ *
+ * Settings beyond chat_config (streamer-only, read here): CHAT_STREAMER_QUEUE_MAX (jobs waiting for a
+ * worker, default 1024) and CHAT_STREAMER_QUEUE_WAIT_MS (how long one may wait, default 5000). */
+#include "streamer_broker.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "chat_common.h"
+#include "chat_log.h"
+#include "chat_proto.h"
+#include "chat_util.h"
+#include "streamer_map.h"
+
+#define SB_MAX_MSGS_PER_TURN 512 /* ROUTER messages handled before timers get a look-in */
+#define SB_MAX_WORKERS 4096
+#define SB_MAX_ATTEMPTS 2
+
+/* Progress steps, as bits, so a retried job does not repeat what the client already saw. */
+static const char *const STEPS[] = {"agent_routing", "rag_retrieval", "generating"};
+
+struct sb_job {
+    sb_job *next; /* command list, then the waiting queue */
+    uint64_t id;
+    unsigned flags;
+    int attempts;
+    bool tokens_sent;
+    bool cancelled;
+    bool gone; /* the client left: deliver nothing */
+    uint8_t steps_sent;
+    int64_t submitted_ms;
+    int64_t deadline_ms; /* while queued */
+    struct sb_worker *worker;
+    /* packed strings */
+    char *request_id, *user_id, *user_email, *user_name, *session_id, *customer_id, *message;
+    char strings[];
+};
+
+typedef struct sb_worker {
+    struct sb_worker *next;
+    unsigned char ident[256];
+    size_t identlen;
+    int pid;
+    int64_t last_seen_ms;
+    int64_t idle_since_ms;
+    sb_job *job;
+    bool retiring;
+} sb_worker;
+
+typedef enum { CMD_SUBMIT = 1, CMD_CANCEL } cmd_kind;
+
+typedef struct sb_cmd {
+    struct sb_cmd *next;
+    cmd_kind kind;
+    sb_job *job;     /* submit */
+    uint64_t job_id; /* cancel */
+    bool gone;
+} sb_cmd;
+
+struct sb_broker {
+    /* Read-only after creation. */
+    int queue_max;
+    int queue_wait_ms;
+    char endpoint[512];
+    void (*wake)(void *);
+    void *wake_ud;
+
+    void *zctx;
+    void *router;
+    int efd;
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+
+    /* Shared with the lws thread, under mu. */
+    pthread_mutex_t mu;
+    sb_cmd *cmd_head, *cmd_tail;
+    sb_event *ev_head, *ev_tail;
+    char *workers_json; /* published snapshot: [{"pid":..,"busy":..},...] */
+
+    /* Counters read lock-free by the lws thread. */
+    atomic_int n_live, n_busy, n_queued, n_running;
+    atomic_ullong n_done, n_failed;
+
+    /* Broker thread only. */
+    sb_worker *workers;
+    int n_workers;
+    sb_job *q_head, *q_tail;
+    int q_len;
+    sm_map jobs;                   /* id -> job, queued or running */
+    sb_event *out_head, *out_tail; /* events gathered during one turn */
+    bool workers_changed;
+    chat_wire_msg msg;
+};
+
+/* ---------------------------------------------------------------- jobs and events */
+
+static size_t slen(const char *s)
+{
+    return s ? strlen(s) : 0;
+}
+
+sb_job *sb_job_new(const chat_wire_job *spec)
+{
+    const char *src[7] = {spec->request_id, spec->user_id,     spec->user_email, spec->user_name,
+                          spec->session_id, spec->customer_id, spec->message};
+    size_t total = 0;
+    for (int i = 0; i < 7; i++)
+        total += slen(src[i]) + 1;
+    sb_job *j = calloc(1, sizeof *j + total);
+    if (!j) return NULL;
+    j->id = spec->job_id;
+    j->flags = spec->flags;
+    char **dst[7] = {&j->request_id, &j->user_id,     &j->user_email, &j->user_name,
+                     &j->session_id, &j->customer_id, &j->message};
+    char *p = j->strings;
+    for (int i = 0; i < 7; i++) {
+        size_t n = slen(src[i]);
+        if (n) memcpy(p, src[i], n);
+        p[n] = '\0';
+        *dst[i] = p;
+        p += n + 1;
+    }
+    return j;
+}
+
+void sb_job_free(sb_job *job)
+{
+    free(job);
+}
+
+sb_event *sb_event_new(uint64_t job_id, int kind, const char *data, size_t len, const char *session_id)
+{
+    size_t sl = session_id ? strlen(session_id) + 1 : 0;
+    sb_event *e = malloc(sizeof *e + len + 1 + sl);
+    if (!e) return NULL;
+    e->next = NULL;
+    e->job_id = job_id;
+    e->kind = (uint8_t)kind;
+    e->terminal = 0;
+    e->start = e->end = 0;
+    e->len = len;
+    if (len) memcpy(e->data, data, len);
+    e->data[len] = '\0';
+    e->session_id = NULL;
+    if (session_id) {
+        char *s = e->data + len + 1;
+        memcpy(s, session_id, sl);
+        e->session_id = s;
+    }
+    return e;
+}
+
+void sb_event_free(sb_event *e)
+{
+    free(e);
+}
+
+/* Queues an event for the lws thread (delivered at the end of the turn). Takes ownership of json. */
+static void emit_json(sb_broker *b, sb_job *job, char *json, bool terminal, const char *session_id)
+{
+    if (!json) {
+        chat_log_error("broker: out of memory building a frame for job %" PRIu64, job->id);
+        if (!terminal) return;
+    }
+    if (job->gone) {
+        free(json);
+        return;
+    }
+    static const char oom[] = "{\"type\":\"error\",\"error\":\"Out of memory\",\"code\":\"PROCESSING_ERROR\"}";
+    const char *data = json ? json : oom;
+    sb_event *e = sb_event_new(job->id, SB_EV_FRAME, data, strlen(data), terminal ? session_id : NULL);
+    free(json);
+    if (!e) {
+        chat_log_error("broker: out of memory queueing an event for job %" PRIu64, job->id);
+        return;
+    }
+    e->terminal = terminal;
+    if (b->out_tail)
+        b->out_tail->next = e;
+    else
+        b->out_head = e;
+    b->out_tail = e;
+}
+
+static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
+{
+    if (job->gone || !len) return;
+    sb_event *e = sb_event_new(job->id, SB_EV_TOKEN, text, len, NULL);
+    if (!e) {
+        chat_log_error("broker: out of memory queueing a token for job %" PRIu64, job->id);
+        return;
+    }
+    if (b->out_tail)
+        b->out_tail->next = e;
+    else
+        b->out_head = e;
+    b->out_tail = e;
+}
+
+/* Ends a job with an error event, drops it from the books, frees it. */
+static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *message)
+{
+    emit_json(b, job, chat_proto_error(message, code), true, NULL);
+    sm_del(&b->jobs, job->id);
+    atomic_fetch_add(&b->n_failed, 1);
+    chat_log_info("broker: job %" PRIu64 " failed: %s after %" PRId64 " ms", job->id, code,
+                  chat_now_ms() - job->submitted_ms);
+    sb_job_free(job);
+}
+
+/* A job cancelled before any worker ran it: the protocol still owes the client a terminal complete. */
+static void job_cancelled_unstarted(sb_broker *b, sb_job *job)
+{
+    static const char meta[] = "{\"agent\":\"general\",\"confidence\":0,\"context\":{\"sources\":[]},"
+                               "\"finish_reason\":\"cancelled\",\"usage\":{\"prompt_tokens\":0,"
+                               "\"completion_tokens\":0},\"timings\":{}}";
+    emit_json(b, job, chat_proto_complete("", job->session_id, meta), true, job->session_id);
+    sm_del(&b->jobs, job->id);
+    atomic_fetch_add(&b->n_done, 1);
+    sb_job_free(job);
+}
+
+/* ---------------------------------------------------------------- the waiting queue */
+
+static void q_push(sb_broker *b, sb_job *job, bool front, int64_t now)
+{
+    job->deadline_ms = now + b->queue_wait_ms;
+    job->next = NULL;
+    if (front) {
+        job->next = b->q_head;
+        b->q_head = job;
+        if (!b->q_tail) b->q_tail = job;
+    } else {
+        if (b->q_tail)
+            b->q_tail->next = job;
+        else
+            b->q_head = job;
+        b->q_tail = job;
+    }
+    b->q_len++;
+    atomic_store(&b->n_queued, b->q_len);
+}
+
+static sb_job *q_pop(sb_broker *b)
+{
+    sb_job *j = b->q_head;
+    if (!j) return NULL;
+    b->q_head = j->next;
+    if (!b->q_head) b->q_tail = NULL;
+    j->next = NULL;
+    b->q_len--;
+    atomic_store(&b->n_queued, b->q_len);
+    return j;
+}
+
+static bool q_remove(sb_broker *b, sb_job *job)
+{
+    sb_job **pp = &b->q_head, *prev = NULL;
+    while (*pp && *pp != job)
+        prev = *pp, pp = &(*pp)->next;
+    if (!*pp) return false;
+    *pp = job->next;
+    if (b->q_tail == job) b->q_tail = prev;
+    job->next = NULL;
+    b->q_len--;
+    atomic_store(&b->n_queued, b->q_len);
+    return true;
+}
+
+/* ---------------------------------------------------------------- workers */
+
+static void publish_counts(sb_broker *b)
+{
+    int live = 0, busy = 0;
+    for (sb_worker *w = b->workers; w; w = w->next) {
+        if (!w->retiring) live++;
+        if (w->job) busy++;
+    }
+    atomic_store(&b->n_live, live);
+    atomic_store(&b->n_busy, busy);
+    atomic_store(&b->n_running, busy);
+    b->workers_changed = true;
+}
+
+static void publish_workers_json(sb_broker *b)
+{
+    if (!b->workers_changed) return;
+    b->workers_changed = false;
+    chat_buf j;
+    chat_buf_init(&j);
+    chat_buf_puts(&j, "[");
+    for (sb_worker *w = b->workers; w; w = w->next)
+        chat_buf_printf(&j, "%s{\"pid\":%d,\"busy\":%s%s}", w == b->workers ? "" : ",", w->pid,
+                        w->job ? "true" : "false", w->retiring ? ",\"retiring\":true" : "");
+    chat_buf_puts(&j, "]");
+    char *s = chat_buf_take(&j);
+    if (!s) return;
+    pthread_mutex_lock(&b->mu);
+    char *old = b->workers_json;
+    b->workers_json = s;
+    pthread_mutex_unlock(&b->mu);
+    free(old);
+}
+
+static sb_worker *worker_find(sb_broker *b, const char *ident, size_t len)
+{
+    for (sb_worker *w = b->workers; w; w = w->next)
+        if (w->identlen == len && !memcmp(w->ident, ident, len)) return w;
+    return NULL;
+}
+
+/* The worker's job could not finish there: retry once if the client saw no token, else fail it. */
+static void job_orphaned(sb_broker *b, sb_job *job, int64_t now, const char *why)
+{
+    job->worker = NULL;
+    if (job->gone) {
+        sm_del(&b->jobs, job->id);
+        sb_job_free(job);
+        return;
+    }
+    if (!job->tokens_sent && !job->cancelled && job->attempts < SB_MAX_ATTEMPTS) {
+        chat_log_warn("broker: job %" PRIu64 " lost its worker (%s), retrying", job->id, why);
+        q_push(b, job, true, now);
+        return;
+    }
+    if (job->cancelled && !job->tokens_sent) {
+        job_cancelled_unstarted(b, job);
+        return;
+    }
+    chat_log_warn("broker: job %" PRIu64 " lost its worker (%s) mid-answer", job->id, why);
+    job_fail(b, job, CHAT_CODE_PROCESSING_ERROR, "The worker processing your message failed, please retry");
+}
+
+static void worker_remove(sb_broker *b, sb_worker *w, int64_t now, const char *why)
+{
+    sb_worker **pp = &b->workers;
+    while (*pp && *pp != w)
+        pp = &(*pp)->next;
+    if (*pp) *pp = w->next;
+    b->n_workers--;
+    chat_log_info("broker: worker pid %d removed (%s)%s", w->pid, why, w->job ? " with a job in flight" : "");
+    sb_job *job = w->job;
+    free(w);
+    if (job) job_orphaned(b, job, now, why);
+    publish_counts(b);
+}
+
+/* The least recently used idle worker, or NULL. */
+static sb_worker *worker_idle(sb_broker *b)
+{
+    sb_worker *best = NULL;
+    for (sb_worker *w = b->workers; w; w = w->next)
+        if (!w->job && !w->retiring && (!best || w->idle_since_ms < best->idle_since_ms)) best = w;
+    return best;
+}
+
+static int send_to(sb_broker *b, sb_worker *w, const char *cmd, const char *arg)
+{
+    return chat_wire_send_cmd(b->router, w->ident, w->identlen, cmd, arg, ZMQ_DONTWAIT);
+}
+
+/* Hands queued jobs to idle workers. */
+static void dispatch(sb_broker *b, int64_t now)
+{
+    while (b->q_head) {
+        sb_worker *w = worker_idle(b);
+        if (!w) return;
+        sb_job *job = q_pop(b);
+        chat_wire_job spec = {
+            .job_id = job->id,
+            .flags = job->flags,
+            .request_id = job->request_id,
+            .user_id = job->user_id,
+            .user_email = job->user_email,
+            .user_name = job->user_name,
+            .session_id = job->session_id,
+            .customer_id = job->customer_id,
+            .message = job->message,
+        };
+        if (chat_wire_send_job(b->router, w->ident, w->identlen, &spec, ZMQ_DONTWAIT)) {
+            int e = errno;
+            q_push(b, job, true, now);
+            job->deadline_ms = now + b->queue_wait_ms;
+            worker_remove(b, w, now, e == EHOSTUNREACH ? "unreachable" : "send failed");
+            continue;
+        }
+        job->attempts++;
+        job->worker = w;
+        w->job = job;
+        chat_log_debug("broker: job %" PRIu64 " -> worker pid %d (attempt %d, waited %" PRId64 " ms)", job->id, w->pid,
+                       job->attempts, now - job->submitted_ms);
+        publish_counts(b);
+    }
+}
+
+/* ---------------------------------------------------------------- commands from the lws thread */
+
+static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
+{
+    job->submitted_ms = now;
+    if (sm_put(&b->jobs, job->id, job)) {
+        emit_json(b, job, chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR), true, NULL);
+        sb_job_free(job);
+        return;
+    }
+    if (atomic_load(&b->n_live) == 0) {
+        job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
+        return;
+    }
+    if (b->q_len >= b->queue_max) {
+        job_fail(b, job, CHAT_CODE_OVERLOADED, "The server is busy, please retry shortly");
+        return;
+    }
+    q_push(b, job, false, now);
+}
+
+static void handle_cancel(sb_broker *b, uint64_t id, bool gone)
+{
+    sb_job *job = sm_get(&b->jobs, id);
+    if (!job) return;
+    job->gone |= gone;
+    if (!job->worker) { /* still waiting for a worker */
+        q_remove(b, job);
+        if (job->gone) {
+            sm_del(&b->jobs, id);
+            sb_job_free(job);
+        } else {
+            job_cancelled_unstarted(b, job);
+        }
+        return;
+    }
+    if (job->cancelled) return;
+    job->cancelled = true;
+    char ids[24];
+    snprintf(ids, sizeof ids, "%" PRIu64, id);
+    if (send_to(b, job->worker, CHAT_WIRE_CANCEL, ids))
+        chat_log_warn("broker: CANCEL for job %" PRIu64 " not delivered (%s)", id, zmq_strerror(errno));
+}
+
+static void run_commands(sb_broker *b, int64_t now)
+{
+    pthread_mutex_lock(&b->mu);
+    sb_cmd *c = b->cmd_head;
+    b->cmd_head = b->cmd_tail = NULL;
+    pthread_mutex_unlock(&b->mu);
+    while (c) {
+        sb_cmd *next = c->next;
+        if (c->kind == CMD_SUBMIT)
+            handle_submit(b, c->job, now);
+        else
+            handle_cancel(b, c->job_id, c->gone);
+        free(c);
+        c = next;
+    }
+}
+
+/* ---------------------------------------------------------------- messages from workers */
+
+static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_msg *m, int64_t now)
+{
+    uint64_t id;
+    if (chat_wire_u64(m, 2, &id) || m->n < 4) return;
+    sb_job *job = w->job;
+    if (!job || job->id != id) return; /* stale: a job we already gave up on */
+    if (chat_wire_is(m, 3, CHAT_WIRE_EV_PROGRESS) && m->n >= 6) {
+        for (size_t i = 0; i < CHAT_ARRAY_LEN(STEPS); i++) {
+            if (!chat_wire_is(m, 4, STEPS[i])) continue;
+            if (job->steps_sent & (1u << i)) return;
+            job->steps_sent |= (uint8_t)(1u << i);
+            emit_json(b, job, chat_proto_progress_msg(m->part[4], m->part[5]), false, NULL);
+            return;
+        }
+        return; /* "starting" (sent by the streamer) or an unknown step */
+    }
+    if (chat_wire_is(m, 3, CHAT_WIRE_EV_TOKEN) && m->n >= 5) {
+        job->tokens_sent = true;
+        emit_token(b, job, m->part[4], m->len[4]);
+        return;
+    }
+    bool complete = chat_wire_is(m, 3, CHAT_WIRE_EV_COMPLETE) && m->n >= 7;
+    bool error = chat_wire_is(m, 3, CHAT_WIRE_EV_ERROR) && m->n >= 6;
+    if (!complete && !error) return;
+    if (complete) {
+        emit_json(b, job, chat_proto_complete(m->part[4], m->part[5], m->part[6]), true, m->part[5]);
+        atomic_fetch_add(&b->n_done, 1);
+    } else {
+        emit_json(b, job, chat_proto_error(m->part[5], m->part[4]), true, NULL);
+        atomic_fetch_add(&b->n_failed, 1);
+    }
+    chat_log_info("broker: job %" PRIu64 " %s on worker pid %d in %" PRId64 " ms%s%s", job->id,
+                  complete ? "completed" : "ended with error", w->pid, now - job->submitted_ms, error ? " code " : "",
+                  error ? m->part[4] : "");
+    sm_del(&b->jobs, job->id);
+    sb_job_free(job);
+    w->job = NULL;
+    w->idle_since_ms = now;
+    if (w->retiring)
+        worker_remove(b, w, now, "retired");
+    else
+        publish_counts(b);
+}
+
+static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
+{
+    if (m->n < 2 || m->len[0] == 0 || m->len[0] > sizeof((sb_worker *)0)->ident) return;
+    sb_worker *w = worker_find(b, m->part[0], m->len[0]);
+    if (chat_wire_is(m, 1, CHAT_WIRE_READY)) {
+        if (!chat_wire_is(m, 2, CHAT_WIRE_VERSION)) {
+            chat_log_warn("broker: a worker speaks another protocol version, ignored");
+            return;
+        }
+        if (w) { /* re-announced: whatever it was doing is lost */
+            w->last_seen_ms = now;
+            if (w->job) {
+                sb_job *job = w->job;
+                w->job = NULL;
+                job_orphaned(b, job, now, "worker restarted");
+            }
+            w->retiring = false;
+            publish_counts(b);
+            return;
+        }
+        if (b->n_workers >= SB_MAX_WORKERS) {
+            chat_log_warn("broker: too many workers, READY ignored");
+            return;
+        }
+        w = calloc(1, sizeof *w);
+        if (!w) return;
+        memcpy(w->ident, m->part[0], m->len[0]);
+        w->identlen = m->len[0];
+        w->pid = m->n > 3 ? atoi(m->part[3]) : 0;
+        w->last_seen_ms = w->idle_since_ms = now;
+        w->next = b->workers;
+        b->workers = w;
+        b->n_workers++;
+        chat_log_info("broker: worker pid %d ready (%d workers)", w->pid, b->n_workers);
+        publish_counts(b);
+        return;
+    }
+    if (!w) { /* e.g. the streamer restarted under a running worker */
+        chat_wire_send_cmd(b->router, m->part[0], m->len[0], CHAT_WIRE_RESET, NULL, ZMQ_DONTWAIT);
+        return;
+    }
+    w->last_seen_ms = now;
+    if (chat_wire_is(m, 1, CHAT_WIRE_HB)) return;
+    if (chat_wire_is(m, 1, CHAT_WIRE_EVENT)) {
+        handle_event(b, w, m, now);
+        return;
+    }
+    if (chat_wire_is(m, 1, CHAT_WIRE_BYE)) {
+        chat_log_info("broker: worker pid %d retiring", w->pid);
+        w->retiring = true;
+        if (!w->job)
+            worker_remove(b, w, now, "retired");
+        else
+            publish_counts(b);
+        return;
+    }
+}
+
+/* ---------------------------------------------------------------- timers */
+
+static void heartbeat(sb_broker *b, int64_t now)
+{
+    sb_worker *w = b->workers;
+    while (w) {
+        sb_worker *next = w->next;
+        if (now - w->last_seen_ms > CHAT_WIRE_DEAD_MS) {
+            worker_remove(b, w, now, "heartbeat lost");
+        } else if (send_to(b, w, CHAT_WIRE_HB, NULL) && errno == EHOSTUNREACH) {
+            worker_remove(b, w, now, "unreachable");
+        }
+        w = next;
+    }
+}
+
+static void expire_queue(sb_broker *b, int64_t now)
+{
+    /* With no live worker left, nothing queued can run: fail it now rather than at its deadline. */
+    bool none = atomic_load(&b->n_live) == 0;
+    while (b->q_head && (none || b->q_head->deadline_ms <= now)) {
+        sb_job *job = q_pop(b);
+        job_fail(b, job, CHAT_CODE_OVERLOADED,
+                 none ? "No worker is available, please retry shortly" : "The server is busy, please retry shortly");
+    }
+}
+
+static void flush_events(sb_broker *b)
+{
+    if (!b->out_head) return;
+    pthread_mutex_lock(&b->mu);
+    bool was_empty = b->ev_head == NULL;
+    if (b->ev_tail)
+        b->ev_tail->next = b->out_head;
+    else
+        b->ev_head = b->out_head;
+    b->ev_tail = b->out_tail;
+    pthread_mutex_unlock(&b->mu);
+    b->out_head = b->out_tail = NULL;
+    /* One wake per batch; if the list was not empty the lws thread has a wake pending already. */
+    if (was_empty && b->wake) b->wake(b->wake_ud);
+}
+
+static void *broker_main(void *arg)
+{
+    sb_broker *b = arg;
+    int64_t next_hb = chat_now_ms() + CHAT_WIRE_HEARTBEAT_MS;
+    while (!atomic_load(&b->stop)) {
+        int64_t now = chat_now_ms();
+        int64_t wake_at = next_hb;
+        if (b->q_head && b->q_head->deadline_ms < wake_at) wake_at = b->q_head->deadline_ms;
+        long timeout = wake_at > now ? (long)(wake_at - now) : 0;
+        zmq_pollitem_t items[2] = {{b->router, 0, ZMQ_POLLIN, 0}, {NULL, b->efd, ZMQ_POLLIN, 0}};
+        if (zmq_poll(items, 2, timeout) < 0) {
+            if (errno == ETERM) break;
+            if (errno != EINTR) chat_log_warn("broker: zmq_poll: %s", zmq_strerror(errno));
+            continue;
+        }
+        now = chat_now_ms();
+        if (items[1].revents & ZMQ_POLLIN) {
+            uint64_t v;
+            ssize_t r = read(b->efd, &v, sizeof v);
+            (void)r;
+        }
+        run_commands(b, now);
+        for (int i = 0; i < SB_MAX_MSGS_PER_TURN; i++) {
+            int rc = chat_wire_recv(b->router, &b->msg, ZMQ_DONTWAIT);
+            if (rc == CHAT_ETIMEOUT) break;
+            if (rc == CHAT_EINVAL) {
+                chat_log_warn("broker: oversized message from a worker dropped");
+                continue;
+            }
+            if (rc) {
+                if (errno != EINTR) chat_log_warn("broker: receive: %s", zmq_strerror(errno));
+                break;
+            }
+            handle_message(b, &b->msg, now);
+        }
+        if (now >= next_hb) {
+            heartbeat(b, now);
+            next_hb = now + CHAT_WIRE_HEARTBEAT_MS;
+        }
+        dispatch(b, now);
+        expire_queue(b, now);
+        flush_events(b);
+        publish_workers_json(b);
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- public API */
+
+static int env_int(const char *name, int dflt, int min, int max)
+{
+    const char *v = getenv(name);
+    if (!v || !*v) return dflt;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < min || n > max) {
+        chat_log_warn("%s must be an integer in [%d, %d]; using %d", name, min, max, dflt);
+        return dflt;
+    }
+    return (int)n;
+}
+
+/* "ipc://dir/file": make dir exist, so a fresh checkout's var/run does not stop the stack. */
+static void ensure_ipc_dir(const char *endpoint)
+{
+    if (strncmp(endpoint, "ipc://", 6)) return;
+    char path[512];
+    snprintf(path, sizeof path, "%s", endpoint + 6);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        mkdir(path, 0755);
+        *p = '/';
+    }
+}
+
+sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wake_ud, char *err, size_t errlen)
+{
+    sb_broker *b = calloc(1, sizeof *b);
+    if (!b) {
+        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+        return NULL;
+    }
+    b->efd = -1;
+    pthread_mutex_init(&b->mu, NULL);
+    sm_init(&b->jobs);
+    chat_wire_msg_init(&b->msg);
+    b->wake = wake, b->wake_ud = wake_ud;
+    b->queue_max = env_int("CHAT_STREAMER_QUEUE_MAX", 1024, 1, 1000000);
+    b->queue_wait_ms = env_int("CHAT_STREAMER_QUEUE_WAIT_MS", 5000, 0, 600000);
+    snprintf(b->endpoint, sizeof b->endpoint, "%s", cfg->zmq_endpoint);
+
+    b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    b->zctx = zmq_ctx_new();
+    if (b->efd < 0 || !b->zctx) {
+        chat_fail(err, errlen, CHAT_ERR, "broker: cannot create eventfd or zmq context");
+        goto fail;
+    }
+    b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
+    if (!b->router) {
+        chat_fail(err, errlen, CHAT_ERR, "broker: zmq_socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    int one = 1, zero = 0, hwm = 100000;
+    zmq_setsockopt(b->router, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(b->router, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    ensure_ipc_dir(b->endpoint);
+    if (zmq_bind(b->router, b->endpoint)) {
+        chat_fail(err, errlen, CHAT_ERR, "broker: cannot bind %s: %s", b->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
+    b->workers_json = strdup("[]");
+    return b;
+fail:
+    sb_broker_free(b);
+    return NULL;
+}
+
+int sb_broker_start(sb_broker *b, char *err, size_t errlen)
+{
+    if (pthread_create(&b->thread, NULL, broker_main, b))
+        return chat_fail(err, errlen, CHAT_ERR, "broker: cannot start its thread");
+    b->started = true;
+    return 0;
+}
+
+static void broker_kick(sb_broker *b)
+{
+    uint64_t one = 1;
+    ssize_t r = write(b->efd, &one, sizeof one);
+    (void)r; /* EAGAIN means the counter is already non-zero: the broker wakes anyway */
+}
+
+void sb_broker_free(sb_broker *b)
+{
+    if (!b) return;
+    if (b->started) {
+        atomic_store(&b->stop, true);
+        broker_kick(b);
+        pthread_join(b->thread, NULL);
+    }
+    if (b->router) zmq_close(b->router);
+    if (b->zctx) zmq_ctx_term(b->zctx);
+    if (b->efd >= 0) close(b->efd);
+    for (sb_cmd *c = b->cmd_head, *n; c; c = n) {
+        n = c->next;
+        sb_job_free(c->job);
+        free(c);
+    }
+    for (sb_event *e = b->ev_head, *n; e; e = n)
+        n = e->next, sb_event_free(e);
+    for (sb_event *e = b->out_head, *n; e; e = n)
+        n = e->next, sb_event_free(e);
+    for (sb_worker *w = b->workers, *n; w; w = n)
+        n = w->next, free(w);
+    /* Every live job is in the map, queued or running. */
+    for (size_t i = 0; i < b->jobs.cap; i++)
+        if (b->jobs.slots[i].key) sb_job_free(b->jobs.slots[i].val);
+    sm_free(&b->jobs);
+    chat_wire_msg_clear(&b->msg);
+    free(b->workers_json);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+static void push_cmd(sb_broker *b, sb_cmd *c)
+{
+    pthread_mutex_lock(&b->mu);
+    bool was_empty = b->cmd_head == NULL;
+    if (b->cmd_tail)
+        b->cmd_tail->next = c;
+    else
+        b->cmd_head = c;
+    b->cmd_tail = c;
+    pthread_mutex_unlock(&b->mu);
+    if (was_empty) broker_kick(b);
+}
+
+void sb_broker_submit(sb_broker *b, sb_job *job)
+{
+    sb_cmd *c = calloc(1, sizeof *c);
+    if (!c) { /* cannot even queue the command: answer locally */
+        sb_event *e = NULL;
+        char *json = chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        if (json) e = sb_event_new(job->id, SB_EV_FRAME, json, strlen(json), NULL);
+        free(json);
+        sb_job_free(job);
+        if (!e) return;
+        e->terminal = 1;
+        pthread_mutex_lock(&b->mu);
+        if (b->ev_tail)
+            b->ev_tail->next = e;
+        else
+            b->ev_head = e;
+        b->ev_tail = e;
+        pthread_mutex_unlock(&b->mu);
+        if (b->wake) b->wake(b->wake_ud);
+        return;
+    }
+    c->kind = CMD_SUBMIT;
+    c->job = job;
+    push_cmd(b, c);
+}
+
+void sb_broker_cancel(sb_broker *b, uint64_t job_id, bool client_gone)
+{
+    sb_cmd *c = calloc(1, sizeof *c);
+    if (!c) {
+        chat_log_error("broker: out of memory; cancel of job %" PRIu64 " lost", job_id);
+        return;
+    }
+    c->kind = CMD_CANCEL;
+    c->job_id = job_id;
+    c->gone = client_gone;
+    push_cmd(b, c);
+}
+
+sb_event *sb_broker_take_events(sb_broker *b)
+{
+    pthread_mutex_lock(&b->mu);
+    sb_event *e = b->ev_head;
+    b->ev_head = b->ev_tail = NULL;
+    pthread_mutex_unlock(&b->mu);
+    return e;
+}
+
+void sb_broker_stats(sb_broker *b, sb_stats *out)
+{
+    out->workers_live = atomic_load(&b->n_live);
+    out->workers_busy = atomic_load(&b->n_busy);
+    out->jobs_queued = atomic_load(&b->n_queued);
+    out->jobs_running = atomic_load(&b->n_running);
+    out->jobs_done = atomic_load(&b->n_done);
+    out->jobs_failed = atomic_load(&b->n_failed);
+}
+
+size_t sb_broker_workers_json(sb_broker *b, char *buf, size_t len, size_t cap)
+{
+    pthread_mutex_lock(&b->mu);
+    int n = snprintf(buf + len, cap > len ? cap - len : 0, ",\"workers\":%s", b->workers_json ? b->workers_json : "[]");
+    pthread_mutex_unlock(&b->mu);
+    if (n < 0 || len + (size_t)n >= cap) { /* too many workers for the buffer: leave the list out */
+        if (len < cap) buf[len] = '\0';
+        return len;
+    }
+    return len + (size_t)n;
+}

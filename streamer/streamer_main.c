@@ -1,0 +1,76 @@
+/* chat-streamer: process set-up around the lws side (streamer_ws.c) and the broker (streamer_broker.c).
+ *
+ * Order matters: SIGTERM/SIGINT are blocked before any thread exists (the broker thread and ZeroMQ's I/O
+ * threads inherit the mask), so they reach only the service thread, whose poll() they interrupt; the
+ * handler just sets a flag the loop reads. RLIMIT_NOFILE is raised to the hard limit because every
+ * WebSocket is a descriptor. SIGPIPE is ignored: a peer that vanished is an error code, not a death. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "chat_common.h"
+#include "chat_config.h"
+#include "chat_log.h"
+#include "streamer.h"
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    st_request_shutdown();
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl)) return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl))
+            chat_log_warn("streamer: cannot raise the open files limit: %s", strerror(errno));
+    }
+    chat_log_info("streamer: open files limit %llu", (unsigned long long)rl.rlim_cur);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argv;
+    chat_log_init("chat-streamer", CHAT_LOG_INFO);
+    if (argc > 1) {
+        fprintf(stderr, "usage: chat-streamer (configured by the environment, see docs/streamer.md)\n");
+        return 2;
+    }
+    chat_config cfg;
+    char err[512];
+    if (chat_config_from_env(&cfg, err, sizeof err)) {
+        chat_log_error("configuration: %s", err);
+        return 1;
+    }
+    raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigaddset(&term, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &term, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    int rc = 1;
+    if (st_init(&cfg, err, sizeof err)) {
+        chat_log_error("streamer: %s", err);
+        goto out;
+    }
+    /* st_run unblocks the signals once every thread exists; one that arrived meanwhile is delivered then. */
+    rc = st_run(&term);
+out:
+    st_cleanup();
+    return rc;
+}

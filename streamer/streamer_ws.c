@@ -1,0 +1,1261 @@
+/* The lws side of chat-streamer: the /ws/chat protocol, per-connection sessions, /status, shutdown.
+ *
+ * Design choices:
+ * - One lws service thread (count_threads 1) owns every socket and session and never blocks: no database,
+ *   no HTTP client. JWT verification (CPU only, microseconds) runs here. Work for workers goes to the
+ *   broker thread (streamer_broker.c) through a mutex-protected list; its events come back the same way
+ *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
+ * - Memory per idle connection is what lws needs plus a ~120-byte session: the receive-reassembly buffer,
+ *   the outbound queue, queued messages and the answer text live in a side structure allocated while the
+ *   connection has work and freed when it is idle again. A message that arrives in one piece is parsed in
+ *   place, never copied.
+ * - Timers: lws keeps its timers in one sorted list whose insertion walks from the head, so one long
+ *   timer per connection (lws's ping "validity" policy or lws_set_timer_usecs) costs O(connections) each
+ *   time it is re-armed: O(n^2) with 50,000 connections. The streamer therefore disables lws's validity
+ *   timers and keeps two intrusive lists of sessions, ordered by last received byte and by last client
+ *   message (moving to the tail is O(1)). A one-second sweep pings connections silent for
+ *   ping_interval_s, drops those silent for twice that plus 10 s, and closes (1000) those idle for
+ *   idle_timeout_s. lws's own short timeouts (handshake, close) remain.
+ * - Outbound queue per connection, bounded by bytes owed to the client. Tokens are not queued as frames:
+ *   a token item is a range of the answer text, so consecutive tokens of a slow reader coalesce into one
+ *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer).
+ *   Past max_outbound_bytes the connection is closed with 1008 "slow consumer".
+ * - One answer at a time per connection: further messages wait in a bounded FIFO, and the next one is
+ *   dispatched when the previous answer's tokens have left the queue (a slow reader does not hold a
+ *   worker for answers it cannot read). progress "starting" is sent when a message starts.
+ * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages, auth frames and invalid
+ *   frames. Messages without a session_id continue the connection's last session.
+ * - Graceful shutdown: refuse new connections and messages, let answers in flight finish within
+ *   shutdown_grace_s, then close everything with 1001 and exit 0.
+ *
+ *   A client that takes nothing for CHAT_STREAMER_WRITE_STALL_MS while data waits gets the same 1008, so a
+ *   reader that stopped reading cannot hold a connection, its memory and its answers forever.
+ *
+ * Settings beyond chat_config (streamer-only): CHAT_STREAMER_SNDBUF (bytes of kernel send buffer per
+ * WebSocket, default 65536, 0 = leave it to lws/the kernel), CHAT_STREAMER_RX_BUFFER (lws rx chunk per
+ * connection, default 1024) and CHAT_STREAMER_WRITE_STALL_MS (default 30000). */
+#include <errno.h>
+#include <inttypes.h>
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "chat_common.h"
+#include "chat_jwt.h"
+#include "chat_log.h"
+#include "chat_proto.h"
+#include "chat_util.h"
+#include "streamer.h"
+#include "streamer_broker.h"
+#include "streamer_map.h"
+
+#define ST_BURST 10.0f
+#define ST_TOKEN_OVERHEAD 64 /* JSON around a token frame, for the outbound byte count */
+#define ST_MAX_WRITES_PER_CALLBACK 16
+#define ST_TX_KEEP (256u * 1024) /* the shared send buffer is shrunk back after a larger frame */
+#define ST_CLOSE_WAIT_MS 3000    /* after the close phase starts, how long to wait for clients */
+#define ST_KILL_AFTER_S 10       /* a connection being closed that cannot take its close frame */
+
+/* ---------------------------------------------------------------- sessions */
+
+typedef struct pmsg { /* a message waiting behind the answer in progress */
+    struct pmsg *next;
+    char *message, *session_id, *customer_id;
+    bool partial;
+} pmsg;
+
+typedef struct sess sess;
+
+typedef struct sess_x { /* a connection's working state, present only while it has work */
+    sess *owner;
+    struct sess_x *oprev, *onext; /* in S.outq while the outbound queue is not empty */
+    int64_t head_since_ms;        /* when the oldest unsent item became the head */
+    /* inbound: a message arriving in several pieces */
+    chat_buf rx;
+    size_t rx_total;
+    bool rx_active;
+    bool rx_skip; /* too long: discarding the rest, answer MESSAGE_TOO_LONG at the end */
+    /* outbound */
+    sb_event *out_head, *out_tail;
+    size_t out_bytes;
+    int out_tokens; /* SB_EV_TOKENS items in the queue (they reference answer) */
+    /* waiting messages */
+    pmsg *p_head, *p_tail;
+    int p_len;
+    /* the answer in progress */
+    uint64_t job_id;
+    bool job_partial;
+    bool cancel_sent;
+    int64_t job_t0_ms;
+    chat_buf answer;
+} sess_x;
+
+enum {
+    F_LISTED = 1,   /* in the rx and msg lists */
+    F_PING_DUE = 2, /* send a ping at the next writeable */
+    F_PINGED = 4,   /* a ping is out, no byte received since */
+    F_DEAD = 8,     /* being killed: ignore everything */
+};
+
+enum { L_RX = 0, L_MSG = 1 };
+
+struct sess {
+    struct sess *prev[2], *next[2];
+    struct lws *wsi;
+    sess_x *x;
+    char *user;       /* "id\0email\0name\0" once authenticated */
+    char *session_id; /* the default for messages that name none */
+    const char *close_reason;
+    int64_t last_rx_ms;
+    int64_t last_msg_ms;
+    int64_t bucket_ms;
+    float bucket;
+    uint16_t close_code; /* non-zero: close after the queue drains */
+    uint8_t flags;
+};
+
+typedef struct dl_list {
+    sess *head, *tail;
+} dl_list;
+
+/* ---------------------------------------------------------------- process-wide state (lws thread) */
+
+static struct {
+    chat_config cfg;
+    chat_jwt_verifier *jwt;
+    sb_broker *broker;
+    struct lws_context *ctx;
+    sm_map jobs; /* job id -> session with that job in progress */
+    uint64_t next_job;
+    size_t frame_max;
+    int sndbuf;
+    int rx_buffer;
+    bool evlib; /* libev loop (else poll) */
+    int conns;
+    dl_list lists[2];
+    sess_x *outq_head, *outq_tail; /* connections with something to send */
+    int stall_ms;
+    unsigned char *tx;
+    size_t txcap;
+    volatile sig_atomic_t stop_requested;
+    int phase; /* 0 serving, 1 draining (grace), 2 closing, 3 done */
+    int64_t grace_deadline_ms, close_deadline_ms;
+    lws_sorted_usec_list_t tick;
+    int64_t last_sweep_ms, last_status_ms;
+    unsigned long long msgs, msgs_at_status, jobs_at_status;
+    unsigned long long errors[16];
+} S;
+
+static const char *const ERROR_CODES[] = {
+    CHAT_CODE_AUTH_REQUIRED, CHAT_CODE_EMPTY_MESSAGE,    CHAT_CODE_PROCESSING_ERROR,  CHAT_CODE_INVALID_JSON,
+    CHAT_CODE_UNKNOWN_TYPE,  CHAT_CODE_MESSAGE_TOO_LONG, CHAT_CODE_SESSION_FORBIDDEN, CHAT_CODE_RATE_LIMITED,
+    CHAT_CODE_OVERLOADED,    CHAT_CODE_INVALID_REQUEST,
+};
+
+static void dl_remove(sess *s, int k)
+{
+    dl_list *l = &S.lists[k];
+    if (s->prev[k])
+        s->prev[k]->next[k] = s->next[k];
+    else
+        l->head = s->next[k];
+    if (s->next[k])
+        s->next[k]->prev[k] = s->prev[k];
+    else
+        l->tail = s->prev[k];
+    s->prev[k] = s->next[k] = NULL;
+}
+
+static void dl_append(sess *s, int k)
+{
+    dl_list *l = &S.lists[k];
+    s->prev[k] = l->tail;
+    s->next[k] = NULL;
+    if (l->tail)
+        l->tail->next[k] = s;
+    else
+        l->head = s;
+    l->tail = s;
+}
+
+static void dl_touch(sess *s, int k)
+{
+    if (!(s->flags & F_LISTED) || S.lists[k].tail == s) return;
+    dl_remove(s, k);
+    dl_append(s, k);
+}
+
+static const char *user_id(const sess *s)
+{
+    return s->user;
+}
+static const char *user_email(const sess *s)
+{
+    return s->user + strlen(s->user) + 1;
+}
+static const char *user_name(const sess *s)
+{
+    const char *e = user_email(s);
+    return e + strlen(e) + 1;
+}
+
+static sess_x *x_get(sess *s)
+{
+    if (!s->x) {
+        s->x = calloc(1, sizeof *s->x);
+        if (s->x) {
+            s->x->owner = s;
+            chat_buf_init(&s->x->rx);
+            chat_buf_init(&s->x->answer);
+        }
+    }
+    return s->x;
+}
+
+static void outq_link(sess_x *x)
+{
+    x->oprev = S.outq_tail;
+    x->onext = NULL;
+    if (S.outq_tail)
+        S.outq_tail->onext = x;
+    else
+        S.outq_head = x;
+    S.outq_tail = x;
+}
+
+static void outq_unlink(sess_x *x)
+{
+    if (x->oprev)
+        x->oprev->onext = x->onext;
+    else if (S.outq_head == x)
+        S.outq_head = x->onext;
+    else
+        return; /* not linked */
+    if (x->onext)
+        x->onext->oprev = x->oprev;
+    else
+        S.outq_tail = x->oprev;
+    x->oprev = x->onext = NULL;
+}
+
+static void pmsg_free(pmsg *p)
+{
+    if (!p) return;
+    free(p->message);
+    free(p->session_id);
+    free(p->customer_id);
+    free(p);
+}
+
+static void x_drop_pending(sess_x *x)
+{
+    for (pmsg *p = x->p_head, *n; p; p = n)
+        n = p->next, pmsg_free(p);
+    x->p_head = x->p_tail = NULL;
+    x->p_len = 0;
+}
+
+static void x_drop_out(sess_x *x)
+{
+    if (x->out_head) outq_unlink(x);
+    for (sb_event *e = x->out_head, *n; e; e = n)
+        n = e->next, sb_event_free(e);
+    x->out_head = x->out_tail = NULL;
+    x->out_bytes = 0;
+    x->out_tokens = 0;
+}
+
+/* Frees the side structure when the connection has nothing in flight. */
+static void x_release_if_idle(sess *s)
+{
+    sess_x *x = s->x;
+    if (!x || x->rx_active || x->out_head || x->p_head || x->job_id) return;
+    chat_buf_free(&x->rx);
+    chat_buf_free(&x->answer);
+    free(x);
+    s->x = NULL;
+}
+
+static size_t item_bytes(const sess_x *x, const sb_event *e)
+{
+    if (e->kind != SB_EV_TOKENS) return e->len;
+    return (e->end - e->start) + (x->job_partial ? e->end : 0) + ST_TOKEN_OVERHEAD;
+}
+
+static void count_error(const char *code)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(ERROR_CODES); i++)
+        if (!strcmp(code, ERROR_CODES[i])) {
+            S.errors[i]++;
+            return;
+        }
+}
+
+/* ---------------------------------------------------------------- outbound */
+
+static void kill_slow_consumer(sess *s);
+
+/* Owing more than max_outbound_bytes makes a slow consumer when the socket is full. A burst produced
+ * within one read (many frames answered at once) may go up to four times the limit before the first
+ * write has had a chance. */
+static bool over_limit(sess *s)
+{
+    size_t owed = s->x->out_bytes, limit = (size_t)S.cfg.max_outbound_bytes;
+    if (owed <= limit) return false;
+    return owed > 4 * limit || lws_send_pipe_choked(s->wsi);
+}
+
+static void out_push(sess *s, sb_event *e)
+{
+    sess_x *x = x_get(s);
+    if (!x || (s->flags & F_DEAD)) {
+        sb_event_free(e);
+        return;
+    }
+    e->next = NULL;
+    if (x->out_tail) {
+        x->out_tail->next = e;
+    } else {
+        x->out_head = e;
+        x->head_since_ms = chat_now_ms();
+        outq_link(x);
+    }
+    x->out_tail = e;
+    if (e->kind == SB_EV_TOKENS) x->out_tokens++;
+    x->out_bytes += item_bytes(x, e);
+    if (over_limit(s)) {
+        kill_slow_consumer(s);
+        return;
+    }
+    lws_callback_on_writable(s->wsi);
+}
+
+/* Queues a frame the caller built (takes json; NULL means out of memory: the connection is failed). */
+static void send_json(sess *s, char *json)
+{
+    if (!json) {
+        chat_log_error("streamer: out of memory building a frame");
+        return;
+    }
+    sb_event *e = sb_event_new(0, SB_EV_FRAME, json, strlen(json), NULL);
+    free(json);
+    if (!e) {
+        chat_log_error("streamer: out of memory queueing a frame");
+        return;
+    }
+    out_push(s, e);
+}
+
+static void send_error(sess *s, const char *message, const char *code)
+{
+    count_error(code);
+    send_json(s, chat_proto_error(message, code));
+}
+
+static void request_close(sess *s, int code, const char *reason)
+{
+    if (s->close_code || (s->flags & F_DEAD)) return;
+    s->close_code = (uint16_t)code;
+    s->close_reason = reason;
+    if (s->x) x_drop_pending(s->x);
+    lws_callback_on_writable(s->wsi);
+}
+
+/* Ends a job from the connection's side (client gone, cancelled by shutdown). */
+static void abandon_job(sess *s)
+{
+    sess_x *x = s->x;
+    if (!x || !x->job_id) return;
+    sm_del(&S.jobs, x->job_id);
+    sb_broker_cancel(S.broker, x->job_id, true);
+    x->job_id = 0;
+}
+
+/* Ends a connection from outside its WRITEABLE callback. The queue and the job are dropped at once.
+ * With a code, the close frame is sent from the next WRITEABLE callback, which lws only makes once it has
+ * flushed what it buffered itself (closing earlier would make lws drop the connection without a close
+ * frame); a client that never reads again is cut after ST_KILL_AFTER_S. code 0: cut now, no close frame. */
+static void kill_conn(sess *s, int code, const char *reason)
+{
+    abandon_job(s);
+    if (s->x) {
+        x_drop_out(s->x);
+        x_drop_pending(s->x);
+    }
+    s->flags |= F_DEAD;
+    if (code) {
+        s->close_code = (uint16_t)code;
+        s->close_reason = reason;
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, ST_KILL_AFTER_S);
+        lws_callback_on_writable(s->wsi);
+    } else {
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+    }
+}
+
+static void kill_slow_consumer(sess *s)
+{
+    chat_log_warn("streamer: closing a slow consumer (%zu bytes owed, limit %d)", s->x ? s->x->out_bytes : 0,
+                  S.cfg.max_outbound_bytes);
+    kill_conn(s, ST_CLOSE_POLICY, "slow consumer");
+}
+
+static int tx_reserve(size_t len)
+{
+    size_t need = LWS_PRE + len + 1;
+    if (need <= S.txcap) return 0;
+    unsigned char *p = realloc(S.tx, need);
+    if (!p) return CHAT_ENOMEM;
+    S.tx = p, S.txcap = need;
+    return 0;
+}
+
+static int write_text(struct lws *wsi, const char *data, size_t len)
+{
+    if (tx_reserve(len)) return -1;
+    memcpy(S.tx + LWS_PRE, data, len);
+    int n = lws_write(wsi, S.tx + LWS_PRE, len, LWS_WRITE_TEXT);
+    if (S.txcap > ST_TX_KEEP + LWS_PRE && len < ST_TX_KEEP) { /* give back a buffer grown for one big frame */
+        unsigned char *p = realloc(S.tx, LWS_PRE + ST_TX_KEEP);
+        if (p) S.tx = p, S.txcap = LWS_PRE + ST_TX_KEEP;
+    }
+    return n < 0 || (size_t)n < len ? -1 : 0;
+}
+
+/* Writes one queued item. 0, or -1 to drop the connection. */
+static int write_item(sess *s, sb_event *e)
+{
+    sess_x *x = s->x;
+    if (e->kind != SB_EV_TOKENS) return write_text(s->wsi, e->data, e->len);
+    const char *a = x->answer.data ? x->answer.data : "";
+    char *json =
+        chat_proto_token(a + e->start, e->end - e->start, x->job_partial ? a : NULL, x->job_partial ? e->end : 0);
+    if (!json) return -1;
+    int rc = write_text(s->wsi, json, strlen(json));
+    free(json);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- jobs */
+
+static void dispatch_next(sess *s);
+
+static bool take_token(sess *s, int64_t now)
+{
+    float rate = (float)S.cfg.rate_limit_per_min / 60000.0f; /* tokens per ms */
+    float burst = S.cfg.rate_limit_per_min < ST_BURST ? (float)S.cfg.rate_limit_per_min : ST_BURST;
+    if (!s->bucket_ms)
+        s->bucket = burst;
+    else
+        s->bucket += (float)(now - s->bucket_ms) * rate;
+    if (s->bucket > burst) s->bucket = burst;
+    s->bucket_ms = now;
+    if (s->bucket < 1.0f) return false;
+    s->bucket -= 1.0f;
+    return true;
+}
+
+static void start_job(sess *s, pmsg *p)
+{
+    sess_x *x = s->x;
+    sb_stats st;
+    sb_broker_stats(S.broker, &st);
+    if (st.workers_live == 0) { /* fail fast, before promising anything with "starting" */
+        send_error(s, "No worker is available, please retry shortly", CHAT_CODE_OVERLOADED);
+        pmsg_free(p);
+        return;
+    }
+    char rid[37];
+    if (chat_uuid4(rid)) snprintf(rid, sizeof rid, "req-%" PRIu64, S.next_job + 1);
+    uint64_t id = ++S.next_job;
+    const char *sid = p->session_id && *p->session_id ? p->session_id : s->session_id;
+    chat_wire_job spec = {
+        .job_id = id,
+        .flags = p->partial ? CHAT_WIRE_F_PARTIAL : 0,
+        .request_id = rid,
+        .user_id = user_id(s),
+        .user_email = user_email(s),
+        .user_name = user_name(s),
+        .session_id = sid,
+        .customer_id = p->customer_id,
+        .message = p->message,
+    };
+    sb_job *job = sb_job_new(&spec);
+    if (!job || sm_put(&S.jobs, id, s)) {
+        sb_job_free(job);
+        send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        pmsg_free(p);
+        return;
+    }
+    x->job_id = id;
+    x->job_partial = p->partial;
+    x->cancel_sent = false;
+    x->job_t0_ms = chat_now_ms();
+    chat_buf_reset(&x->answer);
+    pmsg_free(p);
+    send_json(s, chat_proto_progress("starting"));
+    sb_broker_submit(S.broker, job);
+    chat_log_debug("streamer: job %" PRIu64 " submitted", id);
+}
+
+/* Starts the next waiting message when the connection is free for it. */
+static void dispatch_next(sess *s)
+{
+    sess_x *x = s->x;
+    while (x && !x->job_id && x->p_head && !x->out_tokens && !s->close_code && !(s->flags & F_DEAD)) {
+        pmsg *p = x->p_head;
+        x->p_head = p->next;
+        if (!x->p_head) x->p_tail = NULL;
+        x->p_len--;
+        p->next = NULL;
+        if (S.phase) {
+            send_error(s, "The server is shutting down, please reconnect", CHAT_CODE_OVERLOADED);
+            pmsg_free(p);
+            continue;
+        }
+        start_job(s, p);
+    }
+}
+
+static void remember_session(sess *s, const char *sid)
+{
+    if (!sid || !*sid || (s->session_id && !strcmp(s->session_id, sid))) return;
+    char *copy = strdup(sid);
+    if (!copy) return;
+    free(s->session_id);
+    s->session_id = copy;
+}
+
+/* Events from the broker, in order. */
+static void deliver_events(void)
+{
+    sb_event *e = sb_broker_take_events(S.broker);
+    while (e) {
+        sb_event *next = e->next;
+        e->next = NULL;
+        sess *s = sm_get(&S.jobs, e->job_id);
+        sess_x *x = s ? s->x : NULL;
+        if (!x || x->job_id != e->job_id || (s->flags & F_DEAD)) {
+            sb_event_free(e);
+            e = next;
+            continue;
+        }
+        if (e->kind == SB_EV_TOKEN) {
+            if (chat_buf_append(&x->answer, e->data, e->len)) {
+                sb_event_free(e);
+                e = next;
+                continue;
+            }
+            sb_event *last = x->out_tail;
+            if (last && last->kind == SB_EV_TOKENS && last->job_id == e->job_id) {
+                size_t before = item_bytes(x, last);
+                last->end = x->answer.len;
+                x->out_bytes += item_bytes(x, last) - before;
+                sb_event_free(e);
+                if (over_limit(s)) kill_slow_consumer(s);
+            } else {
+                e->kind = SB_EV_TOKENS;
+                e->start = x->answer.len - e->len;
+                e->end = x->answer.len;
+                e->len = 0;
+                out_push(s, e);
+            }
+        } else {
+            bool terminal = e->terminal;
+            uint64_t id = e->job_id;
+            if (terminal) {
+                remember_session(s, e->session_id);
+                sm_del(&S.jobs, id);
+                x->job_id = 0;
+                chat_log_debug("streamer: job %" PRIu64 " answered in %" PRId64 " ms", id,
+                               chat_now_ms() - x->job_t0_ms);
+            }
+            out_push(s, e);
+            if (terminal && !(s->flags & F_DEAD)) dispatch_next(s);
+        }
+        e = next;
+    }
+}
+
+/* ---------------------------------------------------------------- inbound */
+
+static void handle_auth(sess *s, const char *token)
+{
+    chat_user u;
+    char err[128], detail[256];
+    int rc = chat_jwt_verify(S.jwt, token, time(NULL), &u, err, sizeof err, detail, sizeof detail);
+    if (rc) {
+        chat_log_info("streamer: authentication failed: %s", detail);
+        send_json(s, chat_proto_auth_error(err[0] ? err : "Invalid token"));
+        return;
+    }
+    size_t a = strlen(u.id), b = strlen(u.email), c = strlen(u.name);
+    char *packed = malloc(a + b + c + 3);
+    if (!packed) {
+        send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        return;
+    }
+    memcpy(packed, u.id, a + 1);
+    memcpy(packed + a + 1, u.email, b + 1);
+    memcpy(packed + a + b + 2, u.name, c + 1);
+    if (s->user && strcmp(s->user, u.id)) { /* another user: the old default session is not theirs */
+        free(s->session_id);
+        s->session_id = NULL;
+    }
+    free(s->user);
+    s->user = packed;
+    send_json(s, chat_proto_auth_success(&u));
+}
+
+static void handle_message(sess *s, chat_in *in, int64_t now)
+{
+    if (!s->user) {
+        send_error(s, "Authentication required", CHAT_CODE_AUTH_REQUIRED);
+        return;
+    }
+    if (S.phase) {
+        send_error(s, "The server is shutting down, please reconnect", CHAT_CODE_OVERLOADED);
+        return;
+    }
+    if (!take_token(s, now)) {
+        send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+        return;
+    }
+    sess_x *x = x_get(s);
+    if (!x) {
+        send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        return;
+    }
+    if (x->p_len >= S.cfg.max_queue_per_conn) {
+        send_error(s, "Too many messages waiting for an answer, please slow down", CHAT_CODE_RATE_LIMITED);
+        return;
+    }
+    pmsg *p = calloc(1, sizeof *p);
+    if (!p) {
+        send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        return;
+    }
+    /* The parsed strings move into the waiting message. */
+    p->message = in->message, in->message = NULL;
+    p->session_id = in->session_id, in->session_id = NULL;
+    p->customer_id = in->customer_id, in->customer_id = NULL;
+    p->partial = in->partial;
+    if (x->p_tail)
+        x->p_tail->next = p;
+    else
+        x->p_head = p;
+    x->p_tail = p;
+    x->p_len++;
+    S.msgs++;
+    dispatch_next(s);
+}
+
+static void handle_text(sess *s, const char *data, size_t len)
+{
+    int64_t now = chat_now_ms();
+    s->last_msg_ms = now;
+    dl_touch(s, L_MSG);
+    chat_in in;
+    memset(&in, 0, sizeof in);
+    const char *code = NULL;
+    char err[256];
+    if (chat_proto_parse(data, len, (size_t)S.cfg.max_message_bytes, &in, &code, err, sizeof err)) {
+        if (!take_token(s, now))
+            send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+        else
+            send_error(s, err[0] ? err : "Invalid JSON", code ? code : CHAT_CODE_INVALID_JSON);
+        chat_in_clear(&in);
+        return;
+    }
+    switch (in.type) {
+    case CHAT_IN_AUTH:
+        if (!take_token(s, now))
+            send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+        else
+            handle_auth(s, in.token);
+        break;
+    case CHAT_IN_MESSAGE: handle_message(s, &in, now); break;
+    case CHAT_IN_CANCEL:
+        if (s->x && s->x->job_id && !s->x->cancel_sent) {
+            s->x->cancel_sent = true;
+            sb_broker_cancel(S.broker, s->x->job_id, false);
+        }
+        break;
+    case CHAT_IN_PING: send_json(s, strdup("{\"type\":\"pong\"}")); break;
+    }
+    chat_in_clear(&in);
+}
+
+/* A piece of a text message. Returns -1 to close (the reason is set). */
+static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
+{
+    if (lws_frame_is_binary(wsi)) {
+        static const char r[] = "binary frames are not supported";
+        lws_close_reason(wsi, (enum lws_close_status)ST_CLOSE_UNSUPPORTED, (unsigned char *)r, sizeof r - 1);
+        return -1;
+    }
+    bool first = lws_is_first_fragment(wsi), final = lws_is_final_fragment(wsi);
+    size_t remaining = lws_remaining_packet_payload(wsi);
+    if (first && final) { /* the common case: parse in place */
+        if (len > S.frame_max) {
+            send_error(s, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+            return 0;
+        }
+        handle_text(s, in, len);
+        return 0;
+    }
+    sess_x *x = x_get(s);
+    if (!x) {
+        static const char r[] = "out of memory";
+        lws_close_reason(wsi, (enum lws_close_status)ST_CLOSE_INTERNAL, (unsigned char *)r, sizeof r - 1);
+        return -1;
+    }
+    if (first) {
+        x->rx_active = true;
+        x->rx_skip = false;
+        x->rx_total = 0;
+        chat_buf_reset(&x->rx);
+    }
+    x->rx_total += len;
+    if (x->rx_total + remaining > ST_ABSURD_BYTES) {
+        static const char r[] = "message too big";
+        lws_close_reason(wsi, (enum lws_close_status)ST_CLOSE_TOO_BIG, (unsigned char *)r, sizeof r - 1);
+        return -1;
+    }
+    if (!x->rx_skip && x->rx_total > S.frame_max) {
+        x->rx_skip = true;
+        chat_buf_free(&x->rx);
+    }
+    if (!x->rx_skip && chat_buf_append(&x->rx, in, len)) {
+        static const char r[] = "out of memory";
+        lws_close_reason(wsi, (enum lws_close_status)ST_CLOSE_INTERNAL, (unsigned char *)r, sizeof r - 1);
+        return -1;
+    }
+    if (!final) return 0;
+    x->rx_active = false;
+    if (x->rx_skip)
+        send_error(s, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+    else
+        handle_text(s, x->rx.data ? x->rx.data : "", x->rx.len);
+    chat_buf_free(&x->rx);
+    x_release_if_idle(s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- connection lifecycle */
+
+static void on_established(sess *s, struct lws *wsi)
+{
+    memset(s, 0, sizeof *s);
+    s->wsi = wsi;
+    int64_t now = chat_now_ms();
+    s->last_rx_ms = s->last_msg_ms = now;
+    dl_append(s, L_RX);
+    dl_append(s, L_MSG);
+    s->flags |= F_LISTED;
+    S.conns++;
+    if (S.sndbuf > 0) {
+        int fd = lws_get_socket_fd(wsi);
+        if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &S.sndbuf, sizeof S.sndbuf);
+    }
+    /* ?token=... : the headers are still attached during ESTABLISHED. A bad token still opens the socket
+     * (the client may retry with an auth message). */
+    char buf[8192];
+    const char *tok = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof buf);
+    if (tok) {
+        s->bucket_ms = now, s->bucket = ST_BURST; /* the query token does not cost the client a message */
+        handle_auth(s, tok);
+    }
+}
+
+static void on_closed(sess *s)
+{
+    if (!s->wsi) return; /* never established */
+    if (s->flags & F_LISTED) {
+        dl_remove(s, L_RX);
+        dl_remove(s, L_MSG);
+    }
+    S.conns--;
+    abandon_job(s);
+    if (s->x) {
+        x_drop_out(s->x);
+        x_drop_pending(s->x);
+        chat_buf_free(&s->x->rx);
+        chat_buf_free(&s->x->answer);
+        free(s->x);
+    }
+    free(s->user);
+    free(s->session_id);
+    memset(s, 0, sizeof *s);
+}
+
+static void close_now(sess *s, struct lws *wsi)
+{
+    const char *r = s->close_reason ? s->close_reason : "";
+    lws_close_reason(wsi, (enum lws_close_status)s->close_code, (unsigned char *)r, strlen(r));
+}
+
+static int on_writeable(sess *s, struct lws *wsi)
+{
+    if (s->flags & F_DEAD) { /* killed: only the close frame is left to send */
+        if (!s->close_code) return 0;
+        close_now(s, wsi);
+        return -1;
+    }
+    if (S.phase >= 2 && !s->close_code) { /* closing phase: end whatever is left, then 1001 */
+        abandon_job(s);
+        request_close(s, ST_CLOSE_GOING_AWAY, "server shutting down");
+    }
+    if (s->flags & F_PING_DUE) {
+        s->flags &= (uint8_t)~F_PING_DUE;
+        if (tx_reserve(0) == 0 && lws_write(wsi, S.tx + LWS_PRE, 0, LWS_WRITE_PING) < 0) return -1;
+    }
+    sess_x *x = s->x;
+    int n = 0;
+    while (x && x->out_head && n < ST_MAX_WRITES_PER_CALLBACK) {
+        if (n > 0 && lws_send_pipe_choked(wsi)) break;
+        sb_event *e = x->out_head;
+        x->out_head = e->next;
+        x->head_since_ms = chat_now_ms();
+        if (!x->out_head) {
+            x->out_tail = NULL;
+            outq_unlink(x);
+        }
+        x->out_bytes -= item_bytes(x, e);
+        if (e->kind == SB_EV_TOKENS) x->out_tokens--;
+        int rc = write_item(s, e);
+        sb_event_free(e);
+        if (rc) return -1;
+        n++;
+        if (lws_partial_buffered(wsi)) break;
+    }
+    if (x && x->out_head) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    dispatch_next(s);
+    if (s->close_code && (!s->x || !s->x->out_head)) {
+        close_now(s, wsi);
+        return -1;
+    }
+    x_release_if_idle(s);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- HTTP: /status, refusals */
+
+static int http_reply(struct lws *wsi, int status, const char *ctype, const char *body, size_t len)
+{
+    size_t cap = LWS_PRE + 1024 + len;
+    unsigned char *buf = malloc(cap);
+    if (!buf) return -1;
+    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + cap - 1;
+    int rc = -1;
+    if (lws_add_http_common_headers(wsi, (unsigned int)status, ctype, (lws_filepos_t)len, &p, end)) goto out;
+    if (lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL, (const unsigned char *)"no-store", 8, &p, end))
+        goto out;
+    if (lws_finalize_write_http_header(wsi, start, &p, end)) goto out;
+    memcpy(start, body, len);
+    if (lws_write(wsi, start, len, LWS_WRITE_HTTP_FINAL) != (int)len) goto out;
+    rc = lws_http_transaction_completed(wsi) ? -1 : 0;
+out:
+    free(buf);
+    return rc;
+}
+
+static int serve_http(struct lws *wsi, const char *uri)
+{
+    if (!lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI)) {
+        lws_return_http_status(wsi, HTTP_STATUS_METHOD_NOT_ALLOWED, NULL);
+        return -1; /* do not try to read a request body */
+    }
+    if (!strcmp(uri, "/status")) {
+        sb_stats st;
+        sb_broker_stats(S.broker, &st);
+        char body[16384];
+        size_t n = (size_t)snprintf(body, sizeof body,
+                                    "{\"connections\":%d,\"workers_live\":%d,\"workers_busy\":%d,\"jobs_queued\":%d,"
+                                    "\"jobs_running\":%d,\"jobs_done\":%llu,\"jobs_failed\":%llu,\"shutting_down\":%s",
+                                    S.conns, st.workers_live, st.workers_busy, st.jobs_queued, st.jobs_running,
+                                    st.jobs_done, st.jobs_failed, S.phase ? "true" : "false");
+        n = sb_broker_workers_json(S.broker, body, n, sizeof body - 2);
+        body[n++] = '}';
+        body[n] = '\0';
+        return http_reply(wsi, 200, "application/json", body, n);
+    }
+    if (!strcmp(uri, "/ws/chat") || !strcmp(uri, "/ws/chat/")) {
+        static const char msg[] = "WebSocket endpoint: connect with an Upgrade: websocket request\n";
+        return http_reply(wsi, 426, "text/plain", msg, sizeof msg - 1);
+    }
+    static const char nf[] = "{\"error\":\"Not found\",\"code\":\"NOT_FOUND\"}";
+    return http_reply(wsi, 404, "application/json", nf, sizeof nf - 1);
+}
+
+static bool origin_allowed(struct lws *wsi)
+{
+    const char *list = S.cfg.allowed_origins;
+    if (!list[0]) return true;
+    int n = lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN);
+    if (n <= 0) return true; /* non-browser clients send none */
+    char origin[512];
+    if (n >= (int)sizeof origin || lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) < 0) return false;
+    size_t olen = strlen(origin);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = e;
+        while (t > p && t[-1] == ' ')
+            t--;
+        if ((size_t)(t - p) == olen && !strncasecmp(p, origin, olen)) return true;
+        p = e;
+    }
+    return false;
+}
+
+/* Before the 101: only /ws/chat upgrades, only from allowed origins, not while shutting down. */
+static int confirm_upgrade(struct lws *wsi, const char *up)
+{
+    if (!up || strcasecmp(up, "websocket")) return -1;
+    char uri[256];
+    int n = lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI);
+    if (n <= 0 || (strcmp(uri, "/ws/chat") && strcmp(uri, "/ws/chat/"))) {
+        lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
+        return 1;
+    }
+    if (S.phase) {
+        lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
+        return 1;
+    }
+    if (!origin_allowed(wsi)) {
+        chat_log_info("streamer: refused a WebSocket from a disallowed Origin");
+        lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- the protocol callback */
+
+static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    sess *s = user;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: return S.phase ? 1 : 0; /* draining: accept nothing new */
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: return confirm_upgrade(wsi, in);
+    case LWS_CALLBACK_HTTP: return serve_http(wsi, in ? in : "");
+    case LWS_CALLBACK_ESTABLISHED: on_established(s, wsi); return 0;
+    case LWS_CALLBACK_RECEIVE:
+        if (!s || !s->wsi || s->close_code || (s->flags & F_DEAD)) return 0;
+        s->last_rx_ms = chat_now_ms();
+        s->flags &= (uint8_t)~F_PINGED;
+        dl_touch(s, L_RX);
+        return on_receive(s, wsi, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (s && s->wsi) {
+            s->last_rx_ms = chat_now_ms();
+            s->flags &= (uint8_t)~F_PINGED;
+            dl_touch(s, L_RX);
+        }
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        if (!s || !s->wsi) return 0;
+        return on_writeable(s, wsi);
+    case LWS_CALLBACK_CLOSED:
+        if (s) on_closed(s);
+        return 0;
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        if (S.broker) deliver_events();
+        return 0;
+    default: return 0;
+    }
+}
+
+static const struct lws_protocols PROTOCOLS[] = {
+    {.name = "chat", .callback = callback_chat, .per_session_data_size = sizeof(sess)},
+    {.name = NULL},
+};
+static struct lws_protocols protocols[2];
+
+/* ---------------------------------------------------------------- periodic work */
+
+static void sweep(int64_t now)
+{
+    int64_t ping_ms = (int64_t)S.cfg.ping_interval_s * 1000;
+    int64_t dead_ms = 2 * ping_ms + 10000;
+    int64_t idle_ms = (int64_t)S.cfg.idle_timeout_s * 1000;
+    for (sess *s = S.lists[L_RX].head, *next; s && now - s->last_rx_ms >= ping_ms; s = next) {
+        next = s->next[L_RX];
+        if (s->flags & F_DEAD) continue;
+        if (now - s->last_rx_ms >= dead_ms) {
+            chat_log_info("streamer: dropping a connection silent for %" PRId64 " s", (now - s->last_rx_ms) / 1000);
+            kill_conn(s, 0, NULL);
+        } else if (!(s->flags & F_PINGED)) {
+            s->flags |= F_PINGED | F_PING_DUE;
+            lws_callback_on_writable(s->wsi);
+        }
+    }
+    for (sess *s = S.lists[L_MSG].head, *next; s && now - s->last_msg_ms >= idle_ms; s = next) {
+        next = s->next[L_MSG];
+        s->last_msg_ms = now; /* revisit after another full period */
+        dl_touch(s, L_MSG);
+        if (s->flags & F_DEAD) continue;
+        sess_x *x = s->x;
+        if (x && (x->job_id || x->p_head || x->out_head || x->rx_active)) continue; /* busy is not idle */
+        if (s->close_code) { /* asked to close a period ago and still here */
+            kill_conn(s, 0, NULL);
+            continue;
+        }
+        request_close(s, ST_CLOSE_NORMAL, "idle timeout");
+    }
+    /* A reader that takes nothing for stall_ms holds memory and a job for nobody. */
+    for (sess_x *x = S.outq_head, *next; x; x = next) {
+        next = x->onext;
+        if (now - x->head_since_ms >= S.stall_ms && !(x->owner->flags & F_DEAD)) {
+            chat_log_warn("streamer: a client read nothing for %" PRId64 " ms", now - x->head_since_ms);
+            kill_slow_consumer(x->owner);
+        }
+    }
+}
+
+static void status_line(int64_t now)
+{
+    sb_stats st;
+    sb_broker_stats(S.broker, &st);
+    unsigned long long jobs = st.jobs_done + st.jobs_failed;
+    double secs = (double)(now - S.last_status_ms) / 1000.0;
+    chat_log_info("/ws/chat: %d connections, %.2f messages/s, %.2f jobs/s, workers %d live %d busy, %d queued, "
+                  "jobs failed %llu, refused: auth_required %llu rate_limited %llu overloaded %llu",
+                  S.conns, secs > 0 ? (double)(S.msgs - S.msgs_at_status) / secs : 0.0,
+                  secs > 0 ? (double)(jobs - S.jobs_at_status) / secs : 0.0, st.workers_live, st.workers_busy,
+                  st.jobs_queued, st.jobs_failed, S.errors[0], S.errors[7], S.errors[8]);
+    S.msgs_at_status = S.msgs;
+    S.jobs_at_status = jobs;
+    S.last_status_ms = now;
+}
+
+static void begin_drain(int64_t now)
+{
+    S.phase = 1;
+    S.grace_deadline_ms = now + (int64_t)S.cfg.shutdown_grace_s * 1000;
+    chat_log_info("streamer: shutting down: %d connections, %zu answers in flight, grace %d s", S.conns, S.jobs.n,
+                  S.cfg.shutdown_grace_s);
+}
+
+static void begin_close(int64_t now)
+{
+    S.phase = 2;
+    S.close_deadline_ms = now + ST_CLOSE_WAIT_MS;
+    if (S.jobs.n) chat_log_warn("streamer: grace period over with %zu answers in flight", S.jobs.n);
+    lws_callback_on_writable_all_protocol(S.ctx, &protocols[0]);
+}
+
+static void shutdown_progress(int64_t now)
+{
+    if (S.stop_requested && S.phase == 0) begin_drain(now);
+    if (S.phase == 1 && (S.jobs.n == 0 || now >= S.grace_deadline_ms)) begin_close(now);
+    if (S.phase == 2 && (S.conns == 0 || now >= S.close_deadline_ms)) S.phase = 3;
+}
+
+static void tick_cb(lws_sorted_usec_list_t *sul)
+{
+    int64_t now = chat_now_ms();
+    shutdown_progress(now);
+    if (now - S.last_sweep_ms >= 1000) {
+        S.last_sweep_ms = now;
+        sweep(now);
+    }
+    if (now - S.last_status_ms >= 60000) status_line(now);
+    if (S.phase < 3)
+        lws_sul_schedule(S.ctx, 0, sul, tick_cb, (S.phase ? 50 : 250) * LWS_US_PER_MS);
+    else if (S.evlib)
+        pthread_kill(pthread_self(), SIGINT); /* breaks the libev loop (lws's SIGINT watcher) */
+    else
+        lws_cancel_service(S.ctx); /* wakes the poll so that st_run sees the end */
+}
+
+/* ---------------------------------------------------------------- set-up and the loop */
+
+static void wake_lws(void *ud)
+{
+    (void)ud;
+    if (S.ctx) lws_cancel_service(S.ctx);
+}
+
+static void lws_log_emit(int level, const char *line)
+{
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        n--;
+    chat_log(level == LLL_ERR ? CHAT_LOG_ERROR : CHAT_LOG_WARN, "lws: %.*s", (int)n, line);
+}
+
+static int env_int(const char *name, int dflt, int min, int max)
+{
+    const char *v = getenv(name);
+    if (!v || !*v) return dflt;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (*end || n < min || n > max) {
+        chat_log_warn("%s must be an integer in [%d, %d]; using %d", name, min, max, dflt);
+        return dflt;
+    }
+    return (int)n;
+}
+
+int st_init(const chat_config *cfg, char *err, size_t errlen)
+{
+    memset(&S, 0, sizeof S);
+    S.cfg = *cfg;
+    sm_init(&S.jobs);
+    size_t mm = (size_t)cfg->max_message_bytes * 6 + 4096; /* worst-case JSON escaping of the text */
+    S.frame_max = mm < 65536 ? 65536 : mm;
+    if (S.frame_max >= ST_ABSURD_BYTES) S.frame_max = ST_ABSURD_BYTES - 1;
+    S.sndbuf = env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
+    S.rx_buffer = env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
+    S.stall_ms = env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
+    S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
+    if (!S.jwt) return CHAT_EINVAL;
+    S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
+    if (!S.broker) return CHAT_ERR;
+    return 0;
+}
+
+void st_request_shutdown(void)
+{
+    S.stop_requested = 1;
+}
+
+/* "unix:/path", "host:port", "[v6]:port" or ":port". */
+static int parse_listen(const char *spec, char *host, size_t hostlen, int *port, bool *unix_sock)
+{
+    *unix_sock = false;
+    if (!strncmp(spec, "unix:", 5)) {
+        if (!spec[5] || strlen(spec + 5) >= hostlen) return CHAT_EINVAL;
+        snprintf(host, hostlen, "%s", spec + 5);
+        *unix_sock = true;
+        *port = 0;
+        return 0;
+    }
+    const char *colon = strrchr(spec, ':');
+    if (!colon) return CHAT_EINVAL;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p < 0 || p > 65535) return CHAT_EINVAL;
+    *port = (int)p;
+    const char *h = spec;
+    size_t hl = (size_t)(colon - spec);
+    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
+    if (hl >= hostlen) return CHAT_EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    if (!strcmp(host, "localhost")) snprintf(host, hostlen, "127.0.0.1");
+    if (!strcmp(host, "*") || !strcmp(host, "0.0.0.0")) host[0] = '\0';
+    return 0;
+}
+
+int st_run(const sigset_t *unblock)
+{
+    char host[512], err[256];
+    int port;
+    bool unix_sock;
+    if (parse_listen(S.cfg.streamer_listen, host, sizeof host, &port, &unix_sock)) {
+        chat_log_error("CHAT_STREAMER_LISTEN must be host:port or unix:/path");
+        return 1;
+    }
+    /* CHAT_LWS_DEBUG=<lws log bitmask>, e.g. 15 for err|warn|notice|info: lws's own logs, for debugging. */
+    const char *lws_debug = getenv("CHAT_LWS_DEBUG");
+    lws_set_log_level(lws_debug && atoi(lws_debug) > 0 ? atoi(lws_debug) : LLL_ERR, lws_log_emit);
+
+    protocols[0] = PROTOCOLS[0];
+    protocols[0].rx_buffer_size = (size_t)S.rx_buffer;
+    protocols[0].tx_packet_size = 0;
+    protocols[1] = PROTOCOLS[1];
+    /* secs_since_valid_hangup 0 disables lws's per-connection validity timers (see the file comment). */
+    static const lws_retry_bo_t no_validity = {.secs_since_valid_ping = 0, .secs_since_valid_hangup = 0};
+
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = port;
+    info.iface = host[0] ? host : NULL;
+    info.protocols = protocols;
+    info.extensions = NULL; /* no permessage-deflate */
+    info.count_threads = 1;
+    info.pt_serv_buf_size = 16384;
+    info.max_http_header_data = 8192; /* room for a long ?token= */
+    info.timeout_secs = 10;
+    info.gid = -1, info.uid = -1;
+    info.retry_and_idle_policy = &no_validity;
+    info.vhost_name = "chat-streamer";
+    info.server_string = "chat-streamer";
+    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+    if (unix_sock)
+        info.options |= LWS_SERVER_OPTION_UNIX_SOCK;
+    else if (host[0] && strchr(host, '.'))
+        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+
+    /* libev (epoll) by default: poll() costs O(connections) per wake-up, which with tens of thousands of
+     * connections makes every event, and a connection storm quadratically, expensive. */
+    const char *loop = getenv("CHAT_STREAMER_EVENT_LOOP");
+    S.evlib = !loop || !*loop || !strcmp(loop, "libev");
+    if (S.evlib) info.options |= LWS_SERVER_OPTION_LIBEV;
+    S.ctx = lws_create_context(&info);
+    if (!S.ctx && S.evlib) {
+        chat_log_warn("streamer: the libev event loop is unavailable (libwebsockets-evlib-ev), using poll()");
+        S.evlib = false;
+        info.options &= ~(uint64_t)LWS_SERVER_OPTION_LIBEV;
+        S.ctx = lws_create_context(&info);
+    }
+    if (!S.ctx) {
+        chat_log_error("streamer: cannot listen on %s", S.cfg.streamer_listen);
+        return 1;
+    }
+    if (sb_broker_start(S.broker, err, sizeof err)) {
+        chat_log_error("%s", err);
+        return 1;
+    }
+    if (unblock) pthread_sigmask(SIG_UNBLOCK, unblock, NULL);
+    int64_t now = chat_now_ms();
+    S.last_sweep_ms = S.last_status_ms = now;
+    lws_sul_schedule(S.ctx, 0, &S.tick, tick_cb, 250 * LWS_US_PER_MS);
+    chat_log_info("streamer: listening on %s, workers at %s", S.cfg.streamer_listen, S.cfg.zmq_endpoint);
+
+    /* With poll(), lws_service returns after each wake-up (a signal interrupts the poll). With libev it runs
+     * the loop until lws's SIGINT watcher breaks it: a real SIGINT (start a shutdown) or the tick's own,
+     * raised once the shutdown is complete. */
+    while (S.phase < 3) {
+        if (S.stop_requested && S.phase == 0) begin_drain(chat_now_ms());
+        int n = lws_service(S.ctx, 0);
+        if (S.evlib && S.phase < 3)
+            st_request_shutdown();
+        else if (n < 0)
+            break;
+    }
+    chat_log_info("streamer: stopped (%d connections left)", S.conns);
+    return 0;
+}
+
+void st_cleanup(void)
+{
+    if (S.ctx) {
+        lws_sul_cancel(&S.tick);
+        lws_context_destroy(S.ctx); /* closes what is left; CLOSED callbacks cancel their jobs */
+        S.ctx = NULL;
+    }
+    sb_broker_free(S.broker);
+    S.broker = NULL;
+    chat_jwt_verifier_free(S.jwt);
+    S.jwt = NULL;
+    sm_free(&S.jobs);
+    free(S.tx);
+    S.tx = NULL;
+}

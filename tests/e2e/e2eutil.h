@@ -1,0 +1,58 @@
+/* Helpers for end-to-end tests: spawning the project's programs with an environment of their own,
+ * waiting for them to listen, signalling and reaping them, and small probes (free ports, RSS, a plain
+ * HTTP GET, child processes).
+ *
+ * No cmocka dependency: functions return errors, callers assert. Children are started in their own
+ * process group and, with PR_SET_PDEATHSIG, get SIGKILL if the test dies, so a failed test never leaves a
+ * stack running. Not thread-safe (tests are single-threaded). */
+#ifndef E2EUTIL_H
+#define E2EUTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+/* Starts argv[0] (a path) with the test's environment changed by env: "NAME=value" sets, "NAME" alone
+ * unsets; NULL-terminated, env may be NULL. stdout and stderr go to log_path (appended; NULL = /dev/null).
+ * Returns the pid, or -1 with errno. */
+pid_t e2e_spawn(const char *const argv[], const char *const env[], const char *log_path);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. 0 on failure. */
+int e2e_free_port(void);
+
+/* Polls until host:port accepts a TCP connection: 0, or -1 after timeout_ms. A pid > 0 that exits
+ * meanwhile ends the wait early with -1. */
+int e2e_wait_port(const char *host, int port, int timeout_ms, pid_t pid);
+
+/* Polls path until it exists: 0, or -1 after timeout_ms. */
+int e2e_wait_path(const char *path, int timeout_ms);
+
+/* Waits for pid to exit: 0 with *status (may be NULL) filled, or -1 after timeout_ms (still running). */
+int e2e_wait_exit(pid_t pid, int timeout_ms, int *status);
+
+/* Sends sig and waits up to timeout_ms; if still alive, SIGKILLs its process group and reaps it.
+ * Returns 0 when it exited by itself within the timeout (status filled), -1 when it had to be killed.
+ * pid <= 0 is ignored (returns 0). */
+int e2e_stop(pid_t pid, int sig, int timeout_ms, int *status);
+
+/* Direct children of parent (from /proc). Returns how many were written to out (at most max). */
+int e2e_children(pid_t parent, pid_t *out, int max);
+
+/* Resident set size of pid in KiB (VmRSS), -1 when unknown. */
+long e2e_rss_kb(pid_t pid);
+
+/* GET http://host:port/path with optional extra header lines ("Name: v\r\n"). Returns the HTTP status
+ * (and the body, NUL-terminated and cut to bodylen-1, when body is not NULL), or -1. */
+int e2e_http_get(const char *host, int port, const char *path, const char *extra_headers, char *body, size_t bodylen,
+                 int timeout_ms);
+
+/* A fresh directory /tmp/<prefix>.XXXXXX (static buffer valid until the next call), NULL on failure. */
+const char *e2e_tmpdir(const char *prefix);
+/* Removes the files in dir (not recursive) and dir itself. */
+void e2e_rmdir(const char *dir);
+
+/* Milliseconds since an arbitrary start (monotonic). */
+long long e2e_now_ms(void);
+void e2e_sleep_ms(int ms);
+
+#endif
