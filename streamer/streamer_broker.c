@@ -407,8 +407,7 @@ static void dispatch(sb_broker *b, int64_t now)
         };
         if (chat_wire_send_job(b->router, w->ident, w->identlen, &spec, ZMQ_DONTWAIT)) {
             int e = errno;
-            q_push(b, job, true, now);
-            job->deadline_ms = now + b->queue_wait_ms;
+            q_push(b, job, true, now); /* back to the front, for the next idle worker */
             worker_remove(b, w, now, e == EHOSTUNREACH ? "unreachable" : "send failed");
             continue;
         }

@@ -5,6 +5,8 @@
  *   no HTTP client. JWT verification (CPU only, microseconds) runs here. Work for workers goes to the
  *   broker thread (streamer_broker.c) through a mutex-protected list; its events come back the same way
  *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
+ * - The loop is libev (epoll) through lws's evlib plugin, poll() as a fallback: poll() costs
+ *   O(connections) per wake-up, so with tens of thousands of connections a connection storm is quadratic.
  * - Memory per idle connection is what lws needs plus a ~120-byte session: the receive-reassembly buffer,
  *   the outbound queue, queued messages and the answer text live in a side structure allocated while the
  *   connection has work and freed when it is idle again. A message that arrives in one piece is parsed in
@@ -19,21 +21,24 @@
  * - Outbound queue per connection, bounded by bytes owed to the client. Tokens are not queued as frames:
  *   a token item is a range of the answer text, so consecutive tokens of a slow reader coalesce into one
  *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer).
- *   Past max_outbound_bytes the connection is closed with 1008 "slow consumer".
+ *   Past max_outbound_bytes, or when the client takes nothing for CHAT_STREAMER_WRITE_STALL_MS, the
+ *   connection is closed with 1008 "slow consumer" (a reader that stopped reading cannot hold a
+ *   connection, its memory and its answers forever).
  * - One answer at a time per connection: further messages wait in a bounded FIFO, and the next one is
  *   dispatched when the previous answer's tokens have left the queue (a slow reader does not hold a
  *   worker for answers it cannot read). progress "starting" is sent when a message starts.
  * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages, auth frames and invalid
  *   frames. Messages without a session_id continue the connection's last session.
+ * - Path and Origin are checked in LWS_CALLBACK_HTTP_CONFIRM_UPGRADE, where a 404/403 response can still
+ *   be written (a refusal in FILTER_PROTOCOL_CONNECTION only drops the TCP connection).
  * - Graceful shutdown: refuse new connections and messages, let answers in flight finish within
  *   shutdown_grace_s, then close everything with 1001 and exit 0.
  *
- *   A client that takes nothing for CHAT_STREAMER_WRITE_STALL_MS while data waits gets the same 1008, so a
- *   reader that stopped reading cannot hold a connection, its memory and its answers forever.
- *
- * Settings beyond chat_config (streamer-only): CHAT_STREAMER_SNDBUF (bytes of kernel send buffer per
- * WebSocket, default 65536, 0 = leave it to lws/the kernel), CHAT_STREAMER_RX_BUFFER (lws rx chunk per
- * connection, default 1024) and CHAT_STREAMER_WRITE_STALL_MS (default 30000). */
+ * Settings beyond chat_config (streamer-only, see docs/streamer.md): CHAT_STREAMER_SNDBUF (kernel send
+ * buffer per WebSocket, default 65536 so that a slow reader cannot park megabytes in kernel buffers
+ * through autotuning, and is noticed; 0 = leave it to the kernel),
+ * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
+ * (default 30000), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>

@@ -72,7 +72,8 @@ run_browser() {
 if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   # The whole stack on test ports with its own data folder (var/test), so `make run` is never touched.
   export CHAT_PORT=${CHAT_TEST_PORT:-18000}
-  if CHAT_DEMO=0 bash deploy/stack.sh start >"$CHAT_VAR/log/stack.out" 2>&1; then
+  # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model.
+  if CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-5} bash deploy/stack.sh start >"$CHAT_VAR/log/stack.out" 2>&1; then
     STACK_STARTED=1
     for t in build/tests/e2e/test_*; do [ -x "$t" ] && run_cmocka "$t"; done
     run_browser
