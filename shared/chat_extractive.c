@@ -204,6 +204,20 @@ static bool asks_for_appointment(const char *q)
     return false;
 }
 
+/* Greetings, thanks and "who are you": short messages with no question about the boats. */
+static bool is_small_talk(const char *q)
+{
+    static const char *const cues[] = {"hello", "hi", "hey", "thanks", "thank you", "good morning",
+                                       "good evening", "who are you", "what can you do", "help"};
+    if (strlen(q) > 60) return false;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cues); i++) {
+        const char *h = chat_strcasestr(q, cues[i]);
+        size_t n = strlen(cues[i]);
+        if (h && (h == q || !isalnum((unsigned char)h[-1])) && !isalnum((unsigned char)h[n])) return true;
+    }
+    return false;
+}
+
 static int cmp_score(const void *a, const void *b)
 {
     const sentence *x = a, *y = b;
@@ -250,6 +264,8 @@ char *chat_extractive_compose(const chat_llm_request *req)
     for (size_t i = 0; i < np; i++) ns = split_sentences(req->passages->items[i].body, (int)i, s, ns, MAX_SENTENCES);
 
     bool figure = asks_for_figure(question);
+    char code[16];
+    bool has_code = chat_kb_find_fault_code(question, code);
     for (int i = 0; i < ns; i++) {
         char tmp[2048];
         size_t l = s[i].len < sizeof tmp - 1 ? s[i].len : sizeof tmp - 1;
@@ -258,6 +274,9 @@ char *chat_extractive_compose(const chat_llm_request *req)
         sctx c = {terms, q.n, {false}, 0, false};
         each_word(tmp, sentence_word, &c);
         double score = c.score;
+        /* a question about E42 is not answered by the sentence about E63 */
+        char other[16];
+        if (has_code && chat_kb_find_fault_code(tmp, other) && strcmp(other, code)) score = 0;
         if (score > 0 && figure && c.has_number) score += 0.75;
         if (score > 0) score += 0.5 / (1 + s[i].passage) - 0.02 * s[i].order;
         s[i].score = score;
@@ -265,8 +284,23 @@ char *chat_extractive_compose(const chat_llm_request *req)
     qsort(s, (size_t)ns, sizeof *s, cmp_score);
     int pick = 0;
     double best = ns ? s[0].score : 0;
-    int max_pick = appt ? 1 : MAX_PICK; /* with an appointment to report, one supporting sentence at most */
-    while (pick < ns && pick < max_pick && s[pick].score >= 1.0 && s[pick].score >= best * 0.55) pick++;
+    /* The passage about the fault code asked for is the answer: its opening sentences in order
+     * (meaning, symptoms, first steps) read better than the best-scoring fragments. */
+    if (has_code && np && chat_strcasestr(req->passages->items[0].title, code)) {
+        int k = 0;
+        for (int i = 0; i < ns; i++)
+            if (s[i].passage == 0 && s[i].order < 4) s[k++] = s[i];
+        ns = k;
+        for (int i = 0; i < ns; i++) s[i].score = 10.0 - s[i].order;
+        qsort(s, (size_t)ns, sizeof *s, cmp_score);
+        best = ns ? s[0].score : 0;
+    }
+    /* with an appointment to report, one supporting sentence at most */
+    int max_pick = appt ? 1 : has_code ? 4 : MAX_PICK;
+    while (pick < ns && pick < max_pick && s[pick].score >= 1.0 && s[pick].score >= best * 0.7) pick++;
+    /* "thanks!" must not be answered with the one passage that happens to contain "thanks" */
+    bool general = !req->agent || !strcmp(req->agent, "general");
+    if (general && is_small_talk(question)) pick = 0;
     qsort(s, (size_t)pick, sizeof *s, cmp_position);
 
     if (appt) {
@@ -298,6 +332,10 @@ char *chat_extractive_compose(const chat_llm_request *req)
             chat_buf_printf(&out, "%s%s", cited++ ? ", " : "", req->passages->items[s[i].passage].source);
         }
         chat_buf_puts(&out, ".");
+    } else if (!appt && is_small_talk(question)) {
+        chat_buf_puts(&out, "Hello! I am the Seawind Marine assistant. I can answer questions about our boats' "
+                            "specifications, maintenance schedules and your service appointments, and help you "
+                            "troubleshoot fault codes and symptoms. What would you like to know?");
     } else if (!appt) {
         chat_buf_puts(&out, "I could not find an answer to that in the Seawind Marine knowledge base. "
                             "Could you rephrase it, or name the model or fault code you are asking about? "

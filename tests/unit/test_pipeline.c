@@ -195,6 +195,32 @@ static void test_extractive_facts(void **state)
     assert_int_equal(good, total);
 }
 
+/* How the extractive answer is shaped: the asked fault code only, small talk, and honesty. */
+static void test_extractive_behaviour(void **state)
+{
+    static const struct {
+        const char *question;
+        const char *must;     /* substring the answer contains */
+        const char *must_not; /* substring it must not contain, or NULL */
+    } cases[] = {
+        {"What does fault code E42 mean?", "E42", "E63"},
+        {"my display shows e71", "E71", "E42"},
+        {"hello", "Seawind Marine assistant", "Sources:"},
+        {"thanks!", "Seawind Marine assistant", "Sources:"},
+        {"xyzzy plugh frobnicate", "could not find an answer", "Sources:"},
+        {"What is the engine power of the Seawind 190?", "150 hp", "Seawind 250"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        events e;
+        ev_init(&e);
+        assert_int_equal(run(pipe_extractive, &e, &alice, cases[i].question, NULL, NULL, NULL, NULL), 0);
+        if (!strstr(e.response, cases[i].must)) fail_msg("'%s': missing '%s' in: %s", cases[i].question, cases[i].must, e.response);
+        if (cases[i].must_not && strstr(e.response, cases[i].must_not))
+            fail_msg("'%s': unexpected '%s' in: %s", cases[i].question, cases[i].must_not, e.response);
+        ev_clear(&e);
+    }
+}
+
 static void test_follow_up_uses_history(void **state)
 {
     events a, b;
@@ -364,6 +390,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_event_order_and_metadata),
         cmocka_unit_test(test_extractive_facts),
+        cmocka_unit_test(test_extractive_behaviour),
         cmocka_unit_test(test_follow_up_uses_history),
         cmocka_unit_test(test_session_forbidden),
         cmocka_unit_test(test_turn_stored_once),
