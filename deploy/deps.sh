@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS=(
   build-essential pkg-config cppcheck
   libjson-c-dev libjwt-dev libcurl4-openssl-dev libmariadb-dev libzmq3-dev libssl-dev
-  libfcgi-dev libwebsockets-dev libcmocka-dev
+  libfcgi-dev libwebsockets-dev libwebsockets-evlib-ev libcmocka-dev
   mariadb-server mariadb-client lighttpd curl
   chromium
 )

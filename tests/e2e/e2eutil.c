@@ -66,8 +66,13 @@ pid_t e2e_spawn(const char *const argv[], const char *const env[], const char *l
     size_t k = 0;
     for (size_t i = 0; i < n_env; i++)
         if (!overridden(environ[i], env)) envp[k++] = environ[i];
-    for (size_t i = 0; i < n_over; i++)
-        if (strchr(env[i], '=')) envp[k++] = (char *)env[i];
+    for (size_t i = 0; i < n_over; i++) {
+        if (!strchr(env[i], '=')) continue; /* an unset */
+        bool later = false;                 /* the last mention of a name wins */
+        for (size_t j = i + 1; j < n_over && !later; j++)
+            later = name_len(env[j]) == name_len(env[i]) && !strncmp(env[j], env[i], name_len(env[i]));
+        if (!later) envp[k++] = (char *)env[i];
+    }
     envp[k] = NULL;
 
     pid_t parent = getpid();

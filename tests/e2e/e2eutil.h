@@ -13,8 +13,8 @@
 #include <sys/types.h>
 
 /* Starts argv[0] (a path) with the test's environment changed by env: "NAME=value" sets, "NAME" alone
- * unsets; NULL-terminated, env may be NULL. stdout and stderr go to log_path (appended; NULL = /dev/null).
- * Returns the pid, or -1 with errno. */
+ * unsets, the last mention of a name wins; NULL-terminated, env may be NULL. stdout and stderr go to log_path
+ * (appended; NULL = /dev/null). Returns the pid, or -1 with errno. */
 pid_t e2e_spawn(const char *const argv[], const char *const env[], const char *log_path);
 
 /* A TCP port on 127.0.0.1 that was free a moment ago. 0 on failure. */

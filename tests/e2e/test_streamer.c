@@ -141,15 +141,31 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
         assert_true(*port > 0);
         snprintf(listen, sizeof listen, "CHAT_STREAMER_LISTEN=127.0.0.1:%d", *port);
         snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
-        const char *env[24] = {listen,
+        /* Settings the tests rely on are set or reset here, whatever the caller's environment holds. */
+        const char *env[48] = {listen,
                                zmq,
                                "JWT_SECRET=" SECRET,
                                "CHAT_ALLOWED_ORIGINS=" ALLOWED_ORIGIN,
                                "CHAT_DB_NAME=chat_t_streamer",
                                "CHAT_SHUTDOWN_GRACE_S=5",
-                               "CHAT_LOG_LEVEL=info"};
-        int n = 7;
-        for (int i = 0; extra && extra[i] && n < 23; i++)
+                               "CHAT_LOG_LEVEL=info",
+                               "JWT_ALGORITHM",
+                               "JWT_PUBLIC_KEY_FILE",
+                               "JWT_ISSUER",
+                               "JWT_AUDIENCE",
+                               "CHAT_RATE_LIMIT_PER_MIN",
+                               "CHAT_MAX_QUEUE",
+                               "CHAT_MAX_OUTBOUND_BYTES",
+                               "CHAT_MAX_MESSAGE_BYTES",
+                               "CHAT_IDLE_TIMEOUT_S",
+                               "CHAT_PING_INTERVAL_S",
+                               "CHAT_STREAMER_SNDBUF",
+                               "CHAT_STREAMER_RX_BUFFER",
+                               "CHAT_STREAMER_WRITE_STALL_MS",
+                               "CHAT_STREAMER_QUEUE_MAX",
+                               "CHAT_STREAMER_QUEUE_WAIT_MS"};
+        int n = 22;
+        for (int i = 0; extra && extra[i] && n < 47; i++)
             env[n++] = extra[i];
         env[n] = NULL;
         const char *argv[] = {E.bin_streamer, NULL};
@@ -435,6 +451,8 @@ static int group_setup(void **state)
                          "CHAT_TOKEN_DELAY_MS=" TOKEN_DELAY_MS,
                          "CHAT_SHUTDOWN_GRACE_S=5",
                          "CHAT_LOG_LEVEL=info",
+                         "CHAT_MAX_MESSAGE_BYTES",
+                         "LLM_MAX_TOKENS",
                          NULL};
     const char *argv[] = {E.bin_worker, NULL};
     unlink(log_path("workers"));
