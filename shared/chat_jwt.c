@@ -509,6 +509,7 @@ int chat_jwt_verify(const chat_jwt_verifier *v, const char *token, time_t now, c
         goto cleanup;
     }
 
+    u.exp = (long long)exp;
     if (user) *user = u;
     if (err && errlen) err[0] = '\0';
     rc = 0;

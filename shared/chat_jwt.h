@@ -16,6 +16,7 @@ typedef struct chat_user {
     char id[256]; /* the sub claim */
     char email[256];
     char name[256];
+    long long exp; /* the exp claim (seconds since the epoch): long-lived connections re-check it */
 } chat_user;
 
 typedef struct chat_jwt_verifier chat_jwt_verifier;

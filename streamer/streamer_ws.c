@@ -118,6 +118,7 @@ struct sess {
     char *user;       /* "id\0email\0name\0" once authenticated */
     char *session_id; /* the default for messages that name none */
     const char *close_reason;
+    int64_t token_exp; /* the token's exp: a connection outliving it must authenticate again */
     int64_t last_rx_ms;
     int64_t last_msg_ms;
     int64_t bucket_ms;
@@ -616,11 +617,18 @@ static void handle_auth(sess *s, const char *token)
     }
     free(s->user);
     s->user = packed;
+    s->token_exp = u.exp;
     send_json(s, chat_proto_auth_success(&u));
 }
 
 static void handle_message(sess *s, chat_in *in, int64_t now)
 {
+    if (s->user && (int64_t)time(NULL) - S.cfg.jwt_leeway_s >= s->token_exp) {
+        free(s->user);
+        s->user = NULL;
+        send_error(s, "Token expired, please authenticate again", CHAT_CODE_AUTH_REQUIRED);
+        return;
+    }
     if (!s->user) {
         send_error(s, "Authentication required", CHAT_CODE_AUTH_REQUIRED);
         return;

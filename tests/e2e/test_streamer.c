@@ -608,6 +608,35 @@ static void test_auth_message_expired_and_retry(void **state)
     chat_wsc_close(c, 1000, NULL);
 }
 
+/* A connection that outlives its token must authenticate again before its next message.
+ * exp 28 s ago is still inside the 30 s leeway at auth time, and outside it 3 s later. */
+static void test_token_expires_on_open_connection(void **state)
+{
+    (void)state;
+    char *payload = claims("alice", -28, 0, true);
+    char *token = jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, SECRET, strlen(SECRET));
+    chat_wsc *c = ws_open(NULL);
+    char msg[2048];
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
+    send_str(c, msg);
+    json_object *o = next_json(c, 5000);
+    assert_string_equal(jstr(o, "type"), "auth_success");
+    json_object_put(o);
+    sleep(3);
+    send_message(c, QUESTION, NULL);
+    expect_error(c, "AUTH_REQUIRED");
+    send_message(c, QUESTION, NULL); /* stays unauthenticated until a new auth */
+    expect_error(c, "AUTH_REQUIRED");
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", E.alice);
+    send_str(c, msg);
+    o = next_json(c, 5000);
+    assert_string_equal(jstr(o, "type"), "auth_success");
+    json_object_put(o);
+    chat_wsc_close(c, 1000, NULL);
+    free(token);
+    free(payload);
+}
+
 static void test_message_without_auth(void **state)
 {
     (void)state;
@@ -1268,6 +1297,7 @@ int main(void)
         cmocka_unit_test(test_auth_query_success),
         cmocka_unit_test(test_auth_query_failure_then_message),
         cmocka_unit_test(test_auth_message_expired_and_retry),
+        cmocka_unit_test(test_token_expires_on_open_connection),
         cmocka_unit_test(test_message_without_auth),
         cmocka_unit_test(test_jwt_attacks),
         cmocka_unit_test(test_streaming_chat),

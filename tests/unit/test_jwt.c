@@ -712,6 +712,7 @@ static void test_mint(void **state)
     assert_string_equal(u.id, "minted");
     assert_string_equal(u.email, "m@example.com");
     assert_string_equal(u.name, "Mia");
+    assert_int_equal(u.exp, (long long)NOW + 3600); /* the streamer re-checks it on open connections */
     free(tok);
 
     tok = chat_jwt_mint_hs256(SECRET, "bare", NULL, NULL, NOW, 60);

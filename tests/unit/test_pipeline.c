@@ -88,8 +88,8 @@ static void on_error(void *ud, const char *code, const char *message)
 }
 
 static chat_pipeline *pipe_extractive;
-static chat_user alice = {"user-alice", "alice@example.com", "Alice"};
-static chat_user bob = {"user-bob", "bob@example.com", "Bob"};
+static chat_user alice = {"user-alice", "alice@example.com", "Alice", 0};
+static chat_user bob = {"user-bob", "bob@example.com", "Bob", 0};
 
 static int setup(void **state)
 {
