@@ -398,24 +398,6 @@ int chat_db_drop_database(chat_db *db, char *err, size_t errlen)
     return rc;
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    chat_buf b;
-    chat_buf_init(&b);
-    char tmp[8192];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0)
-        if (chat_buf_append(&b, tmp, n)) {
-            chat_buf_free(&b);
-            fclose(f);
-            return NULL;
-        }
-    fclose(f);
-    *len = b.len;
-    return chat_buf_take(&b);
-}
 
 static int version_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {
@@ -432,7 +414,7 @@ int chat_db_migrate(chat_db *db, const char *schema_file, const char *migrations
                     size_t errlen)
 {
     size_t len;
-    char *sql = read_file(schema_file, &len);
+    char *sql = chat_read_file(schema_file, 0, &len);
     if (!sql) return chat_fail(err, errlen, CHAT_ERR, "cannot read %s: %s", schema_file, strerror(errno));
     int rc = chat_db_exec_script(db, sql, len, err, errlen);
     free(sql);
@@ -460,7 +442,7 @@ int chat_db_migrate(chat_db *db, const char *schema_file, const char *migrations
         if (v <= version) continue;
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", migrations_dir, names[i]);
-        sql = read_file(path, &len);
+        sql = chat_read_file(path, 0, &len);
         if (!sql) {
             rc = chat_fail(err, errlen, CHAT_ERR, "cannot read %s", path);
             break;

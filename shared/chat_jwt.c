@@ -53,29 +53,14 @@ struct chat_jwt_verifier {
 
 static unsigned char *read_key_file(const char *path, size_t *len, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        chat_fail(err, errlen, CHAT_EINVAL, "JWT_PUBLIC_KEY_FILE cannot be opened");
-        return NULL;
-    }
-    unsigned char *buf = malloc(JWT_MAX_KEY_FILE + 1);
-    if (!buf) {
-        fclose(f);
-        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory reading JWT_PUBLIC_KEY_FILE");
-        return NULL;
-    }
-    size_t n = fread(buf, 1, JWT_MAX_KEY_FILE + 1, f);
-    bool bad = ferror(f) != 0;
-    fclose(f);
-    if (bad || n == 0 || n > JWT_MAX_KEY_FILE) {
+    char *buf = chat_read_file(path, JWT_MAX_KEY_FILE, len);
+    if (!buf || *len == 0) {
         free(buf);
         chat_fail(err, errlen, CHAT_EINVAL, "JWT_PUBLIC_KEY_FILE is unreadable, empty or larger than %d bytes",
                   JWT_MAX_KEY_FILE);
         return NULL;
     }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
+    return (unsigned char *)buf;
 }
 
 /* Parses the PEM with libcrypto at start-up so that a wrong key type or a private key given by mistake is

@@ -421,20 +421,14 @@ static int import_walk(chat_db *db, const char *root, const char *rel, chat_kb_i
             rc = import_walk(db, root, relpath, stats, depth + 1, err, errlen);
         } else if (S_ISREG(st.st_mode) && strlen(names[i]) > 3 && !strcmp(names[i] + strlen(names[i]) - 3, ".md")) {
             if (!strcmp(names[i], "README.md")) continue;
-            FILE *f = fopen(full, "rb");
-            if (!f) {
+            size_t len;
+            char *text = chat_read_file(full, 0, &len);
+            if (!text) {
                 rc = chat_fail(err, errlen, CHAT_ERR, "cannot read %s", relpath);
                 break;
             }
-            chat_buf b;
-            chat_buf_init(&b);
-            char tmp[8192];
-            size_t got;
-            while ((got = fread(tmp, 1, sizeof tmp, f)) > 0)
-                if (chat_buf_append(&b, tmp, got)) break;
-            fclose(f);
-            rc = chat_kb_import_text(db, relpath, b.data ? b.data : "", b.len, stats, err, errlen);
-            chat_buf_free(&b);
+            rc = chat_kb_import_text(db, relpath, text, len, stats, err, errlen);
+            free(text);
         }
     }
     for (size_t i = 0; i < n; i++) free(names[i]);

@@ -286,37 +286,6 @@ typedef struct oai_stream {
     char fail_msg[256];
 } oai_stream;
 
-/* Length of the UTF-8 sequence at s: n when valid, 0 when invalid, SIZE_MAX when every available byte
- * fits a valid sequence that is cut by the end of the buffer. Ranges per RFC 3629. */
-static size_t oai_u8_seq(const unsigned char *s, size_t avail)
-{
-    unsigned char c = s[0];
-    if (c < 0x80) return 1;
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        n = 2;
-    else if (c == 0xE0)
-        n = 3, lo = 0xA0;
-    else if (c == 0xED)
-        n = 3, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF)
-        n = 3;
-    else if (c == 0xF0)
-        n = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3)
-        n = 4;
-    else if (c == 0xF4)
-        n = 4, hi = 0x8F;
-    else
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if (i >= avail) return SIZE_MAX;
-        unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-        if (s[i] < l || s[i] > h) return 0;
-    }
-    return n;
-}
 
 /* Emits the whole characters held in s->hold; with final, a cut character left at the end becomes
  * U+FFFD. Returns non-zero when the caller's callback asked to stop. */
@@ -326,11 +295,11 @@ static int oai_emit(oai_stream *s, bool final)
     size_t i = 0;
     chat_buf_reset(&s->out);
     while (i < s->hold.len) {
-        size_t n = oai_u8_seq(h + i, s->hold.len - i);
-        if (n == SIZE_MAX && !final) break;
-        if (n == 0 || n == SIZE_MAX) {
+        size_t n = chat_utf8_char((const char *)h + i, s->hold.len - i);
+        if (n == CHAT_UTF8_CUT && !final) break;
+        if (n == 0 || n == CHAT_UTF8_CUT) {
             if (chat_buf_append(&s->out, "\xEF\xBF\xBD", 3)) return CHAT_ENOMEM;
-            if (n == SIZE_MAX)
+            if (n == CHAT_UTF8_CUT)
                 i = s->hold.len;
             else
                 i++;

@@ -29,34 +29,12 @@ static const char REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FF
 
 /* ---- UTF-8 ---- */
 
-/* Length (1..4) of the well-formed UTF-8 sequence at p, 0 when malformed or cut short. chat_util only
- * validates whole ranges; the escaper and the trimmer need it per character. */
+/* Length (1..4) of the well-formed UTF-8 character at p, 0 when malformed or cut short: the escaper
+ * and the trimmer replace or stop at anything that is not a whole character. */
 static size_t utf8_len(const unsigned char *p, size_t avail)
 {
-    unsigned char c = p[0];
-    if (c < 0x80) return 1;
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        n = 2;
-    else if (c == 0xE0)
-        n = 3, lo = 0xA0;
-    else if (c == 0xED)
-        n = 3, hi = 0x9F;
-    else if (c >= 0xE1 && c <= 0xEF)
-        n = 3;
-    else if (c == 0xF0)
-        n = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3)
-        n = 4;
-    else if (c == 0xF4)
-        n = 4, hi = 0x8F;
-    else
-        return 0;
-    if (avail < n || p[1] < lo || p[1] > hi) return 0;
-    for (size_t i = 2; i < n; i++)
-        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
-    return n;
+    size_t n = chat_utf8_char((const char *)p, avail);
+    return n == CHAT_UTF8_CUT ? 0 : n;
 }
 
 static unsigned long utf8_decode(const unsigned char *p, size_t n)

@@ -3,6 +3,7 @@
 #include "chat_util.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,13 +91,13 @@ int chat_uuid4(char out[37])
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s (1..4), 0 when invalid or cut by the end. */
-static size_t utf8_seq(const unsigned char *s, size_t avail)
+size_t chat_utf8_char(const char *str, size_t avail)
 {
+    const unsigned char *s = (const unsigned char *)str;
     unsigned char c = s[0];
     if (c < 0x80) return 1;
     size_t n;
-    unsigned char lo = 0x80, hi = 0xBF;
+    unsigned char lo = 0x80, hi = 0xBF; /* the allowed range of the second byte */
     if (c >= 0xC2 && c <= 0xDF) n = 2;
     else if (c == 0xE0) n = 3, lo = 0xA0;
     else if (c == 0xED) n = 3, hi = 0x9F;
@@ -105,10 +106,11 @@ static size_t utf8_seq(const unsigned char *s, size_t avail)
     else if (c >= 0xF1 && c <= 0xF3) n = 4;
     else if (c == 0xF4) n = 4, hi = 0x8F;
     else return 0;
-    if (avail < n) return 0;
-    if (s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 2; i < n; i++)
-        if (s[i] < 0x80 || s[i] > 0xBF) return 0;
+    for (size_t i = 1; i < n; i++) {
+        if (i >= avail) return CHAT_UTF8_CUT;
+        unsigned char l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
+        if (s[i] < l || s[i] > h) return 0;
+    }
     return n;
 }
 
@@ -117,8 +119,8 @@ bool chat_utf8_valid(const char *s, size_t len)
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
     while (i < len) {
-        size_t n = utf8_seq(p + i, len - i);
-        if (!n) return false;
+        size_t n = chat_utf8_char((const char *)p + i, len - i);
+        if (n == 0 || n == CHAT_UTF8_CUT) return false;
         i += n;
     }
     return true;
@@ -131,6 +133,36 @@ size_t chat_utf8_prefix(const char *s, size_t len, size_t max)
     /* step back over continuation bytes to the start of the cut sequence */
     while (i > 0 && ((unsigned char)s[i] & 0xC0) == 0x80) i--;
     return i;
+}
+
+char *chat_read_file(const char *path, size_t max, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    chat_buf b;
+    chat_buf_init(&b);
+    char tmp[8192];
+    size_t n;
+    int saved = 0;
+    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) {
+        if (max && b.len + n > max) {
+            saved = EFBIG;
+            break;
+        }
+        if (chat_buf_append(&b, tmp, n)) {
+            saved = ENOMEM;
+            break;
+        }
+    }
+    if (!saved && ferror(f)) saved = EIO;
+    fclose(f);
+    if (saved) {
+        chat_buf_free(&b);
+        errno = saved;
+        return NULL;
+    }
+    if (len) *len = b.len;
+    return chat_buf_take(&b);
 }
 
 int64_t chat_now_us(void)

@@ -25,10 +25,20 @@ char *chat_buf_take(chat_buf *b);
 /* Random version-4 UUID, 36 chars + NUL, from the OS CSPRNG. Returns 0 or CHAT_ERR. */
 int chat_uuid4(char out[37]);
 
+/* Length (1..4) of the UTF-8 character at s, 0 when malformed, CHAT_UTF8_CUT when the avail bytes are
+ * a well-formed beginning of a longer character (a stream holds them until the rest arrives).
+ * RFC 3629 ranges: no overlongs, no surrogates, nothing above U+10FFFF. avail must be > 0. */
+#define CHAT_UTF8_CUT ((size_t)-1)
+size_t chat_utf8_char(const char *s, size_t avail);
+
 /* True when [s, s+len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 bool chat_utf8_valid(const char *s, size_t len);
 /* Length of the longest prefix of s (at most max bytes) that does not cut a UTF-8 sequence. */
 size_t chat_utf8_prefix(const char *s, size_t len, size_t max);
+
+/* The whole file, NUL-terminated (caller frees); *len (may be NULL) gets its size. NULL on failure with
+ * errno set; EFBIG when it is larger than max bytes (max 0 = no limit). */
+char *chat_read_file(const char *path, size_t max, size_t *len);
 
 /* Monotonic clock in milliseconds / microseconds. */
 int64_t chat_now_ms(void);

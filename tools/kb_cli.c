@@ -50,20 +50,15 @@ static int usage(void)
 
 static int load_sql(chat_db *db, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    size_t len;
+    char *sql = chat_read_file(path, 0, &len);
+    if (!sql) {
         fprintf(stderr, "chat-kb: cannot read %s\n", path);
         return 1;
     }
-    chat_buf b;
-    chat_buf_init(&b);
-    char tmp[8192];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) chat_buf_append(&b, tmp, n);
-    fclose(f);
     char err[512];
-    int rc = chat_db_exec_script(db, b.data ? b.data : "", b.len, err, sizeof err);
-    chat_buf_free(&b);
+    int rc = chat_db_exec_script(db, sql, len, err, sizeof err);
+    free(sql);
     if (rc) {
         fprintf(stderr, "chat-kb: %s: %s\n", path, err);
         return 1;

@@ -21,16 +21,4 @@ const char *testutil_path(const char *rel)
     return buf;
 }
 
-char *testutil_read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    chat_buf b;
-    chat_buf_init(&b);
-    char tmp[8192];
-    size_t n;
-    while ((n = fread(tmp, 1, sizeof tmp, f)) > 0) chat_buf_append(&b, tmp, n);
-    fclose(f);
-    if (len) *len = b.len;
-    return chat_buf_take(&b);
-}
+char *testutil_read_file(const char *path, size_t *len) { return chat_read_file(path, 0, len); }
