@@ -212,12 +212,7 @@ static int index_term(chat_classifier *c, size_t ti)
     size_t klen = t->wlen[0];
     uint32_t h = fnv(key, klen);
     slot *sl = probe_for_insert(c->slots, c->nslots, key, klen, h, prefix);
-    if (sl->nterms == sl->cap) {
-        size_t ncap = sl->cap ? sl->cap * 2 : 2;
-        size_t *nt = realloc(sl->terms, ncap * sizeof *nt);
-        if (!nt) return CHAT_ENOMEM;
-        sl->terms = nt, sl->cap = ncap;
-    }
+    if (chat_array_reserve(&sl->terms, &sl->cap, sl->nterms, sizeof *sl->terms)) return CHAT_ENOMEM;
     if (!sl->key) {
         sl->key = key, sl->klen = (uint32_t)klen, sl->hash = h, sl->prefix = prefix;
         c->nused++;
@@ -287,12 +282,7 @@ int chat_classifier_add_term(chat_classifier *c, const char *agent, const char *
             return 0;
         }
     }
-    if (c->nterms == c->tcap) {
-        size_t ncap = c->tcap ? c->tcap * 2 : 64;
-        term *nt = realloc(c->terms, ncap * sizeof *nt);
-        if (!nt) return CHAT_ENOMEM;
-        c->terms = nt, c->tcap = ncap;
-    }
+    if (chat_array_reserve(&c->terms, &c->tcap, c->nterms, sizeof *c->terms)) return CHAT_ENOMEM;
     term *t = &c->terms[c->nterms];
     memset(t, 0, sizeof *t);
     t->display = strdup(termtext);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "chat_common.h"
+#include "chat_log.h"
 
 static int set_str(char *dst, size_t cap, const char *name, const char *dflt, char *err, size_t errlen)
 {
@@ -110,4 +111,14 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     if (!strcmp(cfg->llm_provider, "openai") && !cfg->llm_base_url[0])
         return chat_fail(err, errlen, CHAT_EINVAL, "the openai provider needs LLM_BASE_URL or OPENROUTER_API_KEY");
     return 0;
+}
+
+int chat_config_env_int(const char *name, int dflt, int min, int max)
+{
+    int v;
+    if (set_int(&v, name, dflt, min, max, NULL, 0)) {
+        chat_log_warn("%s must be an integer in [%d, %d]; using %d", name, min, max, dflt);
+        return dflt;
+    }
+    return v;
 }

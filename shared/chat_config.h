@@ -58,4 +58,8 @@ typedef struct chat_config {
  * naming the variable (never its value). */
 int chat_config_from_env(chat_config *cfg, char *err, size_t errlen);
 
+/* A process-specific integer setting outside chat_config (e.g. a streamer tuning knob): the value of
+ * env var name when it is an integer in [min, max], else dflt with a warning naming the variable. */
+int chat_config_env_int(const char *name, int dflt, int min, int max);
+
 #endif

@@ -46,12 +46,7 @@ static int vehicle_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {
     load_ctx *x = ud;
     chat_customer *c = x->c;
-    if (c->n_vehicles == x->cap) {
-        size_t ncap = x->cap ? x->cap * 2 : 4;
-        chat_vehicle *nv = realloc(c->vehicles, ncap * sizeof *nv);
-        if (!nv) goto oom;
-        c->vehicles = nv, x->cap = ncap;
-    }
+    if (chat_array_reserve(&c->vehicles, &x->cap, c->n_vehicles, sizeof *c->vehicles)) goto oom;
     chat_vehicle *v = &c->vehicles[c->n_vehicles];
     memset(v, 0, sizeof *v);
     v->id = chat_strdup0(vals[0]);
@@ -72,12 +67,7 @@ static int appointment_row(void *ud, int ncols, char **vals, unsigned long *lens
 {
     load_ctx *x = ud;
     chat_customer *c = x->c;
-    if (c->n_appointments == x->cap) {
-        size_t ncap = x->cap ? x->cap * 2 : 8;
-        chat_appointment *na = realloc(c->appointments, ncap * sizeof *na);
-        if (!na) goto oom;
-        c->appointments = na, x->cap = ncap;
-    }
+    if (chat_array_reserve(&c->appointments, &x->cap, c->n_appointments, sizeof *c->appointments)) goto oom;
     chat_appointment *a = &c->appointments[c->n_appointments];
     memset(a, 0, sizeof *a);
     a->scheduled_at = chat_strdup0(vals[0] ? vals[0] : "");

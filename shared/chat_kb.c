@@ -394,14 +394,9 @@ static int import_walk(chat_db *db, const char *root, const char *rel, chat_kb_i
     int rc = 0;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 32;
-            char **nn = realloc(names, cap * sizeof *nn);
-            if (!nn) {
-                rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-                break;
-            }
-            names = nn;
+        if (chat_array_reserve(&names, &cap, n, sizeof *names)) {
+            rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+            break;
         }
         if (!(names[n] = strdup(e->d_name))) {
             rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");

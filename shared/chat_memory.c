@@ -141,12 +141,7 @@ static int history_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {
     history_ctx *x = ud;
     chat_history *h = x->h;
-    if (h->n == x->cap) {
-        size_t ncap = x->cap ? x->cap * 2 : 16;
-        chat_turn *ni = realloc(h->items, ncap * sizeof *ni);
-        if (!ni) return CHAT_ENOMEM;
-        h->items = ni, x->cap = ncap;
-    }
+    if (chat_array_reserve(&h->items, &x->cap, h->n, sizeof *h->items)) return CHAT_ENOMEM;
     chat_turn *t = &h->items[h->n];
     t->role = strdup(vals[0] ? vals[0] : "");
     t->content = malloc(lens[1] + 1);

@@ -75,6 +75,23 @@ char *chat_buf_take(chat_buf *b)
     return p;
 }
 
+int chat_array_reserve(void *arrp, size_t *cap, size_t n, size_t elem_size)
+{
+    if (n < *cap) return 0;
+    size_t ncap = *cap ? *cap : 8;
+    while (ncap <= n) {
+        if (ncap > SIZE_MAX / 2 / elem_size) return CHAT_ENOMEM;
+        ncap *= 2;
+    }
+    void *old;
+    memcpy(&old, arrp, sizeof old);
+    void *p = realloc(old, ncap * elem_size);
+    if (!p) return CHAT_ENOMEM;
+    memcpy(arrp, &p, sizeof p);
+    *cap = ncap;
+    return 0;
+}
+
 int chat_uuid4(char out[37])
 {
     unsigned char r[16];

@@ -22,6 +22,10 @@ int chat_buf_printf(chat_buf *b, const char *fmt, ...) __attribute__((format(pri
 /* Hands the data to the caller (caller frees; never NULL unless out of memory) and empties b. */
 char *chat_buf_take(chat_buf *b);
 
+/* Makes room for element n of a growable array: arrp points at the array pointer (T **), *cap is its
+ * capacity in elements, doubled as needed. Returns 0 or CHAT_ENOMEM (the array is then unchanged). */
+int chat_array_reserve(void *arrp, size_t *cap, size_t n, size_t elem_size);
+
 /* Random version-4 UUID, 36 chars + NUL, from the OS CSPRNG. Returns 0 or CHAT_ERR. */
 int chat_uuid4(char out[37]);
 

@@ -34,6 +34,7 @@
 #include <zmq.h>
 
 #include "chat_common.h"
+#include "chat_config.h"
 #include "chat_log.h"
 #include "chat_proto.h"
 #include "chat_util.h"
@@ -677,19 +678,6 @@ static void *broker_main(void *arg)
 
 /* ---------------------------------------------------------------- public API */
 
-static int env_int(const char *name, int dflt, int min, int max)
-{
-    const char *v = getenv(name);
-    if (!v || !*v) return dflt;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end || n < min || n > max) {
-        chat_log_warn("%s must be an integer in [%d, %d]; using %d", name, min, max, dflt);
-        return dflt;
-    }
-    return (int)n;
-}
-
 /* "ipc://dir/file": make dir exist, so a fresh checkout's var/run does not stop the stack. */
 static void ensure_ipc_dir(const char *endpoint)
 {
@@ -716,8 +704,8 @@ sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wak
     sm_init(&b->jobs);
     chat_wire_msg_init(&b->msg);
     b->wake = wake, b->wake_ud = wake_ud;
-    b->queue_max = env_int("CHAT_STREAMER_QUEUE_MAX", 1024, 1, 1000000);
-    b->queue_wait_ms = env_int("CHAT_STREAMER_QUEUE_WAIT_MS", 5000, 0, 600000);
+    b->queue_max = chat_config_env_int("CHAT_STREAMER_QUEUE_MAX", 1024, 1, 1000000);
+    b->queue_wait_ms = chat_config_env_int("CHAT_STREAMER_QUEUE_WAIT_MS", 5000, 0, 600000);
     snprintf(b->endpoint, sizeof b->endpoint, "%s", cfg->zmq_endpoint);
 
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

@@ -54,6 +54,7 @@
 
 #include "chat_common.h"
 #include "chat_jwt.h"
+#include "chat_config.h"
 #include "chat_log.h"
 #include "chat_proto.h"
 #include "chat_util.h"
@@ -1112,19 +1113,6 @@ static void lws_log_emit(int level, const char *line)
     chat_log(level == LLL_ERR ? CHAT_LOG_ERROR : CHAT_LOG_WARN, "lws: %.*s", (int)n, line);
 }
 
-static int env_int(const char *name, int dflt, int min, int max)
-{
-    const char *v = getenv(name);
-    if (!v || !*v) return dflt;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end || n < min || n > max) {
-        chat_log_warn("%s must be an integer in [%d, %d]; using %d", name, min, max, dflt);
-        return dflt;
-    }
-    return (int)n;
-}
-
 int st_init(const chat_config *cfg, char *err, size_t errlen)
 {
     memset(&S, 0, sizeof S);
@@ -1133,9 +1121,9 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     size_t mm = (size_t)cfg->max_message_bytes * 6 + 4096; /* worst-case JSON escaping of the text */
     S.frame_max = mm < 65536 ? 65536 : mm;
     if (S.frame_max >= ST_ABSURD_BYTES) S.frame_max = ST_ABSURD_BYTES - 1;
-    S.sndbuf = env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
-    S.rx_buffer = env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
-    S.stall_ms = env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
+    S.sndbuf = chat_config_env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
+    S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
+    S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;
     S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
