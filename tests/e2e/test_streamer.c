@@ -878,6 +878,52 @@ static void test_cancel(void **state)
     chat_wsc_close(c, 1000, NULL);
 }
 
+/* Stops reading and drops the TCP connection after the first token. */
+static void drop_after_first_token(chat_wsc *c, answer *a, void *ud)
+{
+    if (a->ntokens == 1) chat_wsc_close(c, 0, NULL), *(bool *)ud = true;
+}
+
+static int finish_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    snprintf(ud, 64, "%s", v[0] ? v[0] : "");
+    return 0;
+}
+
+/* A client that disconnects mid-answer cancels its job: the worker stops generating, and the turn is
+ * stored with finish_reason "cancelled" well before the full answer would have been done. */
+static void test_disconnect_cancels_job(void **state)
+{
+    (void)state;
+    chat_wsc *c = ws_open(E.alice);
+    answer a;
+    answer_init(&a);
+    send_message(c, QUESTION, "\"session_id\":\"disconnect-test-1\"");
+    bool dropped = false;
+    long long deadline = e2e_now_ms() + ANSWER_MS;
+    while (!dropped && e2e_now_ms() < deadline) {
+        json_object *o = NULL;
+        if (chat_wsc_recv_json(c, 1000, &o)) continue;
+        if (!strcmp(jstr(o, "type"), "token")) a.ntokens++, drop_after_first_token(c, &a, &dropped);
+        json_object_put(o);
+    }
+    assert_true(dropped);
+    chat_config cfg = testutil_config("streamer");
+    chat_db *db = chat_db_new(&cfg);
+    char finish[64] = "", err[256];
+    for (int i = 0; i < 50 && !finish[0]; i++) {
+        usleep(100 * 1000);
+        assert_int_equal(chat_db_run(db,
+                                     "SELECT JSON_VALUE(metadata, '$.finish_reason') FROM chat_messages"
+                                     " WHERE session_id = 'disconnect-test-1' AND role = 'assistant'",
+                                     NULL, 0, finish_row, finish, NULL, NULL, err, sizeof err),
+                         0);
+    }
+    assert_string_equal(finish, "cancelled");
+    chat_db_free(db);
+    answer_clear(&a);
+}
+
 static void test_queueing(void **state)
 {
     (void)state;
@@ -1307,6 +1353,7 @@ int main(void)
         cmocka_unit_test(test_session_forbidden),
         cmocka_unit_test(test_partial_false),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_disconnect_cancels_job),
         cmocka_unit_test(test_queueing),
         cmocka_unit_test(test_oversized_frames),
         cmocka_unit_test(test_invalid_utf8_and_binary),
