@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# make bench: the performance figures of issue 6 on a private stack, as one table.
+#
+# Starts its own stack (deploy/stack.sh start with CHAT_VAR=var/bench and CHAT_PORT=18080: extractive
+# provider, no token delay, no practical rate limit), generates a 10,000-passage knowledge base
+# (chat-kbgen), runs the scenarios with chat-bench, prints figure | target | measured | spec's claim, and
+# stops everything it started. Loopback only; bounded to BENCH_BUDGET_S (default 570 s) by checking the
+# time left before each step and bounding each step's own run time; it stops by itself.
+#
+# Scale with environment variables (defaults in parentheses; BENCH_QUICK=1 gives a one-minute run):
+#   BENCH_IDLE_CONNS (50000)   idle connections held on the streamers directly (spread over several
+#                              streamer processes, BENCH_PER_STREAMER (17000) each: one process's fd limit)
+#   BENCH_MEM_CONNS (15000)    idle connections on the stack's one streamer, for memory per connection
+#   BENCH_PROXY_CONNS (9000)   idle connections through lighttpd
+#   BENCH_CHAT_CONNS (200)     closed-loop chat connections through lighttpd; BENCH_DURATION (15) seconds
+#   BENCH_STREAMS (1000), BENCH_STREAM_RATE (100)  first-token latency: open loop, messages/s in total
+#   BENCH_KB_PASSAGES (10000), BENCH_KB_LARGE (100000), BENCH_RETRIEVAL_Q (300)
+#   BENCH_REST_CONNS (64), BENCH_PORT (18080), BENCH_VAR (var/bench), CHAT_WORKERS (stack default)
+# Full output of every step: $BENCH_VAR/log/bench-*.txt. Results and analysis: docs/benchmarks.md.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+BIN=$ROOT/build/bin
+START=$SECONDS
+BUDGET=${BENCH_BUDGET_S:-570}
+QUICK=${BENCH_QUICK:-0}
+
+q() { if [ "$QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi; }
+IDLE_CONNS=${BENCH_IDLE_CONNS:-$(q 50000 4000)}
+PER_STREAMER=${BENCH_PER_STREAMER:-17000}
+MEM_CONNS=${BENCH_MEM_CONNS:-$(q 15000 2000)}
+PROXY_CONNS=${BENCH_PROXY_CONNS:-$(q 9000 1000)}
+CHAT_CONNS=${BENCH_CHAT_CONNS:-200}
+DURATION=${BENCH_DURATION:-$(q 15 4)}
+STREAMS=${BENCH_STREAMS:-$(q 1000 200)}
+STREAM_RATE=${BENCH_STREAM_RATE:-100}
+KB_PASSAGES=${BENCH_KB_PASSAGES:-10000}
+KB_LARGE=${BENCH_KB_LARGE:-$(q 100000 20000)}
+RETRIEVAL_Q=${BENCH_RETRIEVAL_Q:-$(q 300 50)}
+REST_CONNS=${BENCH_REST_CONNS:-64}
+
+export CHAT_VAR=${BENCH_VAR:-$ROOT/var/bench}
+case "$CHAT_VAR" in /*) ;; *) CHAT_VAR=$ROOT/$CHAT_VAR ;; esac
+export CHAT_PORT=${BENCH_PORT:-18080}
+export CHAT_BIND=127.0.0.1
+export CHAT_LLM_PROVIDER=extractive CHAT_TOKEN_DELAY_MS=0 CHAT_RATE_LIMIT_PER_MIN=1000000
+export CHAT_DEMO=0
+unset CHAT_DB_HOST CHAT_DB_SOCKET CHAT_STREAMER_LISTEN CHAT_STREAMER_SOCKET CHAT_ZMQ_ENDPOINT
+RUN=$CHAT_VAR/run
+LOG=$CHAT_VAR/log
+mkdir -p "$RUN" "$LOG" "$CHAT_VAR/tmp"
+rm -f "$LOG"/bench-*.txt "$LOG"/bench-streamer-*.log # figures of an earlier run must not leak into this table
+# One secret for the stack, the extra streamers and chat-bench (which mints its tokens with it).
+if [ -z "${JWT_SECRET:-}" ]; then
+  JWT_SECRET=$(head -c 48 /dev/urandom | od -An -v -tx1 | tr -d ' \n')
+fi
+export JWT_SECRET
+# MariaDB takes its temporary directory from TMPDIR: a private one, because retrieval queries create
+# on-disk temporary tables and other processes on the machine clean the shared /tmp (a vanished
+# temporary file made MariaDB fail queries and once crash; see docs/benchmarks.md).
+export TMPDIR=$CHAT_VAR/tmp
+# Every connection is a descriptor: take what the hard limit allows (stack.sh passes it on).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+DB_ENV=(CHAT_DB_SOCKET="$RUN/mariadb.sock" CHAT_DB_USER=root)
+WS_DIRECT="ws+unix:$RUN/streamer.sock:/ws/chat"
+WS_PROXY="ws://127.0.0.1:$CHAT_PORT/ws/chat"
+HTTP_BASE="http://127.0.0.1:$CHAT_PORT"
+STATUS_URL="http+unix:$RUN/streamer.sock:/status"
+EXTRA_PIDS=()
+
+say() { printf '\n== %s\n' "$*"; }
+left() { echo $((BUDGET - (SECONDS - START))); }
+
+# Runs a step when enough budget is left: name need_s command... (output to the log and, without the
+# machine-readable BENCH lines, to the terminal)
+step() {
+  local name=$1 need=$2; shift 2
+  local out=$LOG/bench-$name.txt
+  if [ "$(left)" -lt "$need" ]; then
+    echo "(skipped $name: $(left) s of the budget left, it needs about $need s)" | tee "$out"
+    return 1
+  fi
+  "$@" >"$out" 2>&1
+  local rc=$?
+  grep -v '^BENCH ' "$out"
+  [ $rc = 0 ] || echo "(step $name exited with status $rc)"
+  return $rc
+}
+
+# kv FILE KEY [FILTER]: the value of KEY= in the BENCH lines of FILE (those containing FILTER).
+kv() {
+  local f=$LOG/bench-$1.txt
+  [ -f "$f" ] || return 0
+  grep '^BENCH ' "$f" | grep -- "${3:-}" | tr ' ' '\n' | grep "^$2=" | head -1 | cut -d= -f2
+}
+
+ms() { [ -n "${1:-}" ] && awk -v u="$1" 'BEGIN { if (u < 1000) printf "%.2f ms", u / 1000; else printf "%.1f ms", u / 1000 }' || echo "n/a"; }
+num() { [ -n "${1:-}" ] && printf "%s" "$1" | awk '{ n = sprintf("%.0f", $1); s = ""; while (length(n) > 3) { s = "," substr(n, length(n) - 2) s; n = substr(n, 1, length(n) - 3) } print n s }' || echo "n/a"; }
+# verdict MEASURED OP TARGET: "met" / "MISSED" (OP: ge or le), empty when nothing was measured
+verdict() {
+  [ -n "${1:-}" ] || { echo ""; return; }
+  awk -v m="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == "ge") ? (m >= t) : (m <= t); print ok ? "met" : "MISSED" }'
+}
+
+# The extra streamers this script started (by pid, never by name).
+cleanup_extra() {
+  local p
+  for p in "${EXTRA_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${EXTRA_PIDS[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null
+  done
+  EXTRA_PIDS=()
+  rm -f "$RUN"/bench-streamer-*.sock "$RUN"/bench-streamer-*.pid "$RUN"/bench-streamer-*.ipc
+}
+
+cleanup() {
+  cleanup_extra
+  bash deploy/stack.sh stop >>"$LOG/bench-stack.txt" 2>&1
+}
+trap 'cleanup; exit 130' INT TERM
+
+for b in chat-bench chat-kbgen chat-kb chat-streamer chat-worker chat-fcgi; do
+  [ -x "$BIN/$b" ] || { echo "bench: build/bin/$b is missing (make)" >&2; exit 1; }
+done
+if ss -ltn 2>/dev/null | grep -q "127.0.0.1:$CHAT_PORT "; then
+  echo "bench: port $CHAT_PORT is taken (another stack?); set BENCH_PORT" >&2
+  exit 1
+fi
+
+say "machine"
+echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -m | awk '/Mem:/ { print $2 }') MB RAM," \
+  "kernel $(uname -r), fd limit $(ulimit -n), load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+say "stack (CHAT_VAR=$CHAT_VAR, port $CHAT_PORT)"
+bash deploy/stack.sh stop >"$LOG/bench-stack.txt" 2>&1 # a stack left over by an interrupted run
+rm -f "$CHAT_VAR/demo-token"
+if ! bash deploy/stack.sh start >>"$LOG/bench-stack.txt" 2>&1; then
+  tail -20 "$LOG/bench-stack.txt"
+  echo "bench: the stack did not start" >&2
+  cleanup
+  exit 1
+fi
+grep -E '^stack:' "$LOG/bench-stack.txt" | tail -3
+echo "MariaDB tmpdir: $(bash deploy/mariadb.sh client -N -e 'SELECT @@tmpdir' 2>/dev/null)"
+PID_STREAMER=$RUN/chat-streamer.pid PID_WORKER=$RUN/chat-worker.pid PID_LIGHTTPD=$RUN/lighttpd.pid PID_DB=$RUN/mariadb.pid
+
+# First the pipeline's cost without the retrieval cost: the hand-written knowledge base only (187
+# passages, sub-millisecond full-text queries), built-in questions about it.
+say "chat through lighttpd, sample knowledge base only: $CHAT_CONNS connections, closed loop, ${DURATION} s"
+env "${DB_ENV[@]}" "$BIN/chat-kbgen" --passages 0 >"$LOG/bench-kbgen-empty.txt" 2>&1
+step chat-small $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "$WS_PROXY" \
+  --conns "$CHAT_CONNS" --duration "$DURATION" --warmup 2 --timeout 20 --pid-file "$PID_LIGHTTPD" \
+  --pid-file "$PID_STREAMER" --pid-file "$PID_WORKER" --pid-file "$PID_DB" --max-time $((DURATION + 100))
+say "REST POST /api/v1/chat through lighttpd, sample knowledge base only"
+step rest-small $((DURATION + 20)) timeout $((DURATION + 80)) "$BIN/chat-bench" rest --url "$HTTP_BASE/api/v1/chat" \
+  --conns 32 --duration "$DURATION" --timeout 20 --pid-file "$PID_LIGHTTPD" --pid-file "$PID_DB" \
+  --max-time $((DURATION + 60))
+
+say "knowledge base: $KB_PASSAGES synthetic passages"
+step kbgen 60 env "${DB_ENV[@]}" "$BIN/chat-kbgen" --passages "$KB_PASSAGES"
+env "${DB_ENV[@]}" "$BIN/chat-kbgen" --questions 5000 --seed 7 >"$CHAT_VAR/tmp/questions.txt" 2>"$LOG/bench-questions.txt"
+QUESTIONS=$CHAT_VAR/tmp/questions.txt
+[ -s "$QUESTIONS" ] || QUESTIONS=""
+QOPT=(); [ -n "$QUESTIONS" ] && QOPT=(--questions "$QUESTIONS")
+
+say "retrieval over the $KB_PASSAGES-passage knowledge base"
+step retrieval10k 60 timeout 120 env "${DB_ENV[@]}" "$BIN/chat-kbgen" --retrieval-bench 500
+
+# Memory early, while the streamer has held only chat-small's 200 connections (freed memory is reused,
+# not returned, so a later step would under-count).
+say "memory: $MEM_CONNS idle connections on the stack's streamer"
+step mem 60 timeout 150 "$BIN/chat-bench" idle --url "$WS_DIRECT" --conns "$MEM_CONNS" --duration 3 \
+  --pid-file "$PID_STREAMER" --status-url "$STATUS_URL" --max-time 120
+
+say "connect + auth, one at a time, directly on the streamer's socket"
+step connect 30 timeout 60 "$BIN/chat-bench" connect --url "$WS_DIRECT" --conns 1000 --concurrency 1 --max-time 50
+
+# Several streamer processes when one process's descriptors cannot hold the target (no workers needed for
+# idle connections: they only need the lws side).
+say "$IDLE_CONNS idle connections on the streamers directly"
+NSTREAMERS=$(( (IDLE_CONNS + PER_STREAMER - 1) / PER_STREAMER ))
+URLS=(--url "$WS_DIRECT") PIDS=(--pid-file "$PID_STREAMER")
+for ((i = 2; i <= NSTREAMERS; i++)); do
+  sock=$RUN/bench-streamer-$i.sock
+  rm -f "$sock"
+  CHAT_STREAMER_LISTEN=unix:$sock CHAT_ZMQ_ENDPOINT=ipc://$RUN/bench-streamer-$i.ipc CHAT_LOG_LEVEL=warn \
+    setsid "$BIN/chat-streamer" >>"$LOG/bench-streamer-$i.log" 2>&1 </dev/null &
+  EXTRA_PIDS+=($!)
+  echo $! >"$RUN/bench-streamer-$i.pid"
+  URLS+=(--url "ws+unix:$sock:/ws/chat")
+  PIDS+=(--pid-file "$RUN/bench-streamer-$i.pid")
+done
+for ((i = 2; i <= NSTREAMERS; i++)); do
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' --unix-socket "$RUN/bench-streamer-$i.sock" http://localhost/status)" = 200 ] && break
+    sleep 0.1
+  done
+done
+echo "$NSTREAMERS streamer process(es)"
+step idle 90 timeout 300 "$BIN/chat-bench" idle "${URLS[@]}" --conns "$IDLE_CONNS" --duration 10 "${PIDS[@]}" --max-time 280
+cleanup_extra
+
+say "$PROXY_CONNS idle connections through lighttpd"
+step proxy 60 timeout 200 "$BIN/chat-bench" idle --url "$WS_PROXY" --conns "$PROXY_CONNS" --duration 5 \
+  --pid-file "$PID_LIGHTTPD" --pid-file "$PID_STREAMER" --max-time 180
+
+say "chat through lighttpd: $CHAT_CONNS connections, closed loop, ${DURATION} s"
+step chat $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "$WS_PROXY" --conns "$CHAT_CONNS" \
+  --duration "$DURATION" --warmup 2 --timeout 20 "${QOPT[@]}" --pid-file "$PID_LIGHTTPD" --pid-file "$PID_STREAMER" \
+  --pid-file "$PID_WORKER" --pid-file "$PID_DB" --max-time $((DURATION + 100))
+
+say "first token: $STREAMS connections on the streamer, open loop at $STREAM_RATE messages/s, ${DURATION} s"
+step stream $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "$WS_DIRECT" --conns "$STREAMS" \
+  --rate "$STREAM_RATE" --duration "$DURATION" --warmup 2 --timeout 20 "${QOPT[@]}" --pid-file "$PID_STREAMER" \
+  --pid-file "$PID_WORKER" --pid-file "$PID_DB" --max-time $((DURATION + 100))
+
+say "REST GET /health through lighttpd"
+step health 25 timeout 60 "$BIN/chat-bench" rest --url "$HTTP_BASE/health" --conns "$REST_CONNS" --duration "$(q 10 3)" \
+  --pid-file "$PID_LIGHTTPD" --pid-file "$PID_DB" --max-time 50
+
+say "REST POST /api/v1/chat through lighttpd"
+step rest $((DURATION + 20)) timeout $((DURATION + 80)) "$BIN/chat-bench" rest --url "$HTTP_BASE/api/v1/chat" \
+  --conns 32 --duration "$DURATION" --timeout 20 "${QOPT[@]}" --pid-file "$PID_LIGHTTPD" --pid-file "$PID_DB" \
+  --max-time $((DURATION + 60))
+
+# The large knowledge base goes to its own database on the same server (kept between runs: generation is
+# deterministic, so an existing one with the right size is reused).
+say "retrieval over $KB_LARGE passages (database chat_bench_large)"
+LARGE_ENV=("${DB_ENV[@]}" CHAT_DB_NAME=chat_bench_large)
+have=$(bash deploy/mariadb.sh client -N -e "SELECT COUNT(*) FROM chat_bench_large.kb_documents WHERE source LIKE 'gen/%'" 2>/dev/null || echo 0)
+gen_large() { env "${LARGE_ENV[@]}" "$BIN/chat-kb" setup && env "${LARGE_ENV[@]}" "$BIN/chat-kbgen" --passages "$KB_LARGE"; }
+if [ "$have" != "$KB_LARGE" ]; then
+  step kbgen-large 90 gen_large
+else
+  echo "(reusing the existing $KB_LARGE-passage database)"
+fi
+RQ=$RETRIEVAL_Q
+# about 0.15 s per question at 100,000 passages on 2 cores: keep inside the budget
+maxq=$(( ($(left) - 40) * 5 ))
+[ "$maxq" -lt "$RQ" ] && RQ=$maxq
+if [ "$RQ" -ge 20 ]; then
+  step retrieval-large 30 timeout $(( $(left) - 20 )) env "${LARGE_ENV[@]}" "$BIN/chat-kbgen" --retrieval-bench "$RQ" --warmup 10
+else
+  echo "(skipped: not enough budget left)" | tee "$LOG/bench-retrieval-large.txt"
+fi
+
+say "stopping the stack"
+cleanup
+trap - INT TERM
+
+# ---- the table ----
+held=$(kv idle ready mode=)
+held_failed=$(kv idle failed mode=)
+proxy_held=$(kv proxy ready mode=)
+mem=$(kv mem bytes_per_conn server=chat-streamer)
+lt_share=$(kv proxy bytes_per_conn server=lighttpd)
+turns=$(kv chat turns_per_s mode=)
+turns_small=$(kv chat-small turns_per_s mode=)
+fail_small=$(kv chat-small turns_failed mode=)
+fail_chat=$(kv chat turns_failed mode=)
+out50=$(kv stream outside_p50_us mode=)
+out99=$(kv stream outside_p99_us mode=)
+frames=$(kv chat token_frames_per_s mode=)
+toks=$(kv chat tokens_per_s mode=)
+tpa=$(kv chat tokens_per_answer mode=)
+ft50=$(kv stream first_p50_us mode=)
+ft99=$(kv stream first_p99_us mode=)
+sft50=$(kv stream srv_first_token_ms_p50_us mode=)
+sft99=$(kv stream srv_first_token_ms_p99_us mode=)
+gap50=$(kv chat gap_p50_us mode=)
+gap99=$(kv chat gap_p99_us mode=)
+ca99=$(kv connect connauth_p99_us mode=)
+ca50=$(kv connect connauth_p50_us mode=)
+r10=$(kv retrieval10k retrieval_p99_us)
+rl50=$(kv retrieval-large retrieval_p50_us)
+rl99=$(kv retrieval-large retrieval_p99_us)
+rln=$(kv retrieval-large retrieval_passages)
+rest=$(kv rest req_ok_per_s mode=)
+rest_small=$(kv rest-small req_ok_per_s mode=)
+health=$(kv health req_ok_per_s mode=)
+
+kb() { [ -n "${1:-}" ] && awk -v b="$1" 'BEGIN { printf "%.1f KB", b / 1024 }' || echo "n/a"; }
+row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4"; }
+echo
+echo "Results (client-side latencies over loopback; full output in $LOG/bench-*.txt)"
+echo
+row "figure" "target" "measured" "spec's claim"
+row "---" "---" "---" "---"
+row "idle authenticated WebSocket connections, streamers directly" ">= 50,000" \
+  "$(num "$held") held on $NSTREAMERS streamer process(es), $(num "${held_failed:-}") failed $(verdict "$held" ge 50000)" "1000+ concurrent"
+row "idle authenticated WebSocket connections through lighttpd" ">= 9,000" "$(num "$proxy_held") $(verdict "$proxy_held" ge 9000)" "1000+ concurrent"
+row "streamer memory per idle connection" "<= 8 KB" \
+  "$(kb "$mem") $(verdict "$mem" le 8192) (lighttpd adds $(kb "$lt_share") per proxied connection)" "~5 MB"
+row "chat turns/s through lighttpd ($CHAT_CONNS conns, extractive, no delay)" ">= 2,000" \
+  "$(num "$turns") $(verdict "$turns" ge 2000) (answers of ${tpa:-?} tokens; $(num "$fail_chat") turns failed)" "100+ messages/s"
+row "  same, sample knowledge base only (187 passages)" "-" "$(num "$turns_small") ($(num "$fail_small") turns failed)" "-"
+row "token frames delivered per second" ">= 100,000" \
+  "$(num "$frames") $(verdict "$frames" ge 100000) (tokens: $(num "$toks")/s)" "a token every 20-100 ms per stream"
+row "first token, $STREAMS streams at $STREAM_RATE msg/s, $KB_PASSAGES passages: p50 / p99" "<= 1 ms / <= 5 ms" \
+  "$(ms "$ft50") / $(ms "$ft99") $(verdict "$ft99" le 5000) (pipeline: $(ms "$sft50") / $(ms "$sft99"); outside it: $(ms "$out50") / $(ms "$out99"))" "500-1000 ms"
+row "inter-token gap p50 / p99 (chat run)" "-" "$(ms "$gap50") / $(ms "$gap99")" "20-100 ms"
+row "connect + auth (unloaded, streamer socket): p50 / p99" "p99 <= 1 ms" "$(ms "$ca50") / $(ms "$ca99") $(verdict "$ca99" le 1000)" \
+  "10-50 ms + 50-100 ms"
+row "retrieval p99 over $(num "$rln") passages (p50)" "<= 20 ms" "$(ms "$rl99") ($(ms "$rl50")) $(verdict "$rl99" le 20000)" "-"
+row "retrieval p99 over $KB_PASSAGES passages" "-" "$(ms "$r10")" "-"
+row "REST POST /api/v1/chat through lighttpd" ">= 1,000 req/s" "$(num "$rest") req/s $(verdict "$rest" ge 1000)" "-"
+row "  same, sample knowledge base only (187 passages)" "-" "$(num "$rest_small") req/s" "-"
+row "REST GET /health through lighttpd" ">= 10,000 req/s" "$(num "$health") req/s $(verdict "$health" ge 10000)" "-"
+exited=$(grep -l '^BENCH server=.* exited=1' "$LOG"/bench-*.txt 2>/dev/null | sed 's|.*/bench-||; s|\.txt$||' | tr '\n' ' ')
+[ -n "$exited" ] && echo && echo "WARNING: a server process exited during: $exited(its figures and the later ones are not valid)"
+echo
+echo "bench: done in $((SECONDS - START)) s"
