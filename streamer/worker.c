@@ -59,6 +59,10 @@ typedef struct worker {
     uint64_t job_id;
     bool terminal_sent;
     int64_t job_started_ms;
+    /* The broker counts a worker free at the terminal event, which the job thread's DONE follows a
+     * moment later: a JOB arriving in between waits here and starts on DONE. */
+    chat_wire_msg next_msg;
+    bool has_next;
 } worker;
 
 typedef struct sink_ctx {
@@ -197,6 +201,13 @@ static void start_job(worker *w, void *dealer, chat_wire_msg *m, bool stopping)
         chat_log_warn("worker: malformed JOB ignored");
         return;
     }
+    if (w->busy && w->terminal_sent && !w->has_next && !stopping) {
+        chat_wire_msg tmp = w->next_msg;
+        w->next_msg = *m;
+        *m = tmp;
+        w->has_next = true;
+        return;
+    }
     if (w->busy || stopping) { /* the broker should never do this; answer rather than strand the client */
         send_job_error(dealer, job.job_id, CHAT_CODE_OVERLOADED, "The worker is busy, please retry");
         return;
@@ -249,6 +260,10 @@ static void handle_job_event(worker *w, void *dealer, chat_wire_msg *m)
                       atomic_load(&w->cancel) ? " (cancelled)" : "");
         w->busy = false;
         w->job_id = 0;
+        if (w->has_next) {
+            w->has_next = false;
+            start_job(w, dealer, &w->next_msg, false);
+        }
         return;
     }
     /* EV job_id kind ...: the kind is part 2 here (the broker sees it at 3, after the envelope). */
@@ -274,6 +289,7 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     chat_wire_msg_init(&w->job_msg);
+    chat_wire_msg_init(&w->next_msg);
 
     char err[256];
     w->pipeline = chat_pipeline_new(cfg, err, sizeof err);
@@ -383,6 +399,7 @@ out:
         if (w->zctx) zmq_ctx_term(w->zctx);
         chat_pipeline_free(w->pipeline);
         chat_wire_msg_clear(&w->job_msg);
+        chat_wire_msg_clear(&w->next_msg);
         pthread_cond_destroy(&w->cv);
         pthread_mutex_destroy(&w->mu);
         free(w);
