@@ -1093,6 +1093,53 @@ static void test_no_workers(void **state)
 
 /* ---------------------------------------------------------------- rate limit, slow readers */
 
+/* One worker, answers requested back to back: the next job reaches the worker the moment the broker
+ * sees the previous complete, before the worker's job thread has quite finished. None may be refused. */
+static void test_single_worker_back_to_back(void **state)
+{
+    (void)state;
+    char endpoint[400], zmq[460];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/single.ipc", E.dir);
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
+    const char *wenv[] = {zmq, "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_LLM_PROVIDER=extractive",
+                          "CHAT_TOKEN_DELAY_MS=0", "CHAT_LOG_LEVEL=warn", NULL};
+    const char *wargv[] = {E.bin_worker, NULL};
+    pid_t workers = e2e_spawn(wargv, wenv, log_path("single-worker"));
+    assert_true(workers > 0);
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
+    int port;
+    pid_t pid = streamer_start("single", endpoint, extra, &port);
+    wait_workers(port, 1, 10000);
+    /* Six clients with four messages queued each keep jobs waiting in the broker: each is dispatched
+     * the moment the worker's previous answer completes. */
+    char pq[2048];
+    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
+    chat_wsc *cs[6];
+    for (int k = 0; k < 6; k++) {
+        cs[k] = ws_open_at(port, pq, NULL, NULL);
+        assert_non_null(cs[k]);
+        json_object *o = next_json(cs[k], 5000);
+        json_object_put(o);
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int k = 0; k < 6; k++)
+            for (int i = 0; i < 4; i++) send_message(cs[k], QUESTION, "\"partial\":false");
+        for (int k = 0; k < 6; k++)
+            for (int i = 0; i < 4; i++) {
+                answer a;
+                answer_init(&a);
+                collect(cs[k], &a, ANSWER_MS, NULL, NULL);
+                if (!a.complete) fail_msg("round %d, client %d, turn %d ended with %s", round, k, i, a.error);
+                answer_clear(&a);
+            }
+    }
+    for (int k = 1; k < 6; k++) chat_wsc_close(cs[k], 1000, NULL);
+    chat_wsc *c = cs[0];
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+}
+
 static void test_rate_limited(void **state)
 {
     (void)state;
@@ -1358,6 +1405,7 @@ int main(void)
         cmocka_unit_test(test_oversized_frames),
         cmocka_unit_test(test_invalid_utf8_and_binary),
         cmocka_unit_test(test_no_workers),
+        cmocka_unit_test(test_single_worker_back_to_back),
         cmocka_unit_test(test_rate_limited),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
