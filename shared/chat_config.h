@@ -39,6 +39,7 @@ typedef struct chat_config {
     /* Pipeline. */
     int history_turns;
     int kb_top_k;
+    int kb_common_pct; /* words in more than this % of a large knowledge base are left out of queries */
     int max_message_bytes;
 
     /* Streamer and workers. */

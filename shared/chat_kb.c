@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,19 +165,126 @@ static int collect_row(void *ud, int ncols, char **v, unsigned long *lens)
 /* The agent filter keeps the agent's passages and the general (NULL) ones. */
 static const char SQL_FAULT[] =
     "SELECT id, source, title, agent, model_id, body,"
-    " 100 + MATCH(title, body) AGAINST (? IN BOOLEAN MODE) * (CASE WHEN title LIKE ? THEN 3 ELSE 1 END) AS score,"
+    " 100 + LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE), 1e6) * (CASE WHEN title LIKE ? THEN 3 ELSE 1 END) AS score,"
     " 20 AS raw"
     " FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"
     " ORDER BY score DESC, id LIMIT ?";
 
+/* Ranking runs over (id, agent, model_id) only and the bodies of the k winners are fetched by key
+ * afterwards: sorting thousands of matches with their bodies attached made MariaDB spill a temporary
+ * table to disk for every question. LEAST() bounds the relevance, which InnoDB can report as huge
+ * (1.8e308) after mass deletes until the index is optimised, so the products never overflow. */
 static const char SQL_TEXT[] =
-    "SELECT id, source, title, agent, model_id, body,"
-    " MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)"
-    "   * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
-    "   * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score,"
-    " MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE) AS raw"
-    " FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)"
-    " ORDER BY score DESC, id LIMIT ?";
+    "SELECT k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
+    " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
+    "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score, raw"
+    "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE), 1e6) AS raw"
+    "        FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)) m"
+    "  ORDER BY score DESC, id LIMIT ?) r"
+    " JOIN kb_documents k ON k.id = r.id ORDER BY r.score DESC, r.id";
+
+#define STATS_SLOTS 2048           /* power of two */
+#define STATS_MIN_PASSAGES 1000    /* smaller knowledge bases are searched with every word */
+#define STATS_TOTAL_TTL_MS 60000
+#define STATS_DF_TTL_MS 600000
+#define STATS_PROBES_PER_QUERY 4   /* unknown words beyond these count as rare until probed */
+
+typedef struct stats_slot {
+    char term[KB_MAX_TERM_BYTES + 1];
+    long long df;
+    int64_t at_ms; /* 0 = empty */
+} stats_slot;
+
+struct chat_kb_stats {
+    int common_pct;
+    long long total;
+    int64_t total_at_ms;
+    stats_slot slot[STATS_SLOTS];
+};
+
+chat_kb_stats *chat_kb_stats_new(int common_pct)
+{
+    chat_kb_stats *s = calloc(1, sizeof *s);
+    if (s) s->common_pct = common_pct;
+    return s;
+}
+
+void chat_kb_stats_free(chat_kb_stats *s) { free(s); }
+
+static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    *(long long *)ud = v[0] ? atoll(v[0]) : 0;
+    return 0;
+}
+
+static stats_slot *stats_find(chat_kb_stats *st, const char *term)
+{
+    uint32_t h = 2166136261u;
+    for (const char *p = term; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
+    for (uint32_t i = 0; i < 16; i++) { /* short probe sequence; the oldest entry is replaced */
+        stats_slot *sl = &st->slot[(h + i) & (STATS_SLOTS - 1)];
+        if (!sl->at_ms || !strcmp(sl->term, term)) return sl;
+    }
+    stats_slot *oldest = &st->slot[h & (STATS_SLOTS - 1)];
+    for (uint32_t i = 1; i < 16; i++) {
+        stats_slot *sl = &st->slot[(h + i) & (STATS_SLOTS - 1)];
+        if (sl->at_ms < oldest->at_ms) oldest = sl;
+    }
+    oldest->at_ms = 0;
+    return oldest;
+}
+
+/* The sanitised terms without the common ones (at least the rarest one stays). Caller frees. */
+static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms, char *err, size_t errlen)
+{
+    int64_t now = chat_now_ms();
+    if (st->common_pct <= 0) return strdup(terms);
+    if (!st->total_at_ms || now - st->total_at_ms > STATS_TOTAL_TTL_MS) {
+        if (chat_db_run(db, "SELECT COUNT(*) FROM kb_documents", NULL, 0, count_row, &st->total, NULL, NULL, err,
+                        errlen))
+            return NULL;
+        st->total_at_ms = now;
+    }
+    if (st->total < STATS_MIN_PASSAGES || st->common_pct <= 0) return strdup(terms);
+    long long limit = st->total * st->common_pct / 100;
+    chat_buf out;
+    chat_buf_init(&out);
+    char rarest[KB_MAX_TERM_BYTES + 1] = "";
+    long long rarest_df = -1;
+    int probes = 0;
+    const char *p = terms;
+    while (*p) {
+        const char *sp = strchr(p, ' ');
+        size_t len = sp ? (size_t)(sp - p) : strlen(p);
+        char term[KB_MAX_TERM_BYTES + 1];
+        memcpy(term, p, len);
+        term[len] = '\0';
+        p += len + (sp ? 1 : 0);
+        stats_slot *sl = stats_find(st, term);
+        long long df = -1;
+        if (sl->at_ms && now - sl->at_ms <= STATS_DF_TTL_MS) {
+            df = sl->df;
+        } else if (probes < STATS_PROBES_PER_QUERY) {
+            probes++;
+            chat_db_param tp = CHAT_DB_P_STR(term);
+            if (chat_db_run(db, "SELECT COUNT(*) FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)",
+                            &tp, 1, count_row, &df, NULL, NULL, err, errlen)) {
+                chat_buf_free(&out);
+                return NULL;
+            }
+            snprintf(sl->term, sizeof sl->term, "%s", term);
+            sl->df = df;
+            sl->at_ms = now;
+        }
+        if (df >= 0 && (rarest_df < 0 || df < rarest_df)) rarest_df = df, snprintf(rarest, sizeof rarest, "%s", term);
+        /* words with digits (model numbers, codes, figures) are specific even when frequent */
+        if (df > limit && !strpbrk(term, "0123456789")) continue;
+        if (out.len) chat_buf_puts(&out, " ");
+        chat_buf_puts(&out, term);
+    }
+    if (!out.len && rarest[0]) chat_buf_puts(&out, rarest);
+    return chat_buf_take(&out);
+}
 
 int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, char *err, size_t errlen)
 {
@@ -205,12 +313,21 @@ int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, cha
             rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
             goto fail;
         }
+        if (q->stats && terms[0]) {
+            char *kept = drop_common_terms(db, q->stats, terms, err, errlen);
+            free(terms);
+            if (!kept) {
+                rc = CHAT_EDB;
+                goto fail;
+            }
+            terms = kept;
+        }
         if (terms[0]) {
             chat_db_param model = q->model_id && *q->model_id ? CHAT_DB_P_STR(q->model_id) : CHAT_DB_P_NULL();
             chat_db_param agent = q->agent && *q->agent ? CHAT_DB_P_STR(q->agent) : CHAT_DB_P_NULL();
             chat_db_param t = CHAT_DB_P_STR(terms);
-            chat_db_param p[] = {t, model, model, agent, agent, t, t, CHAT_DB_P_INT((long long)k)};
-            rc = chat_db_run(db, SQL_TEXT, p, 8, collect_row, &ctx, NULL, NULL, err, errlen);
+            chat_db_param p[] = {model, model, agent, agent, t, t, CHAT_DB_P_INT((long long)k)};
+            rc = chat_db_run(db, SQL_TEXT, p, 7, collect_row, &ctx, NULL, NULL, err, errlen);
         }
         free(terms);
         if (rc) goto fail;

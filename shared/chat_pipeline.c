@@ -43,6 +43,7 @@ struct chat_pipeline {
     chat_db *db;
     chat_llm *llm;
     chat_classifier *clf;
+    chat_kb_stats *kb_stats;
     int64_t vocab_loaded_ms; /* 0 = never */
     model_entry models[MAX_MODELS];
     int n_models;
@@ -58,7 +59,8 @@ chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errle
     p->cfg = *cfg;
     p->db = chat_db_new(cfg);
     p->clf = chat_classifier_new();
-    if (!p->db || !p->clf) {
+    p->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
+    if (!p->db || !p->clf || !p->kb_stats) {
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
         goto fail;
     }
@@ -75,6 +77,7 @@ void chat_pipeline_free(chat_pipeline *p)
     if (!p) return;
     chat_llm_free(p->llm);
     chat_classifier_free(p->clf);
+    chat_kb_stats_free(p->kb_stats);
     chat_db_free(p->db);
     free(p);
 }
@@ -341,6 +344,7 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
         .model_id = model ? model->id : NULL,
         .fault_code = chat_kb_find_fault_code(req->message, code) ? code : NULL,
         .k = (size_t)p->cfg.kb_top_k,
+        .stats = p->kb_stats,
     };
     int64_t r0 = chat_now_us();
     rc = chat_kb_search(p->db, &q, &kb, err, sizeof err);

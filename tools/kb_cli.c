@@ -139,9 +139,10 @@ static void print_snippet(const char *body)
     putchar('\n');
 }
 
-static int search(chat_db *db, int argc, char **argv)
+static int search(chat_db *db, const chat_config *cfg, int argc, char **argv)
 {
-    chat_kb_query q = {.k = 5};
+    chat_kb_stats *stats = chat_kb_stats_new(cfg->kb_common_pct); /* the assistant's query, exactly */
+    chat_kb_query q = {.k = 5, .stats = stats};
     int i = 0;
     for (; i < argc - 1; i++) {
         if (!strcmp(argv[i], "--agent")) q.agent = argv[++i];
@@ -162,6 +163,7 @@ static int search(chat_db *db, int argc, char **argv)
     int64_t t0 = chat_now_us();
     if (chat_kb_search(db, &q, &r, err, sizeof err)) {
         fprintf(stderr, "chat-kb: search: %s\n", err);
+        chat_kb_stats_free(stats);
         return 1;
     }
     int64_t t1 = chat_now_us();
@@ -173,6 +175,7 @@ static int search(chat_db *db, int argc, char **argv)
     if (!r.n) printf("no passage matched\n");
     printf("(%zu results in %.2f ms)\n", r.n, (double)(t1 - t0) / 1000.0);
     chat_kb_result_clear(&r);
+    chat_kb_stats_free(stats);
     return 0;
 }
 
@@ -195,7 +198,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "migrate") && argc == 2) rc = migrate(db, true);
     else if (!strcmp(cmd, "import") && argc == 3) rc = import(db, argv[2]);
     else if (!strcmp(cmd, "load-sql") && argc == 3) rc = load_sql(db, argv[2]);
-    else if (!strcmp(cmd, "search") && argc >= 3) rc = search(db, argc - 2, argv + 2);
+    else if (!strcmp(cmd, "search") && argc >= 3) rc = search(db, &cfg, argc - 2, argv + 2);
     else rc = usage();
     chat_db_free(db);
     return rc;

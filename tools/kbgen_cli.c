@@ -988,12 +988,13 @@ static int retrieval_bench(chat_db *db, long count, long warmup, uint64_t seed, 
     long matched = 0, relevant = 0, judged = 0, errors = 0, kind_n[Q_KINDS] = {0};
     uint64_t r = seed * 7919 + 17;
     question q;
+    chat_kb_stats *stats = chat_kb_stats_new(chat_config_env_int("CHAT_KB_COMMON_PCT", 12, 0, 100)); /* as the pipeline */
     for (long i = 0; i < warmup + count; i++) {
         make_question(&r, &n, &q);
         /* The query the pipeline builds (chat_pipeline.c): the routed agent (general -> none), the
          * customer's model (none here: anonymous questions), the fault code found in the text. */
         char code[16];
-        chat_kb_query kq = {.question = q.text, .agent = q.agent, .k = (size_t)k};
+        chat_kb_query kq = {.question = q.text, .agent = q.agent, .k = (size_t)k, .stats = stats};
         if (chat_kb_find_fault_code(q.text, code)) kq.fault_code = code;
         chat_kb_result res;
         int64_t t0 = chat_now_us();
@@ -1033,6 +1034,7 @@ static int retrieval_bench(chat_db *db, long count, long warmup, uint64_t seed, 
            (unsigned long long)bh_quantile(all, 0.9), (unsigned long long)bh_quantile(all, 0.99),
            (unsigned long long)all->max, errors);
     free(all), free(per);
+    chat_kb_stats_free(stats);
     names_free(&n);
     return errors && errors == count + warmup ? 1 : 0;
 }

@@ -299,6 +299,42 @@ static void test_transaction_lost(void **state)
     chat_db_free(d);
 }
 
+/* In a large knowledge base, a word found in most passages is left out of the query when stats are
+ * given: only the passages with the rare word come back, where every "common" passage used to fill up
+ * the k results. A query of common words only keeps its rarest word. */
+static void test_common_words_dropped(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_common", TESTUTIL_SCHEMA);
+    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
+                    " CONCAT('Filler ', seq), CONCAT('ubiquitous filler passage ', seq) FROM seq_1_to_1200;"
+                    "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (7, 8);"
+                    "OPTIMIZE TABLE kb_documents;");
+    char err[256];
+    chat_kb_result r;
+    chat_kb_query q = {.question = "ubiquitous zyxwvut", .k = 10};
+    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n, 10); /* every word: the common one fills the results */
+    chat_kb_result_clear(&r);
+    q.stats = chat_kb_stats_new(12);
+    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n, 2);
+    assert_true(strstr(r.items[0].body, "zyxwvut") && strstr(r.items[1].body, "zyxwvut"));
+    chat_kb_result_clear(&r);
+    q.question = "ubiquitous filler";
+    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n, 10);
+    chat_kb_result_clear(&r);
+    chat_kb_stats *off = chat_kb_stats_new(0); /* CHAT_KB_COMMON_PCT=0: never drop */
+    chat_kb_stats_free(q.stats);
+    q.stats = off;
+    q.question = "ubiquitous zyxwvut";
+    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n, 10);
+    chat_kb_result_clear(&r);
+    chat_kb_stats_free(off);
+    chat_db_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -307,6 +343,7 @@ int main(void)
         cmocka_unit_test(test_ranking),            cmocka_unit_test(test_short_tokens_and_codes),
         cmocka_unit_test(test_hostile_inputs),     cmocka_unit_test(test_fault_code_parse),
         cmocka_unit_test(test_admin_edits_visible), cmocka_unit_test(test_restart_mid_run),   cmocka_unit_test(test_transaction_lost),
+        cmocka_unit_test(test_common_words_dropped),
     };
     return cmocka_run_group_tests(tests, setup_sample, teardown_sample);
 }
