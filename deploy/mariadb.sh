@@ -13,7 +13,8 @@ RUN=$VAR/run
 LOG=$VAR/log
 SOCK=$RUN/mariadb.sock
 PID=$RUN/mariadb.pid
-mkdir -p "$RUN" "$LOG"
+TMP=$VAR/tmp  # its own temporary tables: a shared /tmp cleaned by others broke queries under load
+mkdir -p "$RUN" "$LOG" "$TMP"
 
 find_bin() { for b in "$@"; do command -v "$b" 2>/dev/null && return 0; [ -x "/usr/sbin/$b" ] && { echo "/usr/sbin/$b"; return 0; }; done; return 1; }
 MARIADBD=$(find_bin mariadbd mysqld) || { echo "mariadb.sh: mariadbd not found (make deps)" >&2; exit 1; }
@@ -36,7 +37,7 @@ start() {
         --skip-test-db >"$LOG/mariadb-install.log" 2>&1 || { cat "$LOG/mariadb-install.log" >&2; exit 1; }
     fi
     "$MARIADBD" --no-defaults --datadir="$DATA" --socket="$SOCK" --pid-file="$PID" "${USER_OPT[@]}" \
-      --skip-networking --log-error="$LOG/mariadb.log" \
+      --skip-networking --log-error="$LOG/mariadb.log" --tmpdir="$TMP" \
       --innodb-ft-min-token-size=1 --innodb-ft-enable-stopword=0 --ft-min-word-len=1 \
       --innodb-buffer-pool-size=256M --innodb-log-file-size=64M --innodb-flush-log-at-trx-commit=2 \
       --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
