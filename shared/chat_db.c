@@ -11,6 +11,7 @@
 #include <errmsg.h>
 #include <mysql.h>
 #include <mysqld_error.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,8 +38,13 @@ struct chat_db {
     bool in_tx;
 };
 
+/* The connector's global state must exist before threads open connections concurrently. */
+static pthread_once_t library_once = PTHREAD_ONCE_INIT;
+static void library_init(void) { mysql_library_init(0, NULL, NULL); }
+
 chat_db *chat_db_new(const chat_config *cfg)
 {
+    pthread_once(&library_once, library_init);
     chat_db *db = calloc(1, sizeof *db);
     if (!db) return NULL;
     db->cfg = *cfg;

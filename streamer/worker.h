@@ -1,5 +1,6 @@
 /* chat-worker: one worker process runs the orchestration pipeline for jobs the streamer's broker hands it
- * over ZeroMQ (see chat_wire.h), one job at a time; worker_main.c supervises several of them. */
+ * over ZeroMQ (see chat_wire.h), one job at a time; worker_main.c runs several per process (slots) and
+ * supervises the processes. */
 #ifndef WORKER_H
 #define WORKER_H
 
@@ -8,8 +9,9 @@
 #include "chat_config.h"
 
 /* Serves jobs until *stop is set; then finishes the job in flight (cancelling it after
- * cfg->shutdown_grace_s) and returns the process exit code. Creates its threads and sockets itself:
- * call it in a fresh process (after fork, never before). */
+ * cfg->shutdown_grace_s) and returns the exit code. Creates its own ZeroMQ context, threads and
+ * sockets, and touches no process-wide state: call it after fork (never before), once per thread for
+ * several slots in one process. */
 int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop);
 
 #endif

@@ -431,7 +431,9 @@ static int group_setup(void **state)
     const char *bs = getenv("CHAT_E2E_STREAMER_BIN"), *bw = getenv("CHAT_E2E_WORKER_BIN");
     snprintf(E.bin_streamer, sizeof E.bin_streamer, "%s", bs && *bs ? bs : testutil_path("build/bin/chat-streamer"));
     snprintf(E.bin_worker, sizeof E.bin_worker, "%s", bw && *bw ? bw : testutil_path("build/bin/chat-worker"));
-    snprintf(E.log_dir, sizeof E.log_dir, "%s", testutil_path("build/tests/e2e"));
+    const char *var = getenv("CHAT_VAR"); /* logs beside the suite's other logs */
+    if (var && *var) snprintf(E.log_dir, sizeof E.log_dir, "%s/log", var);
+    else snprintf(E.log_dir, sizeof E.log_dir, "%s", testutil_path("build/tests/e2e"));
     const char *d = e2e_tmpdir("chat-streamer-e2e");
     assert_non_null(d);
     snprintf(E.dir, sizeof E.dir, "%s", d);
@@ -447,6 +449,7 @@ static int group_setup(void **state)
     const char *env[] = {zmq,
                          "CHAT_DB_NAME=chat_t_streamer",
                          "CHAT_WORKERS=2",
+                         "CHAT_WORKER_SLOTS=1",
                          "CHAT_LLM_PROVIDER=extractive",
                          "CHAT_TOKEN_DELAY_MS=" TOKEN_DELAY_MS,
                          "CHAT_SHUTDOWN_GRACE_S=5",
@@ -1101,8 +1104,8 @@ static void test_single_worker_back_to_back(void **state)
     char endpoint[400], zmq[460];
     snprintf(endpoint, sizeof endpoint, "ipc://%s/single.ipc", E.dir);
     snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
-    const char *wenv[] = {zmq, "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_LLM_PROVIDER=extractive",
-                          "CHAT_TOKEN_DELAY_MS=0", "CHAT_LOG_LEVEL=warn", NULL};
+    const char *wenv[] = {zmq, "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=1",
+                          "CHAT_LLM_PROVIDER=extractive", "CHAT_TOKEN_DELAY_MS=0", "CHAT_LOG_LEVEL=warn", NULL};
     const char *wargv[] = {E.bin_worker, NULL};
     pid_t workers = e2e_spawn(wargv, wenv, log_path("single-worker"));
     assert_true(workers > 0);
@@ -1136,6 +1139,52 @@ static void test_single_worker_back_to_back(void **state)
     for (int k = 1; k < 6; k++) chat_wsc_close(cs[k], 1000, NULL);
     chat_wsc *c = cs[0];
     chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+}
+
+/* One worker process with three slots streams three paced answers at the same time. */
+static void test_worker_slots_run_concurrently(void **state)
+{
+    (void)state;
+    char endpoint[400], zmq[460];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/slots.ipc", E.dir);
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
+    const char *wenv[] = {zmq, "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=3",
+                          "CHAT_LLM_PROVIDER=extractive", "CHAT_TOKEN_DELAY_MS=15", "CHAT_LOG_LEVEL=warn", NULL};
+    const char *wargv[] = {E.bin_worker, NULL};
+    pid_t workers = e2e_spawn(wargv, wenv, log_path("slots-worker"));
+    assert_true(workers > 0);
+    int port;
+    pid_t pid = streamer_start("slots", endpoint, NULL, &port);
+    wait_workers(port, 3, 10000);
+    pid_t kids[4];
+    assert_int_equal(e2e_children(workers, kids, 4), 1); /* one process */
+    char pq[2048];
+    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
+    chat_wsc *cs[3];
+    for (int k = 0; k < 3; k++) {
+        cs[k] = ws_open_at(port, pq, NULL, NULL);
+        assert_non_null(cs[k]);
+        json_object *o = next_json(cs[k], 5000);
+        json_object_put(o);
+    }
+    for (int k = 0; k < 3; k++) send_message(cs[k], QUESTION, NULL);
+    int max_busy = 0;
+    for (int i = 0; i < 40 && max_busy < 3; i++) {
+        int busy = status_int(port, "workers_busy");
+        if (busy > max_busy) max_busy = busy;
+        e2e_sleep_ms(25);
+    }
+    assert_int_equal(max_busy, 3);
+    for (int k = 0; k < 3; k++) {
+        answer a;
+        answer_init(&a);
+        collect(cs[k], &a, ANSWER_MS, NULL, NULL);
+        assert_full_answer(&a);
+        answer_clear(&a);
+        chat_wsc_close(cs[k], 1000, NULL);
+    }
     stop_streamer(pid);
     assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
 }
@@ -1406,6 +1455,7 @@ int main(void)
         cmocka_unit_test(test_invalid_utf8_and_binary),
         cmocka_unit_test(test_no_workers),
         cmocka_unit_test(test_single_worker_back_to_back),
+        cmocka_unit_test(test_worker_slots_run_concurrently),
         cmocka_unit_test(test_rate_limited),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
