@@ -6,11 +6,11 @@
  *   same collation, so "ABC" and "abc" are one session with one owner.
  * - Opening an unknown id inserts it with INSERT IGNORE and then re-reads the owner: of two users racing
  *   for the same new id exactly one wins and the other gets CHAT_EFORBIDDEN.
- * - A turn is ONE multi-row INSERT of the user and the assistant rows, so even when the connection drops
- *   mid-way (and chat_db reconnects outside the transaction) the pair is stored entirely or not at all;
- *   the transaction around it adds the session row lock and the updated_at touch. The unique key
- *   (session_id, request_id, role) makes a retried request a no-op ("ON DUPLICATE KEY UPDATE id = id"
- *   rather than INSERT IGNORE, which would also silence truncation and foreign-key errors).
+ * - A turn is ONE autocommit INSERT ... SELECT of the user and the assistant rows, joined to the session
+ *   row so that nothing is stored for a session that does not exist: the pair is stored entirely or not
+ *   at all, in one round trip (the updated_at touch follows as a second, informational one). The unique
+ *   key (session_id, request_id, role) makes a retried request a no-op ("ON DUPLICATE KEY UPDATE id = id"
+ *   rather than INSERT IGNORE, which would also silence truncation errors).
  * - Texts must be valid UTF-8 and fit MEDIUMTEXT; the front ends cap messages far lower (8 KB), but
  *   memory stores what it is given within the column's limit rather than imposing a second policy.
  * - Nothing here logs message content; errors name ids and codes only. */
@@ -198,36 +198,32 @@ int chat_memory_store_turn(chat_db *db, const char *session_id, const char *requ
         (metadata_json && !chat_utf8_valid(metadata_json, ml)))
         return chat_fail(err, errlen, CHAT_EINVAL, "turn is not valid UTF-8");
 
-    int rc = chat_db_begin(db, err, errlen);
-    if (rc) return rc;
-    bool exists = false;
-    chat_db_param sp = CHAT_DB_P_STR(session_id);
-    /* locks the session row: concurrent turns of one session are stored one after the other */
-    rc = chat_db_run(db, "SELECT 1 FROM chat_sessions WHERE id = ? FOR UPDATE", &sp, 1, exists_row, &exists, NULL,
-                     NULL, err, errlen);
-    if (rc) goto fail;
-    if (!exists) {
-        rc = chat_fail(err, errlen, CHAT_ENOTFOUND, "session %s does not exist", session_id);
-        goto fail;
-    }
+    /* One autocommit statement, atomic by itself: both rows or neither, and only when the session
+     * exists (the SELECT yields no row otherwise). A retried request finds its rows and adds nothing. */
     chat_db_param p[] = {
-        CHAT_DB_P_STR(session_id), CHAT_DB_P_STR(request_id), CHAT_DB_P_STRN(user_text, ul),
-        CHAT_DB_P_STR(session_id), CHAT_DB_P_STR(request_id), CHAT_DB_P_STRN(assistant_text, al),
-        metadata_json ? CHAT_DB_P_STRN(metadata_json, ml) : CHAT_DB_P_NULL(),
+        CHAT_DB_P_STR(request_id), CHAT_DB_P_STRN(user_text, ul), CHAT_DB_P_STRN(assistant_text, al),
+        metadata_json ? CHAT_DB_P_STRN(metadata_json, ml) : CHAT_DB_P_NULL(), CHAT_DB_P_STR(session_id),
     };
-    rc = chat_db_run(db,
-                     "INSERT INTO chat_messages (session_id, request_id, role, content, metadata) VALUES "
-                     "(?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?) ON DUPLICATE KEY UPDATE id = id",
-                     p, 7, NULL, NULL, NULL, NULL, err, errlen);
-    if (rc) goto fail;
-    rc = chat_db_run(db, "UPDATE chat_sessions SET updated_at = CURRENT_TIMESTAMP WHERE id = ?", &sp, 1, NULL, NULL,
-                     NULL, NULL, err, errlen);
-    if (rc) goto fail;
-    return chat_db_commit(db, err, errlen);
-
-fail:
-    chat_db_rollback(db);
-    return rc;
+    long long affected = 0;
+    int rc = chat_db_run(db,
+                         "INSERT INTO chat_messages (session_id, request_id, role, content, metadata)"
+                         " SELECT s.id, ?, t.role, t.content, t.metadata FROM chat_sessions s"
+                         " JOIN (SELECT 1 AS n, 'user' AS role, ? AS content, NULL AS metadata"
+                         "       UNION ALL SELECT 2, 'assistant', ?, ?) t"
+                         " WHERE s.id = ? ORDER BY t.n"
+                         " ON DUPLICATE KEY UPDATE id = chat_messages.id",
+                         p, 5, NULL, NULL, &affected, NULL, err, errlen);
+    chat_db_param sp = CHAT_DB_P_STR(session_id);
+    if (rc) return rc;
+    if (affected > 0) /* the session's last activity; informational, so outside the insert's atomicity */
+        return chat_db_run(db, "UPDATE chat_sessions SET updated_at = CURRENT_TIMESTAMP WHERE id = ?", &sp, 1, NULL,
+                           NULL, NULL, NULL, err, errlen);
+    /* Nothing inserted: a retry of a stored turn, or no such session. */
+    bool exists = false;
+    rc = chat_db_run(db, "SELECT 1 FROM chat_sessions WHERE id = ?", &sp, 1, exists_row, &exists, NULL, NULL, err,
+                     errlen);
+    if (rc) return rc;
+    return exists ? 0 : chat_fail(err, errlen, CHAT_ENOTFOUND, "session %s does not exist", session_id);
 }
 
 /* ---- the REST history ------------------------------------------------------------------------------- */
