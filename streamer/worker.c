@@ -38,6 +38,7 @@
 
 #define EVENTS_ENDPOINT "inproc://chat-worker-events"
 #define DONE_CMD "DONE"
+#define TOKENS_CMD "TOK" /* tokens are waiting in the worker's token buffer */
 #define STOP_GIVE_UP_MS 5000 /* after the grace period and a cancel, exit anyway */
 
 typedef struct worker {
@@ -63,9 +64,16 @@ typedef struct worker {
      * moment later: a JOB arriving in between waits here and starts on DONE. */
     chat_wire_msg next_msg;
     bool has_next;
+
+    /* Tokens, job thread -> main thread. The job thread appends and wakes the main thread only when the
+     * buffer was empty; the main thread sends everything waiting as one event. A model that streams
+     * slowly gets one event per token; a fast one gets batches, with no timer and no added latency. */
+    pthread_mutex_t tok_mu;
+    chat_buf tok_buf;
 } worker;
 
 typedef struct sink_ctx {
+    worker *w;
     void *pair;
     uint64_t job_id;
     atomic_int *cancel;
@@ -89,8 +97,16 @@ static void on_progress(void *ud, const char *step, const char *message)
 static int on_token(void *ud, const char *text, size_t len)
 {
     sink_ctx *c = ud;
-    chat_wire_part f[1] = {{text, len}};
-    chat_wire_send_event(c->pair, c->job_id, CHAT_WIRE_EV_TOKEN, f, 1, 0);
+    pthread_mutex_lock(&c->w->tok_mu);
+    bool was_empty = c->w->tok_buf.len == 0;
+    int rc = chat_buf_append(&c->w->tok_buf, text, len);
+    pthread_mutex_unlock(&c->w->tok_mu);
+    if (rc) return 1;
+    if (was_empty) {
+        char id[24];
+        snprintf(id, sizeof id, "%" PRIu64, c->job_id);
+        chat_wire_send_cmd(c->pair, NULL, 0, TOKENS_CMD, id, 0);
+    }
     return atomic_load(c->cancel) ? 1 : 0;
 }
 
@@ -142,7 +158,7 @@ static void *job_thread(void *arg)
             .user = &user,
             .request_id = job.request_id[0] ? job.request_id : NULL,
         };
-        sink_ctx c = {.pair = pair, .job_id = job.job_id, .cancel = &w->cancel};
+        sink_ctx c = {.w = w, .pair = pair, .job_id = job.job_id, .cancel = &w->cancel};
         chat_sink sink = {
             .ud = &c, .progress = on_progress, .token = on_token, .complete = on_complete, .error = on_error};
         int rc = chat_pipeline_run(w->pipeline, &req, &sink, &w->cancel);
@@ -246,12 +262,36 @@ static void handle_broker(worker *w, void *dealer, chat_wire_msg *m, bool stoppi
     if (chat_wire_is(m, 0, CHAT_WIRE_RESET)) *reset = true;
 }
 
+/* Sends the tokens waiting in the buffer as one event (main thread). */
+static void flush_tokens(worker *w, void *dealer, uint64_t job_id)
+{
+    chat_buf out;
+    pthread_mutex_lock(&w->tok_mu);
+    out = w->tok_buf;
+    chat_buf_init(&w->tok_buf);
+    pthread_mutex_unlock(&w->tok_mu);
+    if (out.len) {
+        chat_wire_part f[1] = {{out.data, out.len}};
+        /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
+        if (chat_wire_send_event(dealer, job_id, CHAT_WIRE_EV_TOKEN, f, 1, 0))
+            chat_log_warn("worker: tokens not sent: %s", zmq_strerror(errno));
+    }
+    chat_buf_free(&out);
+}
+
 /* An event from the job thread: forward it, note terminal events, finish on DONE. */
 static void handle_job_event(worker *w, void *dealer, chat_wire_msg *m)
 {
+    if (chat_wire_is(m, 0, TOKENS_CMD)) {
+        uint64_t id = 0;
+        chat_wire_u64(m, 1, &id);
+        flush_tokens(w, dealer, id);
+        return;
+    }
     if (chat_wire_is(m, 0, DONE_CMD)) {
         uint64_t id = 0;
         chat_wire_u64(m, 1, &id);
+        flush_tokens(w, dealer, id);
         if (!w->terminal_sent) {
             chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", id);
             send_job_error(dealer, id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
@@ -267,7 +307,10 @@ static void handle_job_event(worker *w, void *dealer, chat_wire_msg *m)
         return;
     }
     /* EV job_id kind ...: the kind is part 2 here (the broker sees it at 3, after the envelope). */
-    if (chat_wire_is(m, 2, CHAT_WIRE_EV_COMPLETE) || chat_wire_is(m, 2, CHAT_WIRE_EV_ERROR)) w->terminal_sent = true;
+    if (chat_wire_is(m, 2, CHAT_WIRE_EV_COMPLETE) || chat_wire_is(m, 2, CHAT_WIRE_EV_ERROR)) {
+        w->terminal_sent = true;
+        flush_tokens(w, dealer, w->job_id); /* nothing may follow the terminal event */
+    }
     chat_wire_part p[CHAT_WIRE_MAX_PARTS];
     for (int i = 0; i < m->n; i++)
         p[i] = (chat_wire_part){m->part[i], m->len[i]};
@@ -287,6 +330,8 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
     chat_wire_msg_init(&m);
     w->cfg = *cfg;
     pthread_mutex_init(&w->mu, NULL);
+    pthread_mutex_init(&w->tok_mu, NULL);
+    chat_buf_init(&w->tok_buf);
     pthread_cond_init(&w->cv, NULL);
     chat_wire_msg_init(&w->job_msg);
     chat_wire_msg_init(&w->next_msg);
@@ -402,6 +447,8 @@ out:
         chat_wire_msg_clear(&w->next_msg);
         pthread_cond_destroy(&w->cv);
         pthread_mutex_destroy(&w->mu);
+        pthread_mutex_destroy(&w->tok_mu);
+        chat_buf_free(&w->tok_buf);
         free(w);
     }
     return rc;
