@@ -214,7 +214,8 @@ int main(int argc, char **argv)
     const char *url = DEFAULT_URL, *token_arg = NULL, *token_file = NULL, *origin = NULL, *session = NULL;
     cli k = {.timeout_ms = 120 * 1000};
     int opt;
-    while ((opt = getopt_long(argc, argv, "+", longopts, NULL)) != -1) {
+    /* Options may follow the messages (getopt permutes); "--" ends them for a message starting with "-". */
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
         case 'u': url = optarg; break;
         case 't': token_arg = optarg; break;
