@@ -287,6 +287,8 @@ run() {
   trap 'echo; say "stopping"; stop_all; exit 0' INT TERM
   # The interactive demo paces the offline provider like a real model so streaming is visible.
   export CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-25}
+  # ...and lets the demo user look at any sample customer (the test page's customer field).
+  export CHAT_CUSTOMER_ACCESS=${CHAT_CUSTOMER_ACCESS:-any}
   start_all || { stop_all; exit 1; }
   say "running in the foreground; Ctrl-C stops everything"
   local c

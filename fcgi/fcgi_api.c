@@ -29,6 +29,7 @@
 #include "chat_memory.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
+#include "chat_util.h"
 #include "fcgi_health.h"
 
 #define DEMO_TOKEN_MAX 8192
@@ -333,7 +334,7 @@ static int chat_failed(fcgi_resp *resp, int rc, const chat_result *r)
         return set_error(resp, 503, FCGI_CODE_SERVICE_UNAVAILABLE, "Service temporarily unavailable");
     }
     if (rc == CHAT_EFORBIDDEN || !strcmp(code, CHAT_CODE_SESSION_FORBIDDEN))
-        return set_error(resp, 403, CHAT_CODE_SESSION_FORBIDDEN,
+        return set_error(resp, 403, code[0] ? code : CHAT_CODE_SESSION_FORBIDDEN,
                          r->message[0] ? r->message : "This session belongs to another user");
     if (rc == CHAT_EINVAL)
         return set_error(resp, 400, code[0] ? code : CHAT_CODE_INVALID_REQUEST,
@@ -403,12 +404,12 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
         status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "message must be a string");
         goto cleanup;
     }
-    const char *msg = json_object_get_string(jm);
-    size_t mlen = strlen(msg);
-    while (mlen && strchr(" \t\r\n\f\v", msg[mlen - 1]))
-        mlen--;
-    while (mlen && strchr(" \t\r\n\f\v", *msg))
-        msg++, mlen--;
+    size_t mlen;
+    const char *msg = chat_proto_trim(json_object_get_string(jm), strlen(json_object_get_string(jm)), &mlen);
+    if (!chat_utf8_valid(msg, mlen)) { /* json-c lets overlongs and encoded surrogates through */
+        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "message must be valid UTF-8");
+        goto cleanup;
+    }
     if (!mlen) {
         status = set_error(resp, 400, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
         goto cleanup;

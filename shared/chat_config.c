@@ -94,6 +94,7 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(kb_top_k, "CHAT_KB_TOP_K", 4, 1, 50);
     INT(kb_common_pct, "CHAT_KB_COMMON_PCT", 12, 0, 100);
     INT(max_message_bytes, "CHAT_MAX_MESSAGE_BYTES", 8192, 16, 1 << 20);
+    STR(customer_access, "CHAT_CUSTOMER_ACCESS", "own");
 
     STR(zmq_endpoint, "CHAT_ZMQ_ENDPOINT", "ipc://var/run/chat-workers.ipc");
     STR(streamer_listen, "CHAT_STREAMER_LISTEN", "127.0.0.1:8001");
@@ -108,6 +109,8 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(max_queue_per_conn, "CHAT_MAX_QUEUE", 8, 1, 1000);
     INT(max_outbound_bytes, "CHAT_MAX_OUTBOUND_BYTES", 1 << 20, 4096, 1 << 30);
 
+    if (strcmp(cfg->customer_access, "own") && strcmp(cfg->customer_access, "any"))
+        return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CUSTOMER_ACCESS must be own or any");
     if (strcmp(cfg->llm_provider, "openai") && strcmp(cfg->llm_provider, "extractive"))
         return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_PROVIDER must be openai or extractive");
     if (!strcmp(cfg->llm_provider, "openai") && !cfg->llm_base_url[0])

@@ -41,6 +41,9 @@ typedef struct chat_config {
     int kb_top_k;
     int kb_common_pct; /* words in more than this % of a large knowledge base are left out of queries */
     int max_message_bytes;
+    /* Who may name a customer_id: "own" (the token's email is the customer's email) or "any"
+     * (every authenticated user: staff desks, demos). */
+    char customer_access[8];
 
     /* Streamer and workers. */
     char zmq_endpoint[512];   /* where the streamer's ROUTER binds and workers connect */

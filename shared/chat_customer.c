@@ -35,7 +35,8 @@ static int customer_row(void *ud, int ncols, char **vals, unsigned long *lens)
     load_ctx *x = ud;
     x->c->id = chat_strdup0(vals[0]);
     x->c->name = chat_strdup0(vals[1] ? vals[1] : "");
-    if (!x->c->id || !x->c->name) {
+    x->c->email = chat_strdup0(vals[2] ? vals[2] : "");
+    if (!x->c->id || !x->c->name || !x->c->email) {
         x->rc = CHAT_ENOMEM;
         return 1;
     }
@@ -95,7 +96,7 @@ int chat_customer_load(chat_db *db, const char *customer_id, chat_customer *out,
     if (!chat_id_valid(customer_id)) return chat_fail(err, errlen, CHAT_ENOTFOUND, "no such customer");
     chat_db_param id = CHAT_DB_P_STR(customer_id);
     load_ctx x = {.c = out};
-    int rc = chat_db_run(db, "SELECT id, name FROM customers WHERE id = ?", &id, 1, customer_row, &x, NULL, NULL,
+    int rc = chat_db_run(db, "SELECT id, name, email FROM customers WHERE id = ?", &id, 1, customer_row, &x, NULL, NULL,
                          err, errlen);
     if (rc == 0 && !out->id && !x.rc) return chat_fail(err, errlen, CHAT_ENOTFOUND, "no such customer");
 
@@ -143,7 +144,7 @@ void chat_customer_clear(chat_customer *c)
         chat_appointment *a = &c->appointments[i];
         free(a->scheduled_at), free(a->service), free(a->location), free(a->status), free(a->vehicle_id);
     }
-    free(c->vehicles), free(c->appointments), free(c->id), free(c->name);
+    free(c->vehicles), free(c->appointments), free(c->id), free(c->name), free(c->email);
     memset(c, 0, sizeof *c);
 }
 

@@ -27,6 +27,7 @@ typedef struct chat_appointment {
 typedef struct chat_customer {
     char *id;
     char *name;
+    char *email; /* for the access check only; never put in prompts */
     chat_vehicle *vehicles;
     size_t n_vehicles;
     chat_appointment *appointments; /* upcoming (scheduled, from now on) first by date, then the last 3 past */

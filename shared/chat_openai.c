@@ -291,6 +291,7 @@ typedef struct oai_stream {
  * U+FFFD. Returns non-zero when the caller's callback asked to stop. */
 static int oai_emit(oai_stream *s, bool final)
 {
+    if (!s->hold.len) return 0; /* nothing held (hold.data may not even be allocated) */
     const unsigned char *h = (const unsigned char *)s->hold.data;
     size_t i = 0;
     chat_buf_reset(&s->out);
@@ -351,6 +352,8 @@ static int oai_on_event(void *ud, const char *event, const char *data, size_t le
     if (rc == 0 && !strcmp(event, "error")) rc = chat_fail(err, sizeof err, CHAT_EINVAL, "LLM provider error");
     if (rc) {
         free(text);
+        /* a provider that echoes the request's key in its error text must not get it logged or shown */
+        if (s->o->key[0] && strstr(err, s->o->key)) snprintf(err, sizeof err, "LLM provider error (message withheld)");
         return oai_fail(s, CHAT_ELLM, rc == CHAT_ENOMEM ? "out of memory" : err);
     }
     if (text && *text) {

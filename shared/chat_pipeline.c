@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "chat_classify.h"
 #include "chat_common.h"
@@ -152,12 +153,18 @@ typedef struct run_ctx {
     int64_t t0_us;
     int64_t first_token_us; /* 0 until the first token */
     bool stopped;           /* the sink asked to stop */
+    size_t max_bytes;       /* the answer's size limit, whatever the provider sends */
+    bool truncated;         /* stopped at max_bytes */
 } run_ctx;
 
 static int on_token(void *ud, const char *text, size_t len)
 {
     run_ctx *c = ud;
     if (!c->first_token_us) c->first_token_us = chat_now_us();
+    if (c->response.len + len > c->max_bytes) { /* a provider that never stops must not exhaust memory */
+        c->truncated = true;
+        return 1;
+    }
     if (chat_buf_append(&c->response, text, len)) return 1;
     if (c->sink->token && c->sink->token(c->sink->ud, text, len)) {
         c->stopped = true;
@@ -254,7 +261,9 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     char *customer_text = NULL, *system = NULL, *query = NULL, *metadata = NULL;
     chat_llm_message *msgs = NULL;
     chat_llm_result lr = {0};
-    run_ctx c = {.sink = sink, .t0_us = chat_now_us()};
+    /* max_tokens is the provider's limit; this one holds even when a provider ignores it */
+    size_t max_bytes = (size_t)p->cfg.llm_max_tokens * 64;
+    run_ctx c = {.sink = sink, .t0_us = chat_now_us(), .max_bytes = max_bytes < 16384 ? 16384 : max_bytes};
     chat_buf_init(&c.response);
     int rc = 0;
 
@@ -263,6 +272,26 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
 
     progress(sink, "starting", "Processing your message...");
 
+    /* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
+     * customer whose email is the token's. Checked first, so a refused request stores nothing; an
+     * unknown id is refused the same way, so ids cannot be probed. */
+    if (req->customer_id && *req->customer_id) {
+        int crc = chat_customer_load(p->db, req->customer_id, &cust, err, sizeof err);
+        if (crc == CHAT_EDB) {
+            chat_log_warn("pipeline: customer: %s", err);
+            rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
+            goto out;
+        }
+        have_customer = crc == 0;
+        bool own = have_customer && req->user->email[0] && !strcasecmp(req->user->email, cust.email);
+        if (strcmp(p->cfg.customer_access, "any") && !own) {
+            rc = fail_event(sink, CHAT_EFORBIDDEN, CHAT_CODE_CUSTOMER_FORBIDDEN,
+                            "You may not access this customer's records");
+            goto out;
+        }
+        if (have_customer) customer_text = chat_customer_describe(&cust);
+    }
+
     /* Session and memory. */
     rc = chat_memory_open(p->db, req->user->id, req->session_id, req->customer_id, sid, NULL, err, sizeof err);
     if (rc == CHAT_EFORBIDDEN) {
@@ -270,7 +299,7 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
         goto out;
     }
     if (rc == CHAT_EINVAL) {
-        rc = fail_event(sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id");
+        rc = fail_event(sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
         goto out;
     }
     if (rc) {
@@ -306,16 +335,6 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
         chat_buf_free(&joined);
     }
     chat_log_debug("pipeline: routed to %s (%.2f) %s", route.agent, route.confidence, route.explain);
-
-    if (req->customer_id && *req->customer_id) {
-        int crc = chat_customer_load(p->db, req->customer_id, &cust, err, sizeof err);
-        if (crc == 0) {
-            have_customer = true;
-            customer_text = chat_customer_describe(&cust);
-        } else if (crc != CHAT_ENOTFOUND) {
-            chat_log_warn("pipeline: customer: %s", err);
-        }
-    }
 
     /* The model in question: named now, else named in recent history, else the customer's boat. */
     const model_entry *model = find_model(p, req->message);
@@ -381,7 +400,10 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     };
     rc = chat_llm_generate(p->llm, &lreq, on_token, &c, cancel, &lr, err, sizeof err);
     const char *finish = lr.finish_reason[0] ? lr.finish_reason : "stop";
-    if (rc == CHAT_ECANCELLED || c.stopped) {
+    if (c.truncated) {
+        finish = "length";
+        rc = 0;
+    } else if (rc == CHAT_ECANCELLED || c.stopped) {
         finish = "cancelled";
         rc = 0;
     } else if (rc) {

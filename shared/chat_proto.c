@@ -55,7 +55,7 @@ static bool is_space_cp(unsigned long cp)
 }
 
 /* Trims whitespace at both ends of valid UTF-8 s[0..n); returns the kept range. */
-static const char *trim(const char *s, size_t n, size_t *outlen)
+const char *chat_proto_trim(const char *s, size_t n, size_t *outlen)
 {
     const unsigned char *p = (const unsigned char *)s;
     size_t b = 0, e = n;
@@ -371,7 +371,7 @@ static int parse_message(json_object *root, size_t max_bytes, chat_in *in, const
     if (strlen(s) != n) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Message must not contain NUL");
     if (!chat_utf8_valid(s, n)) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Message must be UTF-8");
     size_t kept;
-    const char *t = trim(s, n, &kept);
+    const char *t = chat_proto_trim(s, n, &kept);
     if (kept == 0) return bad(code, CHAT_CODE_EMPTY_MESSAGE, err, errlen, "Message cannot be empty");
     if (kept > max_bytes) {
         if (code) *code = CHAT_CODE_MESSAGE_TOO_LONG;

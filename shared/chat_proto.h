@@ -18,6 +18,7 @@
 #define CHAT_CODE_UNKNOWN_TYPE "UNKNOWN_TYPE"
 #define CHAT_CODE_MESSAGE_TOO_LONG "MESSAGE_TOO_LONG"
 #define CHAT_CODE_SESSION_FORBIDDEN "SESSION_FORBIDDEN"
+#define CHAT_CODE_CUSTOMER_FORBIDDEN "CUSTOMER_FORBIDDEN" /* customer_id names someone else's records */
 #define CHAT_CODE_RATE_LIMITED "RATE_LIMITED"
 #define CHAT_CODE_OVERLOADED "OVERLOADED"
 #define CHAT_CODE_INVALID_REQUEST "INVALID_REQUEST" /* a field of the wrong type or format */
@@ -39,6 +40,11 @@ typedef struct chat_in {
 int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, chat_in *in, const char **code,
                      char *err, size_t errlen);
 void chat_in_clear(chat_in *in);
+
+/* The message text without leading and trailing whitespace (the set Python's str.strip() removes,
+ * Unicode spaces included): returns a pointer into s and its length in *outlen. Both front ends use it,
+ * so a message is empty, or too long, the same way over WebSocket and REST. */
+const char *chat_proto_trim(const char *s, size_t n, size_t *outlen);
 
 char *chat_proto_auth_success(const chat_user *user);
 char *chat_proto_auth_error(const char *message);

@@ -751,14 +751,19 @@ static void broker_kick(sb_broker *b)
     (void)r; /* EAGAIN means the counter is already non-zero: the broker wakes anyway */
 }
 
+void sb_broker_stop(sb_broker *b)
+{
+    if (!b || !b->started) return;
+    atomic_store(&b->stop, true);
+    broker_kick(b);
+    pthread_join(b->thread, NULL);
+    b->started = false;
+}
+
 void sb_broker_free(sb_broker *b)
 {
     if (!b) return;
-    if (b->started) {
-        atomic_store(&b->stop, true);
-        broker_kick(b);
-        pthread_join(b->thread, NULL);
-    }
+    sb_broker_stop(b);
     if (b->router) zmq_close(b->router);
     if (b->zctx) zmq_ctx_term(b->zctx);
     if (b->efd >= 0) close(b->efd);

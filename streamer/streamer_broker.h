@@ -62,6 +62,9 @@ typedef struct sb_broker sb_broker;
  * wake(wake_ud) is called from the broker thread when events are waiting. NULL with err on failure. */
 sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wake_ud, char *err, size_t errlen);
 int sb_broker_start(sb_broker *b, char *err, size_t errlen);
+/* Stops and joins the broker thread (idempotent, accepts NULL): after it, wake() is never called again,
+ * and sb_broker_cancel/submit only queue. Call it before the lws context that wake() touches goes away. */
+void sb_broker_stop(sb_broker *b);
 /* Stops the thread (if started), closes the socket, frees queued jobs and events. Accepts NULL. */
 void sb_broker_free(sb_broker *b);
 

@@ -163,7 +163,7 @@ static struct {
 static const char *const ERROR_CODES[] = {
     CHAT_CODE_AUTH_REQUIRED, CHAT_CODE_EMPTY_MESSAGE,    CHAT_CODE_PROCESSING_ERROR,  CHAT_CODE_INVALID_JSON,
     CHAT_CODE_UNKNOWN_TYPE,  CHAT_CODE_MESSAGE_TOO_LONG, CHAT_CODE_SESSION_FORBIDDEN, CHAT_CODE_RATE_LIMITED,
-    CHAT_CODE_OVERLOADED,    CHAT_CODE_INVALID_REQUEST,
+    CHAT_CODE_OVERLOADED,    CHAT_CODE_INVALID_REQUEST,  CHAT_CODE_CUSTOMER_FORBIDDEN,
 };
 
 static void dl_remove(sess *s, int k)
@@ -507,8 +507,10 @@ static void start_job(sess *s, pmsg *p)
     x->job_t0_ms = chat_now_ms();
     chat_buf_reset(&x->answer);
     pmsg_free(p);
-    send_json(s, chat_proto_progress("starting"));
+    /* Submitted before "starting" is queued: should that frame push a slow reader over its limit, the
+     * connection's teardown cancels a job the broker already knows, instead of one it has not seen. */
     sb_broker_submit(S.broker, job);
+    send_json(s, chat_proto_progress("starting"));
     chat_log_debug("streamer: job %" PRIu64 " submitted", id);
 }
 
@@ -624,9 +626,9 @@ static void handle_auth(sess *s, const char *token)
 
 static void handle_message(sess *s, chat_in *in, int64_t now)
 {
+    /* The user stays recorded: messages queued while the token was valid still run under it. New
+     * ones are refused until an auth message brings a fresh token (and a new token_exp). */
     if (s->user && (int64_t)time(NULL) - S.cfg.jwt_leeway_s >= s->token_exp) {
-        free(s->user);
-        s->user = NULL;
         send_error(s, "Token expired, please authenticate again", CHAT_CODE_AUTH_REQUIRED);
         return;
     }
@@ -1247,6 +1249,7 @@ int st_run(const sigset_t *unblock)
 
 void st_cleanup(void)
 {
+    sb_broker_stop(S.broker); /* its wake-ups touch S.ctx: no thread may use it while it is destroyed */
     if (S.ctx) {
         lws_sul_cancel(&S.tick);
         lws_context_destroy(S.ctx); /* closes what is left; CLOSED callbacks cancel their jobs */

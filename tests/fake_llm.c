@@ -19,6 +19,9 @@
  *   fake-length       5 content chunks, finish_reason "length", no usage chunk (like servers that ignore
  *                     stream_options), [DONE]
  *   fake-error-event  2 content chunks, then data: {"error":{"message":"The model is overloaded..."}}
+ *   fake-empty        no content at all: the role chunk, finish_reason "stop", usage, [DONE] (a content
+ *                     filter, or a reasoning model that spent its tokens thinking)
+ *   fake-endless      ignores max_tokens: 5,000 chunks of 100 bytes (500 KB) before it stops
  *   fake-utf8         "Héllo wörld — 日本語 🚤 ok" sent in 2-byte slices, so multi-byte characters are cut
  *                     across chunks (raw bytes inside the JSON strings, as some servers do)
  * Usage reported by fake-ok: prompt_tokens = 3 * messages + content bytes / 4, completion_tokens = the
@@ -72,12 +75,15 @@ enum scenario {
     SC_LENGTH,
     SC_ERROR_EVENT,
     SC_UTF8,
+    SC_EMPTY,
+    SC_ENDLESS,
     SC_COUNT
 };
 static const char *sc_names[SC_COUNT] = {
     "fake-ok",         "fake-401",         "fake-429",        "fake-429-always", "fake-500-once",
     "fake-disconnect", "fake-stall",       "fake-slow-first", "fake-garbage",    "fake-no-done",
-    "fake-length",     "fake-error-event", "fake-utf8",
+    "fake-length",     "fake-error-event", "fake-utf8",       "fake-empty",
+    "fake-endless",
 };
 
 static const char utf8_text[] =
@@ -356,6 +362,14 @@ static bool stream_answer(int fd, const completion *c)
     wr_sse(&w, ev.data, ev.len);
     chat_buf_reset(&ev);
 
+    if (c->sc == SC_ENDLESS) {
+        char hundred[101];
+        memset(hundred, 'x', 99), hundred[99] = ' ', hundred[100] = '\0';
+        for (int i = 0; i < 5000 && !w.dead; i++) {
+            ev_chunk(&ev, c, false, hundred, 100, NULL, 0);
+            if (i % 50 == 49) wr_sse(&w, ev.data, ev.len), chat_buf_reset(&ev);
+        }
+    }
     if (c->sc == SC_GARBAGE) {
         chat_buf_puts(&ev, "data: this is not json\n\n");
         wr_sse(&w, ev.data, ev.len);
@@ -391,6 +405,7 @@ static bool stream_answer(int fd, const completion *c)
             wr_end(&w);
             goto done;
         }
+        if (c->sc == SC_EMPTY) break;
         if (c->sc == SC_LENGTH && i == 5) {
             finish = "length";
             break;

@@ -480,6 +480,8 @@ static void test_request_errors(void **state)
         {"70 KB body (responder limit)", "application/json", 10, 413, "PAYLOAD_TOO_LARGE"},
         {"200 KB body (lighttpd limit)", "application/json", 11, 413, "PAYLOAD_TOO_LARGE"},
         {"message too long", "application/json", 12, 400, "MESSAGE_TOO_LONG"},
+        {"someone else's customer", "application/json", 13, 403, "CUSTOMER_FORBIDDEN"},
+        {"only Unicode spaces", "application/json", 14, 400, "EMPTY_MESSAGE"},
     };
     const char *bodies[] = {"{\"message\":\"\"}",
                             "{\"message\":\"  \\n\\t \"}",
@@ -493,7 +495,9 @@ static void test_request_errors(void **state)
                             "{\"message\":\"hi\"}",
                             over,
                             big,
-                            longmsg};
+                            longmsg,
+                            "{\"message\":\"When is my next service?\",\"customer_id\":\"cust-1001\"}",
+                            "{\"message\":\"\\u00a0\\u3000 \"}"};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         http_resp r;
         post_chat(E.alice, cases[i].content_type, bodies[cases[i].body], &r);

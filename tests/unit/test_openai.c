@@ -389,6 +389,18 @@ static void test_length_and_estimates(void **state)
     run_free(&r);
 }
 
+/* A stream with no content at all completes with an empty answer (it used to crash the worker). */
+static void test_empty_stream(void **state)
+{
+    (void)state;
+    run r;
+    run_model("fake-empty", &r);
+    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
+    assert_string_equal(r.res.finish_reason, "stop");
+    assert_int_equal(r.col.pieces, 0);
+    run_free(&r);
+}
+
 static void test_utf8(void **state)
 {
     (void)state;
@@ -638,6 +650,7 @@ int main(void)
         cmocka_unit_test(test_retry_500_once),
         cmocka_unit_test(test_connect_refused),
         cmocka_unit_test(test_length_and_estimates),
+        cmocka_unit_test(test_empty_stream),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_stall_timeout),
         cmocka_unit_test(test_first_token_timeout),

@@ -97,6 +97,7 @@ static int setup(void **state)
     chat_db_free(db);
     chat_config cfg = testutil_config("pipeline");
     snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    snprintf(cfg.customer_access, sizeof cfg.customer_access, "any"); /* a staff desk: the facts table names many customers */
     char err[256];
     pipe_extractive = chat_pipeline_new(&cfg, err, sizeof err);
     assert_non_null(pipe_extractive);
@@ -321,6 +322,41 @@ static void test_cancel_each_stage(void **state)
     }
 }
 
+/* CHAT_CUSTOMER_ACCESS=own (the default): only the customer whose email is the token's. */
+static void test_customer_access_own(void **state)
+{
+    chat_config cfg = testutil_config("pipeline");
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    assert_string_equal(cfg.customer_access, "own");
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
+    assert_non_null(p);
+    chat_user daniel = {"user-daniel", "Daniel.Okafor@example.com", "Daniel", 0}; /* cust-1001's email */
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(p, &e, &daniel, "What is the engine power?", "own-1", "cust-1001", NULL, NULL), 0);
+    assert_non_null(strstr(e.response, "250 hp"));
+    ev_clear(&e);
+    static const char *const refused[] = {"cust-1001", "cust-1002", "cust-9999"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(refused); i++) {
+        const chat_user *u = i == 0 ? &alice : &daniel;
+        ev_init(&e);
+        assert_int_equal(run(p, &e, u, "When is my next service?", "own-2", refused[i], NULL, NULL), CHAT_EFORBIDDEN);
+        assert_string_equal(e.error_code, "CUSTOMER_FORBIDDEN");
+        assert_int_equal(e.n_tokens, 0);
+        assert_int_equal(e.n_steps, 1); /* refused before anything else ran */
+        ev_clear(&e);
+    }
+    /* nothing was stored for the refused requests */
+    long long n = -1;
+    chat_db_param sp = CHAT_DB_P_STR("own-2");
+    assert_int_equal(chat_db_run(chat_pipeline_db(p), "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", &sp, 1,
+                                 count_row, &n, NULL, NULL, err, sizeof err),
+                     0);
+    assert_int_equal(n, 0);
+    chat_pipeline_free(p);
+}
+
 static void test_database_down(void **state)
 {
     chat_config cfg = testutil_config("pipeline");
@@ -379,6 +415,16 @@ static void test_openai_provider(void **state)
     assert_string_equal(e.error_code, "PROCESSING_ERROR");
     ev_clear(&e);
     chat_pipeline_free(p2);
+    /* a provider that ignores max_tokens is cut at the answer's size limit: finish_reason length */
+    snprintf(cfg.llm_model, sizeof cfg.llm_model, "fake-endless");
+    cfg.llm_max_tokens = 100; /* limit: 16 KB */
+    chat_pipeline *p3 = chat_pipeline_new(&cfg, err, sizeof err);
+    ev_init(&e);
+    assert_int_equal(run(p3, &e, &alice, "engine power?", NULL, NULL, NULL, NULL), 0);
+    assert_string_equal(meta_str(e.metadata, "finish_reason"), "length");
+    assert_true(strlen(e.response) <= 16384 && strlen(e.response) > 8000);
+    ev_clear(&e);
+    chat_pipeline_free(p3);
     chat_pipeline_free(p);
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
@@ -396,6 +442,7 @@ int main(void)
         cmocka_unit_test(test_turn_stored_once),
         cmocka_unit_test(test_confidence_varies),
         cmocka_unit_test(test_cancel_each_stage),
+        cmocka_unit_test(test_customer_access_own),
         cmocka_unit_test(test_database_down),
         cmocka_unit_test(test_openai_provider),
     };
