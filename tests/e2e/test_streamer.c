@@ -640,6 +640,43 @@ static void test_token_expires_on_open_connection(void **state)
     free(payload);
 }
 
+/* Messages queued while the token was valid still run after it expires; a new one is refused. (The
+ * refusal used to drop the connection's user while queued messages still needed it: a crash.) */
+static void test_token_expires_with_queue(void **state)
+{
+    (void)state;
+    char *payload = claims("alice", -28, 0, true); /* valid for one or two more seconds */
+    char *token = jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, SECRET, strlen(SECRET));
+    chat_wsc *c = ws_open(NULL);
+    char msg[2048];
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
+    send_str(c, msg);
+    json_object *o = next_json(c, 5000);
+    assert_string_equal(jstr(o, "type"), "auth_success");
+    json_object_put(o);
+    for (int i = 0; i < 8; i++) send_message(c, QUESTION, "\"partial\":false"); /* 4-5 s of answers */
+    e2e_sleep_ms(2100);
+    send_message(c, QUESTION, NULL);
+    int completes = 0, refused = 0;
+    long long deadline = e2e_now_ms() + 30000;
+    while ((completes < 8 || !refused) && e2e_now_ms() < deadline) {
+        o = NULL;
+        if (chat_wsc_recv_json(c, 2000, &o)) break;
+        if (!strcmp(jstr(o, "type"), "complete")) completes++;
+        if (!strcmp(jstr(o, "type"), "error")) {
+            assert_string_equal(jstr(o, "code"), "AUTH_REQUIRED");
+            refused++;
+        }
+        json_object_put(o);
+    }
+    assert_int_equal(completes, 8);
+    assert_int_equal(refused, 1);
+    expect_usable(c); /* the streamer is alive and the connection too */
+    chat_wsc_close(c, 1000, NULL);
+    free(token);
+    free(payload);
+}
+
 static void test_message_without_auth(void **state)
 {
     (void)state;
@@ -1440,6 +1477,7 @@ int main(void)
         cmocka_unit_test(test_auth_query_failure_then_message),
         cmocka_unit_test(test_auth_message_expired_and_retry),
         cmocka_unit_test(test_token_expires_on_open_connection),
+        cmocka_unit_test(test_token_expires_with_queue),
         cmocka_unit_test(test_message_without_auth),
         cmocka_unit_test(test_jwt_attacks),
         cmocka_unit_test(test_streaming_chat),
