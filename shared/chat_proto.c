@@ -2,8 +2,8 @@
  *
  * Parsing uses a json_tokener with a depth limit and UTF-8 validation and insists the whole frame was
  * consumed (trailing whitespace aside), so a front end receives either a fully validated chat_in or one
- * CHAT_CODE_* with a client-facing message. Messages are trimmed of the whitespace Python's str.strip()
- * knows (ASCII and the Unicode spaces), so "only spaces" is empty whatever the client's keyboard.
+ * CHAT_CODE_* with a client-facing message. Messages are trimmed of whitespace (ASCII and the Unicode
+ * spaces), so "only spaces" is empty whatever the client's keyboard.
  *
  * Builders use json-c except chat_proto_token, which runs once per LLM token on the streamer's hot path
  * and is written by hand: one sizing pass, one malloc, one writing pass. Its escaper emits the short
@@ -46,7 +46,7 @@ static unsigned long utf8_decode(const unsigned char *p, size_t n)
     return cp;
 }
 
-/* The characters Python's str.isspace() accepts. */
+/* Whitespace code points: ASCII separators and the Unicode space characters. */
 static bool is_space_cp(unsigned long cp)
 {
     return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||

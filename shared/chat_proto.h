@@ -41,8 +41,7 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
                      char *err, size_t errlen);
 void chat_in_clear(chat_in *in);
 
-/* The message text without leading and trailing whitespace (the set Python's str.strip() removes,
- * Unicode spaces included): returns a pointer into s and its length in *outlen. Both front ends use it,
+/* The message text without leading and trailing whitespace (ASCII and the Unicode spaces): returns a pointer into s and its length in *outlen. Both front ends use it,
  * so a message is empty, or too long, the same way over WebSocket and REST. */
 const char *chat_proto_trim(const char *s, size_t n, size_t *outlen);
 
