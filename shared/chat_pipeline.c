@@ -293,7 +293,8 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     }
 
     /* Session and memory. */
-    rc = chat_memory_open(p->db, req->user->id, req->session_id, req->customer_id, sid, NULL, err, sizeof err);
+    int created = 0;
+    rc = chat_memory_open(p->db, req->user->id, req->session_id, req->customer_id, sid, &created, err, sizeof err);
     if (rc == CHAT_EFORBIDDEN) {
         rc = fail_event(sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
         goto out;
@@ -307,7 +308,8 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
         rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
         goto out;
     }
-    rc = chat_memory_history(p->db, sid, p->cfg.history_turns, &hist, err, sizeof err);
+    if (!created) /* a session created just now has no history to read */
+        rc = chat_memory_history(p->db, sid, p->cfg.history_turns, &hist, err, sizeof err);
     if (rc) {
         chat_log_warn("pipeline: history: %s", err);
         rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
