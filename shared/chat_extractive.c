@@ -131,6 +131,7 @@ typedef struct sentence {
     int passage;
     int order;
     double score;
+    bool other_code; /* names a fault code other than the one asked about */
 } sentence;
 
 typedef struct sctx {
@@ -276,7 +277,8 @@ char *chat_extractive_compose(const chat_llm_request *req)
         double score = c.score;
         /* a question about E42 is not answered by the sentence about E63 */
         char other[16];
-        if (has_code && chat_kb_find_fault_code(tmp, other) && strcmp(other, code)) score = 0;
+        s[i].other_code = has_code && chat_kb_find_fault_code(tmp, other) && strcmp(other, code);
+        if (s[i].other_code) score = 0;
         if (score > 0 && figure && c.has_number) score += 0.75;
         if (score > 0) score += 0.5 / (1 + s[i].passage) - 0.02 * s[i].order;
         s[i].score = score;
@@ -289,7 +291,7 @@ char *chat_extractive_compose(const chat_llm_request *req)
     if (has_code && np && chat_strcasestr(req->passages->items[0].title, code)) {
         int k = 0;
         for (int i = 0; i < ns; i++)
-            if (s[i].passage == 0 && s[i].order < 4) s[k++] = s[i];
+            if (s[i].passage == 0 && s[i].order < 4 && !s[i].other_code) s[k++] = s[i];
         ns = k;
         for (int i = 0; i < ns; i++) s[i].score = 10.0 - s[i].order;
         qsort(s, (size_t)ns, sizeof *s, cmp_score);
