@@ -277,8 +277,8 @@ static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms
             sl->at_ms = now;
         }
         if (df >= 0 && (rarest_df < 0 || df < rarest_df)) rarest_df = df, snprintf(rarest, sizeof rarest, "%s", term);
-        /* words with digits (model numbers, codes, figures) are specific even when frequent */
-        if (df > limit && !strpbrk(term, "0123456789")) continue;
+        /* codes that mix letters and digits (E42, V6) are specific even when frequent */
+        if (df > limit && !(strpbrk(term, "0123456789") && strpbrk(term, "abcdefghijklmnopqrstuvwxyz"))) continue;
         if (out.len) chat_buf_puts(&out, " ");
         chat_buf_puts(&out, term);
     }

@@ -1738,7 +1738,9 @@ static int run_parent(opts *o)
         bool held = o->mode == M_IDLE || o->mode == M_CONNECT;
         /* With one --pid-file per --url, the i-th process serves the i-th target's connections only. */
         uint64_t mine = o->npids == o->ntargets && o->ntargets > 1 ? s->ready_by_target[i] : s->authed;
-        double per = mine ? (double)(s1[i].rss_kb - s0[i].rss_kb) * 1024.0 / (double)mine : 0;
+        /* the process and its children: lighttpd with server.max-worker holds connections in its workers */
+        long tree0 = s0[i].rss_kb + s0[i].kids_rss_kb, tree1 = s1[i].rss_kb + s1[i].kids_rss_kb;
+        double per = mine ? (double)(tree1 - tree0) * 1024.0 / (double)mine : 0;
         /* CPU over the run (chat, rest) or over the whole ramp and hold (idle, connect) */
         const proc_sample *from = held ? &s0[i] : &s1[i];
         double span = held ? run_s + ramp_s + o->settle : run_s;
@@ -1748,9 +1750,11 @@ static int run_parent(opts *o)
                           : 0;
         printf("server %s (pid %d): RSS %.1f MB before, %.1f MB %s, %.1f MB at the end", label, (int)spids[i],
                s0[i].rss_kb / 1024.0, s1[i].rss_kb / 1024.0, held ? "holding" : "at the start", s2[i].rss_kb / 1024.0);
-        if (held) printf("; %.0f bytes per connection (%llu connections)", per, (unsigned long long)mine);
+        if (held)
+            printf("; %.0f bytes per connection%s (%llu connections)", per, s1[i].nkids ? " with its children" : "",
+                   (unsigned long long)mine);
         printf("; CPU %.0f %% of a core\n", cpu);
-        sum_before += s0[i].rss_kb, sum_held += s1[i].rss_kb, nsampled++;
+        sum_before += tree0, sum_held += tree1, nsampled++;
         if (s2[i].nkids)
             printf("  and its %d children: RSS %.1f MB before, %.1f MB at the end; CPU %.0f %% of a core\n", s2[i].nkids,
                    s0[i].kids_rss_kb / 1024.0, s2[i].kids_rss_kb / 1024.0, kcpu);

@@ -988,7 +988,7 @@ static int retrieval_bench(chat_db *db, long count, long warmup, uint64_t seed, 
     long matched = 0, relevant = 0, judged = 0, errors = 0, kind_n[Q_KINDS] = {0};
     uint64_t r = seed * 7919 + 17;
     question q;
-    chat_kb_stats *stats = chat_kb_stats_new(chat_config_env_int("CHAT_KB_COMMON_PCT", 12, 0, 100)); /* as the pipeline */
+    chat_kb_stats *stats = chat_kb_stats_new(chat_config_env_int("CHAT_KB_COMMON_PCT", 5, 0, 100)); /* as the pipeline */
     for (long i = 0; i < warmup + count; i++) {
         make_question(&r, &n, &q);
         /* The query the pipeline builds (chat_pipeline.c): the routed agent (general -> none), the
