@@ -386,12 +386,15 @@ static void collect(chat_wsc *c, answer *a, int timeout_ms, void (*on_token)(cha
     }
 }
 
-static void ask(chat_wsc *c, const char *text, answer *a)
+/* Sends a message (extra: more JSON members, or NULL) and collects its answer into a. */
+static void ask_with(chat_wsc *c, const char *text, const char *extra, answer *a)
 {
     answer_init(a);
-    send_message(c, text, NULL);
+    send_message(c, text, extra);
     collect(c, a, ANSWER_MS, NULL, NULL);
 }
+
+static void ask(chat_wsc *c, const char *text, answer *a) { ask_with(c, text, NULL, a); }
 
 /* A complete answer in the spec's shape: steps in order, tokens, response == tokens, metadata. */
 static void assert_full_answer(const answer *a)
@@ -841,18 +844,14 @@ static void test_session_forbidden(void **state)
     (void)state;
     chat_wsc *a = ws_open(E.alice);
     answer x;
-    answer_init(&x);
-    send_message(a, QUESTION, "\"session_id\":\"alice-private-1\"");
-    collect(a, &x, ANSWER_MS, NULL, NULL);
+    ask_with(a, QUESTION, "\"session_id\":\"alice-private-1\"", &x);
     assert_full_answer(&x);
     assert_string_equal(jstr(x.complete, "session_id"), "alice-private-1");
     answer_clear(&x);
 
     chat_wsc *b = ws_open(E.bob);
     answer y;
-    answer_init(&y);
-    send_message(b, QUESTION, "\"session_id\":\"alice-private-1\"");
-    collect(b, &y, ANSWER_MS, NULL, NULL);
+    ask_with(b, QUESTION, "\"session_id\":\"alice-private-1\"", &y);
     assert_null(y.complete);
     assert_string_equal(y.error, "SESSION_FORBIDDEN");
     assert_int_equal(y.ntokens, 0);
@@ -871,9 +870,7 @@ static void test_partial_false(void **state)
     (void)state;
     chat_wsc *c = ws_open(E.alice);
     answer a;
-    answer_init(&a);
-    send_message(c, QUESTION, "\"partial\":false");
-    collect(c, &a, ANSWER_MS, NULL, NULL);
+    ask_with(c, QUESTION, "\"partial\":false", &a);
     assert_non_null(a.complete);
     assert_true(a.ntokens > 0);
     assert_true(a.partial_never);
@@ -1133,23 +1130,36 @@ static void test_no_workers(void **state)
 
 /* ---------------------------------------------------------------- rate limit, slow readers */
 
+/* A streamer with a pool of its own: one worker process with `slots` slots pacing tokens by delay_ms.
+ * Returns the streamer's pid; *workers gets the pool's. */
+static pid_t private_stack(const char *name, int slots, int delay_ms, const char *const extra[], int *port,
+                           pid_t *workers)
+{
+    char endpoint[400], zmq[460], slots_env[40], delay_env[40], log[64];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
+    snprintf(slots_env, sizeof slots_env, "CHAT_WORKER_SLOTS=%d", slots);
+    snprintf(delay_env, sizeof delay_env, "CHAT_TOKEN_DELAY_MS=%d", delay_ms);
+    snprintf(log, sizeof log, "%s-worker", name);
+    const char *wenv[] = {zmq,       "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", slots_env,
+                          delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn", NULL};
+    const char *wargv[] = {E.bin_worker, NULL};
+    *workers = e2e_spawn(wargv, wenv, log_path(log));
+    assert_true(*workers > 0);
+    pid_t pid = streamer_start(name, endpoint, extra, port);
+    wait_workers(*port, slots, 10000);
+    return pid;
+}
+
 /* One worker, answers requested back to back: the next job reaches the worker the moment the broker
  * sees the previous complete, before the worker's job thread has quite finished. None may be refused. */
 static void test_single_worker_back_to_back(void **state)
 {
     (void)state;
-    char endpoint[400], zmq[460];
-    snprintf(endpoint, sizeof endpoint, "ipc://%s/single.ipc", E.dir);
-    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
-    const char *wenv[] = {zmq, "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=1",
-                          "CHAT_LLM_PROVIDER=extractive", "CHAT_TOKEN_DELAY_MS=0", "CHAT_LOG_LEVEL=warn", NULL};
-    const char *wargv[] = {E.bin_worker, NULL};
-    pid_t workers = e2e_spawn(wargv, wenv, log_path("single-worker"));
-    assert_true(workers > 0);
     const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
     int port;
-    pid_t pid = streamer_start("single", endpoint, extra, &port);
-    wait_workers(port, 1, 10000);
+    pid_t workers;
+    pid_t pid = private_stack("single", 1, 0, extra, &port, &workers);
     /* Six clients with four messages queued each keep jobs waiting in the broker: each is dispatched
      * the moment the worker's previous answer completes. */
     char pq[2048];
@@ -1184,17 +1194,9 @@ static void test_single_worker_back_to_back(void **state)
 static void test_worker_slots_run_concurrently(void **state)
 {
     (void)state;
-    char endpoint[400], zmq[460];
-    snprintf(endpoint, sizeof endpoint, "ipc://%s/slots.ipc", E.dir);
-    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
-    const char *wenv[] = {zmq, "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=3",
-                          "CHAT_LLM_PROVIDER=extractive", "CHAT_TOKEN_DELAY_MS=15", "CHAT_LOG_LEVEL=warn", NULL};
-    const char *wargv[] = {E.bin_worker, NULL};
-    pid_t workers = e2e_spawn(wargv, wenv, log_path("slots-worker"));
-    assert_true(workers > 0);
     int port;
-    pid_t pid = streamer_start("slots", endpoint, NULL, &port);
-    wait_workers(port, 3, 10000);
+    pid_t workers;
+    pid_t pid = private_stack("slots", 3, 15, NULL, &port, &workers);
     pid_t kids[4];
     assert_int_equal(e2e_children(workers, kids, 4), 1); /* one process */
     char pq[2048];
