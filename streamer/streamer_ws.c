@@ -542,6 +542,24 @@ static void remember_session(sess *s, const char *sid)
     s->session_id = copy;
 }
 
+/* A cancelled answer whose worker was lost before it could say so still ends the way a cancel does:
+ * complete with the partial text the client already has and finish_reason "cancelled", not an error.
+ * Returns the replacement (e is freed), or e itself when out of memory. */
+static sb_event *cancelled_complete(sess *s, sb_event *e)
+{
+    static const char meta[] = "{\"agent\":\"general\",\"confidence\":0,\"context\":{\"sources\":[]},"
+                               "\"finish_reason\":\"cancelled\",\"usage\":{\"prompt_tokens\":0,"
+                               "\"completion_tokens\":0},\"timings\":{}}";
+    sess_x *x = s->x;
+    char *json = chat_proto_complete(x->answer.data ? x->answer.data : "", s->session_id ? s->session_id : "", meta);
+    sb_event *ne = json ? sb_event_new(e->job_id, SB_EV_FRAME, json, strlen(json), NULL) : NULL;
+    free(json);
+    if (!ne) return e;
+    ne->terminal = 1;
+    sb_event_free(e);
+    return ne;
+}
+
 /* Events from the broker, in order. */
 static void deliver_events(void)
 {
@@ -579,6 +597,8 @@ static void deliver_events(void)
         } else {
             bool terminal = e->terminal;
             uint64_t id = e->job_id;
+            if (terminal && x->cancel_sent && e->kind == SB_EV_FRAME && strstr(e->data, "\"type\":\"error\""))
+                e = cancelled_complete(s, e); /* the worker was lost after the cancel */
             if (terminal) {
                 remember_session(s, e->session_id);
                 sm_del(&S.jobs, id);

@@ -1069,6 +1069,35 @@ static void kill_busy_worker(chat_wsc *c, answer *a, void *ud)
     json_object_put(st);
 }
 
+/* Kills the busy worker at the first token, then cancels: the broker learns of the death only after
+ * the cancel, so the cancelled job ends by losing its worker. */
+static void kill_then_cancel(chat_wsc *c, answer *a, void *ud)
+{
+    pid_t *killed = ud;
+    if (*killed) return;
+    kill_busy_worker(c, a, ud);
+    if (*killed) send_str(c, "{\"type\":\"cancel\"}");
+}
+
+static void test_cancel_then_worker_lost(void **state)
+{
+    (void)state;
+    chat_wsc *c = ws_open(E.alice);
+    answer a;
+    answer_init(&a);
+    pid_t killed = 0;
+    send_message(c, QUESTION, NULL);
+    collect(c, &a, ANSWER_MS, kill_then_cancel, &killed);
+    assert_true(killed > 0);
+    assert_non_null(a.complete); /* not PROCESSING_ERROR: the client asked for the end */
+    assert_string_equal(jstr(jget(a.complete, "metadata"), "finish_reason"), "cancelled");
+    assert_string_equal(jstr(a.complete, "response"), a.tokens.data);
+    answer_clear(&a);
+    wait_workers(E.port, 2, 15000); /* the supervisor replaces the worker */
+    expect_usable(c);
+    chat_wsc_close(c, 1000, NULL);
+}
+
 static void test_worker_killed_mid_answer(void **state)
 {
     (void)state;
@@ -1500,6 +1529,7 @@ int main(void)
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_worker_killed_mid_answer),
+        cmocka_unit_test(test_cancel_then_worker_lost),
         cmocka_unit_test(test_slow_reader),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
     };
