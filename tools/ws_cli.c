@@ -96,6 +96,16 @@ static int send_json(cli *k, json_object *o)
 }
 
 /* Explains a failed receive on stderr. */
+/* The next JSON event from the server; a message that is not JSON is reported and skipped. */
+static int next_event(cli *k, json_object **o)
+{
+    for (;;) {
+        int rc = chat_wsc_recv_json(k->c, k->timeout_ms, o);
+        if (rc != CHAT_EINVAL) return rc;
+        fprintf(stderr, "chat-ws: ignoring a non-JSON message from the server\n");
+    }
+}
+
 static void report_recv(const cli *k, int rc, const char *waiting_for)
 {
     if (rc == CHAT_ETIMEOUT)
@@ -118,11 +128,7 @@ static int authenticate(cli *k, const char *token)
     if (rc) return 1;
     for (;;) {
         json_object *o;
-        rc = chat_wsc_recv_json(k->c, k->timeout_ms, &o);
-        if (rc == CHAT_EINVAL) {
-            fprintf(stderr, "chat-ws: ignoring a non-JSON message from the server\n");
-            continue;
-        }
+        rc = next_event(k, &o);
         if (rc) {
             report_recv(k, rc, "auth answer");
             return 1;
@@ -159,11 +165,7 @@ static int chat_one(cli *k, const char *text)
     bool streamed = false;
     for (;;) {
         json_object *o;
-        rc = chat_wsc_recv_json(k->c, k->timeout_ms, &o);
-        if (rc == CHAT_EINVAL) {
-            fprintf(stderr, "chat-ws: ignoring a non-JSON message from the server\n");
-            continue;
-        }
+        rc = next_event(k, &o);
         if (rc) {
             if (streamed) putchar('\n');
             report_recv(k, rc, "answer");
