@@ -50,7 +50,8 @@ typedef struct chat_config {
     char streamer_listen[512]; /* "unix:/path" or "host:port" */
     char allowed_origins[1024]; /* comma-separated; empty = any */
     int workers;
-    int worker_slots; /* answers one worker process runs at once, each on its own thread */
+    int worker_slots;    /* answers one worker process runs at once, each on its own thread */
+    int worker_db_conns; /* database connections the slots of one worker process share */
     int rate_limit_per_min;
     int idle_timeout_s;
     int ping_interval_s;

@@ -36,6 +36,7 @@ struct chat_db {
     /* Between begin and commit/rollback. A connection lost meanwhile took the transaction with it, so
      * nothing may reconnect and carry on in autocommit: every call fails until rollback. */
     bool in_tx;
+    unsigned int last_errno; /* server error number of the last failed chat_db_run, 0 after a success */
 };
 
 /* The connector's global state must exist before threads open connections concurrently. */
@@ -298,11 +299,14 @@ int chat_db_run(chat_db *db, const char *sql, const chat_db_param *params, int n
         bool delivered = false;
         unsigned int errnum = 0;
         int rc = run_once(db, sql, params, nparams, fn, ud, affected, last_id, &delivered, &errnum, err, errlen);
+        db->last_errno = rc == CHAT_EDB ? errnum : 0;
         if (rc != CHAT_EDB || !is_connection_error(errnum)) return rc;
         drop_connection(db); /* the server went away: the next call (or this retry) reconnects */
         if (delivered || attempt > 0 || db->in_tx) return rc;
     }
 }
+
+unsigned int chat_db_errno(const chat_db *db) { return db ? db->last_errno : 0; }
 
 static int simple_query(chat_db *db, const char *sql, char *err, size_t errlen)
 {

@@ -54,6 +54,10 @@ int chat_db_ping(chat_db *db, char *err, size_t errlen);
 int chat_db_run(chat_db *db, const char *sql, const chat_db_param *params, int nparams, chat_db_row_fn fn,
                 void *ud, long long *affected, long long *last_id, char *err, size_t errlen);
 
+/* The server's error number (ER_*) behind the last chat_db_run that returned CHAT_EDB, 0 after a
+ * success: for callers that turn one specific failure (a foreign key, a duplicate) into their own code. */
+unsigned int chat_db_errno(const chat_db *db);
+
 /* Runs a multi-statement SQL text (trusted input only: schema and data files). */
 int chat_db_exec_script(chat_db *db, const char *sql, size_t len, char *err, size_t errlen);
 

@@ -6,11 +6,14 @@
  *   same collation, so "ABC" and "abc" are one session with one owner.
  * - Opening an unknown id inserts it with INSERT IGNORE and then re-reads the owner: of two users racing
  *   for the same new id exactly one wins and the other gets CHAT_EFORBIDDEN.
- * - A turn is ONE autocommit INSERT ... SELECT of the user and the assistant rows, joined to the session
- *   row so that nothing is stored for a session that does not exist: the pair is stored entirely or not
- *   at all, in one round trip (the updated_at touch follows as a second, informational one). The unique
- *   key (session_id, request_id, role) makes a retried request a no-op ("ON DUPLICATE KEY UPDATE id = id"
- *   rather than INSERT IGNORE, which would also silence truncation errors).
+ * - Round trips are the cost of a turn (each is a parse, a plan and a context switch in MariaDB), so an
+ *   existing session costs two statements: one SELECT for its owner and its history together, and one
+ *   INSERT of the turn. The turn's two rows go in one autocommit multi-row INSERT: stored entirely or
+ *   not at all; the foreign key refuses a session that does not exist; the unique key (session_id,
+ *   request_id, role) makes a retried request a no-op ("ON DUPLICATE KEY UPDATE id = id" rather than
+ *   INSERT IGNORE, which would also silence truncation errors).
+ * - chat_sessions.updated_at is the last activity to CHAT_MEMORY_TOUCH_S: the SELECT reports whether it
+ *   is older than that, and only then does storing a turn refresh it, with a third statement.
  * - Texts must be valid UTF-8 and fit MEDIUMTEXT; the front ends cap messages far lower (8 KB), but
  *   memory stores what it is given within the column's limit rather than imposing a second policy.
  * - Nothing here logs message content; errors name ids and codes only. */
@@ -21,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <mysqld_error.h>
 #include <time.h>
 
 #include "chat_common.h"
@@ -38,38 +42,107 @@ static bool user_ok(const char *user_id)
     return n <= USER_ID_MAX && chat_utf8_valid(user_id, n);
 }
 
-typedef struct owner_ctx {
+/* The session row and, in the same statement, its newest messages: one round trip per turn for both the
+ * ownership check and the history. A UNION ALL rather than a join, so the messages are read newest first
+ * straight off (session_id, id) with no sort of the whole session; rows carry their id and are put in
+ * order here, whatever order the server returns the two parts in. */
+typedef struct session_ctx {
     bool found;
     char user[USER_ID_MAX + 1];
     bool has_customer;
-} owner_ctx;
+    bool touch_due;
+    chat_history *h; /* NULL: owner only */
+    size_t cap;
+    unsigned long long *ids; /* ids[i] is the id of h->items[i] */
+    size_t ids_cap;
+} session_ctx;
 
-static int owner_row(void *ud, int ncols, char **vals, unsigned long *lens)
+static int session_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {
-    owner_ctx *o = ud;
-    o->found = true;
-    snprintf(o->user, sizeof o->user, "%s", vals[0] ? vals[0] : "");
-    o->has_customer = ncols > 1 && vals[1] != NULL;
+    session_ctx *o = ud;
+    if (!vals[3]) { /* the session row */
+        o->found = true;
+        snprintf(o->user, sizeof o->user, "%s", vals[0] ? vals[0] : "");
+        o->has_customer = vals[1] != NULL;
+        o->touch_due = vals[2] && atoi(vals[2]) != 0;
+        return 0;
+    }
+    chat_history *h = o->h;
+    if (!h) return 0;
+    if (chat_array_reserve(&h->items, &o->cap, h->n, sizeof *h->items) ||
+        chat_array_reserve(&o->ids, &o->ids_cap, h->n, sizeof *o->ids))
+        return CHAT_ENOMEM;
+    chat_turn *t = &h->items[h->n];
+    t->role = strdup(vals[3]);
+    t->content = malloc(lens[4] + 1);
+    if (!t->role || !t->content) {
+        free(t->role), free(t->content);
+        return CHAT_ENOMEM;
+    }
+    if (vals[4]) memcpy(t->content, vals[4], lens[4]);
+    t->content[vals[4] ? lens[4] : 0] = '\0';
+    o->ids[h->n] = vals[5] ? strtoull(vals[5], NULL, 10) : 0;
+    h->n++;
     return 0;
 }
 
-static int read_owner(chat_db *db, const char *session_id, owner_ctx *o, char *err, size_t errlen)
+/* Insertion sort by id: a history is at most 2 * HISTORY_TURNS_MAX rows, and usually arrives sorted
+ * (newest first, so reversed). */
+static void sort_by_id(chat_history *h, unsigned long long *ids)
 {
-    memset(o, 0, sizeof *o);
-    chat_db_param p = CHAT_DB_P_STR(session_id);
-    return chat_db_run(db, "SELECT user_id, customer_id FROM chat_sessions WHERE id = ?", &p, 1, owner_row, o, NULL,
-                       NULL, err, errlen);
+    for (size_t i = 0, j = h->n ? h->n - 1 : 0; i < j; i++, j--) { /* newest first -> oldest first */
+        chat_turn t = h->items[i];
+        h->items[i] = h->items[j], h->items[j] = t;
+        unsigned long long x = ids[i];
+        ids[i] = ids[j], ids[j] = x;
+    }
+    for (size_t i = 1; i < h->n; i++)
+        for (size_t j = i; j > 0 && ids[j - 1] > ids[j]; j--) {
+            chat_turn t = h->items[j];
+            h->items[j] = h->items[j - 1], h->items[j - 1] = t;
+            unsigned long long x = ids[j];
+            ids[j] = ids[j - 1], ids[j - 1] = x;
+        }
 }
 
-int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
-                     char out_id[CHAT_SESSION_ID_MAX + 1], int *created, char *err, size_t errlen)
+static int read_session(chat_db *db, const char *session_id, int max_turns, session_ctx *o, chat_history *h,
+                        char *err, size_t errlen)
 {
-    if (created) *created = 0;
-    if (out_id) out_id[0] = '\0';
-    if (!db || !out_id) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    memset(o, 0, sizeof *o);
+    if (h) chat_history_clear(h);
+    if (h && max_turns > 0) o->h = h;
+    long long limit = o->h ? 2LL * max_turns : 0;
+    chat_db_param p[] = {CHAT_DB_P_INT(CHAT_MEMORY_TOUCH_S), CHAT_DB_P_STR(session_id), CHAT_DB_P_STR(session_id),
+                         CHAT_DB_P_INT(limit)};
+    int rc = chat_db_run(db,
+                         "(SELECT user_id, customer_id, updated_at < NOW() - INTERVAL ? SECOND, NULL, NULL, NULL"
+                         "  FROM chat_sessions WHERE id = ?)"
+                         " UNION ALL"
+                         " (SELECT NULL, NULL, NULL, role, content, id FROM chat_messages WHERE session_id = ?"
+                         "  ORDER BY id DESC LIMIT ?)",
+                         p, 4, session_row, o, NULL, NULL, err, errlen);
+    if (!rc && o->h) sort_by_id(o->h, o->ids);
+    free(o->ids);
+    o->ids = NULL;
+    if (rc) {
+        if (o->h) chat_history_clear(o->h);
+        if (rc == CHAT_ENOMEM) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory reading history");
+        return rc;
+    }
+    return 0;
+}
+
+int chat_memory_open_session(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
+                             int max_turns, chat_history *history, chat_session_info *out, char *err, size_t errlen)
+{
+    if (!out) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    memset(out, 0, sizeof *out);
+    if (history) memset(history, 0, sizeof *history);
+    if (!db) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
     if (!user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid user id");
     if (customer_id && !*customer_id) customer_id = NULL;
     if (customer_id && !chat_id_valid(customer_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid customer id");
+    if (max_turns > HISTORY_TURNS_MAX) max_turns = HISTORY_TURNS_MAX;
     chat_db_param cust = customer_id ? CHAT_DB_P_STR(customer_id) : CHAT_DB_P_NULL();
     static const char *const insert_sql =
         "INSERT IGNORE INTO chat_sessions (id, user_id, customer_id) VALUES (?, ?, ?)";
@@ -84,8 +157,8 @@ int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id,
             int rc = chat_db_run(db, insert_sql, p, 3, NULL, NULL, &affected, NULL, err, errlen);
             if (rc) return rc;
             if (affected == 1) {
-                snprintf(out_id, CHAT_SESSION_ID_MAX + 1, "%s", uuid);
-                if (created) *created = 1;
+                snprintf(out->id, sizeof out->id, "%s", uuid);
+                out->created = true;
                 return 0;
             }
         }
@@ -93,8 +166,8 @@ int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id,
     }
 
     if (!chat_id_valid(requested_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
-    owner_ctx o;
-    int rc = read_owner(db, requested_id, &o, err, errlen);
+    session_ctx o;
+    int rc = read_session(db, requested_id, max_turns, &o, history, err, errlen);
     if (rc) return rc;
     if (!o.found) {
         chat_db_param p[] = {CHAT_DB_P_STR(requested_id), CHAT_DB_P_STR(user_id), cust};
@@ -102,24 +175,45 @@ int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id,
         rc = chat_db_run(db, insert_sql, p, 3, NULL, NULL, &affected, NULL, err, errlen);
         if (rc) return rc;
         if (affected == 1) {
-            snprintf(out_id, CHAT_SESSION_ID_MAX + 1, "%s", requested_id);
-            if (created) *created = 1;
+            snprintf(out->id, sizeof out->id, "%s", requested_id);
+            out->created = true;
             return 0;
         }
         /* somebody created it between our SELECT and INSERT: their row decides */
-        rc = read_owner(db, requested_id, &o, err, errlen);
+        rc = read_session(db, requested_id, max_turns, &o, history, err, errlen);
         if (rc) return rc;
         if (!o.found) return chat_fail(err, errlen, CHAT_EDB, "session %s vanished while opening", requested_id);
     }
-    if (strcmp(o.user, user_id)) return chat_fail(err, errlen, CHAT_EFORBIDDEN, "session belongs to another user");
+    if (strcmp(o.user, user_id)) {
+        if (history) chat_history_clear(history); /* somebody else's: not a byte of it leaves here */
+        return chat_fail(err, errlen, CHAT_EFORBIDDEN, "session belongs to another user");
+    }
     if (customer_id && !o.has_customer) {
         /* the first message that names a customer ties the session to it; later ones do not re-tie it */
         chat_db_param p[] = {cust, CHAT_DB_P_STR(requested_id)};
         rc = chat_db_run(db, "UPDATE chat_sessions SET customer_id = ? WHERE id = ? AND customer_id IS NULL", p, 2,
                          NULL, NULL, NULL, NULL, err, errlen);
-        if (rc) return rc;
+        if (rc) {
+            if (history) chat_history_clear(history);
+            return rc;
+        }
     }
-    snprintf(out_id, CHAT_SESSION_ID_MAX + 1, "%s", requested_id);
+    snprintf(out->id, sizeof out->id, "%s", requested_id);
+    out->touch_due = o.touch_due;
+    return 0;
+}
+
+int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
+                     char out_id[CHAT_SESSION_ID_MAX + 1], int *created, char *err, size_t errlen)
+{
+    if (created) *created = 0;
+    if (out_id) out_id[0] = '\0';
+    if (!out_id) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    chat_session_info info;
+    int rc = chat_memory_open_session(db, user_id, requested_id, customer_id, 0, NULL, &info, err, errlen);
+    if (rc) return rc;
+    memcpy(out_id, info.id, sizeof info.id);
+    if (created) *created = info.created;
     return 0;
 }
 
@@ -132,29 +226,6 @@ void chat_history_clear(chat_history *h)
     h->n = 0;
 }
 
-typedef struct history_ctx {
-    chat_history *h;
-    size_t cap;
-} history_ctx;
-
-static int history_row(void *ud, int ncols, char **vals, unsigned long *lens)
-{
-    history_ctx *x = ud;
-    chat_history *h = x->h;
-    if (chat_array_reserve(&h->items, &x->cap, h->n, sizeof *h->items)) return CHAT_ENOMEM;
-    chat_turn *t = &h->items[h->n];
-    t->role = strdup(vals[0] ? vals[0] : "");
-    t->content = malloc(lens[1] + 1);
-    if (!t->role || !t->content) {
-        free(t->role), free(t->content);
-        return CHAT_ENOMEM;
-    }
-    if (vals[1]) memcpy(t->content, vals[1], lens[1]);
-    t->content[vals[1] ? lens[1] : 0] = '\0';
-    h->n++;
-    return 0;
-}
-
 int chat_memory_history(chat_db *db, const char *session_id, int max_turns, chat_history *out, char *err,
                         size_t errlen)
 {
@@ -163,29 +234,13 @@ int chat_memory_history(chat_db *db, const char *session_id, int max_turns, chat
     if (!db || !chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
     if (max_turns <= 0) return 0;
     if (max_turns > HISTORY_TURNS_MAX) max_turns = HISTORY_TURNS_MAX;
-    /* the newest 2N rows, returned oldest first; ids grow with insertion and a turn is inserted user first */
-    chat_db_param p[] = {CHAT_DB_P_STR(session_id), CHAT_DB_P_INT(2LL * max_turns)};
-    history_ctx x = {.h = out};
-    int rc = chat_db_run(db,
-                         "SELECT role, content FROM (SELECT id, role, content FROM chat_messages WHERE session_id = ? "
-                         "ORDER BY id DESC LIMIT ?) t ORDER BY id ASC",
-                         p, 2, history_row, &x, NULL, NULL, err, errlen);
-    if (rc) {
-        chat_history_clear(out);
-        if (rc == CHAT_ENOMEM) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory reading history");
-        return rc;
-    }
-    return 0;
-}
-
-static int exists_row(void *ud, int ncols, char **vals, unsigned long *lens)
-{
-    *(bool *)ud = true;
-    return 0;
+    session_ctx o;
+    return read_session(db, session_id, max_turns, &o, out, err, errlen);
 }
 
 int chat_memory_store_turn(chat_db *db, const char *session_id, const char *request_id, const char *user_text,
-                           const char *assistant_text, const char *metadata_json, char *err, size_t errlen)
+                           const char *assistant_text, const char *metadata_json, bool touch_session, char *err,
+                           size_t errlen)
 {
     if (!db || !user_text || !assistant_text) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
     if (!chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
@@ -198,32 +253,28 @@ int chat_memory_store_turn(chat_db *db, const char *session_id, const char *requ
         (metadata_json && !chat_utf8_valid(metadata_json, ml)))
         return chat_fail(err, errlen, CHAT_EINVAL, "turn is not valid UTF-8");
 
-    /* One autocommit statement, atomic by itself: both rows or neither, and only when the session
-     * exists (the SELECT yields no row otherwise). A retried request finds its rows and adds nothing. */
+    /* One autocommit statement, atomic by itself: both rows or neither. The foreign key refuses rows for
+     * a session that does not exist (ER_NO_REFERENCED_ROW_2); the unique key makes a retried request a
+     * no-op. */
     chat_db_param p[] = {
-        CHAT_DB_P_STR(request_id), CHAT_DB_P_STRN(user_text, ul), CHAT_DB_P_STRN(assistant_text, al),
-        metadata_json ? CHAT_DB_P_STRN(metadata_json, ml) : CHAT_DB_P_NULL(), CHAT_DB_P_STR(session_id),
+        CHAT_DB_P_STR(session_id), CHAT_DB_P_STR(request_id), CHAT_DB_P_STRN(user_text, ul),
+        CHAT_DB_P_STR(session_id), CHAT_DB_P_STR(request_id), CHAT_DB_P_STRN(assistant_text, al),
+        metadata_json ? CHAT_DB_P_STRN(metadata_json, ml) : CHAT_DB_P_NULL(),
     };
     long long affected = 0;
     int rc = chat_db_run(db,
                          "INSERT INTO chat_messages (session_id, request_id, role, content, metadata)"
-                         " SELECT s.id, ?, t.role, t.content, t.metadata FROM chat_sessions s"
-                         " JOIN (SELECT 1 AS n, 'user' AS role, ? AS content, NULL AS metadata"
-                         "       UNION ALL SELECT 2, 'assistant', ?, ?) t"
-                         " WHERE s.id = ? ORDER BY t.n"
-                         " ON DUPLICATE KEY UPDATE id = chat_messages.id",
-                         p, 5, NULL, NULL, &affected, NULL, err, errlen);
+                         " VALUES (?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)"
+                         " ON DUPLICATE KEY UPDATE id = id",
+                         p, 7, NULL, NULL, &affected, NULL, err, errlen);
+    if (rc == CHAT_EDB && chat_db_errno(db) == ER_NO_REFERENCED_ROW_2)
+        return chat_fail(err, errlen, CHAT_ENOTFOUND, "session %s does not exist", session_id);
+    if (rc || !touch_session || affected <= 0) return rc;
+    /* the session's last activity, to CHAT_MEMORY_TOUCH_S; informational, so outside the insert's
+     * atomicity */
     chat_db_param sp = CHAT_DB_P_STR(session_id);
-    if (rc) return rc;
-    if (affected > 0) /* the session's last activity; informational, so outside the insert's atomicity */
-        return chat_db_run(db, "UPDATE chat_sessions SET updated_at = CURRENT_TIMESTAMP WHERE id = ?", &sp, 1, NULL,
-                           NULL, NULL, NULL, err, errlen);
-    /* Nothing inserted: a retry of a stored turn, or no such session. */
-    bool exists = false;
-    rc = chat_db_run(db, "SELECT 1 FROM chat_sessions WHERE id = ?", &sp, 1, exists_row, &exists, NULL, NULL, err,
-                     errlen);
-    if (rc) return rc;
-    return exists ? 0 : chat_fail(err, errlen, CHAT_ENOTFOUND, "session %s does not exist", session_id);
+    return chat_db_run(db, "UPDATE chat_sessions SET updated_at = CURRENT_TIMESTAMP WHERE id = ?", &sp, 1, NULL, NULL,
+                       NULL, NULL, err, errlen);
 }
 
 /* ---- the REST history ------------------------------------------------------------------------------- */
@@ -279,8 +330,8 @@ int chat_memory_messages_json(chat_db *db, const char *user_id, const char *sess
     if (!db || !json) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
     if (!user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid user id");
     if (!chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
-    owner_ctx o;
-    int rc = read_owner(db, session_id, &o, err, errlen);
+    session_ctx o;
+    int rc = read_session(db, session_id, 0, &o, NULL, err, errlen);
     if (rc) return rc;
     if (!o.found) return chat_fail(err, errlen, CHAT_ENOTFOUND, "no such session");
     if (strcmp(o.user, user_id)) return chat_fail(err, errlen, CHAT_EFORBIDDEN, "session belongs to another user");

@@ -7,11 +7,14 @@
 #ifndef CHAT_MEMORY_H
 #define CHAT_MEMORY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "chat_db.h"
 
 #define CHAT_SESSION_ID_MAX 64
+/* chat_sessions.updated_at is kept to this many seconds (see chat_memory_open_session). */
+#define CHAT_MEMORY_TOUCH_S 60
 
 typedef struct chat_turn {
     char *role;    /* "user" or "assistant" */
@@ -29,14 +32,30 @@ typedef struct chat_history {
 int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
                      char out_id[CHAT_SESSION_ID_MAX + 1], int *created, char *err, size_t errlen);
 
+typedef struct chat_session_info {
+    char id[CHAT_SESSION_ID_MAX + 1];
+    bool created;   /* the session was created by this call (it has no history) */
+    bool touch_due; /* its updated_at is older than CHAT_MEMORY_TOUCH_S: pass it to store_turn */
+} chat_session_info;
+
+/* chat_memory_open and chat_memory_history in one round trip for an existing session: opens (or
+ * creates) the session and, when history is not NULL and max_turns > 0, fills it with the last max_turns
+ * turns, oldest first. history is left empty on every error (CHAT_EFORBIDDEN included). Caller clears
+ * history. */
+int chat_memory_open_session(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
+                             int max_turns, chat_history *history, chat_session_info *out, char *err, size_t errlen);
+
 /* The last max_turns turns (2 messages each) of the session, oldest first. Caller clears out. */
 int chat_memory_history(chat_db *db, const char *session_id, int max_turns, chat_history *out, char *err,
                         size_t errlen);
 void chat_history_clear(chat_history *h);
 
-/* Stores one turn idempotently (request_id unique within the session). metadata_json may be NULL. */
+/* Stores one turn idempotently (request_id unique within the session). metadata_json may be NULL.
+ * touch_session: also refresh the session's updated_at (chat_session_info.touch_due). CHAT_ENOTFOUND when
+ * the session does not exist. */
 int chat_memory_store_turn(chat_db *db, const char *session_id, const char *request_id, const char *user_text,
-                           const char *assistant_text, const char *metadata_json, char *err, size_t errlen);
+                           const char *assistant_text, const char *metadata_json, bool touch_session, char *err,
+                           size_t errlen);
 
 /* The session's messages as a JSON text {"session_id":..., "messages":[{"role","content","created_at",
  * "metadata"?}...]} for its owner. Caller frees *json. CHAT_ENOTFOUND, CHAT_EFORBIDDEN or CHAT_EDB. */

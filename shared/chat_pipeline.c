@@ -14,6 +14,7 @@
 #include <ctype.h>
 #include <json-c/json.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,8 +40,18 @@ typedef struct model_entry {
     char number[16]; /* "250" of "Seawind 250", matched as a whole word */
 } model_entry;
 
+struct chat_pipeline_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n, n_free;
+    chat_db **db;           /* db[0..n_free) are free */
+    chat_kb_stats **stats;  /* the word statistics cached for each connection travel with it */
+};
+
 struct chat_pipeline {
     chat_config cfg;
+    chat_pipeline_pool *pool; /* NULL: db and kb_stats are the pipeline's own */
+    bool holding;             /* pooled: db and kb_stats are borrowed until released */
     chat_db *db;
     chat_llm *llm;
     chat_classifier *clf;
@@ -50,7 +61,73 @@ struct chat_pipeline {
     int n_models;
 };
 
-chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errlen)
+chat_pipeline_pool *chat_pipeline_pool_new(const chat_config *cfg, int connections)
+{
+    if (connections < 1) connections = 1;
+    chat_pipeline_pool *pool = calloc(1, sizeof *pool);
+    if (!pool) return NULL;
+    pthread_mutex_init(&pool->mu, NULL);
+    pthread_cond_init(&pool->cv, NULL);
+    pool->db = calloc((size_t)connections, sizeof *pool->db);
+    pool->stats = calloc((size_t)connections, sizeof *pool->stats);
+    if (!pool->db || !pool->stats) goto fail;
+    for (; pool->n < connections; pool->n++) {
+        pool->db[pool->n] = chat_db_new(cfg);
+        pool->stats[pool->n] = chat_kb_stats_new(cfg->kb_common_pct);
+        if (!pool->db[pool->n] || !pool->stats[pool->n]) {
+            chat_db_free(pool->db[pool->n]);
+            chat_kb_stats_free(pool->stats[pool->n]);
+            goto fail;
+        }
+    }
+    pool->n_free = pool->n;
+    return pool;
+fail:
+    chat_pipeline_pool_free(pool);
+    return NULL;
+}
+
+void chat_pipeline_pool_free(chat_pipeline_pool *pool)
+{
+    if (!pool) return;
+    for (int i = 0; i < pool->n; i++) chat_db_free(pool->db[i]), chat_kb_stats_free(pool->stats[i]);
+    free(pool->db);
+    free(pool->stats);
+    pthread_cond_destroy(&pool->cv);
+    pthread_mutex_destroy(&pool->mu);
+    free(pool);
+}
+
+/* Borrows a connection for a database stage (no-op when held already or not pooled). */
+static void db_hold(chat_pipeline *p)
+{
+    if (!p->pool || p->holding) return;
+    chat_pipeline_pool *pool = p->pool;
+    pthread_mutex_lock(&pool->mu);
+    while (pool->n_free == 0) pthread_cond_wait(&pool->cv, &pool->mu);
+    pool->n_free--;
+    p->db = pool->db[pool->n_free];
+    p->kb_stats = pool->stats[pool->n_free];
+    pthread_mutex_unlock(&pool->mu);
+    p->holding = true;
+}
+
+static void db_release(chat_pipeline *p)
+{
+    if (!p->pool || !p->holding) return;
+    chat_pipeline_pool *pool = p->pool;
+    pthread_mutex_lock(&pool->mu);
+    pool->db[pool->n_free] = p->db;
+    pool->stats[pool->n_free] = p->kb_stats;
+    pool->n_free++;
+    pthread_cond_signal(&pool->cv);
+    pthread_mutex_unlock(&pool->mu);
+    p->db = NULL;
+    p->kb_stats = NULL;
+    p->holding = false;
+}
+
+chat_pipeline *chat_pipeline_new_pooled(const chat_config *cfg, chat_pipeline_pool *pool, char *err, size_t errlen)
 {
     chat_pipeline *p = calloc(1, sizeof *p);
     if (!p) {
@@ -58,10 +135,13 @@ chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errle
         return NULL;
     }
     p->cfg = *cfg;
-    p->db = chat_db_new(cfg);
+    p->pool = pool;
+    if (!pool) {
+        p->db = chat_db_new(cfg);
+        p->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
+    }
     p->clf = chat_classifier_new();
-    p->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
-    if (!p->db || !p->clf || !p->kb_stats) {
+    if ((!pool && (!p->db || !p->kb_stats)) || !p->clf) {
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
         goto fail;
     }
@@ -73,13 +153,21 @@ fail:
     return NULL;
 }
 
+chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errlen)
+{
+    return chat_pipeline_new_pooled(cfg, NULL, err, errlen);
+}
+
 void chat_pipeline_free(chat_pipeline *p)
 {
     if (!p) return;
+    db_release(p);
     chat_llm_free(p->llm);
     chat_classifier_free(p->clf);
-    chat_kb_stats_free(p->kb_stats);
-    chat_db_free(p->db);
+    if (!p->pool) {
+        chat_kb_stats_free(p->kb_stats);
+        chat_db_free(p->db);
+    }
     free(p);
 }
 
@@ -255,6 +343,7 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     char err[256];
     char sid[CHAT_SESSION_ID_MAX + 1];
     chat_history hist = {0};
+    chat_session_info session = {0};
     chat_customer cust = {0};
     bool have_customer = false;
     chat_kb_result kb = {0};
@@ -271,6 +360,7 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
         return fail_event(sink, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
 
     progress(sink, "starting", "Processing your message...");
+    db_hold(p);
 
     /* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
      * customer whose email is the token's. Checked first, so a refused request stores nothing; an
@@ -293,8 +383,9 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     }
 
     /* Session and memory. */
-    int created = 0;
-    rc = chat_memory_open(p->db, req->user->id, req->session_id, req->customer_id, sid, &created, err, sizeof err);
+    rc = chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, p->cfg.history_turns, &hist,
+                                  &session, err, sizeof err);
+    memcpy(sid, session.id, sizeof sid);
     if (rc == CHAT_EFORBIDDEN) {
         rc = fail_event(sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
         goto out;
@@ -305,13 +396,6 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     }
     if (rc) {
         chat_log_warn("pipeline: session: %s", err);
-        rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-        goto out;
-    }
-    if (!created) /* a session created just now has no history to read */
-        rc = chat_memory_history(p->db, sid, p->cfg.history_turns, &hist, err, sizeof err);
-    if (rc) {
-        chat_log_warn("pipeline: history: %s", err);
         rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
         goto out;
     }
@@ -400,6 +484,7 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
         .passages = &kb,
         .customer_context = customer_text,
     };
+    db_release(p); /* the model may stream for seconds: other slots use the connection meanwhile */
     rc = chat_llm_generate(p->llm, &lreq, on_token, &c, cancel, &lr, err, sizeof err);
     const char *finish = lr.finish_reason[0] ? lr.finish_reason : "stop";
     if (c.truncated) {
@@ -435,14 +520,16 @@ finish:
         char rid[37];
         const char *request_id = req->request_id;
         if (!request_id || !*request_id) request_id = chat_uuid4(rid) == 0 ? rid : "unknown";
+        db_hold(p);
         if (chat_memory_store_turn(p->db, sid, request_id, req->message, c.response.data ? c.response.data : "",
-                                   metadata, err, sizeof err))
+                                   metadata, session.touch_due, err, sizeof err))
             chat_log_warn("pipeline: storing the turn failed: %s", err);
         if (sink->complete) sink->complete(sink->ud, c.response.data ? c.response.data : "", sid, metadata);
     }
     rc = 0;
 
 out:
+    db_release(p);
     free(metadata);
     free(msgs);
     free(system);

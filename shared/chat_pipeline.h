@@ -7,7 +7,8 @@
  *
  * Exactly one terminal event is emitted per run: complete (finish_reason stop, length, cancelled or
  * error with partial text) or error (code + client-safe message). A chat_pipeline owns one database
- * connection and one LLM client: use it from one thread at a time; create one per worker thread. */
+ * connection (or borrows one from a chat_pipeline_pool) and one LLM client: use it from one thread at a
+ * time; create one per worker thread. */
 #ifndef CHAT_PIPELINE_H
 #define CHAT_PIPELINE_H
 
@@ -41,16 +42,27 @@ typedef struct chat_sink {
 
 typedef struct chat_pipeline chat_pipeline;
 
+/* Database connections shared by the pipelines of one process (the worker's slots). A pooled pipeline
+ * holds a connection only while it reads or writes, not while the model generates: a real model streams
+ * for seconds, so many slots can stream with a few connections. Thread-safe; it must outlive every
+ * pipeline that uses it. NULL on out of memory. */
+typedef struct chat_pipeline_pool chat_pipeline_pool;
+chat_pipeline_pool *chat_pipeline_pool_new(const chat_config *cfg, int connections);
+void chat_pipeline_pool_free(chat_pipeline_pool *pool);
+
 /* Opens nothing yet (the database connects on first use, so a process can start while the database is
  * down). NULL with err on a bad configuration (e.g. unknown LLM provider). */
 chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errlen);
+/* Same, borrowing its connection from pool for each database stage of a run (blocking while all are
+ * in use). pool NULL: like chat_pipeline_new. */
+chat_pipeline *chat_pipeline_new_pooled(const chat_config *cfg, chat_pipeline_pool *pool, char *err, size_t errlen);
 void chat_pipeline_free(chat_pipeline *p);
 
 /* Runs one request to its terminal event. cancel (may be NULL) may be set from any thread.
  * Returns 0 when complete was emitted, or the negative code behind the error event. */
 int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink *sink, const atomic_int *cancel);
 
-/* The pipeline's database connection (for /health and tools). */
+/* The pipeline's database connection (for /health and tools); NULL for a pooled pipeline outside a run. */
 chat_db *chat_pipeline_db(chat_pipeline *p);
 
 #endif

@@ -318,7 +318,7 @@ static void handle_job_event(worker *w, void *dealer, chat_wire_msg *m)
     if (chat_wire_send(dealer, p, m->n, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
 }
 
-int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
+int worker_run(const chat_config *cfg, chat_pipeline_pool *pool, volatile sig_atomic_t *stop)
 {
     worker *w = calloc(1, sizeof *w);
     if (!w) return 1;
@@ -337,7 +337,7 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
     chat_wire_msg_init(&w->next_msg);
 
     char err[256];
-    w->pipeline = chat_pipeline_new(cfg, err, sizeof err);
+    w->pipeline = chat_pipeline_new_pooled(cfg, pool, err, sizeof err);
     if (!w->pipeline) {
         chat_log_error("worker: %s", err);
         goto out;

@@ -61,34 +61,40 @@ typedef struct child {
 
 typedef struct slot_arg {
     const chat_config *cfg;
+    chat_pipeline_pool *pool;
     int rc;
 } slot_arg;
 
 static void *slot_main(void *p)
 {
     slot_arg *a = p;
-    a->rc = worker_run(a->cfg, &g_stop);
+    a->rc = worker_run(a->cfg, a->pool, &g_stop);
     return NULL;
 }
 
 /* One worker process serves cfg->worker_slots answers at once: each slot is a whole worker (its own
- * ZeroMQ context, DEALER identity, heartbeats, pipeline and database connection) on its own thread,
- * so the broker sees slots as independent workers. A model streaming at 30 tokens/s keeps a slot busy
- * for seconds while using almost no CPU: slots, not processes, give concurrency; processes give
- * isolation. Returns the worst exit code. */
+ * ZeroMQ context, DEALER identity, heartbeats and pipeline) on its own thread, so the broker sees slots
+ * as independent workers. A model streaming at 30 tokens/s keeps a slot busy for seconds while using
+ * almost no CPU: slots, not processes, give concurrency; processes give isolation. The slots share
+ * cfg->worker_db_conns database connections, held only for the database stages of a turn, so slots
+ * scale without scaling MariaDB's connections. Returns the worst exit code. */
 static int run_slots(const chat_config *cfg)
 {
     int n = cfg->worker_slots > 0 ? cfg->worker_slots : 1;
-    if (n == 1) return worker_run(cfg, &g_stop);
+    if (n == 1) return worker_run(cfg, NULL, &g_stop);
+    int conns = cfg->worker_db_conns < n ? cfg->worker_db_conns : n;
+    chat_pipeline_pool *pool = chat_pipeline_pool_new(cfg, conns);
     pthread_t *t = calloc((size_t)n, sizeof *t);
     slot_arg *args = calloc((size_t)n, sizeof *args);
     int started = 0, rc = 0;
-    if (!t || !args) {
+    if (!pool || !t || !args) {
+        chat_pipeline_pool_free(pool);
         free(t), free(args);
         return 1;
     }
     for (; started < n; started++) {
         args[started].cfg = cfg;
+        args[started].pool = pool;
         if (pthread_create(&t[started], NULL, slot_main, &args[started])) {
             chat_log_error("worker: cannot start slot %d: %s", started, strerror(errno));
             g_stop = 1;
@@ -100,6 +106,7 @@ static int run_slots(const chat_config *cfg)
         pthread_join(t[i], NULL);
         if (args[i].rc > rc) rc = args[i].rc;
     }
+    chat_pipeline_pool_free(pool);
     free(t), free(args);
     return rc;
 }
@@ -212,7 +219,7 @@ int main(int argc, char **argv)
         return 1;
     }
     install_signals();
-    if (single) return worker_run(&cfg, &g_stop);
+    if (single) return worker_run(&cfg, NULL, &g_stop);
     if (cfg.workers <= 0) {
         chat_log_warn("supervisor: CHAT_WORKERS is 0, nothing to run");
         return 0;

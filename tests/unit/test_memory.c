@@ -132,7 +132,7 @@ static void test_customer_tie(void **state)
 
 static void store_ok(const char *sid, const char *rid, const char *u, const char *a, const char *meta)
 {
-    int rc = chat_memory_store_turn(db, sid, rid, u, a, meta, err, sizeof err);
+    int rc = chat_memory_store_turn(db, sid, rid, u, a, meta, true, err, sizeof err);
     if (rc) fail_msg("store %s/%s: %s (%s)", sid, rid, chat_strerror(rc), err);
 }
 
@@ -195,16 +195,16 @@ static void test_store_idempotent(void **state)
     store_ok(sid, "req-2", "and the draft?", "", NULL);
     assert_int_equal(count_messages(sid), 4);
     /* refused inputs store nothing */
-    assert_int_equal(chat_memory_store_turn(db, "no-such-session", "r", "u", "a", NULL, err, sizeof err),
+    assert_int_equal(chat_memory_store_turn(db, "no-such-session", "r", "u", "a", NULL, true, err, sizeof err),
                      CHAT_ENOTFOUND);
     assert_int_equal(count_messages("no-such-session"), 0);
-    assert_int_equal(chat_memory_store_turn(db, sid, "bad id", "u", "a", NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, sid, "", "u", "a", NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, "bad id", "r", "u", "a", NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, sid, "r3", NULL, "a", NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "u", NULL, NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "bad \xff utf8", "a", NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "u", "cut \xe2\x80", NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "bad id", "u", "a", NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "", "u", "a", NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "bad id", "r", "u", "a", NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r3", NULL, "a", NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "u", NULL, NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "bad \xff utf8", "a", NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r3", "u", "cut \xe2\x80", NULL, true, err, sizeof err), CHAT_EINVAL);
     assert_int_equal(count_messages(sid), 4);
 }
 
@@ -222,11 +222,81 @@ static void test_updated_at_touched(void **state)
     assert_int_equal(chat_db_run(db, "UPDATE chat_sessions SET updated_at = '2001-01-01 00:00:00' WHERE id = ?", &p, 1,
                                  NULL, NULL, NULL, NULL, err, sizeof err),
                      0);
+    /* opening reports the stale timestamp; storing with touch refreshes it, and then it is fresh */
+    chat_session_info info;
+    assert_int_equal(chat_memory_open_session(db, "heidi", sid, NULL, 0, NULL, &info, err, sizeof err), 0);
+    assert_true(info.touch_due);
+    assert_false(info.created);
     store_ok(sid, "r1", "u", "a", NULL);
     assert_int_equal(chat_db_run(db, "SELECT updated_at > '2020-01-01' FROM chat_sessions WHERE id = ?", &p, 1, ts_row,
                                  ts, NULL, NULL, err, sizeof err),
                      0);
     assert_string_equal(ts, "1");
+    assert_int_equal(chat_memory_open_session(db, "heidi", sid, NULL, 0, NULL, &info, err, sizeof err), 0);
+    assert_false(info.touch_due);
+    /* without touch the turn is stored and the timestamp is left alone */
+    assert_int_equal(chat_db_run(db, "UPDATE chat_sessions SET updated_at = '2001-01-01 00:00:00' WHERE id = ?", &p, 1,
+                                 NULL, NULL, NULL, NULL, err, sizeof err),
+                     0);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r2", "u2", "a2", NULL, false, err, sizeof err), 0);
+    assert_int_equal(count_messages(sid), 4);
+    assert_int_equal(chat_db_run(db, "SELECT updated_at > '2020-01-01' FROM chat_sessions WHERE id = ?", &p, 1, ts_row,
+                                 ts, NULL, NULL, err, sizeof err),
+                     0);
+    assert_string_equal(ts, "0");
+}
+
+/* Owner check and history in one call: the pipeline's path for every turn of an existing session. */
+static void test_open_session_with_history(void **state)
+{
+    char sid[CHAT_SESSION_ID_MAX + 1], rid[16], u[32], a[32];
+    open_ok("judy", NULL, sid, 1);
+    chat_history h;
+    chat_session_info info;
+    /* no turns yet: opened, empty history */
+    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, 5, &h, &info, err, sizeof err), 0);
+    assert_string_equal(info.id, sid);
+    assert_false(info.created);
+    assert_int_equal(h.n, 0);
+    for (int i = 1; i <= 4; i++) {
+        snprintf(rid, sizeof rid, "r%d", i), snprintf(u, sizeof u, "question %d", i), snprintf(a, sizeof a, "answer %d", i);
+        store_ok(sid, rid, u, a, NULL);
+    }
+    static const struct {
+        int turns;
+        size_t n;
+        int first; /* number of the oldest question returned */
+    } cases[] = {{1, 2, 4}, {3, 6, 2}, {4, 8, 1}, {50, 8, 1}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, cases[c].turns, &h, &info, err, sizeof err),
+                         0);
+        assert_int_equal(h.n, cases[c].n);
+        for (size_t i = 0; i < h.n; i++) {
+            snprintf(u, sizeof u, "%s %zu", i % 2 ? "answer" : "question", cases[c].first + i / 2);
+            assert_string_equal(h.items[i].role, i % 2 ? "assistant" : "user");
+            assert_string_equal(h.items[i].content, u);
+        }
+        chat_history_clear(&h);
+    }
+    /* zero turns: the owner check alone */
+    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, 0, &h, &info, err, sizeof err), 0);
+    assert_int_equal(h.n, 0);
+    /* somebody else's session: refused, and not a byte of its history comes back */
+    assert_int_equal(chat_memory_open_session(db, "mallory", sid, NULL, 5, &h, &info, err, sizeof err),
+                     CHAT_EFORBIDDEN);
+    assert_int_equal(h.n, 0);
+    assert_null(h.items);
+    /* an unknown id is created for its caller, with no history */
+    assert_int_equal(chat_memory_open_session(db, "judy", "judy-new-1", NULL, 5, &h, &info, err, sizeof err), 0);
+    assert_true(info.created);
+    assert_string_equal(info.id, "judy-new-1");
+    assert_int_equal(h.n, 0);
+    /* a new session without an id */
+    assert_int_equal(chat_memory_open_session(db, "judy", NULL, NULL, 5, &h, &info, err, sizeof err), 0);
+    assert_true(info.created);
+    assert_int_equal(strlen(info.id), 36);
+    assert_int_equal(chat_memory_open_session(db, "judy", "bad id", NULL, 5, &h, &info, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, 5, &h, NULL, err, sizeof err), CHAT_EINVAL);
 }
 
 static void test_messages_json(void **state)
@@ -327,7 +397,7 @@ static void test_unicode_and_sizes(void **state)
     big = malloc(too + 1);
     assert_non_null(big);
     memset(big, 'x', too), big[too] = '\0';
-    assert_int_equal(chat_memory_store_turn(db, sid, "r-huge", big, "a", NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, sid, "r-huge", big, "a", NULL, true, err, sizeof err), CHAT_EINVAL);
     free(big);
     assert_int_equal(count_messages(sid), 4);
 }
@@ -410,7 +480,7 @@ static void test_database_restart(void **state)
 
     /* a transaction right after a restart */
     restart_database();
-    rc = chat_memory_store_turn(db, sid, "r2", "after the restart", "ok", NULL, err, sizeof err);
+    rc = chat_memory_store_turn(db, sid, "r2", "after the restart", "ok", NULL, true, err, sizeof err);
     if (rc) fail_msg("store after restart: %s (%s)", chat_strerror(rc), err);
     assert_int_equal(count_messages(sid), 4);
 
@@ -435,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_history_order_and_limit),
         cmocka_unit_test(test_store_idempotent),
         cmocka_unit_test(test_updated_at_touched),
+        cmocka_unit_test(test_open_session_with_history),
         cmocka_unit_test(test_messages_json),
         cmocka_unit_test(test_unicode_and_sizes),
         cmocka_unit_test(test_open_race),

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "chat_common.h"
@@ -374,6 +375,73 @@ static void test_database_down(void **state)
     chat_pipeline_free(p);
 }
 
+/* Pooled pipelines: a slot holds its connection only for the database stages, so with ONE connection for
+ * two pipelines, a turn runs to completion while another turn's slow generation is in flight (with the
+ * connection held throughout, the second turn would wait for the first to finish). */
+typedef struct slow_turn {
+    chat_pipeline *p;
+    atomic_int tokens;
+    atomic_int done;   /* 1: complete, 2: error */
+    int rc;
+} slow_turn;
+
+static int slow_token(void *ud, const char *text, size_t len)
+{
+    atomic_fetch_add(&((slow_turn *)ud)->tokens, 1);
+    return 0;
+}
+static void slow_complete(void *ud, const char *response, const char *session_id, const char *metadata)
+{
+    atomic_store(&((slow_turn *)ud)->done, 1);
+}
+static void slow_error(void *ud, const char *code, const char *message) { atomic_store(&((slow_turn *)ud)->done, 2); }
+static void slow_progress(void *ud, const char *step, const char *message) {}
+
+static void *slow_main(void *arg)
+{
+    slow_turn *t = arg;
+    chat_request req = {"What is the fuel capacity of the Seawind 250?", NULL, NULL, &alice, NULL};
+    chat_sink sink = {t, slow_progress, slow_token, slow_complete, slow_error};
+    t->rc = chat_pipeline_run(t->p, &req, &sink, NULL);
+    return NULL;
+}
+
+static void test_pool_released_during_generation(void **state)
+{
+    chat_config cfg = testutil_config("pipeline");
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    cfg.token_delay_ms = 15; /* dozens of tokens: about a second of generation */
+    char err[256];
+    chat_pipeline_pool *pool = chat_pipeline_pool_new(&cfg, 1);
+    assert_non_null(pool);
+    chat_pipeline *slow = chat_pipeline_new_pooled(&cfg, pool, err, sizeof err);
+    cfg.token_delay_ms = 0;
+    chat_pipeline *fast = chat_pipeline_new_pooled(&cfg, pool, err, sizeof err);
+    assert_non_null(slow);
+    assert_non_null(fast);
+    assert_null(chat_pipeline_db(fast)); /* pooled: no connection of its own outside a run */
+
+    slow_turn t = {.p = slow};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, slow_main, &t), 0);
+    for (int i = 0; i < 500 && atomic_load(&t.tokens) < 2; i++) usleep(10000);
+    assert_true(atomic_load(&t.tokens) >= 2); /* generating now */
+
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(fast, &e, &bob, "How often should I change the oil?", NULL, NULL, NULL, NULL), 0);
+    assert_non_null(e.response);
+    assert_int_equal(atomic_load(&t.done), 0); /* the slow answer is still streaming */
+    ev_clear(&e);
+
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(t.rc, 0);
+    assert_int_equal(atomic_load(&t.done), 1);
+    chat_pipeline_free(fast);
+    chat_pipeline_free(slow);
+    chat_pipeline_pool_free(pool);
+}
+
 /* The openai provider against the fake LLM server: prompt with history reaches the model, tokens stream. */
 static void test_openai_provider(void **state)
 {
@@ -444,6 +512,7 @@ int main(void)
         cmocka_unit_test(test_cancel_each_stage),
         cmocka_unit_test(test_customer_access_own),
         cmocka_unit_test(test_database_down),
+        cmocka_unit_test(test_pool_released_during_generation),
         cmocka_unit_test(test_openai_provider),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
