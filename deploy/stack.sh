@@ -157,7 +157,7 @@ start_worker() {
   if p=$(pid_of chat-worker chat-worker); then say "chat-worker already running (pid $p)"; return 0; fi
   spawn chat-worker chat-worker "$BIN/chat-worker"
   sleep 0.3
-  pid_of chat-worker chat-worker >/dev/null || fail_with_log chat-worker "$LOG/chat-worker.log" "chat-worker exited at start"
+  kill -0 "$(cat "$RUN/chat-worker.pid")" 2>/dev/null || fail_with_log chat-worker "$LOG/chat-worker.log" "chat-worker exited at start"
 }
 
 start_streamer() {
@@ -165,9 +165,12 @@ start_streamer() {
   if p=$(pid_of chat-streamer chat-streamer); then say "chat-streamer already running (pid $p)"; return 0; fi
   rm -f "$CHAT_STREAMER_SOCKET"
   spawn chat-streamer chat-streamer "$BIN/chat-streamer"
-  local i
+  # kill -0 on the pid just spawned, not pid_of: until setsid has exec'd, its command line is still this
+  # script's, and pid_of would call a starting streamer gone.
+  local i spawned
+  spawned=$(cat "$RUN/chat-streamer.pid")
   for ((i = 0; i < 200; i++)); do
-    pid_of chat-streamer chat-streamer >/dev/null ||
+    kill -0 "$spawned" 2>/dev/null ||
       { fail_with_log chat-streamer "$LOG/chat-streamer.log" "chat-streamer exited at start"; return 1; }
     [ "$(http_code --unix-socket "$CHAT_STREAMER_SOCKET" http://localhost/status)" = 200 ] && return 0
     sleep 0.1

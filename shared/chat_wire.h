@@ -1,28 +1,30 @@
 /* The ZeroMQ protocol between the streamer's broker and the chat-worker processes.
  *
  * Pattern: the zguide's load-balancing broker with Paranoid Pirate heartbeats. The streamer's broker
- * thread owns a ROUTER socket bound at CHAT_ZMQ_ENDPOINT; each worker process owns a DEALER connected to
- * it. A worker announces READY, then both sides send HB every CHAT_WIRE_HEARTBEAT_MS while idle or busy;
- * a peer silent for CHAT_WIRE_DEAD_MS is dead (the broker requeues or fails its job, the worker drops its
- * job and reconnects). Any message counts as a sign of life, heartbeats only fill silence.
+ * thread owns a ROUTER socket bound at CHAT_ZMQ_ENDPOINT; each worker process owns one DEALER connected to
+ * it and runs up to `slots` jobs at once. A worker announces READY, then both sides send HB every
+ * CHAT_WIRE_HEARTBEAT_MS while idle or busy; a peer silent for CHAT_WIRE_DEAD_MS is dead (the broker
+ * requeues or fails its jobs, the worker drops its jobs and reconnects). Any message counts as a sign of
+ * life, heartbeats only fill silence.
  *
  * Every message is multipart; the first part (after the ROUTER's identity envelope) names the command.
  * No JSON on this wire: fields are raw parts, so chat text is never re-escaped and the client-facing JSON
  * is built once, by the streamer. Empty optional fields are empty parts.
  *
  *   worker -> broker
- *     READY  version pid                 ready for a job (sent once after connecting)
+ *     READY  version pid slots           ready for up to `slots` jobs at once (sent once after connecting;
+ *                                        without slots, 1)
  *     HB                                 heartbeat
- *     BYE                                stop sending jobs; the job in flight still finishes
+ *     BYE                                stop sending jobs; the jobs in flight still finish
  *     EV job_id progress step message
  *     EV job_id token    text
- *     EV job_id complete response session_id metadata_json     terminal: the worker is idle again
- *     EV job_id error    code message                          terminal: the worker is idle again
+ *     EV job_id complete response session_id metadata_json     terminal: that slot is free again
+ *     EV job_id error    code message                          terminal: that slot is free again
  *   broker -> worker
  *     JOB job_id flags request_id user_id user_email user_name session_id customer_id message
- *     CANCEL job_id                      set the running job's cancel flag (ignored when not running)
+ *     CANCEL job_id                      set that job's cancel flag (ignored when not running)
  *     HB                                 heartbeat
- *     RESET                              "I do not know you" (broker restarted): drop the job, send READY
+ *     RESET                              "I do not know you" (broker restarted): drop the jobs, send READY
  *
  * job_id is a decimal uint64 chosen by the broker; flags is a decimal bitmask (CHAT_WIRE_F_*).
  * Thread context: a zmq socket belongs to one thread; these helpers keep no state of their own. */

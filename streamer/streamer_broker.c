@@ -7,7 +7,8 @@
  *   callbacks; and heartbeats keep their rhythm whatever the load on the event loop. The price is two
  *   small mutex-protected lists and two wake-ups: an eventfd polled beside the ROUTER (never blocks,
  *   needs no zmq socket on the lws thread) and lws_cancel_service() the other way.
- * - Jobs go only to live idle workers, least recently used first. A job waits in one bounded FIFO with a
+ * - A worker is one process with one DEALER and several slots (its READY says how many). Jobs go only to
+ *   live workers with a free slot, the least loaded first. A job waits in one bounded FIFO with a
  *   deadline when all are busy; with no live worker at all it fails at once (OVERLOADED), never hangs.
  * - A worker silent for CHAT_WIRE_DEAD_MS is dead. Its job is retried once on another worker if no token
  *   reached the client yet, otherwise the client gets PROCESSING_ERROR. Progress steps already sent are
@@ -42,13 +43,15 @@
 
 #define SB_MAX_MSGS_PER_TURN 512 /* ROUTER messages handled before timers get a look-in */
 #define SB_MAX_WORKERS 4096
+#define SB_MAX_SLOTS 65536 /* per worker process */
 #define SB_MAX_ATTEMPTS 2
 
 /* Progress steps, as bits, so a retried job does not repeat what the client already saw. */
 static const char *const STEPS[] = {"agent_routing", "rag_retrieval", "generating"};
 
 struct sb_job {
-    sb_job *next; /* command list, then the waiting queue */
+    sb_job *next;  /* command list, then the waiting queue */
+    sb_job *wnext; /* the running jobs of its worker */
     uint64_t id;
     unsigned flags;
     int attempts;
@@ -64,14 +67,17 @@ struct sb_job {
     char strings[];
 };
 
+/* One worker process: a DEALER that runs up to `capacity` jobs at once (its slots). */
 typedef struct sb_worker {
     struct sb_worker *next;
     unsigned char ident[256];
     size_t identlen;
     int pid;
+    int capacity;
+    int running;
     int64_t last_seen_ms;
-    int64_t idle_since_ms;
-    sb_job *job;
+    int64_t idle_since_ms; /* when a slot last became free */
+    sb_job *jobs;          /* running, linked by wnext */
     bool retiring;
 } sb_worker;
 
@@ -302,8 +308,8 @@ static void publish_counts(sb_broker *b)
 {
     int live = 0, busy = 0;
     for (sb_worker *w = b->workers; w; w = w->next) {
-        if (!w->retiring) live++;
-        if (w->job) busy++;
+        if (!w->retiring) live += w->capacity;
+        busy += w->running;
     }
     atomic_store(&b->n_live, live);
     atomic_store(&b->n_busy, busy);
@@ -319,8 +325,9 @@ static void publish_workers_json(sb_broker *b)
     chat_buf_init(&j);
     chat_buf_puts(&j, "[");
     for (sb_worker *w = b->workers; w; w = w->next)
-        chat_buf_printf(&j, "%s{\"pid\":%d,\"busy\":%s%s}", w == b->workers ? "" : ",", w->pid,
-                        w->job ? "true" : "false", w->retiring ? ",\"retiring\":true" : "");
+        chat_buf_printf(&j, "%s{\"pid\":%d,\"busy\":%s,\"slots\":%d,\"running\":%d%s}", w == b->workers ? "" : ",",
+                        w->pid, w->running ? "true" : "false", w->capacity, w->running,
+                        w->retiring ? ",\"retiring\":true" : "");
     chat_buf_puts(&j, "]");
     char *s = chat_buf_take(&j);
     if (!s) return;
@@ -360,6 +367,36 @@ static void job_orphaned(sb_broker *b, sb_job *job, int64_t now, const char *why
     job_fail(b, job, CHAT_CODE_PROCESSING_ERROR, "The worker processing your message failed, please retry");
 }
 
+static void worker_attach(sb_worker *w, sb_job *job)
+{
+    job->worker = w;
+    job->wnext = w->jobs;
+    w->jobs = job;
+    w->running++;
+}
+
+static void worker_detach(sb_worker *w, sb_job *job)
+{
+    for (sb_job **pp = &w->jobs; *pp; pp = &(*pp)->wnext)
+        if (*pp == job) {
+            *pp = job->wnext;
+            w->running--;
+            break;
+        }
+    job->wnext = NULL;
+    job->worker = NULL;
+}
+
+/* Every job running on w lost its worker (it died, restarted or was removed). */
+static void worker_orphan_all(sb_broker *b, sb_worker *w, int64_t now, const char *why)
+{
+    while (w->jobs) {
+        sb_job *job = w->jobs;
+        worker_detach(w, job);
+        job_orphaned(b, job, now, why);
+    }
+}
+
 static void worker_remove(sb_broker *b, sb_worker *w, int64_t now, const char *why)
 {
     sb_worker **pp = &b->workers;
@@ -367,19 +404,23 @@ static void worker_remove(sb_broker *b, sb_worker *w, int64_t now, const char *w
         pp = &(*pp)->next;
     if (*pp) *pp = w->next;
     b->n_workers--;
-    chat_log_info("broker: worker pid %d removed (%s)%s", w->pid, why, w->job ? " with a job in flight" : "");
-    sb_job *job = w->job;
+    chat_log_info("broker: worker pid %d removed (%s)%s", w->pid, why, w->running ? " with jobs in flight" : "");
+    worker_orphan_all(b, w, now, why);
     free(w);
-    if (job) job_orphaned(b, job, now, why);
     publish_counts(b);
 }
 
-/* The least recently used idle worker, or NULL. */
+/* The live worker with a free slot that runs the fewest jobs (spreading answers over processes and
+ * their CPUs), least recently freed first among equals; NULL when every slot is busy. */
 static sb_worker *worker_idle(sb_broker *b)
 {
     sb_worker *best = NULL;
-    for (sb_worker *w = b->workers; w; w = w->next)
-        if (!w->job && !w->retiring && (!best || w->idle_since_ms < best->idle_since_ms)) best = w;
+    for (sb_worker *w = b->workers; w; w = w->next) {
+        if (w->retiring || w->running >= w->capacity) continue;
+        if (!best || w->running < best->running ||
+            (w->running == best->running && w->idle_since_ms < best->idle_since_ms))
+            best = w;
+    }
     return best;
 }
 
@@ -413,8 +454,7 @@ static void dispatch(sb_broker *b, int64_t now)
             continue;
         }
         job->attempts++;
-        job->worker = w;
-        w->job = job;
+        worker_attach(w, job);
         chat_log_debug("broker: job %" PRIu64 " -> worker pid %d (attempt %d, waited %" PRId64 " ms)", job->id, w->pid,
                        job->attempts, now - job->submitted_ms);
         publish_counts(b);
@@ -488,8 +528,8 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_msg *m, int
 {
     uint64_t id;
     if (chat_wire_u64(m, 2, &id) || m->n < 4) return;
-    sb_job *job = w->job;
-    if (!job || job->id != id) return; /* stale: a job we already gave up on */
+    sb_job *job = sm_get(&b->jobs, id);
+    if (!job || job->worker != w) return; /* stale: a job we already gave up on */
     if (chat_wire_is(m, 3, CHAT_WIRE_EV_PROGRESS) && m->n >= 6) {
         for (size_t i = 0; i < CHAT_ARRAY_LEN(STEPS); i++) {
             if (!chat_wire_is(m, 4, STEPS[i])) continue;
@@ -518,11 +558,11 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_msg *m, int
     chat_log_info("broker: job %" PRIu64 " %s on worker pid %d in %" PRId64 " ms%s%s", job->id,
                   complete ? "completed" : "ended with error", w->pid, now - job->submitted_ms, error ? " code " : "",
                   error ? m->part[4] : "");
+    worker_detach(w, job);
     sm_del(&b->jobs, job->id);
     sb_job_free(job);
-    w->job = NULL;
     w->idle_since_ms = now;
-    if (w->retiring)
+    if (w->retiring && !w->running)
         worker_remove(b, w, now, "retired");
     else
         publish_counts(b);
@@ -537,13 +577,13 @@ static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
             chat_log_warn("broker: a worker speaks another protocol version, ignored");
             return;
         }
+        int capacity = m->n > 4 ? atoi(m->part[4]) : 1; /* READY version pid [slots] */
+        if (capacity < 1) capacity = 1;
+        if (capacity > SB_MAX_SLOTS) capacity = SB_MAX_SLOTS;
         if (w) { /* re-announced: whatever it was doing is lost */
             w->last_seen_ms = now;
-            if (w->job) {
-                sb_job *job = w->job;
-                w->job = NULL;
-                job_orphaned(b, job, now, "worker restarted");
-            }
+            worker_orphan_all(b, w, now, "worker restarted");
+            w->capacity = capacity;
             w->retiring = false;
             publish_counts(b);
             return;
@@ -557,11 +597,12 @@ static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
         memcpy(w->ident, m->part[0], m->len[0]);
         w->identlen = m->len[0];
         w->pid = m->n > 3 ? atoi(m->part[3]) : 0;
+        w->capacity = capacity;
         w->last_seen_ms = w->idle_since_ms = now;
         w->next = b->workers;
         b->workers = w;
         b->n_workers++;
-        chat_log_info("broker: worker pid %d ready (%d workers)", w->pid, b->n_workers);
+        chat_log_info("broker: worker pid %d ready with %d slots (%d workers)", w->pid, w->capacity, b->n_workers);
         publish_counts(b);
         return;
     }
@@ -578,7 +619,7 @@ static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
     if (chat_wire_is(m, 1, CHAT_WIRE_BYE)) {
         chat_log_info("broker: worker pid %d retiring", w->pid);
         w->retiring = true;
-        if (!w->job)
+        if (!w->running)
             worker_remove(b, w, now, "retired");
         else
             publish_counts(b);

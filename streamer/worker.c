@@ -1,18 +1,31 @@
-/* One chat-worker process: a DEALER to the streamer's broker, and a job thread running chat_pipeline.
+/* One chat-worker process: one DEALER to the streamer's broker, and CHAT_WORKER_SLOTS slot threads each
+ * running chat_pipeline, so one process streams that many answers at once.
  *
  * Design choices:
- * - Two threads. The main thread owns the DEALER and never blocks for long: it heartbeats every
- *   CHAT_WIRE_HEARTBEAT_MS even while a job runs, so the broker can tell a busy worker from a dead one,
- *   and it receives CANCEL while the pipeline is busy. The job thread owns the pipeline (one database
- *   connection, one LLM client) and runs one job at a time.
- * - ZeroMQ sockets belong to one thread, so the job thread does not write to the DEALER: it sends its
- *   events, already in wire format, on an inproc PAIR that the main thread forwards verbatim. A slow
- *   broker back-pressures the pipeline through the PAIR's high-water mark instead of growing a queue.
- * - After every run the job thread sends an internal DONE. If the pipeline ever returned without a
+ * - One main thread owns the DEALER and never blocks for long: it heartbeats every
+ *   CHAT_WIRE_HEARTBEAT_MS even while every slot is busy, so the broker can tell a busy worker from a
+ *   dead one, and it receives CANCEL while pipelines run. READY tells the broker how many slots there
+ *   are; the broker sends at most that many jobs at once.
+ * - One DEALER per process, not per slot: a token's way out is then one wake of the main thread, which
+ *   drains whatever every slot produced meanwhile, and one ZeroMQ I/O thread that writes many messages
+ *   per system call. With a DEALER, a context and a main thread per slot, each token cost a chain of
+ *   thread wake-ups of its own, which capped a process at a few thousand tokens per second.
+ * - ZeroMQ sockets belong to one thread, so slot threads do not write to the DEALER: each sends its
+ *   events, in wire format behind its slot number, on an inproc PUSH to the main thread's PULL, which
+ *   forwards them verbatim. A slow broker back-pressures the pipelines through the high-water marks
+ *   instead of growing a queue.
+ * - Tokens skip the PUSH: a slot appends them to its buffer and sends a TOK note only when the buffer was
+ *   empty; the main thread sends everything waiting as one event. A model that streams slowly gets one
+ *   event per token; a fast one gets batches, with no timer and no added latency.
+ * - After every run the slot thread sends an internal DONE. If the pipeline ever returned without a
  *   terminal event, the main thread supplies a PROCESSING_ERROR, so the broker never waits forever.
+ * - The broker counts a slot free at the job's terminal event, which the slot's DONE follows a moment
+ *   later: a JOB arriving in between waits in a small FIFO and starts on the next DONE.
  * - Paranoid Pirate on this side: a broker silent for CHAT_WIRE_DEAD_MS is presumed gone and the socket
  *   is recreated; one that answers RESET has restarted and does not know us. Either way READY is sent
- *   again once no job runs: a job in flight is cancelled first, its client was on the old broker.
+ *   again once no job runs: the jobs in flight are cancelled first, their clients were on the old broker.
+ * - Slots share CHAT_WORKER_DB_CONNS database connections (chat_pipeline_pool), held only for the
+ *   database stages of a turn.
  * - The pipeline's own "starting" progress is not forwarded: the streamer sent it when the message was
  *   accepted. Cancel both sets the pipeline's atomic flag and makes the token callback ask to stop. */
 #include "worker.h"
@@ -36,17 +49,22 @@
 #include "chat_util.h"
 #include "chat_wire.h"
 
-#define EVENTS_ENDPOINT "inproc://chat-worker-events"
 #define DONE_CMD "DONE"
-#define TOKENS_CMD "TOK" /* tokens are waiting in the worker's token buffer */
+#define TOKENS_CMD "TOK"     /* tokens are waiting in the slot's token buffer */
 #define STOP_GIVE_UP_MS 5000 /* after the grace period and a cancel, exit anyway */
+#define SLOT_EVENTS_HWM 10000
 
-typedef struct worker {
-    chat_config cfg;
-    void *zctx;
+typedef struct worker worker;
+
+typedef struct slot {
+    worker *w;
+    int index;
+    char index_str[12];
+    pthread_t thread;
+    bool started;
     chat_pipeline *pipeline;
 
-    /* job hand-off, main -> job thread */
+    /* Hand-off, main thread -> slot thread, under mu. */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool has_job;
@@ -55,96 +73,125 @@ typedef struct worker {
     chat_wire_job job;
     atomic_int cancel;
 
-    /* main thread */
-    bool busy;
+    /* Main thread only. */
+    bool busy; /* a job was handed over and its DONE is not seen yet */
     uint64_t job_id;
     bool terminal_sent;
-    int64_t job_started_ms;
-    /* The broker counts a worker free at the terminal event, which the job thread's DONE follows a
-     * moment later: a JOB arriving in between waits here and starts on DONE. */
-    chat_wire_msg next_msg;
-    bool has_next;
+    int64_t started_ms;
 
-    /* Tokens, job thread -> main thread. The job thread appends and wakes the main thread only when the
-     * buffer was empty; the main thread sends everything waiting as one event. A model that streams
-     * slowly gets one event per token; a fast one gets batches, with no timer and no added latency. */
+    /* Tokens, slot thread -> main thread. */
     pthread_mutex_t tok_mu;
     chat_buf tok_buf;
-} worker;
+} slot;
+
+struct worker {
+    chat_config cfg;
+    void *zctx;
+    char endpoint[64]; /* the inproc PULL the slots push to */
+    chat_pipeline_pool *pool;
+    slot *slots;
+    int n_slots;
+
+    /* Main thread only. */
+    int n_busy;
+    int n_finishing;  /* busy slots whose terminal event went out (the broker counts them free) */
+    int *idle;        /* stack of idle slot indexes */
+    int n_idle;
+    chat_wire_msg *pending; /* ring of JOBs waiting for a DONE, capacity n_slots */
+    bool *pending_cancel;
+    int pend_head, pend_len;
+};
 
 typedef struct sink_ctx {
-    worker *w;
-    void *pair;
+    slot *s;
+    void *push;
     uint64_t job_id;
-    atomic_int *cancel;
+    char job_id_str[24];
 } sink_ctx;
-
-/* ---------------------------------------------------------------- job thread */
 
 static chat_wire_part part(const char *s)
 {
     return (chat_wire_part){s ? s : "", s ? strlen(s) : 0};
 }
 
+/* ---------------------------------------------------------------- slot threads */
+
+/* slot EV job_id kind fields... on the PUSH (blocking: at the high-water mark the pipeline waits). */
+static void slot_event(sink_ctx *c, const char *kind, const chat_wire_part *f, int nf)
+{
+    chat_wire_part p[CHAT_WIRE_MAX_PARTS];
+    int n = 0;
+    p[n++] = part(c->s->index_str);
+    p[n++] = part(CHAT_WIRE_EVENT);
+    p[n++] = part(c->job_id_str);
+    p[n++] = part(kind);
+    for (int i = 0; i < nf && n < CHAT_WIRE_MAX_PARTS; i++) p[n++] = f[i];
+    chat_wire_send(c->push, p, n, 0);
+}
+
+static void slot_note(sink_ctx *c, const char *cmd)
+{
+    chat_wire_part p[3] = {part(c->s->index_str), part(cmd), part(c->job_id_str)};
+    chat_wire_send(c->push, p, 3, 0);
+}
+
 static void on_progress(void *ud, const char *step, const char *message)
 {
-    sink_ctx *c = ud;
     if (!strcmp(step, "starting")) return; /* the streamer sent it already */
     chat_wire_part f[2] = {part(step), part(message)};
-    chat_wire_send_event(c->pair, c->job_id, CHAT_WIRE_EV_PROGRESS, f, 2, 0);
+    slot_event(ud, CHAT_WIRE_EV_PROGRESS, f, 2);
 }
 
 static int on_token(void *ud, const char *text, size_t len)
 {
     sink_ctx *c = ud;
-    pthread_mutex_lock(&c->w->tok_mu);
-    bool was_empty = c->w->tok_buf.len == 0;
-    int rc = chat_buf_append(&c->w->tok_buf, text, len);
-    pthread_mutex_unlock(&c->w->tok_mu);
+    slot *s = c->s;
+    pthread_mutex_lock(&s->tok_mu);
+    bool was_empty = s->tok_buf.len == 0;
+    int rc = chat_buf_append(&s->tok_buf, text, len);
+    pthread_mutex_unlock(&s->tok_mu);
     if (rc) return 1;
-    if (was_empty) {
-        char id[24];
-        snprintf(id, sizeof id, "%" PRIu64, c->job_id);
-        chat_wire_send_cmd(c->pair, NULL, 0, TOKENS_CMD, id, 0);
-    }
-    return atomic_load(c->cancel) ? 1 : 0;
+    if (was_empty) slot_note(c, TOKENS_CMD);
+    return atomic_load(&s->cancel) ? 1 : 0;
 }
 
 static void on_complete(void *ud, const char *response, const char *session_id, const char *metadata_json)
 {
-    sink_ctx *c = ud;
     chat_wire_part f[3] = {part(response), part(session_id), part(metadata_json)};
-    chat_wire_send_event(c->pair, c->job_id, CHAT_WIRE_EV_COMPLETE, f, 3, 0);
+    slot_event(ud, CHAT_WIRE_EV_COMPLETE, f, 3);
 }
 
 static void on_error(void *ud, const char *code, const char *message)
 {
-    sink_ctx *c = ud;
     chat_wire_part f[2] = {part(code), part(message)};
-    chat_wire_send_event(c->pair, c->job_id, CHAT_WIRE_EV_ERROR, f, 2, 0);
+    slot_event(ud, CHAT_WIRE_EV_ERROR, f, 2);
 }
 
-static void *job_thread(void *arg)
+static void *slot_thread(void *arg)
 {
-    worker *w = arg;
-    void *pair = zmq_socket(w->zctx, ZMQ_PAIR);
-    int hwm = 10000;
-    if (pair) zmq_setsockopt(pair, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    if (!pair || zmq_connect(pair, EVENTS_ENDPOINT)) {
-        chat_log_error("worker: job thread cannot reach the main thread: %s", zmq_strerror(errno));
-        if (pair) zmq_close(pair);
+    slot *s = arg;
+    worker *w = s->w;
+    void *push = zmq_socket(w->zctx, ZMQ_PUSH);
+    int hwm = SLOT_EVENTS_HWM, zero = 0;
+    if (push) {
+        zmq_setsockopt(push, ZMQ_SNDHWM, &hwm, sizeof hwm);
+        zmq_setsockopt(push, ZMQ_LINGER, &zero, sizeof zero);
+    }
+    if (!push || zmq_connect(push, w->endpoint)) {
+        chat_log_error("worker: slot %d cannot reach the main thread: %s", s->index, zmq_strerror(errno));
+        if (push) zmq_close(push);
         return NULL;
     }
     for (;;) {
-        pthread_mutex_lock(&w->mu);
-        while (!w->has_job && !w->quit)
-            pthread_cond_wait(&w->cv, &w->mu);
-        if (w->quit) {
-            pthread_mutex_unlock(&w->mu);
+        pthread_mutex_lock(&s->mu);
+        while (!s->has_job && !s->quit)
+            pthread_cond_wait(&s->cv, &s->mu);
+        if (s->quit) {
+            pthread_mutex_unlock(&s->mu);
             break;
         }
-        chat_wire_job job = w->job; /* job_msg stays untouched until DONE is seen */
-        pthread_mutex_unlock(&w->mu);
+        chat_wire_job job = s->job; /* job_msg stays untouched until DONE is seen */
+        pthread_mutex_unlock(&s->mu);
 
         chat_user user;
         memset(&user, 0, sizeof user);
@@ -158,20 +205,19 @@ static void *job_thread(void *arg)
             .user = &user,
             .request_id = job.request_id[0] ? job.request_id : NULL,
         };
-        sink_ctx c = {.w = w, .pair = pair, .job_id = job.job_id, .cancel = &w->cancel};
+        sink_ctx c = {.s = s, .push = push, .job_id = job.job_id};
+        snprintf(c.job_id_str, sizeof c.job_id_str, "%" PRIu64, job.job_id);
         chat_sink sink = {
             .ud = &c, .progress = on_progress, .token = on_token, .complete = on_complete, .error = on_error};
-        int rc = chat_pipeline_run(w->pipeline, &req, &sink, &w->cancel);
+        int rc = chat_pipeline_run(s->pipeline, &req, &sink, &s->cancel);
         if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", job.job_id, chat_strerror(rc));
 
-        pthread_mutex_lock(&w->mu);
-        w->has_job = false;
-        pthread_mutex_unlock(&w->mu);
-        char id[24];
-        snprintf(id, sizeof id, "%" PRIu64, job.job_id);
-        chat_wire_send_cmd(pair, NULL, 0, DONE_CMD, id, 0);
+        pthread_mutex_lock(&s->mu);
+        s->has_job = false;
+        pthread_mutex_unlock(&s->mu);
+        slot_note(&c, DONE_CMD);
     }
-    zmq_close(pair);
+    zmq_close(push);
     return NULL;
 }
 
@@ -195,12 +241,13 @@ static void *dealer_open(worker *w)
     return d;
 }
 
-static void send_ready(void *dealer)
+static void send_ready(worker *w, void *dealer)
 {
-    char pid[16];
+    char pid[16], slots[16];
     snprintf(pid, sizeof pid, "%d", (int)getpid());
-    chat_wire_part p[3] = {part(CHAT_WIRE_READY), part(CHAT_WIRE_VERSION), part(pid)};
-    chat_wire_send(dealer, p, 3, ZMQ_DONTWAIT);
+    snprintf(slots, sizeof slots, "%d", w->n_slots);
+    chat_wire_part p[4] = {part(CHAT_WIRE_READY), part(CHAT_WIRE_VERSION), part(pid), part(slots)};
+    chat_wire_send(dealer, p, 4, ZMQ_DONTWAIT);
 }
 
 static void send_job_error(void *dealer, uint64_t id, const char *code, const char *message)
@@ -209,7 +256,27 @@ static void send_job_error(void *dealer, uint64_t id, const char *code, const ch
     chat_wire_send_event(dealer, id, CHAT_WIRE_EV_ERROR, f, 2, ZMQ_DONTWAIT);
 }
 
-/* A JOB from the broker: hand it to the job thread (the message buffer moves with it). */
+/* Hands the JOB in *m to an idle slot (the message buffer moves with it). */
+static void assign(worker *w, chat_wire_msg *m, bool cancelled)
+{
+    slot *s = &w->slots[w->idle[--w->n_idle]];
+    pthread_mutex_lock(&s->mu);
+    chat_wire_msg tmp = s->job_msg;
+    s->job_msg = *m;
+    *m = tmp;
+    chat_wire_parse_job(&s->job_msg, 0, &s->job);
+    atomic_store(&s->cancel, cancelled ? 1 : 0);
+    s->has_job = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    s->busy = true;
+    s->job_id = s->job.job_id;
+    s->terminal_sent = false;
+    s->started_ms = chat_now_ms();
+    w->n_busy++;
+    chat_log_debug("worker: job %" PRIu64 " started on slot %d", s->job_id, s->index);
+}
+
 static void start_job(worker *w, void *dealer, chat_wire_msg *m, bool stopping)
 {
     chat_wire_job job;
@@ -217,31 +284,45 @@ static void start_job(worker *w, void *dealer, chat_wire_msg *m, bool stopping)
         chat_log_warn("worker: malformed JOB ignored");
         return;
     }
-    if (w->busy && w->terminal_sent && !w->has_next && !stopping) {
-        chat_wire_msg tmp = w->next_msg;
-        w->next_msg = *m;
+    if (!stopping && w->n_idle > 0) {
+        assign(w, m, false);
+        return;
+    }
+    if (!stopping && w->pend_len < w->n_finishing) { /* a slot frees itself on its DONE */
+        int at = (w->pend_head + w->pend_len) % w->n_slots;
+        chat_wire_msg tmp = w->pending[at];
+        w->pending[at] = *m;
         *m = tmp;
-        w->has_next = true;
+        w->pending_cancel[at] = false;
+        w->pend_len++;
         return;
     }
-    if (w->busy || stopping) { /* the broker should never do this; answer rather than strand the client */
-        send_job_error(dealer, job.job_id, CHAT_CODE_OVERLOADED, "The worker is busy, please retry");
-        return;
+    /* the broker should never do this; answer rather than strand the client */
+    send_job_error(dealer, job.job_id, CHAT_CODE_OVERLOADED, "The worker is busy, please retry");
+}
+
+static void cancel_job(worker *w, uint64_t id)
+{
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = &w->slots[i];
+        if (s->busy && s->job_id == id) {
+            atomic_store(&s->cancel, 1);
+            chat_log_debug("worker: job %" PRIu64 " cancelled", id);
+            return;
+        }
     }
-    pthread_mutex_lock(&w->mu);
-    chat_wire_msg tmp = w->job_msg;
-    w->job_msg = *m;
-    *m = tmp;
-    chat_wire_parse_job(&w->job_msg, 0, &w->job);
-    atomic_store(&w->cancel, 0);
-    w->has_job = true;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    w->busy = true;
-    w->job_id = job.job_id;
-    w->terminal_sent = false;
-    w->job_started_ms = chat_now_ms();
-    chat_log_debug("worker: job %" PRIu64 " started", job.job_id);
+    for (int k = 0; k < w->pend_len; k++) {
+        int at = (w->pend_head + k) % w->n_slots;
+        chat_wire_job job;
+        if (!chat_wire_parse_job(&w->pending[at], 0, &job) && job.job_id == id) w->pending_cancel[at] = true;
+    }
+}
+
+static void cancel_all(worker *w)
+{
+    for (int i = 0; i < w->n_slots; i++)
+        if (w->slots[i].busy) atomic_store(&w->slots[i].cancel, 1);
+    for (int k = 0; k < w->pend_len; k++) w->pending_cancel[(w->pend_head + k) % w->n_slots] = true;
 }
 
 static void handle_broker(worker *w, void *dealer, chat_wire_msg *m, bool stopping, bool *reset)
@@ -253,108 +334,174 @@ static void handle_broker(worker *w, void *dealer, chat_wire_msg *m, bool stoppi
     }
     if (chat_wire_is(m, 0, CHAT_WIRE_CANCEL)) {
         uint64_t id;
-        if (!chat_wire_u64(m, 1, &id) && w->busy && id == w->job_id) {
-            atomic_store(&w->cancel, 1);
-            chat_log_debug("worker: job %" PRIu64 " cancelled", id);
-        }
+        if (!chat_wire_u64(m, 1, &id)) cancel_job(w, id);
         return;
     }
     if (chat_wire_is(m, 0, CHAT_WIRE_RESET)) *reset = true;
 }
 
-/* Sends the tokens waiting in the buffer as one event (main thread). */
-static void flush_tokens(worker *w, void *dealer, uint64_t job_id)
+/* Sends the tokens waiting in the slot's buffer as one event. */
+static void flush_tokens(void *dealer, slot *s)
 {
     chat_buf out;
-    pthread_mutex_lock(&w->tok_mu);
-    out = w->tok_buf;
-    chat_buf_init(&w->tok_buf);
-    pthread_mutex_unlock(&w->tok_mu);
+    pthread_mutex_lock(&s->tok_mu);
+    out = s->tok_buf;
+    chat_buf_init(&s->tok_buf);
+    pthread_mutex_unlock(&s->tok_mu);
     if (out.len) {
         chat_wire_part f[1] = {{out.data, out.len}};
         /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
-        if (chat_wire_send_event(dealer, job_id, CHAT_WIRE_EV_TOKEN, f, 1, 0))
+        if (chat_wire_send_event(dealer, s->job_id, CHAT_WIRE_EV_TOKEN, f, 1, 0))
             chat_log_warn("worker: tokens not sent: %s", zmq_strerror(errno));
     }
     chat_buf_free(&out);
 }
 
-/* An event from the job thread: forward it, note terminal events, finish on DONE. */
-static void handle_job_event(worker *w, void *dealer, chat_wire_msg *m)
+static void slot_done(worker *w, void *dealer, slot *s)
 {
-    if (chat_wire_is(m, 0, TOKENS_CMD)) {
-        uint64_t id = 0;
-        chat_wire_u64(m, 1, &id);
-        flush_tokens(w, dealer, id);
-        return;
+    flush_tokens(dealer, s);
+    if (!s->terminal_sent) {
+        chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", s->job_id);
+        send_job_error(dealer, s->job_id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
+    } else {
+        w->n_finishing--;
     }
-    if (chat_wire_is(m, 0, DONE_CMD)) {
-        uint64_t id = 0;
-        chat_wire_u64(m, 1, &id);
-        flush_tokens(w, dealer, id);
-        if (!w->terminal_sent) {
-            chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", id);
-            send_job_error(dealer, id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
-        }
-        chat_log_info("worker: job %" PRIu64 " done in %" PRId64 " ms%s", id, chat_now_ms() - w->job_started_ms,
-                      atomic_load(&w->cancel) ? " (cancelled)" : "");
-        w->busy = false;
-        w->job_id = 0;
-        if (w->has_next) {
-            w->has_next = false;
-            start_job(w, dealer, &w->next_msg, false);
-        }
-        return;
+    chat_log_info("worker: job %" PRIu64 " done in %" PRId64 " ms%s", s->job_id, chat_now_ms() - s->started_ms,
+                  atomic_load(&s->cancel) ? " (cancelled)" : "");
+    s->busy = false;
+    s->job_id = 0;
+    w->n_busy--;
+    w->idle[w->n_idle++] = s->index;
+    if (w->pend_len) { /* accepted earlier: it runs even when stopping */
+        int at = w->pend_head;
+        w->pend_head = (w->pend_head + 1) % w->n_slots;
+        w->pend_len--;
+        assign(w, &w->pending[at], w->pending_cancel[at]);
     }
-    /* EV job_id kind ...: the kind is part 2 here (the broker sees it at 3, after the envelope). */
-    if (chat_wire_is(m, 2, CHAT_WIRE_EV_COMPLETE) || chat_wire_is(m, 2, CHAT_WIRE_EV_ERROR)) {
-        w->terminal_sent = true;
-        flush_tokens(w, dealer, w->job_id); /* nothing may follow the terminal event */
-    }
-    chat_wire_part p[CHAT_WIRE_MAX_PARTS];
-    for (int i = 0; i < m->n; i++)
-        p[i] = (chat_wire_part){m->part[i], m->len[i]};
-    /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
-    if (chat_wire_send(dealer, p, m->n, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
 }
 
-int worker_run(const chat_config *cfg, chat_pipeline_pool *pool, volatile sig_atomic_t *stop)
+/* A message from a slot: [slot] TOK|DONE job_id, or [slot] EV job_id kind ... to forward. */
+static void handle_slot_message(worker *w, void *dealer, chat_wire_msg *m)
+{
+    uint64_t idx;
+    if (m->n < 3 || chat_wire_u64(m, 0, &idx) || idx >= (uint64_t)w->n_slots) return;
+    slot *s = &w->slots[idx];
+    if (!s->busy) return;
+    if (chat_wire_is(m, 1, TOKENS_CMD)) {
+        flush_tokens(dealer, s);
+        return;
+    }
+    if (chat_wire_is(m, 1, DONE_CMD)) {
+        slot_done(w, dealer, s);
+        return;
+    }
+    if (!chat_wire_is(m, 1, CHAT_WIRE_EVENT)) return;
+    if (chat_wire_is(m, 3, CHAT_WIRE_EV_COMPLETE) || chat_wire_is(m, 3, CHAT_WIRE_EV_ERROR)) {
+        flush_tokens(dealer, s); /* nothing may follow the terminal event */
+        if (!s->terminal_sent) w->n_finishing++;
+        s->terminal_sent = true;
+    }
+    chat_wire_part p[CHAT_WIRE_MAX_PARTS];
+    for (int i = 1; i < m->n; i++)
+        p[i - 1] = (chat_wire_part){m->part[i], m->len[i]};
+    /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
+    if (chat_wire_send(dealer, p, m->n - 1, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+}
+
+static worker *worker_new(const chat_config *cfg)
 {
     worker *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
+    w->cfg = *cfg;
+    w->n_slots = cfg->worker_slots > 0 ? cfg->worker_slots : 1;
+    snprintf(w->endpoint, sizeof w->endpoint, "inproc://chat-worker-events-%p", (void *)w);
+    w->slots = calloc((size_t)w->n_slots, sizeof *w->slots);
+    w->idle = calloc((size_t)w->n_slots, sizeof *w->idle);
+    w->pending = calloc((size_t)w->n_slots, sizeof *w->pending);
+    w->pending_cancel = calloc((size_t)w->n_slots, sizeof *w->pending_cancel);
+    if (!w->slots || !w->idle || !w->pending || !w->pending_cancel) {
+        free(w->slots), free(w->idle), free(w->pending), free(w->pending_cancel), free(w);
+        return NULL;
+    }
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = &w->slots[i];
+        s->w = w;
+        s->index = i;
+        snprintf(s->index_str, sizeof s->index_str, "%d", i);
+        pthread_mutex_init(&s->mu, NULL);
+        pthread_cond_init(&s->cv, NULL);
+        pthread_mutex_init(&s->tok_mu, NULL);
+        chat_buf_init(&s->tok_buf);
+        chat_wire_msg_init(&s->job_msg);
+        chat_wire_msg_init(&w->pending[i]);
+        w->idle[w->n_slots - 1 - i] = i; /* slot 0 first */
+    }
+    w->n_idle = w->n_slots;
+    return w;
+}
+
+/* Frees everything; only when no slot thread runs any more. */
+static void worker_free(worker *w)
+{
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = &w->slots[i];
+        chat_pipeline_free(s->pipeline);
+        chat_wire_msg_clear(&s->job_msg);
+        chat_wire_msg_clear(&w->pending[i]);
+        chat_buf_free(&s->tok_buf);
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+        pthread_mutex_destroy(&s->tok_mu);
+    }
+    if (w->zctx) zmq_ctx_term(w->zctx);
+    chat_pipeline_pool_free(w->pool);
+    free(w->slots), free(w->idle), free(w->pending), free(w->pending_cancel);
+    free(w);
+}
+
+int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
+{
+    worker *w = worker_new(cfg);
     if (!w) return 1;
     int rc = 1;
-    void *pair = NULL, *dealer = NULL;
-    pthread_t thread;
-    bool thread_started = false;
+    void *pull = NULL, *dealer = NULL;
     chat_wire_msg m;
     chat_wire_msg_init(&m);
-    w->cfg = *cfg;
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_mutex_init(&w->tok_mu, NULL);
-    chat_buf_init(&w->tok_buf);
-    pthread_cond_init(&w->cv, NULL);
-    chat_wire_msg_init(&w->job_msg);
-    chat_wire_msg_init(&w->next_msg);
-
     char err[256];
-    w->pipeline = chat_pipeline_new_pooled(cfg, pool, err, sizeof err);
-    if (!w->pipeline) {
-        chat_log_error("worker: %s", err);
-        goto out;
+
+    /* One slot: its own connection, as before slots existed. More: a shared pool. */
+    if (w->n_slots > 1) {
+        int conns = cfg->worker_db_conns < w->n_slots ? cfg->worker_db_conns : w->n_slots;
+        w->pool = chat_pipeline_pool_new(cfg, conns);
+        if (!w->pool) goto out;
+    }
+    for (int i = 0; i < w->n_slots; i++) {
+        w->slots[i].pipeline = chat_pipeline_new_pooled(cfg, w->pool, err, sizeof err);
+        if (!w->slots[i].pipeline) {
+            chat_log_error("worker: %s", err);
+            goto out;
+        }
     }
     w->zctx = zmq_ctx_new();
     if (!w->zctx) goto out;
-    pair = zmq_socket(w->zctx, ZMQ_PAIR);
-    if (!pair || zmq_bind(pair, EVENTS_ENDPOINT)) {
+    pull = zmq_socket(w->zctx, ZMQ_PULL);
+    int hwm = SLOT_EVENTS_HWM * 4;
+    if (pull) zmq_setsockopt(pull, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (!pull || zmq_bind(pull, w->endpoint)) {
         chat_log_error("worker: inproc socket: %s", zmq_strerror(errno));
         goto out;
     }
-    if (pthread_create(&thread, NULL, job_thread, w)) goto out;
-    thread_started = true;
+    for (int i = 0; i < w->n_slots; i++) {
+        if (pthread_create(&w->slots[i].thread, NULL, slot_thread, &w->slots[i])) {
+            chat_log_error("worker: cannot start slot %d: %s", i, strerror(errno));
+            goto out;
+        }
+        w->slots[i].started = true;
+    }
     dealer = dealer_open(w);
     if (!dealer) goto out;
-    send_ready(dealer);
-    chat_log_info("worker: ready, connected to %s", cfg->zmq_endpoint);
+    send_ready(w, dealer);
+    chat_log_info("worker: ready with %d slots, connected to %s", w->n_slots, cfg->zmq_endpoint);
 
     int64_t now = chat_now_ms(), last_broker = now, next_hb = now + CHAT_WIRE_HEARTBEAT_MS;
     int64_t stop_at = 0;
@@ -366,23 +513,23 @@ int worker_run(const chat_config *cfg, chat_pipeline_pool *pool, volatile sig_at
             if (!bye_sent) {
                 chat_wire_send_cmd(dealer, NULL, 0, CHAT_WIRE_BYE, NULL, ZMQ_DONTWAIT);
                 bye_sent = true;
-                chat_log_info("worker: stopping%s", w->busy ? " after the job in flight" : "");
+                chat_log_info("worker: stopping%s", w->n_busy ? " after the jobs in flight" : "");
             }
-            if (!w->busy) break;
+            if (!w->n_busy && !w->pend_len) break;
             int64_t grace = (int64_t)cfg->shutdown_grace_s * 1000;
             if (!cancelled_for_stop && now - stop_at >= grace) {
-                chat_log_warn("worker: grace period over, cancelling job %" PRIu64, w->job_id);
-                atomic_store(&w->cancel, 1);
+                chat_log_warn("worker: grace period over, cancelling %d jobs", w->n_busy);
+                cancel_all(w);
                 cancelled_for_stop = true;
             }
             if (now - stop_at >= grace + STOP_GIVE_UP_MS) {
-                chat_log_error("worker: job %" PRIu64 " did not stop, exiting anyway", w->job_id);
+                chat_log_error("worker: %d jobs did not stop, exiting anyway", w->n_busy);
                 break;
             }
         }
         long timeout = next_hb > now ? (long)(next_hb - now) : 0;
         if (stop_at && timeout > 100) timeout = 100;
-        zmq_pollitem_t items[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}};
+        zmq_pollitem_t items[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
         if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR) {
             chat_log_error("worker: zmq_poll: %s", zmq_strerror(errno));
             break;
@@ -393,11 +540,11 @@ int worker_run(const chat_config *cfg, chat_pipeline_pool *pool, volatile sig_at
             last_broker = now;
             handle_broker(w, dealer, &m, stop_at != 0, &reset);
         }
-        while (chat_wire_recv(pair, &m, ZMQ_DONTWAIT) == 0)
-            handle_job_event(w, dealer, &m);
+        while (chat_wire_recv(pull, &m, ZMQ_DONTWAIT) == 0)
+            handle_slot_message(w, dealer, &m);
         /* A silent broker: new socket (new identity). RESET: the broker restarted and does not know us.
          * Either way announce again, but only once idle, so that no job is offered while one still runs:
-         * the job in flight is cancelled, its client was on the old broker. */
+         * the jobs in flight are cancelled, their clients were on the old broker. */
         if (now - last_broker > CHAT_WIRE_DEAD_MS) {
             chat_log_warn("worker: the broker is silent, reconnecting");
             zmq_close(dealer);
@@ -409,13 +556,13 @@ int worker_run(const chat_config *cfg, chat_pipeline_pool *pool, volatile sig_at
             chat_log_warn("worker: the broker does not know us (restarted?), announcing again");
             announce = true;
         }
-        if (announce && w->busy) {
-            atomic_store(&w->cancel, 1);
+        if (announce && (w->n_busy || w->pend_len)) {
+            cancel_all(w);
         } else if (announce) {
             if (bye_sent)
                 chat_wire_send_cmd(dealer, NULL, 0, CHAT_WIRE_BYE, NULL, ZMQ_DONTWAIT);
             else
-                send_ready(dealer);
+                send_ready(w, dealer);
             announce = false;
         }
         if (now >= next_hb) {
@@ -424,32 +571,32 @@ int worker_run(const chat_config *cfg, chat_pipeline_pool *pool, volatile sig_at
         }
     }
     rc = 0;
-out:
-    if (thread_started) {
-        pthread_mutex_lock(&w->mu);
-        w->quit = true;
-        atomic_store(&w->cancel, 1);
-        pthread_cond_signal(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        /* A job still running after the give-up delay holds the thread; do not wait for it. */
-        if (!w->busy)
-            pthread_join(thread, NULL);
-        else
-            pthread_detach(thread);
+out:;
+    /* Slot threads stop; one still running a job after the give-up delay holds its thread, and then the
+     * shared state stays allocated (the process is about to exit) rather than pulled from under it. */
+    bool stuck = false;
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = &w->slots[i];
+        if (!s->started) continue;
+        pthread_mutex_lock(&s->mu);
+        s->quit = true;
+        atomic_store(&s->cancel, 1);
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = &w->slots[i];
+        if (!s->started) continue;
+        if (!s->busy) {
+            pthread_join(s->thread, NULL);
+        } else {
+            pthread_detach(s->thread);
+            stuck = true;
+        }
     }
     if (dealer) zmq_close(dealer);
-    if (pair) zmq_close(pair);
+    if (pull) zmq_close(pull);
     chat_wire_msg_clear(&m);
-    if (!thread_started || !w->busy) {
-        if (w->zctx) zmq_ctx_term(w->zctx);
-        chat_pipeline_free(w->pipeline);
-        chat_wire_msg_clear(&w->job_msg);
-        chat_wire_msg_clear(&w->next_msg);
-        pthread_cond_destroy(&w->cv);
-        pthread_mutex_destroy(&w->mu);
-        pthread_mutex_destroy(&w->tok_mu);
-        chat_buf_free(&w->tok_buf);
-        free(w);
-    }
+    if (!stuck) worker_free(w);
     return rc;
 }

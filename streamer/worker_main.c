@@ -4,7 +4,9 @@
  * Design choices:
  * - Processes for isolation, slots for concurrency: a crash, a leak or a stuck LLM call takes down one
  *   process, which the broker notices by its heartbeats and the supervisor replaces; within a process,
- *   CHAT_WORKER_SLOTS threads each run a whole worker, so one process streams several answers at once.
+ *   CHAT_WORKER_SLOTS threads each run the pipeline (worker.c), so one process streams that many answers
+ *   at once. A model streaming 30 tokens/s keeps a slot busy for seconds at almost no CPU: slots, not
+ *   processes, give concurrency.
  * - The supervisor forks before creating any thread or ZeroMQ context, so children start clean. Each
  *   child asks for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so no orphan keeps serving.
  * - Restarts back off (100 ms doubling to 5 s) while children die young, so a broken configuration does
@@ -12,7 +14,6 @@
  * - SIGTERM/SIGINT: forwarded to the children, which finish their job in flight within
  *   CHAT_SHUTDOWN_GRACE_S; stragglers get SIGKILL after grace + 10 s. Exit 0. */
 #include <errno.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,58 +60,6 @@ typedef struct child {
     int backoff_ms;
 } child;
 
-typedef struct slot_arg {
-    const chat_config *cfg;
-    chat_pipeline_pool *pool;
-    int rc;
-} slot_arg;
-
-static void *slot_main(void *p)
-{
-    slot_arg *a = p;
-    a->rc = worker_run(a->cfg, a->pool, &g_stop);
-    return NULL;
-}
-
-/* One worker process serves cfg->worker_slots answers at once: each slot is a whole worker (its own
- * ZeroMQ context, DEALER identity, heartbeats and pipeline) on its own thread, so the broker sees slots
- * as independent workers. A model streaming at 30 tokens/s keeps a slot busy for seconds while using
- * almost no CPU: slots, not processes, give concurrency; processes give isolation. The slots share
- * cfg->worker_db_conns database connections, held only for the database stages of a turn, so slots
- * scale without scaling MariaDB's connections. Returns the worst exit code. */
-static int run_slots(const chat_config *cfg)
-{
-    int n = cfg->worker_slots > 0 ? cfg->worker_slots : 1;
-    if (n == 1) return worker_run(cfg, NULL, &g_stop);
-    int conns = cfg->worker_db_conns < n ? cfg->worker_db_conns : n;
-    chat_pipeline_pool *pool = chat_pipeline_pool_new(cfg, conns);
-    pthread_t *t = calloc((size_t)n, sizeof *t);
-    slot_arg *args = calloc((size_t)n, sizeof *args);
-    int started = 0, rc = 0;
-    if (!pool || !t || !args) {
-        chat_pipeline_pool_free(pool);
-        free(t), free(args);
-        return 1;
-    }
-    for (; started < n; started++) {
-        args[started].cfg = cfg;
-        args[started].pool = pool;
-        if (pthread_create(&t[started], NULL, slot_main, &args[started])) {
-            chat_log_error("worker: cannot start slot %d: %s", started, strerror(errno));
-            g_stop = 1;
-            rc = 1;
-            break;
-        }
-    }
-    for (int i = 0; i < started; i++) {
-        pthread_join(t[i], NULL);
-        if (args[i].rc > rc) rc = args[i].rc;
-    }
-    chat_pipeline_pool_free(pool);
-    free(t), free(args);
-    return rc;
-}
-
 static pid_t spawn(const chat_config *cfg, pid_t parent)
 {
     pid_t pid = fork();
@@ -119,7 +68,7 @@ static pid_t spawn(const chat_config *cfg, pid_t parent)
     if (getppid() != parent) _exit(0); /* the supervisor died before prctl */
     g_stop = 0;
     install_signals();
-    _exit(run_slots(cfg));
+    _exit(worker_run(cfg, &g_stop));
 }
 
 static void sleep_ms(int ms)
@@ -219,7 +168,7 @@ int main(int argc, char **argv)
         return 1;
     }
     install_signals();
-    if (single) return worker_run(&cfg, NULL, &g_stop);
+    if (single) return worker_run(&cfg, &g_stop);
     if (cfg.workers <= 0) {
         chat_log_warn("supervisor: CHAT_WORKERS is 0, nothing to run");
         return 0;
