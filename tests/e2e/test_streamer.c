@@ -1257,6 +1257,67 @@ static void test_worker_slots_run_concurrently(void **state)
     assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
 }
 
+/* A worker process with three slots dies while three answers stream from it: every one of the three
+ * ends (complete, or PROCESSING_ERROR once tokens went out) within the heartbeat deadline, none hangs,
+ * and after the supervisor's replacement each connection gets full answers again. */
+typedef struct slots_kill {
+    pid_t supervisor;
+    pid_t killed;
+} slots_kill;
+
+static void kill_worker_process(chat_wsc *c, answer *a, void *ud)
+{
+    (void)c;
+    slots_kill *k = ud;
+    if (k->killed || a->ntokens < 1) return;
+    pid_t kids[4];
+    if (e2e_children(k->supervisor, kids, 4) != 1) return;
+    k->killed = kids[0];
+    kill(k->killed, SIGKILL);
+}
+
+static void test_worker_with_slots_killed(void **state)
+{
+    (void)state;
+    int port;
+    pid_t workers;
+    pid_t pid = private_stack("slotkill", 3, 15, NULL, &port, &workers);
+    char pq[2048];
+    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
+    chat_wsc *cs[3];
+    for (int k = 0; k < 3; k++) {
+        cs[k] = ws_open_at(port, pq, NULL, NULL);
+        assert_non_null(cs[k]);
+        json_object *o = next_json(cs[k], 5000);
+        json_object_put(o);
+    }
+    for (int k = 0; k < 3; k++) send_message(cs[k], QUESTION, NULL);
+    for (int i = 0; i < 200 && status_int(port, "workers_busy") < 3; i++) e2e_sleep_ms(10);
+    assert_int_equal(status_int(port, "workers_busy"), 3); /* all three on the one process */
+    slots_kill k = {.supervisor = workers};
+    long long t0 = e2e_now_ms();
+    for (int i = 0; i < 3; i++) {
+        answer a;
+        answer_init(&a);
+        collect(cs[i], &a, ANSWER_MS, kill_worker_process, &k);
+        if (!a.complete) assert_string_equal(a.error, "PROCESSING_ERROR");
+        answer_clear(&a);
+    }
+    assert_true(k.killed > 0);
+    assert_true(e2e_now_ms() - t0 < 8000);
+    wait_workers(port, 3, 15000);
+    for (int i = 0; i < 3; i++) {
+        answer a;
+        answer_init(&a);
+        ask(cs[i], QUESTION, &a);
+        assert_full_answer(&a);
+        answer_clear(&a);
+        chat_wsc_close(cs[i], 1000, NULL);
+    }
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+}
+
 static void test_rate_limited(void **state)
 {
     (void)state;
@@ -1525,6 +1586,7 @@ int main(void)
         cmocka_unit_test(test_no_workers),
         cmocka_unit_test(test_single_worker_back_to_back),
         cmocka_unit_test(test_worker_slots_run_concurrently),
+        cmocka_unit_test(test_worker_with_slots_killed),
         cmocka_unit_test(test_rate_limited),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
