@@ -3,7 +3,8 @@
 # socket $CHAT_VAR/run/mariadb.sock, no TCP, --no-defaults so the host's my.cnf never leaks in.
 # Usage: deploy/mariadb.sh start|stop|status|restart|client [args...]
 # Idempotent: start when running is a no-op; a stale socket or pid file is removed.
-# Full-text tuning that the chat needs: min token size 1 (V6, hp, E42) and no stopword list.
+# Full-text tuning that the chat needs: min word length 1 (V6, hp, E42) and no stopword list, for the
+# knowledge base's Aria index (ft-*) and for any InnoDB one (innodb-ft-*).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VAR=${CHAT_VAR:-$ROOT/var}
@@ -38,7 +39,7 @@ start() {
     fi
     "$MARIADBD" --no-defaults --datadir="$DATA" --socket="$SOCK" --pid-file="$PID" "${USER_OPT[@]}" \
       --skip-networking --log-error="$LOG/mariadb.log" --tmpdir="$TMP" \
-      --innodb-ft-min-token-size=1 --innodb-ft-enable-stopword=0 --ft-min-word-len=1 \
+      --innodb-ft-min-token-size=1 --innodb-ft-enable-stopword=0 --ft-min-word-len=1 --ft-stopword-file= \
       --innodb-buffer-pool-size=256M --innodb-log-file-size=64M --innodb-flush-log-at-trx-commit=2 \
       --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
       --max-connections=500 --skip-name-resolve >/dev/null 2>&1 &

@@ -1,12 +1,15 @@
 /* Knowledge-base retrieval and import over kb_documents.
  *
- * Retrieval uses InnoDB FULLTEXT in natural-language mode on a sanitised question: only word tokens
- * survive, so the boolean-mode operators (+ - ~ * " ( ) @ <>) never reach the parser and the text is a
- * bound parameter anyway. Fault codes take a separate exact path first (boolean "+E42", the code being
- * validated as letter+digits), because a symptom guide mentioning many codes must not outrank the section
- * that is about this one. A customer's model boosts its passages and damps other models'.
- * Import splits a markdown file into one passage per "## " section and replaces the source's rows in one
- * transaction, so a re-import is atomic and idempotent. */
+ * Retrieval uses the FULLTEXT indexes of the Aria table (schema.sql says why Aria) in natural-language
+ * mode on a sanitised question: only word tokens survive, so the boolean-mode operators
+ * (+ - ~ * " ( ) @ <>) never reach the parser and the text is a bound parameter anyway. Fault codes take
+ * a separate exact path first (boolean "+E42", the code being validated as letter+digits), because a
+ * symptom guide mentioning many codes must not outrank the section that is about this one. A customer's
+ * model boosts its passages and damps other models'.
+ * Import splits a markdown file into one passage per "## " section and replaces the source's rows. Aria
+ * makes each statement atomic and crash-safe but cannot roll a document's replacement back, so
+ * everything that can be refused (UTF-8, agent, sizes) is checked before the first row is touched; only
+ * a lost connection can interrupt a replacement, and running the import again repairs it. */
 #include "chat_kb.h"
 
 #include <ctype.h>
@@ -172,14 +175,30 @@ static const char SQL_FAULT[] =
 
 /* Ranking runs over (id, agent, model_id) only and the bodies of the k winners are fetched by key
  * afterwards: sorting thousands of matches with their bodies attached made MariaDB spill a temporary
- * table to disk for every question. LEAST() bounds the relevance, which InnoDB can report as huge
- * (1.8e308) after mass deletes until the index is optimised, so the products never overflow. */
+ * table to disk for every question. The relevance is the passage's plus half its title's (the title
+ * index weighs words by how rare they are among titles: "Engine and Power" beats an overview that
+ * repeats the model name; at full weight, exact title words like "Capacity" outranked better bodies).
+ * LEAST() bounds the relevance, so the products never overflow whatever an engine reports. */
 static const char SQL_TEXT[] =
     "SELECT k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
     " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
     "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score, raw"
-    "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE), 1e6) AS raw"
+    "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)"
+    "                                        + 0.5 * MATCH(title) AGAINST (? IN NATURAL LANGUAGE MODE), 1e6) AS raw"
     "        FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)) m"
+    "  ORDER BY score DESC, id LIMIT ?) r"
+    " JOIN kb_documents k ON k.id = r.id ORDER BY r.score DESC, r.id";
+
+/* The same in boolean mode (any of the words), for when the natural-language search found nothing: it
+ * ignores a word found in more than half of the passages, so in a knowledge base of a few passages a
+ * question made of their common words would get no context at all. */
+static const char SQL_TEXT_ANY[] =
+    "SELECT k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
+    " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
+    "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score, raw"
+    "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"
+    "                                        + 0.5 * MATCH(title) AGAINST (? IN BOOLEAN MODE), 1e6) AS raw"
+    "        FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)) m"
     "  ORDER BY score DESC, id LIMIT ?) r"
     " JOIN kb_documents k ON k.id = r.id ORDER BY r.score DESC, r.id";
 
@@ -234,7 +253,8 @@ static stats_slot *stats_find(chat_kb_stats *st, const char *term)
     return oldest;
 }
 
-/* The sanitised terms without the common ones (at least the rarest one stays). Caller frees. */
+/* The sanitised terms without the common ones (at least the rarest one stays; counts are capped just past
+ * the limit, so among words that are all common the first one asked stays). Caller frees. */
 static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms, char *err, size_t errlen)
 {
     int64_t now = chat_now_ms();
@@ -266,9 +286,13 @@ static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms
             df = sl->df;
         } else if (probes < STATS_PROBES_PER_QUERY) {
             probes++;
-            chat_db_param tp = CHAT_DB_P_STR(term);
-            if (chat_db_run(db, "SELECT COUNT(*) FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)",
-                            &tp, 1, count_row, &df, NULL, NULL, err, errlen)) {
+            /* Counting stops past the limit: a word in half of 100,000 passages would cost a read of every
+             * row that has it (about 15 us each), and "common" is all that needs knowing. */
+            chat_db_param tp[] = {CHAT_DB_P_STR(term), CHAT_DB_P_INT(limit + 1)};
+            if (chat_db_run(db,
+                            "SELECT COUNT(*) FROM (SELECT 1 FROM kb_documents"
+                            " WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE) LIMIT ?) t",
+                            tp, 2, count_row, &df, NULL, NULL, err, errlen)) {
                 chat_buf_free(&out);
                 return NULL;
             }
@@ -326,8 +350,10 @@ int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, cha
             chat_db_param model = q->model_id && *q->model_id ? CHAT_DB_P_STR(q->model_id) : CHAT_DB_P_NULL();
             chat_db_param agent = q->agent && *q->agent ? CHAT_DB_P_STR(q->agent) : CHAT_DB_P_NULL();
             chat_db_param t = CHAT_DB_P_STR(terms);
-            chat_db_param p[] = {model, model, agent, agent, t, t, CHAT_DB_P_INT((long long)k)};
-            rc = chat_db_run(db, SQL_TEXT, p, 7, collect_row, &ctx, NULL, NULL, err, errlen);
+            chat_db_param p[] = {model, model, agent, agent, t, t, t, CHAT_DB_P_INT((long long)k)};
+            size_t before = out->n;
+            rc = chat_db_run(db, SQL_TEXT, p, 8, collect_row, &ctx, NULL, NULL, err, errlen);
+            if (!rc && out->n == before) rc = chat_db_run(db, SQL_TEXT_ANY, p, 8, collect_row, &ctx, NULL, NULL, err, errlen);
         }
         free(terms);
         if (rc) goto fail;
@@ -438,6 +464,8 @@ int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_
 {
     if (!source || !*source || strlen(source) > 255)
         return chat_fail(err, errlen, CHAT_EINVAL, "invalid source name");
+    if (len > 16777215) /* a passage is at most the whole text: MEDIUMTEXT */
+        return chat_fail(err, errlen, CHAT_EINVAL, "%s: larger than 16 MB", source);
     if (!chat_utf8_valid(text, len)) return chat_fail(err, errlen, CHAT_EINVAL, "%s: not valid UTF-8", source);
     front_matter fm = {{0}, {0}, {0}};
     size_t pos = parse_front_matter(text, len, &fm);
@@ -548,8 +576,8 @@ static int import_walk(chat_db *db, const char *root, const char *rel, chat_kb_i
     return rc;
 }
 
-/* InnoDB keeps deleted rows in its full-text statistics until the index is optimised, so repeated
- * re-imports would slowly skew ranking; a bulk import ends by rebuilding it. */
+/* A bulk import ends with OPTIMIZE TABLE: it sorts the index pages and drops the space of replaced rows,
+ * so a knowledge base re-imported many times searches as fast as a fresh one. */
 int chat_kb_import_dir(chat_db *db, const char *dir, chat_kb_import_stats *stats, char *err, size_t errlen)
 {
     int rc = import_walk(db, dir, "", stats, 0, err, errlen);

@@ -28,7 +28,7 @@ typedef struct chat_kb_result {
 
 /* Document frequencies of query words, cached per database connection. With it, chat_kb_search drops
  * the words that occur in a large share of a large knowledge base ("engine" in half of 100,000
- * passages): they barely change the ranking but make InnoDB score every passage that contains them.
+ * passages): they barely change the ranking but make the server score every passage that contains them.
  * Below 1,000 passages nothing is dropped. One per chat_db, used on that connection's thread. */
 typedef struct chat_kb_stats chat_kb_stats;
 /* common_pct: a word in more than this percentage of the passages is dropped (0 = never). */

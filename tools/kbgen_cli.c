@@ -9,7 +9,7 @@
  *       runs Q such questions through chat_kb_search (as the pipeline calls it) and prints the latency
  *       percentiles, overall and per kind of question, plus how often the top hit is the right one.
  *
- * Why synthetic text must look real: InnoDB full-text cost depends on the posting-list lengths of the
+ * Why synthetic text must look real: full-text cost depends on the posting-list lengths of the
  * query's words. A generator that repeats a few sentences gives every word a huge posting list (slow,
  * pessimistic); random strings give tiny ones (fast, optimistic). So the text is built the way the real
  * knowledge base is: the same section structure per model (specs, maintenance), fault-code guides,
