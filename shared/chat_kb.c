@@ -6,6 +6,10 @@
  * a separate exact path first (boolean "+E42", the code being validated as letter+digits), because a
  * symptom guide mentioning many codes must not outrank the section that is about this one. A customer's
  * model boosts its passages and damps other models'.
+ * Every read of kb_documents asks for MariaDB's query cache (SQL_CACHE; the server caches only what asks
+ * with query_cache_type=2): a question asked before is answered from memory, and any write to the table
+ * empties the table's entries, so an admin's edit is visible to the next question. Without a query cache
+ * the keyword does nothing.
  * Import splits a markdown file into one passage per "## " section and replaces the source's rows. Aria
  * makes each statement atomic and crash-safe but cannot roll a document's replacement back, so
  * everything that can be refused (UTF-8, agent, sizes) is checked before the first row is touched; only
@@ -167,7 +171,7 @@ static int collect_row(void *ud, int ncols, char **v, unsigned long *lens)
 
 /* The agent filter keeps the agent's passages and the general (NULL) ones. */
 static const char SQL_FAULT[] =
-    "SELECT id, source, title, agent, model_id, body,"
+    "SELECT SQL_CACHE id, source, title, agent, model_id, body,"
     " 100 + LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE), 1e6) * (CASE WHEN title LIKE ? THEN 3 ELSE 1 END) AS score,"
     " 20 AS raw"
     " FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"
@@ -180,7 +184,7 @@ static const char SQL_FAULT[] =
  * repeats the model name; at full weight, exact title words like "Capacity" outranked better bodies).
  * LEAST() bounds the relevance, so the products never overflow whatever an engine reports. */
 static const char SQL_TEXT[] =
-    "SELECT k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
+    "SELECT SQL_CACHE k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
     " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
     "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score, raw"
     "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)"
@@ -193,7 +197,7 @@ static const char SQL_TEXT[] =
  * ignores a word found in more than half of the passages, so in a knowledge base of a few passages a
  * question made of their common words would get no context at all. */
 static const char SQL_TEXT_ANY[] =
-    "SELECT k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
+    "SELECT SQL_CACHE k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
     " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
     "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score, raw"
     "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"
@@ -261,12 +265,12 @@ static int probe_df(chat_db *db, const char *term, long long total, long long *d
 {
     chat_db_param tp = CHAT_DB_P_STR(term);
     *df = 0;
-    int rc = chat_db_run(db, "SELECT COUNT(*) FROM kb_documents WHERE MATCH(title, body) AGAINST (?)", &tp, 1, count_row,
+    int rc = chat_db_run(db, "SELECT SQL_CACHE COUNT(*) FROM kb_documents WHERE MATCH(title, body) AGAINST (?)", &tp, 1, count_row,
                          df, NULL, NULL, err, errlen);
     if (rc || *df > 0) return rc;
     long long any = 0;
     rc = chat_db_run(db,
-                     "SELECT COUNT(*) FROM (SELECT 1 FROM kb_documents"
+                     "SELECT SQL_CACHE COUNT(*) FROM (SELECT 1 FROM kb_documents"
                      " WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE) LIMIT 1) t",
                      &tp, 1, count_row, &any, NULL, NULL, err, errlen);
     if (!rc && any) *df = total;
@@ -279,7 +283,7 @@ static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms
     int64_t now = chat_now_ms();
     if (st->common_pct <= 0) return strdup(terms);
     if (!st->total_at_ms || now - st->total_at_ms > STATS_TOTAL_TTL_MS) {
-        if (chat_db_run(db, "SELECT COUNT(*) FROM kb_documents", NULL, 0, count_row, &st->total, NULL, NULL, err,
+        if (chat_db_run(db, "SELECT SQL_CACHE COUNT(*) FROM kb_documents", NULL, 0, count_row, &st->total, NULL, NULL, err,
                         errlen))
             return NULL;
         st->total_at_ms = now;

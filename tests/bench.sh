@@ -239,11 +239,16 @@ say "$PROXY_CONNS idle connections through lighttpd"
 step proxy 60 timeout 200 "$BIN/chat-bench" idle --url "$WS_PROXY" --conns "$PROXY_CONNS" --duration 5 \
   --pid-file "$PID_LIGHTTPD" --pid-file "$PID_STREAMER" --max-time 180
 
+# MariaDB's query cache answers a question asked before (SQL_CACHE on the knowledge-base reads): its hit
+# share during the chat run goes in the table beside the figure.
+qcache() { bash deploy/mariadb.sh client -N -e "SHOW GLOBAL STATUS WHERE Variable_name IN ('Qcache_hits','Qcache_inserts','Qcache_not_cached')" 2>/dev/null | awk '{ printf "%s ", $2 }'; }
+QC_BEFORE=$(qcache)
 say "chat through lighttpd: $CHAT_CONNS connections, closed loop, ${DURATION} s"
 step chat $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "$WS_PROXY" --conns "$CHAT_CONNS" \
   --duration "$DURATION" --warmup 2 --timeout 20 "${QOPT[@]}" --pid-file "$PID_LIGHTTPD" --pid-file "$PID_STREAMER" \
   --pid-file "$PID_WORKER" --pid-file "$PID_DB" --max-time $((DURATION + 100))
 
+QC_AFTER=$(qcache)
 say "token frames: $FRAME_CONNS connections, closed loop, a token every $FRAME_DELAY ms, ${DURATION} s"
 if start_paced "$FRAME_DELAY"; then
   step frames $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "ws+unix:$PACED_SOCK:/ws/chat" \
@@ -309,6 +314,7 @@ fail_small=$(kv chat-small turns_failed mode=)
 fail_chat=$(kv chat turns_failed mode=)
 out50=$(kv stream outside_p50_us mode=)
 out99=$(kv stream outside_p99_us mode=)
+qc_share=$(echo "$QC_BEFORE $QC_AFTER" | awk 'NF == 6 { h = $4 - $1; m = $5 - $2; if (h + m > 0) printf "%.0f", 100 * h / (h + m) }')
 frames=$(kv frames token_frames_per_s mode=)
 frames_gap99=$(kv frames gap_p99_us mode=)
 frames_unpaced=$(kv chat token_frames_per_s mode=)
@@ -345,7 +351,7 @@ row "idle authenticated WebSocket connections through lighttpd" ">= 9,000" "$(nu
 row "streamer memory per idle connection" "<= 8 KB" \
   "$(kb "$mem") $(verdict "$mem" le 8192) (lighttpd adds $(kb "$lt_share") per proxied connection)" "~5 MB"
 row "chat turns/s through lighttpd ($CHAT_CONNS conns, extractive, no delay)" ">= 2,000" \
-  "$(num "$turns") $(verdict "$turns" ge 2000) (answers of ${tpa:-?} tokens; $(num "$fail_chat") turns failed)" "100+ messages/s"
+  "$(num "$turns") $(verdict "$turns" ge 2000) (answers of ${tpa:-?} tokens; $(num "$fail_chat") turns failed; ${qc_share:-?} % of the reads from the query cache)" "100+ messages/s"
 row "  same, sample knowledge base only (187 passages)" "-" "$(num "$turns_small") ($(num "$fail_small") turns failed)" "-"
 row "token frames delivered per second ($FRAME_CONNS streams, a token every $FRAME_DELAY ms)" ">= 100,000" \
   "$(num "$frames") $(verdict "$frames" ge 100000) (inter-token gap p99 $(ms "$frames_gap99"))" "a token every 20-100 ms per stream"

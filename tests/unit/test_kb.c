@@ -285,9 +285,24 @@ static void test_admin_edits_visible(void **state)
                         "INSERT INTO kb_documents (source, title, agent, body) VALUES ('admin/new.md',"
                         " 'Zanzibar dock etiquette', NULL, 'Quixotic flamingos moor at the zanzibar dock.');"
                         "COMMIT;");
-    assert_true(top_is(db, "zanzibar flamingos", "admin/new.md"));
+    static const char hits_sql[] =
+        "SELECT variable_value FROM information_schema.global_status WHERE variable_name = 'QCACHE_HITS'";
+    long long hits = count_sql(admin, hits_sql);
+    /* The same question three times: answered by the query cache by the third at the latest (the private
+     * server runs with query_cache_type=2; the first read after another connection's write to an Aria
+     * table is not stored). */
+    for (int i = 0; i < 3; i++) assert_true(top_is(db, "zanzibar flamingos", "admin/new.md"));
+    assert_true(count_sql(admin, hits_sql) > hits);
     testutil_sql(admin, "UPDATE kb_documents SET body = 'Renamed to the xylophone pier.' WHERE source = 'admin/new.md';"
                         "COMMIT;");
+    /* the same question again: the edit emptied the cache, the new body comes back, not the cached one */
+    chat_kb_query q = {.question = "zanzibar flamingos", .k = 1};
+    chat_kb_result r;
+    char err[256];
+    assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n, 1);
+    assert_string_equal(r.items[0].body, "Renamed to the xylophone pier.");
+    chat_kb_result_clear(&r);
     assert_true(top_is(db, "xylophone pier", "admin/new.md"));
     assert_false(top_is(db, "flamingos", "admin/new.md"));
     testutil_sql(admin, "DELETE FROM kb_documents WHERE source = 'admin/new.md'; COMMIT;");
