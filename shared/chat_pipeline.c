@@ -240,6 +240,8 @@ typedef struct run_ctx {
     chat_buf response;
     int64_t t0_us;
     int64_t first_token_us; /* 0 until the first token */
+    int64_t db_wait_us;     /* waiting for a pooled connection before the first stage */
+    int64_t session_us;     /* opening the session and reading its history */
     bool stopped;           /* the sink asked to stop */
     size_t max_bytes;       /* the answer's size limit, whatever the provider sends */
     bool truncated;         /* stopped at max_bytes */
@@ -329,6 +331,8 @@ static char *build_metadata(const char *agent, double confidence, const chat_kb_
         json_object_object_add(t, "first_token_ms", json_double((double)(c->first_token_us - c->t0_us) / 1000.0, "%.3f"));
     else
         json_object_object_add(t, "first_token_ms", NULL);
+    json_object_object_add(t, "db_wait_ms", json_double((double)c->db_wait_us / 1000.0, "%.3f"));
+    json_object_object_add(t, "session_ms", json_double((double)c->session_us / 1000.0, "%.3f"));
     json_object_object_add(t, "retrieval_ms", json_double((double)retrieval_us / 1000.0, "%.3f"));
     json_object_object_add(t, "total_ms", json_double((double)(now - c->t0_us) / 1000.0, "%.3f"));
     json_object_object_add(m, "timings", t);
@@ -361,6 +365,7 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
 
     progress(sink, "starting", "Processing your message...");
     db_hold(p);
+    c.db_wait_us = chat_now_us() - c.t0_us;
 
     /* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
      * customer whose email is the token's. Checked first, so a refused request stores nothing; an
@@ -383,8 +388,10 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     }
 
     /* Session and memory. */
+    int64_t s0 = chat_now_us();
     rc = chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, p->cfg.history_turns, &hist,
                                   &session, err, sizeof err);
+    c.session_us = chat_now_us() - s0;
     memcpy(sid, session.id, sizeof sid);
     if (rc == CHAT_EFORBIDDEN) {
         rc = fail_event(sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");

@@ -366,8 +366,9 @@ static void slot_done(worker *w, void *dealer, slot *s)
     } else {
         w->n_finishing--;
     }
-    chat_log_info("worker: job %" PRIu64 " done in %" PRId64 " ms%s", s->job_id, chat_now_ms() - s->started_ms,
-                  atomic_load(&s->cancel) ? " (cancelled)" : "");
+    /* debug: the broker logs every turn once, with its outcome and duration (the streamer's log) */
+    chat_log_debug("worker: job %" PRIu64 " done in %" PRId64 " ms%s", s->job_id, chat_now_ms() - s->started_ms,
+                   atomic_load(&s->cancel) ? " (cancelled)" : "");
     s->busy = false;
     s->job_id = 0;
     w->n_busy--;
