@@ -52,6 +52,7 @@ typedef struct chat_config {
     int workers;
     int worker_slots;    /* answers one worker process runs at once, each on its own thread */
     int worker_db_conns; /* database connections the slots of one worker process share */
+    int token_flush_ms;  /* a worker sends an answer's later tokens in batches this often (0 = each at once) */
     int rate_limit_per_min;
     int idle_timeout_s;
     int ping_interval_s;

@@ -14,9 +14,13 @@
  *   events, in wire format behind its slot number, on an inproc PUSH to the main thread's PULL, which
  *   forwards them verbatim. A slow broker back-pressures the pipelines through the high-water marks
  *   instead of growing a queue.
- * - Tokens skip the PUSH: a slot appends them to its buffer and sends a TOK note only when the buffer was
- *   empty; the main thread sends everything waiting as one event. A model that streams slowly gets one
- *   event per token; a fast one gets batches, with no timer and no added latency.
+ * - Tokens skip the PUSH: a slot appends them to its buffer. The answer's first token is sent at once
+ *   (a TOK note); later ones are gathered for CHAT_TOKEN_FLUSH_MS (2): the first slot to have tokens
+ *   waiting sends a TICK, and when the interval is over the main thread sends every waiting slot's
+ *   tokens, one event per answer. With hundreds of answers streaming a token every few tens of
+ *   milliseconds, that is one wake-up of the main thread (and of the broker and the event loop behind
+ *   it) per interval instead of one per token, for at most 2 ms more between tokens; the first token is
+ *   never held back. 0 sends each token at once.
  * - After every run the slot thread sends an internal DONE. If the pipeline ever returned without a
  *   terminal event, the main thread supplies a PROCESSING_ERROR, so the broker never waits forever.
  * - The broker counts a slot free at the job's terminal event, which the slot's DONE follows a moment
@@ -50,7 +54,8 @@
 #include "chat_wire.h"
 
 #define DONE_CMD "DONE"
-#define TOKENS_CMD "TOK"     /* tokens are waiting in the slot's token buffer */
+#define TOKENS_CMD "TOK"     /* send the tokens waiting in the slot's buffer now (the answer's first) */
+#define TICK_CMD "TICK"      /* slots have tokens waiting: send them within CHAT_TOKEN_FLUSH_MS */
 #define STOP_GIVE_UP_MS 5000 /* after the grace period and a cancel, exit anyway */
 #define SLOT_EVENTS_HWM 10000
 
@@ -82,6 +87,7 @@ typedef struct slot {
     /* Tokens, slot thread -> main thread. */
     pthread_mutex_t tok_mu;
     chat_buf tok_buf;
+    bool in_dirty; /* listed in w->dirty (under w->dirty_mu) */
 } slot;
 
 struct worker {
@@ -100,6 +106,13 @@ struct worker {
     chat_wire_msg *pending; /* ring of JOBs waiting for a DONE, capacity n_slots */
     bool *pending_cancel;
     int pend_head, pend_len;
+    int64_t flush_at_ms; /* 0: no TICK pending */
+
+    /* Slots with tokens waiting for the next flush, slot threads -> main thread. */
+    pthread_mutex_t dirty_mu;
+    int *dirty;
+    int n_dirty;
+    int *flushing; /* main thread: the list being flushed */
 };
 
 typedef struct sink_ctx {
@@ -107,6 +120,7 @@ typedef struct sink_ctx {
     void *push;
     uint64_t job_id;
     char job_id_str[24];
+    bool first_token_sent;
 } sink_ctx;
 
 static chat_wire_part part(const char *s)
@@ -146,12 +160,25 @@ static int on_token(void *ud, const char *text, size_t len)
 {
     sink_ctx *c = ud;
     slot *s = c->s;
+    worker *w = s->w;
     pthread_mutex_lock(&s->tok_mu);
     bool was_empty = s->tok_buf.len == 0;
     int rc = chat_buf_append(&s->tok_buf, text, len);
     pthread_mutex_unlock(&s->tok_mu);
     if (rc) return 1;
-    if (was_empty) slot_note(c, TOKENS_CMD);
+    if (!c->first_token_sent || w->cfg.token_flush_ms == 0) {
+        c->first_token_sent = true;
+        if (was_empty) slot_note(c, TOKENS_CMD);
+    } else if (was_empty) {
+        pthread_mutex_lock(&w->dirty_mu);
+        bool first_dirty = w->n_dirty == 0;
+        if (!s->in_dirty) {
+            s->in_dirty = true;
+            w->dirty[w->n_dirty++] = s->index;
+        }
+        pthread_mutex_unlock(&w->dirty_mu);
+        if (first_dirty) slot_note(c, TICK_CMD);
+    }
     return atomic_load(&s->cancel) ? 1 : 0;
 }
 
@@ -381,12 +408,29 @@ static void slot_done(worker *w, void *dealer, slot *s)
     }
 }
 
-/* A message from a slot: [slot] TOK|DONE job_id, or [slot] EV job_id kind ... to forward. */
+/* Sends the tokens of every slot that listed itself since the last flush. */
+static void flush_dirty(worker *w, void *dealer)
+{
+    pthread_mutex_lock(&w->dirty_mu);
+    int n = w->n_dirty;
+    memcpy(w->flushing, w->dirty, (size_t)n * sizeof *w->flushing);
+    for (int i = 0; i < n; i++) w->slots[w->dirty[i]].in_dirty = false;
+    w->n_dirty = 0;
+    pthread_mutex_unlock(&w->dirty_mu);
+    for (int i = 0; i < n; i++)
+        if (w->slots[w->flushing[i]].busy) flush_tokens(dealer, &w->slots[w->flushing[i]]);
+}
+
+/* A message from a slot: [slot] TOK|TICK|DONE job_id, or [slot] EV job_id kind ... to forward. */
 static void handle_slot_message(worker *w, void *dealer, chat_wire_msg *m)
 {
     uint64_t idx;
     if (m->n < 3 || chat_wire_u64(m, 0, &idx) || idx >= (uint64_t)w->n_slots) return;
     slot *s = &w->slots[idx];
+    if (chat_wire_is(m, 1, TICK_CMD)) {
+        if (!w->flush_at_ms) w->flush_at_ms = chat_now_ms() + w->cfg.token_flush_ms;
+        return;
+    }
     if (!s->busy) return;
     if (chat_wire_is(m, 1, TOKENS_CMD)) {
         flush_tokens(dealer, s);
@@ -420,10 +464,14 @@ static worker *worker_new(const chat_config *cfg)
     w->idle = calloc((size_t)w->n_slots, sizeof *w->idle);
     w->pending = calloc((size_t)w->n_slots, sizeof *w->pending);
     w->pending_cancel = calloc((size_t)w->n_slots, sizeof *w->pending_cancel);
-    if (!w->slots || !w->idle || !w->pending || !w->pending_cancel) {
-        free(w->slots), free(w->idle), free(w->pending), free(w->pending_cancel), free(w);
+    w->dirty = calloc((size_t)w->n_slots, sizeof *w->dirty);
+    w->flushing = calloc((size_t)w->n_slots, sizeof *w->flushing);
+    if (!w->slots || !w->idle || !w->pending || !w->pending_cancel || !w->dirty || !w->flushing) {
+        free(w->slots), free(w->idle), free(w->pending), free(w->pending_cancel), free(w->dirty), free(w->flushing);
+        free(w);
         return NULL;
     }
+    pthread_mutex_init(&w->dirty_mu, NULL);
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = &w->slots[i];
         s->w = w;
@@ -456,7 +504,8 @@ static void worker_free(worker *w)
     }
     if (w->zctx) zmq_ctx_term(w->zctx);
     chat_pipeline_pool_free(w->pool);
-    free(w->slots), free(w->idle), free(w->pending), free(w->pending_cancel);
+    free(w->slots), free(w->idle), free(w->pending), free(w->pending_cancel), free(w->dirty), free(w->flushing);
+    pthread_mutex_destroy(&w->dirty_mu);
     free(w);
 }
 
@@ -528,7 +577,9 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
                 break;
             }
         }
-        long timeout = next_hb > now ? (long)(next_hb - now) : 0;
+        int64_t wake_at = next_hb;
+        if (w->flush_at_ms && w->flush_at_ms < wake_at) wake_at = w->flush_at_ms;
+        long timeout = wake_at > now ? (long)(wake_at - now) : 0;
         if (stop_at && timeout > 100) timeout = 100;
         zmq_pollitem_t items[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
         if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR) {
@@ -543,6 +594,10 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
         }
         while (chat_wire_recv(pull, &m, ZMQ_DONTWAIT) == 0)
             handle_slot_message(w, dealer, &m);
+        if (w->flush_at_ms && chat_now_ms() >= w->flush_at_ms) {
+            w->flush_at_ms = 0;
+            flush_dirty(w, dealer);
+        }
         /* A silent broker: new socket (new identity). RESET: the broker restarted and does not know us.
          * Either way announce again, but only once idle, so that no job is offered while one still runs:
          * the jobs in flight are cancelled, their clients were on the old broker. */
