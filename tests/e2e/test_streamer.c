@@ -1159,25 +1159,84 @@ static void test_no_workers(void **state)
 
 /* ---------------------------------------------------------------- rate limit, slow readers */
 
-/* A streamer with a pool of its own: one worker process with `slots` slots pacing tokens by delay_ms.
- * Returns the streamer's pid; *workers gets the pool's. */
-static pid_t private_stack(const char *name, int slots, int delay_ms, const char *const extra[], int *port,
-                           pid_t *workers)
+/* A streamer with a pool of its own: one worker process with `slots` slots pacing tokens by delay_ms and
+ * batching later tokens over flush_ms (-1: the default). Returns the streamer's pid; *workers gets the
+ * pool's. */
+static pid_t private_stack_flush(const char *name, int slots, int delay_ms, int flush_ms, const char *const extra[],
+                                 int *port, pid_t *workers)
 {
-    char endpoint[400], zmq[460], slots_env[40], delay_env[40], log[64];
+    char endpoint[400], zmq[460], slots_env[40], delay_env[40], flush_env[40], log[64];
     snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
     snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
     snprintf(slots_env, sizeof slots_env, "CHAT_WORKER_SLOTS=%d", slots);
     snprintf(delay_env, sizeof delay_env, "CHAT_TOKEN_DELAY_MS=%d", delay_ms);
+    snprintf(flush_env, sizeof flush_env, "CHAT_TOKEN_FLUSH_MS=%d", flush_ms);
     snprintf(log, sizeof log, "%s-worker", name);
-    const char *wenv[] = {zmq,       "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", slots_env,
-                          delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn", NULL};
+    const char *wenv[] = {zmq,       "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1",     slots_env,
+                          delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn", flush_ms >= 0 ? flush_env : NULL,
+                          NULL};
     const char *wargv[] = {E.bin_worker, NULL};
     *workers = e2e_spawn(wargv, wenv, log_path(log));
     assert_true(*workers > 0);
     pid_t pid = streamer_start(name, endpoint, extra, port);
     wait_workers(*port, slots, 10000);
     return pid;
+}
+
+static pid_t private_stack(const char *name, int slots, int delay_ms, const char *const extra[], int *port,
+                           pid_t *workers)
+{
+    return private_stack_flush(name, slots, delay_ms, -1, extra, port, workers);
+}
+
+static void note_first_token(chat_wsc *c, answer *a, void *ud)
+{
+    (void)c;
+    long long *at = ud;
+    if (a->ntokens == 1 && !*at) *at = e2e_now_ms();
+}
+
+/* Token batching in the worker (CHAT_TOKEN_FLUSH_MS): the first token leaves alone and at once; later
+ * ones leave gathered per interval, so a 100 ms interval over tokens 10 ms apart gives about a tenth as
+ * many frames, with the same text. With 0, every token is a frame. */
+static void test_token_batching(void **state)
+{
+    (void)state;
+    static const struct {
+        int flush_ms;
+        bool batched;
+    } cases[] = {{100, true}, {0, false}};
+    for (size_t k = 0; k < CHAT_ARRAY_LEN(cases); k++) {
+        int port;
+        pid_t workers;
+        pid_t pid = private_stack_flush(cases[k].flush_ms ? "batch" : "nobatch", 1, 10, cases[k].flush_ms, NULL,
+                                        &port, &workers);
+        char pq[2048];
+        snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
+        chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
+        assert_non_null(c);
+        json_object *o = next_json(c, 5000);
+        json_object_put(o);
+        answer a;
+        answer_init(&a);
+        long long first_at = 0, t0 = e2e_now_ms();
+        send_message(c, QUESTION, NULL);
+        collect(c, &a, ANSWER_MS, note_first_token, &first_at);
+        assert_full_answer(&a); /* same text, order and partial_response either way */
+        assert_true(first_at > 0 && first_at - t0 < 90); /* never held for the interval */
+        json_object *usage = jget(jget(a.complete, "metadata"), "usage");
+        int tokens = json_object_get_int(jget(usage, "completion_tokens"));
+        assert_true(tokens >= 20);
+        if (cases[k].batched) {
+            assert_true(a.ntokens >= 2 && a.ntokens <= tokens / 3);
+        } else {
+            assert_int_equal(a.ntokens, tokens);
+        }
+        answer_clear(&a);
+        chat_wsc_close(c, 1000, NULL);
+        stop_streamer(pid);
+        assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    }
 }
 
 /* One worker, answers requested back to back: the next job reaches the worker the moment the broker
@@ -1587,6 +1646,7 @@ int main(void)
         cmocka_unit_test(test_single_worker_back_to_back),
         cmocka_unit_test(test_worker_slots_run_concurrently),
         cmocka_unit_test(test_worker_with_slots_killed),
+        cmocka_unit_test(test_token_batching),
         cmocka_unit_test(test_rate_limited),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
