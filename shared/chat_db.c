@@ -152,25 +152,25 @@ static MYSQL_STMT *cached_stmt(chat_db *db, const char *sql, char *err, size_t e
     return st;
 }
 
-/* One attempt. *delivered tells the caller whether rows reached fn (then no retry is safe). */
-static int run_once(chat_db *db, const char *sql, const chat_db_param *params, int nparams, chat_db_row_fn fn,
-                    void *ud, long long *affected, long long *last_id, bool *delivered, unsigned int *errnum,
-                    char *err, size_t errlen)
+/* Binds params (up to 65,535: a multi-row INSERT of a bulk import has thousands) and executes. The
+ * binds live on the stack for the usual handful, on the heap beyond. Non-zero on a statement error. */
+static int bind_and_execute(MYSQL_STMT *st, const chat_db_param *params, int nparams)
 {
-    if (db->in_tx && !db->conn) return chat_fail(err, errlen, CHAT_EDB, "connection lost during a transaction");
-    int rc = chat_db_connect(db, err, errlen);
-    if (rc) {
-        *errnum = CR_CONNECTION_ERROR;
-        return rc;
+    MYSQL_BIND pb_small[32];
+    unsigned long lens_small[32];
+    MYSQL_BIND *pb = pb_small;
+    unsigned long *lens = lens_small;
+    if (nparams > 32) {
+        pb = calloc((size_t)nparams, sizeof *pb);
+        lens = calloc((size_t)nparams, sizeof *lens);
+        if (!pb || !lens) {
+            free(pb), free(lens);
+            return -1;
+        }
+    } else {
+        memset(pb_small, 0, sizeof pb_small);
     }
-    MYSQL_STMT *st = cached_stmt(db, sql, err, errlen, errnum);
-    if (!st) return *errnum ? CHAT_EDB : CHAT_ENOMEM;
-
-    MYSQL_BIND pb[32];
-    if (nparams > (int)CHAT_ARRAY_LEN(pb)) return chat_fail(err, errlen, CHAT_EINVAL, "too many parameters");
-    memset(pb, 0, sizeof pb);
     my_bool is_null = 1;
-    unsigned long lens[32];
     for (int i = 0; i < nparams; i++) {
         const chat_db_param *p = &params[i];
         switch (p->type) {
@@ -195,8 +195,26 @@ static int run_once(chat_db *db, const char *sql, const chat_db_param *params, i
             break;
         }
     }
-    if (nparams && mysql_stmt_bind_param(st, pb)) goto stmt_error;
-    if (mysql_stmt_execute(st)) goto stmt_error;
+    int bad = (nparams && mysql_stmt_bind_param(st, pb)) || mysql_stmt_execute(st);
+    if (pb != pb_small) free(pb), free(lens);
+    return bad;
+}
+
+/* One attempt. *delivered tells the caller whether rows reached fn (then no retry is safe). */
+static int run_once(chat_db *db, const char *sql, const chat_db_param *params, int nparams, chat_db_row_fn fn,
+                    void *ud, long long *affected, long long *last_id, bool *delivered, unsigned int *errnum,
+                    char *err, size_t errlen)
+{
+    if (db->in_tx && !db->conn) return chat_fail(err, errlen, CHAT_EDB, "connection lost during a transaction");
+    int rc = chat_db_connect(db, err, errlen);
+    if (rc) {
+        *errnum = CR_CONNECTION_ERROR;
+        return rc;
+    }
+    MYSQL_STMT *st = cached_stmt(db, sql, err, errlen, errnum);
+    if (!st) return *errnum ? CHAT_EDB : CHAT_ENOMEM;
+
+    if (bind_and_execute(st, params, nparams)) goto stmt_error;
     if (affected) *affected = (long long)mysql_stmt_affected_rows(st);
     if (last_id) *last_id = (long long)mysql_stmt_insert_id(st);
 
