@@ -19,6 +19,7 @@ const char *chat_strerror(int code)
     case CHAT_ENOTFOUND: return "CHAT_ENOTFOUND";
     case CHAT_EAUTH: return "CHAT_EAUTH";
     case CHAT_EEXPIRED: return "CHAT_EEXPIRED";
+    case CHAT_ECONFLICT: return "CHAT_ECONFLICT";
     default: return "CHAT_E?";
     }
 }

@@ -21,6 +21,7 @@ enum {
     CHAT_ENOTFOUND = -9,
     CHAT_EAUTH = -10,     /* invalid token */
     CHAT_EEXPIRED = -11,  /* expired token */
+    CHAT_ECONFLICT = -12, /* the thing to create exists already */
 };
 
 /* Static string naming a code, e.g. "CHAT_EDB". */

@@ -132,8 +132,26 @@ static int read_session(chat_db *db, const char *session_id, int max_turns, sess
     return 0;
 }
 
+int chat_memory_create_session(chat_db *db, const char *session_id, const char *user_id, const char *customer_id,
+                               char *err, size_t errlen)
+{
+    if (!db) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    if (!user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid user id");
+    if (!chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
+    if (customer_id && !*customer_id) customer_id = NULL;
+    if (customer_id && !chat_id_valid(customer_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid customer id");
+    chat_db_param p[] = {CHAT_DB_P_STR(session_id), CHAT_DB_P_STR(user_id),
+                         customer_id ? CHAT_DB_P_STR(customer_id) : CHAT_DB_P_NULL()};
+    int rc = chat_db_run(db, "INSERT INTO chat_sessions (id, user_id, customer_id) VALUES (?, ?, ?)", p, 3, NULL, NULL,
+                         NULL, NULL, err, errlen);
+    if (rc == CHAT_EDB && chat_db_errno(db) == ER_DUP_ENTRY)
+        return chat_fail(err, errlen, CHAT_ECONFLICT, "session %s exists already", session_id);
+    return rc;
+}
+
 int chat_memory_open_session(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
-                             int max_turns, chat_history *history, chat_session_info *out, char *err, size_t errlen)
+                             bool defer_create, int max_turns, chat_history *history, chat_session_info *out,
+                             char *err, size_t errlen)
 {
     if (!out) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
     memset(out, 0, sizeof *out);
@@ -147,6 +165,13 @@ int chat_memory_open_session(chat_db *db, const char *user_id, const char *reque
     static const char *const insert_sql =
         "INSERT IGNORE INTO chat_sessions (id, user_id, customer_id) VALUES (?, ?, ?)";
 
+    if ((!requested_id || !*requested_id) && defer_create) {
+        char uuid[37];
+        if (chat_uuid4(uuid)) return chat_fail(err, errlen, CHAT_ERR, "no randomness for a session id");
+        snprintf(out->id, sizeof out->id, "%s", uuid);
+        out->created = out->deferred = true;
+        return 0;
+    }
     if (!requested_id || !*requested_id) {
         /* A fresh UUID: a collision is astronomically unlikely, but never silently share a session. */
         for (int attempt = 0; attempt < 3; attempt++) {
@@ -210,7 +235,7 @@ int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id,
     if (out_id) out_id[0] = '\0';
     if (!out_id) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
     chat_session_info info;
-    int rc = chat_memory_open_session(db, user_id, requested_id, customer_id, 0, NULL, &info, err, errlen);
+    int rc = chat_memory_open_session(db, user_id, requested_id, customer_id, false, 0, NULL, &info, err, errlen);
     if (rc) return rc;
     memcpy(out_id, info.id, sizeof info.id);
     if (created) *created = info.created;

@@ -35,15 +35,25 @@ int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id,
 typedef struct chat_session_info {
     char id[CHAT_SESSION_ID_MAX + 1];
     bool created;   /* the session was created by this call (it has no history) */
+    bool deferred;  /* created, but its row is not written yet: chat_memory_create_session before a turn */
     bool touch_due; /* its updated_at is older than CHAT_MEMORY_TOUCH_S: pass it to store_turn */
 } chat_session_info;
 
 /* chat_memory_open and chat_memory_history in one round trip for an existing session: opens (or
  * creates) the session and, when history is not NULL and max_turns > 0, fills it with the last max_turns
  * turns, oldest first. history is left empty on every error (CHAT_EFORBIDDEN included). Caller clears
- * history. */
+ * history. defer_create: a new session without a requested id gets its UUID with no round trip at all
+ * (out->deferred); the caller writes the row with chat_memory_create_session before storing a turn, so
+ * the first answer of a conversation starts one database round trip sooner. requested_id must not point
+ * into out (out is cleared first). */
 int chat_memory_open_session(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
-                             int max_turns, chat_history *history, chat_session_info *out, char *err, size_t errlen);
+                             bool defer_create, int max_turns, chat_history *history, chat_session_info *out,
+                             char *err, size_t errlen);
+
+/* Writes the row of a deferred session. CHAT_ECONFLICT when the id exists already (a UUID collision:
+ * nothing may be attached to somebody else's session). */
+int chat_memory_create_session(chat_db *db, const char *session_id, const char *user_id, const char *customer_id,
+                               char *err, size_t errlen);
 
 /* The last max_turns turns (2 messages each) of the session, oldest first. Caller clears out. */
 int chat_memory_history(chat_db *db, const char *session_id, int max_turns, chat_history *out, char *err,

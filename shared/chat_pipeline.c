@@ -389,8 +389,8 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
 
     /* Session and memory. */
     int64_t s0 = chat_now_us();
-    rc = chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, p->cfg.history_turns, &hist,
-                                  &session, err, sizeof err);
+    rc = chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, true, p->cfg.history_turns,
+                                  &hist, &session, err, sizeof err);
     c.session_us = chat_now_us() - s0;
     memcpy(sid, session.id, sizeof sid);
     if (rc == CHAT_EFORBIDDEN) {
@@ -528,8 +528,13 @@ finish:
         const char *request_id = req->request_id;
         if (!request_id || !*request_id) request_id = chat_uuid4(rid) == 0 ? rid : "unknown";
         db_hold(p);
-        if (chat_memory_store_turn(p->db, sid, request_id, req->message, c.response.data ? c.response.data : "",
-                                   metadata, session.touch_due, err, sizeof err))
+        /* A new conversation's session row is written here, with its first turn, not before the answer:
+         * nobody knows its id before complete carries it. */
+        if (session.deferred &&
+            chat_memory_create_session(p->db, sid, req->user->id, req->customer_id, err, sizeof err))
+            chat_log_warn("pipeline: creating the session failed: %s", err);
+        else if (chat_memory_store_turn(p->db, sid, request_id, req->message, c.response.data ? c.response.data : "",
+                                        metadata, session.touch_due, err, sizeof err))
             chat_log_warn("pipeline: storing the turn failed: %s", err);
         if (sink->complete) sink->complete(sink->ud, c.response.data ? c.response.data : "", sid, metadata);
     }

@@ -224,7 +224,7 @@ static void test_updated_at_touched(void **state)
                      0);
     /* opening reports the stale timestamp; storing with touch refreshes it, and then it is fresh */
     chat_session_info info;
-    assert_int_equal(chat_memory_open_session(db, "heidi", sid, NULL, 0, NULL, &info, err, sizeof err), 0);
+    assert_int_equal(chat_memory_open_session(db, "heidi", sid, NULL, false, 0, NULL, &info, err, sizeof err), 0);
     assert_true(info.touch_due);
     assert_false(info.created);
     store_ok(sid, "r1", "u", "a", NULL);
@@ -232,7 +232,7 @@ static void test_updated_at_touched(void **state)
                                  ts, NULL, NULL, err, sizeof err),
                      0);
     assert_string_equal(ts, "1");
-    assert_int_equal(chat_memory_open_session(db, "heidi", sid, NULL, 0, NULL, &info, err, sizeof err), 0);
+    assert_int_equal(chat_memory_open_session(db, "heidi", sid, NULL, false, 0, NULL, &info, err, sizeof err), 0);
     assert_false(info.touch_due);
     /* without touch the turn is stored and the timestamp is left alone */
     assert_int_equal(chat_db_run(db, "UPDATE chat_sessions SET updated_at = '2001-01-01 00:00:00' WHERE id = ?", &p, 1,
@@ -254,7 +254,7 @@ static void test_open_session_with_history(void **state)
     chat_history h;
     chat_session_info info;
     /* no turns yet: opened, empty history */
-    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, 5, &h, &info, err, sizeof err), 0);
+    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, false, 5, &h, &info, err, sizeof err), 0);
     assert_string_equal(info.id, sid);
     assert_false(info.created);
     assert_int_equal(h.n, 0);
@@ -268,7 +268,7 @@ static void test_open_session_with_history(void **state)
         int first; /* number of the oldest question returned */
     } cases[] = {{1, 2, 4}, {3, 6, 2}, {4, 8, 1}, {50, 8, 1}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, cases[c].turns, &h, &info, err, sizeof err),
+        assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, false, cases[c].turns, &h, &info, err, sizeof err),
                          0);
         assert_int_equal(h.n, cases[c].n);
         for (size_t i = 0; i < h.n; i++) {
@@ -279,24 +279,49 @@ static void test_open_session_with_history(void **state)
         chat_history_clear(&h);
     }
     /* zero turns: the owner check alone */
-    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, 0, &h, &info, err, sizeof err), 0);
+    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, false, 0, &h, &info, err, sizeof err), 0);
     assert_int_equal(h.n, 0);
     /* somebody else's session: refused, and not a byte of its history comes back */
-    assert_int_equal(chat_memory_open_session(db, "mallory", sid, NULL, 5, &h, &info, err, sizeof err),
+    assert_int_equal(chat_memory_open_session(db, "mallory", sid, NULL, false, 5, &h, &info, err, sizeof err),
                      CHAT_EFORBIDDEN);
     assert_int_equal(h.n, 0);
     assert_null(h.items);
     /* an unknown id is created for its caller, with no history */
-    assert_int_equal(chat_memory_open_session(db, "judy", "judy-new-1", NULL, 5, &h, &info, err, sizeof err), 0);
+    assert_int_equal(chat_memory_open_session(db, "judy", "judy-new-1", NULL, false, 5, &h, &info, err, sizeof err), 0);
     assert_true(info.created);
     assert_string_equal(info.id, "judy-new-1");
     assert_int_equal(h.n, 0);
     /* a new session without an id */
-    assert_int_equal(chat_memory_open_session(db, "judy", NULL, NULL, 5, &h, &info, err, sizeof err), 0);
+    assert_int_equal(chat_memory_open_session(db, "judy", NULL, NULL, false, 5, &h, &info, err, sizeof err), 0);
     assert_true(info.created);
     assert_int_equal(strlen(info.id), 36);
-    assert_int_equal(chat_memory_open_session(db, "judy", "bad id", NULL, 5, &h, &info, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, 5, &h, NULL, err, sizeof err), CHAT_EINVAL);
+    /* deferred: a new session costs no round trip before the answer; its row comes with the first turn */
+    chat_session_info d;
+    assert_int_equal(chat_memory_open_session(db, "judy", NULL, "cust-1001", true, 5, &h, &d, err, sizeof err), 0);
+    assert_true(d.created && d.deferred);
+    assert_int_equal(strlen(d.id), 36);
+    assert_int_equal(h.n, 0);
+    long long rows = -1;
+    chat_db_param idp = CHAT_DB_P_STR(d.id);
+    assert_int_equal(chat_db_run(db, "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", &idp, 1, count_row, &rows, NULL,
+                                 NULL, err, sizeof err),
+                     0);
+    assert_int_equal(rows, 0);
+    assert_int_equal(chat_memory_store_turn(db, d.id, "r1", "u", "a", NULL, false, err, sizeof err), CHAT_ENOTFOUND);
+    assert_int_equal(chat_memory_create_session(db, d.id, "judy", "cust-1001", err, sizeof err), 0);
+    assert_int_equal(chat_memory_create_session(db, d.id, "judy", NULL, err, sizeof err), CHAT_ECONFLICT);
+    store_ok(d.id, "r1", "u", "a", NULL);
+    assert_int_equal(count_messages(d.id), 2);
+    chat_session_info again;
+    assert_int_equal(chat_memory_open_session(db, "judy", d.id, NULL, true, 5, &h, &again, err, sizeof err), 0);
+    assert_false(again.created || again.deferred); /* an existing session is read as before */
+    assert_string_equal(again.id, d.id);
+    assert_int_equal(h.n, 2);
+    chat_history_clear(&h);
+    assert_int_equal(chat_memory_open_session(db, "mallory", d.id, NULL, true, 5, &h, &again, err, sizeof err),
+                     CHAT_EFORBIDDEN);
+    assert_int_equal(chat_memory_open_session(db, "judy", "bad id", NULL, false, 5, &h, &info, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_open_session(db, "judy", sid, NULL, false, 5, &h, NULL, err, sizeof err), CHAT_EINVAL);
 }
 
 static void test_messages_json(void **state)
