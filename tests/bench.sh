@@ -176,6 +176,10 @@ if ! bash deploy/stack.sh start >>"$LOG/bench-stack.txt" 2>&1; then
   exit 1
 fi
 grep -E '^stack:' "$LOG/bench-stack.txt" | tail -3
+# Every run starts with no conversations: the bench database is kept between runs, and hundreds of
+# thousands of sessions left by earlier runs would make later runs read history pages from disk.
+bash deploy/mariadb.sh client chat -e "SET FOREIGN_KEY_CHECKS = 0; TRUNCATE TABLE chat_messages;
+  TRUNCATE TABLE chat_sessions; SET FOREIGN_KEY_CHECKS = 1" >>"$LOG/bench-stack.txt" 2>&1
 echo "MariaDB tmpdir: $(bash deploy/mariadb.sh client -N -e 'SELECT @@tmpdir' 2>/dev/null)"
 PID_STREAMER=$RUN/chat-streamer.pid PID_WORKER=$RUN/chat-worker.pid PID_LIGHTTPD=$RUN/lighttpd.pid PID_DB=$RUN/mariadb.pid
 
