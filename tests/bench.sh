@@ -135,6 +135,7 @@ start_paced() {
   env "${DB_ENV[@]}" CHAT_ZMQ_ENDPOINT="$ep" CHAT_WORKERS=2 CHAT_WORKER_SLOTS="$PACED_SLOTS" CHAT_TOKEN_DELAY_MS="$1" \
     CHAT_LOG_LEVEL=warn setsid "$BIN/chat-worker" >>"$LOG/bench-paced-worker.log" 2>&1 </dev/null &
   EXTRA_PIDS+=($!)
+  echo $! >"$RUN/bench-paced-worker.pid"
   CHAT_STREAMER_LISTEN=unix:$PACED_SOCK CHAT_ZMQ_ENDPOINT=$ep CHAT_LOG_LEVEL=warn \
     setsid "$BIN/chat-streamer" >>"$LOG/bench-paced-streamer.log" 2>&1 </dev/null &
   EXTRA_PIDS+=($!)
@@ -257,7 +258,8 @@ say "token frames: $FRAME_CONNS connections, closed loop, a token every $FRAME_D
 if start_paced "$FRAME_DELAY"; then
   step frames $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "ws+unix:$PACED_SOCK:/ws/chat" \
     --conns "$FRAME_CONNS" --duration "$DURATION" --warmup 3 --timeout 30 "${QOPT[@]}" \
-    --pid-file "$RUN/bench-paced.pid" --pid-file "$PID_DB" --max-time $((DURATION + 100))
+    --pid-file "$RUN/bench-paced.pid" --pid-file "$RUN/bench-paced-worker.pid" --pid-file "$PID_DB" \
+    --max-time $((DURATION + 100))
 fi
 cleanup_extra
 
@@ -265,7 +267,8 @@ say "first token: $STREAMS connections, open loop at $STREAM_RATE messages/s, a 
 if start_paced "$STREAM_DELAY"; then
   step stream $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "ws+unix:$PACED_SOCK:/ws/chat" \
     --conns "$STREAMS" --rate "$STREAM_RATE" --duration "$DURATION" --warmup 5 --timeout 30 "${QOPT[@]}" \
-    --pid-file "$RUN/bench-paced.pid" --pid-file "$PID_DB" --max-time $((DURATION + 100))
+    --pid-file "$RUN/bench-paced.pid" --pid-file "$RUN/bench-paced-worker.pid" --pid-file "$PID_DB" \
+    --max-time $((DURATION + 100))
 fi
 cleanup_extra
 
@@ -321,6 +324,8 @@ out99=$(kv stream outside_p99_us mode=)
 qc_share=$(echo "$QC_BEFORE $QC_AFTER" | awk 'NF == 6 { h = $4 - $1; m = $5 - $2; if (h + m > 0) printf "%.0f", 100 * h / (h + m) }')
 frames=$(kv frames token_frames_per_s mode=)
 frames_gap99=$(kv frames gap_p99_us mode=)
+frames_cpu=$(kv frames cpu_pct server=bench-paced)
+frame_us=$( [ -n "$frames_cpu" ] && [ -n "$frames" ] && awk -v c="$frames_cpu" -v f="$frames" 'BEGIN { if (f > 0) printf "%.1f", c * 1e4 / f }' )
 frames_unpaced=$(kv chat token_frames_per_s mode=)
 st_turn50=$(kv stream turn_p50_us mode=)
 active=$( [ -n "$st_turn50" ] && awk -v r="$STREAM_RATE" -v t="$st_turn50" 'BEGIN { printf "%.0f", r * t / 1e6 }' )
@@ -358,7 +363,7 @@ row "chat turns/s through lighttpd ($CHAT_CONNS conns, extractive, no delay), $K
   "$(num "$turns") $(verdict "$turns" ge 2000) (answers of ${tpa:-?} tokens; $(num "$fail_chat") turns failed; ${qc_share:-?} % of the reads from the query cache)" "100+ messages/s"
 row "  same, sample knowledge base (187 passages), built-in questions" ">= 2,000" "$(num "$turns_small") $(verdict "$turns_small" ge 2000) ($(num "$fail_small") turns failed)" "-"
 row "token frames delivered per second ($FRAME_CONNS streams, a token every $FRAME_DELAY ms)" ">= 100,000" \
-  "$(num "$frames") $(verdict "$frames" ge 100000) (inter-token gap p99 $(ms "$frames_gap99"))" "a token every 20-100 ms per stream"
+  "$(num "$frames") $(verdict "$frames" ge 100000) (inter-token gap p99 $(ms "$frames_gap99"); streamer CPU ${frame_us:-?} us per token frame)" "a token every 20-100 ms per stream"
 row "  tokens/s in the unpaced chat run (tokens coalesce into $(num "$frames_unpaced") frames/s)" "-" "$(num "$toks")" "-"
 row "first token, ~$(num "${active:-}") active streams ($STREAM_RATE msg/s, a token every $STREAM_DELAY ms), $KB_PASSAGES passages: p50 / p99" "<= 1 ms / <= 5 ms" \
   "$(ms "$ft50") / $(ms "$ft99") $(verdict "$ft99" le 5000) (pipeline: $(ms "$sft50") / $(ms "$sft99"); outside it: $(ms "$out50") / $(ms "$out99"))" "500-1000 ms"
