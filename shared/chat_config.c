@@ -103,7 +103,7 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(workers, "CHAT_WORKERS", ncpu > 0 ? (int)ncpu : 2, 0, 1024);
     INT(worker_slots, "CHAT_WORKER_SLOTS", 32, 1, 4096);
     INT(worker_db_conns, "CHAT_WORKER_DB_CONNS", 4, 1, 1024);
-    INT(token_flush_ms, "CHAT_TOKEN_FLUSH_MS", 2, 0, 100);
+    INT(token_flush_ms, "CHAT_TOKEN_FLUSH_MS", 2, 0, 1000);
     INT(rate_limit_per_min, "CHAT_RATE_LIMIT_PER_MIN", 120, 1, 1000000);
     INT(idle_timeout_s, "CHAT_IDLE_TIMEOUT_S", 300, 5, 86400);
     INT(ping_interval_s, "CHAT_PING_INTERVAL_S", 30, 1, 3600);
