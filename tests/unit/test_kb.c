@@ -189,8 +189,10 @@ static void test_ranking(void **state)
         char err[256];
         assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), 0);
         total++;
-        if (r.n && !strcmp(r.items[0].source, expected)) good++;
-        else print_message("ranking miss: %s -> %s (expected %s)\n", question, r.n ? r.items[0].source : "-", expected);
+        if (r.n && !strcmp(r.items[0].source, expected))
+            good++;
+        else
+            print_message("ranking miss: %s -> %s (expected %s)\n", question, r.n ? r.items[0].source : "-", expected);
         chat_kb_result_clear(&r);
     }
     free(tsv);
@@ -205,11 +207,7 @@ static void test_short_tokens_and_codes(void **state)
         const char *question;
         const char *must_contain; /* in the top passage's title or body */
     } cases[] = {
-        {"V6", "V6"},
-        {"hp", "hp"},
-        {"E42", "E42"},
-        {"what does e42 mean", "E42"},
-        {"fault E-42", "E42"},
+        {"V6", "V6"}, {"hp", "hp"}, {"E42", "E42"}, {"what does e42 mean", "E42"}, {"fault E-42", "E42"},
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         char code[16];
@@ -227,12 +225,33 @@ static void test_short_tokens_and_codes(void **state)
 static void test_hostile_inputs(void **state)
 {
     char *big = malloc(10 * 1024 + 1);
-    for (int i = 0; i < 10 * 1024; i++) big[i] = "abc (+*~\"' OR 1=1 -- "[i % 21];
+    for (int i = 0; i < 10 * 1024; i++)
+        big[i] = "abc (+*~\"' OR 1=1 -- "[i % 21];
     big[10 * 1024] = '\0';
     const char *inputs[] = {
-        "C++", "foo@bar.com", "*", "+", "~", "(((", "' OR 1=1 --", "\"unterminated", "-engine +power", "@distance 3",
-        "🚤🚤🚤 engine", "发动机功率是多少", "\xff\xfe\xfd invalid \xc3\x28 utf8", "", "   ", "%", "_", "\\", big,
-        "a' UNION SELECT password FROM mysql.user --", "MATCH(title) AGAINST('x')", "E", "E12345",
+        "C++",
+        "foo@bar.com",
+        "*",
+        "+",
+        "~",
+        "(((",
+        "' OR 1=1 --",
+        "\"unterminated",
+        "-engine +power",
+        "@distance 3",
+        "🚤🚤🚤 engine",
+        "发动机功率是多少",
+        "\xff\xfe\xfd invalid \xc3\x28 utf8",
+        "",
+        "   ",
+        "%",
+        "_",
+        "\\",
+        big,
+        "a' UNION SELECT password FROM mysql.user --",
+        "MATCH(title) AGAINST('x')",
+        "E",
+        "E12345",
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(inputs); i++) {
         char code[16];
@@ -259,9 +278,16 @@ static void test_fault_code_parse(void **state)
         const char *text;
         const char *code; /* NULL = none */
     } cases[] = {
-        {"what does E42 mean", "E42"}, {"e42?", "E42"},   {"code E-7 shows", "E7"}, {"P0300 misfire", "P0300"},
-        {"HE42 is not one", NULL},     {"E12345", NULL},  {"no code here", NULL},   {"E", NULL},
-        {"E42x", NULL},                {"(E88)", "E88"},
+        {"what does E42 mean", "E42"},
+        {"e42?", "E42"},
+        {"code E-7 shows", "E7"},
+        {"P0300 misfire", "P0300"},
+        {"HE42 is not one", NULL},
+        {"E12345", NULL},
+        {"no code here", NULL},
+        {"E", NULL},
+        {"E42x", NULL},
+        {"(E88)", "E88"},
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         char out[16];
@@ -291,7 +317,8 @@ static void test_admin_edits_visible(void **state)
     /* The same question three times: answered by the query cache by the third at the latest (the private
      * server runs with query_cache_type=2; the first read after another connection's write to an Aria
      * table is not stored). */
-    for (int i = 0; i < 3; i++) assert_true(top_is(db, "zanzibar flamingos", "admin/new.md"));
+    for (int i = 0; i < 3; i++)
+        assert_true(top_is(db, "zanzibar flamingos", "admin/new.md"));
     assert_true(count_sql(admin, hits_sql) > hits);
     testutil_sql(admin, "UPDATE kb_documents SET body = 'Renamed to the xylophone pier.' WHERE source = 'admin/new.md';"
                         "COMMIT;");
@@ -348,6 +375,30 @@ static void test_transaction_lost(void **state)
     chat_db_free(d);
 }
 
+/* A statement with more parameters than the stack's 32 binds (bulk inserts): all bound, all stored. */
+static void test_many_parameters(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_params", TESTUTIL_SCHEMA);
+    testutil_sql(d, "CREATE TABLE t_params (a INT, b VARCHAR(16))");
+    enum { ROWS = 300 };
+    chat_db_param p[ROWS * 2];
+    char sql[ROWS * 8 + 64] = "INSERT INTO t_params (a, b) VALUES ";
+    char labels[ROWS][16];
+    for (int i = 0; i < ROWS; i++) {
+        strcat(sql, i ? ",(?,?)" : "(?,?)");
+        snprintf(labels[i], sizeof labels[i], "row-%d", i);
+        p[2 * i] = CHAT_DB_P_INT(i);
+        p[2 * i + 1] = CHAT_DB_P_STR(labels[i]);
+    }
+    char err[256];
+    long long affected = 0;
+    assert_int_equal(chat_db_run(d, sql, p, ROWS * 2, NULL, NULL, &affected, NULL, err, sizeof err), 0);
+    assert_int_equal(affected, ROWS);
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM t_params WHERE b = CONCAT('row-', a)"), ROWS);
+    assert_int_equal(count_sql(d, "SELECT SUM(a) FROM t_params"), ROWS * (ROWS - 1) / 2);
+    chat_db_free(d);
+}
+
 /* In a large knowledge base, a word found in most passages is left out of the query when stats are
  * given: only the passages with the rare word come back, where every "common" passage used to fill up
  * the k results. A query of common words only keeps its rarest word. */
@@ -401,8 +452,8 @@ static void test_tiny_knowledge_base(void **state)
         size_t n;
         const char *first; /* source of the first hit, NULL: any */
     } cases[] = {
-        {"anchor winch", 2, NULL},        /* both words in both passages */
-        {"grease the winch", 2, "b.md"},  /* "grease" only in b */
+        {"anchor winch", 2, NULL},       /* both words in both passages */
+        {"grease the winch", 2, "b.md"}, /* "grease" only in b */
         {"stow", 1, "a.md"},
         {"propeller", 0, NULL},
     };
@@ -421,12 +472,14 @@ static void test_tiny_knowledge_base(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sample_loaded),      cmocka_unit_test(test_migrations), cmocka_unit_test(test_migration_002_aria),
-        cmocka_unit_test(test_import_idempotent),  cmocka_unit_test(test_reimport_sample_dir),
-        cmocka_unit_test(test_ranking),            cmocka_unit_test(test_short_tokens_and_codes),
-        cmocka_unit_test(test_hostile_inputs),     cmocka_unit_test(test_fault_code_parse),
-        cmocka_unit_test(test_admin_edits_visible), cmocka_unit_test(test_restart_mid_run),   cmocka_unit_test(test_transaction_lost),
-        cmocka_unit_test(test_common_words_dropped), cmocka_unit_test(test_tiny_knowledge_base),
+        cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
+        cmocka_unit_test(test_migration_002_aria),     cmocka_unit_test(test_import_idempotent),
+        cmocka_unit_test(test_reimport_sample_dir),    cmocka_unit_test(test_ranking),
+        cmocka_unit_test(test_short_tokens_and_codes), cmocka_unit_test(test_hostile_inputs),
+        cmocka_unit_test(test_fault_code_parse),       cmocka_unit_test(test_admin_edits_visible),
+        cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
+        cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
+        cmocka_unit_test(test_many_parameters),
     };
     return cmocka_run_group_tests(tests, setup_sample, teardown_sample);
 }
