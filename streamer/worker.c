@@ -14,10 +14,11 @@
  *   events, in wire format behind its slot number, on an inproc PUSH to the main thread's PULL, which
  *   forwards them verbatim. A slow broker back-pressures the pipelines through the high-water marks
  *   instead of growing a queue.
- * - Tokens skip the PUSH: a slot appends them to its buffer. The answer's first token is sent at once
- *   (a TOK note); later ones are gathered for CHAT_TOKEN_FLUSH_MS (2): the first slot to have tokens
+ * - Tokens and progress steps skip the PUSH: a slot appends them to its buffers. The answer's first
+ *   token is sent at once (a TOK note, which sends the steps waiting before it); later tokens, and steps
+ *   that no token follows yet, are gathered for CHAT_TOKEN_FLUSH_MS (2): the first slot to have something
  *   waiting sends a TICK, and when the interval is over the main thread sends every waiting slot's
- *   tokens, one event per answer. With hundreds of answers streaming a token every few tens of
+ *   steps and tokens, one event per step and one per answer's tokens. With hundreds of answers streaming a token every few tens of
  *   milliseconds, that is one wake-up of the main thread (and of the broker and the event loop behind
  *   it) per interval instead of one per token, for at most 2 ms more between tokens; the first token is
  *   never held back. 0 sends each token at once.
@@ -84,8 +85,10 @@ typedef struct slot {
     bool terminal_sent;
     int64_t started_ms;
 
-    /* Tokens, slot thread -> main thread. */
+    /* Progress steps and tokens, slot thread -> main thread, under tok_mu. ev_buf holds progress as
+     * "step\0message\0" pairs: they always come before the answer's first token. */
     pthread_mutex_t tok_mu;
+    chat_buf ev_buf;
     chat_buf tok_buf;
     bool in_dirty; /* listed in w->dirty (under w->dirty_mu) */
 } slot;
@@ -149,11 +152,40 @@ static void slot_note(sink_ctx *c, const char *cmd)
     chat_wire_send(c->push, p, 3, 0);
 }
 
+/* Lists the slot for the next flush; the first slot listed since the last flush wakes the main thread. */
+static void mark_dirty(sink_ctx *c)
+{
+    slot *s = c->s;
+    worker *w = s->w;
+    pthread_mutex_lock(&w->dirty_mu);
+    bool first_dirty = w->n_dirty == 0;
+    if (!s->in_dirty) {
+        s->in_dirty = true;
+        w->dirty[w->n_dirty++] = s->index;
+    }
+    pthread_mutex_unlock(&w->dirty_mu);
+    if (first_dirty) slot_note(c, TICK_CMD);
+}
+
+/* Progress waits for the next flush like tokens do: the answer's first token, the terminal event or the
+ * interval sends it, always before the tokens. Three progress messages through the PUSH and the main
+ * thread cost about a tenth of the turns per second a worker manages. */
 static void on_progress(void *ud, const char *step, const char *message)
 {
+    sink_ctx *c = ud;
+    slot *s = c->s;
     if (!strcmp(step, "starting")) return; /* the streamer sent it already */
-    chat_wire_part f[2] = {part(step), part(message)};
-    slot_event(ud, CHAT_WIRE_EV_PROGRESS, f, 2);
+    if (s->w->cfg.token_flush_ms == 0) {
+        chat_wire_part f[2] = {part(step), part(message)};
+        slot_event(ud, CHAT_WIRE_EV_PROGRESS, f, 2);
+        return;
+    }
+    pthread_mutex_lock(&s->tok_mu);
+    bool was_empty = s->ev_buf.len == 0;
+    chat_buf_append(&s->ev_buf, step, strlen(step) + 1);
+    chat_buf_append(&s->ev_buf, message, strlen(message) + 1);
+    pthread_mutex_unlock(&s->tok_mu);
+    if (was_empty) mark_dirty(c);
 }
 
 static int on_token(void *ud, const char *text, size_t len)
@@ -170,14 +202,7 @@ static int on_token(void *ud, const char *text, size_t len)
         c->first_token_sent = true;
         if (was_empty) slot_note(c, TOKENS_CMD);
     } else if (was_empty) {
-        pthread_mutex_lock(&w->dirty_mu);
-        bool first_dirty = w->n_dirty == 0;
-        if (!s->in_dirty) {
-            s->in_dirty = true;
-            w->dirty[w->n_dirty++] = s->index;
-        }
-        pthread_mutex_unlock(&w->dirty_mu);
-        if (first_dirty) slot_note(c, TICK_CMD);
+        mark_dirty(c);
     }
     return atomic_load(&s->cancel) ? 1 : 0;
 }
@@ -367,14 +392,28 @@ static void handle_broker(worker *w, void *dealer, chat_wire_msg *m, bool stoppi
     if (chat_wire_is(m, 0, CHAT_WIRE_RESET)) *reset = true;
 }
 
-/* Sends the tokens waiting in the slot's buffer as one event. */
+/* Sends what waits in the slot's buffers: the progress steps, each as its event, then the tokens as one
+ * event. */
 static void flush_tokens(void *dealer, slot *s)
 {
-    chat_buf out;
+    chat_buf out, ev;
     pthread_mutex_lock(&s->tok_mu);
     out = s->tok_buf;
+    ev = s->ev_buf;
     chat_buf_init(&s->tok_buf);
+    chat_buf_init(&s->ev_buf);
     pthread_mutex_unlock(&s->tok_mu);
+    for (size_t at = 0; at < ev.len;) {
+        const char *step = ev.data + at;
+        size_t sl = strlen(step);
+        const char *message = step + sl + 1;
+        size_t ml = strlen(message);
+        at += sl + ml + 2;
+        chat_wire_part f[2] = {{step, sl}, {message, ml}};
+        if (chat_wire_send_event(dealer, s->job_id, CHAT_WIRE_EV_PROGRESS, f, 2, 0))
+            chat_log_warn("worker: progress not sent: %s", zmq_strerror(errno));
+    }
+    chat_buf_free(&ev);
     if (out.len) {
         chat_wire_part f[1] = {{out.data, out.len}};
         /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
@@ -481,6 +520,7 @@ static worker *worker_new(const chat_config *cfg)
         pthread_cond_init(&s->cv, NULL);
         pthread_mutex_init(&s->tok_mu, NULL);
         chat_buf_init(&s->tok_buf);
+        chat_buf_init(&s->ev_buf);
         chat_wire_msg_init(&s->job_msg);
         chat_wire_msg_init(&w->pending[i]);
         w->idle[w->n_slots - 1 - i] = i; /* slot 0 first */
@@ -498,6 +538,7 @@ static void worker_free(worker *w)
         chat_wire_msg_clear(&s->job_msg);
         chat_wire_msg_clear(&w->pending[i]);
         chat_buf_free(&s->tok_buf);
+        chat_buf_free(&s->ev_buf);
         pthread_cond_destroy(&s->cv);
         pthread_mutex_destroy(&s->mu);
         pthread_mutex_destroy(&s->tok_mu);
