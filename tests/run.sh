@@ -28,6 +28,9 @@ run_cmocka() {
   timeout "${TEST_TIMEOUT:-300}" "$t" >"$log" 2>&1
   local rc=$?
   cat "$log"
+  if grep -q '#answer length changes' "$log"; then
+    echo "# the stack's workers before the browser test: $(cat "$CHAT_VAR/log/status-before-browser.json" 2>/dev/null)"
+  fi
   local p f
   p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
   f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
@@ -61,6 +64,9 @@ run_browser() {
     CHAT_SCREENSHOT=$CHAT_VAR/ws-test.png timeout 120 node tests/browser/test-page.mjs >"$log" 2>&1
   local rc=$?
   cat "$log"
+  if grep -q '#answer length changes' "$log"; then
+    echo "# the stack's workers before the browser test: $(cat "$CHAT_VAR/log/status-before-browser.json" 2>/dev/null)"
+  fi
   local line p f
   line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
   p=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p'); f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
@@ -79,6 +85,8 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   if [ "${PIPESTATUS[0]}" -eq 0 ]; then
     STACK_STARTED=1
     for t in build/tests/e2e/test_*; do [ -x "$t" ] && run_cmocka "$t"; done
+    # which workers serve the stack (kept for diagnosing the browser test's rare unpaced answer)
+    curl -s -m 2 --unix-socket "$CHAT_VAR/run/streamer.sock" http://localhost/status >"$CHAT_VAR/log/status-before-browser.json" 2>&1
     run_browser
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.

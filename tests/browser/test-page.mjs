@@ -66,7 +66,11 @@ function installRecorder(steps) {
   if (window.chatTest && window.chatTest.client) {
     window.chatTest.client.on('token', () => rec.tokens.push(performance.now() - rec.t0));
     // the worker's own timings tell a paced generation from one that produced everything at once
-    window.chatTest.client.on('complete', d => { rec.timings = d && d.metadata ? d.metadata.timings : null; rec.completeAt = performance.now() - rec.t0; });
+    window.chatTest.client.on('complete', d => {
+      const m = d && d.metadata ? d.metadata : {};
+      rec.timings = { ...(m.timings || {}), provider: m.provider, finish_reason: m.finish_reason, usage: m.usage };
+      rec.completeAt = performance.now() - rec.t0;
+    });
   }
 }
 
