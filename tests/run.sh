@@ -7,6 +7,12 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 MODE=${1:-all}
+# The caller's own settings must not change what is tested (a CHAT_TOKEN_DELAY_MS=0 left in the shell
+# made the browser test's answers arrive unpaced): every CHAT_* variable goes, but the log level and the
+# test port.
+for v in $(compgen -e | grep '^CHAT_'); do
+  case $v in CHAT_LOG_LEVEL | CHAT_TEST_PORT) ;; *) unset "$v" ;; esac
+done
 export CHAT_ROOT=$ROOT
 export CHAT_VAR=$ROOT/var/test
 export CHAT_DB_SOCKET=$CHAT_VAR/run/mariadb.sock CHAT_DB_USER=root CHAT_DB_PASSWORD= CHAT_DB_NAME=chat_test
@@ -80,7 +86,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   export CHAT_PORT=${CHAT_TEST_PORT:-18000}
   # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model.
   # (the demo token stack.sh prints for people is kept out of the saved output)
-  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-5} bash deploy/stack.sh start 2>&1 |
+  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 bash deploy/stack.sh start 2>&1 |
     grep -v '^eyJ' >"$CHAT_VAR/log/stack.out"
   if [ "${PIPESTATUS[0]}" -eq 0 ]; then
     STACK_STARTED=1

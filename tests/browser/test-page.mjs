@@ -173,20 +173,7 @@ async function main() {
       }
       const diag = `#answer length changes: [${lens.slice(0, 20)}], ${frames.length} token frames over ${Math.round(frameSpan)} ms` +
         ` (first at ${Math.round(frames[0] || 0)} ms, complete at ${Math.round(rec.completeAt || 0)} ms; worker timings ${JSON.stringify(rec.timings)})`;
-      // Rarely (3 of about 20 full-suite runs, never when run alone) an answer came back generated all at
-      // once: the worker timings showed no pacing between its first token and its end. Until that is
-      // explained, one such answer is reported and a second question decides; two fail the test.
-      const before = await page.evaluate(() => ({ n: window.__rec.tokens.length, completes: window.chatTest.completes }));
-      await page.fill('#message-input', QUESTION);
-      await page.press('#message-input', 'Enter');
-      await page.waitForFunction(c => window.chatTest.completes > c, before.completes, { timeout: 35_000 });
-      const again = (await page.evaluate(() => window.__rec.tokens)).slice(before.n);
-      const againSpan = again.length > 1 ? again[again.length - 1] - again[0] : 0;
-      if (streamed(again.length, againSpan)) {
-        console.log(`# WARNING: one answer arrived in a single token frame: ${diag}; the next streamed in ${again.length} frames over ${Math.round(againSpan)} ms`);
-        return;
-      }
-      return `${diag}; a second answer too: ${again.length} token frames`;
+      return diag;
     }, { fatal: false });
 
     await check('complete shows a non-empty agent, a numeric confidence and at least one source', async () => {
