@@ -183,28 +183,21 @@ static const char SQL_FAULT[] =
  * index weighs words by how rare they are among titles: "Engine and Power" beats an overview that
  * repeats the model name; at full weight, exact title words like "Capacity" outranked better bodies).
  * LEAST() bounds the relevance, so the products never overflow whatever an engine reports. */
-static const char SQL_TEXT[] =
-    "SELECT SQL_CACHE k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
-    " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
-    "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score, raw"
-    "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)"
-    "                                        + 0.5 * MATCH(title) AGAINST (? IN NATURAL LANGUAGE MODE), 1e6) AS raw"
-    "        FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN NATURAL LANGUAGE MODE)) m"
-    "  ORDER BY score DESC, id LIMIT ?) r"
-    " JOIN kb_documents k ON k.id = r.id ORDER BY r.score DESC, r.id";
+#define SQL_TEXT_IN(MODE)                                                                                   \
+    "SELECT SQL_CACHE k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"            \
+    " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)" \
+    "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score, raw"   \
+    "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN " MODE ")"                  \
+    "                                        + 0.5 * MATCH(title) AGAINST (? IN " MODE "), 1e6) AS raw"      \
+    "        FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN " MODE ")) m"                         \
+    "  ORDER BY score DESC, id LIMIT ?) r"                                                                  \
+    " JOIN kb_documents k ON k.id = r.id ORDER BY r.score DESC, r.id"
+static const char SQL_TEXT[] = SQL_TEXT_IN("NATURAL LANGUAGE MODE");
 
 /* The same in boolean mode (any of the words), for when the natural-language search found nothing: it
  * ignores a word found in more than half of the passages, so in a knowledge base of a few passages a
  * question made of their common words would get no context at all. */
-static const char SQL_TEXT_ANY[] =
-    "SELECT SQL_CACHE k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"
-    " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1.0 WHEN model_id = ? THEN 2.0 ELSE 0.5 END)"
-    "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1.0 ELSE 0.6 END) AS score, raw"
-    "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"
-    "                                        + 0.5 * MATCH(title) AGAINST (? IN BOOLEAN MODE), 1e6) AS raw"
-    "        FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)) m"
-    "  ORDER BY score DESC, id LIMIT ?) r"
-    " JOIN kb_documents k ON k.id = r.id ORDER BY r.score DESC, r.id";
+static const char SQL_TEXT_ANY[] = SQL_TEXT_IN("BOOLEAN MODE");
 
 #define STATS_SLOTS 2048           /* power of two */
 #define STATS_MIN_PASSAGES 1000    /* smaller knowledge bases are searched with every word */

@@ -46,8 +46,8 @@ static bool user_ok(const char *user_id)
 /* The session's newest messages joined to its row: one round trip per turn for both the ownership check
  * and the history (the session row is a constant to the optimizer, so the messages are read newest first
  * straight off (session_id, id); this costs about half of a UNION of the two and little more than the
- * history alone). A session without messages yields no row: then its row alone is read. Rows are put in
- * order by id here. */
+ * history alone). A session without messages yields no row: then its row alone is read. The rows
+ * arrive newest first and are reversed here. */
 typedef struct session_ctx {
     bool found;
     char user[USER_ID_MAX + 1];
@@ -55,8 +55,6 @@ typedef struct session_ctx {
     bool touch_due;
     chat_history *h; /* NULL: owner only */
     size_t cap;
-    unsigned long long *ids; /* ids[i] is the id of h->items[i] */
-    size_t ids_cap;
 } session_ctx;
 
 static int session_row(void *ud, int ncols, char **vals, unsigned long *lens)
@@ -69,10 +67,8 @@ static int session_row(void *ud, int ncols, char **vals, unsigned long *lens)
         o->touch_due = vals[2] && atoi(vals[2]) != 0;
     }
     chat_history *h = o->h;
-    if (!h || ncols < 6 || !vals[3]) return 0;
-    if (chat_array_reserve(&h->items, &o->cap, h->n, sizeof *h->items) ||
-        chat_array_reserve(&o->ids, &o->ids_cap, h->n, sizeof *o->ids))
-        return CHAT_ENOMEM;
+    if (!h || ncols < 5 || !vals[3]) return 0;
+    if (chat_array_reserve(&h->items, &o->cap, h->n, sizeof *h->items)) return CHAT_ENOMEM;
     chat_turn *t = &h->items[h->n];
     t->role = strdup(vals[3]);
     t->content = malloc(lens[4] + 1);
@@ -82,28 +78,17 @@ static int session_row(void *ud, int ncols, char **vals, unsigned long *lens)
     }
     if (vals[4]) memcpy(t->content, vals[4], lens[4]);
     t->content[vals[4] ? lens[4] : 0] = '\0';
-    o->ids[h->n] = vals[5] ? strtoull(vals[5], NULL, 10) : 0;
     h->n++;
     return 0;
 }
 
-/* Insertion sort by id: a history is at most 2 * HISTORY_TURNS_MAX rows, and usually arrives sorted
- * (newest first, so reversed). */
-static void sort_by_id(chat_history *h, unsigned long long *ids)
+/* Newest first -> oldest first. */
+static void reverse(chat_history *h)
 {
-    for (size_t i = 0, j = h->n ? h->n - 1 : 0; i < j; i++, j--) { /* newest first -> oldest first */
+    for (size_t i = 0, j = h->n ? h->n - 1 : 0; i < j; i++, j--) {
         chat_turn t = h->items[i];
         h->items[i] = h->items[j], h->items[j] = t;
-        unsigned long long x = ids[i];
-        ids[i] = ids[j], ids[j] = x;
     }
-    for (size_t i = 1; i < h->n; i++)
-        for (size_t j = i; j > 0 && ids[j - 1] > ids[j]; j--) {
-            chat_turn t = h->items[j];
-            h->items[j] = h->items[j - 1], h->items[j - 1] = t;
-            unsigned long long x = ids[j];
-            ids[j] = ids[j - 1], ids[j - 1] = x;
-        }
 }
 
 static int read_session(chat_db *db, const char *session_id, int max_turns, session_ctx *o, chat_history *h,
@@ -118,7 +103,7 @@ static int read_session(chat_db *db, const char *session_id, int max_turns, sess
                              CHAT_DB_P_INT(2LL * max_turns)};
         rc = chat_db_run(db,
                          "SELECT s.user_id, s.customer_id, s.updated_at < NOW() - INTERVAL ? SECOND,"
-                         " m.role, m.content, m.id"
+                         " m.role, m.content"
                          " FROM chat_messages m JOIN chat_sessions s ON s.id = m.session_id"
                          " WHERE m.session_id = ? ORDER BY m.id DESC LIMIT ?",
                          p, 3, session_row, o, NULL, NULL, err, errlen);
@@ -130,9 +115,7 @@ static int read_session(chat_db *db, const char *session_id, int max_turns, sess
                          " FROM chat_sessions WHERE id = ?",
                          p, 2, session_row, o, NULL, NULL, err, errlen);
     }
-    if (!rc && o->h) sort_by_id(o->h, o->ids);
-    free(o->ids);
-    o->ids = NULL;
+    if (!rc && o->h) reverse(o->h);
     if (rc) {
         if (o->h) chat_history_clear(o->h);
         if (rc == CHAT_ENOMEM) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory reading history");

@@ -1189,6 +1189,17 @@ static pid_t private_stack(const char *name, int slots, int delay_ms, const char
     return private_stack_flush(name, slots, delay_ms, -1, extra, port, workers);
 }
 
+/* A connection of alice's to a private streamer, authenticated by ?token=; its first frame is read. */
+static chat_wsc *open_alice(int port)
+{
+    char pq[2048];
+    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
+    chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
+    assert_non_null(c);
+    json_object_put(next_json(c, 5000));
+    return c;
+}
+
 static void note_first_token(chat_wsc *c, answer *a, void *ud)
 {
     (void)c;
@@ -1211,12 +1222,7 @@ static void test_token_batching(void **state)
         pid_t workers;
         pid_t pid = private_stack_flush(cases[k].flush_ms ? "batch" : "nobatch", 1, 10, cases[k].flush_ms, NULL,
                                         &port, &workers);
-        char pq[2048];
-        snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
-        chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
-        assert_non_null(c);
-        json_object *o = next_json(c, 5000);
-        json_object_put(o);
+        chat_wsc *c = open_alice(port);
         answer a;
         ask(c, QUESTION, &a); /* warms the worker up (connection, statements, vocabulary) */
         answer_clear(&a);
@@ -1252,15 +1258,8 @@ static void test_single_worker_back_to_back(void **state)
     pid_t pid = private_stack("single", 1, 0, extra, &port, &workers);
     /* Six clients with four messages queued each keep jobs waiting in the broker: each is dispatched
      * the moment the worker's previous answer completes. */
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
     chat_wsc *cs[6];
-    for (int k = 0; k < 6; k++) {
-        cs[k] = ws_open_at(port, pq, NULL, NULL);
-        assert_non_null(cs[k]);
-        json_object *o = next_json(cs[k], 5000);
-        json_object_put(o);
-    }
+    for (int k = 0; k < 6; k++) cs[k] = open_alice(port);
     for (int round = 0; round < 3; round++) {
         for (int k = 0; k < 6; k++)
             for (int i = 0; i < 4; i++) send_message(cs[k], QUESTION, "\"partial\":false");
@@ -1289,15 +1288,8 @@ static void test_worker_slots_run_concurrently(void **state)
     pid_t pid = private_stack("slots", 3, 15, NULL, &port, &workers);
     pid_t kids[4];
     assert_int_equal(e2e_children(workers, kids, 4), 1); /* one process */
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
     chat_wsc *cs[3];
-    for (int k = 0; k < 3; k++) {
-        cs[k] = ws_open_at(port, pq, NULL, NULL);
-        assert_non_null(cs[k]);
-        json_object *o = next_json(cs[k], 5000);
-        json_object_put(o);
-    }
+    for (int k = 0; k < 3; k++) cs[k] = open_alice(port);
     for (int k = 0; k < 3; k++) send_message(cs[k], QUESTION, NULL);
     int max_busy = 0;
     for (int i = 0; i < 40 && max_busy < 3; i++) {
@@ -1343,15 +1335,8 @@ static void test_worker_with_slots_killed(void **state)
     int port;
     pid_t workers;
     pid_t pid = private_stack("slotkill", 3, 15, NULL, &port, &workers);
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
     chat_wsc *cs[3];
-    for (int k = 0; k < 3; k++) {
-        cs[k] = ws_open_at(port, pq, NULL, NULL);
-        assert_non_null(cs[k]);
-        json_object *o = next_json(cs[k], 5000);
-        json_object_put(o);
-    }
+    for (int k = 0; k < 3; k++) cs[k] = open_alice(port);
     for (int k = 0; k < 3; k++) send_message(cs[k], QUESTION, NULL);
     for (int i = 0; i < 200 && status_int(port, "workers_busy") < 3; i++) e2e_sleep_ms(10);
     assert_int_equal(status_int(port, "workers_busy"), 3); /* all three on the one process */
@@ -1387,12 +1372,7 @@ static void test_rate_limited(void **state)
     const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=4", NULL};
     int port;
     pid_t pid = streamer_start("rate", endpoint, extra, &port);
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
-    chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
-    assert_non_null(c);
-    json_object *o = next_json(c, 5000);
-    json_object_put(o);
+    chat_wsc *c = open_alice(port);
     /* Burst 4: four messages pass the limiter (and find no worker), the fifth is refused. */
     for (int i = 0; i < 4; i++) {
         send_message(c, QUESTION, NULL);
@@ -1402,9 +1382,7 @@ static void test_rate_limited(void **state)
     expect_error(c, "RATE_LIMITED");
     expect_usable(c);
     /* Another connection has its own bucket. */
-    chat_wsc *d = ws_open_at(port, pq, NULL, NULL);
-    o = next_json(d, 5000);
-    json_object_put(o);
+    chat_wsc *d = open_alice(port);
     send_message(d, QUESTION, NULL);
     expect_error(d, "OVERLOADED");
     chat_wsc_close(c, 1000, NULL);
@@ -1423,14 +1401,8 @@ static void test_idle_timeout(void **state)
     const char *extra[] = {"CHAT_IDLE_TIMEOUT_S=5", "CHAT_PING_INTERVAL_S=1", NULL};
     int port;
     pid_t pid = streamer_start("idle", endpoint, extra, &port);
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
-    chat_wsc *idle = ws_open_at(port, pq, NULL, NULL);
-    chat_wsc *busy = ws_open_at(port, pq, NULL, NULL);
-    assert_non_null(idle);
-    assert_non_null(busy);
-    json_object_put(next_json(idle, 5000));
-    json_object_put(next_json(busy, 5000));
+    chat_wsc *idle = open_alice(port);
+    chat_wsc *busy = open_alice(port);
     long long t0 = e2e_now_ms();
     int code = 0;
     while (!code && e2e_now_ms() - t0 < 9000) {
