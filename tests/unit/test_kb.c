@@ -438,6 +438,29 @@ static void test_common_words_dropped(void **state)
     chat_db_free(d);
 }
 
+/* Only the most relevant matches are re-ranked (KB_CANDIDATES, 200): that relies on the natural-language
+ * search handing its rows over in relevance order. 400 weak matches come first in the table and the
+ * strongest passage last, so a search that took the first 200 rows in table order would miss it. */
+static void test_candidates_by_relevance(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_candidates", TESTUTIL_SCHEMA);
+    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
+                    " CONCAT('Filler ', seq), CONCAT('filler passage ', seq, IF(seq % 5 < 2,"
+                    " ' mentions the bilge once among many other words about hulls, decks and cabins', ''))"
+                    " FROM seq_1_to_1000;"
+                    "INSERT INTO kb_documents (source, title, body) VALUES ('pump.md', 'Bilge pump',"
+                    " 'The bilge pump empties the bilge: test the bilge float switch monthly.');");
+    chat_kb_query q = {.question = "bilge", .k = 3};
+    chat_kb_result r;
+    char err[256];
+    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n, 3);
+    assert_string_equal(r.items[0].source, "pump.md");
+    assert_true(r.items[0].score > r.items[1].score);
+    chat_kb_result_clear(&r);
+    chat_db_free(d);
+}
+
 /* A knowledge base of a few passages: the server's natural-language search ignores a word found in more
  * than half of them, so a question whose words are in every passage would find nothing; retrieval then
  * falls back to a boolean search and still answers. */
@@ -479,7 +502,7 @@ int main(void)
         cmocka_unit_test(test_fault_code_parse),       cmocka_unit_test(test_admin_edits_visible),
         cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
         cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
-        cmocka_unit_test(test_many_parameters),
+        cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
     };
     return cmocka_run_group_tests(tests, setup_sample, teardown_sample);
 }
