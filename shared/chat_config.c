@@ -101,7 +101,7 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     STR(allowed_origins, "CHAT_ALLOWED_ORIGINS", "");
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     INT(workers, "CHAT_WORKERS", ncpu > 0 ? (int)ncpu : 2, 0, 1024);
-    INT(worker_slots, "CHAT_WORKER_SLOTS", 32, 1, 4096);
+    INT(worker_slots, "CHAT_WORKER_SLOTS", 256, 1, 16384);
     INT(worker_db_conns, "CHAT_WORKER_DB_CONNS", 4, 1, 1024);
     INT(token_flush_ms, "CHAT_TOKEN_FLUSH_MS", 2, 0, 1000);
     INT(rate_limit_per_min, "CHAT_RATE_LIMIT_PER_MIN", 120, 1, 1000000);

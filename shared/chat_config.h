@@ -50,8 +50,8 @@ typedef struct chat_config {
     char streamer_listen[512]; /* "unix:/path" or "host:port" */
     char allowed_origins[1024]; /* comma-separated; empty = any */
     int workers;
-    int worker_slots;    /* answers one worker process runs at once, each on its own thread */
-    int worker_db_conns; /* database connections the slots of one worker process share */
+    int worker_slots;    /* answers one worker process streams at once (no thread each) */
+    int worker_db_conns; /* stage threads of one worker process, each with its database connection */
     int token_flush_ms;  /* a worker sends an answer's later tokens in batches this often (0 = each at once) */
     int rate_limit_per_min;
     int idle_timeout_s;

@@ -4,15 +4,20 @@
  * the question's content words it contains (with a few domain synonyms: "power" finds "hp" and "kW"),
  * favour sentences with figures for spec questions and sentences about the customer's own model, then
  * keep the best few in document order. The answer says where it comes from and, when nothing scores,
- * says it does not know instead of guessing. Output streams word by word. */
+ * says it does not know instead of guessing.
+ *
+ * Output streams word by word. The whole answer is composed when the generation starts (it is cheap and
+ * needs the request, which the caller may free at once); the tokens are then released by the caller's
+ * chat_llm_loop, one per token_delay_ms on the loop's timers (all at once on the loop's next run with
+ * no delay), so one thread paces any number of answers without sleeping. */
 #include "chat_extractive.h"
 
 #include <ctype.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "chat_common.h"
 #include "chat_util.h"
@@ -347,59 +352,108 @@ char *chat_extractive_compose(const chat_llm_request *req)
     return chat_buf_take(&out);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
+/* ---- one generation, paced by the loop's timers ---- */
 
-int chat_extractive_generate(const chat_config *cfg, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
-                             const atomic_int *cancel, chat_llm_result *res, char *err, size_t errlen)
+struct chat_extractive_gen {
+    char *text;    /* the whole answer, composed at the start */
+    const char *p; /* the next token */
+    int delay_ms, max_tokens;
+    int64_t due; /* when the next token may go (after the first) */
+    chat_llm_token_fn fn;
+    void *ud;
+    const atomic_int *cancel;
+    bool finished;
+    int rc;
+    chat_llm_result res;
+    char err[64];
+};
+
+int chat_extractive_gen_new(const chat_config *cfg, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
+                            const atomic_int *cancel, chat_extractive_gen **out, char *err, size_t errlen)
 {
-    memset(res, 0, sizeof *res);
-    snprintf(res->finish_reason, sizeof res->finish_reason, "error");
-    char *text = chat_extractive_compose(req);
-    if (!text) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    *out = NULL;
+    if (!cfg || !req) return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
+    chat_extractive_gen *g = calloc(1, sizeof *g);
+    if (g) g->text = chat_extractive_compose(req);
+    if (!g || !g->text) {
+        free(g);
+        return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    }
     size_t prompt_bytes = req->question ? strlen(req->question) : 0;
     if (req->passages)
         for (size_t i = 0; i < req->passages->n && i < 4; i++) prompt_bytes += strlen(req->passages->items[i].body);
-    res->prompt_tokens = (int)(prompt_bytes / 4) + 1;
+    g->res.prompt_tokens = (int)(prompt_bytes / 4) + 1;
+    snprintf(g->res.finish_reason, sizeof g->res.finish_reason, "stop");
+    g->p = g->text;
+    g->delay_ms = cfg->token_delay_ms > 0 ? cfg->token_delay_ms : 0;
+    g->max_tokens = req->max_tokens > 0 ? req->max_tokens : 1 << 30;
+    g->fn = fn, g->ud = ud, g->cancel = cancel;
+    *out = g;
+    return 0;
+}
 
-    int max_tokens = req->max_tokens > 0 ? req->max_tokens : 1 << 30;
-    int rc = 0;
-    const char *p = text;
-    snprintf(res->finish_reason, sizeof res->finish_reason, "stop");
-    while (*p) {
-        if (cancel && atomic_load(cancel)) {
-            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "cancelled");
-            snprintf(res->finish_reason, sizeof res->finish_reason, "cancelled");
+int64_t chat_extractive_gen_deadline(const chat_extractive_gen *g)
+{
+    /* the first token goes at once, the others token_delay_ms after the one before */
+    if (g->finished || !g->delay_ms || !g->res.completion_tokens) return INT64_MIN;
+    return g->due;
+}
+
+static void ext_finish(chat_extractive_gen *g, int rc, const char *reason, const char *msg)
+{
+    g->finished = true;
+    g->rc = rc;
+    if (reason) snprintf(g->res.finish_reason, sizeof g->res.finish_reason, "%s", reason);
+    if (msg) chat_fail(g->err, sizeof g->err, rc, "%s", msg);
+}
+
+bool chat_extractive_gen_step(chat_extractive_gen *g, int64_t now)
+{
+    while (!g->finished) {
+        if (!*g->p) {
+            ext_finish(g, 0, NULL, NULL);
             break;
         }
-        if (res->completion_tokens >= max_tokens) {
-            snprintf(res->finish_reason, sizeof res->finish_reason, "length");
+        if (g->cancel && atomic_load(g->cancel)) {
+            ext_finish(g, CHAT_ECANCELLED, "cancelled", "cancelled");
             break;
         }
+        if (g->res.completion_tokens >= g->max_tokens) {
+            ext_finish(g, 0, "length", NULL);
+            break;
+        }
+        if (g->delay_ms && g->res.completion_tokens > 0 && now < g->due) break; /* not yet */
         /* a token is a word with the whitespace that follows it */
-        const char *e = p;
+        const char *e = g->p;
         while (*e && !isspace((unsigned char)*e)) e++;
         while (*e && isspace((unsigned char)*e)) e++;
-        if (cfg->token_delay_ms > 0 && res->completion_tokens > 0) {
-            for (int waited = 0; waited < cfg->token_delay_ms; waited += 50) {
-                if (cancel && atomic_load(cancel)) break;
-                int step = cfg->token_delay_ms - waited < 50 ? cfg->token_delay_ms - waited : 50;
-                sleep_ms(step);
-            }
-            if (cancel && atomic_load(cancel)) continue; /* reported at the top of the loop */
-        }
-        res->completion_tokens++;
-        res->tokens_emitted++;
-        if (fn(ud, p, (size_t)(e - p))) {
-            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "stopped by the caller");
-            snprintf(res->finish_reason, sizeof res->finish_reason, "cancelled");
+        g->res.completion_tokens++;
+        g->res.tokens_emitted++;
+        int stop = g->fn ? g->fn(g->ud, g->p, (size_t)(e - g->p)) : 0;
+        g->p = e;
+        if (stop) {
+            ext_finish(g, CHAT_ECANCELLED, "cancelled", "stopped by the caller");
             break;
         }
-        p = e;
+        if (!*g->p) { /* the last one: done now, not a token interval later */
+            ext_finish(g, 0, NULL, NULL);
+            break;
+        }
+        if (g->delay_ms) g->due = chat_now_ms() + g->delay_ms;
     }
-    free(text);
-    return rc;
+    return g->finished;
+}
+
+int chat_extractive_gen_outcome(const chat_extractive_gen *g, const chat_llm_result **res, const char **err)
+{
+    if (res) *res = &g->res;
+    if (err) *err = g->err;
+    return g->rc;
+}
+
+void chat_extractive_gen_free(chat_extractive_gen *g)
+{
+    if (!g) return;
+    free(g->text);
+    free(g);
 }

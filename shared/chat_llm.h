@@ -55,4 +55,43 @@ const char *chat_llm_provider_name(const chat_llm *llm);
 int chat_llm_generate(chat_llm *llm, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
                       const atomic_int *cancel, chat_llm_result *res, char *err, size_t errlen);
 
+/* ---- Many generations on one thread ----
+ *
+ * A chat_llm_loop runs any number of generations at once on the thread that calls chat_llm_loop_run:
+ * openai transfers share the loop's libcurl multi handle (and its connection cache), the extractive
+ * provider's paced tokens are released by the loop's timers. A worker process streams thousands of
+ * answers this way without a thread per answer. Everything here runs on the loop's thread only, except
+ * chat_llm_loop_wakeup. chat_llm_generate is the same machinery on a private loop, run to the end.
+ * Token and done callbacks may call chat_llm_start (on this loop or another), but not chat_llm_loop_run
+ * or chat_llm_loop_free of their own loop. */
+typedef struct chat_llm_loop chat_llm_loop;
+
+/* Called exactly once per started generation, on the loop's thread, from chat_llm_loop_run (never from
+ * inside chat_llm_start): rc, res and err as chat_llm_generate would return them (err "" on success).
+ * res and err are valid during the call only. */
+typedef void (*chat_llm_done_fn)(void *ud, int rc, const chat_llm_result *res, const char *err);
+
+/* NULL with err when libcurl cannot make a multi handle. */
+chat_llm_loop *chat_llm_loop_new(char *err, size_t errlen);
+/* Generations still running are aborted without their done callback (their transfers are cut, their
+ * memory freed). Accepts NULL. */
+void chat_llm_loop_free(chat_llm_loop *loop);
+
+/* Starts one generation with llm's provider and settings (llm must outlive it and be used by the loop's
+ * thread only meanwhile). req is read during the call only: the caller may free it on return. fn gets
+ * the text as chat_llm_generate gives it; a non-zero return stops the generation (finish_reason
+ * "cancelled", rc CHAT_ECANCELLED). cancel (may be NULL) may be set from any thread; the loop looks at
+ * it at least every 100 ms, at once after chat_llm_loop_wakeup. Returns 0, or a negative code with err:
+ * then nothing started and done is not called. */
+int chat_llm_start(chat_llm_loop *loop, chat_llm *llm, const chat_llm_request *req, chat_llm_token_fn fn,
+                   chat_llm_done_fn done, void *ud, const atomic_int *cancel, char *err, size_t errlen);
+
+/* Does what is due (network I/O, paced tokens, timeouts, retries, cancels, done callbacks), waiting up
+ * to timeout_ms for something to do; returns early after chat_llm_loop_wakeup. Returns the number of
+ * generations still running. */
+int chat_llm_loop_run(chat_llm_loop *loop, int timeout_ms);
+
+/* Makes the loop's current or next wait in chat_llm_loop_run return. Any thread. */
+void chat_llm_loop_wakeup(chat_llm_loop *loop);
+
 #endif

@@ -2,21 +2,31 @@
  * through chat_sse, each data payload parsed by chat_openai_parse_chunk, text handed to the caller as it
  * arrives.
  *
- * Why the libcurl multi API rather than curl_easy_perform: the easy API only lets us look at the clock
- * and the cancel flag from the progress callback, which libcurl calls about once a second while the
- * server is silent; a user pressing "stop" while the model thinks would wait up to a second, and the
- * first-token and stall timers would be as coarse. With the multi API we drive the transfer ourselves
- * with curl_multi_poll(100 ms), so cancel and every timeout are checked at least ten times a second. The
- * multi handle lives as long as the chat_openai, so its connection and DNS caches keep the TLS
- * connection to the provider alive between generations (a worker answers many messages).
+ * Why the libcurl multi API rather than curl_easy_perform: the easy API blocks a thread per answer and
+ * only lets us look at the clock and the cancel flag from the progress callback, which libcurl calls about
+ * once a second while the server is silent; a user pressing "stop" while the model thinks would wait up to
+ * a second, and the first-token and stall timers would be as coarse. With the multi API the caller's event
+ * loop (chat_llm_loop, in chat_llm.c) drives every transfer: all generations of a loop share its one multi
+ * handle, so one thread streams any number of answers, and the multi's connection and DNS caches keep the
+ * TLS connection to the provider alive between generations (a worker answers many messages).
+ *
+ * A generation is therefore a state machine rather than a blocking function: pending (request built,
+ * nothing sent; transfers are only ever added to the multi from chat_openai_gen_step, never from inside a
+ * libcurl callback, where libcurl forbids it) -> transfer -> (backoff -> transfer) -> finished. The loop
+ * calls chat_openai_gen_step when chat_openai_gen_deadline is due or the cancel flag is up, and
+ * chat_openai_gen_transfer_done when curl_multi_info_read reports the transfer (found through
+ * CURLOPT_PRIVATE). A transfer cut short (cancel, timeout, the [DONE] grace) is removed from the multi,
+ * which closes its connection.
  *
  * Timers: connect (CURLOPT_CONNECTTIMEOUT_MS, libcurl's own), first token (no content within
  * llm_first_token_timeout_ms of sending the request; keep-alive comments do not count) and stall (once
  * text has started, no byte at all for llm_stall_timeout_ms). Before the first token only the first-token
- * timer applies, because servers loading a model often send their headers and then nothing for a while. A request that
- * fails before any text was emitted is retried once for transient failures (connect refused/reset, 429,
- * 500/502/503/504) after a short backoff (Retry-After honoured, capped at 2 s); never after a token, since the caller
- * has already shown it.
+ * timer applies, because servers loading a model often send their headers and then nothing for a while.
+ * The deadline the loop keeps may be early (the stall deadline moves with every byte): a step that finds
+ * nothing due just gives a later one. A request that fails before any text was emitted is retried once for
+ * transient failures (connect refused/reset, 429, 500/502/503/504) after a short backoff (Retry-After
+ * honoured, clamped to 200..2000 ms), a timer on the loop rather than a sleep; never after a token, since
+ * the caller has already shown it.
  *
  * Text is emitted only in whole UTF-8 characters: a chunk that ends inside a multi-byte character keeps
  * the cut bytes until the next chunk completes them; invalid bytes become U+FFFD so the caller always
@@ -35,23 +45,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 
 #include "chat_common.h"
 #include "chat_log.h"
 #include "chat_sse.h"
 #include "chat_util.h"
 
-#define OAI_POLL_MS 100 /* how often cancel and the timers are looked at */
 #define OAI_MAX_EVENT_BYTES (1 << 20)
 #define OAI_MAX_ERRBODY 16384 /* kept of a non-2xx body, to quote the provider's message */
 #define OAI_DONE_GRACE_MS 500 /* after [DONE], how long to wait for the body to end cleanly */
 #define OAI_BACKOFF_MS 300
+#define OAI_BACKOFF_MIN_MS 200
 #define OAI_BACKOFF_MAX_MS 2000
 #define OAI_MSG_MAX 200 /* provider messages quoted in err are cut to this */
 
 struct chat_openai {
-    CURLM *multi;
     char url[600];
     char key[512];
     char model[256];
@@ -246,32 +254,40 @@ chat_openai *chat_openai_new(const chat_config *cfg, char *err, size_t errlen)
     o->first_ms = cfg->llm_first_token_timeout_ms > 0 ? cfg->llm_first_token_timeout_ms : 30000;
     o->stall_ms = cfg->llm_stall_timeout_ms > 0 ? cfg->llm_stall_timeout_ms : 15000;
     o->max_tokens = cfg->llm_max_tokens;
-    o->multi = curl_multi_init();
-    if (!o->multi) {
-        free(o);
-        chat_fail(err, errlen, CHAT_ERR, "libcurl initialisation failed");
-        return NULL;
-    }
     return o;
 }
 
 void chat_openai_free(chat_openai *o)
 {
     if (!o) return;
-    curl_multi_cleanup(o->multi);
     explicit_bzero(o->key, sizeof o->key);
     free(o);
 }
 
-/* ---- one streamed attempt ---- */
+/* ---- one generation ---- */
 
-typedef struct oai_stream {
+enum oai_state { OAI_PENDING, OAI_TRANSFER, OAI_BACKOFF, OAI_FINISHED };
+
+struct chat_openai_gen {
     chat_openai *o;
-    CURL *easy;
+    CURLM *multi;
+    CURL *easy; /* the current attempt's transfer, in multi; NULL outside OAI_TRANSFER */
+    chat_openai_resched_fn resched;
+    void *priv;
     chat_sse *sse;
     chat_llm_token_fn fn;
     void *ud;
-    chat_llm_result *res;
+    const atomic_int *cancel;
+    enum oai_state state;
+    char *body;
+    size_t body_len, prompt_bytes;
+    struct curl_slist *headers; /* holds the Authorization header */
+    int attempts;
+    int64_t t0, attempt_t0, backoff_until;
+    int rc; /* when finished */
+    chat_llm_result res;
+    char err[512];
+    /* the current attempt */
     chat_buf hold;    /* text not yet emitted: the start of a cut UTF-8 character */
     chat_buf out;     /* scratch for the piece being emitted */
     chat_buf errbody; /* body of a non-2xx answer, bounded */
@@ -284,12 +300,11 @@ typedef struct oai_stream {
     int usage_prompt, usage_completion; /* -1 when the stream gave none */
     int fail_code;                      /* set by a callback: abort with this error */
     char fail_msg[256];
-} oai_stream;
-
+};
 
 /* Emits the whole characters held in s->hold; with final, a cut character left at the end becomes
  * U+FFFD. Returns non-zero when the caller's callback asked to stop. */
-static int oai_emit(oai_stream *s, bool final)
+static int oai_emit(chat_openai_gen *s, bool final)
 {
     if (!s->hold.len) return 0; /* nothing held (hold.data may not even be allocated) */
     const unsigned char *h = (const unsigned char *)s->hold.data;
@@ -313,7 +328,7 @@ static int oai_emit(oai_stream *s, bool final)
     s->hold.len -= i;
     s->hold.data[s->hold.len] = '\0';
     if (!s->out.len || !s->fn) return 0;
-    s->res->tokens_emitted++;
+    s->res.tokens_emitted++;
     if (s->fn(s->ud, s->out.data, s->out.len)) {
         s->user_stop = true;
         return 1;
@@ -321,7 +336,7 @@ static int oai_emit(oai_stream *s, bool final)
     return 0;
 }
 
-static int oai_fail(oai_stream *s, int code, const char *msg)
+static int oai_fail(chat_openai_gen *s, int code, const char *msg)
 {
     if (!s->fail_code) {
         s->fail_code = code;
@@ -332,7 +347,7 @@ static int oai_fail(oai_stream *s, int code, const char *msg)
 
 static int oai_on_event(void *ud, const char *event, const char *data, size_t len)
 {
-    oai_stream *s = ud;
+    chat_openai_gen *s = ud;
     if (s->done) return 0;
     s->any_event = true;
     while (len && isspace((unsigned char)*data))
@@ -343,6 +358,7 @@ static int oai_on_event(void *ud, const char *event, const char *data, size_t le
     if (len == 6 && !memcmp(data, "[DONE]", 6)) {
         s->done = true;
         s->done_ms = chat_now_ms();
+        if (s->resched) s->resched(s->priv); /* the [DONE] grace replaces the other timers */
         return oai_emit(s, true);
     }
     char *text = NULL;
@@ -357,7 +373,10 @@ static int oai_on_event(void *ud, const char *event, const char *data, size_t le
         return oai_fail(s, CHAT_ELLM, rc == CHAT_ENOMEM ? "out of memory" : err);
     }
     if (text && *text) {
-        s->got_content = true;
+        if (!s->got_content) {
+            s->got_content = true;
+            if (s->resched) s->resched(s->priv); /* the stall timer replaces the first-token one */
+        }
         rc = chat_buf_puts(&s->hold, text);
         free(text);
         if (rc) return oai_fail(s, CHAT_ENOMEM, "out of memory");
@@ -371,7 +390,7 @@ static int oai_on_event(void *ud, const char *event, const char *data, size_t le
 
 static size_t oai_write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 {
-    oai_stream *s = ud;
+    chat_openai_gen *s = ud;
     size_t n = size * nmemb;
     s->last_byte_ms = chat_now_ms();
     if (!s->status) curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &s->status);
@@ -392,7 +411,7 @@ static size_t oai_write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 
 static size_t oai_header_cb(char *ptr, size_t size, size_t nitems, void *ud)
 {
-    oai_stream *s = ud;
+    chat_openai_gen *s = ud;
     size_t n = size * nitems;
     s->last_byte_ms = chat_now_ms();
     if (n >= 5 && !strncmp(ptr, "HTTP/", 5)) {
@@ -412,7 +431,7 @@ static size_t oai_header_cb(char *ptr, size_t size, size_t nitems, void *ud)
 }
 
 /* Maps an HTTP status to the client-safe message; *transient says whether one retry makes sense. */
-static int oai_http_error(oai_stream *s, char *err, size_t errlen, bool *transient)
+static int oai_http_error(chat_openai_gen *s, char *err, size_t errlen, bool *transient)
 {
     long st = s->status;
     *transient = st == 429 || st == 500 || st == 502 || st == 503 || st == 504;
@@ -459,107 +478,7 @@ static int oai_curl_error(chat_openai *o, CURLcode cc, char *err, size_t errlen,
     }
 }
 
-/* Runs one HTTP exchange. Returns 0 on a complete answer, else an error with err set and *transient
- * telling whether a retry may help. */
-static int oai_attempt(oai_stream *s, const char *body, size_t body_len, struct curl_slist *headers,
-                       const atomic_int *cancel, char *err, size_t errlen, bool *transient)
-{
-    chat_openai *o = s->o;
-    *transient = false;
-    CURL *e = curl_easy_init();
-    if (!e) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    s->easy = e;
-    curl_easy_setopt(e, CURLOPT_URL, o->url);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "chat-backend/1");
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_ms);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, oai_write_cb);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, oai_header_cb);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
-
-    int64_t t0 = chat_now_ms();
-    bool completed = false, cancelled = false;
-    int timeout_kind = 0; /* 1 first token, 2 stall */
-    CURLcode cc = CURLE_OK;
-    int rc = 0;
-    if (curl_multi_add_handle(o->multi, e) != CURLM_OK) {
-        curl_easy_cleanup(e);
-        s->easy = NULL;
-        return chat_fail(err, errlen, CHAT_ERR, "libcurl could not start the request");
-    }
-    for (;;) {
-        int running = 0;
-        CURLMcode mc = curl_multi_perform(o->multi, &running);
-        if (mc != CURLM_OK) {
-            oai_fail(s, CHAT_ELLM, "LLM transfer failed");
-            break;
-        }
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(o->multi, &left)))
-            if (msg->msg == CURLMSG_DONE && msg->easy_handle == e) completed = true, cc = msg->data.result;
-        if (completed || s->fail_code || s->user_stop) break;
-        int64_t now = chat_now_ms();
-        if (cancel && atomic_load(cancel)) {
-            cancelled = true;
-            break;
-        }
-        if (s->done) {
-            if (now - s->done_ms >= OAI_DONE_GRACE_MS) break;
-        } else if (!s->got_content && now - t0 >= o->first_ms) {
-            timeout_kind = 1;
-            break;
-        } else if (s->got_content && now - s->last_byte_ms >= o->stall_ms) {
-            timeout_kind = 2;
-            break;
-        }
-        curl_multi_poll(o->multi, NULL, 0, OAI_POLL_MS, NULL);
-    }
-    if (!s->status) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &s->status);
-    curl_multi_remove_handle(o->multi, e); /* closes the connection when the transfer was cut short */
-    curl_easy_cleanup(e);
-    s->easy = NULL;
-
-    bool ok2xx = s->status >= 200 && s->status < 300;
-    if (s->user_stop || cancelled) {
-        rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
-    } else if (s->fail_code) {
-        rc = chat_fail(err, errlen, s->fail_code, "%s", s->fail_msg);
-    } else if (timeout_kind == 1) {
-        rc = chat_fail(err, errlen, CHAT_ETIMEOUT, "LLM did not start answering within %d ms", o->first_ms);
-    } else if (timeout_kind == 2) {
-        rc = chat_fail(err, errlen, CHAT_ETIMEOUT, "LLM stream stalled (no data for %d ms)", o->stall_ms);
-    } else if (s->status && !ok2xx) {
-        rc = oai_http_error(s, err, errlen, transient);
-    } else if (s->done || s->finish[0]) {
-        rc = 0; /* complete, even if the connection then broke before the body's last byte */
-    } else if (completed && cc != CURLE_OK) {
-        rc = oai_curl_error(o, cc, err, errlen, transient);
-    } else if (s->body_bytes && !s->any_event) {
-        rc = chat_fail(err, errlen, CHAT_ELLM, "LLM sent an invalid response");
-    } else {
-        rc = chat_fail(err, errlen, CHAT_ELLM, "LLM stream ended unexpectedly");
-    }
-    if (rc == 0) {
-        int erc = oai_emit(s, true); /* a character still cut at the very end */
-        if (erc > 0 || s->user_stop)
-            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
-        else if (erc < 0)
-            rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    }
-    if (rc) chat_log_debug("openai: attempt failed: curl=%d status=%ld", (int)cc, s->status);
-    return rc;
-}
-
-static void oai_stream_reset(oai_stream *s)
+static void oai_stream_reset(chat_openai_gen *s)
 {
     chat_sse_reset(s->sse);
     chat_buf_reset(&s->hold);
@@ -573,20 +492,6 @@ static void oai_stream_reset(oai_stream *s)
     s->usage_prompt = s->usage_completion = -1;
     s->fail_code = 0;
     s->fail_msg[0] = '\0';
-}
-
-/* Sleeps ms in short slices; false when cancel was raised meanwhile. */
-static bool oai_backoff(int ms, const atomic_int *cancel)
-{
-    int64_t end = chat_now_ms() + ms;
-    for (;;) {
-        if (cancel && atomic_load(cancel)) return false;
-        int64_t left = end - chat_now_ms();
-        if (left <= 0) return true;
-        if (left > 50) left = 50;
-        struct timespec ts = {0, (long)left * 1000000L};
-        nanosleep(&ts, NULL);
-    }
 }
 
 static struct curl_slist *oai_headers(const char *key)
@@ -653,87 +558,248 @@ cleanup:
     return out;
 }
 
-int chat_openai_generate(chat_openai *o, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
-                         const atomic_int *cancel, chat_llm_result *res, char *err, size_t errlen)
+/* ---- the state machine ---- */
+
+CURLM *chat_openai_multi_new(char *err, size_t errlen)
 {
-    chat_llm_result dummy;
-    if (!res) res = &dummy;
-    memset(res, 0, sizeof *res);
-    snprintf(res->finish_reason, sizeof res->finish_reason, "error");
-    if (!o || !req || (req->n_messages && !req->messages))
-        return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
+    pthread_once(&oai_once, oai_global_init);
+    CURLM *m = oai_global_rc == CURLE_OK ? curl_multi_init() : NULL;
+    if (!m) chat_fail(err, errlen, CHAT_ERR, "libcurl initialisation failed");
+    return m;
+}
 
-    int rc = 0;
-    size_t body_len = 0, prompt_bytes = 0;
-    char *body = NULL;
-    struct curl_slist *headers = NULL;
-    oai_stream s;
-    memset(&s, 0, sizeof s);
-    chat_buf_init(&s.hold);
-    chat_buf_init(&s.out);
-    chat_buf_init(&s.errbody);
-    s.o = o, s.fn = fn, s.ud = ud, s.res = res;
-    s.usage_prompt = s.usage_completion = -1;
-    int64_t t0 = chat_now_ms();
-    int attempts = 0;
+static bool oai_cancelled(const chat_openai_gen *s)
+{
+    return s->cancel && atomic_load(s->cancel);
+}
 
-    if (cancel && atomic_load(cancel)) {
-        rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
-        snprintf(res->finish_reason, sizeof res->finish_reason, "cancelled");
-        goto cleanup;
-    }
-    body = oai_request_body(o, req, &body_len, &prompt_bytes);
-    s.sse = chat_sse_new(oai_on_event, &s, OAI_MAX_EVENT_BYTES);
-    if (!body || !s.sse) {
-        rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        goto cleanup;
-    }
-    headers = oai_headers(o->key);
-    if (!headers) {
-        rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        goto cleanup;
-    }
-
-    for (;;) {
-        bool transient = false;
-        oai_stream_reset(&s);
-        attempts++;
-        rc = oai_attempt(&s, body, body_len, headers, cancel, err, errlen, &transient);
-        if (rc == 0 || !transient || attempts >= 2 || res->tokens_emitted > 0) break;
-        long wait = s.retry_after_ms >= 0 ? s.retry_after_ms : OAI_BACKOFF_MS;
-        if (wait < 200) wait = 200;
-        if (wait > OAI_BACKOFF_MAX_MS) wait = OAI_BACKOFF_MAX_MS;
-        chat_log_info("openai: model=%s status=%ld transient failure, retrying in %ld ms", o->model, s.status, wait);
-        if (!oai_backoff((int)wait, cancel)) {
-            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
-            break;
-        }
-    }
-
+/* The end of a generation: finish_reason, token counts, the log line. */
+static void oai_finish(chat_openai_gen *s, int rc)
+{
+    chat_openai *o = s->o;
+    chat_llm_result *res = &s->res;
+    s->rc = rc;
+    s->state = OAI_FINISHED;
     if (rc == 0) {
-        if (!strcmp(s.finish, "length"))
+        s->err[0] = '\0';
+        if (!strcmp(s->finish, "length"))
             snprintf(res->finish_reason, sizeof res->finish_reason, "length");
         else
             snprintf(res->finish_reason, sizeof res->finish_reason, "stop"); /* stop, content_filter, eos... */
     } else if (rc == CHAT_ECANCELLED) {
         snprintf(res->finish_reason, sizeof res->finish_reason, "cancelled");
     }
-
-cleanup:
-    res->prompt_tokens = s.usage_prompt >= 0 ? s.usage_prompt : (int)(prompt_bytes / 4);
-    res->completion_tokens = s.usage_completion >= 0 ? s.usage_completion : res->tokens_emitted;
+    res->prompt_tokens = s->usage_prompt >= 0 ? s->usage_prompt : (int)(s->prompt_bytes / 4);
+    res->completion_tokens = s->usage_completion >= 0 ? s->usage_completion : res->tokens_emitted;
     if (rc == 0 || rc == CHAT_ECANCELLED)
         chat_log_info("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d finish=%s", o->model,
-                      s.status, attempts, (long long)(chat_now_ms() - t0), res->tokens_emitted, res->finish_reason);
+                      s->status, s->attempts, (long long)(chat_now_ms() - s->t0), res->tokens_emitted,
+                      res->finish_reason);
     else
         chat_log_warn("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d failed: %s (%s)", o->model,
-                      s.status, attempts, (long long)(chat_now_ms() - t0), res->tokens_emitted,
-                      err && errlen ? err : "", chat_strerror(rc));
-    curl_slist_free_all(headers); /* the Authorization entry is freed with it */
-    free(body);
-    chat_sse_free(s.sse);
-    chat_buf_free(&s.hold);
-    chat_buf_free(&s.out);
-    chat_buf_free(&s.errbody);
-    return rc;
+                      s->status, s->attempts, (long long)(chat_now_ms() - s->t0), res->tokens_emitted, s->err,
+                      chat_strerror(rc));
+}
+
+/* Starts an attempt: a new transfer in the multi. On failure the generation finishes. */
+static void oai_begin_attempt(chat_openai_gen *s)
+{
+    chat_openai *o = s->o;
+    oai_stream_reset(s);
+    s->attempts++;
+    CURL *e = curl_easy_init();
+    if (!e) {
+        oai_finish(s, chat_fail(s->err, sizeof s->err, CHAT_ENOMEM, "out of memory"));
+        return;
+    }
+    curl_easy_setopt(e, CURLOPT_URL, o->url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, s->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->body_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "chat-backend/1");
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)o->connect_ms);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, oai_write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, oai_header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, s->priv);
+    s->attempt_t0 = chat_now_ms();
+    if (curl_multi_add_handle(s->multi, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        oai_finish(s, chat_fail(s->err, sizeof s->err, CHAT_ERR, "libcurl could not start the request"));
+        return;
+    }
+    s->easy = e;
+    s->state = OAI_TRANSFER;
+}
+
+/* Ends the current attempt (completed: libcurl finished the transfer with cc; otherwise it was cut short,
+ * cancelled or timed out, timeout_kind 1 first token, 2 stall) and decides: finished, or a retry after a
+ * backoff. */
+static void oai_end_attempt(chat_openai_gen *s, bool completed, CURLcode cc, bool was_cancelled, int timeout_kind)
+{
+    chat_openai *o = s->o;
+    char *err = s->err;
+    size_t errlen = sizeof s->err;
+    bool transient = false;
+    int rc = 0;
+    CURL *e = s->easy;
+    if (!s->status) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &s->status);
+    curl_multi_remove_handle(s->multi, e); /* closes the connection when the transfer was cut short */
+    curl_easy_cleanup(e);
+    s->easy = NULL;
+
+    bool ok2xx = s->status >= 200 && s->status < 300;
+    if (s->user_stop || was_cancelled) {
+        rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
+    } else if (s->fail_code) {
+        rc = chat_fail(err, errlen, s->fail_code, "%s", s->fail_msg);
+    } else if (timeout_kind == 1) {
+        rc = chat_fail(err, errlen, CHAT_ETIMEOUT, "LLM did not start answering within %d ms", o->first_ms);
+    } else if (timeout_kind == 2) {
+        rc = chat_fail(err, errlen, CHAT_ETIMEOUT, "LLM stream stalled (no data for %d ms)", o->stall_ms);
+    } else if (s->status && !ok2xx) {
+        rc = oai_http_error(s, err, errlen, &transient);
+    } else if (s->done || s->finish[0]) {
+        rc = 0; /* complete, even if the connection then broke before the body's last byte */
+    } else if (completed && cc != CURLE_OK) {
+        rc = oai_curl_error(o, cc, err, errlen, &transient);
+    } else if (s->body_bytes && !s->any_event) {
+        rc = chat_fail(err, errlen, CHAT_ELLM, "LLM sent an invalid response");
+    } else {
+        rc = chat_fail(err, errlen, CHAT_ELLM, "LLM stream ended unexpectedly");
+    }
+    if (rc == 0) {
+        int erc = oai_emit(s, true); /* a character still cut at the very end */
+        if (erc > 0 || s->user_stop)
+            rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
+        else if (erc < 0)
+            rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    }
+    if (rc) chat_log_debug("openai: attempt failed: curl=%d status=%ld", (int)cc, s->status);
+
+    if (rc == 0 || !transient || s->attempts >= 2 || s->res.tokens_emitted > 0) {
+        oai_finish(s, rc);
+        return;
+    }
+    long wait = s->retry_after_ms >= 0 ? s->retry_after_ms : OAI_BACKOFF_MS;
+    if (wait < OAI_BACKOFF_MIN_MS) wait = OAI_BACKOFF_MIN_MS;
+    if (wait > OAI_BACKOFF_MAX_MS) wait = OAI_BACKOFF_MAX_MS;
+    chat_log_info("openai: model=%s status=%ld transient failure, retrying in %ld ms", o->model, s->status, wait);
+    s->backoff_until = chat_now_ms() + wait;
+    s->state = OAI_BACKOFF;
+}
+
+int chat_openai_gen_new(chat_openai *o, CURLM *multi, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
+                        const atomic_int *cancel, chat_openai_resched_fn resched, void *priv, chat_openai_gen **out,
+                        char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!o || !multi || !req || (req->n_messages && !req->messages))
+        return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
+    chat_openai_gen *s = calloc(1, sizeof *s);
+    if (!s) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    chat_buf_init(&s->hold);
+    chat_buf_init(&s->out);
+    chat_buf_init(&s->errbody);
+    s->o = o, s->multi = multi, s->fn = fn, s->ud = ud, s->cancel = cancel, s->resched = resched, s->priv = priv;
+    s->usage_prompt = s->usage_completion = -1;
+    s->retry_after_ms = -1;
+    s->t0 = chat_now_ms();
+    s->state = OAI_PENDING;
+    snprintf(s->res.finish_reason, sizeof s->res.finish_reason, "error");
+    /* cancelled before it began: no request is built, the first step reports it */
+    if (!oai_cancelled(s)) {
+        s->body = oai_request_body(o, req, &s->body_len, &s->prompt_bytes);
+        s->sse = chat_sse_new(oai_on_event, s, OAI_MAX_EVENT_BYTES);
+        s->headers = s->body && s->sse ? oai_headers(o->key) : NULL;
+        if (!s->headers) {
+            chat_openai_gen_free(s);
+            return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+int64_t chat_openai_gen_deadline(const chat_openai_gen *s)
+{
+    switch (s->state) {
+    case OAI_TRANSFER:
+        if (s->done) return s->done_ms + OAI_DONE_GRACE_MS;
+        if (!s->got_content) return s->attempt_t0 + s->o->first_ms;
+        return s->last_byte_ms + s->o->stall_ms;
+    case OAI_BACKOFF: return s->backoff_until;
+    case OAI_PENDING:
+    case OAI_FINISHED: break;
+    }
+    return INT64_MIN;
+}
+
+bool chat_openai_gen_step(chat_openai_gen *s, int64_t now)
+{
+    switch (s->state) {
+    case OAI_PENDING:
+        if (oai_cancelled(s))
+            oai_finish(s, chat_fail(s->err, sizeof s->err, CHAT_ECANCELLED, "generation cancelled"));
+        else
+            oai_begin_attempt(s);
+        break;
+    case OAI_TRANSFER:
+        if (s->fail_code || s->user_stop) /* the transfer's abort is normally reported by info_read first */
+            oai_end_attempt(s, false, CURLE_OK, false, 0);
+        else if (oai_cancelled(s))
+            oai_end_attempt(s, false, CURLE_OK, true, 0);
+        else if (s->done) {
+            if (now - s->done_ms >= OAI_DONE_GRACE_MS) oai_end_attempt(s, false, CURLE_OK, false, 0);
+        } else if (!s->got_content && now - s->attempt_t0 >= s->o->first_ms)
+            oai_end_attempt(s, false, CURLE_OK, false, 1);
+        else if (s->got_content && now - s->last_byte_ms >= s->o->stall_ms)
+            oai_end_attempt(s, false, CURLE_OK, false, 2);
+        break;
+    case OAI_BACKOFF:
+        if (oai_cancelled(s))
+            oai_finish(s, chat_fail(s->err, sizeof s->err, CHAT_ECANCELLED, "generation cancelled"));
+        else if (now >= s->backoff_until)
+            oai_begin_attempt(s);
+        break;
+    case OAI_FINISHED: break;
+    }
+    return s->state == OAI_FINISHED;
+}
+
+bool chat_openai_gen_transfer_done(chat_openai_gen *s, bool completed, CURLcode cc)
+{
+    if (s->state != OAI_TRANSFER) return s->state == OAI_FINISHED;
+    if (!completed) oai_fail(s, CHAT_ELLM, "LLM transfer failed");
+    oai_end_attempt(s, completed, cc, false, 0);
+    return s->state == OAI_FINISHED;
+}
+
+int chat_openai_gen_outcome(const chat_openai_gen *s, const chat_llm_result **res, const char **err)
+{
+    if (res) *res = &s->res;
+    if (err) *err = s->err;
+    return s->rc;
+}
+
+void chat_openai_gen_free(chat_openai_gen *s)
+{
+    if (!s) return;
+    if (s->easy) {
+        curl_multi_remove_handle(s->multi, s->easy);
+        curl_easy_cleanup(s->easy);
+    }
+    curl_slist_free_all(s->headers); /* the Authorization entry is freed with it */
+    free(s->body);
+    chat_sse_free(s->sse);
+    chat_buf_free(&s->hold);
+    chat_buf_free(&s->out);
+    chat_buf_free(&s->errbody);
+    free(s);
 }

@@ -14,7 +14,6 @@
 #include <ctype.h>
 #include <json-c/json.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,18 +39,8 @@ typedef struct model_entry {
     char number[16]; /* "250" of "Seawind 250", matched as a whole word */
 } model_entry;
 
-struct chat_pipeline_pool {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int n, n_free;
-    chat_db **db;           /* db[0..n_free) are free */
-    chat_kb_stats **stats;  /* the word statistics cached for each connection travel with it */
-};
-
 struct chat_pipeline {
     chat_config cfg;
-    chat_pipeline_pool *pool; /* NULL: db and kb_stats are the pipeline's own */
-    bool holding;             /* pooled: db and kb_stats are borrowed until released */
     chat_db *db;
     chat_llm *llm;
     chat_classifier *clf;
@@ -61,73 +50,7 @@ struct chat_pipeline {
     int n_models;
 };
 
-chat_pipeline_pool *chat_pipeline_pool_new(const chat_config *cfg, int connections)
-{
-    if (connections < 1) connections = 1;
-    chat_pipeline_pool *pool = calloc(1, sizeof *pool);
-    if (!pool) return NULL;
-    pthread_mutex_init(&pool->mu, NULL);
-    pthread_cond_init(&pool->cv, NULL);
-    pool->db = calloc((size_t)connections, sizeof *pool->db);
-    pool->stats = calloc((size_t)connections, sizeof *pool->stats);
-    if (!pool->db || !pool->stats) goto fail;
-    for (; pool->n < connections; pool->n++) {
-        pool->db[pool->n] = chat_db_new(cfg);
-        pool->stats[pool->n] = chat_kb_stats_new(cfg->kb_common_pct);
-        if (!pool->db[pool->n] || !pool->stats[pool->n]) {
-            chat_db_free(pool->db[pool->n]);
-            chat_kb_stats_free(pool->stats[pool->n]);
-            goto fail;
-        }
-    }
-    pool->n_free = pool->n;
-    return pool;
-fail:
-    chat_pipeline_pool_free(pool);
-    return NULL;
-}
-
-void chat_pipeline_pool_free(chat_pipeline_pool *pool)
-{
-    if (!pool) return;
-    for (int i = 0; i < pool->n; i++) chat_db_free(pool->db[i]), chat_kb_stats_free(pool->stats[i]);
-    free(pool->db);
-    free(pool->stats);
-    pthread_cond_destroy(&pool->cv);
-    pthread_mutex_destroy(&pool->mu);
-    free(pool);
-}
-
-/* Borrows a connection for a database stage (no-op when held already or not pooled). */
-static void db_hold(chat_pipeline *p)
-{
-    if (!p->pool || p->holding) return;
-    chat_pipeline_pool *pool = p->pool;
-    pthread_mutex_lock(&pool->mu);
-    while (pool->n_free == 0) pthread_cond_wait(&pool->cv, &pool->mu);
-    pool->n_free--;
-    p->db = pool->db[pool->n_free];
-    p->kb_stats = pool->stats[pool->n_free];
-    pthread_mutex_unlock(&pool->mu);
-    p->holding = true;
-}
-
-static void db_release(chat_pipeline *p)
-{
-    if (!p->pool || !p->holding) return;
-    chat_pipeline_pool *pool = p->pool;
-    pthread_mutex_lock(&pool->mu);
-    pool->db[pool->n_free] = p->db;
-    pool->stats[pool->n_free] = p->kb_stats;
-    pool->n_free++;
-    pthread_cond_signal(&pool->cv);
-    pthread_mutex_unlock(&pool->mu);
-    p->db = NULL;
-    p->kb_stats = NULL;
-    p->holding = false;
-}
-
-chat_pipeline *chat_pipeline_new_pooled(const chat_config *cfg, chat_pipeline_pool *pool, char *err, size_t errlen)
+chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errlen)
 {
     chat_pipeline *p = calloc(1, sizeof *p);
     if (!p) {
@@ -135,13 +58,10 @@ chat_pipeline *chat_pipeline_new_pooled(const chat_config *cfg, chat_pipeline_po
         return NULL;
     }
     p->cfg = *cfg;
-    p->pool = pool;
-    if (!pool) {
-        p->db = chat_db_new(cfg);
-        p->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
-    }
+    p->db = chat_db_new(cfg);
+    p->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
     p->clf = chat_classifier_new();
-    if ((!pool && (!p->db || !p->kb_stats)) || !p->clf) {
+    if (!p->db || !p->kb_stats || !p->clf) {
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
         goto fail;
     }
@@ -153,21 +73,13 @@ fail:
     return NULL;
 }
 
-chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errlen)
-{
-    return chat_pipeline_new_pooled(cfg, NULL, err, errlen);
-}
-
 void chat_pipeline_free(chat_pipeline *p)
 {
     if (!p) return;
-    db_release(p);
     chat_llm_free(p->llm);
     chat_classifier_free(p->clf);
-    if (!p->pool) {
-        chat_kb_stats_free(p->kb_stats);
-        chat_db_free(p->db);
-    }
+    chat_kb_stats_free(p->kb_stats);
+    chat_db_free(p->db);
     free(p);
 }
 
@@ -240,7 +152,7 @@ typedef struct run_ctx {
     chat_buf response;
     int64_t t0_us;
     int64_t first_token_us; /* 0 until the first token */
-    int64_t db_wait_us;     /* waiting for a pooled connection before the first stage */
+    int64_t queue_us;       /* from acceptance to the first stage (the worker's queue) */
     int64_t session_us;     /* opening the session and reading its history */
     bool stopped;           /* the sink asked to stop */
     size_t max_bytes;       /* the answer's size limit, whatever the provider sends */
@@ -331,7 +243,7 @@ static char *build_metadata(const char *agent, double confidence, const chat_kb_
         json_object_object_add(t, "first_token_ms", json_double((double)(c->first_token_us - c->t0_us) / 1000.0, "%.3f"));
     else
         json_object_object_add(t, "first_token_ms", NULL);
-    json_object_object_add(t, "db_wait_ms", json_double((double)c->db_wait_us / 1000.0, "%.3f"));
+    json_object_object_add(t, "queue_ms", json_double((double)c->queue_us / 1000.0, "%.3f"));
     json_object_object_add(t, "session_ms", json_double((double)c->session_us / 1000.0, "%.3f"));
     json_object_object_add(t, "retrieval_ms", json_double((double)retrieval_us / 1000.0, "%.3f"));
     json_object_object_add(t, "total_ms", json_double((double)(now - c->t0_us) / 1000.0, "%.3f"));
@@ -342,69 +254,132 @@ static char *build_metadata(const char *agent, double confidence, const chat_kb_
     return out;
 }
 
-int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink *sink, const atomic_int *cancel)
+/* One request between chat_pipeline_begin and chat_pipeline_end. Everything the two halves share lives
+ * here, not in the pipeline, so the second half may run on another thread's pipeline. */
+struct chat_run {
+    const chat_request *req; /* the caller's, valid until chat_pipeline_end */
+    chat_sink sink;
+    const atomic_int *cancel;
+    run_ctx c;
+    char sid[CHAT_SESSION_ID_MAX + 1];
+    chat_history hist;
+    chat_session_info session;
+    chat_customer cust;
+    bool have_customer;
+    chat_kb_result kb;
+    char *customer_text, *system, *query;
+    chat_llm_message *msgs;
+    chat_llm_request lreq;
+    const char *agent; /* a static CHAT_AGENT_* string */
+    double confidence;
+    int64_t retrieval_us;
+    char model_id[64]; /* "" when no model is in question */
+};
+
+static void turn_free(chat_run *t)
+{
+    if (!t) return;
+    free(t->msgs);
+    free(t->system);
+    free(t->query);
+    free(t->customer_text);
+    chat_kb_result_clear(&t->kb);
+    if (t->have_customer) chat_customer_clear(&t->cust);
+    chat_history_clear(&t->hist);
+    chat_buf_free(&t->c.response);
+    free(t);
+}
+
+/* Stores the turn and emits complete (the pipeline holds no connection on entry or return). */
+static int finish_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+{
+    const chat_request *req = t->req;
+    if (!metadata) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+    /* The turn is stored before complete is sent, so a client that reads complete and asks a follow-up
+     * finds it in the history. Storage failure does not withhold the answer already streamed. */
+    char err[256];
+    char rid[37];
+    const char *request_id = req->request_id;
+    if (!request_id || !*request_id) request_id = chat_uuid4(rid) == 0 ? rid : "unknown";
+    const char *response = t->c.response.data ? t->c.response.data : "";
+    /* A new conversation's session row is written here, with its first turn, not before the answer:
+     * nobody knows its id before complete carries it. */
+    if (t->session.deferred && chat_memory_create_session(p->db, t->sid, req->user->id, req->customer_id, err, sizeof err))
+        chat_log_warn("pipeline: creating the session failed: %s", err);
+    else if (chat_memory_store_turn(p->db, t->sid, request_id, req->message, response, metadata, t->session.touch_due,
+                                    err, sizeof err))
+        chat_log_warn("pipeline: storing the turn failed: %s", err);
+    if (t->sink.complete) t->sink.complete(t->sink.ud, response, t->sid, metadata);
+    return 0;
+}
+
+chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const chat_sink *sink,
+                              const atomic_int *cancel, int *rcp)
 {
     char err[256];
-    char sid[CHAT_SESSION_ID_MAX + 1];
-    chat_history hist = {0};
-    chat_session_info session = {0};
-    chat_customer cust = {0};
-    bool have_customer = false;
-    chat_kb_result kb = {0};
-    char *customer_text = NULL, *system = NULL, *query = NULL, *metadata = NULL;
-    chat_llm_message *msgs = NULL;
-    chat_llm_result lr = {0};
+    int rc = 0, dummy;
+    if (!rcp) rcp = &dummy;
+    *rcp = 0;
+    if (!req->message || !*req->message || !req->user) {
+        *rcp = fail_event(sink, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
+        return NULL;
+    }
+    chat_run *t = calloc(1, sizeof *t);
+    if (!t) {
+        *rcp = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+        return NULL;
+    }
+    t->req = req;
+    t->sink = *sink;
+    t->cancel = cancel;
+    t->agent = CHAT_AGENT_GENERAL;
     /* max_tokens is the provider's limit; this one holds even when a provider ignores it */
     size_t max_bytes = (size_t)p->cfg.llm_max_tokens * 64;
-    run_ctx c = {.sink = sink, .t0_us = chat_now_us(), .max_bytes = max_bytes < 16384 ? 16384 : max_bytes};
-    chat_buf_init(&c.response);
-    int rc = 0;
-
-    if (!req->message || !*req->message || !req->user)
-        return fail_event(sink, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
+    int64_t now = chat_now_us();
+    int64_t t0 = req->accepted_us > 0 && req->accepted_us <= now ? req->accepted_us : now;
+    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0, .max_bytes = max_bytes < 16384 ? 16384 : max_bytes};
+    chat_buf_init(&t->c.response);
 
     progress(sink, "starting", "Processing your message...");
-    db_hold(p);
-    c.db_wait_us = chat_now_us() - c.t0_us;
 
     /* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
      * customer whose email is the token's. Checked first, so a refused request stores nothing; an
      * unknown id is refused the same way, so ids cannot be probed. */
     if (req->customer_id && *req->customer_id) {
-        int crc = chat_customer_load(p->db, req->customer_id, &cust, err, sizeof err);
+        int crc = chat_customer_load(p->db, req->customer_id, &t->cust, err, sizeof err);
         if (crc == CHAT_EDB) {
             chat_log_warn("pipeline: customer: %s", err);
             rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-            goto out;
+            goto fail;
         }
-        have_customer = crc == 0;
-        bool own = have_customer && req->user->email[0] && !strcasecmp(req->user->email, cust.email);
+        t->have_customer = crc == 0;
+        bool own = t->have_customer && req->user->email[0] && !strcasecmp(req->user->email, t->cust.email);
         if (strcmp(p->cfg.customer_access, "any") && !own) {
             rc = fail_event(sink, CHAT_EFORBIDDEN, CHAT_CODE_CUSTOMER_FORBIDDEN,
                             "You may not access this customer's records");
-            goto out;
+            goto fail;
         }
-        if (have_customer) customer_text = chat_customer_describe(&cust);
+        if (t->have_customer) t->customer_text = chat_customer_describe(&t->cust);
     }
 
     /* Session and memory. */
     int64_t s0 = chat_now_us();
     rc = chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, true, p->cfg.history_turns,
-                                  &hist, &session, err, sizeof err);
-    c.session_us = chat_now_us() - s0;
-    memcpy(sid, session.id, sizeof sid);
+                                  &t->hist, &t->session, err, sizeof err);
+    t->c.session_us = chat_now_us() - s0;
+    memcpy(t->sid, t->session.id, sizeof t->sid);
     if (rc == CHAT_EFORBIDDEN) {
         rc = fail_event(sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
-        goto out;
+        goto fail;
     }
     if (rc == CHAT_EINVAL) {
         rc = fail_event(sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
-        goto out;
+        goto fail;
     }
     if (rc) {
         chat_log_warn("pipeline: session: %s", err);
         rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-        goto out;
+        goto fail;
     }
     if (cancelled(cancel)) goto cancel_before_generation;
 
@@ -413,15 +388,15 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     if (refresh_vocabulary(p, err, sizeof err)) {
         chat_log_warn("pipeline: vocabulary: %s", err);
         rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-        goto out;
+        goto fail;
     }
     chat_route route;
     chat_classify(p->clf, req->message, &route);
     /* A follow-up with no routing signal of its own continues the previous turn's topic. */
-    if (!strcmp(route.agent, CHAT_AGENT_GENERAL) && route.confidence < 0.5 && hist.n >= 2) {
+    if (!strcmp(route.agent, CHAT_AGENT_GENERAL) && route.confidence < 0.5 && t->hist.n >= 2) {
         chat_buf joined;
         chat_buf_init(&joined);
-        chat_buf_printf(&joined, "%s %s", hist.items[hist.n - 2].content, req->message);
+        chat_buf_printf(&joined, "%s %s", t->hist.items[t->hist.n - 2].content, req->message);
         chat_route prev;
         chat_classify(p->clf, joined.data, &prev);
         if (strcmp(prev.agent, CHAT_AGENT_GENERAL)) route = prev, route.confidence *= 0.8;
@@ -432,14 +407,15 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     /* The model in question: named now, else named in recent history, else the customer's boat. */
     const model_entry *model = find_model(p, req->message);
     bool model_from_context = false;
-    for (size_t i = hist.n; !model && i > 0; i--) {
-        model = find_model(p, hist.items[i - 1].content);
+    for (size_t i = t->hist.n; !model && i > 0; i--) {
+        model = find_model(p, t->hist.items[i - 1].content);
         model_from_context = model != NULL;
     }
-    if (!model && have_customer && cust.n_vehicles) {
-        model = model_by_id(p, cust.vehicles[0].model_id);
+    if (!model && t->have_customer && t->cust.n_vehicles) {
+        model = model_by_id(p, t->cust.vehicles[0].model_id);
         model_from_context = model != NULL;
     }
+    if (model) snprintf(t->model_id, sizeof t->model_id, "%s", model->id);
     if (cancelled(cancel)) goto cancel_before_generation;
 
     /* Retrieval. */
@@ -448,10 +424,10 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     chat_buf_init(&qb);
     chat_buf_puts(&qb, req->message);
     if (model && model_from_context) chat_buf_printf(&qb, " %s", model->name);
-    query = chat_buf_take(&qb);
+    t->query = chat_buf_take(&qb);
     char code[16];
     chat_kb_query q = {
-        .question = query,
+        .question = t->query,
         .agent = strcmp(route.agent, CHAT_AGENT_GENERAL) ? route.agent : NULL,
         .model_id = model ? model->id : NULL,
         .fault_code = chat_kb_find_fault_code(req->message, code) ? code : NULL,
@@ -459,97 +435,103 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
         .stats = p->kb_stats,
     };
     int64_t r0 = chat_now_us();
-    rc = chat_kb_search(p->db, &q, &kb, err, sizeof err);
-    int64_t retrieval_us = chat_now_us() - r0;
+    rc = chat_kb_search(p->db, &q, &t->kb, err, sizeof err);
+    t->retrieval_us = chat_now_us() - r0;
     if (rc) {
         chat_log_warn("pipeline: retrieval: %s", err);
         rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The knowledge base is unavailable, please retry");
-        goto out;
+        goto fail;
     }
-    double strength = kb.n ? 1.0 - exp(-kb.top_raw / 6.0) : 0.0;
-    double confidence = 0.5 * route.confidence + 0.5 * strength;
+    double strength = t->kb.n ? 1.0 - exp(-t->kb.top_raw / 6.0) : 0.0;
+    t->agent = route.agent;
+    t->confidence = 0.5 * route.confidence + 0.5 * strength;
     if (cancelled(cancel)) goto cancel_before_generation;
 
-    /* Generation. */
+    /* The prompt. */
     progress(sink, "generating", "Generating response...");
-    system = build_system_prompt(route.agent, customer_text, &kb);
+    t->system = build_system_prompt(route.agent, t->customer_text, &t->kb);
     size_t nmsg = 0;
-    msgs = calloc(hist.n + 2, sizeof *msgs);
-    if (!system || !msgs) {
+    t->msgs = calloc(t->hist.n + 2, sizeof *t->msgs);
+    if (!t->system || !t->msgs) {
         rc = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
-        goto out;
+        goto fail;
     }
-    msgs[nmsg++] = (chat_llm_message){"system", system};
-    for (size_t i = 0; i < hist.n; i++) msgs[nmsg++] = (chat_llm_message){hist.items[i].role, hist.items[i].content};
-    msgs[nmsg++] = (chat_llm_message){"user", req->message};
-    chat_llm_request lreq = {
-        .messages = msgs,
+    t->msgs[nmsg++] = (chat_llm_message){"system", t->system};
+    for (size_t i = 0; i < t->hist.n; i++)
+        t->msgs[nmsg++] = (chat_llm_message){t->hist.items[i].role, t->hist.items[i].content};
+    t->msgs[nmsg++] = (chat_llm_message){"user", req->message};
+    t->lreq = (chat_llm_request){
+        .messages = t->msgs,
         .n_messages = nmsg,
         .max_tokens = p->cfg.llm_max_tokens,
-        .question = query,
+        .question = t->query,
         .agent = route.agent,
-        .passages = &kb,
-        .customer_context = customer_text,
+        .passages = &t->kb,
+        .customer_context = t->customer_text,
     };
-    db_release(p); /* the model may stream for seconds: other slots use the connection meanwhile */
-    rc = chat_llm_generate(p->llm, &lreq, on_token, &c, cancel, &lr, err, sizeof err);
-    const char *finish = lr.finish_reason[0] ? lr.finish_reason : "stop";
-    if (c.truncated) {
+    return t;
+
+cancel_before_generation:
+    {
+        chat_llm_result lr = {0};
+        char *metadata = build_metadata("general", 0, NULL, "cancelled", &lr, &t->c, 0, NULL,
+                                        chat_llm_provider_name(p->llm));
+        *rcp = finish_turn(p, t, metadata);
+        free(metadata);
+    }
+    turn_free(t);
+    return NULL;
+
+fail:
+    turn_free(t);
+    *rcp = rc;
+    return NULL;
+}
+
+const chat_llm_request *chat_run_llm_request(const chat_run *t) { return &t->lreq; }
+
+int chat_run_token(void *run, const char *text, size_t len) { return on_token(&((chat_run *)run)->c, text, len); }
+
+int chat_pipeline_end(chat_pipeline *p, chat_run *t, int gen_rc, const chat_llm_result *lr, const char *gen_err)
+{
+    chat_llm_result none = {0};
+    if (!lr) lr = &none;
+    int rc = gen_rc;
+    const char *finish = lr->finish_reason[0] ? lr->finish_reason : "stop";
+    if (t->c.truncated) {
         finish = "length";
         rc = 0;
-    } else if (rc == CHAT_ECANCELLED || c.stopped) {
+    } else if (rc == CHAT_ECANCELLED || t->c.stopped) {
         finish = "cancelled";
         rc = 0;
     } else if (rc) {
-        chat_log_warn("pipeline: generation failed (%s): %s", chat_strerror(rc), err);
-        if (!c.first_token_us) {
-            rc = fail_event(sink, rc, CHAT_CODE_PROCESSING_ERROR, err);
-            goto out;
+        const char *msg = gen_err && *gen_err ? gen_err : "The language model failed";
+        chat_log_warn("pipeline: generation failed (%s): %s", chat_strerror(rc), msg);
+        if (!t->c.first_token_us) {
+            rc = fail_event(&t->sink, rc, CHAT_CODE_PROCESSING_ERROR, msg);
+            turn_free(t);
+            return rc;
         }
         finish = "error";
         rc = 0;
     }
-    metadata = build_metadata(route.agent, confidence, &kb, finish, &lr, &c, retrieval_us, model ? model->id : NULL,
-                              chat_llm_provider_name(p->llm));
-    goto finish;
-
-cancel_before_generation:
-    metadata = build_metadata("general", 0, NULL, "cancelled", &lr, &c, 0, NULL, chat_llm_provider_name(p->llm));
-
-finish:
-    if (!metadata) {
-        rc = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
-        goto out;
-    }
-    {
-        /* The turn is stored before complete is sent, so a client that reads complete and asks a follow-up
-         * finds it in the history. Storage failure does not withhold the answer already streamed. */
-        char rid[37];
-        const char *request_id = req->request_id;
-        if (!request_id || !*request_id) request_id = chat_uuid4(rid) == 0 ? rid : "unknown";
-        db_hold(p);
-        /* A new conversation's session row is written here, with its first turn, not before the answer:
-         * nobody knows its id before complete carries it. */
-        if (session.deferred &&
-            chat_memory_create_session(p->db, sid, req->user->id, req->customer_id, err, sizeof err))
-            chat_log_warn("pipeline: creating the session failed: %s", err);
-        else if (chat_memory_store_turn(p->db, sid, request_id, req->message, c.response.data ? c.response.data : "",
-                                        metadata, session.touch_due, err, sizeof err))
-            chat_log_warn("pipeline: storing the turn failed: %s", err);
-        if (sink->complete) sink->complete(sink->ud, c.response.data ? c.response.data : "", sid, metadata);
-    }
-    rc = 0;
-
-out:
-    db_release(p);
+    char *metadata = build_metadata(t->agent, t->confidence, &t->kb, finish, lr, &t->c, t->retrieval_us,
+                                    t->model_id[0] ? t->model_id : NULL, chat_llm_provider_name(p->llm));
+    rc = finish_turn(p, t, metadata);
     free(metadata);
-    free(msgs);
-    free(system);
-    free(query);
-    free(customer_text);
-    chat_kb_result_clear(&kb);
-    if (have_customer) chat_customer_clear(&cust);
-    chat_history_clear(&hist);
-    chat_buf_free(&c.response);
+    turn_free(t);
     return rc;
+}
+
+void chat_run_abandon(chat_run *t) { turn_free(t); }
+
+int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink *sink, const atomic_int *cancel)
+{
+    int rc = 0;
+    chat_run *t = chat_pipeline_begin(p, req, sink, cancel, &rc);
+    if (!t) return rc;
+    char err[256] = "";
+    chat_llm_result lr = {0};
+    int grc = chat_llm_generate(p->llm, &t->lreq, chat_run_token, t, cancel, &lr, err, sizeof err);
+    return chat_pipeline_end(p, t, grc, &lr, err);
 }

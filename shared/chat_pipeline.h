@@ -7,17 +7,18 @@
  *
  * Exactly one terminal event is emitted per run: complete (finish_reason stop, length, cancelled or
  * error with partial text) or error (code + client-safe message). A chat_pipeline owns one database
- * connection (or borrows one from a chat_pipeline_pool) and one LLM client: use it from one thread at a
- * time; create one per worker thread. */
+ * connection and one LLM client: use it from one thread at a time; create one per thread. */
 #ifndef CHAT_PIPELINE_H
 #define CHAT_PIPELINE_H
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "chat_config.h"
 #include "chat_db.h"
 #include "chat_jwt.h"
+#include "chat_llm.h"
 
 typedef struct chat_request {
     const char *message;     /* required, non-empty (front ends validate first) */
@@ -25,6 +26,7 @@ typedef struct chat_request {
     const char *customer_id; /* NULL or empty: none */
     const chat_user *user;   /* authenticated user; required */
     const char *request_id;  /* idempotency key for storing the turn; NULL: one is generated */
+    int64_t accepted_us;     /* when the caller accepted it (chat_now_us); 0: now. Timings count from it */
 } chat_request;
 
 typedef struct chat_sink {
@@ -42,27 +44,39 @@ typedef struct chat_sink {
 
 typedef struct chat_pipeline chat_pipeline;
 
-/* Database connections shared by the pipelines of one process (the worker's slots). A pooled pipeline
- * holds a connection only while it reads or writes, not while the model generates: a real model streams
- * for seconds, so many slots can stream with a few connections. Thread-safe; it must outlive every
- * pipeline that uses it. NULL on out of memory. */
-typedef struct chat_pipeline_pool chat_pipeline_pool;
-chat_pipeline_pool *chat_pipeline_pool_new(const chat_config *cfg, int connections);
-void chat_pipeline_pool_free(chat_pipeline_pool *pool);
-
 /* Opens nothing yet (the database connects on first use, so a process can start while the database is
  * down). NULL with err on a bad configuration (e.g. unknown LLM provider). */
 chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errlen);
-/* Same, borrowing its connection from pool for each database stage of a run (blocking while all are
- * in use). pool NULL: like chat_pipeline_new. */
-chat_pipeline *chat_pipeline_new_pooled(const chat_config *cfg, chat_pipeline_pool *pool, char *err, size_t errlen);
 void chat_pipeline_free(chat_pipeline *p);
 
 /* Runs one request to its terminal event. cancel (may be NULL) may be set from any thread.
  * Returns 0 when complete was emitted, or the negative code behind the error event. */
 int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink *sink, const atomic_int *cancel);
 
-/* The pipeline's database connection (for /health and tools); NULL for a pooled pipeline outside a run. */
+/* The same run in two halves around the model, for callers that generate elsewhere (the worker runs
+ * many generations on one chat_llm_loop thread while a few stage threads do the database halves).
+ *
+ * chat_pipeline_begin: the first half, up to the prompt (customer, session and history, routing,
+ * retrieval), with its progress events. Returns the turn, ready to generate; or NULL after it emitted the
+ * terminal event itself (an error, or complete for a request cancelled before generation), with *rc as
+ * chat_pipeline_run would return it. req and sink->ud must stay valid until chat_pipeline_end; the sink
+ * is copied. The pipeline holds no connection when it returns. */
+typedef struct chat_run chat_run;
+chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const chat_sink *sink,
+                              const atomic_int *cancel, int *rc);
+/* The request to give the model; valid until the turn ends. */
+const chat_llm_request *chat_run_llm_request(const chat_run *t);
+/* The chat_llm_token_fn to give the model, with the turn as its ud: it keeps the answer (bounded) and
+ * passes each piece to the sink's token callback. Runs on whatever thread generates. */
+int chat_run_token(void *run, const char *text, size_t len);
+/* The second half, on any thread with a pipeline of the same configuration (not necessarily the one that
+ * began the turn): gen_rc, res and err as the model returned them; stores the turn, emits complete (or
+ * error when the model failed before any text) and frees the turn. Returns as chat_pipeline_run. */
+int chat_pipeline_end(chat_pipeline *p, chat_run *t, int gen_rc, const chat_llm_result *res, const char *err);
+/* Frees a turn that will never end (the process is going away); emits nothing. Accepts NULL. */
+void chat_run_abandon(chat_run *t);
+
+/* The pipeline's database connection (for /health and tools). */
 chat_db *chat_pipeline_db(chat_pipeline *p);
 
 #endif

@@ -1,38 +1,42 @@
-/* One chat-worker process: one DEALER to the streamer's broker, and CHAT_WORKER_SLOTS slot threads each
- * running chat_pipeline, so one process streams that many answers at once.
+/* One chat-worker process: one DEALER to the streamer's broker; CHAT_WORKER_SLOTS answers at once.
  *
  * Design choices:
+ * - A slot is an answer in flight, not a thread. Its database stages (session, history, retrieval, then
+ *   storing the turn) run on CHAT_WORKER_DB_CONNS stage threads, each with its own pipeline and
+ *   connection (chat_pipeline_begin / chat_pipeline_end), and its generation on the one generator thread
+ *   (chat_llm_loop: every openai transfer on one libcurl multi handle, the extractive provider's paced
+ *   tokens on timers). A model streams for seconds at little CPU, so thousands of answers stream with a
+ *   handful of threads; with a thread per answer, every token woke its own thread and 1,280 slots cost
+ *   230 MB and most of a CPU in context switches at 50,000 tokens per second.
  * - One main thread owns the DEALER and never blocks for long: it heartbeats every
  *   CHAT_WIRE_HEARTBEAT_MS even while every slot is busy, so the broker can tell a busy worker from a
- *   dead one, and it receives CANCEL while pipelines run. READY tells the broker how many slots there
+ *   dead one, and it receives CANCEL while answers stream. READY tells the broker how many slots there
  *   are; the broker sends at most that many jobs at once.
- * - One DEALER per process, not per slot: a token's way out is then one wake of the main thread, which
- *   drains whatever every slot produced meanwhile, and one ZeroMQ I/O thread that writes many messages
- *   per system call. With a DEALER, a context and a main thread per slot, each token cost a chain of
- *   thread wake-ups of its own, which capped a process at a few thousand tokens per second.
- * - ZeroMQ sockets belong to one thread, so slot threads do not write to the DEALER: each sends its
- *   events, in wire format behind its slot number, on an inproc PUSH to the main thread's PULL, which
- *   forwards them verbatim. A slow broker back-pressures the pipelines through the high-water marks
- *   instead of growing a queue.
- * - Tokens and progress steps skip the PUSH: a slot appends them to its buffers. The answer's first
+ * - One DEALER per process: a token's way out is one wake of the main thread, which drains whatever
+ *   every slot produced meanwhile, and one ZeroMQ I/O thread that writes many messages per system call.
+ * - ZeroMQ sockets belong to one thread, so the stage threads and the generator do not write to the
+ *   DEALER: each sends its events, in wire format behind the slot number, on its own inproc PUSH to the
+ *   main thread's PULL, which forwards them verbatim. A slow broker back-pressures the answers through
+ *   the high-water marks instead of growing a queue.
+ * - Tokens and progress steps skip the PUSH: they are appended to the slot's buffers. The answer's first
  *   token is sent at once (a TOK note, which sends the steps waiting before it); later tokens, and steps
  *   that no token follows yet, are gathered for CHAT_TOKEN_FLUSH_MS (2): the first slot to have something
- *   waiting sends a TICK, and when the interval is over the main thread sends every waiting slot's
- *   steps and tokens, one event per step and one per answer's tokens. With hundreds of answers streaming a token every few tens of
- *   milliseconds, that is one wake-up of the main thread (and of the broker and the event loop behind
- *   it) per interval instead of one per token, for at most 2 ms more between tokens; the first token is
- *   never held back. 0 sends each token at once.
- * - After every run the slot thread sends an internal DONE. If the pipeline ever returned without a
- *   terminal event, the main thread supplies a PROCESSING_ERROR, so the broker never waits forever.
- * - The broker counts a slot free at the job's terminal event, which the slot's DONE follows a moment
- *   later: a JOB arriving in between waits in a small FIFO and starts on the next DONE.
+ *   waiting sends a TICK, and when the interval is over the main thread sends every waiting slot's steps
+ *   and tokens, one event per step and one per answer's tokens. With hundreds of answers streaming a
+ *   token every few tens of milliseconds, that is one wake-up of the main thread (and of the broker and
+ *   the event loop behind it) per interval instead of one per token, for at most 2 ms more between
+ *   tokens; the first token is never held back. 0 sends each token at once.
+ * - After every answer the stage thread that finished it sends an internal DONE. If an answer ever ended
+ *   without a terminal event, the main thread supplies a PROCESSING_ERROR, so the broker never waits
+ *   forever.
+ * - The broker counts a slot free at the job's terminal event, which the DONE follows a moment later: a
+ *   JOB arriving in between waits in a small FIFO and starts on the next DONE.
  * - Paranoid Pirate on this side: a broker silent for CHAT_WIRE_DEAD_MS is presumed gone and the socket
  *   is recreated; one that answers RESET has restarted and does not know us. Either way READY is sent
  *   again once no job runs: the jobs in flight are cancelled first, their clients were on the old broker.
- * - Slots share CHAT_WORKER_DB_CONNS database connections (chat_pipeline_pool), held only for the
- *   database stages of a turn.
  * - The pipeline's own "starting" progress is not forwarded: the streamer sent it when the message was
- *   accepted. Cancel both sets the pipeline's atomic flag and makes the token callback ask to stop. */
+ *   accepted. Cancel sets the answer's atomic flag (looked at between stages, by the token callback, and
+ *   by the generator, which is woken for it). */
 #include "worker.h"
 
 #include <errno.h>
@@ -59,25 +63,34 @@
 #define TICK_CMD "TICK"      /* slots have tokens waiting: send them within CHAT_TOKEN_FLUSH_MS */
 #define STOP_GIVE_UP_MS 5000 /* after the grace period and a cancel, exit anyway */
 #define SLOT_EVENTS_HWM 10000
+#define GEN_WAIT_MS 100      /* the generator's longest wait when nothing is due */
 
 typedef struct worker worker;
+
+enum { STAGE_BEGIN, STAGE_END };
 
 typedef struct slot {
     worker *w;
     int index;
     char index_str[12];
-    pthread_t thread;
-    bool started;
-    chat_pipeline *pipeline;
 
-    /* Hand-off, main thread -> slot thread, under mu. */
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool has_job;
-    bool quit;
-    chat_wire_msg job_msg; /* the JOB message; job's strings point into it */
+    /* The answer in flight. The main thread fills these at assign; from then until DONE they belong to
+     * whichever thread holds the slot: a stage thread (BEGIN), the generator, a stage thread (END),
+     * handed on through the task queue and the generator's inbox (whose mutexes order the accesses).
+     * job_msg is not touched until DONE is seen; job, req and user point into it. */
+    chat_wire_msg job_msg;
     chat_wire_job job;
+    chat_user user;
+    chat_request req;
+    char job_id_str[24];
     atomic_int cancel;
+    int stage;             /* STAGE_BEGIN or STAGE_END, with the task */
+    int64_t accepted_us;   /* when the main thread handed the job over */
+    chat_run *run;         /* between chat_pipeline_begin and chat_pipeline_end */
+    bool first_token_sent;
+    int gen_rc;            /* the generation's outcome, for chat_pipeline_end */
+    chat_llm_result gen_res;
+    char gen_err[256];
 
     /* Main thread only. */
     bool busy; /* a job was handed over and its DONE is not seen yet */
@@ -85,7 +98,7 @@ typedef struct slot {
     bool terminal_sent;
     int64_t started_ms;
 
-    /* Progress steps and tokens, slot thread -> main thread, under tok_mu. ev_buf holds progress as
+    /* Progress steps and tokens, producing thread -> main thread, under tok_mu. ev_buf holds progress as
      * "step\0message\0" pairs: they always come before the answer's first token. */
     pthread_mutex_t tok_mu;
     chat_buf ev_buf;
@@ -93,13 +106,42 @@ typedef struct slot {
     bool in_dirty; /* listed in w->dirty (under w->dirty_mu) */
 } slot;
 
+/* A FIFO of slot indexes with room for every slot (a slot is in at most one queue at a time). */
+typedef struct slot_fifo {
+    int *at;
+    int head, len, cap;
+} slot_fifo;
+
+typedef struct stage_thread {
+    worker *w;
+    pthread_t thread;
+    bool started;
+    chat_pipeline *pipeline;
+} stage_thread;
+
 struct worker {
     chat_config cfg;
     void *zctx;
-    char endpoint[64]; /* the inproc PULL the slots push to */
-    chat_pipeline_pool *pool;
+    char endpoint[64]; /* the inproc PULL the other threads push to */
     slot *slots;
     int n_slots;
+
+    /* Stage threads: the database halves of every answer. */
+    stage_thread *stages;
+    int n_stages;
+    pthread_mutex_t task_mu;
+    pthread_cond_t task_cv;
+    slot_fifo tasks;
+    bool stages_quit;
+
+    /* The generator thread and its loop; inbox: slots whose generation is to start. */
+    pthread_t gen_thread;
+    bool gen_started;
+    chat_llm_loop *loop;
+    chat_llm *llm;
+    pthread_mutex_t gen_mu;
+    slot_fifo inbox;
+    atomic_bool gen_quit;
 
     /* Main thread only. */
     int n_busy;
@@ -111,51 +153,59 @@ struct worker {
     int pend_head, pend_len;
     int64_t flush_at_ms; /* 0: no TICK pending */
 
-    /* Slots with tokens waiting for the next flush, slot threads -> main thread. */
+    /* Slots with tokens waiting for the next flush, producing threads -> main thread. */
     pthread_mutex_t dirty_mu;
     int *dirty;
     int n_dirty;
     int *flushing; /* main thread: the list being flushed */
 };
 
-typedef struct sink_ctx {
-    slot *s;
-    void *push;
-    uint64_t job_id;
-    char job_id_str[24];
-    bool first_token_sent;
-} sink_ctx;
+/* The calling thread's PUSH to the main thread (each stage thread and the generator has its own). */
+static _Thread_local void *tl_push;
 
 static chat_wire_part part(const char *s)
 {
     return (chat_wire_part){s ? s : "", s ? strlen(s) : 0};
 }
 
-/* ---------------------------------------------------------------- slot threads */
+static void fifo_push(slot_fifo *f, int v)
+{
+    f->at[(f->head + f->len) % f->cap] = v;
+    f->len++;
+}
 
-/* slot EV job_id kind fields... on the PUSH (blocking: at the high-water mark the pipeline waits). */
-static void slot_event(sink_ctx *c, const char *kind, const chat_wire_part *f, int nf)
+static int fifo_pop(slot_fifo *f)
+{
+    int v = f->at[f->head];
+    f->head = (f->head + 1) % f->cap;
+    f->len--;
+    return v;
+}
+
+/* ---------------------------------------------------------------- events, from any thread but main */
+
+/* slot EV job_id kind fields... on the PUSH (blocking: at the high-water mark the answer waits). */
+static void slot_event(slot *s, const char *kind, const chat_wire_part *f, int nf)
 {
     chat_wire_part p[CHAT_WIRE_MAX_PARTS];
     int n = 0;
-    p[n++] = part(c->s->index_str);
+    p[n++] = part(s->index_str);
     p[n++] = part(CHAT_WIRE_EVENT);
-    p[n++] = part(c->job_id_str);
+    p[n++] = part(s->job_id_str);
     p[n++] = part(kind);
     for (int i = 0; i < nf && n < CHAT_WIRE_MAX_PARTS; i++) p[n++] = f[i];
-    chat_wire_send(c->push, p, n, 0);
+    chat_wire_send(tl_push, p, n, 0);
 }
 
-static void slot_note(sink_ctx *c, const char *cmd)
+static void slot_note(slot *s, const char *cmd)
 {
-    chat_wire_part p[3] = {part(c->s->index_str), part(cmd), part(c->job_id_str)};
-    chat_wire_send(c->push, p, 3, 0);
+    chat_wire_part p[3] = {part(s->index_str), part(cmd), part(s->job_id_str)};
+    chat_wire_send(tl_push, p, 3, 0);
 }
 
 /* Lists the slot for the next flush; the first slot listed since the last flush wakes the main thread. */
-static void mark_dirty(sink_ctx *c)
+static void mark_dirty(slot *s)
 {
-    slot *s = c->s;
     worker *w = s->w;
     pthread_mutex_lock(&w->dirty_mu);
     bool first_dirty = w->n_dirty == 0;
@@ -164,7 +214,7 @@ static void mark_dirty(sink_ctx *c)
         w->dirty[w->n_dirty++] = s->index;
     }
     pthread_mutex_unlock(&w->dirty_mu);
-    if (first_dirty) slot_note(c, TICK_CMD);
+    if (first_dirty) slot_note(s, TICK_CMD);
 }
 
 /* Progress waits for the next flush like tokens do: the answer's first token, the terminal event or the
@@ -172,12 +222,11 @@ static void mark_dirty(sink_ctx *c)
  * thread cost about a tenth of the turns per second a worker manages. */
 static void on_progress(void *ud, const char *step, const char *message)
 {
-    sink_ctx *c = ud;
-    slot *s = c->s;
+    slot *s = ud;
     if (!strcmp(step, "starting")) return; /* the streamer sent it already */
     if (s->w->cfg.token_flush_ms == 0) {
         chat_wire_part f[2] = {part(step), part(message)};
-        slot_event(ud, CHAT_WIRE_EV_PROGRESS, f, 2);
+        slot_event(s, CHAT_WIRE_EV_PROGRESS, f, 2);
         return;
     }
     pthread_mutex_lock(&s->tok_mu);
@@ -185,24 +234,23 @@ static void on_progress(void *ud, const char *step, const char *message)
     chat_buf_append(&s->ev_buf, step, strlen(step) + 1);
     chat_buf_append(&s->ev_buf, message, strlen(message) + 1);
     pthread_mutex_unlock(&s->tok_mu);
-    if (was_empty) mark_dirty(c);
+    if (was_empty) mark_dirty(s);
 }
 
+/* Runs on the generator thread. */
 static int on_token(void *ud, const char *text, size_t len)
 {
-    sink_ctx *c = ud;
-    slot *s = c->s;
-    worker *w = s->w;
+    slot *s = ud;
     pthread_mutex_lock(&s->tok_mu);
     bool was_empty = s->tok_buf.len == 0;
     int rc = chat_buf_append(&s->tok_buf, text, len);
     pthread_mutex_unlock(&s->tok_mu);
     if (rc) return 1;
-    if (!c->first_token_sent || w->cfg.token_flush_ms == 0) {
-        c->first_token_sent = true;
-        if (was_empty) slot_note(c, TOKENS_CMD);
+    if (!s->first_token_sent || s->w->cfg.token_flush_ms == 0) {
+        s->first_token_sent = true;
+        if (was_empty) slot_note(s, TOKENS_CMD);
     } else if (was_empty) {
-        mark_dirty(c);
+        mark_dirty(s);
     }
     return atomic_load(&s->cancel) ? 1 : 0;
 }
@@ -219,10 +267,8 @@ static void on_error(void *ud, const char *code, const char *message)
     slot_event(ud, CHAT_WIRE_EV_ERROR, f, 2);
 }
 
-static void *slot_thread(void *arg)
+static void *push_open(worker *w)
 {
-    slot *s = arg;
-    worker *w = s->w;
     void *push = zmq_socket(w->zctx, ZMQ_PUSH);
     int hwm = SLOT_EVENTS_HWM, zero = 0;
     if (push) {
@@ -230,46 +276,133 @@ static void *slot_thread(void *arg)
         zmq_setsockopt(push, ZMQ_LINGER, &zero, sizeof zero);
     }
     if (!push || zmq_connect(push, w->endpoint)) {
-        chat_log_error("worker: slot %d cannot reach the main thread: %s", s->index, zmq_strerror(errno));
+        chat_log_error("worker: a thread cannot reach the main thread: %s", zmq_strerror(errno));
         if (push) zmq_close(push);
         return NULL;
     }
+    return push;
+}
+
+/* ---------------------------------------------------------------- stage threads */
+
+static void stage_submit(worker *w, slot *s, int stage)
+{
+    s->stage = stage;
+    pthread_mutex_lock(&w->task_mu);
+    fifo_push(&w->tasks, s->index);
+    pthread_cond_signal(&w->task_cv);
+    pthread_mutex_unlock(&w->task_mu);
+}
+
+static void gen_submit(worker *w, slot *s)
+{
+    pthread_mutex_lock(&w->gen_mu);
+    fifo_push(&w->inbox, s->index);
+    pthread_mutex_unlock(&w->gen_mu);
+    chat_llm_loop_wakeup(w->loop);
+}
+
+/* The first half of an answer: the request from the JOB, then chat_pipeline_begin. */
+static void stage_begin(stage_thread *st, slot *s)
+{
+    chat_wire_job *job = &s->job;
+    memset(&s->user, 0, sizeof s->user);
+    snprintf(s->user.id, sizeof s->user.id, "%s", job->user_id);
+    snprintf(s->user.email, sizeof s->user.email, "%s", job->user_email);
+    snprintf(s->user.name, sizeof s->user.name, "%s", job->user_name);
+    s->req = (chat_request){
+        .message = job->message,
+        .session_id = job->session_id[0] ? job->session_id : NULL,
+        .customer_id = job->customer_id[0] ? job->customer_id : NULL,
+        .user = &s->user,
+        .request_id = job->request_id[0] ? job->request_id : NULL,
+        .accepted_us = s->accepted_us,
+    };
+    chat_sink sink = {.ud = s, .progress = on_progress, .token = on_token, .complete = on_complete, .error = on_error};
+    int rc = 0;
+    s->run = chat_pipeline_begin(st->pipeline, &s->req, &sink, &s->cancel, &rc);
+    if (s->run) {
+        gen_submit(st->w, s);
+        return;
+    }
+    if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", job->job_id, chat_strerror(rc));
+    slot_note(s, DONE_CMD);
+}
+
+static void stage_end(stage_thread *st, slot *s)
+{
+    int rc = chat_pipeline_end(st->pipeline, s->run, s->gen_rc, &s->gen_res, s->gen_err);
+    s->run = NULL;
+    if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", s->job.job_id, chat_strerror(rc));
+    slot_note(s, DONE_CMD);
+}
+
+static void *stage_main(void *arg)
+{
+    stage_thread *st = arg;
+    worker *w = st->w;
+    tl_push = push_open(w);
+    if (!tl_push) return NULL;
     for (;;) {
-        pthread_mutex_lock(&s->mu);
-        while (!s->has_job && !s->quit)
-            pthread_cond_wait(&s->cv, &s->mu);
-        if (s->quit) {
-            pthread_mutex_unlock(&s->mu);
+        pthread_mutex_lock(&w->task_mu);
+        while (!w->tasks.len && !w->stages_quit)
+            pthread_cond_wait(&w->task_cv, &w->task_mu);
+        if (!w->tasks.len) { /* quitting, and nothing left to do */
+            pthread_mutex_unlock(&w->task_mu);
             break;
         }
-        chat_wire_job job = s->job; /* job_msg stays untouched until DONE is seen */
-        pthread_mutex_unlock(&s->mu);
-
-        chat_user user;
-        memset(&user, 0, sizeof user);
-        snprintf(user.id, sizeof user.id, "%s", job.user_id);
-        snprintf(user.email, sizeof user.email, "%s", job.user_email);
-        snprintf(user.name, sizeof user.name, "%s", job.user_name);
-        chat_request req = {
-            .message = job.message,
-            .session_id = job.session_id[0] ? job.session_id : NULL,
-            .customer_id = job.customer_id[0] ? job.customer_id : NULL,
-            .user = &user,
-            .request_id = job.request_id[0] ? job.request_id : NULL,
-        };
-        sink_ctx c = {.s = s, .push = push, .job_id = job.job_id};
-        snprintf(c.job_id_str, sizeof c.job_id_str, "%" PRIu64, job.job_id);
-        chat_sink sink = {
-            .ud = &c, .progress = on_progress, .token = on_token, .complete = on_complete, .error = on_error};
-        int rc = chat_pipeline_run(s->pipeline, &req, &sink, &s->cancel);
-        if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", job.job_id, chat_strerror(rc));
-
-        pthread_mutex_lock(&s->mu);
-        s->has_job = false;
-        pthread_mutex_unlock(&s->mu);
-        slot_note(&c, DONE_CMD);
+        slot *s = &w->slots[fifo_pop(&w->tasks)];
+        pthread_mutex_unlock(&w->task_mu);
+        if (s->stage == STAGE_BEGIN)
+            stage_begin(st, s);
+        else
+            stage_end(st, s);
     }
-    zmq_close(push);
+    zmq_close(tl_push);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- the generator thread */
+
+static int gen_token(void *ud, const char *text, size_t len)
+{
+    slot *s = ud;
+    return chat_run_token(s->run, text, len);
+}
+
+static void gen_done(void *ud, int rc, const chat_llm_result *res, const char *err)
+{
+    slot *s = ud;
+    s->gen_rc = rc;
+    s->gen_res = *res;
+    snprintf(s->gen_err, sizeof s->gen_err, "%s", err ? err : "");
+    stage_submit(s->w, s, STAGE_END);
+}
+
+static void *gen_main(void *arg)
+{
+    worker *w = arg;
+    tl_push = push_open(w);
+    if (!tl_push) return NULL;
+    while (!atomic_load(&w->gen_quit)) {
+        chat_llm_loop_run(w->loop, GEN_WAIT_MS);
+        for (;;) {
+            pthread_mutex_lock(&w->gen_mu);
+            int idx = w->inbox.len ? fifo_pop(&w->inbox) : -1;
+            pthread_mutex_unlock(&w->gen_mu);
+            if (idx < 0) break;
+            slot *s = &w->slots[idx];
+            s->first_token_sent = false;
+            char err[256] = "";
+            int rc = chat_llm_start(w->loop, w->llm, chat_run_llm_request(s->run), gen_token, gen_done, s, &s->cancel,
+                                    err, sizeof err);
+            if (rc) {
+                chat_llm_result none = {.finish_reason = "error"};
+                gen_done(s, rc, &none, err);
+            }
+        }
+    }
+    zmq_close(tl_push);
     return NULL;
 }
 
@@ -308,25 +441,24 @@ static void send_job_error(void *dealer, uint64_t id, const char *code, const ch
     chat_wire_send_event(dealer, id, CHAT_WIRE_EV_ERROR, f, 2, ZMQ_DONTWAIT);
 }
 
-/* Hands the JOB in *m to an idle slot (the message buffer moves with it). */
+/* Hands the JOB in *m to an idle slot (the message buffer moves with it) and queues its first stage. */
 static void assign(worker *w, chat_wire_msg *m, bool cancelled)
 {
     slot *s = &w->slots[w->idle[--w->n_idle]];
-    pthread_mutex_lock(&s->mu);
     chat_wire_msg tmp = s->job_msg;
     s->job_msg = *m;
     *m = tmp;
     chat_wire_parse_job(&s->job_msg, 0, &s->job);
+    snprintf(s->job_id_str, sizeof s->job_id_str, "%" PRIu64, s->job.job_id);
     atomic_store(&s->cancel, cancelled ? 1 : 0);
-    s->has_job = true;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
     s->busy = true;
     s->job_id = s->job.job_id;
     s->terminal_sent = false;
     s->started_ms = chat_now_ms();
+    s->accepted_us = chat_now_us();
     w->n_busy++;
     chat_log_debug("worker: job %" PRIu64 " started on slot %d", s->job_id, s->index);
+    stage_submit(w, s, STAGE_BEGIN);
 }
 
 static void start_job(worker *w, void *dealer, chat_wire_msg *m, bool stopping)
@@ -359,6 +491,7 @@ static void cancel_job(worker *w, uint64_t id)
         slot *s = &w->slots[i];
         if (s->busy && s->job_id == id) {
             atomic_store(&s->cancel, 1);
+            chat_llm_loop_wakeup(w->loop); /* a generation stops at once, not at the next look */
             chat_log_debug("worker: job %" PRIu64 " cancelled", id);
             return;
         }
@@ -375,6 +508,7 @@ static void cancel_all(worker *w)
     for (int i = 0; i < w->n_slots; i++)
         if (w->slots[i].busy) atomic_store(&w->slots[i].cancel, 1);
     for (int k = 0; k < w->pend_len; k++) w->pending_cancel[(w->pend_head + k) % w->n_slots] = true;
+    chat_llm_loop_wakeup(w->loop);
 }
 
 static void handle_broker(worker *w, void *dealer, chat_wire_msg *m, bool stopping, bool *reset)
@@ -498,26 +632,36 @@ static worker *worker_new(const chat_config *cfg)
     if (!w) return NULL;
     w->cfg = *cfg;
     w->n_slots = cfg->worker_slots > 0 ? cfg->worker_slots : 1;
+    w->n_stages = cfg->worker_db_conns < w->n_slots ? cfg->worker_db_conns : w->n_slots;
+    if (w->n_stages < 1) w->n_stages = 1;
     snprintf(w->endpoint, sizeof w->endpoint, "inproc://chat-worker-events-%p", (void *)w);
-    w->slots = calloc((size_t)w->n_slots, sizeof *w->slots);
-    w->idle = calloc((size_t)w->n_slots, sizeof *w->idle);
-    w->pending = calloc((size_t)w->n_slots, sizeof *w->pending);
-    w->pending_cancel = calloc((size_t)w->n_slots, sizeof *w->pending_cancel);
-    w->dirty = calloc((size_t)w->n_slots, sizeof *w->dirty);
-    w->flushing = calloc((size_t)w->n_slots, sizeof *w->flushing);
-    if (!w->slots || !w->idle || !w->pending || !w->pending_cancel || !w->dirty || !w->flushing) {
-        free(w->slots), free(w->idle), free(w->pending), free(w->pending_cancel), free(w->dirty), free(w->flushing);
+    size_t n = (size_t)w->n_slots;
+    w->slots = calloc(n, sizeof *w->slots);
+    w->stages = calloc((size_t)w->n_stages, sizeof *w->stages);
+    w->idle = calloc(n, sizeof *w->idle);
+    w->pending = calloc(n, sizeof *w->pending);
+    w->pending_cancel = calloc(n, sizeof *w->pending_cancel);
+    w->dirty = calloc(n, sizeof *w->dirty);
+    w->flushing = calloc(n, sizeof *w->flushing);
+    w->tasks = (slot_fifo){.at = calloc(n, sizeof(int)), .cap = w->n_slots};
+    w->inbox = (slot_fifo){.at = calloc(n, sizeof(int)), .cap = w->n_slots};
+    if (!w->slots || !w->stages || !w->idle || !w->pending || !w->pending_cancel || !w->dirty || !w->flushing ||
+        !w->tasks.at || !w->inbox.at) {
+        free(w->slots), free(w->stages), free(w->idle), free(w->pending), free(w->pending_cancel);
+        free(w->dirty), free(w->flushing), free(w->tasks.at), free(w->inbox.at);
         free(w);
         return NULL;
     }
     pthread_mutex_init(&w->dirty_mu, NULL);
+    pthread_mutex_init(&w->task_mu, NULL);
+    pthread_cond_init(&w->task_cv, NULL);
+    pthread_mutex_init(&w->gen_mu, NULL);
+    atomic_init(&w->gen_quit, false);
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = &w->slots[i];
         s->w = w;
         s->index = i;
         snprintf(s->index_str, sizeof s->index_str, "%d", i);
-        pthread_mutex_init(&s->mu, NULL);
-        pthread_cond_init(&s->cv, NULL);
         pthread_mutex_init(&s->tok_mu, NULL);
         chat_buf_init(&s->tok_buf);
         chat_buf_init(&s->ev_buf);
@@ -525,29 +669,61 @@ static worker *worker_new(const chat_config *cfg)
         chat_wire_msg_init(&w->pending[i]);
         w->idle[w->n_slots - 1 - i] = i; /* slot 0 first */
     }
+    for (int i = 0; i < w->n_stages; i++) w->stages[i].w = w;
     w->n_idle = w->n_slots;
     return w;
 }
 
-/* Frees everything; only when no slot thread runs any more. */
+/* Frees everything; only when no other thread of the worker runs any more. */
 static void worker_free(worker *w)
 {
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = &w->slots[i];
-        chat_pipeline_free(s->pipeline);
+        chat_run_abandon(s->run);
         chat_wire_msg_clear(&s->job_msg);
         chat_wire_msg_clear(&w->pending[i]);
         chat_buf_free(&s->tok_buf);
         chat_buf_free(&s->ev_buf);
-        pthread_cond_destroy(&s->cv);
-        pthread_mutex_destroy(&s->mu);
         pthread_mutex_destroy(&s->tok_mu);
     }
+    for (int i = 0; i < w->n_stages; i++) chat_pipeline_free(w->stages[i].pipeline);
+    chat_llm_loop_free(w->loop);
+    chat_llm_free(w->llm);
     if (w->zctx) zmq_ctx_term(w->zctx);
-    chat_pipeline_pool_free(w->pool);
-    free(w->slots), free(w->idle), free(w->pending), free(w->pending_cancel), free(w->dirty), free(w->flushing);
+    free(w->slots), free(w->stages), free(w->idle), free(w->pending), free(w->pending_cancel);
+    free(w->dirty), free(w->flushing), free(w->tasks.at), free(w->inbox.at);
     pthread_mutex_destroy(&w->dirty_mu);
+    pthread_mutex_destroy(&w->task_mu);
+    pthread_cond_destroy(&w->task_cv);
+    pthread_mutex_destroy(&w->gen_mu);
     free(w);
+}
+
+/* Stops the stage threads and the generator. Returns false when some answer is still in flight (the
+ * give-up path): its threads are then left running, detached, with the shared state they use. */
+static bool threads_stop(worker *w)
+{
+    bool stuck = w->n_busy > 0;
+    pthread_mutex_lock(&w->task_mu);
+    w->stages_quit = true;
+    pthread_cond_broadcast(&w->task_cv);
+    pthread_mutex_unlock(&w->task_mu);
+    atomic_store(&w->gen_quit, true);
+    if (w->loop) chat_llm_loop_wakeup(w->loop);
+    for (int i = 0; i < w->n_stages; i++) {
+        if (!w->stages[i].started) continue;
+        if (stuck)
+            pthread_detach(w->stages[i].thread);
+        else
+            pthread_join(w->stages[i].thread, NULL);
+    }
+    if (w->gen_started) {
+        if (stuck)
+            pthread_detach(w->gen_thread);
+        else
+            pthread_join(w->gen_thread, NULL);
+    }
+    return !stuck;
 }
 
 int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
@@ -560,18 +736,18 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
     chat_wire_msg_init(&m);
     char err[256];
 
-    /* One slot: its own connection, as before slots existed. More: a shared pool. */
-    if (w->n_slots > 1) {
-        int conns = cfg->worker_db_conns < w->n_slots ? cfg->worker_db_conns : w->n_slots;
-        w->pool = chat_pipeline_pool_new(cfg, conns);
-        if (!w->pool) goto out;
-    }
-    for (int i = 0; i < w->n_slots; i++) {
-        w->slots[i].pipeline = chat_pipeline_new_pooled(cfg, w->pool, err, sizeof err);
-        if (!w->slots[i].pipeline) {
+    for (int i = 0; i < w->n_stages; i++) {
+        w->stages[i].pipeline = chat_pipeline_new(cfg, err, sizeof err);
+        if (!w->stages[i].pipeline) {
             chat_log_error("worker: %s", err);
             goto out;
         }
+    }
+    w->llm = chat_llm_new(cfg, err, sizeof err);
+    if (w->llm) w->loop = chat_llm_loop_new(err, sizeof err);
+    if (!w->llm || !w->loop) {
+        chat_log_error("worker: %s", err);
+        goto out;
     }
     w->zctx = zmq_ctx_new();
     if (!w->zctx) goto out;
@@ -582,17 +758,23 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
         chat_log_error("worker: inproc socket: %s", zmq_strerror(errno));
         goto out;
     }
-    for (int i = 0; i < w->n_slots; i++) {
-        if (pthread_create(&w->slots[i].thread, NULL, slot_thread, &w->slots[i])) {
-            chat_log_error("worker: cannot start slot %d: %s", i, strerror(errno));
+    for (int i = 0; i < w->n_stages; i++) {
+        if (pthread_create(&w->stages[i].thread, NULL, stage_main, &w->stages[i])) {
+            chat_log_error("worker: cannot start stage thread %d: %s", i, strerror(errno));
             goto out;
         }
-        w->slots[i].started = true;
+        w->stages[i].started = true;
     }
+    if (pthread_create(&w->gen_thread, NULL, gen_main, w)) {
+        chat_log_error("worker: cannot start the generator thread: %s", strerror(errno));
+        goto out;
+    }
+    w->gen_started = true;
     dealer = dealer_open(w);
     if (!dealer) goto out;
     send_ready(w, dealer);
-    chat_log_info("worker: ready with %d slots, connected to %s", w->n_slots, cfg->zmq_endpoint);
+    chat_log_info("worker: ready with %d slots (%d stage threads, %s provider), connected to %s", w->n_slots,
+                  w->n_stages, chat_llm_provider_name(w->llm), cfg->zmq_endpoint);
 
     int64_t now = chat_now_ms(), last_broker = now, next_hb = now + CHAT_WIRE_HEARTBEAT_MS;
     int64_t stop_at = 0;
@@ -669,31 +851,10 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
     }
     rc = 0;
 out:;
-    /* Slot threads stop; one still running a job after the give-up delay holds its thread, and then the
-     * shared state stays allocated (the process is about to exit) rather than pulled from under it. */
-    bool stuck = false;
-    for (int i = 0; i < w->n_slots; i++) {
-        slot *s = &w->slots[i];
-        if (!s->started) continue;
-        pthread_mutex_lock(&s->mu);
-        s->quit = true;
-        atomic_store(&s->cancel, 1);
-        pthread_cond_signal(&s->cv);
-        pthread_mutex_unlock(&s->mu);
-    }
-    for (int i = 0; i < w->n_slots; i++) {
-        slot *s = &w->slots[i];
-        if (!s->started) continue;
-        if (!s->busy) {
-            pthread_join(s->thread, NULL);
-        } else {
-            pthread_detach(s->thread);
-            stuck = true;
-        }
-    }
+    bool stopped = threads_stop(w);
     if (dealer) zmq_close(dealer);
     if (pull) zmq_close(pull);
     chat_wire_msg_clear(&m);
-    if (!stuck) worker_free(w);
+    if (stopped) worker_free(w);
     return rc;
 }

@@ -1,18 +1,22 @@
 /* The extractive provider on hand-built passages (no database): which sentences answer, the agent's
  * voice, citations, honesty when nothing matches, the customer's appointment, and the streaming
- * contract (tokens concatenate to the answer, max_tokens gives "length", cancel, pacing). */
+ * contract (tokens concatenate to the answer, max_tokens gives "length", cancel, pacing), and paced
+ * generations on one chat_llm_loop (interleaving, no token inside chat_llm_start, cancel of one, starts
+ * from callbacks, freeing a running loop). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "chat_common.h"
 #include "chat_extractive.h"
+#include "chat_llm.h"
 #include "chat_util.h"
 
 static chat_kb_passage passages[] = {
@@ -98,7 +102,13 @@ static int generate(const chat_config *cfg, int max_tokens, collected *c, atomic
                             .max_tokens = max_tokens};
     char err[128];
     chat_buf_init(&c->text);
-    return chat_extractive_generate(cfg, &req, collect, c, cancel, res, err, sizeof err);
+    chat_config ecfg = *cfg;
+    snprintf(ecfg.llm_provider, sizeof ecfg.llm_provider, "extractive");
+    chat_llm *llm = chat_llm_new(&ecfg, err, sizeof err);
+    assert_non_null(llm);
+    int rc = chat_llm_generate(llm, &req, collect, c, cancel, res, err, sizeof err);
+    chat_llm_free(llm);
+    return rc;
 }
 
 static void test_streaming_contract(void **state)
@@ -150,12 +160,280 @@ static void test_pacing(void **state)
     chat_buf_free(&c.text);
 }
 
+/* ---- generations paced on one chat_llm_loop ---- */
+
+#define MAX_LOG 1024
+static struct {
+    int gen;
+    int64_t at;
+} token_log[MAX_LOG];
+static int n_log;
+
+typedef struct lgen {
+    int id;
+    collected c;
+    int done_calls;
+    int rc;
+    char err[128];
+    chat_llm_result res;
+    atomic_int cancel;
+    int64_t first_at, last_at, done_at;
+    int max_tokens;
+    chat_llm_loop *loop;
+    chat_llm *llm;
+    struct lgen *start_on_token, *start_on_done; /* started from this one's first token / its done */
+    int start_rc;
+} lgen;
+
+static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g);
+
+static int lgen_token(void *ud, const char *text, size_t len)
+{
+    lgen *g = ud;
+    int64_t now = chat_now_ms();
+    if (n_log < MAX_LOG) token_log[n_log].gen = g->id, token_log[n_log++].at = now;
+    if (!g->c.n) g->first_at = now;
+    g->last_at = now;
+    int stop = collect(&g->c, text, len);
+    if (g->c.n == 1 && g->start_on_token) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_token);
+    return stop;
+}
+
+static void lgen_done(void *ud, int rc, const chat_llm_result *res, const char *err)
+{
+    lgen *g = ud;
+    g->done_calls++;
+    g->rc = rc;
+    g->res = *res;
+    snprintf(g->err, sizeof g->err, "%s", err);
+    g->done_at = chat_now_ms();
+    if (g->start_on_done) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_done);
+}
+
+static void lgen_init(lgen *g, int id, int max_tokens)
+{
+    memset(g, 0, sizeof *g);
+    g->id = id;
+    g->max_tokens = max_tokens;
+    chat_buf_init(&g->c.text);
+    atomic_init(&g->cancel, 0);
+}
+
+static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g)
+{
+    /* a request on the stack, and a result of its own: chat_llm_start keeps neither */
+    chat_kb_result r = make_result(0, 3);
+    chat_llm_request req = {.question = "What is the engine power of the Boat A?", .agent = "specs", .passages = &r,
+                            .max_tokens = g->max_tokens};
+    char err[128];
+    g->loop = loop, g->llm = llm;
+    return chat_llm_start(loop, llm, &req, lgen_token, lgen_done, g, &g->cancel, err, sizeof err);
+}
+
+static chat_llm *extractive(int token_delay_ms)
+{
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    cfg.token_delay_ms = token_delay_ms;
+    char err[128];
+    chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+    assert_non_null(llm);
+    return llm;
+}
+
+static chat_llm_loop *loop_new(void)
+{
+    char err[128];
+    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
+    assert_non_null(loop);
+    return loop;
+}
+
+static int run_loop(chat_llm_loop *loop, int until_ms)
+{
+    int64_t end = chat_now_ms() + until_ms;
+    int left;
+    while ((left = chat_llm_loop_run(loop, 50)) > 0 && chat_now_ms() < end) {
+    }
+    return left;
+}
+
+/* Four paced answers on one thread: their tokens interleave, each takes (T-1) x 20 ms, and the whole
+ * takes about as long as one. */
+static void test_loop_pacing(void **state)
+{
+    (void)state;
+    enum { N = 4, T = 11, DELAY = 20 };
+    chat_llm *llm = extractive(DELAY);
+    chat_llm_loop *loop = loop_new();
+    lgen g[N];
+    n_log = 0;
+    int64_t t0 = chat_now_ms();
+    for (int i = 0; i < N; i++) {
+        lgen_init(&g[i], i, T);
+        assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
+    }
+    assert_int_equal(run_loop(loop, 5000), 0);
+    int64_t took = chat_now_ms() - t0;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(g[i].done_calls, 1);
+        assert_int_equal(g[i].rc, 0);
+        assert_string_equal(g[i].res.finish_reason, "length");
+        assert_int_equal(g[i].c.n, T);
+        int64_t span = g[i].last_at - g[i].first_at;
+        if (span < (T - 1) * DELAY - 5 || span > (T - 1) * DELAY * 2 + 50)
+            fail_msg("generation %d: %d tokens in %lld ms", i, T, (long long)span);
+    }
+    int switches = 0;
+    for (int i = 1; i < n_log; i++) switches += token_log[i].gen != token_log[i - 1].gen;
+    if (switches < (T - 1) * 2) fail_msg("tokens did not interleave (%d switches)", switches);
+    if (took > (T - 1) * DELAY * 2 + 100) fail_msg("%d paced generations took %lld ms", N, (long long)took);
+    chat_llm_loop_free(loop);
+    chat_llm_free(llm);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].c.text);
+}
+
+/* token_delay_ms 0: nothing inside chat_llm_start, everything on the next run. */
+static void test_loop_no_delay(void **state)
+{
+    (void)state;
+    chat_llm *llm = extractive(0);
+    chat_llm_loop *loop = loop_new();
+    lgen g[3];
+    for (int i = 0; i < 3; i++) {
+        lgen_init(&g[i], i, 0);
+        assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
+        assert_int_equal(g[i].c.n, 0);
+        assert_int_equal(g[i].done_calls, 0);
+    }
+    assert_int_equal(chat_llm_loop_run(loop, 0), 0);
+    char *whole = compose("What is the engine power of the Boat A?", "specs", 0, 3, NULL);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(g[i].done_calls, 1);
+        assert_int_equal(g[i].rc, 0);
+        assert_string_equal(g[i].c.text.data, whole);
+        assert_string_equal(g[i].res.finish_reason, "stop");
+        assert_int_equal(g[i].res.completion_tokens, g[i].c.n);
+        assert_true(g[i].res.prompt_tokens > 0);
+        chat_buf_free(&g[i].c.text);
+    }
+    free(whole);
+    assert_int_equal(chat_llm_loop_run(loop, 0), 0);
+    assert_int_equal(g[0].done_calls, 1);
+    chat_llm_loop_free(loop);
+    chat_llm_free(llm);
+}
+
+typedef struct waker {
+    chat_llm_loop *loop;
+    atomic_int *flags[4]; /* raised one by one, every 130 ms after the first wait */
+    int after_ms;
+    int64_t at[4];
+} waker;
+
+static void *waker_thread(void *arg)
+{
+    waker *w = arg;
+    for (int i = 0; i < 4; i++) {
+        usleep((useconds_t)(i ? 130 : w->after_ms) * 1000); /* 130: different points of the loop's tick */
+        w->at[i] = chat_now_ms();
+        atomic_store(w->flags[i], 1);
+        chat_llm_loop_wakeup(w->loop);
+    }
+    return NULL;
+}
+
+/* Cancel of one paced generation from another thread (flag + wakeup) stops that one at once, not at the
+ * loop's next 100 ms tick; the others go on. */
+static void test_loop_cancel(void **state)
+{
+    (void)state;
+    enum { N = 5 };
+    chat_llm *llm = extractive(50);
+    chat_llm_loop *loop = loop_new();
+    lgen g[N]; /* 0..3 are cancelled one by one, 4 runs to its 16 tokens */
+    for (int i = 0; i < N; i++) {
+        lgen_init(&g[i], i, i < 4 ? 0 : 16);
+        assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
+    }
+    waker w = {.loop = loop, .flags = {&g[0].cancel, &g[1].cancel, &g[2].cancel, &g[3].cancel}, .after_ms = 220};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, waker_thread, &w), 0);
+    while (!g[3].done_calls) chat_llm_loop_run(loop, 1000);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(g[i].done_calls, 1);
+        assert_int_equal(g[i].rc, CHAT_ECANCELLED);
+        assert_string_equal(g[i].res.finish_reason, "cancelled");
+        assert_string_equal(g[i].err, "cancelled");
+        int64_t took = g[i].done_at - w.at[i];
+        if (took < 0 || took > 20) fail_msg("cancel %d took %lld ms", i, (long long)took);
+        int want = 1 + (int)((w.at[i] - g[i].first_at) / 50); /* tokens released before the cancel */
+        if (g[i].c.n < want - 1 || g[i].c.n > want + 1)
+            fail_msg("generation %d: %d tokens before its cancel, want about %d", i, g[i].c.n, want);
+    }
+    assert_int_equal(g[4].done_calls, 0);
+    assert_int_equal(run_loop(loop, 3000), 0);
+    assert_int_equal(g[4].rc, 0);
+    assert_int_equal(g[4].c.n, 16);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(g[i].done_calls, 1);
+        chat_buf_free(&g[i].c.text);
+    }
+    chat_llm_loop_free(loop);
+    chat_llm_free(llm);
+}
+
+/* Generations started from a token callback and from a done callback run; freeing a loop with paced
+ * generations running calls no done callback and leaks nothing (valgrind). */
+static void test_loop_chain_and_free(void **state)
+{
+    (void)state;
+    chat_llm *llm = extractive(5);
+    chat_llm_loop *loop = loop_new();
+    lgen a, b, c;
+    lgen_init(&a, 0, 4), lgen_init(&b, 1, 4), lgen_init(&c, 2, 4);
+    a.start_on_token = &b;
+    b.start_on_done = &c;
+    assert_int_equal(lgen_start(loop, llm, &a), 0);
+    assert_int_equal(run_loop(loop, 3000), 0);
+    lgen *all[] = {&a, &b, &c};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) {
+        assert_int_equal(all[i]->done_calls, 1);
+        assert_int_equal(all[i]->rc, 0);
+        assert_int_equal(all[i]->start_rc, 0);
+        assert_int_equal(all[i]->c.n, 4);
+        chat_buf_free(&all[i]->c.text);
+    }
+    assert_true(c.first_at >= b.done_at);
+
+    lgen d[3];
+    for (int i = 0; i < 3; i++) {
+        lgen_init(&d[i], i, 0);
+        assert_int_equal(lgen_start(loop, llm, &d[i]), 0);
+    }
+    chat_llm_loop_run(loop, 0);
+    chat_llm_loop_run(loop, 20);
+    assert_true(d[0].c.n > 0);
+    chat_llm_loop_free(loop);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(d[i].done_calls, 0);
+        chat_buf_free(&d[i].c.text);
+    }
+    chat_llm_free(llm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_answers),
         cmocka_unit_test(test_streaming_contract),
         cmocka_unit_test(test_pacing),
+        cmocka_unit_test(test_loop_pacing),
+        cmocka_unit_test(test_loop_no_delay),
+        cmocka_unit_test(test_loop_cancel),
+        cmocka_unit_test(test_loop_chain_and_free),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

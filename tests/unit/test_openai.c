@@ -2,7 +2,9 @@
  * every scenario of the fake (tokens, finish_reason, usage, error codes and messages), the retry rules
  * (429 once -> success, 429 always -> error after exactly two requests, none after a token), the stall
  * and first-token timeouts, cancel from another thread while the server is silent, the request the
- * server received (headers, body fields), and chat_openai_parse_chunk on real-world chunk shapes. */
+ * server received (headers, body fields), and chat_openai_parse_chunk on real-world chunk shapes; then
+ * many generations at once on one chat_llm_loop: concurrency, a mix of fates, cancel of one, generations
+ * started from callbacks, and freeing a loop with transfers running. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +28,7 @@
 #include <unistd.h>
 
 #include "chat_common.h"
+#include "chat_llm.h"
 #include "chat_openai.h"
 #include "chat_util.h"
 #include "testutil.h"
@@ -207,8 +210,8 @@ static void do_run(const chat_config *cfg, const atomic_int *cancel, int stop_af
     r->col.all_valid = true;
     r->col.stop_after = stop_after;
     char err[256];
-    chat_openai *o = chat_openai_new(cfg, err, sizeof err);
-    if (!o) fail_msg("chat_openai_new: %s", err);
+    chat_llm *llm = chat_llm_new(cfg, err, sizeof err);
+    if (!llm) fail_msg("chat_llm_new: %s", err);
     chat_llm_request req;
     memset(&req, 0, sizeof req);
     req.messages = prompt;
@@ -216,10 +219,10 @@ static void do_run(const chat_config *cfg, const atomic_int *cancel, int stop_af
     req.max_tokens = max_tokens;
     long before = fake_requests();
     int64_t t0 = chat_now_ms();
-    r->rc = chat_openai_generate(o, &req, on_token, &r->col, cancel, &r->res, r->err, sizeof r->err);
+    r->rc = chat_llm_generate(llm, &req, on_token, &r->col, cancel, &r->res, r->err, sizeof r->err);
     r->ms = chat_now_ms() - t0;
     r->requests = fake_requests() - before;
-    chat_openai_free(o);
+    chat_llm_free(llm);
     /* the contract: tokens_emitted counts the callbacks */
     assert_int_equal(r->res.tokens_emitted, r->col.pieces);
     assert_true(r->col.all_valid);
@@ -509,6 +512,335 @@ static void test_callback_stop_and_precancel(void **state)
     run_free(&r);
 }
 
+/* ---- many generations on one chat_llm_loop ---- */
+
+#define MAX_ORDER 4096
+static int token_order[MAX_ORDER]; /* which generation each token callback was for, in call order */
+static int n_order;
+
+typedef struct lgen {
+    int id;
+    collect col;
+    int done_calls;
+    int rc;
+    char err[256];
+    chat_llm_result res;
+    int64_t started_at, done_at;
+    atomic_int cancel;
+    /* chains: started from this one's first token or from its done callback */
+    chat_llm_loop *loop;
+    chat_llm *llm;
+    struct lgen *start_on_token, *start_on_done;
+    int start_rc;
+} lgen;
+
+static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g);
+
+static int lgen_token(void *ud, const char *t, size_t n)
+{
+    lgen *g = ud;
+    if (n_order < MAX_ORDER) token_order[n_order++] = g->id;
+    int stop = on_token(&g->col, t, n);
+    if (g->col.pieces == 1 && g->start_on_token) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_token);
+    return stop;
+}
+
+static void lgen_done(void *ud, int rc, const chat_llm_result *res, const char *err)
+{
+    lgen *g = ud;
+    g->done_calls++;
+    g->rc = rc;
+    g->res = *res;
+    snprintf(g->err, sizeof g->err, "%s", err);
+    g->done_at = chat_now_ms();
+    if (g->start_on_done) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_done);
+}
+
+static void lgen_init(lgen *g, int id)
+{
+    memset(g, 0, sizeof *g);
+    g->id = id;
+    chat_buf_init(&g->col.text);
+    g->col.all_valid = true;
+    atomic_init(&g->cancel, 0);
+}
+
+/* Starts g (the request is a stack value: chat_llm_start must not keep it). */
+static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g)
+{
+    chat_llm_request req;
+    memset(&req, 0, sizeof req);
+    req.messages = prompt;
+    req.n_messages = CHAT_ARRAY_LEN(prompt);
+    char err[256];
+    g->loop = loop, g->llm = llm;
+    g->started_at = chat_now_ms();
+    int rc = chat_llm_start(loop, llm, &req, lgen_token, lgen_done, g, &g->cancel, err, sizeof err);
+    if (rc) fprintf(stderr, "chat_llm_start: %s\n", err);
+    return rc;
+}
+
+static chat_llm *llm_for(const chat_config *cfg)
+{
+    char err[256];
+    chat_llm *llm = chat_llm_new(cfg, err, sizeof err);
+    if (!llm) fail_msg("chat_llm_new: %s", err);
+    return llm;
+}
+
+/* Runs the loop until nothing runs or until_ms passed; returns the number still running. */
+static int run_loop(chat_llm_loop *loop, int until_ms)
+{
+    int64_t end = chat_now_ms() + until_ms;
+    int left;
+    while ((left = chat_llm_loop_run(loop, 50)) > 0 && chat_now_ms() < end) {
+    }
+    return left;
+}
+
+static chat_llm_loop *loop_new(void)
+{
+    char err[256];
+    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
+    if (!loop) fail_msg("chat_llm_loop_new: %s", err);
+    return loop;
+}
+
+static void assert_fake_ok_text(const lgen *g)
+{
+    const char *want_start = "You asked about: " PROMPT_WORDS ". ";
+    if (!g->col.text.data || strncmp(g->col.text.data, want_start, strlen(want_start)) ||
+        !strstr(g->col.text.data, "check every part."))
+        fail_msg("generation %d: text '%s'", g->id, g->col.text.data ? g->col.text.data : "(none)");
+    assert_true(g->col.all_valid);
+    assert_int_equal(g->res.tokens_emitted, g->col.pieces);
+}
+
+/* Twenty fake-ok answers at once on one loop: all right, each done exactly once, and really concurrent
+ * (their tokens interleave, and the whole takes far less than twenty answers one after the other). */
+static void test_loop_concurrent(void **state)
+{
+    (void)state;
+    enum { N = 20 };
+    chat_config cfg = config_for("fake-ok", "sk-test-secret");
+    chat_llm *llm = llm_for(&cfg);
+    chat_llm_loop *loop = loop_new();
+    static lgen g[N];
+    long before = fake_requests();
+    n_order = 0;
+    int64_t t0 = chat_now_ms();
+    for (int i = 0; i < N; i++) {
+        lgen_init(&g[i], i);
+        assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
+    }
+    assert_int_equal(n_order, 0); /* nothing happens inside chat_llm_start */
+    assert_int_equal(run_loop(loop, 10000), 0);
+    int64_t took = chat_now_ms() - t0;
+    for (int k = 0; k < 3; k++) chat_llm_loop_run(loop, 10); /* nothing more is called */
+    for (int i = 0; i < N; i++) {
+        if (g[i].rc) fail_msg("generation %d: rc %s (%s)", i, chat_strerror(g[i].rc), g[i].err);
+        assert_int_equal(g[i].done_calls, 1);
+        assert_string_equal(g[i].res.finish_reason, "stop");
+        assert_string_equal(g[i].err, "");
+        assert_fake_ok_text(&g[i]);
+    }
+    assert_int_equal(fake_requests() - before, N);
+    int switches = 0;
+    for (int i = 1; i < n_order; i++) switches += token_order[i] != token_order[i - 1];
+    if (switches < 2 * N) fail_msg("tokens of the generations did not interleave (%d switches)", switches);
+    /* one fake-ok answer takes ~130 ms; twenty in a row would take over 2.5 s */
+    if (took > 1500) fail_msg("20 concurrent generations took %lld ms", (long long)took);
+    chat_llm_loop_free(loop);
+    chat_llm_free(llm);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].col.text);
+}
+
+/* One loop, four providers' fates at once: each ends its own way while the others stream. */
+static void test_loop_mix(void **state)
+{
+    (void)state;
+    chat_config c_ok = config_for("fake-ok", "k"), c_429 = config_for("fake-429", "k"),
+                c_stall = config_for("fake-stall", "k"), c_401 = config_for("fake-401", "sk-test-secret");
+    c_stall.llm_stall_timeout_ms = 500;
+    chat_llm *l_ok = llm_for(&c_ok), *l_429 = llm_for(&c_429), *l_stall = llm_for(&c_stall),
+             *l_401 = llm_for(&c_401);
+    chat_llm_loop *loop = loop_new();
+    lgen ok, r429, stall, e401;
+    lgen_init(&ok, 0), lgen_init(&r429, 1), lgen_init(&stall, 2), lgen_init(&e401, 3);
+    long before = fake_requests();
+    int64_t t0 = chat_now_ms();
+    assert_int_equal(lgen_start(loop, l_429, &r429), 0);
+    assert_int_equal(lgen_start(loop, l_stall, &stall), 0);
+    assert_int_equal(lgen_start(loop, l_401, &e401), 0);
+    assert_int_equal(lgen_start(loop, l_ok, &ok), 0);
+    assert_int_equal(run_loop(loop, 10000), 0);
+
+    if (ok.rc) fail_msg("fake-ok: %s", ok.err);
+    assert_fake_ok_text(&ok);
+    assert_int_equal(ok.done_calls, 1);
+
+    if (r429.rc) fail_msg("fake-429: %s", r429.err);
+    assert_fake_ok_text(&r429);
+    assert_true(r429.done_at - t0 >= 900); /* Retry-After: 1, a timer on the loop */
+    assert_true(r429.done_at - t0 < 3000);
+    assert_int_equal(r429.done_calls, 1);
+
+    assert_int_equal(stall.rc, CHAT_ETIMEOUT);
+    assert_string_equal(stall.err, "LLM stream stalled (no data for 500 ms)");
+    assert_int_equal(stall.col.pieces, 3);
+    assert_string_equal(stall.res.finish_reason, "error");
+    assert_true(stall.done_at - t0 >= 450);
+    assert_true(stall.done_at - t0 < 2000);
+    assert_int_equal(stall.done_calls, 1);
+
+    assert_int_equal(e401.rc, CHAT_ELLM);
+    assert_string_equal(e401.err, "LLM provider rejected the API key");
+    assert_int_equal(e401.col.pieces, 0);
+    assert_int_equal(e401.done_calls, 1);
+
+    /* nobody waited for anybody: the quick ones ended while the 429 backed off and the stall stalled */
+    assert_true(e401.done_at < stall.done_at);
+    assert_true(ok.done_at < stall.done_at);
+    assert_true(stall.done_at < r429.done_at);
+    assert_int_equal(fake_requests() - before, 5); /* the 429 twice */
+
+    chat_llm_loop_free(loop);
+    chat_llm_free(l_ok), chat_llm_free(l_429), chat_llm_free(l_stall), chat_llm_free(l_401);
+    lgen *all[] = {&ok, &r429, &stall, &e401};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->col.text);
+}
+
+typedef struct waker {
+    chat_llm_loop *loop;
+    atomic_int *flags[4]; /* raised one by one, every 130 ms after the first wait; NULL: only wake */
+    int after_ms;
+    int64_t at[4];
+} waker;
+
+static void *waker_thread(void *arg)
+{
+    waker *w = arg;
+    for (int i = 0; i < 4; i++) {
+        int ms = i ? 130 : w->after_ms; /* 130: the raises fall at different points of the loop's tick */
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        w->at[i] = chat_now_ms();
+        if (w->flags[i]) atomic_store(w->flags[i], 1);
+        chat_llm_loop_wakeup(w->loop);
+        if (!w->flags[0]) break;
+    }
+    return NULL;
+}
+
+/* chat_llm_loop_wakeup from another thread ends a long wait at once; a cancel flag raised with it stops
+ * that one generation at once (not at the loop's next 100 ms tick), and only that one. */
+static void test_loop_cancel_one(void **state)
+{
+    (void)state;
+    chat_llm_loop *loop = loop_new();
+    pthread_t t;
+
+    waker idle = {.loop = loop, .after_ms = 100};
+    assert_int_equal(pthread_create(&t, NULL, waker_thread, &idle), 0);
+    assert_int_equal(chat_llm_loop_run(loop, 5000), 0);
+    int64_t woke = chat_now_ms();
+    pthread_join(t, NULL);
+    if (woke - idle.at[0] > 50) fail_msg("wakeup took %lld ms", (long long)(woke - idle.at[0]));
+
+    chat_config c_stall = config_for("fake-stall", "k"), c_slow = config_for("fake-slow-first", "k");
+    chat_llm *l_stall = llm_for(&c_stall), *l_slow = llm_for(&c_slow);
+    enum { N = 5 };
+    lgen g[N]; /* 0..3 stall after 3 tokens and are cancelled one by one; 4 never starts answering */
+    for (int i = 0; i < N; i++) {
+        lgen_init(&g[i], i);
+        assert_int_equal(lgen_start(loop, i < 4 ? l_stall : l_slow, &g[i]), 0);
+    }
+    waker w = {.loop = loop, .flags = {&g[0].cancel, &g[1].cancel, &g[2].cancel, &g[3].cancel}, .after_ms = 300};
+    assert_int_equal(pthread_create(&t, NULL, waker_thread, &w), 0);
+    int64_t end = chat_now_ms() + 3000;
+    while (!g[3].done_calls && chat_now_ms() < end) chat_llm_loop_run(loop, 1000);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(g[i].done_calls, 1);
+        assert_int_equal(g[i].rc, CHAT_ECANCELLED);
+        assert_string_equal(g[i].res.finish_reason, "cancelled");
+        assert_int_equal(g[i].col.pieces, 3);
+        int64_t took = g[i].done_at - w.at[i];
+        if (took < 0 || took > 30) fail_msg("cancel %d with wakeup took %lld ms", i, (long long)took);
+    }
+    assert_int_equal(g[4].done_calls, 0); /* the other goes on */
+
+    /* without a wakeup, the loop still sees the flag within its 100 ms tick */
+    int64_t set = chat_now_ms();
+    atomic_store(&g[4].cancel, 1);
+    assert_int_equal(run_loop(loop, 3000), 0);
+    assert_int_equal(g[4].rc, CHAT_ECANCELLED);
+    assert_int_equal(g[4].col.pieces, 0);
+    assert_int_equal(g[4].done_calls, 1);
+    if (g[4].done_at - set > 150) fail_msg("cancel without wakeup took %lld ms", (long long)(g[4].done_at - set));
+
+    chat_llm_loop_free(loop);
+    chat_llm_free(l_stall), chat_llm_free(l_slow);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].col.text);
+}
+
+/* A generation started from a token callback (that is, from inside libcurl's transfer) and one started
+ * from a done callback both run; done is never called from inside chat_llm_start. */
+static void test_loop_start_from_callbacks(void **state)
+{
+    (void)state;
+    chat_config cfg = config_for("fake-ok", "k");
+    chat_llm *llm = llm_for(&cfg);
+    chat_llm_loop *loop = loop_new();
+    lgen a, b, c;
+    lgen_init(&a, 0), lgen_init(&b, 1), lgen_init(&c, 2);
+    a.start_on_token = &b; /* b starts at a's first token */
+    b.start_on_done = &c;  /* c when b is done */
+    assert_int_equal(lgen_start(loop, llm, &a), 0);
+    assert_int_equal(run_loop(loop, 10000), 0);
+    lgen *all[] = {&a, &b, &c};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) {
+        if (all[i]->rc) fail_msg("generation %d: %s", all[i]->id, all[i]->err);
+        assert_int_equal(all[i]->done_calls, 1);
+        assert_int_equal(all[i]->start_rc, 0);
+        assert_fake_ok_text(all[i]);
+    }
+    assert_true(c.started_at >= b.done_at);
+    chat_llm_loop_free(loop);
+    chat_llm_free(llm);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->col.text);
+}
+
+/* chat_llm_loop_free with transfers running: no done callback, nothing leaked (valgrind). */
+static void test_loop_free_running(void **state)
+{
+    (void)state;
+    chat_config c_stall = config_for("fake-stall", "k"), c_slow = config_for("fake-slow-first", "k"),
+                c_429 = config_for("fake-429-always", "k");
+    chat_llm *l_stall = llm_for(&c_stall), *l_slow = llm_for(&c_slow), *l_429 = llm_for(&c_429);
+    chat_llm_loop *loop = loop_new();
+    lgen g[6];
+    for (int i = 0; i < 6; i++) lgen_init(&g[i], i);
+    assert_int_equal(lgen_start(loop, l_stall, &g[0]), 0);
+    assert_int_equal(lgen_start(loop, l_stall, &g[1]), 0);
+    assert_int_equal(lgen_start(loop, l_slow, &g[2]), 0);
+    assert_int_equal(lgen_start(loop, l_429, &g[3]), 0); /* backing off when the loop goes */
+    int64_t end = chat_now_ms() + 3000;
+    while ((g[0].col.pieces < 3 || g[1].col.pieces < 3) && chat_now_ms() < end) chat_llm_loop_run(loop, 50);
+    for (int k = 0; k < 5; k++) chat_llm_loop_run(loop, 20);
+    assert_int_equal(g[0].col.pieces, 3);
+    assert_int_equal(lgen_start(loop, l_stall, &g[4]), 0); /* started, never run */
+    assert_int_equal(chat_llm_loop_run(loop, 0), 5);       /* all five still running */
+    assert_int_equal(lgen_start(loop, l_stall, &g[5]), 0); /* started, never stepped */
+    chat_llm_loop_free(loop);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(g[i].done_calls, 0);
+        chat_buf_free(&g[i].col.text);
+    }
+    chat_llm_loop_free(NULL);
+    chat_llm_free(l_stall), chat_llm_free(l_slow), chat_llm_free(l_429);
+}
+
 static void test_new_rejects_bad_config(void **state)
 {
     (void)state;
@@ -656,6 +988,11 @@ int main(void)
         cmocka_unit_test(test_first_token_timeout),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_callback_stop_and_precancel),
+        cmocka_unit_test(test_loop_concurrent),
+        cmocka_unit_test(test_loop_mix),
+        cmocka_unit_test(test_loop_cancel_one),
+        cmocka_unit_test(test_loop_start_from_callbacks),
+        cmocka_unit_test(test_loop_free_running),
     };
     int rc = cmocka_run_group_tests(tests, start_fake, stop_fake);
     curl_global_cleanup();

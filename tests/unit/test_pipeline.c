@@ -18,6 +18,7 @@
 
 #include "chat_common.h"
 #include "chat_pipeline.h"
+#include "chat_proto.h"
 #include "chat_util.h"
 #include "testutil.h"
 
@@ -114,7 +115,7 @@ static int teardown(void **state)
 static int run(chat_pipeline *p, events *e, const chat_user *u, const char *msg, const char *session,
                const char *customer, const char *request_id, atomic_int *cancel)
 {
-    chat_request req = {msg, session, customer, u, request_id};
+    chat_request req = {msg, session, customer, u, request_id, 0};
     chat_sink sink = {e, on_progress, on_token, on_complete, on_error};
     e->cancel = cancel;
     return chat_pipeline_run(p, &req, &sink, cancel);
@@ -375,71 +376,105 @@ static void test_database_down(void **state)
     chat_pipeline_free(p);
 }
 
-/* Pooled pipelines: a slot holds its connection only for the database stages, so with ONE connection for
- * two pipelines, a turn runs to completion while another turn's slow generation is in flight (with the
- * connection held throughout, the second turn would wait for the first to finish). */
-typedef struct slow_turn {
-    chat_pipeline *p;
-    atomic_int tokens;
-    atomic_int done;   /* 1: complete, 2: error */
-    int rc;
-} slow_turn;
-
-static int slow_token(void *ud, const char *text, size_t len)
-{
-    atomic_fetch_add(&((slow_turn *)ud)->tokens, 1);
-    return 0;
-}
-static void slow_complete(void *ud, const char *response, const char *session_id, const char *metadata)
-{
-    atomic_store(&((slow_turn *)ud)->done, 1);
-}
-static void slow_error(void *ud, const char *code, const char *message) { atomic_store(&((slow_turn *)ud)->done, 2); }
-static void slow_progress(void *ud, const char *step, const char *message) {}
-
-static void *slow_main(void *arg)
-{
-    slow_turn *t = arg;
-    chat_request req = {"What is the fuel capacity of the Seawind 250?", NULL, NULL, &alice, NULL};
-    chat_sink sink = {t, slow_progress, slow_token, slow_complete, slow_error};
-    t->rc = chat_pipeline_run(t->p, &req, &sink, NULL);
-    return NULL;
-}
-
-static void test_pool_released_during_generation(void **state)
+/* The run in two halves (the worker's way): chat_pipeline_begin on one pipeline, the model elsewhere,
+ * chat_pipeline_end on another pipeline. Between the halves the first pipeline serves other requests;
+ * the events are those of chat_pipeline_run; the turn is stored (a follow-up sees it); a request refused
+ * in the first half, or a model failing before its first token, ends with an error event and no turn. */
+static void test_begin_end_split(void **state)
 {
     chat_config cfg = testutil_config("pipeline");
     snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
-    cfg.token_delay_ms = 15; /* dozens of tokens: about a second of generation */
     char err[256];
-    chat_pipeline_pool *pool = chat_pipeline_pool_new(&cfg, 1);
-    assert_non_null(pool);
-    chat_pipeline *slow = chat_pipeline_new_pooled(&cfg, pool, err, sizeof err);
-    cfg.token_delay_ms = 0;
-    chat_pipeline *fast = chat_pipeline_new_pooled(&cfg, pool, err, sizeof err);
-    assert_non_null(slow);
-    assert_non_null(fast);
-    assert_null(chat_pipeline_db(fast)); /* pooled: no connection of its own outside a run */
-
-    slow_turn t = {.p = slow};
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, slow_main, &t), 0);
-    for (int i = 0; i < 500 && atomic_load(&t.tokens) < 2; i++) usleep(10000);
-    assert_true(atomic_load(&t.tokens) >= 2); /* generating now */
+    chat_pipeline *other = chat_pipeline_new(&cfg, err, sizeof err);
+    chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+    assert_non_null(other);
+    assert_non_null(llm);
 
     events e;
     ev_init(&e);
-    assert_int_equal(run(fast, &e, &bob, "How often should I change the oil?", NULL, NULL, NULL, NULL), 0);
-    assert_non_null(e.response);
-    assert_int_equal(atomic_load(&t.done), 0); /* the slow answer is still streaming */
-    ev_clear(&e);
+    chat_request req = {"What is the engine power of the Seawind 250?", NULL, NULL, &alice, NULL, 0};
+    chat_sink sink = {&e, on_progress, on_token, on_complete, on_error};
+    int rc = -1;
+    chat_run *r = chat_pipeline_begin(pipe_extractive, &req, &sink, NULL, &rc);
+    assert_non_null(r);
+    assert_int_equal(rc, 0);
+    assert_int_equal(e.n_steps, 4);
+    assert_string_equal(e.steps[3], "generating");
+    assert_int_equal(e.terminals, 0);
 
-    assert_int_equal(pthread_join(th, NULL), 0);
-    assert_int_equal(t.rc, 0);
-    assert_int_equal(atomic_load(&t.done), 1);
-    chat_pipeline_free(fast);
-    chat_pipeline_free(slow);
-    chat_pipeline_pool_free(pool);
+    events e2; /* the first pipeline is free between the halves */
+    ev_init(&e2);
+    assert_int_equal(run(pipe_extractive, &e2, &bob, "How often should I change the oil?", NULL, NULL, NULL, NULL), 0);
+    assert_int_equal(e2.terminals, 1);
+    assert_non_null(e2.response);
+    ev_clear(&e2);
+
+    chat_llm_result lr;
+    int grc = chat_llm_generate(llm, chat_run_llm_request(r), chat_run_token, r, NULL, &lr, err, sizeof err);
+    assert_int_equal(grc, 0);
+    assert_true(e.n_tokens > 5);
+    assert_int_equal(e.terminals, 0);
+    assert_int_equal(chat_pipeline_end(other, r, grc, &lr, err), 0);
+    assert_int_equal(e.terminals, 1);
+    assert_string_equal(e.response, e.tokens.data);
+    assert_non_null(strstr(e.response, "hp"));
+    assert_string_equal(meta_str(e.metadata, "finish_reason"), "stop");
+    assert_string_equal(meta_str(e.metadata, "agent"), "specs");
+
+    /* stored: a follow-up on the session sees the model from its history */
+    events f;
+    ev_init(&f);
+    assert_int_equal(run(other, &f, &alice, "And its fuel capacity?", e.session_id, NULL, NULL, NULL), 0);
+    assert_string_equal(f.session_id, e.session_id);
+    json_object *ctx, *model;
+    assert_true(json_object_object_get_ex(f.metadata, "context", &ctx));
+    assert_true(json_object_object_get_ex(ctx, "model", &model));
+    assert_string_equal(json_object_get_string(model), "seawind-250");
+    ev_clear(&f);
+
+    /* refused in the first half: the error event, no run */
+    events g;
+    ev_init(&g);
+    chat_request bad = {"Hello", e.session_id, NULL, &bob, NULL, 0};
+    sink.ud = &g;
+    assert_null(chat_pipeline_begin(pipe_extractive, &bad, &sink, NULL, &rc));
+    assert_int_equal(rc, CHAT_EFORBIDDEN);
+    assert_int_equal(g.terminals, 1);
+    assert_string_equal(g.error_code, CHAT_CODE_SESSION_FORBIDDEN);
+    ev_clear(&g);
+
+    /* the model failed before any text: an error event with the model's message */
+    events h;
+    ev_init(&h);
+    sink.ud = &h;
+    chat_request req3 = {"What is the beam of the Seawind 250?", NULL, NULL, &alice, NULL, 0};
+    r = chat_pipeline_begin(pipe_extractive, &req3, &sink, NULL, &rc);
+    assert_non_null(r);
+    chat_llm_result failed = {.finish_reason = "error"};
+    assert_int_equal(chat_pipeline_end(other, r, CHAT_ELLM, &failed, "LLM provider unavailable (HTTP 503)"), CHAT_ELLM);
+    assert_int_equal(h.terminals, 1);
+    assert_string_equal(h.error_code, CHAT_CODE_PROCESSING_ERROR);
+    assert_string_equal(h.error_message, "LLM provider unavailable (HTTP 503)");
+    ev_clear(&h);
+
+    /* accepted_us: the timings count from the caller's acceptance */
+    events q;
+    ev_init(&q);
+    sink.ud = &q;
+    chat_request req4 = {"Hello", NULL, NULL, &alice, NULL, chat_now_us() - 50000};
+    r = chat_pipeline_begin(pipe_extractive, &req4, &sink, NULL, &rc);
+    assert_non_null(r);
+    grc = chat_llm_generate(llm, chat_run_llm_request(r), chat_run_token, r, NULL, &lr, err, sizeof err);
+    assert_int_equal(chat_pipeline_end(pipe_extractive, r, grc, &lr, err), 0);
+    json_object *timings, *queue;
+    assert_true(json_object_object_get_ex(q.metadata, "timings", &timings));
+    assert_true(json_object_object_get_ex(timings, "queue_ms", &queue));
+    assert_true(json_object_get_double(queue) >= 50.0);
+    ev_clear(&q);
+
+    ev_clear(&e);
+    chat_llm_free(llm);
+    chat_pipeline_free(other);
 }
 
 /* The openai provider against the fake LLM server: prompt with history reaches the model, tokens stream. */
@@ -512,7 +547,7 @@ int main(void)
         cmocka_unit_test(test_cancel_each_stage),
         cmocka_unit_test(test_customer_access_own),
         cmocka_unit_test(test_database_down),
-        cmocka_unit_test(test_pool_released_during_generation),
+        cmocka_unit_test(test_begin_end_split),
         cmocka_unit_test(test_openai_provider),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
