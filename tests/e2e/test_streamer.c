@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <openssl/evp.h>
@@ -1279,26 +1280,46 @@ static void test_single_worker_back_to_back(void **state)
     assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
 }
 
-/* One worker process with three slots streams three paced answers at the same time. */
+/* The threads of a process (its /proc/<pid>/task entries); -1 when it cannot be read. */
+static int thread_count(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+/* One worker process with 24 slots streams 24 paced answers at the same time, with a handful of threads:
+ * a slot is an answer in flight, not a thread (the generations share one event loop). */
 static void test_worker_slots_run_concurrently(void **state)
 {
     (void)state;
+    enum { SLOTS = 24 };
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
     int port;
     pid_t workers;
-    pid_t pid = private_stack("slots", 3, 15, NULL, &port, &workers);
+    pid_t pid = private_stack("slots", SLOTS, 15, extra, &port, &workers);
     pid_t kids[4];
     assert_int_equal(e2e_children(workers, kids, 4), 1); /* one process */
-    chat_wsc *cs[3];
-    for (int k = 0; k < 3; k++) cs[k] = open_alice(port);
-    for (int k = 0; k < 3; k++) send_message(cs[k], QUESTION, NULL);
-    int max_busy = 0;
-    for (int i = 0; i < 40 && max_busy < 3; i++) {
+    chat_wsc *cs[SLOTS];
+    for (int k = 0; k < SLOTS; k++) cs[k] = open_alice(port);
+    for (int k = 0; k < SLOTS; k++) send_message(cs[k], QUESTION, NULL);
+    int max_busy = 0, threads = 0;
+    for (int i = 0; i < 80 && max_busy < SLOTS; i++) {
         int busy = status_int(port, "workers_busy");
-        if (busy > max_busy) max_busy = busy;
+        if (busy > max_busy) max_busy = busy, threads = thread_count(kids[0]);
         e2e_sleep_ms(25);
     }
-    assert_int_equal(max_busy, 3);
-    for (int k = 0; k < 3; k++) {
+    assert_int_equal(max_busy, SLOTS);
+    /* main, the stage threads (CHAT_WORKER_DB_CONNS, 4), the generator, ZeroMQ's and libcurl's own */
+    if (threads < 1 || threads > 12) fail_msg("%d threads in the worker while %d answers stream", threads, SLOTS);
+    for (int k = 0; k < SLOTS; k++) {
         answer a;
         answer_init(&a);
         collect(cs[k], &a, ANSWER_MS, NULL, NULL);
