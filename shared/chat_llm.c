@@ -95,6 +95,8 @@ void chat_llm_free(chat_llm *llm)
 
 const char *chat_llm_provider_name(const chat_llm *llm) { return llm->openai ? "openai" : "extractive"; }
 
+bool chat_llm_instant(const chat_llm *llm) { return !llm->openai && llm->cfg.token_delay_ms <= 0; }
+
 static int64_t gen_deadline(const llm_gen *g)
 {
     return g->oai ? chat_openai_gen_deadline(g->oai) : chat_extractive_gen_deadline(g->ext);

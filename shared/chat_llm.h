@@ -49,6 +49,9 @@ typedef struct chat_llm chat_llm;
 chat_llm *chat_llm_new(const chat_config *cfg, char *err, size_t errlen);
 void chat_llm_free(chat_llm *llm);
 const char *chat_llm_provider_name(const chat_llm *llm);
+/* True when a generation never waits for anything (the extractive provider without a token delay): a
+ * caller with an event loop may as well run it where it is, with chat_llm_generate. */
+bool chat_llm_instant(const chat_llm *llm);
 
 /* Runs one generation. Returns 0 (finish_reason stop or length), CHAT_ECANCELLED, CHAT_ETIMEOUT or
  * CHAT_ELLM with a client-safe message in err (no key, no prompt text). res is always filled. */

@@ -7,7 +7,10 @@
  *   (chat_llm_loop: every openai transfer on one libcurl multi handle, the extractive provider's paced
  *   tokens on timers). A model streams for seconds at little CPU, so thousands of answers stream with a
  *   handful of threads; with a thread per answer, every token woke its own thread and 1,280 slots cost
- *   230 MB and most of a CPU in context switches at 50,000 tokens per second.
+ *   230 MB and most of a CPU in context switches at 50,000 tokens per second. A generation that never
+ *   waits (chat_llm_instant: the extractive provider without a token delay) runs on the stage thread
+ *   instead, whole (chat_pipeline_run): handing it to the generator and back would cost two thread
+ *   wake-ups and buy nothing.
  * - One main thread owns the DEALER and never blocks for long: it heartbeats every
  *   CHAT_WIRE_HEARTBEAT_MS even while every slot is busy, so the broker can tell a busy worker from a
  *   dead one, and it receives CANCEL while answers stream. READY tells the broker how many slots there
@@ -139,6 +142,7 @@ struct worker {
     bool gen_started;
     chat_llm_loop *loop;
     chat_llm *llm;
+    bool instant; /* generations never wait (chat_llm_instant): the stage threads run them */
     pthread_mutex_t gen_mu;
     slot_fifo inbox;
     atomic_bool gen_quit;
@@ -246,7 +250,9 @@ static int on_token(void *ud, const char *text, size_t len)
     int rc = chat_buf_append(&s->tok_buf, text, len);
     pthread_mutex_unlock(&s->tok_mu);
     if (rc) return 1;
-    if (!s->first_token_sent || s->w->cfg.token_flush_ms == 0) {
+    if (s->w->instant && s->w->cfg.token_flush_ms > 0) {
+        /* the whole answer follows within microseconds, and complete sends what waits */
+    } else if (!s->first_token_sent || s->w->cfg.token_flush_ms == 0) {
         s->first_token_sent = true;
         if (was_empty) slot_note(s, TOKENS_CMD);
     } else if (was_empty) {
@@ -320,6 +326,12 @@ static void stage_begin(stage_thread *st, slot *s)
     };
     chat_sink sink = {.ud = s, .progress = on_progress, .token = on_token, .complete = on_complete, .error = on_error};
     int rc = 0;
+    if (st->w->instant) { /* nothing to wait for: the whole answer here, two thread hand-offs fewer */
+        rc = chat_pipeline_run(st->pipeline, &s->req, &sink, &s->cancel);
+        if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", job->job_id, chat_strerror(rc));
+        slot_note(s, DONE_CMD);
+        return;
+    }
     s->run = chat_pipeline_begin(st->pipeline, &s->req, &sink, &s->cancel, &rc);
     if (s->run) {
         gen_submit(st->w, s);
@@ -392,7 +404,6 @@ static void *gen_main(void *arg)
             pthread_mutex_unlock(&w->gen_mu);
             if (idx < 0) break;
             slot *s = &w->slots[idx];
-            s->first_token_sent = false;
             char err[256] = "";
             int rc = chat_llm_start(w->loop, w->llm, chat_run_llm_request(s->run), gen_token, gen_done, s, &s->cancel,
                                     err, sizeof err);
@@ -456,6 +467,7 @@ static void assign(worker *w, chat_wire_msg *m, bool cancelled)
     s->terminal_sent = false;
     s->started_ms = chat_now_ms();
     s->accepted_us = chat_now_us();
+    s->first_token_sent = false;
     w->n_busy++;
     chat_log_debug("worker: job %" PRIu64 " started on slot %d", s->job_id, s->index);
     stage_submit(w, s, STAGE_BEGIN);
@@ -749,6 +761,7 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
         chat_log_error("worker: %s", err);
         goto out;
     }
+    w->instant = chat_llm_instant(w->llm);
     w->zctx = zmq_ctx_new();
     if (!w->zctx) goto out;
     pull = zmq_socket(w->zctx, ZMQ_PULL);
