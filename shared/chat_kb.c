@@ -19,6 +19,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -220,6 +221,7 @@ typedef struct stats_slot {
 } stats_slot;
 
 struct chat_kb_stats {
+    pthread_mutex_t mu; /* over everything below; never held across a statement */
     int common_pct;
     long long total;
     int64_t total_at_ms;
@@ -229,11 +231,18 @@ struct chat_kb_stats {
 chat_kb_stats *chat_kb_stats_new(int common_pct)
 {
     chat_kb_stats *s = calloc(1, sizeof *s);
-    if (s) s->common_pct = common_pct;
+    if (!s) return NULL;
+    pthread_mutex_init(&s->mu, NULL);
+    s->common_pct = common_pct;
     return s;
 }
 
-void chat_kb_stats_free(chat_kb_stats *s) { free(s); }
+void chat_kb_stats_free(chat_kb_stats *s)
+{
+    if (!s) return;
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
 
 static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
@@ -278,19 +287,42 @@ static int probe_df(chat_db *db, const char *term, long long total, long long *d
     return rc;
 }
 
-/* The sanitised terms without the common ones (at least the rarest one stays). Caller frees. */
+/* The cached document frequency of term, or -1 when it is unknown or stale (under st->mu). */
+static long long stats_lookup(chat_kb_stats *st, const char *term, int64_t now)
+{
+    stats_slot *sl = stats_find(st, term);
+    return sl->at_ms && !strcmp(sl->term, term) && now - sl->at_ms <= STATS_DF_TTL_MS ? sl->df : -1;
+}
+
+static void stats_store(chat_kb_stats *st, const char *term, long long df, int64_t now)
+{
+    stats_slot *sl = stats_find(st, term);
+    snprintf(sl->term, sizeof sl->term, "%s", term);
+    sl->df = df;
+    sl->at_ms = now;
+}
+
+/* The sanitised terms without the common ones (at least the rarest one stays). Caller frees. The
+ * statements run without st's lock, so two threads may count the same new word at once: harmless. */
 static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms, char *err, size_t errlen)
 {
     int64_t now = chat_now_ms();
     if (st->common_pct <= 0) return strdup(terms);
-    if (!st->total_at_ms || now - st->total_at_ms > STATS_TOTAL_TTL_MS) {
-        if (chat_db_run(db, "SELECT SQL_CACHE COUNT(*) FROM kb_documents", NULL, 0, count_row, &st->total, NULL, NULL, err,
+    pthread_mutex_lock(&st->mu);
+    long long total = st->total;
+    bool stale = !st->total_at_ms || now - st->total_at_ms > STATS_TOTAL_TTL_MS;
+    pthread_mutex_unlock(&st->mu);
+    if (stale) {
+        if (chat_db_run(db, "SELECT SQL_CACHE COUNT(*) FROM kb_documents", NULL, 0, count_row, &total, NULL, NULL, err,
                         errlen))
             return NULL;
+        pthread_mutex_lock(&st->mu);
+        st->total = total;
         st->total_at_ms = now;
+        pthread_mutex_unlock(&st->mu);
     }
-    if (st->total < STATS_MIN_PASSAGES || st->common_pct <= 0) return strdup(terms);
-    long long limit = st->total * st->common_pct / 100;
+    if (total < STATS_MIN_PASSAGES) return strdup(terms);
+    long long limit = total * st->common_pct / 100;
     chat_buf out;
     chat_buf_init(&out);
     char rarest[KB_MAX_TERM_BYTES + 1] = "";
@@ -304,19 +336,18 @@ static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms
         memcpy(term, p, len);
         term[len] = '\0';
         p += len + (sp ? 1 : 0);
-        stats_slot *sl = stats_find(st, term);
-        long long df = -1;
-        if (sl->at_ms && now - sl->at_ms <= STATS_DF_TTL_MS) {
-            df = sl->df;
-        } else if (probes < STATS_PROBES_PER_QUERY) {
+        pthread_mutex_lock(&st->mu);
+        long long df = stats_lookup(st, term, now);
+        pthread_mutex_unlock(&st->mu);
+        if (df < 0 && probes < STATS_PROBES_PER_QUERY) {
             probes++;
-            if (probe_df(db, term, st->total, &df, err, errlen)) {
+            if (probe_df(db, term, total, &df, err, errlen)) {
                 chat_buf_free(&out);
                 return NULL;
             }
-            snprintf(sl->term, sizeof sl->term, "%s", term);
-            sl->df = df;
-            sl->at_ms = now;
+            pthread_mutex_lock(&st->mu);
+            stats_store(st, term, df, now);
+            pthread_mutex_unlock(&st->mu);
         }
         if (df >= 0 && (rarest_df < 0 || df < rarest_df)) rarest_df = df, snprintf(rarest, sizeof rarest, "%s", term);
         /* codes that mix letters and digits (E42, V6) are specific even when frequent */

@@ -26,10 +26,11 @@ typedef struct chat_kb_result {
     double top_raw; /* raw relevance of the best hit, for confidence: 0 when nothing matched */
 } chat_kb_result;
 
-/* Document frequencies of query words, cached per database connection. With it, chat_kb_search drops
- * the words that occur in a large share of a large knowledge base ("engine" in half of 100,000
- * passages): they barely change the ranking but make the server score every passage that contains them.
- * Below 1,000 passages nothing is dropped. One per chat_db, used on that connection's thread. */
+/* Document frequencies of query words, cached. With it, chat_kb_search drops the words that occur in a
+ * large share of a large knowledge base ("engine" in half of 100,000 passages): they barely change the
+ * ranking but make the server score every passage that contains them. Below 1,000 passages nothing is
+ * dropped. Thread-safe: the threads of a process share one, so a word is counted once per process and
+ * not once per connection (the counting is done outside its lock, on the caller's connection). */
 typedef struct chat_kb_stats chat_kb_stats;
 /* common_pct: a word in more than this percentage of the passages is dropped (0 = never). */
 chat_kb_stats *chat_kb_stats_new(int common_pct);

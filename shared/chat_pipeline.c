@@ -45,6 +45,7 @@ struct chat_pipeline {
     chat_llm *llm;
     chat_classifier *clf;
     chat_kb_stats *kb_stats;
+    chat_kb_stats *own_stats; /* NULL when the caller's shared one is used */
     int64_t vocab_loaded_ms; /* 0 = never */
     model_entry models[MAX_MODELS];
     int n_models;
@@ -59,7 +60,7 @@ chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errle
     }
     p->cfg = *cfg;
     p->db = chat_db_new(cfg);
-    p->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
+    p->kb_stats = p->own_stats = chat_kb_stats_new(cfg->kb_common_pct);
     p->clf = chat_classifier_new();
     if (!p->db || !p->kb_stats || !p->clf) {
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
@@ -78,12 +79,20 @@ void chat_pipeline_free(chat_pipeline *p)
     if (!p) return;
     chat_llm_free(p->llm);
     chat_classifier_free(p->clf);
-    chat_kb_stats_free(p->kb_stats);
+    chat_kb_stats_free(p->own_stats);
     chat_db_free(p->db);
     free(p);
 }
 
 chat_db *chat_pipeline_db(chat_pipeline *p) { return p->db; }
+
+void chat_pipeline_share_kb_stats(chat_pipeline *p, chat_kb_stats *stats)
+{
+    if (!stats) return;
+    chat_kb_stats_free(p->own_stats);
+    p->own_stats = NULL;
+    p->kb_stats = stats;
+}
 
 static int model_row(void *ud, int ncols, char **v, unsigned long *lens)
 {

@@ -18,6 +18,7 @@
 #include "chat_config.h"
 #include "chat_db.h"
 #include "chat_jwt.h"
+#include "chat_kb.h"
 #include "chat_llm.h"
 
 typedef struct chat_request {
@@ -78,5 +79,10 @@ void chat_run_abandon(chat_run *t);
 
 /* The pipeline's database connection (for /health and tools). */
 chat_db *chat_pipeline_db(chat_pipeline *p);
+
+/* Makes p use stats, the knowledge base's word statistics shared by the caller's pipelines (one
+ * chat_kb_stats per process: a word is counted once, not once per connection), instead of its own.
+ * stats must outlive p. Before p's first run. */
+void chat_pipeline_share_kb_stats(chat_pipeline *p, chat_kb_stats *stats);
 
 #endif

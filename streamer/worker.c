@@ -132,6 +132,7 @@ struct worker {
     /* Stage threads: the database halves of every answer. */
     stage_thread *stages;
     int n_stages;
+    chat_kb_stats *kb_stats; /* shared by the stage threads' pipelines */
     pthread_mutex_t task_mu;
     pthread_cond_t task_cv;
     slot_fifo tasks;
@@ -699,6 +700,7 @@ static void worker_free(worker *w)
         pthread_mutex_destroy(&s->tok_mu);
     }
     for (int i = 0; i < w->n_stages; i++) chat_pipeline_free(w->stages[i].pipeline);
+    chat_kb_stats_free(w->kb_stats);
     chat_llm_loop_free(w->loop);
     chat_llm_free(w->llm);
     if (w->zctx) zmq_ctx_term(w->zctx);
@@ -748,12 +750,15 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
     chat_wire_msg_init(&m);
     char err[256];
 
+    w->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
+    if (!w->kb_stats) goto out;
     for (int i = 0; i < w->n_stages; i++) {
         w->stages[i].pipeline = chat_pipeline_new(cfg, err, sizeof err);
         if (!w->stages[i].pipeline) {
             chat_log_error("worker: %s", err);
             goto out;
         }
+        chat_pipeline_share_kb_stats(w->stages[i].pipeline, w->kb_stats);
     }
     w->llm = chat_llm_new(cfg, err, sizeof err);
     if (w->llm) w->loop = chat_llm_loop_new(err, sizeof err);

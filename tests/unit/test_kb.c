@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -438,6 +439,79 @@ static void test_common_words_dropped(void **state)
     chat_db_free(d);
 }
 
+static int count_row_ll(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    (void)ncols, (void)lens;
+    *(long long *)ud = v[1] ? atoll(v[1]) : 0;
+    return 0;
+}
+
+/* Statements this connection ran so far (its session's Com_select). */
+static long long selects_run(chat_db *d)
+{
+    long long n = -1;
+    char err[256];
+    if (chat_db_run(d, "SHOW SESSION STATUS LIKE 'Com_select'", NULL, 0, count_row_ll, &n, NULL, NULL, err, sizeof err))
+        fail_msg("status: %s", err);
+    return n;
+}
+
+/* One chat_kb_stats shared by the threads of a process: a word counted on one connection is not counted
+ * again on another, and searches from several threads at once stay right. */
+typedef struct stats_thread {
+    chat_db *db;
+    chat_kb_stats *stats;
+    int bad;
+} stats_thread;
+
+static void *stats_searches(void *arg)
+{
+    stats_thread *t = arg;
+    for (int i = 0; i < 40; i++) {
+        chat_kb_query q = {.question = i % 2 ? "ubiquitous zyxwvut" : "zyxwvut filler", .k = 10, .stats = t->stats};
+        chat_kb_result r;
+        char err[256];
+        if (chat_kb_search(t->db, &q, &r, err, sizeof err) || r.n != 2) t->bad++;
+        chat_kb_result_clear(&r);
+    }
+    return NULL;
+}
+
+static void test_stats_shared(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_shared", TESTUTIL_SCHEMA);
+    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
+                    " CONCAT('Filler ', seq), CONCAT(IF(seq % 10 < 3, 'ubiquitous ', ''), 'filler passage ', seq)"
+                    " FROM seq_1_to_1200;"
+                    "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (7, 8);");
+    chat_config cfg = testutil_config("kb_shared");
+    chat_db *d2 = chat_db_new(&cfg);
+    assert_non_null(d2);
+    chat_kb_stats *shared = chat_kb_stats_new(12);
+    char err[256];
+    chat_kb_query q = {.question = "ubiquitous zyxwvut", .k = 10, .stats = shared};
+    chat_kb_result r;
+    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n, 2); /* "ubiquitous" dropped: in 30 % of the passages */
+    chat_kb_result_clear(&r);
+    long long before = selects_run(d2);
+    assert_int_equal(chat_kb_search(d2, &q, &r, err, sizeof err), 0);
+    assert_int_equal(r.n, 2);
+    chat_kb_result_clear(&r);
+    /* the search itself only: the passage count and both words' counts came from the shared stats (a
+     * fresh chat_kb_stats would count the passages and probe both words first: 4 statements) */
+    assert_int_equal(selects_run(d2) - before, 1);
+
+    stats_thread t[2] = {{d, shared, 0}, {d2, shared, 0}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&th[i], NULL, stats_searches, &t[i]), 0);
+    for (int i = 0; i < 2; i++) assert_int_equal(pthread_join(th[i], NULL), 0);
+    assert_int_equal(t[0].bad + t[1].bad, 0);
+    chat_kb_stats_free(shared);
+    chat_db_free(d2);
+    chat_db_free(d);
+}
+
 /* Only the most relevant matches are re-ranked (KB_CANDIDATES, 200): that relies on the natural-language
  * search handing its rows over in relevance order. 400 weak matches come first in the table and the
  * strongest passage last, so a search that took the first 200 rows in table order would miss it. */
@@ -503,6 +577,7 @@ int main(void)
         cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
         cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
         cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
+        cmocka_unit_test(test_stats_shared),
     };
     return cmocka_run_group_tests(tests, setup_sample, teardown_sample);
 }
