@@ -51,7 +51,7 @@ static const char *const STEPS[] = {"agent_routing", "rag_retrieval", "generatin
 
 struct sb_job {
     sb_job *next;  /* command list, then the waiting queue */
-    sb_job *wnext; /* the running jobs of its worker */
+    sb_job *wnext, *wprev; /* the running jobs of its worker (a worker runs hundreds: O(1) removal) */
     uint64_t id;
     unsigned flags;
     int attempts;
@@ -370,20 +370,23 @@ static void job_orphaned(sb_broker *b, sb_job *job, int64_t now, const char *why
 static void worker_attach(sb_worker *w, sb_job *job)
 {
     job->worker = w;
+    job->wprev = NULL;
     job->wnext = w->jobs;
+    if (w->jobs) w->jobs->wprev = job;
     w->jobs = job;
     w->running++;
 }
 
 static void worker_detach(sb_worker *w, sb_job *job)
 {
-    for (sb_job **pp = &w->jobs; *pp; pp = &(*pp)->wnext)
-        if (*pp == job) {
-            *pp = job->wnext;
-            w->running--;
-            break;
-        }
-    job->wnext = NULL;
+    if (job->worker != w) return;
+    if (job->wprev)
+        job->wprev->wnext = job->wnext;
+    else
+        w->jobs = job->wnext;
+    if (job->wnext) job->wnext->wprev = job->wprev;
+    w->running--;
+    job->wnext = job->wprev = NULL;
     job->worker = NULL;
 }
 
