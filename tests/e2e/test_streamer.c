@@ -15,6 +15,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <json-c/json.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -53,7 +54,7 @@ static struct {
     int port;
     char url[128];
     char *alice, *bob, *expired;
-    char bin_streamer[512], bin_worker[512];
+    char bin_streamer[512], bin_worker[512], bin_fake_llm[512];
 } E;
 
 /* ---------------------------------------------------------------- JSON and JWT helpers */
@@ -435,6 +436,7 @@ static int group_setup(void **state)
     const char *bs = getenv("CHAT_E2E_STREAMER_BIN"), *bw = getenv("CHAT_E2E_WORKER_BIN");
     snprintf(E.bin_streamer, sizeof E.bin_streamer, "%s", bs && *bs ? bs : testutil_path("build/bin/chat-streamer"));
     snprintf(E.bin_worker, sizeof E.bin_worker, "%s", bw && *bw ? bw : testutil_path("build/bin/chat-worker"));
+    snprintf(E.bin_fake_llm, sizeof E.bin_fake_llm, "%s", testutil_path("build/bin/fake-llm"));
     const char *var = getenv("CHAT_VAR"); /* logs beside the suite's other logs */
     if (var && *var) snprintf(E.log_dir, sizeof E.log_dir, "%s/log", var);
     else snprintf(E.log_dir, sizeof E.log_dir, "%s", testutil_path("build/tests/e2e"));
@@ -1251,6 +1253,128 @@ static void test_token_batching(void **state)
     }
 }
 
+/* ---------------------------------------------------------------- the openai provider, end to end */
+
+/* build/bin/fake-llm on a free port (its "PORT n" line read); its pid, or -1. */
+static pid_t fake_llm_start(int *port)
+{
+    int fds[2];
+    if (pipe(fds)) return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], STDOUT_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) dup2(devnull, STDERR_FILENO);
+        execl(E.bin_fake_llm, "fake-llm", "--port", "0", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = "";
+    FILE *f = fdopen(fds[0], "r");
+    if (!f || !fgets(line, sizeof line, f) || sscanf(line, "PORT %d", port) != 1) {
+        if (f) fclose(f);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    fclose(f);
+    return pid;
+}
+
+/* A streamer whose one worker process (8 slots) asks the fake OpenAI server for `model`. */
+static pid_t openai_stack(const char *name, int llm_port, const char *model, int *port, pid_t *workers)
+{
+    char endpoint[400], zmq[460], base[128], model_env[64], log[64];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
+    snprintf(base, sizeof base, "LLM_BASE_URL=http://127.0.0.1:%d/v1", llm_port);
+    snprintf(model_env, sizeof model_env, "LLM_MODEL=%s", model);
+    snprintf(log, sizeof log, "%s-worker", name);
+    const char *wenv[] = {zmq,        "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=8",
+                          "CHAT_LLM_PROVIDER=openai", base, model_env, "LLM_API_KEY=sk-e2e-test",
+                          "LLM_STALL_TIMEOUT_MS=60000", "CHAT_LOG_LEVEL=warn", NULL};
+    const char *wargv[] = {E.bin_worker, NULL};
+    *workers = e2e_spawn(wargv, wenv, log_path(log));
+    assert_true(*workers > 0);
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
+    pid_t pid = streamer_start(name, endpoint, extra, port);
+    wait_workers(*port, 8, 10000);
+    return pid;
+}
+
+/* After the first token, waits for the model to fall silent, then cancels. */
+typedef struct stall_cancel {
+    bool sent;
+    long long at;
+} stall_cancel;
+
+static void cancel_in_silence(chat_wsc *c, answer *a, void *ud)
+{
+    stall_cancel *sc = ud;
+    if (sc->sent || a->ntokens < 1) return;
+    e2e_sleep_ms(300); /* fake-stall sends three chunks at once, then nothing for 30 s */
+    send_str(c, "{\"type\":\"cancel\"}");
+    sc->sent = true;
+    sc->at = e2e_now_ms();
+}
+
+/* The worker with the openai provider: six answers stream at once from one process (one libcurl multi
+ * handle on its generator thread), each with every event of the protocol and the model's own text; a
+ * cancel stops a model that went silent mid-answer at once (complete, finish_reason cancelled, the
+ * partial text), where the stall timeout is a minute away. */
+static void test_openai_through_worker(void **state)
+{
+    (void)state;
+    int llm_port = 0;
+    pid_t llm = fake_llm_start(&llm_port);
+    assert_true(llm > 0);
+
+    int port;
+    pid_t workers;
+    pid_t pid = openai_stack("oai", llm_port, "fake-ok", &port, &workers);
+    enum { N = 6 };
+    chat_wsc *cs[N];
+    for (int k = 0; k < N; k++) cs[k] = open_alice(port);
+    for (int k = 0; k < N; k++) send_message(cs[k], QUESTION, NULL);
+    for (int k = 0; k < N; k++) {
+        answer a;
+        answer_init(&a);
+        collect(cs[k], &a, ANSWER_MS, NULL, NULL);
+        assert_full_answer(&a);
+        assert_non_null(strstr(a.tokens.data, "You asked about:")); /* the fake model's answer */
+        assert_true(a.ntokens >= 1);
+        json_object *m = jget(a.complete, "metadata");
+        assert_string_equal(jstr(m, "provider"), "openai");
+        answer_clear(&a);
+        chat_wsc_close(cs[k], 1000, NULL);
+    }
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+
+    pid = openai_stack("oaistall", llm_port, "fake-stall", &port, &workers);
+    chat_wsc *c = open_alice(port);
+    answer a;
+    answer_init(&a);
+    stall_cancel sc = {false, 0};
+    send_message(c, QUESTION, NULL);
+    collect(c, &a, ANSWER_MS, cancel_in_silence, &sc);
+    bool sent = sc.sent;
+    long long t0 = sc.at;
+    assert_true(sent);
+    assert_true(e2e_now_ms() - t0 < 1500);
+    assert_non_null(a.complete);
+    assert_string_equal(jstr(jget(a.complete, "metadata"), "finish_reason"), "cancelled");
+    assert_string_equal(jstr(a.complete, "response"), a.tokens.data);
+    answer_clear(&a);
+    expect_usable(c);
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    assert_int_equal(e2e_stop(llm, SIGTERM, 5000, NULL), 0);
+}
+
 /* One worker, answers requested back to back: the next job reaches the worker the moment the broker
  * sees the previous complete, before the worker's slot thread has quite finished. None may be refused. */
 static void test_single_worker_back_to_back(void **state)
@@ -1643,6 +1767,7 @@ int main(void)
         cmocka_unit_test(test_no_workers),
         cmocka_unit_test(test_single_worker_back_to_back),
         cmocka_unit_test(test_worker_slots_run_concurrently),
+        cmocka_unit_test(test_openai_through_worker),
         cmocka_unit_test(test_worker_with_slots_killed),
         cmocka_unit_test(test_token_batching),
         cmocka_unit_test(test_rate_limited),
