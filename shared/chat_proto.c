@@ -80,7 +80,7 @@ const char *chat_proto_trim(const char *s, size_t n, size_t *outlen)
 
 /* Writes the JSON string body (no quotes) for s[0..n) to out when out is non-NULL; returns its length
  * either way, so a caller sizes with out = NULL and then writes. */
-static size_t json_escape(const char *s, size_t n, char *out)
+size_t chat_proto_escape(const char *s, size_t n, char *out)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)s;
@@ -251,25 +251,41 @@ char *chat_proto_progress_msg(const char *step, const char *message)
     return finish(o, failed);
 }
 
-char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len)
+size_t chat_proto_token_escaped(char *out, const char *token_esc, size_t token_esc_len, const char *partial_esc,
+                                size_t partial_esc_len)
 {
     static const char head[] = "{\"type\":\"token\",\"token\":\"";
     static const char mid[] = "\",\"partial_response\":\"";
     static const char tail[] = "\"}";
-    if (!token) token_len = 0, token = "";
-    size_t tl = json_escape(token, token_len, NULL);
-    size_t pl = partial ? json_escape(partial, partial_len, NULL) : 0;
-    size_t total = sizeof head - 1 + tl + (partial ? sizeof mid - 1 + pl : 0) + sizeof tail;
-    char *out = malloc(total);
-    if (!out) return NULL;
+    size_t total = sizeof head - 1 + token_esc_len + (partial_esc ? sizeof mid - 1 + partial_esc_len : 0) + sizeof tail - 1;
+    if (!out) return total;
     char *w = out;
     memcpy(w, head, sizeof head - 1), w += sizeof head - 1;
-    w += json_escape(token, token_len, w);
-    if (partial) {
+    if (token_esc_len) memcpy(w, token_esc, token_esc_len), w += token_esc_len;
+    if (partial_esc) {
         memcpy(w, mid, sizeof mid - 1), w += sizeof mid - 1;
-        w += json_escape(partial, partial_len, w);
+        if (partial_esc_len) memcpy(w, partial_esc, partial_esc_len), w += partial_esc_len;
     }
-    memcpy(w, tail, sizeof tail); /* includes the NUL */
+    memcpy(w, tail, sizeof tail - 1);
+    return total;
+}
+
+char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len)
+{
+    if (!token) token_len = 0, token = "";
+    size_t tl = chat_proto_escape(token, token_len, NULL);
+    size_t pl = partial ? chat_proto_escape(partial, partial_len, NULL) : 0;
+    char *esc = malloc(tl + pl + 1);
+    if (!esc) return NULL;
+    chat_proto_escape(token, token_len, esc);
+    if (partial) chat_proto_escape(partial, partial_len, esc + tl);
+    size_t total = chat_proto_token_escaped(NULL, esc, tl, partial ? esc + tl : NULL, pl);
+    char *out = malloc(total + 1);
+    if (out) {
+        chat_proto_token_escaped(out, esc, tl, partial ? esc + tl : NULL, pl);
+        out[total] = '\0';
+    }
+    free(esc);
     return out;
 }
 

@@ -51,6 +51,15 @@ char *chat_proto_progress(const char *step); /* message text chosen per step */
 char *chat_proto_progress_msg(const char *step, const char *message);
 /* partial may be NULL: the field is then omitted (client opted out). */
 char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len);
+/* The JSON string body of s[0..n) (no quotes; invalid UTF-8 becomes U+FFFD), written to out when out is
+ * not NULL; returns its length either way. Escaping goes character by character, so the escape of text
+ * made of whole UTF-8 characters pieces is the concatenation of the pieces' escapes: the streamer
+ * escapes each token once as it arrives and builds every frame from slices of the escaped answer. */
+size_t chat_proto_escape(const char *s, size_t n, char *out);
+/* The token frame from escaped text (chat_proto_escape), written to out when not NULL (no NUL added);
+ * returns its length either way. partial_esc NULL: no partial_response. */
+size_t chat_proto_token_escaped(char *out, const char *token_esc, size_t token_esc_len, const char *partial_esc,
+                                size_t partial_esc_len);
 /* metadata_json is a JSON object text (from the pipeline); embedded as an object, not a string. */
 char *chat_proto_complete(const char *response, const char *session_id, const char *metadata_json);
 char *chat_proto_error(const char *message, const char *code);

@@ -20,7 +20,9 @@
  *   idle_timeout_s. lws's own short timeouts (handshake, close) remain.
  * - Outbound queue per connection, bounded by bytes owed to the client. Tokens are not queued as frames:
  *   a token item is a range of the answer text, so consecutive tokens of a slow reader coalesce into one
- *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer).
+ *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer). The
+ *   answer is kept JSON-escaped as well, each token escaped once on arrival, so a frame is copied from
+ *   two ranges of it, not escaped again (with partial_response, every frame repeats the whole answer).
  *   Past max_outbound_bytes, or when the client takes nothing for CHAT_STREAMER_WRITE_STALL_MS, the
  *   connection is closed with 1008 "slow consumer" (a reader that stopped reading cannot hold a
  *   connection, its memory and its answers forever).
@@ -100,7 +102,8 @@ typedef struct sess_x { /* a connection's working state, present only while it h
     bool job_partial;
     bool cancel_sent;
     int64_t job_t0_ms;
-    chat_buf answer;
+    chat_buf answer;     /* the answer so far */
+    chat_buf answer_esc; /* the same, JSON-escaped: token items are ranges of it */
 } sess_x;
 
 enum {
@@ -221,6 +224,7 @@ static sess_x *x_get(sess *s)
             s->x->owner = s;
             chat_buf_init(&s->x->rx);
             chat_buf_init(&s->x->answer);
+            chat_buf_init(&s->x->answer_esc);
         }
     }
     return s->x;
@@ -286,6 +290,7 @@ static void x_release_if_idle(sess *s)
     if (!x || x->rx_active || x->out_head || x->p_head || x->job_id) return;
     chat_buf_free(&x->rx);
     chat_buf_free(&x->answer);
+    chat_buf_free(&x->answer_esc);
     free(x);
     s->x = NULL;
 }
@@ -424,10 +429,9 @@ static int tx_reserve(size_t len)
     return 0;
 }
 
-static int write_text(struct lws *wsi, const char *data, size_t len)
+/* Sends the len bytes at S.tx + LWS_PRE as one text frame. */
+static int tx_send(struct lws *wsi, size_t len)
 {
-    if (tx_reserve(len)) return -1;
-    memcpy(S.tx + LWS_PRE, data, len);
     int n = lws_write(wsi, S.tx + LWS_PRE, len, LWS_WRITE_TEXT);
     if (S.txcap > ST_TX_KEEP + LWS_PRE && len < ST_TX_KEEP) { /* give back a buffer grown for one big frame */
         unsigned char *p = realloc(S.tx, LWS_PRE + ST_TX_KEEP);
@@ -436,17 +440,40 @@ static int write_text(struct lws *wsi, const char *data, size_t len)
     return n < 0 || (size_t)n < len ? -1 : 0;
 }
 
-/* Writes one queued item. 0, or -1 to drop the connection. */
+static int write_text(struct lws *wsi, const char *data, size_t len)
+{
+    if (tx_reserve(len)) return -1;
+    memcpy(S.tx + LWS_PRE, data, len);
+    return tx_send(wsi, len);
+}
+
+/* Writes one queued item. 0, or -1 to drop the connection. A token frame is assembled in the send
+ * buffer from ranges of the escaped answer: nothing is escaped or allocated per frame, although every
+ * frame repeats the answer so far (partial_response). */
 static int write_item(sess *s, sb_event *e)
 {
     sess_x *x = s->x;
     if (e->kind != SB_EV_TOKENS) return write_text(s->wsi, e->data, e->len);
-    const char *a = x->answer.data ? x->answer.data : "";
-    char *json =
-        chat_proto_token(a + e->start, e->end - e->start, x->job_partial ? a : NULL, x->job_partial ? e->end : 0);
-    if (!json) return -1;
-    int rc = write_text(s->wsi, json, strlen(json));
-    free(json);
+    const char *esc = x->answer_esc.data ? x->answer_esc.data : "";
+    const char *partial = x->job_partial ? esc : NULL;
+    size_t len = chat_proto_token_escaped(NULL, esc + e->start, e->end - e->start, partial, e->end);
+    if (tx_reserve(len)) return -1;
+    chat_proto_token_escaped((char *)S.tx + LWS_PRE, esc + e->start, e->end - e->start, partial, e->end);
+    return tx_send(s->wsi, len);
+}
+
+/* Appends a token to the answer, raw and escaped; the escaped length before it in *at. */
+static int answer_append(sess_x *x, const char *text, size_t len, size_t *at)
+{
+    size_t el = chat_proto_escape(text, len, NULL);
+    *at = x->answer_esc.len;
+    if (chat_buf_append(&x->answer, text, len)) return CHAT_ENOMEM;
+    char tmp[512];
+    char *dst = el <= sizeof tmp ? tmp : malloc(el);
+    if (!dst) return CHAT_ENOMEM;
+    chat_proto_escape(text, len, dst);
+    int rc = chat_buf_append(&x->answer_esc, dst, el);
+    if (dst != tmp) free(dst);
     return rc;
 }
 
@@ -506,6 +533,7 @@ static void start_job(sess *s, pmsg *p)
     x->cancel_sent = false;
     x->job_t0_ms = chat_now_ms();
     chat_buf_reset(&x->answer);
+    chat_buf_reset(&x->answer_esc);
     pmsg_free(p);
     /* Submitted before "starting" is queued: should that frame push a slow reader over its limit, the
      * connection's teardown cancels a job the broker already knows, instead of one it has not seen. */
@@ -575,7 +603,8 @@ static void deliver_events(void)
             continue;
         }
         if (e->kind == SB_EV_TOKEN) {
-            if (chat_buf_append(&x->answer, e->data, e->len)) {
+            size_t at;
+            if (answer_append(x, e->data, e->len, &at)) {
                 sb_event_free(e);
                 e = next;
                 continue;
@@ -583,14 +612,14 @@ static void deliver_events(void)
             sb_event *last = x->out_tail;
             if (last && last->kind == SB_EV_TOKENS && last->job_id == e->job_id) {
                 size_t before = item_bytes(x, last);
-                last->end = x->answer.len;
+                last->end = x->answer_esc.len;
                 x->out_bytes += item_bytes(x, last) - before;
                 sb_event_free(e);
                 if (over_limit(s)) kill_slow_consumer(s);
             } else {
                 e->kind = SB_EV_TOKENS;
-                e->start = x->answer.len - e->len;
-                e->end = x->answer.len;
+                e->start = at;
+                e->end = x->answer_esc.len;
                 e->len = 0;
                 out_push(s, e);
             }
@@ -825,6 +854,7 @@ static void on_closed(sess *s)
         x_drop_pending(s->x);
         chat_buf_free(&s->x->rx);
         chat_buf_free(&s->x->answer);
+        chat_buf_free(&s->x->answer_esc);
         free(s->x);
     }
     free(s->user);

@@ -532,6 +532,40 @@ static void test_token_frames(void **state)
     free(s);
 }
 
+/* The streamer's way: each token escaped once, frames built from slices of the escaped answer. For every
+ * prefix of an answer made of the tricky texts, the frame equals chat_proto_token's (the same bytes). */
+static void test_token_frames_from_escaped_slices(void **state)
+{
+    chat_buf raw, esc;
+    chat_buf_init(&raw);
+    chat_buf_init(&esc);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(tricky); i++) {
+        const char *t = tricky[i].text;
+        size_t tl = tricky[i].len ? tricky[i].len : strlen(t);
+        if (!chat_utf8_valid(t, tl)) continue; /* tokens are whole characters (the worker's providers see to it) */
+        size_t at = esc.len, el = chat_proto_escape(t, tl, NULL);
+        char *e = malloc(el + 1);
+        assert_non_null(e);
+        assert_int_equal(chat_proto_escape(t, tl, e), el);
+        chat_buf_append(&raw, t, tl);
+        chat_buf_append(&esc, e, el);
+        free(e);
+        for (int partial = 0; partial < 2; partial++) {
+            char *want = chat_proto_token(t, tl, partial ? raw.data : NULL, raw.len);
+            const char *pe = partial ? esc.data : NULL;
+            size_t n = chat_proto_token_escaped(NULL, esc.data + at, el, pe, esc.len);
+            char *got = calloc(1, n + 1);
+            assert_non_null(got);
+            assert_int_equal(chat_proto_token_escaped(got, esc.data + at, el, pe, esc.len), n);
+            if (strcmp(got, want)) fail_msg("case '%s': %s\n  want %s", tricky[i].name, got, want);
+            free(got);
+            free(want);
+        }
+    }
+    chat_buf_free(&raw);
+    chat_buf_free(&esc);
+}
+
 /* An LLM token may cut a character in half: each malformed byte becomes U+FFFD, the frame stays UTF-8. */
 static const struct {
     const char *name;
@@ -594,6 +628,7 @@ int main(void)
         cmocka_unit_test(test_complete_frames), cmocka_unit_test(test_error_frames),
         cmocka_unit_test(test_token_frames),    cmocka_unit_test(test_token_malformed_utf8),
         cmocka_unit_test(test_token_random),
+        cmocka_unit_test(test_token_frames_from_escaped_slices),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
