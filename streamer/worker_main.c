@@ -4,9 +4,9 @@
  * Design choices:
  * - Processes for isolation, slots for concurrency: a crash, a leak or a stuck LLM call takes down one
  *   process, which the broker notices by its heartbeats and the supervisor replaces; within a process,
- *   CHAT_WORKER_SLOTS threads each run the pipeline (worker.c), so one process streams that many answers
- *   at once. A model streaming 30 tokens/s keeps a slot busy for seconds at almost no CPU: slots, not
- *   processes, give concurrency.
+ *   CHAT_WORKER_SLOTS answers stream at once (worker.c: a few stage threads for the database, one event
+ *   loop for every generation). A model streaming 30 tokens/s keeps a slot busy for seconds at almost
+ *   no CPU: slots, not processes, give concurrency.
  * - The supervisor forks before creating any thread or ZeroMQ context, so children start clean. Each
  *   child asks for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so no orphan keeps serving.
  * - Restarts back off (100 ms doubling to 5 s) while children die young, so a broken configuration does

@@ -1376,7 +1376,7 @@ static void test_openai_through_worker(void **state)
 }
 
 /* One worker, answers requested back to back: the next job reaches the worker the moment the broker
- * sees the previous complete, before the worker's slot thread has quite finished. None may be refused. */
+ * sees the previous complete, before the worker has quite finished with it. None may be refused. */
 static void test_single_worker_back_to_back(void **state)
 {
     (void)state;
