@@ -8,10 +8,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 MODE=${1:-all}
 # The caller's own settings must not change what is tested (a CHAT_TOKEN_DELAY_MS=0 left in the shell
-# made the browser test's answers arrive unpaced): every CHAT_* variable goes, but the log level and the
-# test port.
+# made the browser test's answers arrive unpaced): every CHAT_* variable goes, but the log level, the
+# test port and the binaries the e2e tests run (CHAT_E2E_STREAMER_BIN, CHAT_E2E_WORKER_BIN: a sanitizer
+# build, for instance).
 for v in $(compgen -e | grep '^CHAT_'); do
-  case $v in CHAT_LOG_LEVEL | CHAT_TEST_PORT) ;; *) unset "$v" ;; esac
+  case $v in CHAT_LOG_LEVEL | CHAT_TEST_PORT | CHAT_E2E_STREAMER_BIN | CHAT_E2E_WORKER_BIN) ;; *) unset "$v" ;; esac
 done
 export CHAT_ROOT=$ROOT
 export CHAT_VAR=$ROOT/var/test
