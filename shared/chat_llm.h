@@ -3,8 +3,8 @@
  * no network). The pipeline builds one chat_llm_request and does not care which provider runs it.
  *
  * A chat_llm is used by one thread at a time. Cancellation: *cancel may be set to non-zero from any
- * thread; generation stops within about a second (openai: the transfer is aborted) and returns
- * CHAT_ECANCELLED with finish_reason "cancelled". */
+ * thread; generation stops within 100 ms (at once on a loop after chat_llm_loop_wakeup; openai: the
+ * transfer is aborted) and returns CHAT_ECANCELLED with finish_reason "cancelled". */
 #ifndef CHAT_LLM_H
 #define CHAT_LLM_H
 

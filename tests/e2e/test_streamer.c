@@ -1363,7 +1363,7 @@ static void test_openai_through_worker(void **state)
     bool sent = sc.sent;
     long long t0 = sc.at;
     assert_true(sent);
-    assert_true(e2e_now_ms() - t0 < 1500);
+    assert_true(e2e_now_ms() - t0 < 500); /* not the 60 s stall timeout, not even a polling interval */
     assert_non_null(a.complete);
     assert_string_equal(jstr(jget(a.complete, "metadata"), "finish_reason"), "cancelled");
     assert_string_equal(jstr(a.complete, "response"), a.tokens.data);
