@@ -289,9 +289,45 @@ int chat_memory_store_turn(chat_db *db, const char *session_id, const char *requ
     if (rc || !touch_session || affected <= 0) return rc;
     /* the session's last activity, to CHAT_MEMORY_TOUCH_S; informational, so outside the insert's
      * atomicity */
+    return chat_memory_touch_session(db, session_id, err, errlen);
+}
+
+int chat_memory_touch_session(chat_db *db, const char *session_id, char *err, size_t errlen)
+{
+    if (!db || !chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
     chat_db_param sp = CHAT_DB_P_STR(session_id);
     return chat_db_run(db, "UPDATE chat_sessions SET updated_at = CURRENT_TIMESTAMP WHERE id = ?", &sp, 1, NULL, NULL,
                        NULL, NULL, err, errlen);
+}
+
+int chat_memory_store_turns(chat_db *db, const chat_memory_turn *turns, size_t n, char *err, size_t errlen)
+{
+    if (!db || !turns || n < 1 || n > CHAT_MEMORY_BATCH_MAX) return chat_fail(err, errlen, CHAT_EINVAL, "invalid batch");
+    chat_db_param p[7 * CHAT_MEMORY_BATCH_MAX];
+    char sql[160 + 48 * 2 * CHAT_MEMORY_BATCH_MAX] = "INSERT INTO chat_messages (session_id, request_id, role, content, metadata) VALUES ";
+    size_t np = 0;
+    for (size_t i = 0; i < n; i++) {
+        const chat_memory_turn *t = &turns[i];
+        if (!t->user_text || !t->assistant_text || !chat_id_valid(t->session_id) || !chat_id_valid(t->request_id))
+            return chat_fail(err, errlen, CHAT_EINVAL, "invalid turn in batch");
+        size_t ul = strnlen(t->user_text, TEXT_MAX + 1), al = strnlen(t->assistant_text, TEXT_MAX + 1);
+        size_t ml = t->metadata_json ? strnlen(t->metadata_json, TEXT_MAX + 1) : 0;
+        if (ul > TEXT_MAX || al > TEXT_MAX || ml > TEXT_MAX || !chat_utf8_valid(t->user_text, ul) ||
+            !chat_utf8_valid(t->assistant_text, al) || (t->metadata_json && !chat_utf8_valid(t->metadata_json, ml)))
+            return chat_fail(err, errlen, CHAT_EINVAL, "invalid turn in batch");
+        p[np++] = CHAT_DB_P_STR(t->session_id);
+        p[np++] = CHAT_DB_P_STR(t->request_id);
+        p[np++] = CHAT_DB_P_STRN(t->user_text, ul);
+        p[np++] = CHAT_DB_P_STR(t->session_id);
+        p[np++] = CHAT_DB_P_STR(t->request_id);
+        p[np++] = CHAT_DB_P_STRN(t->assistant_text, al);
+        p[np++] = t->metadata_json ? CHAT_DB_P_STRN(t->metadata_json, ml) : CHAT_DB_P_NULL();
+        strcat(sql, i ? ", (?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)"
+                      : "(?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)");
+    }
+    strcat(sql, " ON DUPLICATE KEY UPDATE id = id");
+    /* one autocommit statement: every row or none, like chat_memory_store_turn's two */
+    return chat_db_run(db, sql, p, (int)np, NULL, NULL, NULL, NULL, err, errlen);
 }
 
 /* ---- the REST history ------------------------------------------------------------------------------- */

@@ -67,6 +67,23 @@ int chat_memory_store_turn(chat_db *db, const char *session_id, const char *requ
                            const char *assistant_text, const char *metadata_json, bool touch_session, char *err,
                            size_t errlen);
 
+/* Refreshes the session's updated_at (for a turn stored with chat_memory_store_turns). */
+int chat_memory_touch_session(chat_db *db, const char *session_id, char *err, size_t errlen);
+
+/* A turn for chat_memory_store_turns. */
+typedef struct chat_memory_turn {
+    const char *session_id, *request_id, *user_text, *assistant_text;
+    const char *metadata_json; /* may be NULL */
+} chat_memory_turn;
+
+#define CHAT_MEMORY_BATCH_MAX 8 /* turns per statement (each count is its own prepared statement) */
+
+/* Stores up to CHAT_MEMORY_BATCH_MAX turns in one statement, all or none: under load the worker ends
+ * several answers at once, and one INSERT costs MariaDB about half of what as many single ones do.
+ * Touches no session. Any failure (a session that does not exist, an invalid turn...) stores nothing:
+ * the caller then stores the turns one by one, each with its own outcome. */
+int chat_memory_store_turns(chat_db *db, const chat_memory_turn *turns, size_t n, char *err, size_t errlen);
+
 /* The session's messages as a JSON text {"session_id":..., "messages":[{"role","content","created_at",
  * "metadata"?}...]} for its owner. Caller frees *json. CHAT_ENOTFOUND, CHAT_EFORBIDDEN or CHAT_EDB. */
 int chat_memory_messages_json(chat_db *db, const char *user_id, const char *session_id, char **json, char *err,

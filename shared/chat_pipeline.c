@@ -283,6 +283,11 @@ struct chat_run {
     double confidence;
     int64_t retrieval_us;
     char model_id[64]; /* "" when no model is in question */
+    char rid[37];      /* the request id made up when the request has none */
+    /* the model's outcome (chat_run_set_outcome) */
+    int gen_rc;
+    chat_llm_result gen_res;
+    char gen_err[256];
 };
 
 static void turn_free(chat_run *t)
@@ -299,26 +304,41 @@ static void turn_free(chat_run *t)
     free(t);
 }
 
-/* Stores the turn and emits complete (the pipeline holds no connection on entry or return). */
-static int finish_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+static const char *run_request_id(chat_run *t)
 {
-    const chat_request *req = t->req;
-    if (!metadata) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
-    /* The turn is stored before complete is sent, so a client that reads complete and asks a follow-up
-     * finds it in the history. Storage failure does not withhold the answer already streamed. */
+    const char *id = t->req->request_id;
+    if (id && *id) return id;
+    if (!t->rid[0] && chat_uuid4(t->rid)) snprintf(t->rid, sizeof t->rid, "unknown");
+    return t->rid;
+}
+
+/* Stores one turn (the session row first when it is new). The turn is stored before complete is sent,
+ * so a client that reads complete and asks a follow-up finds it in the history; storage failure does
+ * not withhold the answer already streamed. */
+static void store_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+{
     char err[256];
-    char rid[37];
-    const char *request_id = req->request_id;
-    if (!request_id || !*request_id) request_id = chat_uuid4(rid) == 0 ? rid : "unknown";
+    const chat_request *req = t->req;
     const char *response = t->c.response.data ? t->c.response.data : "";
     /* A new conversation's session row is written here, with its first turn, not before the answer:
      * nobody knows its id before complete carries it. */
     if (t->session.deferred && chat_memory_create_session(p->db, t->sid, req->user->id, req->customer_id, err, sizeof err))
         chat_log_warn("pipeline: creating the session failed: %s", err);
-    else if (chat_memory_store_turn(p->db, t->sid, request_id, req->message, response, metadata, t->session.touch_due,
-                                    err, sizeof err))
+    else if (chat_memory_store_turn(p->db, t->sid, run_request_id(t), req->message, response, metadata,
+                                    t->session.touch_due, err, sizeof err))
         chat_log_warn("pipeline: storing the turn failed: %s", err);
-    if (t->sink.complete) t->sink.complete(t->sink.ud, response, t->sid, metadata);
+}
+
+static void emit_complete(chat_run *t, const char *metadata)
+{
+    if (t->sink.complete) t->sink.complete(t->sink.ud, t->c.response.data ? t->c.response.data : "", t->sid, metadata);
+}
+
+static int finish_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+{
+    if (!metadata) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+    store_turn(p, t, metadata);
+    emit_complete(t, metadata);
     return 0;
 }
 
@@ -501,35 +521,94 @@ const chat_llm_request *chat_run_llm_request(const chat_run *t) { return &t->lre
 
 int chat_run_token(void *run, const char *text, size_t len) { return on_token(&((chat_run *)run)->c, text, len); }
 
-int chat_pipeline_end(chat_pipeline *p, chat_run *t, int gen_rc, const chat_llm_result *lr, const char *gen_err)
+void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, const char *err)
 {
-    chat_llm_result none = {0};
-    if (!lr) lr = &none;
-    int rc = gen_rc;
+    t->gen_rc = gen_rc;
+    if (res) t->gen_res = *res;
+    snprintf(t->gen_err, sizeof t->gen_err, "%s", err ? err : "");
+}
+
+/* The metadata for the run's outcome; NULL after the error event was emitted (the model failed before
+ * any text, or out of memory), with *rc its code. */
+static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
+{
+    const chat_llm_result *lr = &t->gen_res;
     const char *finish = lr->finish_reason[0] ? lr->finish_reason : "stop";
+    *rc = 0;
     if (t->c.truncated) {
         finish = "length";
-        rc = 0;
-    } else if (rc == CHAT_ECANCELLED || t->c.stopped) {
+    } else if (t->gen_rc == CHAT_ECANCELLED || t->c.stopped) {
         finish = "cancelled";
-        rc = 0;
-    } else if (rc) {
-        const char *msg = gen_err && *gen_err ? gen_err : "The language model failed";
-        chat_log_warn("pipeline: generation failed (%s): %s", chat_strerror(rc), msg);
+    } else if (t->gen_rc) {
+        const char *msg = t->gen_err[0] ? t->gen_err : "The language model failed";
+        chat_log_warn("pipeline: generation failed (%s): %s", chat_strerror(t->gen_rc), msg);
         if (!t->c.first_token_us) {
-            rc = fail_event(&t->sink, rc, CHAT_CODE_PROCESSING_ERROR, msg);
-            turn_free(t);
-            return rc;
+            *rc = fail_event(&t->sink, t->gen_rc, CHAT_CODE_PROCESSING_ERROR, msg);
+            return NULL;
         }
         finish = "error";
-        rc = 0;
     }
     char *metadata = build_metadata(t->agent, t->confidence, &t->kb, finish, lr, &t->c, t->retrieval_us,
                                     t->model_id[0] ? t->model_id : NULL, chat_llm_provider_name(p->llm));
-    rc = finish_turn(p, t, metadata);
+    if (!metadata) *rc = fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+    return metadata;
+}
+
+void chat_pipeline_end_many(chat_pipeline *p, chat_run *const *runs, size_t n)
+{
+    for (size_t at = 0; at < n; at += CHAT_MEMORY_BATCH_MAX) {
+        size_t m = n - at < CHAT_MEMORY_BATCH_MAX ? n - at : CHAT_MEMORY_BATCH_MAX;
+        char *meta[CHAT_MEMORY_BATCH_MAX] = {0};
+        chat_memory_turn turns[CHAT_MEMORY_BATCH_MAX];
+        size_t idx[CHAT_MEMORY_BATCH_MAX], nb = 0;
+        for (size_t i = 0; i < m; i++) {
+            chat_run *t = runs[at + i];
+            int rc;
+            if (!(meta[i] = run_metadata(p, t, &rc))) continue;
+            if (t->session.deferred || m == 1) { /* a new session's row first, and alone: one by one */
+                store_turn(p, t, meta[i]);
+                continue;
+            }
+            turns[nb] = (chat_memory_turn){t->sid, run_request_id(t), t->req->message,
+                                           t->c.response.data ? t->c.response.data : "", meta[i]};
+            idx[nb++] = i;
+        }
+        char err[256];
+        if (nb == 1 || (nb > 1 && chat_memory_store_turns(p->db, turns, nb, err, sizeof err))) {
+            if (nb > 1) chat_log_debug("pipeline: %zu turns not stored together (%s): one by one", nb, err);
+            for (size_t k = 0; k < nb; k++) store_turn(p, runs[at + idx[k]], meta[idx[k]]);
+        } else {
+            for (size_t k = 0; k < nb; k++) {
+                chat_run *t = runs[at + idx[k]];
+                if (t->session.touch_due && chat_memory_touch_session(p->db, t->sid, err, sizeof err))
+                    chat_log_warn("pipeline: touching the session failed: %s", err);
+            }
+        }
+        for (size_t i = 0; i < m; i++) {
+            if (meta[i]) emit_complete(runs[at + i], meta[i]);
+            free(meta[i]);
+            turn_free(runs[at + i]);
+        }
+    }
+}
+
+int chat_pipeline_end(chat_pipeline *p, chat_run *t, int gen_rc, const chat_llm_result *lr, const char *gen_err)
+{
+    chat_run_set_outcome(t, gen_rc, lr, gen_err);
+    int rc;
+    char *metadata = run_metadata(p, t, &rc);
+    if (metadata) rc = finish_turn(p, t, metadata);
     free(metadata);
     turn_free(t);
     return rc;
+}
+
+void chat_pipeline_generate(chat_pipeline *p, chat_run *t)
+{
+    char err[256] = "";
+    chat_llm_result lr = {0};
+    int rc = chat_llm_generate(p->llm, &t->lreq, chat_run_token, t, t->cancel, &lr, err, sizeof err);
+    chat_run_set_outcome(t, rc, &lr, err);
 }
 
 void chat_run_abandon(chat_run *t) { turn_free(t); }

@@ -74,6 +74,15 @@ int chat_run_token(void *run, const char *text, size_t len);
  * began the turn): gen_rc, res and err as the model returned them; stores the turn, emits complete (or
  * error when the model failed before any text) and frees the turn. Returns as chat_pipeline_run. */
 int chat_pipeline_end(chat_pipeline *p, chat_run *t, int gen_rc, const chat_llm_result *res, const char *err);
+/* The same for runs generated elsewhere in a group: each run's outcome recorded first
+ * (chat_run_set_outcome, or chat_pipeline_generate), then their turns stored together, up to
+ * CHAT_MEMORY_BATCH_MAX per statement (one by one when a statement fails, or for a new session), then
+ * each run's terminal event, in order. Frees the runs. A worker ending several answers at once costs
+ * MariaDB one INSERT instead of several. */
+void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, const char *err);
+void chat_pipeline_end_many(chat_pipeline *p, chat_run *const *runs, size_t n);
+/* The model, here, with the pipeline's own client (chat_llm_generate); records the outcome. */
+void chat_pipeline_generate(chat_pipeline *p, chat_run *t);
 /* Frees a turn that will never end (the process is going away); emits nothing. Accepts NULL. */
 void chat_run_abandon(chat_run *t);
 

@@ -9,8 +9,10 @@
  *   handful of threads; with a thread per answer, every token woke its own thread and 1,280 slots cost
  *   230 MB and most of a CPU in context switches at 50,000 tokens per second. A generation that never
  *   waits (chat_llm_instant: the extractive provider without a token delay) runs on the stage thread
- *   instead, whole (chat_pipeline_run): handing it to the generator and back would cost two thread
- *   wake-ups and buy nothing.
+ *   instead: handing it to the generator and back would cost two thread wake-ups and buy nothing.
+ * - A stage thread takes the tasks of one kind that wait at the head of the queue together (up to
+ *   CHAT_MEMORY_BATCH_MAX) and ends their answers with one chat_pipeline_end_many: under load, one INSERT
+ *   stores several turns. When the queue is short a group is one task, so nothing waits for another.
  * - One main thread owns the DEALER and never blocks for long: it heartbeats every
  *   CHAT_WIRE_HEARTBEAT_MS even while every slot is busy, so the broker can tell a busy worker from a
  *   dead one, and it receives CANCEL while answers stream. READY tells the broker how many slots there
@@ -56,6 +58,7 @@
 #include "chat_common.h"
 #include "chat_jwt.h"
 #include "chat_log.h"
+#include "chat_memory.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
 #include "chat_util.h"
@@ -309,8 +312,9 @@ static void gen_submit(worker *w, slot *s)
     chat_llm_loop_wakeup(w->loop);
 }
 
-/* The first half of an answer: the request from the JOB, then chat_pipeline_begin. */
-static void stage_begin(stage_thread *st, slot *s)
+/* The first half of an answer: the request from the JOB, then chat_pipeline_begin. The run, ready to
+ * generate; NULL when the answer already ended (its DONE is sent). */
+static chat_run *stage_begin(stage_thread *st, slot *s)
 {
     chat_wire_job *job = &s->job;
     memset(&s->user, 0, sizeof s->user);
@@ -327,27 +331,44 @@ static void stage_begin(stage_thread *st, slot *s)
     };
     chat_sink sink = {.ud = s, .progress = on_progress, .token = on_token, .complete = on_complete, .error = on_error};
     int rc = 0;
-    if (st->w->instant) { /* nothing to wait for: the whole answer here, two thread hand-offs fewer */
-        rc = chat_pipeline_run(st->pipeline, &s->req, &sink, &s->cancel);
-        if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", job->job_id, chat_strerror(rc));
-        slot_note(s, DONE_CMD);
-        return;
-    }
-    s->run = chat_pipeline_begin(st->pipeline, &s->req, &sink, &s->cancel, &rc);
-    if (s->run) {
-        gen_submit(st->w, s);
-        return;
-    }
+    chat_run *run = chat_pipeline_begin(st->pipeline, &s->req, &sink, &s->cancel, &rc);
+    if (run) return run;
     if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", job->job_id, chat_strerror(rc));
     slot_note(s, DONE_CMD);
+    return NULL;
 }
 
-static void stage_end(stage_thread *st, slot *s)
+/* Runs a group of tasks of one kind taken from the queue together (at most CHAT_MEMORY_BATCH_MAX):
+ * their turns are then stored in one statement (chat_pipeline_end_many). Under load the queue holds
+ * many; otherwise a group is one task and nothing waits for another. BEGIN tasks of a generation that
+ * never waits (chat_llm_instant) are whole answers here: two thread hand-offs fewer than the generator
+ * would cost. Other BEGIN tasks go to the generator one by one. */
+static void stage_run(stage_thread *st, slot **group, int n)
 {
-    int rc = chat_pipeline_end(st->pipeline, s->run, s->gen_rc, &s->gen_res, s->gen_err);
-    s->run = NULL;
-    if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", s->job.job_id, chat_strerror(rc));
-    slot_note(s, DONE_CMD);
+    chat_run *runs[CHAT_MEMORY_BATCH_MAX];
+    slot *done[CHAT_MEMORY_BATCH_MAX];
+    int nr = 0;
+    for (int i = 0; i < n; i++) {
+        slot *s = group[i];
+        if (s->stage == STAGE_END) {
+            chat_run_set_outcome(s->run, s->gen_rc, &s->gen_res, s->gen_err);
+            runs[nr] = s->run, done[nr++] = s;
+            s->run = NULL;
+            continue;
+        }
+        chat_run *run = stage_begin(st, s);
+        if (!run) continue;
+        if (!st->w->instant) {
+            s->run = run;
+            gen_submit(st->w, s);
+            continue;
+        }
+        chat_pipeline_generate(st->pipeline, run);
+        runs[nr] = run, done[nr++] = s;
+    }
+    if (!nr) return;
+    chat_pipeline_end_many(st->pipeline, runs, (size_t)nr);
+    for (int i = 0; i < nr; i++) slot_note(done[i], DONE_CMD);
 }
 
 static void *stage_main(void *arg)
@@ -356,6 +377,7 @@ static void *stage_main(void *arg)
     worker *w = st->w;
     tl_push = push_open(w);
     if (!tl_push) return NULL;
+    slot *group[CHAT_MEMORY_BATCH_MAX];
     for (;;) {
         pthread_mutex_lock(&w->task_mu);
         while (!w->tasks.len && !w->stages_quit)
@@ -364,12 +386,15 @@ static void *stage_main(void *arg)
             pthread_mutex_unlock(&w->task_mu);
             break;
         }
-        slot *s = &w->slots[fifo_pop(&w->tasks)];
+        int n = 0;
+        group[n++] = &w->slots[fifo_pop(&w->tasks)];
+        /* more of the same kind that wait already: ENDs, or the BEGINs of answers made here */
+        bool batchable = group[0]->stage == STAGE_END || w->instant;
+        while (batchable && n < CHAT_MEMORY_BATCH_MAX && w->tasks.len &&
+               w->slots[w->tasks.at[w->tasks.head]].stage == group[0]->stage)
+            group[n++] = &w->slots[fifo_pop(&w->tasks)];
         pthread_mutex_unlock(&w->task_mu);
-        if (s->stage == STAGE_BEGIN)
-            stage_begin(st, s);
-        else
-            stage_end(st, s);
+        stage_run(st, group, n);
     }
     zmq_close(tl_push);
     return NULL;

@@ -208,6 +208,43 @@ static void test_store_idempotent(void **state)
     assert_int_equal(count_messages(sid), 4);
 }
 
+/* Several turns in one statement: all stored, in order, idempotent like single ones; one bad turn (an
+ * unknown session, an invalid text) stores none of them. */
+static void test_store_turns_together(void **state)
+{
+    char a[CHAT_SESSION_ID_MAX + 1], b[CHAT_SESSION_ID_MAX + 1];
+    open_ok("heidi", NULL, a, 1);
+    open_ok("heidi", NULL, b, 1);
+    chat_memory_turn t[3] = {
+        {a, "t-1", "first question", "first answer", "{\"agent\":\"specs\"}"},
+        {b, "t-1", "other question", "other answer", NULL},
+        {a, "t-2", "second question", "second answer", NULL},
+    };
+    assert_int_equal(chat_memory_store_turns(db, t, 3, err, sizeof err), 0);
+    assert_int_equal(count_messages(a), 4);
+    assert_int_equal(count_messages(b), 2);
+    chat_history h;
+    assert_int_equal(chat_memory_history(db, a, 5, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 4);
+    assert_string_equal(h.items[0].content, "first question");
+    assert_string_equal(h.items[1].content, "first answer");
+    assert_string_equal(h.items[3].content, "second answer");
+    chat_history_clear(&h);
+    assert_int_equal(chat_memory_store_turns(db, t, 3, err, sizeof err), 0); /* a retry: no new rows */
+    assert_int_equal(count_messages(a), 4);
+
+    chat_memory_turn bad[2] = {{a, "t-3", "kept?", "no", NULL}, {"no-such-session", "t-3", "u", "a", NULL}};
+    assert_int_not_equal(chat_memory_store_turns(db, bad, 2, err, sizeof err), 0);
+    assert_int_equal(count_messages(a), 4); /* all or none */
+    bad[1] = (chat_memory_turn){b, "t-3", "bad \xff utf8", "a", NULL};
+    assert_int_equal(chat_memory_store_turns(db, bad, 2, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(count_messages(a), 4);
+    assert_int_equal(chat_memory_store_turns(db, t, 0, err, sizeof err), CHAT_EINVAL);
+    chat_memory_turn many[CHAT_MEMORY_BATCH_MAX + 1];
+    for (int i = 0; i <= CHAT_MEMORY_BATCH_MAX; i++) many[i] = t[0];
+    assert_int_equal(chat_memory_store_turns(db, many, CHAT_MEMORY_BATCH_MAX + 1, err, sizeof err), CHAT_EINVAL);
+}
+
 static int ts_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
     snprintf(ud, 32, "%s", v[0] ? v[0] : "");
@@ -529,6 +566,7 @@ int main(void)
         cmocka_unit_test(test_customer_tie),
         cmocka_unit_test(test_history_order_and_limit),
         cmocka_unit_test(test_store_idempotent),
+        cmocka_unit_test(test_store_turns_together),
         cmocka_unit_test(test_updated_at_touched),
         cmocka_unit_test(test_open_session_with_history),
         cmocka_unit_test(test_messages_json),

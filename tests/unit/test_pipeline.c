@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "chat_common.h"
+#include "chat_memory.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
 #include "chat_util.h"
@@ -477,6 +478,68 @@ static void test_begin_end_split(void **state)
     chat_pipeline_free(other);
 }
 
+/* Several runs ended together (the worker under load): each gets its own terminal event, in order (a
+ * model that failed before any text: error; the others: complete), and every stored turn is in its
+ * session's history, whether the session is new (its row written first) or not. */
+static void test_end_many(void **state)
+{
+    events first;
+    ev_init(&first);
+    assert_int_equal(run(pipe_extractive, &first, &alice, "What is the engine power of the Seawind 250?", NULL, NULL,
+                         NULL, NULL),
+                     0);
+    enum { N = 4 };
+    static const char *const questions[N] = {"And its fuel capacity?", "How often should I change the oil?",
+                                             "What is the beam of the Seawind 250?", "And its weight?"};
+    events e[N];
+    chat_request req[N];
+    chat_run *runs[N];
+    for (int i = 0; i < N; i++) {
+        ev_init(&e[i]);
+        /* 0 and 3 continue alice's conversation, 1 and 2 start new ones */
+        req[i] = (chat_request){questions[i], i == 0 || i == 3 ? first.session_id : NULL, NULL, &alice, NULL, 0};
+        chat_sink sink = {&e[i], on_progress, on_token, on_complete, on_error};
+        int rc = -1;
+        runs[i] = chat_pipeline_begin(pipe_extractive, &req[i], &sink, NULL, &rc);
+        assert_non_null(runs[i]);
+        if (i == 2) {
+            chat_llm_result failed = {.finish_reason = "error"};
+            chat_run_set_outcome(runs[i], CHAT_ELLM, &failed, "LLM provider unavailable (HTTP 503)");
+        } else {
+            chat_pipeline_generate(pipe_extractive, runs[i]);
+        }
+        assert_int_equal(e[i].terminals, 0);
+    }
+    chat_pipeline_end_many(pipe_extractive, runs, N);
+    for (int i = 0; i < N; i++) assert_int_equal(e[i].terminals, 1);
+    assert_string_equal(e[2].error_code, CHAT_CODE_PROCESSING_ERROR);
+    assert_string_equal(e[2].error_message, "LLM provider unavailable (HTTP 503)");
+    for (int i = 0; i < N; i++) {
+        if (i == 2) continue;
+        assert_non_null(e[i].response);
+        assert_string_equal(e[i].response, e[i].tokens.data);
+        assert_string_equal(meta_str(e[i].metadata, "finish_reason"), "stop");
+    }
+    assert_string_equal(e[0].session_id, first.session_id);
+    assert_string_equal(e[3].session_id, first.session_id);
+
+    /* stored: alice's conversation has its three turns, the new one its first */
+    chat_db *d = chat_pipeline_db(pipe_extractive);
+    chat_history h;
+    char err[256];
+    assert_int_equal(chat_memory_history(d, first.session_id, 10, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 6);
+    assert_string_equal(h.items[2].content, questions[0]);
+    assert_string_equal(h.items[4].content, questions[3]);
+    chat_history_clear(&h);
+    assert_int_equal(chat_memory_history(d, e[1].session_id, 10, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 2);
+    assert_string_equal(h.items[0].content, questions[1]);
+    chat_history_clear(&h);
+    for (int i = 0; i < N; i++) ev_clear(&e[i]);
+    ev_clear(&first);
+}
+
 /* The openai provider against the fake LLM server: prompt with history reaches the model, tokens stream. */
 static void test_openai_provider(void **state)
 {
@@ -548,6 +611,7 @@ int main(void)
         cmocka_unit_test(test_customer_access_own),
         cmocka_unit_test(test_database_down),
         cmocka_unit_test(test_begin_end_split),
+        cmocka_unit_test(test_end_many),
         cmocka_unit_test(test_openai_provider),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
