@@ -16,8 +16,10 @@
 #   BENCH_STREAMS (1000), BENCH_STREAM_RATE (300), BENCH_STREAM_DELAY_MS (50)  first-token latency:
 #                              open loop on a worker pool pacing tokens like a real model (a token every
 #                              DELAY ms), so about RATE x answer time streams are active at once
-#   BENCH_FRAME_CONNS (1000), BENCH_FRAME_DELAY_MS (10)  token frames/s: closed loop on a paced pool, so
-#                              every token is its own frame
+#   BENCH_FRAME_CONNS (1200), BENCH_FRAME_DELAY_MS (10)  token frames/s: closed loop on a paced pool, so
+#                              every token is its own frame. N streams of a token every D ms can carry at
+#                              most N x 1000/D frames/s, less the gap between an answer and the next: 1,200
+#                              streams offer 120,000, so that the stack, not the scenario, sets the figure
 #   BENCH_PACED_SLOTS (640)    slots per worker process of the paced pool (two processes)
 #   BENCH_KB_PASSAGES (10000), BENCH_KB_LARGE (100000), BENCH_RETRIEVAL_Q (300)
 #   BENCH_REST_CONNS (64), BENCH_PORT (18080), BENCH_VAR (var/bench), CHAT_WORKERS (stack default)
@@ -41,7 +43,7 @@ DURATION=${BENCH_DURATION:-$(q 15 4)}
 STREAMS=${BENCH_STREAMS:-$(q 1000 200)}
 STREAM_RATE=${BENCH_STREAM_RATE:-$(q 300 100)}
 STREAM_DELAY=${BENCH_STREAM_DELAY_MS:-50}
-FRAME_CONNS=${BENCH_FRAME_CONNS:-$(q 1000 200)}
+FRAME_CONNS=${BENCH_FRAME_CONNS:-$(q 1200 200)}
 FRAME_DELAY=${BENCH_FRAME_DELAY_MS:-10}
 PACED_SLOTS=${BENCH_PACED_SLOTS:-640}
 KB_PASSAGES=${BENCH_KB_PASSAGES:-10000}
