@@ -30,7 +30,8 @@
  *   and tokens, one event per step and one per answer's tokens. With hundreds of answers streaming a
  *   token every few tens of milliseconds, that is one wake-up of the main thread (and of the broker and
  *   the event loop behind it) per interval instead of one per token, for at most 2 ms more between
- *   tokens; the first token is never held back. 0 sends each token at once.
+ *   tokens; the first token is never held back (an instant generation's tokens all leave with complete,
+ *   microseconds later). 0 sends each token at once.
  * - After every answer the stage thread that finished it sends an internal DONE. If an answer ever ended
  *   without a terminal event, the main thread supplies a PROCESSING_ERROR, so the broker never waits
  *   forever.
