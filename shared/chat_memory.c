@@ -255,35 +255,47 @@ int chat_memory_history(chat_db *db, const char *session_id, int max_turns, chat
     return read_session(db, session_id, max_turns, &o, out, err, errlen);
 }
 
+/* Checks a turn and fills its 7 parameters (user row, then assistant row). */
+static int turn_params(const chat_memory_turn *t, chat_db_param p[7], char *err, size_t errlen)
+{
+    if (!t->user_text || !t->assistant_text) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    if (!chat_id_valid(t->session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
+    if (!chat_id_valid(t->request_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid request id");
+    size_t ul = strnlen(t->user_text, TEXT_MAX + 1), al = strnlen(t->assistant_text, TEXT_MAX + 1);
+    size_t ml = t->metadata_json ? strnlen(t->metadata_json, TEXT_MAX + 1) : 0;
+    if (ul > TEXT_MAX || al > TEXT_MAX || ml > TEXT_MAX)
+        return chat_fail(err, errlen, CHAT_EINVAL, "turn too large (limit %zu bytes per text)", TEXT_MAX);
+    if (!chat_utf8_valid(t->user_text, ul) || !chat_utf8_valid(t->assistant_text, al) ||
+        (t->metadata_json && !chat_utf8_valid(t->metadata_json, ml)))
+        return chat_fail(err, errlen, CHAT_EINVAL, "turn is not valid UTF-8");
+    p[0] = CHAT_DB_P_STR(t->session_id);
+    p[1] = CHAT_DB_P_STR(t->request_id);
+    p[2] = CHAT_DB_P_STRN(t->user_text, ul);
+    p[3] = CHAT_DB_P_STR(t->session_id);
+    p[4] = CHAT_DB_P_STR(t->request_id);
+    p[5] = CHAT_DB_P_STRN(t->assistant_text, al);
+    p[6] = t->metadata_json ? CHAT_DB_P_STRN(t->metadata_json, ml) : CHAT_DB_P_NULL();
+    return 0;
+}
+
 int chat_memory_store_turn(chat_db *db, const char *session_id, const char *request_id, const char *user_text,
                            const char *assistant_text, const char *metadata_json, bool touch_session, char *err,
                            size_t errlen)
 {
-    if (!db || !user_text || !assistant_text) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
-    if (!chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
-    if (!chat_id_valid(request_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid request id");
-    size_t ul = strnlen(user_text, TEXT_MAX + 1), al = strnlen(assistant_text, TEXT_MAX + 1);
-    size_t ml = metadata_json ? strnlen(metadata_json, TEXT_MAX + 1) : 0;
-    if (ul > TEXT_MAX || al > TEXT_MAX || ml > TEXT_MAX)
-        return chat_fail(err, errlen, CHAT_EINVAL, "turn too large (limit %zu bytes per text)", TEXT_MAX);
-    if (!chat_utf8_valid(user_text, ul) || !chat_utf8_valid(assistant_text, al) ||
-        (metadata_json && !chat_utf8_valid(metadata_json, ml)))
-        return chat_fail(err, errlen, CHAT_EINVAL, "turn is not valid UTF-8");
-
+    if (!db) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    chat_memory_turn t = {session_id, request_id, user_text, assistant_text, metadata_json};
     /* One autocommit statement, atomic by itself: both rows or neither. The foreign key refuses rows for
      * a session that does not exist (ER_NO_REFERENCED_ROW_2); the unique key makes a retried request a
      * no-op. */
-    chat_db_param p[] = {
-        CHAT_DB_P_STR(session_id), CHAT_DB_P_STR(request_id), CHAT_DB_P_STRN(user_text, ul),
-        CHAT_DB_P_STR(session_id), CHAT_DB_P_STR(request_id), CHAT_DB_P_STRN(assistant_text, al),
-        metadata_json ? CHAT_DB_P_STRN(metadata_json, ml) : CHAT_DB_P_NULL(),
-    };
+    chat_db_param p[7];
+    int rc = turn_params(&t, p, err, errlen);
+    if (rc) return rc;
     long long affected = 0;
-    int rc = chat_db_run(db,
-                         "INSERT INTO chat_messages (session_id, request_id, role, content, metadata)"
-                         " VALUES (?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)"
-                         " ON DUPLICATE KEY UPDATE id = id",
-                         p, 7, NULL, NULL, &affected, NULL, err, errlen);
+    rc = chat_db_run(db,
+                     "INSERT INTO chat_messages (session_id, request_id, role, content, metadata)"
+                     " VALUES (?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)"
+                     " ON DUPLICATE KEY UPDATE id = id",
+                     p, 7, NULL, NULL, &affected, NULL, err, errlen);
     if (rc == CHAT_EDB && chat_db_errno(db) == ER_NO_REFERENCED_ROW_2)
         return chat_fail(err, errlen, CHAT_ENOTFOUND, "session %s does not exist", session_id);
     if (rc || !touch_session || affected <= 0) return rc;
@@ -306,22 +318,9 @@ int chat_memory_store_turns(chat_db *db, const chat_memory_turn *turns, size_t n
     chat_db_param p[7 * CHAT_MEMORY_BATCH_MAX];
     char sql[160 + 48 * 2 * CHAT_MEMORY_BATCH_MAX] = "INSERT INTO chat_messages (session_id, request_id, role, content, metadata) VALUES ";
     size_t np = 0;
-    for (size_t i = 0; i < n; i++) {
-        const chat_memory_turn *t = &turns[i];
-        if (!t->user_text || !t->assistant_text || !chat_id_valid(t->session_id) || !chat_id_valid(t->request_id))
-            return chat_fail(err, errlen, CHAT_EINVAL, "invalid turn in batch");
-        size_t ul = strnlen(t->user_text, TEXT_MAX + 1), al = strnlen(t->assistant_text, TEXT_MAX + 1);
-        size_t ml = t->metadata_json ? strnlen(t->metadata_json, TEXT_MAX + 1) : 0;
-        if (ul > TEXT_MAX || al > TEXT_MAX || ml > TEXT_MAX || !chat_utf8_valid(t->user_text, ul) ||
-            !chat_utf8_valid(t->assistant_text, al) || (t->metadata_json && !chat_utf8_valid(t->metadata_json, ml)))
-            return chat_fail(err, errlen, CHAT_EINVAL, "invalid turn in batch");
-        p[np++] = CHAT_DB_P_STR(t->session_id);
-        p[np++] = CHAT_DB_P_STR(t->request_id);
-        p[np++] = CHAT_DB_P_STRN(t->user_text, ul);
-        p[np++] = CHAT_DB_P_STR(t->session_id);
-        p[np++] = CHAT_DB_P_STR(t->request_id);
-        p[np++] = CHAT_DB_P_STRN(t->assistant_text, al);
-        p[np++] = t->metadata_json ? CHAT_DB_P_STRN(t->metadata_json, ml) : CHAT_DB_P_NULL();
+    for (size_t i = 0; i < n; i++, np += 7) {
+        int rc = turn_params(&turns[i], p + np, err, errlen);
+        if (rc) return rc;
         strcat(sql, i ? ", (?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)"
                       : "(?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)");
     }

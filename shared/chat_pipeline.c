@@ -554,7 +554,8 @@ static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
     return metadata;
 }
 
-void chat_pipeline_end_many(chat_pipeline *p, chat_run *const *runs, size_t n)
+/* Ends runs whose outcome is recorded; rcs (may be NULL) gets each one's return code. */
+static void end_runs(chat_pipeline *p, chat_run *const *runs, size_t n, int *rcs)
 {
     for (size_t at = 0; at < n; at += CHAT_MEMORY_BATCH_MAX) {
         size_t m = n - at < CHAT_MEMORY_BATCH_MAX ? n - at : CHAT_MEMORY_BATCH_MAX;
@@ -564,7 +565,9 @@ void chat_pipeline_end_many(chat_pipeline *p, chat_run *const *runs, size_t n)
         for (size_t i = 0; i < m; i++) {
             chat_run *t = runs[at + i];
             int rc;
-            if (!(meta[i] = run_metadata(p, t, &rc))) continue;
+            meta[i] = run_metadata(p, t, &rc);
+            if (rcs) rcs[at + i] = rc;
+            if (!meta[i]) continue;
             if (t->session.deferred || m == 1) { /* a new session's row first, and alone: one by one */
                 store_turn(p, t, meta[i]);
                 continue;
@@ -592,14 +595,13 @@ void chat_pipeline_end_many(chat_pipeline *p, chat_run *const *runs, size_t n)
     }
 }
 
+void chat_pipeline_end_many(chat_pipeline *p, chat_run *const *runs, size_t n) { end_runs(p, runs, n, NULL); }
+
 int chat_pipeline_end(chat_pipeline *p, chat_run *t, int gen_rc, const chat_llm_result *lr, const char *gen_err)
 {
     chat_run_set_outcome(t, gen_rc, lr, gen_err);
     int rc;
-    char *metadata = run_metadata(p, t, &rc);
-    if (metadata) rc = finish_turn(p, t, metadata);
-    free(metadata);
-    turn_free(t);
+    end_runs(p, &t, 1, &rc);
     return rc;
 }
 

@@ -103,7 +103,6 @@ typedef struct slot {
     bool busy; /* a job was handed over and its DONE is not seen yet */
     uint64_t job_id;
     bool terminal_sent;
-    int64_t started_ms;
 
     /* Progress steps and tokens, producing thread -> main thread, under tok_mu. ev_buf holds progress as
      * "step\0message\0" pairs: they always come before the answer's first token. */
@@ -492,7 +491,6 @@ static void assign(worker *w, chat_wire_msg *m, bool cancelled)
     s->busy = true;
     s->job_id = s->job.job_id;
     s->terminal_sent = false;
-    s->started_ms = chat_now_ms();
     s->accepted_us = chat_now_us();
     s->first_token_sent = false;
     w->n_busy++;
@@ -606,7 +604,7 @@ static void slot_done(worker *w, void *dealer, slot *s)
         w->n_finishing--;
     }
     /* debug: the broker logs every turn once, with its outcome and duration (the streamer's log) */
-    chat_log_debug("worker: job %" PRIu64 " done in %" PRId64 " ms%s", s->job_id, chat_now_ms() - s->started_ms,
+    chat_log_debug("worker: job %" PRIu64 " done in %" PRId64 " ms%s", s->job_id, (chat_now_us() - s->accepted_us) / 1000,
                    atomic_load(&s->cancel) ? " (cancelled)" : "");
     s->busy = false;
     s->job_id = 0;

@@ -54,7 +54,7 @@ static struct {
     int port;
     char url[128];
     char *alice, *bob, *expired;
-    char bin_streamer[512], bin_worker[512], bin_fake_llm[512];
+    char bin_streamer[512], bin_worker[512];
 } E;
 
 /* ---------------------------------------------------------------- JSON and JWT helpers */
@@ -436,7 +436,6 @@ static int group_setup(void **state)
     const char *bs = getenv("CHAT_E2E_STREAMER_BIN"), *bw = getenv("CHAT_E2E_WORKER_BIN");
     snprintf(E.bin_streamer, sizeof E.bin_streamer, "%s", bs && *bs ? bs : testutil_path("build/bin/chat-streamer"));
     snprintf(E.bin_worker, sizeof E.bin_worker, "%s", bw && *bw ? bw : testutil_path("build/bin/chat-worker"));
-    snprintf(E.bin_fake_llm, sizeof E.bin_fake_llm, "%s", testutil_path("build/bin/fake-llm"));
     const char *var = getenv("CHAT_VAR"); /* logs beside the suite's other logs */
     if (var && *var) snprintf(E.log_dir, sizeof E.log_dir, "%s/log", var);
     else snprintf(E.log_dir, sizeof E.log_dir, "%s", testutil_path("build/tests/e2e"));
@@ -1255,34 +1254,6 @@ static void test_token_batching(void **state)
 
 /* ---------------------------------------------------------------- the openai provider, end to end */
 
-/* build/bin/fake-llm on a free port (its "PORT n" line read); its pid, or -1. */
-static pid_t fake_llm_start(int *port)
-{
-    int fds[2];
-    if (pipe(fds)) return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) dup2(devnull, STDERR_FILENO);
-        execl(E.bin_fake_llm, "fake-llm", "--port", "0", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[64] = "";
-    FILE *f = fdopen(fds[0], "r");
-    if (!f || !fgets(line, sizeof line, f) || sscanf(line, "PORT %d", port) != 1) {
-        if (f) fclose(f);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        return -1;
-    }
-    fclose(f);
-    return pid;
-}
-
 /* A streamer whose one worker process (8 slots) asks the fake OpenAI server for `model`. */
 static pid_t openai_stack(const char *name, int llm_port, const char *model, int *port, pid_t *workers)
 {
@@ -1328,7 +1299,7 @@ static void test_openai_through_worker(void **state)
 {
     (void)state;
     int llm_port = 0;
-    pid_t llm = fake_llm_start(&llm_port);
+    pid_t llm = testutil_fake_llm_start(&llm_port);
     assert_true(llm > 0);
 
     int port;
@@ -1372,7 +1343,7 @@ static void test_openai_through_worker(void **state)
     chat_wsc_close(c, 1000, NULL);
     stop_streamer(pid);
     assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
-    assert_int_equal(e2e_stop(llm, SIGTERM, 5000, NULL), 0);
+    testutil_fake_llm_stop(llm);
 }
 
 /* One worker, answers requested back to back: the next job reaches the worker the moment the broker

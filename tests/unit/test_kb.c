@@ -400,19 +400,25 @@ static void test_many_parameters(void **state)
     chat_db_free(d);
 }
 
-/* In a large knowledge base, a word found in most passages is left out of the query when stats are
- * given: only the passages with the rare word come back, where every "common" passage used to fill up
- * the k results. A query of common words only keeps its rarest word. */
-static void test_common_words_dropped(void **state)
+/* 1,200 filler passages: "ubiquitous" in 30 % of them (common for a 12 % threshold, yet under the 50 %
+ * beyond which the server's natural-language search ignores a word by itself), "zyxwvut" in two. */
+static chat_db *common_words_kb(const char *name)
 {
-    chat_db *d = testutil_db_fresh("kb_common", TESTUTIL_SCHEMA);
-    /* "ubiquitous" in 30 % of the passages: common for the 12 % below, yet under the 50 % beyond which
-     * the server's natural-language search ignores a word by itself */
+    chat_db *d = testutil_db_fresh(name, TESTUTIL_SCHEMA);
     testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
                     " CONCAT('Filler ', seq), CONCAT(IF(seq % 10 < 3, 'ubiquitous ', ''), 'filler passage ', seq)"
                     " FROM seq_1_to_1200;"
                     "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (7, 8);"
                     "OPTIMIZE TABLE kb_documents;");
+    return d;
+}
+
+/* In a large knowledge base, a word found in most passages is left out of the query when stats are
+ * given: only the passages with the rare word come back, where every "common" passage used to fill up
+ * the k results. A query of common words only keeps its rarest word. */
+static void test_common_words_dropped(void **state)
+{
+    chat_db *d = common_words_kb("kb_common");
     char err[256];
     chat_kb_result r;
     chat_kb_query q = {.question = "ubiquitous zyxwvut", .k = 10};
@@ -479,11 +485,7 @@ static void *stats_searches(void *arg)
 
 static void test_stats_shared(void **state)
 {
-    chat_db *d = testutil_db_fresh("kb_shared", TESTUTIL_SCHEMA);
-    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
-                    " CONCAT('Filler ', seq), CONCAT(IF(seq % 10 < 3, 'ubiquitous ', ''), 'filler passage ', seq)"
-                    " FROM seq_1_to_1200;"
-                    "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (7, 8);");
+    chat_db *d = common_words_kb("kb_shared");
     chat_config cfg = testutil_config("kb_shared");
     chat_db *d2 = chat_db_new(&cfg);
     assert_non_null(d2);

@@ -41,51 +41,15 @@ static int fake_port;
 static int start_fake(void **state)
 {
     (void)state;
-    const char *bin = testutil_path("build/bin/fake-llm");
-    if (access(bin, X_OK)) {
-        fprintf(stderr, "test_openai: %s missing (make build/bin/fake-llm)\n", bin);
-        return -1;
-    }
-    int fds[2];
-    if (pipe(fds)) return -1;
-    fake_pid = fork();
-    if (fake_pid < 0) return -1;
-    if (fake_pid == 0) {
-        dup2(fds[1], STDOUT_FILENO);
-        close(fds[0]);
-        close(fds[1]);
-        execl(bin, "fake-llm", "--port", "0", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[64] = "";
-    size_t n = 0;
-    int64_t deadline = chat_now_ms() + 5000;
-    while (n < sizeof line - 1 && !memchr(line, '\n', n) && chat_now_ms() < deadline) {
-        struct pollfd p = {fds[0], POLLIN, 0};
-        if (poll(&p, 1, 100) <= 0) continue;
-        ssize_t r = read(fds[0], line + n, sizeof line - 1 - n);
-        if (r <= 0) break;
-        n += (size_t)r;
-        line[n] = '\0';
-    }
-    close(fds[0]);
-    if (sscanf(line, "PORT %d", &fake_port) != 1 || fake_port <= 0) {
-        fprintf(stderr, "test_openai: fake-llm did not report its port\n");
-        return -1;
-    }
-    return 0;
+    fake_pid = testutil_fake_llm_start(&fake_port);
+    return fake_pid > 0 ? 0 : -1;
 }
 
 static int stop_fake(void **state)
 {
     (void)state;
-    if (fake_pid > 0) {
-        kill(fake_pid, SIGTERM);
-        int st;
-        waitpid(fake_pid, &st, 0);
-        fake_pid = -1;
-    }
+    testutil_fake_llm_stop(fake_pid);
+    fake_pid = -1;
     return 0;
 }
 

@@ -543,21 +543,9 @@ static void test_end_many(void **state)
 /* The openai provider against the fake LLM server: prompt with history reaches the model, tokens stream. */
 static void test_openai_provider(void **state)
 {
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[1], 1);
-        close(fds[0]);
-        execl(testutil_path("build/bin/fake-llm"), "fake-llm", "--port", "0", (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    char line[64] = "";
-    FILE *f = fdopen(fds[0], "r");
-    assert_non_null(fgets(line, sizeof line, f));
     int port = 0;
-    assert_int_equal(sscanf(line, "PORT %d", &port), 1);
+    pid_t pid = testutil_fake_llm_start(&port);
+    assert_true(pid > 0);
 
     chat_config cfg = testutil_config("pipeline");
     snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "openai");
@@ -592,9 +580,7 @@ static void test_openai_provider(void **state)
     ev_clear(&e);
     chat_pipeline_free(p3);
     chat_pipeline_free(p);
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
-    fclose(f);
+    testutil_fake_llm_stop(pid);
 }
 
 int main(void)

@@ -1,10 +1,16 @@
 /* Test helpers that need no database. */
 #include "testutil.h"
 
+#include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "chat_util.h"
 
@@ -22,3 +28,55 @@ const char *testutil_path(const char *rel)
 }
 
 char *testutil_read_file(const char *path, size_t *len) { return chat_read_file(path, 0, len); }
+
+pid_t testutil_fake_llm_start(int *port)
+{
+    const char *bin = testutil_path("build/bin/fake-llm");
+    if (access(bin, X_OK)) {
+        fprintf(stderr, "%s missing (make build/bin/fake-llm)\n", bin);
+        return -1;
+    }
+    int fds[2];
+    if (pipe(fds)) return -1;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        dup2(fds[1], STDOUT_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0) dup2(devnull, STDERR_FILENO);
+        execl(bin, "fake-llm", "--port", "0", (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = "";
+    size_t n = 0;
+    int64_t deadline = chat_now_ms() + 5000;
+    while (n < sizeof line - 1 && !memchr(line, '\n', n) && chat_now_ms() < deadline) {
+        struct pollfd p = {fds[0], POLLIN, 0};
+        if (poll(&p, 1, 100) <= 0) continue;
+        ssize_t r = read(fds[0], line + n, sizeof line - 1 - n);
+        if (r <= 0) break;
+        n += (size_t)r;
+        line[n] = '\0';
+    }
+    close(fds[0]);
+    if (sscanf(line, "PORT %d", port) != 1 || *port <= 0) {
+        fprintf(stderr, "fake-llm did not report its port\n");
+        testutil_fake_llm_stop(pid);
+        return -1;
+    }
+    return pid;
+}
+
+void testutil_fake_llm_stop(pid_t pid)
+{
+    if (pid <= 0) return;
+    kill(pid, SIGTERM);
+    waitpid(pid, NULL, 0);
+}

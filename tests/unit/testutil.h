@@ -4,6 +4,7 @@
 #define TESTUTIL_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "chat_config.h"
 #include "chat_db.h"
@@ -14,6 +15,11 @@ const char *testutil_root(void);
 const char *testutil_path(const char *rel);
 /* Whole file, NUL-terminated; caller frees; NULL when unreadable. */
 char *testutil_read_file(const char *path, size_t *len);
+
+/* build/bin/fake-llm on a free loopback port, read from its "PORT n" line (within 5 s); its stderr goes
+ * to /dev/null. The pid, or -1 (with a message on stderr). Stop it with testutil_fake_llm_stop. */
+pid_t testutil_fake_llm_start(int *port);
+void testutil_fake_llm_stop(pid_t pid); /* SIGTERM and wait; accepts -1 */
 
 /* Configuration from the environment with the database name set to "chat_t_<name>". */
 chat_config testutil_config(const char *name);
