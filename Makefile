@@ -8,7 +8,7 @@ CC      ?= cc
 PKG_LIB := json-c libjwt libcurl libmariadb libzmq openssl
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter -fno-strict-aliasing \
-           -pthread -Ishared -Itools -Itests/unit $(shell pkg-config --cflags $(PKG_LIB))
+           -pthread -Ishared $(shell pkg-config --cflags $(PKG_LIB))
 LDLIBS_LIB := $(shell pkg-config --libs $(PKG_LIB)) -pthread -lm
 LWS_CFLAGS := $(shell pkg-config --cflags libwebsockets 2>/dev/null)
 LWS_LIBS   := $(shell pkg-config --libs libwebsockets 2>/dev/null)
@@ -21,15 +21,20 @@ LIB_SRC  := $(wildcard shared/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
 LIB      := $(B)/libchat.a
 
-# Admin tools: tools/NAME_cli.c -> build/bin/chat-NAME; tools/*.c without _cli are shared by them (the ws client).
+# Admin tools: tools/NAME_cli.c -> build/bin/chat-NAME. The WebSocket client (tools/wsclient.c) and its
+# framing (tools/ws_frame.c, shared with the load generator) form the client archive.
 TOOL_MAINS  := $(wildcard tools/*_cli.c)
-TOOL_COMMON := $(filter-out %_cli.c,$(wildcard tools/*.c))
 TOOLS       := $(patsubst tools/%_cli.c,$(B)/bin/chat-%,$(TOOL_MAINS))
+CLIENT_SRC  := $(filter-out %_cli.c,$(wildcard tools/*.c))
+CLIENT_LIB  := $(B)/libchatclient.a
+# Benchmarks: bench/NAME_cli.c -> build/bin/chat-NAME (the load generator and the knowledge-base generator).
+BENCH_MAINS := $(wildcard bench/*_cli.c)
+BENCH       := $(patsubst bench/%_cli.c,$(B)/bin/chat-%,$(BENCH_MAINS))
 
 FCGI_SRC     := $(wildcard fcgi/*.c)
 STREAMER_SRC := $(wildcard streamer/streamer*.c)
 WORKER_SRC   := $(wildcard streamer/worker*.c)
-PROGS := $(TOOLS) \
+PROGS := $(TOOLS) $(BENCH) \
          $(if $(FCGI_SRC),$(B)/bin/chat-fcgi) \
          $(if $(STREAMER_SRC),$(B)/bin/chat-streamer) \
          $(if $(WORKER_SRC),$(B)/bin/chat-worker) \
@@ -48,16 +53,30 @@ all: $(LIB) $(PROGS) $(UNIT_TESTS) $(E2E_TESTS)
 deps:
 	@bash deploy/deps.sh
 
+# Include paths per folder: the library sees only shared/; each program sees its own folder besides.
+$(B)/tools/%.o $(B)/bench/%.o: INC := -Itools -Ibench
+$(B)/streamer/%.o: INC := $(LWS_CFLAGS)
+$(B)/tests/unit/%.o: INC := -Itests/unit -Itools
+$(B)/tests/e2e/%.o: INC := -Itests/unit -Itests/e2e -Itools
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
-	$(Q)$(CC) $(CFLAGS) $(if $(filter streamer/%,$<),$(LWS_CFLAGS)) -MMD -MP -c $< -o $@
+	$(Q)$(CC) $(CFLAGS) $(INC) -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(Q)$(AR) rcs $@ $^
 
-$(B)/bin/chat-%: $(B)/tools/%_cli.o $(TOOL_COMMON:%.c=$(B)/%.o) $(LIB)
+$(CLIENT_LIB): $(CLIENT_SRC:%.c=$(B)/%.o)
+	@mkdir -p $(dir $@)
+	$(Q)$(AR) rcs $@ $^
+
+$(TOOLS): $(B)/bin/chat-%: $(B)/tools/%_cli.o $(CLIENT_LIB) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
+
+$(BENCH): $(B)/bin/chat-%: $(B)/bench/%_cli.o $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
@@ -87,12 +106,12 @@ $(B)/libtestutil.a: $(TEST_COMMON:%.c=$(B)/%.o)
 	@mkdir -p $(dir $@)
 	$(Q)$(AR) rcs $@ $^
 
-$(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libtestutil.a $(LIB)
+$(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
 
-$(B)/tests/e2e/%: $(B)/tests/e2e/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(TOOL_COMMON:%.c=$(B)/%.o) $(B)/libtestutil.a $(LIB)
+$(B)/tests/e2e/%: $(B)/tests/e2e/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
@@ -114,11 +133,11 @@ e2e: all
 
 lint:
 	@cppcheck --quiet --error-exitcode=1 --inline-suppr --std=c11 --enable=warning,portability,performance \
-	  --suppress=missingIncludeSystem -Ishared -Itools $(wildcard shared fcgi streamer tools tests)
+	  --suppress=missingIncludeSystem -Ishared -Itools -Ibench $(wildcard shared fcgi streamer worker tools bench tests)
 	@echo "lint: cppcheck clean"
 
 format:
-	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] tools/*.[ch] tests/*.c tests/*/*.[ch])
+	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] tools/*.[ch] bench/*.[ch] tests/*.c tests/*/*.[ch])
 
 run: deps all
 	@bash deploy/stack.sh run
@@ -138,7 +157,7 @@ kb-import: all
 	@bash deploy/stack.sh kb-import "$(DIR)"
 
 bench: all
-	@bash tests/bench.sh
+	@bash bench/bench.sh
 
 clean:
 	rm -rf $(B)

@@ -37,7 +37,6 @@
 #include "chat_common.h"
 #include "chat_util.h"
 
-#define WSC_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WSC_DEFAULT_TIMEOUT_MS 5000
 #define WSC_MAX_URL 8192
 #define WSC_MAX_RESPONSE_HEADERS 16384
@@ -169,28 +168,14 @@ static int send_all(chat_wsc *c, const void *data, size_t len)
 static int write_frame(chat_wsc *c, int opcode, bool fin, const void *data, size_t len)
 {
     unsigned char buf[WSC_SEND_CHUNK];
-    const unsigned char *src = data;
-    size_t h = 0;
-    buf[h++] = (unsigned char)((fin ? 0x80 : 0) | (opcode & 0x0f));
-    if (len < 126) {
-        buf[h++] = (unsigned char)(0x80 | len);
-    } else if (len <= 0xffff) {
-        buf[h++] = 0x80 | 126;
-        buf[h++] = (unsigned char)(len >> 8);
-        buf[h++] = (unsigned char)len;
-    } else {
-        buf[h++] = 0x80 | 127;
-        for (int i = 7; i >= 0; i--) buf[h++] = (unsigned char)((uint64_t)len >> (8 * i));
-    }
     unsigned char key[4];
     if (mask_key(key)) return CHAT_ERR;
-    memcpy(buf + h, key, 4);
-    h += 4;
+    size_t h = chat_wsf_client_header(buf, opcode, fin, len, key);
     size_t off = 0;
     do {
         size_t n = len - off;
         if (n > sizeof buf - h) n = sizeof buf - h;
-        for (size_t i = 0; i < n; i++) buf[h + i] = src[off + i] ^ key[(off + i) & 3];
+        chat_wsf_mask(buf + h, (const unsigned char *)data + off, n, key, off);
         int rc = send_all(c, buf, h + n);
         if (rc) return rc;
         off += n;
@@ -292,25 +277,16 @@ static int parse_buffered(chat_wsc *c)
         const unsigned char *b = c->rbuf ? c->rbuf + c->rpos : NULL;
         if (!c->in_frame) {
             if (avail < 2) return 0;
-            bool fin = b[0] & 0x80;
-            int op = b[0] & 0x0f;
-            uint64_t plen = b[1] & 0x7f;
-            size_t hlen = 2 + (plen == 126 ? 2 : plen == 127 ? 8 : 0);
-            if (b[0] & 0x70) return fail_conn(c, 1002, "reserved bits set in a server frame");
-            if (b[1] & 0x80) return fail_conn(c, 1002, "masked server frame");
-            if (avail < hlen) return 0;
-            if (plen == 126) {
-                plen = ((uint64_t)b[2] << 8) | b[3];
-            } else if (plen == 127) {
-                plen = 0;
-                for (int i = 0; i < 8; i++) plen = (plen << 8) | b[2 + i];
-                if (plen >> 63) return fail_conn(c, 1002, "64-bit frame length with the high bit set");
-            }
-            if (op >= 8) {
-                if (op != CHAT_WS_CLOSE && op != CHAT_WS_PING && op != CHAT_WS_PONG)
-                    return fail_conn(c, 1002, "reserved control opcode");
-                if (!fin) return fail_conn(c, 1002, "fragmented control frame");
-                if (plen > 125) return fail_conn(c, 1002, "control frame over 125 bytes");
+            chat_wsf_header fh;
+            const char *why = NULL;
+            int hr = chat_wsf_parse_server_header(b, avail, &fh, &why);
+            if (hr < 0) return fail_conn(c, 1002, why);
+            if (hr == 0) return 0;
+            bool fin = fh.fin;
+            int op = fh.opcode;
+            uint64_t plen = fh.len;
+            size_t hlen = fh.header_len;
+            if (op >= CHAT_WS_CLOSE) {
                 if (avail < hlen + plen) return 0;
                 c->rpos += hlen + (size_t)plen;
                 if (on_control(c, op, b + hlen, (size_t)plen)) return CHAT_ERR;
@@ -318,11 +294,9 @@ static int parse_buffered(chat_wsc *c)
             }
             if (op == CHAT_WS_CONT) {
                 if (!c->msg_opcode) return fail_conn(c, 1002, "continuation frame without a message");
-            } else if (op == CHAT_WS_TEXT || op == CHAT_WS_BINARY) {
+            } else {
                 if (c->msg_opcode) return fail_conn(c, 1002, "new message inside a fragmented message");
                 c->msg_opcode = op;
-            } else {
-                return fail_conn(c, 1002, "reserved data opcode");
             }
             if (plen > WSC_MAX_MESSAGE - c->mlen) return fail_conn(c, 1009, "message over 16 MB");
             if (msg_reserve(c, c->mlen + (size_t)plen)) return fail_conn(c, 1009, "out of memory");
@@ -576,19 +550,6 @@ static int parse_url(const char *url, wsc_url *u, char *err, size_t errlen)
     return 0;
 }
 
-/* base64 of SHA-1(key + GUID), the value the server must answer in Sec-WebSocket-Accept. */
-static int accept_for_key(const char *key, char out[29])
-{
-    char in[64];
-    int n = snprintf(in, sizeof in, "%s%s", key, WSC_GUID);
-    if (n < 0 || (size_t)n >= sizeof in) return CHAT_ERR;
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    if (EVP_Digest(in, (size_t)n, md, &mdlen, EVP_sha1(), NULL) != 1 || mdlen != 20) return CHAT_ERR;
-    EVP_EncodeBlock((unsigned char *)out, md, 20);
-    return 0;
-}
-
 static bool has_ctl(const char *s)
 {
     for (; *s; s++)
@@ -733,7 +694,7 @@ static int handshake(chat_wsc *c, const wsc_url *u, const chat_wsc_opts *o, int6
     char key[25], want[29];
     if (fill_random(raw_key, sizeof raw_key)) return chat_fail(err, errlen, CHAT_ERR, "getrandom failed");
     EVP_EncodeBlock((unsigned char *)key, raw_key, sizeof raw_key);
-    if (accept_for_key(key, want)) return chat_fail(err, errlen, CHAT_ERR, "SHA-1 failed");
+    if (chat_wsf_accept(key, strlen(key), want)) return chat_fail(err, errlen, CHAT_ERR, "SHA-1 failed");
 
     chat_buf req;
     chat_buf_init(&req);

@@ -1,5 +1,6 @@
-/* A small RFC 6455 WebSocket client for the project's tests, tools and benchmarks (no libwebsockets on
- * the client side, so tests exercise the server with an independent implementation).
+/* A small RFC 6455 WebSocket client for the project's tests and tools (no libwebsockets on the client
+ * side, so tests exercise the server with an independent implementation). Its framing is ws_frame.c,
+ * which the load generator's event engine shares.
  *
  * Blocking API over one TCP socket (ws:// only; the stack terminates TLS in front if needed).
  * Client frames are masked; server pings are answered transparently; fragmented messages are
@@ -17,11 +18,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "ws_frame.h" /* CHAT_WS_* opcodes */
+
 struct json_object;
 
 typedef struct chat_wsc chat_wsc;
 
-enum { CHAT_WS_CONT = 0, CHAT_WS_TEXT = 1, CHAT_WS_BINARY = 2, CHAT_WS_CLOSE = 8, CHAT_WS_PING = 9, CHAT_WS_PONG = 10 };
 
 typedef struct chat_wsc_opts {
     const char *origin;      /* Origin header, NULL = none */

@@ -418,7 +418,7 @@ static void test_server_accept_matches_rfc(void **state)
     assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     /* and the client's own */
     char mine[29];
-    assert_int_equal(accept_for_key("dGhlIHNhbXBsZSBub25jZQ==", mine), 0);
+    assert_int_equal(chat_wsf_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, mine), 0);
     assert_string_equal(mine, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 }
 

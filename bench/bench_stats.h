@@ -1,7 +1,6 @@
 /* Latency histograms and a small PRNG for the benchmark tools (chat-bench, chat-kbgen).
  *
- * Header-only on purpose: the Makefile links every non-_cli file of tools/ into every tool, so code that
- * only the benchmarks need lives in static inline functions here and costs the other tools nothing.
+ * Header-only: static inline functions that only the two benchmark programs include.
  *
  * The histogram is log-linear (HDR-style): values below 2^BH_SUB_BITS are exact, above that every power
  * of two is split into 2^BH_SUB_BITS buckets, so a reported percentile is within 1/64 (1.6 %) of the true

@@ -9,14 +9,14 @@
  *                      /api/v1/chat, POST a question with a Bearer token; requests/s and latency
  *
  * Design:
- * - One epoll loop per process over non-blocking sockets, a small state machine per connection, its own
- *   RFC 6455 client framing (masked client frames, pings answered, fragments reassembled) so that tens of
- *   thousands of connections cost ~100 bytes each here: read buffers exist only while a partial frame is
- *   pending, and reads go to one shared scratch buffer. (tools/wsclient.c is blocking, one call per
- *   connection; this is the other shape of the same protocol.)
+ * - One epoll loop per process over non-blocking sockets, a small state machine per connection, so that
+ *   tens of thousands of connections cost ~100 bytes each here: read buffers exist only while a partial
+ *   frame is pending, and reads go to one shared scratch buffer. The RFC 6455 framing (frame headers,
+ *   masks, the accept key) is tools/ws_frame.c, the same as chat_wsc's (tools/wsclient.c, the blocking
+ *   client of the tests and chat-ws); this file adds only the event engine around it.
  * - Several processes (fork) when one process's RLIMIT_NOFILE cannot hold the connections; they connect,
  *   report READY, start the measured phase together on the parent's signal, and send their counters and
- *   latency histograms (tools/bench_stats.h: fixed-size, mergeable) back through a pipe.
+ *   latency histograms (bench/bench_stats.h: fixed-size, mergeable) back through a pipe.
  * - Loopback only: ws://127.x.y.z or localhost or [::1], or a Unix socket (ws+unix:/path.sock:/ws/chat,
  *   the form libwebsockets uses). Source addresses can be spread over 127.0.0.1..127.0.0.N (bind with
  *   IP_BIND_ADDRESS_NO_PORT, so each address has its own ephemeral port range).
@@ -34,7 +34,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/evp.h>
-#include <openssl/sha.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -56,6 +55,7 @@
 #include "chat_common.h"
 #include "chat_jwt.h"
 #include "chat_util.h"
+#include "ws_frame.h"
 
 #define MAX_TARGETS 16
 #define MAX_PIDS 8
@@ -65,7 +65,6 @@
 #define MAX_CONNS 1000000L
 #define SCRATCH_BYTES (256u * 1024)
 #define RBUF_MAX (16u << 20) /* a server message larger than this fails the connection */
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 enum { M_IDLE, M_CONNECT, M_CHAT, M_REST };
 enum { A_MESSAGE, A_QUERY, A_NONE };
@@ -462,25 +461,13 @@ static bool ensure_out(engine *e, size_t need)
 /* One masked client frame. */
 static bool ws_send(engine *e, conn *c, int opcode, const char *data, size_t len)
 {
-    if (!ensure_out(e, len + 14)) return false;
+    if (!ensure_out(e, len + CHAT_WSF_MAX_HEADER)) return false;
     unsigned char *o = (unsigned char *)e->out;
-    size_t h = 0;
-    o[h++] = (unsigned char)(0x80 | opcode);
-    if (len < 126) {
-        o[h++] = (unsigned char)(0x80 | len);
-    } else if (len < 65536) {
-        o[h++] = 0x80 | 126;
-        o[h++] = (unsigned char)(len >> 8), o[h++] = (unsigned char)len;
-    } else {
-        o[h++] = 0x80 | 127;
-        for (int i = 7; i >= 0; i--) o[h++] = (unsigned char)((uint64_t)len >> (8 * i));
-    }
     uint32_t mask = (uint32_t)bench_rand(&e->rng);
     unsigned char mk[4];
     memcpy(mk, &mask, 4);
-    memcpy(o + h, mk, 4);
-    h += 4;
-    for (size_t i = 0; i < len; i++) o[h + i] = (unsigned char)data[i] ^ mk[i & 3];
+    size_t h = chat_wsf_client_header(o, opcode, true, len, mk);
+    chat_wsf_mask(o + h, (const unsigned char *)data, len, mk, 0);
     return conn_write(e, c, e->out, h + len);
 }
 
@@ -494,16 +481,6 @@ static void ws_key(const engine *e, const conn *c, char out[25])
     memcpy(raw, &a, 8);
     memcpy(raw + 8, &b, 8);
     b64(raw, 16, out);
-}
-
-static void ws_accept_for(const char key[25], char out[29])
-{
-    char cat[24 + sizeof WS_GUID];
-    memcpy(cat, key, 24);
-    memcpy(cat + 24, WS_GUID, sizeof WS_GUID - 1);
-    unsigned char d[SHA_DIGEST_LENGTH];
-    SHA1((unsigned char *)cat, 24 + sizeof WS_GUID - 1, d);
-    b64(d, SHA_DIGEST_LENGTH, out);
 }
 
 static void send_handshake(engine *e, conn *c)
@@ -715,25 +692,18 @@ static long ws_parse(engine *e, conn *c, const char *data, size_t len)
 {
     size_t pos = 0;
     while (len - pos >= 2) {
-        const unsigned char *p = (const unsigned char *)data + pos;
-        bool fin = p[0] & 0x80;
-        int op = p[0] & 0x0f;
-        if (p[0] & 0x70 || p[1] & 0x80) {
-            conn_fail(e, c, "protocol: masked or RSV frame");
+        chat_wsf_header fh;
+        const char *why = NULL;
+        int hr = chat_wsf_parse_server_header((const unsigned char *)data + pos, len - pos, &fh, &why);
+        if (hr < 0) {
+            conn_fail(e, c, "protocol: bad server frame");
             return -1;
         }
-        uint64_t plen = p[1] & 0x7f;
-        size_t h = 2;
-        if (plen == 126) {
-            if (len - pos < 4) break;
-            plen = ((uint64_t)p[2] << 8) | p[3];
-            h = 4;
-        } else if (plen == 127) {
-            if (len - pos < 10) break;
-            plen = 0;
-            for (int i = 0; i < 8; i++) plen = (plen << 8) | p[2 + i];
-            h = 10;
-        }
+        if (hr == 0) break;
+        bool fin = fh.fin;
+        int op = fh.opcode;
+        uint64_t plen = fh.len;
+        size_t h = fh.header_len;
         if (plen > RBUF_MAX) {
             conn_fail(e, c, "protocol: message too big");
             return -1;
@@ -741,20 +711,20 @@ static long ws_parse(engine *e, conn *c, const char *data, size_t len)
         if (len - pos < h + plen) break;
         const char *pl = data + pos + h;
         pos += h + (size_t)plen;
-        if (op == 9) { /* ping */
+        if (op == CHAT_WS_PING) {
             e->st->pings++;
-            if (!ws_send(e, c, 10, pl, (size_t)plen)) return -1;
-        } else if (op == 10) {
-            /* pong: nothing */
-        } else if (op == 8) {
+            if (!ws_send(e, c, CHAT_WS_PONG, pl, (size_t)plen)) return -1;
+        } else if (op == CHAT_WS_PONG) {
+            /* nothing */
+        } else if (op == CHAT_WS_CLOSE) {
             char name[48];
             int code = plen >= 2 ? ((unsigned char)pl[0] << 8) | (unsigned char)pl[1] : 1005;
             snprintf(name, sizeof name, "closed by server (%d)", code);
             unsigned char echo[2] = {(unsigned char)(code >> 8), (unsigned char)code};
-            ws_send(e, c, 8, (const char *)echo, code == 1005 ? 0 : 2);
+            ws_send(e, c, CHAT_WS_CLOSE, (const char *)echo, code == 1005 ? 0 : 2);
             if (c->fd >= 0) conn_fail(e, c, name);
             return -1;
-        } else if (op == 1 || op == 2 || op == 0) {
+        } else {
             if (op != 0 && fin && !c->frag_op) {
                 on_message(e, c, pl, (size_t)plen);
             } else {
@@ -786,9 +756,6 @@ static long ws_parse(engine *e, conn *c, const char *data, size_t len)
                     c->flen = 0;
                 }
             }
-        } else {
-            conn_fail(e, c, "protocol: unknown opcode");
-            return -1;
         }
         if (c->fd < 0) return -1;
     }
@@ -826,9 +793,9 @@ static long parse_handshake(engine *e, conn *c, const char *data, size_t len)
         conn_fail(e, c, name);
         return -1;
     }
-    char key[25], want[29];
+    char key[25], want[CHAT_WSF_ACCEPT_LEN + 1];
     ws_key(e, c, key);
-    ws_accept_for(key, want);
+    chat_wsf_accept(key, 24, want);
     bool ok = false;
     for (const char *p = data; p < end;) {
         const char *nl = memmem(p, (size_t)(end - p), "\r\n", 2);
