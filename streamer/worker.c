@@ -835,138 +835,185 @@ static bool threads_stop(worker *w)
     return !stuck;
 }
 
-int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
+/* Everything but the DEALER: the pipelines, the model, the inproc PULL, the stage and generator threads.
+ * 0, or -1 (logged). */
+static int worker_start(worker *w, void **pull)
 {
-    worker *w = worker_new(cfg);
-    if (!w) return 1;
-    int rc = 1;
-    void *pull = NULL, *dealer = NULL;
-    chat_wire_msg m;
-    chat_wire_msg_init(&m);
     char err[256];
-
-    w->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
-    if (!w->kb_stats) goto out;
+    w->kb_stats = chat_kb_stats_new(w->cfg.kb_common_pct);
+    if (!w->kb_stats) return -1;
     for (int i = 0; i < w->n_stages; i++) {
-        w->stages[i].pipeline = chat_pipeline_new(cfg, err, sizeof err);
+        w->stages[i].pipeline = chat_pipeline_new(&w->cfg, err, sizeof err);
         if (!w->stages[i].pipeline) {
             chat_log_error("worker: %s", err);
-            goto out;
+            return -1;
         }
         chat_pipeline_share_kb_stats(w->stages[i].pipeline, w->kb_stats);
     }
-    w->llm = chat_llm_new(cfg, err, sizeof err);
+    w->llm = chat_llm_new(&w->cfg, err, sizeof err);
     if (w->llm) w->loop = chat_llm_loop_new(err, sizeof err);
     if (!w->llm || !w->loop) {
         chat_log_error("worker: %s", err);
-        goto out;
+        return -1;
     }
     w->instant = chat_llm_instant(w->llm);
     w->zctx = zmq_ctx_new();
-    if (!w->zctx) goto out;
-    pull = zmq_socket(w->zctx, ZMQ_PULL);
+    if (!w->zctx) return -1;
+    *pull = zmq_socket(w->zctx, ZMQ_PULL);
     int hwm = SLOT_EVENTS_HWM * 4;
-    if (pull) zmq_setsockopt(pull, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if (!pull || zmq_bind(pull, w->endpoint)) {
+    if (*pull) zmq_setsockopt(*pull, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (!*pull || zmq_bind(*pull, w->endpoint)) {
         chat_log_error("worker: inproc socket: %s", zmq_strerror(errno));
-        goto out;
+        return -1;
     }
     for (int i = 0; i < w->n_stages; i++) {
         if (pthread_create(&w->stages[i].thread, NULL, stage_main, &w->stages[i])) {
             chat_log_error("worker: cannot start stage thread %d: %s", i, strerror(errno));
-            goto out;
+            return -1;
         }
         w->stages[i].started = true;
     }
     if (pthread_create(&w->gen_thread, NULL, gen_main, w)) {
         chat_log_error("worker: cannot start the generator thread: %s", strerror(errno));
-        goto out;
+        return -1;
     }
     w->gen_started = true;
-    dealer = dealer_open(w);
-    if (!dealer) goto out;
-    send_ready(w, dealer);
-    chat_log_info("worker: ready with %d slots (%d stage threads, %s provider), connected to %s", w->n_slots,
-                  w->n_stages, chat_llm_provider_name(w->llm), cfg->zmq_endpoint);
+    return 0;
+}
 
-    int64_t now = chat_now_ms(), last_broker = now, next_hb = now + CHAT_WIRE_HEARTBEAT_MS;
-    int64_t stop_at = 0;
-    bool bye_sent = false, cancelled_for_stop = false, announce = false;
+/* The main thread's side of the conversation with the broker, between turns of its loop. */
+typedef struct main_loop {
+    void *dealer, *pull;
+    chat_wire_msg m;       /* the broker's last message (its buffer is reused) */
+    int64_t last_heard_ms; /* when the broker last said anything */
+    int64_t next_hb_ms;
+    int64_t stop_at_ms;    /* 0 until asked to stop */
+    bool bye_sent, cancelled_for_stop;
+    bool announce;         /* READY (or BYE) is owed once no job runs */
+} main_loop;
+
+/* While stopping: BYE once, cancel what still runs after the grace period, give up after that. True
+ * when the loop is to end. */
+static bool stop_due(worker *w, main_loop *ml, int64_t now)
+{
+    if (!ml->bye_sent) {
+        send_cmd(ml->dealer, CHAT_WIRE_BYE);
+        ml->bye_sent = true;
+        chat_log_info("worker: stopping%s", w->n_busy ? " after the jobs in flight" : "");
+    }
+    if (!w->n_busy && !w->pend_len) return true;
+    int64_t grace = (int64_t)w->cfg.shutdown_grace_s * 1000;
+    if (!ml->cancelled_for_stop && now - ml->stop_at_ms >= grace) {
+        chat_log_warn("worker: grace period over, cancelling %d jobs", w->n_busy);
+        cancel_all(w);
+        ml->cancelled_for_stop = true;
+    }
+    if (now - ml->stop_at_ms >= grace + STOP_GIVE_UP_MS) {
+        chat_log_error("worker: %d jobs did not stop, exiting anyway", w->n_busy);
+        return true;
+    }
+    return false;
+}
+
+/* Sleeps until the broker or a slot has something, or the next timer. 0, or -1 on a socket error. */
+static int wait_for_work(worker *w, main_loop *ml, int64_t now)
+{
+    int64_t wake_at = ml->next_hb_ms;
+    if (w->flush_at_ms && w->flush_at_ms < wake_at) wake_at = w->flush_at_ms;
+    long timeout = wake_at > now ? (long)(wake_at - now) : 0;
+    if (ml->stop_at_ms && timeout > 100) timeout = 100;
+    zmq_pollitem_t items[2] = {{ml->dealer, 0, ZMQ_POLLIN, 0}, {ml->pull, 0, ZMQ_POLLIN, 0}};
+    if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR) {
+        chat_log_error("worker: zmq_poll: %s", zmq_strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Takes every message the broker sent. True when one was RESET. */
+static bool receive_broker(worker *w, main_loop *ml, int64_t now)
+{
+    bool reset = false;
+    while (chat_wire_recv(ml->dealer, &ml->m, ZMQ_DONTWAIT) == 0) {
+        ml->last_heard_ms = now;
+        handle_broker(w, ml->dealer, &ml->m, ml->stop_at_ms != 0, &reset);
+    }
+    return reset;
+}
+
+/* Paranoid Pirate, the worker's side: a silent broker means a new socket (new identity); RESET means the
+ * broker restarted and does not know us. Either way announce again, but only once idle, so that no job
+ * is offered while one still runs: the jobs in flight are cancelled, their clients were on the old
+ * broker. Then the heartbeat. False when no socket could be opened. */
+static bool keep_contact(worker *w, main_loop *ml, int64_t now, bool reset)
+{
+    if (now - ml->last_heard_ms > CHAT_WIRE_DEAD_MS) {
+        chat_log_warn("worker: the broker is silent, reconnecting");
+        zmq_close(ml->dealer);
+        ml->dealer = dealer_open(w);
+        if (!ml->dealer) return false;
+        ml->last_heard_ms = now;
+        ml->announce = true;
+    } else if (reset && !ml->announce) {
+        chat_log_warn("worker: the broker does not know us (restarted?), announcing again");
+        ml->announce = true;
+    }
+    if (ml->announce && (w->n_busy || w->pend_len)) {
+        cancel_all(w);
+    } else if (ml->announce) {
+        if (ml->bye_sent)
+            send_cmd(ml->dealer, CHAT_WIRE_BYE);
+        else
+            send_ready(w, ml->dealer);
+        ml->announce = false;
+    }
+    if (now >= ml->next_hb_ms) {
+        send_cmd(ml->dealer, CHAT_WIRE_HB);
+        ml->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
+    }
+    return true;
+}
+
+/* The main thread's loop, until stopped (or its sockets fail). */
+static void serve(worker *w, main_loop *ml, volatile sig_atomic_t *stop)
+{
+    int64_t now = chat_now_ms();
+    ml->last_heard_ms = now;
+    ml->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
     for (;;) {
         now = chat_now_ms();
-        if (*stop && !stop_at) stop_at = now;
-        if (stop_at) {
-            if (!bye_sent) {
-                send_cmd(dealer, CHAT_WIRE_BYE);
-                bye_sent = true;
-                chat_log_info("worker: stopping%s", w->n_busy ? " after the jobs in flight" : "");
-            }
-            if (!w->n_busy && !w->pend_len) break;
-            int64_t grace = (int64_t)cfg->shutdown_grace_s * 1000;
-            if (!cancelled_for_stop && now - stop_at >= grace) {
-                chat_log_warn("worker: grace period over, cancelling %d jobs", w->n_busy);
-                cancel_all(w);
-                cancelled_for_stop = true;
-            }
-            if (now - stop_at >= grace + STOP_GIVE_UP_MS) {
-                chat_log_error("worker: %d jobs did not stop, exiting anyway", w->n_busy);
-                break;
-            }
-        }
-        int64_t wake_at = next_hb;
-        if (w->flush_at_ms && w->flush_at_ms < wake_at) wake_at = w->flush_at_ms;
-        long timeout = wake_at > now ? (long)(wake_at - now) : 0;
-        if (stop_at && timeout > 100) timeout = 100;
-        zmq_pollitem_t items[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR) {
-            chat_log_error("worker: zmq_poll: %s", zmq_strerror(errno));
-            break;
-        }
+        if (*stop && !ml->stop_at_ms) ml->stop_at_ms = now;
+        if (ml->stop_at_ms && stop_due(w, ml, now)) return;
+        if (wait_for_work(w, ml, now)) return;
         now = chat_now_ms();
-        bool reset = false;
-        while (chat_wire_recv(dealer, &m, ZMQ_DONTWAIT) == 0) {
-            last_broker = now;
-            handle_broker(w, dealer, &m, stop_at != 0, &reset);
-        }
-        receive_notes(w, dealer, pull);
+        bool reset = receive_broker(w, ml, now);
+        receive_notes(w, ml->dealer, ml->pull);
         if (w->flush_at_ms && chat_now_ms() >= w->flush_at_ms) {
             w->flush_at_ms = 0;
-            flush_dirty(w, dealer);
+            flush_dirty(w, ml->dealer);
         }
-        /* A silent broker: new socket (new identity). RESET: the broker restarted and does not know us.
-         * Either way announce again, but only once idle, so that no job is offered while one still runs:
-         * the jobs in flight are cancelled, their clients were on the old broker. */
-        if (now - last_broker > CHAT_WIRE_DEAD_MS) {
-            chat_log_warn("worker: the broker is silent, reconnecting");
-            zmq_close(dealer);
-            dealer = dealer_open(w);
-            if (!dealer) break;
-            last_broker = now;
-            announce = true;
-        } else if (reset && !announce) {
-            chat_log_warn("worker: the broker does not know us (restarted?), announcing again");
-            announce = true;
-        }
-        if (announce && (w->n_busy || w->pend_len)) {
-            cancel_all(w);
-        } else if (announce) {
-            if (bye_sent)
-                send_cmd(dealer, CHAT_WIRE_BYE);
-            else
-                send_ready(w, dealer);
-            announce = false;
-        }
-        if (now >= next_hb) {
-            send_cmd(dealer, CHAT_WIRE_HB);
-            next_hb = now + CHAT_WIRE_HEARTBEAT_MS;
-        }
+        if (!keep_contact(w, ml, now, reset)) return;
     }
-    rc = 0;
-out:;
+}
+
+int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
+{
+    worker *w = worker_new(cfg);
+    if (!w) return 1;
+    int rc = 1;
+    main_loop ml = {0};
+    chat_wire_msg_init(&ml.m);
+    if (worker_start(w, &ml.pull) == 0 && (ml.dealer = dealer_open(w))) {
+        send_ready(w, ml.dealer);
+        chat_log_info("worker: ready with %d slots (%d stage threads, %s provider), connected to %s", w->n_slots,
+                      w->n_stages, chat_llm_provider_name(w->llm), cfg->zmq_endpoint);
+        serve(w, &ml, stop);
+        rc = 0;
+    }
     bool stopped = threads_stop(w);
-    if (dealer) zmq_close(dealer);
-    if (pull) zmq_close(pull);
-    chat_wire_msg_clear(&m);
+    if (ml.dealer) zmq_close(ml.dealer);
+    if (ml.pull) zmq_close(ml.pull);
+    chat_wire_msg_clear(&ml.m);
     if (stopped) worker_free(w);
     return rc;
 }
