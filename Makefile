@@ -32,8 +32,8 @@ BENCH_MAINS := $(wildcard bench/*_cli.c)
 BENCH       := $(patsubst bench/%_cli.c,$(B)/bin/chat-%,$(BENCH_MAINS))
 
 FCGI_SRC     := $(wildcard fcgi/*.c)
-STREAMER_SRC := $(wildcard streamer/streamer*.c)
-WORKER_SRC   := $(wildcard streamer/worker*.c)
+STREAMER_SRC := $(wildcard streamer/*.c)
+WORKER_SRC   := $(wildcard worker/*.c)
 PROGS := $(TOOLS) $(BENCH) \
          $(if $(FCGI_SRC),$(B)/bin/chat-fcgi) \
          $(if $(STREAMER_SRC),$(B)/bin/chat-streamer) \
@@ -137,7 +137,7 @@ lint:
 	@echo "lint: cppcheck clean"
 
 format:
-	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] tools/*.[ch] bench/*.[ch] tests/*.c tests/*/*.[ch])
+	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] worker/*.[ch] tools/*.[ch] bench/*.[ch] tests/*.c tests/*/*.[ch])
 
 run: deps all
 	@bash deploy/stack.sh run
