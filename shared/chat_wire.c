@@ -184,7 +184,7 @@ static const struct event_layout {
     size_t at[EV_MAX_FIELDS];
 } LAYOUT[] = {
     [CHAT_WIRE_EV_PROGRESS] = {2, {EV_FIELD(progress, step), EV_FIELD(progress, message)}},
-    [CHAT_WIRE_EV_TOKEN] = {1, {EV_FIELD(token, text)}},
+    [CHAT_WIRE_EV_TOKEN] = {2, {EV_FIELD(token, text), EV_FIELD(token, piece_lens)}},
     [CHAT_WIRE_EV_COMPLETE] = {3, {EV_FIELD(complete, response), EV_FIELD(complete, session_id),
                                    EV_FIELD(complete, metadata_json)}},
     [CHAT_WIRE_EV_ERROR] = {2, {EV_FIELD(error, code), EV_FIELD(error, message)}},
@@ -294,6 +294,39 @@ static int parse_ready(const chat_wire_msg *m, int at, int nargs, chat_wire_read
     return 0;
 }
 
+/* The piece lengths of a token event: empty (one piece, the whole text), or 4-byte little-endian lengths,
+ * none 0, that add up to the text. */
+static bool token_pieces_valid(const chat_wire_str *text, const chat_wire_str *lens)
+{
+    if (lens->len % 4) return false;
+    size_t sum = 0, n = lens->len / 4;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t l = chat_wire_token_piece_len(lens, i);
+        if (!l || l > text->len - sum) return false;
+        sum += l;
+    }
+    return n == 0 || sum == text->len;
+}
+
+size_t chat_wire_token_pieces(const chat_wire_event *ev)
+{
+    if (ev->kind != CHAT_WIRE_EV_TOKEN) return 0;
+    if (!ev->token.piece_lens.len) return ev->token.text.len ? 1 : 0;
+    return ev->token.piece_lens.len / 4;
+}
+
+uint32_t chat_wire_token_piece_len(const chat_wire_str *lens, size_t i)
+{
+    const unsigned char *b = (const unsigned char *)lens->s + 4 * i;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+void chat_wire_token_piece_put(unsigned char out[4], uint32_t len)
+{
+    out[0] = (unsigned char)len, out[1] = (unsigned char)(len >> 8);
+    out[2] = (unsigned char)(len >> 16), out[3] = (unsigned char)(len >> 24);
+}
+
 /* EV job_id kind fields... */
 static int parse_event(const chat_wire_msg *m, int at, int nargs, chat_wire_event *ev, char *err, size_t errlen)
 {
@@ -311,6 +344,8 @@ static int parse_event(const chat_wire_msg *m, int at, int nargs, chat_wire_even
         return chat_fail(err, errlen, CHAT_EINVAL, "EV %s with %d fields, not %d", EVENTS[k].name, nargs - 2, n);
     for (int i = 0; i < n; i++)
         *event_field(ev, i) = part_at(m, at + 2 + i);
+    if (ev->kind == CHAT_WIRE_EV_TOKEN && !token_pieces_valid(&ev->token.text, &ev->token.piece_lens))
+        return chat_fail(err, errlen, CHAT_EINVAL, "EV token: piece lengths do not add up to the text");
     return 0;
 }
 

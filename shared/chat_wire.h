@@ -18,7 +18,7 @@
  *     HB                                 heartbeat
  *     BYE                                stop sending jobs; the jobs in flight still finish
  *     EV job_id progress step message
- *     EV job_id token    text
+ *     EV job_id token    text piece_lens                        piece_lens: 4-byte lengths, or empty (one piece)
  *     EV job_id complete response session_id metadata_json     terminal: that slot is free again
  *     EV job_id error    code message                          terminal: that slot is free again
  *   broker -> worker
@@ -48,7 +48,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHAT_WIRE_VERSION "chatwire/1"
+#define CHAT_WIRE_VERSION "chatwire/2" /* 2: token events carry their pieces' lengths */
 #define CHAT_WIRE_HEARTBEAT_MS 500
 #define CHAT_WIRE_DEAD_MS 2000
 #define CHAT_WIRE_MAX_PARTS 16          /* a message with more parts is dropped */
@@ -113,7 +113,8 @@ typedef struct chat_wire_event {
             chat_wire_str step, message;
         } progress;
         struct {
-            chat_wire_str text;
+            chat_wire_str text;       /* the pieces, one after another */
+            chat_wire_str piece_lens; /* each piece's length, 4 bytes little-endian; empty: one piece */
         } token;
         struct {
             chat_wire_str response, session_id, metadata_json;
@@ -125,6 +126,14 @@ typedef struct chat_wire_event {
 } chat_wire_event;
 
 bool chat_wire_event_terminal(chat_wire_event_kind kind);
+
+/* A token event carries every piece the model produced since the worker's last send (one piece per
+ * token callback, about a word), with their lengths, so that the streamer can send each as its own
+ * frame however the worker batched them: batching saves wake-ups, never frames. The parser checks that
+ * the lengths add up to the text. */
+size_t chat_wire_token_pieces(const chat_wire_event *ev);              /* how many (0 for other kinds) */
+uint32_t chat_wire_token_piece_len(const chat_wire_str *lens, size_t i); /* piece i's length */
+void chat_wire_token_piece_put(unsigned char out[4], uint32_t len);     /* encodes a length */
 
 /* An owned copy of ev: one allocation holding the struct and its fields (each NUL-terminated), for an
  * event that must outlive the strings it points to. NULL on out of memory. Free with

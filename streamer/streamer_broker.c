@@ -214,6 +214,21 @@ static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
     b->out_tail = e;
 }
 
+/* One token event per piece of the worker's event: the connection frames each on its own. */
+static void emit_pieces(sb_broker *b, sb_job *job, const chat_wire_event *ev)
+{
+    size_t n = chat_wire_token_pieces(ev), at = 0;
+    if (!ev->token.piece_lens.len) {
+        emit_token(b, job, ev->token.text.s, ev->token.text.len);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t len = chat_wire_token_piece_len(&ev->token.piece_lens, i);
+        emit_token(b, job, ev->token.text.s + at, len);
+        at += len;
+    }
+}
+
 /* Ends a job with an error event, drops it from the books, frees it. */
 static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *message)
 {
@@ -514,7 +529,7 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_event *ev, 
     }
     if (ev->kind == CHAT_WIRE_EV_TOKEN) {
         job->tokens_sent = true;
-        emit_token(b, job, ev->token.text.s, ev->token.text.len);
+        emit_pieces(b, job, ev);
         return;
     }
     bool complete = ev->kind == CHAT_WIRE_EV_COMPLETE;

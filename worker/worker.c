@@ -32,7 +32,8 @@
  *   hundreds of answers streaming a token every few tens of milliseconds, that is one wake-up of the main
  *   thread (and of the broker and the event loop behind it) per interval instead of one per token, for
  *   at most 2 ms more between tokens; the first token is never held back (an instant generation's tokens
- *   all leave with complete, microseconds later). 0 sends each step and token at once. The main thread
+ *   all leave with complete, microseconds later). Batching never merges frames: a token event lists its
+ *   pieces' lengths, and the streamer sends each piece as its own frame. 0 sends each step and token at once. The main thread
  *   swaps a slot's buffers with spare ones of its own, so sending tokens allocates nothing.
  * - After every answer the stage thread that finished it sends a DONE note. If an answer ever ended
  *   without a terminal event, the main thread supplies a PROCESSING_ERROR, so the broker never waits
@@ -121,13 +122,14 @@ typedef struct slot {
      * answer's complete or error (an owned copy) until the main thread sends it. */
     pthread_mutex_t tok_mu;
     chat_buf ev_buf;
-    chat_buf tok_buf;
+    chat_buf tok_buf;  /* the pieces' text, one after another */
+    chat_buf tok_lens; /* each piece's length (chat_wire_token_piece_put): the streamer frames each */
     chat_wire_event *terminal;
     bool in_dirty; /* listed in w->dirty (under w->dirty_mu) */
 
     /* Main thread only: emptied buffers swapped in for ev_buf and tok_buf at each flush, so that
      * producing and sending reuse the same memory instead of allocating per flush. */
-    chat_buf ev_spare, tok_spare;
+    chat_buf ev_spare, tok_spare, lens_spare;
 } slot;
 
 /* A FIFO of slot indexes with room for every slot (a slot is in at most one queue at a time). */
@@ -250,13 +252,18 @@ static void on_progress(void *ud, const char *step, const char *message)
 static int on_token(void *ud, const char *text, size_t len)
 {
     slot *s = ud;
+    if (!len || len > UINT32_MAX) return atomic_load(&s->cancel) ? 1 : 0; /* no piece to frame */
+    unsigned char piece[4];
+    chat_wire_token_piece_put(piece, (uint32_t)len);
     pthread_mutex_lock(&s->tok_mu);
     bool was_empty = s->tok_buf.len == 0;
     int rc = chat_buf_append(&s->tok_buf, text, len);
+    if (!rc && (rc = chat_buf_append(&s->tok_lens, piece, sizeof piece))) s->tok_buf.len -= len; /* in step */
     pthread_mutex_unlock(&s->tok_mu);
     if (rc) return 1;
     if (s->w->instant && s->w->cfg.token_flush_ms > 0) {
-        /* the whole answer follows within microseconds, and complete sends what waits */
+        /* the whole answer follows within microseconds, and complete sends what waits: one event whose
+         * pieces the streamer still sends as a frame each */
     } else if (!s->first_token_sent || s->w->cfg.token_flush_ms == 0) {
         s->first_token_sent = true;
         if (was_empty) slot_note(s, NOTE_TOKENS);
@@ -614,9 +621,10 @@ static void spare_reset(chat_buf *b)
 static void flush_tokens(void *dealer, slot *s)
 {
     pthread_mutex_lock(&s->tok_mu);
-    chat_buf ev = s->ev_buf, out = s->tok_buf;
+    chat_buf ev = s->ev_buf, out = s->tok_buf, lens = s->tok_lens;
     s->ev_buf = s->ev_spare;
     s->tok_buf = s->tok_spare;
+    s->tok_lens = s->lens_spare;
     pthread_mutex_unlock(&s->tok_mu);
     for (size_t at = 0; at < ev.len;) {
         const char *step = ev.data + at;
@@ -628,14 +636,16 @@ static void flush_tokens(void *dealer, slot *s)
         if (chat_wire_send_event(dealer, &pe, 0)) chat_log_warn("worker: progress not sent: %s", zmq_strerror(errno));
     }
     if (out.len) {
-        chat_wire_event te = {.job_id = s->job_id, .kind = CHAT_WIRE_EV_TOKEN, .token = {{out.data, out.len}}};
+        chat_wire_event te = {.job_id = s->job_id, .kind = CHAT_WIRE_EV_TOKEN, .token = {{out.data, out.len}, {lens.data, lens.len}}};
         /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
         if (chat_wire_send_event(dealer, &te, 0)) chat_log_warn("worker: tokens not sent: %s", zmq_strerror(errno));
     }
     s->ev_spare = ev;
     s->tok_spare = out;
+    s->lens_spare = lens;
     spare_reset(&s->ev_spare);
     spare_reset(&s->tok_spare);
+    spare_reset(&s->lens_spare);
 }
 
 /* Sends the answer's terminal event if it waits in the slot, after the steps and tokens before it: the
@@ -772,6 +782,8 @@ static worker *worker_new(const chat_config *cfg)
         chat_buf_init(&s->ev_buf);
         chat_buf_init(&s->tok_spare);
         chat_buf_init(&s->ev_spare);
+        chat_buf_init(&s->tok_lens);
+        chat_buf_init(&s->lens_spare);
         w->idle[w->n_slots - 1 - i] = i; /* slot 0 first */
     }
     for (int i = 0; i < w->n_stages; i++) w->stages[i].w = w;
@@ -792,6 +804,8 @@ static void worker_free(worker *w)
         chat_buf_free(&s->ev_buf);
         chat_buf_free(&s->tok_spare);
         chat_buf_free(&s->ev_spare);
+        chat_buf_free(&s->tok_lens);
+        chat_buf_free(&s->lens_spare);
         pthread_mutex_destroy(&s->tok_mu);
     }
     for (int i = 0; i < w->n_stages; i++) chat_pipeline_free(w->stages[i].pipeline);

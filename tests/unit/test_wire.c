@@ -95,6 +95,7 @@ static void assert_event(const chat_wire_event *want, const chat_wire_event *got
         break;
     case CHAT_WIRE_EV_TOKEN:
         assert_str(want->token.text, got->token.text);
+        assert_str(want->token.piece_lens, got->token.piece_lens);
         break;
     case CHAT_WIRE_EV_COMPLETE:
         assert_str(want->complete.response, got->complete.response);
@@ -150,9 +151,15 @@ static const round_trip ROUND_TRIPS[] = {
      {S("EV"), S("7"), S("progress"), S("rag_retrieval"), S("Searching...")}},
     {"token",
      false,
-     {.kind = CHAT_WIRE_EV, .ev = {.job_id = 7, .kind = CHAT_WIRE_EV_TOKEN, .token = {S("The engine ")}}},
-     4,
-     {S("EV"), S("7"), S("token"), S("The engine ")}},
+     {.kind = CHAT_WIRE_EV, .ev = {.job_id = 7, .kind = CHAT_WIRE_EV_TOKEN, .token = {S("The engine "), S("")}}},
+     5,
+     {S("EV"), S("7"), S("token"), S("The engine "), S("")}},
+    {"token pieces",
+     false,
+     {.kind = CHAT_WIRE_EV,
+      .ev = {.job_id = 8, .kind = CHAT_WIRE_EV_TOKEN, .token = {S("The engine "), S("\4\0\0\0\7\0\0\0")}}},
+     5,
+     {S("EV"), S("8"), S("token"), S("The engine "), S("\4\0\0\0\7\0\0\0")}},
     {"complete",
      false,
      {.kind = CHAT_WIRE_EV,
@@ -318,7 +325,7 @@ static const malformed MALFORMED[] = {
     {"cancel with a space", false, 2, {S("CANCEL"), S(" 1")}},
     {"cancel with two ids", false, 3, {S("CANCEL"), S("1"), S("2")}},
     {"ready without pid", false, 2, {S("READY"), S(CHAT_WIRE_VERSION)}},
-    {"ready of another version", false, 4, {S("READY"), S("chatwire/2"), S("1"), S("1")}},
+    {"ready of another version", false, 4, {S("READY"), S("chatwire/1"), S("1"), S("1")}},
     {"ready with bad pid", false, 4, {S("READY"), S(CHAT_WIRE_VERSION), S("p1"), S("1")}},
     {"ready with 0 slots", false, 4, {S("READY"), S(CHAT_WIRE_VERSION), S("1"), S("0")}},
     {"ready with too many slots", false, 4, {S("READY"), S(CHAT_WIRE_VERSION), S("1"), S("65537")}},
@@ -327,10 +334,15 @@ static const malformed MALFORMED[] = {
     {"ready with junk slots", false, 4, {S("READY"), S(CHAT_WIRE_VERSION), S("1"), S("8x")}},
     {"ready with a part too many", false, 5, {S("READY"), S(CHAT_WIRE_VERSION), S("1"), S("1"), S("1")}},
     {"ev without kind", false, 2, {S("EV"), S("1")}},
-    {"ev with bad id", false, 4, {S("EV"), S("x"), S("token"), S("t")}},
-    {"ev of an unknown kind", false, 4, {S("EV"), S("1"), S("tokens"), S("t")}},
+    {"ev with bad id", false, 5, {S("EV"), S("x"), S("token"), S("t"), S("")}},
+    {"ev of an unknown kind", false, 5, {S("EV"), S("1"), S("tokens"), S("t"), S("")}},
     {"token without text", false, 3, {S("EV"), S("1"), S("token")}},
-    {"token with a part too many", false, 5, {S("EV"), S("1"), S("token"), S("t"), S("u")}},
+    {"token without piece lengths", false, 4, {S("EV"), S("1"), S("token"), S("t")}},
+    {"token with a part too many", false, 6, {S("EV"), S("1"), S("token"), S("t"), S(""), S("u")}},
+    {"token pieces short of the text", false, 5, {S("EV"), S("1"), S("token"), S("abc"), S("\2\0\0\0")}},
+    {"token pieces beyond the text", false, 5, {S("EV"), S("1"), S("token"), S("abc"), S("\4\0\0\0")}},
+    {"token piece of length 0", false, 5, {S("EV"), S("1"), S("token"), S("abc"), S("\0\0\0\0\3\0\0\0")}},
+    {"token piece lengths cut", false, 5, {S("EV"), S("1"), S("token"), S("abc"), S("\3\0\0")}},
     {"progress without message", false, 4, {S("EV"), S("1"), S("progress"), S("generating")}},
     {"complete without metadata", false, 5, {S("EV"), S("1"), S("complete"), S("r"), S("s")}},
     {"error with a part too many", false, 6, {S("EV"), S("1"), S("error"), S("C"), S("m"), S("x")}},
@@ -367,6 +379,22 @@ static void test_malformed(void **state)
         assert_int_equal(chat_wire_parse(&f->m, t->enveloped ? &from : NULL, &c, err, sizeof err), CHAT_EINVAL);
         assert_true(err[0] != '\0'); /* a reason for the log */
     }
+}
+
+/* A token event's pieces: counted and measured as the worker encoded them; no lengths is one piece. */
+static void test_token_pieces(void **state)
+{
+    (void)state;
+    static const uint32_t lens[] = {4, 1, 70000, 3};
+    unsigned char enc[4 * 4];
+    for (size_t i = 0; i < 4; i++) chat_wire_token_piece_put(enc + 4 * i, lens[i]);
+    chat_wire_event ev = {.kind = CHAT_WIRE_EV_TOKEN, .token = {S("x"), {(const char *)enc, sizeof enc}}};
+    assert_int_equal(chat_wire_token_pieces(&ev), 4);
+    for (size_t i = 0; i < 4; i++) assert_int_equal(chat_wire_token_piece_len(&ev.token.piece_lens, i), lens[i]);
+    chat_wire_event one = {.kind = CHAT_WIRE_EV_TOKEN, .token = {S("The engine "), S("")}};
+    assert_int_equal(chat_wire_token_pieces(&one), 1);
+    chat_wire_event progress = {.kind = CHAT_WIRE_EV_PROGRESS};
+    assert_int_equal(chat_wire_token_pieces(&progress), 0);
 }
 
 static void test_ready_slots(void **state)
@@ -416,6 +444,7 @@ int main(void)
         cmocka_unit_test(test_event_terminal),
         cmocka_unit_test(test_owned_copies_outlive_message),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_token_pieces),
         cmocka_unit_test(test_ready_slots),
         cmocka_unit_test(test_limits),
     };
