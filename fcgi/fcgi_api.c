@@ -129,25 +129,33 @@ void fcgi_api_log_path(const char *uri, char *out, size_t cap)
     out[n] = '\0';
 }
 
-static int set_error(fcgi_resp *resp, int status, const char *code, const char *message)
+/* The error answer with an explicit status: lighttpd's own errors keep theirs. message NULL: the code's
+ * default message. */
+static int set_error_status(fcgi_resp *resp, int status, chat_proto_code code, const char *message)
 {
     resp->status = status;
     chat_buf_reset(&resp->body);
-    char *json = chat_proto_rest_error(message, code);
+    char *json = chat_proto_rest_error(message ? message : chat_proto_code_message(code), chat_proto_code_name(code));
     if (!json || chat_buf_puts(&resp->body, json)) {
         /* Out of memory: a fixed body still tells the client what happened. */
         chat_buf_reset(&resp->body);
         resp->status = 500;
-        chat_buf_puts(&resp->body, "{\"error\":\"Internal error\",\"code\":\"PROCESSING_ERROR\"}");
+        chat_buf_puts(&resp->body, chat_proto_rest_error_oom);
     }
     free(json);
     return resp->status;
 }
 
+/* The error answer for code, with the status the protocol's table gives it. */
+static int set_error(fcgi_resp *resp, chat_proto_code code, const char *message)
+{
+    return set_error_status(resp, chat_proto_code_status(code), code, message);
+}
+
 static int method_not_allowed(fcgi_resp *resp, const char *allow)
 {
     snprintf(resp->allow, sizeof resp->allow, "%s", allow);
-    return set_error(resp, 405, FCGI_CODE_METHOD_NOT_ALLOWED, "Method not allowed");
+    return set_error(resp, CHAT_PROTO_METHOD_NOT_ALLOWED, NULL);
 }
 
 static int set_json(fcgi_resp *resp, int status, json_object *o)
@@ -155,7 +163,7 @@ static int set_json(fcgi_resp *resp, int status, json_object *o)
     const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     chat_buf_reset(&resp->body);
     if (!text || chat_buf_puts(&resp->body, text))
-        return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     resp->status = status;
     return status;
 }
@@ -208,7 +216,7 @@ static int authenticate(fcgi_api *api, const fcgi_req *req, chat_user *user, fcg
         h++;
     if (!h || strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) {
         snprintf(resp->www_auth, sizeof resp->www_auth, "Bearer realm=\"chat\"");
-        return set_error(resp, 401, CHAT_CODE_AUTH_REQUIRED, "Authentication required");
+        return set_error(resp, CHAT_PROTO_AUTH_REQUIRED, NULL);
     }
     const char *tok = h + 7;
     while (*tok == ' ' || *tok == '\t')
@@ -218,12 +226,12 @@ static int authenticate(fcgi_api *api, const fcgi_req *req, chat_user *user, fcg
         n--;
     if (!n) {
         snprintf(resp->www_auth, sizeof resp->www_auth, "Bearer realm=\"chat\"");
-        return set_error(resp, 401, CHAT_CODE_AUTH_REQUIRED, "Authentication required");
+        return set_error(resp, CHAT_PROTO_AUTH_REQUIRED, NULL);
     }
     snprintf(resp->www_auth, sizeof resp->www_auth, "Bearer realm=\"chat\", error=\"invalid_token\"");
-    if (n > BEARER_MAX) return set_error(resp, 401, FCGI_CODE_INVALID_TOKEN, "Invalid token");
+    if (n > BEARER_MAX) return set_error(resp, CHAT_PROTO_INVALID_TOKEN, NULL);
     char *token = strndup(tok, n);
-    if (!token) return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+    if (!token) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     char msg[128] = "", detail[256] = "";
     int rc = chat_jwt_verify(api->jwt, token, time(NULL), user, msg, sizeof msg, detail, sizeof detail);
     free(token);
@@ -232,8 +240,8 @@ static int authenticate(fcgi_api *api, const fcgi_req *req, chat_user *user, fcg
         return 0;
     }
     chat_log_info("auth refused: %s", detail[0] ? detail : chat_strerror(rc));
-    if (rc == CHAT_EEXPIRED) return set_error(resp, 401, FCGI_CODE_TOKEN_EXPIRED, "Token expired");
-    return set_error(resp, 401, FCGI_CODE_INVALID_TOKEN, "Invalid token");
+    if (rc == CHAT_EEXPIRED) return set_error(resp, CHAT_PROTO_TOKEN_EXPIRED, NULL);
+    return set_error(resp, CHAT_PROTO_INVALID_TOKEN, NULL);
 }
 
 /* ---- request body ---- */
@@ -326,20 +334,20 @@ static void sink_error(void *ud, const char *code, const char *message)
     snprintf(r->message, sizeof r->message, "%s", message ? message : "");
 }
 
+/* The pipeline's failure as an answer: its code (with the table's status) and its client-safe message. */
 static int chat_failed(fcgi_resp *resp, int rc, const chat_result *r)
 {
-    const char *code = r->code;
     if (rc == CHAT_EDB) {
         snprintf(resp->retry_after, sizeof resp->retry_after, "5");
-        return set_error(resp, 503, FCGI_CODE_SERVICE_UNAVAILABLE, "Service temporarily unavailable");
+        return set_error(resp, CHAT_PROTO_SERVICE_UNAVAILABLE, NULL);
     }
-    if (rc == CHAT_EFORBIDDEN || !strcmp(code, CHAT_CODE_SESSION_FORBIDDEN))
-        return set_error(resp, 403, code[0] ? code : CHAT_CODE_SESSION_FORBIDDEN,
-                         r->message[0] ? r->message : "This session belongs to another user");
+    chat_proto_code code;
+    bool named = chat_proto_code_lookup(r->code, &code);
+    if (rc == CHAT_EFORBIDDEN || (named && code == CHAT_PROTO_SESSION_FORBIDDEN))
+        return set_error(resp, named ? code : CHAT_PROTO_SESSION_FORBIDDEN, r->message[0] ? r->message : NULL);
     if (rc == CHAT_EINVAL)
-        return set_error(resp, 400, code[0] ? code : CHAT_CODE_INVALID_REQUEST,
-                         r->message[0] ? r->message : "Invalid request");
-    return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "An error occurred while processing your message");
+        return set_error(resp, named ? code : CHAT_PROTO_INVALID_REQUEST, r->message[0] ? r->message : NULL);
+    return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, "An error occurred while processing your message");
 }
 
 static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
@@ -348,9 +356,9 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     chat_user user;
     if (authenticate(api, req, &user, resp)) return resp->status;
     if (!content_type_ok(req->content_type))
-        return set_error(resp, 415, FCGI_CODE_UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+        return set_error(resp, CHAT_PROTO_UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
     if (req->content_length > (long long)api->max_body)
-        return set_error(resp, 413, FCGI_CODE_PAYLOAD_TOO_LARGE, "Request body too large");
+        return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
 
     chat_buf body;
     chat_buf_init(&body);
@@ -361,17 +369,17 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 
     int rc = read_body(api, req, &body);
     if (rc == 413) {
-        status = set_error(resp, 413, FCGI_CODE_PAYLOAD_TOO_LARGE, "Request body too large");
+        status = set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
         goto cleanup;
     }
     if (rc) {
-        status = rc == 500 ? set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error")
-                           : set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Incomplete request body");
+        status = rc == 500 ? set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL)
+                           : set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Incomplete request body");
         goto cleanup;
     }
     tok = json_tokener_new_ex(FCGI_API_JSON_DEPTH);
     if (!tok) {
-        status = set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        status = set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
         goto cleanup;
     }
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
@@ -386,51 +394,51 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
         }
     }
     if (!root || json_tokener_get_error(tok) != json_tokener_success) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_JSON, "Invalid JSON");
+        status = set_error(resp, CHAT_PROTO_INVALID_JSON, NULL);
         goto cleanup;
     }
     if (!json_object_is_type(root, json_type_object)) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "The request body must be a JSON object");
+        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "The request body must be a JSON object");
         goto cleanup;
     }
 
     json_object *jm;
     if (!json_object_object_get_ex(root, "message", &jm) || !jm) {
-        status = set_error(resp, 400, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
+        status = set_error(resp, CHAT_PROTO_EMPTY_MESSAGE, NULL);
         goto cleanup;
     }
     if (!json_object_is_type(jm, json_type_string) ||
         (size_t)json_object_get_string_len(jm) != strlen(json_object_get_string(jm))) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "message must be a string");
+        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "message must be a string");
         goto cleanup;
     }
     size_t mlen;
     const char *msg = chat_proto_trim(json_object_get_string(jm), strlen(json_object_get_string(jm)), &mlen);
     if (!chat_utf8_valid(msg, mlen)) { /* json-c lets overlongs and encoded surrogates through */
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "message must be valid UTF-8");
+        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "message must be valid UTF-8");
         goto cleanup;
     }
     if (!mlen) {
-        status = set_error(resp, 400, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
+        status = set_error(resp, CHAT_PROTO_EMPTY_MESSAGE, NULL);
         goto cleanup;
     }
     if (mlen > (size_t)api->cfg.max_message_bytes) {
-        status = set_error(resp, 400, CHAT_CODE_MESSAGE_TOO_LONG, "Message is too long");
+        status = set_error(resp, CHAT_PROTO_MESSAGE_TOO_LONG, "Message is too long");
         goto cleanup;
     }
     const char *sid, *cid;
     if (opt_string(root, "session_id", &sid) || (sid && !chat_id_valid(sid))) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Invalid session_id");
+        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid session_id");
         goto cleanup;
     }
     if (opt_string(root, "customer_id", &cid) || (cid && !chat_id_valid(cid))) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Invalid customer_id");
+        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid customer_id");
         goto cleanup;
     }
     const char *request_id = NULL;
     if (req->idempotency_key && *req->idempotency_key) {
         if (!chat_id_valid(req->idempotency_key)) {
-            status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Invalid Idempotency-Key");
+            status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid Idempotency-Key");
             goto cleanup;
         }
         request_id = req->idempotency_key;
@@ -438,7 +446,7 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 
     char *text = strndup(msg, mlen);
     if (!text) {
-        status = set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        status = set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
         goto cleanup;
     }
     chat_request creq = {
@@ -459,7 +467,7 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     json_object *meta = json_tokener_parse(result.metadata);
     if (!out) {
         json_object_put(meta);
-        status = set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        status = set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
         goto cleanup;
     }
     json_object_object_add(out, "response", json_object_new_string(result.response));
@@ -486,30 +494,30 @@ static int handle_history(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp, c
     if (authenticate(api, req, &user, resp)) return resp->status;
     char sid[CHAT_SESSION_ID_MAX + 1];
     if (pct_decode(raw_id, raw_len, sid, sizeof sid) || !chat_id_valid(sid))
-        return set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Invalid session id");
+        return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid session id");
     char *json = NULL, err[256] = "";
     int rc = chat_memory_messages_json(chat_pipeline_db(api->pipeline), user.id, sid, &json, err, sizeof err);
     if (rc == 0 && json) {
         chat_buf_reset(&resp->body);
         int r = chat_buf_puts(&resp->body, json);
         free(json);
-        if (r) return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        if (r) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
         resp->status = 200;
         return 200;
     }
     free(json);
     switch (rc) {
-    case CHAT_ENOTFOUND: return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Session not found");
+    case CHAT_ENOTFOUND: return set_error(resp, CHAT_PROTO_NOT_FOUND, "Session not found");
     case CHAT_EFORBIDDEN:
-        return set_error(resp, 403, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
+        return set_error(resp, CHAT_PROTO_SESSION_FORBIDDEN, NULL);
     case CHAT_EDB:
         chat_log_warn("history: %s", err);
         fcgi_health_invalidate(api->health);
         snprintf(resp->retry_after, sizeof resp->retry_after, "5");
-        return set_error(resp, 503, FCGI_CODE_SERVICE_UNAVAILABLE, "Service temporarily unavailable");
+        return set_error(resp, CHAT_PROTO_SERVICE_UNAVAILABLE, NULL);
     default:
         chat_log_error("history: %s", err[0] ? err : chat_strerror(rc));
-        return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     }
 }
 
@@ -529,9 +537,9 @@ static bool jwt_charset(const char *s, size_t n)
 static int handle_demo_token(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 {
     if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
-    if (!api->demo_token_file[0]) return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
+    if (!api->demo_token_file[0]) return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
     int fd = open(api->demo_token_file, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
+    if (fd < 0) return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
     char buf[DEMO_TOKEN_MAX + 1];
     size_t n = 0;
     for (;;) {
@@ -547,10 +555,10 @@ static int handle_demo_token(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp
     buf[n] = '\0';
     if (!jwt_charset(buf, n)) {
         chat_log_warn("demo token file does not hold a token");
-        return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
+        return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
     }
     json_object *o = json_object_new_object();
-    if (!o) return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+    if (!o) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     json_object_object_add(o, "token", json_object_new_string_len(buf, (int)n));
     int status = set_json(resp, 200, o);
     json_object_put(o);
@@ -563,7 +571,7 @@ static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 {
     if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
     int st = fcgi_health_get(api->health, chat_pipeline_db(api->pipeline), &resp->body);
-    if (st < 0) return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+    if (st < 0) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     if (st == 503) snprintf(resp->retry_after, sizeof resp->retry_after, "5");
     resp->status = st;
     return st;
@@ -574,23 +582,24 @@ static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 static int handle_server_error(fcgi_resp *resp, int status)
 {
     switch (status) {
-    case 400: return set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Bad request");
-    case 403: return set_error(resp, 403, "FORBIDDEN", "Forbidden");
-    case 404: return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
-    case 405: return set_error(resp, 405, FCGI_CODE_METHOD_NOT_ALLOWED, "Method not allowed");
-    case 408: return set_error(resp, 408, "REQUEST_TIMEOUT", "Request timeout");
-    case 411: return set_error(resp, 411, "LENGTH_REQUIRED", "Length required");
-    case 413: return set_error(resp, 413, FCGI_CODE_PAYLOAD_TOO_LARGE, "Request body too large");
-    case 415: return set_error(resp, 415, FCGI_CODE_UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
-    case 431: return set_error(resp, 431, CHAT_CODE_INVALID_REQUEST, "Request headers too large");
+    case 400: return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Bad request");
+    case 403: return set_error(resp, CHAT_PROTO_FORBIDDEN, NULL);
+    case 404: return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
+    case 405: return set_error(resp, CHAT_PROTO_METHOD_NOT_ALLOWED, NULL);
+    case 408: return set_error(resp, CHAT_PROTO_REQUEST_TIMEOUT, NULL);
+    case 411: return set_error(resp, CHAT_PROTO_LENGTH_REQUIRED, NULL);
+    case 413: return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    case 415: return set_error(resp, CHAT_PROTO_UNSUPPORTED_MEDIA_TYPE, NULL);
+    case 431: return set_error_status(resp, 431, CHAT_PROTO_INVALID_REQUEST, "Request headers too large");
     case 502:
     case 503:
     case 504:
         snprintf(resp->retry_after, sizeof resp->retry_after, "5");
-        return set_error(resp, 503, FCGI_CODE_SERVICE_UNAVAILABLE, "Service temporarily unavailable");
+        return set_error(resp, CHAT_PROTO_SERVICE_UNAVAILABLE, NULL);
     default:
-        if (status >= 400 && status < 500) return set_error(resp, status, CHAT_CODE_INVALID_REQUEST, "Bad request");
-        return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        if (status >= 400 && status < 500)
+            return set_error_status(resp, status, CHAT_PROTO_INVALID_REQUEST, "Bad request");
+        return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     }
 }
 
@@ -622,5 +631,5 @@ int fcgi_api_handle(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
         size_t idlen = n - lp - ls;
         if (!memchr(id, '/', idlen)) return handle_history(api, req, resp, id, idlen);
     }
-    return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
+    return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
 }

@@ -27,6 +27,48 @@
 
 static const char REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FFFD */
 
+/* ---- the tables ---- */
+
+static const struct {
+    const char *name;
+    int status;
+    const char *message;
+} codes[] = {
+#define CODE_ROW(name, status, message) {#name, status, message},
+    CHAT_PROTO_ERRORS(CODE_ROW)
+#undef CODE_ROW
+};
+
+static chat_proto_code valid_code(chat_proto_code c)
+{
+    return (unsigned)c < CHAT_PROTO_CODE_COUNT ? c : CHAT_PROTO_PROCESSING_ERROR;
+}
+
+const char *chat_proto_code_name(chat_proto_code c)
+{
+    return codes[valid_code(c)].name;
+}
+
+int chat_proto_code_status(chat_proto_code c)
+{
+    return codes[valid_code(c)].status;
+}
+
+const char *chat_proto_code_message(chat_proto_code c)
+{
+    return codes[valid_code(c)].message;
+}
+
+bool chat_proto_code_lookup(const char *name, chat_proto_code *out)
+{
+    for (size_t i = 0; name && i < CHAT_ARRAY_LEN(codes); i++)
+        if (!strcmp(name, codes[i].name)) {
+            if (out) *out = (chat_proto_code)i;
+            return true;
+        }
+    return false;
+}
+
 /* ---- UTF-8 ---- */
 
 /* Length (1..4) of the well-formed UTF-8 character at p, 0 when malformed or cut short: the escaper
@@ -334,6 +376,8 @@ char *chat_proto_rest_error(const char *message, const char *code)
     int failed = add_str(o, "error", message) || add_str(o, "code", code ? code : CHAT_CODE_PROCESSING_ERROR);
     return finish(o, failed);
 }
+
+const char chat_proto_rest_error_oom[] = "{\"error\":\"Internal error\",\"code\":\"PROCESSING_ERROR\"}";
 
 /* ---- parser ---- */
 

@@ -10,18 +10,67 @@
 
 #include "chat_jwt.h"
 
-/* Error codes of the protocol (the spec's three plus the ones it leaves implicit). */
-#define CHAT_CODE_AUTH_REQUIRED "AUTH_REQUIRED"
-#define CHAT_CODE_EMPTY_MESSAGE "EMPTY_MESSAGE"
-#define CHAT_CODE_PROCESSING_ERROR "PROCESSING_ERROR"
-#define CHAT_CODE_INVALID_JSON "INVALID_JSON"
-#define CHAT_CODE_UNKNOWN_TYPE "UNKNOWN_TYPE"
-#define CHAT_CODE_MESSAGE_TOO_LONG "MESSAGE_TOO_LONG"
-#define CHAT_CODE_SESSION_FORBIDDEN "SESSION_FORBIDDEN"
-#define CHAT_CODE_CUSTOMER_FORBIDDEN "CUSTOMER_FORBIDDEN" /* customer_id names someone else's records */
-#define CHAT_CODE_RATE_LIMITED "RATE_LIMITED"
-#define CHAT_CODE_OVERLOADED "OVERLOADED"
-#define CHAT_CODE_INVALID_REQUEST "INVALID_REQUEST" /* a field of the wrong type or format */
+/* The error codes of both front ends, each once: name, the HTTP status REST answers it with, and the
+ * default client message (used when the caller has nothing more specific). The spec names the first
+ * three; the WebSocket and REST share the next ones, and the last group is REST's own (authentication
+ * detail, HTTP framing, lighttpd's own errors). Adding a code is adding a row: the enum, the name, the status and the
+ * message follow. docs/protocol.md and docs/rest-api.md list where each is used. */
+#define CHAT_PROTO_ERRORS(X)                                                                                  \
+    X(AUTH_REQUIRED, 401, "Authentication required")                                                           \
+    X(EMPTY_MESSAGE, 400, "Message cannot be empty")                                                           \
+    X(PROCESSING_ERROR, 500, "Internal error")                                                                 \
+    X(INVALID_JSON, 400, "Invalid JSON")                                                                       \
+    X(UNKNOWN_TYPE, 400, "Unknown message type")                                                               \
+    X(INVALID_REQUEST, 400, "Invalid request") /* a field of the wrong type or format */                       \
+    X(MESSAGE_TOO_LONG, 400, "Message too long")                                                               \
+    X(SESSION_FORBIDDEN, 403, "This session belongs to another user")                                          \
+    X(CUSTOMER_FORBIDDEN, 403, "You may not access this customer's records")                                   \
+    X(RATE_LIMITED, 429, "Too many messages, please slow down")                                                \
+    X(OVERLOADED, 503, "The server is busy, please retry shortly")                                             \
+    /* REST only: */                                                                                          \
+    X(INVALID_TOKEN, 401, "Invalid token")                                                                     \
+    X(TOKEN_EXPIRED, 401, "Token expired")                                                                     \
+    X(FORBIDDEN, 403, "Forbidden")                                                                             \
+    X(NOT_FOUND, 404, "Not found")                                                                             \
+    X(METHOD_NOT_ALLOWED, 405, "Method not allowed")                                                           \
+    X(REQUEST_TIMEOUT, 408, "Request timeout")                                                                 \
+    X(LENGTH_REQUIRED, 411, "Length required")                                                                 \
+    X(PAYLOAD_TOO_LARGE, 413, "Request body too large")                                                        \
+    X(UNSUPPORTED_MEDIA_TYPE, 415, "Unsupported media type")                                                   \
+    X(SERVICE_UNAVAILABLE, 503, "Service temporarily unavailable")
+
+typedef enum chat_proto_code {
+#define CHAT_PROTO_X_ENUM(name, status, message) CHAT_PROTO_##name,
+    CHAT_PROTO_ERRORS(CHAT_PROTO_X_ENUM)
+#undef CHAT_PROTO_X_ENUM
+    CHAT_PROTO_CODE_COUNT
+} chat_proto_code;
+
+/* The code's name as a string literal, e.g. CHAT_CODE(NOT_FOUND) is "NOT_FOUND": a name that is not a
+ * row of the table does not compile (the enum constant is part of the expression, multiplied by 0 so
+ * the result stays an address constant, usable in static initialisers). */
+#define CHAT_CODE(name) (&(#name)[0 * CHAT_PROTO_##name])
+
+/* The names the library has always used, kept for the modules that pass codes as strings. */
+#define CHAT_CODE_AUTH_REQUIRED CHAT_CODE(AUTH_REQUIRED)
+#define CHAT_CODE_EMPTY_MESSAGE CHAT_CODE(EMPTY_MESSAGE)
+#define CHAT_CODE_PROCESSING_ERROR CHAT_CODE(PROCESSING_ERROR)
+#define CHAT_CODE_INVALID_JSON CHAT_CODE(INVALID_JSON)
+#define CHAT_CODE_UNKNOWN_TYPE CHAT_CODE(UNKNOWN_TYPE)
+#define CHAT_CODE_MESSAGE_TOO_LONG CHAT_CODE(MESSAGE_TOO_LONG)
+#define CHAT_CODE_SESSION_FORBIDDEN CHAT_CODE(SESSION_FORBIDDEN)
+#define CHAT_CODE_CUSTOMER_FORBIDDEN CHAT_CODE(CUSTOMER_FORBIDDEN)
+#define CHAT_CODE_RATE_LIMITED CHAT_CODE(RATE_LIMITED)
+#define CHAT_CODE_OVERLOADED CHAT_CODE(OVERLOADED)
+#define CHAT_CODE_INVALID_REQUEST CHAT_CODE(INVALID_REQUEST)
+
+/* A code's name, HTTP status and default client message. An out-of-range value reads as
+ * PROCESSING_ERROR, so a caller always has something to send. Static strings; any thread. */
+const char *chat_proto_code_name(chat_proto_code c);
+int chat_proto_code_status(chat_proto_code c);
+const char *chat_proto_code_message(chat_proto_code c);
+/* The code named name (exact, case-sensitive): true and *out set, or false for NULL or an unknown name. */
+bool chat_proto_code_lookup(const char *name, chat_proto_code *out);
 
 typedef enum { CHAT_IN_AUTH = 1, CHAT_IN_MESSAGE, CHAT_IN_CANCEL, CHAT_IN_PING } chat_in_type;
 
@@ -66,5 +115,7 @@ char *chat_proto_error(const char *message, const char *code);
 
 /* {"error": message, "code": code} for REST. */
 char *chat_proto_rest_error(const char *message, const char *code);
+/* The REST error body for out of memory, a static text for when even building one fails. */
+extern const char chat_proto_rest_error_oom[];
 
 #endif

@@ -160,14 +160,8 @@ static struct {
     lws_sorted_usec_list_t tick;
     int64_t last_sweep_ms, last_status_ms;
     unsigned long long msgs, msgs_at_status, jobs_at_status;
-    unsigned long long errors[16];
+    unsigned long long errors[CHAT_PROTO_CODE_COUNT]; /* error frames sent, by code */
 } S;
-
-static const char *const ERROR_CODES[] = {
-    CHAT_CODE_AUTH_REQUIRED, CHAT_CODE_EMPTY_MESSAGE,    CHAT_CODE_PROCESSING_ERROR,  CHAT_CODE_INVALID_JSON,
-    CHAT_CODE_UNKNOWN_TYPE,  CHAT_CODE_MESSAGE_TOO_LONG, CHAT_CODE_SESSION_FORBIDDEN, CHAT_CODE_RATE_LIMITED,
-    CHAT_CODE_OVERLOADED,    CHAT_CODE_INVALID_REQUEST,  CHAT_CODE_CUSTOMER_FORBIDDEN,
-};
 
 static void dl_remove(sess *s, int k)
 {
@@ -303,11 +297,8 @@ static size_t item_bytes(const sess_x *x, const sb_event *e)
 
 static void count_error(const char *code)
 {
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(ERROR_CODES); i++)
-        if (!strcmp(code, ERROR_CODES[i])) {
-            S.errors[i]++;
-            return;
-        }
+    chat_proto_code c;
+    if (chat_proto_code_lookup(code, &c)) S.errors[c]++;
 }
 
 /* ---------------------------------------------------------------- outbound */
@@ -1103,7 +1094,8 @@ static void status_line(int64_t now)
                   "jobs failed %llu, refused: auth_required %llu rate_limited %llu overloaded %llu",
                   S.conns, secs > 0 ? (double)(S.msgs - S.msgs_at_status) / secs : 0.0,
                   secs > 0 ? (double)(jobs - S.jobs_at_status) / secs : 0.0, st.workers_live, st.workers_busy,
-                  st.jobs_queued, st.jobs_failed, S.errors[0], S.errors[7], S.errors[8]);
+                  st.jobs_queued, st.jobs_failed, S.errors[CHAT_PROTO_AUTH_REQUIRED], S.errors[CHAT_PROTO_RATE_LIMITED],
+                  S.errors[CHAT_PROTO_OVERLOADED]);
     S.msgs_at_status = S.msgs;
     S.jobs_at_status = jobs;
     S.last_status_ms = now;

@@ -437,6 +437,63 @@ static void test_error_frames(void **state)
     free(s);
 }
 
+/* ---- the tables ---- */
+
+/* The statuses REST documents (docs/rest-api.md), spelt out here so a changed row is noticed. */
+static const struct {
+    const char *name;
+    int status;
+} documented_status[] = {
+    {CHAT_CODE_AUTH_REQUIRED, 401},     {"INVALID_TOKEN", 401},           {"TOKEN_EXPIRED", 401},
+    {CHAT_CODE_INVALID_JSON, 400},      {CHAT_CODE_INVALID_REQUEST, 400}, {CHAT_CODE_EMPTY_MESSAGE, 400},
+    {CHAT_CODE_MESSAGE_TOO_LONG, 400},  {CHAT_CODE_SESSION_FORBIDDEN, 403}, {CHAT_CODE_CUSTOMER_FORBIDDEN, 403},
+    {"NOT_FOUND", 404},                 {"METHOD_NOT_ALLOWED", 405},      {"PAYLOAD_TOO_LARGE", 413},
+    {"UNSUPPORTED_MEDIA_TYPE", 415},    {"SERVICE_UNAVAILABLE", 503},     {CHAT_CODE_PROCESSING_ERROR, 500},
+    {CHAT_CODE_RATE_LIMITED, 429},      {CHAT_CODE_OVERLOADED, 503},
+};
+
+static void test_code_table(void **state)
+{
+    for (int i = 0; i < CHAT_PROTO_CODE_COUNT; i++) {
+        chat_proto_code c = (chat_proto_code)i, back;
+        const char *name = chat_proto_code_name(c), *msg = chat_proto_code_message(c);
+        int status = chat_proto_code_status(c);
+        assert_non_null(name);
+        if (!name[0] || strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_") != strlen(name))
+            fail_msg("code %d: name '%s' is not an upper-case identifier", i, name);
+        if (status < 400 || status > 599) fail_msg("code %s: status %d is not an HTTP error", name, status);
+        if (!msg || !msg[0]) fail_msg("code %s: no default message", name);
+        if (!chat_proto_code_lookup(name, &back) || back != c) fail_msg("code %s: lookup does not round-trip", name);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(name, chat_proto_code_name((chat_proto_code)j))) fail_msg("code %s twice", name);
+    }
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(documented_status); i++) {
+        chat_proto_code c;
+        if (!chat_proto_code_lookup(documented_status[i].name, &c))
+            fail_msg("code %s is not in the table", documented_status[i].name);
+        if (chat_proto_code_status(c) != documented_status[i].status)
+            fail_msg("code %s: status %d, documented %d", documented_status[i].name, chat_proto_code_status(c),
+                     documented_status[i].status);
+    }
+    /* The legacy names are the table's strings. */
+    assert_string_equal(CHAT_CODE_AUTH_REQUIRED, "AUTH_REQUIRED");
+    assert_string_equal(CHAT_CODE(NOT_FOUND), chat_proto_code_name(CHAT_PROTO_NOT_FOUND));
+    assert_string_equal(chat_proto_code_message(CHAT_PROTO_AUTH_REQUIRED), "Authentication required");
+    /* Unknown names and values. */
+    chat_proto_code c = CHAT_PROTO_NOT_FOUND;
+    assert_false(chat_proto_code_lookup("auth_required", &c));
+    assert_false(chat_proto_code_lookup("", &c));
+    assert_false(chat_proto_code_lookup(NULL, &c));
+    assert_int_equal(c, CHAT_PROTO_NOT_FOUND);
+    assert_string_equal(chat_proto_code_name(CHAT_PROTO_CODE_COUNT), "PROCESSING_ERROR");
+    assert_int_equal(chat_proto_code_status((chat_proto_code)-1), 500);
+
+    /* The static out-of-memory body is what the builder would have written. */
+    char *s = chat_proto_rest_error(chat_proto_code_message(CHAT_PROTO_PROCESSING_ERROR), CHAT_CODE_PROCESSING_ERROR);
+    assert_string_equal(chat_proto_rest_error_oom, s);
+    free(s);
+}
+
 /* ---- the token frame and its escaper ---- */
 
 static const struct {
@@ -629,6 +686,7 @@ int main(void)
         cmocka_unit_test(test_token_frames),    cmocka_unit_test(test_token_malformed_utf8),
         cmocka_unit_test(test_token_random),
         cmocka_unit_test(test_token_frames_from_escaped_slices),
+        cmocka_unit_test(test_code_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
