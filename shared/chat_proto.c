@@ -5,6 +5,9 @@
  * CHAT_CODE_* with a client-facing message. Messages are trimmed of whitespace (ASCII and the Unicode
  * spaces), so "only spaces" is empty whatever the client's keyboard.
  *
+ * The error codes and the progress steps are X-macro tables in chat_proto.h (CHAT_PROTO_ERRORS,
+ * CHAT_PROTO_STEPS): the arrays below are generated from them, so each code and step is spelt once.
+ *
  * Builders use json-c except chat_proto_token, which runs once per LLM token on the streamer's hot path
  * and is written by hand: one sizing pass, one malloc, one writing pass. Its escaper emits the short
  * escapes json-c uses (\n \t ...), \u00XX for other control bytes, and passes UTF-8 through untouched;
@@ -30,7 +33,7 @@ static const char REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FF
 /* ---- the tables ---- */
 
 static const struct {
-    const char *name;
+    const char *name; /* first: find_row reads it */
     int status;
     const char *message;
 } codes[] = {
@@ -39,34 +42,46 @@ static const struct {
 #undef CODE_ROW
 };
 
-static chat_proto_code valid_code(chat_proto_code c)
+static const struct {
+    const char *name; /* first: find_row reads it */
+    const char *message;
+} steps[] = {
+#define STEP_ROW(id, name, message) {name, message},
+    CHAT_PROTO_STEPS(STEP_ROW)
+#undef STEP_ROW
+};
+
+/* The row of a code or step; an out-of-range value reads as the fallback row the header promises. */
+#define CODE_AT(c) codes[(unsigned)(c) < CHAT_PROTO_CODE_COUNT ? (c) : CHAT_PROTO_PROCESSING_ERROR]
+#define STEP_AT(s) steps[(unsigned)(s) < CHAT_STEP_COUNT ? (s) : CHAT_STEP_STARTING]
+
+/* The row of table (n rows of stride bytes, each starting with its name) named name, or -1. */
+static int find_row(const void *table, size_t n, size_t stride, const char *name)
 {
-    return (unsigned)c < CHAT_PROTO_CODE_COUNT ? c : CHAT_PROTO_PROCESSING_ERROR;
+    for (size_t i = 0; name && i < n; i++)
+        if (!strcmp(name, *(const char *const *)((const char *)table + i * stride))) return (int)i;
+    return -1;
 }
 
-const char *chat_proto_code_name(chat_proto_code c)
-{
-    return codes[valid_code(c)].name;
-}
-
-int chat_proto_code_status(chat_proto_code c)
-{
-    return codes[valid_code(c)].status;
-}
-
-const char *chat_proto_code_message(chat_proto_code c)
-{
-    return codes[valid_code(c)].message;
-}
+const char *chat_proto_code_name(chat_proto_code c) { return CODE_AT(c).name; }
+int chat_proto_code_status(chat_proto_code c) { return CODE_AT(c).status; }
+const char *chat_proto_code_message(chat_proto_code c) { return CODE_AT(c).message; }
 
 bool chat_proto_code_lookup(const char *name, chat_proto_code *out)
 {
-    for (size_t i = 0; name && i < CHAT_ARRAY_LEN(codes); i++)
-        if (!strcmp(name, codes[i].name)) {
-            if (out) *out = (chat_proto_code)i;
-            return true;
-        }
-    return false;
+    int i = find_row(codes, CHAT_ARRAY_LEN(codes), sizeof codes[0], name);
+    if (i >= 0 && out) *out = (chat_proto_code)i;
+    return i >= 0;
+}
+
+const char *chat_proto_step_name(chat_proto_step step) { return STEP_AT(step).name; }
+const char *chat_proto_step_message(chat_proto_step step) { return STEP_AT(step).message; }
+
+bool chat_proto_step_lookup(const char *name, chat_proto_step *out)
+{
+    int i = find_row(steps, CHAT_ARRAY_LEN(steps), sizeof steps[0], name);
+    if (i >= 0 && out) *out = (chat_proto_step)i;
+    return i >= 0;
 }
 
 /* ---- UTF-8 ---- */
@@ -267,22 +282,15 @@ char *chat_proto_auth_error(const char *message)
     return typed_with("auth_error", "message", message ? message : "Invalid token");
 }
 
-static const struct {
-    const char *step;
-    const char *message;
-} progress_messages[] = {
-    {"starting", "Processing your message..."},
-    {"agent_routing", "Routing to appropriate agent..."},
-    {"rag_retrieval", "Searching knowledge base..."},
-    {"generating", "Generating response..."},
-};
-
 char *chat_proto_progress(const char *step)
 {
-    const char *msg = "Processing...";
-    for (size_t i = 0; step && i < CHAT_ARRAY_LEN(progress_messages); i++)
-        if (strcmp(step, progress_messages[i].step) == 0) msg = progress_messages[i].message;
-    return chat_proto_progress_msg(step, msg);
+    chat_proto_step id;
+    return chat_proto_progress_msg(step, chat_proto_step_lookup(step, &id) ? steps[id].message : "Processing...");
+}
+
+char *chat_proto_progress_step(chat_proto_step step)
+{
+    return chat_proto_progress_msg(chat_proto_step_name(step), chat_proto_step_message(step));
 }
 
 char *chat_proto_progress_msg(const char *step, const char *message)

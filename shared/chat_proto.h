@@ -72,6 +72,28 @@ const char *chat_proto_code_message(chat_proto_code c);
 /* The code named name (exact, case-sensitive): true and *out set, or false for NULL or an unknown name. */
 bool chat_proto_code_lookup(const char *name, chat_proto_code *out);
 
+/* The progress steps of an answer, in the order they are sent, each once: the name in the progress
+ * frame and its default message. The streamer sends STARTING when it accepts a message; the pipeline
+ * reaches the others. */
+#define CHAT_PROTO_STEPS(X)                                                                                   \
+    X(STARTING, "starting", "Processing your message...")                                                      \
+    X(AGENT_ROUTING, "agent_routing", "Routing to appropriate agent...")                                       \
+    X(RAG_RETRIEVAL, "rag_retrieval", "Searching knowledge base...")                                           \
+    X(GENERATING, "generating", "Generating response...")
+
+typedef enum chat_proto_step {
+#define CHAT_PROTO_X_STEP(id, name, message) CHAT_STEP_##id,
+    CHAT_PROTO_STEPS(CHAT_PROTO_X_STEP)
+#undef CHAT_PROTO_X_STEP
+    CHAT_STEP_COUNT
+} chat_proto_step;
+
+/* A step's name and default message (static strings; an out-of-range value reads as STARTING). */
+const char *chat_proto_step_name(chat_proto_step step);
+const char *chat_proto_step_message(chat_proto_step step);
+/* The step named name: true and *out set, or false for NULL or an unknown name. */
+bool chat_proto_step_lookup(const char *name, chat_proto_step *out);
+
 typedef enum { CHAT_IN_AUTH = 1, CHAT_IN_MESSAGE, CHAT_IN_CANCEL, CHAT_IN_PING } chat_in_type;
 
 typedef struct chat_in {
@@ -96,7 +118,8 @@ const char *chat_proto_trim(const char *s, size_t n, size_t *outlen);
 
 char *chat_proto_auth_success(const chat_user *user);
 char *chat_proto_auth_error(const char *message);
-char *chat_proto_progress(const char *step); /* message text chosen per step */
+char *chat_proto_progress(const char *step); /* the step's default message ("Processing..." if unknown) */
+char *chat_proto_progress_step(chat_proto_step step);
 char *chat_proto_progress_msg(const char *step, const char *message);
 /* partial may be NULL: the field is then omitted (client opted out). */
 char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len);

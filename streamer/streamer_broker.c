@@ -46,9 +46,6 @@
 #define SB_MAX_SLOTS 65536 /* per worker process */
 #define SB_MAX_ATTEMPTS 2
 
-/* Progress steps, as bits, so a retried job does not repeat what the client already saw. */
-static const char *const STEPS[] = {"agent_routing", "rag_retrieval", "generating"};
-
 struct sb_job {
     sb_job *next;  /* command list, then the waiting queue */
     sb_job *wnext, *wprev; /* the running jobs of its worker (a worker runs hundreds: O(1) removal) */
@@ -58,7 +55,7 @@ struct sb_job {
     bool tokens_sent;
     bool cancelled;
     bool gone; /* the client left: deliver nothing */
-    uint8_t steps_sent;
+    uint8_t steps_sent; /* progress steps sent, bit 1 << chat_proto_step: a retry does not repeat them */
     int64_t submitted_ms;
     int64_t deadline_ms; /* while queued */
     struct sb_worker *worker;
@@ -534,14 +531,15 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_msg *m, int
     sb_job *job = sm_get(&b->jobs, id);
     if (!job || job->worker != w) return; /* stale: a job we already gave up on */
     if (chat_wire_is(m, 3, CHAT_WIRE_EV_PROGRESS) && m->n >= 6) {
-        for (size_t i = 0; i < CHAT_ARRAY_LEN(STEPS); i++) {
-            if (!chat_wire_is(m, 4, STEPS[i])) continue;
-            if (job->steps_sent & (1u << i)) return;
-            job->steps_sent |= (uint8_t)(1u << i);
-            emit_json(b, job, chat_proto_progress_msg(m->part[4], m->part[5]), false, NULL);
-            return;
-        }
-        return; /* "starting" (sent by the streamer) or an unknown step */
+        chat_proto_step step;
+        if (!chat_proto_step_lookup(m->part[4], &step) || !chat_wire_is(m, 4, chat_proto_step_name(step)) ||
+            step == CHAT_STEP_STARTING)
+            return; /* an unknown step, or "starting" (sent by the streamer) */
+        _Static_assert(CHAT_STEP_COUNT <= 8, "steps_sent holds a bit per step");
+        if (job->steps_sent & (1u << step)) return;
+        job->steps_sent |= (uint8_t)(1u << step);
+        emit_json(b, job, chat_proto_progress_msg(m->part[4], m->part[5]), false, NULL);
+        return;
     }
     if (chat_wire_is(m, 3, CHAT_WIRE_EV_TOKEN) && m->n >= 5) {
         job->tokens_sent = true;

@@ -529,7 +529,7 @@ static void start_job(sess *s, pmsg *p)
     /* Submitted before "starting" is queued: should that frame push a slow reader over its limit, the
      * connection's teardown cancels a job the broker already knows, instead of one it has not seen. */
     sb_broker_submit(S.broker, job);
-    send_json(s, chat_proto_progress("starting"));
+    send_json(s, chat_proto_progress_step(CHAT_STEP_STARTING));
     chat_log_debug("streamer: job %" PRIu64 " submitted", id);
 }
 

@@ -231,7 +231,7 @@ static void mark_dirty(slot *s)
 static void on_progress(void *ud, const char *step, const char *message)
 {
     slot *s = ud;
-    if (!strcmp(step, "starting")) return; /* the streamer sent it already */
+    if (!strcmp(step, chat_proto_step_name(CHAT_STEP_STARTING))) return; /* the streamer sent it already */
     if (s->w->cfg.token_flush_ms == 0) {
         chat_wire_part f[2] = {part(step), part(message)};
         slot_event(s, CHAT_WIRE_EV_PROGRESS, f, 2);

@@ -494,6 +494,39 @@ static void test_code_table(void **state)
     free(s);
 }
 
+/* The steps in the order the client sees them, as the spec names them. */
+static const char *const spec_steps[] = {"starting", "agent_routing", "rag_retrieval", "generating"};
+
+static void test_step_table(void **state)
+{
+    assert_int_equal(CHAT_STEP_COUNT, CHAT_ARRAY_LEN(spec_steps));
+    for (int i = 0; i < CHAT_STEP_COUNT; i++) {
+        chat_proto_step step = (chat_proto_step)i, back;
+        const char *name = chat_proto_step_name(step), *msg = chat_proto_step_message(step);
+        assert_string_equal(name, spec_steps[i]);
+        if (!msg || !msg[0]) fail_msg("step %s: no default message", name);
+        if (!chat_proto_step_lookup(name, &back) || back != step) fail_msg("step %s: lookup does not round-trip", name);
+        char *s = chat_proto_progress_step(step);
+        json_object *o = parse_out(s);
+        assert_int_equal(json_object_object_length(o), 3);
+        expect_str(o, "type", "progress");
+        expect_str(o, "step", name);
+        expect_str(o, "message", msg);
+        json_object_put(o);
+        free(s);
+        s = chat_proto_progress(name); /* by name: the same frame */
+        char *want = chat_proto_progress_step(step);
+        assert_string_equal(s, want);
+        free(want);
+        free(s);
+    }
+    chat_proto_step step = CHAT_STEP_GENERATING;
+    assert_false(chat_proto_step_lookup("Starting", &step));
+    assert_false(chat_proto_step_lookup(NULL, &step));
+    assert_int_equal(step, CHAT_STEP_GENERATING);
+    assert_string_equal(chat_proto_step_name(CHAT_STEP_COUNT), "starting");
+}
+
 /* ---- the token frame and its escaper ---- */
 
 static const struct {
@@ -687,6 +720,7 @@ int main(void)
         cmocka_unit_test(test_token_random),
         cmocka_unit_test(test_token_frames_from_escaped_slices),
         cmocka_unit_test(test_code_table),
+        cmocka_unit_test(test_step_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
