@@ -158,14 +158,21 @@ static int method_not_allowed(fcgi_resp *resp, const char *allow)
     return set_error(resp, CHAT_PROTO_METHOD_NOT_ALLOWED, NULL);
 }
 
+/* The answer status with the JSON text as its body. Takes text; NULL (out of memory) gives a 500. */
+static int set_body(fcgi_resp *resp, int status, char *text)
+{
+    chat_buf_reset(&resp->body);
+    int failed = !text || chat_buf_puts(&resp->body, text);
+    free(text);
+    if (failed) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+    resp->status = status;
+    return status;
+}
+
 static int set_json(fcgi_resp *resp, int status, json_object *o)
 {
     const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-    chat_buf_reset(&resp->body);
-    if (!text || chat_buf_puts(&resp->body, text))
-        return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
-    resp->status = status;
-    return status;
+    return set_body(resp, status, text ? strdup(text) : NULL);
 }
 
 static int hexval(char c)
@@ -463,18 +470,7 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
         goto cleanup;
     }
 
-    json_object *out = json_object_new_object();
-    json_object *meta = json_tokener_parse(result.metadata);
-    if (!out) {
-        json_object_put(meta);
-        status = set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
-        goto cleanup;
-    }
-    json_object_object_add(out, "response", json_object_new_string(result.response));
-    json_object_object_add(out, "session_id", json_object_new_string(result.session_id));
-    json_object_object_add(out, "metadata", meta ? meta : json_object_new_object());
-    status = set_json(resp, 200, out);
-    json_object_put(out);
+    status = set_body(resp, 200, chat_proto_rest_answer(result.response, result.session_id, result.metadata));
 
 cleanup:
     free(result.response);
@@ -497,14 +493,7 @@ static int handle_history(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp, c
         return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid session id");
     char *json = NULL, err[256] = "";
     int rc = chat_memory_messages_json(chat_pipeline_db(api->pipeline), user.id, sid, &json, err, sizeof err);
-    if (rc == 0 && json) {
-        chat_buf_reset(&resp->body);
-        int r = chat_buf_puts(&resp->body, json);
-        free(json);
-        if (r) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
-        resp->status = 200;
-        return 200;
-    }
+    if (rc == 0 && json) return set_body(resp, 200, json);
     free(json);
     switch (rc) {
     case CHAT_ENOTFOUND: return set_error(resp, CHAT_PROTO_NOT_FOUND, "Session not found");

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_classify.h"
 #include "chat_common.h"
 #include "chat_util.h"
 
@@ -368,6 +369,71 @@ char *chat_proto_complete(const char *response, const char *session_id, const ch
     return finish(o, failed);
 }
 
+/* {key: val}; NULL on failure (val is freed). */
+static json_object *obj1(const char *key, json_object *val)
+{
+    json_object *o = json_object_new_object();
+    if (!o) {
+        json_object_put(val);
+        return NULL;
+    }
+    if (add(o, key, val)) {
+        json_object_put(o);
+        return NULL;
+    }
+    return o;
+}
+
+static json_object *zero_usage(void)
+{
+    json_object *u = obj1("prompt_tokens", json_object_new_int(0));
+    if (u && add(u, "completion_tokens", json_object_new_int(0))) {
+        json_object_put(u);
+        return NULL;
+    }
+    return u;
+}
+
+/* The metadata of a cancelled answer that produced nothing measurable. Each part is built only when the
+ * parts before it were added (||), so a failure leaks nothing. */
+static json_object *cancelled_metadata(void)
+{
+    json_object *m = json_object_new_object();
+    if (!m) return NULL;
+    int failed = add_str(m, "agent", CHAT_AGENT_GENERAL) || add(m, "confidence", json_object_new_int(0)) ||
+                 add(m, "context", obj1("sources", json_object_new_array())) ||
+                 add_str(m, "finish_reason", "cancelled") || add(m, "usage", zero_usage()) ||
+                 add(m, "timings", json_object_new_object());
+    if (!failed) return m;
+    json_object_put(m);
+    return NULL;
+}
+
+char *chat_proto_complete_cancelled(const char *response, const char *session_id)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "complete") || add_str(o, "response", response) ||
+                 add_str_or_null(o, "session_id", session_id) || add(o, "metadata", cancelled_metadata());
+    return finish(o, failed);
+}
+
+char *chat_proto_rest_answer(const char *response, const char *session_id, const char *metadata_json)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "response", response) || add_str(o, "session_id", session_id) ||
+                 add(o, "metadata", parse_metadata(metadata_json));
+    return finish(o, failed);
+}
+
+char *chat_proto_pong(void)
+{
+    return finish(obj1("type", new_str("pong")), 0);
+}
+
+const char chat_proto_error_oom[] = "{\"type\":\"error\",\"error\":\"Out of memory\",\"code\":\"PROCESSING_ERROR\"}";
+
 char *chat_proto_error(const char *message, const char *code)
 {
     json_object *o = json_object_new_object();
@@ -386,6 +452,38 @@ char *chat_proto_rest_error(const char *message, const char *code)
 }
 
 const char chat_proto_rest_error_oom[] = "{\"error\":\"Internal error\",\"code\":\"PROCESSING_ERROR\"}";
+
+/* ---- client frames ---- */
+
+char *chat_proto_client_auth(const char *token)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    return finish(o, add_str(o, "type", "auth") || add_str(o, "token", token));
+}
+
+/* The fields of a chat request; the optional ids only when given. */
+static int add_request(json_object *o, const char *message, const char *session_id, const char *customer_id)
+{
+    return add_str(o, "message", message) || (session_id && add_str(o, "session_id", session_id)) ||
+           (customer_id && add_str(o, "customer_id", customer_id));
+}
+
+char *chat_proto_client_message(const char *message, const char *session_id, const char *customer_id, bool partial)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "message") || add_request(o, message, session_id, customer_id) ||
+                 (!partial && add(o, "partial", json_object_new_boolean(0)));
+    return finish(o, failed);
+}
+
+char *chat_proto_rest_request(const char *message, const char *session_id, const char *customer_id)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    return finish(o, add_request(o, message, session_id, customer_id));
+}
 
 /* ---- parser ---- */
 

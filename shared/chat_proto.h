@@ -134,10 +134,28 @@ size_t chat_proto_token_escaped(char *out, const char *token_esc, size_t token_e
                                 size_t partial_esc_len);
 /* metadata_json is a JSON object text (from the pipeline); embedded as an object, not a string. */
 char *chat_proto_complete(const char *response, const char *session_id, const char *metadata_json);
+/* The complete that ends a cancelled answer nothing more is known of (it never reached a worker, or its
+ * worker was lost after the cancel): response is the text the client already has, the metadata says
+ * finish_reason "cancelled", agent general, no sources and zero usage. */
+char *chat_proto_complete_cancelled(const char *response, const char *session_id);
 char *chat_proto_error(const char *message, const char *code);
+/* The error frame for out of memory, a static text for when even building one fails. */
+extern const char chat_proto_error_oom[];
+char *chat_proto_pong(void);
+
+/* Client frames, for the programs that play the client (chat-ws, chat-bench, tests): the auth frame, and
+ * the message frame with session_id / customer_id omitted when NULL and "partial": false only when
+ * partial is false (true is the protocol's default). */
+char *chat_proto_client_auth(const char *token);
+char *chat_proto_client_message(const char *message, const char *session_id, const char *customer_id, bool partial);
+/* The REST chat request body {"message", "session_id"?, "customer_id"?}. */
+char *chat_proto_rest_request(const char *message, const char *session_id, const char *customer_id);
 
 /* {"error": message, "code": code} for REST. */
 char *chat_proto_rest_error(const char *message, const char *code);
+/* REST's chat answer {"response", "session_id", "metadata"}: the complete frame without its type, the
+ * session id always a string. metadata_json as for chat_proto_complete. */
+char *chat_proto_rest_answer(const char *response, const char *session_id, const char *metadata_json);
 /* The REST error body for out of memory, a static text for when even building one fails. */
 extern const char chat_proto_rest_error_oom[];
 

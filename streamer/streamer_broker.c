@@ -169,6 +169,7 @@ sb_event *sb_event_new(uint64_t job_id, int kind, const char *data, size_t len, 
     e->job_id = job_id;
     e->kind = (uint8_t)kind;
     e->terminal = 0;
+    e->error = 0;
     e->start = e->end = 0;
     e->len = len;
     if (len) memcpy(e->data, data, len);
@@ -187,31 +188,40 @@ void sb_event_free(sb_event *e)
     free(e);
 }
 
-/* Queues an event for the lws thread (delivered at the end of the turn). Takes ownership of json. */
-static void emit_json(sb_broker *b, sb_job *job, char *json, bool terminal, const char *session_id)
+/* Queues an event for the lws thread (delivered at the end of the turn). Takes ownership of json; a
+ * terminal frame that could not be built becomes the out-of-memory error. Returns the queued event. */
+static sb_event *emit_json(sb_broker *b, sb_job *job, char *json, bool terminal, const char *session_id)
 {
     if (!json) {
         chat_log_error("broker: out of memory building a frame for job %" PRIu64, job->id);
-        if (!terminal) return;
+        if (!terminal) return NULL;
     }
     if (job->gone) {
         free(json);
-        return;
+        return NULL;
     }
-    static const char oom[] = "{\"type\":\"error\",\"error\":\"Out of memory\",\"code\":\"PROCESSING_ERROR\"}";
-    const char *data = json ? json : oom;
+    const char *data = json ? json : chat_proto_error_oom;
     sb_event *e = sb_event_new(job->id, SB_EV_FRAME, data, strlen(data), terminal ? session_id : NULL);
     free(json);
     if (!e) {
         chat_log_error("broker: out of memory queueing an event for job %" PRIu64, job->id);
-        return;
+        return NULL;
     }
     e->terminal = terminal;
+    e->error = data == chat_proto_error_oom;
     if (b->out_tail)
         b->out_tail->next = e;
     else
         b->out_head = e;
     b->out_tail = e;
+    return e;
+}
+
+/* Queues the terminal error frame of a job. */
+static void emit_error(sb_broker *b, sb_job *job, const char *code, const char *message)
+{
+    sb_event *e = emit_json(b, job, chat_proto_error(message, code), true, NULL);
+    if (e) e->error = 1;
 }
 
 static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
@@ -232,7 +242,7 @@ static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
 /* Ends a job with an error event, drops it from the books, frees it. */
 static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *message)
 {
-    emit_json(b, job, chat_proto_error(message, code), true, NULL);
+    emit_error(b, job, code, message);
     sm_del(&b->jobs, job->id);
     atomic_fetch_add(&b->n_failed, 1);
     chat_log_info("broker: job %" PRIu64 " failed: %s after %" PRId64 " ms", job->id, code,
@@ -243,10 +253,7 @@ static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *me
 /* A job cancelled before any worker ran it: the protocol still owes the client a terminal complete. */
 static void job_cancelled_unstarted(sb_broker *b, sb_job *job)
 {
-    static const char meta[] = "{\"agent\":\"general\",\"confidence\":0,\"context\":{\"sources\":[]},"
-                               "\"finish_reason\":\"cancelled\",\"usage\":{\"prompt_tokens\":0,"
-                               "\"completion_tokens\":0},\"timings\":{}}";
-    emit_json(b, job, chat_proto_complete("", job->session_id, meta), true, job->session_id);
+    emit_json(b, job, chat_proto_complete_cancelled("", job->session_id), true, job->session_id);
     sm_del(&b->jobs, job->id);
     atomic_fetch_add(&b->n_done, 1);
     sb_job_free(job);
@@ -467,7 +474,7 @@ static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
 {
     job->submitted_ms = now;
     if (sm_put(&b->jobs, job->id, job)) {
-        emit_json(b, job, chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR), true, NULL);
+        emit_error(b, job, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
         sb_job_free(job);
         return;
     }
@@ -553,7 +560,7 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_msg *m, int
         emit_json(b, job, chat_proto_complete(m->part[4], m->part[5], m->part[6]), true, m->part[5]);
         atomic_fetch_add(&b->n_done, 1);
     } else {
-        emit_json(b, job, chat_proto_error(m->part[5], m->part[4]), true, NULL);
+        emit_error(b, job, m->part[4], m->part[5]);
         atomic_fetch_add(&b->n_failed, 1);
     }
     chat_log_info("broker: job %" PRIu64 " %s on worker pid %d in %" PRId64 " ms%s%s", job->id,
@@ -847,13 +854,11 @@ void sb_broker_submit(sb_broker *b, sb_job *job)
 {
     sb_cmd *c = calloc(1, sizeof *c);
     if (!c) { /* cannot even queue the command: answer locally */
-        sb_event *e = NULL;
-        char *json = chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR);
-        if (json) e = sb_event_new(job->id, SB_EV_FRAME, json, strlen(json), NULL);
-        free(json);
+        sb_event *e = sb_event_new(job->id, SB_EV_FRAME, chat_proto_error_oom, strlen(chat_proto_error_oom), NULL);
         sb_job_free(job);
         if (!e) return;
         e->terminal = 1;
+        e->error = 1;
         pthread_mutex_lock(&b->mu);
         if (b->ev_tail)
             b->ev_tail->next = e;

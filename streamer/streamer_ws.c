@@ -566,11 +566,8 @@ static void remember_session(sess *s, const char *sid)
  * Returns the replacement (e is freed), or e itself when out of memory. */
 static sb_event *cancelled_complete(sess *s, sb_event *e)
 {
-    static const char meta[] = "{\"agent\":\"general\",\"confidence\":0,\"context\":{\"sources\":[]},"
-                               "\"finish_reason\":\"cancelled\",\"usage\":{\"prompt_tokens\":0,"
-                               "\"completion_tokens\":0},\"timings\":{}}";
     sess_x *x = s->x;
-    char *json = chat_proto_complete(x->answer.data ? x->answer.data : "", s->session_id ? s->session_id : "", meta);
+    char *json = chat_proto_complete_cancelled(x->answer.data ? x->answer.data : "", s->session_id);
     sb_event *ne = json ? sb_event_new(e->job_id, SB_EV_FRAME, json, strlen(json), NULL) : NULL;
     free(json);
     if (!ne) return e;
@@ -617,7 +614,7 @@ static void deliver_events(void)
         } else {
             bool terminal = e->terminal;
             uint64_t id = e->job_id;
-            if (terminal && x->cancel_sent && e->kind == SB_EV_FRAME && strstr(e->data, "\"type\":\"error\""))
+            if (terminal && x->cancel_sent && e->kind == SB_EV_FRAME && e->error)
                 e = cancelled_complete(s, e); /* the worker was lost after the cancel */
             if (terminal) {
                 remember_session(s, e->session_id);
@@ -744,7 +741,7 @@ static void handle_text(sess *s, const char *data, size_t len)
             sb_broker_cancel(S.broker, s->x->job_id, false);
         }
         break;
-    case CHAT_IN_PING: send_json(s, strdup("{\"type\":\"pong\"}")); break;
+    case CHAT_IN_PING: send_json(s, chat_proto_pong()); break;
     }
     chat_in_clear(&in);
 }
@@ -951,8 +948,10 @@ static int serve_http(struct lws *wsi, const char *uri)
         static const char msg[] = "WebSocket endpoint: connect with an Upgrade: websocket request\n";
         return http_reply(wsi, 426, "text/plain", msg, sizeof msg - 1);
     }
-    static const char nf[] = "{\"error\":\"Not found\",\"code\":\"NOT_FOUND\"}";
-    return http_reply(wsi, 404, "application/json", nf, sizeof nf - 1);
+    char *nf = chat_proto_rest_error(chat_proto_code_message(CHAT_PROTO_NOT_FOUND), CHAT_CODE(NOT_FOUND));
+    int rc = nf ? http_reply(wsi, 404, "application/json", nf, strlen(nf)) : -1;
+    free(nf);
+    return rc;
 }
 
 static bool origin_allowed(struct lws *wsi)

@@ -437,6 +437,111 @@ static void test_error_frames(void **state)
     free(s);
 }
 
+/* The cancelled answer's complete: one builder for the broker and the streamer. */
+static void test_cancelled_frames(void **state)
+{
+    static const struct {
+        const char *response, *session_id;
+    } cases[] = {{"", "s-1"}, {"The partial \"answer\"", "s-2"}, {"text", NULL}, {"bad \xff", ""}};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        char *s = chat_proto_complete_cancelled(cases[i].response, cases[i].session_id);
+        json_object *o = parse_out(s);
+        assert_int_equal(json_object_object_length(o), 4);
+        expect_str(o, "type", "complete");
+        if (chat_utf8_valid(cases[i].response, strlen(cases[i].response)))
+            expect_str(o, "response", cases[i].response);
+        if (cases[i].session_id && cases[i].session_id[0])
+            expect_str(o, "session_id", cases[i].session_id);
+        else
+            expect_null(o, "session_id");
+        json_object *m = field(o, "metadata");
+        assert_true(json_object_is_type(m, json_type_object));
+        expect_str(m, "finish_reason", "cancelled");
+        expect_str(m, "agent", "general");
+        assert_int_equal(json_object_get_int(field(m, "confidence")), 0);
+        assert_int_equal(json_object_array_length(field(field(m, "context"), "sources")), 0);
+        json_object *usage = field(m, "usage");
+        assert_int_equal(json_object_object_length(usage), 2);
+        assert_true(json_object_is_type(field(usage, "prompt_tokens"), json_type_int));
+        assert_int_equal(json_object_get_int(field(usage, "prompt_tokens")), 0);
+        assert_int_equal(json_object_get_int(field(usage, "completion_tokens")), 0);
+        assert_true(json_object_is_type(field(m, "timings"), json_type_object));
+        json_object_put(o);
+        free(s);
+    }
+}
+
+/* The small frames and the static out-of-memory texts, each the same as its builder's output. */
+static void test_other_frames(void **state)
+{
+    char *s = chat_proto_pong();
+    assert_string_equal(s, "{\"type\":\"pong\"}");
+    free(s);
+    s = chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR);
+    assert_string_equal(chat_proto_error_oom, s);
+    free(s);
+
+    s = chat_proto_rest_answer("Answer", "s-9", "{\"agent\":\"specs\"}");
+    json_object *o = parse_out(s);
+    assert_int_equal(json_object_object_length(o), 3);
+    expect_str(o, "response", "Answer");
+    expect_str(o, "session_id", "s-9");
+    expect_str(field(o, "metadata"), "agent", "specs");
+    json_object_put(o);
+    free(s);
+    s = chat_proto_rest_answer("Answer", "", "not json"); /* REST's session_id is always a string */
+    o = parse_out(s);
+    expect_str(o, "session_id", "");
+    assert_int_equal(json_object_object_length(field(o, "metadata")), 0);
+    json_object_put(o);
+    free(s);
+}
+
+/* Client frames: what the builders write is what the parser reads back. */
+static const struct {
+    const char *message, *session_id, *customer_id;
+    bool partial;
+} client_cases[] = {
+    {"What is the engine power?", NULL, NULL, true},
+    {"with \"quotes\" and\nnewline", "s-1", NULL, true},
+    {"both ids", "s-1:a.b_c", "cust-1001", false},
+    {"\xe5\xbc\x95\xe6\x93\x8e", NULL, "C42", false},
+};
+
+static void test_client_frames(void **state)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(client_cases); i++) {
+        char *s = chat_proto_client_message(client_cases[i].message, client_cases[i].session_id,
+                                            client_cases[i].customer_id, client_cases[i].partial);
+        chat_in in;
+        const char *code = NULL;
+        char err[128];
+        if (chat_proto_parse(s, strlen(s), 1000, &in, &code, err, sizeof err)) fail_msg("case %zu: %s", i, err);
+        assert_int_equal(in.type, CHAT_IN_MESSAGE);
+        assert_string_equal(in.message, client_cases[i].message);
+        check_opt_str("client", "session_id", in.session_id, client_cases[i].session_id);
+        check_opt_str("client", "customer_id", in.customer_id, client_cases[i].customer_id);
+        assert_int_equal(in.partial, client_cases[i].partial);
+        json_object *o = parse_out(s);
+        assert_int_equal(json_object_object_get_ex(o, "partial", NULL), !client_cases[i].partial);
+        json_object_put(o);
+        chat_in_clear(&in);
+        free(s);
+
+        s = chat_proto_rest_request(client_cases[i].message, client_cases[i].session_id, client_cases[i].customer_id);
+        o = parse_out(s);
+        expect_str(o, "message", client_cases[i].message);
+        assert_false(json_object_object_get_ex(o, "type", NULL));
+        assert_int_equal(json_object_object_length(o),
+                         1 + (client_cases[i].session_id != NULL) + (client_cases[i].customer_id != NULL));
+        json_object_put(o);
+        free(s);
+    }
+    char *s = chat_proto_client_auth("abc.def.ghi");
+    assert_string_equal(s, "{\"type\":\"auth\",\"token\":\"abc.def.ghi\"}");
+    free(s);
+}
+
 /* ---- the tables ---- */
 
 /* The statuses REST documents (docs/rest-api.md), spelt out here so a changed row is noticed. */
@@ -721,6 +826,9 @@ int main(void)
         cmocka_unit_test(test_token_frames_from_escaped_slices),
         cmocka_unit_test(test_code_table),
         cmocka_unit_test(test_step_table),
+        cmocka_unit_test(test_cancelled_frames),
+        cmocka_unit_test(test_other_frames),
+        cmocka_unit_test(test_client_frames),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
