@@ -289,19 +289,6 @@ static int read_body(fcgi_api *api, const fcgi_req *req, chat_buf *b)
     return 0;
 }
 
-/* Optional string field: absent/null/"" -> *out NULL. -1 when present with another type. */
-static int opt_string(json_object *root, const char *key, const char **out)
-{
-    json_object *v;
-    *out = NULL;
-    if (!json_object_object_get_ex(root, key, &v) || !v) return 0;
-    if (!json_object_is_type(v, json_type_string)) return -1;
-    const char *s = json_object_get_string(v);
-    if ((size_t)json_object_get_string_len(v) != strlen(s)) return -1; /* embedded NUL */
-    *out = *s ? s : NULL;
-    return 0;
-}
-
 /* ---- the chat ---- */
 
 typedef struct chat_result {
@@ -357,6 +344,14 @@ static int chat_failed(fcgi_resp *resp, int rc, const chat_result *r)
     return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, "An error occurred while processing your message");
 }
 
+/* A chat message chat_proto_message_fields refused: its code and words, as the WebSocket gives them. */
+static int message_refused(fcgi_resp *resp, const char *code, const char *err)
+{
+    chat_proto_code c = CHAT_PROTO_INVALID_REQUEST;
+    chat_proto_code_lookup(code, &c);
+    return set_error(resp, c, c == CHAT_PROTO_PROCESSING_ERROR || !err[0] ? NULL : err);
+}
+
 static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 {
     if (!is_method(req, "POST")) return method_not_allowed(resp, "POST");
@@ -372,6 +367,9 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     json_tokener *tok = NULL;
     json_object *root = NULL;
     chat_result result = {0};
+    chat_in in = {0};
+    const char *code = NULL;
+    char err[128];
     int status;
 
     int rc = read_body(api, req, &body);
@@ -409,37 +407,8 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
         goto cleanup;
     }
 
-    json_object *jm;
-    if (!json_object_object_get_ex(root, "message", &jm) || !jm) {
-        status = set_error(resp, CHAT_PROTO_EMPTY_MESSAGE, NULL);
-        goto cleanup;
-    }
-    if (!json_object_is_type(jm, json_type_string) ||
-        (size_t)json_object_get_string_len(jm) != strlen(json_object_get_string(jm))) {
-        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "message must be a string");
-        goto cleanup;
-    }
-    size_t mlen;
-    const char *msg = chat_proto_trim(json_object_get_string(jm), strlen(json_object_get_string(jm)), &mlen);
-    if (!chat_utf8_valid(msg, mlen)) { /* json-c lets overlongs and encoded surrogates through */
-        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "message must be valid UTF-8");
-        goto cleanup;
-    }
-    if (!mlen) {
-        status = set_error(resp, CHAT_PROTO_EMPTY_MESSAGE, NULL);
-        goto cleanup;
-    }
-    if (mlen > (size_t)api->cfg.max_message_bytes) {
-        status = set_error(resp, CHAT_PROTO_MESSAGE_TOO_LONG, "Message is too long");
-        goto cleanup;
-    }
-    const char *sid, *cid;
-    if (opt_string(root, "session_id", &sid) || (sid && !chat_id_valid(sid))) {
-        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid session_id");
-        goto cleanup;
-    }
-    if (opt_string(root, "customer_id", &cid) || (cid && !chat_id_valid(cid))) {
-        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid customer_id");
+    if (chat_proto_message_fields(root, (size_t)api->cfg.max_message_bytes, &in, &code, err, sizeof err)) {
+        status = message_refused(resp, code, err);
         goto cleanup;
     }
     const char *request_id = NULL;
@@ -451,17 +420,14 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
         request_id = req->idempotency_key;
     }
 
-    char *text = strndup(msg, mlen);
-    if (!text) {
-        status = set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
-        goto cleanup;
-    }
-    chat_request creq = {
-        .message = text, .session_id = sid, .customer_id = cid, .user = &user, .request_id = request_id};
+    chat_request creq = {.message = in.message,
+                         .session_id = in.session_id,
+                         .customer_id = in.customer_id,
+                         .user = &user,
+                         .request_id = request_id};
     chat_sink sink = {
         .ud = &result, .progress = sink_progress, .token = sink_token, .complete = sink_complete, .error = sink_error};
     rc = chat_pipeline_run(api->pipeline, &creq, &sink, NULL);
-    free(text);
     if (rc == CHAT_EDB) fcgi_health_invalidate(api->health); /* /health should say so right away */
     if (rc || !result.completed) {
         if (!rc) rc = CHAT_ERR;
@@ -473,6 +439,7 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     status = set_body(resp, 200, chat_proto_rest_answer(result.response, result.session_id, result.metadata));
 
 cleanup:
+    chat_in_clear(&in);
     free(result.response);
     free(result.metadata);
     json_object_put(root);

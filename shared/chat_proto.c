@@ -525,7 +525,7 @@ static int parse_auth(json_object *root, chat_in *in, const char **code, char *e
     return 0;
 }
 
-static int parse_message(json_object *root, size_t max_bytes, chat_in *in, const char **code, char *err, size_t errlen)
+static int check_message(json_object *root, size_t max_bytes, chat_in *in, const char **code, char *err, size_t errlen)
 {
     json_object *o;
     if (!json_object_object_get_ex(root, "message", &o) || !o)
@@ -560,6 +560,23 @@ static int parse_message(json_object *root, size_t max_bytes, chat_in *in, const
     in->message = strndup(t, kept);
     if (!in->message) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
     return 0;
+}
+
+int chat_proto_message_fields(json_object *obj, size_t max_message_bytes, chat_in *in, const char **code, char *err,
+                              size_t errlen)
+{
+    if (code) *code = NULL;
+    in->message = in->session_id = in->customer_id = NULL;
+    if (!json_object_is_type(obj, json_type_object))
+        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "The request must be a JSON object");
+    int rc = check_message(obj, max_message_bytes, in, code, err, errlen);
+    if (rc) {
+        free(in->message);
+        free(in->session_id);
+        free(in->customer_id);
+        in->message = in->session_id = in->customer_id = NULL;
+    }
+    return rc;
 }
 
 /* "Unknown message type: X" with X cut to 32 bytes and reduced to a harmless alphabet, so a client
@@ -613,7 +630,7 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
         rc = parse_auth(root, in, code, err, errlen);
     } else if (strcmp(type, "message") == 0) {
         in->type = CHAT_IN_MESSAGE;
-        rc = parse_message(root, max_message_bytes, in, code, err, errlen);
+        rc = chat_proto_message_fields(root, max_message_bytes, in, code, err, errlen);
     } else if (strcmp(type, "cancel") == 0) {
         in->type = CHAT_IN_CANCEL;
         rc = 0;

@@ -112,6 +112,18 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
                      char *err, size_t errlen);
 void chat_in_clear(chat_in *in);
 
+struct json_object;
+/* The checks of a chat message, shared by the WebSocket's message frame and REST's chat body, so both
+ * refuse the same things in the same order with the same words: message present (else EMPTY_MESSAGE), a
+ * string without NUL and valid UTF-8 (INVALID_REQUEST), not empty once trimmed (EMPTY_MESSAGE), at most
+ * max_message_bytes ("Message too long (maximum N bytes)", MESSAGE_TOO_LONG); then session_id and
+ * customer_id (absent, null and "" mean none, else chat_id_valid) and partial (a boolean, default true),
+ * INVALID_REQUEST. Other fields are ignored. On success fills in's message (trimmed copy), session_id,
+ * customer_id and partial (free with chat_in_clear) and returns 0; on failure returns CHAT_EINVAL with
+ * *code and err as chat_proto_parse does, and in holds nothing. obj is borrowed. */
+int chat_proto_message_fields(struct json_object *obj, size_t max_message_bytes, chat_in *in, const char **code,
+                              char *err, size_t errlen);
+
 /* The message text without leading and trailing whitespace (ASCII and the Unicode spaces): returns a pointer into s and its length in *outlen. Both front ends use it,
  * so a message is empty, or too long, the same way over WebSocket and REST. */
 const char *chat_proto_trim(const char *s, size_t n, size_t *outlen);

@@ -226,6 +226,48 @@ static void test_parse_table(void **state)
     }
 }
 
+/* The shared validator on the object of every message case of the parser table: the same outcome, the
+ * same code, the same words (REST calls it on its body, the WebSocket parser on its frame). */
+static void test_message_fields_match_parser(void **state)
+{
+    int checked = 0;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(parse_cases); i++) {
+        const struct parse_case *c = &parse_cases[i];
+        size_t len = c->len ? c->len : strlen(c->json);
+        json_tokener *tok = json_tokener_new();
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+        json_object *o = json_tokener_parse_ex(tok, c->json, (int)len), *t;
+        bool whole = o && json_tokener_get_parse_end(tok) == len;
+        json_tokener_free(tok);
+        if (!whole || !json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, "type", &t) ||
+            !json_object_is_type(t, json_type_string) || strcmp(json_object_get_string(t), "message")) {
+            json_object_put(o);
+            continue;
+        }
+        json_object_object_del(o, "type"); /* a REST body has none */
+        chat_in in;
+        memset(&in, 0, sizeof in);
+        const char *code = "unset";
+        char err[128] = "unset";
+        int rc = chat_proto_message_fields(o, MAX_MSG, &in, &code, err, sizeof err);
+        if (rc != c->want_rc) fail_msg("case '%s': rc %d, want %d (%s)", c->name, rc, c->want_rc, err);
+        if (rc == 0) {
+            check_opt_str(c->name, "message", in.message, c->message);
+            check_opt_str(c->name, "session_id", in.session_id, c->session_id);
+            check_opt_str(c->name, "customer_id", in.customer_id, c->customer_id);
+            if (in.partial != c->partial) fail_msg("case '%s': partial %d, want %d", c->name, in.partial, c->partial);
+        } else {
+            check_opt_str(c->name, "code", code, c->want_code);
+            check_opt_str(c->name, "err", err, c->want_err);
+            if (in.message || in.session_id || in.customer_id) fail_msg("case '%s': fields left after failure", c->name);
+        }
+        chat_in_clear(&in);
+        json_object_put(o);
+        checked++;
+    }
+    assert_true(checked >= 30);
+}
+
 static void test_parse_edges(void **state)
 {
     chat_in in;
@@ -829,6 +871,7 @@ int main(void)
         cmocka_unit_test(test_cancelled_frames),
         cmocka_unit_test(test_other_frames),
         cmocka_unit_test(test_client_frames),
+        cmocka_unit_test(test_message_fields_match_parser),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
