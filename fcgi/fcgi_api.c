@@ -7,6 +7,9 @@
  * - The chat runs the same chat_pipeline as the WebSocket workers, in-process, with a sink that keeps
  *   only the terminal event: REST has no use for progress or tokens, and `complete` carries the whole
  *   response, so nothing is accumulated per token.
+ * - The chat body's message is checked by chat_proto_message_fields, the WebSocket parser's own checks,
+ *   so REST and WebSocket refuse a message with the same code and words. Every error's status and code
+ *   come from the protocol's table (CHAT_PROTO_ERRORS); only lighttpd's own errors keep their status.
  * - Client-facing messages are fixed strings or the pipeline's client-safe ones; database and LLM
  *   detail goes to the log only (never tokens or message text).
  * - The session id in /api/v1/sessions/{id}/messages is percent-decoded here (REQUEST_URI is raw) and
@@ -352,99 +355,114 @@ static int message_refused(fcgi_resp *resp, const char *code, const char *err)
     return set_error(resp, c, c == CHAT_PROTO_PROCESSING_ERROR || !err[0] ? NULL : err);
 }
 
-static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+/* The checks before the body is read, cheapest first: method, authentication, content type, declared
+ * size. 0 with user filled, or the error status already in resp. */
+static int chat_precheck(fcgi_api *api, const fcgi_req *req, chat_user *user, fcgi_resp *resp)
 {
     if (!is_method(req, "POST")) return method_not_allowed(resp, "POST");
-    chat_user user;
-    if (authenticate(api, req, &user, resp)) return resp->status;
+    if (authenticate(api, req, user, resp)) return resp->status;
     if (!content_type_ok(req->content_type))
         return set_error(resp, CHAT_PROTO_UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
-    if (req->content_length > (long long)api->max_body)
-        return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    if (req->content_length > (long long)api->max_body) return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    return 0;
+}
 
+/* The whole of body as one JSON value (trailing whitespace allowed) in *root: 0, CHAT_EINVAL when it is
+ * not JSON, CHAT_ENOMEM. */
+static int parse_body(const chat_buf *body, json_object **root)
+{
+    *root = NULL;
+    if (!body->len) return CHAT_EINVAL;
+    json_tokener *tok = json_tokener_new_ex(FCGI_API_JSON_DEPTH);
+    if (!tok) return CHAT_ENOMEM;
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    json_object *o = json_tokener_parse_ex(tok, body->data, (int)body->len);
+    size_t end = json_tokener_get_parse_end(tok);
+    bool ok = o && json_tokener_get_error(tok) == json_tokener_success;
+    json_tokener_free(tok);
+    while (ok && end < body->len && strchr(" \t\r\n", body->data[end]))
+        end++;
+    if (!ok || end != body->len) {
+        json_object_put(o);
+        return CHAT_EINVAL;
+    }
+    *root = o;
+    return 0;
+}
+
+/* Reads the body and parses it into a JSON object (*root, the caller puts it). 0, or the error status
+ * already in resp. */
+static int read_json_object(fcgi_api *api, const fcgi_req *req, json_object **root, fcgi_resp *resp)
+{
+    *root = NULL;
     chat_buf body;
     chat_buf_init(&body);
-    json_tokener *tok = NULL;
-    json_object *root = NULL;
-    chat_result result = {0};
-    chat_in in = {0};
-    const char *code = NULL;
-    char err[128];
-    int status;
-
     int rc = read_body(api, req, &body);
-    if (rc == 413) {
-        status = set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
-        goto cleanup;
-    }
-    if (rc) {
-        status = rc == 500 ? set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL)
-                           : set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Incomplete request body");
-        goto cleanup;
-    }
-    tok = json_tokener_new_ex(FCGI_API_JSON_DEPTH);
-    if (!tok) {
-        status = set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
-        goto cleanup;
-    }
-    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-    root = body.len ? json_tokener_parse_ex(tok, body.data, (int)body.len) : NULL;
-    if (root) {
-        size_t end = json_tokener_get_parse_end(tok);
-        while (end < body.len && strchr(" \t\r\n", body.data[end]))
-            end++;
-        if (end != body.len) {
-            json_object_put(root);
-            root = NULL;
-        }
-    }
-    if (!root || json_tokener_get_error(tok) != json_tokener_success) {
-        status = set_error(resp, CHAT_PROTO_INVALID_JSON, NULL);
-        goto cleanup;
-    }
-    if (!json_object_is_type(root, json_type_object)) {
-        status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "The request body must be a JSON object");
-        goto cleanup;
-    }
+    int prc = rc ? 0 : parse_body(&body, root);
+    chat_buf_free(&body);
+    if (rc == 413) return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    if (rc == 500 || prc == CHAT_ENOMEM) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+    if (rc) return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Incomplete request body");
+    if (prc) return set_error(resp, CHAT_PROTO_INVALID_JSON, NULL);
+    if (!json_object_is_type(*root, json_type_object))
+        return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "The request body must be a JSON object");
+    return 0;
+}
 
-    if (chat_proto_message_fields(root, (size_t)api->cfg.max_message_bytes, &in, &code, err, sizeof err)) {
-        status = message_refused(resp, code, err);
-        goto cleanup;
-    }
-    const char *request_id = NULL;
-    if (req->idempotency_key && *req->idempotency_key) {
-        if (!chat_id_valid(req->idempotency_key)) {
-            status = set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid Idempotency-Key");
-            goto cleanup;
-        }
-        request_id = req->idempotency_key;
-    }
+/* The Idempotency-Key header, when given, becomes the pipeline's request id (*out, borrowed from req).
+ * 0, or the error status already in resp. */
+static int idempotency_key(const fcgi_req *req, const char **out, fcgi_resp *resp)
+{
+    *out = NULL;
+    if (!req->idempotency_key || !*req->idempotency_key) return 0;
+    if (!chat_id_valid(req->idempotency_key))
+        return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid Idempotency-Key");
+    *out = req->idempotency_key;
+    return 0;
+}
 
-    chat_request creq = {.message = in.message,
-                         .session_id = in.session_id,
-                         .customer_id = in.customer_id,
-                         .user = &user,
+/* Runs the validated message through the pipeline and answers with its complete or its failure. */
+static int run_chat(fcgi_api *api, const chat_in *in, const chat_user *user, const char *request_id,
+                    fcgi_resp *resp)
+{
+    chat_result result = {0};
+    chat_request creq = {.message = in->message,
+                         .session_id = in->session_id,
+                         .customer_id = in->customer_id,
+                         .user = user,
                          .request_id = request_id};
     chat_sink sink = {
         .ud = &result, .progress = sink_progress, .token = sink_token, .complete = sink_complete, .error = sink_error};
-    rc = chat_pipeline_run(api->pipeline, &creq, &sink, NULL);
+    int rc = chat_pipeline_run(api->pipeline, &creq, &sink, NULL);
     if (rc == CHAT_EDB) fcgi_health_invalidate(api->health); /* /health should say so right away */
+    int status;
     if (rc || !result.completed) {
         if (!rc) rc = CHAT_ERR;
         chat_log_warn("chat failed: %s (%s)", chat_strerror(rc), result.code[0] ? result.code : "no code");
         status = chat_failed(resp, rc, &result);
-        goto cleanup;
+    } else {
+        status = set_body(resp, 200, chat_proto_rest_answer(result.response, result.session_id, result.metadata));
     }
-
-    status = set_body(resp, 200, chat_proto_rest_answer(result.response, result.session_id, result.metadata));
-
-cleanup:
-    chat_in_clear(&in);
     free(result.response);
     free(result.metadata);
+    return status;
+}
+
+static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+{
+    chat_user user;
+    json_object *root = NULL;
+    chat_in in = {0};
+    const char *code = NULL, *request_id = NULL;
+    char err[128];
+    int status = chat_precheck(api, req, &user, resp);
+    if (!status) status = read_json_object(api, req, &root, resp);
+    if (!status && chat_proto_message_fields(root, (size_t)api->cfg.max_message_bytes, &in, &code, err, sizeof err))
+        status = message_refused(resp, code, err);
+    if (!status) status = idempotency_key(req, &request_id, resp);
+    if (!status) status = run_chat(api, &in, &user, request_id, resp);
+    chat_in_clear(&in);
     json_object_put(root);
-    if (tok) json_tokener_free(tok);
-    chat_buf_free(&body);
     return status;
 }
 
