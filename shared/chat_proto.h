@@ -1,7 +1,11 @@
-/* The JSON protocol of the spec (json-c): parse client frames, build server frames.
+/* The JSON protocol of the spec (json-c), one table of it for both front ends: the error codes (with
+ * their HTTP status and default message) and the progress steps as X-macro tables, builders for every
+ * frame the servers send (and the client frames the tools send), the parser of client frames and the
+ * message checks REST shares with it.
  *
  * Builders return a NUL-terminated JSON text the caller frees, or NULL on out of memory. The parser
- * validates shape and sizes so that front ends only dispatch. */
+ * validates shape and sizes so that front ends only dispatch. Everything here is safe from any thread
+ * (no state beyond static tables). */
 #ifndef CHAT_PROTO_H
 #define CHAT_PROTO_H
 
