@@ -369,7 +369,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0, .max_bytes = max_bytes < 16384 ? 16384 : max_bytes};
     chat_buf_init(&t->c.response);
 
-    progress(sink, "starting", "Processing your message...");
+    progress(sink, chat_proto_step_name(CHAT_STEP_STARTING), chat_proto_step_message(CHAT_STEP_STARTING));
 
     /* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
      * customer whose email is the token's. Checked first, so a refused request stores nothing; an
@@ -413,7 +413,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     if (cancelled(cancel)) goto cancel_before_generation;
 
     /* Routing. */
-    progress(sink, "agent_routing", "Routing to appropriate agent...");
+    progress(sink, chat_proto_step_name(CHAT_STEP_AGENT_ROUTING), chat_proto_step_message(CHAT_STEP_AGENT_ROUTING));
     if (refresh_vocabulary(p, err, sizeof err)) {
         chat_log_warn("pipeline: vocabulary: %s", err);
         rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
@@ -448,7 +448,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     if (cancelled(cancel)) goto cancel_before_generation;
 
     /* Retrieval. */
-    progress(sink, "rag_retrieval", "Searching knowledge base...");
+    progress(sink, chat_proto_step_name(CHAT_STEP_RAG_RETRIEVAL), chat_proto_step_message(CHAT_STEP_RAG_RETRIEVAL));
     chat_buf qb;
     chat_buf_init(&qb);
     chat_buf_puts(&qb, req->message);
@@ -477,7 +477,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     if (cancelled(cancel)) goto cancel_before_generation;
 
     /* The prompt. */
-    progress(sink, "generating", "Generating response...");
+    progress(sink, chat_proto_step_name(CHAT_STEP_GENERATING), chat_proto_step_message(CHAT_STEP_GENERATING));
     t->system = build_system_prompt(route.agent, t->customer_text, &t->kb);
     size_t nmsg = 0;
     t->msgs = calloc(t->hist.n + 2, sizeof *t->msgs);

@@ -45,9 +45,6 @@
 #define SB_MAX_WORKERS 4096
 #define SB_MAX_ATTEMPTS 2
 
-/* Progress steps, as bits, so a retried job does not repeat what the client already saw. */
-static const char *const STEPS[] = {"agent_routing", "rag_retrieval", "generating"};
-
 struct sb_job {
     sb_job *next;  /* command list, then the waiting queue */
     sb_job *wnext, *wprev; /* the running jobs of its worker (a worker runs hundreds: O(1) removal) */
@@ -56,7 +53,7 @@ struct sb_job {
     bool tokens_sent;
     bool cancelled;
     bool gone; /* the client left: deliver nothing */
-    uint8_t steps_sent;
+    uint8_t steps_sent; /* progress steps sent, bit 1 << chat_proto_step: a retry does not repeat them */
     int64_t submitted_ms;
     int64_t deadline_ms; /* while queued */
     struct sb_worker *worker;
@@ -154,6 +151,7 @@ sb_event *sb_event_new(uint64_t job_id, int kind, const char *data, size_t len, 
     e->job_id = job_id;
     e->kind = (uint8_t)kind;
     e->terminal = 0;
+    e->error = 0;
     e->start = e->end = 0;
     e->len = len;
     if (len) memcpy(e->data, data, len);
@@ -172,31 +170,40 @@ void sb_event_free(sb_event *e)
     free(e);
 }
 
-/* Queues an event for the lws thread (delivered at the end of the turn). Takes ownership of json. */
-static void emit_json(sb_broker *b, sb_job *job, char *json, bool terminal, const char *session_id)
+/* Queues an event for the lws thread (delivered at the end of the turn). Takes ownership of json; a
+ * terminal frame that could not be built becomes the out-of-memory error. Returns the queued event. */
+static sb_event *emit_json(sb_broker *b, sb_job *job, char *json, bool terminal, const char *session_id)
 {
     if (!json) {
         chat_log_error("broker: out of memory building a frame for job %" PRIu64, job->id);
-        if (!terminal) return;
+        if (!terminal) return NULL;
     }
     if (job->gone) {
         free(json);
-        return;
+        return NULL;
     }
-    static const char oom[] = "{\"type\":\"error\",\"error\":\"Out of memory\",\"code\":\"PROCESSING_ERROR\"}";
-    const char *data = json ? json : oom;
+    const char *data = json ? json : chat_proto_error_oom;
     sb_event *e = sb_event_new(job->id, SB_EV_FRAME, data, strlen(data), terminal ? session_id : NULL);
     free(json);
     if (!e) {
         chat_log_error("broker: out of memory queueing an event for job %" PRIu64, job->id);
-        return;
+        return NULL;
     }
     e->terminal = terminal;
+    e->error = data == chat_proto_error_oom;
     if (b->out_tail)
         b->out_tail->next = e;
     else
         b->out_head = e;
     b->out_tail = e;
+    return e;
+}
+
+/* Queues the terminal error frame of a job. */
+static void emit_error(sb_broker *b, sb_job *job, const char *code, const char *message)
+{
+    sb_event *e = emit_json(b, job, chat_proto_error(message, code), true, NULL);
+    if (e) e->error = 1;
 }
 
 static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
@@ -232,7 +239,7 @@ static void emit_pieces(sb_broker *b, sb_job *job, const chat_wire_event *ev)
 /* Ends a job with an error event, drops it from the books, frees it. */
 static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *message)
 {
-    emit_json(b, job, chat_proto_error(message, code), true, NULL);
+    emit_error(b, job, code, message);
     sm_del(&b->jobs, job->id);
     atomic_fetch_add(&b->n_failed, 1);
     chat_log_info("broker: job %" PRIu64 " failed: %s after %" PRId64 " ms", job->id, code,
@@ -243,10 +250,7 @@ static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *me
 /* A job cancelled before any worker ran it: the protocol still owes the client a terminal complete. */
 static void job_cancelled_unstarted(sb_broker *b, sb_job *job)
 {
-    static const char meta[] = "{\"agent\":\"general\",\"confidence\":0,\"context\":{\"sources\":[]},"
-                               "\"finish_reason\":\"cancelled\",\"usage\":{\"prompt_tokens\":0,"
-                               "\"completion_tokens\":0},\"timings\":{}}";
-    emit_json(b, job, chat_proto_complete("", job->spec->session_id, meta), true, job->spec->session_id);
+    emit_json(b, job, chat_proto_complete_cancelled("", job->spec->session_id), true, job->spec->session_id);
     sm_del(&b->jobs, job->id);
     atomic_fetch_add(&b->n_done, 1);
     sb_job_free(job);
@@ -458,7 +462,7 @@ static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
 {
     job->submitted_ms = now;
     if (sm_put(&b->jobs, job->id, job)) {
-        emit_json(b, job, chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR), true, NULL);
+        emit_error(b, job, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
         sb_job_free(job);
         return;
     }
@@ -518,14 +522,15 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_event *ev, 
     sb_job *job = sm_get(&b->jobs, ev->job_id);
     if (!job || job->worker != w) return; /* stale: a job we already gave up on */
     if (ev->kind == CHAT_WIRE_EV_PROGRESS) {
-        for (size_t i = 0; i < CHAT_ARRAY_LEN(STEPS); i++) {
-            if (!chat_wire_str_eq(ev->progress.step, STEPS[i])) continue;
-            if (job->steps_sent & (1u << i)) return;
-            job->steps_sent |= (uint8_t)(1u << i);
-            emit_json(b, job, chat_proto_progress_msg(ev->progress.step.s, ev->progress.message.s), false, NULL);
-            return;
-        }
-        return; /* "starting" (sent by the streamer) or an unknown step */
+        chat_proto_step step;
+        if (!chat_proto_step_lookup(ev->progress.step.s, &step) || !chat_wire_str_eq(ev->progress.step, chat_proto_step_name(step)) ||
+            step == CHAT_STEP_STARTING)
+            return; /* an unknown step, or "starting" (sent by the streamer) */
+        _Static_assert(CHAT_STEP_COUNT <= 8, "steps_sent holds a bit per step");
+        if (job->steps_sent & (1u << step)) return;
+        job->steps_sent |= (uint8_t)(1u << step);
+        emit_json(b, job, chat_proto_progress_msg(ev->progress.step.s, ev->progress.message.s), false, NULL);
+        return;
     }
     if (ev->kind == CHAT_WIRE_EV_TOKEN) {
         job->tokens_sent = true;
@@ -540,7 +545,7 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_event *ev, 
                   true, ev->complete.session_id.s);
         atomic_fetch_add(&b->n_done, 1);
     } else {
-        emit_json(b, job, chat_proto_error(ev->error.message.s, ev->error.code.s), true, NULL);
+        emit_error(b, job, ev->error.code.s, ev->error.message.s);
         atomic_fetch_add(&b->n_failed, 1);
     }
     chat_log_info("broker: job %" PRIu64 " %s on worker pid %d in %" PRId64 " ms%s%s", job->id,
@@ -852,13 +857,11 @@ void sb_broker_submit(sb_broker *b, sb_job *job)
 {
     sb_cmd *c = calloc(1, sizeof *c);
     if (!c) { /* cannot even queue the command: answer locally */
-        sb_event *e = NULL;
-        char *json = chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR);
-        if (json) e = sb_event_new(job->id, SB_EV_FRAME, json, strlen(json), NULL);
-        free(json);
+        sb_event *e = sb_event_new(job->id, SB_EV_FRAME, chat_proto_error_oom, strlen(chat_proto_error_oom), NULL);
         sb_job_free(job);
         if (!e) return;
         e->terminal = 1;
+        e->error = 1;
         pthread_mutex_lock(&b->mu);
         if (b->ev_tail)
             b->ev_tail->next = e;

@@ -37,6 +37,7 @@ typedef struct sb_event {
     uint64_t job_id;
     uint8_t kind;
     uint8_t terminal;       /* the job is over (complete or error) */
+    uint8_t error;          /* SB_EV_FRAME: an error frame (set where it is built: nobody reads the JSON) */
     size_t start, end;      /* SB_EV_TOKENS */
     const char *session_id; /* terminal complete: the session id, inside this allocation; else NULL */
     size_t len;             /* bytes of data (without the NUL) */

@@ -161,14 +161,8 @@ static struct {
     lws_sorted_usec_list_t tick;
     int64_t last_sweep_ms, last_status_ms;
     unsigned long long msgs, msgs_at_status, jobs_at_status;
-    unsigned long long errors[16];
+    unsigned long long errors[CHAT_PROTO_CODE_COUNT]; /* error frames sent, by code */
 } S;
-
-static const char *const ERROR_CODES[] = {
-    CHAT_CODE_AUTH_REQUIRED, CHAT_CODE_EMPTY_MESSAGE,    CHAT_CODE_PROCESSING_ERROR,  CHAT_CODE_INVALID_JSON,
-    CHAT_CODE_UNKNOWN_TYPE,  CHAT_CODE_MESSAGE_TOO_LONG, CHAT_CODE_SESSION_FORBIDDEN, CHAT_CODE_RATE_LIMITED,
-    CHAT_CODE_OVERLOADED,    CHAT_CODE_INVALID_REQUEST,  CHAT_CODE_CUSTOMER_FORBIDDEN,
-};
 
 static void dl_remove(sess *s, int k)
 {
@@ -304,11 +298,8 @@ static size_t item_bytes(const sess_x *x, const sb_event *e)
 
 static void count_error(const char *code)
 {
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(ERROR_CODES); i++)
-        if (!strcmp(code, ERROR_CODES[i])) {
-            S.errors[i]++;
-            return;
-        }
+    chat_proto_code c;
+    if (chat_proto_code_lookup(code, &c)) S.errors[c]++;
 }
 
 /* ---------------------------------------------------------------- outbound */
@@ -539,7 +530,7 @@ static void start_job(sess *s, pmsg *p)
     /* Submitted before "starting" is queued: should that frame push a slow reader over its limit, the
      * connection's teardown cancels a job the broker already knows, instead of one it has not seen. */
     sb_broker_submit(S.broker, job);
-    send_json(s, chat_proto_progress("starting"));
+    send_json(s, chat_proto_progress_step(CHAT_STEP_STARTING));
     chat_log_debug("streamer: job %" PRIu64 " submitted", id);
 }
 
@@ -576,11 +567,8 @@ static void remember_session(sess *s, const char *sid)
  * Returns the replacement (e is freed), or e itself when out of memory. */
 static sb_event *cancelled_complete(sess *s, sb_event *e)
 {
-    static const char meta[] = "{\"agent\":\"general\",\"confidence\":0,\"context\":{\"sources\":[]},"
-                               "\"finish_reason\":\"cancelled\",\"usage\":{\"prompt_tokens\":0,"
-                               "\"completion_tokens\":0},\"timings\":{}}";
     sess_x *x = s->x;
-    char *json = chat_proto_complete(x->answer.data ? x->answer.data : "", s->session_id ? s->session_id : "", meta);
+    char *json = chat_proto_complete_cancelled(x->answer.data ? x->answer.data : "", s->session_id);
     sb_event *ne = json ? sb_event_new(e->job_id, SB_EV_FRAME, json, strlen(json), NULL) : NULL;
     free(json);
     if (!ne) return e;
@@ -638,7 +626,7 @@ static void deliver_events(void)
         } else {
             bool terminal = e->terminal;
             uint64_t id = e->job_id;
-            if (terminal && x->cancel_sent && e->kind == SB_EV_FRAME && strstr(e->data, "\"type\":\"error\""))
+            if (terminal && x->cancel_sent && e->kind == SB_EV_FRAME && e->error)
                 e = cancelled_complete(s, e); /* the worker was lost after the cancel */
             if (terminal) {
                 remember_session(s, e->session_id);
@@ -765,7 +753,7 @@ static void handle_text(sess *s, const char *data, size_t len)
             sb_broker_cancel(S.broker, s->x->job_id, false);
         }
         break;
-    case CHAT_IN_PING: send_json(s, strdup("{\"type\":\"pong\"}")); break;
+    case CHAT_IN_PING: send_json(s, chat_proto_pong()); break;
     }
     chat_in_clear(&in);
 }
@@ -972,8 +960,10 @@ static int serve_http(struct lws *wsi, const char *uri)
         static const char msg[] = "WebSocket endpoint: connect with an Upgrade: websocket request\n";
         return http_reply(wsi, 426, "text/plain", msg, sizeof msg - 1);
     }
-    static const char nf[] = "{\"error\":\"Not found\",\"code\":\"NOT_FOUND\"}";
-    return http_reply(wsi, 404, "application/json", nf, sizeof nf - 1);
+    char *nf = chat_proto_rest_error(chat_proto_code_message(CHAT_PROTO_NOT_FOUND), CHAT_CODE(NOT_FOUND));
+    int rc = nf ? http_reply(wsi, 404, "application/json", nf, strlen(nf)) : -1;
+    free(nf);
+    return rc;
 }
 
 static bool origin_allowed(struct lws *wsi)
@@ -1115,7 +1105,8 @@ static void status_line(int64_t now)
                   "jobs failed %llu, refused: auth_required %llu rate_limited %llu overloaded %llu",
                   S.conns, secs > 0 ? (double)(S.msgs - S.msgs_at_status) / secs : 0.0,
                   secs > 0 ? (double)(jobs - S.jobs_at_status) / secs : 0.0, st.workers_live, st.workers_busy,
-                  st.jobs_queued, st.jobs_failed, S.errors[0], S.errors[7], S.errors[8]);
+                  st.jobs_queued, st.jobs_failed, S.errors[CHAT_PROTO_AUTH_REQUIRED], S.errors[CHAT_PROTO_RATE_LIMITED],
+                  S.errors[CHAT_PROTO_OVERLOADED]);
     S.msgs_at_status = S.msgs;
     S.jobs_at_status = jobs;
     S.last_status_ms = now;

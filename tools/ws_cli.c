@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "chat_common.h"
+#include "chat_proto.h"
 #include "chat_util.h"
 #include "wsclient.h"
 
@@ -87,11 +88,12 @@ static void print_event(const cli *k, json_object *o)
     fflush(stdout);
 }
 
-static int send_json(cli *k, json_object *o)
+/* Sends a frame from chat_proto's builders (takes it; NULL is out of memory). */
+static int send_frame(cli *k, char *frame)
 {
-    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-    int rc = chat_wsc_send_text(k->c, s, strlen(s));
+    int rc = frame ? chat_wsc_send_text(k->c, frame, strlen(frame)) : CHAT_ENOMEM;
     if (rc) fprintf(stderr, "chat-ws: send failed (%s)\n", chat_strerror(rc));
+    free(frame);
     return rc;
 }
 
@@ -120,11 +122,7 @@ static void report_recv(const cli *k, int rc, const char *waiting_for)
 /* 0 authenticated, 1 refused or failed. */
 static int authenticate(cli *k, const char *token)
 {
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, "type", json_object_new_string("auth"));
-    json_object_object_add(a, "token", json_object_new_string(token));
-    int rc = send_json(k, a);
-    json_object_put(a);
+    int rc = send_frame(k, chat_proto_client_auth(token));
     if (rc) return 1;
     for (;;) {
         json_object *o;
@@ -154,13 +152,7 @@ static int authenticate(cli *k, const char *token)
  * connection is gone (stop). */
 static int chat_one(cli *k, const char *text)
 {
-    json_object *m = json_object_new_object();
-    json_object_object_add(m, "type", json_object_new_string("message"));
-    json_object_object_add(m, "message", json_object_new_string(text));
-    if (k->session) json_object_object_add(m, "session_id", json_object_new_string(k->session));
-    if (k->customer) json_object_object_add(m, "customer_id", json_object_new_string(k->customer));
-    int rc = send_json(k, m);
-    json_object_put(m);
+    int rc = send_frame(k, chat_proto_client_message(text, k->session, k->customer, true));
     if (rc) return -1;
     bool streamed = false;
     for (;;) {

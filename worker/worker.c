@@ -235,7 +235,7 @@ static void mark_dirty(slot *s)
 static void on_progress(void *ud, const char *step, const char *message)
 {
     slot *s = ud;
-    if (!strcmp(step, "starting")) return; /* the streamer sent it already */
+    if (!strcmp(step, chat_proto_step_name(CHAT_STEP_STARTING))) return; /* the streamer sent it already */
     pthread_mutex_lock(&s->tok_mu);
     bool was_empty = s->ev_buf.len == 0;
     chat_buf_append(&s->ev_buf, step, strlen(step) + 1);

@@ -510,6 +510,62 @@ static void test_request_errors(void **state)
     free(longmsg);
 }
 
+/* REST and the WebSocket refuse a message with the same code and the same words, in the same order
+ * (one validator, chat_proto_message_fields). Each body is sent as REST's body and, with a "type", as a
+ * WebSocket message frame through the proxy. */
+static void test_message_refusals_match_websocket(void **state)
+{
+    (void)state;
+    char *longmsg = malloc(9100);
+    assert_non_null(longmsg);
+    strcpy(longmsg, "{\"message\":\"");
+    memset(longmsg + 12, 'b', 9000); /* over CHAT_MAX_MESSAGE_BYTES (8192) */
+    strcpy(longmsg + 12 + 9000, "\"}");
+    const struct {
+        const char *body, *code, *error;
+    } cases[] = {
+        {"{\"message\": 42}", "INVALID_REQUEST", "Message must be a string"},
+        {"{\"message\":\"a\\u0000b\"}", "INVALID_REQUEST", "Message must not contain NUL"},
+        {"{\"message\":\" \\n \",\"session_id\":\"has space\"}", "EMPTY_MESSAGE", "Message cannot be empty"},
+        {longmsg, "MESSAGE_TOO_LONG", "Message too long (maximum 8192 bytes)"},
+        {"{\"message\":\"hi\",\"session_id\":\"has space\",\"customer_id\":\"../x\"}", "INVALID_REQUEST",
+         "Invalid session_id"},
+        {"{\"message\":\"hi\",\"customer_id\":\"../x\"}", "INVALID_REQUEST", "Invalid customer_id"},
+        {"{\"message\":\"hi\",\"partial\":\"yes\"}", "INVALID_REQUEST", "partial must be a boolean"},
+    };
+    char url[4096], err[256];
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    int http_status = 0;
+    chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
+    if (!c) fail_msg("connect through lighttpd: %s (HTTP %d)", err, http_status);
+    json_object *o = NULL;
+    assert_int_equal(chat_wsc_recv_type(c, 5000, "auth_success", &o), 0);
+    json_object_put(o);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        http_resp r;
+        post_chat(E.alice, "application/json", cases[i].body, &r);
+        assert_error(&r, 400, cases[i].code);
+        o = parse(&r);
+        if (strcmp(str_field(o, "error"), cases[i].error))
+            fail_msg("case %zu: REST says '%s', want '%s'", i, str_field(o, "error"), cases[i].error);
+        json_object_put(o);
+        resp_free(&r);
+
+        chat_buf f;
+        chat_buf_init(&f);
+        chat_buf_printf(&f, "{\"type\":\"message\",%s", cases[i].body + 1);
+        assert_int_equal(chat_wsc_send_text(c, f.data, f.len), 0);
+        chat_buf_free(&f);
+        assert_int_equal(chat_wsc_recv_type(c, 5000, "error", &o), 0);
+        assert_string_equal(str_field(o, "code"), cases[i].code);
+        if (strcmp(str_field(o, "error"), cases[i].error))
+            fail_msg("case %zu: the WebSocket says '%s', want '%s'", i, str_field(o, "error"), cases[i].error);
+        json_object_put(o);
+    }
+    chat_wsc_close(c, 1000, NULL);
+    free(longmsg);
+}
+
 static void test_routing_errors(void **state)
 {
     (void)state;
@@ -701,6 +757,7 @@ int main(void)
         cmocka_unit_test(test_session_forbidden),
         cmocka_unit_test(test_auth_errors),
         cmocka_unit_test(test_request_errors),
+        cmocka_unit_test(test_message_refusals_match_websocket),
         cmocka_unit_test(test_routing_errors),
         cmocka_unit_test(test_websocket_chat),
         cmocka_unit_test(test_access_log_has_no_token),
