@@ -56,7 +56,7 @@ deps:
 # Include paths per folder: the library sees only shared/; each program sees its own folder besides.
 $(B)/tools/%.o $(B)/bench/%.o: INC := -Itools -Ibench
 $(B)/streamer/%.o: INC := $(LWS_CFLAGS)
-$(B)/tests/unit/%.o: INC := -Itests/unit -Itools
+$(B)/tests/unit/%.o: INC := -Itests/unit -Itools -Istreamer -Iworker
 $(B)/tests/e2e/%.o: INC := -Itests/unit -Itests/e2e -Itools
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -109,12 +109,16 @@ $(B)/libtestutil.a: $(TEST_COMMON:%.c=$(B)/%.o)
 $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
+	$(Q)$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(filter %.a,$^) $(CMOCKA_LIBS) $(LDLIBS_LIB)
 
 $(B)/tests/e2e/%: $(B)/tests/e2e/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
+
+# Unit tests of a program's own modules link those objects too.
+$(B)/tests/unit/test_worker_answers: $(B)/worker/worker_answers.o
+$(B)/tests/unit/test_streamer_sessions: $(B)/streamer/streamer_sessions.o
 
 # Tests that start the fake LLM server need it built first.
 $(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm

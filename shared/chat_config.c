@@ -110,7 +110,13 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(shutdown_grace_s, "CHAT_SHUTDOWN_GRACE_S", 10, 0, 600);
     INT(max_queue_per_conn, "CHAT_MAX_QUEUE", 8, 1, 1000);
     INT(max_outbound_bytes, "CHAT_MAX_OUTBOUND_BYTES", 1 << 20, 4096, 1 << 30);
+    INT(resume_retention_s, "CHAT_RESUME_RETENTION_S", 300, 0, 86400);
+    INT(resume_max_answers, "CHAT_RESUME_MAX_ANSWERS", 10000, 0, 10000000);
+    STR(orphan_policy, "CHAT_ORPHAN_POLICY", "finish");
+    INT(orphan_grace_s, "CHAT_ORPHAN_GRACE_S", 30, 0, 86400);
 
+    if (strcmp(cfg->orphan_policy, "finish") && strcmp(cfg->orphan_policy, "cancel"))
+        return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_ORPHAN_POLICY must be finish or cancel");
     if (strcmp(cfg->customer_access, "own") && strcmp(cfg->customer_access, "any"))
         return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CUSTOMER_ACCESS must be own or any");
     if (strcmp(cfg->llm_provider, "openai") && strcmp(cfg->llm_provider, "extractive"))

@@ -59,6 +59,12 @@ typedef struct chat_config {
     int shutdown_grace_s;
     int max_queue_per_conn;
     int max_outbound_bytes;
+
+    /* Answers that outlive connections (workers). */
+    int resume_retention_s; /* a completed answer stays resumable this long (0: not at all) */
+    int resume_max_answers; /* completed answers one worker process keeps at most (the oldest go first) */
+    char orphan_policy[8];  /* an answer nobody follows any more: "finish" it, or "cancel" it after the grace */
+    int orphan_grace_s;
 } chat_config;
 
 /* Fills cfg with defaults, then applies the environment. Returns 0, or CHAT_EINVAL with a message

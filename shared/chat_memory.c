@@ -220,6 +220,28 @@ int chat_memory_open_session(chat_db *db, const char *user_id, const char *reque
     return 0;
 }
 
+int chat_memory_new_session(const char *session_id, chat_session_info *out, char *err, size_t errlen)
+{
+    if (!out) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    memset(out, 0, sizeof *out);
+    if (!session_id || !chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
+    snprintf(out->id, sizeof out->id, "%s", session_id);
+    out->created = out->deferred = true;
+    return 0;
+}
+
+int chat_memory_session_owner(chat_db *db, const char *session_id, const char *user_id, char *err, size_t errlen)
+{
+    if (!db || !user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    if (!session_id || !chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
+    session_ctx o;
+    int rc = read_session(db, session_id, 0, &o, NULL, err, errlen);
+    if (rc) return rc;
+    if (!o.found) return chat_fail(err, errlen, CHAT_ENOTFOUND, "no session %s", session_id);
+    if (strcmp(o.user, user_id)) return chat_fail(err, errlen, CHAT_EFORBIDDEN, "session belongs to another user");
+    return 0;
+}
+
 int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
                      char out_id[CHAT_SESSION_ID_MAX + 1], int *created, char *err, size_t errlen)
 {

@@ -50,6 +50,17 @@ int chat_memory_open_session(chat_db *db, const char *user_id, const char *reque
                              bool defer_create, int max_turns, chat_history *history, chat_session_info *out,
                              char *err, size_t errlen);
 
+/* A new session whose id the caller chose (a fresh UUID: the streamer names a conversation before its
+ * first answer, so that every event can carry it): *out as chat_memory_open_session's defer_create
+ * gives it, with no round trip; the row is written with the first turn (chat_memory_create_session,
+ * which refuses an id that exists, so a chosen id can never join somebody else's session). 0, or
+ * CHAT_EINVAL for a malformed id. */
+int chat_memory_new_session(const char *session_id, chat_session_info *out, char *err, size_t errlen);
+
+/* Whose session_id is, without reading its history: 0 when user_id's, CHAT_EFORBIDDEN when another
+ * user's, CHAT_ENOTFOUND when there is no such session, CHAT_EINVAL or CHAT_EDB. */
+int chat_memory_session_owner(chat_db *db, const char *session_id, const char *user_id, char *err, size_t errlen);
+
 /* Writes the row of a deferred session. CHAT_ECONFLICT when the id exists already (a UUID collision:
  * nothing may be attached to somebody else's session). */
 int chat_memory_create_session(chat_db *db, const char *session_id, const char *user_id, const char *customer_id,

@@ -393,8 +393,9 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
 
     /* Session and memory. */
     int64_t s0 = chat_now_us();
-    rc = chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, true, p->cfg.history_turns,
-                                  &t->hist, &t->session, err, sizeof err);
+    rc = req->session_new ? chat_memory_new_session(req->session_id, &t->session, err, sizeof err)
+                          : chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, true,
+                                                     p->cfg.history_turns, &t->hist, &t->session, err, sizeof err);
     t->c.session_us = chat_now_us() - s0;
     memcpy(t->sid, t->session.id, sizeof t->sid);
     if (rc == CHAT_EFORBIDDEN) {

@@ -12,6 +12,7 @@
 #define CHAT_PIPELINE_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,6 +29,7 @@ typedef struct chat_request {
     const chat_user *user;   /* authenticated user; required */
     const char *request_id;  /* idempotency key for storing the turn; NULL: one is generated */
     int64_t accepted_us;     /* when the caller accepted it (chat_now_us); 0: now. Timings count from it */
+    bool session_new;        /* session_id is a fresh id the caller chose (chat_memory_new_session) */
 } chat_request;
 
 typedef struct chat_sink {

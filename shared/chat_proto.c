@@ -296,19 +296,38 @@ char *chat_proto_progress_step(chat_proto_step step)
 
 char *chat_proto_progress_msg(const char *step, const char *message)
 {
+    return chat_proto_progress_of(NULL, step, message);
+}
+
+/* The answer's fields of a frame: session_id (when given), answer_id and seq (when set). */
+static int add_ref(json_object *o, const chat_proto_ref *ref)
+{
+    if (!ref) return 0;
+    return (ref->session_id && add_str(o, "session_id", ref->session_id)) ||
+           (ref->answer_id && *ref->answer_id && add_str(o, "answer_id", ref->answer_id)) ||
+           (ref->seq && add(o, "seq", json_object_new_int64((int64_t)(ref->seq > INT64_MAX ? INT64_MAX : ref->seq))));
+}
+
+char *chat_proto_progress_of(const chat_proto_ref *ref, const char *step, const char *message)
+{
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    int failed = add_str(o, "type", "progress") || add_str(o, "step", step) || add_str(o, "message", message);
+    int failed = add_str(o, "type", "progress") || add_str(o, "step", step) || add_str(o, "message", message) ||
+                 add_ref(o, ref);
     return finish(o, failed);
 }
 
-size_t chat_proto_token_escaped(char *out, const char *token_esc, size_t token_esc_len, const char *partial_esc,
-                                size_t partial_esc_len)
+size_t chat_proto_token_frame(char *out, const char *token_esc, size_t token_esc_len, const char *partial_esc,
+                              size_t partial_esc_len, unsigned long long seq, const char *session_id)
 {
     static const char head[] = "{\"type\":\"token\",\"token\":\"";
     static const char mid[] = "\",\"partial_response\":\"";
-    static const char tail[] = "\"}";
-    size_t total = sizeof head - 1 + token_esc_len + (partial_esc ? sizeof mid - 1 + partial_esc_len : 0) + sizeof tail - 1;
+    static const char seq_key[] = "\",\"seq\":";
+    static const char sid_key[] = ",\"session_id\":\"";
+    size_t sl = session_id ? strlen(session_id) : 0;
+    size_t tail = seq ? sizeof seq_key - 1 + chat_u64_dec(NULL, seq) + (session_id ? sizeof sid_key - 1 + sl + 1 : 0) + 1
+                      : 2; /* "} or ",...} */
+    size_t total = sizeof head - 1 + token_esc_len + (partial_esc ? sizeof mid - 1 + partial_esc_len : 0) + tail;
     if (!out) return total;
     char *w = out;
     memcpy(w, head, sizeof head - 1), w += sizeof head - 1;
@@ -317,8 +336,25 @@ size_t chat_proto_token_escaped(char *out, const char *token_esc, size_t token_e
         memcpy(w, mid, sizeof mid - 1), w += sizeof mid - 1;
         if (partial_esc_len) memcpy(w, partial_esc, partial_esc_len), w += partial_esc_len;
     }
-    memcpy(w, tail, sizeof tail - 1);
+    if (!seq) {
+        memcpy(w, "\"}", 2);
+        return total;
+    }
+    memcpy(w, seq_key, sizeof seq_key - 1), w += sizeof seq_key - 1;
+    w += chat_u64_dec(w, seq);
+    if (session_id) {
+        memcpy(w, sid_key, sizeof sid_key - 1), w += sizeof sid_key - 1;
+        if (sl) memcpy(w, session_id, sl), w += sl;
+        *w++ = '"';
+    }
+    *w = '}';
     return total;
+}
+
+size_t chat_proto_token_escaped(char *out, const char *token_esc, size_t token_esc_len, const char *partial_esc,
+                                size_t partial_esc_len)
+{
+    return chat_proto_token_frame(out, token_esc, token_esc_len, partial_esc, partial_esc_len, 0, NULL);
 }
 
 char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len)
@@ -362,10 +398,24 @@ static json_object *parse_metadata(const char *text)
 
 char *chat_proto_complete(const char *response, const char *session_id, const char *metadata_json)
 {
+    chat_proto_ref ref = {session_id, NULL, 0};
+    return chat_proto_complete_of(&ref, response, metadata_json);
+}
+
+/* The answer_id and seq of a complete (its session_id goes where the spec puts it). */
+static int add_answer_of(json_object *o, const chat_proto_ref *ref)
+{
+    chat_proto_ref rest = {NULL, ref->answer_id, ref->seq};
+    return add_ref(o, &rest);
+}
+
+char *chat_proto_complete_of(const chat_proto_ref *ref, const char *response, const char *metadata_json)
+{
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     int failed = add_str(o, "type", "complete") || add_str(o, "response", response) ||
-                 add_str_or_null(o, "session_id", session_id) || add(o, "metadata", parse_metadata(metadata_json));
+                 add_str_or_null(o, "session_id", ref->session_id) || add(o, "metadata", parse_metadata(metadata_json)) ||
+                 add_answer_of(o, ref);
     return finish(o, failed);
 }
 
@@ -411,10 +461,37 @@ static json_object *cancelled_metadata(void)
 
 char *chat_proto_complete_cancelled(const char *response, const char *session_id)
 {
+    chat_proto_ref ref = {session_id, NULL, 0};
+    return chat_proto_complete_cancelled_of(&ref, response);
+}
+
+char *chat_proto_complete_cancelled_of(const chat_proto_ref *ref, const char *response)
+{
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     int failed = add_str(o, "type", "complete") || add_str(o, "response", response) ||
-                 add_str_or_null(o, "session_id", session_id) || add(o, "metadata", cancelled_metadata());
+                 add_str_or_null(o, "session_id", ref->session_id) || add(o, "metadata", cancelled_metadata()) ||
+                 add_answer_of(o, ref);
+    return finish(o, failed);
+}
+
+char *chat_proto_resumed(const chat_proto_ref *ref, bool in_flight)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    chat_proto_ref answer = {NULL, ref->answer_id, ref->answer_id && *ref->answer_id ? ref->seq : 0};
+    int failed = add_str(o, "type", "resumed") || add_str(o, "session_id", ref->session_id) ||
+                 add(o, "in_flight", json_object_new_boolean(in_flight)) || add_ref(o, &answer);
+    if (!failed && answer.answer_id && !answer.seq) failed = add(o, "seq", json_object_new_int(0));
+    return finish(o, failed);
+}
+
+char *chat_proto_user_message(const chat_proto_ref *ref, const char *message)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    chat_proto_ref ids = {ref->session_id, ref->answer_id, 0};
+    int failed = add_str(o, "type", "user_message") || add_ref(o, &ids) || add_str(o, "message", message);
     return finish(o, failed);
 }
 
@@ -475,6 +552,16 @@ char *chat_proto_client_message(const char *message, const char *session_id, con
     if (!o) return NULL;
     int failed = add_str(o, "type", "message") || add_request(o, message, session_id, customer_id) ||
                  (!partial && add(o, "partial", json_object_new_boolean(0)));
+    return finish(o, failed);
+}
+
+char *chat_proto_client_resume(const char *session_id, unsigned long long last_seq, const char *answer_id)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "resume") || add_str(o, "session_id", session_id) ||
+                 (last_seq && add(o, "last_seq", json_object_new_int64((int64_t)(last_seq > INT64_MAX ? INT64_MAX : last_seq)))) ||
+                 (answer_id && add_str(o, "answer_id", answer_id));
     return finish(o, failed);
 }
 
@@ -562,6 +649,30 @@ static int check_message(json_object *root, size_t max_bytes, chat_in *in, const
     return 0;
 }
 
+/* resume: session_id (required), last_seq (a non-negative integer), answer_id, partial. */
+static int parse_resume(json_object *root, chat_in *in, const char **code, char *err, size_t errlen)
+{
+    int rc = optional_id(root, "session_id", &in->attach_session);
+    if (rc == CHAT_ENOMEM) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
+    if (rc || !in->attach_session) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Invalid session_id");
+    rc = optional_id(root, "answer_id", &in->answer_id);
+    if (rc == CHAT_ENOMEM) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
+    if (rc) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Invalid answer_id");
+    json_object *o;
+    if (json_object_object_get_ex(root, "last_seq", &o) && o) {
+        if (!json_object_is_type(o, json_type_int) || json_object_get_int64(o) < 0)
+            return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "last_seq must be a non-negative integer");
+        in->last_seq = (unsigned long long)json_object_get_int64(o);
+    }
+    in->partial = true;
+    if (json_object_object_get_ex(root, "partial", &o) && o) {
+        if (!json_object_is_type(o, json_type_boolean))
+            return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "partial must be a boolean");
+        in->partial = json_object_get_boolean(o);
+    }
+    return 0;
+}
+
 int chat_proto_message_fields(json_object *obj, size_t max_message_bytes, chat_in *in, const char **code, char *err,
                               size_t errlen)
 {
@@ -633,7 +744,12 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
         rc = chat_proto_message_fields(root, max_message_bytes, in, code, err, errlen);
     } else if (strcmp(type, "cancel") == 0) {
         in->type = CHAT_IN_CANCEL;
-        rc = 0;
+        rc = optional_id(root, "session_id", &in->attach_session);
+        if (rc) rc = bad(code, rc == CHAT_ENOMEM ? CHAT_CODE_PROCESSING_ERROR : CHAT_CODE_INVALID_REQUEST, err, errlen,
+                         rc == CHAT_ENOMEM ? "Out of memory" : "Invalid session_id");
+    } else if (strcmp(type, "resume") == 0) {
+        in->type = CHAT_IN_RESUME;
+        rc = parse_resume(root, in, code, err, errlen);
     } else if (strcmp(type, "ping") == 0) {
         in->type = CHAT_IN_PING;
         rc = 0;
@@ -657,5 +773,7 @@ void chat_in_clear(chat_in *in)
     free(in->message);
     free(in->session_id);
     free(in->customer_id);
+    free(in->attach_session);
+    free(in->answer_id);
     memset(in, 0, sizeof *in);
 }

@@ -98,15 +98,20 @@ const char *chat_proto_step_message(chat_proto_step step);
 /* The step named name: true and *out set, or false for NULL or an unknown name. */
 bool chat_proto_step_lookup(const char *name, chat_proto_step *out);
 
-typedef enum { CHAT_IN_AUTH = 1, CHAT_IN_MESSAGE, CHAT_IN_CANCEL, CHAT_IN_PING } chat_in_type;
+typedef enum { CHAT_IN_AUTH = 1, CHAT_IN_MESSAGE, CHAT_IN_CANCEL, CHAT_IN_PING, CHAT_IN_RESUME } chat_in_type;
 
 typedef struct chat_in {
     chat_in_type type;
     char *token;       /* auth */
     char *message;     /* message: trimmed text, never empty when parse succeeded */
-    char *session_id;  /* optional, validated with chat_id_valid */
+    char *session_id;  /* message: optional, validated with chat_id_valid */
     char *customer_id; /* optional, validated with chat_id_valid */
-    bool partial;      /* message: send partial_response with tokens (default true) */
+    bool partial;      /* message, resume: send partial_response with tokens (default true) */
+    /* resume: the conversation to follow (required); cancel: the conversation whose answer to stop
+     * (optional: without it, the answer this connection follows). Validated with chat_id_valid. */
+    char *attach_session;
+    char *answer_id;        /* resume: the answer last_seq counts pieces of (optional) */
+    unsigned long long last_seq; /* resume: the seq of the last event received of it (default 0) */
 } chat_in;
 
 /* Parses one client frame. On success returns 0 and fills in (free with chat_in_clear).
@@ -132,11 +137,23 @@ int chat_proto_message_fields(struct json_object *obj, size_t max_message_bytes,
  * so a message is empty, or too long, the same way over WebSocket and REST. */
 const char *chat_proto_trim(const char *s, size_t n, size_t *outlen);
 
+/* The answer a frame belongs to: its conversation, its id (the request id its turn is stored under) and,
+ * for token and complete frames, its seq (a token's: its last piece's number, counting from 1; the
+ * complete's: one more than its last token's, so that a client holding it resumes past it). NULL or 0
+ * fields are left out. */
+typedef struct chat_proto_ref {
+    const char *session_id;
+    const char *answer_id;
+    unsigned long long seq;
+} chat_proto_ref;
+
 char *chat_proto_auth_success(const chat_user *user);
 char *chat_proto_auth_error(const char *message);
 char *chat_proto_progress(const char *step); /* the step's default message ("Processing..." if unknown) */
 char *chat_proto_progress_step(chat_proto_step step);
 char *chat_proto_progress_msg(const char *step, const char *message);
+/* progress with the answer's session_id and answer_id (ref may be NULL). */
+char *chat_proto_progress_of(const chat_proto_ref *ref, const char *step, const char *message);
 /* partial may be NULL: the field is then omitted (client opted out). */
 char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len);
 /* The JSON string body of s[0..n) (no quotes; invalid UTF-8 becomes U+FFFD), written to out when out is
@@ -148,12 +165,25 @@ size_t chat_proto_escape(const char *s, size_t n, char *out);
  * returns its length either way. partial_esc NULL: no partial_response. */
 size_t chat_proto_token_escaped(char *out, const char *token_esc, size_t token_esc_len, const char *partial_esc,
                                 size_t partial_esc_len);
+/* The same with "seq" and "session_id" after the text (seq 0 and session_id NULL: left out, which is
+ * chat_proto_token_escaped). session_id must need no escaping (chat_id_valid ids do not). */
+size_t chat_proto_token_frame(char *out, const char *token_esc, size_t token_esc_len, const char *partial_esc,
+                              size_t partial_esc_len, unsigned long long seq, const char *session_id);
 /* metadata_json is a JSON object text (from the pipeline); embedded as an object, not a string. */
 char *chat_proto_complete(const char *response, const char *session_id, const char *metadata_json);
+/* complete with the answer's answer_id and seq as well (ref->session_id is the frame's session_id). */
+char *chat_proto_complete_of(const chat_proto_ref *ref, const char *response, const char *metadata_json);
 /* The complete that ends a cancelled answer nothing more is known of (it never reached a worker, or its
  * worker was lost after the cancel): response is the text the client already has, the metadata says
  * finish_reason "cancelled", agent general, no sources and zero usage. */
 char *chat_proto_complete_cancelled(const char *response, const char *session_id);
+char *chat_proto_complete_cancelled_of(const chat_proto_ref *ref, const char *response);
+/* {"type":"resumed","session_id","in_flight"} answering a resume, with answer_id and seq (the answer's
+ * pieces so far) when an answer of the session is held. */
+char *chat_proto_resumed(const chat_proto_ref *ref, bool in_flight);
+/* {"type":"user_message","session_id","answer_id","message"}: a message of the conversation sent from
+ * another connection of its user, before the answer to it. */
+char *chat_proto_user_message(const chat_proto_ref *ref, const char *message);
 char *chat_proto_error(const char *message, const char *code);
 /* The error frame for out of memory, a static text for when even building one fails. */
 extern const char chat_proto_error_oom[];
@@ -164,6 +194,8 @@ char *chat_proto_pong(void);
  * partial is false (true is the protocol's default). */
 char *chat_proto_client_auth(const char *token);
 char *chat_proto_client_message(const char *message, const char *session_id, const char *customer_id, bool partial);
+/* {"type":"resume","session_id","last_seq"?,"answer_id"?}: last_seq 0 and answer_id NULL are left out. */
+char *chat_proto_client_resume(const char *session_id, unsigned long long last_seq, const char *answer_id);
 /* The REST chat request body {"message", "session_id"?, "customer_id"?}. */
 char *chat_proto_rest_request(const char *message, const char *session_id, const char *customer_id);
 

@@ -92,19 +92,58 @@ int chat_array_reserve(void *arrp, size_t *cap, size_t n, size_t elem_size)
     return 0;
 }
 
-int chat_uuid4(char out[37])
+static int random_bytes(unsigned char *r, size_t len)
 {
-    unsigned char r[16];
     size_t got = 0;
-    while (got < sizeof r) {
-        ssize_t n = getrandom(r + got, sizeof r - got, 0);
+    while (got < len) {
+        ssize_t n = getrandom(r + got, len - got, 0);
         if (n < 0) return CHAT_ERR;
         got += (size_t)n;
     }
-    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
-    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    return 0;
+}
+
+static void uuid_format(const unsigned char r[16], char out[37])
+{
     snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1], r[2],
              r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
+}
+
+size_t chat_u64_dec(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; out && i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
+
+int chat_uuid4(char out[37])
+{
+    unsigned char r[16];
+    if (random_bytes(r, sizeof r)) return CHAT_ERR;
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    uuid_format(r, out);
+    return 0;
+}
+
+int chat_uuid7(char out[37])
+{
+    unsigned char r[16];
+    if (random_bytes(r, sizeof r)) return CHAT_ERR;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    for (int i = 0; i < 6; i++)
+        r[i] = (unsigned char)(ms >> (40 - 8 * i));
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x70);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    uuid_format(r, out);
     return 0;
 }
 

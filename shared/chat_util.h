@@ -28,6 +28,10 @@ int chat_array_reserve(void *arrp, size_t *cap, size_t n, size_t elem_size);
 
 /* Random version-4 UUID, 36 chars + NUL, from the OS CSPRNG. Returns 0 or CHAT_ERR. */
 int chat_uuid4(char out[37]);
+/* Version-7 UUID (RFC 9562): the Unix time in milliseconds first, then 74 random bits. Ids made a
+ * millisecond or more apart sort (as strings) in the order they were made: the streamer names answers
+ * with them, so that a resuming client's answer id says whether an answer is older or newer. */
+int chat_uuid7(char out[37]);
 
 /* Length (1..4) of the UTF-8 character at s, 0 when malformed, CHAT_UTF8_CUT when the avail bytes are
  * a well-formed beginning of a longer character (a stream holds them until the rest arrives).
@@ -43,6 +47,10 @@ size_t chat_utf8_prefix(const char *s, size_t len, size_t max);
 /* The whole file, NUL-terminated (caller frees); *len (may be NULL) gets its size. NULL on failure with
  * errno set; EFBIG when it is larger than max bytes (max 0 = no limit). */
 char *chat_read_file(const char *path, size_t max, size_t *len);
+
+/* Writes v in decimal at out (room for 20 digits; no NUL) and returns its length; out NULL: only the
+ * length. Cheaper than snprintf on the paths that number every event. */
+size_t chat_u64_dec(char *out, uint64_t v);
 
 /* Monotonic clock in milliseconds / microseconds. */
 int64_t chat_now_ms(void);

@@ -16,6 +16,7 @@
 #include <zmq.h>
 
 #include "chat_common.h"
+#include "chat_util.h"
 
 void chat_wire_msg_init(chat_wire_msg *m)
 {
@@ -142,20 +143,10 @@ static int parse_u64(chat_wire_str p, uint64_t max, uint64_t *out)
     return 0;
 }
 
-/* Writes v in decimal into buf (at least 21 bytes); its length. Cheaper than snprintf, and every event
- * carries a job id. */
+/* Writes v in decimal into buf (at least 20 bytes); its length (every event carries a job id). */
 static size_t format_u64(char *buf, uint64_t v)
 {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        buf[i] = tmp[n - 1 - i];
-    buf[n] = '\0';
-    return n;
+    return chat_u64_dec(buf, v);
 }
 
 /* ---------------------------------------------------------------- the tables */
@@ -174,6 +165,17 @@ static const struct event_info {
     CHAT_WIRE_EVENT_MAP(X)
 #undef X
 };
+
+static const char *const ATTACH_STATUS[] = {
+#define X(name, wire) [CHAT_WIRE_ATT_##name] = wire,
+    CHAT_WIRE_ATTACH_STATUS_MAP(X)
+#undef X
+};
+
+const char *chat_wire_attach_status_name(chat_wire_attach_status st)
+{
+    return (unsigned)st < CHAT_ARRAY_LEN(ATTACH_STATUS) ? ATTACH_STATUS[st] : "";
+}
 
 /* Where each kind's fields sit in chat_wire_event, in wire order: the parser, the builder and the copy
  * all walk this, so a kind's fields are listed here and in its union member only. */
@@ -374,6 +376,49 @@ static int parse_job(const chat_wire_msg *m, int at, int nargs, chat_wire_job *j
     return 0;
 }
 
+enum { ATTACH_NARGS = 6, ATTACHED_NARGS = 11 };
+
+/* ATTACH job_id flags session_id user_id answer_id last_seq */
+static int parse_attach(const chat_wire_msg *m, int at, int nargs, chat_wire_attach *a, char *err, size_t errlen)
+{
+    if (nargs != ATTACH_NARGS) return chat_fail(err, errlen, CHAT_EINVAL, "ATTACH with %d fields, not %d", nargs, ATTACH_NARGS);
+    uint64_t flags;
+    if (parse_u64(part_at(m, at), UINT64_MAX, &a->job_id) || parse_u64(part_at(m, at + 1), UINT32_MAX, &flags) ||
+        parse_u64(part_at(m, at + 5), UINT64_MAX, &a->last_seq))
+        return chat_fail(err, errlen, CHAT_EINVAL, "ATTACH: bad job id, flags or last_seq");
+    a->flags = (unsigned)flags;
+    a->session_id = m->part[at + 2];
+    a->user_id = m->part[at + 3];
+    a->answer_id = m->part[at + 4];
+    if (!a->session_id[0] || !a->user_id[0]) return chat_fail(err, errlen, CHAT_EINVAL, "ATTACH without session or user");
+    return 0;
+}
+
+/* ATTACHED job_id status answer_id seq cursor age_ms from text response session_id metadata_json */
+static int parse_attached(const chat_wire_msg *m, int at, int nargs, chat_wire_attached *a, char *err, size_t errlen)
+{
+    if (nargs != ATTACHED_NARGS)
+        return chat_fail(err, errlen, CHAT_EINVAL, "ATTACHED with %d fields, not %d", nargs, ATTACHED_NARGS);
+    if (parse_u64(part_at(m, at), UINT64_MAX, &a->job_id) || parse_u64(part_at(m, at + 3), UINT64_MAX, &a->seq) ||
+        parse_u64(part_at(m, at + 4), UINT64_MAX, &a->cursor) || parse_u64(part_at(m, at + 5), UINT64_MAX, &a->age_ms) ||
+        parse_u64(part_at(m, at + 6), UINT64_MAX, &a->from))
+        return chat_fail(err, errlen, CHAT_EINVAL, "ATTACHED: bad number");
+    chat_wire_str st = part_at(m, at + 1);
+    size_t k = 0;
+    while (k < CHAT_ARRAY_LEN(ATTACH_STATUS) && !chat_wire_str_eq(st, ATTACH_STATUS[k]))
+        k++;
+    if (k == CHAT_ARRAY_LEN(ATTACH_STATUS)) return chat_fail(err, errlen, CHAT_EINVAL, "ATTACHED of an unknown status");
+    a->status = (chat_wire_attach_status)k;
+    a->answer_id = part_at(m, at + 2);
+    a->text = part_at(m, at + 7);
+    a->response = part_at(m, at + 8);
+    a->session_id = part_at(m, at + 9);
+    a->metadata_json = part_at(m, at + 10);
+    if (a->from > a->text.len) return chat_fail(err, errlen, CHAT_EINVAL, "ATTACHED: from beyond the text");
+    if (a->cursor > a->seq + 1) return chat_fail(err, errlen, CHAT_EINVAL, "ATTACHED: cursor beyond the answer");
+    return 0;
+}
+
 int chat_wire_parse(const chat_wire_msg *m, chat_wire_str *from, chat_wire_cmd *cmd, char *err, size_t errlen)
 {
     int at = 0;
@@ -395,9 +440,14 @@ int chat_wire_parse(const chat_wire_msg *m, chat_wire_str *from, chat_wire_cmd *
         return parse_event(m, at + 1, nargs, &cmd->ev, err, errlen);
     case CHAT_WIRE_JOB:
         return parse_job(m, at + 1, nargs, &cmd->job, err, errlen);
+    case CHAT_WIRE_ATTACH:
+        return parse_attach(m, at + 1, nargs, &cmd->attach, err, errlen);
+    case CHAT_WIRE_ATTACHED:
+        return parse_attached(m, at + 1, nargs, &cmd->attached, err, errlen);
     case CHAT_WIRE_CANCEL:
+    case CHAT_WIRE_DETACH:
         if (nargs != 1 || parse_u64(part_at(m, at + 1), UINT64_MAX, &cmd->job_id))
-            return chat_fail(err, errlen, CHAT_EINVAL, "CANCEL without a job id");
+            return chat_fail(err, errlen, CHAT_EINVAL, "%s without a job id", COMMAND_NAMES[cmd->kind]);
         return 0;
     case CHAT_WIRE_HB:
     case CHAT_WIRE_BYE:
@@ -412,9 +462,10 @@ int chat_wire_parse(const chat_wire_msg *m, chat_wire_str *from, chat_wire_cmd *
 
 /* ---------------------------------------------------------------- building */
 
-/* Room for the longest message: envelope, command and a JOB's fields. */
-enum { MAX_SEND_PARTS = 2 + JOB_NARGS };
-_Static_assert(MAX_SEND_PARTS <= CHAT_WIRE_MAX_PARTS, "a JOB fits the receivers' part limit");
+/* Room for the longest message: envelope, command and an ATTACHED's fields. */
+enum { MAX_SEND_PARTS = 2 + ATTACHED_NARGS };
+_Static_assert((int)JOB_NARGS <= (int)ATTACHED_NARGS, "ATTACHED is the longest");
+_Static_assert(MAX_SEND_PARTS <= CHAT_WIRE_MAX_PARTS, "every message fits the receivers' part limit");
 
 /* Appends an EV's arguments to p[n..); the new n, or CHAT_EINVAL for an unknown kind. num: room for the
  * job id's digits. */
@@ -428,10 +479,46 @@ static int add_event(chat_wire_str *p, int n, char *num, const chat_wire_event *
     return n;
 }
 
-/* Appends the arguments of cmd (other than EV) to p[n..); the new n. num: room for two numbers. */
+static chat_wire_str num_str(char *buf, uint64_t v)
+{
+    return (chat_wire_str){buf, format_u64(buf, v)};
+}
+
+/* ATTACH's and ATTACHED's arguments; num: room for five numbers. */
+static int add_attach(chat_wire_str *p, int n, char (*num)[24], const chat_wire_cmd *cmd)
+{
+    if (cmd->kind == CHAT_WIRE_ATTACH) {
+        const chat_wire_attach *a = &cmd->attach;
+        p[n++] = num_str(num[0], a->job_id);
+        p[n++] = num_str(num[1], a->flags);
+        p[n++] = chat_wire_cstr(a->session_id);
+        p[n++] = chat_wire_cstr(a->user_id);
+        p[n++] = chat_wire_cstr(a->answer_id);
+        p[n++] = num_str(num[2], a->last_seq);
+        return n;
+    }
+    const chat_wire_attached *a = &cmd->attached;
+    p[n++] = num_str(num[0], a->job_id);
+    p[n++] = chat_wire_cstr(chat_wire_attach_status_name(a->status));
+    p[n++] = a->answer_id;
+    p[n++] = num_str(num[1], a->seq);
+    p[n++] = num_str(num[2], a->cursor);
+    p[n++] = num_str(num[3], a->age_ms);
+    p[n++] = num_str(num[4], a->from);
+    p[n++] = a->text;
+    p[n++] = a->response;
+    p[n++] = a->session_id;
+    p[n++] = a->metadata_json;
+    return n;
+}
+
+/* Appends the arguments of cmd (other than EV) to p[n..); the new n. num: room for five numbers. */
 static int add_args(chat_wire_str *p, int n, char (*num)[24], const chat_wire_cmd *cmd)
 {
     switch (cmd->kind) {
+    case CHAT_WIRE_ATTACH:
+    case CHAT_WIRE_ATTACHED:
+        return add_attach(p, n, num, cmd);
     case CHAT_WIRE_READY:
         p[n++] = chat_wire_cstr(CHAT_WIRE_VERSION);
         p[n++] = (chat_wire_str){num[0], format_u64(num[0], (uint64_t)(cmd->ready.pid > 0 ? cmd->ready.pid : 0))};
@@ -445,6 +532,7 @@ static int add_args(chat_wire_str *p, int n, char (*num)[24], const chat_wire_cm
 #undef X
         break;
     case CHAT_WIRE_CANCEL:
+    case CHAT_WIRE_DETACH:
         p[n++] = (chat_wire_str){num[0], format_u64(num[0], cmd->job_id)};
         break;
     default: /* HB, BYE, RESET: the command alone */
@@ -456,8 +544,9 @@ static int add_args(chat_wire_str *p, int n, char (*num)[24], const chat_wire_cm
 int chat_wire_send(void *sock, const chat_wire_str *to, const chat_wire_cmd *cmd, int flags)
 {
     if (cmd->kind <= CHAT_WIRE_NONE || (unsigned)cmd->kind >= CHAT_ARRAY_LEN(COMMAND_NAMES)) return CHAT_EINVAL;
+    if (cmd->kind == CHAT_WIRE_ATTACHED && !*chat_wire_attach_status_name(cmd->attached.status)) return CHAT_EINVAL;
     chat_wire_str p[MAX_SEND_PARTS];
-    char num[2][24];
+    char num[5][24];
     int n = 0;
     if (to) p[n++] = *to;
     p[n++] = chat_wire_cstr(COMMAND_NAMES[cmd->kind]);

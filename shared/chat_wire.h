@@ -17,17 +17,31 @@
  *                                        without slots, 1)
  *     HB                                 heartbeat
  *     BYE                                stop sending jobs; the jobs in flight still finish
+ *     ATTACHED job_id status answer_id seq cursor age_ms from text response session_id metadata_json
+ *                                        the answer to an ATTACH (see below)
  *     EV job_id progress step message
  *     EV job_id token    text piece_lens                        piece_lens: 4-byte lengths, or empty (one piece)
  *     EV job_id complete response session_id metadata_json     terminal: that slot is free again
  *     EV job_id error    code message                          terminal: that slot is free again
  *   broker -> worker
  *     JOB job_id flags request_id user_id user_email user_name session_id customer_id message
- *     CANCEL job_id                      set that job's cancel flag (ignored when not running)
+ *     CANCEL job_id                      set that job's cancel flag (ignored when not running); the id of
+ *                                        a subscription (ATTACH) cancels the answer it follows
+ *     ATTACH job_id flags session_id user_id answer_id last_seq
+ *                                        follow the session's answer: held here, it is answered with
+ *                                        ATTACHED and, in flight, its later events come under job_id too
+ *     DETACH job_id                      no more events for that job or subscription (the answer goes on)
  *     HB                                 heartbeat
  *     RESET                              "I do not know you" (broker restarted): drop the jobs, send READY
  *
- * job_id is a decimal uint64 chosen by the broker; flags is a decimal bitmask (CHAT_WIRE_F_*).
+ * job_id is a decimal uint64 chosen by the broker; flags is a decimal bitmask (CHAT_WIRE_F_*, CHAT_WIRE_A_*).
+ *
+ * Answers outlive the streamer that asked for them: a worker keeps each answer's text and piece count
+ * while it streams and, once complete, for a retention window per session, so that any streamer can
+ * ATTACH to it (a client that resumes after a drop, another tab of the same conversation). ATTACHED
+ * says what the worker holds (CHAT_WIRE_ATTACH_STATUS_MAP): the answer's text so far (text), the byte
+ * offset where the part the client has not seen starts (from: after piece last_seq of answer_id), the
+ * pieces sent so far (seq) and, finished, its complete's fields.
  *
  * Design choices:
  * - One typed struct for every message (chat_wire_cmd: a kind and its payload), one parser and one
@@ -48,7 +62,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHAT_WIRE_VERSION "chatwire/2" /* 2: token events carry their pieces' lengths */
+#define CHAT_WIRE_VERSION "chatwire/3" /* 2: token events carry their pieces' lengths; 3: ATTACH, DETACH */
 #define CHAT_WIRE_HEARTBEAT_MS 500
 #define CHAT_WIRE_DEAD_MS 2000
 #define CHAT_WIRE_MAX_PARTS 16          /* a message with more parts is dropped */
@@ -56,7 +70,16 @@
 #define CHAT_WIRE_MAX_IDENTITY 255      /* bytes of a ROUTER identity envelope (zmq's own limit) */
 #define CHAT_WIRE_MAX_SLOTS 65536       /* a READY offering more slots is refused */
 
-enum { CHAT_WIRE_F_PARTIAL = 1 }; /* the client wants partial_response with tokens */
+/* JOB flags. */
+enum {
+    CHAT_WIRE_F_PARTIAL = 1,     /* the client wants partial_response with tokens */
+    CHAT_WIRE_F_NEW_SESSION = 2, /* session_id is new, chosen by the streamer (a UUID): create it with the turn */
+    CHAT_WIRE_F_DETACHED = 4,    /* nobody waits for the events any more (the client left while it was queued) */
+};
+/* ATTACH flags. */
+enum {
+    CHAT_WIRE_A_CHECK_OWNER = 1, /* holding nothing of the session, look its owner up (none, unknown, forbidden) */
+};
 
 /* Bytes with a length. In a parsed message s points into the chat_wire_msg and is NUL-terminated (the
  * bytes may hold a NUL themselves: len is authoritative); to build one, s need not be terminated. */
@@ -80,7 +103,10 @@ bool chat_wire_str_eq(chat_wire_str a, const char *b);
     X(EV, "EV")                                                                                              \
     X(JOB, "JOB")                                                                                            \
     X(CANCEL, "CANCEL")                                                                                      \
-    X(RESET, "RESET")
+    X(RESET, "RESET")                                                                                        \
+    X(ATTACH, "ATTACH")                                                                                      \
+    X(ATTACHED, "ATTACHED")                                                                                  \
+    X(DETACH, "DETACH")
 
 typedef enum chat_wire_kind {
     CHAT_WIRE_NONE = 0,
@@ -170,6 +196,50 @@ typedef struct chat_wire_job {
 chat_wire_job *chat_wire_job_dup(const chat_wire_job *job);
 void chat_wire_job_free(chat_wire_job *job);
 
+/* ---------------------------------------------------------------- following answers (ATTACH) */
+
+/* X(NAME, wire name): what a worker holds of the session an ATTACH names. */
+#define CHAT_WIRE_ATTACH_STATUS_MAP(X)                                                                       \
+    X(IN_FLIGHT, "in_flight") /* streaming: its later events follow under the ATTACH's job_id */            \
+    X(FINISHED, "finished")   /* completed within the retention window: the complete's fields are set */   \
+    X(NONE, "none")           /* nothing held (CHECK_OWNER: and the session is the user's) */              \
+    X(UNKNOWN, "unknown")     /* CHECK_OWNER: nothing held and no such session */                          \
+    X(FORBIDDEN, "forbidden") /* the session is another user's */
+
+typedef enum chat_wire_attach_status {
+#define X(name, wire) CHAT_WIRE_ATT_##name,
+    CHAT_WIRE_ATTACH_STATUS_MAP(X)
+#undef X
+} chat_wire_attach_status;
+
+/* A subscription to a session's answer. Strings as in a job: NUL-terminated, never NULL once parsed. */
+typedef struct chat_wire_attach {
+    uint64_t job_id; /* the streamer's id for it: the answer's events come back under it */
+    unsigned flags;  /* CHAT_WIRE_A_* */
+    const char *session_id, *user_id; /* required */
+    const char *answer_id; /* the answer last_seq counts pieces of; "": whichever the session has */
+    uint64_t last_seq;     /* pieces the client has */
+} chat_wire_attach;
+
+/* A worker's answer to an ATTACH. text: the answer so far; seq: its pieces sent so far; cursor: the
+ * client's position in this answer as the worker read last_seq (0 .. seq + 1, where seq + 1 means it has
+ * the complete as well); from: the byte offset in text after piece cursor, where what the client has
+ * not seen starts (text.len: nothing missed). FINISHED also carries the complete's fields; other
+ * statuses carry empty strings and zeros. */
+typedef struct chat_wire_attached {
+    uint64_t job_id;
+    chat_wire_attach_status status;
+    chat_wire_str answer_id;
+    uint64_t seq;
+    uint64_t cursor;
+    uint64_t age_ms; /* FINISHED: since it completed (the broker keeps the youngest of several) */
+    uint64_t from;
+    chat_wire_str text;
+    chat_wire_str response, session_id, metadata_json;
+} chat_wire_attached;
+
+const char *chat_wire_attach_status_name(chat_wire_attach_status st); /* "" when out of range */
+
 /* ---------------------------------------------------------------- messages */
 
 typedef struct chat_wire_ready {
@@ -184,7 +254,9 @@ typedef struct chat_wire_cmd {
         chat_wire_ready ready; /* READY (its version is CHAT_WIRE_VERSION: the parser refuses others) */
         chat_wire_event ev;    /* EV */
         chat_wire_job job;     /* JOB */
-        uint64_t job_id;       /* CANCEL */
+        uint64_t job_id;       /* CANCEL, DETACH */
+        chat_wire_attach attach;     /* ATTACH */
+        chat_wire_attached attached; /* ATTACHED */
     };
 } chat_wire_cmd;
 

@@ -45,19 +45,42 @@
 #define SB_MAX_WORKERS 4096
 #define SB_MAX_ATTEMPTS 2
 
+/* What a subscription (sb_sub_new) needs beyond a job: what it asked, whom, and the best answer heard. */
+typedef struct sb_sub {
+    chat_wire_attach att; /* strings in this allocation; att.job_id is the job's id */
+    uint64_t target;      /* a local job it follows, 0: none */
+    bool resume;          /* a client's resume: "resumed" first, SESSION_FORBIDDEN for another's session */
+    bool decided;         /* settled: following a worker's answer, or over */
+    bool unknown;         /* the owner check found no such session */
+    bool cancel_wanted;   /* cancelled before it was settled */
+    struct sb_job *parked_on; /* waiting for this queued job to reach a worker */
+    struct sb_job *parked_next;
+    uint64_t *asked;      /* ids of the workers whose ATTACHED is awaited */
+    size_t n_asked, cap_asked;
+    char *answer_id;      /* of the answer followed (owned), once settled */
+    /* The youngest FINISHED heard so far, kept until every worker asked has answered. */
+    bool held;
+    uint64_t held_seq, held_cursor, held_age, held_from;
+    char *held_answer, *held_text, *held_complete; /* owned; the complete frame is built already */
+    size_t held_len;
+} sb_sub;
+
 struct sb_job {
     sb_job *next;  /* command list, then the waiting queue */
-    sb_job *wnext, *wprev; /* the running jobs of its worker (a worker runs hundreds: O(1) removal) */
+    sb_job *wnext, *wprev; /* the running jobs (or followed subscriptions) of its worker: O(1) removal */
     uint64_t id;
     int attempts;
     bool tokens_sent;
     bool cancelled;
     bool gone; /* the client left: deliver nothing */
     uint8_t steps_sent; /* progress steps sent, bit 1 << chat_proto_step: a retry does not repeat them */
+    uint64_t seq;       /* the answer's pieces delivered (tokens carry their number) */
     int64_t submitted_ms;
     int64_t deadline_ms; /* while queued */
     struct sb_worker *worker;
-    chat_wire_job *spec; /* owned: what a worker is sent (spec->job_id == id) */
+    chat_wire_job *spec; /* a JOB (owned): what a worker is sent (spec->job_id == id); NULL for a sub */
+    sb_sub *sub;         /* a subscription; NULL for a JOB */
+    sb_job *parked;      /* a queued JOB: the subscriptions waiting for it to reach a worker */
 };
 
 /* One worker process: a DEALER that runs up to `capacity` jobs at once (its slots). */
@@ -65,23 +88,24 @@ typedef struct sb_worker {
     struct sb_worker *next;
     char ident[CHAT_WIRE_MAX_IDENTITY];
     size_t identlen;
+    uint64_t id; /* unique in this broker's life (a subscription names the workers it waits for) */
     int pid;
     int capacity;
     int running;
     int64_t last_seen_ms;
     int64_t idle_since_ms; /* when a slot last became free */
     sb_job *jobs;          /* running, linked by wnext */
+    sb_job *subs;          /* subscriptions following one of its answers, linked by wnext */
     bool retiring;
 } sb_worker;
 
-typedef enum { CMD_SUBMIT = 1, CMD_CANCEL } cmd_kind;
+typedef enum { CMD_SUBMIT = 1, CMD_CANCEL, CMD_DETACH } cmd_kind;
 
 typedef struct sb_cmd {
     struct sb_cmd *next;
     cmd_kind kind;
     sb_job *job;     /* submit */
-    uint64_t job_id; /* cancel */
-    bool gone;
+    uint64_t job_id; /* cancel, detach */
 } sb_cmd;
 
 struct sb_broker {
@@ -112,6 +136,7 @@ struct sb_broker {
     /* Broker thread only. */
     sb_worker *workers;
     int n_workers;
+    uint64_t next_worker_id;
     sb_job *q_head, *q_tail;
     int q_len;
     sm_map jobs;                   /* id -> job, queued or running */
@@ -135,11 +160,60 @@ sb_job *sb_job_new(const chat_wire_job *spec)
     return j;
 }
 
+sb_job *sb_sub_new(uint64_t id, const char *user_id, const char *session_id, const char *answer_id,
+                   uint64_t last_seq, uint64_t target, bool resume)
+{
+    size_t lu = strlen(user_id) + 1, ls = strlen(session_id) + 1, la = answer_id ? strlen(answer_id) + 1 : 1;
+    sb_job *j = calloc(1, sizeof *j);
+    sb_sub *sub = calloc(1, sizeof *sub + lu + ls + la);
+    if (!j || !sub) {
+        free(j), free(sub);
+        return NULL;
+    }
+    char *p = (char *)(sub + 1);
+    sub->att = (chat_wire_attach){.job_id = id,
+                                  .flags = 0,
+                                  .user_id = memcpy(p, user_id, lu),
+                                  .session_id = memcpy(p + lu, session_id, ls),
+                                  .answer_id = memcpy(p + lu + ls, answer_id ? answer_id : "", la),
+                                  .last_seq = last_seq};
+    sub->target = target;
+    sub->resume = resume;
+    j->id = id;
+    j->sub = sub;
+    return j;
+}
+
+static void sub_drop_held(sb_sub *sub)
+{
+    free(sub->held_answer), free(sub->held_text), free(sub->held_complete);
+    sub->held_answer = sub->held_text = sub->held_complete = NULL;
+    sub->held = false;
+}
+
 void sb_job_free(sb_job *job)
 {
     if (!job) return;
     chat_wire_job_free(job->spec);
+    if (job->sub) {
+        sub_drop_held(job->sub);
+        free(job->sub->asked);
+        free(job->sub->answer_id);
+        free(job->sub);
+    }
     free(job);
+}
+
+/* The answer a job's frames belong to. */
+static chat_proto_ref job_ref(const sb_job *job)
+{
+    if (job->sub) return (chat_proto_ref){job->sub->att.session_id, job->sub->answer_id, job->seq};
+    return (chat_proto_ref){job->spec->session_id, job->spec->request_id, job->seq};
+}
+
+static const char *job_session(const sb_job *job)
+{
+    return job->sub ? job->sub->att.session_id : job->spec->session_id;
 }
 
 sb_event *sb_event_new(uint64_t job_id, int kind, const char *data, size_t len, const char *session_id)
@@ -153,6 +227,7 @@ sb_event *sb_event_new(uint64_t job_id, int kind, const char *data, size_t len, 
     e->terminal = 0;
     e->error = 0;
     e->start = e->end = 0;
+    e->seq = 0;
     e->len = len;
     if (len) memcpy(e->data, data, len);
     e->data[len] = '\0';
@@ -170,8 +245,18 @@ void sb_event_free(sb_event *e)
     free(e);
 }
 
-/* Queues an event for the lws thread (delivered at the end of the turn). Takes ownership of json; a
- * terminal frame that could not be built becomes the out-of-memory error. Returns the queued event. */
+/* Queues e for the lws thread (delivered at the end of the turn). */
+static void out_append(sb_broker *b, sb_event *e)
+{
+    if (b->out_tail)
+        b->out_tail->next = e;
+    else
+        b->out_head = e;
+    b->out_tail = e;
+}
+
+/* Queues a frame event for the lws thread. Takes ownership of json; a terminal frame that could not be
+ * built becomes the out-of-memory error. Returns the queued event. */
 static sb_event *emit_json(sb_broker *b, sb_job *job, char *json, bool terminal, const char *session_id)
 {
     if (!json) {
@@ -191,11 +276,7 @@ static sb_event *emit_json(sb_broker *b, sb_job *job, char *json, bool terminal,
     }
     e->terminal = terminal;
     e->error = data == chat_proto_error_oom;
-    if (b->out_tail)
-        b->out_tail->next = e;
-    else
-        b->out_head = e;
-    b->out_tail = e;
+    out_append(b, e);
     return e;
 }
 
@@ -206,19 +287,35 @@ static void emit_error(sb_broker *b, sb_job *job, const char *code, const char *
     if (e) e->error = 1;
 }
 
-static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
+/* A piece, numbered (kind SB_EV_TOKEN), or an answer's text so far of which the client has the first
+ * `from` bytes (SB_EV_SNAPSHOT, seq: the pieces in it). */
+static void emit_text(sb_broker *b, sb_job *job, int kind, const char *text, size_t len, size_t from, uint64_t seq)
 {
-    if (job->gone || !len) return;
-    sb_event *e = sb_event_new(job->id, SB_EV_TOKEN, text, len, NULL);
+    if (job->gone || (kind == SB_EV_TOKEN && !len)) return;
+    sb_event *e = sb_event_new(job->id, kind, text, len, NULL);
     if (!e) {
         chat_log_error("broker: out of memory queueing a token for job %" PRIu64, job->id);
         return;
     }
-    if (b->out_tail)
-        b->out_tail->next = e;
-    else
-        b->out_head = e;
-    b->out_tail = e;
+    e->start = from;
+    e->seq = seq;
+    out_append(b, e);
+}
+
+static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
+{
+    if (len) job->seq++;
+    emit_text(b, job, SB_EV_TOKEN, text, len, 0, job->seq);
+}
+
+/* The terminal event of a subscription that has nothing (more) to show. */
+static void emit_end(sb_broker *b, sb_job *job)
+{
+    if (job->gone) return;
+    sb_event *e = sb_event_new(job->id, SB_EV_END, "", 0, NULL);
+    if (!e) return; /* the connection then waits for nothing: its next message still starts */
+    e->terminal = 1;
+    out_append(b, e);
 }
 
 /* One token event per piece of the worker's event: the connection frames each on its own. */
@@ -236,24 +333,37 @@ static void emit_pieces(sb_broker *b, sb_job *job, const chat_wire_event *ev)
     }
 }
 
+static void sub_unpark_all(sb_broker *b, sb_job *job);
+static void sub_unlink_parked(sb_job *sub);
+
+/* Drops a job from the books and frees it: the subscriptions waiting for a queued JOB ask every worker
+ * instead; a parked subscription leaves its list. */
+static void job_drop(sb_broker *b, sb_job *job)
+{
+    if (job->parked) sub_unpark_all(b, job);
+    if (job->sub && job->sub->parked_on) sub_unlink_parked(job);
+    sm_del(&b->jobs, job->id);
+    sb_job_free(job);
+}
+
 /* Ends a job with an error event, drops it from the books, frees it. */
 static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *message)
 {
     emit_error(b, job, code, message);
-    sm_del(&b->jobs, job->id);
     atomic_fetch_add(&b->n_failed, 1);
     chat_log_info("broker: job %" PRIu64 " failed: %s after %" PRId64 " ms", job->id, code,
                   chat_now_ms() - job->submitted_ms);
-    sb_job_free(job);
+    job_drop(b, job);
 }
 
 /* A job cancelled before any worker ran it: the protocol still owes the client a terminal complete. */
 static void job_cancelled_unstarted(sb_broker *b, sb_job *job)
 {
-    emit_json(b, job, chat_proto_complete_cancelled("", job->spec->session_id), true, job->spec->session_id);
-    sm_del(&b->jobs, job->id);
+    chat_proto_ref ref = job_ref(job);
+    ref.seq++;
+    emit_json(b, job, chat_proto_complete_cancelled_of(&ref, ""), true, job_session(job));
     atomic_fetch_add(&b->n_done, 1);
-    sb_job_free(job);
+    job_drop(b, job);
 }
 
 /* ---------------------------------------------------------------- the waiting queue */
@@ -346,13 +456,18 @@ static sb_worker *worker_find(sb_broker *b, const char *ident, size_t len)
     return NULL;
 }
 
-/* The worker's job could not finish there: retry once if the client saw no token, else fail it. */
+/* The worker's job could not finish there: retry once if the client saw no token, else fail it. A
+ * subscription that lost the worker of its answer fails like a job mid-answer. */
 static void job_orphaned(sb_broker *b, sb_job *job, int64_t now, const char *why)
 {
     job->worker = NULL;
     if (job->gone) {
-        sm_del(&b->jobs, job->id);
-        sb_job_free(job);
+        job_drop(b, job);
+        return;
+    }
+    if (job->sub) {
+        chat_log_warn("broker: subscription %" PRIu64 " lost its worker (%s)", job->id, why);
+        job_fail(b, job, CHAT_CODE_PROCESSING_ERROR, "The worker processing your message failed, please retry");
         return;
     }
     if (!job->tokens_sent && !job->cancelled && job->attempts < SB_MAX_ATTEMPTS) {
@@ -368,14 +483,16 @@ static void job_orphaned(sb_broker *b, sb_job *job, int64_t now, const char *why
     job_fail(b, job, CHAT_CODE_PROCESSING_ERROR, "The worker processing your message failed, please retry");
 }
 
+/* A JOB runs on w (it takes a slot); a subscription follows an answer of w (it takes none). */
 static void worker_attach(sb_worker *w, sb_job *job)
 {
+    sb_job **list = job->sub ? &w->subs : &w->jobs;
     job->worker = w;
     job->wprev = NULL;
-    job->wnext = w->jobs;
-    if (w->jobs) w->jobs->wprev = job;
-    w->jobs = job;
-    w->running++;
+    job->wnext = *list;
+    if (*list) (*list)->wprev = job;
+    *list = job;
+    if (!job->sub) w->running++;
 }
 
 static void worker_detach(sb_worker *w, sb_job *job)
@@ -383,15 +500,20 @@ static void worker_detach(sb_worker *w, sb_job *job)
     if (job->worker != w) return;
     if (job->wprev)
         job->wprev->wnext = job->wnext;
+    else if (job->sub)
+        w->subs = job->wnext;
     else
         w->jobs = job->wnext;
     if (job->wnext) job->wnext->wprev = job->wprev;
-    w->running--;
+    if (!job->sub) w->running--;
     job->wnext = job->wprev = NULL;
     job->worker = NULL;
 }
 
-/* Every job running on w lost its worker (it died, restarted or was removed). */
+static void sub_forget_worker(sb_broker *b, sb_worker *w);
+
+/* Every job running on w lost its worker (it died, restarted or was removed), and every subscription
+ * that followed or waited for one of its answers. */
 static void worker_orphan_all(sb_broker *b, sb_worker *w, int64_t now, const char *why)
 {
     while (w->jobs) {
@@ -399,6 +521,12 @@ static void worker_orphan_all(sb_broker *b, sb_worker *w, int64_t now, const cha
         worker_detach(w, job);
         job_orphaned(b, job, now, why);
     }
+    while (w->subs) {
+        sb_job *job = w->subs;
+        worker_detach(w, job);
+        job_orphaned(b, job, now, why);
+    }
+    sub_forget_worker(b, w);
 }
 
 static void worker_remove(sb_broker *b, sb_worker *w, int64_t now, const char *why)
@@ -435,6 +563,8 @@ static int send_to(sb_broker *b, const sb_worker *w, const chat_wire_cmd *cmd)
     return chat_wire_send(b->router, &to, cmd, ZMQ_DONTWAIT);
 }
 
+static void sub_send_parked(sb_broker *b, sb_job *t, sb_worker *w);
+
 /* Hands queued jobs to idle workers. */
 static void dispatch(sb_broker *b, int64_t now)
 {
@@ -452,9 +582,264 @@ static void dispatch(sb_broker *b, int64_t now)
         worker_attach(w, job);
         chat_log_debug("broker: job %" PRIu64 " -> worker pid %d (attempt %d, waited %" PRId64 " ms)", job->id, w->pid,
                        job->attempts, now - job->submitted_ms);
+        sub_send_parked(b, job, w); /* after the JOB: the worker knows the answer when they come */
         publish_counts(b);
     }
 }
+
+/* ---------------------------------------------------------------- subscriptions */
+
+/* A subscription leaves the list of the queued job it waited for. */
+static void sub_unlink_parked(sb_job *job)
+{
+    sb_sub *sub = job->sub;
+    sb_job **pp = &sub->parked_on->parked;
+    while (*pp && *pp != job)
+        pp = &(*pp)->sub->parked_next;
+    if (*pp) *pp = sub->parked_next;
+    sub->parked_on = NULL;
+    sub->parked_next = NULL;
+}
+
+/* Sends the subscription's ATTACH to w, whose ATTACHED it then awaits. 0, or a negative code (w could
+ * not be sent to; the heartbeat deals with it). */
+static int sub_ask(sb_broker *b, sb_job *job, sb_worker *w, bool check_owner)
+{
+    sb_sub *sub = job->sub;
+    if (chat_array_reserve(&sub->asked, &sub->cap_asked, sub->n_asked, sizeof *sub->asked)) return CHAT_ENOMEM;
+    chat_wire_attach a = sub->att;
+    a.flags = check_owner ? CHAT_WIRE_A_CHECK_OWNER : 0;
+    if (send_to(b, w, &(chat_wire_cmd){.kind = CHAT_WIRE_ATTACH, .attach = a})) return CHAT_ERR;
+    sub->asked[sub->n_asked++] = w->id;
+    return 0;
+}
+
+static bool sub_asked_remove(sb_sub *sub, uint64_t worker_id)
+{
+    for (size_t i = 0; i < sub->n_asked; i++) {
+        if (sub->asked[i] != worker_id) continue;
+        sub->asked[i] = sub->asked[--sub->n_asked];
+        return true;
+    }
+    return false;
+}
+
+/* The least busy worker that takes jobs (else any): it looks a resumed session's owner up. */
+static sb_worker *worker_checker(sb_broker *b)
+{
+    sb_worker *best = NULL;
+    for (sb_worker *w = b->workers; w; w = w->next)
+        if (!best || (best->retiring && !w->retiring) || (best->retiring == w->retiring && w->running < best->running))
+            best = w;
+    return best;
+}
+
+static void sub_settle(sb_broker *b, sb_job *job);
+
+/* Asks every worker (a retiring one still finishes and keeps its answers); for a resume, one of them
+ * also looks the session's owner up in case nobody holds anything. */
+static void sub_ask_all(sb_broker *b, sb_job *job)
+{
+    sb_worker *checker = job->sub->resume ? worker_checker(b) : NULL;
+    for (sb_worker *w = b->workers; w; w = w->next)
+        if (sub_ask(b, job, w, w == checker))
+            chat_log_warn("broker: ATTACH for %" PRIu64 " not sent to worker pid %d", job->id, w->pid);
+    if (job->sub->n_asked) return;
+    if (!b->workers) {
+        job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
+        return;
+    }
+    sub_settle(b, job);
+}
+
+/* A queued job reached w: its waiting subscriptions ask w. */
+static void sub_send_parked(sb_broker *b, sb_job *t, sb_worker *w)
+{
+    while (t->parked) {
+        sb_job *job = t->parked;
+        sub_unlink_parked(job);
+        if (sub_ask(b, job, w, false)) sub_ask_all(b, job);
+    }
+}
+
+/* A queued job ends without running: its waiting subscriptions ask every worker instead. */
+static void sub_unpark_all(sb_broker *b, sb_job *t)
+{
+    while (t->parked) {
+        sb_job *job = t->parked;
+        sub_unlink_parked(job);
+        if (job->gone)
+            job_drop(b, job);
+        else
+            sub_ask_all(b, job);
+    }
+}
+
+/* The newest job of this broker answering user's session (ids grow), or NULL. */
+static sb_job *local_answer(sb_broker *b, const char *user, const char *session)
+{
+    sb_job *best = NULL;
+    for (size_t i = 0; i < b->jobs.cap; i++) {
+        sb_job *j = b->jobs.slots[i].key ? b->jobs.slots[i].val : NULL;
+        if (!j || j->sub || strcmp(j->spec->session_id, session) || strcmp(j->spec->user_id, user)) continue;
+        if (!best || j->id > best->id) best = j;
+    }
+    return best;
+}
+
+/* A new subscription: to the job of this broker it names, or that answers the session; else (or when
+ * that job's worker cannot be reached) to every worker. A job still queued parks it until it runs. */
+static void sub_start(sb_broker *b, sb_job *job)
+{
+    sb_sub *sub = job->sub;
+    sb_job *t = sub->target ? sm_get(&b->jobs, sub->target) : NULL;
+    if (t && t->sub) t = NULL;
+    if (!t && sub->resume) t = local_answer(b, sub->att.user_id, sub->att.session_id);
+    if (t && !t->worker) {
+        sub->parked_on = t;
+        sub->parked_next = t->parked;
+        t->parked = job;
+        return;
+    }
+    if (t && sub_ask(b, job, t->worker, false) == 0) return;
+    sub_ask_all(b, job);
+}
+
+/* w streams the answer: the subscription follows it from here, what the client missed first. */
+static void sub_follow(sb_broker *b, sb_job *job, sb_worker *w, const chat_wire_attached *a)
+{
+    sb_sub *sub = job->sub;
+    sub->decided = true;
+    sub_drop_held(sub);
+    if (job->gone) {
+        send_to(b, w, &(chat_wire_cmd){.kind = CHAT_WIRE_DETACH, .job_id = job->id});
+        job_drop(b, job);
+        return;
+    }
+    sub->answer_id = strndup(a->answer_id.s, a->answer_id.len);
+    job->seq = a->seq;
+    worker_attach(w, job);
+    chat_proto_ref ref = job_ref(job);
+    if (sub->resume) emit_json(b, job, chat_proto_resumed(&ref, true), false, NULL);
+    emit_text(b, job, SB_EV_SNAPSHOT, a->text.s, a->text.len, (size_t)a->from, a->seq);
+    if (sub->cancel_wanted && !job->cancelled) {
+        job->cancelled = true;
+        send_to(b, w, &(chat_wire_cmd){.kind = CHAT_WIRE_CANCEL, .job_id = job->id});
+    }
+}
+
+/* Keeps a's completed answer if it is the youngest heard (several workers may hold one of the session's
+ * answers: the last one counts). Its complete frame is built now, from a's fields. */
+static void sub_hold(sb_job *job, const chat_wire_attached *a)
+{
+    sb_sub *sub = job->sub;
+    if (sub->held && a->age_ms >= sub->held_age) return;
+    sub_drop_held(sub);
+    sub->held_answer = strndup(a->answer_id.s, a->answer_id.len);
+    sub->held_text = malloc(a->text.len + 1);
+    if (sub->held_answer) {
+        chat_proto_ref ref = {sub->att.session_id, sub->held_answer, a->seq + 1};
+        sub->held_complete = chat_proto_complete_of(&ref, a->response.s, a->metadata_json.s);
+    }
+    if (!sub->held_answer || !sub->held_text || !sub->held_complete) {
+        chat_log_error("broker: out of memory keeping a finished answer for %" PRIu64, job->id);
+        sub_drop_held(sub);
+        return;
+    }
+    memcpy(sub->held_text, a->text.s, a->text.len);
+    sub->held_text[a->text.len] = '\0';
+    sub->held_len = a->text.len;
+    sub->held_seq = a->seq, sub->held_cursor = a->cursor, sub->held_age = a->age_ms, sub->held_from = a->from;
+    sub->held = true;
+}
+
+/* Every worker asked has answered and none streams the answer: the youngest completed one (what the
+ * client misses of it, and its complete unless the client has it), or nothing, or, for a resume of a
+ * session nobody has, SESSION_FORBIDDEN (the same answer as for somebody else's). */
+static void sub_settle(sb_broker *b, sb_job *job)
+{
+    sb_sub *sub = job->sub;
+    sub->decided = true;
+    const char *sid = sub->att.session_id;
+    if (job->gone) {
+        job_drop(b, job);
+        return;
+    }
+    if (sub->held) {
+        sub->answer_id = sub->held_answer, sub->held_answer = NULL;
+        job->seq = sub->held_seq;
+        chat_proto_ref ref = job_ref(job);
+        bool has_all = sub->held_cursor > sub->held_seq; /* the complete too */
+        if (sub->resume) emit_json(b, job, chat_proto_resumed(&ref, false), has_all, sid);
+        if (!has_all) {
+            emit_text(b, job, SB_EV_SNAPSHOT, sub->held_text, sub->held_len, (size_t)sub->held_from, sub->held_seq);
+            emit_json(b, job, sub->held_complete, true, sid);
+            sub->held_complete = NULL;
+        } else if (!sub->resume) {
+            emit_end(b, job);
+        }
+    } else if (sub->resume && sub->unknown) {
+        emit_error(b, job, CHAT_CODE_SESSION_FORBIDDEN, chat_proto_code_message(CHAT_PROTO_SESSION_FORBIDDEN));
+    } else if (sub->resume) {
+        chat_proto_ref ref = {sid, NULL, 0};
+        emit_json(b, job, chat_proto_resumed(&ref, false), true, sid);
+    } else {
+        emit_end(b, job);
+    }
+    job_drop(b, job);
+}
+
+/* A worker's answer to a subscription's ATTACH. */
+static void handle_attached(sb_broker *b, sb_worker *w, const chat_wire_attached *a)
+{
+    sb_job *job = sm_get(&b->jobs, a->job_id);
+    bool asked = job && job->sub && sub_asked_remove(job->sub, w->id);
+    if (!asked || job->sub->decided) { /* given up on, or settled by another worker's answer */
+        if (a->status == CHAT_WIRE_ATT_IN_FLIGHT)
+            send_to(b, w, &(chat_wire_cmd){.kind = CHAT_WIRE_DETACH, .job_id = a->job_id});
+        return;
+    }
+    sb_sub *sub = job->sub;
+    switch (a->status) {
+    case CHAT_WIRE_ATT_IN_FLIGHT:
+        sub_follow(b, job, w, a);
+        return;
+    case CHAT_WIRE_ATT_FORBIDDEN: /* the session is somebody else's: nothing more to hear */
+        sub->decided = true;
+        emit_error(b, job, CHAT_CODE_SESSION_FORBIDDEN, chat_proto_code_message(CHAT_PROTO_SESSION_FORBIDDEN));
+        job_drop(b, job);
+        return;
+    case CHAT_WIRE_ATT_FINISHED:
+        sub_hold(job, a);
+        break;
+    case CHAT_WIRE_ATT_UNKNOWN:
+        sub->unknown = true;
+        break;
+    case CHAT_WIRE_ATT_NONE:
+        break;
+    }
+    if (!sub->n_asked) sub_settle(b, job);
+}
+
+/* w is gone: the subscriptions still waiting for its ATTACHED stop waiting (collected first: settling
+ * changes the map). */
+static void sub_forget_worker(sb_broker *b, sb_worker *w)
+{
+    uint64_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    for (size_t i = 0; i < b->jobs.cap; i++) {
+        sb_job *j = b->jobs.slots[i].key ? b->jobs.slots[i].val : NULL;
+        if (!j || !j->sub || j->sub->decided || !sub_asked_remove(j->sub, w->id) || j->sub->n_asked) continue;
+        if (chat_array_reserve(&ids, &cap, n, sizeof *ids)) break;
+        ids[n++] = j->id;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sb_job *j = sm_get(&b->jobs, ids[i]);
+        if (j) sub_settle(b, j);
+    }
+    free(ids);
+}
+
 
 /* ---------------------------------------------------------------- commands from the lws thread */
 
@@ -464,6 +849,13 @@ static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
     if (sm_put(&b->jobs, job->id, job)) {
         emit_error(b, job, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
         sb_job_free(job);
+        return;
+    }
+    if (job->sub) { /* retiring workers still hold answers: only none at all is a refusal */
+        if (!b->workers)
+            job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
+        else
+            sub_start(b, job);
         return;
     }
     if (atomic_load(&b->n_live) == 0) {
@@ -477,25 +869,54 @@ static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
     q_push(b, job, false, now);
 }
 
-static void handle_cancel(sb_broker *b, uint64_t id, bool gone)
+/* The client asked to stop the answer: the job's, or the one a subscription follows (the worker stops it
+ * for everybody who follows it). */
+static void handle_cancel(sb_broker *b, uint64_t id)
 {
     sb_job *job = sm_get(&b->jobs, id);
     if (!job) return;
-    job->gone |= gone;
+    if (job->sub && !job->worker) {
+        if (job->sub->parked_on)
+            handle_cancel(b, job->sub->parked_on->id);
+        else
+            job->sub->cancel_wanted = true; /* applied once it follows an answer */
+        return;
+    }
     if (!job->worker) { /* still waiting for a worker */
         q_remove(b, job);
-        if (job->gone) {
-            sm_del(&b->jobs, id);
-            sb_job_free(job);
-        } else {
-            job_cancelled_unstarted(b, job);
-        }
+        job_cancelled_unstarted(b, job);
         return;
     }
     if (job->cancelled) return;
     job->cancelled = true;
     if (send_to(b, job->worker, &(chat_wire_cmd){.kind = CHAT_WIRE_CANCEL, .job_id = id}))
         chat_log_warn("broker: CANCEL for job %" PRIu64 " not delivered (%s)", id, zmq_strerror(errno));
+}
+
+/* The connection left: nothing more is delivered. A subscription ends (the worker stops sending under
+ * its id); a job goes on without anybody waiting (CHAT_WIRE_F_DETACHED while queued, DETACH once it
+ * runs), so that its answer is stored whole and stays resumable (the workers' CHAT_ORPHAN_POLICY). */
+static void handle_detach(sb_broker *b, uint64_t id)
+{
+    sb_job *job = sm_get(&b->jobs, id);
+    if (!job) return;
+    job->gone = true;
+    if (job->sub) {
+        if (job->worker) {
+            send_to(b, job->worker, &(chat_wire_cmd){.kind = CHAT_WIRE_DETACH, .job_id = id});
+            worker_detach(job->worker, job);
+            job_drop(b, job);
+        } else if (job->sub->parked_on) {
+            job_drop(b, job);
+        } /* else waiting for ATTACHED: dropped once settled */
+        return;
+    }
+    if (!job->worker) {
+        job->spec->flags |= CHAT_WIRE_F_DETACHED;
+        return;
+    }
+    if (send_to(b, job->worker, &(chat_wire_cmd){.kind = CHAT_WIRE_DETACH, .job_id = id}))
+        chat_log_warn("broker: DETACH for job %" PRIu64 " not delivered (%s)", id, zmq_strerror(errno));
 }
 
 static void run_commands(sb_broker *b, int64_t now)
@@ -508,8 +929,10 @@ static void run_commands(sb_broker *b, int64_t now)
         sb_cmd *next = c->next;
         if (c->kind == CMD_SUBMIT)
             handle_submit(b, c->job, now);
+        else if (c->kind == CMD_CANCEL)
+            handle_cancel(b, c->job_id);
         else
-            handle_cancel(b, c->job_id, c->gone);
+            handle_detach(b, c->job_id);
         free(c);
         c = next;
     }
@@ -529,7 +952,9 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_event *ev, 
         _Static_assert(CHAT_STEP_COUNT <= 8, "steps_sent holds a bit per step");
         if (job->steps_sent & (1u << step)) return;
         job->steps_sent |= (uint8_t)(1u << step);
-        emit_json(b, job, chat_proto_progress_msg(ev->progress.step.s, ev->progress.message.s), false, NULL);
+        chat_proto_ref ref = job_ref(job);
+        ref.seq = 0;
+        emit_json(b, job, chat_proto_progress_of(&ref, ev->progress.step.s, ev->progress.message.s), false, NULL);
         return;
     }
     if (ev->kind == CHAT_WIRE_EV_TOKEN) {
@@ -539,21 +964,24 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_event *ev, 
     }
     bool complete = ev->kind == CHAT_WIRE_EV_COMPLETE;
     if (complete) {
-        emit_json(b, job,
-                  chat_proto_complete(ev->complete.response.s, ev->complete.session_id.s,
-                                      ev->complete.metadata_json.s),
-                  true, ev->complete.session_id.s);
-        atomic_fetch_add(&b->n_done, 1);
+        chat_proto_ref ref = job_ref(job);
+        ref.session_id = ev->complete.session_id.s;
+        ref.seq++; /* the complete counts in the sequence: a client holding it resumes past it */
+        emit_json(b, job, chat_proto_complete_of(&ref, ev->complete.response.s, ev->complete.metadata_json.s), true,
+                  ev->complete.session_id.s);
     } else {
         emit_error(b, job, ev->error.code.s, ev->error.message.s);
-        atomic_fetch_add(&b->n_failed, 1);
     }
+    worker_detach(w, job);
+    if (job->sub) { /* a follower of an answer counted already */
+        job_drop(b, job);
+        return;
+    }
+    atomic_fetch_add(complete ? &b->n_done : &b->n_failed, 1);
     chat_log_info("broker: job %" PRIu64 " %s on worker pid %d in %" PRId64 " ms%s%s", job->id,
                   complete ? "completed" : "ended with error", w->pid, now - job->submitted_ms,
                   complete ? "" : " code ", complete ? "" : ev->error.code.s);
-    worker_detach(w, job);
-    sm_del(&b->jobs, job->id);
-    sb_job_free(job);
+    job_drop(b, job);
     w->idle_since_ms = now;
     if (w->retiring && !w->running)
         worker_remove(b, w, now, "retired");
@@ -578,6 +1006,7 @@ static void handle_ready(sb_broker *b, sb_worker *w, chat_wire_str from, const c
     }
     w = calloc(1, sizeof *w);
     if (!w) return;
+    w->id = ++b->next_worker_id;
     memcpy(w->ident, from.s, from.len);
     w->identlen = from.len;
     w->pid = r->pid;
@@ -629,6 +1058,9 @@ static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
     switch (c.kind) {
     case CHAT_WIRE_EV:
         handle_event(b, w, &c.ev, now);
+        return;
+    case CHAT_WIRE_ATTACHED:
+        handle_attached(b, w, &c.attached);
         return;
     case CHAT_WIRE_BYE:
         handle_bye(b, w, now);
@@ -877,17 +1309,27 @@ void sb_broker_submit(sb_broker *b, sb_job *job)
     push_cmd(b, c);
 }
 
-void sb_broker_cancel(sb_broker *b, uint64_t job_id, bool client_gone)
+static void push_job_cmd(sb_broker *b, cmd_kind kind, uint64_t job_id)
 {
     sb_cmd *c = calloc(1, sizeof *c);
     if (!c) {
-        chat_log_error("broker: out of memory; cancel of job %" PRIu64 " lost", job_id);
+        chat_log_error("broker: out of memory; %s of job %" PRIu64 " lost", kind == CMD_CANCEL ? "cancel" : "detach",
+                       job_id);
         return;
     }
-    c->kind = CMD_CANCEL;
+    c->kind = kind;
     c->job_id = job_id;
-    c->gone = client_gone;
     push_cmd(b, c);
+}
+
+void sb_broker_cancel(sb_broker *b, uint64_t job_id)
+{
+    push_job_cmd(b, CMD_CANCEL, job_id);
+}
+
+void sb_broker_detach(sb_broker *b, uint64_t job_id)
+{
+    push_job_cmd(b, CMD_DETACH, job_id);
 }
 
 sb_event *sb_broker_take_events(sb_broker *b)

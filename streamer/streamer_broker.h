@@ -16,18 +16,30 @@
 #include "chat_config.h"
 #include "chat_wire.h"
 
-/* A job: allocated by sb_job_new, with its own copy of the spec (chat_wire_job_dup), owned by the broker
- * after sb_broker_submit. The lws thread keeps only its id. */
+/* A job: allocated by sb_job_new (a JOB for a worker, with its own copy of the spec, chat_wire_job_dup)
+ * or sb_sub_new (a subscription: follow a conversation's answer wherever it is generated), owned by the
+ * broker after sb_broker_submit. The lws thread keeps only its id; both kinds answer with events under
+ * it, the same way. */
 typedef struct sb_job sb_job;
 
 /* Copies spec (job_id included): the caller's strings may go once it returns. NULL on out of memory. */
 sb_job *sb_job_new(const chat_wire_job *spec);
+/* A subscription id to the answer of user_id's session_id: the one streaming, else the last one
+ * completed within the retention window. The client has pieces 1..last_seq of answer answer_id (NULL:
+ * of whichever answer the session has). target: a job of this streamer it follows (another tab's
+ * message; 0: none known, every worker is asked). resume: a client's resume, answered first with a
+ * "resumed" frame, SESSION_FORBIDDEN when the session is not the user's (or does not exist); a follow
+ * (resume false) shows nothing when nothing is held. Strings are copied. NULL on out of memory. */
+sb_job *sb_sub_new(uint64_t id, const char *user_id, const char *session_id, const char *answer_id,
+                   uint64_t last_seq, uint64_t target, bool resume);
 void sb_job_free(sb_job *job); /* accepts NULL */
 
 enum {
-    SB_EV_TOKEN = 1, /* data: token text */
-    SB_EV_FRAME = 2, /* data: a JSON frame ready to send */
-    SB_EV_TOKENS = 3 /* lws-side only: coalesced tokens, the range [start, end) of the session's answer */
+    SB_EV_TOKEN = 1,    /* data: one piece's text; seq: its number */
+    SB_EV_FRAME = 2,    /* data: a JSON frame ready to send */
+    SB_EV_TOKENS = 3,   /* lws-side only: coalesced tokens, the range [start, end) of the session's answer */
+    SB_EV_SNAPSHOT = 4, /* data: an answer's text so far, of which the client has [0, start); seq: its pieces */
+    SB_EV_END = 5,      /* terminal, nothing to send (a follow that found nothing) */
 };
 
 /* An event for the lws thread. One allocation; the lws thread moves frames straight into a connection's
@@ -38,7 +50,8 @@ typedef struct sb_event {
     uint8_t kind;
     uint8_t terminal;       /* the job is over (complete or error) */
     uint8_t error;          /* SB_EV_FRAME: an error frame (set where it is built: nobody reads the JSON) */
-    size_t start, end;      /* SB_EV_TOKENS */
+    size_t start, end;      /* SB_EV_TOKENS; SNAPSHOT: start */
+    uint64_t seq;           /* SB_EV_TOKEN(S), SNAPSHOT: the number of the answer's last piece in it */
     const char *session_id; /* terminal complete: the session id, inside this allocation; else NULL */
     size_t len;             /* bytes of data (without the NUL) */
     char data[];
@@ -71,11 +84,17 @@ void sb_broker_free(sb_broker *b);
 
 /* Hands job to the broker (ownership moves). The broker answers with events for job->id: at once an
  * OVERLOADED error when no worker is live or the queue is full, later OVERLOADED when no worker freed up
- * within the queue deadline, else the worker's progress/token/terminal events. */
+ * within the queue deadline, else the worker's progress/token/terminal events. A subscription gets what
+ * it missed first (SB_EV_SNAPSHOT), then the answer's later events (see sb_sub_new). */
 void sb_broker_submit(sb_broker *b, sb_job *job);
-/* Stops a job. client_gone: the connection closed, no event is wanted; otherwise the job ends with a
- * terminal complete (finish_reason cancelled) from the worker, or from the broker if it had not started. */
-void sb_broker_cancel(sb_broker *b, uint64_t job_id, bool client_gone);
+/* Stops the answer: the job's, or the one a subscription follows (for everybody who follows it). It ends
+ * with a terminal complete (finish_reason cancelled) from the worker, or from the broker if it had not
+ * started. */
+void sb_broker_cancel(sb_broker *b, uint64_t job_id);
+/* The connection of job_id left: no more events for it. The answer itself goes on (the workers apply
+ * CHAT_ORPHAN_POLICY): a job still waiting for a worker runs, a running one is stored whole and stays
+ * resumable. */
+void sb_broker_detach(sb_broker *b, uint64_t job_id);
 /* Takes every waiting event, oldest first (caller frees each with sb_event_free). */
 sb_event *sb_broker_take_events(sb_broker *b);
 

@@ -58,11 +58,13 @@
 #include "chat_jwt.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_memory.h"
 #include "chat_proto.h"
 #include "chat_util.h"
 #include "streamer.h"
 #include "streamer_broker.h"
 #include "streamer_map.h"
+#include "streamer_sessions.h"
 
 #define ST_BURST 10.0f
 #define ST_TOKEN_OVERHEAD 64 /* JSON around a token frame, for the outbound byte count */
@@ -74,9 +76,19 @@
 
 /* ---------------------------------------------------------------- sessions */
 
-typedef struct pmsg { /* a message waiting behind the answer in progress */
+typedef enum {
+    P_MESSAGE, /* the client's message */
+    P_RESUME,  /* the client's resume of session_id */
+    P_FOLLOW,  /* another connection of the user asked `message` in session_id: show it and its answer */
+} pmsg_kind;
+
+typedef struct pmsg { /* work waiting behind the answer in progress */
     struct pmsg *next;
     char *message, *session_id, *customer_id;
+    char *answer_id;             /* resume: the client's cursor's; follow: the answer's */
+    unsigned long long last_seq; /* resume */
+    uint64_t target;             /* follow: the job answering it */
+    uint8_t kind;                /* pmsg_kind */
     bool partial;
 } pmsg;
 
@@ -98,11 +110,15 @@ typedef struct sess_x { /* a connection's working state, present only while it h
     /* waiting messages */
     pmsg *p_head, *p_tail;
     int p_len;
-    /* the answer in progress */
+    /* the answer in progress: the connection's own job, or a subscription to a conversation's answer */
     uint64_t job_id;
     bool job_partial;
+    bool job_resume; /* a resume: its refusal detaches the connection from the session */
     bool cancel_sent;
     int64_t job_t0_ms;
+    uint64_t seq;                                /* the seq of its last token */
+    char job_session[CHAT_SESSION_ID_MAX + 1];   /* its conversation (token frames carry it) */
+    char job_answer[CHAT_SESSION_ID_MAX + 1];    /* its answer id, when this connection asked it */
     chat_buf answer;     /* the answer so far */
     chat_buf answer_esc; /* the same, JSON-escaped: token items are ranges of it */
 } sess_x;
@@ -120,6 +136,7 @@ struct sess {
     struct sess *prev[2], *next[2];
     struct lws *wsi;
     sess_x *x;
+    ss_member *att;   /* the conversation it follows (streamer_sessions.h), NULL: none */
     char *user;       /* "id\0email\0name\0" once authenticated */
     char *session_id; /* the default for messages that name none */
     const char *close_reason;
@@ -143,7 +160,8 @@ static struct {
     chat_jwt_verifier *jwt;
     sb_broker *broker;
     struct lws_context *ctx;
-    sm_map jobs; /* job id -> session with that job in progress */
+    sm_map jobs; /* job id -> session with that job (or subscription) in progress */
+    ss_registry *reg; /* which connections follow which conversation */
     uint64_t next_job;
     size_t frame_max;
     int sndbuf;
@@ -257,6 +275,7 @@ static void pmsg_free(pmsg *p)
     free(p->message);
     free(p->session_id);
     free(p->customer_id);
+    free(p->answer_id);
     free(p);
 }
 
@@ -372,13 +391,14 @@ static void request_close(sess *s, int code, const char *reason)
     lws_callback_on_writable(s->wsi);
 }
 
-/* Ends a job from the connection's side (client gone, cancelled by shutdown). */
+/* The connection stops waiting for its answer (client gone, shutdown): the answer itself goes on in
+ * its worker, stored whole and resumable (CHAT_ORPHAN_POLICY). */
 static void abandon_job(sess *s)
 {
     sess_x *x = s->x;
     if (!x || !x->job_id) return;
     sm_del(&S.jobs, x->job_id);
-    sb_broker_cancel(S.broker, x->job_id, true);
+    sb_broker_detach(S.broker, x->job_id);
     x->job_id = 0;
 }
 
@@ -389,6 +409,7 @@ static void abandon_job(sess *s)
 static void kill_conn(sess *s, int code, const char *reason)
 {
     abandon_job(s);
+    ss_detach(S.reg, &s->att);
     if (s->x) {
         x_drop_out(s->x);
         x_drop_pending(s->x);
@@ -448,9 +469,10 @@ static int write_item(sess *s, sb_event *e)
     if (e->kind != SB_EV_TOKENS) return write_text(s->wsi, e->data, e->len);
     const char *esc = x->answer_esc.data ? x->answer_esc.data : "";
     const char *partial = x->job_partial ? esc : NULL;
-    size_t len = chat_proto_token_escaped(NULL, esc + e->start, e->end - e->start, partial, e->end);
+    const char *sid = x->job_session[0] ? x->job_session : NULL;
+    size_t len = chat_proto_token_frame(NULL, esc + e->start, e->end - e->start, partial, e->end, e->seq, sid);
     if (tx_reserve(len)) return -1;
-    chat_proto_token_escaped((char *)S.tx + LWS_PRE, esc + e->start, e->end - e->start, partial, e->end);
+    chat_proto_token_frame((char *)S.tx + LWS_PRE, esc + e->start, e->end - e->start, partial, e->end, e->seq, sid);
     return tx_send(s->wsi, len);
 }
 
@@ -488,6 +510,74 @@ static bool take_token(sess *s, int64_t now)
     return true;
 }
 
+/* Appends p to the connection's waiting work. */
+static void x_queue(sess_x *x, pmsg *p)
+{
+    if (x->p_tail)
+        x->p_tail->next = p;
+    else
+        x->p_head = p;
+    x->p_tail = p;
+    x->p_len++;
+}
+
+/* The state of a new answer the connection follows (its own job or a subscription). */
+static void x_begin(sess_x *x, uint64_t id, bool partial, const char *session_id, const char *answer_id)
+{
+    x->job_id = id;
+    x->job_partial = partial;
+    x->job_resume = false;
+    x->cancel_sent = false;
+    x->job_t0_ms = chat_now_ms();
+    x->seq = 0;
+    snprintf(x->job_session, sizeof x->job_session, "%s", session_id ? session_id : "");
+    snprintf(x->job_answer, sizeof x->job_answer, "%s", answer_id ? answer_id : "");
+    chat_buf_reset(&x->answer);
+    chat_buf_reset(&x->answer_esc);
+}
+
+/* What a follower of a new answer is told (ss_each's ud), and the followers to wake once the registry's
+ * walk is over (starting their work may attach them elsewhere). */
+typedef struct follow_ctx {
+    uint64_t target;
+    const char *session_id, *answer_id, *message;
+    sess **woken;
+    size_t n, cap;
+} follow_ctx;
+
+/* Queues, on another connection of the user following the conversation, the message and its answer. A
+ * follower whose queue is full misses it live (it is in the session's history). */
+static void queue_follow(void *conn, void *ud)
+{
+    sess *o = conn;
+    follow_ctx *f = ud;
+    sess_x *x = (o->flags & F_DEAD) || o->close_code ? NULL : x_get(o);
+    if (!x || x->p_len >= S.cfg.max_queue_per_conn) return;
+    pmsg *p = calloc(1, sizeof *p);
+    if (p) {
+        p->kind = P_FOLLOW;
+        p->target = f->target;
+        p->partial = true;
+        p->message = strdup(f->message);
+        p->session_id = strdup(f->session_id);
+        p->answer_id = strdup(f->answer_id);
+    }
+    if (!p || !p->message || !p->session_id || !p->answer_id) {
+        pmsg_free(p);
+        return;
+    }
+    x_queue(x, p);
+    if (!chat_array_reserve(&f->woken, &f->cap, f->n, sizeof *f->woken)) f->woken[f->n++] = o;
+}
+
+/* Follows the conversation: later answers of it, asked from the user's other connections too, reach
+ * this one. Out of memory it simply follows nothing. */
+static void follow_session(sess *s, const char *session_id)
+{
+    if (ss_attach(S.reg, &s->att, user_id(s), session_id, s))
+        chat_log_error("streamer: out of memory following a conversation");
+}
+
 static void start_job(sess *s, pmsg *p)
 {
     sess_x *x = s->x;
@@ -498,13 +588,23 @@ static void start_job(sess *s, pmsg *p)
         pmsg_free(p);
         return;
     }
-    char rid[37];
-    if (chat_uuid4(rid)) snprintf(rid, sizeof rid, "req-%" PRIu64, S.next_job + 1);
+    char rid[37], new_sid[37];
+    if (chat_uuid7(rid)) snprintf(rid, sizeof rid, "req-%" PRIu64, S.next_job + 1); /* time-ordered: see wa_cursor */
     uint64_t id = ++S.next_job;
     const char *sid = p->session_id && *p->session_id ? p->session_id : s->session_id;
+    unsigned flags = p->partial ? CHAT_WIRE_F_PARTIAL : 0;
+    if (!sid || !*sid) { /* a new conversation: named here, so that every event of its first answer can carry it */
+        if (chat_uuid4(new_sid)) {
+            send_error(s, "Internal error", CHAT_CODE_PROCESSING_ERROR);
+            pmsg_free(p);
+            return;
+        }
+        sid = new_sid;
+        flags |= CHAT_WIRE_F_NEW_SESSION;
+    }
     chat_wire_job spec = {
         .job_id = id,
-        .flags = p->partial ? CHAT_WIRE_F_PARTIAL : 0,
+        .flags = flags,
         .request_id = rid,
         .user_id = user_id(s),
         .user_email = user_email(s),
@@ -520,18 +620,45 @@ static void start_job(sess *s, pmsg *p)
         pmsg_free(p);
         return;
     }
-    x->job_id = id;
-    x->job_partial = p->partial;
-    x->cancel_sent = false;
-    x->job_t0_ms = chat_now_ms();
-    chat_buf_reset(&x->answer);
-    chat_buf_reset(&x->answer_esc);
-    pmsg_free(p);
+    x_begin(x, id, p->partial, sid, rid);
     /* Submitted before "starting" is queued: should that frame push a slow reader over its limit, the
-     * connection's teardown cancels a job the broker already knows, instead of one it has not seen. */
+     * connection's teardown detaches a job the broker already knows, instead of one it has not seen. The
+     * followers' subscriptions come after it, so that the broker knows the job they follow. */
     sb_broker_submit(S.broker, job);
-    send_json(s, chat_proto_progress_step(CHAT_STEP_STARTING));
+    follow_session(s, sid);
+    follow_ctx f = {id, sid, rid, p->message, NULL, 0, 0};
+    ss_each(S.reg, user_id(s), sid, s, queue_follow, &f);
+    for (size_t i = 0; i < f.n; i++) dispatch_next(f.woken[i]);
+    free(f.woken);
+    chat_proto_ref ref = {sid, rid, 0};
+    send_json(s, chat_proto_progress_of(&ref, chat_proto_step_name(CHAT_STEP_STARTING),
+                                        chat_proto_step_message(CHAT_STEP_STARTING)));
+    pmsg_free(p);
     chat_log_debug("streamer: job %" PRIu64 " submitted", id);
+}
+
+/* A resume, or a follow of another connection's answer: a subscription (streamer_broker.h). */
+static void start_sub(sess *s, pmsg *p)
+{
+    sess_x *x = s->x;
+    bool resume = p->kind == P_RESUME;
+    uint64_t id = ++S.next_job;
+    sb_job *job = sb_sub_new(id, user_id(s), p->session_id, p->answer_id, resume ? p->last_seq : 0, p->target, resume);
+    if (!job || sm_put(&S.jobs, id, s)) {
+        sb_job_free(job);
+        if (resume) send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        pmsg_free(p);
+        return;
+    }
+    x_begin(x, id, p->partial, p->session_id, resume ? NULL : p->answer_id);
+    x->job_resume = resume;
+    if (resume) follow_session(s, p->session_id);
+    if (!resume) {
+        chat_proto_ref ref = {p->session_id, p->answer_id, 0};
+        send_json(s, chat_proto_user_message(&ref, p->message));
+    }
+    sb_broker_submit(S.broker, job);
+    pmsg_free(p);
 }
 
 /* Starts the next waiting message when the connection is free for it. */
@@ -545,11 +672,14 @@ static void dispatch_next(sess *s)
         x->p_len--;
         p->next = NULL;
         if (S.phase) {
-            send_error(s, "The server is shutting down, please reconnect", CHAT_CODE_OVERLOADED);
+            if (p->kind != P_FOLLOW) send_error(s, "The server is shutting down, please reconnect", CHAT_CODE_OVERLOADED);
             pmsg_free(p);
             continue;
         }
-        start_job(s, p);
+        if (p->kind == P_MESSAGE)
+            start_job(s, p);
+        else
+            start_sub(s, p);
     }
 }
 
@@ -568,8 +698,9 @@ static void remember_session(sess *s, const char *sid)
 static sb_event *cancelled_complete(sess *s, sb_event *e)
 {
     sess_x *x = s->x;
-    char *json = chat_proto_complete_cancelled(x->answer.data ? x->answer.data : "", s->session_id);
-    sb_event *ne = json ? sb_event_new(e->job_id, SB_EV_FRAME, json, strlen(json), NULL) : NULL;
+    chat_proto_ref ref = {x->job_session[0] ? x->job_session : s->session_id, x->job_answer, x->seq + 1};
+    char *json = chat_proto_complete_cancelled_of(&ref, x->answer.data ? x->answer.data : "");
+    sb_event *ne = json ? sb_event_new(e->job_id, SB_EV_FRAME, json, strlen(json), ref.session_id) : NULL;
     free(json);
     if (!ne) return e;
     ne->terminal = 1;
@@ -588,6 +719,81 @@ static bool backed_up(sess *s)
     return x->out_bytes > (size_t)S.cfg.max_outbound_bytes / 2 || lws_send_pipe_choked(s->wsi);
 }
 
+/* Turns e into the token item of the answer's escaped text from at to its end, and queues it. */
+static void push_token_item(sess *s, sb_event *e, size_t at)
+{
+    e->kind = SB_EV_TOKENS;
+    e->start = at;
+    e->end = s->x->answer_esc.len;
+    e->len = 0;
+    out_push(s, e);
+}
+
+/* A piece of the answer (e, SB_EV_TOKEN): appended to the answer, then its own frame, or merged into the
+ * token frame waiting at the tail when the reader is behind. */
+static void deliver_token(sess *s, sb_event *e)
+{
+    sess_x *x = s->x;
+    size_t at;
+    if (answer_append(x, e->data, e->len, &at)) {
+        sb_event_free(e);
+        return;
+    }
+    x->seq = e->seq;
+    sb_event *last = x->out_tail;
+    if (last && last->kind == SB_EV_TOKENS && last->job_id == e->job_id && backed_up(s)) {
+        size_t before = item_bytes(x, last);
+        last->end = x->answer_esc.len;
+        last->seq = e->seq;
+        x->out_bytes += item_bytes(x, last) - before;
+        sb_event_free(e);
+        if (over_limit(s)) kill_slow_consumer(s);
+        return;
+    }
+    push_token_item(s, e, at);
+}
+
+/* The answer so far of a subscription (SB_EV_SNAPSHOT): the client has its first e->start bytes; the
+ * rest becomes one token frame (token: what it missed, partial_response: everything so far). */
+static void deliver_snapshot(sess *s, sb_event *e)
+{
+    sess_x *x = s->x;
+    size_t at;
+    chat_buf_reset(&x->answer);
+    chat_buf_reset(&x->answer_esc);
+    x->seq = e->seq;
+    if ((e->start && answer_append(x, e->data, e->start, &at)) || e->start == e->len ||
+        answer_append(x, e->data + e->start, e->len - e->start, &at)) {
+        sb_event_free(e);
+        return;
+    }
+    push_token_item(s, e, at);
+}
+
+/* A frame, or the end of a subscription that shows nothing more (SB_EV_END). The terminal one ends the
+ * answer: the next waiting message may start. */
+static void deliver_frame(sess *s, sb_event *e)
+{
+    sess_x *x = s->x;
+    bool terminal = e->terminal;
+    uint64_t id = e->job_id;
+    if (terminal && x->cancel_sent && e->kind == SB_EV_FRAME && e->error)
+        e = cancelled_complete(s, e); /* the worker was lost after the cancel */
+    if (terminal) {
+        remember_session(s, e->session_id);
+        if (x->job_resume && e->error && !strcmp(ss_session(s->att) ? ss_session(s->att) : "", x->job_session))
+            ss_detach(S.reg, &s->att); /* refused: it follows nothing of it */
+        sm_del(&S.jobs, id);
+        x->job_id = 0;
+        chat_log_debug("streamer: job %" PRIu64 " answered in %" PRId64 " ms", id, chat_now_ms() - x->job_t0_ms);
+    }
+    if (e->kind == SB_EV_END)
+        sb_event_free(e);
+    else
+        out_push(s, e);
+    if (terminal && !(s->flags & F_DEAD)) dispatch_next(s);
+}
+
 /* Events from the broker, in order. */
 static void deliver_events(void)
 {
@@ -597,52 +803,37 @@ static void deliver_events(void)
         e->next = NULL;
         sess *s = sm_get(&S.jobs, e->job_id);
         sess_x *x = s ? s->x : NULL;
-        if (!x || x->job_id != e->job_id || (s->flags & F_DEAD)) {
+        if (!x || x->job_id != e->job_id || (s->flags & F_DEAD))
             sb_event_free(e);
-            e = next;
-            continue;
-        }
-        if (e->kind == SB_EV_TOKEN) {
-            size_t at;
-            if (answer_append(x, e->data, e->len, &at)) {
-                sb_event_free(e);
-                e = next;
-                continue;
-            }
-            sb_event *last = x->out_tail;
-            if (last && last->kind == SB_EV_TOKENS && last->job_id == e->job_id && backed_up(s)) {
-                size_t before = item_bytes(x, last);
-                last->end = x->answer_esc.len;
-                x->out_bytes += item_bytes(x, last) - before;
-                sb_event_free(e);
-                if (over_limit(s)) kill_slow_consumer(s);
-            } else {
-                e->kind = SB_EV_TOKENS;
-                e->start = at;
-                e->end = x->answer_esc.len;
-                e->len = 0;
-                out_push(s, e);
-            }
-        } else {
-            bool terminal = e->terminal;
-            uint64_t id = e->job_id;
-            if (terminal && x->cancel_sent && e->kind == SB_EV_FRAME && e->error)
-                e = cancelled_complete(s, e); /* the worker was lost after the cancel */
-            if (terminal) {
-                remember_session(s, e->session_id);
-                sm_del(&S.jobs, id);
-                x->job_id = 0;
-                chat_log_debug("streamer: job %" PRIu64 " answered in %" PRId64 " ms", id,
-                               chat_now_ms() - x->job_t0_ms);
-            }
-            out_push(s, e);
-            if (terminal && !(s->flags & F_DEAD)) dispatch_next(s);
-        }
+        else if (e->kind == SB_EV_TOKEN)
+            deliver_token(s, e);
+        else if (e->kind == SB_EV_SNAPSHOT)
+            deliver_snapshot(s, e);
+        else
+            deliver_frame(s, e);
         e = next;
     }
 }
 
 /* ---------------------------------------------------------------- inbound */
+
+/* Drops the follows waiting on a connection whose user changed: they were the previous user's. */
+static void x_drop_follows(sess_x *x)
+{
+    pmsg **pp = &x->p_head;
+    x->p_tail = NULL;
+    while (*pp) {
+        pmsg *p = *pp;
+        if (p->kind == P_FOLLOW) {
+            *pp = p->next;
+            x->p_len--;
+            pmsg_free(p);
+        } else {
+            x->p_tail = p;
+            pp = &p->next;
+        }
+    }
+}
 
 static void handle_auth(sess *s, const char *token)
 {
@@ -666,6 +857,8 @@ static void handle_auth(sess *s, const char *token)
     if (s->user && strcmp(s->user, u.id)) { /* another user: the old default session is not theirs */
         free(s->session_id);
         s->session_id = NULL;
+        ss_detach(S.reg, &s->att);
+        if (s->x) x_drop_follows(s->x);
     }
     free(s->user);
     s->user = packed;
@@ -673,53 +866,99 @@ static void handle_auth(sess *s, const char *token)
     send_json(s, chat_proto_auth_success(&u));
 }
 
-static void handle_message(sess *s, chat_in *in, int64_t now)
+/* The checks before a message or a resume is queued: authenticated with a token still valid, not shutting
+ * down, within the rate and the queue. False when refused (the error is sent). */
+static bool may_queue(sess *s, int64_t now)
 {
     /* The user stays recorded: messages queued while the token was valid still run under it. New
      * ones are refused until an auth message brings a fresh token (and a new token_exp). */
     if (s->user && (int64_t)time(NULL) - S.cfg.jwt_leeway_s >= s->token_exp) {
         send_error(s, "Token expired, please authenticate again", CHAT_CODE_AUTH_REQUIRED);
-        return;
+        return false;
     }
     if (!s->user) {
         send_error(s, "Authentication required", CHAT_CODE_AUTH_REQUIRED);
-        return;
+        return false;
     }
     if (S.phase) {
         send_error(s, "The server is shutting down, please reconnect", CHAT_CODE_OVERLOADED);
-        return;
+        return false;
     }
     if (!take_token(s, now)) {
         send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
-        return;
+        return false;
     }
     sess_x *x = x_get(s);
     if (!x) {
         send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
-        return;
+        return false;
     }
     if (x->p_len >= S.cfg.max_queue_per_conn) {
         send_error(s, "Too many messages waiting for an answer, please slow down", CHAT_CODE_RATE_LIMITED);
-        return;
+        return false;
     }
+    return true;
+}
+
+/* A message or a resume: queued behind the answer in progress (the parsed strings move into it). */
+static void handle_request(sess *s, chat_in *in, int64_t now)
+{
+    if (!may_queue(s, now)) return;
+    sess_x *x = s->x;
     pmsg *p = calloc(1, sizeof *p);
     if (!p) {
         send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
         return;
     }
-    /* The parsed strings move into the waiting message. */
-    p->message = in->message, in->message = NULL;
-    p->session_id = in->session_id, in->session_id = NULL;
-    p->customer_id = in->customer_id, in->customer_id = NULL;
+    if (in->type == CHAT_IN_RESUME) {
+        p->kind = P_RESUME;
+        p->session_id = in->attach_session, in->attach_session = NULL;
+        p->answer_id = in->answer_id, in->answer_id = NULL;
+        p->last_seq = in->last_seq;
+    } else {
+        p->kind = P_MESSAGE;
+        p->message = in->message, in->message = NULL;
+        p->session_id = in->session_id, in->session_id = NULL;
+        p->customer_id = in->customer_id, in->customer_id = NULL;
+    }
     p->partial = in->partial;
-    if (x->p_tail)
-        x->p_tail->next = p;
-    else
-        x->p_head = p;
-    x->p_tail = p;
-    x->p_len++;
+    x_queue(x, p);
     S.msgs++;
     dispatch_next(s);
+}
+
+/* ss_each's: cancels the first answer of the conversation found on another connection of the user. */
+typedef struct cancel_ctx {
+    const char *session_id;
+    bool done;
+} cancel_ctx;
+
+static void cancel_followed(void *conn, void *ud)
+{
+    sess *o = conn;
+    cancel_ctx *c = ud;
+    if (c->done || !o->x || !o->x->job_id || strcmp(o->x->job_session, c->session_id)) return;
+    o->x->cancel_sent = true;
+    sb_broker_cancel(S.broker, o->x->job_id);
+    c->done = true;
+}
+
+/* cancel: the answer this connection follows; with a session_id, that conversation's answer, followed
+ * here or on another connection of the user (the worker stops it for everybody). */
+static void handle_cancel(sess *s, const char *session_id)
+{
+    sess_x *x = s->x;
+    bool mine = x && x->job_id && (!session_id || !strcmp(x->job_session, session_id));
+    if (mine) {
+        if (!x->cancel_sent) {
+            x->cancel_sent = true;
+            sb_broker_cancel(S.broker, x->job_id);
+        }
+        return;
+    }
+    if (!session_id || !s->user) return; /* nothing in flight: ignored */
+    cancel_ctx c = {session_id, false};
+    ss_each(S.reg, user_id(s), session_id, s, cancel_followed, &c);
 }
 
 static void handle_text(sess *s, const char *data, size_t len)
@@ -746,13 +985,9 @@ static void handle_text(sess *s, const char *data, size_t len)
         else
             handle_auth(s, in.token);
         break;
-    case CHAT_IN_MESSAGE: handle_message(s, &in, now); break;
-    case CHAT_IN_CANCEL:
-        if (s->x && s->x->job_id && !s->x->cancel_sent) {
-            s->x->cancel_sent = true;
-            sb_broker_cancel(S.broker, s->x->job_id, false);
-        }
-        break;
+    case CHAT_IN_MESSAGE:
+    case CHAT_IN_RESUME: handle_request(s, &in, now); break;
+    case CHAT_IN_CANCEL: handle_cancel(s, in.attach_session); break;
     case CHAT_IN_PING: send_json(s, chat_proto_pong()); break;
     }
     chat_in_clear(&in);
@@ -849,6 +1084,7 @@ static void on_closed(sess *s)
     }
     S.conns--;
     abandon_job(s);
+    ss_detach(S.reg, &s->att);
     if (s->x) {
         x_drop_out(s->x);
         x_drop_pending(s->x);
@@ -1181,6 +1417,8 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;
+    S.reg = ss_new();
+    if (!S.reg) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
     S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
     if (!S.broker) return CHAT_ERR;
     return 0;
@@ -1312,6 +1550,8 @@ void st_cleanup(void)
     S.broker = NULL;
     chat_jwt_verifier_free(S.jwt);
     S.jwt = NULL;
+    ss_free(S.reg);
+    S.reg = NULL;
     sm_free(&S.jobs);
     free(S.tx);
     S.tx = NULL;

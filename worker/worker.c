@@ -68,6 +68,7 @@
 #include "chat_proto.h"
 #include "chat_util.h"
 #include "chat_wire.h"
+#include "worker_answers.h"
 
 #define STOP_GIVE_UP_MS 5000 /* after the grace period and a cancel, exit anyway */
 #define SLOT_EVENTS_HWM 10000
@@ -85,12 +86,28 @@ typedef enum {
     NOTE_TICK,     /* slots have steps or tokens waiting: send them within CHAT_TOKEN_FLUSH_MS */
     NOTE_TERMINAL, /* the answer's terminal event waits in the slot */
     NOTE_DONE,     /* the answer is over: the slot is free again */
+    NOTE_CHECKED,  /* an owner check is done (a check_note, slot -1) */
 } note_kind;
 
 typedef struct note {
     int slot;
     int kind; /* note_kind */
 } note;
+
+/* A session's owner looked up for an ATTACH that found nothing held here (CHAT_WIRE_A_CHECK_OWNER): main
+ * thread -> a stage thread (the database) -> main thread, which answers the ATTACH and frees it. */
+typedef struct owner_check {
+    struct owner_check *next;
+    uint64_t job_id;
+    int rc; /* chat_memory_session_owner's */
+    char session_id[CHAT_SESSION_ID_MAX + 1];
+    char user_id[256];
+} owner_check;
+
+typedef struct check_note {
+    note n; /* {-1, NOTE_CHECKED} */
+    owner_check *check;
+} check_note;
 
 typedef struct slot {
     worker *w;
@@ -116,6 +133,15 @@ typedef struct slot {
     bool busy; /* a job was handed over and its DONE is not seen yet */
     uint64_t job_id;
     bool terminal_sent;
+    /* Who follows the answer, and what it sent (worker_answers.h). The primary is the broker that sent
+     * the JOB, under job_id: it may DETACH (its client left: no more progress or tokens, the terminal
+     * still goes, the broker counts the slot until then); orphan: that broker is gone (RESET or silent),
+     * job_id means nothing to the broker there is now, so nothing at all goes under it. */
+    bool primary, orphan;
+    bool session_ok;      /* the session is known to be the job's user's: new, or the pipeline got past it */
+    wa_subs subs;         /* subscriptions (ATTACH): every event goes under each of their ids too */
+    wa_text sent;         /* the answer's pieces as they went out */
+    int64_t unwatched_ms; /* since when nobody follows it (orphan policy cancel); 0: somebody does */
 
     /* What the answer produced, producing thread -> main thread, under tok_mu. ev_buf holds progress as
      * "step\0message\0" pairs: they always come before the answer's first token. terminal: the
@@ -159,6 +185,7 @@ struct worker {
     pthread_mutex_t task_mu;
     pthread_cond_t task_cv;
     slot_fifo tasks;
+    owner_check *checks_head, *checks_tail; /* under task_mu */
     bool stages_quit;
 
     /* The generator thread and its loop; inbox: slots whose generation is to start. */
@@ -178,8 +205,13 @@ struct worker {
     int n_idle;
     chat_wire_job **pending; /* ring of JOBs waiting for a DONE, capacity n_slots */
     bool *pending_cancel;
+    bool *pending_orphan; /* sent by a broker that is gone since */
     int pend_head, pend_len;
+    int n_orphaned; /* busy slots of a gone broker whose terminal is not handled yet: the broker does not count them */
     int64_t flush_at_ms; /* 0: no TICK pending */
+    wa_store *kept;      /* completed answers, per session, for CHAT_RESUME_RETENTION_S */
+    bool orphan_cancel;  /* CHAT_ORPHAN_POLICY=cancel */
+    int64_t next_sweep_ms;
 
     /* Slots with tokens waiting for the next flush, producing threads -> main thread. */
     pthread_mutex_t dirty_mu;
@@ -363,6 +395,7 @@ static chat_run *stage_begin(stage_thread *st, slot *s)
         .user = &s->user,
         .request_id = job->request_id[0] ? job->request_id : NULL,
         .accepted_us = s->accepted_us,
+        .session_new = (job->flags & CHAT_WIRE_F_NEW_SESSION) && job->session_id[0],
     };
     chat_sink sink = {.ud = s, .progress = on_progress, .token = on_token, .complete = on_complete, .error = on_error};
     int rc = 0;
@@ -406,6 +439,17 @@ static void stage_run(stage_thread *st, slot **group, int n)
     for (int i = 0; i < nr; i++) slot_note(done[i], NOTE_DONE);
 }
 
+/* Looks a session's owner up for an ATTACH and hands the result back to the main thread. */
+static void run_check(stage_thread *st, owner_check *c)
+{
+    char err[256];
+    c->rc = chat_memory_session_owner(chat_pipeline_db(st->pipeline), c->session_id, c->user_id, err, sizeof err);
+    if (c->rc && c->rc != CHAT_ENOTFOUND && c->rc != CHAT_EFORBIDDEN)
+        chat_log_warn("worker: looking a session's owner up failed: %s", err);
+    check_note cn = {{-1, NOTE_CHECKED}, c};
+    zmq_send(tl_push, &cn, sizeof cn, 0);
+}
+
 static void *stage_main(void *arg)
 {
     stage_thread *st = arg;
@@ -415,8 +459,16 @@ static void *stage_main(void *arg)
     slot *group[CHAT_MEMORY_BATCH_MAX];
     for (;;) {
         pthread_mutex_lock(&w->task_mu);
-        while (!w->tasks.len && !w->stages_quit)
+        while (!w->tasks.len && !w->checks_head && !w->stages_quit)
             pthread_cond_wait(&w->task_cv, &w->task_mu);
+        if (w->checks_head) { /* a resume waits on it: before the answers' stages */
+            owner_check *c = w->checks_head;
+            w->checks_head = c->next;
+            if (!w->checks_head) w->checks_tail = NULL;
+            pthread_mutex_unlock(&w->task_mu);
+            run_check(st, c);
+            continue;
+        }
         if (!w->tasks.len) { /* quitting, and nothing left to do */
             pthread_mutex_unlock(&w->task_mu);
             break;
@@ -517,8 +569,177 @@ static void send_job_error(void *dealer, uint64_t id, const char *code, const ch
     chat_wire_send_event(dealer, &ev, ZMQ_DONTWAIT);
 }
 
+/* ---------------------------------------------------------------- followers */
+
+/* Sends ev (its job_id aside) to whoever follows the answer: the primary (for a terminal event even
+ * after it detached, so that the broker frees the slot; never once orphaned) and every subscription.
+ * Blocking sends: at the high-water mark the pipeline waits rather than losing an event. */
+static void send_followers(void *dealer, slot *s, chat_wire_event ev)
+{
+    bool terminal = chat_wire_event_terminal(ev.kind);
+    if (!s->orphan && (s->primary || terminal)) {
+        ev.job_id = s->job_id;
+        if (chat_wire_send_event(dealer, &ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+    }
+    for (size_t i = 0; i < s->subs.n; i++) {
+        ev.job_id = s->subs.ids[i];
+        if (chat_wire_send_event(dealer, &ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+    }
+}
+
+/* The orphan policy: with "cancel", an answer nobody has followed for CHAT_ORPHAN_GRACE_S stops. */
+static void watch_check(worker *w, slot *s, int64_t now)
+{
+    if (!w->orphan_cancel || !s->busy || s->terminal_sent || atomic_load(&s->cancel)) return;
+    if ((s->primary && !s->orphan) || s->subs.n) {
+        s->unwatched_ms = 0;
+        return;
+    }
+    if (!s->unwatched_ms) s->unwatched_ms = now;
+    if (now - s->unwatched_ms < (int64_t)w->cfg.orphan_grace_s * 1000) return;
+    atomic_store(&s->cancel, 1);
+    chat_llm_loop_wakeup(w->loop);
+    chat_log_info("worker: job %" PRIu64 " cancelled: nobody follows it", s->job_id);
+}
+
+static void orphan_sweep(worker *w, int64_t now)
+{
+    if (!w->orphan_cancel || now < w->next_sweep_ms) return;
+    w->next_sweep_ms = now + 250;
+    for (int i = 0; i < w->n_slots; i++) watch_check(w, &w->slots[i], now);
+}
+
+/* The broker that sent our jobs is gone: nothing goes under their ids or its subscriptions' any more,
+ * but the answers go on (CHAT_ORPHAN_POLICY) and stay resumable; the ones waiting for a slot too. */
+static void orphan_all(worker *w)
+{
+    int64_t now = chat_now_ms();
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = &w->slots[i];
+        s->subs.n = 0;
+        if (!s->busy || s->orphan) continue;
+        s->orphan = true;
+        if (!s->terminal_sent) w->n_orphaned++;
+        watch_check(w, s, now);
+    }
+    for (int k = 0; k < w->pend_len; k++) w->pending_orphan[(w->pend_head + k) % w->n_slots] = true;
+}
+
+/* The slot streaming session_id's answer (its terminal not sent yet) for user_id's ATTACH, or NULL: the
+ * one named answer_id if any, else the session's. Somebody else's answer counts only once the pipeline
+ * got past the session (session_ok): a message naming another user's session must not make the owner's
+ * resume look forbidden in the moment before the pipeline refuses it. */
+static slot *answer_of(worker *w, const char *session_id, const char *answer_id, const char *user_id)
+{
+    slot *found = NULL;
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = &w->slots[i];
+        if (!s->busy || s->terminal_sent || strcmp(s->job->session_id, session_id)) continue;
+        bool mine = !strcmp(s->job->user_id, user_id);
+        if (!mine && !s->session_ok) continue;
+        if (mine && *answer_id && !strcmp(s->job->request_id, answer_id)) return s;
+        if (!found) found = s;
+    }
+    return found;
+}
+
+static void send_attached(void *dealer, const chat_wire_attached *a)
+{
+    chat_wire_cmd c = {.kind = CHAT_WIRE_ATTACHED, .attached = *a};
+    if (chat_wire_send(dealer, NULL, &c, 0)) chat_log_warn("worker: ATTACHED not sent: %s", zmq_strerror(errno));
+}
+
+/* An ATTACH: what is held of the session, from the answer streaming (the streamer then follows it) or
+ * the completed one kept; nothing held, the database says whose the session is when asked to. */
+static void handle_attach(worker *w, void *dealer, const chat_wire_attach *a)
+{
+    int64_t now = chat_now_ms();
+    chat_wire_attached out = {.job_id = a->job_id, .status = CHAT_WIRE_ATT_NONE};
+    slot *s = answer_of(w, a->session_id, a->answer_id, a->user_id);
+    const wa_kept *k = s ? NULL : wa_store_find(w->kept, a->session_id, now);
+    if ((s && strcmp(s->job->user_id, a->user_id)) || (k && strcmp(k->user_id, a->user_id))) {
+        out.status = CHAT_WIRE_ATT_FORBIDDEN;
+    } else if (s) {
+        if (wa_subs_add(&s->subs, a->job_id)) {
+            send_job_error(dealer, a->job_id, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+            return;
+        }
+        wa_attached(a, &s->sent, s->job->request_id, NULL, 0, &out);
+        s->unwatched_ms = 0;
+    } else if (k) {
+        wa_attached(a, &k->text, k->answer_id, k->complete, now - k->finished_ms, &out);
+    } else if (a->flags & CHAT_WIRE_A_CHECK_OWNER) {
+        owner_check *c = calloc(1, sizeof *c);
+        if (c) {
+            c->job_id = a->job_id;
+            snprintf(c->session_id, sizeof c->session_id, "%s", a->session_id);
+            snprintf(c->user_id, sizeof c->user_id, "%s", a->user_id);
+            pthread_mutex_lock(&w->task_mu);
+            if (w->checks_tail)
+                w->checks_tail->next = c;
+            else
+                w->checks_head = c;
+            w->checks_tail = c;
+            pthread_cond_signal(&w->task_cv);
+            pthread_mutex_unlock(&w->task_mu);
+            return; /* answered on its NOTE_CHECKED */
+        }
+    }
+    send_attached(dealer, &out);
+}
+
+/* An owner check is back: none when the session is the user's (or the database could not say: a resume
+ * then finds nothing, which gives nothing away), unknown, or forbidden. */
+static void check_done(void *dealer, owner_check *c)
+{
+    chat_wire_attached out = {.job_id = c->job_id, .status = CHAT_WIRE_ATT_NONE};
+    if (c->rc == CHAT_ENOTFOUND) out.status = CHAT_WIRE_ATT_UNKNOWN;
+    if (c->rc == CHAT_EFORBIDDEN) out.status = CHAT_WIRE_ATT_FORBIDDEN;
+    send_attached(dealer, &out);
+    free(c);
+}
+
+/* The busy slot whose primary (not orphaned) or subscription id is id; *sub says which. */
+static slot *follower_of(worker *w, uint64_t id, bool *sub)
+{
+    for (int i = 0; i < w->n_slots; i++) {
+        slot *s = &w->slots[i];
+        if (!s->busy) continue;
+        if (s->job_id == id && !s->orphan) {
+            *sub = false;
+            return s;
+        }
+        if (wa_subs_has(&s->subs, id)) {
+            *sub = true;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+/* DETACH: the primary (its client left) or a subscription no longer wants events; the answer goes on. */
+static void detach_job(worker *w, uint64_t id)
+{
+    bool sub;
+    slot *s = follower_of(w, id, &sub);
+    if (s && sub)
+        wa_subs_remove(&s->subs, id);
+    else if (s)
+        s->primary = false;
+    if (s) {
+        watch_check(w, s, chat_now_ms());
+        return;
+    }
+    for (int k = 0; k < w->pend_len; k++) {
+        chat_wire_job *j = w->pending[(w->pend_head + k) % w->n_slots];
+        if (j->job_id == id) j->flags |= CHAT_WIRE_F_DETACHED;
+    }
+}
+
+/* ---------------------------------------------------------------- jobs */
+
 /* Hands job (ownership moves) to an idle slot and queues its first stage. */
-static void assign(worker *w, chat_wire_job *job, bool cancelled)
+static void assign(worker *w, chat_wire_job *job, bool cancelled, bool orphan)
 {
     slot *s = &w->slots[w->idle[--w->n_idle]];
     s->job = job;
@@ -528,17 +749,26 @@ static void assign(worker *w, chat_wire_job *job, bool cancelled)
     s->terminal_sent = false;
     s->accepted_us = chat_now_us();
     s->first_token_sent = false;
+    s->primary = !(job->flags & CHAT_WIRE_F_DETACHED);
+    s->orphan = orphan;
+    s->session_ok = (job->flags & CHAT_WIRE_F_NEW_SESSION) != 0;
+    s->subs.n = 0;
+    s->unwatched_ms = 0;
+    wa_text_reset(&s->sent);
+    if (orphan) w->n_orphaned++;
     w->n_busy++;
     chat_log_debug("worker: job %" PRIu64 " started on slot %d", s->job_id, s->index);
+    watch_check(w, s, chat_now_ms());
     stage_submit(w, s, STAGE_BEGIN);
 }
 
 /* A JOB from the broker (spec points into the received message): its copy starts on an idle slot, or
- * waits for a slot whose terminal event went out; else the job is refused. */
+ * waits for a slot whose terminal event went out (or one a gone broker's answer holds: this broker does
+ * not count those); else the job is refused. */
 static void start_job(worker *w, void *dealer, const chat_wire_job *spec, bool stopping)
 {
     /* a slot frees itself on its DONE: the broker may count it free a moment earlier */
-    bool room = !stopping && (w->n_idle > 0 || w->pend_len < w->n_finishing);
+    bool room = !stopping && (w->n_idle > 0 || w->pend_len < w->n_finishing + w->n_orphaned);
     if (!room) { /* the broker should never do this; answer rather than strand the client */
         send_job_error(dealer, spec->job_id, CHAT_CODE_OVERLOADED, "The worker is busy, please retry");
         return;
@@ -549,25 +779,27 @@ static void start_job(worker *w, void *dealer, const chat_wire_job *spec, bool s
         return;
     }
     if (w->n_idle > 0) {
-        assign(w, job, false);
+        assign(w, job, false, false);
         return;
     }
     int at = (w->pend_head + w->pend_len) % w->n_slots;
     w->pending[at] = job;
     w->pending_cancel[at] = false;
+    w->pending_orphan[at] = false;
     w->pend_len++;
 }
 
+/* CANCEL: the job's, or, for a subscription's id, the answer it follows (a cancel from another tab
+ * stops the answer for everybody). */
 static void cancel_job(worker *w, uint64_t id)
 {
-    for (int i = 0; i < w->n_slots; i++) {
-        slot *s = &w->slots[i];
-        if (s->busy && s->job_id == id) {
-            atomic_store(&s->cancel, 1);
-            chat_llm_loop_wakeup(w->loop); /* a generation stops at once, not at the next look */
-            chat_log_debug("worker: job %" PRIu64 " cancelled", id);
-            return;
-        }
+    bool sub;
+    slot *s = follower_of(w, id, &sub);
+    if (s) {
+        atomic_store(&s->cancel, 1);
+        chat_llm_loop_wakeup(w->loop); /* a generation stops at once, not at the next look */
+        chat_log_debug("worker: job %" PRIu64 " cancelled%s", s->job_id, sub ? " by a follower" : "");
+        return;
     }
     for (int k = 0; k < w->pend_len; k++) {
         int at = (w->pend_head + k) % w->n_slots;
@@ -583,27 +815,32 @@ static void cancel_all(worker *w)
     chat_llm_loop_wakeup(w->loop);
 }
 
-static void handle_broker(worker *w, void *dealer, const chat_wire_msg *m, bool stopping, bool *reset)
+/* One message from the broker; its kind (CHAT_WIRE_NONE when it was dropped). RESET is the caller's. */
+static chat_wire_kind handle_broker(worker *w, void *dealer, const chat_wire_msg *m, bool stopping)
 {
     chat_wire_cmd c;
     char err[128];
     if (chat_wire_parse(m, NULL, &c, err, sizeof err)) {
         chat_log_warn("worker: a message from the broker dropped: %s", err);
-        return;
+        return CHAT_WIRE_NONE;
     }
     switch (c.kind) {
     case CHAT_WIRE_JOB:
         start_job(w, dealer, &c.job, stopping);
-        return;
+        break;
     case CHAT_WIRE_CANCEL:
         cancel_job(w, c.job_id);
-        return;
-    case CHAT_WIRE_RESET:
-        *reset = true;
-        return;
-    default: /* HB: the sign of life is all; READY, EV and BYE only go the other way */
-        return;
+        break;
+    case CHAT_WIRE_ATTACH:
+        handle_attach(w, dealer, &c.attach);
+        break;
+    case CHAT_WIRE_DETACH:
+        detach_job(w, c.job_id);
+        break;
+    default: /* HB: the sign of life is all; READY, EV, ATTACHED and BYE only go the other way */
+        break;
     }
+    return c.kind;
 }
 
 /* Empties a buffer kept for the next flush; one that a long instant answer grew is let go, so that
@@ -617,7 +854,9 @@ static void spare_reset(chat_buf *b)
 }
 
 /* Sends what waits in the slot's buffers: the progress steps, each as its event, then the tokens as one
- * event. The buffers are swapped with the slot's spares under the lock, and sent from there. */
+ * event, to every follower, and appends the tokens to what the answer sent (after sending: what an
+ * ATTACH is told and what follows it meet at the same piece). The buffers are swapped with the slot's
+ * spares under the lock, and sent from there. */
 static void flush_tokens(void *dealer, slot *s)
 {
     pthread_mutex_lock(&s->tok_mu);
@@ -626,19 +865,20 @@ static void flush_tokens(void *dealer, slot *s)
     s->tok_buf = s->tok_spare;
     s->tok_lens = s->lens_spare;
     pthread_mutex_unlock(&s->tok_mu);
+    if (ev.len || out.len) s->session_ok = true; /* the pipeline's first step comes after the session check */
     for (size_t at = 0; at < ev.len;) {
         const char *step = ev.data + at;
         size_t sl = strlen(step);
         const char *message = step + sl + 1;
         size_t ml = strlen(message);
         at += sl + ml + 2;
-        chat_wire_event pe = {.job_id = s->job_id, .kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}};
-        if (chat_wire_send_event(dealer, &pe, 0)) chat_log_warn("worker: progress not sent: %s", zmq_strerror(errno));
+        send_followers(dealer, s, (chat_wire_event){.kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}});
     }
     if (out.len) {
-        chat_wire_event te = {.job_id = s->job_id, .kind = CHAT_WIRE_EV_TOKEN, .token = {{out.data, out.len}, {lens.data, lens.len}}};
-        /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
-        if (chat_wire_send_event(dealer, &te, 0)) chat_log_warn("worker: tokens not sent: %s", zmq_strerror(errno));
+        chat_wire_str text = {out.data, out.len}, pieces = {lens.data, lens.len};
+        send_followers(dealer, s, (chat_wire_event){.kind = CHAT_WIRE_EV_TOKEN, .token = {text, pieces}});
+        if (wa_text_append(&s->sent, text, pieces))
+            chat_log_error("worker: out of memory keeping job %" PRIu64 "'s text: it cannot be resumed whole", s->job_id);
     }
     s->ev_spare = ev;
     s->tok_spare = out;
@@ -649,7 +889,7 @@ static void flush_tokens(void *dealer, slot *s)
 }
 
 /* Sends the answer's terminal event if it waits in the slot, after the steps and tokens before it: the
- * first one only (the broker frees the slot on it). */
+ * first one only (the broker frees the slot on it). A complete is kept for resuming, with its text. */
 static void send_terminal(worker *w, void *dealer, slot *s)
 {
     pthread_mutex_lock(&s->tok_mu);
@@ -659,10 +899,15 @@ static void send_terminal(worker *w, void *dealer, slot *s)
     if (!ev) return;
     if (!s->terminal_sent) {
         flush_tokens(dealer, s); /* nothing may follow the terminal event */
-        /* Blocking send, as for tokens. */
-        if (chat_wire_send_event(dealer, ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+        send_followers(dealer, s, *ev);
         s->terminal_sent = true;
+        if (s->orphan) w->n_orphaned--;
         w->n_finishing++;
+        const chat_wire_job *j = s->job;
+        if (ev->kind == CHAT_WIRE_EV_COMPLETE && j->session_id[0] && j->request_id[0] &&
+            wa_store_put(w->kept, j->session_id, j->user_id, j->request_id, &s->sent, ev, chat_now_ms()))
+            chat_log_error("worker: out of memory keeping job %" PRIu64 "'s answer for resuming", s->job_id);
+        s->subs.n = 0;
     }
     chat_wire_event_free(ev);
 }
@@ -673,7 +918,12 @@ static void slot_done(worker *w, void *dealer, slot *s)
     flush_tokens(dealer, s);
     if (!s->terminal_sent) {
         chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", s->job_id);
-        send_job_error(dealer, s->job_id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
+        if (s->orphan)
+            w->n_orphaned--;
+        else
+            send_job_error(dealer, s->job_id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
+        for (size_t i = 0; i < s->subs.n; i++)
+            send_job_error(dealer, s->subs.ids[i], CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
     } else {
         w->n_finishing--;
     }
@@ -684,13 +934,16 @@ static void slot_done(worker *w, void *dealer, slot *s)
     s->job = NULL;
     s->busy = false;
     s->job_id = 0;
+    s->orphan = false;
+    s->subs.n = 0;
+    if (s->sent.text.cap > SPARE_MAX_BYTES) wa_text_free(&s->sent); /* as the spares: no slot keeps its largest */
     w->n_busy--;
     w->idle[w->n_idle++] = s->index;
     if (w->pend_len) { /* accepted earlier: it runs even when stopping */
         int at = w->pend_head;
         w->pend_head = (w->pend_head + 1) % w->n_slots;
         w->pend_len--;
-        assign(w, w->pending[at], w->pending_cancel[at]);
+        assign(w, w->pending[at], w->pending_cancel[at], w->pending_orphan[at]);
         w->pending[at] = NULL;
     }
 }
@@ -711,6 +964,10 @@ static void flush_dirty(worker *w, void *dealer)
 /* A note from a stage thread or the generator. */
 static void handle_note(worker *w, void *dealer, const note *n)
 {
+    if (n->kind == NOTE_CHECKED) {
+        check_done(dealer, ((const check_note *)n)->check);
+        return;
+    }
     if (n->slot < 0 || n->slot >= w->n_slots) return;
     slot *s = &w->slots[n->slot];
     if (n->kind == NOTE_TICK) {
@@ -729,6 +986,7 @@ static void handle_note(worker *w, void *dealer, const note *n)
         slot_done(w, dealer, s);
         return;
     case NOTE_TICK:
+    case NOTE_CHECKED:
         return;
     }
 }
@@ -736,10 +994,10 @@ static void handle_note(worker *w, void *dealer, const note *n)
 /* Takes every note waiting on the PULL. */
 static void receive_notes(worker *w, void *dealer, void *pull)
 {
-    note n;
+    check_note cn;
     int got;
-    while ((got = zmq_recv(pull, &n, sizeof n, ZMQ_DONTWAIT)) >= 0)
-        if (got == (int)sizeof n) handle_note(w, dealer, &n);
+    while ((got = zmq_recv(pull, &cn, sizeof cn, ZMQ_DONTWAIT)) >= 0)
+        if (got == (int)sizeof(note) || (got == (int)sizeof cn && cn.n.kind == NOTE_CHECKED)) handle_note(w, dealer, &cn.n);
 }
 
 static worker *worker_new(const chat_config *cfg)
@@ -757,14 +1015,18 @@ static worker *worker_new(const chat_config *cfg)
     w->idle = calloc(n, sizeof *w->idle);
     w->pending = calloc(n, sizeof *w->pending);
     w->pending_cancel = calloc(n, sizeof *w->pending_cancel);
+    w->pending_orphan = calloc(n, sizeof *w->pending_orphan);
     w->dirty = calloc(n, sizeof *w->dirty);
     w->flushing = calloc(n, sizeof *w->flushing);
     w->tasks = (slot_fifo){.at = calloc(n, sizeof(int)), .cap = w->n_slots};
     w->inbox = (slot_fifo){.at = calloc(n, sizeof(int)), .cap = w->n_slots};
-    if (!w->slots || !w->stages || !w->idle || !w->pending || !w->pending_cancel || !w->dirty || !w->flushing ||
-        !w->tasks.at || !w->inbox.at) {
+    w->kept = wa_store_new((int64_t)cfg->resume_retention_s * 1000, (size_t)cfg->resume_max_answers);
+    w->orphan_cancel = !strcmp(cfg->orphan_policy, "cancel");
+    if (!w->slots || !w->stages || !w->idle || !w->pending || !w->pending_cancel || !w->pending_orphan || !w->dirty ||
+        !w->flushing || !w->tasks.at || !w->inbox.at || !w->kept) {
         free(w->slots), free(w->stages), free(w->idle), free(w->pending), free(w->pending_cancel);
-        free(w->dirty), free(w->flushing), free(w->tasks.at), free(w->inbox.at);
+        free(w->pending_orphan), free(w->dirty), free(w->flushing), free(w->tasks.at), free(w->inbox.at);
+        wa_store_free(w->kept);
         free(w);
         return NULL;
     }
@@ -784,6 +1046,7 @@ static worker *worker_new(const chat_config *cfg)
         chat_buf_init(&s->ev_spare);
         chat_buf_init(&s->tok_lens);
         chat_buf_init(&s->lens_spare);
+        wa_text_init(&s->sent);
         w->idle[w->n_slots - 1 - i] = i; /* slot 0 first */
     }
     for (int i = 0; i < w->n_stages; i++) w->stages[i].w = w;
@@ -806,15 +1069,20 @@ static void worker_free(worker *w)
         chat_buf_free(&s->ev_spare);
         chat_buf_free(&s->tok_lens);
         chat_buf_free(&s->lens_spare);
+        wa_text_free(&s->sent);
+        wa_subs_free(&s->subs);
         pthread_mutex_destroy(&s->tok_mu);
     }
+    for (owner_check *c = w->checks_head, *next; c; c = next)
+        next = c->next, free(c);
+    wa_store_free(w->kept);
     for (int i = 0; i < w->n_stages; i++) chat_pipeline_free(w->stages[i].pipeline);
     chat_kb_stats_free(w->kb_stats);
     chat_llm_loop_free(w->loop);
     chat_llm_free(w->llm);
     if (w->zctx) zmq_ctx_term(w->zctx);
     free(w->slots), free(w->stages), free(w->idle), free(w->pending), free(w->pending_cancel);
-    free(w->dirty), free(w->flushing), free(w->tasks.at), free(w->inbox.at);
+    free(w->pending_orphan), free(w->dirty), free(w->flushing), free(w->tasks.at), free(w->inbox.at);
     pthread_mutex_destroy(&w->dirty_mu);
     pthread_mutex_destroy(&w->task_mu);
     pthread_cond_destroy(&w->task_cv);
@@ -902,8 +1170,10 @@ typedef struct main_loop {
     int64_t last_heard_ms; /* when the broker last said anything */
     int64_t next_hb_ms;
     int64_t stop_at_ms;    /* 0 until asked to stop */
+    int64_t ready_at_ms;   /* when READY (or BYE) last went out */
     bool bye_sent, cancelled_for_stop;
-    bool announce;         /* READY (or BYE) is owed once no job runs */
+    bool announce;         /* READY (or BYE) is owed */
+    bool welcomed;         /* the broker said something other than RESET since our READY */
 } main_loop;
 
 /* While stopping: BYE once, cancel what still runs after the grace period, give up after that. True
@@ -944,42 +1214,49 @@ static int wait_for_work(worker *w, main_loop *ml, int64_t now)
     return 0;
 }
 
-/* Takes every message the broker sent. True when one was RESET. */
-static bool receive_broker(worker *w, main_loop *ml, int64_t now)
+/* Takes every message the broker sent, in order. A RESET once the broker knew us means it restarted
+ * and does not know us any more: what its predecessor asked for goes on as orphans, and READY is owed.
+ * A RESET before the broker said anything else since our READY answers a message we sent before that
+ * READY (the broker answers every message of an unknown peer so): it is ignored. */
+static void receive_broker(worker *w, main_loop *ml, int64_t now)
 {
-    bool reset = false;
     while (chat_wire_recv(ml->dealer, &ml->m, ZMQ_DONTWAIT) == 0) {
         ml->last_heard_ms = now;
-        handle_broker(w, ml->dealer, &ml->m, ml->stop_at_ms != 0, &reset);
+        chat_wire_kind k = handle_broker(w, ml->dealer, &ml->m, ml->stop_at_ms != 0);
+        if (k != CHAT_WIRE_RESET) {
+            if (k != CHAT_WIRE_NONE) ml->welcomed = true;
+        } else if (ml->welcomed && !ml->announce) {
+            chat_log_warn("worker: the broker does not know us (restarted?), announcing again; %d answers go on",
+                          w->n_busy);
+            orphan_all(w);
+            ml->announce = true;
+        }
     }
-    return reset;
 }
 
-/* Paranoid Pirate, the worker's side: a silent broker means a new socket (new identity); RESET means the
- * broker restarted and does not know us. Either way announce again, but only once idle, so that no job
- * is offered while one still runs: the jobs in flight are cancelled, their clients were on the old
- * broker. Then the heartbeat. False when no socket could be opened. */
-static bool keep_contact(worker *w, main_loop *ml, int64_t now, bool reset)
+/* Paranoid Pirate, the worker's side: a silent broker means a new socket (new identity), and its
+ * answers go on as orphans (CHAT_ORPHAN_POLICY) that a streamer may ATTACH to; READY goes out at once
+ * (again if no welcome came within CHAT_WIRE_DEAD_MS). Then the heartbeat. False when no socket could
+ * be opened. */
+static bool keep_contact(worker *w, main_loop *ml, int64_t now)
 {
     if (now - ml->last_heard_ms > CHAT_WIRE_DEAD_MS) {
-        chat_log_warn("worker: the broker is silent, reconnecting");
+        chat_log_warn("worker: the broker is silent, reconnecting; %d answers go on", w->n_busy);
         zmq_close(ml->dealer);
         ml->dealer = dealer_open(w);
         if (!ml->dealer) return false;
         ml->last_heard_ms = now;
-        ml->announce = true;
-    } else if (reset && !ml->announce) {
-        chat_log_warn("worker: the broker does not know us (restarted?), announcing again");
+        orphan_all(w);
         ml->announce = true;
     }
-    if (ml->announce && (w->n_busy || w->pend_len)) {
-        cancel_all(w);
-    } else if (ml->announce) {
+    if (!ml->welcomed && now - ml->ready_at_ms > CHAT_WIRE_DEAD_MS) ml->announce = true;
+    if (ml->announce) {
         if (ml->bye_sent)
             send_cmd(ml->dealer, CHAT_WIRE_BYE);
         else
             send_ready(w, ml->dealer);
-        ml->announce = false;
+        ml->announce = ml->welcomed = false;
+        ml->ready_at_ms = now;
     }
     if (now >= ml->next_hb_ms) {
         send_cmd(ml->dealer, CHAT_WIRE_HB);
@@ -992,7 +1269,7 @@ static bool keep_contact(worker *w, main_loop *ml, int64_t now, bool reset)
 static void serve(worker *w, main_loop *ml, volatile sig_atomic_t *stop)
 {
     int64_t now = chat_now_ms();
-    ml->last_heard_ms = now;
+    ml->last_heard_ms = ml->ready_at_ms = now;
     ml->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
     for (;;) {
         now = chat_now_ms();
@@ -1000,13 +1277,14 @@ static void serve(worker *w, main_loop *ml, volatile sig_atomic_t *stop)
         if (ml->stop_at_ms && stop_due(w, ml, now)) return;
         if (wait_for_work(w, ml, now)) return;
         now = chat_now_ms();
-        bool reset = receive_broker(w, ml, now);
+        receive_broker(w, ml, now);
         receive_notes(w, ml->dealer, ml->pull);
         if (w->flush_at_ms && chat_now_ms() >= w->flush_at_ms) {
             w->flush_at_ms = 0;
             flush_dirty(w, ml->dealer);
         }
-        if (!keep_contact(w, ml, now, reset)) return;
+        orphan_sweep(w, now);
+        if (!keep_contact(w, ml, now)) return;
     }
 }
 

@@ -230,7 +230,8 @@ static chat_wsc *ws_open_at(int port, const char *path_query, const char *origin
     return chat_wsc_connect(url, &o, http_status, err, sizeof err);
 }
 
-static chat_wsc *ws_open(const char *token)
+/* A connection to the streamer on port, authenticated by ?token= (token NULL: not authenticated). */
+static chat_wsc *ws_open_on(int port, const char *token)
 {
     char pq[4096];
     if (token)
@@ -238,7 +239,7 @@ static chat_wsc *ws_open(const char *token)
     else
         snprintf(pq, sizeof pq, "/ws/chat");
     int status = 0;
-    chat_wsc *c = ws_open_at(E.port, pq, NULL, &status);
+    chat_wsc *c = ws_open_at(port, pq, NULL, &status);
     assert_non_null(c);
     if (token) {
         json_object *o = NULL;
@@ -247,6 +248,11 @@ static chat_wsc *ws_open(const char *token)
         json_object_put(o);
     }
     return c;
+}
+
+static chat_wsc *ws_open(const char *token)
+{
+    return ws_open_on(E.port, token);
 }
 
 static void send_str(chat_wsc *c, const char *s)
@@ -323,21 +329,98 @@ typedef struct answer {
     json_object *complete;
     char error[48];
     bool closed;
+    /* answers that outlive connections */
+    char session_id[72], answer_id[72]; /* from progress, resumed or user_message */
+    json_object *resumed;               /* the resumed frame, when one came */
+    char user_message[256];             /* the last user_message's text */
+    int user_messages;
+    unsigned long long seq; /* the last token's */
+    bool seq_rising;        /* every token's seq above the one before */
+    chat_buf partial;       /* the last token's partial_response */
 } answer;
 
 static void answer_init(answer *a)
 {
     memset(a, 0, sizeof *a);
     chat_buf_init(&a->tokens);
+    chat_buf_init(&a->partial);
     a->first_token_at = -1;
-    a->partial_always = a->partial_never = a->partial_matches = true;
+    a->partial_always = a->partial_never = a->partial_matches = a->seq_rising = true;
 }
 
 static void answer_clear(answer *a)
 {
     chat_buf_free(&a->tokens);
+    chat_buf_free(&a->partial);
     json_object_put(a->complete);
+    json_object_put(a->resumed);
     memset(a, 0, sizeof *a);
+}
+
+/* The answer's ids, from any frame that names them. */
+static void note_ids(answer *a, json_object *o)
+{
+    if (jstr(o, "session_id")) snprintf(a->session_id, sizeof a->session_id, "%s", jstr(o, "session_id"));
+    if (jstr(o, "answer_id")) snprintf(a->answer_id, sizeof a->answer_id, "%s", jstr(o, "answer_id"));
+}
+
+static void feed_token(answer *a, json_object *o)
+{
+    const char *t = jstr(o, "token");
+    assert_non_null(t);
+    if (a->first_token_at < 0) a->first_token_at = a->events - 1;
+    a->ntokens++;
+    chat_buf_puts(&a->tokens, t);
+    const char *p = jstr(o, "partial_response");
+    if (p) {
+        a->partial_never = false;
+        if (strcmp(p, a->tokens.data)) a->partial_matches = false;
+        chat_buf_reset(&a->partial);
+        chat_buf_puts(&a->partial, p);
+    } else {
+        a->partial_always = false;
+    }
+    json_object *seq = jget(o, "seq");
+    unsigned long long n = seq ? (unsigned long long)json_object_get_int64(seq) : 0;
+    if (n <= a->seq) a->seq_rising = false;
+    a->seq = n;
+    note_ids(a, o);
+}
+
+/* One frame of an answer into a (o is taken). True at its terminal frame (complete or error). */
+static bool answer_feed(answer *a, json_object *o)
+{
+    const char *type = jstr(o, "type");
+    assert_non_null(type);
+    a->events++;
+    bool terminal = false;
+    if (!strcmp(type, "progress")) {
+        assert_non_null(jstr(o, "message"));
+        if (a->nsteps < 8) snprintf(a->steps[a->nsteps++], sizeof a->steps[0], "%s", jstr(o, "step"));
+        note_ids(a, o);
+    } else if (!strcmp(type, "token")) {
+        feed_token(a, o);
+    } else if (!strcmp(type, "complete")) {
+        note_ids(a, o);
+        a->complete = o;
+        return true;
+    } else if (!strcmp(type, "error")) {
+        snprintf(a->error, sizeof a->error, "%s", jstr(o, "code") ? jstr(o, "code") : "?");
+        terminal = true;
+    } else if (!strcmp(type, "resumed")) {
+        note_ids(a, o);
+        json_object_put(a->resumed);
+        a->resumed = o;
+        return false;
+    } else if (!strcmp(type, "user_message")) {
+        note_ids(a, o);
+        a->user_messages++;
+        snprintf(a->user_message, sizeof a->user_message, "%s", jstr(o, "message") ? jstr(o, "message") : "");
+    } else {
+        fail_msg("unexpected frame %s", json_object_to_json_string(o));
+    }
+    json_object_put(o);
+    return terminal;
 }
 
 /* Reads events until complete or error. on_token (may be NULL) is called after each token. */
@@ -354,37 +437,9 @@ static void collect(chat_wsc *c, answer *a, int timeout_ms, void (*on_token)(cha
             return;
         }
         if (rc) fail_msg("receive failed: %d", rc);
-        const char *type = jstr(o, "type");
-        assert_non_null(type);
-        a->events++;
-        if (!strcmp(type, "progress")) {
-            assert_non_null(jstr(o, "message"));
-            if (a->nsteps < 8) snprintf(a->steps[a->nsteps++], sizeof a->steps[0], "%s", jstr(o, "step"));
-        } else if (!strcmp(type, "token")) {
-            const char *t = jstr(o, "token");
-            assert_non_null(t);
-            if (a->first_token_at < 0) a->first_token_at = a->events - 1;
-            a->ntokens++;
-            chat_buf_puts(&a->tokens, t);
-            const char *p = jstr(o, "partial_response");
-            if (p) {
-                a->partial_never = false;
-                if (strcmp(p, a->tokens.data)) a->partial_matches = false;
-            } else {
-                a->partial_always = false;
-            }
-            if (on_token) on_token(c, a, ud);
-        } else if (!strcmp(type, "complete")) {
-            a->complete = o;
-            return;
-        } else if (!strcmp(type, "error")) {
-            snprintf(a->error, sizeof a->error, "%s", jstr(o, "code") ? jstr(o, "code") : "?");
-            json_object_put(o);
-            return;
-        } else {
-            fail_msg("unexpected frame %s", json_object_to_json_string(o));
-        }
-        json_object_put(o);
+        bool token = !strcmp(jstr(o, "type") ? jstr(o, "type") : "", "token");
+        if (answer_feed(a, o)) return;
+        if (token && on_token) on_token(c, a, ud);
     }
 }
 
@@ -461,6 +516,10 @@ static int group_setup(void **state)
                          "CHAT_LOG_LEVEL=info",
                          "CHAT_MAX_MESSAGE_BYTES",
                          "LLM_MAX_TOKENS",
+                         /* these tests were written for answers that end with their connection (and
+                          * answers that outlive it have tests of their own: test_resume.c) */
+                         "CHAT_ORPHAN_POLICY=cancel",
+                         "CHAT_ORPHAN_GRACE_S=0",
                          NULL};
     const char *argv[] = {E.bin_worker, NULL};
     unlink(log_path("workers"));
@@ -477,9 +536,12 @@ static int group_setup(void **state)
     return 0;
 }
 
+static void resume_stack_stop(void);
+
 static int group_teardown(void **state)
 {
     (void)state;
+    resume_stack_stop();
     if (E.streamer > 0) e2e_stop(E.streamer, SIGTERM, 10000, NULL);
     int status = 0;
     if (E.workers > 0) {
@@ -929,8 +991,9 @@ static int finish_row(void *ud, int ncols, char **v, unsigned long *lens)
     return 0;
 }
 
-/* A client that disconnects mid-answer cancels its job: the worker stops generating, and the turn is
- * stored with finish_reason "cancelled" well before the full answer would have been done. */
+/* With CHAT_ORPHAN_POLICY=cancel and no grace (this file's workers), a client that disconnects
+ * mid-answer cancels its job: the worker stops generating, and the turn is stored with finish_reason
+ * "cancelled" well before the full answer would have been done. */
 static void test_disconnect_cancels_job(void **state)
 {
     (void)state;
@@ -1706,6 +1769,515 @@ static void test_sigterm_with_answer_in_flight(void **state)
     chat_wsc_close(idle, 0, NULL);
 }
 
+/* ---------------------------------------------------------------- answers that outlive connections */
+
+/* A stack of its own for these tests: workers with the default orphan policy (an answer whose client
+ * left is finished and stored), a retention window short enough to outlive within a test, and tokens
+ * slow enough to act mid-answer. Started by the first test that needs it, stopped by the group's
+ * teardown. */
+#define R_TOKEN_DELAY_MS "25"
+#define R_RETENTION_S 4
+#define R_SLOTS 4 /* 2 processes x 2 slots */
+
+static struct {
+    pid_t workers, streamer;
+    int port;
+    char endpoint[400];
+} R;
+
+static void resume_streamer_start(void)
+{
+    R.streamer = streamer_start("resume", R.endpoint, NULL, &R.port);
+    wait_workers(R.port, R_SLOTS, 15000);
+}
+
+static void resume_stack(void)
+{
+    if (R.streamer > 0) return;
+    snprintf(R.endpoint, sizeof R.endpoint, "ipc://%s/resume.ipc", E.dir);
+    char zmq[460], retention[64];
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", R.endpoint);
+    snprintf(retention, sizeof retention, "CHAT_RESUME_RETENTION_S=%d", R_RETENTION_S);
+    const char *env[] = {zmq,
+                         "CHAT_DB_NAME=chat_t_streamer",
+                         "CHAT_WORKERS=2",
+                         "CHAT_WORKER_SLOTS=2",
+                         "CHAT_LLM_PROVIDER=extractive",
+                         "CHAT_TOKEN_DELAY_MS=" R_TOKEN_DELAY_MS,
+                         retention,
+                         "CHAT_ORPHAN_POLICY",
+                         "CHAT_ORPHAN_GRACE_S",
+                         "CHAT_LOG_LEVEL=info",
+                         NULL};
+    const char *argv[] = {E.bin_worker, NULL};
+    unlink(log_path("resume-workers"));
+    R.workers = e2e_spawn(argv, env, log_path("resume-workers"));
+    assert_true(R.workers > 0);
+    resume_streamer_start();
+}
+
+static void resume_stack_stop(void)
+{
+    if (R.streamer > 0) e2e_stop(R.streamer, SIGTERM, 10000, NULL);
+    if (R.workers > 0) e2e_stop(R.workers, SIGTERM, 15000, NULL);
+    memset(&R, 0, sizeof R);
+}
+
+/* One JSON value of a row (the first column), or "" when none. */
+static int text_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    chat_buf *b = ud;
+    chat_buf_reset(b);
+    chat_buf_puts(b, v[0] ? v[0] : "");
+    return 0;
+}
+
+/* The first column of the query's last row, for session sid (the query's one parameter); "" when none. */
+static char *db_text(const char *sql, const char *sid)
+{
+    chat_config cfg = testutil_config("streamer");
+    chat_db *db = chat_db_new(&cfg);
+    chat_buf b;
+    chat_buf_init(&b);
+    chat_buf_puts(&b, "");
+    char err[256];
+    chat_db_param p = CHAT_DB_P_STR(sid);
+    if (chat_db_run(db, sql, &p, 1, text_row, &b, NULL, NULL, err, sizeof err)) fail_msg("query: %s", err);
+    chat_db_free(db);
+    return chat_buf_take(&b);
+}
+
+/* Waits until the session has `turns` stored turns (2 messages each), then checks that it has exactly
+ * that many and that the last answer stored is `response`: an answer is stored once, and whole. */
+static void assert_stored(const char *sid, int turns, const char *response)
+{
+    char want[16];
+    snprintf(want, sizeof want, "%d", 2 * turns);
+    char *n = NULL;
+    for (int i = 0; i < 100; i++) {
+        free(n);
+        n = db_text("SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", sid);
+        if (atoi(n) >= 2 * turns) break;
+        e2e_sleep_ms(100);
+    }
+    e2e_sleep_ms(200); /* and nothing more arrives */
+    free(n);
+    n = db_text("SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", sid);
+    if (strcmp(n, want)) fail_msg("session %s: %s messages stored, not %s", sid, n, want);
+    free(n);
+    if (!response) return;
+    char *stored = db_text("SELECT content FROM chat_messages WHERE session_id = ? AND role = 'assistant'"
+                           " ORDER BY id DESC LIMIT 1",
+                           sid);
+    assert_string_equal(stored, response);
+    free(stored);
+}
+
+static char *stored_finish_reason(const char *sid)
+{
+    return db_text("SELECT JSON_VALUE(metadata, '$.finish_reason') FROM chat_messages"
+                   " WHERE session_id = ? AND role = 'assistant' ORDER BY id DESC LIMIT 1",
+                   sid);
+}
+
+/* Reads a's frames until it holds n tokens (or its end); false when it ended first. */
+static bool read_tokens(chat_wsc *c, answer *a, int n)
+{
+    while (a->ntokens < n) {
+        if (answer_feed(a, next_json(c, ANSWER_MS))) return false;
+    }
+    return true;
+}
+
+/* Sends the resume frame. last_seq < 0 leaves it out; answer_id NULL too. */
+static void send_resume(chat_wsc *c, const char *sid, long long last_seq, const char *answer_id)
+{
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "{\"type\":\"resume\",\"session_id\":\"%s\"", sid);
+    if (last_seq >= 0) n += snprintf(msg + n, sizeof msg - (size_t)n, ",\"last_seq\":%lld", last_seq);
+    if (answer_id) n += snprintf(msg + n, sizeof msg - (size_t)n, ",\"answer_id\":\"%s\"", answer_id);
+    snprintf(msg + n, sizeof msg - (size_t)n, "}");
+    send_str(c, msg);
+}
+
+/* {"type":"cancel","session_id":sid} */
+static void send_cancel_of(chat_wsc *c, const char *sid)
+{
+    char msg[256];
+    snprintf(msg, sizeof msg, "{\"type\":\"cancel\",\"session_id\":\"%s\"}", sid);
+    send_str(c, msg);
+}
+
+/* The resumed frame comes first; then the rest of the answer, if any, into a. */
+static void resume_into(chat_wsc *c, const char *sid, long long last_seq, const char *answer_id, answer *a)
+{
+    answer_init(a);
+    send_resume(c, sid, last_seq, answer_id);
+    json_object *o = next_json(c, 5000);
+    if (strcmp(jstr(o, "type") ? jstr(o, "type") : "", "resumed")) fail_msg("not resumed: %s", json_object_to_json_string(o));
+    assert_string_equal(jstr(o, "session_id"), sid);
+    a->resumed = o;
+    note_ids(a, o);
+}
+
+static bool resumed_in_flight(const answer *a)
+{
+    return json_object_get_boolean(jget(a->resumed, "in_flight"));
+}
+
+/* The connection has nothing more to say: a ping is answered by the next frame. */
+static void expect_nothing_more(chat_wsc *c)
+{
+    expect_usable(c);
+}
+
+/* Asks on a fresh connection of alice's and reads the answer up to n tokens: *a holds what it saw. */
+static chat_wsc *ask_partly(const char *extra, int n, answer *a)
+{
+    chat_wsc *c = ws_open_on(R.port, E.alice);
+    answer_init(a);
+    send_message(c, QUESTION, extra);
+    assert_true(read_tokens(c, a, n));
+    assert_true(a->session_id[0] && a->answer_id[0]); /* "starting" names the answer */
+    assert_int_equal(a->seq, (unsigned long long)n);   /* one frame per piece for a reader that keeps up */
+    return c;
+}
+
+/* The text a client sees across a drop: what it had, then what the resume gave, equals the complete's
+ * response (no gap, no duplicate), and the complete's seq is one past the last token's. */
+static void assert_whole(const answer *before, const answer *after)
+{
+    if (!after->complete) fail_msg("no complete after the resume (error %s)", after->error);
+    chat_buf all;
+    chat_buf_init(&all);
+    chat_buf_puts(&all, before->tokens.data ? before->tokens.data : "");
+    chat_buf_puts(&all, after->tokens.data ? after->tokens.data : "");
+    assert_string_equal(all.data, jstr(after->complete, "response"));
+    if (after->ntokens) assert_string_equal(after->partial.data, jstr(after->complete, "response"));
+    assert_true(after->seq_rising);
+    unsigned long long last = after->ntokens ? after->seq : before->seq;
+    assert_int_equal(json_object_get_int64(jget(after->complete, "seq")), (int64_t)last + 1);
+    assert_string_equal(jstr(after->complete, "answer_id"), before->answer_id);
+    assert_string_equal(jstr(after->complete, "session_id"), before->session_id);
+    chat_buf_free(&all);
+}
+
+/* Dropped after three tokens, resumed on a new connection: the answer is still streaming, the missed text
+ * comes as one token (partial_response: everything so far), then the live tokens and the complete. The
+ * turn is stored once. A drop no longer cancels (the default CHAT_ORPHAN_POLICY=finish). */
+static void test_resume_after_drop(void **state)
+{
+    (void)state;
+    resume_stack();
+    answer before, after;
+    chat_wsc *c = ask_partly(NULL, 3, &before);
+    chat_wsc_close(c, 0, NULL);
+    chat_wsc *d = ws_open_on(R.port, E.alice);
+    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &after);
+    assert_true(resumed_in_flight(&after));
+    assert_string_equal(jstr(after.resumed, "answer_id"), before.answer_id);
+    collect(d, &after, ANSWER_MS, NULL, NULL);
+    assert_whole(&before, &after);
+    assert_string_equal(jstr(jget(after.complete, "metadata"), "finish_reason"), "stop");
+    assert_stored(before.session_id, 1, jstr(after.complete, "response"));
+    /* the connection now follows the conversation: a message without session_id continues it */
+    answer next;
+    ask(d, "And how long is it?", &next);
+    assert_non_null(next.complete);
+    assert_string_equal(jstr(next.complete, "session_id"), before.session_id);
+    answer_clear(&next);
+    answer_clear(&before);
+    answer_clear(&after);
+    chat_wsc_close(d, 1000, NULL);
+}
+
+/* A client that drops with nobody following its answer: the answer is finished and stored whole. */
+static void test_drop_finishes_answer(void **state)
+{
+    (void)state;
+    resume_stack();
+    answer a;
+    chat_wsc *c = ask_partly(NULL, 1, &a);
+    chat_wsc_close(c, 0, NULL);
+    assert_stored(a.session_id, 1, NULL);
+    char *finish = stored_finish_reason(a.session_id);
+    assert_string_equal(finish, "stop");
+    free(finish);
+    answer_clear(&a);
+}
+
+/* Within the retention window a completed answer is resumable: the missed text and the complete. A
+ * client that has the complete (last_seq = the complete's seq) gets only "resumed". After the window,
+ * the owner's resume is "resumed" with nothing (the answer is in the session's history). */
+static void test_resume_finished_answer(void **state)
+{
+    (void)state;
+    resume_stack();
+    answer before, after;
+    chat_wsc *c = ask_partly(NULL, 2, &before);
+    chat_wsc_close(c, 0, NULL);
+    assert_stored(before.session_id, 1, NULL); /* it has finished meanwhile */
+    chat_wsc *d = ws_open_on(R.port, E.alice);
+    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &after);
+    assert_false(resumed_in_flight(&after));
+    assert_string_equal(jstr(after.resumed, "answer_id"), before.answer_id);
+    collect(d, &after, ANSWER_MS, NULL, NULL);
+    assert_int_equal(after.ntokens, 1); /* the missed text in one frame */
+    assert_whole(&before, &after);
+    long long complete_seq = json_object_get_int64(jget(after.complete, "seq"));
+    assert_int_equal(json_object_get_int64(jget(after.resumed, "seq")), complete_seq - 1);
+    assert_stored(before.session_id, 1, jstr(after.complete, "response"));
+    /* holding the complete already: nothing to send but "resumed" */
+    answer again;
+    resume_into(d, before.session_id, complete_seq, before.answer_id, &again);
+    assert_false(resumed_in_flight(&again));
+    expect_nothing_more(d);
+    answer_clear(&again);
+    /* after the window */
+    e2e_sleep_ms(R_RETENTION_S * 1000 + 500);
+    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &again);
+    assert_false(resumed_in_flight(&again));
+    assert_null(jget(again.resumed, "answer_id"));
+    expect_nothing_more(d);
+    answer_clear(&again);
+    answer_clear(&before);
+    answer_clear(&after);
+    chat_wsc_close(d, 1000, NULL);
+}
+
+/* Two tabs on one conversation: the second resumes it, then sees the first tab's next message
+ * (user_message) and its answer live, the same text; the answer is stored once. A message from the
+ * second tab reaches the first the same way. */
+static void test_two_tabs(void **state)
+{
+    (void)state;
+    resume_stack();
+    chat_wsc *t1 = ws_open_on(R.port, E.alice), *t2 = ws_open_on(R.port, E.alice);
+    answer first;
+    ask_with(t1, QUESTION, "\"session_id\":\"tabs-session-1\"", &first);
+    assert_non_null(first.complete);
+    answer r;
+    resume_into(t2, "tabs-session-1", json_object_get_int64(jget(first.complete, "seq")), first.answer_id, &r);
+    answer_clear(&r);
+    expect_nothing_more(t2);
+    for (int round = 0; round < 2; round++) {
+        chat_wsc *asker = round ? t2 : t1, *watcher = round ? t1 : t2;
+        const char *question = round ? "How long is the Seawind 190?" : "And how long is it?";
+        answer own, seen;
+        answer_init(&seen);
+        ask_with(asker, question, NULL, &own); /* continues the conversation it follows */
+        assert_full_answer(&own);
+        collect(watcher, &seen, ANSWER_MS, NULL, NULL);
+        assert_int_equal(seen.user_messages, 1);
+        assert_string_equal(seen.user_message, question);
+        assert_string_equal(seen.answer_id, own.answer_id);
+        assert_non_null(seen.complete);
+        assert_string_equal(seen.tokens.data, jstr(own.complete, "response"));
+        assert_string_equal(jstr(seen.complete, "response"), jstr(own.complete, "response"));
+        assert_int_equal(json_object_get_int64(jget(seen.complete, "seq")),
+                         json_object_get_int64(jget(own.complete, "seq")));
+        assert_true(seen.seq_rising);
+        assert_stored("tabs-session-1", 2 + round, jstr(own.complete, "response"));
+        answer_clear(&own);
+        answer_clear(&seen);
+    }
+    expect_nothing_more(t1);
+    expect_nothing_more(t2);
+    answer_clear(&first);
+    chat_wsc_close(t1, 1000, NULL);
+    chat_wsc_close(t2, 1000, NULL);
+}
+
+/* A cancel from the other tab (naming the conversation) stops the answer for everybody: both tabs get
+ * complete with finish_reason cancelled and their text, no token after it, and the model stopped (the
+ * stored answer is the cancelled one, shorter than the whole). */
+static void test_cancel_from_other_tab(void **state)
+{
+    (void)state;
+    resume_stack();
+    answer a1, a2;
+    chat_wsc *t1 = ask_partly(NULL, 2, &a1);
+    chat_wsc *t2 = ws_open_on(R.port, E.alice);
+    resume_into(t2, a1.session_id, 0, NULL, &a2);
+    assert_true(resumed_in_flight(&a2));
+    send_cancel_of(t2, a1.session_id);
+    collect(t2, &a2, ANSWER_MS, NULL, NULL);
+    collect(t1, &a1, ANSWER_MS, NULL, NULL);
+    for (int i = 0; i < 2; i++) {
+        answer *a = i ? &a2 : &a1;
+        assert_non_null(a->complete);
+        assert_string_equal(jstr(jget(a->complete, "metadata"), "finish_reason"), "cancelled");
+        assert_string_equal(jstr(a->complete, "response"), a->tokens.data);
+    }
+    assert_string_equal(jstr(a1.complete, "response"), jstr(a2.complete, "response"));
+    expect_nothing_more(t1); /* no token after the complete */
+    expect_nothing_more(t2);
+    assert_stored(a1.session_id, 1, jstr(a1.complete, "response"));
+    char *finish = stored_finish_reason(a1.session_id);
+    assert_string_equal(finish, "cancelled");
+    free(finish);
+    /* the whole answer is longer: the model stopped */
+    answer full;
+    ask(t1, QUESTION, &full);
+    assert_true(strlen(jstr(full.complete, "response")) > strlen(jstr(a1.complete, "response")));
+    answer_clear(&full);
+    answer_clear(&a1);
+    answer_clear(&a2);
+    chat_wsc_close(t1, 1000, NULL);
+    chat_wsc_close(t2, 1000, NULL);
+}
+
+/* Only the owner resumes: another user gets SESSION_FORBIDDEN for alice's session, streaming or
+ * finished, and the same for a session that does not exist (ids cannot be probed); bob's connection
+ * stays usable and receives nothing of alice's answer. */
+static void test_resume_other_user(void **state)
+{
+    (void)state;
+    resume_stack();
+    answer a;
+    chat_wsc *c = ask_partly(NULL, 1, &a);
+    chat_wsc *b = ws_open_on(R.port, E.bob);
+    send_resume(b, a.session_id, 0, NULL); /* streaming */
+    expect_error(b, "SESSION_FORBIDDEN");
+    collect(c, &a, ANSWER_MS, NULL, NULL);
+    assert_non_null(a.complete);
+    send_resume(b, a.session_id, 0, a.answer_id); /* finished, within the window */
+    expect_error(b, "SESSION_FORBIDDEN");
+    send_resume(b, "no-such-session-at-all", 0, NULL);
+    expect_error(b, "SESSION_FORBIDDEN");
+    send_cancel_of(b, a.session_id); /* not bob's: nothing happens */
+    expect_nothing_more(b);
+    /* alice may */
+    answer r;
+    resume_into(c, a.session_id, json_object_get_int64(jget(a.complete, "seq")), a.answer_id, &r);
+    expect_nothing_more(c);
+    answer_clear(&r);
+    answer_clear(&a);
+    chat_wsc_close(b, 1000, NULL);
+    chat_wsc_close(c, 1000, NULL);
+}
+
+/* Stale and future cursors on a finished answer: last_seq 0 (the client had more) gets the whole
+ * answer again, exactly; a last_seq past the answer with its answer_id is nothing missed ("resumed"
+ * only); without answer_id it is read as an earlier answer's cursor (the whole answer). In flight, a
+ * future cursor with the answer's id is nothing missed: the live tokens follow from the current one. */
+static void test_resume_stale_and_future_seq(void **state)
+{
+    (void)state;
+    resume_stack();
+    answer a;
+    chat_wsc *c = ask_partly(NULL, 2, &a);
+    chat_wsc *d = ws_open_on(R.port, E.alice);
+    answer ahead;
+    resume_into(d, a.session_id, 100000, a.answer_id, &ahead);
+    assert_true(resumed_in_flight(&ahead));
+    unsigned long long at = (unsigned long long)json_object_get_int64(jget(ahead.resumed, "seq"));
+    collect(d, &ahead, ANSWER_MS, NULL, NULL);
+    collect(c, &a, ANSWER_MS, NULL, NULL);
+    assert_non_null(ahead.complete);
+    /* nothing of what it claimed to have came again: it got the pieces after `at`, a suffix */
+    const char *full = jstr(a.complete, "response");
+    size_t fl = strlen(full), tl = ahead.tokens.len;
+    assert_true(tl < fl && !strcmp(full + fl - tl, ahead.tokens.data));
+    assert_true(ahead.ntokens == 0 || ahead.seq > at);
+    answer_clear(&ahead);
+    long long complete_seq = json_object_get_int64(jget(a.complete, "seq"));
+    static const struct {
+        const char *name;
+        long long last_seq;
+        bool with_id;
+        bool whole; /* else nothing but resumed */
+    } cases[] = {{"stale", 0, true, true},
+                 {"stale without id", 1, false, false},
+                 {"future with id", 100000, true, false},
+                 {"future without id", 100000, false, true},
+                 {"has the complete", 0, true, false}};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        long long seq = i == CHAT_ARRAY_LEN(cases) - 1 ? complete_seq : cases[i].last_seq;
+        answer r;
+        resume_into(d, a.session_id, seq, cases[i].with_id ? a.answer_id : NULL, &r);
+        assert_false(resumed_in_flight(&r));
+        if (cases[i].whole) {
+            collect(d, &r, ANSWER_MS, NULL, NULL);
+            if (!r.complete) fail_msg("%s: no complete", cases[i].name);
+            assert_string_equal(r.tokens.data, full);
+            assert_int_equal(r.ntokens, 1);
+            assert_int_equal(json_object_get_int64(jget(r.complete, "seq")), complete_seq);
+        } else if (!strcmp(cases[i].name, "stale without id")) {
+            collect(d, &r, ANSWER_MS, NULL, NULL); /* everything after piece 1 */
+            assert_non_null(r.complete);
+            assert_true(r.tokens.len < fl && !strcmp(full + fl - r.tokens.len, r.tokens.data));
+            assert_string_equal(r.partial.data, full);
+        }
+        expect_nothing_more(d);
+        answer_clear(&r);
+    }
+    assert_stored(a.session_id, 1, full);
+    answer_clear(&a);
+    chat_wsc_close(c, 1000, NULL);
+    chat_wsc_close(d, 1000, NULL);
+}
+
+/* A worker killed mid-answer: PROCESSING_ERROR as before (tokens were sent: no retry); nothing of the
+ * answer is left to resume ("resumed", nothing more), and no turn is stored for it. */
+static void test_resume_after_worker_killed(void **state)
+{
+    (void)state;
+    resume_stack();
+    chat_wsc *c = ws_open_on(R.port, E.alice);
+    answer first;
+    ask_with(c, QUESTION, "\"session_id\":\"worker-killed-1\"", &first);
+    assert_non_null(first.complete);
+    answer a;
+    answer_init(&a);
+    send_message(c, QUESTION, NULL);
+    assert_true(read_tokens(c, &a, 1));
+    pid_t killed = 0;
+    json_object *st = status_of(R.port);
+    json_object *ws = jget(st, "workers");
+    for (size_t i = 0; ws && i < json_object_array_length(ws) && !killed; i++) {
+        json_object *w = json_object_array_get_idx(ws, i);
+        if (json_object_get_int(jget(w, "running")) > 0) killed = json_object_get_int(jget(w, "pid"));
+    }
+    json_object_put(st);
+    assert_true(killed > 0);
+    kill(killed, SIGKILL);
+    collect(c, &a, ANSWER_MS, NULL, NULL);
+    assert_string_equal(a.error, "PROCESSING_ERROR");
+    answer r;
+    resume_into(c, "worker-killed-1", (long long)a.seq, a.answer_id, &r);
+    assert_false(resumed_in_flight(&r));
+    expect_nothing_more(c);
+    assert_stored("worker-killed-1", 1, jstr(first.complete, "response"));
+    wait_workers(R.port, R_SLOTS, 15000);
+    answer_clear(&r);
+    answer_clear(&a);
+    answer_clear(&first);
+    chat_wsc_close(c, 1000, NULL);
+}
+
+/* The streamer killed with SIGKILL mid-answer and restarted: the answer goes on in its worker, the client
+ * reconnects and resumes, and gets the answer whole, exactly once; it is stored once. */
+static void test_resume_after_streamer_killed(void **state)
+{
+    (void)state;
+    resume_stack();
+    answer before, after;
+    chat_wsc *c = ask_partly(NULL, 2, &before);
+    e2e_stop(R.streamer, SIGKILL, 5000, NULL);
+    chat_wsc_close(c, 0, NULL);
+    resume_streamer_start(); /* the same endpoint: the workers come back to it */
+    chat_wsc *d = ws_open_on(R.port, E.alice);
+    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &after);
+    collect(d, &after, ANSWER_MS, NULL, NULL);
+    assert_whole(&before, &after);
+    assert_string_equal(jstr(jget(after.complete, "metadata"), "finish_reason"), "stop");
+    assert_stored(before.session_id, 1, jstr(after.complete, "response"));
+    answer_clear(&before);
+    answer_clear(&after);
+    chat_wsc_close(d, 1000, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1741,6 +2313,15 @@ int main(void)
         cmocka_unit_test(test_worker_killed_mid_answer),
         cmocka_unit_test(test_cancel_then_worker_lost),
         cmocka_unit_test(test_slow_reader),
+        cmocka_unit_test(test_resume_after_drop),
+        cmocka_unit_test(test_drop_finishes_answer),
+        cmocka_unit_test(test_resume_finished_answer),
+        cmocka_unit_test(test_two_tabs),
+        cmocka_unit_test(test_cancel_from_other_tab),
+        cmocka_unit_test(test_resume_other_user),
+        cmocka_unit_test(test_resume_stale_and_future_seq),
+        cmocka_unit_test(test_resume_after_worker_killed),
+        cmocka_unit_test(test_resume_after_streamer_killed),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
     };
     const char *filter = getenv("CMOCKA_TEST_FILTER"); /* e.g. "*slow*" to run one test while debugging */

@@ -104,6 +104,33 @@ static void test_open_and_ownership(void **state)
     open_ok("\xe7\x94\xa8\xe6\x88\xb7-1", NULL, again, 1);
 }
 
+/* A session named by the caller before its first turn (the streamer's UUID): nothing is written until the
+ * turn; the owner check then sees it; an id that exists cannot be taken over by a chosen new session. */
+static void test_new_session_and_owner(void **state)
+{
+    (void)state;
+    char sid[CHAT_SESSION_ID_MAX + 1];
+    open_ok("alice", NULL, sid, 1);
+    chat_session_info info;
+    assert_int_equal(chat_memory_new_session("chosen-new-1", &info, err, sizeof err), 0);
+    assert_string_equal(info.id, "chosen-new-1");
+    assert_true(info.created && info.deferred);
+    assert_int_equal(chat_memory_new_session("bad id", &info, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_new_session(NULL, &info, err, sizeof err), CHAT_EINVAL);
+    /* not written yet */
+    assert_int_equal(chat_memory_session_owner(db, "chosen-new-1", "alice", err, sizeof err), CHAT_ENOTFOUND);
+    assert_int_equal(chat_memory_create_session(db, "chosen-new-1", "alice", NULL, err, sizeof err), 0);
+    assert_int_equal(chat_memory_session_owner(db, "chosen-new-1", "alice", err, sizeof err), 0);
+    assert_int_equal(chat_memory_session_owner(db, "chosen-new-1", "bob", err, sizeof err), CHAT_EFORBIDDEN);
+    assert_int_equal(chat_memory_session_owner(db, sid, "alice", err, sizeof err), 0);
+    assert_int_equal(chat_memory_session_owner(db, sid, "Alice", err, sizeof err), CHAT_EFORBIDDEN);
+    assert_int_equal(chat_memory_session_owner(db, "no-such-session", "alice", err, sizeof err), CHAT_ENOTFOUND);
+    assert_int_equal(chat_memory_session_owner(db, "bad id", "alice", err, sizeof err), CHAT_EINVAL);
+    /* a chosen id that is somebody's already is refused when its row is written */
+    assert_int_equal(chat_memory_create_session(db, sid, "bob", NULL, err, sizeof err), CHAT_ECONFLICT);
+    assert_int_equal(chat_memory_session_owner(db, sid, "alice", err, sizeof err), 0);
+}
+
 static int customer_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
     snprintf(ud, 64, "%s", v[0] ? v[0] : "(null)");
@@ -563,6 +590,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_and_ownership),
+        cmocka_unit_test(test_new_session_and_owner),
         cmocka_unit_test(test_customer_tie),
         cmocka_unit_test(test_history_order_and_limit),
         cmocka_unit_test(test_store_idempotent),

@@ -116,7 +116,7 @@ static int teardown(void **state)
 static int run(chat_pipeline *p, events *e, const chat_user *u, const char *msg, const char *session,
                const char *customer, const char *request_id, atomic_int *cancel)
 {
-    chat_request req = {msg, session, customer, u, request_id, 0};
+    chat_request req = {msg, session, customer, u, request_id, 0, false};
     chat_sink sink = {e, on_progress, on_token, on_complete, on_error};
     e->cancel = cancel;
     return chat_pipeline_run(p, &req, &sink, cancel);
@@ -284,6 +284,46 @@ static void test_turn_stored_once(void **state)
     ev_clear(&b);
 }
 
+static long long messages_in(const char *sid)
+{
+    long long n = -1;
+    chat_db_param p = CHAT_DB_P_STR(sid);
+    char err[256];
+    assert_int_equal(chat_db_run(chat_pipeline_db(pipe_extractive),
+                                 "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n, NULL,
+                                 NULL, err, sizeof err),
+                     0);
+    return n;
+}
+
+/* A new session named by the caller (session_new: the streamer's UUID): the answer carries that id, and the
+ * session is created with its turn, owned by the caller; a chosen id that exists already (another user's)
+ * never receives the turn. */
+static void test_session_new_chosen_id(void **state)
+{
+    events a, b, c;
+    ev_init(&a), ev_init(&b), ev_init(&c);
+    chat_sink sink = {&a, on_progress, on_token, on_complete, on_error};
+    chat_request req = {"What is the engine power of the Seawind 250?", "chosen-by-streamer-1", NULL, &alice, NULL, 0,
+                        true};
+    assert_int_equal(chat_pipeline_run(pipe_extractive, &req, &sink, NULL), 0);
+    assert_string_equal(a.session_id, "chosen-by-streamer-1");
+    assert_int_equal(messages_in("chosen-by-streamer-1"), 2);
+    /* the session is alice's: bob is refused, alice continues it */
+    assert_int_equal(run(pipe_extractive, &b, &bob, "Hello", "chosen-by-streamer-1", NULL, NULL, NULL), CHAT_EFORBIDDEN);
+    assert_int_equal(run(pipe_extractive, &c, &alice, "And its fuel capacity?", "chosen-by-streamer-1", NULL, NULL, NULL),
+                     0);
+    assert_int_equal(messages_in("chosen-by-streamer-1"), 4);
+    /* bob's "new" session with alice's id: answered, but nothing joins alice's session */
+    events d;
+    ev_init(&d);
+    sink.ud = &d;
+    chat_request taken = {"Hello", "chosen-by-streamer-1", NULL, &bob, NULL, 0, true};
+    chat_pipeline_run(pipe_extractive, &taken, &sink, NULL);
+    assert_int_equal(messages_in("chosen-by-streamer-1"), 4);
+    ev_clear(&a), ev_clear(&b), ev_clear(&c), ev_clear(&d);
+}
+
 static void test_confidence_varies(void **state)
 {
     events clear, vague;
@@ -393,7 +433,7 @@ static void test_begin_end_split(void **state)
 
     events e;
     ev_init(&e);
-    chat_request req = {"What is the engine power of the Seawind 250?", NULL, NULL, &alice, NULL, 0};
+    chat_request req = {"What is the engine power of the Seawind 250?", NULL, NULL, &alice, NULL, 0, false};
     chat_sink sink = {&e, on_progress, on_token, on_complete, on_error};
     int rc = -1;
     chat_run *r = chat_pipeline_begin(pipe_extractive, &req, &sink, NULL, &rc);
@@ -436,7 +476,7 @@ static void test_begin_end_split(void **state)
     /* refused in the first half: the error event, no run */
     events g;
     ev_init(&g);
-    chat_request bad = {"Hello", e.session_id, NULL, &bob, NULL, 0};
+    chat_request bad = {"Hello", e.session_id, NULL, &bob, NULL, 0, false};
     sink.ud = &g;
     assert_null(chat_pipeline_begin(pipe_extractive, &bad, &sink, NULL, &rc));
     assert_int_equal(rc, CHAT_EFORBIDDEN);
@@ -448,7 +488,7 @@ static void test_begin_end_split(void **state)
     events h;
     ev_init(&h);
     sink.ud = &h;
-    chat_request req3 = {"What is the beam of the Seawind 250?", NULL, NULL, &alice, NULL, 0};
+    chat_request req3 = {"What is the beam of the Seawind 250?", NULL, NULL, &alice, NULL, 0, false};
     r = chat_pipeline_begin(pipe_extractive, &req3, &sink, NULL, &rc);
     assert_non_null(r);
     chat_llm_result failed = {.finish_reason = "error"};
@@ -462,7 +502,7 @@ static void test_begin_end_split(void **state)
     events q;
     ev_init(&q);
     sink.ud = &q;
-    chat_request req4 = {"Hello", NULL, NULL, &alice, NULL, chat_now_us() - 50000};
+    chat_request req4 = {"Hello", NULL, NULL, &alice, NULL, chat_now_us() - 50000, false};
     r = chat_pipeline_begin(pipe_extractive, &req4, &sink, NULL, &rc);
     assert_non_null(r);
     grc = chat_llm_generate(llm, chat_run_llm_request(r), chat_run_token, r, NULL, &lr, err, sizeof err);
@@ -497,7 +537,7 @@ static void test_end_many(void **state)
     for (int i = 0; i < N; i++) {
         ev_init(&e[i]);
         /* 0 and 3 continue alice's conversation, 1 and 2 start new ones */
-        req[i] = (chat_request){questions[i], i == 0 || i == 3 ? first.session_id : NULL, NULL, &alice, NULL, 0};
+        req[i] = (chat_request){questions[i], i == 0 || i == 3 ? first.session_id : NULL, NULL, &alice, NULL, 0, false};
         chat_sink sink = {&e[i], on_progress, on_token, on_complete, on_error};
         int rc = -1;
         runs[i] = chat_pipeline_begin(pipe_extractive, &req[i], &sink, NULL, &rc);
@@ -592,6 +632,7 @@ int main(void)
         cmocka_unit_test(test_follow_up_uses_history),
         cmocka_unit_test(test_session_forbidden),
         cmocka_unit_test(test_turn_stored_once),
+        cmocka_unit_test(test_session_new_chosen_id),
         cmocka_unit_test(test_confidence_varies),
         cmocka_unit_test(test_cancel_each_stage),
         cmocka_unit_test(test_customer_access_own),

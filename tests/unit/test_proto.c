@@ -803,6 +803,126 @@ static void test_token_frames_from_escaped_slices(void **state)
     chat_buf_free(&esc);
 }
 
+/* resume and cancel: the conversation they act on, the cursor, and every refusal. */
+static void test_parse_resume_and_cancel(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *json;
+        int rc;
+        const char *err; /* on failure: INVALID_REQUEST with this text */
+        chat_in_type type;
+        const char *session, *answer;
+        unsigned long long last_seq;
+        bool partial;
+    } cases[] = {
+        {"resume", "{\"type\":\"resume\",\"session_id\":\"s-1\"}", 0, NULL, CHAT_IN_RESUME, "s-1", NULL, 0, true},
+        {"resume with a cursor",
+         "{\"type\":\"resume\",\"session_id\":\"s-1\",\"last_seq\":42,\"answer_id\":\"a-1\",\"partial\":false}", 0,
+         NULL, CHAT_IN_RESUME, "s-1", "a-1", 42, false},
+        {"resume, null cursor", "{\"type\":\"resume\",\"session_id\":\"s\",\"last_seq\":null,\"answer_id\":null}", 0,
+         NULL, CHAT_IN_RESUME, "s", NULL, 0, true},
+        {"resume, huge last_seq", "{\"type\":\"resume\",\"session_id\":\"s\",\"last_seq\":9007199254740993}", 0, NULL,
+         CHAT_IN_RESUME, "s", NULL, 9007199254740993ull, true},
+        {"resume without session", "{\"type\":\"resume\",\"last_seq\":1}", CHAT_EINVAL, "Invalid session_id", 0, NULL,
+         NULL, 0, false},
+        {"resume with an empty session", "{\"type\":\"resume\",\"session_id\":\"\"}", CHAT_EINVAL, "Invalid session_id",
+         0, NULL, NULL, 0, false},
+        {"resume with a bad session", "{\"type\":\"resume\",\"session_id\":\"a b\"}", CHAT_EINVAL, "Invalid session_id",
+         0, NULL, NULL, 0, false},
+        {"resume with a negative last_seq", "{\"type\":\"resume\",\"session_id\":\"s\",\"last_seq\":-1}", CHAT_EINVAL,
+         "last_seq must be a non-negative integer", 0, NULL, NULL, 0, false},
+        {"resume with a fractional last_seq", "{\"type\":\"resume\",\"session_id\":\"s\",\"last_seq\":1.5}",
+         CHAT_EINVAL, "last_seq must be a non-negative integer", 0, NULL, NULL, 0, false},
+        {"resume with a string last_seq", "{\"type\":\"resume\",\"session_id\":\"s\",\"last_seq\":\"3\"}", CHAT_EINVAL,
+         "last_seq must be a non-negative integer", 0, NULL, NULL, 0, false},
+        {"resume with a bad answer_id", "{\"type\":\"resume\",\"session_id\":\"s\",\"answer_id\":\"x;y\"}", CHAT_EINVAL,
+         "Invalid answer_id", 0, NULL, NULL, 0, false},
+        {"resume with a bad partial", "{\"type\":\"resume\",\"session_id\":\"s\",\"partial\":1}", CHAT_EINVAL,
+         "partial must be a boolean", 0, NULL, NULL, 0, false},
+        {"cancel a conversation", "{\"type\":\"cancel\",\"session_id\":\"s-2\"}", 0, NULL, CHAT_IN_CANCEL, "s-2", NULL, 0,
+         false},
+        {"plain cancel", "{\"type\":\"cancel\"}", 0, NULL, CHAT_IN_CANCEL, NULL, NULL, 0, false},
+        {"cancel with a bad session", "{\"type\":\"cancel\",\"session_id\":\"a/b\"}", CHAT_EINVAL, "Invalid session_id", 0,
+         NULL, NULL, 0, false},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_in in;
+        const char *code = NULL;
+        char err[128] = "";
+        int rc = chat_proto_parse(cases[i].json, strlen(cases[i].json), MAX_MSG, &in, &code, err, sizeof err);
+        if (rc != cases[i].rc) fail_msg("case '%s': rc %d (%s)", cases[i].name, rc, err);
+        if (rc) {
+            check_opt_str(cases[i].name, "code", code, CHAT_CODE_INVALID_REQUEST);
+            check_opt_str(cases[i].name, "err", err, cases[i].err);
+            assert_null(in.attach_session);
+            assert_null(in.answer_id);
+            continue;
+        }
+        assert_int_equal(in.type, cases[i].type);
+        check_opt_str(cases[i].name, "session", in.attach_session, cases[i].session);
+        check_opt_str(cases[i].name, "answer", in.answer_id, cases[i].answer);
+        assert_null(in.session_id); /* a message's field only */
+        if (in.last_seq != cases[i].last_seq) fail_msg("case '%s': last_seq %llu", cases[i].name, in.last_seq);
+        if (in.type == CHAT_IN_RESUME && in.partial != cases[i].partial) fail_msg("case '%s': partial", cases[i].name);
+        chat_in_clear(&in);
+    }
+}
+
+/* The frames of answers that outlive connections: seq and session_id on tokens (built from escaped
+ * slices, like the others), answer_id and seq on complete, progress with its answer, resumed,
+ * user_message, and the client's resume. */
+static void test_answer_frames(void **state)
+{
+    (void)state;
+    char buf[256];
+    size_t n = chat_proto_token_frame(buf, "ab", 2, "xab", 3, 7, "s-1");
+    assert_int_equal(n, chat_proto_token_frame(NULL, "ab", 2, "xab", 3, 7, "s-1"));
+    buf[n] = '\0';
+    assert_string_equal(buf, "{\"type\":\"token\",\"token\":\"ab\",\"partial_response\":\"xab\",\"seq\":7,\"session_id\":\"s-1\"}");
+    n = chat_proto_token_frame(buf, "ab", 2, NULL, 0, 18446744073709551615ull, NULL);
+    buf[n] = '\0';
+    assert_string_equal(buf, "{\"type\":\"token\",\"token\":\"ab\",\"seq\":18446744073709551615}");
+    n = chat_proto_token_frame(buf, "", 0, NULL, 0, 0, "ignored without seq");
+    buf[n] = '\0';
+    assert_string_equal(buf, "{\"type\":\"token\",\"token\":\"\"}");
+
+    chat_proto_ref ref = {"s-1", "a-1", 12};
+    char *s = chat_proto_complete_of(&ref, "hi", "{\"finish_reason\":\"stop\"}");
+    assert_string_equal(s, "{\"type\":\"complete\",\"response\":\"hi\",\"session_id\":\"s-1\",\"metadata\":{\"finish_reason\":"
+                           "\"stop\"},\"answer_id\":\"a-1\",\"seq\":12}");
+    free(s);
+    s = chat_proto_complete_cancelled_of(&ref, "h");
+    assert_non_null(strstr(s, "\"finish_reason\":\"cancelled\""));
+    assert_non_null(strstr(s, "\"answer_id\":\"a-1\",\"seq\":12}"));
+    free(s);
+    s = chat_proto_progress_of(&(chat_proto_ref){"s-1", "a-1", 0}, "generating", "Generating response...");
+    assert_string_equal(s, "{\"type\":\"progress\",\"step\":\"generating\",\"message\":\"Generating response...\","
+                           "\"session_id\":\"s-1\",\"answer_id\":\"a-1\"}");
+    free(s);
+    s = chat_proto_progress_msg("generating", "Generating response...");
+    assert_string_equal(s, "{\"type\":\"progress\",\"step\":\"generating\",\"message\":\"Generating response...\"}");
+    free(s);
+    s = chat_proto_resumed(&ref, true);
+    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":true,\"answer_id\":\"a-1\",\"seq\":12}");
+    free(s);
+    s = chat_proto_resumed(&(chat_proto_ref){"s-1", "a-1", 0}, true);
+    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":true,\"answer_id\":\"a-1\",\"seq\":0}");
+    free(s);
+    s = chat_proto_resumed(&(chat_proto_ref){"s-1", NULL, 5}, false);
+    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":false}");
+    free(s);
+    s = chat_proto_user_message(&ref, "What is \"it\"?");
+    assert_string_equal(s, "{\"type\":\"user_message\",\"session_id\":\"s-1\",\"answer_id\":\"a-1\",\"message\":\"What is \\\"it\\\"?\"}");
+    free(s);
+    s = chat_proto_client_resume("s-1", 3, "a-1");
+    assert_string_equal(s, "{\"type\":\"resume\",\"session_id\":\"s-1\",\"last_seq\":3,\"answer_id\":\"a-1\"}");
+    free(s);
+    s = chat_proto_client_resume("s-1", 0, NULL);
+    assert_string_equal(s, "{\"type\":\"resume\",\"session_id\":\"s-1\"}");
+    free(s);
+}
+
 /* An LLM token may cut a character in half: each malformed byte becomes U+FFFD, the frame stays UTF-8. */
 static const struct {
     const char *name;
@@ -866,6 +986,8 @@ int main(void)
         cmocka_unit_test(test_token_frames),    cmocka_unit_test(test_token_malformed_utf8),
         cmocka_unit_test(test_token_random),
         cmocka_unit_test(test_token_frames_from_escaped_slices),
+        cmocka_unit_test(test_parse_resume_and_cancel),
+        cmocka_unit_test(test_answer_frames),
         cmocka_unit_test(test_code_table),
         cmocka_unit_test(test_step_table),
         cmocka_unit_test(test_cancelled_frames),

@@ -6,6 +6,7 @@
 #include <cmocka.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "chat_common.h"
 #include "chat_config.h"
@@ -51,6 +52,23 @@ static void test_uuid(void **state)
     assert_int_equal(a[14], '4');
     assert_true(strchr("89ab", a[19]) != NULL);
     assert_true(chat_id_valid(a));
+}
+
+/* Version 7: the version and variant bits, and ids made later sort after (a millisecond apart). */
+static void test_uuid7(void **state)
+{
+    char prev[37], cur[37];
+    assert_int_equal(chat_uuid7(prev), 0);
+    for (int i = 0; i < 5; i++) {
+        usleep(1500);
+        assert_int_equal(chat_uuid7(cur), 0);
+        assert_int_equal(strlen(cur), 36);
+        assert_int_equal(cur[14], '7');
+        assert_true(strchr("89ab", cur[19]) != NULL);
+        assert_true(chat_id_valid(cur));
+        assert_true(strcmp(cur, prev) > 0);
+        memcpy(prev, cur, sizeof cur);
+    }
 }
 
 static void test_ids(void **state)
@@ -123,7 +141,7 @@ static void test_config_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8), cmocka_unit_test(test_uuid),          cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_utf8), cmocka_unit_test(test_uuid), cmocka_unit_test(test_uuid7),          cmocka_unit_test(test_ids),
         cmocka_unit_test(test_buf),  cmocka_unit_test(test_config_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

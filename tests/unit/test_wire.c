@@ -119,8 +119,25 @@ static void assert_cmd(const chat_wire_cmd *want, const chat_wire_cmd *got)
         assert_event(&want->ev, &got->ev);
     } else if (want->kind == CHAT_WIRE_JOB) {
         assert_job(&want->job, &got->job);
-    } else if (want->kind == CHAT_WIRE_CANCEL) {
+    } else if (want->kind == CHAT_WIRE_CANCEL || want->kind == CHAT_WIRE_DETACH) {
         assert_true(got->job_id == want->job_id);
+    } else if (want->kind == CHAT_WIRE_ATTACH) {
+        const chat_wire_attach *w = &want->attach, *g = &got->attach;
+        assert_true(g->job_id == w->job_id && g->last_seq == w->last_seq);
+        assert_int_equal(g->flags, w->flags);
+        assert_string_equal(g->session_id, w->session_id);
+        assert_string_equal(g->user_id, w->user_id);
+        assert_string_equal(g->answer_id, w->answer_id ? w->answer_id : "");
+    } else if (want->kind == CHAT_WIRE_ATTACHED) {
+        const chat_wire_attached *w = &want->attached, *g = &got->attached;
+        assert_true(g->job_id == w->job_id && g->seq == w->seq && g->age_ms == w->age_ms && g->from == w->from);
+        assert_true(g->cursor == w->cursor);
+        assert_int_equal(g->status, w->status);
+        assert_str(w->answer_id, g->answer_id);
+        assert_str(w->text, g->text);
+        assert_str(w->response, g->response);
+        assert_str(w->session_id, g->session_id);
+        assert_str(w->metadata_json, g->metadata_json);
     } /* HB, BYE, RESET carry nothing */
 }
 
@@ -200,6 +217,38 @@ static const round_trip ROUND_TRIPS[] = {
      {S("JOB"), S("7"), S("0"), S(""), S("u"), S(""), S(""), S(""), S(""), S("quote \" and \\ and\nnewline")}},
     {"cancel", true, {.kind = CHAT_WIRE_CANCEL, .job_id = 12345}, 2, {S("CANCEL"), S("12345")}},
     {"reset", true, {.kind = CHAT_WIRE_RESET}, 1, {S("RESET")}},
+    {"attach",
+     true,
+     {.kind = CHAT_WIRE_ATTACH, .attach = {77, CHAT_WIRE_A_CHECK_OWNER, "sess-1", "alice", "req-1", 12}},
+     7,
+     {S("ATTACH"), S("77"), S("1"), S("sess-1"), S("alice"), S("req-1"), S("12")}},
+    {"attach to the session's latest answer",
+     true,
+     {.kind = CHAT_WIRE_ATTACH, .attach = {78, 0, "sess-1", "alice", NULL, 0}},
+     7,
+     {S("ATTACH"), S("78"), S("0"), S("sess-1"), S("alice"), S(""), S("0")}},
+    {"attached in flight",
+     false,
+     {.kind = CHAT_WIRE_ATTACHED,
+      .attached = {77, CHAT_WIRE_ATT_IN_FLIGHT, S("req-1"), 3, 1, 0, 4, S("The engine "), S(""), S(""), S("")}},
+     12,
+     {S("ATTACHED"), S("77"), S("in_flight"), S("req-1"), S("3"), S("1"), S("0"), S("4"), S("The engine "), S(""),
+      S(""), S("")}},
+    {"attached finished",
+     false,
+     {.kind = CHAT_WIRE_ATTACHED,
+      .attached = {79, CHAT_WIRE_ATT_FINISHED, S("req-2"), 2, 3, 1500, 3, {BIN, 3}, {BIN, 3}, S("sess-1"),
+                   S("{\"agent\":\"specs\"}")}},
+     12,
+     {S("ATTACHED"), S("79"), S("finished"), S("req-2"), S("2"), S("3"), S("1500"), S("3"), {BIN, 3}, {BIN, 3},
+      S("sess-1"), S("{\"agent\":\"specs\"}")}},
+    {"attached forbidden",
+     false,
+     {.kind = CHAT_WIRE_ATTACHED,
+      .attached = {80, CHAT_WIRE_ATT_FORBIDDEN, S(""), 0, 0, 0, 0, S(""), S(""), S(""), S("")}},
+     12,
+     {S("ATTACHED"), S("80"), S("forbidden"), S(""), S("0"), S("0"), S("0"), S("0"), S(""), S(""), S(""), S("")}},
+    {"detach", true, {.kind = CHAT_WIRE_DETACH, .job_id = 81}, 2, {S("DETACH"), S("81")}},
 };
 
 static void test_round_trip(void **state)
@@ -356,6 +405,27 @@ static const malformed MALFORMED[] = {
      {S("JOB"), S("1"), S("4294967296"), S("r"), S("u"), S(""), S(""), S(""), S(""), S("m")}},
     {"job without user", false, 10, {S("JOB"), S("1"), S("0"), S("r"), S(""), S(""), S(""), S(""), S(""), S("m")}},
     {"job without message", false, 10, {S("JOB"), S("1"), S("0"), S("r"), S("u"), S(""), S(""), S(""), S(""), S("")}},
+    {"attach with a part too few", false, 6, {S("ATTACH"), S("1"), S("0"), S("s"), S("u"), S("")}},
+    {"attach without session", false, 7, {S("ATTACH"), S("1"), S("0"), S(""), S("u"), S(""), S("0")}},
+    {"attach without user", false, 7, {S("ATTACH"), S("1"), S("0"), S("s"), S(""), S(""), S("0")}},
+    {"attach with bad last_seq", false, 7, {S("ATTACH"), S("1"), S("0"), S("s"), S("u"), S(""), S("-1")}},
+    {"attached of an unknown status",
+     false,
+     12,
+     {S("ATTACHED"), S("1"), S("gone"), S(""), S("0"), S("0"), S("0"), S("0"), S(""), S(""), S(""), S("")}},
+    {"attached from beyond the text",
+     false,
+     12,
+     {S("ATTACHED"), S("1"), S("in_flight"), S(""), S("1"), S("0"), S("0"), S("4"), S("abc"), S(""), S(""), S("")}},
+    {"attached cursor beyond the complete",
+     false,
+     12,
+     {S("ATTACHED"), S("1"), S("in_flight"), S(""), S("1"), S("3"), S("0"), S("0"), S("abc"), S(""), S(""), S("")}},
+    {"attached with a part too many",
+     false,
+     13,
+     {S("ATTACHED"), S("1"), S("none"), S(""), S("0"), S("0"), S("0"), S("0"), S(""), S(""), S(""), S(""), S("")}},
+    {"detach without id", false, 1, {S("DETACH")}},
     {"envelope only", true, 1, {S(WORKER_ID)}},
     {"empty envelope", true, 2, {S(""), S("HB")}},
 };
