@@ -475,13 +475,14 @@ char *chat_proto_complete_cancelled_of(const chat_proto_ref *ref, const char *re
     return finish(o, failed);
 }
 
-char *chat_proto_resumed(const chat_proto_ref *ref, bool in_flight)
+char *chat_proto_resumed(const chat_proto_ref *ref, bool in_flight, bool complete_follows)
 {
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     chat_proto_ref answer = {NULL, ref->answer_id, ref->answer_id && *ref->answer_id ? ref->seq : 0};
     int failed = add_str(o, "type", "resumed") || add_str(o, "session_id", ref->session_id) ||
-                 add(o, "in_flight", json_object_new_boolean(in_flight)) || add_ref(o, &answer);
+                 add(o, "in_flight", json_object_new_boolean(in_flight)) ||
+                 add(o, "complete_follows", json_object_new_boolean(complete_follows)) || add_ref(o, &answer);
     if (!failed && answer.answer_id && !answer.seq) failed = add(o, "seq", json_object_new_int(0));
     return finish(o, failed);
 }

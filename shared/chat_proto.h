@@ -178,9 +178,10 @@ char *chat_proto_complete_of(const chat_proto_ref *ref, const char *response, co
  * finish_reason "cancelled", agent general, no sources and zero usage. */
 char *chat_proto_complete_cancelled(const char *response, const char *session_id);
 char *chat_proto_complete_cancelled_of(const chat_proto_ref *ref, const char *response);
-/* {"type":"resumed","session_id","in_flight"} answering a resume, with answer_id and seq (the answer's
- * pieces so far) when an answer of the session is held. */
-char *chat_proto_resumed(const chat_proto_ref *ref, bool in_flight);
+/* {"type":"resumed","session_id","in_flight","complete_follows"} answering a resume, with answer_id and
+ * seq (the answer's pieces so far) when an answer of the session is held. complete_follows: the rest of
+ * the answer (its complete at least) follows; false: nothing more of it comes. */
+char *chat_proto_resumed(const chat_proto_ref *ref, bool in_flight, bool complete_follows);
 /* {"type":"user_message","session_id","answer_id","message"}: a message of the conversation sent from
  * another connection of its user, before the answer to it. */
 char *chat_proto_user_message(const chat_proto_ref *ref, const char *message);

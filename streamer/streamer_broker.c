@@ -16,6 +16,15 @@
  * - Client-facing JSON (progress, complete, error) is built here, off the event loop; tokens travel raw
  *   so the connection can coalesce them when its client reads slowly.
  * - ROUTER_MANDATORY turns a send to a vanished worker into EHOSTUNREACH instead of a silent drop.
+ * - Subscriptions (sb_sub_new) follow an answer wherever it is generated: its state lives in the worker
+ *   that generates it (chat_wire.h, ATTACH), so that it survives the streamer. One aimed at a job of
+ *   this broker asks that job's worker (after the JOB, or once a queued job is dispatched); otherwise
+ *   every worker is asked, and one of them checks the owner in the database for a resume. An answer in
+ *   flight settles it at once (the others are DETACHed); else, once every worker asked has answered (or
+ *   is gone), the youngest completed answer, or nothing, or SESSION_FORBIDDEN. Its events then come
+ *   under its own id, like a job's; a subscription takes no slot.
+ * - A client that leaves DETACHes its job: the answer goes on (the workers' CHAT_ORPHAN_POLICY). Token
+ *   events carry their piece's number (seq), progress and complete their answer's ids.
  *
  * Settings beyond chat_config (streamer-only, read here): CHAT_STREAMER_QUEUE_MAX (jobs waiting for a
  * worker, default 1024) and CHAT_STREAMER_QUEUE_WAIT_MS (how long one may wait, default 5000). */
@@ -720,7 +729,7 @@ static void sub_follow(sb_broker *b, sb_job *job, sb_worker *w, const chat_wire_
     job->seq = a->seq;
     worker_attach(w, job);
     chat_proto_ref ref = job_ref(job);
-    if (sub->resume) emit_json(b, job, chat_proto_resumed(&ref, true), false, NULL);
+    if (sub->resume) emit_json(b, job, chat_proto_resumed(&ref, true, true), false, NULL);
     emit_text(b, job, SB_EV_SNAPSHOT, a->text.s, a->text.len, (size_t)a->from, a->seq);
     if (sub->cancel_wanted && !job->cancelled) {
         job->cancelled = true;
@@ -770,7 +779,7 @@ static void sub_settle(sb_broker *b, sb_job *job)
         job->seq = sub->held_seq;
         chat_proto_ref ref = job_ref(job);
         bool has_all = sub->held_cursor > sub->held_seq; /* the complete too */
-        if (sub->resume) emit_json(b, job, chat_proto_resumed(&ref, false), has_all, sid);
+        if (sub->resume) emit_json(b, job, chat_proto_resumed(&ref, false, !has_all), has_all, sid);
         if (!has_all) {
             emit_text(b, job, SB_EV_SNAPSHOT, sub->held_text, sub->held_len, (size_t)sub->held_from, sub->held_seq);
             emit_json(b, job, sub->held_complete, true, sid);
@@ -782,7 +791,7 @@ static void sub_settle(sb_broker *b, sb_job *job)
         emit_error(b, job, CHAT_CODE_SESSION_FORBIDDEN, chat_proto_code_message(CHAT_PROTO_SESSION_FORBIDDEN));
     } else if (sub->resume) {
         chat_proto_ref ref = {sid, NULL, 0};
-        emit_json(b, job, chat_proto_resumed(&ref, false), true, sid);
+        emit_json(b, job, chat_proto_resumed(&ref, false, false), true, sid);
     } else {
         emit_end(b, job);
     }

@@ -28,7 +28,10 @@
  *   connection, its memory and its answers forever).
  * - One answer at a time per connection: further messages wait in a bounded FIFO, and the next one is
  *   dispatched when the previous answer's tokens have left the queue (a slow reader does not hold a
- *   worker for answers it cannot read). progress "starting" is sent when a message starts.
+ *   worker for answers it cannot read). progress "starting" is sent when a message starts. A resume,
+ *   and another tab's message in the conversation the connection follows (streamer_sessions.h), wait
+ *   in the same FIFO and are answered the same way: a subscription to the answer (streamer_broker.h)
+ *   instead of a job. A connection that leaves detaches from its answer, which goes on (resumable).
  * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages, auth frames and invalid
  *   frames. Messages without a session_id continue the connection's last session.
  * - Path and Origin are checked in LWS_CALLBACK_HTTP_CONFIRM_UPGRADE, where a 404/403 response can still

@@ -41,9 +41,19 @@
  * - The broker counts a slot free at the job's terminal event, which the DONE follows a moment later: a
  *   JOB arriving in between waits in a small FIFO and starts on the next DONE. A JOB is parsed once and
  *   copied once (chat_wire_job_dup): the slot owns that copy until DONE.
+ * - Answers outlive the broker that asked for them (worker_answers.h): each slot keeps what its answer
+ *   sent (appended after each send) and the ids of the streamers' subscriptions that follow it (ATTACH:
+ *   a client that resumed, another tab); every event goes to the primary (the JOB's sender) and to each
+ *   of them. A completed answer is kept per session for CHAT_RESUME_RETENTION_S. A primary whose client
+ *   left DETACHes: its answer goes on (CHAT_ORPHAN_POLICY=finish, the default) or, with "cancel", stops
+ *   once nobody has followed it for CHAT_ORPHAN_GRACE_S.
  * - Paranoid Pirate on this side: a broker silent for CHAT_WIRE_DEAD_MS is presumed gone and the socket
  *   is recreated; one that answers RESET has restarted and does not know us. Either way READY is sent
- *   again once no job runs: the jobs in flight are cancelled first, their clients were on the old broker.
+ *   again at once and the answers in flight go on as orphans: nothing goes under their job ids any more
+ *   (the new broker numbers its jobs afresh), the streamer that comes back ATTACHes to them. A RESET
+ *   before the broker said anything else since our READY answers a message we sent before it: ignored.
+ * - An ATTACH that finds nothing held can ask for the session's owner (CHAT_WIRE_A_CHECK_OWNER): a stage
+ *   thread looks it up (it has the database) and hands the answer back in a note, like the answers'.
  * - The pipeline's own "starting" progress is not forwarded: the streamer sent it when the message was
  *   accepted. Cancel sets the answer's atomic flag (looked at between stages, by the token callback, and
  *   by the generator, which is woken for it). */
@@ -731,8 +741,8 @@ static void detach_job(worker *w, uint64_t id)
         return;
     }
     for (int k = 0; k < w->pend_len; k++) {
-        chat_wire_job *j = w->pending[(w->pend_head + k) % w->n_slots];
-        if (j->job_id == id) j->flags |= CHAT_WIRE_F_DETACHED;
+        int at = (w->pend_head + k) % w->n_slots;
+        if (w->pending[at]->job_id == id && !w->pending_orphan[at]) w->pending[at]->flags |= CHAT_WIRE_F_DETACHED;
     }
 }
 
@@ -803,7 +813,7 @@ static void cancel_job(worker *w, uint64_t id)
     }
     for (int k = 0; k < w->pend_len; k++) {
         int at = (w->pend_head + k) % w->n_slots;
-        if (w->pending[at]->job_id == id) w->pending_cancel[at] = true;
+        if (w->pending[at]->job_id == id && !w->pending_orphan[at]) w->pending_cancel[at] = true;
     }
 }
 

@@ -9,12 +9,17 @@
  *   - the ws:// or wss:// URL is derived from location when none is given;
  *   - the token is sent in an `auth` frame on every open, so a reconnect
  *     re-authenticates by itself;
- *   - reconnects with exponential backoff and jitter until disconnect();
+ *   - reconnects with exponential backoff and jitter until disconnect(), and
+ *     resumes the conversation by itself: it keeps, per session, the id of the
+ *     answer it is in and the seq of the last token (or complete) received, and
+ *     sends `resume` with them on every new connection, so the answer in flight
+ *     continues exactly where it broke off (its sendMessage() promise survives
+ *     the drop) and later answers asked from other tabs arrive too;
  *   - emits connection state changes and every server event through on(type, fn);
  *   - sendMessage() returns a Promise of the `complete` frame (or rejects on
  *     `error`), matched by order because the server answers in order;
  *   - remembers the session_id of the last answer so follow-ups continue the
- *     conversation.
+ *     conversation; resume(sessionId) follows another one (a second tab).
  *
  * Events for on(type, fn) (fn gets one detail object):
  *   state            {state, previous, ...}  state is one of: idle, connecting,
@@ -23,9 +28,12 @@
  *   reconnecting     {attempt, delayMs}
  *   auth             {user, message}         (auth_success)
  *   auth_error       {message}
- *   progress         {step, message}
- *   token            {token, partial_response}
- *   complete         {response, session_id, metadata}
+ *   progress         {step, message, session_id, answer_id, own}
+ *   token            {token, partial_response, seq, session_id, answer_id, own}
+ *   complete         {response, session_id, metadata, answer_id, seq, own}
+ *   resumed          the server's resumed frame {session_id, in_flight, complete_follows, answer_id, seq}
+ *   user_message     {session_id, answer_id, message}: asked from another connection of the user
+ *                    (own: false on the answer's events that follow it)
  *   error            {error, code}           (the server's `error` frames only)
  *   connection_error {error, code: 'CONNECTION_ERROR'}
  *   frame            the raw parsed frame, for every frame received
@@ -41,6 +49,8 @@
     connectTimeoutMs: 10000, // a socket stuck in CONNECTING is abandoned and retried
     stableAfterMs: 5000,    // a connection open this long resets the backoff
     tokenInQuery: false,    // also put ?token= in the URL (it then ends up in access logs: off by default)
+    resume: true,           // on every new connection, resume the conversation (this.sessionId)
+    resumeRetries: 5,       // a resume answered OVERLOADED (no worker yet, e.g. a restart) is retried
     path: '/ws/chat',
     WebSocket: null         // injectable WebSocket implementation (tests, non-browser hosts)
   };
@@ -104,6 +114,11 @@
     this.onStateChange = null; // (state, previous)
 
     this._listeners = {};
+    this._cursors = {};  // session_id -> {answerId, seq}: the answer this client is in, and its last seq
+    this._answer = null; // the answer being received: {id, sessionId, own}
+    this._foreign = {};  // answer ids announced by user_message: not answers to our messages
+    this._resuming = null;     // the resume sent on this socket and not answered yet: {sessionId, attempts}
+    this._resumeOnAuth = false; // a new socket: resume once authenticated
     this._pending = [];  // sent, awaiting complete/error, in send order (the server answers FIFO)
     this._outbox = [];   // accepted by sendMessage() but not sent yet (not connected/authenticated)
     this._manualClose = true;  // true until connect(); disconnect() sets it again
@@ -206,6 +221,8 @@
       self._emit('open', {});
       self._clearTimer('_stableTimer');
       self._stableTimer = setTimeout(function () { if (self.ws === ws) self._attempt = 0; }, self.options.stableAfterMs);
+      self._resumeOnAuth = true;
+      self._resuming = null;
       if (self.token) {
         // Re-sent on every (re)connect: a new socket is a new, unauthenticated session server-side.
         self._sendRaw({ type: 'auth', token: self.token });
@@ -240,12 +257,19 @@
     if (this.ws !== ws) return;
     ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
     this.ws = null;
+    this._answer = null;
+    this._resuming = null;
     this._clearTimer('_connectTimer');
     this._clearTimer('_stableTimer');
 
-    // Answers in flight die with the socket: the server cannot resume them on a
-    // new connection. Unsent messages (outbox) survive and go out after reconnecting.
-    this._rejectPending(makeError('connection closed before the answer completed (code ' + info.code + ')', 'CONNECTION_LOST', info));
+    // The answer being streamed outlives the socket: it is resumed on the next one and its promise
+    // stays pending. Messages whose answer had not started die with the socket (the server forgets
+    // a connection's waiting messages): rejected. Unsent messages (outbox) go out after reconnecting.
+    var lost = makeError('connection closed before the answer completed (code ' + info.code + ')', 'CONNECTION_LOST', info);
+    var resumable = (this.options.reconnect && !this._manualClose && this._pending.length && this._pending[0].answerId)
+      ? this._pending.shift() : null;
+    this._rejectPending(lost);
+    if (resumable) { resumable.resuming = true; this._pending.push(resumable); }
 
     // 1008 after a rejected token: retrying with the same token would loop forever.
     var willReconnect = !!restarting || (!this._manualClose && this.options.reconnect && !(this._authFailed && info.code === 1008));
@@ -359,6 +383,9 @@
         this._setState('authenticated', { user: this.user });
         this._emit('auth', { user: this.user, message: data.message });
         this._callback('onAuth', [this.user]);
+        // Resumed before the queued messages go out: the server answers in order.
+        if (this._resumeOnAuth && this.options.resume && this.sessionId) this.resume(this.sessionId);
+        this._resumeOnAuth = false;
         this._flushOutbox();
         break;
       case 'auth_error':
@@ -370,27 +397,54 @@
         // Queued messages would only earn AUTH_REQUIRED: fail them now, clearly.
         this._rejectOutbox(makeError(data.message || 'authentication failed', 'AUTH_ERROR', data));
         break;
-      case 'progress':
-        this._emit('progress', { step: data.step, message: data.message });
+      case 'progress': {
+        var a = this._noteAnswer(data);
+        this._emit('progress', { step: data.step, message: data.message, session_id: data.session_id, answer_id: data.answer_id, own: a.own });
         this._callback('onProgress', [data.step, data.message]);
         break;
-      case 'token':
-        this._emit('token', { token: data.token, partial_response: data.partial_response });
+      }
+      case 'token': {
+        var cur = this._answer || {};
+        if (cur.sessionId && data.seq) this._cursors[cur.sessionId] = { answerId: cur.id, seq: data.seq };
+        this._emit('token', { token: data.token, partial_response: data.partial_response, seq: data.seq,
+          session_id: data.session_id, answer_id: cur.id, own: cur.own !== false });
         this._callback('onMessage', [data.token, data.partial_response]);
         break;
+      }
       case 'complete': {
-        if (data.session_id) this.sessionId = data.session_id;
-        var result = { response: data.response, session_id: data.session_id, metadata: data.metadata || {} };
-        var entry = this._pending.shift();
+        var done = this._noteAnswer(data);
+        this._answer = null;
+        if (data.session_id && data.seq) this._cursors[data.session_id] = { answerId: data.answer_id, seq: data.seq };
+        var result = { response: data.response, session_id: data.session_id, metadata: data.metadata || {},
+          answer_id: data.answer_id, seq: data.seq, own: done.own };
+        var entry = done.own ? this._pending.shift() : null;
+        if (done.own && data.session_id) this.sessionId = data.session_id;
         this._emit('complete', result);
         this._callback('onComplete', [data.response, result.metadata, data]);
         if (entry) entry.resolve(result);
         break;
       }
+      case 'resumed': {
+        this._resuming = null;
+        var waiting = this._pending[0] && this._pending[0].resuming ? this._pending[0] : null;
+        // Nothing more of our answer comes (it ended with a worker that died, or long ago), or a newer
+        // answer of the conversation is what streams now: ours is in the session's history.
+        if (waiting && (!data.complete_follows || data.answer_id !== waiting.answerId))
+          this._rejectResuming('the answer cannot be resumed; see the conversation\'s history', 'ANSWER_LOST', data);
+        if (data.answer_id && data.complete_follows) this._noteAnswer(data);
+        this._emit('resumed', data);
+        break;
+      }
+      case 'user_message':
+        if (data.answer_id) this._foreign[data.answer_id] = true;
+        this._noteAnswer(data);
+        this._emit('user_message', { session_id: data.session_id, answer_id: data.answer_id, message: data.message });
+        break;
       case 'error': {
         var detail = { error: data.error, code: data.code };
         this._emit('error', detail);
         this._callback('onError', [data.error, data.code]);
+        if (this._resuming) { this._resumeFailed(data); break; }
         var e = this._takePendingFor(data.code);
         if (e) e.reject(makeError(data.error, data.code, data));
         break;
@@ -399,6 +453,44 @@
         // Unknown frame types are ignored (forward compatibility); 'frame' listeners still see them.
         break;
     }
+  };
+
+  // The answer a frame belongs to; a new answer id starts a new answer. Ours unless another connection
+  // asked it (user_message) or it is not the one our resumed message waits for.
+  P._noteAnswer = function (data) {
+    var id = data.answer_id;
+    if (!id) return this._answer || { own: true };
+    if (!this._answer || this._answer.id !== id) {
+      var own = !this._foreign[id];
+      var first = this._pending[0];
+      if (own && first && first.resuming && first.answerId !== id) own = false; // a newer answer than ours
+      if (own && first && !first.answerId) first.answerId = id;
+      this._answer = { id: id, sessionId: data.session_id, own: own };
+      if (own && data.session_id) this.sessionId = data.session_id;
+      if (data.session_id && (!this._cursors[data.session_id] || this._cursors[data.session_id].answerId !== id))
+        this._cursors[data.session_id] = { answerId: id, seq: 0 };
+    }
+    return this._answer;
+  };
+
+  // A resumed answer that will not complete: its promise fails (the session's history has it, if anything).
+  P._rejectResuming = function (message, code, detail) {
+    var first = this._pending[0];
+    if (first && first.resuming) { this._pending.shift(); first.reject(makeError(message, code, detail)); }
+  };
+
+  // The resume was refused: OVERLOADED (no worker reachable yet) is retried; anything else ends it.
+  P._resumeFailed = function (data) {
+    var r = this._resuming;
+    this._resuming = null;
+    if (data.code === 'OVERLOADED' && r.attempts < this.options.resumeRetries) {
+      var self = this, ws = this.ws;
+      setTimeout(function () { if (self.ws === ws && self.isOpen()) self.resume(r.sessionId, r.attempts + 1); },
+        Math.min(this.options.maxBackoffMs, this.options.minBackoffMs * Math.pow(2, r.attempts)));
+      return;
+    }
+    if (data.code === 'SESSION_FORBIDDEN') delete this._cursors[r.sessionId];
+    this._rejectResuming(data.error, data.code, data);
   };
 
   // Picks the pending message an error answers. Normally the oldest one (FIFO),
@@ -473,9 +565,26 @@
     });
   };
 
-  /** Asks the server to stop the answer in flight (it then completes with finish_reason "cancelled"). */
-  P.cancel = function () {
-    return this._sendRaw({ type: 'cancel' });
+  /** Asks the server to stop the answer in flight (it then completes with finish_reason "cancelled").
+   *  With a sessionId: that conversation's answer, for every tab that follows it. */
+  P.cancel = function (sessionId) {
+    return this._sendRaw(sessionId ? { type: 'cancel', session_id: String(sessionId) } : { type: 'cancel' });
+  };
+
+  /** Follows a conversation from now on (a second tab, a page reload): what this client missed of its
+   *  answer in flight (or completed within the server's retention window) arrives first, then every
+   *  later answer of it, also those asked from other connections. Done by itself after a reconnect. */
+  P.resume = function (sessionId, attempts) {
+    if (!sessionId) return false;
+    this.sessionId = String(sessionId);
+    var c = this._cursors[this.sessionId] || {};
+    var frame = { type: 'resume', session_id: this.sessionId };
+    if (c.seq) frame.last_seq = c.seq;
+    if (c.answerId) frame.answer_id = c.answerId;
+    this._resuming = { sessionId: this.sessionId, attempts: attempts || 0 };
+    if (this._sendRaw(frame)) return true;
+    this._resuming = null;
+    return false;
   };
 
   /** Forget the remembered session: the next message starts a new conversation. */

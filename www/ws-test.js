@@ -21,6 +21,7 @@
   var el = {
     status: $('status'), endpoint: $('endpoint'),
     token: $('token-input'), connect: $('connect-btn'), demo: $('demo-token-btn'), reconnect: $('reconnect-btn'),
+    drop: $('drop-btn'), tab: $('tab-btn'),
     user: $('user'), userNone: $('user-none'),
     form: $('message-form'), message: $('message-input'), send: $('send-btn'), cancel: $('cancel-btn'),
     session: $('session-id'), customer: $('customer-id'),
@@ -37,7 +38,7 @@
   var tokenLogLine = null;  // one log line updated in place instead of one line per token
 
   // For automated tests and the curious: window.chatTest.client is the live ChatWebSocket.
-  window.chatTest = { client: null, tokens: 0, completes: 0, errors: 0 };
+  window.chatTest = { client: null, tokens: 0, completes: 0, errors: 0, resumed: 0, userMessages: 0 };
 
   // ---- small helpers ------------------------------------------------------
 
@@ -95,6 +96,8 @@
     el.cancel.disabled = !(client && client.pendingCount() > 0 && client.isOpen());
     el.reconnect.disabled = !client;
     el.reconnect.textContent = live ? 'Disconnect' : 'Reconnect';
+    el.drop.disabled = !(client && client.isOpen());
+    el.tab.disabled = !(client && (client.sessionId || el.session.value.trim()));
   }
 
   function setUser(user) {
@@ -239,7 +242,8 @@
     c.on('state', function (d) {
       setStatus(d.state, d);
       if (d.state !== 'authenticated' && d.state !== 'open') setUser(null);
-      if (d.state === 'reconnecting' || d.state === 'closed') {
+      // reconnecting: the answer goes on, the client resumes it once connected again
+      if (d.state === 'closed') {
         if (answering) { answering = false; finishSteps(true); el.answer.setAttribute('aria-busy', 'false'); }
       }
     });
@@ -305,8 +309,21 @@
       }
       setTimeout(updateButtons, 0);
     });
+    c.on('resumed', function (d) {
+      window.chatTest.resumed++;
+      log('resumed', 'session ' + d.session_id + (d.in_flight ? ', answer in flight' : ', nothing streaming') +
+        (d.answer_id ? ', at piece ' + d.seq : '') + (d.complete_follows ? '' : ', nothing more to come'));
+    });
+    c.on('user_message', function (d) {
+      // asked from another tab of this conversation: its answer follows
+      window.chatTest.userMessages++;
+      answering = false;
+      beginAnswerIfNeeded();
+      log('user_message', 'another tab asked: ' + d.message);
+      el.stepMessage.textContent = 'Another tab asked: ' + d.message;
+    });
     c.on('frame', function (f) {
-      if (['auth_success', 'auth_error', 'progress', 'token', 'complete', 'error'].indexOf(f.type) < 0) log('frame', shortJson(f));
+      if (['auth_success', 'auth_error', 'progress', 'token', 'complete', 'error', 'resumed', 'user_message'].indexOf(f.type) < 0) log('frame', shortJson(f));
     });
     return c;
   }
@@ -320,6 +337,8 @@
     } else {
       client = makeClient(token);
       window.chatTest.client = client;
+      // a session in the field (e.g. opened by "Open in a second tab"): followed once authenticated
+      client.sessionId = el.session.value.trim() || null;
       client.connect();
     }
     updateButtons();
@@ -356,6 +375,14 @@
     if (s === 'closed' || s === 'idle') { client.setToken(el.token.value.trim()); client.reconnect(); }
     else client.disconnect();
   });
+  el.drop.addEventListener('click', function () {
+    // what a network drop looks like to the client: the socket closes without the client asking
+    if (client && client.ws) { log('drop', 'closing the socket: the client reconnects and resumes'); client.ws.close(4000, 'dropped by the test page'); }
+  });
+  el.tab.addEventListener('click', function () {
+    var sid = (client && client.sessionId) || el.session.value.trim();
+    if (sid) window.open('/ws/test#session=' + encodeURIComponent(sid), '_blank', 'noopener');
+  });
   el.clearErrors.addEventListener('click', function () { el.errors.textContent = ''; });
   el.clearLog.addEventListener('click', function () { el.log.textContent = ''; tokenLogLine = null; });
   el.demo.addEventListener('click', function () {
@@ -381,6 +408,8 @@
     if (tok) log('demo', 'demo token available');
   });
 
+  var fromHash = /(?:^#|&)session=([^&]+)/.exec(location.hash || '');
+  if (fromHash) el.session.value = decodeURIComponent(fromHash[1]);
   try { el.endpoint.textContent = window.ChatWebSocket.deriveUrl(null, '/ws/chat'); } catch (e) { /* ignore */ }
   setUser(null);
   setStatus('idle');

@@ -191,6 +191,53 @@ async function main() {
       if (!sid) return 'empty';
     }, { fatal: false });
 
+    await check('"Drop connection" mid-answer: the client reconnects, resumes, and the answer arrives whole, once', async () => {
+      await page.evaluate(() => {
+        const c = window.chatTest.client;
+        const r = window.__drop = { tokens: [], dropped: false, complete: null, resumed0: window.chatTest.resumed };
+        c.on('token', d => {
+          r.tokens.push(d.token);
+          if (!r.dropped) { r.dropped = true; document.querySelector('#drop-btn').click(); }
+        });
+        c.once('complete', d => { r.complete = d.response; });
+      });
+      await page.fill('#message-input', 'How long is the Seawind 190?');
+      await page.press('#message-input', 'Enter');
+      await page.waitForFunction(() => window.__drop.complete !== null || document.querySelectorAll('#errors li').length > 0,
+        null, { timeout: 20_000 });
+      const r = await page.evaluate(() => ({ ...window.__drop, resumed: window.chatTest.resumed }));
+      const errs = await errorsText(page);
+      if (errs) return `errors: ${errs}`;
+      if (!r.dropped) return 'no token to drop at';
+      if (r.resumed <= r.resumed0) return 'no resumed frame after the reconnect';
+      if (r.tokens.join('') !== r.complete) return `tokens ${JSON.stringify(r.tokens.join(''))} != response ${JSON.stringify(r.complete)}`;
+      if ((await page.textContent('#answer')).trim() !== r.complete.trim()) return '#answer is not the response';
+      console.log(`# dropped after the first token, ${r.tokens.length} token frames in all`);
+    }, { fatal: false });
+
+    await check('"Open in a second tab": the second tab resumes the conversation and follows the next answer live', async () => {
+      const sid = (await page.inputValue('#session-id')).trim();
+      if (!sid) return 'no session to open';
+      const tab = await context.newPage();
+      tab.setDefaultTimeout(15_000);
+      tab.on('pageerror', e => pageErrors.push('second tab: ' + String(e && e.message || e)));
+      await tab.goto(`${BASE}/ws/test#session=${encodeURIComponent(sid)}`, { waitUntil: 'load' });
+      await tab.fill('#token-input', TOKEN);
+      await tab.click('#connect-btn');
+      await tab.waitForFunction(() => window.chatTest.resumed > 0, null, { timeout: 10_000 });
+      const before = await tab.evaluate(() => window.chatTest.completes);
+      const mineBefore = await page.evaluate(() => window.chatTest.completes);
+      await page.fill('#message-input', 'And its fuel capacity?');
+      await page.press('#message-input', 'Enter');
+      await tab.waitForFunction(n => window.chatTest.completes > n, before, { timeout: 20_000 });
+      await page.waitForFunction(n => window.chatTest.completes > n, mineBefore, { timeout: 20_000 });
+      const mine = (await page.textContent('#answer')).trim(), seen = (await tab.textContent('#answer')).trim();
+      const asked = await tab.evaluate(() => window.chatTest.userMessages);
+      await tab.close();
+      if (!asked) return 'the second tab was not shown the question';
+      if (!mine || seen !== mine) return `second tab shows ${JSON.stringify(seen.slice(0, 60))}, first ${JSON.stringify(mine.slice(0, 60))}`;
+    }, { fatal: false });
+
     await check('an empty message shows an EMPTY_MESSAGE error in #errors', async () => {
       await page.fill('#message-input', '');
       await page.click('#send-btn');

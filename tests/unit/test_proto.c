@@ -903,14 +903,16 @@ static void test_answer_frames(void **state)
     s = chat_proto_progress_msg("generating", "Generating response...");
     assert_string_equal(s, "{\"type\":\"progress\",\"step\":\"generating\",\"message\":\"Generating response...\"}");
     free(s);
-    s = chat_proto_resumed(&ref, true);
-    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":true,\"answer_id\":\"a-1\",\"seq\":12}");
+    s = chat_proto_resumed(&ref, true, true);
+    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":true,\"complete_follows\":true,"
+                           "\"answer_id\":\"a-1\",\"seq\":12}");
     free(s);
-    s = chat_proto_resumed(&(chat_proto_ref){"s-1", "a-1", 0}, true);
-    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":true,\"answer_id\":\"a-1\",\"seq\":0}");
+    s = chat_proto_resumed(&(chat_proto_ref){"s-1", "a-1", 0}, true, true);
+    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":true,\"complete_follows\":true,"
+                           "\"answer_id\":\"a-1\",\"seq\":0}");
     free(s);
-    s = chat_proto_resumed(&(chat_proto_ref){"s-1", NULL, 5}, false);
-    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":false}");
+    s = chat_proto_resumed(&(chat_proto_ref){"s-1", NULL, 5}, false, false);
+    assert_string_equal(s, "{\"type\":\"resumed\",\"session_id\":\"s-1\",\"in_flight\":false,\"complete_follows\":false}");
     free(s);
     s = chat_proto_user_message(&ref, "What is \"it\"?");
     assert_string_equal(s, "{\"type\":\"user_message\",\"session_id\":\"s-1\",\"answer_id\":\"a-1\",\"message\":\"What is \\\"it\\\"?\"}");
