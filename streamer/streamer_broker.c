@@ -1200,6 +1200,10 @@ sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wak
     b->queue_max = chat_config_env_int("CHAT_STREAMER_QUEUE_MAX", 1024, 1, 1000000);
     b->queue_wait_ms = chat_config_env_int("CHAT_STREAMER_QUEUE_WAIT_MS", 5000, 0, 600000);
     snprintf(b->endpoint, sizeof b->endpoint, "%s", cfg->zmq_endpoint);
+    if (strchr(b->endpoint, ',')) { /* a list is for workers that serve several streamers */
+        chat_fail(err, errlen, CHAT_EINVAL, "a streamer binds one CHAT_ZMQ_ENDPOINT, not a list");
+        goto fail;
+    }
 
     b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     b->zctx = zmq_ctx_new();

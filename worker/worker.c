@@ -84,6 +84,7 @@
 #define SLOT_EVENTS_HWM 10000
 #define GEN_WAIT_MS 100      /* the generator's longest wait when nothing is due */
 #define SPARE_MAX_BYTES 16384 /* a slot's emptied token buffer is kept for reuse up to this size */
+#define CHAT_WORKER_MAX_PEERS 16 /* streamers one worker serves (endpoints in CHAT_ZMQ_ENDPOINT) */
 
 typedef struct worker worker;
 
@@ -109,6 +110,7 @@ typedef struct note {
 typedef struct owner_check {
     struct owner_check *next;
     uint64_t job_id;
+    int peer; /* the broker that asked */
     int rc; /* chat_memory_session_owner's */
     char session_id[CHAT_SESSION_ID_MAX + 1];
     char user_id[256];
@@ -142,6 +144,7 @@ typedef struct slot {
     /* Main thread only. */
     bool busy; /* a job was handed over and its DONE is not seen yet */
     uint64_t job_id;
+    int peer;  /* the broker that sent the JOB (w->peers) */
     bool terminal_sent;
     /* Who follows the answer, and what it sent (worker_answers.h). The primary is the broker that sent
      * the JOB, under job_id: it may DETACH (its client left: no more progress or tokens, the terminal
@@ -173,6 +176,21 @@ typedef struct slot_fifo {
     int *at;
     int head, len, cap;
 } slot_fifo;
+
+/* One broker (streamer) this worker serves: a DEALER connected to its endpoint, with its side of the
+ * Paranoid Pirate conversation. A worker connects to every endpoint of CHAT_ZMQ_ENDPOINT (several
+ * streamers share one pool); job and subscription ids are each broker's own, so they always travel
+ * with the peer's index. Main thread only. */
+typedef struct peer {
+    char endpoint[512];
+    void *dealer;
+    chat_wire_msg m;       /* its last message (the buffer is reused) */
+    int64_t last_heard_ms; /* when it last said anything */
+    int64_t next_hb_ms;
+    int64_t ready_at_ms;   /* when READY (or BYE) last went out */
+    bool announce;         /* READY (or BYE) is owed */
+    bool welcomed;         /* it said something other than RESET since our READY */
+} peer;
 
 typedef struct stage_thread {
     worker *w;
@@ -216,10 +234,13 @@ struct worker {
     chat_wire_job **pending; /* ring of JOBs waiting for a DONE, capacity n_slots */
     bool *pending_cancel;
     bool *pending_orphan; /* sent by a broker that is gone since */
+    int *pending_peer;
     int pend_head, pend_len;
     int n_orphaned; /* busy slots of a gone broker whose terminal is not handled yet: the broker does not count them */
     int64_t flush_at_ms; /* 0: no TICK pending */
     wa_store *kept;      /* completed answers, per session, for CHAT_RESUME_RETENTION_S */
+    peer *peers;         /* the brokers served */
+    int n_peers;
     bool orphan_cancel;  /* CHAT_ORPHAN_POLICY=cancel */
     int64_t next_sweep_ms;
 
@@ -542,7 +563,7 @@ static void *gen_main(void *arg)
 
 /* ---------------------------------------------------------------- main thread */
 
-static void *dealer_open(worker *w)
+static void *dealer_open(worker *w, const char *endpoint)
 {
     void *d = zmq_socket(w->zctx, ZMQ_DEALER);
     if (!d) return NULL;
@@ -552,18 +573,26 @@ static void *dealer_open(worker *w)
     zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
-    if (zmq_connect(d, w->cfg.zmq_endpoint)) {
-        chat_log_error("worker: cannot connect to %s: %s", w->cfg.zmq_endpoint, zmq_strerror(errno));
+    if (zmq_connect(d, endpoint)) {
+        chat_log_error("worker: cannot connect to %s: %s", endpoint, zmq_strerror(errno));
         zmq_close(d);
         return NULL;
     }
     return d;
 }
 
+/* READY with this broker's share of the slots: every broker dispatches up to what it was told, so
+ * together they never ask more than the process has. */
 static void send_ready(worker *w, void *dealer)
 {
-    chat_wire_cmd ready = {.kind = CHAT_WIRE_READY, .ready = {.pid = (int)getpid(), .slots = w->n_slots}};
+    int share = w->n_slots / (w->n_peers > 0 ? w->n_peers : 1);
+    chat_wire_cmd ready = {.kind = CHAT_WIRE_READY, .ready = {.pid = (int)getpid(), .slots = share > 0 ? share : 1}};
     chat_wire_send(dealer, NULL, &ready, ZMQ_DONTWAIT);
+}
+
+static void *dealer_of(worker *w, int p)
+{
+    return w->peers[p].dealer;
 }
 
 static void send_cmd(void *dealer, chat_wire_kind kind)
@@ -584,16 +613,18 @@ static void send_job_error(void *dealer, uint64_t id, const char *code, const ch
 /* Sends ev (its job_id aside) to whoever follows the answer: the primary (for a terminal event even
  * after it detached, so that the broker frees the slot; never once orphaned) and every subscription.
  * Blocking sends: at the high-water mark the pipeline waits rather than losing an event. */
-static void send_followers(void *dealer, slot *s, chat_wire_event ev)
+static void send_followers(worker *w, slot *s, chat_wire_event ev)
 {
     bool terminal = chat_wire_event_terminal(ev.kind);
     if (!s->orphan && (s->primary || terminal)) {
         ev.job_id = s->job_id;
-        if (chat_wire_send_event(dealer, &ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+        if (chat_wire_send_event(dealer_of(w, s->peer), &ev, 0))
+            chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
     }
     for (size_t i = 0; i < s->subs.n; i++) {
-        ev.job_id = s->subs.ids[i];
-        if (chat_wire_send_event(dealer, &ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+        ev.job_id = s->subs.at[i].id;
+        if (chat_wire_send_event(dealer_of(w, s->subs.at[i].tag), &ev, 0))
+            chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
     }
 }
 
@@ -619,20 +650,24 @@ static void orphan_sweep(worker *w, int64_t now)
     for (int i = 0; i < w->n_slots; i++) watch_check(w, &w->slots[i], now);
 }
 
-/* The broker that sent our jobs is gone: nothing goes under their ids or its subscriptions' any more,
- * but the answers go on (CHAT_ORPHAN_POLICY) and stay resumable; the ones waiting for a slot too. */
-static void orphan_all(worker *w)
+/* Broker p that sent jobs is gone: nothing goes under their ids or its subscriptions' any more, but the
+ * answers go on (CHAT_ORPHAN_POLICY) and stay resumable; the ones waiting for a slot too. */
+static void orphan_all(worker *w, int p)
 {
     int64_t now = chat_now_ms();
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = &w->slots[i];
-        s->subs.n = 0;
-        if (!s->busy || s->orphan) continue;
-        s->orphan = true;
-        if (!s->terminal_sent) w->n_orphaned++;
-        watch_check(w, s, now);
+        wa_subs_drop_tag(&s->subs, p);
+        if (s->busy && !s->orphan && s->peer == p) {
+            s->orphan = true;
+            if (!s->terminal_sent) w->n_orphaned++;
+        }
+        if (s->busy) watch_check(w, s, now);
     }
-    for (int k = 0; k < w->pend_len; k++) w->pending_orphan[(w->pend_head + k) % w->n_slots] = true;
+    for (int k = 0; k < w->pend_len; k++) {
+        int at = (w->pend_head + k) % w->n_slots;
+        if (w->pending_peer[at] == p) w->pending_orphan[at] = true;
+    }
 }
 
 /* The slot streaming session_id's answer (its terminal not sent yet) for user_id's ATTACH, or NULL: the
@@ -661,8 +696,9 @@ static void send_attached(void *dealer, const chat_wire_attached *a)
 
 /* An ATTACH: what is held of the session, from the answer streaming (the streamer then follows it) or
  * the completed one kept; nothing held, the database says whose the session is when asked to. */
-static void handle_attach(worker *w, void *dealer, const chat_wire_attach *a)
+static void handle_attach(worker *w, int p, const chat_wire_attach *a)
 {
+    void *dealer = dealer_of(w, p);
     int64_t now = chat_now_ms();
     chat_wire_attached out = {.job_id = a->job_id, .status = CHAT_WIRE_ATT_NONE};
     slot *s = answer_of(w, a->session_id, a->answer_id, a->user_id);
@@ -670,7 +706,7 @@ static void handle_attach(worker *w, void *dealer, const chat_wire_attach *a)
     if ((s && strcmp(s->job->user_id, a->user_id)) || (k && strcmp(k->user_id, a->user_id))) {
         out.status = CHAT_WIRE_ATT_FORBIDDEN;
     } else if (s) {
-        if (wa_subs_add(&s->subs, a->job_id)) {
+        if (wa_subs_add(&s->subs, a->job_id, p)) {
             send_job_error(dealer, a->job_id, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
             return;
         }
@@ -682,6 +718,7 @@ static void handle_attach(worker *w, void *dealer, const chat_wire_attach *a)
         owner_check *c = calloc(1, sizeof *c);
         if (c) {
             c->job_id = a->job_id;
+            c->peer = p;
             snprintf(c->session_id, sizeof c->session_id, "%s", a->session_id);
             snprintf(c->user_id, sizeof c->user_id, "%s", a->user_id);
             pthread_mutex_lock(&w->task_mu);
@@ -700,26 +737,26 @@ static void handle_attach(worker *w, void *dealer, const chat_wire_attach *a)
 
 /* An owner check is back: none when the session is the user's (or the database could not say: a resume
  * then finds nothing, which gives nothing away), unknown, or forbidden. */
-static void check_done(void *dealer, owner_check *c)
+static void check_done(worker *w, owner_check *c)
 {
     chat_wire_attached out = {.job_id = c->job_id, .status = CHAT_WIRE_ATT_NONE};
     if (c->rc == CHAT_ENOTFOUND) out.status = CHAT_WIRE_ATT_UNKNOWN;
     if (c->rc == CHAT_EFORBIDDEN) out.status = CHAT_WIRE_ATT_FORBIDDEN;
-    send_attached(dealer, &out);
+    if (c->peer < w->n_peers) send_attached(dealer_of(w, c->peer), &out);
     free(c);
 }
 
-/* The busy slot whose primary (not orphaned) or subscription id is id; *sub says which. */
-static slot *follower_of(worker *w, uint64_t id, bool *sub)
+/* The busy slot whose primary (not orphaned) or subscription id is broker p's id; *sub says which. */
+static slot *follower_of(worker *w, int p, uint64_t id, bool *sub)
 {
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = &w->slots[i];
         if (!s->busy) continue;
-        if (s->job_id == id && !s->orphan) {
+        if (s->job_id == id && s->peer == p && !s->orphan) {
             *sub = false;
             return s;
         }
-        if (wa_subs_has(&s->subs, id)) {
+        if (wa_subs_has(&s->subs, id, p)) {
             *sub = true;
             return s;
         }
@@ -728,12 +765,12 @@ static slot *follower_of(worker *w, uint64_t id, bool *sub)
 }
 
 /* DETACH: the primary (its client left) or a subscription no longer wants events; the answer goes on. */
-static void detach_job(worker *w, uint64_t id)
+static void detach_job(worker *w, int p, uint64_t id)
 {
     bool sub;
-    slot *s = follower_of(w, id, &sub);
+    slot *s = follower_of(w, p, id, &sub);
     if (s && sub)
-        wa_subs_remove(&s->subs, id);
+        wa_subs_remove(&s->subs, id, p);
     else if (s)
         s->primary = false;
     if (s) {
@@ -742,17 +779,19 @@ static void detach_job(worker *w, uint64_t id)
     }
     for (int k = 0; k < w->pend_len; k++) {
         int at = (w->pend_head + k) % w->n_slots;
-        if (w->pending[at]->job_id == id && !w->pending_orphan[at]) w->pending[at]->flags |= CHAT_WIRE_F_DETACHED;
+        if (w->pending[at]->job_id == id && w->pending_peer[at] == p && !w->pending_orphan[at])
+            w->pending[at]->flags |= CHAT_WIRE_F_DETACHED;
     }
 }
 
 /* ---------------------------------------------------------------- jobs */
 
 /* Hands job (ownership moves) to an idle slot and queues its first stage. */
-static void assign(worker *w, chat_wire_job *job, bool cancelled, bool orphan)
+static void assign(worker *w, chat_wire_job *job, bool cancelled, bool orphan, int p)
 {
     slot *s = &w->slots[w->idle[--w->n_idle]];
     s->job = job;
+    s->peer = p;
     atomic_store(&s->cancel, cancelled ? 1 : 0);
     s->busy = true;
     s->job_id = job->job_id;
@@ -775,8 +814,9 @@ static void assign(worker *w, chat_wire_job *job, bool cancelled, bool orphan)
 /* A JOB from the broker (spec points into the received message): its copy starts on an idle slot, or
  * waits for a slot whose terminal event went out (or one a gone broker's answer holds: this broker does
  * not count those); else the job is refused. */
-static void start_job(worker *w, void *dealer, const chat_wire_job *spec, bool stopping)
+static void start_job(worker *w, int p, const chat_wire_job *spec, bool stopping)
 {
+    void *dealer = dealer_of(w, p);
     /* a slot frees itself on its DONE: the broker may count it free a moment earlier */
     bool room = !stopping && (w->n_idle > 0 || w->pend_len < w->n_finishing + w->n_orphaned);
     if (!room) { /* the broker should never do this; answer rather than strand the client */
@@ -789,22 +829,23 @@ static void start_job(worker *w, void *dealer, const chat_wire_job *spec, bool s
         return;
     }
     if (w->n_idle > 0) {
-        assign(w, job, false, false);
+        assign(w, job, false, false, p);
         return;
     }
     int at = (w->pend_head + w->pend_len) % w->n_slots;
     w->pending[at] = job;
     w->pending_cancel[at] = false;
     w->pending_orphan[at] = false;
+    w->pending_peer[at] = p;
     w->pend_len++;
 }
 
 /* CANCEL: the job's, or, for a subscription's id, the answer it follows (a cancel from another tab
  * stops the answer for everybody). */
-static void cancel_job(worker *w, uint64_t id)
+static void cancel_job(worker *w, int p, uint64_t id)
 {
     bool sub;
-    slot *s = follower_of(w, id, &sub);
+    slot *s = follower_of(w, p, id, &sub);
     if (s) {
         atomic_store(&s->cancel, 1);
         chat_llm_loop_wakeup(w->loop); /* a generation stops at once, not at the next look */
@@ -813,7 +854,8 @@ static void cancel_job(worker *w, uint64_t id)
     }
     for (int k = 0; k < w->pend_len; k++) {
         int at = (w->pend_head + k) % w->n_slots;
-        if (w->pending[at]->job_id == id && !w->pending_orphan[at]) w->pending_cancel[at] = true;
+        if (w->pending[at]->job_id == id && w->pending_peer[at] == p && !w->pending_orphan[at])
+            w->pending_cancel[at] = true;
     }
 }
 
@@ -826,7 +868,7 @@ static void cancel_all(worker *w)
 }
 
 /* One message from the broker; its kind (CHAT_WIRE_NONE when it was dropped). RESET is the caller's. */
-static chat_wire_kind handle_broker(worker *w, void *dealer, const chat_wire_msg *m, bool stopping)
+static chat_wire_kind handle_broker(worker *w, int p, const chat_wire_msg *m, bool stopping)
 {
     chat_wire_cmd c;
     char err[128];
@@ -836,16 +878,16 @@ static chat_wire_kind handle_broker(worker *w, void *dealer, const chat_wire_msg
     }
     switch (c.kind) {
     case CHAT_WIRE_JOB:
-        start_job(w, dealer, &c.job, stopping);
+        start_job(w, p, &c.job, stopping);
         break;
     case CHAT_WIRE_CANCEL:
-        cancel_job(w, c.job_id);
+        cancel_job(w, p, c.job_id);
         break;
     case CHAT_WIRE_ATTACH:
-        handle_attach(w, dealer, &c.attach);
+        handle_attach(w, p, &c.attach);
         break;
     case CHAT_WIRE_DETACH:
-        detach_job(w, c.job_id);
+        detach_job(w, p, c.job_id);
         break;
     default: /* HB: the sign of life is all; READY, EV, ATTACHED and BYE only go the other way */
         break;
@@ -867,7 +909,7 @@ static void spare_reset(chat_buf *b)
  * event, to every follower, and appends the tokens to what the answer sent (after sending: what an
  * ATTACH is told and what follows it meet at the same piece). The buffers are swapped with the slot's
  * spares under the lock, and sent from there. */
-static void flush_tokens(void *dealer, slot *s)
+static void flush_tokens(worker *w, slot *s)
 {
     pthread_mutex_lock(&s->tok_mu);
     chat_buf ev = s->ev_buf, out = s->tok_buf, lens = s->tok_lens;
@@ -882,11 +924,11 @@ static void flush_tokens(void *dealer, slot *s)
         const char *message = step + sl + 1;
         size_t ml = strlen(message);
         at += sl + ml + 2;
-        send_followers(dealer, s, (chat_wire_event){.kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}});
+        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}});
     }
     if (out.len) {
         chat_wire_str text = {out.data, out.len}, pieces = {lens.data, lens.len};
-        send_followers(dealer, s, (chat_wire_event){.kind = CHAT_WIRE_EV_TOKEN, .token = {text, pieces}});
+        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_TOKEN, .token = {text, pieces}});
         if (wa_text_append(&s->sent, text, pieces))
             chat_log_error("worker: out of memory keeping job %" PRIu64 "'s text: it cannot be resumed whole", s->job_id);
     }
@@ -900,7 +942,7 @@ static void flush_tokens(void *dealer, slot *s)
 
 /* Sends the answer's terminal event if it waits in the slot, after the steps and tokens before it: the
  * first one only (the broker frees the slot on it). A complete is kept for resuming, with its text. */
-static void send_terminal(worker *w, void *dealer, slot *s)
+static void send_terminal(worker *w, slot *s)
 {
     pthread_mutex_lock(&s->tok_mu);
     chat_wire_event *ev = s->terminal;
@@ -908,8 +950,8 @@ static void send_terminal(worker *w, void *dealer, slot *s)
     pthread_mutex_unlock(&s->tok_mu);
     if (!ev) return;
     if (!s->terminal_sent) {
-        flush_tokens(dealer, s); /* nothing may follow the terminal event */
-        send_followers(dealer, s, *ev);
+        flush_tokens(w, s); /* nothing may follow the terminal event */
+        send_followers(w, s, *ev);
         s->terminal_sent = true;
         if (s->orphan) w->n_orphaned--;
         w->n_finishing++;
@@ -922,18 +964,19 @@ static void send_terminal(worker *w, void *dealer, slot *s)
     chat_wire_event_free(ev);
 }
 
-static void slot_done(worker *w, void *dealer, slot *s)
+static void slot_done(worker *w, slot *s)
 {
-    send_terminal(w, dealer, s); /* normally sent already, on its own note */
-    flush_tokens(dealer, s);
+    send_terminal(w, s); /* normally sent already, on its own note */
+    flush_tokens(w, s);
     if (!s->terminal_sent) {
         chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", s->job_id);
         if (s->orphan)
             w->n_orphaned--;
         else
-            send_job_error(dealer, s->job_id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
+            send_job_error(dealer_of(w, s->peer), s->job_id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
         for (size_t i = 0; i < s->subs.n; i++)
-            send_job_error(dealer, s->subs.ids[i], CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
+            send_job_error(dealer_of(w, s->subs.at[i].tag), s->subs.at[i].id, CHAT_CODE_PROCESSING_ERROR,
+                           "Error during message processing");
     } else {
         w->n_finishing--;
     }
@@ -953,13 +996,13 @@ static void slot_done(worker *w, void *dealer, slot *s)
         int at = w->pend_head;
         w->pend_head = (w->pend_head + 1) % w->n_slots;
         w->pend_len--;
-        assign(w, w->pending[at], w->pending_cancel[at], w->pending_orphan[at]);
+        assign(w, w->pending[at], w->pending_cancel[at], w->pending_orphan[at], w->pending_peer[at]);
         w->pending[at] = NULL;
     }
 }
 
 /* Sends the tokens of every slot that listed itself since the last flush. */
-static void flush_dirty(worker *w, void *dealer)
+static void flush_dirty(worker *w)
 {
     pthread_mutex_lock(&w->dirty_mu);
     int n = w->n_dirty;
@@ -968,14 +1011,14 @@ static void flush_dirty(worker *w, void *dealer)
     w->n_dirty = 0;
     pthread_mutex_unlock(&w->dirty_mu);
     for (int i = 0; i < n; i++)
-        if (w->slots[w->flushing[i]].busy) flush_tokens(dealer, &w->slots[w->flushing[i]]);
+        if (w->slots[w->flushing[i]].busy) flush_tokens(w, &w->slots[w->flushing[i]]);
 }
 
 /* A note from a stage thread or the generator. */
-static void handle_note(worker *w, void *dealer, const note *n)
+static void handle_note(worker *w, const note *n)
 {
     if (n->kind == NOTE_CHECKED) {
-        check_done(dealer, ((const check_note *)n)->check);
+        check_done(w, ((const check_note *)n)->check);
         return;
     }
     if (n->slot < 0 || n->slot >= w->n_slots) return;
@@ -987,13 +1030,13 @@ static void handle_note(worker *w, void *dealer, const note *n)
     if (!s->busy) return;
     switch ((note_kind)n->kind) {
     case NOTE_TOKENS:
-        flush_tokens(dealer, s);
+        flush_tokens(w, s);
         return;
     case NOTE_TERMINAL:
-        send_terminal(w, dealer, s);
+        send_terminal(w, s);
         return;
     case NOTE_DONE:
-        slot_done(w, dealer, s);
+        slot_done(w, s);
         return;
     case NOTE_TICK:
     case NOTE_CHECKED:
@@ -1002,12 +1045,12 @@ static void handle_note(worker *w, void *dealer, const note *n)
 }
 
 /* Takes every note waiting on the PULL. */
-static void receive_notes(worker *w, void *dealer, void *pull)
+static void receive_notes(worker *w, void *pull)
 {
     check_note cn;
     int got;
     while ((got = zmq_recv(pull, &cn, sizeof cn, ZMQ_DONTWAIT)) >= 0)
-        if (got == (int)sizeof(note) || (got == (int)sizeof cn && cn.n.kind == NOTE_CHECKED)) handle_note(w, dealer, &cn.n);
+        if (got == (int)sizeof(note) || (got == (int)sizeof cn && cn.n.kind == NOTE_CHECKED)) handle_note(w, &cn.n);
 }
 
 static worker *worker_new(const chat_config *cfg)
@@ -1026,16 +1069,18 @@ static worker *worker_new(const chat_config *cfg)
     w->pending = calloc(n, sizeof *w->pending);
     w->pending_cancel = calloc(n, sizeof *w->pending_cancel);
     w->pending_orphan = calloc(n, sizeof *w->pending_orphan);
+    w->pending_peer = calloc(n, sizeof *w->pending_peer);
     w->dirty = calloc(n, sizeof *w->dirty);
     w->flushing = calloc(n, sizeof *w->flushing);
     w->tasks = (slot_fifo){.at = calloc(n, sizeof(int)), .cap = w->n_slots};
     w->inbox = (slot_fifo){.at = calloc(n, sizeof(int)), .cap = w->n_slots};
     w->kept = wa_store_new((int64_t)cfg->resume_retention_s * 1000, (size_t)cfg->resume_max_answers);
     w->orphan_cancel = !strcmp(cfg->orphan_policy, "cancel");
-    if (!w->slots || !w->stages || !w->idle || !w->pending || !w->pending_cancel || !w->pending_orphan || !w->dirty ||
-        !w->flushing || !w->tasks.at || !w->inbox.at || !w->kept) {
+    if (!w->slots || !w->stages || !w->idle || !w->pending || !w->pending_cancel || !w->pending_orphan ||
+        !w->pending_peer || !w->dirty || !w->flushing || !w->tasks.at || !w->inbox.at || !w->kept) {
         free(w->slots), free(w->stages), free(w->idle), free(w->pending), free(w->pending_cancel);
-        free(w->pending_orphan), free(w->dirty), free(w->flushing), free(w->tasks.at), free(w->inbox.at);
+        free(w->pending_orphan), free(w->pending_peer), free(w->dirty), free(w->flushing), free(w->tasks.at);
+        free(w->inbox.at);
         wa_store_free(w->kept);
         free(w);
         return NULL;
@@ -1092,7 +1137,8 @@ static void worker_free(worker *w)
     chat_llm_free(w->llm);
     if (w->zctx) zmq_ctx_term(w->zctx);
     free(w->slots), free(w->stages), free(w->idle), free(w->pending), free(w->pending_cancel);
-    free(w->pending_orphan), free(w->dirty), free(w->flushing), free(w->tasks.at), free(w->inbox.at);
+    free(w->pending_orphan), free(w->pending_peer), free(w->dirty), free(w->flushing), free(w->tasks.at);
+    free(w->inbox.at);
     pthread_mutex_destroy(&w->dirty_mu);
     pthread_mutex_destroy(&w->task_mu);
     pthread_cond_destroy(&w->task_cv);
@@ -1173,25 +1219,25 @@ static int worker_start(worker *w, void **pull)
     return 0;
 }
 
-/* The main thread's side of the conversation with the broker, between turns of its loop. */
+/* The main thread's loop state besides the peers (w->peers). */
 typedef struct main_loop {
-    void *dealer, *pull;
-    chat_wire_msg m;       /* the broker's last message (its buffer is reused) */
-    int64_t last_heard_ms; /* when the broker last said anything */
-    int64_t next_hb_ms;
-    int64_t stop_at_ms;    /* 0 until asked to stop */
-    int64_t ready_at_ms;   /* when READY (or BYE) last went out */
+    void *pull;
+    int64_t stop_at_ms; /* 0 until asked to stop */
     bool bye_sent, cancelled_for_stop;
-    bool announce;         /* READY (or BYE) is owed */
-    bool welcomed;         /* the broker said something other than RESET since our READY */
 } main_loop;
+
+/* Sends kind to every broker. */
+static void send_all(worker *w, chat_wire_kind kind)
+{
+    for (int p = 0; p < w->n_peers; p++) send_cmd(w->peers[p].dealer, kind);
+}
 
 /* While stopping: BYE once, cancel what still runs after the grace period, give up after that. True
  * when the loop is to end. */
 static bool stop_due(worker *w, main_loop *ml, int64_t now)
 {
     if (!ml->bye_sent) {
-        send_cmd(ml->dealer, CHAT_WIRE_BYE);
+        send_all(w, CHAT_WIRE_BYE);
         ml->bye_sent = true;
         chat_log_info("worker: stopping%s", w->n_busy ? " after the jobs in flight" : "");
     }
@@ -1209,68 +1255,74 @@ static bool stop_due(worker *w, main_loop *ml, int64_t now)
     return false;
 }
 
-/* Sleeps until the broker or a slot has something, or the next timer. 0, or -1 on a socket error. */
+/* Sleeps until a broker or a slot has something, or the next timer. 0, or -1 on a socket error. */
 static int wait_for_work(worker *w, main_loop *ml, int64_t now)
 {
-    int64_t wake_at = ml->next_hb_ms;
+    int64_t wake_at = now + CHAT_WIRE_HEARTBEAT_MS;
+    for (int p = 0; p < w->n_peers; p++)
+        if (w->peers[p].next_hb_ms < wake_at) wake_at = w->peers[p].next_hb_ms;
     if (w->flush_at_ms && w->flush_at_ms < wake_at) wake_at = w->flush_at_ms;
     long timeout = wake_at > now ? (long)(wake_at - now) : 0;
     if (ml->stop_at_ms && timeout > 100) timeout = 100;
-    zmq_pollitem_t items[2] = {{ml->dealer, 0, ZMQ_POLLIN, 0}, {ml->pull, 0, ZMQ_POLLIN, 0}};
-    if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR) {
+    zmq_pollitem_t items[1 + CHAT_WORKER_MAX_PEERS];
+    items[0] = (zmq_pollitem_t){ml->pull, 0, ZMQ_POLLIN, 0};
+    for (int p = 0; p < w->n_peers; p++) items[1 + p] = (zmq_pollitem_t){w->peers[p].dealer, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(items, 1 + w->n_peers, timeout) < 0 && errno != EINTR) {
         chat_log_error("worker: zmq_poll: %s", zmq_strerror(errno));
         return -1;
     }
     return 0;
 }
 
-/* Takes every message the broker sent, in order. A RESET once the broker knew us means it restarted
- * and does not know us any more: what its predecessor asked for goes on as orphans, and READY is owed.
- * A RESET before the broker said anything else since our READY answers a message we sent before that
+/* Takes every message broker p sent, in order. A RESET once the broker knew us means it restarted and
+ * does not know us any more: what its predecessor asked for goes on as orphans, and READY is owed. A
+ * RESET before the broker said anything else since our READY answers a message we sent before that
  * READY (the broker answers every message of an unknown peer so): it is ignored. */
-static void receive_broker(worker *w, main_loop *ml, int64_t now)
+static void receive_broker(worker *w, main_loop *ml, int p, int64_t now)
 {
-    while (chat_wire_recv(ml->dealer, &ml->m, ZMQ_DONTWAIT) == 0) {
-        ml->last_heard_ms = now;
-        chat_wire_kind k = handle_broker(w, ml->dealer, &ml->m, ml->stop_at_ms != 0);
+    peer *pr = &w->peers[p];
+    while (chat_wire_recv(pr->dealer, &pr->m, ZMQ_DONTWAIT) == 0) {
+        pr->last_heard_ms = now;
+        chat_wire_kind k = handle_broker(w, p, &pr->m, ml->stop_at_ms != 0);
         if (k != CHAT_WIRE_RESET) {
-            if (k != CHAT_WIRE_NONE) ml->welcomed = true;
-        } else if (ml->welcomed && !ml->announce) {
-            chat_log_warn("worker: the broker does not know us (restarted?), announcing again; %d answers go on",
-                          w->n_busy);
-            orphan_all(w);
-            ml->announce = true;
+            if (k != CHAT_WIRE_NONE) pr->welcomed = true;
+        } else if (pr->welcomed && !pr->announce) {
+            chat_log_warn("worker: the broker at %s does not know us (restarted?), announcing again; %d answers go on",
+                          pr->endpoint, w->n_busy);
+            orphan_all(w, p);
+            pr->announce = true;
         }
     }
 }
 
-/* Paranoid Pirate, the worker's side: a silent broker means a new socket (new identity), and its
- * answers go on as orphans (CHAT_ORPHAN_POLICY) that a streamer may ATTACH to; READY goes out at once
- * (again if no welcome came within CHAT_WIRE_DEAD_MS). Then the heartbeat. False when no socket could
- * be opened. */
-static bool keep_contact(worker *w, main_loop *ml, int64_t now)
+/* Paranoid Pirate, the worker's side, for broker p: a silent broker means a new socket (new identity),
+ * and its answers go on as orphans (CHAT_ORPHAN_POLICY) that a streamer may ATTACH to; READY goes out
+ * at once (again if no welcome came within CHAT_WIRE_DEAD_MS). Then the heartbeat. False when no socket
+ * could be opened. */
+static bool keep_contact(worker *w, main_loop *ml, int p, int64_t now)
 {
-    if (now - ml->last_heard_ms > CHAT_WIRE_DEAD_MS) {
-        chat_log_warn("worker: the broker is silent, reconnecting; %d answers go on", w->n_busy);
-        zmq_close(ml->dealer);
-        ml->dealer = dealer_open(w);
-        if (!ml->dealer) return false;
-        ml->last_heard_ms = now;
-        orphan_all(w);
-        ml->announce = true;
+    peer *pr = &w->peers[p];
+    if (now - pr->last_heard_ms > CHAT_WIRE_DEAD_MS) {
+        chat_log_warn("worker: the broker at %s is silent, reconnecting; %d answers go on", pr->endpoint, w->n_busy);
+        zmq_close(pr->dealer);
+        pr->dealer = dealer_open(w, pr->endpoint);
+        if (!pr->dealer) return false;
+        pr->last_heard_ms = now;
+        orphan_all(w, p);
+        pr->announce = true;
     }
-    if (!ml->welcomed && now - ml->ready_at_ms > CHAT_WIRE_DEAD_MS) ml->announce = true;
-    if (ml->announce) {
+    if (!pr->welcomed && now - pr->ready_at_ms > CHAT_WIRE_DEAD_MS) pr->announce = true;
+    if (pr->announce) {
         if (ml->bye_sent)
-            send_cmd(ml->dealer, CHAT_WIRE_BYE);
+            send_cmd(pr->dealer, CHAT_WIRE_BYE);
         else
-            send_ready(w, ml->dealer);
-        ml->announce = ml->welcomed = false;
-        ml->ready_at_ms = now;
+            send_ready(w, pr->dealer);
+        pr->announce = pr->welcomed = false;
+        pr->ready_at_ms = now;
     }
-    if (now >= ml->next_hb_ms) {
-        send_cmd(ml->dealer, CHAT_WIRE_HB);
-        ml->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
+    if (now >= pr->next_hb_ms) {
+        send_cmd(pr->dealer, CHAT_WIRE_HB);
+        pr->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
     }
     return true;
 }
@@ -1279,23 +1331,58 @@ static bool keep_contact(worker *w, main_loop *ml, int64_t now)
 static void serve(worker *w, main_loop *ml, volatile sig_atomic_t *stop)
 {
     int64_t now = chat_now_ms();
-    ml->last_heard_ms = ml->ready_at_ms = now;
-    ml->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
+    for (int p = 0; p < w->n_peers; p++) {
+        w->peers[p].last_heard_ms = w->peers[p].ready_at_ms = now;
+        w->peers[p].next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
+    }
     for (;;) {
         now = chat_now_ms();
         if (*stop && !ml->stop_at_ms) ml->stop_at_ms = now;
         if (ml->stop_at_ms && stop_due(w, ml, now)) return;
         if (wait_for_work(w, ml, now)) return;
         now = chat_now_ms();
-        receive_broker(w, ml, now);
-        receive_notes(w, ml->dealer, ml->pull);
+        for (int p = 0; p < w->n_peers; p++) receive_broker(w, ml, p, now);
+        receive_notes(w, ml->pull);
         if (w->flush_at_ms && chat_now_ms() >= w->flush_at_ms) {
             w->flush_at_ms = 0;
-            flush_dirty(w, ml->dealer);
+            flush_dirty(w);
         }
         orphan_sweep(w, now);
-        if (!keep_contact(w, ml, now)) return;
+        for (int p = 0; p < w->n_peers; p++)
+            if (!keep_contact(w, ml, p, now)) return;
     }
+}
+
+/* One peer per endpoint of the comma-separated list, each DEALER connected: 0, or -1 (logged). */
+static int peers_open(worker *w, const char *list)
+{
+    w->peers = calloc(CHAT_WORKER_MAX_PEERS, sizeof *w->peers);
+    if (!w->peers) return -1;
+    for (const char *at = list; *at && w->n_peers < CHAT_WORKER_MAX_PEERS;) {
+        while (*at == ',' || *at == ' ') at++;
+        size_t n = strcspn(at, ", ");
+        if (!n) break;
+        peer *pr = &w->peers[w->n_peers];
+        snprintf(pr->endpoint, sizeof pr->endpoint, "%.*s", (int)n, at);
+        chat_wire_msg_init(&pr->m);
+        w->n_peers++;
+        pr->dealer = dealer_open(w, pr->endpoint);
+        if (!pr->dealer) return -1;
+        at += n;
+    }
+    if (!w->n_peers) chat_log_error("worker: CHAT_ZMQ_ENDPOINT names no endpoint");
+    return w->n_peers ? 0 : -1;
+}
+
+static void peers_close(worker *w)
+{
+    for (int p = 0; w->peers && p < w->n_peers; p++) {
+        if (w->peers[p].dealer) zmq_close(w->peers[p].dealer);
+        chat_wire_msg_clear(&w->peers[p].m);
+    }
+    free(w->peers);
+    w->peers = NULL;
+    w->n_peers = 0;
 }
 
 int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
@@ -1304,18 +1391,16 @@ int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
     if (!w) return 1;
     int rc = 1;
     main_loop ml = {0};
-    chat_wire_msg_init(&ml.m);
-    if (worker_start(w, &ml.pull) == 0 && (ml.dealer = dealer_open(w))) {
-        send_ready(w, ml.dealer);
+    if (worker_start(w, &ml.pull) == 0 && peers_open(w, cfg->zmq_endpoint) == 0) {
+        for (int p = 0; p < w->n_peers; p++) send_ready(w, w->peers[p].dealer);
         chat_log_info("worker: ready with %d slots (%d stage threads, %s provider), connected to %s", w->n_slots,
                       w->n_stages, chat_llm_provider_name(w->llm), cfg->zmq_endpoint);
         serve(w, &ml, stop);
         rc = 0;
     }
     bool stopped = threads_stop(w);
-    if (ml.dealer) zmq_close(ml.dealer);
+    peers_close(w);
     if (ml.pull) zmq_close(ml.pull);
-    chat_wire_msg_clear(&ml.m);
     if (stopped) worker_free(w);
     return rc;
 }

@@ -77,34 +77,43 @@ uint64_t wa_cursor(uint64_t seq, bool finished, const char *answer_id, const cha
 
 void wa_subs_free(wa_subs *s)
 {
-    free(s->ids);
-    s->ids = NULL;
+    free(s->at);
+    s->at = NULL;
     s->n = s->cap = 0;
 }
 
-bool wa_subs_has(const wa_subs *s, uint64_t id)
+bool wa_subs_has(const wa_subs *s, uint64_t id, int tag)
 {
     for (size_t i = 0; i < s->n; i++)
-        if (s->ids[i] == id) return true;
+        if (s->at[i].id == id && s->at[i].tag == tag) return true;
     return false;
 }
 
-int wa_subs_add(wa_subs *s, uint64_t id)
+int wa_subs_add(wa_subs *s, uint64_t id, int tag)
 {
-    if (wa_subs_has(s, id)) return 0;
-    if (chat_array_reserve(&s->ids, &s->cap, s->n, sizeof *s->ids)) return CHAT_ENOMEM;
-    s->ids[s->n++] = id;
+    if (wa_subs_has(s, id, tag)) return 0;
+    if (chat_array_reserve(&s->at, &s->cap, s->n, sizeof *s->at)) return CHAT_ENOMEM;
+    s->at[s->n++] = (wa_sub){id, tag};
     return 0;
 }
 
-bool wa_subs_remove(wa_subs *s, uint64_t id)
+bool wa_subs_remove(wa_subs *s, uint64_t id, int tag)
 {
     for (size_t i = 0; i < s->n; i++) {
-        if (s->ids[i] != id) continue;
-        s->ids[i] = s->ids[--s->n]; /* order does not matter */
+        if (s->at[i].id != id || s->at[i].tag != tag) continue;
+        s->at[i] = s->at[--s->n]; /* order does not matter */
         return true;
     }
     return false;
+}
+
+void wa_subs_drop_tag(wa_subs *s, int tag)
+{
+    for (size_t i = 0; i < s->n;)
+        if (s->at[i].tag == tag)
+            s->at[i] = s->at[--s->n];
+        else
+            i++;
 }
 
 /* ---------------------------------------------------------------- the store */

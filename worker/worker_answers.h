@@ -61,16 +61,23 @@ uint64_t wa_cursor(uint64_t seq, bool finished, const char *answer_id, const cha
 
 /* ---------------------------------------------------------------- followers */
 
-/* The ids under which an answer's events also go out (subscriptions: streamers that ATTACHed). */
+/* The ids under which an answer's events also go out (subscriptions: streamers that ATTACHed), each with
+ * the tag of the broker it came from (a worker may serve several streamers: their ids are their own). */
+typedef struct wa_sub {
+    uint64_t id;
+    int tag;
+} wa_sub;
+
 typedef struct wa_subs {
-    uint64_t *ids;
+    wa_sub *at;
     size_t n, cap;
 } wa_subs;
 
 void wa_subs_free(wa_subs *s); /* empty, frees the memory */
-int wa_subs_add(wa_subs *s, uint64_t id); /* 0 or CHAT_ENOMEM; an id already there is not added again */
-bool wa_subs_remove(wa_subs *s, uint64_t id); /* true when it was there */
-bool wa_subs_has(const wa_subs *s, uint64_t id);
+int wa_subs_add(wa_subs *s, uint64_t id, int tag); /* 0 or CHAT_ENOMEM; one there already is not added again */
+bool wa_subs_remove(wa_subs *s, uint64_t id, int tag); /* true when it was there */
+bool wa_subs_has(const wa_subs *s, uint64_t id, int tag);
+void wa_subs_drop_tag(wa_subs *s, int tag); /* every subscription of that broker (it is gone) */
 
 /* ---------------------------------------------------------------- completed answers */
 

@@ -2147,6 +2147,10 @@ static void test_resume_other_user(void **state)
     expect_error(b, "SESSION_FORBIDDEN");
     send_cancel_of(b, a.session_id); /* not bob's: nothing happens */
     expect_nothing_more(b);
+    assert_stored(a.session_id, 1, jstr(a.complete, "response"));
+    char *finish = stored_finish_reason(a.session_id);
+    assert_string_equal(finish, "stop");
+    free(finish);
     /* alice may */
     answer r;
     resume_into(c, a.session_id, json_object_get_int64(jget(a.complete, "seq")), a.answer_id, &r);
@@ -2278,6 +2282,57 @@ static void test_resume_after_streamer_killed(void **state)
     chat_wsc_close(d, 1000, NULL);
 }
 
+/* Two streamers share one worker pool (its workers connect to both endpoints): an answer asked on one
+ * and dropped is resumed on the other, whole and once; each streamer answers with the pool. */
+static void test_resume_on_another_streamer(void **state)
+{
+    (void)state;
+    char e1[400], e2[400], zmq[900];
+    snprintf(e1, sizeof e1, "ipc://%s/two-a.ipc", E.dir);
+    snprintf(e2, sizeof e2, "ipc://%s/two-b.ipc", E.dir);
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s,%s", e1, e2);
+    const char *env[] = {zmq,
+                         "CHAT_DB_NAME=chat_t_streamer",
+                         "CHAT_WORKERS=2",
+                         "CHAT_WORKER_SLOTS=4",
+                         "CHAT_LLM_PROVIDER=extractive",
+                         "CHAT_TOKEN_DELAY_MS=" R_TOKEN_DELAY_MS,
+                         "CHAT_ORPHAN_POLICY",
+                         "CHAT_LOG_LEVEL=info",
+                         NULL};
+    const char *argv[] = {E.bin_worker, NULL};
+    pid_t workers = e2e_spawn(argv, env, log_path("two-workers"));
+    assert_true(workers > 0);
+    int pa, pb;
+    pid_t sa = streamer_start("two-a", e1, NULL, &pa), sb = streamer_start("two-b", e2, NULL, &pb);
+    wait_workers(pa, 4, 15000); /* 2 processes x a half of their 4 slots each */
+    wait_workers(pb, 4, 15000);
+    chat_wsc *c = ws_open_on(pa, E.alice);
+    answer before, after;
+    answer_init(&before);
+    send_message(c, QUESTION, NULL);
+    assert_true(read_tokens(c, &before, 3));
+    chat_wsc_close(c, 0, NULL);
+    chat_wsc *d = ws_open_on(pb, E.alice);
+    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &after);
+    collect(d, &after, ANSWER_MS, NULL, NULL);
+    assert_whole(&before, &after);
+    assert_stored(before.session_id, 1, jstr(after.complete, "response"));
+    /* the other streamer answers as well, with the same pool, in the same conversation */
+    answer next;
+    ask(d, "And how long is it?", &next);
+    assert_non_null(next.complete);
+    assert_string_equal(jstr(next.complete, "session_id"), before.session_id);
+    assert_stored(before.session_id, 2, jstr(next.complete, "response"));
+    answer_clear(&next);
+    answer_clear(&before);
+    answer_clear(&after);
+    chat_wsc_close(d, 1000, NULL);
+    stop_streamer(sa);
+    stop_streamer(sb);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 15000, NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2322,6 +2377,7 @@ int main(void)
         cmocka_unit_test(test_resume_stale_and_future_seq),
         cmocka_unit_test(test_resume_after_worker_killed),
         cmocka_unit_test(test_resume_after_streamer_killed),
+        cmocka_unit_test(test_resume_on_another_streamer),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
     };
     const char *filter = getenv("CMOCKA_TEST_FILTER"); /* e.g. "*slow*" to run one test while debugging */

@@ -116,15 +116,20 @@ static void test_subs(void **state)
 {
     (void)state;
     wa_subs s = {0};
-    assert_false(wa_subs_has(&s, 1));
-    for (uint64_t id = 1; id <= 40; id++) assert_int_equal(wa_subs_add(&s, id), 0);
-    assert_int_equal(wa_subs_add(&s, 7), 0); /* not twice */
+    assert_false(wa_subs_has(&s, 1, 0));
+    for (uint64_t id = 1; id <= 40; id++) assert_int_equal(wa_subs_add(&s, id, (int)(id % 2)), 0);
+    assert_int_equal(wa_subs_add(&s, 7, 1), 0); /* not twice */
+    assert_int_equal(wa_subs_add(&s, 7, 0), 0); /* the same id from another broker is another subscription */
+    assert_int_equal(s.n, 41);
+    assert_true(wa_subs_remove(&s, 7, 1));
+    assert_false(wa_subs_remove(&s, 7, 1));
+    assert_false(wa_subs_has(&s, 7, 1));
+    assert_true(wa_subs_has(&s, 7, 0));
+    assert_true(wa_subs_has(&s, 40, 0) && wa_subs_has(&s, 1, 1));
     assert_int_equal(s.n, 40);
-    assert_true(wa_subs_remove(&s, 7));
-    assert_false(wa_subs_remove(&s, 7));
-    assert_false(wa_subs_has(&s, 7));
-    assert_true(wa_subs_has(&s, 40) && wa_subs_has(&s, 1));
-    assert_int_equal(s.n, 39);
+    wa_subs_drop_tag(&s, 1); /* that broker is gone */
+    assert_int_equal(s.n, 21);
+    for (size_t i = 0; i < s.n; i++) assert_int_equal(s.at[i].tag, 0);
     wa_subs_free(&s);
     assert_int_equal(s.n, 0);
 }
