@@ -52,6 +52,33 @@ static const struct {
 #undef STEP_ROW
 };
 
+static const char *const frame_names[] = {
+#define FRAME_ROW(id, type) [CHAT_FRAME_##id] = type,
+    CHAT_PROTO_SERVER_FRAMES(FRAME_ROW)
+#undef FRAME_ROW
+};
+
+static const char *const in_names[] = {
+#define IN_ROW(id, type) [CHAT_IN_##id] = type,
+    CHAT_PROTO_CLIENT_FRAMES(IN_ROW)
+#undef IN_ROW
+};
+
+const char *chat_proto_frame_name(chat_proto_frame f)
+{
+    return (unsigned)f < CHAT_FRAME_COUNT ? frame_names[f] : "";
+}
+
+const char *chat_proto_in_name(chat_in_type t)
+{
+    return t > CHAT_IN_NONE && (size_t)t < CHAT_ARRAY_LEN(in_names) ? in_names[t] : "";
+}
+
+/* A server frame's type (a table row: a name not in it does not compile). */
+#define TYPE(id) frame_names[CHAT_FRAME_##id]
+/* A client frame's type. */
+#define IN_TYPE(id) in_names[CHAT_IN_##id]
+
 /* The row of a code or step; an out-of-range value reads as the fallback row the header promises. */
 #define CODE_AT(c) codes[(unsigned)(c) < CHAT_PROTO_CODE_COUNT ? (c) : CHAT_PROTO_PROCESSING_ERROR]
 #define STEP_AT(s) steps[(unsigned)(s) < CHAT_STEP_COUNT ? (s) : CHAT_STEP_STARTING]
@@ -267,7 +294,7 @@ char *chat_proto_auth_success(const chat_user *user)
     if (!user) user = &nobody;
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    int failed = add_str(o, "type", "auth_success") || add_str(o, "message", "Authentication successful");
+    int failed = add_str(o, "type", TYPE(AUTH_SUCCESS)) || add_str(o, "message", "Authentication successful");
     json_object *u = failed ? NULL : json_object_new_object();
     if (!u) return finish(o, 1);
     if (add_str(u, "id", user->id) || add_str_or_null(u, "email", user->email) ||
@@ -280,7 +307,7 @@ char *chat_proto_auth_success(const chat_user *user)
 
 char *chat_proto_auth_error(const char *message)
 {
-    return typed_with("auth_error", "message", message ? message : "Invalid token");
+    return typed_with(TYPE(AUTH_ERROR), "message", message ? message : "Invalid token");
 }
 
 char *chat_proto_progress(const char *step)
@@ -312,7 +339,7 @@ char *chat_proto_progress_of(const chat_proto_ref *ref, const char *step, const 
 {
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    int failed = add_str(o, "type", "progress") || add_str(o, "step", step) || add_str(o, "message", message) ||
+    int failed = add_str(o, "type", TYPE(PROGRESS)) || add_str(o, "step", step) || add_str(o, "message", message) ||
                  add_ref(o, ref);
     return finish(o, failed);
 }
@@ -320,7 +347,7 @@ char *chat_proto_progress_of(const chat_proto_ref *ref, const char *step, const 
 size_t chat_proto_token_frame(char *out, const char *token_esc, size_t token_esc_len, const char *partial_esc,
                               size_t partial_esc_len, unsigned long long seq, const char *session_id)
 {
-    static const char head[] = "{\"type\":\"token\",\"token\":\"";
+    static const char head[] = "{\"type\":\"token\",\"token\":\""; /* TYPE(TOKEN), written out: per token */
     static const char mid[] = "\",\"partial_response\":\"";
     static const char seq_key[] = "\",\"seq\":";
     static const char sid_key[] = ",\"session_id\":\"";
@@ -413,7 +440,7 @@ char *chat_proto_complete_of(const chat_proto_ref *ref, const char *response, co
 {
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    int failed = add_str(o, "type", "complete") || add_str(o, "response", response) ||
+    int failed = add_str(o, "type", TYPE(COMPLETE)) || add_str(o, "response", response) ||
                  add_str_or_null(o, "session_id", ref->session_id) || add(o, "metadata", parse_metadata(metadata_json)) ||
                  add_answer_of(o, ref);
     return finish(o, failed);
@@ -469,7 +496,7 @@ char *chat_proto_complete_cancelled_of(const chat_proto_ref *ref, const char *re
 {
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    int failed = add_str(o, "type", "complete") || add_str(o, "response", response) ||
+    int failed = add_str(o, "type", TYPE(COMPLETE)) || add_str(o, "response", response) ||
                  add_str_or_null(o, "session_id", ref->session_id) || add(o, "metadata", cancelled_metadata()) ||
                  add_answer_of(o, ref);
     return finish(o, failed);
@@ -480,7 +507,7 @@ char *chat_proto_resumed(const chat_proto_ref *ref, bool in_flight, bool complet
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     chat_proto_ref answer = {NULL, ref->answer_id, ref->answer_id && *ref->answer_id ? ref->seq : 0};
-    int failed = add_str(o, "type", "resumed") || add_str(o, "session_id", ref->session_id) ||
+    int failed = add_str(o, "type", TYPE(RESUMED)) || add_str(o, "session_id", ref->session_id) ||
                  add(o, "in_flight", json_object_new_boolean(in_flight)) ||
                  add(o, "complete_follows", json_object_new_boolean(complete_follows)) || add_ref(o, &answer);
     if (!failed && answer.answer_id && !answer.seq) failed = add(o, "seq", json_object_new_int(0));
@@ -492,7 +519,7 @@ char *chat_proto_user_message(const chat_proto_ref *ref, const char *message)
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     chat_proto_ref ids = {ref->session_id, ref->answer_id, 0};
-    int failed = add_str(o, "type", "user_message") || add_ref(o, &ids) || add_str(o, "message", message);
+    int failed = add_str(o, "type", TYPE(USER_MESSAGE)) || add_ref(o, &ids) || add_str(o, "message", message);
     return finish(o, failed);
 }
 
@@ -507,7 +534,7 @@ char *chat_proto_rest_answer(const char *response, const char *session_id, const
 
 char *chat_proto_pong(void)
 {
-    return finish(obj1("type", new_str("pong")), 0);
+    return finish(obj1("type", new_str(TYPE(PONG))), 0);
 }
 
 const char chat_proto_error_oom[] = "{\"type\":\"error\",\"error\":\"Out of memory\",\"code\":\"PROCESSING_ERROR\"}";
@@ -516,7 +543,7 @@ char *chat_proto_error(const char *message, const char *code)
 {
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    int failed = add_str(o, "type", "error") || add_str(o, "error", message) ||
+    int failed = add_str(o, "type", TYPE(ERROR)) || add_str(o, "error", message) ||
                  add_str(o, "code", code ? code : CHAT_CODE_PROCESSING_ERROR);
     return finish(o, failed);
 }
@@ -537,7 +564,7 @@ char *chat_proto_client_auth(const char *token)
 {
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    return finish(o, add_str(o, "type", "auth") || add_str(o, "token", token));
+    return finish(o, add_str(o, "type", IN_TYPE(AUTH)) || add_str(o, "token", token));
 }
 
 /* The fields of a chat request; the optional ids only when given. */
@@ -551,7 +578,7 @@ char *chat_proto_client_message(const char *message, const char *session_id, con
 {
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    int failed = add_str(o, "type", "message") || add_request(o, message, session_id, customer_id) ||
+    int failed = add_str(o, "type", IN_TYPE(MESSAGE)) || add_request(o, message, session_id, customer_id) ||
                  (!partial && add(o, "partial", json_object_new_boolean(0)));
     return finish(o, failed);
 }
@@ -560,7 +587,7 @@ char *chat_proto_client_resume(const char *session_id, unsigned long long last_s
 {
     json_object *o = json_object_new_object();
     if (!o) return NULL;
-    int failed = add_str(o, "type", "resume") || add_str(o, "session_id", session_id) ||
+    int failed = add_str(o, "type", IN_TYPE(RESUME)) || add_str(o, "session_id", session_id) ||
                  (last_seq && add(o, "last_seq", json_object_new_int64((int64_t)(last_seq > INT64_MAX ? INT64_MAX : last_seq)))) ||
                  (answer_id && add_str(o, "answer_id", answer_id));
     return finish(o, failed);
@@ -735,27 +762,32 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
     }
     const char *type = json_object_get_string(t);
     size_t tlen = (size_t)json_object_get_string_len(t);
-    if (tlen != strlen(type)) {
-        rc = unknown_type(type, tlen, code, err, errlen);
-    } else if (strcmp(type, "auth") == 0) {
-        in->type = CHAT_IN_AUTH;
+    size_t k = CHAT_IN_NONE + 1;
+    while (tlen == strlen(type) && k < CHAT_ARRAY_LEN(in_names) && strcmp(type, in_names[k]))
+        k++;
+    in->type = tlen == strlen(type) && k < CHAT_ARRAY_LEN(in_names) ? (chat_in_type)k : CHAT_IN_NONE;
+    switch (in->type) {
+    case CHAT_IN_AUTH:
         rc = parse_auth(root, in, code, err, errlen);
-    } else if (strcmp(type, "message") == 0) {
-        in->type = CHAT_IN_MESSAGE;
+        break;
+    case CHAT_IN_MESSAGE:
         rc = chat_proto_message_fields(root, max_message_bytes, in, code, err, errlen);
-    } else if (strcmp(type, "cancel") == 0) {
-        in->type = CHAT_IN_CANCEL;
+        break;
+    case CHAT_IN_CANCEL:
         rc = optional_id(root, "session_id", &in->attach_session);
         if (rc) rc = bad(code, rc == CHAT_ENOMEM ? CHAT_CODE_PROCESSING_ERROR : CHAT_CODE_INVALID_REQUEST, err, errlen,
                          rc == CHAT_ENOMEM ? "Out of memory" : "Invalid session_id");
-    } else if (strcmp(type, "resume") == 0) {
-        in->type = CHAT_IN_RESUME;
-        rc = parse_resume(root, in, code, err, errlen);
-    } else if (strcmp(type, "ping") == 0) {
-        in->type = CHAT_IN_PING;
+        break;
+    case CHAT_IN_PING:
         rc = 0;
-    } else {
+        break;
+    case CHAT_IN_RESUME:
+        rc = parse_resume(root, in, code, err, errlen);
+        break;
+    case CHAT_IN_NONE:
+    default:
         rc = unknown_type(type, tlen, code, err, errlen);
+        break;
     }
 
 cleanup:

@@ -1,5 +1,5 @@
 /* The JSON protocol of the spec (json-c), one table of it for both front ends: the error codes (with
- * their HTTP status and default message) and the progress steps as X-macro tables, builders for every
+ * their HTTP status and default message), the progress steps and the frame types as X-macro tables, builders for every
  * frame the servers send (and the client frames the tools send), the parser of client frames and the
  * message checks REST shares with it.
  *
@@ -98,7 +98,42 @@ const char *chat_proto_step_message(chat_proto_step step);
 /* The step named name: true and *out set, or false for NULL or an unknown name. */
 bool chat_proto_step_lookup(const char *name, chat_proto_step *out);
 
-typedef enum { CHAT_IN_AUTH = 1, CHAT_IN_MESSAGE, CHAT_IN_CANCEL, CHAT_IN_PING, CHAT_IN_RESUME } chat_in_type;
+/* The frames' types, each once: X(ID, type). The client's (chat_in_type is generated from them: what
+ * the parser accepts) and the servers' (what the builders write). */
+#define CHAT_PROTO_CLIENT_FRAMES(X)                                                                           \
+    X(AUTH, "auth")                                                                                            \
+    X(MESSAGE, "message")                                                                                      \
+    X(CANCEL, "cancel")                                                                                        \
+    X(PING, "ping")                                                                                            \
+    X(RESUME, "resume") /* follow a conversation, from a cursor */
+#define CHAT_PROTO_SERVER_FRAMES(X)                                                                           \
+    X(AUTH_SUCCESS, "auth_success")                                                                            \
+    X(AUTH_ERROR, "auth_error")                                                                                \
+    X(PROGRESS, "progress")                                                                                    \
+    X(TOKEN, "token")                                                                                          \
+    X(COMPLETE, "complete")                                                                                    \
+    X(ERROR, "error")                                                                                          \
+    X(PONG, "pong")                                                                                            \
+    X(RESUMED, "resumed")           /* the answer to a resume */                                               \
+    X(USER_MESSAGE, "user_message") /* another connection of the user asked, in a conversation followed */
+
+typedef enum chat_in_type {
+    CHAT_IN_NONE = 0,
+#define CHAT_PROTO_X_IN(id, type) CHAT_IN_##id,
+    CHAT_PROTO_CLIENT_FRAMES(CHAT_PROTO_X_IN)
+#undef CHAT_PROTO_X_IN
+} chat_in_type;
+
+typedef enum chat_proto_frame {
+#define CHAT_PROTO_X_FRAME(id, type) CHAT_FRAME_##id,
+    CHAT_PROTO_SERVER_FRAMES(CHAT_PROTO_X_FRAME)
+#undef CHAT_PROTO_X_FRAME
+    CHAT_FRAME_COUNT
+} chat_proto_frame;
+
+/* A frame type's name (static; "" when out of range). */
+const char *chat_proto_frame_name(chat_proto_frame f);
+const char *chat_proto_in_name(chat_in_type t);
 
 typedef struct chat_in {
     chat_in_type type;

@@ -992,6 +992,7 @@ static void handle_text(sess *s, const char *data, size_t len)
     case CHAT_IN_RESUME: handle_request(s, &in, now); break;
     case CHAT_IN_CANCEL: handle_cancel(s, in.attach_session); break;
     case CHAT_IN_PING: send_json(s, chat_proto_pong()); break;
+    case CHAT_IN_NONE: break; /* the parser refuses it */
     }
     chat_in_clear(&in);
 }

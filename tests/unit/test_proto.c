@@ -803,6 +803,27 @@ static void test_token_frames_from_escaped_slices(void **state)
     chat_buf_free(&esc);
 }
 
+/* The frame tables: every client type parses to its chat_in_type (and a name not in the table is
+ * UNKNOWN_TYPE), every server type is named once. */
+static void test_frame_tables(void **state)
+{
+    (void)state;
+    static const char *const client[] = {"auth", "message", "cancel", "ping", "resume"};
+    static const char *const server[] = {"auth_success", "auth_error", "progress", "token",       "complete",
+                                         "error",        "pong",       "resumed",  "user_message"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(client); i++) assert_string_equal(chat_proto_in_name((chat_in_type)(i + 1)), client[i]);
+    assert_string_equal(chat_proto_in_name(CHAT_IN_NONE), "");
+    assert_string_equal(chat_proto_in_name((chat_in_type)99), "");
+    assert_int_equal(CHAT_FRAME_COUNT, CHAT_ARRAY_LEN(server));
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(server); i++) assert_string_equal(chat_proto_frame_name((chat_proto_frame)i), server[i]);
+    assert_string_equal(chat_proto_frame_name(CHAT_FRAME_COUNT), "");
+    chat_in in;
+    const char *code = NULL;
+    char err[128];
+    assert_int_equal(chat_proto_parse("{\"type\":\"resumed\"}", 18, MAX_MSG, &in, &code, err, sizeof err), CHAT_EINVAL);
+    assert_string_equal(code, CHAT_CODE_UNKNOWN_TYPE);
+}
+
 /* resume and cancel: the conversation they act on, the cursor, and every refusal. */
 static void test_parse_resume_and_cancel(void **state)
 {
@@ -988,6 +1009,7 @@ int main(void)
         cmocka_unit_test(test_token_frames),    cmocka_unit_test(test_token_malformed_utf8),
         cmocka_unit_test(test_token_random),
         cmocka_unit_test(test_token_frames_from_escaped_slices),
+        cmocka_unit_test(test_frame_tables),
         cmocka_unit_test(test_parse_resume_and_cancel),
         cmocka_unit_test(test_answer_frames),
         cmocka_unit_test(test_code_table),
