@@ -237,7 +237,7 @@ bool chat_id_valid(const char *s)
     for (; s[n]; n++) {
         unsigned char c = (unsigned char)s[n];
         if (!(isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-')) return false;
-        if (n >= 64) return false;
+        if (n >= CHAT_ID_MAX) return false;
     }
     return n > 0;
 }

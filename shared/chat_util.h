@@ -56,7 +56,8 @@ size_t chat_u64_dec(char *out, uint64_t v);
 int64_t chat_now_ms(void);
 int64_t chat_now_us(void);
 
-/* Identifier check for session and customer ids: 1..64 chars of [A-Za-z0-9._:-]. */
+/* Identifier check for session and customer ids: 1..CHAT_ID_MAX chars of [A-Za-z0-9._:-]. */
+#define CHAT_ID_MAX 64
 bool chat_id_valid(const char *s);
 
 /* Case-insensitive ASCII substring search; NULL when absent. */

@@ -61,7 +61,6 @@
 #include "chat_jwt.h"
 #include "chat_config.h"
 #include "chat_log.h"
-#include "chat_memory.h"
 #include "chat_proto.h"
 #include "chat_util.h"
 #include "streamer.h"
@@ -120,8 +119,8 @@ typedef struct sess_x { /* a connection's working state, present only while it h
     bool cancel_sent;
     int64_t job_t0_ms;
     uint64_t seq;                                /* the seq of its last token */
-    char job_session[CHAT_SESSION_ID_MAX + 1];   /* its conversation (token frames carry it) */
-    char job_answer[CHAT_SESSION_ID_MAX + 1];    /* its answer id, when this connection asked it */
+    char job_session[CHAT_ID_MAX + 1]; /* its conversation (token frames carry it) */
+    char job_answer[CHAT_ID_MAX + 1];  /* its answer id, when this connection asked it */
     chat_buf answer;     /* the answer so far */
     chat_buf answer_esc; /* the same, JSON-escaped: token items are ranges of it */
 } sess_x;
