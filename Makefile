@@ -117,7 +117,7 @@ $(B)/tests/e2e/%: $(B)/tests/e2e/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(B)/libtestutil
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
 
 # Tests that start the fake LLM server need it built first.
-$(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm
+$(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/unit/test_answers $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm
 
 # The suite: lint, then tests/run.sh starts private services on test ports and runs every test program.
 test: deps

@@ -30,6 +30,7 @@ typedef struct chat_llm_request {
     const char *agent;               /* specs | maintenance | troubleshooting | general */
     const chat_kb_result *passages;  /* may be NULL */
     const char *customer_context;    /* plain text about the customer's boats and appointments, or NULL */
+    const struct chat_customer *customer; /* the same as records (chat_customer.h), or NULL */
 } chat_llm_request;
 
 /* Called for each piece of generated text, in order (valid UTF-8, may be several words).

@@ -5,8 +5,12 @@
  * - The classifier vocabulary and the model list are cached and reloaded at most once a minute, so an
  *   admin's SQL change takes effect without a restart and the hot path costs no extra queries.
  * - Follow-ups ("and its torque?") are resolved for retrieval by carrying the model named in the recent
- *   history when the new message names none; the customer's own boat is the next fallback.
- * - confidence = routing certainty and retrieval strength combined, so it moves with both.
+ *   history when the new message names none; the customer's own boat is the next fallback (the one the
+ *   message names by its nickname first). chat_question_search_text adds what the knowledge base states
+ *   the asked figure with, and what an elliptical follow-up leaves out; a comparison retrieves every
+ *   model's section and favours none.
+ * - confidence is that of the answer the context supports (chat_extractive_confidence), whatever the
+ *   provider: calibrated on tests/data/answers_labelled.tsv.
  * - Exactly one terminal event: errors before the first token are error events (nothing useful was
  *   said); failures after it end with complete and finish_reason "error", keeping the partial answer. */
 #include "chat_pipeline.h"
@@ -23,11 +27,13 @@
 #include "chat_classify.h"
 #include "chat_common.h"
 #include "chat_customer.h"
+#include "chat_extractive.h"
 #include "chat_kb.h"
 #include "chat_llm.h"
 #include "chat_log.h"
 #include "chat_memory.h"
 #include "chat_proto.h"
+#include "chat_question.h"
 #include "chat_util.h"
 
 #define RELOAD_MS 60000
@@ -436,6 +442,8 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     /* The model in question: named now, else named in recent history, else the customer's boat. */
     const model_entry *model = find_model(p, req->message);
     bool model_from_context = false;
+    const chat_vehicle *boat = !model && t->have_customer ? chat_customer_vehicle_named(&t->cust, req->message) : NULL;
+    if (boat) model = model_by_id(p, boat->model_id), model_from_context = model != NULL;
     for (size_t i = t->hist.n; !model && i > 0; i--) {
         model = find_model(p, t->hist.items[i - 1].content);
         model_from_context = model != NULL;
@@ -449,18 +457,21 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
 
     /* Retrieval. */
     progress(sink, "rag_retrieval", "Searching knowledge base...");
-    chat_buf qb;
-    chat_buf_init(&qb);
-    chat_buf_puts(&qb, req->message);
-    if (model && model_from_context) chat_buf_printf(&qb, " %s", model->name);
-    t->query = chat_buf_take(&qb);
+    t->query = chat_question_search_text(req->message, &t->hist, model && model_from_context ? model->name : NULL,
+                                         t->have_customer ? &t->cust : NULL);
+    if (!t->query) {
+        rc = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+        goto fail;
+    }
+    bool compares;
+    size_t k = chat_question_passages(t->query, (size_t)p->cfg.kb_top_k, &compares);
     char code[16];
     chat_kb_query q = {
         .question = t->query,
         .agent = strcmp(route.agent, CHAT_AGENT_GENERAL) ? route.agent : NULL,
-        .model_id = model ? model->id : NULL,
-        .fault_code = chat_kb_find_fault_code(req->message, code) ? code : NULL,
-        .k = (size_t)p->cfg.kb_top_k,
+        .model_id = model && !compares ? model->id : NULL,
+        .fault_code = chat_kb_find_fault_code(t->query, code) ? code : NULL,
+        .k = k,
         .stats = p->kb_stats,
     };
     int64_t r0 = chat_now_us();
@@ -471,9 +482,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
         rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The knowledge base is unavailable, please retry");
         goto fail;
     }
-    double strength = t->kb.n ? 1.0 - exp(-t->kb.top_raw / 6.0) : 0.0;
     t->agent = route.agent;
-    t->confidence = 0.5 * route.confidence + 0.5 * strength;
     if (cancelled(cancel)) goto cancel_before_generation;
 
     /* The prompt. */
@@ -497,7 +506,9 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
         .agent = route.agent,
         .passages = &t->kb,
         .customer_context = t->customer_text,
+        .customer = t->have_customer ? &t->cust : NULL,
     };
+    t->confidence = chat_extractive_confidence(&t->lreq);
     return t;
 
 cancel_before_generation:

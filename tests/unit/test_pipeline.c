@@ -96,14 +96,7 @@ static chat_user bob = {"user-bob", "bob@example.com", "Bob", 0};
 
 static int setup(void **state)
 {
-    chat_db *db = testutil_db_fresh("pipeline", TESTUTIL_SAMPLE);
-    chat_db_free(db);
-    chat_config cfg = testutil_config("pipeline");
-    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
-    snprintf(cfg.customer_access, sizeof cfg.customer_access, "any"); /* a staff desk: the facts table names many customers */
-    char err[256];
-    pipe_extractive = chat_pipeline_new(&cfg, err, sizeof err);
-    assert_non_null(pipe_extractive);
+    pipe_extractive = testutil_pipeline_sample("pipeline"); /* a staff desk: the facts table names many customers */
     return 0;
 }
 
@@ -547,10 +540,7 @@ static void test_openai_provider(void **state)
     pid_t pid = testutil_fake_llm_start(&port);
     assert_true(pid > 0);
 
-    chat_config cfg = testutil_config("pipeline");
-    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "openai");
-    snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", port);
-    snprintf(cfg.llm_model, sizeof cfg.llm_model, "fake-ok");
+    chat_config cfg = testutil_config_fake_llm("pipeline", port, "fake-ok");
     char err[256];
     chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
     assert_non_null(p);

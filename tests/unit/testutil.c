@@ -1,7 +1,9 @@
 /* Test helpers that need no database. */
 #include "testutil.h"
 
+#include <curl/curl.h>
 #include <fcntl.h>
+#include <json-c/json.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -79,4 +81,27 @@ void testutil_fake_llm_stop(pid_t pid)
     if (pid <= 0) return;
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
+}
+
+static size_t collect_body(char *p, size_t size, size_t n, void *ud)
+{
+    return chat_buf_append(ud, p, size * n) ? 0 : size * n;
+}
+
+json_object *testutil_fake_llm_last(int port)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/debug/last", port);
+    chat_buf b;
+    chat_buf_init(&b);
+    CURL *c = curl_easy_init();
+    if (!c) return NULL;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_cleanup(c);
+    json_object *o = rc == CURLE_OK && b.data ? json_tokener_parse(b.data) : NULL;
+    chat_buf_free(&b);
+    return o;
 }

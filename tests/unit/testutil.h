@@ -20,9 +20,14 @@ char *testutil_read_file(const char *path, size_t *len);
  * to /dev/null. The pid, or -1 (with a message on stderr). Stop it with testutil_fake_llm_stop. */
 pid_t testutil_fake_llm_start(int *port);
 void testutil_fake_llm_stop(pid_t pid); /* SIGTERM and wait; accepts -1 */
+/* GET /debug/last of the fake LLM server on port: what its last completion request looked like, as a
+ * JSON object (caller puts; "prompt" is what the model was told); NULL when it cannot be read. */
+struct json_object *testutil_fake_llm_last(int port);
 
 /* Configuration from the environment with the database name set to "chat_t_<name>". */
 chat_config testutil_config(const char *name);
+/* The same with the openai provider on the fake LLM server at port, asking for model (a fake-* scenario). */
+chat_config testutil_config_fake_llm(const char *name, int port, const char *model);
 
 enum {
     TESTUTIL_SCHEMA = 1,  /* sql/schema.sql and migrations */
@@ -31,6 +36,10 @@ enum {
 /* Drops and re-creates database chat_t_<name>, applies what flags ask; fails the test on error.
  * Caller frees with chat_db_free. */
 chat_db *testutil_db_fresh(const char *name, int flags);
+
+/* A fresh chat_t_<name> with the sample data, and a pipeline on it with the extractive provider that may
+ * read any customer's records (a staff desk); fails the test on error. Caller frees. */
+struct chat_pipeline *testutil_pipeline_sample(const char *name);
 
 /* Runs a trusted SQL text on db; fails the test on error. */
 void testutil_sql(chat_db *db, const char *sql);

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "chat_kb.h"
+#include "chat_pipeline.h"
 #include "testutil.h"
 
 chat_config testutil_config(const char *name)
@@ -18,6 +19,15 @@ chat_config testutil_config(const char *name)
     char err[256];
     if (chat_config_from_env(&cfg, err, sizeof err)) fail_msg("config: %s", err);
     snprintf(cfg.db_name, sizeof cfg.db_name, "chat_t_%s", name);
+    return cfg;
+}
+
+chat_config testutil_config_fake_llm(const char *name, int port, const char *model)
+{
+    chat_config cfg = testutil_config(name);
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "openai");
+    snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", port);
+    snprintf(cfg.llm_model, sizeof cfg.llm_model, "%s", model);
     return cfg;
 }
 
@@ -58,4 +68,16 @@ chat_db *testutil_db_fresh(const char *name, int flags)
         if (chat_kb_import_dir(db, testutil_path("sql/kb"), &st, err, sizeof err)) fail_msg("kb import: %s", err);
     }
     return db;
+}
+
+chat_pipeline *testutil_pipeline_sample(const char *name)
+{
+    chat_db_free(testutil_db_fresh(name, TESTUTIL_SAMPLE));
+    chat_config cfg = testutil_config(name);
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    snprintf(cfg.customer_access, sizeof cfg.customer_access, "any");
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
+    if (!p) fail_msg("pipeline: %s", err);
+    return p;
 }
