@@ -58,6 +58,7 @@
 #include "chat_jwt.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_origin.h"
 #include "chat_proto.h"
 #include "chat_util.h"
 #include "streamer.h"
@@ -964,28 +965,22 @@ static int serve_http(struct lws *wsi, const char *uri)
     return http_reply(wsi, 404, "application/json", nf, sizeof nf - 1);
 }
 
+/* A request header into buf; "" when absent, false when too long for buf. */
+static bool header_copy(struct lws *wsi, enum lws_token_indexes h, char *buf, int len)
+{
+    buf[0] = '\0';
+    int n = lws_hdr_total_length(wsi, h);
+    return n <= 0 || (n < len && lws_hdr_copy(wsi, buf, len, h) >= 0);
+}
+
+/* The page's own origin, the ones in CHAT_ALLOWED_ORIGINS and clients sending no Origin (chat_origin.h). */
 static bool origin_allowed(struct lws *wsi)
 {
-    const char *list = S.cfg.allowed_origins;
-    if (!list[0]) return true;
-    int n = lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN);
-    if (n <= 0) return true; /* non-browser clients send none */
-    char origin[512];
-    if (n >= (int)sizeof origin || lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) < 0) return false;
-    size_t olen = strlen(origin);
-    for (const char *p = list; *p;) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',')
-            e++;
-        const char *t = e;
-        while (t > p && t[-1] == ' ')
-            t--;
-        if ((size_t)(t - p) == olen && !strncasecmp(p, origin, olen)) return true;
-        p = e;
-    }
-    return false;
+    char origin[512], host[512];
+    if (!header_copy(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin) ||
+        !header_copy(wsi, WSI_TOKEN_HOST, host, sizeof host))
+        return false;
+    return chat_origin_allowed(origin, host[0] ? host : NULL, S.cfg.allowed_origins);
 }
 
 /* Before the 101: only /ws/chat upgrades, only from allowed origins, not while shutting down. */
@@ -1176,6 +1171,11 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.sndbuf = chat_config_env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
     S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
+    bool any_origin;
+    if (chat_origin_list_check(cfg->allowed_origins, &any_origin, err, errlen)) return CHAT_EINVAL;
+    if (any_origin)
+        chat_log_warn("streamer: CHAT_ALLOWED_ORIGINS contains \"*\": any web page may open WebSockets with its "
+                      "visitors' tokens");
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;
     S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);

@@ -87,7 +87,8 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   export CHAT_PORT=${CHAT_TEST_PORT:-18000}
   # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model.
   # (the demo token stack.sh prints for people is kept out of the saved output)
-  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 bash deploy/stack.sh start 2>&1 |
+  # (test_frontdoor checks the Origin allowlist against CHAT_ALLOWED_ORIGINS)
+  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 CHAT_ALLOWED_ORIGINS='https://*.allowed.example' bash deploy/stack.sh start 2>&1 |
     grep -v '^eyJ' >"$CHAT_VAR/log/stack.out"
   if [ "${PIPESTATUS[0]}" -eq 0 ]; then
     STACK_STARTED=1

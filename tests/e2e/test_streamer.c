@@ -555,6 +555,52 @@ static void test_origin_allowlist(void **state)
     }
 }
 
+/* The page's own origin is accepted besides the allowlist; "*" admits any origin with a warning in the
+ * log; a malformed allowlist stops the streamer at start. */
+static void test_origin_settings(void **state)
+{
+    (void)state;
+    char own[64];
+    snprintf(own, sizeof own, "http://127.0.0.1:%d", E.port);
+    int status = 0;
+    chat_wsc *c = ws_open_at(E.port, "/ws/chat", own, &status);
+    assert_int_equal(status, 101);
+    expect_usable(c);
+    chat_wsc_close(c, 1000, NULL);
+
+    char endpoint[400];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/origins.ipc", E.dir);
+    unlink(log_path("origin-any"));
+    const char *any[] = {"CHAT_ALLOWED_ORIGINS=*", NULL};
+    int port;
+    pid_t pid = streamer_start("origin-any", endpoint, any, &port);
+    c = ws_open_at(port, "/ws/chat", "http://evil.example", &status);
+    assert_int_equal(status, 101);
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    char *log = testutil_read_file(log_path("origin-any"), NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "CHAT_ALLOWED_ORIGINS contains \"*\""));
+    free(log);
+
+    char listen[64], zmq[460];
+    snprintf(listen, sizeof listen, "CHAT_STREAMER_LISTEN=127.0.0.1:%d", e2e_free_port());
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
+    const char *env[] = {listen, zmq, "JWT_SECRET=" SECRET,
+                         "CHAT_ALLOWED_ORIGINS=https://ok.example, https://bad.example/", NULL};
+    const char *argv[] = {E.bin_streamer, NULL};
+    unlink(log_path("origin-bad"));
+    pid = e2e_spawn(argv, env, log_path("origin-bad"));
+    assert_true(pid > 0);
+    int st = 0;
+    assert_int_equal(e2e_wait_exit(pid, 5000, &st), 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    log = testutil_read_file(log_path("origin-bad"), NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "\"https://bad.example/\" is not an origin"));
+    free(log);
+}
+
 /* ---------------------------------------------------------------- authentication */
 
 static void test_auth_query_success(void **state)
@@ -1717,6 +1763,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_and_paths),
         cmocka_unit_test(test_origin_allowlist),
+        cmocka_unit_test(test_origin_settings),
         cmocka_unit_test(test_auth_query_success),
         cmocka_unit_test(test_auth_query_failure_then_message),
         cmocka_unit_test(test_auth_message_expired_and_retry),
