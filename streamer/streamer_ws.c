@@ -91,6 +91,7 @@ typedef struct sess_x { /* a connection's working state, present only while it h
     size_t rx_total;
     bool rx_active;
     bool rx_skip; /* too long: discarding the rest, answer MESSAGE_TOO_LONG at the end */
+    chat_proto_scan rx_scan; /* while skipping: whether the message is an auth attempt */
     /* outbound */
     sb_event *out_head, *out_tail;
     size_t out_bytes;
@@ -370,6 +371,27 @@ static void send_error(sess *s, const char *message, const char *code)
 {
     count_error(code);
     send_json(s, chat_proto_error(message, code));
+}
+
+/* Refuses a frame the client sent: an auth attempt gets auth_error, anything else error, so that a client
+ * waiting for the answer to its auth always gets auth_success or auth_error. */
+static void send_refusal(sess *s, bool auth, const char *message, const char *code)
+{
+    if (!auth) {
+        send_error(s, message, code);
+        return;
+    }
+    count_error(code);
+    send_json(s, chat_proto_auth_error(message, code));
+}
+
+/* Whether a frame the parser could not take is an auth attempt (chat_proto_scan). */
+static bool frame_is_auth(const char *data, size_t len)
+{
+    chat_proto_scan sc;
+    memset(&sc, 0, sizeof sc);
+    chat_proto_scan_feed(&sc, data, len);
+    return sc.auth;
 }
 
 static void request_close(sess *s, int code, const char *reason)
@@ -652,13 +674,14 @@ static void handle_auth(sess *s, const char *token)
     int rc = chat_jwt_verify(S.jwt, token, time(NULL), &u, err, sizeof err, detail, sizeof detail);
     if (rc) {
         chat_log_info("streamer: authentication failed: %s", detail);
-        send_json(s, chat_proto_auth_error(err[0] ? err : "Invalid token"));
+        send_refusal(s, true, err[0] ? err : "Invalid token",
+                     rc == CHAT_EEXPIRED ? CHAT_CODE_TOKEN_EXPIRED : CHAT_CODE_INVALID_TOKEN);
         return;
     }
     size_t a = strlen(u.id), b = strlen(u.email), c = strlen(u.name);
     char *packed = malloc(a + b + c + 3);
     if (!packed) {
-        send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        send_refusal(s, true, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
         return;
     }
     memcpy(packed, u.id, a + 1);
@@ -733,17 +756,18 @@ static void handle_text(sess *s, const char *data, size_t len)
     const char *code = NULL;
     char err[256];
     if (chat_proto_parse(data, len, (size_t)S.cfg.max_message_bytes, &in, &code, err, sizeof err)) {
+        bool auth = in.type ? in.type == CHAT_IN_AUTH : frame_is_auth(data, len);
         if (!take_token(s, now))
-            send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+            send_refusal(s, auth, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
         else
-            send_error(s, err[0] ? err : "Invalid JSON", code ? code : CHAT_CODE_INVALID_JSON);
+            send_refusal(s, auth, err[0] ? err : "Invalid JSON", code ? code : CHAT_CODE_INVALID_JSON);
         chat_in_clear(&in);
         return;
     }
     switch (in.type) {
     case CHAT_IN_AUTH:
         if (!take_token(s, now))
-            send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+            send_refusal(s, true, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
         else
             handle_auth(s, in.token);
         break;
@@ -771,7 +795,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     size_t remaining = lws_remaining_packet_payload(wsi);
     if (first && final) { /* the common case: parse in place */
         if (len > S.frame_max) {
-            send_error(s, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+            send_refusal(s, frame_is_auth(in, len), "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
             return 0;
         }
         handle_text(s, in, len);
@@ -786,6 +810,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     if (first) {
         x->rx_active = true;
         x->rx_skip = false;
+        memset(&x->rx_scan, 0, sizeof x->rx_scan);
         x->rx_total = 0;
         chat_buf_reset(&x->rx);
     }
@@ -797,8 +822,10 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     }
     if (!x->rx_skip && x->rx_total > S.frame_max) {
         x->rx_skip = true;
+        chat_proto_scan_feed(&x->rx_scan, x->rx.data, x->rx.len); /* what came before, then each piece */
         chat_buf_free(&x->rx);
     }
+    if (x->rx_skip) chat_proto_scan_feed(&x->rx_scan, in, len);
     if (!x->rx_skip && chat_buf_append(&x->rx, in, len)) {
         static const char r[] = "out of memory";
         lws_close_reason(wsi, (enum lws_close_status)ST_CLOSE_INTERNAL, (unsigned char *)r, sizeof r - 1);
@@ -807,7 +834,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     if (!final) return 0;
     x->rx_active = false;
     if (x->rx_skip)
-        send_error(s, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+        send_refusal(s, x->rx_scan.auth, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
     else
         handle_text(s, x->rx.data ? x->rx.data : "", x->rx.len);
     chat_buf_free(&x->rx);

@@ -22,7 +22,7 @@
  *   open, close      {code, reason, wasClean, willReconnect}
  *   reconnecting     {attempt, delayMs}
  *   auth             {user, message}         (auth_success)
- *   auth_error       {message}
+ *   auth_error       {message, code}         code: INVALID_TOKEN, TOKEN_EXPIRED, ...
  *   progress         {step, message}
  *   token            {token, partial_response}
  *   complete         {response, session_id, metadata}
@@ -365,7 +365,7 @@
         this._authFailed = true;
         this.user = null;
         if (this.state === 'authenticated') this._setState('open');
-        this._emit('auth_error', { message: data.message });
+        this._emit('auth_error', { message: data.message, code: data.code });
         this._callback('onError', [data.message, 'AUTH_ERROR']);
         // Queued messages would only earn AUTH_REQUIRED: fail them now, clearly.
         this._rejectOutbox(makeError(data.message || 'authentication failed', 'AUTH_ERROR', data));

@@ -728,6 +728,113 @@ static void test_token_expires_with_queue(void **state)
     free(payload);
 }
 
+/* Expects auth_error with code; returns after it. */
+static void expect_auth_error(chat_wsc *c, const char *code, const char *what)
+{
+    json_object *o = next_json(c, 5000);
+    const char *type = jstr(o, "type"), *got = jstr(o, "code");
+    if (!type || strcmp(type, "auth_error") || !got || strcmp(got, code) || !jstr(o, "message"))
+        fail_msg("%s: expected auth_error %s, got %s", what, code, json_object_to_json_string(o));
+    json_object_put(o);
+}
+
+/* An auth frame of n bytes: the token made of 'x' (before or after the type). */
+static char *big_auth(size_t n, bool type_last)
+{
+    char *f = malloc(n + 1);
+    assert_non_null(f);
+    const char *head = type_last ? "{\"token\":\"" : "{\"type\":\"auth\",\"token\":\"";
+    const char *tail = type_last ? "\",\"type\":\"auth\"}" : "\"}";
+    size_t h = strlen(head), t = strlen(tail);
+    memcpy(f, head, h);
+    memset(f + h, 'x', n - h - t);
+    memcpy(f + n - t, tail, t + 1);
+    return f;
+}
+
+/* Every reply to an auth attempt is auth_success or auth_error (with a code), before and after a
+ * successful authentication: a client waiting for its auth answer never gets a plain error. */
+static void test_auth_replies(void **state)
+{
+    (void)state;
+    size_t n = 100 * 1024;
+    char *big = big_auth(n, false), *big_last = big_auth(n, true);
+    char expired[2048], garbage[] = "{\"type\":\"auth\",\"token\":\"garbage\"}";
+    snprintf(expired, sizeof expired, "{\"type\":\"auth\",\"token\":\"%s\"}", E.expired);
+    const struct {
+        const char *name, *frame, *code;
+        int fragments; /* 0: one frame */
+    } cases[] = {
+        {"100 KB auth", big, "MESSAGE_TOO_LONG", 0},
+        {"100 KB auth, type last", big_last, "MESSAGE_TOO_LONG", 0},
+        {"100 KB auth in 10 fragments", big, "MESSAGE_TOO_LONG", 10},
+        {"100 KB auth in 10 fragments, type last", big_last, "MESSAGE_TOO_LONG", 10},
+        {"cut short", "{\"type\":\"auth\",\"token\":", "INVALID_JSON", 0},
+        {"trailing garbage", "{\"type\": \"auth\", \"token\": \"a.b.c\"} x", "INVALID_JSON", 0},
+        {"no token", "{\"type\":\"auth\"}", "INVALID_REQUEST", 0},
+        {"null token", "{\"type\":\"auth\",\"token\":null}", "INVALID_REQUEST", 0},
+        {"number token", "{\"type\":\"auth\",\"token\":42}", "INVALID_REQUEST", 0},
+        {"empty token", "{\"type\":\"auth\",\"token\":\"\"}", "INVALID_REQUEST", 0},
+        {"invalid token", garbage, "INVALID_TOKEN", 0},
+        {"expired token", expired, "TOKEN_EXPIRED", 0},
+    };
+    /* Within the default burst of 10 (the frames too long to read are not charged). */
+    for (int authed = 0; authed < 2; authed++) {
+        chat_wsc *c = ws_open(authed ? E.alice : NULL);
+        for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+            const char *f = cases[i].frame;
+            size_t len = strlen(f);
+            int k = cases[i].fragments;
+            if (!k) {
+                send_str(c, f);
+            } else {
+                for (int j = 0; j < k; j++) {
+                    size_t from = len * (size_t)j / (size_t)k, to = len * (size_t)(j + 1) / (size_t)k;
+                    assert_int_equal(chat_wsc_send_frame(c, j ? CHAT_WS_CONT : CHAT_WS_TEXT, j == k - 1, f + from,
+                                                         to - from),
+                                     0);
+                }
+            }
+            expect_auth_error(c, cases[i].code, cases[i].name);
+        }
+        /* Other frames are still answered with error, and the connection is as it was. */
+        send_str(c, "not json");
+        expect_error(c, "INVALID_JSON");
+        send_message(c, QUESTION, "\"partial\":false");
+        if (!authed) {
+            expect_error(c, "AUTH_REQUIRED");
+        } else {
+            answer a;
+            answer_init(&a);
+            collect(c, &a, ANSWER_MS, NULL, NULL);
+            assert_non_null(a.complete);
+            answer_clear(&a);
+        }
+        chat_wsc_close(c, 1000, NULL);
+    }
+    free(big);
+    free(big_last);
+
+    /* Rate-limited auth frames get auth_error RATE_LIMITED. */
+    char endpoint[400];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/authrate.ipc", E.dir);
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=3", NULL};
+    int port;
+    pid_t pid = streamer_start("authrate", endpoint, extra, &port);
+    chat_wsc *c = ws_open_at(port, "/ws/chat", NULL, NULL);
+    assert_non_null(c);
+    for (int i = 0; i < 3; i++) {
+        send_str(c, garbage);
+        expect_auth_error(c, "INVALID_TOKEN", "within the burst");
+    }
+    send_str(c, garbage);
+    expect_auth_error(c, "RATE_LIMITED", "over the rate");
+    send_str(c, "{\"type\":\"auth\"");
+    expect_auth_error(c, "RATE_LIMITED", "invalid JSON over the rate");
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+}
+
 static void test_message_without_auth(void **state)
 {
     (void)state;
@@ -1770,6 +1877,7 @@ int main(void)
         cmocka_unit_test(test_token_expires_on_open_connection),
         cmocka_unit_test(test_token_expires_with_queue),
         cmocka_unit_test(test_message_without_auth),
+        cmocka_unit_test(test_auth_replies),
         cmocka_unit_test(test_jwt_attacks),
         cmocka_unit_test(test_streaming_chat),
         cmocka_unit_test(test_multiple_messages),
