@@ -220,6 +220,14 @@ char *chat_proto_auth_error(const char *message, const char *code)
     return finish(o, failed);
 }
 
+char *chat_proto_auth_expiring(long long expires_in)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "auth_expiring") || add(o, "expires_in", json_object_new_int64(expires_in));
+    return finish(o, failed);
+}
+
 static const struct {
     const char *step;
     const char *message;

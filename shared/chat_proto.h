@@ -25,6 +25,7 @@
 /* auth_error only: the token was refused (REST answers 401 with the same codes) */
 #define CHAT_CODE_INVALID_TOKEN "INVALID_TOKEN"
 #define CHAT_CODE_TOKEN_EXPIRED "TOKEN_EXPIRED"
+#define CHAT_CODE_USER_MISMATCH "USER_MISMATCH" /* a token for another user than the connection's */
 
 typedef enum { CHAT_IN_AUTH = 1, CHAT_IN_MESSAGE, CHAT_IN_CANCEL, CHAT_IN_PING } chat_in_type;
 
@@ -70,6 +71,9 @@ char *chat_proto_auth_success(const chat_user *user);
  * TOKEN_EXPIRED) from a refused frame (MESSAGE_TOO_LONG, INVALID_JSON, INVALID_REQUEST, RATE_LIMITED...);
  * NULL omits the field (the spec's exact shape). */
 char *chat_proto_auth_error(const char *message, const char *code);
+/* {"type":"auth_expiring","expires_in":N}: the connection's token expires in N seconds; an auth message
+ * with a fresh token for the same user keeps the connection going. */
+char *chat_proto_auth_expiring(long long expires_in);
 char *chat_proto_progress(const char *step); /* message text chosen per step */
 char *chat_proto_progress_msg(const char *step, const char *message);
 /* partial may be NULL: the field is then omitted (client opted out). */

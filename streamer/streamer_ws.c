@@ -7,7 +7,7 @@
  *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  * - The loop is libev (epoll) through lws's evlib plugin, poll() as a fallback: poll() costs
  *   O(connections) per wake-up, so with tens of thousands of connections a connection storm is quadratic.
- * - Memory per idle connection is what lws needs plus a ~120-byte session: the receive-reassembly buffer,
+ * - Memory per idle connection is what lws needs plus a ~150-byte session: the receive-reassembly buffer,
  *   the outbound queue, queued messages and the answer text live in a side structure allocated while the
  *   connection has work and freed when it is idle again. A message that arrives in one piece is parsed in
  *   place, never copied.
@@ -17,7 +17,9 @@
  *   timers and keeps two intrusive lists of sessions, ordered by last received byte and by last client
  *   message (moving to the tail is O(1)). A one-second sweep pings connections silent for
  *   ping_interval_s, drops those silent for twice that plus 10 s, and closes (1000) those idle for
- *   idle_timeout_s. lws's own short timeouts (handshake, close) remain.
+ *   idle_timeout_s. lws's own short timeouts (handshake, close) remain. The one per-connection deadline
+ *   that follows no activity order, auth_expiring (CHAT_AUTH_REFRESH_LEAD_S before the token's exp), is a
+ *   node in a timing wheel of one-second slots (chat_wheel.h): O(1) to arm, re-arm on a refresh and drop.
  * - Outbound queue per connection, bounded by bytes owed to the client. Tokens are not queued as frames:
  *   a token item is a range of the answer text, so consecutive tokens of a slow reader coalesce into one
  *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer). The
@@ -35,12 +37,17 @@
  *   be written (a refusal in FILTER_PROTOCOL_CONNECTION only drops the TCP connection).
  * - Graceful shutdown: refuse new connections and messages, let answers in flight finish within
  *   shutdown_grace_s, then close everything with 1001 and exit 0.
+ * - Token refresh: an auth on an authenticated connection with a token for the same user replaces the
+ *   token (its exp, email and name) without touching answers in flight; a token for another user is
+ *   refused with auth_error USER_MISMATCH and the connection keeps its user (a connection's user never
+ *   changes: its sessions, queued messages and answers are that user's).
  *
  * Settings beyond chat_config (streamer-only, see docs/streamer.md): CHAT_STREAMER_SNDBUF (kernel send
  * buffer per WebSocket, default 65536 so that a slow reader cannot park megabytes in kernel buffers
  * through autotuning, and is noticed; 0 = leave it to the kernel),
  * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
- * (default 30000), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
+ * (default 30000), CHAT_STREAMER_EVENT_LOOP (libev | poll), CHAT_LWS_DEBUG (lws log bitmask) and
+ * CHAT_AUTH_REFRESH_LEAD_S (auth_expiring this long before a token's exp, default 30, 0 = never). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -61,6 +68,7 @@
 #include "chat_origin.h"
 #include "chat_proto.h"
 #include "chat_util.h"
+#include "chat_wheel.h"
 #include "streamer.h"
 #include "streamer_broker.h"
 #include "streamer_map.h"
@@ -125,6 +133,7 @@ struct sess {
     char *session_id; /* the default for messages that name none */
     const char *close_reason;
     int64_t token_exp; /* the token's exp: a connection outliving it must authenticate again */
+    chat_wheel_node expiring; /* in S.expiring until auth_expiring is sent (due: exp - lead) */
     int64_t last_rx_ms;
     int64_t last_msg_ms;
     int64_t bucket_ms;
@@ -145,6 +154,8 @@ static struct {
     sb_broker *broker;
     struct lws_context *ctx;
     sm_map jobs; /* job id -> session with that job in progress */
+    chat_wheel *expiring; /* sessions to warn with auth_expiring, by wall-clock second */
+    int auth_lead_s;      /* CHAT_AUTH_REFRESH_LEAD_S */
     uint64_t next_job;
     size_t frame_max;
     int sndbuf;
@@ -678,6 +689,12 @@ static void handle_auth(sess *s, const char *token)
                      rc == CHAT_EEXPIRED ? CHAT_CODE_TOKEN_EXPIRED : CHAT_CODE_INVALID_TOKEN);
         return;
     }
+    if (s->user && strcmp(s->user, u.id)) {
+        chat_log_info("streamer: refused a token for another user on an authenticated connection");
+        send_refusal(s, true, "The token is for another user: open a new connection to change users",
+                     CHAT_CODE_USER_MISMATCH);
+        return;
+    }
     size_t a = strlen(u.id), b = strlen(u.email), c = strlen(u.name);
     char *packed = malloc(a + b + c + 3);
     if (!packed) {
@@ -687,13 +704,15 @@ static void handle_auth(sess *s, const char *token)
     memcpy(packed, u.id, a + 1);
     memcpy(packed + a + 1, u.email, b + 1);
     memcpy(packed + a + b + 2, u.name, c + 1);
-    if (s->user && strcmp(s->user, u.id)) { /* another user: the old default session is not theirs */
-        free(s->session_id);
-        s->session_id = NULL;
-    }
     free(s->user);
     s->user = packed;
     s->token_exp = u.exp;
+    /* auth_expiring lead seconds before exp, at once for a shorter token; none for a token past its exp
+     * already (accepted within the leeway): the next message after the leeway gets AUTH_REQUIRED. */
+    if (S.auth_lead_s > 0 && s->token_exp > (int64_t)time(NULL))
+        chat_wheel_add(S.expiring, &s->expiring, s->token_exp - S.auth_lead_s);
+    else
+        chat_wheel_remove(S.expiring, &s->expiring);
     send_json(s, chat_proto_auth_success(&u));
 }
 
@@ -876,6 +895,7 @@ static void on_closed(sess *s)
         dl_remove(s, L_MSG);
     }
     S.conns--;
+    chat_wheel_remove(S.expiring, &s->expiring);
     abandon_job(s);
     if (s->x) {
         x_drop_out(s->x);
@@ -1115,6 +1135,21 @@ static void sweep(int64_t now)
     }
 }
 
+/* Tells the connections whose token expires within the lead (O(due) per second, chat_wheel.h). */
+static void on_token_expiring(chat_wheel_node *node, void *ud)
+{
+    sess *s = (sess *)(void *)((char *)node - offsetof(sess, expiring));
+    int64_t left = s->token_exp - *(const int64_t *)ud;
+    if (!s->wsi || !s->user || s->close_code || (s->flags & F_DEAD) || left <= 0) return;
+    send_json(s, chat_proto_auth_expiring(left));
+}
+
+static void warn_expiring_tokens(void)
+{
+    int64_t now_s = (int64_t)time(NULL); /* exp is wall-clock time */
+    chat_wheel_expire(S.expiring, now_s, on_token_expiring, &now_s);
+}
+
 static void status_line(int64_t now)
 {
     sb_stats st;
@@ -1163,6 +1198,7 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
         sweep(now);
     }
     if (now - S.last_status_ms >= 60000) status_line(now);
+    warn_expiring_tokens();
     if (S.phase < 3)
         lws_sul_schedule(S.ctx, 0, sul, tick_cb, (S.phase ? 50 : 250) * LWS_US_PER_MS);
     else if (S.evlib)
@@ -1198,6 +1234,9 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.sndbuf = chat_config_env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
     S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
+    S.auth_lead_s = chat_config_env_int("CHAT_AUTH_REFRESH_LEAD_S", 30, 0, 86400);
+    S.expiring = chat_wheel_new(1024, (int64_t)time(NULL)); /* 17 minutes a turn */
+    if (!S.expiring) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
     bool any_origin;
     if (chat_origin_list_check(cfg->allowed_origins, &any_origin, err, errlen)) return CHAT_EINVAL;
     if (any_origin)
@@ -1337,6 +1376,8 @@ void st_cleanup(void)
     chat_jwt_verifier_free(S.jwt);
     S.jwt = NULL;
     sm_free(&S.jobs);
+    chat_wheel_free(S.expiring);
+    S.expiring = NULL;
     free(S.tx);
     S.tx = NULL;
 }

@@ -1636,6 +1636,106 @@ static void test_worker_with_slots_killed(void **state)
     assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
 }
 
+static void send_auth(chat_wsc *c, const char *token)
+{
+    char msg[4096];
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
+    send_str(c, msg);
+}
+
+static void expect_type(chat_wsc *c, const char *type, int timeout_ms)
+{
+    json_object *o = next_json(c, timeout_ms);
+    if (!jstr(o, "type") || strcmp(jstr(o, "type"), type))
+        fail_msg("expected %s, got %s", type, json_object_to_json_string(o));
+    json_object_put(o);
+}
+
+/* Token refresh on an open socket (CHAT_AUTH_REFRESH_LEAD_S=3, no leeway): auth_expiring arrives 3 s
+ * before exp; an auth with a fresh token for the same user, sent while an answer streams, is answered
+ * auth_success among the tokens, the answer goes on, and messages are accepted after the old exp (a
+ * connection that did not refresh gets AUTH_REQUIRED, as before); a token for another user is refused
+ * with USER_MISMATCH and the connection stays its user's. */
+static void test_token_refresh(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_AUTH_REFRESH_LEAD_S=3", "JWT_LEEWAY=0", "CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = private_stack("refresh", 2, 40, extra, &port, &workers);
+    time_t t0 = time(NULL);
+    long long exp = (long long)t0 + 6;
+    char *short_lived = chat_jwt_mint_hs256(SECRET, "alice", "alice@example.com", "Test alice", t0, 6);
+    assert_non_null(short_lived);
+    chat_wsc *c = ws_open_at(port, "/ws/chat", NULL, NULL), *plain = ws_open_at(port, "/ws/chat", NULL, NULL);
+    assert_non_null(c);
+    assert_non_null(plain);
+    send_auth(c, short_lived);
+    expect_type(c, "auth_success", 5000);
+    send_auth(plain, short_lived);
+    expect_type(plain, "auth_success", 5000);
+
+    /* (1) auth_expiring, the lead before exp */
+    json_object *o = next_json(c, 8000);
+    long long at = (long long)time(NULL);
+    if (strcmp(jstr(o, "type"), "auth_expiring")) fail_msg("got %s", json_object_to_json_string(o));
+    int expires_in = json_object_get_int(jget(o, "expires_in"));
+    if (expires_in < 1 || expires_in > 3 || at < exp - 3 || at >= exp)
+        fail_msg("auth_expiring at exp%+lld with expires_in %d", at - exp, expires_in);
+    json_object_put(o);
+    expect_type(plain, "auth_expiring", 5000);
+
+    /* (2) a refresh while an answer streams */
+    send_message(c, QUESTION, "\"session_id\":\"refresh-alice-1\"");
+    answer a;
+    answer_init(&a);
+    int tokens_at_success = -1;
+    while (!a.complete) {
+        o = next_json(c, ANSWER_MS);
+        const char *type = jstr(o, "type");
+        if (!strcmp(type, "token")) {
+            chat_buf_puts(&a.tokens, jstr(o, "token"));
+            if (a.ntokens++ == 0) send_auth(c, E.alice); /* a fresh token, an hour long */
+        } else if (!strcmp(type, "auth_success")) {
+            assert_string_equal(jstr(jget(o, "user"), "id"), "alice");
+            tokens_at_success = a.ntokens;
+        } else if (!strcmp(type, "complete")) {
+            a.complete = json_object_get(o);
+        } else if (strcmp(type, "progress")) {
+            fail_msg("unexpected %s", json_object_to_json_string(o));
+        }
+        json_object_put(o);
+    }
+    if (tokens_at_success < 1 || tokens_at_success >= a.ntokens)
+        fail_msg("auth_success after token %d of %d: the answer did not go on streaming", tokens_at_success,
+                 a.ntokens);
+    assert_string_equal(jstr(a.complete, "response"), a.tokens.data);
+    assert_string_equal(jstr(jget(a.complete, "metadata"), "finish_reason"), "stop");
+    answer_clear(&a);
+
+    /* (3) after the old exp: the refreshed connection is served, the other must authenticate again */
+    while ((long long)time(NULL) <= exp)
+        e2e_sleep_ms(100);
+    ask(c, QUESTION, &a);
+    assert_full_answer(&a);
+    answer_clear(&a);
+    send_message(plain, QUESTION, NULL);
+    expect_error(plain, "AUTH_REQUIRED");
+
+    /* (4) another user's token: refused, the connection stays alice's (bob would get SESSION_FORBIDDEN) */
+    send_auth(c, E.bob);
+    expect_auth_error(c, "USER_MISMATCH", "bob's token on alice's connection");
+    ask_with(c, QUESTION, "\"session_id\":\"refresh-alice-1\"", &a);
+    assert_full_answer(&a);
+    answer_clear(&a);
+
+    chat_wsc_close(c, 1000, NULL);
+    chat_wsc_close(plain, 1000, NULL);
+    free(short_lived);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+}
+
 static void test_rate_limited(void **state)
 {
     (void)state;
@@ -1897,6 +1997,7 @@ int main(void)
         cmocka_unit_test(test_worker_with_slots_killed),
         cmocka_unit_test(test_token_batching),
         cmocka_unit_test(test_rate_limited),
+        cmocka_unit_test(test_token_refresh),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_worker_killed_mid_answer),

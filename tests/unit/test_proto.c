@@ -630,6 +630,9 @@ static void test_auth_error_codes(void **state)
     s = chat_proto_auth_error(NULL, CHAT_CODE_INVALID_TOKEN);
     assert_string_equal(s, "{\"type\":\"auth_error\",\"message\":\"Invalid token\",\"code\":\"INVALID_TOKEN\"}");
     free(s);
+    s = chat_proto_auth_expiring(30);
+    assert_string_equal(s, "{\"type\":\"auth_expiring\",\"expires_in\":30}");
+    free(s);
 }
 
 /* A refused frame keeps its type when it named one, so that an auth frame is answered as an auth. */
