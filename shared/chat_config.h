@@ -48,7 +48,7 @@ typedef struct chat_config {
     /* Streamer and workers. */
     char zmq_endpoint[512];   /* where the streamer's ROUTER binds and workers connect */
     char streamer_listen[512]; /* "unix:/path" or "host:port" */
-    char allowed_origins[1024]; /* comma-separated; empty = any */
+    char allowed_origins[1024]; /* besides the page's own origin (chat_origin.h); empty = no other */
     int workers;
     int worker_slots;    /* answers one worker process streams at once (no thread each) */
     int worker_db_conns; /* stage threads of one worker process, each with its database connection */

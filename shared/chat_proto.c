@@ -252,15 +252,6 @@ static char *finish(json_object *obj, int failed)
     return out;
 }
 
-/* {"type": type} plus one string field, the shape most frames share. */
-static char *typed_with(const char *type, const char *key, const char *value)
-{
-    json_object *o = json_object_new_object();
-    if (!o) return NULL;
-    int failed = add_str(o, "type", type) || add_str(o, key, value);
-    return finish(o, failed);
-}
-
 char *chat_proto_auth_success(const chat_user *user)
 {
     static const chat_user nobody;
@@ -278,9 +269,21 @@ char *chat_proto_auth_success(const chat_user *user)
     return finish(o, add(o, "user", u));
 }
 
-char *chat_proto_auth_error(const char *message)
+char *chat_proto_auth_error(const char *message, const char *code)
 {
-    return typed_with("auth_error", "message", message ? message : "Invalid token");
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "auth_error") || add_str(o, "message", message ? message : "Invalid token") ||
+                 (code && add_str(o, "code", code));
+    return finish(o, failed);
+}
+
+char *chat_proto_auth_expiring(long long expires_in)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "auth_expiring") || add(o, "expires_in", json_object_new_int64(expires_in));
+    return finish(o, failed);
 }
 
 char *chat_proto_progress(const char *step)
@@ -643,7 +646,11 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
 
 cleanup:
     json_object_put(root);
-    if (rc) chat_in_clear(in);
+    if (rc) {
+        chat_in_type refused = in->type; /* which frame was refused stays known (chat_proto.h) */
+        chat_in_clear(in);
+        in->type = refused;
+    }
     return rc;
 }
 
@@ -658,4 +665,44 @@ void chat_in_clear(chat_in *in)
     free(in->session_id);
     free(in->customer_id);
     memset(in, 0, sizeof *in);
+}
+
+/* ---- recognising an auth attempt in a frame that does not parse ---- */
+
+/* A string ended: it may be the member name "type" or, right after "type":, the value "auth". */
+static void scan_string_end(chat_proto_scan *sc)
+{
+    bool four = sc->len == 4;
+    if (sc->seq == 2 && four && sc->is_auth) sc->auth = true;
+    sc->seq = sc->depth == 1 && four && sc->is_type ? 1 : 0;
+}
+
+void chat_proto_scan_feed(chat_proto_scan *sc, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && !sc->auth; i++) {
+        char c = data[i];
+        if (sc->in_str) {
+            if (sc->esc || c == '\\') { /* an escape: this string is not spelt plainly "type" or "auth" */
+                sc->esc = !sc->esc && c == '\\';
+                sc->is_type = sc->is_auth = false;
+            } else if (c == '"') {
+                sc->in_str = false;
+                scan_string_end(sc);
+            } else {
+                sc->is_type = sc->is_type && sc->len < 4 && c == "type"[sc->len];
+                sc->is_auth = sc->is_auth && sc->len < 4 && c == "auth"[sc->len];
+                if (sc->len < 5) sc->len++;
+            }
+        } else if (c == '"') {
+            sc->in_str = true;
+            sc->len = 0;
+            sc->is_type = sc->is_auth = true;
+        } else if (c == ':' && sc->seq == 1) {
+            sc->seq = 2;
+        } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+            if ((c == '{' || c == '[') && sc->depth < 255) sc->depth++;
+            if ((c == '}' || c == ']') && sc->depth > 0) sc->depth--;
+            sc->seq = 0;
+        }
+    }
 }

@@ -7,7 +7,7 @@
  *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  * - The loop is libev (epoll) through lws's evlib plugin, poll() as a fallback: poll() costs
  *   O(connections) per wake-up, so with tens of thousands of connections a connection storm is quadratic.
- * - Memory per idle connection is what lws needs plus a ~120-byte session: the receive-reassembly buffer,
+ * - Memory per idle connection is what lws needs plus a ~150-byte session: the receive-reassembly buffer,
  *   the outbound queue, queued messages and the answer text live in a side structure allocated while the
  *   connection has work and freed when it is idle again. A message that arrives in one piece is parsed in
  *   place, never copied.
@@ -17,7 +17,9 @@
  *   timers and keeps two intrusive lists of sessions, ordered by last received byte and by last client
  *   message (moving to the tail is O(1)). A one-second sweep pings connections silent for
  *   ping_interval_s, drops those silent for twice that plus 10 s, and closes (1000) those idle for
- *   idle_timeout_s. lws's own short timeouts (handshake, close) remain.
+ *   idle_timeout_s. lws's own short timeouts (handshake, close) remain. The one per-connection deadline
+ *   that follows no activity order, auth_expiring (CHAT_AUTH_REFRESH_LEAD_S before the token's exp), is a
+ *   node in a timing wheel of one-second slots (chat_wheel.h): O(1) to arm, re-arm on a refresh and drop.
  * - Outbound queue per connection, bounded by bytes owed to the client. Tokens are not queued as frames:
  *   a token item is a range of the answer text, so consecutive tokens of a slow reader coalesce into one
  *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer). The
@@ -35,12 +37,17 @@
  *   be written (a refusal in FILTER_PROTOCOL_CONNECTION only drops the TCP connection).
  * - Graceful shutdown: refuse new connections and messages, let answers in flight finish within
  *   shutdown_grace_s, then close everything with 1001 and exit 0.
+ * - Token refresh: an auth on an authenticated connection with a token for the same user replaces the
+ *   token (its exp, email and name) without touching answers in flight; a token for another user is
+ *   refused with auth_error USER_MISMATCH and the connection keeps its user (a connection's user never
+ *   changes: its sessions, queued messages and answers are that user's).
  *
  * Settings beyond chat_config (streamer-only, see docs/streamer.md): CHAT_STREAMER_SNDBUF (kernel send
  * buffer per WebSocket, default 65536 so that a slow reader cannot park megabytes in kernel buffers
  * through autotuning, and is noticed; 0 = leave it to the kernel),
  * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
- * (default 30000), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
+ * (default 30000), CHAT_STREAMER_EVENT_LOOP (libev | poll), CHAT_LWS_DEBUG (lws log bitmask) and
+ * CHAT_AUTH_REFRESH_LEAD_S (auth_expiring this long before a token's exp, default 30, 0 = never). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -58,8 +65,10 @@
 #include "chat_jwt.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_origin.h"
 #include "chat_proto.h"
 #include "chat_util.h"
+#include "chat_wheel.h"
 #include "streamer.h"
 #include "streamer_broker.h"
 #include "streamer_map.h"
@@ -91,6 +100,7 @@ typedef struct sess_x { /* a connection's working state, present only while it h
     size_t rx_total;
     bool rx_active;
     bool rx_skip; /* too long: discarding the rest, answer MESSAGE_TOO_LONG at the end */
+    chat_proto_scan rx_scan; /* while skipping: whether the message is an auth attempt */
     /* outbound */
     sb_event *out_head, *out_tail;
     size_t out_bytes;
@@ -124,6 +134,7 @@ struct sess {
     char *session_id; /* the default for messages that name none */
     const char *close_reason;
     int64_t token_exp; /* the token's exp: a connection outliving it must authenticate again */
+    chat_wheel_node expiring; /* in S.expiring until auth_expiring is sent (due: exp - lead) */
     int64_t last_rx_ms;
     int64_t last_msg_ms;
     int64_t bucket_ms;
@@ -144,6 +155,8 @@ static struct {
     sb_broker *broker;
     struct lws_context *ctx;
     sm_map jobs; /* job id -> session with that job in progress */
+    chat_wheel *expiring; /* sessions to warn with auth_expiring, by wall-clock second */
+    int auth_lead_s;      /* CHAT_AUTH_REFRESH_LEAD_S */
     uint64_t next_job;
     size_t frame_max;
     int sndbuf;
@@ -361,6 +374,27 @@ static void send_error(sess *s, const char *message, const char *code)
 {
     count_error(code);
     send_json(s, chat_proto_error(message, code));
+}
+
+/* Refuses a frame the client sent: an auth attempt gets auth_error, anything else error, so that a client
+ * waiting for the answer to its auth always gets auth_success or auth_error. */
+static void send_refusal(sess *s, bool auth, const char *message, const char *code)
+{
+    if (!auth) {
+        send_error(s, message, code);
+        return;
+    }
+    count_error(code);
+    send_json(s, chat_proto_auth_error(message, code));
+}
+
+/* Whether a frame the parser could not take is an auth attempt (chat_proto_scan). */
+static bool frame_is_auth(const char *data, size_t len)
+{
+    chat_proto_scan sc;
+    memset(&sc, 0, sizeof sc);
+    chat_proto_scan_feed(&sc, data, len);
+    return sc.auth;
 }
 
 static void request_close(sess *s, int code, const char *reason)
@@ -651,25 +685,34 @@ static void handle_auth(sess *s, const char *token)
     int rc = chat_jwt_verify(S.jwt, token, time(NULL), &u, err, sizeof err, detail, sizeof detail);
     if (rc) {
         chat_log_info("streamer: authentication failed: %s", detail);
-        send_json(s, chat_proto_auth_error(err[0] ? err : "Invalid token"));
+        send_refusal(s, true, err[0] ? err : "Invalid token",
+                     rc == CHAT_EEXPIRED ? CHAT_CODE_TOKEN_EXPIRED : CHAT_CODE_INVALID_TOKEN);
+        return;
+    }
+    if (s->user && strcmp(s->user, u.id)) {
+        chat_log_info("streamer: refused a token for another user on an authenticated connection");
+        send_refusal(s, true, "The token is for another user: open a new connection to change users",
+                     CHAT_CODE_USER_MISMATCH);
         return;
     }
     size_t a = strlen(u.id), b = strlen(u.email), c = strlen(u.name);
     char *packed = malloc(a + b + c + 3);
     if (!packed) {
-        send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        send_refusal(s, true, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
         return;
     }
     memcpy(packed, u.id, a + 1);
     memcpy(packed + a + 1, u.email, b + 1);
     memcpy(packed + a + b + 2, u.name, c + 1);
-    if (s->user && strcmp(s->user, u.id)) { /* another user: the old default session is not theirs */
-        free(s->session_id);
-        s->session_id = NULL;
-    }
     free(s->user);
     s->user = packed;
     s->token_exp = u.exp;
+    /* auth_expiring lead seconds before exp, at once for a shorter token; none for a token past its exp
+     * already (accepted within the leeway): the next message after the leeway gets AUTH_REQUIRED. */
+    if (S.auth_lead_s > 0 && s->token_exp > (int64_t)time(NULL))
+        chat_wheel_add(S.expiring, &s->expiring, s->token_exp - S.auth_lead_s);
+    else
+        chat_wheel_remove(S.expiring, &s->expiring);
     send_json(s, chat_proto_auth_success(&u));
 }
 
@@ -732,17 +775,18 @@ static void handle_text(sess *s, const char *data, size_t len)
     const char *code = NULL;
     char err[256];
     if (chat_proto_parse(data, len, (size_t)S.cfg.max_message_bytes, &in, &code, err, sizeof err)) {
+        bool auth = in.type ? in.type == CHAT_IN_AUTH : frame_is_auth(data, len);
         if (!take_token(s, now))
-            send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+            send_refusal(s, auth, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
         else
-            send_error(s, err[0] ? err : "Invalid JSON", code ? code : CHAT_CODE_INVALID_JSON);
+            send_refusal(s, auth, err[0] ? err : "Invalid JSON", code ? code : CHAT_CODE_INVALID_JSON);
         chat_in_clear(&in);
         return;
     }
     switch (in.type) {
     case CHAT_IN_AUTH:
         if (!take_token(s, now))
-            send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+            send_refusal(s, true, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
         else
             handle_auth(s, in.token);
         break;
@@ -770,7 +814,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     size_t remaining = lws_remaining_packet_payload(wsi);
     if (first && final) { /* the common case: parse in place */
         if (len > S.frame_max) {
-            send_error(s, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+            send_refusal(s, frame_is_auth(in, len), "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
             return 0;
         }
         handle_text(s, in, len);
@@ -785,6 +829,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     if (first) {
         x->rx_active = true;
         x->rx_skip = false;
+        memset(&x->rx_scan, 0, sizeof x->rx_scan);
         x->rx_total = 0;
         chat_buf_reset(&x->rx);
     }
@@ -796,8 +841,10 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     }
     if (!x->rx_skip && x->rx_total > S.frame_max) {
         x->rx_skip = true;
+        chat_proto_scan_feed(&x->rx_scan, x->rx.data, x->rx.len); /* what came before, then each piece */
         chat_buf_free(&x->rx);
     }
+    if (x->rx_skip) chat_proto_scan_feed(&x->rx_scan, in, len);
     if (!x->rx_skip && chat_buf_append(&x->rx, in, len)) {
         static const char r[] = "out of memory";
         lws_close_reason(wsi, (enum lws_close_status)ST_CLOSE_INTERNAL, (unsigned char *)r, sizeof r - 1);
@@ -806,7 +853,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     if (!final) return 0;
     x->rx_active = false;
     if (x->rx_skip)
-        send_error(s, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+        send_refusal(s, x->rx_scan.auth, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
     else
         handle_text(s, x->rx.data ? x->rx.data : "", x->rx.len);
     chat_buf_free(&x->rx);
@@ -848,6 +895,7 @@ static void on_closed(sess *s)
         dl_remove(s, L_MSG);
     }
     S.conns--;
+    chat_wheel_remove(S.expiring, &s->expiring);
     abandon_job(s);
     if (s->x) {
         x_drop_out(s->x);
@@ -966,28 +1014,22 @@ static int serve_http(struct lws *wsi, const char *uri)
     return rc;
 }
 
+/* A request header into buf; "" when absent, false when too long for buf. */
+static bool header_copy(struct lws *wsi, enum lws_token_indexes h, char *buf, int len)
+{
+    buf[0] = '\0';
+    int n = lws_hdr_total_length(wsi, h);
+    return n <= 0 || (n < len && lws_hdr_copy(wsi, buf, len, h) >= 0);
+}
+
+/* The page's own origin, the ones in CHAT_ALLOWED_ORIGINS and clients sending no Origin (chat_origin.h). */
 static bool origin_allowed(struct lws *wsi)
 {
-    const char *list = S.cfg.allowed_origins;
-    if (!list[0]) return true;
-    int n = lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN);
-    if (n <= 0) return true; /* non-browser clients send none */
-    char origin[512];
-    if (n >= (int)sizeof origin || lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) < 0) return false;
-    size_t olen = strlen(origin);
-    for (const char *p = list; *p;) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',')
-            e++;
-        const char *t = e;
-        while (t > p && t[-1] == ' ')
-            t--;
-        if ((size_t)(t - p) == olen && !strncasecmp(p, origin, olen)) return true;
-        p = e;
-    }
-    return false;
+    char origin[512], host[512];
+    if (!header_copy(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin) ||
+        !header_copy(wsi, WSI_TOKEN_HOST, host, sizeof host))
+        return false;
+    return chat_origin_allowed(origin, host[0] ? host : NULL, S.cfg.allowed_origins);
 }
 
 /* Before the 101: only /ws/chat upgrades, only from allowed origins, not while shutting down. */
@@ -1095,6 +1137,21 @@ static void sweep(int64_t now)
     }
 }
 
+/* Tells the connections whose token expires within the lead (O(due) per second, chat_wheel.h). */
+static void on_token_expiring(chat_wheel_node *node, void *ud)
+{
+    sess *s = (sess *)(void *)((char *)node - offsetof(sess, expiring));
+    int64_t left = s->token_exp - *(const int64_t *)ud;
+    if (!s->wsi || !s->user || s->close_code || (s->flags & F_DEAD) || left <= 0) return;
+    send_json(s, chat_proto_auth_expiring(left));
+}
+
+static void warn_expiring_tokens(void)
+{
+    int64_t now_s = (int64_t)time(NULL); /* exp is wall-clock time */
+    chat_wheel_expire(S.expiring, now_s, on_token_expiring, &now_s);
+}
+
 static void status_line(int64_t now)
 {
     sb_stats st;
@@ -1144,6 +1201,7 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
         sweep(now);
     }
     if (now - S.last_status_ms >= 60000) status_line(now);
+    warn_expiring_tokens();
     if (S.phase < 3)
         lws_sul_schedule(S.ctx, 0, sul, tick_cb, (S.phase ? 50 : 250) * LWS_US_PER_MS);
     else if (S.evlib)
@@ -1179,6 +1237,14 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.sndbuf = chat_config_env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
     S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
+    S.auth_lead_s = chat_config_env_int("CHAT_AUTH_REFRESH_LEAD_S", 30, 0, 86400);
+    S.expiring = chat_wheel_new(1024, (int64_t)time(NULL)); /* 17 minutes a turn */
+    if (!S.expiring) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    bool any_origin;
+    if (chat_origin_list_check(cfg->allowed_origins, &any_origin, err, errlen)) return CHAT_EINVAL;
+    if (any_origin)
+        chat_log_warn("streamer: CHAT_ALLOWED_ORIGINS contains \"*\": any web page may open WebSockets with its "
+                      "visitors' tokens");
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;
     S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
@@ -1313,6 +1379,8 @@ void st_cleanup(void)
     chat_jwt_verifier_free(S.jwt);
     S.jwt = NULL;
     sm_free(&S.jobs);
+    chat_wheel_free(S.expiring);
+    S.expiring = NULL;
     free(S.tx);
     S.tx = NULL;
 }

@@ -671,6 +671,49 @@ static void test_websocket_chat(void **state)
     chat_wsc_close(c, 1000, NULL);
 }
 
+/* The Origin check through lighttpd's proxy: the page's own origin (the Host lighttpd passes on is the
+ * client's), clients without an Origin and allowlisted origins (tests/run.sh lists the https origins
+ * under *.allowed.example in CHAT_ALLOWED_ORIGINS) get a socket; any other origin gets 403. */
+static void test_websocket_origin(void **state)
+{
+    (void)state;
+    char own[160], other_port[160], lookalike[160];
+    snprintf(own, sizeof own, "%s", E.base);
+    snprintf(other_port, sizeof other_port, "http://127.0.0.1:%d", atoi(strrchr(E.base, ':') + 1) + 1);
+    snprintf(lookalike, sizeof lookalike, "http://127.0.0.1.evil:%s", strrchr(E.base, ':') + 1);
+    const struct {
+        const char *origin;
+        int status;
+    } cases[] = {
+        {own, 101},
+        {NULL, 101},
+        {"https://app.allowed.example", 101},
+        {"http://evil.example", 403},
+        {other_port, 403},
+        {lookalike, 403},
+        {"https://allowed.example", 403}, /* the glob's domain itself is not listed */
+        {"https://app.allowed.example.evil", 403},
+        {"null", 403},
+    };
+    char url[4096], err[256];
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_wsc_opts o = {.origin = cases[i].origin, .timeout_ms = 5000};
+        int status = 0;
+        chat_wsc *c = chat_wsc_connect(url, &o, &status, err, sizeof err);
+        const char *name = cases[i].origin ? cases[i].origin : "(no Origin)";
+        if (status != cases[i].status) fail_msg("Origin %s: HTTP %d (%s), want %d", name, status, err, cases[i].status);
+        if (cases[i].status == 101) {
+            json_object *j = NULL;
+            if (chat_wsc_recv_type(c, 5000, "auth_success", &j)) fail_msg("Origin %s: no auth_success", name);
+            json_object_put(j);
+        } else {
+            assert_null(c);
+        }
+        chat_wsc_close(c, 1000, NULL);
+    }
+}
+
 static bool file_has(const char *path, const char *needle)
 {
     char *s = testutil_read_file(path, NULL);
@@ -760,6 +803,7 @@ int main(void)
         cmocka_unit_test(test_message_refusals_match_websocket),
         cmocka_unit_test(test_routing_errors),
         cmocka_unit_test(test_websocket_chat),
+        cmocka_unit_test(test_websocket_origin),
         cmocka_unit_test(test_access_log_has_no_token),
         cmocka_unit_test(test_database_down),
     };

@@ -555,6 +555,52 @@ static void test_origin_allowlist(void **state)
     }
 }
 
+/* The page's own origin is accepted besides the allowlist; "*" admits any origin with a warning in the
+ * log; a malformed allowlist stops the streamer at start. */
+static void test_origin_settings(void **state)
+{
+    (void)state;
+    char own[64];
+    snprintf(own, sizeof own, "http://127.0.0.1:%d", E.port);
+    int status = 0;
+    chat_wsc *c = ws_open_at(E.port, "/ws/chat", own, &status);
+    assert_int_equal(status, 101);
+    expect_usable(c);
+    chat_wsc_close(c, 1000, NULL);
+
+    char endpoint[400];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/origins.ipc", E.dir);
+    unlink(log_path("origin-any"));
+    const char *any[] = {"CHAT_ALLOWED_ORIGINS=*", NULL};
+    int port;
+    pid_t pid = streamer_start("origin-any", endpoint, any, &port);
+    c = ws_open_at(port, "/ws/chat", "http://evil.example", &status);
+    assert_int_equal(status, 101);
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    char *log = testutil_read_file(log_path("origin-any"), NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "CHAT_ALLOWED_ORIGINS contains \"*\""));
+    free(log);
+
+    char listen[64], zmq[460];
+    snprintf(listen, sizeof listen, "CHAT_STREAMER_LISTEN=127.0.0.1:%d", e2e_free_port());
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
+    const char *env[] = {listen, zmq, "JWT_SECRET=" SECRET,
+                         "CHAT_ALLOWED_ORIGINS=https://ok.example, https://bad.example/", NULL};
+    const char *argv[] = {E.bin_streamer, NULL};
+    unlink(log_path("origin-bad"));
+    pid = e2e_spawn(argv, env, log_path("origin-bad"));
+    assert_true(pid > 0);
+    int st = 0;
+    assert_int_equal(e2e_wait_exit(pid, 5000, &st), 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    log = testutil_read_file(log_path("origin-bad"), NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "\"https://bad.example/\" is not an origin"));
+    free(log);
+}
+
 /* ---------------------------------------------------------------- authentication */
 
 static void test_auth_query_success(void **state)
@@ -680,6 +726,113 @@ static void test_token_expires_with_queue(void **state)
     chat_wsc_close(c, 1000, NULL);
     free(token);
     free(payload);
+}
+
+/* Expects auth_error with code; returns after it. */
+static void expect_auth_error(chat_wsc *c, const char *code, const char *what)
+{
+    json_object *o = next_json(c, 5000);
+    const char *type = jstr(o, "type"), *got = jstr(o, "code");
+    if (!type || strcmp(type, "auth_error") || !got || strcmp(got, code) || !jstr(o, "message"))
+        fail_msg("%s: expected auth_error %s, got %s", what, code, json_object_to_json_string(o));
+    json_object_put(o);
+}
+
+/* An auth frame of n bytes: the token made of 'x' (before or after the type). */
+static char *big_auth(size_t n, bool type_last)
+{
+    char *f = malloc(n + 1);
+    assert_non_null(f);
+    const char *head = type_last ? "{\"token\":\"" : "{\"type\":\"auth\",\"token\":\"";
+    const char *tail = type_last ? "\",\"type\":\"auth\"}" : "\"}";
+    size_t h = strlen(head), t = strlen(tail);
+    memcpy(f, head, h);
+    memset(f + h, 'x', n - h - t);
+    memcpy(f + n - t, tail, t + 1);
+    return f;
+}
+
+/* Every reply to an auth attempt is auth_success or auth_error (with a code), before and after a
+ * successful authentication: a client waiting for its auth answer never gets a plain error. */
+static void test_auth_replies(void **state)
+{
+    (void)state;
+    size_t n = 100 * 1024;
+    char *big = big_auth(n, false), *big_last = big_auth(n, true);
+    char expired[2048], garbage[] = "{\"type\":\"auth\",\"token\":\"garbage\"}";
+    snprintf(expired, sizeof expired, "{\"type\":\"auth\",\"token\":\"%s\"}", E.expired);
+    const struct {
+        const char *name, *frame, *code;
+        int fragments; /* 0: one frame */
+    } cases[] = {
+        {"100 KB auth", big, "MESSAGE_TOO_LONG", 0},
+        {"100 KB auth, type last", big_last, "MESSAGE_TOO_LONG", 0},
+        {"100 KB auth in 10 fragments", big, "MESSAGE_TOO_LONG", 10},
+        {"100 KB auth in 10 fragments, type last", big_last, "MESSAGE_TOO_LONG", 10},
+        {"cut short", "{\"type\":\"auth\",\"token\":", "INVALID_JSON", 0},
+        {"trailing garbage", "{\"type\": \"auth\", \"token\": \"a.b.c\"} x", "INVALID_JSON", 0},
+        {"no token", "{\"type\":\"auth\"}", "INVALID_REQUEST", 0},
+        {"null token", "{\"type\":\"auth\",\"token\":null}", "INVALID_REQUEST", 0},
+        {"number token", "{\"type\":\"auth\",\"token\":42}", "INVALID_REQUEST", 0},
+        {"empty token", "{\"type\":\"auth\",\"token\":\"\"}", "INVALID_REQUEST", 0},
+        {"invalid token", garbage, "INVALID_TOKEN", 0},
+        {"expired token", expired, "TOKEN_EXPIRED", 0},
+    };
+    /* Within the default burst of 10 (the frames too long to read are not charged). */
+    for (int authed = 0; authed < 2; authed++) {
+        chat_wsc *c = ws_open(authed ? E.alice : NULL);
+        for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+            const char *f = cases[i].frame;
+            size_t len = strlen(f);
+            int k = cases[i].fragments;
+            if (!k) {
+                send_str(c, f);
+            } else {
+                for (int j = 0; j < k; j++) {
+                    size_t from = len * (size_t)j / (size_t)k, to = len * (size_t)(j + 1) / (size_t)k;
+                    assert_int_equal(chat_wsc_send_frame(c, j ? CHAT_WS_CONT : CHAT_WS_TEXT, j == k - 1, f + from,
+                                                         to - from),
+                                     0);
+                }
+            }
+            expect_auth_error(c, cases[i].code, cases[i].name);
+        }
+        /* Other frames are still answered with error, and the connection is as it was. */
+        send_str(c, "not json");
+        expect_error(c, "INVALID_JSON");
+        send_message(c, QUESTION, "\"partial\":false");
+        if (!authed) {
+            expect_error(c, "AUTH_REQUIRED");
+        } else {
+            answer a;
+            answer_init(&a);
+            collect(c, &a, ANSWER_MS, NULL, NULL);
+            assert_non_null(a.complete);
+            answer_clear(&a);
+        }
+        chat_wsc_close(c, 1000, NULL);
+    }
+    free(big);
+    free(big_last);
+
+    /* Rate-limited auth frames get auth_error RATE_LIMITED. */
+    char endpoint[400];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/authrate.ipc", E.dir);
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=3", NULL};
+    int port;
+    pid_t pid = streamer_start("authrate", endpoint, extra, &port);
+    chat_wsc *c = ws_open_at(port, "/ws/chat", NULL, NULL);
+    assert_non_null(c);
+    for (int i = 0; i < 3; i++) {
+        send_str(c, garbage);
+        expect_auth_error(c, "INVALID_TOKEN", "within the burst");
+    }
+    send_str(c, garbage);
+    expect_auth_error(c, "RATE_LIMITED", "over the rate");
+    send_str(c, "{\"type\":\"auth\"");
+    expect_auth_error(c, "RATE_LIMITED", "invalid JSON over the rate");
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
 }
 
 static void test_message_without_auth(void **state)
@@ -1477,6 +1630,106 @@ static void test_worker_with_slots_killed(void **state)
     assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
 }
 
+static void send_auth(chat_wsc *c, const char *token)
+{
+    char msg[4096];
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
+    send_str(c, msg);
+}
+
+static void expect_type(chat_wsc *c, const char *type, int timeout_ms)
+{
+    json_object *o = next_json(c, timeout_ms);
+    if (!jstr(o, "type") || strcmp(jstr(o, "type"), type))
+        fail_msg("expected %s, got %s", type, json_object_to_json_string(o));
+    json_object_put(o);
+}
+
+/* Token refresh on an open socket (CHAT_AUTH_REFRESH_LEAD_S=3, no leeway): auth_expiring arrives 3 s
+ * before exp; an auth with a fresh token for the same user, sent while an answer streams, is answered
+ * auth_success among the tokens, the answer goes on, and messages are accepted after the old exp (a
+ * connection that did not refresh gets AUTH_REQUIRED, as before); a token for another user is refused
+ * with USER_MISMATCH and the connection stays its user's. */
+static void test_token_refresh(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_AUTH_REFRESH_LEAD_S=3", "JWT_LEEWAY=0", "CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = private_stack("refresh", 2, 40, extra, &port, &workers);
+    time_t t0 = time(NULL);
+    long long exp = (long long)t0 + 6;
+    char *short_lived = chat_jwt_mint_hs256(SECRET, "alice", "alice@example.com", "Test alice", t0, 6);
+    assert_non_null(short_lived);
+    chat_wsc *c = ws_open_at(port, "/ws/chat", NULL, NULL), *plain = ws_open_at(port, "/ws/chat", NULL, NULL);
+    assert_non_null(c);
+    assert_non_null(plain);
+    send_auth(c, short_lived);
+    expect_type(c, "auth_success", 5000);
+    send_auth(plain, short_lived);
+    expect_type(plain, "auth_success", 5000);
+
+    /* (1) auth_expiring, the lead before exp */
+    json_object *o = next_json(c, 8000);
+    long long at = (long long)time(NULL);
+    if (strcmp(jstr(o, "type"), "auth_expiring")) fail_msg("got %s", json_object_to_json_string(o));
+    int expires_in = json_object_get_int(jget(o, "expires_in"));
+    if (expires_in < 1 || expires_in > 3 || at < exp - 3 || at >= exp)
+        fail_msg("auth_expiring at exp%+lld with expires_in %d", at - exp, expires_in);
+    json_object_put(o);
+    expect_type(plain, "auth_expiring", 5000);
+
+    /* (2) a refresh while an answer streams */
+    send_message(c, QUESTION, "\"session_id\":\"refresh-alice-1\"");
+    answer a;
+    answer_init(&a);
+    int tokens_at_success = -1;
+    while (!a.complete) {
+        o = next_json(c, ANSWER_MS);
+        const char *type = jstr(o, "type");
+        if (!strcmp(type, "token")) {
+            chat_buf_puts(&a.tokens, jstr(o, "token"));
+            if (a.ntokens++ == 0) send_auth(c, E.alice); /* a fresh token, an hour long */
+        } else if (!strcmp(type, "auth_success")) {
+            assert_string_equal(jstr(jget(o, "user"), "id"), "alice");
+            tokens_at_success = a.ntokens;
+        } else if (!strcmp(type, "complete")) {
+            a.complete = json_object_get(o);
+        } else if (strcmp(type, "progress")) {
+            fail_msg("unexpected %s", json_object_to_json_string(o));
+        }
+        json_object_put(o);
+    }
+    if (tokens_at_success < 1 || tokens_at_success >= a.ntokens)
+        fail_msg("auth_success after token %d of %d: the answer did not go on streaming", tokens_at_success,
+                 a.ntokens);
+    assert_string_equal(jstr(a.complete, "response"), a.tokens.data);
+    assert_string_equal(jstr(jget(a.complete, "metadata"), "finish_reason"), "stop");
+    answer_clear(&a);
+
+    /* (3) after the old exp: the refreshed connection is served, the other must authenticate again */
+    while ((long long)time(NULL) <= exp)
+        e2e_sleep_ms(100);
+    ask(c, QUESTION, &a);
+    assert_full_answer(&a);
+    answer_clear(&a);
+    send_message(plain, QUESTION, NULL);
+    expect_error(plain, "AUTH_REQUIRED");
+
+    /* (4) another user's token: refused, the connection stays alice's (bob would get SESSION_FORBIDDEN) */
+    send_auth(c, E.bob);
+    expect_auth_error(c, "USER_MISMATCH", "bob's token on alice's connection");
+    ask_with(c, QUESTION, "\"session_id\":\"refresh-alice-1\"", &a);
+    assert_full_answer(&a);
+    answer_clear(&a);
+
+    chat_wsc_close(c, 1000, NULL);
+    chat_wsc_close(plain, 1000, NULL);
+    free(short_lived);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+}
+
 static void test_rate_limited(void **state)
 {
     (void)state;
@@ -1711,12 +1964,14 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_and_paths),
         cmocka_unit_test(test_origin_allowlist),
+        cmocka_unit_test(test_origin_settings),
         cmocka_unit_test(test_auth_query_success),
         cmocka_unit_test(test_auth_query_failure_then_message),
         cmocka_unit_test(test_auth_message_expired_and_retry),
         cmocka_unit_test(test_token_expires_on_open_connection),
         cmocka_unit_test(test_token_expires_with_queue),
         cmocka_unit_test(test_message_without_auth),
+        cmocka_unit_test(test_auth_replies),
         cmocka_unit_test(test_jwt_attacks),
         cmocka_unit_test(test_streaming_chat),
         cmocka_unit_test(test_multiple_messages),
@@ -1736,6 +1991,7 @@ int main(void)
         cmocka_unit_test(test_worker_with_slots_killed),
         cmocka_unit_test(test_token_batching),
         cmocka_unit_test(test_rate_limited),
+        cmocka_unit_test(test_token_refresh),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_worker_killed_mid_answer),
