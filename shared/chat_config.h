@@ -25,7 +25,7 @@ typedef struct chat_config {
     char jwt_audience[256]; /* checked when non-empty */
     int jwt_leeway_s;
 
-    /* LLM provider: "openai" or "extractive". */
+    /* LLM provider: a name in chat_llm's provider table ("openai", "extractive"...). */
     char llm_provider[32];
     char llm_base_url[512];
     char llm_api_key[512];
