@@ -34,7 +34,8 @@ typedef struct chat_config {
     int llm_first_token_timeout_ms;
     int llm_stall_timeout_ms;
     int llm_max_tokens;
-    int token_delay_ms; /* extractive pacing, 0 = as fast as possible */
+    int token_delay_ms; /* extractive and replay pacing, 0 = as fast as possible */
+    char llm_replay_file[512]; /* the replay provider's recording: one JSON string per line */
 
     /* Pipeline. */
     int history_turns;

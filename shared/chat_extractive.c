@@ -411,11 +411,4 @@ static int ext_gen_new(void *state, void *loop_state, const chat_llm_request *re
                           errlen);
 }
 
-const chat_llm_provider chat_extractive_provider = {
-    .name = "extractive",
-    .open = ext_open,
-    .close = ext_close,
-    .instant = ext_instant,
-    .gen_new = ext_gen_new,
-    CHAT_PACED_PROVIDER_ROWS,
-};
+CHAT_LLM_PROVIDER_DEFINE(chat_extractive_provider, "extractive", ext, chat_llm_loop_none, chat_paced);

@@ -1,10 +1,10 @@
 /* The LLM provider interface: what chat_llm.c needs of a provider, as a struct of functions, and the
  * table of providers. Callers use chat_llm.h; this header is for chat_llm.c, the providers and tests.
  *
- * A provider is one file defining one `const chat_llm_provider chat_X_provider` plus one row in
- * CHAT_LLM_PROVIDER_MAP below; chat_llm.c finds it there by name (cfg->llm_provider) and never branches
- * on which provider runs. Every function is required (chat_llm_loop_none_* serve a provider that needs
- * nothing of a loop).
+ * A provider is one file defining one `const chat_llm_provider chat_X_provider` (CHAT_LLM_PROVIDER_DEFINE)
+ * plus one row in CHAT_LLM_PROVIDER_MAP below; chat_llm.c finds it there by name (cfg->llm_provider) and
+ * never branches on which provider runs. Every function is required (chat_llm_loop_none_* serve a
+ * provider that needs nothing of a loop, chat_paced_* one whose answer is known at the start).
  *
  * Three lifetimes, each with its own opaque state:
  *   provider state  open/close, one per chat_llm: the settings, read-only once open, so any number of
@@ -80,10 +80,23 @@ typedef struct chat_llm_provider {
     void (*gen_free)(void *gen);
 } chat_llm_provider;
 
+/* Defines provider sym, named name_, from its file's functions: pfx_open, pfx_close, pfx_instant and
+ * pfx_gen_new; loop_pfx_attach, _detach, _fds and _work; gen_pfx_deadline, _step, _outcome and _free.
+ * A provider with nothing of its own on a loop names chat_llm_loop_none for loop_pfx; one whose answer is
+ * known at the start names chat_paced for gen_pfx (chat_paced.h). */
+#define CHAT_LLM_PROVIDER_DEFINE(sym, name_, pfx, loop_pfx, gen_pfx)                                    \
+    const chat_llm_provider sym = {                                                                     \
+        .name = name_, .open = pfx##_open, .close = pfx##_close, .instant = pfx##_instant,              \
+        .loop_attach = loop_pfx##_attach, .loop_detach = loop_pfx##_detach, .loop_fds = loop_pfx##_fds, \
+        .loop_work = loop_pfx##_work, .gen_new = pfx##_gen_new, .gen_deadline = gen_pfx##_deadline,     \
+        .gen_step = gen_pfx##_step, .gen_outcome = gen_pfx##_outcome, .gen_free = gen_pfx##_free,       \
+    }
+
 /* The table: one row per provider, in the order chat_llm_provider_at lists them. */
 #define CHAT_LLM_PROVIDER_MAP(X)                                                                        \
     X(chat_openai_provider)                                                                             \
-    X(chat_extractive_provider)
+    X(chat_extractive_provider)                                                                         \
+    X(chat_replay_provider)
 
 #define CHAT_LLM_PROVIDER_DECLARE(sym) extern const chat_llm_provider sym;
 CHAT_LLM_PROVIDER_MAP(CHAT_LLM_PROVIDER_DECLARE)

@@ -955,18 +955,4 @@ static void oai_close(void *state) { chat_openai_free(state); }
 
 static bool oai_instant(const void *state) { return false; }
 
-const chat_llm_provider chat_openai_provider = {
-    .name = "openai",
-    .open = oai_open,
-    .close = oai_close,
-    .instant = oai_instant,
-    .loop_attach = oai_loop_attach,
-    .loop_detach = oai_loop_detach,
-    .loop_fds = oai_loop_fds,
-    .loop_work = oai_loop_work,
-    .gen_new = oai_gen_new,
-    .gen_deadline = oai_gen_deadline,
-    .gen_step = oai_gen_step,
-    .gen_outcome = oai_gen_outcome,
-    .gen_free = oai_gen_free,
-};
+CHAT_LLM_PROVIDER_DEFINE(chat_openai_provider, "openai", oai, oai_loop, oai_gen);

@@ -5,7 +5,8 @@
  * first step without a delay), so one loop thread paces any number of answers with its timers and
  * never sleeps. The cancel flag and max_tokens are looked at before every piece. The step, deadline,
  * outcome and free functions have the shape of chat_llm_provider's rows, so a provider uses them as
- * they are and writes only its gen_new. Everything runs on the loop's thread. */
+ * they are (gen_pfx chat_paced in CHAT_LLM_PROVIDER_DEFINE) and writes only its gen_new. Everything
+ * runs on the loop's thread. */
 #ifndef CHAT_PACED_H
 #define CHAT_PACED_H
 
@@ -28,13 +29,5 @@ int64_t chat_paced_deadline(const void *gen);
 bool chat_paced_step(void *gen, int64_t now);
 int chat_paced_outcome(const void *gen, const chat_llm_result **res, const char **err);
 void chat_paced_free(void *gen); /* accepts NULL */
-
-/* The rows of a chat_llm_provider whose answers go through chat_paced: nothing of its own on a loop, and
- * the paced generation. Such a provider writes only name, open, close, instant and gen_new. */
-#define CHAT_PACED_PROVIDER_ROWS                                                                        \
-    .loop_attach = chat_llm_loop_none_attach, .loop_detach = chat_llm_loop_none_detach,                 \
-    .loop_fds = chat_llm_loop_none_fds, .loop_work = chat_llm_loop_none_work,                           \
-    .gen_deadline = chat_paced_deadline, .gen_step = chat_paced_step, .gen_outcome = chat_paced_outcome, \
-    .gen_free = chat_paced_free
 
 #endif
