@@ -25,7 +25,7 @@ typedef struct chat_config {
     char jwt_audience[256]; /* checked when non-empty */
     int jwt_leeway_s;
 
-    /* LLM provider: "openai" or "extractive". */
+    /* LLM provider: a name in chat_llm's provider table ("openai", "extractive"...). */
     char llm_provider[32];
     char llm_base_url[512];
     char llm_api_key[512];
@@ -34,7 +34,8 @@ typedef struct chat_config {
     int llm_first_token_timeout_ms;
     int llm_stall_timeout_ms;
     int llm_max_tokens;
-    int token_delay_ms; /* extractive pacing, 0 = as fast as possible */
+    int token_delay_ms; /* extractive and replay pacing, 0 = as fast as possible */
+    char llm_replay_file[512]; /* the replay provider's recording: one JSON string per line */
 
     /* Pipeline. */
     int history_turns;

@@ -7,9 +7,10 @@
  * says it does not know instead of guessing.
  *
  * Output streams word by word. The whole answer is composed when the generation starts (it is cheap and
- * needs the request, which the caller may free at once); the tokens are then released by the caller's
- * chat_llm_loop, one per token_delay_ms on the loop's timers (all at once on the loop's next run with
- * no delay), so one thread paces any number of answers without sleeping. */
+ * needs the request, which the caller may free at once) and cut into tokens (a word with the whitespace
+ * after it); chat_paced then releases them on the caller's chat_llm_loop, one per token_delay_ms on the
+ * loop's timers (all at once on the loop's next run with no delay), so one thread paces any number of
+ * answers without sleeping. */
 #include "chat_extractive.h"
 
 #include <ctype.h>
@@ -20,6 +21,8 @@
 #include <string.h>
 
 #include "chat_common.h"
+#include "chat_llm_provider.h"
+#include "chat_paced.h"
 #include "chat_util.h"
 
 #define MAX_TERMS 32
@@ -352,108 +355,60 @@ char *chat_extractive_compose(const chat_llm_request *req)
     return chat_buf_take(&out);
 }
 
-/* ---- one generation, paced by the loop's timers ---- */
+/* ---- the provider: the answer composed at the start, released by chat_paced ---- */
 
-struct chat_extractive_gen {
-    char *text;    /* the whole answer, composed at the start */
-    const char *p; /* the next token */
-    int delay_ms, max_tokens;
-    int64_t due; /* when the next token may go (after the first) */
-    chat_llm_token_fn fn;
-    void *ud;
-    const atomic_int *cancel;
-    bool finished;
-    int rc;
-    chat_llm_result res;
-    char err[64];
-};
+typedef struct ext_state {
+    int delay_ms; /* cfg->token_delay_ms */
+} ext_state;
 
-int chat_extractive_gen_new(const chat_config *cfg, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
-                            const atomic_int *cancel, chat_extractive_gen **out, char *err, size_t errlen)
+static int ext_open(const chat_config *cfg, void **state, char *err, size_t errlen)
 {
-    *out = NULL;
-    if (!cfg || !req) return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
-    chat_extractive_gen *g = calloc(1, sizeof *g);
-    if (g) g->text = chat_extractive_compose(req);
-    if (!g || !g->text) {
-        free(g);
+    ext_state *s = malloc(sizeof *s);
+    if (!s) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    s->delay_ms = cfg->token_delay_ms > 0 ? cfg->token_delay_ms : 0;
+    *state = s;
+    return 0;
+}
+
+static void ext_close(void *state) { free(state); }
+
+static bool ext_instant(const void *state) { return ((const ext_state *)state)->delay_ms == 0; }
+
+/* Where each token of text ends, a token being a word with the whitespace that follows it (caller
+ * frees; NULL when out of memory). */
+static size_t *ext_split(const char *text, size_t *n)
+{
+    size_t cap = 1;
+    for (const char *c = text; *c; c++) cap += isspace((unsigned char)*c) != 0;
+    size_t *ends = malloc(cap * sizeof *ends);
+    if (!ends) return NULL;
+    *n = 0;
+    for (const char *e = text; *e;) {
+        while (*e && !isspace((unsigned char)*e)) e++;
+        while (*e && isspace((unsigned char)*e)) e++;
+        ends[(*n)++] = (size_t)(e - text);
+    }
+    return ends;
+}
+
+static int ext_gen_new(void *state, void *loop_state, const chat_llm_request *req, const chat_llm_gen_ctx *ctx,
+                       void **gen, char *err, size_t errlen)
+{
+    const ext_state *s = state;
+    *gen = NULL;
+    if (!req) return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
+    size_t n = 0;
+    char *text = chat_extractive_compose(req);
+    size_t *ends = text ? ext_split(text, &n) : NULL;
+    if (!ends) {
+        free(text);
         return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
     }
     size_t prompt_bytes = req->question ? strlen(req->question) : 0;
     if (req->passages)
         for (size_t i = 0; i < req->passages->n && i < 4; i++) prompt_bytes += strlen(req->passages->items[i].body);
-    g->res.prompt_tokens = (int)(prompt_bytes / 4) + 1;
-    snprintf(g->res.finish_reason, sizeof g->res.finish_reason, "stop");
-    g->p = g->text;
-    g->delay_ms = cfg->token_delay_ms > 0 ? cfg->token_delay_ms : 0;
-    g->max_tokens = req->max_tokens > 0 ? req->max_tokens : 1 << 30;
-    g->fn = fn, g->ud = ud, g->cancel = cancel;
-    *out = g;
-    return 0;
+    return chat_paced_new(ctx, text, ends, n, s->delay_ms, req->max_tokens, (int)(prompt_bytes / 4) + 1, gen, err,
+                          errlen);
 }
 
-int64_t chat_extractive_gen_deadline(const chat_extractive_gen *g)
-{
-    /* the first token goes at once, the others token_delay_ms after the one before */
-    if (g->finished || !g->delay_ms || !g->res.completion_tokens) return INT64_MIN;
-    return g->due;
-}
-
-static void ext_finish(chat_extractive_gen *g, int rc, const char *reason, const char *msg)
-{
-    g->finished = true;
-    g->rc = rc;
-    if (reason) snprintf(g->res.finish_reason, sizeof g->res.finish_reason, "%s", reason);
-    if (msg) chat_fail(g->err, sizeof g->err, rc, "%s", msg);
-}
-
-bool chat_extractive_gen_step(chat_extractive_gen *g, int64_t now)
-{
-    while (!g->finished) {
-        if (!*g->p) {
-            ext_finish(g, 0, NULL, NULL);
-            break;
-        }
-        if (g->cancel && atomic_load(g->cancel)) {
-            ext_finish(g, CHAT_ECANCELLED, "cancelled", "cancelled");
-            break;
-        }
-        if (g->res.completion_tokens >= g->max_tokens) {
-            ext_finish(g, 0, "length", NULL);
-            break;
-        }
-        if (g->delay_ms && g->res.completion_tokens > 0 && now < g->due) break; /* not yet */
-        /* a token is a word with the whitespace that follows it */
-        const char *e = g->p;
-        while (*e && !isspace((unsigned char)*e)) e++;
-        while (*e && isspace((unsigned char)*e)) e++;
-        g->res.completion_tokens++;
-        g->res.tokens_emitted++;
-        int stop = g->fn ? g->fn(g->ud, g->p, (size_t)(e - g->p)) : 0;
-        g->p = e;
-        if (stop) {
-            ext_finish(g, CHAT_ECANCELLED, "cancelled", "stopped by the caller");
-            break;
-        }
-        if (!*g->p) { /* the last one: done now, not a token interval later */
-            ext_finish(g, 0, NULL, NULL);
-            break;
-        }
-        if (g->delay_ms) g->due = chat_now_ms() + g->delay_ms;
-    }
-    return g->finished;
-}
-
-int chat_extractive_gen_outcome(const chat_extractive_gen *g, const chat_llm_result **res, const char **err)
-{
-    if (res) *res = &g->res;
-    if (err) *err = g->err;
-    return g->rc;
-}
-
-void chat_extractive_gen_free(chat_extractive_gen *g)
-{
-    if (!g) return;
-    free(g->text);
-    free(g);
-}
+CHAT_LLM_PROVIDER_DEFINE(chat_extractive_provider, "extractive", ext, chat_llm_loop_none, chat_paced);
