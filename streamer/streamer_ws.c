@@ -16,8 +16,10 @@
  *   time it is re-armed: O(n^2) with 50,000 connections. The streamer therefore disables lws's validity
  *   timers and keeps two intrusive lists of sessions, ordered by last received byte and by last client
  *   message (moving to the tail is O(1)). A one-second sweep pings connections silent for
- *   ping_interval_s, drops those silent for twice that plus 10 s, and closes (1000) those idle for
- *   idle_timeout_s. lws's own short timeouts (handshake, close) remain.
+ *   ping_interval_s, drops those silent for CHAT_STREAMER_PING_TIMEOUT_S (default twice that plus 10 s),
+ *   and closes (1000) those idle for idle_timeout_s. lws's own short timeouts (handshake, close) remain.
+ *   "Silent" means no byte read from the socket: streamer_rx.c sees every read, because lws 4.1 does not
+ *   report pongs with an empty payload (the answer browsers give to the streamer's empty pings).
  * - Outbound queue per connection, bounded by bytes owed to the client. Tokens are not queued as frames:
  *   a token item is a range of the answer text, so consecutive tokens of a slow reader coalesce into one
  *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer). The
@@ -40,7 +42,7 @@
  * buffer per WebSocket, default 65536 so that a slow reader cannot park megabytes in kernel buffers
  * through autotuning, and is noticed; 0 = leave it to the kernel),
  * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
- * (default 30000), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
+ * (default 30000), CHAT_STREAMER_PING_TIMEOUT_S (default 2 * CHAT_PING_INTERVAL_S + 10), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -63,6 +65,7 @@
 #include "streamer.h"
 #include "streamer_broker.h"
 #include "streamer_map.h"
+#include "streamer_rx.h"
 
 #define ST_BURST 10.0f
 #define ST_TOKEN_OVERHEAD 64 /* JSON around a token frame, for the outbound byte count */
@@ -129,6 +132,7 @@ struct sess {
     float bucket;
     uint16_t close_code; /* non-zero: close after the queue drains */
     uint8_t flags;
+    srx_conn wire; /* every read from the socket counts as activity (streamer_rx.h) */
 };
 
 typedef struct dl_list {
@@ -147,6 +151,7 @@ static struct {
     size_t frame_max;
     int sndbuf;
     int rx_buffer;
+    int ping_timeout_s; /* no byte received for this long: dropped */
     bool evlib; /* libev loop (else poll) */
     int conns;
     dl_list lists[2];
@@ -816,6 +821,17 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
 
 /* ---------------------------------------------------------------- connection lifecycle */
 
+/* Bytes arrived from the client (streamer_rx.c, inside lws's read, before lws parses them): the
+ * keepalive's sign of life. Pongs count whatever their payload; lws reports only non-empty ones. */
+static void on_wire_read(void *ud)
+{
+    sess *s = ud;
+    if (!s->wsi || (s->flags & F_DEAD)) return;
+    s->last_rx_ms = chat_now_ms();
+    s->flags &= (uint8_t)~F_PINGED;
+    dl_touch(s, L_RX);
+}
+
 static void on_established(sess *s, struct lws *wsi)
 {
     memset(s, 0, sizeof *s);
@@ -826,6 +842,7 @@ static void on_established(sess *s, struct lws *wsi)
     dl_append(s, L_MSG);
     s->flags |= F_LISTED;
     S.conns++;
+    srx_attach(&s->wire, lws_get_socket_fd(wsi), s);
     if (S.sndbuf > 0) {
         int fd = lws_get_socket_fd(wsi);
         if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &S.sndbuf, sizeof S.sndbuf);
@@ -843,6 +860,7 @@ static void on_established(sess *s, struct lws *wsi)
 static void on_closed(sess *s)
 {
     if (!s->wsi) return; /* never established */
+    srx_detach(&s->wire);
     if (s->flags & F_LISTED) {
         dl_remove(s, L_RX);
         dl_remove(s, L_MSG);
@@ -1022,17 +1040,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_ESTABLISHED: on_established(s, wsi); return 0;
     case LWS_CALLBACK_RECEIVE:
         if (!s || !s->wsi || s->close_code || (s->flags & F_DEAD)) return 0;
-        s->last_rx_ms = chat_now_ms();
-        s->flags &= (uint8_t)~F_PINGED;
-        dl_touch(s, L_RX);
-        return on_receive(s, wsi, in, len);
-    case LWS_CALLBACK_RECEIVE_PONG:
-        if (s && s->wsi) {
-            s->last_rx_ms = chat_now_ms();
-            s->flags &= (uint8_t)~F_PINGED;
-            dl_touch(s, L_RX);
-        }
-        return 0;
+        return on_receive(s, wsi, in, len); /* activity was noted by on_wire_read */
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!s || !s->wsi) return 0;
         return on_writeable(s, wsi);
@@ -1057,7 +1065,7 @@ static struct lws_protocols protocols[2];
 static void sweep(int64_t now)
 {
     int64_t ping_ms = (int64_t)S.cfg.ping_interval_s * 1000;
-    int64_t dead_ms = 2 * ping_ms + 10000;
+    int64_t dead_ms = (int64_t)S.ping_timeout_s * 1000;
     int64_t idle_ms = (int64_t)S.cfg.idle_timeout_s * 1000;
     for (sess *s = S.lists[L_RX].head, *next; s && now - s->last_rx_ms >= ping_ms; s = next) {
         next = s->next[L_RX];
@@ -1176,6 +1184,9 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.sndbuf = chat_config_env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
     S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
+    S.ping_timeout_s =
+        chat_config_env_int("CHAT_STREAMER_PING_TIMEOUT_S", 2 * cfg->ping_interval_s + 10, cfg->ping_interval_s + 1, 86400);
+    if (srx_init(on_wire_read, err, errlen)) return CHAT_ERR; /* before any other thread exists */
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;
     S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
@@ -1307,6 +1318,7 @@ void st_cleanup(void)
     }
     sb_broker_free(S.broker);
     S.broker = NULL;
+    srx_free();
     chat_jwt_verifier_free(S.jwt);
     S.jwt = NULL;
     sm_free(&S.jobs);

@@ -161,12 +161,13 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
                                "CHAT_MAX_MESSAGE_BYTES",
                                "CHAT_IDLE_TIMEOUT_S",
                                "CHAT_PING_INTERVAL_S",
+                               "CHAT_STREAMER_PING_TIMEOUT_S",
                                "CHAT_STREAMER_SNDBUF",
                                "CHAT_STREAMER_RX_BUFFER",
                                "CHAT_STREAMER_WRITE_STALL_MS",
                                "CHAT_STREAMER_QUEUE_MAX",
                                "CHAT_STREAMER_QUEUE_WAIT_MS"};
-        int n = 22;
+        int n = 23;
         for (int i = 0; extra && extra[i] && n < 47; i++)
             env[n++] = extra[i];
         env[n] = NULL;
@@ -1191,16 +1192,20 @@ static pid_t private_stack(const char *name, int slots, int delay_ms, const char
     return private_stack_flush(name, slots, delay_ms, -1, extra, port, workers);
 }
 
-/* A connection of alice's to a private streamer, authenticated by ?token=; its first frame is read. */
-static chat_wsc *open_alice(int port)
+/* A connection of alice's to a private streamer, authenticated by ?token=; its first frame is read.
+ * empty_pongs: the client answers pings with empty pongs (chat_wsc_opts). */
+static chat_wsc *open_alice_with(int port, bool empty_pongs)
 {
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
-    chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
-    assert_non_null(c);
+    char url[2200], err[256];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d/ws/chat?token=%s", port, E.alice);
+    chat_wsc_opts o = {.timeout_ms = 5000, .empty_pongs = empty_pongs};
+    chat_wsc *c = chat_wsc_connect(url, &o, NULL, err, sizeof err);
+    if (!c) fail_msg("connect: %s", err);
     json_object_put(next_json(c, 5000));
     return c;
 }
+
+static chat_wsc *open_alice(int port) { return open_alice_with(port, false); }
 
 static void note_first_token(chat_wsc *c, answer *a, void *ud)
 {
@@ -1537,6 +1542,41 @@ static void test_idle_timeout(void **state)
     stop_streamer(pid);
 }
 
+/* Keepalive with the intervals shortened: pinged after 1 s of silence, dropped after 3 s without a
+ * byte. A client that answers the pings with empty pongs (as browsers and python-websockets do to the
+ * streamer's empty pings) stays connected well past the drop time, idle or while an answer paced to
+ * outlast it streams, and gets the whole answer; a client that sends nothing is dropped. */
+static void test_keepalive_empty_pongs(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_PING_INTERVAL_S=1", "CHAT_STREAMER_PING_TIMEOUT_S=3", "CHAT_IDLE_TIMEOUT_S=60", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = private_stack("keepalive", 1, 150, extra, &port, &workers);
+    chat_wsc *ponger = open_alice_with(port, true);
+    chat_wsc *mute = open_alice(port); /* never reads, so never answers a ping */
+    long long t0 = e2e_now_ms();
+    while (e2e_now_ms() - t0 < 7000) { /* reading answers the pings */
+        int rc = chat_wsc_recv(ponger, 250, NULL, NULL);
+        if (rc != CHAT_ETIMEOUT) fail_msg("idle ponger: rc %d, close %d after %lld ms", rc, chat_wsc_close_code(ponger),
+                                          e2e_now_ms() - t0);
+    }
+    assert_int_equal(wait_closed(mute, 1000), 1006); /* dropped without a close frame */
+    expect_usable(ponger);
+    answer a;
+    t0 = e2e_now_ms();
+    ask(ponger, QUESTION, &a);
+    long long took = e2e_now_ms() - t0;
+    if (a.closed) fail_msg("the answer was cut after %lld ms and %d tokens", took, a.ntokens);
+    assert_full_answer(&a);
+    if (took < 6000) fail_msg("the answer took %lld ms: too fast to outlast the drop time twice", took);
+    answer_clear(&a);
+    chat_wsc_close(ponger, 1000, NULL);
+    chat_wsc_close(mute, 0, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+}
+
 /* In place of the main streamer: small send buffers, a short write stall, a small outbound limit. */
 static void test_slow_reader(void **state)
 {
@@ -1744,6 +1784,7 @@ int main(void)
         cmocka_unit_test(test_rate_limited),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_keepalive_empty_pongs),
         cmocka_unit_test(test_worker_killed_mid_answer),
         cmocka_unit_test(test_cancel_then_worker_lost),
         cmocka_unit_test(test_slow_reader),
