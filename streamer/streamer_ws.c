@@ -42,7 +42,8 @@
  * buffer per WebSocket, default 65536 so that a slow reader cannot park megabytes in kernel buffers
  * through autotuning, and is noticed; 0 = leave it to the kernel),
  * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
- * (default 30000), CHAT_STREAMER_PING_TIMEOUT_S (default 2 * CHAT_PING_INTERVAL_S + 10), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
+ * (default 30000), CHAT_STREAMER_PING_TIMEOUT_S (default 2 * CHAT_PING_INTERVAL_S + 10),
+ * CHAT_STREAMER_HEADER_TIMEOUT_S (default 10), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -152,6 +153,7 @@ static struct {
     int sndbuf;
     int rx_buffer;
     int ping_timeout_s; /* no byte received for this long: dropped */
+    int head_timeout_s; /* lws's bound on a request head (slowloris) */
     bool evlib; /* libev loop (else poll) */
     int conns;
     dl_list lists[2];
@@ -1186,6 +1188,7 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
     S.ping_timeout_s =
         chat_config_env_int("CHAT_STREAMER_PING_TIMEOUT_S", 2 * cfg->ping_interval_s + 10, cfg->ping_interval_s + 1, 86400);
+    S.head_timeout_s = chat_config_env_int("CHAT_STREAMER_HEADER_TIMEOUT_S", 10, 1, 3600);
     if (srx_init(on_wire_read, err, errlen)) return CHAT_ERR; /* before any other thread exists */
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;
@@ -1256,7 +1259,13 @@ int st_run(const sigset_t *unblock)
     info.count_threads = 1;
     info.pt_serv_buf_size = 16384;
     info.max_http_header_data = 8192; /* room for a long ?token= */
-    info.timeout_secs = 10;
+    /* Slowloris: lws gives each accepted connection a header table at once and closes the connection
+     * when its request head is not complete timeout_secs_ah_idle later (the hold is not re-armed by
+     * each byte, so a client dripping its head is closed however slowly it drips). timeout_secs bounds
+     * lws's other short waits the same way: for a header table when all are taken, the close
+     * handshake, a request body. */
+    info.timeout_secs = (unsigned int)S.head_timeout_s;
+    info.timeout_secs_ah_idle = (unsigned int)S.head_timeout_s;
     info.gid = -1, info.uid = -1;
     info.retry_and_idle_policy = &no_validity;
     info.vhost_name = "chat-streamer";

@@ -17,10 +17,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,12 +164,13 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
                                "CHAT_IDLE_TIMEOUT_S",
                                "CHAT_PING_INTERVAL_S",
                                "CHAT_STREAMER_PING_TIMEOUT_S",
+                               "CHAT_STREAMER_HEADER_TIMEOUT_S",
                                "CHAT_STREAMER_SNDBUF",
                                "CHAT_STREAMER_RX_BUFFER",
                                "CHAT_STREAMER_WRITE_STALL_MS",
                                "CHAT_STREAMER_QUEUE_MAX",
                                "CHAT_STREAMER_QUEUE_WAIT_MS"};
-        int n = 23;
+        int n = 24;
         for (int i = 0; extra && extra[i] && n < 47; i++)
             env[n++] = extra[i];
         env[n] = NULL;
@@ -179,6 +182,14 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
     }
     fail_msg("streamer %s did not start, see %s", name, log_path(name));
     return -1;
+}
+
+/* A streamer with settings of its own and no workers (an endpoint of its own, named after it). */
+static pid_t streamer_alone(const char *name, const char *const extra[], int *port)
+{
+    char endpoint[400];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
+    return streamer_start(name, endpoint, extra, port);
 }
 
 static void stop_streamer(pid_t pid)
@@ -554,6 +565,51 @@ static void test_origin_allowlist(void **state)
         }
         chat_wsc_close(c, 1000, NULL);
     }
+}
+
+/* Connects to port and sends a request head one byte a second (drip) or nothing at all. Returns when
+ * the server closed the connection, in ms after the connect, or -1 when it was still open after
+ * limit_ms. A response before the head is complete fails the test. */
+static long long slow_head_closed_after(int port, bool drip, int limit_ms)
+{
+    static const char head[] = "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    long long t0 = e2e_now_ms(), closed = -1;
+    size_t sent = 0;
+    while (closed < 0 && e2e_now_ms() - t0 < limit_ms) {
+        if (drip && sent < sizeof head - 1 && send(fd, head + sent, 1, MSG_NOSIGNAL) == 1) sent++;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) <= 0) continue;
+        char b[256];
+        ssize_t n = recv(fd, b, sizeof b, 0);
+        if (n > 0) fail_msg("a response after %zu bytes of the head: %.*s", sent, (int)n, b);
+        closed = e2e_now_ms() - t0;
+    }
+    close(fd);
+    return closed;
+}
+
+/* Slowloris: with CHAT_STREAMER_HEADER_TIMEOUT_S=2, a connection sending its request head one byte a
+ * second is closed after about 2 s (lws's default would be 10), so is one that sends nothing; a normal
+ * request is not affected. */
+static void test_request_head_timeout(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_STREAMER_HEADER_TIMEOUT_S=2", NULL};
+    int port;
+    pid_t pid = streamer_alone("head", extra, &port);
+    static const bool drips[] = {true, false};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(drips); i++) {
+        long long after = slow_head_closed_after(port, drips[i], 6000);
+        if (after < 1500 || after > 4500)
+            fail_msg("%s: closed after %lld ms, want about 2000", drips[i] ? "one byte a second" : "silent", after);
+    }
+    assert_int_equal(status_int(port, "connections"), 0); /* a complete request is served */
+    stop_streamer(pid);
 }
 
 /* ---------------------------------------------------------------- authentication */
@@ -1757,6 +1813,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_and_paths),
         cmocka_unit_test(test_origin_allowlist),
+        cmocka_unit_test(test_request_head_timeout),
         cmocka_unit_test(test_auth_query_success),
         cmocka_unit_test(test_auth_query_failure_then_message),
         cmocka_unit_test(test_auth_message_expired_and_retry),
