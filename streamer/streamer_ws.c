@@ -824,14 +824,20 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
 /* ---------------------------------------------------------------- connection lifecycle */
 
 /* Bytes arrived from the client (streamer_rx.c, inside lws's read, before lws parses them): the
- * keepalive's sign of life. Pongs count whatever their payload; lws reports only non-empty ones. */
-static void on_wire_read(void *ud)
+ * keepalive's sign of life. Pongs count whatever their payload; lws reports only non-empty ones.
+ * An unmasked frame (RFC 6455 section 5.1) closes the connection with 1002: being dead from here on,
+ * the connection ignores the frames lws parses from these bytes. */
+static void on_wire_read(void *ud, bool unmasked)
 {
     sess *s = ud;
     if (!s->wsi || (s->flags & F_DEAD)) return;
     s->last_rx_ms = chat_now_ms();
     s->flags &= (uint8_t)~F_PINGED;
     dl_touch(s, L_RX);
+    if (unmasked) {
+        chat_log_info("streamer: closing a connection that sent an unmasked frame");
+        kill_conn(s, ST_CLOSE_PROTOCOL, "unmasked frame");
+    }
 }
 
 static void on_established(sess *s, struct lws *wsi)

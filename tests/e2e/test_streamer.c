@@ -1108,6 +1108,52 @@ static void test_invalid_utf8_and_binary(void **state)
     chat_wsc_close(c, 0, NULL);
 }
 
+/* RFC 6455 section 5.1: a client frame without a mask closes the connection with 1002, whatever the
+ * frame (data or control, alone or after a masked one in the same write, its header split across
+ * writes); the application never sees it (no pong for an unmasked {"type":"ping"}). */
+static void test_unmasked_frame(void **state)
+{
+    (void)state;
+    static const char ping[] = "{\"type\":\"ping\"}";
+    unsigned char text[2 + sizeof ping - 1] = {0x81, (unsigned char)(sizeof ping - 1)};
+    memcpy(text + 2, ping, sizeof ping - 1);
+    static const unsigned char pong[] = {0x8a, 0x00};
+    const struct {
+        const char *name;
+        const unsigned char *bytes;
+        size_t len;
+        bool masked_first; /* a masked frame in the same write before it */
+        size_t split;      /* > 0: the bytes go in two writes, split there */
+    } cases[] = {{"text", text, sizeof text, false, 0},
+                 {"empty pong", pong, sizeof pong, false, 0},
+                 {"after a masked frame", text, sizeof text, true, 0},
+                 {"header split", text, sizeof text, false, 1}};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_wsc *c = ws_open(E.alice);
+        unsigned char buf[64];
+        size_t n = 0;
+        if (cases[i].masked_first) { /* a masked empty pong: header, key, no payload */
+            static const unsigned char masked_pong[] = {0x8a, 0x80, 1, 2, 3, 4};
+            memcpy(buf, masked_pong, sizeof masked_pong);
+            n = sizeof masked_pong;
+        }
+        memcpy(buf + n, cases[i].bytes, cases[i].len);
+        n += cases[i].len;
+        size_t first = cases[i].split ? cases[i].split : n;
+        assert_int_equal(chat_wsc_send_raw(c, buf, first), 0);
+        if (first < n) {
+            e2e_sleep_ms(100);
+            assert_int_equal(chat_wsc_send_raw(c, buf + first, n - first), 0);
+        }
+        const char *m = NULL;
+        int rc = chat_wsc_recv(c, 5000, &m, NULL);
+        if (rc != CHAT_ERR) fail_msg("%s: rc %d (%s) instead of a close", cases[i].name, rc, rc ? "" : m);
+        if (chat_wsc_close_code(c) != 1002 || strcmp(chat_wsc_close_reason(c), "unmasked frame"))
+            fail_msg("%s: close %d %s", cases[i].name, chat_wsc_close_code(c), chat_wsc_close_reason(c));
+        chat_wsc_close(c, 0, NULL);
+    }
+}
+
 /* ---------------------------------------------------------------- workers failing */
 
 static void kill_busy_worker(chat_wsc *c, answer *a, void *ud)
@@ -1832,6 +1878,7 @@ int main(void)
         cmocka_unit_test(test_queueing),
         cmocka_unit_test(test_oversized_frames),
         cmocka_unit_test(test_invalid_utf8_and_binary),
+        cmocka_unit_test(test_unmasked_frame),
         cmocka_unit_test(test_no_workers),
         cmocka_unit_test(test_single_worker_back_to_back),
         cmocka_unit_test(test_worker_slots_run_concurrently),
