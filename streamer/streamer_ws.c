@@ -7,7 +7,7 @@
  *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  * - The loop is libev (epoll) through lws's evlib plugin, poll() as a fallback: poll() costs
  *   O(connections) per wake-up, so with tens of thousands of connections a connection storm is quadratic.
- * - Memory per idle connection is what lws needs plus a ~120-byte session: the receive-reassembly buffer,
+ * - Memory per idle connection is what lws needs plus a ~180-byte session: the receive-reassembly buffer,
  *   the outbound queue, queued messages and the answer text live in a side structure allocated while the
  *   connection has work and freed when it is idle again. A message that arrives in one piece is parsed in
  *   place, never copied.
@@ -31,8 +31,11 @@
  * - One answer at a time per connection: further messages wait in a bounded FIFO, and the next one is
  *   dispatched when the previous answer's tokens have left the queue (a slow reader does not hold a
  *   worker for answers it cannot read). progress "starting" is sent when a message starts.
- * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages, auth frames and invalid
- *   frames. Messages without a session_id continue the connection's last session.
+ * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages (unauthenticated ones too),
+ *   auth frames and invalid frames; application pings have a bucket of their own at the same rate.
+ *   Messages without a session_id continue the connection's last session.
+ * - A connection not authenticated CHAT_STREAMER_AUTH_TIMEOUT_S after it opened is closed (1008): a third
+ *   list, in opening order, holds the connections still waiting, so the sweep reads only its head.
  * - Path and Origin are checked in LWS_CALLBACK_HTTP_CONFIRM_UPGRADE, where a 404/403 response can still
  *   be written (a refusal in FILTER_PROTOCOL_CONNECTION only drops the TCP connection).
  * - Graceful shutdown: refuse new connections and messages, let answers in flight finish within
@@ -43,7 +46,7 @@
  * through autotuning, and is noticed; 0 = leave it to the kernel),
  * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
  * (default 30000), CHAT_STREAMER_PING_TIMEOUT_S (default 2 * CHAT_PING_INTERVAL_S + 10),
- * CHAT_STREAMER_HEADER_TIMEOUT_S (default 10), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
+ * CHAT_STREAMER_HEADER_TIMEOUT_S (default 10), CHAT_STREAMER_AUTH_TIMEOUT_S (default 10), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -115,12 +118,13 @@ enum {
     F_PING_DUE = 2, /* send a ping at the next writeable */
     F_PINGED = 4,   /* a ping is out, no byte received since */
     F_DEAD = 8,     /* being killed: ignore everything */
+    F_AUTH_WAIT = 16, /* in the auth list: not authenticated at ESTABLISHED, deadline not reached yet */
 };
 
-enum { L_RX = 0, L_MSG = 1 };
+enum { L_RX = 0, L_MSG = 1, L_AUTH = 2, L_COUNT };
 
 struct sess {
-    struct sess *prev[2], *next[2];
+    struct sess *prev[L_COUNT], *next[L_COUNT];
     struct lws *wsi;
     sess_x *x;
     char *user;       /* "id\0email\0name\0" once authenticated */
@@ -131,6 +135,9 @@ struct sess {
     int64_t last_msg_ms;
     int64_t bucket_ms;
     float bucket;
+    float ping_bucket; /* application pings have a bucket of their own, at the same rate */
+    int64_t ping_bucket_ms;
+    int64_t opened_ms;
     uint16_t close_code; /* non-zero: close after the queue drains */
     uint8_t flags;
     srx_conn wire; /* every read from the socket counts as activity (streamer_rx.h) */
@@ -154,9 +161,10 @@ static struct {
     int rx_buffer;
     int ping_timeout_s; /* no byte received for this long: dropped */
     int head_timeout_s; /* lws's bound on a request head (slowloris) */
+    int auth_timeout_s; /* a connection not authenticated this long after it opened is closed */
     bool evlib; /* libev loop (else poll) */
     int conns;
-    dl_list lists[2];
+    dl_list lists[L_COUNT];
     sess_x *outq_head, *outq_tail; /* connections with something to send */
     int stall_ms;
     unsigned char *tx;
@@ -488,19 +496,34 @@ static int answer_append(sess_x *x, const char *text, size_t len, size_t *at)
 
 static void dispatch_next(sess *s);
 
-static bool take_token(sess *s, int64_t now)
+/* A token bucket of rate_limit_per_min, burst min(10, rate): false when empty. at_ms 0 = full. */
+static bool bucket_take(float *bucket, int64_t *at_ms, int64_t now)
 {
     float rate = (float)S.cfg.rate_limit_per_min / 60000.0f; /* tokens per ms */
     float burst = S.cfg.rate_limit_per_min < ST_BURST ? (float)S.cfg.rate_limit_per_min : ST_BURST;
-    if (!s->bucket_ms)
-        s->bucket = burst;
+    if (!*at_ms)
+        *bucket = burst;
     else
-        s->bucket += (float)(now - s->bucket_ms) * rate;
-    if (s->bucket > burst) s->bucket = burst;
-    s->bucket_ms = now;
-    if (s->bucket < 1.0f) return false;
-    s->bucket -= 1.0f;
+        *bucket += (float)(now - *at_ms) * rate;
+    if (*bucket > burst) *bucket = burst;
+    *at_ms = now;
+    if (*bucket < 1.0f) return false;
+    *bucket -= 1.0f;
     return true;
+}
+
+static bool take_token(sess *s, int64_t now)
+{
+    return bucket_take(&s->bucket, &s->bucket_ms, now);
+}
+
+/* Charges a frame to the connection's messages (ping false) or application pings; false, with
+ * RATE_LIMITED sent, when that bucket is empty. */
+static bool charge(sess *s, bool ping, int64_t now)
+{
+    bool ok = ping ? bucket_take(&s->ping_bucket, &s->ping_bucket_ms, now) : take_token(s, now);
+    if (!ok) send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+    return ok;
 }
 
 static void start_job(sess *s, pmsg *p)
@@ -696,10 +719,6 @@ static void handle_message(sess *s, chat_in *in, int64_t now)
         send_error(s, "The server is shutting down, please reconnect", CHAT_CODE_OVERLOADED);
         return;
     }
-    if (!take_token(s, now)) {
-        send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
-        return;
-    }
     sess_x *x = x_get(s);
     if (!x) {
         send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
@@ -753,14 +772,18 @@ static void handle_text(sess *s, const char *data, size_t len)
         else
             handle_auth(s, in.token);
         break;
-    case CHAT_IN_MESSAGE: handle_message(s, &in, now); break;
+    case CHAT_IN_MESSAGE: /* charged before the auth check: unauthenticated ones count too */
+        if (charge(s, false, now)) handle_message(s, &in, now);
+        break;
     case CHAT_IN_CANCEL:
         if (s->x && s->x->job_id && !s->x->cancel_sent) {
             s->x->cancel_sent = true;
             sb_broker_cancel(S.broker, s->x->job_id, false);
         }
         break;
-    case CHAT_IN_PING: send_json(s, strdup("{\"type\":\"pong\"}")); break;
+    case CHAT_IN_PING:
+        if (charge(s, true, now)) send_json(s, strdup("{\"type\":\"pong\"}"));
+        break;
     }
     chat_in_clear(&in);
 }
@@ -863,6 +886,11 @@ static void on_established(sess *s, struct lws *wsi)
         s->bucket_ms = now, s->bucket = ST_BURST; /* the query token does not cost the client a message */
         handle_auth(s, tok);
     }
+    s->opened_ms = now;
+    if (!s->user) { /* the auth deadline runs (sweep_auth) */
+        dl_append(s, L_AUTH);
+        s->flags |= F_AUTH_WAIT;
+    }
 }
 
 static void on_closed(sess *s)
@@ -873,6 +901,7 @@ static void on_closed(sess *s)
         dl_remove(s, L_RX);
         dl_remove(s, L_MSG);
     }
+    if (s->flags & F_AUTH_WAIT) dl_remove(s, L_AUTH);
     S.conns--;
     abandon_job(s);
     if (s->x) {
@@ -1070,6 +1099,21 @@ static struct lws_protocols protocols[2];
 
 /* ---------------------------------------------------------------- periodic work */
 
+/* Connections still unauthenticated auth_timeout_s after they opened are closed (1008). The list is in
+ * opening order; one that authenticated meanwhile just leaves it. */
+static void sweep_auth(int64_t now)
+{
+    int64_t auth_ms = (int64_t)S.auth_timeout_s * 1000;
+    for (sess *s = S.lists[L_AUTH].head, *next; s && now - s->opened_ms >= auth_ms; s = next) {
+        next = s->next[L_AUTH];
+        dl_remove(s, L_AUTH);
+        s->flags &= (uint8_t)~F_AUTH_WAIT;
+        if (s->user || (s->flags & F_DEAD)) continue;
+        chat_log_info("streamer: closing a connection not authenticated within %d s", S.auth_timeout_s);
+        request_close(s, ST_CLOSE_POLICY, "authentication timeout");
+    }
+}
+
 static void sweep(int64_t now)
 {
     int64_t ping_ms = (int64_t)S.cfg.ping_interval_s * 1000;
@@ -1099,6 +1143,7 @@ static void sweep(int64_t now)
         }
         request_close(s, ST_CLOSE_NORMAL, "idle timeout");
     }
+    sweep_auth(now);
     /* A reader that takes nothing for stall_ms holds memory and a job for nobody. */
     for (sess_x *x = S.outq_head, *next; x; x = next) {
         next = x->onext;
@@ -1195,6 +1240,7 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.ping_timeout_s =
         chat_config_env_int("CHAT_STREAMER_PING_TIMEOUT_S", 2 * cfg->ping_interval_s + 10, cfg->ping_interval_s + 1, 86400);
     S.head_timeout_s = chat_config_env_int("CHAT_STREAMER_HEADER_TIMEOUT_S", 10, 1, 3600);
+    S.auth_timeout_s = chat_config_env_int("CHAT_STREAMER_AUTH_TIMEOUT_S", 10, 1, 3600);
     if (srx_init(on_wire_read, err, errlen)) return CHAT_ERR; /* before any other thread exists */
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;

@@ -165,12 +165,13 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
                                "CHAT_PING_INTERVAL_S",
                                "CHAT_STREAMER_PING_TIMEOUT_S",
                                "CHAT_STREAMER_HEADER_TIMEOUT_S",
+                               "CHAT_STREAMER_AUTH_TIMEOUT_S",
                                "CHAT_STREAMER_SNDBUF",
                                "CHAT_STREAMER_RX_BUFFER",
                                "CHAT_STREAMER_WRITE_STALL_MS",
                                "CHAT_STREAMER_QUEUE_MAX",
                                "CHAT_STREAMER_QUEUE_WAIT_MS"};
-        int n = 24;
+        int n = 25;
         for (int i = 0; extra && extra[i] && n < 47; i++)
             env[n++] = extra[i];
         env[n] = NULL;
@@ -1616,6 +1617,71 @@ static void test_rate_limited(void **state)
     stop_streamer(pid);
 }
 
+/* Unauthenticated messages and application pings are rate limited too (burst 4 here): messages in the
+ * connection's bucket (AUTH_REQUIRED until it is empty, then RATE_LIMITED), pings in one of their own,
+ * at the same rate, so pinging does not eat the budget of messages. */
+static void test_rate_limited_unauthenticated_and_pings(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=4", NULL};
+    int port;
+    pid_t pid = streamer_alone("rate2", extra, &port);
+    chat_wsc *c = ws_open_at(port, "/ws/chat", NULL, NULL);
+    assert_non_null(c);
+    for (int i = 0; i < 4; i++) {
+        send_message(c, QUESTION, NULL);
+        expect_error(c, "AUTH_REQUIRED");
+    }
+    send_message(c, QUESTION, NULL);
+    expect_error(c, "RATE_LIMITED");
+    for (int i = 0; i < 4; i++)
+        expect_usable(c); /* the pings' own bucket is full */
+    send_str(c, "{\"type\":\"ping\"}");
+    expect_error(c, "RATE_LIMITED");
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+}
+
+/* CHAT_STREAMER_AUTH_TIMEOUT_S=2: a connection that has not authenticated 2 s after it opened is closed
+ * with 1008 "authentication timeout", even while it keeps sending (application pings); one that
+ * authenticated in time, by message or in the query, stays. */
+static void test_auth_deadline(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_STREAMER_AUTH_TIMEOUT_S=2", NULL};
+    int port;
+    pid_t pid = streamer_alone("authdeadline", extra, &port);
+    long long t0 = e2e_now_ms();
+    chat_wsc *anon = ws_open_at(port, "/ws/chat", NULL, NULL);
+    chat_wsc *late = ws_open_at(port, "/ws/chat", NULL, NULL);
+    chat_wsc *query = open_alice(port);
+    assert_non_null(anon);
+    assert_non_null(late);
+    e2e_sleep_ms(1000);
+    char msg[2048];
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", E.alice);
+    send_str(late, msg);
+    json_object *o = next_json(late, 5000);
+    assert_string_equal(jstr(o, "type"), "auth_success");
+    json_object_put(o);
+    int code = 0;
+    while (!code && e2e_now_ms() - t0 < 5000) {
+        send_str(anon, "{\"type\":\"ping\"}");
+        if (chat_wsc_recv(anon, 500, NULL, NULL) == CHAT_ERR) code = chat_wsc_close_code(anon);
+    }
+    long long took = e2e_now_ms() - t0;
+    if (code != 1008 || strcmp(chat_wsc_close_reason(anon), "authentication timeout"))
+        fail_msg("unauthenticated: close %d \"%s\" after %lld ms", code, chat_wsc_close_reason(anon), took);
+    assert_true(took >= 1500);
+    e2e_sleep_ms(1500); /* past the deadline of all three */
+    expect_usable(late);
+    expect_usable(query);
+    chat_wsc_close(anon, 0, NULL);
+    chat_wsc_close(late, 1000, NULL);
+    chat_wsc_close(query, 1000, NULL);
+    stop_streamer(pid);
+}
+
 /* A connection with no client message for CHAT_IDLE_TIMEOUT_S is closed with 1000; messages (here
  * application pings) keep one open. WebSocket pings from the server are answered by the client meanwhile
  * and do not count as activity. */
@@ -1886,6 +1952,8 @@ int main(void)
         cmocka_unit_test(test_worker_with_slots_killed),
         cmocka_unit_test(test_token_batching),
         cmocka_unit_test(test_rate_limited),
+        cmocka_unit_test(test_rate_limited_unauthenticated_and_pings),
+        cmocka_unit_test(test_auth_deadline),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_keepalive_empty_pongs),
