@@ -8,10 +8,11 @@
  *   settings), in the middle of an answer too.
  * - The mask bit: the server state machine records it and unmasks accordingly, but never refuses an
  *   unmasked client frame (RFC 6455 section 5.1: the server MUST close; lws added the check in 4.3).
- * lws exposes no raw input hook, no frame header and no "pong seen" state. Every byte it reads from a socket goes through recv(fd, buf, len, 0) (lws_ssl_capable_read_no_ssl; TLS would go
- * through OpenSSL, but lighttpd terminates TLS), so this file defines recv(): the executable's
- * definition binds before libc's for the shared libraries too (the linker exports it because
- * libwebsockets references it), and srx_init checks that it does.
+ * lws exposes no raw input hook, no frame header and no "pong seen" state. Every byte it reads from
+ * a socket goes through recv(fd, buf, len, 0) (lws_ssl_capable_read_no_ssl; TLS would go through
+ * OpenSSL, but lighttpd terminates TLS), so this file defines recv(): the executable's definition binds
+ * before libc's for the shared libraries too (the linker exports it because libwebsockets references
+ * it), and srx_init checks that it does.
  *
  * Design choices:
  * - Only attached fds are looked at: a WebSocket from ESTABLISHED (the bytes lws reads next start a
@@ -103,8 +104,9 @@ ssize_t recv(int fd, void *buf, size_t len, int flags)
 int srx_init(srx_hook hook, char *err, size_t errlen)
 {
     if (dlsym(RTLD_DEFAULT, "recv") != (void *)recv)
-        return chat_fail(err, errlen, CHAT_ERR, "the streamer's recv() is not the one the process uses "
-                                                "(linked statically?): empty pongs and unmasked frames would go unseen");
+        return chat_fail(err, errlen, CHAT_ERR,
+                         "the streamer's recv() is not the one the process uses "
+                         "(linked statically?): empty pongs and unmasked frames would go unseen");
     struct rlimit rl;
     size_t cap = 65536;
     if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur != RLIM_INFINITY) cap = (size_t)rl.rlim_cur;

@@ -2,8 +2,9 @@
  * that bytes arrived (keepalive) and whether a client frame came unmasked (RFC 6455 section 5.1).
  *
  * libwebsockets 4.1.6 (Debian 12) hides both: a pong with an empty payload never reaches the protocol
- * callback, and the mask bit of a client frame is not checked. So recv() is interposed (streamer_rx.c says how and why that is safe); a connection
- * attached here reports each read to the hook given to srx_init.
+ * callback, and the mask bit of a client frame is not checked. So recv() is interposed (streamer_rx.c
+ * says how and why that is safe); a connection attached here reports each read to the hook given to
+ * srx_init.
  *
  * Threads: srx_init/srx_free before and after every other thread; srx_attach, srx_detach and the hook
  * on the lws service thread. recv() itself may be called by any thread. */

@@ -46,7 +46,8 @@
  * through autotuning, and is noticed; 0 = leave it to the kernel),
  * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
  * (default 30000), CHAT_STREAMER_PING_TIMEOUT_S (default 2 * CHAT_PING_INTERVAL_S + 10),
- * CHAT_STREAMER_HEADER_TIMEOUT_S (default 10), CHAT_STREAMER_AUTH_TIMEOUT_S (default 10), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
+ * CHAT_STREAMER_HEADER_TIMEOUT_S (default 10), CHAT_STREAMER_AUTH_TIMEOUT_S (default 10),
+ * CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -118,7 +119,8 @@ enum {
     F_PING_DUE = 2, /* send a ping at the next writeable */
     F_PINGED = 4,   /* a ping is out, no byte received since */
     F_DEAD = 8,     /* being killed: ignore everything */
-    F_AUTH_WAIT = 16, /* in the auth list: not authenticated at ESTABLISHED, deadline not reached yet */
+    /* in the auth list: not authenticated at ESTABLISHED, the deadline not reached yet */
+    F_AUTH_WAIT = 16,
 };
 
 enum { L_RX = 0, L_MSG = 1, L_AUTH = 2, L_COUNT };
@@ -1237,8 +1239,8 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.sndbuf = chat_config_env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
     S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
-    S.ping_timeout_s =
-        chat_config_env_int("CHAT_STREAMER_PING_TIMEOUT_S", 2 * cfg->ping_interval_s + 10, cfg->ping_interval_s + 1, 86400);
+    S.ping_timeout_s = chat_config_env_int("CHAT_STREAMER_PING_TIMEOUT_S", 2 * cfg->ping_interval_s + 10,
+                                           cfg->ping_interval_s + 1, 86400);
     S.head_timeout_s = chat_config_env_int("CHAT_STREAMER_HEADER_TIMEOUT_S", 10, 1, 3600);
     S.auth_timeout_s = chat_config_env_int("CHAT_STREAMER_AUTH_TIMEOUT_S", 10, 1, 3600);
     if (srx_init(on_wire_read, err, errlen)) return CHAT_ERR; /* before any other thread exists */

@@ -1308,7 +1308,10 @@ static chat_wsc *open_alice_with(int port, bool empty_pongs)
     return c;
 }
 
-static chat_wsc *open_alice(int port) { return open_alice_with(port, false); }
+static chat_wsc *open_alice(int port)
+{
+    return open_alice_with(port, false);
+}
 
 static void note_first_token(chat_wsc *c, answer *a, void *ud)
 {
@@ -1726,8 +1729,8 @@ static void test_keepalive_empty_pongs(void **state)
     long long t0 = e2e_now_ms();
     while (e2e_now_ms() - t0 < 7000) { /* reading answers the pings */
         int rc = chat_wsc_recv(ponger, 250, NULL, NULL);
-        if (rc != CHAT_ETIMEOUT) fail_msg("idle ponger: rc %d, close %d after %lld ms", rc, chat_wsc_close_code(ponger),
-                                          e2e_now_ms() - t0);
+        if (rc != CHAT_ETIMEOUT)
+            fail_msg("idle ponger: rc %d, close %d after %lld ms", rc, chat_wsc_close_code(ponger), e2e_now_ms() - t0);
     }
     assert_int_equal(wait_closed(mute, 1000), 1006); /* dropped without a close frame */
     expect_usable(ponger);

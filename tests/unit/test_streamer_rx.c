@@ -87,8 +87,10 @@ static void test_scan_streams(void **state)
         {"16-bit length, then unmasked", {{CHAT_WS_TEXT, 200, 'x', true}, {CHAT_WS_CLOSE, 2, 3, false}}, 2, 1},
         {"64-bit length", {{CHAT_WS_BINARY, 70000, 'y', true}, {CHAT_WS_CLOSE, 2, 3, true}}, 2, -1},
         {"payload like headers", {{CHAT_WS_TEXT, 40, 0x81, true}, {CHAT_WS_TEXT, 40, 0x05, true}}, 2, -1},
-        {"126 and 65535 bytes", {{CHAT_WS_TEXT, 126, 'a', true}, {CHAT_WS_TEXT, 65535, 'b', true},
-                                 {CHAT_WS_TEXT, 1, 'c', false}}, 3, 2},
+        {"126 and 65535 bytes",
+         {{CHAT_WS_TEXT, 126, 'a', true}, {CHAT_WS_TEXT, 65535, 'b', true}, {CHAT_WS_TEXT, 1, 'c', false}},
+         3,
+         2},
     };
     for (size_t k = 0; k < CHAT_ARRAY_LEN(cases); k++) {
         chat_buf b;
