@@ -7,7 +7,7 @@
  *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  * - The loop is libev (epoll) through lws's evlib plugin, poll() as a fallback: poll() costs
  *   O(connections) per wake-up, so with tens of thousands of connections a connection storm is quadratic.
- * - Memory per idle connection is what lws needs plus a ~150-byte session: the receive-reassembly buffer,
+ * - Memory per idle connection is what lws needs plus a ~200-byte session: the receive-reassembly buffer,
  *   the outbound queue, queued messages and the answer text live in a side structure allocated while the
  *   connection has work and freed when it is idle again. A message that arrives in one piece is parsed in
  *   place, never copied.
@@ -16,10 +16,13 @@
  *   time it is re-armed: O(n^2) with 50,000 connections. The streamer therefore disables lws's validity
  *   timers and keeps two intrusive lists of sessions, ordered by last received byte and by last client
  *   message (moving to the tail is O(1)). A one-second sweep pings connections silent for
- *   ping_interval_s, drops those silent for twice that plus 10 s, and closes (1000) those idle for
- *   idle_timeout_s. lws's own short timeouts (handshake, close) remain. The one per-connection deadline
- *   that follows no activity order, auth_expiring (CHAT_AUTH_REFRESH_LEAD_S before the token's exp), is a
- *   node in a timing wheel of one-second slots (chat_wheel.h): O(1) to arm, re-arm on a refresh and drop.
+ *   ping_interval_s, drops those silent for CHAT_STREAMER_PING_TIMEOUT_S (default twice that plus 10 s),
+ *   and closes (1000) those idle for idle_timeout_s. lws's own short timeouts (handshake, close) remain.
+ *   "Silent" means no byte read from the socket: streamer_rx.c sees every read, because lws 4.1 does not
+ *   report pongs with an empty payload (the answer browsers give to the streamer's empty pings). The one
+ *   per-connection deadline that follows no activity order, auth_expiring (CHAT_AUTH_REFRESH_LEAD_S before
+ *   the token's exp), is a node in a timing wheel of one-second slots (chat_wheel.h): O(1) to arm, re-arm
+ *   on a refresh and drop.
  * - Outbound queue per connection, bounded by bytes owed to the client. Tokens are not queued as frames:
  *   a token item is a range of the answer text, so consecutive tokens of a slow reader coalesce into one
  *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer). The
@@ -31,8 +34,11 @@
  * - One answer at a time per connection: further messages wait in a bounded FIFO, and the next one is
  *   dispatched when the previous answer's tokens have left the queue (a slow reader does not hold a
  *   worker for answers it cannot read). progress "starting" is sent when a message starts.
- * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages, auth frames and invalid
- *   frames. Messages without a session_id continue the connection's last session.
+ * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages (unauthenticated ones too),
+ *   auth frames and invalid frames; application pings have a bucket of their own at the same rate.
+ *   Messages without a session_id continue the connection's last session.
+ * - A connection not authenticated CHAT_STREAMER_AUTH_TIMEOUT_S after it opened is closed (1008): a third
+ *   list, in opening order, holds the connections still waiting, so the sweep reads only its head.
  * - Path and Origin are checked in LWS_CALLBACK_HTTP_CONFIRM_UPGRADE, where a 404/403 response can still
  *   be written (a refusal in FILTER_PROTOCOL_CONNECTION only drops the TCP connection).
  * - Graceful shutdown: refuse new connections and messages, let answers in flight finish within
@@ -46,8 +52,10 @@
  * buffer per WebSocket, default 65536 so that a slow reader cannot park megabytes in kernel buffers
  * through autotuning, and is noticed; 0 = leave it to the kernel),
  * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
- * (default 30000), CHAT_STREAMER_EVENT_LOOP (libev | poll), CHAT_LWS_DEBUG (lws log bitmask) and
- * CHAT_AUTH_REFRESH_LEAD_S (auth_expiring this long before a token's exp, default 30, 0 = never). */
+ * (default 30000), CHAT_STREAMER_PING_TIMEOUT_S (default 2 * CHAT_PING_INTERVAL_S + 10),
+ * CHAT_STREAMER_HEADER_TIMEOUT_S (default 10), CHAT_STREAMER_AUTH_TIMEOUT_S (default 10),
+ * CHAT_STREAMER_EVENT_LOOP (libev | poll), CHAT_LWS_DEBUG (lws log bitmask) and CHAT_AUTH_REFRESH_LEAD_S
+ * (auth_expiring this long before a token's exp, default 30, 0 = never). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -72,6 +80,7 @@
 #include "streamer.h"
 #include "streamer_broker.h"
 #include "streamer_map.h"
+#include "streamer_rx.h"
 
 #define ST_BURST 10.0f
 #define ST_TOKEN_OVERHEAD 64 /* JSON around a token frame, for the outbound byte count */
@@ -122,12 +131,14 @@ enum {
     F_PING_DUE = 2, /* send a ping at the next writeable */
     F_PINGED = 4,   /* a ping is out, no byte received since */
     F_DEAD = 8,     /* being killed: ignore everything */
+    /* in the auth list: not authenticated at ESTABLISHED, the deadline not reached yet */
+    F_AUTH_WAIT = 16,
 };
 
-enum { L_RX = 0, L_MSG = 1 };
+enum { L_RX = 0, L_MSG = 1, L_AUTH = 2, L_COUNT };
 
 struct sess {
-    struct sess *prev[2], *next[2];
+    struct sess *prev[L_COUNT], *next[L_COUNT];
     struct lws *wsi;
     sess_x *x;
     char *user;       /* "id\0email\0name\0" once authenticated */
@@ -139,8 +150,12 @@ struct sess {
     int64_t last_msg_ms;
     int64_t bucket_ms;
     float bucket;
+    float ping_bucket; /* application pings have a bucket of their own, at the same rate */
+    int64_t ping_bucket_ms;
+    int64_t opened_ms;
     uint16_t close_code; /* non-zero: close after the queue drains */
     uint8_t flags;
+    srx_conn wire; /* every read from the socket counts as activity (streamer_rx.h) */
 };
 
 typedef struct dl_list {
@@ -161,9 +176,12 @@ static struct {
     size_t frame_max;
     int sndbuf;
     int rx_buffer;
+    int ping_timeout_s; /* no byte received for this long: dropped */
+    int head_timeout_s; /* lws's bound on a request head (slowloris) */
+    int auth_timeout_s; /* a connection not authenticated this long after it opened is closed */
     bool evlib; /* libev loop (else poll) */
     int conns;
-    dl_list lists[2];
+    dl_list lists[L_COUNT];
     sess_x *outq_head, *outq_tail; /* connections with something to send */
     int stall_ms;
     unsigned char *tx;
@@ -507,19 +525,34 @@ static int answer_append(sess_x *x, const char *text, size_t len, size_t *at)
 
 static void dispatch_next(sess *s);
 
-static bool take_token(sess *s, int64_t now)
+/* A token bucket of rate_limit_per_min, burst min(10, rate): false when empty. at_ms 0 = full. */
+static bool bucket_take(float *bucket, int64_t *at_ms, int64_t now)
 {
     float rate = (float)S.cfg.rate_limit_per_min / 60000.0f; /* tokens per ms */
     float burst = S.cfg.rate_limit_per_min < ST_BURST ? (float)S.cfg.rate_limit_per_min : ST_BURST;
-    if (!s->bucket_ms)
-        s->bucket = burst;
+    if (!*at_ms)
+        *bucket = burst;
     else
-        s->bucket += (float)(now - s->bucket_ms) * rate;
-    if (s->bucket > burst) s->bucket = burst;
-    s->bucket_ms = now;
-    if (s->bucket < 1.0f) return false;
-    s->bucket -= 1.0f;
+        *bucket += (float)(now - *at_ms) * rate;
+    if (*bucket > burst) *bucket = burst;
+    *at_ms = now;
+    if (*bucket < 1.0f) return false;
+    *bucket -= 1.0f;
     return true;
+}
+
+static bool take_token(sess *s, int64_t now)
+{
+    return bucket_take(&s->bucket, &s->bucket_ms, now);
+}
+
+/* Charges a frame to the connection's messages (ping false) or application pings; false, with
+ * RATE_LIMITED sent, when that bucket is empty. */
+static bool charge(sess *s, bool ping, int64_t now)
+{
+    bool ok = ping ? bucket_take(&s->ping_bucket, &s->ping_bucket_ms, now) : take_token(s, now);
+    if (!ok) send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+    return ok;
 }
 
 static void start_job(sess *s, pmsg *p)
@@ -732,10 +765,6 @@ static void handle_message(sess *s, chat_in *in, int64_t now)
         send_error(s, "The server is shutting down, please reconnect", CHAT_CODE_OVERLOADED);
         return;
     }
-    if (!take_token(s, now)) {
-        send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
-        return;
-    }
     sess_x *x = x_get(s);
     if (!x) {
         send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
@@ -790,14 +819,18 @@ static void handle_text(sess *s, const char *data, size_t len)
         else
             handle_auth(s, in.token);
         break;
-    case CHAT_IN_MESSAGE: handle_message(s, &in, now); break;
+    case CHAT_IN_MESSAGE: /* charged before the auth check: unauthenticated ones count too */
+        if (charge(s, false, now)) handle_message(s, &in, now);
+        break;
     case CHAT_IN_CANCEL:
         if (s->x && s->x->job_id && !s->x->cancel_sent) {
             s->x->cancel_sent = true;
             sb_broker_cancel(S.broker, s->x->job_id, false);
         }
         break;
-    case CHAT_IN_PING: send_json(s, chat_proto_pong()); break;
+    case CHAT_IN_PING:
+        if (charge(s, true, now)) send_json(s, chat_proto_pong());
+        break;
     }
     chat_in_clear(&in);
 }
@@ -863,6 +896,23 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
 
 /* ---------------------------------------------------------------- connection lifecycle */
 
+/* Bytes arrived from the client (streamer_rx.c, inside lws's read, before lws parses them): the
+ * keepalive's sign of life. Pongs count whatever their payload; lws reports only non-empty ones.
+ * An unmasked frame (RFC 6455 section 5.1) closes the connection with 1002: being dead from here on,
+ * the connection ignores the frames lws parses from these bytes. */
+static void on_wire_read(void *ud, bool unmasked)
+{
+    sess *s = ud;
+    if (!s->wsi || (s->flags & F_DEAD)) return;
+    s->last_rx_ms = chat_now_ms();
+    s->flags &= (uint8_t)~F_PINGED;
+    dl_touch(s, L_RX);
+    if (unmasked) {
+        chat_log_info("streamer: closing a connection that sent an unmasked frame");
+        kill_conn(s, ST_CLOSE_PROTOCOL, "unmasked frame");
+    }
+}
+
 static void on_established(sess *s, struct lws *wsi)
 {
     memset(s, 0, sizeof *s);
@@ -873,6 +923,7 @@ static void on_established(sess *s, struct lws *wsi)
     dl_append(s, L_MSG);
     s->flags |= F_LISTED;
     S.conns++;
+    srx_attach(&s->wire, lws_get_socket_fd(wsi), s);
     if (S.sndbuf > 0) {
         int fd = lws_get_socket_fd(wsi);
         if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &S.sndbuf, sizeof S.sndbuf);
@@ -885,15 +936,22 @@ static void on_established(sess *s, struct lws *wsi)
         s->bucket_ms = now, s->bucket = ST_BURST; /* the query token does not cost the client a message */
         handle_auth(s, tok);
     }
+    s->opened_ms = now;
+    if (!s->user) { /* the auth deadline runs (sweep_auth) */
+        dl_append(s, L_AUTH);
+        s->flags |= F_AUTH_WAIT;
+    }
 }
 
 static void on_closed(sess *s)
 {
     if (!s->wsi) return; /* never established */
+    srx_detach(&s->wire);
     if (s->flags & F_LISTED) {
         dl_remove(s, L_RX);
         dl_remove(s, L_MSG);
     }
+    if (s->flags & F_AUTH_WAIT) dl_remove(s, L_AUTH);
     S.conns--;
     chat_wheel_remove(S.expiring, &s->expiring);
     abandon_job(s);
@@ -1066,17 +1124,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_ESTABLISHED: on_established(s, wsi); return 0;
     case LWS_CALLBACK_RECEIVE:
         if (!s || !s->wsi || s->close_code || (s->flags & F_DEAD)) return 0;
-        s->last_rx_ms = chat_now_ms();
-        s->flags &= (uint8_t)~F_PINGED;
-        dl_touch(s, L_RX);
-        return on_receive(s, wsi, in, len);
-    case LWS_CALLBACK_RECEIVE_PONG:
-        if (s && s->wsi) {
-            s->last_rx_ms = chat_now_ms();
-            s->flags &= (uint8_t)~F_PINGED;
-            dl_touch(s, L_RX);
-        }
-        return 0;
+        return on_receive(s, wsi, in, len); /* activity was noted by on_wire_read */
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!s || !s->wsi) return 0;
         return on_writeable(s, wsi);
@@ -1098,10 +1146,25 @@ static struct lws_protocols protocols[2];
 
 /* ---------------------------------------------------------------- periodic work */
 
+/* Connections still unauthenticated auth_timeout_s after they opened are closed (1008). The list is in
+ * opening order; one that authenticated meanwhile just leaves it. */
+static void sweep_auth(int64_t now)
+{
+    int64_t auth_ms = (int64_t)S.auth_timeout_s * 1000;
+    for (sess *s = S.lists[L_AUTH].head, *next; s && now - s->opened_ms >= auth_ms; s = next) {
+        next = s->next[L_AUTH];
+        dl_remove(s, L_AUTH);
+        s->flags &= (uint8_t)~F_AUTH_WAIT;
+        if (s->user || (s->flags & F_DEAD)) continue;
+        chat_log_info("streamer: closing a connection not authenticated within %d s", S.auth_timeout_s);
+        request_close(s, ST_CLOSE_POLICY, "authentication timeout");
+    }
+}
+
 static void sweep(int64_t now)
 {
     int64_t ping_ms = (int64_t)S.cfg.ping_interval_s * 1000;
-    int64_t dead_ms = 2 * ping_ms + 10000;
+    int64_t dead_ms = (int64_t)S.ping_timeout_s * 1000;
     int64_t idle_ms = (int64_t)S.cfg.idle_timeout_s * 1000;
     for (sess *s = S.lists[L_RX].head, *next; s && now - s->last_rx_ms >= ping_ms; s = next) {
         next = s->next[L_RX];
@@ -1127,6 +1190,7 @@ static void sweep(int64_t now)
         }
         request_close(s, ST_CLOSE_NORMAL, "idle timeout");
     }
+    sweep_auth(now);
     /* A reader that takes nothing for stall_ms holds memory and a job for nobody. */
     for (sess_x *x = S.outq_head, *next; x; x = next) {
         next = x->onext;
@@ -1245,6 +1309,11 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     if (any_origin)
         chat_log_warn("streamer: CHAT_ALLOWED_ORIGINS contains \"*\": any web page may open WebSockets with its "
                       "visitors' tokens");
+    S.ping_timeout_s = chat_config_env_int("CHAT_STREAMER_PING_TIMEOUT_S", 2 * cfg->ping_interval_s + 10,
+                                           cfg->ping_interval_s + 1, 86400);
+    S.head_timeout_s = chat_config_env_int("CHAT_STREAMER_HEADER_TIMEOUT_S", 10, 1, 3600);
+    S.auth_timeout_s = chat_config_env_int("CHAT_STREAMER_AUTH_TIMEOUT_S", 10, 1, 3600);
+    if (srx_init(on_wire_read, err, errlen)) return CHAT_ERR; /* before any other thread exists */
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;
     S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
@@ -1314,7 +1383,13 @@ int st_run(const sigset_t *unblock)
     info.count_threads = 1;
     info.pt_serv_buf_size = 16384;
     info.max_http_header_data = 8192; /* room for a long ?token= */
-    info.timeout_secs = 10;
+    /* Slowloris: lws gives each accepted connection a header table at once and closes the connection
+     * when its request head is not complete timeout_secs_ah_idle later (the hold is not re-armed by
+     * each byte, so a client dripping its head is closed however slowly it drips). timeout_secs bounds
+     * lws's other short waits the same way: for a header table when all are taken, the close
+     * handshake, a request body. */
+    info.timeout_secs = (unsigned int)S.head_timeout_s;
+    info.timeout_secs_ah_idle = (unsigned int)S.head_timeout_s;
     info.gid = -1, info.uid = -1;
     info.retry_and_idle_policy = &no_validity;
     info.vhost_name = "chat-streamer";
@@ -1376,6 +1451,7 @@ void st_cleanup(void)
     }
     sb_broker_free(S.broker);
     S.broker = NULL;
+    srx_free();
     chat_jwt_verifier_free(S.jwt);
     S.jwt = NULL;
     sm_free(&S.jobs);
