@@ -27,12 +27,15 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "chat_agent.h"
 #include "chat_common.h"
 #include "chat_log.h"
 #include "chat_util.h"
 
 #define KB_MAX_TERMS 48
 #define KB_MAX_TERM_BYTES 84
+/* Front matter "agent: any" means what no agent line means: a passage for every agent. */
+#define KB_ANY_AGENT "any"
 
 /* A byte that belongs to a word: ASCII letters/digits, or part of a valid multi-byte UTF-8 sequence. */
 static size_t word_char_len(const unsigned char *s, size_t avail)
@@ -417,7 +420,7 @@ fail:
 
 typedef struct front_matter {
     char title[256];
-    char agent[32];
+    char agent[CHAT_AGENT_NAME_MAX + 1];
     char model[64];
 } front_matter;
 
@@ -456,11 +459,6 @@ static size_t parse_front_matter(const char *text, size_t len, front_matter *fm)
     return 0; /* unterminated: treat the whole text as body */
 }
 
-static bool agent_valid(const char *a)
-{
-    return !strcmp(a, "specs") || !strcmp(a, "maintenance") || !strcmp(a, "troubleshooting");
-}
-
 static bool blank(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -497,15 +495,37 @@ static int insert_passage(chat_db *db, const char *source, int no, const front_m
                        p, 6, NULL, NULL, NULL, NULL, err, errlen);
 }
 
-/* Agent from the path when the front matter names none: under troubleshooting/, or a file named specs.md
- * or maintenance.md. */
+/* The agent of a source whose front matter names none, by the rows' kb_dir and kb_file rules (folder
+ * rules first): "troubleshooting/fuel.md", "seawind-250/specs.md". */
 static void agent_from_path(const char *source, char *agent, size_t cap)
 {
     const char *base = strrchr(source, '/');
     base = base ? base + 1 : source;
-    if (!strncmp(source, "troubleshooting/", 16)) snprintf(agent, cap, "troubleshooting");
-    else if (!strcmp(base, "specs.md")) snprintf(agent, cap, "specs");
-    else if (!strcmp(base, "maintenance.md")) snprintf(agent, cap, "maintenance");
+    for (int i = 0; i < CHAT_AGENT_COUNT; i++) {
+        const char *dir = chat_agents[i].kb_dir;
+        if (dir && !strncmp(source, dir, strlen(dir))) {
+            snprintf(agent, cap, "%s", chat_agents[i].name);
+            return;
+        }
+    }
+    for (int i = 0; i < CHAT_AGENT_COUNT; i++) {
+        const char *file = chat_agents[i].kb_file;
+        if (file && !strcmp(base, file)) {
+            snprintf(agent, cap, "%s", chat_agents[i].name);
+            return;
+        }
+    }
+}
+
+/* The front matter's agent as stored: a KB_OWN agent's name; "" (every agent's) for a KB_ANY agent or
+ * KB_ANY_AGENT; CHAT_EINVAL for a name that is no agent. */
+static int passage_agent(const char *source, char *agent, char *err, size_t errlen)
+{
+    if (!agent[0]) return 0;
+    const chat_agent *a = chat_agent_find(agent);
+    if (!a && strcmp(agent, KB_ANY_AGENT)) return chat_fail(err, errlen, CHAT_EINVAL, "%s: unknown agent '%s'", source, agent);
+    if (!chat_agent_kb_filter(a)) agent[0] = '\0';
+    return 0;
 }
 
 int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_t len, chat_kb_import_stats *stats,
@@ -519,14 +539,11 @@ int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_
     front_matter fm = {{0}, {0}, {0}};
     size_t pos = parse_front_matter(text, len, &fm);
     if (!fm.agent[0]) agent_from_path(source, fm.agent, sizeof fm.agent);
-    if (fm.agent[0] && !agent_valid(fm.agent)) {
-        if (strcmp(fm.agent, "general") && strcmp(fm.agent, "any"))
-            return chat_fail(err, errlen, CHAT_EINVAL, "%s: unknown agent '%s'", source, fm.agent);
-        fm.agent[0] = '\0';
-    }
+    int rc = passage_agent(source, fm.agent, err, errlen);
+    if (rc) return rc;
     if (!fm.title[0]) snprintf(fm.title, sizeof fm.title, "%s", source);
 
-    int rc = chat_db_begin(db, err, errlen);
+    rc = chat_db_begin(db, err, errlen);
     if (rc) return rc;
     chat_db_param sp = CHAT_DB_P_STR(source);
     rc = chat_db_run(db, "DELETE FROM kb_documents WHERE source = ?", &sp, 1, NULL, NULL, NULL, NULL, err, errlen);

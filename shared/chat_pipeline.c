@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "chat_agent.h"
 #include "chat_classify.h"
 #include "chat_common.h"
 #include "chat_customer.h"
@@ -279,7 +280,7 @@ struct chat_run {
     char *customer_text, *system, *query;
     chat_llm_message *msgs;
     chat_llm_request lreq;
-    const char *agent; /* a static CHAT_AGENT_* string */
+    const char *agent; /* a chat_agents[] name (static) */
     double confidence;
     int64_t retrieval_us;
     char model_id[64]; /* "" when no model is in question */
@@ -361,7 +362,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     t->req = req;
     t->sink = *sink;
     t->cancel = cancel;
-    t->agent = CHAT_AGENT_GENERAL;
+    t->agent = chat_agent_fallback()->name;
     /* max_tokens is the provider's limit; this one holds even when a provider ignores it */
     size_t max_bytes = (size_t)p->cfg.llm_max_tokens * 64;
     int64_t now = chat_now_us();
@@ -422,13 +423,14 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     chat_route route;
     chat_classify(p->clf, req->message, &route);
     /* A follow-up with no routing signal of its own continues the previous turn's topic. */
-    if (!strcmp(route.agent, CHAT_AGENT_GENERAL) && route.confidence < 0.5 && t->hist.n >= 2) {
+    const chat_agent *fallback = chat_agent_fallback();
+    if (!strcmp(route.agent, fallback->name) && route.confidence < 0.5 && t->hist.n >= 2) {
         chat_buf joined;
         chat_buf_init(&joined);
         chat_buf_printf(&joined, "%s %s", t->hist.items[t->hist.n - 2].content, req->message);
         chat_route prev;
         chat_classify(p->clf, joined.data, &prev);
-        if (strcmp(prev.agent, CHAT_AGENT_GENERAL)) route = prev, route.confidence *= 0.8;
+        if (strcmp(prev.agent, fallback->name)) route = prev, route.confidence *= 0.8;
         chat_buf_free(&joined);
     }
     chat_log_debug("pipeline: routed to %s (%.2f) %s", route.agent, route.confidence, route.explain);
@@ -457,7 +459,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     char code[16];
     chat_kb_query q = {
         .question = t->query,
-        .agent = strcmp(route.agent, CHAT_AGENT_GENERAL) ? route.agent : NULL,
+        .agent = chat_agent_kb_filter(chat_agent_find(route.agent)),
         .model_id = model ? model->id : NULL,
         .fault_code = chat_kb_find_fault_code(req->message, code) ? code : NULL,
         .k = (size_t)p->cfg.kb_top_k,
@@ -503,7 +505,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
 cancel_before_generation:
     {
         chat_llm_result lr = {0};
-        char *metadata = build_metadata("general", 0, NULL, "cancelled", &lr, &t->c, 0, NULL,
+        char *metadata = build_metadata(chat_agent_fallback()->name, 0, NULL, "cancelled", &lr, &t->c, 0, NULL,
                                         chat_llm_provider_name(p->llm));
         *rcp = finish_turn(p, t, metadata);
         free(metadata);
