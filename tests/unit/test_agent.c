@@ -24,18 +24,14 @@
 _Static_assert(sizeof(((chat_route *)0)->scores) / sizeof(double) == CHAT_AGENT_COUNT,
                "chat_route.scores has one entry per agent");
 
-static chat_db *db; /* the schema only: each test adds its rows */
+static chat_db *agent_db;
 
-static int setup(void **state)
+/* A database with the schema only, made on first use (the table's own tests need none); each test adds
+ * its rows. */
+static chat_db *schema_db(void)
 {
-    db = testutil_db_fresh("agent", TESTUTIL_SCHEMA);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    chat_db_free(db);
-    return 0;
+    if (!agent_db) agent_db = testutil_db_fresh("agent", TESTUTIL_SCHEMA);
+    return agent_db;
 }
 
 /* ---- the table itself ------------------------------------------------------------------------------ */
@@ -61,12 +57,14 @@ static void test_rows_complete(void **state)
         fallbacks += (a->routing & CHAT_AGENT_FALLBACK) != 0;
         assert_true(a->kb == CHAT_AGENT_KB_OWN || a->kb == CHAT_AGENT_KB_ANY);
         /* path rules name an owner's passages: a folder ends with '/', a file is markdown */
-        if (a->kb == CHAT_AGENT_KB_ANY && (a->kb_dir || a->kb_file)) fail_msg("%s owns no passages but has path rules", a->name);
+        if (a->kb == CHAT_AGENT_KB_ANY && (a->kb_dir || a->kb_file))
+            fail_msg("%s owns no passages but has path rules", a->name);
         if (a->kb_dir) assert_true(strlen(a->kb_dir) > 1 && a->kb_dir[strlen(a->kb_dir) - 1] == '/');
         if (a->kb_file) assert_true(strlen(a->kb_file) > 3 && !strcmp(a->kb_file + strlen(a->kb_file) - 3, ".md"));
         /* the intro opens the answer: empty, or words ending with a space before the first sentence */
         assert_non_null(a->intro);
-        if (a->intro[0] && a->intro[strlen(a->intro) - 1] != ' ') fail_msg("%s: intro does not end with a space", a->name);
+        if (a->intro[0] && a->intro[strlen(a->intro) - 1] != ' ')
+            fail_msg("%s: intro does not end with a space", a->name);
         if (a->kb == CHAT_AGENT_KB_OWN && !a->intro[0]) fail_msg("%s owns passages but has no voice", a->name);
     }
     assert_int_equal(fallbacks, 1);
@@ -79,11 +77,14 @@ static void test_lookups(void **state)
         assert_ptr_equal(chat_agent_find(chat_agents[i].name), &chat_agents[i]);
         assert_int_equal(chat_agent_by_rank(i)->rank, i);
         const char *filter = chat_agent_kb_filter(&chat_agents[i]);
-        if (chat_agents[i].kb == CHAT_AGENT_KB_OWN) assert_string_equal(filter, chat_agents[i].name);
-        else assert_null(filter);
+        if (chat_agents[i].kb == CHAT_AGENT_KB_OWN)
+            assert_string_equal(filter, chat_agents[i].name);
+        else
+            assert_null(filter);
     }
     static const char *const unknown[] = {"", "Specs", "sales", "any", "specs ", "general\n"};
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(unknown); i++) assert_null(chat_agent_find(unknown[i]));
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(unknown); i++)
+        assert_null(chat_agent_find(unknown[i]));
     assert_null(chat_agent_find(NULL));
     assert_null(chat_agent_by_rank(-1));
     assert_null(chat_agent_by_rank(CHAT_AGENT_COUNT));
@@ -96,7 +97,8 @@ static void test_lookups(void **state)
                  {CHAT_AGENT_MAINTENANCE, CHAT_AGENT_ID_MAINTENANCE},
                  {CHAT_AGENT_TROUBLESHOOTING, CHAT_AGENT_ID_TROUBLESHOOTING},
                  {CHAT_AGENT_GENERAL, CHAT_AGENT_ID_GENERAL}};
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(named); i++) assert_string_equal(named[i].constant, chat_agents[named[i].id].name);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(named); i++)
+        assert_string_equal(named[i].constant, chat_agents[named[i].id].name);
 }
 
 /* ---- the schema ------------------------------------------------------------------------------------ */
@@ -113,11 +115,12 @@ static void enum_values(const char *table, const char *column, char out[512])
     chat_db_param p[] = {CHAT_DB_P_STR(table), CHAT_DB_P_STR(column)};
     char err[256];
     out[0] = '\0';
-    assert_int_equal(chat_db_run(db,
-                                 "SELECT SUBSTRING(COLUMN_TYPE, 6, LENGTH(COLUMN_TYPE) - 6) FROM information_schema.columns"
-                                 " WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
-                                 p, 2, text_row, out, NULL, NULL, err, sizeof err),
-                     0);
+    assert_int_equal(
+        chat_db_run(schema_db(),
+                    "SELECT SUBSTRING(COLUMN_TYPE, 6, LENGTH(COLUMN_TYPE) - 6) FROM information_schema.columns"
+                    " WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ?",
+                    p, 2, text_row, out, NULL, NULL, err, sizeof err),
+        0);
     assert_true(out[0] == '\'');
 }
 
@@ -146,8 +149,10 @@ static void test_schema_accepts_every_agent(void **state)
         in_passages += owns;
     }
     size_t n_terms = 1, n_passages = 1; /* values: commas + 1 */
-    for (const char *c = terms; *c; c++) n_terms += *c == ',';
-    for (const char *c = passages; *c; c++) n_passages += *c == ',';
+    for (const char *c = terms; *c; c++)
+        n_terms += *c == ',';
+    for (const char *c = passages; *c; c++)
+        n_passages += *c == ',';
     assert_int_equal(n_terms, in_terms);
     assert_int_equal(n_passages, in_passages);
 }
@@ -161,17 +166,13 @@ static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
 /* sql/classifier_terms.sql seeds routing terms for every agent (the fallback too: greetings, warranty). */
 static void test_every_agent_has_seeded_terms(void **state)
 {
-    size_t len;
-    char *sql = testutil_read_file(testutil_path("sql/classifier_terms.sql"), &len);
-    assert_non_null(sql);
-    char err[512];
-    if (chat_db_exec_script(db, sql, len, err, sizeof err)) fail_msg("classifier_terms.sql: %s", err);
-    free(sql);
+    testutil_sql_file(schema_db(), "sql/classifier_terms.sql");
+    char err[256];
     for (int i = 0; i < CHAT_AGENT_COUNT; i++) {
         long long n = -1;
         chat_db_param p = CHAT_DB_P_STR(chat_agents[i].name);
-        assert_int_equal(chat_db_run(db, "SELECT COUNT(*) FROM classifier_terms WHERE agent = ?", &p, 1, count_row, &n,
-                                     NULL, NULL, err, sizeof err),
+        assert_int_equal(chat_db_run(schema_db(), "SELECT COUNT(*) FROM classifier_terms WHERE agent = ?", &p, 1,
+                                     count_row, &n, NULL, NULL, err, sizeof err),
                          0);
         if (n < 10) fail_msg("%s: %lld seeded terms", chat_agents[i].name, n);
     }
@@ -193,7 +194,8 @@ static void test_classifier_routes_to_each_row(void **state)
         snprintf(term, sizeof term, "what about zq%sterm", chat_agents[i].name);
         chat_classify(c, term, &r);
         assert_string_equal(r.agent, chat_agents[i].name);
-        for (int k = 0; k < CHAT_AGENT_COUNT; k++) assert_true(fabs(r.scores[k] - (k == i ? 2.0 + i : 0.0)) < 1e-9);
+        for (int k = 0; k < CHAT_AGENT_COUNT; k++)
+            assert_true(fabs(r.scores[k] - (k == i ? 2.0 + i : 0.0)) < 1e-9);
         assert_int_equal(strncmp(r.explain, chat_agents[i].name, strlen(chat_agents[i].name)), 0);
         assert_int_equal(r.explain[strlen(chat_agents[i].name)], ':');
     }
@@ -226,7 +228,8 @@ static void test_classifier_signals_follow_rows(void **state)
     static const struct {
         const char *text;
         unsigned flag;
-    } cases[] = {{"what does E42 mean", CHAT_AGENT_FAULT_CODES}, {"tell me about the seawind 250", CHAT_AGENT_MODEL_MENTIONS}};
+    } cases[] = {{"what does E42 mean", CHAT_AGENT_FAULT_CODES},
+                 {"tell me about the seawind 250", CHAT_AGENT_MODEL_MENTIONS}};
     chat_classifier *c = chat_classifier_new(); /* no terms: the signals alone */
     for (size_t k = 0; k < CHAT_ARRAY_LEN(cases); k++) {
         chat_route r;
@@ -234,7 +237,8 @@ static void test_classifier_signals_follow_rows(void **state)
         const chat_agent *best = NULL;
         for (int i = 0; i < CHAT_AGENT_COUNT; i++) {
             bool flagged = chat_agents[i].routing & cases[k].flag;
-            if (flagged != (r.scores[i] > 0)) fail_msg("'%s': %s scored %.2f", cases[k].text, chat_agents[i].name, r.scores[i]);
+            if (flagged != (r.scores[i] > 0))
+                fail_msg("'%s': %s scored %.2f", cases[k].text, chat_agents[i].name, r.scores[i]);
             if (flagged && (!best || chat_agents[i].rank < best->rank)) best = &chat_agents[i];
         }
         assert_non_null(best);
@@ -254,15 +258,15 @@ static void stored_agent(const char *source, char out[512])
     chat_db_param p = CHAT_DB_P_STR(source);
     char err[256];
     snprintf(out, 512, "(no row)");
-    assert_int_equal(chat_db_run(db, "SELECT IFNULL(agent, '(null)') FROM kb_documents WHERE source = ?", &p, 1, text_row,
-                                 out, NULL, NULL, err, sizeof err),
+    assert_int_equal(chat_db_run(schema_db(), "SELECT IFNULL(agent, '(null)') FROM kb_documents WHERE source = ?", &p,
+                                 1, text_row, out, NULL, NULL, err, sizeof err),
                      0);
 }
 
 static void import_ok(const char *source, const char *text)
 {
     char err[256];
-    int rc = chat_kb_import_text(db, source, text, strlen(text), NULL, err, sizeof err);
+    int rc = chat_kb_import_text(schema_db(), source, text, strlen(text), NULL, err, sizeof err);
     if (rc) fail_msg("import %s: %s", source, err);
 }
 
@@ -275,7 +279,8 @@ static void test_import_follows_rows(void **state)
         const chat_agent *a = &chat_agents[i];
         const char *want = a->kb == CHAT_AGENT_KB_OWN ? a->name : "(null)";
         snprintf(source, sizeof source, "probe/front-%s.md", a->name);
-        snprintf(text, sizeof text, "---\ntitle: Probe\nagent: %s\n---\n## Part\nProbe passage for %s.\n", a->name, a->name);
+        snprintf(text, sizeof text, "---\ntitle: Probe\nagent: %s\n---\n## Part\nProbe passage for %s.\n", a->name,
+                 a->name);
         import_ok(source, text);
         stored_agent(source, got);
         assert_string_equal(got, want);
@@ -300,8 +305,10 @@ static void test_import_follows_rows(void **state)
     assert_string_equal(got, "(null)");
     const char *unknown = "---\nagent: nobody\n---\n## Part\nRefused.\n";
     char err[256];
-    assert_int_equal(chat_kb_import_text(db, "probe/unknown.md", unknown, strlen(unknown), NULL, err, sizeof err), CHAT_EINVAL);
-    testutil_sql(db, "DELETE FROM kb_documents WHERE source LIKE 'probe%' OR source LIKE '%/probe-%'");
+    assert_int_equal(
+        chat_kb_import_text(schema_db(), "probe/unknown.md", unknown, strlen(unknown), NULL, err, sizeof err),
+        CHAT_EINVAL);
+    testutil_sql(schema_db(), "DELETE FROM kb_documents WHERE source LIKE 'probe%' OR source LIKE '%/probe-%'");
 }
 
 /* The same passage once per owner: a search with an owner's retrieval rule ranks its own first; with the
@@ -318,20 +325,22 @@ static void test_retrieval_favours_own(void **state)
     }
     for (int i = 0; i < CHAT_AGENT_COUNT; i++) {
         const chat_agent *a = &chat_agents[i];
-        chat_kb_query q = {.question = "quagga valve zebra gasket", .agent = chat_agent_kb_filter(a), .k = CHAT_AGENT_COUNT};
+        chat_kb_query q = {
+            .question = "quagga valve zebra gasket", .agent = chat_agent_kb_filter(a), .k = CHAT_AGENT_COUNT};
         chat_kb_result r;
         char err[256];
-        assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), 0);
+        assert_int_equal(chat_kb_search(schema_db(), &q, &r, err, sizeof err), 0);
         assert_true(r.n >= 1);
         if (a->kb == CHAT_AGENT_KB_OWN) {
             assert_string_equal(r.items[0].agent, a->name);
             if (r.n > 1) assert_true(r.items[0].score > r.items[1].score);
         } else {
-            for (size_t k = 1; k < r.n; k++) assert_true(fabs(r.items[k].score - r.items[0].score) < 1e-9);
+            for (size_t k = 1; k < r.n; k++)
+                assert_true(fabs(r.items[k].score - r.items[0].score) < 1e-9);
         }
         chat_kb_result_clear(&r);
     }
-    testutil_sql(db, "DELETE FROM kb_documents WHERE source LIKE 'same/%'");
+    testutil_sql(schema_db(), "DELETE FROM kb_documents WHERE source LIKE 'same/%'");
 }
 
 /* ---- the extractive answer ------------------------------------------------------------------------- */
@@ -362,7 +371,8 @@ static void test_extractive_follows_rows(void **state)
         answer = compose_for(a, "hello there", "Say hello there to the harbour master when you arrive at the dock.");
         bool fallback = a->routing & CHAT_AGENT_FALLBACK;
         if (fallback != (strstr(answer, "Sources:") == NULL))
-            fail_msg("%s: small talk answered %s: %s", a->name, fallback ? "from a passage" : "with the greeting", answer);
+            fail_msg("%s: small talk answered %s: %s", a->name, fallback ? "from a passage" : "with the greeting",
+                     answer);
         free(answer);
     }
 }
@@ -381,5 +391,7 @@ int main(void)
         cmocka_unit_test(test_retrieval_favours_own),
         cmocka_unit_test(test_extractive_follows_rows),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    chat_db_free(agent_db);
+    return failed;
 }

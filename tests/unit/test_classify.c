@@ -39,15 +39,7 @@ static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
     return 0;
 }
 
-static void load_seed(chat_db *d)
-{
-    size_t len;
-    char *sql = testutil_read_file(testutil_path("sql/classifier_terms.sql"), &len);
-    assert_non_null(sql);
-    char err[512];
-    if (chat_db_exec_script(d, sql, len, err, sizeof err)) fail_msg("classifier_terms.sql: %s", err);
-    free(sql);
-}
+static void load_seed(chat_db *d) { testutil_sql_file(d, "sql/classifier_terms.sql"); }
 
 static int setup(void **state)
 {

@@ -527,12 +527,12 @@ static void test_end_many(void **state)
     chat_db *d = chat_pipeline_db(pipe_extractive);
     chat_history h;
     char err[256];
-    assert_int_equal(chat_memory_history(d, first.session_id, 10, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(d, first.session_id, 10, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 6);
     assert_string_equal(h.items[2].content, questions[0]);
     assert_string_equal(h.items[4].content, questions[3]);
     chat_history_clear(&h);
-    assert_int_equal(chat_memory_history(d, e[1].session_id, 10, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(d, e[1].session_id, 10, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 2);
     assert_string_equal(h.items[0].content, questions[1]);
     chat_history_clear(&h);

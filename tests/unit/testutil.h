@@ -8,6 +8,7 @@
 
 #include "chat_config.h"
 #include "chat_db.h"
+#include "chat_memory.h"
 
 /* Repository root: $CHAT_ROOT, else the current directory. */
 const char *testutil_root(void);
@@ -34,5 +35,13 @@ chat_db *testutil_db_fresh(const char *name, int flags);
 
 /* Runs a trusted SQL text on db; fails the test on error. */
 void testutil_sql(chat_db *db, const char *sql);
+/* The same for a root-relative SQL file ("sql/classifier_terms.sql"). */
+void testutil_sql_file(chat_db *db, const char *rel);
+
+/* The session's stored turns, read with plain SQL: the last max_turns turns (2 messages each, at most
+ * 200 turns), oldest first; none for an unknown session or max_turns <= 0. CHAT_EINVAL (out empty) for a
+ * malformed session id, CHAT_EDB or CHAT_ENOMEM with err. Caller clears out with chat_history_clear. */
+int testutil_history(chat_db *db, const char *session_id, int max_turns, chat_history *out, char *err,
+                     size_t errlen);
 
 #endif
