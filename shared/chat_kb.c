@@ -428,7 +428,8 @@ static int search_text(chat_db *db, const chat_kb_query *q, const char *terms, c
     chat_db_param p[] = {model, model, agent, agent, t, t, t, CHAT_DB_P_INT((long long)ctx->cap)};
     size_t before = ctx->out->n;
     int rc = chat_db_run(db, SQL_TEXT, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
-    if (!rc && ctx->out->n == before) rc = chat_db_run(db, SQL_TEXT_ANY, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
+    if (!rc && ctx->out->n == before)
+        rc = chat_db_run(db, SQL_TEXT_ANY, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
     return rc;
 }
 
@@ -441,7 +442,8 @@ int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, cha
     collect_ctx ctx = {out, k};
     int rc = 0;
     char code[16];
-    if (q->fault_code && chat_kb_find_fault_code(q->fault_code, code)) rc = search_fault_code(db, code, &ctx, err, errlen);
+    if (q->fault_code && chat_kb_find_fault_code(q->fault_code, code))
+        rc = search_fault_code(db, code, &ctx, err, errlen);
     if (!rc && out->n < k) {
         char *terms = query_terms(db, q, &rc, err, errlen);
         if (terms && terms[0]) rc = search_text(db, q, terms, &ctx, err, errlen);
@@ -558,7 +560,8 @@ static int passage_agent(const char *source, char *agent, char *err, size_t errl
 {
     if (!agent[0]) return 0;
     const chat_agent *a = chat_agent_find(agent);
-    if (!a && strcmp(agent, KB_ANY_AGENT)) return chat_fail(err, errlen, CHAT_EINVAL, "%s: unknown agent '%s'", source, agent);
+    if (!a && strcmp(agent, KB_ANY_AGENT))
+        return chat_fail(err, errlen, CHAT_EINVAL, "%s: unknown agent '%s'", source, agent);
     if (!chat_agent_kb_filter(a)) agent[0] = '\0';
     return 0;
 }

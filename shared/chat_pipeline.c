@@ -457,7 +457,8 @@ static int stage_session(begin_state *s)
     memcpy(t->sid, t->session.id, sizeof t->sid);
     if (rc == CHAT_EFORBIDDEN)
         return fail_event(&t->sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
-    if (rc == CHAT_EINVAL) return fail_event(&t->sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
+    if (rc == CHAT_EINVAL)
+        return fail_event(&t->sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
     if (rc) return fail_db(s, "session", DB_UNAVAILABLE);
     return 0;
 }
