@@ -444,17 +444,14 @@ typedef struct labelled {
 static void read_labelled(labelled *l)
 {
     memset(l, 0, sizeof *l);
-    char *data = testutil_read_file(testutil_path("tests/data/classifier_labelled.tsv"), NULL);
-    if (!data) fail_msg("cannot read tests/data/classifier_labelled.tsv");
+    testutil_tsv tsv;
+    if (testutil_tsv_open(&tsv, "tests/data/classifier_labelled.tsv"))
+        fail_msg("cannot read tests/data/classifier_labelled.tsv");
     size_t cap = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        size_t len = strlen(line);
-        if (len && line[len - 1] == '\r') line[--len] = '\0';
-        if (!len || line[0] == '#') continue;
-        char *tab = strchr(line, '\t');
-        if (!tab) fail_msg("labelled line without a tab: %.60s", line);
-        *tab = '\0';
+    char *row[2];
+    for (int nf; (nf = testutil_tsv_next(&tsv, row, 2));) {
+        const char *line = row[0];
+        if (nf < 2) fail_msg("labelled line without a tab: %.60s", line);
         if (agent_idx(line) < 0) fail_msg("unknown label '%s'", line);
         if (l->n == cap) {
             cap = cap ? cap * 2 : 256;
@@ -463,10 +460,10 @@ static void read_labelled(labelled *l)
             assert_non_null(l->label), assert_non_null(l->text);
         }
         l->label[l->n] = strdup(line);
-        l->text[l->n] = strdup(tab + 1);
+        l->text[l->n] = strdup(row[1]);
         l->n++;
     }
-    free(data);
+    testutil_tsv_close(&tsv);
 }
 
 static void free_labelled(labelled *l)

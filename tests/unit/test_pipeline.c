@@ -172,18 +172,13 @@ static void test_event_order_and_metadata(void **state)
 /* tests/data/extractive_facts.tsv: customer<TAB>question<TAB>fact that the answer must contain. */
 static void test_extractive_facts(void **state)
 {
-    char *tsv = testutil_read_file(testutil_path("tests/data/extractive_facts.tsv"), NULL);
-    assert_non_null(tsv);
+    testutil_tsv tsv;
+    assert_int_equal(testutil_tsv_open(&tsv, "tests/data/extractive_facts.tsv"), 0);
     int total = 0, good = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(tsv, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (!line[0] || line[0] == '#') continue;
-        char *q = strchr(line, '\t');
-        assert_non_null(q);
-        *q++ = '\0';
-        char *fact = strchr(q, '\t');
-        assert_non_null(fact);
-        *fact++ = '\0';
+    char *row[3];
+    for (int n; (n = testutil_tsv_next(&tsv, row, 3));) {
+        assert_int_equal(n, 3);
+        const char *line = row[0], *q = row[1], *fact = row[2];
         const char *customer = strcmp(line, "-") ? line : NULL;
         events e;
         ev_init(&e);
@@ -193,7 +188,7 @@ static void test_extractive_facts(void **state)
         else print_message("missing fact '%s' for '%s' (customer %s): %s\n", fact, q, line, e.response ? e.response : "");
         ev_clear(&e);
     }
-    free(tsv);
+    testutil_tsv_close(&tsv);
     print_message("extractive facts: %d/%d\n", good, total);
     assert_true(total >= 12);
     assert_int_equal(good, total);

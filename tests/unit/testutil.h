@@ -17,6 +17,18 @@ const char *testutil_path(const char *rel);
 /* Whole file, NUL-terminated; caller frees; NULL when unreadable. */
 char *testutil_read_file(const char *path, size_t *len);
 
+/* A tab-separated data file (the labelled sets of tests/data), read row by row: blank lines and '#'
+ * comments left out, a trailing '\r' dropped. */
+typedef struct testutil_tsv {
+    char *data, *save;
+} testutil_tsv;
+/* Opens a root-relative file: 0, or -1 when it cannot be read. */
+int testutil_tsv_open(testutil_tsv *t, const char *rel);
+/* The next row, split at its first max - 1 tabs into fields (the last field keeps any further tab): the
+ * number of fields, or 0 after the last row. The fields point into t, valid until testutil_tsv_close. */
+int testutil_tsv_next(testutil_tsv *t, char **fields, int max);
+void testutil_tsv_close(testutil_tsv *t);
+
 /* build/bin/fake-llm on a free loopback port, read from its "PORT n" line (within 5 s); its stderr goes
  * to /dev/null. The pid, or -1 (with a message on stderr). Stop it with testutil_fake_llm_stop. */
 pid_t testutil_fake_llm_start(int *port);
