@@ -23,6 +23,8 @@ typedef struct chat_route {
 
 typedef struct chat_classifier chat_classifier;
 
+/* An empty classifier (every message goes to the fallback agent until terms are added); NULL when out
+ * of memory. free accepts NULL. */
 chat_classifier *chat_classifier_new(void);
 void chat_classifier_free(chat_classifier *c);
 /* agent: a chat_agents[] name; term: a word, a prefix ending in '*' or a phrase of up to 8 words, any
@@ -32,8 +34,10 @@ int chat_classifier_add_term(chat_classifier *c, const char *agent, const char *
 /* Replaces all terms with the classifier_terms table's (malformed rows skipped) and the model numbers
  * with the models table's. On failure the previous vocabulary stays. A writer, like add_term. */
 int chat_classifier_load_db(chat_classifier *c, chat_db *db, char *err, size_t errlen);
+/* The number of distinct terms (0 for NULL). */
 size_t chat_classifier_term_count(const chat_classifier *c);
-/* Pure function of the terms and text; thread-safe for concurrent readers. */
+/* Routes text (NULL: ""; only its first 16 KB are read) with c (NULL: no terms). Pure function of the
+ * terms and text; thread-safe for concurrent readers. */
 void chat_classify(const chat_classifier *c, const char *text, chat_route *out);
 
 #endif

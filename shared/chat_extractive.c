@@ -2,9 +2,11 @@
  *
  * It is deliberately simple and honest: split the top passages into sentences, score each sentence by
  * the question's content words it contains (with a few domain synonyms: "power" finds "hp" and "kW"),
- * favour sentences with figures for spec questions and sentences about the customer's own model, then
- * keep the best few in document order. The answer says where it comes from and, when nothing scores,
- * says it does not know instead of guessing.
+ * favour sentences with figures for spec questions (and sentences about the model in question, whose
+ * name the pipeline adds to a question that names none), then keep the best few in document order,
+ * opened by the agent's intro from the agent table. The answer says where it comes from and, when
+ * nothing scores, says it does not know instead of guessing; small talk gets a greeting from the
+ * fallback agent. The tuning constants below say how each score is weighed.
  *
  * Output streams word by word. The whole answer is composed when the generation starts (it is cheap and
  * needs the request, which the caller may free at once); the tokens are then released by the caller's

@@ -52,12 +52,15 @@ typedef struct chat_kb_query {
 int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, char *err, size_t errlen);
 void chat_kb_result_clear(chat_kb_result *r);
 
-/* Turns free text into the boolean-safe search string used by chat_kb_search ("c++ E42 (((" -> "c E42").
- * Caller frees. Exposed for tests and `chat-kb search --explain`. */
+/* Turns free text into the boolean-safe search string used by chat_kb_search: lower-case word tokens,
+ * without English function words, lone letters, repeats and words over 84 bytes, at most max_terms of
+ * them (0 or above 48: 48) ("c++ E42 (((" -> "e42"). Caller frees; NULL when out of memory. Exposed for
+ * tests and `chat-kb search`, which prints it. */
 char *chat_kb_sanitize(const char *text, size_t max_terms);
 
-/* Finds the first fault code (a letter E/P/F followed by 1-4 digits, as a whole word, any case) in text;
- * writes it upper-cased into out. Returns 1 when found, 0 otherwise. */
+/* Finds the first fault code (a letter E/P/F followed by 1-4 digits, or by a hyphen and 1-4 digits, as a
+ * whole word, any case: "E42", "e-42", "P0300") in text; writes it upper-cased without the hyphen into
+ * out ("E42"). Returns 1 when found, 0 otherwise. */
 int chat_kb_find_fault_code(const char *text, char out[16]);
 
 /* Import statistics. */
