@@ -157,23 +157,13 @@ static void test_schema_accepts_every_agent(void **state)
     assert_int_equal(n_passages, in_passages);
 }
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
-    return 0;
-}
-
 /* sql/classifier_terms.sql seeds routing terms for every agent (the fallback too: greetings, warranty). */
 static void test_every_agent_has_seeded_terms(void **state)
 {
     testutil_sql_file(schema_db(), "sql/classifier_terms.sql");
-    char err[256];
     for (int i = 0; i < CHAT_AGENT_COUNT; i++) {
-        long long n = -1;
-        chat_db_param p = CHAT_DB_P_STR(chat_agents[i].name);
-        assert_int_equal(chat_db_run(schema_db(), "SELECT COUNT(*) FROM classifier_terms WHERE agent = ?", &p, 1,
-                                     count_row, &n, NULL, NULL, err, sizeof err),
-                         0);
+        long long n =
+            testutil_count(schema_db(), "SELECT COUNT(*) FROM classifier_terms WHERE agent = ?", chat_agents[i].name);
         if (n < 10) fail_msg("%s: %lld seeded terms", chat_agents[i].name, n);
     }
 }

@@ -33,12 +33,6 @@ static int agent_idx(const char *a)
     return -1;
 }
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
-    return 0;
-}
-
 static void load_seed(chat_db *d) { testutil_sql_file(d, "sql/classifier_terms.sql"); }
 
 static int setup(void **state)
@@ -310,11 +304,7 @@ static void test_admin_sql_changes(void **state)
     size_t n0 = chat_classifier_term_count(c);
     assert_true(n0 >= 300);
     /* every seeded row is a well-formed term with its own normal form */
-    long long rows = -1;
-    assert_int_equal(chat_db_run(d, "SELECT COUNT(*) FROM classifier_terms", NULL, 0, count_row, &rows, NULL, NULL, err,
-                                 sizeof err),
-                     0);
-    assert_int_equal((long long)n0, rows);
+    assert_int_equal((long long)n0, testutil_count(d, "SELECT COUNT(*) FROM classifier_terms", NULL));
 
     chat_route r;
     chat_classify(c, "the kraken ate my cooler", &r);

@@ -20,19 +20,7 @@
 
 static chat_db *db; /* the sample knowledge base, shared by the read-only tests */
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
-    return 0;
-}
-
-static long long count_sql(chat_db *d, const char *sql)
-{
-    long long n = -1;
-    char err[256];
-    assert_int_equal(chat_db_run(d, sql, NULL, 0, count_row, &n, NULL, NULL, err, sizeof err), 0);
-    return n;
-}
+static long long count_sql(chat_db *d, const char *sql) { return testutil_count(d, sql, NULL); }
 
 static int setup_sample(void **state)
 {

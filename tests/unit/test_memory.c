@@ -34,20 +34,9 @@ static int teardown(void **state)
     return 0;
 }
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
-    return 0;
-}
-
 static long long count_messages(const char *sid)
 {
-    long long n = -1;
-    chat_db_param p = CHAT_DB_P_STR(sid);
-    assert_int_equal(chat_db_run(db, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n,
-                                 NULL, NULL, err, sizeof err),
-                     0);
-    return n;
+    return testutil_count(db, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", sid);
 }
 
 /* A session opened (or created) without its history: the id and whether it was created. */
@@ -349,12 +338,7 @@ static void test_open_session_with_history(void **state)
     assert_true(d.created && d.deferred);
     assert_int_equal(strlen(d.id), 36);
     assert_int_equal(h.n, 0);
-    long long rows = -1;
-    chat_db_param idp = CHAT_DB_P_STR(d.id);
-    assert_int_equal(chat_db_run(db, "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", &idp, 1, count_row, &rows, NULL,
-                                 NULL, err, sizeof err),
-                     0);
-    assert_int_equal(rows, 0);
+    assert_int_equal(testutil_count(db, "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", d.id), 0);
     assert_int_equal(chat_memory_store_turn(db, d.id, "r1", "u", "a", NULL, false, err, sizeof err), CHAT_ENOTFOUND);
     assert_int_equal(chat_memory_create_session(db, d.id, "judy", "cust-1001", err, sizeof err), 0);
     assert_int_equal(chat_memory_create_session(db, d.id, "judy", NULL, err, sizeof err), CHAT_ECONFLICT);

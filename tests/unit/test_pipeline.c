@@ -254,12 +254,6 @@ static void test_session_forbidden(void **state)
     ev_clear(&b);
 }
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = atoll(v[0]);
-    return 0;
-}
-
 static void test_turn_stored_once(void **state)
 {
     events a, b;
@@ -267,14 +261,9 @@ static void test_turn_stored_once(void **state)
     ev_init(&b);
     assert_int_equal(run(pipe_extractive, &a, &alice, "Warranty length?", "retry-session", NULL, "req-42", NULL), 0);
     assert_int_equal(run(pipe_extractive, &b, &alice, "Warranty length?", "retry-session", NULL, "req-42", NULL), 0);
-    long long n = -1;
-    chat_db_param p = CHAT_DB_P_STR("retry-session");
-    char err[256];
-    assert_int_equal(chat_db_run(chat_pipeline_db(pipe_extractive),
-                                 "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n, NULL,
-                                 NULL, err, sizeof err),
-                     0);
-    assert_int_equal(n, 2);
+    assert_int_equal(testutil_count(chat_pipeline_db(pipe_extractive),
+                                    "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", "retry-session"),
+                     2);
     ev_clear(&a);
     ev_clear(&b);
 }
@@ -346,12 +335,7 @@ static void test_customer_access_own(void **state)
         ev_clear(&e);
     }
     /* nothing was stored for the refused requests */
-    long long n = -1;
-    chat_db_param sp = CHAT_DB_P_STR("own-2");
-    assert_int_equal(chat_db_run(chat_pipeline_db(p), "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", &sp, 1,
-                                 count_row, &n, NULL, NULL, err, sizeof err),
-                     0);
-    assert_int_equal(n, 0);
+    assert_int_equal(testutil_count(chat_pipeline_db(p), "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", "own-2"), 0);
     chat_pipeline_free(p);
 }
 

@@ -49,6 +49,9 @@ chat_db *testutil_db_fresh(const char *name, int flags);
 void testutil_sql(chat_db *db, const char *sql);
 /* The same for a root-relative SQL file ("sql/classifier_terms.sql"). */
 void testutil_sql_file(chat_db *db, const char *rel);
+/* The number in the first column of the first row of sql ("SELECT COUNT(*) ..."), run with one string
+ * parameter, or none when param is NULL: -1 for SQL NULL or no row. Fails the test on error. */
+long long testutil_count(chat_db *db, const char *sql, const char *param);
 
 /* The session's stored turns, read with plain SQL: the last max_turns turns (2 messages each, at most
  * 200 turns), oldest first; none for an unknown session or max_turns <= 0. CHAT_EINVAL (out empty) for a

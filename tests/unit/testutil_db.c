@@ -30,6 +30,22 @@ void testutil_sql(chat_db *db, const char *sql)
     if (chat_db_exec_script(db, sql, strlen(sql), err, sizeof err)) fail_msg("sql: %s", err);
 }
 
+static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
+    return 0;
+}
+
+long long testutil_count(chat_db *db, const char *sql, const char *param)
+{
+    long long n = -1;
+    char err[512];
+    chat_db_param p = CHAT_DB_P_STR(param);
+    if (chat_db_run(db, sql, &p, param ? 1 : 0, count_row, &n, NULL, NULL, err, sizeof err))
+        fail_msg("count: %s", err);
+    return n;
+}
+
 void testutil_sql_file(chat_db *db, const char *rel)
 {
     size_t len;
