@@ -2,9 +2,11 @@
  *
  * It is deliberately simple and honest: split the top passages into sentences, score each sentence by
  * the question's content words it contains (with a few domain synonyms: "power" finds "hp" and "kW"),
- * favour sentences with figures for spec questions and sentences about the customer's own model, then
- * keep the best few in document order. The answer says where it comes from and, when nothing scores,
- * says it does not know instead of guessing.
+ * favour sentences with figures for spec questions (and sentences about the model in question, whose
+ * name the pipeline adds to a question that names none), then keep the best few in document order,
+ * opened by the agent's intro from the agent table. The answer says where it comes from and, when
+ * nothing scores, says it does not know instead of guessing; small talk gets a greeting from the
+ * fallback agent. The tuning constants below say how each score is weighed.
  *
  * Output streams word by word. The whole answer is composed when the generation starts (it is cheap and
  * needs the request, which the caller may free at once) and cut into tokens (a word with the whitespace
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_agent.h"
 #include "chat_common.h"
 #include "chat_llm_provider.h"
 #include "chat_paced.h"
@@ -27,7 +30,42 @@
 
 #define MAX_TERMS 32
 #define MAX_SENTENCES 256
+#define MAX_PASSAGES 4 /* the retrieval's best passages are read; the rest rarely hold a better sentence */
+
+/* Sentence choice. A sentence scores 1 per question word it contains and SYNONYM_WEIGHT per synonym;
+ * a synonym ("kw" for "power") is weaker evidence than the word asked. */
+#define SYNONYM_WEIGHT 0.6
+/* A sentence with a figure, for a question that asks for one ("how much", "torque"): 0.75 lets it beat a
+ * sentence with one more question word but no number. */
+#define FIGURE_BONUS 0.75
+/* Retrieval's order counts: PASSAGE_RANK_BONUS / (1 + the passage's rank), less ORDER_PENALTY per
+ * sentence into the passage (openings state the main fact). Small: they only break near-ties. */
+#define PASSAGE_RANK_BONUS 0.5
+#define ORDER_PENALTY 0.02
+/* A picked sentence contains at least one question word's worth (PICK_MIN_SCORE) and scores at least
+ * PICK_SHARE_OF_BEST of the best one, so a weak fragment does not trail a good answer. */
+#define PICK_MIN_SCORE 1.0
+#define PICK_SHARE_OF_BEST 0.7
+/* Sentences picked: MAX_PICK in general; a fault code's opening (meaning, symptoms, first steps) has
+ * up to FAULT_OPENING_SENTENCES; next to an appointment, one supporting sentence at most. */
 #define MAX_PICK 3
+#define MAX_PICK_FAULT_CODE 4
+#define MAX_PICK_APPOINTMENT 1
+#define FAULT_OPENING_SENTENCES 4
+/* The fault passage's opening sentences score FAULT_OPENING_SCORE less their position: above any pick
+ * threshold, and in document order. */
+#define FAULT_OPENING_SCORE 10.0
+#define SENTENCE_MIN_BYTES 12  /* shorter fragments ("See below.") are not sentences worth quoting */
+#define SMALL_TALK_MAX_BYTES 60 /* a longer message is a question, whatever greeting it opens with */
+
+static const char GREETING[] =
+    "Hello! I am the Seawind Marine assistant. I can answer questions about our boats' specifications, "
+    "maintenance schedules and your service appointments, and help you troubleshoot fault codes and "
+    "symptoms. What would you like to know?";
+static const char NOT_FOUND[] =
+    "I could not find an answer to that in the Seawind Marine knowledge base. Could you rephrase it, or "
+    "name the model or fault code you are asking about? For anything urgent, your nearest Seawind Marine "
+    "service center can help.";
 
 typedef struct term {
     char w[48];
@@ -127,7 +165,7 @@ static void question_word(void *ud, const char *w, size_t len)
         while (*e) {
             const char *sp = strchr(e, ' ');
             size_t l = sp ? (size_t)(sp - e) : strlen(e);
-            add_term(q->t, &q->n, e, l, 0.6);
+            add_term(q->t, &q->n, e, l, SYNONYM_WEIGHT);
             e += l + (sp ? 1 : 0);
         }
     }
@@ -178,7 +216,7 @@ static int split_sentences(const char *body, int passage, sentence *out, int n, 
         if (end) {
             const char *e = (*p && *p != '\n') ? p + 1 : p;
             while (start < e && (isspace((unsigned char)*start) || *start == '-' || *start == '*')) start++;
-            if (e - start > 12) {
+            if (e - start > SENTENCE_MIN_BYTES) {
                 out[n].s = start;
                 out[n].len = (size_t)(e - start);
                 out[n].passage = passage;
@@ -218,7 +256,7 @@ static bool is_small_talk(const char *q)
 {
     static const char *const cues[] = {"hello", "hi", "hey", "thanks", "thank you", "good morning",
                                        "good evening", "who are you", "what can you do", "help"};
-    if (strlen(q) > 60) return false;
+    if (strlen(q) > SMALL_TALK_MAX_BYTES) return false;
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cues); i++) {
         const char *h = chat_strcasestr(q, cues[i]);
         size_t n = strlen(cues[i]);
@@ -242,20 +280,101 @@ static int cmp_position(const void *a, const void *b)
     return x->order - y->order;
 }
 
-static const char *agent_intro(const char *agent)
+/* The sentences of the first MAX_PASSAGES passages, in passage then document order. */
+static int collect_sentences(const chat_llm_request *req, sentence *s, size_t *np)
 {
-    if (!agent) return "";
-    if (!strcmp(agent, "specs")) return "Here is what the specification sheet says. ";
-    if (!strcmp(agent, "maintenance")) return "From our service documentation: ";
-    if (!strcmp(agent, "troubleshooting")) return "Here is what our troubleshooting guide says. ";
-    return "";
+    int ns = 0;
+    *np = req->passages ? req->passages->n : 0;
+    if (*np > MAX_PASSAGES) *np = MAX_PASSAGES;
+    for (size_t i = 0; i < *np; i++) ns = split_sentences(req->passages->items[i].body, (int)i, s, ns, MAX_SENTENCES);
+    return ns;
+}
+
+/* Scores each sentence by the question's words it contains (code: the fault code asked about, or NULL). */
+static void score_sentences(sentence *s, int ns, const term *terms, int nterms, const char *question, const char *code)
+{
+    bool figure = asks_for_figure(question);
+    for (int i = 0; i < ns; i++) {
+        char tmp[2048];
+        size_t l = s[i].len < sizeof tmp - 1 ? s[i].len : sizeof tmp - 1;
+        memcpy(tmp, s[i].s, l);
+        tmp[l] = '\0';
+        sctx c = {terms, nterms, {false}, 0, false};
+        each_word(tmp, sentence_word, &c);
+        double score = c.score;
+        /* a question about E42 is not answered by the sentence about E63 */
+        char other[16];
+        s[i].other_code = code && chat_kb_find_fault_code(tmp, other) && strcmp(other, code);
+        if (s[i].other_code) score = 0;
+        if (score > 0 && figure && c.has_number) score += FIGURE_BONUS;
+        if (score > 0) score += PASSAGE_RANK_BONUS / (1 + s[i].passage) - ORDER_PENALTY * s[i].order;
+        s[i].score = score;
+    }
+    qsort(s, (size_t)ns, sizeof *s, cmp_score);
+}
+
+/* The passage about the fault code asked for is the answer: its opening sentences in order (meaning,
+ * symptoms, first steps) read better than the best-scoring fragments. Keeps only those; returns how many. */
+static int keep_fault_opening(sentence *s, int ns)
+{
+    int k = 0;
+    for (int i = 0; i < ns; i++)
+        if (s[i].passage == 0 && s[i].order < FAULT_OPENING_SENTENCES && !s[i].other_code) s[k++] = s[i];
+    for (int i = 0; i < k; i++) s[i].score = FAULT_OPENING_SCORE - s[i].order;
+    qsort(s, (size_t)k, sizeof *s, cmp_score);
+    return k;
+}
+
+/* How many of the best sentences (sorted by score) answer: up to max, each one scoring at least
+ * PICK_MIN_SCORE and PICK_SHARE_OF_BEST of the best. */
+static int pick_count(const sentence *s, int ns, int max)
+{
+    double best = ns ? s[0].score : 0;
+    int pick = 0;
+    while (pick < ns && pick < max && s[pick].score >= PICK_MIN_SCORE && s[pick].score >= best * PICK_SHARE_OF_BEST)
+        pick++;
+    return pick;
+}
+
+/* "Here is what I have on file for you. " and the upcoming appointment, up to the end of its sentence. */
+static void write_appointment(chat_buf *out, const char *appt, bool more)
+{
+    const char *end = strstr(appt, ". ");
+    const char *nl = strchr(appt, '\n');
+    if (!end || (nl && nl < end)) end = nl;
+    size_t l = end ? (size_t)(end - appt) : strlen(appt);
+    chat_buf_puts(out, "Here is what I have on file for you. ");
+    chat_buf_append(out, appt, l);
+    if (l && appt[l - 1] != '.') chat_buf_puts(out, ".");
+    if (more) chat_buf_puts(out, "\n\n");
+}
+
+/* The agent's intro, the picked sentences (in document order) and each passage used, cited once. */
+static void write_sentences(chat_buf *out, const chat_llm_request *req, const chat_agent *agent, const sentence *s,
+                            int pick)
+{
+    chat_buf_puts(out, agent ? agent->intro : "");
+    for (int i = 0; i < pick; i++) {
+        if (i) chat_buf_puts(out, " ");
+        chat_buf_append(out, s[i].s, s[i].len);
+    }
+    chat_buf_puts(out, "\n\nSources: ");
+    int cited = 0;
+    for (int i = 0; i < pick; i++) {
+        bool dup = false;
+        for (int j = 0; j < i; j++)
+            dup |= s[j].passage == s[i].passage ||
+                   !strcmp(req->passages->items[s[j].passage].source, req->passages->items[s[i].passage].source);
+        if (dup) continue;
+        chat_buf_printf(out, "%s%s", cited++ ? ", " : "", req->passages->items[s[i].passage].source);
+    }
+    chat_buf_puts(out, ".");
 }
 
 char *chat_extractive_compose(const chat_llm_request *req)
 {
-    chat_buf out;
-    chat_buf_init(&out);
     const char *question = req->question ? req->question : "";
+    const chat_agent *agent = chat_agent_find(req->agent); /* NULL: no agent, or one the table does not know */
     term terms[MAX_TERMS];
     qctx q = {terms, 0};
     each_word(question, question_word, &q);
@@ -267,90 +386,25 @@ char *chat_extractive_compose(const chat_llm_request *req)
 
     sentence *s = calloc(MAX_SENTENCES, sizeof *s);
     if (!s) return NULL;
-    int ns = 0;
-    size_t np = req->passages ? req->passages->n : 0;
-    if (np > 4) np = 4;
-    for (size_t i = 0; i < np; i++) ns = split_sentences(req->passages->items[i].body, (int)i, s, ns, MAX_SENTENCES);
-
-    bool figure = asks_for_figure(question);
+    size_t np;
+    int ns = collect_sentences(req, s, &np);
     char code[16];
     bool has_code = chat_kb_find_fault_code(question, code);
-    for (int i = 0; i < ns; i++) {
-        char tmp[2048];
-        size_t l = s[i].len < sizeof tmp - 1 ? s[i].len : sizeof tmp - 1;
-        memcpy(tmp, s[i].s, l);
-        tmp[l] = '\0';
-        sctx c = {terms, q.n, {false}, 0, false};
-        each_word(tmp, sentence_word, &c);
-        double score = c.score;
-        /* a question about E42 is not answered by the sentence about E63 */
-        char other[16];
-        s[i].other_code = has_code && chat_kb_find_fault_code(tmp, other) && strcmp(other, code);
-        if (s[i].other_code) score = 0;
-        if (score > 0 && figure && c.has_number) score += 0.75;
-        if (score > 0) score += 0.5 / (1 + s[i].passage) - 0.02 * s[i].order;
-        s[i].score = score;
-    }
-    qsort(s, (size_t)ns, sizeof *s, cmp_score);
-    int pick = 0;
-    double best = ns ? s[0].score : 0;
-    /* The passage about the fault code asked for is the answer: its opening sentences in order
-     * (meaning, symptoms, first steps) read better than the best-scoring fragments. */
-    if (has_code && np && chat_strcasestr(req->passages->items[0].title, code)) {
-        int k = 0;
-        for (int i = 0; i < ns; i++)
-            if (s[i].passage == 0 && s[i].order < 4 && !s[i].other_code) s[k++] = s[i];
-        ns = k;
-        for (int i = 0; i < ns; i++) s[i].score = 10.0 - s[i].order;
-        qsort(s, (size_t)ns, sizeof *s, cmp_score);
-        best = ns ? s[0].score : 0;
-    }
-    /* with an appointment to report, one supporting sentence at most */
-    int max_pick = appt ? 1 : has_code ? 4 : MAX_PICK;
-    while (pick < ns && pick < max_pick && s[pick].score >= 1.0 && s[pick].score >= best * 0.7) pick++;
-    /* "thanks!" must not be answered with the one passage that happens to contain "thanks" */
-    bool general = !req->agent || !strcmp(req->agent, "general");
-    if (general && is_small_talk(question)) pick = 0;
+    score_sentences(s, ns, terms, q.n, question, has_code ? code : NULL);
+    if (has_code && np && chat_strcasestr(req->passages->items[0].title, code)) ns = keep_fault_opening(s, ns);
+    int pick = pick_count(s, ns, appt ? MAX_PICK_APPOINTMENT : has_code ? MAX_PICK_FAULT_CODE : MAX_PICK);
+    /* "thanks!" must not be answered with the one passage that happens to contain "thanks": small talk is
+     * the fallback agent's */
+    bool small_talk = is_small_talk(question);
+    if ((!req->agent || (agent && (agent->routing & CHAT_AGENT_FALLBACK))) && small_talk) pick = 0;
     qsort(s, (size_t)pick, sizeof *s, cmp_position);
 
-    if (appt) {
-        /* the upcoming part only: up to the end of its sentence */
-        const char *end = strstr(appt, ". ");
-        const char *nl = strchr(appt, '\n');
-        if (!end || (nl && nl < end)) end = nl;
-        size_t l = end ? (size_t)(end - appt) : strlen(appt);
-        chat_buf_puts(&out, "Here is what I have on file for you. ");
-        chat_buf_append(&out, appt, l);
-        if (l && appt[l - 1] != '.') chat_buf_puts(&out, ".");
-        if (pick) chat_buf_puts(&out, "\n\n");
-    }
-    if (pick) {
-        chat_buf_puts(&out, agent_intro(req->agent));
-        for (int i = 0; i < pick; i++) {
-            if (i) chat_buf_puts(&out, " ");
-            chat_buf_append(&out, s[i].s, s[i].len);
-        }
-        /* cite each passage used, once */
-        chat_buf_puts(&out, "\n\nSources: ");
-        int cited = 0;
-        for (int i = 0; i < pick; i++) {
-            bool dup = false;
-            for (int j = 0; j < i; j++) dup |= s[j].passage == s[i].passage ||
-                                             !strcmp(req->passages->items[s[j].passage].source,
-                                                     req->passages->items[s[i].passage].source);
-            if (dup) continue;
-            chat_buf_printf(&out, "%s%s", cited++ ? ", " : "", req->passages->items[s[i].passage].source);
-        }
-        chat_buf_puts(&out, ".");
-    } else if (!appt && is_small_talk(question)) {
-        chat_buf_puts(&out, "Hello! I am the Seawind Marine assistant. I can answer questions about our boats' "
-                            "specifications, maintenance schedules and your service appointments, and help you "
-                            "troubleshoot fault codes and symptoms. What would you like to know?");
-    } else if (!appt) {
-        chat_buf_puts(&out, "I could not find an answer to that in the Seawind Marine knowledge base. "
-                            "Could you rephrase it, or name the model or fault code you are asking about? "
-                            "For anything urgent, your nearest Seawind Marine service center can help.");
-    }
+    chat_buf out;
+    chat_buf_init(&out);
+    if (appt) write_appointment(&out, appt, pick > 0);
+    if (pick) write_sentences(&out, req, agent, s, pick);
+    else if (!appt && small_talk) chat_buf_puts(&out, GREETING);
+    else if (!appt) chat_buf_puts(&out, NOT_FOUND);
     free(s);
     return chat_buf_take(&out);
 }

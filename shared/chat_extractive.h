@@ -8,7 +8,8 @@
 
 #include "chat_llm.h"
 
-/* The answer text alone, without streaming (caller frees). For tests and the REST fast path. */
+/* The answer text alone, without streaming: what chat_extractive_gen_new streams, and what the tests
+ * read. req is read during the call only. Caller frees; NULL when out of memory. */
 char *chat_extractive_compose(const chat_llm_request *req);
 
 /* The provider itself is chat_extractive_provider (chat_llm_provider.h): chosen through chat_llm. */

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_classify.h"
+#include "chat_agent.h"
 #include "chat_common.h"
 #include "chat_util.h"
 
@@ -403,7 +403,7 @@ static json_object *cancelled_metadata(void)
 {
     json_object *m = json_object_new_object();
     if (!m) return NULL;
-    int failed = add_str(m, "agent", CHAT_AGENT_GENERAL) || add(m, "confidence", json_object_new_int(0)) ||
+    int failed = add_str(m, "agent", chat_agent_fallback()->name) || add(m, "confidence", json_object_new_int(0)) ||
                  add(m, "context", obj1("sources", json_object_new_array())) ||
                  add_str(m, "finish_reason", "cancelled") || add(m, "usage", zero_usage()) ||
                  add(m, "timings", json_object_new_object());
