@@ -85,7 +85,6 @@
 #define ST_BURST 10.0f
 #define ST_TOKEN_OVERHEAD 64 /* JSON around a token frame, for the outbound byte count */
 #define ST_MAX_WRITES_PER_CALLBACK 16
-#define ST_BACKED_UP_MS 20 /* a frame waiting this long at the head of a queue: its reader is behind */
 #define ST_TX_KEEP (256u * 1024) /* the shared send buffer is shrunk back after a larger frame */
 #define ST_CLOSE_WAIT_MS 3000    /* after the close phase starts, how long to wait for clients */
 #define ST_KILL_AFTER_S 10       /* a connection being closed that cannot take its close frame */
@@ -644,14 +643,14 @@ static sb_event *cancelled_complete(sess *s, sb_event *e)
     return ne;
 }
 
-/* True when the connection is not keeping up with its answer: the socket is full, the frame at the head
- * of its queue has waited ST_BACKED_UP_MS, or what it owes passed half its limit. Only then do a
- * connection's waiting tokens merge into one frame: a reader that keeps up gets a frame per piece, however
- * the pieces were batched on their way here. */
+/* True when the connection is not keeping up with its answer: its socket is full (the kernel's send
+ * buffer, CHAT_STREAMER_SNDBUF, holds what the reader has not taken), or what it owes passed half its
+ * limit. Only then do a connection's waiting tokens merge into one frame: a reader that keeps up gets a
+ * frame per piece, however the pieces were batched on their way here, and however late this process got
+ * to write them (time is no signal: a busy machine delays the writer, not the reader). */
 static bool backed_up(sess *s)
 {
     const sess_x *x = s->x;
-    if (x->out_head && chat_now_ms() - x->head_since_ms >= ST_BACKED_UP_MS) return true;
     return x->out_bytes > (size_t)S.cfg.max_outbound_bytes / 2 || lws_send_pipe_choked(s->wsi);
 }
 
