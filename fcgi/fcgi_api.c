@@ -30,6 +30,7 @@
 #include "chat_jwt.h"
 #include "chat_log.h"
 #include "chat_memory.h"
+#include "chat_metrics.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
 #include "chat_util.h"
@@ -136,6 +137,7 @@ void fcgi_api_log_path(const char *uri, char *out, size_t cap)
  * default message. */
 static int set_error_status(fcgi_resp *resp, int status, chat_proto_code code, const char *message)
 {
+    chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, chat_proto_code_name(code)), 1);
     resp->status = status;
     chat_buf_reset(&resp->body);
     char *json = chat_proto_rest_error(message ? message : chat_proto_code_message(code), chat_proto_code_name(code));
@@ -551,6 +553,17 @@ static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     return st;
 }
 
+/* Every process's figures (chat_metrics.h), in Prometheus's text format. Unauthenticated, like /health:
+ * the front door decides who may reach it (deploy/README.md). */
+static int handle_metrics(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+{
+    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
+    if (chat_metrics_render(api->cfg.metrics_dir, &resp->body)) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+    snprintf(resp->content_type, sizeof resp->content_type, "text/plain; version=0.0.4; charset=utf-8");
+    resp->status = 200;
+    return 200;
+}
+
 /* ---- lighttpd's own errors (server.error-handler) ---- */
 
 static int handle_server_error(fcgi_resp *resp, int status)
@@ -587,7 +600,7 @@ static bool path_is(const char *p, size_t n, const char *lit)
 int fcgi_api_handle(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 {
     resp->status = 0;
-    resp->allow[0] = resp->www_auth[0] = resp->retry_after[0] = '\0';
+    resp->allow[0] = resp->www_auth[0] = resp->retry_after[0] = resp->content_type[0] = '\0';
     chat_buf_reset(&resp->body);
     if (req->redirect_status >= 400 && req->redirect_status <= 599)
         return handle_server_error(resp, req->redirect_status);
@@ -595,6 +608,7 @@ int fcgi_api_handle(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     size_t n = path_len(p);
 
     if (path_is(p, n, "/health")) return handle_health(api, req, resp);
+    if (path_is(p, n, "/metrics")) return handle_metrics(api, req, resp);
     if (path_is(p, n, "/api/v1/chat")) return handle_chat(api, req, resp);
     if (path_is(p, n, "/api/v1/demo-token")) return handle_demo_token(api, req, resp);
 

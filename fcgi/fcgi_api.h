@@ -51,6 +51,7 @@ typedef struct fcgi_resp {
     char allow[64];      /* Allow header value for 405, else empty */
     char www_auth[128];  /* WWW-Authenticate value for 401, else empty */
     char retry_after[8]; /* Retry-After value for 503, else empty */
+    char content_type[48]; /* empty: application/json */
     chat_buf body;
 } fcgi_resp;
 

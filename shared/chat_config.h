@@ -35,6 +35,7 @@ typedef struct chat_config {
     int llm_stall_timeout_ms;
     int llm_max_tokens;
     int token_delay_ms; /* extractive and replay pacing, 0 = as fast as possible */
+    char metrics_dir[512];     /* where each process keeps its metrics file (chat_metrics.h); empty = in memory */
     char llm_replay_file[512]; /* the replay provider's recording: one JSON string per line */
 
     /* Pipeline. */

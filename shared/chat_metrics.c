@@ -22,7 +22,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "chat_agent.h"
 #include "chat_common.h"
+#include "chat_llm.h"
+#include "chat_proto.h"
 
 #define METRICS_MAGIC "CHATMET1"
 #define METRICS_SUFFIX ".metrics"
@@ -43,29 +46,35 @@ static const metric_def METRICS[CHAT_METRIC_COUNT] = {
 #undef X
 };
 
-/* The values of each label, "other" last (added by label_values). */
-static const char *const AGENTS[] = {"specs", "maintenance", "troubleshooting", "general"};
-static const char *const PROVIDERS[] = {"openai", "extractive", "replay"};
+/* The values of each label come from the table that defines them (agents, providers, error codes), so
+ * a new row there is a new label value here; "other" follows the last. */
 static const char *const FINISHES[] = {"stop", "length", "cancelled", "error"};
-static const char *const CODES[] = {"AUTH_REQUIRED", "EMPTY_MESSAGE", "PROCESSING_ERROR", "INVALID_JSON",
-                                    "UNKNOWN_TYPE", "MESSAGE_TOO_LONG", "SESSION_FORBIDDEN", "CUSTOMER_FORBIDDEN",
-                                    "RATE_LIMITED", "OVERLOADED", "INVALID_REQUEST", "NOT_STORED"};
-static const char *const STATUSES[] = {"200", "400", "401", "403", "404", "405", "411", "413", "429", "500", "503"};
+static const char *const STATUSES[] = {"200", "400", "401", "403", "404", "405", "408", "411",
+                                       "413", "415", "429", "431", "500", "503"};
+
+static const char *agent_at(unsigned i) { return i < CHAT_AGENT_COUNT ? chat_agents[i].name : NULL; }
+static const char *provider_at(unsigned i) { return chat_llm_provider_name_at(i); }
+static const char *code_at(unsigned i) { return i < CHAT_PROTO_CODE_COUNT ? chat_proto_code_name((chat_proto_code)i) : NULL; }
+static const char *finish_at(unsigned i) { return i < CHAT_ARRAY_LEN(FINISHES) ? FINISHES[i] : NULL; }
+static const char *status_at(unsigned i) { return i < CHAT_ARRAY_LEN(STATUSES) ? STATUSES[i] : NULL; }
 
 typedef struct label_set {
     const char *name;
-    const char *const *values;
-    unsigned n; /* without "other" */
+    const char *(*value_at)(unsigned i); /* NULL past the last value */
 } label_set;
 
 static const label_set LABELS[CHAT_METRIC_LABEL_COUNT] = {
-    [CHAT_METRIC_LABEL_NONE] = {NULL, NULL, 0},
-    [CHAT_METRIC_LABEL_AGENT] = {"agent", AGENTS, CHAT_ARRAY_LEN(AGENTS)},
-    [CHAT_METRIC_LABEL_PROVIDER] = {"provider", PROVIDERS, CHAT_ARRAY_LEN(PROVIDERS)},
-    [CHAT_METRIC_LABEL_FINISH] = {"finish_reason", FINISHES, CHAT_ARRAY_LEN(FINISHES)},
-    [CHAT_METRIC_LABEL_CODE] = {"code", CODES, CHAT_ARRAY_LEN(CODES)},
-    [CHAT_METRIC_LABEL_STATUS] = {"status", STATUSES, CHAT_ARRAY_LEN(STATUSES)},
+#define X(id, name, values) [CHAT_METRIC_LABEL_##id] = {name, values},
+    CHAT_METRIC_LABELS(X)
+#undef X
 };
+
+static unsigned label_count(chat_metric_label_dim dim)
+{
+    unsigned n = 0;
+    while (LABELS[dim].value_at && LABELS[dim].value_at(n)) n++;
+    return n;
+}
 
 static const double BUCKETS[CHAT_METRIC_NBUCKETS] = {CHAT_METRIC_BUCKETS};
 
@@ -79,6 +88,7 @@ typedef struct file_header {
 
 /* The process's figures: slots in its own file's mapping (or private memory). */
 static struct {
+    unsigned nvalues[CHAT_METRIC_LABEL_COUNT]; /* values of each label, without "other" */
     size_t offset[CHAT_METRIC_COUNT]; /* first slot of each metric */
     size_t nslots;
     uint64_t hash;
@@ -88,7 +98,7 @@ static struct {
     char path[512];
 } G;
 
-static unsigned cells(chat_metric_id m) { return METRICS[m].dim == CHAT_METRIC_LABEL_NONE ? 1 : LABELS[METRICS[m].dim].n + 1; }
+static unsigned cells(chat_metric_id m) { return METRICS[m].dim == CHAT_METRIC_LABEL_NONE ? 1 : G.nvalues[METRICS[m].dim] + 1; }
 static unsigned width(chat_metric_id m) { return METRICS[m].kind == K_HISTOGRAM ? HIST_WIDTH : 1; }
 
 static uint64_t fnv(uint64_t h, const char *s)
@@ -102,12 +112,14 @@ static void compute_layout(void)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     size_t at = 0;
+    for (int d = 0; d < CHAT_METRIC_LABEL_COUNT; d++) G.nvalues[d] = label_count(d);
     for (int m = 0; m < CHAT_METRIC_COUNT; m++) {
+        chat_metric_label_dim d = METRICS[m].dim;
         G.offset[m] = at;
         at += (size_t)cells(m) * width(m);
         h = fnv(h, METRICS[m].name);
-        h = fnv(h, LABELS[METRICS[m].dim].name);
-        for (unsigned v = 0; v < LABELS[METRICS[m].dim].n; v++) h = fnv(h, LABELS[METRICS[m].dim].values[v]);
+        h = fnv(h, LABELS[d].name);
+        for (unsigned v = 0; v < G.nvalues[d]; v++) h = fnv(h, LABELS[d].value_at(v));
     }
     G.nslots = at;
     G.hash = h ^ CHAT_METRIC_NBUCKETS;
@@ -169,10 +181,12 @@ void chat_metrics_shutdown(void)
 
 unsigned chat_metric_label(chat_metric_label_dim dim, const char *value)
 {
-    const label_set *l = &LABELS[dim];
-    for (unsigned i = 0; value && i < l->n; i++)
-        if (!strcmp(l->values[i], value)) return i;
-    return l->n;
+    if ((unsigned)dim >= CHAT_METRIC_LABEL_COUNT) return 0;
+    if (!G.nslots) compute_layout();
+    unsigned n = G.nvalues[dim];
+    for (unsigned i = 0; value && i < n; i++)
+        if (!strcmp(LABELS[dim].value_at(i), value)) return i;
+    return n;
 }
 
 /* The slot of cell label of metric m, or NULL when there is none (no init, a bad label). */
@@ -285,8 +299,8 @@ static const char *kind_name(metric_kind k)
 
 static const char *label_value(chat_metric_id m, unsigned c)
 {
-    const label_set *l = &LABELS[METRICS[m].dim];
-    return c < l->n ? l->values[c] : METRICS_OTHER;
+    chat_metric_label_dim d = METRICS[m].dim;
+    return c < G.nvalues[d] ? LABELS[d].value_at(c) : METRICS_OTHER;
 }
 
 /* `{label="value"` plus `,` or `}` as the caller continues; nothing for an unlabelled metric. */

@@ -25,14 +25,15 @@
 
 #include "chat_util.h"
 
-/* Label dimensions: the label's name and where its values come from (chat_metrics.c). */
+/* Label dimensions: the label's name and the function that lists its values (chat_metrics.c: the agent
+ * table, the provider table, the protocol's error table, and two short lists of its own). */
 #define CHAT_METRIC_LABELS(X)                                                                                          \
-    X(NONE, NULL)                                                                                                     \
-    X(AGENT, "agent")                                                                                                 \
-    X(PROVIDER, "provider")                                                                                           \
-    X(FINISH, "finish_reason")                                                                                        \
-    X(CODE, "code")                                                                                                   \
-    X(STATUS, "status")
+    X(NONE, NULL, NULL)                                                                                               \
+    X(AGENT, "agent", agent_at)                                                                                       \
+    X(PROVIDER, "provider", provider_at)                                                                              \
+    X(FINISH, "finish_reason", finish_at)                                                                             \
+    X(CODE, "code", code_at)                                                                                          \
+    X(STATUS, "status", status_at)
 
 /* Kinds: a counter only grows; a gauge is summed over live processes (SUM) or the largest live value
  * is shown (MAX: a figure every streamer reports about the same shared thing); a histogram has the
@@ -69,7 +70,7 @@ typedef enum {
 } chat_metric_id;
 
 typedef enum {
-#define X(id, name) CHAT_METRIC_LABEL_##id,
+#define X(id, name, values) CHAT_METRIC_LABEL_##id,
     CHAT_METRIC_LABELS(X)
 #undef X
         CHAT_METRIC_LABEL_COUNT

@@ -36,6 +36,7 @@
 #include "chat_llm.h"
 #include "chat_log.h"
 #include "chat_memory.h"
+#include "chat_metrics.h"
 #include "chat_proto.h"
 #include "chat_util.h"
 
@@ -191,6 +192,7 @@ typedef struct run_ctx {
     chat_buf response;
     int64_t t0_us;
     int64_t first_token_us; /* 0 until the first token */
+    int64_t last_token_us;  /* the latest token, for the inter-token latency */
     int64_t queue_us;       /* from acceptance to the first stage (the worker's queue) */
     int64_t session_us;     /* opening the session and reading its history */
     bool stopped;           /* the sink asked to stop */
@@ -201,7 +203,10 @@ typedef struct run_ctx {
 static int on_token(void *ud, const char *text, size_t len)
 {
     run_ctx *c = ud;
-    if (!c->first_token_us) c->first_token_us = chat_now_us();
+    int64_t now = chat_now_us();
+    if (!c->first_token_us) c->first_token_us = now;
+    else chat_metric_observe(CHAT_METRIC_ITL, 0, (double)(now - c->last_token_us) / 1e6);
+    c->last_token_us = now;
     if (c->response.len + len > c->max_bytes) { /* a provider that never stops must not exhaust memory */
         c->truncated = true;
         return 1;
@@ -630,6 +635,22 @@ void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, c
 
 /* The metadata for the run's outcome; NULL after the error event was emitted (the model failed before
  * any text, or out of memory), with *rc its code. */
+/* The answer's figures for the operators' scrape (chat_metrics.h): latencies by agent from the
+ * moment the request was accepted, tokens by provider, the answer by finish_reason. */
+static void record_metrics(chat_pipeline *p, const chat_run *t, const char *finish)
+{
+    unsigned agent = chat_metric_label(CHAT_METRIC_LABEL_AGENT, t->agent);
+    unsigned provider = chat_metric_label(CHAT_METRIC_LABEL_PROVIDER, chat_llm_provider_name(p->llm));
+    if (t->c.first_token_us)
+        chat_metric_observe(CHAT_METRIC_TTFT, agent, (double)(t->c.first_token_us - t->c.t0_us) / 1e6);
+    chat_metric_observe(CHAT_METRIC_E2E, agent, (double)(chat_now_us() - t->c.t0_us) / 1e6);
+    chat_metric_observe(CHAT_METRIC_RETRIEVAL, agent, (double)t->retrieval_us / 1e6);
+    chat_metric_inc(CHAT_METRIC_ANSWERS, chat_metric_label(CHAT_METRIC_LABEL_FINISH, finish), 1);
+    chat_metric_inc(CHAT_METRIC_PROMPT_TOKENS, provider, (uint64_t)(t->gen_res.prompt_tokens > 0 ? t->gen_res.prompt_tokens : 0));
+    chat_metric_inc(CHAT_METRIC_GENERATION_TOKENS, provider,
+                    (uint64_t)(t->gen_res.completion_tokens > 0 ? t->gen_res.completion_tokens : 0));
+}
+
 static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
 {
     const chat_llm_result *lr = &t->gen_res;
@@ -648,6 +669,7 @@ static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
         }
         finish = "error";
     }
+    record_metrics(p, t, finish);
     char *metadata = build_metadata(t->agent, t->confidence, &t->kb, finish, lr, &t->c, t->retrieval_us,
                                     t->model_id[0] ? t->model_id : NULL, chat_llm_provider_name(p->llm));
     if (!metadata) *rc = fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");

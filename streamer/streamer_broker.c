@@ -37,6 +37,7 @@
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_proto.h"
 #include "chat_util.h"
 #include "streamer_map.h"
@@ -204,6 +205,7 @@ static void emit_error(sb_broker *b, sb_job *job, const char *code, const char *
 {
     sb_event *e = emit_json(b, job, chat_proto_error(message, code), true, NULL);
     if (e) e->error = 1;
+    chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, code), 1);
 }
 
 static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
@@ -275,6 +277,7 @@ static void q_push(sb_broker *b, sb_job *job, bool front, int64_t now)
     }
     b->q_len++;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
 }
 
 static sb_job *q_pop(sb_broker *b)
@@ -286,6 +289,7 @@ static sb_job *q_pop(sb_broker *b)
     j->next = NULL;
     b->q_len--;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
     return j;
 }
 
@@ -300,6 +304,7 @@ static bool q_remove(sb_broker *b, sb_job *job)
     job->next = NULL;
     b->q_len--;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
     return true;
 }
 
@@ -315,6 +320,11 @@ static void publish_counts(sb_broker *b)
     atomic_store(&b->n_live, live);
     atomic_store(&b->n_busy, busy);
     atomic_store(&b->n_running, busy);
+    int procs = 0;
+    for (sb_worker *w = b->workers; w; w = w->next) procs += !w->retiring;
+    chat_metric_gauge_set(CHAT_METRIC_WORKERS, 0, procs);
+    chat_metric_gauge_set(CHAT_METRIC_WORKER_SLOTS, 0, live);
+    chat_metric_gauge_set(CHAT_METRIC_WORKER_SLOTS_BUSY, 0, busy);
     b->workers_changed = true;
 }
 
@@ -697,6 +707,7 @@ static void *broker_main(void *arg)
             continue;
         }
         now = chat_now_ms();
+        chat_metric_gauge_set(CHAT_METRIC_IN_FLIGHT, 0, (int64_t)b->jobs.n); /* as of the last turn: cheap */
         if (items[1].revents & ZMQ_POLLIN) {
             uint64_t v;
             ssize_t r = read(b->efd, &v, sizeof v);

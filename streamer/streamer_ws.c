@@ -73,6 +73,7 @@
 #include "chat_jwt.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_origin.h"
 #include "chat_proto.h"
 #include "chat_util.h"
@@ -330,6 +331,7 @@ static void count_error(const char *code)
 {
     chat_proto_code c;
     if (chat_proto_code_lookup(code, &c)) S.errors[c]++;
+    chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, code), 1);
 }
 
 /* ---------------------------------------------------------------- outbound */
@@ -922,6 +924,7 @@ static void on_established(sess *s, struct lws *wsi)
     dl_append(s, L_MSG);
     s->flags |= F_LISTED;
     S.conns++;
+    chat_metric_gauge_add(CHAT_METRIC_WS_CONNECTIONS, 0, 1);
     srx_attach(&s->wire, lws_get_socket_fd(wsi), s);
     if (S.sndbuf > 0) {
         int fd = lws_get_socket_fd(wsi);
@@ -952,6 +955,7 @@ static void on_closed(sess *s)
     }
     if (s->flags & F_AUTH_WAIT) dl_remove(s, L_AUTH);
     S.conns--;
+    chat_metric_gauge_add(CHAT_METRIC_WS_CONNECTIONS, 0, -1);
     chat_wheel_remove(S.expiring, &s->expiring);
     abandon_job(s);
     if (s->x) {
@@ -1060,6 +1064,15 @@ static int serve_http(struct lws *wsi, const char *uri)
         body[n++] = '}';
         body[n] = '\0';
         return http_reply(wsi, 200, "application/json", body, n);
+    }
+    if (!strcmp(uri, "/metrics")) { /* this process's own figures; the front door's /metrics sums all */
+        chat_buf b;
+        chat_buf_init(&b);
+        int rc = chat_metrics_render(NULL, &b) ? -1
+                                               : http_reply(wsi, 200, "text/plain; version=0.0.4; charset=utf-8",
+                                                            b.data ? b.data : "", b.len);
+        chat_buf_free(&b);
+        return rc;
     }
     if (!strcmp(uri, "/ws/chat") || !strcmp(uri, "/ws/chat/")) {
         static const char msg[] = "WebSocket endpoint: connect with an Upgrade: websocket request\n";

@@ -15,6 +15,7 @@
 #include "chat_common.h"
 #include "chat_metrics.h"
 #include "chat_util.h"
+#include "testutil.h"
 
 /* The value of the sample line that starts with `series ` in text, or -1 when there is none. */
 static double sample(const char *text, const char *series)
@@ -173,6 +174,38 @@ static void test_promtool_accepts(void **state)
     assert_int_equal(WEXITSTATUS(rc), 0);
 }
 
+/* Every metric the Grafana dashboard (deploy/grafana-dashboard.json) queries is one this build exports. */
+static void test_dashboard_names_exported_metrics(void **state)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/deploy/grafana-dashboard.json", testutil_root());
+    char *json = testutil_read_file(path, NULL);
+    assert_non_null(json);
+    assert_int_equal(chat_metrics_init(NULL, "test", NULL, 0), 0);
+    char *t = render(NULL);
+    int checked = 0;
+    for (const char *p = strstr(json, "chat_"); p; p = strstr(p, "chat_")) {
+        char name[96], type_line[128];
+        size_t n = strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_");
+        if (n >= sizeof name) n = sizeof name - 1;
+        memcpy(name, p, n);
+        name[n] = '\0';
+        p += n;
+        static const char *const suffixes[] = {"_bucket", "_sum", "_count"};
+        for (size_t i = 0; i < CHAT_ARRAY_LEN(suffixes); i++) {
+            size_t sl = strlen(suffixes[i]);
+            if (n > sl && !strcmp(name + n - sl, suffixes[i])) name[n - sl] = '\0';
+        }
+        snprintf(type_line, sizeof type_line, "# TYPE %s ", name);
+        if (!strstr(t, type_line)) fail_msg("the dashboard queries %s, which is not exported", name);
+        checked++;
+    }
+    assert_true(checked >= 10);
+    free(t);
+    free(json);
+    chat_metrics_shutdown();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -181,6 +214,7 @@ int main(void)
         cmocka_unit_test(test_processes_summed),
         cmocka_unit_test(test_foreign_files_skipped),
         cmocka_unit_test(test_promtool_accepts),
+        cmocka_unit_test(test_dashboard_names_exported_metrics),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
