@@ -32,8 +32,8 @@ BENCH_MAINS := $(wildcard bench/*_cli.c)
 BENCH       := $(patsubst bench/%_cli.c,$(B)/bin/chat-%,$(BENCH_MAINS))
 
 FCGI_SRC     := $(wildcard fcgi/*.c)
-STREAMER_SRC := $(wildcard streamer/streamer*.c)
-WORKER_SRC   := $(wildcard streamer/worker*.c)
+STREAMER_SRC := $(wildcard streamer/*.c)
+WORKER_SRC   := $(wildcard worker/*.c)
 PROGS := $(TOOLS) $(BENCH) \
          $(if $(FCGI_SRC),$(B)/bin/chat-fcgi) \
          $(if $(STREAMER_SRC),$(B)/bin/chat-streamer) \
@@ -109,12 +109,17 @@ $(B)/libtestutil.a: $(TEST_COMMON:%.c=$(B)/%.o)
 $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
+	$(Q)$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(filter %.a,$^) $(CMOCKA_LIBS) $(LDLIBS_LIB)
 
 $(B)/tests/e2e/%: $(B)/tests/e2e/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
+
+# A streamer module without lws in it has a unit test of its own, linked with its object (objects go
+# before the archives on the link line).
+$(B)/tests/unit/test_streamer_rx.o: INC := -Itests/unit -Itools -Istreamer
+$(B)/tests/unit/test_streamer_rx: $(B)/streamer/streamer_rx.o
 
 # Tests that start the fake LLM server need it built first.
 $(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/unit/test_answers $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm
@@ -137,7 +142,7 @@ lint:
 	@echo "lint: cppcheck clean"
 
 format:
-	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] tools/*.[ch] bench/*.[ch] tests/*.c tests/*/*.[ch])
+	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] worker/*.[ch] tools/*.[ch] bench/*.[ch] tests/*.c tests/*/*.[ch])
 
 run: deps all
 	@bash deploy/stack.sh run

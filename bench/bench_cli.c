@@ -54,6 +54,7 @@
 #include "bench_stats.h"
 #include "chat_common.h"
 #include "chat_jwt.h"
+#include "chat_proto.h"
 #include "chat_util.h"
 #include "ws_frame.h"
 
@@ -239,16 +240,6 @@ static bool read_all(int fd, void *buf, size_t len, int64_t deadline_ms)
         p += n, len -= (size_t)n;
     }
     return true;
-}
-
-static void json_escape(chat_buf *b, const char *s)
-{
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') chat_buf_printf(b, "\\%c", c);
-        else if (c < 0x20) chat_buf_printf(b, "\\u%04x", c);
-        else chat_buf_append(b, s, 1);
-    }
 }
 
 static void b64(const unsigned char *in, int n, char *out) { EVP_EncodeBlock((unsigned char *)out, in, n); }
@@ -508,13 +499,11 @@ static void send_handshake(engine *e, conn *c)
 
 static void send_auth(engine *e, conn *c)
 {
-    chat_buf b;
-    chat_buf_init(&b);
-    chat_buf_printf(&b, "{\"type\":\"auth\",\"token\":\"%s\"}", c->token ? c->token : "");
+    char *frame = chat_proto_client_auth(c->token ? c->token : "");
     c->state = ST_AUTH;
     c->t0 = chat_now_us();
-    if (b.data) ws_send(e, c, 1, b.data, b.len);
-    chat_buf_free(&b);
+    if (frame) ws_send(e, c, 1, frame, strlen(frame));
+    free(frame);
 }
 
 /* Setup finished (authenticated, or open without auth): the connection joins the held set. */
@@ -1858,13 +1847,9 @@ static int load_questions(opts *o, const char *file, bool rest)
             if (!nl) return -1;
             lines = nl;
         }
-        chat_buf b;
-        chat_buf_init(&b);
-        chat_buf_puts(&b, rest ? "{\"message\":\"" : "{\"type\":\"message\",\"message\":\"");
-        json_escape(&b, q);
-        chat_buf_puts(&b, "\"}");
-        if (!b.data) return -1;
-        lines[n++] = chat_buf_take(&b);
+        lines[n] = rest ? chat_proto_rest_request(q, NULL, NULL) : chat_proto_client_message(q, NULL, NULL, true);
+        if (!lines[n]) return -1;
+        n++;
         if (n >= 1000000) break;
     }
     if (f) fclose(f);

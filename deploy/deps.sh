@@ -8,7 +8,7 @@ PKGS=(
   build-essential pkg-config cppcheck
   libjson-c-dev libjwt-dev libcurl4-openssl-dev libmariadb-dev libzmq3-dev libssl-dev
   libfcgi-dev libwebsockets-dev libwebsockets-evlib-ev libcmocka-dev
-  mariadb-server mariadb-client lighttpd curl
+  mariadb-server mariadb-client lighttpd curl prometheus
   chromium
 )
 command -v node >/dev/null 2>&1 || PKGS+=(nodejs)

@@ -7,6 +7,9 @@
  * - The chat runs the same chat_pipeline as the WebSocket workers, in-process, with a sink that keeps
  *   only the terminal event: REST has no use for progress or tokens, and `complete` carries the whole
  *   response, so nothing is accumulated per token.
+ * - The chat body's message is checked by chat_proto_message_fields, the WebSocket parser's own checks,
+ *   so REST and WebSocket refuse a message with the same code and words. Every error's status and code
+ *   come from the protocol's table (CHAT_PROTO_ERRORS); only lighttpd's own errors keep their status.
  * - Client-facing messages are fixed strings or the pipeline's client-safe ones; database and LLM
  *   detail goes to the log only (never tokens or message text).
  * - The session id in /api/v1/sessions/{id}/messages is percent-decoded here (REQUEST_URI is raw) and
@@ -27,6 +30,7 @@
 #include "chat_jwt.h"
 #include "chat_log.h"
 #include "chat_memory.h"
+#include "chat_metrics.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
 #include "chat_util.h"
@@ -129,35 +133,51 @@ void fcgi_api_log_path(const char *uri, char *out, size_t cap)
     out[n] = '\0';
 }
 
-static int set_error(fcgi_resp *resp, int status, const char *code, const char *message)
+/* The error answer with an explicit status: lighttpd's own errors keep theirs. message NULL: the code's
+ * default message. */
+static int set_error_status(fcgi_resp *resp, int status, chat_proto_code code, const char *message)
 {
+    chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, chat_proto_code_name(code)), 1);
     resp->status = status;
     chat_buf_reset(&resp->body);
-    char *json = chat_proto_rest_error(message, code);
+    char *json = chat_proto_rest_error(message ? message : chat_proto_code_message(code), chat_proto_code_name(code));
     if (!json || chat_buf_puts(&resp->body, json)) {
         /* Out of memory: a fixed body still tells the client what happened. */
         chat_buf_reset(&resp->body);
         resp->status = 500;
-        chat_buf_puts(&resp->body, "{\"error\":\"Internal error\",\"code\":\"PROCESSING_ERROR\"}");
+        chat_buf_puts(&resp->body, chat_proto_rest_error_oom);
     }
     free(json);
     return resp->status;
 }
 
+/* The error answer for code, with the status the protocol's table gives it. */
+static int set_error(fcgi_resp *resp, chat_proto_code code, const char *message)
+{
+    return set_error_status(resp, chat_proto_code_status(code), code, message);
+}
+
 static int method_not_allowed(fcgi_resp *resp, const char *allow)
 {
     snprintf(resp->allow, sizeof resp->allow, "%s", allow);
-    return set_error(resp, 405, FCGI_CODE_METHOD_NOT_ALLOWED, "Method not allowed");
+    return set_error(resp, CHAT_PROTO_METHOD_NOT_ALLOWED, NULL);
+}
+
+/* The answer status with the JSON text as its body. Takes text; NULL (out of memory) gives a 500. */
+static int set_body(fcgi_resp *resp, int status, char *text)
+{
+    chat_buf_reset(&resp->body);
+    int failed = !text || chat_buf_puts(&resp->body, text);
+    free(text);
+    if (failed) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+    resp->status = status;
+    return status;
 }
 
 static int set_json(fcgi_resp *resp, int status, json_object *o)
 {
     const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-    chat_buf_reset(&resp->body);
-    if (!text || chat_buf_puts(&resp->body, text))
-        return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
-    resp->status = status;
-    return status;
+    return set_body(resp, status, text ? strdup(text) : NULL);
 }
 
 static int hexval(char c)
@@ -208,7 +228,7 @@ static int authenticate(fcgi_api *api, const fcgi_req *req, chat_user *user, fcg
         h++;
     if (!h || strncasecmp(h, "Bearer", 6) || (h[6] != ' ' && h[6] != '\t')) {
         snprintf(resp->www_auth, sizeof resp->www_auth, "Bearer realm=\"chat\"");
-        return set_error(resp, 401, CHAT_CODE_AUTH_REQUIRED, "Authentication required");
+        return set_error(resp, CHAT_PROTO_AUTH_REQUIRED, NULL);
     }
     const char *tok = h + 7;
     while (*tok == ' ' || *tok == '\t')
@@ -218,12 +238,12 @@ static int authenticate(fcgi_api *api, const fcgi_req *req, chat_user *user, fcg
         n--;
     if (!n) {
         snprintf(resp->www_auth, sizeof resp->www_auth, "Bearer realm=\"chat\"");
-        return set_error(resp, 401, CHAT_CODE_AUTH_REQUIRED, "Authentication required");
+        return set_error(resp, CHAT_PROTO_AUTH_REQUIRED, NULL);
     }
     snprintf(resp->www_auth, sizeof resp->www_auth, "Bearer realm=\"chat\", error=\"invalid_token\"");
-    if (n > BEARER_MAX) return set_error(resp, 401, FCGI_CODE_INVALID_TOKEN, "Invalid token");
+    if (n > BEARER_MAX) return set_error(resp, CHAT_PROTO_INVALID_TOKEN, NULL);
     char *token = strndup(tok, n);
-    if (!token) return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+    if (!token) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     char msg[128] = "", detail[256] = "";
     int rc = chat_jwt_verify(api->jwt, token, time(NULL), user, msg, sizeof msg, detail, sizeof detail);
     free(token);
@@ -232,8 +252,8 @@ static int authenticate(fcgi_api *api, const fcgi_req *req, chat_user *user, fcg
         return 0;
     }
     chat_log_info("auth refused: %s", detail[0] ? detail : chat_strerror(rc));
-    if (rc == CHAT_EEXPIRED) return set_error(resp, 401, FCGI_CODE_TOKEN_EXPIRED, "Token expired");
-    return set_error(resp, 401, FCGI_CODE_INVALID_TOKEN, "Invalid token");
+    if (rc == CHAT_EEXPIRED) return set_error(resp, CHAT_PROTO_TOKEN_EXPIRED, NULL);
+    return set_error(resp, CHAT_PROTO_INVALID_TOKEN, NULL);
 }
 
 /* ---- request body ---- */
@@ -271,19 +291,6 @@ static int read_body(fcgi_api *api, const fcgi_req *req, chat_buf *b)
         if (chat_buf_append(b, tmp, (size_t)n)) return 500;
     }
     if (req->content_length >= 0 && (long long)b->len != req->content_length) return 400;
-    return 0;
-}
-
-/* Optional string field: absent/null/"" -> *out NULL. -1 when present with another type. */
-static int opt_string(json_object *root, const char *key, const char **out)
-{
-    json_object *v;
-    *out = NULL;
-    if (!json_object_object_get_ex(root, key, &v) || !v) return 0;
-    if (!json_object_is_type(v, json_type_string)) return -1;
-    const char *s = json_object_get_string(v);
-    if ((size_t)json_object_get_string_len(v) != strlen(s)) return -1; /* embedded NUL */
-    *out = *s ? s : NULL;
     return 0;
 }
 
@@ -326,154 +333,138 @@ static void sink_error(void *ud, const char *code, const char *message)
     snprintf(r->message, sizeof r->message, "%s", message ? message : "");
 }
 
+/* The pipeline's failure as an answer: its code (with the table's status) and its client-safe message. */
 static int chat_failed(fcgi_resp *resp, int rc, const chat_result *r)
 {
-    const char *code = r->code;
     if (rc == CHAT_EDB) {
         snprintf(resp->retry_after, sizeof resp->retry_after, "5");
-        return set_error(resp, 503, FCGI_CODE_SERVICE_UNAVAILABLE, "Service temporarily unavailable");
+        return set_error(resp, CHAT_PROTO_SERVICE_UNAVAILABLE, NULL);
     }
-    if (rc == CHAT_EFORBIDDEN || !strcmp(code, CHAT_CODE_SESSION_FORBIDDEN))
-        return set_error(resp, 403, code[0] ? code : CHAT_CODE_SESSION_FORBIDDEN,
-                         r->message[0] ? r->message : "This session belongs to another user");
+    chat_proto_code code;
+    bool named = chat_proto_code_lookup(r->code, &code);
+    if (rc == CHAT_EFORBIDDEN || (named && code == CHAT_PROTO_SESSION_FORBIDDEN))
+        return set_error(resp, named ? code : CHAT_PROTO_SESSION_FORBIDDEN, r->message[0] ? r->message : NULL);
     if (rc == CHAT_EINVAL)
-        return set_error(resp, 400, code[0] ? code : CHAT_CODE_INVALID_REQUEST,
-                         r->message[0] ? r->message : "Invalid request");
-    return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "An error occurred while processing your message");
+        return set_error(resp, named ? code : CHAT_PROTO_INVALID_REQUEST, r->message[0] ? r->message : NULL);
+    return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, "An error occurred while processing your message");
 }
 
-static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+/* A chat message chat_proto_message_fields refused: its code and words, as the WebSocket gives them. */
+static int message_refused(fcgi_resp *resp, const char *code, const char *err)
+{
+    chat_proto_code c = CHAT_PROTO_INVALID_REQUEST;
+    chat_proto_code_lookup(code, &c);
+    return set_error(resp, c, c == CHAT_PROTO_PROCESSING_ERROR || !err[0] ? NULL : err);
+}
+
+/* The checks before the body is read, cheapest first: method, authentication, content type, declared
+ * size. 0 with user filled, or the error status already in resp. */
+static int chat_precheck(fcgi_api *api, const fcgi_req *req, chat_user *user, fcgi_resp *resp)
 {
     if (!is_method(req, "POST")) return method_not_allowed(resp, "POST");
-    chat_user user;
-    if (authenticate(api, req, &user, resp)) return resp->status;
+    if (authenticate(api, req, user, resp)) return resp->status;
     if (!content_type_ok(req->content_type))
-        return set_error(resp, 415, FCGI_CODE_UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
-    if (req->content_length > (long long)api->max_body)
-        return set_error(resp, 413, FCGI_CODE_PAYLOAD_TOO_LARGE, "Request body too large");
+        return set_error(resp, CHAT_PROTO_UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
+    if (req->content_length > (long long)api->max_body) return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    return 0;
+}
 
+/* The whole of body as one JSON value (trailing whitespace allowed) in *root: 0, CHAT_EINVAL when it is
+ * not JSON, CHAT_ENOMEM. */
+static int parse_body(const chat_buf *body, json_object **root)
+{
+    *root = NULL;
+    if (!body->len) return CHAT_EINVAL;
+    json_tokener *tok = json_tokener_new_ex(FCGI_API_JSON_DEPTH);
+    if (!tok) return CHAT_ENOMEM;
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    json_object *o = json_tokener_parse_ex(tok, body->data, (int)body->len);
+    size_t end = json_tokener_get_parse_end(tok);
+    bool ok = o && json_tokener_get_error(tok) == json_tokener_success;
+    json_tokener_free(tok);
+    while (ok && end < body->len && strchr(" \t\r\n", body->data[end]))
+        end++;
+    if (!ok || end != body->len) {
+        json_object_put(o);
+        return CHAT_EINVAL;
+    }
+    *root = o;
+    return 0;
+}
+
+/* Reads the body and parses it into a JSON object (*root, the caller puts it). 0, or the error status
+ * already in resp. */
+static int read_json_object(fcgi_api *api, const fcgi_req *req, json_object **root, fcgi_resp *resp)
+{
+    *root = NULL;
     chat_buf body;
     chat_buf_init(&body);
-    json_tokener *tok = NULL;
-    json_object *root = NULL;
-    chat_result result = {0};
-    int status;
-
     int rc = read_body(api, req, &body);
-    if (rc == 413) {
-        status = set_error(resp, 413, FCGI_CODE_PAYLOAD_TOO_LARGE, "Request body too large");
-        goto cleanup;
-    }
-    if (rc) {
-        status = rc == 500 ? set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error")
-                           : set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Incomplete request body");
-        goto cleanup;
-    }
-    tok = json_tokener_new_ex(FCGI_API_JSON_DEPTH);
-    if (!tok) {
-        status = set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
-        goto cleanup;
-    }
-    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-    root = body.len ? json_tokener_parse_ex(tok, body.data, (int)body.len) : NULL;
-    if (root) {
-        size_t end = json_tokener_get_parse_end(tok);
-        while (end < body.len && strchr(" \t\r\n", body.data[end]))
-            end++;
-        if (end != body.len) {
-            json_object_put(root);
-            root = NULL;
-        }
-    }
-    if (!root || json_tokener_get_error(tok) != json_tokener_success) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_JSON, "Invalid JSON");
-        goto cleanup;
-    }
-    if (!json_object_is_type(root, json_type_object)) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "The request body must be a JSON object");
-        goto cleanup;
-    }
+    int prc = rc ? 0 : parse_body(&body, root);
+    chat_buf_free(&body);
+    if (rc == 413) return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    if (rc == 500 || prc == CHAT_ENOMEM) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+    if (rc) return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Incomplete request body");
+    if (prc) return set_error(resp, CHAT_PROTO_INVALID_JSON, NULL);
+    if (!json_object_is_type(*root, json_type_object))
+        return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "The request body must be a JSON object");
+    return 0;
+}
 
-    json_object *jm;
-    if (!json_object_object_get_ex(root, "message", &jm) || !jm) {
-        status = set_error(resp, 400, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
-        goto cleanup;
-    }
-    if (!json_object_is_type(jm, json_type_string) ||
-        (size_t)json_object_get_string_len(jm) != strlen(json_object_get_string(jm))) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "message must be a string");
-        goto cleanup;
-    }
-    size_t mlen;
-    const char *msg = chat_proto_trim(json_object_get_string(jm), strlen(json_object_get_string(jm)), &mlen);
-    if (!chat_utf8_valid(msg, mlen)) { /* json-c lets overlongs and encoded surrogates through */
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "message must be valid UTF-8");
-        goto cleanup;
-    }
-    if (!mlen) {
-        status = set_error(resp, 400, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
-        goto cleanup;
-    }
-    if (mlen > (size_t)api->cfg.max_message_bytes) {
-        status = set_error(resp, 400, CHAT_CODE_MESSAGE_TOO_LONG, "Message is too long");
-        goto cleanup;
-    }
-    const char *sid, *cid;
-    if (opt_string(root, "session_id", &sid) || (sid && !chat_id_valid(sid))) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Invalid session_id");
-        goto cleanup;
-    }
-    if (opt_string(root, "customer_id", &cid) || (cid && !chat_id_valid(cid))) {
-        status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Invalid customer_id");
-        goto cleanup;
-    }
-    const char *request_id = NULL;
-    if (req->idempotency_key && *req->idempotency_key) {
-        if (!chat_id_valid(req->idempotency_key)) {
-            status = set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Invalid Idempotency-Key");
-            goto cleanup;
-        }
-        request_id = req->idempotency_key;
-    }
+/* The Idempotency-Key header, when given, becomes the pipeline's request id (*out, borrowed from req).
+ * 0, or the error status already in resp. */
+static int idempotency_key(const fcgi_req *req, const char **out, fcgi_resp *resp)
+{
+    *out = NULL;
+    if (!req->idempotency_key || !*req->idempotency_key) return 0;
+    if (!chat_id_valid(req->idempotency_key))
+        return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid Idempotency-Key");
+    *out = req->idempotency_key;
+    return 0;
+}
 
-    char *text = strndup(msg, mlen);
-    if (!text) {
-        status = set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
-        goto cleanup;
-    }
-    chat_request creq = {
-        .message = text, .session_id = sid, .customer_id = cid, .user = &user, .request_id = request_id};
+/* Runs the validated message through the pipeline and answers with its complete or its failure. */
+static int run_chat(fcgi_api *api, const chat_in *in, const chat_user *user, const char *request_id,
+                    fcgi_resp *resp)
+{
+    chat_result result = {0};
+    chat_request creq = {.message = in->message,
+                         .session_id = in->session_id,
+                         .customer_id = in->customer_id,
+                         .user = user,
+                         .request_id = request_id};
     chat_sink sink = {
         .ud = &result, .progress = sink_progress, .token = sink_token, .complete = sink_complete, .error = sink_error};
-    rc = chat_pipeline_run(api->pipeline, &creq, &sink, NULL);
-    free(text);
+    int rc = chat_pipeline_run(api->pipeline, &creq, &sink, NULL);
     if (rc == CHAT_EDB) fcgi_health_invalidate(api->health); /* /health should say so right away */
+    int status;
     if (rc || !result.completed) {
         if (!rc) rc = CHAT_ERR;
         chat_log_warn("chat failed: %s (%s)", chat_strerror(rc), result.code[0] ? result.code : "no code");
         status = chat_failed(resp, rc, &result);
-        goto cleanup;
+    } else {
+        status = set_body(resp, 200, chat_proto_rest_answer(result.response, result.session_id, result.metadata));
     }
-
-    json_object *out = json_object_new_object();
-    json_object *meta = json_tokener_parse(result.metadata);
-    if (!out) {
-        json_object_put(meta);
-        status = set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
-        goto cleanup;
-    }
-    json_object_object_add(out, "response", json_object_new_string(result.response));
-    json_object_object_add(out, "session_id", json_object_new_string(result.session_id));
-    json_object_object_add(out, "metadata", meta ? meta : json_object_new_object());
-    status = set_json(resp, 200, out);
-    json_object_put(out);
-
-cleanup:
     free(result.response);
     free(result.metadata);
+    return status;
+}
+
+static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+{
+    chat_user user;
+    json_object *root = NULL;
+    chat_in in = {0};
+    const char *code = NULL, *request_id = NULL;
+    char err[128];
+    int status = chat_precheck(api, req, &user, resp);
+    if (!status) status = read_json_object(api, req, &root, resp);
+    if (!status && chat_proto_message_fields(root, (size_t)api->cfg.max_message_bytes, &in, &code, err, sizeof err))
+        status = message_refused(resp, code, err);
+    if (!status) status = idempotency_key(req, &request_id, resp);
+    if (!status) status = run_chat(api, &in, &user, request_id, resp);
+    chat_in_clear(&in);
     json_object_put(root);
-    if (tok) json_tokener_free(tok);
-    chat_buf_free(&body);
     return status;
 }
 
@@ -486,30 +477,23 @@ static int handle_history(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp, c
     if (authenticate(api, req, &user, resp)) return resp->status;
     char sid[CHAT_SESSION_ID_MAX + 1];
     if (pct_decode(raw_id, raw_len, sid, sizeof sid) || !chat_id_valid(sid))
-        return set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Invalid session id");
+        return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Invalid session id");
     char *json = NULL, err[256] = "";
     int rc = chat_memory_messages_json(chat_pipeline_db(api->pipeline), user.id, sid, &json, err, sizeof err);
-    if (rc == 0 && json) {
-        chat_buf_reset(&resp->body);
-        int r = chat_buf_puts(&resp->body, json);
-        free(json);
-        if (r) return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
-        resp->status = 200;
-        return 200;
-    }
+    if (rc == 0 && json) return set_body(resp, 200, json);
     free(json);
     switch (rc) {
-    case CHAT_ENOTFOUND: return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Session not found");
+    case CHAT_ENOTFOUND: return set_error(resp, CHAT_PROTO_NOT_FOUND, "Session not found");
     case CHAT_EFORBIDDEN:
-        return set_error(resp, 403, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
+        return set_error(resp, CHAT_PROTO_SESSION_FORBIDDEN, NULL);
     case CHAT_EDB:
         chat_log_warn("history: %s", err);
         fcgi_health_invalidate(api->health);
         snprintf(resp->retry_after, sizeof resp->retry_after, "5");
-        return set_error(resp, 503, FCGI_CODE_SERVICE_UNAVAILABLE, "Service temporarily unavailable");
+        return set_error(resp, CHAT_PROTO_SERVICE_UNAVAILABLE, NULL);
     default:
         chat_log_error("history: %s", err[0] ? err : chat_strerror(rc));
-        return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     }
 }
 
@@ -529,9 +513,9 @@ static bool jwt_charset(const char *s, size_t n)
 static int handle_demo_token(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 {
     if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
-    if (!api->demo_token_file[0]) return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
+    if (!api->demo_token_file[0]) return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
     int fd = open(api->demo_token_file, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
+    if (fd < 0) return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
     char buf[DEMO_TOKEN_MAX + 1];
     size_t n = 0;
     for (;;) {
@@ -547,10 +531,10 @@ static int handle_demo_token(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp
     buf[n] = '\0';
     if (!jwt_charset(buf, n)) {
         chat_log_warn("demo token file does not hold a token");
-        return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
+        return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
     }
     json_object *o = json_object_new_object();
-    if (!o) return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+    if (!o) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     json_object_object_add(o, "token", json_object_new_string_len(buf, (int)n));
     int status = set_json(resp, 200, o);
     json_object_put(o);
@@ -563,10 +547,21 @@ static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 {
     if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
     int st = fcgi_health_get(api->health, chat_pipeline_db(api->pipeline), &resp->body);
-    if (st < 0) return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+    if (st < 0) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     if (st == 503) snprintf(resp->retry_after, sizeof resp->retry_after, "5");
     resp->status = st;
     return st;
+}
+
+/* Every process's figures (chat_metrics.h), in Prometheus's text format. Unauthenticated, like /health:
+ * the front door decides who may reach it (deploy/README.md). */
+static int handle_metrics(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+{
+    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
+    if (chat_metrics_render(api->cfg.metrics_dir, &resp->body)) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+    snprintf(resp->content_type, sizeof resp->content_type, "text/plain; version=0.0.4; charset=utf-8");
+    resp->status = 200;
+    return 200;
 }
 
 /* ---- lighttpd's own errors (server.error-handler) ---- */
@@ -574,23 +569,24 @@ static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 static int handle_server_error(fcgi_resp *resp, int status)
 {
     switch (status) {
-    case 400: return set_error(resp, 400, CHAT_CODE_INVALID_REQUEST, "Bad request");
-    case 403: return set_error(resp, 403, "FORBIDDEN", "Forbidden");
-    case 404: return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
-    case 405: return set_error(resp, 405, FCGI_CODE_METHOD_NOT_ALLOWED, "Method not allowed");
-    case 408: return set_error(resp, 408, "REQUEST_TIMEOUT", "Request timeout");
-    case 411: return set_error(resp, 411, "LENGTH_REQUIRED", "Length required");
-    case 413: return set_error(resp, 413, FCGI_CODE_PAYLOAD_TOO_LARGE, "Request body too large");
-    case 415: return set_error(resp, 415, FCGI_CODE_UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
-    case 431: return set_error(resp, 431, CHAT_CODE_INVALID_REQUEST, "Request headers too large");
+    case 400: return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Bad request");
+    case 403: return set_error(resp, CHAT_PROTO_FORBIDDEN, NULL);
+    case 404: return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
+    case 405: return set_error(resp, CHAT_PROTO_METHOD_NOT_ALLOWED, NULL);
+    case 408: return set_error(resp, CHAT_PROTO_REQUEST_TIMEOUT, NULL);
+    case 411: return set_error(resp, CHAT_PROTO_LENGTH_REQUIRED, NULL);
+    case 413: return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    case 415: return set_error(resp, CHAT_PROTO_UNSUPPORTED_MEDIA_TYPE, NULL);
+    case 431: return set_error_status(resp, 431, CHAT_PROTO_INVALID_REQUEST, "Request headers too large");
     case 502:
     case 503:
     case 504:
         snprintf(resp->retry_after, sizeof resp->retry_after, "5");
-        return set_error(resp, 503, FCGI_CODE_SERVICE_UNAVAILABLE, "Service temporarily unavailable");
+        return set_error(resp, CHAT_PROTO_SERVICE_UNAVAILABLE, NULL);
     default:
-        if (status >= 400 && status < 500) return set_error(resp, status, CHAT_CODE_INVALID_REQUEST, "Bad request");
-        return set_error(resp, 500, CHAT_CODE_PROCESSING_ERROR, "Internal error");
+        if (status >= 400 && status < 500)
+            return set_error_status(resp, status, CHAT_PROTO_INVALID_REQUEST, "Bad request");
+        return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     }
 }
 
@@ -604,7 +600,7 @@ static bool path_is(const char *p, size_t n, const char *lit)
 int fcgi_api_handle(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 {
     resp->status = 0;
-    resp->allow[0] = resp->www_auth[0] = resp->retry_after[0] = '\0';
+    resp->allow[0] = resp->www_auth[0] = resp->retry_after[0] = resp->content_type[0] = '\0';
     chat_buf_reset(&resp->body);
     if (req->redirect_status >= 400 && req->redirect_status <= 599)
         return handle_server_error(resp, req->redirect_status);
@@ -612,6 +608,7 @@ int fcgi_api_handle(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     size_t n = path_len(p);
 
     if (path_is(p, n, "/health")) return handle_health(api, req, resp);
+    if (path_is(p, n, "/metrics")) return handle_metrics(api, req, resp);
     if (path_is(p, n, "/api/v1/chat")) return handle_chat(api, req, resp);
     if (path_is(p, n, "/api/v1/demo-token")) return handle_demo_token(api, req, resp);
 
@@ -622,5 +619,5 @@ int fcgi_api_handle(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
         size_t idlen = n - lp - ls;
         if (!memchr(id, '/', idlen)) return handle_history(api, req, resp, id, idlen);
     }
-    return set_error(resp, 404, FCGI_CODE_NOT_FOUND, "Not found");
+    return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
 }

@@ -9,7 +9,8 @@
  *   GET  /api/v1/sessions/{id}/messages   Bearer JWT, the session's owner only
  *   GET  /api/v1/demo-token               the demo token when CHAT_DEMO_TOKEN_FILE names a readable file
  *   GET  /health                          see fcgi_health.h
- * Every error is JSON {"error","code"} (chat_proto_rest_error), including the errors lighttpd itself
+ * Every error is JSON {"error","code"} (chat_proto_rest_error), its status and code from the protocol's
+ * table (CHAT_PROTO_ERRORS in chat_proto.h), including the errors lighttpd itself
  * raises on these paths: its server.error-handler re-enters here with REDIRECT_STATUS, which is answered
  * as that status in JSON. See docs/rest-api.md.
  *
@@ -22,15 +23,6 @@
 
 #include "chat_config.h"
 #include "chat_util.h"
-
-/* REST-only error codes (the protocol's CHAT_CODE_* cover the rest). */
-#define FCGI_CODE_INVALID_TOKEN "INVALID_TOKEN"
-#define FCGI_CODE_TOKEN_EXPIRED "TOKEN_EXPIRED"
-#define FCGI_CODE_NOT_FOUND "NOT_FOUND"
-#define FCGI_CODE_METHOD_NOT_ALLOWED "METHOD_NOT_ALLOWED"
-#define FCGI_CODE_PAYLOAD_TOO_LARGE "PAYLOAD_TOO_LARGE"
-#define FCGI_CODE_UNSUPPORTED_MEDIA_TYPE "UNSUPPORTED_MEDIA_TYPE"
-#define FCGI_CODE_SERVICE_UNAVAILABLE "SERVICE_UNAVAILABLE"
 
 /* Default request body limit (CHAT_API_MAX_BODY_BYTES overrides). lighttpd's server.max-request-size
  * for /api/ is set above it, so an oversized body still gets this JSON 413 rather than lighttpd's page. */
@@ -59,6 +51,7 @@ typedef struct fcgi_resp {
     char allow[64];      /* Allow header value for 405, else empty */
     char www_auth[128];  /* WWW-Authenticate value for 401, else empty */
     char retry_after[8]; /* Retry-After value for 503, else empty */
+    char content_type[48]; /* empty: application/json */
     chat_buf body;
 } fcgi_resp;
 

@@ -19,6 +19,7 @@
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_util.h"
 #include "fcgi_api.h"
 
@@ -78,7 +79,7 @@ static void write_response(FCGX_Request *r, const char *method, const fcgi_resp 
     char head[768];
     int n = snprintf(head, sizeof head,
                      "Status: %d %s\r\n"
-                     "Content-Type: application/json\r\n"
+                     "Content-Type: %s\r\n"
                      "Content-Length: %zu\r\n"
                      "Cache-Control: no-store\r\n"
                      "X-Content-Type-Options: nosniff\r\n"
@@ -86,7 +87,8 @@ static void write_response(FCGX_Request *r, const char *method, const fcgi_resp 
                      "%s%s%s"
                      "%s%s%s"
                      "\r\n",
-                     resp->status, reason(resp->status), resp->body.len, resp->allow[0] ? "Allow: " : "", resp->allow,
+                     resp->status, reason(resp->status), resp->content_type[0] ? resp->content_type : "application/json",
+                     resp->body.len, resp->allow[0] ? "Allow: " : "", resp->allow,
                      resp->allow[0] ? "\r\n" : "", resp->www_auth[0] ? "WWW-Authenticate: " : "", resp->www_auth,
                      resp->www_auth[0] ? "\r\n" : "", resp->retry_after[0] ? "Retry-After: " : "", resp->retry_after,
                      resp->retry_after[0] ? "\r\n" : "");
@@ -129,6 +131,7 @@ int main(void)
         chat_log_error("configuration: %s", err);
         goto cleanup;
     }
+    if (chat_metrics_init(cfg.metrics_dir, "fcgi", err, sizeof err)) chat_log_warn("%s", err);
     api = fcgi_api_new(&cfg, err, sizeof err);
     if (!api) {
         chat_log_error("start-up: %s", err);
@@ -171,6 +174,9 @@ int main(void)
             .body_ud = req.in,
         };
         int status = fcgi_api_handle(api, &in, &resp);
+        char st[8];
+        snprintf(st, sizeof st, "%d", status);
+        chat_metric_inc(CHAT_METRIC_REST_REQUESTS, chat_metric_label(CHAT_METRIC_LABEL_STATUS, st), 1);
         write_response(&req, method, &resp);
         /* Copied before FCGX_Finish_r, which frees the parameters they point into. */
         char path[160], m[16];
@@ -189,6 +195,7 @@ int main(void)
 cleanup:
     fcgi_resp_clear(&resp);
     fcgi_api_free(api);
+    chat_metrics_shutdown();
     curl_global_cleanup();
     return exit_code;
 }

@@ -25,7 +25,7 @@ typedef struct chat_config {
     char jwt_audience[256]; /* checked when non-empty */
     int jwt_leeway_s;
 
-    /* LLM provider: "openai" or "extractive". */
+    /* LLM provider: a name in chat_llm's provider table ("openai", "extractive"...). */
     char llm_provider[32];
     char llm_base_url[512];
     char llm_api_key[512];
@@ -34,7 +34,9 @@ typedef struct chat_config {
     int llm_first_token_timeout_ms;
     int llm_stall_timeout_ms;
     int llm_max_tokens;
-    int token_delay_ms; /* extractive pacing, 0 = as fast as possible */
+    int token_delay_ms; /* extractive and replay pacing, 0 = as fast as possible */
+    char metrics_dir[512];     /* where each process keeps its metrics file (chat_metrics.h); empty = in memory */
+    char llm_replay_file[512]; /* the replay provider's recording: one JSON string per line */
 
     /* Pipeline. */
     int history_turns;
@@ -48,7 +50,7 @@ typedef struct chat_config {
     /* Streamer and workers. */
     char zmq_endpoint[512];   /* where the streamer's ROUTER binds and workers connect */
     char streamer_listen[512]; /* "unix:/path" or "host:port" */
-    char allowed_origins[1024]; /* comma-separated; empty = any */
+    char allowed_origins[1024]; /* besides the page's own origin (chat_origin.h); empty = no other */
     int workers;
     int worker_slots;    /* answers one worker process streams at once (no thread each) */
     int worker_db_conns; /* stage threads of one worker process, each with its database connection */

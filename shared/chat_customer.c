@@ -37,61 +37,65 @@ typedef struct load_ctx {
     int rc;
 } load_ctx;
 
+/* Stops the statement: out of memory. */
+static int oom(load_ctx *x)
+{
+    x->rc = CHAT_ENOMEM;
+    return 1;
+}
+
 static int customer_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {
     load_ctx *x = ud;
     x->c->id = chat_strdup0(vals[0]);
     x->c->name = chat_strdup0(vals[1] ? vals[1] : "");
     x->c->email = chat_strdup0(vals[2] ? vals[2] : "");
-    if (!x->c->id || !x->c->name || !x->c->email) {
-        x->rc = CHAT_ENOMEM;
-        return 1;
-    }
-    return 0;
+    return !x->c->id || !x->c->name || !x->c->email ? oom(x) : 0;
+}
+
+/* A zeroed entry appended to one of the customer's arrays (arrp: its address, n its count), counted at
+ * once so that clear() frees it even half-filled; NULL when out of memory. */
+static void *append_entry(load_ctx *x, void *arrp, size_t *n, size_t size)
+{
+    if (chat_array_reserve(arrp, &x->cap, *n, size)) return NULL;
+    char *e = *(char **)arrp + *n * size;
+    memset(e, 0, size);
+    (*n)++;
+    return e;
 }
 
 static int vehicle_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {
     load_ctx *x = ud;
     chat_customer *c = x->c;
-    if (chat_array_reserve(&c->vehicles, &x->cap, c->n_vehicles, sizeof *c->vehicles)) goto oom;
-    chat_vehicle *v = &c->vehicles[c->n_vehicles];
-    memset(v, 0, sizeof *v);
+    chat_vehicle *v = append_entry(x, &c->vehicles, &c->n_vehicles, sizeof *v);
+    if (!v) return oom(x);
     v->id = chat_strdup0(vals[0]);
     v->model_id = chat_strdup0(vals[1]);
     v->model_name = chat_strdup0(vals[2] ? vals[2] : vals[1]);
     v->nickname = vals[3] && *vals[3] ? strdup(vals[3]) : NULL;
     v->hull_id = chat_strdup0(vals[4] ? vals[4] : "");
     v->engine_hours = vals[5] ? atoi(vals[5]) : -1;
-    c->n_vehicles++; /* counted first so that clear() frees a half-filled entry */
-    if (!v->id || !v->model_id || !v->model_name || !v->hull_id || (vals[3] && *vals[3] && !v->nickname)) goto oom;
+    if (!v->id || !v->model_id || !v->model_name || !v->hull_id || (vals[3] && *vals[3] && !v->nickname)) return oom(x);
     return 0;
-oom:
-    x->rc = CHAT_ENOMEM;
-    return 1;
 }
 
 static int appointment_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {
     load_ctx *x = ud;
     chat_customer *c = x->c;
-    if (chat_array_reserve(&c->appointments, &x->cap, c->n_appointments, sizeof *c->appointments)) goto oom;
-    chat_appointment *a = &c->appointments[c->n_appointments];
-    memset(a, 0, sizeof *a);
+    chat_appointment *a = append_entry(x, &c->appointments, &c->n_appointments, sizeof *a);
+    if (!a) return oom(x);
     a->scheduled_at = chat_strdup0(vals[0] ? vals[0] : "");
     a->service = chat_strdup0(vals[1] ? vals[1] : "");
     a->location = chat_strdup0(vals[2]);
     a->status = chat_strdup0(vals[3] ? vals[3] : "");
     a->vehicle_id = chat_strdup0(vals[4]);
     a->work_done = vals[5] && *vals[5] ? strdup(vals[5]) : NULL;
-    c->n_appointments++;
     if (!a->scheduled_at || !a->service || !a->status || (vals[2] && !a->location) || (vals[4] && !a->vehicle_id) ||
         (vals[5] && *vals[5] && !a->work_done))
-        goto oom;
+        return oom(x);
     return 0;
-oom:
-    x->rc = CHAT_ENOMEM;
-    return 1;
 }
 
 #define APPT_COLUMNS "DATE_FORMAT(scheduled_at, '%Y-%m-%d %H:%i'), service, location, status, vehicle_id, work_done"

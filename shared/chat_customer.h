@@ -32,18 +32,21 @@ typedef struct chat_customer {
     char *id;
     char *name;
     char *email; /* for the access check only; never put in prompts */
-    chat_vehicle *vehicles;
+    chat_vehicle *vehicles; /* at most 20, by purchase date */
     size_t n_vehicles;
-    /* upcoming (scheduled, from now on) soonest first; then past ones, most recent first: the last 3, and
-     * each boat's last completed visit when it is older */
+    /* upcoming (status scheduled, from now on; at most 10) soonest first; then past ones (not scheduled),
+     * most recent first: the last 3, and each boat's last completed visit when it is older */
     chat_appointment *appointments;
     size_t n_appointments;
 } chat_customer;
 
-/* Returns 0, CHAT_ENOTFOUND or CHAT_EDB. Caller clears out. */
+/* Returns 0, CHAT_ENOTFOUND (also for a malformed id, without a query), CHAT_EDB or CHAT_ENOMEM. Caller
+ * clears out after success; after an error it is empty already. */
 int chat_customer_load(chat_db *db, const char *customer_id, chat_customer *out, char *err, size_t errlen);
+/* Frees everything and empties c; accepts NULL. */
 void chat_customer_clear(chat_customer *c);
-/* A short plain-text description for prompts and the extractive answer. Caller frees. */
+/* A short plain-text description for prompts and the extractive answer: name, boats, appointments, no
+ * contact details. Caller frees; NULL when out of memory. */
 char *chat_customer_describe(const chat_customer *c);
 
 /* The customer's boat that text names by its nickname ("my Little Tern", "Reel Deal's"), ignoring case;

@@ -3,7 +3,8 @@
  * It is deliberately simple and honest. The question is read with chat_question (the figure it asks
  * for, a comparison, a coverage or task question, the customer's records, the models it names), then
  * the first of these that applies answers:
- *   - a greeting or thanks gets the assistant's introduction;
+ *   - a greeting or thanks gets the assistant's introduction (small talk is the fallback agent's: an
+ *     agent that owns passages answers from them);
  *   - a question about the customer's own records (boats, appointments, past visits and the work done,
  *     engine hours) is answered from them;
  *   - a model the knowledge base does not know ("Seawind 999") gets "I have no information about ...";
@@ -14,13 +15,15 @@
  *     list or the exclusion asked about, and the model in question; the best few are kept in document
  *     order. When the answer depends on a model nobody named, it asks which; when the best sentences
  *     leave the question's own words uncovered, it says it does not know instead of guessing.
- * Each answer comes with its confidence (chat_extractive.h says how it is computed), and cites its
- * sources.
+ * An answer from passages opens with the agent's intro from the agent table (chat_agent.h); the library
+ * names no agent. Each answer comes with its confidence (chat_extractive.h says how it is computed), and
+ * cites its sources. The tuning constants below say how each score is weighed.
  *
  * Output streams word by word. The whole answer is composed when the generation starts (it is cheap and
- * needs the request, which the caller may free at once); the tokens are then released by the caller's
- * chat_llm_loop, one per token_delay_ms on the loop's timers (all at once on the loop's next run with
- * no delay), so one thread paces any number of answers without sleeping. */
+ * needs the request, which the caller may free at once) and cut into tokens (a word with the whitespace
+ * after it); chat_paced then releases them on the caller's chat_llm_loop, one per token_delay_ms on the
+ * loop's timers (all at once on the loop's next run with no delay), so one thread paces any number of
+ * answers without sleeping. */
 #include "chat_extractive.h"
 
 #include <ctype.h>
@@ -32,19 +35,72 @@
 #include <string.h>
 #include <strings.h>
 
+#include "chat_agent.h"
 #include "chat_common.h"
 #include "chat_customer.h"
+#include "chat_llm_provider.h"
+#include "chat_paced.h"
 #include "chat_question.h"
 #include "chat_util.h"
 
-#define MAX_TERMS 32
+#define MAX_TERMS 32 /* bits of a sentence's hits (uint32_t) */
 #define MAX_SENTENCES 384
+/* The retrieval's best passages are read: as many as a comparison retrieves (chat_question_passages), so
+ * every model's spec sheet is seen; for other questions retrieval returns fewer. */
 #define MAX_PASSAGES 16
-#define MAX_PICK 3
 #define MAX_SENTENCE_BYTES 2048
+#define SENTENCE_MIN_BYTES 12 /* shorter fragments ("See below.") are not sentences worth quoting */
+#define MAX_BOATS_SEEN 8      /* the customer's boats whose model brands count as brands (is_brand) */
+
+/* Word matching: two words match when one is a stem of the other, the shorter of at least STEM_MIN
+ * bytes and the longer at most STEM_SLACK bytes longer (STEM_SLACK_LONG when the shorter has STEM_LONG
+ * bytes or more): "overheat" and "overheats", "cancel" and "cancellation", not "oil" and "oils". */
+#define STEM_MIN 4
+#define STEM_SLACK 3
+#define STEM_LONG 6
+#define STEM_SLACK_LONG 6
+
+/* Sentence scores (sentence_score). Each question word a sentence contains adds its weight (1 for the
+ * question's own words, SYNONYM_WEIGHT for a synonym: weaker evidence than the word asked) times its
+ * rarity (idf); then what the question's intent asks for adds a bonus, large enough to outweigh a word
+ * or two more without it: */
+#define SYNONYM_WEIGHT 0.6
+#define FIGURE_FOUND_BONUS 3.0 /* the figure asked for, in its unit after its cue ("fuel tank capacity of 450 L") */
+#define FIGURE_CUE_BONUS 1.0   /* the figure's cue without the figure */
+#define FACT_CUE_BONUS 1.5     /* the cue of a fact asked for in words ("recommended oil") */
+/* a sentence with any number, for a question that asks for one: 0.75 lets it beat a sentence with one
+ * more question word but no number */
+#define NUMBER_BONUS 0.75
+#define INSTRUCTION_BONUS 2.5 /* an instruction ("Check that ..."), for a how-to question */
+#define EXCLUSION_BONUS 3.0   /* a negation about the item asked ("excludes grounding"), for a coverage one */
+/* Retrieval's order counts: PASSAGE_RANK_BONUS / (1 + the passage's rank), less ORDER_PENALTY per
+ * sentence into the passage (openings state the main fact). Small: they only break near-ties. */
+#define PASSAGE_RANK_BONUS 0.5
+#define ORDER_PENALTY 0.02
+#define OFF_TARGET_FACTOR 0.15 /* a sentence from a passage about another model than the one in question */
+
+/* Sentences picked: up to MAX_PICK, each at least one question word's worth (PICK_MIN_SCORE) and
+ * PICK_SHARE_OF_BEST of the best one, so a weak fragment does not trail a good answer. */
+#define MAX_PICK 3
+#define PICK_MIN_SCORE 1.0
+#define PICK_SHARE_OF_BEST 0.7
+/* The fault code's passage answers with its opening: up to FAULT_OPENING_SENTENCES (meaning, symptoms,
+ * first steps). */
+#define FAULT_OPENING_SENTENCES 4
+/* "Which model do you mean?" when the sentences within CANDIDATE_SHARE of the best one come from
+ * passages about several models. */
+#define CANDIDATE_SHARE 0.6
+/* A guide whose section title names more than GUIDE_TITLE_SHARE of the question's words (by idf) is read
+ * from its opening; a task list is taken from a section whose title names more than TASKS_TITLE_SHARE:
+ * up to MAX_TASK_SENTENCES sentences of at least LIST_MIN_COMMAS commas. */
+#define GUIDE_TITLE_SHARE 0.6
+#define TASKS_TITLE_SHARE 0.5
+#define MAX_TASK_SENTENCES 2
+#define LIST_MIN_COMMAS 3
 
 /* The confidence of each kind of answer, and the share of the question's words an answer must cover
- * (chat_extractive.h explains them). */
+ * (chat_extractive.h explains them). An answer from sentences, or a task list, has BASE + SPAN x how
+ * well it covers the question. */
 #define CONF_RECORDS 0.9
 #define CONF_CODE 0.9
 #define CONF_COMPARE 0.85
@@ -53,11 +109,30 @@
 #define CONF_CLARIFY 0.3
 #define CONF_NONE 0.1
 #define COVER_MIN 0.5
+#define CONF_FIGURE_BASE 0.55 /* a figure asked for and found */
+#define CONF_FIGURE_SPAN 0.35
+#define CONF_NO_FIGURE_BASE 0.2 /* a figure asked for and not found: at most 0.45 */
+#define CONF_NO_FIGURE_SPAN 0.25
+#define CONF_FACT_BASE 0.45 /* a fact in words asked for and found */
+#define CONF_FACT_SPAN 0.45
+#define CONF_WORDS_BASE 0.25 /* anything else, by the coverage squared */
+#define CONF_WORDS_SPAN 0.6
+#define CONF_TASKS_BASE 0.55 /* a task list, by its title's share of the question */
+#define CONF_TASKS_SPAN 0.35
+
+static const char GREETING[] =
+    "Hello! I am the Seawind Marine assistant. I can answer questions about our boats' specifications, "
+    "maintenance schedules and your service appointments, and help you troubleshoot fault codes and "
+    "symptoms. What would you like to know?";
+static const char NOT_FOUND[] =
+    "I could not find an answer to that in the Seawind Marine knowledge base. Could you rephrase it, or "
+    "name the model or fault code you are asking about? For anything urgent, your nearest Seawind Marine "
+    "service center can help.";
 
 typedef struct term {
     char w[48];
     size_t len;
-    double weight; /* 1 for the question's own words, 0.6 for a synonym */
+    double weight; /* 1 for the question's own words, SYNONYM_WEIGHT for a synonym */
     double idf;    /* 1 + ln((N + 1) / (df + 1)) over the N candidate sentences */
     int key;       /* the question word it stands for (its own index for one), -1: counts for none */
 } term;
@@ -191,6 +266,7 @@ typedef struct sentence {
 /* One composition: the request, what the question asks, and the answer being written. */
 typedef struct compose {
     const chat_llm_request *req;
+    const chat_agent *agent; /* req->agent's row; NULL: no agent, or one the table does not know */
     const chat_kb_result *kb;
     size_t np;            /* passages used */
     const char *text;     /* the search text: the message and what the pipeline added to it */
@@ -218,7 +294,7 @@ static bool word_matches(const char *t, size_t tl, const char *w, size_t len)
 {
     if (tl == len) return !strncmp(t, w, len);
     size_t shorter = tl < len ? tl : len, longer = tl < len ? len : tl;
-    if (shorter < 4 || longer - shorter > (shorter >= 6 ? 6 : 3)) return false;
+    if (shorter < STEM_MIN || longer - shorter > (shorter >= STEM_LONG ? STEM_SLACK_LONG : STEM_SLACK)) return false;
     return !strncmp(t, w, shorter);
 }
 
@@ -278,7 +354,7 @@ static void question_word(void *ud, const char *w, size_t len)
         if (SYNONYMS[i].word[0] != word[0] || strcmp(SYNONYMS[i].word, word)) continue;
         for (const char *e = SYNONYMS[i].expands; *e;) {
             size_t l = strcspn(e, " ");
-            add_term(c->t, &c->nt, e, l, 0.6, c->t[self].key);
+            add_term(c->t, &c->nt, e, l, SYNONYM_WEIGHT, c->t[self].key);
             e += l + (e[l] ? 1 : 0);
         }
     }
@@ -332,7 +408,7 @@ static bool model_known(const compose *c, const char *num)
 /* The brand part of a model id ("seawind" of "seawind-310") matches w. */
 static bool is_brand(const compose *c, const char *w, size_t len)
 {
-    const char *ids[MAX_PASSAGES + 8];
+    const char *ids[MAX_PASSAGES + MAX_BOATS_SEEN];
     size_t n = 0;
     for (size_t i = 0; i < c->np; i++) ids[n++] = c->kb->items[i].model_id;
     for (size_t i = 0; c->cust && i < c->cust->n_vehicles && n < CHAT_ARRAY_LEN(ids); i++)
@@ -374,7 +450,7 @@ static int split_sentences(const char *body, int passage, sentence *out, int n, 
         if (end) {
             const char *e = (*p && *p != '\n') ? p + 1 : p;
             while (start < e && (isspace((unsigned char)*start) || *start == '-' || *start == '*')) start++;
-            if (e - start > 12) {
+            if (e - start > SENTENCE_MIN_BYTES) {
                 memset(&out[n], 0, sizeof out[n]);
                 out[n].s = start;
                 out[n].len = (size_t)(e - start);
@@ -434,7 +510,7 @@ static bool is_list(const char *s)
 {
     int commas = 0;
     for (const char *p = s; *p; p++) commas += *p == ',';
-    return commas >= 3;
+    return commas >= LIST_MIN_COMMAS;
 }
 
 typedef struct tctx {
@@ -455,8 +531,9 @@ static void title_word(void *ud, const char *w, size_t len)
 static double title_share(const compose *c, int passage)
 {
     const char *title = c->kb->items[passage].title;
-    const char *dash = strstr(title, " - "); /* "Seawind 250 Maintenance Guide - 20-Hour Break-In Service" */
-    const char *sec = dash ? dash + 3 : title;
+    static const char SEP[] = " - "; /* "Seawind 250 Maintenance Guide - 20-Hour Break-In Service" */
+    const char *dash = strstr(title, SEP);
+    const char *sec = dash ? dash + strlen(SEP) : title;
     tctx x = {c, 0};
     each_word(sec, strlen(sec), title_word, &x);
     double total = 0, named = 0;
@@ -501,14 +578,14 @@ static double sentence_score(const compose *c, const sentence *x, bool figure_q)
     if (score <= 0) return 0;
     const chat_attr_info *a = chat_attr_get(c->q.attr);
     chat_figure f;
-    if (a && a->unit[0] && chat_attr_figure(txt, c->q.attr, &f)) score += 3.0;
-    else if (a && a->unit[0] && strcmp(a->unit, "$") && chat_question_find(txt, a->cue)) score += 1.0;
-    else if (a && !a->unit[0] && chat_question_has(txt, a->cue)) score += 1.5;
-    if (figure_q && x->has_number) score += 0.75;
-    if (c->q.howto && is_instruction(txt)) score += 2.5;
-    if (c->q.coverage && chat_question_has_any(txt, NEGATION) && item_hit(c, x)) score += 3.0;
-    score += 0.5 / (1 + x->passage) - 0.02 * x->order;
-    if (!passage_on_target(c, x->passage)) score *= 0.15;
+    if (a && a->unit[0] && chat_attr_figure(txt, c->q.attr, &f)) score += FIGURE_FOUND_BONUS;
+    else if (a && a->unit[0] && strcmp(a->unit, "$") && chat_question_find(txt, a->cue)) score += FIGURE_CUE_BONUS;
+    else if (a && !a->unit[0] && chat_question_has(txt, a->cue)) score += FACT_CUE_BONUS;
+    if (figure_q && x->has_number) score += NUMBER_BONUS;
+    if (c->q.howto && is_instruction(txt)) score += INSTRUCTION_BONUS;
+    if (c->q.coverage && chat_question_has_any(txt, NEGATION) && item_hit(c, x)) score += EXCLUSION_BONUS;
+    score += PASSAGE_RANK_BONUS / (1 + x->passage) - ORDER_PENALTY * x->order;
+    if (!passage_on_target(c, x->passage)) score *= OFF_TARGET_FACTOR;
     return score > 0 ? score : 0;
 }
 
@@ -553,14 +630,8 @@ static double coverage(const compose *c, uint32_t hits, bool figure_found)
 
 /* ---- writing ---- */
 
-static const char *agent_intro(const char *agent)
-{
-    if (!agent) return "";
-    if (!strcmp(agent, "specs")) return "Here is what the specification sheet says. ";
-    if (!strcmp(agent, "maintenance")) return "From our service documentation: ";
-    if (!strcmp(agent, "troubleshooting")) return "Here is what our troubleshooting guide says. ";
-    return "";
-}
+/* The agent's opening words, from its row ("" for no agent, or one the table does not know). */
+static const char *agent_intro(const compose *c) { return c->agent ? c->agent->intro : ""; }
 
 /* "\n\nSources: a, b." for the passages listed, each source once. */
 static void put_sources(compose *c, const int *passages, int n)
@@ -592,11 +663,11 @@ static bool yes_no_question(const char *typed)
 
 static bool answer_greeting(compose *c)
 {
-    bool general = !c->req->agent || !strcmp(c->req->agent, "general");
-    if (!general || !c->tq.small_talk || c->tq.attr != CHAT_ATTR_NONE || c->tq.customer || c->has_code) return false;
-    chat_buf_puts(&c->out, "Hello! I am the Seawind Marine assistant. I can answer questions about our boats' "
-                           "specifications, maintenance schedules and your service appointments, and help you "
-                           "troubleshoot fault codes and symptoms. What would you like to know?");
+    /* "thanks!" must not be answered with the one passage that happens to contain "thanks": small talk is
+     * the fallback agent's (or no agent's) */
+    bool fallback = !c->req->agent || (c->agent && (c->agent->routing & CHAT_AGENT_FALLBACK));
+    if (!fallback || !c->tq.small_talk || c->tq.attr != CHAT_ATTR_NONE || c->tq.customer || c->has_code) return false;
+    chat_buf_puts(&c->out, GREETING);
     c->conf = CONF_GREETING;
     return true;
 }
@@ -684,11 +755,11 @@ static bool answer_code(compose *c)
         return true;
     }
     if (!c->np || !chat_question_has(c->kb->items[0].title, c->code)) return false;
-    chat_buf_puts(&c->out, agent_intro(c->req->agent));
+    chat_buf_puts(&c->out, agent_intro(c));
     int n = 0, used = 0;
-    for (int i = 0; i < c->ns && n < 4; i++) {
+    for (int i = 0; i < c->ns && n < FAULT_OPENING_SENTENCES; i++) {
         const sentence *x = &c->s[i];
-        if (x->passage != 0 || x->order >= 4 || x->other_code) continue;
+        if (x->passage != 0 || x->order >= FAULT_OPENING_SENTENCES || x->other_code) continue;
         if (n++) chat_buf_puts(&c->out, " ");
         chat_buf_append(&c->out, x->s, x->len);
     }
@@ -881,7 +952,7 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *c
 static int candidate_models(const compose *c, const char **ids, int max)
 {
     int n = 0;
-    for (int i = 0; i < c->ns && c->s[i].score >= 0.6 * c->s[0].score && c->s[i].score > 0; i++) {
+    for (int i = 0; i < c->ns && c->s[i].score >= CANDIDATE_SHARE * c->s[0].score && c->s[i].score > 0; i++) {
         const char *m = c->kb->items[c->s[i].passage].model_id;
         bool seen = !m;
         for (int k = 0; k < n && !seen; k++) seen = !strcmp(ids[k], m);
@@ -957,9 +1028,10 @@ static bool picks_have_figure(const compose *c, int pick)
 static double sentences_confidence(const compose *c, double cov, bool figure_found)
 {
     const chat_attr_info *a = chat_attr_get(c->q.attr);
-    if (a && a->unit[0]) return figure_found ? 0.55 + 0.35 * cov : 0.2 + 0.25 * cov;
-    if (a && figure_found) return 0.45 + 0.45 * cov;
-    return 0.25 + 0.6 * cov * cov;
+    if (a && a->unit[0])
+        return figure_found ? CONF_FIGURE_BASE + CONF_FIGURE_SPAN * cov : CONF_NO_FIGURE_BASE + CONF_NO_FIGURE_SPAN * cov;
+    if (a && figure_found) return CONF_FACT_BASE + CONF_FACT_SPAN * cov;
+    return CONF_WORDS_BASE + CONF_WORDS_SPAN * cov * cov;
 }
 
 /* Writes the first n sentences of c->s in document order (after the first one when lead: the one that
@@ -977,14 +1049,15 @@ static void write_sentences(compose *c, int n, const char *intro, bool lead)
     put_sources(c, used, n);
 }
 
-/* A symptom guide ("Engine Won't Start") reads best from its beginning: when the title of one of the
- * passages names most of what was asked, its opening sentences (what it means, the checks in order)
- * are the answer. Moves them to the front of c->s; returns how many. */
+/* A symptom guide ("Engine Won't Start") reads best from its beginning: when the agent's own passages
+ * are a folder of guides (its row has a kb_dir: the troubleshooting guides) and the title of one of the
+ * passages about no model names most of what was asked, its opening sentences (what it means, the
+ * checks in order) are the answer. Moves them to the front of c->s; returns how many. */
 static int opening_of_guide(compose *c)
 {
-    if (!c->req->agent || strcmp(c->req->agent, "troubleshooting") || c->has_code) return 0;
+    if (!c->agent || !c->agent->kb_dir || c->has_code) return 0;
     int p = -1;
-    double best = 0.6;
+    double best = GUIDE_TITLE_SHARE;
     for (size_t i = 0; i < c->np; i++) {
         double share = c->kb->items[i].model_id ? 0 : title_share(c, (int)i);
         if (share > best) best = share, p = (int)i;
@@ -1019,20 +1092,20 @@ static int passage_titled(const compose *c, double min, double *share)
 static bool answer_tasks(compose *c)
 {
     double share;
-    int p = c->q.tasks ? passage_titled(c, 0.5, &share) : -1;
+    int p = c->q.tasks ? passage_titled(c, TASKS_TITLE_SHARE, &share) : -1;
     if (p < 0) return false;
     qsort(c->s, (size_t)c->ns, sizeof *c->s, cmp_position);
     char buf[MAX_SENTENCE_BYTES];
     int n = 0;
-    for (int i = 0; i < c->ns && n < 2; i++)
+    for (int i = 0; i < c->ns && n < MAX_TASK_SENTENCES; i++)
         if (c->s[i].passage == p && is_list(sentence_text(&c->s[i], buf))) {
             sentence tmp = c->s[n];
             c->s[n++] = c->s[i];
             c->s[i] = tmp;
         }
     if (!n) return false;
-    c->conf = 0.55 + 0.35 * share;
-    write_sentences(c, n, agent_intro(c->req->agent), false);
+    c->conf = CONF_TASKS_BASE + CONF_TASKS_SPAN * share;
+    write_sentences(c, n, agent_intro(c), false);
     return true;
 }
 
@@ -1059,7 +1132,9 @@ static bool answer_sentences(compose *c)
     qsort(c->s, (size_t)c->ns, sizeof *c->s, cmp_score);
     double best = c->ns ? c->s[0].score : 0;
     int pick = 0;
-    while (pick < c->ns && pick < MAX_PICK && c->s[pick].score >= 1.0 && c->s[pick].score >= best * 0.7) pick++;
+    while (pick < c->ns && pick < MAX_PICK && c->s[pick].score >= PICK_MIN_SCORE &&
+           c->s[pick].score >= best * PICK_SHARE_OF_BEST)
+        pick++;
     if (!pick) return false;
     if (picks_have_figure(c, 1)) { /* the figure asked for is found: what follows it comes from its passage */
         int k = 1;
@@ -1087,16 +1162,14 @@ static bool answer_sentences(compose *c)
     char buf[MAX_SENTENCE_BYTES];
     bool excluded = c->q.coverage && yes_no_question(c->typed) && item_hit(c, &c->s[0]) &&
                     chat_question_has_any(sentence_text(&c->s[0], buf), NEGATION);
-    write_sentences(c, pick, excluded ? "No. " : agent_intro(c->req->agent), excluded);
+    write_sentences(c, pick, excluded ? "No. " : agent_intro(c), excluded);
     return true;
 }
 
 static void answer_dont_know(compose *c)
 {
     chat_buf_reset(&c->out);
-    chat_buf_puts(&c->out, "I could not find an answer to that in the Seawind Marine knowledge base. "
-                           "Could you rephrase it, or name the model or fault code you are asking about? "
-                           "For anything urgent, your nearest Seawind Marine service center can help.");
+    chat_buf_puts(&c->out, NOT_FOUND);
     c->conf = CONF_NONE;
 }
 
@@ -1115,6 +1188,7 @@ static int compose_init(compose *c, const chat_llm_request *req)
     memset(c, 0, sizeof *c);
     chat_buf_init(&c->out);
     c->req = req;
+    c->agent = chat_agent_find(req->agent);
     c->kb = req->passages;
     c->np = c->kb ? (c->kb->n < MAX_PASSAGES ? c->kb->n : MAX_PASSAGES) : 0;
     c->text = req->question ? req->question : "";
@@ -1151,9 +1225,11 @@ static void compose_answer(compose *c)
 /* ---- the answer of the turn, composed once ----
  *
  * The pipeline asks for the confidence of the request it then hands to the provider: the answer
- * chat_extractive_confidence composed is kept for the generation that follows on the same thread (a
- * worker's instant generations run where the turn began), so a turn composes it once. The memo is keyed
- * by everything the answer depends on, so a different request never gets it; used once. */
+ * chat_extractive_confidence composed is kept for the generation that follows on the same thread (REST's
+ * chat_llm_generate, and a worker's instant generations, run where the turn began), so such a turn
+ * composes it once; a paced generation on the worker's generator thread composes it again (the same
+ * answer: composing is a pure function of the request). The memo is keyed by everything the answer
+ * depends on, so a different request never gets it; used once. */
 
 #define MEMO_BYTES 8192
 
@@ -1227,108 +1303,64 @@ double chat_extractive_confidence(const chat_llm_request *req)
     return conf;
 }
 
-/* ---- one generation, paced by the loop's timers ---- */
+/* ---- the provider: the answer composed at the start, released by chat_paced ---- */
 
-struct chat_extractive_gen {
-    char *text;    /* the whole answer, composed at the start */
-    const char *p; /* the next token */
-    int delay_ms, max_tokens;
-    int64_t due; /* when the next token may go (after the first) */
-    chat_llm_token_fn fn;
-    void *ud;
-    const atomic_int *cancel;
-    bool finished;
-    int rc;
-    chat_llm_result res;
-    char err[64];
-};
+#define PROMPT_BYTES_PER_TOKEN 4 /* a model's token is about 4 bytes of English text */
 
-int chat_extractive_gen_new(const chat_config *cfg, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
-                            const atomic_int *cancel, chat_extractive_gen **out, char *err, size_t errlen)
+typedef struct ext_state {
+    int delay_ms; /* cfg->token_delay_ms */
+} ext_state;
+
+static int ext_open(const chat_config *cfg, void **state, char *err, size_t errlen)
 {
-    *out = NULL;
-    if (!cfg || !req) return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
-    chat_extractive_gen *g = calloc(1, sizeof *g);
-    if (g) g->text = chat_extractive_compose(req);
-    if (!g || !g->text) {
-        free(g);
-        return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    }
-    size_t prompt_bytes = req->question ? strlen(req->question) : 0;
-    if (req->passages)
-        for (size_t i = 0; i < req->passages->n && i < 4; i++) prompt_bytes += strlen(req->passages->items[i].body);
-    g->res.prompt_tokens = (int)(prompt_bytes / 4) + 1;
-    snprintf(g->res.finish_reason, sizeof g->res.finish_reason, "stop");
-    g->p = g->text;
-    g->delay_ms = cfg->token_delay_ms > 0 ? cfg->token_delay_ms : 0;
-    g->max_tokens = req->max_tokens > 0 ? req->max_tokens : 1 << 30;
-    g->fn = fn, g->ud = ud, g->cancel = cancel;
-    *out = g;
+    ext_state *s = malloc(sizeof *s);
+    if (!s) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    s->delay_ms = cfg->token_delay_ms > 0 ? cfg->token_delay_ms : 0;
+    *state = s;
     return 0;
 }
 
-int64_t chat_extractive_gen_deadline(const chat_extractive_gen *g)
-{
-    /* the first token goes at once, the others token_delay_ms after the one before */
-    if (g->finished || !g->delay_ms || !g->res.completion_tokens) return INT64_MIN;
-    return g->due;
-}
+static void ext_close(void *state) { free(state); }
 
-static void ext_finish(chat_extractive_gen *g, int rc, const char *reason, const char *msg)
-{
-    g->finished = true;
-    g->rc = rc;
-    if (reason) snprintf(g->res.finish_reason, sizeof g->res.finish_reason, "%s", reason);
-    if (msg) chat_fail(g->err, sizeof g->err, rc, "%s", msg);
-}
+static bool ext_instant(const void *state) { return ((const ext_state *)state)->delay_ms == 0; }
 
-bool chat_extractive_gen_step(chat_extractive_gen *g, int64_t now)
+/* Where each token of text ends, a token being a word with the whitespace that follows it (caller
+ * frees; NULL when out of memory). */
+static size_t *ext_split(const char *text, size_t *n)
 {
-    while (!g->finished) {
-        if (!*g->p) {
-            ext_finish(g, 0, NULL, NULL);
-            break;
-        }
-        if (g->cancel && atomic_load(g->cancel)) {
-            ext_finish(g, CHAT_ECANCELLED, "cancelled", "cancelled");
-            break;
-        }
-        if (g->res.completion_tokens >= g->max_tokens) {
-            ext_finish(g, 0, "length", NULL);
-            break;
-        }
-        if (g->delay_ms && g->res.completion_tokens > 0 && now < g->due) break; /* not yet */
-        /* a token is a word with the whitespace that follows it */
-        const char *e = g->p;
+    size_t cap = 1;
+    for (const char *c = text; *c; c++) cap += isspace((unsigned char)*c) != 0;
+    size_t *ends = malloc(cap * sizeof *ends);
+    if (!ends) return NULL;
+    *n = 0;
+    for (const char *e = text; *e;) {
         while (*e && !isspace((unsigned char)*e)) e++;
         while (*e && isspace((unsigned char)*e)) e++;
-        g->res.completion_tokens++;
-        g->res.tokens_emitted++;
-        int stop = g->fn ? g->fn(g->ud, g->p, (size_t)(e - g->p)) : 0;
-        g->p = e;
-        if (stop) {
-            ext_finish(g, CHAT_ECANCELLED, "cancelled", "stopped by the caller");
-            break;
-        }
-        if (!*g->p) { /* the last one: done now, not a token interval later */
-            ext_finish(g, 0, NULL, NULL);
-            break;
-        }
-        if (g->delay_ms) g->due = chat_now_ms() + g->delay_ms;
+        ends[(*n)++] = (size_t)(e - text);
     }
-    return g->finished;
+    return ends;
 }
 
-int chat_extractive_gen_outcome(const chat_extractive_gen *g, const chat_llm_result **res, const char **err)
+static int ext_gen_new(void *state, void *loop_state, const chat_llm_request *req, const chat_llm_gen_ctx *ctx,
+                       void **gen, char *err, size_t errlen)
 {
-    if (res) *res = &g->res;
-    if (err) *err = g->err;
-    return g->rc;
+    const ext_state *s = state;
+    *gen = NULL;
+    if (!req) return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
+    size_t n = 0;
+    char *text = chat_extractive_compose(req);
+    size_t *ends = text ? ext_split(text, &n) : NULL;
+    if (!ends) {
+        free(text);
+        return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    }
+    /* the prompt it read: the question and the passages a composition reads */
+    size_t prompt_bytes = req->question ? strlen(req->question) : 0;
+    if (req->passages)
+        for (size_t i = 0; i < req->passages->n && i < MAX_PASSAGES; i++)
+            prompt_bytes += strlen(req->passages->items[i].body);
+    return chat_paced_new(ctx, text, ends, n, s->delay_ms, req->max_tokens,
+                          (int)(prompt_bytes / PROMPT_BYTES_PER_TOKEN) + 1, gen, err, errlen);
 }
 
-void chat_extractive_gen_free(chat_extractive_gen *g)
-{
-    if (!g) return;
-    free(g->text);
-    free(g);
-}
+CHAT_LLM_PROVIDER_DEFINE(chat_extractive_provider, "extractive", ext, chat_llm_loop_none, chat_paced);

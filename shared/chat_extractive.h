@@ -4,11 +4,13 @@
  * answers the question's intent (the figure asked for, the exclusion asked about, a service's task list),
  * compares models from their spec sheets and names the winner, asks which model (or which of the
  * customer's boats) when that decides the answer, says plainly when it does not know ("I have no
- * information about the Seawind 999"), phrases the answer in the agent's voice and cites the sources.
- * Streams word by word through chat_llm; cfg->token_delay_ms paces tokens like a real model.
+ * information about the Seawind 999"), phrases the answer in the agent's voice (the intro of its row in
+ * chat_agent.h) and cites the sources. Streams word by word through chat_llm (chat_paced);
+ * cfg->token_delay_ms paces tokens like a real model.
  *
  * Confidence (chat_extractive_confidence; the "confidence" of the complete event, whatever the
- * provider) is the confidence of the answer this provider composes, by the kind of answer:
+ * provider) is the confidence of the answer this provider composes, by the kind of answer (the CONF_*
+ * constants of chat_extractive.c):
  *   0.9   from the customer's records; the passage about the fault code asked about
  *   0.85  a comparison with the figure of every model compared (0.6 when some are missing)
  *   0.55 + 0.35 s  a service's task list, s the share of the question's words its section title names (>= 0.5)
@@ -30,41 +32,18 @@
 #ifndef CHAT_EXTRACTIVE_H
 #define CHAT_EXTRACTIVE_H
 
-#include <stdatomic.h>
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
-
-#include "chat_config.h"
 #include "chat_llm.h"
 
-/* The answer text alone, without streaming (caller frees; NULL when out of memory). For tests and the REST
- * fast path. Thread-safe. */
+/* The answer text alone, without streaming: what the provider streams, and what the tests read. req is
+ * read during the call only. Caller frees; NULL when out of memory. Thread-safe. */
 char *chat_extractive_compose(const chat_llm_request *req);
 
 /* How far the answer to req can be trusted, 0..1 (see above): the confidence of the answer
  * chat_extractive_compose gives, which is also how well the context grounds any provider's answer.
  * Composes the answer to measure it, and keeps it for the next chat_extractive_compose of the same
- * request on this thread (a turn composes once). Thread-safe. */
+ * request on this thread (a turn generated on the thread that began it composes once). Thread-safe. */
 double chat_extractive_confidence(const chat_llm_request *req);
 
-/* ---- for chat_llm.c only: one paced generation on a chat_llm_loop ----
- *
- * All of these run on the loop's thread. The answer is composed by chat_extractive_gen_new (req is read
- * during the call only); tokens go out from chat_extractive_gen_step only. cfg is read during the call;
- * fn's ud and cancel must outlive the generation. Returns 0 with *out, or CHAT_EINVAL / CHAT_ENOMEM with
- * err. */
-typedef struct chat_extractive_gen chat_extractive_gen;
-int chat_extractive_gen_new(const chat_config *cfg, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
-                            const atomic_int *cancel, chat_extractive_gen **out, char *err, size_t errlen);
-/* When chat_extractive_gen_step must next be called (chat_now_ms clock; <= now: at once). */
-int64_t chat_extractive_gen_deadline(const chat_extractive_gen *g);
-/* Releases the tokens due at now (the first at once, then one per token_delay_ms; all of them without a
- * delay) and applies cancel and max_tokens. Returns true when the generation has finished; otherwise its
- * deadline is later than now. */
-bool chat_extractive_gen_step(chat_extractive_gen *g, int64_t now);
-/* A finished generation's rc, result and err ("" on success); res and err point into g. */
-int chat_extractive_gen_outcome(const chat_extractive_gen *g, const chat_llm_result **res, const char **err);
-void chat_extractive_gen_free(chat_extractive_gen *g);
+/* The provider itself is chat_extractive_provider (chat_llm_provider.h): chosen through chat_llm. */
 
 #endif

@@ -4,26 +4,33 @@
  * Design choices:
  * - The classifier vocabulary and the model list are cached and reloaded at most once a minute, so an
  *   admin's SQL change takes effect without a restart and the hot path costs no extra queries.
+ * - The first half (chat_pipeline_begin) is a sequence of stages, one function each, along the progress
+ *   steps: customer access and session (starting), routing and the model in question (agent_routing),
+ *   retrieval (rag_retrieval), the prompt and the answer's confidence (generating). A cancellation is
+ *   honoured between steps.
  * - Follow-ups ("and its torque?") are resolved for retrieval by carrying the model named in the recent
  *   history when the new message names none; the customer's own boat is the next fallback (the one the
- *   message names by its nickname first). chat_question_search_text adds what the knowledge base states
- *   the asked figure with, and what an elliptical follow-up leaves out; a comparison retrieves every
- *   model's section and favours none.
+ *   message names by its nickname first). For routing, a message without a signal of its own is
+ *   classified again with the previous question. chat_question_search_text adds what the knowledge base
+ *   states the asked figure with, and what an elliptical follow-up leaves out; a comparison retrieves
+ *   every model's section and favours none.
+ * - Agents are rows of chat_agent.h: the fallback agent, each agent's retrieval rule. The pipeline names
+ *   none.
  * - confidence is that of the answer the context supports (chat_extractive_confidence), whatever the
- *   provider: calibrated on tests/data/answers_labelled.tsv.
+ *   provider: calibrated on tests/data/answers_labelled.tsv (docs/answers.md).
  * - Exactly one terminal event: errors before the first token are error events (nothing useful was
  *   said); failures after it end with complete and finish_reason "error", keeping the partial answer. */
 #include "chat_pipeline.h"
 
 #include <ctype.h>
 #include <json-c/json.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "chat_agent.h"
 #include "chat_classify.h"
 #include "chat_common.h"
 #include "chat_customer.h"
@@ -32,12 +39,26 @@
 #include "chat_llm.h"
 #include "chat_log.h"
 #include "chat_memory.h"
+#include "chat_metrics.h"
 #include "chat_proto.h"
 #include "chat_question.h"
 #include "chat_util.h"
 
-#define RELOAD_MS 60000
+#define RELOAD_MS 60000 /* how stale the routing vocabulary and model list may get (an admin's edit) */
 #define MAX_MODELS 64
+
+/* The answer's size limit is llm_max_tokens x ANSWER_BYTES_PER_TOKEN, at least ANSWER_MIN_BYTES: far
+ * above what a provider that honours max_tokens sends (a token is 4 bytes on average), so it only
+ * stops one that never ends. */
+#define ANSWER_BYTES_PER_TOKEN 64
+#define ANSWER_MIN_BYTES 16384
+
+/* Follow-ups. A message routed to the fallback agent below FOLLOW_UP_CONFIDENCE has no routing signal
+ * of its own (the classifier gives 0.3 for none at all; one decisive term gives 0.78): with history it
+ * is classified again together with the previous question. A topic found that way is less certain than
+ * one the message states: its confidence is scaled by FOLLOW_UP_DAMPING. */
+#define FOLLOW_UP_CONFIDENCE 0.5
+#define FOLLOW_UP_DAMPING 0.8
 
 typedef struct model_entry {
     char id[64];
@@ -167,6 +188,7 @@ typedef struct run_ctx {
     chat_buf response;
     int64_t t0_us;
     int64_t first_token_us; /* 0 until the first token */
+    int64_t last_token_us;  /* the latest token, for the inter-token latency */
     int64_t queue_us;       /* from acceptance to the first stage (the worker's queue) */
     int64_t session_us;     /* opening the session and reading its history */
     bool stopped;           /* the sink asked to stop */
@@ -177,7 +199,10 @@ typedef struct run_ctx {
 static int on_token(void *ud, const char *text, size_t len)
 {
     run_ctx *c = ud;
-    if (!c->first_token_us) c->first_token_us = chat_now_us();
+    int64_t now = chat_now_us();
+    if (!c->first_token_us) c->first_token_us = now;
+    else chat_metric_observe(CHAT_METRIC_ITL, 0, (double)(now - c->last_token_us) / 1e6);
+    c->last_token_us = now;
     if (c->response.len + len > c->max_bytes) { /* a provider that never stops must not exhaust memory */
         c->truncated = true;
         return 1;
@@ -285,7 +310,7 @@ struct chat_run {
     char *customer_text, *system, *query;
     chat_llm_message *msgs;
     chat_llm_request lreq;
-    const char *agent; /* a static CHAT_AGENT_* string */
+    const char *agent; /* a chat_agents[] name (static) */
     double confidence;
     int64_t retrieval_us;
     char model_id[64]; /* "" when no model is in question */
@@ -348,183 +373,248 @@ static int finish_turn(chat_pipeline *p, chat_run *t, const char *metadata)
     return 0;
 }
 
-chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const chat_sink *sink,
-                              const atomic_int *cancel, int *rcp)
-{
+/* ---- the first half, stage by stage ----------------------------------------------------------------
+ *
+ * Each stage reads what the ones before it left in the run (and in the begin_state below), emits the
+ * error event itself when it fails and returns the code; chat_pipeline_begin only sequences them, with
+ * a cancellation check before each progress step but the first. */
+
+/* What the first half's stages hand each other beyond the run; lives during chat_pipeline_begin only
+ * (model points into p->models, which the next refresh may rewrite). */
+typedef struct begin_state {
+    chat_pipeline *p;
+    chat_run *t;
     char err[256];
-    int rc = 0, dummy;
-    if (!rcp) rcp = &dummy;
-    *rcp = 0;
+    chat_route route;
+    const model_entry *model; /* the model in question, or NULL */
+    bool model_from_context;  /* not named in the message: from the history or the customer's boat */
+} begin_state;
+
+#define BEGIN_CANCELLED 1 /* a stage's "stop here": the request was cancelled before generation */
+
+static int fail_db(begin_state *s, const char *what, const char *client_message)
+{
+    chat_log_warn("pipeline: %s: %s", what, s->err);
+    return fail_event(&s->t->sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, client_message);
+}
+
+static const char DB_UNAVAILABLE[] = "The database is unavailable, please retry";
+
+/* A run for req with its clock started, or NULL after the error event (an empty message, no memory). */
+static chat_run *run_new(chat_pipeline *p, const chat_request *req, const chat_sink *sink, const atomic_int *cancel,
+                         int *rc)
+{
     if (!req->message || !*req->message || !req->user) {
-        *rcp = fail_event(sink, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
+        *rc = fail_event(sink, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
         return NULL;
     }
     chat_run *t = calloc(1, sizeof *t);
     if (!t) {
-        *rcp = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+        *rc = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
         return NULL;
     }
     t->req = req;
     t->sink = *sink;
     t->cancel = cancel;
-    t->agent = CHAT_AGENT_GENERAL;
+    t->agent = chat_agent_fallback()->name;
     /* max_tokens is the provider's limit; this one holds even when a provider ignores it */
-    size_t max_bytes = (size_t)p->cfg.llm_max_tokens * 64;
+    size_t max_bytes = (size_t)p->cfg.llm_max_tokens * ANSWER_BYTES_PER_TOKEN;
     int64_t now = chat_now_us();
     int64_t t0 = req->accepted_us > 0 && req->accepted_us <= now ? req->accepted_us : now;
-    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0, .max_bytes = max_bytes < 16384 ? 16384 : max_bytes};
+    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0,
+                     .max_bytes = max_bytes < ANSWER_MIN_BYTES ? ANSWER_MIN_BYTES : max_bytes};
     chat_buf_init(&t->c.response);
+    return t;
+}
 
-    progress(sink, "starting", "Processing your message...");
+/* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
+ * customer whose email is the token's. Checked first, so a refused request stores nothing; an unknown id
+ * is refused the same way, so ids cannot be probed. */
+static int stage_customer(begin_state *s)
+{
+    chat_run *t = s->t;
+    const chat_request *req = t->req;
+    if (!req->customer_id || !*req->customer_id) return 0;
+    int crc = chat_customer_load(s->p->db, req->customer_id, &t->cust, s->err, sizeof s->err);
+    if (crc == CHAT_EDB) return fail_db(s, "customer", DB_UNAVAILABLE);
+    t->have_customer = crc == 0;
+    bool own = t->have_customer && req->user->email[0] && !strcasecmp(req->user->email, t->cust.email);
+    if (strcmp(s->p->cfg.customer_access, "any") && !own)
+        return fail_event(&t->sink, CHAT_EFORBIDDEN, CHAT_CODE_CUSTOMER_FORBIDDEN,
+                          "You may not access this customer's records");
+    if (t->have_customer) t->customer_text = chat_customer_describe(&t->cust);
+    return 0;
+}
 
-    /* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
-     * customer whose email is the token's. Checked first, so a refused request stores nothing; an
-     * unknown id is refused the same way, so ids cannot be probed. */
-    if (req->customer_id && *req->customer_id) {
-        int crc = chat_customer_load(p->db, req->customer_id, &t->cust, err, sizeof err);
-        if (crc == CHAT_EDB) {
-            chat_log_warn("pipeline: customer: %s", err);
-            rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-            goto fail;
-        }
-        t->have_customer = crc == 0;
-        bool own = t->have_customer && req->user->email[0] && !strcasecmp(req->user->email, t->cust.email);
-        if (strcmp(p->cfg.customer_access, "any") && !own) {
-            rc = fail_event(sink, CHAT_EFORBIDDEN, CHAT_CODE_CUSTOMER_FORBIDDEN,
-                            "You may not access this customer's records");
-            goto fail;
-        }
-        if (t->have_customer) t->customer_text = chat_customer_describe(&t->cust);
-    }
-
-    /* Session and memory. */
+/* The session (opened, or a new one deferred to the first turn) and its recent history. */
+static int stage_session(begin_state *s)
+{
+    chat_run *t = s->t;
+    const chat_request *req = t->req;
     int64_t s0 = chat_now_us();
-    rc = chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, true, p->cfg.history_turns,
-                                  &t->hist, &t->session, err, sizeof err);
+    int rc = chat_memory_open_session(s->p->db, req->user->id, req->session_id, req->customer_id, true,
+                                      s->p->cfg.history_turns, &t->hist, &t->session, s->err, sizeof s->err);
     t->c.session_us = chat_now_us() - s0;
     memcpy(t->sid, t->session.id, sizeof t->sid);
-    if (rc == CHAT_EFORBIDDEN) {
-        rc = fail_event(sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
-        goto fail;
-    }
-    if (rc == CHAT_EINVAL) {
-        rc = fail_event(sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
-        goto fail;
-    }
-    if (rc) {
-        chat_log_warn("pipeline: session: %s", err);
-        rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-        goto fail;
-    }
-    if (cancelled(cancel)) goto cancel_before_generation;
+    if (rc == CHAT_EFORBIDDEN)
+        return fail_event(&t->sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
+    if (rc == CHAT_EINVAL)
+        return fail_event(&t->sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
+    if (rc) return fail_db(s, "session", DB_UNAVAILABLE);
+    return 0;
+}
 
-    /* Routing. */
-    progress(sink, "agent_routing", "Routing to appropriate agent...");
-    if (refresh_vocabulary(p, err, sizeof err)) {
-        chat_log_warn("pipeline: vocabulary: %s", err);
-        rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-        goto fail;
-    }
-    chat_route route;
-    chat_classify(p->clf, req->message, &route);
-    /* A follow-up with no routing signal of its own continues the previous turn's topic. */
-    if (!strcmp(route.agent, CHAT_AGENT_GENERAL) && route.confidence < 0.5 && t->hist.n >= 2) {
+/* Routing: the classifier on the message; a follow-up with no routing signal of its own ("and its
+ * torque?") continues the previous question's topic. */
+static int stage_route(begin_state *s)
+{
+    chat_run *t = s->t;
+    if (refresh_vocabulary(s->p, s->err, sizeof s->err)) return fail_db(s, "vocabulary", DB_UNAVAILABLE);
+    chat_route *route = &s->route;
+    chat_classify(s->p->clf, t->req->message, route);
+    const chat_agent *fallback = chat_agent_fallback();
+    if (!strcmp(route->agent, fallback->name) && route->confidence < FOLLOW_UP_CONFIDENCE && t->hist.n >= 2) {
         chat_buf joined;
         chat_buf_init(&joined);
-        chat_buf_printf(&joined, "%s %s", t->hist.items[t->hist.n - 2].content, req->message);
+        chat_buf_printf(&joined, "%s %s", t->hist.items[t->hist.n - 2].content, t->req->message);
         chat_route prev;
-        chat_classify(p->clf, joined.data, &prev);
-        if (strcmp(prev.agent, CHAT_AGENT_GENERAL)) route = prev, route.confidence *= 0.8;
+        chat_classify(s->p->clf, joined.data, &prev);
+        if (strcmp(prev.agent, fallback->name)) *route = prev, route->confidence *= FOLLOW_UP_DAMPING;
         chat_buf_free(&joined);
     }
-    chat_log_debug("pipeline: routed to %s (%.2f) %s", route.agent, route.confidence, route.explain);
+    chat_log_debug("pipeline: routed to %s (%.2f) %s", route->agent, route->confidence, route->explain);
+    t->agent = route->agent;
+    return 0;
+}
 
-    /* The model in question: named now, else named in recent history, else the customer's boat. */
-    const model_entry *model = find_model(p, req->message);
-    bool model_from_context = false;
-    const chat_vehicle *boat = !model && t->have_customer ? chat_customer_vehicle_named(&t->cust, req->message) : NULL;
-    if (boat) model = model_by_id(p, boat->model_id), model_from_context = model != NULL;
+/* The model in question: named now, else the customer's boat the message names by its nickname, else
+ * named in the recent history (newest first), else the customer's first boat. */
+static void stage_model(begin_state *s)
+{
+    chat_run *t = s->t;
+    const model_entry *model = find_model(s->p, t->req->message);
+    const chat_vehicle *boat =
+        !model && t->have_customer ? chat_customer_vehicle_named(&t->cust, t->req->message) : NULL;
+    if (boat) model = model_by_id(s->p, boat->model_id), s->model_from_context = model != NULL;
     for (size_t i = t->hist.n; !model && i > 0; i--) {
-        model = find_model(p, t->hist.items[i - 1].content);
-        model_from_context = model != NULL;
+        model = find_model(s->p, t->hist.items[i - 1].content);
+        s->model_from_context = model != NULL;
     }
     if (!model && t->have_customer && t->cust.n_vehicles) {
-        model = model_by_id(p, t->cust.vehicles[0].model_id);
-        model_from_context = model != NULL;
+        model = model_by_id(s->p, t->cust.vehicles[0].model_id);
+        s->model_from_context = model != NULL;
     }
     if (model) snprintf(t->model_id, sizeof t->model_id, "%s", model->id);
-    if (cancelled(cancel)) goto cancel_before_generation;
+    s->model = model;
+}
 
-    /* Retrieval. */
-    progress(sink, "rag_retrieval", "Searching knowledge base...");
-    t->query = chat_question_search_text(req->message, &t->hist, model && model_from_context ? model->name : NULL,
+/* Retrieval: the search text (chat_question_search_text: the message, the words that state the figure
+ * it asks for, what a follow-up leaves out, and the model's name when the model came from the context,
+ * so "and its torque?" finds the model's passages), shaped by the agent's retrieval rule, the model (none
+ * for a comparison, which retrieves every model's section) and a fault code. */
+static int stage_retrieve(begin_state *s)
+{
+    chat_run *t = s->t;
+    t->query = chat_question_search_text(t->req->message, &t->hist,
+                                         s->model && s->model_from_context ? s->model->name : NULL,
                                          t->have_customer ? &t->cust : NULL);
-    if (!t->query) {
-        rc = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
-        goto fail;
-    }
+    if (!t->query) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
     bool compares;
-    size_t k = chat_question_passages(t->query, (size_t)p->cfg.kb_top_k, &compares);
+    size_t k = chat_question_passages(t->query, (size_t)s->p->cfg.kb_top_k, &compares);
     char code[16];
     chat_kb_query q = {
         .question = t->query,
-        .agent = strcmp(route.agent, CHAT_AGENT_GENERAL) ? route.agent : NULL,
-        .model_id = model && !compares ? model->id : NULL,
+        .agent = chat_agent_kb_filter(chat_agent_find(s->route.agent)),
+        .model_id = s->model && !compares ? s->model->id : NULL,
         .fault_code = chat_kb_find_fault_code(t->query, code) ? code : NULL,
         .k = k,
-        .stats = p->kb_stats,
+        .stats = s->p->kb_stats,
     };
     int64_t r0 = chat_now_us();
-    rc = chat_kb_search(p->db, &q, &t->kb, err, sizeof err);
+    int rc = chat_kb_search(s->p->db, &q, &t->kb, s->err, sizeof s->err);
     t->retrieval_us = chat_now_us() - r0;
-    if (rc) {
-        chat_log_warn("pipeline: retrieval: %s", err);
-        rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The knowledge base is unavailable, please retry");
-        goto fail;
-    }
-    t->agent = route.agent;
-    if (cancelled(cancel)) goto cancel_before_generation;
+    if (rc) return fail_db(s, "retrieval", "The knowledge base is unavailable, please retry");
+    return 0;
+}
 
-    /* The prompt. */
-    progress(sink, "generating", "Generating response...");
-    t->system = build_system_prompt(route.agent, t->customer_text, &t->kb);
+/* The prompt: the system prompt, the history, the message; and the confidence of the answer it grounds. */
+static int stage_prompt(begin_state *s)
+{
+    chat_run *t = s->t;
+    t->system = build_system_prompt(t->agent, t->customer_text, &t->kb);
     size_t nmsg = 0;
     t->msgs = calloc(t->hist.n + 2, sizeof *t->msgs);
-    if (!t->system || !t->msgs) {
-        rc = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
-        goto fail;
-    }
+    if (!t->system || !t->msgs) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
     t->msgs[nmsg++] = (chat_llm_message){"system", t->system};
     for (size_t i = 0; i < t->hist.n; i++)
         t->msgs[nmsg++] = (chat_llm_message){t->hist.items[i].role, t->hist.items[i].content};
-    t->msgs[nmsg++] = (chat_llm_message){"user", req->message};
+    t->msgs[nmsg++] = (chat_llm_message){"user", t->req->message};
     t->lreq = (chat_llm_request){
         .messages = t->msgs,
         .n_messages = nmsg,
-        .max_tokens = p->cfg.llm_max_tokens,
+        .max_tokens = s->p->cfg.llm_max_tokens,
         .question = t->query,
-        .agent = route.agent,
+        .agent = t->agent,
         .passages = &t->kb,
         .customer_context = t->customer_text,
         .customer = t->have_customer ? &t->cust : NULL,
     };
+    /* composes the extractive answer to measure it (kept for a generation on this thread) */
     t->confidence = chat_extractive_confidence(&t->lreq);
-    return t;
+    return 0;
+}
 
-cancel_before_generation:
-    {
-        chat_llm_result lr = {0};
-        char *metadata = build_metadata("general", 0, NULL, "cancelled", &lr, &t->c, 0, NULL,
-                                        chat_llm_provider_name(p->llm));
-        *rcp = finish_turn(p, t, metadata);
-        free(metadata);
-    }
-    turn_free(t);
-    return NULL;
+/* The step's progress event, with its default message. */
+static void announce(const chat_sink *sink, chat_proto_step step)
+{
+    progress(sink, chat_proto_step_name(step), chat_proto_step_message(step));
+}
 
-fail:
+/* The stages in order, each progress step announced first. 0: ready to generate; BEGIN_CANCELLED; or
+ * the negative code of the error event emitted. */
+static int begin_stages(begin_state *s)
+{
+    const chat_sink *sink = &s->t->sink;
+    const atomic_int *cancel = s->t->cancel;
+    int rc;
+    announce(sink, CHAT_STEP_STARTING);
+    if ((rc = stage_customer(s)) || (rc = stage_session(s))) return rc;
+    if (cancelled(cancel)) return BEGIN_CANCELLED;
+    announce(sink, CHAT_STEP_AGENT_ROUTING);
+    if ((rc = stage_route(s))) return rc;
+    stage_model(s);
+    if (cancelled(cancel)) return BEGIN_CANCELLED;
+    announce(sink, CHAT_STEP_RAG_RETRIEVAL);
+    if ((rc = stage_retrieve(s))) return rc;
+    if (cancelled(cancel)) return BEGIN_CANCELLED;
+    announce(sink, CHAT_STEP_GENERATING);
+    return stage_prompt(s);
+}
+
+/* A request cancelled before generation ends with complete, finish_reason cancelled and no answer. */
+static int end_cancelled(chat_pipeline *p, chat_run *t)
+{
+    chat_llm_result lr = {0};
+    char *metadata = build_metadata(chat_agent_fallback()->name, 0, NULL, "cancelled", &lr, &t->c, 0, NULL,
+                                    chat_llm_provider_name(p->llm));
+    int rc = finish_turn(p, t, metadata);
+    free(metadata);
+    return rc;
+}
+
+chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const chat_sink *sink,
+                              const atomic_int *cancel, int *rcp)
+{
+    int dummy;
+    if (!rcp) rcp = &dummy;
+    *rcp = 0;
+    chat_run *t = run_new(p, req, sink, cancel, rcp);
+    if (!t) return NULL;
+    begin_state s = {.p = p, .t = t};
+    int rc = begin_stages(&s);
+    if (!rc) return t;
+    *rcp = rc == BEGIN_CANCELLED ? end_cancelled(p, t) : rc;
     turn_free(t);
-    *rcp = rc;
     return NULL;
 }
 
@@ -541,6 +631,22 @@ void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, c
 
 /* The metadata for the run's outcome; NULL after the error event was emitted (the model failed before
  * any text, or out of memory), with *rc its code. */
+/* The answer's figures for the operators' scrape (chat_metrics.h): latencies by agent from the
+ * moment the request was accepted, tokens by provider, the answer by finish_reason. */
+static void record_metrics(chat_pipeline *p, const chat_run *t, const char *finish)
+{
+    unsigned agent = chat_metric_label(CHAT_METRIC_LABEL_AGENT, t->agent);
+    unsigned provider = chat_metric_label(CHAT_METRIC_LABEL_PROVIDER, chat_llm_provider_name(p->llm));
+    if (t->c.first_token_us)
+        chat_metric_observe(CHAT_METRIC_TTFT, agent, (double)(t->c.first_token_us - t->c.t0_us) / 1e6);
+    chat_metric_observe(CHAT_METRIC_E2E, agent, (double)(chat_now_us() - t->c.t0_us) / 1e6);
+    chat_metric_observe(CHAT_METRIC_RETRIEVAL, agent, (double)t->retrieval_us / 1e6);
+    chat_metric_inc(CHAT_METRIC_ANSWERS, chat_metric_label(CHAT_METRIC_LABEL_FINISH, finish), 1);
+    chat_metric_inc(CHAT_METRIC_PROMPT_TOKENS, provider, (uint64_t)(t->gen_res.prompt_tokens > 0 ? t->gen_res.prompt_tokens : 0));
+    chat_metric_inc(CHAT_METRIC_GENERATION_TOKENS, provider,
+                    (uint64_t)(t->gen_res.completion_tokens > 0 ? t->gen_res.completion_tokens : 0));
+}
+
 static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
 {
     const chat_llm_result *lr = &t->gen_res;
@@ -559,6 +665,7 @@ static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
         }
         finish = "error";
     }
+    record_metrics(p, t, finish);
     char *metadata = build_metadata(t->agent, t->confidence, &t->kb, finish, lr, &t->c, t->retrieval_us,
                                     t->model_id[0] ? t->model_id : NULL, chat_llm_provider_name(p->llm));
     if (!metadata) *rc = fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");

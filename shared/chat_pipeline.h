@@ -1,9 +1,10 @@
 /* The orchestration pipeline that both front ends share: one chat request in, the protocol's events
  * out through a sink the caller supplies.
  *
- *   session (memory) -> progress agent_routing -> classify (+ follow-up resolution from history)
+ *   progress starting -> customer access check -> session and history (memory)
+ *   -> progress agent_routing -> classify (+ follow-up resolution from history) -> model in question
  *   -> progress rag_retrieval -> retrieval shaped by the agent (customer model, fault codes)
- *   -> progress generating -> LLM tokens -> complete (metadata) -> turn stored
+ *   -> progress generating -> LLM tokens -> turn stored -> complete (metadata)
  *
  * Exactly one terminal event is emitted per run: complete (finish_reason stop, length, cancelled or
  * error with partial text) or error (code + client-safe message). A chat_pipeline owns one database
@@ -36,8 +37,8 @@ typedef struct chat_sink {
     void (*progress)(void *ud, const char *step, const char *message);
     /* New text. Return non-zero to stop generation (the client went away). */
     int (*token)(void *ud, const char *text, size_t len);
-    /* metadata_json: {"agent","confidence","context":{"sources":[...]},"finish_reason","usage":{...},
-     * "timings":{...}} */
+    /* metadata_json: {"agent","confidence","context":{"sources":[...],"passages","model"?},"finish_reason",
+     * "usage":{...},"timings":{...},"provider"} */
     void (*complete)(void *ud, const char *response, const char *session_id, const char *metadata_json);
     /* code: a CHAT_CODE_* string; message: client-safe */
     void (*error)(void *ud, const char *code, const char *message);
@@ -61,7 +62,8 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
  * retrieval), with its progress events. Returns the turn, ready to generate; or NULL after it emitted the
  * terminal event itself (an error, or complete for a request cancelled before generation), with *rc as
  * chat_pipeline_run would return it. req and sink->ud must stay valid until chat_pipeline_end; the sink
- * is copied. The pipeline holds no connection when it returns. */
+ * is copied. The turn keeps nothing of the pipeline: the pipeline may serve other requests before the
+ * turn ends, and the turn may end on another pipeline. */
 typedef struct chat_run chat_run;
 chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const chat_sink *sink,
                               const atomic_int *cancel, int *rc);

@@ -5,6 +5,9 @@
  * CHAT_CODE_* with a client-facing message. Messages are trimmed of whitespace (ASCII and the Unicode
  * spaces), so "only spaces" is empty whatever the client's keyboard.
  *
+ * The error codes and the progress steps are X-macro tables in chat_proto.h (CHAT_PROTO_ERRORS,
+ * CHAT_PROTO_STEPS): the arrays below are generated from them, so each code and step is spelt once.
+ *
  * Builders use json-c except chat_proto_token, which runs once per LLM token on the streamer's hot path
  * and is written by hand: one sizing pass, one malloc, one writing pass. Its escaper emits the short
  * escapes json-c uses (\n \t ...), \u00XX for other control bytes, and passes UTF-8 through untouched;
@@ -18,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_agent.h"
 #include "chat_common.h"
 #include "chat_util.h"
 
@@ -26,6 +30,60 @@
 #define TO_STRING_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
 static const char REPLACEMENT[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FFFD */
+
+/* ---- the tables ---- */
+
+static const struct {
+    const char *name; /* first: find_row reads it */
+    int status;
+    const char *message;
+} codes[] = {
+#define CODE_ROW(name, status, message) {#name, status, message},
+    CHAT_PROTO_ERRORS(CODE_ROW)
+#undef CODE_ROW
+};
+
+static const struct {
+    const char *name; /* first: find_row reads it */
+    const char *message;
+} steps[] = {
+#define STEP_ROW(id, name, message) {name, message},
+    CHAT_PROTO_STEPS(STEP_ROW)
+#undef STEP_ROW
+};
+
+/* The row of a code or step; an out-of-range value reads as the fallback row the header promises. */
+#define CODE_AT(c) codes[(unsigned)(c) < CHAT_PROTO_CODE_COUNT ? (c) : CHAT_PROTO_PROCESSING_ERROR]
+#define STEP_AT(s) steps[(unsigned)(s) < CHAT_STEP_COUNT ? (s) : CHAT_STEP_STARTING]
+
+/* The row of table (n rows of stride bytes, each starting with its name) named name, or -1. */
+static int find_row(const void *table, size_t n, size_t stride, const char *name)
+{
+    for (size_t i = 0; name && i < n; i++)
+        if (!strcmp(name, *(const char *const *)((const char *)table + i * stride))) return (int)i;
+    return -1;
+}
+
+const char *chat_proto_code_name(chat_proto_code c) { return CODE_AT(c).name; }
+int chat_proto_code_status(chat_proto_code c) { return CODE_AT(c).status; }
+const char *chat_proto_code_message(chat_proto_code c) { return CODE_AT(c).message; }
+
+bool chat_proto_code_lookup(const char *name, chat_proto_code *out)
+{
+    int i = find_row(codes, CHAT_ARRAY_LEN(codes), sizeof codes[0], name);
+    if (i >= 0 && out) *out = (chat_proto_code)i;
+    return i >= 0;
+}
+
+const char *chat_proto_step_name(chat_proto_step step) { return STEP_AT(step).name; }
+const char *chat_proto_step_message(chat_proto_step step) { return STEP_AT(step).message; }
+
+bool chat_proto_step_lookup(const char *name, chat_proto_step *out)
+{
+    int i = find_row(steps, CHAT_ARRAY_LEN(steps), sizeof steps[0], name);
+    if (i >= 0 && out) *out = (chat_proto_step)i;
+    return i >= 0;
+}
 
 /* ---- UTF-8 ---- */
 
@@ -194,15 +252,6 @@ static char *finish(json_object *obj, int failed)
     return out;
 }
 
-/* {"type": type} plus one string field, the shape most frames share. */
-static char *typed_with(const char *type, const char *key, const char *value)
-{
-    json_object *o = json_object_new_object();
-    if (!o) return NULL;
-    int failed = add_str(o, "type", type) || add_str(o, key, value);
-    return finish(o, failed);
-}
-
 char *chat_proto_auth_success(const chat_user *user)
 {
     static const chat_user nobody;
@@ -220,27 +269,32 @@ char *chat_proto_auth_success(const chat_user *user)
     return finish(o, add(o, "user", u));
 }
 
-char *chat_proto_auth_error(const char *message)
+char *chat_proto_auth_error(const char *message, const char *code)
 {
-    return typed_with("auth_error", "message", message ? message : "Invalid token");
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "auth_error") || add_str(o, "message", message ? message : "Invalid token") ||
+                 (code && add_str(o, "code", code));
+    return finish(o, failed);
 }
 
-static const struct {
-    const char *step;
-    const char *message;
-} progress_messages[] = {
-    {"starting", "Processing your message..."},
-    {"agent_routing", "Routing to appropriate agent..."},
-    {"rag_retrieval", "Searching knowledge base..."},
-    {"generating", "Generating response..."},
-};
+char *chat_proto_auth_expiring(long long expires_in)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "auth_expiring") || add(o, "expires_in", json_object_new_int64(expires_in));
+    return finish(o, failed);
+}
 
 char *chat_proto_progress(const char *step)
 {
-    const char *msg = "Processing...";
-    for (size_t i = 0; step && i < CHAT_ARRAY_LEN(progress_messages); i++)
-        if (strcmp(step, progress_messages[i].step) == 0) msg = progress_messages[i].message;
-    return chat_proto_progress_msg(step, msg);
+    chat_proto_step id;
+    return chat_proto_progress_msg(step, chat_proto_step_lookup(step, &id) ? steps[id].message : "Processing...");
+}
+
+char *chat_proto_progress_step(chat_proto_step step)
+{
+    return chat_proto_progress_msg(chat_proto_step_name(step), chat_proto_step_message(step));
 }
 
 char *chat_proto_progress_msg(const char *step, const char *message)
@@ -318,6 +372,71 @@ char *chat_proto_complete(const char *response, const char *session_id, const ch
     return finish(o, failed);
 }
 
+/* {key: val}; NULL on failure (val is freed). */
+static json_object *obj1(const char *key, json_object *val)
+{
+    json_object *o = json_object_new_object();
+    if (!o) {
+        json_object_put(val);
+        return NULL;
+    }
+    if (add(o, key, val)) {
+        json_object_put(o);
+        return NULL;
+    }
+    return o;
+}
+
+static json_object *zero_usage(void)
+{
+    json_object *u = obj1("prompt_tokens", json_object_new_int(0));
+    if (u && add(u, "completion_tokens", json_object_new_int(0))) {
+        json_object_put(u);
+        return NULL;
+    }
+    return u;
+}
+
+/* The metadata of a cancelled answer that produced nothing measurable. Each part is built only when the
+ * parts before it were added (||), so a failure leaks nothing. */
+static json_object *cancelled_metadata(void)
+{
+    json_object *m = json_object_new_object();
+    if (!m) return NULL;
+    int failed = add_str(m, "agent", chat_agent_fallback()->name) || add(m, "confidence", json_object_new_int(0)) ||
+                 add(m, "context", obj1("sources", json_object_new_array())) ||
+                 add_str(m, "finish_reason", "cancelled") || add(m, "usage", zero_usage()) ||
+                 add(m, "timings", json_object_new_object());
+    if (!failed) return m;
+    json_object_put(m);
+    return NULL;
+}
+
+char *chat_proto_complete_cancelled(const char *response, const char *session_id)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "complete") || add_str(o, "response", response) ||
+                 add_str_or_null(o, "session_id", session_id) || add(o, "metadata", cancelled_metadata());
+    return finish(o, failed);
+}
+
+char *chat_proto_rest_answer(const char *response, const char *session_id, const char *metadata_json)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "response", response) || add_str(o, "session_id", session_id) ||
+                 add(o, "metadata", parse_metadata(metadata_json));
+    return finish(o, failed);
+}
+
+char *chat_proto_pong(void)
+{
+    return finish(obj1("type", new_str("pong")), 0);
+}
+
+const char chat_proto_error_oom[] = "{\"type\":\"error\",\"error\":\"Out of memory\",\"code\":\"PROCESSING_ERROR\"}";
+
 char *chat_proto_error(const char *message, const char *code)
 {
     json_object *o = json_object_new_object();
@@ -333,6 +452,40 @@ char *chat_proto_rest_error(const char *message, const char *code)
     if (!o) return NULL;
     int failed = add_str(o, "error", message) || add_str(o, "code", code ? code : CHAT_CODE_PROCESSING_ERROR);
     return finish(o, failed);
+}
+
+const char chat_proto_rest_error_oom[] = "{\"error\":\"Internal error\",\"code\":\"PROCESSING_ERROR\"}";
+
+/* ---- client frames ---- */
+
+char *chat_proto_client_auth(const char *token)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    return finish(o, add_str(o, "type", "auth") || add_str(o, "token", token));
+}
+
+/* The fields of a chat request; the optional ids only when given. */
+static int add_request(json_object *o, const char *message, const char *session_id, const char *customer_id)
+{
+    return add_str(o, "message", message) || (session_id && add_str(o, "session_id", session_id)) ||
+           (customer_id && add_str(o, "customer_id", customer_id));
+}
+
+char *chat_proto_client_message(const char *message, const char *session_id, const char *customer_id, bool partial)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", "message") || add_request(o, message, session_id, customer_id) ||
+                 (!partial && add(o, "partial", json_object_new_boolean(0)));
+    return finish(o, failed);
+}
+
+char *chat_proto_rest_request(const char *message, const char *session_id, const char *customer_id)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    return finish(o, add_request(o, message, session_id, customer_id));
 }
 
 /* ---- parser ---- */
@@ -375,7 +528,7 @@ static int parse_auth(json_object *root, chat_in *in, const char **code, char *e
     return 0;
 }
 
-static int parse_message(json_object *root, size_t max_bytes, chat_in *in, const char **code, char *err, size_t errlen)
+static int check_message(json_object *root, size_t max_bytes, chat_in *in, const char **code, char *err, size_t errlen)
 {
     json_object *o;
     if (!json_object_object_get_ex(root, "message", &o) || !o)
@@ -410,6 +563,23 @@ static int parse_message(json_object *root, size_t max_bytes, chat_in *in, const
     in->message = strndup(t, kept);
     if (!in->message) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
     return 0;
+}
+
+int chat_proto_message_fields(json_object *obj, size_t max_message_bytes, chat_in *in, const char **code, char *err,
+                              size_t errlen)
+{
+    if (code) *code = NULL;
+    in->message = in->session_id = in->customer_id = NULL;
+    if (!json_object_is_type(obj, json_type_object))
+        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "The request must be a JSON object");
+    int rc = check_message(obj, max_message_bytes, in, code, err, errlen);
+    if (rc) {
+        free(in->message);
+        free(in->session_id);
+        free(in->customer_id);
+        in->message = in->session_id = in->customer_id = NULL;
+    }
+    return rc;
 }
 
 /* "Unknown message type: X" with X cut to 32 bytes and reduced to a harmless alphabet, so a client
@@ -463,7 +633,7 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
         rc = parse_auth(root, in, code, err, errlen);
     } else if (strcmp(type, "message") == 0) {
         in->type = CHAT_IN_MESSAGE;
-        rc = parse_message(root, max_message_bytes, in, code, err, errlen);
+        rc = chat_proto_message_fields(root, max_message_bytes, in, code, err, errlen);
     } else if (strcmp(type, "cancel") == 0) {
         in->type = CHAT_IN_CANCEL;
         rc = 0;
@@ -476,7 +646,11 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
 
 cleanup:
     json_object_put(root);
-    if (rc) chat_in_clear(in);
+    if (rc) {
+        chat_in_type refused = in->type; /* which frame was refused stays known (chat_proto.h) */
+        chat_in_clear(in);
+        in->type = refused;
+    }
     return rc;
 }
 
@@ -491,4 +665,44 @@ void chat_in_clear(chat_in *in)
     free(in->session_id);
     free(in->customer_id);
     memset(in, 0, sizeof *in);
+}
+
+/* ---- recognising an auth attempt in a frame that does not parse ---- */
+
+/* A string ended: it may be the member name "type" or, right after "type":, the value "auth". */
+static void scan_string_end(chat_proto_scan *sc)
+{
+    bool four = sc->len == 4;
+    if (sc->seq == 2 && four && sc->is_auth) sc->auth = true;
+    sc->seq = sc->depth == 1 && four && sc->is_type ? 1 : 0;
+}
+
+void chat_proto_scan_feed(chat_proto_scan *sc, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && !sc->auth; i++) {
+        char c = data[i];
+        if (sc->in_str) {
+            if (sc->esc || c == '\\') { /* an escape: this string is not spelt plainly "type" or "auth" */
+                sc->esc = !sc->esc && c == '\\';
+                sc->is_type = sc->is_auth = false;
+            } else if (c == '"') {
+                sc->in_str = false;
+                scan_string_end(sc);
+            } else {
+                sc->is_type = sc->is_type && sc->len < 4 && c == "type"[sc->len];
+                sc->is_auth = sc->is_auth && sc->len < 4 && c == "auth"[sc->len];
+                if (sc->len < 5) sc->len++;
+            }
+        } else if (c == '"') {
+            sc->in_str = true;
+            sc->len = 0;
+            sc->is_type = sc->is_auth = true;
+        } else if (c == ':' && sc->seq == 1) {
+            sc->seq = 2;
+        } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+            if ((c == '{' || c == '[') && sc->depth < 255) sc->depth++;
+            if ((c == '}' || c == ']') && sc->depth > 0) sc->depth--;
+            sc->seq = 0;
+        }
+    }
 }

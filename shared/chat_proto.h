@@ -1,7 +1,11 @@
-/* The JSON protocol of the spec (json-c): parse client frames, build server frames.
+/* The JSON protocol of the spec (json-c), one table of it for both front ends: the error codes (with
+ * their HTTP status and default message) and the progress steps as X-macro tables, builders for every
+ * frame the servers send (and the client frames the tools send), the parser of client frames and the
+ * message checks REST shares with it.
  *
  * Builders return a NUL-terminated JSON text the caller frees, or NULL on out of memory. The parser
- * validates shape and sizes so that front ends only dispatch. */
+ * validates shape and sizes so that front ends only dispatch. Everything here is safe from any thread
+ * (no state beyond static tables). */
 #ifndef CHAT_PROTO_H
 #define CHAT_PROTO_H
 
@@ -10,18 +14,94 @@
 
 #include "chat_jwt.h"
 
-/* Error codes of the protocol (the spec's three plus the ones it leaves implicit). */
-#define CHAT_CODE_AUTH_REQUIRED "AUTH_REQUIRED"
-#define CHAT_CODE_EMPTY_MESSAGE "EMPTY_MESSAGE"
-#define CHAT_CODE_PROCESSING_ERROR "PROCESSING_ERROR"
-#define CHAT_CODE_INVALID_JSON "INVALID_JSON"
-#define CHAT_CODE_UNKNOWN_TYPE "UNKNOWN_TYPE"
-#define CHAT_CODE_MESSAGE_TOO_LONG "MESSAGE_TOO_LONG"
-#define CHAT_CODE_SESSION_FORBIDDEN "SESSION_FORBIDDEN"
-#define CHAT_CODE_CUSTOMER_FORBIDDEN "CUSTOMER_FORBIDDEN" /* customer_id names someone else's records */
-#define CHAT_CODE_RATE_LIMITED "RATE_LIMITED"
-#define CHAT_CODE_OVERLOADED "OVERLOADED"
-#define CHAT_CODE_INVALID_REQUEST "INVALID_REQUEST" /* a field of the wrong type or format */
+/* The error codes of both front ends, each once: name, the HTTP status REST answers it with, and the
+ * default client message (used when the caller has nothing more specific). The spec names the first
+ * three; the WebSocket and REST share the next ones, and the last group is REST's own (authentication
+ * detail, HTTP framing, lighttpd's own errors). Adding a code is adding a row: the enum, the name, the status and the
+ * message follow. docs/protocol.md and docs/rest-api.md list where each is used. */
+#define CHAT_PROTO_ERRORS(X)                                                                                  \
+    X(AUTH_REQUIRED, 401, "Authentication required")                                                           \
+    X(EMPTY_MESSAGE, 400, "Message cannot be empty")                                                           \
+    X(PROCESSING_ERROR, 500, "Internal error")                                                                 \
+    X(INVALID_JSON, 400, "Invalid JSON")                                                                       \
+    X(UNKNOWN_TYPE, 400, "Unknown message type")                                                               \
+    X(INVALID_REQUEST, 400, "Invalid request") /* a field of the wrong type or format */                       \
+    X(MESSAGE_TOO_LONG, 400, "Message too long")                                                               \
+    X(SESSION_FORBIDDEN, 403, "This session belongs to another user")                                          \
+    X(CUSTOMER_FORBIDDEN, 403, "You may not access this customer's records")                                   \
+    X(RATE_LIMITED, 429, "Too many messages, please slow down")                                                \
+    X(OVERLOADED, 503, "The server is busy, please retry shortly")                                             \
+    /* auth_error on WebSocket, 401 on REST: the token was refused */                                         \
+    X(INVALID_TOKEN, 401, "Invalid token")                                                                     \
+    X(TOKEN_EXPIRED, 401, "Token expired")                                                                     \
+    X(USER_MISMATCH, 403, "The token is for another user than this connection's")                             \
+    /* REST only: */                                                                                          \
+    X(FORBIDDEN, 403, "Forbidden")                                                                             \
+    X(NOT_FOUND, 404, "Not found")                                                                             \
+    X(METHOD_NOT_ALLOWED, 405, "Method not allowed")                                                           \
+    X(REQUEST_TIMEOUT, 408, "Request timeout")                                                                 \
+    X(LENGTH_REQUIRED, 411, "Length required")                                                                 \
+    X(PAYLOAD_TOO_LARGE, 413, "Request body too large")                                                        \
+    X(UNSUPPORTED_MEDIA_TYPE, 415, "Unsupported media type")                                                   \
+    X(SERVICE_UNAVAILABLE, 503, "Service temporarily unavailable")
+
+typedef enum chat_proto_code {
+#define CHAT_PROTO_X_ENUM(name, status, message) CHAT_PROTO_##name,
+    CHAT_PROTO_ERRORS(CHAT_PROTO_X_ENUM)
+#undef CHAT_PROTO_X_ENUM
+    CHAT_PROTO_CODE_COUNT
+} chat_proto_code;
+
+/* The code's name as a string literal, e.g. CHAT_CODE(NOT_FOUND) is "NOT_FOUND": a name that is not a
+ * row of the table does not compile (the enum constant is part of the expression, multiplied by 0 so
+ * the result stays an address constant, usable in static initialisers). */
+#define CHAT_CODE(name) (&(#name)[0 * CHAT_PROTO_##name])
+
+/* The names the library has always used, kept for the modules that pass codes as strings. */
+#define CHAT_CODE_AUTH_REQUIRED CHAT_CODE(AUTH_REQUIRED)
+#define CHAT_CODE_EMPTY_MESSAGE CHAT_CODE(EMPTY_MESSAGE)
+#define CHAT_CODE_PROCESSING_ERROR CHAT_CODE(PROCESSING_ERROR)
+#define CHAT_CODE_INVALID_JSON CHAT_CODE(INVALID_JSON)
+#define CHAT_CODE_UNKNOWN_TYPE CHAT_CODE(UNKNOWN_TYPE)
+#define CHAT_CODE_MESSAGE_TOO_LONG CHAT_CODE(MESSAGE_TOO_LONG)
+#define CHAT_CODE_SESSION_FORBIDDEN CHAT_CODE(SESSION_FORBIDDEN)
+#define CHAT_CODE_CUSTOMER_FORBIDDEN CHAT_CODE(CUSTOMER_FORBIDDEN)
+#define CHAT_CODE_RATE_LIMITED CHAT_CODE(RATE_LIMITED)
+#define CHAT_CODE_OVERLOADED CHAT_CODE(OVERLOADED)
+#define CHAT_CODE_INVALID_REQUEST CHAT_CODE(INVALID_REQUEST)
+#define CHAT_CODE_INVALID_TOKEN CHAT_CODE(INVALID_TOKEN)
+#define CHAT_CODE_TOKEN_EXPIRED CHAT_CODE(TOKEN_EXPIRED)
+#define CHAT_CODE_USER_MISMATCH CHAT_CODE(USER_MISMATCH)
+
+/* A code's name, HTTP status and default client message. An out-of-range value reads as
+ * PROCESSING_ERROR, so a caller always has something to send. Static strings; any thread. */
+const char *chat_proto_code_name(chat_proto_code c);
+int chat_proto_code_status(chat_proto_code c);
+const char *chat_proto_code_message(chat_proto_code c);
+/* The code named name (exact, case-sensitive): true and *out set, or false for NULL or an unknown name. */
+bool chat_proto_code_lookup(const char *name, chat_proto_code *out);
+
+/* The progress steps of an answer, in the order they are sent, each once: the name in the progress
+ * frame and its default message. The streamer sends STARTING when it accepts a message; the pipeline
+ * reaches the others. */
+#define CHAT_PROTO_STEPS(X)                                                                                   \
+    X(STARTING, "starting", "Processing your message...")                                                      \
+    X(AGENT_ROUTING, "agent_routing", "Routing to appropriate agent...")                                       \
+    X(RAG_RETRIEVAL, "rag_retrieval", "Searching knowledge base...")                                           \
+    X(GENERATING, "generating", "Generating response...")
+
+typedef enum chat_proto_step {
+#define CHAT_PROTO_X_STEP(id, name, message) CHAT_STEP_##id,
+    CHAT_PROTO_STEPS(CHAT_PROTO_X_STEP)
+#undef CHAT_PROTO_X_STEP
+    CHAT_STEP_COUNT
+} chat_proto_step;
+
+/* A step's name and default message (static strings; an out-of-range value reads as STARTING). */
+const char *chat_proto_step_name(chat_proto_step step);
+const char *chat_proto_step_message(chat_proto_step step);
+/* The step named name: true and *out set, or false for NULL or an unknown name. */
+bool chat_proto_step_lookup(const char *name, chat_proto_step *out);
 
 typedef enum { CHAT_IN_AUTH = 1, CHAT_IN_MESSAGE, CHAT_IN_CANCEL, CHAT_IN_PING } chat_in_type;
 
@@ -36,18 +116,54 @@ typedef struct chat_in {
 
 /* Parses one client frame. On success returns 0 and fills in (free with chat_in_clear).
  * On failure returns CHAT_EINVAL and sets *code to one of the CHAT_CODE_* strings and err to the
- * client-facing message. max_message_bytes bounds the "message" field (MESSAGE_TOO_LONG). */
+ * client-facing message; in holds nothing but in->type, set when the frame named a known type (an
+ * auth frame without a valid token is still answered as an auth), 0 otherwise. max_message_bytes bounds
+ * the "message" field (MESSAGE_TOO_LONG). */
 int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, chat_in *in, const char **code,
                      char *err, size_t errlen);
 void chat_in_clear(chat_in *in);
+
+struct json_object;
+/* The checks of a chat message, shared by the WebSocket's message frame and REST's chat body, so both
+ * refuse the same things in the same order with the same words: message present (else EMPTY_MESSAGE), a
+ * string without NUL and valid UTF-8 (INVALID_REQUEST), not empty once trimmed (EMPTY_MESSAGE), at most
+ * max_message_bytes ("Message too long (maximum N bytes)", MESSAGE_TOO_LONG); then session_id and
+ * customer_id (absent, null and "" mean none, else chat_id_valid) and partial (a boolean, default true),
+ * INVALID_REQUEST. Other fields are ignored. On success fills in's message (trimmed copy), session_id,
+ * customer_id and partial (free with chat_in_clear) and returns 0; on failure returns CHAT_EINVAL with
+ * *code and err as chat_proto_parse does, and in holds nothing. obj is borrowed. */
+int chat_proto_message_fields(struct json_object *obj, size_t max_message_bytes, chat_in *in, const char **code,
+                              char *err, size_t errlen);
+
+/* Recognises an auth attempt in a frame the parser cannot take (not JSON, or too long to be parsed), so
+ * that it too is answered with auth_error: the frame has the member "type": "auth" at its top level
+ * (any position, blanks allowed; escapes inside the two strings are not decoded). Fed in pieces, for a
+ * frame that arrives in fragments: zero the struct at the frame's start, then call chat_proto_scan_feed
+ * on each piece; auth is set once the member has been seen. O(1) memory. */
+typedef struct chat_proto_scan {
+    unsigned char depth; /* nesting of objects and arrays (saturating) */
+    unsigned char len;   /* bytes of the current string so far (saturating at 5) */
+    unsigned char seq;   /* 0; 1 after a top-level "type"; 2 after "type": */
+    bool in_str, esc;
+    bool is_type, is_auth; /* the current string is so far a prefix of "type" / "auth" */
+    bool auth;
+} chat_proto_scan;
+void chat_proto_scan_feed(chat_proto_scan *sc, const char *data, size_t len);
 
 /* The message text without leading and trailing whitespace (ASCII and the Unicode spaces): returns a pointer into s and its length in *outlen. Both front ends use it,
  * so a message is empty, or too long, the same way over WebSocket and REST. */
 const char *chat_proto_trim(const char *s, size_t n, size_t *outlen);
 
 char *chat_proto_auth_success(const chat_user *user);
-char *chat_proto_auth_error(const char *message);
-char *chat_proto_progress(const char *step); /* message text chosen per step */
+/* code: one of the CHAT_CODE_* strings, so that a client can tell a refused token (INVALID_TOKEN,
+ * TOKEN_EXPIRED) from a refused frame (MESSAGE_TOO_LONG, INVALID_JSON, INVALID_REQUEST, RATE_LIMITED...);
+ * NULL omits the field (the spec's exact shape). */
+char *chat_proto_auth_error(const char *message, const char *code);
+/* {"type":"auth_expiring","expires_in":N}: the connection's token expires in N seconds; an auth message
+ * with a fresh token for the same user keeps the connection going. */
+char *chat_proto_auth_expiring(long long expires_in);
+char *chat_proto_progress(const char *step); /* the step's default message ("Processing..." if unknown) */
+char *chat_proto_progress_step(chat_proto_step step);
 char *chat_proto_progress_msg(const char *step, const char *message);
 /* partial may be NULL: the field is then omitted (client opted out). */
 char *chat_proto_token(const char *token, size_t token_len, const char *partial, size_t partial_len);
@@ -62,9 +178,29 @@ size_t chat_proto_token_escaped(char *out, const char *token_esc, size_t token_e
                                 size_t partial_esc_len);
 /* metadata_json is a JSON object text (from the pipeline); embedded as an object, not a string. */
 char *chat_proto_complete(const char *response, const char *session_id, const char *metadata_json);
+/* The complete that ends a cancelled answer nothing more is known of (it never reached a worker, or its
+ * worker was lost after the cancel): response is the text the client already has, the metadata says
+ * finish_reason "cancelled", agent general, no sources and zero usage. */
+char *chat_proto_complete_cancelled(const char *response, const char *session_id);
 char *chat_proto_error(const char *message, const char *code);
+/* The error frame for out of memory, a static text for when even building one fails. */
+extern const char chat_proto_error_oom[];
+char *chat_proto_pong(void);
+
+/* Client frames, for the programs that play the client (chat-ws, chat-bench, tests): the auth frame, and
+ * the message frame with session_id / customer_id omitted when NULL and "partial": false only when
+ * partial is false (true is the protocol's default). */
+char *chat_proto_client_auth(const char *token);
+char *chat_proto_client_message(const char *message, const char *session_id, const char *customer_id, bool partial);
+/* The REST chat request body {"message", "session_id"?, "customer_id"?}. */
+char *chat_proto_rest_request(const char *message, const char *session_id, const char *customer_id);
 
 /* {"error": message, "code": code} for REST. */
 char *chat_proto_rest_error(const char *message, const char *code);
+/* REST's chat answer {"response", "session_id", "metadata"}: the complete frame without its type, the
+ * session id always a string. metadata_json as for chat_proto_complete. */
+char *chat_proto_rest_answer(const char *response, const char *session_id, const char *metadata_json);
+/* The REST error body for out of memory, a static text for when even building one fails. */
+extern const char chat_proto_rest_error_oom[];
 
 #endif

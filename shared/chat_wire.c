@@ -1,8 +1,11 @@
-/* Multipart framing for the streamer <-> worker ZeroMQ protocol (see chat_wire.h).
+/* The streamer <-> worker ZeroMQ protocol (see chat_wire.h): multipart framing, then one parser and one
+ * builder for the typed messages.
  *
- * A received message is copied into one growable buffer, each part NUL-terminated, so callers can use
- * parts as C strings and a message costs one allocation that is reused from message to message. Limits on
- * parts and bytes are enforced while receiving: a peer cannot make us buffer without bound. */
+ * A received message is copied into one growable buffer, each part NUL-terminated, so parsed fields are C
+ * strings and a message costs one allocation that is reused from message to message. Limits on parts and
+ * bytes are enforced while receiving: a peer cannot make us buffer without bound. The parser then only
+ * points into that buffer (no copy, no allocation: the token path runs through it 100,000 times a
+ * second), and the builder hands zmq the caller's own bytes. */
 #include "chat_wire.h"
 
 #include <errno.h>
@@ -96,102 +99,380 @@ int chat_wire_recv(void *sock, chat_wire_msg *m, int flags)
     return 0;
 }
 
-int chat_wire_send(void *sock, const chat_wire_part *parts, int n, int flags)
+int chat_wire_send_parts(void *sock, const chat_wire_str *parts, int n, int flags)
 {
     for (int i = 0; i < n; i++) {
         int f = flags | (i + 1 < n ? ZMQ_SNDMORE : 0);
         /* Only the first part can fail with EAGAIN: zmq queues a started message atomically. */
-        if (zmq_send(sock, parts[i].data ? parts[i].data : "", parts[i].len, f) < 0) return CHAT_ERR;
+        if (zmq_send(sock, parts[i].s ? parts[i].s : "", parts[i].len, f) < 0) return CHAT_ERR;
     }
     return 0;
 }
 
-bool chat_wire_is(const chat_wire_msg *m, int i, const char *s)
+/* ---------------------------------------------------------------- strings and numbers */
+
+chat_wire_str chat_wire_cstr(const char *s)
 {
-    if (i < 0 || i >= m->n) return false;
-    size_t l = strlen(s);
-    return m->len[i] == l && memcmp(m->part[i], s, l) == 0;
+    return (chat_wire_str){s ? s : "", s ? strlen(s) : 0};
 }
 
-int chat_wire_u64(const chat_wire_msg *m, int i, uint64_t *out)
+bool chat_wire_str_eq(chat_wire_str a, const char *b)
 {
-    if (i < 0 || i >= m->n || m->len[i] == 0 || m->len[i] > 20) return CHAT_EINVAL;
+    size_t l = strlen(b);
+    return a.len == l && memcmp(a.s, b, l) == 0;
+}
+
+static chat_wire_str part_at(const chat_wire_msg *m, int i)
+{
+    return (chat_wire_str){m->part[i], m->len[i]};
+}
+
+/* A decimal uint64 without sign, spaces or leading junk: 0 or CHAT_EINVAL. */
+static int parse_u64(chat_wire_str p, uint64_t max, uint64_t *out)
+{
+    if (p.len == 0 || p.len > 20) return CHAT_EINVAL;
     uint64_t v = 0;
-    for (size_t k = 0; k < m->len[i]; k++) {
-        unsigned char c = (unsigned char)m->part[i][k];
-        if (c < '0' || c > '9') return CHAT_EINVAL;
-        if (v > (UINT64_MAX - (c - '0')) / 10) return CHAT_EINVAL;
-        v = v * 10 + (c - '0');
+    for (size_t k = 0; k < p.len; k++) {
+        unsigned c = (unsigned char)p.s[k] - '0';
+        if (c > 9 || v > (UINT64_MAX - c) / 10) return CHAT_EINVAL;
+        v = v * 10 + c;
     }
+    if (v > max) return CHAT_EINVAL;
     *out = v;
     return 0;
 }
 
-static chat_wire_part str_part(const char *s)
+/* Writes v in decimal into buf (at least 21 bytes); its length. Cheaper than snprintf, and every event
+ * carries a job id. */
+static size_t format_u64(char *buf, uint64_t v)
 {
-    return (chat_wire_part){s ? s : "", s ? strlen(s) : 0};
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    buf[n] = '\0';
+    return n;
 }
 
-int chat_wire_send_job(void *sock, const void *identity, size_t idlen, const chat_wire_job *job, int flags)
+/* ---------------------------------------------------------------- the tables */
+
+static const char *const COMMAND_NAMES[] = {
+#define X(name, wire) [CHAT_WIRE_##name] = wire,
+    CHAT_WIRE_COMMAND_MAP(X)
+#undef X
+};
+
+static const struct event_info {
+    const char *name;
+    bool terminal;
+} EVENTS[] = {
+#define X(name, wire, terminal) [CHAT_WIRE_EV_##name] = {wire, terminal},
+    CHAT_WIRE_EVENT_MAP(X)
+#undef X
+};
+
+/* Where each kind's fields sit in chat_wire_event, in wire order: the parser, the builder and the copy
+ * all walk this, so a kind's fields are listed here and in its union member only. */
+enum { EV_MAX_FIELDS = 3 };
+#define EV_FIELD(kind, field) offsetof(chat_wire_event, kind.field)
+static const struct event_layout {
+    int n;
+    size_t at[EV_MAX_FIELDS];
+} LAYOUT[] = {
+    [CHAT_WIRE_EV_PROGRESS] = {2, {EV_FIELD(progress, step), EV_FIELD(progress, message)}},
+    [CHAT_WIRE_EV_TOKEN] = {2, {EV_FIELD(token, text), EV_FIELD(token, piece_lens)}},
+    [CHAT_WIRE_EV_COMPLETE] = {3, {EV_FIELD(complete, response), EV_FIELD(complete, session_id),
+                                   EV_FIELD(complete, metadata_json)}},
+    [CHAT_WIRE_EV_ERROR] = {2, {EV_FIELD(error, code), EV_FIELD(error, message)}},
+};
+#undef EV_FIELD
+_Static_assert(CHAT_ARRAY_LEN(LAYOUT) == CHAT_ARRAY_LEN(EVENTS), "every event kind has a layout");
+
+static bool event_kind_valid(chat_wire_event_kind kind)
 {
-    char id[24], fl[12];
-    snprintf(id, sizeof id, "%" PRIu64, job->job_id);
-    snprintf(fl, sizeof fl, "%u", job->flags);
-    chat_wire_part p[12];
-    int n = 0;
-    if (identity) p[n++] = (chat_wire_part){identity, idlen};
-    p[n++] = str_part(CHAT_WIRE_JOB);
-    p[n++] = str_part(id);
-    p[n++] = str_part(fl);
-    p[n++] = str_part(job->request_id);
-    p[n++] = str_part(job->user_id);
-    p[n++] = str_part(job->user_email);
-    p[n++] = str_part(job->user_name);
-    p[n++] = str_part(job->session_id);
-    p[n++] = str_part(job->customer_id);
-    p[n++] = str_part(job->message);
-    return chat_wire_send(sock, p, n, flags);
+    return (unsigned)kind < CHAT_ARRAY_LEN(EVENTS);
 }
 
-int chat_wire_parse_job(const chat_wire_msg *m, int at, chat_wire_job *job)
+static chat_wire_str *event_field(chat_wire_event *ev, int i)
 {
-    if (!chat_wire_is(m, at, CHAT_WIRE_JOB) || m->n != at + 10) return CHAT_EINVAL;
-    memset(job, 0, sizeof *job);
-    uint64_t flags;
-    if (chat_wire_u64(m, at + 1, &job->job_id) || chat_wire_u64(m, at + 2, &flags)) return CHAT_EINVAL;
-    job->flags = (unsigned)flags;
-    job->request_id = m->part[at + 3];
-    job->user_id = m->part[at + 4];
-    job->user_email = m->part[at + 5];
-    job->user_name = m->part[at + 6];
-    job->session_id = m->part[at + 7];
-    job->customer_id = m->part[at + 8];
-    job->message = m->part[at + 9];
-    if (!job->user_id[0] || !job->message[0]) return CHAT_EINVAL;
+    return (chat_wire_str *)((char *)ev + LAYOUT[ev->kind].at[i]);
+}
+
+static const chat_wire_str *event_field_c(const chat_wire_event *ev, int i)
+{
+    return (const chat_wire_str *)((const char *)ev + LAYOUT[ev->kind].at[i]);
+}
+
+bool chat_wire_event_terminal(chat_wire_event_kind kind)
+{
+    return event_kind_valid(kind) && EVENTS[kind].terminal;
+}
+
+/* ---------------------------------------------------------------- owned copies */
+
+chat_wire_event *chat_wire_event_dup(const chat_wire_event *ev)
+{
+    if (!event_kind_valid(ev->kind)) return NULL;
+    int n = LAYOUT[ev->kind].n;
+    size_t total = sizeof *ev;
+    for (int i = 0; i < n; i++)
+        total += event_field_c(ev, i)->len + 1;
+    chat_wire_event *e = malloc(total);
+    if (!e) return NULL;
+    *e = *ev;
+    char *p = (char *)(e + 1);
+    for (int i = 0; i < n; i++) {
+        chat_wire_str *f = event_field(e, i);
+        if (f->len) memcpy(p, f->s, f->len);
+        p[f->len] = '\0';
+        f->s = p;
+        p += f->len + 1;
+    }
+    return e;
+}
+
+void chat_wire_event_free(chat_wire_event *ev)
+{
+    free(ev);
+}
+
+chat_wire_job *chat_wire_job_dup(const chat_wire_job *job)
+{
+    size_t total = sizeof *job;
+#define X(field, required) total += (job->field ? strlen(job->field) : 0) + 1;
+    CHAT_WIRE_JOB_STRINGS(X)
+#undef X
+    chat_wire_job *j = malloc(total);
+    if (!j) return NULL;
+    *j = *job;
+    char *p = (char *)(j + 1);
+#define X(field, required)                                                                                   \
+    {                                                                                                        \
+        size_t n = job->field ? strlen(job->field) : 0;                                                      \
+        if (n) memcpy(p, job->field, n);                                                                     \
+        p[n] = '\0';                                                                                         \
+        j->field = p;                                                                                        \
+        p += n + 1;                                                                                          \
+    }
+    CHAT_WIRE_JOB_STRINGS(X)
+#undef X
+    return j;
+}
+
+void chat_wire_job_free(chat_wire_job *job)
+{
+    free(job);
+}
+
+/* ---------------------------------------------------------------- parsing */
+
+/* The command at part `at`; CHAT_WIRE_NONE when unknown. */
+static chat_wire_kind command_at(const chat_wire_msg *m, int at)
+{
+    chat_wire_str p = part_at(m, at);
+    for (size_t k = 1; k < CHAT_ARRAY_LEN(COMMAND_NAMES); k++)
+        if (chat_wire_str_eq(p, COMMAND_NAMES[k])) return (chat_wire_kind)k;
+    return CHAT_WIRE_NONE;
+}
+
+/* READY version pid [slots]; args start at part `at`, nargs of them. */
+static int parse_ready(const chat_wire_msg *m, int at, int nargs, chat_wire_ready *r, char *err, size_t errlen)
+{
+    if (nargs < 2 || nargs > 3) return chat_fail(err, errlen, CHAT_EINVAL, "READY with %d fields", nargs);
+    if (!chat_wire_str_eq(part_at(m, at), CHAT_WIRE_VERSION))
+        return chat_fail(err, errlen, CHAT_EINVAL, "READY of another protocol version");
+    uint64_t pid, slots = 1;
+    if (parse_u64(part_at(m, at + 1), INT32_MAX, &pid)) return chat_fail(err, errlen, CHAT_EINVAL, "READY: bad pid");
+    if (nargs == 3 && (parse_u64(part_at(m, at + 2), CHAT_WIRE_MAX_SLOTS, &slots) || slots == 0))
+        return chat_fail(err, errlen, CHAT_EINVAL, "READY: bad slots (1 to %d)", CHAT_WIRE_MAX_SLOTS);
+    r->pid = (int)pid;
+    r->slots = (int)slots;
     return 0;
 }
 
-int chat_wire_send_cmd(void *sock, const void *identity, size_t idlen, const char *cmd, const char *arg, int flags)
+/* The piece lengths of a token event: empty (one piece, the whole text), or 4-byte little-endian lengths,
+ * none 0, that add up to the text. */
+static bool token_pieces_valid(const chat_wire_str *text, const chat_wire_str *lens)
 {
-    chat_wire_part p[3];
-    int n = 0;
-    if (identity) p[n++] = (chat_wire_part){identity, idlen};
-    p[n++] = str_part(cmd);
-    if (arg) p[n++] = str_part(arg);
-    return chat_wire_send(sock, p, n, flags);
+    if (lens->len % 4) return false;
+    size_t sum = 0, n = lens->len / 4;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t l = chat_wire_token_piece_len(lens, i);
+        if (!l || l > text->len - sum) return false;
+        sum += l;
+    }
+    return n == 0 || sum == text->len;
 }
 
-int chat_wire_send_event(void *sock, uint64_t job_id, const char *kind, const chat_wire_part *f, int nf, int flags)
+size_t chat_wire_token_pieces(const chat_wire_event *ev)
 {
-    if (nf < 0 || nf > CHAT_WIRE_MAX_PARTS - 3) return CHAT_EINVAL;
-    char id[24];
-    snprintf(id, sizeof id, "%" PRIu64, job_id);
-    chat_wire_part p[CHAT_WIRE_MAX_PARTS];
+    if (ev->kind != CHAT_WIRE_EV_TOKEN) return 0;
+    if (!ev->token.piece_lens.len) return ev->token.text.len ? 1 : 0;
+    return ev->token.piece_lens.len / 4;
+}
+
+uint32_t chat_wire_token_piece_len(const chat_wire_str *lens, size_t i)
+{
+    const unsigned char *b = (const unsigned char *)lens->s + 4 * i;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+void chat_wire_token_piece_put(unsigned char out[4], uint32_t len)
+{
+    out[0] = (unsigned char)len, out[1] = (unsigned char)(len >> 8);
+    out[2] = (unsigned char)(len >> 16), out[3] = (unsigned char)(len >> 24);
+}
+
+/* EV job_id kind fields... */
+static int parse_event(const chat_wire_msg *m, int at, int nargs, chat_wire_event *ev, char *err, size_t errlen)
+{
+    if (nargs < 2) return chat_fail(err, errlen, CHAT_EINVAL, "EV with %d fields", nargs);
+    if (parse_u64(part_at(m, at), UINT64_MAX, &ev->job_id))
+        return chat_fail(err, errlen, CHAT_EINVAL, "EV: bad job id");
+    chat_wire_str kind = part_at(m, at + 1);
+    size_t k = 0;
+    while (k < CHAT_ARRAY_LEN(EVENTS) && !chat_wire_str_eq(kind, EVENTS[k].name))
+        k++;
+    if (k == CHAT_ARRAY_LEN(EVENTS)) return chat_fail(err, errlen, CHAT_EINVAL, "EV of an unknown kind");
+    ev->kind = (chat_wire_event_kind)k;
+    int n = LAYOUT[k].n;
+    if (nargs != 2 + n)
+        return chat_fail(err, errlen, CHAT_EINVAL, "EV %s with %d fields, not %d", EVENTS[k].name, nargs - 2, n);
+    for (int i = 0; i < n; i++)
+        *event_field(ev, i) = part_at(m, at + 2 + i);
+    if (ev->kind == CHAT_WIRE_EV_TOKEN && !token_pieces_valid(&ev->token.text, &ev->token.piece_lens))
+        return chat_fail(err, errlen, CHAT_EINVAL, "EV token: piece lengths do not add up to the text");
+    return 0;
+}
+
+/* The number of fields a JOB carries after its command. */
+enum {
+    JOB_NARGS = 2
+#define X(field, required) +1
+        CHAT_WIRE_JOB_STRINGS(X)
+#undef X
+};
+
+/* JOB job_id flags strings... */
+static int parse_job(const chat_wire_msg *m, int at, int nargs, chat_wire_job *job, char *err, size_t errlen)
+{
+    if (nargs != JOB_NARGS) return chat_fail(err, errlen, CHAT_EINVAL, "JOB with %d fields, not %d", nargs, JOB_NARGS);
+    uint64_t flags;
+    if (parse_u64(part_at(m, at), UINT64_MAX, &job->job_id) || parse_u64(part_at(m, at + 1), UINT32_MAX, &flags))
+        return chat_fail(err, errlen, CHAT_EINVAL, "JOB: bad job id or flags");
+    job->flags = (unsigned)flags;
+    int i = at + 2;
+#define X(field, required)                                                                                   \
+    job->field = m->part[i++];                                                                               \
+    if ((required) && !job->field[0]) return chat_fail(err, errlen, CHAT_EINVAL, "JOB without " #field);
+    CHAT_WIRE_JOB_STRINGS(X)
+#undef X
+    return 0;
+}
+
+int chat_wire_parse(const chat_wire_msg *m, chat_wire_str *from, chat_wire_cmd *cmd, char *err, size_t errlen)
+{
+    int at = 0;
+    cmd->kind = CHAT_WIRE_NONE;
+    if (from) {
+        *from = (chat_wire_str){"", 0};
+        if (m->n < 1 || m->len[0] == 0 || m->len[0] > CHAT_WIRE_MAX_IDENTITY)
+            return chat_fail(err, errlen, CHAT_EINVAL, "no identity envelope");
+        *from = part_at(m, 0);
+        at = 1;
+    }
+    if (at >= m->n) return chat_fail(err, errlen, CHAT_EINVAL, "an empty message");
+    cmd->kind = command_at(m, at);
+    int nargs = m->n - at - 1;
+    switch (cmd->kind) {
+    case CHAT_WIRE_READY:
+        return parse_ready(m, at + 1, nargs, &cmd->ready, err, errlen);
+    case CHAT_WIRE_EV:
+        return parse_event(m, at + 1, nargs, &cmd->ev, err, errlen);
+    case CHAT_WIRE_JOB:
+        return parse_job(m, at + 1, nargs, &cmd->job, err, errlen);
+    case CHAT_WIRE_CANCEL:
+        if (nargs != 1 || parse_u64(part_at(m, at + 1), UINT64_MAX, &cmd->job_id))
+            return chat_fail(err, errlen, CHAT_EINVAL, "CANCEL without a job id");
+        return 0;
+    case CHAT_WIRE_HB:
+    case CHAT_WIRE_BYE:
+    case CHAT_WIRE_RESET:
+        if (nargs) return chat_fail(err, errlen, CHAT_EINVAL, "%s with %d fields", COMMAND_NAMES[cmd->kind], nargs);
+        return 0;
+    case CHAT_WIRE_NONE:
+        break;
+    }
+    return chat_fail(err, errlen, CHAT_EINVAL, "an unknown command");
+}
+
+/* ---------------------------------------------------------------- building */
+
+/* Room for the longest message: envelope, command and a JOB's fields. */
+enum { MAX_SEND_PARTS = 2 + JOB_NARGS };
+_Static_assert(MAX_SEND_PARTS <= CHAT_WIRE_MAX_PARTS, "a JOB fits the receivers' part limit");
+
+/* Appends an EV's arguments to p[n..); the new n, or CHAT_EINVAL for an unknown kind. num: room for the
+ * job id's digits. */
+static int add_event(chat_wire_str *p, int n, char *num, const chat_wire_event *ev)
+{
+    if (!event_kind_valid(ev->kind)) return CHAT_EINVAL;
+    p[n++] = (chat_wire_str){num, format_u64(num, ev->job_id)};
+    p[n++] = chat_wire_cstr(EVENTS[ev->kind].name);
+    for (int i = 0; i < LAYOUT[ev->kind].n; i++)
+        p[n++] = *event_field_c(ev, i);
+    return n;
+}
+
+/* Appends the arguments of cmd (other than EV) to p[n..); the new n. num: room for two numbers. */
+static int add_args(chat_wire_str *p, int n, char (*num)[24], const chat_wire_cmd *cmd)
+{
+    switch (cmd->kind) {
+    case CHAT_WIRE_READY:
+        p[n++] = chat_wire_cstr(CHAT_WIRE_VERSION);
+        p[n++] = (chat_wire_str){num[0], format_u64(num[0], (uint64_t)(cmd->ready.pid > 0 ? cmd->ready.pid : 0))};
+        p[n++] = (chat_wire_str){num[1], format_u64(num[1], (uint64_t)(cmd->ready.slots > 0 ? cmd->ready.slots : 1))};
+        break;
+    case CHAT_WIRE_JOB:
+        p[n++] = (chat_wire_str){num[0], format_u64(num[0], cmd->job.job_id)};
+        p[n++] = (chat_wire_str){num[1], format_u64(num[1], cmd->job.flags)};
+#define X(field, required) p[n++] = chat_wire_cstr(cmd->job.field);
+        CHAT_WIRE_JOB_STRINGS(X)
+#undef X
+        break;
+    case CHAT_WIRE_CANCEL:
+        p[n++] = (chat_wire_str){num[0], format_u64(num[0], cmd->job_id)};
+        break;
+    default: /* HB, BYE, RESET: the command alone */
+        break;
+    }
+    return n;
+}
+
+int chat_wire_send(void *sock, const chat_wire_str *to, const chat_wire_cmd *cmd, int flags)
+{
+    if (cmd->kind <= CHAT_WIRE_NONE || (unsigned)cmd->kind >= CHAT_ARRAY_LEN(COMMAND_NAMES)) return CHAT_EINVAL;
+    chat_wire_str p[MAX_SEND_PARTS];
+    char num[2][24];
     int n = 0;
-    p[n++] = str_part(CHAT_WIRE_EVENT);
-    p[n++] = str_part(id);
-    p[n++] = str_part(kind);
-    for (int i = 0; i < nf; i++)
-        p[n++] = f[i];
-    return chat_wire_send(sock, p, n, flags);
+    if (to) p[n++] = *to;
+    p[n++] = chat_wire_cstr(COMMAND_NAMES[cmd->kind]);
+    n = cmd->kind == CHAT_WIRE_EV ? add_event(p, n, num[0], &cmd->ev) : add_args(p, n, num, cmd);
+    if (n < 0) return n;
+    return chat_wire_send_parts(sock, p, n, flags);
+}
+
+/* The token path: no chat_wire_cmd to fill, the event's fields go to zmq as they are. */
+int chat_wire_send_event(void *sock, const chat_wire_event *ev, int flags)
+{
+    chat_wire_str p[3 + EV_MAX_FIELDS];
+    char num[24];
+    p[0] = chat_wire_cstr(COMMAND_NAMES[CHAT_WIRE_EV]);
+    int n = add_event(p, 1, num, ev);
+    if (n < 0) return n;
+    return chat_wire_send_parts(sock, p, n, flags);
 }

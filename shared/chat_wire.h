@@ -1,4 +1,5 @@
-/* The ZeroMQ protocol between the streamer's broker and the chat-worker processes.
+/* The ZeroMQ protocol between the streamer's broker and the chat-worker processes: every message of it
+ * is parsed and built here, and only here, as typed structs (chat_wire_cmd).
  *
  * Pattern: the zguide's load-balancing broker with Paranoid Pirate heartbeats. The streamer's broker
  * thread owns a ROUTER socket bound at CHAT_ZMQ_ENDPOINT; each worker process owns one DEALER connected to
@@ -17,7 +18,7 @@
  *     HB                                 heartbeat
  *     BYE                                stop sending jobs; the jobs in flight still finish
  *     EV job_id progress step message
- *     EV job_id token    text
+ *     EV job_id token    text piece_lens                        piece_lens: 4-byte lengths, or empty (one piece)
  *     EV job_id complete response session_id metadata_json     terminal: that slot is free again
  *     EV job_id error    code message                          terminal: that slot is free again
  *   broker -> worker
@@ -27,7 +28,19 @@
  *     RESET                              "I do not know you" (broker restarted): drop the jobs, send READY
  *
  * job_id is a decimal uint64 chosen by the broker; flags is a decimal bitmask (CHAT_WIRE_F_*).
- * Thread context: a zmq socket belongs to one thread; these helpers keep no state of their own. */
+ *
+ * Design choices:
+ * - One typed struct for every message (chat_wire_cmd: a kind and its payload), one parser and one
+ *   builder, so the two sides cannot drift apart and no caller counts parts. The parser is strict: a
+ *   command with a part too many or too few, a number that does not parse or a READY of another version
+ *   is refused (CHAT_EINVAL, with the reason in err), never half-read.
+ * - Parsing does not copy: a parsed message's strings point into the received chat_wire_msg, whose one
+ *   buffer is reused from message to message, so a token event costs no allocation on either side. What
+ *   must outlive the message is copied once, explicitly (chat_wire_job_dup, chat_wire_event_dup).
+ * - The job's fields are listed once (CHAT_WIRE_JOB_STRINGS); its struct, builder, parser and owned copy
+ *   are generated from that list.
+ *
+ * Thread context: a zmq socket belongs to one thread; these functions keep no state of their own. */
 #ifndef CHAT_WIRE_H
 #define CHAT_WIRE_H
 
@@ -35,29 +48,149 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHAT_WIRE_VERSION "chatwire/1"
+#define CHAT_WIRE_VERSION "chatwire/2" /* 2: token events carry their pieces' lengths */
 #define CHAT_WIRE_HEARTBEAT_MS 500
 #define CHAT_WIRE_DEAD_MS 2000
 #define CHAT_WIRE_MAX_PARTS 16          /* a message with more parts is dropped */
 #define CHAT_WIRE_MAX_BYTES (16u << 20) /* a message larger than this is dropped */
-
-#define CHAT_WIRE_READY "READY"
-#define CHAT_WIRE_HB "HB"
-#define CHAT_WIRE_BYE "BYE"
-#define CHAT_WIRE_EVENT "EV"
-#define CHAT_WIRE_JOB "JOB"
-#define CHAT_WIRE_CANCEL "CANCEL"
-#define CHAT_WIRE_RESET "RESET"
-
-#define CHAT_WIRE_EV_PROGRESS "progress"
-#define CHAT_WIRE_EV_TOKEN "token"
-#define CHAT_WIRE_EV_COMPLETE "complete"
-#define CHAT_WIRE_EV_ERROR "error"
+#define CHAT_WIRE_MAX_IDENTITY 255      /* bytes of a ROUTER identity envelope (zmq's own limit) */
+#define CHAT_WIRE_MAX_SLOTS 65536       /* a READY offering more slots is refused */
 
 enum { CHAT_WIRE_F_PARTIAL = 1 }; /* the client wants partial_response with tokens */
 
+/* Bytes with a length. In a parsed message s points into the chat_wire_msg and is NUL-terminated (the
+ * bytes may hold a NUL themselves: len is authoritative); to build one, s need not be terminated. */
+typedef struct chat_wire_str {
+    const char *s;
+    size_t len;
+} chat_wire_str;
+
+/* s as a chat_wire_str; NULL is "". */
+chat_wire_str chat_wire_cstr(const char *s);
+/* True when a holds exactly the C string b. */
+bool chat_wire_str_eq(chat_wire_str a, const char *b);
+
+/* ---------------------------------------------------------------- commands */
+
+/* X(NAME, wire name): the first part of every message. */
+#define CHAT_WIRE_COMMAND_MAP(X)                                                                             \
+    X(READY, "READY")                                                                                        \
+    X(HB, "HB")                                                                                              \
+    X(BYE, "BYE")                                                                                            \
+    X(EV, "EV")                                                                                              \
+    X(JOB, "JOB")                                                                                            \
+    X(CANCEL, "CANCEL")                                                                                      \
+    X(RESET, "RESET")
+
+typedef enum chat_wire_kind {
+    CHAT_WIRE_NONE = 0,
+#define X(name, wire) CHAT_WIRE_##name,
+    CHAT_WIRE_COMMAND_MAP(X)
+#undef X
+} chat_wire_kind;
+
+/* ---------------------------------------------------------------- events (EV) */
+
+/* X(NAME, wire name, terminal): what an EV reports; a terminal event ends its job. */
+#define CHAT_WIRE_EVENT_MAP(X)                                                                               \
+    X(PROGRESS, "progress", false)                                                                           \
+    X(TOKEN, "token", false)                                                                                 \
+    X(COMPLETE, "complete", true)                                                                            \
+    X(ERROR, "error", true)
+
+typedef enum chat_wire_event_kind {
+#define X(name, wire, terminal) CHAT_WIRE_EV_##name,
+    CHAT_WIRE_EVENT_MAP(X)
+#undef X
+} chat_wire_event_kind;
+
+/* One event of one job; the member named after its kind holds its fields, in wire order. */
+typedef struct chat_wire_event {
+    uint64_t job_id;
+    chat_wire_event_kind kind;
+    union {
+        struct {
+            chat_wire_str step, message;
+        } progress;
+        struct {
+            chat_wire_str text;       /* the pieces, one after another */
+            chat_wire_str piece_lens; /* each piece's length, 4 bytes little-endian; empty: one piece */
+        } token;
+        struct {
+            chat_wire_str response, session_id, metadata_json;
+        } complete;
+        struct {
+            chat_wire_str code, message; /* a CHAT_CODE_* string; client-safe text */
+        } error;
+    };
+} chat_wire_event;
+
+bool chat_wire_event_terminal(chat_wire_event_kind kind);
+
+/* A token event carries every piece the model produced since the worker's last send (one piece per
+ * token callback, about a word), with their lengths, so that the streamer can send each as its own
+ * frame however the worker batched them: batching saves wake-ups, never frames. The parser checks that
+ * the lengths add up to the text. */
+size_t chat_wire_token_pieces(const chat_wire_event *ev);              /* how many (0 for other kinds) */
+uint32_t chat_wire_token_piece_len(const chat_wire_str *lens, size_t i); /* piece i's length */
+void chat_wire_token_piece_put(unsigned char out[4], uint32_t len);     /* encodes a length */
+
+/* An owned copy of ev: one allocation holding the struct and its fields (each NUL-terminated), for an
+ * event that must outlive the strings it points to. NULL on out of memory. Free with
+ * chat_wire_event_free (accepts NULL). Any thread. */
+chat_wire_event *chat_wire_event_dup(const chat_wire_event *ev);
+void chat_wire_event_free(chat_wire_event *ev);
+
+/* ---------------------------------------------------------------- jobs (JOB) */
+
+/* X(field, required): the job's strings, in wire order after job_id and flags. A JOB without a
+ * required field is refused. */
+#define CHAT_WIRE_JOB_STRINGS(X)                                                                             \
+    X(request_id, false)                                                                                     \
+    X(user_id, true)                                                                                         \
+    X(user_email, false)                                                                                     \
+    X(user_name, false)                                                                                      \
+    X(session_id, false)                                                                                     \
+    X(customer_id, false)                                                                                    \
+    X(message, true)
+
+/* A job as it travels. Strings are NUL-terminated. To build one, NULL and "" both mean absent; a parsed
+ * or copied job's strings are never NULL ("" when absent). */
+typedef struct chat_wire_job {
+    uint64_t job_id;
+    unsigned flags; /* CHAT_WIRE_F_* */
+#define X(field, required) const char *field;
+    CHAT_WIRE_JOB_STRINGS(X)
+#undef X
+} chat_wire_job;
+
+/* An owned copy of job: one allocation holding the struct and its strings, so the job outlives the
+ * message or the caller's buffers it came from. NULL on out of memory. Free with chat_wire_job_free
+ * (accepts NULL). Any thread. */
+chat_wire_job *chat_wire_job_dup(const chat_wire_job *job);
+void chat_wire_job_free(chat_wire_job *job);
+
+/* ---------------------------------------------------------------- messages */
+
+typedef struct chat_wire_ready {
+    int pid;
+    int slots; /* 1 .. CHAT_WIRE_MAX_SLOTS; a READY without it means 1 */
+} chat_wire_ready;
+
+/* One message, typed. HB, BYE and RESET carry nothing. */
+typedef struct chat_wire_cmd {
+    chat_wire_kind kind;
+    union {
+        chat_wire_ready ready; /* READY (its version is CHAT_WIRE_VERSION: the parser refuses others) */
+        chat_wire_event ev;    /* EV */
+        chat_wire_job job;     /* JOB */
+        uint64_t job_id;       /* CANCEL */
+    };
+} chat_wire_cmd;
+
 /* One received multipart message. part[i] points into one owned buffer and is NUL-terminated (a part
- * may itself contain NUL bytes; len[i] is authoritative). Reusable: recv into it again without clear. */
+ * may itself contain NUL bytes; len[i] is authoritative). Reusable: recv into it again without clear.
+ * Only chat_wire.c reads its parts: everyone else calls chat_wire_parse. */
 typedef struct chat_wire_msg {
     int n;
     const char *part[CHAT_WIRE_MAX_PARTS];
@@ -75,42 +208,23 @@ void chat_wire_msg_clear(chat_wire_msg *m); /* frees the buffer */
  * error (errno is zmq's, e.g. ETERM). */
 int chat_wire_recv(void *sock, chat_wire_msg *m, int flags);
 
-typedef struct chat_wire_part {
-    const void *data;
-    size_t len;
-} chat_wire_part;
+/* Parses m into *cmd, whose strings then point into m (valid until m is received into again).
+ * from: NULL for a message without envelope (what a DEALER receives); else m's first part is the ROUTER
+ * identity of the sender, stored in *from, which is set ({"", 0}: none) even when the rest is refused.
+ * 0, or CHAT_EINVAL with the reason in err (no field content in it: fit for logs). */
+int chat_wire_parse(const chat_wire_msg *m, chat_wire_str *from, chat_wire_cmd *cmd, char *err, size_t errlen);
 
-/* Sends parts[0..n) as one message. flags: 0 or ZMQ_DONTWAIT. 0, or CHAT_ERR with zmq's errno
- * (EAGAIN at the high-water mark, EHOSTUNREACH for an unknown ROUTER peer with ROUTER_MANDATORY). */
-int chat_wire_send(void *sock, const chat_wire_part *parts, int n, int flags);
+/* Sends cmd as one message. to: the ROUTER identity of the receiving worker, or NULL (a DEALER's send).
+ * A READY is sent with CHAT_WIRE_VERSION. flags: 0 or ZMQ_DONTWAIT. 0; CHAT_EINVAL for a cmd that cannot
+ * be sent (unknown kind); CHAT_ERR with zmq's errno (EAGAIN at the high-water mark, EHOSTUNREACH for an
+ * unknown ROUTER peer with ROUTER_MANDATORY). */
+int chat_wire_send(void *sock, const chat_wire_str *to, const chat_wire_cmd *cmd, int flags);
 
-/* True when part i exists and equals the C string s. */
-bool chat_wire_is(const chat_wire_msg *m, int i, const char *s);
-/* Part i as a decimal uint64: 0 or CHAT_EINVAL. */
-int chat_wire_u64(const chat_wire_msg *m, int i, uint64_t *out);
+/* chat_wire_send of EV ev without envelope: a worker's events. */
+int chat_wire_send_event(void *sock, const chat_wire_event *ev, int flags);
 
-/* A job as it travels. Strings are NUL-terminated; NULL and "" both mean absent. */
-typedef struct chat_wire_job {
-    uint64_t job_id;
-    unsigned flags; /* CHAT_WIRE_F_* */
-    const char *request_id;
-    const char *user_id;
-    const char *user_email;
-    const char *user_name;
-    const char *session_id;
-    const char *customer_id;
-    const char *message;
-} chat_wire_job;
-
-/* Sends JOB. identity (may be NULL) is the ROUTER envelope of the target worker. */
-int chat_wire_send_job(void *sock, const void *identity, size_t idlen, const chat_wire_job *job, int flags);
-/* Parses the JOB whose command part is m->part[at]; job's strings point into m. 0 or CHAT_EINVAL. */
-int chat_wire_parse_job(const chat_wire_msg *m, int at, chat_wire_job *job);
-
-/* Sends a command with an optional argument part: [identity] cmd [arg]. arg may be NULL. */
-int chat_wire_send_cmd(void *sock, const void *identity, size_t idlen, const char *cmd, const char *arg, int flags);
-
-/* Sends EV job_id kind f[0..nf) (worker side, no envelope). Fields are (data, len) parts. */
-int chat_wire_send_event(void *sock, uint64_t job_id, const char *kind, const chat_wire_part *f, int nf, int flags);
+/* Sends parts[0..n) as one raw message, whatever they hold (the framing under chat_wire_send; tests use
+ * it to send malformed messages). Same returns as chat_wire_send. */
+int chat_wire_send_parts(void *sock, const chat_wire_str *parts, int n, int flags);
 
 #endif

@@ -37,40 +37,34 @@
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_proto.h"
 #include "chat_util.h"
 #include "streamer_map.h"
 
 #define SB_MAX_MSGS_PER_TURN 512 /* ROUTER messages handled before timers get a look-in */
 #define SB_MAX_WORKERS 4096
-#define SB_MAX_SLOTS 65536 /* per worker process */
 #define SB_MAX_ATTEMPTS 2
-
-/* Progress steps, as bits, so a retried job does not repeat what the client already saw. */
-static const char *const STEPS[] = {"agent_routing", "rag_retrieval", "generating"};
 
 struct sb_job {
     sb_job *next;  /* command list, then the waiting queue */
     sb_job *wnext, *wprev; /* the running jobs of its worker (a worker runs hundreds: O(1) removal) */
     uint64_t id;
-    unsigned flags;
     int attempts;
     bool tokens_sent;
     bool cancelled;
     bool gone; /* the client left: deliver nothing */
-    uint8_t steps_sent;
+    uint8_t steps_sent; /* progress steps sent, bit 1 << chat_proto_step: a retry does not repeat them */
     int64_t submitted_ms;
     int64_t deadline_ms; /* while queued */
     struct sb_worker *worker;
-    /* packed strings */
-    char *request_id, *user_id, *user_email, *user_name, *session_id, *customer_id, *message;
-    char strings[];
+    chat_wire_job *spec; /* owned: what a worker is sent (spec->job_id == id) */
 };
 
 /* One worker process: a DEALER that runs up to `capacity` jobs at once (its slots). */
 typedef struct sb_worker {
     struct sb_worker *next;
-    unsigned char ident[256];
+    char ident[CHAT_WIRE_MAX_IDENTITY];
     size_t identlen;
     int pid;
     int capacity;
@@ -129,37 +123,23 @@ struct sb_broker {
 
 /* ---------------------------------------------------------------- jobs and events */
 
-static size_t slen(const char *s)
-{
-    return s ? strlen(s) : 0;
-}
-
 sb_job *sb_job_new(const chat_wire_job *spec)
 {
-    const char *src[7] = {spec->request_id, spec->user_id,     spec->user_email, spec->user_name,
-                          spec->session_id, spec->customer_id, spec->message};
-    size_t total = 0;
-    for (int i = 0; i < 7; i++)
-        total += slen(src[i]) + 1;
-    sb_job *j = calloc(1, sizeof *j + total);
+    sb_job *j = calloc(1, sizeof *j);
     if (!j) return NULL;
-    j->id = spec->job_id;
-    j->flags = spec->flags;
-    char **dst[7] = {&j->request_id, &j->user_id,     &j->user_email, &j->user_name,
-                     &j->session_id, &j->customer_id, &j->message};
-    char *p = j->strings;
-    for (int i = 0; i < 7; i++) {
-        size_t n = slen(src[i]);
-        if (n) memcpy(p, src[i], n);
-        p[n] = '\0';
-        *dst[i] = p;
-        p += n + 1;
+    j->spec = chat_wire_job_dup(spec);
+    if (!j->spec) {
+        free(j);
+        return NULL;
     }
+    j->id = spec->job_id;
     return j;
 }
 
 void sb_job_free(sb_job *job)
 {
+    if (!job) return;
+    chat_wire_job_free(job->spec);
     free(job);
 }
 
@@ -172,6 +152,7 @@ sb_event *sb_event_new(uint64_t job_id, int kind, const char *data, size_t len, 
     e->job_id = job_id;
     e->kind = (uint8_t)kind;
     e->terminal = 0;
+    e->error = 0;
     e->start = e->end = 0;
     e->len = len;
     if (len) memcpy(e->data, data, len);
@@ -190,31 +171,41 @@ void sb_event_free(sb_event *e)
     free(e);
 }
 
-/* Queues an event for the lws thread (delivered at the end of the turn). Takes ownership of json. */
-static void emit_json(sb_broker *b, sb_job *job, char *json, bool terminal, const char *session_id)
+/* Queues an event for the lws thread (delivered at the end of the turn). Takes ownership of json; a
+ * terminal frame that could not be built becomes the out-of-memory error. Returns the queued event. */
+static sb_event *emit_json(sb_broker *b, sb_job *job, char *json, bool terminal, const char *session_id)
 {
     if (!json) {
         chat_log_error("broker: out of memory building a frame for job %" PRIu64, job->id);
-        if (!terminal) return;
+        if (!terminal) return NULL;
     }
     if (job->gone) {
         free(json);
-        return;
+        return NULL;
     }
-    static const char oom[] = "{\"type\":\"error\",\"error\":\"Out of memory\",\"code\":\"PROCESSING_ERROR\"}";
-    const char *data = json ? json : oom;
+    const char *data = json ? json : chat_proto_error_oom;
     sb_event *e = sb_event_new(job->id, SB_EV_FRAME, data, strlen(data), terminal ? session_id : NULL);
     free(json);
     if (!e) {
         chat_log_error("broker: out of memory queueing an event for job %" PRIu64, job->id);
-        return;
+        return NULL;
     }
     e->terminal = terminal;
+    e->error = data == chat_proto_error_oom;
     if (b->out_tail)
         b->out_tail->next = e;
     else
         b->out_head = e;
     b->out_tail = e;
+    return e;
+}
+
+/* Queues the terminal error frame of a job. */
+static void emit_error(sb_broker *b, sb_job *job, const char *code, const char *message)
+{
+    sb_event *e = emit_json(b, job, chat_proto_error(message, code), true, NULL);
+    if (e) e->error = 1;
+    chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, code), 1);
 }
 
 static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
@@ -232,10 +223,25 @@ static void emit_token(sb_broker *b, sb_job *job, const char *text, size_t len)
     b->out_tail = e;
 }
 
+/* One token event per piece of the worker's event: the connection frames each on its own. */
+static void emit_pieces(sb_broker *b, sb_job *job, const chat_wire_event *ev)
+{
+    size_t n = chat_wire_token_pieces(ev), at = 0;
+    if (!ev->token.piece_lens.len) {
+        emit_token(b, job, ev->token.text.s, ev->token.text.len);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t len = chat_wire_token_piece_len(&ev->token.piece_lens, i);
+        emit_token(b, job, ev->token.text.s + at, len);
+        at += len;
+    }
+}
+
 /* Ends a job with an error event, drops it from the books, frees it. */
 static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *message)
 {
-    emit_json(b, job, chat_proto_error(message, code), true, NULL);
+    emit_error(b, job, code, message);
     sm_del(&b->jobs, job->id);
     atomic_fetch_add(&b->n_failed, 1);
     chat_log_info("broker: job %" PRIu64 " failed: %s after %" PRId64 " ms", job->id, code,
@@ -246,10 +252,7 @@ static void job_fail(sb_broker *b, sb_job *job, const char *code, const char *me
 /* A job cancelled before any worker ran it: the protocol still owes the client a terminal complete. */
 static void job_cancelled_unstarted(sb_broker *b, sb_job *job)
 {
-    static const char meta[] = "{\"agent\":\"general\",\"confidence\":0,\"context\":{\"sources\":[]},"
-                               "\"finish_reason\":\"cancelled\",\"usage\":{\"prompt_tokens\":0,"
-                               "\"completion_tokens\":0},\"timings\":{}}";
-    emit_json(b, job, chat_proto_complete("", job->session_id, meta), true, job->session_id);
+    emit_json(b, job, chat_proto_complete_cancelled("", job->spec->session_id), true, job->spec->session_id);
     sm_del(&b->jobs, job->id);
     atomic_fetch_add(&b->n_done, 1);
     sb_job_free(job);
@@ -274,6 +277,7 @@ static void q_push(sb_broker *b, sb_job *job, bool front, int64_t now)
     }
     b->q_len++;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
 }
 
 static sb_job *q_pop(sb_broker *b)
@@ -285,6 +289,7 @@ static sb_job *q_pop(sb_broker *b)
     j->next = NULL;
     b->q_len--;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
     return j;
 }
 
@@ -299,6 +304,7 @@ static bool q_remove(sb_broker *b, sb_job *job)
     job->next = NULL;
     b->q_len--;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
     return true;
 }
 
@@ -314,6 +320,11 @@ static void publish_counts(sb_broker *b)
     atomic_store(&b->n_live, live);
     atomic_store(&b->n_busy, busy);
     atomic_store(&b->n_running, busy);
+    int procs = 0;
+    for (sb_worker *w = b->workers; w; w = w->next) procs += !w->retiring;
+    chat_metric_gauge_set(CHAT_METRIC_WORKERS, 0, procs);
+    chat_metric_gauge_set(CHAT_METRIC_WORKER_SLOTS, 0, live);
+    chat_metric_gauge_set(CHAT_METRIC_WORKER_SLOTS_BUSY, 0, busy);
     b->workers_changed = true;
 }
 
@@ -427,9 +438,11 @@ static sb_worker *worker_idle(sb_broker *b)
     return best;
 }
 
-static int send_to(sb_broker *b, sb_worker *w, const char *cmd, const char *arg)
+/* Sends cmd to worker w without waiting: 0, or CHAT_ERR with zmq's errno. */
+static int send_to(sb_broker *b, const sb_worker *w, const chat_wire_cmd *cmd)
 {
-    return chat_wire_send_cmd(b->router, w->ident, w->identlen, cmd, arg, ZMQ_DONTWAIT);
+    chat_wire_str to = {w->ident, w->identlen};
+    return chat_wire_send(b->router, &to, cmd, ZMQ_DONTWAIT);
 }
 
 /* Hands queued jobs to idle workers. */
@@ -439,18 +452,7 @@ static void dispatch(sb_broker *b, int64_t now)
         sb_worker *w = worker_idle(b);
         if (!w) return;
         sb_job *job = q_pop(b);
-        chat_wire_job spec = {
-            .job_id = job->id,
-            .flags = job->flags,
-            .request_id = job->request_id,
-            .user_id = job->user_id,
-            .user_email = job->user_email,
-            .user_name = job->user_name,
-            .session_id = job->session_id,
-            .customer_id = job->customer_id,
-            .message = job->message,
-        };
-        if (chat_wire_send_job(b->router, w->ident, w->identlen, &spec, ZMQ_DONTWAIT)) {
+        if (send_to(b, w, &(chat_wire_cmd){.kind = CHAT_WIRE_JOB, .job = *job->spec})) {
             int e = errno;
             q_push(b, job, true, now); /* back to the front, for the next idle worker */
             worker_remove(b, w, now, e == EHOSTUNREACH ? "unreachable" : "send failed");
@@ -470,7 +472,7 @@ static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
 {
     job->submitted_ms = now;
     if (sm_put(&b->jobs, job->id, job)) {
-        emit_json(b, job, chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR), true, NULL);
+        emit_error(b, job, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
         sb_job_free(job);
         return;
     }
@@ -502,9 +504,7 @@ static void handle_cancel(sb_broker *b, uint64_t id, bool gone)
     }
     if (job->cancelled) return;
     job->cancelled = true;
-    char ids[24];
-    snprintf(ids, sizeof ids, "%" PRIu64, id);
-    if (send_to(b, job->worker, CHAT_WIRE_CANCEL, ids))
+    if (send_to(b, job->worker, &(chat_wire_cmd){.kind = CHAT_WIRE_CANCEL, .job_id = id}))
         chat_log_warn("broker: CANCEL for job %" PRIu64 " not delivered (%s)", id, zmq_strerror(errno));
 }
 
@@ -527,40 +527,40 @@ static void run_commands(sb_broker *b, int64_t now)
 
 /* ---------------------------------------------------------------- messages from workers */
 
-static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_msg *m, int64_t now)
+static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_event *ev, int64_t now)
 {
-    uint64_t id;
-    if (chat_wire_u64(m, 2, &id) || m->n < 4) return;
-    sb_job *job = sm_get(&b->jobs, id);
+    sb_job *job = sm_get(&b->jobs, ev->job_id);
     if (!job || job->worker != w) return; /* stale: a job we already gave up on */
-    if (chat_wire_is(m, 3, CHAT_WIRE_EV_PROGRESS) && m->n >= 6) {
-        for (size_t i = 0; i < CHAT_ARRAY_LEN(STEPS); i++) {
-            if (!chat_wire_is(m, 4, STEPS[i])) continue;
-            if (job->steps_sent & (1u << i)) return;
-            job->steps_sent |= (uint8_t)(1u << i);
-            emit_json(b, job, chat_proto_progress_msg(m->part[4], m->part[5]), false, NULL);
-            return;
-        }
-        return; /* "starting" (sent by the streamer) or an unknown step */
-    }
-    if (chat_wire_is(m, 3, CHAT_WIRE_EV_TOKEN) && m->n >= 5) {
-        job->tokens_sent = true;
-        emit_token(b, job, m->part[4], m->len[4]);
+    if (ev->kind == CHAT_WIRE_EV_PROGRESS) {
+        chat_proto_step step;
+        if (!chat_proto_step_lookup(ev->progress.step.s, &step) || !chat_wire_str_eq(ev->progress.step, chat_proto_step_name(step)) ||
+            step == CHAT_STEP_STARTING)
+            return; /* an unknown step, or "starting" (sent by the streamer) */
+        _Static_assert(CHAT_STEP_COUNT <= 8, "steps_sent holds a bit per step");
+        if (job->steps_sent & (1u << step)) return;
+        job->steps_sent |= (uint8_t)(1u << step);
+        emit_json(b, job, chat_proto_progress_msg(ev->progress.step.s, ev->progress.message.s), false, NULL);
         return;
     }
-    bool complete = chat_wire_is(m, 3, CHAT_WIRE_EV_COMPLETE) && m->n >= 7;
-    bool error = chat_wire_is(m, 3, CHAT_WIRE_EV_ERROR) && m->n >= 6;
-    if (!complete && !error) return;
+    if (ev->kind == CHAT_WIRE_EV_TOKEN) {
+        job->tokens_sent = true;
+        emit_pieces(b, job, ev);
+        return;
+    }
+    bool complete = ev->kind == CHAT_WIRE_EV_COMPLETE;
     if (complete) {
-        emit_json(b, job, chat_proto_complete(m->part[4], m->part[5], m->part[6]), true, m->part[5]);
+        emit_json(b, job,
+                  chat_proto_complete(ev->complete.response.s, ev->complete.session_id.s,
+                                      ev->complete.metadata_json.s),
+                  true, ev->complete.session_id.s);
         atomic_fetch_add(&b->n_done, 1);
     } else {
-        emit_json(b, job, chat_proto_error(m->part[5], m->part[4]), true, NULL);
+        emit_error(b, job, ev->error.code.s, ev->error.message.s);
         atomic_fetch_add(&b->n_failed, 1);
     }
     chat_log_info("broker: job %" PRIu64 " %s on worker pid %d in %" PRId64 " ms%s%s", job->id,
-                  complete ? "completed" : "ended with error", w->pid, now - job->submitted_ms, error ? " code " : "",
-                  error ? m->part[4] : "");
+                  complete ? "completed" : "ended with error", w->pid, now - job->submitted_ms,
+                  complete ? "" : " code ", complete ? "" : ev->error.code.s);
     worker_detach(w, job);
     sm_del(&b->jobs, job->id);
     sb_job_free(job);
@@ -571,61 +571,79 @@ static void handle_event(sb_broker *b, sb_worker *w, const chat_wire_msg *m, int
         publish_counts(b);
 }
 
-static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
+/* READY from w (NULL: a worker not known yet, whose identity is `from`). */
+static void handle_ready(sb_broker *b, sb_worker *w, chat_wire_str from, const chat_wire_ready *r, int64_t now)
 {
-    if (m->n < 2 || m->len[0] == 0 || m->len[0] > sizeof((sb_worker *)0)->ident) return;
-    sb_worker *w = worker_find(b, m->part[0], m->len[0]);
-    if (chat_wire_is(m, 1, CHAT_WIRE_READY)) {
-        if (!chat_wire_is(m, 2, CHAT_WIRE_VERSION)) {
-            chat_log_warn("broker: a worker speaks another protocol version, ignored");
-            return;
-        }
-        int capacity = m->n > 4 ? atoi(m->part[4]) : 1; /* READY version pid [slots] */
-        if (capacity < 1) capacity = 1;
-        if (capacity > SB_MAX_SLOTS) capacity = SB_MAX_SLOTS;
-        if (w) { /* re-announced: whatever it was doing is lost */
-            w->last_seen_ms = now;
-            worker_orphan_all(b, w, now, "worker restarted");
-            w->capacity = capacity;
-            w->retiring = false;
-            publish_counts(b);
-            return;
-        }
-        if (b->n_workers >= SB_MAX_WORKERS) {
-            chat_log_warn("broker: too many workers, READY ignored");
-            return;
-        }
-        w = calloc(1, sizeof *w);
-        if (!w) return;
-        memcpy(w->ident, m->part[0], m->len[0]);
-        w->identlen = m->len[0];
-        w->pid = m->n > 3 ? atoi(m->part[3]) : 0;
-        w->capacity = capacity;
-        w->last_seen_ms = w->idle_since_ms = now;
-        w->next = b->workers;
-        b->workers = w;
-        b->n_workers++;
-        chat_log_info("broker: worker pid %d ready with %d slots (%d workers)", w->pid, w->capacity, b->n_workers);
+    if (w) { /* re-announced: whatever it was doing is lost */
+        w->last_seen_ms = now;
+        worker_orphan_all(b, w, now, "worker restarted");
+        w->capacity = r->slots;
+        w->retiring = false;
         publish_counts(b);
         return;
     }
+    if (b->n_workers >= SB_MAX_WORKERS) {
+        chat_log_warn("broker: too many workers, READY ignored");
+        return;
+    }
+    w = calloc(1, sizeof *w);
+    if (!w) return;
+    memcpy(w->ident, from.s, from.len);
+    w->identlen = from.len;
+    w->pid = r->pid;
+    w->capacity = r->slots;
+    w->last_seen_ms = w->idle_since_ms = now;
+    w->next = b->workers;
+    b->workers = w;
+    b->n_workers++;
+    chat_log_info("broker: worker pid %d ready with %d slots (%d workers)", w->pid, w->capacity, b->n_workers);
+    publish_counts(b);
+}
+
+static void handle_bye(sb_broker *b, sb_worker *w, int64_t now)
+{
+    chat_log_info("broker: worker pid %d retiring", w->pid);
+    w->retiring = true;
+    if (!w->running)
+        worker_remove(b, w, now, "retired");
+    else
+        publish_counts(b);
+}
+
+static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
+{
+    chat_wire_str from;
+    chat_wire_cmd c;
+    char err[128];
+    int rc = chat_wire_parse(m, &from, &c, err, sizeof err);
+    if (!from.len) return;
+    sb_worker *w = worker_find(b, from.s, from.len);
+    if (rc && w) {
+        chat_log_warn("broker: a message from worker pid %d dropped: %s", w->pid, err);
+        w->last_seen_ms = now; /* still a sign of life */
+        return;
+    }
+    if (rc) {
+        chat_log_warn("broker: a message from an unknown worker dropped: %s", err);
+        return;
+    }
+    if (c.kind == CHAT_WIRE_READY) {
+        handle_ready(b, w, from, &c.ready, now);
+        return;
+    }
     if (!w) { /* e.g. the streamer restarted under a running worker */
-        chat_wire_send_cmd(b->router, m->part[0], m->len[0], CHAT_WIRE_RESET, NULL, ZMQ_DONTWAIT);
+        chat_wire_send(b->router, &from, &(chat_wire_cmd){.kind = CHAT_WIRE_RESET}, ZMQ_DONTWAIT);
         return;
     }
     w->last_seen_ms = now;
-    if (chat_wire_is(m, 1, CHAT_WIRE_HB)) return;
-    if (chat_wire_is(m, 1, CHAT_WIRE_EVENT)) {
-        handle_event(b, w, m, now);
+    switch (c.kind) {
+    case CHAT_WIRE_EV:
+        handle_event(b, w, &c.ev, now);
         return;
-    }
-    if (chat_wire_is(m, 1, CHAT_WIRE_BYE)) {
-        chat_log_info("broker: worker pid %d retiring", w->pid);
-        w->retiring = true;
-        if (!w->running)
-            worker_remove(b, w, now, "retired");
-        else
-            publish_counts(b);
+    case CHAT_WIRE_BYE:
+        handle_bye(b, w, now);
+        return;
+    default: /* HB: the sign of life is all; JOB, CANCEL and RESET only go the other way */
         return;
     }
 }
@@ -639,7 +657,7 @@ static void heartbeat(sb_broker *b, int64_t now)
         sb_worker *next = w->next;
         if (now - w->last_seen_ms > CHAT_WIRE_DEAD_MS) {
             worker_remove(b, w, now, "heartbeat lost");
-        } else if (send_to(b, w, CHAT_WIRE_HB, NULL) && errno == EHOSTUNREACH) {
+        } else if (send_to(b, w, &(chat_wire_cmd){.kind = CHAT_WIRE_HB}) && errno == EHOSTUNREACH) {
             worker_remove(b, w, now, "unreachable");
         }
         w = next;
@@ -689,6 +707,7 @@ static void *broker_main(void *arg)
             continue;
         }
         now = chat_now_ms();
+        chat_metric_gauge_set(CHAT_METRIC_IN_FLIGHT, 0, (int64_t)b->jobs.n); /* as of the last turn: cheap */
         if (items[1].revents & ZMQ_POLLIN) {
             uint64_t v;
             ssize_t r = read(b->efd, &v, sizeof v);
@@ -849,13 +868,11 @@ void sb_broker_submit(sb_broker *b, sb_job *job)
 {
     sb_cmd *c = calloc(1, sizeof *c);
     if (!c) { /* cannot even queue the command: answer locally */
-        sb_event *e = NULL;
-        char *json = chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR);
-        if (json) e = sb_event_new(job->id, SB_EV_FRAME, json, strlen(json), NULL);
-        free(json);
+        sb_event *e = sb_event_new(job->id, SB_EV_FRAME, chat_proto_error_oom, strlen(chat_proto_error_oom), NULL);
         sb_job_free(job);
         if (!e) return;
         e->terminal = 1;
+        e->error = 1;
         pthread_mutex_lock(&b->mu);
         if (b->ev_tail)
             b->ev_tail->next = e;

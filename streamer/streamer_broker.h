@@ -16,13 +16,13 @@
 #include "chat_config.h"
 #include "chat_wire.h"
 
-/* A job: allocated by sb_job_new (strings packed in the same allocation), owned by the broker after
- * sb_broker_submit. The lws thread keeps only its id. */
+/* A job: allocated by sb_job_new, with its own copy of the spec (chat_wire_job_dup), owned by the broker
+ * after sb_broker_submit. The lws thread keeps only its id. */
 typedef struct sb_job sb_job;
 
-/* Copies spec (job_id included) into one allocation. NULL on out of memory. */
+/* Copies spec (job_id included): the caller's strings may go once it returns. NULL on out of memory. */
 sb_job *sb_job_new(const chat_wire_job *spec);
-void sb_job_free(sb_job *job);
+void sb_job_free(sb_job *job); /* accepts NULL */
 
 enum {
     SB_EV_TOKEN = 1, /* data: token text */
@@ -37,6 +37,7 @@ typedef struct sb_event {
     uint64_t job_id;
     uint8_t kind;
     uint8_t terminal;       /* the job is over (complete or error) */
+    uint8_t error;          /* SB_EV_FRAME: an error frame (set where it is built: nobody reads the JSON) */
     size_t start, end;      /* SB_EV_TOKENS */
     const char *session_id; /* terminal complete: the session id, inside this allocation; else NULL */
     size_t len;             /* bytes of data (without the NUL) */

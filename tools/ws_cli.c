@@ -18,10 +18,11 @@
 #include <unistd.h>
 
 #include "chat_common.h"
+#include "chat_proto.h"
 #include "chat_util.h"
 #include "wsclient.h"
 
-#define DEFAULT_URL "ws://127.0.0.1:8000/ws/chat"
+#define DEFAULT_URL "ws://127.0.0.1:$CHAT_PORT/ws/chat" /* as the usage says it; default_url() builds it */
 #define MAX_TOKEN 16384
 #define MAX_LINE (1024 * 1024)
 
@@ -38,7 +39,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: chat-ws [--url URL] [--token T | --token-file F] [--origin O] [--session S]\n"
             "               [--customer C] [--raw] [--timeout SEC] [message ...]\n"
-            "  --url URL        WebSocket endpoint (default " DEFAULT_URL ")\n"
+            "  --url URL        WebSocket endpoint (default $CHAT_WS_URL, else " DEFAULT_URL ",\n"
+            "                   the stack's own port: CHAT_PORT, 8000 when unset)\n"
             "  --token T        JWT sent in an auth message (visible to ps: prefer --token-file)\n"
             "  --token-file F   read the JWT from the first line of F\n"
             "  --origin O       Origin header\n"
@@ -87,11 +89,12 @@ static void print_event(const cli *k, json_object *o)
     fflush(stdout);
 }
 
-static int send_json(cli *k, json_object *o)
+/* Sends a frame from chat_proto's builders (takes it; NULL is out of memory). */
+static int send_frame(cli *k, char *frame)
 {
-    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-    int rc = chat_wsc_send_text(k->c, s, strlen(s));
+    int rc = frame ? chat_wsc_send_text(k->c, frame, strlen(frame)) : CHAT_ENOMEM;
     if (rc) fprintf(stderr, "chat-ws: send failed (%s)\n", chat_strerror(rc));
+    free(frame);
     return rc;
 }
 
@@ -120,11 +123,7 @@ static void report_recv(const cli *k, int rc, const char *waiting_for)
 /* 0 authenticated, 1 refused or failed. */
 static int authenticate(cli *k, const char *token)
 {
-    json_object *a = json_object_new_object();
-    json_object_object_add(a, "type", json_object_new_string("auth"));
-    json_object_object_add(a, "token", json_object_new_string(token));
-    int rc = send_json(k, a);
-    json_object_put(a);
+    int rc = send_frame(k, chat_proto_client_auth(token));
     if (rc) return 1;
     for (;;) {
         json_object *o;
@@ -154,13 +153,7 @@ static int authenticate(cli *k, const char *token)
  * connection is gone (stop). */
 static int chat_one(cli *k, const char *text)
 {
-    json_object *m = json_object_new_object();
-    json_object_object_add(m, "type", json_object_new_string("message"));
-    json_object_object_add(m, "message", json_object_new_string(text));
-    if (k->session) json_object_object_add(m, "session_id", json_object_new_string(k->session));
-    if (k->customer) json_object_object_add(m, "customer_id", json_object_new_string(k->customer));
-    int rc = send_json(k, m);
-    json_object_put(m);
+    int rc = send_frame(k, chat_proto_client_message(text, k->session, k->customer, true));
     if (rc) return -1;
     bool streamed = false;
     for (;;) {
@@ -204,6 +197,19 @@ static int chat_one(cli *k, const char *text)
     }
 }
 
+/* The stack this shell talks to: CHAT_WS_URL, else the front door on CHAT_PORT (8000 when unset), as
+ * deploy/stack.sh starts it. */
+static const char *default_url(char *buf, size_t cap)
+{
+    const char *url = getenv("CHAT_WS_URL");
+    if (url && *url) return url;
+    const char *port = getenv("CHAT_PORT");
+    long p = port && *port ? strtol(port, NULL, 10) : 8000;
+    if (p <= 0 || p > 65535) p = 8000;
+    snprintf(buf, cap, "ws://127.0.0.1:%ld/ws/chat", p);
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -213,7 +219,8 @@ int main(int argc, char **argv)
         {"raw", no_argument, NULL, 'r'},            {"timeout", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
-    const char *url = DEFAULT_URL, *token_arg = NULL, *token_file = NULL, *origin = NULL, *session = NULL;
+    char url_buf[128];
+    const char *url = default_url(url_buf, sizeof url_buf), *token_arg = NULL, *token_file = NULL, *origin = NULL, *session = NULL;
     cli k = {.timeout_ms = 120 * 1000};
     int opt;
     /* Options may follow the messages (getopt permutes); "--" ends them for a message starting with "-". */

@@ -510,6 +510,62 @@ static void test_request_errors(void **state)
     free(longmsg);
 }
 
+/* REST and the WebSocket refuse a message with the same code and the same words, in the same order
+ * (one validator, chat_proto_message_fields). Each body is sent as REST's body and, with a "type", as a
+ * WebSocket message frame through the proxy. */
+static void test_message_refusals_match_websocket(void **state)
+{
+    (void)state;
+    char *longmsg = malloc(9100);
+    assert_non_null(longmsg);
+    strcpy(longmsg, "{\"message\":\"");
+    memset(longmsg + 12, 'b', 9000); /* over CHAT_MAX_MESSAGE_BYTES (8192) */
+    strcpy(longmsg + 12 + 9000, "\"}");
+    const struct {
+        const char *body, *code, *error;
+    } cases[] = {
+        {"{\"message\": 42}", "INVALID_REQUEST", "Message must be a string"},
+        {"{\"message\":\"a\\u0000b\"}", "INVALID_REQUEST", "Message must not contain NUL"},
+        {"{\"message\":\" \\n \",\"session_id\":\"has space\"}", "EMPTY_MESSAGE", "Message cannot be empty"},
+        {longmsg, "MESSAGE_TOO_LONG", "Message too long (maximum 8192 bytes)"},
+        {"{\"message\":\"hi\",\"session_id\":\"has space\",\"customer_id\":\"../x\"}", "INVALID_REQUEST",
+         "Invalid session_id"},
+        {"{\"message\":\"hi\",\"customer_id\":\"../x\"}", "INVALID_REQUEST", "Invalid customer_id"},
+        {"{\"message\":\"hi\",\"partial\":\"yes\"}", "INVALID_REQUEST", "partial must be a boolean"},
+    };
+    char url[4096], err[256];
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    int http_status = 0;
+    chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
+    if (!c) fail_msg("connect through lighttpd: %s (HTTP %d)", err, http_status);
+    json_object *o = NULL;
+    assert_int_equal(chat_wsc_recv_type(c, 5000, "auth_success", &o), 0);
+    json_object_put(o);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        http_resp r;
+        post_chat(E.alice, "application/json", cases[i].body, &r);
+        assert_error(&r, 400, cases[i].code);
+        o = parse(&r);
+        if (strcmp(str_field(o, "error"), cases[i].error))
+            fail_msg("case %zu: REST says '%s', want '%s'", i, str_field(o, "error"), cases[i].error);
+        json_object_put(o);
+        resp_free(&r);
+
+        chat_buf f;
+        chat_buf_init(&f);
+        chat_buf_printf(&f, "{\"type\":\"message\",%s", cases[i].body + 1);
+        assert_int_equal(chat_wsc_send_text(c, f.data, f.len), 0);
+        chat_buf_free(&f);
+        assert_int_equal(chat_wsc_recv_type(c, 5000, "error", &o), 0);
+        assert_string_equal(str_field(o, "code"), cases[i].code);
+        if (strcmp(str_field(o, "error"), cases[i].error))
+            fail_msg("case %zu: the WebSocket says '%s', want '%s'", i, str_field(o, "error"), cases[i].error);
+        json_object_put(o);
+    }
+    chat_wsc_close(c, 1000, NULL);
+    free(longmsg);
+}
+
 static void test_routing_errors(void **state)
 {
     (void)state;
@@ -615,6 +671,49 @@ static void test_websocket_chat(void **state)
     chat_wsc_close(c, 1000, NULL);
 }
 
+/* The Origin check through lighttpd's proxy: the page's own origin (the Host lighttpd passes on is the
+ * client's), clients without an Origin and allowlisted origins (tests/run.sh lists the https origins
+ * under *.allowed.example in CHAT_ALLOWED_ORIGINS) get a socket; any other origin gets 403. */
+static void test_websocket_origin(void **state)
+{
+    (void)state;
+    char own[160], other_port[160], lookalike[160];
+    snprintf(own, sizeof own, "%s", E.base);
+    snprintf(other_port, sizeof other_port, "http://127.0.0.1:%d", atoi(strrchr(E.base, ':') + 1) + 1);
+    snprintf(lookalike, sizeof lookalike, "http://127.0.0.1.evil:%s", strrchr(E.base, ':') + 1);
+    const struct {
+        const char *origin;
+        int status;
+    } cases[] = {
+        {own, 101},
+        {NULL, 101},
+        {"https://app.allowed.example", 101},
+        {"http://evil.example", 403},
+        {other_port, 403},
+        {lookalike, 403},
+        {"https://allowed.example", 403}, /* the glob's domain itself is not listed */
+        {"https://app.allowed.example.evil", 403},
+        {"null", 403},
+    };
+    char url[4096], err[256];
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_wsc_opts o = {.origin = cases[i].origin, .timeout_ms = 5000};
+        int status = 0;
+        chat_wsc *c = chat_wsc_connect(url, &o, &status, err, sizeof err);
+        const char *name = cases[i].origin ? cases[i].origin : "(no Origin)";
+        if (status != cases[i].status) fail_msg("Origin %s: HTTP %d (%s), want %d", name, status, err, cases[i].status);
+        if (cases[i].status == 101) {
+            json_object *j = NULL;
+            if (chat_wsc_recv_type(c, 5000, "auth_success", &j)) fail_msg("Origin %s: no auth_success", name);
+            json_object_put(j);
+        } else {
+            assert_null(c);
+        }
+        chat_wsc_close(c, 1000, NULL);
+    }
+}
+
 static bool file_has(const char *path, const char *needle)
 {
     char *s = testutil_read_file(path, NULL);
@@ -701,8 +800,10 @@ int main(void)
         cmocka_unit_test(test_session_forbidden),
         cmocka_unit_test(test_auth_errors),
         cmocka_unit_test(test_request_errors),
+        cmocka_unit_test(test_message_refusals_match_websocket),
         cmocka_unit_test(test_routing_errors),
         cmocka_unit_test(test_websocket_chat),
+        cmocka_unit_test(test_websocket_origin),
         cmocka_unit_test(test_access_log_has_no_token),
         cmocka_unit_test(test_database_down),
     };

@@ -165,18 +165,13 @@ static void test_event_order_and_metadata(void **state)
 /* tests/data/extractive_facts.tsv: customer<TAB>question<TAB>fact that the answer must contain. */
 static void test_extractive_facts(void **state)
 {
-    char *tsv = testutil_read_file(testutil_path("tests/data/extractive_facts.tsv"), NULL);
-    assert_non_null(tsv);
+    testutil_tsv tsv;
+    assert_int_equal(testutil_tsv_open(&tsv, "tests/data/extractive_facts.tsv"), 0);
     int total = 0, good = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(tsv, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (!line[0] || line[0] == '#') continue;
-        char *q = strchr(line, '\t');
-        assert_non_null(q);
-        *q++ = '\0';
-        char *fact = strchr(q, '\t');
-        assert_non_null(fact);
-        *fact++ = '\0';
+    char *row[3];
+    for (int n; (n = testutil_tsv_next(&tsv, row, 3));) {
+        assert_int_equal(n, 3);
+        const char *line = row[0], *q = row[1], *fact = row[2];
         const char *customer = strcmp(line, "-") ? line : NULL;
         events e;
         ev_init(&e);
@@ -186,7 +181,7 @@ static void test_extractive_facts(void **state)
         else print_message("missing fact '%s' for '%s' (customer %s): %s\n", fact, q, line, e.response ? e.response : "");
         ev_clear(&e);
     }
-    free(tsv);
+    testutil_tsv_close(&tsv);
     print_message("extractive facts: %d/%d\n", good, total);
     assert_true(total >= 12);
     assert_int_equal(good, total);
@@ -252,12 +247,6 @@ static void test_session_forbidden(void **state)
     ev_clear(&b);
 }
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = atoll(v[0]);
-    return 0;
-}
-
 static void test_turn_stored_once(void **state)
 {
     events a, b;
@@ -265,14 +254,9 @@ static void test_turn_stored_once(void **state)
     ev_init(&b);
     assert_int_equal(run(pipe_extractive, &a, &alice, "Warranty length?", "retry-session", NULL, "req-42", NULL), 0);
     assert_int_equal(run(pipe_extractive, &b, &alice, "Warranty length?", "retry-session", NULL, "req-42", NULL), 0);
-    long long n = -1;
-    chat_db_param p = CHAT_DB_P_STR("retry-session");
-    char err[256];
-    assert_int_equal(chat_db_run(chat_pipeline_db(pipe_extractive),
-                                 "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n, NULL,
-                                 NULL, err, sizeof err),
-                     0);
-    assert_int_equal(n, 2);
+    assert_int_equal(testutil_count(chat_pipeline_db(pipe_extractive),
+                                    "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", "retry-session"),
+                     2);
     ev_clear(&a);
     ev_clear(&b);
 }
@@ -344,12 +328,7 @@ static void test_customer_access_own(void **state)
         ev_clear(&e);
     }
     /* nothing was stored for the refused requests */
-    long long n = -1;
-    chat_db_param sp = CHAT_DB_P_STR("own-2");
-    assert_int_equal(chat_db_run(chat_pipeline_db(p), "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", &sp, 1,
-                                 count_row, &n, NULL, NULL, err, sizeof err),
-                     0);
-    assert_int_equal(n, 0);
+    assert_int_equal(testutil_count(chat_pipeline_db(p), "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", "own-2"), 0);
     chat_pipeline_free(p);
 }
 
@@ -520,12 +499,12 @@ static void test_end_many(void **state)
     chat_db *d = chat_pipeline_db(pipe_extractive);
     chat_history h;
     char err[256];
-    assert_int_equal(chat_memory_history(d, first.session_id, 10, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(d, first.session_id, 10, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 6);
     assert_string_equal(h.items[2].content, questions[0]);
     assert_string_equal(h.items[4].content, questions[3]);
     chat_history_clear(&h);
-    assert_int_equal(chat_memory_history(d, e[1].session_id, 10, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(d, e[1].session_id, 10, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 2);
     assert_string_equal(h.items[0].content, questions[1]);
     chat_history_clear(&h);

@@ -226,6 +226,48 @@ static void test_parse_table(void **state)
     }
 }
 
+/* The shared validator on the object of every message case of the parser table: the same outcome, the
+ * same code, the same words (REST calls it on its body, the WebSocket parser on its frame). */
+static void test_message_fields_match_parser(void **state)
+{
+    int checked = 0;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(parse_cases); i++) {
+        const struct parse_case *c = &parse_cases[i];
+        size_t len = c->len ? c->len : strlen(c->json);
+        json_tokener *tok = json_tokener_new();
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+        json_object *o = json_tokener_parse_ex(tok, c->json, (int)len), *t;
+        bool whole = o && json_tokener_get_parse_end(tok) == len;
+        json_tokener_free(tok);
+        if (!whole || !json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, "type", &t) ||
+            !json_object_is_type(t, json_type_string) || strcmp(json_object_get_string(t), "message")) {
+            json_object_put(o);
+            continue;
+        }
+        json_object_object_del(o, "type"); /* a REST body has none */
+        chat_in in;
+        memset(&in, 0, sizeof in);
+        const char *code = "unset";
+        char err[128] = "unset";
+        int rc = chat_proto_message_fields(o, MAX_MSG, &in, &code, err, sizeof err);
+        if (rc != c->want_rc) fail_msg("case '%s': rc %d, want %d (%s)", c->name, rc, c->want_rc, err);
+        if (rc == 0) {
+            check_opt_str(c->name, "message", in.message, c->message);
+            check_opt_str(c->name, "session_id", in.session_id, c->session_id);
+            check_opt_str(c->name, "customer_id", in.customer_id, c->customer_id);
+            if (in.partial != c->partial) fail_msg("case '%s': partial %d, want %d", c->name, in.partial, c->partial);
+        } else {
+            check_opt_str(c->name, "code", code, c->want_code);
+            check_opt_str(c->name, "err", err, c->want_err);
+            if (in.message || in.session_id || in.customer_id) fail_msg("case '%s': fields left after failure", c->name);
+        }
+        chat_in_clear(&in);
+        json_object_put(o);
+        checked++;
+    }
+    assert_true(checked >= 30);
+}
+
 static void test_parse_edges(void **state)
 {
     chat_in in;
@@ -330,15 +372,15 @@ static void test_auth_frames(void **state)
     json_object_put(o);
     free(s);
 
-    s = chat_proto_auth_error("Invalid token");
+    s = chat_proto_auth_error("Invalid token", NULL);
     o = parse_out(s);
     assert_int_equal(json_object_object_length(o), 2);
     expect_str(o, "type", "auth_error");
     expect_str(o, "message", "Invalid token");
     json_object_put(o);
     free(s);
-    assert_string_equal((s = chat_proto_auth_error("Token expired")),
-                        "{\"type\":\"auth_error\",\"message\":\"Token expired\"}");
+    s = chat_proto_auth_error("Token expired", NULL);
+    assert_string_equal(s, "{\"type\":\"auth_error\",\"message\":\"Token expired\"}");
     free(s);
 }
 
@@ -435,6 +477,201 @@ static void test_error_frames(void **state)
     expect_str(o, "error", "bad \xef\xbf\xbd byte \xef\xbf\xbd\xef\xbf\xbd");
     json_object_put(o);
     free(s);
+}
+
+/* The cancelled answer's complete: one builder for the broker and the streamer. */
+static void test_cancelled_frames(void **state)
+{
+    static const struct {
+        const char *response, *session_id;
+    } cases[] = {{"", "s-1"}, {"The partial \"answer\"", "s-2"}, {"text", NULL}, {"bad \xff", ""}};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        char *s = chat_proto_complete_cancelled(cases[i].response, cases[i].session_id);
+        json_object *o = parse_out(s);
+        assert_int_equal(json_object_object_length(o), 4);
+        expect_str(o, "type", "complete");
+        if (chat_utf8_valid(cases[i].response, strlen(cases[i].response)))
+            expect_str(o, "response", cases[i].response);
+        if (cases[i].session_id && cases[i].session_id[0])
+            expect_str(o, "session_id", cases[i].session_id);
+        else
+            expect_null(o, "session_id");
+        json_object *m = field(o, "metadata");
+        assert_true(json_object_is_type(m, json_type_object));
+        expect_str(m, "finish_reason", "cancelled");
+        expect_str(m, "agent", "general");
+        assert_int_equal(json_object_get_int(field(m, "confidence")), 0);
+        assert_int_equal(json_object_array_length(field(field(m, "context"), "sources")), 0);
+        json_object *usage = field(m, "usage");
+        assert_int_equal(json_object_object_length(usage), 2);
+        assert_true(json_object_is_type(field(usage, "prompt_tokens"), json_type_int));
+        assert_int_equal(json_object_get_int(field(usage, "prompt_tokens")), 0);
+        assert_int_equal(json_object_get_int(field(usage, "completion_tokens")), 0);
+        assert_true(json_object_is_type(field(m, "timings"), json_type_object));
+        json_object_put(o);
+        free(s);
+    }
+}
+
+/* The small frames and the static out-of-memory texts, each the same as its builder's output. */
+static void test_other_frames(void **state)
+{
+    char *s = chat_proto_pong();
+    assert_string_equal(s, "{\"type\":\"pong\"}");
+    free(s);
+    s = chat_proto_error("Out of memory", CHAT_CODE_PROCESSING_ERROR);
+    assert_string_equal(chat_proto_error_oom, s);
+    free(s);
+
+    s = chat_proto_rest_answer("Answer", "s-9", "{\"agent\":\"specs\"}");
+    json_object *o = parse_out(s);
+    assert_int_equal(json_object_object_length(o), 3);
+    expect_str(o, "response", "Answer");
+    expect_str(o, "session_id", "s-9");
+    expect_str(field(o, "metadata"), "agent", "specs");
+    json_object_put(o);
+    free(s);
+    s = chat_proto_rest_answer("Answer", "", "not json"); /* REST's session_id is always a string */
+    o = parse_out(s);
+    expect_str(o, "session_id", "");
+    assert_int_equal(json_object_object_length(field(o, "metadata")), 0);
+    json_object_put(o);
+    free(s);
+}
+
+/* Client frames: what the builders write is what the parser reads back. */
+static const struct {
+    const char *message, *session_id, *customer_id;
+    bool partial;
+} client_cases[] = {
+    {"What is the engine power?", NULL, NULL, true},
+    {"with \"quotes\" and\nnewline", "s-1", NULL, true},
+    {"both ids", "s-1:a.b_c", "cust-1001", false},
+    {"\xe5\xbc\x95\xe6\x93\x8e", NULL, "C42", false},
+};
+
+static void test_client_frames(void **state)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(client_cases); i++) {
+        char *s = chat_proto_client_message(client_cases[i].message, client_cases[i].session_id,
+                                            client_cases[i].customer_id, client_cases[i].partial);
+        chat_in in;
+        const char *code = NULL;
+        char err[128];
+        if (chat_proto_parse(s, strlen(s), 1000, &in, &code, err, sizeof err)) fail_msg("case %zu: %s", i, err);
+        assert_int_equal(in.type, CHAT_IN_MESSAGE);
+        assert_string_equal(in.message, client_cases[i].message);
+        check_opt_str("client", "session_id", in.session_id, client_cases[i].session_id);
+        check_opt_str("client", "customer_id", in.customer_id, client_cases[i].customer_id);
+        assert_int_equal(in.partial, client_cases[i].partial);
+        json_object *o = parse_out(s);
+        assert_int_equal(json_object_object_get_ex(o, "partial", NULL), !client_cases[i].partial);
+        json_object_put(o);
+        chat_in_clear(&in);
+        free(s);
+
+        s = chat_proto_rest_request(client_cases[i].message, client_cases[i].session_id, client_cases[i].customer_id);
+        o = parse_out(s);
+        expect_str(o, "message", client_cases[i].message);
+        assert_false(json_object_object_get_ex(o, "type", NULL));
+        assert_int_equal(json_object_object_length(o),
+                         1 + (client_cases[i].session_id != NULL) + (client_cases[i].customer_id != NULL));
+        json_object_put(o);
+        free(s);
+    }
+    char *s = chat_proto_client_auth("abc.def.ghi");
+    assert_string_equal(s, "{\"type\":\"auth\",\"token\":\"abc.def.ghi\"}");
+    free(s);
+}
+
+/* ---- the tables ---- */
+
+/* The statuses REST documents (docs/rest-api.md), spelt out here so a changed row is noticed. */
+static const struct {
+    const char *name;
+    int status;
+} documented_status[] = {
+    {CHAT_CODE_AUTH_REQUIRED, 401},     {"INVALID_TOKEN", 401},           {"TOKEN_EXPIRED", 401},
+    {CHAT_CODE_INVALID_JSON, 400},      {CHAT_CODE_INVALID_REQUEST, 400}, {CHAT_CODE_EMPTY_MESSAGE, 400},
+    {CHAT_CODE_MESSAGE_TOO_LONG, 400},  {CHAT_CODE_SESSION_FORBIDDEN, 403}, {CHAT_CODE_CUSTOMER_FORBIDDEN, 403},
+    {"NOT_FOUND", 404},                 {"METHOD_NOT_ALLOWED", 405},      {"PAYLOAD_TOO_LARGE", 413},
+    {"UNSUPPORTED_MEDIA_TYPE", 415},    {"SERVICE_UNAVAILABLE", 503},     {CHAT_CODE_PROCESSING_ERROR, 500},
+    {CHAT_CODE_RATE_LIMITED, 429},      {CHAT_CODE_OVERLOADED, 503},
+};
+
+static void test_code_table(void **state)
+{
+    for (int i = 0; i < CHAT_PROTO_CODE_COUNT; i++) {
+        chat_proto_code c = (chat_proto_code)i, back;
+        const char *name = chat_proto_code_name(c), *msg = chat_proto_code_message(c);
+        int status = chat_proto_code_status(c);
+        assert_non_null(name);
+        if (!name[0] || strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_") != strlen(name))
+            fail_msg("code %d: name '%s' is not an upper-case identifier", i, name);
+        if (status < 400 || status > 599) fail_msg("code %s: status %d is not an HTTP error", name, status);
+        if (!msg || !msg[0]) fail_msg("code %s: no default message", name);
+        if (!chat_proto_code_lookup(name, &back) || back != c) fail_msg("code %s: lookup does not round-trip", name);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(name, chat_proto_code_name((chat_proto_code)j))) fail_msg("code %s twice", name);
+    }
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(documented_status); i++) {
+        chat_proto_code c;
+        if (!chat_proto_code_lookup(documented_status[i].name, &c))
+            fail_msg("code %s is not in the table", documented_status[i].name);
+        if (chat_proto_code_status(c) != documented_status[i].status)
+            fail_msg("code %s: status %d, documented %d", documented_status[i].name, chat_proto_code_status(c),
+                     documented_status[i].status);
+    }
+    /* The legacy names are the table's strings. */
+    assert_string_equal(CHAT_CODE_AUTH_REQUIRED, "AUTH_REQUIRED");
+    assert_string_equal(CHAT_CODE(NOT_FOUND), chat_proto_code_name(CHAT_PROTO_NOT_FOUND));
+    assert_string_equal(chat_proto_code_message(CHAT_PROTO_AUTH_REQUIRED), "Authentication required");
+    /* Unknown names and values. */
+    chat_proto_code c = CHAT_PROTO_NOT_FOUND;
+    assert_false(chat_proto_code_lookup("auth_required", &c));
+    assert_false(chat_proto_code_lookup("", &c));
+    assert_false(chat_proto_code_lookup(NULL, &c));
+    assert_int_equal(c, CHAT_PROTO_NOT_FOUND);
+    assert_string_equal(chat_proto_code_name(CHAT_PROTO_CODE_COUNT), "PROCESSING_ERROR");
+    assert_int_equal(chat_proto_code_status((chat_proto_code)-1), 500);
+
+    /* The static out-of-memory body is what the builder would have written. */
+    char *s = chat_proto_rest_error(chat_proto_code_message(CHAT_PROTO_PROCESSING_ERROR), CHAT_CODE_PROCESSING_ERROR);
+    assert_string_equal(chat_proto_rest_error_oom, s);
+    free(s);
+}
+
+/* The steps in the order the client sees them, as the spec names them. */
+static const char *const spec_steps[] = {"starting", "agent_routing", "rag_retrieval", "generating"};
+
+static void test_step_table(void **state)
+{
+    assert_int_equal(CHAT_STEP_COUNT, CHAT_ARRAY_LEN(spec_steps));
+    for (int i = 0; i < CHAT_STEP_COUNT; i++) {
+        chat_proto_step step = (chat_proto_step)i, back;
+        const char *name = chat_proto_step_name(step), *msg = chat_proto_step_message(step);
+        assert_string_equal(name, spec_steps[i]);
+        if (!msg || !msg[0]) fail_msg("step %s: no default message", name);
+        if (!chat_proto_step_lookup(name, &back) || back != step) fail_msg("step %s: lookup does not round-trip", name);
+        char *s = chat_proto_progress_step(step);
+        json_object *o = parse_out(s);
+        assert_int_equal(json_object_object_length(o), 3);
+        expect_str(o, "type", "progress");
+        expect_str(o, "step", name);
+        expect_str(o, "message", msg);
+        json_object_put(o);
+        free(s);
+        s = chat_proto_progress(name); /* by name: the same frame */
+        char *want = chat_proto_progress_step(step);
+        assert_string_equal(s, want);
+        free(want);
+        free(s);
+    }
+    chat_proto_step step = CHAT_STEP_GENERATING;
+    assert_false(chat_proto_step_lookup("Starting", &step));
+    assert_false(chat_proto_step_lookup(NULL, &step));
+    assert_int_equal(step, CHAT_STEP_GENERATING);
+    assert_string_equal(chat_proto_step_name(CHAT_STEP_COUNT), "starting");
 }
 
 /* ---- the token frame and its escaper ---- */
@@ -620,6 +857,93 @@ static void test_token_random(void **state)
     assert_true(valid_seen > 5000);
 }
 
+/* ---- auth attempts that cannot be parsed ---- */
+
+static void test_auth_error_codes(void **state)
+{
+    char *s = chat_proto_auth_error("Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+    assert_string_equal(s, "{\"type\":\"auth_error\",\"message\":\"Message too long\",\"code\":\"MESSAGE_TOO_LONG\"}");
+    free(s);
+    s = chat_proto_auth_error(NULL, CHAT_CODE_INVALID_TOKEN);
+    assert_string_equal(s, "{\"type\":\"auth_error\",\"message\":\"Invalid token\",\"code\":\"INVALID_TOKEN\"}");
+    free(s);
+    s = chat_proto_auth_expiring(30);
+    assert_string_equal(s, "{\"type\":\"auth_expiring\",\"expires_in\":30}");
+    free(s);
+}
+
+/* A refused frame keeps its type when it named one, so that an auth frame is answered as an auth. */
+static void test_parse_failure_keeps_type(void **state)
+{
+    static const struct {
+        const char *json;
+        chat_in_type type;
+    } cases[] = {
+        {"{\"type\":\"auth\"}", CHAT_IN_AUTH},
+        {"{\"type\":\"auth\",\"token\":42}", CHAT_IN_AUTH},
+        {"{\"type\":\"auth\",\"token\":\"\"}", CHAT_IN_AUTH},
+        {"{\"type\":\"message\"}", CHAT_IN_MESSAGE},
+        {"{\"type\":\"shout\"}", 0},
+        {"{\"type\":\"auth\",", 0}, /* not JSON: chat_proto_scan's job */
+        {"[1]", 0},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_in in;
+        const char *code = NULL;
+        assert_int_equal(chat_proto_parse(cases[i].json, strlen(cases[i].json), MAX_MSG, &in, &code, NULL, 0),
+                         CHAT_EINVAL);
+        if (in.type != cases[i].type) fail_msg("%s: type %d, want %d", cases[i].json, in.type, cases[i].type);
+        assert_null(in.token);
+        chat_in_clear(&in);
+    }
+}
+
+static void test_auth_scan_table(void **state)
+{
+    static const struct {
+        const char *frame;
+        bool auth;
+    } cases[] = {
+        {"{\"type\":\"auth\",\"token\":\"abc", true},                  /* cut short */
+        {"{\"token\":\"abc\",\"type\":\"auth\"", true},               /* type after the token */
+        {"{ \"type\" :\t\"auth\" ,\"token\":}", true},                  /* blanks */
+        {"{\"token\":\"a\\\"b\",\"type\":\"auth\"}xx", true},         /* an escaped quote before it */
+        {"{\"type\":\"message\",\"message\":\"x", false},
+        {"{\"type\":\"authx\"", false},
+        {"{\"type\":\"aut\"", false},
+        {"{\"typex\":\"auth\"", false},
+        {"{\"xtype\":\"auth\"", false},
+        {"{\"type\":\"au\\u0074h\"", false},                           /* escapes are not decoded */
+        {"{\"message\":\"\\\"type\\\":\\\"auth\\\"\",", false},     /* inside a string */
+        {"{\"x\":{\"type\":\"auth\"}", false},                          /* not at the top level */
+        {"[\"type\",\"auth\"]", false},
+        {"{\"type\",\"auth\"}", false},
+        {"{\"type\"::\"auth\"}", false},
+        {"{\"type\":{\"auth\"", false},
+        {"not json", false},
+        {"", false},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        const char *f = cases[i].frame;
+        size_t n = strlen(f);
+        chat_proto_scan sc;
+        memset(&sc, 0, sizeof sc);
+        chat_proto_scan_feed(&sc, f, n);
+        if (sc.auth != cases[i].auth) fail_msg("%s: auth %d", f, sc.auth);
+        /* Fed a byte at a time, and cut in two at every point, the answer is the same. */
+        for (size_t cut = 0; cut <= n; cut++) {
+            memset(&sc, 0, sizeof sc);
+            chat_proto_scan_feed(&sc, f, cut);
+            chat_proto_scan_feed(&sc, f + cut, n - cut);
+            if (sc.auth != cases[i].auth) fail_msg("%s cut at %zu: auth %d", f, cut, sc.auth);
+        }
+        memset(&sc, 0, sizeof sc);
+        for (size_t k = 0; k < n; k++)
+            chat_proto_scan_feed(&sc, f + k, 1);
+        if (sc.auth != cases[i].auth) fail_msg("%s byte by byte: auth %d", f, sc.auth);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -629,6 +953,15 @@ int main(void)
         cmocka_unit_test(test_token_frames),    cmocka_unit_test(test_token_malformed_utf8),
         cmocka_unit_test(test_token_random),
         cmocka_unit_test(test_token_frames_from_escaped_slices),
+        cmocka_unit_test(test_code_table),
+        cmocka_unit_test(test_step_table),
+        cmocka_unit_test(test_cancelled_frames),
+        cmocka_unit_test(test_other_frames),
+        cmocka_unit_test(test_client_frames),
+        cmocka_unit_test(test_message_fields_match_parser),
+        cmocka_unit_test(test_auth_error_codes),
+        cmocka_unit_test(test_parse_failure_keeps_type),
+        cmocka_unit_test(test_auth_scan_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,34 @@ const char *testutil_path(const char *rel)
 
 char *testutil_read_file(const char *path, size_t *len) { return chat_read_file(path, 0, len); }
 
+int testutil_tsv_open(testutil_tsv *t, const char *rel)
+{
+    t->save = NULL;
+    t->data = testutil_read_file(testutil_path(rel), NULL);
+    return t->data ? 0 : -1;
+}
+
+int testutil_tsv_next(testutil_tsv *t, char **fields, int max)
+{
+    char *line;
+    do {
+        line = strtok_r(t->save ? NULL : t->data, "\n", &t->save);
+        if (!line) return 0;
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\r') line[len - 1] = '\0';
+    } while (!line[0] || line[0] == '#');
+    int n = 0;
+    fields[n++] = line;
+    for (char *tab; n < max && (tab = strchr(fields[n - 1], '\t'));) *tab = '\0', fields[n++] = tab + 1;
+    return n;
+}
+
+void testutil_tsv_close(testutil_tsv *t)
+{
+    free(t->data);
+    t->data = t->save = NULL;
+}
+
 pid_t testutil_fake_llm_start(int *port)
 {
     const char *bin = testutil_path("build/bin/fake-llm");

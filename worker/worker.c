@@ -20,23 +20,27 @@
  * - One DEALER per process: a token's way out is one wake of the main thread, which drains whatever
  *   every slot produced meanwhile, and one ZeroMQ I/O thread that writes many messages per system call.
  * - ZeroMQ sockets belong to one thread, so the stage threads and the generator do not write to the
- *   DEALER: each sends its events, in wire format behind the slot number, on its own inproc PUSH to the
- *   main thread's PULL, which forwards them verbatim. A slow broker back-pressures the answers through
- *   the high-water marks instead of growing a queue.
- * - Tokens and progress steps skip the PUSH: they are appended to the slot's buffers. The answer's first
- *   token is sent at once (a TOK note, which sends the steps waiting before it); later tokens, and steps
- *   that no token follows yet, are gathered for CHAT_TOKEN_FLUSH_MS (2): the first slot to have something
- *   waiting sends a TICK, and when the interval is over the main thread sends every waiting slot's steps
- *   and tokens, one event per step and one per answer's tokens. With hundreds of answers streaming a
- *   token every few tens of milliseconds, that is one wake-up of the main thread (and of the broker and
- *   the event loop behind it) per interval instead of one per token, for at most 2 ms more between
- *   tokens; the first token is never held back (an instant generation's tokens all leave with complete,
- *   microseconds later). 0 sends each token at once.
- * - After every answer the stage thread that finished it sends an internal DONE. If an answer ever ended
+ *   DEALER, and only the main thread speaks the broker's wire (chat_wire.h). What an answer produces
+ *   waits in its slot (progress steps and tokens in buffers, the terminal event as an owned copy), and
+ *   the producing thread sends a note, an 8-byte {slot, kind} part on its own inproc PUSH to the main
+ *   thread's PULL, which then builds the events from the slot. A slow broker back-pressures the answers
+ *   through the high-water marks instead of growing a queue.
+ * - The answer's first token is sent at once (a TOKENS note, which sends the steps waiting before it);
+ *   later tokens, and steps that no token follows yet, are gathered for CHAT_TOKEN_FLUSH_MS (2): the
+ *   first slot to have something waiting sends a TICK, and when the interval is over the main thread
+ *   sends every waiting slot's steps and tokens, one event per step and one per answer's tokens. With
+ *   hundreds of answers streaming a token every few tens of milliseconds, that is one wake-up of the main
+ *   thread (and of the broker and the event loop behind it) per interval instead of one per token, for
+ *   at most 2 ms more between tokens; the first token is never held back (an instant generation's tokens
+ *   all leave with complete, microseconds later). Batching never merges frames: a token event lists its
+ *   pieces' lengths, and the streamer sends each piece as its own frame. 0 sends each step and token at once. The main thread
+ *   swaps a slot's buffers with spare ones of its own, so sending tokens allocates nothing.
+ * - After every answer the stage thread that finished it sends a DONE note. If an answer ever ended
  *   without a terminal event, the main thread supplies a PROCESSING_ERROR, so the broker never waits
  *   forever.
  * - The broker counts a slot free at the job's terminal event, which the DONE follows a moment later: a
- *   JOB arriving in between waits in a small FIFO and starts on the next DONE.
+ *   JOB arriving in between waits in a small FIFO and starts on the next DONE. A JOB is parsed once and
+ *   copied once (chat_wire_job_dup): the slot owns that copy until DONE.
  * - Paranoid Pirate on this side: a broker silent for CHAT_WIRE_DEAD_MS is presumed gone and the socket
  *   is recreated; one that answers RESET has restarted and does not know us. Either way READY is sent
  *   again once no job runs: the jobs in flight are cancelled first, their clients were on the old broker.
@@ -65,31 +69,40 @@
 #include "chat_util.h"
 #include "chat_wire.h"
 
-#define DONE_CMD "DONE"
-#define TOKENS_CMD "TOK"     /* send the tokens waiting in the slot's buffer now (the answer's first) */
-#define TICK_CMD "TICK"      /* slots have tokens waiting: send them within CHAT_TOKEN_FLUSH_MS */
 #define STOP_GIVE_UP_MS 5000 /* after the grace period and a cancel, exit anyway */
 #define SLOT_EVENTS_HWM 10000
 #define GEN_WAIT_MS 100      /* the generator's longest wait when nothing is due */
+#define SPARE_MAX_BYTES 16384 /* a slot's emptied token buffer is kept for reuse up to this size */
 
 typedef struct worker worker;
 
 enum { STAGE_BEGIN, STAGE_END };
 
+/* What a stage thread or the generator tells the main thread about a slot: one fixed-size part on its
+ * inproc PUSH (worker-internal, never on the broker's wire). */
+typedef enum {
+    NOTE_TOKENS,   /* send the slot's waiting steps and tokens now (the answer's first token) */
+    NOTE_TICK,     /* slots have steps or tokens waiting: send them within CHAT_TOKEN_FLUSH_MS */
+    NOTE_TERMINAL, /* the answer's terminal event waits in the slot */
+    NOTE_DONE,     /* the answer is over: the slot is free again */
+} note_kind;
+
+typedef struct note {
+    int slot;
+    int kind; /* note_kind */
+} note;
+
 typedef struct slot {
     worker *w;
     int index;
-    char index_str[12];
 
     /* The answer in flight. The main thread fills these at assign; from then until DONE they belong to
      * whichever thread holds the slot: a stage thread (BEGIN), the generator, a stage thread (END),
      * handed on through the task queue and the generator's inbox (whose mutexes order the accesses).
-     * job_msg is not touched until DONE is seen; job, req and user point into it. */
-    chat_wire_msg job_msg;
-    chat_wire_job job;
+     * job is the slot's own copy of the JOB (req points into it), freed by the main thread after DONE. */
+    chat_wire_job *job;
     chat_user user;
     chat_request req;
-    char job_id_str[24];
     atomic_int cancel;
     int stage;             /* STAGE_BEGIN or STAGE_END, with the task */
     int64_t accepted_us;   /* when the main thread handed the job over */
@@ -104,12 +117,19 @@ typedef struct slot {
     uint64_t job_id;
     bool terminal_sent;
 
-    /* Progress steps and tokens, producing thread -> main thread, under tok_mu. ev_buf holds progress as
-     * "step\0message\0" pairs: they always come before the answer's first token. */
+    /* What the answer produced, producing thread -> main thread, under tok_mu. ev_buf holds progress as
+     * "step\0message\0" pairs: they always come before the answer's first token. terminal: the
+     * answer's complete or error (an owned copy) until the main thread sends it. */
     pthread_mutex_t tok_mu;
     chat_buf ev_buf;
-    chat_buf tok_buf;
+    chat_buf tok_buf;  /* the pieces' text, one after another */
+    chat_buf tok_lens; /* each piece's length (chat_wire_token_piece_put): the streamer frames each */
+    chat_wire_event *terminal;
     bool in_dirty; /* listed in w->dirty (under w->dirty_mu) */
+
+    /* Main thread only: emptied buffers swapped in for ev_buf and tok_buf at each flush, so that
+     * producing and sending reuse the same memory instead of allocating per flush. */
+    chat_buf ev_spare, tok_spare, lens_spare;
 } slot;
 
 /* A FIFO of slot indexes with room for every slot (a slot is in at most one queue at a time). */
@@ -156,7 +176,7 @@ struct worker {
     int n_finishing;  /* busy slots whose terminal event went out (the broker counts them free) */
     int *idle;        /* stack of idle slot indexes */
     int n_idle;
-    chat_wire_msg *pending; /* ring of JOBs waiting for a DONE, capacity n_slots */
+    chat_wire_job **pending; /* ring of JOBs waiting for a DONE, capacity n_slots */
     bool *pending_cancel;
     int pend_head, pend_len;
     int64_t flush_at_ms; /* 0: no TICK pending */
@@ -170,11 +190,6 @@ struct worker {
 
 /* The calling thread's PUSH to the main thread (each stage thread and the generator has its own). */
 static _Thread_local void *tl_push;
-
-static chat_wire_part part(const char *s)
-{
-    return (chat_wire_part){s ? s : "", s ? strlen(s) : 0};
-}
 
 static void fifo_push(slot_fifo *f, int v)
 {
@@ -192,23 +207,11 @@ static int fifo_pop(slot_fifo *f)
 
 /* ---------------------------------------------------------------- events, from any thread but main */
 
-/* slot EV job_id kind fields... on the PUSH (blocking: at the high-water mark the answer waits). */
-static void slot_event(slot *s, const char *kind, const chat_wire_part *f, int nf)
+/* Tells the main thread about s (blocking: at the high-water mark the answer waits). */
+static void slot_note(slot *s, note_kind kind)
 {
-    chat_wire_part p[CHAT_WIRE_MAX_PARTS];
-    int n = 0;
-    p[n++] = part(s->index_str);
-    p[n++] = part(CHAT_WIRE_EVENT);
-    p[n++] = part(s->job_id_str);
-    p[n++] = part(kind);
-    for (int i = 0; i < nf && n < CHAT_WIRE_MAX_PARTS; i++) p[n++] = f[i];
-    chat_wire_send(tl_push, p, n, 0);
-}
-
-static void slot_note(slot *s, const char *cmd)
-{
-    chat_wire_part p[3] = {part(s->index_str), part(cmd), part(s->job_id_str)};
-    chat_wire_send(tl_push, p, 3, 0);
+    note n = {s->index, (int)kind};
+    zmq_send(tl_push, &n, sizeof n, 0);
 }
 
 /* Lists the slot for the next flush; the first slot listed since the last flush wakes the main thread. */
@@ -222,59 +225,91 @@ static void mark_dirty(slot *s)
         w->dirty[w->n_dirty++] = s->index;
     }
     pthread_mutex_unlock(&w->dirty_mu);
-    if (first_dirty) slot_note(s, TICK_CMD);
+    if (first_dirty) slot_note(s, NOTE_TICK);
 }
 
-/* Progress waits for the next flush like tokens do: the answer's first token, the terminal event or the
- * interval sends it, always before the tokens. Three progress messages through the PUSH and the main
- * thread cost about a tenth of the turns per second a worker manages. */
+/* Progress waits in the slot like tokens do: the answer's first token, the terminal event or the
+ * interval sends it, always before the tokens (with CHAT_TOKEN_FLUSH_MS 0, a TOKENS note sends it at
+ * once). A note per step would cost: three through the PUSH and the main thread cost about a tenth of
+ * the turns per second a worker manages. */
 static void on_progress(void *ud, const char *step, const char *message)
 {
     slot *s = ud;
-    if (!strcmp(step, "starting")) return; /* the streamer sent it already */
-    if (s->w->cfg.token_flush_ms == 0) {
-        chat_wire_part f[2] = {part(step), part(message)};
-        slot_event(s, CHAT_WIRE_EV_PROGRESS, f, 2);
-        return;
-    }
+    if (!strcmp(step, chat_proto_step_name(CHAT_STEP_STARTING))) return; /* the streamer sent it already */
     pthread_mutex_lock(&s->tok_mu);
     bool was_empty = s->ev_buf.len == 0;
     chat_buf_append(&s->ev_buf, step, strlen(step) + 1);
     chat_buf_append(&s->ev_buf, message, strlen(message) + 1);
     pthread_mutex_unlock(&s->tok_mu);
-    if (was_empty) mark_dirty(s);
+    if (!was_empty) return;
+    if (s->w->cfg.token_flush_ms == 0)
+        slot_note(s, NOTE_TOKENS);
+    else
+        mark_dirty(s);
 }
 
 /* Runs on the generator thread. */
 static int on_token(void *ud, const char *text, size_t len)
 {
     slot *s = ud;
+    if (!len || len > UINT32_MAX) return atomic_load(&s->cancel) ? 1 : 0; /* no piece to frame */
+    unsigned char piece[4];
+    chat_wire_token_piece_put(piece, (uint32_t)len);
     pthread_mutex_lock(&s->tok_mu);
     bool was_empty = s->tok_buf.len == 0;
     int rc = chat_buf_append(&s->tok_buf, text, len);
+    if (!rc && (rc = chat_buf_append(&s->tok_lens, piece, sizeof piece))) s->tok_buf.len -= len; /* in step */
     pthread_mutex_unlock(&s->tok_mu);
     if (rc) return 1;
     if (s->w->instant && s->w->cfg.token_flush_ms > 0) {
-        /* the whole answer follows within microseconds, and complete sends what waits */
+        /* the whole answer follows within microseconds, and complete sends what waits: one event whose
+         * pieces the streamer still sends as a frame each */
     } else if (!s->first_token_sent || s->w->cfg.token_flush_ms == 0) {
         s->first_token_sent = true;
-        if (was_empty) slot_note(s, TOKENS_CMD);
+        if (was_empty) slot_note(s, NOTE_TOKENS);
     } else if (was_empty) {
         mark_dirty(s);
     }
     return atomic_load(&s->cancel) ? 1 : 0;
 }
 
+/* Keeps the answer's terminal event in the slot for the main thread: a copy, as the pipeline's strings
+ * do not outlive the call. Only the first counts. Out of memory, the slot's DONE supplies an error. */
+static void slot_terminal(slot *s, const chat_wire_event *ev)
+{
+    chat_wire_event *copy = chat_wire_event_dup(ev);
+    if (!copy) {
+        chat_log_error("worker: out of memory keeping the end of job %" PRIu64, ev->job_id);
+        return;
+    }
+    pthread_mutex_lock(&s->tok_mu);
+    bool first = !s->terminal;
+    if (first) s->terminal = copy;
+    pthread_mutex_unlock(&s->tok_mu);
+    if (!first) {
+        chat_wire_event_free(copy);
+        return;
+    }
+    slot_note(s, NOTE_TERMINAL);
+}
+
 static void on_complete(void *ud, const char *response, const char *session_id, const char *metadata_json)
 {
-    chat_wire_part f[3] = {part(response), part(session_id), part(metadata_json)};
-    slot_event(ud, CHAT_WIRE_EV_COMPLETE, f, 3);
+    slot *s = ud;
+    chat_wire_event ev = {.job_id = s->job->job_id,
+                          .kind = CHAT_WIRE_EV_COMPLETE,
+                          .complete = {chat_wire_cstr(response), chat_wire_cstr(session_id),
+                                       chat_wire_cstr(metadata_json)}};
+    slot_terminal(s, &ev);
 }
 
 static void on_error(void *ud, const char *code, const char *message)
 {
-    chat_wire_part f[2] = {part(code), part(message)};
-    slot_event(ud, CHAT_WIRE_EV_ERROR, f, 2);
+    slot *s = ud;
+    chat_wire_event ev = {.job_id = s->job->job_id,
+                          .kind = CHAT_WIRE_EV_ERROR,
+                          .error = {chat_wire_cstr(code), chat_wire_cstr(message)}};
+    slot_terminal(s, &ev);
 }
 
 static void *push_open(worker *w)
@@ -316,7 +351,7 @@ static void gen_submit(worker *w, slot *s)
  * generate; NULL when the answer already ended (its DONE is sent). */
 static chat_run *stage_begin(stage_thread *st, slot *s)
 {
-    chat_wire_job *job = &s->job;
+    const chat_wire_job *job = s->job;
     memset(&s->user, 0, sizeof s->user);
     snprintf(s->user.id, sizeof s->user.id, "%s", job->user_id);
     snprintf(s->user.email, sizeof s->user.email, "%s", job->user_email);
@@ -334,7 +369,7 @@ static chat_run *stage_begin(stage_thread *st, slot *s)
     chat_run *run = chat_pipeline_begin(st->pipeline, &s->req, &sink, &s->cancel, &rc);
     if (run) return run;
     if (rc) chat_log_debug("worker: job %" PRIu64 " ended with %s", job->job_id, chat_strerror(rc));
-    slot_note(s, DONE_CMD);
+    slot_note(s, NOTE_DONE);
     return NULL;
 }
 
@@ -368,7 +403,7 @@ static void stage_run(stage_thread *st, slot **group, int n)
     }
     if (!nr) return;
     chat_pipeline_end_many(st->pipeline, runs, (size_t)nr);
-    for (int i = 0; i < nr; i++) slot_note(done[i], DONE_CMD);
+    for (int i = 0; i < nr; i++) slot_note(done[i], NOTE_DONE);
 }
 
 static void *stage_main(void *arg)
@@ -465,31 +500,31 @@ static void *dealer_open(worker *w)
 
 static void send_ready(worker *w, void *dealer)
 {
-    char pid[16], slots[16];
-    snprintf(pid, sizeof pid, "%d", (int)getpid());
-    snprintf(slots, sizeof slots, "%d", w->n_slots);
-    chat_wire_part p[4] = {part(CHAT_WIRE_READY), part(CHAT_WIRE_VERSION), part(pid), part(slots)};
-    chat_wire_send(dealer, p, 4, ZMQ_DONTWAIT);
+    chat_wire_cmd ready = {.kind = CHAT_WIRE_READY, .ready = {.pid = (int)getpid(), .slots = w->n_slots}};
+    chat_wire_send(dealer, NULL, &ready, ZMQ_DONTWAIT);
+}
+
+static void send_cmd(void *dealer, chat_wire_kind kind)
+{
+    chat_wire_send(dealer, NULL, &(chat_wire_cmd){.kind = kind}, ZMQ_DONTWAIT);
 }
 
 static void send_job_error(void *dealer, uint64_t id, const char *code, const char *message)
 {
-    chat_wire_part f[2] = {part(code), part(message)};
-    chat_wire_send_event(dealer, id, CHAT_WIRE_EV_ERROR, f, 2, ZMQ_DONTWAIT);
+    chat_wire_event ev = {.job_id = id,
+                          .kind = CHAT_WIRE_EV_ERROR,
+                          .error = {chat_wire_cstr(code), chat_wire_cstr(message)}};
+    chat_wire_send_event(dealer, &ev, ZMQ_DONTWAIT);
 }
 
-/* Hands the JOB in *m to an idle slot (the message buffer moves with it) and queues its first stage. */
-static void assign(worker *w, chat_wire_msg *m, bool cancelled)
+/* Hands job (ownership moves) to an idle slot and queues its first stage. */
+static void assign(worker *w, chat_wire_job *job, bool cancelled)
 {
     slot *s = &w->slots[w->idle[--w->n_idle]];
-    chat_wire_msg tmp = s->job_msg;
-    s->job_msg = *m;
-    *m = tmp;
-    chat_wire_parse_job(&s->job_msg, 0, &s->job);
-    snprintf(s->job_id_str, sizeof s->job_id_str, "%" PRIu64, s->job.job_id);
+    s->job = job;
     atomic_store(&s->cancel, cancelled ? 1 : 0);
     s->busy = true;
-    s->job_id = s->job.job_id;
+    s->job_id = job->job_id;
     s->terminal_sent = false;
     s->accepted_us = chat_now_us();
     s->first_token_sent = false;
@@ -498,28 +533,29 @@ static void assign(worker *w, chat_wire_msg *m, bool cancelled)
     stage_submit(w, s, STAGE_BEGIN);
 }
 
-static void start_job(worker *w, void *dealer, chat_wire_msg *m, bool stopping)
+/* A JOB from the broker (spec points into the received message): its copy starts on an idle slot, or
+ * waits for a slot whose terminal event went out; else the job is refused. */
+static void start_job(worker *w, void *dealer, const chat_wire_job *spec, bool stopping)
 {
-    chat_wire_job job;
-    if (chat_wire_parse_job(m, 0, &job)) {
-        chat_log_warn("worker: malformed JOB ignored");
+    /* a slot frees itself on its DONE: the broker may count it free a moment earlier */
+    bool room = !stopping && (w->n_idle > 0 || w->pend_len < w->n_finishing);
+    if (!room) { /* the broker should never do this; answer rather than strand the client */
+        send_job_error(dealer, spec->job_id, CHAT_CODE_OVERLOADED, "The worker is busy, please retry");
         return;
     }
-    if (!stopping && w->n_idle > 0) {
-        assign(w, m, false);
+    chat_wire_job *job = chat_wire_job_dup(spec);
+    if (!job) {
+        send_job_error(dealer, spec->job_id, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
         return;
     }
-    if (!stopping && w->pend_len < w->n_finishing) { /* a slot frees itself on its DONE */
-        int at = (w->pend_head + w->pend_len) % w->n_slots;
-        chat_wire_msg tmp = w->pending[at];
-        w->pending[at] = *m;
-        *m = tmp;
-        w->pending_cancel[at] = false;
-        w->pend_len++;
+    if (w->n_idle > 0) {
+        assign(w, job, false);
         return;
     }
-    /* the broker should never do this; answer rather than strand the client */
-    send_job_error(dealer, job.job_id, CHAT_CODE_OVERLOADED, "The worker is busy, please retry");
+    int at = (w->pend_head + w->pend_len) % w->n_slots;
+    w->pending[at] = job;
+    w->pending_cancel[at] = false;
+    w->pend_len++;
 }
 
 static void cancel_job(worker *w, uint64_t id)
@@ -535,8 +571,7 @@ static void cancel_job(worker *w, uint64_t id)
     }
     for (int k = 0; k < w->pend_len; k++) {
         int at = (w->pend_head + k) % w->n_slots;
-        chat_wire_job job;
-        if (!chat_wire_parse_job(&w->pending[at], 0, &job) && job.job_id == id) w->pending_cancel[at] = true;
+        if (w->pending[at]->job_id == id) w->pending_cancel[at] = true;
     }
 }
 
@@ -548,31 +583,48 @@ static void cancel_all(worker *w)
     chat_llm_loop_wakeup(w->loop);
 }
 
-static void handle_broker(worker *w, void *dealer, chat_wire_msg *m, bool stopping, bool *reset)
+static void handle_broker(worker *w, void *dealer, const chat_wire_msg *m, bool stopping, bool *reset)
 {
-    if (chat_wire_is(m, 0, CHAT_WIRE_HB)) return;
-    if (chat_wire_is(m, 0, CHAT_WIRE_JOB)) {
-        start_job(w, dealer, m, stopping);
+    chat_wire_cmd c;
+    char err[128];
+    if (chat_wire_parse(m, NULL, &c, err, sizeof err)) {
+        chat_log_warn("worker: a message from the broker dropped: %s", err);
         return;
     }
-    if (chat_wire_is(m, 0, CHAT_WIRE_CANCEL)) {
-        uint64_t id;
-        if (!chat_wire_u64(m, 1, &id)) cancel_job(w, id);
+    switch (c.kind) {
+    case CHAT_WIRE_JOB:
+        start_job(w, dealer, &c.job, stopping);
+        return;
+    case CHAT_WIRE_CANCEL:
+        cancel_job(w, c.job_id);
+        return;
+    case CHAT_WIRE_RESET:
+        *reset = true;
+        return;
+    default: /* HB: the sign of life is all; READY, EV and BYE only go the other way */
         return;
     }
-    if (chat_wire_is(m, 0, CHAT_WIRE_RESET)) *reset = true;
+}
+
+/* Empties a buffer kept for the next flush; one that a long instant answer grew is let go, so that
+ * thousands of slots do not each keep their largest answer. */
+static void spare_reset(chat_buf *b)
+{
+    if (b->cap > SPARE_MAX_BYTES)
+        chat_buf_free(b);
+    else
+        chat_buf_reset(b);
 }
 
 /* Sends what waits in the slot's buffers: the progress steps, each as its event, then the tokens as one
- * event. */
+ * event. The buffers are swapped with the slot's spares under the lock, and sent from there. */
 static void flush_tokens(void *dealer, slot *s)
 {
-    chat_buf out, ev;
     pthread_mutex_lock(&s->tok_mu);
-    out = s->tok_buf;
-    ev = s->ev_buf;
-    chat_buf_init(&s->tok_buf);
-    chat_buf_init(&s->ev_buf);
+    chat_buf ev = s->ev_buf, out = s->tok_buf, lens = s->tok_lens;
+    s->ev_buf = s->ev_spare;
+    s->tok_buf = s->tok_spare;
+    s->tok_lens = s->lens_spare;
     pthread_mutex_unlock(&s->tok_mu);
     for (size_t at = 0; at < ev.len;) {
         const char *step = ev.data + at;
@@ -580,22 +632,44 @@ static void flush_tokens(void *dealer, slot *s)
         const char *message = step + sl + 1;
         size_t ml = strlen(message);
         at += sl + ml + 2;
-        chat_wire_part f[2] = {{step, sl}, {message, ml}};
-        if (chat_wire_send_event(dealer, s->job_id, CHAT_WIRE_EV_PROGRESS, f, 2, 0))
-            chat_log_warn("worker: progress not sent: %s", zmq_strerror(errno));
+        chat_wire_event pe = {.job_id = s->job_id, .kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}};
+        if (chat_wire_send_event(dealer, &pe, 0)) chat_log_warn("worker: progress not sent: %s", zmq_strerror(errno));
     }
-    chat_buf_free(&ev);
     if (out.len) {
-        chat_wire_part f[1] = {{out.data, out.len}};
+        chat_wire_event te = {.job_id = s->job_id, .kind = CHAT_WIRE_EV_TOKEN, .token = {{out.data, out.len}, {lens.data, lens.len}}};
         /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
-        if (chat_wire_send_event(dealer, s->job_id, CHAT_WIRE_EV_TOKEN, f, 1, 0))
-            chat_log_warn("worker: tokens not sent: %s", zmq_strerror(errno));
+        if (chat_wire_send_event(dealer, &te, 0)) chat_log_warn("worker: tokens not sent: %s", zmq_strerror(errno));
     }
-    chat_buf_free(&out);
+    s->ev_spare = ev;
+    s->tok_spare = out;
+    s->lens_spare = lens;
+    spare_reset(&s->ev_spare);
+    spare_reset(&s->tok_spare);
+    spare_reset(&s->lens_spare);
+}
+
+/* Sends the answer's terminal event if it waits in the slot, after the steps and tokens before it: the
+ * first one only (the broker frees the slot on it). */
+static void send_terminal(worker *w, void *dealer, slot *s)
+{
+    pthread_mutex_lock(&s->tok_mu);
+    chat_wire_event *ev = s->terminal;
+    s->terminal = NULL;
+    pthread_mutex_unlock(&s->tok_mu);
+    if (!ev) return;
+    if (!s->terminal_sent) {
+        flush_tokens(dealer, s); /* nothing may follow the terminal event */
+        /* Blocking send, as for tokens. */
+        if (chat_wire_send_event(dealer, ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+        s->terminal_sent = true;
+        w->n_finishing++;
+    }
+    chat_wire_event_free(ev);
 }
 
 static void slot_done(worker *w, void *dealer, slot *s)
 {
+    send_terminal(w, dealer, s); /* normally sent already, on its own note */
     flush_tokens(dealer, s);
     if (!s->terminal_sent) {
         chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", s->job_id);
@@ -606,6 +680,8 @@ static void slot_done(worker *w, void *dealer, slot *s)
     /* debug: the broker logs every turn once, with its outcome and duration (the streamer's log) */
     chat_log_debug("worker: job %" PRIu64 " done in %" PRId64 " ms%s", s->job_id, (chat_now_us() - s->accepted_us) / 1000,
                    atomic_load(&s->cancel) ? " (cancelled)" : "");
+    chat_wire_job_free(s->job);
+    s->job = NULL;
     s->busy = false;
     s->job_id = 0;
     w->n_busy--;
@@ -614,7 +690,8 @@ static void slot_done(worker *w, void *dealer, slot *s)
         int at = w->pend_head;
         w->pend_head = (w->pend_head + 1) % w->n_slots;
         w->pend_len--;
-        assign(w, &w->pending[at], w->pending_cancel[at]);
+        assign(w, w->pending[at], w->pending_cancel[at]);
+        w->pending[at] = NULL;
     }
 }
 
@@ -631,36 +708,38 @@ static void flush_dirty(worker *w, void *dealer)
         if (w->slots[w->flushing[i]].busy) flush_tokens(dealer, &w->slots[w->flushing[i]]);
 }
 
-/* A message from a slot: [slot] TOK|TICK|DONE job_id, or [slot] EV job_id kind ... to forward. */
-static void handle_slot_message(worker *w, void *dealer, chat_wire_msg *m)
+/* A note from a stage thread or the generator. */
+static void handle_note(worker *w, void *dealer, const note *n)
 {
-    uint64_t idx;
-    if (m->n < 3 || chat_wire_u64(m, 0, &idx) || idx >= (uint64_t)w->n_slots) return;
-    slot *s = &w->slots[idx];
-    if (chat_wire_is(m, 1, TICK_CMD)) {
+    if (n->slot < 0 || n->slot >= w->n_slots) return;
+    slot *s = &w->slots[n->slot];
+    if (n->kind == NOTE_TICK) {
         if (!w->flush_at_ms) w->flush_at_ms = chat_now_ms() + w->cfg.token_flush_ms;
         return;
     }
     if (!s->busy) return;
-    if (chat_wire_is(m, 1, TOKENS_CMD)) {
+    switch ((note_kind)n->kind) {
+    case NOTE_TOKENS:
         flush_tokens(dealer, s);
         return;
-    }
-    if (chat_wire_is(m, 1, DONE_CMD)) {
+    case NOTE_TERMINAL:
+        send_terminal(w, dealer, s);
+        return;
+    case NOTE_DONE:
         slot_done(w, dealer, s);
         return;
+    case NOTE_TICK:
+        return;
     }
-    if (!chat_wire_is(m, 1, CHAT_WIRE_EVENT)) return;
-    if (chat_wire_is(m, 3, CHAT_WIRE_EV_COMPLETE) || chat_wire_is(m, 3, CHAT_WIRE_EV_ERROR)) {
-        flush_tokens(dealer, s); /* nothing may follow the terminal event */
-        if (!s->terminal_sent) w->n_finishing++;
-        s->terminal_sent = true;
-    }
-    chat_wire_part p[CHAT_WIRE_MAX_PARTS];
-    for (int i = 1; i < m->n; i++)
-        p[i - 1] = (chat_wire_part){m->part[i], m->len[i]};
-    /* Blocking send: at the high-water mark the pipeline waits rather than losing a token. */
-    if (chat_wire_send(dealer, p, m->n - 1, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+}
+
+/* Takes every note waiting on the PULL. */
+static void receive_notes(worker *w, void *dealer, void *pull)
+{
+    note n;
+    int got;
+    while ((got = zmq_recv(pull, &n, sizeof n, ZMQ_DONTWAIT)) >= 0)
+        if (got == (int)sizeof n) handle_note(w, dealer, &n);
 }
 
 static worker *worker_new(const chat_config *cfg)
@@ -698,12 +777,13 @@ static worker *worker_new(const chat_config *cfg)
         slot *s = &w->slots[i];
         s->w = w;
         s->index = i;
-        snprintf(s->index_str, sizeof s->index_str, "%d", i);
         pthread_mutex_init(&s->tok_mu, NULL);
         chat_buf_init(&s->tok_buf);
         chat_buf_init(&s->ev_buf);
-        chat_wire_msg_init(&s->job_msg);
-        chat_wire_msg_init(&w->pending[i]);
+        chat_buf_init(&s->tok_spare);
+        chat_buf_init(&s->ev_spare);
+        chat_buf_init(&s->tok_lens);
+        chat_buf_init(&s->lens_spare);
         w->idle[w->n_slots - 1 - i] = i; /* slot 0 first */
     }
     for (int i = 0; i < w->n_stages; i++) w->stages[i].w = w;
@@ -717,10 +797,15 @@ static void worker_free(worker *w)
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = &w->slots[i];
         chat_run_abandon(s->run);
-        chat_wire_msg_clear(&s->job_msg);
-        chat_wire_msg_clear(&w->pending[i]);
+        chat_wire_job_free(s->job);
+        chat_wire_job_free(w->pending[i]);
+        chat_wire_event_free(s->terminal);
         chat_buf_free(&s->tok_buf);
         chat_buf_free(&s->ev_buf);
+        chat_buf_free(&s->tok_spare);
+        chat_buf_free(&s->ev_spare);
+        chat_buf_free(&s->tok_lens);
+        chat_buf_free(&s->lens_spare);
         pthread_mutex_destroy(&s->tok_mu);
     }
     for (int i = 0; i < w->n_stages; i++) chat_pipeline_free(w->stages[i].pipeline);
@@ -764,139 +849,185 @@ static bool threads_stop(worker *w)
     return !stuck;
 }
 
-int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
+/* Everything but the DEALER: the pipelines, the model, the inproc PULL, the stage and generator threads.
+ * 0, or -1 (logged). */
+static int worker_start(worker *w, void **pull)
 {
-    worker *w = worker_new(cfg);
-    if (!w) return 1;
-    int rc = 1;
-    void *pull = NULL, *dealer = NULL;
-    chat_wire_msg m;
-    chat_wire_msg_init(&m);
     char err[256];
-
-    w->kb_stats = chat_kb_stats_new(cfg->kb_common_pct);
-    if (!w->kb_stats) goto out;
+    w->kb_stats = chat_kb_stats_new(w->cfg.kb_common_pct);
+    if (!w->kb_stats) return -1;
     for (int i = 0; i < w->n_stages; i++) {
-        w->stages[i].pipeline = chat_pipeline_new(cfg, err, sizeof err);
+        w->stages[i].pipeline = chat_pipeline_new(&w->cfg, err, sizeof err);
         if (!w->stages[i].pipeline) {
             chat_log_error("worker: %s", err);
-            goto out;
+            return -1;
         }
         chat_pipeline_share_kb_stats(w->stages[i].pipeline, w->kb_stats);
     }
-    w->llm = chat_llm_new(cfg, err, sizeof err);
+    w->llm = chat_llm_new(&w->cfg, err, sizeof err);
     if (w->llm) w->loop = chat_llm_loop_new(err, sizeof err);
     if (!w->llm || !w->loop) {
         chat_log_error("worker: %s", err);
-        goto out;
+        return -1;
     }
     w->instant = chat_llm_instant(w->llm);
     w->zctx = zmq_ctx_new();
-    if (!w->zctx) goto out;
-    pull = zmq_socket(w->zctx, ZMQ_PULL);
+    if (!w->zctx) return -1;
+    *pull = zmq_socket(w->zctx, ZMQ_PULL);
     int hwm = SLOT_EVENTS_HWM * 4;
-    if (pull) zmq_setsockopt(pull, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if (!pull || zmq_bind(pull, w->endpoint)) {
+    if (*pull) zmq_setsockopt(*pull, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (!*pull || zmq_bind(*pull, w->endpoint)) {
         chat_log_error("worker: inproc socket: %s", zmq_strerror(errno));
-        goto out;
+        return -1;
     }
     for (int i = 0; i < w->n_stages; i++) {
         if (pthread_create(&w->stages[i].thread, NULL, stage_main, &w->stages[i])) {
             chat_log_error("worker: cannot start stage thread %d: %s", i, strerror(errno));
-            goto out;
+            return -1;
         }
         w->stages[i].started = true;
     }
     if (pthread_create(&w->gen_thread, NULL, gen_main, w)) {
         chat_log_error("worker: cannot start the generator thread: %s", strerror(errno));
-        goto out;
+        return -1;
     }
     w->gen_started = true;
-    dealer = dealer_open(w);
-    if (!dealer) goto out;
-    send_ready(w, dealer);
-    chat_log_info("worker: ready with %d slots (%d stage threads, %s provider), connected to %s", w->n_slots,
-                  w->n_stages, chat_llm_provider_name(w->llm), cfg->zmq_endpoint);
+    return 0;
+}
 
-    int64_t now = chat_now_ms(), last_broker = now, next_hb = now + CHAT_WIRE_HEARTBEAT_MS;
-    int64_t stop_at = 0;
-    bool bye_sent = false, cancelled_for_stop = false, announce = false;
+/* The main thread's side of the conversation with the broker, between turns of its loop. */
+typedef struct main_loop {
+    void *dealer, *pull;
+    chat_wire_msg m;       /* the broker's last message (its buffer is reused) */
+    int64_t last_heard_ms; /* when the broker last said anything */
+    int64_t next_hb_ms;
+    int64_t stop_at_ms;    /* 0 until asked to stop */
+    bool bye_sent, cancelled_for_stop;
+    bool announce;         /* READY (or BYE) is owed once no job runs */
+} main_loop;
+
+/* While stopping: BYE once, cancel what still runs after the grace period, give up after that. True
+ * when the loop is to end. */
+static bool stop_due(worker *w, main_loop *ml, int64_t now)
+{
+    if (!ml->bye_sent) {
+        send_cmd(ml->dealer, CHAT_WIRE_BYE);
+        ml->bye_sent = true;
+        chat_log_info("worker: stopping%s", w->n_busy ? " after the jobs in flight" : "");
+    }
+    if (!w->n_busy && !w->pend_len) return true;
+    int64_t grace = (int64_t)w->cfg.shutdown_grace_s * 1000;
+    if (!ml->cancelled_for_stop && now - ml->stop_at_ms >= grace) {
+        chat_log_warn("worker: grace period over, cancelling %d jobs", w->n_busy);
+        cancel_all(w);
+        ml->cancelled_for_stop = true;
+    }
+    if (now - ml->stop_at_ms >= grace + STOP_GIVE_UP_MS) {
+        chat_log_error("worker: %d jobs did not stop, exiting anyway", w->n_busy);
+        return true;
+    }
+    return false;
+}
+
+/* Sleeps until the broker or a slot has something, or the next timer. 0, or -1 on a socket error. */
+static int wait_for_work(worker *w, main_loop *ml, int64_t now)
+{
+    int64_t wake_at = ml->next_hb_ms;
+    if (w->flush_at_ms && w->flush_at_ms < wake_at) wake_at = w->flush_at_ms;
+    long timeout = wake_at > now ? (long)(wake_at - now) : 0;
+    if (ml->stop_at_ms && timeout > 100) timeout = 100;
+    zmq_pollitem_t items[2] = {{ml->dealer, 0, ZMQ_POLLIN, 0}, {ml->pull, 0, ZMQ_POLLIN, 0}};
+    if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR) {
+        chat_log_error("worker: zmq_poll: %s", zmq_strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Takes every message the broker sent. True when one was RESET. */
+static bool receive_broker(worker *w, main_loop *ml, int64_t now)
+{
+    bool reset = false;
+    while (chat_wire_recv(ml->dealer, &ml->m, ZMQ_DONTWAIT) == 0) {
+        ml->last_heard_ms = now;
+        handle_broker(w, ml->dealer, &ml->m, ml->stop_at_ms != 0, &reset);
+    }
+    return reset;
+}
+
+/* Paranoid Pirate, the worker's side: a silent broker means a new socket (new identity); RESET means the
+ * broker restarted and does not know us. Either way announce again, but only once idle, so that no job
+ * is offered while one still runs: the jobs in flight are cancelled, their clients were on the old
+ * broker. Then the heartbeat. False when no socket could be opened. */
+static bool keep_contact(worker *w, main_loop *ml, int64_t now, bool reset)
+{
+    if (now - ml->last_heard_ms > CHAT_WIRE_DEAD_MS) {
+        chat_log_warn("worker: the broker is silent, reconnecting");
+        zmq_close(ml->dealer);
+        ml->dealer = dealer_open(w);
+        if (!ml->dealer) return false;
+        ml->last_heard_ms = now;
+        ml->announce = true;
+    } else if (reset && !ml->announce) {
+        chat_log_warn("worker: the broker does not know us (restarted?), announcing again");
+        ml->announce = true;
+    }
+    if (ml->announce && (w->n_busy || w->pend_len)) {
+        cancel_all(w);
+    } else if (ml->announce) {
+        if (ml->bye_sent)
+            send_cmd(ml->dealer, CHAT_WIRE_BYE);
+        else
+            send_ready(w, ml->dealer);
+        ml->announce = false;
+    }
+    if (now >= ml->next_hb_ms) {
+        send_cmd(ml->dealer, CHAT_WIRE_HB);
+        ml->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
+    }
+    return true;
+}
+
+/* The main thread's loop, until stopped (or its sockets fail). */
+static void serve(worker *w, main_loop *ml, volatile sig_atomic_t *stop)
+{
+    int64_t now = chat_now_ms();
+    ml->last_heard_ms = now;
+    ml->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
     for (;;) {
         now = chat_now_ms();
-        if (*stop && !stop_at) stop_at = now;
-        if (stop_at) {
-            if (!bye_sent) {
-                chat_wire_send_cmd(dealer, NULL, 0, CHAT_WIRE_BYE, NULL, ZMQ_DONTWAIT);
-                bye_sent = true;
-                chat_log_info("worker: stopping%s", w->n_busy ? " after the jobs in flight" : "");
-            }
-            if (!w->n_busy && !w->pend_len) break;
-            int64_t grace = (int64_t)cfg->shutdown_grace_s * 1000;
-            if (!cancelled_for_stop && now - stop_at >= grace) {
-                chat_log_warn("worker: grace period over, cancelling %d jobs", w->n_busy);
-                cancel_all(w);
-                cancelled_for_stop = true;
-            }
-            if (now - stop_at >= grace + STOP_GIVE_UP_MS) {
-                chat_log_error("worker: %d jobs did not stop, exiting anyway", w->n_busy);
-                break;
-            }
-        }
-        int64_t wake_at = next_hb;
-        if (w->flush_at_ms && w->flush_at_ms < wake_at) wake_at = w->flush_at_ms;
-        long timeout = wake_at > now ? (long)(wake_at - now) : 0;
-        if (stop_at && timeout > 100) timeout = 100;
-        zmq_pollitem_t items[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {pull, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, timeout) < 0 && errno != EINTR) {
-            chat_log_error("worker: zmq_poll: %s", zmq_strerror(errno));
-            break;
-        }
+        if (*stop && !ml->stop_at_ms) ml->stop_at_ms = now;
+        if (ml->stop_at_ms && stop_due(w, ml, now)) return;
+        if (wait_for_work(w, ml, now)) return;
         now = chat_now_ms();
-        bool reset = false;
-        while (chat_wire_recv(dealer, &m, ZMQ_DONTWAIT) == 0) {
-            last_broker = now;
-            handle_broker(w, dealer, &m, stop_at != 0, &reset);
-        }
-        while (chat_wire_recv(pull, &m, ZMQ_DONTWAIT) == 0)
-            handle_slot_message(w, dealer, &m);
+        bool reset = receive_broker(w, ml, now);
+        receive_notes(w, ml->dealer, ml->pull);
         if (w->flush_at_ms && chat_now_ms() >= w->flush_at_ms) {
             w->flush_at_ms = 0;
-            flush_dirty(w, dealer);
+            flush_dirty(w, ml->dealer);
         }
-        /* A silent broker: new socket (new identity). RESET: the broker restarted and does not know us.
-         * Either way announce again, but only once idle, so that no job is offered while one still runs:
-         * the jobs in flight are cancelled, their clients were on the old broker. */
-        if (now - last_broker > CHAT_WIRE_DEAD_MS) {
-            chat_log_warn("worker: the broker is silent, reconnecting");
-            zmq_close(dealer);
-            dealer = dealer_open(w);
-            if (!dealer) break;
-            last_broker = now;
-            announce = true;
-        } else if (reset && !announce) {
-            chat_log_warn("worker: the broker does not know us (restarted?), announcing again");
-            announce = true;
-        }
-        if (announce && (w->n_busy || w->pend_len)) {
-            cancel_all(w);
-        } else if (announce) {
-            if (bye_sent)
-                chat_wire_send_cmd(dealer, NULL, 0, CHAT_WIRE_BYE, NULL, ZMQ_DONTWAIT);
-            else
-                send_ready(w, dealer);
-            announce = false;
-        }
-        if (now >= next_hb) {
-            chat_wire_send_cmd(dealer, NULL, 0, CHAT_WIRE_HB, NULL, ZMQ_DONTWAIT);
-            next_hb = now + CHAT_WIRE_HEARTBEAT_MS;
-        }
+        if (!keep_contact(w, ml, now, reset)) return;
     }
-    rc = 0;
-out:;
+}
+
+int worker_run(const chat_config *cfg, volatile sig_atomic_t *stop)
+{
+    worker *w = worker_new(cfg);
+    if (!w) return 1;
+    int rc = 1;
+    main_loop ml = {0};
+    chat_wire_msg_init(&ml.m);
+    if (worker_start(w, &ml.pull) == 0 && (ml.dealer = dealer_open(w))) {
+        send_ready(w, ml.dealer);
+        chat_log_info("worker: ready with %d slots (%d stage threads, %s provider), connected to %s", w->n_slots,
+                      w->n_stages, chat_llm_provider_name(w->llm), cfg->zmq_endpoint);
+        serve(w, &ml, stop);
+        rc = 0;
+    }
     bool stopped = threads_stop(w);
-    if (dealer) zmq_close(dealer);
-    if (pull) zmq_close(pull);
-    chat_wire_msg_clear(&m);
+    if (ml.dealer) zmq_close(ml.dealer);
+    if (ml.pull) zmq_close(ml.pull);
+    chat_wire_msg_clear(&ml.m);
     if (stopped) worker_free(w);
     return rc;
 }
