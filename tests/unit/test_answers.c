@@ -112,24 +112,12 @@ static bool claims(const char *answer, const char *spec)
     return false;
 }
 
-static int parse_rows(char *tsv, row *rows, int max)
+/* The rows of the labelled set; they point into tsv. */
+static int parse_rows(testutil_tsv *tsv, row *rows, int max)
 {
     int n = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(tsv, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (!line[0] || line[0] == '#') continue;
-        char *f[7];
-        int nf = 0;
-        for (char *p = line; nf < 7; nf++) {
-            f[nf] = p;
-            char *tab = strchr(p, '\t');
-            if (!tab) {
-                nf++;
-                break;
-            }
-            *tab = '\0';
-            p = tab + 1;
-        }
+    char *f[7];
+    for (int nf; (nf = testutil_tsv_next(tsv, f, 7));) {
         if (nf != 7) fail_msg("tests/data/answers_labelled.tsv: %d fields in a row of '%s'", nf, f[0]);
         assert_true(n < max);
         rows[n++] = (row){f[0], f[1], f[2], f[3], f[4], f[5], f[6]};
@@ -159,10 +147,10 @@ static tally *tally_for(tally *t, int *n, const char *category)
 
 static void test_labelled_answers(void **state)
 {
-    char *tsv = testutil_read_file(testutil_path("tests/data/answers_labelled.tsv"), NULL);
-    assert_non_null(tsv);
+    testutil_tsv tsv;
+    assert_int_equal(testutil_tsv_open(&tsv, "tests/data/answers_labelled.tsv"), 0);
     static row rows[MAX_ROWS];
-    int n = parse_rows(tsv, rows, MAX_ROWS);
+    int n = parse_rows(&tsv, rows, MAX_ROWS);
     assert_true(n >= 100);
     bool show_held = getenv("ANSWERS_SHOW_HELDOUT") != NULL, show_all = getenv("ANSWERS_SHOW_ALL") != NULL;
     struct {
@@ -227,7 +215,7 @@ static void test_labelled_answers(void **state)
                       cal[p].confident, cal[p].confident_right,
                       cal[p].confident ? 100.0 * cal[p].confident_right / cal[p].confident : 0, cal[p].low_total,
                       cal[p].low_ok);
-    free(tsv);
+    testutil_tsv_close(&tsv);
     if (below) fail_msg("a category of the tuned part is below 85%%");
     if (right[1] * 100 < 85 * total[1]) fail_msg("the held-out part is below 85%%");
     if (cal[0].confident_right * 10 < 9 * cal[0].confident) fail_msg("confidence >= 0.7 is right less than 90%% of the time");
