@@ -27,6 +27,21 @@
 #include "chat_kb.h"
 #include "chat_util.h"
 
+/* Tuning (the rules below say where each counts). */
+#define SMALL_TALK_MAX_BYTES 60 /* a longer message is a question, whatever greeting it opens with */
+#define ELLIPTICAL_MAX_WORDS 3  /* a pronoun with at most this many words of its own leans on the last question */
+#define MODEL_DIGITS_MIN 2      /* a model's number has 2 to 4 digits ("the 310") */
+#define MODEL_DIGITS_MAX 4
+/* A figure stands within FIGURE_BEFORE_BYTES before its cue ("a 300 L fresh water tank") or within
+ * FIGURE_AFTER_BYTES after it ("fuel tank capacity of 450 L"); its conversion in brackets within
+ * CONVERSION_MAX_BYTES ("(300 US gallons)"). */
+#define FIGURE_BEFORE_BYTES 40
+#define FIGURE_AFTER_BYTES 110
+#define CONVERSION_MAX_BYTES 40
+/* A comparison retrieves at least this many passages: room for the section that states the figure of
+ * every model of the line (seven in the sample data) and for the passages that rank between them. */
+#define COMPARE_PASSAGES 16
+
 static const struct {
     const char *cues, *cue, *unless;
     chat_attr_info info;
@@ -306,7 +321,7 @@ static bool quantity_follows(const char *p)
     return n && in_list(p, n, QUANTITY_WORDS);
 }
 
-/* Numbers of 2 to 4 digits standing alone as words: "the 310", "Seawind 310", "310's". */
+/* Numbers of MODEL_DIGITS_MIN to MODEL_DIGITS_MAX digits standing alone as words: "the 310", "Seawind 310", "310's". */
 static void find_models(const char *text, chat_question *q)
 {
     for (const char *p = text; *p; p++) {
@@ -317,7 +332,7 @@ static void find_models(const char *text, chat_question *q)
         while (isdigit((unsigned char)p[n])) n++;
         const char *e = p + n;
         bool joined = *e == '-' || *e == '.' || *e == ',' || *e == ':' || *e == '%' || (word_byte((unsigned char)*e) && *e != 's');
-        if (n >= 2 && n <= 4 && !joined && !quantity_follows(e) && q->n_models < CHAT_QUESTION_MAX_MODELS) {
+        if (n >= MODEL_DIGITS_MIN && n <= MODEL_DIGITS_MAX && !joined && !quantity_follows(e) && q->n_models < CHAT_QUESTION_MAX_MODELS) {
             bool dup = false;
             for (int i = 0; i < q->n_models; i++) dup |= strlen(q->models[i]) == n && !strncmp(q->models[i], p, n);
             if (!dup) {
@@ -358,7 +373,7 @@ static bool opens_with_any(const words *t, const char *list)
 static bool is_elliptical(const words *t, const matched *m)
 {
     return opens_with_any(t, "and|also|what about|how about|same for|then|what of") ||
-           (rule(m, RULE_PRONOUN) && content_words(t) <= 3);
+           (rule(m, RULE_PRONOUN) && content_words(t) <= ELLIPTICAL_MAX_WORDS);
 }
 
 static int customer_asks(const matched *m)
@@ -393,7 +408,7 @@ void chat_question_parse(const char *text, chat_question *q)
     q->tasks = rule(&m, RULE_TASKS) || (rule(&m, RULE_WHAT_DOES) && rule(&m, RULE_CHANGES));
     q->howto = rule(&m, RULE_HOWTO);
     q->mine = rule(&m, RULE_MINE);
-    q->small_talk = strlen(text) <= 60 && rule(&m, RULE_SMALL_TALK);
+    q->small_talk = strlen(text) <= SMALL_TALK_MAX_BYTES && rule(&m, RULE_SMALL_TALK);
     q->elliptical = is_elliptical(&t, &m);
     q->customer = customer_asks(&m);
 }
@@ -435,7 +450,7 @@ static void figure_shown(chat_figure *f, const char *from, const char *to)
     const char *e = to;
     if (e[0] == ' ' && e[1] == '(') { /* the conversion in brackets: "(300 US gallons)" */
         const char *close = strchr(e, ')');
-        if (close && close - e < 40) e = close + 1;
+        if (close && close - e < CONVERSION_MAX_BYTES) e = close + 1;
     }
     snprintf(f->shown, sizeof f->shown, "%.*s", (int)(e - from), from);
 }
@@ -455,7 +470,7 @@ bool chat_attr_figure(const char *s, chat_attr attr, chat_figure *f)
     if (!cue) return false;
     /* "a 300 L fresh water tank": the figure right before the cue is its own (the one after it may be the
      * next item's: "..., a 110 L holding tank") */
-    for (const char *p = cue - 1; p >= s && cue - p < 40; p--) {
+    for (const char *p = cue - 1; p >= s && cue - p < FIGURE_BEFORE_BYTES; p--) {
         double v;
         const char *end, *ue;
         if (number_at(s, p, &v, &end) && (ue = unit_at(end, a->unit)) && cue - ue <= 1) {
@@ -466,7 +481,7 @@ bool chat_attr_figure(const char *s, chat_attr attr, chat_figure *f)
     }
     bool largest = chat_question_find(s, "combined") != NULL;
     bool found = false;
-    const char *limit = cue + strlen(a->cue) + 110;
+    const char *limit = cue + strlen(a->cue) + FIGURE_AFTER_BYTES;
     for (const char *p = cue + strlen(a->cue); *p && p < limit; p++) {
         double v;
         const char *end, *ue;
@@ -479,7 +494,7 @@ bool chat_attr_figure(const char *s, chat_attr attr, chat_figure *f)
         if (!largest) break;
         p = ue - 1;
     }
-    for (const char *p = cue - 1; !found && p >= s && cue - p < 40; p--) { /* "1.05 L of SAE 90 marine gear lube" */
+    for (const char *p = cue - 1; !found && p >= s && cue - p < FIGURE_BEFORE_BYTES; p--) { /* "1.05 L of SAE 90 marine gear lube" */
         double v;
         const char *end, *ue;
         if (!number_at(s, p, &v, &end) || !(ue = unit_at(end, a->unit))) continue;
@@ -574,8 +589,6 @@ char *chat_question_search_text(const char *message, const chat_history *hist, c
     if (!b.data) return NULL;
     return chat_buf_take(&b);
 }
-
-#define COMPARE_PASSAGES 16
 
 size_t chat_question_passages(const char *text, size_t k, bool *compares)
 {
