@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "chat_agent.h"
 #include "chat_common.h"
 #include "chat_customer.h"
 #include "chat_extractive.h"
@@ -86,19 +87,19 @@ static void test_answers(void **state)
 /* ---- the answer kinds, on a small line of boats ---- */
 
 static chat_kb_passage line[] = {
-    {11, "kestrel-21/specs.md", "Kestrel 21 Specifications - Capacities", "specs", "kestrel-21",
+    {11, "kestrel-21/specs.md", "Kestrel 21 Specifications - Capacities", CHAT_AGENT_SPECS, "kestrel-21",
      "The Kestrel 21 has a fuel tank capacity of 150 L (40 US gallons). The dry weight of the Kestrel 21 is 1,200 kg "
      "(2,650 lb). The top speed of the Kestrel 21 is 40 knots (46 mph).",
      5.0},
-    {12, "kestrel-24/specs.md", "Kestrel 24 Specifications - Capacities", "specs", "kestrel-24",
+    {12, "kestrel-24/specs.md", "Kestrel 24 Specifications - Capacities", CHAT_AGENT_SPECS, "kestrel-24",
      "The Kestrel 24 has a fuel tank capacity of 300 L (79 US gallons). The dry weight of the Kestrel 24 is 2,100 kg "
      "(4,630 lb). The top speed of the Kestrel 24 is 44 knots (51 mph).",
      4.0},
-    {13, "kestrel-30/specs.md", "Kestrel 30 Specifications - Capacities", "specs", "kestrel-30",
+    {13, "kestrel-30/specs.md", "Kestrel 30 Specifications - Capacities", CHAT_AGENT_SPECS, "kestrel-30",
      "The Kestrel 30 has a fuel tank capacity of 600 L (159 US gallons). The dry weight of the Kestrel 30 is 4,000 kg "
      "(8,820 lb). The top speed of the Kestrel 30 is 48 knots (55 mph).",
      3.0},
-    {14, "kestrel-21/maintenance.md", "Kestrel 21 Maintenance Guide - 20-Hour Break-In Service", "maintenance",
+    {14, "kestrel-21/maintenance.md", "Kestrel 21 Maintenance Guide - 20-Hour Break-In Service", CHAT_AGENT_MAINTENANCE,
      "kestrel-21",
      "The break-in service of the Kestrel 21 is due at 20 engine hours. The technician changes the engine oil and "
      "filter, changes the gear oil, checks the propeller nut torque, and reads the engine computer for fault codes.",
@@ -131,7 +132,7 @@ typedef struct kind_case {
 static void check_kind(const kind_case *k, size_t i)
 {
     chat_kb_result r = {line + k->from, k->n, 5.0};
-    chat_llm_request req = {.question = k->question, .agent = "specs", .passages = &r,
+    chat_llm_request req = {.question = k->question, .agent = CHAT_AGENT_SPECS, .passages = &r,
                             .customer = k->customer ? &owner : NULL};
     char *a = chat_extractive_compose(&req);
     double conf = chat_extractive_confidence(&req);
@@ -177,8 +178,8 @@ static void test_answer_kinds(void **state)
 static void test_composed_once(void **state)
 {
     chat_kb_result r = {line, 3, 5.0};
-    chat_llm_request a = {.question = "Which Kestrel has the biggest fuel tank?", .agent = "specs", .passages = &r};
-    chat_llm_request b = {.question = "What is the top speed of the Kestrel 24?", .agent = "specs", .passages = &r};
+    chat_llm_request a = {.question = "Which Kestrel has the biggest fuel tank?", .agent = CHAT_AGENT_SPECS, .passages = &r};
+    chat_llm_request b = {.question = "What is the top speed of the Kestrel 24?", .agent = CHAT_AGENT_SPECS, .passages = &r};
     char *plain = chat_extractive_compose(&a);
     assert_true(chat_extractive_confidence(&a) > 0.8);
     char *reused = chat_extractive_compose(&a);
