@@ -3,6 +3,7 @@
 #   make         build the library, programs and tests
 #   make test    lint, unit tests against a private MariaDB, end-to-end tests against the real stack
 #   make run     the whole stack in the foreground (make start / make stop: in the background)
+#   make keys    a CurveZMQ key pair for a streamer or worker on another host (KEY=name)
 
 CC      ?= cc
 PKG_LIB := json-c libjwt libcurl libmariadb libzmq openssl
@@ -47,7 +48,7 @@ E2E_COMMON  := $(filter-out tests/e2e/test_%,$(wildcard tests/e2e/*.c))
 E2E_TESTS   := $(patsubst tests/e2e/%.c,$(B)/tests/e2e/%,$(wildcard tests/e2e/test_*.c))
 
 .SECONDARY:
-.PHONY: all deps test unit e2e lint run start stop token kb-import bench clean format
+.PHONY: all deps test unit e2e lint run start stop token kb-import keys bench clean format
 all: $(LIB) $(PROGS) $(UNIT_TESTS) $(E2E_TESTS)
 
 deps:
@@ -123,6 +124,7 @@ $(B)/tests/unit/test_streamer_rx: $(B)/streamer/streamer_rx.o
 
 # Tests that start the fake LLM server need it built first.
 $(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm
+$(B)/tests/e2e/test_curve: | $(B)/bin/chat-keys
 
 # The suite: lint, then tests/run.sh starts private services on test ports and runs every test program.
 test: deps
@@ -160,6 +162,13 @@ token: all
 # make kb-import DIR=path/to/markdown
 kb-import: all
 	@bash deploy/stack.sh kb-import "$(DIR)"
+
+# make keys KEY=worker-a: a CurveZMQ key pair in var/keys/worker-a.key (mode 0600; KEY defaults to the
+# host name), its public key printed for the other side's CHAT_CURVE_ALLOWED (deploy/README.md).
+KEYS_DIR ?= var/keys
+keys: $(B)/bin/chat-keys
+	@mkdir -p $(KEYS_DIR) && chmod 700 $(KEYS_DIR)
+	@$(B)/bin/chat-keys $(KEYS_DIR)/$(or $(KEY),$(shell hostname -s)).key
 
 bench: all
 	@bash bench/bench.sh
