@@ -2,6 +2,7 @@
 #   make deps    install the Debian packages the project uses (idempotent)
 #   make         build the library, programs and tests
 #   make test    lint, unit tests against a private MariaDB, end-to-end tests against the real stack
+#   make test-cluster  hosts in network namespaces: a streamer, workers on two others over CurveZMQ (root)
 #   make run     the whole stack in the foreground (make start / make stop: in the background)
 #   make keys    a CurveZMQ key pair for a streamer or worker on another host (KEY=name)
 
@@ -46,10 +47,12 @@ TEST_COMMON := $(wildcard tests/unit/testutil*.c)
 UNIT_TESTS  := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 E2E_COMMON  := $(filter-out tests/e2e/test_%,$(wildcard tests/e2e/*.c))
 E2E_TESTS   := $(patsubst tests/e2e/%.c,$(B)/tests/e2e/%,$(wildcard tests/e2e/test_*.c))
+# The cluster test's programs (tests/cluster/cluster.sh runs them in network namespaces; not in make test).
+CLUSTER_TESTS := $(patsubst tests/cluster/%.c,$(B)/tests/cluster/%,$(wildcard tests/cluster/test_*.c))
 
 .SECONDARY:
-.PHONY: all deps test unit e2e lint run start stop token kb-import keys bench clean format
-all: $(LIB) $(PROGS) $(UNIT_TESTS) $(E2E_TESTS)
+.PHONY: all deps test test-cluster unit e2e lint run start stop token kb-import keys bench clean format
+all: $(LIB) $(PROGS) $(UNIT_TESTS) $(E2E_TESTS) $(CLUSTER_TESTS)
 
 deps:
 	@bash deploy/deps.sh
@@ -58,7 +61,7 @@ deps:
 $(B)/tools/%.o $(B)/bench/%.o: INC := -Itools -Ibench
 $(B)/streamer/%.o: INC := $(LWS_CFLAGS)
 $(B)/tests/unit/%.o: INC := -Itests/unit -Itools
-$(B)/tests/e2e/%.o: INC := -Itests/unit -Itests/e2e -Itools
+$(B)/tests/e2e/%.o $(B)/tests/cluster/%.o: INC := -Itests/unit -Itests/e2e -Itools
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
@@ -112,7 +115,7 @@ $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(filter %.a,$^) $(CMOCKA_LIBS) $(LDLIBS_LIB)
 
-$(B)/tests/e2e/%: $(B)/tests/e2e/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
+$(E2E_TESTS) $(CLUSTER_TESTS): $(B)/tests/%: $(B)/tests/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
@@ -131,6 +134,11 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory lint
 	@bash tests/run.sh
+
+# Hosts built with network namespaces on this machine (root, iproute2): a streamer and workers on two
+# other hosts over CurveZMQ (tests/cluster/cluster.sh). Not part of make test.
+test-cluster: all
+	@bash tests/cluster/cluster.sh
 
 unit: all
 	@bash tests/run.sh unit
