@@ -16,6 +16,7 @@
  * - Client-facing JSON (progress, complete, error) is built here, off the event loop; tokens travel raw
  *   so the connection can coalesce them when its client reads slowly.
  * - ROUTER_MANDATORY turns a send to a vanished worker into EHOSTUNREACH instead of a silent drop.
+ * - Workers on other hosts: CurveZMQ, set up by chat_curve_server before the bind (chat_curve.h).
  *
  * Settings beyond chat_config (streamer-only, read here): CHAT_STREAMER_QUEUE_MAX (jobs waiting for a
  * worker, default 1024) and CHAT_STREAMER_QUEUE_WAIT_MS (how long one may wait, default 5000). */
@@ -36,6 +37,7 @@
 
 #include "chat_common.h"
 #include "chat_config.h"
+#include "chat_curve.h"
 #include "chat_log.h"
 #include "chat_metrics.h"
 #include "chat_proto.h"
@@ -95,6 +97,7 @@ struct sb_broker {
 
     void *zctx;
     void *router;
+    chat_curve_zap *curve; /* the ZAP handler when CURVE is on (chat_curve.h), else NULL */
     int efd;
     pthread_t thread;
     bool started;
@@ -787,6 +790,7 @@ sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wak
     zmq_setsockopt(b->router, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (chat_curve_server(b->zctx, b->router, b->endpoint, &b->curve, err, errlen)) goto fail;
     ensure_ipc_dir(b->endpoint);
     if (zmq_bind(b->router, b->endpoint)) {
         chat_fail(err, errlen, CHAT_ERR, "broker: cannot bind %s: %s", b->endpoint, zmq_strerror(errno));
@@ -829,6 +833,7 @@ void sb_broker_free(sb_broker *b)
     sb_broker_stop(b);
     if (b->router) zmq_close(b->router);
     if (b->zctx) zmq_ctx_term(b->zctx);
+    chat_curve_zap_free(b->curve); /* its thread ended with the context */
     if (b->efd >= 0) close(b->efd);
     for (sb_cmd *c = b->cmd_head, *n; c; c = n) {
         n = c->next;
@@ -918,6 +923,7 @@ void sb_broker_stats(sb_broker *b, sb_stats *out)
     out->jobs_running = atomic_load(&b->n_running);
     out->jobs_done = atomic_load(&b->n_done);
     out->jobs_failed = atomic_load(&b->n_failed);
+    chat_curve_zap_stats(b->curve, &out->curve);
 }
 
 size_t sb_broker_workers_json(sb_broker *b, char *buf, size_t len, size_t cap)

@@ -1057,9 +1057,11 @@ static int serve_http(struct lws *wsi, const char *uri)
         char body[16384];
         size_t n = (size_t)snprintf(body, sizeof body,
                                     "{\"connections\":%d,\"workers_live\":%d,\"workers_busy\":%d,\"jobs_queued\":%d,"
-                                    "\"jobs_running\":%d,\"jobs_done\":%llu,\"jobs_failed\":%llu,\"shutting_down\":%s",
+                                    "\"jobs_running\":%d,\"jobs_done\":%llu,\"jobs_failed\":%llu,\"workers_refused\":%llu,"
+                                    "\"worker_handshakes_failed\":%llu,\"shutting_down\":%s",
                                     S.conns, st.workers_live, st.workers_busy, st.jobs_queued, st.jobs_running,
-                                    st.jobs_done, st.jobs_failed, S.phase ? "true" : "false");
+                                    st.jobs_done, st.jobs_failed, st.curve.refused, st.curve.handshakes_failed,
+                                    S.phase ? "true" : "false");
         n = sb_broker_workers_json(S.broker, body, n, sizeof body - 2);
         body[n++] = '}';
         body[n] = '\0';

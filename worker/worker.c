@@ -61,6 +61,7 @@
 #include <zmq.h>
 
 #include "chat_common.h"
+#include "chat_curve.h"
 #include "chat_jwt.h"
 #include "chat_log.h"
 #include "chat_memory.h"
@@ -490,6 +491,10 @@ static void *dealer_open(worker *w)
     zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    if (chat_curve_client(d, w->cfg.zmq_endpoint)) { /* CURVE keys or plain (chat_curve.h); logged */
+        zmq_close(d);
+        return NULL;
+    }
     if (zmq_connect(d, w->cfg.zmq_endpoint)) {
         chat_log_error("worker: cannot connect to %s: %s", w->cfg.zmq_endpoint, zmq_strerror(errno));
         zmq_close(d);

@@ -25,6 +25,7 @@
 
 #include "chat_common.h"
 #include "chat_config.h"
+#include "chat_curve.h"
 #include "chat_log.h"
 #include "chat_metrics.h"
 #include "chat_util.h"
@@ -178,6 +179,7 @@ int main(int argc, char **argv)
         chat_log_error("configuration: %s", err);
         return 1;
     }
+    if (chat_curve_client(NULL, cfg.zmq_endpoint)) return 1; /* refuse to start, not fork failing children */
     install_signals();
     if (single) return run_one(&cfg);
     if (cfg.workers <= 0) {
