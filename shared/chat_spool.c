@@ -232,7 +232,9 @@ static int create_locked(chat_spool *s, char *err, size_t errlen)
     snprintf(path, sizeof path, "%s/%s", s->dir, s->name);
     s->fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
     if (s->fd < 0) return chat_fail(err, errlen, CHAT_ERR, "cannot create %s: %s", tmp, strerror(errno));
-    int rc = flock(s->fd, LOCK_EX | LOCK_NB) || link(tmp, path) ? -1 : 0;
+    /* blocking: another process's take-over scan may hold the new file's lock for a moment (it never
+     * takes a .new file over) */
+    int rc = flock(s->fd, LOCK_EX) || link(tmp, path) ? -1 : 0;
     int e = errno;
     unlink(tmp);
     if (rc) return chat_fail(err, errlen, CHAT_ERR, "cannot set up %s: %s", path, strerror(e));
