@@ -12,6 +12,9 @@
  *   come from the protocol's table (CHAT_PROTO_ERRORS); only lighttpd's own errors keep their status.
  * - Client-facing messages are fixed strings or the pipeline's client-safe ones; database and LLM
  *   detail goes to the log only (never tokens or message text).
+ * - Each responder has a spool of its own (chat_spool.h) for the turns the database cannot take: such an
+ *   answer is still a 200, its metadata saying "stored": false; a turn neither stored nor spooled is a
+ *   503 NOT_STORED with Retry-After, like the database's other failures.
  * - The session id in /api/v1/sessions/{id}/messages is percent-decoded here (REQUEST_URI is raw) and
  *   then held to chat_id_valid, the same rule as everywhere else. */
 #include "fcgi_api.h"
@@ -33,6 +36,7 @@
 #include "chat_metrics.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
+#include "chat_spool.h"
 #include "chat_util.h"
 #include "fcgi_health.h"
 
@@ -42,6 +46,7 @@
 struct fcgi_api {
     chat_config cfg;
     chat_pipeline *pipeline;
+    chat_spool *spool; /* this process's turns the database could not take, or NULL */
     chat_jwt_verifier *jwt;
     fcgi_health *health;
     size_t max_body;
@@ -94,6 +99,11 @@ fcgi_api *fcgi_api_new(const chat_config *cfg, char *err, size_t errlen)
     if (!api->jwt) goto fail;
     api->pipeline = chat_pipeline_new(cfg, err, errlen);
     if (!api->pipeline) goto fail;
+    /* without a spool the responder still serves: a turn the database cannot take then ends NOT_STORED */
+    char serr[256];
+    if (chat_spool_open(cfg, "fcgi", true, &api->spool, serr, sizeof serr))
+        chat_log_error("no spool for turns the database cannot take: %s", serr);
+    if (api->spool) chat_pipeline_use_spool(api->pipeline, api->spool);
     api->health = fcgi_health_new(cfg);
     if (!api->health) {
         chat_fail(err, errlen, CHAT_ENOMEM, "cannot create the health checker");
@@ -110,6 +120,7 @@ void fcgi_api_free(fcgi_api *api)
     if (!api) return;
     fcgi_health_free(api->health);
     chat_pipeline_free(api->pipeline);
+    chat_spool_free(api->spool);
     chat_jwt_verifier_free(api->jwt);
     free(api);
 }
@@ -336,12 +347,16 @@ static void sink_error(void *ud, const char *code, const char *message)
 /* The pipeline's failure as an answer: its code (with the table's status) and its client-safe message. */
 static int chat_failed(fcgi_resp *resp, int rc, const chat_result *r)
 {
+    chat_proto_code code;
+    bool named = chat_proto_code_lookup(r->code, &code);
+    if (named && code == CHAT_PROTO_NOT_STORED) { /* answered, but neither stored nor spooled */
+        snprintf(resp->retry_after, sizeof resp->retry_after, "5");
+        return set_error(resp, CHAT_PROTO_NOT_STORED, NULL);
+    }
     if (rc == CHAT_EDB) {
         snprintf(resp->retry_after, sizeof resp->retry_after, "5");
         return set_error(resp, CHAT_PROTO_SERVICE_UNAVAILABLE, NULL);
     }
-    chat_proto_code code;
-    bool named = chat_proto_code_lookup(r->code, &code);
     if (rc == CHAT_EFORBIDDEN || (named && code == CHAT_PROTO_SESSION_FORBIDDEN))
         return set_error(resp, named ? code : CHAT_PROTO_SESSION_FORBIDDEN, r->message[0] ? r->message : NULL);
     if (rc == CHAT_EINVAL)

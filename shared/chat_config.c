@@ -127,6 +127,15 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(max_queue_per_conn, "CHAT_MAX_QUEUE", 8, 1, 1000);
     INT(max_outbound_bytes, "CHAT_MAX_OUTBOUND_BYTES", 1 << 20, 4096, 1 << 30);
 
+    /* the spool lives with the rest of the state: $CHAT_VAR/spool */
+    const char *var = getenv("CHAT_VAR");
+    char spool_dflt[sizeof cfg->spool_dir];
+    if (snprintf(spool_dflt, sizeof spool_dflt, "%s/spool", var && *var ? var : "var") >= (int)sizeof spool_dflt)
+        return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_VAR is too long for the spool directory");
+    STR(spool_dir, "CHAT_SPOOL_DIR", spool_dflt);
+    INT(spool_max_mb, "CHAT_SPOOL_MAX_MB", 64, 0, 1 << 20);
+    INT(spool_retry_ms, "CHAT_SPOOL_RETRY_MS", 1000, 50, 600000);
+
     if (strcmp(cfg->customer_access, "own") && strcmp(cfg->customer_access, "any"))
         return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CUSTOMER_ACCESS must be own or any");
     if ((rc = check_provider(cfg->llm_provider, err, errlen))) return rc;

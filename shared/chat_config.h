@@ -61,6 +61,13 @@ typedef struct chat_config {
     int shutdown_grace_s;
     int max_queue_per_conn;
     int max_outbound_bytes;
+
+    /* Turns the database could not take (chat_spool.h): where each process keeps them until it can,
+     * how large one process's spool may grow (MiB; 0 = no spool: such a turn ends with NOT_STORED),
+     * and the longest wait between two attempts to replay it. */
+    char spool_dir[512];
+    int spool_max_mb;
+    int spool_retry_ms;
 } chat_config;
 
 /* Fills cfg with defaults, then applies the environment. Returns 0, or CHAT_EINVAL with a message

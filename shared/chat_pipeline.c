@@ -19,7 +19,11 @@
  * - confidence is that of the answer the context supports (chat_extractive_confidence), whatever the
  *   provider: calibrated on tests/data/answers_labelled.tsv (docs/answers.md).
  * - Exactly one terminal event: errors before the first token are error events (nothing useful was
- *   said); failures after it end with complete and finish_reason "error", keeping the partial answer. */
+ *   said); failures after it end with complete and finish_reason "error", keeping the partial answer.
+ * - Never a silent loss: every turn is kept before its complete, in the database or, when the database
+ *   cannot take it, in the process's spool (chat_spool.h), and complete says which ("stored"); a turn
+ *   that is in neither (the database refused it, the spool is full or off) ends with NOT_STORED, the
+ *   client being told instead of a complete that would claim a history it will never have. */
 #include "chat_pipeline.h"
 
 #include <ctype.h>
@@ -42,6 +46,7 @@
 #include "chat_metrics.h"
 #include "chat_proto.h"
 #include "chat_question.h"
+#include "chat_spool.h"
 #include "chat_util.h"
 
 #define RELOAD_MS 60000 /* how stale the routing vocabulary and model list may get (an admin's edit) */
@@ -73,6 +78,7 @@ struct chat_pipeline {
     chat_classifier *clf;
     chat_kb_stats *kb_stats;
     chat_kb_stats *own_stats; /* NULL when the caller's shared one is used */
+    chat_spool *spool;        /* the process's, or NULL: a turn the database cannot take is not kept */
     int64_t vocab_loaded_ms; /* 0 = never */
     model_entry models[MAX_MODELS];
     int n_models;
@@ -112,6 +118,8 @@ void chat_pipeline_free(chat_pipeline *p)
 }
 
 chat_db *chat_pipeline_db(chat_pipeline *p) { return p->db; }
+
+void chat_pipeline_use_spool(chat_pipeline *p, chat_spool *spool) { p->spool = spool; }
 
 void chat_pipeline_share_kb_stats(chat_pipeline *p, chat_kb_stats *stats)
 {
@@ -343,21 +351,79 @@ static const char *run_request_id(chat_run *t)
     return t->rid;
 }
 
-/* Stores one turn (the session row first when it is new). The turn is stored before complete is sent,
- * so a client that reads complete and asks a follow-up finds it in the history; storage failure does
- * not withhold the answer already streamed. */
-static void store_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+/* What keeping a turn came to, besides a negative code (not kept: the answer ends with NOT_STORED). */
+enum { KEPT_SPOOLED = 0, KEPT_STORED = 1 };
+
+/* Spools the turn (chat_spool.h): KEPT_SPOOLED, or CHAT_EDB (logged) without a spool or when it cannot
+ * take the turn. */
+static int spool_turn(chat_pipeline *p, chat_run *t, const char *metadata)
 {
+    if (!p->spool) return CHAT_EDB;
+    const chat_request *req = t->req;
+    chat_spool_turn st = {
+        .session_id = t->sid,
+        .request_id = run_request_id(t),
+        .user_id = req->user->id,
+        .customer_id = req->customer_id,
+        .new_session = t->session.deferred,
+        .touch_session = t->session.touch_due,
+        .user_text = req->message,
+        .assistant_text = t->c.response.data ? t->c.response.data : "",
+        .metadata_json = metadata,
+    };
+    char err[256];
+    if (!chat_spool_append(p->spool, &st, err, sizeof err)) return KEPT_SPOOLED;
+    chat_log_error("pipeline: turn %s of session %s neither stored nor spooled: %s", st.request_id, t->sid, err);
+    return CHAT_EDB;
+}
+
+/* Keeps one turn: stored (the session row first when it is new), else spooled when the database cannot
+ * take it now. The turn is kept before complete is sent, so a client that reads complete and asks a
+ * follow-up finds it in the history (or, when it was spooled, is told it is not there yet). While turns
+ * wait in the spool, a new one goes after them, so that a session's turns are stored in order. Returns
+ * KEPT_STORED, KEPT_SPOOLED, or a negative code (logged): refused by the database, or no spool could
+ * take it. */
+static int keep_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+{
+    if (p->spool && chat_spool_pending(p->spool)) return spool_turn(p, t, metadata);
     char err[256];
     const chat_request *req = t->req;
     const char *response = t->c.response.data ? t->c.response.data : "";
     /* A new conversation's session row is written here, with its first turn, not before the answer:
      * nobody knows its id before complete carries it. */
-    if (t->session.deferred && chat_memory_create_session(p->db, t->sid, req->user->id, req->customer_id, err, sizeof err))
-        chat_log_warn("pipeline: creating the session failed: %s", err);
-    else if (chat_memory_store_turn(p->db, t->sid, run_request_id(t), req->message, response, metadata,
-                                    t->session.touch_due, err, sizeof err))
-        chat_log_warn("pipeline: storing the turn failed: %s", err);
+    int rc = t->session.deferred ? chat_memory_create_session(p->db, t->sid, req->user->id, req->customer_id, err,
+                                                              sizeof err)
+                                 : 0;
+    if (!rc)
+        rc = chat_memory_store_turn(p->db, t->sid, run_request_id(t), req->message, response, metadata,
+                                    t->session.touch_due, err, sizeof err);
+    if (!rc) return KEPT_STORED;
+    if (chat_spool_refused(rc, p->db)) {
+        chat_log_error("pipeline: turn %s of session %s refused by the database: %s", run_request_id(t), t->sid, err);
+        return rc;
+    }
+    chat_log_warn("pipeline: storing turn %s failed (%s)%s", run_request_id(t), err, p->spool ? ": spooled" : "");
+    return spool_turn(p, t, metadata);
+}
+
+/* metadata (a JSON object's text) with "stored" added as its last member; NULL when out of memory. */
+static char *metadata_with_stored(const char *metadata, bool stored)
+{
+    size_t n = strlen(metadata);
+    while (n && metadata[n - 1] != '}')
+        n--;
+    if (!n) return NULL;
+    bool empty = true; /* "{}" or "{ }" */
+    for (size_t i = 1; i + 1 < n && empty; i++)
+        empty = strchr(" \t\r\n", metadata[i]) != NULL;
+    chat_buf b;
+    chat_buf_init(&b);
+    if (chat_buf_append(&b, metadata, n - 1) ||
+        chat_buf_printf(&b, "%s\"stored\":%s}", empty ? "" : ",", stored ? "true" : "false")) {
+        chat_buf_free(&b);
+        return NULL;
+    }
+    return chat_buf_take(&b);
 }
 
 static void emit_complete(chat_run *t, const char *metadata)
@@ -365,12 +431,24 @@ static void emit_complete(chat_run *t, const char *metadata)
     if (t->sink.complete) t->sink.complete(t->sink.ud, t->c.response.data ? t->c.response.data : "", t->sid, metadata);
 }
 
+/* The terminal event of a run whose turn keep_turn kept (kept: its outcome): complete, its metadata
+ * saying whether the turn is stored or spooled; or NOT_STORED when it was not kept. Returns as
+ * chat_pipeline_run (CHAT_EDB for NOT_STORED). */
+static int end_turn(chat_run *t, const char *metadata, int kept)
+{
+    if (kept < 0)
+        return fail_event(&t->sink, CHAT_EDB, CHAT_CODE(NOT_STORED), chat_proto_code_message(CHAT_PROTO_NOT_STORED));
+    char *m = metadata_with_stored(metadata, kept == KEPT_STORED);
+    if (!m) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+    emit_complete(t, m);
+    free(m);
+    return 0;
+}
+
 static int finish_turn(chat_pipeline *p, chat_run *t, const char *metadata)
 {
     if (!metadata) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
-    store_turn(p, t, metadata);
-    emit_complete(t, metadata);
-    return 0;
+    return end_turn(t, metadata, keep_turn(p, t, metadata));
 }
 
 /* ---- the first half, stage by stage ----------------------------------------------------------------
@@ -672,41 +750,58 @@ static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
     return metadata;
 }
 
+/* Keeps the turns of a group of at most CHAT_MEMORY_BATCH_MAX runs (meta[i]: run i's metadata, NULL for
+ * a run that ended already): in one statement where it can, else one by one (a new session's row first,
+ * and alone); kept[i] gets each one's outcome as keep_turn gives it. */
+static void keep_group(chat_pipeline *p, chat_run *const *runs, char *const *meta, size_t m, int *kept)
+{
+    chat_memory_turn turns[CHAT_MEMORY_BATCH_MAX];
+    size_t idx[CHAT_MEMORY_BATCH_MAX], nb = 0;
+    bool together = m > 1 && !(p->spool && chat_spool_pending(p->spool)); /* else after the spooled ones */
+    for (size_t i = 0; i < m; i++) {
+        chat_run *t = runs[i];
+        if (!meta[i]) continue;
+        if (!together || t->session.deferred) {
+            kept[i] = keep_turn(p, t, meta[i]);
+            continue;
+        }
+        turns[nb] = (chat_memory_turn){t->sid, run_request_id(t), t->req->message,
+                                       t->c.response.data ? t->c.response.data : "", meta[i]};
+        idx[nb++] = i;
+    }
+    char err[256];
+    if (nb > 1 && !chat_memory_store_turns(p->db, turns, nb, err, sizeof err)) {
+        for (size_t k = 0; k < nb; k++) {
+            chat_run *t = runs[idx[k]];
+            kept[idx[k]] = KEPT_STORED;
+            if (t->session.touch_due && chat_memory_touch_session(p->db, t->sid, err, sizeof err))
+                chat_log_warn("pipeline: touching the session failed: %s", err);
+        }
+        return;
+    }
+    if (nb > 1) chat_log_debug("pipeline: %zu turns not stored together (%s): one by one", nb, err);
+    for (size_t k = 0; k < nb; k++)
+        kept[idx[k]] = keep_turn(p, runs[idx[k]], meta[idx[k]]);
+}
+
 /* Ends runs whose outcome is recorded; rcs (may be NULL) gets each one's return code. */
 static void end_runs(chat_pipeline *p, chat_run *const *runs, size_t n, int *rcs)
 {
     for (size_t at = 0; at < n; at += CHAT_MEMORY_BATCH_MAX) {
         size_t m = n - at < CHAT_MEMORY_BATCH_MAX ? n - at : CHAT_MEMORY_BATCH_MAX;
         char *meta[CHAT_MEMORY_BATCH_MAX] = {0};
-        chat_memory_turn turns[CHAT_MEMORY_BATCH_MAX];
-        size_t idx[CHAT_MEMORY_BATCH_MAX], nb = 0;
+        int kept[CHAT_MEMORY_BATCH_MAX] = {0};
         for (size_t i = 0; i < m; i++) {
-            chat_run *t = runs[at + i];
             int rc;
-            meta[i] = run_metadata(p, t, &rc);
+            meta[i] = run_metadata(p, runs[at + i], &rc);
             if (rcs) rcs[at + i] = rc;
-            if (!meta[i]) continue;
-            if (t->session.deferred || m == 1) { /* a new session's row first, and alone: one by one */
-                store_turn(p, t, meta[i]);
-                continue;
-            }
-            turns[nb] = (chat_memory_turn){t->sid, run_request_id(t), t->req->message,
-                                           t->c.response.data ? t->c.response.data : "", meta[i]};
-            idx[nb++] = i;
         }
-        char err[256];
-        if (nb == 1 || (nb > 1 && chat_memory_store_turns(p->db, turns, nb, err, sizeof err))) {
-            if (nb > 1) chat_log_debug("pipeline: %zu turns not stored together (%s): one by one", nb, err);
-            for (size_t k = 0; k < nb; k++) store_turn(p, runs[at + idx[k]], meta[idx[k]]);
-        } else {
-            for (size_t k = 0; k < nb; k++) {
-                chat_run *t = runs[at + idx[k]];
-                if (t->session.touch_due && chat_memory_touch_session(p->db, t->sid, err, sizeof err))
-                    chat_log_warn("pipeline: touching the session failed: %s", err);
-            }
-        }
+        keep_group(p, runs + at, meta, m, kept);
         for (size_t i = 0; i < m; i++) {
-            if (meta[i]) emit_complete(runs[at + i], meta[i]);
+            if (meta[i]) {
+                int rc = end_turn(runs[at + i], meta[i], kept[i]);
+                if (rcs) rcs[at + i] = rc;
+            }
             free(meta[i]);
             turn_free(runs[at + i]);
         }

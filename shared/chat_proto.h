@@ -31,6 +31,8 @@
     X(CUSTOMER_FORBIDDEN, 403, "You may not access this customer's records")                                   \
     X(RATE_LIMITED, 429, "Too many messages, please slow down")                                                \
     X(OVERLOADED, 503, "The server is busy, please retry shortly")                                             \
+    /* the answer was generated but its turn could be neither stored nor spooled: not in the history */     \
+    X(NOT_STORED, 503, "The answer could not be saved to the conversation, please ask again")                 \
     /* auth_error on WebSocket, 401 on REST: the token was refused */                                         \
     X(INVALID_TOKEN, 401, "Invalid token")                                                                     \
     X(TOKEN_EXPIRED, 401, "Token expired")                                                                     \

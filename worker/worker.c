@@ -67,6 +67,7 @@
 #include "chat_memory.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
+#include "chat_spool.h"
 #include "chat_util.h"
 #include "chat_wire.h"
 
@@ -157,6 +158,7 @@ struct worker {
     stage_thread *stages;
     int n_stages;
     chat_kb_stats *kb_stats; /* shared by the stage threads' pipelines */
+    chat_spool *spool;       /* the process's turns the database could not take, or NULL (chat_spool.h) */
     pthread_mutex_t task_mu;
     pthread_cond_t task_cv;
     slot_fifo tasks;
@@ -814,6 +816,7 @@ static void worker_free(worker *w)
         pthread_mutex_destroy(&s->tok_mu);
     }
     for (int i = 0; i < w->n_stages; i++) chat_pipeline_free(w->stages[i].pipeline);
+    chat_spool_free(w->spool);
     chat_kb_stats_free(w->kb_stats);
     chat_llm_loop_free(w->loop);
     chat_llm_free(w->llm);
@@ -869,6 +872,10 @@ static int worker_start(worker *w, void **pull)
         }
         chat_pipeline_share_kb_stats(w->stages[i].pipeline, w->kb_stats);
     }
+    /* without a spool the worker still serves: a turn the database cannot take then ends NOT_STORED */
+    if (chat_spool_open(&w->cfg, "worker", true, &w->spool, err, sizeof err))
+        chat_log_error("worker: no spool for turns the database cannot take: %s", err);
+    for (int i = 0; w->spool && i < w->n_stages; i++) chat_pipeline_use_spool(w->stages[i].pipeline, w->spool);
     w->llm = chat_llm_new(&w->cfg, err, sizeof err);
     if (w->llm) w->loop = chat_llm_loop_new(err, sizeof err);
     if (!w->llm || !w->loop) {

@@ -395,6 +395,34 @@ static void test_history(void **state)
     resp_free(&r);
 }
 
+/* A REST answer says its turn is stored ("stored": true in its metadata), and the history has it, its
+ * metadata without the flag. */
+static void test_chat_says_stored(void **state)
+{
+    (void)state;
+    http_resp r;
+    post_chat(E.alice, "application/json", "{\"message\":\"How often should I change the oil?\"}", &r);
+    check_success(&r, NULL, 0);
+    json_object *o = parse(&r);
+    json_object *stored = path_get(o, "metadata", "stored");
+    assert_non_null(stored);
+    assert_true(json_object_is_type(stored, json_type_boolean) && json_object_get_boolean(stored));
+    char path[256];
+    snprintf(path, sizeof path, "/api/v1/sessions/%s/messages", str_field(o, "session_id"));
+    json_object_put(o);
+    resp_free(&r);
+    get_auth(path, E.alice, &r);
+    if (r.status != 200) fail_msg("history: %ld %s", r.status, r.body.data);
+    o = parse(&r);
+    json_object *msgs = path_get(o, "messages", NULL);
+    assert_int_equal(json_object_array_length(msgs), 2);
+    json_object *meta = path_get(json_object_array_get_idx(msgs, 1), "metadata", NULL);
+    assert_non_null(meta);
+    assert_null(path_get(meta, "stored", NULL));
+    json_object_put(o);
+    resp_free(&r);
+}
+
 static void test_session_forbidden(void **state)
 {
     (void)state;
@@ -797,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_static_files),
         cmocka_unit_test(test_chat_success_and_continue),
         cmocka_unit_test(test_history),
+        cmocka_unit_test(test_chat_says_stored),
         cmocka_unit_test(test_session_forbidden),
         cmocka_unit_test(test_auth_errors),
         cmocka_unit_test(test_request_errors),

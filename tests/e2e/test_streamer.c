@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -336,6 +337,7 @@ typedef struct answer {
     json_object *complete;
     char error[48];
     bool closed;
+    int pause_at_tokens; /* collect returns after this many tokens (0: at the terminal event only) */
 } answer;
 
 static void answer_init(answer *a)
@@ -353,7 +355,8 @@ static void answer_clear(answer *a)
     memset(a, 0, sizeof *a);
 }
 
-/* Reads events until complete or error. on_token (may be NULL) is called after each token. */
+/* Reads events until complete or error (or a->pause_at_tokens tokens: call it again to go on). on_token
+ * (may be NULL) is called after each token. */
 static void collect(chat_wsc *c, answer *a, int timeout_ms, void (*on_token)(chat_wsc *, answer *, void *), void *ud)
 {
     long long deadline = e2e_now_ms() + timeout_ms;
@@ -387,6 +390,10 @@ static void collect(chat_wsc *c, answer *a, int timeout_ms, void (*on_token)(cha
                 a->partial_always = false;
             }
             if (on_token) on_token(c, a, ud);
+            if (a->ntokens == a->pause_at_tokens) {
+                json_object_put(o);
+                return;
+            }
         } else if (!strcmp(type, "complete")) {
             a->complete = o;
             return;
@@ -1419,10 +1426,10 @@ static void test_no_workers(void **state)
 /* ---------------------------------------------------------------- rate limit, slow readers */
 
 /* A streamer with a pool of its own: one worker process with `slots` slots pacing tokens by delay_ms and
- * batching later tokens over flush_ms (-1: the default). Returns the streamer's pid; *workers gets the
- * pool's. */
-static pid_t private_stack_flush(const char *name, int slots, int delay_ms, int flush_ms, const char *const extra[],
-                                 int *port, pid_t *workers)
+ * batching later tokens over flush_ms (-1: the default), with the worker settings wextra besides
+ * (NULL-terminated, may be NULL). Returns the streamer's pid; *workers gets the pool's. */
+static pid_t private_stack_env(const char *name, int slots, int delay_ms, int flush_ms, const char *const extra[],
+                               const char *const wextra[], int *port, pid_t *workers)
 {
     char endpoint[400], zmq[460], slots_env[40], delay_env[40], flush_env[40], log[64];
     snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
@@ -1431,15 +1438,23 @@ static pid_t private_stack_flush(const char *name, int slots, int delay_ms, int 
     snprintf(delay_env, sizeof delay_env, "CHAT_TOKEN_DELAY_MS=%d", delay_ms);
     snprintf(flush_env, sizeof flush_env, "CHAT_TOKEN_FLUSH_MS=%d", flush_ms);
     snprintf(log, sizeof log, "%s-worker", name);
-    const char *wenv[] = {zmq,       "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1",     slots_env,
-                          delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn", flush_ms >= 0 ? flush_env : NULL,
-                          NULL};
+    const char *wenv[24] = {zmq,       "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1",     slots_env,
+                            delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn", flush_ms >= 0 ? flush_env : NULL};
+    for (int i = 0, n = flush_ms >= 0 ? 8 : 7; wextra && wextra[i] && n < 23; i++)
+        wenv[n++] = wextra[i];
     const char *wargv[] = {E.bin_worker, NULL};
     *workers = e2e_spawn(wargv, wenv, log_path(log));
     assert_true(*workers > 0);
     pid_t pid = streamer_start(name, endpoint, extra, port);
     wait_workers(*port, slots, 10000);
     return pid;
+}
+
+/* The same without worker settings of its own. */
+static pid_t private_stack_flush(const char *name, int slots, int delay_ms, int flush_ms, const char *const extra[],
+                                 int *port, pid_t *workers)
+{
+    return private_stack_env(name, slots, delay_ms, flush_ms, extra, NULL, port, workers);
 }
 
 static pid_t private_stack(const char *name, int slots, int delay_ms, const char *const extra[], int *port,
@@ -2131,6 +2146,163 @@ static void test_rs256_and_alg_confusion(void **state)
     stop_streamer(pid);
 }
 
+/* ---------------------------------------------------------------- turns kept while the database is away */
+
+/* Bytes in the *.spool files of dir (-1 when it cannot be read); *named counts those whose name holds
+ * the text named (may be NULL). */
+static long long spool_bytes(const char *dir, const char *named, int *n_named)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    long long total = 0;
+    if (n_named) *n_named = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        const char *dot = strrchr(de->d_name, '.');
+        if (!dot || strcmp(dot, ".spool")) continue;
+        char path[1100];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (!stat(path, &st)) total += st.st_size;
+        if (n_named && named && strstr(de->d_name, named)) (*n_named)++;
+    }
+    closedir(d);
+    return total;
+}
+
+/* The stored messages of a session, read with the test's own connection. */
+static long long stored_messages(chat_db *db, const char *sid)
+{
+    return testutil_count(db, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", sid);
+}
+
+/* Waits until the session holds want messages; fails the test after timeout_ms. */
+static void wait_stored(chat_db *db, const char *sid, long long want, int timeout_ms)
+{
+    long long deadline = e2e_now_ms() + timeout_ms, n;
+    while ((n = stored_messages(db, sid)) != want && e2e_now_ms() < deadline)
+        e2e_sleep_ms(100);
+    if (n != want) fail_msg("session %s: %lld messages stored, expected %lld", sid, n, want);
+}
+
+/* Sends a message and collects its answer up to its first token. */
+static void start_answer(chat_wsc *c, const char *extra, answer *a)
+{
+    answer_init(a);
+    a->pause_at_tokens = 1;
+    send_message(c, QUESTION, extra);
+    collect(c, a, ANSWER_MS, NULL, NULL);
+    if (a->ntokens != 1) fail_msg("no first token (error %s)", a->error);
+    a->pause_at_tokens = 0;
+}
+
+/* The rest of an answer begun by start_answer: complete, the answer whole, and the turn not stored yet. */
+static void finish_unstored(chat_wsc *c, answer *a)
+{
+    collect(c, a, ANSWER_MS, NULL, NULL);
+    if (!a->complete) fail_msg("no complete (error %s)", a->error);
+    assert_string_equal(jstr(a->complete, "response"), a->tokens.data);
+    json_object *m = jget(a->complete, "metadata");
+    assert_string_equal(jstr(m, "finish_reason"), "stop");
+    json_object *stored = jget(m, "stored");
+    assert_non_null(stored);
+    assert_true(json_object_is_type(stored, json_type_boolean));
+    assert_false(json_object_get_boolean(stored));
+}
+
+/* Answers streaming while the worker's database goes away end with complete saying "stored": false; the
+ * turns are in no history then, but in the worker's spool; once the database answers again they are
+ * stored, each exactly once: by the same process, and, after a kill -9, by the process that replaces it
+ * (it takes the dead one's spool over at start). The database is made unreachable for this one worker
+ * only, through a proxy the test controls. */
+static void test_turns_kept_while_database_away(void **state)
+{
+    (void)state;
+    char proxy_path[400], spool_dir[400], proxy_env[460], spool_env[460];
+    snprintf(proxy_path, sizeof proxy_path, "%s/db.sock", E.dir);
+    snprintf(spool_dir, sizeof spool_dir, "%s/spool", E.dir);
+    snprintf(proxy_env, sizeof proxy_env, "CHAT_DB_SOCKET=%s", proxy_path);
+    snprintf(spool_env, sizeof spool_env, "CHAT_SPOOL_DIR=%s", spool_dir);
+    chat_config cfg = testutil_config("streamer");
+    e2e_proxy *proxy = e2e_proxy_start(proxy_path, cfg.db_socket);
+    assert_non_null(proxy);
+    chat_db *db = chat_db_new(&cfg);
+    const char *wextra[] = {proxy_env, spool_env, "CHAT_SPOOL_RETRY_MS=200", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = private_stack_env("store", 4, 60, -1, NULL, wextra, &port, &workers);
+    chat_wsc *c1 = open_alice(port), *c2 = open_alice(port);
+
+    /* Both answers under way (past the database work of their first half), then the database goes. */
+    answer a1, a2;
+    start_answer(c1, "\"session_id\":\"away-1\"", &a1);
+    start_answer(c2, NULL, &a2); /* a new conversation: its session's row is written with the turn */
+    e2e_proxy_set_up(proxy, false);
+    finish_unstored(c1, &a1);
+    finish_unstored(c2, &a2);
+    char new_sid[80];
+    snprintf(new_sid, sizeof new_sid, "%s", jstr(a2.complete, "session_id"));
+    assert_int_equal(stored_messages(db, "away-1"), 0);
+    assert_int_equal(stored_messages(db, new_sid), 0);
+    assert_true(spool_bytes(spool_dir, NULL, NULL) > 0);
+    answer_clear(&a1);
+    answer_clear(&a2);
+
+    /* The database is back: the same process stores both, once. */
+    e2e_proxy_set_up(proxy, true);
+    wait_stored(db, "away-1", 2, 10000);
+    wait_stored(db, new_sid, 2, 10000);
+    assert_int_equal(testutil_count(db, "SELECT COUNT(*) FROM chat_sessions WHERE id = ? AND user_id = 'alice'", new_sid),
+                     1);
+
+    /* Away again; the worker dies with a turn in its spool; its successor stores it once the database is
+     * back. */
+    start_answer(c1, "\"session_id\":\"away-2\"", &a1);
+    e2e_proxy_set_up(proxy, false);
+    finish_unstored(c1, &a1);
+    answer_clear(&a1);
+    pid_t kids[4];
+    assert_int_equal(e2e_children(workers, kids, 4), 1);
+    char dead[32];
+    snprintf(dead, sizeof dead, "-worker-%d-", (int)kids[0]);
+    int n_dead = 0;
+    assert_true(spool_bytes(spool_dir, dead, &n_dead) > 0);
+    assert_int_equal(n_dead, 1);
+    kill(kids[0], SIGKILL);
+    long long deadline = e2e_now_ms() + 15000;
+    do { /* the supervisor starts another worker, which takes the dead one's spool over */
+        e2e_sleep_ms(100);
+        spool_bytes(spool_dir, dead, &n_dead);
+    } while (n_dead && e2e_now_ms() < deadline);
+    assert_int_equal(n_dead, 0);
+    assert_int_equal(stored_messages(db, "away-2"), 0);
+    e2e_proxy_set_up(proxy, true);
+    wait_stored(db, "away-2", 2, 10000);
+    deadline = e2e_now_ms() + 5000;
+    while (spool_bytes(spool_dir, NULL, NULL) != 0 && e2e_now_ms() < deadline)
+        e2e_sleep_ms(100);
+    assert_int_equal(spool_bytes(spool_dir, NULL, NULL), 0); /* every spool emptied */
+    e2e_sleep_ms(500);
+    assert_int_equal(stored_messages(db, "away-1"), 2);
+    assert_int_equal(stored_messages(db, new_sid), 2);
+    assert_int_equal(stored_messages(db, "away-2"), 2);
+
+    /* And with the database there, an answer is stored at once and says so. */
+    wait_workers(port, 4, 10000);
+    ask_with(c1, QUESTION, "\"session_id\":\"away-2\"", &a1);
+    assert_full_answer(&a1);
+    assert_true(json_object_get_boolean(jget(jget(a1.complete, "metadata"), "stored")));
+    assert_int_equal(stored_messages(db, "away-2"), 4);
+    answer_clear(&a1);
+
+    chat_wsc_close(c1, 1000, NULL);
+    chat_wsc_close(c2, 1000, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    chat_db_free(db);
+    e2e_proxy_stop(proxy);
+    e2e_rmdir(spool_dir);
+}
+
 /* ---------------------------------------------------------------- shutdown (last: it ends the main streamer) */
 
 static void sigterm_once(chat_wsc *c, answer *a, void *ud)
@@ -2213,6 +2385,7 @@ int main(void)
         cmocka_unit_test(test_worker_killed_mid_answer),
         cmocka_unit_test(test_cancel_then_worker_lost),
         cmocka_unit_test(test_slow_reader),
+        cmocka_unit_test(test_turns_kept_while_database_away),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
     };
     const char *filter = getenv("CMOCKA_TEST_FILTER"); /* e.g. "*slow*" to run one test while debugging */

@@ -1,8 +1,14 @@
 /* Test helpers that need no database. */
 #include "testutil.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <json-c/json.h>
 #include <limits.h>
 #include <poll.h>
@@ -11,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,6 +109,27 @@ pid_t testutil_fake_llm_start(int *port)
         return -1;
     }
     return pid;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st, (void)type, (void)ftw;
+    return remove(path) && errno != ENOENT ? -1 : 0;
+}
+
+const char *testutil_fresh_dir(const char *name)
+{
+    static char dir[PATH_MAX];
+    const char *var = getenv("CHAT_VAR");
+    char parent[PATH_MAX - 128];
+    if (var && *var)
+        snprintf(parent, sizeof parent, "%.3900s/tmp", var);
+    else
+        snprintf(parent, sizeof parent, "%.3900s", testutil_path("build/tests/tmp"));
+    snprintf(dir, sizeof dir, "%s/%.64s", parent, name);
+    if (nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) && errno != ENOENT) fail_msg("cannot empty %s", dir);
+    if ((mkdir(parent, 0700) && errno != EEXIST) || mkdir(dir, 0700)) fail_msg("cannot create %s", dir);
+    return dir;
 }
 
 void testutil_fake_llm_stop(pid_t pid)

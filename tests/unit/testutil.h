@@ -37,6 +37,11 @@ void testutil_fake_llm_stop(pid_t pid); /* SIGTERM and wait; accepts -1 */
  * JSON object (caller puts; "prompt" is what the model was told); NULL when it cannot be read. */
 struct json_object *testutil_fake_llm_last(int port);
 
+/* An empty directory for a test's files, $CHAT_VAR/tmp/<name> (build/tests/tmp/<name> without CHAT_VAR):
+ * removed with everything in it first, then created (mode 0700). The path in a static buffer (valid until
+ * the next call); fails the test when it cannot be made. */
+const char *testutil_fresh_dir(const char *name);
+
 /* Configuration from the environment with the database name set to "chat_t_<name>". */
 chat_config testutil_config(const char *name);
 /* The same with the openai provider on the fake LLM server at port, asking for model (a fake-* scenario). */
