@@ -5,13 +5,19 @@
  * another process manager). Each process owns one fcgi_api: one chat pipeline with its own lazy
  * database connection, a JWT verifier and the /health cache. Concurrency comes from max-procs.
  *
+ * A streamed answer (SSE: /v1/chat/completions with "stream": true) is written while the pipeline runs,
+ * each event flushed to lighttpd with FCGX_FFlush as it comes; a failed write or flush means lighttpd
+ * dropped the connection, and fcgi_stream writes nothing more.
+ *
  * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits.
  * The log line per request holds method, path without query, status and duration; never a token,
  * a header value or message text. /health lines are debug-level: they come thousands per second, and
  * fcgi_health logs the changes of state that matter. */
 #include <curl/curl.h>
 #include <fcgiapp.h>
+#include <limits.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +101,30 @@ static void write_response(FCGX_Request *r, const char *method, const fcgi_resp 
     if (strcmp(method, "HEAD") && resp->body.len) FCGX_PutStr(resp->body.data, (int)resp->body.len, r->out);
 }
 
+/* The streamed answer's writes: each one flushed, so the event leaves now. 0, or -1 once the stream has
+ * failed (libfcgi keeps the error: every later write fails too). */
+static int stream_write(void *ud, const char *data, size_t len)
+{
+    FCGX_Request *r = ud;
+    if (len > INT_MAX || FCGX_PutStr(data, (int)len, r->out) != (int)len) return -1;
+    return FCGX_FFlush(r->out) ? -1 : 0;
+}
+
+static int stream_head(void *ud, int status, const char *content_type)
+{
+    char head[320];
+    int n = snprintf(head, sizeof head,
+                     "Status: %d %s\r\n"
+                     "Content-Type: %s\r\n"
+                     "Cache-Control: no-store\r\n"
+                     "X-Content-Type-Options: nosniff\r\n"
+                     "X-Accel-Buffering: no\r\n"
+                     "\r\n",
+                     status, reason(status), content_type);
+    if (n < 0 || (size_t)n >= sizeof head) return -1;
+    return stream_write(ud, head, (size_t)n);
+}
+
 /* Method for the log: letters only, bounded. */
 static void log_method(const char *m, char *out, size_t cap)
 {
@@ -169,9 +199,10 @@ int main(void)
             .redirect_status = redirect_status(FCGX_GetParam("REDIRECT_STATUS", req.envp)),
             .read_body = read_stdin,
             .body_ud = req.in,
+            .stream = {.ud = &req, .head = stream_head, .write = stream_write},
         };
         int status = fcgi_api_handle(api, &in, &resp);
-        write_response(&req, method, &resp);
+        if (!resp.streamed) write_response(&req, method, &resp);
         /* Copied before FCGX_Finish_r, which frees the parameters they point into. */
         char path[160], m[16];
         fcgi_api_log_path(in.uri, path, sizeof path);

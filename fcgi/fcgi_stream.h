@@ -1,0 +1,50 @@
+/* A chat answer streamed as Server-Sent Events while the pipeline generates it: OpenAI's
+ * chat.completion.chunk (POST /v1/chat/completions with "stream": true). An fcgi_stream is the pipeline's
+ * sink; the transport gives it a head and a write function, and every event leaves as soon as the
+ * pipeline emits it.
+ *
+ * The commit: the head (200, text/event-stream) goes out when the request has been accepted, that is at
+ * the progress step after "starting" (agent_routing: the customer and the session were checked), or at
+ * the first token or complete. An error before that is no stream at all: the caller answers it whole with
+ * its HTTP status (403 for somebody else's session, 503 with the database down), as it would without
+ * streaming.
+ *
+ * When a write fails the client has gone: nothing more is written.
+ *
+ * Thread context: the thread that runs the pipeline. */
+#ifndef FCGI_STREAM_H
+#define FCGI_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "chat_openai_api.h"
+#include "chat_pipeline.h"
+#include "chat_util.h"
+
+/* The transport's side of a streamed answer. head sends the status line and headers (content type, no
+ * length); write sends bytes and flushes them to the client. Both return 0, or -1 once the client is gone. */
+typedef struct fcgi_stream_out {
+    void *ud;
+    int (*head)(void *ud, int status, const char *content_type);
+    int (*write)(void *ud, const char *data, size_t len);
+} fcgi_stream_out;
+
+typedef struct fcgi_stream {
+    chat_sink sink;    /* for chat_pipeline_run */
+    bool committed;    /* the head went out: the stream is the answer */
+    bool gone;         /* a write failed */
+    char code[40];     /* the error event that came before the commit (the caller answers it) */
+    char message[256];
+    /* the rest is the stream's own */
+    fcgi_stream_out out;
+    chat_oai_ctx oai; /* the chunks' id, created and include_usage */
+    chat_buf frame;   /* the event being written */
+} fcgi_stream;
+
+/* out and oai are copied. */
+void fcgi_stream_init(fcgi_stream *s, const fcgi_stream_out *out, const chat_oai_ctx *oai);
+/* Frees the buffers (accepts NULL). */
+void fcgi_stream_clear(fcgi_stream *s);
+
+#endif
