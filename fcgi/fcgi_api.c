@@ -461,7 +461,7 @@ static int run_stream(fcgi_api *api, const chat_request *creq, const chat_oai_ct
 {
     fcgi_stream s;
     fcgi_stream_init(&s, &req->stream, oai);
-    int rc = chat_pipeline_run(api->pipeline, creq, &s.sink, NULL);
+    int rc = chat_pipeline_run(api->pipeline, creq, &s.sink, &s.cancel);
     if (rc == CHAT_EDB) fcgi_health_invalidate(api->health);
     int status;
     if (s.committed) {

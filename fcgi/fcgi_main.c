@@ -6,8 +6,9 @@
  * database connection, a JWT verifier and the /health cache. Concurrency comes from max-procs.
  *
  * A streamed answer (SSE: /v1/chat/completions with "stream": true) is written while the pipeline runs,
- * each event flushed to lighttpd with FCGX_FFlush as it comes; a failed write or flush means lighttpd
- * dropped the connection, and fcgi_stream writes nothing more.
+ * each event flushed to lighttpd with FCGX_FFlush as it comes (lighttpd streams it on:
+ * server.stream-response-body); a failed write or flush means lighttpd dropped the connection because its
+ * client went away, and fcgi_stream cancels the generation.
  *
  * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits.
  * The log line per request holds method, path without query, status and duration; never a token,

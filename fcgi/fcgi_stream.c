@@ -1,9 +1,10 @@
-/* The pipeline's events as Server-Sent Events (see fcgi_stream.h for the commit).
+/* The pipeline's events as Server-Sent Events (see fcgi_stream.h for the commit and the cancel).
  *
  * Design choices:
  * - Every frame is built by the wire format's own module: OpenAI's chunks by chat_openai_api, the SSE
  *   framing by chat_sse_write. This file only decides what goes out when.
- * - One write (and flush) per event: a token leaves when it is generated, which is the point.
+ * - One write (and flush) per event: a token reaches the client when it is generated, which is the point;
+ *   lighttpd passes it on at once (server.stream-response-body for this route).
  * - A stream that cannot build a frame (out of memory) ends as if its client had gone: a cut answer the
  *   client can tell (no [DONE]) rather than one with a hole in it. */
 #include "fcgi_stream.h"
@@ -16,11 +17,12 @@
 #include "chat_proto.h"
 #include "chat_sse.h"
 
-/* The client is gone (or the stream cannot go on): stop writing. */
+/* The client is gone (or the stream cannot go on): stop writing and stop the generation. */
 static void stop(fcgi_stream *s, const char *why)
 {
-    if (!s->gone) chat_log_info("stream: %s", why);
+    if (!s->gone) chat_log_info("stream: %s: generation cancelled", why);
     s->gone = true;
+    atomic_store(&s->cancel, 1);
 }
 
 /* One data-only event, written at once; text is taken (NULL: out of memory). */
@@ -65,7 +67,7 @@ static int on_token(void *ud, const char *text, size_t len)
     fcgi_stream *s = ud;
     commit(s);
     put(s, chat_oai_chunk_content(&s->oai, text, len));
-    return 0;
+    return s->gone;
 }
 
 static void done(fcgi_stream *s)
@@ -107,6 +109,7 @@ static void on_error(void *ud, const char *code, const char *message)
 void fcgi_stream_init(fcgi_stream *s, const fcgi_stream_out *out, const chat_oai_ctx *oai)
 {
     memset(s, 0, sizeof *s);
+    atomic_init(&s->cancel, 0);
     s->out = *out;
     s->oai = *oai;
     chat_buf_init(&s->frame);

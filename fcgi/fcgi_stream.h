@@ -9,12 +9,16 @@
  * its HTTP status (403 for somebody else's session, 503 with the database down), as it would without
  * streaming.
  *
- * When a write fails the client has gone: nothing more is written.
+ * The cancel: when a write fails the client has gone (lighttpd closes the FastCGI connection when its
+ * client disconnects): the stream sets its cancel flag, which the caller hands to chat_pipeline_run, so
+ * the generation stops and the turn is stored with finish_reason "cancelled"; nothing more is written,
+ * the token callback asks the pipeline to stop, and the responder's log says "client went away".
  *
- * Thread context: the thread that runs the pipeline. */
+ * Thread context: the thread that runs the pipeline (the flag may be read by any). */
 #ifndef FCGI_STREAM_H
 #define FCGI_STREAM_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -31,7 +35,8 @@ typedef struct fcgi_stream_out {
 } fcgi_stream_out;
 
 typedef struct fcgi_stream {
-    chat_sink sink;    /* for chat_pipeline_run */
+    chat_sink sink;    /* for chat_pipeline_run, with &cancel */
+    atomic_int cancel; /* set when a write failed */
     bool committed;    /* the head went out: the stream is the answer */
     bool gone;         /* a write failed */
     char code[40];     /* the error event that came before the commit (the caller answers it) */

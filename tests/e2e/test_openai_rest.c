@@ -1,5 +1,7 @@
 /* End-to-end tests of the REST API's streaming doors through lighttpd and the FastCGI pool: the
- * OpenAI-compatible API (/v1/models, /v1/chat/completions whole and streamed).
+ * OpenAI-compatible API (/v1/models, /v1/chat/completions whole and streamed), how a stream really
+ * streams (chunks spread over the paced answer) and what a client that disconnects does to its
+ * generation.
  *
  * Assumes the stack tests/run.sh starts (CHAT_TOKEN_DELAY_MS=5: the offline provider paces its tokens)
  * and mints tokens with its JWT secret ($CHAT_VAR/jwt-secret or JWT_SECRET). HTTP goes through libcurl;
@@ -564,6 +566,72 @@ static void test_stream_matches_whole(void **state)
     }
 }
 
+/* Each chunk leaves when it is generated: over a paced answer of n tokens (one every TOKEN_DELAY_MS),
+ * the content chunks arrive spread over most of the (n - 1) * TOKEN_DELAY_MS it takes, in many separate
+ * deliveries. With lighttpd holding the response (server.stream-response-body 0) they all arrive at the
+ * end, within a millisecond or two. */
+static void test_stream_is_paced(void **state)
+{
+    (void)state;
+    reply r;
+    ask(Q_LONG, ",\"stream\":true", 0, &r);
+    json_object *finish = NULL;
+    E.long_answer = check_chunks(&r, false, &finish);
+    json_object_put(finish);
+    /* the content chunks: after the role chunk, before the finish chunk and [DONE] */
+    size_t first = 1, last = r.n - 3, n = last - first + 1;
+    assert_true(n >= 40);
+    long long span_us = r.ev[last].at_us - r.ev[first].at_us;
+    long long paced_us = (long long)(n - 1) * TOKEN_DELAY_MS * 1000;
+    int deliveries = r.ev[last].delivery - r.ev[first].delivery + 1;
+    printf("# %zu content chunks over %.1f ms (paced: %.1f ms) in %d deliveries\n", n, span_us / 1000.0,
+           paced_us / 1000.0, deliveries);
+    if (span_us < paced_us * 4 / 10)
+        fail_msg("%zu chunks arrived within %.1f ms: held back, not streamed", n, span_us / 1000.0);
+    if (deliveries < (int)n / 3) fail_msg("%zu chunks came in only %d deliveries", n, deliveries);
+    reply_free(&r);
+}
+
+/* A client that goes away mid-stream cancels its generation: the turn is stored at once with what had
+ * been generated and finish_reason "cancelled" (the session id is the client's own, so it can be read). */
+static void test_stream_disconnect_cancels(void **state)
+{
+    (void)state;
+    assert_non_null(E.long_answer); /* from test_stream_is_paced */
+    char sid[65], extra[128];
+    snprintf(sid, sizeof sid, "oai-cancel-%ld-%d", (long)time(NULL), (int)getpid());
+    snprintf(extra, sizeof extra, ",\"stream\":true,\"session_id\":\"%s\"", sid);
+    reply r;
+    ask(Q_LONG, extra, 6, &r);
+    assert_int_equal(r.rc, CURLE_WRITE_ERROR); /* we hung up */
+    assert_true(r.n >= 6);
+    reply_free(&r);
+    long long t0 = chat_now_ms();
+    json_object *h = NULL;
+    int count = -1;
+    while ((count = history_count(sid, E.alice, &h)) < 2 && chat_now_ms() - t0 < 10000) {
+        json_object_put(h);
+        h = NULL;
+        usleep(100 * 1000);
+    }
+    if (count != 2) fail_msg("no turn stored for the cancelled stream (%d messages)", count);
+    assert_string_equal(str_at(h, "messages.0.content"), Q_LONG);
+    assert_string_equal(str_at(h, "messages.1.role"), "assistant");
+    const char *finish = str_at(h, "messages.1.metadata.finish_reason"), *text = str_at(h, "messages.1.content");
+    if (!finish || strcmp(finish, "cancelled"))
+        fail_msg("the stored turn's finish_reason is %s", finish ? finish : "NULL");
+    assert_true(strlen(text) < strlen(E.long_answer));
+    assert_true(!strncmp(text, E.long_answer, strlen(text))); /* what had been generated */
+    printf("# cancelled after %zu of %zu bytes, stored within %lld ms of the hang-up\n", strlen(text),
+           strlen(E.long_answer), chat_now_ms() - t0);
+    json_object_put(h);
+
+    /* The responder that served it serves the next request as usual. */
+    ask(Q_SHORT, "", 0, &r);
+    assert_int_equal(r.status, 200);
+    reply_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -571,6 +639,8 @@ int main(void)
         cmocka_unit_test(test_completion_whole),
         cmocka_unit_test(test_completion_errors),
         cmocka_unit_test(test_stream_matches_whole),
+        cmocka_unit_test(test_stream_is_paced),
+        cmocka_unit_test(test_stream_disconnect_cancels),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
