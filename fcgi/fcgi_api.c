@@ -454,13 +454,13 @@ static int run_whole(fcgi_api *api, const chat_request *creq, chat_result *resul
     return rc;
 }
 
-/* Runs the request with its chunks streamed as they come (fcgi_stream.h). A failure before the stream
+/* Runs the request with its events streamed as they come (fcgi_stream.h). A failure before the stream
  * was committed is answered whole, as run_whole's would be. */
-static int run_stream(fcgi_api *api, const chat_request *creq, const chat_oai_ctx *oai, const fcgi_req *req,
-                      fcgi_resp *resp)
+static int run_stream(fcgi_api *api, const chat_request *creq, fcgi_stream_kind kind, bool partial,
+                      const chat_oai_ctx *oai, const fcgi_req *req, fcgi_resp *resp)
 {
     fcgi_stream s;
-    fcgi_stream_init(&s, &req->stream, oai);
+    fcgi_stream_init(&s, kind, &req->stream, partial, oai);
     int rc = chat_pipeline_run(api->pipeline, creq, &s.sink, &s.cancel);
     if (rc == CHAT_EDB) fcgi_health_invalidate(api->health);
     int status;
@@ -476,15 +476,34 @@ static int run_stream(fcgi_api *api, const chat_request *creq, const chat_oai_ct
     return status;
 }
 
-/* Runs the validated message through the pipeline and answers with its complete or its failure. */
+/* Accept names text/event-stream (any case, parameters allowed) among its media ranges. */
+static bool wants_event_stream(const char *accept)
+{
+    static const char want[] = "text/event-stream";
+    for (const char *p = accept; p && *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ",;");
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == sizeof want - 1 && !strncasecmp(p, want, n)) return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+/* Runs the validated message through the pipeline and answers with its complete or its failure; with
+ * Accept: text/event-stream, streams the protocol's events. */
 static int run_chat(fcgi_api *api, const chat_in *in, const chat_user *user, const char *request_id,
-                    fcgi_resp *resp)
+                    const fcgi_req *req, fcgi_resp *resp)
 {
     chat_request creq = {.message = in->message,
                          .session_id = in->session_id,
                          .customer_id = in->customer_id,
                          .user = user,
                          .request_id = request_id};
+    if (wants_event_stream(req->accept))
+        return run_stream(api, &creq, FCGI_STREAM_EVENTS, in->partial, NULL, req, resp);
     chat_result result = {0};
     int rc = run_whole(api, &creq, &result);
     int status = rc ? chat_failed(resp, rc, result.code, result.message)
@@ -506,7 +525,7 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     if (!status && chat_proto_message_fields(root, (size_t)api->cfg.max_message_bytes, &in, &code, err, sizeof err))
         status = message_refused(resp, code, err);
     if (!status) status = idempotency_key(req, &request_id, resp);
-    if (!status) status = run_chat(api, &in, &user, request_id, resp);
+    if (!status) status = run_chat(api, &in, &user, request_id, req, resp);
     chat_in_clear(&in);
     json_object_put(root);
     return status;
@@ -530,7 +549,7 @@ static int run_completion(fcgi_api *api, const chat_oai_request *o, const chat_u
                          .customer_id = o->in.customer_id,
                          .user = user,
                          .request_id = key};
-    if (o->stream) return run_stream(api, &creq, &ctx, req, resp);
+    if (o->stream) return run_stream(api, &creq, FCGI_STREAM_OPENAI, false, &ctx, req, resp);
     chat_result result = {0};
     int rc = run_whole(api, &creq, &result);
     int status;

@@ -5,7 +5,8 @@
  * rules are in one place and could be driven by any transport.
  *
  * Routes:
- *   POST /api/v1/chat                     Bearer JWT, JSON {"message","session_id"?,"customer_id"?}
+ *   POST /api/v1/chat                     Bearer JWT, JSON {"message","session_id"?,"customer_id"?}; with
+ *                                         Accept: text/event-stream the protocol's events as SSE (fcgi_stream.h)
  *   GET  /api/v1/sessions/{id}/messages   Bearer JWT, the session's owner only
  *   GET  /api/v1/demo-token               the demo token when CHAT_DEMO_TOKEN_FILE names a readable file
  *   POST /v1/chat/completions             Bearer JWT, OpenAI's request (chat_openai_api.h); "stream": true
@@ -48,6 +49,7 @@ typedef struct fcgi_req {
     const char *idempotency_key; /* HTTP_IDEMPOTENCY_KEY or NULL: becomes the pipeline's request id */
     int redirect_status;         /* REDIRECT_STATUS: >= 400 when lighttpd's server.error-handler sent an
                                     error of its own here (e.g. its 413), else 0 */
+    const char *accept;          /* HTTP_ACCEPT or NULL */
     /* Reads up to len body bytes; returns the count (0 at the end) or -1 on error. */
     long (*read_body)(void *ud, char *buf, size_t len);
     void *body_ud;

@@ -5,10 +5,10 @@
  * another process manager). Each process owns one fcgi_api: one chat pipeline with its own lazy
  * database connection, a JWT verifier and the /health cache. Concurrency comes from max-procs.
  *
- * A streamed answer (SSE: /v1/chat/completions with "stream": true) is written while the pipeline runs,
- * each event flushed to lighttpd with FCGX_FFlush as it comes (lighttpd streams it on:
- * server.stream-response-body); a failed write or flush means lighttpd dropped the connection because its
- * client went away, and fcgi_stream cancels the generation.
+ * A streamed answer (SSE: /v1/chat/completions with "stream": true, /api/v1/chat with Accept:
+ * text/event-stream) is written while the pipeline runs, each event flushed to lighttpd with FCGX_FFlush
+ * as it comes (lighttpd streams it on: server.stream-response-body); a failed write or flush means
+ * lighttpd dropped the connection because its client went away, and fcgi_stream cancels the generation.
  *
  * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits.
  * The log line per request holds method, path without query, status and duration; never a token,
@@ -197,6 +197,7 @@ int main(void)
             .content_length = param_count(FCGX_GetParam("CONTENT_LENGTH", req.envp)),
             .authorization = FCGX_GetParam("HTTP_AUTHORIZATION", req.envp),
             .idempotency_key = FCGX_GetParam("HTTP_IDEMPOTENCY_KEY", req.envp),
+            .accept = FCGX_GetParam("HTTP_ACCEPT", req.envp),
             .redirect_status = redirect_status(FCGX_GetParam("REDIRECT_STATUS", req.envp)),
             .read_body = read_stdin,
             .body_ud = req.in,

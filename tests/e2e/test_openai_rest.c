@@ -1,7 +1,7 @@
 /* End-to-end tests of the REST API's streaming doors through lighttpd and the FastCGI pool: the
  * OpenAI-compatible API (/v1/models, /v1/chat/completions whole and streamed), how a stream really
  * streams (chunks spread over the paced answer) and what a client that disconnects does to its
- * generation.
+ * generation, and the protocol's events as SSE on /api/v1/chat.
  *
  * Assumes the stack tests/run.sh starts (CHAT_TOKEN_DELAY_MS=5: the offline provider paces its tokens)
  * and mints tokens with its JWT secret ($CHAT_VAR/jwt-secret or JWT_SECRET). HTTP goes through libcurl;
@@ -632,6 +632,108 @@ static void test_stream_disconnect_cancels(void **state)
     reply_free(&r);
 }
 
+/* ---- /api/v1/chat with Accept: text/event-stream ---- */
+
+/* The protocol's events: named after their type, progress steps in order, tokens whose partial_response
+ * is the text so far (when partial), one complete last. Returns the complete (caller puts). */
+static json_object *check_events(const reply *r, bool partial)
+{
+    if (r->status != 200) fail_msg("SSE chat: %ld %.300s", r->status, r->body.data);
+    assert_non_null(strstr(r->content_type, "text/event-stream"));
+    static const char *const steps[] = {"starting", "agent_routing", "rag_retrieval", "generating"};
+    size_t nsteps = 0, ntokens = 0;
+    chat_buf text;
+    chat_buf_init(&text);
+    chat_buf_puts(&text, "");
+    json_object *complete = NULL;
+    for (size_t i = 0; i < r->n; i++) {
+        json_object *o = parse(r->ev[i].data);
+        const char *type = str_at(o, "type");
+        assert_non_null(type);
+        assert_string_equal(r->ev[i].name, type);
+        assert_null(complete); /* nothing after complete */
+        if (!strcmp(type, "progress")) {
+            assert_true(nsteps < CHAT_ARRAY_LEN(steps) && !ntokens);
+            assert_string_equal(str_at(o, "step"), steps[nsteps++]);
+            assert_non_null(str_at(o, "message"));
+        } else if (!strcmp(type, "token")) {
+            ntokens++;
+            chat_buf_puts(&text, str_at(o, "token"));
+            if (partial)
+                assert_string_equal(str_at(o, "partial_response"), text.data);
+            else
+                assert_false(has_key(o, "partial_response"));
+        } else if (!strcmp(type, "complete")) {
+            complete = o;
+            continue;
+        } else {
+            fail_msg("unexpected event %s", r->ev[i].data);
+        }
+        json_object_put(o);
+    }
+    assert_int_equal(nsteps, CHAT_ARRAY_LEN(steps));
+    assert_true(ntokens >= 2);
+    assert_non_null(complete);
+    assert_string_equal(str_at(complete, "response"), text.data);
+    assert_true(chat_id_valid(str_at(complete, "session_id")));
+    assert_non_null(str_at(complete, "metadata.agent"));
+    chat_buf_free(&text);
+    return complete;
+}
+
+static void test_rest_chat_events(void **state)
+{
+    (void)state;
+    assert_non_null(E.short_answer);
+    static const struct {
+        const char *accept, *body;
+        bool partial;
+    } cases[] = {
+        {"text/event-stream", "{\"message\":\"" Q_SHORT "\"}", true},
+        {"application/json;q=0.5, Text/Event-Stream; charset=utf-8", "{\"message\":\"" Q_SHORT "\"}", true},
+        {"text/event-stream", "{\"message\":\"" Q_SHORT "\",\"partial\":false}", false},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        reply r;
+        http(&(request){.method = "POST",
+                        .path = "/api/v1/chat",
+                        .token = E.alice,
+                        .accept = cases[i].accept,
+                        .body = cases[i].body},
+             &r);
+        json_object *complete = check_events(&r, cases[i].partial);
+        assert_string_equal(str_at(complete, "response"), E.short_answer);
+        json_object_put(complete);
+        reply_free(&r);
+    }
+    /* A refusal before the answer starts is no stream: the usual status and JSON. */
+    char body[256];
+    snprintf(body, sizeof body, "{\"message\":\"hi\",\"session_id\":\"%s\"}", E.alice_session);
+    reply r;
+    http(
+        &(request){
+            .method = "POST", .path = "/api/v1/chat", .token = E.bob, .accept = "text/event-stream", .body = body},
+        &r);
+    assert_int_equal(r.status, 403);
+    assert_non_null(strstr(r.content_type, "application/json"));
+    json_object *o = parse(r.body.data);
+    assert_string_equal(str_at(o, "code"), "SESSION_FORBIDDEN");
+    json_object_put(o);
+    reply_free(&r);
+    /* Without the header the answer is whole, as ever. */
+    http(&(request){.method = "POST",
+                    .path = "/api/v1/chat",
+                    .token = E.alice,
+                    .accept = "application/json",
+                    .body = cases[0].body},
+         &r);
+    assert_int_equal(r.status, 200);
+    o = parse(r.body.data);
+    assert_string_equal(str_at(o, "response"), E.short_answer);
+    json_object_put(o);
+    reply_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -641,6 +743,7 @@ int main(void)
         cmocka_unit_test(test_stream_matches_whole),
         cmocka_unit_test(test_stream_is_paced),
         cmocka_unit_test(test_stream_disconnect_cancels),
+        cmocka_unit_test(test_rest_chat_events),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
