@@ -671,14 +671,29 @@ static int handle_demo_token(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp
 
 /* ---- health ---- */
 
-static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+/* A health check's status (or negative error) with its body in resp. */
+static int health_answer(fcgi_resp *resp, int st)
 {
-    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
-    int st = fcgi_health_get(api->health, chat_pipeline_db(api->pipeline), &resp->body);
     if (st < 0) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     if (st == 503) snprintf(resp->retry_after, sizeof resp->retry_after, "5");
     resp->status = st;
     return st;
+}
+
+static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+{
+    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
+    int st = fcgi_health_get(api->health, chat_pipeline_db(api->pipeline), &resp->body);
+    return health_answer(resp, st);
+}
+
+/* /health/ready: the same probes, a short body; /health/live: the process answers, nothing is probed. */
+static int handle_health_probe(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp, bool ready)
+{
+    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
+    int st = ready ? fcgi_health_ready(api->health, chat_pipeline_db(api->pipeline), &resp->body)
+                   : fcgi_health_live(&resp->body);
+    return health_answer(resp, st);
 }
 
 /* ---- lighttpd's own errors (server.error-handler) ---- */
@@ -739,6 +754,8 @@ int fcgi_api_handle(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
         return handle_server_error(resp, req->redirect_status);
 
     if (path_is(p, n, "/health")) return handle_health(api, req, resp);
+    if (path_is(p, n, "/health/live")) return handle_health_probe(api, req, resp, false);
+    if (path_is(p, n, "/health/ready")) return handle_health_probe(api, req, resp, true);
     if (resp->openai) return route_v1(api, req, resp, p, n);
     if (path_is(p, n, "/api/v1/chat")) return handle_chat(api, req, resp);
     if (path_is(p, n, "/api/v1/demo-token")) return handle_demo_token(api, req, resp);

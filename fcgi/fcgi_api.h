@@ -12,7 +12,8 @@
  *   POST /v1/chat/completions             Bearer JWT, OpenAI's request (chat_openai_api.h); "stream": true
  *                                         for chat.completion.chunk events
  *   GET  /v1/models, /v1/models/{id}      Bearer JWT, the one model (CHAT_OAI_MODEL)
- *   GET  /health                          see fcgi_health.h
+ *   GET  /health, /health/ready           see fcgi_health.h
+ *   GET  /health/live                     the process answers; no dependency is checked
  * Every error is JSON {"error","code"} (chat_proto_rest_error), under /v1/ OpenAI's {"error":{"message",
  * "type","param","code"}} (chat_oai_error), its status and code from the protocol's table
  * (CHAT_PROTO_ERRORS in chat_proto.h), including the errors lighttpd itself raises on these paths: its

@@ -12,8 +12,8 @@
  *
  * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits.
  * The log line per request holds method, path without query, status and duration; never a token,
- * a header value or message text. /health lines are debug-level: they come thousands per second, and
- * fcgi_health logs the changes of state that matter. */
+ * a header value or message text. /health lines (and /health/live, /health/ready) are debug-level: they
+ * come thousands per second, and fcgi_health logs the changes of state that matter. */
 #include <curl/curl.h>
 #include <fcgiapp.h>
 #include <limits.h>
@@ -126,6 +126,11 @@ static int stream_head(void *ud, int status, const char *content_type)
     return stream_write(ud, head, (size_t)n);
 }
 
+static bool is_health(const char *path)
+{
+    return !strcmp(path, "/health") || !strcmp(path, "/health/live") || !strcmp(path, "/health/ready");
+}
+
 /* Method for the log: letters only, bounded. */
 static void log_method(const char *m, char *out, size_t cap)
 {
@@ -212,7 +217,7 @@ int main(void)
         FCGX_Finish_r(&req);
 
         double ms = (double)(chat_now_us() - t0) / 1000.0;
-        chat_log(!strcmp(path, "/health") ? CHAT_LOG_DEBUG : CHAT_LOG_INFO, "%s %s %d %.1fms", m, path, status, ms);
+        chat_log(is_health(path) ? CHAT_LOG_DEBUG : CHAT_LOG_INFO, "%s %s %d %.1fms", m, path, status, ms);
         /* Keep a big answer's buffer from living on between requests. */
         if (resp.body.cap > 256 * 1024) chat_buf_free(&resp.body);
     }

@@ -1,12 +1,13 @@
 /* End-to-end tests of the REST API's streaming doors through lighttpd and the FastCGI pool: the
  * OpenAI-compatible API (/v1/models, /v1/chat/completions whole and streamed), how a stream really
  * streams (chunks spread over the paced answer) and what a client that disconnects does to its
- * generation, and the protocol's events as SSE on /api/v1/chat.
+ * generation, the protocol's events as SSE on /api/v1/chat, and /health/live and /health/ready.
  *
  * Assumes the stack tests/run.sh starts (CHAT_TOKEN_DELAY_MS=5: the offline provider paces its tokens)
  * and mints tokens with its JWT secret ($CHAT_VAR/jwt-secret or JWT_SECRET). HTTP goes through libcurl;
  * streams are read with the library's own SSE parser (chat_sse), every event stamped with its arrival
- * time. Users are unique per run. */
+ * time. Users are unique per run. The database-down test runs last: it stops the private MariaDB
+ * (deploy/mariadb.sh) and starts it again. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -734,9 +735,89 @@ static void test_rest_chat_events(void **state)
     reply_free(&r);
 }
 
+/* ---- /health/live and /health/ready ---- */
+
+static void test_health_probes(void **state)
+{
+    (void)state;
+    reply r;
+    long long t0 = chat_now_ms();
+    do { /* the stack may still be finding its workers */
+        http(&(request){.method = "GET", .path = "/health/ready"}, &r);
+        if (r.status == 200) break;
+        reply_free(&r);
+        usleep(200 * 1000);
+    } while (chat_now_ms() - t0 < 30000);
+    if (r.status != 200) fail_msg("/health/ready: %ld %s", r.status, r.body.data);
+    assert_string_equal(r.body.data,
+                        "{\"status\":\"ready\",\"failing\":[],\"database\":true,\"streamer\":true,\"workers\":true}");
+    reply_free(&r);
+    http(&(request){.method = "GET", .path = "/health/live"}, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body.data, "{\"status\":\"ok\"}");
+    assert_non_null(strstr(r.content_type, "application/json"));
+    reply_free(&r);
+    static const char *const paths[] = {"/health/live", "/health/ready"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(paths); i++) {
+        http(&(request){.method = "HEAD", .path = paths[i]}, &r);
+        assert_int_equal(r.status, 200);
+        reply_free(&r);
+        http(&(request){.method = "POST", .path = paths[i], .body = "{}"}, &r);
+        assert_int_equal(r.status, 405);
+        assert_non_null(chat_strcasestr(r.headers.data, "Allow: GET, HEAD"));
+        reply_free(&r);
+    }
+}
+
+static int mariadb(const char *action)
+{
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cd '%s' && bash deploy/mariadb.sh %s >/dev/null 2>&1", testutil_root(), action);
+    return system(cmd);
+}
+
+/* Polls path until it answers want (at most timeout_ms); the last reply stays in r. */
+static void wait_status(const char *path, long want, int timeout_ms, reply *r)
+{
+    long long end = chat_now_ms() + timeout_ms;
+    for (;;) {
+        http(&(request){.method = "GET", .path = path}, r);
+        if (r->status == want || chat_now_ms() > end) return;
+        reply_free(r);
+        usleep(200 * 1000);
+    }
+}
+
+/* Readiness follows the database; liveness does not. */
+static void test_health_database_down(void **state)
+{
+    (void)state;
+    assert_int_equal(mariadb("stop"), 0);
+    reply r;
+    wait_status("/health/ready", 503, 5000, &r); /* the per-process cache holds an answer for up to 1 s */
+    long st = r.status;
+    char body[512];
+    snprintf(body, sizeof body, "%s", r.body.data);
+    bool retry = chat_strcasestr(r.headers.data, "Retry-After:") != NULL;
+    reply_free(&r);
+    http(&(request){.method = "GET", .path = "/health/live"}, &r);
+    long live = r.status;
+    reply_free(&r);
+    assert_int_equal(mariadb("start"), 0);
+    if (st != 503) fail_msg("/health/ready with the database down: %ld %s", st, body);
+    assert_string_equal(body, "{\"status\":\"not_ready\",\"failing\":[\"database\"],\"database\":false,"
+                              "\"streamer\":true,\"workers\":true}");
+    assert_true(retry);
+    assert_int_equal(live, 200);
+    wait_status("/health/ready", 200, 30000, &r);
+    if (r.status != 200) fail_msg("/health/ready after the restart: %ld %s", r.status, r.body.data);
+    reply_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_health_probes),
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_completion_whole),
         cmocka_unit_test(test_completion_errors),
@@ -744,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_stream_is_paced),
         cmocka_unit_test(test_stream_disconnect_cancels),
         cmocka_unit_test(test_rest_chat_events),
+        cmocka_unit_test(test_health_database_down),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
