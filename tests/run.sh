@@ -74,12 +74,31 @@ run_browser() {
   if grep -q '#answer length changes' "$log"; then
     echo "# the stack's workers before the browser test: $(cat "$CHAT_VAR/log/status-before-browser.json" 2>/dev/null)"
   fi
+  record_summary browser "$log" "$rc"
+}
+
+# Counts a script's closing "N passed, N failed" line (a non-zero exit without failures is one failure).
+record_summary() { # name log rc
   local line p f
-  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$2" | tail -1)
   p=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p'); f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
   p=${p:-0}; f=${f:-0}
-  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-  record browser "$p" "$f"
+  if [ "$3" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+  record "$1" "$p" "$f"
+}
+
+# Runs the official openai npm client against /v1 and counts its closing line.
+run_clients() {
+  local log=$CHAT_VAR/log/clients.out
+  echo "== clients openai-client.mjs"
+  if [ ! -d tests/clients/node_modules/openai ]; then
+    echo "!! client test cannot run: make deps installs the openai package"; record clients 0 1; return
+  fi
+  CHAT_BASE_URL=http://127.0.0.1:$CHAT_PORT CHAT_TOKEN=$(cat "$CHAT_VAR/demo-token") \
+    timeout 120 node tests/clients/openai-client.mjs >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  record_summary clients "$log" "$rc"
 }
 
 if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
@@ -95,6 +114,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     # which workers serve the stack (kept for diagnosing the browser test's rare unpaced answer)
     curl -s -m 2 --unix-socket "$CHAT_VAR/run/streamer.sock" http://localhost/status >"$CHAT_VAR/log/status-before-browser.json" 2>&1
     run_browser
+    run_clients
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
