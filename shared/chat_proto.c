@@ -194,11 +194,10 @@ size_t chat_proto_escape(const char *s, size_t n, char *out)
 
 /* ---- builders ---- */
 
-/* A json-c string from s, with malformed UTF-8 replaced by U+FFFD (NULL gives ""). */
-static json_object *new_str(const char *s)
+/* A json-c string from s[0..n), with malformed UTF-8 replaced by U+FFFD (NULL gives ""). */
+json_object *chat_proto_json_string(const char *s, size_t n)
 {
-    if (!s) s = "";
-    size_t n = strlen(s);
+    if (!s) s = "", n = 0;
     if (chat_utf8_valid(s, n)) return json_object_new_string_len(s, (int)(n > INT_MAX ? INT_MAX : n));
     chat_buf b;
     chat_buf_init(&b);
@@ -215,6 +214,11 @@ static json_object *new_str(const char *s)
     json_object *o = b.len <= INT_MAX ? json_object_new_string_len(b.data, (int)b.len) : NULL;
     chat_buf_free(&b);
     return o;
+}
+
+static json_object *new_str(const char *s)
+{
+    return chat_proto_json_string(s, s ? strlen(s) : 0);
 }
 
 /* Adds val under key; on failure (val NULL or insertion failed) frees val and returns -1. */
@@ -344,7 +348,7 @@ char *chat_proto_token(const char *token, size_t token_len, const char *partial,
 }
 
 /* The pipeline's metadata as an object; {} when absent or not a JSON object. */
-static json_object *parse_metadata(const char *text)
+json_object *chat_proto_metadata_object(const char *text)
 {
     json_object *m = NULL;
     size_t n = text ? strlen(text) : 0;
@@ -368,7 +372,8 @@ char *chat_proto_complete(const char *response, const char *session_id, const ch
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     int failed = add_str(o, "type", "complete") || add_str(o, "response", response) ||
-                 add_str_or_null(o, "session_id", session_id) || add(o, "metadata", parse_metadata(metadata_json));
+                 add_str_or_null(o, "session_id", session_id) ||
+                 add(o, "metadata", chat_proto_metadata_object(metadata_json));
     return finish(o, failed);
 }
 
@@ -426,7 +431,7 @@ char *chat_proto_rest_answer(const char *response, const char *session_id, const
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     int failed = add_str(o, "response", response) || add_str(o, "session_id", session_id) ||
-                 add(o, "metadata", parse_metadata(metadata_json));
+                 add(o, "metadata", chat_proto_metadata_object(metadata_json));
     return finish(o, failed);
 }
 

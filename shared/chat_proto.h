@@ -205,4 +205,11 @@ char *chat_proto_rest_answer(const char *response, const char *session_id, const
 /* The REST error body for out of memory, a static text for when even building one fails. */
 extern const char chat_proto_rest_error_oom[];
 
+/* For the wire formats built on this protocol's events (the OpenAI-compatible API, chat_openai_api.h):
+ * the pipeline's metadata text as a json-c object ({} when absent or not a JSON object), and a json-c
+ * string of s[0..n) (NULL: "") repaired as every builder here repairs strings. NULL on out of memory; the
+ * caller puts them. */
+struct json_object *chat_proto_metadata_object(const char *metadata_json);
+struct json_object *chat_proto_json_string(const char *s, size_t n);
+
 #endif

@@ -99,6 +99,20 @@ run_browser() {
   record_summary browser "$log" "$rc"
 }
 
+# Runs the official openai npm client against /v1 and counts its closing line.
+run_clients() {
+  local log=$CHAT_VAR/log/clients.out
+  echo "== clients openai-client.mjs"
+  if [ ! -d tests/clients/node_modules/openai ]; then
+    echo "!! client test cannot run: make deps installs the openai package"; record clients 0 1; return
+  fi
+  CHAT_BASE_URL=http://127.0.0.1:$CHAT_PORT CHAT_TOKEN=$(cat "$CHAT_VAR/demo-token") \
+    timeout 120 node tests/clients/openai-client.mjs >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  record_summary clients "$log" "$rc"
+}
+
 if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   # The whole stack on test ports with its own data folder (var/test), so `make run` is never touched.
   export CHAT_PORT=${CHAT_TEST_PORT:-18000}
@@ -113,6 +127,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     # which workers serve the stack (kept for diagnosing the browser test's rare unpaced answer)
     curl -s -m 2 --unix-socket "$CHAT_VAR/run/streamer.sock" http://localhost/status >"$CHAT_VAR/log/status-before-browser.json" 2>&1
     run_browser
+    run_clients
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
