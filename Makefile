@@ -2,7 +2,9 @@
 #   make deps    install the Debian packages the project uses (idempotent)
 #   make         build the library, programs and tests
 #   make test    lint, unit tests against a private MariaDB, end-to-end tests against the real stack
+#   make test-cluster  hosts in network namespaces: a streamer, workers on two others over CurveZMQ (root)
 #   make run     the whole stack in the foreground (make start / make stop: in the background)
+#   make keys    a CurveZMQ key pair for a streamer or worker on another host (KEY=name)
 
 CC      ?= cc
 PKG_LIB := json-c libjwt libcurl libmariadb libzmq openssl
@@ -45,10 +47,12 @@ TEST_COMMON := $(wildcard tests/unit/testutil*.c)
 UNIT_TESTS  := $(patsubst tests/unit/%.c,$(B)/tests/unit/%,$(wildcard tests/unit/test_*.c))
 E2E_COMMON  := $(filter-out tests/e2e/test_%,$(wildcard tests/e2e/*.c))
 E2E_TESTS   := $(patsubst tests/e2e/%.c,$(B)/tests/e2e/%,$(wildcard tests/e2e/test_*.c))
+# The cluster test's programs (tests/cluster/cluster.sh runs them in network namespaces; not in make test).
+CLUSTER_TESTS := $(patsubst tests/cluster/%.c,$(B)/tests/cluster/%,$(wildcard tests/cluster/test_*.c))
 
 .SECONDARY:
-.PHONY: all deps test unit e2e lint run start stop token kb-import bench clean format
-all: $(LIB) $(PROGS) $(UNIT_TESTS) $(E2E_TESTS)
+.PHONY: all deps test test-cluster unit e2e lint run start stop token kb-import keys bench clean format
+all: $(LIB) $(PROGS) $(UNIT_TESTS) $(E2E_TESTS) $(CLUSTER_TESTS)
 
 deps:
 	@bash deploy/deps.sh
@@ -57,7 +61,7 @@ deps:
 $(B)/tools/%.o $(B)/bench/%.o: INC := -Itools -Ibench
 $(B)/streamer/%.o: INC := $(LWS_CFLAGS)
 $(B)/tests/unit/%.o: INC := -Itests/unit -Itools -Istreamer -Iworker
-$(B)/tests/e2e/%.o: INC := -Itests/unit -Itests/e2e -Itools
+$(B)/tests/e2e/%.o $(B)/tests/cluster/%.o: INC := -Itests/unit -Itests/e2e -Itools
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
@@ -111,23 +115,31 @@ $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $(filter %.o,$^) $(filter %.a,$^) $(CMOCKA_LIBS) $(LDLIBS_LIB)
 
-$(B)/tests/e2e/%: $(B)/tests/e2e/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
+$(E2E_TESTS) $(CLUSTER_TESTS): $(B)/tests/%: $(B)/tests/%.o $(E2E_COMMON:%.c=$(B)/%.o) $(B)/libtestutil.a $(CLIENT_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(CMOCKA_LIBS) $(LDLIBS_LIB)
 
-# Unit tests of a program's own modules link those objects too.
+# Unit tests of a program's own modules (those without lws in them) link those objects too (objects go
+# before the archives on the link line).
 $(B)/tests/unit/test_worker_answers: $(B)/worker/worker_answers.o
 $(B)/tests/unit/test_streamer_sessions: $(B)/streamer/streamer_sessions.o
+$(B)/tests/unit/test_streamer_rx: $(B)/streamer/streamer_rx.o
 
 # Tests that start the fake LLM server need it built first.
-$(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm
+$(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/unit/test_answers $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm
+$(B)/tests/e2e/test_curve: | $(B)/bin/chat-keys
 
 # The suite: lint, then tests/run.sh starts private services on test ports and runs every test program.
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory lint
 	@bash tests/run.sh
+
+# Hosts built with network namespaces on this machine (root, iproute2): a streamer and workers on two
+# other hosts over CurveZMQ (tests/cluster/cluster.sh). Not part of make test.
+test-cluster: all
+	@bash tests/cluster/cluster.sh
 
 unit: all
 	@bash tests/run.sh unit
@@ -159,6 +171,13 @@ token: all
 # make kb-import DIR=path/to/markdown
 kb-import: all
 	@bash deploy/stack.sh kb-import "$(DIR)"
+
+# make keys KEY=worker-a: a CurveZMQ key pair in var/keys/worker-a.key (mode 0600; KEY defaults to the
+# host name), its public key printed for the other side's CHAT_CURVE_ALLOWED (deploy/README.md).
+KEYS_DIR ?= var/keys
+keys: $(B)/bin/chat-keys
+	@mkdir -p $(KEYS_DIR) && chmod 700 $(KEYS_DIR)
+	@$(B)/bin/chat-keys $(KEYS_DIR)/$(or $(KEY),$(shell hostname -s)).key
 
 bench: all
 	@bash bench/bench.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs exactly the Debian 12 packages the project uses. Idempotent and quick when all is present:
-# apt-get update runs only when something is missing. npm packages for the browser test come last.
+# apt-get update runs only when something is missing. npm packages for the browser and client tests come last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +8,7 @@ PKGS=(
   build-essential pkg-config cppcheck
   libjson-c-dev libjwt-dev libcurl4-openssl-dev libmariadb-dev libzmq3-dev libssl-dev
   libfcgi-dev libwebsockets-dev libwebsockets-evlib-ev libcmocka-dev
-  mariadb-server mariadb-client lighttpd curl
+  mariadb-server mariadb-client lighttpd curl prometheus
   chromium
 )
 command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
@@ -26,8 +26,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # mariadb-server's package starts a system instance; the project never uses it (it runs its own).
 
-if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
-  echo "deps: npm ci in tests/browser"
-  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
-fi
+# The npm packages of a test folder (its package-lock.json), when the one it needs is missing.
+npm_ci() { # dir package
+  if [ -f "$1/package.json" ] && [ ! -d "$1/node_modules/$2" ]; then
+    echo "deps: npm ci in $1"
+    (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+npm_ci tests/browser playwright-core # the real-browser test
+npm_ci tests/clients openai          # the official OpenAI client against /v1
 echo "deps: all present"

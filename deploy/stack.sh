@@ -34,6 +34,7 @@ export CHAT_BIND=${CHAT_BIND:-127.0.0.1}
 export CHAT_FCGI_PROCS=${CHAT_FCGI_PROCS:-4}
 export CHAT_LOG_LEVEL=${CHAT_LOG_LEVEL:-info}
 export CHAT_ZMQ_ENDPOINT=${CHAT_ZMQ_ENDPOINT:-ipc://$RUN/chat-workers.ipc}
+export CHAT_METRICS_DIR=${CHAT_METRICS_DIR:-$RUN/metrics}
 # lighttpd proxies /ws/chat over a Unix socket (see lighttpd.conf), so the streamer listens on one.
 case "${CHAT_STREAMER_LISTEN:-}" in
   unix:/*) export CHAT_STREAMER_SOCKET=${CHAT_STREAMER_LISTEN#unix:} ;;
@@ -214,6 +215,8 @@ wait_ready() {
 
 start_all() {
   mkdir -p "$RUN" "$LOG" "$VAR/tmp"
+  # Each process keeps its figures in a file here; GET /metrics sums them. A new stack starts from zero.
+  rm -rf "$CHAT_METRICS_DIR" && mkdir -m 0700 -p "$CHAT_METRICS_DIR"
   command -v curl >/dev/null || { warn "curl is not installed (make deps)"; return 1; }
   secret || return 1
   db_start || return 1

@@ -4,14 +4,19 @@
  * - Checks run cheapest and most general first: route, method (405), authentication (401), content
  *   type (415), declared size (413, before reading a byte), then the body (400). A request that fails
  *   early costs neither a body read nor a database round trip.
- * - The chat runs the same chat_pipeline as the WebSocket workers, in-process, with a sink that keeps
- *   only the terminal event: REST has no use for progress or tokens, and `complete` carries the whole
- *   response, so nothing is accumulated per token.
+ * - The chat runs the same chat_pipeline as the WebSocket workers, in-process. A whole answer's sink
+ *   keeps only the terminal event (`complete` carries the whole response, so nothing is accumulated per
+ *   token); a streamed answer's sink (fcgi_stream) writes each event as it comes.
+ * - The OpenAI-compatible routes (/v1/) are the same checks and the same pipeline: only the wire format
+ *   (chat_openai_api) and the error shape (resp->openai) differ.
  * - The chat body's message is checked by chat_proto_message_fields, the WebSocket parser's own checks,
  *   so REST and WebSocket refuse a message with the same code and words. Every error's status and code
  *   come from the protocol's table (CHAT_PROTO_ERRORS); only lighttpd's own errors keep their status.
  * - Client-facing messages are fixed strings or the pipeline's client-safe ones; database and LLM
  *   detail goes to the log only (never tokens or message text).
+ * - Each responder has a spool of its own (chat_spool.h) for the turns the database cannot take: such an
+ *   answer is still a 200, its metadata saying "stored": false; a turn neither stored nor spooled is a
+ *   503 NOT_STORED with Retry-After, like the database's other failures.
  * - The session id in /api/v1/sessions/{id}/messages is percent-decoded here (REQUEST_URI is raw) and
  *   then held to chat_id_valid, the same rule as everywhere else. */
 #include "fcgi_api.h"
@@ -30,8 +35,11 @@
 #include "chat_jwt.h"
 #include "chat_log.h"
 #include "chat_memory.h"
+#include "chat_metrics.h"
+#include "chat_openai_api.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
+#include "chat_spool.h"
 #include "chat_util.h"
 #include "fcgi_health.h"
 
@@ -41,6 +49,7 @@
 struct fcgi_api {
     chat_config cfg;
     chat_pipeline *pipeline;
+    chat_spool *spool; /* this process's turns the database could not take, or NULL */
     chat_jwt_verifier *jwt;
     fcgi_health *health;
     size_t max_body;
@@ -93,6 +102,11 @@ fcgi_api *fcgi_api_new(const chat_config *cfg, char *err, size_t errlen)
     if (!api->jwt) goto fail;
     api->pipeline = chat_pipeline_new(cfg, err, errlen);
     if (!api->pipeline) goto fail;
+    /* without a spool the responder still serves: a turn the database cannot take then ends NOT_STORED */
+    char serr[256];
+    if (chat_spool_open(cfg, "fcgi", true, &api->spool, serr, sizeof serr))
+        chat_log_error("no spool for turns the database cannot take: %s", serr);
+    if (api->spool) chat_pipeline_use_spool(api->pipeline, api->spool);
     api->health = fcgi_health_new(cfg);
     if (!api->health) {
         chat_fail(err, errlen, CHAT_ENOMEM, "cannot create the health checker");
@@ -109,6 +123,7 @@ void fcgi_api_free(fcgi_api *api)
     if (!api) return;
     fcgi_health_free(api->health);
     chat_pipeline_free(api->pipeline);
+    chat_spool_free(api->spool);
     chat_jwt_verifier_free(api->jwt);
     free(api);
 }
@@ -133,20 +148,28 @@ void fcgi_api_log_path(const char *uri, char *out, size_t cap)
 }
 
 /* The error answer with an explicit status: lighttpd's own errors keep theirs. message NULL: the code's
- * default message. */
-static int set_error_status(fcgi_resp *resp, int status, chat_proto_code code, const char *message)
+ * default message. param: the request field at fault, said in OpenAI's shape only (may be NULL). */
+static int set_error_full(fcgi_resp *resp, int status, chat_proto_code code, const char *message, const char *param)
 {
+    chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, chat_proto_code_name(code)), 1);
     resp->status = status;
     chat_buf_reset(&resp->body);
-    char *json = chat_proto_rest_error(message ? message : chat_proto_code_message(code), chat_proto_code_name(code));
+    if (!message) message = chat_proto_code_message(code);
+    char *json = resp->openai ? chat_oai_error(code, message, param)
+                              : chat_proto_rest_error(message, chat_proto_code_name(code));
     if (!json || chat_buf_puts(&resp->body, json)) {
         /* Out of memory: a fixed body still tells the client what happened. */
         chat_buf_reset(&resp->body);
         resp->status = 500;
-        chat_buf_puts(&resp->body, chat_proto_rest_error_oom);
+        chat_buf_puts(&resp->body, resp->openai ? chat_oai_error_oom : chat_proto_rest_error_oom);
     }
     free(json);
     return resp->status;
+}
+
+static int set_error_status(fcgi_resp *resp, int status, chat_proto_code code, const char *message)
+{
+    return set_error_full(resp, status, code, message, NULL);
 }
 
 /* The error answer for code, with the status the protocol's table gives it. */
@@ -276,8 +299,8 @@ static bool content_type_ok(const char *ct)
     return !strncasecmp(cs, "utf-8", 5) || !strncasecmp(cs, "utf8", 4);
 }
 
-/* Reads the body into b. 0, 413 (over max_body) or 400 (read error / short body). */
-static int read_body(fcgi_api *api, const fcgi_req *req, chat_buf *b)
+/* Reads the body into b. 0, 413 (over max bytes), 400 (read error / short body) or 500. */
+static int read_body(const fcgi_req *req, size_t max, chat_buf *b)
 {
     char tmp[8192];
     for (;;) {
@@ -285,7 +308,7 @@ static int read_body(fcgi_api *api, const fcgi_req *req, chat_buf *b)
         long n = req->read_body(req->body_ud, tmp, sizeof tmp);
         if (n < 0) return 400;
         if (n == 0) break;
-        if (b->len + (size_t)n > api->max_body) return 413;
+        if (b->len + (size_t)n > max) return 413;
         if (chat_buf_append(b, tmp, (size_t)n)) return 500;
     }
     if (req->content_length >= 0 && (long long)b->len != req->content_length) return 400;
@@ -331,19 +354,24 @@ static void sink_error(void *ud, const char *code, const char *message)
     snprintf(r->message, sizeof r->message, "%s", message ? message : "");
 }
 
-/* The pipeline's failure as an answer: its code (with the table's status) and its client-safe message. */
-static int chat_failed(fcgi_resp *resp, int rc, const chat_result *r)
+/* The pipeline's failure as an answer: its code (with the table's status) and its client-safe message
+ * (its error event's, either may be ""). */
+static int chat_failed(fcgi_resp *resp, int rc, const char *code_name, const char *message)
 {
+    chat_proto_code code;
+    bool named = chat_proto_code_lookup(code_name, &code);
+    if (named && code == CHAT_PROTO_NOT_STORED) { /* answered, but neither stored nor spooled */
+        snprintf(resp->retry_after, sizeof resp->retry_after, "5");
+        return set_error(resp, CHAT_PROTO_NOT_STORED, NULL);
+    }
     if (rc == CHAT_EDB) {
         snprintf(resp->retry_after, sizeof resp->retry_after, "5");
         return set_error(resp, CHAT_PROTO_SERVICE_UNAVAILABLE, NULL);
     }
-    chat_proto_code code;
-    bool named = chat_proto_code_lookup(r->code, &code);
     if (rc == CHAT_EFORBIDDEN || (named && code == CHAT_PROTO_SESSION_FORBIDDEN))
-        return set_error(resp, named ? code : CHAT_PROTO_SESSION_FORBIDDEN, r->message[0] ? r->message : NULL);
+        return set_error(resp, named ? code : CHAT_PROTO_SESSION_FORBIDDEN, message[0] ? message : NULL);
     if (rc == CHAT_EINVAL)
-        return set_error(resp, named ? code : CHAT_PROTO_INVALID_REQUEST, r->message[0] ? r->message : NULL);
+        return set_error(resp, named ? code : CHAT_PROTO_INVALID_REQUEST, message[0] ? message : NULL);
     return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, "An error occurred while processing your message");
 }
 
@@ -356,14 +384,24 @@ static int message_refused(fcgi_resp *resp, const char *code, const char *err)
 }
 
 /* The checks before the body is read, cheapest first: method, authentication, content type, declared
- * size. 0 with user filled, or the error status already in resp. */
-static int chat_precheck(fcgi_api *api, const fcgi_req *req, chat_user *user, fcgi_resp *resp)
+ * size (at most max bytes). 0 with user filled, or the error status already in resp. */
+static int chat_precheck(fcgi_api *api, const fcgi_req *req, size_t max, chat_user *user, fcgi_resp *resp)
 {
     if (!is_method(req, "POST")) return method_not_allowed(resp, "POST");
     if (authenticate(api, req, user, resp)) return resp->status;
     if (!content_type_ok(req->content_type))
         return set_error(resp, CHAT_PROTO_UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
-    if (req->content_length > (long long)api->max_body) return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    if (req->content_length > (long long)max) return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    return 0;
+}
+
+/* Reads the body (at most max bytes) into b: 0, or the error status already in resp. */
+static int read_body_or_fail(const fcgi_req *req, size_t max, chat_buf *b, fcgi_resp *resp)
+{
+    int rc = read_body(req, max, b);
+    if (rc == 413) return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
+    if (rc == 500) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+    if (rc) return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Incomplete request body");
     return 0;
 }
 
@@ -397,12 +435,11 @@ static int read_json_object(fcgi_api *api, const fcgi_req *req, json_object **ro
     *root = NULL;
     chat_buf body;
     chat_buf_init(&body);
-    int rc = read_body(api, req, &body);
-    int prc = rc ? 0 : parse_body(&body, root);
+    int status = read_body_or_fail(req, api->max_body, &body, resp);
+    int prc = status ? 0 : parse_body(&body, root);
     chat_buf_free(&body);
-    if (rc == 413) return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
-    if (rc == 500 || prc == CHAT_ENOMEM) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
-    if (rc) return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "Incomplete request body");
+    if (status) return status;
+    if (prc == CHAT_ENOMEM) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     if (prc) return set_error(resp, CHAT_PROTO_INVALID_JSON, NULL);
     if (!json_object_is_type(*root, json_type_object))
         return set_error(resp, CHAT_PROTO_INVALID_REQUEST, "The request body must be a JSON object");
@@ -421,28 +458,73 @@ static int idempotency_key(const fcgi_req *req, const char **out, fcgi_resp *res
     return 0;
 }
 
-/* Runs the validated message through the pipeline and answers with its complete or its failure. */
-static int run_chat(fcgi_api *api, const chat_in *in, const chat_user *user, const char *request_id,
-                    fcgi_resp *resp)
+/* Runs the request through the pipeline to its terminal event, kept in result (the caller frees its
+ * texts). Returns 0 when result holds the complete, else the negative code to answer. */
+static int run_whole(fcgi_api *api, const chat_request *creq, chat_result *result)
 {
-    chat_result result = {0};
+    chat_sink sink = {
+        .ud = result, .progress = sink_progress, .token = sink_token, .complete = sink_complete, .error = sink_error};
+    int rc = chat_pipeline_run(api->pipeline, creq, &sink, NULL);
+    if (rc == CHAT_EDB) fcgi_health_invalidate(api->health); /* /health should say so right away */
+    if (!rc && !result->completed) rc = CHAT_ERR;
+    if (rc) chat_log_warn("chat failed: %s (%s)", chat_strerror(rc), result->code[0] ? result->code : "no code");
+    return rc;
+}
+
+/* Runs the request with its events streamed as they come (fcgi_stream.h). A failure before the stream
+ * was committed is answered whole, as run_whole's would be. */
+static int run_stream(fcgi_api *api, const chat_request *creq, fcgi_stream_kind kind, bool partial,
+                      const chat_oai_ctx *oai, const fcgi_req *req, fcgi_resp *resp)
+{
+    fcgi_stream s;
+    fcgi_stream_init(&s, kind, &req->stream, partial, oai);
+    int rc = chat_pipeline_run(api->pipeline, creq, &s.sink, &s.cancel);
+    if (rc == CHAT_EDB) fcgi_health_invalidate(api->health);
+    int status;
+    if (s.committed) {
+        resp->streamed = true;
+        status = resp->status = 200;
+    } else {
+        if (!rc) rc = CHAT_ERR;
+        chat_log_warn("chat failed: %s (%s)", chat_strerror(rc), s.code[0] ? s.code : "no code");
+        status = chat_failed(resp, rc, s.code, s.message);
+    }
+    fcgi_stream_clear(&s);
+    return status;
+}
+
+/* Accept names text/event-stream (any case, parameters allowed) among its media ranges. */
+static bool wants_event_stream(const char *accept)
+{
+    static const char want[] = "text/event-stream";
+    for (const char *p = accept; p && *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ",;");
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == sizeof want - 1 && !strncasecmp(p, want, n)) return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+/* Runs the validated message through the pipeline and answers with its complete or its failure; with
+ * Accept: text/event-stream, streams the protocol's events. */
+static int run_chat(fcgi_api *api, const chat_in *in, const chat_user *user, const char *request_id,
+                    const fcgi_req *req, fcgi_resp *resp)
+{
     chat_request creq = {.message = in->message,
                          .session_id = in->session_id,
                          .customer_id = in->customer_id,
                          .user = user,
                          .request_id = request_id};
-    chat_sink sink = {
-        .ud = &result, .progress = sink_progress, .token = sink_token, .complete = sink_complete, .error = sink_error};
-    int rc = chat_pipeline_run(api->pipeline, &creq, &sink, NULL);
-    if (rc == CHAT_EDB) fcgi_health_invalidate(api->health); /* /health should say so right away */
-    int status;
-    if (rc || !result.completed) {
-        if (!rc) rc = CHAT_ERR;
-        chat_log_warn("chat failed: %s (%s)", chat_strerror(rc), result.code[0] ? result.code : "no code");
-        status = chat_failed(resp, rc, &result);
-    } else {
-        status = set_body(resp, 200, chat_proto_rest_answer(result.response, result.session_id, result.metadata));
-    }
+    if (wants_event_stream(req->accept))
+        return run_stream(api, &creq, FCGI_STREAM_EVENTS, in->partial, NULL, req, resp);
+    chat_result result = {0};
+    int rc = run_whole(api, &creq, &result);
+    int status = rc ? chat_failed(resp, rc, result.code, result.message)
+                    : set_body(resp, 200, chat_proto_rest_answer(result.response, result.session_id, result.metadata));
     free(result.response);
     free(result.metadata);
     return status;
@@ -455,15 +537,80 @@ static int handle_chat(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
     chat_in in = {0};
     const char *code = NULL, *request_id = NULL;
     char err[128];
-    int status = chat_precheck(api, req, &user, resp);
+    int status = chat_precheck(api, req, api->max_body, &user, resp);
     if (!status) status = read_json_object(api, req, &root, resp);
     if (!status && chat_proto_message_fields(root, (size_t)api->cfg.max_message_bytes, &in, &code, err, sizeof err))
         status = message_refused(resp, code, err);
     if (!status) status = idempotency_key(req, &request_id, resp);
-    if (!status) status = run_chat(api, &in, &user, request_id, resp);
+    if (!status) status = run_chat(api, &in, &user, request_id, req, resp);
     chat_in_clear(&in);
     json_object_put(root);
     return status;
+}
+
+/* ---- the OpenAI-compatible API ---- */
+
+/* Runs an accepted completion request: streamed as chunks, or answered whole as a chat.completion. The
+ * request id (the Idempotency-Key, else a UUID) names the stored turn and the completion ("chatcmpl-"). */
+static int run_completion(fcgi_api *api, const chat_oai_request *o, const chat_user *user, const char *key,
+                          const fcgi_req *req, fcgi_resp *resp)
+{
+    char uuid[37];
+    if (!key) {
+        if (chat_uuid4(uuid)) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+        key = uuid;
+    }
+    chat_oai_ctx ctx = chat_oai_ctx_make(key, (long long)time(NULL), o->include_usage);
+    chat_request creq = {.message = o->in.message,
+                         .session_id = o->in.session_id,
+                         .customer_id = o->in.customer_id,
+                         .user = user,
+                         .request_id = key};
+    if (o->stream) return run_stream(api, &creq, FCGI_STREAM_OPENAI, false, &ctx, req, resp);
+    chat_result result = {0};
+    int rc = run_whole(api, &creq, &result);
+    int status;
+    if (rc)
+        status = chat_failed(resp, rc, result.code, result.message);
+    else if (!strcmp(chat_oai_finish_reason(result.metadata), "error")) /* the model failed mid-answer */
+        status = set_error(resp, CHAT_PROTO_PROCESSING_ERROR, "The language model failed during the answer");
+    else
+        status = set_body(resp, 200, chat_oai_completion(&ctx, result.response, result.session_id, result.metadata));
+    free(result.response);
+    free(result.metadata);
+    return status;
+}
+
+static int handle_completions(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+{
+    chat_user user;
+    chat_buf body;
+    chat_buf_init(&body);
+    chat_oai_request o = {0};
+    chat_oai_refusal why;
+    const char *key = NULL;
+    int status = chat_precheck(api, req, FCGI_API_V1_MAX_BODY, &user, resp);
+    if (!status) status = read_body_or_fail(req, FCGI_API_V1_MAX_BODY, &body, resp);
+    if (!status && chat_oai_parse_request(body.data, body.len, (size_t)api->cfg.max_message_bytes, &o, &why))
+        status = set_error_full(resp, chat_proto_code_status(why.code), why.code, why.message, why.param);
+    chat_buf_free(&body);
+    if (!status) status = idempotency_key(req, &key, resp);
+    if (!status) status = run_completion(api, &o, &user, key, req, resp);
+    chat_oai_request_clear(&o);
+    return status;
+}
+
+/* GET /v1/models, or /v1/models/{id} when id is not NULL. */
+static int handle_models(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp, const char *id, size_t idlen)
+{
+    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
+    chat_user user;
+    if (authenticate(api, req, &user, resp)) return resp->status;
+    if (!id) return set_body(resp, 200, chat_oai_models());
+    if (idlen == strlen(CHAT_OAI_MODEL) && !memcmp(id, CHAT_OAI_MODEL, idlen))
+        return set_body(resp, 200, chat_oai_model());
+    return set_error_full(resp, 404, CHAT_PROTO_NOT_FOUND, "The model does not exist (GET /v1/models lists them)",
+                          "model");
 }
 
 /* ---- history ---- */
@@ -541,14 +688,40 @@ static int handle_demo_token(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp
 
 /* ---- health ---- */
 
-static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+/* A health check's status (or negative error) with its body in resp. */
+static int health_answer(fcgi_resp *resp, int st)
 {
-    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
-    int st = fcgi_health_get(api->health, chat_pipeline_db(api->pipeline), &resp->body);
     if (st < 0) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
     if (st == 503) snprintf(resp->retry_after, sizeof resp->retry_after, "5");
     resp->status = st;
     return st;
+}
+
+/* Every process's figures (chat_metrics.h), in Prometheus's text format. Unauthenticated, like /health:
+ * the front door decides who may reach it (deploy/README.md). */
+static int handle_metrics(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+{
+    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
+    if (chat_metrics_render(api->cfg.metrics_dir, &resp->body)) return set_error(resp, CHAT_PROTO_PROCESSING_ERROR, NULL);
+    snprintf(resp->content_type, sizeof resp->content_type, "text/plain; version=0.0.4; charset=utf-8");
+    resp->status = 200;
+    return 200;
+}
+
+static int handle_health(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
+{
+    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
+    int st = fcgi_health_get(api->health, chat_pipeline_db(api->pipeline), &resp->body);
+    return health_answer(resp, st);
+}
+
+/* /health/ready: the same probes, a short body; /health/live: the process answers, nothing is probed. */
+static int handle_health_probe(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp, bool ready)
+{
+    if (!is_get(req)) return method_not_allowed(resp, "GET, HEAD");
+    int st = ready ? fcgi_health_ready(api->health, chat_pipeline_db(api->pipeline), &resp->body)
+                   : fcgi_health_live(&resp->body);
+    return health_answer(resp, st);
 }
 
 /* ---- lighttpd's own errors (server.error-handler) ---- */
@@ -584,17 +757,35 @@ static bool path_is(const char *p, size_t n, const char *lit)
     return strlen(lit) == n && !memcmp(p, lit, n);
 }
 
+/* The /v1/ routes (OpenAI's paths). */
+static int route_v1(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp, const char *p, size_t n)
+{
+    static const char models[] = "/v1/models/";
+    size_t lm = sizeof models - 1;
+    if (path_is(p, n, "/v1/chat/completions")) return handle_completions(api, req, resp);
+    if (path_is(p, n, "/v1/models")) return handle_models(api, req, resp, NULL, 0);
+    if (n > lm && !memcmp(p, models, lm) && !memchr(p + lm, '/', n - lm))
+        return handle_models(api, req, resp, p + lm, n - lm);
+    return set_error(resp, CHAT_PROTO_NOT_FOUND, NULL);
+}
+
 int fcgi_api_handle(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp)
 {
     resp->status = 0;
-    resp->allow[0] = resp->www_auth[0] = resp->retry_after[0] = '\0';
+    resp->allow[0] = resp->www_auth[0] = resp->retry_after[0] = resp->content_type[0] = '\0';
+    resp->streamed = false;
     chat_buf_reset(&resp->body);
-    if (req->redirect_status >= 400 && req->redirect_status <= 599)
-        return handle_server_error(resp, req->redirect_status);
     const char *p = req->uri ? req->uri : "";
     size_t n = path_len(p);
+    resp->openai = n >= 4 && !memcmp(p, "/v1/", 4); /* lighttpd's own errors there too */
+    if (req->redirect_status >= 400 && req->redirect_status <= 599)
+        return handle_server_error(resp, req->redirect_status);
 
     if (path_is(p, n, "/health")) return handle_health(api, req, resp);
+    if (path_is(p, n, "/metrics")) return handle_metrics(api, req, resp);
+    if (path_is(p, n, "/health/live")) return handle_health_probe(api, req, resp, false);
+    if (path_is(p, n, "/health/ready")) return handle_health_probe(api, req, resp, true);
+    if (resp->openai) return route_v1(api, req, resp, p, n);
     if (path_is(p, n, "/api/v1/chat")) return handle_chat(api, req, resp);
     if (path_is(p, n, "/api/v1/demo-token")) return handle_demo_token(api, req, resp);
 

@@ -5,14 +5,20 @@
  * rules are in one place and could be driven by any transport.
  *
  * Routes:
- *   POST /api/v1/chat                     Bearer JWT, JSON {"message","session_id"?,"customer_id"?}
+ *   POST /api/v1/chat                     Bearer JWT, JSON {"message","session_id"?,"customer_id"?}; with
+ *                                         Accept: text/event-stream the protocol's events as SSE (fcgi_stream.h)
  *   GET  /api/v1/sessions/{id}/messages   Bearer JWT, the session's owner only
  *   GET  /api/v1/demo-token               the demo token when CHAT_DEMO_TOKEN_FILE names a readable file
- *   GET  /health                          see fcgi_health.h
- * Every error is JSON {"error","code"} (chat_proto_rest_error), its status and code from the protocol's
- * table (CHAT_PROTO_ERRORS in chat_proto.h), including the errors lighttpd itself
- * raises on these paths: its server.error-handler re-enters here with REDIRECT_STATUS, which is answered
- * as that status in JSON. See docs/rest-api.md.
+ *   POST /v1/chat/completions             Bearer JWT, OpenAI's request (chat_openai_api.h); "stream": true
+ *                                         for chat.completion.chunk events
+ *   GET  /v1/models, /v1/models/{id}      Bearer JWT, the one model (CHAT_OAI_MODEL)
+ *   GET  /health, /health/ready           see fcgi_health.h
+ *   GET  /health/live                     the process answers; no dependency is checked
+ * Every error is JSON {"error","code"} (chat_proto_rest_error), under /v1/ OpenAI's {"error":{"message",
+ * "type","param","code"}} (chat_oai_error), its status and code from the protocol's table
+ * (CHAT_PROTO_ERRORS in chat_proto.h), including the errors lighttpd itself raises on these paths: its
+ * server.error-handler re-enters here with REDIRECT_STATUS (and the original REQUEST_URI), which is
+ * answered as that status in JSON. See docs/rest-api.md.
  *
  * Thread context: an fcgi_api is used by one thread (one FastCGI process = one request at a time). */
 #ifndef FCGI_API_H
@@ -23,10 +29,14 @@
 
 #include "chat_config.h"
 #include "chat_util.h"
+#include "fcgi_stream.h"
 
 /* Default request body limit (CHAT_API_MAX_BODY_BYTES overrides). lighttpd's server.max-request-size
  * for /api/ is set above it, so an oversized body still gets this JSON 413 rather than lighttpd's page. */
 #define FCGI_API_MAX_BODY_DEFAULT (64 * 1024)
+/* The body limit of /v1/chat/completions: OpenAI's clients send the whole conversation every time.
+ * lighttpd's server.max-request-size for /v1/ is set above it. */
+#define FCGI_API_V1_MAX_BODY (1024 * 1024)
 /* JSON nesting accepted in a request body: the body is flat, so anything deeper is hostile. */
 #define FCGI_API_JSON_DEPTH 8
 
@@ -40,9 +50,13 @@ typedef struct fcgi_req {
     const char *idempotency_key; /* HTTP_IDEMPOTENCY_KEY or NULL: becomes the pipeline's request id */
     int redirect_status;         /* REDIRECT_STATUS: >= 400 when lighttpd's server.error-handler sent an
                                     error of its own here (e.g. its 413), else 0 */
+    const char *accept;          /* HTTP_ACCEPT or NULL */
     /* Reads up to len body bytes; returns the count (0 at the end) or -1 on error. */
     long (*read_body)(void *ud, char *buf, size_t len);
     void *body_ud;
+    /* Where a streamed answer goes (required for the streaming routes): the handler writes it while the
+     * pipeline runs and sets resp->streamed. */
+    fcgi_stream_out stream;
 } fcgi_req;
 
 /* The answer. body is JSON (or empty for HEAD, which the transport handles by not writing it). */
@@ -51,6 +65,9 @@ typedef struct fcgi_resp {
     char allow[64];      /* Allow header value for 405, else empty */
     char www_auth[128];  /* WWW-Authenticate value for 401, else empty */
     char retry_after[8]; /* Retry-After value for 503, else empty */
+    char content_type[48]; /* empty: application/json */
+    bool openai;         /* errors in OpenAI's shape (the /v1/ routes) */
+    bool streamed;       /* the answer went out through req->stream: the transport writes nothing more */
     chat_buf body;
 } fcgi_resp;
 

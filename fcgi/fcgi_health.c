@@ -26,6 +26,7 @@ struct fcgi_health {
     chat_buf cached;
     int cached_status;
     long long cached_at_ms;          /* 0 = nothing cached */
+    bool ok_db, ok_streamer, ok_workers; /* what the cached answer says */
     bool db_was_ok, streamer_was_ok; /* to log state changes once, not every second */
 };
 
@@ -195,6 +196,7 @@ static int refresh(fcgi_health *h, chat_db *db)
     chat_buf_reset(&h->cached);
     if (chat_buf_puts(&h->cached, text)) goto cleanup;
     h->cached_status = all_ok ? 200 : 503;
+    h->ok_db = db_ok, h->ok_streamer = st.ok, h->ok_workers = workers_ok;
     h->cached_at_ms = chat_now_ms();
     rc = 0;
 cleanup:
@@ -202,14 +204,48 @@ cleanup:
     return rc;
 }
 
-int fcgi_health_get(fcgi_health *h, chat_db *db, chat_buf *out)
+/* Probes when the cached answer is older than FCGI_HEALTH_TTL_MS (or there is none). */
+static int fresh(fcgi_health *h, chat_db *db)
 {
     long long now = chat_now_ms();
-    if (!h->cached_at_ms || now - h->cached_at_ms >= FCGI_HEALTH_TTL_MS || now < h->cached_at_ms) {
-        int rc = refresh(h, db);
-        if (rc) return rc;
-    }
+    if (!h->cached_at_ms || now - h->cached_at_ms >= FCGI_HEALTH_TTL_MS || now < h->cached_at_ms) return refresh(h, db);
+    return 0;
+}
+
+int fcgi_health_get(fcgi_health *h, chat_db *db, chat_buf *out)
+{
+    int rc = fresh(h, db);
+    if (rc) return rc;
     chat_buf_reset(out);
     if (chat_buf_append(out, h->cached.data, h->cached.len)) return CHAT_ENOMEM;
     return h->cached_status;
+}
+
+int fcgi_health_ready(fcgi_health *h, chat_db *db, chat_buf *out)
+{
+    int rc = fresh(h, db);
+    if (rc) return rc;
+    const struct {
+        const char *name;
+        bool ok;
+    } parts[] = {{"database", h->ok_db}, {"streamer", h->ok_streamer}, {"workers", h->ok_workers}};
+    bool ready = h->ok_db && h->ok_streamer && h->ok_workers, first = true;
+    chat_buf_reset(out);
+    rc = chat_buf_printf(out, "{\"status\":\"%s\",\"failing\":[", ready ? "ready" : "not_ready");
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(parts); i++) {
+        if (parts[i].ok) continue;
+        rc |= chat_buf_printf(out, "%s\"%s\"", first ? "" : ",", parts[i].name);
+        first = false;
+    }
+    rc |= chat_buf_puts(out, "]");
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(parts); i++)
+        rc |= chat_buf_printf(out, ",\"%s\":%s", parts[i].name, parts[i].ok ? "true" : "false");
+    rc |= chat_buf_puts(out, "}");
+    return rc ? CHAT_ENOMEM : ready ? 200 : 503;
+}
+
+int fcgi_health_live(chat_buf *out)
+{
+    chat_buf_reset(out);
+    return chat_buf_puts(out, "{\"status\":\"ok\"}") ? CHAT_ENOMEM : 200;
 }

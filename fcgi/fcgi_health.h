@@ -1,5 +1,6 @@
-/* GET /health: the state of the database, the streamer and the workers, cheap enough to be polled by
- * load balancers and benchmarked at thousands of requests per second.
+/* GET /health and /health/ready: the state of the database, the streamer and the workers, cheap enough
+ * to be polled by load balancers and benchmarked at thousands of requests per second; GET /health/live:
+ * the process answers (Kubernetes' liveness probe, which must not fail because a dependency did).
  *
  * The probes (chat_db_ping on the process's own connection, a libcurl GET of the streamer's /status
  * with a 200 ms budget) run at most once per FCGI_HEALTH_TTL_MS per process; in between, the cached
@@ -8,6 +9,8 @@
  * Body: {"status":"ok"|"degraded","failing":[...],"database":{"ok":bool,"latency_ms":N},
  *        "streamer":{"ok":bool,"connections":N,"jobs_queued":N},"workers":{"ok":bool,"live":N,"busy":N}}
  * 200 when everything is ok, 503 otherwise, "failing" naming the parts that are not.
+ * /health/ready, from the same probes: {"status":"ready"|"not_ready","failing":[...],"database":bool,
+ * "streamer":bool,"workers":bool}, 200 or 503. /health/live: {"status":"ok"}, always 200.
  * Thread context: one thread per fcgi_health. */
 #ifndef FCGI_HEALTH_H
 #define FCGI_HEALTH_H
@@ -31,6 +34,13 @@ void fcgi_health_free(fcgi_health *h);
  * when the cached answer is older than FCGI_HEALTH_TTL_MS. db may be NULL (reported as down).
  * Returns CHAT_ENOMEM if out could not grow. */
 int fcgi_health_get(fcgi_health *h, chat_db *db, chat_buf *out);
+
+/* The /health/ready answer into out, probing as fcgi_health_get does (the two share the probes and their
+ * cache): 200 or 503, or CHAT_ENOMEM. */
+int fcgi_health_ready(fcgi_health *h, chat_db *db, chat_buf *out);
+
+/* The /health/live answer into out: 200, or CHAT_ENOMEM. Checks nothing. */
+int fcgi_health_live(chat_buf *out);
 
 /* Forgets the cached answer (the next call probes). */
 void fcgi_health_invalidate(fcgi_health *h);

@@ -5,13 +5,20 @@
  * another process manager). Each process owns one fcgi_api: one chat pipeline with its own lazy
  * database connection, a JWT verifier and the /health cache. Concurrency comes from max-procs.
  *
+ * A streamed answer (SSE: /v1/chat/completions with "stream": true, /api/v1/chat with Accept:
+ * text/event-stream) is written while the pipeline runs, each event flushed to lighttpd with FCGX_FFlush
+ * as it comes (lighttpd streams it on: server.stream-response-body); a failed write or flush means
+ * lighttpd dropped the connection because its client went away, and fcgi_stream cancels the generation.
+ *
  * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits.
  * The log line per request holds method, path without query, status and duration; never a token,
- * a header value or message text. /health lines are debug-level: they come thousands per second, and
- * fcgi_health logs the changes of state that matter. */
+ * a header value or message text. /health lines (and /health/live, /health/ready) are debug-level: they
+ * come thousands per second, and fcgi_health logs the changes of state that matter. */
 #include <curl/curl.h>
 #include <fcgiapp.h>
+#include <limits.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +26,7 @@
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_util.h"
 #include "fcgi_api.h"
 
@@ -78,7 +86,7 @@ static void write_response(FCGX_Request *r, const char *method, const fcgi_resp 
     char head[768];
     int n = snprintf(head, sizeof head,
                      "Status: %d %s\r\n"
-                     "Content-Type: application/json\r\n"
+                     "Content-Type: %s\r\n"
                      "Content-Length: %zu\r\n"
                      "Cache-Control: no-store\r\n"
                      "X-Content-Type-Options: nosniff\r\n"
@@ -86,13 +94,43 @@ static void write_response(FCGX_Request *r, const char *method, const fcgi_resp 
                      "%s%s%s"
                      "%s%s%s"
                      "\r\n",
-                     resp->status, reason(resp->status), resp->body.len, resp->allow[0] ? "Allow: " : "", resp->allow,
+                     resp->status, reason(resp->status), resp->content_type[0] ? resp->content_type : "application/json",
+                     resp->body.len, resp->allow[0] ? "Allow: " : "", resp->allow,
                      resp->allow[0] ? "\r\n" : "", resp->www_auth[0] ? "WWW-Authenticate: " : "", resp->www_auth,
                      resp->www_auth[0] ? "\r\n" : "", resp->retry_after[0] ? "Retry-After: " : "", resp->retry_after,
                      resp->retry_after[0] ? "\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof head) n = 0; /* cannot happen: every field above is bounded */
     FCGX_PutStr(head, n, r->out);
     if (strcmp(method, "HEAD") && resp->body.len) FCGX_PutStr(resp->body.data, (int)resp->body.len, r->out);
+}
+
+/* The streamed answer's writes: each one flushed, so the event leaves now. 0, or -1 once the stream has
+ * failed (libfcgi keeps the error: every later write fails too). */
+static int stream_write(void *ud, const char *data, size_t len)
+{
+    FCGX_Request *r = ud;
+    if (len > INT_MAX || FCGX_PutStr(data, (int)len, r->out) != (int)len) return -1;
+    return FCGX_FFlush(r->out) ? -1 : 0;
+}
+
+static int stream_head(void *ud, int status, const char *content_type)
+{
+    char head[320];
+    int n = snprintf(head, sizeof head,
+                     "Status: %d %s\r\n"
+                     "Content-Type: %s\r\n"
+                     "Cache-Control: no-store\r\n"
+                     "X-Content-Type-Options: nosniff\r\n"
+                     "X-Accel-Buffering: no\r\n"
+                     "\r\n",
+                     status, reason(status), content_type);
+    if (n < 0 || (size_t)n >= sizeof head) return -1;
+    return stream_write(ud, head, (size_t)n);
+}
+
+static bool is_health(const char *path)
+{
+    return !strcmp(path, "/health") || !strcmp(path, "/health/live") || !strcmp(path, "/health/ready");
 }
 
 /* Method for the log: letters only, bounded. */
@@ -129,6 +167,7 @@ int main(void)
         chat_log_error("configuration: %s", err);
         goto cleanup;
     }
+    if (chat_metrics_init(cfg.metrics_dir, "fcgi", err, sizeof err)) chat_log_warn("%s", err);
     api = fcgi_api_new(&cfg, err, sizeof err);
     if (!api) {
         chat_log_error("start-up: %s", err);
@@ -166,12 +205,17 @@ int main(void)
             .content_length = param_count(FCGX_GetParam("CONTENT_LENGTH", req.envp)),
             .authorization = FCGX_GetParam("HTTP_AUTHORIZATION", req.envp),
             .idempotency_key = FCGX_GetParam("HTTP_IDEMPOTENCY_KEY", req.envp),
+            .accept = FCGX_GetParam("HTTP_ACCEPT", req.envp),
             .redirect_status = redirect_status(FCGX_GetParam("REDIRECT_STATUS", req.envp)),
             .read_body = read_stdin,
             .body_ud = req.in,
+            .stream = {.ud = &req, .head = stream_head, .write = stream_write},
         };
         int status = fcgi_api_handle(api, &in, &resp);
-        write_response(&req, method, &resp);
+        char st[8];
+        snprintf(st, sizeof st, "%d", status);
+        chat_metric_inc(CHAT_METRIC_REST_REQUESTS, chat_metric_label(CHAT_METRIC_LABEL_STATUS, st), 1);
+        if (!resp.streamed) write_response(&req, method, &resp);
         /* Copied before FCGX_Finish_r, which frees the parameters they point into. */
         char path[160], m[16];
         fcgi_api_log_path(in.uri, path, sizeof path);
@@ -179,7 +223,7 @@ int main(void)
         FCGX_Finish_r(&req);
 
         double ms = (double)(chat_now_us() - t0) / 1000.0;
-        chat_log(!strcmp(path, "/health") ? CHAT_LOG_DEBUG : CHAT_LOG_INFO, "%s %s %d %.1fms", m, path, status, ms);
+        chat_log(is_health(path) ? CHAT_LOG_DEBUG : CHAT_LOG_INFO, "%s %s %d %.1fms", m, path, status, ms);
         /* Keep a big answer's buffer from living on between requests. */
         if (resp.body.cap > 256 * 1024) chat_buf_free(&resp.body);
     }
@@ -189,6 +233,7 @@ int main(void)
 cleanup:
     fcgi_resp_clear(&resp);
     fcgi_api_free(api);
+    chat_metrics_shutdown();
     curl_global_cleanup();
     return exit_code;
 }

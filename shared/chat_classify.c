@@ -11,8 +11,10 @@
  * - A light plural fold ("alarms" -> "alarm", "batteries" -> "battery") is tried only when the word itself
  *   is not a term, so admins need not list both forms.
  * - Each term counts once per message. Fault codes (E42, e-42, P0300) and model mentions ("seawind 250",
- *   "the 280" when 280 is a known model) are built-in signals; ethanol blends (E10/E15/E85 next to fuel
- *   words) are not fault codes.
+ *   "the 280" when 280 is a known model) are built-in signals, scored for the agents whose chat_agents[]
+ *   row asks for them; ethanol blends (E10/E15/E85 next to fuel words) are not fault codes.
+ * - Agents are chat_agents[] rows: scores are indexed by their id, ties go to the lower rank, a message
+ *   without signal goes to the fallback row. Nothing here names an agent.
  * - chat_classify never writes to the classifier: concurrent readers are safe. Loading (add_term,
  *   load_db) is a writer and needs the caller's exclusion; load_db builds the new table aside and swaps
  *   it in only on success, so a failed reload keeps the previous vocabulary.
@@ -30,23 +32,34 @@
 #include "chat_log.h"
 #include "chat_util.h"
 
-enum { A_SPECS = 0, A_MAINT = 1, A_TROUBLE = 2, A_GENERAL = 3, A_N = 4 };
+#define A_N CHAT_AGENT_COUNT
 
-static const char *const agent_names[A_N] = {CHAT_AGENT_SPECS, CHAT_AGENT_MAINTENANCE, CHAT_AGENT_TROUBLESHOOTING,
-                                             CHAT_AGENT_GENERAL};
-/* Tie-break order: the more specific, actionable agent wins a tie. */
-static const int tie_order[A_N] = {A_TROUBLE, A_MAINT, A_SPECS, A_GENERAL};
-
-#define TERM_MAX_BYTES 64
+#define TERM_MAX_BYTES 64  /* classifier_terms.term is VARCHAR(64) */
 #define TERM_MAX_WORDS 8
-#define PREFIX_MIN 3
+#define PREFIX_MIN 3       /* "ov*" would match half the language */
 #define CLASSIFY_MAX_BYTES 16384
 #define CLASSIFY_MAX_TOKENS 4096
-#define WEIGHT_LIMIT 100.0
+#define WEIGHT_LIMIT 100.0 /* an admin's typo (3000 for 3.0) is refused, not allowed to own routing */
+
+/* Routing tuning. The seeded weights (sql/classifier_terms.sql) run from 0.3 for ambiguous words to 3.5
+ * for decisive ones; these are on the same scale. */
+/* A fault code ("E42") is as decisive as the strongest terms: nobody quotes one except to ask about it. */
 #define FAULT_CODE_WEIGHT 3.0
+/* A model mention only tips a message that has no better signal: owners name their boat in every kind of
+ * question, but a bare "seawind 250" is most often a spec question. */
 #define MODEL_WEIGHT 0.5
-#define NO_SIGNAL 0.3           /* below this winning score the message has no usable signal */
+/* Below this winning score the message has no usable signal (one ambiguous word at 0.3 does not decide)
+ * and goes to the fallback agent with NO_SIGNAL_CONFIDENCE. */
+#define NO_SIGNAL 0.3
 #define NO_SIGNAL_CONFIDENCE 0.3
+/* confidence = share x (1 - exp(-score / CONFIDENCE_SCALE)): the winner's share of the total, damped
+ * while its score is small. 2.0: one decisive term (3.0) gives 78 % of the share, two give 95 %. */
+#define CONFIDENCE_SCALE 2.0
+/* Confidence stays within these: never certain, never nothing (the metadata reports two decimals). */
+#define CONFIDENCE_MIN 0.05
+#define CONFIDENCE_MAX 0.99
+/* Scores closer than this are a tie (sums of doubles in another order differ in the last bits). */
+#define TIE_EPSILON 1e-9
 #define MODELS_MAX 64
 
 typedef struct term {
@@ -244,16 +257,10 @@ void chat_classifier_free(chat_classifier *c)
 
 size_t chat_classifier_term_count(const chat_classifier *c) { return c ? c->nterms : 0; }
 
-static int agent_index(const char *agent)
-{
-    for (int i = 0; agent && i < A_N; i++)
-        if (!strcmp(agent, agent_names[i])) return i;
-    return -1;
-}
-
 int chat_classifier_add_term(chat_classifier *c, const char *agent, const char *termtext, double weight)
 {
-    int a = agent_index(agent);
+    const chat_agent *row = chat_agent_find(agent);
+    int a = row ? (int)row->id : -1;
     if (!c || a < 0 || !termtext || !isfinite(weight) || fabs(weight) > WEIGHT_LIMIT) return CHAT_EINVAL;
     size_t n = strlen(termtext);
     if (n == 0 || n > TERM_MAX_BYTES) return CHAT_EINVAL;
@@ -518,17 +525,18 @@ static void build_explain(const match_ctx *m, int win, bool fault, bool model, b
             if (w_ > 0) o += (size_t)w_;                                                                       \
         }                                                                                                      \
     } while (0)
-    APPEND("%s:", agent_names[win]);
+    unsigned signals = chat_agents[win].routing;
+    APPEND("%s:", chat_agents[win].name);
     if (no_signal) APPEND(" no signal");
-    if (fault && win == A_TROUBLE) APPEND(" fault-code(%.1f)", FAULT_CODE_WEIGHT);
-    if (model && win == A_SPECS) APPEND(" model(%.1f)", MODEL_WEIGHT);
+    if (fault && (signals & CHAT_AGENT_FAULT_CODES)) APPEND(" fault-code(%.1f)", FAULT_CODE_WEIGHT);
+    if (model && (signals & CHAT_AGENT_MODEL_MENTIONS)) APPEND(" model(%.1f)", MODEL_WEIGHT);
     for (size_t k = 0; k < m->nhits; k++) {
         const term *t = &m->c->terms[m->hits[k]];
         if (t->agent == win) APPEND(" %s(%.1f)", t->display, t->weight);
     }
     for (int k = 0; k < A_N; k++) {
-        int a = tie_order[k];
-        if (a != win && m->scores[a] != 0.0) APPEND(" | %s %.1f", agent_names[a], m->scores[a]);
+        int a = (int)chat_agent_by_rank(k)->id;
+        if (a != win && m->scores[a] != 0.0) APPEND(" | %s %.1f", chat_agents[a].name, m->scores[a]);
     }
 #undef APPEND
     if (o >= cap && cap >= 4) memcpy(out + cap - 4, "...", 4);
@@ -536,9 +544,77 @@ static void build_explain(const match_ctx *m, int win, bool fault, bool model, b
 
 static void route_no_signal(chat_route *out, const char *why)
 {
-    out->agent = CHAT_AGENT_GENERAL;
+    out->agent = chat_agent_fallback()->name;
     out->confidence = NO_SIGNAL_CONFIDENCE;
-    snprintf(out->explain, sizeof out->explain, "general: %s", why);
+    snprintf(out->explain, sizeof out->explain, "%s: %s", out->agent, why);
+}
+
+/* The terms keyed by token i: the word itself, its plural fold, and the prefixes it starts with. */
+static void match_token(match_ctx *m, size_t i)
+{
+    const chat_classifier *c = m->c;
+    const char *s = m->norm + m->toks[i].off;
+    size_t len = m->toks[i].len;
+    if (!c->nterms || len > TERM_MAX_BYTES) return;
+    const slot *sl = find_slot(c, s, len, fnv(s, len), false);
+    bool word_hit = sl ? apply_slot(m, sl, i, true) : false;
+    char fb[TERM_MAX_BYTES];
+    size_t fl = fold_plural(s, len, fb, sizeof fb);
+    if (fl) {
+        const slot *fs = find_slot(c, fb, fl, fnv(fb, fl), false);
+        if (fs) apply_slot(m, fs, i, !word_hit);
+    }
+    if (!c->prefix_lens) return;
+    uint32_t h = FNV_OFFSET;
+    for (size_t l = 1; l <= len && l < 64; l++) {
+        h = fnv_step(h, (unsigned char)s[l - 1]);
+        if (l < PREFIX_MIN || !(c->prefix_lens & ((uint64_t)1 << l))) continue;
+        const slot *ps = find_slot(c, s, l, h, true);
+        if (ps)
+            for (size_t k = 0; k < ps->nterms; k++) mark(m, ps->terms[k]);
+    }
+}
+
+/* The built-in signals, added to the agents whose row asks for them. */
+static void add_signals(match_ctx *m, bool fault, bool model)
+{
+    for (int a = 0; a < A_N; a++) {
+        if (fault && (chat_agents[a].routing & CHAT_AGENT_FAULT_CODES)) m->scores[a] += FAULT_CODE_WEIGHT;
+        if (model && (chat_agents[a].routing & CHAT_AGENT_MODEL_MENTIONS)) m->scores[a] += MODEL_WEIGHT;
+    }
+}
+
+/* The highest score; of equal ones the lowest rank's. */
+static int winner(const match_ctx *m)
+{
+    int win = (int)chat_agent_by_rank(0)->id;
+    for (int k = 1; k < A_N; k++) {
+        int a = (int)chat_agent_by_rank(k)->id;
+        if (m->scores[a] > m->scores[win] + TIE_EPSILON) win = a;
+    }
+    return win;
+}
+
+static void decide(match_ctx *m, bool fault, bool model, chat_route *out)
+{
+    int win = winner(m);
+    double total = 0;
+    for (int a = 0; a < A_N; a++) {
+        out->scores[a] = m->scores[a];
+        if (m->scores[a] > 0) total += m->scores[a];
+    }
+    if (m->nhits > 1) qsort_r(m->hits, m->nhits, sizeof m->hits[0], cmp_hits_desc, (void *)m->c);
+    if (m->scores[win] < NO_SIGNAL) {
+        route_no_signal(out, "no signal");
+        if (m->nhits || fault || model)
+            build_explain(m, (int)chat_agent_fallback()->id, fault, model, true, out->explain, sizeof out->explain);
+        return;
+    }
+    double share = m->scores[win] / total;
+    double conf = share * (1.0 - exp(-m->scores[win] / CONFIDENCE_SCALE));
+    out->agent = chat_agents[win].name;
+    out->confidence = conf < CONFIDENCE_MIN ? CONFIDENCE_MIN : conf > CONFIDENCE_MAX ? CONFIDENCE_MAX : conf;
+    build_explain(m, win, fault, model, false, out->explain, sizeof out->explain);
 }
 
 void chat_classify(const chat_classifier *c, const char *text, chat_route *out)
@@ -570,54 +646,11 @@ void chat_classify(const chat_classifier *c, const char *text, chat_route *out)
     bool fault = false, model = false;
     int fuel = -1;
     for (size_t i = 0; i < m.ntok; i++) {
-        const char *s = m.norm + toks[i].off;
-        size_t len = toks[i].len;
         if (!fault && is_fault_code(&m, i, &fuel)) fault = true;
         if (!model && is_model_mention(&m, i)) model = true;
-        if (!nterms || len > TERM_MAX_BYTES) continue;
-
-        const slot *sl = find_slot(c, s, len, fnv(s, len), false);
-        bool word_hit = sl ? apply_slot(&m, sl, i, true) : false;
-        char fb[TERM_MAX_BYTES];
-        size_t fl = fold_plural(s, len, fb, sizeof fb);
-        if (fl) {
-            const slot *fs = find_slot(c, fb, fl, fnv(fb, fl), false);
-            if (fs) apply_slot(&m, fs, i, !word_hit);
-        }
-        if (c->prefix_lens) {
-            uint32_t h = FNV_OFFSET;
-            for (size_t l = 1; l <= len && l < 64; l++) {
-                h = fnv_step(h, (unsigned char)s[l - 1]);
-                if (l < PREFIX_MIN || !(c->prefix_lens & ((uint64_t)1 << l))) continue;
-                const slot *ps = find_slot(c, s, l, h, true);
-                if (ps)
-                    for (size_t k = 0; k < ps->nterms; k++) mark(&m, ps->terms[k]);
-            }
-        }
+        match_token(&m, i);
     }
-    if (fault) m.scores[A_TROUBLE] += FAULT_CODE_WEIGHT;
-    if (model) m.scores[A_SPECS] += MODEL_WEIGHT;
-
-    int win = tie_order[0];
-    for (int k = 1; k < A_N; k++)
-        if (m.scores[tie_order[k]] > m.scores[win] + 1e-9) win = tie_order[k];
-    double total = 0;
-    for (int a = 0; a < A_N; a++) {
-        out->scores[a] = m.scores[a];
-        if (m.scores[a] > 0) total += m.scores[a];
-    }
-    if (m.nhits > 1) qsort_r(m.hits, m.nhits, sizeof m.hits[0], cmp_hits_desc, (void *)c);
-
-    if (m.scores[win] < NO_SIGNAL) {
-        route_no_signal(out, "no signal");
-        if (m.nhits || fault || model) build_explain(&m, A_GENERAL, fault, model, true, out->explain,
-                                                     sizeof out->explain);
-    } else {
-        double share = m.scores[win] / total;
-        double conf = share * (1.0 - exp(-m.scores[win] / 2.0));
-        out->agent = agent_names[win];
-        out->confidence = conf < 0.05 ? 0.05 : conf > 0.99 ? 0.99 : conf;
-        build_explain(&m, win, fault, model, false, out->explain, sizeof out->explain);
-    }
+    add_signals(&m, fault, model);
+    decide(&m, fault, model, out);
     free(work);
 }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "chat_common.h"
+#include "chat_llm.h"
 #include "chat_log.h"
 
 static int set_str(char *dst, size_t cap, const char *name, const char *dflt, char *err, size_t errlen)
@@ -33,6 +34,19 @@ static int set_int(int *dst, const char *name, int dflt, int min, int max, char 
         return chat_fail(err, errlen, CHAT_EINVAL, "%s must be an integer in [%d, %d]", name, min, max);
     *dst = (int)n;
     return 0;
+}
+
+/* name is one of chat_llm's providers; the message lists them (never the value given). */
+static int check_provider(const char *name, char *err, size_t errlen)
+{
+    char list[128] = "";
+    const char *p;
+    for (size_t i = 0; (p = chat_llm_provider_name_at(i)); i++) {
+        if (!strcmp(p, name)) return 0;
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", p);
+    }
+    return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_PROVIDER must be one of: %s", list);
 }
 
 #define STR(field, name, dflt)                                                                     \
@@ -89,6 +103,8 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(llm_stall_timeout_ms, "LLM_STALL_TIMEOUT_MS", 15000, 100, 600000);
     INT(llm_max_tokens, "LLM_MAX_TOKENS", 512, 1, 100000);
     INT(token_delay_ms, "CHAT_TOKEN_DELAY_MS", 0, 0, 10000);
+    STR(llm_replay_file, "CHAT_LLM_REPLAY_FILE", "");
+    STR(metrics_dir, "CHAT_METRICS_DIR", "");
 
     INT(history_turns, "CHAT_HISTORY_TURNS", 6, 0, 100);
     INT(kb_top_k, "CHAT_KB_TOP_K", 4, 1, 50);
@@ -115,12 +131,21 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     STR(orphan_policy, "CHAT_ORPHAN_POLICY", "finish");
     INT(orphan_grace_s, "CHAT_ORPHAN_GRACE_S", 30, 0, 86400);
 
+    /* the spool lives with the rest of the state: $CHAT_VAR/spool */
+    const char *var = getenv("CHAT_VAR");
+    char spool_dflt[sizeof cfg->spool_dir];
+    if (snprintf(spool_dflt, sizeof spool_dflt, "%s/spool", var && *var ? var : "var") >= (int)sizeof spool_dflt)
+        return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_VAR is too long for the spool directory");
+    STR(spool_dir, "CHAT_SPOOL_DIR", spool_dflt);
+    INT(spool_max_mb, "CHAT_SPOOL_MAX_MB", 64, 0, 1 << 20);
+    INT(spool_retry_ms, "CHAT_SPOOL_RETRY_MS", 1000, 50, 600000);
+
     if (strcmp(cfg->orphan_policy, "finish") && strcmp(cfg->orphan_policy, "cancel"))
         return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_ORPHAN_POLICY must be finish or cancel");
+
     if (strcmp(cfg->customer_access, "own") && strcmp(cfg->customer_access, "any"))
         return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CUSTOMER_ACCESS must be own or any");
-    if (strcmp(cfg->llm_provider, "openai") && strcmp(cfg->llm_provider, "extractive"))
-        return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_PROVIDER must be openai or extractive");
+    if ((rc = check_provider(cfg->llm_provider, err, errlen))) return rc;
     if (!strcmp(cfg->llm_provider, "openai") && !cfg->llm_base_url[0])
         return chat_fail(err, errlen, CHAT_EINVAL, "the openai provider needs LLM_BASE_URL or OPENROUTER_API_KEY");
     return 0;

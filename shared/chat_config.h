@@ -25,7 +25,7 @@ typedef struct chat_config {
     char jwt_audience[256]; /* checked when non-empty */
     int jwt_leeway_s;
 
-    /* LLM provider: "openai" or "extractive". */
+    /* LLM provider: a name in chat_llm's provider table ("openai", "extractive"...). */
     char llm_provider[32];
     char llm_base_url[512];
     char llm_api_key[512];
@@ -34,7 +34,9 @@ typedef struct chat_config {
     int llm_first_token_timeout_ms;
     int llm_stall_timeout_ms;
     int llm_max_tokens;
-    int token_delay_ms; /* extractive pacing, 0 = as fast as possible */
+    int token_delay_ms; /* extractive and replay pacing, 0 = as fast as possible */
+    char metrics_dir[512];     /* where each process keeps its metrics file (chat_metrics.h); empty = in memory */
+    char llm_replay_file[512]; /* the replay provider's recording: one JSON string per line */
 
     /* Pipeline. */
     int history_turns;
@@ -48,7 +50,7 @@ typedef struct chat_config {
     /* Streamer and workers. */
     char zmq_endpoint[512];   /* where the streamer's ROUTER binds and workers connect */
     char streamer_listen[512]; /* "unix:/path" or "host:port" */
-    char allowed_origins[1024]; /* comma-separated; empty = any */
+    char allowed_origins[1024]; /* besides the page's own origin (chat_origin.h); empty = no other */
     int workers;
     int worker_slots;    /* answers one worker process streams at once (no thread each) */
     int worker_db_conns; /* stage threads of one worker process, each with its database connection */
@@ -65,6 +67,13 @@ typedef struct chat_config {
     int resume_max_answers; /* completed answers one worker process keeps at most (the oldest go first) */
     char orphan_policy[8];  /* an answer nobody follows any more: "finish" it, or "cancel" it after the grace */
     int orphan_grace_s;
+
+    /* Turns the database could not take (chat_spool.h): where each process keeps them until it can,
+     * how large one process's spool may grow (MiB; 0 = no spool: such a turn ends with NOT_STORED),
+     * and the longest wait between two attempts to replay it. */
+    char spool_dir[512];
+    int spool_max_mb;
+    int spool_retry_ms;
 } chat_config;
 
 /* Fills cfg with defaults, then applies the environment. Returns 0, or CHAT_EINVAL with a message

@@ -19,6 +19,7 @@
 
 #include "chat_common.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_util.h"
 
 #define STMT_CACHE_MAX 48
@@ -59,7 +60,10 @@ static void drop_connection(chat_db *db)
         free(db->cache[i].sql);
     }
     db->n_cached = 0;
-    if (db->conn) mysql_close(db->conn);
+    if (db->conn) {
+        mysql_close(db->conn);
+        chat_metric_gauge_add(CHAT_METRIC_DB_CONNECTIONS, 0, -1);
+    }
     db->conn = NULL;
 }
 
@@ -102,6 +106,7 @@ static int connect_db(chat_db *db, bool with_db, char *err, size_t errlen)
         return CHAT_EDB;
     }
     db->conn = c;
+    chat_metric_gauge_add(CHAT_METRIC_DB_CONNECTIONS, 0, 1);
     return 0;
 }
 
@@ -195,7 +200,9 @@ static int bind_and_execute(MYSQL_STMT *st, const chat_db_param *params, int npa
             break;
         }
     }
+    chat_metric_gauge_add(CHAT_METRIC_DB_BUSY, 0, 1);
     int bad = (nparams && mysql_stmt_bind_param(st, pb)) || mysql_stmt_execute(st);
+    chat_metric_gauge_add(CHAT_METRIC_DB_BUSY, 0, -1);
     if (pb != pb_small) free(pb), free(lens);
     return bad;
 }

@@ -27,12 +27,15 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "chat_agent.h"
 #include "chat_common.h"
 #include "chat_log.h"
 #include "chat_util.h"
 
 #define KB_MAX_TERMS 48
 #define KB_MAX_TERM_BYTES 84
+/* Front matter "agent: any" means what no agent line means: a passage for every agent. */
+#define KB_ANY_AGENT "any"
 
 /* A byte that belongs to a word: ASCII letters/digits, or part of a valid multi-byte UTF-8 sequence. */
 static size_t word_char_len(const unsigned char *s, size_t avail)
@@ -127,13 +130,15 @@ int chat_kb_find_fault_code(const char *text, char out[16])
     return 0;
 }
 
+static void passage_free(chat_kb_passage *p)
+{
+    free(p->source), free(p->title), free(p->agent), free(p->model_id), free(p->body);
+}
+
 void chat_kb_result_clear(chat_kb_result *r)
 {
     if (!r) return;
-    for (size_t i = 0; i < r->n; i++) {
-        chat_kb_passage *p = &r->items[i];
-        free(p->source), free(p->title), free(p->agent), free(p->model_id), free(p->body);
-    }
+    for (size_t i = 0; i < r->n; i++) passage_free(&r->items[i]);
     free(r->items);
     memset(r, 0, sizeof *r);
 }
@@ -161,8 +166,8 @@ static int collect_row(void *ud, int ncols, char **v, unsigned long *lens)
     p->body = chat_strdup0(v[5]);
     p->score = v[6] ? atof(v[6]) : 0;
     double raw = v[7] ? atof(v[7]) : 0;
-    if (!p->source || !p->title || !p->body) {
-        free(p->source), free(p->title), free(p->agent), free(p->model_id), free(p->body);
+    if (!p->source || !p->title || !p->body || (v[3] && !p->agent) || (v[4] && !p->model_id)) {
+        passage_free(p);
         return CHAT_ENOMEM;
     }
     if (raw > c->out->top_raw) c->out->top_raw = raw;
@@ -170,11 +175,34 @@ static int collect_row(void *ud, int ncols, char **v, unsigned long *lens)
     return 0;
 }
 
-/* The agent filter keeps the agent's passages and the general (NULL) ones. */
+/* Retrieval tuning, spelled as SQL literals (doubles: see below) so that the statements' text, and with
+ * it the prepared-statement and query-cache keys, stays one constant string. */
+/* A passage of the model in question counts double, another model's half: a question about the 250
+ * must not be answered from the 340's specs, yet a passage about no model (agent-wide) is unaffected. */
+#define KB_OWN_MODEL_FACTOR "2e0"
+#define KB_OTHER_MODEL_FACTOR "5e-1"
+/* Another agent's passage counts 0.6: the route is a preference, not a filter, so a misrouted question
+ * still finds its answer when nothing of the agent's own matches better. */
+#define KB_OTHER_AGENT_FACTOR "6e-1"
+/* The title's own relevance counts half (see below). */
+#define KB_TITLE_WEIGHT "5e-1"
+/* The bound on a relevance, far above any real one, so the products stay finite. */
+#define KB_RELEVANCE_MAX "1e6"
+/* Fault-code hits come first in a result and score KB_FAULT_BASE plus their relevance, above the text
+ * matches after them; a passage whose title names the code (the section about it) counts
+ * KB_FAULT_TITLE_FACTOR times. Their raw relevance, for confidence, is KB_FAULT_RAW: a sure match (the
+ * pipeline's strength 96 %). */
+#define KB_FAULT_BASE "100"
+#define KB_FAULT_TITLE_FACTOR "3"
+#define KB_FAULT_RAW "20"
+#define KB_K_MAX 50 /* passages a search returns at most (chat_kb_query.k) */
+
+/* Passages that name the fault code (boolean "+E42"); the code was validated as letter + digits. */
 static const char SQL_FAULT[] =
     "SELECT SQL_CACHE id, source, title, agent, model_id, body,"
-    " 100 + LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE), 1e6) * (CASE WHEN title LIKE ? THEN 3 ELSE 1 END) AS score,"
-    " 20 AS raw"
+    " " KB_FAULT_BASE " + LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE), " KB_RELEVANCE_MAX ")"
+    " * (CASE WHEN title LIKE ? THEN " KB_FAULT_TITLE_FACTOR " ELSE 1 END) AS score,"
+    " " KB_FAULT_RAW " AS raw"
     " FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"
     " ORDER BY score DESC, id LIMIT ?";
 
@@ -194,10 +222,13 @@ static const char SQL_FAULT[] =
 #define KB_CANDIDATES "200"
 #define SQL_TEXT_IN(MODE, CANDIDATES)                                                                      \
     "SELECT SQL_CACHE k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"            \
-    " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1e0 WHEN model_id = ? THEN 2e0 ELSE 5e-1 END)" \
-    "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1e0 ELSE 6e-1 END) AS score, raw"   \
+    " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1e0 WHEN model_id = ? THEN "          \
+    KB_OWN_MODEL_FACTOR " ELSE " KB_OTHER_MODEL_FACTOR " END)"                                              \
+    "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1e0 ELSE " KB_OTHER_AGENT_FACTOR  \
+    " END) AS score, raw"                                                                                   \
     "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN " MODE ")"                  \
-    "                                        + 5e-1 * MATCH(title) AGAINST (? IN " MODE "), 1e6) AS raw"     \
+    "                                        + " KB_TITLE_WEIGHT " * MATCH(title) AGAINST (? IN " MODE "), " \
+    KB_RELEVANCE_MAX ") AS raw"                                                                             \
     "        FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN " MODE ") " CANDIDATES ") m"          \
     "  ORDER BY score DESC, id LIMIT ?) r"                                                                  \
     " JOIN kb_documents k ON k.id = r.id ORDER BY r.score DESC, r.id"
@@ -359,57 +390,66 @@ static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms
     return chat_buf_take(&out);
 }
 
+/* The passages that name the fault code, best first. */
+static int search_fault_code(chat_db *db, const char *code, collect_ctx *ctx, char *err, size_t errlen)
+{
+    char boolean[24], like[24];
+    snprintf(boolean, sizeof boolean, "+%s", code);
+    snprintf(like, sizeof like, "%%%s%%", code);
+    chat_db_param p[] = {CHAT_DB_P_STR(boolean), CHAT_DB_P_STR(like), CHAT_DB_P_STR(boolean),
+                         CHAT_DB_P_INT((long long)ctx->cap)};
+    return chat_db_run(db, SQL_FAULT, p, 4, collect_row, ctx, NULL, NULL, err, errlen);
+}
+
+/* The question's search words: sanitised, without the common ones when stats are given. Caller frees;
+ * NULL with err on failure (*rc set). */
+static char *query_terms(chat_db *db, const chat_kb_query *q, int *rc, char *err, size_t errlen)
+{
+    char *terms = chat_kb_sanitize(q->question, KB_MAX_TERMS);
+    if (!terms) {
+        *rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (!q->stats || !terms[0]) return terms;
+    char *kept = drop_common_terms(db, q->stats, terms, err, errlen);
+    free(terms);
+    if (!kept) *rc = CHAT_EDB;
+    return kept;
+}
+
+/* The text matches, ranked with the model and agent factors; in boolean mode when natural-language
+ * mode found nothing. */
+static int search_text(chat_db *db, const chat_kb_query *q, const char *terms, collect_ctx *ctx, char *err,
+                       size_t errlen)
+{
+    chat_db_param model = q->model_id && *q->model_id ? CHAT_DB_P_STR(q->model_id) : CHAT_DB_P_NULL();
+    chat_db_param agent = q->agent && *q->agent ? CHAT_DB_P_STR(q->agent) : CHAT_DB_P_NULL();
+    chat_db_param t = CHAT_DB_P_STR(terms);
+    chat_db_param p[] = {model, model, agent, agent, t, t, t, CHAT_DB_P_INT((long long)ctx->cap)};
+    size_t before = ctx->out->n;
+    int rc = chat_db_run(db, SQL_TEXT, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
+    if (!rc && ctx->out->n == before)
+        rc = chat_db_run(db, SQL_TEXT_ANY, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
+    return rc;
+}
+
 int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
-    size_t k = q->k < 1 ? 1 : q->k > 50 ? 50 : q->k;
+    size_t k = q->k < 1 ? 1 : q->k > KB_K_MAX ? KB_K_MAX : q->k;
     out->items = calloc(k, sizeof *out->items);
     if (!out->items) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
     collect_ctx ctx = {out, k};
     int rc = 0;
-
     char code[16];
-    const char *fc = q->fault_code;
-    if (fc && chat_kb_find_fault_code(fc, code)) {
-        char boolean[24], like[24];
-        snprintf(boolean, sizeof boolean, "+%s", code);
-        snprintf(like, sizeof like, "%%%s%%", code);
-        chat_db_param p[] = {CHAT_DB_P_STR(boolean), CHAT_DB_P_STR(like), CHAT_DB_P_STR(boolean),
-                             CHAT_DB_P_INT((long long)k)};
-        rc = chat_db_run(db, SQL_FAULT, p, 4, collect_row, &ctx, NULL, NULL, err, errlen);
-        if (rc) goto fail;
-    }
-
-    if (out->n < k) {
-        char *terms = chat_kb_sanitize(q->question, KB_MAX_TERMS);
-        if (!terms) {
-            rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-            goto fail;
-        }
-        if (q->stats && terms[0]) {
-            char *kept = drop_common_terms(db, q->stats, terms, err, errlen);
-            free(terms);
-            if (!kept) {
-                rc = CHAT_EDB;
-                goto fail;
-            }
-            terms = kept;
-        }
-        if (terms[0]) {
-            chat_db_param model = q->model_id && *q->model_id ? CHAT_DB_P_STR(q->model_id) : CHAT_DB_P_NULL();
-            chat_db_param agent = q->agent && *q->agent ? CHAT_DB_P_STR(q->agent) : CHAT_DB_P_NULL();
-            chat_db_param t = CHAT_DB_P_STR(terms);
-            chat_db_param p[] = {model, model, agent, agent, t, t, t, CHAT_DB_P_INT((long long)k)};
-            size_t before = out->n;
-            rc = chat_db_run(db, SQL_TEXT, p, 8, collect_row, &ctx, NULL, NULL, err, errlen);
-            if (!rc && out->n == before) rc = chat_db_run(db, SQL_TEXT_ANY, p, 8, collect_row, &ctx, NULL, NULL, err, errlen);
-        }
+    if (q->fault_code && chat_kb_find_fault_code(q->fault_code, code))
+        rc = search_fault_code(db, code, &ctx, err, errlen);
+    if (!rc && out->n < k) {
+        char *terms = query_terms(db, q, &rc, err, errlen);
+        if (terms && terms[0]) rc = search_text(db, q, terms, &ctx, err, errlen);
         free(terms);
-        if (rc) goto fail;
     }
-    return 0;
-fail:
-    chat_kb_result_clear(out);
+    if (rc) chat_kb_result_clear(out);
     return rc;
 }
 
@@ -417,7 +457,7 @@ fail:
 
 typedef struct front_matter {
     char title[256];
-    char agent[32];
+    char agent[CHAT_AGENT_NAME_MAX + 1];
     char model[64];
 } front_matter;
 
@@ -456,11 +496,6 @@ static size_t parse_front_matter(const char *text, size_t len, front_matter *fm)
     return 0; /* unterminated: treat the whole text as body */
 }
 
-static bool agent_valid(const char *a)
-{
-    return !strcmp(a, "specs") || !strcmp(a, "maintenance") || !strcmp(a, "troubleshooting");
-}
-
 static bool blank(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -497,44 +532,51 @@ static int insert_passage(chat_db *db, const char *source, int no, const front_m
                        p, 6, NULL, NULL, NULL, NULL, err, errlen);
 }
 
-/* Agent from the path when the front matter names none: under troubleshooting/, or a file named specs.md
- * or maintenance.md. */
+/* The agent of a source whose front matter names none, by the rows' kb_dir and kb_file rules (folder
+ * rules first): "troubleshooting/fuel.md", "seawind-250/specs.md". */
 static void agent_from_path(const char *source, char *agent, size_t cap)
 {
     const char *base = strrchr(source, '/');
     base = base ? base + 1 : source;
-    if (!strncmp(source, "troubleshooting/", 16)) snprintf(agent, cap, "troubleshooting");
-    else if (!strcmp(base, "specs.md")) snprintf(agent, cap, "specs");
-    else if (!strcmp(base, "maintenance.md")) snprintf(agent, cap, "maintenance");
+    for (int i = 0; i < CHAT_AGENT_COUNT; i++) {
+        const char *dir = chat_agents[i].kb_dir;
+        if (dir && !strncmp(source, dir, strlen(dir))) {
+            snprintf(agent, cap, "%s", chat_agents[i].name);
+            return;
+        }
+    }
+    for (int i = 0; i < CHAT_AGENT_COUNT; i++) {
+        const char *file = chat_agents[i].kb_file;
+        if (file && !strcmp(base, file)) {
+            snprintf(agent, cap, "%s", chat_agents[i].name);
+            return;
+        }
+    }
 }
 
-int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_t len, chat_kb_import_stats *stats,
-                        char *err, size_t errlen)
+/* The front matter's agent as stored: a KB_OWN agent's name; "" (every agent's) for a KB_ANY agent or
+ * KB_ANY_AGENT; CHAT_EINVAL for a name that is no agent. */
+static int passage_agent(const char *source, char *agent, char *err, size_t errlen)
 {
-    if (!source || !*source || strlen(source) > 255)
-        return chat_fail(err, errlen, CHAT_EINVAL, "invalid source name");
-    if (len > 16777215) /* a passage is at most the whole text: MEDIUMTEXT */
-        return chat_fail(err, errlen, CHAT_EINVAL, "%s: larger than 16 MB", source);
-    if (!chat_utf8_valid(text, len)) return chat_fail(err, errlen, CHAT_EINVAL, "%s: not valid UTF-8", source);
-    front_matter fm = {{0}, {0}, {0}};
-    size_t pos = parse_front_matter(text, len, &fm);
-    if (!fm.agent[0]) agent_from_path(source, fm.agent, sizeof fm.agent);
-    if (fm.agent[0] && !agent_valid(fm.agent)) {
-        if (strcmp(fm.agent, "general") && strcmp(fm.agent, "any"))
-            return chat_fail(err, errlen, CHAT_EINVAL, "%s: unknown agent '%s'", source, fm.agent);
-        fm.agent[0] = '\0';
-    }
-    if (!fm.title[0]) snprintf(fm.title, sizeof fm.title, "%s", source);
+    if (!agent[0]) return 0;
+    const chat_agent *a = chat_agent_find(agent);
+    if (!a && strcmp(agent, KB_ANY_AGENT))
+        return chat_fail(err, errlen, CHAT_EINVAL, "%s: unknown agent '%s'", source, agent);
+    if (!chat_agent_kb_filter(a)) agent[0] = '\0';
+    return 0;
+}
 
-    int rc = chat_db_begin(db, err, errlen);
-    if (rc) return rc;
-    chat_db_param sp = CHAT_DB_P_STR(source);
-    rc = chat_db_run(db, "DELETE FROM kb_documents WHERE source = ?", &sp, 1, NULL, NULL, NULL, NULL, err, errlen);
-    int no = 0;
+/* One passage per "## " section of text[0..len) (the body after the front matter), and one for the text
+ * before the first section unless blank; *no counts them. "# " lines are the document title: a leading
+ * one is dropped from the intro. */
+static int insert_sections(chat_db *db, const char *source, const front_matter *fm, const char *text, size_t len,
+                           int *no, char *err, size_t errlen)
+{
+    int rc = 0;
     const char *heading = NULL;
-    size_t hlen = 0, body_start = pos;
-    /* Walk lines; each "## " line closes the previous passage. "# " lines are the document title. */
-    size_t i = pos;
+    size_t hlen = 0, body_start = 0;
+    /* Walk lines; each "## " line closes the previous passage. */
+    size_t i = 0;
     while (!rc && i <= len) {
         const char *line = text + i;
         const char *nl = i < len ? memchr(line, '\n', len - i) : NULL;
@@ -551,7 +593,7 @@ int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_
                 body += skip, blen -= skip;
             }
             if (!blank(body, blen)) {
-                rc = insert_passage(db, source, no++, &fm, heading, hlen, body, blen, err, errlen);
+                rc = insert_passage(db, source, (*no)++, fm, heading, hlen, body, blen, err, errlen);
             }
             if (h2) {
                 heading = line + 3, hlen = ll - 3;
@@ -562,6 +604,30 @@ int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_
         i += ll + (nl ? 1 : 0);
         if (!nl) i = len; /* last line without newline: next iteration closes */
     }
+    return rc;
+}
+
+int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_t len, chat_kb_import_stats *stats,
+                        char *err, size_t errlen)
+{
+    if (!source || !*source || strlen(source) > 255)
+        return chat_fail(err, errlen, CHAT_EINVAL, "invalid source name");
+    if (len > 16777215) /* a passage is at most the whole text: MEDIUMTEXT */
+        return chat_fail(err, errlen, CHAT_EINVAL, "%s: larger than 16 MB", source);
+    if (!chat_utf8_valid(text, len)) return chat_fail(err, errlen, CHAT_EINVAL, "%s: not valid UTF-8", source);
+    front_matter fm = {{0}, {0}, {0}};
+    size_t pos = parse_front_matter(text, len, &fm);
+    if (!fm.agent[0]) agent_from_path(source, fm.agent, sizeof fm.agent);
+    int rc = passage_agent(source, fm.agent, err, errlen);
+    if (rc) return rc;
+    if (!fm.title[0]) snprintf(fm.title, sizeof fm.title, "%s", source);
+
+    rc = chat_db_begin(db, err, errlen);
+    if (rc) return rc;
+    chat_db_param sp = CHAT_DB_P_STR(source);
+    rc = chat_db_run(db, "DELETE FROM kb_documents WHERE source = ?", &sp, 1, NULL, NULL, NULL, NULL, err, errlen);
+    int no = 0;
+    if (!rc) rc = insert_sections(db, source, &fm, text + pos, len - pos, &no, err, errlen);
     if (rc) {
         chat_db_rollback(db);
         return rc;

@@ -38,24 +38,29 @@ void chat_kb_stats_free(chat_kb_stats *s);
 
 typedef struct chat_kb_query {
     const char *question;
-    const char *agent;    /* restrict to this agent's passages plus agent-NULL ones; NULL = all */
-    const char *model_id; /* boost passages of this model; NULL = none */
-    const char *fault_code; /* e.g. "E42": exact match first; NULL = none */
-    size_t k;             /* max passages, 1..50 */
-    chat_kb_stats *stats; /* NULL = search with every word */
+    const char *agent;      /* favour this agent's passages and agent-NULL ones over other agents' (the
+                             * agent's chat_agent_kb_filter); NULL = every passage alike */
+    const char *model_id;   /* favour passages of this model over other models'; NULL = none */
+    const char *fault_code; /* e.g. "E42": the passages naming it first; NULL = none */
+    size_t k;               /* max passages, clamped to 1..50 */
+    chat_kb_stats *stats;   /* NULL = search with every word */
 } chat_kb_query;
 
-/* Searches; out is filled (possibly with n = 0). Caller clears out with chat_kb_result_clear.
- * Returns 0 or CHAT_EDB. */
+/* Searches; out is filled (possibly with n = 0), best first. Caller clears out with chat_kb_result_clear
+ * (also after an error: out is then empty). Returns 0, CHAT_EDB or CHAT_ENOMEM. Any thread, with the
+ * caller's connection. */
 int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, char *err, size_t errlen);
 void chat_kb_result_clear(chat_kb_result *r);
 
-/* Turns free text into the boolean-safe search string used by chat_kb_search ("c++ E42 (((" -> "c E42").
- * Caller frees. Exposed for tests and `chat-kb search --explain`. */
+/* Turns free text into the boolean-safe search string used by chat_kb_search: lower-case word tokens,
+ * without English function words, lone letters, repeats and words over 84 bytes, at most max_terms of
+ * them (0 or above 48: 48) ("c++ E42 (((" -> "e42"). Caller frees; NULL when out of memory. Exposed for
+ * tests and `chat-kb search`, which prints it. */
 char *chat_kb_sanitize(const char *text, size_t max_terms);
 
-/* Finds the first fault code (a letter E/P/F followed by 1-4 digits, as a whole word, any case) in text;
- * writes it upper-cased into out. Returns 1 when found, 0 otherwise. */
+/* Finds the first fault code (a letter E/P/F followed by 1-4 digits, or by a hyphen and 1-4 digits, as a
+ * whole word, any case: "E42", "e-42", "P0300") in text; writes it upper-cased without the hyphen into
+ * out ("E42"). Returns 1 when found, 0 otherwise. */
 int chat_kb_find_fault_code(const char *text, char out[16]);
 
 /* Import statistics. */
@@ -65,11 +70,15 @@ typedef struct chat_kb_import_stats {
 } chat_kb_import_stats;
 
 /* Imports one markdown text as source `source`: front matter (title, agent, model) then one passage per
- * "## " section. Replaces the source's rows in one transaction. agent_hint/model_hint (may be NULL)
- * apply when the front matter has none. */
+ * "## " section. Replaces the source's rows. Without an agent in the front matter, the agent table's
+ * kb_dir/kb_file rules decide from the source's path (chat_agent.h); "agent: any", or an agent that owns
+ * no passages, stores NULL (every agent's). Refuses (CHAT_EINVAL, before touching a row) invalid UTF-8,
+ * an unknown agent, a source name over 255 bytes or a text over 16 MB; else 0 or CHAT_EDB. stats (may
+ * be NULL) counts the file and its passages. */
 int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_t len, chat_kb_import_stats *stats,
                         char *err, size_t errlen);
-/* Imports every *.md below dir (recursively); source = path relative to dir. */
+/* Imports every *.md below dir (recursively, in name order, README.md files left out); source = path
+ * relative to dir. Stops at the first failure. Ends with OPTIMIZE TABLE kb_documents. */
 int chat_kb_import_dir(chat_db *db, const char *dir, chat_kb_import_stats *stats, char *err, size_t errlen);
 
 #endif

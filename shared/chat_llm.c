@@ -1,41 +1,54 @@
 /* Provider dispatch and the generation loop.
  *
- * chat_llm is a tagged union over the two providers so the pipeline holds one pointer and never branches
- * on configuration itself. A generation (llm_gen) is likewise a tagged union over the providers' state
- * machines (chat_openai_gen, chat_extractive_gen), which say when they next need a step (a deadline) and
- * what happened when they finish.
+ * A chat_llm is a provider (a row of CHAT_LLM_PROVIDER_MAP, chosen by name) and its opened state, so the
+ * pipeline holds one pointer and never branches on configuration; nothing here knows which providers
+ * exist. A generation (llm_gen) is the provider's state machine, which says when it next needs a step (a
+ * deadline) and what happened when it finishes.
  *
- * chat_llm_loop is the event loop that drives them: one libcurl multi handle (every openai transfer of the
- * loop, and its connection cache), a binary min-heap of the generations' deadlines (each generation is in
- * it once, at its earliest deadline; a provider whose deadline moves earlier from inside a libcurl
- * callback asks for a reschedule), and the list of generations for the cancel flags. One wait:
- * curl_multi_poll up to the caller's timeout, the earliest deadline, and the next cancel scan (every
- * LOOP_TICK_MS while generations run; at once after chat_llm_loop_wakeup, which is curl_multi_wakeup plus
- * a flag). The cost of a wake is the transfers that moved and the deadlines due, plus the cancel scan at
- * most every LOOP_TICK_MS. Done callbacks are called from chat_llm_loop_run only, never from inside a
- * libcurl callback, so they may start new generations; the generation is freed right after its done.
+ * chat_llm_loop is the event loop that drives them: each provider's per-loop state (attached when the
+ * loop is made: openai keeps its libcurl multi handle there, and with it every transfer of the loop and
+ * its connection cache), a binary min-heap of the generations' deadlines (each generation is in it once,
+ * at its earliest deadline; a provider whose deadline moves outside a step, from inside a libcurl
+ * callback or its loop work, asks for a reschedule) and the list of generations for the cancel flags.
+ * One wait: poll() on the loop's wakeup eventfd and every provider's sockets, up to the caller's timeout,
+ * the earliest deadline, the providers' own timers, and the next cancel scan (every LOOP_TICK_MS while
+ * generations run; at once after chat_llm_loop_wakeup, which is a flag plus a write to the eventfd).
+ * Then the providers' work (their I/O: token callbacks run in there), the deadlines due, the cancel scan.
+ * The cost of a wake is the sockets that moved and the deadlines due, plus the cancel scan at most every
+ * LOOP_TICK_MS. Done callbacks are called from chat_llm_loop_run's deadline pass only, never from inside
+ * a provider's work or a libcurl callback, so they may start new generations; the generation is freed
+ * right after its done.
  *
  * chat_llm_generate is a generation on a private loop owned by the chat_llm (made on first use and kept,
  * so the provider's connection stays open between answers), run until its done callback fired. */
 #include "chat_llm.h"
 
-#include <curl/curl.h>
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "chat_common.h"
-#include "chat_extractive.h"
-#include "chat_openai.h"
+#include "chat_llm_provider.h"
 #include "chat_util.h"
 
 #define LOOP_TICK_MS 100 /* cancel flags are looked at this often while generations run */
 #define NOT_IN_HEAP ((size_t)-1)
 
+#define PROVIDER_ROW(sym) &sym,
+static const chat_llm_provider *const PROVIDERS[] = {CHAT_LLM_PROVIDER_MAP(PROVIDER_ROW)};
+#undef PROVIDER_ROW
+#define N_PROVIDERS CHAT_ARRAY_LEN(PROVIDERS)
+
 struct chat_llm {
-    chat_config cfg;
-    chat_openai *openai; /* NULL for the extractive provider */
+    const chat_llm_provider *p;
+    size_t slot; /* p's row: its state on a loop is loop->ls[slot] */
+    void *state; /* p's, from open */
     chat_llm_loop *loop; /* chat_llm_generate's, made on first use */
 };
 
@@ -47,13 +60,17 @@ typedef struct llm_gen {
     chat_llm_done_fn done;
     void *ud;
     const atomic_int *cancel;
-    chat_openai_gen *oai; /* exactly one of the two */
-    chat_extractive_gen *ext;
+    const chat_llm_provider *p;
+    void *pg; /* p's generation */
 } llm_gen;
 
 struct chat_llm_loop {
-    CURLM *multi;
-    llm_gen *gens; /* every running generation, newest first */
+    void *ls[N_PROVIDERS];      /* each provider's loop state */
+    struct pollfd *fds;         /* [0] wake_fd, then each provider's sockets in table order */
+    size_t fds_cap;
+    size_t nfds_of[N_PROVIDERS]; /* how many of fds are each provider's, this wait */
+    int wake_fd;                /* eventfd */
+    llm_gen *gens;              /* every running generation, newest first */
     int n;
     llm_gen **heap; /* min-heap on due; room for every generation */
     size_t heap_n, heap_cap;
@@ -61,24 +78,47 @@ struct chat_llm_loop {
     atomic_int woken;  /* chat_llm_loop_wakeup was called: scan the cancel flags now */
 };
 
+/* ---- the provider table ---- */
+
+const chat_llm_provider *chat_llm_provider_at(size_t i) { return i < N_PROVIDERS ? PROVIDERS[i] : NULL; }
+
+const char *chat_llm_provider_name_at(size_t i) { return i < N_PROVIDERS ? PROVIDERS[i]->name : NULL; }
+
+int chat_llm_loop_none_attach(void **loop_state, char *err, size_t errlen)
+{
+    *loop_state = NULL;
+    return 0;
+}
+
+void chat_llm_loop_none_detach(void *loop_state) {}
+
+const struct pollfd *chat_llm_loop_none_fds(void *loop_state, size_t *n, int64_t *due)
+{
+    *n = 0;
+    *due = INT64_MAX;
+    return NULL;
+}
+
+void chat_llm_loop_none_work(void *loop_state, const struct pollfd *fds, size_t n, int64_t now) {}
+
 /* ---- provider dispatch ---- */
 
 chat_llm *chat_llm_new(const chat_config *cfg, char *err, size_t errlen)
 {
+    size_t slot = 0;
+    while (slot < N_PROVIDERS && strcmp(PROVIDERS[slot]->name, cfg->llm_provider)) slot++;
+    if (slot == N_PROVIDERS) {
+        chat_fail(err, errlen, CHAT_EINVAL, "unknown LLM provider");
+        return NULL;
+    }
     chat_llm *llm = calloc(1, sizeof *llm);
     if (!llm) {
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
         return NULL;
     }
-    llm->cfg = *cfg;
-    if (!strcmp(cfg->llm_provider, "openai")) {
-        llm->openai = chat_openai_new(cfg, err, errlen);
-        if (!llm->openai) {
-            free(llm);
-            return NULL;
-        }
-    } else if (strcmp(cfg->llm_provider, "extractive")) {
-        chat_fail(err, errlen, CHAT_EINVAL, "unknown LLM provider");
+    llm->p = PROVIDERS[slot];
+    llm->slot = slot;
+    if (llm->p->open(cfg, &llm->state, err, errlen)) {
         free(llm);
         return NULL;
     }
@@ -89,28 +129,21 @@ void chat_llm_free(chat_llm *llm)
 {
     if (!llm) return;
     chat_llm_loop_free(llm->loop);
-    chat_openai_free(llm->openai);
+    llm->p->close(llm->state);
     free(llm);
 }
 
-const char *chat_llm_provider_name(const chat_llm *llm) { return llm->openai ? "openai" : "extractive"; }
+const char *chat_llm_provider_name(const chat_llm *llm) { return llm->p->name; }
 
-bool chat_llm_instant(const chat_llm *llm) { return !llm->openai && llm->cfg.token_delay_ms <= 0; }
+bool chat_llm_instant(const chat_llm *llm) { return llm->p->instant(llm->state); }
 
-static int64_t gen_deadline(const llm_gen *g)
-{
-    return g->oai ? chat_openai_gen_deadline(g->oai) : chat_extractive_gen_deadline(g->ext);
-}
+static int64_t gen_deadline(const llm_gen *g) { return g->p->gen_deadline(g->pg); }
 
-static bool gen_step(llm_gen *g, int64_t now)
-{
-    return g->oai ? chat_openai_gen_step(g->oai, now) : chat_extractive_gen_step(g->ext, now);
-}
+static bool gen_step(llm_gen *g, int64_t now) { return g->p->gen_step(g->pg, now); }
 
 static void gen_free(llm_gen *g)
 {
-    chat_openai_gen_free(g->oai);
-    chat_extractive_gen_free(g->ext);
+    g->p->gen_free(g->pg);
     free(g);
 }
 
@@ -169,10 +202,10 @@ static void heap_remove(chat_llm_loop *l, llm_gen *g)
     heap_down(l, l->heap[i]->heap_at);
 }
 
-/* The openai provider's reschedule hook (from inside curl_multi_perform). */
-static void gen_resched(void *priv)
+/* A provider's reschedule hook (chat_llm_gen_ctx.resched). */
+static void gen_resched(void *loop_gen)
 {
-    llm_gen *g = priv;
+    llm_gen *g = loop_gen;
     heap_set(g->loop, g, gen_deadline(g));
 }
 
@@ -181,18 +214,32 @@ static void gen_resched(void *priv)
 chat_llm_loop *chat_llm_loop_new(char *err, size_t errlen)
 {
     chat_llm_loop *l = calloc(1, sizeof *l);
-    if (!l) {
+    if (!l || chat_array_reserve(&l->fds, &l->fds_cap, 0, sizeof *l->fds)) {
+        free(l);
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
         return NULL;
     }
-    l->multi = chat_openai_multi_new(err, errlen);
-    if (!l->multi) {
-        free(l);
-        return NULL;
+    l->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (l->wake_fd < 0) {
+        chat_fail(err, errlen, CHAT_ERR, "eventfd failed: %s", strerror(errno));
+        goto fail;
     }
+    size_t i = 0;
+    for (; i < N_PROVIDERS; i++)
+        if (PROVIDERS[i]->loop_attach(&l->ls[i], err, errlen)) break;
+    if (i < N_PROVIDERS) {
+        while (i--) PROVIDERS[i]->loop_detach(l->ls[i]);
+        close(l->wake_fd);
+        goto fail;
+    }
+    l->fds[0] = (struct pollfd){.fd = l->wake_fd, .events = POLLIN};
     l->last_scan = chat_now_ms();
     atomic_init(&l->woken, 0);
     return l;
+fail:
+    free(l->fds);
+    free(l);
+    return NULL;
 }
 
 void chat_llm_loop_free(chat_llm_loop *l)
@@ -200,10 +247,12 @@ void chat_llm_loop_free(chat_llm_loop *l)
     if (!l) return;
     for (llm_gen *g = l->gens, *next; g; g = next) {
         next = g->next;
-        gen_free(g); /* removes a running transfer from the multi */
+        gen_free(g); /* cuts a running transfer */
     }
+    for (size_t i = N_PROVIDERS; i--;) PROVIDERS[i]->loop_detach(l->ls[i]);
+    close(l->wake_fd);
     free(l->heap);
-    curl_multi_cleanup(l->multi);
+    free(l->fds);
     free(l);
 }
 
@@ -218,9 +267,9 @@ int chat_llm_start(chat_llm_loop *l, chat_llm *llm, const chat_llm_request *req,
     g->loop = l;
     g->heap_at = NOT_IN_HEAP;
     g->done = done, g->ud = ud, g->cancel = cancel;
-    int rc = llm->openai
-                 ? chat_openai_gen_new(llm->openai, l->multi, req, fn, ud, cancel, gen_resched, g, &g->oai, err, errlen)
-                 : chat_extractive_gen_new(&llm->cfg, req, fn, ud, cancel, &g->ext, err, errlen);
+    g->p = llm->p;
+    chat_llm_gen_ctx ctx = {.fn = fn, .ud = ud, .cancel = cancel, .resched = gen_resched, .loop_gen = g};
+    int rc = g->p->gen_new(llm->state, l->ls[llm->slot], req, &ctx, &g->pg, err, errlen);
     if (rc) {
         free(g);
         return rc;
@@ -246,13 +295,13 @@ static void gen_finish(llm_gen *g)
     l->n--;
     const chat_llm_result *res = NULL;
     const char *err = NULL;
-    int rc = g->oai ? chat_openai_gen_outcome(g->oai, &res, &err) : chat_extractive_gen_outcome(g->ext, &res, &err);
+    int rc = g->p->gen_outcome(g->pg, &res, &err);
     if (g->done) g->done(g->ud, rc, res, err);
     gen_free(g);
 }
 
-/* After a step or a transfer's end: finished, or back in the heap at its next deadline (never at or before
- * now, so the timer pass below always ends). */
+/* After a step: finished, or back in the heap at its next deadline (never at or before now, so the timer
+ * pass below always ends). */
 static void gen_after(llm_gen *g, bool finished, int64_t now)
 {
     if (finished) {
@@ -263,36 +312,65 @@ static void gen_after(llm_gen *g, bool finished, int64_t now)
     heap_set(g->loop, g, due > now ? due : now + 1);
 }
 
+/* Fills l->fds after the wakeup eventfd with every provider's sockets and lowers *until to the providers'
+ * own timers. Returns the number of entries. */
+static size_t loop_gather(chat_llm_loop *l, int64_t *until)
+{
+    const struct pollfd *src[N_PROVIDERS];
+    size_t total = 1;
+    for (size_t i = 0; i < N_PROVIDERS; i++) {
+        int64_t due = INT64_MAX;
+        src[i] = PROVIDERS[i]->loop_fds(l->ls[i], &l->nfds_of[i], &due);
+        if (due < *until) *until = due;
+        total += l->nfds_of[i];
+    }
+    if (chat_array_reserve(&l->fds, &l->fds_cap, total - 1, sizeof *l->fds)) {
+        /* out of memory: the sockets wait, the timers and the wakeup still work; look again soon */
+        memset(l->nfds_of, 0, sizeof l->nfds_of);
+        int64_t soon = chat_now_ms() + LOOP_TICK_MS / 10;
+        if (soon < *until) *until = soon;
+        return 1;
+    }
+    size_t k = 1;
+    for (size_t i = 0; i < N_PROVIDERS; i++) {
+        if (l->nfds_of[i]) memcpy(l->fds + k, src[i], l->nfds_of[i] * sizeof *l->fds);
+        k += l->nfds_of[i];
+    }
+    return k;
+}
+
+/* Waits until `until` (chat_now_ms clock) for the wakeup or a provider's socket, then lets every provider
+ * do its work: network I/O, token callbacks. */
+static void loop_wait_and_work(chat_llm_loop *l, int64_t until)
+{
+    size_t nfds = loop_gather(l, &until);
+    int64_t now = chat_now_ms();
+    int64_t wait = until <= now ? 0 : until - now; /* until may be INT64_MIN: due at once */
+    if (wait > INT_MAX) wait = INT_MAX;
+    if (poll(l->fds, nfds, (int)wait) < 0)
+        for (size_t i = 0; i < nfds; i++) l->fds[i].revents = 0; /* EINTR: nothing is known to be ready */
+    if (l->fds[0].revents) {
+        uint64_t v;
+        if (read(l->wake_fd, &v, sizeof v) < 0) { /* EAGAIN: another wake took it */
+        }
+    }
+    now = chat_now_ms();
+    size_t k = 1;
+    for (size_t i = 0; i < N_PROVIDERS; i++) {
+        PROVIDERS[i]->loop_work(l->ls[i], l->fds + k, l->nfds_of[i], now);
+        k += l->nfds_of[i];
+    }
+}
+
 int chat_llm_loop_run(chat_llm_loop *l, int timeout_ms)
 {
     int64_t now = chat_now_ms();
-    int64_t wait = timeout_ms > 0 ? timeout_ms : 0;
-    if (l->heap_n && l->heap[0]->due < now + wait) wait = l->heap[0]->due <= now ? 0 : l->heap[0]->due - now;
-    if (l->n && l->last_scan + LOOP_TICK_MS - now < wait) wait = l->last_scan + LOOP_TICK_MS - now;
-    if (wait < 0) wait = 0;
-    curl_multi_poll(l->multi, NULL, 0, (int)wait, NULL);
+    int64_t until = now + (timeout_ms > 0 ? timeout_ms : 0);
+    if (l->heap_n && l->heap[0]->due < until) until = l->heap[0]->due;
+    if (l->n && l->last_scan + LOOP_TICK_MS < until) until = l->last_scan + LOOP_TICK_MS;
+    loop_wait_and_work(l, until);
 
-    /* network I/O: token callbacks run in here */
-    int running = 0;
-    if (curl_multi_perform(l->multi, &running) != CURLM_OK) {
-        /* the multi itself failed: every transfer ends with "LLM transfer failed" */
-        for (llm_gen *g = l->gens, *next; g; g = next) {
-            next = g->next;
-            if (g->oai) gen_after(g, chat_openai_gen_transfer_done(g->oai, false, CURLE_OK), chat_now_ms());
-        }
-    }
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(l->multi, &left))) {
-        if (msg->msg != CURLMSG_DONE) continue;
-        CURLcode cc = msg->data.result; /* msg is gone once the handle is removed */
-        char *priv = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
-        llm_gen *g = (llm_gen *)(void *)priv;
-        if (g && g->oai) gen_after(g, chat_openai_gen_transfer_done(g->oai, true, cc), chat_now_ms());
-    }
-
-    /* deadlines: paced tokens, timeouts, retries, first steps */
+    /* deadlines: paced tokens, timeouts, retries, first steps, generations their provider finished */
     now = chat_now_ms();
     while (l->heap_n && l->heap[0]->due <= now) {
         llm_gen *g = l->heap[0];
@@ -314,7 +392,9 @@ void chat_llm_loop_wakeup(chat_llm_loop *l)
 {
     if (!l) return;
     atomic_store(&l->woken, 1);
-    curl_multi_wakeup(l->multi);
+    uint64_t one = 1;
+    if (write(l->wake_fd, &one, sizeof one) < 0) { /* EAGAIN: the counter is full, a wake is pending anyway */
+    }
 }
 
 /* ---- the blocking call ---- */

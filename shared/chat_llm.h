@@ -1,6 +1,8 @@
 /* LLM providers behind one interface: "openai" (any OpenAI-compatible Chat Completions endpoint,
- * streamed over SSE with libcurl) and "extractive" (grounded answers composed from retrieved passages,
- * no network). The pipeline builds one chat_llm_request and does not care which provider runs it.
+ * streamed over SSE with libcurl), "extractive" (grounded answers composed from retrieved passages, no
+ * network) and "replay" (a recorded answer played back, for tests). The pipeline builds one
+ * chat_llm_request and does not care which provider runs it; a provider is a struct of functions in a
+ * table (chat_llm_provider.h), so adding one touches no caller.
  *
  * A chat_llm is used by one thread at a time. Cancellation: *cancel may be set to non-zero from any
  * thread; generation stops within 100 ms (at once on a loop after chat_llm_loop_wakeup; openai: the
@@ -30,6 +32,7 @@ typedef struct chat_llm_request {
     const char *agent;               /* specs | maintenance | troubleshooting | general */
     const chat_kb_result *passages;  /* may be NULL */
     const char *customer_context;    /* plain text about the customer's boats and appointments, or NULL */
+    const struct chat_customer *customer; /* the same as records (chat_customer.h), or NULL */
 } chat_llm_request;
 
 /* Called for each piece of generated text, in order (valid UTF-8, may be several words).
@@ -45,12 +48,15 @@ typedef struct chat_llm_result {
 
 typedef struct chat_llm chat_llm;
 
-/* Chooses the provider from cfg->llm_provider. NULL with err on a bad configuration. */
+/* Chooses the provider from cfg->llm_provider and reads its settings (the replay provider reads its
+ * recording here). NULL with err on a bad configuration. */
 chat_llm *chat_llm_new(const chat_config *cfg, char *err, size_t errlen);
 void chat_llm_free(chat_llm *llm);
 const char *chat_llm_provider_name(const chat_llm *llm);
-/* True when a generation never waits for anything (the extractive provider without a token delay): a
- * caller with an event loop may as well run it where it is, with chat_llm_generate. */
+/* The name of the i-th provider chat_llm_new knows, in table order; NULL past the last. */
+const char *chat_llm_provider_name_at(size_t i);
+/* True when a generation never waits for anything (the extractive and replay providers without a token
+ * delay): a caller with an event loop may as well run it where it is, with chat_llm_generate. */
 bool chat_llm_instant(const chat_llm *llm);
 
 /* Runs one generation. Returns 0 (finish_reason stop or length), CHAT_ECANCELLED, CHAT_ETIMEOUT or
@@ -62,7 +68,7 @@ int chat_llm_generate(chat_llm *llm, const chat_llm_request *req, chat_llm_token
  *
  * A chat_llm_loop runs any number of generations at once on the thread that calls chat_llm_loop_run:
  * openai transfers share the loop's libcurl multi handle (and its connection cache), the extractive
- * provider's paced tokens are released by the loop's timers. A worker process streams thousands of
+ * and replay providers' paced tokens are released by the loop's timers. A worker process streams thousands of
  * answers this way without a thread per answer. Everything here runs on the loop's thread only, except
  * chat_llm_loop_wakeup. chat_llm_generate is the same machinery on a private loop, run to the end.
  * Token and done callbacks may call chat_llm_start (on this loop or another), but not chat_llm_loop_run
@@ -74,7 +80,8 @@ typedef struct chat_llm_loop chat_llm_loop;
  * res and err are valid during the call only. */
 typedef void (*chat_llm_done_fn)(void *ud, int rc, const chat_llm_result *res, const char *err);
 
-/* NULL with err when libcurl cannot make a multi handle. */
+/* NULL with err when a provider cannot set up its share of the loop (openai: libcurl's multi handle) or
+ * the loop cannot make its wakeup eventfd. */
 chat_llm_loop *chat_llm_loop_new(char *err, size_t errlen);
 /* Generations still running are aborted without their done callback (their transfers are cut, their
  * memory freed). Accepts NULL. */

@@ -9,10 +9,11 @@
  * - Round trips are the cost of a turn (each is a parse, a plan and a context switch in MariaDB), so an
  *   existing session costs two statements: one SELECT for its owner and its history together, and one
  *   INSERT of the turn; a new conversation's row can be written with its first turn
- *   (chat_memory_open_session's defer_create), so its answer starts with no round trip at all. The turn's two rows go in one autocommit multi-row INSERT: stored entirely or
- *   not at all; the foreign key refuses a session that does not exist; the unique key (session_id,
- *   request_id, role) makes a retried request a no-op ("ON DUPLICATE KEY UPDATE id = id" rather than
- *   INSERT IGNORE, which would also silence truncation errors).
+ *   (chat_memory_open_session's defer_create), so its answer starts with no round trip at all. The
+ *   turn's two rows go in one autocommit multi-row INSERT: stored entirely or not at all; the foreign
+ *   key refuses a session that does not exist; the unique key (session_id, request_id, role) makes a
+ *   retried request a no-op ("ON DUPLICATE KEY UPDATE id = id" rather than INSERT IGNORE, which would
+ *   also silence truncation errors).
  * - chat_sessions.updated_at is the last activity to CHAT_MEMORY_TOUCH_S: the SELECT reports whether it
  *   is older than that, and only then does storing a turn refresh it, with a third statement.
  * - Texts must be valid UTF-8 and fit MEDIUMTEXT; the front ends cap messages far lower (8 KB), but
@@ -141,57 +142,54 @@ int chat_memory_create_session(chat_db *db, const char *session_id, const char *
     return rc;
 }
 
-int chat_memory_open_session(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
-                             bool defer_create, int max_turns, chat_history *history, chat_session_info *out,
-                             char *err, size_t errlen)
+/* Inserts the session row unless the id exists already (INSERT IGNORE); *inserted says which. */
+static int insert_session(chat_db *db, const char *id, const char *user_id, chat_db_param cust, bool *inserted,
+                          char *err, size_t errlen)
 {
-    if (!out) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
-    memset(out, 0, sizeof *out);
-    if (history) memset(history, 0, sizeof *history);
-    if (!db) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
-    if (!user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid user id");
-    if (customer_id && !*customer_id) customer_id = NULL;
-    if (customer_id && !chat_id_valid(customer_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid customer id");
-    if (max_turns > HISTORY_TURNS_MAX) max_turns = HISTORY_TURNS_MAX;
-    chat_db_param cust = customer_id ? CHAT_DB_P_STR(customer_id) : CHAT_DB_P_NULL();
-    static const char *const insert_sql =
-        "INSERT IGNORE INTO chat_sessions (id, user_id, customer_id) VALUES (?, ?, ?)";
+    chat_db_param p[] = {CHAT_DB_P_STR(id), CHAT_DB_P_STR(user_id), cust};
+    long long affected = 0;
+    int rc = chat_db_run(db, "INSERT IGNORE INTO chat_sessions (id, user_id, customer_id) VALUES (?, ?, ?)", p, 3, NULL,
+                         NULL, &affected, NULL, err, errlen);
+    *inserted = affected == 1;
+    return rc;
+}
 
-    if ((!requested_id || !*requested_id) && defer_create) {
+/* A new session with a fresh UUID: its row now, or (defer) when its first turn is stored. */
+static int create_new(chat_db *db, const char *user_id, chat_db_param cust, bool defer, chat_session_info *out,
+                      char *err, size_t errlen)
+{
+    /* a collision is astronomically unlikely, but never silently share a session: up to 3 tries */
+    for (int attempt = 0; attempt < 3; attempt++) {
         char uuid[37];
         if (chat_uuid4(uuid)) return chat_fail(err, errlen, CHAT_ERR, "no randomness for a session id");
-        snprintf(out->id, sizeof out->id, "%s", uuid);
-        out->created = out->deferred = true;
-        return 0;
-    }
-    if (!requested_id || !*requested_id) {
-        /* A fresh UUID: a collision is astronomically unlikely, but never silently share a session. */
-        for (int attempt = 0; attempt < 3; attempt++) {
-            char uuid[37];
-            if (chat_uuid4(uuid)) return chat_fail(err, errlen, CHAT_ERR, "no randomness for a session id");
-            chat_db_param p[] = {CHAT_DB_P_STR(uuid), CHAT_DB_P_STR(user_id), cust};
-            long long affected = 0;
-            int rc = chat_db_run(db, insert_sql, p, 3, NULL, NULL, &affected, NULL, err, errlen);
-            if (rc) return rc;
-            if (affected == 1) {
-                snprintf(out->id, sizeof out->id, "%s", uuid);
-                out->created = true;
-                return 0;
-            }
+        bool inserted = defer;
+        int rc = defer ? 0 : insert_session(db, uuid, user_id, cust, &inserted, err, errlen);
+        if (rc) return rc;
+        if (inserted) {
+            snprintf(out->id, sizeof out->id, "%s", uuid);
+            out->created = true;
+            out->deferred = defer;
+            return 0;
         }
-        return chat_fail(err, errlen, CHAT_EDB, "could not create a session");
     }
+    return chat_fail(err, errlen, CHAT_EDB, "could not create a session");
+}
 
+/* The session of a requested id: read with its history, created when unknown, checked for its owner, tied
+ * to the customer named first. */
+static int open_requested(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
+                          int max_turns, chat_history *history, chat_session_info *out, char *err, size_t errlen)
+{
     if (!chat_id_valid(requested_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
+    chat_db_param cust = customer_id ? CHAT_DB_P_STR(customer_id) : CHAT_DB_P_NULL();
     session_ctx o;
     int rc = read_session(db, requested_id, max_turns, &o, history, err, errlen);
     if (rc) return rc;
     if (!o.found) {
-        chat_db_param p[] = {CHAT_DB_P_STR(requested_id), CHAT_DB_P_STR(user_id), cust};
-        long long affected = 0;
-        rc = chat_db_run(db, insert_sql, p, 3, NULL, NULL, &affected, NULL, err, errlen);
+        bool inserted;
+        rc = insert_session(db, requested_id, user_id, cust, &inserted, err, errlen);
         if (rc) return rc;
-        if (affected == 1) {
+        if (inserted) {
             snprintf(out->id, sizeof out->id, "%s", requested_id);
             out->created = true;
             return 0;
@@ -242,18 +240,23 @@ int chat_memory_session_owner(chat_db *db, const char *session_id, const char *u
     return 0;
 }
 
-int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
-                     char out_id[CHAT_SESSION_ID_MAX + 1], int *created, char *err, size_t errlen)
+int chat_memory_open_session(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
+                             bool defer_create, int max_turns, chat_history *history, chat_session_info *out,
+                             char *err, size_t errlen)
 {
-    if (created) *created = 0;
-    if (out_id) out_id[0] = '\0';
-    if (!out_id) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
-    chat_session_info info;
-    int rc = chat_memory_open_session(db, user_id, requested_id, customer_id, false, 0, NULL, &info, err, errlen);
-    if (rc) return rc;
-    memcpy(out_id, info.id, sizeof info.id);
-    if (created) *created = info.created;
-    return 0;
+    if (!out) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    memset(out, 0, sizeof *out);
+    if (history) memset(history, 0, sizeof *history);
+    if (!db) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    if (!user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid user id");
+    if (customer_id && !*customer_id) customer_id = NULL;
+    if (customer_id && !chat_id_valid(customer_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid customer id");
+    if (max_turns > HISTORY_TURNS_MAX) max_turns = HISTORY_TURNS_MAX;
+    if (!requested_id || !*requested_id) {
+        chat_db_param cust = customer_id ? CHAT_DB_P_STR(customer_id) : CHAT_DB_P_NULL();
+        return create_new(db, user_id, cust, defer_create, out, err, errlen);
+    }
+    return open_requested(db, user_id, requested_id, customer_id, max_turns, history, out, err, errlen);
 }
 
 void chat_history_clear(chat_history *h)
@@ -263,18 +266,6 @@ void chat_history_clear(chat_history *h)
     free(h->items);
     h->items = NULL;
     h->n = 0;
-}
-
-int chat_memory_history(chat_db *db, const char *session_id, int max_turns, chat_history *out, char *err,
-                        size_t errlen)
-{
-    if (!out) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
-    memset(out, 0, sizeof *out);
-    if (!db || !chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
-    if (max_turns <= 0) return 0;
-    if (max_turns > HISTORY_TURNS_MAX) max_turns = HISTORY_TURNS_MAX;
-    session_ctx o;
-    return read_session(db, session_id, max_turns, &o, out, err, errlen);
 }
 
 /* Checks a turn and fills its 7 parameters (user row, then assistant row). */

@@ -26,12 +26,6 @@ typedef struct chat_history {
     size_t n;
 } chat_history;
 
-/* Opens requested_id for user_id, creating it when unknown; with requested_id NULL or empty, creates a
- * new session with a UUID. out_id receives the session id. Returns 0, CHAT_EFORBIDDEN (owned by
- * another user), CHAT_EINVAL (malformed id) or CHAT_EDB. created (may be NULL) is set to 1 when new. */
-int chat_memory_open(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
-                     char out_id[CHAT_SESSION_ID_MAX + 1], int *created, char *err, size_t errlen);
-
 typedef struct chat_session_info {
     char id[CHAT_SESSION_ID_MAX + 1];
     bool created;   /* the session was created by this call (it has no history) */
@@ -39,13 +33,16 @@ typedef struct chat_session_info {
     bool touch_due; /* its updated_at is older than CHAT_MEMORY_TOUCH_S: pass it to store_turn */
 } chat_session_info;
 
-/* chat_memory_open and chat_memory_history in one round trip for an existing session: opens (or
- * creates) the session and, when history is not NULL and max_turns > 0, fills it with the last max_turns
- * turns, oldest first. history is left empty on every error (CHAT_EFORBIDDEN included). Caller clears
- * history. defer_create: a new session without a requested id gets its UUID with no round trip at all
- * (out->deferred); the caller writes the row with chat_memory_create_session before storing a turn, so
- * the first answer of a conversation starts one database round trip sooner. requested_id must not point
- * into out (out is cleared first). */
+/* Opens requested_id for user_id, creating it when unknown (and tying it to customer_id when it has no
+ * customer yet); with requested_id NULL or empty, creates a new session with a UUID. out->id receives
+ * the session id. When history is not NULL and max_turns > 0 (at most 200), history gets the last
+ * max_turns turns (2 messages each), oldest first, in the same round trip as the ownership check for an
+ * existing session. Returns 0, CHAT_EFORBIDDEN (owned by another user), CHAT_EINVAL (malformed user,
+ * session or customer id), CHAT_EDB, or CHAT_ENOMEM / CHAT_ERR (no memory, no randomness). history is
+ * left empty on every error (CHAT_EFORBIDDEN included); caller clears it. defer_create: a new session
+ * without a requested id gets its UUID with no round trip at all (out->deferred); the caller writes the
+ * row with chat_memory_create_session before storing a turn, so the first answer of a conversation
+ * starts one database round trip sooner. requested_id must not point into out (out is cleared first). */
 int chat_memory_open_session(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
                              bool defer_create, int max_turns, chat_history *history, chat_session_info *out,
                              char *err, size_t errlen);
@@ -66,9 +63,7 @@ int chat_memory_session_owner(chat_db *db, const char *session_id, const char *u
 int chat_memory_create_session(chat_db *db, const char *session_id, const char *user_id, const char *customer_id,
                                char *err, size_t errlen);
 
-/* The last max_turns turns (2 messages each) of the session, oldest first. Caller clears out. */
-int chat_memory_history(chat_db *db, const char *session_id, int max_turns, chat_history *out, char *err,
-                        size_t errlen);
+/* Frees the turns and empties h; accepts NULL and an empty history. */
 void chat_history_clear(chat_history *h);
 
 /* Stores one turn idempotently (request_id unique within the session). metadata_json may be NULL.

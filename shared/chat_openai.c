@@ -6,17 +6,25 @@
  * only lets us look at the clock and the cancel flag from the progress callback, which libcurl calls about
  * once a second while the server is silent; a user pressing "stop" while the model thinks would wait up to
  * a second, and the first-token and stall timers would be as coarse. With the multi API the caller's event
- * loop (chat_llm_loop, in chat_llm.c) drives every transfer: all generations of a loop share its one multi
- * handle, so one thread streams any number of answers, and the multi's connection and DNS caches keep the
- * TLS connection to the provider alive between generations (a worker answers many messages).
+ * loop (chat_llm_loop, in chat_llm.c) drives every transfer: the provider's per-loop state (oai_loop) is
+ * one multi handle shared by all generations of the loop, so one thread streams any number of answers, and
+ * the multi's connection and DNS caches keep the TLS connection to the provider alive between generations
+ * (a worker answers many messages).
+ *
+ * The loop knows nothing of libcurl: it polls the sockets and waits for the timer this file hands it
+ * (libcurl's socket interface, CURLMOPT_SOCKETFUNCTION and CURLMOPT_TIMERFUNCTION, keeps both up to
+ * date) and calls oai_loop_work, which gives libcurl the ready sockets and the expired timer with
+ * curl_multi_socket_action. Only the sockets that moved cost anything, unlike curl_multi_perform, which
+ * visits every transfer on every wake.
  *
  * A generation is therefore a state machine rather than a blocking function: pending (request built,
- * nothing sent; transfers are only ever added to the multi from chat_openai_gen_step, never from inside a
- * libcurl callback, where libcurl forbids it) -> transfer -> (backoff -> transfer) -> finished. The loop
- * calls chat_openai_gen_step when chat_openai_gen_deadline is due or the cancel flag is up, and
- * chat_openai_gen_transfer_done when curl_multi_info_read reports the transfer (found through
- * CURLOPT_PRIVATE). A transfer cut short (cancel, timeout, the [DONE] grace) is removed from the multi,
- * which closes its connection.
+ * nothing sent; transfers are only ever added to the multi from oai_gen_step, never from inside a libcurl
+ * callback, where libcurl forbids it) -> transfer -> (backoff -> transfer) -> finished. The loop calls
+ * oai_gen_step when oai_gen_deadline is due or the cancel flag is up; when curl_multi_info_read reports a
+ * transfer's end (the generation found through CURLOPT_PRIVATE), oai_loop_work ends the attempt and tells
+ * the loop through the generation's resched hook that its deadline moved (to at once when it finished),
+ * so the loop, not libcurl's stack, calls the done callback. A transfer cut short (cancel, timeout, the
+ * [DONE] grace) is removed from the multi, which closes its connection.
  *
  * Timers: connect (CURLOPT_CONNECTTIMEOUT_MS, libcurl's own), first token (no content within
  * llm_first_token_timeout_ms of sending the request; keep-alive comments do not count) and stall (once
@@ -38,6 +46,7 @@
 #include <curl/curl.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -47,6 +56,7 @@
 #include <strings.h>
 
 #include "chat_common.h"
+#include "chat_llm_provider.h"
 #include "chat_log.h"
 #include "chat_sse.h"
 #include "chat_util.h"
@@ -268,12 +278,24 @@ void chat_openai_free(chat_openai *o)
 
 enum oai_state { OAI_PENDING, OAI_TRANSFER, OAI_BACKOFF, OAI_FINISHED };
 
-struct chat_openai_gen {
-    chat_openai *o;
+/* The provider's state on one chat_llm_loop: the multi handle every generation of the loop shares, the
+ * sockets libcurl asked to watch (CURLMOPT_SOCKETFUNCTION; each socket's index + 1 is its
+ * curl_multi_assign pointer, so an update is O(1)) and libcurl's timer (CURLMOPT_TIMERFUNCTION). */
+typedef struct oai_loop {
     CURLM *multi;
-    CURL *easy; /* the current attempt's transfer, in multi; NULL outside OAI_TRANSFER */
-    chat_openai_resched_fn resched;
-    void *priv;
+    struct pollfd *fds;
+    size_t nfds, cap;
+    int64_t timer_due;           /* when curl_multi_socket_action(CURL_SOCKET_TIMEOUT) is due; INT64_MAX: never */
+    struct chat_openai_gen *gens; /* every generation of the loop, for a multi that fails as a whole */
+} oai_loop;
+
+typedef struct chat_openai_gen {
+    chat_openai *o;
+    oai_loop *loop;
+    struct chat_openai_gen *prev, *next; /* loop->gens */
+    CURL *easy; /* the current attempt's transfer, in loop->multi; NULL outside OAI_TRANSFER */
+    void (*resched)(void *loop_gen);
+    void *priv; /* resched's argument */
     chat_sse *sse;
     chat_llm_token_fn fn;
     void *ud;
@@ -300,7 +322,7 @@ struct chat_openai_gen {
     int usage_prompt, usage_completion; /* -1 when the stream gave none */
     int fail_code;                      /* set by a callback: abort with this error */
     char fail_msg[256];
-};
+} chat_openai_gen;
 
 /* Emits the whole characters held in s->hold; with final, a cut character left at the end becomes
  * U+FFFD. Returns non-zero when the caller's callback asked to stop. */
@@ -560,14 +582,6 @@ cleanup:
 
 /* ---- the state machine ---- */
 
-CURLM *chat_openai_multi_new(char *err, size_t errlen)
-{
-    pthread_once(&oai_once, oai_global_init);
-    CURLM *m = oai_global_rc == CURLE_OK ? curl_multi_init() : NULL;
-    if (!m) chat_fail(err, errlen, CHAT_ERR, "libcurl initialisation failed");
-    return m;
-}
-
 static bool oai_cancelled(const chat_openai_gen *s)
 {
     return s->cancel && atomic_load(s->cancel);
@@ -627,9 +641,9 @@ static void oai_begin_attempt(chat_openai_gen *s)
     curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, oai_header_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, s);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, s->priv);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
     s->attempt_t0 = chat_now_ms();
-    if (curl_multi_add_handle(s->multi, e) != CURLM_OK) {
+    if (curl_multi_add_handle(s->loop->multi, e) != CURLM_OK) {
         curl_easy_cleanup(e);
         oai_finish(s, chat_fail(s->err, sizeof s->err, CHAT_ERR, "libcurl could not start the request"));
         return;
@@ -650,7 +664,7 @@ static void oai_end_attempt(chat_openai_gen *s, bool completed, CURLcode cc, boo
     int rc = 0;
     CURL *e = s->easy;
     if (!s->status) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &s->status);
-    curl_multi_remove_handle(s->multi, e); /* closes the connection when the transfer was cut short */
+    curl_multi_remove_handle(s->loop->multi, e); /* closes the connection when the transfer was cut short */
     curl_easy_cleanup(e);
     s->easy = NULL;
 
@@ -695,19 +709,47 @@ static void oai_end_attempt(chat_openai_gen *s, bool completed, CURLcode cc, boo
     s->state = OAI_BACKOFF;
 }
 
-int chat_openai_gen_new(chat_openai *o, CURLM *multi, const chat_llm_request *req, chat_llm_token_fn fn, void *ud,
-                        const atomic_int *cancel, chat_openai_resched_fn resched, void *priv, chat_openai_gen **out,
-                        char *err, size_t errlen)
+static void oai_gen_free(void *gen)
 {
+    chat_openai_gen *s = gen;
+    if (!s) return;
+    if (s->easy) {
+        curl_multi_remove_handle(s->loop->multi, s->easy);
+        curl_easy_cleanup(s->easy);
+    }
+    if (s->prev)
+        s->prev->next = s->next;
+    else if (s->loop->gens == s)
+        s->loop->gens = s->next;
+    if (s->next) s->next->prev = s->prev;
+    curl_slist_free_all(s->headers); /* the Authorization entry is freed with it */
+    free(s->body);
+    chat_sse_free(s->sse);
+    chat_buf_free(&s->hold);
+    chat_buf_free(&s->out);
+    chat_buf_free(&s->errbody);
+    free(s);
+}
+
+/* Builds the request; nothing is sent before the first step (transfers are added to the multi only
+ * there, never from inside a libcurl callback). */
+static int oai_gen_new(void *state, void *loop_state, const chat_llm_request *req, const chat_llm_gen_ctx *ctx,
+                       void **out, char *err, size_t errlen)
+{
+    chat_openai *o = state;
     *out = NULL;
-    if (!o || !multi || !req || (req->n_messages && !req->messages))
+    if (!o || !loop_state || !req || (req->n_messages && !req->messages))
         return chat_fail(err, errlen, CHAT_EINVAL, "invalid LLM request");
     chat_openai_gen *s = calloc(1, sizeof *s);
     if (!s) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
     chat_buf_init(&s->hold);
     chat_buf_init(&s->out);
     chat_buf_init(&s->errbody);
-    s->o = o, s->multi = multi, s->fn = fn, s->ud = ud, s->cancel = cancel, s->resched = resched, s->priv = priv;
+    s->o = o, s->loop = loop_state;
+    s->fn = ctx->fn, s->ud = ctx->ud, s->cancel = ctx->cancel, s->resched = ctx->resched, s->priv = ctx->loop_gen;
+    s->next = s->loop->gens;
+    if (s->next) s->next->prev = s;
+    s->loop->gens = s;
     s->usage_prompt = s->usage_completion = -1;
     s->retry_after_ms = -1;
     s->t0 = chat_now_ms();
@@ -719,7 +761,7 @@ int chat_openai_gen_new(chat_openai *o, CURLM *multi, const chat_llm_request *re
         s->sse = chat_sse_new(oai_on_event, s, OAI_MAX_EVENT_BYTES);
         s->headers = s->body && s->sse ? oai_headers(o->key) : NULL;
         if (!s->headers) {
-            chat_openai_gen_free(s);
+            oai_gen_free(s);
             return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
         }
     }
@@ -727,8 +769,10 @@ int chat_openai_gen_new(chat_openai *o, CURLM *multi, const chat_llm_request *re
     return 0;
 }
 
-int64_t chat_openai_gen_deadline(const chat_openai_gen *s)
+/* The first-token, stall or [DONE]-grace timer of a transfer, or the end of a backoff. */
+static int64_t oai_gen_deadline(const void *gen)
 {
+    const chat_openai_gen *s = gen;
     switch (s->state) {
     case OAI_TRANSFER:
         if (s->done) return s->done_ms + OAI_DONE_GRACE_MS;
@@ -741,8 +785,10 @@ int64_t chat_openai_gen_deadline(const chat_openai_gen *s)
     return INT64_MIN;
 }
 
-bool chat_openai_gen_step(chat_openai_gen *s, int64_t now)
+/* Starts an attempt (the first, or a retry after its backoff), applies the cancel flag and the timers. */
+static bool oai_gen_step(void *gen, int64_t now)
 {
+    chat_openai_gen *s = gen;
     switch (s->state) {
     case OAI_PENDING:
         if (oai_cancelled(s))
@@ -773,33 +819,140 @@ bool chat_openai_gen_step(chat_openai_gen *s, int64_t now)
     return s->state == OAI_FINISHED;
 }
 
-bool chat_openai_gen_transfer_done(chat_openai_gen *s, bool completed, CURLcode cc)
+/* The transfer ended (CURLMSG_DONE with cc), or, with !completed, the multi handle failed: the
+ * generation finishes or backs off before its retry, and the loop hears that its deadline moved. */
+static void oai_transfer_done(chat_openai_gen *s, bool completed, CURLcode cc)
 {
-    if (s->state != OAI_TRANSFER) return s->state == OAI_FINISHED;
+    if (s->state != OAI_TRANSFER) return;
     if (!completed) oai_fail(s, CHAT_ELLM, "LLM transfer failed");
     oai_end_attempt(s, completed, cc, false, 0);
-    return s->state == OAI_FINISHED;
+    if (s->resched) s->resched(s->priv);
 }
 
-int chat_openai_gen_outcome(const chat_openai_gen *s, const chat_llm_result **res, const char **err)
+static int oai_gen_outcome(const void *gen, const chat_llm_result **res, const char **err)
 {
+    const chat_openai_gen *s = gen;
     if (res) *res = &s->res;
     if (err) *err = s->err;
     return s->rc;
 }
 
-void chat_openai_gen_free(chat_openai_gen *s)
+/* ---- the loop's share: one multi handle, driven through libcurl's socket interface ---- */
+
+/* CURLMOPT_SOCKETFUNCTION: keeps L->fds the set of sockets libcurl waits on, with the events it wants. */
+static int oai_socket_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *socketp)
 {
-    if (!s) return;
-    if (s->easy) {
-        curl_multi_remove_handle(s->multi, s->easy);
-        curl_easy_cleanup(s->easy);
+    oai_loop *L = userp;
+    size_t at = (size_t)(uintptr_t)socketp; /* index + 1; 0: not watched yet */
+    if (at > L->nfds || (at && L->fds[at - 1].fd != fd)) at = 0;
+    if (what == CURL_POLL_REMOVE) {
+        if (!at) return 0;
+        L->fds[at - 1] = L->fds[--L->nfds]; /* the last one takes its place */
+        if (at - 1 < L->nfds) curl_multi_assign(L->multi, L->fds[at - 1].fd, (void *)(uintptr_t)at);
+        return 0;
     }
-    curl_slist_free_all(s->headers); /* the Authorization entry is freed with it */
-    free(s->body);
-    chat_sse_free(s->sse);
-    chat_buf_free(&s->hold);
-    chat_buf_free(&s->out);
-    chat_buf_free(&s->errbody);
-    free(s);
+    if (!at) {
+        if (chat_array_reserve(&L->fds, &L->cap, L->nfds, sizeof *L->fds)) return -1; /* libcurl fails it */
+        at = ++L->nfds;
+        L->fds[at - 1].fd = fd;
+        curl_multi_assign(L->multi, fd, (void *)(uintptr_t)at);
+    }
+    L->fds[at - 1].events = (short)((what & CURL_POLL_IN ? POLLIN : 0) | (what & CURL_POLL_OUT ? POLLOUT : 0));
+    L->fds[at - 1].revents = 0;
+    return 0;
 }
+
+/* CURLMOPT_TIMERFUNCTION: when libcurl next wants to look at its timeouts (-1: no timer). */
+static int oai_timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+    oai_loop *L = userp;
+    L->timer_due = timeout_ms < 0 ? INT64_MAX : chat_now_ms() + timeout_ms;
+    return 0;
+}
+
+static int oai_loop_attach(void **loop_state, char *err, size_t errlen)
+{
+    pthread_once(&oai_once, oai_global_init);
+    oai_loop *L = oai_global_rc == CURLE_OK ? calloc(1, sizeof *L) : NULL;
+    if (L) L->multi = curl_multi_init();
+    if (!L || !L->multi) {
+        free(L);
+        return chat_fail(err, errlen, CHAT_ERR, "libcurl initialisation failed");
+    }
+    L->timer_due = INT64_MAX;
+    curl_multi_setopt(L->multi, CURLMOPT_SOCKETFUNCTION, oai_socket_cb);
+    curl_multi_setopt(L->multi, CURLMOPT_SOCKETDATA, L);
+    curl_multi_setopt(L->multi, CURLMOPT_TIMERFUNCTION, oai_timer_cb);
+    curl_multi_setopt(L->multi, CURLMOPT_TIMERDATA, L);
+    *loop_state = L;
+    return 0;
+}
+
+static void oai_loop_detach(void *loop_state)
+{
+    oai_loop *L = loop_state;
+    if (!L) return;
+    curl_multi_cleanup(L->multi); /* may still report cached connections' sockets closing: fds stay until here */
+    free(L->fds);
+    free(L);
+}
+
+static const struct pollfd *oai_loop_fds(void *loop_state, size_t *n, int64_t *due)
+{
+    oai_loop *L = loop_state;
+    *n = L->nfds;
+    *due = L->timer_due;
+    return L->fds;
+}
+
+/* Every transfer libcurl reports finished (found through CURLOPT_PRIVATE). */
+static void oai_loop_reap(oai_loop *L)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(L->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        CURLcode cc = msg->data.result; /* msg is gone once the handle is removed */
+        char *priv = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        if (priv) oai_transfer_done((chat_openai_gen *)(void *)priv, true, cc);
+    }
+}
+
+/* The sockets that are ready, then libcurl's timer; token callbacks run in here. */
+static void oai_loop_work(void *loop_state, const struct pollfd *fds, size_t n, int64_t now)
+{
+    oai_loop *L = loop_state;
+    int running = 0;
+    CURLMcode mc = CURLM_OK;
+    for (size_t i = 0; i < n && (mc == CURLM_OK || mc == CURLM_BAD_SOCKET); i++) {
+        short r = fds[i].revents;
+        if (!r) continue;
+        int ev = (r & (POLLIN | POLLHUP) ? CURL_CSELECT_IN : 0) | (r & POLLOUT ? CURL_CSELECT_OUT : 0) |
+                 (r & (POLLERR | POLLNVAL) ? CURL_CSELECT_ERR : 0);
+        mc = curl_multi_socket_action(L->multi, fds[i].fd, ev, &running);
+    }
+    if ((mc == CURLM_OK || mc == CURLM_BAD_SOCKET) && L->timer_due <= now) {
+        L->timer_due = INT64_MAX; /* the action sets the next one */
+        mc = curl_multi_socket_action(L->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+    if (mc != CURLM_OK && mc != CURLM_BAD_SOCKET) {
+        /* the multi itself failed: every transfer ends with "LLM transfer failed" */
+        for (chat_openai_gen *s = L->gens; s; s = s->next) oai_transfer_done(s, false, CURLE_OK);
+    }
+    oai_loop_reap(L);
+}
+
+/* ---- the provider ---- */
+
+static int oai_open(const chat_config *cfg, void **state, char *err, size_t errlen)
+{
+    *state = chat_openai_new(cfg, err, errlen);
+    return *state ? 0 : CHAT_EINVAL;
+}
+
+static void oai_close(void *state) { chat_openai_free(state); }
+
+static bool oai_instant(const void *state) { return false; }
+
+CHAT_LLM_PROVIDER_DEFINE(chat_openai_provider, "openai", oai, oai_loop, oai_gen);

@@ -4,34 +4,66 @@
  * Design choices:
  * - The classifier vocabulary and the model list are cached and reloaded at most once a minute, so an
  *   admin's SQL change takes effect without a restart and the hot path costs no extra queries.
+ * - The first half (chat_pipeline_begin) is a sequence of stages, one function each, along the progress
+ *   steps: customer access and session (starting), routing and the model in question (agent_routing),
+ *   retrieval (rag_retrieval), the prompt and the answer's confidence (generating). A cancellation is
+ *   honoured between steps.
  * - Follow-ups ("and its torque?") are resolved for retrieval by carrying the model named in the recent
- *   history when the new message names none; the customer's own boat is the next fallback.
- * - confidence = routing certainty and retrieval strength combined, so it moves with both.
+ *   history when the new message names none; the customer's own boat is the next fallback (the one the
+ *   message names by its nickname first). For routing, a message without a signal of its own is
+ *   classified again with the previous question. chat_question_search_text adds what the knowledge base
+ *   states the asked figure with, and what an elliptical follow-up leaves out; a comparison retrieves
+ *   every model's section and favours none.
+ * - Agents are rows of chat_agent.h: the fallback agent, each agent's retrieval rule. The pipeline names
+ *   none.
+ * - confidence is that of the answer the context supports (chat_extractive_confidence), whatever the
+ *   provider: calibrated on tests/data/answers_labelled.tsv (docs/answers.md).
  * - Exactly one terminal event: errors before the first token are error events (nothing useful was
- *   said); failures after it end with complete and finish_reason "error", keeping the partial answer. */
+ *   said); failures after it end with complete and finish_reason "error", keeping the partial answer.
+ * - Never a silent loss: every turn is kept before its complete, in the database or, when the database
+ *   cannot take it, in the process's spool (chat_spool.h), and complete says which ("stored"); a turn
+ *   that is in neither (the database refused it, the spool is full or off) ends with NOT_STORED, the
+ *   client being told instead of a complete that would claim a history it will never have. */
 #include "chat_pipeline.h"
 
 #include <ctype.h>
 #include <json-c/json.h>
-#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "chat_agent.h"
 #include "chat_classify.h"
 #include "chat_common.h"
 #include "chat_customer.h"
+#include "chat_extractive.h"
 #include "chat_kb.h"
 #include "chat_llm.h"
 #include "chat_log.h"
 #include "chat_memory.h"
+#include "chat_metrics.h"
 #include "chat_proto.h"
+#include "chat_question.h"
+#include "chat_spool.h"
 #include "chat_util.h"
 
-#define RELOAD_MS 60000
+#define RELOAD_MS 60000 /* how stale the routing vocabulary and model list may get (an admin's edit) */
 #define MAX_MODELS 64
+
+/* The answer's size limit is llm_max_tokens x ANSWER_BYTES_PER_TOKEN, at least ANSWER_MIN_BYTES: far
+ * above what a provider that honours max_tokens sends (a token is 4 bytes on average), so it only
+ * stops one that never ends. */
+#define ANSWER_BYTES_PER_TOKEN 64
+#define ANSWER_MIN_BYTES 16384
+
+/* Follow-ups. A message routed to the fallback agent below FOLLOW_UP_CONFIDENCE has no routing signal
+ * of its own (the classifier gives 0.3 for none at all; one decisive term gives 0.78): with history it
+ * is classified again together with the previous question. A topic found that way is less certain than
+ * one the message states: its confidence is scaled by FOLLOW_UP_DAMPING. */
+#define FOLLOW_UP_CONFIDENCE 0.5
+#define FOLLOW_UP_DAMPING 0.8
 
 typedef struct model_entry {
     char id[64];
@@ -46,6 +78,7 @@ struct chat_pipeline {
     chat_classifier *clf;
     chat_kb_stats *kb_stats;
     chat_kb_stats *own_stats; /* NULL when the caller's shared one is used */
+    chat_spool *spool;        /* the process's, or NULL: a turn the database cannot take is not kept */
     int64_t vocab_loaded_ms; /* 0 = never */
     model_entry models[MAX_MODELS];
     int n_models;
@@ -85,6 +118,8 @@ void chat_pipeline_free(chat_pipeline *p)
 }
 
 chat_db *chat_pipeline_db(chat_pipeline *p) { return p->db; }
+
+void chat_pipeline_use_spool(chat_pipeline *p, chat_spool *spool) { p->spool = spool; }
 
 void chat_pipeline_share_kb_stats(chat_pipeline *p, chat_kb_stats *stats)
 {
@@ -161,6 +196,7 @@ typedef struct run_ctx {
     chat_buf response;
     int64_t t0_us;
     int64_t first_token_us; /* 0 until the first token */
+    int64_t last_token_us;  /* the latest token, for the inter-token latency */
     int64_t queue_us;       /* from acceptance to the first stage (the worker's queue) */
     int64_t session_us;     /* opening the session and reading its history */
     bool stopped;           /* the sink asked to stop */
@@ -171,7 +207,10 @@ typedef struct run_ctx {
 static int on_token(void *ud, const char *text, size_t len)
 {
     run_ctx *c = ud;
-    if (!c->first_token_us) c->first_token_us = chat_now_us();
+    int64_t now = chat_now_us();
+    if (!c->first_token_us) c->first_token_us = now;
+    else chat_metric_observe(CHAT_METRIC_ITL, 0, (double)(now - c->last_token_us) / 1e6);
+    c->last_token_us = now;
     if (c->response.len + len > c->max_bytes) { /* a provider that never stops must not exhaust memory */
         c->truncated = true;
         return 1;
@@ -279,7 +318,7 @@ struct chat_run {
     char *customer_text, *system, *query;
     chat_llm_message *msgs;
     chat_llm_request lreq;
-    const char *agent; /* a static CHAT_AGENT_* string */
+    const char *agent; /* a chat_agents[] name (static) */
     double confidence;
     int64_t retrieval_us;
     char model_id[64]; /* "" when no model is in question */
@@ -312,21 +351,79 @@ static const char *run_request_id(chat_run *t)
     return t->rid;
 }
 
-/* Stores one turn (the session row first when it is new). The turn is stored before complete is sent,
- * so a client that reads complete and asks a follow-up finds it in the history; storage failure does
- * not withhold the answer already streamed. */
-static void store_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+/* What keeping a turn came to, besides a negative code (not kept: the answer ends with NOT_STORED). */
+enum { KEPT_SPOOLED = 0, KEPT_STORED = 1 };
+
+/* Spools the turn (chat_spool.h): KEPT_SPOOLED, or CHAT_EDB (logged) without a spool or when it cannot
+ * take the turn. */
+static int spool_turn(chat_pipeline *p, chat_run *t, const char *metadata)
 {
+    if (!p->spool) return CHAT_EDB;
+    const chat_request *req = t->req;
+    chat_spool_turn st = {
+        .session_id = t->sid,
+        .request_id = run_request_id(t),
+        .user_id = req->user->id,
+        .customer_id = req->customer_id,
+        .new_session = t->session.deferred,
+        .touch_session = t->session.touch_due,
+        .user_text = req->message,
+        .assistant_text = t->c.response.data ? t->c.response.data : "",
+        .metadata_json = metadata,
+    };
+    char err[256];
+    if (!chat_spool_append(p->spool, &st, err, sizeof err)) return KEPT_SPOOLED;
+    chat_log_error("pipeline: turn %s of session %s neither stored nor spooled: %s", st.request_id, t->sid, err);
+    return CHAT_EDB;
+}
+
+/* Keeps one turn: stored (the session row first when it is new), else spooled when the database cannot
+ * take it now. The turn is kept before complete is sent, so a client that reads complete and asks a
+ * follow-up finds it in the history (or, when it was spooled, is told it is not there yet). While turns
+ * wait in the spool, a new one goes after them, so that a session's turns are stored in order. Returns
+ * KEPT_STORED, KEPT_SPOOLED, or a negative code (logged): refused by the database, or no spool could
+ * take it. */
+static int keep_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+{
+    if (p->spool && chat_spool_pending(p->spool)) return spool_turn(p, t, metadata);
     char err[256];
     const chat_request *req = t->req;
     const char *response = t->c.response.data ? t->c.response.data : "";
     /* A new conversation's session row is written here, with its first turn, not before the answer:
      * nobody knows its id before complete carries it. */
-    if (t->session.deferred && chat_memory_create_session(p->db, t->sid, req->user->id, req->customer_id, err, sizeof err))
-        chat_log_warn("pipeline: creating the session failed: %s", err);
-    else if (chat_memory_store_turn(p->db, t->sid, run_request_id(t), req->message, response, metadata,
-                                    t->session.touch_due, err, sizeof err))
-        chat_log_warn("pipeline: storing the turn failed: %s", err);
+    int rc = t->session.deferred ? chat_memory_create_session(p->db, t->sid, req->user->id, req->customer_id, err,
+                                                              sizeof err)
+                                 : 0;
+    if (!rc)
+        rc = chat_memory_store_turn(p->db, t->sid, run_request_id(t), req->message, response, metadata,
+                                    t->session.touch_due, err, sizeof err);
+    if (!rc) return KEPT_STORED;
+    if (chat_spool_refused(rc, p->db)) {
+        chat_log_error("pipeline: turn %s of session %s refused by the database: %s", run_request_id(t), t->sid, err);
+        return rc;
+    }
+    chat_log_warn("pipeline: storing turn %s failed (%s)%s", run_request_id(t), err, p->spool ? ": spooled" : "");
+    return spool_turn(p, t, metadata);
+}
+
+/* metadata (a JSON object's text) with "stored" added as its last member; NULL when out of memory. */
+static char *metadata_with_stored(const char *metadata, bool stored)
+{
+    size_t n = strlen(metadata);
+    while (n && metadata[n - 1] != '}')
+        n--;
+    if (!n) return NULL;
+    bool empty = true; /* "{}" or "{ }" */
+    for (size_t i = 1; i + 1 < n && empty; i++)
+        empty = strchr(" \t\r\n", metadata[i]) != NULL;
+    chat_buf b;
+    chat_buf_init(&b);
+    if (chat_buf_append(&b, metadata, n - 1) ||
+        chat_buf_printf(&b, "%s\"stored\":%s}", empty ? "" : ",", stored ? "true" : "false")) {
+        chat_buf_free(&b);
+        return NULL;
+    }
+    return chat_buf_take(&b);
 }
 
 static void emit_complete(chat_run *t, const char *metadata)
@@ -334,187 +431,270 @@ static void emit_complete(chat_run *t, const char *metadata)
     if (t->sink.complete) t->sink.complete(t->sink.ud, t->c.response.data ? t->c.response.data : "", t->sid, metadata);
 }
 
-static int finish_turn(chat_pipeline *p, chat_run *t, const char *metadata)
+/* The terminal event of a run whose turn keep_turn kept (kept: its outcome): complete, its metadata
+ * saying whether the turn is stored or spooled; or NOT_STORED when it was not kept. Returns as
+ * chat_pipeline_run (CHAT_EDB for NOT_STORED). */
+static int end_turn(chat_run *t, const char *metadata, int kept)
 {
-    if (!metadata) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
-    store_turn(p, t, metadata);
-    emit_complete(t, metadata);
+    if (kept < 0)
+        return fail_event(&t->sink, CHAT_EDB, CHAT_CODE(NOT_STORED), chat_proto_code_message(CHAT_PROTO_NOT_STORED));
+    char *m = metadata_with_stored(metadata, kept == KEPT_STORED);
+    if (!m) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+    emit_complete(t, m);
+    free(m);
     return 0;
 }
 
-chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const chat_sink *sink,
-                              const atomic_int *cancel, int *rcp)
+static int finish_turn(chat_pipeline *p, chat_run *t, const char *metadata)
 {
+    if (!metadata) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+    return end_turn(t, metadata, keep_turn(p, t, metadata));
+}
+
+/* ---- the first half, stage by stage ----------------------------------------------------------------
+ *
+ * Each stage reads what the ones before it left in the run (and in the begin_state below), emits the
+ * error event itself when it fails and returns the code; chat_pipeline_begin only sequences them, with
+ * a cancellation check before each progress step but the first. */
+
+/* What the first half's stages hand each other beyond the run; lives during chat_pipeline_begin only
+ * (model points into p->models, which the next refresh may rewrite). */
+typedef struct begin_state {
+    chat_pipeline *p;
+    chat_run *t;
     char err[256];
-    int rc = 0, dummy;
-    if (!rcp) rcp = &dummy;
-    *rcp = 0;
+    chat_route route;
+    const model_entry *model; /* the model in question, or NULL */
+    bool model_from_context;  /* not named in the message: from the history or the customer's boat */
+} begin_state;
+
+#define BEGIN_CANCELLED 1 /* a stage's "stop here": the request was cancelled before generation */
+
+static int fail_db(begin_state *s, const char *what, const char *client_message)
+{
+    chat_log_warn("pipeline: %s: %s", what, s->err);
+    return fail_event(&s->t->sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, client_message);
+}
+
+static const char DB_UNAVAILABLE[] = "The database is unavailable, please retry";
+
+/* A run for req with its clock started, or NULL after the error event (an empty message, no memory). */
+static chat_run *run_new(chat_pipeline *p, const chat_request *req, const chat_sink *sink, const atomic_int *cancel,
+                         int *rc)
+{
     if (!req->message || !*req->message || !req->user) {
-        *rcp = fail_event(sink, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
+        *rc = fail_event(sink, CHAT_EINVAL, CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty");
         return NULL;
     }
     chat_run *t = calloc(1, sizeof *t);
     if (!t) {
-        *rcp = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+        *rc = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
         return NULL;
     }
     t->req = req;
     t->sink = *sink;
     t->cancel = cancel;
-    t->agent = CHAT_AGENT_GENERAL;
+    t->agent = chat_agent_fallback()->name;
     /* max_tokens is the provider's limit; this one holds even when a provider ignores it */
-    size_t max_bytes = (size_t)p->cfg.llm_max_tokens * 64;
+    size_t max_bytes = (size_t)p->cfg.llm_max_tokens * ANSWER_BYTES_PER_TOKEN;
     int64_t now = chat_now_us();
     int64_t t0 = req->accepted_us > 0 && req->accepted_us <= now ? req->accepted_us : now;
-    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0, .max_bytes = max_bytes < 16384 ? 16384 : max_bytes};
+    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0,
+                     .max_bytes = max_bytes < ANSWER_MIN_BYTES ? ANSWER_MIN_BYTES : max_bytes};
     chat_buf_init(&t->c.response);
+    return t;
+}
 
-    progress(sink, chat_proto_step_name(CHAT_STEP_STARTING), chat_proto_step_message(CHAT_STEP_STARTING));
+/* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
+ * customer whose email is the token's. Checked first, so a refused request stores nothing; an unknown id
+ * is refused the same way, so ids cannot be probed. */
+static int stage_customer(begin_state *s)
+{
+    chat_run *t = s->t;
+    const chat_request *req = t->req;
+    if (!req->customer_id || !*req->customer_id) return 0;
+    int crc = chat_customer_load(s->p->db, req->customer_id, &t->cust, s->err, sizeof s->err);
+    if (crc == CHAT_EDB) return fail_db(s, "customer", DB_UNAVAILABLE);
+    t->have_customer = crc == 0;
+    bool own = t->have_customer && req->user->email[0] && !strcasecmp(req->user->email, t->cust.email);
+    if (strcmp(s->p->cfg.customer_access, "any") && !own)
+        return fail_event(&t->sink, CHAT_EFORBIDDEN, CHAT_CODE_CUSTOMER_FORBIDDEN,
+                          "You may not access this customer's records");
+    if (t->have_customer) t->customer_text = chat_customer_describe(&t->cust);
+    return 0;
+}
 
-    /* The customer named, when the caller may see their records: with CHAT_CUSTOMER_ACCESS=own only the
-     * customer whose email is the token's. Checked first, so a refused request stores nothing; an
-     * unknown id is refused the same way, so ids cannot be probed. */
-    if (req->customer_id && *req->customer_id) {
-        int crc = chat_customer_load(p->db, req->customer_id, &t->cust, err, sizeof err);
-        if (crc == CHAT_EDB) {
-            chat_log_warn("pipeline: customer: %s", err);
-            rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-            goto fail;
-        }
-        t->have_customer = crc == 0;
-        bool own = t->have_customer && req->user->email[0] && !strcasecmp(req->user->email, t->cust.email);
-        if (strcmp(p->cfg.customer_access, "any") && !own) {
-            rc = fail_event(sink, CHAT_EFORBIDDEN, CHAT_CODE_CUSTOMER_FORBIDDEN,
-                            "You may not access this customer's records");
-            goto fail;
-        }
-        if (t->have_customer) t->customer_text = chat_customer_describe(&t->cust);
-    }
-
-    /* Session and memory. */
+/* The session (opened, or a new one deferred to the first turn) and its recent history. */
+static int stage_session(begin_state *s)
+{
+    chat_run *t = s->t;
+    const chat_request *req = t->req;
     int64_t s0 = chat_now_us();
-    rc = req->session_new ? chat_memory_new_session(req->session_id, &t->session, err, sizeof err)
-                          : chat_memory_open_session(p->db, req->user->id, req->session_id, req->customer_id, true,
-                                                     p->cfg.history_turns, &t->hist, &t->session, err, sizeof err);
+    int rc = req->session_new
+                 ? chat_memory_new_session(req->session_id, &t->session, s->err, sizeof s->err)
+                 : chat_memory_open_session(s->p->db, req->user->id, req->session_id, req->customer_id, true,
+                                            s->p->cfg.history_turns, &t->hist, &t->session, s->err, sizeof s->err);
     t->c.session_us = chat_now_us() - s0;
     memcpy(t->sid, t->session.id, sizeof t->sid);
-    if (rc == CHAT_EFORBIDDEN) {
-        rc = fail_event(sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
-        goto fail;
-    }
-    if (rc == CHAT_EINVAL) {
-        rc = fail_event(sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
-        goto fail;
-    }
-    if (rc) {
-        chat_log_warn("pipeline: session: %s", err);
-        rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-        goto fail;
-    }
-    if (cancelled(cancel)) goto cancel_before_generation;
+    if (rc == CHAT_EFORBIDDEN)
+        return fail_event(&t->sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
+    if (rc == CHAT_EINVAL)
+        return fail_event(&t->sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
+    if (rc) return fail_db(s, "session", DB_UNAVAILABLE);
+    return 0;
+}
 
-    /* Routing. */
-    progress(sink, chat_proto_step_name(CHAT_STEP_AGENT_ROUTING), chat_proto_step_message(CHAT_STEP_AGENT_ROUTING));
-    if (refresh_vocabulary(p, err, sizeof err)) {
-        chat_log_warn("pipeline: vocabulary: %s", err);
-        rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The database is unavailable, please retry");
-        goto fail;
-    }
-    chat_route route;
-    chat_classify(p->clf, req->message, &route);
-    /* A follow-up with no routing signal of its own continues the previous turn's topic. */
-    if (!strcmp(route.agent, CHAT_AGENT_GENERAL) && route.confidence < 0.5 && t->hist.n >= 2) {
+/* Routing: the classifier on the message; a follow-up with no routing signal of its own ("and its
+ * torque?") continues the previous question's topic. */
+static int stage_route(begin_state *s)
+{
+    chat_run *t = s->t;
+    if (refresh_vocabulary(s->p, s->err, sizeof s->err)) return fail_db(s, "vocabulary", DB_UNAVAILABLE);
+    chat_route *route = &s->route;
+    chat_classify(s->p->clf, t->req->message, route);
+    const chat_agent *fallback = chat_agent_fallback();
+    if (!strcmp(route->agent, fallback->name) && route->confidence < FOLLOW_UP_CONFIDENCE && t->hist.n >= 2) {
         chat_buf joined;
         chat_buf_init(&joined);
-        chat_buf_printf(&joined, "%s %s", t->hist.items[t->hist.n - 2].content, req->message);
+        chat_buf_printf(&joined, "%s %s", t->hist.items[t->hist.n - 2].content, t->req->message);
         chat_route prev;
-        chat_classify(p->clf, joined.data, &prev);
-        if (strcmp(prev.agent, CHAT_AGENT_GENERAL)) route = prev, route.confidence *= 0.8;
+        chat_classify(s->p->clf, joined.data, &prev);
+        if (strcmp(prev.agent, fallback->name)) *route = prev, route->confidence *= FOLLOW_UP_DAMPING;
         chat_buf_free(&joined);
     }
-    chat_log_debug("pipeline: routed to %s (%.2f) %s", route.agent, route.confidence, route.explain);
+    chat_log_debug("pipeline: routed to %s (%.2f) %s", route->agent, route->confidence, route->explain);
+    t->agent = route->agent;
+    return 0;
+}
 
-    /* The model in question: named now, else named in recent history, else the customer's boat. */
-    const model_entry *model = find_model(p, req->message);
-    bool model_from_context = false;
+/* The model in question: named now, else the customer's boat the message names by its nickname, else
+ * named in the recent history (newest first), else the customer's first boat. */
+static void stage_model(begin_state *s)
+{
+    chat_run *t = s->t;
+    const model_entry *model = find_model(s->p, t->req->message);
+    const chat_vehicle *boat =
+        !model && t->have_customer ? chat_customer_vehicle_named(&t->cust, t->req->message) : NULL;
+    if (boat) model = model_by_id(s->p, boat->model_id), s->model_from_context = model != NULL;
     for (size_t i = t->hist.n; !model && i > 0; i--) {
-        model = find_model(p, t->hist.items[i - 1].content);
-        model_from_context = model != NULL;
+        model = find_model(s->p, t->hist.items[i - 1].content);
+        s->model_from_context = model != NULL;
     }
     if (!model && t->have_customer && t->cust.n_vehicles) {
-        model = model_by_id(p, t->cust.vehicles[0].model_id);
-        model_from_context = model != NULL;
+        model = model_by_id(s->p, t->cust.vehicles[0].model_id);
+        s->model_from_context = model != NULL;
     }
     if (model) snprintf(t->model_id, sizeof t->model_id, "%s", model->id);
-    if (cancelled(cancel)) goto cancel_before_generation;
+    s->model = model;
+}
 
-    /* Retrieval. */
-    progress(sink, chat_proto_step_name(CHAT_STEP_RAG_RETRIEVAL), chat_proto_step_message(CHAT_STEP_RAG_RETRIEVAL));
-    chat_buf qb;
-    chat_buf_init(&qb);
-    chat_buf_puts(&qb, req->message);
-    if (model && model_from_context) chat_buf_printf(&qb, " %s", model->name);
-    t->query = chat_buf_take(&qb);
+/* Retrieval: the search text (chat_question_search_text: the message, the words that state the figure
+ * it asks for, what a follow-up leaves out, and the model's name when the model came from the context,
+ * so "and its torque?" finds the model's passages), shaped by the agent's retrieval rule, the model (none
+ * for a comparison, which retrieves every model's section) and a fault code. */
+static int stage_retrieve(begin_state *s)
+{
+    chat_run *t = s->t;
+    t->query = chat_question_search_text(t->req->message, &t->hist,
+                                         s->model && s->model_from_context ? s->model->name : NULL,
+                                         t->have_customer ? &t->cust : NULL);
+    if (!t->query) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
+    bool compares;
+    size_t k = chat_question_passages(t->query, (size_t)s->p->cfg.kb_top_k, &compares);
     char code[16];
     chat_kb_query q = {
         .question = t->query,
-        .agent = strcmp(route.agent, CHAT_AGENT_GENERAL) ? route.agent : NULL,
-        .model_id = model ? model->id : NULL,
-        .fault_code = chat_kb_find_fault_code(req->message, code) ? code : NULL,
-        .k = (size_t)p->cfg.kb_top_k,
-        .stats = p->kb_stats,
+        .agent = chat_agent_kb_filter(chat_agent_find(s->route.agent)),
+        .model_id = s->model && !compares ? s->model->id : NULL,
+        .fault_code = chat_kb_find_fault_code(t->query, code) ? code : NULL,
+        .k = k,
+        .stats = s->p->kb_stats,
     };
     int64_t r0 = chat_now_us();
-    rc = chat_kb_search(p->db, &q, &t->kb, err, sizeof err);
+    int rc = chat_kb_search(s->p->db, &q, &t->kb, s->err, sizeof s->err);
     t->retrieval_us = chat_now_us() - r0;
-    if (rc) {
-        chat_log_warn("pipeline: retrieval: %s", err);
-        rc = fail_event(sink, CHAT_EDB, CHAT_CODE_PROCESSING_ERROR, "The knowledge base is unavailable, please retry");
-        goto fail;
-    }
-    double strength = t->kb.n ? 1.0 - exp(-t->kb.top_raw / 6.0) : 0.0;
-    t->agent = route.agent;
-    t->confidence = 0.5 * route.confidence + 0.5 * strength;
-    if (cancelled(cancel)) goto cancel_before_generation;
+    if (rc) return fail_db(s, "retrieval", "The knowledge base is unavailable, please retry");
+    return 0;
+}
 
-    /* The prompt. */
-    progress(sink, chat_proto_step_name(CHAT_STEP_GENERATING), chat_proto_step_message(CHAT_STEP_GENERATING));
-    t->system = build_system_prompt(route.agent, t->customer_text, &t->kb);
+/* The prompt: the system prompt, the history, the message; and the confidence of the answer it grounds. */
+static int stage_prompt(begin_state *s)
+{
+    chat_run *t = s->t;
+    t->system = build_system_prompt(t->agent, t->customer_text, &t->kb);
     size_t nmsg = 0;
     t->msgs = calloc(t->hist.n + 2, sizeof *t->msgs);
-    if (!t->system || !t->msgs) {
-        rc = fail_event(sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
-        goto fail;
-    }
+    if (!t->system || !t->msgs) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
     t->msgs[nmsg++] = (chat_llm_message){"system", t->system};
     for (size_t i = 0; i < t->hist.n; i++)
         t->msgs[nmsg++] = (chat_llm_message){t->hist.items[i].role, t->hist.items[i].content};
-    t->msgs[nmsg++] = (chat_llm_message){"user", req->message};
+    t->msgs[nmsg++] = (chat_llm_message){"user", t->req->message};
     t->lreq = (chat_llm_request){
         .messages = t->msgs,
         .n_messages = nmsg,
-        .max_tokens = p->cfg.llm_max_tokens,
+        .max_tokens = s->p->cfg.llm_max_tokens,
         .question = t->query,
-        .agent = route.agent,
+        .agent = t->agent,
         .passages = &t->kb,
         .customer_context = t->customer_text,
+        .customer = t->have_customer ? &t->cust : NULL,
     };
-    return t;
+    /* composes the extractive answer to measure it (kept for a generation on this thread) */
+    t->confidence = chat_extractive_confidence(&t->lreq);
+    return 0;
+}
 
-cancel_before_generation:
-    {
-        chat_llm_result lr = {0};
-        char *metadata = build_metadata("general", 0, NULL, "cancelled", &lr, &t->c, 0, NULL,
-                                        chat_llm_provider_name(p->llm));
-        *rcp = finish_turn(p, t, metadata);
-        free(metadata);
-    }
-    turn_free(t);
-    return NULL;
+/* The step's progress event, with its default message. */
+static void announce(const chat_sink *sink, chat_proto_step step)
+{
+    progress(sink, chat_proto_step_name(step), chat_proto_step_message(step));
+}
 
-fail:
+/* The stages in order, each progress step announced first. 0: ready to generate; BEGIN_CANCELLED; or
+ * the negative code of the error event emitted. */
+static int begin_stages(begin_state *s)
+{
+    const chat_sink *sink = &s->t->sink;
+    const atomic_int *cancel = s->t->cancel;
+    int rc;
+    announce(sink, CHAT_STEP_STARTING);
+    if ((rc = stage_customer(s)) || (rc = stage_session(s))) return rc;
+    if (cancelled(cancel)) return BEGIN_CANCELLED;
+    announce(sink, CHAT_STEP_AGENT_ROUTING);
+    if ((rc = stage_route(s))) return rc;
+    stage_model(s);
+    if (cancelled(cancel)) return BEGIN_CANCELLED;
+    announce(sink, CHAT_STEP_RAG_RETRIEVAL);
+    if ((rc = stage_retrieve(s))) return rc;
+    if (cancelled(cancel)) return BEGIN_CANCELLED;
+    announce(sink, CHAT_STEP_GENERATING);
+    return stage_prompt(s);
+}
+
+/* A request cancelled before generation ends with complete, finish_reason cancelled and no answer. */
+static int end_cancelled(chat_pipeline *p, chat_run *t)
+{
+    chat_llm_result lr = {0};
+    char *metadata = build_metadata(chat_agent_fallback()->name, 0, NULL, "cancelled", &lr, &t->c, 0, NULL,
+                                    chat_llm_provider_name(p->llm));
+    int rc = finish_turn(p, t, metadata);
+    free(metadata);
+    return rc;
+}
+
+chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const chat_sink *sink,
+                              const atomic_int *cancel, int *rcp)
+{
+    int dummy;
+    if (!rcp) rcp = &dummy;
+    *rcp = 0;
+    chat_run *t = run_new(p, req, sink, cancel, rcp);
+    if (!t) return NULL;
+    begin_state s = {.p = p, .t = t};
+    int rc = begin_stages(&s);
+    if (!rc) return t;
+    *rcp = rc == BEGIN_CANCELLED ? end_cancelled(p, t) : rc;
     turn_free(t);
-    *rcp = rc;
     return NULL;
 }
 
@@ -531,6 +711,22 @@ void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, c
 
 /* The metadata for the run's outcome; NULL after the error event was emitted (the model failed before
  * any text, or out of memory), with *rc its code. */
+/* The answer's figures for the operators' scrape (chat_metrics.h): latencies by agent from the
+ * moment the request was accepted, tokens by provider, the answer by finish_reason. */
+static void record_metrics(chat_pipeline *p, const chat_run *t, const char *finish)
+{
+    unsigned agent = chat_metric_label(CHAT_METRIC_LABEL_AGENT, t->agent);
+    unsigned provider = chat_metric_label(CHAT_METRIC_LABEL_PROVIDER, chat_llm_provider_name(p->llm));
+    if (t->c.first_token_us)
+        chat_metric_observe(CHAT_METRIC_TTFT, agent, (double)(t->c.first_token_us - t->c.t0_us) / 1e6);
+    chat_metric_observe(CHAT_METRIC_E2E, agent, (double)(chat_now_us() - t->c.t0_us) / 1e6);
+    chat_metric_observe(CHAT_METRIC_RETRIEVAL, agent, (double)t->retrieval_us / 1e6);
+    chat_metric_inc(CHAT_METRIC_ANSWERS, chat_metric_label(CHAT_METRIC_LABEL_FINISH, finish), 1);
+    chat_metric_inc(CHAT_METRIC_PROMPT_TOKENS, provider, (uint64_t)(t->gen_res.prompt_tokens > 0 ? t->gen_res.prompt_tokens : 0));
+    chat_metric_inc(CHAT_METRIC_GENERATION_TOKENS, provider,
+                    (uint64_t)(t->gen_res.completion_tokens > 0 ? t->gen_res.completion_tokens : 0));
+}
+
 static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
 {
     const chat_llm_result *lr = &t->gen_res;
@@ -549,10 +745,45 @@ static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
         }
         finish = "error";
     }
+    record_metrics(p, t, finish);
     char *metadata = build_metadata(t->agent, t->confidence, &t->kb, finish, lr, &t->c, t->retrieval_us,
                                     t->model_id[0] ? t->model_id : NULL, chat_llm_provider_name(p->llm));
     if (!metadata) *rc = fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
     return metadata;
+}
+
+/* Keeps the turns of a group of at most CHAT_MEMORY_BATCH_MAX runs (meta[i]: run i's metadata, NULL for
+ * a run that ended already): in one statement where it can, else one by one (a new session's row first,
+ * and alone); kept[i] gets each one's outcome as keep_turn gives it. */
+static void keep_group(chat_pipeline *p, chat_run *const *runs, char *const *meta, size_t m, int *kept)
+{
+    chat_memory_turn turns[CHAT_MEMORY_BATCH_MAX];
+    size_t idx[CHAT_MEMORY_BATCH_MAX], nb = 0;
+    bool together = m > 1 && !(p->spool && chat_spool_pending(p->spool)); /* else after the spooled ones */
+    for (size_t i = 0; i < m; i++) {
+        chat_run *t = runs[i];
+        if (!meta[i]) continue;
+        if (!together || t->session.deferred) {
+            kept[i] = keep_turn(p, t, meta[i]);
+            continue;
+        }
+        turns[nb] = (chat_memory_turn){t->sid, run_request_id(t), t->req->message,
+                                       t->c.response.data ? t->c.response.data : "", meta[i]};
+        idx[nb++] = i;
+    }
+    char err[256];
+    if (nb > 1 && !chat_memory_store_turns(p->db, turns, nb, err, sizeof err)) {
+        for (size_t k = 0; k < nb; k++) {
+            chat_run *t = runs[idx[k]];
+            kept[idx[k]] = KEPT_STORED;
+            if (t->session.touch_due && chat_memory_touch_session(p->db, t->sid, err, sizeof err))
+                chat_log_warn("pipeline: touching the session failed: %s", err);
+        }
+        return;
+    }
+    if (nb > 1) chat_log_debug("pipeline: %zu turns not stored together (%s): one by one", nb, err);
+    for (size_t k = 0; k < nb; k++)
+        kept[idx[k]] = keep_turn(p, runs[idx[k]], meta[idx[k]]);
 }
 
 /* Ends runs whose outcome is recorded; rcs (may be NULL) gets each one's return code. */
@@ -561,35 +792,18 @@ static void end_runs(chat_pipeline *p, chat_run *const *runs, size_t n, int *rcs
     for (size_t at = 0; at < n; at += CHAT_MEMORY_BATCH_MAX) {
         size_t m = n - at < CHAT_MEMORY_BATCH_MAX ? n - at : CHAT_MEMORY_BATCH_MAX;
         char *meta[CHAT_MEMORY_BATCH_MAX] = {0};
-        chat_memory_turn turns[CHAT_MEMORY_BATCH_MAX];
-        size_t idx[CHAT_MEMORY_BATCH_MAX], nb = 0;
+        int kept[CHAT_MEMORY_BATCH_MAX] = {0};
         for (size_t i = 0; i < m; i++) {
-            chat_run *t = runs[at + i];
             int rc;
-            meta[i] = run_metadata(p, t, &rc);
+            meta[i] = run_metadata(p, runs[at + i], &rc);
             if (rcs) rcs[at + i] = rc;
-            if (!meta[i]) continue;
-            if (t->session.deferred || m == 1) { /* a new session's row first, and alone: one by one */
-                store_turn(p, t, meta[i]);
-                continue;
-            }
-            turns[nb] = (chat_memory_turn){t->sid, run_request_id(t), t->req->message,
-                                           t->c.response.data ? t->c.response.data : "", meta[i]};
-            idx[nb++] = i;
         }
-        char err[256];
-        if (nb == 1 || (nb > 1 && chat_memory_store_turns(p->db, turns, nb, err, sizeof err))) {
-            if (nb > 1) chat_log_debug("pipeline: %zu turns not stored together (%s): one by one", nb, err);
-            for (size_t k = 0; k < nb; k++) store_turn(p, runs[at + idx[k]], meta[idx[k]]);
-        } else {
-            for (size_t k = 0; k < nb; k++) {
-                chat_run *t = runs[at + idx[k]];
-                if (t->session.touch_due && chat_memory_touch_session(p->db, t->sid, err, sizeof err))
-                    chat_log_warn("pipeline: touching the session failed: %s", err);
-            }
-        }
+        keep_group(p, runs + at, meta, m, kept);
         for (size_t i = 0; i < m; i++) {
-            if (meta[i]) emit_complete(runs[at + i], meta[i]);
+            if (meta[i]) {
+                int rc = end_turn(runs[at + i], meta[i], kept[i]);
+                if (rcs) rcs[at + i] = rc;
+            }
             free(meta[i]);
             turn_free(runs[at + i]);
         }

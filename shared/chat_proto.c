@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_classify.h"
+#include "chat_agent.h"
 #include "chat_common.h"
 #include "chat_util.h"
 
@@ -221,11 +221,10 @@ size_t chat_proto_escape(const char *s, size_t n, char *out)
 
 /* ---- builders ---- */
 
-/* A json-c string from s, with malformed UTF-8 replaced by U+FFFD (NULL gives ""). */
-static json_object *new_str(const char *s)
+/* A json-c string from s[0..n), with malformed UTF-8 replaced by U+FFFD (NULL gives ""). */
+json_object *chat_proto_json_string(const char *s, size_t n)
 {
-    if (!s) s = "";
-    size_t n = strlen(s);
+    if (!s) s = "", n = 0;
     if (chat_utf8_valid(s, n)) return json_object_new_string_len(s, (int)(n > INT_MAX ? INT_MAX : n));
     chat_buf b;
     chat_buf_init(&b);
@@ -242,6 +241,11 @@ static json_object *new_str(const char *s)
     json_object *o = b.len <= INT_MAX ? json_object_new_string_len(b.data, (int)b.len) : NULL;
     chat_buf_free(&b);
     return o;
+}
+
+static json_object *new_str(const char *s)
+{
+    return chat_proto_json_string(s, s ? strlen(s) : 0);
 }
 
 /* Adds val under key; on failure (val NULL or insertion failed) frees val and returns -1. */
@@ -279,15 +283,6 @@ static char *finish(json_object *obj, int failed)
     return out;
 }
 
-/* {"type": type} plus one string field, the shape most frames share. */
-static char *typed_with(const char *type, const char *key, const char *value)
-{
-    json_object *o = json_object_new_object();
-    if (!o) return NULL;
-    int failed = add_str(o, "type", type) || add_str(o, key, value);
-    return finish(o, failed);
-}
-
 char *chat_proto_auth_success(const chat_user *user)
 {
     static const chat_user nobody;
@@ -305,9 +300,21 @@ char *chat_proto_auth_success(const chat_user *user)
     return finish(o, add(o, "user", u));
 }
 
-char *chat_proto_auth_error(const char *message)
+char *chat_proto_auth_error(const char *message, const char *code)
 {
-    return typed_with(TYPE(AUTH_ERROR), "message", message ? message : "Invalid token");
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", TYPE(AUTH_ERROR)) || add_str(o, "message", message ? message : "Invalid token") ||
+                 (code && add_str(o, "code", code));
+    return finish(o, failed);
+}
+
+char *chat_proto_auth_expiring(long long expires_in)
+{
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    int failed = add_str(o, "type", TYPE(AUTH_EXPIRING)) || add(o, "expires_in", json_object_new_int64(expires_in));
+    return finish(o, failed);
 }
 
 char *chat_proto_progress(const char *step)
@@ -404,7 +411,7 @@ char *chat_proto_token(const char *token, size_t token_len, const char *partial,
 }
 
 /* The pipeline's metadata as an object; {} when absent or not a JSON object. */
-static json_object *parse_metadata(const char *text)
+json_object *chat_proto_metadata_object(const char *text)
 {
     json_object *m = NULL;
     size_t n = text ? strlen(text) : 0;
@@ -441,7 +448,7 @@ char *chat_proto_complete_of(const chat_proto_ref *ref, const char *response, co
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     int failed = add_str(o, "type", TYPE(COMPLETE)) || add_str(o, "response", response) ||
-                 add_str_or_null(o, "session_id", ref->session_id) || add(o, "metadata", parse_metadata(metadata_json)) ||
+                 add_str_or_null(o, "session_id", ref->session_id) || add(o, "metadata", chat_proto_metadata_object(metadata_json)) ||
                  add_answer_of(o, ref);
     return finish(o, failed);
 }
@@ -477,7 +484,7 @@ static json_object *cancelled_metadata(void)
 {
     json_object *m = json_object_new_object();
     if (!m) return NULL;
-    int failed = add_str(m, "agent", CHAT_AGENT_GENERAL) || add(m, "confidence", json_object_new_int(0)) ||
+    int failed = add_str(m, "agent", chat_agent_fallback()->name) || add(m, "confidence", json_object_new_int(0)) ||
                  add(m, "context", obj1("sources", json_object_new_array())) ||
                  add_str(m, "finish_reason", "cancelled") || add(m, "usage", zero_usage()) ||
                  add(m, "timings", json_object_new_object());
@@ -528,7 +535,7 @@ char *chat_proto_rest_answer(const char *response, const char *session_id, const
     json_object *o = json_object_new_object();
     if (!o) return NULL;
     int failed = add_str(o, "response", response) || add_str(o, "session_id", session_id) ||
-                 add(o, "metadata", parse_metadata(metadata_json));
+                 add(o, "metadata", chat_proto_metadata_object(metadata_json));
     return finish(o, failed);
 }
 
@@ -792,7 +799,11 @@ int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, cha
 
 cleanup:
     json_object_put(root);
-    if (rc) chat_in_clear(in);
+    if (rc) {
+        chat_in_type refused = in->type; /* which frame was refused stays known (chat_proto.h) */
+        chat_in_clear(in);
+        in->type = refused;
+    }
     return rc;
 }
 
@@ -809,4 +820,44 @@ void chat_in_clear(chat_in *in)
     free(in->attach_session);
     free(in->answer_id);
     memset(in, 0, sizeof *in);
+}
+
+/* ---- recognising an auth attempt in a frame that does not parse ---- */
+
+/* A string ended: it may be the member name "type" or, right after "type":, the value "auth". */
+static void scan_string_end(chat_proto_scan *sc)
+{
+    bool four = sc->len == 4;
+    if (sc->seq == 2 && four && sc->is_auth) sc->auth = true;
+    sc->seq = sc->depth == 1 && four && sc->is_type ? 1 : 0;
+}
+
+void chat_proto_scan_feed(chat_proto_scan *sc, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && !sc->auth; i++) {
+        char c = data[i];
+        if (sc->in_str) {
+            if (sc->esc || c == '\\') { /* an escape: this string is not spelt plainly "type" or "auth" */
+                sc->esc = !sc->esc && c == '\\';
+                sc->is_type = sc->is_auth = false;
+            } else if (c == '"') {
+                sc->in_str = false;
+                scan_string_end(sc);
+            } else {
+                sc->is_type = sc->is_type && sc->len < 4 && c == "type"[sc->len];
+                sc->is_auth = sc->is_auth && sc->len < 4 && c == "auth"[sc->len];
+                if (sc->len < 5) sc->len++;
+            }
+        } else if (c == '"') {
+            sc->in_str = true;
+            sc->len = 0;
+            sc->is_type = sc->is_auth = true;
+        } else if (c == ':' && sc->seq == 1) {
+            sc->seq = 2;
+        } else if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+            if ((c == '{' || c == '[') && sc->depth < 255) sc->depth++;
+            if ((c == '}' || c == ']') && sc->depth > 0) sc->depth--;
+            sc->seq = 0;
+        }
+    }
 }

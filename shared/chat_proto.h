@@ -31,9 +31,13 @@
     X(CUSTOMER_FORBIDDEN, 403, "You may not access this customer's records")                                   \
     X(RATE_LIMITED, 429, "Too many messages, please slow down")                                                \
     X(OVERLOADED, 503, "The server is busy, please retry shortly")                                             \
-    /* REST only: */                                                                                          \
+    /* the answer was generated but its turn could be neither stored nor spooled: not in the history */     \
+    X(NOT_STORED, 503, "The answer could not be saved to the conversation, please ask again")                 \
+    /* auth_error on WebSocket, 401 on REST: the token was refused */                                         \
     X(INVALID_TOKEN, 401, "Invalid token")                                                                     \
     X(TOKEN_EXPIRED, 401, "Token expired")                                                                     \
+    X(USER_MISMATCH, 403, "The token is for another user than this connection's")                             \
+    /* REST only: */                                                                                          \
     X(FORBIDDEN, 403, "Forbidden")                                                                             \
     X(NOT_FOUND, 404, "Not found")                                                                             \
     X(METHOD_NOT_ALLOWED, 405, "Method not allowed")                                                           \
@@ -67,6 +71,9 @@ typedef enum chat_proto_code {
 #define CHAT_CODE_RATE_LIMITED CHAT_CODE(RATE_LIMITED)
 #define CHAT_CODE_OVERLOADED CHAT_CODE(OVERLOADED)
 #define CHAT_CODE_INVALID_REQUEST CHAT_CODE(INVALID_REQUEST)
+#define CHAT_CODE_INVALID_TOKEN CHAT_CODE(INVALID_TOKEN)
+#define CHAT_CODE_TOKEN_EXPIRED CHAT_CODE(TOKEN_EXPIRED)
+#define CHAT_CODE_USER_MISMATCH CHAT_CODE(USER_MISMATCH)
 
 /* A code's name, HTTP status and default client message. An out-of-range value reads as
  * PROCESSING_ERROR, so a caller always has something to send. Static strings; any thread. */
@@ -109,6 +116,7 @@ bool chat_proto_step_lookup(const char *name, chat_proto_step *out);
 #define CHAT_PROTO_SERVER_FRAMES(X)                                                                           \
     X(AUTH_SUCCESS, "auth_success")                                                                            \
     X(AUTH_ERROR, "auth_error")                                                                                \
+    X(AUTH_EXPIRING, "auth_expiring") /* the token expires soon: send a fresh one */                          \
     X(PROGRESS, "progress")                                                                                    \
     X(TOKEN, "token")                                                                                          \
     X(COMPLETE, "complete")                                                                                    \
@@ -151,7 +159,9 @@ typedef struct chat_in {
 
 /* Parses one client frame. On success returns 0 and fills in (free with chat_in_clear).
  * On failure returns CHAT_EINVAL and sets *code to one of the CHAT_CODE_* strings and err to the
- * client-facing message. max_message_bytes bounds the "message" field (MESSAGE_TOO_LONG). */
+ * client-facing message; in holds nothing but in->type, set when the frame named a known type (an
+ * auth frame without a valid token is still answered as an auth), 0 otherwise. max_message_bytes bounds
+ * the "message" field (MESSAGE_TOO_LONG). */
 int chat_proto_parse(const char *json, size_t len, size_t max_message_bytes, chat_in *in, const char **code,
                      char *err, size_t errlen);
 void chat_in_clear(chat_in *in);
@@ -168,6 +178,21 @@ struct json_object;
 int chat_proto_message_fields(struct json_object *obj, size_t max_message_bytes, chat_in *in, const char **code,
                               char *err, size_t errlen);
 
+/* Recognises an auth attempt in a frame the parser cannot take (not JSON, or too long to be parsed), so
+ * that it too is answered with auth_error: the frame has the member "type": "auth" at its top level
+ * (any position, blanks allowed; escapes inside the two strings are not decoded). Fed in pieces, for a
+ * frame that arrives in fragments: zero the struct at the frame's start, then call chat_proto_scan_feed
+ * on each piece; auth is set once the member has been seen. O(1) memory. */
+typedef struct chat_proto_scan {
+    unsigned char depth; /* nesting of objects and arrays (saturating) */
+    unsigned char len;   /* bytes of the current string so far (saturating at 5) */
+    unsigned char seq;   /* 0; 1 after a top-level "type"; 2 after "type": */
+    bool in_str, esc;
+    bool is_type, is_auth; /* the current string is so far a prefix of "type" / "auth" */
+    bool auth;
+} chat_proto_scan;
+void chat_proto_scan_feed(chat_proto_scan *sc, const char *data, size_t len);
+
 /* The message text without leading and trailing whitespace (ASCII and the Unicode spaces): returns a pointer into s and its length in *outlen. Both front ends use it,
  * so a message is empty, or too long, the same way over WebSocket and REST. */
 const char *chat_proto_trim(const char *s, size_t n, size_t *outlen);
@@ -183,7 +208,13 @@ typedef struct chat_proto_ref {
 } chat_proto_ref;
 
 char *chat_proto_auth_success(const chat_user *user);
-char *chat_proto_auth_error(const char *message);
+/* code: one of the CHAT_CODE_* strings, so that a client can tell a refused token (INVALID_TOKEN,
+ * TOKEN_EXPIRED) from a refused frame (MESSAGE_TOO_LONG, INVALID_JSON, INVALID_REQUEST, RATE_LIMITED...);
+ * NULL omits the field (the spec's exact shape). */
+char *chat_proto_auth_error(const char *message, const char *code);
+/* {"type":"auth_expiring","expires_in":N}: the connection's token expires in N seconds; an auth message
+ * with a fresh token for the same user keeps the connection going. */
+char *chat_proto_auth_expiring(long long expires_in);
 char *chat_proto_progress(const char *step); /* the step's default message ("Processing..." if unknown) */
 char *chat_proto_progress_step(chat_proto_step step);
 char *chat_proto_progress_msg(const char *step, const char *message);
@@ -242,5 +273,12 @@ char *chat_proto_rest_error(const char *message, const char *code);
 char *chat_proto_rest_answer(const char *response, const char *session_id, const char *metadata_json);
 /* The REST error body for out of memory, a static text for when even building one fails. */
 extern const char chat_proto_rest_error_oom[];
+
+/* For the wire formats built on this protocol's events (the OpenAI-compatible API, chat_openai_api.h):
+ * the pipeline's metadata text as a json-c object ({} when absent or not a JSON object), and a json-c
+ * string of s[0..n) (NULL: "") repaired as every builder here repairs strings. NULL on out of memory; the
+ * caller puts them. */
+struct json_object *chat_proto_metadata_object(const char *metadata_json);
+struct json_object *chat_proto_json_string(const char *s, size_t n);
 
 #endif

@@ -1,4 +1,4 @@
-/* Incremental Server-Sent Events parser (WHATWG HTML "event stream interpretation").
+/* Server-Sent Events (WHATWG HTML "event stream interpretation"): the incremental parser and the writer.
  *
  * Design: a byte-level state machine that never needs to look ahead, so a feed may end anywhere (inside a
  * BOM, between CR and LF, inside a UTF-8 sequence) and the result is identical to one big feed. Carried
@@ -8,7 +8,11 @@
  *
  * Bounds: comment lines are skipped without being buffered (servers may send long keep-alive padding),
  * a field line may hold at most max_event_bytes + a little for the field name, and the data of one event
- * at most max_event_bytes; beyond that the parser fails with CHAT_EINVAL and stays failed until reset. */
+ * at most max_event_bytes; beyond that the parser fails with CHAT_EINVAL and stays failed until reset.
+ *
+ * The writer splits data at line breaks into data: lines, so whatever it writes this parser (and any
+ * other) reads back as the same event; the REST API's JSON has no raw line breaks, so in practice an
+ * event is one data: line. */
 #include "chat_sse.h"
 
 #include <stdbool.h>
@@ -176,4 +180,24 @@ int chat_sse_feed(chat_sse *p, const char *buf, size_t len)
         if (rc) return rc;
     }
     return sse_bytes(p, buf + i, len - i);
+}
+
+int chat_sse_write(chat_buf *out, const char *event, const char *data, size_t len)
+{
+    if (event && strpbrk(event, "\r\n")) return CHAT_EINVAL;
+    if (!data) data = "", len = 0;
+    if (event && (chat_buf_puts(out, "event: ") || chat_buf_puts(out, event) || chat_buf_puts(out, "\n")))
+        return CHAT_ENOMEM;
+    for (size_t i = 0;;) {
+        size_t k = i;
+        while (k < len && data[k] != '\r' && data[k] != '\n')
+            k++;
+        if (chat_buf_puts(out, k > i ? "data: " : "data:") || chat_buf_append(out, data + i, k - i) ||
+            chat_buf_puts(out, "\n"))
+            return CHAT_ENOMEM;
+        if (k == len) break;
+        if (data[k] == '\r' && k + 1 < len && data[k + 1] == '\n') k++;
+        i = k + 1;
+    }
+    return chat_buf_puts(out, "\n") ? CHAT_ENOMEM : 0;
 }

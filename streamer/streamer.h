@@ -15,6 +15,7 @@
 enum {
     ST_CLOSE_NORMAL = 1000,      /* idle timeout */
     ST_CLOSE_GOING_AWAY = 1001,  /* server shutting down */
+    ST_CLOSE_PROTOCOL = 1002,    /* an unmasked client frame */
     ST_CLOSE_UNSUPPORTED = 1003, /* binary frame */
     ST_CLOSE_BAD_DATA = 1007,    /* invalid UTF-8 (sent by lws) */
     ST_CLOSE_POLICY = 1008,      /* slow consumer */

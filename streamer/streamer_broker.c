@@ -25,6 +25,7 @@
  *   under its own id, like a job's; a subscription takes no slot.
  * - A client that leaves DETACHes its job: the answer goes on (the workers' CHAT_ORPHAN_POLICY). Token
  *   events carry their piece's number (seq), progress and complete their answer's ids.
+ * - Workers on other hosts: CurveZMQ, set up by chat_curve_server before the bind (chat_curve.h).
  *
  * Settings beyond chat_config (streamer-only, read here): CHAT_STREAMER_QUEUE_MAX (jobs waiting for a
  * worker, default 1024) and CHAT_STREAMER_QUEUE_WAIT_MS (how long one may wait, default 5000). */
@@ -45,7 +46,9 @@
 
 #include "chat_common.h"
 #include "chat_config.h"
+#include "chat_curve.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_proto.h"
 #include "chat_util.h"
 #include "streamer_map.h"
@@ -127,6 +130,7 @@ struct sb_broker {
 
     void *zctx;
     void *router;
+    chat_curve_zap *curve; /* the ZAP handler when CURVE is on (chat_curve.h), else NULL */
     int efd;
     pthread_t thread;
     bool started;
@@ -294,6 +298,7 @@ static void emit_error(sb_broker *b, sb_job *job, const char *code, const char *
 {
     sb_event *e = emit_json(b, job, chat_proto_error(message, code), true, NULL);
     if (e) e->error = 1;
+    chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, code), 1);
 }
 
 /* A piece, numbered (kind SB_EV_TOKEN), or an answer's text so far of which the client has the first
@@ -394,6 +399,7 @@ static void q_push(sb_broker *b, sb_job *job, bool front, int64_t now)
     }
     b->q_len++;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
 }
 
 static sb_job *q_pop(sb_broker *b)
@@ -405,6 +411,7 @@ static sb_job *q_pop(sb_broker *b)
     j->next = NULL;
     b->q_len--;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
     return j;
 }
 
@@ -419,6 +426,7 @@ static bool q_remove(sb_broker *b, sb_job *job)
     job->next = NULL;
     b->q_len--;
     atomic_store(&b->n_queued, b->q_len);
+    chat_metric_gauge_set(CHAT_METRIC_QUEUED, 0, b->q_len);
     return true;
 }
 
@@ -434,6 +442,11 @@ static void publish_counts(sb_broker *b)
     atomic_store(&b->n_live, live);
     atomic_store(&b->n_busy, busy);
     atomic_store(&b->n_running, busy);
+    int procs = 0;
+    for (sb_worker *w = b->workers; w; w = w->next) procs += !w->retiring;
+    chat_metric_gauge_set(CHAT_METRIC_WORKERS, 0, procs);
+    chat_metric_gauge_set(CHAT_METRIC_WORKER_SLOTS, 0, live);
+    chat_metric_gauge_set(CHAT_METRIC_WORKER_SLOTS_BUSY, 0, busy);
     b->workers_changed = true;
 }
 
@@ -1138,6 +1151,7 @@ static void *broker_main(void *arg)
             continue;
         }
         now = chat_now_ms();
+        chat_metric_gauge_set(CHAT_METRIC_IN_FLIGHT, 0, (int64_t)b->jobs.n); /* as of the last turn: cheap */
         if (items[1].revents & ZMQ_POLLIN) {
             uint64_t v;
             ssize_t r = read(b->efd, &v, sizeof v);
@@ -1221,6 +1235,7 @@ sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wak
     zmq_setsockopt(b->router, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(b->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(b->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    if (chat_curve_server(b->zctx, b->router, b->endpoint, &b->curve, err, errlen)) goto fail;
     ensure_ipc_dir(b->endpoint);
     if (zmq_bind(b->router, b->endpoint)) {
         chat_fail(err, errlen, CHAT_ERR, "broker: cannot bind %s: %s", b->endpoint, zmq_strerror(errno));
@@ -1263,6 +1278,7 @@ void sb_broker_free(sb_broker *b)
     sb_broker_stop(b);
     if (b->router) zmq_close(b->router);
     if (b->zctx) zmq_ctx_term(b->zctx);
+    chat_curve_zap_free(b->curve); /* its thread ended with the context */
     if (b->efd >= 0) close(b->efd);
     for (sb_cmd *c = b->cmd_head, *n; c; c = n) {
         n = c->next;
@@ -1362,6 +1378,7 @@ void sb_broker_stats(sb_broker *b, sb_stats *out)
     out->jobs_running = atomic_load(&b->n_running);
     out->jobs_done = atomic_load(&b->n_done);
     out->jobs_failed = atomic_load(&b->n_failed);
+    chat_curve_zap_stats(b->curve, &out->curve);
 }
 
 size_t sb_broker_workers_json(sb_broker *b, char *buf, size_t len, size_t cap)

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "chat_config.h"
+#include "chat_curve.h"
 #include "chat_wire.h"
 
 /* A job: allocated by sb_job_new (a JOB for a worker, with its own copy of the spec, chat_wire_job_dup)
@@ -68,12 +69,14 @@ typedef struct sb_stats {
     int jobs_running;
     unsigned long long jobs_done;
     unsigned long long jobs_failed;
+    chat_curve_stats curve; /* workers refused by CURVE (chat_curve.h); zeros without CURVE */
 } sb_stats;
 
 typedef struct sb_broker sb_broker;
 
-/* Binds the ROUTER at cfg->zmq_endpoint (the directory of an ipc path is created if missing).
- * wake(wake_ud) is called from the broker thread when events are waiting. NULL with err on failure. */
+/* Binds the ROUTER at cfg->zmq_endpoint (the directory of an ipc path is created if missing), with
+ * CURVE and a ZAP handler when the CHAT_CURVE_* settings ask for it (chat_curve.h; a network endpoint
+ * without keys fails unless CHAT_ZMQ_INSECURE=1). wake(wake_ud) is called from the broker thread when events are waiting. NULL with err on failure. */
 sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wake_ud, char *err, size_t errlen);
 int sb_broker_start(sb_broker *b, char *err, size_t errlen);
 /* Stops and joins the broker thread (idempotent, accepts NULL): after it, wake() is never called again,

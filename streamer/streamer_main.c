@@ -14,6 +14,7 @@
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "streamer.h"
 
 static void on_signal(int sig)
@@ -50,6 +51,7 @@ int main(int argc, char **argv)
     }
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
+    if (chat_metrics_init(cfg.metrics_dir, "streamer", err, sizeof err)) chat_log_warn("%s", err);
 
     sigset_t term;
     sigemptyset(&term);
@@ -72,5 +74,6 @@ int main(int argc, char **argv)
     rc = st_run(&term);
 out:
     st_cleanup();
+    chat_metrics_shutdown();
     return rc;
 }

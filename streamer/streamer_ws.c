@@ -7,7 +7,7 @@
  *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
  * - The loop is libev (epoll) through lws's evlib plugin, poll() as a fallback: poll() costs
  *   O(connections) per wake-up, so with tens of thousands of connections a connection storm is quadratic.
- * - Memory per idle connection is what lws needs plus a ~120-byte session: the receive-reassembly buffer,
+ * - Memory per idle connection is what lws needs plus a ~200-byte session: the receive-reassembly buffer,
  *   the outbound queue, queued messages and the answer text live in a side structure allocated while the
  *   connection has work and freed when it is idle again. A message that arrives in one piece is parsed in
  *   place, never copied.
@@ -16,8 +16,13 @@
  *   time it is re-armed: O(n^2) with 50,000 connections. The streamer therefore disables lws's validity
  *   timers and keeps two intrusive lists of sessions, ordered by last received byte and by last client
  *   message (moving to the tail is O(1)). A one-second sweep pings connections silent for
- *   ping_interval_s, drops those silent for twice that plus 10 s, and closes (1000) those idle for
- *   idle_timeout_s. lws's own short timeouts (handshake, close) remain.
+ *   ping_interval_s, drops those silent for CHAT_STREAMER_PING_TIMEOUT_S (default twice that plus 10 s),
+ *   and closes (1000) those idle for idle_timeout_s. lws's own short timeouts (handshake, close) remain.
+ *   "Silent" means no byte read from the socket: streamer_rx.c sees every read, because lws 4.1 does not
+ *   report pongs with an empty payload (the answer browsers give to the streamer's empty pings). The one
+ *   per-connection deadline that follows no activity order, auth_expiring (CHAT_AUTH_REFRESH_LEAD_S before
+ *   the token's exp), is a node in a timing wheel of one-second slots (chat_wheel.h): O(1) to arm, re-arm
+ *   on a refresh and drop.
  * - Outbound queue per connection, bounded by bytes owed to the client. Tokens are not queued as frames:
  *   a token item is a range of the answer text, so consecutive tokens of a slow reader coalesce into one
  *   frame (token = the concatenated text, partial_response = the latest) and memory stays O(answer). The
@@ -32,18 +37,28 @@
  *   and another tab's message in the conversation the connection follows (streamer_sessions.h), wait
  *   in the same FIFO and are answered the same way: a subscription to the answer (streamer_broker.h)
  *   instead of a job. A connection that leaves detaches from its answer, which goes on (resumable).
- * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages, auth frames and invalid
- *   frames. Messages without a session_id continue the connection's last session.
+ * - Per-connection token bucket (rate_limit_per_min, burst 10) on messages and resumes (unauthenticated
+ *   ones too), auth frames and invalid frames; application pings have a bucket of their own at the same
+ *   rate. Messages without a session_id continue the connection's last session.
+ * - A connection not authenticated CHAT_STREAMER_AUTH_TIMEOUT_S after it opened is closed (1008): a third
+ *   list, in opening order, holds the connections still waiting, so the sweep reads only its head.
  * - Path and Origin are checked in LWS_CALLBACK_HTTP_CONFIRM_UPGRADE, where a 404/403 response can still
  *   be written (a refusal in FILTER_PROTOCOL_CONNECTION only drops the TCP connection).
  * - Graceful shutdown: refuse new connections and messages, let answers in flight finish within
  *   shutdown_grace_s, then close everything with 1001 and exit 0.
+ * - Token refresh: an auth on an authenticated connection with a token for the same user replaces the
+ *   token (its exp, email and name) without touching answers in flight; a token for another user is
+ *   refused with auth_error USER_MISMATCH and the connection keeps its user (a connection's user never
+ *   changes: its sessions, queued messages and answers are that user's).
  *
  * Settings beyond chat_config (streamer-only, see docs/streamer.md): CHAT_STREAMER_SNDBUF (kernel send
  * buffer per WebSocket, default 65536 so that a slow reader cannot park megabytes in kernel buffers
  * through autotuning, and is noticed; 0 = leave it to the kernel),
  * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
- * (default 30000), CHAT_STREAMER_EVENT_LOOP (libev | poll) and CHAT_LWS_DEBUG (lws log bitmask). */
+ * (default 30000), CHAT_STREAMER_PING_TIMEOUT_S (default 2 * CHAT_PING_INTERVAL_S + 10),
+ * CHAT_STREAMER_HEADER_TIMEOUT_S (default 10), CHAT_STREAMER_AUTH_TIMEOUT_S (default 10),
+ * CHAT_STREAMER_EVENT_LOOP (libev | poll), CHAT_LWS_DEBUG (lws log bitmask) and CHAT_AUTH_REFRESH_LEAD_S
+ * (auth_expiring this long before a token's exp, default 30, 0 = never). */
 #include <errno.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
@@ -61,17 +76,20 @@
 #include "chat_jwt.h"
 #include "chat_config.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
+#include "chat_origin.h"
 #include "chat_proto.h"
 #include "chat_util.h"
+#include "chat_wheel.h"
 #include "streamer.h"
 #include "streamer_broker.h"
 #include "streamer_map.h"
 #include "streamer_sessions.h"
+#include "streamer_rx.h"
 
 #define ST_BURST 10.0f
 #define ST_TOKEN_OVERHEAD 64 /* JSON around a token frame, for the outbound byte count */
 #define ST_MAX_WRITES_PER_CALLBACK 16
-#define ST_BACKED_UP_MS 20 /* a frame waiting this long at the head of a queue: its reader is behind */
 #define ST_TX_KEEP (256u * 1024) /* the shared send buffer is shrunk back after a larger frame */
 #define ST_CLOSE_WAIT_MS 3000    /* after the close phase starts, how long to wait for clients */
 #define ST_KILL_AFTER_S 10       /* a connection being closed that cannot take its close frame */
@@ -105,6 +123,7 @@ typedef struct sess_x { /* a connection's working state, present only while it h
     size_t rx_total;
     bool rx_active;
     bool rx_skip; /* too long: discarding the rest, answer MESSAGE_TOO_LONG at the end */
+    chat_proto_scan rx_scan; /* while skipping: whether the message is an auth attempt */
     /* outbound */
     sb_event *out_head, *out_tail;
     size_t out_bytes;
@@ -130,12 +149,14 @@ enum {
     F_PING_DUE = 2, /* send a ping at the next writeable */
     F_PINGED = 4,   /* a ping is out, no byte received since */
     F_DEAD = 8,     /* being killed: ignore everything */
+    /* in the auth list: not authenticated at ESTABLISHED, the deadline not reached yet */
+    F_AUTH_WAIT = 16,
 };
 
-enum { L_RX = 0, L_MSG = 1 };
+enum { L_RX = 0, L_MSG = 1, L_AUTH = 2, L_COUNT };
 
 struct sess {
-    struct sess *prev[2], *next[2];
+    struct sess *prev[L_COUNT], *next[L_COUNT];
     struct lws *wsi;
     sess_x *x;
     ss_member *att;   /* the conversation it follows (streamer_sessions.h), NULL: none */
@@ -143,12 +164,17 @@ struct sess {
     char *session_id; /* the default for messages that name none */
     const char *close_reason;
     int64_t token_exp; /* the token's exp: a connection outliving it must authenticate again */
+    chat_wheel_node expiring; /* in S.expiring until auth_expiring is sent (due: exp - lead) */
     int64_t last_rx_ms;
     int64_t last_msg_ms;
     int64_t bucket_ms;
     float bucket;
+    float ping_bucket; /* application pings have a bucket of their own, at the same rate */
+    int64_t ping_bucket_ms;
+    int64_t opened_ms;
     uint16_t close_code; /* non-zero: close after the queue drains */
     uint8_t flags;
+    srx_conn wire; /* every read from the socket counts as activity (streamer_rx.h) */
 };
 
 typedef struct dl_list {
@@ -164,13 +190,18 @@ static struct {
     struct lws_context *ctx;
     sm_map jobs; /* job id -> session with that job (or subscription) in progress */
     ss_registry *reg; /* which connections follow which conversation */
+    chat_wheel *expiring; /* sessions to warn with auth_expiring, by wall-clock second */
+    int auth_lead_s;      /* CHAT_AUTH_REFRESH_LEAD_S */
     uint64_t next_job;
     size_t frame_max;
     int sndbuf;
     int rx_buffer;
+    int ping_timeout_s; /* no byte received for this long: dropped */
+    int head_timeout_s; /* lws's bound on a request head (slowloris) */
+    int auth_timeout_s; /* a connection not authenticated this long after it opened is closed */
     bool evlib; /* libev loop (else poll) */
     int conns;
-    dl_list lists[2];
+    dl_list lists[L_COUNT];
     sess_x *outq_head, *outq_tail; /* connections with something to send */
     int stall_ms;
     unsigned char *tx;
@@ -321,6 +352,7 @@ static void count_error(const char *code)
 {
     chat_proto_code c;
     if (chat_proto_code_lookup(code, &c)) S.errors[c]++;
+    chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, code), 1);
 }
 
 /* ---------------------------------------------------------------- outbound */
@@ -382,6 +414,27 @@ static void send_error(sess *s, const char *message, const char *code)
 {
     count_error(code);
     send_json(s, chat_proto_error(message, code));
+}
+
+/* Refuses a frame the client sent: an auth attempt gets auth_error, anything else error, so that a client
+ * waiting for the answer to its auth always gets auth_success or auth_error. */
+static void send_refusal(sess *s, bool auth, const char *message, const char *code)
+{
+    if (!auth) {
+        send_error(s, message, code);
+        return;
+    }
+    count_error(code);
+    send_json(s, chat_proto_auth_error(message, code));
+}
+
+/* Whether a frame the parser could not take is an auth attempt (chat_proto_scan). */
+static bool frame_is_auth(const char *data, size_t len)
+{
+    chat_proto_scan sc;
+    memset(&sc, 0, sizeof sc);
+    chat_proto_scan_feed(&sc, data, len);
+    return sc.auth;
 }
 
 static void request_close(sess *s, int code, const char *reason)
@@ -497,18 +550,19 @@ static int answer_append(sess_x *x, const char *text, size_t len, size_t *at)
 
 static void dispatch_next(sess *s);
 
-static bool take_token(sess *s, int64_t now)
+/* A token bucket of rate_limit_per_min, burst min(10, rate): false when empty. at_ms 0 = full. */
+static bool bucket_take(float *bucket, int64_t *at_ms, int64_t now)
 {
     float rate = (float)S.cfg.rate_limit_per_min / 60000.0f; /* tokens per ms */
     float burst = S.cfg.rate_limit_per_min < ST_BURST ? (float)S.cfg.rate_limit_per_min : ST_BURST;
-    if (!s->bucket_ms)
-        s->bucket = burst;
+    if (!*at_ms)
+        *bucket = burst;
     else
-        s->bucket += (float)(now - s->bucket_ms) * rate;
-    if (s->bucket > burst) s->bucket = burst;
-    s->bucket_ms = now;
-    if (s->bucket < 1.0f) return false;
-    s->bucket -= 1.0f;
+        *bucket += (float)(now - *at_ms) * rate;
+    if (*bucket > burst) *bucket = burst;
+    *at_ms = now;
+    if (*bucket < 1.0f) return false;
+    *bucket -= 1.0f;
     return true;
 }
 
@@ -578,6 +632,20 @@ static void follow_session(sess *s, const char *session_id)
 {
     if (ss_attach(S.reg, &s->att, user_id(s), session_id, s))
         chat_log_error("streamer: out of memory following a conversation");
+}
+
+static bool take_token(sess *s, int64_t now)
+{
+    return bucket_take(&s->bucket, &s->bucket_ms, now);
+}
+
+/* Charges a frame to the connection's messages (ping false) or application pings; false, with
+ * RATE_LIMITED sent, when that bucket is empty. */
+static bool charge(sess *s, bool ping, int64_t now)
+{
+    bool ok = ping ? bucket_take(&s->ping_bucket, &s->ping_bucket_ms, now) : take_token(s, now);
+    if (!ok) send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+    return ok;
 }
 
 static void start_job(sess *s, pmsg *p)
@@ -710,14 +778,14 @@ static sb_event *cancelled_complete(sess *s, sb_event *e)
     return ne;
 }
 
-/* True when the connection is not keeping up with its answer: the socket is full, the frame at the head
- * of its queue has waited ST_BACKED_UP_MS, or what it owes passed half its limit. Only then do a
- * connection's waiting tokens merge into one frame: a reader that keeps up gets a frame per piece, however
- * the pieces were batched on their way here. */
+/* True when the connection is not keeping up with its answer: its socket is full (the kernel's send
+ * buffer, CHAT_STREAMER_SNDBUF, holds what the reader has not taken), or what it owes passed half its
+ * limit. Only then do a connection's waiting tokens merge into one frame: a reader that keeps up gets a
+ * frame per piece, however the pieces were batched on their way here, and however late this process got
+ * to write them (time is no signal: a busy machine delays the writer, not the reader). */
 static bool backed_up(sess *s)
 {
     const sess_x *x = s->x;
-    if (x->out_head && chat_now_ms() - x->head_since_ms >= ST_BACKED_UP_MS) return true;
     return x->out_bytes > (size_t)S.cfg.max_outbound_bytes / 2 || lws_send_pipe_choked(s->wsi);
 }
 
@@ -844,13 +912,20 @@ static void handle_auth(sess *s, const char *token)
     int rc = chat_jwt_verify(S.jwt, token, time(NULL), &u, err, sizeof err, detail, sizeof detail);
     if (rc) {
         chat_log_info("streamer: authentication failed: %s", detail);
-        send_json(s, chat_proto_auth_error(err[0] ? err : "Invalid token"));
+        send_refusal(s, true, err[0] ? err : "Invalid token",
+                     rc == CHAT_EEXPIRED ? CHAT_CODE_TOKEN_EXPIRED : CHAT_CODE_INVALID_TOKEN);
+        return;
+    }
+    if (s->user && strcmp(s->user, u.id)) {
+        chat_log_info("streamer: refused a token for another user on an authenticated connection");
+        send_refusal(s, true, "The token is for another user: open a new connection to change users",
+                     CHAT_CODE_USER_MISMATCH);
         return;
     }
     size_t a = strlen(u.id), b = strlen(u.email), c = strlen(u.name);
     char *packed = malloc(a + b + c + 3);
     if (!packed) {
-        send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
+        send_refusal(s, true, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
         return;
     }
     memcpy(packed, u.id, a + 1);
@@ -865,6 +940,12 @@ static void handle_auth(sess *s, const char *token)
     free(s->user);
     s->user = packed;
     s->token_exp = u.exp;
+    /* auth_expiring lead seconds before exp, at once for a shorter token; none for a token past its exp
+     * already (accepted within the leeway): the next message after the leeway gets AUTH_REQUIRED. */
+    if (S.auth_lead_s > 0 && s->token_exp > (int64_t)time(NULL))
+        chat_wheel_add(S.expiring, &s->expiring, s->token_exp - S.auth_lead_s);
+    else
+        chat_wheel_remove(S.expiring, &s->expiring);
     send_json(s, chat_proto_auth_success(&u));
 }
 
@@ -884,10 +965,6 @@ static bool may_queue(sess *s, int64_t now)
     }
     if (S.phase) {
         send_error(s, "The server is shutting down, please reconnect", CHAT_CODE_OVERLOADED);
-        return false;
-    }
-    if (!take_token(s, now)) {
-        send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
         return false;
     }
     sess_x *x = x_get(s);
@@ -973,24 +1050,29 @@ static void handle_text(sess *s, const char *data, size_t len)
     const char *code = NULL;
     char err[256];
     if (chat_proto_parse(data, len, (size_t)S.cfg.max_message_bytes, &in, &code, err, sizeof err)) {
+        bool auth = in.type ? in.type == CHAT_IN_AUTH : frame_is_auth(data, len);
         if (!take_token(s, now))
-            send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+            send_refusal(s, auth, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
         else
-            send_error(s, err[0] ? err : "Invalid JSON", code ? code : CHAT_CODE_INVALID_JSON);
+            send_refusal(s, auth, err[0] ? err : "Invalid JSON", code ? code : CHAT_CODE_INVALID_JSON);
         chat_in_clear(&in);
         return;
     }
     switch (in.type) {
     case CHAT_IN_AUTH:
         if (!take_token(s, now))
-            send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+            send_refusal(s, true, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
         else
             handle_auth(s, in.token);
         break;
-    case CHAT_IN_MESSAGE:
-    case CHAT_IN_RESUME: handle_request(s, &in, now); break;
+    case CHAT_IN_MESSAGE: /* charged before the auth check: unauthenticated ones count too */
+    case CHAT_IN_RESUME:
+        if (charge(s, false, now)) handle_request(s, &in, now);
+        break;
     case CHAT_IN_CANCEL: handle_cancel(s, in.attach_session); break;
-    case CHAT_IN_PING: send_json(s, chat_proto_pong()); break;
+    case CHAT_IN_PING:
+        if (charge(s, true, now)) send_json(s, chat_proto_pong());
+        break;
     case CHAT_IN_NONE: break; /* the parser refuses it */
     }
     chat_in_clear(&in);
@@ -1008,7 +1090,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     size_t remaining = lws_remaining_packet_payload(wsi);
     if (first && final) { /* the common case: parse in place */
         if (len > S.frame_max) {
-            send_error(s, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+            send_refusal(s, frame_is_auth(in, len), "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
             return 0;
         }
         handle_text(s, in, len);
@@ -1023,6 +1105,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     if (first) {
         x->rx_active = true;
         x->rx_skip = false;
+        memset(&x->rx_scan, 0, sizeof x->rx_scan);
         x->rx_total = 0;
         chat_buf_reset(&x->rx);
     }
@@ -1034,8 +1117,10 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     }
     if (!x->rx_skip && x->rx_total > S.frame_max) {
         x->rx_skip = true;
+        chat_proto_scan_feed(&x->rx_scan, x->rx.data, x->rx.len); /* what came before, then each piece */
         chat_buf_free(&x->rx);
     }
+    if (x->rx_skip) chat_proto_scan_feed(&x->rx_scan, in, len);
     if (!x->rx_skip && chat_buf_append(&x->rx, in, len)) {
         static const char r[] = "out of memory";
         lws_close_reason(wsi, (enum lws_close_status)ST_CLOSE_INTERNAL, (unsigned char *)r, sizeof r - 1);
@@ -1044,7 +1129,7 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
     if (!final) return 0;
     x->rx_active = false;
     if (x->rx_skip)
-        send_error(s, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+        send_refusal(s, x->rx_scan.auth, "Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
     else
         handle_text(s, x->rx.data ? x->rx.data : "", x->rx.len);
     chat_buf_free(&x->rx);
@@ -1053,6 +1138,23 @@ static int on_receive(sess *s, struct lws *wsi, const char *in, size_t len)
 }
 
 /* ---------------------------------------------------------------- connection lifecycle */
+
+/* Bytes arrived from the client (streamer_rx.c, inside lws's read, before lws parses them): the
+ * keepalive's sign of life. Pongs count whatever their payload; lws reports only non-empty ones.
+ * An unmasked frame (RFC 6455 section 5.1) closes the connection with 1002: being dead from here on,
+ * the connection ignores the frames lws parses from these bytes. */
+static void on_wire_read(void *ud, bool unmasked)
+{
+    sess *s = ud;
+    if (!s->wsi || (s->flags & F_DEAD)) return;
+    s->last_rx_ms = chat_now_ms();
+    s->flags &= (uint8_t)~F_PINGED;
+    dl_touch(s, L_RX);
+    if (unmasked) {
+        chat_log_info("streamer: closing a connection that sent an unmasked frame");
+        kill_conn(s, ST_CLOSE_PROTOCOL, "unmasked frame");
+    }
+}
 
 static void on_established(sess *s, struct lws *wsi)
 {
@@ -1064,6 +1166,8 @@ static void on_established(sess *s, struct lws *wsi)
     dl_append(s, L_MSG);
     s->flags |= F_LISTED;
     S.conns++;
+    chat_metric_gauge_add(CHAT_METRIC_WS_CONNECTIONS, 0, 1);
+    srx_attach(&s->wire, lws_get_socket_fd(wsi), s);
     if (S.sndbuf > 0) {
         int fd = lws_get_socket_fd(wsi);
         if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &S.sndbuf, sizeof S.sndbuf);
@@ -1076,16 +1180,25 @@ static void on_established(sess *s, struct lws *wsi)
         s->bucket_ms = now, s->bucket = ST_BURST; /* the query token does not cost the client a message */
         handle_auth(s, tok);
     }
+    s->opened_ms = now;
+    if (!s->user) { /* the auth deadline runs (sweep_auth) */
+        dl_append(s, L_AUTH);
+        s->flags |= F_AUTH_WAIT;
+    }
 }
 
 static void on_closed(sess *s)
 {
     if (!s->wsi) return; /* never established */
+    srx_detach(&s->wire);
     if (s->flags & F_LISTED) {
         dl_remove(s, L_RX);
         dl_remove(s, L_MSG);
     }
+    if (s->flags & F_AUTH_WAIT) dl_remove(s, L_AUTH);
     S.conns--;
+    chat_metric_gauge_add(CHAT_METRIC_WS_CONNECTIONS, 0, -1);
+    chat_wheel_remove(S.expiring, &s->expiring);
     abandon_job(s);
     ss_detach(S.reg, &s->att);
     if (s->x) {
@@ -1187,13 +1300,24 @@ static int serve_http(struct lws *wsi, const char *uri)
         char body[16384];
         size_t n = (size_t)snprintf(body, sizeof body,
                                     "{\"connections\":%d,\"workers_live\":%d,\"workers_busy\":%d,\"jobs_queued\":%d,"
-                                    "\"jobs_running\":%d,\"jobs_done\":%llu,\"jobs_failed\":%llu,\"shutting_down\":%s",
+                                    "\"jobs_running\":%d,\"jobs_done\":%llu,\"jobs_failed\":%llu,\"workers_refused\":%llu,"
+                                    "\"worker_handshakes_failed\":%llu,\"shutting_down\":%s",
                                     S.conns, st.workers_live, st.workers_busy, st.jobs_queued, st.jobs_running,
-                                    st.jobs_done, st.jobs_failed, S.phase ? "true" : "false");
+                                    st.jobs_done, st.jobs_failed, st.curve.refused, st.curve.handshakes_failed,
+                                    S.phase ? "true" : "false");
         n = sb_broker_workers_json(S.broker, body, n, sizeof body - 2);
         body[n++] = '}';
         body[n] = '\0';
         return http_reply(wsi, 200, "application/json", body, n);
+    }
+    if (!strcmp(uri, "/metrics")) { /* this process's own figures; the front door's /metrics sums all */
+        chat_buf b;
+        chat_buf_init(&b);
+        int rc = chat_metrics_render(NULL, &b) ? -1
+                                               : http_reply(wsi, 200, "text/plain; version=0.0.4; charset=utf-8",
+                                                            b.data ? b.data : "", b.len);
+        chat_buf_free(&b);
+        return rc;
     }
     if (!strcmp(uri, "/ws/chat") || !strcmp(uri, "/ws/chat/")) {
         static const char msg[] = "WebSocket endpoint: connect with an Upgrade: websocket request\n";
@@ -1205,28 +1329,22 @@ static int serve_http(struct lws *wsi, const char *uri)
     return rc;
 }
 
+/* A request header into buf; "" when absent, false when too long for buf. */
+static bool header_copy(struct lws *wsi, enum lws_token_indexes h, char *buf, int len)
+{
+    buf[0] = '\0';
+    int n = lws_hdr_total_length(wsi, h);
+    return n <= 0 || (n < len && lws_hdr_copy(wsi, buf, len, h) >= 0);
+}
+
+/* The page's own origin, the ones in CHAT_ALLOWED_ORIGINS and clients sending no Origin (chat_origin.h). */
 static bool origin_allowed(struct lws *wsi)
 {
-    const char *list = S.cfg.allowed_origins;
-    if (!list[0]) return true;
-    int n = lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN);
-    if (n <= 0) return true; /* non-browser clients send none */
-    char origin[512];
-    if (n >= (int)sizeof origin || lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) < 0) return false;
-    size_t olen = strlen(origin);
-    for (const char *p = list; *p;) {
-        while (*p == ' ' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',')
-            e++;
-        const char *t = e;
-        while (t > p && t[-1] == ' ')
-            t--;
-        if ((size_t)(t - p) == olen && !strncasecmp(p, origin, olen)) return true;
-        p = e;
-    }
-    return false;
+    char origin[512], host[512];
+    if (!header_copy(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin) ||
+        !header_copy(wsi, WSI_TOKEN_HOST, host, sizeof host))
+        return false;
+    return chat_origin_allowed(origin, host[0] ? host : NULL, S.cfg.allowed_origins);
 }
 
 /* Before the 101: only /ws/chat upgrades, only from allowed origins, not while shutting down. */
@@ -1263,17 +1381,7 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_ESTABLISHED: on_established(s, wsi); return 0;
     case LWS_CALLBACK_RECEIVE:
         if (!s || !s->wsi || s->close_code || (s->flags & F_DEAD)) return 0;
-        s->last_rx_ms = chat_now_ms();
-        s->flags &= (uint8_t)~F_PINGED;
-        dl_touch(s, L_RX);
-        return on_receive(s, wsi, in, len);
-    case LWS_CALLBACK_RECEIVE_PONG:
-        if (s && s->wsi) {
-            s->last_rx_ms = chat_now_ms();
-            s->flags &= (uint8_t)~F_PINGED;
-            dl_touch(s, L_RX);
-        }
-        return 0;
+        return on_receive(s, wsi, in, len); /* activity was noted by on_wire_read */
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!s || !s->wsi) return 0;
         return on_writeable(s, wsi);
@@ -1295,10 +1403,25 @@ static struct lws_protocols protocols[2];
 
 /* ---------------------------------------------------------------- periodic work */
 
+/* Connections still unauthenticated auth_timeout_s after they opened are closed (1008). The list is in
+ * opening order; one that authenticated meanwhile just leaves it. */
+static void sweep_auth(int64_t now)
+{
+    int64_t auth_ms = (int64_t)S.auth_timeout_s * 1000;
+    for (sess *s = S.lists[L_AUTH].head, *next; s && now - s->opened_ms >= auth_ms; s = next) {
+        next = s->next[L_AUTH];
+        dl_remove(s, L_AUTH);
+        s->flags &= (uint8_t)~F_AUTH_WAIT;
+        if (s->user || (s->flags & F_DEAD)) continue;
+        chat_log_info("streamer: closing a connection not authenticated within %d s", S.auth_timeout_s);
+        request_close(s, ST_CLOSE_POLICY, "authentication timeout");
+    }
+}
+
 static void sweep(int64_t now)
 {
     int64_t ping_ms = (int64_t)S.cfg.ping_interval_s * 1000;
-    int64_t dead_ms = 2 * ping_ms + 10000;
+    int64_t dead_ms = (int64_t)S.ping_timeout_s * 1000;
     int64_t idle_ms = (int64_t)S.cfg.idle_timeout_s * 1000;
     for (sess *s = S.lists[L_RX].head, *next; s && now - s->last_rx_ms >= ping_ms; s = next) {
         next = s->next[L_RX];
@@ -1324,6 +1447,7 @@ static void sweep(int64_t now)
         }
         request_close(s, ST_CLOSE_NORMAL, "idle timeout");
     }
+    sweep_auth(now);
     /* A reader that takes nothing for stall_ms holds memory and a job for nobody. */
     for (sess_x *x = S.outq_head, *next; x; x = next) {
         next = x->onext;
@@ -1332,6 +1456,21 @@ static void sweep(int64_t now)
             kill_slow_consumer(x->owner);
         }
     }
+}
+
+/* Tells the connections whose token expires within the lead (O(due) per second, chat_wheel.h). */
+static void on_token_expiring(chat_wheel_node *node, void *ud)
+{
+    sess *s = (sess *)(void *)((char *)node - offsetof(sess, expiring));
+    int64_t left = s->token_exp - *(const int64_t *)ud;
+    if (!s->wsi || !s->user || s->close_code || (s->flags & F_DEAD) || left <= 0) return;
+    send_json(s, chat_proto_auth_expiring(left));
+}
+
+static void warn_expiring_tokens(void)
+{
+    int64_t now_s = (int64_t)time(NULL); /* exp is wall-clock time */
+    chat_wheel_expire(S.expiring, now_s, on_token_expiring, &now_s);
 }
 
 static void status_line(int64_t now)
@@ -1383,6 +1522,7 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
         sweep(now);
     }
     if (now - S.last_status_ms >= 60000) status_line(now);
+    warn_expiring_tokens();
     if (S.phase < 3)
         lws_sul_schedule(S.ctx, 0, sul, tick_cb, (S.phase ? 50 : 250) * LWS_US_PER_MS);
     else if (S.evlib)
@@ -1418,6 +1558,19 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.sndbuf = chat_config_env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
     S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
+    S.auth_lead_s = chat_config_env_int("CHAT_AUTH_REFRESH_LEAD_S", 30, 0, 86400);
+    S.expiring = chat_wheel_new(1024, (int64_t)time(NULL)); /* 17 minutes a turn */
+    if (!S.expiring) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    bool any_origin;
+    if (chat_origin_list_check(cfg->allowed_origins, &any_origin, err, errlen)) return CHAT_EINVAL;
+    if (any_origin)
+        chat_log_warn("streamer: CHAT_ALLOWED_ORIGINS contains \"*\": any web page may open WebSockets with its "
+                      "visitors' tokens");
+    S.ping_timeout_s = chat_config_env_int("CHAT_STREAMER_PING_TIMEOUT_S", 2 * cfg->ping_interval_s + 10,
+                                           cfg->ping_interval_s + 1, 86400);
+    S.head_timeout_s = chat_config_env_int("CHAT_STREAMER_HEADER_TIMEOUT_S", 10, 1, 3600);
+    S.auth_timeout_s = chat_config_env_int("CHAT_STREAMER_AUTH_TIMEOUT_S", 10, 1, 3600);
+    if (srx_init(on_wire_read, err, errlen)) return CHAT_ERR; /* before any other thread exists */
     S.jwt = chat_jwt_verifier_new(cfg, err, errlen);
     if (!S.jwt) return CHAT_EINVAL;
     S.reg = ss_new();
@@ -1489,7 +1642,13 @@ int st_run(const sigset_t *unblock)
     info.count_threads = 1;
     info.pt_serv_buf_size = 16384;
     info.max_http_header_data = 8192; /* room for a long ?token= */
-    info.timeout_secs = 10;
+    /* Slowloris: lws gives each accepted connection a header table at once and closes the connection
+     * when its request head is not complete timeout_secs_ah_idle later (the hold is not re-armed by
+     * each byte, so a client dripping its head is closed however slowly it drips). timeout_secs bounds
+     * lws's other short waits the same way: for a header table when all are taken, the close
+     * handshake, a request body. */
+    info.timeout_secs = (unsigned int)S.head_timeout_s;
+    info.timeout_secs_ah_idle = (unsigned int)S.head_timeout_s;
     info.gid = -1, info.uid = -1;
     info.retry_and_idle_policy = &no_validity;
     info.vhost_name = "chat-streamer";
@@ -1551,11 +1710,14 @@ void st_cleanup(void)
     }
     sb_broker_free(S.broker);
     S.broker = NULL;
+    srx_free();
     chat_jwt_verifier_free(S.jwt);
     S.jwt = NULL;
     ss_free(S.reg);
     S.reg = NULL;
     sm_free(&S.jobs);
+    chat_wheel_free(S.expiring);
+    S.expiring = NULL;
     free(S.tx);
     S.tx = NULL;
 }

@@ -33,8 +33,8 @@
  * events in one chunk; a ": keep-alive" comment and an OpenRouter-style ": OPENROUTER PROCESSING" line.
  *
  * GET /debug/last returns what the last completion request looked like (whether an Authorization header
- * was present, never its value), plus request counters, so tests can check the client's request and
- * retries. GET /health answers "ok". One thread per connection; SIGTERM/SIGINT end the process. */
+ * was present, never its value; its messages' text, up to 256 KB, as "prompt"), plus request counters,
+ * so tests can check the client's request, what the model was told, and retries. GET /health answers "ok". One thread per connection; SIGTERM/SIGINT end the process. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <json-c/json.h>
@@ -99,7 +99,10 @@ static struct {
     int max_tokens, messages;
     char model[128];
     char path[256];
+    char *prompt; /* the messages' contents, each after "role: ", one per line; bounded by MAX_PROMPT */
 } g_last;
+
+#define MAX_PROMPT (256 * 1024)
 
 typedef struct request {
     char method[16];
@@ -502,12 +505,17 @@ static bool handle_completion(int fd, const request *r)
                          json_object_object_get_ex(so, "include_usage", &v) && json_object_get_boolean(v);
     c.messages = (int)json_object_array_length(msgs);
     const char *last_user = NULL;
+    chat_buf prompt;
+    chat_buf_init(&prompt);
     for (int i = 0; i < c.messages; i++) {
         json_object *m = json_object_array_get_idx(msgs, (size_t)i), *role = NULL, *content = NULL;
         if (json_object_object_get_ex(m, "content", &content) && json_object_is_type(content, json_type_string)) {
             c.content_bytes += (size_t)json_object_get_string_len(content);
-            if (json_object_object_get_ex(m, "role", &role) && !strcmp(json_object_get_string(role), "user"))
-                last_user = json_object_get_string(content);
+            bool has_role = json_object_object_get_ex(m, "role", &role);
+            if (has_role && !strcmp(json_object_get_string(role), "user")) last_user = json_object_get_string(content);
+            if (prompt.len < MAX_PROMPT)
+                chat_buf_printf(&prompt, "%s: %.*s\n", has_role ? json_object_get_string(role) : "?",
+                                (int)(MAX_PROMPT - prompt.len), json_object_get_string(content));
         }
     }
     first_words(last_user ? last_user : "", c.words, sizeof c.words);
@@ -524,6 +532,8 @@ static bool handle_completion(int fd, const request *r)
     g_last.messages = c.messages;
     snprintf(g_last.model, sizeof g_last.model, "%s", c.model);
     snprintf(g_last.path, sizeof g_last.path, "%s", r->path);
+    free(g_last.prompt);
+    g_last.prompt = chat_buf_take(&prompt);
     pthread_mutex_unlock(&g_mu);
     json_object_put(root);
 
@@ -572,6 +582,7 @@ static void handle_debug_last(int fd)
     json_object_object_add(o, "model", json_object_new_string(g_last.model));
     json_object_object_add(o, "path", json_object_new_string(g_last.path));
     json_object_object_add(o, "messages", json_object_new_int(g_last.messages));
+    json_object_object_add(o, "prompt", json_object_new_string(g_last.prompt ? g_last.prompt : ""));
     json_object_object_add(o, "requests", json_object_new_int64(g_requests));
     pthread_mutex_unlock(&g_mu);
     send_simple(fd, 200, "OK", "application/json", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), NULL);

@@ -54,10 +54,32 @@ trap cleanup EXIT
 
 bash deploy/mariadb.sh start || { echo "0 passed, 1 failed"; exit 1; }
 
+# Counts a script's closing "N passed, N failed" line (log file, exit code): record name passed failed.
+record_summary() {
+  local name=$1 log=$2 rc=$3 line p f
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+  p=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p'); f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
+  p=${p:-0}; f=${f:-0}
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+  record "$name" "$p" "$f"
+}
+
+# www/chat-client.js against a fake WebSocket (node only: no browser, no stack).
+run_client_js() {
+  local log=$CHAT_VAR/log/client-js.out
+  echo "== node test-client.mjs"
+  if ! command -v node >/dev/null; then echo "!! node is missing (make deps)"; record client-js 0 1; return; fi
+  timeout 60 node tests/browser/test-client.mjs >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  record_summary client-js "$log" "$rc"
+}
+
 if [ "$MODE" = all ] || [ "$MODE" = unit ]; then
   for t in build/tests/unit/test_*; do
     [ -x "$t" ] && run_cmocka "$t"
   done
+  run_client_js
 fi
 
 # Runs the real-browser test and counts its closing "N passed, N failed" line.
@@ -74,12 +96,21 @@ run_browser() {
   if grep -q '#answer length changes' "$log"; then
     echo "# the stack's workers before the browser test: $(cat "$CHAT_VAR/log/status-before-browser.json" 2>/dev/null)"
   fi
-  local line p f
-  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
-  p=$(echo "$line" | sed -n 's/^\([0-9]*\) passed.*/\1/p'); f=$(echo "$line" | sed -n 's/.* \([0-9]*\) failed.*/\1/p')
-  p=${p:-0}; f=${f:-0}
-  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-  record browser "$p" "$f"
+  record_summary browser "$log" "$rc"
+}
+
+# Runs the official openai npm client against /v1 and counts its closing line.
+run_clients() {
+  local log=$CHAT_VAR/log/clients.out
+  echo "== clients openai-client.mjs"
+  if [ ! -d tests/clients/node_modules/openai ]; then
+    echo "!! client test cannot run: make deps installs the openai package"; record clients 0 1; return
+  fi
+  CHAT_BASE_URL=http://127.0.0.1:$CHAT_PORT CHAT_TOKEN=$(cat "$CHAT_VAR/demo-token") \
+    timeout 120 node tests/clients/openai-client.mjs >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  record_summary clients "$log" "$rc"
 }
 
 if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
@@ -87,7 +118,8 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   export CHAT_PORT=${CHAT_TEST_PORT:-18000}
   # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model.
   # (the demo token stack.sh prints for people is kept out of the saved output)
-  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 bash deploy/stack.sh start 2>&1 |
+  # (test_frontdoor checks the Origin allowlist against CHAT_ALLOWED_ORIGINS)
+  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 CHAT_ALLOWED_ORIGINS='https://*.allowed.example' bash deploy/stack.sh start 2>&1 |
     grep -v '^eyJ' >"$CHAT_VAR/log/stack.out"
   if [ "${PIPESTATUS[0]}" -eq 0 ]; then
     STACK_STARTED=1
@@ -95,6 +127,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     # which workers serve the stack (kept for diagnosing the browser test's rare unpaced answer)
     curl -s -m 2 --unix-socket "$CHAT_VAR/run/streamer.sock" http://localhost/status >"$CHAT_VAR/log/status-before-browser.json" 2>&1
     run_browser
+    run_clients
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"

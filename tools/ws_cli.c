@@ -22,7 +22,7 @@
 #include "chat_util.h"
 #include "wsclient.h"
 
-#define DEFAULT_URL "ws://127.0.0.1:8000/ws/chat"
+#define DEFAULT_URL "ws://127.0.0.1:$CHAT_PORT/ws/chat" /* as the usage says it; default_url() builds it */
 #define MAX_TOKEN 16384
 #define MAX_LINE (1024 * 1024)
 
@@ -39,7 +39,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: chat-ws [--url URL] [--token T | --token-file F] [--origin O] [--session S]\n"
             "               [--customer C] [--raw] [--timeout SEC] [message ...]\n"
-            "  --url URL        WebSocket endpoint (default " DEFAULT_URL ")\n"
+            "  --url URL        WebSocket endpoint (default $CHAT_WS_URL, else " DEFAULT_URL ",\n"
+            "                   the stack's own port: CHAT_PORT, 8000 when unset)\n"
             "  --token T        JWT sent in an auth message (visible to ps: prefer --token-file)\n"
             "  --token-file F   read the JWT from the first line of F\n"
             "  --origin O       Origin header\n"
@@ -196,6 +197,19 @@ static int chat_one(cli *k, const char *text)
     }
 }
 
+/* The stack this shell talks to: CHAT_WS_URL, else the front door on CHAT_PORT (8000 when unset), as
+ * deploy/stack.sh starts it. */
+static const char *default_url(char *buf, size_t cap)
+{
+    const char *url = getenv("CHAT_WS_URL");
+    if (url && *url) return url;
+    const char *port = getenv("CHAT_PORT");
+    long p = port && *port ? strtol(port, NULL, 10) : 8000;
+    if (p <= 0 || p > 65535) p = 8000;
+    snprintf(buf, cap, "ws://127.0.0.1:%ld/ws/chat", p);
+    return buf;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -205,7 +219,8 @@ int main(int argc, char **argv)
         {"raw", no_argument, NULL, 'r'},            {"timeout", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
-    const char *url = DEFAULT_URL, *token_arg = NULL, *token_file = NULL, *origin = NULL, *session = NULL;
+    char url_buf[128];
+    const char *url = default_url(url_buf, sizeof url_buf), *token_arg = NULL, *token_file = NULL, *origin = NULL, *session = NULL;
     cli k = {.timeout_ms = 120 * 1000};
     int opt;
     /* Options may follow the messages (getopt permutes); "--" ends them for a message starting with "-". */

@@ -65,6 +65,7 @@ struct chat_wsc {
     int close_code;
     char *close_reason;
     unsigned pongs;
+    bool empty_pongs; /* pongs without the ping's payload (opts) */
 };
 
 /* ---- small helpers ---- */
@@ -252,7 +253,7 @@ static int on_control(chat_wsc *c, int op, const unsigned char *p, size_t n)
 {
     if (op == CHAT_WS_PING) {
         if (c->close_sent) return 0; /* no pongs after our close (RFC 6455 5.5.1) */
-        return write_frame(c, CHAT_WS_PONG, true, p, n) ? CHAT_ERR : 0;
+        return write_frame(c, CHAT_WS_PONG, true, p, c->empty_pongs ? 0 : n) ? CHAT_ERR : 0;
     }
     if (op == CHAT_WS_PONG) {
         c->pongs++;
@@ -831,6 +832,7 @@ chat_wsc *chat_wsc_connect(const char *url, const chat_wsc_opts *opts, int *http
     }
     c->fd = -1;
     c->io_timeout_ms = timeout;
+    c->empty_pongs = o->empty_pongs;
     if (parse_url(url, u, err, errlen)) goto fail;
     c->fd = open_socket(u, o->source_addr, deadline, err, errlen);
     if (c->fd < 0) goto fail;

@@ -31,6 +31,8 @@ typedef struct chat_wsc_opts {
     int timeout_ms;          /* connect + handshake, default 5000 (<= 0 = default); also the longest a send
                               * may stall on a full socket buffer */
     const char *extra_headers; /* raw "Name: value\r\n" lines, NULL = none */
+    bool empty_pongs;          /* answer pings with an empty pong instead of one echoing the payload
+                                * (tests: what a client that ignores the ping's payload sends) */
 } chat_wsc_opts;
 
 /* url: ws://host[:port]/path[?query]; host is a name ("localhost"), an IPv4 address or a bracketed IPv6
@@ -70,7 +72,8 @@ int chat_wsc_send_raw(chat_wsc *c, const void *bytes, size_t len);
  * CHAT_ETIMEOUT after timeout_ms (-1 = forever, 0 = only what is already readable): a partly received
  * message is kept and the next call goes on with it. CHAT_ERR when the connection closed or broke (the
  * close code from chat_wsc_close_code), and on every call after that. CHAT_EINVAL when c is NULL.
- * Meanwhile: pings are answered with a pong carrying the same payload, pongs are counted, a close is
+ * Meanwhile: pings are answered with a pong carrying the same payload (an empty one with
+ * opts.empty_pongs), pongs are counted, a close is
  * recorded and answered with a close echoing its code. Server violations fail the connection (a close
  * is sent, CHAT_ERR returned, the code recorded as below): masked or RSV-flagged frames, unknown opcodes,
  * fragmented or > 125-byte control frames, continuation without a start, a new message inside a

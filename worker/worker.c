@@ -71,11 +71,13 @@
 #include <zmq.h>
 
 #include "chat_common.h"
+#include "chat_curve.h"
 #include "chat_jwt.h"
 #include "chat_log.h"
 #include "chat_memory.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
+#include "chat_spool.h"
 #include "chat_util.h"
 #include "chat_wire.h"
 #include "worker_answers.h"
@@ -210,6 +212,7 @@ struct worker {
     stage_thread *stages;
     int n_stages;
     chat_kb_stats *kb_stats; /* shared by the stage threads' pipelines */
+    chat_spool *spool;       /* the process's turns the database could not take, or NULL (chat_spool.h) */
     pthread_mutex_t task_mu;
     pthread_cond_t task_cv;
     slot_fifo tasks;
@@ -573,6 +576,10 @@ static void *dealer_open(worker *w, const char *endpoint)
     zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
+    if (chat_curve_client(d, endpoint)) { /* CURVE keys or plain (chat_curve.h); logged */
+        zmq_close(d);
+        return NULL;
+    }
     if (zmq_connect(d, endpoint)) {
         chat_log_error("worker: cannot connect to %s: %s", endpoint, zmq_strerror(errno));
         zmq_close(d);
@@ -1132,6 +1139,7 @@ static void worker_free(worker *w)
         next = c->next, free(c);
     wa_store_free(w->kept);
     for (int i = 0; i < w->n_stages; i++) chat_pipeline_free(w->stages[i].pipeline);
+    chat_spool_free(w->spool);
     chat_kb_stats_free(w->kb_stats);
     chat_llm_loop_free(w->loop);
     chat_llm_free(w->llm);
@@ -1188,6 +1196,10 @@ static int worker_start(worker *w, void **pull)
         }
         chat_pipeline_share_kb_stats(w->stages[i].pipeline, w->kb_stats);
     }
+    /* without a spool the worker still serves: a turn the database cannot take then ends NOT_STORED */
+    if (chat_spool_open(&w->cfg, "worker", true, &w->spool, err, sizeof err))
+        chat_log_error("worker: no spool for turns the database cannot take: %s", err);
+    for (int i = 0; w->spool && i < w->n_stages; i++) chat_pipeline_use_spool(w->stages[i].pipeline, w->spool);
     w->llm = chat_llm_new(&w->cfg, err, sizeof err);
     if (w->llm) w->loop = chat_llm_loop_new(err, sizeof err);
     if (!w->llm || !w->loop) {

@@ -25,7 +25,9 @@
 
 #include "chat_common.h"
 #include "chat_config.h"
+#include "chat_curve.h"
 #include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_util.h"
 #include "worker.h"
 
@@ -60,6 +62,16 @@ typedef struct child {
     int backoff_ms;
 } child;
 
+/* One worker process, with a metrics file of its own. */
+static int run_one(const chat_config *cfg)
+{
+    char err[256];
+    if (chat_metrics_init(cfg->metrics_dir, "worker", err, sizeof err)) chat_log_warn("%s", err);
+    int rc = worker_run(cfg, &g_stop);
+    chat_metrics_shutdown();
+    return rc;
+}
+
 static pid_t spawn(const chat_config *cfg, pid_t parent)
 {
     pid_t pid = fork();
@@ -68,7 +80,7 @@ static pid_t spawn(const chat_config *cfg, pid_t parent)
     if (getppid() != parent) _exit(0); /* the supervisor died before prctl */
     g_stop = 0;
     install_signals();
-    _exit(worker_run(cfg, &g_stop));
+    _exit(run_one(cfg));
 }
 
 static void sleep_ms(int ms)
@@ -167,8 +179,9 @@ int main(int argc, char **argv)
         chat_log_error("configuration: %s", err);
         return 1;
     }
+    if (chat_curve_client(NULL, cfg.zmq_endpoint)) return 1; /* refuse to start, not fork failing children */
     install_signals();
-    if (single) return worker_run(&cfg, &g_stop);
+    if (single) return run_one(&cfg);
     if (cfg.workers <= 0) {
         chat_log_warn("supervisor: CHAT_WORKERS is 0, nothing to run");
         return 0;

@@ -19,7 +19,12 @@
  *   - sendMessage() returns a Promise of the `complete` frame (or rejects on
  *     `error`), matched by order because the server answers in order;
  *   - remembers the session_id of the last answer so follow-ups continue the
- *     conversation; resume(sessionId) follows another one (a second tab).
+ *     conversation; resume(sessionId) follows another one (a second tab);
+ *   - refreshes its token on the open socket: when the server says the token
+ *     expires soon (`auth_expiring`), options.refreshToken() is asked for a new
+ *     one (a token, or a Promise of one) and it is sent in an `auth` frame;
+ *     answers in flight go on. Without refreshToken the socket stays usable
+ *     until the token expires, then messages get AUTH_REQUIRED.
  *
  * Events for on(type, fn) (fn gets one detail object):
  *   state            {state, previous, ...}  state is one of: idle, connecting,
@@ -27,7 +32,10 @@
  *   open, close      {code, reason, wasClean, willReconnect}
  *   reconnecting     {attempt, delayMs}
  *   auth             {user, message}         (auth_success)
- *   auth_error       {message}
+ *   auth_error       {message, code}         code: INVALID_TOKEN, TOKEN_EXPIRED, ...
+ *   auth_expiring    {expires_in}            seconds left on the token
+ *   refresh_error    {error, code}           refreshToken failed or its token was refused
+ *                                            (the socket keeps its user until the old token expires)
  *   progress         {step, message, session_id, answer_id, own}
  *   token            {token, partial_response, seq, session_id, answer_id, own}
  *   complete         {response, session_id, metadata, answer_id, seq, own}
@@ -51,6 +59,7 @@
     tokenInQuery: false,    // also put ?token= in the URL (it then ends up in access logs: off by default)
     resume: true,           // on every new connection, resume the conversation (this.sessionId)
     resumeRetries: 5,       // a resume answered OVERLOADED (no worker yet, e.g. a restart) is retried
+    refreshToken: null,     // function () -> a new token for the same user, or a Promise of one (auth_expiring)
     path: '/ws/chat',
     WebSocket: null         // injectable WebSocket implementation (tests, non-browser hosts)
   };
@@ -127,6 +136,8 @@
     this._connectTimer = null;
     this._stableTimer = null;
     this._authFailed = false;
+    this._authKinds = [];    // why each auth frame on this socket was sent ('connect', 'set', 'refresh'), in order
+    this._refreshing = false;
     this._onOnline = null;
   }
 
@@ -223,9 +234,10 @@
       self._stableTimer = setTimeout(function () { if (self.ws === ws) self._attempt = 0; }, self.options.stableAfterMs);
       self._resumeOnAuth = true;
       self._resuming = null;
+      self._authKinds = [];
       if (self.token) {
         // Re-sent on every (re)connect: a new socket is a new, unauthenticated session server-side.
-        self._sendRaw({ type: 'auth', token: self.token });
+        self._sendAuth('connect');
       } else {
         self._flushOutbox();
       }
@@ -353,10 +365,12 @@
   };
 
   /** Changes the token; re-authenticates at once when connected. */
+  // A token for another user is refused on an authenticated socket (USER_MISMATCH): the client then
+  // reconnects, and the new socket authenticates with it (answers in flight are lost).
   P.setToken = function (token) {
     this.token = token || null;
     this._authFailed = false;
-    if (this.token && this.isOpen()) this._sendRaw({ type: 'auth', token: this.token });
+    if (this.token && this.isOpen()) this._sendAuth('set');
   };
 
   P.isOpen = function () { return !!this.ws && this.ws.readyState === 1; };
@@ -373,10 +387,39 @@
     return true;
   };
 
+  // The server answers auth frames in order, one auth_success or auth_error each.
+  P._sendAuth = function (kind) {
+    if (!this._sendRaw({ type: 'auth', token: this.token })) return false;
+    this._authKinds.push(kind);
+    return true;
+  };
+
+  // Asks options.refreshToken for a token and authenticates the open socket with it. One at a time;
+  // a failure is reported as refresh_error and changes nothing else.
+  P._refresh = function () {
+    var fn = this.options.refreshToken;
+    if (typeof fn !== 'function' || this._refreshing) return;
+    var self = this, ws = this.ws;
+    this._refreshing = true;
+    var failed = function (e) {
+      self._refreshing = false;
+      self._emit('refresh_error', { error: String(e && e.message || e), code: (e && e.code) || 'REFRESH_FAILED' });
+    };
+    var pending;
+    try { pending = Promise.resolve(fn.call(this)); } catch (e) { failed(e); return; }
+    pending.then(function (token) {
+      if (typeof token !== 'string' || !token) { failed(makeError('refreshToken gave no token', 'REFRESH_FAILED')); return; }
+      self._refreshing = false;
+      self.token = token;
+      if (self.ws === ws && self.isOpen()) self._sendAuth('refresh');
+    }, failed);
+  };
+
   P._handleFrame = function (data) {
     this._emit('frame', data);
     switch (data.type) {
       case 'auth_success':
+        this._authKinds.shift();
         this._authFailed = false;
         this._attempt = 0;
         this.user = data.user || null;
@@ -388,14 +431,30 @@
         this._resumeOnAuth = false;
         this._flushOutbox();
         break;
-      case 'auth_error':
+      case 'auth_error': {
+        var kind = this._authKinds.shift() || 'connect';
+        // A failed auth on an authenticated socket leaves it authenticated as before (server-side too).
+        if (this.state === 'authenticated' && kind === 'refresh') {
+          this._emit('auth_error', { message: data.message, code: data.code });
+          this._emit('refresh_error', { error: data.message, code: data.code || 'AUTH_ERROR' });
+          break;
+        }
+        if (this.state === 'authenticated' && kind === 'set' && data.code === 'USER_MISMATCH') {
+          this.reconnect(); // another user: a socket of its own
+          break;
+        }
         this._authFailed = true;
         this.user = null;
         if (this.state === 'authenticated') this._setState('open');
-        this._emit('auth_error', { message: data.message });
+        this._emit('auth_error', { message: data.message, code: data.code });
         this._callback('onError', [data.message, 'AUTH_ERROR']);
         // Queued messages would only earn AUTH_REQUIRED: fail them now, clearly.
         this._rejectOutbox(makeError(data.message || 'authentication failed', 'AUTH_ERROR', data));
+        break;
+      }
+      case 'auth_expiring':
+        this._emit('auth_expiring', { expires_in: data.expires_in });
+        this._refresh();
         break;
       case 'progress': {
         var a = this._noteAnswer(data);

@@ -12,13 +12,16 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -313,4 +316,136 @@ void e2e_rmdir(const char *dir)
         closedir(d);
     }
     rmdir(dir);
+}
+
+/* ---------------------------------------------------------------- the proxy */
+
+#define PROXY_PAIRS 64
+
+struct e2e_proxy {
+    int listen_fd, wake[2];
+    char target[108];
+    atomic_bool up, quit;
+    pthread_t thread;
+    int pair[PROXY_PAIRS][2]; /* client, server; -1 when free */
+};
+
+static int unix_socket_at(const char *path, bool listening)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof a.sun_path) return -1;
+    strcpy(a.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (listening) unlink(path);
+    int rc = listening ? bind(fd, (struct sockaddr *)&a, sizeof a) || listen(fd, 64)
+                       : connect(fd, (struct sockaddr *)&a, sizeof a);
+    if (rc) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void pair_close(e2e_proxy *p, int i)
+{
+    if (p->pair[i][0] < 0) return;
+    close(p->pair[i][0]);
+    close(p->pair[i][1]);
+    p->pair[i][0] = p->pair[i][1] = -1;
+}
+
+/* A connection accepted: paired with a new one to the target while up, else closed at once. */
+static void proxy_accept(e2e_proxy *p)
+{
+    int c = accept4(p->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0) return;
+    int s = atomic_load(&p->up) ? unix_socket_at(p->target, false) : -1;
+    for (int i = 0; s >= 0 && i < PROXY_PAIRS; i++)
+        if (p->pair[i][0] < 0) {
+            p->pair[i][0] = c, p->pair[i][1] = s;
+            return;
+        }
+    close(c);
+    if (s >= 0) close(s);
+}
+
+/* Moves what fd from has to its peer; false when the pair is over. */
+static bool proxy_pass(int from, int to)
+{
+    char buf[65536];
+    ssize_t n = read(from, buf, sizeof buf);
+    if (n <= 0) return false;
+    for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(to, buf + off, (size_t)(n - off));
+        if (w <= 0) return false;
+        off += w;
+    }
+    return true;
+}
+
+static void *proxy_main(void *arg)
+{
+    e2e_proxy *p = arg;
+    while (!atomic_load(&p->quit)) {
+        struct pollfd fds[2 + 2 * PROXY_PAIRS];
+        int at[2 + 2 * PROXY_PAIRS], n = 0;
+        fds[n++] = (struct pollfd){.fd = p->wake[0], .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = p->listen_fd, .events = POLLIN};
+        for (int i = 0; i < PROXY_PAIRS; i++)
+            for (int k = 0; p->pair[i][0] >= 0 && k < 2; k++)
+                at[n] = i * 2 + k, fds[n++] = (struct pollfd){.fd = p->pair[i][k], .events = POLLIN};
+        if (poll(fds, (nfds_t)n, 1000) <= 0) continue;
+        if (fds[0].revents) {
+            char b[16];
+            if (read(p->wake[0], b, sizeof b) < 0) continue;
+            for (int i = 0; !atomic_load(&p->up) && i < PROXY_PAIRS; i++) pair_close(p, i);
+            continue; /* the pairs polled may be closed */
+        }
+        if (fds[1].revents) proxy_accept(p);
+        for (int j = 2; j < n; j++) {
+            int i = at[j] / 2, k = at[j] % 2;
+            if (fds[j].revents && p->pair[i][0] >= 0 && !proxy_pass(p->pair[i][k], p->pair[i][1 - k])) pair_close(p, i);
+        }
+    }
+    return NULL;
+}
+
+e2e_proxy *e2e_proxy_start(const char *path, const char *target)
+{
+    e2e_proxy *p = calloc(1, sizeof *p);
+    if (!p || !target || strlen(target) >= sizeof p->target) {
+        free(p);
+        return NULL;
+    }
+    snprintf(p->target, sizeof p->target, "%s", target);
+    for (int i = 0; i < PROXY_PAIRS; i++) p->pair[i][0] = p->pair[i][1] = -1;
+    atomic_init(&p->up, true);
+    atomic_init(&p->quit, false);
+    p->listen_fd = unix_socket_at(path, true);
+    if (p->listen_fd < 0 || pipe2(p->wake, O_CLOEXEC)) goto fail;
+    if (pthread_create(&p->thread, NULL, proxy_main, p)) goto fail;
+    return p;
+fail:
+    if (p->listen_fd >= 0) close(p->listen_fd);
+    free(p);
+    return NULL;
+}
+
+void e2e_proxy_set_up(e2e_proxy *p, bool up)
+{
+    atomic_store(&p->up, up);
+    if (write(p->wake[1], "w", 1) < 0) return;
+}
+
+void e2e_proxy_stop(e2e_proxy *p)
+{
+    if (!p) return;
+    atomic_store(&p->quit, true);
+    e2e_proxy_set_up(p, false);
+    pthread_join(p->thread, NULL);
+    close(p->listen_fd);
+    close(p->wake[0]);
+    close(p->wake[1]);
+    free(p);
 }

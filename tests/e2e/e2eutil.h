@@ -1,10 +1,10 @@
 /* Helpers for end-to-end tests: spawning the project's programs with an environment of their own,
  * waiting for them to listen, signalling and reaping them, and small probes (free ports, RSS, a plain
- * HTTP GET, child processes).
+ * HTTP GET, child processes), and a proxy that makes a server unreachable at will.
  *
  * No cmocka dependency: functions return errors, callers assert. Children are started in their own
  * process group and, with PR_SET_PDEATHSIG, get SIGKILL if the test dies, so a failed test never leaves a
- * stack running. Not thread-safe (tests are single-threaded). */
+ * stack running. Not thread-safe (tests are single-threaded; the proxy's thread is its own). */
 #ifndef E2EUTIL_H
 #define E2EUTIL_H
 
@@ -50,6 +50,15 @@ int e2e_http_get(const char *host, int port, const char *path, const char *extra
 const char *e2e_tmpdir(const char *prefix);
 /* Removes the files in dir (not recursive) and dir itself. */
 void e2e_rmdir(const char *dir);
+
+/* A Unix-socket proxy on a thread of its own, to make a server unreachable for one client (a worker's
+ * database): it listens at path and, while up, forwards each connection to the socket target; set down,
+ * it cuts every connection and closes new ones as soon as they are accepted. Starts up; NULL on
+ * failure. e2e_proxy_stop accepts NULL. */
+typedef struct e2e_proxy e2e_proxy;
+e2e_proxy *e2e_proxy_start(const char *path, const char *target);
+void e2e_proxy_set_up(e2e_proxy *p, bool up);
+void e2e_proxy_stop(e2e_proxy *p);
 
 /* Milliseconds since an arbitrary start (monotonic). */
 long long e2e_now_ms(void);

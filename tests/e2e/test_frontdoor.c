@@ -395,6 +395,34 @@ static void test_history(void **state)
     resp_free(&r);
 }
 
+/* A REST answer says its turn is stored ("stored": true in its metadata), and the history has it, its
+ * metadata without the flag. */
+static void test_chat_says_stored(void **state)
+{
+    (void)state;
+    http_resp r;
+    post_chat(E.alice, "application/json", "{\"message\":\"How often should I change the oil?\"}", &r);
+    check_success(&r, NULL, 0);
+    json_object *o = parse(&r);
+    json_object *stored = path_get(o, "metadata", "stored");
+    assert_non_null(stored);
+    assert_true(json_object_is_type(stored, json_type_boolean) && json_object_get_boolean(stored));
+    char path[256];
+    snprintf(path, sizeof path, "/api/v1/sessions/%s/messages", str_field(o, "session_id"));
+    json_object_put(o);
+    resp_free(&r);
+    get_auth(path, E.alice, &r);
+    if (r.status != 200) fail_msg("history: %ld %s", r.status, r.body.data);
+    o = parse(&r);
+    json_object *msgs = path_get(o, "messages", NULL);
+    assert_int_equal(json_object_array_length(msgs), 2);
+    json_object *meta = path_get(json_object_array_get_idx(msgs, 1), "metadata", NULL);
+    assert_non_null(meta);
+    assert_null(path_get(meta, "stored", NULL));
+    json_object_put(o);
+    resp_free(&r);
+}
+
 static void test_session_forbidden(void **state)
 {
     (void)state;
@@ -671,6 +699,49 @@ static void test_websocket_chat(void **state)
     chat_wsc_close(c, 1000, NULL);
 }
 
+/* The Origin check through lighttpd's proxy: the page's own origin (the Host lighttpd passes on is the
+ * client's), clients without an Origin and allowlisted origins (tests/run.sh lists the https origins
+ * under *.allowed.example in CHAT_ALLOWED_ORIGINS) get a socket; any other origin gets 403. */
+static void test_websocket_origin(void **state)
+{
+    (void)state;
+    char own[160], other_port[160], lookalike[160];
+    snprintf(own, sizeof own, "%s", E.base);
+    snprintf(other_port, sizeof other_port, "http://127.0.0.1:%d", atoi(strrchr(E.base, ':') + 1) + 1);
+    snprintf(lookalike, sizeof lookalike, "http://127.0.0.1.evil:%s", strrchr(E.base, ':') + 1);
+    const struct {
+        const char *origin;
+        int status;
+    } cases[] = {
+        {own, 101},
+        {NULL, 101},
+        {"https://app.allowed.example", 101},
+        {"http://evil.example", 403},
+        {other_port, 403},
+        {lookalike, 403},
+        {"https://allowed.example", 403}, /* the glob's domain itself is not listed */
+        {"https://app.allowed.example.evil", 403},
+        {"null", 403},
+    };
+    char url[4096], err[256];
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_wsc_opts o = {.origin = cases[i].origin, .timeout_ms = 5000};
+        int status = 0;
+        chat_wsc *c = chat_wsc_connect(url, &o, &status, err, sizeof err);
+        const char *name = cases[i].origin ? cases[i].origin : "(no Origin)";
+        if (status != cases[i].status) fail_msg("Origin %s: HTTP %d (%s), want %d", name, status, err, cases[i].status);
+        if (cases[i].status == 101) {
+            json_object *j = NULL;
+            if (chat_wsc_recv_type(c, 5000, "auth_success", &j)) fail_msg("Origin %s: no auth_success", name);
+            json_object_put(j);
+        } else {
+            assert_null(c);
+        }
+        chat_wsc_close(c, 1000, NULL);
+    }
+}
+
 static bool file_has(const char *path, const char *needle)
 {
     char *s = testutil_read_file(path, NULL);
@@ -754,12 +825,14 @@ int main(void)
         cmocka_unit_test(test_static_files),
         cmocka_unit_test(test_chat_success_and_continue),
         cmocka_unit_test(test_history),
+        cmocka_unit_test(test_chat_says_stored),
         cmocka_unit_test(test_session_forbidden),
         cmocka_unit_test(test_auth_errors),
         cmocka_unit_test(test_request_errors),
         cmocka_unit_test(test_message_refusals_match_websocket),
         cmocka_unit_test(test_routing_errors),
         cmocka_unit_test(test_websocket_chat),
+        cmocka_unit_test(test_websocket_origin),
         cmocka_unit_test(test_access_log_has_no_token),
         cmocka_unit_test(test_database_down),
     };

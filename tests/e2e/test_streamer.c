@@ -17,15 +17,18 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -161,12 +164,15 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
                                "CHAT_MAX_MESSAGE_BYTES",
                                "CHAT_IDLE_TIMEOUT_S",
                                "CHAT_PING_INTERVAL_S",
+                               "CHAT_STREAMER_PING_TIMEOUT_S",
+                               "CHAT_STREAMER_HEADER_TIMEOUT_S",
+                               "CHAT_STREAMER_AUTH_TIMEOUT_S",
                                "CHAT_STREAMER_SNDBUF",
                                "CHAT_STREAMER_RX_BUFFER",
                                "CHAT_STREAMER_WRITE_STALL_MS",
                                "CHAT_STREAMER_QUEUE_MAX",
                                "CHAT_STREAMER_QUEUE_WAIT_MS"};
-        int n = 22;
+        int n = 25;
         for (int i = 0; extra && extra[i] && n < 47; i++)
             env[n++] = extra[i];
         env[n] = NULL;
@@ -178,6 +184,14 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
     }
     fail_msg("streamer %s did not start, see %s", name, log_path(name));
     return -1;
+}
+
+/* A streamer with settings of its own and no workers (an endpoint of its own, named after it). */
+static pid_t streamer_alone(const char *name, const char *const extra[], int *port)
+{
+    char endpoint[400];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
+    return streamer_start(name, endpoint, extra, port);
 }
 
 static void stop_streamer(pid_t pid)
@@ -337,6 +351,7 @@ typedef struct answer {
     unsigned long long seq; /* the last token's */
     bool seq_rising;        /* every token's seq above the one before */
     chat_buf partial;       /* the last token's partial_response */
+    int pause_at_tokens; /* collect returns after this many tokens (0: at the terminal event only) */
 } answer;
 
 static void answer_init(answer *a)
@@ -440,6 +455,7 @@ static void collect(chat_wsc *c, answer *a, int timeout_ms, void (*on_token)(cha
         bool token = !strcmp(jstr(o, "type") ? jstr(o, "type") : "", "token");
         if (answer_feed(a, o)) return;
         if (token && on_token) on_token(c, a, ud);
+        if (token && a->ntokens == a->pause_at_tokens) return;
     }
 }
 
@@ -617,6 +633,97 @@ static void test_origin_allowlist(void **state)
     }
 }
 
+/* The page's own origin is accepted besides the allowlist; "*" admits any origin with a warning in the
+ * log; a malformed allowlist stops the streamer at start. */
+static void test_origin_settings(void **state)
+{
+    (void)state;
+    char own[64];
+    snprintf(own, sizeof own, "http://127.0.0.1:%d", E.port);
+    int status = 0;
+    chat_wsc *c = ws_open_at(E.port, "/ws/chat", own, &status);
+    assert_int_equal(status, 101);
+    expect_usable(c);
+    chat_wsc_close(c, 1000, NULL);
+
+    char endpoint[400];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/origins.ipc", E.dir);
+    unlink(log_path("origin-any"));
+    const char *any[] = {"CHAT_ALLOWED_ORIGINS=*", NULL};
+    int port;
+    pid_t pid = streamer_start("origin-any", endpoint, any, &port);
+    c = ws_open_at(port, "/ws/chat", "http://evil.example", &status);
+    assert_int_equal(status, 101);
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    char *log = testutil_read_file(log_path("origin-any"), NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "CHAT_ALLOWED_ORIGINS contains \"*\""));
+    free(log);
+
+    char listen[64], zmq[460];
+    snprintf(listen, sizeof listen, "CHAT_STREAMER_LISTEN=127.0.0.1:%d", e2e_free_port());
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
+    const char *env[] = {listen, zmq, "JWT_SECRET=" SECRET,
+                         "CHAT_ALLOWED_ORIGINS=https://ok.example, https://bad.example/", NULL};
+    const char *argv[] = {E.bin_streamer, NULL};
+    unlink(log_path("origin-bad"));
+    pid = e2e_spawn(argv, env, log_path("origin-bad"));
+    assert_true(pid > 0);
+    int st = 0;
+    assert_int_equal(e2e_wait_exit(pid, 5000, &st), 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    log = testutil_read_file(log_path("origin-bad"), NULL);
+    assert_non_null(log);
+    assert_non_null(strstr(log, "\"https://bad.example/\" is not an origin"));
+    free(log);
+}
+
+/* Connects to port and sends a request head one byte a second (drip) or nothing at all. Returns when
+ * the server closed the connection, in ms after the connect, or -1 when it was still open after
+ * limit_ms. A response before the head is complete fails the test. */
+static long long slow_head_closed_after(int port, bool drip, int limit_ms)
+{
+    static const char head[] = "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    long long t0 = e2e_now_ms(), closed = -1;
+    size_t sent = 0;
+    while (closed < 0 && e2e_now_ms() - t0 < limit_ms) {
+        if (drip && sent < sizeof head - 1 && send(fd, head + sent, 1, MSG_NOSIGNAL) == 1) sent++;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 1000) <= 0) continue;
+        char b[256];
+        ssize_t n = recv(fd, b, sizeof b, 0);
+        if (n > 0) fail_msg("a response after %zu bytes of the head: %.*s", sent, (int)n, b);
+        closed = e2e_now_ms() - t0;
+    }
+    close(fd);
+    return closed;
+}
+
+/* Slowloris: with CHAT_STREAMER_HEADER_TIMEOUT_S=2, a connection sending its request head one byte a
+ * second is closed after about 2 s (lws's default would be 10), so is one that sends nothing; a normal
+ * request is not affected. */
+static void test_request_head_timeout(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_STREAMER_HEADER_TIMEOUT_S=2", NULL};
+    int port;
+    pid_t pid = streamer_alone("head", extra, &port);
+    static const bool drips[] = {true, false};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(drips); i++) {
+        long long after = slow_head_closed_after(port, drips[i], 6000);
+        if (after < 1500 || after > 4500)
+            fail_msg("%s: closed after %lld ms, want about 2000", drips[i] ? "one byte a second" : "silent", after);
+    }
+    assert_int_equal(status_int(port, "connections"), 0); /* a complete request is served */
+    stop_streamer(pid);
+}
+
 /* ---------------------------------------------------------------- authentication */
 
 static void test_auth_query_success(void **state)
@@ -742,6 +849,113 @@ static void test_token_expires_with_queue(void **state)
     chat_wsc_close(c, 1000, NULL);
     free(token);
     free(payload);
+}
+
+/* Expects auth_error with code; returns after it. */
+static void expect_auth_error(chat_wsc *c, const char *code, const char *what)
+{
+    json_object *o = next_json(c, 5000);
+    const char *type = jstr(o, "type"), *got = jstr(o, "code");
+    if (!type || strcmp(type, "auth_error") || !got || strcmp(got, code) || !jstr(o, "message"))
+        fail_msg("%s: expected auth_error %s, got %s", what, code, json_object_to_json_string(o));
+    json_object_put(o);
+}
+
+/* An auth frame of n bytes: the token made of 'x' (before or after the type). */
+static char *big_auth(size_t n, bool type_last)
+{
+    char *f = malloc(n + 1);
+    assert_non_null(f);
+    const char *head = type_last ? "{\"token\":\"" : "{\"type\":\"auth\",\"token\":\"";
+    const char *tail = type_last ? "\",\"type\":\"auth\"}" : "\"}";
+    size_t h = strlen(head), t = strlen(tail);
+    memcpy(f, head, h);
+    memset(f + h, 'x', n - h - t);
+    memcpy(f + n - t, tail, t + 1);
+    return f;
+}
+
+/* Every reply to an auth attempt is auth_success or auth_error (with a code), before and after a
+ * successful authentication: a client waiting for its auth answer never gets a plain error. */
+static void test_auth_replies(void **state)
+{
+    (void)state;
+    size_t n = 100 * 1024;
+    char *big = big_auth(n, false), *big_last = big_auth(n, true);
+    char expired[2048], garbage[] = "{\"type\":\"auth\",\"token\":\"garbage\"}";
+    snprintf(expired, sizeof expired, "{\"type\":\"auth\",\"token\":\"%s\"}", E.expired);
+    const struct {
+        const char *name, *frame, *code;
+        int fragments; /* 0: one frame */
+    } cases[] = {
+        {"100 KB auth", big, "MESSAGE_TOO_LONG", 0},
+        {"100 KB auth, type last", big_last, "MESSAGE_TOO_LONG", 0},
+        {"100 KB auth in 10 fragments", big, "MESSAGE_TOO_LONG", 10},
+        {"100 KB auth in 10 fragments, type last", big_last, "MESSAGE_TOO_LONG", 10},
+        {"cut short", "{\"type\":\"auth\",\"token\":", "INVALID_JSON", 0},
+        {"trailing garbage", "{\"type\": \"auth\", \"token\": \"a.b.c\"} x", "INVALID_JSON", 0},
+        {"no token", "{\"type\":\"auth\"}", "INVALID_REQUEST", 0},
+        {"null token", "{\"type\":\"auth\",\"token\":null}", "INVALID_REQUEST", 0},
+        {"number token", "{\"type\":\"auth\",\"token\":42}", "INVALID_REQUEST", 0},
+        {"empty token", "{\"type\":\"auth\",\"token\":\"\"}", "INVALID_REQUEST", 0},
+        {"invalid token", garbage, "INVALID_TOKEN", 0},
+        {"expired token", expired, "TOKEN_EXPIRED", 0},
+    };
+    /* Within the default burst of 10 (the frames too long to read are not charged). */
+    for (int authed = 0; authed < 2; authed++) {
+        chat_wsc *c = ws_open(authed ? E.alice : NULL);
+        for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+            const char *f = cases[i].frame;
+            size_t len = strlen(f);
+            int k = cases[i].fragments;
+            if (!k) {
+                send_str(c, f);
+            } else {
+                for (int j = 0; j < k; j++) {
+                    size_t from = len * (size_t)j / (size_t)k, to = len * (size_t)(j + 1) / (size_t)k;
+                    assert_int_equal(chat_wsc_send_frame(c, j ? CHAT_WS_CONT : CHAT_WS_TEXT, j == k - 1, f + from,
+                                                         to - from),
+                                     0);
+                }
+            }
+            expect_auth_error(c, cases[i].code, cases[i].name);
+        }
+        /* Other frames are still answered with error, and the connection is as it was. */
+        send_str(c, "not json");
+        expect_error(c, "INVALID_JSON");
+        send_message(c, QUESTION, "\"partial\":false");
+        if (!authed) {
+            expect_error(c, "AUTH_REQUIRED");
+        } else {
+            answer a;
+            answer_init(&a);
+            collect(c, &a, ANSWER_MS, NULL, NULL);
+            assert_non_null(a.complete);
+            answer_clear(&a);
+        }
+        chat_wsc_close(c, 1000, NULL);
+    }
+    free(big);
+    free(big_last);
+
+    /* Rate-limited auth frames get auth_error RATE_LIMITED. */
+    char endpoint[400];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/authrate.ipc", E.dir);
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=3", NULL};
+    int port;
+    pid_t pid = streamer_start("authrate", endpoint, extra, &port);
+    chat_wsc *c = ws_open_at(port, "/ws/chat", NULL, NULL);
+    assert_non_null(c);
+    for (int i = 0; i < 3; i++) {
+        send_str(c, garbage);
+        expect_auth_error(c, "INVALID_TOKEN", "within the burst");
+    }
+    send_str(c, garbage);
+    expect_auth_error(c, "RATE_LIMITED", "over the rate");
+    send_str(c, "{\"type\":\"auth\"");
+    expect_auth_error(c, "RATE_LIMITED", "invalid JSON over the rate");
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
 }
 
 static void test_message_without_auth(void **state)
@@ -1114,6 +1328,52 @@ static void test_invalid_utf8_and_binary(void **state)
     chat_wsc_close(c, 0, NULL);
 }
 
+/* RFC 6455 section 5.1: a client frame without a mask closes the connection with 1002, whatever the
+ * frame (data or control, alone or after a masked one in the same write, its header split across
+ * writes); the application never sees it (no pong for an unmasked {"type":"ping"}). */
+static void test_unmasked_frame(void **state)
+{
+    (void)state;
+    static const char ping[] = "{\"type\":\"ping\"}";
+    unsigned char text[2 + sizeof ping - 1] = {0x81, (unsigned char)(sizeof ping - 1)};
+    memcpy(text + 2, ping, sizeof ping - 1);
+    static const unsigned char pong[] = {0x8a, 0x00};
+    const struct {
+        const char *name;
+        const unsigned char *bytes;
+        size_t len;
+        bool masked_first; /* a masked frame in the same write before it */
+        size_t split;      /* > 0: the bytes go in two writes, split there */
+    } cases[] = {{"text", text, sizeof text, false, 0},
+                 {"empty pong", pong, sizeof pong, false, 0},
+                 {"after a masked frame", text, sizeof text, true, 0},
+                 {"header split", text, sizeof text, false, 1}};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_wsc *c = ws_open(E.alice);
+        unsigned char buf[64];
+        size_t n = 0;
+        if (cases[i].masked_first) { /* a masked empty pong: header, key, no payload */
+            static const unsigned char masked_pong[] = {0x8a, 0x80, 1, 2, 3, 4};
+            memcpy(buf, masked_pong, sizeof masked_pong);
+            n = sizeof masked_pong;
+        }
+        memcpy(buf + n, cases[i].bytes, cases[i].len);
+        n += cases[i].len;
+        size_t first = cases[i].split ? cases[i].split : n;
+        assert_int_equal(chat_wsc_send_raw(c, buf, first), 0);
+        if (first < n) {
+            e2e_sleep_ms(100);
+            assert_int_equal(chat_wsc_send_raw(c, buf + first, n - first), 0);
+        }
+        const char *m = NULL;
+        int rc = chat_wsc_recv(c, 5000, &m, NULL);
+        if (rc != CHAT_ERR) fail_msg("%s: rc %d (%s) instead of a close", cases[i].name, rc, rc ? "" : m);
+        if (chat_wsc_close_code(c) != 1002 || strcmp(chat_wsc_close_reason(c), "unmasked frame"))
+            fail_msg("%s: close %d %s", cases[i].name, chat_wsc_close_code(c), chat_wsc_close_reason(c));
+        chat_wsc_close(c, 0, NULL);
+    }
+}
+
 /* ---------------------------------------------------------------- workers failing */
 
 static void kill_busy_worker(chat_wsc *c, answer *a, void *ud)
@@ -1225,10 +1485,10 @@ static void test_no_workers(void **state)
 /* ---------------------------------------------------------------- rate limit, slow readers */
 
 /* A streamer with a pool of its own: one worker process with `slots` slots pacing tokens by delay_ms and
- * batching later tokens over flush_ms (-1: the default). Returns the streamer's pid; *workers gets the
- * pool's. */
-static pid_t private_stack_flush(const char *name, int slots, int delay_ms, int flush_ms, const char *const extra[],
-                                 int *port, pid_t *workers)
+ * batching later tokens over flush_ms (-1: the default), with the worker settings wextra besides
+ * (NULL-terminated, may be NULL). Returns the streamer's pid; *workers gets the pool's. */
+static pid_t private_stack_env(const char *name, int slots, int delay_ms, int flush_ms, const char *const extra[],
+                               const char *const wextra[], int *port, pid_t *workers)
 {
     char endpoint[400], zmq[460], slots_env[40], delay_env[40], flush_env[40], log[64];
     snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
@@ -1237,9 +1497,10 @@ static pid_t private_stack_flush(const char *name, int slots, int delay_ms, int 
     snprintf(delay_env, sizeof delay_env, "CHAT_TOKEN_DELAY_MS=%d", delay_ms);
     snprintf(flush_env, sizeof flush_env, "CHAT_TOKEN_FLUSH_MS=%d", flush_ms);
     snprintf(log, sizeof log, "%s-worker", name);
-    const char *wenv[] = {zmq,       "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1",     slots_env,
-                          delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn", flush_ms >= 0 ? flush_env : NULL,
-                          NULL};
+    const char *wenv[24] = {zmq,       "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1",     slots_env,
+                            delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn", flush_ms >= 0 ? flush_env : NULL};
+    for (int i = 0, n = flush_ms >= 0 ? 8 : 7; wextra && wextra[i] && n < 23; i++)
+        wenv[n++] = wextra[i];
     const char *wargv[] = {E.bin_worker, NULL};
     *workers = e2e_spawn(wargv, wenv, log_path(log));
     assert_true(*workers > 0);
@@ -1248,21 +1509,35 @@ static pid_t private_stack_flush(const char *name, int slots, int delay_ms, int 
     return pid;
 }
 
+/* The same without worker settings of its own. */
+static pid_t private_stack_flush(const char *name, int slots, int delay_ms, int flush_ms, const char *const extra[],
+                                 int *port, pid_t *workers)
+{
+    return private_stack_env(name, slots, delay_ms, flush_ms, extra, NULL, port, workers);
+}
+
 static pid_t private_stack(const char *name, int slots, int delay_ms, const char *const extra[], int *port,
                            pid_t *workers)
 {
     return private_stack_flush(name, slots, delay_ms, -1, extra, port, workers);
 }
 
-/* A connection of alice's to a private streamer, authenticated by ?token=; its first frame is read. */
-static chat_wsc *open_alice(int port)
+/* A connection of alice's to a private streamer, authenticated by ?token=; its first frame is read.
+ * empty_pongs: the client answers pings with empty pongs (chat_wsc_opts). */
+static chat_wsc *open_alice_with(int port, bool empty_pongs)
 {
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
-    chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
-    assert_non_null(c);
+    char url[2200], err[256];
+    snprintf(url, sizeof url, "ws://127.0.0.1:%d/ws/chat?token=%s", port, E.alice);
+    chat_wsc_opts o = {.timeout_ms = 5000, .empty_pongs = empty_pongs};
+    chat_wsc *c = chat_wsc_connect(url, &o, NULL, err, sizeof err);
+    if (!c) fail_msg("connect: %s", err);
     json_object_put(next_json(c, 5000));
     return c;
+}
+
+static chat_wsc *open_alice(int port)
+{
+    return open_alice_with(port, false);
 }
 
 static void note_first_token(chat_wsc *c, answer *a, void *ud)
@@ -1540,6 +1815,106 @@ static void test_worker_with_slots_killed(void **state)
     assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
 }
 
+static void send_auth(chat_wsc *c, const char *token)
+{
+    char msg[4096];
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
+    send_str(c, msg);
+}
+
+static void expect_type(chat_wsc *c, const char *type, int timeout_ms)
+{
+    json_object *o = next_json(c, timeout_ms);
+    if (!jstr(o, "type") || strcmp(jstr(o, "type"), type))
+        fail_msg("expected %s, got %s", type, json_object_to_json_string(o));
+    json_object_put(o);
+}
+
+/* Token refresh on an open socket (CHAT_AUTH_REFRESH_LEAD_S=3, no leeway): auth_expiring arrives 3 s
+ * before exp; an auth with a fresh token for the same user, sent while an answer streams, is answered
+ * auth_success among the tokens, the answer goes on, and messages are accepted after the old exp (a
+ * connection that did not refresh gets AUTH_REQUIRED, as before); a token for another user is refused
+ * with USER_MISMATCH and the connection stays its user's. */
+static void test_token_refresh(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_AUTH_REFRESH_LEAD_S=3", "JWT_LEEWAY=0", "CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = private_stack("refresh", 2, 40, extra, &port, &workers);
+    time_t t0 = time(NULL);
+    long long exp = (long long)t0 + 6;
+    char *short_lived = chat_jwt_mint_hs256(SECRET, "alice", "alice@example.com", "Test alice", t0, 6);
+    assert_non_null(short_lived);
+    chat_wsc *c = ws_open_at(port, "/ws/chat", NULL, NULL), *plain = ws_open_at(port, "/ws/chat", NULL, NULL);
+    assert_non_null(c);
+    assert_non_null(plain);
+    send_auth(c, short_lived);
+    expect_type(c, "auth_success", 5000);
+    send_auth(plain, short_lived);
+    expect_type(plain, "auth_success", 5000);
+
+    /* (1) auth_expiring, the lead before exp */
+    json_object *o = next_json(c, 8000);
+    long long at = (long long)time(NULL);
+    if (strcmp(jstr(o, "type"), "auth_expiring")) fail_msg("got %s", json_object_to_json_string(o));
+    int expires_in = json_object_get_int(jget(o, "expires_in"));
+    if (expires_in < 1 || expires_in > 3 || at < exp - 3 || at >= exp)
+        fail_msg("auth_expiring at exp%+lld with expires_in %d", at - exp, expires_in);
+    json_object_put(o);
+    expect_type(plain, "auth_expiring", 5000);
+
+    /* (2) a refresh while an answer streams */
+    send_message(c, QUESTION, "\"session_id\":\"refresh-alice-1\"");
+    answer a;
+    answer_init(&a);
+    int tokens_at_success = -1;
+    while (!a.complete) {
+        o = next_json(c, ANSWER_MS);
+        const char *type = jstr(o, "type");
+        if (!strcmp(type, "token")) {
+            chat_buf_puts(&a.tokens, jstr(o, "token"));
+            if (a.ntokens++ == 0) send_auth(c, E.alice); /* a fresh token, an hour long */
+        } else if (!strcmp(type, "auth_success")) {
+            assert_string_equal(jstr(jget(o, "user"), "id"), "alice");
+            tokens_at_success = a.ntokens;
+        } else if (!strcmp(type, "complete")) {
+            a.complete = json_object_get(o);
+        } else if (strcmp(type, "progress")) {
+            fail_msg("unexpected %s", json_object_to_json_string(o));
+        }
+        json_object_put(o);
+    }
+    if (tokens_at_success < 1 || tokens_at_success >= a.ntokens)
+        fail_msg("auth_success after token %d of %d: the answer did not go on streaming", tokens_at_success,
+                 a.ntokens);
+    assert_string_equal(jstr(a.complete, "response"), a.tokens.data);
+    assert_string_equal(jstr(jget(a.complete, "metadata"), "finish_reason"), "stop");
+    answer_clear(&a);
+
+    /* (3) after the old exp: the refreshed connection is served, the other must authenticate again */
+    while ((long long)time(NULL) <= exp)
+        e2e_sleep_ms(100);
+    ask(c, QUESTION, &a);
+    assert_full_answer(&a);
+    answer_clear(&a);
+    send_message(plain, QUESTION, NULL);
+    expect_error(plain, "AUTH_REQUIRED");
+
+    /* (4) another user's token: refused, the connection stays alice's (bob would get SESSION_FORBIDDEN) */
+    send_auth(c, E.bob);
+    expect_auth_error(c, "USER_MISMATCH", "bob's token on alice's connection");
+    ask_with(c, QUESTION, "\"session_id\":\"refresh-alice-1\"", &a);
+    assert_full_answer(&a);
+    answer_clear(&a);
+
+    chat_wsc_close(c, 1000, NULL);
+    chat_wsc_close(plain, 1000, NULL);
+    free(short_lived);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+}
+
 static void test_rate_limited(void **state)
 {
     (void)state;
@@ -1563,6 +1938,71 @@ static void test_rate_limited(void **state)
     expect_error(d, "OVERLOADED");
     chat_wsc_close(c, 1000, NULL);
     chat_wsc_close(d, 1000, NULL);
+    stop_streamer(pid);
+}
+
+/* Unauthenticated messages and application pings are rate limited too (burst 4 here): messages in the
+ * connection's bucket (AUTH_REQUIRED until it is empty, then RATE_LIMITED), pings in one of their own,
+ * at the same rate, so pinging does not eat the budget of messages. */
+static void test_rate_limited_unauthenticated_and_pings(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=4", NULL};
+    int port;
+    pid_t pid = streamer_alone("rate2", extra, &port);
+    chat_wsc *c = ws_open_at(port, "/ws/chat", NULL, NULL);
+    assert_non_null(c);
+    for (int i = 0; i < 4; i++) {
+        send_message(c, QUESTION, NULL);
+        expect_error(c, "AUTH_REQUIRED");
+    }
+    send_message(c, QUESTION, NULL);
+    expect_error(c, "RATE_LIMITED");
+    for (int i = 0; i < 4; i++)
+        expect_usable(c); /* the pings' own bucket is full */
+    send_str(c, "{\"type\":\"ping\"}");
+    expect_error(c, "RATE_LIMITED");
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+}
+
+/* CHAT_STREAMER_AUTH_TIMEOUT_S=2: a connection that has not authenticated 2 s after it opened is closed
+ * with 1008 "authentication timeout", even while it keeps sending (application pings); one that
+ * authenticated in time, by message or in the query, stays. */
+static void test_auth_deadline(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_STREAMER_AUTH_TIMEOUT_S=2", NULL};
+    int port;
+    pid_t pid = streamer_alone("authdeadline", extra, &port);
+    long long t0 = e2e_now_ms();
+    chat_wsc *anon = ws_open_at(port, "/ws/chat", NULL, NULL);
+    chat_wsc *late = ws_open_at(port, "/ws/chat", NULL, NULL);
+    chat_wsc *query = open_alice(port);
+    assert_non_null(anon);
+    assert_non_null(late);
+    e2e_sleep_ms(1000);
+    char msg[2048];
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", E.alice);
+    send_str(late, msg);
+    json_object *o = next_json(late, 5000);
+    assert_string_equal(jstr(o, "type"), "auth_success");
+    json_object_put(o);
+    int code = 0;
+    while (!code && e2e_now_ms() - t0 < 5000) {
+        send_str(anon, "{\"type\":\"ping\"}");
+        if (chat_wsc_recv(anon, 500, NULL, NULL) == CHAT_ERR) code = chat_wsc_close_code(anon);
+    }
+    long long took = e2e_now_ms() - t0;
+    if (code != 1008 || strcmp(chat_wsc_close_reason(anon), "authentication timeout"))
+        fail_msg("unauthenticated: close %d \"%s\" after %lld ms", code, chat_wsc_close_reason(anon), took);
+    assert_true(took >= 1500);
+    e2e_sleep_ms(1500); /* past the deadline of all three */
+    expect_usable(late);
+    expect_usable(query);
+    chat_wsc_close(anon, 0, NULL);
+    chat_wsc_close(late, 1000, NULL);
+    chat_wsc_close(query, 1000, NULL);
     stop_streamer(pid);
 }
 
@@ -1592,6 +2032,41 @@ static void test_idle_timeout(void **state)
     chat_wsc_close(idle, 0, NULL);
     chat_wsc_close(busy, 1000, NULL);
     stop_streamer(pid);
+}
+
+/* Keepalive with the intervals shortened: pinged after 1 s of silence, dropped after 3 s without a
+ * byte. A client that answers the pings with empty pongs (as browsers and python-websockets do to the
+ * streamer's empty pings) stays connected well past the drop time, idle or while an answer paced to
+ * outlast it streams, and gets the whole answer; a client that sends nothing is dropped. */
+static void test_keepalive_empty_pongs(void **state)
+{
+    (void)state;
+    const char *extra[] = {"CHAT_PING_INTERVAL_S=1", "CHAT_STREAMER_PING_TIMEOUT_S=3", "CHAT_IDLE_TIMEOUT_S=60", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = private_stack("keepalive", 1, 150, extra, &port, &workers);
+    chat_wsc *ponger = open_alice_with(port, true);
+    chat_wsc *mute = open_alice(port); /* never reads, so never answers a ping */
+    long long t0 = e2e_now_ms();
+    while (e2e_now_ms() - t0 < 7000) { /* reading answers the pings */
+        int rc = chat_wsc_recv(ponger, 250, NULL, NULL);
+        if (rc != CHAT_ETIMEOUT)
+            fail_msg("idle ponger: rc %d, close %d after %lld ms", rc, chat_wsc_close_code(ponger), e2e_now_ms() - t0);
+    }
+    assert_int_equal(wait_closed(mute, 1000), 1006); /* dropped without a close frame */
+    expect_usable(ponger);
+    answer a;
+    t0 = e2e_now_ms();
+    ask(ponger, QUESTION, &a);
+    long long took = e2e_now_ms() - t0;
+    if (a.closed) fail_msg("the answer was cut after %lld ms and %d tokens", took, a.ntokens);
+    assert_full_answer(&a);
+    if (took < 6000) fail_msg("the answer took %lld ms: too fast to outlast the drop time twice", took);
+    answer_clear(&a);
+    chat_wsc_close(ponger, 1000, NULL);
+    chat_wsc_close(mute, 0, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
 }
 
 /* In place of the main streamer: small send buffers, a short write stall, a small outbound limit. */
@@ -1728,6 +2203,163 @@ static void test_rs256_and_alg_confusion(void **state)
     free(pem);
     EVP_PKEY_free(rsa_key);
     stop_streamer(pid);
+}
+
+/* ---------------------------------------------------------------- turns kept while the database is away */
+
+/* Bytes in the *.spool files of dir (-1 when it cannot be read); *named counts those whose name holds
+ * the text named (may be NULL). */
+static long long spool_bytes(const char *dir, const char *named, int *n_named)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    long long total = 0;
+    if (n_named) *n_named = 0;
+    for (struct dirent *de; (de = readdir(d));) {
+        const char *dot = strrchr(de->d_name, '.');
+        if (!dot || strcmp(dot, ".spool")) continue;
+        char path[1100];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (!stat(path, &st)) total += st.st_size;
+        if (n_named && named && strstr(de->d_name, named)) (*n_named)++;
+    }
+    closedir(d);
+    return total;
+}
+
+/* The stored messages of a session, read with the test's own connection. */
+static long long stored_messages(chat_db *db, const char *sid)
+{
+    return testutil_count(db, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", sid);
+}
+
+/* Waits until the session holds want messages; fails the test after timeout_ms. */
+static void wait_stored(chat_db *db, const char *sid, long long want, int timeout_ms)
+{
+    long long deadline = e2e_now_ms() + timeout_ms, n;
+    while ((n = stored_messages(db, sid)) != want && e2e_now_ms() < deadline)
+        e2e_sleep_ms(100);
+    if (n != want) fail_msg("session %s: %lld messages stored, expected %lld", sid, n, want);
+}
+
+/* Sends a message and collects its answer up to its first token. */
+static void start_answer(chat_wsc *c, const char *extra, answer *a)
+{
+    answer_init(a);
+    a->pause_at_tokens = 1;
+    send_message(c, QUESTION, extra);
+    collect(c, a, ANSWER_MS, NULL, NULL);
+    if (a->ntokens != 1) fail_msg("no first token (error %s)", a->error);
+    a->pause_at_tokens = 0;
+}
+
+/* The rest of an answer begun by start_answer: complete, the answer whole, and the turn not stored yet. */
+static void finish_unstored(chat_wsc *c, answer *a)
+{
+    collect(c, a, ANSWER_MS, NULL, NULL);
+    if (!a->complete) fail_msg("no complete (error %s)", a->error);
+    assert_string_equal(jstr(a->complete, "response"), a->tokens.data);
+    json_object *m = jget(a->complete, "metadata");
+    assert_string_equal(jstr(m, "finish_reason"), "stop");
+    json_object *stored = jget(m, "stored");
+    assert_non_null(stored);
+    assert_true(json_object_is_type(stored, json_type_boolean));
+    assert_false(json_object_get_boolean(stored));
+}
+
+/* Answers streaming while the worker's database goes away end with complete saying "stored": false; the
+ * turns are in no history then, but in the worker's spool; once the database answers again they are
+ * stored, each exactly once: by the same process, and, after a kill -9, by the process that replaces it
+ * (it takes the dead one's spool over at start). The database is made unreachable for this one worker
+ * only, through a proxy the test controls. */
+static void test_turns_kept_while_database_away(void **state)
+{
+    (void)state;
+    char proxy_path[400], spool_dir[400], proxy_env[460], spool_env[460];
+    snprintf(proxy_path, sizeof proxy_path, "%s/db.sock", E.dir);
+    snprintf(spool_dir, sizeof spool_dir, "%s/spool", E.dir);
+    snprintf(proxy_env, sizeof proxy_env, "CHAT_DB_SOCKET=%s", proxy_path);
+    snprintf(spool_env, sizeof spool_env, "CHAT_SPOOL_DIR=%s", spool_dir);
+    chat_config cfg = testutil_config("streamer");
+    e2e_proxy *proxy = e2e_proxy_start(proxy_path, cfg.db_socket);
+    assert_non_null(proxy);
+    chat_db *db = chat_db_new(&cfg);
+    const char *wextra[] = {proxy_env, spool_env, "CHAT_SPOOL_RETRY_MS=200", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = private_stack_env("store", 4, 60, -1, NULL, wextra, &port, &workers);
+    chat_wsc *c1 = open_alice(port), *c2 = open_alice(port);
+
+    /* Both answers under way (past the database work of their first half), then the database goes. */
+    answer a1, a2;
+    start_answer(c1, "\"session_id\":\"away-1\"", &a1);
+    start_answer(c2, NULL, &a2); /* a new conversation: its session's row is written with the turn */
+    e2e_proxy_set_up(proxy, false);
+    finish_unstored(c1, &a1);
+    finish_unstored(c2, &a2);
+    char new_sid[80];
+    snprintf(new_sid, sizeof new_sid, "%s", jstr(a2.complete, "session_id"));
+    assert_int_equal(stored_messages(db, "away-1"), 0);
+    assert_int_equal(stored_messages(db, new_sid), 0);
+    assert_true(spool_bytes(spool_dir, NULL, NULL) > 0);
+    answer_clear(&a1);
+    answer_clear(&a2);
+
+    /* The database is back: the same process stores both, once. */
+    e2e_proxy_set_up(proxy, true);
+    wait_stored(db, "away-1", 2, 10000);
+    wait_stored(db, new_sid, 2, 10000);
+    assert_int_equal(testutil_count(db, "SELECT COUNT(*) FROM chat_sessions WHERE id = ? AND user_id = 'alice'", new_sid),
+                     1);
+
+    /* Away again; the worker dies with a turn in its spool; its successor stores it once the database is
+     * back. */
+    start_answer(c1, "\"session_id\":\"away-2\"", &a1);
+    e2e_proxy_set_up(proxy, false);
+    finish_unstored(c1, &a1);
+    answer_clear(&a1);
+    pid_t kids[4];
+    assert_int_equal(e2e_children(workers, kids, 4), 1);
+    char dead[32];
+    snprintf(dead, sizeof dead, "-worker-%d-", (int)kids[0]);
+    int n_dead = 0;
+    assert_true(spool_bytes(spool_dir, dead, &n_dead) > 0);
+    assert_int_equal(n_dead, 1);
+    kill(kids[0], SIGKILL);
+    long long deadline = e2e_now_ms() + 15000;
+    do { /* the supervisor starts another worker, which takes the dead one's spool over */
+        e2e_sleep_ms(100);
+        spool_bytes(spool_dir, dead, &n_dead);
+    } while (n_dead && e2e_now_ms() < deadline);
+    assert_int_equal(n_dead, 0);
+    assert_int_equal(stored_messages(db, "away-2"), 0);
+    e2e_proxy_set_up(proxy, true);
+    wait_stored(db, "away-2", 2, 10000);
+    deadline = e2e_now_ms() + 5000;
+    while (spool_bytes(spool_dir, NULL, NULL) != 0 && e2e_now_ms() < deadline)
+        e2e_sleep_ms(100);
+    assert_int_equal(spool_bytes(spool_dir, NULL, NULL), 0); /* every spool emptied */
+    e2e_sleep_ms(500);
+    assert_int_equal(stored_messages(db, "away-1"), 2);
+    assert_int_equal(stored_messages(db, new_sid), 2);
+    assert_int_equal(stored_messages(db, "away-2"), 2);
+
+    /* And with the database there, an answer is stored at once and says so. */
+    wait_workers(port, 4, 10000);
+    ask_with(c1, QUESTION, "\"session_id\":\"away-2\"", &a1);
+    assert_full_answer(&a1);
+    assert_true(json_object_get_boolean(jget(jget(a1.complete, "metadata"), "stored")));
+    assert_int_equal(stored_messages(db, "away-2"), 4);
+    answer_clear(&a1);
+
+    chat_wsc_close(c1, 1000, NULL);
+    chat_wsc_close(c2, 1000, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    chat_db_free(db);
+    e2e_proxy_stop(proxy);
+    e2e_rmdir(spool_dir);
 }
 
 /* ---------------------------------------------------------------- shutdown (last: it ends the main streamer) */
@@ -2338,12 +2970,15 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_and_paths),
         cmocka_unit_test(test_origin_allowlist),
+        cmocka_unit_test(test_origin_settings),
+        cmocka_unit_test(test_request_head_timeout),
         cmocka_unit_test(test_auth_query_success),
         cmocka_unit_test(test_auth_query_failure_then_message),
         cmocka_unit_test(test_auth_message_expired_and_retry),
         cmocka_unit_test(test_token_expires_on_open_connection),
         cmocka_unit_test(test_token_expires_with_queue),
         cmocka_unit_test(test_message_without_auth),
+        cmocka_unit_test(test_auth_replies),
         cmocka_unit_test(test_jwt_attacks),
         cmocka_unit_test(test_streaming_chat),
         cmocka_unit_test(test_multiple_messages),
@@ -2356,6 +2991,7 @@ int main(void)
         cmocka_unit_test(test_queueing),
         cmocka_unit_test(test_oversized_frames),
         cmocka_unit_test(test_invalid_utf8_and_binary),
+        cmocka_unit_test(test_unmasked_frame),
         cmocka_unit_test(test_no_workers),
         cmocka_unit_test(test_single_worker_back_to_back),
         cmocka_unit_test(test_worker_slots_run_concurrently),
@@ -2363,8 +2999,12 @@ int main(void)
         cmocka_unit_test(test_worker_with_slots_killed),
         cmocka_unit_test(test_token_batching),
         cmocka_unit_test(test_rate_limited),
+        cmocka_unit_test(test_token_refresh),
+        cmocka_unit_test(test_rate_limited_unauthenticated_and_pings),
+        cmocka_unit_test(test_auth_deadline),
         cmocka_unit_test(test_rs256_and_alg_confusion),
         cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_keepalive_empty_pongs),
         cmocka_unit_test(test_worker_killed_mid_answer),
         cmocka_unit_test(test_cancel_then_worker_lost),
         cmocka_unit_test(test_slow_reader),
@@ -2378,6 +3018,7 @@ int main(void)
         cmocka_unit_test(test_resume_after_worker_killed),
         cmocka_unit_test(test_resume_after_streamer_killed),
         cmocka_unit_test(test_resume_on_another_streamer),
+        cmocka_unit_test(test_turns_kept_while_database_away),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
     };
     const char *filter = getenv("CMOCKA_TEST_FILTER"); /* e.g. "*slow*" to run one test while debugging */

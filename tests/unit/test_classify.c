@@ -33,21 +33,7 @@ static int agent_idx(const char *a)
     return -1;
 }
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
-    return 0;
-}
-
-static void load_seed(chat_db *d)
-{
-    size_t len;
-    char *sql = testutil_read_file(testutil_path("sql/classifier_terms.sql"), &len);
-    assert_non_null(sql);
-    char err[512];
-    if (chat_db_exec_script(d, sql, len, err, sizeof err)) fail_msg("classifier_terms.sql: %s", err);
-    free(sql);
-}
+static void load_seed(chat_db *d) { testutil_sql_file(d, "sql/classifier_terms.sql"); }
 
 static int setup(void **state)
 {
@@ -318,11 +304,7 @@ static void test_admin_sql_changes(void **state)
     size_t n0 = chat_classifier_term_count(c);
     assert_true(n0 >= 300);
     /* every seeded row is a well-formed term with its own normal form */
-    long long rows = -1;
-    assert_int_equal(chat_db_run(d, "SELECT COUNT(*) FROM classifier_terms", NULL, 0, count_row, &rows, NULL, NULL, err,
-                                 sizeof err),
-                     0);
-    assert_int_equal((long long)n0, rows);
+    assert_int_equal((long long)n0, testutil_count(d, "SELECT COUNT(*) FROM classifier_terms", NULL));
 
     chat_route r;
     chat_classify(c, "the kraken ate my cooler", &r);
@@ -452,17 +434,14 @@ typedef struct labelled {
 static void read_labelled(labelled *l)
 {
     memset(l, 0, sizeof *l);
-    char *data = testutil_read_file(testutil_path("tests/data/classifier_labelled.tsv"), NULL);
-    if (!data) fail_msg("cannot read tests/data/classifier_labelled.tsv");
+    testutil_tsv tsv;
+    if (testutil_tsv_open(&tsv, "tests/data/classifier_labelled.tsv"))
+        fail_msg("cannot read tests/data/classifier_labelled.tsv");
     size_t cap = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        size_t len = strlen(line);
-        if (len && line[len - 1] == '\r') line[--len] = '\0';
-        if (!len || line[0] == '#') continue;
-        char *tab = strchr(line, '\t');
-        if (!tab) fail_msg("labelled line without a tab: %.60s", line);
-        *tab = '\0';
+    char *row[2];
+    for (int nf; (nf = testutil_tsv_next(&tsv, row, 2));) {
+        const char *line = row[0];
+        if (nf < 2) fail_msg("labelled line without a tab: %.60s", line);
         if (agent_idx(line) < 0) fail_msg("unknown label '%s'", line);
         if (l->n == cap) {
             cap = cap ? cap * 2 : 256;
@@ -471,10 +450,10 @@ static void read_labelled(labelled *l)
             assert_non_null(l->label), assert_non_null(l->text);
         }
         l->label[l->n] = strdup(line);
-        l->text[l->n] = strdup(tab + 1);
+        l->text[l->n] = strdup(row[1]);
         l->n++;
     }
-    free(data);
+    testutil_tsv_close(&tsv);
 }
 
 static void free_labelled(labelled *l)

@@ -1,6 +1,8 @@
 /* Customer context against the real private MariaDB, with rows of its own (not sample_data.sql): unknown
  * and malformed ids, boats joined with their model, appointment selection and order (upcoming soonest
- * first, then the three most recent past ones), NULL columns, and the text of describe(). */
+ * first, then the three most recent past ones, and each boat's last completed visit when older), the
+ * work done, NULL columns, the text of describe(), the boat a text names, the next and last visit, the
+ * engine-hour schedule, and the answers written from the records. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,6 +14,7 @@
 
 #include "chat_common.h"
 #include "chat_customer.h"
+#include "chat_question.h"
 #include "chat_util.h"
 #include "testutil.h"
 
@@ -45,10 +48,29 @@ static const char *const fixture =
     " (18, 'c-two', 'v-2', '2019-02-02 11:00:00', 'Third past', 'Port Alden', 'completed'),"
     " (20, 'c-other', 'v-4', '2099-02-02 10:00:00', 'Not yours', 'Port Alden', 'scheduled');";
 
+/* A customer with a history: four recent visits of "Sea Dog", an older one of the unnamed 190 (its last
+ * completed visit, kept although older than the three most recent), one dropped; two boats of one model. */
+static const char *const history_fixture =
+    "INSERT INTO customers (id, name, email) VALUES ('c-hist', 'Hal Story', 'hal@example.com'),"
+    " ('c-twin', 'Twin Owner', 'twin@example.com');"
+    "INSERT INTO vehicles (id, customer_id, model_id, hull_id, nickname, purchase_date, engine_hours) VALUES"
+    " ('h-1', 'c-hist', 'seawind-250', 'HH1', 'Sea Dog', '2020-01-01', 530),"
+    " ('h-2', 'c-hist', 'seawind-190', 'HH2', NULL, '2021-01-01', 12),"
+    " ('t-1', 'c-twin', 'seawind-250', 'TT1', 'One', '2020-01-01', 100),"
+    " ('t-2', 'c-twin', 'seawind-250', 'TT2', 'Two', '2021-01-01', 200);"
+    "INSERT INTO appointments (id, customer_id, vehicle_id, scheduled_at, service, location, status, work_done) VALUES"
+    " (30, 'c-hist', 'h-1', '2024-05-01 09:00:00', 'Oil change', 'Port Alden', 'completed', 'Changed the oil.'),"
+    " (31, 'c-hist', 'h-1', '2024-04-01 09:00:00', 'Impeller replacement', 'Port Alden', 'completed', 'Replaced the impeller'),"
+    " (32, 'c-hist', 'h-1', '2024-03-01 09:00:00', 'Trim check', 'Port Alden', 'cancelled', NULL),"
+    " (33, 'c-hist', 'h-2', '2023-01-01 09:00:00', 'Break-in', 'Crystal Lake', 'completed', 'Changed the gear oil.'),"
+    " (34, 'c-hist', 'h-1', '2022-01-01 09:00:00', 'Old one', 'Port Alden', 'completed', 'Old work.'),"
+    " (35, 'c-hist', 'h-1', '2099-03-03 10:00:00', '300-hour service', 'Port Alden', 'scheduled', NULL);";
+
 static int setup(void **state)
 {
     db = testutil_db_fresh("customer", TESTUTIL_SCHEMA);
     testutil_sql(db, fixture);
+    testutil_sql(db, history_fixture);
     return 0;
 }
 
@@ -191,6 +213,129 @@ static void test_many_rows_bounded(void **state)
     chat_customer_clear(&c);
 }
 
+static void test_work_done_and_each_boats_visit(void **state)
+{
+    chat_customer c;
+    assert_int_equal(chat_customer_load(db, "c-hist", &c, err, sizeof err), 0);
+    static const char *const want[] = {"300-hour service", "Oil change", "Impeller replacement", "Trim check", "Break-in"};
+    if (c.n_appointments != CHAT_ARRAY_LEN(want)) {
+        for (size_t i = 0; i < c.n_appointments; i++) print_message("got %s\n", c.appointments[i].service);
+        fail_msg("%zu appointments, want %zu", c.n_appointments, CHAT_ARRAY_LEN(want));
+    }
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(want); i++) assert_string_equal(c.appointments[i].service, want[i]);
+    assert_null(c.appointments[0].work_done);
+    assert_string_equal(c.appointments[1].work_done, "Changed the oil.");
+    assert_null(c.appointments[3].work_done);
+    char *text = chat_customer_describe(&c);
+    assert_non_null(strstr(text, "Oil change at Port Alden for \"Sea Dog\" (completed; work done: Changed the oil)"));
+    assert_non_null(strstr(text, "Break-in at Crystal Lake for the Seawind 190 (completed; work done: Changed the gear oil)"));
+    assert_null(strstr(text, "Old work"));
+    free(text);
+    chat_customer_clear(&c);
+}
+
+static void test_vehicle_named(void **state)
+{
+    chat_customer hist, two, twin;
+    assert_int_equal(chat_customer_load(db, "c-hist", &hist, err, sizeof err), 0);
+    assert_int_equal(chat_customer_load(db, "c-two", &two, err, sizeof err), 0);
+    assert_int_equal(chat_customer_load(db, "c-twin", &twin, err, sizeof err), 0);
+    const struct {
+        const chat_customer *c;
+        const char *text;
+        const char *vehicle; /* NULL: none */
+    } cases[] = {
+        {&hist, "What was done on Sea Dog last time?", "h-1"},
+        {&hist, "how much oil does SEA DOG's engine take", "h-1"},
+        {&hist, "my Seawind 190", "h-2"},
+        {&hist, "and the 190?", "h-2"},
+        {&hist, "the 340", NULL},
+        {&hist, "my boat", NULL},
+        {&hist, "Sea Doghouse", NULL},
+        {&two, "When is Little Tern due?", "v-3"},
+        {&two, "my Seawind 340", "v-2"},
+        {&twin, "my Seawind 250", NULL}, /* two boats of that model */
+        {&twin, "Two", "t-2"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        const chat_vehicle *v = chat_customer_vehicle_named(cases[i].c, cases[i].text);
+        if (cases[i].vehicle ? !v || strcmp(v->id, cases[i].vehicle) : v != NULL)
+            fail_msg("'%s': %s, want %s", cases[i].text, v ? v->id : "none", cases[i].vehicle ? cases[i].vehicle : "none");
+    }
+    assert_null(chat_customer_vehicle_named(NULL, "x"));
+    assert_null(chat_customer_vehicle_named(&hist, NULL));
+    /* the next and the last visit, of a boat or of any */
+    assert_string_equal(chat_customer_next(&hist, NULL)->service, "300-hour service");
+    assert_null(chat_customer_next(&hist, &hist.vehicles[1]));
+    assert_string_equal(chat_customer_last_visit(&hist, NULL)->service, "Oil change");
+    assert_string_equal(chat_customer_last_visit(&hist, &hist.vehicles[1])->service, "Break-in");
+    chat_customer_clear(&hist);
+    chat_customer_clear(&two);
+    chat_customer_clear(&twin);
+}
+
+static void test_next_service_hours(void **state)
+{
+    static const struct {
+        int hours, due;
+        const char *what;
+    } cases[] = {{-1, -1, NULL},  {0, 20, "20-hour break-in service"}, {12, 20, "20-hour break-in service"},
+                 {20, 100, "100-hour service"}, {286, 300, "300-hour service"}, {530, 600, "300-hour service"},
+                 {610, 700, "100-hour service"}};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_vehicle v = {.engine_hours = cases[i].hours};
+        const char *what = NULL;
+        assert_int_equal(chat_vehicle_next_service_hours(&v, &what), cases[i].due);
+        if (cases[i].what) assert_string_equal(what, cases[i].what);
+    }
+}
+
+static void test_answers_from_records(void **state)
+{
+    chat_customer hist, empty;
+    assert_int_equal(chat_customer_load(db, "c-hist", &hist, err, sizeof err), 0);
+    assert_int_equal(chat_customer_load(db, "c-empty", &empty, err, sizeof err), 0);
+    const chat_vehicle *sea_dog = &hist.vehicles[0], *unnamed = &hist.vehicles[1];
+    const struct {
+        const chat_customer *c;
+        int asks;
+        const chat_vehicle *only;
+        const char *must[3];
+        const char *must_not;
+    } cases[] = {
+        {&hist, CHAT_ASK_BOATS | CHAT_ASK_DUE, NULL,
+         {"2 boats on file: \"Sea Dog\" (Seawind 250), hull HH1, 530 engine hours: booked for 300-hour service on 2099-03-03 10:00",
+          "your Seawind 190, hull HH2, 12 engine hours: no appointment booked; at 12 engine hours its next 20-hour "
+          "break-in service is due at 20 hours", NULL},
+         "Oil change"},
+        {&hist, CHAT_ASK_LAST, NULL, {"last service visit was the Oil change on 2024-05-01 09:00", "Work done: Changed the oil.", NULL}, "Break-in"},
+        {&hist, CHAT_ASK_LAST, unnamed, {"Break-in on 2023-01-01 09:00 at Crystal Lake", "Changed the gear oil.", NULL}, "Oil change"},
+        {&hist, CHAT_ASK_HISTORY, NULL, {"- Trim check on 2024-03-01 09:00", "(cancelled)", "Work done: Replaced the impeller."}, "Old one"},
+        {&hist, CHAT_ASK_HISTORY, sea_dog, {"Impeller replacement", NULL, NULL}, "Break-in"},
+        {&hist, CHAT_ASK_NEXT, unnamed, {"no upcoming appointments on file for your Seawind 190", NULL, NULL}, "300-hour"},
+        {&hist, CHAT_ASK_NEXT, NULL, {"Your next appointment is the 300-hour service on 2099-03-03 10:00 at Port Alden for \"Sea Dog\"", NULL, NULL}, NULL},
+        {&hist, CHAT_ASK_HOURS, sea_dog, {"\"Sea Dog\" (Seawind 250) has 530 engine hours on record.", NULL, NULL}, "12 engine"},
+        {&empty, CHAT_ASK_BOATS, NULL, {"no boats on file", NULL, NULL}, NULL},
+        {&empty, CHAT_ASK_LAST, NULL, {"no completed service visits on file", NULL, NULL}, NULL},
+        {&empty, CHAT_ASK_HISTORY, NULL, {"no past service visits on file", NULL, NULL}, NULL},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_buf b;
+        chat_buf_init(&b);
+        assert_int_equal(chat_customer_answer(cases[i].c, cases[i].asks, cases[i].only, &b), 0);
+        assert_non_null(strstr(b.data, "Here is what I have on file for you."));
+        for (size_t k = 0; k < 3 && cases[i].must[k]; k++)
+            if (!strstr(b.data, cases[i].must[k])) fail_msg("case %zu: missing '%s' in: %s", i, cases[i].must[k], b.data);
+        if (cases[i].must_not && strstr(b.data, cases[i].must_not))
+            fail_msg("case %zu: unexpected '%s' in: %s", i, cases[i].must_not, b.data);
+        assert_null(strstr(b.data, "example.com"));
+        chat_buf_free(&b);
+    }
+    assert_int_equal(chat_customer_answer(NULL, CHAT_ASK_BOATS, NULL, NULL), CHAT_EINVAL);
+    chat_customer_clear(&hist);
+    chat_customer_clear(&empty);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +344,10 @@ int main(void)
         cmocka_unit_test(test_ordering_and_selection),
         cmocka_unit_test(test_no_boats_no_appointments),
         cmocka_unit_test(test_many_rows_bounded),
+        cmocka_unit_test(test_work_done_and_each_boats_visit),
+        cmocka_unit_test(test_vehicle_named),
+        cmocka_unit_test(test_next_service_hours),
+        cmocka_unit_test(test_answers_from_records),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,5 +1,8 @@
 /* The extractive provider on hand-built passages (no database): which sentences answer, the agent's
- * voice, citations, honesty when nothing matches, the customer's appointment, and the streaming
+ * voice, citations, honesty when nothing matches, the customer's appointment; the answer kinds on a
+ * small line of "Kestrel" boats (comparisons naming the winner, an unknown model, asking which model or
+ * which boat, the exclusion asked about, a service's task list, the customer's records) and their
+ * confidence; one composition per turn (the confidence's answer reused, never a stale one); the streaming
  * contract (tokens concatenate to the answer, max_tokens gives "length", cancel, pacing), and paced
  * generations on one chat_llm_loop (interleaving, no token inside chat_llm_start, cancel of one, starts
  * from callbacks, freeing a running loop). */
@@ -14,7 +17,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "chat_agent.h"
 #include "chat_common.h"
+#include "chat_customer.h"
 #include "chat_extractive.h"
 #include "chat_llm.h"
 #include "chat_util.h"
@@ -77,6 +82,114 @@ static void test_answers(void **state)
         assert_true(chat_utf8_valid(a, strlen(a)));
         free(a);
     }
+}
+
+/* ---- the answer kinds, on a small line of boats ---- */
+
+static chat_kb_passage line[] = {
+    {11, "kestrel-21/specs.md", "Kestrel 21 Specifications - Capacities", CHAT_AGENT_SPECS, "kestrel-21",
+     "The Kestrel 21 has a fuel tank capacity of 150 L (40 US gallons). The dry weight of the Kestrel 21 is 1,200 kg "
+     "(2,650 lb). The top speed of the Kestrel 21 is 40 knots (46 mph).",
+     5.0},
+    {12, "kestrel-24/specs.md", "Kestrel 24 Specifications - Capacities", CHAT_AGENT_SPECS, "kestrel-24",
+     "The Kestrel 24 has a fuel tank capacity of 300 L (79 US gallons). The dry weight of the Kestrel 24 is 2,100 kg "
+     "(4,630 lb). The top speed of the Kestrel 24 is 44 knots (51 mph).",
+     4.0},
+    {13, "kestrel-30/specs.md", "Kestrel 30 Specifications - Capacities", CHAT_AGENT_SPECS, "kestrel-30",
+     "The Kestrel 30 has a fuel tank capacity of 600 L (159 US gallons). The dry weight of the Kestrel 30 is 4,000 kg "
+     "(8,820 lb). The top speed of the Kestrel 30 is 48 knots (55 mph).",
+     3.0},
+    {14, "kestrel-21/maintenance.md", "Kestrel 21 Maintenance Guide - 20-Hour Break-In Service", CHAT_AGENT_MAINTENANCE,
+     "kestrel-21",
+     "The break-in service of the Kestrel 21 is due at 20 engine hours. The technician changes the engine oil and "
+     "filter, changes the gear oil, checks the propeller nut torque, and reads the engine computer for fault codes.",
+     3.0},
+    {15, "policies/warranty.md", "Warranty - Exclusions", NULL, NULL,
+     "The warranty covers the hull for 10 years. The warranty excludes damage from grounding, collision and "
+     "freezing.",
+     2.0},
+};
+
+static chat_vehicle fleet[] = {
+    {"f-1", "kestrel-21", "Kestrel 21", "Tern", "KH1", 530},
+    {"f-2", "kestrel-30", "Kestrel 30", "Albatross", "KH2", 143},
+};
+static chat_appointment fleet_visits[] = {
+    {"2099-05-01 09:00", "Annual service", "Port Alden", "scheduled", "f-2", NULL},
+    {"2001-02-03 10:00", "Impeller replacement", "Port Alden", "completed", "f-1", "Replaced the impeller."},
+};
+static chat_customer owner = {"c-1", "Jo Owner", "jo@example.com", fleet, 2, fleet_visits, 2};
+
+typedef struct kind_case {
+    const char *question;
+    size_t from, n;      /* the passages of line[] given */
+    bool customer;       /* with owner's records */
+    const char *must[2]; /* in the answer */
+    const char *must_not;
+    double conf_min, conf_max;
+} kind_case;
+
+static void check_kind(const kind_case *k, size_t i)
+{
+    chat_kb_result r = {line + k->from, k->n, 5.0};
+    chat_llm_request req = {.question = k->question, .agent = CHAT_AGENT_SPECS, .passages = &r,
+                            .customer = k->customer ? &owner : NULL};
+    char *a = chat_extractive_compose(&req);
+    double conf = chat_extractive_confidence(&req);
+    assert_non_null(a);
+    for (int m = 0; m < 2 && k->must[m]; m++)
+        if (!strstr(a, k->must[m])) fail_msg("case %zu '%s': missing '%s' in: %s", i, k->question, k->must[m], a);
+    if (k->must_not && strstr(a, k->must_not)) fail_msg("case %zu '%s': unexpected '%s' in: %s", i, k->question, k->must_not, a);
+    if (conf < k->conf_min || conf > k->conf_max)
+        fail_msg("case %zu '%s': confidence %.2f, want %.2f..%.2f (%s)", i, k->question, conf, k->conf_min, k->conf_max, a);
+    free(a);
+}
+
+static void test_answer_kinds(void **state)
+{
+    static const kind_case cases[] = {
+        {"Which Kestrel has the biggest fuel tank?", 0, 3, false,
+         {"the Kestrel 30 has the biggest fuel tank: 600 L (159 US gallons)", "the Kestrel 21: 150 L"}, NULL, 0.8, 0.9},
+        {"Which is lighter, the Kestrel 21 or the Kestrel 24?", 0, 3, false,
+         {"Of the Kestrel 21 and the Kestrel 24, the Kestrel 21 is the lightest: 1,200 kg", NULL}, "Kestrel 30", 0.8, 0.9},
+        {"Is the Kestrel 24 heavier than the Kestrel 30?", 0, 3, false, {"No. ", "the Kestrel 30 is the heaviest"}, NULL,
+         0.8, 0.9},
+        {"What is the top speed of the Kestrel 99?", 0, 3, false, {"I have no information about the Kestrel 99", NULL},
+         "knots", 0, 0.2},
+        {"What is the top speed?", 0, 3, false, {"Which model do you mean?", "the Kestrel 21"}, "knots", 0.2, 0.4},
+        {"What is the top speed of the Kestrel 24?", 0, 3, false, {"44 knots (51 mph)", NULL}, "48 knots", 0.7, 1},
+        {"Does the warranty cover running aground?", 4, 1, false, {"No. The warranty excludes damage from grounding", NULL},
+         NULL, 0.5, 1},
+        {"What is included in the break-in service of the Kestrel 21?", 3, 1, false, {"propeller nut torque", NULL}, NULL,
+         0.7, 1},
+        {"Do you sell jet skis?", 0, 5, false, {"could not find an answer", NULL}, "Sources:", 0, 0.2},
+        {"Which boats do I own?", 0, 3, true, {"\"Tern\" (Kestrel 21)", "\"Albatross\" (Kestrel 30)"}, NULL, 0.85, 1},
+        {"What was done on Tern last time?", 0, 3, true, {"Impeller replacement", "Replaced the impeller."}, "Annual", 0.85,
+         1},
+        {"When is my next service?", 0, 3, true, {"Annual service on 2099-05-01 09:00", NULL}, "Impeller", 0.85, 1},
+        {"How fast is my boat?", 0, 3, true, {"Which of your boats do you mean", "\"Albatross\""}, "knots", 0.2, 0.4},
+        {"Which of my boats has the biggest fuel tank?", 0, 3, true, {"\"Albatross\" (Kestrel 30) has the biggest", NULL},
+         "Kestrel 24", 0.8, 0.9},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) check_kind(&cases[i], i);
+}
+
+/* The confidence's answer is the one the generation streams, and only for that request. */
+static void test_composed_once(void **state)
+{
+    chat_kb_result r = {line, 3, 5.0};
+    chat_llm_request a = {.question = "Which Kestrel has the biggest fuel tank?", .agent = CHAT_AGENT_SPECS, .passages = &r};
+    chat_llm_request b = {.question = "What is the top speed of the Kestrel 24?", .agent = CHAT_AGENT_SPECS, .passages = &r};
+    char *plain = chat_extractive_compose(&a);
+    assert_true(chat_extractive_confidence(&a) > 0.8);
+    char *reused = chat_extractive_compose(&a);
+    assert_string_equal(reused, plain);
+    assert_true(chat_extractive_confidence(&a) > 0.8);
+    char *other = chat_extractive_compose(&b); /* not a's answer */
+    assert_non_null(strstr(other, "44 knots"));
+    char *again = chat_extractive_compose(&a);
+    assert_string_equal(again, plain);
+    free(plain), free(reused), free(other), free(again);
 }
 
 typedef struct collected {
@@ -428,6 +541,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_answers),
+        cmocka_unit_test(test_answer_kinds),
+        cmocka_unit_test(test_composed_once),
         cmocka_unit_test(test_streaming_contract),
         cmocka_unit_test(test_pacing),
         cmocka_unit_test(test_loop_pacing),

@@ -20,19 +20,7 @@
 
 static chat_db *db; /* the sample knowledge base, shared by the read-only tests */
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
-    return 0;
-}
-
-static long long count_sql(chat_db *d, const char *sql)
-{
-    long long n = -1;
-    char err[256];
-    assert_int_equal(chat_db_run(d, sql, NULL, 0, count_row, &n, NULL, NULL, err, sizeof err), 0);
-    return n;
-}
+static long long count_sql(chat_db *d, const char *sql) { return testutil_count(d, sql, NULL); }
 
 static int setup_sample(void **state)
 {
@@ -89,12 +77,19 @@ static void test_migrations(void **state)
     chat_db_free(d);
 }
 
+/* chat_kb_search, which must succeed. */
+static void search_ok(chat_db *d, const chat_kb_query *q, chat_kb_result *r)
+{
+    char err[256];
+    int rc = chat_kb_search(d, q, r, err, sizeof err);
+    if (rc) fail_msg("search '%s': %s (%s)", q->question, chat_strerror(rc), err);
+}
+
 static int top_is(chat_db *d, const char *question, const char *source)
 {
     chat_kb_query q = {.question = question, .k = 1};
     chat_kb_result r;
-    char err[256];
-    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    search_ok(d, &q, &r);
     int yes = r.n && !strcmp(r.items[0].source, source);
     chat_kb_result_clear(&r);
     return yes;
@@ -173,22 +168,18 @@ static void test_reimport_sample_dir(void **state)
 /* The right document first for each realistic question of tests/data/kb_ranking.tsv. */
 static void test_ranking(void **state)
 {
-    char *tsv = testutil_read_file(testutil_path("tests/data/kb_ranking.tsv"), NULL);
-    assert_non_null(tsv);
+    testutil_tsv tsv;
+    assert_int_equal(testutil_tsv_open(&tsv, "tests/data/kb_ranking.tsv"), 0);
     int total = 0, good = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(tsv, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (line[0] == '#' || !line[0]) continue;
-        char *tab = strchr(line, '\t');
-        assert_non_null(tab);
-        *tab = '\0';
-        const char *expected = line, *question = tab + 1;
+    char *row[2];
+    for (int n; (n = testutil_tsv_next(&tsv, row, 2));) {
+        assert_int_equal(n, 2);
+        const char *expected = row[0], *question = row[1];
         char code[16];
         chat_kb_query q = {.question = question, .k = 3};
         if (chat_kb_find_fault_code(question, code)) q.fault_code = code;
         chat_kb_result r;
-        char err[256];
-        assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), 0);
+        search_ok(db, &q, &r);
         total++;
         if (r.n && !strcmp(r.items[0].source, expected))
             good++;
@@ -196,7 +187,7 @@ static void test_ranking(void **state)
             print_message("ranking miss: %s -> %s (expected %s)\n", question, r.n ? r.items[0].source : "-", expected);
         chat_kb_result_clear(&r);
     }
-    free(tsv);
+    testutil_tsv_close(&tsv);
     print_message("ranking: %d/%d first\n", good, total);
     assert_true(total >= 25);
     assert_true(good * 100 >= total * 90);
@@ -215,8 +206,7 @@ static void test_short_tokens_and_codes(void **state)
         chat_kb_query q = {.question = cases[i].question, .k = 3};
         if (chat_kb_find_fault_code(cases[i].question, code)) q.fault_code = code;
         chat_kb_result r;
-        char err[256];
-        assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), 0);
+        search_ok(db, &q, &r);
         assert_true(r.n > 0);
         assert_true(strstr(r.items[0].body, cases[i].must_contain) || strstr(r.items[0].title, cases[i].must_contain));
         chat_kb_result_clear(&r);
@@ -326,8 +316,7 @@ static void test_admin_edits_visible(void **state)
     /* the same question again: the edit emptied the cache, the new body comes back, not the cached one */
     chat_kb_query q = {.question = "zanzibar flamingos", .k = 1};
     chat_kb_result r;
-    char err[256];
-    assert_int_equal(chat_kb_search(db, &q, &r, err, sizeof err), 0);
+    search_ok(db, &q, &r);
     assert_int_equal(r.n, 1);
     assert_string_equal(r.items[0].body, "Renamed to the xylophone pier.");
     chat_kb_result_clear(&r);
@@ -419,26 +408,25 @@ static chat_db *common_words_kb(const char *name)
 static void test_common_words_dropped(void **state)
 {
     chat_db *d = common_words_kb("kb_common");
-    char err[256];
     chat_kb_result r;
     chat_kb_query q = {.question = "ubiquitous zyxwvut", .k = 10};
-    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    search_ok(d, &q, &r);
     assert_int_equal(r.n, 10); /* every word: the common one fills the results */
     chat_kb_result_clear(&r);
     q.stats = chat_kb_stats_new(12);
-    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    search_ok(d, &q, &r);
     assert_int_equal(r.n, 2);
     assert_true(strstr(r.items[0].body, "zyxwvut") && strstr(r.items[1].body, "zyxwvut"));
     chat_kb_result_clear(&r);
     q.question = "ubiquitous filler";
-    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    search_ok(d, &q, &r);
     assert_int_equal(r.n, 10);
     chat_kb_result_clear(&r);
     chat_kb_stats *off = chat_kb_stats_new(0); /* CHAT_KB_COMMON_PCT=0: never drop */
     chat_kb_stats_free(q.stats);
     q.stats = off;
     q.question = "ubiquitous zyxwvut";
-    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    search_ok(d, &q, &r);
     assert_int_equal(r.n, 10);
     chat_kb_result_clear(&r);
     chat_kb_stats_free(off);
@@ -490,14 +478,13 @@ static void test_stats_shared(void **state)
     chat_db *d2 = chat_db_new(&cfg);
     assert_non_null(d2);
     chat_kb_stats *shared = chat_kb_stats_new(12);
-    char err[256];
     chat_kb_query q = {.question = "ubiquitous zyxwvut", .k = 10, .stats = shared};
     chat_kb_result r;
-    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    search_ok(d, &q, &r);
     assert_int_equal(r.n, 2); /* "ubiquitous" dropped: in 30 % of the passages */
     chat_kb_result_clear(&r);
     long long before = selects_run(d2);
-    assert_int_equal(chat_kb_search(d2, &q, &r, err, sizeof err), 0);
+    search_ok(d2, &q, &r);
     assert_int_equal(r.n, 2);
     chat_kb_result_clear(&r);
     /* the search itself only: the passage count and both words' counts came from the shared stats (a
@@ -528,8 +515,7 @@ static void test_candidates_by_relevance(void **state)
                     " 'The bilge pump empties the bilge: test the bilge float switch monthly.');");
     chat_kb_query q = {.question = "bilge", .k = 3};
     chat_kb_result r;
-    char err[256];
-    assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+    search_ok(d, &q, &r);
     assert_int_equal(r.n, 3);
     assert_string_equal(r.items[0].source, "pump.md");
     assert_true(r.items[0].score > r.items[1].score);
@@ -559,8 +545,7 @@ static void test_tiny_knowledge_base(void **state)
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         chat_kb_query q = {.question = cases[i].question, .k = 4};
         chat_kb_result r;
-        char err[256];
-        assert_int_equal(chat_kb_search(d, &q, &r, err, sizeof err), 0);
+        search_ok(d, &q, &r);
         if (r.n != cases[i].n) fail_msg("'%s': %zu hits, expected %zu", cases[i].question, r.n, cases[i].n);
         if (cases[i].first) assert_string_equal(r.items[0].source, cases[i].first);
         chat_kb_result_clear(&r);

@@ -34,26 +34,26 @@ static int teardown(void **state)
     return 0;
 }
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = v[0] ? atoll(v[0]) : -1;
-    return 0;
-}
-
 static long long count_messages(const char *sid)
 {
-    long long n = -1;
-    chat_db_param p = CHAT_DB_P_STR(sid);
-    assert_int_equal(chat_db_run(db, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n,
-                                 NULL, NULL, err, sizeof err),
-                     0);
-    return n;
+    return testutil_count(db, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", sid);
+}
+
+/* A session opened (or created) without its history: the id and whether it was created. */
+static int memory_open(chat_db *d, const char *user, const char *req, const char *customer,
+                       char out_id[CHAT_SESSION_ID_MAX + 1], int *created, char *e, size_t elen)
+{
+    chat_session_info info;
+    int rc = chat_memory_open_session(d, user, req, customer, false, 0, NULL, &info, e, elen);
+    if (created) *created = rc ? 0 : info.created;
+    snprintf(out_id, CHAT_SESSION_ID_MAX + 1, "%s", rc ? "" : info.id);
+    return rc;
 }
 
 static void open_ok(const char *user, const char *req, char sid[CHAT_SESSION_ID_MAX + 1], int want_created)
 {
     int created = -1;
-    int rc = chat_memory_open(db, user, req, NULL, sid, &created, err, sizeof err);
+    int rc = memory_open(db, user, req, NULL, sid, &created, err, sizeof err);
     if (rc) fail_msg("open %s for %s: %s (%s)", req ? req : "(new)", user, chat_strerror(rc), err);
     assert_int_equal(created, want_created);
 }
@@ -74,17 +74,17 @@ static void test_open_and_ownership(void **state)
     /* another user: forbidden, whatever the case of the user id or the session id */
     static const char *const intruders[] = {"bob", "Alice", "alice ", "ALICE"};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(intruders); i++)
-        assert_int_equal(chat_memory_open(db, intruders[i], sid, NULL, again, NULL, err, sizeof err),
+        assert_int_equal(memory_open(db, intruders[i], sid, NULL, again, NULL, err, sizeof err),
                          CHAT_EFORBIDDEN);
     char upper[CHAT_SESSION_ID_MAX + 1];
     snprintf(upper, sizeof upper, "%s", sid);
     for (char *p = upper; *p; p++)
         if (*p >= 'a' && *p <= 'z') *p = (char)(*p - 32);
-    assert_int_equal(chat_memory_open(db, "bob", upper, NULL, again, NULL, err, sizeof err), CHAT_EFORBIDDEN);
+    assert_int_equal(memory_open(db, "bob", upper, NULL, again, NULL, err, sizeof err), CHAT_EFORBIDDEN);
     /* a client-chosen id is created on first use and owned from then on */
     open_ok("carol", "carol-session.1:x", again, 1);
     open_ok("carol", "carol-session.1:x", again, 0);
-    assert_int_equal(chat_memory_open(db, "dave", "carol-session.1:x", NULL, again, NULL, err, sizeof err),
+    assert_int_equal(memory_open(db, "dave", "carol-session.1:x", NULL, again, NULL, err, sizeof err),
                      CHAT_EFORBIDDEN);
     /* malformed ids and users */
     char big[80];
@@ -92,14 +92,14 @@ static void test_open_and_ownership(void **state)
     static const char *const bad_ids[] = {"has space", "semi;colon", "quote'", "slash/x", "\xc3\xa9t\xc3\xa9",
                                           "%", "a\nb"};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(bad_ids); i++)
-        assert_int_equal(chat_memory_open(db, "alice", bad_ids[i], NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_open(db, "alice", big, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+        assert_int_equal(memory_open(db, "alice", bad_ids[i], NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(memory_open(db, "alice", big, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
     memset(big, 'a', 64), big[64] = '\0';
     open_ok("alice", big, again, 1); /* 64 is the limit, included */
-    assert_int_equal(chat_memory_open(db, "", NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_open(db, NULL, NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_open(db, "\xff", NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_open(db, "alice", NULL, "bad customer", again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(memory_open(db, "", NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(memory_open(db, NULL, NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(memory_open(db, "\xff", NULL, NULL, again, NULL, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(memory_open(db, "alice", NULL, "bad customer", again, NULL, err, sizeof err), CHAT_EINVAL);
     /* a Unicode user id (JWT sub) is fine */
     open_ok("\xe7\x94\xa8\xe6\x88\xb7-1", NULL, again, 1);
 }
@@ -141,17 +141,17 @@ static void test_customer_tie(void **state)
 {
     char sid[CHAT_SESSION_ID_MAX + 1], cust[64];
     int created = 0;
-    assert_int_equal(chat_memory_open(db, "erin", "erin-1", NULL, sid, &created, err, sizeof err), 0);
+    assert_int_equal(memory_open(db, "erin", "erin-1", NULL, sid, &created, err, sizeof err), 0);
     chat_db_param p = CHAT_DB_P_STR("erin-1");
     const char *sql = "SELECT customer_id FROM chat_sessions WHERE id = ?";
     assert_int_equal(chat_db_run(db, sql, &p, 1, customer_row, cust, NULL, NULL, err, sizeof err), 0);
     assert_string_equal(cust, "(null)");
     /* the first customer named ties the session; a later one does not re-tie it */
-    assert_int_equal(chat_memory_open(db, "erin", "erin-1", "cust-1001", sid, NULL, err, sizeof err), 0);
-    assert_int_equal(chat_memory_open(db, "erin", "erin-1", "cust-1002", sid, NULL, err, sizeof err), 0);
+    assert_int_equal(memory_open(db, "erin", "erin-1", "cust-1001", sid, NULL, err, sizeof err), 0);
+    assert_int_equal(memory_open(db, "erin", "erin-1", "cust-1002", sid, NULL, err, sizeof err), 0);
     assert_int_equal(chat_db_run(db, sql, &p, 1, customer_row, cust, NULL, NULL, err, sizeof err), 0);
     assert_string_equal(cust, "cust-1001");
-    assert_int_equal(chat_memory_open(db, "erin", NULL, "cust-1003", sid, &created, err, sizeof err), 0);
+    assert_int_equal(memory_open(db, "erin", NULL, "cust-1003", sid, &created, err, sizeof err), 0);
     p = CHAT_DB_P_STR(sid);
     assert_int_equal(chat_db_run(db, sql, &p, 1, customer_row, cust, NULL, NULL, err, sizeof err), 0);
     assert_string_equal(cust, "cust-1003");
@@ -173,7 +173,7 @@ static void test_history_order_and_limit(void **state)
         store_ok(sid, rid, u, a, NULL);
     }
     chat_history h;
-    assert_int_equal(chat_memory_history(db, sid, 3, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, sid, 3, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 6);
     for (size_t i = 0; i < h.n; i++) {
         snprintf(u, sizeof u, "%s %zu", i % 2 ? "answer" : "question", 3 + i / 2);
@@ -183,18 +183,18 @@ static void test_history_order_and_limit(void **state)
     chat_history_clear(&h);
     assert_int_equal(h.n, 0);
     chat_history_clear(&h); /* twice is fine */
-    assert_int_equal(chat_memory_history(db, sid, 100, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, sid, 100, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 10);
     assert_string_equal(h.items[0].content, "question 1");
     chat_history_clear(&h);
-    assert_int_equal(chat_memory_history(db, sid, 0, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, sid, 0, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 0);
-    assert_int_equal(chat_memory_history(db, sid, -3, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, sid, -3, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 0);
     /* an unknown session has an empty history; a malformed id is refused */
-    assert_int_equal(chat_memory_history(db, "nobody-here", 5, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, "nobody-here", 5, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 0);
-    assert_int_equal(chat_memory_history(db, "bad id", 5, &h, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(testutil_history(db, "bad id", 5, &h, err, sizeof err), CHAT_EINVAL);
     assert_null(h.items);
 }
 
@@ -209,7 +209,7 @@ static void test_store_idempotent(void **state)
     store_ok(sid, "req-1", "changed", "changed", NULL);
     assert_int_equal(count_messages(sid), 2);
     chat_history h;
-    assert_int_equal(chat_memory_history(db, sid, 5, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, sid, 5, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 2);
     assert_string_equal(h.items[0].content, "What is the beam?");
     chat_history_clear(&h);
@@ -251,7 +251,7 @@ static void test_store_turns_together(void **state)
     assert_int_equal(count_messages(a), 4);
     assert_int_equal(count_messages(b), 2);
     chat_history h;
-    assert_int_equal(chat_memory_history(db, a, 5, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, a, 5, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 4);
     assert_string_equal(h.items[0].content, "first question");
     assert_string_equal(h.items[1].content, "first answer");
@@ -365,12 +365,7 @@ static void test_open_session_with_history(void **state)
     assert_true(d.created && d.deferred);
     assert_int_equal(strlen(d.id), 36);
     assert_int_equal(h.n, 0);
-    long long rows = -1;
-    chat_db_param idp = CHAT_DB_P_STR(d.id);
-    assert_int_equal(chat_db_run(db, "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", &idp, 1, count_row, &rows, NULL,
-                                 NULL, err, sizeof err),
-                     0);
-    assert_int_equal(rows, 0);
+    assert_int_equal(testutil_count(db, "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", d.id), 0);
     assert_int_equal(chat_memory_store_turn(db, d.id, "r1", "u", "a", NULL, false, err, sizeof err), CHAT_ENOTFOUND);
     assert_int_equal(chat_memory_create_session(db, d.id, "judy", "cust-1001", err, sizeof err), 0);
     assert_int_equal(chat_memory_create_session(db, d.id, "judy", NULL, err, sizeof err), CHAT_ECONFLICT);
@@ -454,7 +449,7 @@ static void test_unicode_and_sizes(void **state)
     const char *a = "\xf0\x9f\x98\x80\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd \xe5\xae\x8c\xe4\xba\x86";
     store_ok(sid, "r1", u, a, "{\"note\":\"\xf0\x9f\x9a\xa4\"}");
     chat_history h;
-    assert_int_equal(chat_memory_history(db, sid, 1, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, sid, 1, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 2);
     assert_string_equal(h.items[0].content, u);
     assert_string_equal(h.items[1].content, a);
@@ -475,7 +470,7 @@ static void test_unicode_and_sizes(void **state)
     for (size_t i = 0; i < mb; i++) big[i] = (char)('a' + i % 26);
     big[mb] = '\0';
     store_ok(sid, "r-big", big, "ok", NULL);
-    assert_int_equal(chat_memory_history(db, sid, 1, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(db, sid, 1, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 2);
     assert_int_equal(strlen(h.items[0].content), mb);
     assert_memory_equal(h.items[0].content, big, mb);
@@ -504,7 +499,7 @@ static void *race(void *arg)
     chat_config cfg = testutil_config("memory");
     chat_db *d = chat_db_new(&cfg);
     char out[CHAT_SESSION_ID_MAX + 1], e[256];
-    r->rc = d ? chat_memory_open(d, r->user, r->sid, NULL, out, NULL, e, sizeof e) : CHAT_ENOMEM;
+    r->rc = d ? memory_open(d, r->user, r->sid, NULL, out, NULL, e, sizeof e) : CHAT_ENOMEM;
     chat_db_free(d);
     return NULL;
 }
@@ -555,7 +550,7 @@ static void test_database_restart(void **state)
     /* a read right after a restart: the stale connection and statement cache are replaced */
     restart_database();
     chat_history h;
-    int rc = chat_memory_history(db, sid, 5, &h, err, sizeof err);
+    int rc = testutil_history(db, sid, 5, &h, err, sizeof err);
     if (rc) fail_msg("history after restart: %s (%s)", chat_strerror(rc), err);
     assert_int_equal(h.n, 2);
     chat_history_clear(&h);
@@ -575,9 +570,9 @@ static void test_database_restart(void **state)
 
     /* ownership checks after a restart */
     restart_database();
-    rc = chat_memory_open(db, "kim", sid, NULL, again, NULL, err, sizeof err);
+    rc = memory_open(db, "kim", sid, NULL, again, NULL, err, sizeof err);
     if (rc) fail_msg("open after restart: %s (%s)", chat_strerror(rc), err);
-    assert_int_equal(chat_memory_open(db, "lee", sid, NULL, again, NULL, err, sizeof err), CHAT_EFORBIDDEN);
+    assert_int_equal(memory_open(db, "lee", sid, NULL, again, NULL, err, sizeof err), CHAT_EFORBIDDEN);
     char *json = NULL;
     restart_database();
     rc = chat_memory_messages_json(db, "kim", sid, &json, err, sizeof err);

@@ -53,28 +53,10 @@ static int stop_fake(void **state)
     return 0;
 }
 
-static size_t collect_body(char *p, size_t size, size_t n, void *ud)
-{
-    chat_buf_append(ud, p, size * n);
-    return size * n;
-}
-
 /* GET /debug/last as a JSON object (caller puts). */
 static json_object *fake_last(void)
 {
-    char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/debug/last", fake_port);
-    chat_buf b;
-    chat_buf_init(&b);
-    CURL *c = curl_easy_init();
-    assert_non_null(c);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    assert_int_equal(curl_easy_perform(c), CURLE_OK);
-    curl_easy_cleanup(c);
-    json_object *o = json_tokener_parse(b.data);
-    chat_buf_free(&b);
+    json_object *o = testutil_fake_llm_last(fake_port);
     assert_non_null(o);
     return o;
 }

@@ -1,7 +1,8 @@
 /* The orchestration pipeline end to end inside one process, against the real MariaDB with the sample
  * knowledge base and the extractive provider: event order, metadata, grounded answers for the facts of
  * tests/data/extractive_facts.tsv, follow-ups, session ownership, idempotent turns, cancellation at each
- * stage, a database outage, and the openai provider against the fake LLM server. */
+ * stage, a database outage, every turn kept before its complete (stored, spooled while the database is
+ * away and replayed, or NOT_STORED), and the openai provider against the fake LLM server. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +21,7 @@
 #include "chat_memory.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
+#include "chat_spool.h"
 #include "chat_util.h"
 #include "testutil.h"
 
@@ -96,14 +98,7 @@ static chat_user bob = {"user-bob", "bob@example.com", "Bob", 0};
 
 static int setup(void **state)
 {
-    chat_db *db = testutil_db_fresh("pipeline", TESTUTIL_SAMPLE);
-    chat_db_free(db);
-    chat_config cfg = testutil_config("pipeline");
-    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
-    snprintf(cfg.customer_access, sizeof cfg.customer_access, "any"); /* a staff desk: the facts table names many customers */
-    char err[256];
-    pipe_extractive = chat_pipeline_new(&cfg, err, sizeof err);
-    assert_non_null(pipe_extractive);
+    pipe_extractive = testutil_pipeline_sample("pipeline"); /* a staff desk: the facts table names many customers */
     return 0;
 }
 
@@ -172,18 +167,13 @@ static void test_event_order_and_metadata(void **state)
 /* tests/data/extractive_facts.tsv: customer<TAB>question<TAB>fact that the answer must contain. */
 static void test_extractive_facts(void **state)
 {
-    char *tsv = testutil_read_file(testutil_path("tests/data/extractive_facts.tsv"), NULL);
-    assert_non_null(tsv);
+    testutil_tsv tsv;
+    assert_int_equal(testutil_tsv_open(&tsv, "tests/data/extractive_facts.tsv"), 0);
     int total = 0, good = 0;
-    char *save = NULL;
-    for (char *line = strtok_r(tsv, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        if (!line[0] || line[0] == '#') continue;
-        char *q = strchr(line, '\t');
-        assert_non_null(q);
-        *q++ = '\0';
-        char *fact = strchr(q, '\t');
-        assert_non_null(fact);
-        *fact++ = '\0';
+    char *row[3];
+    for (int n; (n = testutil_tsv_next(&tsv, row, 3));) {
+        assert_int_equal(n, 3);
+        const char *line = row[0], *q = row[1], *fact = row[2];
         const char *customer = strcmp(line, "-") ? line : NULL;
         events e;
         ev_init(&e);
@@ -193,7 +183,7 @@ static void test_extractive_facts(void **state)
         else print_message("missing fact '%s' for '%s' (customer %s): %s\n", fact, q, line, e.response ? e.response : "");
         ev_clear(&e);
     }
-    free(tsv);
+    testutil_tsv_close(&tsv);
     print_message("extractive facts: %d/%d\n", good, total);
     assert_true(total >= 12);
     assert_int_equal(good, total);
@@ -259,12 +249,6 @@ static void test_session_forbidden(void **state)
     ev_clear(&b);
 }
 
-static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    *(long long *)ud = atoll(v[0]);
-    return 0;
-}
-
 static void test_turn_stored_once(void **state)
 {
     events a, b;
@@ -272,28 +256,17 @@ static void test_turn_stored_once(void **state)
     ev_init(&b);
     assert_int_equal(run(pipe_extractive, &a, &alice, "Warranty length?", "retry-session", NULL, "req-42", NULL), 0);
     assert_int_equal(run(pipe_extractive, &b, &alice, "Warranty length?", "retry-session", NULL, "req-42", NULL), 0);
-    long long n = -1;
-    chat_db_param p = CHAT_DB_P_STR("retry-session");
-    char err[256];
-    assert_int_equal(chat_db_run(chat_pipeline_db(pipe_extractive),
-                                 "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n, NULL,
-                                 NULL, err, sizeof err),
-                     0);
-    assert_int_equal(n, 2);
+    assert_int_equal(testutil_count(chat_pipeline_db(pipe_extractive),
+                                    "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", "retry-session"),
+                     2);
     ev_clear(&a);
     ev_clear(&b);
 }
 
 static long long messages_in(const char *sid)
 {
-    long long n = -1;
-    chat_db_param p = CHAT_DB_P_STR(sid);
-    char err[256];
-    assert_int_equal(chat_db_run(chat_pipeline_db(pipe_extractive),
-                                 "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", &p, 1, count_row, &n, NULL,
-                                 NULL, err, sizeof err),
-                     0);
-    return n;
+    return testutil_count(chat_pipeline_db(pipe_extractive), "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?",
+                          sid);
 }
 
 /* A new session named by the caller (session_new: the streamer's UUID): the answer carries that id, and the
@@ -391,12 +364,7 @@ static void test_customer_access_own(void **state)
         ev_clear(&e);
     }
     /* nothing was stored for the refused requests */
-    long long n = -1;
-    chat_db_param sp = CHAT_DB_P_STR("own-2");
-    assert_int_equal(chat_db_run(chat_pipeline_db(p), "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", &sp, 1,
-                                 count_row, &n, NULL, NULL, err, sizeof err),
-                     0);
-    assert_int_equal(n, 0);
+    assert_int_equal(testutil_count(chat_pipeline_db(p), "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", "own-2"), 0);
     chat_pipeline_free(p);
 }
 
@@ -567,17 +535,171 @@ static void test_end_many(void **state)
     chat_db *d = chat_pipeline_db(pipe_extractive);
     chat_history h;
     char err[256];
-    assert_int_equal(chat_memory_history(d, first.session_id, 10, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(d, first.session_id, 10, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 6);
     assert_string_equal(h.items[2].content, questions[0]);
     assert_string_equal(h.items[4].content, questions[3]);
     chat_history_clear(&h);
-    assert_int_equal(chat_memory_history(d, e[1].session_id, 10, &h, err, sizeof err), 0);
+    assert_int_equal(testutil_history(d, e[1].session_id, 10, &h, err, sizeof err), 0);
     assert_int_equal(h.n, 2);
     assert_string_equal(h.items[0].content, questions[1]);
     chat_history_clear(&h);
     for (int i = 0; i < N; i++) ev_clear(&e[i]);
     ev_clear(&first);
+}
+
+/* ---- every turn kept before its complete: stored, spooled, or NOT_STORED ---- */
+
+static bool meta_stored(json_object *m, bool *stored)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(m, "stored", &v) || !json_object_is_type(v, json_type_boolean)) return false;
+    *stored = json_object_get_boolean(v);
+    return true;
+}
+
+/* complete says the turn is stored; the history keeps its metadata without the flag. */
+static void test_stored_flag(void **state)
+{
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(pipe_extractive, &e, &alice, "How often should I change the oil?", "stored-flag", NULL, NULL,
+                         NULL),
+                     0);
+    bool stored = false;
+    assert_true(meta_stored(e.metadata, &stored));
+    assert_true(stored);
+    assert_int_equal(testutil_count(chat_pipeline_db(pipe_extractive),
+                                    "SELECT COUNT(*) FROM chat_messages WHERE session_id = ? AND role = 'assistant'"
+                                    " AND metadata NOT LIKE '%stored%'",
+                                    "stored-flag"),
+                     1);
+    ev_clear(&e);
+}
+
+/* A pipeline of pipe_extractive's configuration whose database is unreachable, with spool (may be NULL). */
+static chat_pipeline *pipeline_away(chat_spool *spool)
+{
+    chat_config cfg = testutil_config("pipeline");
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    snprintf(cfg.customer_access, sizeof cfg.customer_access, "any");
+    snprintf(cfg.db_socket, sizeof cfg.db_socket, "/nonexistent/mariadb.sock");
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
+    assert_non_null(p);
+    if (spool) chat_pipeline_use_spool(p, spool);
+    return p;
+}
+
+/* An answer begun and generated on pipe_extractive, ended on end (the worker's way: another stage
+ * thread's pipeline), the database gone in between when end's is unreachable. before_end (may be NULL)
+ * runs between the halves. */
+static void answer_ended_on(chat_pipeline *end, events *e, const char *msg, const char *session,
+                            void (*before_end)(void))
+{
+    chat_request req = {msg, session, NULL, &alice, NULL, 0, false};
+    chat_sink sink = {e, on_progress, on_token, on_complete, on_error};
+    int rc = -1;
+    chat_run *r = chat_pipeline_begin(pipe_extractive, &req, &sink, NULL, &rc);
+    assert_non_null(r);
+    chat_pipeline_generate(pipe_extractive, r);
+    if (before_end) before_end();
+    chat_pipeline_end_many(end, &r, 1);
+    assert_int_equal(e->terminals, 1);
+}
+
+static chat_spool *open_spool(const char *dir_name)
+{
+    chat_config cfg = testutil_config("pipeline");
+    snprintf(cfg.spool_dir, sizeof cfg.spool_dir, "%s", testutil_fresh_dir(dir_name));
+    chat_spool *s = NULL;
+    char err[256];
+    assert_int_equal(chat_spool_open(&cfg, "test", false, &s, err, sizeof err), 0);
+    assert_non_null(s);
+    return s;
+}
+
+/* Answers ending while the database is away are spooled and say so ("stored": false), for a session that
+ * exists and for a new one; a turn ending meanwhile on a pipeline whose database answers goes after them
+ * (stored false too); the replay then stores all three, in order, the new session owned by its user. */
+static void test_spooled_while_database_away(void **state)
+{
+    chat_spool *spool = open_spool("pipeline-spool");
+    chat_pipeline *away = pipeline_away(spool);
+    chat_db *d = chat_pipeline_db(pipe_extractive);
+    events a, b, c;
+    ev_init(&a), ev_init(&b), ev_init(&c);
+    answer_ended_on(away, &a, "What is the engine power of the Seawind 250?", "spooled-session", NULL);
+    answer_ended_on(away, &b, "How often should I change the oil?", NULL, NULL);
+    bool stored = true;
+    assert_non_null(a.response);
+    assert_true(meta_stored(a.metadata, &stored));
+    assert_false(stored);
+    stored = true;
+    assert_non_null(b.response);
+    assert_true(meta_stored(b.metadata, &stored));
+    assert_false(stored);
+    assert_int_equal(strlen(b.session_id), 36);
+    assert_int_equal(testutil_count(d, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", "spooled-session"), 0);
+    assert_int_equal(testutil_count(d, "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", b.session_id), 0);
+    assert_int_equal(chat_spool_waiting(spool), 2);
+
+    chat_pipeline_use_spool(pipe_extractive, spool);
+    answer_ended_on(pipe_extractive, &c, "And its fuel capacity?", "spooled-session", NULL);
+    chat_pipeline_use_spool(pipe_extractive, NULL);
+    stored = true;
+    assert_true(meta_stored(c.metadata, &stored));
+    assert_false(stored);
+    assert_int_equal(testutil_count(d, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", "spooled-session"), 0);
+
+    size_t n = 0;
+    char err[256];
+    assert_int_equal(chat_spool_replay(spool, d, &n, err, sizeof err), 0);
+    assert_int_equal(n, 3);
+    chat_history h;
+    assert_int_equal(testutil_history(d, "spooled-session", 10, &h, err, sizeof err), 0);
+    assert_int_equal(h.n, 4);
+    assert_string_equal(h.items[0].content, "What is the engine power of the Seawind 250?");
+    assert_string_equal(h.items[1].content, a.response);
+    assert_string_equal(h.items[2].content, "And its fuel capacity?");
+    chat_history_clear(&h);
+    assert_int_equal(testutil_count(d, "SELECT COUNT(*) FROM chat_sessions WHERE id = ? AND user_id = 'user-alice'",
+                                    b.session_id),
+                     1);
+    assert_int_equal(testutil_count(d, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", b.session_id), 2);
+    ev_clear(&a), ev_clear(&b), ev_clear(&c);
+    chat_pipeline_free(away);
+    chat_spool_free(spool);
+}
+
+static void delete_doomed_session(void) { testutil_sql(chat_pipeline_db(pipe_extractive), "DELETE FROM chat_sessions WHERE id = 'doomed-session'"); }
+
+/* A turn that can be neither stored nor spooled ends with NOT_STORED instead of complete: no spool
+ * while the database is away, or a turn the database refuses (its session deleted during the answer),
+ * which is not spooled either. */
+static void test_not_stored(void **state)
+{
+    chat_pipeline *away = pipeline_away(NULL);
+    events e;
+    ev_init(&e);
+    answer_ended_on(away, &e, "What is the engine power of the Seawind 250?", "not-stored-session", NULL);
+    assert_null(e.response);
+    assert_string_equal(e.error_code, "NOT_STORED");
+    assert_string_equal(e.error_message, "The answer could not be saved to the conversation, please ask again");
+    assert_true(e.n_tokens > 5); /* the answer streamed before */
+    ev_clear(&e);
+    chat_pipeline_free(away);
+
+    chat_spool *spool = open_spool("pipeline-refused");
+    chat_pipeline_use_spool(pipe_extractive, spool);
+    ev_init(&e);
+    answer_ended_on(pipe_extractive, &e, "How often should I change the oil?", "doomed-session", delete_doomed_session);
+    chat_pipeline_use_spool(pipe_extractive, NULL);
+    assert_null(e.response);
+    assert_string_equal(e.error_code, "NOT_STORED");
+    assert_false(chat_spool_pending(spool));
+    ev_clear(&e);
+    chat_spool_free(spool);
 }
 
 /* The openai provider against the fake LLM server: prompt with history reaches the model, tokens stream. */
@@ -587,10 +709,7 @@ static void test_openai_provider(void **state)
     pid_t pid = testutil_fake_llm_start(&port);
     assert_true(pid > 0);
 
-    chat_config cfg = testutil_config("pipeline");
-    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "openai");
-    snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", port);
-    snprintf(cfg.llm_model, sizeof cfg.llm_model, "fake-ok");
+    chat_config cfg = testutil_config_fake_llm("pipeline", port, "fake-ok");
     char err[256];
     chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
     assert_non_null(p);
@@ -639,6 +758,9 @@ int main(void)
         cmocka_unit_test(test_database_down),
         cmocka_unit_test(test_begin_end_split),
         cmocka_unit_test(test_end_many),
+        cmocka_unit_test(test_stored_flag),
+        cmocka_unit_test(test_spooled_while_database_away),
+        cmocka_unit_test(test_not_stored),
         cmocka_unit_test(test_openai_provider),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -372,15 +372,15 @@ static void test_auth_frames(void **state)
     json_object_put(o);
     free(s);
 
-    s = chat_proto_auth_error("Invalid token");
+    s = chat_proto_auth_error("Invalid token", NULL);
     o = parse_out(s);
     assert_int_equal(json_object_object_length(o), 2);
     expect_str(o, "type", "auth_error");
     expect_str(o, "message", "Invalid token");
     json_object_put(o);
     free(s);
-    assert_string_equal((s = chat_proto_auth_error("Token expired")),
-                        "{\"type\":\"auth_error\",\"message\":\"Token expired\"}");
+    s = chat_proto_auth_error("Token expired", NULL);
+    assert_string_equal(s, "{\"type\":\"auth_error\",\"message\":\"Token expired\"}");
     free(s);
 }
 
@@ -596,7 +596,7 @@ static const struct {
     {CHAT_CODE_MESSAGE_TOO_LONG, 400},  {CHAT_CODE_SESSION_FORBIDDEN, 403}, {CHAT_CODE_CUSTOMER_FORBIDDEN, 403},
     {"NOT_FOUND", 404},                 {"METHOD_NOT_ALLOWED", 405},      {"PAYLOAD_TOO_LARGE", 413},
     {"UNSUPPORTED_MEDIA_TYPE", 415},    {"SERVICE_UNAVAILABLE", 503},     {CHAT_CODE_PROCESSING_ERROR, 500},
-    {CHAT_CODE_RATE_LIMITED, 429},      {CHAT_CODE_OVERLOADED, 503},
+    {CHAT_CODE_RATE_LIMITED, 429},      {CHAT_CODE_OVERLOADED, 503},      {"NOT_STORED", 503},
 };
 
 static void test_code_table(void **state)
@@ -1000,6 +1000,93 @@ static void test_token_random(void **state)
     assert_true(valid_seen > 5000);
 }
 
+/* ---- auth attempts that cannot be parsed ---- */
+
+static void test_auth_error_codes(void **state)
+{
+    char *s = chat_proto_auth_error("Message too long", CHAT_CODE_MESSAGE_TOO_LONG);
+    assert_string_equal(s, "{\"type\":\"auth_error\",\"message\":\"Message too long\",\"code\":\"MESSAGE_TOO_LONG\"}");
+    free(s);
+    s = chat_proto_auth_error(NULL, CHAT_CODE_INVALID_TOKEN);
+    assert_string_equal(s, "{\"type\":\"auth_error\",\"message\":\"Invalid token\",\"code\":\"INVALID_TOKEN\"}");
+    free(s);
+    s = chat_proto_auth_expiring(30);
+    assert_string_equal(s, "{\"type\":\"auth_expiring\",\"expires_in\":30}");
+    free(s);
+}
+
+/* A refused frame keeps its type when it named one, so that an auth frame is answered as an auth. */
+static void test_parse_failure_keeps_type(void **state)
+{
+    static const struct {
+        const char *json;
+        chat_in_type type;
+    } cases[] = {
+        {"{\"type\":\"auth\"}", CHAT_IN_AUTH},
+        {"{\"type\":\"auth\",\"token\":42}", CHAT_IN_AUTH},
+        {"{\"type\":\"auth\",\"token\":\"\"}", CHAT_IN_AUTH},
+        {"{\"type\":\"message\"}", CHAT_IN_MESSAGE},
+        {"{\"type\":\"shout\"}", 0},
+        {"{\"type\":\"auth\",", 0}, /* not JSON: chat_proto_scan's job */
+        {"[1]", 0},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_in in;
+        const char *code = NULL;
+        assert_int_equal(chat_proto_parse(cases[i].json, strlen(cases[i].json), MAX_MSG, &in, &code, NULL, 0),
+                         CHAT_EINVAL);
+        if (in.type != cases[i].type) fail_msg("%s: type %d, want %d", cases[i].json, in.type, cases[i].type);
+        assert_null(in.token);
+        chat_in_clear(&in);
+    }
+}
+
+static void test_auth_scan_table(void **state)
+{
+    static const struct {
+        const char *frame;
+        bool auth;
+    } cases[] = {
+        {"{\"type\":\"auth\",\"token\":\"abc", true},                  /* cut short */
+        {"{\"token\":\"abc\",\"type\":\"auth\"", true},               /* type after the token */
+        {"{ \"type\" :\t\"auth\" ,\"token\":}", true},                  /* blanks */
+        {"{\"token\":\"a\\\"b\",\"type\":\"auth\"}xx", true},         /* an escaped quote before it */
+        {"{\"type\":\"message\",\"message\":\"x", false},
+        {"{\"type\":\"authx\"", false},
+        {"{\"type\":\"aut\"", false},
+        {"{\"typex\":\"auth\"", false},
+        {"{\"xtype\":\"auth\"", false},
+        {"{\"type\":\"au\\u0074h\"", false},                           /* escapes are not decoded */
+        {"{\"message\":\"\\\"type\\\":\\\"auth\\\"\",", false},     /* inside a string */
+        {"{\"x\":{\"type\":\"auth\"}", false},                          /* not at the top level */
+        {"[\"type\",\"auth\"]", false},
+        {"{\"type\",\"auth\"}", false},
+        {"{\"type\"::\"auth\"}", false},
+        {"{\"type\":{\"auth\"", false},
+        {"not json", false},
+        {"", false},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        const char *f = cases[i].frame;
+        size_t n = strlen(f);
+        chat_proto_scan sc;
+        memset(&sc, 0, sizeof sc);
+        chat_proto_scan_feed(&sc, f, n);
+        if (sc.auth != cases[i].auth) fail_msg("%s: auth %d", f, sc.auth);
+        /* Fed a byte at a time, and cut in two at every point, the answer is the same. */
+        for (size_t cut = 0; cut <= n; cut++) {
+            memset(&sc, 0, sizeof sc);
+            chat_proto_scan_feed(&sc, f, cut);
+            chat_proto_scan_feed(&sc, f + cut, n - cut);
+            if (sc.auth != cases[i].auth) fail_msg("%s cut at %zu: auth %d", f, cut, sc.auth);
+        }
+        memset(&sc, 0, sizeof sc);
+        for (size_t k = 0; k < n; k++)
+            chat_proto_scan_feed(&sc, f + k, 1);
+        if (sc.auth != cases[i].auth) fail_msg("%s byte by byte: auth %d", f, sc.auth);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1018,6 +1105,9 @@ int main(void)
         cmocka_unit_test(test_other_frames),
         cmocka_unit_test(test_client_frames),
         cmocka_unit_test(test_message_fields_match_parser),
+        cmocka_unit_test(test_auth_error_codes),
+        cmocka_unit_test(test_parse_failure_keeps_type),
+        cmocka_unit_test(test_auth_scan_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

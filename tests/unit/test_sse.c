@@ -1,4 +1,5 @@
-/* Tests for chat_sse: a table of small streams with their expected events, the size bound, stop and reset,
+/* Tests for chat_sse: the writer (a table of events with their exact text, each read back by the parser
+ * as the event it was), a table of small streams with their expected events, the size bound, stop and reset,
  * and a realistic stream (BOM, CRLF, CR, comments, multi-line data, UTF-8) fed split at every byte
  * position (two and three pieces) and one byte at a time: the events must be the same every time. */
 #include <setjmp.h>
@@ -106,6 +107,45 @@ static void test_table(void **state)
         if (strcmp(got, cases[i].want)) fail_msg("case '%s': got '%s' want '%s'", cases[i].name, got, cases[i].want);
         free(got);
     }
+}
+
+/* ---- the writer ---- */
+
+static void test_write_table(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *event, *data;
+        const char *want, *read_back; /* the exact text; the event the parser reads from it */
+    } wcases[] = {
+        {"data only", NULL, "{\"a\":1}", "data: {\"a\":1}\n\n", EV("message", "{\"a\":1}")},
+        {"named", "token", "{\"type\":\"token\"}", "event: token\ndata: {\"type\":\"token\"}\n\n",
+         EV("token", "{\"type\":\"token\"}")},
+        {"DONE", NULL, "[DONE]", "data: [DONE]\n\n", EV("message", "[DONE]")},
+        {"empty data", "ping", "", "event: ping\ndata:\n\n", EV("ping", "")},
+        {"lines split", NULL, "a\nb\r\nc\rd", "data: a\ndata: b\ndata: c\ndata: d\n\n", EV("message", "a\nb\nc\nd")},
+        {"trailing line break kept", NULL, "a\n", "data: a\ndata:\n\n", EV("message", "a\n")},
+        {"leading space kept", NULL, " x", "data:  x\n\n", EV("message", " x")},
+        {"colon and UTF-8 pass", NULL, "caf\xC3\xA9: [x]", "data: caf\xC3\xA9: [x]\n\n",
+         EV("message", "caf\xC3\xA9: [x]")},
+    };
+    chat_buf b;
+    chat_buf_init(&b);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(wcases); i++) {
+        chat_buf_reset(&b);
+        assert_int_equal(chat_sse_write(&b, wcases[i].event, wcases[i].data, strlen(wcases[i].data)), 0);
+        if (strcmp(b.data, wcases[i].want)) fail_msg("%s: wrote '%s'", wcases[i].name, b.data);
+        char *got = run_whole(b.data);
+        if (strcmp(got, wcases[i].read_back)) fail_msg("%s: read back '%s'", wcases[i].name, got);
+        free(got);
+    }
+    /* Events append; an event name with a line break is refused and writes nothing. */
+    chat_buf_reset(&b);
+    assert_int_equal(chat_sse_write(&b, NULL, "1", 1), 0);
+    assert_int_equal(chat_sse_write(&b, NULL, "2", 1), 0);
+    assert_int_equal(chat_sse_write(&b, "a\nb", "3", 1), CHAT_EINVAL);
+    assert_string_equal(b.data, "data: 1\n\ndata: 2\n\n");
+    chat_buf_free(&b);
 }
 
 /* A stream in the shape real providers send, with every awkward feature at once. */
@@ -250,6 +290,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_write_table),
         cmocka_unit_test(test_realistic_every_split),
         cmocka_unit_test(test_bound),
         cmocka_unit_test(test_stop_and_reset),

@@ -774,6 +774,40 @@ static void test_client_ping(void **state)
     ts_free(&s);
 }
 
+static void fn_ping_then_text(ts_srv *s, int fd)
+{
+    ts_send_frame(fd, CHAT_WS_PING, true, "p1", 2);
+    ts_send_text(fd, "done");
+    fn_wait_close(s, fd);
+}
+
+/* A ping's pong echoes its payload, or is empty with opts.empty_pongs. */
+static void test_pong_payload(void **state)
+{
+    static const struct {
+        bool empty;
+        size_t len;
+    } cases[] = {{false, 2}, {true, 0}};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        ts_srv s = {.fn = fn_ping_then_text};
+        ts_start(&s);
+        chat_wsc_opts o = {.empty_pongs = cases[i].empty};
+        chat_wsc *c = ts_connect(&s, &o);
+        const char *m;
+        assert_int_equal(chat_wsc_recv(c, 2000, &m, NULL), 0);
+        assert_string_equal(m, "done");
+        chat_wsc_close(c, 1000, NULL);
+        ts_join(&s);
+        assert_int_equal(s.nframes, 2);
+        assert_int_equal(s.frames[0].op, CHAT_WS_PONG);
+        assert_true(s.frames[0].masked);
+        assert_int_equal(s.frames[0].len, cases[i].len);
+        if (cases[i].len) assert_memory_equal(s.frames[0].data, "p1", 2);
+        assert_int_equal(s.frames[1].op, CHAT_WS_CLOSE);
+        ts_free(&s);
+    }
+}
+
 static void fn_close_1001(ts_srv *s, int fd)
 {
     ts_send_text(fd, "before");
@@ -1344,6 +1378,7 @@ int main(void)
         cmocka_unit_test(test_fragmented_invalid_utf8),
         cmocka_unit_test(test_reassembly_with_control_frames),
         cmocka_unit_test(test_client_ping),
+        cmocka_unit_test(test_pong_payload),
         cmocka_unit_test(test_close_from_server),
         cmocka_unit_test(test_abrupt_drop),
         cmocka_unit_test(test_server_violations),

@@ -1,7 +1,15 @@
 /* Test helpers that need no database. */
 #include "testutil.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <json-c/json.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -9,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +37,34 @@ const char *testutil_path(const char *rel)
 }
 
 char *testutil_read_file(const char *path, size_t *len) { return chat_read_file(path, 0, len); }
+
+int testutil_tsv_open(testutil_tsv *t, const char *rel)
+{
+    t->save = NULL;
+    t->data = testutil_read_file(testutil_path(rel), NULL);
+    return t->data ? 0 : -1;
+}
+
+int testutil_tsv_next(testutil_tsv *t, char **fields, int max)
+{
+    char *line;
+    do {
+        line = strtok_r(t->save ? NULL : t->data, "\n", &t->save);
+        if (!line) return 0;
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\r') line[len - 1] = '\0';
+    } while (!line[0] || line[0] == '#');
+    int n = 0;
+    fields[n++] = line;
+    for (char *tab; n < max && (tab = strchr(fields[n - 1], '\t'));) *tab = '\0', fields[n++] = tab + 1;
+    return n;
+}
+
+void testutil_tsv_close(testutil_tsv *t)
+{
+    free(t->data);
+    t->data = t->save = NULL;
+}
 
 pid_t testutil_fake_llm_start(int *port)
 {
@@ -74,9 +111,53 @@ pid_t testutil_fake_llm_start(int *port)
     return pid;
 }
 
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st, (void)type, (void)ftw;
+    return remove(path) && errno != ENOENT ? -1 : 0;
+}
+
+const char *testutil_fresh_dir(const char *name)
+{
+    static char dir[PATH_MAX];
+    const char *var = getenv("CHAT_VAR");
+    char parent[PATH_MAX - 128];
+    if (var && *var)
+        snprintf(parent, sizeof parent, "%.3900s/tmp", var);
+    else
+        snprintf(parent, sizeof parent, "%.3900s", testutil_path("build/tests/tmp"));
+    snprintf(dir, sizeof dir, "%s/%.64s", parent, name);
+    if (nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) && errno != ENOENT) fail_msg("cannot empty %s", dir);
+    if ((mkdir(parent, 0700) && errno != EEXIST) || mkdir(dir, 0700)) fail_msg("cannot create %s", dir);
+    return dir;
+}
+
 void testutil_fake_llm_stop(pid_t pid)
 {
     if (pid <= 0) return;
     kill(pid, SIGTERM);
     waitpid(pid, NULL, 0);
+}
+
+static size_t collect_body(char *p, size_t size, size_t n, void *ud)
+{
+    return chat_buf_append(ud, p, size * n) ? 0 : size * n;
+}
+
+json_object *testutil_fake_llm_last(int port)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/debug/last", port);
+    chat_buf b;
+    chat_buf_init(&b);
+    CURL *c = curl_easy_init();
+    if (!c) return NULL;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_cleanup(c);
+    json_object *o = rc == CURLE_OK && b.data ? json_tokener_parse(b.data) : NULL;
+    chat_buf_free(&b);
+    return o;
 }

@@ -1,0 +1,485 @@
+/* Tests for chat_llm's provider table and the replay provider: every row of the table has a name and
+ * every function, chat_config accepts exactly the table's names; the replay provider streams exactly
+ * the recorded pieces in order, paced by token_delay_ms (timestamps), stops within 100 ms on cancel
+ * (at once after chat_llm_loop_wakeup), gives finish_reason "length" at max_tokens, refuses a missing
+ * or malformed recording in chat_llm_new with a message naming the line, and runs many generations at
+ * once on one chat_llm_loop. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat_common.h"
+#include "chat_llm.h"
+#include "chat_llm_provider.h"
+#include "chat_util.h"
+
+/* The recording most tests replay: what its file holds, line by line, and the pieces it stands for. */
+static const char *const RECORDING[] = {
+    "\"The Seawind 250\"",
+    "\" is powered by\"",
+    "",                                 /* a blank line is skipped */
+    "  \" a 250 hp \\\"V6\\\" outboard\"  ", /* whitespace around the string, escapes inside it */
+    "\" (186 kW).\\n\"\r",              /* a newline piece; a CRLF file */
+    "\"Caf\\u00e9 \xE2\x9B\xB5 \"",     /* \u escapes and raw UTF-8 */
+    "\"Sources: boat-a/specs.md\"",
+};
+static const char *const PIECES[] = {
+    "The Seawind 250", " is powered by", " a 250 hp \"V6\" outboard", " (186 kW).\n",
+    "Caf\xC3\xA9 \xE2\x9B\xB5 ", "Sources: boat-a/specs.md",
+};
+#define N_PIECES ((int)CHAT_ARRAY_LEN(PIECES))
+
+static char rec_path[64];
+
+/* Writes lines (each followed by "\n") to a new temporary file; returns its path (static buffer). */
+static const char *write_file(const char *const *lines, size_t n)
+{
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/chat_test_replay_XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    for (size_t i = 0; i < n; i++) fprintf(f, "%s\n", lines[i]);
+    assert_int_equal(fclose(f), 0);
+    return path;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(rec_path, sizeof rec_path, "%s", write_file(RECORDING, CHAT_ARRAY_LEN(RECORDING)));
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    unlink(rec_path);
+    return 0;
+}
+
+static chat_config replay_config(const char *path, int delay_ms)
+{
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "replay");
+    snprintf(cfg.llm_replay_file, sizeof cfg.llm_replay_file, "%s", path);
+    cfg.token_delay_ms = delay_ms;
+    return cfg;
+}
+
+static chat_llm *replay_llm(int delay_ms)
+{
+    chat_config cfg = replay_config(rec_path, delay_ms);
+    char err[256];
+    chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+    if (!llm) fail_msg("chat_llm_new: %s", err);
+    return llm;
+}
+
+/* ---- the table ---- */
+
+static void test_table(void **state)
+{
+    (void)state;
+    size_t n = 0;
+    for (const chat_llm_provider *p; (p = chat_llm_provider_at(n)); n++) {
+        if (!p->name || !*p->name) fail_msg("row %zu has no name", n);
+        const void *fns[] = {
+            (const void *)p->open,        (const void *)p->close,        (const void *)p->instant,
+            (const void *)p->loop_attach, (const void *)p->loop_detach,  (const void *)p->loop_fds,
+            (const void *)p->loop_work,   (const void *)p->gen_new,      (const void *)p->gen_deadline,
+            (const void *)p->gen_step,    (const void *)p->gen_outcome,  (const void *)p->gen_free,
+        };
+        for (size_t k = 0; k < CHAT_ARRAY_LEN(fns); k++)
+            if (!fns[k]) fail_msg("provider %s lacks function %zu", p->name, k);
+        assert_string_equal(chat_llm_provider_name_at(n), p->name);
+        for (size_t j = 0; j < n; j++)
+            if (!strcmp(chat_llm_provider_at(j)->name, p->name)) fail_msg("provider %s twice", p->name);
+    }
+    assert_true(n >= 3);
+    assert_null(chat_llm_provider_name_at(n));
+
+    /* the configuration accepts every name of the table, and lists them when it refuses one */
+    char err[256];
+    chat_config cfg;
+    for (size_t i = 0; i < n; i++) {
+        setenv("CHAT_LLM_PROVIDER", chat_llm_provider_name_at(i), 1);
+        setenv("LLM_BASE_URL", "http://127.0.0.1:9/v1", 1);
+        if (chat_config_from_env(&cfg, err, sizeof err)) fail_msg("%s: %s", chat_llm_provider_name_at(i), err);
+        assert_string_equal(cfg.llm_provider, chat_llm_provider_name_at(i));
+    }
+    setenv("CHAT_LLM_PROVIDER", "magic", 1);
+    assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), CHAT_EINVAL);
+    assert_non_null(strstr(err, "replay"));
+    assert_null(strstr(err, "magic"));
+    unsetenv("CHAT_LLM_PROVIDER");
+    unsetenv("LLM_BASE_URL");
+
+    cfg = replay_config(rec_path, 0);
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "magic");
+    assert_null(chat_llm_new(&cfg, err, sizeof err));
+    assert_non_null(strstr(err, "unknown LLM provider"));
+}
+
+/* ---- one generation ---- */
+
+typedef struct piece_log {
+    int n;
+    char text[16][64];
+    size_t len[16];
+    int64_t at[16];
+    int stop_after;         /* return non-zero at this piece; 0 = never */
+    atomic_int *cancel_at2; /* raised at the second piece */
+} piece_log;
+
+static int log_piece(void *ud, const char *t, size_t n)
+{
+    piece_log *l = ud;
+    if (l->n < 16) {
+        snprintf(l->text[l->n], sizeof l->text[l->n], "%.*s", (int)n, t);
+        l->len[l->n] = n;
+        l->at[l->n] = chat_now_ms();
+    }
+    l->n++;
+    if (l->cancel_at2 && l->n == 2) atomic_store(l->cancel_at2, 1);
+    return l->stop_after && l->n >= l->stop_after;
+}
+
+static const chat_llm_message prompt[] = {{"system", "You are helpful."}, {"user", "What powers the 250?"}};
+
+static int generate(chat_llm *llm, int max_tokens, const atomic_int *cancel, piece_log *l, chat_llm_result *res,
+                    char *err, size_t errlen)
+{
+    chat_llm_request req = {.messages = prompt, .n_messages = CHAT_ARRAY_LEN(prompt), .max_tokens = max_tokens};
+    return chat_llm_generate(llm, &req, log_piece, l, cancel, res, err, errlen);
+}
+
+static void assert_pieces(const piece_log *l, int n)
+{
+    assert_int_equal(l->n, n);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(l->len[i], strlen(PIECES[i]));
+        assert_string_equal(l->text[i], PIECES[i]);
+    }
+}
+
+static void test_replay_pieces(void **state)
+{
+    (void)state;
+    chat_llm *llm = replay_llm(0);
+    assert_string_equal(chat_llm_provider_name(llm), "replay");
+    assert_true(chat_llm_instant(llm));
+    for (int round = 0; round < 2; round++) { /* the recording is replayed whole every time */
+        piece_log l = {0};
+        chat_llm_result res;
+        char err[128];
+        assert_int_equal(generate(llm, 0, NULL, &l, &res, err, sizeof err), 0);
+        assert_pieces(&l, N_PIECES);
+        assert_string_equal(res.finish_reason, "stop");
+        assert_int_equal(res.completion_tokens, N_PIECES);
+        assert_int_equal(res.tokens_emitted, N_PIECES);
+        assert_true(res.prompt_tokens > 0);
+    }
+    chat_llm_free(llm);
+}
+
+static void test_replay_paced(void **state)
+{
+    (void)state;
+    enum { DELAY = 30 };
+    chat_llm *llm = replay_llm(DELAY);
+    assert_false(chat_llm_instant(llm));
+    piece_log l = {0};
+    chat_llm_result res;
+    char err[128];
+    int64_t t0 = chat_now_ms();
+    assert_int_equal(generate(llm, 0, NULL, &l, &res, err, sizeof err), 0);
+    int64_t took = chat_now_ms() - t0;
+    assert_pieces(&l, N_PIECES);
+    if (l.at[0] - t0 > 50) fail_msg("the first piece came after %lld ms", (long long)(l.at[0] - t0));
+    for (int i = 1; i < N_PIECES; i++) {
+        int64_t gap = l.at[i] - l.at[i - 1];
+        if (gap < DELAY - 2) fail_msg("piece %d came %lld ms after the one before", i, (long long)gap);
+    }
+    /* done with the last piece, not a token interval later */
+    if (took > (N_PIECES - 1) * DELAY * 2 + 50) fail_msg("%d paced pieces took %lld ms", N_PIECES, (long long)took);
+    assert_string_equal(res.finish_reason, "stop");
+    chat_llm_free(llm);
+}
+
+static void test_replay_max_tokens(void **state)
+{
+    (void)state;
+    static const struct {
+        int req_max, cfg_max, pieces;
+        const char *finish;
+    } cases[] = {
+        {3, 0, 3, "length"},
+        {1, 0, 1, "length"},
+        {N_PIECES, 0, N_PIECES, "stop"}, /* exactly all of them is not cut */
+        {N_PIECES + 5, 0, N_PIECES, "stop"},
+        {0, 2, 2, "length"}, /* LLM_MAX_TOKENS when the request names none */
+        {4, 2, 4, "length"}, /* the request's wins */
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_config cfg = replay_config(rec_path, 0);
+        cfg.llm_max_tokens = cases[i].cfg_max;
+        char err[128];
+        chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+        assert_non_null(llm);
+        piece_log l = {0};
+        chat_llm_result res;
+        int rc = generate(llm, cases[i].req_max, NULL, &l, &res, err, sizeof err);
+        if (rc || l.n != cases[i].pieces || strcmp(res.finish_reason, cases[i].finish))
+            fail_msg("case %zu: rc %d, %d pieces, finish %s", i, rc, l.n, res.finish_reason);
+        assert_pieces(&l, cases[i].pieces);
+        assert_int_equal(res.completion_tokens, cases[i].pieces);
+        chat_llm_free(llm);
+    }
+}
+
+/* ---- generations on a loop ---- */
+
+typedef struct lgen {
+    int id;
+    chat_buf text;
+    int pieces, done_calls, rc, max_tokens;
+    chat_llm_result res;
+    int64_t first_at, done_at;
+    atomic_int cancel;
+} lgen;
+
+#define MAX_ORDER 8192
+static int order[MAX_ORDER]; /* which generation each piece was for, in call order */
+static int n_order;
+
+static int lgen_piece(void *ud, const char *t, size_t n)
+{
+    lgen *g = ud;
+    if (!g->pieces) g->first_at = chat_now_ms();
+    g->pieces++;
+    if (n_order < MAX_ORDER) order[n_order++] = g->id;
+    chat_buf_append(&g->text, t, n);
+    return 0;
+}
+
+static void lgen_done(void *ud, int rc, const chat_llm_result *res, const char *err)
+{
+    lgen *g = ud;
+    g->done_calls++;
+    g->rc = rc;
+    g->res = *res;
+    g->done_at = chat_now_ms();
+}
+
+typedef struct raiser {
+    atomic_int *flag;
+    chat_llm_loop *loop; /* woken after the raise when set */
+    int after_ms;
+    int64_t at;
+} raiser;
+
+static void *raise_thread(void *arg)
+{
+    raiser *r = arg;
+    struct timespec ts = {r->after_ms / 1000, (long)(r->after_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    r->at = chat_now_ms();
+    atomic_store(r->flag, 1);
+    if (r->loop) chat_llm_loop_wakeup(r->loop);
+    return NULL;
+}
+
+static void test_replay_cancel(void **state)
+{
+    (void)state;
+    char err[128];
+    chat_llm_result res;
+
+    /* raised from another thread while the generation waits for its next piece (2 s away) */
+    chat_llm *slow = replay_llm(2000);
+    atomic_int flag = 0;
+    raiser r = {&flag, NULL, 150, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, raise_thread, &r), 0);
+    piece_log l = {0};
+    int rc = generate(slow, 0, &flag, &l, &res, err, sizeof err);
+    int64_t done = chat_now_ms();
+    pthread_join(t, NULL);
+    assert_int_equal(rc, CHAT_ECANCELLED);
+    assert_string_equal(res.finish_reason, "cancelled");
+    assert_int_equal(l.n, 1);
+    if (done - r.at > 100) fail_msg("cancel took %lld ms", (long long)(done - r.at));
+
+    /* on a loop, with chat_llm_loop_wakeup after the raise: at once, not at the loop's next look */
+    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
+    assert_non_null(loop);
+    lgen g = {.id = 0};
+    chat_buf_init(&g.text);
+    atomic_init(&g.cancel, 0);
+    chat_llm_request req = {.messages = prompt, .n_messages = CHAT_ARRAY_LEN(prompt)};
+    assert_int_equal(chat_llm_start(loop, slow, &req, lgen_piece, lgen_done, &g, &g.cancel, err, sizeof err), 0);
+    raiser w = {&g.cancel, loop, 150, 0};
+    assert_int_equal(pthread_create(&t, NULL, raise_thread, &w), 0);
+    int64_t end = chat_now_ms() + 3000;
+    while (!g.done_calls && chat_now_ms() < end) chat_llm_loop_run(loop, 1000);
+    pthread_join(t, NULL);
+    assert_int_equal(g.done_calls, 1);
+    assert_int_equal(g.rc, CHAT_ECANCELLED);
+    assert_int_equal(g.pieces, 1);
+    if (g.done_at - w.at > 30) fail_msg("cancel with wakeup took %lld ms", (long long)(g.done_at - w.at));
+    chat_llm_loop_free(loop);
+    chat_buf_free(&g.text);
+    chat_llm_free(slow);
+
+    /* raised by the token callback itself, the caller's stop, and before the start */
+    chat_llm *llm = replay_llm(5);
+    atomic_int at2 = 0;
+    piece_log c = {.cancel_at2 = &at2};
+    assert_int_equal(generate(llm, 0, &at2, &c, &res, err, sizeof err), CHAT_ECANCELLED);
+    assert_int_equal(c.n, 2);
+    assert_string_equal(res.finish_reason, "cancelled");
+    piece_log s = {.stop_after = 3};
+    assert_int_equal(generate(llm, 0, NULL, &s, &res, err, sizeof err), CHAT_ECANCELLED);
+    assert_int_equal(s.n, 3);
+    assert_string_equal(res.finish_reason, "cancelled");
+    atomic_int pre = 1;
+    piece_log p = {0};
+    assert_int_equal(generate(llm, 0, &pre, &p, &res, err, sizeof err), CHAT_ECANCELLED);
+    assert_int_equal(p.n, 0);
+    chat_llm_free(llm);
+}
+
+/* ---- bad recordings ---- */
+
+static void test_replay_bad_files(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *lines[3];
+        size_t n;
+        const char *must; /* in err */
+    } cases[] = {
+        {{NULL}, 0, "holds no piece"},
+        {{"", "   "}, 2, "holds no piece"},
+        {{"\"ok\"", "not json"}, 2, "line 2 is not one JSON string"},
+        {{"42"}, 1, "line 1 is not one JSON string"},
+        {{"[\"a\"]"}, 1, "line 1 is not one JSON string"},
+        {{"\"a\" \"b\""}, 1, "line 1 is not one JSON string"},
+        {{"\"a\" x"}, 1, "line 1 is not one JSON string"},
+        {{"\"unterminated"}, 1, "line 1 is not one JSON string"},
+        {{"\"ok\"", "", "\"\""}, 3, "line 3 is not a piece of text"},
+        {{"\"a\\u0000b\""}, 1, "line 1 is not a piece of text"},
+        {{"\"bad \xC3\x28 utf8\""}, 1, "line 1 is not a piece of text"},
+    };
+    char err[256];
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        const char *path = write_file(cases[i].lines, cases[i].n);
+        chat_config cfg = replay_config(path, 0);
+        chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+        unlink(path);
+        if (llm) fail_msg("case %zu: accepted", i);
+        if (!strstr(err, cases[i].must)) fail_msg("case %zu: '%s' lacks '%s'", i, err, cases[i].must);
+        assert_null(strstr(err, "/tmp")); /* names the setting, never its value */
+    }
+
+    chat_config cfg = replay_config("", 0);
+    assert_null(chat_llm_new(&cfg, err, sizeof err));
+    assert_non_null(strstr(err, "needs CHAT_LLM_REPLAY_FILE"));
+    cfg = replay_config("/nonexistent/chat-replay.txt", 0);
+    assert_null(chat_llm_new(&cfg, err, sizeof err));
+    assert_non_null(strstr(err, "CHAT_LLM_REPLAY_FILE cannot be opened"));
+    assert_null(strstr(err, "nonexistent"));
+}
+
+/* ---- many generations on one loop ---- */
+
+/* Two hundred paced replays at once on one thread, a few cut by max_tokens, one cancelled with a wakeup:
+ * each gets its pieces in order and its done once, their pieces interleave, and the whole takes about
+ * as long as one. */
+static void test_replay_loop_many(void **state)
+{
+    (void)state;
+    enum { N = 200, DELAY = 20, CANCELLED = 7 };
+    chat_llm *llm = replay_llm(DELAY);
+    char err[128];
+    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
+    assert_non_null(loop);
+    static lgen g[N];
+    char whole[512] = "";
+    for (int i = 0; i < N_PIECES; i++) strcat(whole, PIECES[i]);
+    n_order = 0;
+    int64_t t0 = chat_now_ms();
+    for (int i = 0; i < N; i++) {
+        memset(&g[i], 0, sizeof g[i]);
+        g[i].id = i;
+        g[i].max_tokens = i % 10 == 3 ? 2 : 0;
+        chat_buf_init(&g[i].text);
+        atomic_init(&g[i].cancel, 0);
+        chat_llm_request req = {.messages = prompt, .n_messages = 2, .max_tokens = g[i].max_tokens};
+        assert_int_equal(chat_llm_start(loop, llm, &req, lgen_piece, lgen_done, &g[i], &g[i].cancel, err, sizeof err),
+                         0);
+    }
+    assert_int_equal(n_order, 0); /* nothing inside chat_llm_start */
+    raiser r = {&g[CANCELLED].cancel, loop, DELAY + DELAY / 2, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, raise_thread, &r), 0);
+    int64_t end = chat_now_ms() + 5000;
+    while (chat_llm_loop_run(loop, 1000) > 0 && chat_now_ms() < end) {
+    }
+    int64_t took = chat_now_ms() - t0;
+    pthread_join(t, NULL);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(g[i].done_calls, 1);
+        if (i == CANCELLED) {
+            assert_int_equal(g[i].rc, CHAT_ECANCELLED);
+            if (g[i].pieces < 2 || g[i].pieces >= N_PIECES) fail_msg("cancelled after %d pieces", g[i].pieces);
+            if (g[i].done_at - r.at > 30) fail_msg("cancel with wakeup took %lld ms", (long long)(g[i].done_at - r.at));
+            continue;
+        }
+        assert_int_equal(g[i].rc, 0);
+        if (g[i].max_tokens) {
+            assert_int_equal(g[i].pieces, 2);
+            assert_string_equal(g[i].res.finish_reason, "length");
+            assert_int_equal(strncmp(g[i].text.data, whole, g[i].text.len), 0);
+            assert_int_equal(g[i].text.len, strlen(PIECES[0]) + strlen(PIECES[1]));
+        } else {
+            assert_int_equal(g[i].pieces, N_PIECES);
+            assert_string_equal(g[i].res.finish_reason, "stop");
+            assert_string_equal(g[i].text.data, whole);
+        }
+    }
+    int switches = 0;
+    for (int i = 1; i < n_order; i++) switches += order[i] != order[i - 1];
+    if (switches < N * 3) fail_msg("pieces did not interleave (%d switches)", switches);
+    if (took > (N_PIECES - 1) * DELAY * 3 + 200) fail_msg("%d paced replays took %lld ms", N, (long long)took);
+    chat_llm_loop_free(loop);
+    chat_llm_free(llm);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].text);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_replay_pieces),
+        cmocka_unit_test(test_replay_paced),
+        cmocka_unit_test(test_replay_max_tokens),
+        cmocka_unit_test(test_replay_cancel),
+        cmocka_unit_test(test_replay_bad_files),
+        cmocka_unit_test(test_replay_loop_many),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
