@@ -105,6 +105,7 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(token_delay_ms, "CHAT_TOKEN_DELAY_MS", 0, 0, 10000);
     STR(llm_replay_file, "CHAT_LLM_REPLAY_FILE", "");
     STR(metrics_dir, "CHAT_METRICS_DIR", "");
+    STR(prompts_dir, "CHAT_PROMPTS_DIR", "");
 
     INT(history_turns, "CHAT_HISTORY_TURNS", 6, 0, 100);
     INT(kb_top_k, "CHAT_KB_TOP_K", 4, 1, 50);

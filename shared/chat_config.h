@@ -37,6 +37,7 @@ typedef struct chat_config {
     int token_delay_ms; /* extractive and replay pacing, 0 = as fast as possible */
     char metrics_dir[512];     /* where each process keeps its metrics file (chat_metrics.h); empty = in memory */
     char llm_replay_file[512]; /* the replay provider's recording: one JSON string per line */
+    char prompts_dir[512];     /* each agent's prompt and model settings (chat_agent_cfg.h); "" = default */
 
     /* Pipeline. */
     int history_turns;

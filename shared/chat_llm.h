@@ -26,7 +26,10 @@ typedef struct chat_llm_request {
     /* The prompt for chat models: system prompt, history, then the user's message. */
     const chat_llm_message *messages;
     size_t n_messages;
-    int max_tokens;
+    int max_tokens;        /* <= 0: the provider's configured limit */
+    const char *model;     /* NULL or "": the provider's configured model */
+    bool has_temperature;  /* false: none sent (the provider's default) */
+    double temperature;
     /* Grounding, used by the extractive provider (and available to any). */
     const char *question;
     const char *agent;               /* specs | maintenance | troubleshooting | general */

@@ -303,6 +303,7 @@ typedef struct chat_openai_gen {
     enum oai_state state;
     char *body;
     size_t body_len, prompt_bytes;
+    char model[256]; /* what the request asks for: the request's own, else the configured one */
     struct curl_slist *headers; /* holds the Authorization header */
     int attempts;
     int64_t t0, attempt_t0, backoff_until;
@@ -539,7 +540,9 @@ fail:
     return NULL;
 }
 
-static char *oai_request_body(chat_openai *o, const chat_llm_request *req, size_t *len, size_t *prompt_bytes)
+/* The request's JSON body for model; *prompt_bytes gets the prompt's size (the usage estimate). */
+static char *oai_request_body(chat_openai *o, const chat_llm_request *req, const char *model, size_t *len,
+                              size_t *prompt_bytes)
 {
     char *out = NULL;
     json_object *root = json_object_new_object();
@@ -558,11 +561,16 @@ static char *oai_request_body(chat_openai *o, const chat_llm_request *req, size_
         json_object_array_add(msgs, jm);
     }
     int max_tokens = req->max_tokens > 0 ? req->max_tokens : o->max_tokens;
-    json_object_object_add(root, "model", json_object_new_string(o->model));
+    json_object_object_add(root, "model", json_object_new_string(model));
     json_object_object_add(root, "messages", msgs);
     msgs = NULL;
     json_object_object_add(root, "stream", json_object_new_boolean(1));
     if (max_tokens > 0) json_object_object_add(root, "max_tokens", json_object_new_int(max_tokens));
+    if (req->has_temperature) {
+        char t[32]; /* "0.2", not json-c's 17 digits */
+        snprintf(t, sizeof t, "%g", req->temperature);
+        json_object_object_add(root, "temperature", json_object_new_double_s(req->temperature, t));
+    }
     json_object_object_add(opts, "include_usage", json_object_new_boolean(1));
     json_object_object_add(root, "stream_options", opts);
     opts = NULL;
@@ -590,7 +598,6 @@ static bool oai_cancelled(const chat_openai_gen *s)
 /* The end of a generation: finish_reason, token counts, the log line. */
 static void oai_finish(chat_openai_gen *s, int rc)
 {
-    chat_openai *o = s->o;
     chat_llm_result *res = &s->res;
     s->rc = rc;
     s->state = OAI_FINISHED;
@@ -606,11 +613,11 @@ static void oai_finish(chat_openai_gen *s, int rc)
     res->prompt_tokens = s->usage_prompt >= 0 ? s->usage_prompt : (int)(s->prompt_bytes / 4);
     res->completion_tokens = s->usage_completion >= 0 ? s->usage_completion : res->tokens_emitted;
     if (rc == 0 || rc == CHAT_ECANCELLED)
-        chat_log_info("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d finish=%s", o->model,
+        chat_log_info("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d finish=%s", s->model,
                       s->status, s->attempts, (long long)(chat_now_ms() - s->t0), res->tokens_emitted,
                       res->finish_reason);
     else
-        chat_log_warn("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d failed: %s (%s)", o->model,
+        chat_log_warn("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d failed: %s (%s)", s->model,
                       s->status, s->attempts, (long long)(chat_now_ms() - s->t0), res->tokens_emitted, s->err,
                       chat_strerror(rc));
 }
@@ -704,7 +711,7 @@ static void oai_end_attempt(chat_openai_gen *s, bool completed, CURLcode cc, boo
     long wait = s->retry_after_ms >= 0 ? s->retry_after_ms : OAI_BACKOFF_MS;
     if (wait < OAI_BACKOFF_MIN_MS) wait = OAI_BACKOFF_MIN_MS;
     if (wait > OAI_BACKOFF_MAX_MS) wait = OAI_BACKOFF_MAX_MS;
-    chat_log_info("openai: model=%s status=%ld transient failure, retrying in %ld ms", o->model, s->status, wait);
+    chat_log_info("openai: model=%s status=%ld transient failure, retrying in %ld ms", s->model, s->status, wait);
     s->backoff_until = chat_now_ms() + wait;
     s->state = OAI_BACKOFF;
 }
@@ -757,7 +764,8 @@ static int oai_gen_new(void *state, void *loop_state, const chat_llm_request *re
     snprintf(s->res.finish_reason, sizeof s->res.finish_reason, "error");
     /* cancelled before it began: no request is built, the first step reports it */
     if (!oai_cancelled(s)) {
-        s->body = oai_request_body(o, req, &s->body_len, &s->prompt_bytes);
+        snprintf(s->model, sizeof s->model, "%s", req->model && *req->model ? req->model : o->model);
+        s->body = oai_request_body(o, req, s->model, &s->body_len, &s->prompt_bytes);
         s->sse = chat_sse_new(oai_on_event, s, OAI_MAX_EVENT_BYTES);
         s->headers = s->body && s->sse ? oai_headers(o->key) : NULL;
         if (!s->headers) {

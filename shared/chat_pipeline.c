@@ -31,6 +31,7 @@
 #include <strings.h>
 
 #include "chat_agent.h"
+#include "chat_agent_cfg.h"
 #include "chat_classify.h"
 #include "chat_common.h"
 #include "chat_customer.h"
@@ -70,6 +71,7 @@ struct chat_pipeline {
     chat_config cfg;
     chat_db *db;
     chat_llm *llm;
+    chat_agent_cfg *agents; /* each agent's prompt and model settings, reloaded on SIGHUP */
     chat_classifier *clf;
     chat_kb_stats *kb_stats;
     chat_kb_stats *own_stats; /* NULL when the caller's shared one is used */
@@ -95,6 +97,8 @@ chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errle
     }
     p->llm = chat_llm_new(cfg, err, errlen);
     if (!p->llm) goto fail;
+    p->agents = chat_agent_cfg_new(cfg->prompts_dir, err, errlen);
+    if (!p->agents) goto fail;
     return p;
 fail:
     chat_pipeline_free(p);
@@ -104,6 +108,7 @@ fail:
 void chat_pipeline_free(chat_pipeline *p)
 {
     if (!p) return;
+    chat_agent_cfg_free(p->agents);
     chat_llm_free(p->llm);
     chat_classifier_free(p->clf);
     chat_kb_stats_free(p->own_stats);
@@ -196,6 +201,13 @@ typedef struct run_ctx {
     bool truncated;         /* stopped at max_bytes */
 } run_ctx;
 
+/* max_tokens is the provider's limit; this one holds even when a provider ignores it. */
+static void set_answer_limit(run_ctx *c, int max_tokens)
+{
+    size_t max_bytes = (size_t)(max_tokens > 0 ? max_tokens : 0) * ANSWER_BYTES_PER_TOKEN;
+    c->max_bytes = max_bytes < ANSWER_MIN_BYTES ? ANSWER_MIN_BYTES : max_bytes;
+}
+
 static int on_token(void *ud, const char *text, size_t len)
 {
     run_ctx *c = ud;
@@ -228,16 +240,13 @@ static int fail_event(const chat_sink *s, int rc, const char *code, const char *
 
 static bool cancelled(const atomic_int *cancel) { return cancel && atomic_load(cancel); }
 
-/* System prompt: the agent's role, the customer, and the numbered passages to ground on. */
-static char *build_system_prompt(const char *agent, const char *customer, const chat_kb_result *kb)
+/* System prompt: the agent's prompt (its file in the prompts folder), the customer, and the passages to
+ * ground on, each under its source. */
+static char *build_system_prompt(const char *prompt, const char *customer, const chat_kb_result *kb)
 {
     chat_buf b;
     chat_buf_init(&b);
-    chat_buf_printf(&b,
-                    "You are the Seawind Marine %s assistant for boat owners. Answer from the context below only; "
-                    "if the answer is not in it, say so plainly. Be concise, keep figures exact with their "
-                    "units, and name the sources you used in brackets, e.g. [seawind-250/specs.md].\n",
-                    agent);
+    chat_buf_printf(&b, "%s\n", prompt);
     if (customer) chat_buf_printf(&b, "\nCustomer on file:\n%s\n", customer);
     chat_buf_puts(&b, "\nContext:\n");
     for (size_t i = 0; kb && i < kb->n; i++)
@@ -314,6 +323,7 @@ struct chat_run {
     double confidence;
     int64_t retrieval_us;
     char model_id[64]; /* "" when no model is in question */
+    char llm_model[256]; /* the agent's model setting (lreq.model), "" for the provider's own */
     char rid[37];      /* the request id made up when the request has none */
     /* the model's outcome (chat_run_set_outcome) */
     int gen_rc;
@@ -417,12 +427,10 @@ static chat_run *run_new(chat_pipeline *p, const chat_request *req, const chat_s
     t->sink = *sink;
     t->cancel = cancel;
     t->agent = chat_agent_fallback()->name;
-    /* max_tokens is the provider's limit; this one holds even when a provider ignores it */
-    size_t max_bytes = (size_t)p->cfg.llm_max_tokens * ANSWER_BYTES_PER_TOKEN;
     int64_t now = chat_now_us();
     int64_t t0 = req->accepted_us > 0 && req->accepted_us <= now ? req->accepted_us : now;
-    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0,
-                     .max_bytes = max_bytes < ANSWER_MIN_BYTES ? ANSWER_MIN_BYTES : max_bytes};
+    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0};
+    set_answer_limit(&t->c, p->cfg.llm_max_tokens); /* the agent's own, once it is known */
     chat_buf_init(&t->c.response);
     return t;
 }
@@ -541,7 +549,11 @@ static int stage_retrieve(begin_state *s)
 static int stage_prompt(begin_state *s)
 {
     chat_run *t = s->t;
-    t->system = build_system_prompt(t->agent, t->customer_text, &t->kb);
+    const chat_agent_settings *as = chat_agent_cfg_get(s->p->agents, t->agent);
+    int max_tokens = as->max_tokens > 0 ? as->max_tokens : s->p->cfg.llm_max_tokens;
+    snprintf(t->llm_model, sizeof t->llm_model, "%s", as->model);
+    set_answer_limit(&t->c, max_tokens);
+    t->system = build_system_prompt(as->prompt, t->customer_text, &t->kb);
     size_t nmsg = 0;
     t->msgs = calloc(t->hist.n + 2, sizeof *t->msgs);
     if (!t->system || !t->msgs) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
@@ -552,7 +564,10 @@ static int stage_prompt(begin_state *s)
     t->lreq = (chat_llm_request){
         .messages = t->msgs,
         .n_messages = nmsg,
-        .max_tokens = s->p->cfg.llm_max_tokens,
+        .max_tokens = max_tokens,
+        .model = t->llm_model[0] ? t->llm_model : NULL,
+        .has_temperature = as->has_temperature,
+        .temperature = as->temperature,
         .question = t->query,
         .agent = t->agent,
         .passages = &t->kb,
