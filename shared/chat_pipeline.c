@@ -263,6 +263,23 @@ static json_object *json_double(double v, const char *fmt)
     return json_object_new_double_s(strtod(text, NULL), text);
 }
 
+/* The model's attempts (chat_llm_result.attempts): [{"provider","model","outcome","ms"}], model null for a
+ * provider without models. */
+static json_object *attempts_json(const chat_llm_result *lr)
+{
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < lr->n_attempts && i < CHAT_LLM_MAX_ATTEMPTS; i++) {
+        const chat_llm_attempt *at = &lr->attempts[i];
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "provider", json_object_new_string(at->provider ? at->provider : ""));
+        json_object_object_add(o, "model", at->model[0] ? json_object_new_string(at->model) : NULL);
+        json_object_object_add(o, "outcome", json_object_new_string(chat_llm_outcome_name(at->outcome)));
+        json_object_object_add(o, "ms", json_object_new_int(at->ms));
+        json_object_array_add(a, o);
+    }
+    return a;
+}
+
 static char *build_metadata(const char *agent, double confidence, const chat_kb_result *kb, const char *finish,
                             const chat_llm_result *lr, const run_ctx *c, int64_t retrieval_us, const char *model_id,
                             const char *provider)
@@ -298,6 +315,7 @@ static char *build_metadata(const char *agent, double confidence, const chat_kb_
     json_object_object_add(t, "total_ms", json_double((double)(now - c->t0_us) / 1000.0, "%.3f"));
     json_object_object_add(m, "timings", t);
     json_object_object_add(m, "provider", json_object_new_string(provider));
+    json_object_object_add(m, "attempts", attempts_json(lr));
     char *out = strdup(json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(m);
     return out;
@@ -644,6 +662,12 @@ void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, c
     snprintf(t->gen_err, sizeof t->gen_err, "%s", err ? err : "");
 }
 
+/* The provider that answered (a fallback of the chain, maybe); the chain's first when none ran. */
+static const char *answered_by(const chat_pipeline *p, const chat_llm_result *lr)
+{
+    return lr->provider ? lr->provider : chat_llm_provider_name(p->llm);
+}
+
 /* The metadata for the run's outcome; NULL after the error event was emitted (the model failed before
  * any text, or out of memory), with *rc its code. */
 /* The answer's figures for the operators' scrape (chat_metrics.h): latencies by agent from the
@@ -651,7 +675,7 @@ void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, c
 static void record_metrics(chat_pipeline *p, const chat_run *t, const char *finish)
 {
     unsigned agent = chat_metric_label(CHAT_METRIC_LABEL_AGENT, t->agent);
-    unsigned provider = chat_metric_label(CHAT_METRIC_LABEL_PROVIDER, chat_llm_provider_name(p->llm));
+    unsigned provider = chat_metric_label(CHAT_METRIC_LABEL_PROVIDER, answered_by(p, &t->gen_res));
     if (t->c.first_token_us)
         chat_metric_observe(CHAT_METRIC_TTFT, agent, (double)(t->c.first_token_us - t->c.t0_us) / 1e6);
     chat_metric_observe(CHAT_METRIC_E2E, agent, (double)(chat_now_us() - t->c.t0_us) / 1e6);
@@ -682,7 +706,7 @@ static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
     }
     record_metrics(p, t, finish);
     char *metadata = build_metadata(t->agent, t->confidence, &t->kb, finish, lr, &t->c, t->retrieval_us,
-                                    t->model_id[0] ? t->model_id : NULL, chat_llm_provider_name(p->llm));
+                                    t->model_id[0] ? t->model_id : NULL, answered_by(p, lr));
     if (!metadata) *rc = fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
     return metadata;
 }

@@ -10,6 +10,7 @@
  *   fake-401          401 with an OpenAI-style error body
  *   fake-429          odd-numbered requests get 429 (Retry-After: 1), even ones fake-ok: a retry succeeds
  *   fake-429-always   429 every time (no Retry-After)
+ *   fake-503-always   503 every time: a provider that is down
  *   fake-500-once     odd-numbered requests get 500, even ones fake-ok
  *   fake-disconnect   drops the connection in the middle of an HTTP chunk after 4 content chunks
  *   fake-stall        3 content chunks, then silence for 30 s
@@ -80,13 +81,14 @@ enum scenario {
     SC_UTF8,
     SC_EMPTY,
     SC_ENDLESS,
+    SC_503_ALWAYS,
     SC_COUNT
 };
 static const char *sc_names[SC_COUNT] = {
     "fake-ok",         "fake-401",         "fake-429",        "fake-429-always", "fake-500-once",
     "fake-disconnect", "fake-stall",       "fake-slow-first", "fake-garbage",    "fake-no-done",
     "fake-length",     "fake-error-event", "fake-utf8",       "fake-empty",
-    "fake-endless",
+    "fake-endless",    "fake-503-always",
 };
 
 static const char utf8_text[] =
@@ -570,6 +572,9 @@ static bool handle_completion(int fd, const request *r)
         break;
     case SC_429_ALWAYS:
         send_error(fd, 429, "Too Many Requests", "Rate limit reached", "rate_limit_error", NULL);
+        return true;
+    case SC_503_ALWAYS:
+        send_error(fd, 503, "Service Unavailable", "The engine is currently overloaded", "server_error", NULL);
         return true;
     case SC_500_ONCE:
         if (c.nth % 2 == 1) {

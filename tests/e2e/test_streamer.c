@@ -1666,6 +1666,37 @@ static void test_sighup_reloads_agent_settings(void **state)
     testutil_fake_llm_stop(llm);
 }
 
+/* Through the worker: a provider that is down before its first token is retried, then the chain's
+ * offline provider answers; the complete event says so and lists the attempts. */
+static void test_fallback_through_worker(void **state)
+{
+    (void)state;
+    int llm_port = 0;
+    pid_t llm = testutil_fake_llm_start(&llm_port);
+    assert_true(llm > 0);
+    const char *wextra[] = {"CHAT_LLM_FALLBACK=extractive", "LLM_RETRY_BACKOFF_MS=20", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = openai_stack_env("fallback", llm_port, "fake-503-always", wextra, &port, &workers);
+    chat_wsc *c = open_alice(port);
+    answer a;
+    ask(c, QUESTION, &a);
+    assert_full_answer(&a);
+    json_object *m = jget(a.complete, "metadata"), *attempts = jget(m, "attempts");
+    assert_string_equal(jstr(m, "provider"), "extractive");
+    assert_non_null(strstr(a.tokens.data, "Seawind 250"));
+    assert_int_equal(json_object_array_length(attempts), 3);
+    static const char *const outcomes[] = {"unavailable", "unavailable", "ok"};
+    for (size_t i = 0; i < 3; i++)
+        assert_string_equal(jstr(json_object_array_get_idx(attempts, i), "outcome"), outcomes[i]);
+    assert_string_equal(jstr(json_object_array_get_idx(attempts, 0), "model"), "fake-503-always");
+    answer_clear(&a);
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    testutil_fake_llm_stop(llm);
+}
+
 /* One worker, answers requested back to back: the next job reaches the worker the moment the broker
  * sees the previous complete, before the worker has quite finished with it. None may be refused. */
 static void test_single_worker_back_to_back(void **state)
@@ -2277,6 +2308,7 @@ int main(void)
         cmocka_unit_test(test_slow_reader),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
         cmocka_unit_test(test_sighup_reloads_agent_settings),
+        cmocka_unit_test(test_fallback_through_worker),
     };
     const char *filter = getenv("CMOCKA_TEST_FILTER"); /* e.g. "*slow*" to run one test while debugging */
     if (filter && *filter) cmocka_set_test_filter(filter);

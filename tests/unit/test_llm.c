@@ -1,5 +1,6 @@
-/* Tests for chat_llm's provider table and the replay provider: every row of the table has a name and
- * every function, chat_config accepts exactly the table's names; the replay provider streams exactly
+/* Tests for chat_llm's provider table, its chain of providers and the replay provider: every row of the
+ * table has a name and every function, chat_config accepts exactly the table's names and parses
+ * CHAT_LLM_FALLBACK; the replay provider streams exactly
  * the recorded pieces in order, paced by token_delay_ms (timestamps), stops within 100 ms on cancel
  * (at once after chat_llm_loop_wakeup), gives finish_reason "length" at max_tokens, refuses a missing
  * or malformed recording in chat_llm_new with a message naming the line, and runs many generations at
@@ -101,6 +102,7 @@ static void test_table(void **state)
             (const void *)p->loop_attach, (const void *)p->loop_detach,  (const void *)p->loop_fds,
             (const void *)p->loop_work,   (const void *)p->gen_new,      (const void *)p->gen_deadline,
             (const void *)p->gen_step,    (const void *)p->gen_outcome,  (const void *)p->gen_free,
+            (const void *)p->gen_attempt, (const void *)p->gen_rewind,
         };
         for (size_t k = 0; k < CHAT_ARRAY_LEN(fns); k++)
             if (!fns[k]) fail_msg("provider %s lacks function %zu", p->name, k);
@@ -470,6 +472,62 @@ static void test_replay_loop_many(void **state)
     for (int i = 0; i < N; i++) chat_buf_free(&g[i].text);
 }
 
+/* ---- the chain ---- */
+
+/* CHAT_LLM_FALLBACK and each fallback's own settings from the environment; what is refused, by name. */
+static void test_chain_config(void **state)
+{
+    (void)state;
+    static const char *const vars[] = {"CHAT_LLM_FALLBACK", "LLM_FALLBACK_1_API_KEY", "LLM_FALLBACK_1_MODEL",
+                                       "LLM_FALLBACK_1_EXTRA_HEADERS", "LLM_MODEL", "CHAT_LLM_PROVIDER"};
+    char err[256];
+    chat_config cfg;
+    setenv("CHAT_LLM_FALLBACK", " openai:https://other.example/v1 , extractive", 1);
+    setenv("LLM_FALLBACK_1_API_KEY", "sk-other", 1);
+    setenv("LLM_FALLBACK_1_EXTRA_HEADERS", "{\"X-Title\":\"chat\"}", 1);
+    setenv("LLM_MODEL", "main-model", 1);
+    if (chat_config_from_env(&cfg, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(cfg.n_llm_fallback, 2);
+    assert_string_equal(cfg.llm_fallback[0].provider, "openai");
+    assert_string_equal(cfg.llm_fallback[0].base_url, "https://other.example/v1");
+    assert_string_equal(cfg.llm_fallback[0].api_key, "sk-other");
+    assert_string_equal(cfg.llm_fallback[0].model, "main-model"); /* LLM_MODEL unless its own is set */
+    assert_string_equal(cfg.llm_fallback[0].extra_headers, "{\"X-Title\":\"chat\"}");
+    assert_string_equal(cfg.llm_fallback[1].provider, "extractive");
+    assert_int_equal(cfg.llm_max_attempts, 2);
+    assert_int_equal(cfg.llm_retry_backoff_ms, 300);
+    assert_int_equal(cfg.llm_retry_max_ms, 2000);
+    setenv("LLM_FALLBACK_1_MODEL", "other-model", 1);
+    assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), 0);
+    assert_string_equal(cfg.llm_fallback[0].model, "other-model");
+    chat_llm *llm = chat_llm_new(&cfg, err, sizeof err); /* extractive first, then the two */
+    if (!llm) fail_msg("%s", err);
+    assert_string_equal(chat_llm_provider_name(llm), "extractive");
+    assert_false(chat_llm_instant(llm)); /* an openai fallback waits */
+    chat_llm_free(llm);
+
+    static const struct {
+        const char *value, *err;
+    } bad[] = {
+        {"magic", "each entry of CHAT_LLM_FALLBACK must be one of: openai, extractive, replay"},
+        {"openai", "openai takes a URL"},
+        {"extractive:http://x/v1", "the other providers none"},
+        {"extractive,extractive,extractive,extractive", "CHAT_LLM_FALLBACK names more than 3 providers"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(bad); i++) {
+        setenv("CHAT_LLM_FALLBACK", bad[i].value, 1);
+        assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), CHAT_EINVAL);
+        if (!strstr(err, bad[i].err)) fail_msg("'%s': '%s' lacks '%s'", bad[i].value, err, bad[i].err);
+    }
+    /* a fallback's settings are checked when the chain is made, the entry named */
+    setenv("CHAT_LLM_FALLBACK", "openai:http://127.0.0.1:9/v1", 1);
+    setenv("LLM_FALLBACK_1_EXTRA_HEADERS", "[1]", 1);
+    assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), 0);
+    assert_null(chat_llm_new(&cfg, err, sizeof err));
+    assert_non_null(strstr(err, "CHAT_LLM_FALLBACK entry 1 (LLM_FALLBACK_1_*): LLM_EXTRA_HEADERS must be"));
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(vars); i++) unsetenv(vars[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_replay_cancel),
         cmocka_unit_test(test_replay_bad_files),
         cmocka_unit_test(test_replay_loop_many),
+        cmocka_unit_test(test_chain_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

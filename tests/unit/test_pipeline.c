@@ -553,6 +553,63 @@ static void test_openai_provider(void **state)
     testutil_fake_llm_stop(pid);
 }
 
+/* metadata.attempts[i] as "provider/model/outcome" ("-" for a null model). */
+static void attempt_str(json_object *meta, size_t i, char *out, size_t outlen)
+{
+    json_object *a, *at, *model;
+    assert_true(json_object_object_get_ex(meta, "attempts", &a));
+    assert_true(i < json_object_array_length(a));
+    at = json_object_array_get_idx(a, i);
+    assert_true(json_object_object_get_ex(at, "model", &model));
+    assert_true(meta_str(at, "ms") != NULL);
+    snprintf(out, outlen, "%s/%s/%s", meta_str(at, "provider"), model ? json_object_get_string(model) : "-",
+             meta_str(at, "outcome"));
+}
+
+/* A provider that is down before its first token: the chain's fallbacks answer, the complete event says
+ * which one did and lists every attempt. */
+static void test_fallback_in_metadata(void **state)
+{
+    int port = 0;
+    pid_t pid = testutil_fake_llm_start(&port);
+    assert_true(pid > 0);
+    chat_config cfg = testutil_config_fake_llm("pipeline", port, "fake-503-always");
+    cfg.llm_retry_backoff_ms = 20;
+    cfg.n_llm_fallback = 1;
+    snprintf(cfg.llm_fallback[0].provider, sizeof cfg.llm_fallback[0].provider, "extractive");
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
+    if (!p) fail_msg("%s", err);
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(p, &e, &alice, "What is the beam of the Seawind 340?", NULL, NULL, NULL, NULL), 0);
+    assert_string_equal(meta_str(e.metadata, "provider"), "extractive");
+    assert_string_equal(meta_str(e.metadata, "finish_reason"), "stop");
+    assert_non_null(strstr(e.response, "Seawind 340")); /* the offline provider's grounded answer */
+    static const char *const want[] = {"openai/fake-503-always/unavailable", "openai/fake-503-always/unavailable",
+                                       "extractive/-/ok"};
+    json_object *a;
+    assert_true(json_object_object_get_ex(e.metadata, "attempts", &a));
+    assert_int_equal(json_object_array_length(a), CHAT_ARRAY_LEN(want));
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(want); i++) {
+        char got[200];
+        attempt_str(e.metadata, i, got, sizeof got);
+        assert_string_equal(got, want[i]);
+    }
+    ev_clear(&e);
+    chat_pipeline_free(p);
+
+    /* the extractive provider alone: one attempt */
+    ev_init(&e);
+    const char *q = "What is the beam of the Seawind 340?";
+    assert_int_equal(run(pipe_extractive, &e, &alice, q, NULL, NULL, NULL, NULL), 0);
+    char got[200];
+    attempt_str(e.metadata, 0, got, sizeof got);
+    assert_string_equal(got, "extractive/-/ok");
+    ev_clear(&e);
+    testutil_fake_llm_stop(pid);
+}
+
 /* What the fake LLM server was last asked: the model, the temperature (-1 when none was sent), max_tokens
  * and the system message. */
 typedef struct asked {
@@ -650,6 +707,7 @@ int main(void)
         cmocka_unit_test(test_end_many),
         cmocka_unit_test(test_openai_provider),
         cmocka_unit_test(test_agent_settings_reach_model),
+        cmocka_unit_test(test_fallback_in_metadata),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

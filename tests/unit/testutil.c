@@ -194,3 +194,11 @@ json_object *testutil_fake_llm_last(int port)
     chat_buf_free(&b);
     return o;
 }
+
+long testutil_fake_llm_requests(int port)
+{
+    json_object *o = testutil_fake_llm_last(port), *v;
+    long n = o && json_object_object_get_ex(o, "requests", &v) ? (long)json_object_get_int64(v) : -1;
+    json_object_put(o);
+    return n;
+}

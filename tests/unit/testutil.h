@@ -44,6 +44,8 @@ void testutil_fake_llm_stop(pid_t pid); /* SIGTERM and wait; accepts -1 */
 /* GET /debug/last of the fake LLM server on port: what its last completion request looked like, as a
  * JSON object (caller puts; "prompt" is what the model was told); NULL when it cannot be read. */
 struct json_object *testutil_fake_llm_last(int port);
+/* Its "requests": how many completion requests it has answered so far; -1 when it cannot be read. */
+long testutil_fake_llm_requests(int port);
 
 /* Configuration from the environment with the database name set to "chat_t_<name>". */
 chat_config testutil_config(const char *name);
