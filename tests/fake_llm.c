@@ -10,6 +10,9 @@
  *   fake-401          401 with an OpenAI-style error body
  *   fake-429          odd-numbered requests get 429 (Retry-After: 1), even ones fake-ok: a retry succeeds
  *   fake-429-always   429 every time (no Retry-After)
+ *   fake-429-first-N  rate-limits, then recovers: of each N + 1 requests for this model name, the first N
+ *                     get 429 with Retry-After: 1 and retry-after-ms: 50 (what OpenAI sends; clients that
+ *                     know it wait 50 ms), the next one fake-ok. N from 1 to 99.
  *   fake-503-always   503 every time: a provider that is down
  *   fake-500-once     odd-numbered requests get 500, even ones fake-ok
  *   fake-disconnect   drops the connection in the middle of an HTTP chunk after 4 content chunks
@@ -82,13 +85,14 @@ enum scenario {
     SC_EMPTY,
     SC_ENDLESS,
     SC_503_ALWAYS,
+    SC_429_FIRST, /* named with its count: fake-429-first-N */
     SC_COUNT
 };
 static const char *sc_names[SC_COUNT] = {
     "fake-ok",         "fake-401",         "fake-429",        "fake-429-always", "fake-500-once",
     "fake-disconnect", "fake-stall",       "fake-slow-first", "fake-garbage",    "fake-no-done",
     "fake-length",     "fake-error-event", "fake-utf8",       "fake-empty",
-    "fake-endless",    "fake-503-always",
+    "fake-endless",    "fake-503-always",  "fake-429-first-",
 };
 
 static const char utf8_text[] =
@@ -99,6 +103,11 @@ static atomic_int g_conns;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static long g_requests;         /* completion requests, all models */
 static long g_counts[SC_COUNT]; /* per scenario, drives the "once" scenarios */
+static struct {
+    char model[128];
+    long n;
+} g_named[64]; /* requests per model name, for the scenarios whose name carries a count */
+static int g_n_named;
 static struct {
     bool authorization_present, accept_event_stream, content_type_json, stream, include_usage;
     int max_tokens, messages;
@@ -126,7 +135,8 @@ typedef struct request {
 typedef struct completion {
     char model[128];
     enum scenario sc;
-    long nth; /* this request's number within its scenario, from 1 */
+    long nth; /* this request's number within its scenario (fake-429-first-N: its model name), from 1 */
+    int first_n; /* fake-429-first-N: N */
     int messages;
     size_t content_bytes;
     char words[256]; /* first five words of the last user message */
@@ -488,6 +498,17 @@ static void first_words(const char *s, char *out, size_t outlen)
     out[k] = '\0';
 }
 
+/* The number of this request among those for model, from 1. Under g_mu. */
+static long named_count(const char *model)
+{
+    for (int i = 0; i < g_n_named; i++)
+        if (!strcmp(g_named[i].model, model)) return ++g_named[i].n;
+    if (g_n_named == (int)CHAT_ARRAY_LEN(g_named)) return 1;
+    snprintf(g_named[g_n_named].model, sizeof g_named[0].model, "%s", model);
+    g_named[g_n_named].n = 1;
+    return g_named[g_n_named++].n;
+}
+
 /* Returns whether the connection can be kept. */
 static bool handle_completion(int fd, const request *r)
 {
@@ -508,6 +529,9 @@ static bool handle_completion(int fd, const request *r)
     c.sc = SC_OK;
     for (int i = 0; i < SC_COUNT; i++)
         if (!strcmp(model, sc_names[i])) c.sc = (enum scenario)i;
+    size_t plen = strlen(sc_names[SC_429_FIRST]);
+    if (!strncmp(model, sc_names[SC_429_FIRST], plen) && atoi(model + plen) > 0 && atoi(model + plen) < 100)
+        c.sc = SC_429_FIRST, c.first_n = atoi(model + plen);
     c.stream = json_object_object_get_ex(root, "stream", &v) && json_object_get_boolean(v);
     int max_tokens = json_object_object_get_ex(root, "max_tokens", &v) ? json_object_get_int(v) : 0;
     json_object *so = NULL;
@@ -537,6 +561,7 @@ static bool handle_completion(int fd, const request *r)
     pthread_mutex_lock(&g_mu);
     g_requests++;
     c.nth = ++g_counts[c.sc];
+    if (c.sc == SC_429_FIRST) c.nth = named_count(c.model);
     g_last.authorization_present = r->auth;
     g_last.accept_event_stream = r->accept_sse;
     g_last.content_type_json = r->json_ct;
@@ -573,6 +598,13 @@ static bool handle_completion(int fd, const request *r)
     case SC_429_ALWAYS:
         send_error(fd, 429, "Too Many Requests", "Rate limit reached", "rate_limit_error", NULL);
         return true;
+    case SC_429_FIRST:
+        if ((c.nth - 1) % (c.first_n + 1) < c.first_n) {
+            send_error(fd, 429, "Too Many Requests", "Rate limit reached, retry later", "rate_limit_error",
+                       "Retry-After: 1\r\nretry-after-ms: 50\r\n");
+            return true;
+        }
+        break;
     case SC_503_ALWAYS:
         send_error(fd, 503, "Service Unavailable", "The engine is currently overloaded", "server_error", NULL);
         return true;
