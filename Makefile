@@ -127,7 +127,8 @@ $(B)/tests/unit/test_streamer_sessions: $(B)/streamer/streamer_sessions.o
 $(B)/tests/unit/test_streamer_rx: $(B)/streamer/streamer_rx.o
 
 # Tests that start the fake LLM server need it built first.
-$(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/unit/test_answers $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm
+$(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/unit/test_answers $(B)/tests/unit/test_llm \
+  $(B)/tests/e2e/test_streamer: | $(B)/bin/fake-llm
 $(B)/tests/e2e/test_curve: | $(B)/bin/chat-keys
 
 # The suite: lint, then tests/run.sh starts private services on test ports and runs every test program.

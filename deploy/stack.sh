@@ -4,6 +4,8 @@
 #
 #   deploy/stack.sh run                         everything in the foreground; Ctrl-C stops it all cleanly
 #   deploy/stack.sh start | stop | status       the same in the background (idempotent)
+#   deploy/stack.sh reload                      SIGHUP: workers and FastCGI responders reload the agents'
+#                                               prompts and model settings (CHAT_PROMPTS_DIR)
 #   deploy/stack.sh token [SUB EMAIL NAME TTL]  mints a JWT with the stack's secret (prints it)
 #   deploy/stack.sh kb-import DIR               imports markdown files into the knowledge base
 #
@@ -313,6 +315,16 @@ run() {
   done
 }
 
+# SIGHUP to the worker supervisor (it passes it on to its workers) and to lighttpd's FastCGI responders.
+reload() {
+  local p kid n=0
+  if p=$(pid_of chat-worker chat-worker); then kill -HUP "$p" && n=$((n + 1)); fi
+  if p=$(pid_of lighttpd lighttpd); then
+    for kid in $(pgrep -P "$p" -x chat-fcgi); do kill -HUP "$kid" && n=$((n + 1)); done
+  fi
+  say "asked $n processes to reload the agents' prompts and model settings"
+}
+
 token() { # [sub email name ttl]
   mkdir -p "$VAR"
   secret || exit 1
@@ -333,8 +345,9 @@ case "${1:-}" in
   start) start_all || { warn "start failed; stopping what was started"; stop_all; exit 1; } ;;
   stop) stop_all ;;
   restart) stop_all; start_all ;;
+  reload) reload ;;
   status) status ;;
   token) shift; token "$@" ;;
   kb-import) shift; kb_import "$@" ;;
-  *) echo "usage: $0 run|start|stop|restart|status|token [SUB EMAIL NAME TTL]|kb-import DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 run|start|stop|restart|reload|status|token [SUB EMAIL NAME TTL]|kb-import DIR" >&2; exit 2 ;;
 esac

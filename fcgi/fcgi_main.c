@@ -10,7 +10,8 @@
  * as it comes (lighttpd streams it on: server.stream-response-body); a failed write or flush means
  * lighttpd dropped the connection because its client went away, and fcgi_stream cancels the generation.
  *
- * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits.
+ * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits. SIGHUP makes
+ * the pipeline reload the agents' prompts and model settings before its next answer (chat_agent_cfg.h).
  * The log line per request holds method, path without query, status and duration; never a token,
  * a header value or message text. /health lines (and /health/live, /health/ready) are debug-level: they
  * come thousands per second, and fcgi_health logs the changes of state that matter. */
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_agent_cfg.h"
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_log.h"
@@ -156,6 +158,7 @@ int main(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    chat_agent_cfg_install_sighup();
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         chat_log_error("curl_global_init failed");

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,8 +37,8 @@ static int set_int(int *dst, const char *name, int dflt, int min, int max, char 
     return 0;
 }
 
-/* name is one of chat_llm's providers; the message lists them (never the value given). */
-static int check_provider(const char *name, char *err, size_t errlen)
+/* name is one of chat_llm's providers; the message names var and lists them (never the value given). */
+static int check_provider(const char *var, const char *name, char *err, size_t errlen)
 {
     char list[128] = "";
     const char *p;
@@ -46,7 +47,67 @@ static int check_provider(const char *name, char *err, size_t errlen)
         size_t used = strlen(list);
         snprintf(list + used, sizeof list - used, "%s%s", i ? ", " : "", p);
     }
-    return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_PROVIDER must be one of: %s", list);
+    return chat_fail(err, errlen, CHAT_EINVAL, "%s must be one of: %s", var, list);
+}
+
+/* Copies [s, s+n) into dst (cap bytes) with the surrounding spaces trimmed; CHAT_EINVAL when too long. */
+static int copy_trimmed(char *dst, size_t cap, const char *s, size_t n)
+{
+    while (n && (*s == ' ' || *s == '\t')) s++, n--;
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t')) n--;
+    if (n >= cap) return CHAT_EINVAL;
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return 0;
+}
+
+/* Fallback n (from 1): "name" or "openai:URL", and its LLM_FALLBACK_<n>_* settings. */
+static int parse_fallback(chat_config *cfg, chat_llm_fallback *fb, int n, const char *item, size_t len, char *err,
+                          size_t errlen)
+{
+    const char *colon = memchr(item, ':', len);
+    size_t nl = colon ? (size_t)(colon - item) : len;
+    int rc = 0;
+    if (copy_trimmed(fb->provider, sizeof fb->provider, item, nl) ||
+        (colon && copy_trimmed(fb->base_url, sizeof fb->base_url, colon + 1, len - nl - 1)))
+        return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_FALLBACK has an entry too long");
+    if ((rc = check_provider("each entry of CHAT_LLM_FALLBACK", fb->provider, err, errlen))) return rc;
+    bool openai = !strcmp(fb->provider, "openai");
+    if (openai != (fb->base_url[0] != '\0'))
+        return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_FALLBACK: openai takes a URL (openai:https://host/v1), "
+                                                   "the other providers none");
+    char name[64];
+#define FB_STR(field, suffix, dflt)                                                                                    \
+    do {                                                                                                               \
+        snprintf(name, sizeof name, "LLM_FALLBACK_%d_%s", n, suffix);                                                 \
+        if ((rc = set_str(fb->field, sizeof fb->field, name, dflt, err, errlen))) return rc;                         \
+    } while (0)
+    FB_STR(api_key, "API_KEY", "");
+    FB_STR(model, "MODEL", cfg->llm_model);
+    FB_STR(extra_headers, "EXTRA_HEADERS", "");
+    FB_STR(extra_body, "EXTRA_BODY", "");
+#undef FB_STR
+    return 0;
+}
+
+/* CHAT_LLM_FALLBACK: comma-separated providers tried after cfg->llm_provider, in order. */
+static int parse_fallbacks(chat_config *cfg, char *err, size_t errlen)
+{
+    const char *v = getenv("CHAT_LLM_FALLBACK");
+    cfg->n_llm_fallback = 0;
+    for (const char *p = v; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (cfg->n_llm_fallback == CHAT_LLM_MAX_FALLBACKS)
+            return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_FALLBACK names more than %d providers",
+                             CHAT_LLM_MAX_FALLBACKS);
+        int n = cfg->n_llm_fallback + 1;
+        int rc = parse_fallback(cfg, &cfg->llm_fallback[n - 1], n, p, len, err, errlen);
+        if (rc) return rc;
+        cfg->n_llm_fallback = n;
+        p = comma ? comma + 1 : p + len;
+    }
+    return 0;
 }
 
 #define STR(field, name, dflt)                                                                     \
@@ -102,9 +163,15 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(llm_first_token_timeout_ms, "LLM_FIRST_TOKEN_TIMEOUT_MS", 30000, 100, 600000);
     INT(llm_stall_timeout_ms, "LLM_STALL_TIMEOUT_MS", 15000, 100, 600000);
     INT(llm_max_tokens, "LLM_MAX_TOKENS", 512, 1, 100000);
+    STR(llm_extra_headers, "LLM_EXTRA_HEADERS", "");
+    STR(llm_extra_body, "LLM_EXTRA_BODY", "");
+    INT(llm_max_attempts, "LLM_MAX_ATTEMPTS", 2, 1, 5);
+    INT(llm_retry_backoff_ms, "LLM_RETRY_BACKOFF_MS", 300, 1, 60000);
+    INT(llm_retry_max_ms, "LLM_RETRY_MAX_MS", 2000, 1, 600000);
     INT(token_delay_ms, "CHAT_TOKEN_DELAY_MS", 0, 0, 10000);
     STR(llm_replay_file, "CHAT_LLM_REPLAY_FILE", "");
     STR(metrics_dir, "CHAT_METRICS_DIR", "");
+    STR(prompts_dir, "CHAT_PROMPTS_DIR", "");
 
     INT(history_turns, "CHAT_HISTORY_TURNS", 6, 0, 100);
     INT(kb_top_k, "CHAT_KB_TOP_K", 4, 1, 50);
@@ -145,7 +212,8 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
 
     if (strcmp(cfg->customer_access, "own") && strcmp(cfg->customer_access, "any"))
         return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CUSTOMER_ACCESS must be own or any");
-    if ((rc = check_provider(cfg->llm_provider, err, errlen))) return rc;
+    if ((rc = check_provider("CHAT_LLM_PROVIDER", cfg->llm_provider, err, errlen))) return rc;
+    if ((rc = parse_fallbacks(cfg, err, errlen))) return rc;
     if (!strcmp(cfg->llm_provider, "openai") && !cfg->llm_base_url[0])
         return chat_fail(err, errlen, CHAT_EINVAL, "the openai provider needs LLM_BASE_URL or OPENROUTER_API_KEY");
     return 0;

@@ -8,6 +8,19 @@
 
 #include <stddef.h>
 
+#define CHAT_LLM_MAX_FALLBACKS 3
+
+/* A provider of the chain after the first (CHAT_LLM_FALLBACK=openai:https://other/v1,extractive), with
+ * its own LLM_FALLBACK_<n>_API_KEY, _MODEL, _EXTRA_HEADERS and _EXTRA_BODY (n from 1). */
+typedef struct chat_llm_fallback {
+    char provider[32];
+    char base_url[512]; /* what follows "openai:" */
+    char api_key[512];
+    char model[256]; /* LLM_MODEL when unset */
+    char extra_headers[1024];
+    char extra_body[1024];
+} chat_llm_fallback;
+
 typedef struct chat_config {
     /* MariaDB: a socket wins over host/port when both are set. */
     char db_host[256];
@@ -34,9 +47,20 @@ typedef struct chat_config {
     int llm_first_token_timeout_ms;
     int llm_stall_timeout_ms;
     int llm_max_tokens;
+    char llm_extra_headers[1024]; /* openai: a JSON object of headers added to every request, "" = none */
+    char llm_extra_body[1024];    /* openai: a JSON object merged into every request body, "" = none */
+    /* The chain (chat_llm.h): attempts per provider before its first token (0 = 2), the first retry's wait
+     * (doubling; 0 = 300 ms) and the longest wait, Retry-After included (0 = 2000 ms); then the fallbacks
+     * of CHAT_LLM_FALLBACK, each with settings of its own in place of the llm_* ones above. */
+    int llm_max_attempts;
+    int llm_retry_backoff_ms;
+    int llm_retry_max_ms;
+    chat_llm_fallback llm_fallback[CHAT_LLM_MAX_FALLBACKS];
+    int n_llm_fallback;
     int token_delay_ms; /* extractive and replay pacing, 0 = as fast as possible */
     char metrics_dir[512];     /* where each process keeps its metrics file (chat_metrics.h); empty = in memory */
     char llm_replay_file[512]; /* the replay provider's recording: one JSON string per line */
+    char prompts_dir[512];     /* each agent's prompt and model settings (chat_agent_cfg.h); "" = default */
 
     /* Pipeline. */
     int history_turns;

@@ -1,9 +1,21 @@
-/* Provider dispatch and the generation loop.
+/* Provider dispatch, the chain of providers, and the generation loop.
  *
- * A chat_llm is a provider (a row of CHAT_LLM_PROVIDER_MAP, chosen by name) and its opened state, so the
- * pipeline holds one pointer and never branches on configuration; nothing here knows which providers
- * exist. A generation (llm_gen) is the provider's state machine, which says when it next needs a step (a
- * deadline) and what happened when it finishes.
+ * A chat_llm is a chain of providers (rows of CHAT_LLM_PROVIDER_MAP, chosen by name) with their opened
+ * states, so the pipeline holds one pointer and never branches on configuration; nothing here knows which
+ * providers exist. A generation (llm_gen) drives the providers' state machines, each of which says when
+ * it next needs a step (a deadline) and how its one attempt went when it finishes (gen_attempt).
+ *
+ * The chain: chat_llm_start makes every provider's generation of the request at once (the request is the
+ * caller's for the call only, and a provider's gen_new keeps what it needs: openai its body, extractive
+ * its answer), then steps the first. A failure before any token is retried on the same provider when its
+ * outcome is transient (gen_rewind: the same generation again, after a back-off that is a deadline on the
+ * loop, not a sleep: the first wait cfg->llm_retry_backoff_ms, doubling with up to 20% jitter, Retry-After
+ * instead when the server gave one, all capped at cfg->llm_retry_max_ms; a server asking for more than the
+ * cap while another provider could answer is not waited for), and otherwise, or after
+ * cfg->llm_max_attempts attempts, the next provider's generation runs. A failure after a token ends the
+ * answer: the caller has shown the text. Each attempt is recorded in the result and counted in
+ * chat_llm_attempts_total{provider,outcome}. The cost of the chain on the happy path is the fallbacks'
+ * gen_new: an extractive fallback composes its answer up front (a fraction of a millisecond).
  *
  * chat_llm_loop is the event loop that drives them: each provider's per-loop state (attached when the
  * loop is made: openai keeps its libcurl multi handle there, and with it every transfer of the loop and
@@ -35,20 +47,33 @@
 
 #include "chat_common.h"
 #include "chat_llm_provider.h"
+#include "chat_log.h"
+#include "chat_metrics.h"
 #include "chat_util.h"
 
 #define LOOP_TICK_MS 100 /* cancel flags are looked at this often while generations run */
 #define NOT_IN_HEAP ((size_t)-1)
+#define CHAIN_MAX (1 + CHAT_LLM_MAX_FALLBACKS)
+#define MAX_ATTEMPTS_DEFAULT 2
+#define BACKOFF_MS_DEFAULT 300
+#define BACKOFF_MAX_MS_DEFAULT 2000
+#define JITTER_PCT 20
 
 #define PROVIDER_ROW(sym) &sym,
 static const chat_llm_provider *const PROVIDERS[] = {CHAT_LLM_PROVIDER_MAP(PROVIDER_ROW)};
 #undef PROVIDER_ROW
 #define N_PROVIDERS CHAT_ARRAY_LEN(PROVIDERS)
 
-struct chat_llm {
+typedef struct llm_entry {
     const chat_llm_provider *p;
     size_t slot; /* p's row: its state on a loop is loop->ls[slot] */
     void *state; /* p's, from open */
+} llm_entry;
+
+struct chat_llm {
+    llm_entry chain[CHAIN_MAX];
+    size_t n;
+    int max_attempts, backoff_ms, backoff_max_ms; /* per provider, before its first token */
     chat_llm_loop *loop; /* chat_llm_generate's, made on first use */
 };
 
@@ -60,8 +85,20 @@ typedef struct llm_gen {
     chat_llm_done_fn done;
     void *ud;
     const atomic_int *cancel;
-    const chat_llm_provider *p;
-    void *pg; /* p's generation */
+    const chat_llm *llm;
+    void *pg[CHAIN_MAX];   /* each provider's generation of the request, all made at the start */
+    size_t cur;            /* the provider being tried */
+    int tries;             /* attempts on it so far */
+    int64_t attempt_t0;    /* when the current attempt began */
+    int64_t backoff_until; /* 0: not waiting for a retry */
+    uint64_t rng;          /* the back-off's jitter */
+    int n_attempts;
+    chat_llm_attempt attempts[CHAT_LLM_MAX_ATTEMPTS];
+    /* when finished */
+    bool finished;
+    int rc;
+    chat_llm_result res;
+    const char *err;
 } llm_gen;
 
 struct chat_llm_loop {
@@ -101,49 +138,215 @@ const struct pollfd *chat_llm_loop_none_fds(void *loop_state, size_t *n, int64_t
 
 void chat_llm_loop_none_work(void *loop_state, const struct pollfd *fds, size_t n, int64_t now) {}
 
-/* ---- provider dispatch ---- */
+/* ---- outcomes ---- */
 
-chat_llm *chat_llm_new(const chat_config *cfg, char *err, size_t errlen)
+static const struct {
+    const char *name;
+    bool retry;
+} OUTCOMES[CHAT_LLM_OUTCOME_COUNT] = {
+#define OUTCOME_ROW(id, name, retry) {name, retry},
+    CHAT_LLM_OUTCOME_MAP(OUTCOME_ROW)
+#undef OUTCOME_ROW
+};
+
+const char *chat_llm_outcome_name(chat_llm_outcome o)
+{
+    return (unsigned)o < CHAT_LLM_OUTCOME_COUNT ? OUTCOMES[o].name : NULL;
+}
+
+/* ---- the chain ---- */
+
+/* e: the provider cfg->llm_provider names, opened with cfg. */
+static int entry_open(llm_entry *e, const chat_config *cfg, char *err, size_t errlen)
 {
     size_t slot = 0;
     while (slot < N_PROVIDERS && strcmp(PROVIDERS[slot]->name, cfg->llm_provider)) slot++;
-    if (slot == N_PROVIDERS) {
-        chat_fail(err, errlen, CHAT_EINVAL, "unknown LLM provider");
-        return NULL;
-    }
+    if (slot == N_PROVIDERS) return chat_fail(err, errlen, CHAT_EINVAL, "unknown LLM provider");
+    e->p = PROVIDERS[slot];
+    e->slot = slot;
+    return e->p->open(cfg, &e->state, err, errlen);
+}
+
+/* Fallback i of cfg as a configuration of its own: its provider, URL, key, model and extras in place of
+ * cfg's llm_* ones, everything else shared. */
+static void fallback_config(chat_config *fc, const chat_config *cfg, const chat_llm_fallback *fb)
+{
+    *fc = *cfg;
+    snprintf(fc->llm_provider, sizeof fc->llm_provider, "%s", fb->provider);
+    snprintf(fc->llm_base_url, sizeof fc->llm_base_url, "%s", fb->base_url);
+    snprintf(fc->llm_api_key, sizeof fc->llm_api_key, "%s", fb->api_key);
+    snprintf(fc->llm_model, sizeof fc->llm_model, "%s", fb->model);
+    snprintf(fc->llm_extra_headers, sizeof fc->llm_extra_headers, "%s", fb->extra_headers);
+    snprintf(fc->llm_extra_body, sizeof fc->llm_extra_body, "%s", fb->extra_body);
+}
+
+chat_llm *chat_llm_new(const chat_config *cfg, char *err, size_t errlen)
+{
     chat_llm *llm = calloc(1, sizeof *llm);
-    if (!llm) {
+    chat_config *fc = cfg->n_llm_fallback > 0 ? malloc(sizeof *fc) : NULL; /* big: not on the stack */
+    if (!llm || (cfg->n_llm_fallback > 0 && !fc)) {
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        return NULL;
+        goto fail;
     }
-    llm->p = PROVIDERS[slot];
-    llm->slot = slot;
-    if (llm->p->open(cfg, &llm->state, err, errlen)) {
-        free(llm);
-        return NULL;
+    llm->max_attempts = cfg->llm_max_attempts > 0 ? cfg->llm_max_attempts : MAX_ATTEMPTS_DEFAULT;
+    llm->backoff_ms = cfg->llm_retry_backoff_ms > 0 ? cfg->llm_retry_backoff_ms : BACKOFF_MS_DEFAULT;
+    llm->backoff_max_ms = cfg->llm_retry_max_ms > 0 ? cfg->llm_retry_max_ms : BACKOFF_MAX_MS_DEFAULT;
+    if (entry_open(&llm->chain[0], cfg, err, errlen)) goto fail;
+    llm->n = 1;
+    for (int i = 0; i < cfg->n_llm_fallback && i < CHAT_LLM_MAX_FALLBACKS; i++) {
+        char why[256];
+        fallback_config(fc, cfg, &cfg->llm_fallback[i]);
+        int rc = entry_open(&llm->chain[llm->n], fc, why, sizeof why);
+        if (rc) {
+            chat_fail(err, errlen, rc, "CHAT_LLM_FALLBACK entry %d (LLM_FALLBACK_%d_*): %s", i + 1, i + 1, why);
+            goto fail;
+        }
+        llm->n++;
     }
+    if (fc) explicit_bzero(fc, sizeof *fc); /* it held a key */
+    free(fc);
     return llm;
+fail:
+    if (fc) explicit_bzero(fc, sizeof *fc);
+    free(fc);
+    chat_llm_free(llm);
+    return NULL;
 }
 
 void chat_llm_free(chat_llm *llm)
 {
     if (!llm) return;
     chat_llm_loop_free(llm->loop);
-    llm->p->close(llm->state);
+    for (size_t i = llm->n; i--;) llm->chain[i].p->close(llm->chain[i].state);
     free(llm);
 }
 
-const char *chat_llm_provider_name(const chat_llm *llm) { return llm->p->name; }
+const char *chat_llm_provider_name(const chat_llm *llm) { return llm->chain[0].p->name; }
 
-bool chat_llm_instant(const chat_llm *llm) { return llm->p->instant(llm->state); }
+bool chat_llm_instant(const chat_llm *llm)
+{
+    for (size_t i = 0; i < llm->n; i++)
+        if (!llm->chain[i].p->instant(llm->chain[i].state)) return false;
+    return true;
+}
 
-static int64_t gen_deadline(const llm_gen *g) { return g->p->gen_deadline(g->pg); }
+static bool gen_cancelled(const llm_gen *g) { return g->cancel && atomic_load(g->cancel); }
 
-static bool gen_step(llm_gen *g, int64_t now) { return g->p->gen_step(g->pg, now); }
+static int64_t gen_deadline(const llm_gen *g)
+{
+    if (g->finished) return INT64_MIN;
+    if (g->backoff_until) return g->backoff_until;
+    return g->llm->chain[g->cur].p->gen_deadline(g->pg[g->cur]);
+}
+
+/* One attempt into the generation's list and the metrics. */
+static void gen_record(llm_gen *g, const char *provider, const char *model, chat_llm_outcome oc, int64_t ms)
+{
+    if (g->n_attempts < CHAT_LLM_MAX_ATTEMPTS) {
+        chat_llm_attempt *a = &g->attempts[g->n_attempts];
+        a->provider = provider;
+        snprintf(a->model, sizeof a->model, "%.*s", (int)chat_utf8_prefix(model, strlen(model), sizeof a->model - 1),
+                 model);
+        a->outcome = oc;
+        a->ms = ms < 0 ? 0 : ms > INT_MAX ? INT_MAX : (int)ms;
+    }
+    g->n_attempts++;
+    char label[64];
+    snprintf(label, sizeof label, "%s,%s", provider, chat_llm_outcome_name(oc));
+    chat_metric_inc(CHAT_METRIC_LLM_ATTEMPTS, chat_metric_label(CHAT_METRIC_LABEL_ATTEMPT, label), 1);
+}
+
+/* The chain's end: r (may be NULL: nothing but the cancel), with the attempts and who answered. */
+static void gen_end(llm_gen *g, int rc, const chat_llm_result *r, const char *err)
+{
+    g->finished = true;
+    g->rc = rc;
+    g->err = err;
+    if (r) g->res = *r;
+    else snprintf(g->res.finish_reason, sizeof g->res.finish_reason, "cancelled");
+    g->res.provider = g->llm->chain[g->cur].p->name;
+    g->res.n_attempts = g->n_attempts;
+    int k = g->n_attempts < CHAT_LLM_MAX_ATTEMPTS ? g->n_attempts : CHAT_LLM_MAX_ATTEMPTS;
+    memcpy(g->res.attempts, g->attempts, (size_t)k * sizeof *g->attempts);
+}
+
+/* How long before the next try of the current provider: Retry-After when the server gave one, else the
+ * back-off doubled per try with jitter; within [backoff_ms, backoff_max_ms]. */
+static int64_t retry_wait(llm_gen *g, int64_t retry_after_ms)
+{
+    const chat_llm *l = g->llm;
+    int64_t w = retry_after_ms;
+    if (w < 0) {
+        int shift = g->tries - 1 < 16 ? g->tries - 1 : 16;
+        w = (int64_t)l->backoff_ms << shift;
+        g->rng = g->rng * 6364136223846793005ull + 1442695040888963407ull; /* an LCG: jitter, not secrets */
+        w += w * (int64_t)((g->rng >> 33) % (JITTER_PCT + 1)) / 100;
+    }
+    if (w > l->backoff_max_ms) w = l->backoff_max_ms;
+    if (w < l->backoff_ms && l->backoff_ms <= l->backoff_max_ms) w = l->backoff_ms;
+    return w;
+}
+
+/* The current provider's attempt has finished: the chain ends, retries it after a back-off, or moves on. */
+static void gen_after_attempt(llm_gen *g, int64_t now)
+{
+    const llm_entry *e = &g->llm->chain[g->cur];
+    void *pg = g->pg[g->cur];
+    const chat_llm_result *r = NULL;
+    const char *err = NULL, *model = "";
+    chat_llm_outcome oc = CHAT_LLM_OUTCOME_ERROR;
+    int64_t retry_after = -1;
+    int rc = e->p->gen_outcome(pg, &r, &err);
+    e->p->gen_attempt(pg, &oc, &model, &retry_after);
+    gen_record(g, e->p->name, model, oc, now - g->attempt_t0);
+    if (!rc || rc == CHAT_ECANCELLED || r->tokens_emitted > 0 || gen_cancelled(g)) {
+        gen_end(g, rc, r, err); /* answered, stopped, or failed after the caller saw text */
+        return;
+    }
+    bool more = g->cur + 1 < g->llm->n;
+    if (OUTCOMES[oc].retry && g->tries < g->llm->max_attempts && !(more && retry_after > g->llm->backoff_max_ms) &&
+        e->p->gen_rewind(pg) == 0) {
+        int64_t wait = retry_wait(g, retry_after);
+        chat_log_info("llm: %s (%s) %s before its first token: try %d of %d in %lld ms", e->p->name, model,
+                      OUTCOMES[oc].name, g->tries + 1, g->llm->max_attempts, (long long)wait);
+        g->tries++;
+        g->backoff_until = now + wait;
+        return;
+    }
+    if (!more) {
+        gen_end(g, rc, r, err);
+        return;
+    }
+    chat_log_warn("llm: %s (%s) %s before its first token (%s): falling back to %s", e->p->name, model,
+                  OUTCOMES[oc].name, err, g->llm->chain[g->cur + 1].p->name);
+    g->cur++;
+    g->tries = 1;
+    g->attempt_t0 = now;
+}
+
+/* Steps the current attempt; between attempts, the back-off. True when the chain has ended. */
+static bool gen_step(llm_gen *g, int64_t now)
+{
+    while (!g->finished) {
+        if (g->backoff_until) {
+            if (gen_cancelled(g)) {
+                gen_end(g, CHAT_ECANCELLED, NULL, "generation cancelled");
+                break;
+            }
+            if (now < g->backoff_until) return false;
+            g->backoff_until = 0;
+            g->attempt_t0 = now;
+        }
+        if (!g->llm->chain[g->cur].p->gen_step(g->pg[g->cur], now)) return false;
+        gen_after_attempt(g, now);
+    }
+    return true;
+}
 
 static void gen_free(llm_gen *g)
 {
-    g->p->gen_free(g->pg);
+    for (size_t i = 0; i < g->llm->n; i++)
+        if (g->pg[i]) g->llm->chain[i].p->gen_free(g->pg[i]);
     free(g);
 }
 
@@ -267,12 +470,20 @@ int chat_llm_start(chat_llm_loop *l, chat_llm *llm, const chat_llm_request *req,
     g->loop = l;
     g->heap_at = NOT_IN_HEAP;
     g->done = done, g->ud = ud, g->cancel = cancel;
-    g->p = llm->p;
+    g->llm = llm;
+    g->tries = 1;
+    g->attempt_t0 = chat_now_ms();
+    g->rng = (uint64_t)(uintptr_t)g ^ (uint64_t)chat_now_us();
     chat_llm_gen_ctx ctx = {.fn = fn, .ud = ud, .cancel = cancel, .resched = gen_resched, .loop_gen = g};
-    int rc = g->p->gen_new(llm->state, l->ls[llm->slot], req, &ctx, &g->pg, err, errlen);
-    if (rc) {
-        free(g);
-        return rc;
+    for (size_t i = 0; i < llm->n; i++) {
+        chat_llm_request r = *req;
+        if (i) r.model = NULL; /* the request's model is the first provider's; a fallback has its own */
+        const llm_entry *e = &llm->chain[i];
+        int rc = e->p->gen_new(e->state, l->ls[e->slot], &r, &ctx, &g->pg[i], err, errlen);
+        if (rc) {
+            gen_free(g);
+            return rc;
+        }
     }
     g->next = l->gens;
     if (l->gens) l->gens->prev = g;
@@ -293,10 +504,7 @@ static void gen_finish(llm_gen *g)
         l->gens = g->next;
     if (g->next) g->next->prev = g->prev;
     l->n--;
-    const chat_llm_result *res = NULL;
-    const char *err = NULL;
-    int rc = g->p->gen_outcome(g->pg, &res, &err);
-    if (g->done) g->done(g->ud, rc, res, err);
+    if (g->done) g->done(g->ud, g->rc, &g->res, g->err ? g->err : "");
     gen_free(g);
 }
 

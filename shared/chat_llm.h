@@ -4,6 +4,15 @@
  * chat_llm_request and does not care which provider runs it; a provider is a struct of functions in a
  * table (chat_llm_provider.h), so adding one touches no caller.
  *
+ * A chat_llm is a chain of providers: cfg->llm_provider, then the fallbacks of CHAT_LLM_FALLBACK
+ * (cfg->llm_fallback: another OpenAI-compatible endpoint, the offline extractive provider...). Before
+ * the first token, a transient failure (chat_llm_outcome's retry column: a rate limit, an unavailable
+ * server) is retried on the same provider after a back-off (cfg->llm_max_attempts attempts, waits from
+ * cfg->llm_retry_backoff_ms doubling up to cfg->llm_retry_max_ms, Retry-After honoured), and any other
+ * failure, or the last attempt's, moves to the next provider of the chain. After the first token nothing
+ * is tried again: the caller has shown the text, and the answer ends with finish_reason "error". Every
+ * attempt is in the result (chat_llm_result.attempts) and in the chat_llm_attempts_total metric.
+ *
  * A chat_llm is used by one thread at a time. Cancellation: *cancel may be set to non-zero from any
  * thread; generation stops within 100 ms (at once on a loop after chat_llm_loop_wakeup; openai: the
  * transfer is aborted) and returns CHAT_ECANCELLED with finish_reason "cancelled". */
@@ -26,7 +35,10 @@ typedef struct chat_llm_request {
     /* The prompt for chat models: system prompt, history, then the user's message. */
     const chat_llm_message *messages;
     size_t n_messages;
-    int max_tokens;
+    int max_tokens;        /* <= 0: the provider's configured limit */
+    const char *model;     /* NULL or "": the provider's configured model; the chain's first provider only */
+    bool has_temperature;  /* false: none sent (the provider's default) */
+    double temperature;
     /* Grounding, used by the extractive provider (and available to any). */
     const char *question;
     const char *agent;               /* specs | maintenance | troubleshooting | general */
@@ -39,24 +51,62 @@ typedef struct chat_llm_request {
  * Return non-zero to stop generation (treated like a cancel). */
 typedef int (*chat_llm_token_fn)(void *ud, const char *text, size_t len);
 
+/* How one attempt ended. X(ID, name, retry): name is what metadata and metrics say; retry, whether the
+ * same provider is worth asking again before the first token (a transient failure). */
+#define CHAT_LLM_OUTCOME_MAP(X)                                                                                        \
+    X(OK, "ok", false)                    /* answered */                                                             \
+    X(RATE_LIMITED, "rate_limited", true) /* HTTP 429 */                                                             \
+    X(UNAVAILABLE, "unavailable", true)   /* HTTP 500, 502, 503, 504; connection refused or cut */                   \
+    X(TIMEOUT, "timeout", false)          /* no connection, or no first token, in time; a stalled stream */          \
+    X(AUTH, "auth_error", false)          /* HTTP 401, 403: the key */                                               \
+    X(REFUSED, "refused", false)          /* another HTTP 4xx: the request itself */                                 \
+    X(INVALID, "invalid_response", false) /* not an OpenAI-compatible stream, or an error event in it */             \
+    X(ERROR, "error", false)              /* anything else: DNS, TLS, out of memory, an unfinished stream */         \
+    X(CANCELLED, "cancelled", false)      /* the cancel flag */
+
+typedef enum chat_llm_outcome {
+#define CHAT_LLM_X_OUTCOME(id, name, retry) CHAT_LLM_OUTCOME_##id,
+    CHAT_LLM_OUTCOME_MAP(CHAT_LLM_X_OUTCOME)
+#undef CHAT_LLM_X_OUTCOME
+        CHAT_LLM_OUTCOME_COUNT
+} chat_llm_outcome;
+
+/* The outcome's name ("rate_limited"); NULL past the last. */
+const char *chat_llm_outcome_name(chat_llm_outcome o);
+
+#define CHAT_LLM_MAX_ATTEMPTS 16 /* attempts a result details; more are only counted */
+
+typedef struct chat_llm_attempt {
+    const char *provider; /* a provider table name (static) */
+    char model[96];       /* what it was asked for, cut to fit; "" for a provider without models */
+    chat_llm_outcome outcome;
+    int ms; /* from the attempt's start to its end */
+} chat_llm_attempt;
+
 typedef struct chat_llm_result {
     char finish_reason[16]; /* stop | length | cancelled | error */
     int prompt_tokens;
     int completion_tokens;
     int tokens_emitted;     /* number of token callbacks made */
+    const char *provider;   /* the provider that answered, or failed last (static); NULL when none ran */
+    int n_attempts;         /* attempts made, in order; the first CHAT_LLM_MAX_ATTEMPTS are in attempts */
+    chat_llm_attempt attempts[CHAT_LLM_MAX_ATTEMPTS];
 } chat_llm_result;
 
 typedef struct chat_llm chat_llm;
 
-/* Chooses the provider from cfg->llm_provider and reads its settings (the replay provider reads its
- * recording here). NULL with err on a bad configuration. */
+/* The chain: cfg->llm_provider, then cfg->llm_fallback in order, each provider opened with its settings
+ * (the replay provider reads its recording here; a fallback's own URL, key, model and extras replace
+ * cfg's llm_* ones). NULL with err on a bad configuration, naming the fallback at fault. */
 chat_llm *chat_llm_new(const chat_config *cfg, char *err, size_t errlen);
 void chat_llm_free(chat_llm *llm);
+/* The name of the chain's first provider. */
 const char *chat_llm_provider_name(const chat_llm *llm);
 /* The name of the i-th provider chat_llm_new knows, in table order; NULL past the last. */
 const char *chat_llm_provider_name_at(size_t i);
-/* True when a generation never waits for anything (the extractive and replay providers without a token
- * delay): a caller with an event loop may as well run it where it is, with chat_llm_generate. */
+/* True when a generation never waits for anything (every provider of the chain is extractive or replay
+ * without a token delay): a caller with an event loop may as well run it where it is, with
+ * chat_llm_generate. */
 bool chat_llm_instant(const chat_llm *llm);
 
 /* Runs one generation. Returns 0 (finish_reason stop or length), CHAT_ECANCELLED, CHAT_ETIMEOUT or

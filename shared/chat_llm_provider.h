@@ -14,7 +14,8 @@
  *                   of one loop (openai: the libcurl multi handle and its connection cache). The loop
  *                   knows it only as file descriptors to poll and a time at which to call loop_work.
  *   generation      gen_new .. gen_free, one per answer: a state machine the loop steps when its
- *                   deadline is due or its cancel flag is up.
+ *                   deadline is due or its cancel flag is up. A provider makes one attempt; the chain
+ *                   in chat_llm.c decides on retries (gen_rewind) and fallbacks from gen_attempt.
  * Everything but open and close runs on the loop's thread. */
 #ifndef CHAT_LLM_PROVIDER_H
 #define CHAT_LLM_PROVIDER_H
@@ -74,14 +75,22 @@ typedef struct chat_llm_provider {
      * otherwise its deadline is later than now. */
     bool (*gen_step)(void *gen, int64_t now);
     /* A finished generation's rc, result and err ("" on success), as chat_llm_generate returns them;
-     * res and err point into gen. */
+     * res and err point into gen. res's provider and attempts are the chain's to fill. */
     int (*gen_outcome)(const void *gen, const chat_llm_result **res, const char **err);
+    /* A finished generation's attempt: its outcome class (CHAT_LLM_OUTCOME_OK when rc was 0), the model it
+     * asked for ("" for none; points into gen) and how long the provider asked to wait before another
+     * try (Retry-After; -1 when it did not say). */
+    void (*gen_attempt)(const void *gen, chat_llm_outcome *outcome, const char **model, int64_t *retry_after_ms);
+    /* Makes a finished generation that failed before any text ready to run again: the same request, as
+     * from gen_new (nothing emitted before the next gen_step). 0, or a negative code when it cannot. */
+    int (*gen_rewind)(void *gen);
     /* Frees gen at any point (a running transfer is cut). */
     void (*gen_free)(void *gen);
 } chat_llm_provider;
 
 /* Defines provider sym, named name_, from its file's functions: pfx_open, pfx_close, pfx_instant and
- * pfx_gen_new; loop_pfx_attach, _detach, _fds and _work; gen_pfx_deadline, _step, _outcome and _free.
+ * pfx_gen_new; loop_pfx_attach, _detach, _fds and _work; gen_pfx_deadline, _step, _outcome, _attempt,
+ * _rewind and _free.
  * A provider with nothing of its own on a loop names chat_llm_loop_none for loop_pfx; one whose answer is
  * known at the start names chat_paced for gen_pfx (chat_paced.h). */
 #define CHAT_LLM_PROVIDER_DEFINE(sym, name_, pfx, loop_pfx, gen_pfx)                                    \
@@ -89,7 +98,8 @@ typedef struct chat_llm_provider {
         .name = name_, .open = pfx##_open, .close = pfx##_close, .instant = pfx##_instant,              \
         .loop_attach = loop_pfx##_attach, .loop_detach = loop_pfx##_detach, .loop_fds = loop_pfx##_fds, \
         .loop_work = loop_pfx##_work, .gen_new = pfx##_gen_new, .gen_deadline = gen_pfx##_deadline,     \
-        .gen_step = gen_pfx##_step, .gen_outcome = gen_pfx##_outcome, .gen_free = gen_pfx##_free,       \
+        .gen_step = gen_pfx##_step, .gen_outcome = gen_pfx##_outcome, .gen_attempt = gen_pfx##_attempt, \
+        .gen_rewind = gen_pfx##_rewind, .gen_free = gen_pfx##_free,                                     \
     }
 
 /* The table: one row per provider, in the order chat_llm_provider_at lists them. */

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -57,6 +58,27 @@ static const char *provider_at(unsigned i) { return chat_llm_provider_name_at(i)
 static const char *code_at(unsigned i) { return i < CHAT_PROTO_CODE_COUNT ? chat_proto_code_name((chat_proto_code)i) : NULL; }
 static const char *finish_at(unsigned i) { return i < CHAT_ARRAY_LEN(FINISHES) ? FINISHES[i] : NULL; }
 static const char *status_at(unsigned i) { return i < CHAT_ARRAY_LEN(STATUSES) ? STATUSES[i] : NULL; }
+
+/* "provider,outcome" for every provider of the table and every outcome, built once. */
+#define ATTEMPT_VALUES_MAX 128
+static char attempt_values[ATTEMPT_VALUES_MAX][48];
+static unsigned n_attempt_values;
+static pthread_once_t attempt_once = PTHREAD_ONCE_INIT;
+
+static void attempt_build(void)
+{
+    const char *p;
+    for (size_t i = 0; (p = chat_llm_provider_name_at(i)); i++)
+        for (int o = 0; o < CHAT_LLM_OUTCOME_COUNT && n_attempt_values < ATTEMPT_VALUES_MAX; o++)
+            snprintf(attempt_values[n_attempt_values++], sizeof attempt_values[0], "%s,%s", p,
+                     chat_llm_outcome_name((chat_llm_outcome)o));
+}
+
+static const char *attempt_at(unsigned i)
+{
+    pthread_once(&attempt_once, attempt_build);
+    return i < n_attempt_values ? attempt_values[i] : NULL;
+}
 
 typedef struct label_set {
     const char *name;
@@ -303,12 +325,23 @@ static const char *label_value(chat_metric_id m, unsigned c)
     return c < G.nvalues[d] ? LABELS[d].value_at(c) : METRICS_OTHER;
 }
 
-/* `{label="value"` plus `,` or `}` as the caller continues; nothing for an unlabelled metric. */
+/* `{label="value"` plus `,` or `}` as the caller continues; nothing for an unlabelled metric. A name
+ * "a,b" gives a="..",b="..", from the value's parts ("other", with no comma, is every label's). */
 static int label_open(chat_buf *out, chat_metric_id m, unsigned c, bool more)
 {
     const char *name = LABELS[METRICS[m].dim].name;
     if (!name) return more ? chat_buf_puts(out, "{") : 0;
-    return chat_buf_printf(out, "{%s=\"%s\"%s", name, label_value(m, c), more ? "," : "}");
+    const char *value = label_value(m, c);
+    int rc = chat_buf_puts(out, "{");
+    for (;;) {
+        size_t nl = strcspn(name, ","), vl = strcspn(value, ",");
+        rc = rc || chat_buf_printf(out, "%.*s=\"%.*s\"", (int)nl, name, (int)vl, value);
+        if (!name[nl]) break;
+        name += nl + 1;
+        if (value[vl]) value += vl + 1;
+        rc = rc || chat_buf_puts(out, ",");
+    }
+    return rc || chat_buf_puts(out, more ? "," : "}") ? CHAT_ENOMEM : 0;
 }
 
 static int render_histogram(chat_buf *out, chat_metric_id m, unsigned c, const uint64_t *v)

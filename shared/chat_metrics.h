@@ -26,14 +26,16 @@
 #include "chat_util.h"
 
 /* Label dimensions: the label's name and the function that lists its values (chat_metrics.c: the agent
- * table, the provider table, the protocol's error table, and two short lists of its own). */
+ * table, the provider table, the protocol's error table, and two short lists of its own). A name with a
+ * comma is that many labels, and each value has as many comma-separated parts (ATTEMPT: "openai,ok"). */
 #define CHAT_METRIC_LABELS(X)                                                                                          \
     X(NONE, NULL, NULL)                                                                                               \
     X(AGENT, "agent", agent_at)                                                                                       \
     X(PROVIDER, "provider", provider_at)                                                                              \
     X(FINISH, "finish_reason", finish_at)                                                                             \
     X(CODE, "code", code_at)                                                                                          \
-    X(STATUS, "status", status_at)
+    X(STATUS, "status", status_at)                                                                                    \
+    X(ATTEMPT, "provider,outcome", attempt_at)
 
 /* Kinds: a counter only grows; a gauge is summed over live processes (SUM) or the largest live value
  * is shown (MAX: a figure every streamer reports about the same shared thing); a histogram has the
@@ -49,6 +51,8 @@
     X(ERRORS, COUNTER, CODE, "chat_errors_total", "Error events and responses sent to clients, by code")             \
     X(PROMPT_TOKENS, COUNTER, PROVIDER, "chat_prompt_tokens_total", "Prompt tokens, as the provider counted them")   \
     X(GENERATION_TOKENS, COUNTER, PROVIDER, "chat_generation_tokens_total", "Generated tokens")                      \
+    X(LLM_ATTEMPTS, COUNTER, ATTEMPT, "chat_llm_attempts_total",                                                      \
+      "Attempts at an answer, by provider and outcome (retries and fallbacks included)")                             \
     X(REST_REQUESTS, COUNTER, STATUS, "chat_rest_requests_total", "REST requests answered, by HTTP status")         \
     X(WS_CONNECTIONS, GAUGE_SUM, NONE, "chat_websocket_connections", "Open WebSocket connections")                  \
     X(IN_FLIGHT, GAUGE_SUM, NONE, "chat_answers_in_flight", "Answers being generated or streamed")                  \

@@ -19,7 +19,7 @@
  *
  * A generation is therefore a state machine rather than a blocking function: pending (request built,
  * nothing sent; transfers are only ever added to the multi from oai_gen_step, never from inside a libcurl
- * callback, where libcurl forbids it) -> transfer -> (backoff -> transfer) -> finished. The loop calls
+ * callback, where libcurl forbids it) -> transfer -> finished. The loop calls
  * oai_gen_step when oai_gen_deadline is due or the cancel flag is up; when curl_multi_info_read reports a
  * transfer's end (the generation found through CURLOPT_PRIVATE), oai_loop_work ends the attempt and tells
  * the loop through the generation's resched hook that its deadline moved (to at once when it finished),
@@ -31,10 +31,20 @@
  * text has started, no byte at all for llm_stall_timeout_ms). Before the first token only the first-token
  * timer applies, because servers loading a model often send their headers and then nothing for a while.
  * The deadline the loop keeps may be early (the stall deadline moves with every byte): a step that finds
- * nothing due just gives a later one. A request that fails before any text was emitted is retried once for
- * transient failures (connect refused/reset, 429, 500/502/503/504) after a short backoff (Retry-After
- * honoured, clamped to 200..2000 ms), a timer on the loop rather than a sleep; never after a token, since
- * the caller has already shown it.
+ * nothing due just gives a later one.
+ *
+ * One generation is one attempt: retries and fallbacks are the chain's (chat_llm.c), which reads the
+ * attempt's class (gen_attempt: 429 rate_limited, 500/502/503/504 and a refused or cut connection
+ * unavailable, 401/403 auth_error...) and the wait the server asked for (Retry-After in seconds, or
+ * OpenAI's and Azure's retry-after-ms), and rewinds the generation (gen_rewind) to send the same body
+ * again.
+ *
+ * Extra request fields and headers (cfg->llm_extra_body, cfg->llm_extra_headers: JSON objects, checked
+ * when the provider opens) serve OpenRouter's HTTP-Referer / X-Title, Ollama's keep_alive and options
+ * and the like: the body's fields are merged under the ones this file sets (model, messages, stream,
+ * stream_options, max_tokens, temperature win), the headers go after the fixed ones; headers that frame
+ * the request (Content-Type, Content-Length, Accept, Host, Transfer-Encoding, Expect) and Authorization
+ * (the key's own setting) are refused. Header values may be secrets: they are never logged.
  *
  * Text is emitted only in whole UTF-8 characters: a chunk that ends inside a multi-byte character keeps
  * the cut bytes until the next chunk completes them; invalid bytes become U+FFFD so the caller always
@@ -64,9 +74,8 @@
 #define OAI_MAX_EVENT_BYTES (1 << 20)
 #define OAI_MAX_ERRBODY 16384 /* kept of a non-2xx body, to quote the provider's message */
 #define OAI_DONE_GRACE_MS 500 /* after [DONE], how long to wait for the body to end cleanly */
-#define OAI_BACKOFF_MS 300
-#define OAI_BACKOFF_MIN_MS 200
-#define OAI_BACKOFF_MAX_MS 2000
+#define OAI_RETRY_AFTER_MAX_MS 600000 /* a longer Retry-After is read as this (the chain caps its wait anyway) */
+#define OAI_EXTRA_MAX 32             /* extra headers */
 #define OAI_MSG_MAX 200 /* provider messages quoted in err are cut to this */
 
 struct chat_openai {
@@ -74,6 +83,10 @@ struct chat_openai {
     char key[512];
     char model[256];
     int connect_ms, first_ms, stall_ms, max_tokens;
+    char *extra_body;                  /* a JSON object's text, NULL for none: parsed per request (json-c
+                                        * objects are not shared across threads) */
+    char *extra_headers[OAI_EXTRA_MAX]; /* "Name: value" lines */
+    size_t n_extra_headers;
 };
 
 static pthread_once_t oai_once = PTHREAD_ONCE_INIT;
@@ -225,6 +238,65 @@ cleanup:
 
 /* ---- lifecycle ---- */
 
+/* Headers the request's own framing and key set: LLM_EXTRA_HEADERS may not name them. */
+static const char *const OAI_OWN_HEADERS[] = {"content-type", "content-length", "transfer-encoding", "accept",
+                                              "host",         "expect",         "authorization"};
+
+/* An HTTP token (RFC 9110 tchar), not one of OAI_OWN_HEADERS. */
+static bool oai_header_name_ok(const char *name)
+{
+    if (!*name) return false;
+    for (const char *c = name; *c; c++)
+        if (!isalnum((unsigned char)*c) && !strchr("!#$%&'*+-.^_`|~", *c)) return false;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(OAI_OWN_HEADERS); i++)
+        if (!strcasecmp(name, OAI_OWN_HEADERS[i])) return false;
+    return true;
+}
+
+/* One extra header as libcurl takes it ("Name;" sends an empty value, "Name:" would remove it). */
+static int oai_add_header(chat_openai *o, const char *name, json_object *val, char *err, size_t errlen)
+{
+    static const char bad[] = "LLM_EXTRA_HEADERS must be a JSON object of header names and string values, "
+                              "without the request's own headers (Content-Type, Accept, Authorization...)";
+    if (!oai_header_name_ok(name) || !json_object_is_type(val, json_type_string))
+        return chat_fail(err, errlen, CHAT_EINVAL, "%s", bad);
+    const char *v = json_object_get_string(val);
+    size_t vlen = (size_t)json_object_get_string_len(val);
+    if (vlen != strlen(v) || strpbrk(v, "\r\n")) return chat_fail(err, errlen, CHAT_EINVAL, "%s", bad);
+    if (o->n_extra_headers == OAI_EXTRA_MAX)
+        return chat_fail(err, errlen, CHAT_EINVAL, "LLM_EXTRA_HEADERS has more than %d headers", OAI_EXTRA_MAX);
+    char *line = NULL;
+    if (asprintf(&line, vlen ? "%s: %s" : "%s;", name, v) < 0)
+        return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    o->extra_headers[o->n_extra_headers++] = line;
+    return 0;
+}
+
+/* cfg's extra headers and body: "" or JSON objects, checked here so that a bad one stops the start. */
+static int oai_extras(chat_openai *o, const chat_config *cfg, char *err, size_t errlen)
+{
+    int rc = 0;
+    if (cfg->llm_extra_headers[0]) {
+        json_object *h = oai_parse_json(cfg->llm_extra_headers, strlen(cfg->llm_extra_headers));
+        if (!json_object_is_type(h, json_type_object))
+            rc = chat_fail(err, errlen, CHAT_EINVAL, "LLM_EXTRA_HEADERS must be a JSON object");
+        else
+            for (struct json_object_iterator it = json_object_iter_begin(h), end = json_object_iter_end(h);
+                 !rc && !json_object_iter_equal(&it, &end); json_object_iter_next(&it))
+                rc = oai_add_header(o, json_object_iter_peek_name(&it), json_object_iter_peek_value(&it), err, errlen);
+        json_object_put(h);
+    }
+    if (!rc && cfg->llm_extra_body[0]) {
+        json_object *b = oai_parse_json(cfg->llm_extra_body, strlen(cfg->llm_extra_body));
+        if (!json_object_is_type(b, json_type_object))
+            rc = chat_fail(err, errlen, CHAT_EINVAL, "LLM_EXTRA_BODY must be a JSON object");
+        else if (!(o->extra_body = strdup(cfg->llm_extra_body)))
+            rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+        json_object_put(b);
+    }
+    return rc;
+}
+
 chat_openai *chat_openai_new(const chat_config *cfg, char *err, size_t errlen)
 {
     if (!cfg) {
@@ -264,6 +336,10 @@ chat_openai *chat_openai_new(const chat_config *cfg, char *err, size_t errlen)
     o->first_ms = cfg->llm_first_token_timeout_ms > 0 ? cfg->llm_first_token_timeout_ms : 30000;
     o->stall_ms = cfg->llm_stall_timeout_ms > 0 ? cfg->llm_stall_timeout_ms : 15000;
     o->max_tokens = cfg->llm_max_tokens;
+    if (oai_extras(o, cfg, err, errlen)) {
+        chat_openai_free(o);
+        return NULL;
+    }
     return o;
 }
 
@@ -271,12 +347,17 @@ void chat_openai_free(chat_openai *o)
 {
     if (!o) return;
     explicit_bzero(o->key, sizeof o->key);
+    for (size_t i = 0; i < o->n_extra_headers; i++) {
+        explicit_bzero(o->extra_headers[i], strlen(o->extra_headers[i])); /* may hold a secret */
+        free(o->extra_headers[i]);
+    }
+    free(o->extra_body);
     free(o);
 }
 
 /* ---- one generation ---- */
 
-enum oai_state { OAI_PENDING, OAI_TRANSFER, OAI_BACKOFF, OAI_FINISHED };
+enum oai_state { OAI_PENDING, OAI_TRANSFER, OAI_FINISHED };
 
 /* The provider's state on one chat_llm_loop: the multi handle every generation of the loop shares, the
  * sockets libcurl asked to watch (CURLMOPT_SOCKETFUNCTION; each socket's index + 1 is its
@@ -303,10 +384,12 @@ typedef struct chat_openai_gen {
     enum oai_state state;
     char *body;
     size_t body_len, prompt_bytes;
+    char model[256]; /* what the request asks for: the request's own, else the configured one */
     struct curl_slist *headers; /* holds the Authorization header */
     int attempts;
-    int64_t t0, attempt_t0, backoff_until;
+    int64_t t0, attempt_t0;
     int rc; /* when finished */
+    chat_llm_outcome outcome; /* when finished */
     chat_llm_result res;
     char err[512];
     /* the current attempt */
@@ -315,7 +398,8 @@ typedef struct chat_openai_gen {
     chat_buf errbody; /* body of a non-2xx answer, bounded */
     long status;
     int64_t last_byte_ms, done_ms;
-    long retry_after_ms; /* -1 when absent */
+    long retry_after_ms;    /* -1 when absent */
+    bool retry_after_exact; /* it came from retry-after-ms */
     size_t body_bytes;
     bool got_content, done, any_event, user_stop;
     char finish[16];
@@ -431,6 +515,22 @@ static size_t oai_write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
     return rc ? 0 : n;
 }
 
+/* The non-negative integer value of header line ptr (n bytes) when its name is name: -1 otherwise (an
+ * HTTP-date Retry-After is not worth parsing for a wait the chain caps at seconds: its default applies). */
+static long oai_header_number(const char *ptr, size_t n, const char *name)
+{
+    size_t nl = strlen(name);
+    if (n <= nl || strncasecmp(ptr, name, nl) || ptr[nl] != ':') return -1;
+    char v[32];
+    size_t k = 0;
+    for (size_t i = nl + 1; i < n && k + 1 < sizeof v; i++)
+        if (!isspace((unsigned char)ptr[i])) v[k++] = ptr[i];
+    v[k] = '\0';
+    char *end = NULL;
+    long x = strtol(v, &end, 10);
+    return k && end && !*end && x >= 0 ? x : -1;
+}
+
 static size_t oai_header_cb(char *ptr, size_t size, size_t nitems, void *ud)
 {
     chat_openai_gen *s = ud;
@@ -438,25 +538,30 @@ static size_t oai_header_cb(char *ptr, size_t size, size_t nitems, void *ud)
     s->last_byte_ms = chat_now_ms();
     if (n >= 5 && !strncmp(ptr, "HTTP/", 5)) {
         s->retry_after_ms = -1; /* a new response (after a 100 Continue, say) */
-    } else if (n > 12 && !strncasecmp(ptr, "Retry-After:", 12)) {
-        char v[32];
-        size_t k = 0;
-        for (size_t i = 12; i < n && k + 1 < sizeof v; i++)
-            if (!isspace((unsigned char)ptr[i])) v[k++] = ptr[i];
-        v[k] = '\0';
-        char *end = NULL;
-        long secs = strtol(v, &end, 10);
-        /* an HTTP-date is not worth parsing for a 2 s cap: the default backoff applies */
-        if (k && end && !*end && secs >= 0) s->retry_after_ms = secs > 10 ? 10000 : secs * 1000;
+        s->retry_after_exact = false;
+        return n;
     }
+    long ms = oai_header_number(ptr, n, "retry-after-ms"), secs = oai_header_number(ptr, n, "Retry-After");
+    if (ms >= 0) { /* wins over Retry-After, as in OpenAI's SDKs */
+        s->retry_after_ms = ms;
+        s->retry_after_exact = true;
+    } else if (secs >= 0 && !s->retry_after_exact) {
+        s->retry_after_ms = secs > OAI_RETRY_AFTER_MAX_MS / 1000 ? OAI_RETRY_AFTER_MAX_MS : secs * 1000;
+    }
+    if (s->retry_after_ms > OAI_RETRY_AFTER_MAX_MS) s->retry_after_ms = OAI_RETRY_AFTER_MAX_MS;
     return n;
 }
 
-/* Maps an HTTP status to the client-safe message; *transient says whether one retry makes sense. */
-static int oai_http_error(chat_openai_gen *s, char *err, size_t errlen, bool *transient)
+/* Maps an HTTP status to the client-safe message and the attempt's class. */
+static int oai_http_error(chat_openai_gen *s, char *err, size_t errlen, chat_llm_outcome *outcome)
 {
     long st = s->status;
-    *transient = st == 429 || st == 500 || st == 502 || st == 503 || st == 504;
+    bool gone = st == 500 || st == 502 || st == 503 || st == 504; /* others of 5xx will not change on a retry */
+    *outcome = st == 429 ? CHAT_LLM_OUTCOME_RATE_LIMITED
+               : gone    ? CHAT_LLM_OUTCOME_UNAVAILABLE
+               : st == 401 || st == 403 ? CHAT_LLM_OUTCOME_AUTH
+               : st >= 400 && st < 500  ? CHAT_LLM_OUTCOME_REFUSED
+                                        : CHAT_LLM_OUTCOME_ERROR;
     if (st == 401 || st == 403) return chat_fail(err, errlen, CHAT_ELLM, "LLM provider rejected the API key");
     if (st == 429) return chat_fail(err, errlen, CHAT_ELLM, "LLM provider rate limit reached");
     if (st >= 500) return chat_fail(err, errlen, CHAT_ELLM, "LLM provider unavailable (HTTP %ld)", st);
@@ -474,14 +579,16 @@ static int oai_http_error(chat_openai_gen *s, char *err, size_t errlen, bool *tr
     return chat_fail(err, errlen, CHAT_ELLM, "LLM provider answered HTTP %ld", st);
 }
 
-static int oai_curl_error(chat_openai *o, CURLcode cc, char *err, size_t errlen, bool *transient)
+/* Maps a transfer's failure to the client-safe message and the attempt's class. */
+static int oai_curl_error(chat_openai *o, CURLcode cc, char *err, size_t errlen, chat_llm_outcome *outcome)
 {
-    *transient = false;
+    *outcome = CHAT_LLM_OUTCOME_ERROR;
     switch (cc) {
     case CURLE_COULDNT_CONNECT:
-        *transient = true;
+        *outcome = CHAT_LLM_OUTCOME_UNAVAILABLE;
         return chat_fail(err, errlen, CHAT_ELLM, "could not connect to the LLM provider");
     case CURLE_OPERATION_TIMEDOUT:
+        *outcome = CHAT_LLM_OUTCOME_TIMEOUT;
         return chat_fail(err, errlen, CHAT_ETIMEOUT, "could not connect to the LLM provider within %d ms",
                          o->connect_ms);
     case CURLE_COULDNT_RESOLVE_HOST:
@@ -491,7 +598,7 @@ static int oai_curl_error(chat_openai *o, CURLcode cc, char *err, size_t errlen,
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
-        *transient = true;
+        *outcome = CHAT_LLM_OUTCOME_UNAVAILABLE;
         return chat_fail(err, errlen, CHAT_ELLM, "LLM stream ended unexpectedly");
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
@@ -508,6 +615,7 @@ static void oai_stream_reset(chat_openai_gen *s)
     s->status = 0;
     s->last_byte_ms = s->done_ms = 0;
     s->retry_after_ms = -1;
+    s->retry_after_exact = false;
     s->body_bytes = 0;
     s->got_content = s->done = s->any_event = s->user_stop = false;
     s->finish[0] = '\0';
@@ -516,13 +624,19 @@ static void oai_stream_reset(chat_openai_gen *s)
     s->fail_msg[0] = '\0';
 }
 
-static struct curl_slist *oai_headers(const char *key)
+/* The fixed headers, the extra ones, then Authorization when there is a key. */
+static struct curl_slist *oai_headers(const chat_openai *o)
 {
+    const char *key = o->key;
     /* "Expect:" turns off libcurl's 100-continue round trip for large prompts */
     static const char *fixed[] = {"Content-Type: application/json", "Accept: text/event-stream", "Expect:"};
     struct curl_slist *l = NULL, *t;
     for (size_t i = 0; i < CHAT_ARRAY_LEN(fixed); i++) {
         if (!(t = curl_slist_append(l, fixed[i]))) goto fail;
+        l = t;
+    }
+    for (size_t i = 0; i < o->n_extra_headers; i++) {
+        if (!(t = curl_slist_append(l, o->extra_headers[i]))) goto fail;
         l = t;
     }
     if (key[0]) {
@@ -539,10 +653,13 @@ fail:
     return NULL;
 }
 
-static char *oai_request_body(chat_openai *o, const chat_llm_request *req, size_t *len, size_t *prompt_bytes)
+/* The request's JSON body for model; *prompt_bytes gets the prompt's size (the usage estimate). */
+static char *oai_request_body(chat_openai *o, const chat_llm_request *req, const char *model, size_t *len,
+                              size_t *prompt_bytes)
 {
     char *out = NULL;
-    json_object *root = json_object_new_object();
+    /* the extra fields first: the ones set below replace any of the same name */
+    json_object *root = o->extra_body ? json_tokener_parse(o->extra_body) : json_object_new_object();
     json_object *msgs = json_object_new_array();
     json_object *opts = json_object_new_object();
     if (!root || !msgs || !opts) goto cleanup;
@@ -558,11 +675,16 @@ static char *oai_request_body(chat_openai *o, const chat_llm_request *req, size_
         json_object_array_add(msgs, jm);
     }
     int max_tokens = req->max_tokens > 0 ? req->max_tokens : o->max_tokens;
-    json_object_object_add(root, "model", json_object_new_string(o->model));
+    json_object_object_add(root, "model", json_object_new_string(model));
     json_object_object_add(root, "messages", msgs);
     msgs = NULL;
     json_object_object_add(root, "stream", json_object_new_boolean(1));
     if (max_tokens > 0) json_object_object_add(root, "max_tokens", json_object_new_int(max_tokens));
+    if (req->has_temperature) {
+        char t[32]; /* "0.2", not json-c's 17 digits */
+        snprintf(t, sizeof t, "%g", req->temperature);
+        json_object_object_add(root, "temperature", json_object_new_double_s(req->temperature, t));
+    }
     json_object_object_add(opts, "include_usage", json_object_new_boolean(1));
     json_object_object_add(root, "stream_options", opts);
     opts = NULL;
@@ -587,13 +709,15 @@ static bool oai_cancelled(const chat_openai_gen *s)
     return s->cancel && atomic_load(s->cancel);
 }
 
-/* The end of a generation: finish_reason, token counts, the log line. */
+/* The end of a generation: finish_reason, token counts, the outcome's class (s->outcome as the attempt
+ * found it, ERROR unless set, for a failure), the log line. */
 static void oai_finish(chat_openai_gen *s, int rc)
 {
-    chat_openai *o = s->o;
     chat_llm_result *res = &s->res;
     s->rc = rc;
     s->state = OAI_FINISHED;
+    if (rc == 0) s->outcome = CHAT_LLM_OUTCOME_OK;
+    else if (rc == CHAT_ECANCELLED) s->outcome = CHAT_LLM_OUTCOME_CANCELLED;
     if (rc == 0) {
         s->err[0] = '\0';
         if (!strcmp(s->finish, "length"))
@@ -606,11 +730,11 @@ static void oai_finish(chat_openai_gen *s, int rc)
     res->prompt_tokens = s->usage_prompt >= 0 ? s->usage_prompt : (int)(s->prompt_bytes / 4);
     res->completion_tokens = s->usage_completion >= 0 ? s->usage_completion : res->tokens_emitted;
     if (rc == 0 || rc == CHAT_ECANCELLED)
-        chat_log_info("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d finish=%s", o->model,
+        chat_log_info("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d finish=%s", s->model,
                       s->status, s->attempts, (long long)(chat_now_ms() - s->t0), res->tokens_emitted,
                       res->finish_reason);
     else
-        chat_log_warn("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d failed: %s (%s)", o->model,
+        chat_log_warn("openai: model=%s status=%ld attempts=%d duration_ms=%lld tokens=%d failed: %s (%s)", s->model,
                       s->status, s->attempts, (long long)(chat_now_ms() - s->t0), res->tokens_emitted, s->err,
                       chat_strerror(rc));
 }
@@ -621,6 +745,7 @@ static void oai_begin_attempt(chat_openai_gen *s)
     chat_openai *o = s->o;
     oai_stream_reset(s);
     s->attempts++;
+    s->t0 = chat_now_ms(); /* the log's duration is the attempt's: a fallback's generation waited its turn */
     CURL *e = curl_easy_init();
     if (!e) {
         oai_finish(s, chat_fail(s->err, sizeof s->err, CHAT_ENOMEM, "out of memory"));
@@ -652,15 +777,14 @@ static void oai_begin_attempt(chat_openai_gen *s)
     s->state = OAI_TRANSFER;
 }
 
-/* Ends the current attempt (completed: libcurl finished the transfer with cc; otherwise it was cut short,
- * cancelled or timed out, timeout_kind 1 first token, 2 stall) and decides: finished, or a retry after a
- * backoff. */
+/* Ends the attempt (completed: libcurl finished the transfer with cc; otherwise it was cut short,
+ * cancelled or timed out, timeout_kind 1 first token, 2 stall): its rc, message and class. */
 static void oai_end_attempt(chat_openai_gen *s, bool completed, CURLcode cc, bool was_cancelled, int timeout_kind)
 {
     chat_openai *o = s->o;
     char *err = s->err;
     size_t errlen = sizeof s->err;
-    bool transient = false;
+    chat_llm_outcome outcome = CHAT_LLM_OUTCOME_ERROR;
     int rc = 0;
     CURL *e = s->easy;
     if (!s->status) curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &s->status);
@@ -673,18 +797,22 @@ static void oai_end_attempt(chat_openai_gen *s, bool completed, CURLcode cc, boo
         rc = chat_fail(err, errlen, CHAT_ECANCELLED, "generation cancelled");
     } else if (s->fail_code) {
         rc = chat_fail(err, errlen, s->fail_code, "%s", s->fail_msg);
+        if (s->fail_code == CHAT_ELLM && s->body_bytes) outcome = CHAT_LLM_OUTCOME_INVALID;
     } else if (timeout_kind == 1) {
         rc = chat_fail(err, errlen, CHAT_ETIMEOUT, "LLM did not start answering within %d ms", o->first_ms);
+        outcome = CHAT_LLM_OUTCOME_TIMEOUT;
     } else if (timeout_kind == 2) {
         rc = chat_fail(err, errlen, CHAT_ETIMEOUT, "LLM stream stalled (no data for %d ms)", o->stall_ms);
+        outcome = CHAT_LLM_OUTCOME_TIMEOUT;
     } else if (s->status && !ok2xx) {
-        rc = oai_http_error(s, err, errlen, &transient);
+        rc = oai_http_error(s, err, errlen, &outcome);
     } else if (s->done || s->finish[0]) {
         rc = 0; /* complete, even if the connection then broke before the body's last byte */
     } else if (completed && cc != CURLE_OK) {
-        rc = oai_curl_error(o, cc, err, errlen, &transient);
+        rc = oai_curl_error(o, cc, err, errlen, &outcome);
     } else if (s->body_bytes && !s->any_event) {
         rc = chat_fail(err, errlen, CHAT_ELLM, "LLM sent an invalid response");
+        outcome = CHAT_LLM_OUTCOME_INVALID;
     } else {
         rc = chat_fail(err, errlen, CHAT_ELLM, "LLM stream ended unexpectedly");
     }
@@ -696,17 +824,8 @@ static void oai_end_attempt(chat_openai_gen *s, bool completed, CURLcode cc, boo
             rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
     }
     if (rc) chat_log_debug("openai: attempt failed: curl=%d status=%ld", (int)cc, s->status);
-
-    if (rc == 0 || !transient || s->attempts >= 2 || s->res.tokens_emitted > 0) {
-        oai_finish(s, rc);
-        return;
-    }
-    long wait = s->retry_after_ms >= 0 ? s->retry_after_ms : OAI_BACKOFF_MS;
-    if (wait < OAI_BACKOFF_MIN_MS) wait = OAI_BACKOFF_MIN_MS;
-    if (wait > OAI_BACKOFF_MAX_MS) wait = OAI_BACKOFF_MAX_MS;
-    chat_log_info("openai: model=%s status=%ld transient failure, retrying in %ld ms", o->model, s->status, wait);
-    s->backoff_until = chat_now_ms() + wait;
-    s->state = OAI_BACKOFF;
+    s->outcome = outcome;
+    oai_finish(s, rc);
 }
 
 static void oai_gen_free(void *gen)
@@ -752,14 +871,16 @@ static int oai_gen_new(void *state, void *loop_state, const chat_llm_request *re
     s->loop->gens = s;
     s->usage_prompt = s->usage_completion = -1;
     s->retry_after_ms = -1;
+    s->outcome = CHAT_LLM_OUTCOME_ERROR;
     s->t0 = chat_now_ms();
     s->state = OAI_PENDING;
     snprintf(s->res.finish_reason, sizeof s->res.finish_reason, "error");
     /* cancelled before it began: no request is built, the first step reports it */
     if (!oai_cancelled(s)) {
-        s->body = oai_request_body(o, req, &s->body_len, &s->prompt_bytes);
+        snprintf(s->model, sizeof s->model, "%s", req->model && *req->model ? req->model : o->model);
+        s->body = oai_request_body(o, req, s->model, &s->body_len, &s->prompt_bytes);
         s->sse = chat_sse_new(oai_on_event, s, OAI_MAX_EVENT_BYTES);
-        s->headers = s->body && s->sse ? oai_headers(o->key) : NULL;
+        s->headers = s->body && s->sse ? oai_headers(o) : NULL;
         if (!s->headers) {
             oai_gen_free(s);
             return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
@@ -769,7 +890,7 @@ static int oai_gen_new(void *state, void *loop_state, const chat_llm_request *re
     return 0;
 }
 
-/* The first-token, stall or [DONE]-grace timer of a transfer, or the end of a backoff. */
+/* The first-token, stall or [DONE]-grace timer of a transfer. */
 static int64_t oai_gen_deadline(const void *gen)
 {
     const chat_openai_gen *s = gen;
@@ -778,14 +899,13 @@ static int64_t oai_gen_deadline(const void *gen)
         if (s->done) return s->done_ms + OAI_DONE_GRACE_MS;
         if (!s->got_content) return s->attempt_t0 + s->o->first_ms;
         return s->last_byte_ms + s->o->stall_ms;
-    case OAI_BACKOFF: return s->backoff_until;
     case OAI_PENDING:
     case OAI_FINISHED: break;
     }
     return INT64_MIN;
 }
 
-/* Starts an attempt (the first, or a retry after its backoff), applies the cancel flag and the timers. */
+/* Starts the attempt, applies the cancel flag and the timers. */
 static bool oai_gen_step(void *gen, int64_t now)
 {
     chat_openai_gen *s = gen;
@@ -808,19 +928,13 @@ static bool oai_gen_step(void *gen, int64_t now)
         else if (s->got_content && now - s->last_byte_ms >= s->o->stall_ms)
             oai_end_attempt(s, false, CURLE_OK, false, 2);
         break;
-    case OAI_BACKOFF:
-        if (oai_cancelled(s))
-            oai_finish(s, chat_fail(s->err, sizeof s->err, CHAT_ECANCELLED, "generation cancelled"));
-        else if (now >= s->backoff_until)
-            oai_begin_attempt(s);
-        break;
     case OAI_FINISHED: break;
     }
     return s->state == OAI_FINISHED;
 }
 
 /* The transfer ended (CURLMSG_DONE with cc), or, with !completed, the multi handle failed: the
- * generation finishes or backs off before its retry, and the loop hears that its deadline moved. */
+ * generation finishes, and the loop hears that its deadline moved. */
 static void oai_transfer_done(chat_openai_gen *s, bool completed, CURLcode cc)
 {
     if (s->state != OAI_TRANSFER) return;
@@ -835,6 +949,28 @@ static int oai_gen_outcome(const void *gen, const chat_llm_result **res, const c
     if (res) *res = &s->res;
     if (err) *err = s->err;
     return s->rc;
+}
+
+static void oai_gen_attempt(const void *gen, chat_llm_outcome *outcome, const char **model, int64_t *retry_after_ms)
+{
+    const chat_openai_gen *s = gen;
+    *outcome = s->outcome;
+    *model = s->model;
+    *retry_after_ms = s->retry_after_ms;
+}
+
+/* The same body and headers again, from the pending state. */
+static int oai_gen_rewind(void *gen)
+{
+    chat_openai_gen *s = gen;
+    if (s->state != OAI_FINISHED || !s->body || s->res.tokens_emitted) return CHAT_EINVAL;
+    memset(&s->res, 0, sizeof s->res);
+    snprintf(s->res.finish_reason, sizeof s->res.finish_reason, "error");
+    s->rc = 0;
+    s->err[0] = '\0';
+    s->outcome = CHAT_LLM_OUTCOME_ERROR;
+    s->state = OAI_PENDING;
+    return 0;
 }
 
 /* ---- the loop's share: one multi handle, driven through libcurl's socket interface ---- */

@@ -2,9 +2,10 @@
  * llama.cpp server, vLLM...) with stream: true, read through chat_sse with libcurl.
  *
  * Failures become clear errors: HTTP 401/403 (bad key), 429 (rate limited), 5xx, a stream that ends
- * without [DONE], garbage; connect, first-token and stall timeouts; one retry before the first token on
- * transient failures (connect error, 429, 5xx). The API key is sent only in the Authorization header and
- * never logged.
+ * without [DONE], garbage; connect, first-token and stall timeouts; each attempt classed
+ * (chat_llm_outcome) for the chain's retries and fallbacks (chat_llm.h), Retry-After / retry-after-ms
+ * passed on. Extra headers and body fields (LLM_EXTRA_HEADERS, LLM_EXTRA_BODY) go with every request.
+ * The API key is sent only in the Authorization header and never logged.
  *
  * Callers use chat_llm (chat_llm_generate, or chat_llm_start on a chat_llm_loop); what is here is the
  * provider's settings object and its chunk parser, public for tests. */

@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "chat_common.h"
 #include "chat_util.h"
@@ -106,6 +107,30 @@ int chat_paced_outcome(const void *gen, const chat_llm_result **res, const char 
     if (res) *res = &g->res;
     if (err) *err = g->err;
     return g->rc;
+}
+
+void chat_paced_attempt(const void *gen, chat_llm_outcome *outcome, const char **model, int64_t *retry_after_ms)
+{
+    const paced *g = gen;
+    *outcome = !g->rc                     ? CHAT_LLM_OUTCOME_OK
+               : g->rc == CHAT_ECANCELLED ? CHAT_LLM_OUTCOME_CANCELLED
+                                          : CHAT_LLM_OUTCOME_ERROR;
+    *model = "";
+    *retry_after_ms = -1;
+}
+
+int chat_paced_rewind(void *gen)
+{
+    paced *g = gen;
+    int prompt_tokens = g->res.prompt_tokens;
+    g->next = 0;
+    g->finished = false;
+    g->rc = 0;
+    g->err[0] = '\0';
+    memset(&g->res, 0, sizeof g->res);
+    g->res.prompt_tokens = prompt_tokens;
+    snprintf(g->res.finish_reason, sizeof g->res.finish_reason, "stop");
+    return 0;
 }
 
 void chat_paced_free(void *gen)

@@ -28,6 +28,10 @@ int64_t chat_paced_deadline(const void *gen);
  * went out and more remain, CHAT_ECANCELLED ("cancelled") on the flag or a non-zero token callback. */
 bool chat_paced_step(void *gen, int64_t now);
 int chat_paced_outcome(const void *gen, const chat_llm_result **res, const char **err);
+/* OK, CANCELLED or ERROR (out of memory) after rc; no model, no Retry-After. */
+void chat_paced_attempt(const void *gen, chat_llm_outcome *outcome, const char **model, int64_t *retry_after_ms);
+/* Back to the first piece. 0. */
+int chat_paced_rewind(void *gen);
 void chat_paced_free(void *gen); /* accepts NULL */
 
 #endif

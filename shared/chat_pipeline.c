@@ -35,6 +35,7 @@
 #include <strings.h>
 
 #include "chat_agent.h"
+#include "chat_agent_cfg.h"
 #include "chat_classify.h"
 #include "chat_common.h"
 #include "chat_customer.h"
@@ -75,6 +76,7 @@ struct chat_pipeline {
     chat_config cfg;
     chat_db *db;
     chat_llm *llm;
+    chat_agent_cfg *agents; /* each agent's prompt and model settings, reloaded on SIGHUP */
     chat_classifier *clf;
     chat_kb_stats *kb_stats;
     chat_kb_stats *own_stats; /* NULL when the caller's shared one is used */
@@ -101,6 +103,8 @@ chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errle
     }
     p->llm = chat_llm_new(cfg, err, errlen);
     if (!p->llm) goto fail;
+    p->agents = chat_agent_cfg_new(cfg->prompts_dir, err, errlen);
+    if (!p->agents) goto fail;
     return p;
 fail:
     chat_pipeline_free(p);
@@ -110,6 +114,7 @@ fail:
 void chat_pipeline_free(chat_pipeline *p)
 {
     if (!p) return;
+    chat_agent_cfg_free(p->agents);
     chat_llm_free(p->llm);
     chat_classifier_free(p->clf);
     chat_kb_stats_free(p->own_stats);
@@ -204,6 +209,13 @@ typedef struct run_ctx {
     bool truncated;         /* stopped at max_bytes */
 } run_ctx;
 
+/* max_tokens is the provider's limit; this one holds even when a provider ignores it. */
+static void set_answer_limit(run_ctx *c, int max_tokens)
+{
+    size_t max_bytes = (size_t)(max_tokens > 0 ? max_tokens : 0) * ANSWER_BYTES_PER_TOKEN;
+    c->max_bytes = max_bytes < ANSWER_MIN_BYTES ? ANSWER_MIN_BYTES : max_bytes;
+}
+
 static int on_token(void *ud, const char *text, size_t len)
 {
     run_ctx *c = ud;
@@ -236,16 +248,13 @@ static int fail_event(const chat_sink *s, int rc, const char *code, const char *
 
 static bool cancelled(const atomic_int *cancel) { return cancel && atomic_load(cancel); }
 
-/* System prompt: the agent's role, the customer, and the numbered passages to ground on. */
-static char *build_system_prompt(const char *agent, const char *customer, const chat_kb_result *kb)
+/* System prompt: the agent's prompt (its file in the prompts folder), the customer, and the passages to
+ * ground on, each under its source. */
+static char *build_system_prompt(const char *prompt, const char *customer, const chat_kb_result *kb)
 {
     chat_buf b;
     chat_buf_init(&b);
-    chat_buf_printf(&b,
-                    "You are the Seawind Marine %s assistant for boat owners. Answer from the context below only; "
-                    "if the answer is not in it, say so plainly. Be concise, keep figures exact with their "
-                    "units, and name the sources you used in brackets, e.g. [seawind-250/specs.md].\n",
-                    agent);
+    chat_buf_printf(&b, "%s\n", prompt);
     if (customer) chat_buf_printf(&b, "\nCustomer on file:\n%s\n", customer);
     chat_buf_puts(&b, "\nContext:\n");
     for (size_t i = 0; kb && i < kb->n; i++)
@@ -260,6 +269,23 @@ static json_object *json_double(double v, const char *fmt)
     char text[32];
     snprintf(text, sizeof text, fmt, v);
     return json_object_new_double_s(strtod(text, NULL), text);
+}
+
+/* The model's attempts (chat_llm_result.attempts): [{"provider","model","outcome","ms"}], model null for a
+ * provider without models. */
+static json_object *attempts_json(const chat_llm_result *lr)
+{
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < lr->n_attempts && i < CHAT_LLM_MAX_ATTEMPTS; i++) {
+        const chat_llm_attempt *at = &lr->attempts[i];
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "provider", json_object_new_string(at->provider ? at->provider : ""));
+        json_object_object_add(o, "model", at->model[0] ? json_object_new_string(at->model) : NULL);
+        json_object_object_add(o, "outcome", json_object_new_string(chat_llm_outcome_name(at->outcome)));
+        json_object_object_add(o, "ms", json_object_new_int(at->ms));
+        json_object_array_add(a, o);
+    }
+    return a;
 }
 
 static char *build_metadata(const char *agent, double confidence, const chat_kb_result *kb, const char *finish,
@@ -297,6 +323,7 @@ static char *build_metadata(const char *agent, double confidence, const chat_kb_
     json_object_object_add(t, "total_ms", json_double((double)(now - c->t0_us) / 1000.0, "%.3f"));
     json_object_object_add(m, "timings", t);
     json_object_object_add(m, "provider", json_object_new_string(provider));
+    json_object_object_add(m, "attempts", attempts_json(lr));
     char *out = strdup(json_object_to_json_string_ext(m, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(m);
     return out;
@@ -322,6 +349,7 @@ struct chat_run {
     double confidence;
     int64_t retrieval_us;
     char model_id[64]; /* "" when no model is in question */
+    char llm_model[256]; /* the agent's model setting (lreq.model), "" for the provider's own */
     char rid[37];      /* the request id made up when the request has none */
     /* the model's outcome (chat_run_set_outcome) */
     int gen_rc;
@@ -495,12 +523,10 @@ static chat_run *run_new(chat_pipeline *p, const chat_request *req, const chat_s
     t->sink = *sink;
     t->cancel = cancel;
     t->agent = chat_agent_fallback()->name;
-    /* max_tokens is the provider's limit; this one holds even when a provider ignores it */
-    size_t max_bytes = (size_t)p->cfg.llm_max_tokens * ANSWER_BYTES_PER_TOKEN;
     int64_t now = chat_now_us();
     int64_t t0 = req->accepted_us > 0 && req->accepted_us <= now ? req->accepted_us : now;
-    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0,
-                     .max_bytes = max_bytes < ANSWER_MIN_BYTES ? ANSWER_MIN_BYTES : max_bytes};
+    t->c = (run_ctx){.sink = &t->sink, .t0_us = t0, .queue_us = now - t0};
+    set_answer_limit(&t->c, p->cfg.llm_max_tokens); /* the agent's own, once it is known */
     chat_buf_init(&t->c.response);
     return t;
 }
@@ -621,7 +647,11 @@ static int stage_retrieve(begin_state *s)
 static int stage_prompt(begin_state *s)
 {
     chat_run *t = s->t;
-    t->system = build_system_prompt(t->agent, t->customer_text, &t->kb);
+    const chat_agent_settings *as = chat_agent_cfg_get(s->p->agents, t->agent);
+    int max_tokens = as->max_tokens > 0 ? as->max_tokens : s->p->cfg.llm_max_tokens;
+    snprintf(t->llm_model, sizeof t->llm_model, "%s", as->model);
+    set_answer_limit(&t->c, max_tokens);
+    t->system = build_system_prompt(as->prompt, t->customer_text, &t->kb);
     size_t nmsg = 0;
     t->msgs = calloc(t->hist.n + 2, sizeof *t->msgs);
     if (!t->system || !t->msgs) return fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
@@ -632,7 +662,10 @@ static int stage_prompt(begin_state *s)
     t->lreq = (chat_llm_request){
         .messages = t->msgs,
         .n_messages = nmsg,
-        .max_tokens = s->p->cfg.llm_max_tokens,
+        .max_tokens = max_tokens,
+        .model = t->llm_model[0] ? t->llm_model : NULL,
+        .has_temperature = as->has_temperature,
+        .temperature = as->temperature,
         .question = t->query,
         .agent = t->agent,
         .passages = &t->kb,
@@ -709,6 +742,12 @@ void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, c
     snprintf(t->gen_err, sizeof t->gen_err, "%s", err ? err : "");
 }
 
+/* The provider that answered (a fallback of the chain, maybe); the chain's first when none ran. */
+static const char *answered_by(const chat_pipeline *p, const chat_llm_result *lr)
+{
+    return lr->provider ? lr->provider : chat_llm_provider_name(p->llm);
+}
+
 /* The metadata for the run's outcome; NULL after the error event was emitted (the model failed before
  * any text, or out of memory), with *rc its code. */
 /* The answer's figures for the operators' scrape (chat_metrics.h): latencies by agent from the
@@ -716,7 +755,7 @@ void chat_run_set_outcome(chat_run *t, int gen_rc, const chat_llm_result *res, c
 static void record_metrics(chat_pipeline *p, const chat_run *t, const char *finish)
 {
     unsigned agent = chat_metric_label(CHAT_METRIC_LABEL_AGENT, t->agent);
-    unsigned provider = chat_metric_label(CHAT_METRIC_LABEL_PROVIDER, chat_llm_provider_name(p->llm));
+    unsigned provider = chat_metric_label(CHAT_METRIC_LABEL_PROVIDER, answered_by(p, &t->gen_res));
     if (t->c.first_token_us)
         chat_metric_observe(CHAT_METRIC_TTFT, agent, (double)(t->c.first_token_us - t->c.t0_us) / 1e6);
     chat_metric_observe(CHAT_METRIC_E2E, agent, (double)(chat_now_us() - t->c.t0_us) / 1e6);
@@ -747,7 +786,7 @@ static char *run_metadata(chat_pipeline *p, chat_run *t, int *rc)
     }
     record_metrics(p, t, finish);
     char *metadata = build_metadata(t->agent, t->confidence, &t->kb, finish, lr, &t->c, t->retrieval_us,
-                                    t->model_id[0] ? t->model_id : NULL, chat_llm_provider_name(p->llm));
+                                    t->model_id[0] ? t->model_id : NULL, answered_by(p, lr));
     if (!metadata) *rc = fail_event(&t->sink, CHAT_ENOMEM, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
     return metadata;
 }

@@ -43,7 +43,8 @@ typedef struct chat_sink {
     /* New text. Return non-zero to stop generation (the client went away). */
     int (*token)(void *ud, const char *text, size_t len);
     /* metadata_json: {"agent","confidence","context":{"sources":[...],"passages","model"?},"finish_reason",
-     * "usage":{...},"timings":{...},"provider","stored"} (the history keeps it without "stored") */
+     * "usage":{...},"timings":{...},"provider","attempts":[{"provider","model","outcome","ms"}],"stored"}
+     * (the history keeps it without "stored") */
     void (*complete)(void *ud, const char *response, const char *session_id, const char *metadata_json);
     /* code: a CHAT_CODE_* string; message: client-safe */
     void (*error)(void *ud, const char *code, const char *message);

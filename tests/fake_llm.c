@@ -10,6 +10,10 @@
  *   fake-401          401 with an OpenAI-style error body
  *   fake-429          odd-numbered requests get 429 (Retry-After: 1), even ones fake-ok: a retry succeeds
  *   fake-429-always   429 every time (no Retry-After)
+ *   fake-429-first-N  rate-limits, then recovers: of each N + 1 requests for this model name, the first N
+ *                     get 429 with Retry-After: 1 and retry-after-ms: 50 (what OpenAI sends; clients that
+ *                     know it wait 50 ms), the next one fake-ok. N from 1 to 99.
+ *   fake-503-always   503 every time: a provider that is down
  *   fake-500-once     odd-numbered requests get 500, even ones fake-ok
  *   fake-disconnect   drops the connection in the middle of an HTTP chunk after 4 content chunks
  *   fake-stall        3 content chunks, then silence for 30 s
@@ -33,9 +37,12 @@
  * events in one chunk; a ": keep-alive" comment and an OpenRouter-style ": OPENROUTER PROCESSING" line.
  *
  * GET /debug/last returns what the last completion request looked like (whether an Authorization header
- * was present, never its value; its messages' text, up to 256 KB, as "prompt"), plus request counters,
- * so tests can check the client's request, what the model was told, and retries. GET /health answers "ok". One thread per connection; SIGTERM/SIGINT end the process. */
+ * was present, never its value; its messages' text, up to 256 KB, as "prompt"; the first system message
+ * as "system"; "temperature", null when absent; the whole JSON body as "body" and every header but
+ * Authorization as "headers", names in lower case), plus request counters, so tests can check the
+ * client's request, what the model was told, and retries. GET /health answers "ok". One thread per connection; SIGTERM/SIGINT end the process. */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <netinet/in.h>
@@ -77,13 +84,15 @@ enum scenario {
     SC_UTF8,
     SC_EMPTY,
     SC_ENDLESS,
+    SC_503_ALWAYS,
+    SC_429_FIRST, /* named with its count: fake-429-first-N */
     SC_COUNT
 };
 static const char *sc_names[SC_COUNT] = {
     "fake-ok",         "fake-401",         "fake-429",        "fake-429-always", "fake-500-once",
     "fake-disconnect", "fake-stall",       "fake-slow-first", "fake-garbage",    "fake-no-done",
     "fake-length",     "fake-error-event", "fake-utf8",       "fake-empty",
-    "fake-endless",
+    "fake-endless",    "fake-503-always",  "fake-429-first-",
 };
 
 static const char utf8_text[] =
@@ -95,11 +104,20 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static long g_requests;         /* completion requests, all models */
 static long g_counts[SC_COUNT]; /* per scenario, drives the "once" scenarios */
 static struct {
+    char model[128];
+    long n;
+} g_named[64]; /* requests per model name, for the scenarios whose name carries a count */
+static int g_n_named;
+static struct {
     bool authorization_present, accept_event_stream, content_type_json, stream, include_usage;
     int max_tokens, messages;
     char model[128];
     char path[256];
     char *prompt; /* the messages' contents, each after "role: ", one per line; bounded by MAX_PROMPT */
+    char *system; /* the first system message's content, NULL when none */
+    json_object *temperature; /* NULL when the request had none */
+    json_object *body;        /* the whole request body */
+    json_object *headers;     /* name (lower case) -> value, every header but Authorization */
 } g_last;
 
 #define MAX_PROMPT (256 * 1024)
@@ -110,13 +128,15 @@ typedef struct request {
     bool auth, accept_sse, json_ct, expect_continue, close;
     size_t content_length;
     char *body;
+    json_object *headers; /* name (lower case) -> value, Authorization left out */
 } request;
 
 /* What the completion handler needs from the request body. */
 typedef struct completion {
     char model[128];
     enum scenario sc;
-    long nth; /* this request's number within its scenario, from 1 */
+    long nth; /* this request's number within its scenario (fake-429-first-N: its model name), from 1 */
+    int first_n; /* fake-429-first-N: N */
     int messages;
     size_t content_bytes;
     char words[256]; /* first five words of the last user message */
@@ -478,6 +498,17 @@ static void first_words(const char *s, char *out, size_t outlen)
     out[k] = '\0';
 }
 
+/* The number of this request among those for model, from 1. Under g_mu. */
+static long named_count(const char *model)
+{
+    for (int i = 0; i < g_n_named; i++)
+        if (!strcmp(g_named[i].model, model)) return ++g_named[i].n;
+    if (g_n_named == (int)CHAT_ARRAY_LEN(g_named)) return 1;
+    snprintf(g_named[g_n_named].model, sizeof g_named[0].model, "%s", model);
+    g_named[g_n_named].n = 1;
+    return g_named[g_n_named++].n;
+}
+
 /* Returns whether the connection can be kept. */
 static bool handle_completion(int fd, const request *r)
 {
@@ -498,13 +529,18 @@ static bool handle_completion(int fd, const request *r)
     c.sc = SC_OK;
     for (int i = 0; i < SC_COUNT; i++)
         if (!strcmp(model, sc_names[i])) c.sc = (enum scenario)i;
+    size_t plen = strlen(sc_names[SC_429_FIRST]);
+    if (!strncmp(model, sc_names[SC_429_FIRST], plen) && atoi(model + plen) > 0 && atoi(model + plen) < 100)
+        c.sc = SC_429_FIRST, c.first_n = atoi(model + plen);
     c.stream = json_object_object_get_ex(root, "stream", &v) && json_object_get_boolean(v);
     int max_tokens = json_object_object_get_ex(root, "max_tokens", &v) ? json_object_get_int(v) : 0;
     json_object *so = NULL;
     bool include_usage = json_object_object_get_ex(root, "stream_options", &so) &&
                          json_object_object_get_ex(so, "include_usage", &v) && json_object_get_boolean(v);
+    json_object *temperature = NULL;
+    json_object_object_get_ex(root, "temperature", &temperature);
     c.messages = (int)json_object_array_length(msgs);
-    const char *last_user = NULL;
+    const char *last_user = NULL, *system = NULL;
     chat_buf prompt;
     chat_buf_init(&prompt);
     for (int i = 0; i < c.messages; i++) {
@@ -513,6 +549,8 @@ static bool handle_completion(int fd, const request *r)
             c.content_bytes += (size_t)json_object_get_string_len(content);
             bool has_role = json_object_object_get_ex(m, "role", &role);
             if (has_role && !strcmp(json_object_get_string(role), "user")) last_user = json_object_get_string(content);
+            if (has_role && !strcmp(json_object_get_string(role), "system") && !system)
+                system = json_object_get_string(content);
             if (prompt.len < MAX_PROMPT)
                 chat_buf_printf(&prompt, "%s: %.*s\n", has_role ? json_object_get_string(role) : "?",
                                 (int)(MAX_PROMPT - prompt.len), json_object_get_string(content));
@@ -523,6 +561,7 @@ static bool handle_completion(int fd, const request *r)
     pthread_mutex_lock(&g_mu);
     g_requests++;
     c.nth = ++g_counts[c.sc];
+    if (c.sc == SC_429_FIRST) c.nth = named_count(c.model);
     g_last.authorization_present = r->auth;
     g_last.accept_event_stream = r->accept_sse;
     g_last.content_type_json = r->json_ct;
@@ -534,6 +573,14 @@ static bool handle_completion(int fd, const request *r)
     snprintf(g_last.path, sizeof g_last.path, "%s", r->path);
     free(g_last.prompt);
     g_last.prompt = chat_buf_take(&prompt);
+    free(g_last.system);
+    g_last.system = system ? strdup(system) : NULL;
+    json_object_put(g_last.temperature);
+    g_last.temperature = json_object_get(temperature);
+    json_object_put(g_last.body);
+    g_last.body = json_object_get(root);
+    json_object_put(g_last.headers);
+    g_last.headers = json_object_get(r->headers);
     pthread_mutex_unlock(&g_mu);
     json_object_put(root);
 
@@ -550,6 +597,16 @@ static bool handle_completion(int fd, const request *r)
         break;
     case SC_429_ALWAYS:
         send_error(fd, 429, "Too Many Requests", "Rate limit reached", "rate_limit_error", NULL);
+        return true;
+    case SC_429_FIRST:
+        if ((c.nth - 1) % (c.first_n + 1) < c.first_n) {
+            send_error(fd, 429, "Too Many Requests", "Rate limit reached, retry later", "rate_limit_error",
+                       "Retry-After: 1\r\nretry-after-ms: 50\r\n");
+            return true;
+        }
+        break;
+    case SC_503_ALWAYS:
+        send_error(fd, 503, "Service Unavailable", "The engine is currently overloaded", "server_error", NULL);
         return true;
     case SC_500_ONCE:
         if (c.nth % 2 == 1) {
@@ -583,6 +640,10 @@ static void handle_debug_last(int fd)
     json_object_object_add(o, "path", json_object_new_string(g_last.path));
     json_object_object_add(o, "messages", json_object_new_int(g_last.messages));
     json_object_object_add(o, "prompt", json_object_new_string(g_last.prompt ? g_last.prompt : ""));
+    json_object_object_add(o, "system", g_last.system ? json_object_new_string(g_last.system) : NULL);
+    json_object_object_add(o, "temperature", json_object_get(g_last.temperature));
+    json_object_object_add(o, "body", json_object_get(g_last.body));
+    json_object_object_add(o, "headers", json_object_get(g_last.headers));
     json_object_object_add(o, "requests", json_object_new_int64(g_requests));
     pthread_mutex_unlock(&g_mu);
     send_simple(fd, 200, "OK", "application/json", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), NULL);
@@ -629,10 +690,27 @@ static bool header_is(const char *line, size_t len, const char *name, const char
     return true;
 }
 
-/* Reads one request from fd (in holds bytes already read). 1 = got one, 0 = connection done. */
+/* Adds "Name: value" to headers as name (lower case) -> value, except Authorization (never shown). */
+static void record_header(json_object *headers, const char *line, size_t len)
+{
+    const char *colon = memchr(line, ':', len);
+    if (!colon || colon == line || colon - line >= 64) return;
+    char name[64];
+    size_t n = (size_t)(colon - line);
+    for (size_t i = 0; i < n; i++) name[i] = (char)tolower((unsigned char)line[i]);
+    name[n] = '\0';
+    if (!strcmp(name, "authorization")) return;
+    const char *v = colon + 1, *end = line + len;
+    while (v < end && (*v == ' ' || *v == '\t')) v++;
+    json_object_object_add(headers, name, json_object_new_string_len(v, (int)(end - v)));
+}
+
+/* Reads one request from fd (in holds bytes already read). 1 = got one, 0 = connection done (the
+ * request's headers are freed then; otherwise by the caller, with the body). */
 static int read_request(int fd, chat_buf *in, request *r)
 {
     memset(r, 0, sizeof *r);
+    r->headers = json_object_new_object();
     char tmp[8192];
     char *end;
     while (!(end = in->len ? memmem(in->data, in->len, "\r\n\r\n", 4) : NULL)) {
@@ -653,6 +731,7 @@ static int read_request(int fd, chat_buf *in, request *r)
         if (!eol) break;
         size_t len = (size_t)(eol - line), vlen;
         const char *v;
+        record_header(r->headers, line, len);
         if (header_is(line, len, "Content-Length", &v, &vlen))
             r->content_length = strtoul(v, NULL, 10);
         else if (header_is(line, len, "Authorization", &v, &vlen))
@@ -696,11 +775,15 @@ static void *conn_main(void *arg)
     chat_buf in;
     chat_buf_init(&in);
     request r;
+    memset(&r, 0, sizeof r);
     while (!g_stop && read_request(fd, &in, &r) == 1) {
         bool keep = handle(fd, &r) && !r.close;
         free(r.body);
+        json_object_put(r.headers);
+        r.headers = NULL;
         if (!keep) break;
     }
+    json_object_put(r.headers); /* a request cut short */
     chat_buf_free(&in);
     close(fd);
     atomic_fetch_sub(&g_conns, 1);

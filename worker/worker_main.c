@@ -12,7 +12,9 @@
  * - Restarts back off (100 ms doubling to 5 s) while children die young, so a broken configuration does
  *   not fork in a tight loop; a child that lived 10 s resets its back-off.
  * - SIGTERM/SIGINT: forwarded to the children, which finish their job in flight within
- *   CHAT_SHUTDOWN_GRACE_S; stragglers get SIGKILL after grace + 10 s. Exit 0. */
+ *   CHAT_SHUTDOWN_GRACE_S; stragglers get SIGKILL after grace + 10 s. Exit 0.
+ * - SIGHUP: forwarded to the children, whose pipelines reload the agents' prompts and model settings
+ *   (chat_agent_cfg.h) before their next answer. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat_agent_cfg.h"
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_curve.h"
@@ -53,6 +56,7 @@ static void install_signals(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    chat_agent_cfg_install_sighup();
 }
 
 typedef struct child {
@@ -97,7 +101,13 @@ static int supervise(const chat_config *cfg, int n)
     for (int i = 0; i < n; i++)
         kids[i].backoff_ms = BACKOFF_MIN_MS;
     chat_log_info("supervisor: starting %d workers", n);
+    unsigned reloads = chat_agent_cfg_reload_requests();
     while (!g_stop) {
+        if (reloads != chat_agent_cfg_reload_requests()) { /* SIGHUP: the children reload */
+            reloads = chat_agent_cfg_reload_requests();
+            for (int i = 0; i < n; i++)
+                if (kids[i].pid) kill(kids[i].pid, SIGHUP);
+        }
         int64_t now = chat_now_ms();
         for (int i = 0; i < n; i++) {
             if (kids[i].pid || now < kids[i].restart_at_ms) continue;

@@ -1586,8 +1586,10 @@ static void test_token_batching(void **state)
 
 /* ---------------------------------------------------------------- the openai provider, end to end */
 
-/* A streamer whose one worker process (8 slots) asks the fake OpenAI server for `model`. */
-static pid_t openai_stack(const char *name, int llm_port, const char *model, int *port, pid_t *workers)
+/* A streamer whose one worker process (8 slots) asks the fake OpenAI server for `model`, with the worker's
+ * environment changed further by wextra (NULL-terminated, may be NULL). */
+static pid_t openai_stack_env(const char *name, int llm_port, const char *model, const char *const *wextra, int *port,
+                              pid_t *workers)
 {
     char endpoint[400], zmq[460], base[128], model_env[64], log[64];
     snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
@@ -1595,9 +1597,10 @@ static pid_t openai_stack(const char *name, int llm_port, const char *model, int
     snprintf(base, sizeof base, "LLM_BASE_URL=http://127.0.0.1:%d/v1", llm_port);
     snprintf(model_env, sizeof model_env, "LLM_MODEL=%s", model);
     snprintf(log, sizeof log, "%s-worker", name);
-    const char *wenv[] = {zmq,        "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=8",
-                          "CHAT_LLM_PROVIDER=openai", base, model_env, "LLM_API_KEY=sk-e2e-test",
-                          "LLM_STALL_TIMEOUT_MS=60000", "CHAT_LOG_LEVEL=warn", NULL};
+    const char *wenv[20] = {zmq,        "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=8",
+                            "CHAT_LLM_PROVIDER=openai", base, model_env, "LLM_API_KEY=sk-e2e-test",
+                            "LLM_STALL_TIMEOUT_MS=60000", "CHAT_LOG_LEVEL=warn"};
+    for (size_t i = 10; wextra && *wextra && i + 1 < CHAT_ARRAY_LEN(wenv); i++) wenv[i] = *wextra++;
     const char *wargv[] = {E.bin_worker, NULL};
     *workers = e2e_spawn(wargv, wenv, log_path(log));
     assert_true(*workers > 0);
@@ -1605,6 +1608,11 @@ static pid_t openai_stack(const char *name, int llm_port, const char *model, int
     pid_t pid = streamer_start(name, endpoint, extra, port);
     wait_workers(*port, 8, 10000);
     return pid;
+}
+
+static pid_t openai_stack(const char *name, int llm_port, const char *model, int *port, pid_t *workers)
+{
+    return openai_stack_env(name, llm_port, model, NULL, port, workers);
 }
 
 /* After the first token, waits for the model to fall silent, then cancels. */
@@ -1672,6 +1680,91 @@ static void test_openai_through_worker(void **state)
     assert_string_equal(jstr(a.complete, "response"), a.tokens.data);
     answer_clear(&a);
     expect_usable(c);
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    testutil_fake_llm_stop(llm);
+}
+
+/* The model the fake LLM server was last asked for, and whether its system message opens with prompt. */
+static void expect_last_asked(int llm_port, const char *model, const char *prompt)
+{
+    json_object *last = testutil_fake_llm_last(llm_port);
+    assert_non_null(last);
+    assert_string_equal(jstr(last, "model"), model);
+    const char *system = jstr(last, "system");
+    assert_non_null(system);
+    if (strncmp(system, prompt, strlen(prompt))) fail_msg("system message '%.60s' is not '%s'", system, prompt);
+    json_object_put(last);
+}
+
+/* SIGHUP to the worker supervisor reaches its worker: the next answer is asked with the agent's new prompt
+ * and model from CHAT_PROMPTS_DIR. */
+static void test_sighup_reloads_agent_settings(void **state)
+{
+    (void)state;
+    int llm_port = 0;
+    pid_t llm = testutil_fake_llm_start(&llm_port);
+    assert_true(llm > 0);
+    char dir[512], path[600], env[600];
+    snprintf(dir, sizeof dir, "%s", testutil_copy_dir("prompts", "e2e_prompts"));
+    snprintf(path, sizeof path, "%s/agents.conf", dir);
+    assert_int_equal(testutil_write_file(path, "[specs]\nmodel = fake-before-reload\n"), 0);
+    snprintf(env, sizeof env, "CHAT_PROMPTS_DIR=%s", dir);
+    const char *wextra[] = {env, NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = openai_stack_env("reload", llm_port, "fake-ok", wextra, &port, &workers);
+    chat_wsc *c = open_alice(port);
+    answer a;
+    ask(c, QUESTION, &a);
+    assert_full_answer(&a);
+    answer_clear(&a);
+    expect_last_asked(llm_port, "fake-before-reload", "You are the Seawind Marine specs assistant");
+
+    assert_int_equal(testutil_write_file(path, "[specs]\nmodel = fake-after-reload\n"), 0);
+    snprintf(path, sizeof path, "%s/specs.txt", dir);
+    assert_int_equal(testutil_write_file(path, "Reloaded prompt.\n"), 0);
+    assert_int_equal(kill(workers, SIGHUP), 0);
+    e2e_sleep_ms(300); /* the supervisor passes it on within its 50 ms loop */
+    ask(c, QUESTION, &a);
+    assert_full_answer(&a);
+    answer_clear(&a);
+    expect_last_asked(llm_port, "fake-after-reload", "Reloaded prompt.\n");
+    assert_int_equal(e2e_children(workers, (pid_t[1]){0}, 1), 1); /* the worker lived through it */
+
+    chat_wsc_close(c, 1000, NULL);
+    stop_streamer(pid);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    testutil_rmdir(dir);
+    testutil_fake_llm_stop(llm);
+}
+
+/* Through the worker: a provider that is down before its first token is retried, then the chain's
+ * offline provider answers; the complete event says so and lists the attempts. */
+static void test_fallback_through_worker(void **state)
+{
+    (void)state;
+    int llm_port = 0;
+    pid_t llm = testutil_fake_llm_start(&llm_port);
+    assert_true(llm > 0);
+    const char *wextra[] = {"CHAT_LLM_FALLBACK=extractive", "LLM_RETRY_BACKOFF_MS=20", NULL};
+    int port;
+    pid_t workers;
+    pid_t pid = openai_stack_env("fallback", llm_port, "fake-503-always", wextra, &port, &workers);
+    chat_wsc *c = open_alice(port);
+    answer a;
+    ask(c, QUESTION, &a);
+    assert_full_answer(&a);
+    json_object *m = jget(a.complete, "metadata"), *attempts = jget(m, "attempts");
+    assert_string_equal(jstr(m, "provider"), "extractive");
+    assert_non_null(strstr(a.tokens.data, "Seawind 250"));
+    assert_int_equal(json_object_array_length(attempts), 3);
+    static const char *const outcomes[] = {"unavailable", "unavailable", "ok"};
+    for (size_t i = 0; i < 3; i++)
+        assert_string_equal(jstr(json_object_array_get_idx(attempts, i), "outcome"), outcomes[i]);
+    assert_string_equal(jstr(json_object_array_get_idx(attempts, 0), "model"), "fake-503-always");
+    answer_clear(&a);
     chat_wsc_close(c, 1000, NULL);
     stop_streamer(pid);
     assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
@@ -3020,6 +3113,8 @@ int main(void)
         cmocka_unit_test(test_resume_on_another_streamer),
         cmocka_unit_test(test_turns_kept_while_database_away),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
+        cmocka_unit_test(test_sighup_reloads_agent_settings),
+        cmocka_unit_test(test_fallback_through_worker),
     };
     const char *filter = getenv("CMOCKA_TEST_FILTER"); /* e.g. "*slow*" to run one test while debugging */
     if (filter && *filter) cmocka_set_test_filter(filter);

@@ -1,5 +1,9 @@
-/* Tests for chat_llm's provider table and the replay provider: every row of the table has a name and
- * every function, chat_config accepts exactly the table's names; the replay provider streams exactly
+/* Tests for chat_llm's provider table, its chain of providers and the replay provider: every row of the
+ * table has a name and every function, chat_config accepts exactly the table's names and parses
+ * CHAT_LLM_FALLBACK; the chain against the fake LLM server's failure scenarios (a rate limit that
+ * recovers after retries, a provider that always fails and falls back to another endpoint and then the
+ * offline provider, a 401 that is not retried, a failure after the first token that is not fallen back
+ * from), with every attempt in the result and the metrics; the replay provider streams exactly
  * the recorded pieces in order, paced by token_delay_ms (timestamps), stops within 100 ms on cancel
  * (at once after chat_llm_loop_wakeup), gives finish_reason "length" at max_tokens, refuses a missing
  * or malformed recording in chat_llm_new with a message naming the line, and runs many generations at
@@ -18,10 +22,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+#include <sys/types.h>
+
 #include "chat_common.h"
 #include "chat_llm.h"
 #include "chat_llm_provider.h"
+#include "chat_metrics.h"
 #include "chat_util.h"
+#include "testutil.h"
 
 /* The recording most tests replay: what its file holds, line by line, and the pieces it stands for. */
 static const char *const RECORDING[] = {
@@ -40,6 +49,8 @@ static const char *const PIECES[] = {
 #define N_PIECES ((int)CHAT_ARRAY_LEN(PIECES))
 
 static char rec_path[64];
+static pid_t fake_pid = -1;
+static int fake_port;
 
 /* Writes lines (each followed by "\n") to a new temporary file; returns its path (static buffer). */
 static const char *write_file(const char *const *lines, size_t n)
@@ -59,13 +70,18 @@ static int setup(void **state)
 {
     (void)state;
     snprintf(rec_path, sizeof rec_path, "%s", write_file(RECORDING, CHAT_ARRAY_LEN(RECORDING)));
-    return 0;
+    char err[128];
+    if (chat_metrics_init(NULL, "test", err, sizeof err)) return -1;
+    fake_pid = testutil_fake_llm_start(&fake_port);
+    return fake_pid > 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
     unlink(rec_path);
+    testutil_fake_llm_stop(fake_pid);
+    chat_metrics_shutdown();
     return 0;
 }
 
@@ -101,6 +117,7 @@ static void test_table(void **state)
             (const void *)p->loop_attach, (const void *)p->loop_detach,  (const void *)p->loop_fds,
             (const void *)p->loop_work,   (const void *)p->gen_new,      (const void *)p->gen_deadline,
             (const void *)p->gen_step,    (const void *)p->gen_outcome,  (const void *)p->gen_free,
+            (const void *)p->gen_attempt, (const void *)p->gen_rewind,
         };
         for (size_t k = 0; k < CHAT_ARRAY_LEN(fns); k++)
             if (!fns[k]) fail_msg("provider %s lacks function %zu", p->name, k);
@@ -470,6 +487,229 @@ static void test_replay_loop_many(void **state)
     for (int i = 0; i < N; i++) chat_buf_free(&g[i].text);
 }
 
+/* ---- the chain ---- */
+
+/* The openai provider on the fake server's /v1 asking for model, quick back-offs (50 ms doubling, at most
+ * 500 ms), the recording for a replay fallback. */
+static chat_config chain_config(const char *model, int max_attempts)
+{
+    chat_config cfg = replay_config(rec_path, 0);
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "openai");
+    snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", fake_port);
+    snprintf(cfg.llm_api_key, sizeof cfg.llm_api_key, "sk-chain-secret");
+    snprintf(cfg.llm_model, sizeof cfg.llm_model, "%s", model);
+    cfg.llm_connect_timeout_ms = 2000;
+    cfg.llm_first_token_timeout_ms = cfg.llm_stall_timeout_ms = 5000;
+    cfg.llm_max_attempts = max_attempts;
+    cfg.llm_retry_backoff_ms = 50;
+    cfg.llm_retry_max_ms = 500;
+    return cfg;
+}
+
+/* A fallback: "openai:<model>" (the fake server's /alt/v1, another endpoint), or a provider's name. */
+static void add_fallback(chat_config *cfg, const char *spec)
+{
+    chat_llm_fallback *fb = &cfg->llm_fallback[cfg->n_llm_fallback++];
+    memset(fb, 0, sizeof *fb);
+    const char *colon = strchr(spec, ':');
+    snprintf(fb->provider, sizeof fb->provider, "%.*s", colon ? (int)(colon - spec) : (int)strlen(spec), spec);
+    if (!colon) return;
+    snprintf(fb->base_url, sizeof fb->base_url, "http://127.0.0.1:%d/alt/v1", fake_port);
+    snprintf(fb->model, sizeof fb->model, "%s", colon + 1);
+}
+
+
+/* chat_llm_attempts_total{provider,outcome} as this process's scrape says. */
+static long attempts_metric(const char *provider, const char *outcome)
+{
+    chat_buf b;
+    chat_buf_init(&b);
+    assert_int_equal(chat_metrics_render(NULL, &b), 0);
+    char line[160];
+    snprintf(line, sizeof line, "chat_llm_attempts_total{provider=\"%s\",outcome=\"%s\"} ", provider, outcome);
+    const char *at = strstr(b.data, line);
+    assert_non_null(at);
+    long n = strtol(at + strlen(line), NULL, 10);
+    chat_buf_free(&b);
+    return n;
+}
+
+typedef struct chain_case {
+    const char *name;
+    const char *model; /* the first provider's fake scenario */
+    int max_attempts;
+    const char *fallbacks[3]; /* for add_fallback */
+    int rc;
+    const char *err;      /* with rc */
+    const char *provider; /* who answered, or failed last */
+    const char *attempts; /* each "provider/model/outcome" ("-": no model), space-separated */
+    long requests;        /* the fake server saw */
+    const char *finish;
+    int tokens;       /* -1: some */
+    const char *path; /* of the fake's last request; NULL: not checked */
+    int min_ms, max_ms; /* how long it took (retry-after-ms: 50 is taken over Retry-After: 1) */
+} chain_case;
+
+#define RL2 "openai/fake-429-first-2/rate_limited "
+#define RL3 "openai/fake-429-first-3/rate_limited "
+#define DOWN "openai/fake-503-always/unavailable "
+static const chain_case chain_cases[] = {
+    {"rate-limited twice, then answers (retry-after-ms: 50 honoured)", "fake-429-first-2", 3, {NULL}, 0, NULL,
+     "openai", RL2 RL2 "openai/fake-429-first-2/ok", 3, "stop", -1, "/v1/chat/completions", 90, 900},
+    {"rate-limited more often than it may be asked: the offline provider", "fake-429-first-3", 2, {"extractive"}, 0,
+     NULL, "extractive", RL3 RL3 "extractive/-/ok", 2, "stop", -1, NULL, 40, 2000},
+    {"always down: the other endpoint answers", "fake-503-always", 2, {"openai:fake-ok", "extractive"}, 0, NULL,
+     "openai", DOWN DOWN "openai/fake-ok/ok", 3, "stop", -1, "/alt/v1/chat/completions", 40, 2000},
+    {"always down, the other endpoint too: the offline provider", "fake-503-always", 2,
+     {"openai:fake-503-always", "replay"}, 0, NULL, "replay", DOWN DOWN DOWN DOWN "replay/-/ok", 4, "stop", N_PIECES,
+     "/alt/v1/chat/completions", 80, 2000},
+    {"a 401 is not asked again: the next provider answers", "fake-401", 3, {"extractive"}, 0, NULL, "extractive",
+     "openai/fake-401/auth_error extractive/-/ok", 1, "stop", -1, NULL, 0, 2000},
+    {"a failure after the first token ends the answer: no fallback", "fake-disconnect", 3, {"extractive"}, CHAT_ELLM,
+     "LLM stream ended unexpectedly", "openai", "openai/fake-disconnect/unavailable", 1, "error", 4, NULL, 0, 2000},
+    {"a Retry-After over the cap is not waited for when another provider can answer", "fake-429", 3, {"replay"}, 0,
+     NULL, "replay", "openai/fake-429/rate_limited replay/-/ok", 1, "stop", N_PIECES, NULL, 0, 2000},
+    {"down, nothing to fall back to: every attempt, backing off, then the error", "fake-503-always", 3, {NULL},
+     CHAT_ELLM, "LLM provider unavailable (HTTP 503)", "openai", DOWN DOWN "openai/fake-503-always/unavailable", 3,
+     "error", 0, NULL, 150, 2000},
+};
+
+/* The attempts of r against the case's list, and the metric's counts of them against before. */
+static void check_attempts(const chain_case *k, const chat_llm_result *r, long before[][CHAT_LLM_OUTCOME_COUNT])
+{
+    char want[512];
+    snprintf(want, sizeof want, "%s", k->attempts);
+    long delta[3][CHAT_LLM_OUTCOME_COUNT] = {{0}};
+    int i = 0;
+    for (char *save = NULL, *a = strtok_r(want, " ", &save); a; a = strtok_r(NULL, " ", &save), i++) {
+        char provider[32], model[96], outcome[32];
+        assert_int_equal(sscanf(a, "%31[^/]/%95[^/]/%31s", provider, model, outcome), 3);
+        if (i >= r->n_attempts) fail_msg("%s: attempt %d (%s) missing", k->name, i + 1, a);
+        const chat_llm_attempt *at = &r->attempts[i];
+        if (strcmp(at->provider, provider) || strcmp(at->model, strcmp(model, "-") ? model : "") ||
+            strcmp(chat_llm_outcome_name(at->outcome), outcome))
+            fail_msg("%s: attempt %d is %s/%s/%s, not %s", k->name, i + 1, at->provider, at->model,
+                     chat_llm_outcome_name(at->outcome), a);
+        assert_true(at->ms >= 0);
+        for (size_t p = 0; p < 3; p++)
+            if (!strcmp(chat_llm_provider_name_at(p), provider)) delta[p][at->outcome]++;
+    }
+    if (r->n_attempts != i) fail_msg("%s: %d attempts, not %d", k->name, r->n_attempts, i);
+    for (size_t p = 0; p < 3; p++)
+        for (int o = 0; o < CHAT_LLM_OUTCOME_COUNT; o++) {
+            long now = attempts_metric(chat_llm_provider_name_at(p), chat_llm_outcome_name((chat_llm_outcome)o));
+            if (now - before[p][o] != delta[p][o])
+                fail_msg("%s: chat_llm_attempts_total{%s,%s} moved by %ld, not %ld", k->name,
+                         chat_llm_provider_name_at(p), chat_llm_outcome_name((chat_llm_outcome)o), now - before[p][o],
+                         delta[p][o]);
+        }
+}
+
+static void run_chain_case(const chain_case *k)
+{
+    chat_config cfg = chain_config(k->model, k->max_attempts);
+    for (size_t f = 0; f < CHAT_ARRAY_LEN(k->fallbacks) && k->fallbacks[f]; f++) add_fallback(&cfg, k->fallbacks[f]);
+    char err[256] = "";
+    chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+    if (!llm) fail_msg("%s: %s", k->name, err);
+    assert_string_equal(chat_llm_provider_name(llm), "openai");
+    long before[3][CHAT_LLM_OUTCOME_COUNT];
+    for (size_t p = 0; p < 3; p++)
+        for (int o = 0; o < CHAT_LLM_OUTCOME_COUNT; o++)
+            before[p][o] = attempts_metric(chat_llm_provider_name_at(p), chat_llm_outcome_name((chat_llm_outcome)o));
+    long requests = testutil_fake_llm_requests(fake_port);
+    piece_log l = {0};
+    chat_llm_result res;
+    int64_t t0 = chat_now_ms();
+    chat_llm_request req = {.messages = prompt,
+                            .n_messages = CHAT_ARRAY_LEN(prompt),
+                            .question = "What powers the 250?",
+                            .agent = "specs",
+                            .model = k->model}; /* the first provider's: the fallbacks keep their own */
+    int rc = chat_llm_generate(llm, &req, log_piece, &l, NULL, &res, err, sizeof err);
+    int64_t ms = chat_now_ms() - t0;
+    if (rc != k->rc) fail_msg("%s: rc %s (%s), not %s", k->name, chat_strerror(rc), err, chat_strerror(k->rc));
+    if (k->err) assert_string_equal(err, k->err);
+    assert_null(strstr(err, "sk-chain-secret"));
+    assert_string_equal(res.provider, k->provider);
+    assert_string_equal(res.finish_reason, k->finish);
+    assert_int_equal(res.tokens_emitted, l.n);
+    if (k->tokens >= 0) assert_int_equal(l.n, k->tokens);
+    else assert_true(l.n > 0);
+    long asked = testutil_fake_llm_requests(fake_port) - requests;
+    if (asked != k->requests) fail_msg("%s: %ld requests, not %ld", k->name, asked, k->requests);
+    if (k->path) {
+        json_object *last = testutil_fake_llm_last(fake_port), *v;
+        assert_true(last && json_object_object_get_ex(last, "path", &v));
+        assert_string_equal(json_object_get_string(v), k->path);
+        json_object_put(last);
+    }
+    if (ms < k->min_ms || ms > k->max_ms)
+        fail_msg("%s: took %lld ms, not %d..%d", k->name, (long long)ms, k->min_ms, k->max_ms);
+    check_attempts(k, &res, before);
+    chat_llm_free(llm);
+}
+
+static void test_chain_scenarios(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(chain_cases); i++) run_chain_case(&chain_cases[i]);
+}
+
+/* CHAT_LLM_FALLBACK and each fallback's own settings from the environment; what is refused, by name. */
+static void test_chain_config(void **state)
+{
+    (void)state;
+    static const char *const vars[] = {"CHAT_LLM_FALLBACK", "LLM_FALLBACK_1_API_KEY", "LLM_FALLBACK_1_MODEL",
+                                       "LLM_FALLBACK_1_EXTRA_HEADERS", "LLM_MODEL", "CHAT_LLM_PROVIDER"};
+    char err[256];
+    chat_config cfg;
+    setenv("CHAT_LLM_FALLBACK", " openai:https://other.example/v1 , extractive", 1);
+    setenv("LLM_FALLBACK_1_API_KEY", "sk-other", 1);
+    setenv("LLM_FALLBACK_1_EXTRA_HEADERS", "{\"X-Title\":\"chat\"}", 1);
+    setenv("LLM_MODEL", "main-model", 1);
+    if (chat_config_from_env(&cfg, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(cfg.n_llm_fallback, 2);
+    assert_string_equal(cfg.llm_fallback[0].provider, "openai");
+    assert_string_equal(cfg.llm_fallback[0].base_url, "https://other.example/v1");
+    assert_string_equal(cfg.llm_fallback[0].api_key, "sk-other");
+    assert_string_equal(cfg.llm_fallback[0].model, "main-model"); /* LLM_MODEL unless its own is set */
+    assert_string_equal(cfg.llm_fallback[0].extra_headers, "{\"X-Title\":\"chat\"}");
+    assert_string_equal(cfg.llm_fallback[1].provider, "extractive");
+    assert_int_equal(cfg.llm_max_attempts, 2);
+    assert_int_equal(cfg.llm_retry_backoff_ms, 300);
+    assert_int_equal(cfg.llm_retry_max_ms, 2000);
+    setenv("LLM_FALLBACK_1_MODEL", "other-model", 1);
+    assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), 0);
+    assert_string_equal(cfg.llm_fallback[0].model, "other-model");
+    chat_llm *llm = chat_llm_new(&cfg, err, sizeof err); /* extractive first, then the two */
+    if (!llm) fail_msg("%s", err);
+    assert_string_equal(chat_llm_provider_name(llm), "extractive");
+    assert_false(chat_llm_instant(llm)); /* an openai fallback waits */
+    chat_llm_free(llm);
+
+    static const struct {
+        const char *value, *err;
+    } bad[] = {
+        {"magic", "each entry of CHAT_LLM_FALLBACK must be one of: openai, extractive, replay"},
+        {"openai", "openai takes a URL"},
+        {"extractive:http://x/v1", "the other providers none"},
+        {"extractive,extractive,extractive,extractive", "CHAT_LLM_FALLBACK names more than 3 providers"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(bad); i++) {
+        setenv("CHAT_LLM_FALLBACK", bad[i].value, 1);
+        assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), CHAT_EINVAL);
+        if (!strstr(err, bad[i].err)) fail_msg("'%s': '%s' lacks '%s'", bad[i].value, err, bad[i].err);
+    }
+    /* a fallback's settings are checked when the chain is made, the entry named */
+    setenv("CHAT_LLM_FALLBACK", "openai:http://127.0.0.1:9/v1", 1);
+    setenv("LLM_FALLBACK_1_EXTRA_HEADERS", "[1]", 1);
+    assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), 0);
+    assert_null(chat_llm_new(&cfg, err, sizeof err));
+    assert_non_null(strstr(err, "CHAT_LLM_FALLBACK entry 1 (LLM_FALLBACK_1_*): LLM_EXTRA_HEADERS must be"));
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(vars); i++) unsetenv(vars[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +720,8 @@ int main(void)
         cmocka_unit_test(test_replay_cancel),
         cmocka_unit_test(test_replay_bad_files),
         cmocka_unit_test(test_replay_loop_many),
+        cmocka_unit_test(test_chain_config),
+        cmocka_unit_test(test_chain_scenarios),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

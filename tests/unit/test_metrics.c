@@ -41,6 +41,9 @@ static void test_one_process(void **state)
     chat_metric_inc(CHAT_METRIC_ANSWERS, chat_metric_label(CHAT_METRIC_LABEL_FINISH, "cancelled"), 1);
     chat_metric_inc(CHAT_METRIC_ANSWERS, chat_metric_label(CHAT_METRIC_LABEL_FINISH, "weird"), 2);
     chat_metric_inc(CHAT_METRIC_ERRORS, chat_metric_label(CHAT_METRIC_LABEL_CODE, "OVERLOADED"), 1);
+    chat_metric_inc(CHAT_METRIC_LLM_ATTEMPTS, chat_metric_label(CHAT_METRIC_LABEL_ATTEMPT, "openai,rate_limited"), 2);
+    chat_metric_inc(CHAT_METRIC_LLM_ATTEMPTS, chat_metric_label(CHAT_METRIC_LABEL_ATTEMPT, "extractive,ok"), 1);
+    chat_metric_inc(CHAT_METRIC_LLM_ATTEMPTS, chat_metric_label(CHAT_METRIC_LABEL_ATTEMPT, "magic,ok"), 1);
     chat_metric_gauge_add(CHAT_METRIC_WS_CONNECTIONS, 0, 5);
     chat_metric_gauge_add(CHAT_METRIC_WS_CONNECTIONS, 0, -2);
     chat_metric_gauge_set(CHAT_METRIC_WORKERS, 0, 4);
@@ -50,6 +53,11 @@ static void test_one_process(void **state)
     assert_true(sample(t, "chat_answers_total{finish_reason=\"other\"}") == 2);
     assert_true(sample(t, "chat_answers_total{finish_reason=\"length\"}") == 0);
     assert_true(sample(t, "chat_errors_total{code=\"OVERLOADED\"}") == 1);
+    /* a dimension of two labels: each value in two parts; "other" is both */
+    assert_true(sample(t, "chat_llm_attempts_total{provider=\"openai\",outcome=\"rate_limited\"}") == 2);
+    assert_true(sample(t, "chat_llm_attempts_total{provider=\"extractive\",outcome=\"ok\"}") == 1);
+    assert_true(sample(t, "chat_llm_attempts_total{provider=\"openai\",outcome=\"ok\"}") == 0);
+    assert_true(sample(t, "chat_llm_attempts_total{provider=\"other\",outcome=\"other\"}") == 1);
     assert_true(sample(t, "chat_websocket_connections") == 3);
     assert_true(sample(t, "chat_workers_live") == 4);
     assert_non_null(strstr(t, "# TYPE chat_time_to_first_token_seconds histogram\n"));
@@ -163,6 +171,7 @@ static void test_promtool_accepts(void **state)
     assert_int_equal(chat_metrics_init(NULL, "test", NULL, 0), 0);
     chat_metric_observe(CHAT_METRIC_E2E, 0, 0.3);
     chat_metric_inc(CHAT_METRIC_PROMPT_TOKENS, 0, 12);
+    chat_metric_inc(CHAT_METRIC_LLM_ATTEMPTS, 3, 1);
     char *t = render(NULL);
     FILE *p = popen("promtool check metrics >/dev/null 2>&1", "w");
     assert_non_null(p);

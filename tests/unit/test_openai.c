@@ -63,10 +63,8 @@ static json_object *fake_last(void)
 
 static long fake_requests(void)
 {
-    json_object *o = fake_last(), *v;
-    assert_true(json_object_object_get_ex(o, "requests", &v));
-    long n = (long)json_object_get_int64(v);
-    json_object_put(o);
+    long n = testutil_fake_llm_requests(fake_port);
+    assert_true(n >= 0);
     return n;
 }
 
@@ -800,6 +798,75 @@ static void test_new_rejects_bad_config(void **state)
     chat_openai_free(NULL);
 }
 
+/* Extra headers and body fields reach the server (OpenRouter's HTTP-Referer and X-Title, Ollama's
+ * keep_alive and options.num_ctx), the fields the provider sets win over the extra ones, and the
+ * request's model and temperature replace the configured ones. */
+static void test_extra_headers_and_body(void **state)
+{
+    (void)state;
+    chat_config cfg = config_for("fake-ok", "sk-test-secret");
+    snprintf(cfg.llm_extra_headers, sizeof cfg.llm_extra_headers,
+             "{\"HTTP-Referer\":\"https://chat.example\",\"X-Title\":\"Seawind chat\",\"X-Empty\":\"\"}");
+    snprintf(cfg.llm_extra_body, sizeof cfg.llm_extra_body,
+             "{\"keep_alive\":\"5m\",\"options\":{\"num_ctx\":8192},\"model\":\"not-this\",\"stream\":false,"
+             "\"max_tokens\":1}");
+    char err[256];
+    chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+    if (!llm) fail_msg("%s", err);
+    collect col = {.all_valid = true};
+    chat_buf_init(&col.text);
+    chat_llm_request req = {.messages = prompt, .n_messages = CHAT_ARRAY_LEN(prompt), .model = "fake-ok-per-agent",
+                            .has_temperature = true, .temperature = 0.2};
+    chat_llm_result res;
+    assert_int_equal(chat_llm_generate(llm, &req, on_token, &col, NULL, &res, err, sizeof err), 0);
+    json_object *last = fake_last(), *h, *b, *v, *opts;
+    assert_true(json_object_object_get_ex(last, "headers", &h));
+    assert_string_equal(last_str(h, "http-referer"), "https://chat.example");
+    assert_string_equal(last_str(h, "x-title"), "Seawind chat");
+    assert_string_equal(last_str(h, "x-empty"), "");
+    assert_string_equal(last_str(h, "accept"), "text/event-stream");
+    assert_true(json_object_object_get_ex(last, "body", &b));
+    assert_string_equal(last_str(b, "keep_alive"), "5m");
+    assert_true(json_object_object_get_ex(b, "options", &opts));
+    assert_int_equal(last_int(opts, "num_ctx"), 8192);
+    assert_string_equal(last_str(b, "model"), "fake-ok-per-agent"); /* the request's, over config and extras */
+    assert_true(last_bool(b, "stream"));
+    assert_int_equal(last_int(b, "max_tokens"), 77);
+    assert_true(json_object_object_get_ex(b, "temperature", &v));
+    assert_true(json_object_get_double(v) == 0.2);
+    json_object_put(last);
+    chat_buf_free(&col.text);
+    chat_llm_free(llm);
+}
+
+/* Extras that cannot be sent are refused when the provider opens, the setting named. */
+static void test_extras_refused(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *headers, *body, *err;
+    } cases[] = {
+        {"not json", "", "LLM_EXTRA_HEADERS must be a JSON object"},
+        {"[\"X-Title: a\"]", "", "LLM_EXTRA_HEADERS must be a JSON object"},
+        {"{\"X-Title\":1}", "", "LLM_EXTRA_HEADERS must be a JSON object of header names and string values"},
+        {"{\"Authorization\":\"Bearer x\"}", "", "without the request's own headers"},
+        {"{\"content-type\":\"text/plain\"}", "", "without the request's own headers"},
+        {"{\"X Title\":\"a\"}", "", "LLM_EXTRA_HEADERS must be"},
+        {"{\"X-Title\":\"a\\r\\nX-Evil: 1\"}", "", "LLM_EXTRA_HEADERS must be"},
+        {"", "{\"keep_alive\":", "LLM_EXTRA_BODY must be a JSON object"},
+        {"", "[1,2]", "LLM_EXTRA_BODY must be a JSON object"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_config cfg = config_for("fake-ok", "k");
+        snprintf(cfg.llm_extra_headers, sizeof cfg.llm_extra_headers, "%s", cases[i].headers);
+        snprintf(cfg.llm_extra_body, sizeof cfg.llm_extra_body, "%s", cases[i].body);
+        char err[256] = "";
+        chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+        if (llm) fail_msg("case %zu opened", i);
+        if (!strstr(err, cases[i].err)) fail_msg("case %zu: '%s' lacks '%s'", i, err, cases[i].err);
+    }
+}
+
 /* ---- chat_openai_parse_chunk on real-world shapes ---- */
 
 typedef struct chunk_case {
@@ -921,6 +988,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_chunk_table),
         cmocka_unit_test(test_new_rejects_bad_config),
+        cmocka_unit_test(test_extra_headers_and_body),
+        cmocka_unit_test(test_extras_refused),
         cmocka_unit_test(test_ok),
         cmocka_unit_test(test_no_key_trailing_slash),
         cmocka_unit_test(test_errors),

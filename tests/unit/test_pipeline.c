@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include "chat_agent_cfg.h"
 #include "chat_common.h"
 #include "chat_memory.h"
 #include "chat_pipeline.h"
@@ -742,6 +743,143 @@ static void test_openai_provider(void **state)
     testutil_fake_llm_stop(pid);
 }
 
+/* metadata.attempts[i] as "provider/model/outcome" ("-" for a null model). */
+static void attempt_str(json_object *meta, size_t i, char *out, size_t outlen)
+{
+    json_object *a, *at, *model;
+    assert_true(json_object_object_get_ex(meta, "attempts", &a));
+    assert_true(i < json_object_array_length(a));
+    at = json_object_array_get_idx(a, i);
+    assert_true(json_object_object_get_ex(at, "model", &model));
+    assert_true(meta_str(at, "ms") != NULL);
+    snprintf(out, outlen, "%s/%s/%s", meta_str(at, "provider"), model ? json_object_get_string(model) : "-",
+             meta_str(at, "outcome"));
+}
+
+/* A provider that is down before its first token: the chain's fallbacks answer, the complete event says
+ * which one did and lists every attempt. */
+static void test_fallback_in_metadata(void **state)
+{
+    int port = 0;
+    pid_t pid = testutil_fake_llm_start(&port);
+    assert_true(pid > 0);
+    chat_config cfg = testutil_config_fake_llm("pipeline", port, "fake-503-always");
+    cfg.llm_retry_backoff_ms = 20;
+    cfg.n_llm_fallback = 1;
+    snprintf(cfg.llm_fallback[0].provider, sizeof cfg.llm_fallback[0].provider, "extractive");
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
+    if (!p) fail_msg("%s", err);
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(p, &e, &alice, "What is the beam of the Seawind 340?", NULL, NULL, NULL, NULL), 0);
+    assert_string_equal(meta_str(e.metadata, "provider"), "extractive");
+    assert_string_equal(meta_str(e.metadata, "finish_reason"), "stop");
+    assert_non_null(strstr(e.response, "Seawind 340")); /* the offline provider's grounded answer */
+    static const char *const want[] = {"openai/fake-503-always/unavailable", "openai/fake-503-always/unavailable",
+                                       "extractive/-/ok"};
+    json_object *a;
+    assert_true(json_object_object_get_ex(e.metadata, "attempts", &a));
+    assert_int_equal(json_object_array_length(a), CHAT_ARRAY_LEN(want));
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(want); i++) {
+        char got[200];
+        attempt_str(e.metadata, i, got, sizeof got);
+        assert_string_equal(got, want[i]);
+    }
+    ev_clear(&e);
+    chat_pipeline_free(p);
+
+    /* the extractive provider alone: one attempt */
+    ev_init(&e);
+    const char *q = "What is the beam of the Seawind 340?";
+    assert_int_equal(run(pipe_extractive, &e, &alice, q, NULL, NULL, NULL, NULL), 0);
+    char got[200];
+    attempt_str(e.metadata, 0, got, sizeof got);
+    assert_string_equal(got, "extractive/-/ok");
+    ev_clear(&e);
+    testutil_fake_llm_stop(pid);
+}
+
+/* What the fake LLM server was last asked: the model, the temperature (-1 when none was sent), max_tokens
+ * and the system message. */
+typedef struct asked {
+    const char *model;
+    double temperature;
+    int max_tokens;
+    const char *system_start; /* the system message opens with it */
+} asked;
+
+static void expect_asked(int port, const asked *want)
+{
+    json_object *last = testutil_fake_llm_last(port), *v;
+    assert_non_null(last);
+    assert_string_equal(meta_str(last, "model"), want->model);
+    assert_true(json_object_object_get_ex(last, "temperature", &v));
+    if (want->temperature < 0) assert_null(v);
+    else assert_true(v && json_object_get_double(v) == want->temperature);
+    assert_true(json_object_object_get_ex(last, "max_tokens", &v));
+    assert_int_equal(json_object_get_int(v), want->max_tokens);
+    const char *system = meta_str(last, "system");
+    assert_non_null(system);
+    if (strncmp(system, want->system_start, strlen(want->system_start)))
+        fail_msg("the system message opens with '%.60s', not '%s'", system, want->system_start);
+    assert_non_null(strstr(system, "\nContext:\n")); /* the passages follow the agent's prompt */
+    json_object_put(last);
+}
+
+/* Asks msg of p and checks the answer's agent and what the model was asked. */
+static void ask_expect(chat_pipeline *p, int port, const char *msg, const char *agent, const asked *want)
+{
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(p, &e, &alice, msg, NULL, NULL, NULL, NULL), 0);
+    assert_string_equal(meta_str(e.metadata, "agent"), agent);
+    expect_asked(port, want);
+    ev_clear(&e);
+}
+
+/* Each agent's settings from the prompts folder reach the model: its prompt opens the system message, and
+ * its model, temperature and max_tokens are the request's ([default] for an agent without a section of
+ * its own); after a reload request (what SIGHUP does) the next answer has the new ones. */
+static void test_agent_settings_reach_model(void **state)
+{
+    int port = 0;
+    pid_t pid = testutil_fake_llm_start(&port);
+    assert_true(pid > 0);
+    char dir[512], path[600];
+    snprintf(dir, sizeof dir, "%s", testutil_copy_dir("prompts", "pipeline"));
+    snprintf(path, sizeof path, "%s/specs.txt", dir);
+    assert_int_equal(testutil_write_file(path, "You are the test's spec-sheet reader (A).\n"), 0);
+    snprintf(path, sizeof path, "%s/" CHAT_AGENT_CFG_FILE, dir);
+    assert_int_equal(testutil_write_file(path, "[default]\nmodel = fake-default\n"
+                                               "[specs]\nmodel = fake-specs-a\ntemperature = 0.25\nmax_tokens = 99\n"),
+                     0);
+    chat_config cfg = testutil_config_fake_llm("pipeline", port, "fake-ok");
+    snprintf(cfg.prompts_dir, sizeof cfg.prompts_dir, "%s", dir);
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
+    if (!p) fail_msg("%s", err);
+
+    const char *specs_q = "What is the beam of the Seawind 340?", *oil_q = "How often should I change the oil?";
+    ask_expect(p, port, specs_q, "specs", &(asked){"fake-specs-a", 0.25, 99, "You are the test's spec-sheet reader (A).\n"});
+    ask_expect(p, port, oil_q, "maintenance",
+               &(asked){"fake-default", -1, cfg.llm_max_tokens, "You are the Seawind Marine maintenance assistant"});
+
+    snprintf(path, sizeof path, "%s/specs.txt", dir);
+    assert_int_equal(testutil_write_file(path, "You are the test's spec-sheet reader (B).\n"), 0);
+    snprintf(path, sizeof path, "%s/" CHAT_AGENT_CFG_FILE, dir);
+    assert_int_equal(testutil_write_file(path, "[specs]\nmodel = fake-specs-b\n"), 0);
+    ask_expect(p, port, specs_q, "specs", &(asked){"fake-specs-a", 0.25, 99, "You are the test's spec-sheet reader (A)."});
+    chat_agent_cfg_request_reload();
+    ask_expect(p, port, specs_q, "specs",
+               &(asked){"fake-specs-b", -1, cfg.llm_max_tokens, "You are the test's spec-sheet reader (B).\n"});
+    ask_expect(p, port, oil_q, "maintenance", &(asked){"fake-ok", -1, cfg.llm_max_tokens, "You are the Seawind"});
+
+    chat_pipeline_free(p);
+    testutil_rmdir(dir);
+    testutil_fake_llm_stop(pid);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -762,6 +900,8 @@ int main(void)
         cmocka_unit_test(test_spooled_while_database_away),
         cmocka_unit_test(test_not_stored),
         cmocka_unit_test(test_openai_provider),
+        cmocka_unit_test(test_agent_settings_reach_model),
+        cmocka_unit_test(test_fallback_in_metadata),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -7,6 +7,7 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <json-c/json.h>
@@ -37,6 +38,66 @@ const char *testutil_path(const char *rel)
 }
 
 char *testutil_read_file(const char *path, size_t *len) { return chat_read_file(path, 0, len); }
+
+int testutil_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    size_t n = strlen(text);
+    bool ok = fwrite(text, 1, n, f) == n;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* Calls fn(dir, name, ud) for every entry of dir but . and ..; stops at a non-zero return, which it returns. */
+static int each_file(const char *dir, int (*fn)(const char *dir, const char *name, void *ud), void *ud)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int rc = 0;
+    for (struct dirent *e; !rc && (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) rc = fn(dir, e->d_name, ud);
+    closedir(d);
+    return rc;
+}
+
+static int copy_one(const char *dir, const char *name, void *to)
+{
+    char from[PATH_MAX + 256], dst[PATH_MAX + 256];
+    snprintf(from, sizeof from, "%s/%s", dir, name);
+    snprintf(dst, sizeof dst, "%s/%s", (const char *)to, name);
+    char *text = testutil_read_file(from, NULL);
+    int rc = text ? testutil_write_file(dst, text) : -1;
+    free(text);
+    return rc;
+}
+
+const char *testutil_copy_dir(const char *rel, const char *prefix)
+{
+    static char dir[PATH_MAX];
+    char src[PATH_MAX];
+    snprintf(src, sizeof src, "%s", testutil_path(rel));
+    snprintf(dir, sizeof dir, "/tmp/chat_test_%s.XXXXXX", prefix);
+    if (!mkdtemp(dir)) return NULL;
+    if (each_file(src, copy_one, dir)) {
+        testutil_rmdir(dir);
+        return NULL;
+    }
+    return dir;
+}
+
+static int remove_one(const char *dir, const char *name, void *ud)
+{
+    char p[PATH_MAX + 256];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    unlink(p);
+    return 0;
+}
+
+void testutil_rmdir(const char *dir)
+{
+    each_file(dir, remove_one, NULL);
+    rmdir(dir);
+}
 
 int testutil_tsv_open(testutil_tsv *t, const char *rel)
 {
@@ -160,4 +221,12 @@ json_object *testutil_fake_llm_last(int port)
     json_object *o = rc == CURLE_OK && b.data ? json_tokener_parse(b.data) : NULL;
     chat_buf_free(&b);
     return o;
+}
+
+long testutil_fake_llm_requests(int port)
+{
+    json_object *o = testutil_fake_llm_last(port), *v;
+    long n = o && json_object_object_get_ex(o, "requests", &v) ? (long)json_object_get_int64(v) : -1;
+    json_object_put(o);
+    return n;
 }

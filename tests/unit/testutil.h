@@ -17,6 +17,14 @@ const char *testutil_path(const char *rel);
 /* Whole file, NUL-terminated; caller frees; NULL when unreadable. */
 char *testutil_read_file(const char *path, size_t *len);
 
+/* Writes text to path (created or truncated): 0, or -1. */
+int testutil_write_file(const char *path, const char *text);
+/* A new directory /tmp/chat_test_<prefix>.XXXXXX holding a copy of every file of the root-relative folder
+ * rel (not of its subfolders): static buffer valid until the next call, NULL on failure. */
+const char *testutil_copy_dir(const char *rel, const char *prefix);
+/* Removes the files of dir (not recursive), then dir. */
+void testutil_rmdir(const char *dir);
+
 /* A tab-separated data file (the labelled sets of tests/data), read row by row: blank lines and '#'
  * comments left out, a trailing '\r' dropped. */
 typedef struct testutil_tsv {
@@ -36,6 +44,8 @@ void testutil_fake_llm_stop(pid_t pid); /* SIGTERM and wait; accepts -1 */
 /* GET /debug/last of the fake LLM server on port: what its last completion request looked like, as a
  * JSON object (caller puts; "prompt" is what the model was told); NULL when it cannot be read. */
 struct json_object *testutil_fake_llm_last(int port);
+/* Its "requests": how many completion requests it has answered so far; -1 when it cannot be read. */
+long testutil_fake_llm_requests(int port);
 
 /* An empty directory for a test's files, $CHAT_VAR/tmp/<name> (build/tests/tmp/<name> without CHAT_VAR):
  * removed with everything in it first, then created (mode 0700). The path in a static buffer (valid until
