@@ -44,13 +44,20 @@ export CHAT_STREAMER_LISTEN=unix:$CHAT_STREAMER_SOCKET
 # lighttpd must never cut an idle WebSocket before the streamer's own idle timeout does.
 export CHAT_WS_IDLE_S=${CHAT_WS_IDLE_S:-$(( ${CHAT_IDLE_TIMEOUT_S:-300} + 60 ))}
 
-# The private MariaDB unless another server is named.
+# The private MariaDB unless another server is named. Its schema set-up runs as your own account
+# (unix_socket, see deploy/mariadb.sh), the services as its least-privilege `chat` account (db_start).
+# Another server: the services use CHAT_DB_USER / CHAT_DB_PASSWORD, and the set-up, needed only when
+# `chat-kb check` finds the schema missing or old, CHAT_DB_ADMIN_USER / CHAT_DB_ADMIN_PASSWORD when set.
 PRIVATE_DB=0
+ADMIN_ENV=()
 if [ -z "${CHAT_DB_HOST:-}" ] && { [ -z "${CHAT_DB_SOCKET:-}" ] || [ "$CHAT_DB_SOCKET" = "$RUN/mariadb.sock" ]; }; then
   PRIVATE_DB=1
   export CHAT_DB_SOCKET=$RUN/mariadb.sock
-  export CHAT_DB_USER=${CHAT_DB_USER:-root}
+  ADMIN_ENV=(CHAT_DB_USER="$(id -un)" CHAT_DB_PASSWORD=)
+elif [ -n "${CHAT_DB_ADMIN_USER:-}" ]; then
+  ADMIN_ENV=(CHAT_DB_USER="$CHAT_DB_ADMIN_USER" CHAT_DB_PASSWORD="${CHAT_DB_ADMIN_PASSWORD:-}")
 fi
+unset CHAT_DB_ADMIN_USER CHAT_DB_ADMIN_PASSWORD # never in the services' environment
 
 HOST=$CHAT_BIND
 case "$HOST" in 0.0.0.0 | "::" | "[::]") HOST=127.0.0.1 ;; esac
@@ -132,13 +139,32 @@ db_start() {
     say "starting the private MariaDB ($RUN/mariadb.sock)"
     bash deploy/mariadb.sh start || return 1
     touch "$RUN/stack.mariadb" # we started it, so `stop` stops it
+  else
+    bash deploy/mariadb.sh start || return 1 # running: re-applies its accounts (CHAT_DB_NAME's grant)
   fi
+  local user pwfile
+  read -r user pwfile < <(bash deploy/mariadb.sh service-user)
+  [ -s "$pwfile" ] || { warn "no password for the database account $user in $pwfile"; return 1; }
+  CHAT_DB_PASSWORD=$(cat "$pwfile")
+  export CHAT_DB_USER=$user CHAT_DB_PASSWORD
 }
 
+# The admin step: schema, migrations, sample data. On another server it runs only when the schema is
+# missing or old, so that a least-privilege CHAT_DB_USER is all `make start` needs.
 kb_setup() {
   [ -x "$BIN/chat-kb" ] || { warn "build/bin/chat-kb is missing (make): database not set up"; return 0; }
+  if [ "$PRIVATE_DB" != 1 ] && "$BIN/chat-kb" check >>"$LOG/chat-kb.log" 2>&1; then
+    say "database schema is current (chat-kb check): no set-up"
+    return 0
+  fi
   say "database set-up (chat-kb setup; log in $LOG/chat-kb.log)"
-  "$BIN/chat-kb" setup >>"$LOG/chat-kb.log" 2>&1 || fail_with_log chat-kb "$LOG/chat-kb.log" "chat-kb setup failed"
+  env "${ADMIN_ENV[@]}" "$BIN/chat-kb" setup >>"$LOG/chat-kb.log" 2>&1 && return 0
+  if [ "$PRIVATE_DB" != 1 ] && [ ${#ADMIN_ENV[@]} = 0 ]; then
+    fail_with_log chat-kb "$LOG/chat-kb.log" \
+      "chat-kb setup failed: it needs DDL rights (CHAT_DB_ADMIN_USER / CHAT_DB_ADMIN_PASSWORD name an admin account)"
+  else
+    fail_with_log chat-kb "$LOG/chat-kb.log" "chat-kb setup failed"
+  fi
 }
 
 demo_token() {
@@ -322,7 +348,7 @@ kb_import() { # dir
   [ -x "$BIN/chat-kb" ] || { warn "build/bin/chat-kb is missing (make)"; exit 1; }
   mkdir -p "$RUN" "$LOG"
   db_start || exit 1
-  exec "$BIN/chat-kb" import "$1"
+  exec env "${ADMIN_ENV[@]}" "$BIN/chat-kb" import "$1"
 }
 
 case "${1:-}" in

@@ -16,7 +16,8 @@ for v in $(compgen -e | grep '^CHAT_'); do
 done
 export CHAT_ROOT=$ROOT
 export CHAT_VAR=$ROOT/var/test
-export CHAT_DB_SOCKET=$CHAT_VAR/run/mariadb.sock CHAT_DB_USER=root CHAT_DB_PASSWORD= CHAT_DB_NAME=chat_test
+# The tests' own database account: the private server's unix_socket admin, i.e. your login name (root in CI).
+export CHAT_DB_SOCKET=$CHAT_VAR/run/mariadb.sock CHAT_DB_USER=$(id -un) CHAT_DB_PASSWORD= CHAT_DB_NAME=chat_test
 export CHAT_LOG_LEVEL=${CHAT_LOG_LEVEL:-warn}
 unset OPENROUTER_API_KEY LLM_BASE_URL LLM_API_KEY LLM_MODEL CHAT_LLM_PROVIDER JWT_SECRET
 mkdir -p "$CHAT_VAR/log"
@@ -42,6 +43,21 @@ run_cmocka() {
   p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
   f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
   p=${p:-0}; f=${f:-0}
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "!! $name exited with $rc"; fi
+  record "$name" "$p" "$f"
+}
+
+# Runs one operations test script (tests/ops/*.sh) and counts its "ok - " and "not ok - " lines; a script
+# that exits non-zero without a "not ok" line counts as one failure.
+run_script() {
+  local s=$1 name; name=ops-$(basename "$s" .sh)
+  local log=$CHAT_VAR/log/$name.out
+  echo "== $name"
+  timeout "${TEST_TIMEOUT:-300}" bash "$s" >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  local p f
+  p=$(grep -c '^ok ' "$log"); f=$(grep -c '^not ok ' "$log")
   if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "!! $name exited with $rc"; fi
   record "$name" "$p" "$f"
 }
@@ -95,7 +111,11 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     # which workers serve the stack (kept for diagnosing the browser test's rare unpaced answer)
     curl -s -m 2 --unix-socket "$CHAT_VAR/run/streamer.sock" http://localhost/status >"$CHAT_VAR/log/status-before-browser.json" 2>&1
     run_browser
+    # Operations tests against the running stack.
+    run_script tests/ops/db_lockdown.sh
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
+    # Operations tests that start stacks of their own (on the same port, now free).
+    run_script tests/ops/db_external.sh
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
     leaks=$(grep -l -E 'eyJ[A-Za-z0-9_-]{10,}|engine power|Seawind 250 is powered' \
