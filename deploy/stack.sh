@@ -9,7 +9,7 @@
 #
 # Order: MariaDB (private, unless CHAT_DB_HOST / CHAT_DB_SOCKET name another server) -> chat-kb setup
 # (schema, sample data, knowledge base; once, later runs keep the data) -> chat-worker -> chat-streamer
-# -> lighttpd with its FastCGI pool. `stop` goes in reverse and waits for each process to exit.
+# -> lighttpd with its FastCGI pool. `stop` lets every answer in flight finish (see stop_all).
 #
 # Everything lives under CHAT_VAR (default var/): run/ (pid files, sockets), log/, tmp/, the JWT secret
 # (jwt-secret, mode 600, unless JWT_SECRET is set) and the demo token (demo-token). With CHAT_VAR and
@@ -43,6 +43,8 @@ esac
 export CHAT_STREAMER_LISTEN=unix:$CHAT_STREAMER_SOCKET
 # lighttpd must never cut an idle WebSocket before the streamer's own idle timeout does.
 export CHAT_WS_IDLE_S=${CHAT_WS_IDLE_S:-$(( ${CHAT_IDLE_TIMEOUT_S:-300} + 60 ))}
+# ...nor, on a graceful stop, a WebSocket the streamer is still draining.
+export CHAT_FRONT_DRAIN_S=${CHAT_FRONT_DRAIN_S:-$(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 20 ))}
 
 # The private MariaDB unless another server is named. Its schema set-up runs as your own account
 # (unix_socket, see deploy/mariadb.sh), the services as its least-privilege `chat` account (db_start).
@@ -90,12 +92,13 @@ spawn() { # name log command...
   echo $! >"$RUN/$name.pid"
 }
 
-# SIGTERM, wait up to grace seconds, then whatever is left of its process group, then SIGKILL.
-stop_proc() { # name pattern grace
-  local name=$1 pat=$2 grace=$3 p i
+# SIGTERM (or signal; "-" for none: one sent earlier is at work), wait up to grace seconds, then whatever
+# is left of its process group, then SIGKILL.
+stop_proc() { # name pattern grace [signal]
+  local name=$1 pat=$2 grace=$3 sig=${4:-TERM} p i
   if ! p=$(pid_of "$name" "$pat"); then rm -f "$RUN/$name.pid"; return 0; fi
   say "stopping $name (pid $p)"
-  kill -TERM "$p" 2>/dev/null
+  [ "$sig" = - ] || kill -"$sig" "$p" 2>/dev/null
   for ((i = 0; i < grace * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$p" 2>/dev/null; then warn "$name did not exit within ${grace}s; killing it"; kill -KILL "$p" 2>/dev/null; fi
   # Children it left behind (FastCGI responders, worker processes) share its process group.
@@ -105,6 +108,18 @@ stop_proc() { # name pattern grace
     kill -KILL -- "-$p" 2>/dev/null
   fi
   rm -f "$RUN/$name.pid"
+}
+
+# lighttpd's graceful stop: its master process exits at once, its worker processes when their requests
+# are done, the FastCGI responders when it ends them, all in the process group stack.sh gave it. Waits
+# up to grace seconds for that group to empty, then SIGTERM, then SIGKILL.
+stop_group() { # name pgid grace
+  local name=$1 g=$2 grace=$3 i
+  for ((i = 0; i < grace * 10; i++)); do kill -0 -- "-$g" 2>/dev/null || return 0; sleep 0.1; done
+  warn "$name did not finish within ${grace}s; stopping what is left"
+  kill -TERM -- "-$g" 2>/dev/null
+  for ((i = 0; i < 30; i++)); do kill -0 -- "-$g" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL -- "-$g" 2>/dev/null
 }
 
 fail_with_log() { # name logfile message
@@ -264,10 +279,17 @@ start_all() {
   print_info
 }
 
+# Nothing in flight is cut: lighttpd stops accepting first (SIGINT, its graceful shutdown: requests in
+# flight go on), the streamer drains (answers finish within CHAT_SHUTDOWN_GRACE_S, then 1001, through the
+# still-running lighttpd), lighttpd then exits by itself once its REST answers are delivered and the
+# WebSockets closed (within CHAT_FRONT_DRAIN_S), and the workers go last: they produce the streamed answers.
 stop_all() {
-  stop_proc lighttpd lighttpd 10
+  local front=""
+  if front=$(pid_of lighttpd lighttpd); then say "lighttpd stops accepting (pid $front)"; kill -INT "$front" 2>/dev/null; fi
   stop_proc chat-streamer chat-streamer $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 5 ))
-  stop_proc chat-worker chat-worker 15
+  [ -n "$front" ] && stop_group lighttpd "$front" $(( CHAT_FRONT_DRAIN_S + 5 ))
+  stop_proc lighttpd lighttpd 5
+  stop_proc chat-worker chat-worker $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 15 ))
   rm -f "$CHAT_STREAMER_SOCKET"
   if [ -f "$RUN/stack.mariadb" ]; then
     say "stopping the private MariaDB"

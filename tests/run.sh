@@ -116,6 +116,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
     # Operations tests that start stacks of their own (on the same port, now free).
     run_script tests/ops/db_external.sh
+    run_script tests/ops/graceful_stop.sh
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
     leaks=$(grep -l -E 'eyJ[A-Za-z0-9_-]{10,}|engine power|Seawind 250 is powered' \
