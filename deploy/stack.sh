@@ -69,7 +69,8 @@ PUBLIC=http://localhost:$CHAT_PORT
 [ "$HOST" = 127.0.0.1 ] || PUBLIC=$BASE
 
 say() { printf 'stack: %s\n' "$*"; }
-warn() { printf 'stack: %s\n' "$*" >&2; }
+# (ERR_FD: the supervisor's loop runs with stderr to /dev/null, see supervise)
+warn() { printf 'stack: %s\n' "$*" >&"${ERR_FD:-2}"; }
 
 # ---- processes: pid files under $RUN, checked against /proc so a recycled pid is never signalled ----
 
@@ -85,11 +86,20 @@ pid_of() { # name -> pid on stdout when that process runs
 
 # Starts a program in its own session (Ctrl-C in the terminal reaches only this script, which then stops
 # everything in order), stdout and stderr appended to $LOG/<log>.log. setsid execs in place (a background
-# job of a non-interactive shell is no group leader), so $! is the program's pid.
+# job of a non-interactive shell is no group leader), so $! is the program's pid. Returns once that pid
+# runs the program itself: until the execs are done its command line is this script's, and a pid_of
+# right after the spawn would call a starting program gone ("lighttpd exited at start").
+# (The subshell gives the program back the default SIGPIPE the supervisor ignores for itself.)
 spawn() { # name log command...
-  local name=$1 log=$2; shift 2
-  setsid "$@" >>"$LOG/$log.log" 2>&1 </dev/null &
+  local name=$1 log=$2 exe i; shift 2
+  exe=$(readlink -f "$(command -v "$1")")
+  (trap - PIPE; exec setsid "$@" >>"$LOG/$log.log" 2>&1 </dev/null) &
   echo $! >"$RUN/$name.pid"
+  for ((i = 0; i < 200; i++)); do
+    [ "$(readlink "/proc/$!/exe" 2>/dev/null)" = "$exe" ] && return 0
+    kill -0 "$!" 2>/dev/null || return 0 # gone already: the caller reports it
+    sleep 0.01
+  done
 }
 
 # SIGTERM (or signal; "-" for none: one sent earlier is at work), wait up to grace seconds, then whatever
@@ -117,14 +127,19 @@ stop_group() { # name pgid grace
   local name=$1 g=$2 grace=$3 i
   for ((i = 0; i < grace * 10; i++)); do kill -0 -- "-$g" 2>/dev/null || return 0; sleep 0.1; done
   warn "$name did not finish within ${grace}s; stopping what is left"
-  kill -TERM -- "-$g" 2>/dev/null
+  kill_group "$g"
+}
+
+kill_group() { # pgid: SIGTERM, up to 3 s, SIGKILL
+  local g=$1 i
+  kill -TERM -- "-$g" 2>/dev/null || return 0
   for ((i = 0; i < 30; i++)); do kill -0 -- "-$g" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL -- "-$g" 2>/dev/null
 }
 
 fail_with_log() { # name logfile message
   warn "$3"
-  [ -f "$2" ] && { warn "last lines of $2:"; tail -n 15 "$2" >&2; }
+  [ -f "$2" ] && { warn "last lines of $2:"; tail -n 15 "$2" >&"${ERR_FD:-2}"; }
   return 1
 }
 
@@ -229,7 +244,7 @@ start_lighttpd() {
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   # lighttpd's own messages go to lighttpd-error.log; its stderr, inherited by the FastCGI responders,
   # is theirs.
-  # -D: no fork, so the pid spawn records is the one lighttpd writes to the same file (server.pid-file).
+  # -D: no fork, so the pid spawn records is lighttpd's (its master process).
   spawn lighttpd chat-fcgi lighttpd -D -f "$ROOT/lighttpd.conf"
 }
 
@@ -276,7 +291,6 @@ start_all() {
   start_streamer || return 1
   start_lighttpd || return 1
   wait_ready || return 1
-  print_info
 }
 
 # Nothing in flight is cut: lighttpd stops accepting first (SIGINT, its graceful shutdown: requests in
@@ -316,6 +330,7 @@ EOF
 
 status() {
   local rc=0 p
+  if p=$(supervisor_pid); then printf '%-14s running (pid %s)\n' supervisor "$p"; else printf '%-14s none\n' supervisor; fi
   for c in chat-worker:chat-worker chat-streamer:chat-streamer lighttpd:lighttpd; do
     if p=$(pid_of "${c%%:*}" "${c#*:}"); then
       printf '%-14s running (pid %s)\n' "${c%%:*}" "$p"
@@ -334,28 +349,145 @@ status() {
   return $rc
 }
 
-run() {
-  trap 'echo; say "stopping"; stop_all; exit 0' INT TERM
-  # The interactive demo paces the offline provider like a real model so streaming is visible.
-  export CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-25}
-  # ...and lets the demo user look at any sample customer (the test page's customer field).
-  export CHAT_CUSTOMER_ACCESS=${CHAT_CUSTOMER_ACCESS:-any}
-  start_all || { stop_all; exit 1; }
-  say "running in the foreground; Ctrl-C stops everything"
-  local c
-  while sleep 1; do
-    for c in chat-worker chat-streamer lighttpd; do
-      [ -f "$RUN/$c.pid" ] || continue
-      if ! pid_of "$c" "$c" >/dev/null; then
-        sleep 0.5 # `stack.sh stop` from another shell removes the pid file right after the process ends
-        if [ ! -f "$RUN/$c.pid" ]; then say "stopped from elsewhere"; stop_all; exit 0; fi
-        local log=$LOG/$c.log; [ "$c" = lighttpd ] && log=$LOG/lighttpd-error.log
-        fail_with_log "$c" "$log" "$c exited unexpectedly; stopping the stack"
-        stop_all
-        exit 1
+# ---- supervision: `run` in the foreground, `start` the same in the background ----
+
+# A process of the stack that is gone: the supervisor restarts it after a back-off that doubles from 1 s
+# to 30 s while it keeps dying young (under 60 s), with a log line each time. A lighttpd whose master
+# died leaves worker processes and FastCGI responders holding the port: its process group goes first.
+# The private MariaDB is supervised when this stack started it.
+declare -A SV_BACKOFF SV_DUE SV_SINCE
+now_ms() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
+
+supervised() { # the names, in start order
+  [ -f "$RUN/stack.mariadb" ] && echo mariadb
+  local c; for c in chat-worker chat-streamer lighttpd; do [ -f "$RUN/$c.pid" ] && echo "$c"; done
+}
+
+sv_alive() { # name
+  case $1 in
+    mariadb) kill -0 "$(cat "$RUN/mariadb/mariadb.pid" 2>/dev/null)" 2>/dev/null ;;
+    *) pid_of "$1" "$1" >/dev/null ;;
+  esac
+}
+
+sv_restart() { # name
+  case $1 in
+    mariadb) bash deploy/mariadb.sh start 2>&3 ;;
+    chat-worker) start_worker ;;
+    chat-streamer) start_streamer ;;
+    lighttpd) start_lighttpd && wait_ready ;;
+  esac
+}
+
+# One pass over the supervised processes.
+sv_check() {
+  local c now p st lived
+  now=$(now_ms)
+  for c in $(supervised); do
+    if sv_alive "$c"; then
+      [ -n "${SV_SINCE[$c]:-}" ] || SV_SINCE[$c]=$now
+      [ $(( now - SV_SINCE[$c] )) -ge 60000 ] && SV_BACKOFF[$c]=1000
+      continue
+    fi
+    if [ -z "${SV_DUE[$c]:-}" ]; then # just found dead
+      p=$(cat "$RUN/$c.pid" 2>/dev/null || cat "$RUN/mariadb/mariadb.pid" 2>/dev/null)
+      st="exited"
+      if [ "$c" != mariadb ] && [[ "$p" =~ ^[0-9]+$ ]]; then
+        wait "$p" 2>/dev/null; st=$?
+        if [ "$st" = 127 ]; then st="exited"; elif [ "$st" -gt 128 ]; then st="killed by signal $((st - 128))"; else st="exited with $st"; fi
       fi
-    done
+      lived=$(( (now - ${SV_SINCE[$c]:-$now}) / 1000 ))
+      SV_BACKOFF[$c]=${SV_BACKOFF[$c]:-1000}
+      warn "$c (pid ${p:-?}) $st after ${lived}s; restarting in $(( SV_BACKOFF[$c] / 1000 ))s"
+      [ "$c" = lighttpd ] && [[ "$p" =~ ^[0-9]+$ ]] && kill_group "$p"
+      SV_DUE[$c]=$(( now + SV_BACKOFF[$c] ))
+      SV_BACKOFF[$c]=$(( SV_BACKOFF[$c] * 2 > 30000 ? 30000 : SV_BACKOFF[$c] * 2 ))
+      continue
+    fi
+    [ "$now" -ge "${SV_DUE[$c]}" ] || continue
+    if sv_restart "$c" && sv_alive "$c"; then
+      say "$c restarted (pid $(cat "$RUN/$c.pid" 2>/dev/null || cat "$RUN/mariadb/mariadb.pid"))"
+      unset "SV_DUE[$c]"; SV_SINCE[$c]=$(now_ms)
+    else
+      warn "$c did not restart; next try in $(( SV_BACKOFF[$c] / 1000 ))s"
+      SV_DUE[$c]=$(( $(now_ms) + SV_BACKOFF[$c] ))
+      SV_BACKOFF[$c]=$(( SV_BACKOFF[$c] * 2 > 30000 ? 30000 : SV_BACKOFF[$c] * 2 ))
+    fi
   done
+}
+
+# The supervisor's own pid file: `stack.sh stop` from any shell asks it to stop the stack.
+supervisor_pid() { pid_of stack "deploy/stack.sh"; }
+
+# Starts everything and supervises it until SIGINT/SIGTERM, then stops everything in order.
+supervise() { # mode: run (foreground, prints the URLs) | bg (background, tells `start` when ready)
+  local mode=$1 p
+  if p=$(supervisor_pid) && [ "$p" != $$ ]; then
+    warn "the stack already runs (supervisor pid $p): deploy/stack.sh stop first"; exit 1
+  fi
+  # A closed terminal or pipe (`make run | tee log` and Ctrl-C) must not kill this script halfway through
+  # stopping: writes to a vanished stdout fail instead.
+  trap '' PIPE
+  trap 'trap "" INT TERM; echo; say "stopping"; stop_all; rm -f "$RUN/stack.pid" "$RUN/stack.ready"; exit 0' INT TERM
+  mkdir -p "$RUN" "$LOG"
+  echo $$ >"$RUN/stack.pid"
+  rm -f "$RUN/stack.ready"
+  if ! start_all; then
+    warn "start failed; stopping what was started"
+    stop_all; rm -f "$RUN/stack.pid"; exit 1
+  fi
+  touch "$RUN/stack.ready"
+  if [ "$mode" = run ]; then
+    print_info
+    say "running in the foreground; Ctrl-C stops everything"
+  else
+    say "running (supervisor pid $$)"
+  fi
+  # The loop's stderr is /dev/null: bash reports each child killed by a signal there ("line N: PID
+  # Killed ..."), and sv_check says it better; the script's own messages go to the real stderr (fd 3).
+  exec 3>&2
+  ERR_FD=3
+  while :; do
+    sleep 0.5
+    sv_check
+  done 2>/dev/null
+}
+
+# `start`: the supervisor in the background; returns once the stack is healthy (0) or start failed (1).
+start_bg() {
+  local p i from
+  mkdir -p "$RUN" "$LOG"
+  if p=$(supervisor_pid); then say "already running (supervisor pid $p)"; print_info; return 0; fi
+  from=$(stat -c %s "$LOG/stack.log" 2>/dev/null || echo 0)
+  setsid bash "$ROOT/deploy/stack.sh" supervise >>"$LOG/stack.log" 2>&1 </dev/null &
+  p=$!
+  for ((i = 0; i < 1800; i++)); do
+    if [ -f "$RUN/stack.ready" ]; then
+      tail -c +"$((from + 1))" "$LOG/stack.log"
+      print_info
+      return 0
+    fi
+    kill -0 "$p" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -c +"$((from + 1))" "$LOG/stack.log" >&2
+  kill -0 "$p" 2>/dev/null && { warn "not ready after 180 s; stopping"; kill -TERM "$p"; wait "$p"; }
+  return 1
+}
+
+# `stop`: through the supervisor when there is one (it stops everything, in order), else directly.
+stop_cmd() {
+  local p i bound from
+  if p=$(supervisor_pid); then
+    from=$(stat -c %s "$LOG/stack.log" 2>/dev/null || echo 0)
+    kill -TERM "$p" 2>/dev/null
+    bound=$(( ${CHAT_SHUTDOWN_GRACE_S:-10} * 2 + CHAT_FRONT_DRAIN_S + 90 ))
+    for ((i = 0; i < bound * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$p" 2>/dev/null && { warn "the supervisor did not stop within ${bound}s"; kill -KILL "$p" 2>/dev/null; }
+    tail -c +"$((from + 1))" "$LOG/stack.log" 2>/dev/null | grep -av '^$'
+  fi
+  stop_all # whatever is left (a supervisor killed hard, processes started by an earlier version)
+  rm -f "$RUN/stack.pid" "$RUN/stack.ready"
 }
 
 token() { # [sub email name ttl]
@@ -374,10 +506,11 @@ kb_import() { # dir
 }
 
 case "${1:-}" in
-  run) run ;;
-  start) start_all || { warn "start failed; stopping what was started"; stop_all; exit 1; } ;;
-  stop) stop_all ;;
-  restart) stop_all; start_all ;;
+  run) supervise run ;;
+  supervise) supervise bg ;;
+  start) start_bg ;;
+  stop) stop_cmd ;;
+  restart) stop_cmd; start_bg ;;
   status) status ;;
   token) shift; token "$@" ;;
   kb-import) shift; kb_import "$@" ;;

@@ -116,6 +116,8 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
     # Operations tests that start stacks of their own (on the same port, now free).
     run_script tests/ops/db_external.sh
+    rm -rf "$CHAT_VAR/own" # the stack of the next scripts, with its own private MariaDB
+    run_script tests/ops/supervise.sh
     run_script tests/ops/graceful_stop.sh
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"

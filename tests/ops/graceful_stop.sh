@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # `deploy/stack.sh stop` cuts no answer in flight: 10 WebSocket answers (build/bin/chat-ws, through
 # lighttpd) and 3 REST answers are streaming when stop starts; every one completes, and the stop
-# refuses new connections meanwhile. Its own stack in $CHAT_VAR/stop on CHAT_PORT, tokens paced at 60 ms
+# refuses new connections meanwhile. Its own stack in $CHAT_VAR/own on CHAT_PORT, tokens paced at 60 ms
 # so that each answer lasts a few seconds.
 source "$(dirname "$0")/lib.sh"
-SV=$VAR/stop
-rm -rf "$SV"
+SV=$VAR/own
+rm -rf "$SV/out"
 mkdir -p "$SV/out"
-stack() { CHAT_VAR=$SV CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=60 bash deploy/stack.sh "$@"; }
-stack start >"$SV/start.out" 2>&1 || { not_ok "the stack starts"; grep -v '^eyJ' "$SV/start.out"; stack stop >/dev/null 2>&1; finish; }
+stack() { own_stack "$SV" CHAT_TOKEN_DELAY_MS=60 -- "$@"; }
+stack stop >/dev/null 2>&1
+stack start >"$SV/out/start.out" 2>&1 ||
+  { not_ok "the stack starts"; grep -v '^eyJ' "$SV/out/start.out"; stack stop >/dev/null 2>&1; finish; }
 TOKEN_FILE=$SV/token
 (umask 077 && JWT_SECRET=$(cat "$SV/jwt-secret") "$BIN/chat-token" --sub stop-user --email stop@example.com \
   --ttl 600 >"$TOKEN_FILE")
@@ -34,7 +36,7 @@ for _ in $(seq 1 100); do
 done
 check "10 WebSocket answers are streaming when the stop starts ($n)" test "$n" -ge 10
 started=$(date +%s.%N)
-stack stop >"$SV/stop.out" 2>&1 &
+stack stop >"$SV/out/stop.out" 2>&1 &
 stopper=$!
 sleep 0.5
 code=$(http_code "$BASE/health" 1)
@@ -55,7 +57,7 @@ for i in 1 2 3; do
   if [ "$code" = 200 ] && grep -q '"response"' "$SV/out/rest$i.json"; then ok "REST answer $i delivered"
   else not_ok "REST answer $i delivered (HTTP $code)"; head -c 300 "$SV/out/rest$i.json" | sed 's/^/# /'; fi
 done
-left=$(pgrep -f "$SV" | tr '\n' ' ')
+left=$(pgrep -f "$SV/" | tr '\n' ' ')
 check "no process of the stack is left (${left:-none})" test -z "$left"
 stack stop >/dev/null 2>&1
 finish

@@ -31,6 +31,16 @@ wait_code() { # url [want] [seconds]
   for ((i = 0; i < ${3:-20} * 10; i++)); do [ "$(http_code "$1" 1)" = "${2:-200}" ] && return 0; sleep 0.1; done
   return 1
 }
+# deploy/stack.sh for a stack of a script's own, with its own private MariaDB: own_stack DIR [VAR=value...]
+# -- ARGS. (tests/run.sh's CHAT_DB_* name the test database, which would make it an "existing server".)
+own_stack() {
+  local dir=$1; shift
+  local envs=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+  shift
+  env -u CHAT_DB_SOCKET -u CHAT_DB_HOST -u CHAT_DB_USER -u CHAT_DB_PASSWORD -u CHAT_DB_NAME \
+    CHAT_VAR="$dir" CHAT_DEMO=0 "${envs[@]}" bash deploy/stack.sh "$@"
+}
 # A JWT for the stack, signed with its secret: mint_token SUB [EMAIL]
 mint_token() {
   JWT_SECRET=${JWT_SECRET:-$(cat "$VAR/jwt-secret")} "$BIN/chat-token" --sub "$1" --email "${2:-$1@example.com}" \
