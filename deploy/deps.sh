@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Installs exactly the Debian 12 packages the project uses. Idempotent and quick when all is present:
 # apt-get update runs only when something is missing. npm packages for the browser test come last.
+# Usage: deploy/deps.sh [run]   run: only what building and running the stack needs (make run), not the
+#                               test tools (cmocka, cppcheck, chromium, node and the browser test's npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-all}
 
 PKGS=(
-  build-essential pkg-config cppcheck
+  build-essential pkg-config
   libjson-c-dev libjwt-dev libcurl4-openssl-dev libmariadb-dev libzmq3-dev libssl-dev
-  libfcgi-dev libwebsockets-dev libwebsockets-evlib-ev libcmocka-dev
+  libfcgi-dev libwebsockets-dev libwebsockets-evlib-ev
   mariadb-server mariadb-client lighttpd curl
-  chromium
 )
-command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
-command -v npm  >/dev/null 2>&1 || PKGS+=(npm)
+if [ "$MODE" != run ]; then
+  PKGS+=(cppcheck libcmocka-dev chromium)
+  command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+  command -v npm  >/dev/null 2>&1 || PKGS+=(npm)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -26,7 +31,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # mariadb-server's package starts a system instance; the project never uses it (it runs its own).
 
-if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
+if [ "$MODE" != run ] && [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "deps: npm ci in tests/browser"
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -33,6 +33,12 @@ export CHAT_PORT=${CHAT_PORT:-8000}
 export CHAT_BIND=${CHAT_BIND:-127.0.0.1}
 export CHAT_FCGI_PROCS=${CHAT_FCGI_PROCS:-4}
 export CHAT_LOG_LEVEL=${CHAT_LOG_LEVEL:-info}
+# One set of development defaults, for `make run` and `make start` alike: the offline provider paced like
+# a real model (25 ms a token) so that streaming is visible, and the demo user allowed to look at any
+# sample customer (the test page's customer field). Anything set in the environment wins (tests/run.sh
+# sets its own).
+export CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-25}
+export CHAT_CUSTOMER_ACCESS=${CHAT_CUSTOMER_ACCESS:-any}
 export CHAT_ZMQ_ENDPOINT=${CHAT_ZMQ_ENDPOINT:-ipc://$RUN/chat-workers.ipc}
 # lighttpd proxies /ws/chat over a Unix socket (see lighttpd.conf), so the streamer listens on one.
 case "${CHAT_STREAMER_LISTEN:-}" in

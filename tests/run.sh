@@ -101,9 +101,10 @@ run_browser() {
 if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   # The whole stack on test ports with its own data folder (var/test), so `make run` is never touched.
   export CHAT_PORT=${CHAT_TEST_PORT:-18000}
-  # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model.
+  # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model, and
+  # customer access as in production (own), not the development stack's any.
   # (the demo token stack.sh prints for people is kept out of the saved output)
-  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 bash deploy/stack.sh start 2>&1 |
+  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 CHAT_CUSTOMER_ACCESS=own bash deploy/stack.sh start 2>&1 |
     grep -v '^eyJ' >"$CHAT_VAR/log/stack.out"
   if [ "${PIPESTATUS[0]}" -eq 0 ]; then
     STACK_STARTED=1
@@ -118,6 +119,8 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     run_script tests/ops/db_external.sh
     rm -rf "$CHAT_VAR/own" # the stack of the next scripts, with its own private MariaDB
     run_script tests/ops/supervise.sh
+    run_script tests/ops/settings.sh
+    run_script tests/ops/make_run.sh
     run_script tests/ops/graceful_stop.sh
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
