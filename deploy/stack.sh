@@ -16,7 +16,8 @@
 # CHAT_PORT (default 8000) set differently, a second stack (make test) runs beside `make run` without
 # sharing a port, a socket or a file: the streamer and the FastCGI pool listen on Unix sockets there.
 #
-# Other settings: CHAT_BIND (127.0.0.1), CHAT_FCGI_PROCS (4), CHAT_DEMO (1; 0 = no /api/v1/demo-token),
+# Other settings: CHAT_BIND (127.0.0.1), CHAT_FCGI_PROCS (4), CHAT_DEMO (1: /api/v1/demo-token on a
+# loopback bind, never on another; 0 = off),
 # and every variable of deploy/chat.env.example, passed through to the programs.
 set -uo pipefail
 
@@ -283,15 +284,17 @@ start_all() {
   # The demo token is always minted (scripts and benchmarks read it); CHAT_DEMO decides whether
   # GET /api/v1/demo-token hands it out.
   demo_token
-  if [ "${CHAT_DEMO:-1}" = 1 ]; then
-    if [ -s "$VAR/demo-token" ]; then
-      export CHAT_DEMO_TOKEN_FILE=${CHAT_DEMO_TOKEN_FILE:-$VAR/demo-token}
-      case "$CHAT_BIND" in 127.* | localhost | ::1) ;; *)
-        warn "CHAT_BIND=$CHAT_BIND with the demo token endpoint on: anyone who reaches the port gets a token (CHAT_DEMO=0 turns it off)" ;;
-      esac
-    fi
-  else
+  # Only on a loopback bind: on any other address anyone who reaches the port would get a valid token.
+  local loopback=0
+  case "$CHAT_BIND" in 127.* | localhost | ::1 | "[::1]") loopback=1 ;; esac
+  if [ "${CHAT_DEMO:-1}" != 1 ]; then
     unset CHAT_DEMO_TOKEN_FILE
+  elif [ "$loopback" != 1 ]; then
+    unset CHAT_DEMO_TOKEN_FILE
+    warn "demo token endpoint off: CHAT_BIND=$CHAT_BIND is not a loopback address (GET /api/v1/demo-token answers 404)"
+  elif [ -s "$VAR/demo-token" ]; then
+    export CHAT_DEMO_TOKEN_FILE=${CHAT_DEMO_TOKEN_FILE:-$VAR/demo-token}
+    say "demo token endpoint on, for the loopback bind $CHAT_BIND only: GET /api/v1/demo-token (CHAT_DEMO=0 turns it off)"
   fi
   start_worker || return 1
   start_streamer || return 1

@@ -583,6 +583,8 @@ static int handle_server_error(fcgi_resp *resp, int status)
     case 413: return set_error(resp, 413, FCGI_CODE_PAYLOAD_TOO_LARGE, "Request body too large");
     case 415: return set_error(resp, 415, FCGI_CODE_UNSUPPORTED_MEDIA_TYPE, "Unsupported media type");
     case 431: return set_error(resp, 431, CHAT_CODE_INVALID_REQUEST, "Request headers too large");
+    case 501: return set_error(resp, 501, "NOT_IMPLEMENTED", "Not implemented");
+    case 505: return set_error(resp, 505, "HTTP_VERSION_NOT_SUPPORTED", "HTTP version not supported");
     case 502:
     case 503:
     case 504:

@@ -48,7 +48,9 @@ static const char *reason(int status)
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
     case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return status >= 500 ? "Internal Server Error" : "Error";
     }
 }

@@ -114,6 +114,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     run_browser
     # Operations tests against the running stack.
     run_script tests/ops/db_lockdown.sh
+    run_script tests/ops/api_errors.sh
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
     # Operations tests that start stacks of their own (on the same port, now free).
     run_script tests/ops/db_external.sh
@@ -121,6 +122,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     run_script tests/ops/supervise.sh
     run_script tests/ops/settings.sh
     run_script tests/ops/make_run.sh
+    run_script tests/ops/demo_token.sh
     run_script tests/ops/graceful_stop.sh
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
