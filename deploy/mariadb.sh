@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A private MariaDB server for development, tests and `make run`: data under $CHAT_VAR/mariadb, no TCP,
 # --no-defaults so the host's my.cnf never leaks in.
-# Usage: deploy/mariadb.sh start|stop|status|restart|client [args...]|socket|service-user
+# Usage: deploy/mariadb.sh start|stop|status|restart|client [args...]|socket|service-user|reopen-log
 # Idempotent: start when running is a no-op (it re-applies the accounts below); a stale socket or pid file
 # is removed.
 #
@@ -164,6 +164,10 @@ case "${1:-}" in
   status) if running && ping; then echo "running (socket $LINK)"; else echo "stopped"; exit 3; fi ;;
   client) shift; exec "$CLIENT" --no-defaults -u"$ME" --socket="$SOCK" "$@" ;;
   socket) echo "$LINK" ;;
+  reopen-log) # after $LOG/mariadb.log was moved away: a new one, writable by the server's OS user
+    touch "$LOG/mariadb.log"
+    [ "$(id -u)" -eq 0 ] && chown "$(stat -c %U "$SRV"):" "$LOG/mariadb.log"
+    admin -e 'FLUSH ERROR LOGS' ;;
   service-user) printf '%s %s\n' "$SERVICE_USER" "$PWFILE" ;; # the services' account and its password file
-  *) echo "usage: $0 start|stop|restart|status|client [args]|socket|service-user" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|status|client [args]|socket|service-user|reopen-log" >&2; exit 2 ;;
 esac

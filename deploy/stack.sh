@@ -97,10 +97,12 @@ pid_of() { # name -> pid on stdout when that process runs
 # runs the program itself: until the execs are done its command line is this script's, and a pid_of
 # right after the spawn would call a starting program gone ("lighttpd exited at start").
 # (The subshell gives the program back the default SIGPIPE the supervisor ignores for itself.)
+# CHAT_LOG_FILE names the same log for the program itself, which reopens it on SIGHUP (reopen_logs);
+# lighttpd passes it to its FastCGI responders, whose log chat-fcgi.log is.
 spawn() { # name log command...
   local name=$1 log=$2 exe i; shift 2
   exe=$(readlink -f "$(command -v "$1")")
-  (trap - PIPE; exec setsid "$@" >>"$LOG/$log.log" 2>&1 </dev/null) &
+  (trap - PIPE; export CHAT_LOG_FILE="$LOG/$log.log"; exec setsid "$@" >>"$LOG/$log.log" 2>&1 </dev/null) &
   echo $! >"$RUN/$name.pid"
   for ((i = 0; i < 200; i++)); do
     [ "$(readlink "/proc/$!/exe" 2>/dev/null)" = "$exe" ] && return 0
@@ -425,19 +427,60 @@ sv_check() {
   done
 }
 
+# ---- logs: every process reopens its log on SIGHUP; the supervisor rotates what grows too big ----
+
+# After the logs were moved away (logrotate, rotate_logs): each process starts a new file. The
+# programs reopen their CHAT_LOG_FILE, lighttpd its error and access logs (its whole process group
+# gets the signal: master, workers, responders), MariaDB its error log, the supervisor stack.log.
+reopen_logs() {
+  local c p
+  for c in chat-worker chat-streamer lighttpd; do
+    if p=$(pid_of "$c" "$c"); then kill -HUP -- "-$p" 2>/dev/null; fi
+  done
+  if [ "$PRIVATE_DB" = 1 ] && bash deploy/mariadb.sh status >/dev/null 2>&1; then bash deploy/mariadb.sh reopen-log; fi
+  if p=$(supervisor_pid) && [ "$p" != $$ ]; then
+    kill -USR1 "$p" 2>/dev/null
+  elif [ "${SV_MODE:-}" = bg ]; then # the background supervisor itself (rotate_logs)
+    exec >>"$LOG/stack.log" 3>&1
+  fi
+  return 0
+}
+
+# Run by the supervisor every 10 s: a log over CHAT_LOG_MAX_MB (default 100; 0 = never) becomes
+# <log>.1 (the previous .1 becomes .2, the older one goes), then every process reopens.
+rotate_logs() {
+  local max_mb=${CHAT_LOG_MAX_MB:-100} f moved=0
+  [[ "$max_mb" =~ ^[0-9]+$ ]] && [ "$max_mb" -gt 0 ] || return 0
+  for f in "$LOG"/*.log; do
+    [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt $(( max_mb * 1048576 )) ] || continue
+    [ -f "$f.1" ] && mv -f "$f.1" "$f.2"
+    mv -f "$f" "$f.1"
+    say "rotated $f (over ${max_mb} MB)"
+    moved=1
+  done
+  [ "$moved" = 0 ] || reopen_logs
+}
+
 # The supervisor's own pid file: `stack.sh stop` from any shell asks it to stop the stack.
 supervisor_pid() { pid_of stack "deploy/stack.sh"; }
 
 # Starts everything and supervises it until SIGINT/SIGTERM, then stops everything in order.
 supervise() { # mode: run (foreground, prints the URLs) | bg (background, tells `start` when ready)
   local mode=$1 p
+  SV_MODE=$mode
   if p=$(supervisor_pid) && [ "$p" != $$ ]; then
     warn "the stack already runs (supervisor pid $p): deploy/stack.sh stop first"; exit 1
   fi
   # A closed terminal or pipe (`make run | tee log` and Ctrl-C) must not kill this script halfway through
   # stopping: writes to a vanished stdout fail instead.
   trap '' PIPE
-  trap 'trap "" INT TERM; echo; say "stopping"; stop_all; rm -f "$RUN/stack.pid" "$RUN/stack.ready"; exit 0' INT TERM
+  trap 'trap "" INT TERM HUP; echo; say "stopping"; stop_all; rm -f "$RUN/stack.pid" "$RUN/stack.ready"; exit 0' INT TERM
+  if [ "$mode" = run ]; then
+    trap 'trap "" INT TERM HUP; say "terminal closed: stopping"; stop_all; rm -f "$RUN/stack.pid" "$RUN/stack.ready"; exit 0' HUP
+  else
+    # reopen_logs: stack.log, the background supervisor's stdout and message fd, moved away.
+    trap 'exec >>"$LOG/stack.log" 3>&1; say "log reopened"' USR1 HUP
+  fi
   mkdir -p "$RUN" "$LOG"
   echo $$ >"$RUN/stack.pid"
   rm -f "$RUN/stack.ready"
@@ -456,9 +499,11 @@ supervise() { # mode: run (foreground, prints the URLs) | bg (background, tells 
   # Killed ..."), and sv_check says it better; the script's own messages go to the real stderr (fd 3).
   exec 3>&2
   ERR_FD=3
+  local n=0
   while :; do
     sleep 0.5
     sv_check
+    (( ++n % 20 )) || rotate_logs
   done 2>/dev/null
 }
 
@@ -521,7 +566,8 @@ case "${1:-}" in
   stop) stop_cmd ;;
   restart) stop_cmd; start_bg ;;
   status) status ;;
+  reopen-logs) reopen_logs ;;
   token) shift; token "$@" ;;
   kb-import) shift; kb_import "$@" ;;
-  *) echo "usage: $0 run|start|stop|restart|status|token [SUB EMAIL NAME TTL]|kb-import DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 run|start|stop|restart|status|reopen-logs|token [SUB EMAIL NAME TTL]|kb-import DIR" >&2; exit 2 ;;
 esac

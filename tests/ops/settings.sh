@@ -23,7 +23,7 @@ check "every variable the services read is documented in $EXAMPLE (undocumented:
 # ones stack.sh sets itself (port, sockets, database account, secret) keep its values.
 STACK_SET=" CHAT_ROOT CHAT_VAR CHAT_BIND CHAT_PORT CHAT_FCGI_PROCS CHAT_STREAMER_SOCKET CHAT_STREAMER_LISTEN
  CHAT_ZMQ_ENDPOINT CHAT_WS_IDLE_S CHAT_FRONT_DRAIN_S CHAT_DB_SOCKET CHAT_DB_USER CHAT_DB_PASSWORD JWT_SECRET
- CHAT_DEMO_TOKEN_FILE CHAT_LOG_LEVEL "
+ CHAT_DEMO_TOKEN_FILE CHAT_LOG_LEVEL CHAT_LOG_FILE "
 envs=()
 for v in $doc_vars; do
   case "$STACK_SET" in *" $v "*) continue ;; esac
@@ -44,11 +44,15 @@ streamer=$(cat "$OWN/run/chat-streamer.pid")
 want=()
 for v in $doc_vars; do
   line=$(tr '\0' '\n' <"/proc/$streamer/environ" | grep -m1 "^$v=")
+  [ "$v" = CHAT_LOG_FILE ] && [ -n "$line" ] && line="$v=" # one file per program: the name must be there
   [ -n "$line" ] && want+=("$line") || want+=("$v=<missing>")
 done
 missing_in() { # pid -> the documented settings it lacks (or holds with another value)
   local w out=""
-  for w in "${want[@]}"; do tr '\0' '\n' <"/proc/$1/environ" | grep -qxF -- "$w" || out+="${w%%=*} "; done
+  for w in "${want[@]}"; do
+    if [[ "$w" == *= ]]; then tr '\0' '\n' <"/proc/$1/environ" | grep -q "^$w" || out+="${w%%=*} "
+    else tr '\0' '\n' <"/proc/$1/environ" | grep -qxF -- "$w" || out+="${w%%=*} "; fi
+  done
   echo "$out"
 }
 m=$(missing_in "$streamer")
