@@ -50,6 +50,8 @@ esac
 export CHAT_STREAMER_LISTEN=unix:$CHAT_STREAMER_SOCKET
 # lighttpd must never cut an idle WebSocket before the streamer's own idle timeout does.
 export CHAT_WS_IDLE_S=${CHAT_WS_IDLE_S:-$(( ${CHAT_IDLE_TIMEOUT_S:-300} + 60 ))}
+# A request head may pause this long between two bytes (lighttpd.conf: slowloris).
+export CHAT_HEAD_IDLE_S=${CHAT_HEAD_IDLE_S:-10}
 # ...nor, on a graceful stop, a WebSocket the streamer is still draining.
 export CHAT_FRONT_DRAIN_S=${CHAT_FRONT_DRAIN_S:-$(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 20 ))}
 
