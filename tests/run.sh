@@ -115,6 +115,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     # Operations tests against the running stack.
     run_script tests/ops/db_lockdown.sh
     run_script tests/ops/api_errors.sh
+    run_script tests/ops/tools_exit.sh
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
     # Operations tests that start stacks of their own (on the same port, now free).
     run_script tests/ops/db_external.sh

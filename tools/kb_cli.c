@@ -75,11 +75,15 @@ static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
     return 0;
 }
 
+/* The single number sql selects; -1 (and the reason on stderr) when it fails. */
 static long long count(chat_db *db, const char *sql)
 {
     long long n = -1;
     char err[256];
-    if (chat_db_run(db, sql, NULL, 0, count_row, &n, NULL, NULL, err, sizeof err)) return -1;
+    if (chat_db_run(db, sql, NULL, 0, count_row, &n, NULL, NULL, err, sizeof err)) {
+        fprintf(stderr, "chat-kb: %s\n", err);
+        return -1;
+    }
     return n;
 }
 
@@ -154,19 +158,25 @@ static int setup(chat_db *db)
 {
     if (migrate(db, true)) return 1;
     char path[PATH_MAX + 32];
-    if (count(db, "SELECT COUNT(*) FROM models") == 0) {
+    long long models = count(db, "SELECT COUNT(*) FROM models");
+    if (models < 0) return 1;
+    if (models == 0) {
         snprintf(path, sizeof path, "%s/sample_data.sql", sql_dir);
         if (load_sql(db, path)) return 1;
         printf("sample data loaded\n");
     }
     snprintf(path, sizeof path, "%s/classifier_terms.sql", sql_dir);
     if (access(path, R_OK) == 0 && load_sql(db, path)) return 1;
-    if (count(db, "SELECT COUNT(*) FROM kb_documents") == 0) {
+    long long passages = count(db, "SELECT COUNT(*) FROM kb_documents");
+    if (passages < 0) return 1;
+    if (passages == 0) {
         snprintf(path, sizeof path, "%s/kb", sql_dir);
         if (import(db, path)) return 1;
     }
-    printf("knowledge base: %lld passages, %lld classifier terms\n", count(db, "SELECT COUNT(*) FROM kb_documents"),
-           count(db, "SELECT COUNT(*) FROM classifier_terms"));
+    passages = count(db, "SELECT COUNT(*) FROM kb_documents");
+    long long terms = count(db, "SELECT COUNT(*) FROM classifier_terms");
+    if (passages < 0 || terms < 0) return 1;
+    printf("knowledge base: %lld passages, %lld classifier terms\n", passages, terms);
     return 0;
 }
 
@@ -190,6 +200,11 @@ static int search(chat_db *db, const chat_config *cfg, int argc, char **argv)
         else break;
     }
     if (i != argc - 1) return usage();
+    /* A question whose words are all dropped queries nothing: the knowledge base must still be there. */
+    if (count(db, "SELECT COUNT(*) FROM kb_documents") < 0) {
+        chat_kb_stats_free(stats);
+        return 1;
+    }
     q.question = argv[i];
     char code[16];
     if (chat_kb_find_fault_code(q.question, code)) q.fault_code = code;
