@@ -36,7 +36,8 @@ PID=$SRV/mariadb.pid
 TMP=$SRV/tmp           # its own temporary tables: a shared /tmp cleaned by others broke queries under load
 FILES=$SRV/files       # secure_file_priv
 PWFILE=$VAR/db-password
-LEGACY_PID=$RUN/mariadb.pid # where earlier versions of this script kept it
+PID_LINK=$RUN/mariadb.pid # a link to $PID for readers of the old place (tests/bench.sh); a plain file
+                          # there is a server an earlier version of this script started
 SERVICE_USER=chat
 DB_NAME=${CHAT_DB_NAME:-chat}
 ME=$(id -un)
@@ -109,12 +110,14 @@ stop_pid() { # pid file
   rm -f "$1"
 }
 
+legacy() { if [ -f "$PID_LINK" ] && [ ! -L "$PID_LINK" ]; then stop_pid "$PID_LINK"; fi; }
+
 start() {
-  [ -f "$LEGACY_PID" ] && stop_pid "$LEGACY_PID" # a server an earlier version started, socket in run/
+  legacy # a server an earlier version started, socket in run/
   if running && ping; then secure; return; fi
   if ! running; then
     local user; user=$(server_user)
-    rm -f "$PID" "$SOCK" "$SOCK.lock" "$LINK"
+    rm -f "$PID" "$SOCK" "$SOCK.lock" "$LINK" "$PID_LINK"
     mkdir -p "$DATA" "$SRV" "$TMP" "$FILES"
     chmod 700 "$DATA" "$SRV" "$TMP" "$FILES"
     touch "$LOG/mariadb.log"
@@ -142,6 +145,7 @@ start() {
   for _ in $(seq 1 300); do
     if ping || legacy_ping; then
       ln -sfn mariadb/mariadb.sock "$LINK"
+      ln -sfn mariadb/mariadb.pid "$PID_LINK"
       secure
       return
     fi
@@ -152,9 +156,9 @@ start() {
 }
 
 stop() {
-  [ -f "$LEGACY_PID" ] && stop_pid "$LEGACY_PID"
+  legacy
   stop_pid "$PID"
-  rm -f "$SOCK" "$LINK"
+  rm -f "$SOCK" "$LINK" "$PID_LINK"
 }
 
 case "${1:-}" in

@@ -3,13 +3,18 @@
 # systemd units in deploy/systemd instead).
 #
 #   deploy/stack.sh run                         everything in the foreground; Ctrl-C stops it all cleanly
-#   deploy/stack.sh start | stop | status       the same in the background (idempotent)
+#   deploy/stack.sh start | stop | restart | status
+#                                               the same in the background (idempotent)
+#   deploy/stack.sh reopen-logs                 after moving logs away: every process starts a new file
 #   deploy/stack.sh token [SUB EMAIL NAME TTL]  mints a JWT with the stack's secret (prints it)
 #   deploy/stack.sh kb-import DIR               imports markdown files into the knowledge base
 #
 # Order: MariaDB (private, unless CHAT_DB_HOST / CHAT_DB_SOCKET name another server) -> chat-kb setup
 # (schema, sample data, knowledge base; once, later runs keep the data) -> chat-worker -> chat-streamer
 # -> lighttpd with its FastCGI pool. `stop` lets every answer in flight finish (see stop_all).
+# This script is also the supervisor (`run` in the foreground, `start` in the background, pid in
+# run/stack.pid): it restarts a process that dies, with a back-off (sv_check), rotates the logs that grow
+# too big (rotate_logs), and stops everything on SIGINT/SIGTERM (what `stop` sends it).
 #
 # Everything lives under CHAT_VAR (default var/): run/ (pid files, sockets), log/, tmp/, the JWT secret
 # (jwt-secret, mode 600, unless JWT_SECRET is set) and the demo token (demo-token). With CHAT_VAR and
@@ -50,10 +55,10 @@ esac
 export CHAT_STREAMER_LISTEN=unix:$CHAT_STREAMER_SOCKET
 # lighttpd must never cut an idle WebSocket before the streamer's own idle timeout does.
 export CHAT_WS_IDLE_S=${CHAT_WS_IDLE_S:-$(( ${CHAT_IDLE_TIMEOUT_S:-300} + 60 ))}
-# A request head may pause this long between two bytes (lighttpd.conf: slowloris).
-export CHAT_HEAD_IDLE_S=${CHAT_HEAD_IDLE_S:-10}
 # ...nor, on a graceful stop, a WebSocket the streamer is still draining.
 export CHAT_FRONT_DRAIN_S=${CHAT_FRONT_DRAIN_S:-$(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 20 ))}
+# A request head may pause this long between two bytes (lighttpd.conf: slowloris).
+export CHAT_HEAD_IDLE_S=${CHAT_HEAD_IDLE_S:-10}
 
 # The private MariaDB unless another server is named. Its schema set-up runs as your own account
 # (unix_socket, see deploy/mariadb.sh), the services as its least-privilege `chat` account (db_start).

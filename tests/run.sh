@@ -64,6 +64,10 @@ run_script() {
 
 cleanup() {
   [ "${STACK_STARTED:-0}" = 1 ] && bash deploy/stack.sh stop >/dev/null 2>&1
+  # the stacks of tests/ops scripts, should one have been interrupted
+  for d in "$CHAT_VAR/own" "$CHAT_VAR/ext"; do
+    [ -d "$d/run" ] && env -u CHAT_DB_SOCKET CHAT_VAR="$d" bash deploy/stack.sh stop >/dev/null 2>&1
+  done
   bash deploy/mariadb.sh stop >/dev/null 2>&1
 }
 trap cleanup EXIT
