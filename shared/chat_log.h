@@ -7,7 +7,10 @@
 
 enum { CHAT_LOG_DEBUG = 0, CHAT_LOG_INFO = 1, CHAT_LOG_WARN = 2, CHAT_LOG_ERROR = 3 };
 
-/* Sets the program name and minimum level (CHAT_LOG_LEVEL=debug|info|warn|error overrides level). */
+/* Sets the program name and minimum level (CHAT_LOG_LEVEL=debug|info|warn|error overrides level).
+ * With CHAT_LOG_FILE set, stderr becomes that file (appended), and SIGHUP reopens it, so a log moved
+ * away by logrotate is followed by a new file. SIGHUP never ends the process (it is handled even
+ * without CHAT_LOG_FILE). Call it first in main, before any thread exists. */
 void chat_log_init(const char *program, int level);
 void chat_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
