@@ -156,10 +156,15 @@ lint:
 format:
 	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] worker/*.[ch] tools/*.[ch] bench/*.[ch] tests/*.c tests/*/*.[ch])
 
-run: deps all
+# make run / make start build and install only what running needs: the library and the programs, not
+# the test programs, the fake LLM server or the browser test's packages.
+run:
+	@bash deploy/deps.sh run
+	@$(MAKE) --no-print-directory $(LIB) $(filter-out $(B)/bin/fake-llm,$(PROGS))
 	@bash deploy/stack.sh run
 
-start: all
+start:
+	@$(MAKE) --no-print-directory $(LIB) $(filter-out $(B)/bin/fake-llm,$(PROGS))
 	@bash deploy/stack.sh start
 
 stop:

@@ -1758,6 +1758,15 @@ static int run_parent(opts *o)
     uint64_t errs = 0;
     for (int i = 0; i < s->nerrs; i++) errs += s->errs[i].n;
     printf(" errors=%llu client_cpu_s=%.1f\n", (unsigned long long)errs, client_cpu);
+    /* A run that measured nothing is a failure, not a table of zeros with exit status 0. */
+    const char *nothing = NULL;
+    if (o->mode == M_REST && s->rest_done == s->rest_non2xx) nothing = "no request got a 2xx answer";
+    else if (o->mode != M_REST && !s->authed) nothing = "no connection was set up";
+    else if (o->mode == M_CHAT && !s->turns_done) nothing = "no turn was answered";
+    if (!rc && nothing) {
+        fprintf(stderr, "chat-bench: nothing measured: %s\n", nothing);
+        rc = 1;
+    }
     free(all), free(one);
     return rc;
 }

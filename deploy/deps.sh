@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Installs exactly the Debian 12 packages the project uses. Idempotent and quick when all is present:
 # apt-get update runs only when something is missing. npm packages for the browser and client tests come last.
+# Usage: deploy/deps.sh [run]   run: only what building and running the stack needs (make run), not the
+#                               test tools (cmocka, cppcheck, chromium, promtool, node and the tests' npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-all}
 
 PKGS=(
-  build-essential pkg-config cppcheck
+  build-essential pkg-config
   libjson-c-dev libjwt-dev libcurl4-openssl-dev libmariadb-dev libzmq3-dev libssl-dev
-  libfcgi-dev libwebsockets-dev libwebsockets-evlib-ev libcmocka-dev
-  mariadb-server mariadb-client lighttpd curl prometheus
-  chromium
+  libfcgi-dev libwebsockets-dev libwebsockets-evlib-ev
+  mariadb-server mariadb-client lighttpd curl
 )
-command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
-command -v npm  >/dev/null 2>&1 || PKGS+=(npm)
+if [ "$MODE" != run ]; then
+  PKGS+=(cppcheck libcmocka-dev chromium prometheus) # prometheus: promtool, for the metrics tests
+  command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+  command -v npm  >/dev/null 2>&1 || PKGS+=(npm)
+fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -33,6 +38,8 @@ npm_ci() { # dir package
     (cd "$1" && npm ci --no-audit --no-fund --loglevel=error)
   fi
 }
-npm_ci tests/browser playwright-core # the real-browser test
-npm_ci tests/clients openai          # the official OpenAI client against /v1
+if [ "$MODE" != run ]; then
+  npm_ci tests/browser playwright-core # the real-browser test
+  npm_ci tests/clients openai          # the official OpenAI client against /v1
+fi
 echo "deps: all present"

@@ -3,22 +3,28 @@
 # systemd units in deploy/systemd instead).
 #
 #   deploy/stack.sh run                         everything in the foreground; Ctrl-C stops it all cleanly
-#   deploy/stack.sh start | stop | status       the same in the background (idempotent)
+#   deploy/stack.sh start | stop | restart | status
+#                                               the same in the background (idempotent)
 #   deploy/stack.sh reload                      SIGHUP: workers and FastCGI responders reload the agents'
 #                                               prompts and model settings (CHAT_PROMPTS_DIR)
+#   deploy/stack.sh reopen-logs                 after moving logs away: every process starts a new file
 #   deploy/stack.sh token [SUB EMAIL NAME TTL]  mints a JWT with the stack's secret (prints it)
 #   deploy/stack.sh kb-import DIR               imports markdown files into the knowledge base
 #
 # Order: MariaDB (private, unless CHAT_DB_HOST / CHAT_DB_SOCKET name another server) -> chat-kb setup
 # (schema, sample data, knowledge base; once, later runs keep the data) -> chat-worker -> chat-streamer
-# -> lighttpd with its FastCGI pool. `stop` goes in reverse and waits for each process to exit.
+# -> lighttpd with its FastCGI pool. `stop` lets every answer in flight finish (see stop_all).
+# This script is also the supervisor (`run` in the foreground, `start` in the background, pid in
+# run/stack.pid): it restarts a process that dies, with a back-off (sv_check), rotates the logs that grow
+# too big (rotate_logs), and stops everything on SIGINT/SIGTERM (what `stop` sends it).
 #
 # Everything lives under CHAT_VAR (default var/): run/ (pid files, sockets), log/, tmp/, the JWT secret
 # (jwt-secret, mode 600, unless JWT_SECRET is set) and the demo token (demo-token). With CHAT_VAR and
 # CHAT_PORT (default 8000) set differently, a second stack (make test) runs beside `make run` without
 # sharing a port, a socket or a file: the streamer and the FastCGI pool listen on Unix sockets there.
 #
-# Other settings: CHAT_BIND (127.0.0.1), CHAT_FCGI_PROCS (4), CHAT_DEMO (1; 0 = no /api/v1/demo-token),
+# Other settings: CHAT_BIND (127.0.0.1), CHAT_FCGI_PROCS (4), CHAT_DEMO (1: /api/v1/demo-token on a
+# loopback bind, never on another; 0 = off),
 # and every variable of deploy/chat.env.example, passed through to the programs.
 set -uo pipefail
 
@@ -35,6 +41,12 @@ export CHAT_PORT=${CHAT_PORT:-8000}
 export CHAT_BIND=${CHAT_BIND:-127.0.0.1}
 export CHAT_FCGI_PROCS=${CHAT_FCGI_PROCS:-4}
 export CHAT_LOG_LEVEL=${CHAT_LOG_LEVEL:-info}
+# One set of development defaults, for `make run` and `make start` alike: the offline provider paced like
+# a real model (25 ms a token) so that streaming is visible, and the demo user allowed to look at any
+# sample customer (the test page's customer field). Anything set in the environment wins (tests/run.sh
+# sets its own).
+export CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-25}
+export CHAT_CUSTOMER_ACCESS=${CHAT_CUSTOMER_ACCESS:-any}
 export CHAT_ZMQ_ENDPOINT=${CHAT_ZMQ_ENDPOINT:-ipc://$RUN/chat-workers.ipc}
 export CHAT_METRICS_DIR=${CHAT_METRICS_DIR:-$RUN/metrics}
 # lighttpd proxies /ws/chat over a Unix socket (see lighttpd.conf), so the streamer listens on one.
@@ -46,14 +58,25 @@ esac
 export CHAT_STREAMER_LISTEN=unix:$CHAT_STREAMER_SOCKET
 # lighttpd must never cut an idle WebSocket before the streamer's own idle timeout does.
 export CHAT_WS_IDLE_S=${CHAT_WS_IDLE_S:-$(( ${CHAT_IDLE_TIMEOUT_S:-300} + 60 ))}
+# ...nor, on a graceful stop, a WebSocket the streamer is still draining.
+export CHAT_FRONT_DRAIN_S=${CHAT_FRONT_DRAIN_S:-$(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 20 ))}
+# A request head may pause this long between two bytes (lighttpd.conf: slowloris).
+export CHAT_HEAD_IDLE_S=${CHAT_HEAD_IDLE_S:-10}
 
-# The private MariaDB unless another server is named.
+# The private MariaDB unless another server is named. Its schema set-up runs as your own account
+# (unix_socket, see deploy/mariadb.sh), the services as its least-privilege `chat` account (db_start).
+# Another server: the services use CHAT_DB_USER / CHAT_DB_PASSWORD, and the set-up, needed only when
+# `chat-kb check` finds the schema missing or old, CHAT_DB_ADMIN_USER / CHAT_DB_ADMIN_PASSWORD when set.
 PRIVATE_DB=0
+ADMIN_ENV=()
 if [ -z "${CHAT_DB_HOST:-}" ] && { [ -z "${CHAT_DB_SOCKET:-}" ] || [ "$CHAT_DB_SOCKET" = "$RUN/mariadb.sock" ]; }; then
   PRIVATE_DB=1
   export CHAT_DB_SOCKET=$RUN/mariadb.sock
-  export CHAT_DB_USER=${CHAT_DB_USER:-root}
+  ADMIN_ENV=(CHAT_DB_USER="$(id -un)" CHAT_DB_PASSWORD=)
+elif [ -n "${CHAT_DB_ADMIN_USER:-}" ]; then
+  ADMIN_ENV=(CHAT_DB_USER="$CHAT_DB_ADMIN_USER" CHAT_DB_PASSWORD="${CHAT_DB_ADMIN_PASSWORD:-}")
 fi
+unset CHAT_DB_ADMIN_USER CHAT_DB_ADMIN_PASSWORD # never in the services' environment
 
 HOST=$CHAT_BIND
 case "$HOST" in 0.0.0.0 | "::" | "[::]") HOST=127.0.0.1 ;; esac
@@ -63,7 +86,8 @@ PUBLIC=http://localhost:$CHAT_PORT
 [ "$HOST" = 127.0.0.1 ] || PUBLIC=$BASE
 
 say() { printf 'stack: %s\n' "$*"; }
-warn() { printf 'stack: %s\n' "$*" >&2; }
+# (ERR_FD: the supervisor's loop runs with stderr to /dev/null, see supervise)
+warn() { printf 'stack: %s\n' "$*" >&"${ERR_FD:-2}"; }
 
 # ---- processes: pid files under $RUN, checked against /proc so a recycled pid is never signalled ----
 
@@ -79,19 +103,31 @@ pid_of() { # name -> pid on stdout when that process runs
 
 # Starts a program in its own session (Ctrl-C in the terminal reaches only this script, which then stops
 # everything in order), stdout and stderr appended to $LOG/<log>.log. setsid execs in place (a background
-# job of a non-interactive shell is no group leader), so $! is the program's pid.
+# job of a non-interactive shell is no group leader), so $! is the program's pid. Returns once that pid
+# runs the program itself: until the execs are done its command line is this script's, and a pid_of
+# right after the spawn would call a starting program gone ("lighttpd exited at start").
+# (The subshell gives the program back the default SIGPIPE the supervisor ignores for itself.)
+# CHAT_LOG_FILE names the same log for the program itself, which reopens it on SIGHUP (reopen_logs);
+# lighttpd passes it to its FastCGI responders, whose log chat-fcgi.log is.
 spawn() { # name log command...
-  local name=$1 log=$2; shift 2
-  setsid "$@" >>"$LOG/$log.log" 2>&1 </dev/null &
+  local name=$1 log=$2 exe i; shift 2
+  exe=$(readlink -f "$(command -v "$1")")
+  (trap - PIPE; export CHAT_LOG_FILE="$LOG/$log.log"; exec setsid "$@" >>"$LOG/$log.log" 2>&1 </dev/null) &
   echo $! >"$RUN/$name.pid"
+  for ((i = 0; i < 200; i++)); do
+    [ "$(readlink "/proc/$!/exe" 2>/dev/null)" = "$exe" ] && return 0
+    kill -0 "$!" 2>/dev/null || return 0 # gone already: the caller reports it
+    sleep 0.01
+  done
 }
 
-# SIGTERM, wait up to grace seconds, then whatever is left of its process group, then SIGKILL.
-stop_proc() { # name pattern grace
-  local name=$1 pat=$2 grace=$3 p i
+# SIGTERM (or signal; "-" for none: one sent earlier is at work), wait up to grace seconds, then whatever
+# is left of its process group, then SIGKILL.
+stop_proc() { # name pattern grace [signal]
+  local name=$1 pat=$2 grace=$3 sig=${4:-TERM} p i
   if ! p=$(pid_of "$name" "$pat"); then rm -f "$RUN/$name.pid"; return 0; fi
   say "stopping $name (pid $p)"
-  kill -TERM "$p" 2>/dev/null
+  [ "$sig" = - ] || kill -"$sig" "$p" 2>/dev/null
   for ((i = 0; i < grace * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "$p" 2>/dev/null; then warn "$name did not exit within ${grace}s; killing it"; kill -KILL "$p" 2>/dev/null; fi
   # Children it left behind (FastCGI responders, worker processes) share its process group.
@@ -103,9 +139,26 @@ stop_proc() { # name pattern grace
   rm -f "$RUN/$name.pid"
 }
 
+# lighttpd's graceful stop: its master process exits at once, its worker processes when their requests
+# are done, the FastCGI responders when it ends them, all in the process group stack.sh gave it. Waits
+# up to grace seconds for that group to empty, then SIGTERM, then SIGKILL.
+stop_group() { # name pgid grace
+  local name=$1 g=$2 grace=$3 i
+  for ((i = 0; i < grace * 10; i++)); do kill -0 -- "-$g" 2>/dev/null || return 0; sleep 0.1; done
+  warn "$name did not finish within ${grace}s; stopping what is left"
+  kill_group "$g"
+}
+
+kill_group() { # pgid: SIGTERM, up to 3 s, SIGKILL
+  local g=$1 i
+  kill -TERM -- "-$g" 2>/dev/null || return 0
+  for ((i = 0; i < 30; i++)); do kill -0 -- "-$g" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL -- "-$g" 2>/dev/null
+}
+
 fail_with_log() { # name logfile message
   warn "$3"
-  [ -f "$2" ] && { warn "last lines of $2:"; tail -n 15 "$2" >&2; }
+  [ -f "$2" ] && { warn "last lines of $2:"; tail -n 15 "$2" >&"${ERR_FD:-2}"; }
   return 1
 }
 
@@ -135,13 +188,32 @@ db_start() {
     say "starting the private MariaDB ($RUN/mariadb.sock)"
     bash deploy/mariadb.sh start || return 1
     touch "$RUN/stack.mariadb" # we started it, so `stop` stops it
+  else
+    bash deploy/mariadb.sh start || return 1 # running: re-applies its accounts (CHAT_DB_NAME's grant)
   fi
+  local user pwfile
+  read -r user pwfile < <(bash deploy/mariadb.sh service-user)
+  [ -s "$pwfile" ] || { warn "no password for the database account $user in $pwfile"; return 1; }
+  CHAT_DB_PASSWORD=$(cat "$pwfile")
+  export CHAT_DB_USER=$user CHAT_DB_PASSWORD
 }
 
+# The admin step: schema, migrations, sample data. On another server it runs only when the schema is
+# missing or old, so that a least-privilege CHAT_DB_USER is all `make start` needs.
 kb_setup() {
   [ -x "$BIN/chat-kb" ] || { warn "build/bin/chat-kb is missing (make): database not set up"; return 0; }
+  if [ "$PRIVATE_DB" != 1 ] && "$BIN/chat-kb" check >>"$LOG/chat-kb.log" 2>&1; then
+    say "database schema is current (chat-kb check): no set-up"
+    return 0
+  fi
   say "database set-up (chat-kb setup; log in $LOG/chat-kb.log)"
-  "$BIN/chat-kb" setup >>"$LOG/chat-kb.log" 2>&1 || fail_with_log chat-kb "$LOG/chat-kb.log" "chat-kb setup failed"
+  env "${ADMIN_ENV[@]}" "$BIN/chat-kb" setup >>"$LOG/chat-kb.log" 2>&1 && return 0
+  if [ "$PRIVATE_DB" != 1 ] && [ ${#ADMIN_ENV[@]} = 0 ]; then
+    fail_with_log chat-kb "$LOG/chat-kb.log" \
+      "chat-kb setup failed: it needs DDL rights (CHAT_DB_ADMIN_USER / CHAT_DB_ADMIN_PASSWORD name an admin account)"
+  else
+    fail_with_log chat-kb "$LOG/chat-kb.log" "chat-kb setup failed"
+  fi
 }
 
 demo_token() {
@@ -191,7 +263,7 @@ start_lighttpd() {
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   # lighttpd's own messages go to lighttpd-error.log; its stderr, inherited by the FastCGI responders,
   # is theirs.
-  # -D: no fork, so the pid spawn records is the one lighttpd writes to the same file (server.pid-file).
+  # -D: no fork, so the pid spawn records is lighttpd's (its master process).
   spawn lighttpd chat-fcgi lighttpd -D -f "$ROOT/lighttpd.conf"
 }
 
@@ -226,27 +298,35 @@ start_all() {
   # The demo token is always minted (scripts and benchmarks read it); CHAT_DEMO decides whether
   # GET /api/v1/demo-token hands it out.
   demo_token
-  if [ "${CHAT_DEMO:-1}" = 1 ]; then
-    if [ -s "$VAR/demo-token" ]; then
-      export CHAT_DEMO_TOKEN_FILE=${CHAT_DEMO_TOKEN_FILE:-$VAR/demo-token}
-      case "$CHAT_BIND" in 127.* | localhost | ::1) ;; *)
-        warn "CHAT_BIND=$CHAT_BIND with the demo token endpoint on: anyone who reaches the port gets a token (CHAT_DEMO=0 turns it off)" ;;
-      esac
-    fi
-  else
+  # Only on a loopback bind: on any other address anyone who reaches the port would get a valid token.
+  local loopback=0
+  case "$CHAT_BIND" in 127.* | localhost | ::1 | "[::1]") loopback=1 ;; esac
+  if [ "${CHAT_DEMO:-1}" != 1 ]; then
     unset CHAT_DEMO_TOKEN_FILE
+  elif [ "$loopback" != 1 ]; then
+    unset CHAT_DEMO_TOKEN_FILE
+    warn "demo token endpoint off: CHAT_BIND=$CHAT_BIND is not a loopback address (GET /api/v1/demo-token answers 404)"
+  elif [ -s "$VAR/demo-token" ]; then
+    export CHAT_DEMO_TOKEN_FILE=${CHAT_DEMO_TOKEN_FILE:-$VAR/demo-token}
+    say "demo token endpoint on, for the loopback bind $CHAT_BIND only: GET /api/v1/demo-token (CHAT_DEMO=0 turns it off)"
   fi
   start_worker || return 1
   start_streamer || return 1
   start_lighttpd || return 1
   wait_ready || return 1
-  print_info
 }
 
+# Nothing in flight is cut: lighttpd stops accepting first (SIGINT, its graceful shutdown: requests in
+# flight go on), the streamer drains (answers finish within CHAT_SHUTDOWN_GRACE_S, then 1001, through the
+# still-running lighttpd), lighttpd then exits by itself once its REST answers are delivered and the
+# WebSockets closed (within CHAT_FRONT_DRAIN_S), and the workers go last: they produce the streamed answers.
 stop_all() {
-  stop_proc lighttpd lighttpd 10
+  local front=""
+  if front=$(pid_of lighttpd lighttpd); then say "lighttpd stops accepting (pid $front)"; kill -INT "$front" 2>/dev/null; fi
   stop_proc chat-streamer chat-streamer $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 5 ))
-  stop_proc chat-worker chat-worker 15
+  [ -n "$front" ] && stop_group lighttpd "$front" $(( CHAT_FRONT_DRAIN_S + 5 ))
+  stop_proc lighttpd lighttpd 5
+  stop_proc chat-worker chat-worker $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 15 ))
   rm -f "$CHAT_STREAMER_SOCKET"
   if [ -f "$RUN/stack.mariadb" ]; then
     say "stopping the private MariaDB"
@@ -273,6 +353,7 @@ EOF
 
 status() {
   local rc=0 p
+  if p=$(supervisor_pid); then printf '%-14s running (pid %s)\n' supervisor "$p"; else printf '%-14s none\n' supervisor; fi
   for c in chat-worker:chat-worker chat-streamer:chat-streamer lighttpd:lighttpd; do
     if p=$(pid_of "${c%%:*}" "${c#*:}"); then
       printf '%-14s running (pid %s)\n' "${c%%:*}" "$p"
@@ -291,27 +372,70 @@ status() {
   return $rc
 }
 
-run() {
-  trap 'echo; say "stopping"; stop_all; exit 0' INT TERM
-  # The interactive demo paces the offline provider like a real model so streaming is visible.
-  export CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-25}
-  # ...and lets the demo user look at any sample customer (the test page's customer field).
-  export CHAT_CUSTOMER_ACCESS=${CHAT_CUSTOMER_ACCESS:-any}
-  start_all || { stop_all; exit 1; }
-  say "running in the foreground; Ctrl-C stops everything"
-  local c
-  while sleep 1; do
-    for c in chat-worker chat-streamer lighttpd; do
-      [ -f "$RUN/$c.pid" ] || continue
-      if ! pid_of "$c" "$c" >/dev/null; then
-        sleep 0.5 # `stack.sh stop` from another shell removes the pid file right after the process ends
-        if [ ! -f "$RUN/$c.pid" ]; then say "stopped from elsewhere"; stop_all; exit 0; fi
-        local log=$LOG/$c.log; [ "$c" = lighttpd ] && log=$LOG/lighttpd-error.log
-        fail_with_log "$c" "$log" "$c exited unexpectedly; stopping the stack"
-        stop_all
-        exit 1
+# ---- supervision: `run` in the foreground, `start` the same in the background ----
+
+# A process of the stack that is gone: the supervisor restarts it after a back-off that doubles from 1 s
+# to 30 s while it keeps dying young (under 60 s), with a log line each time. A lighttpd whose master
+# died leaves worker processes and FastCGI responders holding the port: its process group goes first.
+# The private MariaDB is supervised when this stack started it.
+declare -A SV_BACKOFF SV_DUE SV_SINCE
+now_ms() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
+
+supervised() { # the names, in start order
+  [ -f "$RUN/stack.mariadb" ] && echo mariadb
+  local c; for c in chat-worker chat-streamer lighttpd; do [ -f "$RUN/$c.pid" ] && echo "$c"; done
+}
+
+sv_alive() { # name
+  case $1 in
+    mariadb) kill -0 "$(cat "$RUN/mariadb/mariadb.pid" 2>/dev/null)" 2>/dev/null ;;
+    *) pid_of "$1" "$1" >/dev/null ;;
+  esac
+}
+
+sv_restart() { # name
+  case $1 in
+    mariadb) bash deploy/mariadb.sh start 2>&3 ;;
+    chat-worker) start_worker ;;
+    chat-streamer) start_streamer ;;
+    lighttpd) start_lighttpd && wait_ready ;;
+  esac
+}
+
+# One pass over the supervised processes.
+sv_check() {
+  local c now p st lived
+  now=$(now_ms)
+  for c in $(supervised); do
+    if sv_alive "$c"; then
+      [ -n "${SV_SINCE[$c]:-}" ] || SV_SINCE[$c]=$now
+      [ $(( now - SV_SINCE[$c] )) -ge 60000 ] && SV_BACKOFF[$c]=1000
+      continue
+    fi
+    if [ -z "${SV_DUE[$c]:-}" ]; then # just found dead
+      p=$(cat "$RUN/$c.pid" 2>/dev/null || cat "$RUN/mariadb/mariadb.pid" 2>/dev/null)
+      st="exited"
+      if [ "$c" != mariadb ] && [[ "$p" =~ ^[0-9]+$ ]]; then
+        wait "$p" 2>/dev/null; st=$?
+        if [ "$st" = 127 ]; then st="exited"; elif [ "$st" -gt 128 ]; then st="killed by signal $((st - 128))"; else st="exited with $st"; fi
       fi
-    done
+      lived=$(( (now - ${SV_SINCE[$c]:-$now}) / 1000 ))
+      SV_BACKOFF[$c]=${SV_BACKOFF[$c]:-1000}
+      warn "$c (pid ${p:-?}) $st after ${lived}s; restarting in $(( SV_BACKOFF[$c] / 1000 ))s"
+      [ "$c" = lighttpd ] && [[ "$p" =~ ^[0-9]+$ ]] && kill_group "$p"
+      SV_DUE[$c]=$(( now + SV_BACKOFF[$c] ))
+      SV_BACKOFF[$c]=$(( SV_BACKOFF[$c] * 2 > 30000 ? 30000 : SV_BACKOFF[$c] * 2 ))
+      continue
+    fi
+    [ "$now" -ge "${SV_DUE[$c]}" ] || continue
+    if sv_restart "$c" && sv_alive "$c"; then
+      say "$c restarted (pid $(cat "$RUN/$c.pid" 2>/dev/null || cat "$RUN/mariadb/mariadb.pid"))"
+      unset "SV_DUE[$c]"; SV_SINCE[$c]=$(now_ms)
+    else
+      warn "$c did not restart; next try in $(( SV_BACKOFF[$c] / 1000 ))s"
+      SV_DUE[$c]=$(( $(now_ms) + SV_BACKOFF[$c] ))
+      SV_BACKOFF[$c]=$(( SV_BACKOFF[$c] * 2 > 30000 ? 30000 : SV_BACKOFF[$c] * 2 ))
+    fi
   done
 }
 
@@ -323,6 +447,123 @@ reload() {
     for kid in $(pgrep -P "$p" -x chat-fcgi); do kill -HUP "$kid" && n=$((n + 1)); done
   fi
   say "asked $n processes to reload the agents' prompts and model settings"
+}
+
+# ---- logs: every process reopens its log on SIGHUP; the supervisor rotates what grows too big ----
+
+# After the logs were moved away (logrotate, rotate_logs): each process starts a new file. The
+# programs reopen their CHAT_LOG_FILE, lighttpd its error and access logs (its whole process group
+# gets the signal: master, workers, responders), MariaDB its error log, the supervisor stack.log.
+reopen_logs() {
+  local c p
+  for c in chat-worker chat-streamer lighttpd; do
+    if p=$(pid_of "$c" "$c"); then kill -HUP -- "-$p" 2>/dev/null; fi
+  done
+  if [ "$PRIVATE_DB" = 1 ] && bash deploy/mariadb.sh status >/dev/null 2>&1; then bash deploy/mariadb.sh reopen-log; fi
+  if p=$(supervisor_pid) && [ "$p" != $$ ]; then
+    kill -USR1 "$p" 2>/dev/null
+  elif [ "${SV_MODE:-}" = bg ]; then # the background supervisor itself (rotate_logs)
+    exec >>"$LOG/stack.log" 3>&1
+  fi
+  return 0
+}
+
+# Run by the supervisor every 10 s: a log over CHAT_LOG_MAX_MB (default 100; 0 = never) becomes
+# <log>.1 (the previous .1 becomes .2, the older one goes), then every process reopens.
+rotate_logs() {
+  local max_mb=${CHAT_LOG_MAX_MB:-100} f moved=0
+  [[ "$max_mb" =~ ^[0-9]+$ ]] && [ "$max_mb" -gt 0 ] || return 0
+  for f in "$LOG"/*.log; do
+    [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt $(( max_mb * 1048576 )) ] || continue
+    [ -f "$f.1" ] && mv -f "$f.1" "$f.2"
+    mv -f "$f" "$f.1"
+    say "rotated $f (over ${max_mb} MB)"
+    moved=1
+  done
+  [ "$moved" = 0 ] || reopen_logs
+}
+
+# The supervisor's own pid file: `stack.sh stop` from any shell asks it to stop the stack.
+supervisor_pid() { pid_of stack "deploy/stack.sh"; }
+
+# Starts everything and supervises it until SIGINT/SIGTERM, then stops everything in order.
+supervise() { # mode: run (foreground, prints the URLs) | bg (background, tells `start` when ready)
+  local mode=$1 p
+  SV_MODE=$mode
+  if p=$(supervisor_pid) && [ "$p" != $$ ]; then
+    warn "the stack already runs (supervisor pid $p): deploy/stack.sh stop first"; exit 1
+  fi
+  # A closed terminal or pipe (`make run | tee log` and Ctrl-C) must not kill this script halfway through
+  # stopping: writes to a vanished stdout fail instead.
+  trap '' PIPE
+  trap 'trap "" INT TERM HUP; echo; say "stopping"; stop_all; rm -f "$RUN/stack.pid" "$RUN/stack.ready"; exit 0' INT TERM
+  if [ "$mode" = run ]; then
+    trap 'trap "" INT TERM HUP; say "terminal closed: stopping"; stop_all; rm -f "$RUN/stack.pid" "$RUN/stack.ready"; exit 0' HUP
+  else
+    # reopen_logs: stack.log, the background supervisor's stdout and message fd, moved away.
+    trap 'exec >>"$LOG/stack.log" 3>&1; say "log reopened"' USR1 HUP
+  fi
+  mkdir -p "$RUN" "$LOG"
+  echo $$ >"$RUN/stack.pid"
+  rm -f "$RUN/stack.ready"
+  if ! start_all; then
+    warn "start failed; stopping what was started"
+    stop_all; rm -f "$RUN/stack.pid"; exit 1
+  fi
+  touch "$RUN/stack.ready"
+  if [ "$mode" = run ]; then
+    print_info
+    say "running in the foreground; Ctrl-C stops everything"
+  else
+    say "running (supervisor pid $$)"
+  fi
+  # The loop's stderr is /dev/null: bash reports each child killed by a signal there ("line N: PID
+  # Killed ..."), and sv_check says it better; the script's own messages go to the real stderr (fd 3).
+  exec 3>&2
+  ERR_FD=3
+  local n=0
+  while :; do
+    sleep 0.5
+    sv_check
+    (( ++n % 20 )) || rotate_logs
+  done 2>/dev/null
+}
+
+# `start`: the supervisor in the background; returns once the stack is healthy (0) or start failed (1).
+start_bg() {
+  local p i from
+  mkdir -p "$RUN" "$LOG"
+  if p=$(supervisor_pid); then say "already running (supervisor pid $p)"; print_info; return 0; fi
+  from=$(stat -c %s "$LOG/stack.log" 2>/dev/null || echo 0)
+  setsid bash "$ROOT/deploy/stack.sh" supervise >>"$LOG/stack.log" 2>&1 </dev/null &
+  p=$!
+  for ((i = 0; i < 1800; i++)); do
+    if [ -f "$RUN/stack.ready" ]; then
+      tail -c +"$((from + 1))" "$LOG/stack.log"
+      print_info
+      return 0
+    fi
+    kill -0 "$p" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -c +"$((from + 1))" "$LOG/stack.log" >&2
+  kill -0 "$p" 2>/dev/null && { warn "not ready after 180 s; stopping"; kill -TERM "$p"; wait "$p"; }
+  return 1
+}
+
+# `stop`: through the supervisor when there is one (it stops everything, in order), else directly.
+stop_cmd() {
+  local p i bound from
+  if p=$(supervisor_pid); then
+    from=$(stat -c %s "$LOG/stack.log" 2>/dev/null || echo 0)
+    kill -TERM "$p" 2>/dev/null
+    bound=$(( ${CHAT_SHUTDOWN_GRACE_S:-10} * 2 + CHAT_FRONT_DRAIN_S + 90 ))
+    for ((i = 0; i < bound * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$p" 2>/dev/null && { warn "the supervisor did not stop within ${bound}s"; kill -KILL "$p" 2>/dev/null; }
+    tail -c +"$((from + 1))" "$LOG/stack.log" 2>/dev/null | grep -av '^$'
+  fi
+  stop_all # whatever is left (a supervisor killed hard, processes started by an earlier version)
+  rm -f "$RUN/stack.pid" "$RUN/stack.ready"
 }
 
 token() { # [sub email name ttl]
@@ -337,17 +578,19 @@ kb_import() { # dir
   [ -x "$BIN/chat-kb" ] || { warn "build/bin/chat-kb is missing (make)"; exit 1; }
   mkdir -p "$RUN" "$LOG"
   db_start || exit 1
-  exec "$BIN/chat-kb" import "$1"
+  exec env "${ADMIN_ENV[@]}" "$BIN/chat-kb" import "$1"
 }
 
 case "${1:-}" in
-  run) run ;;
-  start) start_all || { warn "start failed; stopping what was started"; stop_all; exit 1; } ;;
-  stop) stop_all ;;
-  restart) stop_all; start_all ;;
+  run) supervise run ;;
+  supervise) supervise bg ;;
+  start) start_bg ;;
+  stop) stop_cmd ;;
+  restart) stop_cmd; start_bg ;;
   reload) reload ;;
   status) status ;;
+  reopen-logs) reopen_logs ;;
   token) shift; token "$@" ;;
   kb-import) shift; kb_import "$@" ;;
-  *) echo "usage: $0 run|start|stop|restart|reload|status|token [SUB EMAIL NAME TTL]|kb-import DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 run|start|stop|restart|reload|status|reopen-logs|token [SUB EMAIL NAME TTL]|kb-import DIR" >&2; exit 2 ;;
 esac

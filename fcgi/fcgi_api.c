@@ -738,6 +738,8 @@ static int handle_server_error(fcgi_resp *resp, int status)
     case 413: return set_error(resp, CHAT_PROTO_PAYLOAD_TOO_LARGE, NULL);
     case 415: return set_error(resp, CHAT_PROTO_UNSUPPORTED_MEDIA_TYPE, NULL);
     case 431: return set_error_status(resp, 431, CHAT_PROTO_INVALID_REQUEST, "Request headers too large");
+    case 501: return set_error(resp, CHAT_PROTO_NOT_IMPLEMENTED, NULL);
+    case 505: return set_error(resp, CHAT_PROTO_HTTP_VERSION_NOT_SUPPORTED, NULL);
     case 502:
     case 503:
     case 504:

@@ -10,13 +10,18 @@
  * as it comes (lighttpd streams it on: server.stream-response-body); a failed write or flush means
  * lighttpd dropped the connection because its client went away, and fcgi_stream cancels the generation.
  *
- * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress, then exits. SIGHUP makes
- * the pipeline reload the agents' prompts and model settings before its next answer (chat_agent_cfg.h).
+ * SIGTERM (what lighttpd sends on shutdown) finishes the request in progress and those already queued
+ * on the listening socket (lighttpd connected them before it stopped: they would be lost), then exits.
+ * Spawned by lighttpd, SIGINT is ignored: lighttpd's graceful stop sends SIGINT to its whole process group,
+ * and the responders must go on serving the requests queued to them until lighttpd sends SIGTERM.
+ * SIGHUP makes the pipeline reload the agents' prompts and model settings before its next answer
+ * (chat_agent_cfg.h), and reopens the log.
  * The log line per request holds method, path without query, status and duration; never a token,
  * a header value or message text. /health lines (and /health/live, /health/ready) are debug-level: they
  * come thousands per second, and fcgi_health logs the changes of state that matter. */
 #include <curl/curl.h>
 #include <fcgiapp.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -37,8 +42,7 @@ static volatile sig_atomic_t stopping;
 static void on_term(int sig)
 {
     (void)sig;
-    stopping = 1;
-    FCGX_ShutdownPending();
+    stopping = 1; /* a blocked accept returns (FCGI_FAIL_ACCEPT_ON_INTR); the loop then drains the backlog */
 }
 
 static const char *reason(int status)
@@ -55,7 +59,9 @@ static const char *reason(int status)
     case 413: return "Payload Too Large";
     case 415: return "Unsupported Media Type";
     case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return status >= 500 ? "Internal Server Error" : "Error";
     }
 }
@@ -182,6 +188,7 @@ int main(void)
     }
     int listen_fd = 0; /* lighttpd's bin-path spawning hands us the listening socket as stdin */
     const char *listen_at = getenv("CHAT_FCGI_LISTEN");
+    if (!listen_at || !*listen_at) signal(SIGINT, SIG_IGN);
     if (listen_at && *listen_at) {
         listen_fd = FCGX_OpenSocket(listen_at, 1024);
         if (listen_fd < 0) {
@@ -190,13 +197,23 @@ int main(void)
         }
     }
     FCGX_Request req;
-    if (FCGX_InitRequest(&req, listen_fd, 0)) {
+    if (FCGX_InitRequest(&req, listen_fd, FCGI_FAIL_ACCEPT_ON_INTR)) {
         chat_log_error("FCGX_InitRequest failed");
         goto cleanup;
     }
     chat_log_info("ready (llm provider %s)", cfg.llm_provider);
 
-    while (!stopping && FCGX_Accept_r(&req) >= 0) {
+    bool draining = false;
+    for (;;) {
+        if (stopping && !draining) {
+            /* From now on accept only what is already queued: a non-blocking accept fails when none is. */
+            draining = true;
+            fcntl(listen_fd, F_SETFL, fcntl(listen_fd, F_GETFL) | O_NONBLOCK);
+        }
+        if (FCGX_Accept_r(&req) < 0) {
+            if (stopping && !draining) continue;
+            break;
+        }
         int64_t t0 = chat_now_us();
         const char *method = FCGX_GetParam("REQUEST_METHOD", req.envp);
         const char *uri = FCGX_GetParam("REQUEST_URI", req.envp);

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -308,18 +307,8 @@ unsigned chat_agent_cfg_reload_requests(void)
     return atomic_load(&reload_requests);
 }
 
-static void on_sighup(int sig)
-{
-    (void)sig;
-    chat_agent_cfg_request_reload();
-}
-
 int chat_agent_cfg_install_sighup(void)
 {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sighup;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    return sigaction(SIGHUP, &sa, NULL) ? CHAT_ERR : 0;
+    chat_log_on_sighup(chat_agent_cfg_request_reload); /* chat_log's handler also reopens the log */
+    return 0;
 }

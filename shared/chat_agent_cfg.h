@@ -56,8 +56,9 @@ const chat_agent_settings *chat_agent_cfg_get(chat_agent_cfg *c, const char *age
 void chat_agent_cfg_request_reload(void);
 /* How many reloads were requested in this process so far (a supervisor forwards each to its children). */
 unsigned chat_agent_cfg_reload_requests(void);
-/* Makes SIGHUP request a reload (SA_RESTART: interrupted system calls resume). 0 or CHAT_ERR. Call
- * before starting threads; a forked child keeps it. */
+/* Makes SIGHUP request a reload, through chat_log's SIGHUP handler (chat_log_on_sighup), which also
+ * reopens the log: one signal for both, as daemons do. Needs chat_log_init (which installs the handler,
+ * SA_RESTART) in the process, before or after. Returns 0. A forked child keeps it. */
 int chat_agent_cfg_install_sighup(void);
 
 #endif

@@ -1,7 +1,12 @@
 /* stderr logging: one formatted line per call, written with a single write(2) so lines from threads
- * and processes sharing a log file never interleave. */
+ * and processes sharing a log file never interleave. CHAT_LOG_FILE makes stderr a file the process
+ * reopens itself on SIGHUP: the handler only calls open, dup2 and close (async-signal-safe), and a line
+ * being written meanwhile lands whole in the old file or the new one. */
 #include "chat_log.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,10 +18,46 @@
 
 static char log_program[32] = "chat";
 static int log_level = CHAT_LOG_INFO;
+static char log_path[1024]; /* CHAT_LOG_FILE, "" = plain stderr */
+static void (*volatile log_hup_hook)(void); /* chat_log_on_sighup */
+
+/* Points stderr at log_path (created when missing): 0, or -1 with errno (stderr unchanged). */
+static int log_reopen(void)
+{
+    int fd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) return -1;
+    if (fd != STDERR_FILENO) {
+        dup2(fd, STDERR_FILENO);
+        close(fd);
+    }
+    return 0;
+}
+
+static void on_hup(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    if (log_path[0]) log_reopen();
+    void (*hook)(void) = log_hup_hook;
+    if (hook) hook();
+    errno = saved;
+}
 
 void chat_log_init(const char *program, int level)
 {
     snprintf(log_program, sizeof log_program, "%s", program ? program : "chat");
+    const char *file = getenv("CHAT_LOG_FILE");
+    int open_err = 0;
+    if (file && *file && strlen(file) < sizeof log_path) {
+        memcpy(log_path, file, strlen(file) + 1);
+        if (log_reopen()) open_err = errno;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_hup;
+    sa.sa_flags = SA_RESTART; /* a reopen must not make a blocking call fail with EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGHUP, &sa, NULL);
     log_level = level;
     const char *env = getenv("CHAT_LOG_LEVEL");
     if (env) {
@@ -25,6 +66,12 @@ void chat_log_init(const char *program, int level)
         else if (!strcasecmp(env, "warn")) log_level = CHAT_LOG_WARN;
         else if (!strcasecmp(env, "error")) log_level = CHAT_LOG_ERROR;
     }
+    if (open_err) chat_log_warn("CHAT_LOG_FILE cannot be opened (%s): logging to stderr", strerror(open_err));
+}
+
+void chat_log_on_sighup(void (*hook)(void))
+{
+    log_hup_hook = hook;
 }
 
 void chat_log(int level, const char *fmt, ...)

@@ -7,8 +7,16 @@
 
 enum { CHAT_LOG_DEBUG = 0, CHAT_LOG_INFO = 1, CHAT_LOG_WARN = 2, CHAT_LOG_ERROR = 3 };
 
-/* Sets the program name and minimum level (CHAT_LOG_LEVEL=debug|info|warn|error overrides level). */
+/* Sets the program name and minimum level (CHAT_LOG_LEVEL=debug|info|warn|error overrides level).
+ * With CHAT_LOG_FILE set, stderr becomes that file (appended), and SIGHUP reopens it, so a log moved
+ * away by logrotate is followed by a new file. SIGHUP never ends the process (it is handled even
+ * without CHAT_LOG_FILE). Call it first in main, before any thread exists. */
 void chat_log_init(const char *program, int level);
+
+/* Also runs hook on each SIGHUP, after the log's reopen: SIGHUP is the one "reload" signal, and a second
+ * handler installed for it elsewhere would replace the reopen. hook runs in the signal handler, so it
+ * must be async-signal-safe (set a flag, bump an atomic). One hook per process; NULL removes it. */
+void chat_log_on_sighup(void (*hook)(void));
 void chat_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define chat_log_debug(...) chat_log(CHAT_LOG_DEBUG, __VA_ARGS__)

@@ -45,6 +45,8 @@
     X(LENGTH_REQUIRED, 411, "Length required")                                                                 \
     X(PAYLOAD_TOO_LARGE, 413, "Request body too large")                                                        \
     X(UNSUPPORTED_MEDIA_TYPE, 415, "Unsupported media type")                                                   \
+    X(NOT_IMPLEMENTED, 501, "Not implemented")                                                                 \
+    X(HTTP_VERSION_NOT_SUPPORTED, 505, "HTTP version not supported")                                           \
     X(SERVICE_UNAVAILABLE, 503, "Service temporarily unavailable")
 
 typedef enum chat_proto_code {

@@ -16,7 +16,8 @@ for v in $(compgen -e | grep '^CHAT_'); do
 done
 export CHAT_ROOT=$ROOT
 export CHAT_VAR=$ROOT/var/test
-export CHAT_DB_SOCKET=$CHAT_VAR/run/mariadb.sock CHAT_DB_USER=root CHAT_DB_PASSWORD= CHAT_DB_NAME=chat_test
+# The tests' own database account: the private server's unix_socket admin, i.e. your login name (root in CI).
+export CHAT_DB_SOCKET=$CHAT_VAR/run/mariadb.sock CHAT_DB_USER=$(id -un) CHAT_DB_PASSWORD= CHAT_DB_NAME=chat_test
 export CHAT_LOG_LEVEL=${CHAT_LOG_LEVEL:-warn}
 unset OPENROUTER_API_KEY LLM_BASE_URL LLM_API_KEY LLM_MODEL CHAT_LLM_PROVIDER JWT_SECRET
 mkdir -p "$CHAT_VAR/log"
@@ -46,8 +47,27 @@ run_cmocka() {
   record "$name" "$p" "$f"
 }
 
+# Runs one operations test script (tests/ops/*.sh) and counts its "ok - " and "not ok - " lines; a script
+# that exits non-zero without a "not ok" line counts as one failure.
+run_script() {
+  local s=$1 name; name=ops-$(basename "$s" .sh)
+  local log=$CHAT_VAR/log/$name.out
+  echo "== $name"
+  timeout "${TEST_TIMEOUT:-300}" bash "$s" >"$log" 2>&1
+  local rc=$?
+  cat "$log"
+  local p f
+  p=$(grep -c '^ok ' "$log"); f=$(grep -c '^not ok ' "$log")
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "!! $name exited with $rc"; fi
+  record "$name" "$p" "$f"
+}
+
 cleanup() {
   [ "${STACK_STARTED:-0}" = 1 ] && bash deploy/stack.sh stop >/dev/null 2>&1
+  # the stacks of tests/ops scripts, should one have been interrupted
+  for d in "$CHAT_VAR/own" "$CHAT_VAR/ext"; do
+    [ -d "$d/run" ] && env -u CHAT_DB_SOCKET CHAT_VAR="$d" bash deploy/stack.sh stop >/dev/null 2>&1
+  done
   bash deploy/mariadb.sh stop >/dev/null 2>&1
 }
 trap cleanup EXIT
@@ -116,10 +136,12 @@ run_clients() {
 if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   # The whole stack on test ports with its own data folder (var/test), so `make run` is never touched.
   export CHAT_PORT=${CHAT_TEST_PORT:-18000}
-  # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model.
+  # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model, and
+  # customer access as in production (own), not the development stack's any.
   # (the demo token stack.sh prints for people is kept out of the saved output)
-  # (test_frontdoor checks the Origin allowlist against CHAT_ALLOWED_ORIGINS)
-  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 CHAT_ALLOWED_ORIGINS='https://*.allowed.example' bash deploy/stack.sh start 2>&1 |
+  # (test_frontdoor checks the Origin allowlist against CHAT_ALLOWED_ORIGINS, and CUSTOMER_FORBIDDEN)
+  CHAT_DEMO=0 CHAT_TOKEN_DELAY_MS=5 CHAT_CUSTOMER_ACCESS=own CHAT_ALLOWED_ORIGINS='https://*.allowed.example' \
+    bash deploy/stack.sh start 2>&1 |
     grep -v '^eyJ' >"$CHAT_VAR/log/stack.out"
   if [ "${PIPESTATUS[0]}" -eq 0 ]; then
     STACK_STARTED=1
@@ -128,7 +150,21 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     curl -s -m 2 --unix-socket "$CHAT_VAR/run/streamer.sock" http://localhost/status >"$CHAT_VAR/log/status-before-browser.json" 2>&1
     run_browser
     run_clients
+    # Operations tests against the running stack.
+    run_script tests/ops/db_lockdown.sh
+    run_script tests/ops/api_errors.sh
+    run_script tests/ops/tools_exit.sh
     bash deploy/stack.sh stop >/dev/null 2>&1; STACK_STARTED=0
+    # Operations tests that start stacks of their own (on the same port, now free).
+    run_script tests/ops/db_external.sh
+    rm -rf "$CHAT_VAR/own" # the stack of the next scripts, with its own private MariaDB
+    run_script tests/ops/supervise.sh
+    run_script tests/ops/settings.sh
+    run_script tests/ops/make_run.sh
+    run_script tests/ops/demo_token.sh
+    run_script tests/ops/log_reopen.sh
+    run_script tests/ops/slowloris.sh
+    run_script tests/ops/graceful_stop.sh
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
     leaks=$(grep -l -E 'eyJ[A-Za-z0-9_-]{10,}|engine power|Seawind 250 is powered' \

@@ -2,7 +2,7 @@
  * WebSocket streamer would send them. For admins checking what the assistant answers, and for debugging.
  *   chat-ask "QUESTION" [--customer ID] [--session ID] [--user SUB] [--no-tokens]
  * Database and provider settings come from the environment (CHAT_DB_*, CHAT_LLM_PROVIDER, ...).
- * Exit status: 0 on complete, 1 on an error event, 2 on usage errors. */
+ * Exit status: 0 on complete, 1 on an error event or any other failure, 2 on usage errors. */
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -90,7 +90,7 @@ int main(int argc, char **argv)
     snprintf(user.name, sizeof user.name, "chat-ask");
     chat_request req = {.message = question, .session_id = session, .customer_id = customer, .user = &user};
     chat_sink sink = {NULL, on_progress, on_token, on_complete, on_error};
-    chat_pipeline_run(p, &req, &sink, &cancel_flag);
+    int rc = chat_pipeline_run(p, &req, &sink, &cancel_flag);
     chat_pipeline_free(p);
-    return failed ? 1 : 0;
+    return rc || failed ? 1 : 0;
 }

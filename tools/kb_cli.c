@@ -2,11 +2,14 @@
  *   chat-kb setup            create the database if missing, apply the schema and migrations, load the
  *                            sample data and knowledge base when the tables are empty (idempotent)
  *   chat-kb migrate          schema + migrations only
+ *   chat-kb check            exit 0 when the schema is in place and every migration applied (read-only:
+ *                            the services' least-privilege account can run it; setup and migrate need DDL)
  *   chat-kb import DIR       import every *.md below DIR (each file replaces its source's rows atomically)
  *   chat-kb load-sql FILE    run a trusted SQL file (sample data, classifier terms)
  *   chat-kb search [--agent A] [--model M] [-k N] QUESTION
  *                            print what the assistant would retrieve, with scores
  * Database settings come from CHAT_DB_*; SQL files from $CHAT_SQL_DIR, else <repo>/sql next to the binary. */
+#include <dirent.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
@@ -43,7 +46,7 @@ static void find_sql_dir(void)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: chat-kb setup | migrate | import DIR | load-sql FILE |"
+    fprintf(stderr, "usage: chat-kb setup | migrate | check | import DIR | load-sql FILE |"
                     " search [--agent A] [--model M] [-k N] QUESTION\n");
     return 2;
 }
@@ -72,11 +75,15 @@ static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
     return 0;
 }
 
+/* The single number sql selects; -1 (and the reason on stderr) when it fails. */
 static long long count(chat_db *db, const char *sql)
 {
     long long n = -1;
     char err[256];
-    if (chat_db_run(db, sql, NULL, 0, count_row, &n, NULL, NULL, err, sizeof err)) return -1;
+    if (chat_db_run(db, sql, NULL, 0, count_row, &n, NULL, NULL, err, sizeof err)) {
+        fprintf(stderr, "chat-kb: %s\n", err);
+        return -1;
+    }
     return n;
 }
 
@@ -98,6 +105,42 @@ static int migrate(chat_db *db, bool create)
     return 0;
 }
 
+/* The highest NNN of sql/migrations/NNN_*.sql, 0 when there is none. */
+static int latest_migration(void)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/migrations", sql_dir);
+    DIR *d = opendir(path);
+    int latest = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        int v = atoi(e->d_name);
+        if (l > 4 && !strcmp(e->d_name + l - 4, ".sql") && v > latest) latest = v;
+    }
+    if (d) closedir(d);
+    return latest;
+}
+
+/* Read-only: what `make start` asks before it decides whether the admin step (setup) must run. */
+static int check(chat_db *db)
+{
+    long long version = -1;
+    char err[512];
+    if (chat_db_run(db, "SELECT COALESCE(MAX(version), 0) FROM schema_version", NULL, 0, count_row, &version, NULL,
+                    NULL, err, sizeof err)) {
+        fprintf(stderr, "chat-kb: no usable schema (%s): run chat-kb setup or migrate with an admin account\n", err);
+        return 1;
+    }
+    int latest = latest_migration();
+    printf("schema version %lld, latest migration %d\n", version, latest);
+    if (version < latest) {
+        fprintf(stderr, "chat-kb: the schema is out of date: run chat-kb migrate with an admin account\n");
+        return 1;
+    }
+    return 0;
+}
+
 static int import(chat_db *db, const char *dir)
 {
     char err[512];
@@ -115,19 +158,25 @@ static int setup(chat_db *db)
 {
     if (migrate(db, true)) return 1;
     char path[PATH_MAX + 32];
-    if (count(db, "SELECT COUNT(*) FROM models") == 0) {
+    long long models = count(db, "SELECT COUNT(*) FROM models");
+    if (models < 0) return 1;
+    if (models == 0) {
         snprintf(path, sizeof path, "%s/sample_data.sql", sql_dir);
         if (load_sql(db, path)) return 1;
         printf("sample data loaded\n");
     }
     snprintf(path, sizeof path, "%s/classifier_terms.sql", sql_dir);
     if (access(path, R_OK) == 0 && load_sql(db, path)) return 1;
-    if (count(db, "SELECT COUNT(*) FROM kb_documents") == 0) {
+    long long passages = count(db, "SELECT COUNT(*) FROM kb_documents");
+    if (passages < 0) return 1;
+    if (passages == 0) {
         snprintf(path, sizeof path, "%s/kb", sql_dir);
         if (import(db, path)) return 1;
     }
-    printf("knowledge base: %lld passages, %lld classifier terms\n", count(db, "SELECT COUNT(*) FROM kb_documents"),
-           count(db, "SELECT COUNT(*) FROM classifier_terms"));
+    passages = count(db, "SELECT COUNT(*) FROM kb_documents");
+    long long terms = count(db, "SELECT COUNT(*) FROM classifier_terms");
+    if (passages < 0 || terms < 0) return 1;
+    printf("knowledge base: %lld passages, %lld classifier terms\n", passages, terms);
     return 0;
 }
 
@@ -151,6 +200,11 @@ static int search(chat_db *db, const chat_config *cfg, int argc, char **argv)
         else break;
     }
     if (i != argc - 1) return usage();
+    /* A question whose words are all dropped queries nothing: the knowledge base must still be there. */
+    if (count(db, "SELECT COUNT(*) FROM kb_documents") < 0) {
+        chat_kb_stats_free(stats);
+        return 1;
+    }
     q.question = argv[i];
     char code[16];
     if (chat_kb_find_fault_code(q.question, code)) q.fault_code = code;
@@ -196,6 +250,7 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "setup") && argc == 2) rc = setup(db);
     else if (!strcmp(cmd, "migrate") && argc == 2) rc = migrate(db, true);
+    else if (!strcmp(cmd, "check") && argc == 2) rc = check(db);
     else if (!strcmp(cmd, "import") && argc == 3) rc = import(db, argv[2]);
     else if (!strcmp(cmd, "load-sql") && argc == 3) rc = load_sql(db, argv[2]);
     else if (!strcmp(cmd, "search") && argc >= 3) rc = search(db, &cfg, argc - 2, argv + 2);

@@ -559,7 +559,8 @@ static void test_worker_refuses_other_streamer(void **state)
         assert_int_equal(status_num(C.port, "workers_refused"), refused); /* ZAP never asked */
     }
     assert_true(log_has("main", "the peer expects another server key"));
-    assert_true(log_has("main", "the peer does not use CURVE"));
+    /* a plain peer: libzmq reports the mechanism mismatch, or, when the peer hangs up first, no detail */
+    assert_true(log_has("main", "the peer does not use CURVE") || log_has("main", "a handshake failed (no detail"));
 }
 
 int main(void)
