@@ -93,10 +93,7 @@ static int check_public_key(const unsigned char *pem, size_t len, jwt_alg_t alg,
 
 chat_jwt_verifier *chat_jwt_verifier_new(const chat_config *cfg, char *err, size_t errlen)
 {
-    if (!cfg) {
-        chat_fail(err, errlen, CHAT_EINVAL, "no configuration");
-        return NULL;
-    }
+    if (!cfg) return chat_fail_null(err, errlen, "no configuration");
     jwt_alg_t alg;
     const char *alg_name;
     if (strcmp(cfg->jwt_alg, "HS256") == 0)
@@ -105,16 +102,10 @@ chat_jwt_verifier *chat_jwt_verifier_new(const chat_config *cfg, char *err, size
         alg = JWT_ALG_RS256, alg_name = "RS256";
     else if (strcmp(cfg->jwt_alg, "ES256") == 0)
         alg = JWT_ALG_ES256, alg_name = "ES256";
-    else {
-        chat_fail(err, errlen, CHAT_EINVAL, "JWT_ALGORITHM must be HS256, RS256 or ES256");
-        return NULL;
-    }
+    else return chat_fail_null(err, errlen, "JWT_ALGORITHM must be HS256, RS256 or ES256");
 
     chat_jwt_verifier *v = calloc(1, sizeof *v);
-    if (!v) {
-        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        return NULL;
-    }
+    if (!v) return chat_fail_null(err, errlen, "out of memory");
     v->alg = alg;
     v->alg_name = alg_name;
     v->leeway = cfg->jwt_leeway_s > 0 ? cfg->jwt_leeway_s : 0;
@@ -329,12 +320,10 @@ static int reject(int code, char *err, size_t errlen, char *detail, size_t detai
 static int reject(int code, char *err, size_t errlen, char *detail, size_t detail_len, const char *fmt, ...)
 {
     chat_fail(err, errlen, code, "%s", code == CHAT_EEXPIRED ? MSG_EXPIRED : MSG_INVALID);
-    if (detail && detail_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(detail, detail_len, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    chat_vfail(detail, detail_len, code, fmt, ap);
+    va_end(ap);
     return code;
 }
 

@@ -107,15 +107,9 @@ chat_llm *chat_llm_new(const chat_config *cfg, char *err, size_t errlen)
 {
     size_t slot = 0;
     while (slot < N_PROVIDERS && strcmp(PROVIDERS[slot]->name, cfg->llm_provider)) slot++;
-    if (slot == N_PROVIDERS) {
-        chat_fail(err, errlen, CHAT_EINVAL, "unknown LLM provider");
-        return NULL;
-    }
+    if (slot == N_PROVIDERS) return chat_fail_null(err, errlen, "unknown LLM provider");
     chat_llm *llm = calloc(1, sizeof *llm);
-    if (!llm) {
-        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        return NULL;
-    }
+    if (!llm) return chat_fail_null(err, errlen, "out of memory");
     llm->p = PROVIDERS[slot];
     llm->slot = slot;
     if (llm->p->open(cfg, &llm->state, err, errlen)) {

@@ -44,6 +44,10 @@ enum {
 /* Drops and re-creates database chat_t_<name>, applies what flags ask; fails the test on error.
  * Caller frees with chat_db_free. */
 chat_db *testutil_db_fresh(const char *name, int flags);
+/* Drops database chat_t_<name> on db's server (the library has no DROP DATABASE: only tests throw a
+ * database away); fails the test on error. db stays usable for another database after
+ * chat_db_create_database. */
+void testutil_db_drop(chat_db *db, const char *name);
 
 /* Runs a trusted SQL text on db; fails the test on error. */
 void testutil_sql(chat_db *db, const char *sql);
