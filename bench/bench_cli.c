@@ -1898,33 +1898,34 @@ static int run_parent(opts *o)
 
 /* ------------------------------------------------------------------ options */
 
-static const char usage_text[] =
-    "usage: chat-bench idle|connect|chat|rest --url URL [options]\n"
-    "  --url URL           ws://127.0.0.1:PORT/ws/chat, ws+unix:/path.sock:/ws/chat (rest: http://..., http+unix:...);\n"
-    "                      repeat to spread connections over several servers (loopback only)\n"
-    "  --conns N           connections (default 100)\n"
-    "  --duration S        idle: hold time; chat/rest: measured time (default 10)\n"
-    "  --warmup S          chat/rest: run before measuring (default 1)\n"
-    "  --auth message|query|none   how to authenticate (default message)\n"
-    "  --secret-file F     HS256 secret (first line), else $JWT_SECRET;  --token-file F: one token for all\n"
-    "  --users N           distinct users (default: one per connection)\n"
-    "  --rate R            chat: open loop, R messages/s in total (default: closed loop)\n"
-    "  --messages N        stop after N messages / requests in total\n"
-    "  --think-ms N        chat closed loop: pause between turns\n"
-    "  --questions F       questions, one per line (default: built-in); rest: POST them as JSON\n"
-    "  --post              rest: POST questions to the URL (implied for /api/v1/chat)\n"
-    "  --pid-file F        server process to sample (RSS, CPU); repeatable; as many as --url: one per target\n"
-    "  --status-url URL    server status page, fetched while held and at the end (http://, http+unix:)\n"
-    "  --procs P / --per-proc N   processes / connections per process (default from RLIMIT_NOFILE)\n"
-    "  --concurrency N     connection attempts in flight per process (default 256)\n"
-    "  --src-addrs N       TCP: source addresses 127.0.0.1..127.0.0.N (default: one per 25,000 connections)\n"
-    "  --timeout S         per connect / auth / turn / request (default 30)\n"
-    "  --settle S          idle: wait before sampling server memory (default 2)\n"
-    "  --max-time S        bound on the whole run (default: duration + warm-up + 180)\n";
+static const chat_cli BENCH_CLI = {
+    .prog = "chat-bench",
+    .usage =
+        "usage: chat-bench idle|connect|chat|rest --url URL [options]\n"
+        "  --url URL           ws://127.0.0.1:PORT/ws/chat, ws+unix:/path.sock:/ws/chat (rest: http://..., http+unix:...);\n"
+        "                      repeat to spread connections over several servers (loopback only)\n"
+        "  --conns N           connections (default 100)\n"
+        "  --duration S        idle: hold time; chat/rest: measured time (default 10)\n"
+        "  --warmup S          chat/rest: run before measuring (default 1)\n"
+        "  --auth message|query|none   how to authenticate (default message)\n"
+        "  --secret-file F     HS256 secret (first line), else $JWT_SECRET;  --token-file F: one token for all\n"
+        "  --users N           distinct users (default: one per connection)\n"
+        "  --rate R            chat: open loop, R messages/s in total (default: closed loop)\n"
+        "  --messages N        stop after N messages / requests in total\n"
+        "  --think-ms N        chat closed loop: pause between turns\n"
+        "  --questions F       questions, one per line (default: built-in); rest: POST them as JSON\n"
+        "  --post              rest: POST questions to the URL (implied for /api/v1/chat)\n"
+        "  --pid-file F        server process to sample (RSS, CPU); repeatable; as many as --url: one per target\n"
+        "  --status-url URL    server status page, fetched while held and at the end (http://, http+unix:)\n"
+        "  --procs P / --per-proc N   processes / connections per process (default from RLIMIT_NOFILE)\n"
+        "  --concurrency N     connection attempts in flight per process (default 256)\n"
+        "  --src-addrs N       TCP: source addresses 127.0.0.1..127.0.0.N (default: one per 25,000 connections)\n"
+        "  --timeout S         per connect / auth / turn / request (default 30)\n"
+        "  --settle S          idle: wait before sampling server memory (default 2)\n"
+        "  --max-time S        bound on the whole run (default: duration + warm-up + 180)\n",
+};
 
-static const chat_cli BENCH_USAGE = {.prog = "chat-bench", .usage = usage_text};
-
-static int usage(const char *problem) { return chat_cli_usage(&BENCH_USAGE, problem); }
+static int usage(const char *problem) { return chat_cli_usage(&BENCH_CLI, problem); }
 
 static const char *const BUILTIN_Q[] = {
     "What is the engine power of the Seawind 250?",
@@ -2041,7 +2042,7 @@ static int parse_command_line(int argc, char **argv, opts *o, cmdline *cl)
         CHAT_CLI_NUM_OPT(CHAT_CLI_DOUBLE, "max-time", &o->max_time, 1, 86400, "--max-time: 1..86400"),
     };
     int status;
-    if (!chat_cli_parse(&BENCH_USAGE, table, CHAT_ARRAY_LEN(table), argc, argv, 2, &status)) return status;
+    if (!chat_cli_parse(&BENCH_CLI, table, CHAT_ARRAY_LEN(table), argc, argv, 2, &status)) return status;
     if (optind != argc) return usage("unexpected argument");
     if (!cl->nurls) return usage("--url is required");
     return 0;

@@ -1098,15 +1098,20 @@ static void make_question(uint64_t *r, const names *n, question *q)
     }
 }
 
+/* names_load, or its error on stderr (and nothing to free): 0 or 1. */
+static int names_open(chat_db *db, names *n)
+{
+    char err[512];
+    if (!names_load(db, n, err, sizeof err)) return 0;
+    fprintf(stderr, "chat-kbgen: %s\n", err);
+    names_free(n);
+    return 1;
+}
+
 static int print_questions(chat_db *db, long count, uint64_t seed)
 {
     names n;
-    char err[512];
-    if (names_load(db, &n, err, sizeof err)) {
-        fprintf(stderr, "chat-kbgen: %s\n", err);
-        names_free(&n);
-        return 1;
-    }
+    if (names_open(db, &n)) return 1;
     uint64_t r = seed * 7919 + 17;
     question q;
     for (long i = 0; i < count; i++) {
@@ -1120,12 +1125,8 @@ static int print_questions(chat_db *db, long count, uint64_t seed)
 static int retrieval_bench(chat_db *db, long count, long warmup, uint64_t seed, int k)
 {
     names n;
+    if (names_open(db, &n)) return 1;
     char err[512];
-    if (names_load(db, &n, err, sizeof err)) {
-        fprintf(stderr, "chat-kbgen: %s\n", err);
-        names_free(&n);
-        return 1;
-    }
     long long passages = -1;
     chat_db_run(db, "SELECT COUNT(*) FROM kb_documents", NULL, 0, count_row, &passages, NULL, NULL, err, sizeof err);
     bench_hist *all = malloc(sizeof *all), *per = calloc(Q_KINDS, sizeof *per);
@@ -1190,15 +1191,16 @@ static int retrieval_bench(chat_db *db, long count, long warmup, uint64_t seed, 
 
 /* ------------------------------------------------------------------ main */
 
-static const char usage_text[] =
-    "usage: chat-kbgen --passages N [--seed S] [--no-optimize]\n"
-    "       chat-kbgen --questions N [--seed S]\n"
-    "       chat-kbgen --retrieval-bench Q [--seed S] [-k K] [--warmup W]\n"
-    "Database from CHAT_DB_* (the schema must exist: chat-kb setup). Synthetic rows have sources gen/...\n";
+static const chat_cli KBGEN_CLI = {
+    .prog = "chat-kbgen",
+    .usage =
+        "usage: chat-kbgen --passages N [--seed S] [--no-optimize]\n"
+        "       chat-kbgen --questions N [--seed S]\n"
+        "       chat-kbgen --retrieval-bench Q [--seed S] [-k K] [--warmup W]\n"
+        "Database from CHAT_DB_* (the schema must exist: chat-kb setup). Synthetic rows have sources gen/...\n",
+};
 
-static const chat_cli KBGEN_USAGE = {.prog = "chat-kbgen", .usage = usage_text};
-
-static int usage(const char *problem) { return chat_cli_usage(&KBGEN_USAGE, problem); }
+static int usage(const char *problem) { return chat_cli_usage(&KBGEN_CLI, problem); }
 
 int main(int argc, char **argv)
 {
@@ -1216,7 +1218,7 @@ int main(int argc, char **argv)
         CHAT_CLI_HELP_OPT('h'),
     };
     int rc;
-    if (!chat_cli_parse(&KBGEN_USAGE, table, CHAT_ARRAY_LEN(table), argc, argv, 1, &rc)) return rc;
+    if (!chat_cli_parse(&KBGEN_CLI, table, CHAT_ARRAY_LEN(table), argc, argv, 1, &rc)) return rc;
     if (optind != argc || (passages >= 0) + (questions > 0) + (retrieval > 0) != 1)
         return usage("give exactly one of --passages, --questions, --retrieval-bench");
 

@@ -18,18 +18,20 @@
 #define MAX_TTL 315360000L /* ten years: anything longer is a typo */
 #define MAX_CLAIM 255
 
-static const char usage_text[] =
-    "usage: chat-token [--sub ID] [--email E] [--name N] [--ttl SECONDS] [--secret-file PATH]\n"
-    "  --sub ID            subject (user id), default demo-user\n"
-    "  --email E           email claim, default demo@example.com\n"
-    "  --name N            name claim, default \"Demo User\"\n"
-    "  --ttl SECONDS       lifetime, 1..315360000, default 86400\n"
-    "  --secret-file PATH  read the HS256 secret from the first line of PATH (else $JWT_SECRET)\n";
+static const chat_cli TOKEN_CLI = {
+    .prog = "chat-token",
+    .usage =
+        "usage: chat-token [--sub ID] [--email E] [--name N] [--ttl SECONDS] [--secret-file PATH]\n"
+        "  --sub ID            subject (user id), default demo-user\n"
+        "  --email E           email claim, default demo@example.com\n"
+        "  --name N            name claim, default \"Demo User\"\n"
+        "  --ttl SECONDS       lifetime, 1..315360000, default 86400\n"
+        "  --secret-file PATH  read the HS256 secret from the first line of PATH (else $JWT_SECRET)\n",
+    .own_messages = true,
+    .help_on_stdout = true,
+};
 
-static const chat_cli TOKEN_USAGE = {.prog = "chat-token", .usage = usage_text, .own_messages = true,
-                                       .help_on_stdout = true};
-
-static int usage(const char *problem) { return chat_cli_usage(&TOKEN_USAGE, problem); }
+static int usage(const char *problem) { return chat_cli_usage(&TOKEN_CLI, problem); }
 
 /* First line of path, without its line ending, into out. The secret is never echoed in messages. */
 static int read_secret_file(const char *path, char *out, size_t outlen)
@@ -81,7 +83,7 @@ int main(int argc, char **argv)
         CHAT_CLI_HELP_OPT('h'),
     };
     int status;
-    if (!chat_cli_parse(&TOKEN_USAGE, table, CHAT_ARRAY_LEN(table), argc, argv, 1, &status)) return status;
+    if (!chat_cli_parse(&TOKEN_CLI, table, CHAT_ARRAY_LEN(table), argc, argv, 1, &status)) return status;
     if (optind < argc) return usage("unexpected argument");
     if (!claim_ok("--sub", sub, 1) || !claim_ok("--email", email, 0) || !claim_ok("--name", name, 0)) return 2;
 

@@ -32,6 +32,7 @@
 #include "chat_openai.h"
 #include "chat_util.h"
 #include "testutil.h"
+#include "testutil_llm.h"
 
 static pid_t fake_pid = -1;
 static int fake_port;
@@ -478,70 +479,14 @@ static void test_callback_stop_and_precancel(void **state)
 
 /* ---- many generations on one chat_llm_loop ---- */
 
-#define MAX_ORDER 4096
-static int token_order[MAX_ORDER]; /* which generation each token callback was for, in call order */
-static int n_order;
-
-typedef struct lgen {
-    int id;
-    collect col;
-    int done_calls;
-    int rc;
-    char err[256];
-    chat_llm_result res;
-    int64_t started_at, done_at;
-    atomic_int cancel;
-    /* chains: started from this one's first token or from its done callback */
-    chat_llm_loop *loop;
-    chat_llm *llm;
-    struct lgen *start_on_token, *start_on_done;
-    int start_rc;
-} lgen;
-
-static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g);
-
-static int lgen_token(void *ud, const char *t, size_t n)
-{
-    lgen *g = ud;
-    if (n_order < MAX_ORDER) token_order[n_order++] = g->id;
-    int stop = on_token(&g->col, t, n);
-    if (g->col.pieces == 1 && g->start_on_token) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_token);
-    return stop;
-}
-
-static void lgen_done(void *ud, int rc, const chat_llm_result *res, const char *err)
-{
-    lgen *g = ud;
-    g->done_calls++;
-    g->rc = rc;
-    g->res = *res;
-    snprintf(g->err, sizeof g->err, "%s", err);
-    g->done_at = chat_now_ms();
-    if (g->start_on_done) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_done);
-}
-
-static void lgen_init(lgen *g, int id)
-{
-    memset(g, 0, sizeof *g);
-    g->id = id;
-    chat_buf_init(&g->col.text);
-    g->col.all_valid = true;
-    atomic_init(&g->cancel, 0);
-}
-
-/* Starts g (the request is a stack value: chat_llm_start must not keep it). */
-static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g)
+/* Starts g on the prompt (the request is a stack value: chat_llm_start must not keep it). */
+static int lgen_start(chat_llm_loop *loop, chat_llm *llm, testutil_gen *g)
 {
     chat_llm_request req;
     memset(&req, 0, sizeof req);
     req.messages = prompt;
     req.n_messages = CHAT_ARRAY_LEN(prompt);
-    char err[256];
-    g->loop = loop, g->llm = llm;
-    g->started_at = chat_now_ms();
-    int rc = chat_llm_start(loop, llm, &req, lgen_token, lgen_done, g, &g->cancel, err, sizeof err);
-    if (rc) fprintf(stderr, "chat_llm_start: %s\n", err);
-    return rc;
+    return testutil_gen_launch(loop, llm, g, &req);
 }
 
 static chat_llm *llm_for(const chat_config *cfg)
@@ -552,32 +497,14 @@ static chat_llm *llm_for(const chat_config *cfg)
     return llm;
 }
 
-/* Runs the loop until nothing runs or until_ms passed; returns the number still running. */
-static int run_loop(chat_llm_loop *loop, int until_ms)
-{
-    int64_t end = chat_now_ms() + until_ms;
-    int left;
-    while ((left = chat_llm_loop_run(loop, 50)) > 0 && chat_now_ms() < end) {
-    }
-    return left;
-}
-
-static chat_llm_loop *loop_new(void)
-{
-    char err[256];
-    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
-    if (!loop) fail_msg("chat_llm_loop_new: %s", err);
-    return loop;
-}
-
-static void assert_fake_ok_text(const lgen *g)
+static void assert_fake_ok_text(const testutil_gen *g)
 {
     const char *want_start = "You asked about: " PROMPT_WORDS ". ";
-    if (!g->col.text.data || strncmp(g->col.text.data, want_start, strlen(want_start)) ||
-        !strstr(g->col.text.data, "check every part."))
-        fail_msg("generation %d: text '%s'", g->id, g->col.text.data ? g->col.text.data : "(none)");
-    assert_true(g->col.all_valid);
-    assert_int_equal(g->res.tokens_emitted, g->col.pieces);
+    if (!g->text.data || strncmp(g->text.data, want_start, strlen(want_start)) ||
+        !strstr(g->text.data, "check every part."))
+        fail_msg("generation %d: text '%s'", g->id, g->text.data ? g->text.data : "(none)");
+    assert_true(g->all_valid);
+    assert_int_equal(g->res.tokens_emitted, g->pieces);
 }
 
 /* Twenty fake-ok answers at once on one loop: all right, each done exactly once, and really concurrent
@@ -588,17 +515,17 @@ static void test_loop_concurrent(void **state)
     enum { N = 20 };
     chat_config cfg = config_for("fake-ok", "sk-test-secret");
     chat_llm *llm = llm_for(&cfg);
-    chat_llm_loop *loop = loop_new();
-    static lgen g[N];
+    chat_llm_loop *loop = testutil_loop_new();
+    static testutil_gen g[N];
     long before = fake_requests();
-    n_order = 0;
+    testutil_gen_norder = 0;
     int64_t t0 = chat_now_ms();
     for (int i = 0; i < N; i++) {
-        lgen_init(&g[i], i);
+        testutil_gen_init(&g[i], i, 0, lgen_start);
         assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
     }
-    assert_int_equal(n_order, 0); /* nothing happens inside chat_llm_start */
-    assert_int_equal(run_loop(loop, 10000), 0);
+    assert_int_equal(testutil_gen_norder, 0); /* nothing happens inside chat_llm_start */
+    assert_int_equal(testutil_loop_run(loop, 10000), 0);
     int64_t took = chat_now_ms() - t0;
     for (int k = 0; k < 3; k++) chat_llm_loop_run(loop, 10); /* nothing more is called */
     for (int i = 0; i < N; i++) {
@@ -610,13 +537,13 @@ static void test_loop_concurrent(void **state)
     }
     assert_int_equal(fake_requests() - before, N);
     int switches = 0;
-    for (int i = 1; i < n_order; i++) switches += token_order[i] != token_order[i - 1];
+    for (int i = 1; i < testutil_gen_norder; i++) switches += testutil_gen_order[i] != testutil_gen_order[i - 1];
     if (switches < 2 * N) fail_msg("tokens of the generations did not interleave (%d switches)", switches);
     /* one fake-ok answer takes ~130 ms; twenty in a row would take over 2.5 s */
     if (took > 1500) fail_msg("20 concurrent generations took %lld ms", (long long)took);
     chat_llm_loop_free(loop);
     chat_llm_free(llm);
-    for (int i = 0; i < N; i++) chat_buf_free(&g[i].col.text);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].text);
 }
 
 /* One loop, four providers' fates at once: each ends its own way while the others stream. */
@@ -628,16 +555,19 @@ static void test_loop_mix(void **state)
     c_stall.llm_stall_timeout_ms = 500;
     chat_llm *l_ok = llm_for(&c_ok), *l_429 = llm_for(&c_429), *l_stall = llm_for(&c_stall),
              *l_401 = llm_for(&c_401);
-    chat_llm_loop *loop = loop_new();
-    lgen ok, r429, stall, e401;
-    lgen_init(&ok, 0), lgen_init(&r429, 1), lgen_init(&stall, 2), lgen_init(&e401, 3);
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen ok, r429, stall, e401;
+    testutil_gen_init(&ok, 0, 0, lgen_start);
+    testutil_gen_init(&r429, 1, 0, lgen_start);
+    testutil_gen_init(&stall, 2, 0, lgen_start);
+    testutil_gen_init(&e401, 3, 0, lgen_start);
     long before = fake_requests();
     int64_t t0 = chat_now_ms();
     assert_int_equal(lgen_start(loop, l_429, &r429), 0);
     assert_int_equal(lgen_start(loop, l_stall, &stall), 0);
     assert_int_equal(lgen_start(loop, l_401, &e401), 0);
     assert_int_equal(lgen_start(loop, l_ok, &ok), 0);
-    assert_int_equal(run_loop(loop, 10000), 0);
+    assert_int_equal(testutil_loop_run(loop, 10000), 0);
 
     if (ok.rc) fail_msg("fake-ok: %s", ok.err);
     assert_fake_ok_text(&ok);
@@ -651,7 +581,7 @@ static void test_loop_mix(void **state)
 
     assert_int_equal(stall.rc, CHAT_ETIMEOUT);
     assert_string_equal(stall.err, "LLM stream stalled (no data for 500 ms)");
-    assert_int_equal(stall.col.pieces, 3);
+    assert_int_equal(stall.pieces, 3);
     assert_string_equal(stall.res.finish_reason, "error");
     assert_true(stall.done_at - t0 >= 450);
     assert_true(stall.done_at - t0 < 2000);
@@ -659,7 +589,7 @@ static void test_loop_mix(void **state)
 
     assert_int_equal(e401.rc, CHAT_ELLM);
     assert_string_equal(e401.err, "LLM provider rejected the API key");
-    assert_int_equal(e401.col.pieces, 0);
+    assert_int_equal(e401.pieces, 0);
     assert_int_equal(e401.done_calls, 1);
 
     /* nobody waited for anybody: the quick ones ended while the 429 backed off and the stall stalled */
@@ -670,30 +600,8 @@ static void test_loop_mix(void **state)
 
     chat_llm_loop_free(loop);
     chat_llm_free(l_ok), chat_llm_free(l_429), chat_llm_free(l_stall), chat_llm_free(l_401);
-    lgen *all[] = {&ok, &r429, &stall, &e401};
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->col.text);
-}
-
-typedef struct waker {
-    chat_llm_loop *loop;
-    atomic_int *flags[4]; /* raised one by one, every 130 ms after the first wait; NULL: only wake */
-    int after_ms;
-    int64_t at[4];
-} waker;
-
-static void *waker_thread(void *arg)
-{
-    waker *w = arg;
-    for (int i = 0; i < 4; i++) {
-        int ms = i ? 130 : w->after_ms; /* 130: the raises fall at different points of the loop's tick */
-        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-        w->at[i] = chat_now_ms();
-        if (w->flags[i]) atomic_store(w->flags[i], 1);
-        chat_llm_loop_wakeup(w->loop);
-        if (!w->flags[0]) break;
-    }
-    return NULL;
+    testutil_gen *all[] = {&ok, &r429, &stall, &e401};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->text);
 }
 
 /* chat_llm_loop_wakeup from another thread ends a long wait at once; a cancel flag raised with it stops
@@ -701,11 +609,11 @@ static void *waker_thread(void *arg)
 static void test_loop_cancel_one(void **state)
 {
     (void)state;
-    chat_llm_loop *loop = loop_new();
+    chat_llm_loop *loop = testutil_loop_new();
     pthread_t t;
 
-    waker idle = {.loop = loop, .after_ms = 100};
-    assert_int_equal(pthread_create(&t, NULL, waker_thread, &idle), 0);
+    testutil_waker idle = {.loop = loop, .after_ms = 100};
+    assert_int_equal(pthread_create(&t, NULL, testutil_waker_thread, &idle), 0);
     assert_int_equal(chat_llm_loop_run(loop, 5000), 0);
     int64_t woke = chat_now_ms();
     pthread_join(t, NULL);
@@ -714,13 +622,14 @@ static void test_loop_cancel_one(void **state)
     chat_config c_stall = config_for("fake-stall", "k"), c_slow = config_for("fake-slow-first", "k");
     chat_llm *l_stall = llm_for(&c_stall), *l_slow = llm_for(&c_slow);
     enum { N = 5 };
-    lgen g[N]; /* 0..3 stall after 3 tokens and are cancelled one by one; 4 never starts answering */
+    testutil_gen g[N]; /* 0..3 stall after 3 tokens and are cancelled one by one; 4 never starts answering */
     for (int i = 0; i < N; i++) {
-        lgen_init(&g[i], i);
+        testutil_gen_init(&g[i], i, 0, lgen_start);
         assert_int_equal(lgen_start(loop, i < 4 ? l_stall : l_slow, &g[i]), 0);
     }
-    waker w = {.loop = loop, .flags = {&g[0].cancel, &g[1].cancel, &g[2].cancel, &g[3].cancel}, .after_ms = 300};
-    assert_int_equal(pthread_create(&t, NULL, waker_thread, &w), 0);
+    testutil_waker w = {.loop = loop, .flags = {&g[0].cancel, &g[1].cancel, &g[2].cancel, &g[3].cancel},
+                        .after_ms = 300};
+    assert_int_equal(pthread_create(&t, NULL, testutil_waker_thread, &w), 0);
     int64_t end = chat_now_ms() + 3000;
     while (!g[3].done_calls && chat_now_ms() < end) chat_llm_loop_run(loop, 1000);
     pthread_join(t, NULL);
@@ -728,7 +637,7 @@ static void test_loop_cancel_one(void **state)
         assert_int_equal(g[i].done_calls, 1);
         assert_int_equal(g[i].rc, CHAT_ECANCELLED);
         assert_string_equal(g[i].res.finish_reason, "cancelled");
-        assert_int_equal(g[i].col.pieces, 3);
+        assert_int_equal(g[i].pieces, 3);
         int64_t took = g[i].done_at - w.at[i];
         if (took < 0 || took > 30) fail_msg("cancel %d with wakeup took %lld ms", i, (long long)took);
     }
@@ -737,15 +646,15 @@ static void test_loop_cancel_one(void **state)
     /* without a wakeup, the loop still sees the flag within its 100 ms tick */
     int64_t set = chat_now_ms();
     atomic_store(&g[4].cancel, 1);
-    assert_int_equal(run_loop(loop, 3000), 0);
+    assert_int_equal(testutil_loop_run(loop, 3000), 0);
     assert_int_equal(g[4].rc, CHAT_ECANCELLED);
-    assert_int_equal(g[4].col.pieces, 0);
+    assert_int_equal(g[4].pieces, 0);
     assert_int_equal(g[4].done_calls, 1);
     if (g[4].done_at - set > 150) fail_msg("cancel without wakeup took %lld ms", (long long)(g[4].done_at - set));
 
     chat_llm_loop_free(loop);
     chat_llm_free(l_stall), chat_llm_free(l_slow);
-    for (int i = 0; i < N; i++) chat_buf_free(&g[i].col.text);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].text);
 }
 
 /* A generation started from a token callback (that is, from inside libcurl's transfer) and one started
@@ -755,14 +664,16 @@ static void test_loop_start_from_callbacks(void **state)
     (void)state;
     chat_config cfg = config_for("fake-ok", "k");
     chat_llm *llm = llm_for(&cfg);
-    chat_llm_loop *loop = loop_new();
-    lgen a, b, c;
-    lgen_init(&a, 0), lgen_init(&b, 1), lgen_init(&c, 2);
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen a, b, c;
+    testutil_gen_init(&a, 0, 0, lgen_start);
+    testutil_gen_init(&b, 1, 0, lgen_start);
+    testutil_gen_init(&c, 2, 0, lgen_start);
     a.start_on_token = &b; /* b starts at a's first token */
     b.start_on_done = &c;  /* c when b is done */
     assert_int_equal(lgen_start(loop, llm, &a), 0);
-    assert_int_equal(run_loop(loop, 10000), 0);
-    lgen *all[] = {&a, &b, &c};
+    assert_int_equal(testutil_loop_run(loop, 10000), 0);
+    testutil_gen *all[] = {&a, &b, &c};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) {
         if (all[i]->rc) fail_msg("generation %d: %s", all[i]->id, all[i]->err);
         assert_int_equal(all[i]->done_calls, 1);
@@ -772,7 +683,7 @@ static void test_loop_start_from_callbacks(void **state)
     assert_true(c.started_at >= b.done_at);
     chat_llm_loop_free(loop);
     chat_llm_free(llm);
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->col.text);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->text);
 }
 
 /* chat_llm_loop_free with transfers running: no done callback, nothing leaked (valgrind). */
@@ -782,24 +693,24 @@ static void test_loop_free_running(void **state)
     chat_config c_stall = config_for("fake-stall", "k"), c_slow = config_for("fake-slow-first", "k"),
                 c_429 = config_for("fake-429-always", "k");
     chat_llm *l_stall = llm_for(&c_stall), *l_slow = llm_for(&c_slow), *l_429 = llm_for(&c_429);
-    chat_llm_loop *loop = loop_new();
-    lgen g[6];
-    for (int i = 0; i < 6; i++) lgen_init(&g[i], i);
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen g[6];
+    for (int i = 0; i < 6; i++) testutil_gen_init(&g[i], i, 0, lgen_start);
     assert_int_equal(lgen_start(loop, l_stall, &g[0]), 0);
     assert_int_equal(lgen_start(loop, l_stall, &g[1]), 0);
     assert_int_equal(lgen_start(loop, l_slow, &g[2]), 0);
     assert_int_equal(lgen_start(loop, l_429, &g[3]), 0); /* backing off when the loop goes */
     int64_t end = chat_now_ms() + 3000;
-    while ((g[0].col.pieces < 3 || g[1].col.pieces < 3) && chat_now_ms() < end) chat_llm_loop_run(loop, 50);
+    while ((g[0].pieces < 3 || g[1].pieces < 3) && chat_now_ms() < end) chat_llm_loop_run(loop, 50);
     for (int k = 0; k < 5; k++) chat_llm_loop_run(loop, 20);
-    assert_int_equal(g[0].col.pieces, 3);
+    assert_int_equal(g[0].pieces, 3);
     assert_int_equal(lgen_start(loop, l_stall, &g[4]), 0); /* started, never run */
     assert_int_equal(chat_llm_loop_run(loop, 0), 5);       /* all five still running */
     assert_int_equal(lgen_start(loop, l_stall, &g[5]), 0); /* started, never stepped */
     chat_llm_loop_free(loop);
     for (int i = 0; i < 6; i++) {
         assert_int_equal(g[i].done_calls, 0);
-        chat_buf_free(&g[i].col.text);
+        chat_buf_free(&g[i].text);
     }
     chat_llm_loop_free(NULL);
     chat_llm_free(l_stall), chat_llm_free(l_slow), chat_llm_free(l_429);
