@@ -47,14 +47,8 @@ static const char *const fixture =
 
 static int setup(void **state)
 {
-    db = testutil_db_fresh("customer", TESTUTIL_SCHEMA);
+    *state = db = testutil_db_fresh("customer", TESTUTIL_SCHEMA);
     testutil_sql(db, fixture);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    chat_db_free(db);
     return 0;
 }
 
@@ -200,5 +194,5 @@ int main(void)
         cmocka_unit_test(test_no_boats_no_appointments),
         cmocka_unit_test(test_many_rows_bounded),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, testutil_db_teardown);
 }

@@ -253,70 +253,75 @@ static void test_no_key_trailing_slash(void **state)
     run_free(&r);
 }
 
-/* Scenarios that end in an error, table-driven. */
-typedef struct err_case {
+/* The fake's scenarios, table-driven; -1 or NULL: not checked. */
+typedef struct scenario {
     const char *model;
     int rc;
-    const char *err;    /* exact message, or NULL */
-    const char *substr; /* or a part of it */
-    int tokens;         /* tokens emitted before the error, -1 = any */
-    long requests;      /* requests the fake saw: 2 means one retry */
-} err_case;
+    const char *err;     /* exact message, or NULL */
+    const char *substr;  /* or a part of it */
+    const char *finish;  /* finish_reason */
+    long requests;       /* requests the fake saw: 2 means one retry */
+    int pieces;          /* token callbacks (tokens emitted, before an error), exactly */
+    int min_pieces;      /* or at least */
+    int min_ms, max_ms;  /* how long the generation took */
+    bool estimates;      /* no usage chunk: the token counts are estimates */
+    const char *text;    /* the whole answer */
+    const char *start;   /* or how it starts */
+} scenario;
 
-static const err_case err_cases[] = {
-    {"fake-401", CHAT_ELLM, "LLM provider rejected the API key", NULL, 0, 1},
-    {"fake-429-always", CHAT_ELLM, "LLM provider rate limit reached", NULL, 0, 2},
-    {"fake-disconnect", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, 4, 1},
-    {"fake-garbage", CHAT_ELLM, "LLM sent an invalid response", NULL, 0, 1},
-    {"fake-no-done", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, 3, 1},
-    {"fake-error-event", CHAT_ELLM, NULL, "overloaded", 2, 1},
+static const scenario scenarios[] = {
+    {"fake-401", CHAT_ELLM, "LLM provider rejected the API key", NULL, "error", 1, 0, -1, -1, -1, false, NULL, NULL},
+    {"fake-429-always", CHAT_ELLM, "LLM provider rate limit reached", NULL, "error", 2, 0, -1, -1, -1, false, NULL,
+     NULL},
+    {"fake-disconnect", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, "error", 1, 4, -1, -1, -1, false, NULL, NULL},
+    {"fake-garbage", CHAT_ELLM, "LLM sent an invalid response", NULL, "error", 1, 0, -1, -1, -1, false, NULL, NULL},
+    {"fake-no-done", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, "error", 1, 3, -1, -1, -1, false, NULL, NULL},
+    {"fake-error-event", CHAT_ELLM, NULL, "overloaded", "error", 1, 2, -1, -1, -1, false, NULL, NULL},
+    /* the fake said Retry-After: 1 */
+    {"fake-429", 0, NULL, NULL, "stop", 2, -1, 1, 900, 3000, false, NULL, NULL},
+    /* a backoff happened */
+    {"fake-500-once", 0, NULL, NULL, NULL, 2, -1, -1, 200, -1, false, NULL, "You asked about: "},
+    {"fake-length", 0, NULL, NULL, "length", -1, 5, -1, -1, -1, true, NULL, NULL},
+    /* a stream with no content at all completes with an empty answer (it used to crash the worker) */
+    {"fake-empty", 0, NULL, NULL, "stop", -1, 0, -1, -1, -1, false, NULL, NULL},
+    /* every piece was valid UTF-8 (checked in do_run), and nothing was lost or replaced */
+    {"fake-utf8", 0, NULL, NULL, NULL, -1, -1, 8, -1, -1, false,
+     "H\xC3\xA9llo w\xC3\xB6rld \xE2\x80\x94 \xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E \xF0\x9F\x9A\xA4 ok", NULL},
 };
 
-static void test_errors(void **state)
+static void check_scenario(const scenario *c, const run *r)
+{
+    if (r->rc != c->rc)
+        fail_msg("%s: rc %s want %s (%s)", c->model, chat_strerror(r->rc), chat_strerror(c->rc), r->err);
+    if (c->err && strcmp(r->err, c->err)) fail_msg("%s: err '%s' want '%s'", c->model, r->err, c->err);
+    if (c->substr && !strstr(r->err, c->substr)) fail_msg("%s: err '%s' lacks '%s'", c->model, r->err, c->substr);
+    if (c->finish) assert_string_equal(r->res.finish_reason, c->finish);
+    if (c->requests >= 0 && r->requests != c->requests)
+        fail_msg("%s: %ld requests want %ld", c->model, r->requests, c->requests);
+    if (c->pieces >= 0 && r->col.pieces != c->pieces)
+        fail_msg("%s: %d pieces want %d", c->model, r->col.pieces, c->pieces);
+    if (c->min_pieces >= 0 && r->col.pieces < c->min_pieces)
+        fail_msg("%s: %d pieces want at least %d", c->model, r->col.pieces, c->min_pieces);
+    if ((c->min_ms >= 0 && r->ms < c->min_ms) || (c->max_ms >= 0 && r->ms >= c->max_ms))
+        fail_msg("%s: took %lld ms", c->model, (long long)r->ms);
+    if (c->estimates) {
+        assert_int_equal(r->res.completion_tokens, r->col.pieces);
+        assert_int_equal(r->res.prompt_tokens, (int)(prompt_bytes() / 4));
+    }
+    if (c->text) assert_string_equal(r->col.text.data, c->text);
+    if (c->start) assert_memory_equal(r->col.text.data, c->start, strlen(c->start));
+}
+
+static void test_scenarios(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(err_cases); i++) {
-        const err_case *c = &err_cases[i];
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(scenarios); i++) {
         run r;
-        run_model(c->model, &r);
-        if (r.rc != c->rc)
-            fail_msg("%s: rc %s want %s (%s)", c->model, chat_strerror(r.rc), chat_strerror(c->rc), r.err);
-        if (c->err && strcmp(r.err, c->err)) fail_msg("%s: err '%s' want '%s'", c->model, r.err, c->err);
-        if (c->substr && !strstr(r.err, c->substr)) fail_msg("%s: err '%s' lacks '%s'", c->model, r.err, c->substr);
-        if (c->tokens >= 0 && r.res.tokens_emitted != c->tokens)
-            fail_msg("%s: %d tokens want %d", c->model, r.res.tokens_emitted, c->tokens);
-        if (r.requests != c->requests) fail_msg("%s: %ld requests want %ld", c->model, r.requests, c->requests);
-        assert_string_equal(r.res.finish_reason, "error");
-        assert_null(strstr(r.err, "sk-test-secret"));
+        run_model(scenarios[i].model, &r);
+        check_scenario(&scenarios[i], &r);
+        if (scenarios[i].rc) assert_null(strstr(r.err, "sk-test-secret"));
         run_free(&r);
     }
-}
-
-static void test_retry_429_once(void **state)
-{
-    (void)state;
-    run r;
-    run_model("fake-429", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    assert_int_equal(r.requests, 2);
-    assert_string_equal(r.res.finish_reason, "stop");
-    assert_true(r.col.pieces > 0);
-    /* the fake said Retry-After: 1 */
-    assert_true(r.ms >= 900);
-    assert_true(r.ms < 3000);
-    run_free(&r);
-}
-
-static void test_retry_500_once(void **state)
-{
-    (void)state;
-    run r;
-    run_model("fake-500-once", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    assert_int_equal(r.requests, 2);
-    assert_true(r.ms >= 200); /* a backoff happened */
-    assert_memory_equal(r.col.text.data, "You asked about: ", 17);
-    run_free(&r);
 }
 
 static void test_connect_refused(void **state)
@@ -336,85 +341,36 @@ static void test_connect_refused(void **state)
     snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", ntohs(a.sin_port));
     run r;
     do_run(&cfg, NULL, 0, 0, &r);
-    assert_int_equal(r.rc, CHAT_ELLM);
-    assert_string_equal(r.err, "could not connect to the LLM provider");
-    assert_true(r.ms >= 200); /* retried once after a backoff */
-    assert_true(r.ms < 3000);
+    /* retried once after a backoff */
+    static const scenario want = {"refused", CHAT_ELLM, "could not connect to the LLM provider", NULL, NULL, -1, -1, -1,
+                                  200, 3000, false, NULL, NULL};
+    check_scenario(&want, &r);
     run_free(&r);
 }
 
-static void test_length_and_estimates(void **state)
+/* The timeouts: a stream that stalls after its first tokens, and one that never starts (the stall timeout
+ * must not apply before the first token); a timeout is not retried. */
+static void test_timeouts(void **state)
 {
     (void)state;
-    run r;
-    run_model("fake-length", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    assert_string_equal(r.res.finish_reason, "length");
-    assert_int_equal(r.col.pieces, 5);
-    /* no usage chunk: estimates */
-    assert_int_equal(r.res.completion_tokens, 5);
-    assert_int_equal(r.res.prompt_tokens, (int)(prompt_bytes() / 4));
-    run_free(&r);
-}
-
-/* A stream with no content at all completes with an empty answer (it used to crash the worker). */
-static void test_empty_stream(void **state)
-{
-    (void)state;
-    run r;
-    run_model("fake-empty", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    assert_string_equal(r.res.finish_reason, "stop");
-    assert_int_equal(r.col.pieces, 0);
-    run_free(&r);
-}
-
-static void test_utf8(void **state)
-{
-    (void)state;
-    run r;
-    run_model("fake-utf8", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    /* every piece was valid UTF-8 (checked in do_run), and nothing was lost or replaced */
-    assert_string_equal(
-        r.col.text.data,
-        "H\xC3\xA9llo w\xC3\xB6rld \xE2\x80\x94 \xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E \xF0\x9F\x9A\xA4 ok");
-    assert_true(r.col.pieces >= 8);
-    run_free(&r);
-}
-
-static void test_stall_timeout(void **state)
-{
-    (void)state;
-    chat_config cfg = config_for("fake-stall", "k");
-    cfg.llm_stall_timeout_ms = 500;
-    run r;
-    do_run(&cfg, NULL, 0, 0, &r);
-    assert_int_equal(r.rc, CHAT_ETIMEOUT);
-    assert_non_null(strstr(r.err, "stalled"));
-    assert_int_equal(r.col.pieces, 3);
-    assert_true(r.ms >= 450);
-    assert_true(r.ms < 2000);
-    assert_int_equal(r.requests, 1);
-    assert_string_equal(r.res.finish_reason, "error");
-    run_free(&r);
-}
-
-static void test_first_token_timeout(void **state)
-{
-    (void)state;
-    chat_config cfg = config_for("fake-slow-first", "k");
-    cfg.llm_first_token_timeout_ms = 700;
-    cfg.llm_stall_timeout_ms = 300; /* must not apply before the first token */
-    run r;
-    do_run(&cfg, NULL, 0, 0, &r);
-    assert_int_equal(r.rc, CHAT_ETIMEOUT);
-    assert_non_null(strstr(r.err, "did not start answering"));
-    assert_int_equal(r.col.pieces, 0);
-    assert_true(r.ms >= 650);
-    assert_true(r.ms < 2000);
-    assert_int_equal(r.requests, 1); /* a timeout is not retried */
-    run_free(&r);
+    static const struct {
+        scenario want;
+        int stall_ms, first_ms; /* first_ms 0: the configuration's */
+    } cases[] = {
+        {{"fake-stall", CHAT_ETIMEOUT, NULL, "stalled", "error", 1, 3, -1, 450, 2000, false, NULL, NULL}, 500, 0},
+        {{"fake-slow-first", CHAT_ETIMEOUT, NULL, "did not start answering", NULL, 1, 0, -1, 650, 2000, false, NULL,
+          NULL},
+         300, 700},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_config cfg = config_for(cases[i].want.model, "k");
+        cfg.llm_stall_timeout_ms = cases[i].stall_ms;
+        if (cases[i].first_ms) cfg.llm_first_token_timeout_ms = cases[i].first_ms;
+        run r;
+        do_run(&cfg, NULL, 0, 0, &r);
+        check_scenario(&cases[i].want, &r);
+        run_free(&r);
+    }
 }
 
 typedef struct canceller {
@@ -852,15 +808,9 @@ int main(void)
         cmocka_unit_test(test_new_rejects_bad_config),
         cmocka_unit_test(test_ok),
         cmocka_unit_test(test_no_key_trailing_slash),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_retry_429_once),
-        cmocka_unit_test(test_retry_500_once),
+        cmocka_unit_test(test_scenarios),
         cmocka_unit_test(test_connect_refused),
-        cmocka_unit_test(test_length_and_estimates),
-        cmocka_unit_test(test_empty_stream),
-        cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_stall_timeout),
-        cmocka_unit_test(test_first_token_timeout),
+        cmocka_unit_test(test_timeouts),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_callback_stop_and_precancel),
         cmocka_unit_test(test_loop_concurrent),

@@ -1,6 +1,10 @@
 /* Test helpers that need no database. */
 #include "testutil.h"
 
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
@@ -55,6 +59,23 @@ void testutil_tsv_close(testutil_tsv *t)
 {
     free(t->data);
     t->data = t->save = NULL;
+}
+
+int testutil_tsv_score(const char *rel, int n, bool (*check)(char **row, void *ud), void *ud, int *good)
+{
+    testutil_tsv t;
+    char *row[8];
+    if (n < 1 || n > (int)(sizeof row / sizeof row[0])) fail_msg("testutil_tsv_score: %d fields", n);
+    if (testutil_tsv_open(&t, rel)) fail_msg("cannot read %s", rel);
+    int total = 0;
+    *good = 0;
+    for (int got; (got = testutil_tsv_next(&t, row, n));) {
+        if (got != n) fail_msg("%s: a row of %d fields, want %d: %.60s", rel, got, n, row[0]);
+        total++;
+        if (check(row, ud)) (*good)++;
+    }
+    testutil_tsv_close(&t);
+    return total;
 }
 
 pid_t testutil_fake_llm_start(int *port)

@@ -56,6 +56,12 @@ void testutil_sql_file(chat_db *db, const char *rel)
     free(sql);
 }
 
+int testutil_db_teardown(void **state)
+{
+    chat_db_free(*state);
+    return 0;
+}
+
 void testutil_db_drop(chat_db *db, const char *name)
 {
     char sql[160];
