@@ -8,8 +8,10 @@
 
 #include "chat_llm.h"
 
-/* The answer text alone, without streaming: what chat_extractive_gen_new streams, and what the tests
- * read. req is read during the call only. Caller frees; NULL when out of memory. */
+/* The answer text alone, without streaming: what the provider's generations stream, piece by piece.
+ * Public on purpose, as the provider's one decision worth checking on its own: the answer as a whole
+ * (the tests judge its content without a loop or pacing). req is read during the call only. Caller
+ * frees; NULL when out of memory. */
 char *chat_extractive_compose(const chat_llm_request *req);
 
 /* The provider itself is chat_extractive_provider (chat_llm_provider.h): chosen through chat_llm. */

@@ -76,7 +76,10 @@ static bool take(const chat_cli_opt *o, const char *arg)
 static bool takes_value(chat_cli_kind k) { return k != CHAT_CLI_FLAG && k != CHAT_CLI_HELP; }
 
 /* What getopt_long returns for row i: its letter, else a value above every letter. */
-static int opt_val(const chat_cli_opt *opts, size_t i) { return opts[i].letter ? opts[i].letter : CLI_LONG_BASE + (int)i; }
+static int opt_val(const chat_cli_opt *opts, size_t i)
+{
+    return opts[i].letter ? opts[i].letter : CLI_LONG_BASE + (int)i;
+}
 
 /* getopt_long's view of the table: the long options (lo, ending in a zero row) and the letters. */
 static void getopt_tables(const chat_cli *cli, const chat_cli_opt *opts, size_t n, struct option *lo, char *shorts)

@@ -43,10 +43,12 @@ typedef struct chat_cli_opt {
  * letter only) is written out: {.letter = 'k', .kind = CHAT_CLI_LONG, ...}. */
 #define CHAT_CLI_FLAG_OPT(n, d) {.name = (n), .kind = CHAT_CLI_FLAG, .dst = (d)}
 #define CHAT_CLI_STR_OPT(n, d) {.name = (n), .kind = CHAT_CLI_STR, .dst = (d)}
-#define CHAT_CLI_LIST_OPT(n, d, cnt, mx, why)                                                                      \
+#define CHAT_CLI_LIST_OPT(n, d, cnt, mx, why)                                                                    \
     {.name = (n), .kind = CHAT_CLI_LIST, .dst = (d), .count = (cnt), .max = (mx), .problem = (why)}
-#define CHAT_CLI_NUM_OPT(k, n, d, l, h, why) {.name = (n), .kind = (k), .dst = (d), .lo = (l), .hi = (h), .problem = (why)}
-#define CHAT_CLI_CHOICE_OPT(n, d, ch, why) {.name = (n), .kind = CHAT_CLI_CHOICE, .dst = (d), .choices = (ch), .problem = (why)}
+#define CHAT_CLI_NUM_OPT(k, n, d, l, h, why)                                                                     \
+    {.name = (n), .kind = (k), .dst = (d), .lo = (l), .hi = (h), .problem = (why)}
+#define CHAT_CLI_CHOICE_OPT(n, d, ch, why)                                                                       \
+    {.name = (n), .kind = CHAT_CLI_CHOICE, .dst = (d), .choices = (ch), .problem = (why)}
 #define CHAT_CLI_HELP_OPT(l) {.name = "help", .letter = (l), .kind = CHAT_CLI_HELP}
 
 typedef struct chat_cli {
