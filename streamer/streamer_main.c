@@ -43,11 +43,7 @@ int main(int argc, char **argv)
         return 2;
     }
     chat_config cfg;
-    char err[512];
-    if (chat_config_from_env(&cfg, err, sizeof err)) {
-        chat_log_error("configuration: %s", err);
-        return 1;
-    }
+    if (chat_config_load(&cfg)) return 1;
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
 
@@ -64,6 +60,7 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
 
     int rc = 1;
+    char err[512];
     if (st_init(&cfg, err, sizeof err)) {
         chat_log_error("streamer: %s", err);
         goto out;

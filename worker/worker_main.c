@@ -162,11 +162,7 @@ int main(int argc, char **argv)
     }
     chat_log_init(single ? "chat-worker" : "chat-workers", CHAT_LOG_INFO);
     chat_config cfg;
-    char err[512];
-    if (chat_config_from_env(&cfg, err, sizeof err)) {
-        chat_log_error("configuration: %s", err);
-        return 1;
-    }
+    if (chat_config_load(&cfg)) return 1;
     install_signals();
     if (single) return worker_run(&cfg, &g_stop);
     if (cfg.workers <= 0) {

@@ -30,10 +30,11 @@ int testutil_tsv_open(testutil_tsv *t, const char *rel);
 int testutil_tsv_next(testutil_tsv *t, char **fields, int max);
 void testutil_tsv_close(testutil_tsv *t);
 /* Scores a labelled set: check(row, ud) on every row of the root-relative file rel, true when the row's
- * expectation holds (the fields are valid during the call). Each row must have exactly n fields (at most
- * 8) and the file must be readable, else the test fails. Returns the number of rows; *good gets the
- * number that held. */
-int testutil_tsv_score(const char *rel, int n, bool (*check)(char **row, void *ud), void *ud, int *good);
+ * expectation holds (the fields are valid during the call). Prints "<what>: good/total" and fails the
+ * test unless the file is readable, each row has exactly n fields (at most 8), there are at least
+ * min_rows rows and at least min_pct percent of them held. */
+void testutil_tsv_score(const char *rel, const char *what, int n, bool (*check)(char **row, void *ud), void *ud,
+                        int min_rows, int min_pct);
 
 /* build/bin/fake-llm on a free loopback port, read from its "PORT n" line (within 5 s); its stderr goes
  * to /dev/null. The pid, or -1 (with a message on stderr). Stop it with testutil_fake_llm_stop. */
