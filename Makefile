@@ -23,8 +23,9 @@ LIB_SRC  := $(wildcard shared/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
 LIB      := $(B)/libchat.a
 
-# Admin tools: tools/NAME_cli.c -> build/bin/chat-NAME. The WebSocket client (tools/wsclient.c) and its
-# framing (tools/ws_frame.c, shared with the load generator) form the client archive.
+# Admin tools: tools/NAME_cli.c -> build/bin/chat-NAME. The WebSocket client (tools/wsclient.c), its
+# framing (tools/ws_frame.c, shared with the load generator) and the programs' option table (tools/cli.c)
+# form the client archive.
 TOOL_MAINS  := $(wildcard tools/*_cli.c)
 TOOLS       := $(patsubst tools/%_cli.c,$(B)/bin/chat-%,$(TOOL_MAINS))
 CLIENT_SRC  := $(filter-out %_cli.c,$(wildcard tools/*.c))

@@ -29,7 +29,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <json-c/json.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -56,6 +55,7 @@
 #include "chat_jwt.h"
 #include "chat_proto.h"
 #include "chat_util.h"
+#include "cli.h"
 #include "ws_frame.h"
 
 #define MAX_TARGETS 16
@@ -68,6 +68,7 @@
 #define RBUF_MAX (16u << 20) /* a server message larger than this fails the connection */
 
 enum { M_IDLE, M_CONNECT, M_CHAT, M_REST };
+static const char *const MODE_NAMES[] = {"idle", "connect", "chat", "rest"}; /* in M_* order */
 enum { A_MESSAGE, A_QUERY, A_NONE };
 enum { ST_FREE, ST_WAIT_RETRY, ST_CONNECTING, ST_HANDSHAKE, ST_AUTH, ST_IDLE, ST_TURN, ST_HTTP_IDLE, ST_HTTP_WAIT, ST_CLOSED };
 enum { H_TCP, H_OPEN, H_AUTH, H_CONNAUTH, H_ACK, H_FIRST, H_GAP, H_TURN, H_OUTSIDE, H_REST, H_COUNT };
@@ -1215,7 +1216,9 @@ static void send_rep(engine *e, int fd, char tag)
     write_all(fd, &r, sizeof r);
 }
 
-static int run_child(const opts *o, int proc, long first, long count, int ctl_rd, int rep_wr)
+/* The child's resources: the descriptor limit raised to its hard maximum, the connection table, the
+ * counters, the shared read buffer, the epoll set with the parent's control pipe in it (data NULL). */
+static int child_init(engine *e, const opts *o, int proc, long first, long count, int ctl_rd)
 {
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     signal(SIGPIPE, SIG_IGN);
@@ -1224,7 +1227,6 @@ static int run_child(const opts *o, int proc, long first, long count, int ctl_rd
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    engine eng, *e = &eng;
     memset(e, 0, sizeof *e);
     e->o = o, e->proc = proc, e->first = first, e->count = count, e->ctl = ctl_rd;
     e->rng = (uint64_t)chat_now_us() ^ ((uint64_t)getpid() << 32);
@@ -1240,14 +1242,19 @@ static int run_child(const opts *o, int proc, long first, long count, int ctl_rd
     }
     struct epoll_event cev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(e->ep, EPOLL_CTL_ADD, ctl_rd, &cev);
+    return 0;
+}
 
-    /* Tokens first, outside every timing. */
+/* Each connection's index, target and token, before any timing starts (REST GETs carry none). */
+static int mint_tokens(engine *e)
+{
+    const opts *o = e->o;
     time_t tnow = time(NULL);
-    long nt = o->mode == M_REST && !o->nquestions ? 0 : count;
-    for (long i = 0; i < count; i++) {
+    long nt = o->mode == M_REST && !o->nquestions ? 0 : e->count;
+    for (long i = 0; i < e->count; i++) {
         conn *c = &e->conns[i];
         c->fd = -1;
-        c->idx = (uint32_t)(first + i);
+        c->idx = (uint32_t)(e->first + i);
         c->target = (uint8_t)(c->idx % (uint32_t)o->ntargets);
         if (o->auth == A_NONE || i >= nt) continue;
         if (o->fixed_token) {
@@ -1260,100 +1267,107 @@ static int run_child(const opts *o, int proc, long first, long count, int ctl_rd
             c->token = chat_jwt_mint_hs256(o->secret, sub, email, "Bench User", tnow, 86400);
         }
         if (!c->token) {
-            fprintf(stderr, "chat-bench[%d]: cannot mint a token\n", proc);
+            fprintf(stderr, "chat-bench[%d]: cannot mint a token\n", e->proc);
             return 1;
         }
     }
+    return 0;
+}
 
-    struct epoll_event evs[1024];
-    int64_t last_scan = 0, hold_end_us = 0;
-    e->phase = PH_RAMP;
-    int64_t ramp_deadline = now_ms() + (int64_t)(o->max_time * 1000);
+/* The parent's go: the measured window is fixed, and every ready connection starts its first turn or
+ * request (open loop: joins the idle pool). */
+static void start_run(engine *e, int64_t go_us)
+{
+    const opts *o = e->o;
+    e->go_us = go_us;
+    e->measure_us = go_us + (int64_t)(o->warmup * 1e6);
+    e->end_us = e->measure_us + (int64_t)(o->duration * 1e6);
+    e->phase = PH_RUN;
+    e->st->window_s = o->duration;
+    e->next_send_us = go_us;
+    for (long k = 0; k < e->count; k++) {
+        conn *x = &e->conns[k];
+        if (x->fd < 0) continue;
+        if (o->mode == M_CHAT && x->state == ST_IDLE) {
+            if (o->rate > 0) e->idle[e->nidle++] = (uint32_t)k;
+            else send_message(e, x);
+        } else if (o->mode == M_REST && x->state == ST_HTTP_IDLE) {
+            rest_next(e, x);
+        }
+    }
+}
+
+enum { CTL_MORE, CTL_QUIT, CTL_LOST }; /* after a message of the parent: go on, quit, or quit at once */
+
+static int on_parent(engine *e)
+{
+    ctl_msg m;
+    if (!read_all(e->ctl, &m, sizeof m, now_ms() + 2000)) return CTL_LOST;
+    if (m.tag != 'G') return CTL_QUIT;
+    start_run(e, m.go_us);
+    return CTL_MORE;
+}
+
+/* One epoll_wait's events; false when the parent said quit (or is gone). */
+static bool dispatch(engine *e, const struct epoll_event *evs, int n)
+{
     bool quit = false;
-    while (!quit) {
-        if (e->phase == PH_RAMP) {
-            ramp(e);
-            if (e->next_to_open >= e->count && e->pending == 0) {
-                send_rep(e, rep_wr, 'R');
-                e->phase = PH_WAIT_GO;
-            } else if (now_ms() > ramp_deadline || g_stop) {
-                send_rep(e, rep_wr, 'R');
-                e->phase = PH_WAIT_GO;
-            }
+    for (int i = 0; i < n; i++) {
+        conn *c = evs[i].data.ptr;
+        if (!c) { /* the parent */
+            int r = on_parent(e);
+            if (r == CTL_LOST) return false;
+            if (r == CTL_QUIT) quit = true;
+            continue;
         }
-        int timeout = 50;
-        if (e->phase == PH_RUN && o->rate > 0) timeout = 1;
-        int n = epoll_wait(e->ep, evs, (int)CHAT_ARRAY_LEN(evs), timeout);
-        if (n < 0 && errno != EINTR) break;
-        for (int i = 0; i < n; i++) {
-            conn *c = evs[i].data.ptr;
-            if (!c) { /* the parent */
-                ctl_msg m;
-                if (!read_all(ctl_rd, &m, sizeof m, now_ms() + 2000)) {
-                    quit = true;
-                    break;
-                }
-                if (m.tag == 'G') {
-                    e->go_us = m.go_us;
-                    e->measure_us = m.go_us + (int64_t)(o->warmup * 1e6);
-                    e->end_us = e->measure_us + (int64_t)(o->duration * 1e6);
-                    hold_end_us = e->end_us;
-                    e->phase = PH_RUN;
-                    e->st->window_s = o->duration;
-                    e->next_send_us = m.go_us;
-                    for (long k = 0; k < e->count; k++) {
-                        conn *x = &e->conns[k];
-                        if (x->fd < 0) continue;
-                        if (o->mode == M_CHAT && x->state == ST_IDLE) {
-                            if (o->rate > 0) e->idle[e->nidle++] = (uint32_t)k;
-                            else send_message(e, x);
-                        } else if (o->mode == M_REST && x->state == ST_HTTP_IDLE) {
-                            rest_next(e, x);
-                        }
-                    }
-                } else {
-                    quit = true;
-                }
-                continue;
-            }
-            if (c->fd < 0) continue;
-            uint32_t ev = evs[i].events;
-            if (c->state == ST_CONNECTING) {
-                if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) on_connected(e, c);
-                continue;
-            }
-            if ((ev & EPOLLOUT) && c->wlen) conn_flush(e, c);
-            if (c->fd >= 0 && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) on_readable(e, c);
+        if (c->fd < 0) continue;
+        uint32_t ev = evs[i].events;
+        if (c->state == ST_CONNECTING) {
+            if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) on_connected(e, c);
+            continue;
         }
-        int64_t nowus = chat_now_us();
-        if (e->phase == PH_RUN && o->mode == M_CHAT && o->rate > 0) open_loop_tick(e);
-        if (nowus / 1000 - last_scan >= 50) {
-            last_scan = nowus / 1000;
-            scan_deadlines(e);
+        if ((ev & EPOLLOUT) && c->wlen) conn_flush(e, c);
+        if (c->fd >= 0 && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) on_readable(e, c);
+    }
+    return !quit;
+}
+
+/* The phase changes that time and counts decide: the ramp ends when every connection is set up (or at
+ * the deadline); the run ends at the window's end or the message count; the drain ends when nothing is
+ * in flight (or a timeout after the window). The parent hears of the first and the last. */
+static void advance_phase(engine *e, int rep_wr, int64_t ramp_deadline)
+{
+    const opts *o = e->o;
+    int64_t nowus = chat_now_us();
+    if (e->phase == PH_RAMP) {
+        if ((e->next_to_open >= e->count && e->pending == 0) || now_ms() > ramp_deadline || g_stop) {
+            send_rep(e, rep_wr, 'R');
+            e->phase = PH_WAIT_GO;
         }
-        if (e->phase == PH_RUN) {
-            bool count_done = o->messages && e->st->turns_sent >= (uint64_t)o->messages;
-            if (nowus >= hold_end_us || count_done || g_stop) {
-                e->phase = PH_DRAIN;
-                if (count_done && nowus < e->end_us) { /* stopped by count: the window ends now */
-                    double w = (double)(nowus - e->measure_us) / 1e6;
-                    e->st->window_s = w > 0 ? w : 0;
-                }
-            }
-        }
-        if (e->phase == PH_DRAIN) {
-            /* in-flight turns and requests finish (or time out) before the report */
-            if (e->in_flight <= 0 || chat_now_us() > hold_end_us + (int64_t)(o->timeout * 1e6)) {
-                send_rep(e, rep_wr, 'D');
-                e->phase = PH_WAIT_QUIT;
+    } else if (e->phase == PH_RUN) {
+        bool count_done = o->messages && e->st->turns_sent >= (uint64_t)o->messages;
+        if (nowus >= e->end_us || count_done || g_stop) {
+            e->phase = PH_DRAIN;
+            if (count_done && nowus < e->end_us) { /* stopped by count: the window ends now */
+                double w = (double)(nowus - e->measure_us) / 1e6;
+                e->st->window_s = w > 0 ? w : 0;
             }
         }
     }
-    /* Close: a close frame where the connection is open, then the socket. */
+    /* in-flight turns and requests finish (or time out) before the report */
+    if (e->phase == PH_DRAIN && (e->in_flight <= 0 || chat_now_us() > e->end_us + (int64_t)(o->timeout * 1e6))) {
+        send_rep(e, rep_wr, 'D');
+        e->phase = PH_WAIT_QUIT;
+    }
+}
+
+/* A close frame where the connection is open, then the socket. */
+static void close_all(engine *e)
+{
     for (long i = 0; i < e->count; i++) {
         conn *c = &e->conns[i];
         if (c->fd < 0) continue;
-        if (o->mode != M_REST && (c->state == ST_IDLE || c->state == ST_TURN)) {
+        if (e->o->mode != M_REST && (c->state == ST_IDLE || c->state == ST_TURN)) {
             static const char bye[2] = {0x03, (char)0xe8};
             ws_send(e, c, 8, bye, 2);
         }
@@ -1362,6 +1376,36 @@ static int run_child(const opts *o, int proc, long first, long count, int ctl_rd
         conn_free_bufs(c);
     }
     for (long i = 0; i < e->count; i++) free(e->conns[i].token);
+}
+
+/* A child process: connections [first, first + count), ramped up, run on the parent's go, reported
+ * through rep_wr ('R' ready, 'D' done, then the whole stats) until the parent says quit. */
+static int run_child(const opts *o, int proc, long first, long count, int ctl_rd, int rep_wr)
+{
+    engine eng, *e = &eng;
+    if (child_init(e, o, proc, first, count, ctl_rd) || mint_tokens(e)) return 1;
+    struct epoll_event evs[1024];
+    int64_t last_scan = 0;
+    e->phase = PH_RAMP;
+    int64_t ramp_deadline = now_ms() + (int64_t)(o->max_time * 1000);
+    for (bool more = true; more;) {
+        if (e->phase == PH_RAMP) {
+            ramp(e);
+            advance_phase(e, rep_wr, ramp_deadline);
+        }
+        int timeout = e->phase == PH_RUN && o->rate > 0 ? 1 : 50;
+        int n = epoll_wait(e->ep, evs, (int)CHAT_ARRAY_LEN(evs), timeout);
+        if (n < 0 && errno != EINTR) break;
+        more = dispatch(e, evs, n);
+        int64_t nowus = chat_now_us();
+        if (e->phase == PH_RUN && o->mode == M_CHAT && o->rate > 0) open_loop_tick(e);
+        if (nowus / 1000 - last_scan >= 50) {
+            last_scan = nowus / 1000;
+            scan_deadlines(e);
+        }
+        if (e->phase != PH_RAMP) advance_phase(e, rep_wr, ramp_deadline);
+    }
+    close_all(e);
     write_all(rep_wr, e->st, sizeof *e->st);
     return 0;
 }
@@ -1462,10 +1506,7 @@ static int http_get_simple(const char *url, char *out, size_t cap)
     return rc;
 }
 
-static const char *mode_name(int m)
-{
-    return m == M_IDLE ? "idle" : m == M_CONNECT ? "connect" : m == M_CHAT ? "chat" : "rest";
-}
+static const char *mode_name(int m) { return MODE_NAMES[m]; }
 
 static void print_kv_hist(const char *key, const bench_hist *h)
 {
@@ -1475,9 +1516,34 @@ static void print_kv_hist(const char *key, const bench_hist *h)
            (unsigned long long)h->max);
 }
 
-static int run_parent(opts *o)
+/* The server processes (--pid-file) and the status page (--status-url), sampled three times: before
+ * the ramp, while the connections are held (after the ramp and the settle time), and at the end. */
+enum { AT_BEFORE, AT_HELD, AT_END };
+typedef struct server_watch {
+    pid_t pid[MAX_PIDS];
+    proc_sample s[3][MAX_PIDS];
+    bool alive[3][MAX_PIDS]; /* AT_HELD, AT_END: the process was still there */
+    char status[3][4096];    /* "" when not fetched */
+} server_watch;
+
+static void watch_sample(const opts *o, server_watch *w, int at)
 {
-    /* Processes: each holds at most per_proc connections (its descriptor limit minus a margin). */
+    for (int i = 0; i < o->npids; i++) {
+        if (at == AT_BEFORE) {
+            w->pid[i] = read_pid_file(o->pid_files[i]);
+            if (w->pid[i] <= 0 || !sample_proc(w->pid[i], &w->s[at][i]))
+                fprintf(stderr, "chat-bench: no running process for pid file %s\n", o->pid_files[i]);
+        } else {
+            w->alive[at][i] = w->pid[i] > 0 && sample_proc(w->pid[i], &w->s[at][i]);
+        }
+    }
+    if (o->status_url && http_get_simple(o->status_url, w->status[at], sizeof w->status[at])) w->status[at][0] = '\0';
+}
+
+/* The client's processes and source addresses: each process holds at most per_proc connections (its
+ * descriptor limit minus a margin). 0, or 1 with a message when the connections do not fit. */
+static int plan_processes(opts *o)
+{
     struct rlimit rl;
     long fd_cap = 1024;
     if (!getrlimit(RLIMIT_NOFILE, &rl)) fd_cap = rl.rlim_max == RLIM_INFINITY ? 1000000 : (long)rl.rlim_max;
@@ -1501,18 +1567,12 @@ static int run_parent(opts *o)
         o->src_addrs = (int)(o->conns / 25000) + 1;
         if (o->src_addrs > 250) o->src_addrs = 250;
     }
-    int64_t hard_deadline = now_ms() + (int64_t)(o->max_time * 1000);
+    return 0;
+}
 
-    pid_t spids[MAX_PIDS];
-    proc_sample s0[MAX_PIDS], s1[MAX_PIDS], s2[MAX_PIDS];
-    for (int i = 0; i < o->npids; i++) {
-        spids[i] = read_pid_file(o->pid_files[i]);
-        if (spids[i] <= 0 || !sample_proc(spids[i], &s0[i]))
-            fprintf(stderr, "chat-bench: no running process for pid file %s\n", o->pid_files[i]);
-    }
-    char status_before[4096] = "";
-    if (o->status_url && http_get_simple(o->status_url, status_before, sizeof status_before)) status_before[0] = '\0';
-
+static void print_plan(const opts *o)
+{
+    int procs = o->procs;
     printf("chat-bench %s: %ld connections in %d process%s -> %s%s, auth %s", mode_name(o->mode), o->conns, procs,
            procs > 1 ? "es" : "", o->targets[0].label, o->ntargets > 1 ? " (+ more targets)" : "",
            o->mode == M_REST ? (o->auth == A_NONE ? "none" : "bearer")
@@ -1524,12 +1584,22 @@ static int run_parent(opts *o)
         printf(", held %.0f s", o->duration);
     printf("\n");
     fflush(stdout);
+}
 
-    pid_t kids[MAX_PROCS];
+/* The child processes and the two pipes of each: ctl (parent -> child), rep (child -> parent). */
+typedef struct children {
+    pid_t pid[MAX_PROCS];
     int ctl[MAX_PROCS], rep[MAX_PROCS];
+    int64_t deadline_ms; /* --max-time from the start: no child is waited for longer */
+} children;
+
+/* Forks o->procs children, each with its share of the connections. 0, or 1 (children already started
+ * die with the parent: PR_SET_PDEATHSIG). */
+static int spawn_children(const opts *o, children *k)
+{
     long first = 0;
-    for (int k = 0; k < procs; k++) {
-        long cnt = o->conns / procs + (k < o->conns % procs ? 1 : 0);
+    for (int i = 0; i < o->procs; i++) {
+        long cnt = o->conns / o->procs + (i < o->conns % o->procs ? 1 : 0);
         int a[2], b[2];
         if (pipe2(a, O_CLOEXEC) || pipe2(b, O_CLOEXEC)) {
             perror("chat-bench: pipe");
@@ -1542,99 +1612,109 @@ static int run_parent(opts *o)
         }
         if (p == 0) {
             close(a[1]), close(b[0]);
-            for (int j = 0; j < k; j++) close(ctl[j]), close(rep[j]);
-            _exit(run_child(o, k, first, cnt, a[0], b[1]));
+            for (int j = 0; j < i; j++) close(k->ctl[j]), close(k->rep[j]);
+            _exit(run_child(o, i, first, cnt, a[0], b[1]));
         }
         close(a[0]), close(b[1]);
-        kids[k] = p, ctl[k] = a[1], rep[k] = b[0];
+        k->pid[i] = p, k->ctl[i] = a[1], k->rep[i] = b[0];
         first += cnt;
     }
+    return 0;
+}
 
+static bool send_ctl(const children *k, int i, char tag, int64_t go_us)
+{
+    ctl_msg m;
+    memset(&m, 0, sizeof m); /* padding too: the struct goes through a pipe whole */
+    m.tag = tag, m.go_us = go_us;
+    return write_all(k->ctl[i], &m, sizeof m);
+}
+
+/* Every child's 'R' (its connections are set up), then the ramp's line. 0, or 1 when a child did not
+ * report in time (then nothing is printed). */
+static int await_ready(const opts *o, const children *k, double *ramp_s)
+{
     int rc = 0;
     int64_t t_ramp0 = chat_now_us();
     uint64_t est = 0, auth = 0, failed = 0;
-    for (int k = 0; k < procs && !rc; k++) {
+    for (int i = 0; i < o->procs && !rc; i++) {
         rep_msg r;
-        if (!read_all(rep[k], &r, sizeof r, hard_deadline) || r.tag != 'R') {
-            fprintf(stderr, "chat-bench: process %d did not report its connections\n", k);
+        if (!read_all(k->rep[i], &r, sizeof r, k->deadline_ms) || r.tag != 'R') {
+            fprintf(stderr, "chat-bench: process %d did not report its connections\n", i);
             rc = 1;
             break;
         }
         est += r.established, auth += r.authed, failed += r.failed;
     }
-    double ramp_s = (double)(chat_now_us() - t_ramp0) / 1e6;
-    if (!rc) {
-        if (o->mode == M_REST)
-            printf("connections: %llu connected, %llu failed, in %.1f s\n", (unsigned long long)auth,
-                   (unsigned long long)failed, ramp_s);
-        else
-            printf("connections: %llu open, %llu ready (%s), %llu failed, in %.1f s\n", (unsigned long long)est,
-                   (unsigned long long)auth, o->auth == A_NONE ? "open" : "authenticated", (unsigned long long)failed,
-                   ramp_s);
-        fflush(stdout);
-    }
-    /* Memory while holding: after a settle time, so that lazily freed buffers are gone. */
-    if (!rc && o->npids && (o->mode == M_IDLE || o->mode == M_CONNECT)) {
-        int64_t until = now_ms() + (int64_t)(o->settle * 1000);
-        while (now_ms() < until && !g_stop) usleep(50000);
-    }
-    bool alive1[MAX_PIDS], alive2[MAX_PIDS];
-    for (int i = 0; i < o->npids; i++) alive1[i] = spids[i] > 0 && sample_proc(spids[i], &s1[i]);
-    char status_held[4096] = "";
-    if (o->status_url && http_get_simple(o->status_url, status_held, sizeof status_held)) status_held[0] = '\0';
+    *ramp_s = (double)(chat_now_us() - t_ramp0) / 1e6;
+    if (rc) return rc;
+    if (o->mode == M_REST)
+        printf("connections: %llu connected, %llu failed, in %.1f s\n", (unsigned long long)auth,
+               (unsigned long long)failed, *ramp_s);
+    else
+        printf("connections: %llu open, %llu ready (%s), %llu failed, in %.1f s\n", (unsigned long long)est,
+               (unsigned long long)auth, o->auth == A_NONE ? "open" : "authenticated", (unsigned long long)failed,
+               *ramp_s);
+    fflush(stdout);
+    return 0;
+}
 
-    int64_t go = chat_now_us() + 20000;
-    for (int k = 0; k < procs && !rc; k++) {
-        ctl_msg m;
-        memset(&m, 0, sizeof m);
-        m.tag = 'G', m.go_us = go;
-        if (!write_all(ctl[k], &m, sizeof m)) rc = 1;
-    }
-    for (int k = 0; k < procs && !rc; k++) {
+/* Memory while holding: after a settle time, so that lazily freed buffers are gone. */
+static void settle(const opts *o)
+{
+    if (!o->npids || (o->mode != M_IDLE && o->mode != M_CONNECT)) return;
+    int64_t until = now_ms() + (int64_t)(o->settle * 1000);
+    while (now_ms() < until && !g_stop) usleep(50000);
+}
+
+/* The measured phase: go for every child at go_us, then every child's 'D'. 0 or 1. */
+static int run_measured(const opts *o, const children *k, int64_t go_us)
+{
+    for (int i = 0; i < o->procs; i++)
+        if (!send_ctl(k, i, 'G', go_us)) return 1;
+    for (int i = 0; i < o->procs; i++) {
         rep_msg r;
-        if (!read_all(rep[k], &r, sizeof r, hard_deadline) || r.tag != 'D') {
-            fprintf(stderr, "chat-bench: process %d did not finish in time\n", k);
-            rc = 1;
+        if (!read_all(k->rep[i], &r, sizeof r, k->deadline_ms) || r.tag != 'D') {
+            fprintf(stderr, "chat-bench: process %d did not finish in time\n", i);
+            return 1;
         }
     }
-    int64_t t_end = chat_now_us();
-    for (int i = 0; i < o->npids; i++) alive2[i] = spids[i] > 0 && sample_proc(spids[i], &s2[i]);
-    char status_after[4096] = "";
-    if (o->status_url && http_get_simple(o->status_url, status_after, sizeof status_after)) status_after[0] = '\0';
+    return 0;
+}
 
-    stats *all = calloc(1, sizeof *all), *one = malloc(sizeof *one);
-    if (!all || !one) return 1;
-    for (int k = 0; k < procs; k++) {
-        ctl_msg m;
-        memset(&m, 0, sizeof m);
-        m.tag = 'Q';
-        write_all(ctl[k], &m, sizeof m);
-    }
-    for (int k = 0; k < procs; k++) {
-        if (!rc && read_all(rep[k], one, sizeof *one, hard_deadline + 10000)) stats_merge(all, one);
+/* Quit for every child, their stats merged into all (when rc is still 0), the pipes closed, the
+ * children reaped (killed after 5 s). Returns rc, or 1 when a child's stats did not come. */
+static int collect_children(const opts *o, const children *k, stats *all, stats *one, int rc)
+{
+    for (int i = 0; i < o->procs; i++) send_ctl(k, i, 'Q', 0);
+    for (int i = 0; i < o->procs; i++) {
+        if (!rc && read_all(k->rep[i], one, sizeof *one, k->deadline_ms + 10000)) stats_merge(all, one);
         else rc = 1;
-        close(ctl[k]), close(rep[k]);
+        close(k->ctl[i]), close(k->rep[i]);
     }
-    for (int k = 0; k < procs; k++) {
+    for (int i = 0; i < o->procs; i++) {
         int status;
         int64_t until = now_ms() + 5000;
-        while (waitpid(kids[k], &status, WNOHANG) == 0) {
+        while (waitpid(k->pid[i], &status, WNOHANG) == 0) {
             if (now_ms() > until) {
-                kill(kids[k], SIGKILL);
-                waitpid(kids[k], &status, 0);
+                kill(k->pid[i], SIGKILL);
+                waitpid(k->pid[i], &status, 0);
                 break;
             }
             usleep(10000);
         }
     }
-    struct rusage ru;
-    getrusage(RUSAGE_CHILDREN, &ru);
-    double client_cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-                        ru.ru_stime.tv_usec / 1e6;
-    double run_s = (double)(t_end - go) / 1e6;
+    return rc;
+}
 
-    /* ---- report ---- */
-    stats *s = all;
+/* How long the phases took and what the client itself cost. */
+typedef struct run_times {
+    double ramp_s, run_s, client_cpu;
+} run_times;
+
+/* The client side: the latency histograms of the mode, turns or requests, errors. */
+static void report_client(const opts *o, const stats *s)
+{
     if (s->connect_retries) printf("  (connect retried %llu times on a full listen backlog)\n", (unsigned long long)s->connect_retries);
     bh_print(stdout, H_NAMES[H_TCP], &s->h[H_TCP]);
     if (o->mode != M_REST) bh_print(stdout, H_NAMES[H_OPEN], &s->h[H_OPEN]);
@@ -1674,69 +1754,91 @@ static int run_parent(opts *o)
     }
     if (o->mode == M_IDLE && s->dropped_after_setup)
         printf("  %llu connections dropped while held\n", (unsigned long long)s->dropped_after_setup);
+}
+
+/* One sampled server process: its memory and CPU lines. false when it was not sampled at the start;
+ * else tree gets its RSS with its children's before and while held (kB). */
+static bool report_server(const opts *o, const stats *s, const server_watch *w, int i, const run_times *t, long tree[2])
+{
+    const proc_sample *s0 = &w->s[AT_BEFORE][i], *s1 = &w->s[AT_HELD][i], *s2 = &w->s[AT_END][i];
+    if (w->pid[i] <= 0 || s0->rss_kb < 0) return false;
+    const char *base = strrchr(o->pid_files[i], '/');
+    base = base ? base + 1 : o->pid_files[i];
+    char label[64];
+    snprintf(label, sizeof label, "%s", base);
+    char *dot = strstr(label, ".pid");
+    if (dot) *dot = '\0';
+    if (!w->alive[AT_HELD][i] || !w->alive[AT_END][i]) {
+        printf("server %s (pid %d): EXITED during the run%s\n", label, (int)w->pid[i],
+               w->alive[AT_HELD][i] ? "" : " (before the measured phase)");
+        printf("BENCH server=%s exited=1\n", label);
+        return false;
+    }
     long ticks = sysconf(_SC_CLK_TCK);
+    bool held = o->mode == M_IDLE || o->mode == M_CONNECT;
+    /* With one --pid-file per --url, the i-th process serves the i-th target's connections only. */
+    uint64_t mine = o->npids == o->ntargets && o->ntargets > 1 ? s->ready_by_target[i] : s->authed;
+    /* the process and its children: lighttpd with server.max-worker holds connections in its workers */
+    tree[0] = s0->rss_kb + s0->kids_rss_kb, tree[1] = s1->rss_kb + s1->kids_rss_kb;
+    double per = mine ? (double)(tree[1] - tree[0]) * 1024.0 / (double)mine : 0;
+    /* CPU over the run (chat, rest) or over the whole ramp and hold (idle, connect) */
+    const proc_sample *from = held ? s0 : s1;
+    double span = held ? t->run_s + t->ramp_s + o->settle : t->run_s;
+    double cpu = span > 0 && ticks > 0 ? (double)(s2->cpu_ticks - from->cpu_ticks) / (double)ticks / span * 100 : 0;
+    double kcpu = span > 0 && ticks > 0 && s2->kids_cpu_ticks >= from->kids_cpu_ticks
+                      ? (double)(s2->kids_cpu_ticks - from->kids_cpu_ticks) / (double)ticks / span * 100
+                      : 0;
+    printf("server %s (pid %d): RSS %.1f MB before, %.1f MB %s, %.1f MB at the end", label, (int)w->pid[i],
+           s0->rss_kb / 1024.0, s1->rss_kb / 1024.0, held ? "holding" : "at the start", s2->rss_kb / 1024.0);
+    if (held)
+        printf("; %.0f bytes per connection%s (%llu connections)", per, s1->nkids ? " with its children" : "",
+               (unsigned long long)mine);
+    printf("; CPU %.0f %% of a core\n", cpu);
+    if (s2->nkids)
+        printf("  and its %d children: RSS %.1f MB before, %.1f MB at the end; CPU %.0f %% of a core\n", s2->nkids,
+               s0->kids_rss_kb / 1024.0, s2->kids_rss_kb / 1024.0, kcpu);
+    printf("BENCH server=%s rss_before_kb=%ld rss_held_kb=%ld rss_end_kb=%ld bytes_per_conn=%.0f cpu_pct=%.0f"
+           " kids=%d kids_rss_end_kb=%ld kids_cpu_pct=%.0f\n",
+           label, s0->rss_kb, s1->rss_kb, s2->rss_kb, held ? per : 0.0, cpu, s2->nkids, s2->kids_rss_kb, kcpu);
+    return true;
+}
+
+/* Every sampled server, then their sum per connection (idle and connect, more than one sampled). */
+static void report_servers(const opts *o, const stats *s, const server_watch *w, const run_times *t)
+{
     long sum_before = 0, sum_held = 0;
     int nsampled = 0;
     for (int i = 0; i < o->npids; i++) {
-        if (spids[i] <= 0 || s0[i].rss_kb < 0) continue;
-        const char *base = strrchr(o->pid_files[i], '/');
-        base = base ? base + 1 : o->pid_files[i];
-        char label[64];
-        snprintf(label, sizeof label, "%s", base);
-        char *dot = strstr(label, ".pid");
-        if (dot) *dot = '\0';
-        if (!alive1[i] || !alive2[i]) {
-            printf("server %s (pid %d): EXITED during the run%s\n", label, (int)spids[i],
-                   alive1[i] ? "" : " (before the measured phase)");
-            printf("BENCH server=%s exited=1\n", label);
-            continue;
-        }
-        bool held = o->mode == M_IDLE || o->mode == M_CONNECT;
-        /* With one --pid-file per --url, the i-th process serves the i-th target's connections only. */
-        uint64_t mine = o->npids == o->ntargets && o->ntargets > 1 ? s->ready_by_target[i] : s->authed;
-        /* the process and its children: lighttpd with server.max-worker holds connections in its workers */
-        long tree0 = s0[i].rss_kb + s0[i].kids_rss_kb, tree1 = s1[i].rss_kb + s1[i].kids_rss_kb;
-        double per = mine ? (double)(tree1 - tree0) * 1024.0 / (double)mine : 0;
-        /* CPU over the run (chat, rest) or over the whole ramp and hold (idle, connect) */
-        const proc_sample *from = held ? &s0[i] : &s1[i];
-        double span = held ? run_s + ramp_s + o->settle : run_s;
-        double cpu = span > 0 && ticks > 0 ? (double)(s2[i].cpu_ticks - from->cpu_ticks) / (double)ticks / span * 100 : 0;
-        double kcpu = span > 0 && ticks > 0 && s2[i].kids_cpu_ticks >= from->kids_cpu_ticks
-                          ? (double)(s2[i].kids_cpu_ticks - from->kids_cpu_ticks) / (double)ticks / span * 100
-                          : 0;
-        printf("server %s (pid %d): RSS %.1f MB before, %.1f MB %s, %.1f MB at the end", label, (int)spids[i],
-               s0[i].rss_kb / 1024.0, s1[i].rss_kb / 1024.0, held ? "holding" : "at the start", s2[i].rss_kb / 1024.0);
-        if (held)
-            printf("; %.0f bytes per connection%s (%llu connections)", per, s1[i].nkids ? " with its children" : "",
-                   (unsigned long long)mine);
-        printf("; CPU %.0f %% of a core\n", cpu);
-        sum_before += tree0, sum_held += tree1, nsampled++;
-        if (s2[i].nkids)
-            printf("  and its %d children: RSS %.1f MB before, %.1f MB at the end; CPU %.0f %% of a core\n", s2[i].nkids,
-                   s0[i].kids_rss_kb / 1024.0, s2[i].kids_rss_kb / 1024.0, kcpu);
-        printf("BENCH server=%s rss_before_kb=%ld rss_held_kb=%ld rss_end_kb=%ld bytes_per_conn=%.0f cpu_pct=%.0f"
-               " kids=%d kids_rss_end_kb=%ld kids_cpu_pct=%.0f\n",
-               label, s0[i].rss_kb, s1[i].rss_kb, s2[i].rss_kb, held ? per : 0.0, cpu, s2[i].nkids, s2[i].kids_rss_kb, kcpu);
+        long tree[2];
+        if (!report_server(o, s, w, i, t, tree)) continue;
+        sum_before += tree[0], sum_held += tree[1], nsampled++;
     }
     if (nsampled > 1 && (o->mode == M_IDLE || o->mode == M_CONNECT) && s->authed) {
         double per = (double)(sum_held - sum_before) * 1024.0 / (double)s->authed;
         printf("all sampled server processes: %.0f bytes per connection\n", per);
         printf("BENCH server=all bytes_per_conn=%.0f\n", per);
     }
-    if (status_held[0]) printf("server /status while held: %s\n", status_held);
-    if (status_after[0]) printf("server /status at the end: %s\n", status_after);
-    (void)status_before;
-    printf("client: %d process%s, CPU %.1f s (%.0f %% of a core over %.1f s)\n", procs, procs > 1 ? "es" : "", client_cpu,
-           run_s + ramp_s > 0 ? client_cpu / (run_s + ramp_s) * 100 : 0, run_s + ramp_s);
+}
+
+/* The status pages, the client's cost, and the run's BENCH line (bench/bench.sh reads its keys). */
+static void report_summary(const opts *o, const stats *s, const server_watch *w, const run_times *t)
+{
+    if (w->status[AT_HELD][0]) printf("server /status while held: %s\n", w->status[AT_HELD]);
+    if (w->status[AT_END][0]) printf("server /status at the end: %s\n", w->status[AT_END]);
+    int procs = o->procs;
+    double span = t->run_s + t->ramp_s;
+    printf("client: %d process%s, CPU %.1f s (%.0f %% of a core over %.1f s)\n", procs, procs > 1 ? "es" : "",
+           t->client_cpu, span > 0 ? t->client_cpu / span * 100 : 0, span);
     printf("BENCH mode=%s conns=%ld procs=%d open=%llu ready=%llu failed=%llu dropped=%llu ramp_s=%.2f", mode_name(o->mode),
            o->conns, procs, (unsigned long long)s->established, (unsigned long long)s->authed,
-           (unsigned long long)s->failed_setup, (unsigned long long)s->dropped_after_setup, ramp_s);
+           (unsigned long long)s->failed_setup, (unsigned long long)s->dropped_after_setup, t->ramp_s);
     print_kv_hist("open", &s->h[H_OPEN]);
     print_kv_hist("auth", &s->h[H_AUTH]);
     print_kv_hist("connauth", &s->h[H_CONNAUTH]);
+    double win = s->window_s > 0 ? s->window_s : 1;
     if (o->mode == M_CHAT) {
         printf(" turns_per_s=%.1f token_frames_per_s=%.0f tokens_per_s=%.0f turns_failed=%llu tokens_per_answer=%.1f",
-               (double)s->turns_done_window / w, (double)s->token_frames_window / w, (double)s->tokens_window / w,
+               (double)s->turns_done_window / win, (double)s->token_frames_window / win, (double)s->tokens_window / win,
                (unsigned long long)s->turns_error,
                s->answers_with_usage ? (double)s->completion_tokens / (double)s->answers_with_usage : 0.0);
         print_kv_hist("ack", &s->h[H_ACK]);
@@ -1751,18 +1853,50 @@ static int run_parent(opts *o)
         }
     }
     if (o->mode == M_REST) {
-        printf(" req_per_s=%.1f req_ok_per_s=%.1f non2xx=%llu", (double)s->rest_done_window / w,
-               (double)s->rest_ok_window / w, (unsigned long long)s->rest_non2xx);
+        printf(" req_per_s=%.1f req_ok_per_s=%.1f non2xx=%llu", (double)s->rest_done_window / win,
+               (double)s->rest_ok_window / win, (unsigned long long)s->rest_non2xx);
         print_kv_hist("req", &s->h[H_REST]);
     }
     uint64_t errs = 0;
     for (int i = 0; i < s->nerrs; i++) errs += s->errs[i].n;
-    printf(" errors=%llu client_cpu_s=%.1f\n", (unsigned long long)errs, client_cpu);
+    printf(" errors=%llu client_cpu_s=%.1f\n", (unsigned long long)errs, t->client_cpu);
+}
+
+/* The run, phase by phase: plan the processes, sample the servers, fork, ramp (children report ready),
+ * settle and sample, the measured phase, sample, collect the children's stats, report. The report is
+ * printed even when a phase failed (with what was measured), and the exit status says so. */
+static int run_parent(opts *o)
+{
+    if (plan_processes(o)) return 1;
+    static server_watch w; /* once per process: zeroed, and too big for a comfortable stack frame */
+    children k = {.deadline_ms = now_ms() + (int64_t)(o->max_time * 1000)};
+    watch_sample(o, &w, AT_BEFORE);
+    print_plan(o);
+    if (spawn_children(o, &k)) return 1;
+    run_times t = {0};
+    int rc = await_ready(o, &k, &t.ramp_s);
+    if (!rc) settle(o);
+    watch_sample(o, &w, AT_HELD);
+    int64_t go = chat_now_us() + 20000;
+    if (!rc) rc = run_measured(o, &k, go);
+    int64_t t_end = chat_now_us();
+    watch_sample(o, &w, AT_END);
+    stats *all = calloc(1, sizeof *all), *one = malloc(sizeof *one);
+    if (!all || !one) return 1;
+    rc = collect_children(o, &k, all, one, rc);
+    struct rusage ru;
+    getrusage(RUSAGE_CHILDREN, &ru);
+    t.client_cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
+                   ru.ru_stime.tv_usec / 1e6;
+    t.run_s = (double)(t_end - go) / 1e6;
+    report_client(o, all);
+    report_servers(o, all, &w, &t);
+    report_summary(o, all, &w, &t);
     /* A run that measured nothing is a failure, not a table of zeros with exit status 0. */
     const char *nothing = NULL;
-    if (o->mode == M_REST && s->rest_done == s->rest_non2xx) nothing = "no request got a 2xx answer";
-    else if (o->mode != M_REST && !s->authed) nothing = "no connection was set up";
-    else if (o->mode == M_CHAT && !s->turns_done) nothing = "no turn was answered";
+    if (o->mode == M_REST && all->rest_done == all->rest_non2xx) nothing = "no request got a 2xx answer";
+    else if (o->mode != M_REST && !all->authed) nothing = "no connection was set up";
+    else if (o->mode == M_CHAT && !all->turns_done) nothing = "no turn was answered";
     if (!rc && nothing) {
         fprintf(stderr, "chat-bench: nothing measured: %s\n", nothing);
         rc = 1;
@@ -1773,36 +1907,34 @@ static int run_parent(opts *o)
 
 /* ------------------------------------------------------------------ options */
 
-static const char usage_text[] =
-    "usage: chat-bench idle|connect|chat|rest --url URL [options]\n"
-    "  --url URL           ws://127.0.0.1:PORT/ws/chat, ws+unix:/path.sock:/ws/chat (rest: http://..., http+unix:...);\n"
-    "                      repeat to spread connections over several servers (loopback only)\n"
-    "  --conns N           connections (default 100)\n"
-    "  --duration S        idle: hold time; chat/rest: measured time (default 10)\n"
-    "  --warmup S          chat/rest: run before measuring (default 1)\n"
-    "  --auth message|query|none   how to authenticate (default message)\n"
-    "  --secret-file F     HS256 secret (first line), else $JWT_SECRET;  --token-file F: one token for all\n"
-    "  --users N           distinct users (default: one per connection)\n"
-    "  --rate R            chat: open loop, R messages/s in total (default: closed loop)\n"
-    "  --messages N        stop after N messages / requests in total\n"
-    "  --think-ms N        chat closed loop: pause between turns\n"
-    "  --questions F       questions, one per line (default: built-in); rest: POST them as JSON\n"
-    "  --post              rest: POST questions to the URL (implied for /api/v1/chat)\n"
-    "  --pid-file F        server process to sample (RSS, CPU); repeatable; as many as --url: one per target\n"
-    "  --status-url URL    server status page, fetched while held and at the end (http://, http+unix:)\n"
-    "  --procs P / --per-proc N   processes / connections per process (default from RLIMIT_NOFILE)\n"
-    "  --concurrency N     connection attempts in flight per process (default 256)\n"
-    "  --src-addrs N       TCP: source addresses 127.0.0.1..127.0.0.N (default: one per 25,000 connections)\n"
-    "  --timeout S         per connect / auth / turn / request (default 30)\n"
-    "  --settle S          idle: wait before sampling server memory (default 2)\n"
-    "  --max-time S        bound on the whole run (default: duration + warm-up + 180)\n";
+static const chat_cli BENCH_CLI = {
+    .prog = "chat-bench",
+    .usage =
+        "usage: chat-bench idle|connect|chat|rest --url URL [options]\n"
+        "  --url URL           ws://127.0.0.1:PORT/ws/chat, ws+unix:/path.sock:/ws/chat (rest: http://..., http+unix:...);\n"
+        "                      repeat to spread connections over several servers (loopback only)\n"
+        "  --conns N           connections (default 100)\n"
+        "  --duration S        idle: hold time; chat/rest: measured time (default 10)\n"
+        "  --warmup S          chat/rest: run before measuring (default 1)\n"
+        "  --auth message|query|none   how to authenticate (default message)\n"
+        "  --secret-file F     HS256 secret (first line), else $JWT_SECRET;  --token-file F: one token for all\n"
+        "  --users N           distinct users (default: one per connection)\n"
+        "  --rate R            chat: open loop, R messages/s in total (default: closed loop)\n"
+        "  --messages N        stop after N messages / requests in total\n"
+        "  --think-ms N        chat closed loop: pause between turns\n"
+        "  --questions F       questions, one per line (default: built-in); rest: POST them as JSON\n"
+        "  --post              rest: POST questions to the URL (implied for /api/v1/chat)\n"
+        "  --pid-file F        server process to sample (RSS, CPU); repeatable; as many as --url: one per target\n"
+        "  --status-url URL    server status page, fetched while held and at the end (http://, http+unix:)\n"
+        "  --procs P / --per-proc N   processes / connections per process (default from RLIMIT_NOFILE)\n"
+        "  --concurrency N     connection attempts in flight per process (default 256)\n"
+        "  --src-addrs N       TCP: source addresses 127.0.0.1..127.0.0.N (default: one per 25,000 connections)\n"
+        "  --timeout S         per connect / auth / turn / request (default 30)\n"
+        "  --settle S          idle: wait before sampling server memory (default 2)\n"
+        "  --max-time S        bound on the whole run (default: duration + warm-up + 180)\n",
+};
 
-static int usage(const char *problem)
-{
-    if (problem) fprintf(stderr, "chat-bench: %s\n", problem);
-    fputs(usage_text, stderr);
-    return 2;
-}
+static int usage(const char *problem) { return chat_cli_usage(&BENCH_CLI, problem); }
 
 static const char *const BUILTIN_Q[] = {
     "What is the engine power of the Seawind 250?",
@@ -1874,167 +2006,112 @@ static int load_questions(opts *o, const char *file, bool rest)
     return 0;
 }
 
-static bool parse_d(const char *s, double lo, double hi, double *out)
+/* What the command line names before it becomes opts: the URLs, the files, --post. */
+typedef struct cmdline {
+    const char *urls[MAX_TARGETS];
+    int nurls;
+    const char *secret_file, *token_file, *qfile;
+    bool post;
+} cmdline;
+
+static const char *const AUTH_NAMES[] = {"message", "query", "none", NULL}; /* in A_* order */
+
+/* The mode (argv[1]) and the options after it, with their defaults; 0 or the exit status. */
+static int parse_command_line(int argc, char **argv, opts *o, cmdline *cl)
 {
-    char *end;
-    double v = strtod(s, &end);
-    if (!*s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
+    int m = 0;
+    while (m < (int)CHAT_ARRAY_LEN(MODE_NAMES) && strcmp(argv[1], MODE_NAMES[m])) m++;
+    if (m == (int)CHAT_ARRAY_LEN(MODE_NAMES)) return usage("unknown mode");
+    o->mode = m;
+    o->conns = 100, o->concurrency = 256, o->duration = 10, o->warmup = 1, o->timeout = 30, o->settle = 2;
+    o->max_time = -1;
+    o->auth = -1; /* not given: the mode decides */
+    const chat_cli_opt table[] = {
+        CHAT_CLI_LIST_OPT("url", cl->urls, &cl->nurls, MAX_TARGETS, "too many --url"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "conns", &o->conns, 1, MAX_CONNS, "--conns: 1..1000000"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_DOUBLE, "duration", &o->duration, 0, 86400, "--duration: 0..86400"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_DOUBLE, "warmup", &o->warmup, 0, 3600, "--warmup: 0..3600"),
+        CHAT_CLI_CHOICE_OPT("auth", &o->auth, AUTH_NAMES, "--auth: message, query or none"),
+        CHAT_CLI_STR_OPT("secret-file", &cl->secret_file),
+        CHAT_CLI_STR_OPT("token-file", &cl->token_file),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "users", &o->users, 1, MAX_CONNS, "--users: 1..1000000"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_DOUBLE, "rate", &o->rate, 0, 1e7, "--rate: 0..1e7"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "messages", &o->messages, 0, 1000000000L, "--messages: 0..1e9"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_INT, "think-ms", &o->think_ms, 0, 600000, "--think-ms: 0..600000"),
+        CHAT_CLI_STR_OPT("questions", &cl->qfile),
+        CHAT_CLI_FLAG_OPT("post", &cl->post),
+        CHAT_CLI_LIST_OPT("pid-file", o->pid_files, &o->npids, MAX_PIDS, "too many --pid-file"),
+        CHAT_CLI_STR_OPT("status-url", &o->status_url),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_INT, "procs", &o->procs, 1, MAX_PROCS, "--procs: 1..64"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "per-proc", &o->per_proc, 1, MAX_CONNS, "--per-proc: 1..1000000"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_INT, "concurrency", &o->concurrency, 1, 100000, "--concurrency: 1..100000"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_INT, "src-addrs", &o->src_addrs, 1, 250, "--src-addrs: 1..250"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_DOUBLE, "timeout", &o->timeout, 0.1, 3600, "--timeout: 0.1..3600"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_DOUBLE, "settle", &o->settle, 0, 600, "--settle: 0..600"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_DOUBLE, "max-time", &o->max_time, 1, 86400, "--max-time: 1..86400"),
+    };
+    int status;
+    if (!chat_cli_parse(&BENCH_CLI, table, CHAT_ARRAY_LEN(table), argc, argv, 2, &status)) return status;
+    if (optind != argc) return usage("unexpected argument");
+    if (!cl->nurls) return usage("--url is required");
+    return 0;
 }
 
-static bool parse_l(const char *s, long lo, long hi, long *out)
+/* The targets, the mode's own settings (connect holds nothing, idle and connect warm up nothing, REST
+ * posts to /api/v1/chat and needs no auth for a GET) and the default --max-time. 0 or the exit status. */
+static int resolve_targets(opts *o, cmdline *cl)
 {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
+    bool http = o->mode == M_REST;
+    char err[512];
+    for (int i = 0; i < cl->nurls; i++)
+        if (parse_target(cl->urls[i], http, &o->targets[o->ntargets++], err, sizeof err)) return usage(err);
+    if (o->mode == M_CONNECT) o->duration = 0;
+    if (o->mode == M_IDLE || o->mode == M_CONNECT) o->warmup = 0;
+    if (o->max_time < 0) o->max_time = o->duration + o->warmup + 180;
+    if (http) cl->post = cl->post || strstr(o->targets[0].path, "/api/v1/chat") != NULL;
+    if (o->auth < 0) o->auth = http && !cl->post ? A_NONE : A_MESSAGE;
+    return 0;
+}
+
+/* The one token (--token-file) or the secret to mint them with, when the mode authenticates. 0 or the
+ * exit status. */
+static int resolve_auth(opts *o, const cmdline *cl)
+{
+    bool http = o->mode == M_REST;
+    bool need_token = o->auth != A_NONE && (!http || cl->post);
+    if (!need_token) o->auth = http ? A_NONE : o->auth;
+    if (!need_token) return 0;
+    char tok[8192];
+    if (cl->token_file) {
+        if (!first_line(cl->token_file, tok, sizeof tok)) return usage("--token-file: cannot read a token");
+        o->fixed_token = strdup(tok);
+    } else if (cl->secret_file) {
+        if (!first_line(cl->secret_file, o->secret, sizeof o->secret)) return usage("--secret-file: cannot read a secret");
+    } else if (getenv("JWT_SECRET") && *getenv("JWT_SECRET")) {
+        snprintf(o->secret, sizeof o->secret, "%s", getenv("JWT_SECRET"));
+    } else {
+        return usage("a token is needed: --secret-file, $JWT_SECRET or --token-file");
+    }
+    if (!o->fixed_token && strlen(o->secret) < 32) return usage("the JWT secret must have at least 32 bytes");
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
     if (argc < 2) return usage(NULL);
-    static opts o;
-    memset(&o, 0, sizeof o);
-    const char *m = argv[1];
-    if (!strcmp(m, "idle")) o.mode = M_IDLE;
-    else if (!strcmp(m, "connect")) o.mode = M_CONNECT;
-    else if (!strcmp(m, "chat")) o.mode = M_CHAT;
-    else if (!strcmp(m, "rest")) o.mode = M_REST;
-    else if (!strcmp(m, "-h") || !strcmp(m, "--help")) {
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(NULL);
         return 0;
-    } else return usage("unknown mode");
-    o.conns = 100, o.concurrency = 256, o.duration = 10, o.warmup = 1, o.timeout = 30, o.settle = 2, o.max_time = -1;
-    o.auth = A_MESSAGE;
-    const char *urls[MAX_TARGETS];
-    int nurls = 0;
-    const char *secret_file = NULL, *token_file = NULL, *qfile = NULL;
-    bool post = false, auth_set = false;
-    enum {
-        O_URL = 256, O_CONNS, O_DURATION, O_WARMUP, O_AUTH, O_SECRET, O_TOKEN, O_USERS, O_RATE, O_MESSAGES, O_THINK,
-        O_QUESTIONS, O_POST, O_PID, O_STATUS, O_PROCS, O_PERPROC, O_CONC, O_SRC, O_TIMEOUT, O_SETTLE, O_MAXTIME
-    };
-    static const struct option lo[] = {
-        {"url", required_argument, NULL, O_URL},         {"conns", required_argument, NULL, O_CONNS},
-        {"duration", required_argument, NULL, O_DURATION}, {"warmup", required_argument, NULL, O_WARMUP},
-        {"auth", required_argument, NULL, O_AUTH},       {"secret-file", required_argument, NULL, O_SECRET},
-        {"token-file", required_argument, NULL, O_TOKEN}, {"users", required_argument, NULL, O_USERS},
-        {"rate", required_argument, NULL, O_RATE},       {"messages", required_argument, NULL, O_MESSAGES},
-        {"think-ms", required_argument, NULL, O_THINK},  {"questions", required_argument, NULL, O_QUESTIONS},
-        {"post", no_argument, NULL, O_POST},             {"pid-file", required_argument, NULL, O_PID},
-        {"status-url", required_argument, NULL, O_STATUS}, {"procs", required_argument, NULL, O_PROCS},
-        {"per-proc", required_argument, NULL, O_PERPROC}, {"concurrency", required_argument, NULL, O_CONC},
-        {"src-addrs", required_argument, NULL, O_SRC},   {"timeout", required_argument, NULL, O_TIMEOUT},
-        {"settle", required_argument, NULL, O_SETTLE},   {"max-time", required_argument, NULL, O_MAXTIME},
-        {NULL, 0, NULL, 0},
-    };
-    int c;
-    long v;
-    optind = 2;
-    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-        switch (c) {
-        case O_URL:
-            if (nurls == MAX_TARGETS) return usage("too many --url");
-            urls[nurls++] = optarg;
-            break;
-        case O_CONNS:
-            if (!parse_l(optarg, 1, MAX_CONNS, &o.conns)) return usage("--conns: 1..1000000");
-            break;
-        case O_DURATION:
-            if (!parse_d(optarg, 0, 86400, &o.duration)) return usage("--duration: 0..86400");
-            break;
-        case O_WARMUP:
-            if (!parse_d(optarg, 0, 3600, &o.warmup)) return usage("--warmup: 0..3600");
-            break;
-        case O_AUTH:
-            auth_set = true;
-            if (!strcmp(optarg, "message")) o.auth = A_MESSAGE;
-            else if (!strcmp(optarg, "query")) o.auth = A_QUERY;
-            else if (!strcmp(optarg, "none")) o.auth = A_NONE;
-            else return usage("--auth: message, query or none");
-            break;
-        case O_SECRET: secret_file = optarg; break;
-        case O_TOKEN: token_file = optarg; break;
-        case O_USERS:
-            if (!parse_l(optarg, 1, MAX_CONNS, &o.users)) return usage("--users: 1..1000000");
-            break;
-        case O_RATE:
-            if (!parse_d(optarg, 0, 1e7, &o.rate)) return usage("--rate: 0..1e7");
-            break;
-        case O_MESSAGES:
-            if (!parse_l(optarg, 0, 1000000000L, &o.messages)) return usage("--messages: 0..1e9");
-            break;
-        case O_THINK:
-            if (!parse_l(optarg, 0, 600000, &v)) return usage("--think-ms: 0..600000");
-            o.think_ms = (int)v;
-            break;
-        case O_QUESTIONS: qfile = optarg; break;
-        case O_POST: post = true; break;
-        case O_PID:
-            if (o.npids == MAX_PIDS) return usage("too many --pid-file");
-            o.pid_files[o.npids++] = optarg;
-            break;
-        case O_STATUS: o.status_url = optarg; break;
-        case O_PROCS:
-            if (!parse_l(optarg, 1, MAX_PROCS, &v)) return usage("--procs: 1..64");
-            o.procs = (int)v;
-            break;
-        case O_PERPROC:
-            if (!parse_l(optarg, 1, MAX_CONNS, &o.per_proc)) return usage("--per-proc: 1..1000000");
-            break;
-        case O_CONC:
-            if (!parse_l(optarg, 1, 100000, &v)) return usage("--concurrency: 1..100000");
-            o.concurrency = (int)v;
-            break;
-        case O_SRC:
-            if (!parse_l(optarg, 1, 250, &v)) return usage("--src-addrs: 1..250");
-            o.src_addrs = (int)v;
-            break;
-        case O_TIMEOUT:
-            if (!parse_d(optarg, 0.1, 3600, &o.timeout)) return usage("--timeout: 0.1..3600");
-            break;
-        case O_SETTLE:
-            if (!parse_d(optarg, 0, 600, &o.settle)) return usage("--settle: 0..600");
-            break;
-        case O_MAXTIME:
-            if (!parse_d(optarg, 1, 86400, &o.max_time)) return usage("--max-time: 1..86400");
-            break;
-        default: return usage(NULL);
-        }
     }
-    if (optind != argc) return usage("unexpected argument");
-    if (!nurls) return usage("--url is required");
+    static opts o;
+    cmdline cl = {0};
+    int rc = parse_command_line(argc, argv, &o, &cl);
+    if (!rc) rc = resolve_targets(&o, &cl);
+    if (!rc) rc = resolve_auth(&o, &cl);
+    if (rc) return rc;
     bool http = o.mode == M_REST;
-    char err[512];
-    for (int i = 0; i < nurls; i++)
-        if (parse_target(urls[i], http, &o.targets[o.ntargets++], err, sizeof err)) return usage(err);
-    if (o.mode == M_CONNECT) o.duration = 0;
-    if (o.mode == M_IDLE || o.mode == M_CONNECT) o.warmup = 0;
-    if (o.max_time < 0) o.max_time = o.duration + o.warmup + 180;
-    if (http) {
-        post = post || strstr(o.targets[0].path, "/api/v1/chat") != NULL;
-        if (!auth_set) o.auth = post ? A_MESSAGE : A_NONE;
-    }
-    bool need_token = o.auth != A_NONE && (!http || post);
-    if (!need_token) o.auth = http ? A_NONE : o.auth;
-    if (need_token) {
-        char tok[8192];
-        if (token_file) {
-            if (!first_line(token_file, tok, sizeof tok)) return usage("--token-file: cannot read a token");
-            o.fixed_token = strdup(tok);
-        } else if (secret_file) {
-            if (!first_line(secret_file, o.secret, sizeof o.secret)) return usage("--secret-file: cannot read a secret");
-        } else if (getenv("JWT_SECRET") && *getenv("JWT_SECRET")) {
-            snprintf(o.secret, sizeof o.secret, "%s", getenv("JWT_SECRET"));
-        } else {
-            return usage("a token is needed: --secret-file, $JWT_SECRET or --token-file");
-        }
-        if (!o.fixed_token && strlen(o.secret) < 32) return usage("the JWT secret must have at least 32 bytes");
-    }
-    if ((o.mode == M_CHAT || (http && post)) && load_questions(&o, qfile, http)) return 1;
-    if (http && !post) o.nquestions = 0;
+    if ((o.mode == M_CHAT || (http && cl.post)) && load_questions(&o, cl.qfile, http)) return 1;
+    if (http && !cl.post) o.nquestions = 0;
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -2043,7 +2120,7 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     /* A load generator must not outlive its bound even if something above misbehaves. */
     alarm((unsigned)(o.max_time + 30));
-    int rc = run_parent(&o);
+    rc = run_parent(&o);
     memset(o.secret, 0, sizeof o.secret);
     return rc;
 }

@@ -21,9 +21,9 @@
  * Rows go in through chat_db_run (prepared, 5 rows per INSERT: chat_db_run binds at most 32 parameters),
  * 500 rows per transaction. The database must already have the schema (chat-kb setup). */
 #include <ctype.h>
-#include <getopt.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +36,7 @@
 #include "chat_kb.h"
 #include "chat_log.h"
 #include "chat_util.h"
+#include "cli.h"
 
 #define GEN_PREFIX "gen/"
 #define ROWS_PER_INSERT 100 /* the table is Aria: every statement syncs its log, so few big ones */
@@ -265,10 +266,128 @@ static void put_int(chat_buf *b, long v)
     else chat_buf_printf(b, "%ld", v);
 }
 
-static void expand(chat_buf *out, const char *tpl, gen_ctx *c)
+/* A model's whole-number placeholders: the int field at off, converted where times (a factor) or per (a
+ * divisor) is set, printed with put_int. */
+typedef struct model_int {
+    const char *key;
+    size_t off;
+    double times, per;
+} model_int;
+
+static const model_int MODEL_INTS[] = {
+    {"hp", offsetof(model, hp), 0, 0},          {"kw", offsetof(model, hp), 0.7457, 0},
+    {"rpm", offsetof(model, rpm), 0, 0},        {"nm", offsetof(model, torque), 0, 0},
+    {"fuel", offsetof(model, fuel_l), 0, 0},    {"gal", offsetof(model, fuel_l), 0, 3.785},
+    {"water", offsetof(model, water_l), 0, 0},  {"pers", offsetof(model, persons), 0, 0},
+    {"wt", offsetof(model, weight_kg), 0, 0},   {"lb", offsetof(model, weight_kg), 2.2046, 0},
+    {"top", offsetof(model, top_kn), 0, 0},     {"cruise", offsetof(model, cruise_kn), 0, 0},
+    {"range", offsetof(model, range_nm), 0, 0}, {"year", offsetof(model, year), 0, 0},
+    {"dr", offsetof(model, deadrise), 0, 0},
+};
+
+/* A model's measurements: the double field at off with that many decimals. */
+static const struct {
+    const char *key;
+    size_t off;
+    int decimals;
+} MODEL_REALS[] = {
+    {"len", offsetof(model, length_m), 2},
+    {"beam", offsetof(model, beam_m), 2},
+    {"draft", offsetof(model, draft_m), 2},
+    {"oil", offsetof(model, oil_l), 1},
+};
+
+/* The placeholders of the model's own facts; false for a key that is none of them. */
+static bool expand_model_key(chat_buf *out, const char *key, const model *m)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(MODEL_INTS); i++) {
+        const model_int *k = &MODEL_INTS[i];
+        if (strcmp(key, k->key)) continue;
+        int v;
+        memcpy(&v, (const char *)m + k->off, sizeof v);
+        put_int(out, k->times ? (long)(v * k->times) : k->per ? (long)(v / k->per) : v);
+        return true;
+    }
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(MODEL_REALS); i++)
+        if (!strcmp(key, MODEL_REALS[i].key)) {
+            double v;
+            memcpy(&v, (const char *)m + MODEL_REALS[i].off, sizeof v);
+            chat_buf_printf(out, "%.*f", MODEL_REALS[i].decimals, v);
+            return true;
+        }
+    if (!strcmp(key, "m")) chat_buf_puts(out, m->name);
+    else if (!strcmp(key, "brand")) chat_buf_puts(out, m->brand);
+    else if (!strcmp(key, "cat")) chat_buf_puts(out, m->category);
+    else if (!strcmp(key, "eng")) chat_buf_puts(out, m->engine);
+    else if (!strcmp(key, "ft"))
+        chat_buf_printf(out, "%d ft %d in", (int)(m->length_m / 0.3048), (int)(m->length_m / 0.0254) % 12);
+    else return false;
+    return true;
+}
+
+static void expand(chat_buf *out, const char *tpl, gen_ctx *c);
+
+/* {pick:a|b|c}: one of the alternatives. */
+static void expand_pick(chat_buf *out, const char *alts, world *w)
+{
+    int n = 1;
+    for (const char *s = alts; *s; s++) n += *s == '|';
+    int k = (int)bench_rand_below(&w->rng, (uint32_t)n);
+    const char *s = alts;
+    while (k-- > 0) s = strchr(s, '|') + 1;
+    const char *e = strchr(s, '|');
+    chat_buf_append(out, s, e ? (size_t)(e - s) : strlen(s));
+}
+
+/* {n:A:B} an integer, {d:A:B} a number with one decimal, in A..B. */
+static void expand_number(chat_buf *out, const char *key, world *w)
+{
+    long a = strtol(key + 2, NULL, 10);
+    const char *colon = strchr(key + 2, ':');
+    long bnd = colon ? strtol(colon + 1, NULL, 10) : a;
+    long v = a + (bnd > a ? (long)bench_rand_below(&w->rng, (uint32_t)(bnd - a + 1)) : 0);
+    if (key[0] == 'n') put_int(out, v);
+    else chat_buf_printf(out, "%ld.%u", v, bench_rand_below(&w->rng, 10));
+}
+
+/* One placeholder (the list above the templates); an unknown one expands to nothing. */
+static void expand_key(chat_buf *out, const char *key, gen_ctx *c)
 {
     world *w = c->w;
-    const model *m = c->m;
+    if (!strncmp(key, "pick:", 5)) {
+        expand_pick(out, key + 5, w);
+    } else if (!strncmp(key, "n:", 2) || !strncmp(key, "d:", 2)) {
+        expand_number(out, key, w);
+    } else if (!strcmp(key, "w") || !strcmp(key, "W")) {
+        char word[20];
+        snprintf(word, sizeof word, "%s", w->lex[zipf_pick(w)]);
+        if (key[0] == 'W') capitalize(word);
+        chat_buf_puts(out, word);
+    } else if (!strcmp(key, "part")) chat_buf_puts(out, PARTS[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(PARTS))]);
+    else if (!strcmp(key, "region")) chat_buf_puts(out, REGIONS[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(REGIONS))]);
+    else if (!strcmp(key, "code")) chat_buf_puts(out, c->code ? c->code : "E10");
+    else if (!strcmp(key, "comp")) chat_buf_puts(out, c->comp ? c->comp : "sensor");
+    else if (!strcmp(key, "fail")) {
+        char f[64];
+        snprintf(f, sizeof f, "%s", c->fail ? c->fail : "fault");
+        for (char *s = f; *s; s++) *s = (char)tolower((unsigned char)*s);
+        chat_buf_puts(out, f);
+    } else if (!strcmp(key, "sys")) chat_buf_puts(out, c->sys ? c->sys : "engine");
+    else if (!strcmp(key, "town")) chat_buf_puts(out, c->town ? c->town : w->towns[bench_rand_below(&w->rng, (uint32_t)w->ntowns)]);
+    else if (!c->m) {
+        /* a model placeholder outside a model's passage: pick any model */
+        gen_ctx c2 = *c;
+        c2.m = &w->models[bench_rand_below(&w->rng, (uint32_t)w->nmodels)];
+        char t[272];
+        snprintf(t, sizeof t, "{%s}", key);
+        expand(out, t, &c2);
+    } else {
+        expand_model_key(out, key, c->m);
+    }
+}
+
+static void expand(chat_buf *out, const char *tpl, gen_ctx *c)
+{
     for (const char *p = tpl; *p;) {
         if (*p != '{') {
             const char *q = strchr(p, '{');
@@ -285,69 +404,7 @@ static void expand(chat_buf *out, const char *tpl, gen_ctx *c)
         memcpy(key, p + 1, kl);
         key[kl] = '\0';
         p = end + 1;
-        if (!strncmp(key, "pick:", 5)) {
-            int n = 1;
-            for (const char *s = key + 5; *s; s++) n += *s == '|';
-            int k = (int)bench_rand_below(&w->rng, (uint32_t)n);
-            const char *s = key + 5;
-            while (k-- > 0) s = strchr(s, '|') + 1;
-            const char *e = strchr(s, '|');
-            chat_buf_append(out, s, e ? (size_t)(e - s) : strlen(s));
-        } else if (!strncmp(key, "n:", 2) || !strncmp(key, "d:", 2)) {
-            long a = strtol(key + 2, NULL, 10);
-            const char *colon = strchr(key + 2, ':');
-            long bnd = colon ? strtol(colon + 1, NULL, 10) : a;
-            long v = a + (bnd > a ? (long)bench_rand_below(&w->rng, (uint32_t)(bnd - a + 1)) : 0);
-            if (key[0] == 'n') put_int(out, v);
-            else chat_buf_printf(out, "%ld.%u", v, bench_rand_below(&w->rng, 10));
-        } else if (!strcmp(key, "w") || !strcmp(key, "W")) {
-            char word[20];
-            snprintf(word, sizeof word, "%s", w->lex[zipf_pick(w)]);
-            if (key[0] == 'W') capitalize(word);
-            chat_buf_puts(out, word);
-        } else if (!strcmp(key, "part")) chat_buf_puts(out, PARTS[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(PARTS))]);
-        else if (!strcmp(key, "region")) chat_buf_puts(out, REGIONS[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(REGIONS))]);
-        else if (!strcmp(key, "code")) chat_buf_puts(out, c->code ? c->code : "E10");
-        else if (!strcmp(key, "comp")) chat_buf_puts(out, c->comp ? c->comp : "sensor");
-        else if (!strcmp(key, "fail")) {
-            char f[64];
-            snprintf(f, sizeof f, "%s", c->fail ? c->fail : "fault");
-            for (char *s = f; *s; s++) *s = (char)tolower((unsigned char)*s);
-            chat_buf_puts(out, f);
-        } else if (!strcmp(key, "sys")) chat_buf_puts(out, c->sys ? c->sys : "engine");
-        else if (!strcmp(key, "town")) chat_buf_puts(out, c->town ? c->town : w->towns[bench_rand_below(&w->rng, (uint32_t)w->ntowns)]);
-        else if (!m) {
-            /* a model placeholder outside a model's passage: pick any model */
-            gen_ctx c2 = *c;
-            c2.m = &w->models[bench_rand_below(&w->rng, (uint32_t)w->nmodels)];
-            char t[272];
-            snprintf(t, sizeof t, "{%s}", key);
-            expand(out, t, &c2);
-        } else if (!strcmp(key, "m")) chat_buf_puts(out, m->name);
-        else if (!strcmp(key, "brand")) chat_buf_puts(out, m->brand);
-        else if (!strcmp(key, "cat")) chat_buf_puts(out, m->category);
-        else if (!strcmp(key, "eng")) chat_buf_puts(out, m->engine);
-        else if (!strcmp(key, "hp")) put_int(out, m->hp);
-        else if (!strcmp(key, "kw")) put_int(out, (long)(m->hp * 0.7457));
-        else if (!strcmp(key, "rpm")) put_int(out, m->rpm);
-        else if (!strcmp(key, "nm")) put_int(out, m->torque);
-        else if (!strcmp(key, "len")) chat_buf_printf(out, "%.2f", m->length_m);
-        else if (!strcmp(key, "ft")) chat_buf_printf(out, "%d ft %d in", (int)(m->length_m / 0.3048),
-                                                     (int)(m->length_m / 0.0254) % 12);
-        else if (!strcmp(key, "beam")) chat_buf_printf(out, "%.2f", m->beam_m);
-        else if (!strcmp(key, "draft")) chat_buf_printf(out, "%.2f", m->draft_m);
-        else if (!strcmp(key, "fuel")) put_int(out, m->fuel_l);
-        else if (!strcmp(key, "gal")) put_int(out, (long)(m->fuel_l / 3.785));
-        else if (!strcmp(key, "water")) put_int(out, m->water_l);
-        else if (!strcmp(key, "pers")) put_int(out, m->persons);
-        else if (!strcmp(key, "wt")) put_int(out, m->weight_kg);
-        else if (!strcmp(key, "lb")) put_int(out, (long)(m->weight_kg * 2.2046));
-        else if (!strcmp(key, "top")) put_int(out, m->top_kn);
-        else if (!strcmp(key, "cruise")) put_int(out, m->cruise_kn);
-        else if (!strcmp(key, "range")) put_int(out, m->range_nm);
-        else if (!strcmp(key, "year")) put_int(out, m->year);
-        else if (!strcmp(key, "dr")) put_int(out, m->deadrise);
-        else if (!strcmp(key, "oil")) chat_buf_printf(out, "%.1f", m->oil_l);
+        expand_key(out, key, c);
     }
 }
 
@@ -674,134 +731,157 @@ static int remove_generated(chat_db *db, long long *deleted, char *err, size_t e
     return rc;
 }
 
-static int generate(chat_db *db, long n_passages, uint64_t seed, bool optimize)
-{
-    /* The mix of the hand-written knowledge base: mostly model documents, then troubleshooting, then
-     * policies. 17 passages per model (8 specs + 9 maintenance). */
-    long n_trouble = n_passages / 4, n_policy = n_passages / 10;
-    long n_model_passages = n_passages - n_trouble - n_policy;
-    int per_model = (int)(CHAT_ARRAY_LEN(SPEC_SECTIONS) + CHAT_ARRAY_LEN(MAINT_SECTIONS));
-    int nmodels = (int)(n_model_passages / per_model);
-    if (nmodels < 1 && n_passages >= per_model) nmodels = 1;
-    n_trouble += n_model_passages - (long)nmodels * per_model; /* the remainder goes to fault codes */
-    int ntowns = (int)(n_policy / 3) + 4;
-    world w;
-    int rc = world_init(&w, seed, nmodels, ntowns);
-    if (rc) {
-        fprintf(stderr, "chat-kbgen: out of memory\n");
-        world_free(&w);
-        return 1;
-    }
-    nmodels = w.nmodels;
-    inserter ins = {.db = db};
-    for (int i = 0; i < ROWS_PER_INSERT; i++) chat_buf_init(&ins.rows[i].body);
-    int64_t t0 = chat_now_us();
-    long long deleted = 0;
-    rc = remove_generated(db, &deleted, ins.err, sizeof ins.err);
-    /* Index maintenance row by row costs about 1.5 ms per passage in an Aria full-text index; with the
-     * keys disabled the rows go in alone and ENABLE KEYS builds the indexes once, by sorting. */
-    static const char disable[] = "ALTER TABLE kb_documents DISABLE KEYS";
-    if (!rc) rc = chat_db_exec_script(db, disable, sizeof disable - 1, ins.err, sizeof ins.err);
-    if (!rc) rc = chat_db_begin(db, ins.err, sizeof ins.err);
-    gen_ctx c = {.w = &w};
-    char source[128], title[200];
+/* How n passages divide as in the hand-written knowledge base: mostly model documents (17 per model: 8
+ * specs + 9 maintenance), then troubleshooting (what does not make a whole model goes to fault codes),
+ * then policies (one third of them location pages). */
+typedef struct kb_plan {
+    long n_trouble, n_policy;
+    int nmodels, ntowns;
+} kb_plan;
 
-    for (int mi = 0; !rc && mi < nmodels; mi++) {
-        const model *m = &w.models[mi];
-        c = (gen_ctx){.w = &w, .m = m};
+static kb_plan plan_passages(long n_passages)
+{
+    kb_plan p = {.n_trouble = n_passages / 4, .n_policy = n_passages / 10};
+    long n_model_passages = n_passages - p.n_trouble - p.n_policy;
+    int per_model = (int)(CHAT_ARRAY_LEN(SPEC_SECTIONS) + CHAT_ARRAY_LEN(MAINT_SECTIONS));
+    p.nmodels = (int)(n_model_passages / per_model);
+    if (p.nmodels < 1 && n_passages >= per_model) p.nmodels = 1;
+    p.n_trouble += n_model_passages - (long)p.nmodels * per_model;
+    p.ntowns = (int)(p.n_policy / 3) + 4;
+    return p;
+}
+
+/* Each model's specification sheet and maintenance guide. */
+static int gen_models(inserter *ins, world *w)
+{
+    char source[128], title[200];
+    int rc = 0;
+    for (int mi = 0; !rc && mi < w->nmodels; mi++) {
+        const model *m = &w->models[mi];
+        gen_ctx c = {.w = w, .m = m};
         snprintf(source, sizeof source, GEN_PREFIX "%s/specs.md", m->id);
         snprintf(title, sizeof title, "%s Specifications", m->name);
         for (size_t s = 0; !rc && s < CHAT_ARRAY_LEN(SPEC_SECTIONS); s++)
-            rc = emit(&ins, source, (int)s, "specs", m, title, &SPEC_SECTIONS[s], &c, NULL, NULL, NULL);
+            rc = emit(ins, source, (int)s, "specs", m, title, &SPEC_SECTIONS[s], &c, NULL, NULL, NULL);
         snprintf(source, sizeof source, GEN_PREFIX "%s/maintenance.md", m->id);
         snprintf(title, sizeof title, "%s Maintenance Guide", m->name);
         for (size_t s = 0; !rc && s < CHAT_ARRAY_LEN(MAINT_SECTIONS); s++)
-            rc = emit(&ins, source, (int)s, "maintenance", m, title, &MAINT_SECTIONS[s], &c, NULL, NULL, NULL);
+            rc = emit(ins, source, (int)s, "maintenance", m, title, &MAINT_SECTIONS[s], &c, NULL, NULL, NULL);
     }
+    return rc;
+}
 
-    /* Troubleshooting: 80 % fault codes (unique letter + number), 20 % symptom guides; 25 per file. */
+enum { CODE_SPACE = 3 * 9990 }; /* fault codes E10..E9999, P10.., F10.. */
+
+/* Passage i of the troubleshooting guides (25 per file): a unique fault code while i < n_codes, else a
+ * symptom guide about a random model. used marks the codes already taken. */
+static int gen_trouble_passage(inserter *ins, world *w, long i, long n_codes, unsigned char *used)
+{
+    char source[128], title[200];
+    const char *sys = SYSTEMS[(i / 25) % CHAT_ARRAY_LEN(SYSTEMS)];
+    snprintf(source, sizeof source, GEN_PREFIX "troubleshooting/%s-%ld.md", sys, i / 25 + 1);
+    char sys_title[64];
+    snprintf(sys_title, sizeof sys_title, "%s", sys);
+    capitalize(sys_title);
+    snprintf(title, sizeof title, "%s Troubleshooting Guide %ld", sys_title, i / 25 + 1);
+    gen_ctx c = {.w = w, .sys = sys};
+    if (i < n_codes) {
+        int slot;
+        do slot = (int)bench_rand_below(&w->rng, CODE_SPACE);
+        while (used[slot]);
+        used[slot] = 1;
+        char code[16];
+        snprintf(code, sizeof code, "%c%d", "EPF"[slot / 9990], 10 + slot % 9990);
+        c.code = code;
+        c.comp = COMPONENTS[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(COMPONENTS))];
+        c.fail = FAILURES[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(FAILURES))];
+        return emit(ins, source, (int)(i % 25), "troubleshooting", NULL, title, &CODE_SECTION, &c, NULL, NULL, NULL);
+    }
+    const char *symptom = SYMPTOMS[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(SYMPTOMS))];
+    const model *m = w->nmodels ? &w->models[bench_rand_below(&w->rng, (uint32_t)w->nmodels)] : NULL;
+    c.m = m;
+    char st[160];
+    snprintf(st, sizeof st, "%s on the %s", symptom, m ? m->name : "Boat");
+    return emit(ins, source, (int)(i % 25), "troubleshooting", m, title, &SYMPTOM_SECTION, &c, st, NULL, NULL);
+}
+
+/* Troubleshooting: 80 % fault codes (unique letter + number), 20 % symptom guides. */
+static int gen_troubleshooting(inserter *ins, world *w, long n_trouble)
+{
     long n_codes = n_trouble * 4 / 5;
-    enum { CODE_SPACE = 3 * 9990 };
     if (n_codes > CODE_SPACE) n_codes = CODE_SPACE;
     unsigned char *used = calloc(CODE_SPACE, 1);
-    if (!used) rc = CHAT_ENOMEM;
-    for (long i = 0; !rc && i < n_trouble; i++) {
-        const char *sys = SYSTEMS[(i / 25) % CHAT_ARRAY_LEN(SYSTEMS)];
-        snprintf(source, sizeof source, GEN_PREFIX "troubleshooting/%s-%ld.md", sys, i / 25 + 1);
-        char sys_title[64];
-        snprintf(sys_title, sizeof sys_title, "%s", sys);
-        capitalize(sys_title);
-        snprintf(title, sizeof title, "%s Troubleshooting Guide %ld", sys_title, i / 25 + 1);
-        c = (gen_ctx){.w = &w, .sys = sys};
-        if (i < n_codes) {
-            int slot;
-            do slot = (int)bench_rand_below(&w.rng, CODE_SPACE);
-            while (used[slot]);
-            used[slot] = 1;
-            char code[16];
-            snprintf(code, sizeof code, "%c%d", "EPF"[slot / 9990], 10 + slot % 9990);
-            c.code = code;
-            c.comp = COMPONENTS[bench_rand_below(&w.rng, CHAT_ARRAY_LEN(COMPONENTS))];
-            c.fail = FAILURES[bench_rand_below(&w.rng, CHAT_ARRAY_LEN(FAILURES))];
-            rc = emit(&ins, source, (int)(i % 25), "troubleshooting", NULL, title, &CODE_SECTION, &c, NULL, NULL, NULL);
-        } else {
-            const char *symptom = SYMPTOMS[bench_rand_below(&w.rng, CHAT_ARRAY_LEN(SYMPTOMS))];
-            const model *m = nmodels ? &w.models[bench_rand_below(&w.rng, (uint32_t)nmodels)] : NULL;
-            c.m = m;
-            char st[160];
-            snprintf(st, sizeof st, "%s on the %s", symptom, m ? m->name : "Boat");
-            rc = emit(&ins, source, (int)(i % 25), "troubleshooting", m, title, &SYMPTOM_SECTION, &c, st, NULL, NULL);
-        }
-    }
+    int rc = used ? 0 : CHAT_ENOMEM;
+    for (long i = 0; !rc && i < n_trouble; i++) rc = gen_trouble_passage(ins, w, i, n_codes, used);
     free(used);
+    return rc;
+}
 
-    /* Policies: one third location pages (one per town), the rest topic x region policy pages. */
+/* Policies: one third location pages (one per town), the rest topic x region policy pages. */
+static int gen_policies(inserter *ins, world *w, long n_policy)
+{
+    char source[128];
+    int rc = 0;
     for (long i = 0; !rc && i < n_policy; i++) {
-        c = (gen_ctx){.w = &w};
-        if (i % 3 == 0 && i / 3 < w.ntowns) {
-            c.town = w.towns[i / 3];
+        gen_ctx c = {.w = w};
+        if (i % 3 == 0 && i / 3 < w->ntowns) {
+            c.town = w->towns[i / 3];
             snprintf(source, sizeof source, GEN_PREFIX "policies/locations-%ld.md", i / 60 + 1);
-            rc = emit(&ins, source, (int)(i / 3 % 20), NULL, NULL, "Dealer Locations and Opening Hours",
+            rc = emit(ins, source, (int)(i / 3 % 20), NULL, NULL, "Dealer Locations and Opening Hours",
                       &POLICY_SECTIONS[1], &c, NULL, NULL, NULL);
         } else {
-            const char *topic = POLICY_TOPICS[bench_rand_below(&w.rng, CHAT_ARRAY_LEN(POLICY_TOPICS))];
-            const char *region = REGIONS[bench_rand_below(&w.rng, CHAT_ARRAY_LEN(REGIONS))];
+            const char *topic = POLICY_TOPICS[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(POLICY_TOPICS))];
+            const char *region = REGIONS[bench_rand_below(&w->rng, CHAT_ARRAY_LEN(REGIONS))];
             snprintf(source, sizeof source, GEN_PREFIX "policies/%s-%ld.md", topic, i / 20 + 1);
             char dt[96], tp[48];
             snprintf(tp, sizeof tp, "%s", topic);
             for (char *p = tp; *p; p++)
                 if (*p == '-') *p = ' ';
             snprintf(dt, sizeof dt, "Customer Policies: %s", tp);
-            rc = emit(&ins, source, (int)(i % 20), NULL, NULL, dt, &POLICY_SECTIONS[0], &c, NULL, tp, region);
+            rc = emit(ins, source, (int)(i % 20), NULL, NULL, dt, &POLICY_SECTIONS[0], &c, NULL, tp, region);
         }
     }
-    if (!rc) rc = flush_rows(&ins);
-    if (!rc) rc = chat_db_commit(db, ins.err, sizeof ins.err);
-    else chat_db_rollback(db);
+    return rc;
+}
+
+/* Before the rows: the earlier run's passages go, the keys are disabled, a transaction begins. Index
+ * maintenance row by row costs about 1.5 ms per passage in an Aria full-text index; with the keys
+ * disabled the rows go in alone and ENABLE KEYS builds the indexes once, by sorting. */
+static int begin_load(inserter *ins, long long *deleted)
+{
+    int rc = remove_generated(ins->db, deleted, ins->err, sizeof ins->err);
+    static const char disable[] = "ALTER TABLE kb_documents DISABLE KEYS";
+    if (!rc) rc = chat_db_exec_script(ins->db, disable, sizeof disable - 1, ins->err, sizeof ins->err);
+    if (!rc) rc = chat_db_begin(ins->db, ins->err, sizeof ins->err);
+    return rc;
+}
+
+/* After the rows: the last ones flushed and committed (rolled back after an error), the keys enabled in
+ * either case. Returns rc, or the first error of these steps. */
+static int end_load(inserter *ins, int rc)
+{
+    if (!rc) rc = flush_rows(ins);
+    if (!rc) rc = chat_db_commit(ins->db, ins->err, sizeof ins->err);
+    else chat_db_rollback(ins->db);
     static const char enable[] = "ALTER TABLE kb_documents ENABLE KEYS";
     char enable_err[256];
-    if (chat_db_exec_script(db, enable, sizeof enable - 1, enable_err, sizeof enable_err)) {
+    if (chat_db_exec_script(ins->db, enable, sizeof enable - 1, enable_err, sizeof enable_err)) {
         fprintf(stderr, "chat-kbgen: ENABLE KEYS failed: %s\n", enable_err);
         if (!rc) {
             rc = CHAT_EDB;
-            snprintf(ins.err, sizeof ins.err, "%s", enable_err);
+            snprintf(ins->err, sizeof ins->err, "%s", enable_err);
         }
     }
-    int64_t t1 = chat_now_us();
-    for (int i = 0; i < ROWS_PER_INSERT; i++) chat_buf_free(&ins.rows[i].body);
-    world_free(&w);
-    if (rc) {
-        fprintf(stderr, "chat-kbgen: insert failed after %lld rows: %s\n", ins.total, ins.err);
-        return 1;
-    }
-    printf("removed %lld old synthetic passages; inserted %lld (%d models, %ld troubleshooting, %ld policy) in %.1f s"
-           " (%.0f rows/s)\n",
-           deleted, ins.total, nmodels, n_trouble, n_policy, (double)(t1 - t0) / 1e6,
-           (double)ins.total / ((double)(t1 - t0) / 1e6));
+    return rc;
+}
+
+/* OPTIMIZE TABLE after the load (t1: its end), then the BENCH line. 0 or 1. */
+static int finish_kb(chat_db *db, bool optimize, int64_t t0, int64_t t1)
+{
     if (optimize) {
         char err[512];
         /* A rebuild: the full-text index is written anew from sorted input, with no deleted-doc list. */
-        rc = chat_db_run(db, "OPTIMIZE TABLE kb_documents", NULL, 0, ignore_rows, NULL, NULL, NULL, err, sizeof err);
+        int rc = chat_db_run(db, "OPTIMIZE TABLE kb_documents", NULL, 0, ignore_rows, NULL, NULL, NULL, err, sizeof err);
         int64_t t2 = chat_now_us();
         if (rc) {
             fprintf(stderr, "chat-kbgen: OPTIMIZE TABLE failed: %s\n", err);
@@ -814,6 +894,41 @@ static int generate(chat_db *db, long n_passages, uint64_t seed, bool optimize)
     chat_db_run(db, "SELECT COUNT(*) FROM kb_documents", NULL, 0, count_row, &total, NULL, NULL, err, sizeof err);
     printf("BENCH kb_passages=%lld insert_s=%.2f\n", total, (double)(t1 - t0) / 1e6);
     return 0;
+}
+
+/* --passages: the synthetic knowledge base of n_passages passages replaces the earlier one. */
+static int generate(chat_db *db, long n_passages, uint64_t seed, bool optimize)
+{
+    kb_plan plan = plan_passages(n_passages);
+    world w;
+    int rc = world_init(&w, seed, plan.nmodels, plan.ntowns);
+    if (rc) {
+        fprintf(stderr, "chat-kbgen: out of memory\n");
+        world_free(&w);
+        return 1;
+    }
+    inserter ins = {.db = db};
+    for (int i = 0; i < ROWS_PER_INSERT; i++) chat_buf_init(&ins.rows[i].body);
+    int64_t t0 = chat_now_us();
+    long long deleted = 0;
+    rc = begin_load(&ins, &deleted);
+    if (!rc) rc = gen_models(&ins, &w);
+    if (!rc) rc = gen_troubleshooting(&ins, &w, plan.n_trouble);
+    if (!rc) rc = gen_policies(&ins, &w, plan.n_policy);
+    rc = end_load(&ins, rc);
+    int64_t t1 = chat_now_us();
+    int nmodels = w.nmodels;
+    for (int i = 0; i < ROWS_PER_INSERT; i++) chat_buf_free(&ins.rows[i].body);
+    world_free(&w);
+    if (rc) {
+        fprintf(stderr, "chat-kbgen: insert failed after %lld rows: %s\n", ins.total, ins.err);
+        return 1;
+    }
+    printf("removed %lld old synthetic passages; inserted %lld (%d models, %ld troubleshooting, %ld policy) in %.1f s"
+           " (%.0f rows/s)\n",
+           deleted, ins.total, nmodels, plan.n_trouble, plan.n_policy, (double)(t1 - t0) / 1e6,
+           (double)ins.total / ((double)(t1 - t0) / 1e6));
+    return finish_kb(db, optimize, t0, t1);
 }
 
 /* ------------------------------------------------------------------ questions */
@@ -983,15 +1098,20 @@ static void make_question(uint64_t *r, const names *n, question *q)
     }
 }
 
+/* names_load, or its error on stderr (and nothing to free): 0 or 1. */
+static int names_open(chat_db *db, names *n)
+{
+    char err[512];
+    if (!names_load(db, n, err, sizeof err)) return 0;
+    fprintf(stderr, "chat-kbgen: %s\n", err);
+    names_free(n);
+    return 1;
+}
+
 static int print_questions(chat_db *db, long count, uint64_t seed)
 {
     names n;
-    char err[512];
-    if (names_load(db, &n, err, sizeof err)) {
-        fprintf(stderr, "chat-kbgen: %s\n", err);
-        names_free(&n);
-        return 1;
-    }
+    if (names_open(db, &n)) return 1;
     uint64_t r = seed * 7919 + 17;
     question q;
     for (long i = 0; i < count; i++) {
@@ -1005,12 +1125,8 @@ static int print_questions(chat_db *db, long count, uint64_t seed)
 static int retrieval_bench(chat_db *db, long count, long warmup, uint64_t seed, int k)
 {
     names n;
+    if (names_open(db, &n)) return 1;
     char err[512];
-    if (names_load(db, &n, err, sizeof err)) {
-        fprintf(stderr, "chat-kbgen: %s\n", err);
-        names_free(&n);
-        return 1;
-    }
     long long passages = -1;
     chat_db_run(db, "SELECT COUNT(*) FROM kb_documents", NULL, 0, count_row, &passages, NULL, NULL, err, sizeof err);
     bench_hist *all = malloc(sizeof *all), *per = calloc(Q_KINDS, sizeof *per);
@@ -1075,75 +1191,40 @@ static int retrieval_bench(chat_db *db, long count, long warmup, uint64_t seed, 
 
 /* ------------------------------------------------------------------ main */
 
-static const char usage_text[] =
-    "usage: chat-kbgen --passages N [--seed S] [--no-optimize]\n"
-    "       chat-kbgen --questions N [--seed S]\n"
-    "       chat-kbgen --retrieval-bench Q [--seed S] [-k K] [--warmup W]\n"
-    "Database from CHAT_DB_* (the schema must exist: chat-kb setup). Synthetic rows have sources gen/...\n";
+static const chat_cli KBGEN_CLI = {
+    .prog = "chat-kbgen",
+    .usage =
+        "usage: chat-kbgen --passages N [--seed S] [--no-optimize]\n"
+        "       chat-kbgen --questions N [--seed S]\n"
+        "       chat-kbgen --retrieval-bench Q [--seed S] [-k K] [--warmup W]\n"
+        "Database from CHAT_DB_* (the schema must exist: chat-kb setup). Synthetic rows have sources gen/...\n",
+};
 
-static int usage(const char *problem)
-{
-    if (problem) fprintf(stderr, "chat-kbgen: %s\n", problem);
-    fputs(usage_text, stderr);
-    return 2;
-}
-
-static bool parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
+static int usage(const char *problem) { return chat_cli_usage(&KBGEN_CLI, problem); }
 
 int main(int argc, char **argv)
 {
     chat_log_init("chat-kbgen", CHAT_LOG_WARN);
-    enum { OPT_PASSAGES = 256, OPT_QUESTIONS, OPT_RETRIEVAL, OPT_SEED, OPT_WARMUP, OPT_NO_OPT };
-    static const struct option opts[] = {
-        {"passages", required_argument, NULL, OPT_PASSAGES},   {"questions", required_argument, NULL, OPT_QUESTIONS},
-        {"retrieval-bench", required_argument, NULL, OPT_RETRIEVAL}, {"seed", required_argument, NULL, OPT_SEED},
-        {"warmup", required_argument, NULL, OPT_WARMUP},       {"no-optimize", no_argument, NULL, OPT_NO_OPT},
-        {"help", no_argument, NULL, 'h'},                      {NULL, 0, NULL, 0},
-    };
     long passages = -1, questions = -1, retrieval = -1, seed = 1, warmup = -1, k = 4;
-    bool optimize = true;
-    int c;
-    while ((c = getopt_long(argc, argv, "k:h", opts, NULL)) != -1) {
-        switch (c) {
-        case OPT_PASSAGES:
-            if (!parse_long(optarg, 0, MAX_PASSAGES, &passages)) return usage("--passages: 0..2000000");
-            break;
-        case OPT_QUESTIONS:
-            if (!parse_long(optarg, 1, MAX_QUESTIONS, &questions)) return usage("--questions: 1..10000000");
-            break;
-        case OPT_RETRIEVAL:
-            if (!parse_long(optarg, 1, MAX_QUESTIONS, &retrieval)) return usage("--retrieval-bench: 1..10000000");
-            break;
-        case OPT_SEED:
-            if (!parse_long(optarg, 0, 1L << 40, &seed)) return usage("--seed: a non-negative integer");
-            break;
-        case OPT_WARMUP:
-            if (!parse_long(optarg, 0, MAX_QUESTIONS, &warmup)) return usage("--warmup: 0..10000000");
-            break;
-        case 'k':
-            if (!parse_long(optarg, 1, 50, &k)) return usage("-k: 1..50");
-            break;
-        case OPT_NO_OPT: optimize = false; break;
-        case 'h': usage(NULL); return 0;
-        default: return usage(NULL);
-        }
-    }
+    bool no_optimize = false;
+    const chat_cli_opt table[] = {
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "passages", &passages, 0, MAX_PASSAGES, "--passages: 0..2000000"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "questions", &questions, 1, MAX_QUESTIONS, "--questions: 1..10000000"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "retrieval-bench", &retrieval, 1, MAX_QUESTIONS, "--retrieval-bench: 1..10000000"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "seed", &seed, 0, 1L << 40, "--seed: a non-negative integer"),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "warmup", &warmup, 0, MAX_QUESTIONS, "--warmup: 0..10000000"),
+        {.letter = 'k', .kind = CHAT_CLI_LONG, .dst = &k, .lo = 1, .hi = 50, .problem = "-k: 1..50"},
+        CHAT_CLI_FLAG_OPT("no-optimize", &no_optimize),
+        CHAT_CLI_HELP_OPT('h'),
+    };
+    int rc;
+    if (!chat_cli_parse(&KBGEN_CLI, table, CHAT_ARRAY_LEN(table), argc, argv, 1, &rc)) return rc;
     if (optind != argc || (passages >= 0) + (questions > 0) + (retrieval > 0) != 1)
         return usage("give exactly one of --passages, --questions, --retrieval-bench");
 
     chat_config cfg;
+    if (!chat_cli_config("chat-kbgen", &cfg)) return 1;
     char err[512];
-    if (chat_config_from_env(&cfg, err, sizeof err)) {
-        fprintf(stderr, "chat-kbgen: %s\n", err);
-        return 1;
-    }
     chat_db *db = chat_db_new(&cfg);
     if (!db) return 1;
     if (chat_db_connect(db, err, sizeof err)) {
@@ -1151,8 +1232,7 @@ int main(int argc, char **argv)
         chat_db_free(db);
         return 1;
     }
-    int rc;
-    if (passages >= 0) rc = generate(db, passages, (uint64_t)seed, optimize);
+    if (passages >= 0) rc = generate(db, passages, (uint64_t)seed, !no_optimize);
     else if (questions > 0) rc = print_questions(db, questions, (uint64_t)seed);
     else rc = retrieval_bench(db, retrieval, warmup >= 0 ? warmup : (retrieval / 10 < 50 ? retrieval / 10 : 50),
                               (uint64_t)seed, (int)k);

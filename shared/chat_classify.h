@@ -29,12 +29,14 @@ chat_classifier *chat_classifier_new(void);
 void chat_classifier_free(chat_classifier *c);
 /* agent: a chat_agents[] name; term: a word, a prefix ending in '*' or a phrase of up to 8 words, any
  * case. The same normal form for the same agent again replaces its weight. Returns 0, CHAT_EINVAL or
- * CHAT_ENOMEM. A writer: not concurrently with chat_classify or another writer. */
+ * CHAT_ENOMEM. A writer: not concurrently with chat_classify or another writer. Public on purpose: a
+ * vocabulary without a database (chat_classifier_load_db adds each row with it; tests build small ones). */
 int chat_classifier_add_term(chat_classifier *c, const char *agent, const char *term, double weight);
 /* Replaces all terms with the classifier_terms table's (malformed rows skipped) and the model numbers
  * with the models table's. On failure the previous vocabulary stays. A writer, like add_term. */
 int chat_classifier_load_db(chat_classifier *c, chat_db *db, char *err, size_t errlen);
-/* The number of distinct terms (0 for NULL). */
+/* The number of distinct terms (0 for NULL). Public on purpose: what a load kept (malformed rows skipped,
+ * one normal form once) shows nowhere else; the loader's tests check it. */
 size_t chat_classifier_term_count(const chat_classifier *c);
 /* Routes text (NULL: ""; only its first 16 KB are read) with c (NULL: no terms). Pure function of the
  * terms and text; thread-safe for concurrent readers. */

@@ -24,13 +24,26 @@ const char *chat_strerror(int code)
     }
 }
 
+int chat_vfail(char *err, size_t errlen, int code, const char *fmt, va_list ap)
+{
+    if (err && errlen) vsnprintf(err, errlen, fmt, ap);
+    return code;
+}
+
 int chat_fail(char *err, size_t errlen, int code, const char *fmt, ...)
 {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    chat_vfail(err, errlen, code, fmt, ap);
+    va_end(ap);
     return code;
+}
+
+void *chat_fail_null(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    chat_vfail(err, errlen, CHAT_ERR, fmt, ap);
+    va_end(ap);
+    return NULL;
 }

@@ -6,6 +6,7 @@
 #ifndef CHAT_COMMON_H
 #define CHAT_COMMON_H
 
+#include <stdarg.h>
 #include <stddef.h>
 
 enum {
@@ -30,6 +31,11 @@ const char *chat_strerror(int code);
 /* snprintf into err when err is non-NULL; returns code so callers can `return chat_fail(...)`. */
 int chat_fail(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* The same with a va_list (for functions that take their own format). */
+int chat_vfail(char *err, size_t errlen, int code, const char *fmt, va_list ap) __attribute__((format(printf, 4, 0)));
+/* The same for functions returning a pointer: fills err and returns NULL, so that a constructor says
+ * `return chat_fail_null(err, errlen, "...")`. */
+void *chat_fail_null(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #define CHAT_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 

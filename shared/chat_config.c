@@ -219,6 +219,14 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+int chat_config_load(chat_config *cfg)
+{
+    char err[512];
+    int rc = chat_config_from_env(cfg, err, sizeof err);
+    if (rc) chat_log_error("configuration: %s", err);
+    return rc;
+}
+
 int chat_config_env_int(const char *name, int dflt, int min, int max)
 {
     int v;

@@ -103,6 +103,9 @@ typedef struct chat_config {
 /* Fills cfg with defaults, then applies the environment. Returns 0, or CHAT_EINVAL with a message
  * naming the variable (never its value). */
 int chat_config_from_env(chat_config *cfg, char *err, size_t errlen);
+/* The same for a server process: the message goes to the log ("configuration: ..."), the servers' one
+ * way of refusing a bad environment. */
+int chat_config_load(chat_config *cfg);
 
 /* A process-specific integer setting outside chat_config (e.g. a streamer tuning knob): the value of
  * env var name when it is an integer in [min, max], else dflt with a warning naming the variable. */

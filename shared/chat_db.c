@@ -129,10 +129,7 @@ static MYSQL_STMT *cached_stmt(chat_db *db, const char *sql, char *err, size_t e
     for (int i = 0; i < db->n_cached; i++)
         if (!strcmp(db->cache[i].sql, sql)) return db->cache[i].stmt;
     MYSQL_STMT *st = mysql_stmt_init(db->conn);
-    if (!st) {
-        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        return NULL;
-    }
+    if (!st) return chat_fail_null(err, errlen, "out of memory");
     if (mysql_stmt_prepare(st, sql, strlen(sql))) {
         *errnum = mysql_stmt_errno(st);
         chat_fail(err, errlen, CHAT_EDB, "prepare failed (%u: %s)", *errnum, mysql_stmt_error(st));
@@ -419,20 +416,6 @@ int chat_db_create_database(chat_db *db, char *err, size_t errlen)
     if (rc) drop_connection(db);
     return rc;
 }
-
-int chat_db_drop_database(chat_db *db, char *err, size_t errlen)
-{
-    if (!db_name_ok(db->cfg.db_name)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid database name");
-    drop_connection(db);
-    int rc = connect_db(db, false, err, errlen);
-    if (rc) return rc;
-    char sql[256];
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS `%s`", db->cfg.db_name);
-    rc = simple_query(db, sql, err, errlen);
-    drop_connection(db);
-    return rc;
-}
-
 
 static int version_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {

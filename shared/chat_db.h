@@ -74,6 +74,5 @@ int chat_db_migrate(chat_db *db, const char *schema_file, const char *migrations
 /* Creates the configured database if missing (CREATE DATABASE needs no prepared statement: the name is
  * validated as [A-Za-z0-9_]). Used by set-up tools and tests. */
 int chat_db_create_database(chat_db *db, char *err, size_t errlen);
-int chat_db_drop_database(chat_db *db, char *err, size_t errlen);
 
 #endif

@@ -34,8 +34,10 @@
 
 #include "chat_llm.h"
 
-/* The answer text alone, without streaming: what the provider streams, and what the tests read. req is
- * read during the call only. Caller frees; NULL when out of memory. Thread-safe. */
+/* The answer text alone, without streaming: what the provider's generations stream, piece by piece.
+ * Public on purpose, as the provider's one decision worth checking on its own: the answer as a whole
+ * (the tests judge its content without a loop or pacing). req is read during the call only. Caller
+ * frees; NULL when out of memory. */
 char *chat_extractive_compose(const chat_llm_request *req);
 
 /* How far the answer to req can be trusted, 0..1 (see above): the confidence of the answer

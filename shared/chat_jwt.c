@@ -93,10 +93,7 @@ static int check_public_key(const unsigned char *pem, size_t len, jwt_alg_t alg,
 
 chat_jwt_verifier *chat_jwt_verifier_new(const chat_config *cfg, char *err, size_t errlen)
 {
-    if (!cfg) {
-        chat_fail(err, errlen, CHAT_EINVAL, "no configuration");
-        return NULL;
-    }
+    if (!cfg) return chat_fail_null(err, errlen, "no configuration");
     jwt_alg_t alg;
     const char *alg_name;
     if (strcmp(cfg->jwt_alg, "HS256") == 0)
@@ -105,16 +102,10 @@ chat_jwt_verifier *chat_jwt_verifier_new(const chat_config *cfg, char *err, size
         alg = JWT_ALG_RS256, alg_name = "RS256";
     else if (strcmp(cfg->jwt_alg, "ES256") == 0)
         alg = JWT_ALG_ES256, alg_name = "ES256";
-    else {
-        chat_fail(err, errlen, CHAT_EINVAL, "JWT_ALGORITHM must be HS256, RS256 or ES256");
-        return NULL;
-    }
+    else return chat_fail_null(err, errlen, "JWT_ALGORITHM must be HS256, RS256 or ES256");
 
     chat_jwt_verifier *v = calloc(1, sizeof *v);
-    if (!v) {
-        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        return NULL;
-    }
+    if (!v) return chat_fail_null(err, errlen, "out of memory");
     v->alg = alg;
     v->alg_name = alg_name;
     v->leeway = cfg->jwt_leeway_s > 0 ? cfg->jwt_leeway_s : 0;
@@ -329,178 +320,160 @@ static int reject(int code, char *err, size_t errlen, char *detail, size_t detai
 static int reject(int code, char *err, size_t errlen, char *detail, size_t detail_len, const char *fmt, ...)
 {
     chat_fail(err, errlen, code, "%s", code == CHAT_EEXPIRED ? MSG_EXPIRED : MSG_INVALID);
-    if (detail && detail_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(detail, detail_len, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    chat_vfail(detail, detail_len, code, fmt, ap);
+    va_end(ap);
     return code;
 }
 
-#define FAIL(...) (rc = reject(CHAT_EAUTH, err, errlen, detail, detail_len, __VA_ARGS__))
+/* Where a verification's messages go: the client-facing err and the log's detail. */
+typedef struct jwt_out {
+    char *err;
+    size_t errlen;
+    char *detail;
+    size_t detail_len;
+} jwt_out;
 
+#define FAIL(...) reject(CHAT_EAUTH, o->err, o->errlen, o->detail, o->detail_len, __VA_ARGS__)
+
+/* Compact serialization: at most JWT_MAX_TOKEN bytes, exactly three parts, none empty (an empty
+ * signature is "alg":"none"), the signature canonical base64url. Sets the part lengths. */
+static int split_token(const jwt_out *o, const char *token, size_t *len, size_t *hlen, size_t *plen)
+{
+    *len = strnlen(token, JWT_MAX_TOKEN + 1);
+    if (*len == 0) return FAIL("empty token");
+    if (*len > JWT_MAX_TOKEN) return FAIL("token longer than %d bytes", JWT_MAX_TOKEN);
+    const char *d1 = memchr(token, '.', *len);
+    const char *d2 = d1 ? memchr(d1 + 1, '.', *len - (size_t)(d1 + 1 - token)) : NULL;
+    if (!d1 || !d2 || memchr(d2 + 1, '.', *len - (size_t)(d2 + 1 - token)))
+        return FAIL("not three dot-separated parts");
+    size_t slen = *len - (size_t)(d2 + 1 - token);
+    *hlen = (size_t)(d1 - token), *plen = (size_t)(d2 - d1 - 1);
+    if (!*hlen || !*plen || !slen) return FAIL("empty %s part", !*hlen ? "header" : !*plen ? "payload" : "signature");
+    if (b64url_decode(d2 + 1, slen, NULL, NULL)) return FAIL("signature is not canonical base64url");
+    return 0;
+}
+
+/* The algorithm pin, before any cryptography: alg exactly the configured one, typ JWT when present, no
+ * crit extensions. */
+static int check_header(const jwt_out *o, const chat_jwt_verifier *v, json_object *header)
+{
+    json_object *m;
+    if (!json_object_object_get_ex(header, "alg", &m) || !json_object_is_type(m, json_type_string))
+        return FAIL("header has no alg string");
+    const char *alg = json_object_get_string(m);
+    if ((size_t)json_object_get_string_len(m) != strlen(alg) || strcmp(alg, v->alg_name) != 0) {
+        char shown[20];
+        sanitize(alg, shown, sizeof shown);
+        return FAIL("alg '%s' refused, configured %s", shown, v->alg_name);
+    }
+    if (json_object_object_get_ex(header, "typ", &m)) {
+        size_t n;
+        const char *typ = clean_string(m, &n);
+        if (!typ || strcasecmp(typ, "JWT") != 0) return FAIL("typ is not JWT");
+    }
+    if (json_object_object_get_ex(header, "crit", &m)) return FAIL("crit header present: no extensions are supported");
+    return 0;
+}
+
+/* The time claims, read (exp required, numbers all) before anything else of the payload and compared
+ * with the clock after everything else. */
+typedef struct jwt_times {
+    int64_t exp, nbf, iat;
+    int has_nbf, has_iat;
+} jwt_times;
+
+static int read_times(const jwt_out *o, json_object *payload, jwt_times *t)
+{
+    memset(t, 0, sizeof *t);
+    int has_exp = claim_time(payload, "exp", false, &t->exp);
+    if (has_exp <= 0) return FAIL(has_exp == 0 ? "exp claim missing" : "exp claim is not a number");
+    t->has_nbf = claim_time(payload, "nbf", true, &t->nbf);
+    t->has_iat = claim_time(payload, "iat", true, &t->iat);
+    if (t->has_nbf < 0 || t->has_iat < 0) return FAIL("%s claim is not a number", t->has_nbf < 0 ? "nbf" : "iat");
+    return 0;
+}
+
+/* Who: sub (required, no control characters), the profile claims, iss and aud when configured. */
+static int read_identity(const jwt_out *o, const chat_jwt_verifier *v, json_object *payload, chat_user *u)
+{
+    json_object *m;
+    size_t sublen = 0;
+    const char *sub = json_object_object_get_ex(payload, "sub", &m) ? clean_string(m, &sublen) : NULL;
+    if (!sub || sublen == 0 || sublen > JWT_MAX_SUB)
+        return FAIL("sub claim missing, empty, longer than %d bytes or not valid UTF-8", JWT_MAX_SUB);
+    for (size_t i = 0; i < sublen; i++)
+        if ((unsigned char)sub[i] < 0x20 || sub[i] == 0x7f) return FAIL("sub claim contains control characters");
+    memcpy(u->id, sub, sublen);
+    u->id[sublen] = '\0';
+    if (copy_profile(payload, "email", u->email, sizeof u->email) ||
+        copy_profile(payload, "name", u->name, sizeof u->name))
+        return FAIL("email or name claim is not a valid string");
+    if (v->issuer[0]) {
+        size_t n;
+        const char *iss = json_object_object_get_ex(payload, "iss", &m) ? clean_string(m, &n) : NULL;
+        if (!iss || strcmp(iss, v->issuer) != 0) return FAIL("iss claim missing or not the configured issuer");
+    }
+    if (v->audience[0] && (!json_object_object_get_ex(payload, "aud", &m) || !aud_matches(m, v->audience)))
+        return FAIL("aud claim missing or does not include the configured audience");
+    return 0;
+}
+
+/* The clock, with the leeway: not before nbf, iat not in the future, before exp (CHAT_EEXPIRED). */
+static int check_times(const jwt_out *o, const chat_jwt_verifier *v, const jwt_times *tm, time_t now)
+{
+    int64_t t = (int64_t)now;
+    if (tm->has_nbf && t + v->leeway < tm->nbf)
+        return FAIL("not valid yet (nbf %lld s ahead)", (long long)(tm->nbf - t));
+    if (tm->has_iat && tm->iat > t + v->leeway) return FAIL("iat %lld s in the future", (long long)(tm->iat - t));
+    if (t - v->leeway >= tm->exp)
+        return reject(CHAT_EEXPIRED, o->err, o->errlen, o->detail, o->detail_len, "expired %lld s ago",
+                      (long long)(t - tm->exp));
+    return 0;
+}
+
+/* The signature, with the pinned key only; libjwt takes a NUL-terminated token, which split_token's
+ * length bound guarantees. */
+static int check_signature(const jwt_out *o, const chat_jwt_verifier *v, const char *token)
+{
+    jwt_t *jwt = NULL;
+    int rc = 0;
+    if (jwt_decode(&jwt, token, v->key, (int)v->key_len) != 0 || !jwt) rc = FAIL("signature verification failed");
+    else if (jwt_get_alg(jwt) != v->alg) rc = FAIL("libjwt reports a different alg than the pinned one");
+    jwt_free(jwt);
+    return rc;
+}
+
+/* In order: the token's form, the header (the algorithm pin), the payload's JSON, the signature, then
+ * the claims (structure first, time last). */
 int chat_jwt_verify(const chat_jwt_verifier *v, const char *token, time_t now, chat_user *user, char *err,
                     size_t errlen, char *detail, size_t detail_len)
 {
-    int rc = CHAT_EAUTH;
+    const jwt_out out = {err, errlen, detail, detail_len}, *o = &out;
     json_object *header = NULL, *payload = NULL;
-    jwt_t *jwt = NULL;
     chat_user u;
     memset(&u, 0, sizeof u);
     if (user) memset(user, 0, sizeof *user);
     if (detail && detail_len) detail[0] = '\0';
+    if (!v || !token) return FAIL("no verifier or no token");
 
-    if (!v || !token) {
-        FAIL("no verifier or no token");
-        goto cleanup;
-    }
-    size_t len = strnlen(token, JWT_MAX_TOKEN + 1);
-    if (len == 0) {
-        FAIL("empty token");
-        goto cleanup;
-    }
-    if (len > JWT_MAX_TOKEN) {
-        FAIL("token longer than %d bytes", JWT_MAX_TOKEN);
-        goto cleanup;
-    }
-
-    /* Compact serialization: exactly three parts, none empty (an empty signature is "alg":"none"). */
-    const char *d1 = memchr(token, '.', len);
-    const char *d2 = d1 ? memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token)) : NULL;
-    if (!d1 || !d2 || memchr(d2 + 1, '.', len - (size_t)(d2 + 1 - token))) {
-        FAIL("not three dot-separated parts");
-        goto cleanup;
-    }
-    size_t hlen = (size_t)(d1 - token), plen = (size_t)(d2 - d1 - 1), slen = len - (size_t)(d2 + 1 - token);
-    if (!hlen || !plen || !slen) {
-        FAIL("empty %s part", !hlen ? "header" : !plen ? "payload" : "signature");
-        goto cleanup;
-    }
-    if (b64url_decode(d2 + 1, slen, NULL, NULL)) {
-        FAIL("signature is not canonical base64url");
-        goto cleanup;
-    }
-
+    size_t len = 0, hlen = 0, plen = 0;
     const char *why = NULL;
-    header = decode_json_part(token, hlen, &why);
-    if (!header) {
-        FAIL("header: %s", why);
-        goto cleanup;
+    int rc = split_token(o, token, &len, &hlen, &plen);
+    if (!rc && !(header = decode_json_part(token, hlen, &why))) rc = FAIL("header: %s", why);
+    if (!rc) rc = check_header(o, v, header);
+    if (!rc && !(payload = decode_json_part(token + hlen + 1, plen, &why))) rc = FAIL("payload: %s", why);
+    if (!rc) rc = check_signature(o, v, token);
+    jwt_times tm;
+    if (!rc) rc = read_times(o, payload, &tm);
+    if (!rc) rc = read_identity(o, v, payload, &u);
+    if (!rc) rc = check_times(o, v, &tm, now);
+    if (!rc) {
+        u.exp = (long long)tm.exp;
+        if (user) *user = u;
+        if (err && errlen) err[0] = '\0';
     }
-
-    /* The algorithm pin, before any cryptography. */
-    json_object *o;
-    if (!json_object_object_get_ex(header, "alg", &o) || !json_object_is_type(o, json_type_string)) {
-        FAIL("header has no alg string");
-        goto cleanup;
-    }
-    const char *alg = json_object_get_string(o);
-    if ((size_t)json_object_get_string_len(o) != strlen(alg) || strcmp(alg, v->alg_name) != 0) {
-        char shown[20];
-        sanitize(alg, shown, sizeof shown);
-        FAIL("alg '%s' refused, configured %s", shown, v->alg_name);
-        goto cleanup;
-    }
-    if (json_object_object_get_ex(header, "typ", &o)) {
-        size_t n;
-        const char *typ = clean_string(o, &n);
-        if (!typ || strcasecmp(typ, "JWT") != 0) {
-            FAIL("typ is not JWT");
-            goto cleanup;
-        }
-    }
-    if (json_object_object_get_ex(header, "crit", &o)) {
-        FAIL("crit header present: no extensions are supported");
-        goto cleanup;
-    }
-
-    payload = decode_json_part(d1 + 1, plen, &why);
-    if (!payload) {
-        FAIL("payload: %s", why);
-        goto cleanup;
-    }
-
-    /* Signature, with the pinned key only; libjwt takes a NUL-terminated token, which len guarantees. */
-    if (jwt_decode(&jwt, token, v->key, (int)v->key_len) != 0 || !jwt) {
-        FAIL("signature verification failed");
-        goto cleanup;
-    }
-    if (jwt_get_alg(jwt) != v->alg) {
-        FAIL("libjwt reports a different alg than the pinned one");
-        goto cleanup;
-    }
-
-    /* Claims. Structure first, time last. */
-    int64_t exp = 0, nbf = 0, iat = 0;
-    int has_exp = claim_time(payload, "exp", false, &exp);
-    if (has_exp <= 0) {
-        FAIL(has_exp == 0 ? "exp claim missing" : "exp claim is not a number");
-        goto cleanup;
-    }
-    int has_nbf = claim_time(payload, "nbf", true, &nbf);
-    int has_iat = claim_time(payload, "iat", true, &iat);
-    if (has_nbf < 0 || has_iat < 0) {
-        FAIL("%s claim is not a number", has_nbf < 0 ? "nbf" : "iat");
-        goto cleanup;
-    }
-
-    size_t sublen = 0;
-    const char *sub = json_object_object_get_ex(payload, "sub", &o) ? clean_string(o, &sublen) : NULL;
-    if (!sub || sublen == 0 || sublen > JWT_MAX_SUB) {
-        FAIL("sub claim missing, empty, longer than %d bytes or not valid UTF-8", JWT_MAX_SUB);
-        goto cleanup;
-    }
-    for (size_t i = 0; i < sublen; i++)
-        if ((unsigned char)sub[i] < 0x20 || sub[i] == 0x7f) {
-            FAIL("sub claim contains control characters");
-            goto cleanup;
-        }
-    memcpy(u.id, sub, sublen);
-    u.id[sublen] = '\0';
-
-    if (copy_profile(payload, "email", u.email, sizeof u.email) ||
-        copy_profile(payload, "name", u.name, sizeof u.name)) {
-        FAIL("email or name claim is not a valid string");
-        goto cleanup;
-    }
-
-    if (v->issuer[0]) {
-        size_t n;
-        const char *iss = json_object_object_get_ex(payload, "iss", &o) ? clean_string(o, &n) : NULL;
-        if (!iss || strcmp(iss, v->issuer) != 0) {
-            FAIL("iss claim missing or not the configured issuer");
-            goto cleanup;
-        }
-    }
-    if (v->audience[0]) {
-        if (!json_object_object_get_ex(payload, "aud", &o) || !aud_matches(o, v->audience)) {
-            FAIL("aud claim missing or does not include the configured audience");
-            goto cleanup;
-        }
-    }
-
-    int64_t t = (int64_t)now;
-    if (has_nbf && t + v->leeway < nbf) {
-        FAIL("not valid yet (nbf %lld s ahead)", (long long)(nbf - t));
-        goto cleanup;
-    }
-    if (has_iat && iat > t + v->leeway) {
-        FAIL("iat %lld s in the future", (long long)(iat - t));
-        goto cleanup;
-    }
-    if (t - v->leeway >= exp) {
-        rc = reject(CHAT_EEXPIRED, err, errlen, detail, detail_len, "expired %lld s ago", (long long)(t - exp));
-        goto cleanup;
-    }
-
-    u.exp = (long long)exp;
-    if (user) *user = u;
-    if (err && errlen) err[0] = '\0';
-    rc = 0;
-
-cleanup:
-    jwt_free(jwt);
     json_object_put(payload);
     json_object_put(header);
     return rc;

@@ -2,8 +2,9 @@
  *
  * libjwt 1.10 checks the signature only: it neither pins the algorithm nor looks at exp/nbf. This module
  * does both: the header's alg must equal the configured one exactly (so "none", "None", "NONE" and an
- * HS256 token signed with the RSA public key as secret are refused), exp is required, nbf honoured,
- * with a small leeway, and iss/aud checked when configured. Thread-safe after creation. */
+ * HS256 token signed with the RSA public key as secret are refused), exp is required, nbf and iat
+ * honoured (neither in the future), with a small leeway, and iss/aud checked when configured.
+ * Thread-safe after creation. */
 #ifndef CHAT_JWT_H
 #define CHAT_JWT_H
 
@@ -24,7 +25,7 @@ typedef struct chat_jwt_verifier chat_jwt_verifier;
 /* From cfg: jwt_alg, jwt_secret (HS256, at least 32 bytes), jwt_public_key_file (RS256/ES256),
  * jwt_issuer, jwt_audience, jwt_leeway_s. NULL with a message in err on a bad configuration. */
 chat_jwt_verifier *chat_jwt_verifier_new(const chat_config *cfg, char *err, size_t errlen);
-void chat_jwt_verifier_free(chat_jwt_verifier *v);
+void chat_jwt_verifier_free(chat_jwt_verifier *v); /* accepts NULL */
 
 /* Verifies token at time now. Returns 0 and fills user; CHAT_EEXPIRED ("Token expired"); CHAT_EAUTH for
  * every other failure. err receives the client-facing message ("Invalid token", "Token expired");

@@ -74,7 +74,8 @@ typedef struct chat_kb_import_stats {
  * kb_dir/kb_file rules decide from the source's path (chat_agent.h); "agent: any", or an agent that owns
  * no passages, stores NULL (every agent's). Refuses (CHAT_EINVAL, before touching a row) invalid UTF-8,
  * an unknown agent, a source name over 255 bytes or a text over 16 MB; else 0 or CHAT_EDB. stats (may
- * be NULL) counts the file and its passages. */
+ * be NULL) counts the file and its passages. chat_kb_import_dir's step per file, public on purpose for
+ * a text that is no file (the tests import texts built in memory). */
 int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_t len, chat_kb_import_stats *stats,
                         char *err, size_t errlen);
 /* Imports every *.md below dir (recursively, in name order, README.md files left out); source = path

@@ -41,7 +41,7 @@ typedef struct chat_llm_request {
     double temperature;
     /* Grounding, used by the extractive provider (and available to any). */
     const char *question;
-    const char *agent;               /* specs | maintenance | troubleshooting | general */
+    const char *agent;               /* a chat_agents[] name (chat_agent.h): the answer's voice */
     const chat_kb_result *passages;  /* may be NULL */
     const char *customer_context;    /* plain text about the customer's boats and appointments, or NULL */
     const struct chat_customer *customer; /* the same as records (chat_customer.h), or NULL */

@@ -299,31 +299,16 @@ static int oai_extras(chat_openai *o, const chat_config *cfg, char *err, size_t 
 
 chat_openai *chat_openai_new(const chat_config *cfg, char *err, size_t errlen)
 {
-    if (!cfg) {
-        chat_fail(err, errlen, CHAT_EINVAL, "no configuration");
-        return NULL;
-    }
+    if (!cfg) return chat_fail_null(err, errlen, "no configuration");
     size_t blen = strlen(cfg->llm_base_url);
     while (blen && cfg->llm_base_url[blen - 1] == '/')
         blen--;
-    if (!blen) {
-        chat_fail(err, errlen, CHAT_EINVAL, "the openai provider needs LLM_BASE_URL");
-        return NULL;
-    }
-    if (strncmp(cfg->llm_base_url, "http://", 7) && strncmp(cfg->llm_base_url, "https://", 8)) {
-        chat_fail(err, errlen, CHAT_EINVAL, "LLM_BASE_URL must start with http:// or https://");
-        return NULL;
-    }
+    if (!blen) return chat_fail_null(err, errlen, "the openai provider needs LLM_BASE_URL");
+    if (strncmp(cfg->llm_base_url, "http://", 7) && strncmp(cfg->llm_base_url, "https://", 8)) return chat_fail_null(err, errlen, "LLM_BASE_URL must start with http:// or https://");
     pthread_once(&oai_once, oai_global_init);
-    if (oai_global_rc != CURLE_OK) {
-        chat_fail(err, errlen, CHAT_ERR, "libcurl initialisation failed");
-        return NULL;
-    }
+    if (oai_global_rc != CURLE_OK) return chat_fail_null(err, errlen, "libcurl initialisation failed");
     chat_openai *o = calloc(1, sizeof *o);
-    if (!o) {
-        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        return NULL;
-    }
+    if (!o) return chat_fail_null(err, errlen, "out of memory");
     int n = snprintf(o->url, sizeof o->url, "%.*s/chat/completions", (int)blen, cfg->llm_base_url);
     if (n < 0 || (size_t)n >= sizeof o->url) {
         free(o);

@@ -89,10 +89,7 @@ struct chat_pipeline {
 chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errlen)
 {
     chat_pipeline *p = calloc(1, sizeof *p);
-    if (!p) {
-        chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-        return NULL;
-    }
+    if (!p) return chat_fail_null(err, errlen, "out of memory");
     p->cfg = *cfg;
     p->db = chat_db_new(cfg);
     p->kb_stats = p->own_stats = chat_kb_stats_new(cfg->kb_common_pct);

@@ -38,7 +38,7 @@ typedef struct chat_request {
 
 typedef struct chat_sink {
     void *ud;
-    /* step: starting | agent_routing | rag_retrieval | generating; message: human text */
+    /* step: a chat_proto_step's name (chat_proto.h's step table); message: human text */
     void (*progress)(void *ud, const char *step, const char *message);
     /* New text. Return non-zero to stop generation (the client went away). */
     int (*token)(void *ud, const char *text, size_t len);

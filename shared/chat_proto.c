@@ -631,32 +631,49 @@ static int optional_id(json_object *root, const char *key, char **dst)
     return *dst ? 0 : CHAT_ENOMEM;
 }
 
-static int parse_auth(json_object *root, chat_in *in, const char **code, char *err, size_t errlen)
+/* A required string member and how its problems are worded: missing (absent, null or ""), not a
+ * string, or with a NUL byte inside. */
+typedef struct string_rule {
+    const char *key;
+    const char *missing_code, *missing;
+    const char *not_string, *nul;
+} string_rule;
+
+static const string_rule TOKEN_RULE = {"token", CHAT_CODE_INVALID_REQUEST, "Missing token", "Token must be a string",
+                                       "Token must be a string"};
+static const string_rule MESSAGE_RULE = {"message", CHAT_CODE_EMPTY_MESSAGE, "Message cannot be empty",
+                                         "Message must be a string", "Message must not contain NUL"};
+
+/* The member's string into *s (valid while root lives) and *n, or the rule's error. */
+static int string_member(json_object *root, const string_rule *r, const char **s, size_t *n, const char **code,
+                         char *err, size_t errlen)
 {
     json_object *o;
-    if (!json_object_object_get_ex(root, "token", &o) || !o)
-        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Missing token");
+    if (!json_object_object_get_ex(root, r->key, &o) || !o) return bad(code, r->missing_code, err, errlen, r->missing);
     if (!json_object_is_type(o, json_type_string))
-        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Token must be a string");
-    const char *s = json_object_get_string(o);
-    size_t n = (size_t)json_object_get_string_len(o);
-    if (n == 0) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Missing token");
-    if (strlen(s) != n) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Token must be a string");
-    in->token = strdup(s);
-    if (!in->token) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
+        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, r->not_string);
+    *s = json_object_get_string(o);
+    *n = (size_t)json_object_get_string_len(o);
+    if (strlen(*s) != *n) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, r->nul);
+    if (*n == 0) return bad(code, r->missing_code, err, errlen, r->missing);
     return 0;
+}
+
+static int parse_auth(json_object *root, chat_in *in, const char **code, char *err, size_t errlen)
+{
+    const char *s;
+    size_t n;
+    int rc = string_member(root, &TOKEN_RULE, &s, &n, code, err, errlen);
+    if (!rc && !(in->token = strdup(s))) rc = bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
+    return rc;
 }
 
 static int check_message(json_object *root, size_t max_bytes, chat_in *in, const char **code, char *err, size_t errlen)
 {
-    json_object *o;
-    if (!json_object_object_get_ex(root, "message", &o) || !o)
-        return bad(code, CHAT_CODE_EMPTY_MESSAGE, err, errlen, "Message cannot be empty");
-    if (!json_object_is_type(o, json_type_string))
-        return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Message must be a string");
-    const char *s = json_object_get_string(o);
-    size_t n = (size_t)json_object_get_string_len(o);
-    if (strlen(s) != n) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Message must not contain NUL");
+    const char *s;
+    size_t n;
+    int rc = string_member(root, &MESSAGE_RULE, &s, &n, code, err, errlen);
+    if (rc) return rc;
     if (!chat_utf8_valid(s, n)) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Message must be UTF-8");
     size_t kept;
     const char *t = chat_proto_trim(s, n, &kept);
@@ -666,13 +683,14 @@ static int check_message(json_object *root, size_t max_bytes, chat_in *in, const
         return chat_fail(err, errlen, CHAT_EINVAL, "Message too long (maximum %zu bytes)", max_bytes);
     }
 
-    int rc = optional_id(root, "session_id", &in->session_id);
+    rc = optional_id(root, "session_id", &in->session_id);
     if (rc == CHAT_EINVAL) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Invalid session_id");
     if (rc == 0) rc = optional_id(root, "customer_id", &in->customer_id);
     if (rc == CHAT_EINVAL) return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "Invalid customer_id");
     if (rc) return bad(code, CHAT_CODE_PROCESSING_ERROR, err, errlen, "Out of memory");
 
     in->partial = true;
+    json_object *o;
     if (json_object_object_get_ex(root, "partial", &o) && o) {
         if (!json_object_is_type(o, json_type_boolean))
             return bad(code, CHAT_CODE_INVALID_REQUEST, err, errlen, "partial must be a boolean");

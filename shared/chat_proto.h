@@ -17,8 +17,8 @@
 /* The error codes of both front ends, each once: name, the HTTP status REST answers it with, and the
  * default client message (used when the caller has nothing more specific). The spec names the first
  * three; the WebSocket and REST share the next ones, and the last group is REST's own (authentication
- * detail, HTTP framing, lighttpd's own errors). Adding a code is adding a row: the enum, the name, the status and the
- * message follow. docs/protocol.md and docs/rest-api.md list where each is used. */
+ * detail, HTTP framing, lighttpd's own errors). Adding a code is adding a row: the enum, the name, the
+ * status and the message follow. docs/protocol.md and docs/rest-api.md list where each is used. */
 #define CHAT_PROTO_ERRORS(X)                                                                                  \
     X(AUTH_REQUIRED, 401, "Authentication required")                                                           \
     X(EMPTY_MESSAGE, 400, "Message cannot be empty")                                                           \
@@ -195,8 +195,9 @@ typedef struct chat_proto_scan {
 } chat_proto_scan;
 void chat_proto_scan_feed(chat_proto_scan *sc, const char *data, size_t len);
 
-/* The message text without leading and trailing whitespace (ASCII and the Unicode spaces): returns a pointer into s and its length in *outlen. Both front ends use it,
- * so a message is empty, or too long, the same way over WebSocket and REST. */
+/* The message text without leading and trailing whitespace (ASCII and the Unicode spaces): returns a
+ * pointer into s and its length in *outlen. chat_proto_message_fields trims with it, so a message is
+ * empty, or too long, the same way over WebSocket and REST. */
 const char *chat_proto_trim(const char *s, size_t n, size_t *outlen);
 
 /* The answer a frame belongs to: its conversation, its id (the request id its turn is stored under) and,
@@ -243,7 +244,8 @@ char *chat_proto_complete(const char *response, const char *session_id, const ch
 char *chat_proto_complete_of(const chat_proto_ref *ref, const char *response, const char *metadata_json);
 /* The complete that ends a cancelled answer nothing more is known of (it never reached a worker, or its
  * worker was lost after the cancel): response is the text the client already has, the metadata says
- * finish_reason "cancelled", agent general, no sources and zero usage. */
+ * finish_reason "cancelled", the agent table's fallback agent (chat_agent.h), no sources and zero
+ * usage. */
 char *chat_proto_complete_cancelled(const char *response, const char *session_id);
 char *chat_proto_complete_cancelled_of(const chat_proto_ref *ref, const char *response);
 /* {"type":"resumed","session_id","in_flight","complete_follows"} answering a resume, with answer_id and

@@ -43,10 +43,7 @@ static void replay_close(void *state)
 static char *replay_read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) {
-        chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_REPLAY_FILE cannot be opened: %s", strerror(errno));
-        return NULL;
-    }
+    if (!f) return chat_fail_null(err, errlen, "CHAT_LLM_REPLAY_FILE cannot be opened: %s", strerror(errno));
     chat_buf b;
     chat_buf_init(&b);
     char chunk[8192];

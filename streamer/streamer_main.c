@@ -44,11 +44,8 @@ int main(int argc, char **argv)
         return 2;
     }
     chat_config cfg;
+    if (chat_config_load(&cfg)) return 1;
     char err[512];
-    if (chat_config_from_env(&cfg, err, sizeof err)) {
-        chat_log_error("configuration: %s", err);
-        return 1;
-    }
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
     if (chat_metrics_init(cfg.metrics_dir, "streamer", err, sizeof err)) chat_log_warn("%s", err);

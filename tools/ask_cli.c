@@ -14,6 +14,7 @@
 #include "chat_log.h"
 #include "chat_pipeline.h"
 #include "chat_proto.h"
+#include "cli.h"
 
 static atomic_int cancel_flag;
 static bool print_tokens = true;
@@ -74,11 +75,8 @@ int main(int argc, char **argv)
     if (!question || !*question) return usage();
 
     chat_config cfg;
+    if (!chat_cli_config("chat-ask", &cfg)) return 2;
     char err[512];
-    if (chat_config_from_env(&cfg, err, sizeof err)) {
-        fprintf(stderr, "chat-ask: %s\n", err);
-        return 2;
-    }
     chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
     if (!p) {
         fprintf(stderr, "chat-ask: %s\n", err);

@@ -23,6 +23,7 @@
 #include "chat_kb.h"
 #include "chat_log.h"
 #include "chat_util.h"
+#include "cli.h"
 
 static char sql_dir[PATH_MAX];
 
@@ -239,11 +240,7 @@ int main(int argc, char **argv)
     if (argc < 2) return usage();
     find_sql_dir();
     chat_config cfg;
-    char err[512];
-    if (chat_config_from_env(&cfg, err, sizeof err)) {
-        fprintf(stderr, "chat-kb: %s\n", err);
-        return 1;
-    }
+    if (!chat_cli_config("chat-kb", &cfg)) return 1;
     chat_db *db = chat_db_new(&cfg);
     if (!db) return 1;
     int rc;

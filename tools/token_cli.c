@@ -3,9 +3,6 @@
  * The secret comes from --secret-file (its first line) or else $JWT_SECRET; it must be at least 32 bytes,
  * as the verifier requires. Exit status: 0 token printed, 1 no usable secret or minting failed, 2 bad
  * arguments. The token goes to stdout alone so that scripts can capture it; nothing else is printed. */
-#include <errno.h>
-#include <getopt.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,26 +11,27 @@
 #include "chat_common.h"
 #include "chat_jwt.h"
 #include "chat_util.h"
+#include "cli.h"
 
 #define MIN_SECRET 32
 #define MAX_SECRET 1023    /* what JWT_SECRET can hold in chat_config */
 #define MAX_TTL 315360000L /* ten years: anything longer is a typo */
 #define MAX_CLAIM 255
 
-static const char usage_text[] =
-    "usage: chat-token [--sub ID] [--email E] [--name N] [--ttl SECONDS] [--secret-file PATH]\n"
-    "  --sub ID            subject (user id), default demo-user\n"
-    "  --email E           email claim, default demo@example.com\n"
-    "  --name N            name claim, default \"Demo User\"\n"
-    "  --ttl SECONDS       lifetime, 1..315360000, default 86400\n"
-    "  --secret-file PATH  read the HS256 secret from the first line of PATH (else $JWT_SECRET)\n";
+static const chat_cli TOKEN_CLI = {
+    .prog = "chat-token",
+    .usage =
+        "usage: chat-token [--sub ID] [--email E] [--name N] [--ttl SECONDS] [--secret-file PATH]\n"
+        "  --sub ID            subject (user id), default demo-user\n"
+        "  --email E           email claim, default demo@example.com\n"
+        "  --name N            name claim, default \"Demo User\"\n"
+        "  --ttl SECONDS       lifetime, 1..315360000, default 86400\n"
+        "  --secret-file PATH  read the HS256 secret from the first line of PATH (else $JWT_SECRET)\n",
+    .own_messages = true,
+    .help_on_stdout = true,
+};
 
-static int usage(const char *problem)
-{
-    if (problem) fprintf(stderr, "chat-token: %s\n", problem);
-    fputs(usage_text, stderr);
-    return 2;
-}
+static int usage(const char *problem) { return chat_cli_usage(&TOKEN_CLI, problem); }
 
 /* First line of path, without its line ending, into out. The secret is never echoed in messages. */
 static int read_secret_file(const char *path, char *out, size_t outlen)
@@ -75,37 +73,17 @@ int main(int argc, char **argv)
 {
     const char *sub = "demo-user", *email = "demo@example.com", *name = "Demo User", *secret_file = NULL;
     long ttl = 86400;
-    static const struct option opts[] = {
-        {"sub", required_argument, NULL, 's'},
-        {"email", required_argument, NULL, 'e'},
-        {"name", required_argument, NULL, 'n'},
-        {"ttl", required_argument, NULL, 't'},
-        {"secret-file", required_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+    const chat_cli_opt table[] = {
+        CHAT_CLI_STR_OPT("sub", &sub),
+        CHAT_CLI_STR_OPT("email", &email),
+        CHAT_CLI_STR_OPT("name", &name),
+        CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "ttl", &ttl, 1, MAX_TTL,
+                         "--ttl must be a whole number of seconds between 1 and 315360000"),
+        CHAT_CLI_STR_OPT("secret-file", &secret_file),
+        CHAT_CLI_HELP_OPT('h'),
     };
-    opterr = 0; /* our own messages */
-    int c;
-    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        switch (c) {
-        case 's': sub = optarg; break;
-        case 'e': email = optarg; break;
-        case 'n': name = optarg; break;
-        case 'f': secret_file = optarg; break;
-        case 't': {
-            char *end = NULL;
-            errno = 0;
-            long v = strtol(optarg, &end, 10);
-            if (errno || end == optarg || *end || v < 1 || v > MAX_TTL)
-                return usage("--ttl must be a whole number of seconds between 1 and 315360000");
-            ttl = v;
-            break;
-        }
-        case 'h': fputs(usage_text, stdout); return 0;
-        case ':': return usage("an option is missing its value");
-        default: return usage("unknown option");
-        }
-    }
+    int status;
+    if (!chat_cli_parse(&TOKEN_CLI, table, CHAT_ARRAY_LEN(table), argc, argv, 1, &status)) return status;
     if (optind < argc) return usage("unexpected argument");
     if (!claim_ok("--sub", sub, 1) || !claim_ok("--email", email, 0) || !claim_ok("--name", name, 0)) return 2;
 

@@ -184,11 +184,7 @@ int main(int argc, char **argv)
     }
     chat_log_init(single ? "chat-worker" : "chat-workers", CHAT_LOG_INFO);
     chat_config cfg;
-    char err[512];
-    if (chat_config_from_env(&cfg, err, sizeof err)) {
-        chat_log_error("configuration: %s", err);
-        return 1;
-    }
+    if (chat_config_load(&cfg)) return 1;
     if (chat_curve_client(NULL, cfg.zmq_endpoint)) return 1; /* refuse to start, not fork failing children */
     install_signals();
     if (single) return run_one(&cfg);

@@ -347,8 +347,7 @@ static void test_admin_sql_changes(void **state)
     assert_string_equal(r.agent, CHAT_AGENT_TROUBLESHOOTING);
 
     chat_classifier_free(c);
-    char derr[256];
-    chat_db_drop_database(d, derr, sizeof derr);
+    testutil_db_drop(d, "classify_admin");
     chat_db_free(d);
 }
 

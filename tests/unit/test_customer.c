@@ -68,15 +68,9 @@ static const char *const history_fixture =
 
 static int setup(void **state)
 {
-    db = testutil_db_fresh("customer", TESTUTIL_SCHEMA);
+    *state = db = testutil_db_fresh("customer", TESTUTIL_SCHEMA);
     testutil_sql(db, fixture);
     testutil_sql(db, history_fixture);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    chat_db_free(db);
     return 0;
 }
 
@@ -349,5 +343,5 @@ int main(void)
         cmocka_unit_test(test_next_service_hours),
         cmocka_unit_test(test_answers_from_records),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, testutil_db_teardown);
 }

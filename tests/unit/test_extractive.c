@@ -23,6 +23,7 @@
 #include "chat_extractive.h"
 #include "chat_llm.h"
 #include "chat_util.h"
+#include "testutil_llm.h"
 
 static chat_kb_passage passages[] = {
     {1, "boat-a/specs.md", "Boat A Specifications - Engine", "specs", "boat-a",
@@ -275,72 +276,14 @@ static void test_pacing(void **state)
 
 /* ---- generations paced on one chat_llm_loop ---- */
 
-#define MAX_LOG 1024
-static struct {
-    int gen;
-    int64_t at;
-} token_log[MAX_LOG];
-static int n_log;
-
-typedef struct lgen {
-    int id;
-    collected c;
-    int done_calls;
-    int rc;
-    char err[128];
-    chat_llm_result res;
-    atomic_int cancel;
-    int64_t first_at, last_at, done_at;
-    int max_tokens;
-    chat_llm_loop *loop;
-    chat_llm *llm;
-    struct lgen *start_on_token, *start_on_done; /* started from this one's first token / its done */
-    int start_rc;
-} lgen;
-
-static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g);
-
-static int lgen_token(void *ud, const char *text, size_t len)
+/* Starts g on the question of the first passages (the request and its result on this stack: chat_llm_start
+ * keeps neither). */
+static int lgen_start(chat_llm_loop *loop, chat_llm *llm, testutil_gen *g)
 {
-    lgen *g = ud;
-    int64_t now = chat_now_ms();
-    if (n_log < MAX_LOG) token_log[n_log].gen = g->id, token_log[n_log++].at = now;
-    if (!g->c.n) g->first_at = now;
-    g->last_at = now;
-    int stop = collect(&g->c, text, len);
-    if (g->c.n == 1 && g->start_on_token) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_token);
-    return stop;
-}
-
-static void lgen_done(void *ud, int rc, const chat_llm_result *res, const char *err)
-{
-    lgen *g = ud;
-    g->done_calls++;
-    g->rc = rc;
-    g->res = *res;
-    snprintf(g->err, sizeof g->err, "%s", err);
-    g->done_at = chat_now_ms();
-    if (g->start_on_done) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_done);
-}
-
-static void lgen_init(lgen *g, int id, int max_tokens)
-{
-    memset(g, 0, sizeof *g);
-    g->id = id;
-    g->max_tokens = max_tokens;
-    chat_buf_init(&g->c.text);
-    atomic_init(&g->cancel, 0);
-}
-
-static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g)
-{
-    /* a request on the stack, and a result of its own: chat_llm_start keeps neither */
     chat_kb_result r = make_result(0, 3);
     chat_llm_request req = {.question = "What is the engine power of the Boat A?", .agent = "specs", .passages = &r,
                             .max_tokens = g->max_tokens};
-    char err[128];
-    g->loop = loop, g->llm = llm;
-    return chat_llm_start(loop, llm, &req, lgen_token, lgen_done, g, &g->cancel, err, sizeof err);
+    return testutil_gen_launch(loop, llm, g, &req);
 }
 
 static chat_llm *extractive(int token_delay_ms)
@@ -355,23 +298,6 @@ static chat_llm *extractive(int token_delay_ms)
     return llm;
 }
 
-static chat_llm_loop *loop_new(void)
-{
-    char err[128];
-    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
-    assert_non_null(loop);
-    return loop;
-}
-
-static int run_loop(chat_llm_loop *loop, int until_ms)
-{
-    int64_t end = chat_now_ms() + until_ms;
-    int left;
-    while ((left = chat_llm_loop_run(loop, 50)) > 0 && chat_now_ms() < end) {
-    }
-    return left;
-}
-
 /* Four paced answers on one thread: their tokens interleave, each takes (T-1) x 20 ms, and the whole
  * takes about as long as one. */
 static void test_loop_pacing(void **state)
@@ -379,32 +305,32 @@ static void test_loop_pacing(void **state)
     (void)state;
     enum { N = 4, T = 11, DELAY = 20 };
     chat_llm *llm = extractive(DELAY);
-    chat_llm_loop *loop = loop_new();
-    lgen g[N];
-    n_log = 0;
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen g[N];
+    testutil_gen_norder = 0;
     int64_t t0 = chat_now_ms();
     for (int i = 0; i < N; i++) {
-        lgen_init(&g[i], i, T);
+        testutil_gen_init(&g[i], i, T, lgen_start);
         assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
     }
-    assert_int_equal(run_loop(loop, 5000), 0);
+    assert_int_equal(testutil_loop_run(loop, 5000), 0);
     int64_t took = chat_now_ms() - t0;
     for (int i = 0; i < N; i++) {
         assert_int_equal(g[i].done_calls, 1);
         assert_int_equal(g[i].rc, 0);
         assert_string_equal(g[i].res.finish_reason, "length");
-        assert_int_equal(g[i].c.n, T);
+        assert_int_equal(g[i].pieces, T);
         int64_t span = g[i].last_at - g[i].first_at;
         if (span < (T - 1) * DELAY - 5 || span > (T - 1) * DELAY * 2 + 50)
             fail_msg("generation %d: %d tokens in %lld ms", i, T, (long long)span);
     }
     int switches = 0;
-    for (int i = 1; i < n_log; i++) switches += token_log[i].gen != token_log[i - 1].gen;
+    for (int i = 1; i < testutil_gen_norder; i++) switches += testutil_gen_order[i] != testutil_gen_order[i - 1];
     if (switches < (T - 1) * 2) fail_msg("tokens did not interleave (%d switches)", switches);
     if (took > (T - 1) * DELAY * 2 + 100) fail_msg("%d paced generations took %lld ms", N, (long long)took);
     chat_llm_loop_free(loop);
     chat_llm_free(llm);
-    for (int i = 0; i < N; i++) chat_buf_free(&g[i].c.text);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].text);
 }
 
 /* token_delay_ms 0: nothing inside chat_llm_start, everything on the next run. */
@@ -412,12 +338,12 @@ static void test_loop_no_delay(void **state)
 {
     (void)state;
     chat_llm *llm = extractive(0);
-    chat_llm_loop *loop = loop_new();
-    lgen g[3];
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen g[3];
     for (int i = 0; i < 3; i++) {
-        lgen_init(&g[i], i, 0);
+        testutil_gen_init(&g[i], i, 0, lgen_start);
         assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
-        assert_int_equal(g[i].c.n, 0);
+        assert_int_equal(g[i].pieces, 0);
         assert_int_equal(g[i].done_calls, 0);
     }
     assert_int_equal(chat_llm_loop_run(loop, 0), 0);
@@ -425,36 +351,17 @@ static void test_loop_no_delay(void **state)
     for (int i = 0; i < 3; i++) {
         assert_int_equal(g[i].done_calls, 1);
         assert_int_equal(g[i].rc, 0);
-        assert_string_equal(g[i].c.text.data, whole);
+        assert_string_equal(g[i].text.data, whole);
         assert_string_equal(g[i].res.finish_reason, "stop");
-        assert_int_equal(g[i].res.completion_tokens, g[i].c.n);
+        assert_int_equal(g[i].res.completion_tokens, g[i].pieces);
         assert_true(g[i].res.prompt_tokens > 0);
-        chat_buf_free(&g[i].c.text);
+        chat_buf_free(&g[i].text);
     }
     free(whole);
     assert_int_equal(chat_llm_loop_run(loop, 0), 0);
     assert_int_equal(g[0].done_calls, 1);
     chat_llm_loop_free(loop);
     chat_llm_free(llm);
-}
-
-typedef struct waker {
-    chat_llm_loop *loop;
-    atomic_int *flags[4]; /* raised one by one, every 130 ms after the first wait */
-    int after_ms;
-    int64_t at[4];
-} waker;
-
-static void *waker_thread(void *arg)
-{
-    waker *w = arg;
-    for (int i = 0; i < 4; i++) {
-        usleep((useconds_t)(i ? 130 : w->after_ms) * 1000); /* 130: different points of the loop's tick */
-        w->at[i] = chat_now_ms();
-        atomic_store(w->flags[i], 1);
-        chat_llm_loop_wakeup(w->loop);
-    }
-    return NULL;
 }
 
 /* Cancel of one paced generation from another thread (flag + wakeup) stops that one at once, not at the
@@ -464,15 +371,16 @@ static void test_loop_cancel(void **state)
     (void)state;
     enum { N = 5 };
     chat_llm *llm = extractive(50);
-    chat_llm_loop *loop = loop_new();
-    lgen g[N]; /* 0..3 are cancelled one by one, 4 runs to its 16 tokens */
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen g[N]; /* 0..3 are cancelled one by one, 4 runs to its 16 tokens */
     for (int i = 0; i < N; i++) {
-        lgen_init(&g[i], i, i < 4 ? 0 : 16);
+        testutil_gen_init(&g[i], i, i < 4 ? 0 : 16, lgen_start);
         assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
     }
-    waker w = {.loop = loop, .flags = {&g[0].cancel, &g[1].cancel, &g[2].cancel, &g[3].cancel}, .after_ms = 220};
+    testutil_waker w = {.loop = loop, .flags = {&g[0].cancel, &g[1].cancel, &g[2].cancel, &g[3].cancel},
+                        .after_ms = 220};
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, waker_thread, &w), 0);
+    assert_int_equal(pthread_create(&t, NULL, testutil_waker_thread, &w), 0);
     while (!g[3].done_calls) chat_llm_loop_run(loop, 1000);
     pthread_join(t, NULL);
     for (int i = 0; i < 4; i++) {
@@ -483,16 +391,16 @@ static void test_loop_cancel(void **state)
         int64_t took = g[i].done_at - w.at[i];
         if (took < 0 || took > 20) fail_msg("cancel %d took %lld ms", i, (long long)took);
         int want = 1 + (int)((w.at[i] - g[i].first_at) / 50); /* tokens released before the cancel */
-        if (g[i].c.n < want - 1 || g[i].c.n > want + 1)
-            fail_msg("generation %d: %d tokens before its cancel, want about %d", i, g[i].c.n, want);
+        if (g[i].pieces < want - 1 || g[i].pieces > want + 1)
+            fail_msg("generation %d: %d tokens before its cancel, want about %d", i, g[i].pieces, want);
     }
     assert_int_equal(g[4].done_calls, 0);
-    assert_int_equal(run_loop(loop, 3000), 0);
+    assert_int_equal(testutil_loop_run(loop, 3000), 0);
     assert_int_equal(g[4].rc, 0);
-    assert_int_equal(g[4].c.n, 16);
+    assert_int_equal(g[4].pieces, 16);
     for (int i = 0; i < N; i++) {
         assert_int_equal(g[i].done_calls, 1);
-        chat_buf_free(&g[i].c.text);
+        chat_buf_free(&g[i].text);
     }
     chat_llm_loop_free(loop);
     chat_llm_free(llm);
@@ -504,35 +412,37 @@ static void test_loop_chain_and_free(void **state)
 {
     (void)state;
     chat_llm *llm = extractive(5);
-    chat_llm_loop *loop = loop_new();
-    lgen a, b, c;
-    lgen_init(&a, 0, 4), lgen_init(&b, 1, 4), lgen_init(&c, 2, 4);
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen a, b, c;
+    testutil_gen_init(&a, 0, 4, lgen_start);
+    testutil_gen_init(&b, 1, 4, lgen_start);
+    testutil_gen_init(&c, 2, 4, lgen_start);
     a.start_on_token = &b;
     b.start_on_done = &c;
     assert_int_equal(lgen_start(loop, llm, &a), 0);
-    assert_int_equal(run_loop(loop, 3000), 0);
-    lgen *all[] = {&a, &b, &c};
+    assert_int_equal(testutil_loop_run(loop, 3000), 0);
+    testutil_gen *all[] = {&a, &b, &c};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) {
         assert_int_equal(all[i]->done_calls, 1);
         assert_int_equal(all[i]->rc, 0);
         assert_int_equal(all[i]->start_rc, 0);
-        assert_int_equal(all[i]->c.n, 4);
-        chat_buf_free(&all[i]->c.text);
+        assert_int_equal(all[i]->pieces, 4);
+        chat_buf_free(&all[i]->text);
     }
     assert_true(c.first_at >= b.done_at);
 
-    lgen d[3];
+    testutil_gen d[3];
     for (int i = 0; i < 3; i++) {
-        lgen_init(&d[i], i, 0);
+        testutil_gen_init(&d[i], i, 0, lgen_start);
         assert_int_equal(lgen_start(loop, llm, &d[i]), 0);
     }
     chat_llm_loop_run(loop, 0);
     chat_llm_loop_run(loop, 20);
-    assert_true(d[0].c.n > 0);
+    assert_true(d[0].pieces > 0);
     chat_llm_loop_free(loop);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(d[i].done_calls, 0);
-        chat_buf_free(&d[i].c.text);
+        chat_buf_free(&d[i].text);
     }
     chat_llm_free(llm);
 }

@@ -133,11 +133,18 @@ static void drop_key(keypair *kp)
     memset(kp, 0, sizeof *kp);
 }
 
+static chat_jwt_verifier *hs_verifier(const char *issuer, const char *audience);
+
+/* HS256 with SECRET and no issuer or audience: the verifier most tests check tokens with (a verifier is
+ * read-only once made, so one serves them all). */
+static chat_jwt_verifier *hs;
+
 static int group_setup(void **state)
 {
     make_key(&rsa_key, EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048));
     make_key(&rsa_other, EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048));
     make_key(&ec_key, EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256"));
+    hs = hs_verifier(NULL, NULL);
     return 0;
 }
 
@@ -146,6 +153,7 @@ static int group_teardown(void **state)
     drop_key(&rsa_key);
     drop_key(&rsa_other);
     drop_key(&ec_key);
+    chat_jwt_verifier_free(hs);
     return 0;
 }
 
@@ -305,7 +313,7 @@ static const struct hs_case {
 
 static void test_hs256_table(void **state)
 {
-    chat_jwt_verifier *v = hs_verifier(NULL, NULL);
+    const chat_jwt_verifier *v = hs;
     for (size_t i = 0; i < CHAT_ARRAY_LEN(hs_cases); i++) {
         const struct hs_case *c = &hs_cases[i];
         char *tok;
@@ -325,14 +333,13 @@ static void test_hs256_table(void **state)
         }
         free(tok);
     }
-    chat_jwt_verifier_free(v);
 }
 
 /* Flipping any single character of a valid token must make it invalid: header and payload are covered
  * by the MAC, and the strict base64url decoder leaves no second spelling of the signature. */
 static void test_single_char_mutations(void **state)
 {
-    chat_jwt_verifier *v = hs_verifier(NULL, NULL);
+    const chat_jwt_verifier *v = hs;
     char *tok = craft_hs256(HDR, CLAIMS_OK, SECRET, strlen(SECRET));
     expect_verify(v, "unmutated", tok, 0, NULL);
     static const char alternatives[] = "AQgw-_.";
@@ -349,13 +356,12 @@ static void test_single_char_mutations(void **state)
         tok[i] = orig;
     }
     free(tok);
-    chat_jwt_verifier_free(v);
 }
 
 /* Tampered payload: a valid signature moved onto a payload claiming another user. */
 static void test_tampered_payload(void **state)
 {
-    chat_jwt_verifier *v = hs_verifier(NULL, NULL);
+    const chat_jwt_verifier *v = hs;
     char *good = craft_hs256(HDR, "{\"sub\":\"alice\",\"exp\":1700003600}", SECRET, strlen(SECRET));
     expect_verify(v, "original", good, 0, NULL);
     const char *sig = strrchr(good, '.') + 1;
@@ -366,14 +372,13 @@ static void test_tampered_payload(void **state)
     expect_verify(v, "exp extended", later, CHAT_EAUTH, NULL);
     free(later);
     free(good);
-    chat_jwt_verifier_free(v);
 }
 
 /* ---- garbage ---- */
 
 static void test_garbage(void **state)
 {
-    chat_jwt_verifier *v = hs_verifier(NULL, NULL);
+    const chat_jwt_verifier *v = hs;
     char *dots = malloc(10 * 1024 + 1);
     assert_non_null(dots);
     memset(dots, '.', 10 * 1024);
@@ -432,13 +437,12 @@ static void test_garbage(void **state)
     }
     free(valid);
     free(dots);
-    chat_jwt_verifier_free(v);
 }
 
 /* Size limit: a correctly signed token over 8 KB is refused, one under it accepted. */
 static void test_size_limit(void **state)
 {
-    chat_jwt_verifier *v = hs_verifier(NULL, NULL);
+    const chat_jwt_verifier *v = hs;
     char pad[6600];
     memset(pad, 'p', sizeof pad - 1);
     pad[sizeof pad - 1] = '\0';
@@ -456,13 +460,12 @@ static void test_size_limit(void **state)
     free(small);
     free(big);
     chat_buf_free(&b);
-    chat_jwt_verifier_free(v);
 }
 
 /* sub: 255 bytes accepted, 256 refused; long names cut at a character boundary. */
 static void test_claim_lengths(void **state)
 {
-    chat_jwt_verifier *v = hs_verifier(NULL, NULL);
+    const chat_jwt_verifier *v = hs;
     char sub[300];
     chat_buf b;
     chat_buf_init(&b);
@@ -496,7 +499,6 @@ static void test_claim_lengths(void **state)
     assert_true(chat_utf8_valid(u.email, strlen(u.email)));
     free(tok);
     chat_buf_free(&b);
-    chat_jwt_verifier_free(v);
 }
 
 /* ---- iss / aud ---- */
@@ -533,7 +535,6 @@ static const struct {
 static void test_iss_aud(void **state)
 {
     chat_jwt_verifier *v = hs_verifier("https://id.example", "chat-api");
-    chat_jwt_verifier *plain = hs_verifier(NULL, NULL);
     for (size_t i = 0; i < CHAT_ARRAY_LEN(iss_aud_cases); i++) {
         char *tok = craft_hs256(HDR, iss_aud_cases[i].payload, SECRET, strlen(SECRET));
         expect_verify(v, iss_aud_cases[i].name, tok, iss_aud_cases[i].want, NULL);
@@ -542,24 +543,44 @@ static void test_iss_aud(void **state)
     /* Without configuration iss and aud are not looked at. */
     char *tok =
         craft_hs256(HDR, "{\"sub\":\"u\",\"exp\":1700003600,\"iss\":\"any\",\"aud\":7}", SECRET, strlen(SECRET));
-    expect_verify(plain, "unconfigured iss/aud", tok, 0, NULL);
+    expect_verify(hs, "unconfigured iss/aud", tok, 0, NULL);
     free(tok);
     chat_jwt_verifier_free(v);
-    chat_jwt_verifier_free(plain);
 }
 
 /* ---- RS256 / ES256 ---- */
 
 #define PAYLOAD_OK "{\"sub\":\"rs-user\",\"email\":\"r@example.com\",\"name\":\"Rita\",\"exp\":1700003600}"
 
+/* What every public-key verifier does: it takes a valid token of its algorithm (alg, key k), and refuses
+ * one of the other public-key algorithm (other, key ko) and HS256 with its own public key as the secret
+ * (the classic confusion). Returns the verifier; *good gets the valid token, u its user (the caller
+ * frees both). */
+static chat_jwt_verifier *key_basics(const char *alg, jwt_alg_t a, const keypair *k, const char *other, jwt_alg_t oa,
+                                     const keypair *ko, chat_user *u, char **good)
+{
+    chat_jwt_verifier *v = key_verifier(alg, k->path);
+    char name[96];
+    *good = sign_with_libjwt(a, k->priv_pem, PAYLOAD_OK);
+    snprintf(name, sizeof name, "%s valid", alg);
+    expect_verify(v, name, *good, 0, u);
+    assert_string_equal(u->id, "rs-user");
+    char *foreign = sign_with_libjwt(oa, ko->priv_pem, PAYLOAD_OK);
+    snprintf(name, sizeof name, "%s token to %s verifier", other, alg);
+    expect_verify(v, name, foreign, CHAT_EAUTH, NULL);
+    free(foreign);
+    char *confused = craft_hs256(HDR, PAYLOAD_OK, k->pub_pem, strlen(k->pub_pem));
+    snprintf(name, sizeof name, "HS256 with the %s public key as secret", alg);
+    expect_verify(v, name, confused, CHAT_EAUTH, NULL);
+    free(confused);
+    return v;
+}
+
 static void test_rs256(void **state)
 {
-    chat_jwt_verifier *v = key_verifier("RS256", rsa_key.path);
     chat_user u;
-
-    char *good = sign_with_libjwt(JWT_ALG_RS256, rsa_key.priv_pem, PAYLOAD_OK);
-    expect_verify(v, "RS256 valid", good, 0, &u);
-    assert_string_equal(u.id, "rs-user");
+    char *good;
+    chat_jwt_verifier *v = key_basics("RS256", JWT_ALG_RS256, &rsa_key, "ES256", JWT_ALG_ES256, &ec_key, &u, &good);
     assert_string_equal(u.email, "r@example.com");
     assert_string_equal(u.name, "Rita");
 
@@ -569,48 +590,32 @@ static void test_rs256(void **state)
     char *other = sign_with_libjwt(JWT_ALG_RS256, rsa_other.priv_pem, PAYLOAD_OK);
     expect_verify(v, "RS256 signed by another key", other, CHAT_EAUTH, NULL);
 
-    /* The classic confusion: HS256 with the public key PEM as the HMAC secret. Raw libjwt accepts it
-     * (that is the attack); the pinned verifier must not. */
+    /* The confusion is the attack because raw libjwt accepts it; the pinned verifier does not (above). */
     char *confused = craft_hs256(HDR, PAYLOAD_OK, rsa_key.pub_pem, strlen(rsa_key.pub_pem));
     jwt_t *raw = NULL;
     int raw_rc = jwt_decode(&raw, confused, (const unsigned char *)rsa_key.pub_pem, (int)strlen(rsa_key.pub_pem));
     jwt_free(raw);
     assert_int_equal(raw_rc, 0);
-    expect_verify(v, "HS256 with the public key as secret", confused, CHAT_EAUTH, NULL);
 
     char *none = with_signature(signing_input("{\"alg\":\"none\"}", PAYLOAD_OK), "");
     expect_verify(v, "alg none to RS256", none, CHAT_EAUTH, NULL);
 
-    char *es = sign_with_libjwt(JWT_ALG_ES256, ec_key.priv_pem, PAYLOAD_OK);
-    expect_verify(v, "ES256 token to RS256 verifier", es, CHAT_EAUTH, NULL);
-
     /* An RS256 token presented to an HS256 verifier. */
-    chat_jwt_verifier *hs = hs_verifier(NULL, NULL);
     expect_verify(hs, "RS256 token to HS256 verifier", good, CHAT_EAUTH, NULL);
-    chat_jwt_verifier_free(hs);
 
     free(good);
     free(expired);
     free(other);
     free(confused);
     free(none);
-    free(es);
     chat_jwt_verifier_free(v);
 }
 
 static void test_es256(void **state)
 {
-    chat_jwt_verifier *v = key_verifier("ES256", ec_key.path);
     chat_user u;
-    char *good = sign_with_libjwt(JWT_ALG_ES256, ec_key.priv_pem, PAYLOAD_OK);
-    expect_verify(v, "ES256 valid", good, 0, &u);
-    assert_string_equal(u.id, "rs-user");
-
-    char *rs = sign_with_libjwt(JWT_ALG_RS256, rsa_key.priv_pem, PAYLOAD_OK);
-    expect_verify(v, "RS256 token to ES256 verifier", rs, CHAT_EAUTH, NULL);
-
-    char *confused = craft_hs256(HDR, PAYLOAD_OK, ec_key.pub_pem, strlen(ec_key.pub_pem));
-    expect_verify(v, "HS256 with the EC public key as secret", confused, CHAT_EAUTH, NULL);
+    char *good;
+    chat_jwt_verifier *v = key_basics("ES256", JWT_ALG_ES256, &ec_key, "RS256", JWT_ALG_RS256, &rsa_key, &u, &good);
 
     /* The payload of a valid ES256 token swapped: the signature no longer matches. */
     const char *sig = strrchr(good, '.') + 1;
@@ -619,8 +624,6 @@ static void test_es256(void **state)
     expect_verify(v, "ES256 tampered", evil, CHAT_EAUTH, NULL);
 
     free(good);
-    free(rs);
-    free(confused);
     free(evil);
     chat_jwt_verifier_free(v);
 }
@@ -703,7 +706,7 @@ static void test_verifier_config(void **state)
 
 static void test_mint(void **state)
 {
-    chat_jwt_verifier *v = hs_verifier(NULL, NULL);
+    const chat_jwt_verifier *v = hs;
     chat_user u;
 
     char *tok = chat_jwt_mint_hs256(SECRET, "minted", "m@example.com", "Mia", NOW, 3600);
@@ -736,7 +739,6 @@ static void test_mint(void **state)
     assert_null(chat_jwt_mint_hs256(NULL, "u", NULL, NULL, NOW, 60));
     assert_null(chat_jwt_mint_hs256(SECRET, "", NULL, NULL, NOW, 60));
     assert_null(chat_jwt_mint_hs256(SECRET, NULL, NULL, NULL, NOW, 60));
-    chat_jwt_verifier_free(v);
 }
 
 int main(void)

@@ -24,13 +24,7 @@ static long long count_sql(chat_db *d, const char *sql) { return testutil_count(
 
 static int setup_sample(void **state)
 {
-    db = testutil_db_fresh("kb", TESTUTIL_SAMPLE);
-    return 0;
-}
-
-static int teardown_sample(void **state)
-{
-    chat_db_free(db);
+    *state = db = testutil_db_fresh("kb", TESTUTIL_SAMPLE);
     return 0;
 }
 
@@ -85,11 +79,17 @@ static void search_ok(chat_db *d, const chat_kb_query *q, chat_kb_result *r)
     if (rc) fail_msg("search '%s': %s (%s)", q->question, chat_strerror(rc), err);
 }
 
+/* The k best passages for a question, with no other part of a query. */
+static void search_for(chat_db *d, const char *question, size_t k, chat_kb_result *r)
+{
+    chat_kb_query q = {.question = question, .k = k};
+    search_ok(d, &q, r);
+}
+
 static int top_is(chat_db *d, const char *question, const char *source)
 {
-    chat_kb_query q = {.question = question, .k = 1};
     chat_kb_result r;
-    search_ok(d, &q, &r);
+    search_for(d, question, 1, &r);
     int yes = r.n && !strcmp(r.items[0].source, source);
     chat_kb_result_clear(&r);
     return yes;
@@ -165,32 +165,26 @@ static void test_reimport_sample_dir(void **state)
     assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_documents"), before);
 }
 
+/* A row of tests/data/kb_ranking.tsv: the expected source, then the question; true when it comes first. */
+static bool ranking_row(char **row, void *ud)
+{
+    const char *expected = row[0], *question = row[1];
+    char code[16];
+    chat_kb_query q = {.question = question, .k = 3};
+    if (chat_kb_find_fault_code(question, code)) q.fault_code = code;
+    chat_kb_result r;
+    search_ok(db, &q, &r);
+    bool first = r.n && !strcmp(r.items[0].source, expected);
+    if (!first)
+        print_message("ranking miss: %s -> %s (expected %s)\n", question, r.n ? r.items[0].source : "-", expected);
+    chat_kb_result_clear(&r);
+    return first;
+}
+
 /* The right document first for each realistic question of tests/data/kb_ranking.tsv. */
 static void test_ranking(void **state)
 {
-    testutil_tsv tsv;
-    assert_int_equal(testutil_tsv_open(&tsv, "tests/data/kb_ranking.tsv"), 0);
-    int total = 0, good = 0;
-    char *row[2];
-    for (int n; (n = testutil_tsv_next(&tsv, row, 2));) {
-        assert_int_equal(n, 2);
-        const char *expected = row[0], *question = row[1];
-        char code[16];
-        chat_kb_query q = {.question = question, .k = 3};
-        if (chat_kb_find_fault_code(question, code)) q.fault_code = code;
-        chat_kb_result r;
-        search_ok(db, &q, &r);
-        total++;
-        if (r.n && !strcmp(r.items[0].source, expected))
-            good++;
-        else
-            print_message("ranking miss: %s -> %s (expected %s)\n", question, r.n ? r.items[0].source : "-", expected);
-        chat_kb_result_clear(&r);
-    }
-    testutil_tsv_close(&tsv);
-    print_message("ranking: %d/%d first\n", good, total);
-    assert_true(total >= 25);
-    assert_true(good * 100 >= total * 90);
+    testutil_tsv_score("tests/data/kb_ranking.tsv", "ranking (first)", 2, ranking_row, NULL, 25, 90);
 }
 
 static void test_short_tokens_and_codes(void **state)
@@ -314,9 +308,8 @@ static void test_admin_edits_visible(void **state)
     testutil_sql(admin, "UPDATE kb_documents SET body = 'Renamed to the xylophone pier.' WHERE source = 'admin/new.md';"
                         "COMMIT;");
     /* the same question again: the edit emptied the cache, the new body comes back, not the cached one */
-    chat_kb_query q = {.question = "zanzibar flamingos", .k = 1};
     chat_kb_result r;
-    search_ok(db, &q, &r);
+    search_for(db, "zanzibar flamingos", 1, &r);
     assert_int_equal(r.n, 1);
     assert_string_equal(r.items[0].body, "Renamed to the xylophone pier.");
     chat_kb_result_clear(&r);
@@ -513,9 +506,8 @@ static void test_candidates_by_relevance(void **state)
                     " FROM seq_1_to_1000;"
                     "INSERT INTO kb_documents (source, title, body) VALUES ('pump.md', 'Bilge pump',"
                     " 'The bilge pump empties the bilge: test the bilge float switch monthly.');");
-    chat_kb_query q = {.question = "bilge", .k = 3};
     chat_kb_result r;
-    search_ok(d, &q, &r);
+    search_for(d, "bilge", 3, &r);
     assert_int_equal(r.n, 3);
     assert_string_equal(r.items[0].source, "pump.md");
     assert_true(r.items[0].score > r.items[1].score);
@@ -566,5 +558,5 @@ int main(void)
         cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
         cmocka_unit_test(test_stats_shared),
     };
-    return cmocka_run_group_tests(tests, setup_sample, teardown_sample);
+    return cmocka_run_group_tests(tests, setup_sample, testutil_db_teardown);
 }

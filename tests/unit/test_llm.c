@@ -31,6 +31,7 @@
 #include "chat_metrics.h"
 #include "chat_util.h"
 #include "testutil.h"
+#include "testutil_llm.h"
 
 /* The recording most tests replay: what its file holds, line by line, and the pieces it stands for. */
 static const char *const RECORDING[] = {
@@ -269,56 +270,6 @@ static void test_replay_max_tokens(void **state)
 
 /* ---- generations on a loop ---- */
 
-typedef struct lgen {
-    int id;
-    chat_buf text;
-    int pieces, done_calls, rc, max_tokens;
-    chat_llm_result res;
-    int64_t first_at, done_at;
-    atomic_int cancel;
-} lgen;
-
-#define MAX_ORDER 8192
-static int order[MAX_ORDER]; /* which generation each piece was for, in call order */
-static int n_order;
-
-static int lgen_piece(void *ud, const char *t, size_t n)
-{
-    lgen *g = ud;
-    if (!g->pieces) g->first_at = chat_now_ms();
-    g->pieces++;
-    if (n_order < MAX_ORDER) order[n_order++] = g->id;
-    chat_buf_append(&g->text, t, n);
-    return 0;
-}
-
-static void lgen_done(void *ud, int rc, const chat_llm_result *res, const char *err)
-{
-    lgen *g = ud;
-    g->done_calls++;
-    g->rc = rc;
-    g->res = *res;
-    g->done_at = chat_now_ms();
-}
-
-typedef struct raiser {
-    atomic_int *flag;
-    chat_llm_loop *loop; /* woken after the raise when set */
-    int after_ms;
-    int64_t at;
-} raiser;
-
-static void *raise_thread(void *arg)
-{
-    raiser *r = arg;
-    struct timespec ts = {r->after_ms / 1000, (long)(r->after_ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-    r->at = chat_now_ms();
-    atomic_store(r->flag, 1);
-    if (r->loop) chat_llm_loop_wakeup(r->loop);
-    return NULL;
-}
-
 static void test_replay_cancel(void **state)
 {
     (void)state;
@@ -328,9 +279,9 @@ static void test_replay_cancel(void **state)
     /* raised from another thread while the generation waits for its next piece (2 s away) */
     chat_llm *slow = replay_llm(2000);
     atomic_int flag = 0;
-    raiser r = {&flag, NULL, 150, 0};
+    testutil_waker r = {.flags = {&flag}, .after_ms = 150};
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, raise_thread, &r), 0);
+    assert_int_equal(pthread_create(&t, NULL, testutil_waker_thread, &r), 0);
     piece_log l = {0};
     int rc = generate(slow, 0, &flag, &l, &res, err, sizeof err);
     int64_t done = chat_now_ms();
@@ -338,25 +289,23 @@ static void test_replay_cancel(void **state)
     assert_int_equal(rc, CHAT_ECANCELLED);
     assert_string_equal(res.finish_reason, "cancelled");
     assert_int_equal(l.n, 1);
-    if (done - r.at > 100) fail_msg("cancel took %lld ms", (long long)(done - r.at));
+    if (done - r.at[0] > 100) fail_msg("cancel took %lld ms", (long long)(done - r.at[0]));
 
     /* on a loop, with chat_llm_loop_wakeup after the raise: at once, not at the loop's next look */
-    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
-    assert_non_null(loop);
-    lgen g = {.id = 0};
-    chat_buf_init(&g.text);
-    atomic_init(&g.cancel, 0);
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen g;
+    testutil_gen_init(&g, 0, 0, NULL);
     chat_llm_request req = {.messages = prompt, .n_messages = CHAT_ARRAY_LEN(prompt)};
-    assert_int_equal(chat_llm_start(loop, slow, &req, lgen_piece, lgen_done, &g, &g.cancel, err, sizeof err), 0);
-    raiser w = {&g.cancel, loop, 150, 0};
-    assert_int_equal(pthread_create(&t, NULL, raise_thread, &w), 0);
+    assert_int_equal(testutil_gen_launch(loop, slow, &g, &req), 0);
+    testutil_waker w = {.loop = loop, .flags = {&g.cancel}, .after_ms = 150};
+    assert_int_equal(pthread_create(&t, NULL, testutil_waker_thread, &w), 0);
     int64_t end = chat_now_ms() + 3000;
     while (!g.done_calls && chat_now_ms() < end) chat_llm_loop_run(loop, 1000);
     pthread_join(t, NULL);
     assert_int_equal(g.done_calls, 1);
     assert_int_equal(g.rc, CHAT_ECANCELLED);
     assert_int_equal(g.pieces, 1);
-    if (g.done_at - w.at > 30) fail_msg("cancel with wakeup took %lld ms", (long long)(g.done_at - w.at));
+    if (g.done_at - w.at[0] > 30) fail_msg("cancel with wakeup took %lld ms", (long long)(g.done_at - w.at[0]));
     chat_llm_loop_free(loop);
     chat_buf_free(&g.text);
     chat_llm_free(slow);
@@ -431,28 +380,21 @@ static void test_replay_loop_many(void **state)
     (void)state;
     enum { N = 200, DELAY = 20, CANCELLED = 7 };
     chat_llm *llm = replay_llm(DELAY);
-    char err[128];
-    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
-    assert_non_null(loop);
-    static lgen g[N];
+    chat_llm_loop *loop = testutil_loop_new();
+    static testutil_gen g[N];
     char whole[512] = "";
     for (int i = 0; i < N_PIECES; i++) strcat(whole, PIECES[i]);
-    n_order = 0;
+    testutil_gen_norder = 0;
     int64_t t0 = chat_now_ms();
     for (int i = 0; i < N; i++) {
-        memset(&g[i], 0, sizeof g[i]);
-        g[i].id = i;
-        g[i].max_tokens = i % 10 == 3 ? 2 : 0;
-        chat_buf_init(&g[i].text);
-        atomic_init(&g[i].cancel, 0);
+        testutil_gen_init(&g[i], i, i % 10 == 3 ? 2 : 0, NULL);
         chat_llm_request req = {.messages = prompt, .n_messages = 2, .max_tokens = g[i].max_tokens};
-        assert_int_equal(chat_llm_start(loop, llm, &req, lgen_piece, lgen_done, &g[i], &g[i].cancel, err, sizeof err),
-                         0);
+        assert_int_equal(testutil_gen_launch(loop, llm, &g[i], &req), 0);
     }
-    assert_int_equal(n_order, 0); /* nothing inside chat_llm_start */
-    raiser r = {&g[CANCELLED].cancel, loop, DELAY + DELAY / 2, 0};
+    assert_int_equal(testutil_gen_norder, 0); /* nothing inside chat_llm_start */
+    testutil_waker r = {.loop = loop, .flags = {&g[CANCELLED].cancel}, .after_ms = DELAY + DELAY / 2};
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, raise_thread, &r), 0);
+    assert_int_equal(pthread_create(&t, NULL, testutil_waker_thread, &r), 0);
     int64_t end = chat_now_ms() + 5000;
     while (chat_llm_loop_run(loop, 1000) > 0 && chat_now_ms() < end) {
     }
@@ -463,7 +405,8 @@ static void test_replay_loop_many(void **state)
         if (i == CANCELLED) {
             assert_int_equal(g[i].rc, CHAT_ECANCELLED);
             if (g[i].pieces < 2 || g[i].pieces >= N_PIECES) fail_msg("cancelled after %d pieces", g[i].pieces);
-            if (g[i].done_at - r.at > 30) fail_msg("cancel with wakeup took %lld ms", (long long)(g[i].done_at - r.at));
+            if (g[i].done_at - r.at[0] > 30)
+                fail_msg("cancel with wakeup took %lld ms", (long long)(g[i].done_at - r.at[0]));
             continue;
         }
         assert_int_equal(g[i].rc, 0);
@@ -479,7 +422,7 @@ static void test_replay_loop_many(void **state)
         }
     }
     int switches = 0;
-    for (int i = 1; i < n_order; i++) switches += order[i] != order[i - 1];
+    for (int i = 1; i < testutil_gen_norder; i++) switches += testutil_gen_order[i] != testutil_gen_order[i - 1];
     if (switches < N * 3) fail_msg("pieces did not interleave (%d switches)", switches);
     if (took > (N_PIECES - 1) * DELAY * 3 + 200) fail_msg("%d paced replays took %lld ms", N, (long long)took);
     chat_llm_loop_free(loop);

@@ -24,13 +24,7 @@ static char err[512];
 
 static int setup(void **state)
 {
-    db = testutil_db_fresh("memory", TESTUTIL_SCHEMA);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    chat_db_free(db);
+    *state = db = testutil_db_fresh("memory", TESTUTIL_SCHEMA);
     return 0;
 }
 
@@ -597,5 +591,5 @@ int main(void)
         cmocka_unit_test(test_open_race),
         cmocka_unit_test(test_database_restart),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, testutil_db_teardown);
 }

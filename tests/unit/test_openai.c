@@ -32,6 +32,7 @@
 #include "chat_openai.h"
 #include "chat_util.h"
 #include "testutil.h"
+#include "testutil_llm.h"
 
 static pid_t fake_pid = -1;
 static int fake_port;
@@ -232,70 +233,75 @@ static void test_no_key_trailing_slash(void **state)
     run_free(&r);
 }
 
-/* Scenarios that end in an error, table-driven. */
-typedef struct err_case {
+/* The fake's scenarios, table-driven; -1 or NULL: not checked. */
+typedef struct scenario {
     const char *model;
     int rc;
-    const char *err;    /* exact message, or NULL */
-    const char *substr; /* or a part of it */
-    int tokens;         /* tokens emitted before the error, -1 = any */
-    long requests;      /* requests the fake saw: 2 means one retry */
-} err_case;
+    const char *err;     /* exact message, or NULL */
+    const char *substr;  /* or a part of it */
+    const char *finish;  /* finish_reason */
+    long requests;       /* requests the fake saw: 2 means one retry */
+    int pieces;          /* token callbacks (tokens emitted, before an error), exactly */
+    int min_pieces;      /* or at least */
+    int min_ms, max_ms;  /* how long the generation took */
+    bool estimates;      /* no usage chunk: the token counts are estimates */
+    const char *text;    /* the whole answer */
+    const char *start;   /* or how it starts */
+} scenario;
 
-static const err_case err_cases[] = {
-    {"fake-401", CHAT_ELLM, "LLM provider rejected the API key", NULL, 0, 1},
-    {"fake-429-always", CHAT_ELLM, "LLM provider rate limit reached", NULL, 0, 2},
-    {"fake-disconnect", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, 4, 1},
-    {"fake-garbage", CHAT_ELLM, "LLM sent an invalid response", NULL, 0, 1},
-    {"fake-no-done", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, 3, 1},
-    {"fake-error-event", CHAT_ELLM, NULL, "overloaded", 2, 1},
+static const scenario scenarios[] = {
+    {"fake-401", CHAT_ELLM, "LLM provider rejected the API key", NULL, "error", 1, 0, -1, -1, -1, false, NULL, NULL},
+    {"fake-429-always", CHAT_ELLM, "LLM provider rate limit reached", NULL, "error", 2, 0, -1, -1, -1, false, NULL,
+     NULL},
+    {"fake-disconnect", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, "error", 1, 4, -1, -1, -1, false, NULL, NULL},
+    {"fake-garbage", CHAT_ELLM, "LLM sent an invalid response", NULL, "error", 1, 0, -1, -1, -1, false, NULL, NULL},
+    {"fake-no-done", CHAT_ELLM, "LLM stream ended unexpectedly", NULL, "error", 1, 3, -1, -1, -1, false, NULL, NULL},
+    {"fake-error-event", CHAT_ELLM, NULL, "overloaded", "error", 1, 2, -1, -1, -1, false, NULL, NULL},
+    /* the fake said Retry-After: 1 */
+    {"fake-429", 0, NULL, NULL, "stop", 2, -1, 1, 900, 3000, false, NULL, NULL},
+    /* a backoff happened */
+    {"fake-500-once", 0, NULL, NULL, NULL, 2, -1, -1, 200, -1, false, NULL, "You asked about: "},
+    {"fake-length", 0, NULL, NULL, "length", -1, 5, -1, -1, -1, true, NULL, NULL},
+    /* a stream with no content at all completes with an empty answer (it used to crash the worker) */
+    {"fake-empty", 0, NULL, NULL, "stop", -1, 0, -1, -1, -1, false, NULL, NULL},
+    /* every piece was valid UTF-8 (checked in do_run), and nothing was lost or replaced */
+    {"fake-utf8", 0, NULL, NULL, NULL, -1, -1, 8, -1, -1, false,
+     "H\xC3\xA9llo w\xC3\xB6rld \xE2\x80\x94 \xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E \xF0\x9F\x9A\xA4 ok", NULL},
 };
 
-static void test_errors(void **state)
+static void check_scenario(const scenario *c, const run *r)
+{
+    if (r->rc != c->rc)
+        fail_msg("%s: rc %s want %s (%s)", c->model, chat_strerror(r->rc), chat_strerror(c->rc), r->err);
+    if (c->err && strcmp(r->err, c->err)) fail_msg("%s: err '%s' want '%s'", c->model, r->err, c->err);
+    if (c->substr && !strstr(r->err, c->substr)) fail_msg("%s: err '%s' lacks '%s'", c->model, r->err, c->substr);
+    if (c->finish) assert_string_equal(r->res.finish_reason, c->finish);
+    if (c->requests >= 0 && r->requests != c->requests)
+        fail_msg("%s: %ld requests want %ld", c->model, r->requests, c->requests);
+    if (c->pieces >= 0 && r->col.pieces != c->pieces)
+        fail_msg("%s: %d pieces want %d", c->model, r->col.pieces, c->pieces);
+    if (c->min_pieces >= 0 && r->col.pieces < c->min_pieces)
+        fail_msg("%s: %d pieces want at least %d", c->model, r->col.pieces, c->min_pieces);
+    if ((c->min_ms >= 0 && r->ms < c->min_ms) || (c->max_ms >= 0 && r->ms >= c->max_ms))
+        fail_msg("%s: took %lld ms", c->model, (long long)r->ms);
+    if (c->estimates) {
+        assert_int_equal(r->res.completion_tokens, r->col.pieces);
+        assert_int_equal(r->res.prompt_tokens, (int)(prompt_bytes() / 4));
+    }
+    if (c->text) assert_string_equal(r->col.text.data, c->text);
+    if (c->start) assert_memory_equal(r->col.text.data, c->start, strlen(c->start));
+}
+
+static void test_scenarios(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(err_cases); i++) {
-        const err_case *c = &err_cases[i];
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(scenarios); i++) {
         run r;
-        run_model(c->model, &r);
-        if (r.rc != c->rc)
-            fail_msg("%s: rc %s want %s (%s)", c->model, chat_strerror(r.rc), chat_strerror(c->rc), r.err);
-        if (c->err && strcmp(r.err, c->err)) fail_msg("%s: err '%s' want '%s'", c->model, r.err, c->err);
-        if (c->substr && !strstr(r.err, c->substr)) fail_msg("%s: err '%s' lacks '%s'", c->model, r.err, c->substr);
-        if (c->tokens >= 0 && r.res.tokens_emitted != c->tokens)
-            fail_msg("%s: %d tokens want %d", c->model, r.res.tokens_emitted, c->tokens);
-        if (r.requests != c->requests) fail_msg("%s: %ld requests want %ld", c->model, r.requests, c->requests);
-        assert_string_equal(r.res.finish_reason, "error");
-        assert_null(strstr(r.err, "sk-test-secret"));
+        run_model(scenarios[i].model, &r);
+        check_scenario(&scenarios[i], &r);
+        if (scenarios[i].rc) assert_null(strstr(r.err, "sk-test-secret"));
         run_free(&r);
     }
-}
-
-static void test_retry_429_once(void **state)
-{
-    (void)state;
-    run r;
-    run_model("fake-429", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    assert_int_equal(r.requests, 2);
-    assert_string_equal(r.res.finish_reason, "stop");
-    assert_true(r.col.pieces > 0);
-    /* the fake said Retry-After: 1 */
-    assert_true(r.ms >= 900);
-    assert_true(r.ms < 3000);
-    run_free(&r);
-}
-
-static void test_retry_500_once(void **state)
-{
-    (void)state;
-    run r;
-    run_model("fake-500-once", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    assert_int_equal(r.requests, 2);
-    assert_true(r.ms >= 200); /* a backoff happened */
-    assert_memory_equal(r.col.text.data, "You asked about: ", 17);
-    run_free(&r);
 }
 
 static void test_connect_refused(void **state)
@@ -315,85 +321,36 @@ static void test_connect_refused(void **state)
     snprintf(cfg.llm_base_url, sizeof cfg.llm_base_url, "http://127.0.0.1:%d/v1", ntohs(a.sin_port));
     run r;
     do_run(&cfg, NULL, 0, 0, &r);
-    assert_int_equal(r.rc, CHAT_ELLM);
-    assert_string_equal(r.err, "could not connect to the LLM provider");
-    assert_true(r.ms >= 200); /* retried once after a backoff */
-    assert_true(r.ms < 3000);
+    /* retried once after a backoff */
+    static const scenario want = {"refused", CHAT_ELLM, "could not connect to the LLM provider", NULL, NULL, -1, -1, -1,
+                                  200, 3000, false, NULL, NULL};
+    check_scenario(&want, &r);
     run_free(&r);
 }
 
-static void test_length_and_estimates(void **state)
+/* The timeouts: a stream that stalls after its first tokens, and one that never starts (the stall timeout
+ * must not apply before the first token); a timeout is not retried. */
+static void test_timeouts(void **state)
 {
     (void)state;
-    run r;
-    run_model("fake-length", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    assert_string_equal(r.res.finish_reason, "length");
-    assert_int_equal(r.col.pieces, 5);
-    /* no usage chunk: estimates */
-    assert_int_equal(r.res.completion_tokens, 5);
-    assert_int_equal(r.res.prompt_tokens, (int)(prompt_bytes() / 4));
-    run_free(&r);
-}
-
-/* A stream with no content at all completes with an empty answer (it used to crash the worker). */
-static void test_empty_stream(void **state)
-{
-    (void)state;
-    run r;
-    run_model("fake-empty", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    assert_string_equal(r.res.finish_reason, "stop");
-    assert_int_equal(r.col.pieces, 0);
-    run_free(&r);
-}
-
-static void test_utf8(void **state)
-{
-    (void)state;
-    run r;
-    run_model("fake-utf8", &r);
-    if (r.rc) fail_msg("rc %d: %s", r.rc, r.err);
-    /* every piece was valid UTF-8 (checked in do_run), and nothing was lost or replaced */
-    assert_string_equal(
-        r.col.text.data,
-        "H\xC3\xA9llo w\xC3\xB6rld \xE2\x80\x94 \xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E \xF0\x9F\x9A\xA4 ok");
-    assert_true(r.col.pieces >= 8);
-    run_free(&r);
-}
-
-static void test_stall_timeout(void **state)
-{
-    (void)state;
-    chat_config cfg = config_for("fake-stall", "k");
-    cfg.llm_stall_timeout_ms = 500;
-    run r;
-    do_run(&cfg, NULL, 0, 0, &r);
-    assert_int_equal(r.rc, CHAT_ETIMEOUT);
-    assert_non_null(strstr(r.err, "stalled"));
-    assert_int_equal(r.col.pieces, 3);
-    assert_true(r.ms >= 450);
-    assert_true(r.ms < 2000);
-    assert_int_equal(r.requests, 1);
-    assert_string_equal(r.res.finish_reason, "error");
-    run_free(&r);
-}
-
-static void test_first_token_timeout(void **state)
-{
-    (void)state;
-    chat_config cfg = config_for("fake-slow-first", "k");
-    cfg.llm_first_token_timeout_ms = 700;
-    cfg.llm_stall_timeout_ms = 300; /* must not apply before the first token */
-    run r;
-    do_run(&cfg, NULL, 0, 0, &r);
-    assert_int_equal(r.rc, CHAT_ETIMEOUT);
-    assert_non_null(strstr(r.err, "did not start answering"));
-    assert_int_equal(r.col.pieces, 0);
-    assert_true(r.ms >= 650);
-    assert_true(r.ms < 2000);
-    assert_int_equal(r.requests, 1); /* a timeout is not retried */
-    run_free(&r);
+    static const struct {
+        scenario want;
+        int stall_ms, first_ms; /* first_ms 0: the configuration's */
+    } cases[] = {
+        {{"fake-stall", CHAT_ETIMEOUT, NULL, "stalled", "error", 1, 3, -1, 450, 2000, false, NULL, NULL}, 500, 0},
+        {{"fake-slow-first", CHAT_ETIMEOUT, NULL, "did not start answering", NULL, 1, 0, -1, 650, 2000, false, NULL,
+          NULL},
+         300, 700},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_config cfg = config_for(cases[i].want.model, "k");
+        cfg.llm_stall_timeout_ms = cases[i].stall_ms;
+        if (cases[i].first_ms) cfg.llm_first_token_timeout_ms = cases[i].first_ms;
+        run r;
+        do_run(&cfg, NULL, 0, 0, &r);
+        check_scenario(&cases[i].want, &r);
+        run_free(&r);
+    }
 }
 
 typedef struct canceller {
@@ -458,70 +415,14 @@ static void test_callback_stop_and_precancel(void **state)
 
 /* ---- many generations on one chat_llm_loop ---- */
 
-#define MAX_ORDER 4096
-static int token_order[MAX_ORDER]; /* which generation each token callback was for, in call order */
-static int n_order;
-
-typedef struct lgen {
-    int id;
-    collect col;
-    int done_calls;
-    int rc;
-    char err[256];
-    chat_llm_result res;
-    int64_t started_at, done_at;
-    atomic_int cancel;
-    /* chains: started from this one's first token or from its done callback */
-    chat_llm_loop *loop;
-    chat_llm *llm;
-    struct lgen *start_on_token, *start_on_done;
-    int start_rc;
-} lgen;
-
-static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g);
-
-static int lgen_token(void *ud, const char *t, size_t n)
-{
-    lgen *g = ud;
-    if (n_order < MAX_ORDER) token_order[n_order++] = g->id;
-    int stop = on_token(&g->col, t, n);
-    if (g->col.pieces == 1 && g->start_on_token) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_token);
-    return stop;
-}
-
-static void lgen_done(void *ud, int rc, const chat_llm_result *res, const char *err)
-{
-    lgen *g = ud;
-    g->done_calls++;
-    g->rc = rc;
-    g->res = *res;
-    snprintf(g->err, sizeof g->err, "%s", err);
-    g->done_at = chat_now_ms();
-    if (g->start_on_done) g->start_rc = lgen_start(g->loop, g->llm, g->start_on_done);
-}
-
-static void lgen_init(lgen *g, int id)
-{
-    memset(g, 0, sizeof *g);
-    g->id = id;
-    chat_buf_init(&g->col.text);
-    g->col.all_valid = true;
-    atomic_init(&g->cancel, 0);
-}
-
-/* Starts g (the request is a stack value: chat_llm_start must not keep it). */
-static int lgen_start(chat_llm_loop *loop, chat_llm *llm, lgen *g)
+/* Starts g on the prompt (the request is a stack value: chat_llm_start must not keep it). */
+static int lgen_start(chat_llm_loop *loop, chat_llm *llm, testutil_gen *g)
 {
     chat_llm_request req;
     memset(&req, 0, sizeof req);
     req.messages = prompt;
     req.n_messages = CHAT_ARRAY_LEN(prompt);
-    char err[256];
-    g->loop = loop, g->llm = llm;
-    g->started_at = chat_now_ms();
-    int rc = chat_llm_start(loop, llm, &req, lgen_token, lgen_done, g, &g->cancel, err, sizeof err);
-    if (rc) fprintf(stderr, "chat_llm_start: %s\n", err);
-    return rc;
+    return testutil_gen_launch(loop, llm, g, &req);
 }
 
 static chat_llm *llm_for(const chat_config *cfg)
@@ -532,32 +433,14 @@ static chat_llm *llm_for(const chat_config *cfg)
     return llm;
 }
 
-/* Runs the loop until nothing runs or until_ms passed; returns the number still running. */
-static int run_loop(chat_llm_loop *loop, int until_ms)
-{
-    int64_t end = chat_now_ms() + until_ms;
-    int left;
-    while ((left = chat_llm_loop_run(loop, 50)) > 0 && chat_now_ms() < end) {
-    }
-    return left;
-}
-
-static chat_llm_loop *loop_new(void)
-{
-    char err[256];
-    chat_llm_loop *loop = chat_llm_loop_new(err, sizeof err);
-    if (!loop) fail_msg("chat_llm_loop_new: %s", err);
-    return loop;
-}
-
-static void assert_fake_ok_text(const lgen *g)
+static void assert_fake_ok_text(const testutil_gen *g)
 {
     const char *want_start = "You asked about: " PROMPT_WORDS ". ";
-    if (!g->col.text.data || strncmp(g->col.text.data, want_start, strlen(want_start)) ||
-        !strstr(g->col.text.data, "check every part."))
-        fail_msg("generation %d: text '%s'", g->id, g->col.text.data ? g->col.text.data : "(none)");
-    assert_true(g->col.all_valid);
-    assert_int_equal(g->res.tokens_emitted, g->col.pieces);
+    if (!g->text.data || strncmp(g->text.data, want_start, strlen(want_start)) ||
+        !strstr(g->text.data, "check every part."))
+        fail_msg("generation %d: text '%s'", g->id, g->text.data ? g->text.data : "(none)");
+    assert_true(g->all_valid);
+    assert_int_equal(g->res.tokens_emitted, g->pieces);
 }
 
 /* Twenty fake-ok answers at once on one loop: all right, each done exactly once, and really concurrent
@@ -568,17 +451,17 @@ static void test_loop_concurrent(void **state)
     enum { N = 20 };
     chat_config cfg = config_for("fake-ok", "sk-test-secret");
     chat_llm *llm = llm_for(&cfg);
-    chat_llm_loop *loop = loop_new();
-    static lgen g[N];
+    chat_llm_loop *loop = testutil_loop_new();
+    static testutil_gen g[N];
     long before = fake_requests();
-    n_order = 0;
+    testutil_gen_norder = 0;
     int64_t t0 = chat_now_ms();
     for (int i = 0; i < N; i++) {
-        lgen_init(&g[i], i);
+        testutil_gen_init(&g[i], i, 0, lgen_start);
         assert_int_equal(lgen_start(loop, llm, &g[i]), 0);
     }
-    assert_int_equal(n_order, 0); /* nothing happens inside chat_llm_start */
-    assert_int_equal(run_loop(loop, 10000), 0);
+    assert_int_equal(testutil_gen_norder, 0); /* nothing happens inside chat_llm_start */
+    assert_int_equal(testutil_loop_run(loop, 10000), 0);
     int64_t took = chat_now_ms() - t0;
     for (int k = 0; k < 3; k++) chat_llm_loop_run(loop, 10); /* nothing more is called */
     for (int i = 0; i < N; i++) {
@@ -590,13 +473,13 @@ static void test_loop_concurrent(void **state)
     }
     assert_int_equal(fake_requests() - before, N);
     int switches = 0;
-    for (int i = 1; i < n_order; i++) switches += token_order[i] != token_order[i - 1];
+    for (int i = 1; i < testutil_gen_norder; i++) switches += testutil_gen_order[i] != testutil_gen_order[i - 1];
     if (switches < 2 * N) fail_msg("tokens of the generations did not interleave (%d switches)", switches);
     /* one fake-ok answer takes ~130 ms; twenty in a row would take over 2.5 s */
     if (took > 1500) fail_msg("20 concurrent generations took %lld ms", (long long)took);
     chat_llm_loop_free(loop);
     chat_llm_free(llm);
-    for (int i = 0; i < N; i++) chat_buf_free(&g[i].col.text);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].text);
 }
 
 /* One loop, four providers' fates at once: each ends its own way while the others stream. */
@@ -608,16 +491,19 @@ static void test_loop_mix(void **state)
     c_stall.llm_stall_timeout_ms = 500;
     chat_llm *l_ok = llm_for(&c_ok), *l_429 = llm_for(&c_429), *l_stall = llm_for(&c_stall),
              *l_401 = llm_for(&c_401);
-    chat_llm_loop *loop = loop_new();
-    lgen ok, r429, stall, e401;
-    lgen_init(&ok, 0), lgen_init(&r429, 1), lgen_init(&stall, 2), lgen_init(&e401, 3);
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen ok, r429, stall, e401;
+    testutil_gen_init(&ok, 0, 0, lgen_start);
+    testutil_gen_init(&r429, 1, 0, lgen_start);
+    testutil_gen_init(&stall, 2, 0, lgen_start);
+    testutil_gen_init(&e401, 3, 0, lgen_start);
     long before = fake_requests();
     int64_t t0 = chat_now_ms();
     assert_int_equal(lgen_start(loop, l_429, &r429), 0);
     assert_int_equal(lgen_start(loop, l_stall, &stall), 0);
     assert_int_equal(lgen_start(loop, l_401, &e401), 0);
     assert_int_equal(lgen_start(loop, l_ok, &ok), 0);
-    assert_int_equal(run_loop(loop, 10000), 0);
+    assert_int_equal(testutil_loop_run(loop, 10000), 0);
 
     if (ok.rc) fail_msg("fake-ok: %s", ok.err);
     assert_fake_ok_text(&ok);
@@ -631,7 +517,7 @@ static void test_loop_mix(void **state)
 
     assert_int_equal(stall.rc, CHAT_ETIMEOUT);
     assert_string_equal(stall.err, "LLM stream stalled (no data for 500 ms)");
-    assert_int_equal(stall.col.pieces, 3);
+    assert_int_equal(stall.pieces, 3);
     assert_string_equal(stall.res.finish_reason, "error");
     assert_true(stall.done_at - t0 >= 450);
     assert_true(stall.done_at - t0 < 2000);
@@ -639,7 +525,7 @@ static void test_loop_mix(void **state)
 
     assert_int_equal(e401.rc, CHAT_ELLM);
     assert_string_equal(e401.err, "LLM provider rejected the API key");
-    assert_int_equal(e401.col.pieces, 0);
+    assert_int_equal(e401.pieces, 0);
     assert_int_equal(e401.done_calls, 1);
 
     /* nobody waited for anybody: the quick ones ended while the 429 backed off and the stall stalled */
@@ -650,30 +536,8 @@ static void test_loop_mix(void **state)
 
     chat_llm_loop_free(loop);
     chat_llm_free(l_ok), chat_llm_free(l_429), chat_llm_free(l_stall), chat_llm_free(l_401);
-    lgen *all[] = {&ok, &r429, &stall, &e401};
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->col.text);
-}
-
-typedef struct waker {
-    chat_llm_loop *loop;
-    atomic_int *flags[4]; /* raised one by one, every 130 ms after the first wait; NULL: only wake */
-    int after_ms;
-    int64_t at[4];
-} waker;
-
-static void *waker_thread(void *arg)
-{
-    waker *w = arg;
-    for (int i = 0; i < 4; i++) {
-        int ms = i ? 130 : w->after_ms; /* 130: the raises fall at different points of the loop's tick */
-        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-        w->at[i] = chat_now_ms();
-        if (w->flags[i]) atomic_store(w->flags[i], 1);
-        chat_llm_loop_wakeup(w->loop);
-        if (!w->flags[0]) break;
-    }
-    return NULL;
+    testutil_gen *all[] = {&ok, &r429, &stall, &e401};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->text);
 }
 
 /* chat_llm_loop_wakeup from another thread ends a long wait at once; a cancel flag raised with it stops
@@ -681,11 +545,11 @@ static void *waker_thread(void *arg)
 static void test_loop_cancel_one(void **state)
 {
     (void)state;
-    chat_llm_loop *loop = loop_new();
+    chat_llm_loop *loop = testutil_loop_new();
     pthread_t t;
 
-    waker idle = {.loop = loop, .after_ms = 100};
-    assert_int_equal(pthread_create(&t, NULL, waker_thread, &idle), 0);
+    testutil_waker idle = {.loop = loop, .after_ms = 100};
+    assert_int_equal(pthread_create(&t, NULL, testutil_waker_thread, &idle), 0);
     assert_int_equal(chat_llm_loop_run(loop, 5000), 0);
     int64_t woke = chat_now_ms();
     pthread_join(t, NULL);
@@ -694,13 +558,14 @@ static void test_loop_cancel_one(void **state)
     chat_config c_stall = config_for("fake-stall", "k"), c_slow = config_for("fake-slow-first", "k");
     chat_llm *l_stall = llm_for(&c_stall), *l_slow = llm_for(&c_slow);
     enum { N = 5 };
-    lgen g[N]; /* 0..3 stall after 3 tokens and are cancelled one by one; 4 never starts answering */
+    testutil_gen g[N]; /* 0..3 stall after 3 tokens and are cancelled one by one; 4 never starts answering */
     for (int i = 0; i < N; i++) {
-        lgen_init(&g[i], i);
+        testutil_gen_init(&g[i], i, 0, lgen_start);
         assert_int_equal(lgen_start(loop, i < 4 ? l_stall : l_slow, &g[i]), 0);
     }
-    waker w = {.loop = loop, .flags = {&g[0].cancel, &g[1].cancel, &g[2].cancel, &g[3].cancel}, .after_ms = 300};
-    assert_int_equal(pthread_create(&t, NULL, waker_thread, &w), 0);
+    testutil_waker w = {.loop = loop, .flags = {&g[0].cancel, &g[1].cancel, &g[2].cancel, &g[3].cancel},
+                        .after_ms = 300};
+    assert_int_equal(pthread_create(&t, NULL, testutil_waker_thread, &w), 0);
     int64_t end = chat_now_ms() + 3000;
     while (!g[3].done_calls && chat_now_ms() < end) chat_llm_loop_run(loop, 1000);
     pthread_join(t, NULL);
@@ -708,7 +573,7 @@ static void test_loop_cancel_one(void **state)
         assert_int_equal(g[i].done_calls, 1);
         assert_int_equal(g[i].rc, CHAT_ECANCELLED);
         assert_string_equal(g[i].res.finish_reason, "cancelled");
-        assert_int_equal(g[i].col.pieces, 3);
+        assert_int_equal(g[i].pieces, 3);
         int64_t took = g[i].done_at - w.at[i];
         if (took < 0 || took > 30) fail_msg("cancel %d with wakeup took %lld ms", i, (long long)took);
     }
@@ -717,15 +582,15 @@ static void test_loop_cancel_one(void **state)
     /* without a wakeup, the loop still sees the flag within its 100 ms tick */
     int64_t set = chat_now_ms();
     atomic_store(&g[4].cancel, 1);
-    assert_int_equal(run_loop(loop, 3000), 0);
+    assert_int_equal(testutil_loop_run(loop, 3000), 0);
     assert_int_equal(g[4].rc, CHAT_ECANCELLED);
-    assert_int_equal(g[4].col.pieces, 0);
+    assert_int_equal(g[4].pieces, 0);
     assert_int_equal(g[4].done_calls, 1);
     if (g[4].done_at - set > 150) fail_msg("cancel without wakeup took %lld ms", (long long)(g[4].done_at - set));
 
     chat_llm_loop_free(loop);
     chat_llm_free(l_stall), chat_llm_free(l_slow);
-    for (int i = 0; i < N; i++) chat_buf_free(&g[i].col.text);
+    for (int i = 0; i < N; i++) chat_buf_free(&g[i].text);
 }
 
 /* A generation started from a token callback (that is, from inside libcurl's transfer) and one started
@@ -735,14 +600,16 @@ static void test_loop_start_from_callbacks(void **state)
     (void)state;
     chat_config cfg = config_for("fake-ok", "k");
     chat_llm *llm = llm_for(&cfg);
-    chat_llm_loop *loop = loop_new();
-    lgen a, b, c;
-    lgen_init(&a, 0), lgen_init(&b, 1), lgen_init(&c, 2);
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen a, b, c;
+    testutil_gen_init(&a, 0, 0, lgen_start);
+    testutil_gen_init(&b, 1, 0, lgen_start);
+    testutil_gen_init(&c, 2, 0, lgen_start);
     a.start_on_token = &b; /* b starts at a's first token */
     b.start_on_done = &c;  /* c when b is done */
     assert_int_equal(lgen_start(loop, llm, &a), 0);
-    assert_int_equal(run_loop(loop, 10000), 0);
-    lgen *all[] = {&a, &b, &c};
+    assert_int_equal(testutil_loop_run(loop, 10000), 0);
+    testutil_gen *all[] = {&a, &b, &c};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) {
         if (all[i]->rc) fail_msg("generation %d: %s", all[i]->id, all[i]->err);
         assert_int_equal(all[i]->done_calls, 1);
@@ -752,7 +619,7 @@ static void test_loop_start_from_callbacks(void **state)
     assert_true(c.started_at >= b.done_at);
     chat_llm_loop_free(loop);
     chat_llm_free(llm);
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->col.text);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_buf_free(&all[i]->text);
 }
 
 /* chat_llm_loop_free with transfers running: no done callback, nothing leaked (valgrind). */
@@ -762,24 +629,24 @@ static void test_loop_free_running(void **state)
     chat_config c_stall = config_for("fake-stall", "k"), c_slow = config_for("fake-slow-first", "k"),
                 c_429 = config_for("fake-429-always", "k");
     chat_llm *l_stall = llm_for(&c_stall), *l_slow = llm_for(&c_slow), *l_429 = llm_for(&c_429);
-    chat_llm_loop *loop = loop_new();
-    lgen g[6];
-    for (int i = 0; i < 6; i++) lgen_init(&g[i], i);
+    chat_llm_loop *loop = testutil_loop_new();
+    testutil_gen g[6];
+    for (int i = 0; i < 6; i++) testutil_gen_init(&g[i], i, 0, lgen_start);
     assert_int_equal(lgen_start(loop, l_stall, &g[0]), 0);
     assert_int_equal(lgen_start(loop, l_stall, &g[1]), 0);
     assert_int_equal(lgen_start(loop, l_slow, &g[2]), 0);
     assert_int_equal(lgen_start(loop, l_429, &g[3]), 0); /* backing off when the loop goes */
     int64_t end = chat_now_ms() + 3000;
-    while ((g[0].col.pieces < 3 || g[1].col.pieces < 3) && chat_now_ms() < end) chat_llm_loop_run(loop, 50);
+    while ((g[0].pieces < 3 || g[1].pieces < 3) && chat_now_ms() < end) chat_llm_loop_run(loop, 50);
     for (int k = 0; k < 5; k++) chat_llm_loop_run(loop, 20);
-    assert_int_equal(g[0].col.pieces, 3);
+    assert_int_equal(g[0].pieces, 3);
     assert_int_equal(lgen_start(loop, l_stall, &g[4]), 0); /* started, never run */
     assert_int_equal(chat_llm_loop_run(loop, 0), 5);       /* all five still running */
     assert_int_equal(lgen_start(loop, l_stall, &g[5]), 0); /* started, never stepped */
     chat_llm_loop_free(loop);
     for (int i = 0; i < 6; i++) {
         assert_int_equal(g[i].done_calls, 0);
-        chat_buf_free(&g[i].col.text);
+        chat_buf_free(&g[i].text);
     }
     chat_llm_loop_free(NULL);
     chat_llm_free(l_stall), chat_llm_free(l_slow), chat_llm_free(l_429);
@@ -992,15 +859,9 @@ int main(void)
         cmocka_unit_test(test_extras_refused),
         cmocka_unit_test(test_ok),
         cmocka_unit_test(test_no_key_trailing_slash),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_retry_429_once),
-        cmocka_unit_test(test_retry_500_once),
+        cmocka_unit_test(test_scenarios),
         cmocka_unit_test(test_connect_refused),
-        cmocka_unit_test(test_length_and_estimates),
-        cmocka_unit_test(test_empty_stream),
-        cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_stall_timeout),
-        cmocka_unit_test(test_first_token_timeout),
+        cmocka_unit_test(test_timeouts),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_callback_stop_and_precancel),
         cmocka_unit_test(test_loop_concurrent),

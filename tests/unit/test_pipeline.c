@@ -165,29 +165,25 @@ static void test_event_order_and_metadata(void **state)
     ev_clear(&e);
 }
 
-/* tests/data/extractive_facts.tsv: customer<TAB>question<TAB>fact that the answer must contain. */
+/* A row of tests/data/extractive_facts.tsv: customer (or "-")<TAB>question<TAB>fact that the answer must
+ * contain; true when it does. */
+static bool fact_row(char **row, void *ud)
+{
+    const char *line = row[0], *q = row[1], *fact = row[2];
+    const char *customer = strcmp(line, "-") ? line : NULL;
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(pipe_extractive, &e, &alice, q, NULL, customer, NULL, NULL), 0);
+    bool found = e.response && strstr(e.response, fact);
+    if (!found)
+        print_message("missing fact '%s' for '%s' (customer %s): %s\n", fact, q, line, e.response ? e.response : "");
+    ev_clear(&e);
+    return found;
+}
+
 static void test_extractive_facts(void **state)
 {
-    testutil_tsv tsv;
-    assert_int_equal(testutil_tsv_open(&tsv, "tests/data/extractive_facts.tsv"), 0);
-    int total = 0, good = 0;
-    char *row[3];
-    for (int n; (n = testutil_tsv_next(&tsv, row, 3));) {
-        assert_int_equal(n, 3);
-        const char *line = row[0], *q = row[1], *fact = row[2];
-        const char *customer = strcmp(line, "-") ? line : NULL;
-        events e;
-        ev_init(&e);
-        assert_int_equal(run(pipe_extractive, &e, &alice, q, NULL, customer, NULL, NULL), 0);
-        total++;
-        if (e.response && strstr(e.response, fact)) good++;
-        else print_message("missing fact '%s' for '%s' (customer %s): %s\n", fact, q, line, e.response ? e.response : "");
-        ev_clear(&e);
-    }
-    testutil_tsv_close(&tsv);
-    print_message("extractive facts: %d/%d\n", good, total);
-    assert_true(total >= 12);
-    assert_int_equal(good, total);
+    testutil_tsv_score("tests/data/extractive_facts.tsv", "extractive facts", 3, fact_row, NULL, 12, 100);
 }
 
 /* How the extractive answer is shaped: the asked fault code only, small talk, and honesty. */

@@ -339,6 +339,19 @@ static void expect_null(json_object *o, const char *key)
     assert_null(v);
 }
 
+/* A builder's frame s: members of them in all (when members >= 0), among them the string members of the
+ * key, value list kv (NULL-terminated: FIELDS). Frees s. */
+static void expect_frame(char *s, int members, const char *const *kv)
+{
+    json_object *o = parse_out(s);
+    if (members >= 0) assert_int_equal(json_object_object_length(o), members);
+    for (; kv[0]; kv += 2) expect_str(o, kv[0], kv[1]);
+    json_object_put(o);
+    free(s);
+}
+
+#define FIELDS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
 static void test_auth_frames(void **state)
 {
     chat_user u;
@@ -372,13 +385,8 @@ static void test_auth_frames(void **state)
     json_object_put(o);
     free(s);
 
-    s = chat_proto_auth_error("Invalid token", NULL);
-    o = parse_out(s);
-    assert_int_equal(json_object_object_length(o), 2);
-    expect_str(o, "type", "auth_error");
-    expect_str(o, "message", "Invalid token");
-    json_object_put(o);
-    free(s);
+    expect_frame(chat_proto_auth_error("Invalid token", NULL), 2,
+                 FIELDS("type", "auth_error", "message", "Invalid token"));
     s = chat_proto_auth_error("Token expired", NULL);
     assert_string_equal(s, "{\"type\":\"auth_error\",\"message\":\"Token expired\"}");
     free(s);
@@ -397,16 +405,9 @@ static const struct {
 
 static void test_progress_frames(void **state)
 {
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(progress_cases); i++) {
-        char *s = chat_proto_progress(progress_cases[i].step);
-        json_object *o = parse_out(s);
-        assert_int_equal(json_object_object_length(o), 3);
-        expect_str(o, "type", "progress");
-        expect_str(o, "step", progress_cases[i].step);
-        expect_str(o, "message", progress_cases[i].message);
-        json_object_put(o);
-        free(s);
-    }
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(progress_cases); i++)
+        expect_frame(chat_proto_progress(progress_cases[i].step), 3,
+                     FIELDS("type", "progress", "step", progress_cases[i].step, "message", progress_cases[i].message));
     char *s = chat_proto_progress_msg("rag_retrieval", "Found 3 documents");
     assert_string_equal(s, "{\"type\":\"progress\",\"step\":\"rag_retrieval\",\"message\":\"Found 3 documents\"}");
     free(s);
@@ -448,35 +449,14 @@ static void test_complete_frames(void **state)
 
 static void test_error_frames(void **state)
 {
-    char *s = chat_proto_error("Message cannot be empty", CHAT_CODE_EMPTY_MESSAGE);
-    json_object *o = parse_out(s);
-    assert_int_equal(json_object_object_length(o), 3);
-    expect_str(o, "type", "error");
-    expect_str(o, "error", "Message cannot be empty");
-    expect_str(o, "code", "EMPTY_MESSAGE");
-    json_object_put(o);
-    free(s);
-
-    s = chat_proto_error("boom", NULL);
-    o = parse_out(s);
-    expect_str(o, "code", "PROCESSING_ERROR");
-    json_object_put(o);
-    free(s);
-
-    s = chat_proto_rest_error("Too many requests", CHAT_CODE_RATE_LIMITED);
-    o = parse_out(s);
-    assert_int_equal(json_object_object_length(o), 2);
-    expect_str(o, "error", "Too many requests");
-    expect_str(o, "code", "RATE_LIMITED");
-    json_object_put(o);
-    free(s);
-
+    expect_frame(chat_proto_error("Message cannot be empty", CHAT_CODE_EMPTY_MESSAGE), 3,
+                 FIELDS("type", "error", "error", "Message cannot be empty", "code", "EMPTY_MESSAGE"));
+    expect_frame(chat_proto_error("boom", NULL), -1, FIELDS("code", "PROCESSING_ERROR"));
+    expect_frame(chat_proto_rest_error("Too many requests", CHAT_CODE_RATE_LIMITED), 2,
+                 FIELDS("error", "Too many requests", "code", "RATE_LIMITED"));
     /* Malformed UTF-8 handed to a builder never yields an invalid frame. */
-    s = chat_proto_error("bad \xff byte \xe2\x82", "X");
-    o = parse_out(s);
-    expect_str(o, "error", "bad \xef\xbf\xbd byte \xef\xbf\xbd\xef\xbf\xbd");
-    json_object_put(o);
-    free(s);
+    expect_frame(chat_proto_error("bad \xff byte \xe2\x82", "X"), -1,
+                 FIELDS("error", "bad \xef\xbf\xbd byte \xef\xbf\xbd\xef\xbf\xbd"));
 }
 
 /* The cancelled answer's complete: one builder for the broker and the streamer. */
@@ -653,15 +633,8 @@ static void test_step_table(void **state)
         assert_string_equal(name, spec_steps[i]);
         if (!msg || !msg[0]) fail_msg("step %s: no default message", name);
         if (!chat_proto_step_lookup(name, &back) || back != step) fail_msg("step %s: lookup does not round-trip", name);
-        char *s = chat_proto_progress_step(step);
-        json_object *o = parse_out(s);
-        assert_int_equal(json_object_object_length(o), 3);
-        expect_str(o, "type", "progress");
-        expect_str(o, "step", name);
-        expect_str(o, "message", msg);
-        json_object_put(o);
-        free(s);
-        s = chat_proto_progress(name); /* by name: the same frame */
+        expect_frame(chat_proto_progress_step(step), 3, FIELDS("type", "progress", "step", name, "message", msg));
+        char *s = chat_proto_progress(name); /* by name: the same frame */
         char *want = chat_proto_progress_step(step);
         assert_string_equal(s, want);
         free(want);

@@ -119,7 +119,21 @@ static void test_config_errors(void **state)
     setenv("CHAT_DB_PORT", "notanumber", 1);
     assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), CHAT_EINVAL);
     assert_non_null(strstr(err, "CHAT_DB_PORT"));
+    /* the servers' form: the same code, the message in the log */
+    int p[2], saved = dup(STDERR_FILENO);
+    assert_int_equal(pipe(p), 0);
+    dup2(p[1], STDERR_FILENO);
+    int rc = chat_config_load(&cfg);
+    dup2(saved, STDERR_FILENO);
+    close(saved), close(p[1]);
+    char logged[512] = "";
+    ssize_t n = read(p[0], logged, sizeof logged - 1);
+    close(p[0]);
+    logged[n > 0 ? n : 0] = '\0';
+    assert_int_equal(rc, CHAT_EINVAL);
+    if (!strstr(logged, "configuration: ") || !strstr(logged, "CHAT_DB_PORT")) fail_msg("logged: %s", logged);
     unsetenv("CHAT_DB_PORT");
+    assert_int_equal(chat_config_load(&cfg), 0);
     setenv("OPENROUTER_API_KEY", "sk-secret-value", 1);
     assert_int_equal(chat_config_from_env(&cfg, err, sizeof err), 0);
     assert_string_equal(cfg.llm_provider, "openai");

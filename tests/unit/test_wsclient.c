@@ -365,6 +365,35 @@ static chat_wsc *ts_connect(const ts_srv *s, const chat_wsc_opts *o)
     return c;
 }
 
+/* The test's session with s: the script started and a client connected (ts_open); then the client
+ * closed normally, the script ended and s freed (ts_done). */
+static chat_wsc *ts_open(ts_srv *s)
+{
+    ts_start(s);
+    return ts_connect(s, NULL);
+}
+
+static void ts_done(ts_srv *s, chat_wsc *c)
+{
+    chat_wsc_close(c, 1000, NULL);
+    ts_join(s);
+    ts_free(s);
+}
+
+/* Starts s, connects, and expects the first recv (waiting at most ms) to fail the connection with close
+ * code `code` (what: the case, in messages); then closes the client and waits for the server script to
+ * end. reason (may be NULL) gets the close reason. The caller checks what the server got and frees s. */
+static void expect_client_fails(ts_srv *s, const char *what, int ms, int code, char *reason, size_t cap)
+{
+    chat_wsc *c = ts_open(s);
+    int rc = chat_wsc_recv(c, ms, NULL, NULL);
+    if (rc != CHAT_ERR) fail_msg("%s: recv %d", what, rc);
+    if (chat_wsc_close_code(c) != code) fail_msg("%s: close code %d, want %d", what, chat_wsc_close_code(c), code);
+    if (reason) snprintf(reason, cap, "%s", chat_wsc_close_reason(c));
+    chat_wsc_close(c, 1000, NULL);
+    ts_join(s);
+}
+
 /* ---- server scripts ---- */
 
 /* Reads client frames until a close (answered with the same payload), EOF or timeout. */
@@ -527,8 +556,7 @@ static void test_handshake_keys_random(void **state)
     char keys[2][64];
     for (int i = 0; i < 2; i++) {
         ts_srv s = {0};
-        ts_start(&s);
-        chat_wsc *c = ts_connect(&s, NULL);
+        chat_wsc *c = ts_open(&s);
         chat_wsc_close(c, 0, NULL);
         ts_join(&s);
         ts_req_header(&s, "Sec-WebSocket-Key", keys[i], sizeof keys[i]);
@@ -592,9 +620,7 @@ static void test_handshake_responses(void **state)
             if (!strstr(err, cases[i].err)) fail_msg("%s: err '%s' lacks '%s'", cases[i].name, err, cases[i].err);
         }
         if (st != cases[i].status) fail_msg("%s: http_status %d, want %d", cases[i].name, st, cases[i].status);
-        chat_wsc_close(c, 1000, NULL);
-        ts_join(&s);
-        ts_free(&s);
+        ts_done(&s, c);
     }
 }
 
@@ -621,8 +647,7 @@ static void test_leftover_after_headers(void **state)
                                           0x81, 5, 't', 'h'}; /* the third frame is cut */
     static const unsigned char rest[] = {'i', 'r', 'd'};
     ts_srv s = {.extra = extra, .extra_len = sizeof extra, .fn = fn_send_then_wait, .arg = rest, .arg_len = sizeof rest};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     const char *m;
     size_t n;
     assert_int_equal(chat_wsc_recv(c, 0, &m, &n), 0); /* already buffered: no waiting */
@@ -633,9 +658,7 @@ static void test_leftover_after_headers(void **state)
     assert_int_equal(chat_wsc_recv(c, 2000, &m, &n), 0); /* its start came with the headers */
     assert_string_equal(m, "third");
     assert_int_equal(chat_wsc_send_raw(c, NULL, 0), 0);
-    chat_wsc_close(c, 1000, NULL);
-    ts_join(&s);
-    ts_free(&s);
+    ts_done(&s, c);
 }
 
 /* Every length form, both directions: the server unmasks what it gets and echoes it. */
@@ -646,8 +669,7 @@ static void test_echo_lengths(void **state)
         int len_code;
     } cases[] = {{0, 0}, {1, 1}, {125, 125}, {126, 126}, {127, 126}, {65535, 126}, {65536, 127}, {1 << 20, 127}};
     ts_srv s = {.fn = fn_echo};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     unsigned char *p = malloc(1 << 20);
     assert_non_null(p);
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
@@ -693,12 +715,7 @@ static void fn_fragments_bad_utf8(ts_srv *s, int fd)
 static void test_fragmented_invalid_utf8(void **state)
 {
     ts_srv s = {.fn = fn_fragments_bad_utf8};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
-    assert_int_equal(chat_wsc_recv(c, 2000, NULL, NULL), CHAT_ERR);
-    assert_int_equal(chat_wsc_close_code(c), 1007);
-    chat_wsc_close(c, 1000, NULL);
-    ts_join(&s);
+    expect_client_fails(&s, "cut UTF-8", 2000, 1007, NULL, 0);
     assert_int_equal(s.nframes, 2);
     assert_int_equal(s.frames[0].op, CHAT_WS_PONG);
     assert_string_equal((char *)s.frames[0].data, "p0");
@@ -727,8 +744,7 @@ static void fn_fragments_ok(ts_srv *s, int fd)
 static void test_reassembly_with_control_frames(void **state)
 {
     ts_srv s = {.fn = fn_fragments_ok};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     const char *m;
     size_t n;
     int rc = chat_wsc_recv(c, 2000, &m, &n);
@@ -761,8 +777,7 @@ static void test_reassembly_with_control_frames(void **state)
 static void test_client_ping(void **state)
 {
     ts_srv s = {.fn = fn_echo};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     assert_int_equal(chat_wsc_pong_count(c), 0);
     assert_int_equal(chat_wsc_send_frame(c, CHAT_WS_PING, true, "cp", 2), 0);
     assert_int_equal(chat_wsc_recv(c, 300, NULL, NULL), CHAT_ETIMEOUT);
@@ -832,8 +847,7 @@ static void test_close_from_server(void **state)
     } cases[] = {{fn_close_1001, 1001, "going away", true, 2}, {fn_close_empty, 1005, "", false, 0}};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         ts_srv s = {.fn = cases[i].fn};
-        ts_start(&s);
-        chat_wsc *c = ts_connect(&s, NULL);
+        chat_wsc *c = ts_open(&s);
         const char *m;
         size_t n;
         if (cases[i].before) { /* a message before the close is still delivered */
@@ -867,8 +881,7 @@ static void test_abrupt_drop(void **state)
     } cases[] = {{NULL, 0}, {half, sizeof half}, {half, 1}};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         ts_srv s = {.fn = fn_send_then_drop, .arg = cases[i].bytes, .arg_len = cases[i].len};
-        ts_start(&s);
-        chat_wsc *c = ts_connect(&s, NULL);
+        chat_wsc *c = ts_open(&s);
         assert_int_equal(chat_wsc_recv(c, 2000, NULL, NULL), CHAT_ERR);
         assert_int_equal(chat_wsc_close_code(c), 1006);
         assert_string_equal(chat_wsc_close_reason(c), "");
@@ -918,15 +931,9 @@ static void test_server_violations(void **state)
         const unsigned char *b = fixed[i].bytes ? fixed[i].bytes : big_ping;
         size_t bl = fixed[i].bytes ? fixed[i].len : sizeof big_ping;
         ts_srv s = {.fn = fn_send_then_wait, .arg = b, .arg_len = bl};
-        ts_start(&s);
-        chat_wsc *c = ts_connect(&s, NULL);
-        int rc = chat_wsc_recv(c, 2000, NULL, NULL);
-        if (rc != CHAT_ERR) fail_msg("%s: recv %d", fixed[i].name, rc);
-        if (chat_wsc_close_code(c) != fixed[i].code)
-            fail_msg("%s: close code %d, want %d", fixed[i].name, chat_wsc_close_code(c), fixed[i].code);
-        assert_true(chat_wsc_close_reason(c)[0] != '\0');
-        chat_wsc_close(c, 1000, NULL);
-        ts_join(&s);
+        char reason[128];
+        expect_client_fails(&s, fixed[i].name, 2000, fixed[i].code, reason, sizeof reason);
+        assert_true(reason[0] != '\0');
         if (s.nframes != 1 || s.frames[0].op != CHAT_WS_CLOSE || close_code_of(&s.frames[0]) != fixed[i].code)
             fail_msg("%s: the server did not get a close %d", fixed[i].name, fixed[i].code);
         ts_free(&s);
@@ -949,12 +956,7 @@ static void fn_big_fragments(ts_srv *s, int fd)
 static void test_fragments_over_bound(void **state)
 {
     ts_srv s = {.fn = fn_big_fragments};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
-    assert_int_equal(chat_wsc_recv(c, 5000, NULL, NULL), CHAT_ERR);
-    assert_int_equal(chat_wsc_close_code(c), 1009);
-    chat_wsc_close(c, 1000, NULL);
-    ts_join(&s);
+    expect_client_fails(&s, "fragments over the bound", 5000, 1009, NULL, 0);
     assert_int_equal(close_code_of(&s.frames[0]), 1009);
     ts_free(&s);
 }
@@ -962,8 +964,7 @@ static void test_fragments_over_bound(void **state)
 static void test_recv_timeout(void **state)
 {
     ts_srv s = {.fn = fn_wait_close};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     static const int timeouts[] = {100, 0, 250};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(timeouts); i++) {
         int64_t t0 = chat_now_ms();
@@ -972,9 +973,7 @@ static void test_recv_timeout(void **state)
         if (dt < timeouts[i] - 5 || dt > timeouts[i] + 150) fail_msg("timeout %d took %lld ms", timeouts[i], (long long)dt);
     }
     assert_int_equal(chat_wsc_close_code(c), 0);
-    chat_wsc_close(c, 1000, NULL);
-    ts_join(&s);
-    ts_free(&s);
+    ts_done(&s, c);
 }
 
 /* A frame arriving in three pieces, the first two separated by waits longer than recv's timeout. */
@@ -995,8 +994,7 @@ static void fn_slow_frame(ts_srv *s, int fd)
 static void test_partial_frame_survives_timeout(void **state)
 {
     ts_srv s = {.fn = fn_slow_frame};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     const char *m;
     size_t n;
     assert_int_equal(chat_wsc_recv(c, 50, &m, &n), CHAT_ETIMEOUT);
@@ -1007,17 +1005,14 @@ static void test_partial_frame_survives_timeout(void **state)
     pattern(p, sizeof p, 9);
     assert_int_equal(n, 200);
     assert_memory_equal(m, p, 200);
-    chat_wsc_close(c, 1000, NULL);
-    ts_join(&s);
-    ts_free(&s);
+    ts_done(&s, c);
 }
 
 /* Raw frames reach the server exactly as told; raw bytes unchanged. */
 static void test_raw_frames(void **state)
 {
     ts_srv s = {.fn = fn_wait_close};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     assert_int_equal(chat_wsc_send_frame(c, CHAT_WS_TEXT, false, "ab", 2), 0);
     assert_int_equal(chat_wsc_send_frame(c, CHAT_WS_CONT, true, "cd", 2), 0);
     assert_int_equal(chat_wsc_send_frame(c, CHAT_WS_TEXT, true, "\xff\xfe", 2), 0);
@@ -1063,8 +1058,7 @@ static void fn_ignore_close(ts_srv *s, int fd)
 static void test_close_waits_one_second(void **state)
 {
     ts_srv s = {.fn = fn_ignore_close};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     int64_t t0 = chat_now_ms();
     chat_wsc_close(c, 4000, "a reason longer than it may be: 0123456789012345678901234567890123456789"
                             "0123456789012345678901234567890123456789012345678901234567890123456789");
@@ -1103,8 +1097,7 @@ static void test_ipv6(void **state)
     if (probe >= 0) close(probe);
     if (!have) skip();
     ts_srv s = {.v6 = true, .fn = fn_echo};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     const char *m;
     assert_int_equal(chat_wsc_send_text(c, "six", 3), 0);
     assert_int_equal(chat_wsc_recv(c, 2000, &m, NULL), 0);
@@ -1133,8 +1126,7 @@ static void fn_json(ts_srv *s, int fd)
 static void test_recv_json(void **state)
 {
     ts_srv s = {.fn = fn_json};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     json_object *o = NULL, *v;
     assert_int_equal(chat_wsc_recv_type(c, 2000, "complete", &o), 0);
     assert_true(json_object_object_get_ex(o, "response", &v));
@@ -1151,17 +1143,14 @@ static void test_recv_json(void **state)
     assert_int_equal(chat_wsc_recv_type(c, 200, "complete", &o), CHAT_ETIMEOUT); /* skips the token */
     assert_null(o);
     assert_true(chat_now_ms() - t0 < 600);
-    chat_wsc_close(c, 1000, NULL);
-    ts_join(&s);
-    ts_free(&s);
+    ts_done(&s, c);
 }
 
 /* Memory: a 1 MB message's buffer is released at the next recv; small ones keep theirs. */
 static void test_buffers_shrink(void **state)
 {
     ts_srv s = {.fn = fn_echo};
-    ts_start(&s);
-    chat_wsc *c = ts_connect(&s, NULL);
+    chat_wsc *c = ts_open(&s);
     assert_null(c->rbuf); /* nothing read yet */
     size_t big = 1 << 20;
     char *p = malloc(big);
@@ -1182,9 +1171,7 @@ static void test_buffers_shrink(void **state)
     assert_int_equal(chat_wsc_recv(c, 5000, &m, NULL), 0);
     assert_string_equal(m, "again");
     free(p);
-    chat_wsc_close(c, 1000, NULL);
-    ts_join(&s);
-    ts_free(&s);
+    ts_done(&s, c);
 }
 
 /* ---- chat-ws ---- */

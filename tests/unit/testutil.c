@@ -127,6 +127,25 @@ void testutil_tsv_close(testutil_tsv *t)
     t->data = t->save = NULL;
 }
 
+void testutil_tsv_score(const char *rel, const char *what, int n, bool (*check)(char **row, void *ud), void *ud,
+                        int min_rows, int min_pct)
+{
+    testutil_tsv t;
+    char *row[8];
+    if (n < 1 || n > (int)(sizeof row / sizeof row[0])) fail_msg("testutil_tsv_score: %d fields", n);
+    if (testutil_tsv_open(&t, rel)) fail_msg("cannot read %s", rel);
+    int total = 0, good = 0;
+    for (int got; (got = testutil_tsv_next(&t, row, n));) {
+        if (got != n) fail_msg("%s: a row of %d fields, want %d: %.60s", rel, got, n, row[0]);
+        total++;
+        if (check(row, ud)) good++;
+    }
+    testutil_tsv_close(&t);
+    print_message("%s: %d/%d\n", what, good, total);
+    if (total < min_rows) fail_msg("%s: %d rows, want at least %d", rel, total, min_rows);
+    if (good * 100 < total * min_pct) fail_msg("%s: %d/%d held, want %d %%", rel, good, total, min_pct);
+}
+
 pid_t testutil_fake_llm_start(int *port)
 {
     const char *bin = testutil_path("build/bin/fake-llm");

@@ -3,6 +3,7 @@
 #ifndef TESTUTIL_H
 #define TESTUTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -36,6 +37,12 @@ int testutil_tsv_open(testutil_tsv *t, const char *rel);
  * number of fields, or 0 after the last row. The fields point into t, valid until testutil_tsv_close. */
 int testutil_tsv_next(testutil_tsv *t, char **fields, int max);
 void testutil_tsv_close(testutil_tsv *t);
+/* Scores a labelled set: check(row, ud) on every row of the root-relative file rel, true when the row's
+ * expectation holds (the fields are valid during the call). Prints "<what>: good/total" and fails the
+ * test unless the file is readable, each row has exactly n fields (at most 8), there are at least
+ * min_rows rows and at least min_pct percent of them held. */
+void testutil_tsv_score(const char *rel, const char *what, int n, bool (*check)(char **row, void *ud), void *ud,
+                        int min_rows, int min_pct);
 
 /* build/bin/fake-llm on a free loopback port, read from its "PORT n" line (within 5 s); its stderr goes
  * to /dev/null. The pid, or -1 (with a message on stderr). Stop it with testutil_fake_llm_stop. */
@@ -64,6 +71,13 @@ enum {
 /* Drops and re-creates database chat_t_<name>, applies what flags ask; fails the test on error.
  * Caller frees with chat_db_free. */
 chat_db *testutil_db_fresh(const char *name, int flags);
+/* A cmocka group teardown for the programs whose group setup makes their database and puts it in *state:
+ * frees it. */
+int testutil_db_teardown(void **state);
+/* Drops database chat_t_<name> on db's server (the library has no DROP DATABASE: only tests throw a
+ * database away); fails the test on error. db stays usable for another database after
+ * chat_db_create_database. */
+void testutil_db_drop(chat_db *db, const char *name);
 
 /* A fresh chat_t_<name> with the sample data, and a pipeline on it with the extractive provider that may
  * read any customer's records (a staff desk); fails the test on error. Caller frees. */

@@ -66,13 +66,28 @@ void testutil_sql_file(chat_db *db, const char *rel)
     free(sql);
 }
 
+int testutil_db_teardown(void **state)
+{
+    chat_db_free(*state);
+    return 0;
+}
+
+void testutil_db_drop(chat_db *db, const char *name)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS `chat_t_%s`", name);
+    testutil_sql(db, sql);
+}
+
 chat_db *testutil_db_fresh(const char *name, int flags)
 {
     chat_config cfg = testutil_config(name);
     chat_db *db = chat_db_new(&cfg);
     char err[512];
     if (!db) fail_msg("out of memory");
-    if (chat_db_drop_database(db, err, sizeof err)) fail_msg("drop: %s", err);
+    /* created (so that a connection can select it), dropped with an earlier run's rows, created empty */
+    if (chat_db_create_database(db, err, sizeof err)) fail_msg("create: %s", err);
+    testutil_db_drop(db, name);
     if (chat_db_create_database(db, err, sizeof err)) fail_msg("create: %s", err);
     if (flags & (TESTUTIL_SCHEMA | TESTUTIL_SAMPLE)) {
         char schema[1024], migrations[1024];
