@@ -782,8 +782,8 @@ static void test_frame_tables(void **state)
 {
     (void)state;
     static const char *const client[] = {"auth", "message", "cancel", "ping", "resume"};
-    static const char *const server[] = {"auth_success", "auth_error", "progress", "token",       "complete",
-                                         "error",        "pong",       "resumed",  "user_message"};
+    static const char *const server[] = {"auth_success", "auth_error", "auth_expiring", "progress",    "token",
+                                         "complete",     "error",      "pong",          "resumed",     "user_message"};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(client); i++) assert_string_equal(chat_proto_in_name((chat_in_type)(i + 1)), client[i]);
     assert_string_equal(chat_proto_in_name(CHAT_IN_NONE), "");
     assert_string_equal(chat_proto_in_name((chat_in_type)99), "");
