@@ -57,8 +57,8 @@ void chat_agent_cfg_request_reload(void);
 /* How many reloads were requested in this process so far (a supervisor forwards each to its children). */
 unsigned chat_agent_cfg_reload_requests(void);
 /* Makes SIGHUP request a reload, through chat_log's SIGHUP handler (chat_log_on_sighup), which also
- * reopens the log: one signal for both, as daemons do. Needs chat_log_init (which installs the handler,
- * SA_RESTART) in the process, before or after. Returns 0. A forked child keeps it. */
+ * reopens the log when there is one: one signal for both, as daemons do (SA_RESTART). Returns 0. A
+ * forked child keeps it. */
 int chat_agent_cfg_install_sighup(void);
 
 #endif

@@ -43,6 +43,17 @@ static void on_hup(int sig)
     errno = saved;
 }
 
+/* The one SIGHUP handler of the process (idempotent). */
+static void install_hup(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_hup;
+    sa.sa_flags = SA_RESTART; /* a reopen must not make a blocking call fail with EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGHUP, &sa, NULL);
+}
+
 void chat_log_init(const char *program, int level)
 {
     snprintf(log_program, sizeof log_program, "%s", program ? program : "chat");
@@ -52,12 +63,7 @@ void chat_log_init(const char *program, int level)
         memcpy(log_path, file, strlen(file) + 1);
         if (log_reopen()) open_err = errno;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_hup;
-    sa.sa_flags = SA_RESTART; /* a reopen must not make a blocking call fail with EINTR */
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGHUP, &sa, NULL);
+    install_hup();
     log_level = level;
     const char *env = getenv("CHAT_LOG_LEVEL");
     if (env) {
@@ -72,6 +78,7 @@ void chat_log_init(const char *program, int level)
 void chat_log_on_sighup(void (*hook)(void))
 {
     log_hup_hook = hook;
+    install_hup(); /* also without chat_log_init (a test, a library user): SIGHUP must not kill */
 }
 
 void chat_log(int level, const char *fmt, ...)

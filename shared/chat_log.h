@@ -15,7 +15,8 @@ void chat_log_init(const char *program, int level);
 
 /* Also runs hook on each SIGHUP, after the log's reopen: SIGHUP is the one "reload" signal, and a second
  * handler installed for it elsewhere would replace the reopen. hook runs in the signal handler, so it
- * must be async-signal-safe (set a flag, bump an atomic). One hook per process; NULL removes it. */
+ * must be async-signal-safe (set a flag, bump an atomic). One hook per process; NULL removes it. Installs
+ * the handler too, so it works with or without chat_log_init. */
 void chat_log_on_sighup(void (*hook)(void));
 void chat_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -12,7 +12,7 @@ source "$(dirname "$0")/lib.sh"
 OWN=$VAR/own
 EXAMPLE=deploy/chat.env.example
 
-code_vars=$( { grep -ohE '(STR|INT)\([a-z_]+, "[A-Z][A-Z0-9_]+"' shared/chat_config.c
+code_vars=$( { grep -ohE '(^|[^A-Z_])(STR|INT)\([a-z_]+, "[A-Z][A-Z0-9_]+"' shared/chat_config.c
   grep -rohE '(getenv|chat_config_env_int)\("[A-Z][A-Z0-9_]+"' shared fcgi streamer; } |
   grep -oE '"[A-Z][A-Z0-9_]+"' | tr -d '"' | sort -u)
 doc_vars=$(grep -oE '^#?[A-Z][A-Z0-9_]+=' "$EXAMPLE" | tr -d '#=' | sort -u)
@@ -29,6 +29,7 @@ for v in $doc_vars; do
   case "$STACK_SET" in *" $v "*) continue ;; esac
   case $v in
     CHAT_SQL_DIR) val=$ROOT/sql ;;
+    CHAT_PROMPTS_DIR) val=$ROOT/prompts ;;
     CHAT_CUSTOMER_ACCESS) val=any ;;
     CHAT_DB_HOST) val= ;; # set, but empty: the private server's socket still wins
     *) val=$(sed -n "s/^#$v=//p" "$EXAMPLE" | head -1) ;;
