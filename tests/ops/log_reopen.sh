@@ -29,11 +29,13 @@ declare -A size
 for f in $LOGS; do size[$f]=$(stat -c %s "$L/$f.log.moved"); done
 chats
 has() { [ -f "$L/$1.log" ] && grep -q -- "$2" "$L/$1.log"; }
+# lighttpd buffers its access log and writes it out about once a second: wait for it a little.
+has_soon() { local i; for i in $(seq 1 30); do has "$@" && return 0; sleep 0.1; done; return 1; }
 check "the streamer writes to a new chat-streamer.log" has chat-streamer 'streamer: job [0-9]* submitted'
 check "the workers write to a new chat-worker.log" has chat-worker 'worker: job [0-9]* done'
 check "the worker supervisor writes to the new chat-worker.log" has chat-worker 'supervisor: worker pid [0-9]* exited'
 check "the FastCGI responders write to a new chat-fcgi.log" has chat-fcgi 'POST /api/v1/chat 200'
-check "lighttpd writes to a new access.log" has access '"POST /api/v1/chat HTTP/1.1" 200'
+check "lighttpd writes to a new access.log" has_soon access '"POST /api/v1/chat HTTP/1.1" 200'
 check "lighttpd reopened its error log" test -f "$L/lighttpd-error.log"
 check "the supervisor writes to a new stack.log" has stack 'log reopened'
 grown=""
