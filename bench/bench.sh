@@ -21,6 +21,7 @@
 #                              most N x 1000/D frames/s, less the gap between an answer and the next: 1,200
 #                              streams offer 120,000, so that the stack, not the scenario, sets the figure
 #   BENCH_PACED_SLOTS (640)    slots per worker process of the paced pool (two processes)
+#   BENCH_STORM_CONNS (5000)   reconnect storm: streaming clients that drop at once and resume (chat-storm)
 #   BENCH_KB_PASSAGES (10000), BENCH_KB_LARGE (100000), BENCH_RETRIEVAL_Q (300)
 #   BENCH_REST_CONNS (64), BENCH_PORT (18080), BENCH_VAR (var/bench), CHAT_WORKERS (stack default)
 # Full output of every step: $BENCH_VAR/log/bench-*.txt. Results and analysis: docs/benchmarks.md.
@@ -50,6 +51,7 @@ KB_PASSAGES=${BENCH_KB_PASSAGES:-10000}
 KB_LARGE=${BENCH_KB_LARGE:-$(q 100000 20000)}
 RETRIEVAL_Q=${BENCH_RETRIEVAL_Q:-$(q 300 50)}
 REST_CONNS=${BENCH_REST_CONNS:-64}
+STORM_CONNS=${BENCH_STORM_CONNS:-$(q 5000 500)}
 
 export CHAT_VAR=${BENCH_VAR:-$ROOT/var/bench}
 case "$CHAT_VAR" in /*) ;; *) CHAT_VAR=$ROOT/$CHAT_VAR ;; esac
@@ -140,12 +142,17 @@ start_paced() {
     CHAT_LOG_LEVEL=warn setsid "$BIN/chat-worker" >>"$LOG/bench-paced-worker.log" 2>&1 </dev/null &
   EXTRA_PIDS+=($!)
   echo $! >"$RUN/bench-paced-worker.pid"
-  CHAT_STREAMER_LISTEN=unix:$PACED_SOCK CHAT_ZMQ_ENDPOINT=$ep CHAT_LOG_LEVEL=warn \
+  # PACED_TCP=PORT: on that loopback TCP port instead of the Unix socket (chat-storm speaks TCP only)
+  local listen=unix:$PACED_SOCK
+  [ -n "${PACED_TCP:-}" ] && listen=127.0.0.1:$PACED_TCP
+  CHAT_STREAMER_LISTEN=$listen CHAT_ZMQ_ENDPOINT=$ep CHAT_LOG_LEVEL=warn \
     setsid "$BIN/chat-streamer" >>"$LOG/bench-paced-streamer.log" 2>&1 </dev/null &
   EXTRA_PIDS+=($!)
   echo $! >"$RUN/bench-paced.pid"
+  local status_at=(--unix-socket "$PACED_SOCK" http://localhost/status)
+  [ -n "${PACED_TCP:-}" ] && status_at=("http://127.0.0.1:$PACED_TCP/status")
   for ((i = 0; i < 300; i++)); do
-    curl -s -m 1 --unix-socket "$PACED_SOCK" http://localhost/status 2>/dev/null |
+    curl -s -m 1 "${status_at[@]}" 2>/dev/null |
       grep -q "\"workers_live\":$((2 * PACED_SLOTS))," && return 0
     sleep 0.1
   done
@@ -159,7 +166,7 @@ cleanup() {
 }
 trap 'cleanup; exit 130' INT TERM
 
-for b in chat-bench chat-kbgen chat-kb chat-streamer chat-worker chat-fcgi; do
+for b in chat-bench chat-storm chat-kbgen chat-kb chat-streamer chat-worker chat-fcgi; do
   [ -x "$BIN/$b" ] || { echo "bench: build/bin/$b is missing (make)" >&2; exit 1; }
 done
 if ss -ltn 2>/dev/null | grep -q "127.0.0.1:$CHAT_PORT "; then
@@ -276,6 +283,21 @@ if start_paced "$STREAM_DELAY"; then
 fi
 cleanup_extra
 
+# The reconnect storm (issue 14): every streaming client drops at once, reconnects and resumes; each answer
+# must arrive whole exactly once (chat-storm checks the text) and be stored once (checked here).
+say "reconnect storm: $STORM_CONNS streaming clients (a token every 25 ms) drop at once and resume"
+STORM_PORT=$((CHAT_PORT + 7))
+if PACED_TCP=$STORM_PORT PACED_SLOTS=$((STORM_CONNS / 2 + 64)) start_paced 25; then
+  step storm 60 timeout 240 "$BIN/chat-storm" --url "ws://127.0.0.1:$STORM_PORT/ws/chat" --conns "$STORM_CONNS" \
+    --timeout 120
+  bash deploy/mariadb.sh client chat -N -e "SELECT COUNT(*), COALESCE(SUM(n <> 2), 0) FROM (SELECT s.id,
+    (SELECT COUNT(*) FROM chat_messages m WHERE m.session_id = s.id) AS n FROM chat_sessions s
+    WHERE s.user_id LIKE 'storm-user-%') t" >"$LOG/bench-storm-db.txt" 2>&1
+  read -r storm_sessions storm_bad_store <"$LOG/bench-storm-db.txt"
+  echo "storm: $storm_sessions conversations in the database, ${storm_bad_store:-?} of them without exactly one stored turn"
+fi
+cleanup_extra
+
 say "REST GET /health through lighttpd"
 step health 25 timeout 60 "$BIN/chat-bench" rest --url "$HTTP_BASE/health" --conns "$REST_CONNS" --duration "$(q 10 3)" \
   --pid-file "$PID_LIGHTTPD" --pid-file "$PID_DB" --max-time 50
@@ -378,6 +400,11 @@ row "retrieval p99 over $(num "$rln") passages (p50)" "<= 20 ms" "$(ms "$rl99") 
 row "retrieval p99 over $KB_PASSAGES passages" "-" "$(ms "$r10")" "-"
 row "REST POST /api/v1/chat through lighttpd" ">= 1,000 req/s" "$(num "$rest") req/s $(verdict "$rest" ge 1000)" "-"
 row "  same, sample knowledge base only (187 passages)" "-" "$(num "$rest_small") req/s" "-"
+storm_lost=$(kv storm lost) storm_dup=$(kv storm duplicated) storm_gaps=$(kv storm gaps) storm_all=$(kv storm all_s)
+storm_ok=""
+[ -n "$storm_lost" ] && storm_ok=$(verdict "$((storm_lost + storm_dup + storm_gaps + ${storm_bad_store:-1}))" le 0)
+row "reconnect storm: $(num "$STORM_CONNS") streaming clients drop at once and resume" "none lost, none duplicated" \
+  "$(num "$(kv storm resumed)") resumed, all answered ${storm_all:-?} s after the drop; lost ${storm_lost:-?}, duplicated ${storm_dup:-?}, gaps ${storm_gaps:-?}, not stored once ${storm_bad_store:-?} $storm_ok" "-"
 row "REST GET /health through lighttpd" ">= 10,000 req/s" "$(num "$health") req/s $(verdict "$health" ge 10000)" "-"
 exited=$(grep -l '^BENCH server=.* exited=1' "$LOG"/bench-*.txt 2>/dev/null | sed 's|.*/bench-||; s|\.txt$||' | tr '\n' ' ')
 [ -n "$exited" ] && echo && echo "WARNING: a server process exited during: $exited(its figures and the later ones are not valid)"
