@@ -435,6 +435,7 @@ per() {
 us() { [ -n "${1:-}" ] && echo "$1 us" || echo "n/a"; }
 paced_table() {
   local n via st sw lt all db turns dbt fps gap99 ft50 ft99 fail
+  local -a procs
   echo
   echo "Paced streams (issue 15): a token every $PACED_DELAY ms, every token its own frame, closed loop, sample knowledge base;"
   echo "CPU time of each process group in the measured window (/proc/PID/stat) / token frames received"
@@ -446,7 +447,9 @@ paced_table() {
       st=paced-$via-$n
       [ -f "$LOG/bench-$st.txt" ] || continue
       sw=$(per "$st" chat-streamer chat-worker)
-      all=$(per "$st" chat-streamer chat-worker mariadb $([ "$via" = proxy ] && echo lighttpd))
+      procs=(chat-streamer chat-worker mariadb)
+      [ "$via" = proxy ] && procs+=(lighttpd)
+      all=$(per "$st" "${procs[@]}")
       db=$(kv "$st" win_group_cpu_ms "server=mariadb ")
       turns=$(kv "$st" turns_win mode=)
       dbt=$( [ -n "$db" ] && [ -n "$turns" ] && [ "$turns" != 0 ] && awk -v c="$db" -v t="$turns" 'BEGIN { printf "%.0f", c * 1000 / t }' )
