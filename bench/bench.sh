@@ -23,7 +23,13 @@
 #   BENCH_PACED_SLOTS (640)    slots per worker process of the paced pool (two processes)
 #   BENCH_STORM_CONNS (5000)   reconnect storm: streaming clients that drop at once and resume (chat-storm)
 #   BENCH_KB_PASSAGES (10000), BENCH_KB_LARGE (100000), BENCH_RETRIEVAL_Q (300)
+#   BENCH_PACED_STREAMS ("400 1000"), BENCH_PACED_DELAY_MS (20), BENCH_PACED_DURATION (15)  issue 15's
+#                              workload, last: the stack restarted with its workers pacing a token every
+#                              DELAY ms, the sample knowledge base, N streams closed loop through lighttpd
+#                              and on the streamer's socket; CPU per token frame of each process kind
 #   BENCH_REST_CONNS (64), BENCH_PORT (18080), BENCH_VAR (var/bench), CHAT_WORKERS (stack default)
+#   BENCH_ONLY ("")            run only the steps whose names match these patterns (e.g. "paced-*",
+#                              "mem proxy paced-*"): the stack starts and stops around them all the same
 # Full output of every step: $BENCH_VAR/log/bench-*.txt. Results and analysis: docs/benchmarks.md.
 set -uo pipefail
 
@@ -52,6 +58,10 @@ KB_LARGE=${BENCH_KB_LARGE:-$(q 100000 20000)}
 RETRIEVAL_Q=${BENCH_RETRIEVAL_Q:-$(q 300 50)}
 REST_CONNS=${BENCH_REST_CONNS:-64}
 STORM_CONNS=${BENCH_STORM_CONNS:-$(q 5000 500)}
+PACED_STREAMS=${BENCH_PACED_STREAMS:-400 1000}
+PACED_DELAY=${BENCH_PACED_DELAY_MS:-20}
+PACED_DURATION=${BENCH_PACED_DURATION:-$(q 15 5)}
+ONLY=${BENCH_ONLY:-}
 
 export CHAT_VAR=${BENCH_VAR:-$ROOT/var/bench}
 case "$CHAT_VAR" in /*) ;; *) CHAT_VAR=$ROOT/$CHAT_VAR ;; esac
@@ -73,6 +83,8 @@ export JWT_SECRET
 # on-disk temporary tables and other processes on the machine clean the shared /tmp (a vanished
 # temporary file made MariaDB fail queries and once crash; see docs/benchmarks.md).
 export TMPDIR=$CHAT_VAR/tmp
+# ...that MariaDB's own account can write to when this runs as root (mariadb.sh runs it as mysql then)
+[ "$(id -u)" = 0 ] && chmod 1777 "$TMPDIR"
 # Every connection is a descriptor: take what the hard limit allows (stack.sh passes it on).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -86,11 +98,25 @@ EXTRA_PIDS=()
 say() { printf '\n== %s\n' "$*"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
 
-# Runs a step when enough budget is left: name need_s command... (output to the log and, without the
-# machine-readable BENCH lines, to the terminal)
+# want NAME: the step is to run (BENCH_ONLY empty, or one of its patterns matches NAME)
+want() {
+  [ -z "$ONLY" ] && return 0
+  local -a pats
+  local p
+  read -ra pats <<<"$ONLY"
+  for p in "${pats[@]}"; do
+    # shellcheck disable=SC2254 # the patterns are globs on purpose
+    case $1 in $p) return 0 ;; esac
+  done
+  return 1
+}
+
+# Runs a step when it is wanted and enough budget is left: name need_s command... (output to the log
+# and, without the machine-readable BENCH lines, to the terminal)
 step() {
   local name=$1 need=$2; shift 2
   local out=$LOG/bench-$name.txt
+  want "$name" || return 1
   if [ "$(left)" -lt "$need" ]; then
     echo "(skipped $name: $(left) s of the budget left, it needs about $need s)" | tee "$out"
     return 1
@@ -231,6 +257,7 @@ step connect 30 timeout 60 "$BIN/chat-bench" connect --url "$WS_DIRECT" --conns 
 say "$IDLE_CONNS idle connections on the streamers directly"
 NSTREAMERS=$(( (IDLE_CONNS + PER_STREAMER - 1) / PER_STREAMER ))
 URLS=(--url "$WS_DIRECT") PIDS=(--pid-file "$PID_STREAMER")
+want idle || NSTREAMERS=1
 for ((i = 2; i <= NSTREAMERS; i++)); do
   sock=$RUN/bench-streamer-$i.sock
   rm -f "$sock"
@@ -266,7 +293,7 @@ step chat $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat 
 
 QC_AFTER=$(qcache)
 say "token frames: $FRAME_CONNS connections, closed loop, a token every $FRAME_DELAY ms, ${DURATION} s"
-if start_paced "$FRAME_DELAY"; then
+if want frames && start_paced "$FRAME_DELAY"; then
   step frames $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "ws+unix:$PACED_SOCK:/ws/chat" \
     --conns "$FRAME_CONNS" --duration "$DURATION" --warmup 3 --timeout 30 "${QOPT[@]}" \
     --pid-file "$RUN/bench-paced.pid" --pid-file "$RUN/bench-paced-worker.pid" --pid-file "$PID_DB" \
@@ -275,7 +302,7 @@ fi
 cleanup_extra
 
 say "first token: $STREAMS connections, open loop at $STREAM_RATE messages/s, a token every $STREAM_DELAY ms, ${DURATION} s"
-if start_paced "$STREAM_DELAY"; then
+if want stream && start_paced "$STREAM_DELAY"; then
   step stream $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "ws+unix:$PACED_SOCK:/ws/chat" \
     --conns "$STREAMS" --rate "$STREAM_RATE" --duration "$DURATION" --warmup 5 --timeout 30 "${QOPT[@]}" \
     --pid-file "$RUN/bench-paced.pid" --pid-file "$RUN/bench-paced-worker.pid" --pid-file "$PID_DB" \
@@ -283,11 +310,11 @@ if start_paced "$STREAM_DELAY"; then
 fi
 cleanup_extra
 
-# The reconnect storm (issue 14): every streaming client drops at once, reconnects and resumes; each answer
+# The reconnect storm (resumable streams): every streaming client drops at once, reconnects and resumes; each answer
 # must arrive whole exactly once (chat-storm checks the text) and be stored once (checked here).
 say "reconnect storm: $STORM_CONNS streaming clients (a token every 25 ms) drop at once and resume"
 STORM_PORT=$((CHAT_PORT + 7))
-if PACED_TCP=$STORM_PORT PACED_SLOTS=$((STORM_CONNS / 2 + 64)) start_paced 25; then
+if want storm && PACED_TCP=$STORM_PORT PACED_SLOTS=$((STORM_CONNS / 2 + 64)) start_paced 25; then
   step storm 60 timeout 240 "$BIN/chat-storm" --url "ws://127.0.0.1:$STORM_PORT/ws/chat" --conns "$STORM_CONNS" \
     --timeout 120
   bash deploy/mariadb.sh client chat -N -e "SELECT COUNT(*), COALESCE(SUM(n <> 2), 0) FROM (SELECT s.id,
@@ -311,11 +338,14 @@ step rest $((DURATION + 20)) timeout $((DURATION + 80)) "$BIN/chat-bench" rest -
 # deterministic, so an existing one with the right size is reused).
 say "retrieval over $KB_LARGE passages (database chat_bench_large)"
 LARGE_ENV=("${DB_ENV[@]}" CHAT_DB_NAME=chat_bench_large)
-have=$(bash deploy/mariadb.sh client -N -e "SELECT COUNT(*) FROM chat_bench_large.kb_documents WHERE source LIKE 'gen/%'" 2>/dev/null || echo 0)
+have=0
+want retrieval-large && have=$(bash deploy/mariadb.sh client -N -e "SELECT COUNT(*) FROM chat_bench_large.kb_documents WHERE source LIKE 'gen/%'" 2>/dev/null || echo 0)
 gen_large() { env "${LARGE_ENV[@]}" "$BIN/chat-kb" setup && env "${LARGE_ENV[@]}" "$BIN/chat-kbgen" --passages "$KB_LARGE"; }
 # a database kept from a run of an older version gets its migrations (kb_documents to Aria: about 10 s)
-[ "$have" = "$KB_LARGE" ] && env "${LARGE_ENV[@]}" "$BIN/chat-kb" migrate >>"$LOG/bench-kbgen-large.txt" 2>&1
-if [ "$have" != "$KB_LARGE" ]; then
+[ "$have" = "$KB_LARGE" ] && want retrieval-large && env "${LARGE_ENV[@]}" "$BIN/chat-kb" migrate >>"$LOG/bench-kbgen-large.txt" 2>&1
+if ! want retrieval-large; then
+  :
+elif [ "$have" != "$KB_LARGE" ]; then
   step kbgen-large 90 gen_large
 else
   echo "(reusing the existing $KB_LARGE-passage database)"
@@ -325,10 +355,45 @@ RQ=$RETRIEVAL_Q
 # the word-frequency cache as a long-running worker's is (about 6 s): keep inside the budget
 maxq=$(( ($(left) - 50) * 20 ))
 [ "$maxq" -lt "$RQ" ] && RQ=$maxq
-if [ "$RQ" -ge 20 ]; then
+if ! want retrieval-large; then
+  :
+elif [ "$RQ" -ge 20 ]; then
   step retrieval-large 30 timeout $(( $(left) - 20 )) env "${LARGE_ENV[@]}" "$BIN/chat-kbgen" --retrieval-bench "$RQ" --warmup 200
 else
   echo "(skipped: not enough budget left)" | tee "$LOG/bench-retrieval-large.txt"
+fi
+
+# Issue 15's workload: what a token costs when a real model paces it. The stack again, its workers
+# pacing a token every PACED_DELAY ms (so every token is its own frame) with enough slots for the largest
+# N (2 x 640), on the sample knowledge base with the built-in questions (the issue's MariaDB target is
+# per turn on it); N streams closed loop through lighttpd and on the streamer's socket. chat-bench
+# samples every process group's CPU at the edges of the measured window; the table divides it by the
+# token frames received in that window.
+PACED_STEPS=()
+for n in $PACED_STREAMS; do PACED_STEPS+=("paced-proxy-$n" "paced-direct-$n"); done
+paced_wanted() { local x; for x in "${PACED_STEPS[@]}"; do want "$x" && return 0; done; return 1; }
+if paced_wanted && [ "$(left)" -lt $((PACED_DURATION + 60)) ]; then
+  echo "(skipped the paced steps: $(left) s of the budget left)"
+elif paced_wanted; then
+  say "paced streams: a token every $PACED_DELAY ms, closed loop, $PACED_STREAMS streams, ${PACED_DURATION} s each"
+  env "${DB_ENV[@]}" "$BIN/chat-kbgen" --passages 0 >"$LOG/bench-kbgen-paced.txt" 2>&1
+  bash deploy/stack.sh stop >>"$LOG/bench-stack.txt" 2>&1
+  if CHAT_TOKEN_DELAY_MS=$PACED_DELAY CHAT_WORKERS=2 CHAT_WORKER_SLOTS=640 bash deploy/stack.sh start >>"$LOG/bench-stack.txt" 2>&1; then
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    for n in $PACED_STREAMS; do
+      for via in proxy direct; do
+        url=$WS_PROXY pids=(--pid-file "$PID_LIGHTTPD")
+        [ "$via" = direct ] && url=$WS_DIRECT pids=()
+        say "  $n streams, $([ "$via" = direct ] && echo "on the streamer's socket" || echo "through lighttpd")"
+        step "paced-$via-$n" $((PACED_DURATION + 25)) timeout $((PACED_DURATION + 90)) "$BIN/chat-bench" chat --url "$url" \
+          --conns "$n" --duration "$PACED_DURATION" --warmup 3 --timeout 30 "${pids[@]}" --pid-file "$PID_STREAMER" \
+          --pid-file "$PID_WORKER" --pid-file "$PID_DB" --max-time $((PACED_DURATION + 80))
+      done
+    done
+  else
+    tail -5 "$LOG/bench-stack.txt"
+    echo "(the stack did not start with paced workers)"
+  fi
 fi
 
 say "stopping the stack"
@@ -375,6 +440,81 @@ health=$(kv health req_ok_per_s mode=)
 
 kb() { [ -n "${1:-}" ] && awk -v b="$1" 'BEGIN { printf "%.1f KB", b / 1024 }' || echo "n/a"; }
 row() { printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4"; }
+
+# ---- issue 15's table: CPU per token frame of each process group, paced streams ----
+# per STEP SERVER... : the summed window CPU (ms) of those servers per token frame received, in us
+per() {
+  local st=$1 f c sum=0 x; shift
+  f=$(kv "$st" token_frames_win mode=)
+  [ -n "$f" ] && [ "$f" != 0 ] || return 0
+  for x in "$@"; do
+    c=$(kv "$st" win_group_cpu_ms "server=$x ")
+    [ -n "$c" ] || return 0
+    sum=$(awk -v a="$sum" -v b="$c" 'BEGIN { print a + b }')
+  done
+  awk -v c="$sum" -v f="$f" 'BEGIN { printf "%.1f", c * 1000 / f }'
+}
+us() { [ -n "${1:-}" ] && echo "$1 us" || echo "n/a"; }
+paced_table() {
+  local n via st sw lt all db turns dbt fps gap99 ft50 ft99 fail
+  local -a procs
+  echo
+  echo "Paced streams (issue 15): a token every $PACED_DELAY ms, every token its own frame, closed loop, sample knowledge base;"
+  echo "CPU time of each process group in the measured window (/proc/PID/stat) / token frames received"
+  echo
+  row "figure" "target" "measured" "issue 15's baseline"
+  row "---" "---" "---" "---"
+  for n in $PACED_STREAMS; do
+    for via in proxy direct; do
+      st=paced-$via-$n
+      [ -f "$LOG/bench-$st.txt" ] || continue
+      sw=$(per "$st" chat-streamer chat-worker)
+      procs=(chat-streamer chat-worker mariadb)
+      [ "$via" = proxy ] && procs+=(lighttpd)
+      all=$(per "$st" "${procs[@]}")
+      db=$(kv "$st" win_group_cpu_ms "server=mariadb ")
+      turns=$(kv "$st" turns_win mode=)
+      dbt=$( [ -n "$db" ] && [ -n "$turns" ] && [ "$turns" != 0 ] && awk -v c="$db" -v t="$turns" 'BEGIN { printf "%.0f", c * 1000 / t }' )
+      fps=$(kv "$st" token_frames_per_s mode=)
+      gap99=$(kv "$st" gap_p99_us mode=)
+      ft50=$(kv "$st" first_p50_us mode=)
+      ft99=$(kv "$st" first_p99_us mode=)
+      fail=$(kv "$st" turns_failed mode=)
+      if [ "$via" = proxy ]; then
+        lt=$(per "$st" lighttpd)
+        row "$n streams through lighttpd: streamer + workers per token frame" "<= 6 us" \
+          "$(us "$sw") $(verdict "$sw" le 6) (streamer $(us "$(per "$st" chat-streamer)"), workers $(us "$(per "$st" chat-worker)"); $(num "$fps") token frames/s, $(num "$fail") turns failed)" "33.2 us (16.9 + 16.3)"
+        row "  lighttpd per token frame" "<= 12 us" "$(us "$lt") $(verdict "$lt" le 12)" "19.7 us"
+        row "  all server processes incl. MariaDB per token frame" "<= 20 us" "$(us "$all") $(verdict "$all" le 20)" "62 us"
+      else
+        row "$n streams on the streamer's socket: streamer + workers per token frame" "<= 6 us" \
+          "$(us "$sw") $(verdict "$sw" le 6) (streamer $(us "$(per "$st" chat-streamer)"), workers $(us "$(per "$st" chat-worker)"); $(num "$fps") token frames/s, $(num "$fail") turns failed)" "33.5 us"
+        row "  all server processes incl. MariaDB per token frame" "-" "$(us "$all")" "43 us"
+      fi
+      row "  MariaDB CPU per turn" "<= 250 us" "$(us "$dbt") $(verdict "$dbt" le 250) ($(num "$turns") turns)" "~630 us"
+      row "  inter-token gap p99; first token p50 / p99" "<= $((PACED_DELAY + 5)) ms; <= 1 ms / <= 5 ms" \
+        "$(ms "$gap99") $(verdict "$gap99" le $(((PACED_DELAY + 5) * 1000))); $(ms "$ft50") / $(ms "$ft99") $(both "$(verdict "$ft50" le 1000)" "$(verdict "$ft99" le 5000)")" "-"
+    done
+  done
+  row "memory per idle authenticated connection, streamer's socket (mem step)" "<= 2.5 KB" "$(kb "$mem") $(verdict "$mem" le 2560)" "2.4 KB"
+  row "memory per idle authenticated connection, lighttpd's share (proxy step)" "<= 5 KB" "$(kb "$lt_share") $(verdict "$lt_share" le 5120)" "10.3 KB"
+}
+
+storm_row() {
+  local lost dup gaps all ok=""
+  lost=$(kv storm lost) dup=$(kv storm duplicated) gaps=$(kv storm gaps) all=$(kv storm all_s)
+  [ -n "$lost" ] && ok=$(verdict "$((lost + dup + gaps + ${storm_bad_store:-1}))" le 0)
+  row "reconnect storm: $(num "$STORM_CONNS") streaming clients drop at once and resume" "none lost, none duplicated" \
+    "$(num "$(kv storm resumed)") resumed, all answered ${all:-?} s after the drop; lost ${lost:-?}, duplicated ${dup:-?}, gaps ${gaps:-?}, not stored once ${storm_bad_store:-?} $ok" "-"
+}
+
+if [ -n "$ONLY" ]; then
+  want storm && storm_row
+  paced_table
+  echo
+  echo "bench: done in $((SECONDS - START)) s (BENCH_ONLY=$ONLY)"
+  exit 0
+fi
 echo
 echo "Results (client-side latencies over loopback; full output in $LOG/bench-*.txt)"
 echo
@@ -400,12 +540,9 @@ row "retrieval p99 over $(num "$rln") passages (p50)" "<= 20 ms" "$(ms "$rl99") 
 row "retrieval p99 over $KB_PASSAGES passages" "-" "$(ms "$r10")" "-"
 row "REST POST /api/v1/chat through lighttpd" ">= 1,000 req/s" "$(num "$rest") req/s $(verdict "$rest" ge 1000)" "-"
 row "  same, sample knowledge base only (187 passages)" "-" "$(num "$rest_small") req/s" "-"
-storm_lost=$(kv storm lost) storm_dup=$(kv storm duplicated) storm_gaps=$(kv storm gaps) storm_all=$(kv storm all_s)
-storm_ok=""
-[ -n "$storm_lost" ] && storm_ok=$(verdict "$((storm_lost + storm_dup + storm_gaps + ${storm_bad_store:-1}))" le 0)
-row "reconnect storm: $(num "$STORM_CONNS") streaming clients drop at once and resume" "none lost, none duplicated" \
-  "$(num "$(kv storm resumed)") resumed, all answered ${storm_all:-?} s after the drop; lost ${storm_lost:-?}, duplicated ${storm_dup:-?}, gaps ${storm_gaps:-?}, not stored once ${storm_bad_store:-?} $storm_ok" "-"
+storm_row
 row "REST GET /health through lighttpd" ">= 10,000 req/s" "$(num "$health") req/s $(verdict "$health" ge 10000)" "-"
+paced_table
 exited=$(grep -l '^BENCH server=.* exited=1' "$LOG"/bench-*.txt 2>/dev/null | sed 's|.*/bench-||; s|\.txt$||' | tr '\n' ' ')
 [ -n "$exited" ] && echo && echo "WARNING: a server process exited during: $exited(its figures and the later ones are not valid)"
 echo

@@ -1418,6 +1418,9 @@ typedef struct proc_sample {
     int nkids; /* direct children (FastCGI responders of lighttpd, workers of chat-worker) */
     long kids_rss_kb;
     unsigned long long kids_cpu_ticks;
+    unsigned long long same_kids_cpu_ticks; /* of the children running the same program (lighttpd's
+                                             * server.max-worker processes, chat-worker's workers) */
+    char comm[32];
 } proc_sample;
 
 static pid_t read_pid_file(const char *path)
@@ -1449,6 +1452,8 @@ static bool sample_one(pid_t pid, proc_sample *s)
         buf[n] = '\0';
         fclose(f);
         const char *p = strrchr(buf, ')'); /* fields after the command name */
+        const char *c = strchr(buf, '(');
+        if (c && p && p > c) snprintf(s->comm, sizeof s->comm, "%.*s", (int)(p - c - 1), c + 1);
         unsigned long ut = 0, stt = 0;
         if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stt) == 2)
             s->cpu_ticks = ut + stt;
@@ -1472,6 +1477,7 @@ static bool sample_proc(pid_t pid, proc_sample *s)
         s->nkids++;
         s->kids_rss_kb += k.rss_kb;
         s->kids_cpu_ticks += k.cpu_ticks;
+        if (!strcmp(k.comm, s->comm)) s->same_kids_cpu_ticks += k.cpu_ticks;
     }
     fclose(f);
     return true;
@@ -1517,13 +1523,16 @@ static void print_kv_hist(const char *key, const bench_hist *h)
 }
 
 /* The server processes (--pid-file) and the status page (--status-url), sampled three times: before
- * the ramp, while the connections are held (after the ramp and the settle time), and at the end. */
-enum { AT_BEFORE, AT_HELD, AT_END };
+ * the ramp, while the connections are held (after the ramp and the settle time), and at the end; chat
+ * and rest also at the edges of the measured window (AT_WIN0, AT_WIN1: after the warm-up, before the
+ * drain), so that CPU time can be divided by what the clients received in that window. */
+enum { AT_BEFORE, AT_HELD, AT_END, AT_WIN0, AT_WIN1, AT_COUNT };
 typedef struct server_watch {
     pid_t pid[MAX_PIDS];
-    proc_sample s[3][MAX_PIDS];
-    bool alive[3][MAX_PIDS]; /* AT_HELD, AT_END: the process was still there */
-    char status[3][4096];    /* "" when not fetched */
+    proc_sample s[AT_COUNT][MAX_PIDS];
+    bool alive[AT_COUNT][MAX_PIDS]; /* after AT_BEFORE: the process was still there */
+    char status[3][4096];           /* "" when not fetched (AT_BEFORE..AT_END only) */
+    bool windowed;                  /* AT_WIN0 and AT_WIN1 were sampled */
 } server_watch;
 
 static void watch_sample(const opts *o, server_watch *w, int at)
@@ -1537,7 +1546,8 @@ static void watch_sample(const opts *o, server_watch *w, int at)
             w->alive[at][i] = w->pid[i] > 0 && sample_proc(w->pid[i], &w->s[at][i]);
         }
     }
-    if (o->status_url && http_get_simple(o->status_url, w->status[at], sizeof w->status[at])) w->status[at][0] = '\0';
+    if (at <= AT_END && o->status_url && http_get_simple(o->status_url, w->status[at], sizeof w->status[at]))
+        w->status[at][0] = '\0';
 }
 
 /* The client's processes and source addresses: each process holds at most per_proc connections (its
@@ -1667,11 +1677,28 @@ static void settle(const opts *o)
     while (now_ms() < until && !g_stop) usleep(50000);
 }
 
-/* The measured phase: go for every child at go_us, then every child's 'D'. 0 or 1. */
-static int run_measured(const opts *o, const children *k, int64_t go_us)
+/* Sleeps until the time (us) or a signal; false on the signal. */
+static bool sleep_until_us(int64_t t)
+{
+    int64_t d;
+    while (!g_stop && (d = t - chat_now_us()) > 0) usleep(d > 50000 ? 50000 : (useconds_t)d);
+    return !g_stop;
+}
+
+/* The measured phase: go for every child at go_us, the servers sampled at the window's edges (chat,
+ * rest, when sampled), then every child's 'D'. 0 or 1. */
+static int run_measured(const opts *o, const children *k, int64_t go_us, server_watch *w)
 {
     for (int i = 0; i < o->procs; i++)
         if (!send_ctl(k, i, 'G', go_us)) return 1;
+    if (o->npids && (o->mode == M_CHAT || o->mode == M_REST) && !o->messages) {
+        int64_t w0 = go_us + (int64_t)(o->warmup * 1e6);
+        if (sleep_until_us(w0)) watch_sample(o, w, AT_WIN0);
+        if (sleep_until_us(w0 + (int64_t)(o->duration * 1e6))) {
+            watch_sample(o, w, AT_WIN1);
+            w->windowed = true;
+        }
+    }
     for (int i = 0; i < o->procs; i++) {
         rep_msg r;
         if (!read_all(k->rep[i], &r, sizeof r, k->deadline_ms) || r.tag != 'D') {
@@ -1756,6 +1783,27 @@ static void report_client(const opts *o, const stats *s)
         printf("  %llu connections dropped while held\n", (unsigned long long)s->dropped_after_setup);
 }
 
+/* CPU time in the measured window of one sampled process, its children of the same program (a process
+ * group: lighttpd and its server.max-worker processes, chat-worker and its workers) and its other
+ * children (lighttpd's FastCGI responders), in ms: bench/bench.sh divides them by the token frames the
+ * clients received in the same window (token_frames_win). */
+static void report_window_cpu(const server_watch *w, int i, const char *label)
+{
+    const proc_sample *a = &w->s[AT_WIN0][i], *b = &w->s[AT_WIN1][i];
+    long ticks = sysconf(_SC_CLK_TCK);
+    if (!w->windowed || !w->alive[AT_WIN0][i] || !w->alive[AT_WIN1][i] || ticks <= 0) return;
+    double ms = 1000.0 / (double)ticks;
+    double self = (double)(b->cpu_ticks - a->cpu_ticks) * ms;
+    /* a child that exited in between leaves the sums: never below zero */
+    double same = b->same_kids_cpu_ticks >= a->same_kids_cpu_ticks ? (double)(b->same_kids_cpu_ticks - a->same_kids_cpu_ticks) * ms : 0;
+    double kids = b->kids_cpu_ticks >= a->kids_cpu_ticks ? (double)(b->kids_cpu_ticks - a->kids_cpu_ticks) * ms : 0;
+    double other = kids > same ? kids - same : 0;
+    printf("  in the measured window: CPU %.0f ms (the process %.0f, its children of the same program %.0f, other"
+           " children %.0f)\n", self + same + other, self, same, other);
+    printf("BENCH server=%s win_group_cpu_ms=%.0f win_self_cpu_ms=%.0f win_other_kids_cpu_ms=%.0f\n", label, self + same,
+           self, other);
+}
+
 /* One sampled server process: its memory and CPU lines. false when it was not sampled at the start;
  * else tree gets its RSS with its children's before and while held (kB). */
 static bool report_server(const opts *o, const stats *s, const server_watch *w, int i, const run_times *t, long tree[2])
@@ -1800,6 +1848,7 @@ static bool report_server(const opts *o, const stats *s, const server_watch *w, 
     printf("BENCH server=%s rss_before_kb=%ld rss_held_kb=%ld rss_end_kb=%ld bytes_per_conn=%.0f cpu_pct=%.0f"
            " kids=%d kids_rss_end_kb=%ld kids_cpu_pct=%.0f\n",
            label, s0->rss_kb, s1->rss_kb, s2->rss_kb, held ? per : 0.0, cpu, s2->nkids, s2->kids_rss_kb, kcpu);
+    report_window_cpu(w, i, label);
     return true;
 }
 
@@ -1859,7 +1908,9 @@ static void report_summary(const opts *o, const stats *s, const server_watch *w,
     }
     uint64_t errs = 0;
     for (int i = 0; i < s->nerrs; i++) errs += s->errs[i].n;
-    printf(" errors=%llu client_cpu_s=%.1f\n", (unsigned long long)errs, t->client_cpu);
+    printf(" errors=%llu client_cpu_s=%.1f window_s=%.2f token_frames_win=%llu turns_win=%llu\n",
+           (unsigned long long)errs, t->client_cpu, s->window_s, (unsigned long long)s->token_frames_window,
+           (unsigned long long)s->turns_done_window);
 }
 
 /* The run, phase by phase: plan the processes, sample the servers, fork, ramp (children report ready),
@@ -1878,7 +1929,7 @@ static int run_parent(opts *o)
     if (!rc) settle(o);
     watch_sample(o, &w, AT_HELD);
     int64_t go = chat_now_us() + 20000;
-    if (!rc) rc = run_measured(o, &k, go);
+    if (!rc) rc = run_measured(o, &k, go, &w);
     int64_t t_end = chat_now_us();
     watch_sample(o, &w, AT_END);
     stats *all = calloc(1, sizeof *all), *one = malloc(sizeof *one);
