@@ -47,10 +47,10 @@ run_cmocka() {
   record "$name" "$p" "$f"
 }
 
-# Runs one operations test script (tests/ops/*.sh) and counts its "ok - " and "not ok - " lines; a script
-# that exits non-zero without a "not ok" line counts as one failure.
+# Runs one operations test script (tests/ops/*.sh, or another script given its name) and counts its
+# "ok - " and "not ok - " lines; a script that exits non-zero without a "not ok" line counts as one failure.
 run_script() {
-  local s=$1 name; name=ops-$(basename "$s" .sh)
+  local s=$1 name=${2:-ops-$(basename "$1" .sh)}
   local log=$CHAT_VAR/log/$name.out
   echo "== $name"
   timeout "${TEST_TIMEOUT:-300}" bash "$s" >"$log" 2>&1
@@ -65,7 +65,7 @@ run_script() {
 cleanup() {
   [ "${STACK_STARTED:-0}" = 1 ] && bash deploy/stack.sh stop >/dev/null 2>&1
   # the stacks of tests/ops scripts, should one have been interrupted
-  for d in "$CHAT_VAR/own" "$CHAT_VAR/ext"; do
+  for d in "$CHAT_VAR/own" "$CHAT_VAR/ext" "$CHAT_VAR/examples"; do
     [ -d "$d/run" ] && env -u CHAT_DB_SOCKET CHAT_VAR="$d" bash deploy/stack.sh stop >/dev/null 2>&1
   done
   bash deploy/mariadb.sh stop >/dev/null 2>&1
@@ -165,6 +165,8 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     run_script tests/ops/log_reopen.sh
     run_script tests/ops/slowloris.sh
     run_script tests/ops/graceful_stop.sh
+    # Every shell example of README.md, docs/ and sql/README.md, against a stack of make start's defaults.
+    CHAT_EXAMPLES_PORT=$CHAT_PORT CHAT_EXAMPLES_VAR=${CHAT_VAR#"$ROOT"/}/examples run_script tests/doc_examples.sh doc-examples
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
     leaks=$(grep -l -E 'eyJ[A-Za-z0-9_-]{10,}|engine power|Seawind 250 is powered' \

@@ -2,6 +2,8 @@
  * WebSocket streamer would send them. For admins checking what the assistant answers, and for debugging.
  *   chat-ask "QUESTION" [--customer ID] [--session ID] [--user SUB] [--no-tokens]
  * Database and provider settings come from the environment (CHAT_DB_*, CHAT_LLM_PROVIDER, ...).
+ * --customer names any customer, whatever CHAT_CUSTOMER_ACCESS says: the admin running this reads the
+ * same tables directly, and its user has no email that could own one.
  * Exit status: 0 on complete, 1 on an error event or any other failure, 2 on usage errors. */
 #include <signal.h>
 #include <stdatomic.h>
@@ -76,6 +78,7 @@ int main(int argc, char **argv)
 
     chat_config cfg;
     if (!chat_cli_config("chat-ask", &cfg)) return 2;
+    snprintf(cfg.customer_access, sizeof cfg.customer_access, "any");
     char err[512];
     chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
     if (!p) {

@@ -4,9 +4,11 @@
 #include "cli.h"
 
 #include <getopt.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CLI_MAX_OPTS 48
 #define CLI_LONG_BASE 256
@@ -18,10 +20,38 @@ int chat_cli_usage(const chat_cli *cli, const char *problem)
     return CHAT_CLI_USAGE_ERROR;
 }
 
+static bool env_set(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v;
+}
+
+/* With no server named (CHAT_DB_SOCKET, CHAT_DB_HOST), an admin tool in a shell next to `make start`
+ * talks to that stack's private MariaDB, $CHAT_VAR/run/mariadb.sock (var/ by default), as the admin
+ * account that server gives your login (unix_socket, deploy/mariadb.sh), instead of the system's
+ * default socket where no server runs. */
+static void private_db_default(chat_config *cfg)
+{
+    if (env_set("CHAT_DB_SOCKET") || env_set("CHAT_DB_HOST")) return;
+    const char *var = getenv("CHAT_VAR");
+    char sock[sizeof cfg->db_socket];
+    int n = snprintf(sock, sizeof sock, "%s/run/mariadb.sock", var && *var ? var : "var");
+    if (n < 0 || (size_t)n >= sizeof sock || access(sock, F_OK) != 0) return;
+    memcpy(cfg->db_socket, sock, (size_t)n + 1);
+    if (env_set("CHAT_DB_USER")) return;
+    const struct passwd *pw = getpwuid(geteuid());
+    if (!pw || strlen(pw->pw_name) >= sizeof cfg->db_user) return;
+    strcpy(cfg->db_user, pw->pw_name);
+    cfg->db_password[0] = '\0';
+}
+
 bool chat_cli_config(const char *prog, chat_config *cfg)
 {
     char err[512];
-    if (!chat_config_from_env(cfg, err, sizeof err)) return true;
+    if (!chat_config_from_env(cfg, err, sizeof err)) {
+        private_db_default(cfg);
+        return true;
+    }
     fprintf(stderr, "%s: %s\n", prog, err);
     return false;
 }

@@ -75,7 +75,8 @@ bool chat_cli_parse(const chat_cli *cli, const chat_cli_opt *opts, size_t n, int
                     int *status);
 
 /* The configuration from the environment (chat_config_from_env); false after "<prog>: <why>" on stderr
- * (the exit status is the program's: its own convention for a bad environment). */
+ * (the exit status is the program's: its own convention for a bad environment). With no CHAT_DB_SOCKET
+ * nor CHAT_DB_HOST, the private MariaDB of the stack ($CHAT_VAR, else var/) when its socket exists. */
 bool chat_cli_config(const char *prog, chat_config *cfg);
 
 /* s as a whole decimal number within lo..hi into *out (unchanged when false). */
