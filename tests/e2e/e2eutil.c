@@ -26,7 +26,32 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 extern char **environ;
+
+void e2e_stack_env(e2e_stack *s)
+{
+    const char *port = getenv("CHAT_PORT"), *var = getenv("CHAT_VAR");
+    if (!port || !*port) port = "8000";
+    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%s", port);
+    snprintf(s->ws_base, sizeof s->ws_base, "ws://127.0.0.1:%s", port);
+    snprintf(s->var, sizeof s->var, "%s", var && *var ? var : testutil_path("var/test"));
+}
+
+char *e2e_stack_secret(const e2e_stack *s, const char *prog)
+{
+    const char *env = getenv("JWT_SECRET");
+    if (env && *env) return strdup(env);
+    char path[1100];
+    snprintf(path, sizeof path, "%s/jwt-secret", s->var);
+    size_t len = 0;
+    char *secret = testutil_read_file(path, &len);
+    while (secret && len && strchr(" \r\n\t", secret[len - 1]))
+        secret[--len] = '\0';
+    if (!secret) fprintf(stderr, "%s: no JWT secret (JWT_SECRET or %s): is the stack started?\n", prog, path);
+    return secret;
+}
 
 long long e2e_now_ms(void)
 {
@@ -370,18 +395,23 @@ static void proxy_accept(e2e_proxy *p)
     if (s >= 0) close(s);
 }
 
+ssize_t e2e_pass(int from, int to, char *buf, size_t size)
+{
+    ssize_t n = read(from, buf, size);
+    if (n <= 0) return n;
+    for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(to, buf + off, (size_t)(n - off));
+        if (w <= 0) return -1;
+        off += w;
+    }
+    return n;
+}
+
 /* Moves what fd from has to its peer; false when the pair is over. */
 static bool proxy_pass(int from, int to)
 {
     char buf[65536];
-    ssize_t n = read(from, buf, sizeof buf);
-    if (n <= 0) return false;
-    for (ssize_t off = 0; off < n;) {
-        ssize_t w = write(to, buf + off, (size_t)(n - off));
-        if (w <= 0) return false;
-        off += w;
-    }
-    return true;
+    return e2e_pass(from, to, buf, sizeof buf) > 0;
 }
 
 static void *proxy_main(void *arg)

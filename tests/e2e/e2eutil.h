@@ -1,6 +1,7 @@
 /* Helpers for end-to-end tests: spawning the project's programs with an environment of their own,
  * waiting for them to listen, signalling and reaping them, and small probes (free ports, RSS, a plain
- * HTTP GET, child processes), and a proxy that makes a server unreachable at will.
+ * HTTP GET, child processes), a proxy that makes a server unreachable at will, and where the suite's
+ * stack listens (with its JWT secret).
  *
  * No cmocka dependency: functions return errors, callers assert. Children are started in their own
  * process group and, with PR_SET_PDEATHSIG, get SIGKILL if the test dies, so a failed test never leaves a
@@ -56,9 +57,24 @@ void e2e_rmdir(const char *dir);
  * it cuts every connection and closes new ones as soon as they are accepted. Starts up; NULL on
  * failure. e2e_proxy_stop accepts NULL. */
 typedef struct e2e_proxy e2e_proxy;
+/* One read from fd from into buf (size bytes at most), written whole to fd to: the bytes moved (they
+ * stay in buf), 0 at end of file, -1 on an error of either side. A proxy's step. */
+ssize_t e2e_pass(int from, int to, char *buf, size_t size);
 e2e_proxy *e2e_proxy_start(const char *path, const char *target);
 void e2e_proxy_set_up(e2e_proxy *p, bool up);
 void e2e_proxy_stop(e2e_proxy *p);
+
+/* The stack tests/run.sh started, as the front-door tests reach it: the bases on CHAT_PORT (default
+ * 8000) and its folder CHAT_VAR (default var/test of the checkout). */
+typedef struct e2e_stack {
+    char base[128];    /* http://127.0.0.1:PORT */
+    char ws_base[128]; /* ws://127.0.0.1:PORT */
+    char var[1024];
+} e2e_stack;
+void e2e_stack_env(e2e_stack *s);
+/* The stack's JWT secret, to mint tokens: JWT_SECRET when set, else $var/jwt-secret without its trailing
+ * white space. Malloc'd (the caller frees); NULL, with a line on stderr naming prog, when neither. */
+char *e2e_stack_secret(const e2e_stack *s, const char *prog);
 
 /* Milliseconds since an arbitrary start (monotonic). */
 long long e2e_now_ms(void);

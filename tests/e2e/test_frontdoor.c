@@ -23,6 +23,7 @@
 #include "chat_common.h"
 #include "chat_jwt.h"
 #include "chat_util.h"
+#include "e2eutil.h"
 #include "testutil.h"
 #include "wsclient.h"
 
@@ -30,9 +31,7 @@
 #define ID_BUF 65 /* chat_id_valid: at most 64 characters */
 
 static struct {
-    char base[128];    /* http://127.0.0.1:PORT */
-    char ws_base[128]; /* ws://127.0.0.1:PORT */
-    char var[1024];
+    e2e_stack st;
     char *secret;
     char alice_id[64], bob_id[64];
     char *alice, *bob, *expired, *wrong_secret;
@@ -65,7 +64,7 @@ static void http(const char *method, const char *path, const char *const *header
     chat_buf_init(&r->body);
     chat_buf_init(&r->headers);
     char url[1024];
-    snprintf(url, sizeof url, "%s%s", E.base, path);
+    snprintf(url, sizeof url, "%s%s", E.st.base, path);
     CURL *c = E.curl;
     curl_easy_reset(c);
     struct curl_slist *hl = NULL;
@@ -160,40 +159,12 @@ static void assert_error(const http_resp *r, long status, const char *code)
     json_object_put(o);
 }
 
-static char *read_text(const char *path)
-{
-    size_t len = 0;
-    char *s = testutil_read_file(path, &len);
-    if (!s) return NULL;
-    while (len && strchr(" \r\n\t", s[len - 1]))
-        s[--len] = '\0';
-    return s;
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    const char *port = getenv("CHAT_PORT");
-    const char *var = getenv("CHAT_VAR");
-    snprintf(E.base, sizeof E.base, "http://127.0.0.1:%s", port && *port ? port : "8000");
-    snprintf(E.ws_base, sizeof E.ws_base, "ws://127.0.0.1:%s", port && *port ? port : "8000");
-    if (var && *var)
-        snprintf(E.var, sizeof E.var, "%s", var);
-    else
-        snprintf(E.var, sizeof E.var, "%s/var/test", testutil_root());
-
-    const char *env_secret = getenv("JWT_SECRET");
-    if (env_secret && *env_secret)
-        E.secret = strdup(env_secret);
-    else {
-        char path[1100];
-        snprintf(path, sizeof path, "%s/jwt-secret", E.var);
-        E.secret = read_text(path);
-    }
-    if (!E.secret) {
-        fprintf(stderr, "test_frontdoor: no JWT secret (JWT_SECRET or %s/jwt-secret): is the stack started?\n", E.var);
-        return -1;
-    }
+    e2e_stack_env(&E.st);
+    E.secret = e2e_stack_secret(&E.st, "test_frontdoor");
+    if (!E.secret) return -1;
     snprintf(E.alice_id, sizeof E.alice_id, "e2e-alice-%ld-%d", (long)time(NULL), (int)getpid());
     snprintf(E.bob_id, sizeof E.bob_id, "e2e-bob-%ld-%d", (long)time(NULL), (int)getpid());
     time_t now = time(NULL);
@@ -562,7 +533,7 @@ static void test_message_refusals_match_websocket(void **state)
         {"{\"message\":\"hi\",\"partial\":\"yes\"}", "INVALID_REQUEST", "partial must be a boolean"},
     };
     char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.st.ws_base, E.alice);
     int http_status = 0;
     chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
     if (!c) fail_msg("connect through lighttpd: %s (HTTP %d)", err, http_status);
@@ -630,7 +601,7 @@ static void test_websocket_chat(void **state)
 {
     (void)state;
     char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.st.ws_base, E.alice);
     int http_status = 0;
     chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
     if (!c) fail_msg("connect through lighttpd: %s (HTTP %d)", err, http_status);
@@ -687,7 +658,7 @@ static void test_websocket_chat(void **state)
     chat_wsc_close(c, 1000, "bye");
 
     /* The auth message path works through the proxy as well. */
-    snprintf(url, sizeof url, "%s/ws/chat", E.ws_base);
+    snprintf(url, sizeof url, "%s/ws/chat", E.st.ws_base);
     c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
     if (!c) fail_msg("connect: %s", err);
     char auth[4096];
@@ -706,9 +677,9 @@ static void test_websocket_origin(void **state)
 {
     (void)state;
     char own[160], other_port[160], lookalike[160];
-    snprintf(own, sizeof own, "%s", E.base);
-    snprintf(other_port, sizeof other_port, "http://127.0.0.1:%d", atoi(strrchr(E.base, ':') + 1) + 1);
-    snprintf(lookalike, sizeof lookalike, "http://127.0.0.1.evil:%s", strrchr(E.base, ':') + 1);
+    snprintf(own, sizeof own, "%s", E.st.base);
+    snprintf(other_port, sizeof other_port, "http://127.0.0.1:%d", atoi(strrchr(E.st.base, ':') + 1) + 1);
+    snprintf(lookalike, sizeof lookalike, "http://127.0.0.1.evil:%s", strrchr(E.st.base, ':') + 1);
     const struct {
         const char *origin;
         int status;
@@ -724,7 +695,7 @@ static void test_websocket_origin(void **state)
         {"null", 403},
     };
     char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.st.ws_base, E.alice);
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         chat_wsc_opts o = {.origin = cases[i].origin, .timeout_ms = 5000};
         int status = 0;
@@ -754,8 +725,8 @@ static void test_access_log_has_no_token(void **state)
 {
     (void)state;
     char log[1100], errlog[1100];
-    snprintf(log, sizeof log, "%s/log/access.log", E.var);
-    snprintf(errlog, sizeof errlog, "%s/log/lighttpd-error.log", E.var);
+    snprintf(log, sizeof log, "%s/log/access.log", E.st.var);
+    snprintf(errlog, sizeof errlog, "%s/log/lighttpd-error.log", E.st.var);
     /* A WebSocket is logged when it ends: wait for test_websocket_chat's connection to show up. */
     int64_t end = chat_now_ms() + 10000;
     while (!file_has(log, "\"GET /ws/chat HTTP/1.1\" 101") && chat_now_ms() < end)

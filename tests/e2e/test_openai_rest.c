@@ -26,6 +26,7 @@
 #include "chat_jwt.h"
 #include "chat_sse.h"
 #include "chat_util.h"
+#include "e2eutil.h"
 #include "testutil.h"
 
 #define Q_SHORT "What is the engine power of the Seawind 250?"
@@ -34,8 +35,7 @@
 #define MODEL "seawind-assistant"
 
 static struct {
-    char base[128];
-    char var[1024];
+    e2e_stack st;
     char *secret;
     char *alice, *bob, *wrong_secret;
     CURL *curl;
@@ -120,7 +120,7 @@ static void http(const request *q, reply *r)
     r->sse = chat_sse_new(on_event, r, 4 << 20);
     r->abort_after = q->abort_after;
     char url[1024], auth[4096], ct[256], acc[256];
-    snprintf(url, sizeof url, "%s%s", E.base, q->path);
+    snprintf(url, sizeof url, "%s%s", E.st.base, q->path);
     struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
     if (q->token) snprintf(auth, sizeof auth, "Authorization: Bearer %s", q->token), hl = curl_slist_append(hl, auth);
     if (q->body) {
@@ -235,28 +235,12 @@ static void assert_oai_error(const reply *r, long status, const char *type, cons
 
 /* ---- set-up ---- */
 
-static char *read_text(const char *path)
-{
-    size_t len = 0;
-    char *s = testutil_read_file(path, &len);
-    while (s && len && strchr(" \r\n\t", s[len - 1]))
-        s[--len] = '\0';
-    return s;
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    const char *port = getenv("CHAT_PORT"), *var = getenv("CHAT_VAR"), *secret = getenv("JWT_SECRET");
-    snprintf(E.base, sizeof E.base, "http://127.0.0.1:%s", port && *port ? port : "8000");
-    snprintf(E.var, sizeof E.var, "%s", var && *var ? var : testutil_path("var/test"));
-    char path[1100];
-    snprintf(path, sizeof path, "%s/jwt-secret", E.var);
-    E.secret = secret && *secret ? strdup(secret) : read_text(path);
-    if (!E.secret) {
-        fprintf(stderr, "test_openai_rest: no JWT secret (JWT_SECRET or %s): is the stack started?\n", path);
-        return -1;
-    }
+    e2e_stack_env(&E.st);
+    E.secret = e2e_stack_secret(&E.st, "test_openai_rest");
+    if (!E.secret) return -1;
     /* Users unique to this run; a token signed with another secret. */
     const struct {
         char **token;
