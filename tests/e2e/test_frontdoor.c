@@ -32,7 +32,6 @@
 
 static struct {
     e2e_stack st;
-    char *secret;
     char alice_id[64], bob_id[64];
     char *alice, *bob, *expired, *wrong_secret;
     CURL *curl;
@@ -90,10 +89,7 @@ static void http(const char *method, const char *path, const char *const *header
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(hl);
     if (rc != CURLE_OK) fail_msg("%s %s: %s", method, path, curl_easy_strerror(rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    char *ct = NULL;
-    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
-    snprintf(r->content_type, sizeof r->content_type, "%s", ct ? ct : "");
+    e2e_curl_result(c, &r->status, r->content_type, sizeof r->content_type);
     if (!r->body.data) chat_buf_puts(&r->body, "");
     if (!r->headers.data) chat_buf_puts(&r->headers, "");
 }
@@ -162,16 +158,14 @@ static void assert_error(const http_resp *r, long status, const char *code)
 static int group_setup(void **state)
 {
     (void)state;
-    e2e_stack_env(&E.st);
-    E.secret = e2e_stack_secret(&E.st, "test_frontdoor");
-    if (!E.secret) return -1;
+    if (e2e_stack_open(&E.st, "test_frontdoor")) return -1;
     snprintf(E.alice_id, sizeof E.alice_id, "e2e-alice-%ld-%d", (long)time(NULL), (int)getpid());
     snprintf(E.bob_id, sizeof E.bob_id, "e2e-bob-%ld-%d", (long)time(NULL), (int)getpid());
     time_t now = time(NULL);
-    E.alice = chat_jwt_mint_hs256(E.secret, E.alice_id, "alice@example.com", "Alice", now, 3600);
-    E.bob = chat_jwt_mint_hs256(E.secret, E.bob_id, "bob@example.com", "Bob", now, 3600);
+    E.alice = chat_jwt_mint_hs256(E.st.secret, E.alice_id, "alice@example.com", "Alice", now, 3600);
+    E.bob = chat_jwt_mint_hs256(E.st.secret, E.bob_id, "bob@example.com", "Bob", now, 3600);
     /* Expired well beyond any leeway the verifier allows (JWT_LEEWAY is at most 600 s). */
-    E.expired = chat_jwt_mint_hs256(E.secret, E.alice_id, "alice@example.com", "Alice", now - 7200, 600);
+    E.expired = chat_jwt_mint_hs256(E.st.secret, E.alice_id, "alice@example.com", "Alice", now - 7200, 600);
     E.wrong_secret =
         chat_jwt_mint_hs256("this-is-not-the-secret-of-the-stack-0123456789", E.alice_id, NULL, NULL, now, 3600);
     if (!E.alice || !E.bob || !E.expired || !E.wrong_secret) return -1;
@@ -185,7 +179,7 @@ static int group_teardown(void **state)
     (void)state;
     curl_easy_cleanup(E.curl);
     curl_global_cleanup();
-    free(E.secret);
+    e2e_stack_close(&E.st);
     free(E.alice);
     free(E.bob);
     free(E.expired);
@@ -532,14 +526,10 @@ static void test_message_refusals_match_websocket(void **state)
         {"{\"message\":\"hi\",\"customer_id\":\"../x\"}", "INVALID_REQUEST", "Invalid customer_id"},
         {"{\"message\":\"hi\",\"partial\":\"yes\"}", "INVALID_REQUEST", "partial must be a boolean"},
     };
-    char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.st.ws_base, E.alice);
-    int http_status = 0;
-    chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
-    if (!c) fail_msg("connect through lighttpd: %s (HTTP %d)", err, http_status);
+    char err[256];
+    chat_wsc *c = e2e_stack_ws(&E.st, E.alice, NULL, err, sizeof err);
+    if (!c) fail_msg("connect through lighttpd: %s", err);
     json_object *o = NULL;
-    assert_int_equal(chat_wsc_recv_type(c, 5000, "auth_success", &o), 0);
-    json_object_put(o);
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         http_resp r;
         post_chat(E.alice, "application/json", cases[i].body, &r);

@@ -95,14 +95,10 @@ static void promtool_accepts(const char *text)
 /* One answer over WebSocket through lighttpd; the connection stays open for the caller. */
 static chat_wsc *ask_over_websocket(void)
 {
-    char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.st.ws_base, E.token);
-    int http_status = 0;
-    chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
-    if (!c) fail_msg("connect: %s (HTTP %d)", err, http_status);
+    char err[256];
+    chat_wsc *c = e2e_stack_ws(&E.st, E.token, NULL, err, sizeof err);
+    if (!c) fail_msg("connect: %s", err);
     json_object *o = NULL;
-    assert_int_equal(chat_wsc_recv_type(c, 5000, "auth_success", &o), 0);
-    json_object_put(o);
     static const char msg[] = "{\"type\":\"message\",\"message\":\"What is the engine power of the Seawind 250?\"}";
     assert_int_equal(chat_wsc_send_text(c, msg, sizeof msg - 1), 0);
     assert_int_equal(chat_wsc_recv_type(c, 30000, "complete", &o), 0);
@@ -113,11 +109,8 @@ static chat_wsc *ask_over_websocket(void)
 static int group_setup(void **state)
 {
     (void)state;
-    e2e_stack_env(&E.st);
-    char *secret = e2e_stack_secret(&E.st, "test_metrics");
-    if (!secret) return -1;
-    E.token = chat_jwt_mint_hs256(secret, "e2e-metrics", "metrics@example.com", "Metrics", time(NULL), 3600);
-    free(secret);
+    if (e2e_stack_open(&E.st, "test_metrics")) return -1;
+    E.token = chat_jwt_mint_hs256(E.st.secret, "e2e-metrics", "metrics@example.com", "Metrics", time(NULL), 3600);
     return E.token && curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
 
@@ -125,6 +118,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     free(E.token);
+    e2e_stack_close(&E.st);
     curl_global_cleanup();
     return 0;
 }

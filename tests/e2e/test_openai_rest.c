@@ -36,7 +36,6 @@
 
 static struct {
     e2e_stack st;
-    char *secret;
     char *alice, *bob, *wrong_secret;
     CURL *curl;
     char *short_answer;     /* the whole answer to Q_SHORT (test_completion_whole) */
@@ -151,10 +150,7 @@ static void http(const request *q, reply *r)
     curl_slist_free_all(hl);
     if (r->rc != CURLE_OK && !(q->abort_after && r->rc == CURLE_WRITE_ERROR))
         fail_msg("%s %s: %s", q->method, q->path, curl_easy_strerror(r->rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    char *type = NULL;
-    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &type);
-    snprintf(r->content_type, sizeof r->content_type, "%s", type ? type : "");
+    e2e_curl_result(c, &r->status, r->content_type, sizeof r->content_type);
     if (!r->body.data) chat_buf_puts(&r->body, "");
     if (!r->headers.data) chat_buf_puts(&r->headers, "");
 }
@@ -238,16 +234,14 @@ static void assert_oai_error(const reply *r, long status, const char *type, cons
 static int group_setup(void **state)
 {
     (void)state;
-    e2e_stack_env(&E.st);
-    E.secret = e2e_stack_secret(&E.st, "test_openai_rest");
-    if (!E.secret) return -1;
+    if (e2e_stack_open(&E.st, "test_openai_rest")) return -1;
     /* Users unique to this run; a token signed with another secret. */
     const struct {
         char **token;
         const char *secret, *who, *email, *name;
     } users[] = {
-        {&E.alice, E.secret, "alice", "alice@example.com", "Alice"},
-        {&E.bob, E.secret, "bob", "bob@example.com", "Bob"},
+        {&E.alice, E.st.secret, "alice", "alice@example.com", "Alice"},
+        {&E.bob, E.st.secret, "bob", "bob@example.com", "Bob"},
         {&E.wrong_secret, "not-the-secret-of-this-stack-0123456789abcdef", "alice", NULL, NULL},
     };
     time_t now = time(NULL);
@@ -264,7 +258,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    char *owned[] = {E.secret, E.alice, E.bob, E.wrong_secret, E.short_answer, E.long_answer};
+    e2e_stack_close(&E.st);
+    char *owned[] = {E.alice, E.bob, E.wrong_secret, E.short_answer, E.long_answer};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(owned); i++)
         free(owned[i]);
     curl_easy_cleanup(E.curl);
