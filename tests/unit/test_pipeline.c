@@ -147,6 +147,15 @@ static const char *meta_str(json_object *m, const char *key)
     return json_object_object_get_ex(m, key, &v) ? json_object_get_string(v) : NULL;
 }
 
+/* metadata.context.model (the boat the turn was read as about) is want. */
+static void assert_context_model(json_object *m, const char *want)
+{
+    json_object *ctx, *model;
+    assert_true(json_object_object_get_ex(m, "context", &ctx));
+    assert_true(json_object_object_get_ex(ctx, "model", &model));
+    assert_string_equal(json_object_get_string(model), want);
+}
+
 static double meta_confidence(json_object *m)
 {
     json_object *v;
@@ -241,10 +250,7 @@ static void test_follow_up_uses_history(void **state)
     assert_int_equal(ask_alice(&a, "Tell me about the Seawind 280 engine"), 0);
     assert_int_equal(run(pipe_extractive, &b, &alice, "and its torque?", a.session_id, NULL, NULL, NULL), 0);
     assert_string_equal(b.session_id, a.session_id);
-    json_object *ctx, *model;
-    assert_true(json_object_object_get_ex(b.metadata, "context", &ctx));
-    assert_true(json_object_object_get_ex(ctx, "model", &model));
-    assert_string_equal(json_object_get_string(model), "seawind-280");
+    assert_context_model(b.metadata, "seawind-280");
     assert_non_null(strstr(b.response, "280"));
     assert_non_null(strstr(b.response, "Nm"));
     ev_clear(&a);
@@ -446,10 +452,7 @@ static void test_begin_end_split(void **state)
     ev_init(&f);
     assert_int_equal(run(other, &f, &alice, "And its fuel capacity?", e.session_id, NULL, NULL, NULL), 0);
     assert_string_equal(f.session_id, e.session_id);
-    json_object *ctx, *model;
-    assert_true(json_object_object_get_ex(f.metadata, "context", &ctx));
-    assert_true(json_object_object_get_ex(ctx, "model", &model));
-    assert_string_equal(json_object_get_string(model), "seawind-250");
+    assert_context_model(f.metadata, "seawind-250");
     ev_clear(&f);
 
     /* refused in the first half: the error event, no run */
