@@ -26,7 +26,76 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <json-c/json.h>
+
+#include "testutil.h"
+
 extern char **environ;
+
+void e2e_curl_result(CURL *c, long *status, char *content_type, size_t len)
+{
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+    char *ct = NULL;
+    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
+    snprintf(content_type, len, "%s", ct ? ct : "");
+}
+
+static char *stack_secret(const char *var)
+{
+    const char *env = getenv("JWT_SECRET");
+    if (env && *env) return strdup(env);
+    char path[1100];
+    snprintf(path, sizeof path, "%s/jwt-secret", var);
+    size_t len = 0;
+    char *secret = testutil_read_file(path, &len);
+    while (secret && len && strchr(" \r\n\t", secret[len - 1]))
+        secret[--len] = '\0';
+    return secret;
+}
+
+int e2e_stack_open(e2e_stack *s, const char *prog)
+{
+    const char *port = getenv("CHAT_PORT"), *var = getenv("CHAT_VAR");
+    if (!port || !*port) port = "8000";
+    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%s", port);
+    snprintf(s->ws_base, sizeof s->ws_base, "ws://127.0.0.1:%s", port);
+    snprintf(s->var, sizeof s->var, "%s", var && *var ? var : testutil_path("var/test"));
+    s->secret = stack_secret(s->var);
+    if (s->secret) return 0;
+    fprintf(stderr, "%s: no JWT secret (JWT_SECRET or %s/jwt-secret): is the stack started?\n", prog, s->var);
+    return -1;
+}
+
+void e2e_stack_close(e2e_stack *s)
+{
+    free(s->secret);
+    s->secret = NULL;
+}
+
+chat_wsc *e2e_stack_ws(const e2e_stack *s, const char *token, struct json_object **auth, char *err, size_t errlen)
+{
+    char url[4096];
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", s->ws_base, token);
+    int http_status = 0;
+    char why[256];
+    chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, why, sizeof why);
+    if (!c) {
+        snprintf(err, errlen, "%s (HTTP %d)", why, http_status);
+        return NULL;
+    }
+    struct json_object *o = NULL;
+    int rc = chat_wsc_recv_type(c, 5000, "auth_success", &o);
+    if (rc) {
+        snprintf(err, errlen, "no auth_success (%d)", rc);
+        chat_wsc_close(c, 1000, NULL);
+        return NULL;
+    }
+    if (auth)
+        *auth = o;
+    else
+        json_object_put(o);
+    return c;
+}
 
 long long e2e_now_ms(void)
 {
@@ -370,18 +439,23 @@ static void proxy_accept(e2e_proxy *p)
     if (s >= 0) close(s);
 }
 
+ssize_t e2e_pass(int from, int to, char *buf, size_t size)
+{
+    ssize_t n = read(from, buf, size);
+    if (n <= 0) return n;
+    for (ssize_t off = 0; off < n;) {
+        ssize_t w = write(to, buf + off, (size_t)(n - off));
+        if (w <= 0) return -1;
+        off += w;
+    }
+    return n;
+}
+
 /* Moves what fd from has to its peer; false when the pair is over. */
 static bool proxy_pass(int from, int to)
 {
     char buf[65536];
-    ssize_t n = read(from, buf, sizeof buf);
-    if (n <= 0) return false;
-    for (ssize_t off = 0; off < n;) {
-        ssize_t w = write(to, buf + off, (size_t)(n - off));
-        if (w <= 0) return false;
-        off += w;
-    }
-    return true;
+    return e2e_pass(from, to, buf, sizeof buf) > 0;
 }
 
 static void *proxy_main(void *arg)

@@ -1,6 +1,7 @@
 /* Helpers for end-to-end tests: spawning the project's programs with an environment of their own,
  * waiting for them to listen, signalling and reaping them, and small probes (free ports, RSS, a plain
- * HTTP GET, child processes), and a proxy that makes a server unreachable at will.
+ * HTTP GET, child processes, what a libcurl transfer answered), a proxy that makes a server unreachable
+ * at will, and where the suite's stack listens (with its JWT secret).
  *
  * No cmocka dependency: functions return errors, callers assert. Children are started in their own
  * process group and, with PR_SET_PDEATHSIG, get SIGKILL if the test dies, so a failed test never leaves a
@@ -11,6 +12,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
+
+#include <curl/curl.h>
+
+#include "wsclient.h"
 
 /* Starts argv[0] (a path) with the test's environment changed by env: "NAME=value" sets, "NAME" alone
  * unsets, the last mention of a name wins; NULL-terminated, env may be NULL. stdout and stderr go to log_path
@@ -46,6 +51,10 @@ long e2e_rss_kb(pid_t pid);
 int e2e_http_get(const char *host, int port, const char *path, const char *extra_headers, char *body, size_t bodylen,
                  int timeout_ms);
 
+/* After curl_easy_perform on c: the response's HTTP status, and its Content-Type cut to len-1 ("" when
+ * it has none). */
+void e2e_curl_result(CURL *c, long *status, char *content_type, size_t len);
+
 /* A fresh directory /tmp/<prefix>.XXXXXX (static buffer valid until the next call), NULL on failure. */
 const char *e2e_tmpdir(const char *prefix);
 /* Removes the files in dir (not recursive) and dir itself. */
@@ -56,9 +65,30 @@ void e2e_rmdir(const char *dir);
  * it cuts every connection and closes new ones as soon as they are accepted. Starts up; NULL on
  * failure. e2e_proxy_stop accepts NULL. */
 typedef struct e2e_proxy e2e_proxy;
+/* One read from fd from into buf (size bytes at most), written whole to fd to: the bytes moved (they
+ * stay in buf), 0 at end of file, -1 on an error of either side. A proxy's step. */
+ssize_t e2e_pass(int from, int to, char *buf, size_t size);
 e2e_proxy *e2e_proxy_start(const char *path, const char *target);
 void e2e_proxy_set_up(e2e_proxy *p, bool up);
 void e2e_proxy_stop(e2e_proxy *p);
+
+/* The stack tests/run.sh started, as the front-door tests reach it: the bases on CHAT_PORT (default
+ * 8000), its folder CHAT_VAR (default var/test of the checkout) and its JWT secret, to mint tokens
+ * (JWT_SECRET when set, else $var/jwt-secret without its trailing white space). */
+typedef struct e2e_stack {
+    char base[128];    /* http://127.0.0.1:PORT */
+    char ws_base[128]; /* ws://127.0.0.1:PORT */
+    char var[1024];
+    char *secret; /* owned */
+} e2e_stack;
+/* Fills s: 0, or -1 with a line on stderr naming prog when there is no secret. e2e_stack_close frees
+ * what it holds (either way). */
+int e2e_stack_open(e2e_stack *s, const char *prog);
+void e2e_stack_close(e2e_stack *s);
+/* A WebSocket to the stack's /ws/chat with token in the query (the front door's way), its auth_success
+ * read within 5 s (the frame in *auth when auth is not NULL, the caller puts it). NULL, with the reason
+ * in err, when the upgrade fails or auth_success does not come. */
+chat_wsc *e2e_stack_ws(const e2e_stack *s, const char *token, struct json_object **auth, char *err, size_t errlen);
 
 /* Milliseconds since an arbitrary start (monotonic). */
 long long e2e_now_ms(void);

@@ -23,6 +23,7 @@
 #include "chat_common.h"
 #include "chat_jwt.h"
 #include "chat_util.h"
+#include "e2eutil.h"
 #include "testutil.h"
 #include "wsclient.h"
 
@@ -30,10 +31,7 @@
 #define ID_BUF 65 /* chat_id_valid: at most 64 characters */
 
 static struct {
-    char base[128];    /* http://127.0.0.1:PORT */
-    char ws_base[128]; /* ws://127.0.0.1:PORT */
-    char var[1024];
-    char *secret;
+    e2e_stack st;
     char alice_id[64], bob_id[64];
     char *alice, *bob, *expired, *wrong_secret;
     CURL *curl;
@@ -65,7 +63,7 @@ static void http(const char *method, const char *path, const char *const *header
     chat_buf_init(&r->body);
     chat_buf_init(&r->headers);
     char url[1024];
-    snprintf(url, sizeof url, "%s%s", E.base, path);
+    snprintf(url, sizeof url, "%s%s", E.st.base, path);
     CURL *c = E.curl;
     curl_easy_reset(c);
     struct curl_slist *hl = NULL;
@@ -91,10 +89,7 @@ static void http(const char *method, const char *path, const char *const *header
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(hl);
     if (rc != CURLE_OK) fail_msg("%s %s: %s", method, path, curl_easy_strerror(rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    char *ct = NULL;
-    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &ct);
-    snprintf(r->content_type, sizeof r->content_type, "%s", ct ? ct : "");
+    e2e_curl_result(c, &r->status, r->content_type, sizeof r->content_type);
     if (!r->body.data) chat_buf_puts(&r->body, "");
     if (!r->headers.data) chat_buf_puts(&r->headers, "");
 }
@@ -160,47 +155,17 @@ static void assert_error(const http_resp *r, long status, const char *code)
     json_object_put(o);
 }
 
-static char *read_text(const char *path)
-{
-    size_t len = 0;
-    char *s = testutil_read_file(path, &len);
-    if (!s) return NULL;
-    while (len && strchr(" \r\n\t", s[len - 1]))
-        s[--len] = '\0';
-    return s;
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    const char *port = getenv("CHAT_PORT");
-    const char *var = getenv("CHAT_VAR");
-    snprintf(E.base, sizeof E.base, "http://127.0.0.1:%s", port && *port ? port : "8000");
-    snprintf(E.ws_base, sizeof E.ws_base, "ws://127.0.0.1:%s", port && *port ? port : "8000");
-    if (var && *var)
-        snprintf(E.var, sizeof E.var, "%s", var);
-    else
-        snprintf(E.var, sizeof E.var, "%s/var/test", testutil_root());
-
-    const char *env_secret = getenv("JWT_SECRET");
-    if (env_secret && *env_secret)
-        E.secret = strdup(env_secret);
-    else {
-        char path[1100];
-        snprintf(path, sizeof path, "%s/jwt-secret", E.var);
-        E.secret = read_text(path);
-    }
-    if (!E.secret) {
-        fprintf(stderr, "test_frontdoor: no JWT secret (JWT_SECRET or %s/jwt-secret): is the stack started?\n", E.var);
-        return -1;
-    }
+    if (e2e_stack_open(&E.st, "test_frontdoor")) return -1;
     snprintf(E.alice_id, sizeof E.alice_id, "e2e-alice-%ld-%d", (long)time(NULL), (int)getpid());
     snprintf(E.bob_id, sizeof E.bob_id, "e2e-bob-%ld-%d", (long)time(NULL), (int)getpid());
     time_t now = time(NULL);
-    E.alice = chat_jwt_mint_hs256(E.secret, E.alice_id, "alice@example.com", "Alice", now, 3600);
-    E.bob = chat_jwt_mint_hs256(E.secret, E.bob_id, "bob@example.com", "Bob", now, 3600);
+    E.alice = chat_jwt_mint_hs256(E.st.secret, E.alice_id, "alice@example.com", "Alice", now, 3600);
+    E.bob = chat_jwt_mint_hs256(E.st.secret, E.bob_id, "bob@example.com", "Bob", now, 3600);
     /* Expired well beyond any leeway the verifier allows (JWT_LEEWAY is at most 600 s). */
-    E.expired = chat_jwt_mint_hs256(E.secret, E.alice_id, "alice@example.com", "Alice", now - 7200, 600);
+    E.expired = chat_jwt_mint_hs256(E.st.secret, E.alice_id, "alice@example.com", "Alice", now - 7200, 600);
     E.wrong_secret =
         chat_jwt_mint_hs256("this-is-not-the-secret-of-the-stack-0123456789", E.alice_id, NULL, NULL, now, 3600);
     if (!E.alice || !E.bob || !E.expired || !E.wrong_secret) return -1;
@@ -214,7 +179,7 @@ static int group_teardown(void **state)
     (void)state;
     curl_easy_cleanup(E.curl);
     curl_global_cleanup();
-    free(E.secret);
+    e2e_stack_close(&E.st);
     free(E.alice);
     free(E.bob);
     free(E.expired);
@@ -561,14 +526,10 @@ static void test_message_refusals_match_websocket(void **state)
         {"{\"message\":\"hi\",\"customer_id\":\"../x\"}", "INVALID_REQUEST", "Invalid customer_id"},
         {"{\"message\":\"hi\",\"partial\":\"yes\"}", "INVALID_REQUEST", "partial must be a boolean"},
     };
-    char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
-    int http_status = 0;
-    chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
-    if (!c) fail_msg("connect through lighttpd: %s (HTTP %d)", err, http_status);
+    char err[256];
+    chat_wsc *c = e2e_stack_ws(&E.st, E.alice, NULL, err, sizeof err);
+    if (!c) fail_msg("connect through lighttpd: %s", err);
     json_object *o = NULL;
-    assert_int_equal(chat_wsc_recv_type(c, 5000, "auth_success", &o), 0);
-    json_object_put(o);
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         http_resp r;
         post_chat(E.alice, "application/json", cases[i].body, &r);
@@ -630,7 +591,7 @@ static void test_websocket_chat(void **state)
 {
     (void)state;
     char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.st.ws_base, E.alice);
     int http_status = 0;
     chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
     if (!c) fail_msg("connect through lighttpd: %s (HTTP %d)", err, http_status);
@@ -687,7 +648,7 @@ static void test_websocket_chat(void **state)
     chat_wsc_close(c, 1000, "bye");
 
     /* The auth message path works through the proxy as well. */
-    snprintf(url, sizeof url, "%s/ws/chat", E.ws_base);
+    snprintf(url, sizeof url, "%s/ws/chat", E.st.ws_base);
     c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
     if (!c) fail_msg("connect: %s", err);
     char auth[4096];
@@ -706,9 +667,9 @@ static void test_websocket_origin(void **state)
 {
     (void)state;
     char own[160], other_port[160], lookalike[160];
-    snprintf(own, sizeof own, "%s", E.base);
-    snprintf(other_port, sizeof other_port, "http://127.0.0.1:%d", atoi(strrchr(E.base, ':') + 1) + 1);
-    snprintf(lookalike, sizeof lookalike, "http://127.0.0.1.evil:%s", strrchr(E.base, ':') + 1);
+    snprintf(own, sizeof own, "%s", E.st.base);
+    snprintf(other_port, sizeof other_port, "http://127.0.0.1:%d", atoi(strrchr(E.st.base, ':') + 1) + 1);
+    snprintf(lookalike, sizeof lookalike, "http://127.0.0.1.evil:%s", strrchr(E.st.base, ':') + 1);
     const struct {
         const char *origin;
         int status;
@@ -724,7 +685,7 @@ static void test_websocket_origin(void **state)
         {"null", 403},
     };
     char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.alice);
+    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.st.ws_base, E.alice);
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         chat_wsc_opts o = {.origin = cases[i].origin, .timeout_ms = 5000};
         int status = 0;
@@ -754,8 +715,8 @@ static void test_access_log_has_no_token(void **state)
 {
     (void)state;
     char log[1100], errlog[1100];
-    snprintf(log, sizeof log, "%s/log/access.log", E.var);
-    snprintf(errlog, sizeof errlog, "%s/log/lighttpd-error.log", E.var);
+    snprintf(log, sizeof log, "%s/log/access.log", E.st.var);
+    snprintf(errlog, sizeof errlog, "%s/log/lighttpd-error.log", E.st.var);
     /* A WebSocket is logged when it ends: wait for test_websocket_chat's connection to show up. */
     int64_t end = chat_now_ms() + 10000;
     while (!file_has(log, "\"GET /ws/chat HTTP/1.1\" 101") && chat_now_ms() < end)

@@ -17,11 +17,12 @@
 
 #include "chat_jwt.h"
 #include "chat_util.h"
+#include "e2eutil.h"
 #include "testutil.h"
 #include "wsclient.h"
 
 static struct {
-    char base[128], ws_base[128], var[1024];
+    e2e_stack st;
     char *token;
 } E;
 
@@ -51,7 +52,7 @@ static char *get(const char *url, const char *unix_socket, long *status)
 static char *scrape(void)
 {
     char url[256];
-    snprintf(url, sizeof url, "%s/metrics", E.base);
+    snprintf(url, sizeof url, "%s/metrics", E.st.base);
     long status;
     char *text = get(url, NULL, &status);
     assert_int_equal(status, 200);
@@ -94,14 +95,10 @@ static void promtool_accepts(const char *text)
 /* One answer over WebSocket through lighttpd; the connection stays open for the caller. */
 static chat_wsc *ask_over_websocket(void)
 {
-    char url[4096], err[256];
-    snprintf(url, sizeof url, "%s/ws/chat?token=%s", E.ws_base, E.token);
-    int http_status = 0;
-    chat_wsc *c = chat_wsc_connect(url, NULL, &http_status, err, sizeof err);
-    if (!c) fail_msg("connect: %s (HTTP %d)", err, http_status);
+    char err[256];
+    chat_wsc *c = e2e_stack_ws(&E.st, E.token, NULL, err, sizeof err);
+    if (!c) fail_msg("connect: %s", err);
     json_object *o = NULL;
-    assert_int_equal(chat_wsc_recv_type(c, 5000, "auth_success", &o), 0);
-    json_object_put(o);
     static const char msg[] = "{\"type\":\"message\",\"message\":\"What is the engine power of the Seawind 250?\"}";
     assert_int_equal(chat_wsc_send_text(c, msg, sizeof msg - 1), 0);
     assert_int_equal(chat_wsc_recv_type(c, 30000, "complete", &o), 0);
@@ -112,18 +109,8 @@ static chat_wsc *ask_over_websocket(void)
 static int group_setup(void **state)
 {
     (void)state;
-    const char *port = getenv("CHAT_PORT");
-    const char *var = getenv("CHAT_VAR");
-    snprintf(E.base, sizeof E.base, "http://127.0.0.1:%s", port && *port ? port : "8000");
-    snprintf(E.ws_base, sizeof E.ws_base, "ws://127.0.0.1:%s", port && *port ? port : "8000");
-    snprintf(E.var, sizeof E.var, "%s", var && *var ? var : "var/test");
-    char path[1100];
-    snprintf(path, sizeof path, "%s/jwt-secret", E.var);
-    char *secret = testutil_read_file(path, NULL);
-    if (!secret) return -1;
-    secret[strcspn(secret, "\r\n")] = '\0';
-    E.token = chat_jwt_mint_hs256(secret, "e2e-metrics", "metrics@example.com", "Metrics", time(NULL), 3600);
-    free(secret);
+    if (e2e_stack_open(&E.st, "test_metrics")) return -1;
+    E.token = chat_jwt_mint_hs256(E.st.secret, "e2e-metrics", "metrics@example.com", "Metrics", time(NULL), 3600);
     return E.token && curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
 
@@ -131,6 +118,7 @@ static int group_teardown(void **state)
 {
     (void)state;
     free(E.token);
+    e2e_stack_close(&E.st);
     curl_global_cleanup();
     return 0;
 }
@@ -147,7 +135,7 @@ static void test_scrape_moves_with_traffic(void **state)
 
     chat_wsc *c = ask_over_websocket();
     char url[256];
-    snprintf(url, sizeof url, "%s/health", E.base);
+    snprintf(url, sizeof url, "%s/health", E.st.base);
     long status;
     free(get(url, NULL, &status));
     assert_int_equal(status, 200);
@@ -172,7 +160,7 @@ static void test_streamer_own_metrics(void **state)
 {
     (void)state;
     char sock[1100];
-    snprintf(sock, sizeof sock, "%s/run/streamer.sock", E.var);
+    snprintf(sock, sizeof sock, "%s/run/streamer.sock", E.st.var);
     long status;
     char *text = get("http://localhost/metrics", sock, &status);
     assert_int_equal(status, 200);

@@ -26,6 +26,7 @@
 #include "chat_jwt.h"
 #include "chat_sse.h"
 #include "chat_util.h"
+#include "e2eutil.h"
 #include "testutil.h"
 
 #define Q_SHORT "What is the engine power of the Seawind 250?"
@@ -34,9 +35,7 @@
 #define MODEL "seawind-assistant"
 
 static struct {
-    char base[128];
-    char var[1024];
-    char *secret;
+    e2e_stack st;
     char *alice, *bob, *wrong_secret;
     CURL *curl;
     char *short_answer;     /* the whole answer to Q_SHORT (test_completion_whole) */
@@ -120,7 +119,7 @@ static void http(const request *q, reply *r)
     r->sse = chat_sse_new(on_event, r, 4 << 20);
     r->abort_after = q->abort_after;
     char url[1024], auth[4096], ct[256], acc[256];
-    snprintf(url, sizeof url, "%s%s", E.base, q->path);
+    snprintf(url, sizeof url, "%s%s", E.st.base, q->path);
     struct curl_slist *hl = curl_slist_append(NULL, "Expect:");
     if (q->token) snprintf(auth, sizeof auth, "Authorization: Bearer %s", q->token), hl = curl_slist_append(hl, auth);
     if (q->body) {
@@ -151,10 +150,7 @@ static void http(const request *q, reply *r)
     curl_slist_free_all(hl);
     if (r->rc != CURLE_OK && !(q->abort_after && r->rc == CURLE_WRITE_ERROR))
         fail_msg("%s %s: %s", q->method, q->path, curl_easy_strerror(r->rc));
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    char *type = NULL;
-    curl_easy_getinfo(c, CURLINFO_CONTENT_TYPE, &type);
-    snprintf(r->content_type, sizeof r->content_type, "%s", type ? type : "");
+    e2e_curl_result(c, &r->status, r->content_type, sizeof r->content_type);
     if (!r->body.data) chat_buf_puts(&r->body, "");
     if (!r->headers.data) chat_buf_puts(&r->headers, "");
 }
@@ -235,35 +231,17 @@ static void assert_oai_error(const reply *r, long status, const char *type, cons
 
 /* ---- set-up ---- */
 
-static char *read_text(const char *path)
-{
-    size_t len = 0;
-    char *s = testutil_read_file(path, &len);
-    while (s && len && strchr(" \r\n\t", s[len - 1]))
-        s[--len] = '\0';
-    return s;
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    const char *port = getenv("CHAT_PORT"), *var = getenv("CHAT_VAR"), *secret = getenv("JWT_SECRET");
-    snprintf(E.base, sizeof E.base, "http://127.0.0.1:%s", port && *port ? port : "8000");
-    snprintf(E.var, sizeof E.var, "%s", var && *var ? var : testutil_path("var/test"));
-    char path[1100];
-    snprintf(path, sizeof path, "%s/jwt-secret", E.var);
-    E.secret = secret && *secret ? strdup(secret) : read_text(path);
-    if (!E.secret) {
-        fprintf(stderr, "test_openai_rest: no JWT secret (JWT_SECRET or %s): is the stack started?\n", path);
-        return -1;
-    }
+    if (e2e_stack_open(&E.st, "test_openai_rest")) return -1;
     /* Users unique to this run; a token signed with another secret. */
     const struct {
         char **token;
         const char *secret, *who, *email, *name;
     } users[] = {
-        {&E.alice, E.secret, "alice", "alice@example.com", "Alice"},
-        {&E.bob, E.secret, "bob", "bob@example.com", "Bob"},
+        {&E.alice, E.st.secret, "alice", "alice@example.com", "Alice"},
+        {&E.bob, E.st.secret, "bob", "bob@example.com", "Bob"},
         {&E.wrong_secret, "not-the-secret-of-this-stack-0123456789abcdef", "alice", NULL, NULL},
     };
     time_t now = time(NULL);
@@ -280,7 +258,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    char *owned[] = {E.secret, E.alice, E.bob, E.wrong_secret, E.short_answer, E.long_answer};
+    e2e_stack_close(&E.st);
+    char *owned[] = {E.alice, E.bob, E.wrong_secret, E.short_answer, E.long_answer};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(owned); i++)
         free(owned[i]);
     curl_easy_cleanup(E.curl);

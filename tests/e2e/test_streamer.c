@@ -86,6 +86,8 @@ static void b64url(const unsigned char *in, size_t len, chat_buf *out)
     }
 }
 
+#define HS256_HEADER "{\"alg\":\"HS256\",\"typ\":\"JWT\"}"
+
 /* header.payload, then a signature: HMAC-SHA256 with key (key NULL: no signature, "alg none" style). */
 static char *jwt_hs(const char *header, const char *payload, const char *key, size_t keylen)
 {
@@ -104,6 +106,12 @@ static char *jwt_hs(const char *header, const char *payload, const char *key, si
         chat_buf_puts(&b, ".");
     }
     return chat_buf_take(&b);
+}
+
+/* payload as a token the suite's streamers accept, but for its claims: HS256 with SECRET. */
+static char *hs256(const char *payload)
+{
+    return jwt_hs(HS256_HEADER, payload, SECRET, strlen(SECRET));
 }
 
 static char *claims(const char *sub, long exp_off, long nbf_off, bool with_exp)
@@ -201,6 +209,13 @@ static void stop_streamer(pid_t pid)
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* A private stack stopped cleanly: its streamer, then its worker pool (private_stack's *workers). */
+static void stop_stack(pid_t streamer, pid_t workers)
+{
+    stop_streamer(streamer);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+}
+
 /* /status as JSON (caller puts). */
 static json_object *status_of(int port)
 {
@@ -274,6 +289,13 @@ static void send_str(chat_wsc *c, const char *s)
     assert_int_equal(chat_wsc_send_text(c, s, strlen(s)), 0);
 }
 
+static void send_auth(chat_wsc *c, const char *token)
+{
+    char msg[4096];
+    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
+    send_str(c, msg);
+}
+
 static void send_message(chat_wsc *c, const char *text, const char *extra)
 {
     json_object *o = json_object_new_object();
@@ -296,6 +318,15 @@ static json_object *next_json(chat_wsc *c, int timeout_ms)
     json_object *o = NULL;
     int rc = chat_wsc_recv_json(c, timeout_ms, &o);
     if (rc) fail_msg("no message (rc %d, close %d %s)", rc, chat_wsc_close_code(c), chat_wsc_close_reason(c));
+    return o;
+}
+
+/* Sends an auth message with token; its reply, which must be of type want (the caller puts it). */
+static json_object *auth_reply(chat_wsc *c, const char *token, const char *want)
+{
+    send_auth(c, token);
+    json_object *o = next_json(c, 5000);
+    assert_string_equal(jstr(o, "type"), want);
     return o;
 }
 
@@ -756,11 +787,7 @@ static void test_auth_query_failure_then_message(void **state)
     json_object_put(o);
     send_message(c, QUESTION, NULL);
     expect_error(c, "AUTH_REQUIRED");
-    char msg[2048];
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", E.bob);
-    send_str(c, msg);
-    o = next_json(c, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_success");
+    o = auth_reply(c, E.bob, "auth_success");
     assert_string_equal(jstr(jget(o, "user"), "id"), "bob");
     json_object_put(o);
     chat_wsc_close(c, 1000, NULL);
@@ -770,18 +797,10 @@ static void test_auth_message_expired_and_retry(void **state)
 {
     (void)state;
     chat_wsc *c = ws_open(NULL);
-    char msg[2048];
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", E.expired);
-    send_str(c, msg);
-    json_object *o = next_json(c, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_error");
+    json_object *o = auth_reply(c, E.expired, "auth_error");
     assert_string_equal(jstr(o, "message"), "Token expired");
     json_object_put(o);
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", E.alice);
-    send_str(c, msg);
-    o = next_json(c, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_success");
-    json_object_put(o);
+    json_object_put(auth_reply(c, E.alice, "auth_success"));
     chat_wsc_close(c, 1000, NULL);
 }
 
@@ -791,24 +810,15 @@ static void test_token_expires_on_open_connection(void **state)
 {
     (void)state;
     char *payload = claims("alice", -28, 0, true);
-    char *token = jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, SECRET, strlen(SECRET));
+    char *token = hs256(payload);
     chat_wsc *c = ws_open(NULL);
-    char msg[2048];
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
-    send_str(c, msg);
-    json_object *o = next_json(c, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_success");
-    json_object_put(o);
+    json_object_put(auth_reply(c, token, "auth_success"));
     sleep(3);
     send_message(c, QUESTION, NULL);
     expect_error(c, "AUTH_REQUIRED");
     send_message(c, QUESTION, NULL); /* stays unauthenticated until a new auth */
     expect_error(c, "AUTH_REQUIRED");
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", E.alice);
-    send_str(c, msg);
-    o = next_json(c, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_success");
-    json_object_put(o);
+    json_object_put(auth_reply(c, E.alice, "auth_success"));
     chat_wsc_close(c, 1000, NULL);
     free(token);
     free(payload);
@@ -820,14 +830,10 @@ static void test_token_expires_with_queue(void **state)
 {
     (void)state;
     char *payload = claims("alice", -28, 0, true); /* valid for one or two more seconds */
-    char *token = jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, SECRET, strlen(SECRET));
+    char *token = hs256(payload);
     chat_wsc *c = ws_open(NULL);
-    char msg[2048];
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
-    send_str(c, msg);
-    json_object *o = next_json(c, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_success");
-    json_object_put(o);
+    json_object_put(auth_reply(c, token, "auth_success"));
+    json_object *o;
     for (int i = 0; i < 8; i++) send_message(c, QUESTION, "\"partial\":false"); /* 4-5 s of answers */
     e2e_sleep_ms(2100);
     send_message(c, QUESTION, NULL);
@@ -988,25 +994,20 @@ static void test_jwt_attacks(void **state)
         {"alg None", jwt_hs("{\"alg\":\"None\",\"typ\":\"JWT\"}", ok, NULL, 0), "Invalid token"},
         {"alg NONE", jwt_hs("{\"alg\":\"NONE\",\"typ\":\"JWT\"}", ok, NULL, 0), "Invalid token"},
         {"alg none signed", jwt_hs("{\"alg\":\"none\"}", ok, SECRET, strlen(SECRET)), "Invalid token"},
-        {"wrong key", jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", ok, OTHER_SECRET, strlen(OTHER_SECRET)),
-         "Invalid token"},
+        {"wrong key", jwt_hs(HS256_HEADER, ok, OTHER_SECRET, strlen(OTHER_SECRET)), "Invalid token"},
         {"HS384 header", jwt_hs("{\"alg\":\"HS384\",\"typ\":\"JWT\"}", ok, SECRET, strlen(SECRET)), "Invalid token"},
-        {"no exp", jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", no_exp, SECRET, strlen(SECRET)), "Invalid token"},
-        {"not yet valid", jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", future, SECRET, strlen(SECRET)),
-         "Invalid token"},
-        {"expired", jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", past, SECRET, strlen(SECRET)), "Token expired"},
+        {"no exp", hs256(no_exp), "Invalid token"},
+        {"not yet valid", hs256(future), "Invalid token"},
+        {"expired", hs256(past), "Token expired"},
         {"garbage", strdup("garbage"), "Invalid token"},
         {"three dots", strdup("a.b.c"), "Invalid token"},
         {"empty parts", strdup(".."), "Invalid token"},
     };
     /* The control: the same construction with the right key is accepted, so refusals mean something. */
-    char *good = jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", ok, SECRET, strlen(SECRET));
+    char *good = hs256(ok);
     chat_wsc *c = ws_open(NULL);
     char msg[4096];
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", good);
-    send_str(c, msg);
-    json_object *o = next_json(c, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_success");
+    json_object *o = auth_reply(c, good, "auth_success");
     assert_string_equal(jstr(jget(o, "user"), "id"), "mallory");
     json_object_put(o);
     chat_wsc_close(c, 1000, NULL);
@@ -1014,8 +1015,7 @@ static void test_jwt_attacks(void **state)
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         assert_non_null(cases[i].token);
         c = ws_open(NULL);
-        snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", cases[i].token);
-        send_str(c, msg);
+        send_auth(c, cases[i].token);
         o = next_json(c, 5000);
         if (strcmp(jstr(o, "type"), "auth_error")) fail_msg("%s: accepted by auth message", cases[i].name);
         assert_string_equal(jstr(o, "message"), cases[i].message);
@@ -1579,8 +1579,7 @@ static void test_token_batching(void **state)
         if (a.ntokens != tokens) fail_msg("%s: %d token frames for %d tokens", cases[k].name, a.ntokens, tokens);
         answer_clear(&a);
         chat_wsc_close(c, 1000, NULL);
-        stop_streamer(pid);
-        assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+        stop_stack(pid, workers);
     }
 }
 
@@ -1661,8 +1660,7 @@ static void test_openai_through_worker(void **state)
         answer_clear(&a);
         chat_wsc_close(cs[k], 1000, NULL);
     }
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
 
     pid = openai_stack("oaistall", llm_port, "fake-stall", &port, &workers);
     chat_wsc *c = open_alice(port);
@@ -1681,8 +1679,7 @@ static void test_openai_through_worker(void **state)
     answer_clear(&a);
     expect_usable(c);
     chat_wsc_close(c, 1000, NULL);
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
     testutil_fake_llm_stop(llm);
 }
 
@@ -1734,8 +1731,7 @@ static void test_sighup_reloads_agent_settings(void **state)
     assert_int_equal(e2e_children(workers, (pid_t[1]){0}, 1), 1); /* the worker lived through it */
 
     chat_wsc_close(c, 1000, NULL);
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
     testutil_rmdir(dir);
     testutil_fake_llm_stop(llm);
 }
@@ -1766,8 +1762,7 @@ static void test_fallback_through_worker(void **state)
     assert_string_equal(jstr(json_object_array_get_idx(attempts, 0), "model"), "fake-503-always");
     answer_clear(&a);
     chat_wsc_close(c, 1000, NULL);
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
     testutil_fake_llm_stop(llm);
 }
 
@@ -1799,8 +1794,7 @@ static void test_single_worker_back_to_back(void **state)
     for (int k = 1; k < 6; k++) chat_wsc_close(cs[k], 1000, NULL);
     chat_wsc *c = cs[0];
     chat_wsc_close(c, 1000, NULL);
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
 }
 
 /* The threads of a process (its /proc/<pid>/task entries); -1 when it cannot be read. */
@@ -1850,8 +1844,7 @@ static void test_worker_slots_run_concurrently(void **state)
         answer_clear(&a);
         chat_wsc_close(cs[k], 1000, NULL);
     }
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
 }
 
 /* A worker process with three slots dies while three answers stream from it: every one of the three
@@ -1904,15 +1897,7 @@ static void test_worker_with_slots_killed(void **state)
         answer_clear(&a);
         chat_wsc_close(cs[i], 1000, NULL);
     }
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
-}
-
-static void send_auth(chat_wsc *c, const char *token)
-{
-    char msg[4096];
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", token);
-    send_str(c, msg);
+    stop_stack(pid, workers);
 }
 
 static void expect_type(chat_wsc *c, const char *type, int timeout_ms)
@@ -2004,8 +1989,7 @@ static void test_token_refresh(void **state)
     chat_wsc_close(c, 1000, NULL);
     chat_wsc_close(plain, 1000, NULL);
     free(short_lived);
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
 }
 
 static void test_rate_limited(void **state)
@@ -2075,12 +2059,7 @@ static void test_auth_deadline(void **state)
     assert_non_null(anon);
     assert_non_null(late);
     e2e_sleep_ms(1000);
-    char msg[2048];
-    snprintf(msg, sizeof msg, "{\"type\":\"auth\",\"token\":\"%s\"}", E.alice);
-    send_str(late, msg);
-    json_object *o = next_json(late, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_success");
-    json_object_put(o);
+    json_object_put(auth_reply(late, E.alice, "auth_success"));
     int code = 0;
     while (!code && e2e_now_ms() - t0 < 5000) {
         send_str(anon, "{\"type\":\"ping\"}");
@@ -2158,8 +2137,7 @@ static void test_keepalive_empty_pongs(void **state)
     answer_clear(&a);
     chat_wsc_close(ponger, 1000, NULL);
     chat_wsc_close(mute, 0, NULL);
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
 }
 
 /* In place of the main streamer: small send buffers, a short write stall, a small outbound limit. */
@@ -2275,10 +2253,9 @@ static void test_rs256_and_alg_confusion(void **state)
     } cases[] = {
         {"RS256 valid", jwt_rs256(payload), true},
         /* The classic confusion: HS256 signed with the public key as the HMAC secret. */
-        {"HS256 with the public key", jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, pem, pem_len), false},
+        {"HS256 with the public key", jwt_hs(HS256_HEADER, payload, pem, pem_len), false},
         {"alg none", jwt_hs("{\"alg\":\"none\",\"typ\":\"JWT\"}", payload, NULL, 0), false},
-        {"HS256 with the old secret", jwt_hs("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", payload, SECRET, strlen(SECRET)),
-         false},
+        {"HS256 with the old secret", hs256(payload), false},
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         char pq[4096];
@@ -2448,8 +2425,7 @@ static void test_turns_kept_while_database_away(void **state)
 
     chat_wsc_close(c1, 1000, NULL);
     chat_wsc_close(c2, 1000, NULL);
-    stop_streamer(pid);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 10000, NULL), 0);
+    stop_stack(pid, workers);
     chat_db_free(db);
     e2e_proxy_stop(proxy);
     e2e_rmdir(spool_dir);
@@ -2598,11 +2574,14 @@ static void assert_stored(const char *sid, int turns, const char *response)
     free(stored);
 }
 
-static char *stored_finish_reason(const char *sid)
+/* The finish_reason stored with sid's last answer is want. */
+static void assert_stored_finish(const char *sid, const char *want)
 {
-    return db_text("SELECT JSON_VALUE(metadata, '$.finish_reason') FROM chat_messages"
-                   " WHERE session_id = ? AND role = 'assistant' ORDER BY id DESC LIMIT 1",
-                   sid);
+    char *finish = db_text("SELECT JSON_VALUE(metadata, '$.finish_reason') FROM chat_messages"
+                           " WHERE session_id = ? AND role = 'assistant' ORDER BY id DESC LIMIT 1",
+                           sid);
+    assert_string_equal(finish, want);
+    free(finish);
 }
 
 /* Reads a's frames until it holds n tokens (or its end); false when it ended first. */
@@ -2725,9 +2704,7 @@ static void test_drop_finishes_answer(void **state)
     chat_wsc *c = ask_partly(NULL, 1, &a);
     chat_wsc_close(c, 0, NULL);
     assert_stored(a.session_id, 1, NULL);
-    char *finish = stored_finish_reason(a.session_id);
-    assert_string_equal(finish, "stop");
-    free(finish);
+    assert_stored_finish(a.session_id, "stop");
     answer_clear(&a);
 }
 
@@ -2838,9 +2815,7 @@ static void test_cancel_from_other_tab(void **state)
     expect_nothing_more(t1); /* no token after the complete */
     expect_nothing_more(t2);
     assert_stored(a1.session_id, 1, jstr(a1.complete, "response"));
-    char *finish = stored_finish_reason(a1.session_id);
-    assert_string_equal(finish, "cancelled");
-    free(finish);
+    assert_stored_finish(a1.session_id, "cancelled");
     /* the whole answer is longer: the model stopped */
     answer full;
     ask(t1, QUESTION, &full);
@@ -2873,9 +2848,7 @@ static void test_resume_other_user(void **state)
     send_cancel_of(b, a.session_id); /* not bob's: nothing happens */
     expect_nothing_more(b);
     assert_stored(a.session_id, 1, jstr(a.complete, "response"));
-    char *finish = stored_finish_reason(a.session_id);
-    assert_string_equal(finish, "stop");
-    free(finish);
+    assert_stored_finish(a.session_id, "stop");
     /* alice may */
     answer r;
     resume_into(c, a.session_id, json_object_get_int64(jget(a.complete, "seq")), a.answer_id, &r);

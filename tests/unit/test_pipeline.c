@@ -109,6 +109,23 @@ static int teardown(void **state)
     return 0;
 }
 
+/* This file's configuration with the extractive model. */
+static chat_config extractive_config(void)
+{
+    chat_config cfg = testutil_config("pipeline");
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    return cfg;
+}
+
+/* A pipeline of cfg (the caller frees it); fails the test, with chat_pipeline_new's reason, without. */
+static chat_pipeline *pipeline_of(const chat_config *cfg)
+{
+    char err[256];
+    chat_pipeline *p = chat_pipeline_new(cfg, err, sizeof err);
+    if (!p) fail_msg("chat_pipeline_new: %s", err);
+    return p;
+}
+
 static int run(chat_pipeline *p, events *e, const chat_user *u, const char *msg, const char *session,
                const char *customer, const char *request_id, atomic_int *cancel)
 {
@@ -118,10 +135,25 @@ static int run(chat_pipeline *p, events *e, const chat_user *u, const char *msg,
     return chat_pipeline_run(p, &req, &sink, cancel);
 }
 
+/* A question of alice's on pipe_extractive, in a new session, nothing else set: run's result. */
+static int ask_alice(events *e, const char *msg)
+{
+    return run(pipe_extractive, e, &alice, msg, NULL, NULL, NULL, NULL);
+}
+
 static const char *meta_str(json_object *m, const char *key)
 {
     json_object *v;
     return json_object_object_get_ex(m, key, &v) ? json_object_get_string(v) : NULL;
+}
+
+/* metadata.context.model (the boat the turn was read as about) is want. */
+static void assert_context_model(json_object *m, const char *want)
+{
+    json_object *ctx, *model;
+    assert_true(json_object_object_get_ex(m, "context", &ctx));
+    assert_true(json_object_object_get_ex(ctx, "model", &model));
+    assert_string_equal(json_object_get_string(model), want);
 }
 
 static double meta_confidence(json_object *m)
@@ -135,9 +167,7 @@ static void test_event_order_and_metadata(void **state)
 {
     events e;
     ev_init(&e);
-    assert_int_equal(run(pipe_extractive, &e, &alice, "What is the engine power of the Seawind 250?", NULL, NULL,
-                         NULL, NULL),
-                     0);
+    assert_int_equal(ask_alice(&e, "What is the engine power of the Seawind 250?"), 0);
     const char *order[] = {"starting", "agent_routing", "rag_retrieval", "generating"};
     assert_int_equal(e.n_steps, 4);
     for (int i = 0; i < 4; i++) assert_string_equal(e.steps[i], order[i]);
@@ -217,13 +247,10 @@ static void test_follow_up_uses_history(void **state)
     events a, b;
     ev_init(&a);
     ev_init(&b);
-    assert_int_equal(run(pipe_extractive, &a, &alice, "Tell me about the Seawind 280 engine", NULL, NULL, NULL, NULL), 0);
+    assert_int_equal(ask_alice(&a, "Tell me about the Seawind 280 engine"), 0);
     assert_int_equal(run(pipe_extractive, &b, &alice, "and its torque?", a.session_id, NULL, NULL, NULL), 0);
     assert_string_equal(b.session_id, a.session_id);
-    json_object *ctx, *model;
-    assert_true(json_object_object_get_ex(b.metadata, "context", &ctx));
-    assert_true(json_object_object_get_ex(ctx, "model", &model));
-    assert_string_equal(json_object_get_string(model), "seawind-280");
+    assert_context_model(b.metadata, "seawind-280");
     assert_non_null(strstr(b.response, "280"));
     assert_non_null(strstr(b.response, "Nm"));
     ev_clear(&a);
@@ -299,8 +326,8 @@ static void test_confidence_varies(void **state)
     events clear, vague;
     ev_init(&clear);
     ev_init(&vague);
-    assert_int_equal(run(pipe_extractive, &clear, &alice, "What does fault code E42 mean?", NULL, NULL, NULL, NULL), 0);
-    assert_int_equal(run(pipe_extractive, &vague, &alice, "hmm ok", NULL, NULL, NULL, NULL), 0);
+    assert_int_equal(ask_alice(&clear, "What does fault code E42 mean?"), 0);
+    assert_int_equal(ask_alice(&vague, "hmm ok"), 0);
     double c1 = meta_confidence(clear.metadata), c2 = meta_confidence(vague.metadata);
     print_message("confidence: clear %.2f, vague %.2f\n", c1, c2);
     assert_true(c1 > c2 + 0.2);
@@ -338,12 +365,9 @@ static void test_cancel_each_stage(void **state)
 /* CHAT_CUSTOMER_ACCESS=own (the default): only the customer whose email is the token's. */
 static void test_customer_access_own(void **state)
 {
-    chat_config cfg = testutil_config("pipeline");
-    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    chat_config cfg = extractive_config();
     assert_string_equal(cfg.customer_access, "own");
-    char err[256];
-    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
-    assert_non_null(p);
+    chat_pipeline *p = pipeline_of(&cfg);
     chat_user daniel = {"user-daniel", "Daniel.Okafor@example.com", "Daniel", 0}; /* cust-1001's email */
     events e;
     ev_init(&e);
@@ -369,9 +393,7 @@ static void test_database_down(void **state)
 {
     chat_config cfg = testutil_config("pipeline");
     snprintf(cfg.db_socket, sizeof cfg.db_socket, "/nonexistent/mariadb.sock");
-    char err[256];
-    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
-    assert_non_null(p); /* starts while the database is down */
+    chat_pipeline *p = pipeline_of(&cfg); /* starts while the database is down */
     events e;
     ev_init(&e);
     assert_int_equal(run(p, &e, &alice, "engine power?", NULL, NULL, NULL, NULL), CHAT_EDB);
@@ -388,12 +410,10 @@ static void test_database_down(void **state)
  * in the first half, or a model failing before its first token, ends with an error event and no turn. */
 static void test_begin_end_split(void **state)
 {
-    chat_config cfg = testutil_config("pipeline");
-    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    chat_config cfg = extractive_config();
+    chat_pipeline *other = pipeline_of(&cfg);
     char err[256];
-    chat_pipeline *other = chat_pipeline_new(&cfg, err, sizeof err);
     chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
-    assert_non_null(other);
     assert_non_null(llm);
 
     events e;
@@ -432,10 +452,7 @@ static void test_begin_end_split(void **state)
     ev_init(&f);
     assert_int_equal(run(other, &f, &alice, "And its fuel capacity?", e.session_id, NULL, NULL, NULL), 0);
     assert_string_equal(f.session_id, e.session_id);
-    json_object *ctx, *model;
-    assert_true(json_object_object_get_ex(f.metadata, "context", &ctx));
-    assert_true(json_object_object_get_ex(ctx, "model", &model));
-    assert_string_equal(json_object_get_string(model), "seawind-250");
+    assert_context_model(f.metadata, "seawind-250");
     ev_clear(&f);
 
     /* refused in the first half: the error event, no run */
@@ -490,9 +507,7 @@ static void test_end_many(void **state)
 {
     events first;
     ev_init(&first);
-    assert_int_equal(run(pipe_extractive, &first, &alice, "What is the engine power of the Seawind 250?", NULL, NULL,
-                         NULL, NULL),
-                     0);
+    assert_int_equal(ask_alice(&first, "What is the engine power of the Seawind 250?"), 0);
     enum { N = 4 };
     static const char *const questions[N] = {"And its fuel capacity?", "How often should I change the oil?",
                                              "What is the beam of the Seawind 250?", "And its weight?"};
@@ -577,13 +592,10 @@ static void test_stored_flag(void **state)
 /* A pipeline of pipe_extractive's configuration whose database is unreachable, with spool (may be NULL). */
 static chat_pipeline *pipeline_away(chat_spool *spool)
 {
-    chat_config cfg = testutil_config("pipeline");
-    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    chat_config cfg = extractive_config();
     snprintf(cfg.customer_access, sizeof cfg.customer_access, "any");
     snprintf(cfg.db_socket, sizeof cfg.db_socket, "/nonexistent/mariadb.sock");
-    char err[256];
-    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
-    assert_non_null(p);
+    chat_pipeline *p = pipeline_of(&cfg);
     if (spool) chat_pipeline_use_spool(p, spool);
     return p;
 }
@@ -707,9 +719,7 @@ static void test_openai_provider(void **state)
     assert_true(pid > 0);
 
     chat_config cfg = testutil_config_fake_llm("pipeline", port, "fake-ok");
-    char err[256];
-    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
-    assert_non_null(p);
+    chat_pipeline *p = pipeline_of(&cfg);
     events e;
     ev_init(&e);
     assert_int_equal(run(p, &e, &alice, "What is the beam of the Seawind 340?", NULL, NULL, NULL, NULL), 0);
@@ -719,7 +729,7 @@ static void test_openai_provider(void **state)
     ev_clear(&e);
     /* a provider failure before any token is an error event */
     snprintf(cfg.llm_model, sizeof cfg.llm_model, "fake-401");
-    chat_pipeline *p2 = chat_pipeline_new(&cfg, err, sizeof err);
+    chat_pipeline *p2 = pipeline_of(&cfg);
     ev_init(&e);
     assert_int_not_equal(run(p2, &e, &alice, "engine power?", NULL, NULL, NULL, NULL), 0);
     assert_string_equal(e.error_code, "PROCESSING_ERROR");
@@ -728,7 +738,7 @@ static void test_openai_provider(void **state)
     /* a provider that ignores max_tokens is cut at the answer's size limit: finish_reason length */
     snprintf(cfg.llm_model, sizeof cfg.llm_model, "fake-endless");
     cfg.llm_max_tokens = 100; /* limit: 16 KB */
-    chat_pipeline *p3 = chat_pipeline_new(&cfg, err, sizeof err);
+    chat_pipeline *p3 = pipeline_of(&cfg);
     ev_init(&e);
     assert_int_equal(run(p3, &e, &alice, "engine power?", NULL, NULL, NULL, NULL), 0);
     assert_string_equal(meta_str(e.metadata, "finish_reason"), "length");
@@ -763,9 +773,7 @@ static void test_fallback_in_metadata(void **state)
     cfg.llm_retry_backoff_ms = 20;
     cfg.n_llm_fallback = 1;
     snprintf(cfg.llm_fallback[0].provider, sizeof cfg.llm_fallback[0].provider, "extractive");
-    char err[256];
-    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
-    if (!p) fail_msg("%s", err);
+    chat_pipeline *p = pipeline_of(&cfg);
     events e;
     ev_init(&e);
     assert_int_equal(run(p, &e, &alice, "What is the beam of the Seawind 340?", NULL, NULL, NULL, NULL), 0);
@@ -788,7 +796,7 @@ static void test_fallback_in_metadata(void **state)
     /* the extractive provider alone: one attempt */
     ev_init(&e);
     const char *q = "What is the beam of the Seawind 340?";
-    assert_int_equal(run(pipe_extractive, &e, &alice, q, NULL, NULL, NULL, NULL), 0);
+    assert_int_equal(ask_alice(&e, q), 0);
     char got[200];
     attempt_str(e.metadata, 0, got, sizeof got);
     assert_string_equal(got, "extractive/-/ok");
@@ -852,9 +860,7 @@ static void test_agent_settings_reach_model(void **state)
                      0);
     chat_config cfg = testutil_config_fake_llm("pipeline", port, "fake-ok");
     snprintf(cfg.prompts_dir, sizeof cfg.prompts_dir, "%s", dir);
-    char err[256];
-    chat_pipeline *p = chat_pipeline_new(&cfg, err, sizeof err);
-    if (!p) fail_msg("%s", err);
+    chat_pipeline *p = pipeline_of(&cfg);
 
     const char *specs_q = "What is the beam of the Seawind 340?", *oil_q = "How often should I change the oil?";
     ask_expect(p, port, specs_q, "specs", &(asked){"fake-specs-a", 0.25, 99, "You are the test's spec-sheet reader (A).\n"});
