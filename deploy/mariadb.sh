@@ -19,7 +19,8 @@
 #   root; when that user cannot reach $CHAT_VAR (a checkout under a 0700 home), it says so and runs as root.
 #
 # Full-text tuning that the chat needs: min word length 1 (V6, hp, E42) and no stopword list, for the
-# knowledge base's Aria index (ft-*) and for any InnoDB one (innodb-ft-*); the query cache in DEMAND mode
+# knowledge base's InnoDB indexes (innodb-ft-*, which chat_kb_fulltext_check verifies at the services'
+# start and in /health) and for a MyISAM/Aria one of an older schema (ft-*); the query cache in DEMAND mode
 # for the knowledge-base reads that ask for it (SQL_CACHE), 128 MB in 1 KB blocks (at 64 MB in 4 KB
 # blocks the benchmark's chat run spent a tenth of the server's CPU evicting and defragmenting).
 set -euo pipefail

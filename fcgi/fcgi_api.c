@@ -33,6 +33,7 @@
 
 #include "chat_common.h"
 #include "chat_jwt.h"
+#include "chat_kb.h"
 #include "chat_log.h"
 #include "chat_memory.h"
 #include "chat_metrics.h"
@@ -102,6 +103,7 @@ fcgi_api *fcgi_api_new(const chat_config *cfg, char *err, size_t errlen)
     if (!api->jwt) goto fail;
     api->pipeline = chat_pipeline_new(cfg, err, errlen);
     if (!api->pipeline) goto fail;
+    chat_kb_fulltext_warn(chat_pipeline_db(api->pipeline), "fcgi");
     /* without a spool the responder still serves: a turn the database cannot take then ends NOT_STORED */
     char serr[256];
     if (chat_spool_open(cfg, "fcgi", true, &api->spool, serr, sizeof serr))

@@ -4,7 +4,11 @@
  * request would cost a database round trip and an HTTP request to the streamer. With it, each of the
  * FastCGI processes probes once a second and otherwise copies a ready string.
  * The streamer probe reuses one libcurl easy handle (keep-alive on the Unix socket or loopback) and is
- * bounded by FCGI_HEALTH_STREAMER_TIMEOUT_MS so a hung streamer cannot stall the API. */
+ * bounded by FCGI_HEALTH_STREAMER_TIMEOUT_MS so a hung streamer cannot stall the API.
+ * The database's full-text settings (chat_kb_fulltext_check) are reported, not failed: a server that
+ * cannot find "V6" still answers, worse, and every responder shares it, so a 503 would take the whole
+ * service out of its load balancer for a configuration matter; "fulltext" names the setting instead,
+ * and the log says so when the verdict changes. */
 #include "fcgi_health.h"
 
 #include <curl/curl.h>
@@ -15,6 +19,7 @@
 #include <string.h>
 
 #include "chat_common.h"
+#include "chat_kb.h"
 #include "chat_log.h"
 
 #define STATUS_MAX_BYTES 16384 /* the streamer's /status is a few dozen bytes; anything bigger is wrong */
@@ -28,6 +33,7 @@ struct fcgi_health {
     long long cached_at_ms;          /* 0 = nothing cached */
     bool ok_db, ok_streamer, ok_workers; /* what the cached answer says */
     bool db_was_ok, streamer_was_ok; /* to log state changes once, not every second */
+    char fulltext_was[64];           /* the setting last logged as wrong ("" = none) */
 };
 
 typedef struct streamer_state {
@@ -128,6 +134,27 @@ static json_object *int_or_null(long long v)
     return v < 0 ? NULL : json_object_new_int64(v);
 }
 
+/* The full-text verdict as {"ok":bool|null,"setting":"...","problem":"..."} (ok null: not checked, the
+ * database being down); a change of the setting to fix is logged once. */
+static json_object *probe_fulltext(fcgi_health *h, chat_db *db, bool db_ok)
+{
+    chat_kb_fulltext ft;
+    char err[256];
+    bool known = db_ok && chat_kb_fulltext_check(db, &ft, err, sizeof err) == 0;
+    if (known && strcmp(ft.setting, h->fulltext_was)) {
+        if (!ft.ok) chat_log_warn("health: the database's full-text settings lose short words: %s", ft.problem);
+        snprintf(h->fulltext_was, sizeof h->fulltext_was, "%s", ft.setting);
+    }
+    json_object *o = json_object_new_object();
+    if (!o) return NULL;
+    json_object_object_add(o, "ok", known ? json_object_new_boolean(ft.ok) : NULL);
+    if (known && !ft.ok) {
+        json_object_object_add(o, "setting", json_object_new_string(ft.setting));
+        json_object_object_add(o, "problem", json_object_new_string(ft.problem));
+    }
+    return o;
+}
+
 /* Probes and rebuilds the cached answer. */
 static int refresh(fcgi_health *h, chat_db *db)
 {
@@ -158,8 +185,10 @@ static int refresh(fcgi_health *h, chat_db *db)
     json_object *jdb = json_object_new_object();
     json_object *jst = json_object_new_object();
     json_object *jwk = json_object_new_object();
+    json_object *jft = probe_fulltext(h, db, db_ok);
     int rc = CHAT_ENOMEM;
-    if (!root || !failing || !jdb || !jst || !jwk) {
+    if (!root || !failing || !jdb || !jst || !jwk || !jft) {
+        json_object_put(jft);
         json_object_put(failing);
         json_object_put(jdb);
         json_object_put(jst);
@@ -190,6 +219,7 @@ static int refresh(fcgi_health *h, chat_db *db)
     json_object_object_add(jwk, "live", int_or_null(st.workers_live));
     json_object_object_add(jwk, "busy", int_or_null(st.workers_busy));
     json_object_object_add(root, "workers", jwk);
+    json_object_object_add(root, "fulltext", jft);
 
     const char *text = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
     if (!text) goto cleanup;

@@ -7,8 +7,12 @@
  * answer is served. Workers are reported by the streamer (it owns the ZeroMQ side).
  *
  * Body: {"status":"ok"|"degraded","failing":[...],"database":{"ok":bool,"latency_ms":N},
- *        "streamer":{"ok":bool,"connections":N,"jobs_queued":N},"workers":{"ok":bool,"live":N,"busy":N}}
- * 200 when everything is ok, 503 otherwise, "failing" naming the parts that are not.
+ *        "streamer":{"ok":bool,"connections":N,"jobs_queued":N},"workers":{"ok":bool,"live":N,"busy":N},
+ *        "fulltext":{"ok":bool|null,"setting":"innodb_ft_min_token_size=1","problem":"..."}}
+ * 200 when everything is ok, 503 otherwise, "failing" naming the parts that are not. "fulltext" is the
+ * database's full-text settings (chat_kb_fulltext_check; ok null when the database is down): when they
+ * make short words such as "V6" unfindable, "setting" is the exact one to change; answers still work,
+ * worse, so it changes neither the status nor "failing".
  * /health/ready, from the same probes: {"status":"ready"|"not_ready","failing":[...],"database":bool,
  * "streamer":bool,"workers":bool}, 200 or 503. /health/live: {"status":"ok"}, always 200.
  * Thread context: one thread per fcgi_health. */

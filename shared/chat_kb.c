@@ -1,6 +1,6 @@
 /* Knowledge-base retrieval and import over kb_documents.
  *
- * Retrieval uses the FULLTEXT indexes of the Aria table (schema.sql says why Aria) in natural-language
+ * Retrieval uses the FULLTEXT indexes of the InnoDB table (schema.sql says why InnoDB) in natural-language
  * mode on a sanitised question: only word tokens survive, so the boolean-mode operators
  * (+ - ~ * " ( ) @ <>) never reach the parser and the text is a bound parameter anyway. Fault codes take
  * a separate exact path first (boolean "+E42", the code being validated as letter+digits), because a
@@ -8,12 +8,12 @@
  * model boosts its passages and damps other models'.
  * Every read of kb_documents asks for MariaDB's query cache (SQL_CACHE; the server caches only what asks
  * with query_cache_type=2): a question asked before is answered from memory, and any write to the table
- * empties the table's entries, so an admin's edit is visible to the next question. Without a query cache
- * the keyword does nothing.
- * Import splits a markdown file into one passage per "## " section and replaces the source's rows. Aria
- * makes each statement atomic and crash-safe but cannot roll a document's replacement back, so
- * everything that can be refused (UTF-8, agent, sizes) is checked before the first row is touched; only
- * a lost connection can interrupt a replacement, and running the import again repairs it. */
+ * empties the table's entries at its commit, so an admin's committed edit is visible to the next question
+ * and an uncommitted or rolled-back one never is. Without a query cache the keyword does nothing.
+ * Import splits a markdown file into one passage per "## " section and replaces the source's rows in one
+ * transaction; everything that can be refused (UTF-8, agent, sizes) is checked before it starts.
+ * The server's innodb_ft_* settings decide whether short tokens (V6, E42) are indexed at all:
+ * chat_kb_fulltext_check judges them, for the processes' start and /health. */
 #include "chat_kb.h"
 
 #include <ctype.h>
@@ -699,4 +699,72 @@ int chat_kb_import_dir(chat_db *db, const char *dir, chat_kb_import_stats *stats
     if (rc) return rc;
     static const char optimize[] = "OPTIMIZE TABLE kb_documents";
     return chat_db_exec_script(db, optimize, sizeof optimize - 1, err, errlen);
+}
+
+/* ---- the server's full-text settings ---- */
+
+/* The longest token the knowledge base needs indexed: "V6", "hp" (fault codes like "E42" are three). */
+#define KB_SHORT_TOKEN 2
+
+void chat_kb_fulltext_judge(long long min_token_size, bool default_stopwords, chat_kb_fulltext *out)
+{
+    memset(out, 0, sizeof *out);
+    if (min_token_size > KB_SHORT_TOKEN) {
+        snprintf(out->setting, sizeof out->setting, "innodb_ft_min_token_size=1");
+        snprintf(out->problem, sizeof out->problem,
+                 "innodb_ft_min_token_size is %lld: words shorter than that (V6, hp%s) are not indexed, so no "
+                 "question finds them; set it to 1 in the server's configuration, restart, then run "
+                 "OPTIMIZE TABLE kb_documents",
+                 min_token_size, min_token_size > 3 ? ", E42" : "");
+    } else if (default_stopwords) {
+        snprintf(out->setting, sizeof out->setting, "innodb_ft_enable_stopword=0");
+        snprintf(out->problem, sizeof out->problem,
+                 "innodb_ft_enable_stopword is on with InnoDB's built-in list: words such as 'a', 'i', 'in' and "
+                 "'to' are not indexed; set it to 0 in the server's configuration (or name a stopword table "
+                 "of your own in innodb_ft_server_stopword_table), then run OPTIMIZE TABLE kb_documents");
+    }
+    out->ok = !out->setting[0];
+}
+
+typedef struct fulltext_row {
+    bool seen;
+    long long min_token_size;
+    bool default_stopwords;
+} fulltext_row;
+
+static int fulltext_row_fn(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    (void)lens;
+    fulltext_row *r = ud;
+    if (ncols < 3) return 0;
+    r->seen = true;
+    r->min_token_size = v[0] ? atoll(v[0]) : 0;
+    r->default_stopwords = v[1] && atoi(v[1]) != 0 && (!v[2] || !v[2][0]);
+    return 0;
+}
+
+int chat_kb_fulltext_check(chat_db *db, chat_kb_fulltext *out, char *err, size_t errlen)
+{
+    chat_kb_fulltext_judge(0, false, out);
+    fulltext_row r = {0};
+    /* the global values: what a new session, and so the next index build (migration, OPTIMIZE), uses */
+    int rc = chat_db_run(db,
+                         "SELECT @@GLOBAL.innodb_ft_min_token_size, @@GLOBAL.innodb_ft_enable_stopword,"
+                         " @@GLOBAL.innodb_ft_server_stopword_table",
+                         NULL, 0, fulltext_row_fn, &r, NULL, NULL, err, errlen);
+    if (rc) return rc;
+    if (!r.seen) return chat_fail(err, errlen, CHAT_EDB, "no full-text settings returned");
+    chat_kb_fulltext_judge(r.min_token_size, r.default_stopwords, out);
+    return 0;
+}
+
+void chat_kb_fulltext_warn(chat_db *db, const char *who)
+{
+    chat_kb_fulltext ft;
+    char err[256];
+    if (chat_kb_fulltext_check(db, &ft, err, sizeof err))
+        chat_log_debug("%s: full-text settings not checked: %s", who, err);
+    else if (!ft.ok)
+        chat_log_warn("%s: the database's full-text settings lose short words: change %s (%s)", who, ft.setting,
+                      ft.problem);
 }

@@ -6,6 +6,7 @@
 #ifndef CHAT_KB_H
 #define CHAT_KB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "chat_db.h"
@@ -79,7 +80,27 @@ typedef struct chat_kb_import_stats {
 int chat_kb_import_text(chat_db *db, const char *source, const char *text, size_t len, chat_kb_import_stats *stats,
                         char *err, size_t errlen);
 /* Imports every *.md below dir (recursively, in name order, README.md files left out); source = path
- * relative to dir. Stops at the first failure. Ends with OPTIMIZE TABLE kb_documents. */
+ * relative to dir. Stops at the first failure (each file is one transaction: the files before it stay
+ * imported). Ends with OPTIMIZE TABLE kb_documents. */
 int chat_kb_import_dir(chat_db *db, const char *dir, chat_kb_import_stats *stats, char *err, size_t errlen);
+
+/* The server's full-text settings, judged: short tokens ("V6", "E42") are findable only when InnoDB
+ * indexes words of 1-2 characters and drops none through its built-in stopword list. */
+typedef struct chat_kb_fulltext {
+    bool ok;           /* nothing below to change */
+    char setting[64];  /* the exact setting to change, "innodb_ft_min_token_size=1"; "" when ok */
+    char problem[384]; /* why, with the server's current value; "" when ok */
+} chat_kb_fulltext;
+
+/* Judges the values of innodb_ft_min_token_size and innodb_ft_enable_stopword (default_stopwords: that
+ * setting on with no innodb_ft_server_stopword_table of the admin's own). Pure; exposed for tests. */
+void chat_kb_fulltext_judge(long long min_token_size, bool default_stopwords, chat_kb_fulltext *out);
+/* Reads the server's global values on db and judges them. 0 or CHAT_EDB (out then says ok). Needs no
+ * privilege (the services' least-privilege account runs it). Any thread, with the caller's connection. */
+int chat_kb_fulltext_check(chat_db *db, chat_kb_fulltext *out, char *err, size_t errlen);
+/* At a process's start: logs a warning naming the setting to change when the check finds a problem
+ * (who names the process in the line); a check that cannot run is logged at debug level and skipped
+ * (the database may come later). */
+void chat_kb_fulltext_warn(chat_db *db, const char *who);
 
 #endif

@@ -50,13 +50,13 @@ CREATE TABLE IF NOT EXISTS appointments (
 
 -- The knowledge base admins edit with plain SQL. One row per passage; a document is all rows with the
 -- same source. agent NULL means "for any agent"; model_id ties a passage to one model.
--- Aria (MariaDB's crash-safe MyISAM successor), not InnoDB: its FULLTEXT index answers a question with
--- a third of InnoDB's CPU on a small knowledge base and a twentieth on 100,000 passages, and every chat
--- turn runs one such query (docs/benchmarks.md). Each statement is atomic and crash-safe and is visible
--- to the next question at once, with no re-index step; ROLLBACK does not undo changes to this table.
+-- InnoDB like every other table: an admin's transaction is real (ROLLBACK undoes it, a multi-statement
+-- edit is never seen half done, a COMMIT is seen by the next question) and Galera replicates it. Its
+-- FULLTEXT indexes are the retrieval (InnoDB full-text search, which needs innodb_ft_min_token_size=1
+-- and innodb_ft_enable_stopword=0 on the server: sql/README.md; the services report a server without).
 -- Nothing references it with a foreign key. Retrieval adds the title's own relevance (ft_kb_title) to
 -- the passage's, so "Engine and Power" wins an engine question over an overview that repeats the model
--- name. Migration 002 converts a table created before.
+-- name. Migration 002 made a table created before it Aria, migration 004 makes it InnoDB again.
 CREATE TABLE IF NOT EXISTS kb_documents (
   id         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
   source     VARCHAR(255) NOT NULL,
@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS kb_documents (
   KEY idx_kb_model (model_id),
   FULLTEXT KEY ft_kb_title_body (title, body),
   FULLTEXT KEY ft_kb_title (title)
-) ENGINE=Aria TRANSACTIONAL=1 DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 -- Routing vocabulary: the classifier scores a message by the weights of the terms it contains.
 -- Admins tune routing here; running processes pick changes up within a minute.

@@ -3,7 +3,8 @@
  *                            sample data and knowledge base when the tables are empty (idempotent)
  *   chat-kb migrate          schema + migrations only
  *   chat-kb check            exit 0 when the schema is in place and every migration applied (read-only:
- *                            the services' least-privilege account can run it; setup and migrate need DDL)
+ *                            the services' least-privilege account can run it; setup and migrate need DDL);
+ *                            warns on stderr when the server's full-text settings lose short words
  *   chat-kb import DIR       import every *.md below DIR (each file replaces its source's rows atomically)
  *   chat-kb load-sql FILE    run a trusted SQL file (sample data, classifier terms)
  *   chat-kb search [--agent A] [--model M] [-k N] QUESTION
@@ -139,6 +140,10 @@ static int check(chat_db *db)
         fprintf(stderr, "chat-kb: the schema is out of date: run chat-kb migrate with an admin account\n");
         return 1;
     }
+    /* a warning, not a failure: the services answer (worse) on such a server, and say so too */
+    chat_kb_fulltext ft;
+    if (!chat_kb_fulltext_check(db, &ft, err, sizeof err) && !ft.ok)
+        fprintf(stderr, "chat-kb: warning: change %s: %s\n", ft.setting, ft.problem);
     return 0;
 }
 

@@ -73,6 +73,7 @@
 #include "chat_common.h"
 #include "chat_curve.h"
 #include "chat_jwt.h"
+#include "chat_kb.h"
 #include "chat_log.h"
 #include "chat_memory.h"
 #include "chat_pipeline.h"
@@ -1196,6 +1197,7 @@ static int worker_start(worker *w, void **pull)
         }
         chat_pipeline_share_kb_stats(w->stages[i].pipeline, w->kb_stats);
     }
+    if (w->n_stages) chat_kb_fulltext_warn(chat_pipeline_db(w->stages[0].pipeline), "worker");
     /* without a spool the worker still serves: a turn the database cannot take then ends NOT_STORED */
     if (chat_spool_open(&w->cfg, "worker", true, &w->spool, err, sizeof err))
         chat_log_error("worker: no spool for turns the database cannot take: %s", err);

@@ -2116,7 +2116,8 @@ static void test_keepalive_empty_pongs(void **state)
     const char *extra[] = {"CHAT_PING_INTERVAL_S=1", "CHAT_STREAMER_PING_TIMEOUT_S=3", "CHAT_IDLE_TIMEOUT_S=60", NULL};
     int port;
     pid_t workers;
-    pid_t pid = private_stack("keepalive", 1, 150, extra, &port, &workers);
+    /* a token every 250 ms: the answer (about 35 tokens) takes over 8 s, twice the drop time and more */
+    pid_t pid = private_stack("keepalive", 1, 250, extra, &port, &workers);
     chat_wsc *ponger = open_alice_with(port, true);
     chat_wsc *mute = open_alice(port); /* never reads, so never answers a ping */
     long long t0 = e2e_now_ms();

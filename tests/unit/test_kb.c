@@ -95,33 +95,40 @@ static int top_is(chat_db *d, const char *question, const char *source)
     return yes;
 }
 
-/* A database from before migration 002 (InnoDB kb_documents without the title index) is converted by
- * the project's own migrations, its passages kept and searchable. */
-static void test_migration_002_aria(void **state)
+static long long kb_engine_is(chat_db *d, const char *engine)
 {
-    chat_db *d = testutil_db_fresh("kb_m002", TESTUTIL_SAMPLE);
+    return testutil_count(d,
+                          "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()"
+                          " AND table_name = 'kb_documents' AND engine = ?",
+                          engine);
+}
+
+/* A database of schema version 3 (kb_documents an Aria table, as migration 002 made it) is converted by
+ * the project's own migrations to InnoDB, both FULLTEXT indexes and every passage kept and searchable,
+ * and the table then rolls back. */
+static void test_migration_004_innodb(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_m004", TESTUTIL_SAMPLE);
     int passages = count_sql(d, "SELECT COUNT(*) FROM kb_documents");
     assert_true(passages > 100);
-    testutil_sql(d, "ALTER TABLE kb_documents DROP INDEX ft_kb_title, ENGINE=InnoDB;"
-                    "DELETE FROM schema_version WHERE version >= 2;");
-    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()"
-                                  " AND table_name = 'kb_documents' AND engine = 'InnoDB'"),
-                     1);
+    testutil_sql(d, "ALTER TABLE kb_documents ENGINE=Aria TRANSACTIONAL=1;"
+                    "DELETE FROM schema_version WHERE version >= 4;");
+    assert_int_equal(kb_engine_is(d, "Aria"), 1);
     char err[512], schema[1024], migrations[1024];
     snprintf(schema, sizeof schema, "%s", testutil_path("sql/schema.sql"));
     snprintf(migrations, sizeof migrations, "%s", testutil_path("sql/migrations"));
     int version = 0;
     if (chat_db_migrate(d, schema, migrations, &version, err, sizeof err)) fail_msg("migrate: %s", err);
-    assert_true(version >= 2);
-    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()"
-                                  " AND table_name = 'kb_documents' AND engine = 'Aria'"),
-                     1);
+    assert_true(version >= 4);
+    assert_int_equal(kb_engine_is(d, "InnoDB"), 1);
     assert_int_equal(count_sql(d, "SELECT COUNT(DISTINCT index_name) FROM information_schema.statistics"
                                   " WHERE table_schema = DATABASE() AND table_name = 'kb_documents'"
                                   " AND index_type = 'FULLTEXT'"),
                      2);
     assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM kb_documents"), passages);
     assert_true(top_is(d, "Seawind 250 engine power", "seawind-250/specs.md"));
+    testutil_sql(d, "START TRANSACTION; DELETE FROM kb_documents; ROLLBACK;");
+    assert_int_equal(count_sql(d, "SELECT COUNT(*) FROM kb_documents"), passages);
     chat_db_free(d);
 }
 
@@ -318,6 +325,123 @@ static void test_admin_edits_visible(void **state)
     testutil_sql(admin, "DELETE FROM kb_documents WHERE source = 'admin/new.md'; COMMIT;");
     assert_false(top_is(db, "xylophone pier", "admin/new.md"));
     chat_db_free(admin);
+}
+
+/* The body retrieval returns as the top passage for question, or "" (copied into out). */
+static const char *top_body(chat_db *d, const char *question, char *out, size_t cap)
+{
+    chat_kb_result r;
+    search_for(d, question, 1, &r);
+    snprintf(out, cap, "%s", r.n ? r.items[0].body : "");
+    chat_kb_result_clear(&r);
+    return out;
+}
+
+/* An admin's edit is a transaction: an UPDATE is never seen by retrieval while it is open nor after its
+ * ROLLBACK (an Aria table kept it: warning 1196), a DELETE and INSERT replacing a passage are never seen
+ * half done, and the committed UPDATE is seen by the very next search. */
+static void test_admin_edits_transactional(void **state)
+{
+    chat_config cfg = testutil_config("kb");
+    chat_db *admin = chat_db_new(&cfg);
+    char body[512];
+    testutil_sql(admin, "INSERT INTO kb_documents (source, title, agent, body) VALUES ('admin/tx.md',"
+                        " 'Quokka slipway hours', NULL, 'The quokka slipway opens at dawn.');");
+    assert_string_equal(top_body(db, "quokka slipway", body, sizeof body), "The quokka slipway opens at dawn.");
+    testutil_sql(admin, "START TRANSACTION;"
+                        "UPDATE kb_documents SET body = 'The quokka slipway is closed for good.'"
+                        " WHERE source = 'admin/tx.md';");
+    assert_string_equal(top_body(db, "quokka slipway", body, sizeof body), "The quokka slipway opens at dawn.");
+    testutil_sql(admin, "ROLLBACK;");
+    assert_string_equal(top_body(db, "quokka slipway", body, sizeof body), "The quokka slipway opens at dawn.");
+    assert_string_equal(top_body(db, "quokka slipway closed good", body, sizeof body),
+                        "The quokka slipway opens at dawn.");
+    /* a replacement in two statements: while open, the old passage is still found, never none */
+    testutil_sql(admin, "START TRANSACTION; DELETE FROM kb_documents WHERE source = 'admin/tx.md';");
+    assert_string_equal(top_body(db, "quokka slipway", body, sizeof body), "The quokka slipway opens at dawn.");
+    testutil_sql(admin, "ROLLBACK;");
+    /* committed: the very next search sees it */
+    testutil_sql(admin, "START TRANSACTION;"
+                        "UPDATE kb_documents SET body = 'The quokka slipway opens at noon.' WHERE source = 'admin/tx.md';"
+                        "COMMIT;");
+    assert_string_equal(top_body(db, "quokka slipway", body, sizeof body), "The quokka slipway opens at noon.");
+    testutil_sql(admin, "DELETE FROM kb_documents WHERE source = 'admin/tx.md';");
+    assert_false(top_is(db, "quokka slipway", "admin/tx.md"));
+    chat_db_free(admin);
+}
+
+/* The full-text settings check: what it says for the server's values (table), and on the private test
+ * server, whose settings are right, then with InnoDB's stopword list switched on for a moment. */
+static void test_fulltext_settings(void **state)
+{
+    static const struct {
+        long long min_token;
+        bool default_stopwords;
+        const char *setting; /* "" = ok */
+    } cases[] = {
+        {1, false, ""},
+        {2, false, ""},
+        {3, false, "innodb_ft_min_token_size=1"}, /* InnoDB's default: V6 and hp unfindable */
+        {4, false, "innodb_ft_min_token_size=1"}, /* MyISAM's default: E42 too */
+        {84, true, "innodb_ft_min_token_size=1"}, /* the token size first: it needs a restart */
+        {1, true, "innodb_ft_enable_stopword=0"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        chat_kb_fulltext ft;
+        chat_kb_fulltext_judge(cases[i].min_token, cases[i].default_stopwords, &ft);
+        assert_int_equal(ft.ok, !cases[i].setting[0]);
+        assert_string_equal(ft.setting, cases[i].setting);
+        assert_int_equal(!ft.problem[0], ft.ok);
+    }
+    chat_kb_fulltext ft;
+    char err[256];
+    assert_int_equal(chat_kb_fulltext_check(db, &ft, err, sizeof err), 0);
+    assert_true(ft.ok);
+    testutil_sql(db, "SET GLOBAL innodb_ft_enable_stopword = 1;");
+    int rc = chat_kb_fulltext_check(db, &ft, err, sizeof err);
+    testutil_sql(db, "SET GLOBAL innodb_ft_enable_stopword = 0;");
+    assert_int_equal(rc, 0);
+    assert_false(ft.ok);
+    assert_string_equal(ft.setting, "innodb_ft_enable_stopword=0");
+}
+
+/* An order-free fingerprint of every passage. */
+static long long kb_fingerprint(chat_db *d)
+{
+    return count_sql(d, "SELECT COALESCE(SUM(CRC32(CONCAT_WS(':', id, source, title, body))), 0) FROM kb_documents");
+}
+
+/* Every ```sql block of sql/README.md runs as written, in order, on the sample database; a block that
+ * ends in ROLLBACK leaves the knowledge base as it was (an Aria table kept its UPDATE), one that ends in
+ * COMMIT after an edit changes it. */
+static void test_sql_readme_runs(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_readme", TESTUTIL_SAMPLE);
+    size_t len = 0;
+    char *text = chat_read_file(testutil_path("sql/README.md"), 1 << 20, &len);
+    assert_non_null(text);
+    int blocks = 0, rollbacks = 0;
+    for (char *p = text; (p = strstr(p, "\n```sql\n"));) {
+        char *start = p + 8, *end = strstr(start, "\n```");
+        assert_non_null(end);
+        *end = '\0';
+        long long before = kb_fingerprint(d);
+        testutil_sql(d, start);
+        bool rollback = strstr(start, "ROLLBACK;") != NULL;
+        if (rollback) {
+            if (kb_fingerprint(d) != before) fail_msg("sql/README.md: a block ending in ROLLBACK changed kb_documents:\n%s", start);
+            rollbacks++;
+        }
+        blocks++;
+        p = end + 1;
+    }
+    assert_true(blocks >= 5);
+    assert_true(rollbacks >= 1);
+    /* the blocks before added the winter-storage policy and then retired it */
+    assert_int_equal(testutil_count(d, "SELECT COUNT(*) FROM kb_documents WHERE source = ?", "policies/winter-storage.md"),
+                     0);
+    free(text);
+    chat_db_free(d);
 }
 
 /* The server restarts under a live connection: the next call reconnects; while down, a clear error. */
@@ -549,14 +673,15 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
-        cmocka_unit_test(test_migration_002_aria),     cmocka_unit_test(test_import_idempotent),
+        cmocka_unit_test(test_migration_004_innodb),   cmocka_unit_test(test_import_idempotent),
         cmocka_unit_test(test_reimport_sample_dir),    cmocka_unit_test(test_ranking),
         cmocka_unit_test(test_short_tokens_and_codes), cmocka_unit_test(test_hostile_inputs),
         cmocka_unit_test(test_fault_code_parse),       cmocka_unit_test(test_admin_edits_visible),
         cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
         cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
         cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
-        cmocka_unit_test(test_stats_shared),
+        cmocka_unit_test(test_stats_shared),           cmocka_unit_test(test_admin_edits_transactional),
+        cmocka_unit_test(test_fulltext_settings),        cmocka_unit_test(test_sql_readme_runs),
     };
     return cmocka_run_group_tests(tests, setup_sample, testutil_db_teardown);
 }
