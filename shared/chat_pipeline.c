@@ -376,6 +376,10 @@ static const char *run_request_id(chat_run *t)
     return t->rid;
 }
 
+/* The thread's log context (chat_log_context_set) names this run's request and session; the public
+ * functions below set it while they serve a run and clear it before they return. */
+static void log_context(chat_run *t) { chat_log_context_set(run_request_id(t), t->sid); }
+
 /* What keeping a turn came to, besides a negative code (not kept: the answer ends with NOT_STORED). */
 enum { KEPT_SPOOLED = 0, KEPT_STORED = 1 };
 
@@ -559,6 +563,7 @@ static int stage_session(begin_state *s)
                                             s->p->cfg.history_turns, &t->hist, &t->session, s->err, sizeof s->err);
     t->c.session_us = chat_now_us() - s0;
     memcpy(t->sid, t->session.id, sizeof t->sid);
+    log_context(t);
     if (rc == CHAT_EFORBIDDEN)
         return fail_event(&t->sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
     if (rc == CHAT_EINVAL)
@@ -720,10 +725,12 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     *rcp = 0;
     chat_run *t = run_new(p, req, sink, cancel, rcp);
     if (!t) return NULL;
+    log_context(t);
     begin_state s = {.p = p, .t = t};
     int rc = begin_stages(&s);
+    if (rc) *rcp = rc == BEGIN_CANCELLED ? end_cancelled(p, t) : rc;
+    chat_log_context_clear();
     if (!rc) return t;
-    *rcp = rc == BEGIN_CANCELLED ? end_cancelled(p, t) : rc;
     turn_free(t);
     return NULL;
 }
@@ -831,11 +838,14 @@ static void end_runs(chat_pipeline *p, chat_run *const *runs, size_t n, int *rcs
         int kept[CHAT_MEMORY_BATCH_MAX] = {0};
         for (size_t i = 0; i < m; i++) {
             int rc;
+            log_context(runs[at + i]);
             meta[i] = run_metadata(p, runs[at + i], &rc);
             if (rcs) rcs[at + i] = rc;
         }
+        if (m > 1) chat_log_context_clear(); /* the group's lines are about no one run */
         keep_group(p, runs + at, meta, m, kept);
         for (size_t i = 0; i < m; i++) {
+            log_context(runs[at + i]);
             if (meta[i]) {
                 int rc = end_turn(runs[at + i], meta[i], kept[i]);
                 if (rcs) rcs[at + i] = rc;
@@ -844,6 +854,7 @@ static void end_runs(chat_pipeline *p, chat_run *const *runs, size_t n, int *rcs
             turn_free(runs[at + i]);
         }
     }
+    chat_log_context_clear();
 }
 
 void chat_pipeline_end_many(chat_pipeline *p, chat_run *const *runs, size_t n) { end_runs(p, runs, n, NULL); }
@@ -860,7 +871,9 @@ void chat_pipeline_generate(chat_pipeline *p, chat_run *t)
 {
     char err[256] = "";
     chat_llm_result lr = {0};
+    log_context(t);
     int rc = chat_llm_generate(p->llm, &t->lreq, chat_run_token, t, t->cancel, &lr, err, sizeof err);
+    chat_log_context_clear();
     chat_run_set_outcome(t, rc, &lr, err);
 }
 
@@ -873,6 +886,8 @@ int chat_pipeline_run(chat_pipeline *p, const chat_request *req, const chat_sink
     if (!t) return rc;
     char err[256] = "";
     chat_llm_result lr = {0};
+    log_context(t);
     int grc = chat_llm_generate(p->llm, &t->lreq, chat_run_token, t, cancel, &lr, err, sizeof err);
+    chat_log_context_clear();
     return chat_pipeline_end(p, t, grc, &lr, err);
 }

@@ -163,6 +163,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     run_script tests/ops/make_run.sh
     run_script tests/ops/demo_token.sh
     run_script tests/ops/log_reopen.sh
+    run_script tests/ops/log_json.sh
     run_script tests/ops/slowloris.sh
     run_script tests/ops/graceful_stop.sh
     # Every shell example of README.md, docs/ and sql/README.md, against a stack of make start's defaults.
