@@ -68,6 +68,13 @@ static void test_down_replica_is_skipped(void **state)
     chat_db_free(primary);
 }
 
+/* The routed handles select database chat_t_replica: it must exist. */
+static int setup(void **state)
+{
+    *state = testutil_db_fresh("replica", 0);
+    return *state ? 0 : -1;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -75,5 +82,5 @@ int main(void)
         cmocka_unit_test(test_plain_server_is_usable),
         cmocka_unit_test(test_down_replica_is_skipped),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup, testutil_db_teardown);
 }
