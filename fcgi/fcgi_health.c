@@ -34,6 +34,9 @@ struct fcgi_health {
     bool ok_db, ok_streamer, ok_workers; /* what the cached answer says */
     bool db_was_ok, streamer_was_ok; /* to log state changes once, not every second */
     char fulltext_was[64];           /* the setting last logged as wrong ("" = none) */
+    chat_db *replica;                /* CHAT_DB_READ_*, NULL without one */
+    bool replica_ok;                 /* reported in ready; a skipped replica does not make it 503 */
+    long long replica_lag_s;
 };
 
 typedef struct streamer_state {
@@ -47,6 +50,7 @@ fcgi_health *fcgi_health_new(const chat_config *cfg)
     if (!h) return NULL;
     chat_buf_init(&h->cached);
     h->db_was_ok = h->streamer_was_ok = true;
+    h->replica = chat_db_new_read(cfg);
     const char *listen = cfg->streamer_listen;
     if (!strncmp(listen, "unix:", 5)) {
         snprintf(h->unix_path, sizeof h->unix_path, "%s", listen + 5);
@@ -66,6 +70,7 @@ void fcgi_health_free(fcgi_health *h)
 {
     if (!h) return;
     if (h->curl) curl_easy_cleanup(h->curl);
+    chat_db_free(h->replica);
     chat_buf_free(&h->cached);
     free(h);
 }
@@ -227,6 +232,7 @@ static int refresh(fcgi_health *h, chat_db *db)
     if (chat_buf_puts(&h->cached, text)) goto cleanup;
     h->cached_status = all_ok ? 200 : 503;
     h->ok_db = db_ok, h->ok_streamer = st.ok, h->ok_workers = workers_ok;
+    if (h->replica) h->replica_ok = chat_db_replica_check(h->replica, &h->replica_lag_s, err, sizeof err) == 0;
     h->cached_at_ms = chat_now_ms();
     rc = 0;
 cleanup:
@@ -270,6 +276,10 @@ int fcgi_health_ready(fcgi_health *h, chat_db *db, chat_buf *out)
     rc |= chat_buf_puts(out, "]");
     for (size_t i = 0; i < CHAT_ARRAY_LEN(parts); i++)
         rc |= chat_buf_printf(out, ",\"%s\":%s", parts[i].name, parts[i].ok ? "true" : "false");
+    /* Reads fall back to the primary, so a skipped replica is reported without failing readiness. */
+    if (h->replica)
+        rc |= chat_buf_printf(out, ",\"replica\":{\"ok\":%s,\"lag_s\":%lld}", h->replica_ok ? "true" : "false",
+                              h->replica_lag_s);
     rc |= chat_buf_puts(out, "}");
     return rc ? CHAT_ENOMEM : ready ? 200 : 503;
 }

@@ -130,6 +130,12 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     STR(db_user, "CHAT_DB_USER", "chat");
     STR(db_password, "CHAT_DB_PASSWORD", "");
     STR(db_name, "CHAT_DB_NAME", "chat");
+    STR(db_read_host, "CHAT_DB_READ_HOST", "");
+    INT(db_read_port, "CHAT_DB_READ_PORT", 3306, 1, 65535);
+    STR(db_read_socket, "CHAT_DB_READ_SOCKET", "");
+    STR(db_read_user, "CHAT_DB_READ_USER", cfg->db_user);
+    STR(db_read_password, "CHAT_DB_READ_PASSWORD", cfg->db_password);
+    INT(db_read_max_lag_s, "CHAT_DB_READ_MAX_LAG_S", 5, 0, 86400);
 
     STR(jwt_alg, "JWT_ALGORITHM", "HS256");
     STR(jwt_secret, "JWT_SECRET", "");

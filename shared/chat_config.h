@@ -29,6 +29,15 @@ typedef struct chat_config {
     char db_user[128];
     char db_password[256];
     char db_name[128];
+    /* A read replica for reads that may be slightly stale (retrieval, classifier terms, customer
+     * context); none when db_read_host and db_read_socket are both empty. User and password default to
+     * the primary's. A replica more than db_read_max_lag_s behind (or down) is skipped. */
+    char db_read_host[256];
+    int db_read_port;
+    char db_read_socket[512];
+    char db_read_user[128];
+    char db_read_password[256];
+    int db_read_max_lag_s;
 
     /* JWT verification. alg is pinned: HS256 (secret), RS256 or ES256 (public key file). */
     char jwt_alg[16];

@@ -38,6 +38,9 @@ struct chat_db {
      * nothing may reconnect and carry on in autocommit: every call fails until rollback. */
     bool in_tx;
     unsigned int last_errno; /* server error number of the last failed chat_db_run, 0 after a success */
+    /* A read replica's routing state: checked at most every CHAT_DB_REPLICA_CHECK_MS. */
+    bool is_replica, replica_ok;
+    int64_t replica_checked_ms; /* 0 = never */
 };
 
 /* The connector's global state must exist before threads open connections concurrently. */
@@ -479,4 +482,77 @@ int chat_db_migrate(chat_db *db, const char *schema_file, const char *migrations
     for (int i = 0; i < n; i++) free(names[i]);
     if (version_out) *version_out = version;
     return rc;
+}
+
+/* ---- read replica ---- */
+
+chat_db *chat_db_new_read(const chat_config *cfg)
+{
+    if (!cfg->db_read_host[0] && !cfg->db_read_socket[0]) return NULL;
+    chat_config rc = *cfg;
+    snprintf(rc.db_host, sizeof rc.db_host, "%s", cfg->db_read_host);
+    rc.db_port = cfg->db_read_port;
+    snprintf(rc.db_socket, sizeof rc.db_socket, "%s", cfg->db_read_socket);
+    if (cfg->db_read_user[0]) snprintf(rc.db_user, sizeof rc.db_user, "%s", cfg->db_read_user);
+    snprintf(rc.db_password, sizeof rc.db_password, "%s", cfg->db_read_password);
+    chat_db *db = chat_db_new(&rc);
+    if (db) db->is_replica = true;
+    return db;
+}
+
+/* Seconds_Behind_Master of the first SHOW SLAVE STATUS row: -1 when NULL (a thread stopped), -2 when
+ * the server is not a replica (a Galera node or a plain server: usable, it has no lag to report). */
+static long long replica_lag(MYSQL_RES *res)
+{
+    MYSQL_ROW row = mysql_fetch_row(res);
+    if (!row) return -2;
+    unsigned int n = mysql_num_fields(res);
+    MYSQL_FIELD *f = mysql_fetch_fields(res);
+    for (unsigned int i = 0; i < n; i++)
+        if (!strcmp(f[i].name, "Seconds_Behind_Master")) return row[i] ? atoll(row[i]) : -1;
+    return -1;
+}
+
+int chat_db_replica_check(chat_db *replica, long long *lag_s, char *err, size_t errlen)
+{
+    long long lag = -1;
+    int rc = chat_db_ping(replica, err, errlen);
+    /* A constant statement without parameters: SHOW is not among what every server version prepares. */
+    if (!rc && mysql_query(replica->conn, "SHOW SLAVE STATUS")) {
+        rc = chat_fail(err, errlen, CHAT_EDB, "replica status unavailable (%u)", mysql_errno(replica->conn));
+        drop_connection(replica);
+    }
+    if (!rc) {
+        MYSQL_RES *res = mysql_store_result(replica->conn);
+        lag = res ? replica_lag(res) : -1;
+        mysql_free_result(res);
+        if (lag == -1)
+            rc = chat_fail(err, errlen, CHAT_EDB, "replica not replicating");
+        else if (lag > replica->cfg.db_read_max_lag_s)
+            rc = chat_fail(err, errlen, CHAT_EDB, "replica lags %llds", lag);
+        if (lag == -2) lag = 0;
+    }
+    chat_metric_gauge_set(CHAT_METRIC_DB_REPLICA_LAG, 0, rc && lag < 0 ? -1 : lag);
+    if (lag_s) *lag_s = lag;
+    return rc;
+}
+
+chat_db *chat_db_read_route(chat_db *replica, chat_db *primary)
+{
+    if (!replica) return primary;
+    int64_t now = chat_now_ms();
+    if (!replica->replica_checked_ms || now - replica->replica_checked_ms >= CHAT_DB_REPLICA_CHECK_MS ||
+        now < replica->replica_checked_ms) {
+        char err[160];
+        bool ok = chat_db_replica_check(replica, NULL, err, sizeof err) == 0;
+        if (ok != replica->replica_ok || !replica->replica_checked_ms) {
+            if (ok)
+                chat_log_info("read replica usable");
+            else
+                chat_log_warn("read replica skipped, reads go to the primary: %s", err);
+        }
+        replica->replica_ok = ok;
+        replica->replica_checked_ms = now ? now : 1;
+    }
+    return replica->replica_ok ? replica : primary;
 }

@@ -75,4 +75,16 @@ int chat_db_migrate(chat_db *db, const char *schema_file, const char *migrations
  * validated as [A-Za-z0-9_]). Used by set-up tools and tests. */
 int chat_db_create_database(chat_db *db, char *err, size_t errlen);
 
+/* Read replica (CHAT_DB_READ_*): a second chat_db for reads that may be slightly stale.
+ * chat_db_new_read: NULL when no replica is configured (or out of memory: reads then use the primary).
+ * chat_db_read_route: the handle a stale-tolerant read uses, the replica while it answers and lags at
+ * most db_read_max_lag_s, else primary; the replica's state is re-checked (SHOW SLAVE STATUS) at most
+ * every CHAT_DB_REPLICA_CHECK_MS, not per query. Same thread rules as the handles themselves. */
+#define CHAT_DB_REPLICA_CHECK_MS 2000
+chat_db *chat_db_new_read(const chat_config *cfg);
+chat_db *chat_db_read_route(chat_db *replica, chat_db *primary);
+/* Checks the replica now: 0 when usable; CHAT_EDB when down, not replicating or lagging (err says
+ * which). lag_s (may be NULL) gets Seconds_Behind_Master, -1 when unknown. */
+int chat_db_replica_check(chat_db *replica, long long *lag_s, char *err, size_t errlen);
+
 #endif

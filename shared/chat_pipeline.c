@@ -75,6 +75,7 @@ typedef struct model_entry {
 struct chat_pipeline {
     chat_config cfg;
     chat_db *db;
+    chat_db *read_db; /* the read replica (CHAT_DB_READ_*), NULL without one: see chat_db_read_route */
     chat_llm *llm;
     chat_agent_cfg *agents; /* each agent's prompt and model settings, reloaded on SIGHUP */
     chat_classifier *clf;
@@ -92,6 +93,7 @@ chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errle
     if (!p) return chat_fail_null(err, errlen, "out of memory");
     p->cfg = *cfg;
     p->db = chat_db_new(cfg);
+    p->read_db = chat_db_new_read(cfg);
     p->kb_stats = p->own_stats = chat_kb_stats_new(cfg->kb_common_pct);
     p->clf = chat_classifier_new();
     if (!p->db || !p->kb_stats || !p->clf) {
@@ -115,11 +117,15 @@ void chat_pipeline_free(chat_pipeline *p)
     chat_llm_free(p->llm);
     chat_classifier_free(p->clf);
     chat_kb_stats_free(p->own_stats);
+    chat_db_free(p->read_db);
     chat_db_free(p->db);
     free(p);
 }
 
 chat_db *chat_pipeline_db(chat_pipeline *p) { return p->db; }
+
+/* Reads that may be slightly stale (retrieval, classifier terms, models, customer context). */
+static chat_db *stale_db(chat_pipeline *p) { return chat_db_read_route(p->read_db, p->db); }
 
 void chat_pipeline_use_spool(chat_pipeline *p, chat_spool *spool) { p->spool = spool; }
 
@@ -149,11 +155,11 @@ static int refresh_vocabulary(chat_pipeline *p, char *err, size_t errlen)
 {
     int64_t now = chat_now_ms();
     if (p->vocab_loaded_ms && now - p->vocab_loaded_ms < RELOAD_MS) return 0;
-    int rc = chat_classifier_load_db(p->clf, p->db, err, errlen);
+    int rc = chat_classifier_load_db(p->clf, stale_db(p), err, errlen);
     if (rc) return p->vocab_loaded_ms ? 0 : rc;
     int saved = p->n_models;
     p->n_models = 0;
-    rc = chat_db_run(p->db, "SELECT id, name FROM models ORDER BY id", NULL, 0, model_row, p, NULL, NULL, err,
+    rc = chat_db_run(stale_db(p), "SELECT id, name FROM models ORDER BY id", NULL, 0, model_row, p, NULL, NULL, err,
                      errlen);
     if (rc) {
         p->n_models = saved;
@@ -540,7 +546,7 @@ static int stage_customer(begin_state *s)
     chat_run *t = s->t;
     const chat_request *req = t->req;
     if (!req->customer_id || !*req->customer_id) return 0;
-    int crc = chat_customer_load(s->p->db, req->customer_id, &t->cust, s->err, sizeof s->err);
+    int crc = chat_customer_load(stale_db(s->p), req->customer_id, &t->cust, s->err, sizeof s->err);
     if (crc == CHAT_EDB) return fail_db(s, "customer", DB_UNAVAILABLE);
     t->have_customer = crc == 0;
     bool own = t->have_customer && req->user->email[0] && !strcasecmp(req->user->email, t->cust.email);
@@ -639,7 +645,7 @@ static int stage_retrieve(begin_state *s)
         .stats = s->p->kb_stats,
     };
     int64_t r0 = chat_now_us();
-    int rc = chat_kb_search(s->p->db, &q, &t->kb, s->err, sizeof s->err);
+    int rc = chat_kb_search(stale_db(s->p), &q, &t->kb, s->err, sizeof s->err);
     t->retrieval_us = chat_now_us() - r0;
     if (rc) return fail_db(s, "retrieval", "The knowledge base is unavailable, please retry");
     return 0;
