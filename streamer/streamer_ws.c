@@ -80,6 +80,7 @@
 #include "chat_origin.h"
 #include "chat_proto.h"
 #include "chat_util.h"
+#include "chat_userlimit.h"
 #include "chat_wheel.h"
 #include "streamer.h"
 #include "streamer_broker.h"
@@ -136,6 +137,7 @@ typedef struct sess_x { /* a connection's working state, present only while it h
     bool job_partial;
     bool job_resume; /* a resume: its refusal detaches the connection from the session */
     bool cancel_sent;
+    bool job_counted; /* its own answer, counted in S.limits until it ends or the connection leaves it */
     int64_t job_t0_ms;
     uint64_t seq;                                /* the seq of its last token */
     char job_session[CHAT_ID_MAX + 1]; /* its conversation (token frames carry it) */
@@ -190,6 +192,7 @@ static struct {
     struct lws_context *ctx;
     sm_map jobs; /* job id -> session with that job (or subscription) in progress */
     ss_registry *reg; /* which connections follow which conversation */
+    chat_userlimit *limits; /* per-user limits shared by the host's streamers (chat_userlimit.h) */
     chat_wheel *expiring; /* sessions to warn with auth_expiring, by wall-clock second */
     int auth_lead_s;      /* CHAT_AUTH_REFRESH_LEAD_S */
     uint64_t next_job;
@@ -446,12 +449,23 @@ static void request_close(sess *s, int code, const char *reason)
     lws_callback_on_writable(s->wsi);
 }
 
+/* The connection's own answer stops counting against its user's limit (it ended, or the connection left
+ * it: an orphaned answer finishing in its worker is not counted, see docs/streamer.md). */
+static void x_uncount(sess *s)
+{
+    sess_x *x = s->x;
+    if (!x || !x->job_counted) return;
+    x->job_counted = false;
+    chat_userlimit_end(S.limits, user_id(s));
+}
+
 /* The connection stops waiting for its answer (client gone, shutdown): the answer itself goes on in
  * its worker, stored whole and resumable (CHAT_ORPHAN_POLICY). */
 static void abandon_job(sess *s)
 {
     sess_x *x = s->x;
     if (!x || !x->job_id) return;
+    x_uncount(s);
     sm_del(&S.jobs, x->job_id);
     sb_broker_detach(S.broker, x->job_id);
     x->job_id = 0;
@@ -584,6 +598,7 @@ static void x_begin(sess_x *x, uint64_t id, bool partial, const char *session_id
     x->job_partial = partial;
     x->job_resume = false;
     x->cancel_sent = false;
+    x->job_counted = false;
     x->job_t0_ms = chat_now_ms();
     x->seq = 0;
     snprintf(x->job_session, sizeof x->job_session, "%s", session_id ? session_id : "");
@@ -683,14 +698,21 @@ static void start_job(sess *s, pmsg *p)
         .customer_id = p->customer_id,
         .message = p->message,
     };
+    if (!chat_userlimit_begin(S.limits, user_id(s))) { /* the user's other answers, on any streamer */
+        send_error(s, "Too many answers in progress, please wait for one to finish", CHAT_CODE_RATE_LIMITED);
+        pmsg_free(p);
+        return;
+    }
     sb_job *job = sb_job_new(&spec);
     if (!job || sm_put(&S.jobs, id, s)) {
         sb_job_free(job);
+        chat_userlimit_end(S.limits, user_id(s));
         send_error(s, "Out of memory", CHAT_CODE_PROCESSING_ERROR);
         pmsg_free(p);
         return;
     }
     x_begin(x, id, p->partial, sid, rid);
+    x->job_counted = true;
     /* Submitted before "starting" is queued: should that frame push a slow reader over its limit, the
      * connection's teardown detaches a job the broker already knows, instead of one it has not seen. The
      * followers' subscriptions come after it, so that the broker knows the job they follow. */
@@ -853,6 +875,7 @@ static void deliver_frame(sess *s, sb_event *e)
         remember_session(s, e->session_id);
         if (x->job_resume && e->error && !strcmp(ss_session(s->att) ? ss_session(s->att) : "", x->job_session))
             ss_detach(S.reg, &s->att); /* refused: it follows nothing of it */
+        x_uncount(s);
         sm_del(&S.jobs, id);
         x->job_id = 0;
         chat_log_debug("streamer: job %" PRIu64 " answered in %" PRId64 " ms", id, chat_now_ms() - x->job_t0_ms);
@@ -949,9 +972,19 @@ static void handle_auth(sess *s, const char *token)
     send_json(s, chat_proto_auth_success(&u));
 }
 
+/* A message within its user's limits across the host's streamers (a resume starts no answer: always). */
+static bool user_admits(sess *s, bool resume)
+{
+    chat_ul_verdict v = resume ? CHAT_UL_OK : chat_userlimit_admit(S.limits, user_id(s), (int64_t)time(NULL));
+    if (v == CHAT_UL_RATE) send_error(s, "Too many messages, please slow down", CHAT_CODE_RATE_LIMITED);
+    if (v == CHAT_UL_ANSWERS)
+        send_error(s, "Too many answers in progress, please wait for one to finish", CHAT_CODE_RATE_LIMITED);
+    return v == CHAT_UL_OK;
+}
+
 /* The checks before a message or a resume is queued: authenticated with a token still valid, not shutting
  * down, within the rate and the queue. False when refused (the error is sent). */
-static bool may_queue(sess *s, int64_t now)
+static bool may_queue(sess *s, int64_t now, bool resume)
 {
     /* The user stays recorded: messages queued while the token was valid still run under it. New
      * ones are refused until an auth message brings a fresh token (and a new token_exp). */
@@ -976,13 +1009,13 @@ static bool may_queue(sess *s, int64_t now)
         send_error(s, "Too many messages waiting for an answer, please slow down", CHAT_CODE_RATE_LIMITED);
         return false;
     }
-    return true;
+    return user_admits(s, resume);
 }
 
 /* A message or a resume: queued behind the answer in progress (the parsed strings move into it). */
 static void handle_request(sess *s, chat_in *in, int64_t now)
 {
-    if (!may_queue(s, now)) return;
+    if (!may_queue(s, now, in->type == CHAT_IN_RESUME)) return;
     sess_x *x = s->x;
     pmsg *p = calloc(1, sizeof *p);
     if (!p) {
@@ -1547,6 +1580,25 @@ static void lws_log_emit(int level, const char *line)
     chat_log(level == LLL_ERR ? CHAT_LOG_ERROR : CHAT_LOG_WARN, "lws: %.*s", (int)n, line);
 }
 
+/* The per-user limits' table: CHAT_USERLIMIT_FILE, by default streamer.userlimit in the metrics
+ * directory (the host's run directory; its reader lists only *.metrics), else private to this process. */
+static int open_limits(const chat_config *cfg, char *err, size_t errlen)
+{
+    char path[4096] = "";
+    const char *env = getenv("CHAT_USERLIMIT_FILE");
+    if (env)
+        snprintf(path, sizeof path, "%s", env);
+    else if (cfg->metrics_dir[0])
+        snprintf(path, sizeof path, "%s/streamer.userlimit", cfg->metrics_dir);
+    int answers = chat_config_env_int("CHAT_USER_MAX_ANSWERS", 0, 0, 1000000);
+    int rate = chat_config_env_int("CHAT_USER_RATE_PER_MIN", 0, 0, 1000000);
+    S.limits = chat_userlimit_new(path, answers, rate, err, errlen);
+    if (!S.limits) return CHAT_ERR;
+    chat_log_info("streamer: per-user limits %d answers, %d messages a minute (%s)", answers, rate,
+                  path[0] ? path : "this process only");
+    return 0;
+}
+
 int st_init(const chat_config *cfg, char *err, size_t errlen)
 {
     memset(&S, 0, sizeof S);
@@ -1577,7 +1629,7 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     if (!S.reg) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
     S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
     if (!S.broker) return CHAT_ERR;
-    return 0;
+    return open_limits(cfg, err, errlen);
 }
 
 void st_request_shutdown(void)
@@ -1715,6 +1767,8 @@ void st_cleanup(void)
     S.jwt = NULL;
     ss_free(S.reg);
     S.reg = NULL;
+    chat_userlimit_free(S.limits);
+    S.limits = NULL;
     sm_free(&S.jobs);
     chat_wheel_free(S.expiring);
     S.expiring = NULL;
