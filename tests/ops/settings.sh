@@ -43,16 +43,20 @@ own_stack "$OWN" CHAT_DEMO=1 "${envs[@]}" -- start >"$LOG/ops-settings-start.out
 # name=value pairs each process must hold: the streamer's view of every documented variable
 streamer=$(cat "$OWN/run/chat-streamer.pid")
 want=()
+streamer_env=$(tr '\0' '\n' <"/proc/$streamer/environ")
 for v in $doc_vars; do
-  line=$(tr '\0' '\n' <"/proc/$streamer/environ" | grep -m1 "^$v=")
+  line=$(grep -m1 "^$v=" <<<"$streamer_env")
   [ "$v" = CHAT_LOG_FILE ] && [ -n "$line" ] && line="$v=" # one file per program: the name must be there
   [ -n "$line" ] && want+=("$line") || want+=("$v=<missing>")
 done
 missing_in() { # pid -> the documented settings it lacks (or holds with another value)
-  local w out=""
+  local w out="" envs
+  # read once, then searched: `tr | grep -q` fails under pipefail when grep stops before tr has written
+  # everything (SIGPIPE), which a large environment makes likely
+  envs=$(tr '\0' '\n' <"/proc/$1/environ")
   for w in "${want[@]}"; do
-    if [[ "$w" == *= ]]; then tr '\0' '\n' <"/proc/$1/environ" | grep -q "^$w" || out+="${w%%=*} "
-    else tr '\0' '\n' <"/proc/$1/environ" | grep -qxF -- "$w" || out+="${w%%=*} "; fi
+    if [[ "$w" == *= ]]; then grep -q "^$w" <<<"$envs" || out+="${w%%=*} "
+    else grep -qxF -- "$w" <<<"$envs" || out+="${w%%=*} "; fi
   done
   echo "$out"
 }
