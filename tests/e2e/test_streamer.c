@@ -3032,6 +3032,59 @@ static void test_resume_on_another_streamer(void **state)
     assert_int_equal(e2e_stop(workers, SIGTERM, 15000, NULL), 0);
 }
 
+/* Per-user limits hold across streamers: with CHAT_USER_MAX_ANSWERS=1 shared by two streamers through one
+ * table, alice's second answer is refused on the other streamer while her first streams, bob's is not,
+ * and once hers is complete she may ask again there. */
+static void test_user_limit_across_streamers(void **state)
+{
+    (void)state;
+    char e1[400], e2[400], zmq[900], file[600];
+    snprintf(e1, sizeof e1, "ipc://%s/ul-a.ipc", E.dir);
+    snprintf(e2, sizeof e2, "ipc://%s/ul-b.ipc", E.dir);
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s,%s", e1, e2);
+    snprintf(file, sizeof file, "CHAT_USERLIMIT_FILE=%s/ul.table", E.dir);
+    const char *env[] = {zmq,
+                         "CHAT_DB_NAME=chat_t_streamer",
+                         "CHAT_WORKERS=2",
+                         "CHAT_WORKER_SLOTS=4",
+                         "CHAT_LLM_PROVIDER=extractive",
+                         "CHAT_TOKEN_DELAY_MS=" R_TOKEN_DELAY_MS,
+                         "CHAT_LOG_LEVEL=info",
+                         NULL};
+    const char *argv[] = {E.bin_worker, NULL};
+    pid_t workers = e2e_spawn(argv, env, log_path("ul-workers"));
+    assert_true(workers > 0);
+    const char *limits[] = {"CHAT_USER_MAX_ANSWERS=1", file, NULL};
+    int pa, pb;
+    pid_t sa = streamer_start("ul-a", e1, limits, &pa), sb = streamer_start("ul-b", e2, limits, &pb);
+    wait_workers(pa, 4, 15000);
+    wait_workers(pb, 4, 15000);
+    chat_wsc *a = ws_open_on(pa, E.alice), *b = ws_open_on(pb, E.alice), *other = ws_open_on(pb, E.bob);
+    answer first, refused, bobs, again;
+    answer_init(&first);
+    send_message(a, QUESTION, NULL);
+    assert_true(read_tokens(a, &first, 2)); /* alice's answer is streaming on streamer A */
+    ask(b, QUESTION, &refused);
+    assert_null(refused.complete);
+    assert_string_equal(refused.error, "RATE_LIMITED");
+    ask(other, QUESTION, &bobs); /* a limit per user, not per streamer */
+    assert_non_null(bobs.complete);
+    collect(a, &first, ANSWER_MS, NULL, NULL);
+    assert_non_null(first.complete);
+    ask(b, QUESTION, &again); /* her answer is over: B accepts her again */
+    assert_non_null(again.complete);
+    answer_clear(&first);
+    answer_clear(&refused);
+    answer_clear(&bobs);
+    answer_clear(&again);
+    chat_wsc_close(a, 1000, NULL);
+    chat_wsc_close(b, 1000, NULL);
+    chat_wsc_close(other, 1000, NULL);
+    stop_streamer(sa);
+    stop_streamer(sb);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 15000, NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -3085,6 +3138,7 @@ int main(void)
         cmocka_unit_test(test_resume_after_worker_killed),
         cmocka_unit_test(test_resume_after_streamer_killed),
         cmocka_unit_test(test_resume_on_another_streamer),
+        cmocka_unit_test(test_user_limit_across_streamers),
         cmocka_unit_test(test_turns_kept_while_database_away),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
         cmocka_unit_test(test_sighup_reloads_agent_settings),
