@@ -13,7 +13,6 @@
 
 #include "chat_common.h"
 #include "chat_config.h"
-#include "chat_kb.h"
 #include "chat_log.h"
 #include "chat_metrics.h"
 #include "streamer.h"
@@ -50,10 +49,6 @@ int main(int argc, char **argv)
     raise_nofile();
     signal(SIGPIPE, SIG_IGN);
     if (chat_metrics_init(cfg.metrics_dir, "streamer", err, sizeof err)) chat_log_warn("%s", err);
-    /* no database of its own: one short connection reports full-text settings that lose short words */
-    chat_db *db = chat_db_new(&cfg);
-    if (db) chat_kb_fulltext_warn(db, "streamer");
-    chat_db_free(db);
 
     sigset_t term;
     sigemptyset(&term);
