@@ -351,6 +351,80 @@ static int parse_event(const chat_wire_msg *m, int at, int nargs, chat_wire_even
     return 0;
 }
 
+/* ---------------------------------------------------------------- TOKENS */
+
+enum { TOKENS_RECORD_HEAD = 16 }; /* job_id (8), text length (4), piece_lens length (4) */
+
+static uint64_t get_le(const unsigned char *b, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static void put_le(unsigned char *b, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++, v >>= 8)
+        b[i] = (unsigned char)v;
+}
+
+/* The record at `at` of batch (at < batch.len): its event and where the next one starts; false when it
+ * runs past the batch or its pieces do not add up. */
+static bool tokens_record(chat_wire_str batch, size_t at, chat_wire_event *ev, size_t *next)
+{
+    if (batch.len - at < TOKENS_RECORD_HEAD) return false;
+    const unsigned char *h = (const unsigned char *)batch.s + at;
+    uint64_t tl = get_le(h + 8, 4), ll = get_le(h + 12, 4);
+    size_t room = batch.len - at - TOKENS_RECORD_HEAD;
+    if (tl > room || ll > room - tl || !tl) return false;
+    ev->job_id = get_le(h, 8);
+    ev->kind = CHAT_WIRE_EV_TOKEN;
+    ev->token.text = (chat_wire_str){(const char *)h + TOKENS_RECORD_HEAD, (size_t)tl};
+    ev->token.piece_lens = (chat_wire_str){(const char *)h + TOKENS_RECORD_HEAD + tl, (size_t)ll};
+    *next = at + TOKENS_RECORD_HEAD + (size_t)tl + (size_t)ll;
+    return token_pieces_valid(&ev->token.text, &ev->token.piece_lens);
+}
+
+/* TOKENS batch: every record checked here, once. */
+static int parse_tokens(const chat_wire_msg *m, int at, int nargs, chat_wire_tokens *t, char *err, size_t errlen)
+{
+    if (nargs != 1) return chat_fail(err, errlen, CHAT_EINVAL, "TOKENS with %d fields, not 1", nargs);
+    t->batch = part_at(m, at);
+    t->count = 0;
+    chat_wire_event ev;
+    for (size_t pos = 0, next; pos < t->batch.len; pos = next, t->count++)
+        if (!tokens_record(t->batch, pos, &ev, &next))
+            return chat_fail(err, errlen, CHAT_EINVAL, "TOKENS: record %zu is malformed", t->count + 1);
+    return 0;
+}
+
+int chat_wire_tokens_add(chat_buf *batch, const chat_wire_event *ev)
+{
+    if (ev->kind != CHAT_WIRE_EV_TOKEN || !ev->token.text.len || ev->token.text.len > UINT32_MAX ||
+        ev->token.piece_lens.len > UINT32_MAX)
+        return CHAT_EINVAL;
+    unsigned char head[TOKENS_RECORD_HEAD];
+    put_le(head, ev->job_id, 8);
+    put_le(head + 8, ev->token.text.len, 4);
+    put_le(head + 12, ev->token.piece_lens.len, 4);
+    size_t was = batch->len;
+    if (chat_buf_append(batch, head, sizeof head) || chat_buf_append(batch, ev->token.text.s, ev->token.text.len) ||
+        chat_buf_append(batch, ev->token.piece_lens.s, ev->token.piece_lens.len)) {
+        batch->len = was; /* all or nothing */
+        return CHAT_ENOMEM;
+    }
+    return 0;
+}
+
+bool chat_wire_tokens_next(const chat_wire_tokens *t, size_t *at, chat_wire_event *ev)
+{
+    size_t next;
+    if (*at >= t->batch.len || !tokens_record(t->batch, *at, ev, &next)) return false;
+    *at = next;
+    return true;
+}
+
 /* The number of fields a JOB carries after its command. */
 enum {
     JOB_NARGS = 2
@@ -444,6 +518,8 @@ int chat_wire_parse(const chat_wire_msg *m, chat_wire_str *from, chat_wire_cmd *
         return parse_attach(m, at + 1, nargs, &cmd->attach, err, errlen);
     case CHAT_WIRE_ATTACHED:
         return parse_attached(m, at + 1, nargs, &cmd->attached, err, errlen);
+    case CHAT_WIRE_TOKENS:
+        return parse_tokens(m, at + 1, nargs, &cmd->tokens, err, errlen);
     case CHAT_WIRE_CANCEL:
     case CHAT_WIRE_DETACH:
         if (nargs != 1 || parse_u64(part_at(m, at + 1), UINT64_MAX, &cmd->job_id))
@@ -534,6 +610,9 @@ static int add_args(chat_wire_str *p, int n, char (*num)[24], const chat_wire_cm
     case CHAT_WIRE_CANCEL:
     case CHAT_WIRE_DETACH:
         p[n++] = (chat_wire_str){num[0], format_u64(num[0], cmd->job_id)};
+        break;
+    case CHAT_WIRE_TOKENS:
+        p[n++] = cmd->tokens.batch;
         break;
     default: /* HB, BYE, RESET: the command alone */
         break;

@@ -88,6 +88,7 @@
 #define GEN_WAIT_MS 100      /* the generator's longest wait when nothing is due */
 #define SPARE_MAX_BYTES 16384 /* a slot's emptied token buffer is kept for reuse up to this size */
 #define CHAT_WORKER_MAX_PEERS 16 /* streamers one worker serves (endpoints in CHAT_ZMQ_ENDPOINT) */
+#define BATCH_MAX_BYTES (1u << 20) /* a flush's TOKENS for one broker is sent once it reaches this */
 
 typedef struct worker worker;
 
@@ -193,6 +194,7 @@ typedef struct peer {
     int64_t ready_at_ms;   /* when READY (or BYE) last went out */
     bool announce;         /* READY (or BYE) is owed */
     bool welcomed;         /* it said something other than RESET since our READY */
+    chat_buf batch;        /* a flush's token events for this broker, sent as one TOKENS (chat_wire.h) */
 } peer;
 
 typedef struct stage_thread {
@@ -618,23 +620,39 @@ static void send_job_error(void *dealer, uint64_t id, const char *code, const ch
 
 /* ---------------------------------------------------------------- followers */
 
+/* Sends ev under job_id to broker p: at once, or (batch, a token event) into p's TOKENS of this flush,
+ * which send_batches sends. Blocking sends: at the high-water mark the pipeline waits rather than losing
+ * an event. A batch that cannot grow sends the event on its own. */
+static void send_batch(worker *w, int p)
+{
+    chat_buf *b = &w->peers[p].batch;
+    if (!b->len) return;
+    chat_wire_cmd cmd = {.kind = CHAT_WIRE_TOKENS, .tokens = {{b->data, b->len}, 0}};
+    if (chat_wire_send(dealer_of(w, p), NULL, &cmd, 0)) chat_log_warn("worker: tokens not sent: %s", zmq_strerror(errno));
+    chat_buf_reset(b); /* its memory serves the next flush: one buffer per broker */
+}
+
+static void send_to_peer(worker *w, int p, uint64_t job_id, chat_wire_event ev, bool batch)
+{
+    ev.job_id = job_id;
+    if (batch && !chat_wire_tokens_add(&w->peers[p].batch, &ev)) {
+        if (w->peers[p].batch.len >= BATCH_MAX_BYTES) send_batch(w, p); /* well within the receiver's limit */
+        return;
+    }
+    if (chat_wire_send_event(dealer_of(w, p), &ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+}
+
 /* Sends ev (its job_id aside) to whoever follows the answer: the primary (for a terminal event even
  * after it detached, so that the broker frees the slot; never once orphaned) and every subscription.
- * Blocking sends: at the high-water mark the pipeline waits rather than losing an event. */
-static void send_followers(worker *w, slot *s, chat_wire_event ev)
+ * batch: a token event of a flush (send_to_peer). */
+static void send_followers(worker *w, slot *s, chat_wire_event ev, bool batch)
 {
     bool terminal = chat_wire_event_terminal(ev.kind);
-    if (!s->orphan && (s->primary || terminal)) {
-        ev.job_id = s->job_id;
-        if (chat_wire_send_event(dealer_of(w, s->peer), &ev, 0))
-            chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
-    }
-    for (size_t i = 0; i < s->subs.n; i++) {
-        ev.job_id = s->subs.at[i].id;
-        if (chat_wire_send_event(dealer_of(w, s->subs.at[i].tag), &ev, 0))
-            chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
-    }
+    if (!s->orphan && (s->primary || terminal)) send_to_peer(w, s->peer, s->job_id, ev, batch);
+    for (size_t i = 0; i < s->subs.n; i++)
+        send_to_peer(w, s->subs.at[i].tag, s->subs.at[i].id, ev, batch);
 }
+
 
 /* The orphan policy: with "cancel", an answer nobody has followed for CHAT_ORPHAN_GRACE_S stops. */
 static void watch_check(worker *w, slot *s, int64_t now)
@@ -917,7 +935,7 @@ static void spare_reset(chat_buf *b)
  * event, to every follower, and appends the tokens to what the answer sent (after sending: what an
  * ATTACH is told and what follows it meet at the same piece). The buffers are swapped with the slot's
  * spares under the lock, and sent from there. */
-static void flush_tokens(worker *w, slot *s)
+static void flush_tokens(worker *w, slot *s, bool batch)
 {
     pthread_mutex_lock(&s->tok_mu);
     chat_buf ev = s->ev_buf, out = s->tok_buf, lens = s->tok_lens;
@@ -932,11 +950,11 @@ static void flush_tokens(worker *w, slot *s)
         const char *message = step + sl + 1;
         size_t ml = strlen(message);
         at += sl + ml + 2;
-        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}});
+        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}}, false);
     }
     if (out.len) {
         chat_wire_str text = {out.data, out.len}, pieces = {lens.data, lens.len};
-        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_TOKEN, .token = {text, pieces}});
+        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_TOKEN, .token = {text, pieces}}, batch);
         if (wa_text_append(&s->sent, text, pieces))
             chat_log_error("worker: out of memory keeping job %" PRIu64 "'s text: it cannot be resumed whole", s->job_id);
     }
@@ -958,8 +976,8 @@ static void send_terminal(worker *w, slot *s)
     pthread_mutex_unlock(&s->tok_mu);
     if (!ev) return;
     if (!s->terminal_sent) {
-        flush_tokens(w, s); /* nothing may follow the terminal event */
-        send_followers(w, s, *ev);
+        flush_tokens(w, s, false); /* nothing may follow the terminal event */
+        send_followers(w, s, *ev, false);
         s->terminal_sent = true;
         if (s->orphan) w->n_orphaned--;
         w->n_finishing++;
@@ -975,7 +993,7 @@ static void send_terminal(worker *w, slot *s)
 static void slot_done(worker *w, slot *s)
 {
     send_terminal(w, s); /* normally sent already, on its own note */
-    flush_tokens(w, s);
+    flush_tokens(w, s, false);
     if (!s->terminal_sent) {
         chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", s->job_id);
         if (s->orphan)
@@ -1009,7 +1027,8 @@ static void slot_done(worker *w, slot *s)
     }
 }
 
-/* Sends the tokens of every slot that listed itself since the last flush. */
+/* Sends the tokens of every slot that listed itself since the last flush: their progress at once, their
+ * tokens in one TOKENS message per broker. */
 static void flush_dirty(worker *w)
 {
     pthread_mutex_lock(&w->dirty_mu);
@@ -1019,7 +1038,9 @@ static void flush_dirty(worker *w)
     w->n_dirty = 0;
     pthread_mutex_unlock(&w->dirty_mu);
     for (int i = 0; i < n; i++)
-        if (w->slots[w->flushing[i]].busy) flush_tokens(w, &w->slots[w->flushing[i]]);
+        if (w->slots[w->flushing[i]].busy) flush_tokens(w, &w->slots[w->flushing[i]], true);
+    for (int p = 0; p < w->n_peers; p++)
+        send_batch(w, p);
 }
 
 /* A note from a stage thread or the generator. */
@@ -1038,7 +1059,7 @@ static void handle_note(worker *w, const note *n)
     if (!s->busy) return;
     switch ((note_kind)n->kind) {
     case NOTE_TOKENS:
-        flush_tokens(w, s);
+        flush_tokens(w, s, false);
         return;
     case NOTE_TERMINAL:
         send_terminal(w, s);
@@ -1393,6 +1414,7 @@ static void peers_close(worker *w)
     for (int p = 0; w->peers && p < w->n_peers; p++) {
         if (w->peers[p].dealer) zmq_close(w->peers[p].dealer);
         chat_wire_msg_clear(&w->peers[p].m);
+        chat_buf_free(&w->peers[p].batch);
     }
     free(w->peers);
     w->peers = NULL;

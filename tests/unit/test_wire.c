@@ -426,6 +426,20 @@ static const malformed MALFORMED[] = {
      13,
      {S("ATTACHED"), S("1"), S("none"), S(""), S("0"), S("0"), S("0"), S("0"), S(""), S(""), S(""), S(""), S("")}},
     {"detach without id", false, 1, {S("DETACH")}},
+    {"tokens without a batch", false, 1, {S("TOKENS")}},
+    {"tokens with two batches", false, 3, {S("TOKENS"), S(""), S("")}},
+    {"tokens record head cut", false, 2, {S("TOKENS"), S("\1\0\0\0\0\0\0\0\1\0\0")}},
+    {"tokens text beyond the batch", false, 2, {S("TOKENS"), S("\1\0\0\0\0\0\0\0\5\0\0\0\0\0\0\0abc")}},
+    {"tokens record without text", false, 2, {S("TOKENS"), S("\1\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0")}},
+    {"tokens pieces short of the text",
+     false,
+     2,
+     {S("TOKENS"), S("\1\0\0\0\0\0\0\0\3\0\0\0\4\0\0\0abc\2\0\0\0")}},
+    {"tokens second record malformed",
+     false,
+     2,
+     {S("TOKENS"), S("\1\0\0\0\0\0\0\0\1\0\0\0\0\0\0\0a"
+                     "\2\0\0\0\0\0\0\0\11\0\0\0\0\0\0\0b")}},
     {"envelope only", true, 1, {S(WORKER_ID)}},
     {"empty envelope", true, 2, {S(""), S("HB")}},
 };
@@ -465,6 +479,63 @@ static void test_token_pieces(void **state)
     assert_int_equal(chat_wire_token_pieces(&one), 1);
     chat_wire_event progress = {.kind = CHAT_WIRE_EV_PROGRESS};
     assert_int_equal(chat_wire_token_pieces(&progress), 0);
+}
+
+/* TOKENS: one message for the token events of several jobs, as a worker's flush builds it; the bytes
+ * on the wire are pinned, and each record reads back as the EV token it stands for. */
+static void test_tokens_batch(void **state)
+{
+    fixture *f = *state;
+    unsigned char two[8];
+    chat_wire_token_piece_put(two, 4);
+    chat_wire_token_piece_put(two + 4, 2);
+    const chat_wire_event evs[] = {
+        {.job_id = 7, .kind = CHAT_WIRE_EV_TOKEN, .token = {S("The engine"), S("")}},
+        {.job_id = 1ull << 40, .kind = CHAT_WIRE_EV_TOKEN, .token = {S("Seawind"), {(const char *)two, 0}}},
+        {.job_id = 9, .kind = CHAT_WIRE_EV_TOKEN, .token = {S("abcdef"), {(const char *)two, sizeof two}}},
+    };
+    chat_buf batch;
+    chat_buf_init(&batch);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(evs); i++) assert_int_equal(chat_wire_tokens_add(&batch, &evs[i]), 0);
+    /* other kinds and empty texts have no record */
+    chat_wire_event progress = {.kind = CHAT_WIRE_EV_PROGRESS}, empty = {.kind = CHAT_WIRE_EV_TOKEN};
+    assert_int_equal(chat_wire_tokens_add(&batch, &progress), CHAT_EINVAL);
+    assert_int_equal(chat_wire_tokens_add(&batch, &empty), CHAT_EINVAL);
+    static const char first[] = "\7\0\0\0\0\0\0\0\12\0\0\0\0\0\0\0The engine";
+    assert_int_equal(batch.len, (sizeof first - 1) + (16 + 7) + (16 + 6 + 8));
+    assert_memory_equal(batch.data, first, sizeof first - 1);
+
+    chat_wire_cmd cmd = {.kind = CHAT_WIRE_TOKENS, .tokens = {{batch.data, batch.len}, 0}};
+    assert_int_equal(chat_wire_send(f->dealer, NULL, &cmd, 0), 0);
+    assert_int_equal(chat_wire_recv(f->router, &f->m, 0), 0);
+    chat_wire_cmd got;
+    chat_wire_str from;
+    char err[128] = "";
+    assert_int_equal(chat_wire_parse(&f->m, &from, &got, err, sizeof err), 0);
+    assert_int_equal(got.kind, CHAT_WIRE_TOKENS);
+    assert_int_equal(got.tokens.count, CHAT_ARRAY_LEN(evs));
+    size_t at = 0, n = 0;
+    chat_wire_event ev;
+    while (chat_wire_tokens_next(&got.tokens, &at, &ev)) {
+        assert_true(n < CHAT_ARRAY_LEN(evs));
+        assert_true(ev.job_id == evs[n].job_id);
+        assert_int_equal(ev.kind, CHAT_WIRE_EV_TOKEN);
+        assert_int_equal(ev.token.text.len, evs[n].token.text.len);
+        assert_memory_equal(ev.token.text.s, evs[n].token.text.s, ev.token.text.len);
+        assert_int_equal(ev.token.piece_lens.len, evs[n].token.piece_lens.len);
+        assert_int_equal(chat_wire_token_pieces(&ev), n == 2 ? 2 : 1);
+        n++;
+    }
+    assert_int_equal(n, CHAT_ARRAY_LEN(evs));
+    /* an empty batch is a valid message with no record */
+    cmd.tokens.batch = (chat_wire_str){"", 0};
+    assert_int_equal(chat_wire_send(f->dealer, NULL, &cmd, 0), 0);
+    assert_int_equal(chat_wire_recv(f->router, &f->m, 0), 0);
+    assert_int_equal(chat_wire_parse(&f->m, &from, &got, err, sizeof err), 0);
+    at = 0;
+    assert_int_equal(got.tokens.count, 0);
+    assert_false(chat_wire_tokens_next(&got.tokens, &at, &ev));
+    chat_buf_free(&batch);
 }
 
 static void test_ready_slots(void **state)
@@ -515,6 +586,7 @@ int main(void)
         cmocka_unit_test(test_owned_copies_outlive_message),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_token_pieces),
+        cmocka_unit_test(test_tokens_batch),
         cmocka_unit_test(test_ready_slots),
         cmocka_unit_test(test_limits),
     };
