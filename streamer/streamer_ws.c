@@ -2,9 +2,10 @@
  *
  * Design choices:
  * - One lws service thread (count_threads 1) owns every socket and session and never blocks: no database,
- *   no HTTP client. JWT verification (CPU only, microseconds) runs here. Work for workers goes to the
- *   broker thread (streamer_broker.c) through a mutex-protected list; its events come back the same way
- *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
+ *   no HTTP client. JWT verification (CPU only, microseconds) runs here. The broker (streamer_broker.c)
+ *   runs on this thread too: its ZeroMQ descriptor is adopted into the loop as a raw file (protocol
+ *   "chat-broker"), its timers are one lws_sul, and its events are delivered as each run ends, so a token
+ *   goes from the worker's message to the client's socket without a thread hand-off.
  * - The loop is libev (epoll) through lws's evlib plugin, poll() as a fallback: poll() costs
  *   O(connections) per wake-up, so with tens of thousands of connections a connection storm is quadratic.
  * - Memory per idle connection is what lws needs plus a ~200-byte session: the receive-reassembly buffer,
@@ -60,6 +61,7 @@
  * CHAT_STREAMER_EVENT_LOOP (libev | poll), CHAT_LWS_DEBUG (lws log bitmask) and CHAT_AUTH_REFRESH_LEAD_S
  * (auth_expiring this long before a token's exp, default 30, 0 = never). */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
 #include <pthread.h>
@@ -71,6 +73,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "chat_common.h"
 #include "chat_jwt.h"
@@ -210,6 +213,8 @@ static struct {
     int stall_ms;
     unsigned char *tx;
     size_t txcap;
+    lws_sorted_usec_list_t broker_sul; /* the broker's next run */
+    struct lws *broker_wsi;            /* its ZeroMQ descriptor (a dup), watched by the loop */
     /* While deliver_events runs: the connections it queued frames for, written at its end (write_now). */
     bool delivering;
     sess **touched;
@@ -1490,18 +1495,29 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_CLOSED:
         if (s) on_closed(s);
         return 0;
-    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        if (S.broker) deliver_events();
-        return 0;
+    default: return 0;
+    }
+}
+
+static void broker_run(void);
+
+/* The broker's descriptor: readable means ZeroMQ's state changed (messages may wait). */
+static int callback_broker(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)wsi, (void)user, (void)in, (void)len;
+    switch (reason) {
+    case LWS_CALLBACK_RAW_RX_FILE: broker_run(); return 0;
+    case LWS_CALLBACK_RAW_CLOSE_FILE: S.broker_wsi = NULL; return 0;
     default: return 0;
     }
 }
 
 static const struct lws_protocols PROTOCOLS[] = {
     {.name = "chat", .callback = callback_chat, .per_session_data_size = sizeof(sess)},
+    {.name = "chat-broker", .callback = callback_broker},
     {.name = NULL},
 };
-static struct lws_protocols protocols[2];
+static struct lws_protocols protocols[3];
 
 /* ---------------------------------------------------------------- periodic work */
 
@@ -1635,10 +1651,52 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
 
 /* ---------------------------------------------------------------- set-up and the loop */
 
-static void wake_lws(void *ud)
+/* ---------------------------------------------------------------- the broker on this loop */
+
+static void broker_sul_cb(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    broker_run();
+}
+
+/* Runs the broker and schedules its next run: at once when more waits, else when its timers are due
+ * (the descriptor may wake it before). */
+static void broker_run(void)
+{
+    long ms = sb_broker_run(S.broker);
+    if (ms < 0 || !S.ctx) return;
+    lws_sul_schedule(S.ctx, 0, &S.broker_sul, broker_sul_cb, ms ? ms * LWS_US_PER_MS : 1);
+}
+
+static void broker_events(void *ud)
 {
     (void)ud;
-    if (S.ctx) lws_cancel_service(S.ctx);
+    deliver_events();
+}
+
+static void broker_kick(void *ud)
+{
+    (void)ud;
+    if (S.ctx) lws_sul_schedule(S.ctx, 0, &S.broker_sul, broker_sul_cb, 1);
+}
+
+/* Adopts a dup of the broker's ZeroMQ descriptor into the loop (lws closes what it adopted when the
+ * context goes; ZeroMQ's own descriptor must stay open until its socket closes). */
+static int broker_attach(char *err, size_t errlen)
+{
+    int fd = sb_broker_fd(S.broker);
+    int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (mine < 0) return chat_fail(err, errlen, CHAT_ERR, "broker: no ZeroMQ descriptor to watch");
+    lws_sock_file_fd_type u;
+    u.filefd = mine;
+    S.broker_wsi = lws_adopt_descriptor_vhost(lws_get_vhost_by_name(S.ctx, "chat-streamer"), LWS_ADOPT_RAW_FILE_DESC,
+                                              u, "chat-broker", NULL);
+    if (!S.broker_wsi) {
+        close(mine);
+        return chat_fail(err, errlen, CHAT_ERR, "broker: the event loop cannot watch its descriptor");
+    }
+    broker_run(); /* whatever is waiting already, and the first timers */
+    return 0;
 }
 
 static void lws_log_emit(int level, const char *line)
@@ -1696,7 +1754,8 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     if (!S.jwt) return CHAT_EINVAL;
     S.reg = ss_new();
     if (!S.reg) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
+    sb_loop loop = {.events = broker_events, .kick = broker_kick, .ud = NULL};
+    S.broker = sb_broker_new(cfg, &loop, err, errlen);
     if (!S.broker) return CHAT_ERR;
     return open_limits(cfg, err, errlen);
 }
@@ -1751,6 +1810,7 @@ int st_run(const sigset_t *unblock)
     protocols[0].rx_buffer_size = (size_t)S.rx_buffer;
     protocols[0].tx_packet_size = 0;
     protocols[1] = PROTOCOLS[1];
+    protocols[2] = PROTOCOLS[2];
     /* secs_since_valid_hangup 0 disables lws's per-connection validity timers (see the file comment). */
     static const lws_retry_bo_t no_validity = {.secs_since_valid_ping = 0, .secs_since_valid_hangup = 0};
 
@@ -1796,7 +1856,7 @@ int st_run(const sigset_t *unblock)
         chat_log_error("streamer: cannot listen on %s", S.cfg.streamer_listen);
         return 1;
     }
-    if (sb_broker_start(S.broker, err, sizeof err)) {
+    if (broker_attach(err, sizeof err)) {
         chat_log_error("%s", err);
         return 1;
     }
@@ -1823,9 +1883,10 @@ int st_run(const sigset_t *unblock)
 
 void st_cleanup(void)
 {
-    sb_broker_stop(S.broker); /* its wake-ups touch S.ctx: no thread may use it while it is destroyed */
+    sb_broker_stop(S.broker); /* the CLOSED callbacks below only queue their detaches */
     if (S.ctx) {
         lws_sul_cancel(&S.tick);
+        lws_sul_cancel(&S.broker_sul);
         lws_context_destroy(S.ctx); /* closes what is left; CLOSED callbacks cancel their jobs */
         S.ctx = NULL;
     }
