@@ -351,9 +351,11 @@ static int parse_event(const chat_wire_msg *m, int at, int nargs, chat_wire_even
     return 0;
 }
 
-/* ---------------------------------------------------------------- TOKENS */
+/* ---------------------------------------------------------------- EVS */
 
-enum { TOKENS_RECORD_HEAD = 16 }; /* job_id (8), text length (4), piece_lens length (4) */
+/* A record: job_id (8 bytes), kind (1), then each of the kind's fields (LAYOUT): its length (4), its
+ * bytes and a NUL, so that parsed fields are C strings in place, as an EV's parts are. */
+enum { EVS_HEAD = 9, EVS_FIELD_HEAD = 4 };
 
 static uint64_t get_le(const unsigned char *b, int n)
 {
@@ -370,57 +372,66 @@ static void put_le(unsigned char *b, uint64_t v, int n)
 }
 
 /* The record at `at` of batch (at < batch.len): its event and where the next one starts; false when it
- * runs past the batch or its pieces do not add up. */
-static bool tokens_record(chat_wire_str batch, size_t at, chat_wire_event *ev, size_t *next)
+ * runs past the batch, names an unknown kind, lacks a field's NUL or its token pieces do not add up. */
+static bool evs_record(chat_wire_str batch, size_t at, chat_wire_event *ev, size_t *next)
 {
-    if (batch.len - at < TOKENS_RECORD_HEAD) return false;
-    const unsigned char *h = (const unsigned char *)batch.s + at;
-    uint64_t tl = get_le(h + 8, 4), ll = get_le(h + 12, 4);
-    size_t room = batch.len - at - TOKENS_RECORD_HEAD;
-    if (tl > room || ll > room - tl || !tl) return false;
-    ev->job_id = get_le(h, 8);
-    ev->kind = CHAT_WIRE_EV_TOKEN;
-    ev->token.text = (chat_wire_str){(const char *)h + TOKENS_RECORD_HEAD, (size_t)tl};
-    ev->token.piece_lens = (chat_wire_str){(const char *)h + TOKENS_RECORD_HEAD + tl, (size_t)ll};
-    *next = at + TOKENS_RECORD_HEAD + (size_t)tl + (size_t)ll;
-    return token_pieces_valid(&ev->token.text, &ev->token.piece_lens);
+    const unsigned char *b = (const unsigned char *)batch.s;
+    if (batch.len - at < EVS_HEAD) return false;
+    ev->job_id = get_le(b + at, 8);
+    ev->kind = (chat_wire_event_kind)b[at + 8];
+    if (!event_kind_valid(ev->kind)) return false;
+    at += EVS_HEAD;
+    for (int i = 0; i < LAYOUT[ev->kind].n; i++) {
+        if (batch.len - at < EVS_FIELD_HEAD) return false;
+        uint64_t len = get_le(b + at, 4);
+        at += EVS_FIELD_HEAD;
+        if (len >= batch.len - at || b[at + len] != '\0') return false;
+        *event_field(ev, i) = (chat_wire_str){(const char *)b + at, (size_t)len};
+        at += (size_t)len + 1;
+    }
+    *next = at;
+    return ev->kind != CHAT_WIRE_EV_TOKEN || token_pieces_valid(&ev->token.text, &ev->token.piece_lens);
 }
 
-/* TOKENS batch: every record checked here, once. */
-static int parse_tokens(const chat_wire_msg *m, int at, int nargs, chat_wire_tokens *t, char *err, size_t errlen)
+/* EVS batch: every record checked here, once. */
+static int parse_events(const chat_wire_msg *m, int at, int nargs, chat_wire_events *t, char *err, size_t errlen)
 {
-    if (nargs != 1) return chat_fail(err, errlen, CHAT_EINVAL, "TOKENS with %d fields, not 1", nargs);
+    if (nargs != 1) return chat_fail(err, errlen, CHAT_EINVAL, "EVS with %d fields, not 1", nargs);
     t->batch = part_at(m, at);
     t->count = 0;
     chat_wire_event ev;
     for (size_t pos = 0, next; pos < t->batch.len; pos = next, t->count++)
-        if (!tokens_record(t->batch, pos, &ev, &next))
-            return chat_fail(err, errlen, CHAT_EINVAL, "TOKENS: record %zu is malformed", t->count + 1);
+        if (!evs_record(t->batch, pos, &ev, &next))
+            return chat_fail(err, errlen, CHAT_EINVAL, "EVS: record %zu is malformed", t->count + 1);
     return 0;
 }
 
-int chat_wire_tokens_add(chat_buf *batch, const chat_wire_event *ev)
+int chat_wire_events_add(chat_buf *batch, const chat_wire_event *ev)
 {
-    if (ev->kind != CHAT_WIRE_EV_TOKEN || !ev->token.text.len || ev->token.text.len > UINT32_MAX ||
-        ev->token.piece_lens.len > UINT32_MAX)
-        return CHAT_EINVAL;
-    unsigned char head[TOKENS_RECORD_HEAD];
-    put_le(head, ev->job_id, 8);
-    put_le(head + 8, ev->token.text.len, 4);
-    put_le(head + 12, ev->token.piece_lens.len, 4);
+    if (!event_kind_valid(ev->kind)) return CHAT_EINVAL;
+    for (int i = 0; i < LAYOUT[ev->kind].n; i++)
+        if (event_field_c(ev, i)->len > UINT32_MAX) return CHAT_EINVAL;
     size_t was = batch->len;
-    if (chat_buf_append(batch, head, sizeof head) || chat_buf_append(batch, ev->token.text.s, ev->token.text.len) ||
-        chat_buf_append(batch, ev->token.piece_lens.s, ev->token.piece_lens.len)) {
-        batch->len = was; /* all or nothing */
-        return CHAT_ENOMEM;
+    unsigned char head[EVS_HEAD];
+    put_le(head, ev->job_id, 8);
+    head[8] = (unsigned char)ev->kind;
+    int rc = chat_buf_append(batch, head, sizeof head);
+    for (int i = 0; !rc && i < LAYOUT[ev->kind].n; i++) {
+        const chat_wire_str *f = event_field_c(ev, i);
+        unsigned char len[EVS_FIELD_HEAD];
+        put_le(len, f->len, 4);
+        rc = chat_buf_append(batch, len, sizeof len);
+        if (!rc) rc = chat_buf_append(batch, f->s, f->len);
+        if (!rc) rc = chat_buf_append(batch, "", 1);
     }
-    return 0;
+    if (rc) batch->len = was; /* all or nothing */
+    return rc ? CHAT_ENOMEM : 0;
 }
 
-bool chat_wire_tokens_next(const chat_wire_tokens *t, size_t *at, chat_wire_event *ev)
+bool chat_wire_events_next(const chat_wire_events *t, size_t *at, chat_wire_event *ev)
 {
     size_t next;
-    if (*at >= t->batch.len || !tokens_record(t->batch, *at, ev, &next)) return false;
+    if (*at >= t->batch.len || !evs_record(t->batch, *at, ev, &next)) return false;
     *at = next;
     return true;
 }
@@ -518,8 +529,8 @@ int chat_wire_parse(const chat_wire_msg *m, chat_wire_str *from, chat_wire_cmd *
         return parse_attach(m, at + 1, nargs, &cmd->attach, err, errlen);
     case CHAT_WIRE_ATTACHED:
         return parse_attached(m, at + 1, nargs, &cmd->attached, err, errlen);
-    case CHAT_WIRE_TOKENS:
-        return parse_tokens(m, at + 1, nargs, &cmd->tokens, err, errlen);
+    case CHAT_WIRE_EVS:
+        return parse_events(m, at + 1, nargs, &cmd->events, err, errlen);
     case CHAT_WIRE_CANCEL:
     case CHAT_WIRE_DETACH:
         if (nargs != 1 || parse_u64(part_at(m, at + 1), UINT64_MAX, &cmd->job_id))
@@ -611,8 +622,8 @@ static int add_args(chat_wire_str *p, int n, char (*num)[24], const chat_wire_cm
     case CHAT_WIRE_DETACH:
         p[n++] = (chat_wire_str){num[0], format_u64(num[0], cmd->job_id)};
         break;
-    case CHAT_WIRE_TOKENS:
-        p[n++] = cmd->tokens.batch;
+    case CHAT_WIRE_EVS:
+        p[n++] = cmd->events.batch;
         break;
     default: /* HB, BYE, RESET: the command alone */
         break;

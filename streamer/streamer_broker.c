@@ -1052,9 +1052,9 @@ static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
     case CHAT_WIRE_EV:
         handle_event(b, w, &c.ev, now);
         return;
-    case CHAT_WIRE_TOKENS: {
+    case CHAT_WIRE_EVS: {
         chat_wire_event ev;
-        for (size_t at = 0; chat_wire_tokens_next(&c.tokens, &at, &ev);)
+        for (size_t at = 0; chat_wire_events_next(&c.events, &at, &ev);)
             handle_event(b, w, &ev, now);
         return;
     }

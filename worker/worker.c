@@ -620,39 +620,46 @@ static void send_job_error(void *dealer, uint64_t id, const char *code, const ch
 
 /* ---------------------------------------------------------------- followers */
 
-/* Sends ev under job_id to broker p: at once, or (batch, a token event) into p's TOKENS of this flush,
- * which send_batches sends. Blocking sends: at the high-water mark the pipeline waits rather than losing
- * an event. A batch that cannot grow sends the event on its own. */
+/* Sends broker p's batch: every event the notes or the flush just handled produced for it, in order,
+ * as one EVS message (chat_wire.h). Blocking: at the high-water mark the pipeline waits rather than
+ * losing an event. No batch is left waiting once the notes or a flush are handled, so a direct send
+ * (ATTACHED, a refusal) is never overtaken. */
 static void send_batch(worker *w, int p)
 {
     chat_buf *b = &w->peers[p].batch;
     if (!b->len) return;
-    chat_wire_cmd cmd = {.kind = CHAT_WIRE_TOKENS, .tokens = {{b->data, b->len}, 0}};
-    if (chat_wire_send(dealer_of(w, p), NULL, &cmd, 0)) chat_log_warn("worker: tokens not sent: %s", zmq_strerror(errno));
-    chat_buf_reset(b); /* its memory serves the next flush: one buffer per broker */
+    chat_wire_cmd cmd = {.kind = CHAT_WIRE_EVS, .events = {{b->data, b->len}, 0}};
+    if (chat_wire_send(dealer_of(w, p), NULL, &cmd, 0)) chat_log_warn("worker: events not sent: %s", zmq_strerror(errno));
+    chat_buf_reset(b); /* its memory serves the next one: one buffer per broker */
 }
 
-static void send_to_peer(worker *w, int p, uint64_t job_id, chat_wire_event ev, bool batch)
+static void send_batches(worker *w)
+{
+    for (int p = 0; p < w->n_peers; p++)
+        send_batch(w, p);
+}
+
+/* Adds ev under job_id to broker p's batch; one that cannot grow is sent, then ev on its own. */
+static void send_to_peer(worker *w, int p, uint64_t job_id, chat_wire_event ev)
 {
     ev.job_id = job_id;
-    if (batch && !chat_wire_tokens_add(&w->peers[p].batch, &ev)) {
+    if (!chat_wire_events_add(&w->peers[p].batch, &ev)) {
         if (w->peers[p].batch.len >= BATCH_MAX_BYTES) send_batch(w, p); /* well within the receiver's limit */
         return;
     }
+    send_batch(w, p);
     if (chat_wire_send_event(dealer_of(w, p), &ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
 }
 
 /* Sends ev (its job_id aside) to whoever follows the answer: the primary (for a terminal event even
- * after it detached, so that the broker frees the slot; never once orphaned) and every subscription.
- * batch: a token event of a flush (send_to_peer). */
-static void send_followers(worker *w, slot *s, chat_wire_event ev, bool batch)
+ * after it detached, so that the broker frees the slot; never once orphaned) and every subscription. */
+static void send_followers(worker *w, slot *s, chat_wire_event ev)
 {
     bool terminal = chat_wire_event_terminal(ev.kind);
-    if (!s->orphan && (s->primary || terminal)) send_to_peer(w, s->peer, s->job_id, ev, batch);
+    if (!s->orphan && (s->primary || terminal)) send_to_peer(w, s->peer, s->job_id, ev);
     for (size_t i = 0; i < s->subs.n; i++)
-        send_to_peer(w, s->subs.at[i].tag, s->subs.at[i].id, ev, batch);
+        send_to_peer(w, s->subs.at[i].tag, s->subs.at[i].id, ev);
 }
-
 
 /* The orphan policy: with "cancel", an answer nobody has followed for CHAT_ORPHAN_GRACE_S stops. */
 static void watch_check(worker *w, slot *s, int64_t now)
@@ -768,7 +775,10 @@ static void check_done(worker *w, owner_check *c)
     chat_wire_attached out = {.job_id = c->job_id, .status = CHAT_WIRE_ATT_NONE};
     if (c->rc == CHAT_ENOTFOUND) out.status = CHAT_WIRE_ATT_UNKNOWN;
     if (c->rc == CHAT_EFORBIDDEN) out.status = CHAT_WIRE_ATT_FORBIDDEN;
-    if (c->peer < w->n_peers) send_attached(dealer_of(w, c->peer), &out);
+    if (c->peer < w->n_peers) {
+        send_batch(w, c->peer); /* a note's events for this broker go first, as they happened */
+        send_attached(dealer_of(w, c->peer), &out);
+    }
     free(c);
 }
 
@@ -935,7 +945,7 @@ static void spare_reset(chat_buf *b)
  * event, to every follower, and appends the tokens to what the answer sent (after sending: what an
  * ATTACH is told and what follows it meet at the same piece). The buffers are swapped with the slot's
  * spares under the lock, and sent from there. */
-static void flush_tokens(worker *w, slot *s, bool batch)
+static void flush_tokens(worker *w, slot *s)
 {
     pthread_mutex_lock(&s->tok_mu);
     chat_buf ev = s->ev_buf, out = s->tok_buf, lens = s->tok_lens;
@@ -950,11 +960,11 @@ static void flush_tokens(worker *w, slot *s, bool batch)
         const char *message = step + sl + 1;
         size_t ml = strlen(message);
         at += sl + ml + 2;
-        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}}, false);
+        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}});
     }
     if (out.len) {
         chat_wire_str text = {out.data, out.len}, pieces = {lens.data, lens.len};
-        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_TOKEN, .token = {text, pieces}}, batch);
+        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_TOKEN, .token = {text, pieces}});
         if (wa_text_append(&s->sent, text, pieces))
             chat_log_error("worker: out of memory keeping job %" PRIu64 "'s text: it cannot be resumed whole", s->job_id);
     }
@@ -976,8 +986,8 @@ static void send_terminal(worker *w, slot *s)
     pthread_mutex_unlock(&s->tok_mu);
     if (!ev) return;
     if (!s->terminal_sent) {
-        flush_tokens(w, s, false); /* nothing may follow the terminal event */
-        send_followers(w, s, *ev, false);
+        flush_tokens(w, s); /* nothing may follow the terminal event */
+        send_followers(w, s, *ev);
         s->terminal_sent = true;
         if (s->orphan) w->n_orphaned--;
         w->n_finishing++;
@@ -993,16 +1003,13 @@ static void send_terminal(worker *w, slot *s)
 static void slot_done(worker *w, slot *s)
 {
     send_terminal(w, s); /* normally sent already, on its own note */
-    flush_tokens(w, s, false);
+    flush_tokens(w, s);
     if (!s->terminal_sent) {
         chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", s->job_id);
-        if (s->orphan)
-            w->n_orphaned--;
-        else
-            send_job_error(dealer_of(w, s->peer), s->job_id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
-        for (size_t i = 0; i < s->subs.n; i++)
-            send_job_error(dealer_of(w, s->subs.at[i].tag), s->subs.at[i].id, CHAT_CODE_PROCESSING_ERROR,
-                           "Error during message processing");
+        if (s->orphan) w->n_orphaned--;
+        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_ERROR,
+                                               .error = {chat_wire_cstr(CHAT_CODE_PROCESSING_ERROR),
+                                                         chat_wire_cstr("Error during message processing")}});
     } else {
         w->n_finishing--;
     }
@@ -1038,9 +1045,8 @@ static void flush_dirty(worker *w)
     w->n_dirty = 0;
     pthread_mutex_unlock(&w->dirty_mu);
     for (int i = 0; i < n; i++)
-        if (w->slots[w->flushing[i]].busy) flush_tokens(w, &w->slots[w->flushing[i]], true);
-    for (int p = 0; p < w->n_peers; p++)
-        send_batch(w, p);
+        if (w->slots[w->flushing[i]].busy) flush_tokens(w, &w->slots[w->flushing[i]]);
+    send_batches(w);
 }
 
 /* A note from a stage thread or the generator. */
@@ -1059,7 +1065,7 @@ static void handle_note(worker *w, const note *n)
     if (!s->busy) return;
     switch ((note_kind)n->kind) {
     case NOTE_TOKENS:
-        flush_tokens(w, s, false);
+        flush_tokens(w, s);
         return;
     case NOTE_TERMINAL:
         send_terminal(w, s);
@@ -1073,13 +1079,14 @@ static void handle_note(worker *w, const note *n)
     }
 }
 
-/* Takes every note waiting on the PULL. */
+/* Takes every note waiting on the PULL, then sends what they produced. */
 static void receive_notes(worker *w, void *pull)
 {
     check_note cn;
     int got;
     while ((got = zmq_recv(pull, &cn, sizeof cn, ZMQ_DONTWAIT)) >= 0)
         if (got == (int)sizeof(note) || (got == (int)sizeof cn && cn.n.kind == NOTE_CHECKED)) handle_note(w, &cn.n);
+    send_batches(w); /* what every note of this wake produced: one message per broker */
 }
 
 static worker *worker_new(const chat_config *cfg)
