@@ -351,6 +351,91 @@ static int parse_event(const chat_wire_msg *m, int at, int nargs, chat_wire_even
     return 0;
 }
 
+/* ---------------------------------------------------------------- EVS */
+
+/* A record: job_id (8 bytes), kind (1), then each of the kind's fields (LAYOUT): its length (4), its
+ * bytes and a NUL, so that parsed fields are C strings in place, as an EV's parts are. */
+enum { EVS_HEAD = 9, EVS_FIELD_HEAD = 4 };
+
+static uint64_t get_le(const unsigned char *b, int n)
+{
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static void put_le(unsigned char *b, uint64_t v, int n)
+{
+    for (int i = 0; i < n; i++, v >>= 8)
+        b[i] = (unsigned char)v;
+}
+
+/* The record at `at` of batch (at < batch.len): its event and where the next one starts; false when it
+ * runs past the batch, names an unknown kind, lacks a field's NUL or its token pieces do not add up. */
+static bool evs_record(chat_wire_str batch, size_t at, chat_wire_event *ev, size_t *next)
+{
+    const unsigned char *b = (const unsigned char *)batch.s;
+    if (batch.len - at < EVS_HEAD) return false;
+    ev->job_id = get_le(b + at, 8);
+    ev->kind = (chat_wire_event_kind)b[at + 8];
+    if (!event_kind_valid(ev->kind)) return false;
+    at += EVS_HEAD;
+    for (int i = 0; i < LAYOUT[ev->kind].n; i++) {
+        if (batch.len - at < EVS_FIELD_HEAD) return false;
+        uint64_t len = get_le(b + at, 4);
+        at += EVS_FIELD_HEAD;
+        if (len >= batch.len - at || b[at + len] != '\0') return false;
+        *event_field(ev, i) = (chat_wire_str){(const char *)b + at, (size_t)len};
+        at += (size_t)len + 1;
+    }
+    *next = at;
+    return ev->kind != CHAT_WIRE_EV_TOKEN || token_pieces_valid(&ev->token.text, &ev->token.piece_lens);
+}
+
+/* EVS batch: every record checked here, once. */
+static int parse_events(const chat_wire_msg *m, int at, int nargs, chat_wire_events *t, char *err, size_t errlen)
+{
+    if (nargs != 1) return chat_fail(err, errlen, CHAT_EINVAL, "EVS with %d fields, not 1", nargs);
+    t->batch = part_at(m, at);
+    t->count = 0;
+    chat_wire_event ev;
+    for (size_t pos = 0, next; pos < t->batch.len; pos = next, t->count++)
+        if (!evs_record(t->batch, pos, &ev, &next))
+            return chat_fail(err, errlen, CHAT_EINVAL, "EVS: record %zu is malformed", t->count + 1);
+    return 0;
+}
+
+int chat_wire_events_add(chat_buf *batch, const chat_wire_event *ev)
+{
+    if (!event_kind_valid(ev->kind)) return CHAT_EINVAL;
+    for (int i = 0; i < LAYOUT[ev->kind].n; i++)
+        if (event_field_c(ev, i)->len > UINT32_MAX) return CHAT_EINVAL;
+    size_t was = batch->len;
+    unsigned char head[EVS_HEAD];
+    put_le(head, ev->job_id, 8);
+    head[8] = (unsigned char)ev->kind;
+    int rc = chat_buf_append(batch, head, sizeof head);
+    for (int i = 0; !rc && i < LAYOUT[ev->kind].n; i++) {
+        const chat_wire_str *f = event_field_c(ev, i);
+        unsigned char len[EVS_FIELD_HEAD];
+        put_le(len, f->len, 4);
+        rc = chat_buf_append(batch, len, sizeof len);
+        if (!rc) rc = chat_buf_append(batch, f->s, f->len);
+        if (!rc) rc = chat_buf_append(batch, "", 1);
+    }
+    if (rc) batch->len = was; /* all or nothing */
+    return rc ? CHAT_ENOMEM : 0;
+}
+
+bool chat_wire_events_next(const chat_wire_events *t, size_t *at, chat_wire_event *ev)
+{
+    size_t next;
+    if (*at >= t->batch.len || !evs_record(t->batch, *at, ev, &next)) return false;
+    *at = next;
+    return true;
+}
+
 /* The number of fields a JOB carries after its command. */
 enum {
     JOB_NARGS = 2
@@ -444,6 +529,8 @@ int chat_wire_parse(const chat_wire_msg *m, chat_wire_str *from, chat_wire_cmd *
         return parse_attach(m, at + 1, nargs, &cmd->attach, err, errlen);
     case CHAT_WIRE_ATTACHED:
         return parse_attached(m, at + 1, nargs, &cmd->attached, err, errlen);
+    case CHAT_WIRE_EVS:
+        return parse_events(m, at + 1, nargs, &cmd->events, err, errlen);
     case CHAT_WIRE_CANCEL:
     case CHAT_WIRE_DETACH:
         if (nargs != 1 || parse_u64(part_at(m, at + 1), UINT64_MAX, &cmd->job_id))
@@ -534,6 +621,9 @@ static int add_args(chat_wire_str *p, int n, char (*num)[24], const chat_wire_cm
     case CHAT_WIRE_CANCEL:
     case CHAT_WIRE_DETACH:
         p[n++] = (chat_wire_str){num[0], format_u64(num[0], cmd->job_id)};
+        break;
+    case CHAT_WIRE_EVS:
+        p[n++] = cmd->events.batch;
         break;
     default: /* HB, BYE, RESET: the command alone */
         break;

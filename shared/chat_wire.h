@@ -23,6 +23,11 @@
  *     EV job_id token    text piece_lens                        piece_lens: 4-byte lengths, or empty (one piece)
  *     EV job_id complete response session_id metadata_json     terminal: that slot is free again
  *     EV job_id error    code message                          terminal: that slot is free again
+ *     EVS batch                          several events (any kind) of several jobs in one message: a
+ *                                        flush's, an answer's first token with its steps, a terminal
+ *                                        with the tokens before it; batch: records of job_id (8 bytes),
+ *                                        kind (1), then each field as an EV carries it: length (4),
+ *                                        bytes, NUL; numbers little-endian
  *   broker -> worker
  *     JOB job_id flags request_id user_id user_email user_name session_id customer_id message
  *     CANCEL job_id                      set that job's cancel flag (ignored when not running); the id of
@@ -62,7 +67,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CHAT_WIRE_VERSION "chatwire/3" /* 2: token events carry their pieces' lengths; 3: ATTACH, DETACH */
+#include "chat_util.h"
+
+#define CHAT_WIRE_VERSION "chatwire/4" /* 2: token events carry their pieces' lengths; 3: ATTACH, DETACH; 4: EVS */
 #define CHAT_WIRE_HEARTBEAT_MS 500
 #define CHAT_WIRE_DEAD_MS 2000
 #define CHAT_WIRE_MAX_PARTS 16          /* a message with more parts is dropped */
@@ -106,7 +113,8 @@ bool chat_wire_str_eq(chat_wire_str a, const char *b);
     X(RESET, "RESET")                                                                                        \
     X(ATTACH, "ATTACH")                                                                                      \
     X(ATTACHED, "ATTACHED")                                                                                  \
-    X(DETACH, "DETACH")
+    X(DETACH, "DETACH")                                                                                      \
+    X(EVS, "EVS")
 
 typedef enum chat_wire_kind {
     CHAT_WIRE_NONE = 0,
@@ -240,6 +248,27 @@ typedef struct chat_wire_attached {
 
 const char *chat_wire_attach_status_name(chat_wire_attach_status st); /* "" when out of range */
 
+/* ---------------------------------------------------------------- many events in one message (EVS) */
+
+/* A worker sends what one moment produced for a streamer in one EVS message instead of one EV per event:
+ * a flush's steps and tokens of every answer, an answer's first token with the steps before it, a
+ * terminal event with the tokens before it. With hundreds of answers streaming, a message per event
+ * woke both ends' ZeroMQ and receiving threads some 10,000 times a second per worker (docs/benchmarks.md,
+ * "The token path"). A record is one event, exactly as an EV would carry it, and the receiver handles
+ * each as it would that EV, in order. The parser checks every record once (bounds, kind, each field's
+ * terminating NUL, token pieces), so iterating cannot fail, and fields are NUL-terminated in place. */
+typedef struct chat_wire_events {
+    chat_wire_str batch; /* the records, back to back */
+    size_t count;        /* how many */
+} chat_wire_events;
+
+/* Appends ev to a batch being built. 0, CHAT_EINVAL (an unknown kind, a field over 4 GB), CHAT_ENOMEM
+ * (the batch is unchanged). */
+int chat_wire_events_add(chat_buf *batch, const chat_wire_event *ev);
+/* The record at *at of a parsed batch (strings point into the message), advancing *at; false at the
+ * end. Start with *at = 0. */
+bool chat_wire_events_next(const chat_wire_events *t, size_t *at, chat_wire_event *ev);
+
 /* ---------------------------------------------------------------- messages */
 
 typedef struct chat_wire_ready {
@@ -257,6 +286,7 @@ typedef struct chat_wire_cmd {
         uint64_t job_id;       /* CANCEL, DETACH */
         chat_wire_attach attach;     /* ATTACH */
         chat_wire_attached attached; /* ATTACHED */
+        chat_wire_events events;     /* EVS */
     };
 } chat_wire_cmd;
 

@@ -1,8 +1,9 @@
 /* chat-streamer: the /ws/chat WebSocket endpoint on libwebsockets, fed by chat-worker processes over
  * ZeroMQ. This header joins main (process set-up, signals) and the lws side (streamer_ws.c).
  *
- * Threads: st_run runs the lws service loop on the calling thread (the only thread that touches lws or
- * sessions) and starts the broker thread (streamer_broker.c). st_request_shutdown is async-signal-safe. */
+ * Threads: st_run runs the lws service loop on the calling thread, the only thread that touches lws,
+ * sessions or the broker (streamer_broker.c, served on the same loop). st_request_shutdown is
+ * async-signal-safe. */
 #ifndef STREAMER_H
 #define STREAMER_H
 
@@ -29,9 +30,9 @@ enum {
 /* Prepares everything that can fail before listening: JWT verifier, broker socket. 0 or negative code
  * with err. cfg is copied. */
 int st_init(const chat_config *cfg, char *err, size_t errlen);
-/* Listens, serves until a shutdown completes. Returns the process exit code. Once the broker thread
- * exists, the signals in unblock (blocked by the caller so that threads inherit the block) are
- * unblocked on the calling thread. */
+/* Listens, serves until a shutdown completes. Returns the process exit code. Once listening, the
+ * signals in unblock (blocked by the caller so that ZeroMQ's threads inherit the block) are unblocked
+ * on the calling thread. */
 int st_run(const sigset_t *unblock);
 /* Frees what st_init/st_run left. */
 void st_cleanup(void);

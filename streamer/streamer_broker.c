@@ -1,12 +1,15 @@
-/* The broker thread: ZeroMQ ROUTER <-> chat-worker DEALERs, the zguide load-balancing broker with
+/* The broker: ZeroMQ ROUTER <-> chat-worker DEALERs, the zguide load-balancing broker with
  * Paranoid Pirate heartbeats (see chat_wire.h for the wire protocol).
  *
  * Design choices:
- * - A thread of its own rather than ZMQ_FD inside the lws loop: ZMQ_FD is edge-triggered and must be
- *   drained with ZMQ_EVENTS after every send and receive, which does not fit lws's level-triggered
- *   callbacks; and heartbeats keep their rhythm whatever the load on the event loop. The price is two
- *   small mutex-protected lists and two wake-ups: an eventfd polled beside the ROUTER (never blocks,
- *   needs no zmq socket on the lws thread) and lws_cancel_service() the other way.
+ * - Served on the streamer's own event loop, not on a thread of its own: the loop watches ZMQ_FD and
+ *   calls sb_broker_run, which also runs the timers (heartbeats, queue deadlines) when they are due. A
+ *   broker thread handed every batch of events over through a mutex-protected list and woke the loop
+ *   with lws_cancel_service(), and was woken back through an eventfd for every command: on paced
+ *   streams that thread was 30 % of the streamer's CPU, most of it going to sleep and being woken
+ *   (docs/benchmarks.md). ZMQ_FD only says "the socket's state may have changed" (it is edge-like), so
+ *   every run ends by asking ZMQ_EVENTS, which also consumes the signal, and a run that leaves messages
+ *   waiting asks to be run again at once. Every use of the ROUTER happens inside sb_broker_run.
  * - A worker is one process with one DEALER and several slots (its READY says how many). Jobs go only to
  *   live workers with a free slot, the least loaded first. A job waits in one bounded FIFO with a
  *   deadline when all are busy; with no live worker at all it fails at once (OVERLOADED), never hangs.
@@ -34,12 +37,10 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -125,36 +126,29 @@ struct sb_broker {
     int queue_max;
     int queue_wait_ms;
     char endpoint[512];
-    void (*wake)(void *);
-    void *wake_ud;
+    sb_loop loop;
 
     void *zctx;
     void *router;
     chat_curve_zap *curve; /* the ZAP handler when CURVE is on (chat_curve.h), else NULL */
-    int efd;
-    pthread_t thread;
-    bool started;
-    atomic_bool stop;
+    bool stopped;          /* sb_broker_stop: commands only queue, nobody is called any more */
+    bool in_run;           /* inside sb_broker_run: a command queued now is run before it returns */
+    int64_t next_hb_ms;
 
-    /* Shared with the lws thread, under mu. */
-    pthread_mutex_t mu;
     sb_cmd *cmd_head, *cmd_tail;
-    sb_event *ev_head, *ev_tail;
-    char *workers_json; /* published snapshot: [{"pid":..,"busy":..},...] */
+    sb_event *ev_head, *ev_tail; /* waiting for sb_broker_take_events */
 
-    /* Counters read lock-free by the lws thread. */
+    /* Counters (sb_broker_stats). */
     atomic_int n_live, n_busy, n_queued, n_running;
     atomic_ullong n_done, n_failed;
 
-    /* Broker thread only. */
     sb_worker *workers;
     int n_workers;
     uint64_t next_worker_id;
     sb_job *q_head, *q_tail;
     int q_len;
     sm_map jobs;                   /* id -> job, queued or running */
-    sb_event *out_head, *out_tail; /* events gathered during one turn */
-    bool workers_changed;
+    sb_event *out_head, *out_tail; /* events gathered during one run */
     chat_wire_msg msg;
 };
 
@@ -258,7 +252,7 @@ void sb_event_free(sb_event *e)
     free(e);
 }
 
-/* Queues e for the lws thread (delivered at the end of the turn). */
+/* Queues e for the loop's side (delivered at the end of the run). */
 static void out_append(sb_broker *b, sb_event *e)
 {
     if (b->out_tail)
@@ -447,28 +441,6 @@ static void publish_counts(sb_broker *b)
     chat_metric_gauge_set(CHAT_METRIC_WORKERS, 0, procs);
     chat_metric_gauge_set(CHAT_METRIC_WORKER_SLOTS, 0, live);
     chat_metric_gauge_set(CHAT_METRIC_WORKER_SLOTS_BUSY, 0, busy);
-    b->workers_changed = true;
-}
-
-static void publish_workers_json(sb_broker *b)
-{
-    if (!b->workers_changed) return;
-    b->workers_changed = false;
-    chat_buf j;
-    chat_buf_init(&j);
-    chat_buf_puts(&j, "[");
-    for (sb_worker *w = b->workers; w; w = w->next)
-        chat_buf_printf(&j, "%s{\"pid\":%d,\"busy\":%s,\"slots\":%d,\"running\":%d%s}", w == b->workers ? "" : ",",
-                        w->pid, w->running ? "true" : "false", w->capacity, w->running,
-                        w->retiring ? ",\"retiring\":true" : "");
-    chat_buf_puts(&j, "]");
-    char *s = chat_buf_take(&j);
-    if (!s) return;
-    pthread_mutex_lock(&b->mu);
-    char *old = b->workers_json;
-    b->workers_json = s;
-    pthread_mutex_unlock(&b->mu);
-    free(old);
 }
 
 static sb_worker *worker_find(sb_broker *b, const char *ident, size_t len)
@@ -863,7 +835,7 @@ static void sub_forget_worker(sb_broker *b, sb_worker *w)
 }
 
 
-/* ---------------------------------------------------------------- commands from the lws thread */
+/* ---------------------------------------------------------------- commands from the loop's side */
 
 static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
 {
@@ -884,6 +856,7 @@ static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
         job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
         return;
     }
+    if (b->q_len >= b->queue_max) dispatch(b, now); /* a run may bring many submits: free slots first */
     if (b->q_len >= b->queue_max) {
         job_fail(b, job, CHAT_CODE_OVERLOADED, "The server is busy, please retry shortly");
         return;
@@ -943,10 +916,8 @@ static void handle_detach(sb_broker *b, uint64_t id)
 
 static void run_commands(sb_broker *b, int64_t now)
 {
-    pthread_mutex_lock(&b->mu);
     sb_cmd *c = b->cmd_head;
     b->cmd_head = b->cmd_tail = NULL;
-    pthread_mutex_unlock(&b->mu);
     while (c) {
         sb_cmd *next = c->next;
         if (c->kind == CMD_SUBMIT)
@@ -1081,6 +1052,12 @@ static void handle_message(sb_broker *b, const chat_wire_msg *m, int64_t now)
     case CHAT_WIRE_EV:
         handle_event(b, w, &c.ev, now);
         return;
+    case CHAT_WIRE_EVS: {
+        chat_wire_event ev;
+        for (size_t at = 0; chat_wire_events_next(&c.events, &at, &ev);)
+            handle_event(b, w, &ev, now);
+        return;
+    }
     case CHAT_WIRE_ATTACHED:
         handle_attached(b, w, &c.attached);
         return;
@@ -1119,68 +1096,76 @@ static void expire_queue(sb_broker *b, int64_t now)
     }
 }
 
+/* Hands the run's events to the loop's side, and tells it once per run. */
 static void flush_events(sb_broker *b)
 {
-    if (!b->out_head) return;
-    pthread_mutex_lock(&b->mu);
-    bool was_empty = b->ev_head == NULL;
-    if (b->ev_tail)
-        b->ev_tail->next = b->out_head;
-    else
-        b->ev_head = b->out_head;
-    b->ev_tail = b->out_tail;
-    pthread_mutex_unlock(&b->mu);
-    b->out_head = b->out_tail = NULL;
-    /* One wake per batch; if the list was not empty the lws thread has a wake pending already. */
-    if (was_empty && b->wake) b->wake(b->wake_ud);
+    if (b->out_head) {
+        if (b->ev_tail)
+            b->ev_tail->next = b->out_head;
+        else
+            b->ev_head = b->out_head;
+        b->ev_tail = b->out_tail;
+        b->out_head = b->out_tail = NULL;
+    }
+    if (b->ev_head && b->loop.events) b->loop.events(b->loop.ud);
 }
 
-static void *broker_main(void *arg)
+/* Receives what waits on the ROUTER, at most SB_MAX_MSGS_PER_TURN messages. */
+static void receive_messages(sb_broker *b, int64_t now)
 {
-    sb_broker *b = arg;
-    int64_t next_hb = chat_now_ms() + CHAT_WIRE_HEARTBEAT_MS;
-    while (!atomic_load(&b->stop)) {
-        int64_t now = chat_now_ms();
-        int64_t wake_at = next_hb;
-        if (b->q_head && b->q_head->deadline_ms < wake_at) wake_at = b->q_head->deadline_ms;
-        long timeout = wake_at > now ? (long)(wake_at - now) : 0;
-        zmq_pollitem_t items[2] = {{b->router, 0, ZMQ_POLLIN, 0}, {NULL, b->efd, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 2, timeout) < 0) {
-            if (errno == ETERM) break;
-            if (errno != EINTR) chat_log_warn("broker: zmq_poll: %s", zmq_strerror(errno));
+    for (int i = 0; i < SB_MAX_MSGS_PER_TURN; i++) {
+        int rc = chat_wire_recv(b->router, &b->msg, ZMQ_DONTWAIT);
+        if (rc == CHAT_ETIMEOUT) return;
+        if (rc == CHAT_EINVAL) {
+            chat_log_warn("broker: oversized message from a worker dropped");
             continue;
         }
-        now = chat_now_ms();
-        chat_metric_gauge_set(CHAT_METRIC_IN_FLIGHT, 0, (int64_t)b->jobs.n); /* as of the last turn: cheap */
-        if (items[1].revents & ZMQ_POLLIN) {
-            uint64_t v;
-            ssize_t r = read(b->efd, &v, sizeof v);
-            (void)r;
+        if (rc) {
+            if (errno != EINTR) chat_log_warn("broker: receive: %s", zmq_strerror(errno));
+            return;
         }
-        run_commands(b, now);
-        for (int i = 0; i < SB_MAX_MSGS_PER_TURN; i++) {
-            int rc = chat_wire_recv(b->router, &b->msg, ZMQ_DONTWAIT);
-            if (rc == CHAT_ETIMEOUT) break;
-            if (rc == CHAT_EINVAL) {
-                chat_log_warn("broker: oversized message from a worker dropped");
-                continue;
-            }
-            if (rc) {
-                if (errno != EINTR) chat_log_warn("broker: receive: %s", zmq_strerror(errno));
-                break;
-            }
-            handle_message(b, &b->msg, now);
-        }
-        if (now >= next_hb) {
-            heartbeat(b, now);
-            next_hb = now + CHAT_WIRE_HEARTBEAT_MS;
-        }
-        dispatch(b, now);
-        expire_queue(b, now);
-        flush_events(b);
-        publish_workers_json(b);
+        handle_message(b, &b->msg, now);
     }
-    return NULL;
+}
+
+/* True when a message waits on the ROUTER. Asking also consumes ZMQ_FD's signal: the loop is woken
+ * again only by what happens after this call. */
+static bool messages_waiting(sb_broker *b)
+{
+    int events = 0;
+    size_t len = sizeof events;
+    return zmq_getsockopt(b->router, ZMQ_EVENTS, &events, &len) == 0 && (events & ZMQ_POLLIN);
+}
+
+long sb_broker_run(sb_broker *b)
+{
+    if (b->stopped) return -1;
+    b->in_run = true;
+    int64_t now = chat_now_ms();
+    chat_metric_gauge_set(CHAT_METRIC_IN_FLIGHT, 0, (int64_t)b->jobs.n); /* as of the last run: cheap */
+    run_commands(b, now);
+    receive_messages(b, now);
+    if (now >= b->next_hb_ms) {
+        heartbeat(b, now);
+        b->next_hb_ms = now + CHAT_WIRE_HEARTBEAT_MS;
+    }
+    dispatch(b, now);
+    expire_queue(b, now);
+    flush_events(b); /* may queue commands (the loop's side starts the next message): run below */
+    b->in_run = false;
+    if (b->cmd_head || b->out_head || messages_waiting(b)) return 0;
+    int64_t due = b->next_hb_ms;
+    if (b->q_head && b->q_head->deadline_ms < due) due = b->q_head->deadline_ms;
+    now = chat_now_ms();
+    return due > now ? (long)(due - now) : 0;
+}
+
+int sb_broker_fd(sb_broker *b)
+{
+    int fd = -1;
+    size_t len = sizeof fd;
+    if (zmq_getsockopt(b->router, ZMQ_FD, &fd, &len)) return -1;
+    return fd;
 }
 
 /* ---------------------------------------------------------------- public API */
@@ -1199,18 +1184,17 @@ static void ensure_ipc_dir(const char *endpoint)
     }
 }
 
-sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wake_ud, char *err, size_t errlen)
+sb_broker *sb_broker_new(const chat_config *cfg, const sb_loop *loop, char *err, size_t errlen)
 {
     sb_broker *b = calloc(1, sizeof *b);
     if (!b) {
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
         return NULL;
     }
-    b->efd = -1;
-    pthread_mutex_init(&b->mu, NULL);
     sm_init(&b->jobs);
     chat_wire_msg_init(&b->msg);
-    b->wake = wake, b->wake_ud = wake_ud;
+    if (loop) b->loop = *loop;
+    b->next_hb_ms = chat_now_ms() + CHAT_WIRE_HEARTBEAT_MS;
     b->queue_max = chat_config_env_int("CHAT_STREAMER_QUEUE_MAX", 1024, 1, 1000000);
     b->queue_wait_ms = chat_config_env_int("CHAT_STREAMER_QUEUE_WAIT_MS", 5000, 0, 600000);
     snprintf(b->endpoint, sizeof b->endpoint, "%s", cfg->zmq_endpoint);
@@ -1219,10 +1203,9 @@ sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wak
         goto fail;
     }
 
-    b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     b->zctx = zmq_ctx_new();
-    if (b->efd < 0 || !b->zctx) {
-        chat_fail(err, errlen, CHAT_ERR, "broker: cannot create eventfd or zmq context");
+    if (!b->zctx) {
+        chat_fail(err, errlen, CHAT_ERR, "broker: cannot create a zmq context");
         goto fail;
     }
     b->router = zmq_socket(b->zctx, ZMQ_ROUTER);
@@ -1241,35 +1224,15 @@ sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wak
         chat_fail(err, errlen, CHAT_ERR, "broker: cannot bind %s: %s", b->endpoint, zmq_strerror(errno));
         goto fail;
     }
-    b->workers_json = strdup("[]");
     return b;
 fail:
     sb_broker_free(b);
     return NULL;
 }
 
-int sb_broker_start(sb_broker *b, char *err, size_t errlen)
-{
-    if (pthread_create(&b->thread, NULL, broker_main, b))
-        return chat_fail(err, errlen, CHAT_ERR, "broker: cannot start its thread");
-    b->started = true;
-    return 0;
-}
-
-static void broker_kick(sb_broker *b)
-{
-    uint64_t one = 1;
-    ssize_t r = write(b->efd, &one, sizeof one);
-    (void)r; /* EAGAIN means the counter is already non-zero: the broker wakes anyway */
-}
-
 void sb_broker_stop(sb_broker *b)
 {
-    if (!b || !b->started) return;
-    atomic_store(&b->stop, true);
-    broker_kick(b);
-    pthread_join(b->thread, NULL);
-    b->started = false;
+    if (b) b->stopped = true;
 }
 
 void sb_broker_free(sb_broker *b)
@@ -1279,7 +1242,6 @@ void sb_broker_free(sb_broker *b)
     if (b->router) zmq_close(b->router);
     if (b->zctx) zmq_ctx_term(b->zctx);
     chat_curve_zap_free(b->curve); /* its thread ended with the context */
-    if (b->efd >= 0) close(b->efd);
     for (sb_cmd *c = b->cmd_head, *n; c; c = n) {
         n = c->next;
         sb_job_free(c->job);
@@ -1296,22 +1258,24 @@ void sb_broker_free(sb_broker *b)
         if (b->jobs.slots[i].key) sb_job_free(b->jobs.slots[i].val);
     sm_free(&b->jobs);
     chat_wire_msg_clear(&b->msg);
-    free(b->workers_json);
-    pthread_mutex_destroy(&b->mu);
     free(b);
+}
+
+/* Asks the loop for a run soon: a run in progress sees the command before it returns. */
+static void kick(sb_broker *b)
+{
+    if (!b->in_run && !b->stopped && b->loop.kick) b->loop.kick(b->loop.ud);
 }
 
 static void push_cmd(sb_broker *b, sb_cmd *c)
 {
-    pthread_mutex_lock(&b->mu);
     bool was_empty = b->cmd_head == NULL;
     if (b->cmd_tail)
         b->cmd_tail->next = c;
     else
         b->cmd_head = c;
     b->cmd_tail = c;
-    pthread_mutex_unlock(&b->mu);
-    if (was_empty) broker_kick(b);
+    if (was_empty) kick(b);
 }
 
 void sb_broker_submit(sb_broker *b, sb_job *job)
@@ -1323,14 +1287,8 @@ void sb_broker_submit(sb_broker *b, sb_job *job)
         if (!e) return;
         e->terminal = 1;
         e->error = 1;
-        pthread_mutex_lock(&b->mu);
-        if (b->ev_tail)
-            b->ev_tail->next = e;
-        else
-            b->ev_head = e;
-        b->ev_tail = e;
-        pthread_mutex_unlock(&b->mu);
-        if (b->wake) b->wake(b->wake_ud);
+        out_append(b, e); /* delivered by the next run */
+        kick(b);
         return;
     }
     c->kind = CMD_SUBMIT;
@@ -1363,10 +1321,8 @@ void sb_broker_detach(sb_broker *b, uint64_t job_id)
 
 sb_event *sb_broker_take_events(sb_broker *b)
 {
-    pthread_mutex_lock(&b->mu);
     sb_event *e = b->ev_head;
     b->ev_head = b->ev_tail = NULL;
-    pthread_mutex_unlock(&b->mu);
     return e;
 }
 
@@ -1383,9 +1339,14 @@ void sb_broker_stats(sb_broker *b, sb_stats *out)
 
 size_t sb_broker_workers_json(sb_broker *b, char *buf, size_t len, size_t cap)
 {
-    pthread_mutex_lock(&b->mu);
-    int n = snprintf(buf + len, cap > len ? cap - len : 0, ",\"workers\":%s", b->workers_json ? b->workers_json : "[]");
-    pthread_mutex_unlock(&b->mu);
+    chat_buf j;
+    chat_buf_init(&j);
+    for (sb_worker *w = b->workers; w; w = w->next)
+        chat_buf_printf(&j, "%s{\"pid\":%d,\"busy\":%s,\"slots\":%d,\"running\":%d%s}", w == b->workers ? "" : ",",
+                        w->pid, w->running ? "true" : "false", w->capacity, w->running,
+                        w->retiring ? ",\"retiring\":true" : "");
+    int n = snprintf(buf + len, cap > len ? cap - len : 0, ",\"workers\":[%s]", j.data ? j.data : "");
+    chat_buf_free(&j);
     if (n < 0 || len + (size_t)n >= cap) { /* too many workers for the buffer: leave the list out */
         if (len < cap) buf[len] = '\0';
         return len;

@@ -1,11 +1,11 @@
-/* The streamer's broker: one thread that owns the ZeroMQ ROUTER socket the chat-worker processes connect
- * to, and the queue of jobs waiting for a worker.
+/* The streamer's broker: the ZeroMQ ROUTER socket the chat-worker processes connect to, and the queue of
+ * jobs waiting for a worker.
  *
- * Threads: every function below except sb_broker_new/free is called from the lws service thread and only
- * takes a mutex for a few pointer operations; the broker thread never touches lws objects. Work flows in
- * two mutex-protected lists: commands (submit, cancel) towards the broker, which is woken through an
- * eventfd polled next to the ROUTER socket, and events (tokens, ready-made JSON frames) towards lws,
- * which is woken through the wake callback (lws_cancel_service). */
+ * Threads: none of its own. Everything here runs on the thread of the streamer's event loop, which
+ * watches sb_broker_fd and calls sb_broker_run when it is readable, when the delay the last run returned
+ * is over, and soon after the loop's kick callback asks for it. Commands (submit, cancel, detach) queue
+ * and take effect in the next run; events (tokens, ready-made JSON frames) come back through the loop's
+ * events callback at the end of a run. No lock, no thread hand-off, no wake-up on the token path. */
 #ifndef STREAMER_BROKER_H
 #define STREAMER_BROKER_H
 
@@ -74,15 +74,28 @@ typedef struct sb_stats {
 
 typedef struct sb_broker sb_broker;
 
+/* What the broker asks of the event loop that serves it. Both are called on the loop's thread. */
+typedef struct sb_loop {
+    void (*events)(void *ud); /* at the end of a run, when events wait: take them (sb_broker_take_events) */
+    void (*kick)(void *ud);   /* a command was queued outside a run: call sb_broker_run soon */
+    void *ud;
+} sb_loop;
+
 /* Binds the ROUTER at cfg->zmq_endpoint (the directory of an ipc path is created if missing), with
  * CURVE and a ZAP handler when the CHAT_CURVE_* settings ask for it (chat_curve.h; a network endpoint
- * without keys fails unless CHAT_ZMQ_INSECURE=1). wake(wake_ud) is called from the broker thread when events are waiting. NULL with err on failure. */
-sb_broker *sb_broker_new(const chat_config *cfg, void (*wake)(void *), void *wake_ud, char *err, size_t errlen);
-int sb_broker_start(sb_broker *b, char *err, size_t errlen);
-/* Stops and joins the broker thread (idempotent, accepts NULL): after it, wake() is never called again,
- * and sb_broker_cancel/submit only queue. Call it before the lws context that wake() touches goes away. */
+ * without keys fails unless CHAT_ZMQ_INSECURE=1). loop is copied. NULL with err on failure. */
+sb_broker *sb_broker_new(const chat_config *cfg, const sb_loop *loop, char *err, size_t errlen);
+/* The descriptor to watch for reading: ZeroMQ's ZMQ_FD of the ROUTER. It belongs to ZeroMQ: watch a dup()
+ * of it if the loop closes what it watches. -1 on error. */
+int sb_broker_fd(sb_broker *b);
+/* One run: the queued commands, the messages waiting (up to a bound), the timers that are due; then the
+ * events go to the loop (its events callback). Returns the milliseconds until the next run is due if
+ * nothing wakes the descriptor or kicks it before (0: at once, more is waiting), -1 once stopped. */
+long sb_broker_run(sb_broker *b);
+/* After it (idempotent, accepts NULL), sb_broker_run does nothing and the loop's callbacks are never
+ * called again; submit, cancel and detach only queue. Call it before the loop goes away. */
 void sb_broker_stop(sb_broker *b);
-/* Stops the thread (if started), closes the socket, frees queued jobs and events. Accepts NULL. */
+/* Closes the socket, frees queued jobs and events. Accepts NULL. */
 void sb_broker_free(sb_broker *b);
 
 /* Hands job to the broker (ownership moves). The broker answers with events for job->id: at once an
@@ -101,7 +114,7 @@ void sb_broker_detach(sb_broker *b, uint64_t job_id);
 /* Takes every waiting event, oldest first (caller frees each with sb_event_free). */
 sb_event *sb_broker_take_events(sb_broker *b);
 
-/* Lock-free snapshot of the counters. */
+/* A snapshot of the counters. */
 void sb_broker_stats(sb_broker *b, sb_stats *out);
 /* Appends ,"workers":[{"pid":N,"busy":true|false},...] to a JSON object being built in buf (NUL-terminated,
  * at most cap bytes in all). Returns the new length. */

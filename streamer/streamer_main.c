@@ -1,7 +1,7 @@
 /* chat-streamer: process set-up around the lws side (streamer_ws.c) and the broker (streamer_broker.c).
  *
- * Order matters: SIGTERM/SIGINT are blocked before any thread exists (the broker thread and ZeroMQ's I/O
- * threads inherit the mask), so they reach only the service thread, whose poll() they interrupt; the
+ * Order matters: SIGTERM/SIGINT are blocked before any thread exists (ZeroMQ's I/O and ZAP threads
+ * inherit the mask), so they reach only the service thread, whose poll() they interrupt; the
  * handler just sets a flag the loop reads. RLIMIT_NOFILE is raised to the hard limit because every
  * WebSocket is a descriptor. SIGPIPE is ignored: a peer that vanished is an error code, not a death. */
 #include <errno.h>

@@ -1,6 +1,6 @@
 /* A small uint64 -> pointer hash map (open addressing, linear probing, backward-shift deletion).
  *
- * Used by the streamer for job id -> session on the lws thread and job id -> job in the broker thread.
+ * Used by the streamer for job id -> session on the lws thread and job id -> job in the broker (both on the lws thread).
  * Keys are never 0. Not thread-safe: each map belongs to one thread. Capacity grows by doubling and
  * shrinks when mostly empty, so a map that once held many jobs does not keep their memory. */
 #ifndef STREAMER_MAP_H

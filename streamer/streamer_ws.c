@@ -2,9 +2,10 @@
  *
  * Design choices:
  * - One lws service thread (count_threads 1) owns every socket and session and never blocks: no database,
- *   no HTTP client. JWT verification (CPU only, microseconds) runs here. Work for workers goes to the
- *   broker thread (streamer_broker.c) through a mutex-protected list; its events come back the same way
- *   and wake us with lws_cancel_service() -> LWS_CALLBACK_EVENT_WAIT_CANCELLED.
+ *   no HTTP client. JWT verification (CPU only, microseconds) runs here. The broker (streamer_broker.c)
+ *   runs on this thread too: its ZeroMQ descriptor is adopted into the loop as a raw file (protocol
+ *   "chat-broker"), its timers are one lws_sul, and its events are delivered as each run ends, so a token
+ *   goes from the worker's message to the client's socket without a thread hand-off.
  * - The loop is libev (epoll) through lws's evlib plugin, poll() as a fallback: poll() costs
  *   O(connections) per wake-up, so with tens of thousands of connections a connection storm is quadratic.
  * - Memory per idle connection is what lws needs plus a ~200-byte session: the receive-reassembly buffer,
@@ -60,6 +61,7 @@
  * CHAT_STREAMER_EVENT_LOOP (libev | poll), CHAT_LWS_DEBUG (lws log bitmask) and CHAT_AUTH_REFRESH_LEAD_S
  * (auth_expiring this long before a token's exp, default 30, 0 = never). */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <libwebsockets.h>
 #include <pthread.h>
@@ -71,6 +73,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "chat_common.h"
 #include "chat_jwt.h"
@@ -153,6 +156,7 @@ enum {
     F_DEAD = 8,     /* being killed: ignore everything */
     /* in the auth list: not authenticated at ESTABLISHED, the deadline not reached yet */
     F_AUTH_WAIT = 16,
+    F_TOUCHED = 32, /* in S.touched: deliver_events queued something for it */
 };
 
 enum { L_RX = 0, L_MSG = 1, L_AUTH = 2, L_COUNT };
@@ -209,6 +213,12 @@ static struct {
     int stall_ms;
     unsigned char *tx;
     size_t txcap;
+    lws_sorted_usec_list_t broker_sul; /* the broker's next run */
+    struct lws *broker_wsi;            /* its ZeroMQ descriptor (a dup), watched by the loop */
+    /* While deliver_events runs: the connections it queued frames for, written at its end (write_now). */
+    bool delivering;
+    sess **touched;
+    size_t n_touched, cap_touched;
     volatile sig_atomic_t stop_requested;
     int phase; /* 0 serving, 1 draining (grace), 2 closing, 3 done */
     int64_t grace_deadline_ms, close_deadline_ms;
@@ -372,6 +382,21 @@ static bool over_limit(sess *s)
     return owed > 4 * limit || lws_send_pipe_choked(s->wsi);
 }
 
+/* Lists s for write_now at the end of deliver_events; false (out of memory) leaves it to the callback. */
+static bool touch(sess *s)
+{
+    if (s->flags & F_TOUCHED) return true;
+    if (S.n_touched == S.cap_touched) {
+        size_t cap = S.cap_touched ? 2 * S.cap_touched : 256;
+        sess **t = realloc(S.touched, cap * sizeof *t);
+        if (!t) return false;
+        S.touched = t, S.cap_touched = cap;
+    }
+    S.touched[S.n_touched++] = s;
+    s->flags |= F_TOUCHED;
+    return true;
+}
+
 static void out_push(sess *s, sb_event *e)
 {
     sess_x *x = x_get(s);
@@ -394,6 +419,7 @@ static void out_push(sess *s, sb_event *e)
         kill_slow_consumer(s);
         return;
     }
+    if (S.delivering && touch(s)) return;
     lws_callback_on_writable(s->wsi);
 }
 
@@ -887,10 +913,50 @@ static void deliver_frame(sess *s, sb_event *e)
     if (terminal && !(s->flags & F_DEAD)) dispatch_next(s);
 }
 
-/* Events from the broker, in order. */
+static int drain_out(sess *s, struct lws *wsi);
+static void deliver_queued(sb_event *e);
+
+/* Writes what deliver_events queued for s at once, from outside a WRITEABLE callback. Asking lws for
+ * one instead costs two epoll_ctl calls (writable interest on, then off) and a loop turn per frame, 9 %
+ * of the streamer's CPU on paced streams (docs/benchmarks.md). Only the plain case is written here: a
+ * connection being closed, owing a ping, in the closing phase or with bytes lws buffered itself (the
+ * socket was full) goes through the callback, as does whatever the socket does not take now. */
+static void write_now(sess *s)
+{
+    s->flags &= (uint8_t)~F_TOUCHED;
+    if (!s->wsi || !s->x || !s->x->out_head) return;
+    if ((s->flags & (F_DEAD | F_PING_DUE)) || s->close_code || S.phase >= 2 || lws_partial_buffered(s->wsi)) {
+        lws_callback_on_writable(s->wsi);
+        return;
+    }
+    if (drain_out(s, s->wsi)) {
+        kill_conn(s, 0, NULL); /* the write failed: the socket is gone */
+        return;
+    }
+    if (s->x && s->x->out_head) {
+        lws_callback_on_writable(s->wsi);
+        return;
+    }
+    dispatch_next(s);
+    if (s->close_code)
+        lws_callback_on_writable(s->wsi); /* the close frame goes from the callback */
+    else
+        x_release_if_idle(s);
+}
+
+/* Events from the broker, in order; then each connection that got frames writes them. */
 static void deliver_events(void)
 {
-    sb_event *e = sb_broker_take_events(S.broker);
+    S.delivering = true;
+    deliver_queued(sb_broker_take_events(S.broker));
+    S.delivering = false;
+    for (size_t i = 0; i < S.n_touched; i++)
+        write_now(S.touched[i]);
+    S.n_touched = 0;
+}
+
+static void deliver_queued(sb_event *e)
+{
     while (e) {
         sb_event *next = e->next;
         e->next = NULL;
@@ -1253,21 +1319,10 @@ static void close_now(sess *s, struct lws *wsi)
     lws_close_reason(wsi, (enum lws_close_status)s->close_code, (unsigned char *)r, strlen(r));
 }
 
-static int on_writeable(sess *s, struct lws *wsi)
+/* Writes queued items while the socket takes them (at most ST_MAX_WRITES_PER_CALLBACK). 0, or -1 when a
+ * write failed (the connection is to be dropped). */
+static int drain_out(sess *s, struct lws *wsi)
 {
-    if (s->flags & F_DEAD) { /* killed: only the close frame is left to send */
-        if (!s->close_code) return 0;
-        close_now(s, wsi);
-        return -1;
-    }
-    if (S.phase >= 2 && !s->close_code) { /* closing phase: end whatever is left, then 1001 */
-        abandon_job(s);
-        request_close(s, ST_CLOSE_GOING_AWAY, "server shutting down");
-    }
-    if (s->flags & F_PING_DUE) {
-        s->flags &= (uint8_t)~F_PING_DUE;
-        if (tx_reserve(0) == 0 && lws_write(wsi, S.tx + LWS_PRE, 0, LWS_WRITE_PING) < 0) return -1;
-    }
     sess_x *x = s->x;
     int n = 0;
     while (x && x->out_head && n < ST_MAX_WRITES_PER_CALLBACK) {
@@ -1287,7 +1342,26 @@ static int on_writeable(sess *s, struct lws *wsi)
         n++;
         if (lws_partial_buffered(wsi)) break;
     }
-    if (x && x->out_head) {
+    return 0;
+}
+
+static int on_writeable(sess *s, struct lws *wsi)
+{
+    if (s->flags & F_DEAD) { /* killed: only the close frame is left to send */
+        if (!s->close_code) return 0;
+        close_now(s, wsi);
+        return -1;
+    }
+    if (S.phase >= 2 && !s->close_code) { /* closing phase: end whatever is left, then 1001 */
+        abandon_job(s);
+        request_close(s, ST_CLOSE_GOING_AWAY, "server shutting down");
+    }
+    if (s->flags & F_PING_DUE) {
+        s->flags &= (uint8_t)~F_PING_DUE;
+        if (tx_reserve(0) == 0 && lws_write(wsi, S.tx + LWS_PRE, 0, LWS_WRITE_PING) < 0) return -1;
+    }
+    if (drain_out(s, wsi)) return -1;
+    if (s->x && s->x->out_head) {
         lws_callback_on_writable(wsi);
         return 0;
     }
@@ -1421,18 +1495,29 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
     case LWS_CALLBACK_CLOSED:
         if (s) on_closed(s);
         return 0;
-    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
-        if (S.broker) deliver_events();
-        return 0;
+    default: return 0;
+    }
+}
+
+static void broker_run(void);
+
+/* The broker's descriptor: readable means ZeroMQ's state changed (messages may wait). */
+static int callback_broker(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)wsi, (void)user, (void)in, (void)len;
+    switch (reason) {
+    case LWS_CALLBACK_RAW_RX_FILE: broker_run(); return 0;
+    case LWS_CALLBACK_RAW_CLOSE_FILE: S.broker_wsi = NULL; return 0;
     default: return 0;
     }
 }
 
 static const struct lws_protocols PROTOCOLS[] = {
     {.name = "chat", .callback = callback_chat, .per_session_data_size = sizeof(sess)},
+    {.name = "chat-broker", .callback = callback_broker},
     {.name = NULL},
 };
-static struct lws_protocols protocols[2];
+static struct lws_protocols protocols[3];
 
 /* ---------------------------------------------------------------- periodic work */
 
@@ -1566,10 +1651,52 @@ static void tick_cb(lws_sorted_usec_list_t *sul)
 
 /* ---------------------------------------------------------------- set-up and the loop */
 
-static void wake_lws(void *ud)
+/* ---------------------------------------------------------------- the broker on this loop */
+
+static void broker_sul_cb(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    broker_run();
+}
+
+/* Runs the broker and schedules its next run: at once when more waits, else when its timers are due
+ * (the descriptor may wake it before). */
+static void broker_run(void)
+{
+    long ms = sb_broker_run(S.broker);
+    if (ms < 0 || !S.ctx) return;
+    lws_sul_schedule(S.ctx, 0, &S.broker_sul, broker_sul_cb, ms ? ms * LWS_US_PER_MS : 1);
+}
+
+static void broker_events(void *ud)
 {
     (void)ud;
-    if (S.ctx) lws_cancel_service(S.ctx);
+    deliver_events();
+}
+
+static void broker_kick(void *ud)
+{
+    (void)ud;
+    if (S.ctx) lws_sul_schedule(S.ctx, 0, &S.broker_sul, broker_sul_cb, 1);
+}
+
+/* Adopts a dup of the broker's ZeroMQ descriptor into the loop (lws closes what it adopted when the
+ * context goes; ZeroMQ's own descriptor must stay open until its socket closes). */
+static int broker_attach(char *err, size_t errlen)
+{
+    int fd = sb_broker_fd(S.broker);
+    int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (mine < 0) return chat_fail(err, errlen, CHAT_ERR, "broker: no ZeroMQ descriptor to watch");
+    lws_sock_file_fd_type u;
+    u.filefd = mine;
+    S.broker_wsi = lws_adopt_descriptor_vhost(lws_get_vhost_by_name(S.ctx, "chat-streamer"), LWS_ADOPT_RAW_FILE_DESC,
+                                              u, "chat-broker", NULL);
+    if (!S.broker_wsi) {
+        close(mine);
+        return chat_fail(err, errlen, CHAT_ERR, "broker: the event loop cannot watch its descriptor");
+    }
+    broker_run(); /* whatever is waiting already, and the first timers */
+    return 0;
 }
 
 static void lws_log_emit(int level, const char *line)
@@ -1627,7 +1754,8 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     if (!S.jwt) return CHAT_EINVAL;
     S.reg = ss_new();
     if (!S.reg) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    S.broker = sb_broker_new(cfg, wake_lws, NULL, err, errlen);
+    sb_loop loop = {.events = broker_events, .kick = broker_kick, .ud = NULL};
+    S.broker = sb_broker_new(cfg, &loop, err, errlen);
     if (!S.broker) return CHAT_ERR;
     return open_limits(cfg, err, errlen);
 }
@@ -1682,6 +1810,7 @@ int st_run(const sigset_t *unblock)
     protocols[0].rx_buffer_size = (size_t)S.rx_buffer;
     protocols[0].tx_packet_size = 0;
     protocols[1] = PROTOCOLS[1];
+    protocols[2] = PROTOCOLS[2];
     /* secs_since_valid_hangup 0 disables lws's per-connection validity timers (see the file comment). */
     static const lws_retry_bo_t no_validity = {.secs_since_valid_ping = 0, .secs_since_valid_hangup = 0};
 
@@ -1727,7 +1856,7 @@ int st_run(const sigset_t *unblock)
         chat_log_error("streamer: cannot listen on %s", S.cfg.streamer_listen);
         return 1;
     }
-    if (sb_broker_start(S.broker, err, sizeof err)) {
+    if (broker_attach(err, sizeof err)) {
         chat_log_error("%s", err);
         return 1;
     }
@@ -1754,9 +1883,10 @@ int st_run(const sigset_t *unblock)
 
 void st_cleanup(void)
 {
-    sb_broker_stop(S.broker); /* its wake-ups touch S.ctx: no thread may use it while it is destroyed */
+    sb_broker_stop(S.broker); /* the CLOSED callbacks below only queue their detaches */
     if (S.ctx) {
         lws_sul_cancel(&S.tick);
+        lws_sul_cancel(&S.broker_sul);
         lws_context_destroy(S.ctx); /* closes what is left; CLOSED callbacks cancel their jobs */
         S.ctx = NULL;
     }
@@ -1773,5 +1903,6 @@ void st_cleanup(void)
     chat_wheel_free(S.expiring);
     S.expiring = NULL;
     free(S.tx);
+    free(S.touched);
     S.tx = NULL;
 }

@@ -88,6 +88,7 @@
 #define GEN_WAIT_MS 100      /* the generator's longest wait when nothing is due */
 #define SPARE_MAX_BYTES 16384 /* a slot's emptied token buffer is kept for reuse up to this size */
 #define CHAT_WORKER_MAX_PEERS 16 /* streamers one worker serves (endpoints in CHAT_ZMQ_ENDPOINT) */
+#define BATCH_MAX_BYTES (1u << 20) /* a flush's TOKENS for one broker is sent once it reaches this */
 
 typedef struct worker worker;
 
@@ -193,6 +194,7 @@ typedef struct peer {
     int64_t ready_at_ms;   /* when READY (or BYE) last went out */
     bool announce;         /* READY (or BYE) is owed */
     bool welcomed;         /* it said something other than RESET since our READY */
+    chat_buf batch;        /* a flush's token events for this broker, sent as one TOKENS (chat_wire.h) */
 } peer;
 
 typedef struct stage_thread {
@@ -618,22 +620,45 @@ static void send_job_error(void *dealer, uint64_t id, const char *code, const ch
 
 /* ---------------------------------------------------------------- followers */
 
+/* Sends broker p's batch: every event the notes or the flush just handled produced for it, in order,
+ * as one EVS message (chat_wire.h). Blocking: at the high-water mark the pipeline waits rather than
+ * losing an event. No batch is left waiting once the notes or a flush are handled, so a direct send
+ * (ATTACHED, a refusal) is never overtaken. */
+static void send_batch(worker *w, int p)
+{
+    chat_buf *b = &w->peers[p].batch;
+    if (!b->len) return;
+    chat_wire_cmd cmd = {.kind = CHAT_WIRE_EVS, .events = {{b->data, b->len}, 0}};
+    if (chat_wire_send(dealer_of(w, p), NULL, &cmd, 0)) chat_log_warn("worker: events not sent: %s", zmq_strerror(errno));
+    chat_buf_reset(b); /* its memory serves the next one: one buffer per broker */
+}
+
+static void send_batches(worker *w)
+{
+    for (int p = 0; p < w->n_peers; p++)
+        send_batch(w, p);
+}
+
+/* Adds ev under job_id to broker p's batch; one that cannot grow is sent, then ev on its own. */
+static void send_to_peer(worker *w, int p, uint64_t job_id, chat_wire_event ev)
+{
+    ev.job_id = job_id;
+    if (!chat_wire_events_add(&w->peers[p].batch, &ev)) {
+        if (w->peers[p].batch.len >= BATCH_MAX_BYTES) send_batch(w, p); /* well within the receiver's limit */
+        return;
+    }
+    send_batch(w, p);
+    if (chat_wire_send_event(dealer_of(w, p), &ev, 0)) chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
+}
+
 /* Sends ev (its job_id aside) to whoever follows the answer: the primary (for a terminal event even
- * after it detached, so that the broker frees the slot; never once orphaned) and every subscription.
- * Blocking sends: at the high-water mark the pipeline waits rather than losing an event. */
+ * after it detached, so that the broker frees the slot; never once orphaned) and every subscription. */
 static void send_followers(worker *w, slot *s, chat_wire_event ev)
 {
     bool terminal = chat_wire_event_terminal(ev.kind);
-    if (!s->orphan && (s->primary || terminal)) {
-        ev.job_id = s->job_id;
-        if (chat_wire_send_event(dealer_of(w, s->peer), &ev, 0))
-            chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
-    }
-    for (size_t i = 0; i < s->subs.n; i++) {
-        ev.job_id = s->subs.at[i].id;
-        if (chat_wire_send_event(dealer_of(w, s->subs.at[i].tag), &ev, 0))
-            chat_log_warn("worker: event not sent: %s", zmq_strerror(errno));
-    }
+    if (!s->orphan && (s->primary || terminal)) send_to_peer(w, s->peer, s->job_id, ev);
+    for (size_t i = 0; i < s->subs.n; i++)
+        send_to_peer(w, s->subs.at[i].tag, s->subs.at[i].id, ev);
 }
 
 /* The orphan policy: with "cancel", an answer nobody has followed for CHAT_ORPHAN_GRACE_S stops. */
@@ -750,7 +775,10 @@ static void check_done(worker *w, owner_check *c)
     chat_wire_attached out = {.job_id = c->job_id, .status = CHAT_WIRE_ATT_NONE};
     if (c->rc == CHAT_ENOTFOUND) out.status = CHAT_WIRE_ATT_UNKNOWN;
     if (c->rc == CHAT_EFORBIDDEN) out.status = CHAT_WIRE_ATT_FORBIDDEN;
-    if (c->peer < w->n_peers) send_attached(dealer_of(w, c->peer), &out);
+    if (c->peer < w->n_peers) {
+        send_batch(w, c->peer); /* a note's events for this broker go first, as they happened */
+        send_attached(dealer_of(w, c->peer), &out);
+    }
     free(c);
 }
 
@@ -978,13 +1006,10 @@ static void slot_done(worker *w, slot *s)
     flush_tokens(w, s);
     if (!s->terminal_sent) {
         chat_log_error("worker: the pipeline ended job %" PRIu64 " without a terminal event", s->job_id);
-        if (s->orphan)
-            w->n_orphaned--;
-        else
-            send_job_error(dealer_of(w, s->peer), s->job_id, CHAT_CODE_PROCESSING_ERROR, "Error during message processing");
-        for (size_t i = 0; i < s->subs.n; i++)
-            send_job_error(dealer_of(w, s->subs.at[i].tag), s->subs.at[i].id, CHAT_CODE_PROCESSING_ERROR,
-                           "Error during message processing");
+        if (s->orphan) w->n_orphaned--;
+        send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_ERROR,
+                                               .error = {chat_wire_cstr(CHAT_CODE_PROCESSING_ERROR),
+                                                         chat_wire_cstr("Error during message processing")}});
     } else {
         w->n_finishing--;
     }
@@ -1009,7 +1034,8 @@ static void slot_done(worker *w, slot *s)
     }
 }
 
-/* Sends the tokens of every slot that listed itself since the last flush. */
+/* Sends the tokens of every slot that listed itself since the last flush: their progress at once, their
+ * tokens in one TOKENS message per broker. */
 static void flush_dirty(worker *w)
 {
     pthread_mutex_lock(&w->dirty_mu);
@@ -1020,6 +1046,7 @@ static void flush_dirty(worker *w)
     pthread_mutex_unlock(&w->dirty_mu);
     for (int i = 0; i < n; i++)
         if (w->slots[w->flushing[i]].busy) flush_tokens(w, &w->slots[w->flushing[i]]);
+    send_batches(w);
 }
 
 /* A note from a stage thread or the generator. */
@@ -1052,13 +1079,14 @@ static void handle_note(worker *w, const note *n)
     }
 }
 
-/* Takes every note waiting on the PULL. */
+/* Takes every note waiting on the PULL, then sends what they produced. */
 static void receive_notes(worker *w, void *pull)
 {
     check_note cn;
     int got;
     while ((got = zmq_recv(pull, &cn, sizeof cn, ZMQ_DONTWAIT)) >= 0)
         if (got == (int)sizeof(note) || (got == (int)sizeof cn && cn.n.kind == NOTE_CHECKED)) handle_note(w, &cn.n);
+    send_batches(w); /* what every note of this wake produced: one message per broker */
 }
 
 static worker *worker_new(const chat_config *cfg)
@@ -1393,6 +1421,7 @@ static void peers_close(worker *w)
     for (int p = 0; w->peers && p < w->n_peers; p++) {
         if (w->peers[p].dealer) zmq_close(w->peers[p].dealer);
         chat_wire_msg_clear(&w->peers[p].m);
+        chat_buf_free(&w->peers[p].batch);
     }
     free(w->peers);
     w->peers = NULL;

@@ -426,6 +426,22 @@ static const malformed MALFORMED[] = {
      13,
      {S("ATTACHED"), S("1"), S("none"), S(""), S("0"), S("0"), S("0"), S("0"), S(""), S(""), S(""), S(""), S("")}},
     {"detach without id", false, 1, {S("DETACH")}},
+    {"evs without a batch", false, 1, {S("EVS")}},
+    {"evs with two batches", false, 3, {S("EVS"), S(""), S("")}},
+    {"evs record head cut", false, 2, {S("EVS"), S("\1\0\0\0\0\0\0\0")}},
+    {"evs of an unknown kind", false, 2, {S("EVS"), S("\1\0\0\0\0\0\0\0\7\0\0\0\0\0\0\0\0\0\0")}},
+    {"evs field beyond the batch", false, 2, {S("EVS"), S("\1\0\0\0\0\0\0\0\1\5\0\0\0abc")}},
+    {"evs field without its nul", false, 2, {S("EVS"), S("\1\0\0\0\0\0\0\0\1\1\0\0\0ab\0\0\0\0\0")}},
+    {"evs record a field short", false, 2, {S("EVS"), S("\1\0\0\0\0\0\0\0\1\1\0\0\0a\0")}},
+    {"evs token pieces short of the text",
+     false,
+     2,
+     {S("EVS"), S("\1\0\0\0\0\0\0\0\1\3\0\0\0abc\0\4\0\0\0\2\0\0\0\0")}},
+    {"evs second record malformed",
+     false,
+     2,
+     {S("EVS"), S("\1\0\0\0\0\0\0\0\1\1\0\0\0a\0\0\0\0\0\0"
+                  "\2\0\0\0\0\0\0\0\1\11\0\0\0b\0\0\0\0\0\0")}},
     {"envelope only", true, 1, {S(WORKER_ID)}},
     {"empty envelope", true, 2, {S(""), S("HB")}},
 };
@@ -465,6 +481,59 @@ static void test_token_pieces(void **state)
     assert_int_equal(chat_wire_token_pieces(&one), 1);
     chat_wire_event progress = {.kind = CHAT_WIRE_EV_PROGRESS};
     assert_int_equal(chat_wire_token_pieces(&progress), 0);
+}
+
+/* EVS: one message for events of several jobs, as a worker's flush builds it; the bytes on the wire are
+ * pinned, and each record reads back as the EV it stands for, its fields NUL-terminated in place. */
+static void test_events_batch(void **state)
+{
+    fixture *f = *state;
+    unsigned char two[8];
+    chat_wire_token_piece_put(two, 4);
+    chat_wire_token_piece_put(two + 4, 2);
+    const chat_wire_event evs[] = {
+        {.job_id = 7, .kind = CHAT_WIRE_EV_TOKEN, .token = {S("The engine"), S("")}},
+        {.job_id = 1ull << 40, .kind = CHAT_WIRE_EV_PROGRESS, .progress = {S("retrieving"), S("Searching")}},
+        {.job_id = 9, .kind = CHAT_WIRE_EV_TOKEN, .token = {S("abcdef"), {(const char *)two, sizeof two}}},
+        {.job_id = 9, .kind = CHAT_WIRE_EV_COMPLETE, .complete = {S("abcdef"), S("s-1"), S("{}")}},
+        {.job_id = 3, .kind = CHAT_WIRE_EV_ERROR, .error = {S("OVERLOADED"), S("")}},
+    };
+    chat_buf batch;
+    chat_buf_init(&batch);
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(evs); i++) assert_int_equal(chat_wire_events_add(&batch, &evs[i]), 0);
+    chat_wire_event bad = {.kind = (chat_wire_event_kind)99};
+    size_t before = batch.len;
+    assert_int_equal(chat_wire_events_add(&batch, &bad), CHAT_EINVAL);
+    assert_int_equal(batch.len, before);
+    static const char first[] = "\7\0\0\0\0\0\0\0\1\12\0\0\0The engine\0\0\0\0\0\0";
+    assert_memory_equal(batch.data, first, sizeof first - 1);
+
+    chat_wire_cmd cmd = {.kind = CHAT_WIRE_EVS, .events = {{batch.data, batch.len}, 0}};
+    assert_int_equal(chat_wire_send(f->dealer, NULL, &cmd, 0), 0);
+    assert_int_equal(chat_wire_recv(f->router, &f->m, 0), 0);
+    chat_wire_cmd got;
+    chat_wire_str from;
+    char err[128] = "";
+    assert_int_equal(chat_wire_parse(&f->m, &from, &got, err, sizeof err), 0);
+    assert_int_equal(got.kind, CHAT_WIRE_EVS);
+    assert_int_equal(got.events.count, CHAT_ARRAY_LEN(evs));
+    size_t at = 0, n = 0;
+    chat_wire_event ev;
+    while (chat_wire_events_next(&got.events, &at, &ev)) {
+        assert_true(n < CHAT_ARRAY_LEN(evs));
+        assert_event(&evs[n], &ev);
+        n++;
+    }
+    assert_int_equal(n, CHAT_ARRAY_LEN(evs));
+    /* an empty batch is a valid message with no record */
+    cmd.events.batch = (chat_wire_str){"", 0};
+    assert_int_equal(chat_wire_send(f->dealer, NULL, &cmd, 0), 0);
+    assert_int_equal(chat_wire_recv(f->router, &f->m, 0), 0);
+    assert_int_equal(chat_wire_parse(&f->m, &from, &got, err, sizeof err), 0);
+    at = 0;
+    assert_int_equal(got.events.count, 0);
+    assert_false(chat_wire_events_next(&got.events, &at, &ev));
+    chat_buf_free(&batch);
 }
 
 static void test_ready_slots(void **state)
@@ -515,6 +584,7 @@ int main(void)
         cmocka_unit_test(test_owned_copies_outlive_message),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_token_pieces),
+        cmocka_unit_test(test_events_batch),
         cmocka_unit_test(test_ready_slots),
         cmocka_unit_test(test_limits),
     };
