@@ -16,8 +16,8 @@
  *   (chat_memory_open_session's defer_create), so its answer starts with no round trip at all. The
  *   turn's two rows go in one autocommit multi-row INSERT: stored entirely or not at all; the foreign
  *   key refuses a session the user does not have; the unique key (user_id, session_id, request_id,
- *   role) makes a retried request a no-op ("ON DUPLICATE KEY UPDATE id = id" rather than INSERT IGNORE, which would
- *   also silence truncation errors).
+ *   role) makes a retried request a no-op ("ON DUPLICATE KEY UPDATE id = id" rather than INSERT IGNORE,
+ *   which would also silence truncation errors).
  * - chat_sessions.updated_at is the last activity to CHAT_MEMORY_TOUCH_S: the SELECT reports whether it
  *   is older than that, and only then does storing a turn refresh it, with a third statement.
  * - Texts must be valid UTF-8 and fit MEDIUMTEXT; the front ends cap messages far lower (8 KB), but
@@ -52,9 +52,9 @@ static bool user_ok(const char *user_id)
     return n <= USER_ID_MAX && chat_utf8_valid(user_id, n);
 }
 
-/* The user's session's newest messages joined to its row: one round trip per turn for both the ownership check
- * and the history (the session row is a constant to the optimizer, so the messages are read newest first
- * straight off (session_id, id); this costs about half of a UNION of the two and little more than the
+/* The user's session's newest messages joined to its row: one round trip per turn for both the session
+ * and its history (the session row is a constant to the optimizer, so the messages are read newest first
+ * straight off (user_id, session_id, id); this costs about half of a UNION of the two and little more than the
  * history alone). A session without messages yields no row: then its row alone is read. The rows
  * arrive newest first and are reversed here. */
 typedef struct session_ctx {
@@ -124,7 +124,7 @@ static int read_session(chat_db *db, const char *user_id, const char *session_id
                          " FROM chat_sessions WHERE user_id = ? AND id = ?",
                          p, 3, session_row, o, NULL, NULL, err, errlen);
     }
-    if (!rc && o->found && strcmp(o->user, user_id)) { /* the column's collation is not binary: not the user's */
+    if (!rc && o->found && strcmp(o->user, user_id)) { /* the second guard: not byte for byte the user */
         o->found = false;
         if (o->h) chat_history_clear(o->h);
     }
@@ -215,9 +215,9 @@ static int open_requested(chat_db *db, const char *user_id, const char *requeste
     if (customer_id && !o.has_customer) {
         /* the first message that names a customer ties the session to it; later ones do not re-tie it */
         chat_db_param p[] = {cust, CHAT_DB_P_STR(user_id), CHAT_DB_P_STR(requested_id)};
-        rc = chat_db_run(db,
-                         "UPDATE chat_sessions SET customer_id = ? WHERE user_id = ? AND id = ? AND customer_id IS NULL",
-                         p, 3, NULL, NULL, NULL, NULL, err, errlen);
+        rc = chat_db_run(
+            db, "UPDATE chat_sessions SET customer_id = ? WHERE user_id = ? AND id = ? AND customer_id IS NULL", p, 3,
+            NULL, NULL, NULL, NULL, err, errlen);
         if (rc) {
             if (history) chat_history_clear(history);
             return rc;

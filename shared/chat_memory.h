@@ -71,9 +71,9 @@ void chat_history_clear(chat_history *h);
 /* Stores one turn of user_id's session idempotently (request_id unique within the session).
  * metadata_json may be NULL. touch_session: also refresh the session's updated_at
  * (chat_session_info.touch_due). CHAT_ENOTFOUND when the user has no such session. */
-int chat_memory_store_turn(chat_db *db, const char *user_id, const char *session_id, const char *request_id, const char *user_text,
-                           const char *assistant_text, const char *metadata_json, bool touch_session, char *err,
-                           size_t errlen);
+int chat_memory_store_turn(chat_db *db, const char *user_id, const char *session_id, const char *request_id,
+                           const char *user_text, const char *assistant_text, const char *metadata_json,
+                           bool touch_session, char *err, size_t errlen);
 
 /* Refreshes the session's updated_at (for a turn stored with chat_memory_store_turns). */
 int chat_memory_touch_session(chat_db *db, const char *user_id, const char *session_id, char *err, size_t errlen);

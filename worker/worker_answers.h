@@ -1,8 +1,9 @@
 /* What a worker keeps of its answers so that they outlive the connection, and the streamer, that asked
  * for them: the text each answer sent so far with its pieces (wa_text, one per slot), the streamers that
  * follow it (wa_subs), and the completed answers of the last CHAT_RESUME_RETENTION_S seconds, one per
- * (user, session) (wa_store: a session is its user's own, chat_memory.h). A client that resumes after a drop, or another tab of the conversation, ATTACHes
- * to the session (chat_wire.h): wa_attached answers it from what is kept.
+ * (user, session) (wa_store: a session is its user's own, chat_memory.h). A client that resumes after a
+ * drop, or another tab of the conversation, ATTACHes to the session (chat_wire.h): wa_attached answers it
+ * from what is kept.
  *
  * Design choices:
  * - The text is what went out on the wire, appended as each token event is sent (wa_text_append on the

@@ -240,13 +240,19 @@ static void test_store_idempotent(void **state)
     assert_int_equal(chat_memory_store_turn(db, "grace", "no-such-session", "r", "u", "a", NULL, true, err, sizeof err),
                      CHAT_ENOTFOUND);
     assert_int_equal(count_messages("no-such-session"), 0);
-    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "bad id", "u", "a", NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "bad id", "u", "a", NULL, true, err, sizeof err),
+                     CHAT_EINVAL);
     assert_int_equal(chat_memory_store_turn(db, "grace", sid, "", "u", "a", NULL, true, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, "grace", "bad id", "r", "u", "a", NULL, true, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "r3", NULL, "a", NULL, true, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "r3", "u", NULL, NULL, true, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "r3", "bad \xff utf8", "a", NULL, true, err, sizeof err), CHAT_EINVAL);
-    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "r3", "u", "cut \xe2\x80", NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "grace", "bad id", "r", "u", "a", NULL, true, err, sizeof err),
+                     CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "r3", NULL, "a", NULL, true, err, sizeof err),
+                     CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "r3", "u", NULL, NULL, true, err, sizeof err),
+                     CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "r3", "bad \xff utf8", "a", NULL, true, err, sizeof err),
+                     CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "grace", sid, "r3", "u", "cut \xe2\x80", NULL, true, err, sizeof err),
+                     CHAT_EINVAL);
     assert_int_equal(count_messages(sid), 4);
 }
 
@@ -275,7 +281,8 @@ static void test_store_turns_together(void **state)
     assert_int_equal(chat_memory_store_turns(db, t, 3, err, sizeof err), 0); /* a retry: no new rows */
     assert_int_equal(count_messages(a), 4);
 
-    chat_memory_turn bad[2] = {{"heidi", a, "t-3", "kept?", "no", NULL}, {"heidi", "no-such-session", "t-3", "u", "a", NULL}};
+    chat_memory_turn bad[2] = {{"heidi", a, "t-3", "kept?", "no", NULL},
+                               {"heidi", "no-such-session", "t-3", "u", "a", NULL}};
     assert_int_not_equal(chat_memory_store_turns(db, bad, 2, err, sizeof err), 0);
     assert_int_equal(count_messages(a), 4); /* all or none */
     bad[1] = (chat_memory_turn){"heidi", b, "t-3", "bad \xff utf8", "a", NULL};
@@ -381,7 +388,8 @@ static void test_open_session_with_history(void **state)
     assert_int_equal(strlen(d.id), 36);
     assert_int_equal(h.n, 0);
     assert_int_equal(testutil_count(db, "SELECT COUNT(*) FROM chat_sessions WHERE id = ?", d.id), 0);
-    assert_int_equal(chat_memory_store_turn(db, "judy", d.id, "r1", "u", "a", NULL, false, err, sizeof err), CHAT_ENOTFOUND);
+    assert_int_equal(chat_memory_store_turn(db, "judy", d.id, "r1", "u", "a", NULL, false, err, sizeof err),
+                     CHAT_ENOTFOUND);
     assert_int_equal(chat_memory_create_session(db, d.id, "judy", "cust-1001", err, sizeof err), 0);
     assert_int_equal(chat_memory_create_session(db, d.id, "judy", NULL, err, sizeof err), CHAT_ECONFLICT);
     store_ok("judy", d.id, "r1", "u", "a", NULL);
@@ -403,7 +411,8 @@ static void test_messages_json(void **state)
 {
     char sid[CHAT_SESSION_ID_MAX + 1];
     open_ok("ivan", NULL, sid, 1);
-    store_ok("ivan", sid, "r1", "Is the \"250\" fast?\n", "Yes: 52 mph </script>", "{\"agent\":\"specs\",\"confidence\":0.9}");
+    store_ok("ivan", sid, "r1", "Is the \"250\" fast?\n", "Yes: 52 mph </script>",
+             "{\"agent\":\"specs\",\"confidence\":0.9}");
     store_ok("ivan", sid, "r2", "thanks", "You're welcome.", "not json {");
     char *json = NULL;
     assert_int_equal(chat_memory_messages_json(db, "ivan", sid, &json, err, sizeof err), 0);
@@ -497,7 +506,8 @@ static void test_unicode_and_sizes(void **state)
     big = malloc(too + 1);
     assert_non_null(big);
     memset(big, 'x', too), big[too] = '\0';
-    assert_int_equal(chat_memory_store_turn(db, "judy", sid, "r-huge", big, "a", NULL, true, err, sizeof err), CHAT_EINVAL);
+    assert_int_equal(chat_memory_store_turn(db, "judy", sid, "r-huge", big, "a", NULL, true, err, sizeof err),
+                     CHAT_EINVAL);
     free(big);
     assert_int_equal(count_messages(sid), 4);
 }
@@ -562,7 +572,8 @@ static void test_same_id_two_users(void **state)
     } own[] = {{"alice", "alice asks about the Seawind", "alice's answer"},
                {"bob", "bob asks about the Breeze", "bob's answer"}};
     for (size_t u = 0; u < 2; u++) {
-        assert_int_equal(chat_memory_open_session(db, own[u].user, sid, NULL, false, 10, &h, &info, err, sizeof err), 0);
+        assert_int_equal(chat_memory_open_session(db, own[u].user, sid, NULL, false, 10, &h, &info, err, sizeof err),
+                         0);
         assert_false(info.created);
         assert_int_equal(h.n, 2);
         assert_string_equal(h.items[0].content, own[u].question);
@@ -577,7 +588,8 @@ static void test_same_id_two_users(void **state)
         assert_int_equal(chat_memory_session_exists(db, own[u].user, sid, err, sizeof err), 0);
     }
     /* a batch holding a turn of each goes to each one's session */
-    chat_memory_turn t[2] = {{"alice", sid, "r2", "alice again", "a2", NULL}, {"bob", sid, "r2", "bob again", "b2", NULL}};
+    chat_memory_turn t[2] = {{"alice", sid, "r2", "alice again", "a2", NULL},
+                             {"bob", sid, "r2", "bob again", "b2", NULL}};
     assert_int_equal(chat_memory_store_turns(db, t, 2, err, sizeof err), 0);
     assert_int_equal(chat_memory_open_session(db, "alice", sid, NULL, false, 10, &h, &info, err, sizeof err), 0);
     assert_int_equal(h.n, 4);

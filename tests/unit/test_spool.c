@@ -177,7 +177,8 @@ static void test_replay_idempotent(void **state)
 {
     chat_config cfg = spool_config("spool-idempotent");
     open_session("user-alice", "sp-twice");
-    assert_int_equal(chat_memory_store_turn(db, "user-alice", "sp-twice", "req-1", "Q1", "A1", NULL, false, err, sizeof err), 0);
+    assert_int_equal(
+        chat_memory_store_turn(db, "user-alice", "sp-twice", "req-1", "Q1", "A1", NULL, false, err, sizeof err), 0);
     chat_spool *s = open_spool(&cfg);
     chat_spool_turn t1 = turn("sp-twice", "req-1", "Q1");
     chat_spool_turn t2 = turn("sp-twice", "req-2", "Q2");
@@ -313,13 +314,14 @@ static void test_refused_turns_dropped(void **state)
     append(s, &ok);
     assert_int_equal(replay(s, db, 0), 2);
     assert_false(chat_spool_pending(s));
-    assert_int_equal(testutil_count(db, "SELECT COUNT(*) FROM chat_messages WHERE user_id = 'user-bob' AND session_id = ?",
+    assert_int_equal(testutil_count(db,
+                                    "SELECT COUNT(*) FROM chat_messages WHERE user_id = 'user-bob' AND session_id = ?",
                                     "sp-bobs"),
                      0);
-    assert_int_equal(testutil_count(db,
-                                    "SELECT COUNT(*) FROM chat_messages WHERE user_id = 'user-alice' AND session_id = ?",
-                                    "sp-bobs"),
-                     2);
+    assert_int_equal(
+        testutil_count(db, "SELECT COUNT(*) FROM chat_messages WHERE user_id = 'user-alice' AND session_id = ?",
+                       "sp-bobs"),
+        2);
     assert_int_equal(count_messages("sp-never-created"), 0);
     assert_int_equal(count_messages("sp-ok"), 2);
     assert_true(chat_spool_refused(CHAT_EFORBIDDEN, db));

@@ -252,8 +252,13 @@ static void test_store_many(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_text_and_offsets), cmocka_unit_test(test_cursor_rules), cmocka_unit_test(test_attached),
-        cmocka_unit_test(test_subs),             cmocka_unit_test(test_store),        cmocka_unit_test(test_store_per_user), cmocka_unit_test(test_store_many),
+        cmocka_unit_test(test_text_and_offsets),
+        cmocka_unit_test(test_cursor_rules),
+        cmocka_unit_test(test_attached),
+        cmocka_unit_test(test_subs),
+        cmocka_unit_test(test_store),
+        cmocka_unit_test(test_store_per_user),
+        cmocka_unit_test(test_store_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
