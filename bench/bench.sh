@@ -318,7 +318,7 @@ if want storm && PACED_TCP=$STORM_PORT PACED_SLOTS=$((STORM_CONNS / 2 + 64)) sta
   step storm 60 timeout 240 "$BIN/chat-storm" --url "ws://127.0.0.1:$STORM_PORT/ws/chat" --conns "$STORM_CONNS" \
     --timeout 120
   bash deploy/mariadb.sh client chat -N -e "SELECT COUNT(*), COALESCE(SUM(n <> 2), 0) FROM (SELECT s.id,
-    (SELECT COUNT(*) FROM chat_messages m WHERE m.session_id = s.id) AS n FROM chat_sessions s
+    (SELECT COUNT(*) FROM chat_messages m WHERE m.user_id = s.user_id AND m.session_id = s.id) AS n FROM chat_sessions s
     WHERE s.user_id LIKE 'storm-user-%') t" >"$LOG/bench-storm-db.txt" 2>&1
   read -r storm_sessions storm_bad_store <"$LOG/bench-storm-db.txt"
   echo "storm: $storm_sessions conversations in the database, ${storm_bad_store:-?} of them without exactly one stored turn"

@@ -630,8 +630,7 @@ static int handle_history(fcgi_api *api, const fcgi_req *req, fcgi_resp *resp, c
     if (rc == 0 && json) return set_body(resp, 200, json);
     free(json);
     switch (rc) {
-    case CHAT_ENOTFOUND: /* the same answer as for another user's session: it must not tell which ids exist */
-    case CHAT_EFORBIDDEN:
+    case CHAT_ENOTFOUND: /* the user has no such session, whoever else may: nothing tells which ids exist */
         return set_error(resp, CHAT_PROTO_SESSION_FORBIDDEN, NULL);
     case CHAT_EDB:
         chat_log_warn("history: %s", err);

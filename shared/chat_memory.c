@@ -1,19 +1,23 @@
-/* Conversation memory: sessions (owned by one user) and their turns in MariaDB.
+/* Conversation memory: each user's sessions and their turns in MariaDB.
  *
  * Design choices:
- * - Ownership is checked in C with an exact byte comparison of user ids: the column collation is
- *   case-insensitive, and "Alice" must not read "alice"'s history. Session ids are looked up through the
- *   same collation, so "ABC" and "abc" are one session with one owner.
- * - Opening an unknown id inserts it with INSERT IGNORE and then re-reads the owner: of two users racing
- *   for the same new id exactly one wins and the other gets CHAT_EFORBIDDEN.
+ * - A session is keyed by (user_id, id) (migration 005), and every statement names both: another user's
+ *   session id is another conversation, which the user opens as new, so no answer differs for an id in
+ *   use by somebody else (which would let a client probe for ids) and no statement can reach another
+ *   user's rows. user_id is a binary column (utf8mb4_nopad_bin): "Alice" is not "alice", nor "alice "
+ *   (a PAD SPACE collation would ignore that trailing space). Session ids keep the case-insensitive
+ *   collation, so "ABC" and "abc" are one session of a user. The user read back is compared again in
+ *   C, byte for byte, as a second guard.
+ * - Opening an unknown id inserts it with INSERT IGNORE and then re-reads it: two requests of the same
+ *   user racing to create one id end in the same session.
  * - Round trips are the cost of a turn (each is a parse, a plan and a context switch in MariaDB), so an
- *   existing session costs two statements: one SELECT for its owner and its history together, and one
+ *   existing session costs two statements: one SELECT for its row and its history together, and one
  *   INSERT of the turn; a new conversation's row can be written with its first turn
  *   (chat_memory_open_session's defer_create), so its answer starts with no round trip at all. The
  *   turn's two rows go in one autocommit multi-row INSERT: stored entirely or not at all; the foreign
- *   key refuses a session that does not exist; the unique key (session_id, request_id, role) makes a
- *   retried request a no-op ("ON DUPLICATE KEY UPDATE id = id" rather than INSERT IGNORE, which would
- *   also silence truncation errors).
+ *   key refuses a session the user does not have; the unique key (user_id, session_id, request_id,
+ *   role) makes a retried request a no-op ("ON DUPLICATE KEY UPDATE id = id" rather than INSERT IGNORE,
+ *   which would also silence truncation errors).
  * - chat_sessions.updated_at is the last activity to CHAT_MEMORY_TOUCH_S: the SELECT reports whether it
  *   is older than that, and only then does storing a turn refresh it, with a third statement.
  * - Texts must be valid UTF-8 and fit MEDIUMTEXT; the front ends cap messages far lower (8 KB), but
@@ -36,6 +40,10 @@
 #define TEXT_MAX ((size_t)16777215)     /* MEDIUMTEXT */
 #define HISTORY_TURNS_MAX 200
 #define MESSAGES_JSON_MAX 1000          /* the REST history returns at most the last 1000 messages */
+#define TURN_PARAMS 9                   /* a turn's two rows in an INSERT */
+#define TURN_ROWS "(?, ?, ?, 'user', ?, NULL), (?, ?, ?, 'assistant', ?, ?)"
+#define TURN_INSERT "INSERT INTO chat_messages (user_id, session_id, request_id, role, content, metadata) VALUES "
+#define TURN_UPSERT " ON DUPLICATE KEY UPDATE id = id"
 
 static bool user_ok(const char *user_id)
 {
@@ -44,9 +52,9 @@ static bool user_ok(const char *user_id)
     return n <= USER_ID_MAX && chat_utf8_valid(user_id, n);
 }
 
-/* The session's newest messages joined to its row: one round trip per turn for both the ownership check
- * and the history (the session row is a constant to the optimizer, so the messages are read newest first
- * straight off (session_id, id); this costs about half of a UNION of the two and little more than the
+/* The user's session's newest messages joined to its row: one round trip per turn for both the session
+ * and its history (the session row is a constant to the optimizer, so the messages are read newest first
+ * straight off (user_id, session_id, id); this costs about half of a UNION of the two and little more than the
  * history alone). A session without messages yields no row: then its row alone is read. The rows
  * arrive newest first and are reversed here. */
 typedef struct session_ctx {
@@ -92,29 +100,33 @@ static void reverse(chat_history *h)
     }
 }
 
-static int read_session(chat_db *db, const char *session_id, int max_turns, session_ctx *o, chat_history *h,
-                        char *err, size_t errlen)
+static int read_session(chat_db *db, const char *user_id, const char *session_id, int max_turns, session_ctx *o,
+                        chat_history *h, char *err, size_t errlen)
 {
     memset(o, 0, sizeof *o);
     if (h) chat_history_clear(h);
     if (h && max_turns > 0) o->h = h;
     int rc = 0;
     if (o->h) {
-        chat_db_param p[] = {CHAT_DB_P_INT(CHAT_MEMORY_TOUCH_S), CHAT_DB_P_STR(session_id),
+        chat_db_param p[] = {CHAT_DB_P_INT(CHAT_MEMORY_TOUCH_S), CHAT_DB_P_STR(user_id), CHAT_DB_P_STR(session_id),
                              CHAT_DB_P_INT(2LL * max_turns)};
         rc = chat_db_run(db,
                          "SELECT s.user_id, s.customer_id, s.updated_at < NOW() - INTERVAL ? SECOND,"
                          " m.role, m.content"
-                         " FROM chat_messages m JOIN chat_sessions s ON s.id = m.session_id"
-                         " WHERE m.session_id = ? ORDER BY m.id DESC LIMIT ?",
-                         p, 3, session_row, o, NULL, NULL, err, errlen);
+                         " FROM chat_messages m JOIN chat_sessions s ON s.user_id = m.user_id AND s.id = m.session_id"
+                         " WHERE m.user_id = ? AND m.session_id = ? ORDER BY m.id DESC LIMIT ?",
+                         p, 4, session_row, o, NULL, NULL, err, errlen);
     }
     if (!rc && !o->found) { /* no history asked for, or none yet: the session row alone */
-        chat_db_param p[] = {CHAT_DB_P_INT(CHAT_MEMORY_TOUCH_S), CHAT_DB_P_STR(session_id)};
+        chat_db_param p[] = {CHAT_DB_P_INT(CHAT_MEMORY_TOUCH_S), CHAT_DB_P_STR(user_id), CHAT_DB_P_STR(session_id)};
         rc = chat_db_run(db,
                          "SELECT user_id, customer_id, updated_at < NOW() - INTERVAL ? SECOND"
-                         " FROM chat_sessions WHERE id = ?",
-                         p, 2, session_row, o, NULL, NULL, err, errlen);
+                         " FROM chat_sessions WHERE user_id = ? AND id = ?",
+                         p, 3, session_row, o, NULL, NULL, err, errlen);
+    }
+    if (!rc && o->found && strcmp(o->user, user_id)) { /* the second guard: not byte for byte the user */
+        o->found = false;
+        if (o->h) chat_history_clear(o->h);
     }
     if (!rc && o->h) reverse(o->h);
     if (rc) {
@@ -138,11 +150,12 @@ int chat_memory_create_session(chat_db *db, const char *session_id, const char *
     int rc = chat_db_run(db, "INSERT INTO chat_sessions (id, user_id, customer_id) VALUES (?, ?, ?)", p, 3, NULL, NULL,
                          NULL, NULL, err, errlen);
     if (rc == CHAT_EDB && chat_db_errno(db) == ER_DUP_ENTRY)
-        return chat_fail(err, errlen, CHAT_ECONFLICT, "session %s exists already", session_id);
+        return chat_fail(err, errlen, CHAT_ECONFLICT, "the user's session %s exists already", session_id);
     return rc;
 }
 
-/* Inserts the session row unless the id exists already (INSERT IGNORE); *inserted says which. */
+/* Inserts the user's session row unless the user has that id already (INSERT IGNORE); *inserted says
+ * which. */
 static int insert_session(chat_db *db, const char *id, const char *user_id, chat_db_param cust, bool *inserted,
                           char *err, size_t errlen)
 {
@@ -175,15 +188,15 @@ static int create_new(chat_db *db, const char *user_id, chat_db_param cust, bool
     return chat_fail(err, errlen, CHAT_EDB, "could not create a session");
 }
 
-/* The session of a requested id: read with its history, created when unknown, checked for its owner, tied
- * to the customer named first. */
+/* The user's session of a requested id: read with its history, created when the user has none of that
+ * id, tied to the customer named first. */
 static int open_requested(chat_db *db, const char *user_id, const char *requested_id, const char *customer_id,
                           int max_turns, chat_history *history, chat_session_info *out, char *err, size_t errlen)
 {
     if (!chat_id_valid(requested_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
     chat_db_param cust = customer_id ? CHAT_DB_P_STR(customer_id) : CHAT_DB_P_NULL();
     session_ctx o;
-    int rc = read_session(db, requested_id, max_turns, &o, history, err, errlen);
+    int rc = read_session(db, user_id, requested_id, max_turns, &o, history, err, errlen);
     if (rc) return rc;
     if (!o.found) {
         bool inserted;
@@ -194,20 +207,17 @@ static int open_requested(chat_db *db, const char *user_id, const char *requeste
             out->created = true;
             return 0;
         }
-        /* somebody created it between our SELECT and INSERT: their row decides */
-        rc = read_session(db, requested_id, max_turns, &o, history, err, errlen);
+        /* another request of the user created it between our SELECT and INSERT: read it */
+        rc = read_session(db, user_id, requested_id, max_turns, &o, history, err, errlen);
         if (rc) return rc;
         if (!o.found) return chat_fail(err, errlen, CHAT_EDB, "session %s vanished while opening", requested_id);
     }
-    if (strcmp(o.user, user_id)) {
-        if (history) chat_history_clear(history); /* somebody else's: not a byte of it leaves here */
-        return chat_fail(err, errlen, CHAT_EFORBIDDEN, "session belongs to another user");
-    }
     if (customer_id && !o.has_customer) {
         /* the first message that names a customer ties the session to it; later ones do not re-tie it */
-        chat_db_param p[] = {cust, CHAT_DB_P_STR(requested_id)};
-        rc = chat_db_run(db, "UPDATE chat_sessions SET customer_id = ? WHERE id = ? AND customer_id IS NULL", p, 2,
-                         NULL, NULL, NULL, NULL, err, errlen);
+        chat_db_param p[] = {cust, CHAT_DB_P_STR(user_id), CHAT_DB_P_STR(requested_id)};
+        rc = chat_db_run(
+            db, "UPDATE chat_sessions SET customer_id = ? WHERE user_id = ? AND id = ? AND customer_id IS NULL", p, 3,
+            NULL, NULL, NULL, NULL, err, errlen);
         if (rc) {
             if (history) chat_history_clear(history);
             return rc;
@@ -228,15 +238,14 @@ int chat_memory_new_session(const char *session_id, chat_session_info *out, char
     return 0;
 }
 
-int chat_memory_session_owner(chat_db *db, const char *session_id, const char *user_id, char *err, size_t errlen)
+int chat_memory_session_exists(chat_db *db, const char *user_id, const char *session_id, char *err, size_t errlen)
 {
     if (!db || !user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
     if (!session_id || !chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
     session_ctx o;
-    int rc = read_session(db, session_id, 0, &o, NULL, err, errlen);
+    int rc = read_session(db, user_id, session_id, 0, &o, NULL, err, errlen);
     if (rc) return rc;
-    if (!o.found) return chat_fail(err, errlen, CHAT_ENOTFOUND, "no session %s", session_id);
-    if (strcmp(o.user, user_id)) return chat_fail(err, errlen, CHAT_EFORBIDDEN, "session belongs to another user");
+    if (!o.found) return chat_fail(err, errlen, CHAT_ENOTFOUND, "the user has no session %s", session_id);
     return 0;
 }
 
@@ -268,10 +277,11 @@ void chat_history_clear(chat_history *h)
     h->n = 0;
 }
 
-/* Checks a turn and fills its 7 parameters (user row, then assistant row). */
-static int turn_params(const chat_memory_turn *t, chat_db_param p[7], char *err, size_t errlen)
+/* Checks a turn and fills its TURN_PARAMS parameters (user row, then assistant row). */
+static int turn_params(const chat_memory_turn *t, chat_db_param p[TURN_PARAMS], char *err, size_t errlen)
 {
     if (!t->user_text || !t->assistant_text) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    if (!user_ok(t->user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid user id");
     if (!chat_id_valid(t->session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
     if (!chat_id_valid(t->request_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid request id");
     size_t ul = strnlen(t->user_text, TEXT_MAX + 1), al = strnlen(t->assistant_text, TEXT_MAX + 1);
@@ -281,63 +291,61 @@ static int turn_params(const chat_memory_turn *t, chat_db_param p[7], char *err,
     if (!chat_utf8_valid(t->user_text, ul) || !chat_utf8_valid(t->assistant_text, al) ||
         (t->metadata_json && !chat_utf8_valid(t->metadata_json, ml)))
         return chat_fail(err, errlen, CHAT_EINVAL, "turn is not valid UTF-8");
-    p[0] = CHAT_DB_P_STR(t->session_id);
-    p[1] = CHAT_DB_P_STR(t->request_id);
-    p[2] = CHAT_DB_P_STRN(t->user_text, ul);
-    p[3] = CHAT_DB_P_STR(t->session_id);
-    p[4] = CHAT_DB_P_STR(t->request_id);
-    p[5] = CHAT_DB_P_STRN(t->assistant_text, al);
-    p[6] = t->metadata_json ? CHAT_DB_P_STRN(t->metadata_json, ml) : CHAT_DB_P_NULL();
+    p[0] = CHAT_DB_P_STR(t->user_id);
+    p[1] = CHAT_DB_P_STR(t->session_id);
+    p[2] = CHAT_DB_P_STR(t->request_id);
+    p[3] = CHAT_DB_P_STRN(t->user_text, ul);
+    p[4] = CHAT_DB_P_STR(t->user_id);
+    p[5] = CHAT_DB_P_STR(t->session_id);
+    p[6] = CHAT_DB_P_STR(t->request_id);
+    p[7] = CHAT_DB_P_STRN(t->assistant_text, al);
+    p[8] = t->metadata_json ? CHAT_DB_P_STRN(t->metadata_json, ml) : CHAT_DB_P_NULL();
     return 0;
 }
 
-int chat_memory_store_turn(chat_db *db, const char *session_id, const char *request_id, const char *user_text,
-                           const char *assistant_text, const char *metadata_json, bool touch_session, char *err,
-                           size_t errlen)
+int chat_memory_store_turn(chat_db *db, const char *user_id, const char *session_id, const char *request_id,
+                           const char *user_text, const char *assistant_text, const char *metadata_json,
+                           bool touch_session, char *err, size_t errlen)
 {
     if (!db) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
-    chat_memory_turn t = {session_id, request_id, user_text, assistant_text, metadata_json};
+    chat_memory_turn t = {user_id, session_id, request_id, user_text, assistant_text, metadata_json};
     /* One autocommit statement, atomic by itself: both rows or neither. The foreign key refuses rows for
-     * a session that does not exist (ER_NO_REFERENCED_ROW_2); the unique key makes a retried request a
-     * no-op. */
-    chat_db_param p[7];
+     * a session the user does not have (ER_NO_REFERENCED_ROW_2); the unique key makes a retried request
+     * a no-op. */
+    chat_db_param p[TURN_PARAMS];
     int rc = turn_params(&t, p, err, errlen);
     if (rc) return rc;
     long long affected = 0;
-    rc = chat_db_run(db,
-                     "INSERT INTO chat_messages (session_id, request_id, role, content, metadata)"
-                     " VALUES (?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)"
-                     " ON DUPLICATE KEY UPDATE id = id",
-                     p, 7, NULL, NULL, &affected, NULL, err, errlen);
+    rc = chat_db_run(db, TURN_INSERT TURN_ROWS TURN_UPSERT, p, TURN_PARAMS, NULL, NULL, &affected, NULL, err, errlen);
     if (rc == CHAT_EDB && chat_db_errno(db) == ER_NO_REFERENCED_ROW_2)
         return chat_fail(err, errlen, CHAT_ENOTFOUND, "session %s does not exist", session_id);
     if (rc || !touch_session || affected <= 0) return rc;
     /* the session's last activity, to CHAT_MEMORY_TOUCH_S; informational, so outside the insert's
      * atomicity */
-    return chat_memory_touch_session(db, session_id, err, errlen);
+    return chat_memory_touch_session(db, user_id, session_id, err, errlen);
 }
 
-int chat_memory_touch_session(chat_db *db, const char *session_id, char *err, size_t errlen)
+int chat_memory_touch_session(chat_db *db, const char *user_id, const char *session_id, char *err, size_t errlen)
 {
-    if (!db || !chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
-    chat_db_param sp = CHAT_DB_P_STR(session_id);
-    return chat_db_run(db, "UPDATE chat_sessions SET updated_at = CURRENT_TIMESTAMP WHERE id = ?", &sp, 1, NULL, NULL,
-                       NULL, NULL, err, errlen);
+    if (!db || !user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "missing argument");
+    if (!chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
+    chat_db_param p[] = {CHAT_DB_P_STR(user_id), CHAT_DB_P_STR(session_id)};
+    return chat_db_run(db, "UPDATE chat_sessions SET updated_at = CURRENT_TIMESTAMP WHERE user_id = ? AND id = ?", p,
+                       2, NULL, NULL, NULL, NULL, err, errlen);
 }
 
 int chat_memory_store_turns(chat_db *db, const chat_memory_turn *turns, size_t n, char *err, size_t errlen)
 {
     if (!db || !turns || n < 1 || n > CHAT_MEMORY_BATCH_MAX) return chat_fail(err, errlen, CHAT_EINVAL, "invalid batch");
-    chat_db_param p[7 * CHAT_MEMORY_BATCH_MAX];
-    char sql[160 + 48 * 2 * CHAT_MEMORY_BATCH_MAX] = "INSERT INTO chat_messages (session_id, request_id, role, content, metadata) VALUES ";
+    chat_db_param p[TURN_PARAMS * CHAT_MEMORY_BATCH_MAX];
+    char sql[sizeof TURN_INSERT + sizeof TURN_UPSERT + (sizeof TURN_ROWS + 2) * CHAT_MEMORY_BATCH_MAX] = TURN_INSERT;
     size_t np = 0;
-    for (size_t i = 0; i < n; i++, np += 7) {
+    for (size_t i = 0; i < n; i++, np += TURN_PARAMS) {
         int rc = turn_params(&turns[i], p + np, err, errlen);
         if (rc) return rc;
-        strcat(sql, i ? ", (?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)"
-                      : "(?, ?, 'user', ?, NULL), (?, ?, 'assistant', ?, ?)");
+        strcat(sql, i ? ", " TURN_ROWS : TURN_ROWS);
     }
-    strcat(sql, " ON DUPLICATE KEY UPDATE id = id");
+    strcat(sql, TURN_UPSERT);
     /* one autocommit statement: every row or none, like chat_memory_store_turn's two */
     return chat_db_run(db, sql, p, (int)np, NULL, NULL, NULL, NULL, err, errlen);
 }
@@ -396,10 +404,9 @@ int chat_memory_messages_json(chat_db *db, const char *user_id, const char *sess
     if (!user_ok(user_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid user id");
     if (!chat_id_valid(session_id)) return chat_fail(err, errlen, CHAT_EINVAL, "invalid session id");
     session_ctx o;
-    int rc = read_session(db, session_id, 0, &o, NULL, err, errlen);
+    int rc = read_session(db, user_id, session_id, 0, &o, NULL, err, errlen);
     if (rc) return rc;
-    if (!o.found) return chat_fail(err, errlen, CHAT_ENOTFOUND, "no such session");
-    if (strcmp(o.user, user_id)) return chat_fail(err, errlen, CHAT_EFORBIDDEN, "session belongs to another user");
+    if (!o.found) return chat_fail(err, errlen, CHAT_ENOTFOUND, "the user has no such session");
 
     json_object *root = json_object_new_object();
     json_ctx x = {.messages = json_object_new_array()};
@@ -413,12 +420,12 @@ int chat_memory_messages_json(chat_db *db, const char *user_id, const char *sess
         rc = CHAT_ENOMEM;
         goto out;
     }
-    chat_db_param p[] = {CHAT_DB_P_STR(session_id), CHAT_DB_P_INT(MESSAGES_JSON_MAX)};
+    chat_db_param p[] = {CHAT_DB_P_STR(user_id), CHAT_DB_P_STR(session_id), CHAT_DB_P_INT(MESSAGES_JSON_MAX)};
     rc = chat_db_run(db,
                      "SELECT role, content, UNIX_TIMESTAMP(created_at), metadata FROM (SELECT id, role, content, "
-                     "created_at, metadata FROM chat_messages WHERE session_id = ? ORDER BY id DESC LIMIT ?) t "
-                     "ORDER BY id ASC",
-                     p, 2, message_row, &x, NULL, NULL, err, errlen);
+                     "created_at, metadata FROM chat_messages WHERE user_id = ? AND session_id = ? ORDER BY id DESC "
+                     "LIMIT ?) t ORDER BY id ASC",
+                     p, 3, message_row, &x, NULL, NULL, err, errlen);
     if (rc == 1) rc = x.rc;
     if (rc) goto out;
     const char *s = json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);

@@ -430,8 +430,8 @@ static int keep_turn(chat_pipeline *p, chat_run *t, const char *metadata)
                                                               sizeof err)
                                  : 0;
     if (!rc)
-        rc = chat_memory_store_turn(p->db, t->sid, run_request_id(t), req->message, response, metadata,
-                                    t->session.touch_due, err, sizeof err);
+        rc = chat_memory_store_turn(p->db, req->user->id, t->sid, run_request_id(t), req->message, response,
+                                    metadata, t->session.touch_due, err, sizeof err);
     if (!rc) return KEPT_STORED;
     if (chat_spool_refused(rc, p->db)) {
         chat_log_error("pipeline: turn %s of session %s refused by the database: %s", run_request_id(t), t->sid, err);
@@ -570,8 +570,6 @@ static int stage_session(begin_state *s)
     t->c.session_us = chat_now_us() - s0;
     memcpy(t->sid, t->session.id, sizeof t->sid);
     log_context(t);
-    if (rc == CHAT_EFORBIDDEN)
-        return fail_event(&t->sink, rc, CHAT_CODE_SESSION_FORBIDDEN, "This session belongs to another user");
     if (rc == CHAT_EINVAL)
         return fail_event(&t->sink, rc, CHAT_CODE_INVALID_REQUEST, "Invalid session_id or customer_id");
     if (rc) return fail_db(s, "session", DB_UNAVAILABLE);
@@ -816,7 +814,7 @@ static void keep_group(chat_pipeline *p, chat_run *const *runs, char *const *met
             kept[i] = keep_turn(p, t, meta[i]);
             continue;
         }
-        turns[nb] = (chat_memory_turn){t->sid, run_request_id(t), t->req->message,
+        turns[nb] = (chat_memory_turn){t->req->user->id, t->sid, run_request_id(t), t->req->message,
                                        t->c.response.data ? t->c.response.data : "", meta[i]};
         idx[nb++] = i;
     }
@@ -825,7 +823,7 @@ static void keep_group(chat_pipeline *p, chat_run *const *runs, char *const *met
         for (size_t k = 0; k < nb; k++) {
             chat_run *t = runs[idx[k]];
             kept[idx[k]] = KEPT_STORED;
-            if (t->session.touch_due && chat_memory_touch_session(p->db, t->sid, err, sizeof err))
+            if (t->session.touch_due && chat_memory_touch_session(p->db, t->req->user->id, t->sid, err, sizeof err))
                 chat_log_warn("pipeline: touching the session failed: %s", err);
         }
         return;

@@ -27,7 +27,7 @@
     X(UNKNOWN_TYPE, 400, "Unknown message type")                                                               \
     X(INVALID_REQUEST, 400, "Invalid request") /* a field of the wrong type or format */                       \
     X(MESSAGE_TOO_LONG, 400, "Message too long")                                                               \
-    X(SESSION_FORBIDDEN, 403, "This session belongs to another user")                                          \
+    X(SESSION_FORBIDDEN, 403, "You have no session with this id") /* foreign or unknown alike */               \
     X(CUSTOMER_FORBIDDEN, 403, "You may not access this customer's records")                                   \
     X(RATE_LIMITED, 429, "Too many messages, please slow down")                                                \
     X(OVERLOADED, 503, "The server is busy, please retry shortly")                                             \

@@ -390,9 +390,9 @@ bool chat_spool_refused(int rc, const chat_db *db)
 {
     switch (rc) {
     case CHAT_EINVAL:     /* malformed or too large */
-    case CHAT_ENOTFOUND:  /* its session does not exist (any more) */
-    case CHAT_EFORBIDDEN: /* its session is another user's */
-    case CHAT_ECONFLICT:  /* its new session's id is taken */
+    case CHAT_ENOTFOUND:  /* the user has no such session (any more) */
+    case CHAT_EFORBIDDEN: /* not the user's to write */
+    case CHAT_ECONFLICT:  /* its new session's id is taken (by the same user) */
         return true;
     case CHAT_EDB: {
         unsigned int e = chat_db_errno(db);
@@ -404,8 +404,8 @@ bool chat_spool_refused(int rc, const chat_db *db)
     }
 }
 
-/* One turn as the pipeline stores it, idempotently: a new session's row is created unless it exists
- * (then its owner is checked), then the turn (a no-op when it is stored already). */
+/* One turn as the pipeline stores it, idempotently: a new session's row is created unless the user has
+ * it already, then the turn (a no-op when it is stored already). */
 static int store_turn(chat_db *db, const chat_spool_turn *t, char *err, size_t errlen)
 {
     if (t->new_session) {
@@ -414,8 +414,8 @@ static int store_turn(chat_db *db, const chat_spool_turn *t, char *err, size_t e
                                           errlen);
         if (rc) return rc;
     }
-    return chat_memory_store_turn(db, t->session_id, t->request_id, t->user_text, t->assistant_text, t->metadata_json,
-                                  t->touch_session, err, errlen);
+    return chat_memory_store_turn(db, t->user_id, t->session_id, t->request_id, t->user_text, t->assistant_text,
+                                  t->metadata_json, t->touch_session, err, errlen);
 }
 
 /* One line: 0 when it is handled (stored, refused and dropped, or unreadable and skipped), else the

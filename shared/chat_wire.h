@@ -85,7 +85,7 @@ enum {
 };
 /* ATTACH flags. */
 enum {
-    CHAT_WIRE_A_CHECK_OWNER = 1, /* holding nothing of the session, look its owner up (none, unknown, forbidden) */
+    CHAT_WIRE_A_CHECK_OWNER = 1, /* holding nothing of the session, ask the database whether the user has it */
 };
 
 /* Bytes with a length. In a parsed message s points into the chat_wire_msg and is NUL-terminated (the
@@ -210,9 +210,9 @@ void chat_wire_job_free(chat_wire_job *job);
 #define CHAT_WIRE_ATTACH_STATUS_MAP(X)                                                                       \
     X(IN_FLIGHT, "in_flight") /* streaming: its later events follow under the ATTACH's job_id */            \
     X(FINISHED, "finished")   /* completed within the retention window: the complete's fields are set */   \
-    X(NONE, "none")           /* nothing held (CHECK_OWNER: and the session is the user's) */              \
-    X(UNKNOWN, "unknown")     /* CHECK_OWNER: nothing held and no such session */                          \
-    X(FORBIDDEN, "forbidden") /* the session is another user's */
+    X(NONE, "none")           /* nothing held (CHECK_OWNER: and the user has the session) */               \
+    X(UNKNOWN, "unknown")     /* CHECK_OWNER: nothing held and the user has no such session */             \
+    X(FORBIDDEN, "forbidden") /* sent by earlier workers for another user's session; no longer sent */
 
 typedef enum chat_wire_attach_status {
 #define X(name, wire) CHAT_WIRE_ATT_##name,

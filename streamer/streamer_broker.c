@@ -62,9 +62,9 @@
 typedef struct sb_sub {
     chat_wire_attach att; /* strings in this allocation; att.job_id is the job's id */
     uint64_t target;      /* a local job it follows, 0: none */
-    bool resume;          /* a client's resume: "resumed" first, SESSION_FORBIDDEN for another's session */
+    bool resume;          /* a client's resume: "resumed" first, SESSION_FORBIDDEN for a session the user lacks */
     bool decided;         /* settled: following a worker's answer, or over */
-    bool unknown;         /* the owner check found no such session */
+    bool unknown;         /* the database check found no such session of the user */
     bool cancel_wanted;   /* cancelled before it was settled */
     struct sb_job *parked_on; /* waiting for this queued job to reach a worker */
     struct sb_job *parked_next;
@@ -682,12 +682,14 @@ static sb_job *local_answer(sb_broker *b, const char *user, const char *session)
 }
 
 /* A new subscription: to the job of this broker it names, or that answers the session; else (or when
- * that job's worker cannot be reached) to every worker. A job still queued parks it until it runs. */
+ * that job's worker cannot be reached) to every worker. A job still queued parks it until it runs. Only
+ * a job of the same user and session is followed: a session is its user's own (chat_memory.h). */
 static void sub_start(sb_broker *b, sb_job *job)
 {
     sb_sub *sub = job->sub;
     sb_job *t = sub->target ? sm_get(&b->jobs, sub->target) : NULL;
-    if (t && t->sub) t = NULL;
+    if (t && (t->sub || strcmp(t->spec->user_id, sub->att.user_id) || strcmp(t->spec->session_id, sub->att.session_id)))
+        t = NULL;
     if (!t && sub->resume) t = local_answer(b, sub->att.user_id, sub->att.session_id);
     if (t && !t->worker) {
         sub->parked_on = t;
@@ -749,7 +751,8 @@ static void sub_hold(sb_job *job, const chat_wire_attached *a)
 
 /* Every worker asked has answered and none streams the answer: the youngest completed one (what the
  * client misses of it, and its complete unless the client has it), or nothing, or, for a resume of a
- * session nobody has, SESSION_FORBIDDEN (the same answer as for somebody else's). */
+ * session the user does not have, SESSION_FORBIDDEN (whether or not another user has one of that id:
+ * the answer is the same). */
 static void sub_settle(sb_broker *b, sb_job *job)
 {
     sb_sub *sub = job->sub;
@@ -798,7 +801,7 @@ static void handle_attached(sb_broker *b, sb_worker *w, const chat_wire_attached
     case CHAT_WIRE_ATT_IN_FLIGHT:
         sub_follow(b, job, w, a);
         return;
-    case CHAT_WIRE_ATT_FORBIDDEN: /* the session is somebody else's: nothing more to hear */
+    case CHAT_WIRE_ATT_FORBIDDEN: /* from a worker of an earlier version: the session was somebody else's */
         sub->decided = true;
         emit_error(b, job, CHAT_CODE_SESSION_FORBIDDEN, chat_proto_code_message(CHAT_PROTO_SESSION_FORBIDDEN));
         job_drop(b, job);

@@ -109,13 +109,14 @@ typedef struct note {
     int kind; /* note_kind */
 } note;
 
-/* A session's owner looked up for an ATTACH that found nothing held here (CHAT_WIRE_A_CHECK_OWNER): main
- * thread -> a stage thread (the database) -> main thread, which answers the ATTACH and frees it. */
+/* Whether the user has the session, looked up for an ATTACH that found nothing held here
+ * (CHAT_WIRE_A_CHECK_OWNER): main thread -> a stage thread (the database) -> main thread, which answers the
+ * ATTACH and frees it. */
 typedef struct owner_check {
     struct owner_check *next;
     uint64_t job_id;
     int peer; /* the broker that asked */
-    int rc; /* chat_memory_session_owner's */
+    int rc; /* chat_memory_session_exists's */
     char session_id[CHAT_SESSION_ID_MAX + 1];
     char user_id[256];
 } owner_check;
@@ -155,7 +156,6 @@ typedef struct slot {
      * still goes, the broker counts the slot until then); orphan: that broker is gone (RESET or silent),
      * job_id means nothing to the broker there is now, so nothing at all goes under it. */
     bool primary, orphan;
-    bool session_ok;      /* the session is known to be the job's user's: new, or the pipeline got past it */
     wa_subs subs;         /* subscriptions (ATTACH): every event goes under each of their ids too */
     wa_text sent;         /* the answer's pieces as they went out */
     int64_t unwatched_ms; /* since when nobody follows it (orphan policy cancel); 0: somebody does */
@@ -476,13 +476,12 @@ static void stage_run(stage_thread *st, slot **group, int n)
     for (int i = 0; i < nr; i++) slot_note(done[i], NOTE_DONE);
 }
 
-/* Looks a session's owner up for an ATTACH and hands the result back to the main thread. */
+/* Looks the user's session up for an ATTACH and hands the result back to the main thread. */
 static void run_check(stage_thread *st, owner_check *c)
 {
     char err[256];
-    c->rc = chat_memory_session_owner(chat_pipeline_db(st->pipeline), c->session_id, c->user_id, err, sizeof err);
-    if (c->rc && c->rc != CHAT_ENOTFOUND && c->rc != CHAT_EFORBIDDEN)
-        chat_log_warn("worker: looking a session's owner up failed: %s", err);
+    c->rc = chat_memory_session_exists(chat_pipeline_db(st->pipeline), c->user_id, c->session_id, err, sizeof err);
+    if (c->rc && c->rc != CHAT_ENOTFOUND) chat_log_warn("worker: looking a session up failed: %s", err);
     check_note cn = {{-1, NOTE_CHECKED}, c};
     zmq_send(tl_push, &cn, sizeof cn, 0);
 }
@@ -703,19 +702,18 @@ static void orphan_all(worker *w, int p)
     }
 }
 
-/* The slot streaming session_id's answer (its terminal not sent yet) for user_id's ATTACH, or NULL: the
- * one named answer_id if any, else the session's. Somebody else's answer counts only once the pipeline
- * got past the session (session_ok): a message naming another user's session must not make the owner's
- * resume look forbidden in the moment before the pipeline refuses it. */
-static slot *answer_of(worker *w, const char *session_id, const char *answer_id, const char *user_id)
+/* The slot streaming user_id's session_id's answer (its terminal not sent yet) for the user's ATTACH, or
+ * NULL: the one named answer_id if any, else the session's. A session is the user's own (chat_memory.h):
+ * another user's answer in a session of the same id is another conversation's, never found here. */
+static slot *answer_of(worker *w, const char *user_id, const char *session_id, const char *answer_id)
 {
     slot *found = NULL;
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = &w->slots[i];
-        if (!s->busy || s->terminal_sent || strcmp(s->job->session_id, session_id)) continue;
-        bool mine = !strcmp(s->job->user_id, user_id);
-        if (!mine && !s->session_ok) continue;
-        if (mine && *answer_id && !strcmp(s->job->request_id, answer_id)) return s;
+        if (!s->busy || s->terminal_sent || strcmp(s->job->user_id, user_id) ||
+            strcmp(s->job->session_id, session_id))
+            continue;
+        if (*answer_id && !strcmp(s->job->request_id, answer_id)) return s;
         if (!found) found = s;
     }
     return found;
@@ -727,18 +725,17 @@ static void send_attached(void *dealer, const chat_wire_attached *a)
     if (chat_wire_send(dealer, NULL, &c, 0)) chat_log_warn("worker: ATTACHED not sent: %s", zmq_strerror(errno));
 }
 
-/* An ATTACH: what is held of the session, from the answer streaming (the streamer then follows it) or
- * the completed one kept; nothing held, the database says whose the session is when asked to. */
+/* An ATTACH: what is held of the user's session, from the answer streaming (the streamer then follows
+ * it) or the completed one kept; nothing held, the database says whether the user has the session when
+ * asked to. Nothing of another user's session of the same id is ever held for it. */
 static void handle_attach(worker *w, int p, const chat_wire_attach *a)
 {
     void *dealer = dealer_of(w, p);
     int64_t now = chat_now_ms();
     chat_wire_attached out = {.job_id = a->job_id, .status = CHAT_WIRE_ATT_NONE};
-    slot *s = answer_of(w, a->session_id, a->answer_id, a->user_id);
-    const wa_kept *k = s ? NULL : wa_store_find(w->kept, a->session_id, now);
-    if ((s && strcmp(s->job->user_id, a->user_id)) || (k && strcmp(k->user_id, a->user_id))) {
-        out.status = CHAT_WIRE_ATT_FORBIDDEN;
-    } else if (s) {
+    slot *s = answer_of(w, a->user_id, a->session_id, a->answer_id);
+    const wa_kept *k = s ? NULL : wa_store_find(w->kept, a->user_id, a->session_id, now);
+    if (s) {
         if (wa_subs_add(&s->subs, a->job_id, p)) {
             send_job_error(dealer, a->job_id, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
             return;
@@ -768,13 +765,12 @@ static void handle_attach(worker *w, int p, const chat_wire_attach *a)
     send_attached(dealer, &out);
 }
 
-/* An owner check is back: none when the session is the user's (or the database could not say: a resume
- * then finds nothing, which gives nothing away), unknown, or forbidden. */
+/* A session check is back: none when the user has the session (or the database could not say: a resume
+ * then finds nothing, which gives nothing away), else unknown (whoever else has a session of that id). */
 static void check_done(worker *w, owner_check *c)
 {
     chat_wire_attached out = {.job_id = c->job_id, .status = CHAT_WIRE_ATT_NONE};
     if (c->rc == CHAT_ENOTFOUND) out.status = CHAT_WIRE_ATT_UNKNOWN;
-    if (c->rc == CHAT_EFORBIDDEN) out.status = CHAT_WIRE_ATT_FORBIDDEN;
     if (c->peer < w->n_peers) {
         send_batch(w, c->peer); /* a note's events for this broker go first, as they happened */
         send_attached(dealer_of(w, c->peer), &out);
@@ -836,7 +832,6 @@ static void assign(worker *w, chat_wire_job *job, bool cancelled, bool orphan, i
     s->first_token_sent = false;
     s->primary = !(job->flags & CHAT_WIRE_F_DETACHED);
     s->orphan = orphan;
-    s->session_ok = (job->flags & CHAT_WIRE_F_NEW_SESSION) != 0;
     s->subs.n = 0;
     s->unwatched_ms = 0;
     wa_text_reset(&s->sent);
@@ -953,7 +948,6 @@ static void flush_tokens(worker *w, slot *s)
     s->tok_buf = s->tok_spare;
     s->tok_lens = s->lens_spare;
     pthread_mutex_unlock(&s->tok_mu);
-    if (ev.len || out.len) s->session_ok = true; /* the pipeline's first step comes after the session check */
     for (size_t at = 0; at < ev.len;) {
         const char *step = ev.data + at;
         size_t sl = strlen(step);
@@ -993,7 +987,7 @@ static void send_terminal(worker *w, slot *s)
         w->n_finishing++;
         const chat_wire_job *j = s->job;
         if (ev->kind == CHAT_WIRE_EV_COMPLETE && j->session_id[0] && j->request_id[0] &&
-            wa_store_put(w->kept, j->session_id, j->user_id, j->request_id, &s->sent, ev, chat_now_ms()))
+            wa_store_put(w->kept, j->user_id, j->session_id, j->request_id, &s->sent, ev, chat_now_ms()))
             chat_log_error("worker: out of memory keeping job %" PRIu64 "'s answer for resuming", s->job_id);
         s->subs.n = 0;
     }

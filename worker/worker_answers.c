@@ -1,9 +1,11 @@
 /* The worker's answer registry (see worker_answers.h): answers' texts, their followers, and the completed
  * answers kept per session for a retention window.
  *
- * The store is a chained hash table on the session id (buckets sized once for max_kept, so a lookup
+ * The store is a chained hash table on (user, session id) (buckets sized once for max_kept, so a lookup
  * stays O(1) at the bound) threaded on one list in completion order: expiry and eviction take from its
- * old end, a session's newer answer replaces its older one. */
+ * old end, a session's newer answer replaces its older one. Keyed by the user too, as the sessions are
+ * (chat_memory.h): another user's answer in a session of the same id neither replaces nor is found for
+ * this user's. */
 #include "worker_answers.h"
 
 #include <stdlib.h>
@@ -127,10 +129,13 @@ struct wa_store {
     wa_kept *oldest, *newest;
 };
 
-static uint64_t hash(const char *s)
+static uint64_t hash(const char *user_id, const char *session_id)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over user, a NUL, session */
+    for (const char *s = user_id; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    h *= 1099511628211ull;
+    for (const char *s = session_id; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;
 }
@@ -162,7 +167,7 @@ static void kept_free(wa_kept *k)
 /* Unlinks k from its chain and from the completion list, and frees it. */
 static void kept_remove(wa_store *s, wa_kept *k)
 {
-    wa_kept **pp = &s->buckets[hash(k->session_id) & (s->nbuckets - 1)];
+    wa_kept **pp = &s->buckets[hash(k->user_id, k->session_id) & (s->nbuckets - 1)];
     while (*pp && *pp != k)
         pp = &(*pp)->hnext;
     if (*pp) *pp = k->hnext;
@@ -193,17 +198,17 @@ void wa_store_expire(wa_store *s, int64_t now_ms)
         kept_remove(s, s->oldest);
 }
 
-static wa_kept *lookup(wa_store *s, const char *session_id)
+static wa_kept *lookup(wa_store *s, const char *user_id, const char *session_id)
 {
-    for (wa_kept *k = s->buckets[hash(session_id) & (s->nbuckets - 1)]; k; k = k->hnext)
-        if (!strcmp(k->session_id, session_id)) return k;
+    for (wa_kept *k = s->buckets[hash(user_id, session_id) & (s->nbuckets - 1)]; k; k = k->hnext)
+        if (!strcmp(k->session_id, session_id) && !strcmp(k->user_id, user_id)) return k;
     return NULL;
 }
 
-const wa_kept *wa_store_find(wa_store *s, const char *session_id, int64_t now_ms)
+const wa_kept *wa_store_find(wa_store *s, const char *user_id, const char *session_id, int64_t now_ms)
 {
     wa_store_expire(s, now_ms);
-    return lookup(s, session_id);
+    return lookup(s, user_id, session_id);
 }
 
 size_t wa_store_count(const wa_store *s)
@@ -211,7 +216,7 @@ size_t wa_store_count(const wa_store *s)
     return s->n;
 }
 
-int wa_store_put(wa_store *s, const char *session_id, const char *user_id, const char *answer_id, wa_text *t,
+int wa_store_put(wa_store *s, const char *user_id, const char *session_id, const char *answer_id, wa_text *t,
                  const chat_wire_event *complete, int64_t now_ms)
 {
     wa_store_expire(s, now_ms);
@@ -235,11 +240,11 @@ int wa_store_put(wa_store *s, const char *session_id, const char *user_id, const
     k->finished_ms = now_ms;
     k->text = *t;
     wa_text_init(t);
-    wa_kept *old = lookup(s, session_id);
+    wa_kept *old = lookup(s, user_id, session_id);
     if (old) kept_remove(s, old);
     while (s->n >= s->max_kept && s->oldest)
         kept_remove(s, s->oldest);
-    size_t b = hash(session_id) & (s->nbuckets - 1);
+    size_t b = hash(user_id, session_id) & (s->nbuckets - 1);
     k->hnext = s->buckets[b];
     s->buckets[b] = k;
     k->older = s->newest;

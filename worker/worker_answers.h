@@ -1,8 +1,9 @@
 /* What a worker keeps of its answers so that they outlive the connection, and the streamer, that asked
  * for them: the text each answer sent so far with its pieces (wa_text, one per slot), the streamers that
  * follow it (wa_subs), and the completed answers of the last CHAT_RESUME_RETENTION_S seconds, one per
- * session (wa_store). A client that resumes after a drop, or another tab of the conversation, ATTACHes
- * to the session (chat_wire.h): wa_attached answers it from what is kept.
+ * (user, session) (wa_store: a session is its user's own, chat_memory.h). A client that resumes after a
+ * drop, or another tab of the conversation, ATTACHes to the session (chat_wire.h): wa_attached answers it
+ * from what is kept.
  *
  * Design choices:
  * - The text is what went out on the wire, appended as each token event is sent (wa_text_append on the
@@ -96,20 +97,22 @@ typedef struct wa_store wa_store;
  * out of memory. */
 wa_store *wa_store_new(int64_t retention_ms, size_t max_kept);
 void wa_store_free(wa_store *s); /* accepts NULL */
-/* Keeps the completed answer of session_id, replacing the session's previous one: t's buffers move in
- * (t is left empty and usable; with retention 0 it is only emptied), complete is copied. 0, or
- * CHAT_ENOMEM (nothing kept, t unchanged). */
-int wa_store_put(wa_store *s, const char *session_id, const char *user_id, const char *answer_id, wa_text *t,
+/* Keeps the completed answer of user_id's session_id, replacing that session's previous one (another
+ * user's session of the same id is another session): t's buffers move in (t is left empty and usable;
+ * with retention 0 it is only emptied), complete is copied. 0, or CHAT_ENOMEM (nothing kept, t
+ * unchanged). */
+int wa_store_put(wa_store *s, const char *user_id, const char *session_id, const char *answer_id, wa_text *t,
                  const chat_wire_event *complete, int64_t now_ms);
-/* The session's kept answer, or NULL (answers older than the retention go first). */
-const wa_kept *wa_store_find(wa_store *s, const char *session_id, int64_t now_ms);
+/* user_id's session's kept answer, or NULL (answers older than the retention go first). */
+const wa_kept *wa_store_find(wa_store *s, const char *user_id, const char *session_id, int64_t now_ms);
 void wa_store_expire(wa_store *s, int64_t now_ms);
 size_t wa_store_count(const wa_store *s);
 
 /* ---------------------------------------------------------------- answering an ATTACH */
 
 /* Fills *out (strings pointing into t, answer_id and complete) for a held answer: IN_FLIGHT when complete
- * is NULL, else FINISHED with its fields; age_ms as given. The user check is the caller's. */
+ * is NULL, else FINISHED with its fields; age_ms as given. Finding the user's own answer is the
+ * caller's. */
 void wa_attached(const chat_wire_attach *req, const wa_text *t, const char *answer_id,
                  const chat_wire_event *complete, int64_t age_ms, chat_wire_attached *out);
 

@@ -346,6 +346,8 @@ static void test_history(void **state)
     json_object_put(o);
     resp_free(&r);
 
+    /* bob has no session of that id (test_session_of_another_user, later, gives him one): the answer is
+     * the same as for an id nobody has */
     get_auth(path, E.bob, &r);
     assert_error(&r, 403, "SESSION_FORBIDDEN");
     assert_null(strstr(r.body.data, QUESTION));
@@ -392,16 +394,62 @@ static void test_chat_says_stored(void **state)
     resp_free(&r);
 }
 
-static void test_session_forbidden(void **state)
+/* bob posting with alice's session id gets a normal answer, in a conversation of his own of that id:
+ * nothing of alice's history reaches his context (his follow-up is not read as about her boat), the two
+ * are stored apart, and each one's GET of the id's messages shows only his own. */
+static void test_session_of_another_user(void **state)
 {
     (void)state;
     assert_true(alice_session[0]);
-    char body[512];
-    snprintf(body, sizeof body, "{\"message\":\"Show me the history\",\"session_id\":\"%s\"}", alice_session);
+    char path[256];
+    snprintf(path, sizeof path, "/api/v1/sessions/%s/messages", alice_session);
     http_resp r;
+    get_auth(path, E.alice, &r);
+    if (r.status != 200) fail_msg("alice's history: %ld %s", r.status, r.body.data);
+    json_object *o = parse(&r);
+    size_t alice_n = json_object_array_length(path_get(o, "messages", NULL));
+    json_object_put(o);
+    resp_free(&r);
+
+    char body[512];
+    snprintf(body, sizeof body, "{\"message\":\"And its fuel capacity?\",\"session_id\":\"%s\"}", alice_session);
     post_chat(E.bob, "application/json", body, &r);
-    assert_error(&r, 403, "SESSION_FORBIDDEN");
-    assert_null(strstr(r.body.data, "Seawind"));
+    char sid[ID_BUF];
+    check_success(&r, sid, sizeof sid);
+    assert_string_equal(sid, alice_session);
+    o = parse(&r);
+    const char *model = str_field(path_get(path_get(o, "metadata", NULL), "context", NULL), "model");
+    if (model && !strcmp(model, "seawind-250")) fail_msg("bob's answer was read with alice's history: %s", r.body.data);
+    json_object_put(o);
+    resp_free(&r);
+
+    /* bob's messages of the id: his turn only */
+    get_auth(path, E.bob, &r);
+    if (r.status != 200) fail_msg("bob's history: %ld %s", r.status, r.body.data);
+    assert_null(strstr(r.body.data, QUESTION));
+    assert_null(strstr(r.body.data, "weigh"));
+    o = parse(&r);
+    json_object *msgs = path_get(o, "messages", NULL);
+    assert_int_equal(json_object_array_length(msgs), 2);
+    assert_string_equal(str_field(json_object_array_get_idx(msgs, 0), "content"), "And its fuel capacity?");
+    json_object_put(o);
+    resp_free(&r);
+    /* alice's: unchanged, nothing of bob's */
+    get_auth(path, E.alice, &r);
+    assert_int_equal(r.status, 200);
+    assert_null(strstr(r.body.data, "fuel capacity"));
+    o = parse(&r);
+    assert_int_equal(json_object_array_length(path_get(o, "messages", NULL)), alice_n);
+    json_object_put(o);
+    resp_free(&r);
+    /* and alice's own follow-up is still read with her history */
+    post_chat(E.alice, "application/json", body, &r);
+    check_success(&r, NULL, 0);
+    o = parse(&r);
+    model = str_field(path_get(path_get(o, "metadata", NULL), "context", NULL), "model");
+    assert_non_null(model);
+    assert_string_equal(model, "seawind-250");
+    json_object_put(o);
     resp_free(&r);
 }
 
@@ -791,7 +839,7 @@ int main(void)
         cmocka_unit_test(test_chat_success_and_continue),
         cmocka_unit_test(test_history),
         cmocka_unit_test(test_chat_says_stored),
-        cmocka_unit_test(test_session_forbidden),
+        cmocka_unit_test(test_session_of_another_user),
         cmocka_unit_test(test_auth_errors),
         cmocka_unit_test(test_request_errors),
         cmocka_unit_test(test_message_refusals_match_websocket),

@@ -411,16 +411,6 @@ static void test_completion_whole(void **state)
 static void test_completion_errors(void **state)
 {
     (void)state;
-    assert_true(E.alice_session[0]); /* from test_completion_whole */
-    char forbidden[256], forbidden_stream[256];
-    snprintf(forbidden, sizeof forbidden,
-             "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
-             "\"session_id\":\"%s\"}",
-             E.alice_session);
-    snprintf(forbidden_stream, sizeof forbidden_stream,
-             "{\"model\":\"" MODEL "\",\"stream\":true,\"messages\":"
-             "[{\"role\":\"user\",\"content\":\"hi\"}],\"session_id\":\"%s\"}",
-             E.alice_session);
     /* Over lighttpd's limit for /v1/ (its own 413, re-entered as JSON), and a long conversation under it. */
     size_t big_len = 2 << 20, long_len = 600 << 10;
     char *big = malloc(big_len + 64), *longconv = malloc(long_len + 256);
@@ -449,9 +439,10 @@ static void test_completion_errors(void **state)
          "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":\" \"}]}", 400, "invalid_request_error",
          "EMPTY_MESSAGE", "messages"},
         {"text/plain", E.alice, "text/plain", "{}", 415, "invalid_request_error", "UNSUPPORTED_MEDIA_TYPE", NULL},
-        {"somebody else's session", E.bob, NULL, forbidden, 403, "permission_error", "SESSION_FORBIDDEN", NULL},
-        {"somebody else's session, streamed", E.bob, NULL, forbidden_stream, 403, "permission_error",
-         "SESSION_FORBIDDEN", NULL},
+        {"somebody else's customer", E.bob, NULL,
+         "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+         "\"customer_id\":\"cust-1001\"}",
+         403, "permission_error", "CUSTOMER_FORBIDDEN", NULL},
         {"2 MB body", E.alice, NULL, big, 413, "invalid_request_error", "PAYLOAD_TOO_LARGE", NULL},
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
@@ -523,6 +514,55 @@ static char *check_chunks(const reply *r, bool usage, json_object **finish)
     }
     assert_non_null(*finish);
     return chat_buf_take(&text);
+}
+
+/* The session_id extension naming another user's session: a normal completion (whole and streamed) in a
+ * conversation of bob's own of that id. Nothing of alice's history reaches his context (his follow-up is
+ * not read as about her boat); the two are stored apart, and each one's history shows only his own. */
+static void test_completion_session_of_another_user(void **state)
+{
+    (void)state;
+    assert_true(E.alice_session[0]); /* from test_completion_whole */
+    int alice_n = history_count(E.alice_session, E.alice, NULL);
+    assert_true(alice_n >= 4);
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":\"And its fuel capacity?\"}],"
+             "\"session_id\":\"%s\"}",
+             E.alice_session);
+    reply r;
+    http(&(request){.method = "POST", .path = "/v1/chat/completions", .token = E.bob, .body = body}, &r);
+    if (r.status != 200) fail_msg("bob's completion: %ld %.300s", r.status, r.body.data);
+    json_object *o = parse(r.body.data);
+    assert_string_equal(check_completion(o), E.alice_session);
+    const char *model = str_at(o, "seawind.context.model");
+    if (model && !strcmp(model, "seawind-250")) fail_msg("bob's answer was read with alice's history: %s", r.body.data);
+    json_object_put(o);
+    reply_free(&r);
+    /* streamed too */
+    char streamed[600];
+    snprintf(streamed, sizeof streamed,
+             "{\"model\":\"" MODEL "\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":"
+             "\"How long is the Seawind 190?\"}],\"session_id\":\"%s\"}",
+             E.alice_session);
+    http(&(request){.method = "POST", .path = "/v1/chat/completions", .token = E.bob, .body = streamed}, &r);
+    json_object *finish = NULL;
+    free(check_chunks(&r, false, &finish));
+    assert_string_equal(str_at(finish, "seawind.session_id"), E.alice_session);
+    json_object_put(finish);
+    reply_free(&r);
+    /* apart: bob's two turns, alice's as they were */
+    json_object *h = NULL;
+    assert_int_equal(history_count(E.alice_session, E.bob, &h), 4);
+    const char *text = json_object_to_json_string(h);
+    assert_null(strstr(text, Q_SHORT));
+    assert_null(strstr(text, "weigh"));
+    json_object_put(h);
+    assert_int_equal(history_count(E.alice_session, E.alice, &h), alice_n);
+    text = json_object_to_json_string(h);
+    assert_null(strstr(text, "fuel capacity"));
+    assert_null(strstr(text, "Seawind 190"));
+    json_object_put(h);
 }
 
 static void test_stream_matches_whole(void **state)
@@ -687,8 +727,7 @@ static void test_rest_chat_events(void **state)
         reply_free(&r);
     }
     /* A refusal before the answer starts is no stream: the usual status and JSON. */
-    char body[256];
-    snprintf(body, sizeof body, "{\"message\":\"hi\",\"session_id\":\"%s\"}", E.alice_session);
+    const char *body = "{\"message\":\"hi\",\"customer_id\":\"cust-1001\"}"; /* not bob's */
     reply r;
     http(
         &(request){
@@ -697,7 +736,7 @@ static void test_rest_chat_events(void **state)
     assert_int_equal(r.status, 403);
     assert_non_null(strstr(r.content_type, "application/json"));
     json_object *o = parse(r.body.data);
-    assert_string_equal(str_at(o, "code"), "SESSION_FORBIDDEN");
+    assert_string_equal(str_at(o, "code"), "CUSTOMER_FORBIDDEN");
     json_object_put(o);
     reply_free(&r);
     /* Without the header the answer is whole, as ever. */
@@ -800,6 +839,7 @@ int main(void)
         cmocka_unit_test(test_models),
         cmocka_unit_test(test_completion_whole),
         cmocka_unit_test(test_completion_errors),
+        cmocka_unit_test(test_completion_session_of_another_user),
         cmocka_unit_test(test_stream_matches_whole),
         cmocka_unit_test(test_stream_is_paced),
         cmocka_unit_test(test_stream_disconnect_cancels),

@@ -1117,7 +1117,29 @@ static void test_protocol_errors(void **state)
     chat_wsc_close(c, 1000, NULL);
 }
 
-static void test_session_forbidden(void **state)
+/* The boat a complete's turn was read as about (metadata.context.model), or "" when none. */
+static const char *context_model_of(const answer *a)
+{
+    const char *m = jstr(jget(jget(a->complete, "metadata"), "context"), "model");
+    return m ? m : "";
+}
+
+/* A count of user's stored messages of session sid (the extractive workers' database). */
+static long long stored_of(const char *user, const char *sid)
+{
+    chat_config cfg = testutil_config("streamer");
+    chat_db *db = chat_db_new(&cfg);
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM chat_messages WHERE session_id = ? AND user_id = '%s'", user);
+    long long n = testutil_count(db, sql, sid);
+    chat_db_free(db);
+    return n;
+}
+
+/* bob naming alice's session id gets a normal answer, in a conversation of his own of that id: his
+ * follow-up is not read with alice's history (the context names no boat of hers), hers still is, and
+ * the two conversations are stored apart. Nothing tells bob that alice uses the id. */
+static void test_session_id_of_another_user(void **state)
 {
     (void)state;
     chat_wsc *a = ws_open(E.alice);
@@ -1125,20 +1147,24 @@ static void test_session_forbidden(void **state)
     ask_with(a, QUESTION, "\"session_id\":\"alice-private-1\"", &x);
     assert_full_answer(&x);
     assert_string_equal(jstr(x.complete, "session_id"), "alice-private-1");
+    assert_string_equal(context_model_of(&x), "seawind-250");
     answer_clear(&x);
 
     chat_wsc *b = ws_open(E.bob);
     answer y;
-    ask_with(b, QUESTION, "\"session_id\":\"alice-private-1\"", &y);
-    assert_null(y.complete);
-    assert_string_equal(y.error, "SESSION_FORBIDDEN");
-    assert_int_equal(y.ntokens, 0);
-    answer_clear(&y);
-    /* Bob's connection is still usable, with a session of his own. */
-    ask(b, QUESTION, &y);
+    ask_with(b, "And its fuel capacity?", "\"session_id\":\"alice-private-1\"", &y);
     assert_full_answer(&y);
-    assert_string_not_equal(jstr(y.complete, "session_id"), "alice-private-1");
+    assert_string_equal(jstr(y.complete, "session_id"), "alice-private-1");
+    assert_string_not_equal(context_model_of(&y), "seawind-250"); /* none of alice's history */
     answer_clear(&y);
+    /* alice's follow-up is still read with hers */
+    ask_with(a, "And its fuel capacity?", "\"session_id\":\"alice-private-1\"", &x);
+    assert_full_answer(&x);
+    assert_string_equal(context_model_of(&x), "seawind-250");
+    answer_clear(&x);
+    assert_int_equal(stored_of("alice", "alice-private-1"), 4);
+    assert_int_equal(stored_of("bob", "alice-private-1"), 2);
+    expect_usable(a); /* alice's connection saw nothing of bob's turn */
     chat_wsc_close(a, 1000, NULL);
     chat_wsc_close(b, 1000, NULL);
 }
@@ -1979,7 +2005,7 @@ static void test_token_refresh(void **state)
     send_message(plain, QUESTION, NULL);
     expect_error(plain, "AUTH_REQUIRED");
 
-    /* (4) another user's token: refused, the connection stays alice's (bob would get SESSION_FORBIDDEN) */
+    /* (4) another user's token: refused, the connection (and every conversation on it) stays alice's */
     send_auth(c, E.bob);
     expect_auth_error(c, "USER_MISMATCH", "bob's token on alice's connection");
     ask_with(c, QUESTION, "\"session_id\":\"refresh-alice-1\"", &a);
@@ -2860,6 +2886,85 @@ static void test_resume_other_user(void **state)
     chat_wsc_close(c, 1000, NULL);
 }
 
+/* Two users' conversations of one session id never mix on the resumable path: alice's second tab
+ * follows her session S; bob asks in his own S (a normal answer), and neither of alice's tabs gets a
+ * frame of it, no user_message, no token; while bob's answer streams, alice's resume finds her own
+ * finished answer, not bob's in-flight one; once it is over, each one's resume gets his own answer,
+ * and alice's is not replaced by bob's in what the workers keep. */
+static void test_same_session_id_two_users(void **state)
+{
+    (void)state;
+    resume_stack();
+    const char *sid = "shared-session-1";
+    chat_wsc *t1 = ws_open_on(R.port, E.alice), *t2 = ws_open_on(R.port, E.alice);
+    answer mine;
+    char extra[128];
+    snprintf(extra, sizeof extra, "\"session_id\":\"%s\"", sid);
+    ask_with(t1, QUESTION, extra, &mine);
+    assert_non_null(mine.complete);
+    long long my_seq = json_object_get_int64(jget(mine.complete, "seq"));
+    answer r;
+    resume_into(t2, sid, my_seq, mine.answer_id, &r); /* t2 follows alice's S */
+    answer_clear(&r);
+    expect_nothing_more(t2);
+
+    chat_wsc *b = ws_open_on(R.port, E.bob);
+    answer his;
+    answer_init(&his);
+    send_message(b, "How long is the Seawind 190?", extra);
+    assert_true(read_tokens(b, &his, 2)); /* bob's answer is streaming */
+    assert_string_equal(his.session_id, sid);
+    /* alice resumes S meanwhile: her own finished answer, which she has whole */
+    chat_wsc *t3 = ws_open_on(R.port, E.alice);
+    resume_into(t3, sid, my_seq, mine.answer_id, &r);
+    assert_false(resumed_in_flight(&r));
+    assert_string_equal(jstr(r.resumed, "answer_id"), mine.answer_id);
+    answer_clear(&r);
+    expect_nothing_more(t3);
+    collect(b, &his, ANSWER_MS, NULL, NULL);
+    if (!his.complete) fail_msg("bob's answer: error %s", his.error);
+    assert_string_equal(jstr(his.complete, "session_id"), sid);
+    assert_string_not_equal(his.answer_id, mine.answer_id);
+    /* none of alice's connections received a frame of bob's turn */
+    expect_nothing_more(t1);
+    expect_nothing_more(t2);
+    expect_nothing_more(t3);
+    assert_int_equal(stored_of("alice", sid), 2);
+    assert_int_equal(stored_of("bob", sid), 2);
+    /* each one's resume within the window: his own answer */
+    chat_wsc *b2 = ws_open_on(R.port, E.bob);
+    resume_into(b2, sid, 0, NULL, &r);
+    assert_string_equal(jstr(r.resumed, "answer_id"), his.answer_id);
+    collect(b2, &r, ANSWER_MS, NULL, NULL);
+    assert_non_null(r.complete);
+    assert_string_equal(jstr(r.complete, "response"), jstr(his.complete, "response"));
+    answer_clear(&r);
+    chat_wsc *t4 = ws_open_on(R.port, E.alice);
+    resume_into(t4, sid, 0, NULL, &r);
+    assert_string_equal(jstr(r.resumed, "answer_id"), mine.answer_id);
+    collect(t4, &r, ANSWER_MS, NULL, NULL);
+    assert_non_null(r.complete);
+    assert_string_equal(jstr(r.complete, "response"), jstr(mine.complete, "response"));
+    answer_clear(&r);
+    /* bob's next message in S reaches his follower, and still nothing of it reaches alice's tabs */
+    answer next, seen;
+    answer_init(&seen);
+    ask_with(b, "And its beam?", extra, &next);
+    assert_non_null(next.complete);
+    collect(b2, &seen, ANSWER_MS, NULL, NULL);
+    assert_int_equal(seen.user_messages, 1);
+    assert_string_equal(seen.answer_id, next.answer_id);
+    expect_nothing_more(t1);
+    expect_nothing_more(t2);
+    expect_nothing_more(t4);
+    answer_clear(&next);
+    answer_clear(&seen);
+    answer_clear(&his);
+    answer_clear(&mine);
+    chat_wsc *all[] = {t1, t2, t3, t4, b, b2};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(all); i++) chat_wsc_close(all[i], 1000, NULL);
+}
+
 /* Stale and future cursors on a finished answer: last_seq 0 (the client had more) gets the whole
  * answer again, exactly; a last_seq past the answer with its answer_id is nothing missed ("resumed"
  * only); without answer_id it is read as an earlier answer's cursor (the whole answer). In flight, a
@@ -3104,7 +3209,7 @@ int main(void)
         cmocka_unit_test(test_multiple_messages),
         cmocka_unit_test(test_empty_message),
         cmocka_unit_test(test_protocol_errors),
-        cmocka_unit_test(test_session_forbidden),
+        cmocka_unit_test(test_session_id_of_another_user),
         cmocka_unit_test(test_partial_false),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_disconnect_cancels_job),
@@ -3134,6 +3239,7 @@ int main(void)
         cmocka_unit_test(test_two_tabs),
         cmocka_unit_test(test_cancel_from_other_tab),
         cmocka_unit_test(test_resume_other_user),
+        cmocka_unit_test(test_same_session_id_two_users),
         cmocka_unit_test(test_resume_stale_and_future_seq),
         cmocka_unit_test(test_resume_after_worker_killed),
         cmocka_unit_test(test_resume_after_streamer_killed),

@@ -257,20 +257,48 @@ static void test_follow_up_uses_history(void **state)
     ev_clear(&b);
 }
 
-static void test_session_forbidden(void **state)
+/* metadata.context.model, or NULL when the turn was read as about no boat. */
+static const char *context_model(json_object *m)
 {
-    events a, b;
+    json_object *ctx, *model;
+    if (!json_object_object_get_ex(m, "context", &ctx) || !json_object_object_get_ex(ctx, "model", &model)) return NULL;
+    return json_object_get_string(model);
+}
+
+/* bob naming alice's session id gets a normal answer in a conversation of his own: nothing of alice's
+ * history reaches his context (his follow-up is not read as about her boat), hers is unchanged, and the
+ * two are stored apart. */
+static void test_session_id_of_another_user(void **state)
+{
+    events a, b, c;
     ev_init(&a);
     ev_init(&b);
-    assert_int_equal(run(pipe_extractive, &a, &alice, "Hello there", "alice-private-1", NULL, NULL, NULL), 0);
+    ev_init(&c);
+    assert_int_equal(run(pipe_extractive, &a, &alice, "Tell me about the Seawind 280 engine", "alice-private-1", NULL,
+                         NULL, NULL),
+                     0);
     assert_string_equal(a.session_id, "alice-private-1");
-    assert_int_equal(run(pipe_extractive, &b, &bob, "What did alice ask?", "alice-private-1", NULL, NULL, NULL),
-                     CHAT_EFORBIDDEN);
-    assert_string_equal(b.error_code, "SESSION_FORBIDDEN");
-    assert_null(b.response);
-    assert_int_equal(b.n_tokens, 0);
+    assert_context_model(a.metadata, "seawind-280");
+    assert_int_equal(run(pipe_extractive, &b, &bob, "and its torque?", "alice-private-1", NULL, NULL, NULL), 0);
+    assert_string_equal(b.session_id, "alice-private-1");
+    assert_string_equal(b.error_code, "");
+    assert_non_null(b.response);
+    const char *model = context_model(b.metadata);
+    if (model && !strcmp(model, "seawind-280")) fail_msg("bob's turn was read with alice's history: %s", b.response);
+    assert_null(strstr(b.response, "280"));
+    /* alice's follow-up still has her history */
+    assert_int_equal(run(pipe_extractive, &c, &alice, "and its torque?", "alice-private-1", NULL, NULL, NULL), 0);
+    assert_context_model(c.metadata, "seawind-280");
+    chat_db *d = chat_pipeline_db(pipe_extractive);
+    assert_int_equal(testutil_count(d, "SELECT COUNT(*) FROM chat_messages WHERE session_id = 'alice-private-1'"
+                                       " AND user_id = ?", alice.id),
+                     4);
+    assert_int_equal(testutil_count(d, "SELECT COUNT(*) FROM chat_messages WHERE session_id = 'alice-private-1'"
+                                       " AND user_id = ?", bob.id),
+                     2);
     ev_clear(&a);
     ev_clear(&b);
+    ev_clear(&c);
 }
 
 static void test_turn_stored_once(void **state)
@@ -294,8 +322,8 @@ static long long messages_in(const char *sid)
 }
 
 /* A new session named by the caller (session_new: the streamer's UUID): the answer carries that id, and the
- * session is created with its turn, owned by the caller; a chosen id that exists already (another user's)
- * never receives the turn. */
+ * session is created with its turn, the caller's; another user naming the id has a conversation of his
+ * own, and a chosen id the caller has already (a collision) never joins the turn to the earlier one. */
 static void test_session_new_chosen_id(void **state)
 {
     events a, b, c;
@@ -306,18 +334,22 @@ static void test_session_new_chosen_id(void **state)
     assert_int_equal(chat_pipeline_run(pipe_extractive, &req, &sink, NULL), 0);
     assert_string_equal(a.session_id, "chosen-by-streamer-1");
     assert_int_equal(messages_in("chosen-by-streamer-1"), 2);
-    /* the session is alice's: bob is refused, alice continues it */
-    assert_int_equal(run(pipe_extractive, &b, &bob, "Hello", "chosen-by-streamer-1", NULL, NULL, NULL), CHAT_EFORBIDDEN);
+    /* bob's turn goes to a session of his own; alice continues hers */
+    assert_int_equal(run(pipe_extractive, &b, &bob, "Hello", "chosen-by-streamer-1", NULL, NULL, NULL), 0);
     assert_int_equal(run(pipe_extractive, &c, &alice, "And its fuel capacity?", "chosen-by-streamer-1", NULL, NULL, NULL),
                      0);
-    assert_int_equal(messages_in("chosen-by-streamer-1"), 4);
-    /* bob's "new" session with alice's id: answered, but nothing joins alice's session */
+    assert_context_model(c.metadata, "seawind-250");
+    chat_db *db = chat_pipeline_db(pipe_extractive);
+    const char *mine = "SELECT COUNT(*) FROM chat_messages WHERE session_id = 'chosen-by-streamer-1' AND user_id = ?";
+    assert_int_equal(testutil_count(db, mine, alice.id), 4);
+    assert_int_equal(testutil_count(db, mine, bob.id), 2);
+    /* alice's "new" session with an id she has already: not stored into the earlier conversation */
     events d;
     ev_init(&d);
     sink.ud = &d;
-    chat_request taken = {"Hello", "chosen-by-streamer-1", NULL, &bob, NULL, 0, true};
+    chat_request taken = {"Hello", "chosen-by-streamer-1", NULL, &alice, NULL, 0, true};
     chat_pipeline_run(pipe_extractive, &taken, &sink, NULL);
-    assert_int_equal(messages_in("chosen-by-streamer-1"), 4);
+    assert_int_equal(testutil_count(db, mine, alice.id), 4);
     ev_clear(&a), ev_clear(&b), ev_clear(&c), ev_clear(&d);
 }
 
@@ -458,12 +490,12 @@ static void test_begin_end_split(void **state)
     /* refused in the first half: the error event, no run */
     events g;
     ev_init(&g);
-    chat_request bad = {"Hello", e.session_id, NULL, &bob, NULL, 0, false};
+    chat_request bad = {"Hello", "bad session id", NULL, &bob, NULL, 0, false};
     sink.ud = &g;
     assert_null(chat_pipeline_begin(pipe_extractive, &bad, &sink, NULL, &rc));
-    assert_int_equal(rc, CHAT_EFORBIDDEN);
+    assert_int_equal(rc, CHAT_EINVAL);
     assert_int_equal(g.terminals, 1);
-    assert_string_equal(g.error_code, CHAT_CODE_SESSION_FORBIDDEN);
+    assert_string_equal(g.error_code, CHAT_CODE_INVALID_REQUEST);
     ev_clear(&g);
 
     /* the model failed before any text: an error event with the model's message */
@@ -889,7 +921,7 @@ int main(void)
         cmocka_unit_test(test_extractive_facts),
         cmocka_unit_test(test_extractive_behaviour),
         cmocka_unit_test(test_follow_up_uses_history),
-        cmocka_unit_test(test_session_forbidden),
+        cmocka_unit_test(test_session_id_of_another_user),
         cmocka_unit_test(test_turn_stored_once),
         cmocka_unit_test(test_session_new_chosen_id),
         cmocka_unit_test(test_confidence_varies),

@@ -177,7 +177,8 @@ static void test_replay_idempotent(void **state)
 {
     chat_config cfg = spool_config("spool-idempotent");
     open_session("user-alice", "sp-twice");
-    assert_int_equal(chat_memory_store_turn(db, "sp-twice", "req-1", "Q1", "A1", NULL, false, err, sizeof err), 0);
+    assert_int_equal(
+        chat_memory_store_turn(db, "user-alice", "sp-twice", "req-1", "Q1", "A1", NULL, false, err, sizeof err), 0);
     chat_spool *s = open_spool(&cfg);
     chat_spool_turn t1 = turn("sp-twice", "req-1", "Q1");
     chat_spool_turn t2 = turn("sp-twice", "req-2", "Q2");
@@ -293,26 +294,34 @@ static void test_database_away(void **state)
     chat_spool_free(s);
 }
 
-/* Turns the database refuses for what they are (another user's session, a session that is gone, an
- * invalid text) are dropped; the turns around them are stored. */
+/* Turns the database refuses for what they are (a session that is gone, an invalid text) are dropped;
+ * the turns around them are stored. A new session of alice's whose id bob uses too is alice's own: its
+ * turn is stored there, and bob's session of that id stays as it was. */
 static void test_refused_turns_dropped(void **state)
 {
     chat_config cfg = spool_config("spool-refused");
     open_session("user-bob", "sp-bobs");
     open_session("user-alice", "sp-ok");
     chat_spool *s = open_spool(&cfg);
-    chat_spool_turn foreign = turn("sp-bobs", "req-1", "Q1");
-    foreign.new_session = true; /* alice's turn claiming bob's session */
+    chat_spool_turn same_id = turn("sp-bobs", "req-1", "Q1");
+    same_id.new_session = true; /* alice's new conversation, of an id bob has too */
     chat_spool_turn gone = turn("sp-never-created", "req-2", "Q2");
     chat_spool_turn bad = turn("sp-ok", "req-3", "\xff\xfe not UTF-8");
     chat_spool_turn ok = turn("sp-ok", "req-4", "Q4");
-    append(s, &foreign);
+    append(s, &same_id);
     append(s, &gone);
     append(s, &bad);
     append(s, &ok);
-    assert_int_equal(replay(s, db, 0), 1);
+    assert_int_equal(replay(s, db, 0), 2);
     assert_false(chat_spool_pending(s));
-    assert_int_equal(count_messages("sp-bobs"), 0);
+    assert_int_equal(testutil_count(db,
+                                    "SELECT COUNT(*) FROM chat_messages WHERE user_id = 'user-bob' AND session_id = ?",
+                                    "sp-bobs"),
+                     0);
+    assert_int_equal(
+        testutil_count(db, "SELECT COUNT(*) FROM chat_messages WHERE user_id = 'user-alice' AND session_id = ?",
+                       "sp-bobs"),
+        2);
     assert_int_equal(count_messages("sp-never-created"), 0);
     assert_int_equal(count_messages("sp-ok"), 2);
     assert_true(chat_spool_refused(CHAT_EFORBIDDEN, db));

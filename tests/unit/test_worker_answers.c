@@ -134,17 +134,22 @@ static void test_subs(void **state)
     assert_int_equal(s.n, 0);
 }
 
-static void put(wa_store *st, const char *sid, const char *answer, const char *text, int64_t now)
+static void put_of(wa_store *st, const char *user, const char *sid, const char *answer, const char *text, int64_t now)
 {
     wa_text t;
     wa_text_init(&t);
     assert_int_equal(wa_text_append(&t, (chat_wire_str){text, strlen(text)}, S("")), 0);
     chat_wire_event done = {.kind = CHAT_WIRE_EV_COMPLETE,
                             .complete = {{text, strlen(text)}, {sid, strlen(sid)}, S("{}")}};
-    assert_int_equal(wa_store_put(st, sid, "alice", answer, &t, &done, now), 0);
+    assert_int_equal(wa_store_put(st, user, sid, answer, &t, &done, now), 0);
     assert_int_equal(t.text.len, 0); /* moved (or, kept nowhere, emptied) */
     assert_int_equal(t.seq, 0);
     wa_text_free(&t);
+}
+
+static void put(wa_store *st, const char *sid, const char *answer, const char *text, int64_t now)
+{
+    put_of(st, "alice", sid, answer, text, now);
 }
 
 static void test_store(void **state)
@@ -154,7 +159,7 @@ static void test_store(void **state)
     assert_non_null(st);
     put(st, "s1", "a1", "one", 0);
     put(st, "s2", "a2", "two", 100);
-    const wa_kept *k = wa_store_find(st, "s1", 200);
+    const wa_kept *k = wa_store_find(st, "alice", "s1", 200);
     assert_non_null(k);
     assert_string_equal(k->answer_id, "a1");
     assert_string_equal(k->user_id, "alice");
@@ -164,20 +169,20 @@ static void test_store(void **state)
     /* a session's newer answer replaces the older one */
     put(st, "s1", "a3", "three", 300);
     assert_int_equal(wa_store_count(st), 2);
-    assert_string_equal(wa_store_find(st, "s1", 300)->answer_id, "a3");
+    assert_string_equal(wa_store_find(st, "alice", "s1", 300)->answer_id, "a3");
     /* the count bound: the oldest goes */
     put(st, "s4", "a4", "four", 400);
     put(st, "s5", "a5", "five", 500);
     assert_int_equal(wa_store_count(st), 3);
-    assert_null(wa_store_find(st, "s2", 500));
-    assert_non_null(wa_store_find(st, "s1", 500));
+    assert_null(wa_store_find(st, "alice", "s2", 500));
+    assert_non_null(wa_store_find(st, "alice", "s1", 500));
     /* the retention: s1 (300) expires at 1300, s4 at 1400 */
-    assert_non_null(wa_store_find(st, "s4", 1299));
-    assert_null(wa_store_find(st, "s1", 1300));
-    assert_non_null(wa_store_find(st, "s4", 1300));
-    assert_null(wa_store_find(st, "s4", 1400));
+    assert_non_null(wa_store_find(st, "alice", "s4", 1299));
+    assert_null(wa_store_find(st, "alice", "s1", 1300));
+    assert_non_null(wa_store_find(st, "alice", "s4", 1300));
+    assert_null(wa_store_find(st, "alice", "s4", 1400));
     assert_int_equal(wa_store_count(st), 1);
-    assert_null(wa_store_find(st, "nope", 1400));
+    assert_null(wa_store_find(st, "alice", "nope", 1400));
     wa_store_free(st);
 
     /* retention 0: nothing is kept */
@@ -186,6 +191,36 @@ static void test_store(void **state)
     assert_int_equal(wa_store_count(st), 0);
     wa_store_free(st);
     wa_store_free(NULL);
+}
+
+/* A session is its user's own: bob's answer in a session of alice's id is kept beside hers, replaces
+ * nothing of hers, and each finds only his own; a user with no answer in that session finds nothing. */
+static void test_store_per_user(void **state)
+{
+    (void)state;
+    wa_store *st = wa_store_new(1000, 10);
+    put_of(st, "alice", "s1", "a1", "alice's", 0);
+    put_of(st, "bob", "s1", "b1", "bob's", 10);
+    assert_int_equal(wa_store_count(st), 2);
+    const wa_kept *k = wa_store_find(st, "alice", "s1", 20);
+    assert_non_null(k);
+    assert_string_equal(k->answer_id, "a1");
+    assert_string_equal(k->text.text.data, "alice's");
+    k = wa_store_find(st, "bob", "s1", 20);
+    assert_non_null(k);
+    assert_string_equal(k->answer_id, "b1");
+    assert_string_equal(k->user_id, "bob");
+    assert_null(wa_store_find(st, "carol", "s1", 20));
+    assert_null(wa_store_find(st, "Alice", "s1", 20));
+    /* bob's newer answer replaces his older one, not alice's */
+    put_of(st, "bob", "s1", "b2", "bob's again", 30);
+    assert_int_equal(wa_store_count(st), 2);
+    assert_string_equal(wa_store_find(st, "alice", "s1", 40)->answer_id, "a1");
+    assert_string_equal(wa_store_find(st, "bob", "s1", 40)->answer_id, "b2");
+    /* the key is the pair, not a concatenation: ("ab", "c") is not ("a", "bc") */
+    put_of(st, "ab", "c", "x1", "x", 50);
+    assert_null(wa_store_find(st, "a", "bc", 60));
+    wa_store_free(st);
 }
 
 /* Many sessions in one store: lookups find each, collisions in a bucket included. */
@@ -202,7 +237,7 @@ static void test_store_many(void **state)
     assert_int_equal(wa_store_count(st), 5000);
     for (int i = 0; i < 6000; i++) {
         snprintf(sid, sizeof sid, "session-%d", i);
-        const wa_kept *k = wa_store_find(st, sid, 6000);
+        const wa_kept *k = wa_store_find(st, "alice", sid, 6000);
         if (i < 1000) {
             assert_null(k);
             continue;
@@ -217,8 +252,13 @@ static void test_store_many(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_text_and_offsets), cmocka_unit_test(test_cursor_rules), cmocka_unit_test(test_attached),
-        cmocka_unit_test(test_subs),             cmocka_unit_test(test_store),        cmocka_unit_test(test_store_many),
+        cmocka_unit_test(test_text_and_offsets),
+        cmocka_unit_test(test_cursor_rules),
+        cmocka_unit_test(test_attached),
+        cmocka_unit_test(test_subs),
+        cmocka_unit_test(test_store),
+        cmocka_unit_test(test_store_per_user),
+        cmocka_unit_test(test_store_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
