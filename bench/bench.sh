@@ -2,8 +2,9 @@
 # make bench: the performance figures of issue 6 on a private stack, as one table.
 #
 # Starts its own stack (deploy/stack.sh start with CHAT_VAR=var/bench and CHAT_PORT=18080: extractive
-# provider, no token delay, no practical rate limit), generates a 10,000-passage knowledge base
-# (chat-kbgen), runs the scenarios with chat-bench, prints figure | target | measured | spec's claim, and
+# provider, no token delay, no practical rate limit per connection or per user, since each simulated
+# user is a connection generating load as fast as it is answered), generates a 10,000-passage knowledge
+# base (chat-kbgen), runs the scenarios with chat-bench, prints figure | target | measured | spec's claim, and
 # stops everything it started. Loopback only; bounded to BENCH_BUDGET_S (default 570 s) by checking the
 # time left before each step and bounding each step's own run time; it stops by itself.
 #
@@ -67,7 +68,8 @@ export CHAT_VAR=${BENCH_VAR:-$ROOT/var/bench}
 case "$CHAT_VAR" in /*) ;; *) CHAT_VAR=$ROOT/$CHAT_VAR ;; esac
 export CHAT_PORT=${BENCH_PORT:-18080}
 export CHAT_BIND=127.0.0.1
-export CHAT_LLM_PROVIDER=extractive CHAT_TOKEN_DELAY_MS=0 CHAT_RATE_LIMIT_PER_MIN=1000000
+export CHAT_LLM_PROVIDER=extractive CHAT_TOKEN_DELAY_MS=0 CHAT_RATE_LIMIT_PER_MIN=1000000 \
+  CHAT_USER_MAX_ANSWERS=0 CHAT_USER_RATE_PER_MIN=0
 export CHAT_DEMO=0
 unset CHAT_DB_HOST CHAT_DB_SOCKET CHAT_STREAMER_LISTEN CHAT_STREAMER_SOCKET CHAT_ZMQ_ENDPOINT
 RUN=$CHAT_VAR/run

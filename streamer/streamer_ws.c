@@ -1717,8 +1717,9 @@ static int open_limits(const chat_config *cfg, char *err, size_t errlen)
         snprintf(path, sizeof path, "%s", env);
     else if (cfg->metrics_dir[0])
         snprintf(path, sizeof path, "%s/streamer.userlimit", cfg->metrics_dir);
-    int answers = chat_config_env_int("CHAT_USER_MAX_ANSWERS", 0, 0, 1000000);
-    int rate = chat_config_env_int("CHAT_USER_RATE_PER_MIN", 0, 0, 1000000);
+    /* On by default: one user's script or stuck client should not take every worker slot of the host. */
+    int answers = chat_config_env_int("CHAT_USER_MAX_ANSWERS", 4, 0, 1000000);
+    int rate = chat_config_env_int("CHAT_USER_RATE_PER_MIN", 120, 0, 1000000);
     S.limits = chat_userlimit_new(path, answers, rate, err, errlen);
     if (!S.limits) return CHAT_ERR;
     chat_log_info("streamer: per-user limits %d answers, %d messages a minute (%s)", answers, rate,

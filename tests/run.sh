@@ -136,6 +136,10 @@ run_clients() {
 if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
   # The whole stack on test ports with its own data folder (var/test), so `make run` is never touched.
   export CHAT_PORT=${CHAT_TEST_PORT:-18000}
+  # The tests share a few users over many connections and many messages a minute: the per-user limits
+  # (on by default) are off for every process they start, except where a test sets or unsets them
+  # (test_streamer's per-user limit tests).
+  export CHAT_USER_MAX_ANSWERS=0 CHAT_USER_RATE_PER_MIN=0
   # Tokens paced a little (5 ms) so streaming is observable token by token, as with a real model, and
   # customer access as in production (own), not the development stack's any.
   # (the demo token stack.sh prints for people is kept out of the saved output)

@@ -3137,6 +3137,63 @@ static void test_resume_on_another_streamer(void **state)
     assert_int_equal(e2e_stop(workers, SIGTERM, 15000, NULL), 0);
 }
 
+/* Per-user limits are on without any setting: a user's fifth answer in progress is refused while her
+ * four others stream (CHAT_USER_MAX_ANSWERS' default, 4), another user's is not, and the streamer logs
+ * the defaults it applies (4 answers, 120 messages a minute). The suite's own stack turns them off
+ * (tests/run.sh: its tests share one user over many connections). */
+static void test_user_limits_on_by_default(void **state)
+{
+    (void)state;
+    char ep[400], file[600];
+    snprintf(ep, sizeof ep, "ipc://%s/ud.ipc", E.dir);
+    snprintf(file, sizeof file, "CHAT_USERLIMIT_FILE=%s/ud.table", E.dir);
+    char zmq[500];
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", ep);
+    const char *env[] = {zmq, "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=8",
+                         "CHAT_LLM_PROVIDER=extractive", "CHAT_TOKEN_DELAY_MS=" R_TOKEN_DELAY_MS,
+                         "CHAT_LOG_LEVEL=info", NULL};
+    const char *argv[] = {E.bin_worker, NULL};
+    pid_t workers = e2e_spawn(argv, env, log_path("ud-workers"));
+    assert_true(workers > 0);
+    const char *defaults[] = {"CHAT_USER_MAX_ANSWERS", "CHAT_USER_RATE_PER_MIN", file, NULL}; /* unset */
+    int port;
+    pid_t st = streamer_start("ud", ep, defaults, &port);
+    wait_workers(port, 8, 15000);
+    enum { N = 4 };
+    chat_wsc *c[N + 1];
+    answer a[N], refused, bobs;
+    for (int i = 0; i <= N; i++) c[i] = ws_open_on(port, E.alice);
+    for (int i = 0; i < N; i++) {
+        answer_init(&a[i]);
+        send_message(c[i], QUESTION, NULL);
+    }
+    for (int i = 0; i < N; i++) assert_true(read_tokens(c[i], &a[i], 2)); /* four of hers stream */
+    ask(c[N], QUESTION, &refused);
+    assert_null(refused.complete);
+    assert_string_equal(refused.error, "RATE_LIMITED");
+    chat_wsc *other = ws_open_on(port, E.bob);
+    ask(other, QUESTION, &bobs);
+    assert_non_null(bobs.complete);
+    for (int i = 0; i < N; i++) {
+        collect(c[i], &a[i], ANSWER_MS, NULL, NULL);
+        assert_non_null(a[i].complete);
+        answer_clear(&a[i]);
+    }
+    answer_clear(&refused);
+    answer_clear(&bobs);
+    for (int i = 0; i <= N; i++) chat_wsc_close(c[i], 1000, NULL);
+    chat_wsc_close(other, 1000, NULL);
+    stop_streamer(st);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 15000, NULL), 0);
+    FILE *f = fopen(log_path("ud"), "r");
+    assert_non_null(f);
+    char line[1024];
+    bool logged = false;
+    while (!logged && fgets(line, sizeof line, f)) logged = strstr(line, "per-user limits 4 answers, 120 messages a minute");
+    fclose(f);
+    assert_true(logged);
+}
+
 /* Per-user limits hold across streamers: with CHAT_USER_MAX_ANSWERS=1 shared by two streamers through one
  * table, alice's second answer is refused on the other streamer while her first streams, bob's is not,
  * and once hers is complete she may ask again there. */
@@ -3245,6 +3302,7 @@ int main(void)
         cmocka_unit_test(test_resume_after_streamer_killed),
         cmocka_unit_test(test_resume_on_another_streamer),
         cmocka_unit_test(test_user_limit_across_streamers),
+        cmocka_unit_test(test_user_limits_on_by_default),
         cmocka_unit_test(test_turns_kept_while_database_away),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
         cmocka_unit_test(test_sighup_reloads_agent_settings),
