@@ -47,6 +47,7 @@
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_curve.h"
+#include "chat_list.h"
 #include "chat_log.h"
 #include "chat_metrics.h"
 #include "chat_proto.h"
@@ -261,11 +262,7 @@ void sb_event_free(sb_event *e)
 /* Queues e for the lws thread (delivered at the end of the turn). */
 static void out_append(sb_broker *b, sb_event *e)
 {
-    if (b->out_tail)
-        b->out_tail->next = e;
-    else
-        b->out_head = e;
-    b->out_tail = e;
+    CHAT_QUEUE_APPEND(b->out_head, b->out_tail, e, next);
 }
 
 /* Queues a frame event for the lws thread. Takes ownership of json; a terminal frame that could not be
@@ -391,11 +388,7 @@ static void q_push(sb_broker *b, sb_job *job, bool front, int64_t now)
         b->q_head = job;
         if (!b->q_tail) b->q_tail = job;
     } else {
-        if (b->q_tail)
-            b->q_tail->next = job;
-        else
-            b->q_head = job;
-        b->q_tail = job;
+        CHAT_QUEUE_APPEND(b->q_head, b->q_tail, job, next);
     }
     b->q_len++;
     atomic_store(&b->n_queued, b->q_len);
@@ -1124,11 +1117,7 @@ static void flush_events(sb_broker *b)
     if (!b->out_head) return;
     pthread_mutex_lock(&b->mu);
     bool was_empty = b->ev_head == NULL;
-    if (b->ev_tail)
-        b->ev_tail->next = b->out_head;
-    else
-        b->ev_head = b->out_head;
-    b->ev_tail = b->out_tail;
+    CHAT_QUEUE_CONCAT(b->ev_head, b->ev_tail, b->out_head, b->out_tail, next);
     pthread_mutex_unlock(&b->mu);
     b->out_head = b->out_tail = NULL;
     /* One wake per batch; if the list was not empty the lws thread has a wake pending already. */
@@ -1305,11 +1294,7 @@ static void push_cmd(sb_broker *b, sb_cmd *c)
 {
     pthread_mutex_lock(&b->mu);
     bool was_empty = b->cmd_head == NULL;
-    if (b->cmd_tail)
-        b->cmd_tail->next = c;
-    else
-        b->cmd_head = c;
-    b->cmd_tail = c;
+    CHAT_QUEUE_APPEND(b->cmd_head, b->cmd_tail, c, next);
     pthread_mutex_unlock(&b->mu);
     if (was_empty) broker_kick(b);
 }
@@ -1324,11 +1309,7 @@ void sb_broker_submit(sb_broker *b, sb_job *job)
         e->terminal = 1;
         e->error = 1;
         pthread_mutex_lock(&b->mu);
-        if (b->ev_tail)
-            b->ev_tail->next = e;
-        else
-            b->ev_head = e;
-        b->ev_tail = e;
+        CHAT_QUEUE_APPEND(b->ev_head, b->ev_tail, e, next);
         pthread_mutex_unlock(&b->mu);
         if (b->wake) b->wake(b->wake_ud);
         return;
