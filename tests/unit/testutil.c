@@ -24,6 +24,12 @@
 
 #include "chat_util.h"
 
+void testutil_filter_from_env(void)
+{
+    const char *filter = getenv("CMOCKA_TEST_FILTER");
+    if (filter && *filter) cmocka_set_test_filter(filter);
+}
+
 const char *testutil_root(void)
 {
     const char *r = getenv("CHAT_ROOT");

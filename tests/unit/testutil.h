@@ -11,6 +11,10 @@
 #include "chat_db.h"
 #include "chat_memory.h"
 
+/* Applies $CMOCKA_TEST_FILTER (a glob of test names, e.g. "*resume*"), when set, to the cmocka run that
+ * follows: one test of a program while debugging. */
+void testutil_filter_from_env(void);
+
 /* Repository root: $CHAT_ROOT, else the current directory. */
 const char *testutil_root(void);
 /* root-relative path into a static buffer (valid until the next call). */
