@@ -818,12 +818,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "fake-llm: bad port\n");
         return 2;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal; /* no SA_RESTART: poll() must return to look at g_stop */
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    chat_handle_stop_signals(on_signal); /* poll() returns to look at g_stop */
 
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (lfd < 0) {

@@ -127,7 +127,7 @@ typedef struct check_note {
 
 /* What an answer produced that the main thread has not sent yet. ev: progress as "step\0message\0"
  * pairs (they always come before the answer's first token); tok: the pieces' text, one after another;
- * lens: each piece's length (chat_wire_token_piece_put), for the streamer frames each piece. */
+ * lens: each piece's length (chat_wire_token_piece_put), by which the streamer frames each piece. */
 typedef struct slot_out {
     chat_buf ev, tok, lens;
 } slot_out;

@@ -15,6 +15,10 @@
  * follows: one test of a program while debugging. */
 void testutil_filter_from_env(void);
 
+/* The value of the sample `series` (the whole series name with its labels) in a Prometheus text
+ * exposition, or -1 when it has no such line. */
+double testutil_metric(const char *text, const char *series);
+
 /* Repository root: $CHAT_ROOT, else the current directory. */
 const char *testutil_root(void);
 /* root-relative path into a static buffer (valid until the next call). */
