@@ -1613,7 +1613,7 @@ static pid_t openai_stack_env(const char *name, int llm_port, const char *model,
     snprintf(base, sizeof base, "LLM_BASE_URL=http://127.0.0.1:%d/v1", llm_port);
     snprintf(model_env, sizeof model_env, "LLM_MODEL=%s", model);
     snprintf(log, sizeof log, "%s-worker", name);
-    const char *own[] = {"CHAT_LLM_PROVIDER=openai",    base, model_env, "LLM_API_KEY=sk-e2e-test",
+    const char *own[] = {"CHAT_LLM_PROVIDER=openai", base, model_env, "LLM_API_KEY=sk-e2e-test",
                          "LLM_STALL_TIMEOUT_MS=60000", "CHAT_LOG_LEVEL=warn", NULL};
     *workers = pool_spawn(log, endpoint, 1, 8, own, wextra);
     const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
