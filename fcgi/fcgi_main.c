@@ -158,12 +158,7 @@ int main(void)
     fcgi_resp resp;
     fcgi_resp_init(&resp);
 
-    struct sigaction sa = {0};
-    sa.sa_handler = on_term; /* no SA_RESTART: accept() must return so the loop can end */
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    chat_handle_stop_signals(on_term); /* accept() returns, so the loop can end */
     chat_agent_cfg_install_sighup();
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {

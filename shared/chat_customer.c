@@ -370,17 +370,38 @@ static void answer_next(chat_buf *b, const chat_customer *c, const chat_vehicle 
     chat_buf_puts(b, ".");
 }
 
-static void answer_due(chat_buf *b, const chat_customer *c, const chat_vehicle *only)
+/* What a per-boat answer says of one boat, after the boat's name. */
+typedef void boat_sentence(chat_buf *b, const chat_customer *c, const chat_vehicle *v);
+
+/* One sentence for each boat asked about: the one named, or every boat on file. */
+static void per_boat(chat_buf *b, const chat_customer *c, const chat_vehicle *only, boat_sentence *say)
 {
     for (size_t i = 0; i < c->n_vehicles; i++) {
         const chat_vehicle *v = &c->vehicles[i];
         if (only && v != only) continue;
         chat_buf_puts(b, " ");
         put_boat(b, v);
-        chat_buf_puts(b, ": ");
-        put_due(b, c, v);
-        chat_buf_puts(b, ".");
+        say(b, c, v);
     }
+}
+
+static void due_sentence(chat_buf *b, const chat_customer *c, const chat_vehicle *v)
+{
+    chat_buf_puts(b, ": ");
+    put_due(b, c, v);
+    chat_buf_puts(b, ".");
+}
+
+static void hours_sentence(chat_buf *b, const chat_customer *c, const chat_vehicle *v)
+{
+    (void)c;
+    if (v->engine_hours >= 0) chat_buf_printf(b, " has %d engine hours on record.", v->engine_hours);
+    else chat_buf_puts(b, " has no engine hours on record.");
+}
+
+static void answer_due(chat_buf *b, const chat_customer *c, const chat_vehicle *only)
+{
+    per_boat(b, c, only, due_sentence);
 }
 
 static void answer_last(chat_buf *b, const chat_customer *c, const chat_vehicle *only)
@@ -418,14 +439,7 @@ static void answer_history(chat_buf *b, const chat_customer *c, const chat_vehic
 
 static void answer_hours(chat_buf *b, const chat_customer *c, const chat_vehicle *only)
 {
-    for (size_t i = 0; i < c->n_vehicles; i++) {
-        const chat_vehicle *v = &c->vehicles[i];
-        if (only && v != only) continue;
-        chat_buf_puts(b, " ");
-        put_boat(b, v);
-        if (v->engine_hours >= 0) chat_buf_printf(b, " has %d engine hours on record.", v->engine_hours);
-        else chat_buf_puts(b, " has no engine hours on record.");
-    }
+    per_boat(b, c, only, hours_sentence);
     if (!c->n_vehicles) chat_buf_puts(b, " You have no boats on file.");
 }
 

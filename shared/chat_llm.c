@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "chat_common.h"
+#include "chat_list.h"
 #include "chat_llm_provider.h"
 #include "chat_log.h"
 #include "chat_metrics.h"
@@ -498,11 +499,7 @@ static void gen_finish(llm_gen *g)
 {
     chat_llm_loop *l = g->loop;
     heap_remove(l, g);
-    if (g->prev)
-        g->prev->next = g->next;
-    else
-        l->gens = g->next;
-    if (g->next) g->next->prev = g->prev;
+    CHAT_DLIST_UNLINK(l->gens, g);
     l->n--;
     if (g->done) g->done(g->ud, g->rc, &g->res, g->err ? g->err : "");
     gen_free(g);

@@ -67,6 +67,7 @@
 
 #include "chat_common.h"
 #include "chat_llm_provider.h"
+#include "chat_list.h"
 #include "chat_log.h"
 #include "chat_sse.h"
 #include "chat_util.h"
@@ -821,11 +822,7 @@ static void oai_gen_free(void *gen)
         curl_multi_remove_handle(s->loop->multi, s->easy);
         curl_easy_cleanup(s->easy);
     }
-    if (s->prev)
-        s->prev->next = s->next;
-    else if (s->loop->gens == s)
-        s->loop->gens = s->next;
-    if (s->next) s->next->prev = s->prev;
+    CHAT_DLIST_UNLINK(s->loop->gens, s);
     curl_slist_free_all(s->headers); /* the Authorization entry is freed with it */
     free(s->body);
     chat_sse_free(s->sse);

@@ -1,9 +1,10 @@
-/* Byte buffers, UUIDs, UTF-8 checks and clocks. The UTF-8 validator follows RFC 3629 table 3-7
- * byte ranges, so overlongs and surrogates are rejected without decoding. */
+/* Byte buffers, UUIDs, UTF-8 checks, clocks and the stop signals of a main. The UTF-8 validator follows
+ * RFC 3629 table 3-7 byte ranges, so overlongs and surrogates are rejected without decoding. */
 #include "chat_util.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,3 +253,14 @@ const char *chat_strcasestr(const char *hay, const char *needle)
 }
 
 char *chat_strdup0(const char *s) { return s ? strdup(s) : NULL; }
+
+void chat_handle_stop_signals(void (*handler)(int))
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = handler;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}

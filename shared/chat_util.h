@@ -54,6 +54,11 @@ size_t chat_u64_dec(char *out, uint64_t v);
 
 /* Monotonic clock in milliseconds / microseconds. */
 int64_t chat_now_ms(void);
+
+/* For a program's main: handler on SIGTERM and SIGINT, without SA_RESTART, so that blocking calls
+ * (accept, poll, zmq_poll, waitpid) return EINTR and the loop sees the flag the handler sets; SIGPIPE
+ * ignored, so that a peer gone away is an error return of write or send, not the end of the process. */
+void chat_handle_stop_signals(void (*handler)(int));
 int64_t chat_now_us(void);
 
 /* Identifier check for session and customer ids: 1..CHAT_ID_MAX chars of [A-Za-z0-9._:-]. */

@@ -48,6 +48,7 @@
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_curve.h"
+#include "chat_list.h"
 #include "chat_log.h"
 #include "chat_metrics.h"
 #include "chat_proto.h"
@@ -255,11 +256,7 @@ void sb_event_free(sb_event *e)
 /* Queues e for the loop's side (delivered at the end of the run). */
 static void out_append(sb_broker *b, sb_event *e)
 {
-    if (b->out_tail)
-        b->out_tail->next = e;
-    else
-        b->out_head = e;
-    b->out_tail = e;
+    CHAT_QUEUE_APPEND(b->out_head, b->out_tail, e, next);
 }
 
 /* Queues a frame event for the lws thread. Takes ownership of json; a terminal frame that could not be
@@ -385,11 +382,7 @@ static void q_push(sb_broker *b, sb_job *job, bool front, int64_t now)
         b->q_head = job;
         if (!b->q_tail) b->q_tail = job;
     } else {
-        if (b->q_tail)
-            b->q_tail->next = job;
-        else
-            b->q_head = job;
-        b->q_tail = job;
+        CHAT_QUEUE_APPEND(b->q_head, b->q_tail, job, next);
     }
     b->q_len++;
     atomic_store(&b->n_queued, b->q_len);
@@ -1103,11 +1096,7 @@ static void expire_queue(sb_broker *b, int64_t now)
 static void flush_events(sb_broker *b)
 {
     if (b->out_head) {
-        if (b->ev_tail)
-            b->ev_tail->next = b->out_head;
-        else
-            b->ev_head = b->out_head;
-        b->ev_tail = b->out_tail;
+        CHAT_QUEUE_CONCAT(b->ev_head, b->ev_tail, b->out_head, b->out_tail, next);
         b->out_head = b->out_tail = NULL;
     }
     if (b->ev_head && b->loop.events) b->loop.events(b->loop.ud);
@@ -1273,11 +1262,7 @@ static void kick(sb_broker *b)
 static void push_cmd(sb_broker *b, sb_cmd *c)
 {
     bool was_empty = b->cmd_head == NULL;
-    if (b->cmd_tail)
-        b->cmd_tail->next = c;
-    else
-        b->cmd_head = c;
-    b->cmd_tail = c;
+    CHAT_QUEUE_APPEND(b->cmd_head, b->cmd_tail, c, next);
     if (was_empty) kick(b);
 }
 

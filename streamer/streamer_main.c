@@ -15,6 +15,7 @@
 #include "chat_config.h"
 #include "chat_log.h"
 #include "chat_metrics.h"
+#include "chat_util.h"
 #include "streamer.h"
 
 static void on_signal(int sig)
@@ -47,7 +48,6 @@ int main(int argc, char **argv)
     if (chat_config_load(&cfg)) return 1;
     char err[512];
     raise_nofile();
-    signal(SIGPIPE, SIG_IGN);
     if (chat_metrics_init(cfg.metrics_dir, "streamer", err, sizeof err)) chat_log_warn("%s", err);
 
     sigset_t term;
@@ -55,12 +55,7 @@ int main(int argc, char **argv)
     sigaddset(&term, SIGTERM);
     sigaddset(&term, SIGINT);
     pthread_sigmask(SIG_BLOCK, &term, NULL);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    chat_handle_stop_signals(on_signal); /* SIGPIPE ignored too */
 
     int rc = 1;
     if (st_init(&cfg, err, sizeof err)) {

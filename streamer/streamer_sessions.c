@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chat_common.h"
+#include "chat_list.h"
 
 typedef struct ss_group {
     struct ss_group *hnext;
@@ -132,11 +133,7 @@ void ss_detach(ss_registry *r, ss_member **mp)
     ss_member *m = *mp;
     if (!m) return;
     ss_group *g = m->group;
-    if (m->prev)
-        m->prev->next = m->next;
-    else
-        g->members = m->next;
-    if (m->next) m->next->prev = m->prev;
+    CHAT_DLIST_UNLINK(g->members, m);
     g->n--;
     group_drop_if_empty(r, g);
     free(m);

@@ -77,6 +77,7 @@
 
 #include "chat_common.h"
 #include "chat_jwt.h"
+#include "chat_list.h"
 #include "chat_config.h"
 #include "chat_log.h"
 #include "chat_metrics.h"
@@ -293,11 +294,7 @@ static void outq_link(sess_x *x)
 {
     x->oprev = S.outq_tail;
     x->onext = NULL;
-    if (S.outq_tail)
-        S.outq_tail->onext = x;
-    else
-        S.outq_head = x;
-    S.outq_tail = x;
+    CHAT_QUEUE_APPEND(S.outq_head, S.outq_tail, x, onext);
 }
 
 static void outq_unlink(sess_x *x)
@@ -609,11 +606,7 @@ static bool bucket_take(float *bucket, int64_t *at_ms, int64_t now)
 /* Appends p to the connection's waiting work. */
 static void x_queue(sess_x *x, pmsg *p)
 {
-    if (x->p_tail)
-        x->p_tail->next = p;
-    else
-        x->p_head = p;
-    x->p_tail = p;
+    CHAT_QUEUE_APPEND(x->p_head, x->p_tail, p, next);
     x->p_len++;
 }
 

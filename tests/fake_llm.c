@@ -102,6 +102,31 @@ static volatile sig_atomic_t g_stop;
 static atomic_int g_conns;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static long g_requests;         /* completion requests, all models */
+/* The scenarios that answer with an HTTP error, as OpenAI-compatible servers do: `first` of every first + 1
+ * requests of the scenario fail, beginning with its first request (0: every request; 1: every other one;
+ * -1: the N of fake-429-first-N), the others are answered. */
+typedef struct http_failure {
+    int sc, first, status;
+    const char *message, *type, *headers;
+} http_failure;
+
+static const http_failure FAILURES[] = {
+    {SC_401, 0, 401, "Incorrect API key provided", "invalid_request_error", NULL},
+    {SC_429, 1, 429, "Rate limit reached, retry later", "rate_limit_error", "Retry-After: 1\r\n"},
+    {SC_429_ALWAYS, 0, 429, "Rate limit reached", "rate_limit_error", NULL},
+    {SC_429_FIRST, -1, 429, "Rate limit reached, retry later", "rate_limit_error",
+     "Retry-After: 1\r\nretry-after-ms: 50\r\n"},
+    {SC_503_ALWAYS, 0, 503, "The engine is currently overloaded", "server_error", NULL},
+    {SC_500_ONCE, 1, 500, "The server had an error", "server_error", NULL},
+};
+
+static const http_failure *failure_of(int sc)
+{
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(FAILURES); i++)
+        if (FAILURES[i].sc == sc) return &FAILURES[i];
+    return NULL;
+}
+
 static long g_counts[SC_COUNT]; /* per scenario, drives the "once" scenarios */
 static struct {
     char model[128];
@@ -321,13 +346,27 @@ static void send_simple(int fd, int status, const char *reason, const char *ctyp
     chat_buf_free(&b);
 }
 
-static void send_error(int fd, int status, const char *reason, const char *msg, const char *type,
-                       const char *extra_headers)
+/* The reason phrase of the statuses the server answers with. */
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+    }
+}
+
+/* An error response in OpenAI's shape: {"error":{"message","type","param","code"}}. */
+static void send_error(int fd, int status, const char *msg, const char *type, const char *extra_headers)
 {
     char body[512];
     snprintf(body, sizeof body, "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":null,\"code\":%d}}", msg,
              type, status);
-    send_simple(fd, status, reason, "application/json", body, extra_headers);
+    send_simple(fd, status, reason_phrase(status), "application/json", body, extra_headers);
 }
 
 /* ---- the completion answer ---- */
@@ -519,7 +558,7 @@ static bool handle_completion(int fd, const request *r)
     if (!root || !json_object_is_type(root, json_type_object) || !json_object_object_get_ex(root, "messages", &msgs) ||
         !json_object_is_type(msgs, json_type_array)) {
         json_object_put(root);
-        send_error(fd, 400, "Bad Request", "expected a JSON body with messages", "invalid_request_error", NULL);
+        send_error(fd, 400, "expected a JSON body with messages", "invalid_request_error", NULL);
         return true;
     }
     const char *model = json_object_object_get_ex(root, "model", &v) && json_object_is_type(v, json_type_string)
@@ -584,41 +623,15 @@ static bool handle_completion(int fd, const request *r)
     pthread_mutex_unlock(&g_mu);
     json_object_put(root);
 
-    switch (c.sc) {
-    case SC_401:
-        send_error(fd, 401, "Unauthorized", "Incorrect API key provided", "invalid_request_error", NULL);
-        return true;
-    case SC_429:
-        if (c.nth % 2 == 1) {
-            send_error(fd, 429, "Too Many Requests", "Rate limit reached, retry later", "rate_limit_error",
-                       "Retry-After: 1\r\n");
+    const http_failure *f = failure_of(c.sc);
+    if (f) {
+        int first = f->first < 0 ? c.first_n : f->first;
+        if (f->first == 0 || (c.nth - 1) % (first + 1) < first) {
+            send_error(fd, f->status, f->message, f->type, f->headers);
             return true;
         }
-        break;
-    case SC_429_ALWAYS:
-        send_error(fd, 429, "Too Many Requests", "Rate limit reached", "rate_limit_error", NULL);
-        return true;
-    case SC_429_FIRST:
-        if ((c.nth - 1) % (c.first_n + 1) < c.first_n) {
-            send_error(fd, 429, "Too Many Requests", "Rate limit reached, retry later", "rate_limit_error",
-                       "Retry-After: 1\r\nretry-after-ms: 50\r\n");
-            return true;
-        }
-        break;
-    case SC_503_ALWAYS:
-        send_error(fd, 503, "Service Unavailable", "The engine is currently overloaded", "server_error", NULL);
-        return true;
-    case SC_500_ONCE:
-        if (c.nth % 2 == 1) {
-            send_error(fd, 500, "Internal Server Error", "The server had an error", "server_error", NULL);
-            return true;
-        }
-        break;
-    case SC_SLOW_FIRST:
-        if (wait_closed(fd, 30000) < 0) return false;
-        break;
-    default: break;
     }
+    if (c.sc == SC_SLOW_FIRST && wait_closed(fd, 30000) < 0) return false;
     if (!c.stream) {
         plain_answer(fd, &c);
         return true;
@@ -671,7 +684,7 @@ static bool handle(int fd, const request *r)
                     "{\"object\":\"list\",\"data\":[{\"id\":\"fake-ok\",\"object\":\"model\",\"owned_by\":\"fake\"}]}",
                     NULL);
     else
-        send_error(fd, 404, "Not Found", "no such endpoint", "invalid_request_error", NULL);
+        send_error(fd, 404, "no such endpoint", "invalid_request_error", NULL);
     return true;
 }
 
@@ -805,12 +818,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "fake-llm: bad port\n");
         return 2;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal; /* no SA_RESTART: poll() must return to look at g_stop */
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    chat_handle_stop_signals(on_signal); /* poll() returns to look at g_stop */
 
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (lfd < 0) {

@@ -74,6 +74,7 @@
 #include "chat_curve.h"
 #include "chat_jwt.h"
 #include "chat_kb.h"
+#include "chat_list.h"
 #include "chat_log.h"
 #include "chat_memory.h"
 #include "chat_pipeline.h"
@@ -126,6 +127,13 @@ typedef struct check_note {
     owner_check *check;
 } check_note;
 
+/* What an answer produced that the main thread has not sent yet. ev: progress as "step\0message\0"
+ * pairs (they always come before the answer's first token); tok: the pieces' text, one after another;
+ * lens: each piece's length (chat_wire_token_piece_put), by which the streamer frames each piece. */
+typedef struct slot_out {
+    chat_buf ev, tok, lens;
+} slot_out;
+
 typedef struct slot {
     worker *w;
     int index;
@@ -160,19 +168,16 @@ typedef struct slot {
     wa_text sent;         /* the answer's pieces as they went out */
     int64_t unwatched_ms; /* since when nobody follows it (orphan policy cancel); 0: somebody does */
 
-    /* What the answer produced, producing thread -> main thread, under tok_mu. ev_buf holds progress as
-     * "step\0message\0" pairs: they always come before the answer's first token. terminal: the
-     * answer's complete or error (an owned copy) until the main thread sends it. */
+    /* What the answer produced, producing thread -> main thread, under tok_mu. terminal: the answer's
+     * complete or error (an owned copy) until the main thread sends it. */
     pthread_mutex_t tok_mu;
-    chat_buf ev_buf;
-    chat_buf tok_buf;  /* the pieces' text, one after another */
-    chat_buf tok_lens; /* each piece's length (chat_wire_token_piece_put): the streamer frames each */
+    slot_out out;
     chat_wire_event *terminal;
     bool in_dirty; /* listed in w->dirty (under w->dirty_mu) */
 
-    /* Main thread only: emptied buffers swapped in for ev_buf and tok_buf at each flush, so that
-     * producing and sending reuse the same memory instead of allocating per flush. */
-    chat_buf ev_spare, tok_spare, lens_spare;
+    /* Main thread only: emptied buffers swapped in for out at each flush, so that producing and sending
+     * reuse the same memory instead of allocating per flush. */
+    slot_out spare;
 } slot;
 
 /* A FIFO of slot indexes with room for every slot (a slot is in at most one queue at a time). */
@@ -306,9 +311,9 @@ static void on_progress(void *ud, const char *step, const char *message)
     slot *s = ud;
     if (!strcmp(step, chat_proto_step_name(CHAT_STEP_STARTING))) return; /* the streamer sent it already */
     pthread_mutex_lock(&s->tok_mu);
-    bool was_empty = s->ev_buf.len == 0;
-    chat_buf_append(&s->ev_buf, step, strlen(step) + 1);
-    chat_buf_append(&s->ev_buf, message, strlen(message) + 1);
+    bool was_empty = s->out.ev.len == 0;
+    chat_buf_append(&s->out.ev, step, strlen(step) + 1);
+    chat_buf_append(&s->out.ev, message, strlen(message) + 1);
     pthread_mutex_unlock(&s->tok_mu);
     if (!was_empty) return;
     if (s->w->cfg.token_flush_ms == 0)
@@ -325,9 +330,9 @@ static int on_token(void *ud, const char *text, size_t len)
     unsigned char piece[4];
     chat_wire_token_piece_put(piece, (uint32_t)len);
     pthread_mutex_lock(&s->tok_mu);
-    bool was_empty = s->tok_buf.len == 0;
-    int rc = chat_buf_append(&s->tok_buf, text, len);
-    if (!rc && (rc = chat_buf_append(&s->tok_lens, piece, sizeof piece))) s->tok_buf.len -= len; /* in step */
+    bool was_empty = s->out.tok.len == 0;
+    int rc = chat_buf_append(&s->out.tok, text, len);
+    if (!rc && (rc = chat_buf_append(&s->out.lens, piece, sizeof piece))) s->out.tok.len -= len; /* in step */
     pthread_mutex_unlock(&s->tok_mu);
     if (rc) return 1;
     if (s->w->instant && s->w->cfg.token_flush_ms > 0) {
@@ -752,11 +757,7 @@ static void handle_attach(worker *w, int p, const chat_wire_attach *a)
             snprintf(c->session_id, sizeof c->session_id, "%s", a->session_id);
             snprintf(c->user_id, sizeof c->user_id, "%s", a->user_id);
             pthread_mutex_lock(&w->task_mu);
-            if (w->checks_tail)
-                w->checks_tail->next = c;
-            else
-                w->checks_head = c;
-            w->checks_tail = c;
+            CHAT_QUEUE_APPEND(w->checks_head, w->checks_tail, c, next);
             pthread_cond_signal(&w->task_cv);
             pthread_mutex_unlock(&w->task_mu);
             return; /* answered on its NOTE_CHECKED */
@@ -926,6 +927,20 @@ static chat_wire_kind handle_broker(worker *w, int p, const chat_wire_msg *m, bo
     return c.kind;
 }
 
+static void slot_out_init(slot_out *o)
+{
+    chat_buf_init(&o->ev);
+    chat_buf_init(&o->tok);
+    chat_buf_init(&o->lens);
+}
+
+static void slot_out_free(slot_out *o)
+{
+    chat_buf_free(&o->ev);
+    chat_buf_free(&o->tok);
+    chat_buf_free(&o->lens);
+}
+
 /* Empties a buffer kept for the next flush; one that a long instant answer grew is let go, so that
  * thousands of slots do not each keep their largest answer. */
 static void spare_reset(chat_buf *b)
@@ -936,6 +951,13 @@ static void spare_reset(chat_buf *b)
         chat_buf_reset(b);
 }
 
+static void slot_out_spare_reset(slot_out *o)
+{
+    spare_reset(&o->ev);
+    spare_reset(&o->tok);
+    spare_reset(&o->lens);
+}
+
 /* Sends what waits in the slot's buffers: the progress steps, each as its event, then the tokens as one
  * event, to every follower, and appends the tokens to what the answer sent (after sending: what an
  * ATTACH is told and what follows it meet at the same piece). The buffers are swapped with the slot's
@@ -943,31 +965,25 @@ static void spare_reset(chat_buf *b)
 static void flush_tokens(worker *w, slot *s)
 {
     pthread_mutex_lock(&s->tok_mu);
-    chat_buf ev = s->ev_buf, out = s->tok_buf, lens = s->tok_lens;
-    s->ev_buf = s->ev_spare;
-    s->tok_buf = s->tok_spare;
-    s->tok_lens = s->lens_spare;
+    slot_out o = s->out;
+    s->out = s->spare;
     pthread_mutex_unlock(&s->tok_mu);
-    for (size_t at = 0; at < ev.len;) {
-        const char *step = ev.data + at;
+    for (size_t at = 0; at < o.ev.len;) {
+        const char *step = o.ev.data + at;
         size_t sl = strlen(step);
         const char *message = step + sl + 1;
         size_t ml = strlen(message);
         at += sl + ml + 2;
         send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_PROGRESS, .progress = {{step, sl}, {message, ml}}});
     }
-    if (out.len) {
-        chat_wire_str text = {out.data, out.len}, pieces = {lens.data, lens.len};
+    if (o.tok.len) {
+        chat_wire_str text = {o.tok.data, o.tok.len}, pieces = {o.lens.data, o.lens.len};
         send_followers(w, s, (chat_wire_event){.kind = CHAT_WIRE_EV_TOKEN, .token = {text, pieces}});
         if (wa_text_append(&s->sent, text, pieces))
             chat_log_error("worker: out of memory keeping job %" PRIu64 "'s text: it cannot be resumed whole", s->job_id);
     }
-    s->ev_spare = ev;
-    s->tok_spare = out;
-    s->lens_spare = lens;
-    spare_reset(&s->ev_spare);
-    spare_reset(&s->tok_spare);
-    spare_reset(&s->lens_spare);
+    s->spare = o;
+    slot_out_spare_reset(&s->spare);
 }
 
 /* Sends the answer's terminal event if it waits in the slot, after the steps and tokens before it: the
@@ -1125,12 +1141,8 @@ static worker *worker_new(const chat_config *cfg)
         s->w = w;
         s->index = i;
         pthread_mutex_init(&s->tok_mu, NULL);
-        chat_buf_init(&s->tok_buf);
-        chat_buf_init(&s->ev_buf);
-        chat_buf_init(&s->tok_spare);
-        chat_buf_init(&s->ev_spare);
-        chat_buf_init(&s->tok_lens);
-        chat_buf_init(&s->lens_spare);
+        slot_out_init(&s->out);
+        slot_out_init(&s->spare);
         wa_text_init(&s->sent);
         w->idle[w->n_slots - 1 - i] = i; /* slot 0 first */
     }
@@ -1148,12 +1160,8 @@ static void worker_free(worker *w)
         chat_wire_job_free(s->job);
         chat_wire_job_free(w->pending[i]);
         chat_wire_event_free(s->terminal);
-        chat_buf_free(&s->tok_buf);
-        chat_buf_free(&s->ev_buf);
-        chat_buf_free(&s->tok_spare);
-        chat_buf_free(&s->ev_spare);
-        chat_buf_free(&s->tok_lens);
-        chat_buf_free(&s->lens_spare);
+        slot_out_free(&s->out);
+        slot_out_free(&s->spare);
         wa_text_free(&s->sent);
         wa_subs_free(&s->subs);
         pthread_mutex_destroy(&s->tok_mu);

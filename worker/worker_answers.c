@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "chat_common.h"
+#include "chat_list.h"
 
 /* ---------------------------------------------------------------- text */
 
@@ -248,11 +249,7 @@ int wa_store_put(wa_store *s, const char *user_id, const char *session_id, const
     k->hnext = s->buckets[b];
     s->buckets[b] = k;
     k->older = s->newest;
-    if (s->newest)
-        s->newest->newer = k;
-    else
-        s->oldest = k;
-    s->newest = k;
+    CHAT_QUEUE_APPEND(s->oldest, s->newest, k, newer);
     s->n++;
     return 0;
 }

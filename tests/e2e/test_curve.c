@@ -565,7 +565,6 @@ int main(void)
         cmocka_unit_test(test_allowed_worker_answers_encrypted), cmocka_unit_test(test_unlisted_worker_refused),
         cmocka_unit_test(test_worker_refuses_other_streamer),
     };
-    const char *filter = getenv("CMOCKA_TEST_FILTER");
-    if (filter && *filter) cmocka_set_test_filter(filter);
+    testutil_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -59,15 +59,6 @@ static char *scrape(void)
     return text;
 }
 
-/* The value of the sample `series` (the whole series name with its labels), or -1 when absent. */
-static double sample(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (!strncmp(p, series, n) && p[n] == ' ') return atof(p + n + 1);
-    return -1;
-}
-
 /* The sum of every sample of a metric family whose line starts with prefix (e.g. all agents' counts). */
 static double sum_of(const char *text, const char *prefix)
 {
@@ -130,7 +121,7 @@ static void test_scrape_moves_with_traffic(void **state)
     (void)state;
     char *before = scrape();
     double answers0 = sum_of(before, "chat_answers_total{"), ttft0 = sum_of(before, "chat_time_to_first_token_seconds_count{");
-    double rest0 = sample(before, "chat_rest_requests_total{status=\"200\"}");
+    double rest0 = testutil_metric(before, "chat_rest_requests_total{status=\"200\"}");
     free(before);
 
     chat_wsc *c = ask_over_websocket();
@@ -143,13 +134,14 @@ static void test_scrape_moves_with_traffic(void **state)
     char *after = scrape();
     promtool_accepts(after);
     assert_true(sum_of(after, "chat_answers_total{") >= answers0 + 1);
-    assert_true(sample(after, "chat_answers_total{finish_reason=\"stop\"}") >= 1);
+    assert_true(testutil_metric(after, "chat_answers_total{finish_reason=\"stop\"}") >= 1);
     assert_true(sum_of(after, "chat_time_to_first_token_seconds_count{") >= ttft0 + 1);
-    assert_true(sample(after, "chat_rest_requests_total{status=\"200\"}") >= rest0 + 1); /* the /health above */
-    assert_true(sample(after, "chat_websocket_connections") >= 1);                       /* c is still open */
-    assert_true(sample(after, "chat_workers_live") >= 1);
-    assert_true(sample(after, "chat_worker_slots") >= 1);
-    assert_true(sample(after, "chat_db_connections") >= 1);
+    /* the /health above */
+    assert_true(testutil_metric(after, "chat_rest_requests_total{status=\"200\"}") >= rest0 + 1);
+    assert_true(testutil_metric(after, "chat_websocket_connections") >= 1); /* c is still open */
+    assert_true(testutil_metric(after, "chat_workers_live") >= 1);
+    assert_true(testutil_metric(after, "chat_worker_slots") >= 1);
+    assert_true(testutil_metric(after, "chat_db_connections") >= 1);
     assert_true(sum_of(after, "chat_generation_tokens_total{") >= 1);
     free(after);
     chat_wsc_close(c, 1000, NULL);
@@ -165,8 +157,8 @@ static void test_streamer_own_metrics(void **state)
     char *text = get("http://localhost/metrics", sock, &status);
     assert_int_equal(status, 200);
     promtool_accepts(text);
-    assert_true(sample(text, "chat_workers_live") >= 1);     /* the broker's view is the streamer's */
-    assert_true(sample(text, "chat_db_connections") == 0);   /* the streamer never opens the database */
+    assert_true(testutil_metric(text, "chat_workers_live") >= 1);     /* the broker's view is the streamer's */
+    assert_true(testutil_metric(text, "chat_db_connections") == 0);   /* the streamer never opens the database */
     free(text);
 }
 

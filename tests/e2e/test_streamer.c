@@ -259,24 +259,38 @@ static chat_wsc *ws_open_at(int port, const char *path_query, const char *origin
     return chat_wsc_connect(url, &o, http_status, err, sizeof err);
 }
 
-/* A connection to the streamer on port, authenticated by ?token= (token NULL: not authenticated). */
-static chat_wsc *ws_open_on(int port, const char *token)
+/* A connection to the streamer on port with ?token= (token NULL: none); *first: the reply to the token,
+ * its first frame (caller puts), or NULL without a token. */
+static chat_wsc *ws_open_query(int port, const char *token, json_object **first)
 {
     char pq[4096];
     if (token)
         snprintf(pq, sizeof pq, "/ws/chat?token=%s", token);
     else
         snprintf(pq, sizeof pq, "/ws/chat");
-    int status = 0;
-    chat_wsc *c = ws_open_at(port, pq, NULL, &status);
+    chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
     assert_non_null(c);
-    if (token) {
-        json_object *o = NULL;
-        assert_int_equal(chat_wsc_recv_json(c, 5000, &o), 0);
-        assert_string_equal(jstr(o, "type"), "auth_success");
-        json_object_put(o);
-    }
+    *first = NULL;
+    if (token) assert_int_equal(chat_wsc_recv_json(c, 5000, first), 0);
     return c;
+}
+
+/* A connection to the streamer on port, authenticated by ?token= (token NULL: not authenticated). */
+static chat_wsc *ws_open_on(int port, const char *token)
+{
+    json_object *o;
+    chat_wsc *c = ws_open_query(port, token, &o);
+    if (o) assert_string_equal(jstr(o, "type"), "auth_success");
+    json_object_put(o);
+    return c;
+}
+
+/* What the streamer on port answers a connection with ?token= (caller puts); the connection is closed. */
+static json_object *query_auth_reply(int port, const char *token)
+{
+    json_object *o;
+    chat_wsc_close(ws_open_query(port, token, &o), 1000, NULL);
+    return o;
 }
 
 static chat_wsc *ws_open(const char *token)
@@ -530,6 +544,33 @@ static void assert_full_answer(const answer *a)
 
 /* ---------------------------------------------------------------- set-up */
 
+/* The endpoint of a test's own stack: ipc://<E.dir>/<name>.ipc. */
+static void own_endpoint(char *out, size_t n, const char *name)
+{
+    snprintf(out, n, "ipc://%s/%s.ipc", E.dir, name);
+}
+
+/* A worker pool of a test's own: `procs` processes of `slots` slots each on the tests' database, connected
+ * to endpoints (one, or several separated by commas), with the settings of own and then of extra
+ * (NULL-terminated lists, either may be NULL); logs to log_path(log). Returns the supervisor's pid. */
+static pid_t pool_spawn(const char *log, const char *endpoints, int procs, int slots, const char *const own[],
+                        const char *const extra[])
+{
+    char zmq[900], procs_env[40], slots_env[40];
+    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoints);
+    snprintf(procs_env, sizeof procs_env, "CHAT_WORKERS=%d", procs);
+    snprintf(slots_env, sizeof slots_env, "CHAT_WORKER_SLOTS=%d", slots);
+    const char *env[32] = {zmq, "CHAT_DB_NAME=chat_t_streamer", procs_env, slots_env};
+    size_t n = 4;
+    const char *const *lists[] = {own, extra};
+    for (size_t k = 0; k < CHAT_ARRAY_LEN(lists); k++)
+        for (size_t i = 0; lists[k] && lists[k][i] && n + 1 < CHAT_ARRAY_LEN(env); i++) env[n++] = lists[k][i];
+    const char *argv[] = {E.bin_worker, NULL};
+    pid_t pid = e2e_spawn(argv, env, log_path(log));
+    assert_true(pid > 0);
+    return pid;
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -551,27 +592,19 @@ static int group_setup(void **state)
     chat_db *db = testutil_db_fresh("streamer", TESTUTIL_SAMPLE);
     chat_db_free(db);
 
-    char zmq[400];
-    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", E.endpoint);
-    const char *env[] = {zmq,
-                         "CHAT_DB_NAME=chat_t_streamer",
-                         "CHAT_WORKERS=2",
-                         "CHAT_WORKER_SLOTS=1",
-                         "CHAT_LLM_PROVIDER=extractive",
+    const char *own[] = {"CHAT_LLM_PROVIDER=extractive",
                          "CHAT_TOKEN_DELAY_MS=" TOKEN_DELAY_MS,
                          "CHAT_SHUTDOWN_GRACE_S=5",
                          "CHAT_LOG_LEVEL=info",
                          "CHAT_MAX_MESSAGE_BYTES",
                          "LLM_MAX_TOKENS",
                          /* these tests were written for answers that end with their connection (and
-                          * answers that outlive it have tests of their own: test_resume.c) */
+                          * answers that outlive it have tests of their own, below) */
                          "CHAT_ORPHAN_POLICY=cancel",
                          "CHAT_ORPHAN_GRACE_S=0",
                          NULL};
-    const char *argv[] = {E.bin_worker, NULL};
     unlink(log_path("workers"));
-    E.workers = e2e_spawn(argv, env, log_path("workers"));
-    assert_true(E.workers > 0);
+    E.workers = pool_spawn("workers", E.endpoint, 2, 1, own, NULL);
     main_streamer_restart();
 
     E.alice = mint("alice");
@@ -760,11 +793,8 @@ static void test_request_head_timeout(void **state)
 static void test_auth_query_success(void **state)
 {
     (void)state;
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
-    chat_wsc *c = ws_open_at(E.port, pq, NULL, NULL);
-    assert_non_null(c);
-    json_object *o = next_json(c, 5000);
+    json_object *o;
+    chat_wsc *c = ws_open_query(E.port, E.alice, &o);
     assert_string_equal(jstr(o, "type"), "auth_success");
     assert_non_null(jstr(o, "message"));
     json_object *u = jget(o, "user");
@@ -1006,7 +1036,6 @@ static void test_jwt_attacks(void **state)
     /* The control: the same construction with the right key is accepted, so refusals mean something. */
     char *good = hs256(ok);
     chat_wsc *c = ws_open(NULL);
-    char msg[4096];
     json_object *o = auth_reply(c, good, "auth_success");
     assert_string_equal(jstr(jget(o, "user"), "id"), "mallory");
     json_object_put(o);
@@ -1024,13 +1053,9 @@ static void test_jwt_attacks(void **state)
         expect_error(c, "AUTH_REQUIRED");
         chat_wsc_close(c, 1000, NULL);
 
-        snprintf(msg, sizeof msg, "/ws/chat?token=%s", cases[i].token);
-        c = ws_open_at(E.port, msg, NULL, NULL);
-        assert_non_null(c);
-        o = next_json(c, 5000);
+        o = query_auth_reply(E.port, cases[i].token);
         if (strcmp(jstr(o, "type"), "auth_error")) fail_msg("%s: accepted in the query", cases[i].name);
         json_object_put(o);
-        chat_wsc_close(c, 1000, NULL);
         free(cases[i].token);
     }
     free(good);
@@ -1402,22 +1427,27 @@ static void test_unmasked_frame(void **state)
 
 /* ---------------------------------------------------------------- workers failing */
 
+/* The pid of the first worker the streamer on port lists as busy (an answer running), or 0. */
+static pid_t busy_worker(int port)
+{
+    pid_t pid = 0;
+    json_object *st = status_of(port);
+    json_object *ws = jget(st, "workers");
+    for (size_t i = 0; ws && i < json_object_array_length(ws) && !pid; i++) {
+        json_object *w = json_object_array_get_idx(ws, i);
+        if (json_object_get_boolean(jget(w, "busy"))) pid = json_object_get_int(jget(w, "pid"));
+    }
+    json_object_put(st);
+    return pid;
+}
+
 static void kill_busy_worker(chat_wsc *c, answer *a, void *ud)
 {
     (void)c;
     pid_t *killed = ud;
     if (*killed || a->ntokens < 1) return;
-    json_object *st = status_of(E.port);
-    json_object *ws = jget(st, "workers");
-    for (size_t i = 0; ws && i < json_object_array_length(ws); i++) {
-        json_object *w = json_object_array_get_idx(ws, i);
-        if (json_object_get_boolean(jget(w, "busy"))) {
-            *killed = json_object_get_int(jget(w, "pid"));
-            kill(*killed, SIGKILL);
-            break;
-        }
-    }
-    json_object_put(st);
+    *killed = busy_worker(E.port);
+    if (*killed) kill(*killed, SIGKILL);
 }
 
 /* Kills the busy worker at the first token, then cancels: the broker learns of the death only after
@@ -1490,13 +1520,7 @@ static void test_no_workers(void **state)
     snprintf(endpoint, sizeof endpoint, "ipc://%s/none.ipc", E.dir);
     int port;
     pid_t pid = streamer_start("noworkers", endpoint, NULL, &port);
-    char pq[2048];
-    snprintf(pq, sizeof pq, "/ws/chat?token=%s", E.alice);
-    chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
-    assert_non_null(c);
-    json_object *o = next_json(c, 5000);
-    assert_string_equal(jstr(o, "type"), "auth_success");
-    json_object_put(o);
+    chat_wsc *c = ws_open_on(port, E.alice);
     for (int i = 0; i < 2; i++) {
         long long t0 = e2e_now_ms();
         send_message(c, QUESTION, NULL);
@@ -1516,20 +1540,14 @@ static void test_no_workers(void **state)
 static pid_t private_stack_env(const char *name, int slots, int delay_ms, int flush_ms, const char *const extra[],
                                const char *const wextra[], int *port, pid_t *workers)
 {
-    char endpoint[400], zmq[460], slots_env[40], delay_env[40], flush_env[40], log[64];
-    snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
-    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
-    snprintf(slots_env, sizeof slots_env, "CHAT_WORKER_SLOTS=%d", slots);
+    char endpoint[400], delay_env[40], flush_env[40], log[64];
+    own_endpoint(endpoint, sizeof endpoint, name);
     snprintf(delay_env, sizeof delay_env, "CHAT_TOKEN_DELAY_MS=%d", delay_ms);
     snprintf(flush_env, sizeof flush_env, "CHAT_TOKEN_FLUSH_MS=%d", flush_ms);
     snprintf(log, sizeof log, "%s-worker", name);
-    const char *wenv[24] = {zmq,       "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1",     slots_env,
-                            delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn", flush_ms >= 0 ? flush_env : NULL};
-    for (int i = 0, n = flush_ms >= 0 ? 8 : 7; wextra && wextra[i] && n < 23; i++)
-        wenv[n++] = wextra[i];
-    const char *wargv[] = {E.bin_worker, NULL};
-    *workers = e2e_spawn(wargv, wenv, log_path(log));
-    assert_true(*workers > 0);
+    const char *own[] = {delay_env, "CHAT_LLM_PROVIDER=extractive", "CHAT_LOG_LEVEL=warn",
+                         flush_ms >= 0 ? flush_env : NULL, NULL};
+    *workers = pool_spawn(log, endpoint, 1, slots, own, wextra);
     pid_t pid = streamer_start(name, endpoint, extra, port);
     wait_workers(*port, slots, 10000);
     return pid;
@@ -1616,19 +1634,14 @@ static void test_token_batching(void **state)
 static pid_t openai_stack_env(const char *name, int llm_port, const char *model, const char *const *wextra, int *port,
                               pid_t *workers)
 {
-    char endpoint[400], zmq[460], base[128], model_env[64], log[64];
-    snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.ipc", E.dir, name);
-    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", endpoint);
+    char endpoint[400], base[128], model_env[64], log[64];
+    own_endpoint(endpoint, sizeof endpoint, name);
     snprintf(base, sizeof base, "LLM_BASE_URL=http://127.0.0.1:%d/v1", llm_port);
     snprintf(model_env, sizeof model_env, "LLM_MODEL=%s", model);
     snprintf(log, sizeof log, "%s-worker", name);
-    const char *wenv[20] = {zmq,        "CHAT_DB_NAME=chat_t_streamer", "CHAT_WORKERS=1", "CHAT_WORKER_SLOTS=8",
-                            "CHAT_LLM_PROVIDER=openai", base, model_env, "LLM_API_KEY=sk-e2e-test",
-                            "LLM_STALL_TIMEOUT_MS=60000", "CHAT_LOG_LEVEL=warn"};
-    for (size_t i = 10; wextra && *wextra && i + 1 < CHAT_ARRAY_LEN(wenv); i++) wenv[i] = *wextra++;
-    const char *wargv[] = {E.bin_worker, NULL};
-    *workers = e2e_spawn(wargv, wenv, log_path(log));
-    assert_true(*workers > 0);
+    const char *own[] = {"CHAT_LLM_PROVIDER=openai", base, model_env, "LLM_API_KEY=sk-e2e-test",
+                         "LLM_STALL_TIMEOUT_MS=60000", "CHAT_LOG_LEVEL=warn", NULL};
+    *workers = pool_spawn(log, endpoint, 1, 8, own, wextra);
     const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=100000", NULL};
     pid_t pid = streamer_start(name, endpoint, extra, port);
     wait_workers(*port, 8, 10000);
@@ -1638,6 +1651,28 @@ static pid_t openai_stack_env(const char *name, int llm_port, const char *model,
 static pid_t openai_stack(const char *name, int llm_port, const char *model, int *port, pid_t *workers)
 {
     return openai_stack_env(name, llm_port, model, NULL, port, workers);
+}
+
+/* The fake OpenAI server of a test (its setup starts it, its teardown stops it, failed or not). */
+typedef struct fake_llm {
+    pid_t pid;
+    int port;
+} fake_llm;
+
+static int fake_llm_setup(void **state)
+{
+    static fake_llm f;
+    f.pid = testutil_fake_llm_start(&f.port);
+    *state = &f;
+    return f.pid > 0 ? 0 : -1;
+}
+
+static int fake_llm_teardown(void **state)
+{
+    fake_llm *f = *state;
+    testutil_fake_llm_stop(f->pid);
+    f->pid = -1;
+    return 0;
 }
 
 /* After the first token, waits for the model to fall silent, then cancels. */
@@ -1662,11 +1697,7 @@ static void cancel_in_silence(chat_wsc *c, answer *a, void *ud)
  * partial text), where the stall timeout is a minute away. */
 static void test_openai_through_worker(void **state)
 {
-    (void)state;
-    int llm_port = 0;
-    pid_t llm = testutil_fake_llm_start(&llm_port);
-    assert_true(llm > 0);
-
+    int llm_port = ((fake_llm *)*state)->port;
     int port;
     pid_t workers;
     pid_t pid = openai_stack("oai", llm_port, "fake-ok", &port, &workers);
@@ -1706,7 +1737,6 @@ static void test_openai_through_worker(void **state)
     expect_usable(c);
     chat_wsc_close(c, 1000, NULL);
     stop_stack(pid, workers);
-    testutil_fake_llm_stop(llm);
 }
 
 /* The model the fake LLM server was last asked for, and whether its system message opens with prompt. */
@@ -1725,10 +1755,7 @@ static void expect_last_asked(int llm_port, const char *model, const char *promp
  * and model from CHAT_PROMPTS_DIR. */
 static void test_sighup_reloads_agent_settings(void **state)
 {
-    (void)state;
-    int llm_port = 0;
-    pid_t llm = testutil_fake_llm_start(&llm_port);
-    assert_true(llm > 0);
+    int llm_port = ((fake_llm *)*state)->port;
     char dir[512], path[600], env[600];
     snprintf(dir, sizeof dir, "%s", testutil_copy_dir("prompts", "e2e_prompts"));
     snprintf(path, sizeof path, "%s/agents.conf", dir);
@@ -1759,17 +1786,13 @@ static void test_sighup_reloads_agent_settings(void **state)
     chat_wsc_close(c, 1000, NULL);
     stop_stack(pid, workers);
     testutil_rmdir(dir);
-    testutil_fake_llm_stop(llm);
 }
 
 /* Through the worker: a provider that is down before its first token is retried, then the chain's
  * offline provider answers; the complete event says so and lists the attempts. */
 static void test_fallback_through_worker(void **state)
 {
-    (void)state;
-    int llm_port = 0;
-    pid_t llm = testutil_fake_llm_start(&llm_port);
-    assert_true(llm > 0);
+    int llm_port = ((fake_llm *)*state)->port;
     const char *wextra[] = {"CHAT_LLM_FALLBACK=extractive", "LLM_RETRY_BACKOFF_MS=20", NULL};
     int port;
     pid_t workers;
@@ -1789,7 +1812,6 @@ static void test_fallback_through_worker(void **state)
     answer_clear(&a);
     chat_wsc_close(c, 1000, NULL);
     stop_stack(pid, workers);
-    testutil_fake_llm_stop(llm);
 }
 
 /* One worker, answers requested back to back: the next job reaches the worker the moment the broker
@@ -2285,15 +2307,10 @@ static void test_rs256_and_alg_confusion(void **state)
         {"HS256 with the old secret", hs256(payload), false},
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
-        char pq[4096];
-        snprintf(pq, sizeof pq, "/ws/chat?token=%s", cases[i].token);
-        chat_wsc *c = ws_open_at(port, pq, NULL, NULL);
-        assert_non_null(c);
-        json_object *o = next_json(c, 5000);
+        json_object *o = query_auth_reply(port, cases[i].token);
         const char *want = cases[i].ok ? "auth_success" : "auth_error";
         if (strcmp(jstr(o, "type"), want)) fail_msg("%s: got %s", cases[i].name, jstr(o, "type"));
         json_object_put(o);
-        chat_wsc_close(c, 1000, NULL);
         free(cases[i].token);
     }
     free(payload);
@@ -2519,29 +2536,29 @@ static void resume_streamer_start(void)
     wait_workers(R.port, R_SLOTS, 15000);
 }
 
+/* The settings of this group's worker pools: extractive answers paced by R_TOKEN_DELAY_MS, the default
+ * orphan policy. */
+static const char *const R_POOL[] = {"CHAT_LLM_PROVIDER=extractive", "CHAT_TOKEN_DELAY_MS=" R_TOKEN_DELAY_MS,
+                                     "CHAT_ORPHAN_POLICY", "CHAT_LOG_LEVEL=info", NULL};
+
 static void resume_stack(void)
 {
     if (R.streamer > 0) return;
-    snprintf(R.endpoint, sizeof R.endpoint, "ipc://%s/resume.ipc", E.dir);
-    char zmq[460], retention[64];
-    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s", R.endpoint);
+    own_endpoint(R.endpoint, sizeof R.endpoint, "resume");
+    char retention[64];
     snprintf(retention, sizeof retention, "CHAT_RESUME_RETENTION_S=%d", R_RETENTION_S);
-    const char *env[] = {zmq,
-                         "CHAT_DB_NAME=chat_t_streamer",
-                         "CHAT_WORKERS=2",
-                         "CHAT_WORKER_SLOTS=2",
-                         "CHAT_LLM_PROVIDER=extractive",
-                         "CHAT_TOKEN_DELAY_MS=" R_TOKEN_DELAY_MS,
-                         retention,
-                         "CHAT_ORPHAN_POLICY",
-                         "CHAT_ORPHAN_GRACE_S",
-                         "CHAT_LOG_LEVEL=info",
-                         NULL};
-    const char *argv[] = {E.bin_worker, NULL};
+    const char *extra[] = {retention, "CHAT_ORPHAN_GRACE_S", NULL};
     unlink(log_path("resume-workers"));
-    R.workers = e2e_spawn(argv, env, log_path("resume-workers"));
-    assert_true(R.workers > 0);
+    R.workers = pool_spawn("resume-workers", R.endpoint, 2, 2, R_POOL, extra);
     resume_streamer_start();
+}
+
+/* The group's tests of answers that outlive connections start with the stack of their own. */
+static int resume_setup(void **state)
+{
+    (void)state;
+    resume_stack();
+    return 0;
 }
 
 static void resume_stack_stop(void)
@@ -2662,16 +2679,32 @@ static void expect_nothing_more(chat_wsc *c)
     expect_usable(c);
 }
 
-/* Asks on a fresh connection of alice's and reads the answer up to n tokens: *a holds what it saw. */
-static chat_wsc *ask_partly(const char *extra, int n, answer *a)
+/* Asks on a fresh connection of alice's to the streamer on port and reads the answer up to n tokens: *a
+ * holds what it saw. */
+static chat_wsc *ask_partly_on(int port, const char *extra, int n, answer *a)
 {
-    chat_wsc *c = ws_open_on(R.port, E.alice);
+    chat_wsc *c = ws_open_on(port, E.alice);
     answer_init(a);
     send_message(c, QUESTION, extra);
     assert_true(read_tokens(c, a, n));
     assert_true(a->session_id[0] && a->answer_id[0]); /* "starting" names the answer */
     assert_int_equal(a->seq, (unsigned long long)n);   /* one frame per piece for a reader that keeps up */
     return c;
+}
+
+/* The same on the group's own streamer. */
+static chat_wsc *ask_partly(const char *extra, int n, answer *a)
+{
+    return ask_partly_on(R.port, extra, n, a);
+}
+
+/* A client back after a drop: a new connection of alice's to the streamer on port, resuming where
+ * `before` left off (its session, last seq and answer id); the resumed frame is in *after. */
+static chat_wsc *reconnect_and_resume(int port, const answer *before, answer *after)
+{
+    chat_wsc *d = ws_open_on(port, E.alice);
+    resume_into(d, before->session_id, (long long)before->seq, before->answer_id, after);
+    return d;
 }
 
 /* The text a client sees across a drop: what it had, then what the resume gave, equals the complete's
@@ -2699,12 +2732,10 @@ static void assert_whole(const answer *before, const answer *after)
 static void test_resume_after_drop(void **state)
 {
     (void)state;
-    resume_stack();
     answer before, after;
     chat_wsc *c = ask_partly(NULL, 3, &before);
     chat_wsc_close(c, 0, NULL);
-    chat_wsc *d = ws_open_on(R.port, E.alice);
-    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &after);
+    chat_wsc *d = reconnect_and_resume(R.port, &before, &after);
     assert_true(resumed_in_flight(&after));
     assert_string_equal(jstr(after.resumed, "answer_id"), before.answer_id);
     collect(d, &after, ANSWER_MS, NULL, NULL);
@@ -2726,7 +2757,6 @@ static void test_resume_after_drop(void **state)
 static void test_drop_finishes_answer(void **state)
 {
     (void)state;
-    resume_stack();
     answer a;
     chat_wsc *c = ask_partly(NULL, 1, &a);
     chat_wsc_close(c, 0, NULL);
@@ -2741,13 +2771,11 @@ static void test_drop_finishes_answer(void **state)
 static void test_resume_finished_answer(void **state)
 {
     (void)state;
-    resume_stack();
     answer before, after;
     chat_wsc *c = ask_partly(NULL, 2, &before);
     chat_wsc_close(c, 0, NULL);
     assert_stored(before.session_id, 1, NULL); /* it has finished meanwhile */
-    chat_wsc *d = ws_open_on(R.port, E.alice);
-    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &after);
+    chat_wsc *d = reconnect_and_resume(R.port, &before, &after);
     assert_false(resumed_in_flight(&after));
     assert_string_equal(jstr(after.resumed, "answer_id"), before.answer_id);
     collect(d, &after, ANSWER_MS, NULL, NULL);
@@ -2780,7 +2808,6 @@ static void test_resume_finished_answer(void **state)
 static void test_two_tabs(void **state)
 {
     (void)state;
-    resume_stack();
     chat_wsc *t1 = ws_open_on(R.port, E.alice), *t2 = ws_open_on(R.port, E.alice);
     answer first;
     ask_with(t1, QUESTION, "\"session_id\":\"tabs-session-1\"", &first);
@@ -2823,7 +2850,6 @@ static void test_two_tabs(void **state)
 static void test_cancel_from_other_tab(void **state)
 {
     (void)state;
-    resume_stack();
     answer a1, a2;
     chat_wsc *t1 = ask_partly(NULL, 2, &a1);
     chat_wsc *t2 = ws_open_on(R.port, E.alice);
@@ -2860,7 +2886,6 @@ static void test_cancel_from_other_tab(void **state)
 static void test_resume_other_user(void **state)
 {
     (void)state;
-    resume_stack();
     answer a;
     chat_wsc *c = ask_partly(NULL, 1, &a);
     chat_wsc *b = ws_open_on(R.port, E.bob);
@@ -2894,7 +2919,6 @@ static void test_resume_other_user(void **state)
 static void test_same_session_id_two_users(void **state)
 {
     (void)state;
-    resume_stack();
     const char *sid = "shared-session-1";
     chat_wsc *t1 = ws_open_on(R.port, E.alice), *t2 = ws_open_on(R.port, E.alice);
     answer mine;
@@ -2972,7 +2996,6 @@ static void test_same_session_id_two_users(void **state)
 static void test_resume_stale_and_future_seq(void **state)
 {
     (void)state;
-    resume_stack();
     answer a;
     chat_wsc *c = ask_partly(NULL, 2, &a);
     chat_wsc *d = ws_open_on(R.port, E.alice);
@@ -3031,7 +3054,6 @@ static void test_resume_stale_and_future_seq(void **state)
 static void test_resume_after_worker_killed(void **state)
 {
     (void)state;
-    resume_stack();
     chat_wsc *c = ws_open_on(R.port, E.alice);
     answer first;
     ask_with(c, QUESTION, "\"session_id\":\"worker-killed-1\"", &first);
@@ -3040,14 +3062,7 @@ static void test_resume_after_worker_killed(void **state)
     answer_init(&a);
     send_message(c, QUESTION, NULL);
     assert_true(read_tokens(c, &a, 1));
-    pid_t killed = 0;
-    json_object *st = status_of(R.port);
-    json_object *ws = jget(st, "workers");
-    for (size_t i = 0; ws && i < json_object_array_length(ws) && !killed; i++) {
-        json_object *w = json_object_array_get_idx(ws, i);
-        if (json_object_get_int(jget(w, "running")) > 0) killed = json_object_get_int(jget(w, "pid"));
-    }
-    json_object_put(st);
+    pid_t killed = busy_worker(R.port);
     assert_true(killed > 0);
     kill(killed, SIGKILL);
     collect(c, &a, ANSWER_MS, NULL, NULL);
@@ -3069,14 +3084,12 @@ static void test_resume_after_worker_killed(void **state)
 static void test_resume_after_streamer_killed(void **state)
 {
     (void)state;
-    resume_stack();
     answer before, after;
     chat_wsc *c = ask_partly(NULL, 2, &before);
     e2e_stop(R.streamer, SIGKILL, 5000, NULL);
     chat_wsc_close(c, 0, NULL);
     resume_streamer_start(); /* the same endpoint: the workers come back to it */
-    chat_wsc *d = ws_open_on(R.port, E.alice);
-    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &after);
+    chat_wsc *d = reconnect_and_resume(R.port, &before, &after);
     collect(d, &after, ANSWER_MS, NULL, NULL);
     assert_whole(&before, &after);
     assert_string_equal(jstr(jget(after.complete, "metadata"), "finish_reason"), "stop");
@@ -3086,39 +3099,50 @@ static void test_resume_after_streamer_killed(void **state)
     chat_wsc_close(d, 1000, NULL);
 }
 
+/* Two streamers, a and b, sharing one worker pool: its 2 processes of 4 slots connect to both endpoints
+ * and give each streamer a half of their slots. */
+typedef struct two_streamers {
+    pid_t workers, a, b;
+    int port_a, port_b;
+} two_streamers;
+
+/* Starts them under name (<name>-a, <name>-b, <name>-workers); streamer_extra: settings of both streamers
+ * (NULL-terminated, or NULL). Returns once both see the whole pool. */
+static void two_streamers_start(two_streamers *t, const char *name, const char *const streamer_extra[])
+{
+    char e1[400], e2[400], both[810], na[64], nb[64], log[64];
+    snprintf(na, sizeof na, "%s-a", name);
+    snprintf(nb, sizeof nb, "%s-b", name);
+    snprintf(log, sizeof log, "%s-workers", name);
+    own_endpoint(e1, sizeof e1, na);
+    own_endpoint(e2, sizeof e2, nb);
+    snprintf(both, sizeof both, "%s,%s", e1, e2);
+    t->workers = pool_spawn(log, both, 2, 4, R_POOL, NULL);
+    t->a = streamer_start(na, e1, streamer_extra, &t->port_a);
+    t->b = streamer_start(nb, e2, streamer_extra, &t->port_b);
+    wait_workers(t->port_a, 4, 15000); /* 2 processes x a half of their 4 slots each */
+    wait_workers(t->port_b, 4, 15000);
+}
+
+/* Stops both streamers cleanly, then the pool. */
+static void two_streamers_stop(two_streamers *t)
+{
+    stop_streamer(t->a);
+    stop_streamer(t->b);
+    assert_int_equal(e2e_stop(t->workers, SIGTERM, 15000, NULL), 0);
+}
+
 /* Two streamers share one worker pool (its workers connect to both endpoints): an answer asked on one
  * and dropped is resumed on the other, whole and once; each streamer answers with the pool. */
 static void test_resume_on_another_streamer(void **state)
 {
     (void)state;
-    char e1[400], e2[400], zmq[900];
-    snprintf(e1, sizeof e1, "ipc://%s/two-a.ipc", E.dir);
-    snprintf(e2, sizeof e2, "ipc://%s/two-b.ipc", E.dir);
-    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s,%s", e1, e2);
-    const char *env[] = {zmq,
-                         "CHAT_DB_NAME=chat_t_streamer",
-                         "CHAT_WORKERS=2",
-                         "CHAT_WORKER_SLOTS=4",
-                         "CHAT_LLM_PROVIDER=extractive",
-                         "CHAT_TOKEN_DELAY_MS=" R_TOKEN_DELAY_MS,
-                         "CHAT_ORPHAN_POLICY",
-                         "CHAT_LOG_LEVEL=info",
-                         NULL};
-    const char *argv[] = {E.bin_worker, NULL};
-    pid_t workers = e2e_spawn(argv, env, log_path("two-workers"));
-    assert_true(workers > 0);
-    int pa, pb;
-    pid_t sa = streamer_start("two-a", e1, NULL, &pa), sb = streamer_start("two-b", e2, NULL, &pb);
-    wait_workers(pa, 4, 15000); /* 2 processes x a half of their 4 slots each */
-    wait_workers(pb, 4, 15000);
-    chat_wsc *c = ws_open_on(pa, E.alice);
+    two_streamers t;
+    two_streamers_start(&t, "two", NULL);
     answer before, after;
-    answer_init(&before);
-    send_message(c, QUESTION, NULL);
-    assert_true(read_tokens(c, &before, 3));
+    chat_wsc *c = ask_partly_on(t.port_a, NULL, 3, &before);
     chat_wsc_close(c, 0, NULL);
-    chat_wsc *d = ws_open_on(pb, E.alice);
-    resume_into(d, before.session_id, (long long)before.seq, before.answer_id, &after);
+    chat_wsc *d = reconnect_and_resume(t.port_b, &before, &after);
     collect(d, &after, ANSWER_MS, NULL, NULL);
     assert_whole(&before, &after);
     assert_stored(before.session_id, 1, jstr(after.complete, "response"));
@@ -3132,9 +3156,7 @@ static void test_resume_on_another_streamer(void **state)
     answer_clear(&before);
     answer_clear(&after);
     chat_wsc_close(d, 1000, NULL);
-    stop_streamer(sa);
-    stop_streamer(sb);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 15000, NULL), 0);
+    two_streamers_stop(&t);
 }
 
 /* Per-user limits are on without any setting: a user's fifth answer in progress is refused while her
@@ -3200,32 +3222,14 @@ static void test_user_limits_on_by_default(void **state)
 static void test_user_limit_across_streamers(void **state)
 {
     (void)state;
-    char e1[400], e2[400], zmq[900], file[600];
-    snprintf(e1, sizeof e1, "ipc://%s/ul-a.ipc", E.dir);
-    snprintf(e2, sizeof e2, "ipc://%s/ul-b.ipc", E.dir);
-    snprintf(zmq, sizeof zmq, "CHAT_ZMQ_ENDPOINT=%s,%s", e1, e2);
+    char file[600];
     snprintf(file, sizeof file, "CHAT_USERLIMIT_FILE=%s/ul.table", E.dir);
-    const char *env[] = {zmq,
-                         "CHAT_DB_NAME=chat_t_streamer",
-                         "CHAT_WORKERS=2",
-                         "CHAT_WORKER_SLOTS=4",
-                         "CHAT_LLM_PROVIDER=extractive",
-                         "CHAT_TOKEN_DELAY_MS=" R_TOKEN_DELAY_MS,
-                         "CHAT_LOG_LEVEL=info",
-                         NULL};
-    const char *argv[] = {E.bin_worker, NULL};
-    pid_t workers = e2e_spawn(argv, env, log_path("ul-workers"));
-    assert_true(workers > 0);
     const char *limits[] = {"CHAT_USER_MAX_ANSWERS=1", file, NULL};
-    int pa, pb;
-    pid_t sa = streamer_start("ul-a", e1, limits, &pa), sb = streamer_start("ul-b", e2, limits, &pb);
-    wait_workers(pa, 4, 15000);
-    wait_workers(pb, 4, 15000);
-    chat_wsc *a = ws_open_on(pa, E.alice), *b = ws_open_on(pb, E.alice), *other = ws_open_on(pb, E.bob);
+    two_streamers t;
+    two_streamers_start(&t, "ul", limits);
     answer first, refused, bobs, again;
-    answer_init(&first);
-    send_message(a, QUESTION, NULL);
-    assert_true(read_tokens(a, &first, 2)); /* alice's answer is streaming on streamer A */
+    chat_wsc *a = ask_partly_on(t.port_a, NULL, 2, &first); /* alice's answer is streaming on streamer A */
+    chat_wsc *b = ws_open_on(t.port_b, E.alice), *other = ws_open_on(t.port_b, E.bob);
     ask(b, QUESTION, &refused);
     assert_null(refused.complete);
     assert_string_equal(refused.error, "RATE_LIMITED");
@@ -3242,9 +3246,7 @@ static void test_user_limit_across_streamers(void **state)
     chat_wsc_close(a, 1000, NULL);
     chat_wsc_close(b, 1000, NULL);
     chat_wsc_close(other, 1000, NULL);
-    stop_streamer(sa);
-    stop_streamer(sb);
-    assert_int_equal(e2e_stop(workers, SIGTERM, 15000, NULL), 0);
+    two_streamers_stop(&t);
 }
 
 int main(void)
@@ -3277,7 +3279,7 @@ int main(void)
         cmocka_unit_test(test_no_workers),
         cmocka_unit_test(test_single_worker_back_to_back),
         cmocka_unit_test(test_worker_slots_run_concurrently),
-        cmocka_unit_test(test_openai_through_worker),
+        cmocka_unit_test_setup_teardown(test_openai_through_worker, fake_llm_setup, fake_llm_teardown),
         cmocka_unit_test(test_worker_with_slots_killed),
         cmocka_unit_test(test_token_batching),
         cmocka_unit_test(test_rate_limited),
@@ -3290,25 +3292,24 @@ int main(void)
         cmocka_unit_test(test_worker_killed_mid_answer),
         cmocka_unit_test(test_cancel_then_worker_lost),
         cmocka_unit_test(test_slow_reader),
-        cmocka_unit_test(test_resume_after_drop),
-        cmocka_unit_test(test_drop_finishes_answer),
-        cmocka_unit_test(test_resume_finished_answer),
-        cmocka_unit_test(test_two_tabs),
-        cmocka_unit_test(test_cancel_from_other_tab),
-        cmocka_unit_test(test_resume_other_user),
-        cmocka_unit_test(test_same_session_id_two_users),
-        cmocka_unit_test(test_resume_stale_and_future_seq),
-        cmocka_unit_test(test_resume_after_worker_killed),
-        cmocka_unit_test(test_resume_after_streamer_killed),
+        cmocka_unit_test_setup(test_resume_after_drop, resume_setup),
+        cmocka_unit_test_setup(test_drop_finishes_answer, resume_setup),
+        cmocka_unit_test_setup(test_resume_finished_answer, resume_setup),
+        cmocka_unit_test_setup(test_two_tabs, resume_setup),
+        cmocka_unit_test_setup(test_cancel_from_other_tab, resume_setup),
+        cmocka_unit_test_setup(test_resume_other_user, resume_setup),
+        cmocka_unit_test_setup(test_same_session_id_two_users, resume_setup),
+        cmocka_unit_test_setup(test_resume_stale_and_future_seq, resume_setup),
+        cmocka_unit_test_setup(test_resume_after_worker_killed, resume_setup),
+        cmocka_unit_test_setup(test_resume_after_streamer_killed, resume_setup),
         cmocka_unit_test(test_resume_on_another_streamer),
         cmocka_unit_test(test_user_limit_across_streamers),
         cmocka_unit_test(test_user_limits_on_by_default),
         cmocka_unit_test(test_turns_kept_while_database_away),
         cmocka_unit_test(test_sigterm_with_answer_in_flight),
-        cmocka_unit_test(test_sighup_reloads_agent_settings),
-        cmocka_unit_test(test_fallback_through_worker),
+        cmocka_unit_test_setup_teardown(test_sighup_reloads_agent_settings, fake_llm_setup, fake_llm_teardown),
+        cmocka_unit_test_setup_teardown(test_fallback_through_worker, fake_llm_setup, fake_llm_teardown),
     };
-    const char *filter = getenv("CMOCKA_TEST_FILTER"); /* e.g. "*slow*" to run one test while debugging */
-    if (filter && *filter) cmocka_set_test_filter(filter);
+    testutil_filter_from_env();
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

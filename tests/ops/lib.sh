@@ -41,6 +41,22 @@ own_stack() {
   env -u CHAT_DB_SOCKET -u CHAT_DB_HOST -u CHAT_DB_USER -u CHAT_DB_PASSWORD -u CHAT_DB_NAME \
     CHAT_VAR="$dir" CHAT_DEMO=0 "${envs[@]}" bash deploy/stack.sh "$@"
 }
+# Starts a script's own stack or ends the script: own_stack_start DIR OUT [VAR=value...] runs
+# `own_stack DIR [VAR=value...] -- start` with its output in OUT; when it fails: "not ok - the stack
+# starts", the output (without the demo token), the stack stopped, and the script's end.
+own_stack_start() {
+  local dir=$1 out=$2; shift 2
+  own_stack "$dir" "$@" -- start >"$out" 2>&1 && return 0
+  not_ok "the stack starts"
+  grep -v '^eyJ' "$out"
+  own_stack "$dir" -- stop >/dev/null 2>&1
+  finish
+}
+# A token for a script's own stack, signed with its secret, in a file only its owner reads:
+# own_token DIR SUB EMAIL FILE [TTL_S (default 300)]
+own_token() {
+  (umask 077 && JWT_SECRET=$(cat "$1/jwt-secret") "$BIN/chat-token" --sub "$2" --email "$3" --ttl "${5:-300}" >"$4")
+}
 # A JWT for the stack, signed with its secret: mint_token SUB [EMAIL]
 mint_token() {
   JWT_SECRET=${JWT_SECRET:-$(cat "$VAR/jwt-secret")} "$BIN/chat-token" --sub "$1" --email "${2:-$1@example.com}" \

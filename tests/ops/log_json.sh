@@ -8,11 +8,9 @@ OWN=$VAR/own
 L=$OWN/log
 own_stack "$OWN" -- stop >/dev/null 2>&1
 rm -f "$L"/chat-*.log
-own_stack "$OWN" CHAT_LOG_FORMAT=json CHAT_LOG_LEVEL=debug -- start >"$LOG/ops-logjson-start.out" 2>&1 ||
-  { not_ok "the stack starts"; grep -v '^eyJ' "$LOG/ops-logjson-start.out"; own_stack "$OWN" -- stop; finish; }
+own_stack_start "$OWN" "$LOG/ops-logjson-start.out" CHAT_LOG_FORMAT=json CHAT_LOG_LEVEL=debug
 tok=$OWN/token
-(umask 077 && JWT_SECRET=$(cat "$OWN/jwt-secret") "$BIN/chat-token" --sub logjson-user --email logjson@example.com \
-  --ttl 300 >"$tok")
+own_token "$OWN" logjson-user logjson@example.com "$tok"
 "$BIN/chat-ws" --url "ws://127.0.0.1:$PORT/ws/chat" --token-file "$tok" --timeout 30 "What is the engine power?" >/dev/null 2>&1
 curl -s -o /dev/null -m 30 -H "Authorization: Bearer $(cat "$tok")" -H 'Content-Type: application/json' \
   -d '{"message":"What is the engine power?"}' "$BASE/api/v1/chat"

@@ -75,7 +75,7 @@ check "every documented setting reaches every FastCGI responder (${responders:-n
 
 # CHAT_CUSTOMER_ACCESS=any, seen the same way by REST and WebSocket: a customer who is not the user.
 tok=$OWN/token
-(umask 077 && JWT_SECRET=$(cat "$OWN/jwt-secret") "$BIN/chat-token" --sub staff-1 --email staff@example.com --ttl 300 >"$tok")
+own_token "$OWN" staff-1 staff@example.com "$tok"
 code=$(curl -s -o "$OWN/rest.json" -m 30 -w '%{http_code}' -H "Authorization: Bearer $(cat "$tok")" \
   -H 'Content-Type: application/json' -d '{"message":"When is my next service?","customer_id":"cust-1001"}' "$BASE/api/v1/chat")
 check "REST accepts customer cust-1001 (HTTP $code)" test "$code" = 200

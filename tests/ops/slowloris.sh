@@ -7,8 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 OWN=$VAR/own
 own_stack "$OWN" -- stop >/dev/null 2>&1
-own_stack "$OWN" CHAT_HEAD_IDLE_S=2 -- start >"$LOG/ops-slowloris-start.out" 2>&1 ||
-  { not_ok "the stack starts"; grep -v '^eyJ' "$LOG/ops-slowloris-start.out"; own_stack "$OWN" -- stop; finish; }
+own_stack_start "$OWN" "$LOG/ops-slowloris-start.out" CHAT_HEAD_IDLE_S=2
 
 # trickle PATH INTERVAL MAX: sends the request line, then one header byte every INTERVAL seconds (the
 # head never ends unless MAX bytes were sent, then it ends properly). Prints "closed N" (seconds after
@@ -37,7 +36,7 @@ r=$(trickle /health 1 5)
 check "a head that pauses 1 s between bytes is still answered ($r)" quiet grep -q '^answered' <<<"$r"
 
 tok=$OWN/token
-(umask 077 && JWT_SECRET=$(cat "$OWN/jwt-secret") "$BIN/chat-token" --sub slow-user --email slow@example.com --ttl 300 >"$tok")
+own_token "$OWN" slow-user slow@example.com "$tok"
 (sleep 5; echo "What is the engine power of the Seawind 250?") |
   "$BIN/chat-ws" --url "ws://127.0.0.1:$PORT/ws/chat" --token-file "$tok" --timeout 30 >"$OWN/ws-idle.json" 2>&1
 check "a WebSocket idle for 5 s after its handshake is not cut" grep -q '"type":"complete"' "$OWN/ws-idle.json"

@@ -7,14 +7,13 @@ source "$(dirname "$0")/lib.sh"
 OWN=$VAR/own
 stack() { own_stack "$OWN" -- "$@"; }
 stack stop >/dev/null 2>&1
-stack start >"$VAR/log/ops-supervise-start.out" 2>&1 ||
-  { not_ok "the stack starts"; grep -v '^eyJ' "$VAR/log/ops-supervise-start.out"; stack stop >/dev/null 2>&1; finish; }
+own_stack_start "$OWN" "$VAR/log/ops-supervise-start.out"
 FROM=$(stat -c %s "$OWN/log/stack.log")
 newlog() { tail -c +"$((FROM + 1))" "$OWN/log/stack.log"; } # this run's lines only
 pidfile() { [ "$1" = mariadb ] && echo "$OWN/run/mariadb/mariadb.pid" || echo "$OWN/run/$1.pid"; }
 
 tok=$OWN/token
-(umask 077 && JWT_SECRET=$(cat "$OWN/jwt-secret") "$BIN/chat-token" --sub sv-user --email sv@example.com --ttl 300 >"$tok")
+own_token "$OWN" sv-user sv@example.com "$tok"
 ws_chat() { quiet "$BIN/chat-ws" --url "ws://127.0.0.1:$PORT/ws/chat" --token-file "$tok" --timeout 5 "$@" \
   "What is the engine power of the Seawind 250?"; }
 rest_chat() {

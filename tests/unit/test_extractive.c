@@ -324,8 +324,7 @@ static void test_loop_pacing(void **state)
         if (span < (T - 1) * DELAY - 5 || span > (T - 1) * DELAY * 2 + 50)
             fail_msg("generation %d: %d tokens in %lld ms", i, T, (long long)span);
     }
-    int switches = 0;
-    for (int i = 1; i < testutil_gen_norder; i++) switches += testutil_gen_order[i] != testutil_gen_order[i - 1];
+    int switches = testutil_gen_switches();
     if (switches < (T - 1) * 2) fail_msg("tokens did not interleave (%d switches)", switches);
     if (took > (T - 1) * DELAY * 2 + 100) fail_msg("%d paced generations took %lld ms", N, (long long)took);
     chat_llm_loop_free(loop);

@@ -421,8 +421,7 @@ static void test_replay_loop_many(void **state)
             assert_string_equal(g[i].text.data, whole);
         }
     }
-    int switches = 0;
-    for (int i = 1; i < testutil_gen_norder; i++) switches += testutil_gen_order[i] != testutil_gen_order[i - 1];
+    int switches = testutil_gen_switches();
     if (switches < N * 3) fail_msg("pieces did not interleave (%d switches)", switches);
     if (took > (N_PIECES - 1) * DELAY * 3 + 200) fail_msg("%d paced replays took %lld ms", N, (long long)took);
     chat_llm_loop_free(loop);

@@ -17,15 +17,6 @@
 #include "chat_util.h"
 #include "testutil.h"
 
-/* The value of the sample line that starts with `series ` in text, or -1 when there is none. */
-static double sample(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (!strncmp(p, series, n) && p[n] == ' ') return atof(p + n + 1);
-    return -1;
-}
-
 static char *render(const char *dir)
 {
     chat_buf b;
@@ -48,18 +39,18 @@ static void test_one_process(void **state)
     chat_metric_gauge_add(CHAT_METRIC_WS_CONNECTIONS, 0, -2);
     chat_metric_gauge_set(CHAT_METRIC_WORKERS, 0, 4);
     char *t = render(NULL);
-    assert_true(sample(t, "chat_answers_total{finish_reason=\"stop\"}") == 3);
-    assert_true(sample(t, "chat_answers_total{finish_reason=\"cancelled\"}") == 1);
-    assert_true(sample(t, "chat_answers_total{finish_reason=\"other\"}") == 2);
-    assert_true(sample(t, "chat_answers_total{finish_reason=\"length\"}") == 0);
-    assert_true(sample(t, "chat_errors_total{code=\"OVERLOADED\"}") == 1);
+    assert_true(testutil_metric(t, "chat_answers_total{finish_reason=\"stop\"}") == 3);
+    assert_true(testutil_metric(t, "chat_answers_total{finish_reason=\"cancelled\"}") == 1);
+    assert_true(testutil_metric(t, "chat_answers_total{finish_reason=\"other\"}") == 2);
+    assert_true(testutil_metric(t, "chat_answers_total{finish_reason=\"length\"}") == 0);
+    assert_true(testutil_metric(t, "chat_errors_total{code=\"OVERLOADED\"}") == 1);
     /* a dimension of two labels: each value in two parts; "other" is both */
-    assert_true(sample(t, "chat_llm_attempts_total{provider=\"openai\",outcome=\"rate_limited\"}") == 2);
-    assert_true(sample(t, "chat_llm_attempts_total{provider=\"extractive\",outcome=\"ok\"}") == 1);
-    assert_true(sample(t, "chat_llm_attempts_total{provider=\"openai\",outcome=\"ok\"}") == 0);
-    assert_true(sample(t, "chat_llm_attempts_total{provider=\"other\",outcome=\"other\"}") == 1);
-    assert_true(sample(t, "chat_websocket_connections") == 3);
-    assert_true(sample(t, "chat_workers_live") == 4);
+    assert_true(testutil_metric(t, "chat_llm_attempts_total{provider=\"openai\",outcome=\"rate_limited\"}") == 2);
+    assert_true(testutil_metric(t, "chat_llm_attempts_total{provider=\"extractive\",outcome=\"ok\"}") == 1);
+    assert_true(testutil_metric(t, "chat_llm_attempts_total{provider=\"openai\",outcome=\"ok\"}") == 0);
+    assert_true(testutil_metric(t, "chat_llm_attempts_total{provider=\"other\",outcome=\"other\"}") == 1);
+    assert_true(testutil_metric(t, "chat_websocket_connections") == 3);
+    assert_true(testutil_metric(t, "chat_workers_live") == 4);
     assert_non_null(strstr(t, "# TYPE chat_time_to_first_token_seconds histogram\n"));
     assert_non_null(strstr(t, "# TYPE chat_answers_total counter\n"));
     free(t);
@@ -81,13 +72,13 @@ static void test_histogram_buckets(void **state)
         chat_metric_observe(CHAT_METRIC_ITL, 0, cases[i].seconds);
         char *t = render(NULL), series[96];
         snprintf(series, sizeof series, "chat_inter_token_latency_seconds_bucket{le=\"%s\"}", cases[i].first_bucket);
-        assert_true(sample(t, series) == 1);
+        assert_true(testutil_metric(t, series) == 1);
         if (cases[i].below) {
             snprintf(series, sizeof series, "chat_inter_token_latency_seconds_bucket{le=\"%s\"}", cases[i].below);
-            assert_true(sample(t, series) == 0);
+            assert_true(testutil_metric(t, series) == 0);
         }
-        assert_true(sample(t, "chat_inter_token_latency_seconds_count") == 1);
-        double sum = sample(t, "chat_inter_token_latency_seconds_sum");
+        assert_true(testutil_metric(t, "chat_inter_token_latency_seconds_count") == 1);
+        double sum = testutil_metric(t, "chat_inter_token_latency_seconds_sum");
         assert_true(sum > cases[i].seconds - 1e-6 && sum < cases[i].seconds + 1e-6);
         free(t);
         chat_metrics_shutdown();
@@ -124,18 +115,19 @@ static void test_processes_summed(void **state)
     pid_t live1 = child(dir, 3, p[0]), live2 = child(dir, 5, p[0]);
     usleep(200 * 1000); /* both have counted (they block on the pipe right after) */
     char *t = render(dir);
-    assert_true(sample(t, "chat_generation_tokens_total{provider=\"extractive\"}") == 30); /* the exited one too */
-    assert_true(sample(t, "chat_answers_in_flight") == 4);                                  /* live ones only */
-    assert_true(sample(t, "chat_worker_slots") == 5);                                       /* the largest live */
-    assert_true(sample(t, "chat_time_to_first_token_seconds_bucket{agent=\"specs\",le=\"0.025\"}") == 3);
-    assert_true(sample(t, "chat_time_to_first_token_seconds_bucket{agent=\"specs\",le=\"0.01\"}") == 0);
+    /* the exited one too */
+    assert_true(testutil_metric(t, "chat_generation_tokens_total{provider=\"extractive\"}") == 30);
+    assert_true(testutil_metric(t, "chat_answers_in_flight") == 4); /* live ones only */
+    assert_true(testutil_metric(t, "chat_worker_slots") == 5); /* the largest live */
+    assert_true(testutil_metric(t, "chat_time_to_first_token_seconds_bucket{agent=\"specs\",le=\"0.025\"}") == 3);
+    assert_true(testutil_metric(t, "chat_time_to_first_token_seconds_bucket{agent=\"specs\",le=\"0.01\"}") == 0);
     free(t);
     assert_int_equal(write(p[1], "xx", 2), 2);
     waitpid(live1, NULL, 0);
     waitpid(live2, NULL, 0);
     t = render(dir);
-    assert_true(sample(t, "chat_answers_in_flight") == 0);
-    assert_true(sample(t, "chat_generation_tokens_total{provider=\"extractive\"}") == 30);
+    assert_true(testutil_metric(t, "chat_answers_in_flight") == 0);
+    assert_true(testutil_metric(t, "chat_generation_tokens_total{provider=\"extractive\"}") == 30);
     free(t);
     close(p[0]);
     close(p[1]);
@@ -157,7 +149,7 @@ static void test_foreign_files_skipped(void **state)
     assert_int_equal(chat_metrics_init(dir, "test", NULL, 0), 0);
     chat_metric_inc(CHAT_METRIC_REST_REQUESTS, chat_metric_label(CHAT_METRIC_LABEL_STATUS, "200"), 7);
     char *t = render(dir);
-    assert_true(sample(t, "chat_rest_requests_total{status=\"200\"}") == 7);
+    assert_true(testutil_metric(t, "chat_rest_requests_total{status=\"200\"}") == 7);
     free(t);
     chat_metrics_shutdown();
     char cmd[128];

@@ -24,6 +24,20 @@
 
 #include "chat_util.h"
 
+void testutil_filter_from_env(void)
+{
+    const char *filter = getenv("CMOCKA_TEST_FILTER");
+    if (filter && *filter) cmocka_set_test_filter(filter);
+}
+
+double testutil_metric(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+        if (!strncmp(p, series, n) && p[n] == ' ') return atof(p + n + 1);
+    return -1;
+}
+
 const char *testutil_root(void)
 {
     const char *r = getenv("CHAT_ROOT");

@@ -11,6 +11,14 @@
 #include "chat_db.h"
 #include "chat_memory.h"
 
+/* Applies $CMOCKA_TEST_FILTER (a glob of test names, e.g. "*resume*"), when set, to the cmocka run that
+ * follows: one test of a program while debugging. */
+void testutil_filter_from_env(void);
+
+/* The value of the sample `series` (the whole series name with its labels) in a Prometheus text
+ * exposition, or -1 when it has no such line. */
+double testutil_metric(const char *text, const char *series);
+
 /* Repository root: $CHAT_ROOT, else the current directory. */
 const char *testutil_root(void);
 /* root-relative path into a static buffer (valid until the next call). */

@@ -13,6 +13,13 @@
 int testutil_gen_order[TESTUTIL_GEN_ORDER_MAX];
 int testutil_gen_norder;
 
+int testutil_gen_switches(void)
+{
+    int switches = 0;
+    for (int i = 1; i < testutil_gen_norder; i++) switches += testutil_gen_order[i] != testutil_gen_order[i - 1];
+    return switches;
+}
+
 static int gen_piece(void *ud, const char *t, size_t n)
 {
     testutil_gen *g = ud;

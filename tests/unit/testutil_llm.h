@@ -43,6 +43,9 @@ struct testutil_gen {
  * testutil_gen_norder to 0 before it starts. */
 extern int testutil_gen_order[TESTUTIL_GEN_ORDER_MAX];
 extern int testutil_gen_norder;
+/* How often the recorded order switches from one generation to another: (pieces - 1) at most, 0 when
+ * the generations ran one after another. */
+int testutil_gen_switches(void);
 
 /* Zeroes g and sets it up (all_valid until a bad piece; start may be NULL for one no other starts).
  * The test frees g->text with chat_buf_free. */
