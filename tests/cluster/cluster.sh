@@ -13,6 +13,9 @@
 # Every address and interface lives inside the namespaces (the veth pairs are created there), so the
 # machine's own network is never touched and two runs at once do not meet. Filesystems are shared: the
 # hosts' folders are var/cluster/<host>, the keys var/cluster/keys, the logs var/cluster/log.
+# `cluster.sh galera` runs the same stack on a three-node Galera cluster instead (db1, db2, db3 at .21-.23:
+# the services write to db1 and read from db2), with the database checks only: the nodes synced, every
+# table InnoDB, answers stored once and on every node, reads on db2, an edit on db1 seen there, db2 killed.
 # Checks, in order: the hosts and the replication; the workers admitted by key from their own addresses;
 # answers whole and stored once through both streamer hosts and both worker hosts; retrieval reading the
 # replica (a document only the replica has is found, one only the primary has is not); an admin's edit
@@ -32,6 +35,8 @@ LIMIT=${CHAT_CLUSTER_TIME_LIMIT:-300}
 if [ -z "${CLUSTER_UNDER_TIMEOUT:-}" ]; then
   CLUSTER_UNDER_TIMEOUT=1 exec timeout --kill-after=30 "$LIMIT" bash "$0" "$@"
 fi
+MODE=${1:-replica}
+case $MODE in replica | galera) ;; *) echo "usage: cluster.sh [replica|galera]" >&2; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT" || exit 1
 for v in $(compgen -e | grep '^CHAT_'); do
@@ -48,8 +53,9 @@ KEYS=$VAR/keys
 RUN=$VAR/run
 PREFIX=chatc$$
 NET=10.231.0
-declare -A ADDR=([s1]=1 [s2]=2 [w1]=11 [w2]=12 [db1]=21 [db2]=22 [c]=10)
+declare -A ADDR=([s1]=1 [s2]=2 [w1]=11 [w2]=12 [db1]=21 [db2]=22 [db3]=23 [c]=10)
 HOSTS=(s1 s2 w1 w2 db1 db2 c)
+[ "$MODE" = galera ] && HOSTS+=(db3)
 ns() { echo "$PREFIX-$1"; }
 FRONT_PORT=8000 DIRECT_PORT=8100
 FRONT_URL="ws://$NET.1:$FRONT_PORT/ws/chat" DIRECT_URL="ws://$NET.2:$DIRECT_PORT/ws/chat"
@@ -59,6 +65,10 @@ DB_NAME=chat_cluster DB_USER=chat DB_PASSWORD=cluster-db-password
 DB_ENV=(CHAT_DB_HOST="$NET.21" CHAT_DB_PORT=3306 CHAT_DB_USER=$DB_USER CHAT_DB_PASSWORD=$DB_PASSWORD
   CHAT_DB_NAME=$DB_NAME CHAT_DB_READ_HOST="$NET.22" CHAT_DB_READ_PORT=3306)
 [ -n "${CLUSTER_BREAK_NO_REPLICA:-}" ] && DB_ENV=("${DB_ENV[@]:0:5}") # the check of the checks: no replica reads
+
+# What the checks call the database hosts: the read handle's server and the write handle's.
+READER="the replica" WRITER="the primary"
+[ "$MODE" = galera ] && READER="read node db2" WRITER="node db1"
 
 passed=0; failed=0
 ok() { echo "ok - $*"; passed=$((passed + 1)); }
@@ -118,7 +128,7 @@ make_hosts() {
     ip -n "$(ns "$h")" addr add "$NET.${ADDR[$h]}/24" dev eth0 && ip -n "$(ns "$h")" link set eth0 up || return 1
   done
 }
-check "seven hosts in network namespaces on one switch" make_hosts
+check "${#HOSTS[@]} hosts in network namespaces on one switch" make_hosts
 [ "$failed" = 0 ] || fail_now "ip netns works here"
 
 # run_in HOST LOGNAME VAR=value... PROGRAM: started in the background inside the host's namespace.
@@ -131,17 +141,43 @@ run_in() {
 # ---------------------------------------------------------------- MariaDB primary and replica
 # db HOST SQL...: the mariadb client as root on the host's own socket.
 db() { local h=$1; shift; mariadb --no-defaults -uroot --socket="$VAR/$h/run/mariadb.sock" "$@"; }
-start_db() { # host server-id
-  local h=$1 d=$VAR/$1/data
-  "$INSTALL_DB" --no-defaults --datadir="$d" --user=root --auth-root-authentication-method=socket \
+# mariadbd runs as the mysql system user when there is one (as Debian runs it: Galera's rsync state
+# transfer needs it, its rsync daemon started by root would drop to nobody), else as root.
+DB_OS_USER=root
+id mysql >/dev/null 2>&1 && DB_OS_USER=mysql
+# start_db HOST SERVER-ID OPTION...: a fresh server on the host's address, the options of its role after.
+start_db() {
+  local h=$1 id=$2 d=$VAR/$1/data
+  shift 2
+  chown "$DB_OS_USER": "$VAR/$h" "$VAR/$h/run" "$VAR/$h/tmp" "$VAR/$h/log" || return 1
+  "$INSTALL_DB" --no-defaults --datadir="$d" --user="$DB_OS_USER" --auth-root-authentication-method=socket \
     --skip-test-db >"$LOG/$h-install.log" 2>&1 || return 1
-  run_in "$h" "mariadb-$h" "$MARIADBD" --no-defaults --datadir="$d" --user=root --socket="$VAR/$h/run/mariadb.sock" \
-    --pid-file="$VAR/$h/run/mariadb.pid" --bind-address="$NET.${ADDR[$h]}" --port=3306 --skip-name-resolve \
-    --server-id="$2" --log-bin="$d/binlog" --binlog-format=ROW --log-error="$LOG/mariadb-$h.err" \
+  run_in "$h" "mariadb-$h" "$MARIADBD" --no-defaults --datadir="$d" --user="$DB_OS_USER" \
+    --socket="$VAR/$h/run/mariadb.sock" --pid-file="$VAR/$h/run/mariadb.pid" --bind-address="$NET.${ADDR[$h]}" \
+    --port=3306 --skip-name-resolve --server-id="$id" --binlog-format=ROW --log-error="$VAR/$h/log/mariadb.err" \
     --tmpdir="$VAR/$h/tmp" --innodb-buffer-pool-size=64M --innodb-log-file-size=16M \
     --innodb-ft-min-token-size=1 --innodb-ft-enable-stopword=0 --ft-min-word-len=1 --ft-stopword-file= \
     --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci --query-cache-type=2 \
-    --query-cache-size=16M $([ "$2" = 2 ] && echo --read-only=ON)
+    --query-cache-size=16M "$@"
+}
+GALERA_PROVIDER=${CHAT_GALERA_PROVIDER:-/usr/lib/galera/libgalera_smm.so}
+# A Galera node (docs/scaling.md): InnoDB only, row events, interleaved auto-increment locks; the
+# first node bootstraps the cluster (--wsrep-new-cluster), the others join it and get its data by rsync.
+galera_opts() {
+  echo --wsrep-on=ON --wsrep-provider="$GALERA_PROVIDER" --wsrep-cluster-name=chat-cluster \
+    --wsrep-cluster-address="gcomm://$NET.21,$NET.22,$NET.23" --wsrep-node-address="$NET.${ADDR[$1]}" \
+    --wsrep-sst-method=rsync --default-storage-engine=InnoDB --innodb-autoinc-lock-mode=2
+}
+galera_size() { db "$1" -N -e "SHOW STATUS LIKE 'wsrep_cluster_size'" 2>/dev/null | awk '{print $2}'; }
+galera_synced() { db "$1" -N -e "SHOW STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | grep -q Synced; }
+galera_up() { # every node in one cluster of three, each Synced
+  local h
+  for _ in $(seq 150); do
+    [ "$(galera_size db1)" = 3 ] && galera_synced db1 && galera_synced db2 && galera_synced db3 && return 0
+    sleep 0.2
+  done
+  for h in db1 db2 db3; do echo "$h: size $(galera_size $h)" >&2; done
+  return 1
 }
 wait_db() { for _ in $(seq 150); do db "$1" -e 'SELECT 1' >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
 replicate() {
@@ -170,20 +206,41 @@ schema() {
 kb_count() { db "$1" -N -e "SELECT COUNT(*) FROM $DB_NAME.kb_documents" 2>/dev/null; }
 same_kb() {
   for _ in $(seq 50); do
-    [ -n "$(kb_count db1)" ] && [ "$(kb_count db1)" -gt 0 ] && [ "$(kb_count db1)" = "$(kb_count db2)" ] && return 0
+    [ -n "$(kb_count db1)" ] && [ "$(kb_count db1)" -gt 0 ] && [ "$(kb_count db1)" = "$(kb_count "${1:-db2}")" ] && return 0
     sleep 0.2
   done
   return 1
 }
-start_db db1 1 && start_db db2 2 || fail_now "the two MariaDB servers install (see $LOG/db*-install.log)"
-check "the MariaDB primary starts on host db1" wait_db db1
-check "the MariaDB replica starts on host db2" wait_db db2
-[ "$failed" = 0 ] || fail_now "MariaDB starts in a namespace (see $LOG/mariadb-db*.err)"
-if [ -z "${CLUSTER_BREAK_NO_REPLICATION:-}" ]; then # the check of the checks: a replica that is not one
-  check "the replica replicates from the primary over TCP with GTID" eval 'replicate && replicating'
+# Only InnoDB tables are replicated by Galera: none of the schema's may be anything else.
+all_innodb() {
+  [ "$(db db1 -N -e "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema='$DB_NAME'
+                      AND table_type='BASE TABLE' AND engine <> 'InnoDB'")" = 0 ]
+}
+if [ "$MODE" = replica ]; then
+  start_db db1 1 --log-bin="$VAR/db1/data/binlog" && start_db db2 2 --read-only=ON ||
+    fail_now "the two MariaDB servers install (see $LOG/db*-install.log)"
+  check "the MariaDB primary starts on host db1" wait_db db1
+  check "the MariaDB replica starts on host db2" wait_db db2
+  [ "$failed" = 0 ] || fail_now "MariaDB starts in a namespace (see $VAR/db*/log/mariadb.err)"
+  if [ -z "${CLUSTER_BREAK_NO_REPLICATION:-}" ]; then # the check of the checks: a replica that is not one
+    check "the replica replicates from the primary over TCP with GTID" eval 'replicate && replicating'
+  fi
+  check "chat-kb setup on the primary (schema, knowledge base, the services' account)" schema
+  check "the replica has the primary's knowledge base" same_kb
+else
+  [ -r "$GALERA_PROVIDER" ] || fail_now "the Galera provider $GALERA_PROVIDER is installed (galera-4, make deps)"
+  [ "$DB_OS_USER" = mysql ] || fail_now "the mysql system user exists (Galera's rsync state transfer)"
+  start_db db1 1 $(galera_opts db1) --wsrep-new-cluster || fail_now "Galera node db1 installs"
+  check "Galera node db1 bootstraps the cluster" wait_db db1
+  start_db db2 2 $(galera_opts db2) && start_db db3 3 $(galera_opts db3) || fail_now "Galera nodes db2, db3 install"
+  check "Galera nodes db2 and db3 join it: one cluster of three, every node Synced" galera_up
+  [ "$failed" = 0 ] || fail_now "Galera starts in namespaces (see $VAR/db*/log/mariadb.err)"
+  check "chat-kb setup on node db1 (schema, knowledge base, the services' account)" schema
+  # the check of the checks: a knowledge base in Aria, which Galera does not replicate
+  [ -n "${CLUSTER_BREAK_ARIA_KB:-}" ] && db db1 -e "ALTER TABLE $DB_NAME.kb_documents ENGINE=Aria"
+  check "every table of the schema is InnoDB (Galera replicates InnoDB only)" all_innodb
+  check "nodes db2 and db3 have db1's knowledge base" eval 'same_kb db2 && same_kb db3'
 fi
-check "chat-kb setup on the primary (schema, knowledge base, the services' account)" schema
-check "the replica has the primary's knowledge base" same_kb
 
 # ---------------------------------------------------------------- keys
 S_PUB=$("$BIN/chat-keys" "$KEYS/streamer.key") || fail_now "chat-keys makes the streamers' key pair"
@@ -267,29 +324,32 @@ check "all three streamers (two behind the front door on s1, one on s2) list bot
   wait_workers 2 30 "${STREAMERS[@]}"
 check "the streamers admitted worker host 1 by its key, from its own address" admitted 1
 check "the streamers admitted worker host 2 by its key, from its own address" admitted 2
-check "/health/ready through the front door reports the replica usable" \
+check "/health/ready through the front door reports $READER usable" \
   eval 'for _ in $(seq 30); do ready | grep -q "\"replica\":{\"ok\":true" && break; sleep 0.3; done; ready | grep -q "\"replica\":{\"ok\":true"'
 
 # ---------------------------------------------------------------- answers through every host
 m=($(marks))
-check "24 answers whole on 12 connections over both streamer hosts, stored once in the primary" ask both
+check "24 answers whole on 12 connections over both streamer hosts, stored once in $WRITER" ask both
 check "both worker hosts served them" test "$(serving "${m[@]}")" = 2
 
 # ---------------------------------------------------------------- retrieval reads the replica
 # A document only the replica has (written there outside replication) and one only the primary has
-# (sql_log_bin=0): while the replica is usable, retrieval finds the first and not the second.
-db db2 -e "SET sql_log_bin=0; INSERT INTO $DB_NAME.kb_documents (id, source, title, body) VALUES (900001,
+# (sql_log_bin=0; on Galera wsrep_on=OFF for the session): while the replica is usable, retrieval finds
+# the first and not the second. (In Galera mode "the replica" is node db2, the read node.)
+LOCAL="SET sql_log_bin=0;"
+[ "$MODE" = galera ] && LOCAL="SET SESSION wsrep_on=OFF;"
+db db2 -e "$LOCAL INSERT INTO $DB_NAME.kb_documents (id, source, title, body) VALUES (900001,
   'cluster/replica-only.md', 'Vexlin hose', 'The vexlin hose is replaced every seven seasons.')"
-db db1 -e "SET sql_log_bin=0; INSERT INTO $DB_NAME.kb_documents (id, source, title, body) VALUES (900002,
+db db1 -e "$LOCAL INSERT INTO $DB_NAME.kb_documents (id, source, title, body) VALUES (900002,
   'cluster/primary-only.md', 'Quorbit bracket', 'The quorbit bracket bolts are torqued to 31 Nm.')"
 Q_REPLICA="How often is the vexlin hose replaced?"
 Q_PRIMARY="What torque do the quorbit bracket bolts take?"
 src=$(sources replica-doc "$Q_REPLICA")
 echo "#   replica-doc: sources $src"
-check "retrieval reads the replica: the replica's own document is found" grep -q 'cluster/replica-only.md' <<<"$src"
+check "retrieval reads $READER: $READER's own document is found" grep -q 'cluster/replica-only.md' <<<"$src"
 src=$(sources primary-doc "$Q_PRIMARY")
 echo "#   primary-doc: sources $src"
-check "retrieval reads the replica: the primary's unreplicated document is not found" \
+check "retrieval reads $READER: $WRITER's unreplicated document is not found" \
   eval '! grep -q "cluster/primary-only.md" <<<"$src"'
 
 # ---------------------------------------------------------------- an admin's edit, and the lag
@@ -315,11 +375,13 @@ edit_lags() {
   done
 }
 rm -f "$LOG/lags.txt"
-check "an admin's edit on the primary reaches the replica and the next question finds it" edit_lags
+check "an admin's edit on $WRITER reaches $READER and the next question finds it" edit_lags
 [ -s "$LOG/lags.txt" ] && echo "#   replica lag of an edit, ms (5 edits, sorted): $(sort -n "$LOG/lags.txt" | tr '\n' ' ')"
 
 # ---------------------------------------------------------------- dropped, resumed on the other host
-m=($(marks))
+# (the Galera mode goes from the edit straight to the read node's death: the rest is the database's
+# business only in the replica mode's runs)
+if [ "$MODE" = replica ]; then
 check "24 answers dropped after 3 tokens on one streamer host resume whole on the other, stored once" \
   eval 'ask resume CLUSTER_DROP_TOKENS=3 && grep -q "24 answers whole on 12 connections, 12 resumed" "$LOG/check-resume.out"'
 
@@ -338,20 +400,27 @@ check "24 answers with streamer host 2 killed mid-answer: its clients resume on 
   eval 'ask streamer-killed CLUSTER_KILL_CMD="ip netns pids $(ns s2) | xargs -r kill -KILL" &&
         grep -q "resumed on another streamer" "$LOG/check-streamer-killed.out" &&
         ! grep -q " 0 resumed" "$LOG/check-streamer-killed.out"'
+fi
 
 # ---------------------------------------------------------------- the replica dies
 replica_down() {
   for _ in $(seq 40); do ready | grep -q '"replica":{"ok":false' && return 0; sleep 0.25; done
-  ready >&2
+  ready >&2; echo >&2
   return 1
 }
-check "24 answers with the replica killed mid-answer and half of them asked right after: whole, stored once" \
+check "24 answers with $READER killed mid-answer and half of them asked right after: whole, stored once" \
   ask replica-killed CLUSTER_URL="$FRONT_URL" CLUSTER_KILL_STAGGER=1 CLUSTER_KILL_CMD="ip netns pids $(ns db2) | xargs -r kill -KILL"
-check "/health/ready reports the dead replica (and stays ready)" eval 'replica_down && ready | grep -q "\"status\":\"ready\""'
+check "/health/ready reports $READER dead (and stays ready)" eval 'replica_down && ready | grep -q "\"status\":\"ready\""'
+if [ "$MODE" = galera ]; then
+  rows() { db "$1" -N -e "SELECT COUNT(*) FROM $DB_NAME.chat_messages" 2>/dev/null; }
+  check "the two nodes left form the cluster (size 2, quorum kept)" eval '[ "$(galera_size db1)" = 2 ]'
+  same_rows() { for _ in $(seq 25); do [ "$(rows db1)" = "$(rows db3)" ] && return 0; sleep 0.2; done; return 1; }
+  check "node db3 holds every message stored through db1 ($(rows db1) rows)" same_rows
+fi
 echo "#   /health/ready: $(ready)"
 src=$(sources primary-doc-after "$Q_PRIMARY")
 echo "#   primary-doc-after: sources $src"
-check "reads fall back to the primary: its unreplicated document is found now" grep -q 'cluster/primary-only.md' <<<"$src"
+check "reads fall back to $WRITER: its unreplicated document is found now" grep -q 'cluster/primary-only.md' <<<"$src"
 
 for f in "$LOG"/check-*.out; do grep -h -E '^\[  FAILED|^\[  ERROR|^\[ +FAILED|error|Failure' "$f" | sed "s|^|#   $(basename "$f" .out): |"; done 2>/dev/null | head -40
 summary
