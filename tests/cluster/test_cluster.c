@@ -47,7 +47,7 @@
 #define MAX_URLS 8
 #define MAX_ROUNDS 16
 #define ANSWER_MS 30000
-#define RECONNECT_MS 15000 /* a streamer to resume on: the front door may still be restarting one */
+#define RECONNECT_MS 15000        /* a streamer to resume on: the front door may still be restarting one */
 #define IDLE_AFTER_RESUME_MS 3000 /* "resumed" with nothing in flight and nothing more: the answer is lost */
 
 static const char *const questions[] = {
@@ -123,7 +123,8 @@ static bool take_event(turn *t, json_object *o)
         json_object *meta;
         t->response = strdup(member(o, "response") ? member(o, "response") : "");
         if (json_object_object_get_ex(o, "metadata", &meta)) {
-            if (member(meta, "finish_reason")) snprintf(t->finish, sizeof t->finish, "%s", member(meta, "finish_reason"));
+            if (member(meta, "finish_reason"))
+                snprintf(t->finish, sizeof t->finish, "%s", member(meta, "finish_reason"));
             note_sources(t, meta);
         }
         return false;
@@ -147,7 +148,8 @@ static chat_wsc *connect_to(int u, int n, char *err, size_t errlen)
     chat_wsc *c = chat_wsc_connect(full, &o, NULL, err, errlen);
     if (!c) return NULL;
     json_object *auth = NULL;
-    if (chat_wsc_recv_json(c, 5000, &auth) || strcmp(member(auth, "type") ? member(auth, "type") : "", "auth_success")) {
+    if (chat_wsc_recv_json(c, 5000, &auth) ||
+        strcmp(member(auth, "type") ? member(auth, "type") : "", "auth_success")) {
         snprintf(err, errlen, "no auth_success from %s", K.urls[u]);
         json_object_put(auth);
         chat_wsc_close(c, 0, NULL);
@@ -246,7 +248,8 @@ static bool expect_whole(turn *t)
                  t->steps, t->order_ok, t->tokens.len, strcmp(t->response, t->tokens.data) ? "!=" : "==", t->finish);
     /* Nothing more for this question: a second complete or a stray token would be read here. */
     json_object *extra = NULL;
-    if (chat_wsc_recv_json(t->c, 0, &extra) == 0) fail_msg("connection %d: more after complete: %s", t->n, json_object_to_json_string(extra));
+    if (chat_wsc_recv_json(t->c, 0, &extra) == 0)
+        fail_msg("connection %d: more after complete: %s", t->n, json_object_to_json_string(extra));
     assert_true(t->nstored < MAX_ROUNDS);
     t->stored[t->nstored++] = strdup(t->response);
     K.whole++;
@@ -313,7 +316,8 @@ static void expect_stored(chat_db *db, const turn *t)
         fail_msg("conversation %s: %d answers and %d questions stored, %d answers received whole", t->sid, r.n, r.nuser,
                  t->nstored);
     for (int i = 0; i < r.n; i++)
-        if (strcmp(r.content[i], t->stored[i])) fail_msg("conversation %s: stored answer %d differs from the one received", t->sid, i);
+        if (strcmp(r.content[i], t->stored[i]))
+            fail_msg("conversation %s: stored answer %d differs from the one received", t->sid, i);
     rows_clear(&r);
 }
 

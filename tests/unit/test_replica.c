@@ -1,8 +1,9 @@
 /* Read-replica routing (chat_db_new_read, chat_db_read_route, chat_db_replica_check) against the private
  * MariaDB: no replica configured, a "replica" that is a plain server (no SHOW SLAVE STATUS row: usable,
  * lag 0, as a Galera node is), and a replica that is down (skipped: reads go to the primary, the lag
- * gauge says -1), and a read that failed on a usable replica (retried on the primary). A second server replicating from the test one is not started here (see
- * docs/scaling.md: the replication lag itself is measured by hand and documented). */
+ * gauge says -1), and a read that failed on a usable replica (retried on the primary). A second server
+ * replicating from the test one is not started here: make test-cluster runs real replication (MariaDB's
+ * GTID replication and Galera, docs/scaling.md). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
