@@ -140,7 +140,7 @@ test: deps
 
 # Hosts built with network namespaces on this machine (root, iproute2): two streamer hosts, two worker
 # hosts over CurveZMQ, a MariaDB primary and replica; then the same stack on a three-node Galera cluster
-# (tests/cluster/cluster.sh replica|galera, docs/scaling.md). About 90 s; not part of make test.
+# (tests/cluster/cluster.sh replica|galera, docs/scaling.md). About 100 s; not part of make test.
 test-cluster: all
 	@rc=0; bash tests/cluster/cluster.sh replica || rc=1; bash tests/cluster/cluster.sh galera || rc=1; exit $$rc
 

@@ -399,6 +399,16 @@ check "only worker host 2 served them" test "$(serving "${m[@]}")" = 1
 start_worker 1
 check "worker host 1 restarted joins every streamer again" wait_workers 2 30 "${STREAMERS[@]}"
 
+# ---------------------------------------------------------------- a worker host's network dies
+# Its processes live on, unreachable: no RST, only the heartbeats tell.
+ip -n "$(ns w2)" link set eth0 down
+check "with worker host 2's link cut, the streamers drop it" wait_workers 1 20 "${STREAMERS[@]}"
+m=($(marks))
+check "24 answers whole through worker host 1 alone, stored once" ask link-cut
+check "only worker host 1 served them" test "$(serving "${m[@]}")" = 1
+ip -n "$(ns w2)" link set eth0 up
+check "with the link back, worker host 2 joins every streamer again" wait_workers 2 30 "${STREAMERS[@]}"
+
 # ---------------------------------------------------------------- a streamer host dies
 check "24 answers with streamer host 2 killed mid-answer: its clients resume on host 1, whole, stored once" \
   eval 'ask streamer-killed CLUSTER_KILL_CMD="ip netns pids $(ns s2) | xargs -r kill -KILL" &&
