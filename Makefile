@@ -2,7 +2,7 @@
 #   make deps    install the Debian packages the project uses (idempotent)
 #   make         build the library, programs and tests
 #   make test    lint, unit tests against a private MariaDB, end-to-end tests against the real stack
-#   make test-cluster  hosts in network namespaces: a streamer, workers on two others over CurveZMQ (root)
+#   make test-cluster  hosts in network namespaces: streamers, workers over CurveZMQ, MariaDB replication (root)
 #   make run     the whole stack in the foreground (make start / make stop: in the background)
 #   make keys    a CurveZMQ key pair for a streamer or worker on another host (KEY=name)
 
@@ -138,10 +138,11 @@ test: deps
 	@$(MAKE) --no-print-directory lint
 	@bash tests/run.sh
 
-# Hosts built with network namespaces on this machine (root, iproute2): a streamer and workers on two
-# other hosts over CurveZMQ (tests/cluster/cluster.sh). Not part of make test.
+# Hosts built with network namespaces on this machine (root, iproute2): two streamer hosts, two worker
+# hosts over CurveZMQ, a MariaDB primary and replica; then the same stack on a three-node Galera cluster
+# (tests/cluster/cluster.sh replica|galera, docs/scaling.md). About 100 s; not part of make test.
 test-cluster: all
-	@bash tests/cluster/cluster.sh
+	@rc=0; bash tests/cluster/cluster.sh replica || rc=1; bash tests/cluster/cluster.sh galera || rc=1; exit $$rc
 
 unit: all
 	@bash tests/run.sh unit

@@ -15,6 +15,7 @@ PKGS=(
 )
 if [ "$MODE" != run ]; then
   PKGS+=(cppcheck libcmocka-dev chromium prometheus) # prometheus: promtool, for the metrics tests
+  PKGS+=(iproute2 galera-4 rsync) # make test-cluster: ip netns, Galera nodes and their rsync state transfer
   command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
   command -v npm  >/dev/null 2>&1 || PKGS+=(npm)
 fi

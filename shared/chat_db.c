@@ -556,3 +556,14 @@ chat_db *chat_db_read_route(chat_db *replica, chat_db *primary)
     }
     return replica->replica_ok ? replica : primary;
 }
+
+chat_db *chat_db_read_failed(chat_db *replica, chat_db *used, chat_db *primary)
+{
+    if (!replica || used != replica || used == primary) return NULL;
+    if (replica->replica_ok) chat_log_warn("read replica skipped, reads go to the primary: a read on it failed");
+    replica->replica_ok = false;
+    int64_t now = chat_now_ms();
+    replica->replica_checked_ms = now ? now : 1;
+    chat_metric_gauge_set(CHAT_METRIC_DB_REPLICA_LAG, 0, -1);
+    return primary;
+}

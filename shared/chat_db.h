@@ -83,6 +83,11 @@ int chat_db_create_database(chat_db *db, char *err, size_t errlen);
 #define CHAT_DB_REPLICA_CHECK_MS 2000
 chat_db *chat_db_new_read(const chat_config *cfg);
 chat_db *chat_db_read_route(chat_db *replica, chat_db *primary);
+/* A read through used (what chat_db_read_route returned) failed: when used is the replica, it is
+ * marked skipped until its next check (CHAT_DB_REPLICA_CHECK_MS from now) and the primary is returned,
+ * for the caller to run the read again there; NULL when used was the primary already (nothing to retry).
+ * So a replica that dies between two checks costs no answer, only one failed attempt per handle. */
+chat_db *chat_db_read_failed(chat_db *replica, chat_db *used, chat_db *primary);
 /* Checks the replica now: 0 when usable; CHAT_EDB when down, not replicating or lagging (err says
  * which). lag_s (may be NULL) gets Seconds_Behind_Master, -1 when unknown. */
 int chat_db_replica_check(chat_db *replica, long long *lag_s, char *err, size_t errlen);

@@ -546,7 +546,10 @@ static int stage_customer(begin_state *s)
     chat_run *t = s->t;
     const chat_request *req = t->req;
     if (!req->customer_id || !*req->customer_id) return 0;
-    int crc = chat_customer_load(stale_db(s->p), req->customer_id, &t->cust, s->err, sizeof s->err);
+    chat_db *db = stale_db(s->p);
+    int crc = chat_customer_load(db, req->customer_id, &t->cust, s->err, sizeof s->err);
+    if (crc == CHAT_EDB && (db = chat_db_read_failed(s->p->read_db, db, s->p->db)))
+        crc = chat_customer_load(db, req->customer_id, &t->cust, s->err, sizeof s->err);
     if (crc == CHAT_EDB) return fail_db(s, "customer", DB_UNAVAILABLE);
     t->have_customer = crc == 0;
     bool own = t->have_customer && req->user->email[0] && !strcasecmp(req->user->email, t->cust.email);
@@ -643,7 +646,10 @@ static int stage_retrieve(begin_state *s)
         .stats = s->p->kb_stats,
     };
     int64_t r0 = chat_now_us();
-    int rc = chat_kb_search(stale_db(s->p), &q, &t->kb, s->err, sizeof s->err);
+    chat_db *db = stale_db(s->p);
+    int rc = chat_kb_search(db, &q, &t->kb, s->err, sizeof s->err);
+    if (rc == CHAT_EDB && (db = chat_db_read_failed(s->p->read_db, db, s->p->db))) /* died since its check */
+        rc = chat_kb_search(db, &q, &t->kb, s->err, sizeof s->err);
     t->retrieval_us = chat_now_us() - r0;
     if (rc) return fail_db(s, "retrieval", "The knowledge base is unavailable, please retry");
     return 0;

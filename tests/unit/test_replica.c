@@ -1,8 +1,9 @@
 /* Read-replica routing (chat_db_new_read, chat_db_read_route, chat_db_replica_check) against the private
  * MariaDB: no replica configured, a "replica" that is a plain server (no SHOW SLAVE STATUS row: usable,
  * lag 0, as a Galera node is), and a replica that is down (skipped: reads go to the primary, the lag
- * gauge says -1). A second server replicating from the test one is not started here (see
- * docs/scaling.md: the replication lag itself is measured by hand and documented). */
+ * gauge says -1), and a read that failed on a usable replica (retried on the primary). A second server
+ * replicating from the test one is not started here: make test-cluster runs real replication (MariaDB's
+ * GTID replication and Galera, docs/scaling.md). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -68,6 +69,29 @@ static void test_down_replica_is_skipped(void **state)
     chat_db_free(primary);
 }
 
+/* A read that fails on a replica the last check found usable (it died since): chat_db_read_failed hands
+ * the primary back for the retry and the route skips the replica until its next check; a failure on the
+ * primary itself has nothing to retry. */
+static void test_failed_read_falls_back(void **state)
+{
+    (void)state;
+    chat_config cfg = testutil_config("replica");
+    snprintf(cfg.db_read_host, sizeof cfg.db_read_host, "%s", cfg.db_host);
+    snprintf(cfg.db_read_socket, sizeof cfg.db_read_socket, "%s", cfg.db_socket);
+    cfg.db_read_port = cfg.db_port;
+    snprintf(cfg.db_read_user, sizeof cfg.db_read_user, "%s", cfg.db_user);
+    snprintf(cfg.db_read_password, sizeof cfg.db_read_password, "%s", cfg.db_password);
+    chat_db *primary = chat_db_new(&cfg), *replica = chat_db_new_read(&cfg);
+    assert_non_null(replica);
+    assert_ptr_equal(chat_db_read_route(replica, primary), replica);
+    assert_null(chat_db_read_failed(replica, primary, primary));
+    assert_null(chat_db_read_failed(NULL, primary, primary));
+    assert_ptr_equal(chat_db_read_failed(replica, replica, primary), primary);
+    assert_ptr_equal(chat_db_read_route(replica, primary), primary); /* until the next check */
+    chat_db_free(replica);
+    chat_db_free(primary);
+}
+
 /* The routed handles select database chat_t_replica: it must exist. */
 static int setup(void **state)
 {
@@ -81,6 +105,7 @@ int main(void)
         cmocka_unit_test(test_none_configured),
         cmocka_unit_test(test_plain_server_is_usable),
         cmocka_unit_test(test_down_replica_is_skipped),
+        cmocka_unit_test(test_failed_read_falls_back),
     };
     return cmocka_run_group_tests(tests, setup, testutil_db_teardown);
 }
