@@ -41,8 +41,8 @@ static void test_parse(void **state)
     assert_string_equal(l[0].host, "127.0.0.1");
     assert_string_equal(l[1].host, "");
     assert_string_equal(l[2].host, "");
-    static const char *bad[] = {"", ",", "unix:", "unix:/a,", ",unix:/a", "h", "h:", "h:x", "h:70000",
-                                "h:-1", "a:1,b:2,c:3,d:4,e:5"};
+    static const char *bad[] = {"",   ",",   "unix:",   "unix:/a,", ",unix:/a",           "h",
+                                "h:", "h:x", "h:70000", "h:-1",     "a:1,b:2,c:3,d:4,e:5"};
     for (size_t i = 0; i < CHAT_ARRAY_LEN(bad); i++)
         if (sl_parse(bad[i], l, SL_MAX_LISTENERS) >= 0) fail_msg("accepted \"%s\"", bad[i]);
 }
@@ -91,13 +91,13 @@ static void test_tcp_listener_is_shared(void **state)
     assert_non_null(c1);
     assert_non_null(c2);
     assert_int_equal(sl_create_vhosts(c1, &i1, l, n), 0);
-    assert_int_equal(access(l[0].host, F_OK), 0); /* the Unix socket exists */
+    assert_int_equal(access(l[0].host, F_OK), 0);             /* the Unix socket exists */
     assert_int_equal(sl_create_vhosts(c2, &i2, &l[1], 1), 0); /* a second "streamer" on the same port */
 
     int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     assert_int_equal(setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one), 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in a = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
     close(s);
 
