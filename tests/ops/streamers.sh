@@ -3,7 +3,7 @@
 # lighttpd (proxy.balance over their sockets) and on the shared direct port (SO_REUSEPORT), /metrics and
 # /health count both, an answer streams on each, clients dropped mid-answer on one resume on the other
 # (chat-storm: every answer whole, exactly once), a streamer killed with kill -9 is restarted by the
-# supervisor, and `stop` drains both (answers streaming on each complete). Its own stack in
+# supervisor (lighttpd sending new WebSockets to the other meanwhile), and `stop` drains both (answers streaming on each complete). Its own stack in
 # $CHAT_VAR/own (own private MariaDB) on CHAT_PORT, the direct port CHAT_PORT + 1, tokens paced at 40 ms
 # so that an answer lasts a few seconds.
 source "$(dirname "$0")/lib.sh"
@@ -71,6 +71,16 @@ for pair in "$SOCK1 $SOCK2" "$SOCK2 $SOCK1"; do
   check "10 clients dropped mid-answer on $(basename "$from") resume on $(basename "$to"): all whole, once ($line)" \
     test "$rc" = 0 -a -n "$(grep -E '10 dropped mid-answer and answered after resuming' <<<"$line")"
 done
+
+# kill -9 of the first streamer (the one lighttpd's "fair" picks when both are idle): new WebSockets
+# through lighttpd still get answers meanwhile (lighttpd disables the refused socket and takes the other).
+kill -9 "$(cat "$OWN/run/chat-streamer.pid")"
+n=0
+for _ in 1 2 3 4 5; do
+  quiet "$BIN/chat-ws" --url "ws://127.0.0.1:$PORT/ws/chat" --token-file "$tok" --timeout 20 "Hello" && n=$((n + 1))
+done
+check "while the first streamer is down, 5 new WebSockets through lighttpd are answered by the other ($n)" test "$n" = 5
+for _ in $(seq 1 150); do [ "$(http_code "$BASE/health" 2)" = 200 ] && break; sleep 0.1; done
 
 # kill -9 of the second streamer: the supervisor restarts it, and /health sees both again.
 FROM=$(stat -c %s "$OWN/log/stack.log")
