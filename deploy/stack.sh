@@ -298,6 +298,18 @@ start_streamers() {
   for ((i = 1; i <= CHAT_STREAMERS; i++)); do start_streamer "$i" || return 1; done
 }
 
+# The streamers to stop or report: ST_NAMES, and any other one a pid file names (a stack started with a
+# larger CHAT_STREAMERS than this shell's, its supervisor gone).
+all_streamers() {
+  local c f
+  for c in "${ST_NAMES[@]}"; do echo "$c"; done
+  for f in "$RUN"/chat-streamer-*.pid; do
+    [ -f "$f" ] || continue
+    c=$(basename "$f" .pid)
+    [[ " ${ST_NAMES[*]} " == *" $c "* ]] || echo "$c"
+  done
+}
+
 # A name of ST_NAMES -> its index from 1 (for sv_restart)
 streamer_index() { local i; for ((i = 1; i <= CHAT_STREAMERS; i++)); do [ "${ST_NAMES[$i - 1]}" = "$1" ] && echo "$i" && return 0; done; return 1; }
 
@@ -372,13 +384,14 @@ stop_all() {
   local front=""
   if front=$(pid_of lighttpd lighttpd); then say "lighttpd stops accepting (pid $front)"; kill -INT "$front" 2>/dev/null; fi
   # Every streamer drains at once (SIGTERM to all, then each waited for): one grace period, not N.
-  local c p
-  for c in "${ST_NAMES[@]}"; do if p=$(pid_of "$c" chat-streamer); then say "$c drains (pid $p)"; kill -TERM "$p" 2>/dev/null; fi; done
-  for c in "${ST_NAMES[@]}"; do stop_proc "$c" chat-streamer $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 5 )) -; done
+  local c p streamers
+  streamers=$(all_streamers)
+  for c in $streamers; do if p=$(pid_of "$c" chat-streamer); then say "$c drains (pid $p)"; kill -TERM "$p" 2>/dev/null; fi; done
+  for c in $streamers; do stop_proc "$c" chat-streamer $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 5 )) -; done
   [ -n "$front" ] && stop_group lighttpd "$front" $(( CHAT_FRONT_DRAIN_S + 5 ))
   stop_proc lighttpd lighttpd 5
   stop_proc chat-worker chat-worker $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 15 ))
-  rm -f "${ST_SOCKS[@]}"
+  rm -f "${ST_SOCKS[@]}" "${CHAT_STREAMER_SOCKET%.sock}"-[0-9]*.sock
   if [ -f "$RUN/stack.mariadb" ]; then
     say "stopping the private MariaDB"
     bash deploy/mariadb.sh stop
@@ -409,7 +422,7 @@ status() {
   local rc=0 p
   if p=$(supervisor_pid); then printf '%-16s running (pid %s)\n' supervisor "$p"; else printf '%-16s none\n' supervisor; fi
   local streamers=""
-  for c in "${ST_NAMES[@]}"; do streamers+=" $c:chat-streamer"; done
+  for c in $(all_streamers); do streamers+=" $c:chat-streamer"; done
   for c in chat-worker:chat-worker $streamers lighttpd:lighttpd; do
     if p=$(pid_of "${c%%:*}" "${c#*:}"); then
       printf '%-16s running (pid %s)\n' "${c%%:*}" "$p"
