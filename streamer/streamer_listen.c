@@ -12,6 +12,8 @@
 #include "streamer_listen.h"
 
 #include <dlfcn.h>
+#include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,17 +24,27 @@
 
 static _Thread_local bool share_port; /* sl_create_vhosts is opening a TCP listener on this thread */
 
+typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
+
 int bind(int fd, const struct sockaddr *addr, socklen_t len)
 {
-    static int (*real_bind)(int, const struct sockaddr *, socklen_t);
-    if (!real_bind) real_bind = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "bind");
-    if (!real_bind) return -1;
+    /* any thread may bind first (ZeroMQ's): the lookup is idempotent, the pointer atomic */
+    static _Atomic(bind_fn) real_bind;
+    bind_fn f = atomic_load_explicit(&real_bind, memory_order_relaxed);
+    if (!f) {
+        f = (bind_fn)dlsym(RTLD_NEXT, "bind");
+        if (!f) {
+            errno = ENOSYS;
+            return -1;
+        }
+        atomic_store_explicit(&real_bind, f, memory_order_relaxed);
+    }
     if (share_port && addr && (addr->sa_family == AF_INET || addr->sa_family == AF_INET6)) {
         int one = 1;
         if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one))
             chat_log_warn("streamer: SO_REUSEPORT refused: the port cannot be shared");
     }
-    return real_bind(fd, addr, len);
+    return f(fd, addr, len);
 }
 
 /* One entry of len bytes. */
