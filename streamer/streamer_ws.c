@@ -1677,7 +1677,7 @@ int st_run(const sigset_t *unblock)
     info.retry_and_idle_policy = &no_validity;
     info.vhost_name = "chat-streamer";
     info.server_string = "chat-streamer";
-    /* The context first, then a vhost per listener (create_listeners), all served by the one loop. */
+    /* The context first, then a vhost per listener (sl_create_vhosts), all served by the one loop. */
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND |
                    LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
 
