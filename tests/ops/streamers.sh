@@ -75,8 +75,8 @@ done
 # kill -9 of the first streamer (the one lighttpd's "fair" picks when both are idle): new WebSockets
 # through lighttpd still open and get answers meanwhile (lighttpd disables the refused socket and takes
 # the other). The supervisor restarts the killed one after 1 s, and until the workers have reconnected to
-# it (up to a second or so) a message there gets OVERLOADED: the client asks again, as chat-client.js
-# does; a WebSocket that does not open at all is a failure.
+# it (up to a second or so) a message there gets OVERLOADED, a refusal to retry: the client asks
+# again; a WebSocket that does not open at all is a failure.
 kill -9 "$(cat "$OWN/run/chat-streamer.pid")"
 answered() { # one client: up to 5 tries while the answer is OVERLOADED
   local try out=$OWN/out/down.json
