@@ -126,6 +126,9 @@ $(E2E_TESTS) $(CLUSTER_TESTS): $(B)/tests/%: $(B)/tests/%.o $(E2E_COMMON:%.c=$(B
 $(B)/tests/unit/test_worker_answers: $(B)/worker/worker_answers.o
 $(B)/tests/unit/test_streamer_sessions: $(B)/streamer/streamer_sessions.o
 $(B)/tests/unit/test_streamer_rx: $(B)/streamer/streamer_rx.o
+# (and the one with lws: it needs the library on its link line)
+$(B)/tests/unit/test_streamer_listen: $(B)/streamer/streamer_listen.o
+$(B)/tests/unit/test_streamer_listen: LDLIBS_LIB += $(LWS_LIBS)
 
 # Tests that start the fake LLM server need it built first.
 $(B)/tests/unit/test_openai $(B)/tests/unit/test_pipeline $(B)/tests/unit/test_answers $(B)/tests/unit/test_llm \

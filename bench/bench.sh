@@ -9,8 +9,10 @@
 # time left before each step and bounding each step's own run time; it stops by itself.
 #
 # Scale with environment variables (defaults in parentheses; BENCH_QUICK=1 gives a one-minute run):
-#   BENCH_IDLE_CONNS (50000)   idle connections held on the streamers directly (spread over several
-#                              streamer processes, BENCH_PER_STREAMER (17000) each: one process's fd limit)
+#   BENCH_IDLE_CONNS (100000)  idle connections held on the streamers' direct port: several streamer
+#                              processes share one TCP port (SO_REUSEPORT, BENCH_DIRECT_PORT, default
+#                              BENCH_PORT + 1), as many as BENCH_PER_STREAMER (17000) each allows (one
+#                              process's fd limit), and the kernel spreads the connections over them
 #   BENCH_MEM_CONNS (15000)    idle connections on the stack's one streamer, for memory per connection
 #   BENCH_PROXY_CONNS (9000)   idle connections through lighttpd
 #   BENCH_CHAT_CONNS (200)     closed-loop chat connections through lighttpd; BENCH_DURATION (15) seconds
@@ -42,7 +44,7 @@ BUDGET=${BENCH_BUDGET_S:-570}
 QUICK=${BENCH_QUICK:-0}
 
 q() { if [ "$QUICK" = 1 ]; then echo "$2"; else echo "$1"; fi; }
-IDLE_CONNS=${BENCH_IDLE_CONNS:-$(q 50000 4000)}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-$(q 100000 4000)}
 PER_STREAMER=${BENCH_PER_STREAMER:-17000}
 MEM_CONNS=${BENCH_MEM_CONNS:-$(q 15000 2000)}
 PROXY_CONNS=${BENCH_PROXY_CONNS:-$(q 9000 1000)}
@@ -67,6 +69,7 @@ ONLY=${BENCH_ONLY:-}
 export CHAT_VAR=${BENCH_VAR:-$ROOT/var/bench}
 case "$CHAT_VAR" in /*) ;; *) CHAT_VAR=$ROOT/$CHAT_VAR ;; esac
 export CHAT_PORT=${BENCH_PORT:-18080}
+DIRECT_PORT=${BENCH_DIRECT_PORT:-$((CHAT_PORT + 1))}
 export CHAT_BIND=127.0.0.1
 export CHAT_LLM_PROVIDER=extractive CHAT_TOKEN_DELAY_MS=0 CHAT_RATE_LIMIT_PER_MIN=1000000 \
   CHAT_USER_MAX_ANSWERS=0 CHAT_USER_RATE_PER_MIN=0
@@ -197,10 +200,12 @@ trap 'cleanup; exit 130' INT TERM
 for b in chat-bench chat-storm chat-kbgen chat-kb chat-streamer chat-worker chat-fcgi; do
   [ -x "$BIN/$b" ] || { echo "bench: build/bin/$b is missing (make)" >&2; exit 1; }
 done
-if ss -ltn 2>/dev/null | grep -q "127.0.0.1:$CHAT_PORT "; then
-  echo "bench: port $CHAT_PORT is taken (another stack?); set BENCH_PORT" >&2
-  exit 1
-fi
+for p in "$CHAT_PORT" "$DIRECT_PORT"; do
+  if ss -ltn 2>/dev/null | grep -q "127.0.0.1:$p "; then
+    echo "bench: port $p is taken (another stack?); set BENCH_PORT (and BENCH_DIRECT_PORT)" >&2
+    exit 1
+  fi
+done
 
 say "machine"
 echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(free -m | awk '/Mem:/ { print $2 }') MB RAM," \
@@ -254,30 +259,54 @@ step mem 60 timeout 150 "$BIN/chat-bench" idle --url "$WS_DIRECT" --conns "$MEM_
 say "connect + auth, one at a time, directly on the streamer's socket"
 step connect 30 timeout 60 "$BIN/chat-bench" connect --url "$WS_DIRECT" --conns 1000 --concurrency 1 --max-time 50
 
-# Several streamer processes when one process's descriptors cannot hold the target (no workers needed for
-# idle connections: they only need the lws side).
-say "$IDLE_CONNS idle connections on the streamers directly"
+# The direct port: several streamer processes listening on one TCP port with SO_REUSEPORT (one process's
+# descriptors cannot hold the target), the kernel spreading the connections over them; each also has a
+# Unix socket for its /status (no workers needed for idle connections: they only need the lws side).
+say "$IDLE_CONNS idle connections on the streamers' direct port $DIRECT_PORT (SO_REUSEPORT)"
 NSTREAMERS=$(( (IDLE_CONNS + PER_STREAMER - 1) / PER_STREAMER ))
-URLS=(--url "$WS_DIRECT") PIDS=(--pid-file "$PID_STREAMER")
-want idle || NSTREAMERS=1
-for ((i = 2; i <= NSTREAMERS; i++)); do
-  sock=$RUN/bench-streamer-$i.sock
-  rm -f "$sock"
-  CHAT_STREAMER_LISTEN=unix:$sock CHAT_ZMQ_ENDPOINT=ipc://$RUN/bench-streamer-$i.ipc CHAT_LOG_LEVEL=warn \
-    setsid "$BIN/chat-streamer" >>"$LOG/bench-streamer-$i.log" 2>&1 </dev/null &
-  EXTRA_PIDS+=($!)
-  echo $! >"$RUN/bench-streamer-$i.pid"
-  URLS+=(--url "ws+unix:$sock:/ws/chat")
-  PIDS+=(--pid-file "$RUN/bench-streamer-$i.pid")
-done
-for ((i = 2; i <= NSTREAMERS; i++)); do
-  for _ in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' --unix-socket "$RUN/bench-streamer-$i.sock" http://localhost/status)" = 200 ] && break
-    sleep 0.1
+PIDS=()
+if want idle; then
+  for ((i = 1; i <= NSTREAMERS; i++)); do
+    sock=$RUN/bench-streamer-$i.sock
+    rm -f "$sock"
+    CHAT_STREAMER_LISTEN=unix:$sock,127.0.0.1:$DIRECT_PORT CHAT_ZMQ_ENDPOINT=ipc://$RUN/bench-streamer-$i.ipc \
+      CHAT_LOG_LEVEL=warn setsid "$BIN/chat-streamer" >>"$LOG/bench-streamer-$i.log" 2>&1 </dev/null &
+    EXTRA_PIDS+=($!)
+    echo $! >"$RUN/bench-streamer-$i.pid"
+    PIDS+=(--pid-file "$RUN/bench-streamer-$i.pid")
   done
-done
-echo "$NSTREAMERS streamer process(es)"
-step idle 90 timeout 300 "$BIN/chat-bench" idle "${URLS[@]}" --conns "$IDLE_CONNS" --duration 10 "${PIDS[@]}" --max-time 280
+  for ((i = 1; i <= NSTREAMERS; i++)); do
+    for _ in $(seq 1 100); do
+      [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' --unix-socket "$RUN/bench-streamer-$i.sock" http://localhost/status)" = 200 ] && break
+      sleep 0.1
+    done
+  done
+  echo "$NSTREAMERS streamer process(es) on 127.0.0.1:$DIRECT_PORT"
+fi
+# How the kernel spread them: the most connections each streamer's /status showed, sampled every second
+# while the step runs (chat-bench's per-process lines divide each one's RSS by all the connections; its
+# "all sampled server processes" line is the figure).
+spread_sampler() {
+  local -a most
+  local i c
+  while :; do
+    for ((i = 1; i <= NSTREAMERS; i++)); do
+      c=$(curl -s -m 1 --unix-socket "$RUN/bench-streamer-$i.sock" http://localhost/status | sed -n 's/^{"connections":\([0-9]*\).*/\1/p')
+      [ "${c:-0}" -gt "${most[$i]:-0}" ] && most[$i]=$c
+    done
+    echo "connections per streamer (most seen): ${most[*]}" >"$LOG/bench-idle-spread.txt"
+    sleep 1
+  done
+}
+SAMPLER=""
+if want idle; then spread_sampler & SAMPLER=$!; fi
+step idle 90 timeout 300 "$BIN/chat-bench" idle --url "ws://127.0.0.1:$DIRECT_PORT/ws/chat" --conns "$IDLE_CONNS" \
+  --duration 10 "${PIDS[@]}" --max-time 280
+if [ -n "$SAMPLER" ]; then
+  kill "$SAMPLER" 2>/dev/null
+  wait "$SAMPLER" 2>/dev/null
+  cat "$LOG/bench-idle-spread.txt" 2>/dev/null
+fi
 cleanup_extra
 
 say "$PROXY_CONNS idle connections through lighttpd"
@@ -405,6 +434,7 @@ trap - INT TERM
 # ---- the table ----
 held=$(kv idle ready mode=)
 held_failed=$(kv idle failed mode=)
+idle_mem=$(kv idle bytes_per_conn server=all)
 proxy_held=$(kv proxy ready mode=)
 mem=$(kv mem bytes_per_conn server=chat-streamer)
 lt_share=$(kv proxy bytes_per_conn server=lighttpd)
@@ -499,6 +529,8 @@ paced_table() {
     done
   done
   row "memory per idle authenticated connection, streamer's socket (mem step)" "<= 2.5 KB" "$(kb "$mem") $(verdict "$mem" le 2560)" "2.4 KB"
+  row "idle authenticated connections on the direct port (idle step)" ">= 100,000 at <= 2.5 KB" \
+    "$(num "$held") at $(kb "$idle_mem") $(both "$(verdict "$held" ge 100000)" "$(verdict "$idle_mem" le 2560)") on $NSTREAMERS streamers" "2.4 KB"
   row "memory per idle authenticated connection, lighttpd's share (proxy step)" "<= 5 KB" "$(kb "$lt_share") $(verdict "$lt_share" le 5120)" "10.3 KB"
 }
 
@@ -522,8 +554,8 @@ echo "Results (client-side latencies over loopback; full output in $LOG/bench-*.
 echo
 row "figure" "target" "measured" "spec's claim"
 row "---" "---" "---" "---"
-row "idle authenticated WebSocket connections, streamers directly" ">= 50,000" \
-  "$(num "$held") held on $NSTREAMERS streamer process(es), $(num "${held_failed:-}") failed $(verdict "$held" ge 50000)" "1000+ concurrent"
+row "idle authenticated WebSocket connections, streamers' direct port (SO_REUSEPORT)" ">= 100,000" \
+  "$(num "$held") held on $NSTREAMERS streamer process(es), $(num "${held_failed:-}") failed $(verdict "$held" ge 100000)" "1000+ concurrent"
 row "idle authenticated WebSocket connections through lighttpd" ">= 9,000" "$(num "$proxy_held") $(verdict "$proxy_held" ge 9000)" "1000+ concurrent"
 row "streamer memory per idle connection" "<= 8 KB" \
   "$(kb "$mem") $(verdict "$mem" le 8192) (lighttpd adds $(kb "$lt_share") per proxied connection)" "~5 MB"

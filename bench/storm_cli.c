@@ -52,7 +52,7 @@ typedef struct client {
 } client;
 
 typedef struct storm {
-    const char *url, *secret, *question;
+    const char *url, *resume_url, *secret, *question; /* resume_url: where clients reconnect */
     long conns;
     int threads, drop_after;
     double drop_by, timeout;
@@ -132,13 +132,13 @@ static void on_frame(storm *s, client *c, json_object *o)
     } /* progress, resumed, user_message: nothing to count */
 }
 
-/* Connects and authenticates c; 0, or -1 with c failed. */
-static int open_client(storm *s, client *c, long i)
+/* Connects to url and authenticates c; 0, or -1 with c failed. */
+static int open_client(storm *s, client *c, long i, const char *url)
 {
     char err[256];
     int status = 0;
     chat_wsc_opts wo = {0};
-    c->ws = chat_wsc_connect(s->url, &wo, &status, err, sizeof err);
+    c->ws = chat_wsc_connect(url, &wo, &status, err, sizeof err);
     if (!c->ws) return fail(c, "connect failed"), -1;
     char sub[48], email[80];
     snprintf(sub, sizeof sub, "storm-user-%ld", i);
@@ -209,7 +209,7 @@ static void *worker_main(void *arg)
     storm *s = w->s;
     client *cs = s->c + w->first;
     for (long i = 0; i < w->count; i++) /* phase 1: connect and authenticate every client */
-        open_client(s, &cs[i], w->first + i);
+        open_client(s, &cs[i], w->first + i, s->url);
     pthread_barrier_wait(&s->bar);
     char *m = chat_proto_client_message(s->question, NULL, NULL, true);
     for (long i = 0; i < w->count; i++) { /* then every client asks, at once */
@@ -234,7 +234,7 @@ static void *worker_main(void *arg)
             fail(c, "no session id before the drop");
             continue;
         }
-        if (open_client(s, c, w->first + i)) continue;
+        if (open_client(s, c, w->first + i, s->resume_url)) continue;
         char *f = chat_proto_client_resume(c->session_id, c->seq, c->answer_id[0] ? c->answer_id : NULL);
         if (!f || chat_wsc_send_text(c->ws, f, strlen(f))) fail(c, "resume send failed");
         else c->state = C_RESUMING;
@@ -302,6 +302,9 @@ static int report(const storm *s)
 static const chat_cli STORM_CLI = {
     .prog = "chat-storm",
     .usage = "usage: chat-storm --url ws://HOST:PORT/ws/chat [options]   (JWT_SECRET from the environment)\n"
+             "  --url URL        ws://HOST:PORT/ws/chat or ws+unix:/path.sock:/ws/chat\n"
+             "  --resume-url URL where the clients reconnect and resume (default --url): another\n"
+             "                   streamer's socket resumes every answer on another streamer\n"
              "  --conns N        streaming clients, each its own user (default 5000)\n"
              "  --threads T      client threads (default 8)\n"
              "  --drop-after K   drop once every client holds K token frames (default 3)\n"
@@ -317,6 +320,7 @@ int main(int argc, char **argv)
                .question = "What is the engine power of the Seawind 250 and how often is it serviced?"};
     const chat_cli_opt table[] = {
         CHAT_CLI_STR_OPT("url", &s.url),
+        CHAT_CLI_STR_OPT("resume-url", &s.resume_url),
         CHAT_CLI_NUM_OPT(CHAT_CLI_LONG, "conns", &s.conns, 1, 200000, "--conns: 1..200000"),
         CHAT_CLI_NUM_OPT(CHAT_CLI_INT, "threads", &s.threads, 1, 64, "--threads: 1..64"),
         CHAT_CLI_NUM_OPT(CHAT_CLI_INT, "drop-after", &s.drop_after, 1, 1000, "--drop-after: 1..1000"),
@@ -329,6 +333,7 @@ int main(int argc, char **argv)
     if (!chat_cli_parse(&STORM_CLI, table, CHAT_ARRAY_LEN(table), argc, argv, 1, &rc)) return rc;
     s.secret = getenv("JWT_SECRET");
     if (!s.url) return chat_cli_usage(&STORM_CLI, "--url is required");
+    if (!s.resume_url) s.resume_url = s.url;
     if (!s.secret || !*s.secret) return chat_cli_usage(&STORM_CLI, "JWT_SECRET is not set");
     if (s.threads > s.conns) s.threads = (int)s.conns;
     raise_nofile(s.conns * 2);

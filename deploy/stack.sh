@@ -24,7 +24,10 @@
 # sharing a port, a socket or a file: the streamer and the FastCGI pool listen on Unix sockets there.
 #
 # Other settings: CHAT_BIND (127.0.0.1), CHAT_FCGI_PROCS (4), CHAT_DEMO (1: /api/v1/demo-token on a
-# loopback bind, never on another; 0 = off),
+# loopback bind, never on another; 0 = off), CHAT_STREAMERS (1: streamer processes, each with its own
+# Unix socket, pid file and log, all sharing the worker pool and lighttpd balancing /ws/chat over them),
+# CHAT_DIRECT_PORT (none: a TCP port on CHAT_BIND every streamer also listens on, shared with
+# SO_REUSEPORT, for a load balancer of your own in front of the streamers),
 # and every variable of deploy/chat.env.example, passed through to the programs.
 set -uo pipefail
 
@@ -47,7 +50,6 @@ export CHAT_LOG_LEVEL=${CHAT_LOG_LEVEL:-info}
 # sets its own).
 export CHAT_TOKEN_DELAY_MS=${CHAT_TOKEN_DELAY_MS:-25}
 export CHAT_CUSTOMER_ACCESS=${CHAT_CUSTOMER_ACCESS:-any}
-export CHAT_ZMQ_ENDPOINT=${CHAT_ZMQ_ENDPOINT:-ipc://$RUN/chat-workers.ipc}
 export CHAT_METRICS_DIR=${CHAT_METRICS_DIR:-$RUN/metrics}
 # lighttpd proxies /ws/chat over a Unix socket (see lighttpd.conf), so the streamer listens on one.
 case "${CHAT_STREAMER_LISTEN:-}" in
@@ -56,6 +58,41 @@ case "${CHAT_STREAMER_LISTEN:-}" in
   *) echo "stack: CHAT_STREAMER_LISTEN must be unix:/path (lighttpd.conf proxies over a Unix socket)" >&2; exit 2 ;;
 esac
 export CHAT_STREAMER_LISTEN=unix:$CHAT_STREAMER_SOCKET
+# Several streamers: streamer i (from 1) is ST_NAMES[i-1] (its pid file and log), listens on ST_SOCKS[i-1]
+# and binds ST_EPS[i-1], one endpoint of the workers' list (CHAT_ZMQ_ENDPOINT, one per streamer). The
+# first keeps the names of a single streamer (chat-streamer, streamer.sock, chat-workers.ipc).
+export CHAT_STREAMERS=${CHAT_STREAMERS:-1}
+if ! [[ "$CHAT_STREAMERS" =~ ^[0-9]+$ ]] || [ "$CHAT_STREAMERS" -lt 1 ] || [ "$CHAT_STREAMERS" -gt 16 ]; then
+  echo "stack: CHAT_STREAMERS must be 1..16" >&2; exit 2
+fi
+export CHAT_DIRECT_PORT=${CHAT_DIRECT_PORT:-}
+if [ -n "$CHAT_DIRECT_PORT" ] && { ! [[ "$CHAT_DIRECT_PORT" =~ ^[0-9]+$ ]] || [ "$CHAT_DIRECT_PORT" -lt 1 ] || [ "$CHAT_DIRECT_PORT" -gt 65535 ]; }; then
+  echo "stack: CHAT_DIRECT_PORT must be a TCP port (1..65535) or empty" >&2; exit 2
+fi
+ST_NAMES=() ST_SOCKS=() ST_EPS=()
+if [ -z "${CHAT_ZMQ_ENDPOINT:-}" ]; then
+  for ((i = 1; i <= CHAT_STREAMERS; i++)); do
+    ST_EPS+=("ipc://$RUN/chat-workers$([ "$i" = 1 ] || echo "-$i").ipc")
+  done
+  CHAT_ZMQ_ENDPOINT=$(IFS=,; echo "${ST_EPS[*]}")
+else
+  IFS=, read -ra ST_EPS <<<"$CHAT_ZMQ_ENDPOINT"
+  if [ "${#ST_EPS[@]}" != "$CHAT_STREAMERS" ]; then
+    echo "stack: CHAT_ZMQ_ENDPOINT lists ${#ST_EPS[@]} endpoints for CHAT_STREAMERS=$CHAT_STREAMERS streamers (one each)" >&2; exit 2
+  fi
+fi
+export CHAT_ZMQ_ENDPOINT
+for ((i = 1; i <= CHAT_STREAMERS; i++)); do
+  if [ "$i" = 1 ]; then ST_NAMES+=(chat-streamer) ST_SOCKS+=("$CHAT_STREAMER_SOCKET")
+  else ST_NAMES+=("chat-streamer-$i") ST_SOCKS+=("${CHAT_STREAMER_SOCKET%.sock}-$i.sock"); fi
+done
+# Every streamer's socket: lighttpd balances /ws/chat over them (deploy/lighttpd-env.sh), /health probes each.
+CHAT_STREAMER_SOCKETS=$(IFS=,; echo "${ST_SOCKS[*]}")
+export CHAT_STREAMER_SOCKETS
+DIRECT_LISTEN=""
+if [ -n "$CHAT_DIRECT_PORT" ]; then
+  case "$CHAT_BIND" in *:*) DIRECT_LISTEN="[$CHAT_BIND]:$CHAT_DIRECT_PORT" ;; *) DIRECT_LISTEN="$CHAT_BIND:$CHAT_DIRECT_PORT" ;; esac
+fi
 # lighttpd must never cut an idle WebSocket before the streamer's own idle timeout does.
 export CHAT_WS_IDLE_S=${CHAT_WS_IDLE_S:-$(( ${CHAT_IDLE_TIMEOUT_S:-300} + 60 ))}
 # ...nor, on a graceful stop, a WebSocket the streamer is still draining.
@@ -235,23 +272,46 @@ start_worker() {
   kill -0 "$(cat "$RUN/chat-worker.pid")" 2>/dev/null || fail_with_log chat-worker "$LOG/chat-worker.log" "chat-worker exited at start"
 }
 
-start_streamer() {
+# Streamer i (1..CHAT_STREAMERS): its own socket and worker endpoint, and the shared direct port.
+start_streamer() { # i
+  local i=$1 name=${ST_NAMES[$1 - 1]} sock=${ST_SOCKS[$1 - 1]} listen
   [ -x "$BIN/chat-streamer" ] || { warn "build/bin/chat-streamer is missing (make): no /ws/chat"; return 0; }
-  if p=$(pid_of chat-streamer chat-streamer); then say "chat-streamer already running (pid $p)"; return 0; fi
-  rm -f "$CHAT_STREAMER_SOCKET"
-  spawn chat-streamer chat-streamer "$BIN/chat-streamer"
+  if p=$(pid_of "$name" chat-streamer); then say "$name already running (pid $p)"; return 0; fi
+  rm -f "$sock"
+  listen=unix:$sock${DIRECT_LISTEN:+,$DIRECT_LISTEN}
+  CHAT_STREAMER_LISTEN=$listen CHAT_ZMQ_ENDPOINT=${ST_EPS[$i - 1]} spawn "$name" "$name" "$BIN/chat-streamer"
   # kill -0 on the pid just spawned, not pid_of: until setsid has exec'd, its command line is still this
   # script's, and pid_of would call a starting streamer gone.
-  local i spawned
-  spawned=$(cat "$RUN/chat-streamer.pid")
-  for ((i = 0; i < 200; i++)); do
+  local n spawned
+  spawned=$(cat "$RUN/$name.pid")
+  for ((n = 0; n < 200; n++)); do
     kill -0 "$spawned" 2>/dev/null ||
-      { fail_with_log chat-streamer "$LOG/chat-streamer.log" "chat-streamer exited at start"; return 1; }
-    [ "$(http_code --unix-socket "$CHAT_STREAMER_SOCKET" http://localhost/status)" = 200 ] && return 0
+      { fail_with_log "$name" "$LOG/$name.log" "$name exited at start"; return 1; }
+    [ "$(http_code --unix-socket "$sock" http://localhost/status)" = 200 ] && return 0
     sleep 0.1
   done
-  fail_with_log chat-streamer "$LOG/chat-streamer.log" "chat-streamer did not answer /status within 20 s"
+  fail_with_log "$name" "$LOG/$name.log" "$name did not answer /status within 20 s"
 }
+
+start_streamers() {
+  local i
+  for ((i = 1; i <= CHAT_STREAMERS; i++)); do start_streamer "$i" || return 1; done
+}
+
+# The streamers to stop or report: ST_NAMES, and any other one a pid file names (a stack started with a
+# larger CHAT_STREAMERS than this shell's, its supervisor gone).
+all_streamers() {
+  local c f
+  for c in "${ST_NAMES[@]}"; do echo "$c"; done
+  for f in "$RUN"/chat-streamer-*.pid; do
+    [ -f "$f" ] || continue
+    c=$(basename "$f" .pid)
+    [[ " ${ST_NAMES[*]} " == *" $c "* ]] || echo "$c"
+  done
+}
+
+# A name of ST_NAMES -> its index from 1 (for sv_restart)
+streamer_index() { local i; for ((i = 1; i <= CHAT_STREAMERS; i++)); do [ "${ST_NAMES[$i - 1]}" = "$1" ] && echo "$i" && return 0; done; return 1; }
 
 start_lighttpd() {
   command -v lighttpd >/dev/null || { warn "lighttpd is not installed (make deps)"; return 1; }
@@ -311,7 +371,7 @@ start_all() {
     say "demo token endpoint on, for the loopback bind $CHAT_BIND only: GET /api/v1/demo-token (CHAT_DEMO=0 turns it off)"
   fi
   start_worker || return 1
-  start_streamer || return 1
+  start_streamers || return 1
   start_lighttpd || return 1
   wait_ready || return 1
 }
@@ -323,11 +383,15 @@ start_all() {
 stop_all() {
   local front=""
   if front=$(pid_of lighttpd lighttpd); then say "lighttpd stops accepting (pid $front)"; kill -INT "$front" 2>/dev/null; fi
-  stop_proc chat-streamer chat-streamer $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 5 ))
+  # Every streamer drains at once (SIGTERM to all, then each waited for): one grace period, not N.
+  local c p streamers
+  streamers=$(all_streamers)
+  for c in $streamers; do if p=$(pid_of "$c" chat-streamer); then say "$c drains (pid $p)"; kill -TERM "$p" 2>/dev/null; fi; done
+  for c in $streamers; do stop_proc "$c" chat-streamer $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 5 )) -; done
   [ -n "$front" ] && stop_group lighttpd "$front" $(( CHAT_FRONT_DRAIN_S + 5 ))
   stop_proc lighttpd lighttpd 5
   stop_proc chat-worker chat-worker $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 15 ))
-  rm -f "$CHAT_STREAMER_SOCKET"
+  rm -f "${ST_SOCKS[@]}" "${CHAT_STREAMER_SOCKET%.sock}"-[0-9]*.sock
   if [ -f "$RUN/stack.mariadb" ]; then
     say "stopping the private MariaDB"
     bash deploy/mariadb.sh stop
@@ -336,10 +400,13 @@ stop_all() {
 }
 
 print_info() {
+  local ws="${PUBLIC/http:/ws:}/ws/chat"
+  [ "$CHAT_STREAMERS" = 1 ] || ws+="   ($CHAT_STREAMERS streamers)"
+  [ -z "$DIRECT_LISTEN" ] || ws+=$'\n'"  Direct      ws://$DIRECT_LISTEN/ws/chat   (every streamer's shared port)"
   cat <<EOF
 
   Test page   $PUBLIC/ws/test
-  WebSocket   ${PUBLIC/http:/ws:}/ws/chat
+  WebSocket   $ws
   REST        POST $PUBLIC/api/v1/chat   (Authorization: Bearer <token>)
   Health      $PUBLIC/health
   Logs        $LOG/
@@ -353,21 +420,23 @@ EOF
 
 status() {
   local rc=0 p
-  if p=$(supervisor_pid); then printf '%-14s running (pid %s)\n' supervisor "$p"; else printf '%-14s none\n' supervisor; fi
-  for c in chat-worker:chat-worker chat-streamer:chat-streamer lighttpd:lighttpd; do
+  if p=$(supervisor_pid); then printf '%-16s running (pid %s)\n' supervisor "$p"; else printf '%-16s none\n' supervisor; fi
+  local streamers=""
+  for c in $(all_streamers); do streamers+=" $c:chat-streamer"; done
+  for c in chat-worker:chat-worker $streamers lighttpd:lighttpd; do
     if p=$(pid_of "${c%%:*}" "${c#*:}"); then
-      printf '%-14s running (pid %s)\n' "${c%%:*}" "$p"
+      printf '%-16s running (pid %s)\n' "${c%%:*}" "$p"
     else
-      printf '%-14s stopped\n' "${c%%:*}"; rc=3
+      printf '%-16s stopped\n' "${c%%:*}"; rc=3
     fi
   done
   if [ "$PRIVATE_DB" = 1 ]; then
-    printf '%-14s %s\n' mariadb "$(bash deploy/mariadb.sh status 2>/dev/null || echo stopped)"
+    printf '%-16s %s\n' mariadb "$(bash deploy/mariadb.sh status 2>/dev/null || echo stopped)"
   else
-    printf '%-14s external (%s)\n' mariadb "${CHAT_DB_SOCKET:-${CHAT_DB_HOST}}"
+    printf '%-16s external (%s)\n' mariadb "${CHAT_DB_SOCKET:-${CHAT_DB_HOST}}"
   fi
   if pid_of lighttpd lighttpd >/dev/null; then
-    printf '%-14s %s %s\n' health "$(http_code "$BASE/health")" "$(curl -s -m 2 "$BASE/health")"
+    printf '%-16s %s %s\n' health "$(http_code "$BASE/health")" "$(curl -s -m 2 "$BASE/health")"
   fi
   return $rc
 }
@@ -383,12 +452,13 @@ now_ms() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
 
 supervised() { # the names, in start order
   [ -f "$RUN/stack.mariadb" ] && echo mariadb
-  local c; for c in chat-worker chat-streamer lighttpd; do [ -f "$RUN/$c.pid" ] && echo "$c"; done
+  local c; for c in chat-worker "${ST_NAMES[@]}" lighttpd; do [ -f "$RUN/$c.pid" ] && echo "$c"; done
 }
 
 sv_alive() { # name
   case $1 in
     mariadb) kill -0 "$(cat "$RUN/mariadb/mariadb.pid" 2>/dev/null)" 2>/dev/null ;;
+    chat-streamer*) pid_of "$1" chat-streamer >/dev/null ;;
     *) pid_of "$1" "$1" >/dev/null ;;
   esac
 }
@@ -397,7 +467,7 @@ sv_restart() { # name
   case $1 in
     mariadb) bash deploy/mariadb.sh start 2>&3 ;;
     chat-worker) start_worker ;;
-    chat-streamer) start_streamer ;;
+    chat-streamer*) start_streamer "$(streamer_index "$1")" ;;
     lighttpd) start_lighttpd && wait_ready ;;
   esac
 }
@@ -456,8 +526,8 @@ reload() {
 # gets the signal: master, workers, responders), MariaDB its error log, the supervisor stack.log.
 reopen_logs() {
   local c p
-  for c in chat-worker chat-streamer lighttpd; do
-    if p=$(pid_of "$c" "$c"); then kill -HUP -- "-$p" 2>/dev/null; fi
+  for c in chat-worker "${ST_NAMES[@]}" lighttpd; do
+    if p=$(pid_of "$c" "${c%-[0-9]*}"); then kill -HUP -- "-$p" 2>/dev/null; fi
   done
   if [ "$PRIVATE_DB" = 1 ] && bash deploy/mariadb.sh status >/dev/null 2>&1; then bash deploy/mariadb.sh reopen-log; fi
   if p=$(supervisor_pid) && [ "$p" != $$ ]; then

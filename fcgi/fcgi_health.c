@@ -24,15 +24,22 @@
 
 #define STATUS_MAX_BYTES 16384 /* the streamer's /status is a few dozen bytes; anything bigger is wrong */
 
-struct fcgi_health {
-    CURL *curl;
+/* One streamer's /status. */
+typedef struct health_target {
+    CURL *curl; /* kept: keep-alive on its socket */
     char url[600];
     char unix_path[512]; /* empty for TCP */
+} health_target;
+
+struct fcgi_health {
+    health_target st[FCGI_HEALTH_MAX_STREAMERS];
+    int n_st;
     chat_buf cached;
     int cached_status;
     long long cached_at_ms;          /* 0 = nothing cached */
     bool ok_db, ok_streamer, ok_workers; /* what the cached answer says */
-    bool db_was_ok, streamer_was_ok; /* to log state changes once, not every second */
+    bool db_was_ok;                  /* to log state changes once, not every second */
+    int streamers_up_was;            /* likewise */
     char fulltext_was[64];           /* the setting last logged as wrong ("" = none) */
     chat_db *replica;                /* CHAT_DB_READ_*, NULL without one */
     bool replica_ok;                 /* reported in ready; a skipped replica does not make it 503 */
@@ -44,32 +51,64 @@ typedef struct streamer_state {
     long long connections, workers_live, workers_busy, jobs_queued;
 } streamer_state;
 
+/* A target for "unix:/path" or "host:port" (len bytes of spec); false when it does not fit. */
+static bool add_target(fcgi_health *h, const char *spec, size_t len)
+{
+    if (h->n_st == FCGI_HEALTH_MAX_STREAMERS || !len) return false;
+    health_target *t = &h->st[h->n_st];
+    if (len > 5 && !strncmp(spec, "unix:", 5)) {
+        if (len - 5 >= sizeof t->unix_path) return false;
+        snprintf(t->unix_path, sizeof t->unix_path, "%.*s", (int)(len - 5), spec + 5);
+        snprintf(t->url, sizeof t->url, "http://localhost/status");
+    } else {
+        if (len + 16 >= sizeof t->url) return false;
+        snprintf(t->url, sizeof t->url, "http://%.*s/status", (int)len, spec);
+    }
+    t->curl = curl_easy_init();
+    if (!t->curl) return false;
+    h->n_st++;
+    return true;
+}
+
+/* CHAT_STREAMER_SOCKETS (every streamer of the host), else the first listener of CHAT_STREAMER_LISTEN. */
+static bool add_targets(fcgi_health *h, const chat_config *cfg)
+{
+    const char *list = cfg->streamer_sockets;
+    if (!list[0]) return add_target(h, cfg->streamer_listen, strcspn(cfg->streamer_listen, ","));
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        char spec[600];
+        if (len && len + 5 < sizeof spec) {
+            snprintf(spec, sizeof spec, "unix:%.*s", (int)len, p);
+            if (!add_target(h, spec, strlen(spec))) return false;
+        }
+        p += len;
+        if (*p) p++;
+    }
+    return h->n_st > 0;
+}
+
 fcgi_health *fcgi_health_new(const chat_config *cfg)
 {
     fcgi_health *h = calloc(1, sizeof *h);
     if (!h) return NULL;
     chat_buf_init(&h->cached);
-    h->db_was_ok = h->streamer_was_ok = true;
+    h->db_was_ok = true;
     h->replica = chat_db_new_read(cfg);
-    const char *listen = cfg->streamer_listen;
-    if (!strncmp(listen, "unix:", 5)) {
-        snprintf(h->unix_path, sizeof h->unix_path, "%s", listen + 5);
-        snprintf(h->url, sizeof h->url, "http://localhost/status");
-    } else {
-        snprintf(h->url, sizeof h->url, "http://%s/status", listen);
-    }
-    h->curl = curl_easy_init();
-    if (!h->curl) {
+    if (!add_targets(h, cfg)) {
+        chat_log_error("health: CHAT_STREAMER_SOCKETS lists more than %d streamers, or a path too long",
+                       FCGI_HEALTH_MAX_STREAMERS);
         fcgi_health_free(h);
         return NULL;
     }
+    h->streamers_up_was = h->n_st;
     return h;
 }
 
 void fcgi_health_free(fcgi_health *h)
 {
     if (!h) return;
-    if (h->curl) curl_easy_cleanup(h->curl);
+    for (int i = 0; i < h->n_st; i++) curl_easy_cleanup(h->st[i].curl);
     chat_db_free(h->replica);
     chat_buf_free(&h->cached);
     free(h);
@@ -95,15 +134,15 @@ static long long json_int(json_object *o, const char *key)
     return (long long)json_object_get_int64(v);
 }
 
-static streamer_state probe_streamer(fcgi_health *h)
+static streamer_state probe_streamer(health_target *t)
 {
     streamer_state s = {.ok = false, .connections = -1, .workers_live = -1, .workers_busy = -1, .jobs_queued = -1};
     chat_buf body;
     chat_buf_init(&body);
-    CURL *c = h->curl;
+    CURL *c = t->curl;
     curl_easy_reset(c);
-    curl_easy_setopt(c, CURLOPT_URL, h->url);
-    if (h->unix_path[0]) curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, h->unix_path);
+    curl_easy_setopt(c, CURLOPT_URL, t->url);
+    if (t->unix_path[0]) curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, t->unix_path);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)FCGI_HEALTH_STREAMER_TIMEOUT_MS);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)FCGI_HEALTH_STREAMER_TIMEOUT_MS);
@@ -132,6 +171,30 @@ static streamer_state probe_streamer(fcgi_health *h)
 cleanup:
     chat_buf_free(&body);
     return s;
+}
+
+/* Every streamer's /status, added up: ok when every one answers, connections and queued jobs summed
+ * (each streamer has its own). The workers are one shared pool each streamer sees for itself: "live" is
+ * the fewest any streamer sees (a streamer just restarted has none until the workers reconnect, and
+ * cannot answer meanwhile), "busy" the most. */
+static streamer_state probe_streamers(fcgi_health *h, int *up)
+{
+    streamer_state all = {.ok = true, .connections = -1, .workers_live = -1, .workers_busy = -1, .jobs_queued = -1};
+    *up = 0;
+    for (int i = 0; i < h->n_st; i++) {
+        streamer_state s = probe_streamer(&h->st[i]);
+        if (!s.ok) {
+            all.ok = false;
+            continue;
+        }
+        ++*up;
+        if (s.connections >= 0) all.connections = (all.connections < 0 ? 0 : all.connections) + s.connections;
+        if (s.jobs_queued >= 0) all.jobs_queued = (all.jobs_queued < 0 ? 0 : all.jobs_queued) + s.jobs_queued;
+        if (s.workers_live >= 0 && (all.workers_live < 0 || s.workers_live < all.workers_live))
+            all.workers_live = s.workers_live;
+        if (s.workers_busy > all.workers_busy) all.workers_busy = s.workers_busy;
+    }
+    return all;
 }
 
 static json_object *int_or_null(long long v)
@@ -167,8 +230,9 @@ static int refresh(fcgi_health *h, chat_db *db)
     long long t0 = chat_now_us();
     bool db_ok = db && chat_db_ping(db, err, sizeof err) == 0;
     double db_ms = (double)(chat_now_us() - t0) / 1000.0;
-    streamer_state st = probe_streamer(h);
-    bool workers_ok = st.ok && st.workers_live > 0;
+    int up;
+    streamer_state st = probe_streamers(h, &up);
+    bool workers_ok = up > 0 && st.workers_live > 0;
 
     if (db_ok != h->db_was_ok) {
         if (db_ok)
@@ -177,12 +241,12 @@ static int refresh(fcgi_health *h, chat_db *db)
             chat_log_warn("health: database unreachable: %s", err[0] ? err : "no connection");
         h->db_was_ok = db_ok;
     }
-    if (st.ok != h->streamer_was_ok) {
+    if (up != h->streamers_up_was) {
         if (st.ok)
-            chat_log_info("health: streamer reachable again");
+            chat_log_info("health: every streamer reachable again (%d)", up);
         else
-            chat_log_warn("health: streamer /status unreachable");
-        h->streamer_was_ok = st.ok;
+            chat_log_warn("health: %d of %d streamers' /status unreachable", h->n_st - up, h->n_st);
+        h->streamers_up_was = up;
     }
 
     json_object *root = json_object_new_object();
@@ -216,6 +280,8 @@ static int refresh(fcgi_health *h, chat_db *db)
     json_object_object_add(root, "database", jdb);
 
     json_object_object_add(jst, "ok", json_object_new_boolean(st.ok));
+    json_object_object_add(jst, "up", json_object_new_int(up));
+    json_object_object_add(jst, "of", json_object_new_int(h->n_st));
     json_object_object_add(jst, "connections", int_or_null(st.connections));
     json_object_object_add(jst, "jobs_queued", int_or_null(st.jobs_queued));
     json_object_object_add(root, "streamer", jst);

@@ -3,11 +3,15 @@
  * the process answers (Kubernetes' liveness probe, which must not fail because a dependency did).
  *
  * The probes (chat_db_ping on the process's own connection, a libcurl GET of the streamer's /status
- * with a 200 ms budget) run at most once per FCGI_HEALTH_TTL_MS per process; in between, the cached
- * answer is served. Workers are reported by the streamer (it owns the ZeroMQ side).
+ * with a 200 ms budget, of every streamer of the host) run at most once per FCGI_HEALTH_TTL_MS per
+ * process; in between, the cached answer is served. Workers are reported by the streamers (they own
+ * the ZeroMQ side). "streamer" is ok when every streamer answers ("up" of "of"); its connections and
+ * queued jobs are the sum over them. "workers" is ok when every streamer that answers sees live workers
+ * (one shared pool: "live" is the fewest any sees, "busy" the most).
  *
  * Body: {"status":"ok"|"degraded","failing":[...],"database":{"ok":bool,"latency_ms":N},
- *        "streamer":{"ok":bool,"connections":N,"jobs_queued":N},"workers":{"ok":bool,"live":N,"busy":N},
+ *        "streamer":{"ok":bool,"up":N,"of":N,"connections":N,"jobs_queued":N},
+ *        "workers":{"ok":bool,"live":N,"busy":N},
  *        "fulltext":{"ok":bool|null,"setting":"innodb_ft_min_token_size=1","problem":"..."}}
  * 200 when everything is ok, 503 otherwise, "failing" naming the parts that are not. "fulltext" is the
  * database's full-text settings (chat_kb_fulltext_check; ok null when the database is down): when they
@@ -27,10 +31,13 @@
 
 #define FCGI_HEALTH_TTL_MS 1000
 #define FCGI_HEALTH_STREAMER_TIMEOUT_MS 200
+#define FCGI_HEALTH_MAX_STREAMERS 64
 
 typedef struct fcgi_health fcgi_health;
 
-/* cfg->streamer_listen says where the streamer's /status is ("unix:/path" or "host:port"). */
+/* Where the streamers' /status pages are: cfg->streamer_sockets, every streamer's Unix socket
+ * (comma-separated, up to FCGI_HEALTH_MAX_STREAMERS), else the first listener of cfg->streamer_listen
+ * ("unix:/path" or "host:port"). NULL when out of memory or the list is too long. */
 fcgi_health *fcgi_health_new(const chat_config *cfg);
 void fcgi_health_free(fcgi_health *h);
 

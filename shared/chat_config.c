@@ -187,6 +187,7 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
 
     STR(zmq_endpoint, "CHAT_ZMQ_ENDPOINT", "ipc://var/run/chat-workers.ipc");
     STR(streamer_listen, "CHAT_STREAMER_LISTEN", "127.0.0.1:8001");
+    STR(streamer_sockets, "CHAT_STREAMER_SOCKETS", "");
     STR(allowed_origins, "CHAT_ALLOWED_ORIGINS", "");
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     INT(workers, "CHAT_WORKERS", ncpu > 0 ? (int)ncpu : 2, 0, 1024);

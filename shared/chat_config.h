@@ -82,7 +82,10 @@ typedef struct chat_config {
 
     /* Streamer and workers. */
     char zmq_endpoint[512];   /* where the streamer's ROUTER binds and workers connect */
-    char streamer_listen[512]; /* "unix:/path" or "host:port" */
+    char streamer_listen[512]; /* comma-separated "unix:/path" or "host:port" listeners */
+    /* Every streamer of the host, comma-separated Unix sockets: /health probes each (empty: the first
+     * listener of streamer_listen). */
+    char streamer_sockets[4096];
     char allowed_origins[1024]; /* besides the page's own origin (chat_origin.h); empty = no other */
     int workers;
     int worker_slots;    /* answers one worker process streams at once (no thread each) */

@@ -88,6 +88,7 @@
 #include "chat_wheel.h"
 #include "streamer.h"
 #include "streamer_broker.h"
+#include "streamer_listen.h"
 #include "streamer_map.h"
 #include "streamer_sessions.h"
 #include "streamer_rx.h"
@@ -1759,41 +1760,14 @@ void st_request_shutdown(void)
     S.stop_requested = 1;
 }
 
-/* "unix:/path", "host:port", "[v6]:port" or ":port". */
-static int parse_listen(const char *spec, char *host, size_t hostlen, int *port, bool *unix_sock)
-{
-    *unix_sock = false;
-    if (!strncmp(spec, "unix:", 5)) {
-        if (!spec[5] || strlen(spec + 5) >= hostlen) return CHAT_EINVAL;
-        snprintf(host, hostlen, "%s", spec + 5);
-        *unix_sock = true;
-        *port = 0;
-        return 0;
-    }
-    const char *colon = strrchr(spec, ':');
-    if (!colon) return CHAT_EINVAL;
-    char *end;
-    long p = strtol(colon + 1, &end, 10);
-    if (*end || p < 0 || p > 65535) return CHAT_EINVAL;
-    *port = (int)p;
-    const char *h = spec;
-    size_t hl = (size_t)(colon - spec);
-    if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') h++, hl -= 2;
-    if (hl >= hostlen) return CHAT_EINVAL;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    if (!strcmp(host, "localhost")) snprintf(host, hostlen, "127.0.0.1");
-    if (!strcmp(host, "*") || !strcmp(host, "0.0.0.0")) host[0] = '\0';
-    return 0;
-}
-
 int st_run(const sigset_t *unblock)
 {
-    char host[512], err[256];
-    int port;
-    bool unix_sock;
-    if (parse_listen(S.cfg.streamer_listen, host, sizeof host, &port, &unix_sock)) {
-        chat_log_error("CHAT_STREAMER_LISTEN must be host:port or unix:/path");
+    char err[256];
+    sl_listener ls[SL_MAX_LISTENERS];
+    int nls = sl_parse(S.cfg.streamer_listen, ls, SL_MAX_LISTENERS);
+    if (nls < 0) {
+        chat_log_error("CHAT_STREAMER_LISTEN must be up to %d of host:port or unix:/path, comma-separated",
+                       SL_MAX_LISTENERS);
         return 1;
     }
     /* CHAT_LWS_DEBUG=<lws log bitmask>, e.g. 15 for err|warn|notice|info: lws's own logs, for debugging. */
@@ -1810,8 +1784,6 @@ int st_run(const sigset_t *unblock)
 
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
-    info.port = port;
-    info.iface = host[0] ? host : NULL;
     info.protocols = protocols;
     info.extensions = NULL; /* no permessage-deflate */
     info.count_threads = 1;
@@ -1828,11 +1800,9 @@ int st_run(const sigset_t *unblock)
     info.retry_and_idle_policy = &no_validity;
     info.vhost_name = "chat-streamer";
     info.server_string = "chat-streamer";
-    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
-    if (unix_sock)
-        info.options |= LWS_SERVER_OPTION_UNIX_SOCK;
-    else if (host[0] && strchr(host, '.'))
-        info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+    /* The context first, then a vhost per listener (sl_create_vhosts), all served by the one loop. */
+    info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND |
+                   LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
 
     /* libev (epoll) by default: poll() costs O(connections) per wake-up, which with tens of thousands of
      * connections makes every event, and a connection storm quadratically, expensive. */
@@ -1847,9 +1817,10 @@ int st_run(const sigset_t *unblock)
         S.ctx = lws_create_context(&info);
     }
     if (!S.ctx) {
-        chat_log_error("streamer: cannot listen on %s", S.cfg.streamer_listen);
+        chat_log_error("streamer: cannot create the lws context");
         return 1;
     }
+    if (sl_create_vhosts(S.ctx, &info, ls, nls)) return 1;
     if (broker_attach(err, sizeof err)) {
         chat_log_error("%s", err);
         return 1;

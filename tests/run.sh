@@ -170,13 +170,14 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     run_script tests/ops/log_json.sh
     run_script tests/ops/slowloris.sh
     run_script tests/ops/graceful_stop.sh
+    run_script tests/ops/streamers.sh
     # Every shell example of README.md, docs/ and sql/README.md, against a stack of make start's defaults.
     CHAT_EXAMPLES_PORT=$CHAT_PORT CHAT_EXAMPLES_VAR=${CHAT_VAR#"$ROOT"/}/examples run_script tests/doc_examples.sh doc-examples
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.
     echo "== log hygiene"
     leaks=$(grep -l -E 'eyJ[A-Za-z0-9_-]{10,}|engine power|Seawind 250 is powered' \
       "$CHAT_VAR"/log/{chat-streamer,chat-worker,chat-fcgi,chat-kb,access,lighttpd-error}.log \
-      "$CHAT_VAR"/log/streamer-*.log 2>/dev/null)
+      "$CHAT_VAR"/log/streamer-*.log "$CHAT_VAR"/own/log/chat-streamer*.log 2>/dev/null)
     if [ -z "$leaks" ]; then echo "ok - no token or message text in service logs"; record logs 1 0
     else echo "not ok - token or message text found in: $leaks"; record logs 0 1; fi
   else

@@ -40,7 +40,8 @@ static void usage(FILE *f)
             "usage: chat-ws [--url URL] [--token T | --token-file F] [--origin O] [--session S]\n"
             "               [--customer C] [--raw] [--timeout SEC] [message ...]\n"
             "  --url URL        WebSocket endpoint (default $CHAT_WS_URL, else " DEFAULT_URL ",\n"
-            "                   the stack's own port: CHAT_PORT, 8000 when unset)\n"
+            "                   the stack's own port: CHAT_PORT, 8000 when unset), or\n"
+            "                   ws+unix:/path.sock:/ws/chat (a streamer's own socket)\n"
             "  --token T        JWT sent in an auth message (visible to ps: prefer --token-file)\n"
             "  --token-file F   read the JWT from the first line of F\n"
             "  --origin O       Origin header\n"
@@ -252,8 +253,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "chat-ws: give --token or --token-file, not both\n");
         return 2;
     }
-    if (strncmp(url, "ws://", 5) != 0) {
-        fprintf(stderr, "chat-ws: --url must be a ws:// URL\n");
+    if (strncmp(url, "ws://", 5) != 0 && strncmp(url, "ws+unix:", 8) != 0) {
+        fprintf(stderr, "chat-ws: --url must be a ws:// or ws+unix:/path.sock:/ws/chat URL\n");
         return 2;
     }
     if (session && !chat_id_valid(session)) {

@@ -31,7 +31,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "chat_common.h"
@@ -482,11 +484,33 @@ typedef struct wsc_url {
     const char *host;     /* without brackets, for getaddrinfo */
     const char *hostport; /* for the Host header: as written, with ":port" unless 80 */
     const char *resource; /* path and query, "/" at least */
+    const char *unix_path; /* ws+unix: the socket's path; NULL for TCP */
     char port[8];
     char hostport_buf[300];
 } wsc_url;
 
 static bool url_char_ok(unsigned char ch) { return ch > 0x20 && ch < 0x7f; }
+
+/* "/path.sock[:/resource]" (after "ws+unix:"): buf holds path '\0' resource '\0'; Host is localhost. */
+static int parse_unix_url(const char *a, wsc_url *u, char *err, size_t errlen)
+{
+    size_t pl = strcspn(a, ":");
+    const char *res = a[pl] ? a + pl + 1 : "/";
+    if (!pl || pl >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        return chat_fail(err, errlen, CHAT_EINVAL, "ws+unix: socket path empty or too long");
+    if (res[0] != '/') return chat_fail(err, errlen, CHAT_EINVAL, "ws+unix: the path after the socket must start with /");
+    memcpy(u->buf, a, pl);
+    u->buf[pl] = '\0';
+    char *r = u->buf + pl + 1;
+    strcpy(r, res);
+    u->unix_path = u->buf;
+    u->resource = r;
+    u->host = "localhost";
+    snprintf(u->port, sizeof u->port, "0");
+    snprintf(u->hostport_buf, sizeof u->hostport_buf, "localhost");
+    u->hostport = u->hostport_buf;
+    return 0;
+}
 
 static int parse_url(const char *url, wsc_url *u, char *err, size_t errlen)
 {
@@ -497,6 +521,8 @@ static int parse_url(const char *url, wsc_url *u, char *err, size_t errlen)
             return chat_fail(err, errlen, CHAT_EINVAL, "url contains a space or control character");
     if (strncasecmp(url, "wss://", 6) == 0)
         return chat_fail(err, errlen, CHAT_EINVAL, "wss:// is not supported (terminate TLS in front)");
+    u->unix_path = NULL;
+    if (strncasecmp(url, "ws+unix:", 8) == 0) return parse_unix_url(url + 8, u, err, errlen);
     if (strncasecmp(url, "ws://", 5) != 0) return chat_fail(err, errlen, CHAT_EINVAL, "url must start with ws://");
     const char *a = url + 5;
     size_t alen = strcspn(a, "/?#");
@@ -558,9 +584,24 @@ static bool has_ctl(const char *s)
     return false;
 }
 
+/* A Unix socket: a local connect is immediate (or refused), then the fd is made non-blocking. */
+static int open_unix_socket(const wsc_url *u, char *err, size_t errlen)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", u->unix_path);
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof sa) < 0 || fcntl(s, F_SETFL, O_NONBLOCK) < 0) {
+        chat_fail(err, errlen, CHAT_ERR, "connect to %s: %s", u->unix_path, strerror(errno));
+        if (s >= 0) close(s);
+        return -1;
+    }
+    return s;
+}
+
 /* Non-blocking connect to the first address that answers before the deadline. Returns the fd or -1. */
 static int open_socket(const wsc_url *u, const char *source, int64_t deadline, char *err, size_t errlen)
 {
+    if (u->unix_path) return open_unix_socket(u, err, errlen);
     struct sockaddr_storage src;
     socklen_t srclen = 0;
     int family = AF_UNSPEC;

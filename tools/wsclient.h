@@ -2,7 +2,8 @@
  * side, so tests exercise the server with an independent implementation). Its framing is ws_frame.c,
  * which the load generator's event engine shares.
  *
- * Blocking API over one TCP socket (ws:// only; the stack terminates TLS in front if needed).
+ * Blocking API over one TCP or Unix socket (ws:// and ws+unix:; the stack terminates TLS in front if
+ * needed).
  * Client frames are masked; server pings are answered transparently; fragmented messages are
  * reassembled. Raw frame sending exists so tests can send what a broken client would.
  *
@@ -36,7 +37,8 @@ typedef struct chat_wsc_opts {
 } chat_wsc_opts;
 
 /* url: ws://host[:port]/path[?query]; host is a name ("localhost"), an IPv4 address or a bracketed IPv6
- * literal ("[::1]"); port defaults to 80. wss:// is refused. opts may be NULL.
+ * literal ("[::1]"); port defaults to 80. Or ws+unix:/path.sock[:/path[?query]], a Unix socket (a
+ * streamer's own; Host: localhost; source_addr ignored). wss:// is refused. opts may be NULL.
  * Sends the RFC 6455 upgrade (Host, Upgrade, Connection, random Sec-WebSocket-Key, Version 13, Origin,
  * extra headers), requires "101" with Upgrade: websocket, Connection: upgrade, the right
  * Sec-WebSocket-Accept and no Sec-WebSocket-Extensions. Bytes the server sent after the response headers

@@ -23,7 +23,7 @@ check "every variable the services read is documented in $EXAMPLE (undocumented:
 # ones stack.sh sets itself (port, sockets, database account, secret) keep its values.
 STACK_SET=" CHAT_ROOT CHAT_VAR CHAT_BIND CHAT_PORT CHAT_FCGI_PROCS CHAT_STREAMER_SOCKET CHAT_STREAMER_LISTEN
  CHAT_ZMQ_ENDPOINT CHAT_WS_IDLE_S CHAT_FRONT_DRAIN_S CHAT_HEAD_IDLE_S CHAT_DB_SOCKET CHAT_DB_USER CHAT_DB_PASSWORD JWT_SECRET
- CHAT_DEMO_TOKEN_FILE CHAT_LOG_LEVEL CHAT_LOG_FILE CHAT_METRICS_DIR "
+ CHAT_DEMO_TOKEN_FILE CHAT_LOG_LEVEL CHAT_LOG_FILE CHAT_METRICS_DIR CHAT_STREAMER_SOCKETS "
 envs=()
 for v in $doc_vars; do
   case "$STACK_SET" in *" $v "*) continue ;; esac

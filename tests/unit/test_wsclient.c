@@ -472,6 +472,23 @@ static void test_url_parse(void **state)
         assert_string_equal(u.port, ok[i].port);
         assert_string_equal(u.hostport, ok[i].hostport);
         assert_string_equal(u.resource, ok[i].resource);
+        assert_null(u.unix_path);
+    }
+    static const struct {
+        const char *url, *path, *resource;
+    } unix_ok[] = {
+        {"ws+unix:/run/s.sock:/ws/chat", "/run/s.sock", "/ws/chat"},
+        {"WS+UNIX:/run/s.sock", "/run/s.sock", "/"},
+        {"ws+unix:rel.sock:/ws/chat?token=a.b", "rel.sock", "/ws/chat?token=a.b"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(unix_ok); i++) {
+        wsc_url u;
+        char err[128] = "";
+        if (parse_url(unix_ok[i].url, &u, err, sizeof err)) fail_msg("%s: %s", unix_ok[i].url, err);
+        assert_non_null(u.unix_path);
+        assert_string_equal(u.unix_path, unix_ok[i].path);
+        assert_string_equal(u.resource, unix_ok[i].resource);
+        assert_string_equal(u.hostport, "localhost");
     }
 }
 
@@ -481,6 +498,8 @@ static void test_url_errors(void **state)
         "",          "http://127.0.0.1/", "wss://127.0.0.1/", "ws://",          "ws://:80/",        "ws://h:0/",
         "ws://h:65536/", "ws://h:8x/",    "ws://h:/",         "ws://[::1/",     "ws://[::1]x/",     "ws://a b/",
         "ws://u@h/", "ws://h/#frag",      "ws://h/\r\nX: 1",  "127.0.0.1:80",
+        "ws+unix:",  "ws+unix::/ws/chat", "ws+unix:/s.sock:ws/chat",
+        "ws+unix:/nonexistent-dir-of-the-test/s.sock:/ws/chat", /* parses; the connect fails */
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(bad); i++) {
         char err[128] = "";

@@ -1,0 +1,117 @@
+/* Unit tests of the streamer's listeners (streamer/streamer_listen.c): CHAT_STREAMER_LISTEN's list is
+ * parsed entry by entry and bad lists are refused; a TCP listener sl_create_vhosts opens is shared
+ * (SO_REUSEPORT): a second listener on its port, of a second lws context as a second streamer process
+ * would have, opens too, and a plain socket with SO_REUSEPORT can bind the port while both listen. A
+ * Unix listener opens beside it on the same context. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "chat_common.h"
+#include "streamer_listen.h"
+
+static void test_parse(void **state)
+{
+    (void)state;
+    sl_listener l[SL_MAX_LISTENERS];
+    assert_int_equal(sl_parse("unix:/run/chat/streamer.sock", l, SL_MAX_LISTENERS), 1);
+    assert_true(l[0].unix_sock);
+    assert_string_equal(l[0].host, "/run/chat/streamer.sock");
+    assert_int_equal(sl_parse("unix:/a.sock,127.0.0.1:8001,[::1]:8002,:8003", l, SL_MAX_LISTENERS), 4);
+    assert_true(l[0].unix_sock);
+    assert_false(l[1].unix_sock);
+    assert_string_equal(l[1].host, "127.0.0.1");
+    assert_int_equal(l[1].port, 8001);
+    assert_string_equal(l[1].spec, "127.0.0.1:8001");
+    assert_string_equal(l[2].host, "::1");
+    assert_int_equal(l[2].port, 8002);
+    assert_string_equal(l[3].host, "");
+    assert_int_equal(l[3].port, 8003);
+    assert_int_equal(sl_parse("localhost:9,*:10,0.0.0.0:11", l, SL_MAX_LISTENERS), 3);
+    assert_string_equal(l[0].host, "127.0.0.1");
+    assert_string_equal(l[1].host, "");
+    assert_string_equal(l[2].host, "");
+    static const char *bad[] = {"",   ",",   "unix:",   "unix:/a,", ",unix:/a",           "h",
+                                "h:", "h:x", "h:70000", "h:-1",     "a:1,b:2,c:3,d:4,e:5"};
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(bad); i++)
+        if (sl_parse(bad[i], l, SL_MAX_LISTENERS) >= 0) fail_msg("accepted \"%s\"", bad[i]);
+}
+
+static int free_port(void)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &len), 0);
+    close(s);
+    return ntohs(a.sin_port);
+}
+
+static int cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+    (void)wsi, (void)reason, (void)user, (void)in, (void)len;
+    return 0;
+}
+
+static struct lws_context *context(struct lws_context_creation_info *info, const struct lws_protocols *protocols)
+{
+    memset(info, 0, sizeof *info);
+    info->protocols = protocols;
+    info->gid = -1, info->uid = -1;
+    info->options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+    return lws_create_context(info);
+}
+
+static void test_tcp_listener_is_shared(void **state)
+{
+    (void)state;
+    lws_set_log_level(0, NULL);
+    static const struct lws_protocols protocols[] = {{.name = "t", .callback = cb}, {.name = NULL}};
+    char spec[600], dir[] = "/tmp/test_streamer_listen.XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    int port = free_port();
+    snprintf(spec, sizeof spec, "unix:%s/s.sock,127.0.0.1:%d", dir, port);
+    sl_listener l[SL_MAX_LISTENERS];
+    int n = sl_parse(spec, l, SL_MAX_LISTENERS);
+    assert_int_equal(n, 2);
+
+    struct lws_context_creation_info i1, i2;
+    struct lws_context *c1 = context(&i1, protocols), *c2 = context(&i2, protocols);
+    assert_non_null(c1);
+    assert_non_null(c2);
+    assert_int_equal(sl_create_vhosts(c1, &i1, l, n), 0);
+    assert_int_equal(access(l[0].host, F_OK), 0);             /* the Unix socket exists */
+    assert_int_equal(sl_create_vhosts(c2, &i2, &l[1], 1), 0); /* a second "streamer" on the same port */
+
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    assert_int_equal(setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one), 0);
+    struct sockaddr_in a = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    close(s);
+
+    lws_context_destroy(c2);
+    lws_context_destroy(c1);
+    unlink(l[0].host);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse),
+        cmocka_unit_test(test_tcp_listener_is_shared),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
