@@ -274,6 +274,7 @@ typedef struct stats_word {
 
 struct chat_kb_stats {
     pthread_mutex_t mu; /* over everything below; never held across a statement */
+    pthread_cond_t sampled; /* a sampling ended: for the threads that wait for the first sample */
     int common_pct;
     long long total;
     int64_t total_at_ms;
@@ -289,6 +290,7 @@ chat_kb_stats *chat_kb_stats_new(int common_pct)
     chat_kb_stats *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->sampled, NULL);
     s->common_pct = common_pct;
     return s;
 }
@@ -303,6 +305,7 @@ void chat_kb_stats_free(chat_kb_stats *s)
 {
     if (!s) return;
     stats_words_free(s->common, s->ncommon);
+    pthread_cond_destroy(&s->sampled);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
@@ -406,7 +409,7 @@ static int span_row(void *ud, int ncols, char **v, unsigned long *lens)
 #define STATS_SAMPLE_MAX_KEYS 65536
 static const char SQL_SAMPLE[] =
     "WITH d(n) AS (" SAMPLE_DIGITS "),"
-    " s(n) AS (SELECT a.n * 4096 + b.n * 256 + c.n * 16 + e.n FROM d a, d b, d c, d e)"
+    " s(n) AS (SELECT a.n * 4096 + b.n * 256 + c.n * 16 + e.n FROM d a, d b, d c, d e WHERE a.n <= ?)"
     " SELECT k.title, k.body FROM s JOIN kb_documents k ON k.id = ? + s.n * ? WHERE s.n < ?";
 
 /* Reads a sample of about STATS_SAMPLE_ROWS of the total passages and returns its common words (*out
@@ -426,9 +429,11 @@ static int sample_common(chat_db *db, int common_pct, long long total, stats_wor
     if (keys > STATS_SAMPLE_MAX_KEYS) keys = STATS_SAMPLE_MAX_KEYS;
     long long step = ids / keys;
     if (step < 1) step = 1, keys = ids;
-    chat_db_param p[] = {CHAT_DB_P_INT(span.lo), CHAT_DB_P_INT(step), CHAT_DB_P_INT(keys)};
+    /* (keys - 1) / 4096: the cross join stops at the digits it needs, 4,096 rows for 4,096 keys */
+    chat_db_param p[] = {CHAT_DB_P_INT((keys - 1) / 4096), CHAT_DB_P_INT(span.lo), CHAT_DB_P_INT(step),
+                         CHAT_DB_P_INT(keys)};
     sample_ctx c = {0};
-    rc = chat_db_run(db, SQL_SAMPLE, p, 3, sample_row, &c, NULL, NULL, err, errlen);
+    rc = chat_db_run(db, SQL_SAMPLE, p, 4, sample_row, &c, NULL, NULL, err, errlen);
     if (rc == CHAT_ENOMEM) chat_fail(err, errlen, rc, "out of memory");
     size_t keep = 0;
     for (size_t i = 0; !rc && i < c.cap; i++)
@@ -456,7 +461,8 @@ static int sample_common(chat_db *db, int common_pct, long long total, stats_wor
 }
 
 /* Brings st's passage count and sample up to date (on db, without st's lock held); *total gets the
- * count. With a sample in hand, one thread reads the next while the others go on with the old one. */
+ * count. With a sample in hand, one thread reads the next while the others go on with the old one;
+ * without, the others wait for the first. */
 static int stats_refresh(chat_db *db, chat_kb_stats *st, long long *total, char *err, size_t errlen)
 {
     int64_t now = chat_now_ms();
@@ -475,18 +481,27 @@ static int stats_refresh(chat_db *db, chat_kb_stats *st, long long *total, char 
     }
     if (*total < STATS_MIN_PASSAGES) return 0;
     pthread_mutex_lock(&st->mu);
-    bool have = st->sample_at_ms != 0;
-    bool due = !have || now - st->sample_at_ms > STATS_SAMPLE_TTL_MS ||
-               llabs(*total - st->sample_total) * 4 > st->sample_total;
-    bool mine = due && (!have || !st->sampling);
-    if (mine) st->sampling = true;
+    for (;;) {
+        bool have = st->sample_at_ms != 0;
+        bool due = !have || now - st->sample_at_ms > STATS_SAMPLE_TTL_MS ||
+                   llabs(*total - st->sample_total) * 4 > st->sample_total;
+        if (!due || (have && st->sampling)) { /* up to date, or another thread reads the next one */
+            pthread_mutex_unlock(&st->mu);
+            return 0;
+        }
+        if (!st->sampling) break;
+        /* the first sample is being read (by every stage thread at once, at a worker's start, it cost
+         * each of them the whole read): wait for it; should it fail, this thread tries itself */
+        pthread_cond_wait(&st->sampled, &st->mu);
+    }
+    st->sampling = true;
     pthread_mutex_unlock(&st->mu);
-    if (!mine) return 0;
     stats_word *w, *old = NULL;
     size_t n, nold = 0;
     int rc = sample_common(db, st->common_pct, *total, &w, &n, err, errlen);
     pthread_mutex_lock(&st->mu);
     st->sampling = false;
+    pthread_cond_broadcast(&st->sampled);
     if (!rc) {
         old = st->common, nold = st->ncommon;
         st->common = w, st->ncommon = n;
