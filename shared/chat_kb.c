@@ -6,8 +6,9 @@
  * a separate exact path first (boolean "+E42", the code being validated as letter+digits), because a
  * symptom guide mentioning many codes must not outrank the section that is about this one. A customer's
  * model boosts its passages and damps other models'.
- * Every read of kb_documents asks for MariaDB's query cache (SQL_CACHE; the server caches only what asks
- * with query_cache_type=2): a question asked before is answered from memory, and any write to the table
+ * Every read of kb_documents for a question asks for MariaDB's query cache (SQL_CACHE; the server caches
+ * only what asks with query_cache_type=2; the word sample, read rarely and large, does not): a question
+ * asked before is answered from memory, and any write to the table
  * empties the table's entries at its commit, so an admin's committed edit is visible to the next question
  * and an uncommitted or rolled-back one never is. Without a query cache the keyword does nothing.
  * Import splits a markdown file into one passage per "## " section and replaces the source's rows in one
