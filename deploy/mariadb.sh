@@ -23,6 +23,10 @@
 # start and in /health) and for a MyISAM/Aria one of an older schema (ft-*); the query cache in DEMAND mode
 # for the knowledge-base reads that ask for it (SQL_CACHE), 128 MB in 1 KB blocks (at 64 MB in 4 KB
 # blocks the benchmark's chat run spent a tenth of the server's CPU evicting and defragmenting).
+# jemalloc as the server's allocator when installed (libjemalloc2, make deps; CHAT_DB_MALLOC=system keeps
+# glibc's): InnoDB's full-text search allocates a tree node per matching passage, and with glibc's malloc
+# a third of the server's CPU went to malloc, free and malloc_consolidate during retrieval (perf), 4 %
+# with jemalloc (docs/benchmarks.md).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VAR=${CHAT_VAR:-$ROOT/var}
@@ -48,6 +52,12 @@ find_bin() { for b in "$@"; do command -v "$b" 2>/dev/null && return 0; [ -x "/u
 MARIADBD=$(find_bin mariadbd mysqld) || { echo "mariadb.sh: mariadbd not found (make deps)" >&2; exit 1; }
 INSTALL_DB=$(find_bin mariadb-install-db mysql_install_db) || { echo "mariadb.sh: mariadb-install-db not found" >&2; exit 1; }
 CLIENT=$(find_bin mariadb mysql)
+JEMALLOC=""
+if [ "${CHAT_DB_MALLOC:-jemalloc}" = jemalloc ]; then
+  for j in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 /usr/lib/libjemalloc.so.2; do
+    [ -r "$j" ] && { JEMALLOC=$j; break; }
+  done
+fi
 
 [[ "$ME" =~ ^[A-Za-z0-9_.-]+$ ]] || { echo "mariadb.sh: login name '$ME' cannot name a database account" >&2; exit 1; }
 [[ "$DB_NAME" =~ ^[A-Za-z0-9_]+$ ]] || { echo "mariadb.sh: CHAT_DB_NAME must be letters, digits and _" >&2; exit 1; }
@@ -136,7 +146,9 @@ start() {
         --auth-root-socket-user="$ME" --skip-test-db >"$LOG/mariadb-install.log" 2>&1 ||
         { cat "$LOG/mariadb-install.log" >&2; exit 1; }
     fi
-    "$MARIADBD" --no-defaults --datadir="$DATA" --socket="$SOCK" --pid-file="$PID" "${user_opt[@]}" \
+    local preload=()
+    [ -n "$JEMALLOC" ] && preload=(env "LD_PRELOAD=$JEMALLOC")
+    "${preload[@]}" "$MARIADBD" --no-defaults --datadir="$DATA" --socket="$SOCK" --pid-file="$PID" "${user_opt[@]}" \
       --skip-networking --log-error="$LOG/mariadb.log" --tmpdir="$TMP" --secure-file-priv="$FILES" \
       --innodb-ft-min-token-size=1 --innodb-ft-enable-stopword=0 --ft-min-word-len=1 --ft-stopword-file= \
       --innodb-buffer-pool-size=256M --innodb-log-file-size=64M --innodb-flush-log-at-trx-commit=2 \

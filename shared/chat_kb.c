@@ -6,8 +6,9 @@
  * a separate exact path first (boolean "+E42", the code being validated as letter+digits), because a
  * symptom guide mentioning many codes must not outrank the section that is about this one. A customer's
  * model boosts its passages and damps other models'.
- * Every read of kb_documents asks for MariaDB's query cache (SQL_CACHE; the server caches only what asks
- * with query_cache_type=2): a question asked before is answered from memory, and any write to the table
+ * Every read of kb_documents for a question asks for MariaDB's query cache (SQL_CACHE; the server caches
+ * only what asks with query_cache_type=2; the word sample, read rarely and large, does not): a question
+ * asked before is answered from memory, and any write to the table
  * empties the table's entries at its commit, so an admin's committed edit is visible to the next question
  * and an uncommitted or rolled-back one never is. Without a query cache the keyword does nothing.
  * Import splits a markdown file into one passage per "## " section and replaces the source's rows in one
@@ -65,6 +66,26 @@ static bool is_stopword(const char *w)
     return bsearch(w, STOPWORDS, CHAT_ARRAY_LEN(STOPWORDS), sizeof STOPWORDS[0], cmp_stop) != NULL;
 }
 
+/* The next word of s[*i..len), lower-case and NUL-terminated, into word; its length, 0 at the end.
+ * Words over KB_MAX_TERM_BYTES are skipped. The one tokeniser of questions and of the word sample. */
+static size_t next_word(const unsigned char *s, size_t len, size_t *i, char word[KB_MAX_TERM_BYTES + 1])
+{
+    while (*i < len) {
+        size_t start = *i, n;
+        while (*i < len && (n = word_char_len(s + *i, len - *i)) > 0) *i += n;
+        size_t wlen = *i - start;
+        if (wlen == 0) {
+            ++*i; /* separator or invalid byte */
+            continue;
+        }
+        if (wlen > KB_MAX_TERM_BYTES) continue;
+        for (size_t k = 0; k < wlen; k++) word[k] = (char)tolower(s[start + k]);
+        word[wlen] = '\0';
+        return wlen;
+    }
+    return 0;
+}
+
 char *chat_kb_sanitize(const char *text, size_t max_terms)
 {
     chat_buf out;
@@ -73,18 +94,9 @@ char *chat_kb_sanitize(const char *text, size_t max_terms)
     const unsigned char *p = (const unsigned char *)text;
     size_t len = strlen(text), i = 0, terms = 0;
     if (max_terms == 0 || max_terms > KB_MAX_TERMS) max_terms = KB_MAX_TERMS;
-    while (i < len && terms < max_terms) {
-        size_t start = i, n;
-        while (i < len && (n = word_char_len(p + i, len - i)) > 0) i += n;
-        size_t wlen = i - start;
-        if (wlen == 0) {
-            i++; /* separator or invalid byte */
-            continue;
-        }
-        if (wlen > KB_MAX_TERM_BYTES) continue;
-        char word[KB_MAX_TERM_BYTES + 1];
-        for (size_t k = 0; k < wlen; k++) word[k] = (char)tolower(p[start + k]);
-        word[wlen] = '\0';
+    char word[KB_MAX_TERM_BYTES + 1];
+    size_t wlen;
+    while (terms < max_terms && (wlen = next_word(p, len, &i, word)) > 0) {
         if (is_stopword(word)) continue;
         /* skip duplicates: they only inflate the query */
         bool dup = false;
@@ -239,24 +251,39 @@ static const char SQL_TEXT[] = SQL_TEXT_IN("NATURAL LANGUAGE MODE", "LIMIT " KB_
  * question made of their common words would get no context at all. */
 static const char SQL_TEXT_ANY[] = SQL_TEXT_IN("BOOLEAN MODE", "");
 
-#define STATS_SLOTS 2048           /* power of two */
+/* Which words are common: read from a sample of the passages, not counted per word.
+ *
+ * Counting one word's passages is a full-text search of its whole posting list, and on InnoDB a row
+ * read per match as well (a COUNT(*) under MATCH examines every matching row): 13-50 ms for a word in
+ * 13,000-45,000 of 100,000 passages, once per new word of a question, which made the 100,000-passage
+ * p99 (docs/benchmarks.md). Whether a word is common is a property of the text as a whole, so it is
+ * read once per process and STATS_SAMPLE_TTL_MS: about STATS_SAMPLE_ROWS passages at evenly spaced ids
+ * (every passage when they are fewer), tokenised here as a question is, and the words found in more
+ * than common_pct % of them kept. A question then runs no statement for its words. At the default 5 %
+ * of 4,096 rows a word at the threshold is in about 205 +- 14 of them; single passages spread over the
+ * whole table, not blocks of neighbours, so the words of one document or one model cannot reach that.
+ * The sample costs about 20 ms at 100,000 passages (4,096 reads by key). */
 #define STATS_MIN_PASSAGES 1000    /* smaller knowledge bases are searched with every word */
 #define STATS_TOTAL_TTL_MS 60000
-#define STATS_DF_TTL_MS 600000
-#define STATS_PROBES_PER_QUERY 4   /* unknown words beyond these count as rare until probed */
+#define STATS_SAMPLE_TTL_MS 600000 /* and sooner when the passage count moved by a quarter */
+#define STATS_SAMPLE_ROWS 4096
 
-typedef struct stats_slot {
-    char term[KB_MAX_TERM_BYTES + 1];
-    long long df;
-    int64_t at_ms; /* 0 = empty */
-} stats_slot;
+typedef struct stats_word {
+    char *term;
+    double share; /* of the sampled passages that have it */
+} stats_word;
 
 struct chat_kb_stats {
     pthread_mutex_t mu; /* over everything below; never held across a statement */
+    pthread_cond_t sampled; /* a sampling ended: for the threads that wait for the first sample */
     int common_pct;
     long long total;
     int64_t total_at_ms;
-    stats_slot slot[STATS_SLOTS];
+    stats_word *common; /* the common words of the last sample, sorted by term */
+    size_t ncommon;
+    long long sample_total; /* total when sampled */
+    int64_t sample_at_ms;   /* 0 = never sampled */
+    bool sampling;          /* a thread is reading a new sample; the others use the old one */
 };
 
 chat_kb_stats *chat_kb_stats_new(int common_pct)
@@ -264,13 +291,22 @@ chat_kb_stats *chat_kb_stats_new(int common_pct)
     chat_kb_stats *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->sampled, NULL);
     s->common_pct = common_pct;
     return s;
+}
+
+static void stats_words_free(stats_word *w, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(w[i].term);
+    free(w);
 }
 
 void chat_kb_stats_free(chat_kb_stats *s)
 {
     if (!s) return;
+    stats_words_free(s->common, s->ncommon);
+    pthread_cond_destroy(&s->sampled);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
@@ -281,85 +317,224 @@ static int count_row(void *ud, int ncols, char **v, unsigned long *lens)
     return 0;
 }
 
-static stats_slot *stats_find(chat_kb_stats *st, const char *term)
+/* The sample's words while it is read: an open-addressing table, each word counted once per passage. */
+typedef struct sample_slot {
+    char *term;
+    unsigned count, last_row;
+} sample_slot;
+
+typedef struct sample_ctx {
+    sample_slot *slot;
+    size_t cap, used; /* cap: a power of two */
+    unsigned rows;
+} sample_ctx;
+
+static uint32_t term_hash(const char *t, size_t n)
 {
     uint32_t h = 2166136261u;
-    for (const char *p = term; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
-    for (uint32_t i = 0; i < 16; i++) { /* short probe sequence; the oldest entry is replaced */
-        stats_slot *sl = &st->slot[(h + i) & (STATS_SLOTS - 1)];
-        if (!sl->at_ms || !strcmp(sl->term, term)) return sl;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)t[i]) * 16777619u;
+    return h;
+}
+
+static int sample_grow(sample_ctx *c)
+{
+    size_t cap = c->cap ? c->cap * 2 : 8192;
+    sample_slot *slot = calloc(cap, sizeof *slot);
+    if (!slot) return CHAT_ENOMEM;
+    for (size_t i = 0; i < c->cap; i++) {
+        if (!c->slot[i].term) continue;
+        size_t j = term_hash(c->slot[i].term, strlen(c->slot[i].term)) & (cap - 1);
+        while (slot[j].term) j = (j + 1) & (cap - 1);
+        slot[j] = c->slot[i];
     }
-    stats_slot *oldest = &st->slot[h & (STATS_SLOTS - 1)];
-    for (uint32_t i = 1; i < 16; i++) {
-        stats_slot *sl = &st->slot[(h + i) & (STATS_SLOTS - 1)];
-        if (sl->at_ms < oldest->at_ms) oldest = sl;
+    free(c->slot);
+    c->slot = slot, c->cap = cap;
+    return 0;
+}
+
+static int sample_add(sample_ctx *c, const char *w, size_t n)
+{
+    if ((c->used + 1) * 2 > c->cap && sample_grow(c)) return CHAT_ENOMEM;
+    size_t j = term_hash(w, n) & (c->cap - 1);
+    while (c->slot[j].term && strcmp(c->slot[j].term, w)) j = (j + 1) & (c->cap - 1);
+    sample_slot *sl = &c->slot[j];
+    if (!sl->term) {
+        if (!(sl->term = strdup(w))) return CHAT_ENOMEM;
+        c->used++;
+    } else if (sl->last_row == c->rows) {
+        return 0; /* this passage counted already */
     }
-    oldest->at_ms = 0;
-    return oldest;
+    sl->count++;
+    sl->last_row = c->rows;
+    return 0;
 }
 
-/* How many passages contain term. A natural-language COUNT(*) is answered from the index alone (about
- * 1.5 us per passage that has the word; boolean mode reads every such row, ten times that), but it
- * ignores a word found in more than half of the passages and then counts 0: a zero is told apart from
- * an absent word by a boolean search for one row. */
-static int probe_df(chat_db *db, const char *term, long long total, long long *df, char *err, size_t errlen)
+/* Columns: title, body. */
+static int sample_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
-    chat_db_param tp = CHAT_DB_P_STR(term);
-    *df = 0;
-    int rc = chat_db_run(db, "SELECT SQL_CACHE COUNT(*) FROM kb_documents WHERE MATCH(title, body) AGAINST (?)", &tp, 1, count_row,
-                         df, NULL, NULL, err, errlen);
-    if (rc || *df > 0) return rc;
-    long long any = 0;
-    rc = chat_db_run(db,
-                     "SELECT SQL_CACHE COUNT(*) FROM (SELECT 1 FROM kb_documents"
-                     " WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE) LIMIT 1) t",
-                     &tp, 1, count_row, &any, NULL, NULL, err, errlen);
-    if (!rc && any) *df = total;
-    return rc;
+    sample_ctx *c = ud;
+    c->rows++; /* rows count from 1: last_row 0 is no passage */
+    for (int col = 0; col < ncols && col < 2; col++) {
+        if (!v[col]) continue;
+        size_t i = 0, n;
+        char word[KB_MAX_TERM_BYTES + 1];
+        while ((n = next_word((const unsigned char *)v[col], lens[col], &i, word)) > 0)
+            if (!is_stopword(word) && sample_add(c, word, n)) return CHAT_ENOMEM;
+    }
+    return 0;
 }
 
-/* The cached document frequency of term, or -1 when it is unknown or stale (under st->mu). */
-static long long stats_lookup(chat_kb_stats *st, const char *term, int64_t now)
+static int cmp_word(const void *a, const void *b)
 {
-    stats_slot *sl = stats_find(st, term);
-    return sl->at_ms && !strcmp(sl->term, term) && now - sl->at_ms <= STATS_DF_TTL_MS ? sl->df : -1;
+    return strcmp(((const stats_word *)a)->term, ((const stats_word *)b)->term);
 }
 
-static void stats_store(chat_kb_stats *st, const char *term, long long df, int64_t now)
+typedef struct id_span {
+    long long lo, hi;
+} id_span;
+
+static int span_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
-    stats_slot *sl = stats_find(st, term);
-    snprintf(sl->term, sizeof sl->term, "%s", term);
-    sl->df = df;
-    sl->at_ms = now;
+    id_span *s = ud;
+    s->lo = v[0] ? atoll(v[0]) : 0;
+    s->hi = v[1] ? atoll(v[1]) : -1;
+    return 0;
 }
 
-/* The sanitised terms without the common ones (at least the rarest one stays). Caller frees. The
- * statements run without st's lock, so two threads may count the same new word at once: harmless. */
-static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms, char *err, size_t errlen)
+/* The sample's passages by key: ids lo, lo + step, lo + 2 step, ... (n of them, at most 65,536 from
+ * four 16-row digits), so it is spread evenly over the table. Plain SQL: no sequence engine needed. */
+#define SAMPLE_DIGITS                                                                                       \
+    "SELECT 0 UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4 UNION ALL SELECT 5" \
+    " UNION ALL SELECT 6 UNION ALL SELECT 7 UNION ALL SELECT 8 UNION ALL SELECT 9 UNION ALL SELECT 10"       \
+    " UNION ALL SELECT 11 UNION ALL SELECT 12 UNION ALL SELECT 13 UNION ALL SELECT 14 UNION ALL SELECT 15"
+#define STATS_SAMPLE_MAX_KEYS 65536
+static const char SQL_SAMPLE[] =
+    "WITH d(n) AS (" SAMPLE_DIGITS "),"
+    " s(n) AS (SELECT a.n * 4096 + b.n * 256 + c.n * 16 + e.n FROM d a, d b, d c, d e WHERE a.n <= ?)"
+    " SELECT k.title, k.body FROM s JOIN kb_documents k ON k.id = ? + s.n * ? WHERE s.n < ?";
+
+/* Reads a sample of about STATS_SAMPLE_ROWS of the total passages and returns its common words (*out
+ * sorted by term, *n of them; caller frees). Ids with gaps (rows deleted or replaced) get more keys
+ * looked up, up to STATS_SAMPLE_MAX_KEYS. */
+static int sample_common(chat_db *db, int common_pct, long long total, stats_word **out, size_t *n, char *err,
+                         size_t errlen)
+{
+    *out = NULL, *n = 0;
+    id_span span = {0, -1};
+    int rc = chat_db_run(db, "SELECT MIN(id), MAX(id) FROM kb_documents", NULL, 0, span_row, &span, NULL, NULL, err,
+                         errlen);
+    if (rc || span.hi < span.lo || total < 1) return rc;
+    long long ids = span.hi - span.lo + 1;
+    long long keys = (long long)((double)STATS_SAMPLE_ROWS * (double)ids / (double)total);
+    if (keys < STATS_SAMPLE_ROWS) keys = STATS_SAMPLE_ROWS;
+    if (keys > STATS_SAMPLE_MAX_KEYS) keys = STATS_SAMPLE_MAX_KEYS;
+    long long step = ids / keys;
+    if (step < 1) step = 1, keys = ids;
+    /* (keys - 1) / 4096: the cross join stops at the digits it needs, 4,096 rows for 4,096 keys */
+    chat_db_param p[] = {CHAT_DB_P_INT((keys - 1) / 4096), CHAT_DB_P_INT(span.lo), CHAT_DB_P_INT(step),
+                         CHAT_DB_P_INT(keys)};
+    sample_ctx c = {0};
+    rc = chat_db_run(db, SQL_SAMPLE, p, 4, sample_row, &c, NULL, NULL, err, errlen);
+    if (rc == CHAT_ENOMEM) chat_fail(err, errlen, rc, "out of memory");
+    size_t keep = 0;
+    for (size_t i = 0; !rc && i < c.cap; i++)
+        if (c.slot[i].term && (long long)c.slot[i].count * 100 > (long long)c.rows * common_pct) keep++;
+    stats_word *w = keep ? calloc(keep, sizeof *w) : NULL;
+    if (keep && !w) rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    for (size_t i = 0; i < c.cap; i++) {
+        sample_slot *sl = &c.slot[i];
+        if (!rc && sl->term && (long long)sl->count * 100 > (long long)c.rows * common_pct) {
+            w[*n].term = sl->term, w[*n].share = (double)sl->count / c.rows;
+            ++*n;
+            sl->term = NULL; /* moved */
+        }
+        free(sl->term);
+    }
+    free(c.slot);
+    if (rc) {
+        stats_words_free(w, *n);
+        *n = 0;
+        return rc;
+    }
+    if (*n) qsort(w, *n, sizeof *w, cmp_word);
+    *out = w;
+    return 0;
+}
+
+/* Brings st's passage count and sample up to date (on db, without st's lock held); *total gets the
+ * count. With a sample in hand, one thread reads the next while the others go on with the old one;
+ * without, the others wait for the first. */
+static int stats_refresh(chat_db *db, chat_kb_stats *st, long long *total, char *err, size_t errlen)
 {
     int64_t now = chat_now_ms();
-    if (st->common_pct <= 0) return strdup(terms);
     pthread_mutex_lock(&st->mu);
-    long long total = st->total;
+    *total = st->total;
     bool stale = !st->total_at_ms || now - st->total_at_ms > STATS_TOTAL_TTL_MS;
     pthread_mutex_unlock(&st->mu);
     if (stale) {
-        if (chat_db_run(db, "SELECT SQL_CACHE COUNT(*) FROM kb_documents", NULL, 0, count_row, &total, NULL, NULL, err,
-                        errlen))
-            return NULL;
+        int rc = chat_db_run(db, "SELECT SQL_CACHE COUNT(*) FROM kb_documents", NULL, 0, count_row, total, NULL, NULL,
+                             err, errlen);
+        if (rc) return rc;
         pthread_mutex_lock(&st->mu);
-        st->total = total;
+        st->total = *total;
         st->total_at_ms = now;
         pthread_mutex_unlock(&st->mu);
     }
+    if (*total < STATS_MIN_PASSAGES) return 0;
+    pthread_mutex_lock(&st->mu);
+    for (;;) {
+        bool have = st->sample_at_ms != 0;
+        bool due = !have || now - st->sample_at_ms > STATS_SAMPLE_TTL_MS ||
+                   llabs(*total - st->sample_total) * 4 > st->sample_total;
+        if (!due || (have && st->sampling)) { /* up to date, or another thread reads the next one */
+            pthread_mutex_unlock(&st->mu);
+            return 0;
+        }
+        if (!st->sampling) break;
+        /* the first sample is being read (by every stage thread at once, at a worker's start, it cost
+         * each of them the whole read): wait for it; should it fail, this thread tries itself */
+        pthread_cond_wait(&st->sampled, &st->mu);
+    }
+    st->sampling = true;
+    pthread_mutex_unlock(&st->mu);
+    stats_word *w, *old = NULL;
+    size_t n, nold = 0;
+    int rc = sample_common(db, st->common_pct, *total, &w, &n, err, errlen);
+    pthread_mutex_lock(&st->mu);
+    st->sampling = false;
+    pthread_cond_broadcast(&st->sampled);
+    if (!rc) {
+        old = st->common, nold = st->ncommon;
+        st->common = w, st->ncommon = n;
+        st->sample_total = *total;
+        st->sample_at_ms = now;
+    }
+    pthread_mutex_unlock(&st->mu);
+    stats_words_free(old, nold);
+    return rc;
+}
+
+/* The share of the sampled passages that have term, 0 when it is not common (under st->mu). */
+static double stats_share(const chat_kb_stats *st, const char *term)
+{
+    stats_word key = {(char *)term, 0};
+    const stats_word *w = st->ncommon ? bsearch(&key, st->common, st->ncommon, sizeof key, cmp_word) : NULL;
+    return w ? w->share : 0;
+}
+
+/* The sanitised terms without the common ones (at least the rarest one stays). Caller frees. */
+static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms, char *err, size_t errlen)
+{
+    if (st->common_pct <= 0) return strdup(terms);
+    long long total;
+    if (stats_refresh(db, st, &total, err, errlen)) return NULL;
     if (total < STATS_MIN_PASSAGES) return strdup(terms);
-    long long limit = total * st->common_pct / 100;
     chat_buf out;
     chat_buf_init(&out);
     char rarest[KB_MAX_TERM_BYTES + 1] = "";
-    long long rarest_df = -1;
-    int probes = 0;
+    double rarest_share = 2;
     const char *p = terms;
+    pthread_mutex_lock(&st->mu);
     while (*p) {
         const char *sp = strchr(p, ' ');
         size_t len = sp ? (size_t)(sp - p) : strlen(p);
@@ -367,25 +542,14 @@ static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms
         memcpy(term, p, len);
         term[len] = '\0';
         p += len + (sp ? 1 : 0);
-        pthread_mutex_lock(&st->mu);
-        long long df = stats_lookup(st, term, now);
-        pthread_mutex_unlock(&st->mu);
-        if (df < 0 && probes < STATS_PROBES_PER_QUERY) {
-            probes++;
-            if (probe_df(db, term, total, &df, err, errlen)) {
-                chat_buf_free(&out);
-                return NULL;
-            }
-            pthread_mutex_lock(&st->mu);
-            stats_store(st, term, df, now);
-            pthread_mutex_unlock(&st->mu);
-        }
-        if (df >= 0 && (rarest_df < 0 || df < rarest_df)) rarest_df = df, snprintf(rarest, sizeof rarest, "%s", term);
+        double share = stats_share(st, term);
+        if (share < rarest_share) rarest_share = share, snprintf(rarest, sizeof rarest, "%s", term);
         /* codes that mix letters and digits (E42, V6) are specific even when frequent */
-        if (df > limit && !(strpbrk(term, "0123456789") && strpbrk(term, "abcdefghijklmnopqrstuvwxyz"))) continue;
+        if (share > 0 && !(strpbrk(term, "0123456789") && strpbrk(term, "abcdefghijklmnopqrstuvwxyz"))) continue;
         if (out.len) chat_buf_puts(&out, " ");
         chat_buf_puts(&out, term);
     }
+    pthread_mutex_unlock(&st->mu);
     if (!out.len && rarest[0]) chat_buf_puts(&out, rarest);
     return chat_buf_take(&out);
 }

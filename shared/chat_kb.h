@@ -27,11 +27,14 @@ typedef struct chat_kb_result {
     double top_raw; /* raw relevance of the best hit, for confidence: 0 when nothing matched */
 } chat_kb_result;
 
-/* Document frequencies of query words, cached. With it, chat_kb_search drops the words that occur in a
- * large share of a large knowledge base ("engine" in half of 100,000 passages): they barely change the
- * ranking but make the server score every passage that contains them. Below 1,000 passages nothing is
- * dropped. Thread-safe: the threads of a process share one, so a word is counted once per process and
- * not once per connection (the counting is done outside its lock, on the caller's connection). */
+/* Which words are common, from a sample of the passages. With it, chat_kb_search drops the words that
+ * occur in a large share of a large knowledge base ("engine" in half of 100,000 passages): they barely
+ * change the ranking but make the server score every passage that contains them. Below 1,000 passages
+ * nothing is dropped. The sample (about 4,096 passages spread over the table, every passage of a smaller
+ * one) is read on the caller's connection at the first search and every 10 minutes, or when the
+ * passage count moved by a quarter; a search itself runs no statement for its words. Thread-safe: the
+ * threads of a process share one, so the sample is read once per process, not once per connection
+ * (outside its lock; while one thread reads a new sample the others use the old one). */
 typedef struct chat_kb_stats chat_kb_stats;
 /* common_pct: a word in more than this percentage of the passages is dropped (0 = never). */
 chat_kb_stats *chat_kb_stats_new(int common_pct);

@@ -105,7 +105,7 @@ void chat_pipeline_use_spool(chat_pipeline *p, chat_spool *spool);
 chat_db *chat_pipeline_db(chat_pipeline *p);
 
 /* Makes p use stats, the knowledge base's word statistics shared by the caller's pipelines (one
- * chat_kb_stats per process: a word is counted once, not once per connection), instead of its own.
+ * chat_kb_stats per process: the word sample is read once, not once per connection), instead of its own.
  * stats must outlive p. Before p's first run. */
 void chat_pipeline_share_kb_stats(chat_pipeline *p, chat_kb_stats *stats);
 

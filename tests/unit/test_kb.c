@@ -604,8 +604,8 @@ static void test_stats_shared(void **state)
     search_ok(d2, &q, &r);
     assert_int_equal(r.n, 2);
     chat_kb_result_clear(&r);
-    /* the search itself only: the passage count and both words' counts came from the shared stats (a
-     * fresh chat_kb_stats would count the passages and probe both words first: 4 statements) */
+    /* the search itself only: the passage count and the common words came from the shared stats (a
+     * fresh chat_kb_stats would count the passages and read the sample first: 4 statements) */
     assert_int_equal(selects_run(d2) - before, 1);
 
     stats_thread t[2] = {{d, shared, 0}, {d2, shared, 0}};
@@ -615,6 +615,57 @@ static void test_stats_shared(void **state)
     assert_int_equal(t[0].bad + t[1].bad, 0);
     chat_kb_stats_free(shared);
     chat_db_free(d2);
+    chat_db_free(d);
+}
+
+/* Which words are common comes from one sample of the passages, not from a count per word (each count
+ * was a full-text search of the word's whole posting list plus a row read per match: 13-50 ms at
+ * 100,000 passages): once the sample is read, a question of words never seen before runs its search
+ * alone. */
+static void test_no_statement_per_word(void **state)
+{
+    chat_db *d = common_words_kb("kb_words");
+    chat_kb_stats *st = chat_kb_stats_new(12);
+    chat_kb_query q = {.question = "zyxwvut", .k = 10, .stats = st};
+    chat_kb_result r;
+    search_ok(d, &q, &r); /* the passage count and the sample */
+    assert_int_equal(r.n, 2);
+    chat_kb_result_clear(&r);
+    long long before = selects_run(d);
+    /* "filler" and "passage" are in every passage, "ubiquitous" in 30 %: left out; "quixotic" in none */
+    q.question = "ubiquitous filler passage quixotic zyxwvut";
+    search_ok(d, &q, &r);
+    assert_int_equal(selects_run(d) - before, 1);
+    assert_int_equal(r.n, 2);
+    chat_kb_result_clear(&r);
+    chat_kb_stats_free(st);
+    chat_db_free(d);
+}
+
+/* A knowledge base larger than the sample, with gaps in its ids, and its common word only in the later
+ * half of the table: the sample is spread over all of it, so the word is still found common (30 % of
+ * the passages) and left out. A sample of the first rows would have kept it: 10 results, not 2. */
+static void test_common_words_sampled(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_sampled", TESTUTIL_SCHEMA);
+    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
+                    " CONCAT('Filler ', seq), CONCAT(IF(seq > 6000 AND seq % 10 < 6, 'ubiquitous ', ''),"
+                    " 'filler passage ', seq) FROM seq_1_to_12000;"
+                    "DELETE FROM kb_documents WHERE id % 4 = 1;"
+                    "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (8, 11998);"
+                    "OPTIMIZE TABLE kb_documents;");
+    chat_kb_stats *st = chat_kb_stats_new(12);
+    chat_kb_query q = {.question = "ubiquitous zyxwvut", .k = 10};
+    chat_kb_result r;
+    search_ok(d, &q, &r);
+    assert_int_equal(r.n, 10); /* every word */
+    chat_kb_result_clear(&r);
+    q.stats = st;
+    search_ok(d, &q, &r);
+    assert_int_equal(r.n, 2);
+    assert_true(strstr(r.items[0].body, "zyxwvut") && strstr(r.items[1].body, "zyxwvut"));
+    chat_kb_result_clear(&r);
+    chat_kb_stats_free(st);
     chat_db_free(d);
 }
 
@@ -681,6 +732,7 @@ int main(void)
         cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
         cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
         cmocka_unit_test(test_stats_shared),           cmocka_unit_test(test_admin_edits_transactional),
+        cmocka_unit_test(test_no_statement_per_word),  cmocka_unit_test(test_common_words_sampled),
         cmocka_unit_test(test_fulltext_settings),        cmocka_unit_test(test_sql_readme_runs),
     };
     return cmocka_run_group_tests(tests, setup_sample, testutil_db_teardown);
