@@ -45,18 +45,37 @@ static int env_copy(char *dst, size_t cap, const char *name, char *err, size_t e
     return 0;
 }
 
+int chat_curve_settings_server_keys(chat_curve_settings *s, const char *list, char *err, size_t errlen)
+{
+    s->n_server_keys = 0;
+    for (const char *p = list; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (s->n_server_keys == CHAT_CURVE_MAX_SERVER_KEYS)
+            return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CURVE_SERVER_KEY lists more than %d keys",
+                             CHAT_CURVE_MAX_SERVER_KEYS);
+        char *key = s->server_key[s->n_server_keys];
+        if (len != CHAT_CURVE_KEY_LEN) goto bad;
+        memcpy(key, p, len);
+        key[len] = '\0';
+        if (!chat_curve_key_valid(key)) goto bad;
+        s->n_server_keys++;
+        p = comma ? comma + 1 : p + len;
+        continue;
+    bad:
+        return chat_fail(err, errlen, CHAT_EINVAL,
+                         "CHAT_CURVE_SERVER_KEY must be 40-character Z85 public keys, separated by commas");
+    }
+    return 0;
+}
+
 int chat_curve_settings_from_env(chat_curve_settings *s, char *err, size_t errlen)
 {
     int rc;
     memset(s, 0, sizeof *s);
     if ((rc = env_copy(s->secret_file, sizeof s->secret_file, "CHAT_CURVE_SECRET_FILE", err, errlen))) return rc;
     if ((rc = env_copy(s->allowed_file, sizeof s->allowed_file, "CHAT_CURVE_ALLOWED", err, errlen))) return rc;
-    const char *key = getenv("CHAT_CURVE_SERVER_KEY");
-    if (key && *key) {
-        if (!chat_curve_key_valid(key))
-            return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CURVE_SERVER_KEY must be a 40-character Z85 public key");
-        memcpy(s->server_key, key, CHAT_CURVE_KEY_LEN + 1);
-    }
+    if ((rc = chat_curve_settings_server_keys(s, getenv("CHAT_CURVE_SERVER_KEY"), err, errlen))) return rc;
     const char *insecure = getenv("CHAT_ZMQ_INSECURE");
     if (insecure && *insecure && strcmp(insecure, "0") && strcmp(insecure, "1"))
         return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_ZMQ_INSECURE must be 0 or 1");
@@ -73,7 +92,7 @@ int chat_curve_mode_for(const chat_curve_settings *s, const char *endpoint, bool
                         char *err, size_t errlen)
 {
     if (!*s->secret_file) {
-        if (*s->allowed_file || *s->server_key)
+        if (*s->allowed_file || s->n_server_keys)
             return chat_fail(err, errlen, CHAT_EINVAL, "%s is set but CHAT_CURVE_SECRET_FILE is not",
                              *s->allowed_file ? "CHAT_CURVE_ALLOWED" : "CHAT_CURVE_SERVER_KEY");
         if (endpoint_local(endpoint)) {
@@ -598,15 +617,21 @@ int chat_curve_server(void *zctx, void *sock, const char *endpoint, chat_curve_z
     return rc ? rc : chat_curve_server_setup(&s, zctx, sock, endpoint, zap, err, errlen);
 }
 
-/* The streamer key a worker uses (see CHAT_CURVE_SERVER_KEY in chat_curve.h) into key: 0 or CHAT_EINVAL. */
+/* The streamer key a worker uses for the index-th endpoint (see CHAT_CURVE_SERVER_KEY in chat_curve.h)
+ * into key: 0 or CHAT_EINVAL. */
 static int pick_server_key(const chat_curve_settings *s, const chat_curve_keys *allowed, const char *endpoint,
-                           chat_curve_key key, char *err, size_t errlen)
+                           size_t index, chat_curve_key key, char *err, size_t errlen)
 {
-    if (*s->server_key) {
-        if (*s->allowed_file && !chat_curve_keys_has(allowed, s->server_key))
+    if (s->n_server_keys) {
+        if (s->n_server_keys > 1 && index >= s->n_server_keys)
+            return chat_fail(err, errlen, CHAT_EINVAL,
+                             "CHAT_CURVE_SERVER_KEY lists %zu keys, none for endpoint %zu of CHAT_ZMQ_ENDPOINT (%s)",
+                             s->n_server_keys, index + 1, endpoint);
+        const char *chosen = s->server_key[s->n_server_keys > 1 ? index : 0];
+        if (*s->allowed_file && !chat_curve_keys_has(allowed, chosen))
             return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CURVE_SERVER_KEY is not one of the keys in %s",
                              s->allowed_file);
-        memcpy(key, s->server_key, CHAT_CURVE_KEY_LEN + 1);
+        memcpy(key, chosen, CHAT_CURVE_KEY_LEN + 1);
         return 0;
     }
     if (allowed->n == 1) {
@@ -621,14 +646,15 @@ static int pick_server_key(const chat_curve_settings *s, const chat_curve_keys *
                      s->allowed_file, allowed->n, endpoint);
 }
 
-int chat_curve_client_setup(const chat_curve_settings *s, void *sock, const char *endpoint, char *err, size_t errlen)
+int chat_curve_client_setup(const chat_curve_settings *s, void *sock, const char *endpoint, size_t index, char *err,
+                            size_t errlen)
 {
     chat_curve_keypair kp;
     chat_curve_keys allowed = {0};
     chat_curve_key server = "";
     int rc = load_keys(s, endpoint, false, &kp, &allowed, err, errlen);
     if (rc <= 0) return rc;
-    if ((rc = pick_server_key(s, &allowed, endpoint, server, err, errlen))) goto out;
+    if ((rc = pick_server_key(s, &allowed, endpoint, index, server, err, errlen))) goto out;
     if (sock && ((rc = sockopt_key(sock, ZMQ_CURVE_SERVERKEY, server, "streamer key", err, errlen)) ||
                  (rc = sockopt_key(sock, ZMQ_CURVE_PUBLICKEY, kp.public_key, "public key", err, errlen)) ||
                  (rc = sockopt_key(sock, ZMQ_CURVE_SECRETKEY, kp.secret_key, "secret key", err, errlen))))
@@ -642,12 +668,32 @@ out:
     return rc;
 }
 
-int chat_curve_client(void *sock, const char *endpoint)
+int chat_curve_client(void *sock, const char *endpoint, size_t index)
 {
     chat_curve_settings s;
     char err[512];
     int rc = chat_curve_settings_from_env(&s, err, sizeof err);
-    if (!rc) rc = chat_curve_client_setup(&s, sock, endpoint, err, sizeof err);
+    if (!rc) rc = chat_curve_client_setup(&s, sock, endpoint, index, err, sizeof err);
+    if (rc) chat_log_error("curve: %s", err);
+    return rc;
+}
+
+int chat_curve_client_check(const char *endpoints)
+{
+    chat_curve_settings s;
+    char err[512], ep[512];
+    int rc = chat_curve_settings_from_env(&s, err, sizeof err);
+    size_t n = 0;
+    for (const char *p = endpoints; !rc && p && *p; n++) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        snprintf(ep, sizeof ep, "%.*s", (int)(len < sizeof ep ? len : sizeof ep - 1), p);
+        rc = chat_curve_client_setup(&s, NULL, ep, n, err, sizeof err);
+        p = comma ? comma + 1 : p + len;
+    }
+    if (!rc && s.n_server_keys > 1 && s.n_server_keys != n)
+        rc = chat_fail(err, sizeof err, CHAT_EINVAL, "CHAT_CURVE_SERVER_KEY lists %zu keys for %zu endpoints",
+                       s.n_server_keys, n);
     if (rc) chat_log_error("curve: %s", err);
     return rc;
 }

@@ -17,7 +17,9 @@
  *                            admits, on a worker the streamers it may talk to;
  *   CHAT_CURVE_SERVER_KEY    a worker's choice of the streamer key for CHAT_ZMQ_ENDPOINT: required when
  *                            its CHAT_CURVE_ALLOWED lists several keys (it must then be one of them);
- *                            with exactly one listed key it may be left out;
+ *                            with exactly one listed key it may be left out. Streamers with key pairs
+ *                            of their own (one per host): a comma-separated list, key i for endpoint i
+ *                            of CHAT_ZMQ_ENDPOINT (Z85 has no comma); one key serves every endpoint;
  *   CHAT_ZMQ_INSECURE=1      plain ZeroMQ over a network endpoint (a private network you trust).
  * - Key files: the secret file is the czmq certificate layout (lines `public-key = "..."` and
  *   `secret-key = "..."`; other lines and '#' comments ignored; the public key, when present, must be
@@ -37,6 +39,7 @@
 #include <stddef.h>
 
 #define CHAT_CURVE_KEY_LEN 40   /* Z85 text of a 32-byte key */
+#define CHAT_CURVE_MAX_SERVER_KEYS 16 /* as many as a worker has endpoints */
 #define CHAT_CURVE_KEY_SHOWN 8  /* characters of a public key that logs may show */
 #define CHAT_CURVE_LOG_BURST 10 /* refusal lines per minute, the rest only counted */
 
@@ -56,7 +59,8 @@ typedef struct chat_curve_keys {
 typedef struct chat_curve_settings {
     char secret_file[512];
     char allowed_file[512];
-    chat_curve_key server_key; /* "" when unset */
+    chat_curve_key server_key[CHAT_CURVE_MAX_SERVER_KEYS]; /* CHAT_CURVE_SERVER_KEY's, in order */
+    size_t n_server_keys;                                   /* 0 when unset */
     bool insecure;
 } chat_curve_settings;
 
@@ -68,6 +72,10 @@ typedef enum {
 
 /* The CHAT_CURVE_* and CHAT_ZMQ_INSECURE variables. 0, or CHAT_EINVAL naming the variable (a path too
  * long, a server key that is not 40 Z85 characters, CHAT_ZMQ_INSECURE other than 0 or 1). */
+/* Sets s's streamer keys from a CHAT_CURVE_SERVER_KEY value: one key, or keys separated by commas (one
+ * per endpoint). NULL or "" sets none. 0, or CHAT_EINVAL (a key that is not 40 Z85 characters, more than
+ * CHAT_CURVE_MAX_SERVER_KEYS). */
+int chat_curve_settings_server_keys(chat_curve_settings *s, const char *list, char *err, size_t errlen);
 int chat_curve_settings_from_env(chat_curve_settings *s, char *err, size_t errlen);
 
 /* What an endpoint needs with these settings, for a server (the broker) or a client (a worker).
@@ -133,11 +141,16 @@ int chat_curve_server_setup(const chat_curve_settings *s, void *zctx, void *sock
 /* The same with the settings from the environment. */
 int chat_curve_server(void *zctx, void *sock, const char *endpoint, chat_curve_zap **zap, char *err, size_t errlen);
 
-/* A worker's DEALER before it connects to endpoint: nothing, a warning, or this process's key pair and
- * the chosen streamer key (ZMQ_CURVE_SERVERKEY; see CHAT_CURVE_SERVER_KEY above). sock NULL only checks
- * the settings (a supervisor before it forks). 0, or a CHAT_E* code with err. */
-int chat_curve_client_setup(const chat_curve_settings *s, void *sock, const char *endpoint, char *err, size_t errlen);
+/* A worker's DEALER before it connects to endpoint, the index-th of CHAT_ZMQ_ENDPOINT (from 0): nothing, a
+ * warning, or this process's key pair and the chosen streamer key (ZMQ_CURVE_SERVERKEY; see
+ * CHAT_CURVE_SERVER_KEY above). sock NULL only checks the settings (a supervisor before it forks). 0, or
+ * a CHAT_E* code with err. */
+int chat_curve_client_setup(const chat_curve_settings *s, void *sock, const char *endpoint, size_t index, char *err,
+                            size_t errlen);
 /* The same with the settings from the environment; logs why it failed. */
-int chat_curve_client(void *sock, const char *endpoint);
+int chat_curve_client(void *sock, const char *endpoint, size_t index);
+/* Checks the settings for every endpoint of a comma-separated list (CHAT_ZMQ_ENDPOINT), and that a list
+ * of streamer keys has one key per endpoint; logs why it failed. 0 or a CHAT_E* code. */
+int chat_curve_client_check(const char *endpoints);
 
 #endif

@@ -573,7 +573,8 @@ static void *gen_main(void *arg)
 
 /* ---------------------------------------------------------------- main thread */
 
-static void *dealer_open(worker *w, const char *endpoint)
+/* A DEALER connected to endpoint, the index-th of CHAT_ZMQ_ENDPOINT (its CURVE streamer key). */
+static void *dealer_open(worker *w, const char *endpoint, size_t index)
 {
     void *d = zmq_socket(w->zctx, ZMQ_DEALER);
     if (!d) return NULL;
@@ -583,7 +584,7 @@ static void *dealer_open(worker *w, const char *endpoint)
     zmq_setsockopt(d, ZMQ_RCVHWM, &hwm, sizeof hwm);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
     zmq_setsockopt(d, ZMQ_RECONNECT_IVL_MAX, &ivl_max, sizeof ivl_max);
-    if (chat_curve_client(d, endpoint)) { /* CURVE keys or plain (chat_curve.h); logged */
+    if (chat_curve_client(d, endpoint, index)) { /* CURVE keys or plain (chat_curve.h); logged */
         zmq_close(d);
         return NULL;
     }
@@ -1349,7 +1350,7 @@ static bool keep_contact(worker *w, main_loop *ml, int p, int64_t now)
     if (now - pr->last_heard_ms > CHAT_WIRE_DEAD_MS) {
         chat_log_warn("worker: the broker at %s is silent, reconnecting; %d answers go on", pr->endpoint, w->n_busy);
         zmq_close(pr->dealer);
-        pr->dealer = dealer_open(w, pr->endpoint);
+        pr->dealer = dealer_open(w, pr->endpoint, (size_t)p);
         if (!pr->dealer) return false;
         pr->last_heard_ms = now;
         orphan_all(w, p);
@@ -1409,8 +1410,8 @@ static int peers_open(worker *w, const char *list)
         peer *pr = &w->peers[w->n_peers];
         snprintf(pr->endpoint, sizeof pr->endpoint, "%.*s", (int)n, at);
         chat_wire_msg_init(&pr->m);
+        pr->dealer = dealer_open(w, pr->endpoint, (size_t)w->n_peers);
         w->n_peers++;
-        pr->dealer = dealer_open(w, pr->endpoint);
         if (!pr->dealer) return -1;
         at += n;
     }

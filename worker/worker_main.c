@@ -179,7 +179,7 @@ int main(int argc, char **argv)
     chat_log_init(single ? "chat-worker" : "chat-workers", CHAT_LOG_INFO);
     chat_config cfg;
     if (chat_config_load(&cfg)) return 1;
-    if (chat_curve_client(NULL, cfg.zmq_endpoint)) return 1; /* refuse to start, not fork failing children */
+    if (chat_curve_client_check(cfg.zmq_endpoint)) return 1; /* refuse to start, not fork failing children */
     install_signals();
     if (single) return run_one(&cfg);
     if (cfg.workers <= 0) {

@@ -246,32 +246,35 @@ else
 fi
 
 # ---------------------------------------------------------------- keys
-S_PUB=$("$BIN/chat-keys" "$KEYS/streamer.key") || fail_now "chat-keys makes the streamers' key pair"
+S1_PUB=$("$BIN/chat-keys" "$KEYS/s1.key") || fail_now "chat-keys makes host s1's streamer key pair"
+S2_PUB=$("$BIN/chat-keys" "$KEYS/s2.key") || fail_now "chat-keys makes host s2's streamer key pair"
 {
   echo "# the worker hosts the streamers admit"
   for i in 1 2; do echo "$("$BIN/chat-keys" "$KEYS/w$i.key")   # host w$i, $NET.1$i"; done
 } >"$KEYS/workers" || fail_now "chat-keys makes the workers' key pairs"
 
 # ---------------------------------------------------------------- streamers, front door, workers
-# The three streamers share one key pair (a worker names one streamer key for all its endpoints, so
-# every streamer of a deployment holds the same one) and one list of admitted workers.
-CURVE_S=(CHAT_CURVE_SECRET_FILE="$KEYS/streamer.key" CHAT_CURVE_ALLOWED="$KEYS/workers")
-run_in s1 streamer-s1a "${CURVE_S[@]}" "${DB_ENV[@]}" CHAT_ZMQ_ENDPOINT="tcp://$NET.1:5555" \
+# Each streamer host has a key pair of its own (the two streamers of s1 share s1's), and the workers name
+# the key of each endpoint (CHAT_CURVE_SERVER_KEY, a list in CHAT_ZMQ_ENDPOINT's order); one list of
+# admitted workers.
+CURVE_S1=(CHAT_CURVE_SECRET_FILE="$KEYS/s1.key" CHAT_CURVE_ALLOWED="$KEYS/workers")
+CURVE_S2=(CHAT_CURVE_SECRET_FILE="$KEYS/s2.key" CHAT_CURVE_ALLOWED="$KEYS/workers")
+run_in s1 streamer-s1a "${CURVE_S1[@]}" "${DB_ENV[@]}" CHAT_ZMQ_ENDPOINT="tcp://$NET.1:5555" \
   CHAT_STREAMER_LISTEN="unix:$RUN/s1a.sock" "$BIN/chat-streamer"
-run_in s1 streamer-s1b "${CURVE_S[@]}" "${DB_ENV[@]}" CHAT_ZMQ_ENDPOINT="tcp://$NET.1:5556" \
+run_in s1 streamer-s1b "${CURVE_S1[@]}" "${DB_ENV[@]}" CHAT_ZMQ_ENDPOINT="tcp://$NET.1:5556" \
   CHAT_STREAMER_LISTEN="unix:$RUN/s1b.sock" "$BIN/chat-streamer"
-run_in s2 streamer-s2 "${CURVE_S[@]}" "${DB_ENV[@]}" CHAT_ZMQ_ENDPOINT="tcp://$NET.2:5555" \
+run_in s2 streamer-s2 "${CURVE_S2[@]}" "${DB_ENV[@]}" CHAT_ZMQ_ENDPOINT="tcp://$NET.2:5555" \
   CHAT_STREAMER_LISTEN="$NET.2:$DIRECT_PORT" "$BIN/chat-streamer"
 run_in s1 fcgi "${DB_ENV[@]}" CHAT_FCGI_LISTEN="$RUN/fcgi.sock" CHAT_STREAMER_LISTEN="unix:$RUN/s1a.sock" \
   CHAT_LLM_PROVIDER=extractive "$BIN/chat-fcgi"
 run_in s1 lighttpd CLUSTER_FRONT_BIND="$NET.1" CLUSTER_FRONT_PORT=$FRONT_PORT CLUSTER_FRONT_DIR="$VAR/s1" \
   CLUSTER_STREAMER_A="$RUN/s1a.sock" CLUSTER_STREAMER_B="$RUN/s1b.sock" CLUSTER_FCGI_SOCKET="$RUN/fcgi.sock" \
   "$LIGHTTPD" -D -f tests/cluster/frontdoor.conf
-ENDPOINTS="tcp://$NET.1:5555,tcp://$NET.1:5556,tcp://$NET.2:5555"
-[ -n "${CLUSTER_BREAK_ONE_HOST_POOL:-}" ] && ENDPOINTS="tcp://$NET.1:5555,tcp://$NET.1:5556" # the check of the checks
+ENDPOINTS="tcp://$NET.1:5555,tcp://$NET.1:5556,tcp://$NET.2:5555" SERVER_KEYS="$S1_PUB,$S1_PUB,$S2_PUB"
+[ -n "${CLUSTER_BREAK_ONE_HOST_POOL:-}" ] && ENDPOINTS="tcp://$NET.1:5555,tcp://$NET.1:5556" SERVER_KEYS="$S1_PUB" # the check of the checks
 start_worker() {
   run_in "w$1" "worker-w$1" "${DB_ENV[@]}" CHAT_ZMQ_ENDPOINT="$ENDPOINTS" CHAT_CURVE_SECRET_FILE="$KEYS/w$1.key" \
-    CHAT_CURVE_SERVER_KEY="$S_PUB" CHAT_WORKERS=1 CHAT_WORKER_SLOTS=12 CHAT_LLM_PROVIDER=extractive \
+    CHAT_CURVE_SERVER_KEY="$SERVER_KEYS" CHAT_WORKERS=1 CHAT_WORKER_SLOTS=12 CHAT_LLM_PROVIDER=extractive \
     CHAT_TOKEN_DELAY_MS=20 "$BIN/chat-worker"
 }
 start_worker 1

@@ -91,7 +91,7 @@ static void test_mode_table(void **state)
         chat_curve_settings s = {.insecure = cases[i].insecure};
         snprintf(s.secret_file, sizeof s.secret_file, "%s", cases[i].secret);
         snprintf(s.allowed_file, sizeof s.allowed_file, "%s", cases[i].allowed);
-        snprintf(s.server_key, sizeof s.server_key, "%s", cases[i].server_key);
+        assert_int_equal(chat_curve_settings_server_keys(&s, cases[i].server_key, NULL, 0), 0);
         chat_curve_mode mode = (chat_curve_mode)-1;
         char err[512] = "";
         int rc = chat_curve_mode_for(&s, cases[i].endpoint, cases[i].server, &mode, err, sizeof err);
@@ -308,23 +308,34 @@ static void test_client_server_key_choice(void **state)
     new_pair(&w, "w.key");
     new_pair(&s1, NULL);
     new_pair(&s2, NULL);
-    char one[64], two[128];
+    char one[64], two[128], list[128], three[256];
     snprintf(one, sizeof one, "%s\n", s1.public_key);
     snprintf(two, sizeof two, "%s\n%s\n", s1.public_key, s2.public_key);
+    snprintf(list, sizeof list, "%s,%s", s1.public_key, s2.public_key); /* a key per streamer host */
+    snprintf(three, sizeof three, "%s,%s,%s", s1.public_key, s2.public_key, s1.public_key);
     const struct {
         const char *allowed; /* file text, NULL = no file */
         const char *server_key;
+        size_t index; /* the endpoint's place in CHAT_ZMQ_ENDPOINT */
         int rc;
+        const char *chosen; /* the key the DEALER gets */
         const char *err;
     } cases[] = {
-        {NULL, s1.public_key, 0, NULL},
-        {one, NULL, 0, NULL},
-        {one, s1.public_key, 0, NULL},
-        {two, s2.public_key, 0, NULL},
-        {two, NULL, CHAT_EINVAL, "lists 2 streamer keys"},
-        {one, s2.public_key, CHAT_EINVAL, "not one of the keys"},
-        {"", NULL, CHAT_EINVAL, "no streamer key"},
-        {NULL, NULL, CHAT_EINVAL, "no streamer key"},
+        {NULL, s1.public_key, 0, 0, s1.public_key, NULL},
+        {NULL, s1.public_key, 3, 0, s1.public_key, NULL}, /* one key serves every endpoint */
+        {one, NULL, 0, 0, s1.public_key, NULL},
+        {one, s1.public_key, 0, 0, s1.public_key, NULL},
+        {two, s2.public_key, 0, 0, s2.public_key, NULL},
+        {two, list, 0, 0, s1.public_key, NULL},
+        {two, list, 1, 0, s2.public_key, NULL},
+        {NULL, list, 1, 0, s2.public_key, NULL},
+        {two, list, 2, CHAT_EINVAL, NULL, "none for endpoint 3"},
+        {one, list, 1, CHAT_EINVAL, NULL, "not one of the keys"},
+        {two, NULL, 0, CHAT_EINVAL, NULL, "lists 2 streamer keys"},
+        {one, s2.public_key, 0, CHAT_EINVAL, NULL, "not one of the keys"},
+        {"", NULL, 0, CHAT_EINVAL, NULL, "no streamer key"},
+        {NULL, NULL, 0, CHAT_EINVAL, NULL, "no streamer key"},
+        {NULL, three, 2, 0, s1.public_key, NULL},
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         chat_curve_settings s = {0};
@@ -333,11 +344,55 @@ static void test_client_server_key_choice(void **state)
             write_text(at("streamers"), cases[i].allowed, 0644);
             snprintf(s.allowed_file, sizeof s.allowed_file, "%s", at("streamers"));
         }
-        if (cases[i].server_key) snprintf(s.server_key, sizeof s.server_key, "%s", cases[i].server_key);
+        assert_int_equal(chat_curve_settings_server_keys(&s, cases[i].server_key, NULL, 0), 0);
         char err[512] = "";
-        int rc = chat_curve_client_setup(&s, NULL, "tcp://10.0.0.1:5555", err, sizeof err);
+        void *ctx = zmq_ctx_new(), *d = zmq_socket(ctx, ZMQ_DEALER);
+        int rc = chat_curve_client_setup(&s, d, "tcp://10.0.0.1:5555", cases[i].index, err, sizeof err);
         if (rc != cases[i].rc) fail_msg("case %zu: rc %d (%s)", i, rc, err);
         if (cases[i].err && !strstr(err, cases[i].err)) fail_msg("case %zu: message '%s'", i, err);
+        if (cases[i].chosen) {
+            char got[CHAT_CURVE_KEY_LEN + 1] = "";
+            size_t len = sizeof got;
+            assert_int_equal(zmq_getsockopt(d, ZMQ_CURVE_SERVERKEY, got, &len), 0);
+            if (strcmp(got, cases[i].chosen)) fail_msg("case %zu: the DEALER got another streamer key", i);
+        }
+        zmq_close(d);
+        zmq_ctx_term(ctx);
+    }
+}
+
+/* CHAT_CURVE_SERVER_KEY's list: keys separated by commas, each checked. */
+static void test_server_key_list(void **state)
+{
+    (void)state;
+    chat_curve_keypair a, b;
+    new_pair(&a, NULL);
+    new_pair(&b, NULL);
+    char ok[128], spaced[128], trailing[128], cut[128], many[64 * 41];
+    snprintf(ok, sizeof ok, "%s,%s", a.public_key, b.public_key);
+    snprintf(spaced, sizeof spaced, "%s, %s", a.public_key, b.public_key);
+    snprintf(trailing, sizeof trailing, "%s,", a.public_key);
+    snprintf(cut, sizeof cut, "%s,%.39s", a.public_key, b.public_key);
+    many[0] = '\0';
+    for (int i = 0; i <= CHAT_CURVE_MAX_SERVER_KEYS; i++) {
+        strcat(many, i ? "," : "");
+        strcat(many, a.public_key);
+    }
+    const struct {
+        const char *value;
+        int rc;
+        size_t n;
+    } cases[] = {
+        {NULL, 0, 0}, {"", 0, 0}, {ok, 0, 2}, {a.public_key, 0, 1}, {spaced, CHAT_EINVAL, 0},
+        {cut, CHAT_EINVAL, 0}, {many, CHAT_EINVAL, 0}, {trailing, 0, 1},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_curve_settings s = {0};
+        char err[256] = "";
+        int rc = chat_curve_settings_server_keys(&s, cases[i].value, err, sizeof err);
+        if (rc != cases[i].rc) fail_msg("case %zu: rc %d (%s)", i, rc, err);
+        if (!rc) assert_int_equal(s.n_server_keys, cases[i].n);
+        if (rc) assert_non_null(strstr(err, "CHAT_CURVE_SERVER_KEY"));
     }
 }
 
@@ -465,7 +520,7 @@ static bool client_gets_through(server *sv, const chat_curve_settings *s)
     int zero = 0;
     zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
     char err[512];
-    if (s && chat_curve_client_setup(s, d, sv->endpoint, err, sizeof err)) fail_msg("client set-up: %s", err);
+    if (s && chat_curve_client_setup(s, d, sv->endpoint, 0, err, sizeof err)) fail_msg("client set-up: %s", err);
     assert_int_equal(zmq_connect(d, sv->endpoint), 0);
     zmq_send(d, "hello", 5, ZMQ_DONTWAIT);
     bool got = false;
@@ -511,7 +566,7 @@ static void test_handshakes(void **state)
         chat_curve_settings cs = {0};
         if (cases[i].secret) {
             snprintf(cs.secret_file, sizeof cs.secret_file, "%s", at(cases[i].secret));
-            snprintf(cs.server_key, sizeof cs.server_key, "%s", cases[i].server_key);
+            assert_int_equal(chat_curve_settings_server_keys(&cs, cases[i].server_key, NULL, 0), 0);
         }
         bool through = client_gets_through(&sv, cases[i].secret ? &cs : NULL);
         if (through != cases[i].through) fail_msg("case %zu: got through: %d", i, through);
@@ -564,6 +619,7 @@ int main(void)
         cmocka_unit_test(test_secret_permissions),
         cmocka_unit_test(test_secret_malformed),
         cmocka_unit_test(test_client_server_key_choice),
+        cmocka_unit_test(test_server_key_list),
         cmocka_unit_test(test_zap_handler),
         cmocka_unit_test(test_handshakes),
         cmocka_unit_test(test_server_setup_refusals),
