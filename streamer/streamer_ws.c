@@ -55,7 +55,7 @@
  * Settings beyond chat_config (streamer-only, see docs/streamer.md): CHAT_STREAMER_SNDBUF (kernel send
  * buffer per WebSocket, default 65536 so that a slow reader cannot park megabytes in kernel buffers
  * through autotuning, and is noticed; 0 = leave it to the kernel),
- * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 1024), CHAT_STREAMER_WRITE_STALL_MS
+ * CHAT_STREAMER_RX_BUFFER (lws rx chunk per connection, default 512: lws allocates it per connection), CHAT_STREAMER_WRITE_STALL_MS
  * (default 30000), CHAT_STREAMER_PING_TIMEOUT_S (default 2 * CHAT_PING_INTERVAL_S + 10),
  * CHAT_STREAMER_HEADER_TIMEOUT_S (default 10), CHAT_STREAMER_AUTH_TIMEOUT_S (default 10),
  * CHAT_STREAMER_EVENT_LOOP (libev | poll), CHAT_LWS_DEBUG (lws log bitmask) and CHAT_AUTH_REFRESH_LEAD_S
@@ -1730,7 +1730,7 @@ int st_init(const chat_config *cfg, char *err, size_t errlen)
     S.frame_max = mm < 65536 ? 65536 : mm;
     if (S.frame_max >= ST_ABSURD_BYTES) S.frame_max = ST_ABSURD_BYTES - 1;
     S.sndbuf = chat_config_env_int("CHAT_STREAMER_SNDBUF", 65536, 0, 64 << 20);
-    S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 1024, 128, 1 << 20);
+    S.rx_buffer = chat_config_env_int("CHAT_STREAMER_RX_BUFFER", 512, 128, 1 << 20);
     S.stall_ms = chat_config_env_int("CHAT_STREAMER_WRITE_STALL_MS", 30000, 100, 3600000);
     S.auth_lead_s = chat_config_env_int("CHAT_AUTH_REFRESH_LEAD_S", 30, 0, 86400);
     S.expiring = chat_wheel_new(1024, (int64_t)time(NULL)); /* 17 minutes a turn */
