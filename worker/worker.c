@@ -259,6 +259,7 @@ struct worker {
     pthread_mutex_t dirty_mu;
     int *dirty;
     int n_dirty;
+    bool ticking; /* the main thread flushes every interval without a TICK (flush_dirty) */
     int *flushing; /* main thread: the list being flushed */
 };
 
@@ -288,12 +289,13 @@ static void slot_note(slot *s, note_kind kind)
     zmq_send(tl_push, &n, sizeof n, 0);
 }
 
-/* Lists the slot for the next flush; the first slot listed since the last flush wakes the main thread. */
+/* Lists the slot for the next flush; the first slot listed since the last flush wakes the main thread,
+ * unless it is ticking already (flush_dirty). */
 static void mark_dirty(slot *s)
 {
     worker *w = s->w;
     pthread_mutex_lock(&w->dirty_mu);
-    bool first_dirty = w->n_dirty == 0;
+    bool first_dirty = w->n_dirty == 0 && !w->ticking;
     if (!s->in_dirty) {
         s->in_dirty = true;
         w->dirty[w->n_dirty++] = s->index;
@@ -1045,19 +1047,25 @@ static void slot_done(worker *w, slot *s)
     }
 }
 
-/* Sends the tokens of every slot that listed itself since the last flush: their progress at once, their
- * tokens in one TOKENS message per broker. */
-static void flush_dirty(worker *w)
+/* Sends what every slot that listed itself since the last flush has waiting, in one EVS message per
+ * broker. A flush that found something keeps the main thread ticking: the next flush is due one
+ * interval later whatever comes, and producers send no TICK meanwhile. With answers streaming
+ * continuously that is one wake-up of the main thread per interval (its timer) instead of two (a TICK
+ * from the first producer after each flush, then the timer); a flush that finds nothing stops it, and
+ * the next producer's TICK starts it again. Returns how many slots it flushed. */
+static int flush_dirty(worker *w)
 {
     pthread_mutex_lock(&w->dirty_mu);
     int n = w->n_dirty;
     memcpy(w->flushing, w->dirty, (size_t)n * sizeof *w->flushing);
     for (int i = 0; i < n; i++) w->slots[w->dirty[i]].in_dirty = false;
     w->n_dirty = 0;
+    w->ticking = n > 0;
     pthread_mutex_unlock(&w->dirty_mu);
     for (int i = 0; i < n; i++)
         if (w->slots[w->flushing[i]].busy) flush_tokens(w, &w->slots[w->flushing[i]]);
     send_batches(w);
+    return n;
 }
 
 /* A note from a stage thread or the generator. */
@@ -1388,10 +1396,8 @@ static void serve(worker *w, main_loop *ml, volatile sig_atomic_t *stop)
         now = chat_now_ms();
         for (int p = 0; p < w->n_peers; p++) receive_broker(w, ml, p, now);
         receive_notes(w, ml->pull);
-        if (w->flush_at_ms && chat_now_ms() >= w->flush_at_ms) {
-            w->flush_at_ms = 0;
-            flush_dirty(w);
-        }
+        if (w->flush_at_ms && chat_now_ms() >= w->flush_at_ms)
+            w->flush_at_ms = flush_dirty(w) ? chat_now_ms() + w->cfg.token_flush_ms : 0;
         orphan_sweep(w, now);
         for (int p = 0; p < w->n_peers; p++)
             if (!keep_contact(w, ml, p, now)) return;

@@ -425,6 +425,29 @@ replica_down() {
   ready >&2; echo >&2
   return 1
 }
+# ---------------------------------------------------------------- the replica stops applying
+# A replica whose SQL thread stops falls behind without a bound (Seconds_Behind_Master NULL): reported
+# and skipped like a dead one, and used again once it applies again. The workers check their route
+# every CHAT_DB_REPLICA_CHECK_MS (2 s), hence the wait before each question.
+if [ "$MODE" = replica ]; then
+  replica_up() {
+    for _ in $(seq 40); do ready | grep -q '"replica":{"ok":true' && return 0; sleep 0.25; done
+    return 1
+  }
+  db db2 -e "STOP SLAVE SQL_THREAD"
+  check "a replica that stops applying the primary's changes is reported by /health/ready" replica_down
+  sleep 2.5
+  src=$(sources primary-doc-stalled "$Q_PRIMARY")
+  echo "#   primary-doc-stalled: sources $src"
+  check "reads skip a replica that stopped applying: the primary's own document is found" \
+    grep -q 'cluster/primary-only.md' <<<"$src"
+  db db2 -e "START SLAVE SQL_THREAD"
+  check "the replica applying again is reported usable again" replica_up
+  sleep 2.5
+  src=$(sources replica-doc-again "$Q_REPLICA")
+  check "reads go to the replica again: its own document is found" grep -q 'cluster/replica-only.md' <<<"$src"
+fi
+
 check "24 answers with $READER killed mid-answer and half of them asked right after: whole, stored once" \
   ask replica-killed CLUSTER_URL="$FRONT_URL" CLUSTER_KILL_STAGGER=1 CLUSTER_KILL_CMD="ip netns pids $(ns db2) | xargs -r kill -KILL"
 check "/health/ready reports $READER dead (and stays ready)" eval 'replica_down && ready | grep -q "\"status\":\"ready\""'
