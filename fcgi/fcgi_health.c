@@ -21,6 +21,7 @@
 #include "chat_common.h"
 #include "chat_kb.h"
 #include "chat_log.h"
+#include "chat_util.h"
 
 #define STATUS_MAX_BYTES 16384 /* the streamer's /status is a few dozen bytes; anything bigger is wrong */
 
@@ -75,15 +76,13 @@ static bool add_targets(fcgi_health *h, const chat_config *cfg)
 {
     const char *list = cfg->streamer_sockets;
     if (!list[0]) return add_target(h, cfg->streamer_listen, strcspn(cfg->streamer_listen, ","));
-    for (const char *p = list; *p;) {
-        size_t len = strcspn(p, ",");
+    size_t len;
+    for (const char *at = list, *p; (p = chat_list_next(&at, &len));) {
         char spec[600];
         if (len && len + 5 < sizeof spec) {
             snprintf(spec, sizeof spec, "unix:%.*s", (int)len, p);
             if (!add_target(h, spec, strlen(spec))) return false;
         }
-        p += len;
-        if (*p) p++;
     }
     return h->n_st > 0;
 }

@@ -13,6 +13,7 @@
 #include "chat_common.h"
 #include "chat_llm.h"
 #include "chat_log.h"
+#include "chat_util.h"
 
 static int set_str(char *dst, size_t cap, const char *name, const char *dflt, char *err, size_t errlen)
 {
@@ -95,9 +96,8 @@ static int parse_fallbacks(chat_config *cfg, char *err, size_t errlen)
 {
     const char *v = getenv("CHAT_LLM_FALLBACK");
     cfg->n_llm_fallback = 0;
-    for (const char *p = v; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+    size_t len;
+    for (const char *at = v, *p; (p = chat_list_next(&at, &len));) {
         if (cfg->n_llm_fallback == CHAT_LLM_MAX_FALLBACKS)
             return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_LLM_FALLBACK names more than %d providers",
                              CHAT_LLM_MAX_FALLBACKS);
@@ -105,7 +105,6 @@ static int parse_fallbacks(chat_config *cfg, char *err, size_t errlen)
         int rc = parse_fallback(cfg, &cfg->llm_fallback[n - 1], n, p, len, err, errlen);
         if (rc) return rc;
         cfg->n_llm_fallback = n;
-        p = comma ? comma + 1 : p + len;
     }
     return 0;
 }

@@ -48,9 +48,8 @@ static int env_copy(char *dst, size_t cap, const char *name, char *err, size_t e
 int chat_curve_settings_server_keys(chat_curve_settings *s, const char *list, char *err, size_t errlen)
 {
     s->n_server_keys = 0;
-    for (const char *p = list; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+    size_t len;
+    for (const char *at = list, *p; (p = chat_list_next(&at, &len));) {
         if (s->n_server_keys == CHAT_CURVE_MAX_SERVER_KEYS)
             return chat_fail(err, errlen, CHAT_EINVAL, "CHAT_CURVE_SERVER_KEY lists more than %d keys",
                              CHAT_CURVE_MAX_SERVER_KEYS);
@@ -60,7 +59,6 @@ int chat_curve_settings_server_keys(chat_curve_settings *s, const char *list, ch
         key[len] = '\0';
         if (!chat_curve_key_valid(key)) goto bad;
         s->n_server_keys++;
-        p = comma ? comma + 1 : p + len;
         continue;
     bad:
         return chat_fail(err, errlen, CHAT_EINVAL,
@@ -683,13 +681,10 @@ int chat_curve_client_check(const char *endpoints)
     chat_curve_settings s;
     char err[512], ep[512];
     int rc = chat_curve_settings_from_env(&s, err, sizeof err);
-    size_t n = 0;
-    for (const char *p = endpoints; !rc && p && *p; n++) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+    size_t n = 0, len;
+    for (const char *at = endpoints, *p; !rc && (p = chat_list_next(&at, &len)); n++) {
         snprintf(ep, sizeof ep, "%.*s", (int)(len < sizeof ep ? len : sizeof ep - 1), p);
         rc = chat_curve_client_setup(&s, NULL, ep, n, err, sizeof err);
-        p = comma ? comma + 1 : p + len;
     }
     if (!rc && s.n_server_keys > 1 && s.n_server_keys != n)
         rc = chat_fail(err, sizeof err, CHAT_EINVAL, "CHAT_CURVE_SERVER_KEY lists %zu keys for %zu endpoints",

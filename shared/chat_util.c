@@ -264,3 +264,12 @@ void chat_handle_stop_signals(void (*handler)(int))
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
+
+const char *chat_list_next(const char **at, size_t *len)
+{
+    const char *item = *at;
+    if (!item || !*item) return NULL;
+    *len = strcspn(item, ",");
+    *at = item + *len + (item[*len] == ',');
+    return item;
+}

@@ -71,4 +71,9 @@ const char *chat_strcasestr(const char *hay, const char *needle);
 /* strdup that returns NULL for NULL. */
 char *chat_strdup0(const char *s);
 
+/* Comma-separated lists (settings such as CHAT_ZMQ_ENDPOINT or CHAT_LLM_FALLBACK): the item at *at, up to
+ * the next comma or the end, and its length; *at moves past it and its comma. NULL once *at is at the
+ * end (or is NULL), so a trailing comma adds nothing; an empty item ("a,,b") has length 0. */
+const char *chat_list_next(const char **at, size_t *len);
+
 #endif

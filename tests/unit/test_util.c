@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -107,6 +108,30 @@ static void test_buf(void **state)
     free(s);
 }
 
+/* Comma-separated lists: each item and its length, in order; a trailing comma adds nothing, an empty
+ * item in the middle is one of length 0. */
+static void test_list_next(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *list;
+        const char *items; /* the items seen, each followed by '|' */
+    } cases[] = {
+        {"", ""},     {"a", "a|"},       {"a,b", "a|b|"}, {"ipc://x,tcp://h:1", "ipc://x|tcp://h:1|"},
+        {"a,", "a|"}, {"a,,b", "a||b|"}, {",a", "|a|"},   {"one two", "one two|"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        char seen[128] = "";
+        size_t len;
+        for (const char *at = cases[i].list, *p; (p = chat_list_next(&at, &len));)
+            snprintf(seen + strlen(seen), sizeof seen - strlen(seen), "%.*s|", (int)len, p);
+        if (strcmp(seen, cases[i].items)) fail_msg("'%s': %s", cases[i].list, seen);
+    }
+    const char *none = NULL;
+    size_t len = 0;
+    assert_null(chat_list_next(&none, &len));
+}
+
 static void test_config_errors(void **state)
 {
     chat_config cfg;
@@ -156,7 +181,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_utf8), cmocka_unit_test(test_uuid), cmocka_unit_test(test_uuid7),          cmocka_unit_test(test_ids),
-        cmocka_unit_test(test_buf),  cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_buf),  cmocka_unit_test(test_config_errors), cmocka_unit_test(test_list_next),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
