@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# A rolling restart of two streamers (CHAT_STREAMERS=2, CHAT_DIRECT_PORT) fails no connection and cuts no
+# answer: streamer 1 gets SIGTERM while answers stream on both, the supervisor restarts it, then the same
+# for streamer 2. Meanwhile two clients open new WebSockets in a loop, one through lighttpd
+# (proxy.balance over the streamers' sockets) and one on the shared direct port (SO_REUSEPORT): each
+# connection must open and authenticate, none may be refused, reset or answered 502/503. Every answer in
+# flight completes whole (response = its tokens, finish_reason stop). A draining streamer closes its
+# listeners at once (docs/streamer.md, "Shutdown"): with listeners that stay open and refuse, the loops
+# see failed connections for the whole drain. Its own stack in $CHAT_VAR/own on CHAT_PORT, the direct
+# port CHAT_PORT + 1, tokens paced at 40 ms so that an answer lasts a few seconds.
+source "$(dirname "$0")/lib.sh"
+OWN=$VAR/own
+DPORT=$((PORT + 1))
+OUT=$OWN/out-rolling
+rm -rf "$OUT"
+mkdir -p "$OUT"
+stack() { own_stack "$OWN" CHAT_STREAMERS=2 CHAT_DIRECT_PORT="$DPORT" CHAT_TOKEN_DELAY_MS=40 -- "$@"; }
+stack stop >/dev/null 2>&1
+own_stack_start "$OWN" "$OUT/start.out" CHAT_STREAMERS=2 CHAT_DIRECT_PORT="$DPORT" CHAT_TOKEN_DELAY_MS=40
+tok=$OWN/token
+own_token "$OWN" rolling-user rolling@example.com "$tok" 600
+SOCK1=$OWN/run/streamer.sock SOCK2=$OWN/run/streamer-2.sock
+Q="What is the engine power of the Seawind 250?"
+
+# loop NAME URL: opens a WebSocket and authenticates (chat-ws with no message), again and again until
+# $OUT/stop exists; counts successes in NAME.ok, and keeps each failure's output in NAME.fail.
+loop() {
+  local name=$1 url=$2 ok=0 o
+  : >"$OUT/$name.fail"
+  while [ ! -e "$OUT/stop" ]; do
+    if o=$("$BIN/chat-ws" --url "$url" --token-file "$tok" --timeout 10 </dev/null 2>&1); then ok=$((ok + 1))
+    else printf '%s %s\n' "$(date +%T.%N)" "$(tr '\n' ' ' <<<"$o" | head -c 300)" >>"$OUT/$name.fail"; fi
+  done
+  echo "$ok" >"$OUT/$name.ok"
+}
+loop front "ws://127.0.0.1:$PORT/ws/chat" &
+lf=$!
+loop direct "ws://127.0.0.1:$DPORT/ws/chat" &
+ld=$!
+
+# whole FILE: the answer in FILE completed, its response is its tokens, and it was not cut short.
+whole() {
+  jq -s -e '([.[] | select(.type == "token") | .token] | join("")) as $t
+    | [.[] | select(.type == "complete")] | length == 1 and .[0].response == $t and ($t | length) > 0
+      and .[0].metadata.finish_reason == "stop"' "$1" >/dev/null 2>&1
+}
+
+# restart I NAME SOCK: answers streaming on both streamers, SIGTERM to streamer I, the supervisor's
+# restart awaited; then every answer must be whole.
+restart() {
+  local i=$1 name=$2 sock=$3 pids=() k old new back="" from
+  for k in 1 2 3 4; do
+    local s=$SOCK1; [ $((k % 2)) = 0 ] && s=$SOCK2
+    "$BIN/chat-ws" --url "ws+unix:$s:/ws/chat" --token-file "$tok" --timeout 60 "$Q" >"$OUT/answer$i-$k.json" 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 1 100); do
+    [ "$(grep -l '"type":"token"' "$OUT"/answer"$i"-*.json 2>/dev/null | wc -l)" -ge 4 ] && break
+    sleep 0.1
+  done
+  check "restart $i: 4 answers stream, 2 on each streamer" \
+    test "$(grep -l '"type":"token"' "$OUT"/answer"$i"-*.json 2>/dev/null | wc -l)" -ge 4
+  from=$(stat -c %s "$OWN/log/stack.log")
+  old=$(cat "$OWN/run/$name.pid")
+  kill -TERM "$old"
+  sleep 0.5
+  check "restart $i: $name (pid $old) drains with its listeners closed: its socket file is gone" test ! -e "$sock"
+  for _ in $(seq 1 300); do
+    new=$(cat "$OWN/run/$name.pid" 2>/dev/null)
+    if [ "$new" != "$old" ] && tail -c +"$((from + 1))" "$OWN/log/stack.log" | grep -q "stack: $name restarted" &&
+      curl -s -m 2 --unix-socket "$sock" http://localhost/status | grep -qv '"workers_live":0,'; then back=1; break; fi
+    sleep 0.1
+  done
+  check "restart $i: the supervisor restarts $name (pid ${new:-?}), and its workers are back" test -n "$back"
+  local n=0
+  for k in 1 2 3 4; do wait "${pids[$((k - 1))]}" && whole "$OUT/answer$i-$k.json" && n=$((n + 1)); done
+  check "restart $i: the 4 answers in flight finish whole ($n)" test "$n" = 4
+}
+sleep 1
+restart 1 chat-streamer "$SOCK1"
+sleep 1
+restart 2 chat-streamer-2 "$SOCK2"
+sleep 1
+touch "$OUT/stop"
+wait "$lf" "$ld"
+for name in front direct; do
+  okn=$(cat "$OUT/$name.ok" 2>/dev/null || echo 0)
+  failn=$(wc -l <"$OUT/$name.fail")
+  check "$name: new WebSockets in a loop during the rolling restart: $okn opened, $failn failed" \
+    test "$okn" -gt 20 -a "$failn" = 0
+  [ "$failn" = 0 ] || head -5 "$OUT/$name.fail" | sed 's/^/# /'
+done
+# each streamer took connections of the loops after its restart (both serve again)
+for s in "$SOCK1" "$SOCK2"; do
+  out=$OUT/after-$(basename "$s" .sock).json
+  "$BIN/chat-ws" --url "ws+unix:$s:/ws/chat" --token-file "$tok" --timeout 60 "Hello" >"$out" 2>&1
+  check "after the restart an answer streams on $(basename "$s")" whole "$out"
+done
+stack stop >"$OUT/stop.out" 2>&1
+left=$(pgrep -f "$OWN/" | tr '\n' ' ')
+check "no process of the stack is left (${left:-none})" test -z "$left"
+finish
