@@ -76,11 +76,13 @@ restart() {
   for k in 1 2 3 4; do wait "${pids[$((k - 1))]}" && whole "$OUT/answer$i-$k.json" && n=$((n + 1)); done
   check "restart $i: the 4 answers in flight finish whole ($n)" test "$n" = 4
 }
-sleep 1
+# Between two restarts: lighttpd uses a backend it found missing again at its next once-a-second check
+# (disable-time 0, deploy/lighttpd-env.sh); restarting the next one sooner could leave it none (503).
+sleep 2
 restart 1 chat-streamer "$SOCK1"
-sleep 1
+sleep 2
 restart 2 chat-streamer-2 "$SOCK2"
-sleep 1
+sleep 2
 touch "$OUT/stop"
 wait "$lf" "$ld"
 for name in front direct; do
