@@ -3,7 +3,8 @@
 # answer: streamer 1 gets SIGTERM while answers stream on both, the supervisor restarts it, then the same
 # for streamer 2. Meanwhile two clients open new WebSockets in a loop, one through lighttpd
 # (proxy.balance over the streamers' sockets) and one on the shared direct port (SO_REUSEPORT): each
-# connection must open and authenticate, none may be refused, reset or answered 502/503. Every answer in
+# connection must open and authenticate, none may be refused, reset or answered 502/503; a third opens
+# WebSockets through lighttpd and asks a question on each: every one is answered. Every answer in
 # flight completes whole (response = its tokens, finish_reason stop). A draining streamer closes its
 # listeners at once (docs/streamer.md, "Shutdown"): with listeners that stay open and refuse, the loops
 # see failed connections for the whole drain. Its own stack in $CHAT_VAR/own on CHAT_PORT, the direct
@@ -19,17 +20,21 @@ stack stop >/dev/null 2>&1
 own_stack_start "$OWN" "$OUT/start.out" CHAT_STREAMERS=2 CHAT_DIRECT_PORT="$DPORT" CHAT_TOKEN_DELAY_MS=40
 tok=$OWN/token
 own_token "$OWN" rolling-user rolling@example.com "$tok" 600
+tok2=$OWN/token-asking # another user: the per-user limit (4 answers at once) is not what is tested
+own_token "$OWN" asking-user asking@example.com "$tok2" 600
 SOCK1=$OWN/run/streamer.sock SOCK2=$OWN/run/streamer-2.sock
 Q="What is the engine power of the Seawind 250?"
 
-# loop NAME URL: opens a WebSocket and authenticates (chat-ws with no message), again and again until
+# loop NAME URL [MESSAGE]: opens a WebSocket and authenticates (chat-ws with no message), or also asks
+# MESSAGE and waits for its complete (an error event, OVERLOADED included, fails), again and again until
 # $OUT/stop exists; counts successes in NAME.ok, and keeps each failure's output in NAME.fail.
 loop() {
-  local name=$1 url=$2 ok=0 o
+  local name=$1 url=$2 ok=0 o t=$tok
+  [ $# -gt 2 ] && t=$tok2
   : >"$OUT/$name.fail"
   while [ ! -e "$OUT/stop" ]; do
-    if o=$("$BIN/chat-ws" --url "$url" --token-file "$tok" --timeout 10 </dev/null 2>&1); then ok=$((ok + 1))
-    else printf '%s %s\n' "$(date +%T.%N)" "$(tr '\n' ' ' <<<"$o" | head -c 300)" >>"$OUT/$name.fail"; fi
+    if o=$("$BIN/chat-ws" --url "$url" --token-file "$t" --timeout 20 "${@:3}" </dev/null 2>&1); then ok=$((ok + 1))
+    else printf '%s %s\n' "$(date +%T.%N)" "$(tr '\n' ' ' <<<"$o" | tail -c 300)" >>"$OUT/$name.fail"; fi
   done
   echo "$ok" >"$OUT/$name.ok"
 }
@@ -37,6 +42,8 @@ loop front "ws://127.0.0.1:$PORT/ws/chat" &
 lf=$!
 loop direct "ws://127.0.0.1:$DPORT/ws/chat" &
 ld=$!
+loop asking "ws://127.0.0.1:$PORT/ws/chat" "Hello" & # a user who opens a tab and asks, through lighttpd
+la=$!
 
 # whole FILE: the answer in FILE completed, its response is its tokens, and it was not cut short.
 whole() {
@@ -84,12 +91,13 @@ sleep 2
 restart 2 chat-streamer-2 "$SOCK2"
 sleep 2
 touch "$OUT/stop"
-wait "$lf" "$ld"
-for name in front direct; do
+wait "$lf" "$ld" "$la"
+for name in front direct asking; do
   okn=$(cat "$OUT/$name.ok" 2>/dev/null || echo 0)
   failn=$(wc -l <"$OUT/$name.fail")
-  check "$name: new WebSockets in a loop during the rolling restart: $okn opened, $failn failed" \
-    test "$okn" -gt 20 -a "$failn" = 0
+  what="new WebSockets in a loop during the rolling restart: $okn opened, $failn failed" min=20
+  [ "$name" = asking ] && what="new WebSockets asking in a loop during the rolling restart: $okn answered, $failn failed" min=3
+  check "$name: $what" test "$okn" -ge "$min" -a "$failn" = 0
   [ "$failn" = 0 ] || head -5 "$OUT/$name.fail" | sed 's/^/# /'
 done
 # each streamer took connections of the loops after its restart (both serve again)
