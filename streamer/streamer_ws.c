@@ -100,6 +100,7 @@
 #define ST_MAX_WRITES_PER_CALLBACK 16
 #define ST_TX_KEEP (256u * 1024) /* the shared send buffer is shrunk back after a larger frame */
 #define ST_CLOSE_WAIT_MS 3000    /* after the close phase starts, how long to wait for clients */
+#define ST_QUEUED_SERVE_MS 1000  /* a drain that took queued connections serves them at least this long */
 #define ST_KILL_AFTER_S 10       /* a connection being closed that cannot take its close frame */
 
 /* ---------------------------------------------------------------- sessions */
@@ -228,6 +229,7 @@ static struct {
     sl_listener ls[SL_MAX_LISTENERS];
     int nls;
     int64_t grace_deadline_ms, close_deadline_ms;
+    int64_t drain_min_ms; /* the grace period lasts at least until then (connections taken at its start) */
     lws_sorted_usec_list_t tick;
     int64_t last_sweep_ms, last_status_ms;
     unsigned long long msgs, msgs_at_status, jobs_at_status;
@@ -1611,6 +1613,10 @@ static void begin_drain(int64_t now)
     S.phase = 1;
     S.grace_deadline_ms = now + (int64_t)S.cfg.shutdown_grace_s * 1000;
     int queued = sl_close_listeners(S.ls, S.nls);
+    /* Connections taken from the listeners' queues are still in their handshake: without answers in
+     * flight the drain would end at once and refuse them (503). Served for a moment, they open, and are
+     * closed with 1001 like the others (a client reconnects, to another streamer). */
+    S.drain_min_ms = queued ? now + ST_QUEUED_SERVE_MS : now;
     chat_log_info("streamer: shutting down: listeners closed (%d queued connections taken), %d connections, "
                   "%zu answers in flight, grace %d s",
                   queued, S.conns, S.jobs.n, S.cfg.shutdown_grace_s);
@@ -1627,7 +1633,7 @@ static void begin_close(int64_t now)
 static void shutdown_progress(int64_t now)
 {
     if (S.stop_requested && S.phase == 0) begin_drain(now);
-    if (S.phase == 1 && (S.jobs.n == 0 || now >= S.grace_deadline_ms)) begin_close(now);
+    if (S.phase == 1 && ((S.jobs.n == 0 && now >= S.drain_min_ms) || now >= S.grace_deadline_ms)) begin_close(now);
     if (S.phase == 2 && (S.conns == 0 || now >= S.close_deadline_ms)) S.phase = 3;
 }
 

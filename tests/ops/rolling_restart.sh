@@ -100,6 +100,29 @@ for name in front direct asking; do
   check "$name: $what" test "$okn" -ge "$min" -a "$failn" = 0
   [ "$failn" = 0 ] || head -5 "$OUT/$name.fail" | sed 's/^/# /'
 done
+# A connection waiting in a listener's queue when the drain starts is served, not reset or refused, even
+# with no answer in flight (the drain would end at once): streamer 1 is stopped (SIGSTOP) so that a
+# connection to its socket waits in the queue, then gets SIGTERM and SIGCONT.
+p1=$(cat "$OWN/run/chat-streamer.pid")
+from=$(stat -c %s "$OWN/log/chat-streamer.log")
+kill -STOP "$p1"
+"$BIN/chat-ws" --url "ws+unix:$SOCK1:/ws/chat" --token-file "$tok" --timeout 10 </dev/null >"$OUT/queued.json" 2>&1 &
+qp=$!
+sleep 0.5
+kill -TERM "$p1"
+kill -CONT "$p1"
+wait "$qp"
+qrc=$?
+for _ in $(seq 1 50); do tail -c +"$((from + 1))" "$OWN/log/chat-streamer.log" | grep -q 'shutting down' && break; sleep 0.1; done
+taken=$(tail -c +"$((from + 1))" "$OWN/log/chat-streamer.log" | grep -o 'listeners closed ([0-9]* queued' | grep -o '[0-9]*')
+check "a connection queued when the drain starts is taken (${taken:-?}) and served: it opens and authenticates" \
+  test "$qrc" = 0 -a "${taken:-0}" = 1 -a "$(grep -c '"type":"auth_success"' "$OUT/queued.json")" = 1
+[ "$qrc" = 0 ] || sed 's/^/# /' "$OUT/queued.json" | head -3
+for _ in $(seq 1 100); do
+  [ "$(cat "$OWN/run/chat-streamer.pid" 2>/dev/null)" != "$p1" ] &&
+    curl -s -m 2 --unix-socket "$SOCK1" http://localhost/status | grep -q 'workers_live":[1-9]' && break
+  sleep 0.1
+done
 # each streamer took connections of the loops after its restart (both serve again)
 for s in "$SOCK1" "$SOCK2"; do
   out=$OUT/after-$(basename "$s" .sock).json
