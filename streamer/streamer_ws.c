@@ -45,8 +45,10 @@
  *   list, in opening order, holds the connections still waiting, so the sweep reads only its head.
  * - Path and Origin are checked in LWS_CALLBACK_HTTP_CONFIRM_UPGRADE, where a 404/403 response can still
  *   be written (a refusal in FILTER_PROTOCOL_CONNECTION only drops the TCP connection).
- * - Graceful shutdown: refuse new connections and messages, let answers in flight finish within
- *   shutdown_grace_s, then close everything with 1001 and exit 0.
+ * - Graceful shutdown: close every listener at once (streamer_listen.h: new connections go to the other
+ *   streamers of the port or of lighttpd's balance) and refuse new messages, let answers in flight finish
+ *   within shutdown_grace_s, then close everything with 1001 and exit 0. A connection that was already
+ *   queued on a listener when it closed is taken and served, not reset.
  * - Token refresh: an auth on an authenticated connection with a token for the same user replaces the
  *   token (its exp, email and name) without touching answers in flight; a token for another user is
  *   refused with auth_error USER_MISMATCH and the connection keeps its user (a connection's user never
@@ -98,6 +100,7 @@
 #define ST_MAX_WRITES_PER_CALLBACK 16
 #define ST_TX_KEEP (256u * 1024) /* the shared send buffer is shrunk back after a larger frame */
 #define ST_CLOSE_WAIT_MS 3000    /* after the close phase starts, how long to wait for clients */
+#define ST_QUEUED_SERVE_MS 1000  /* a drain that took queued connections serves them at least this long */
 #define ST_KILL_AFTER_S 10       /* a connection being closed that cannot take its close frame */
 
 /* ---------------------------------------------------------------- sessions */
@@ -223,7 +226,10 @@ static struct {
     size_t n_touched, cap_touched;
     volatile sig_atomic_t stop_requested;
     int phase; /* 0 serving, 1 draining (grace), 2 closing, 3 done */
+    sl_listener ls[SL_MAX_LISTENERS];
+    int nls;
     int64_t grace_deadline_ms, close_deadline_ms;
+    int64_t drain_min_ms; /* the grace period lasts at least until then (connections taken at its start) */
     lws_sorted_usec_list_t tick;
     int64_t last_sweep_ms, last_status_ms;
     unsigned long long msgs, msgs_at_status, jobs_at_status;
@@ -1448,7 +1454,8 @@ static bool origin_allowed(struct lws *wsi)
     return chat_origin_allowed(origin, host[0] ? host : NULL, S.cfg.allowed_origins);
 }
 
-/* Before the 101: only /ws/chat upgrades, only from allowed origins, not while shutting down. */
+/* Before the 101: only /ws/chat upgrades, only from allowed origins, not once connections are being
+ * closed (a drain's grace period serves the connections its listeners had queued). */
 static int confirm_upgrade(struct lws *wsi, const char *up)
 {
     if (!up || strcasecmp(up, "websocket")) return -1;
@@ -1458,7 +1465,7 @@ static int confirm_upgrade(struct lws *wsi, const char *up)
         lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL);
         return 1;
     }
-    if (S.phase) {
+    if (S.phase >= 2) {
         lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, NULL);
         return 1;
     }
@@ -1476,7 +1483,6 @@ static int callback_chat(struct lws *wsi, enum lws_callback_reasons reason, void
 {
     sess *s = user;
     switch (reason) {
-    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: return S.phase ? 1 : 0; /* draining: accept nothing new */
     case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: return confirm_upgrade(wsi, in);
     case LWS_CALLBACK_HTTP: return serve_http(wsi, in ? in : "");
     case LWS_CALLBACK_ESTABLISHED: on_established(s, wsi); return 0;
@@ -1606,8 +1612,14 @@ static void begin_drain(int64_t now)
 {
     S.phase = 1;
     S.grace_deadline_ms = now + (int64_t)S.cfg.shutdown_grace_s * 1000;
-    chat_log_info("streamer: shutting down: %d connections, %zu answers in flight, grace %d s", S.conns, S.jobs.n,
-                  S.cfg.shutdown_grace_s);
+    int queued = sl_close_listeners(S.ls, S.nls);
+    /* Connections taken from the listeners' queues are still in their handshake: without answers in
+     * flight the drain would end at once and refuse them (503). Served for a moment, they open, and are
+     * closed with 1001 like the others (a client reconnects, to another streamer). */
+    S.drain_min_ms = queued ? now + ST_QUEUED_SERVE_MS : now;
+    chat_log_info("streamer: shutting down: listeners closed (%d queued connections taken), %d connections, "
+                  "%zu answers in flight, grace %d s",
+                  queued, S.conns, S.jobs.n, S.cfg.shutdown_grace_s);
 }
 
 static void begin_close(int64_t now)
@@ -1621,7 +1633,7 @@ static void begin_close(int64_t now)
 static void shutdown_progress(int64_t now)
 {
     if (S.stop_requested && S.phase == 0) begin_drain(now);
-    if (S.phase == 1 && (S.jobs.n == 0 || now >= S.grace_deadline_ms)) begin_close(now);
+    if (S.phase == 1 && ((S.jobs.n == 0 && now >= S.drain_min_ms) || now >= S.grace_deadline_ms)) begin_close(now);
     if (S.phase == 2 && (S.conns == 0 || now >= S.close_deadline_ms)) S.phase = 3;
 }
 
@@ -1763,9 +1775,8 @@ void st_request_shutdown(void)
 int st_run(const sigset_t *unblock)
 {
     char err[256];
-    sl_listener ls[SL_MAX_LISTENERS];
-    int nls = sl_parse(S.cfg.streamer_listen, ls, SL_MAX_LISTENERS);
-    if (nls < 0) {
+    S.nls = sl_parse(S.cfg.streamer_listen, S.ls, SL_MAX_LISTENERS);
+    if (S.nls < 0) {
         chat_log_error("CHAT_STREAMER_LISTEN must be up to %d of host:port or unix:/path, comma-separated",
                        SL_MAX_LISTENERS);
         return 1;
@@ -1820,7 +1831,7 @@ int st_run(const sigset_t *unblock)
         chat_log_error("streamer: cannot create the lws context");
         return 1;
     }
-    if (sl_create_vhosts(S.ctx, &info, ls, nls)) return 1;
+    if (sl_create_vhosts(S.ctx, &info, S.ls, S.nls)) return 1;
     if (broker_attach(err, sizeof err)) {
         chat_log_error("%s", err);
         return 1;

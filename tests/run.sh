@@ -171,6 +171,7 @@ if [ "$MODE" = all ] || [ "$MODE" = e2e ]; then
     run_script tests/ops/slowloris.sh
     run_script tests/ops/graceful_stop.sh
     run_script tests/ops/streamers.sh
+    run_script tests/ops/rolling_restart.sh
     # Every shell example of README.md, docs/ and sql/README.md, against a stack of make start's defaults.
     CHAT_EXAMPLES_PORT=$CHAT_PORT CHAT_EXAMPLES_VAR=${CHAT_VAR#"$ROOT"/}/examples run_script tests/doc_examples.sh doc-examples
     # Log hygiene: after every test above, no service log holds a JWT or the text of a chat message.

@@ -2,7 +2,9 @@
  * parsed entry by entry and bad lists are refused; a TCP listener sl_create_vhosts opens is shared
  * (SO_REUSEPORT): a second listener on its port, of a second lws context as a second streamer process
  * would have, opens too, and a plain socket with SO_REUSEPORT can bind the port while both listen. A
- * Unix listener opens beside it on the same context. */
+ * Unix listener opens beside it on the same context. sl_close_listeners (a drain's start) removes the
+ * Unix socket's file (only its own: a file put in its place stays), serves the connection that waited
+ * in its queue instead of resetting it, and stops listening on its TCP port (a connect is refused). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,7 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "chat_common.h"
@@ -107,11 +113,90 @@ static void test_tcp_listener_is_shared(void **state)
     rmdir(dir);
 }
 
+static int connect_unix(const char *path)
+{
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    if (connect(s, (struct sockaddr *)&a, sizeof a)) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return -1;
+    }
+    return s;
+}
+
+static int connect_tcp(int port)
+{
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {
+        .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int rc = connect(s, (struct sockaddr *)&a, sizeof a);
+    int e = errno;
+    close(s);
+    errno = e;
+    return rc;
+}
+
+static void test_close_listeners(void **state)
+{
+    (void)state;
+    lws_set_log_level(0, NULL);
+    static const struct lws_protocols protocols[] = {{.name = "t", .callback = cb}, {.name = NULL}};
+    char spec[600], dir[] = "/tmp/test_streamer_listen.XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    int port = free_port();
+    snprintf(spec, sizeof spec, "unix:%s/s.sock,127.0.0.1:%d,unix:%s/t.sock", dir, port, dir);
+    sl_listener l[SL_MAX_LISTENERS];
+    int n = sl_parse(spec, l, SL_MAX_LISTENERS);
+    assert_int_equal(n, 3);
+    struct lws_context_creation_info i1;
+    struct lws_context *c1 = context(&i1, protocols);
+    assert_non_null(c1);
+    assert_int_equal(sl_create_vhosts(c1, &i1, l, n), 0);
+    assert_int_equal(connect_tcp(port), 0); /* queued on the TCP listener (then closed by its client) */
+    for (int i = 0; i < n; i++)
+        assert_true(l[i].fd >= 0);
+
+    /* a connection waits in the first listener's queue (nothing serviced the context yet) */
+    int queued = connect_unix(l[0].host);
+    assert_true(queued >= 0);
+    /* the second socket's path is taken over by someone else's file */
+    assert_int_equal(unlink(l[2].host), 0);
+    int f = open(l[2].host, O_CREAT | O_WRONLY, 0600);
+    assert_true(f >= 0);
+    close(f);
+
+    assert_int_equal(sl_close_listeners(l, n), 2); /* the queued connections, adopted */
+    for (int i = 0; i < n; i++)
+        assert_int_equal(l[i].fd, -1);
+    struct stat st;
+    assert_int_equal(stat(l[0].host, &st), -1); /* its own file removed... */
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(connect_unix(l[0].host), -1);
+    assert_int_equal(stat(l[2].host, &st), 0); /* ...another's kept */
+    assert_true(S_ISREG(st.st_mode));
+    /* the queued connection is open (lws holds it), not reset by the close */
+    char b;
+    assert_int_equal(recv(queued, &b, 1, MSG_DONTWAIT), -1);
+    assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+    /* the TCP port: nobody listens any more (the other streamers of a shared port take its connections) */
+    assert_int_equal(connect_tcp(port), -1);
+    assert_int_equal(errno, ECONNREFUSED);
+
+    close(queued);
+    lws_context_destroy(c1);
+    unlink(l[2].host);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse),
         cmocka_unit_test(test_tcp_listener_is_shared),
+        cmocka_unit_test(test_close_listeners),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
