@@ -30,9 +30,10 @@ typedef struct chat_kb_result {
 /* Which words are common, from a sample of the passages. With it, chat_kb_search drops the words that
  * occur in a large share of a large knowledge base ("engine" in half of 100,000 passages): they barely
  * change the ranking but make the server score every passage that contains them. Below 1,000 passages
- * nothing is dropped. The sample also gives the title words' weights: with stats, a search computes the
- * title's relevance itself instead of running a second full-text search over the titles (the same
- * ranking, one full-text search and one read of the winners by key per question). The sample (about
+ * nothing is dropped. With the sample every title is read, for the title words' weights: with stats, a
+ * search computes the title's relevance itself instead of running a second full-text search over the
+ * titles (the same ranking, one full-text search and one read of the winners by key per question). The
+ * sample (about
  * 4,096 passages spread over the table, every passage of a smaller one) is read on the caller's
  * connection at the first search and every 10 minutes, or when the passage count moved by a quarter;
  * a search itself runs no statement for its words. Thread-safe: the

@@ -198,13 +198,13 @@ static void test_ranking(void **state)
 /* Two searches of one question, without stats (MariaDB ranks: the title's relevance is its own
  * MATCH(title)) and with (the title's relevance computed from the sample's title words), must agree:
  * the same passages in the same order, scores and confidence within float rounding. */
-static bool same_ranking(const chat_kb_query *base, chat_kb_stats *st)
+static bool same_ranking(chat_db *d, const chat_kb_query *base, chat_kb_stats *st)
 {
     chat_kb_query q = *base;
     chat_kb_result a, b;
-    search_ok(db, &q, &a);
+    search_ok(d, &q, &a);
     q.stats = st;
-    search_ok(db, &q, &b);
+    search_ok(d, &q, &b);
     bool same = a.n == b.n && fabs(a.top_raw - b.top_raw) <= 1e-5 * a.top_raw;
     for (size_t i = 0; same && i < a.n; i++)
         same = a.items[i].id == b.items[i].id && fabs(a.items[i].score - b.items[i].score) <= 1e-5 * a.items[i].score &&
@@ -230,7 +230,7 @@ static bool title_rank_row(char **row, void *ud)
     bool all = true;
     for (size_t i = 0; i < CHAT_ARRAY_LEN(routes); i++) {
         q.agent = routes[i].agent, q.model_id = routes[i].model;
-        all &= same_ranking(&q, ud);
+        all &= same_ranking(db, &q, ud);
     }
     return all;
 }
@@ -247,6 +247,25 @@ static void test_title_rank_in_c(void **state)
     testutil_tsv_score("tests/data/kb_ranking.tsv", "the same, common_pct 0", 2, title_rank_row, off, 25, 100);
     chat_kb_stats_free(st);
     chat_kb_stats_free(off);
+}
+
+/* A knowledge base larger than the word sample, where every other title has a word: a sample at evenly
+ * spaced ids (every second one here) would see none of those titles and weigh the word as if it were
+ * in one; the title words are counted over every title, so the ranking is still MariaDB's. */
+static void test_title_rank_large(void **state)
+{
+    chat_db *d = testutil_db_fresh("kb_titles", TESTUTIL_SCHEMA);
+    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
+                    " CONCAT(IF(seq % 2 = 0, 'Financing ', ''), 'Filler ', seq),"
+                    " CONCAT('filler passage ', seq, IF(seq % 7 = 0, ' financing offer', '')) FROM seq_1_to_10000;"
+                    "ANALYZE TABLE kb_documents;");
+    chat_kb_stats *st = chat_kb_stats_new(60);
+    chat_kb_query q = {.question = "financing offer", .k = 5};
+    assert_true(same_ranking(d, &q, st));
+    q.question = "financing";
+    assert_true(same_ranking(d, &q, st));
+    chat_kb_stats_free(st);
+    chat_db_free(d);
 }
 
 static void test_short_tokens_and_codes(void **state)
@@ -782,7 +801,7 @@ int main(void)
         cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
         cmocka_unit_test(test_migration_004_innodb),   cmocka_unit_test(test_import_idempotent),
         cmocka_unit_test(test_reimport_sample_dir),    cmocka_unit_test(test_ranking),
-        cmocka_unit_test(test_title_rank_in_c),
+        cmocka_unit_test(test_title_rank_in_c),       cmocka_unit_test(test_title_rank_large),
         cmocka_unit_test(test_short_tokens_and_codes), cmocka_unit_test(test_hostile_inputs),
         cmocka_unit_test(test_fault_code_parse),       cmocka_unit_test(test_admin_edits_visible),
         cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
