@@ -686,11 +686,11 @@ typedef struct title_terms {
  * (fts_query_calculate_idf): idf = log10(N / df), N the passages as InnoDB counts them, df the titles
  * that have the word, both as of the last sample; a word in no title then is taken to be in one (a
  * passage added since has it); df = N weighs log10(1.0001). */
-static void title_terms_init(title_terms *tt, const chat_kb_stats *st, const char *terms)
+static void title_terms_init(title_terms *tt, chat_kb_stats *st, const char *terms)
 {
     snprintf(tt->words, sizeof tt->words, "%s", terms);
     tt->n = 0;
-    pthread_mutex_lock((pthread_mutex_t *)&st->mu);
+    pthread_mutex_lock(&st->mu);
     double n = st->title_n >= 1 ? st->title_n : 1;
     for (char *w = tt->words, *sp; w && *w && tt->n < KB_MAX_TERMS; w = sp) {
         sp = strchr(w, ' ');
@@ -701,7 +701,7 @@ static void title_terms_init(title_terms *tt, const chat_kb_stats *st, const cha
         tt->idf[tt->n] = df == n ? log10(1.0001) : log10(n / df);
         tt->n++;
     }
-    pthread_mutex_unlock((pthread_mutex_t *)&st->mu);
+    pthread_mutex_unlock(&st->mu);
 }
 
 /* A title's relevance to tt as InnoDB's natural-language MATCH(title) reports it: the sum over the
