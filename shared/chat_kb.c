@@ -431,7 +431,7 @@ static const char SQL_SAMPLE[] =
     " s(n) AS (SELECT a.n * 4096 + b.n * 256 + c.n * 16 + e.n FROM d a, d b, d c, d e WHERE a.n <= ?)"
     " SELECT k.title, k.body FROM s JOIN kb_documents k ON k.id = ? + s.n * ? WHERE s.n < ?";
 
-/* The words of table t found in more than pct % of the rows passages (every word for pct < 0) with their
+/* The words of table t found in more than pct % of its rows passages (every word for pct < 0) with their
  * shares, sorted by term, into *out (*n of them; caller frees); frees t. */
 static int sample_take(sample_table *t, unsigned rows, int pct, stats_word **out, size_t *n, int rc, char *err,
                        size_t errlen)
