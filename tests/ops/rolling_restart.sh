@@ -15,9 +15,10 @@ DPORT=$((PORT + 1))
 OUT=$OWN/out-rolling
 rm -rf "$OUT"
 mkdir -p "$OUT"
-stack() { own_stack "$OWN" CHAT_STREAMERS=2 CHAT_DIRECT_PORT="$DPORT" CHAT_TOKEN_DELAY_MS=40 -- "$@"; }
+# (info logs: the check of a queued connection reads the drain's log line, whatever the caller's level)
+stack() { own_stack "$OWN" CHAT_STREAMERS=2 CHAT_DIRECT_PORT="$DPORT" CHAT_TOKEN_DELAY_MS=40 CHAT_LOG_LEVEL=info -- "$@"; }
 stack stop >/dev/null 2>&1
-own_stack_start "$OWN" "$OUT/start.out" CHAT_STREAMERS=2 CHAT_DIRECT_PORT="$DPORT" CHAT_TOKEN_DELAY_MS=40
+own_stack_start "$OWN" "$OUT/start.out" CHAT_STREAMERS=2 CHAT_DIRECT_PORT="$DPORT" CHAT_TOKEN_DELAY_MS=40 CHAT_LOG_LEVEL=info
 tok=$OWN/token
 own_token "$OWN" rolling-user rolling@example.com "$tok" 600
 tok2=$OWN/token-asking # another user: the per-user limit (4 answers at once) is not what is tested
