@@ -11,12 +11,6 @@
  * asked before is answered from memory, and any write to the table
  * empties the table's entries at its commit, so an admin's committed edit is visible to the next question
  * and an uncommitted or rolled-back one never is. Without a query cache the keyword does nothing.
- * With a chat_kb_stats, a question costs one full-text search (title and body, its 200 best matches
- * without bodies) and one read by key of the winners; the title's relevance, which MariaDB would compute
- * with a second full-text search over the title index, is computed here from the title words (all
- * titles, read with the word sample) as InnoDB computes it (title_rank), so the ranking is the same
- * (test_title_rank_in_c, test_title_rank_large). Both statements
- * ask for the query cache; between them a committed edit may remove a winner, which is then left out.
  * Import splits a markdown file into one passage per "## " section and replaces the source's rows in one
  * transaction; everything that can be refused (UTF-8, agent, sizes) is checked before it starts.
  * The server's innodb_ft_* settings decide whether short tokens (V6, E42) are indexed at all:
@@ -26,14 +20,12 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 
 #include "chat_agent.h"
@@ -289,10 +281,6 @@ struct chat_kb_stats {
     int64_t total_at_ms;
     stats_word *common; /* the common words of the last sample, sorted by term */
     size_t ncommon;
-    stats_word *titles; /* every word of every title with the share of titles that have it, by term */
-    size_t ntitles;
-    double title_rows; /* the titles read */
-    double title_n;    /* the passages as InnoDB's full-text ranking counts them (title_terms_init) */
     long long sample_total; /* total when sampled */
     int64_t sample_at_ms;   /* 0 = never sampled */
     bool sampling;          /* a thread is reading a new sample; the others use the old one */
@@ -318,7 +306,6 @@ void chat_kb_stats_free(chat_kb_stats *s)
 {
     if (!s) return;
     stats_words_free(s->common, s->ncommon);
-    stats_words_free(s->titles, s->ntitles);
     pthread_cond_destroy(&s->sampled);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -336,13 +323,9 @@ typedef struct sample_slot {
     unsigned count, last_row;
 } sample_slot;
 
-typedef struct sample_table {
+typedef struct sample_ctx {
     sample_slot *slot;
     size_t cap, used; /* cap: a power of two */
-} sample_table;
-
-typedef struct sample_ctx {
-    sample_table words; /* title and body */
     unsigned rows;
 } sample_ctx;
 
@@ -353,7 +336,7 @@ static uint32_t term_hash(const char *t, size_t n)
     return h;
 }
 
-static int sample_grow(sample_table *c)
+static int sample_grow(sample_ctx *c)
 {
     size_t cap = c->cap ? c->cap * 2 : 8192;
     sample_slot *slot = calloc(cap, sizeof *slot);
@@ -369,7 +352,7 @@ static int sample_grow(sample_table *c)
     return 0;
 }
 
-static int sample_add(sample_table *c, unsigned row, const char *w, size_t n)
+static int sample_add(sample_ctx *c, const char *w, size_t n)
 {
     if ((c->used + 1) * 2 > c->cap && sample_grow(c)) return CHAT_ENOMEM;
     size_t j = term_hash(w, n) & (c->cap - 1);
@@ -378,11 +361,11 @@ static int sample_add(sample_table *c, unsigned row, const char *w, size_t n)
     if (!sl->term) {
         if (!(sl->term = strdup(w))) return CHAT_ENOMEM;
         c->used++;
-    } else if (sl->last_row == row) {
+    } else if (sl->last_row == c->rows) {
         return 0; /* this passage counted already */
     }
     sl->count++;
-    sl->last_row = row;
+    sl->last_row = c->rows;
     return 0;
 }
 
@@ -395,9 +378,8 @@ static int sample_row(void *ud, int ncols, char **v, unsigned long *lens)
         if (!v[col]) continue;
         size_t i = 0, n;
         char word[KB_MAX_TERM_BYTES + 1];
-        while ((n = next_word((const unsigned char *)v[col], lens[col], &i, word)) > 0) {
-            if (!is_stopword(word) && sample_add(&c->words, c->rows, word, n)) return CHAT_ENOMEM;
-        }
+        while ((n = next_word((const unsigned char *)v[col], lens[col], &i, word)) > 0)
+            if (!is_stopword(word) && sample_add(c, word, n)) return CHAT_ENOMEM;
     }
     return 0;
 }
@@ -431,79 +413,13 @@ static const char SQL_SAMPLE[] =
     " s(n) AS (SELECT a.n * 4096 + b.n * 256 + c.n * 16 + e.n FROM d a, d b, d c, d e WHERE a.n <= ?)"
     " SELECT k.title, k.body FROM s JOIN kb_documents k ON k.id = ? + s.n * ? WHERE s.n < ?";
 
-/* The words of table t found in more than pct % of its rows passages (every word for pct < 0) with their
- * shares, sorted by term, into *out (*n of them; caller frees); frees t. */
-static int sample_take(sample_table *t, unsigned rows, int pct, stats_word **out, size_t *n, int rc, char *err,
-                       size_t errlen)
+/* Reads a sample of about STATS_SAMPLE_ROWS of the total passages and returns its common words (*out
+ * sorted by term, *n of them; caller frees). Ids with gaps (rows deleted or replaced) get more keys
+ * looked up, up to STATS_SAMPLE_MAX_KEYS. */
+static int sample_common(chat_db *db, int common_pct, long long total, stats_word **out, size_t *n, char *err,
+                         size_t errlen)
 {
     *out = NULL, *n = 0;
-    size_t keep = 0;
-    for (size_t i = 0; !rc && i < t->cap; i++)
-        if (t->slot[i].term && (long long)t->slot[i].count * 100 > (long long)rows * pct) keep++;
-    stats_word *w = keep ? calloc(keep, sizeof *w) : NULL;
-    if (keep && !w) rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    for (size_t i = 0; i < t->cap; i++) {
-        sample_slot *sl = &t->slot[i];
-        if (!rc && sl->term && (long long)sl->count * 100 > (long long)rows * pct) {
-            w[*n].term = sl->term, w[*n].share = (double)sl->count / rows;
-            ++*n;
-            sl->term = NULL; /* moved */
-        }
-        free(sl->term);
-    }
-    free(t->slot);
-    memset(t, 0, sizeof *t);
-    if (rc) {
-        stats_words_free(w, *n);
-        *n = 0;
-        return rc;
-    }
-    if (*n) qsort(w, *n, sizeof *w, cmp_word);
-    *out = w;
-    return 0;
-}
-
-/* What one sample gives: the common words, every title word with its share, the passages read. */
-typedef struct sample_result {
-    stats_word *common, *titles;
-    size_t ncommon, ntitles;
-    unsigned title_rows;
-    long long title_n;
-} sample_result;
-
-/* Every title's words, each counted once per title. Column: title. */
-typedef struct title_ctx {
-    sample_table t;
-    unsigned rows;
-} title_ctx;
-
-static int title_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    title_ctx *c = ud;
-    c->rows++;
-    if (!v[0]) return 0;
-    size_t i = 0, n;
-    char word[KB_MAX_TERM_BYTES + 1];
-    while ((n = next_word((const unsigned char *)v[0], lens[0], &i, word)) > 0)
-        if (sample_add(&c->t, c->rows, word, n)) return CHAT_ENOMEM;
-    return 0;
-}
-
-/* The title words' counts are exact, unlike the common words': a title word's weight depends on how
- * rare it is among titles, and titles repeat in patterns that a sample at evenly spaced ids aliases
- * with (at 10,187 passages, 3 of the 90 titles with "financing" fell in the sample). Titles are short:
- * all of them are 25 ms of the server's time and 6 MB at 100,000 passages, with the sample every 10
- * minutes. The passage count is InnoDB's own estimate (TABLE_ROWS, the table's statistics), which is
- * what its full-text ranking divides by; the exact count when there is none. */
-static const char SQL_TITLES[] = "SELECT title FROM kb_documents";
-static const char SQL_INNODB_ROWS[] = "SELECT TABLE_ROWS FROM information_schema.TABLES"
-                                      " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'kb_documents'";
-
-/* Reads a sample of about STATS_SAMPLE_ROWS of the total passages into *r (caller frees its lists). Ids
- * with gaps (rows deleted or replaced) get more keys looked up, up to STATS_SAMPLE_MAX_KEYS. */
-static int sample_read(chat_db *db, int common_pct, long long total, sample_result *r, char *err, size_t errlen)
-{
-    memset(r, 0, sizeof *r);
     id_span span = {0, -1};
     int rc = chat_db_run(db, "SELECT MIN(id), MAX(id) FROM kb_documents", NULL, 0, span_row, &span, NULL, NULL, err,
                          errlen);
@@ -520,21 +436,29 @@ static int sample_read(chat_db *db, int common_pct, long long total, sample_resu
     sample_ctx c = {0};
     rc = chat_db_run(db, SQL_SAMPLE, p, 4, sample_row, &c, NULL, NULL, err, errlen);
     if (rc == CHAT_ENOMEM) chat_fail(err, errlen, rc, "out of memory");
-    /* a common_pct of 0 keeps no common words (they are never dropped) */
-    rc = sample_take(&c.words, c.rows, common_pct > 0 ? common_pct : 100, &r->common, &r->ncommon, rc, err, errlen);
-    title_ctx tc = {{0}, 0};
-    if (!rc) rc = chat_db_run(db, SQL_TITLES, NULL, 0, title_row, &tc, NULL, NULL, err, errlen);
-    if (rc == CHAT_ENOMEM) chat_fail(err, errlen, rc, "out of memory");
-    r->title_rows = tc.rows;
-    rc = sample_take(&tc.t, tc.rows, -1, &r->titles, &r->ntitles, rc, err, errlen);
-    if (!rc) rc = chat_db_run(db, SQL_INNODB_ROWS, NULL, 0, count_row, &r->title_n, NULL, NULL, err, errlen);
-    if (!rc && r->title_n < 1) r->title_n = tc.rows;
-    if (rc) {
-        stats_words_free(r->common, r->ncommon);
-        stats_words_free(r->titles, r->ntitles);
-        memset(r, 0, sizeof *r);
+    size_t keep = 0;
+    for (size_t i = 0; !rc && i < c.cap; i++)
+        if (c.slot[i].term && (long long)c.slot[i].count * 100 > (long long)c.rows * common_pct) keep++;
+    stats_word *w = keep ? calloc(keep, sizeof *w) : NULL;
+    if (keep && !w) rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    for (size_t i = 0; i < c.cap; i++) {
+        sample_slot *sl = &c.slot[i];
+        if (!rc && sl->term && (long long)sl->count * 100 > (long long)c.rows * common_pct) {
+            w[*n].term = sl->term, w[*n].share = (double)sl->count / c.rows;
+            ++*n;
+            sl->term = NULL; /* moved */
+        }
+        free(sl->term);
     }
-    return rc;
+    free(c.slot);
+    if (rc) {
+        stats_words_free(w, *n);
+        *n = 0;
+        return rc;
+    }
+    if (*n) qsort(w, *n, sizeof *w, cmp_word);
+    *out = w;
+    return 0;
 }
 
 /* Brings st's passage count and sample up to date (on db, without st's lock held); *total gets the
@@ -556,6 +480,7 @@ static int stats_refresh(chat_db *db, chat_kb_stats *st, long long *total, char 
         st->total_at_ms = now;
         pthread_mutex_unlock(&st->mu);
     }
+    if (*total < STATS_MIN_PASSAGES) return 0;
     pthread_mutex_lock(&st->mu);
     for (;;) {
         bool have = st->sample_at_ms != 0;
@@ -572,40 +497,38 @@ static int stats_refresh(chat_db *db, chat_kb_stats *st, long long *total, char 
     }
     st->sampling = true;
     pthread_mutex_unlock(&st->mu);
-    sample_result r;
-    int rc = sample_read(db, st->common_pct, *total, &r, err, errlen);
+    stats_word *w, *old = NULL;
+    size_t n, nold = 0;
+    int rc = sample_common(db, st->common_pct, *total, &w, &n, err, errlen);
     pthread_mutex_lock(&st->mu);
     st->sampling = false;
     pthread_cond_broadcast(&st->sampled);
-    if (!rc) { /* swap: r then holds the old lists */
-        stats_word *w = st->common, *t = st->titles;
-        size_t nw = st->ncommon, nt = st->ntitles;
-        st->common = r.common, st->ncommon = r.ncommon;
-        st->titles = r.titles, st->ntitles = r.ntitles;
-        st->title_rows = r.title_rows, st->title_n = (double)r.title_n;
-        r.common = w, r.ncommon = nw, r.titles = t, r.ntitles = nt;
+    if (!rc) {
+        old = st->common, nold = st->ncommon;
+        st->common = w, st->ncommon = n;
         st->sample_total = *total;
         st->sample_at_ms = now;
     }
     pthread_mutex_unlock(&st->mu);
-    if (!rc) stats_words_free(r.common, r.ncommon), stats_words_free(r.titles, r.ntitles);
+    stats_words_free(old, nold);
     return rc;
 }
 
-/* The share of term in the sorted words w[0..n), 0 when it is not there (under st->mu). */
-static double word_share(const stats_word *w, size_t n, const char *term)
+/* The share of the sampled passages that have term, 0 when it is not common (under st->mu). */
+static double stats_share(const chat_kb_stats *st, const char *term)
 {
     stats_word key = {(char *)term, 0};
-    const stats_word *f = n ? bsearch(&key, w, n, sizeof key, cmp_word) : NULL;
-    return f ? f->share : 0;
+    const stats_word *w = st->ncommon ? bsearch(&key, st->common, st->ncommon, sizeof key, cmp_word) : NULL;
+    return w ? w->share : 0;
 }
 
 /* The sanitised terms without the common ones (at least the rarest one stays). Caller frees. */
 static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms, char *err, size_t errlen)
 {
+    if (st->common_pct <= 0) return strdup(terms);
     long long total;
-    if (stats_refresh(db, st, &total, err, errlen)) return NULL; /* also the title words, for any size */
-    if (st->common_pct <= 0 || total < STATS_MIN_PASSAGES) return strdup(terms);
+    if (stats_refresh(db, st, &total, err, errlen)) return NULL;
+    if (total < STATS_MIN_PASSAGES) return strdup(terms);
     chat_buf out;
     chat_buf_init(&out);
     char rarest[KB_MAX_TERM_BYTES + 1] = "";
@@ -619,7 +542,7 @@ static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms
         memcpy(term, p, len);
         term[len] = '\0';
         p += len + (sp ? 1 : 0);
-        double share = word_share(st->common, st->ncommon, term);
+        double share = stats_share(st, term);
         if (share < rarest_share) rarest_share = share, snprintf(rarest, sizeof rarest, "%s", term);
         /* codes that mix letters and digits (E42, V6) are specific even when frequent */
         if (share > 0 && !(strpbrk(term, "0123456789") && strpbrk(term, "abcdefghijklmnopqrstuvwxyz"))) continue;
@@ -658,10 +581,10 @@ static char *query_terms(chat_db *db, const chat_kb_query *q, int *rc, char *err
     return kept;
 }
 
-/* The text matches with MariaDB's ranking, the title's relevance a second full-text search
- * (SQL_TEXT): for a search without stats, which has no title words to rank with. */
-static int search_text_sql(chat_db *db, const chat_kb_query *q, const char *terms, collect_ctx *ctx, char *err,
-                           size_t errlen)
+/* The text matches, ranked with the model and agent factors; in boolean mode when natural-language
+ * mode found nothing. */
+static int search_text(chat_db *db, const chat_kb_query *q, const char *terms, collect_ctx *ctx, char *err,
+                       size_t errlen)
 {
     chat_db_param model = q->model_id && *q->model_id ? CHAT_DB_P_STR(q->model_id) : CHAT_DB_P_NULL();
     chat_db_param agent = q->agent && *q->agent ? CHAT_DB_P_STR(q->agent) : CHAT_DB_P_NULL();
@@ -671,172 +594,6 @@ static int search_text_sql(chat_db *db, const chat_kb_query *q, const char *term
     int rc = chat_db_run(db, SQL_TEXT, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
     if (!rc && ctx->out->n == before)
         rc = chat_db_run(db, SQL_TEXT_ANY, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
-    return rc;
-}
-
-/* The question's words with the weight of each in a title: InnoDB's idf over titles. */
-typedef struct title_terms {
-    char words[KB_MAX_TERMS * (KB_MAX_TERM_BYTES + 1)];
-    const char *term[KB_MAX_TERMS];
-    double idf[KB_MAX_TERMS];
-    size_t n;
-} title_terms;
-
-/* Splits terms (space-separated) into tt and weighs each word as InnoDB's full-text search does
- * (fts_query_calculate_idf): idf = log10(N / df), N the passages as InnoDB counts them, df the titles
- * that have the word, both as of the last sample; a word in no title then is taken to be in one (a
- * passage added since has it); df = N weighs log10(1.0001). */
-static void title_terms_init(title_terms *tt, chat_kb_stats *st, const char *terms)
-{
-    snprintf(tt->words, sizeof tt->words, "%s", terms);
-    tt->n = 0;
-    pthread_mutex_lock(&st->mu);
-    double n = st->title_n >= 1 ? st->title_n : 1;
-    for (char *w = tt->words, *sp; w && *w && tt->n < KB_MAX_TERMS; w = sp) {
-        sp = strchr(w, ' ');
-        if (sp) *sp++ = '\0';
-        double share = word_share(st->titles, st->ntitles, w);
-        double df = share > 0 ? floor(share * st->title_rows + 0.5) : 1;
-        tt->term[tt->n] = w;
-        tt->idf[tt->n] = df == n ? log10(1.0001) : log10(n / df);
-        tt->n++;
-    }
-    pthread_mutex_unlock(&st->mu);
-}
-
-/* A title's relevance to tt as InnoDB's natural-language MATCH(title) reports it: the sum over the
- * question's words of tf * idf * idf (tf: the word's occurrences in the title), summed in single
- * precision as InnoDB does. The title is tokenised as a question is (next_word), which is how the
- * question's words were made: ASCII case folded, any other byte kept. */
-static double title_rank(const title_terms *tt, const char *title, size_t len)
-{
-    unsigned tf[KB_MAX_TERMS] = {0};
-    char word[KB_MAX_TERM_BYTES + 1];
-    size_t i = 0;
-    while (next_word((const unsigned char *)title, len, &i, word) > 0)
-        for (size_t t = 0; t < tt->n; t++)
-            if (!strcmp(word, tt->term[t])) {
-                tf[t]++;
-                break;
-            }
-    float rank = 0;
-    for (size_t t = 0; t < tt->n; t++)
-        if (tf[t]) rank += (float)((double)tf[t] * tt->idf[t] * tt->idf[t]);
-    return rank;
-}
-
-/* The candidates: the KB_CANDIDATES best full-text matches with what ranking needs, no body. */
-#define SQL_CAND_IN(MODE, CANDIDATES)                                                                     \
-    "SELECT SQL_CACHE id, title, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN " MODE "), "       \
-    KB_RELEVANCE_MAX ") FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN " MODE ") " CANDIDATES
-static const char SQL_CAND[] = SQL_CAND_IN("NATURAL LANGUAGE MODE", "LIMIT " KB_CANDIDATES);
-static const char SQL_CAND_ANY[] = SQL_CAND_IN("BOOLEAN MODE", "");
-
-typedef struct kb_cand {
-    long long id;
-    double score, raw;
-} kb_cand;
-
-typedef struct cand_ctx {
-    const chat_kb_query *q;
-    const title_terms *tt;
-    kb_cand *c;
-    size_t n, cap;
-} cand_ctx;
-
-/* Columns: id, title, agent, model_id, relevance. Scores the row as SQL_TEXT does. */
-static int cand_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    (void)ncols;
-    cand_ctx *c = ud;
-    if (c->n == c->cap && chat_array_reserve(&c->c, &c->cap, c->n, sizeof *c->c)) return CHAT_ENOMEM;
-    const char *qm = c->q->model_id && *c->q->model_id ? c->q->model_id : NULL;
-    const char *qa = c->q->agent && *c->q->agent ? c->q->agent : NULL;
-    double raw = (v[4] ? atof(v[4]) : 0) + atof(KB_TITLE_WEIGHT) * title_rank(c->tt, v[1] ? v[1] : "", lens[1]);
-    if (raw > atof(KB_RELEVANCE_MAX)) raw = atof(KB_RELEVANCE_MAX);
-    double mf = !qm || !v[3] ? 1 : !strcasecmp(v[3], qm) ? atof(KB_OWN_MODEL_FACTOR) : atof(KB_OTHER_MODEL_FACTOR);
-    double af = !qa || !v[2] || !strcasecmp(v[2], qa) ? 1 : atof(KB_OTHER_AGENT_FACTOR);
-    kb_cand *k = &c->c[c->n++];
-    k->id = atoll(v[0]);
-    k->raw = raw;
-    k->score = raw * mf * af;
-    return 0;
-}
-
-static int cmp_cand(const void *a, const void *b)
-{
-    const kb_cand *x = a, *y = b;
-    if (x->score != y->score) return x->score > y->score ? -1 : 1;
-    return x->id < y->id ? -1 : x->id > y->id;
-}
-
-/* The winners' passages by key, in the winners' order, into ctx (skipping those it has already, up to its
- * cap). The statement has one placeholder per passage a search returns (padded with the first id), so
- * its text, and so its prepared statement, is one per k. A winner deleted since it was ranked is left
- * out. */
-static int fetch_winners(chat_db *db, const kb_cand *w, size_t n, collect_ctx *ctx, char *err, size_t errlen)
-{
-    char sql[160 + 2 * KB_K_MAX];
-    size_t slots = ctx->cap, len;
-    len = (size_t)snprintf(sql, sizeof sql,
-                           "SELECT SQL_CACHE id, source, title, agent, model_id, body, 0, 0 FROM kb_documents"
-                           " WHERE id IN (?");
-    for (size_t i = 1; i < slots; i++) len += (size_t)snprintf(sql + len, sizeof sql - len, ",?");
-    snprintf(sql + len, sizeof sql - len, ")");
-    chat_db_param p[KB_K_MAX];
-    for (size_t i = 0; i < slots; i++) p[i] = CHAT_DB_P_INT(w[i < n ? i : 0].id);
-    chat_kb_result got = {0};
-    got.items = calloc(slots, sizeof *got.items);
-    if (!got.items) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    collect_ctx gc = {&got, slots};
-    int rc = chat_db_run(db, sql, p, (int)slots, collect_row, &gc, NULL, NULL, err, errlen);
-    if (rc == CHAT_ENOMEM) chat_fail(err, errlen, rc, "out of memory");
-    chat_kb_result *out = ctx->out;
-    for (size_t i = 0; !rc && i < n && out->n < ctx->cap; i++) {
-        bool dup = false;
-        for (size_t j = 0; j < out->n && !dup; j++) dup = out->items[j].id == w[i].id;
-        for (size_t j = 0; !dup && j < got.n; j++) {
-            if (got.items[j].id != w[i].id || !got.items[j].body) continue;
-            out->items[out->n] = got.items[j];
-            out->items[out->n].score = w[i].score;
-            memset(&got.items[j], 0, sizeof got.items[j]); /* moved */
-            if (w[i].raw > out->top_raw) out->top_raw = w[i].raw;
-            out->n++;
-            break;
-        }
-    }
-    got.top_raw = 0;
-    chat_kb_result_clear(&got);
-    return rc;
-}
-
-/* The text matches ranked in C: the candidates' statement (one full-text search, over title and body),
- * the title's relevance from the title words read with the sample (title_rank), the model and agent factors, then
- * the winners' bodies by key. The same ranking as SQL_TEXT, without its second full-text search
- * (MATCH(title) read the title index's posting lists for every question: docs/benchmarks.md). In
- * boolean mode when natural-language mode found nothing. */
-static int search_text(chat_db *db, const chat_kb_query *q, const char *terms, collect_ctx *ctx, char *err,
-                       size_t errlen)
-{
-    if (!q->stats) return search_text_sql(db, q, terms, ctx, err, errlen);
-    title_terms *tt = malloc(sizeof *tt);
-    if (!tt) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    title_terms_init(tt, q->stats, terms);
-    chat_db_param t = CHAT_DB_P_STR(terms);
-    chat_db_param p[] = {t, t};
-    cand_ctx c = {q, tt, NULL, 0, 0};
-    size_t before = ctx->out->n;
-    int rc = 0;
-    for (int pass = 0; !rc && pass < 2 && ctx->out->n == before; pass++) {
-        c.n = 0;
-        rc = chat_db_run(db, pass ? SQL_CAND_ANY : SQL_CAND, p, 2, cand_row, &c, NULL, NULL, err, errlen);
-        if (rc == CHAT_ENOMEM) chat_fail(err, errlen, rc, "out of memory");
-        if (rc || !c.n) continue;
-        qsort(c.c, c.n, sizeof *c.c, cmp_cand);
-        rc = fetch_winners(db, c.c, c.n < ctx->cap ? c.n : ctx->cap, ctx, err, errlen);
-    }
-    free(c.c);
-    free(tt);
     return rc;
 }
 

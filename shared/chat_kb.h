@@ -30,13 +30,9 @@ typedef struct chat_kb_result {
 /* Which words are common, from a sample of the passages. With it, chat_kb_search drops the words that
  * occur in a large share of a large knowledge base ("engine" in half of 100,000 passages): they barely
  * change the ranking but make the server score every passage that contains them. Below 1,000 passages
- * nothing is dropped. With the sample every title is read, for the title words' weights: with stats, a
- * search computes the title's relevance itself instead of running a second full-text search over the
- * titles (the same ranking, one full-text search and one read of the winners by key per question). The
- * sample (about
- * 4,096 passages spread over the table, every passage of a smaller one) is read on the caller's
- * connection at the first search and every 10 minutes, or when the passage count moved by a quarter;
- * a search itself runs no statement for its words. Thread-safe: the
+ * nothing is dropped. The sample (about 4,096 passages spread over the table, every passage of a smaller
+ * one) is read on the caller's connection at the first search and every 10 minutes, or when the
+ * passage count moved by a quarter; a search itself runs no statement for its words. Thread-safe: the
  * threads of a process share one, so the sample is read once per process, not once per connection
  * (outside its lock; while one thread reads a new sample the others use the old one). */
 typedef struct chat_kb_stats chat_kb_stats;
@@ -51,7 +47,7 @@ typedef struct chat_kb_query {
     const char *model_id;   /* favour passages of this model over other models'; NULL = none */
     const char *fault_code; /* e.g. "E42": the passages naming it first; NULL = none */
     size_t k;               /* max passages, clamped to 1..50 */
-    chat_kb_stats *stats;   /* NULL = search with every word, the title ranked by MariaDB (two searches) */
+    chat_kb_stats *stats;   /* NULL = search with every word */
 } chat_kb_query;
 
 /* Searches; out is filled (possibly with n = 0), best first. Caller clears out with chat_kb_result_clear

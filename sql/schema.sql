@@ -54,9 +54,8 @@ CREATE TABLE IF NOT EXISTS appointments (
 -- edit is never seen half done, a COMMIT is seen by the next question) and Galera replicates it. Its
 -- FULLTEXT indexes are the retrieval (InnoDB full-text search, which needs innodb_ft_min_token_size=1
 -- and innodb_ft_enable_stopword=0 on the server: sql/README.md; the services report a server without).
--- Nothing references it with a foreign key. Retrieval adds the title's own relevance (as ft_kb_title ranks it,
--- computed by the application from the titles' words: one full-text search per question) to the
--- passage's, so "Engine and Power" wins an engine question over an overview that repeats the model
+-- Nothing references it with a foreign key. Retrieval adds the title's own relevance (ft_kb_title) to
+-- the passage's, so "Engine and Power" wins an engine question over an overview that repeats the model
 -- name. Migration 002 made a table created before it Aria, migration 004 makes it InnoDB again.
 CREATE TABLE IF NOT EXISTS kb_documents (
   id         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
