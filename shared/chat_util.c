@@ -252,6 +252,15 @@ const char *chat_strcasestr(const char *hay, const char *needle)
     return NULL;
 }
 
+bool chat_id_equal(const char *a, const char *b) { return strcasecmp(a, b) == 0; }
+
+uint64_t chat_id_hash(uint64_t h, const char *id)
+{
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)tolower((unsigned char)*p)) * 1099511628211ull;
+    return h;
+}
+
 char *chat_strdup0(const char *s) { return s ? strdup(s) : NULL; }
 
 void chat_handle_stop_signals(void (*handler)(int))

@@ -65,6 +65,14 @@ int64_t chat_now_us(void);
 #define CHAT_ID_MAX 64
 bool chat_id_valid(const char *s);
 
+/* Session ids compare as the database compares them: its utf8mb4_unicode_ci over [A-Za-z0-9._:-] is
+ * ASCII case folding, so "Trip-1" and "trip-1" name one conversation (as a UUID is one whatever its
+ * case). Every table kept in memory by session id (a worker's held answers, the streamer's followers and
+ * jobs) compares with chat_id_equal and hashes with chat_id_hash, so it agrees with the history. */
+bool chat_id_equal(const char *a, const char *b);
+/* FNV-1a step over the case-folded id, from h (the running hash of what comes before it). */
+uint64_t chat_id_hash(uint64_t h, const char *id);
+
 /* Case-insensitive ASCII substring search; NULL when absent. */
 const char *chat_strcasestr(const char *hay, const char *needle);
 

@@ -668,7 +668,7 @@ static sb_job *local_answer(sb_broker *b, const char *user, const char *session)
     sb_job *best = NULL;
     for (size_t i = 0; i < b->jobs.cap; i++) {
         sb_job *j = b->jobs.slots[i].key ? b->jobs.slots[i].val : NULL;
-        if (!j || j->sub || strcmp(j->spec->session_id, session) || strcmp(j->spec->user_id, user)) continue;
+        if (!j || j->sub || !chat_id_equal(j->spec->session_id, session) || strcmp(j->spec->user_id, user)) continue;
         if (!best || j->id > best->id) best = j;
     }
     return best;
@@ -681,7 +681,8 @@ static void sub_start(sb_broker *b, sb_job *job)
 {
     sb_sub *sub = job->sub;
     sb_job *t = sub->target ? sm_get(&b->jobs, sub->target) : NULL;
-    if (t && (t->sub || strcmp(t->spec->user_id, sub->att.user_id) || strcmp(t->spec->session_id, sub->att.session_id)))
+    if (t && (t->sub || strcmp(t->spec->user_id, sub->att.user_id) ||
+              !chat_id_equal(t->spec->session_id, sub->att.session_id)))
         t = NULL;
     if (!t && sub->resume) t = local_answer(b, sub->att.user_id, sub->att.session_id);
     if (t && !t->worker) {

@@ -1,5 +1,6 @@
 /* The attachment registry (see streamer_sessions.h): groups of members per (user, session), in a chained
- * hash table on "user\0session". */
+ * hash table on "user\0session". The session id compares as the database compares it (chat_id_equal,
+ * chat_id_hash: case-folded), the user byte for byte. */
 #include "streamer_sessions.h"
 
 #include <stdint.h>
@@ -8,6 +9,7 @@
 
 #include "chat_common.h"
 #include "chat_list.h"
+#include "chat_util.h"
 
 typedef struct ss_group {
     struct ss_group *hnext;
@@ -36,9 +38,7 @@ static uint64_t key_hash(const char *user, const char *session)
     for (const char *p = user; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ull;
     h = (h ^ 0xff) * 1099511628211ull;
-    for (const char *p = session; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    return h;
+    return chat_id_hash(h, session);
 }
 
 ss_registry *ss_new(void)
@@ -74,7 +74,7 @@ static ss_group *find(const ss_registry *r, const char *user, const char *sessio
     size_t ul = strlen(user), sl = strlen(session);
     for (ss_group *g = r->buckets[h & (r->nbuckets - 1)]; g; g = g->hnext)
         if (g->hash == h && g->ulen == ul && g->slen == sl && !memcmp(g->key, user, ul) &&
-            !memcmp(g->key + ul + 1, session, sl))
+            chat_id_equal(g->key + ul + 1, session))
             return g;
     return NULL;
 }
@@ -145,7 +145,7 @@ int ss_attach(ss_registry *r, ss_member **mp, const char *user_id, const char *s
     ss_member *m = *mp;
     if (m) {
         const ss_group *g = m->group;
-        if (!strcmp(g->key, user_id) && !strcmp(g->key + g->ulen + 1, session_id)) return 0;
+        if (!strcmp(g->key, user_id) && chat_id_equal(g->key + g->ulen + 1, session_id)) return 0;
         ss_detach(r, mp);
     }
     ss_group *g = group_get(r, user_id, session_id);

@@ -899,7 +899,7 @@ static void deliver_frame(sess *s, sb_event *e)
         e = cancelled_complete(s, e); /* the worker was lost after the cancel */
     if (terminal) {
         remember_session(s, e->session_id);
-        if (x->job_resume && e->error && !strcmp(ss_session(s->att) ? ss_session(s->att) : "", x->job_session))
+        if (x->job_resume && e->error && chat_id_equal(ss_session(s->att) ? ss_session(s->att) : "", x->job_session))
             ss_detach(S.reg, &s->att); /* refused: it follows nothing of it */
         x_uncount(s);
         sm_del(&S.jobs, id);
@@ -1115,7 +1115,7 @@ static void cancel_followed(void *conn, void *ud)
 {
     sess *o = conn;
     cancel_ctx *c = ud;
-    if (c->done || !o->x || !o->x->job_id || strcmp(o->x->job_session, c->session_id)) return;
+    if (c->done || !o->x || !o->x->job_id || !chat_id_equal(o->x->job_session, c->session_id)) return;
     o->x->cancel_sent = true;
     sb_broker_cancel(S.broker, o->x->job_id);
     c->done = true;
@@ -1126,7 +1126,7 @@ static void cancel_followed(void *conn, void *ud)
 static void handle_cancel(sess *s, const char *session_id)
 {
     sess_x *x = s->x;
-    bool mine = x && x->job_id && (!session_id || !strcmp(x->job_session, session_id));
+    bool mine = x && x->job_id && (!session_id || chat_id_equal(x->job_session, session_id));
     if (mine) {
         if (!x->cancel_sent) {
             x->cancel_sent = true;

@@ -719,7 +719,7 @@ static slot *answer_of(worker *w, const char *user_id, const char *session_id, c
     for (int i = 0; i < w->n_slots; i++) {
         slot *s = &w->slots[i];
         if (!s->busy || s->terminal_sent || strcmp(s->job->user_id, user_id) ||
-            strcmp(s->job->session_id, session_id))
+            !chat_id_equal(s->job->session_id, session_id))
             continue;
         if (*answer_id && !strcmp(s->job->request_id, answer_id)) return s;
         if (!found) found = s;

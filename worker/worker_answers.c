@@ -5,7 +5,7 @@
  * stays O(1) at the bound) threaded on one list in completion order: expiry and eviction take from its
  * old end, a session's newer answer replaces its older one. Keyed by the user too, as the sessions are
  * (chat_memory.h): another user's answer in a session of the same id neither replaces nor is found for
- * this user's. */
+ * this user's. Session ids compare as the database compares them (chat_id_equal): case-folded. */
 #include "worker_answers.h"
 
 #include <stdlib.h>
@@ -132,13 +132,11 @@ struct wa_store {
 
 static uint64_t hash(const char *user_id, const char *session_id)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a over user, a NUL, session */
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over user, a NUL, session (case-folded: chat_id_hash) */
     for (const char *s = user_id; *s; s++)
         h = (h ^ (unsigned char)*s) * 1099511628211ull;
     h *= 1099511628211ull;
-    for (const char *s = session_id; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return chat_id_hash(h, session_id);
 }
 
 wa_store *wa_store_new(int64_t retention_ms, size_t max_kept)
@@ -202,7 +200,7 @@ void wa_store_expire(wa_store *s, int64_t now_ms)
 static wa_kept *lookup(wa_store *s, const char *user_id, const char *session_id)
 {
     for (wa_kept *k = s->buckets[hash(user_id, session_id) & (s->nbuckets - 1)]; k; k = k->hnext)
-        if (!strcmp(k->session_id, session_id) && !strcmp(k->user_id, user_id)) return k;
+        if (chat_id_equal(k->session_id, session_id) && !strcmp(k->user_id, user_id)) return k;
     return NULL;
 }
 

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -2753,6 +2754,30 @@ static void test_resume_after_drop(void **state)
     chat_wsc_close(d, 1000, NULL);
 }
 
+/* A session id names its conversation whatever its case, in the worker's held answers as in the stored
+ * history: a resume naming the session in capitals gets the answer in flight, whole. */
+static void test_resume_other_case(void **state)
+{
+    (void)state;
+    answer before, after;
+    chat_wsc *c = ask_partly(NULL, 2, &before);
+    chat_wsc_close(c, 0, NULL);
+    char upper[sizeof before.session_id];
+    snprintf(upper, sizeof upper, "%s", before.session_id);
+    for (char *p = upper; *p; p++)
+        *p = (char)toupper((unsigned char)*p);
+    assert_string_not_equal(upper, before.session_id);
+    chat_wsc *d = ws_open_on(R.port, E.alice);
+    resume_into(d, upper, (long long)before.seq, before.answer_id, &after);
+    assert_string_equal(jstr(after.resumed, "answer_id"), before.answer_id);
+    collect(d, &after, ANSWER_MS, NULL, NULL);
+    assert_whole(&before, &after);
+    assert_stored(before.session_id, 1, jstr(after.complete, "response"));
+    answer_clear(&before);
+    answer_clear(&after);
+    chat_wsc_close(d, 1000, NULL);
+}
+
 /* A client that drops with nobody following its answer: the answer is finished and stored whole. */
 static void test_drop_finishes_answer(void **state)
 {
@@ -3293,6 +3318,7 @@ int main(void)
         cmocka_unit_test(test_cancel_then_worker_lost),
         cmocka_unit_test(test_slow_reader),
         cmocka_unit_test_setup(test_resume_after_drop, resume_setup),
+        cmocka_unit_test_setup(test_resume_other_case, resume_setup),
         cmocka_unit_test_setup(test_drop_finishes_answer, resume_setup),
         cmocka_unit_test_setup(test_resume_finished_answer, resume_setup),
         cmocka_unit_test_setup(test_two_tabs, resume_setup),

@@ -74,6 +74,28 @@ static void test_attach_move_detach(void **state)
     ss_free(NULL);
 }
 
+/* The session id compares as the database compares it: "Trip-1" and "TRIP-1" are one conversation, one
+ * group with both members; the user still counts byte for byte. */
+static void test_session_case(void **state)
+{
+    (void)state;
+    ss_registry *r = ss_new();
+    char a = 'a', b = 'b', c = 'c';
+    ss_member *ma = NULL, *mb = NULL, *mc = NULL;
+    assert_int_equal(ss_attach(r, &ma, "alice", "Trip-1", &a), 0);
+    assert_int_equal(ss_attach(r, &mb, "alice", "TRIP-1", &b), 0);
+    assert_int_equal(ss_attach(r, &mc, "Alice", "trip-1", &c), 0);
+    assert_int_equal(ss_groups(r), 2);
+    assert_int_equal(followers(r, "alice", "trip-1", NULL), 2);
+    ss_member *before = ma;
+    assert_int_equal(ss_attach(r, &ma, "alice", "tRIP-1", &a), 0); /* the same conversation: no move */
+    assert_ptr_equal(ma, before);
+    ss_detach(r, &ma);
+    ss_detach(r, &mb);
+    ss_detach(r, &mc);
+    ss_free(r);
+}
+
 static void test_many(void **state)
 {
     (void)state;
@@ -99,6 +121,7 @@ static void test_many(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_attach_move_detach), cmocka_unit_test(test_many)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_attach_move_detach), cmocka_unit_test(test_session_case),
+                                        cmocka_unit_test(test_many)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

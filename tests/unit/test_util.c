@@ -87,6 +87,12 @@ static void test_ids(void **state)
     assert_false(chat_id_valid(long_id));
     long_id[64] = '\0';
     assert_true(chat_id_valid(long_id));
+    /* ids compare and hash case-folded, as the database's collation compares them */
+    assert_true(chat_id_equal("Trip-1", "tRIP-1"));
+    assert_false(chat_id_equal("trip-1", "trip_1"));
+    assert_false(chat_id_equal("trip-1", "trip-10"));
+    assert_true(chat_id_hash(7, "Trip-1") == chat_id_hash(7, "TRIP-1"));
+    assert_true(chat_id_hash(7, "trip-1") != chat_id_hash(7, "trip-2"));
 }
 
 static void test_buf(void **state)

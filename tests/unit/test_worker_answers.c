@@ -223,6 +223,24 @@ static void test_store_per_user(void **state)
     wa_store_free(st);
 }
 
+/* A session id names one conversation whatever its case, as in the database (chat_id_equal): an answer
+ * kept under "Trip-1" is found for "TRIP-1" and replaced by the one of "trip-1"; the user still counts
+ * byte for byte. */
+static void test_store_session_case(void **state)
+{
+    (void)state;
+    wa_store *st = wa_store_new(1000, 10);
+    put_of(st, "alice", "Trip-1", "a1", "first", 0);
+    const wa_kept *k = wa_store_find(st, "alice", "TRIP-1", 10);
+    assert_non_null(k);
+    assert_string_equal(k->answer_id, "a1");
+    put_of(st, "alice", "trip-1", "a2", "second", 20);
+    assert_int_equal(wa_store_count(st), 1);
+    assert_string_equal(wa_store_find(st, "alice", "Trip-1", 30)->answer_id, "a2");
+    assert_null(wa_store_find(st, "ALICE", "trip-1", 30));
+    wa_store_free(st);
+}
+
 /* Many sessions in one store: lookups find each, collisions in a bucket included. */
 static void test_store_many(void **state)
 {
@@ -258,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_subs),
         cmocka_unit_test(test_store),
         cmocka_unit_test(test_store_per_user),
+        cmocka_unit_test(test_store_session_case),
         cmocka_unit_test(test_store_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
