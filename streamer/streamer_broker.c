@@ -13,6 +13,12 @@
  * - A worker is one process with one DEALER and several slots (its READY says how many). Jobs go only to
  *   live workers with a free slot, the least loaded first. A job waits in one bounded FIFO with a
  *   deadline when all are busy; with no live worker at all it fails at once (OVERLOADED), never hangs.
+ * - Except while the broker is new (CHAT_STREAMER_START_WAIT_MS, 3 s: more than a worker takes to find
+ *   a restarted streamer, CHAT_WIRE_DEAD_MS plus its reconnect interval): a streamer restarted under
+ *   running workers would otherwise refuse every message until they are back, and answer a resume from
+ *   the workers back so far, missing an answer held by one still reconnecting. In that window a message
+ *   waits in the queue for a worker; a subscription that finds no answer in flight (or no worker yet)
+ *   settles only when the window ends, after asking the workers that came back meanwhile.
  * - A worker silent for CHAT_WIRE_DEAD_MS is dead. Its job is retried once on another worker if no token
  *   reached the client yet, otherwise the client gets PROCESSING_ERROR. Progress steps already sent are
  *   not repeated by the retry, and the pipeline's own "starting" is dropped (the streamer sent it).
@@ -31,7 +37,8 @@
  * - Workers on other hosts: CurveZMQ, set up by chat_curve_server before the bind (chat_curve.h).
  *
  * Settings beyond chat_config (streamer-only, read here): CHAT_STREAMER_QUEUE_MAX (jobs waiting for a
- * worker, default 1024) and CHAT_STREAMER_QUEUE_WAIT_MS (how long one may wait, default 5000). */
+ * worker, default 1024), CHAT_STREAMER_QUEUE_WAIT_MS (how long one may wait, default 5000) and
+ * CHAT_STREAMER_START_WAIT_MS (the new broker's window above, default 3000; 0: none). */
 #include "streamer_broker.h"
 
 #include <errno.h>
@@ -70,6 +77,7 @@ typedef struct sb_sub {
     struct sb_job *parked_on; /* waiting for this queued job to reach a worker */
     struct sb_job *parked_next;
     uint64_t *asked;      /* ids of the workers whose ATTACHED is awaited */
+    uint64_t asked_upto;  /* every worker of an id up to this one was asked (ids grow) */
     size_t n_asked, cap_asked;
     char *answer_id;      /* of the answer followed (owned), once settled */
     /* The youngest FINISHED heard so far, kept until every worker asked has answered. */
@@ -135,6 +143,9 @@ struct sb_broker {
     bool stopped;          /* sb_broker_stop: commands only queue, nobody is called any more */
     bool in_run;           /* inside sb_broker_run: a command queued now is run before it returns */
     int64_t next_hb_ms;
+    int64_t warm_until_ms; /* the start window: workers not back yet are waited for */
+    uint64_t *early;       /* ids of the subscriptions that start when the window ends */
+    size_t n_early, cap_early;
 
     sb_cmd *cmd_head, *cmd_tail;
     sb_event *ev_head, *ev_tail; /* waiting for sb_broker_take_events */
@@ -622,6 +633,7 @@ static sb_worker *worker_checker(sb_broker *b)
 }
 
 static void sub_settle(sb_broker *b, sb_job *job);
+static void sub_settle_or_wait(sb_broker *b, sb_job *job);
 
 /* Asks every worker (a retiring one still finishes and keeps its answers); for a resume, one of them
  * also looks the session's owner up in case nobody holds anything. */
@@ -631,12 +643,9 @@ static void sub_ask_all(sb_broker *b, sb_job *job)
     for (sb_worker *w = b->workers; w; w = w->next)
         if (sub_ask(b, job, w, w == checker))
             chat_log_warn("broker: ATTACH for %" PRIu64 " not sent to worker pid %d", job->id, w->pid);
+    job->sub->asked_upto = b->next_worker_id;
     if (job->sub->n_asked) return;
-    if (!b->workers) {
-        job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
-        return;
-    }
-    sub_settle(b, job);
+    sub_settle_or_wait(b, job);
 }
 
 /* A queued job reached w: its waiting subscriptions ask w. */
@@ -809,7 +818,7 @@ static void handle_attached(sb_broker *b, sb_worker *w, const chat_wire_attached
     case CHAT_WIRE_ATT_NONE:
         break;
     }
-    if (!sub->n_asked) sub_settle(b, job);
+    if (!sub->n_asked) sub_settle_or_wait(b, job);
 }
 
 /* w is gone: the subscriptions still waiting for its ATTACHED stop waiting (collected first: settling
@@ -826,13 +835,81 @@ static void sub_forget_worker(sb_broker *b, sb_worker *w)
     }
     for (size_t i = 0; i < n; i++) {
         sb_job *j = sm_get(&b->jobs, ids[i]);
-        if (j) sub_settle(b, j);
+        if (j) sub_settle_or_wait(b, j);
     }
     free(ids);
 }
 
 
 /* ---------------------------------------------------------------- commands from the loop's side */
+
+/* A subscription starts: to the answer it names, or asking every worker. Retiring workers still hold
+ * answers: only none at all is a refusal, and not while the broker is new (the workers may be on their
+ * way: it waits for the window's end). */
+static void sub_begin(sb_broker *b, sb_job *job)
+{
+    if (b->workers)
+        sub_start(b, job);
+    else if (chat_now_ms() < b->warm_until_ms)
+        sub_settle_or_wait(b, job);
+    else
+        job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
+}
+
+/* Every worker asked has answered and none streams the answer: settle, unless the broker is new, when a
+ * worker not back yet may hold it. Then the subscription waits for the window's end (early_subs_end). */
+static void sub_settle_or_wait(sb_broker *b, sb_job *job)
+{
+    if (chat_now_ms() >= b->warm_until_ms) {
+        sub_settle(b, job);
+        return;
+    }
+    if (b->n_early == b->cap_early) {
+        size_t cap = b->cap_early ? 2 * b->cap_early : 64;
+        uint64_t *n = realloc(b->early, cap * sizeof *n);
+        if (!n) {
+            sub_settle(b, job); /* what is known now, rather than nothing */
+            return;
+        }
+        b->early = n, b->cap_early = cap;
+    }
+    b->early[b->n_early++] = job->id;
+}
+
+/* The start window is over: each subscription that waited asks the workers that came back since it
+ * asked (the first time, if it found none), and settles once they have answered. One whose client left
+ * meanwhile is dropped. */
+static void early_subs_end(sb_broker *b, int64_t now)
+{
+    if (!b->n_early || now < b->warm_until_ms) return;
+    uint64_t *ids = b->early;
+    size_t n = b->n_early;
+    b->early = NULL, b->n_early = b->cap_early = 0;
+    for (size_t i = 0; i < n; i++) {
+        sb_job *job = sm_get(&b->jobs, ids[i]);
+        if (!job || !job->sub || job->sub->decided) continue;
+        sb_sub *sub = job->sub;
+        if (job->gone) {
+            job_drop(b, job);
+            continue;
+        }
+        if (!sub->asked_upto) { /* no worker when it came */
+            sub_begin(b, job);
+            continue;
+        }
+        bool checker_needed = sub->resume && !sub->unknown && !sub->held;
+        for (sb_worker *w = b->workers; w; w = w->next) {
+            if (w->id <= sub->asked_upto) continue;
+            if (sub_ask(b, job, w, checker_needed))
+                chat_log_warn("broker: ATTACH for %" PRIu64 " not sent to worker pid %d", job->id, w->pid);
+            else
+                checker_needed = false;
+        }
+        sub->asked_upto = b->next_worker_id;
+        if (!sub->n_asked) sub_settle(b, job);
+    }
+    free(ids);
+}
 
 static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
 {
@@ -842,14 +919,11 @@ static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
         sb_job_free(job);
         return;
     }
-    if (job->sub) { /* retiring workers still hold answers: only none at all is a refusal */
-        if (!b->workers)
-            job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
-        else
-            sub_start(b, job);
+    if (job->sub) {
+        sub_begin(b, job);
         return;
     }
-    if (atomic_load(&b->n_live) == 0) {
+    if (atomic_load(&b->n_live) == 0 && now >= b->warm_until_ms) {
         job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
         return;
     }
@@ -1084,8 +1158,9 @@ static void heartbeat(sb_broker *b, int64_t now)
 
 static void expire_queue(sb_broker *b, int64_t now)
 {
-    /* With no live worker left, nothing queued can run: fail it now rather than at its deadline. */
-    bool none = atomic_load(&b->n_live) == 0;
+    /* With no live worker left, nothing queued can run: fail it now rather than at its deadline (after the
+     * start window: in it, workers may still be on their way). */
+    bool none = atomic_load(&b->n_live) == 0 && now >= b->warm_until_ms;
     while (b->q_head && (none || b->q_head->deadline_ms <= now)) {
         sb_job *job = q_pop(b);
         job_fail(b, job, CHAT_CODE_OVERLOADED,
@@ -1144,11 +1219,14 @@ long sb_broker_run(sb_broker *b)
     }
     dispatch(b, now);
     expire_queue(b, now);
+    early_subs_end(b, now);
     flush_events(b); /* may queue commands (the loop's side starts the next message): run below */
     b->in_run = false;
     if (b->cmd_head || b->out_head || messages_waiting(b)) return 0;
     int64_t due = b->next_hb_ms;
     if (b->q_head && b->q_head->deadline_ms < due) due = b->q_head->deadline_ms;
+    if (b->n_early && b->warm_until_ms < due) due = b->warm_until_ms;
+    if (b->q_head && !atomic_load(&b->n_live) && b->warm_until_ms < due) due = b->warm_until_ms;
     now = chat_now_ms();
     return due > now ? (long)(due - now) : 0;
 }
@@ -1190,6 +1268,7 @@ sb_broker *sb_broker_new(const chat_config *cfg, const sb_loop *loop, char *err,
     b->next_hb_ms = chat_now_ms() + CHAT_WIRE_HEARTBEAT_MS;
     b->queue_max = chat_config_env_int("CHAT_STREAMER_QUEUE_MAX", 1024, 1, 1000000);
     b->queue_wait_ms = chat_config_env_int("CHAT_STREAMER_QUEUE_WAIT_MS", 5000, 0, 600000);
+    b->warm_until_ms = chat_now_ms() + chat_config_env_int("CHAT_STREAMER_START_WAIT_MS", 3000, 0, 60000);
     snprintf(b->endpoint, sizeof b->endpoint, "%s", cfg->zmq_endpoint);
     if (strchr(b->endpoint, ',')) { /* a list is for workers that serve several streamers */
         chat_fail(err, errlen, CHAT_EINVAL, "a streamer binds one CHAT_ZMQ_ENDPOINT, not a list");
@@ -1250,6 +1329,7 @@ void sb_broker_free(sb_broker *b)
     for (size_t i = 0; i < b->jobs.cap; i++)
         if (b->jobs.slots[i].key) sb_job_free(b->jobs.slots[i].val);
     sm_free(&b->jobs);
+    free(b->early);
     chat_wire_msg_clear(&b->msg);
     free(b);
 }
@@ -1318,6 +1398,7 @@ sb_event *sb_broker_take_events(sb_broker *b)
 void sb_broker_stats(sb_broker *b, sb_stats *out)
 {
     out->workers_live = atomic_load(&b->n_live);
+    out->starting = chat_now_ms() < b->warm_until_ms;
     out->workers_busy = atomic_load(&b->n_busy);
     out->jobs_queued = atomic_load(&b->n_queued);
     out->jobs_running = atomic_load(&b->n_running);

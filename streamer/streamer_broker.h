@@ -64,6 +64,7 @@ void sb_event_free(sb_event *e); /* accepts NULL */
 
 typedef struct sb_stats {
     int workers_live; /* registered and heard from within CHAT_WIRE_DEAD_MS, not retiring */
+    bool starting;    /* in the new broker's window (CHAT_STREAMER_START_WAIT_MS): workers may be on their way */
     int workers_busy;
     int jobs_queued; /* waiting for a worker */
     int jobs_running;

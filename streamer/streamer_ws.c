@@ -694,7 +694,7 @@ static void start_job(sess *s, pmsg *p)
     sess_x *x = s->x;
     sb_stats st;
     sb_broker_stats(S.broker, &st);
-    if (st.workers_live == 0) { /* fail fast, before promising anything with "starting" */
+    if (st.workers_live == 0 && !st.starting) { /* fail fast, before promising anything with "starting" */
         send_error(s, "No worker is available, please retry shortly", CHAT_CODE_OVERLOADED);
         pmsg_free(p);
         return;

@@ -141,7 +141,7 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
     *port = e2e_free_port();
     assert_true(*port > 0);
     snprintf(listen, sizeof listen, "CHAT_STREAMER_LISTEN=127.0.0.1:%d", *port);
-    const char *own[] = {listen, "JWT_SECRET=" SECRET, NULL};
+    const char *own[] = {listen, "JWT_SECRET=" SECRET, "CHAT_STREAMER_START_WAIT_MS=0", NULL}; /* refusals at once */
     pid_t pid = spawn(name, C.bin_streamer, endpoint, own, extra);
     if (e2e_wait_port("127.0.0.1", *port, 5000, pid) == 0) return pid;
     e2e_stop(pid, SIGKILL, 1000, NULL);

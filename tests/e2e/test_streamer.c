@@ -180,8 +180,9 @@ static pid_t streamer_start(const char *name, const char *endpoint, const char *
                                "CHAT_STREAMER_RX_BUFFER",
                                "CHAT_STREAMER_WRITE_STALL_MS",
                                "CHAT_STREAMER_QUEUE_MAX",
-                               "CHAT_STREAMER_QUEUE_WAIT_MS"};
-        int n = 25;
+                               "CHAT_STREAMER_QUEUE_WAIT_MS",
+                               "CHAT_STREAMER_START_WAIT_MS"};
+        int n = 26;
         for (int i = 0; extra && extra[i] && n < 47; i++)
             env[n++] = extra[i];
         env[n] = NULL;
@@ -1520,7 +1521,8 @@ static void test_no_workers(void **state)
     char endpoint[400];
     snprintf(endpoint, sizeof endpoint, "ipc://%s/none.ipc", E.dir);
     int port;
-    pid_t pid = streamer_start("noworkers", endpoint, NULL, &port);
+    const char *extra[] = {"CHAT_STREAMER_START_WAIT_MS=0", NULL}; /* no workers on their way */
+    pid_t pid = streamer_start("noworkers", endpoint, extra, &port);
     chat_wsc *c = ws_open_on(port, E.alice);
     for (int i = 0; i < 2; i++) {
         long long t0 = e2e_now_ms();
@@ -2046,7 +2048,7 @@ static void test_rate_limited(void **state)
     (void)state;
     char endpoint[400];
     snprintf(endpoint, sizeof endpoint, "ipc://%s/rate.ipc", E.dir);
-    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=4", NULL};
+    const char *extra[] = {"CHAT_RATE_LIMIT_PER_MIN=4", "CHAT_STREAMER_START_WAIT_MS=0", NULL};
     int port;
     pid_t pid = streamer_start("rate", endpoint, extra, &port);
     chat_wsc *c = open_alice(port);
@@ -3124,6 +3126,32 @@ static void test_resume_after_streamer_killed(void **state)
     chat_wsc_close(d, 1000, NULL);
 }
 
+/* A streamer restarted under running workers serves at once, before they are back: a message sent the
+ * moment it listens waits for a worker instead of OVERLOADED, and a resume sent then waits for every
+ * worker rather than settling with those back so far (CHAT_STREAMER_START_WAIT_MS). */
+static void test_restarted_streamer_waits_for_workers(void **state)
+{
+    (void)state;
+    answer before, after, fresh;
+    chat_wsc *c = ask_partly(NULL, 2, &before);
+    e2e_stop(R.streamer, SIGKILL, 5000, NULL);
+    chat_wsc_close(c, 0, NULL);
+    R.streamer = streamer_start("resume", R.endpoint, NULL, &R.port); /* no wait for the workers */
+    chat_wsc *d = reconnect_and_resume(R.port, &before, &after);
+    chat_wsc *e = ws_open_on(R.port, E.alice);
+    ask(e, "What is the engine power?", &fresh);
+    if (!fresh.complete) fail_msg("the message right after the restart: %s", fresh.error);
+    collect(d, &after, ANSWER_MS, NULL, NULL);
+    assert_whole(&before, &after);
+    assert_stored(before.session_id, 1, jstr(after.complete, "response"));
+    wait_workers(R.port, R_SLOTS, 15000);
+    answer_clear(&fresh);
+    answer_clear(&before);
+    answer_clear(&after);
+    chat_wsc_close(e, 1000, NULL);
+    chat_wsc_close(d, 1000, NULL);
+}
+
 /* Two streamers, a and b, sharing one worker pool: its 2 processes of 4 slots connect to both endpoints
  * and give each streamer a half of their slots. */
 typedef struct two_streamers {
@@ -3319,6 +3347,7 @@ int main(void)
         cmocka_unit_test(test_slow_reader),
         cmocka_unit_test_setup(test_resume_after_drop, resume_setup),
         cmocka_unit_test_setup(test_resume_other_case, resume_setup),
+        cmocka_unit_test_setup(test_restarted_streamer_waits_for_workers, resume_setup),
         cmocka_unit_test_setup(test_drop_finishes_answer, resume_setup),
         cmocka_unit_test_setup(test_resume_finished_answer, resume_setup),
         cmocka_unit_test_setup(test_two_tabs, resume_setup),
