@@ -830,24 +830,19 @@ static void test_database_down(void **state)
     resp_free(&r);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_health_ok),
-        cmocka_unit_test(test_test_page),
-        cmocka_unit_test(test_static_files),
-        cmocka_unit_test(test_chat_success_and_continue),
-        cmocka_unit_test(test_history),
-        cmocka_unit_test(test_chat_says_stored),
-        cmocka_unit_test(test_session_of_another_user),
-        cmocka_unit_test(test_auth_errors),
-        cmocka_unit_test(test_request_errors),
-        cmocka_unit_test(test_message_refusals_match_websocket),
-        cmocka_unit_test(test_routing_errors),
-        cmocka_unit_test(test_websocket_chat),
-        cmocka_unit_test(test_websocket_origin),
-        cmocka_unit_test(test_access_log_has_no_token),
-        cmocka_unit_test(test_database_down),
-    };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+TESTUTIL_MAIN(group_setup, group_teardown,
+              cmocka_unit_test(test_health_ok),
+              cmocka_unit_test(test_test_page),
+              cmocka_unit_test(test_static_files),
+              cmocka_unit_test(test_chat_success_and_continue),
+              cmocka_unit_test(test_history),
+              cmocka_unit_test(test_chat_says_stored),
+              cmocka_unit_test(test_session_of_another_user),
+              cmocka_unit_test(test_auth_errors),
+              cmocka_unit_test(test_request_errors),
+              cmocka_unit_test(test_message_refusals_match_websocket),
+              cmocka_unit_test(test_routing_errors),
+              cmocka_unit_test(test_websocket_chat),
+              cmocka_unit_test(test_websocket_origin),
+              cmocka_unit_test(test_access_log_has_no_token),
+              cmocka_unit_test(test_database_down))

@@ -720,20 +720,15 @@ static void test_tiny_knowledge_base(void **state)
     chat_db_free(d);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
-        cmocka_unit_test(test_migration_004_innodb),   cmocka_unit_test(test_import_idempotent),
-        cmocka_unit_test(test_reimport_sample_dir),    cmocka_unit_test(test_ranking),
-        cmocka_unit_test(test_short_tokens_and_codes), cmocka_unit_test(test_hostile_inputs),
-        cmocka_unit_test(test_fault_code_parse),       cmocka_unit_test(test_admin_edits_visible),
-        cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
-        cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
-        cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
-        cmocka_unit_test(test_stats_shared),           cmocka_unit_test(test_admin_edits_transactional),
-        cmocka_unit_test(test_no_statement_per_word),  cmocka_unit_test(test_common_words_sampled),
-        cmocka_unit_test(test_fulltext_settings),        cmocka_unit_test(test_sql_readme_runs),
-    };
-    return cmocka_run_group_tests(tests, setup_sample, testutil_db_teardown);
-}
+TESTUTIL_MAIN(setup_sample, testutil_db_teardown,
+              cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
+              cmocka_unit_test(test_migration_004_innodb),   cmocka_unit_test(test_import_idempotent),
+              cmocka_unit_test(test_reimport_sample_dir),    cmocka_unit_test(test_ranking),
+              cmocka_unit_test(test_short_tokens_and_codes), cmocka_unit_test(test_hostile_inputs),
+              cmocka_unit_test(test_fault_code_parse),       cmocka_unit_test(test_admin_edits_visible),
+              cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
+              cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
+              cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
+              cmocka_unit_test(test_stats_shared),           cmocka_unit_test(test_admin_edits_transactional),
+              cmocka_unit_test(test_no_statement_per_word),  cmocka_unit_test(test_common_words_sampled),
+              cmocka_unit_test(test_fulltext_settings),        cmocka_unit_test(test_sql_readme_runs))

@@ -25,6 +25,7 @@
 
 #include "chat_common.h"
 #include "streamer_listen.h"
+#include "testutil.h"
 
 static void test_parse(void **state)
 {
@@ -191,12 +192,7 @@ static void test_close_listeners(void **state)
     rmdir(dir);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse),
-        cmocka_unit_test(test_tcp_listener_is_shared),
-        cmocka_unit_test(test_close_listeners),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_parse),
+              cmocka_unit_test(test_tcp_listener_is_shared),
+              cmocka_unit_test(test_close_listeners))
