@@ -2668,6 +2668,21 @@ static void resume_into(chat_wsc *c, const char *sid, long long last_seq, const 
     note_ids(a, o);
 }
 
+/* A new connection of token on port resuming session sid from the start: resumed with want's answer id,
+ * then want's whole response in its complete. The connection stays open for the caller. */
+static chat_wsc *resume_whole(int port, const char *token, const char *sid, const answer *want)
+{
+    chat_wsc *c = ws_open_on(port, token);
+    answer r;
+    resume_into(c, sid, 0, NULL, &r);
+    assert_string_equal(jstr(r.resumed, "answer_id"), want->answer_id);
+    collect(c, &r, ANSWER_MS, NULL, NULL);
+    assert_non_null(r.complete);
+    assert_string_equal(jstr(r.complete, "response"), jstr(want->complete, "response"));
+    answer_clear(&r);
+    return c;
+}
+
 static bool resumed_in_flight(const answer *a)
 {
     return json_object_get_boolean(jget(a->resumed, "in_flight"));
@@ -2956,20 +2971,8 @@ static void test_same_session_id_two_users(void **state)
     assert_int_equal(stored_of("alice", sid), 2);
     assert_int_equal(stored_of("bob", sid), 2);
     /* each one's resume within the window: his own answer */
-    chat_wsc *b2 = ws_open_on(R.port, E.bob);
-    resume_into(b2, sid, 0, NULL, &r);
-    assert_string_equal(jstr(r.resumed, "answer_id"), his.answer_id);
-    collect(b2, &r, ANSWER_MS, NULL, NULL);
-    assert_non_null(r.complete);
-    assert_string_equal(jstr(r.complete, "response"), jstr(his.complete, "response"));
-    answer_clear(&r);
-    chat_wsc *t4 = ws_open_on(R.port, E.alice);
-    resume_into(t4, sid, 0, NULL, &r);
-    assert_string_equal(jstr(r.resumed, "answer_id"), mine.answer_id);
-    collect(t4, &r, ANSWER_MS, NULL, NULL);
-    assert_non_null(r.complete);
-    assert_string_equal(jstr(r.complete, "response"), jstr(mine.complete, "response"));
-    answer_clear(&r);
+    chat_wsc *b2 = resume_whole(R.port, E.bob, sid, &his);
+    chat_wsc *t4 = resume_whole(R.port, E.alice, sid, &mine);
     /* bob's next message in S reaches his follower, and still nothing of it reaches alice's tabs */
     answer next, seen;
     answer_init(&seen);
