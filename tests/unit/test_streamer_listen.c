@@ -121,7 +121,7 @@ static void listeners_close(listeners *ls)
 static void test_tcp_listener_is_shared(void **state)
 {
     (void)state;
-    listeners ls;
+    listeners ls = {0};
     listeners_open(&ls, false);
     sl_listener *l = ls.l;
     int port = ls.port;
@@ -172,7 +172,7 @@ static int connect_tcp(int port)
 static void test_close_listeners(void **state)
 {
     (void)state;
-    listeners ls;
+    listeners ls = {0};
     listeners_open(&ls, true);
     sl_listener *l = ls.l;
     int port = ls.port, n = ls.n;
