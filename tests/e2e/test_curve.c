@@ -558,13 +558,7 @@ static void test_worker_refuses_other_streamer(void **state)
     assert_true(log_has("main", "the peer does not use CURVE") || log_has("main", "a handshake failed (no detail"));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_network_endpoint_needs_keys),      cmocka_unit_test(test_plain_traffic_is_visible),
-        cmocka_unit_test(test_allowed_worker_answers_encrypted), cmocka_unit_test(test_unlisted_worker_refused),
-        cmocka_unit_test(test_worker_refuses_other_streamer),
-    };
-    testutil_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+TESTUTIL_MAIN(group_setup, group_teardown,
+              cmocka_unit_test(test_network_endpoint_needs_keys),      cmocka_unit_test(test_plain_traffic_is_visible),
+              cmocka_unit_test(test_allowed_worker_answers_encrypted), cmocka_unit_test(test_unlisted_worker_refused),
+              cmocka_unit_test(test_worker_refuses_other_streamer))

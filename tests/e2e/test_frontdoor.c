@@ -304,6 +304,30 @@ static void check_success(const http_resp *r, char *session_out, size_t cap)
     json_object_put(o);
 }
 
+/* Posts message in session sid with token, into r. */
+static void post_in_session(const char *token, const char *content_type, const char *message, const char *sid,
+                            http_resp *r)
+{
+    char body[512];
+    snprintf(body, sizeof body, "{\"message\":\"%s\",\"session_id\":\"%s\"}", message, sid);
+    post_chat(token, content_type, body, r);
+}
+
+/* check_success, and the answer is in session sid (the poster's own conversation of that id). */
+static void check_same_session(const http_resp *r, const char *sid)
+{
+    char got[ID_BUF];
+    check_success(r, got, sizeof got);
+    assert_string_equal(got, sid);
+}
+
+/* GET of the session history at path with token, into r; fails the test (naming whose) unless a 200. */
+static void get_history(const char *path, const char *token, const char *whose, http_resp *r)
+{
+    get_auth(path, token, r);
+    if (r->status != 200) fail_msg("%shistory: %ld %s", whose, r->status, r->body.data);
+}
+
 static void test_chat_success_and_continue(void **state)
 {
     (void)state;
@@ -316,12 +340,8 @@ static void test_chat_success_and_continue(void **state)
     resp_free(&r);
 
     /* The same session, continued; a charset parameter is fine. */
-    char body[512];
-    snprintf(body, sizeof body, "{\"message\":\"And how much does it weigh?\",\"session_id\":\"%s\"}", alice_session);
-    post_chat(E.alice, "application/json; charset=utf-8", body, &r);
-    char second[ID_BUF];
-    check_success(&r, second, sizeof second);
-    assert_string_equal(second, alice_session);
+    post_in_session(E.alice, "application/json; charset=utf-8", "And how much does it weigh?", alice_session, &r);
+    check_same_session(&r, alice_session);
     resp_free(&r);
 }
 
@@ -332,8 +352,7 @@ static void test_history(void **state)
     char path[256];
     snprintf(path, sizeof path, "/api/v1/sessions/%s/messages", alice_session);
     http_resp r;
-    get_auth(path, E.alice, &r);
-    if (r.status != 200) fail_msg("history: %ld %s", r.status, r.body.data);
+    get_history(path, E.alice, "", &r);
     json_object *o = parse(&r);
     assert_string_equal(str_field(o, "session_id"), alice_session);
     json_object *msgs = path_get(o, "messages", NULL);
@@ -382,8 +401,7 @@ static void test_chat_says_stored(void **state)
     snprintf(path, sizeof path, "/api/v1/sessions/%s/messages", str_field(o, "session_id"));
     json_object_put(o);
     resp_free(&r);
-    get_auth(path, E.alice, &r);
-    if (r.status != 200) fail_msg("history: %ld %s", r.status, r.body.data);
+    get_history(path, E.alice, "", &r);
     o = parse(&r);
     json_object *msgs = path_get(o, "messages", NULL);
     assert_int_equal(json_object_array_length(msgs), 2);
@@ -404,19 +422,14 @@ static void test_session_of_another_user(void **state)
     char path[256];
     snprintf(path, sizeof path, "/api/v1/sessions/%s/messages", alice_session);
     http_resp r;
-    get_auth(path, E.alice, &r);
-    if (r.status != 200) fail_msg("alice's history: %ld %s", r.status, r.body.data);
+    get_history(path, E.alice, "alice's ", &r);
     json_object *o = parse(&r);
     size_t alice_n = json_object_array_length(path_get(o, "messages", NULL));
     json_object_put(o);
     resp_free(&r);
 
-    char body[512];
-    snprintf(body, sizeof body, "{\"message\":\"And its fuel capacity?\",\"session_id\":\"%s\"}", alice_session);
-    post_chat(E.bob, "application/json", body, &r);
-    char sid[ID_BUF];
-    check_success(&r, sid, sizeof sid);
-    assert_string_equal(sid, alice_session);
+    post_in_session(E.bob, "application/json", "And its fuel capacity?", alice_session, &r);
+    check_same_session(&r, alice_session);
     o = parse(&r);
     const char *model = str_field(path_get(path_get(o, "metadata", NULL), "context", NULL), "model");
     if (model && !strcmp(model, "seawind-250")) fail_msg("bob's answer was read with alice's history: %s", r.body.data);
@@ -424,8 +437,7 @@ static void test_session_of_another_user(void **state)
     resp_free(&r);
 
     /* bob's messages of the id: his turn only */
-    get_auth(path, E.bob, &r);
-    if (r.status != 200) fail_msg("bob's history: %ld %s", r.status, r.body.data);
+    get_history(path, E.bob, "bob's ", &r);
     assert_null(strstr(r.body.data, QUESTION));
     assert_null(strstr(r.body.data, "weigh"));
     o = parse(&r);
@@ -443,7 +455,7 @@ static void test_session_of_another_user(void **state)
     json_object_put(o);
     resp_free(&r);
     /* and alice's own follow-up is still read with her history */
-    post_chat(E.alice, "application/json", body, &r);
+    post_in_session(E.alice, "application/json", "And its fuel capacity?", alice_session, &r);
     check_success(&r, NULL, 0);
     o = parse(&r);
     model = str_field(path_get(path_get(o, "metadata", NULL), "context", NULL), "model");
@@ -830,24 +842,19 @@ static void test_database_down(void **state)
     resp_free(&r);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_health_ok),
-        cmocka_unit_test(test_test_page),
-        cmocka_unit_test(test_static_files),
-        cmocka_unit_test(test_chat_success_and_continue),
-        cmocka_unit_test(test_history),
-        cmocka_unit_test(test_chat_says_stored),
-        cmocka_unit_test(test_session_of_another_user),
-        cmocka_unit_test(test_auth_errors),
-        cmocka_unit_test(test_request_errors),
-        cmocka_unit_test(test_message_refusals_match_websocket),
-        cmocka_unit_test(test_routing_errors),
-        cmocka_unit_test(test_websocket_chat),
-        cmocka_unit_test(test_websocket_origin),
-        cmocka_unit_test(test_access_log_has_no_token),
-        cmocka_unit_test(test_database_down),
-    };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+TESTUTIL_MAIN(group_setup, group_teardown,
+              cmocka_unit_test(test_health_ok),
+              cmocka_unit_test(test_test_page),
+              cmocka_unit_test(test_static_files),
+              cmocka_unit_test(test_chat_success_and_continue),
+              cmocka_unit_test(test_history),
+              cmocka_unit_test(test_chat_says_stored),
+              cmocka_unit_test(test_session_of_another_user),
+              cmocka_unit_test(test_auth_errors),
+              cmocka_unit_test(test_request_errors),
+              cmocka_unit_test(test_message_refusals_match_websocket),
+              cmocka_unit_test(test_routing_errors),
+              cmocka_unit_test(test_websocket_chat),
+              cmocka_unit_test(test_websocket_origin),
+              cmocka_unit_test(test_access_log_has_no_token),
+              cmocka_unit_test(test_database_down))

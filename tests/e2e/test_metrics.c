@@ -162,11 +162,6 @@ static void test_streamer_own_metrics(void **state)
     free(text);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_scrape_moves_with_traffic),
-        cmocka_unit_test(test_streamer_own_metrics),
-    };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+TESTUTIL_MAIN(group_setup, group_teardown,
+              cmocka_unit_test(test_scrape_moves_with_traffic),
+              cmocka_unit_test(test_streamer_own_metrics))

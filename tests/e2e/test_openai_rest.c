@@ -832,19 +832,14 @@ static void test_health_database_down(void **state)
     reply_free(&r);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_health_probes),
-        cmocka_unit_test(test_models),
-        cmocka_unit_test(test_completion_whole),
-        cmocka_unit_test(test_completion_errors),
-        cmocka_unit_test(test_completion_session_of_another_user),
-        cmocka_unit_test(test_stream_matches_whole),
-        cmocka_unit_test(test_stream_is_paced),
-        cmocka_unit_test(test_stream_disconnect_cancels),
-        cmocka_unit_test(test_rest_chat_events),
-        cmocka_unit_test(test_health_database_down),
-    };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+TESTUTIL_MAIN(group_setup, group_teardown,
+              cmocka_unit_test(test_health_probes),
+              cmocka_unit_test(test_models),
+              cmocka_unit_test(test_completion_whole),
+              cmocka_unit_test(test_completion_errors),
+              cmocka_unit_test(test_completion_session_of_another_user),
+              cmocka_unit_test(test_stream_matches_whole),
+              cmocka_unit_test(test_stream_is_paced),
+              cmocka_unit_test(test_stream_disconnect_cancels),
+              cmocka_unit_test(test_rest_chat_events),
+              cmocka_unit_test(test_health_database_down))

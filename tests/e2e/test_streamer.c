@@ -2671,6 +2671,21 @@ static void resume_into(chat_wsc *c, const char *sid, long long last_seq, const 
     note_ids(a, o);
 }
 
+/* A new connection of token on port resuming session sid from the start: resumed with want's answer id,
+ * then want's whole response in its complete. The connection stays open for the caller. */
+static chat_wsc *resume_whole(int port, const char *token, const char *sid, const answer *want)
+{
+    chat_wsc *c = ws_open_on(port, token);
+    answer r;
+    resume_into(c, sid, 0, NULL, &r);
+    assert_string_equal(jstr(r.resumed, "answer_id"), want->answer_id);
+    collect(c, &r, ANSWER_MS, NULL, NULL);
+    assert_non_null(r.complete);
+    assert_string_equal(jstr(r.complete, "response"), jstr(want->complete, "response"));
+    answer_clear(&r);
+    return c;
+}
+
 static bool resumed_in_flight(const answer *a)
 {
     return json_object_get_boolean(jget(a->resumed, "in_flight"));
@@ -2983,20 +2998,8 @@ static void test_same_session_id_two_users(void **state)
     assert_int_equal(stored_of("alice", sid), 2);
     assert_int_equal(stored_of("bob", sid), 2);
     /* each one's resume within the window: his own answer */
-    chat_wsc *b2 = ws_open_on(R.port, E.bob);
-    resume_into(b2, sid, 0, NULL, &r);
-    assert_string_equal(jstr(r.resumed, "answer_id"), his.answer_id);
-    collect(b2, &r, ANSWER_MS, NULL, NULL);
-    assert_non_null(r.complete);
-    assert_string_equal(jstr(r.complete, "response"), jstr(his.complete, "response"));
-    answer_clear(&r);
-    chat_wsc *t4 = ws_open_on(R.port, E.alice);
-    resume_into(t4, sid, 0, NULL, &r);
-    assert_string_equal(jstr(r.resumed, "answer_id"), mine.answer_id);
-    collect(t4, &r, ANSWER_MS, NULL, NULL);
-    assert_non_null(r.complete);
-    assert_string_equal(jstr(r.complete, "response"), jstr(mine.complete, "response"));
-    answer_clear(&r);
+    chat_wsc *b2 = resume_whole(R.port, E.bob, sid, &his);
+    chat_wsc *t4 = resume_whole(R.port, E.alice, sid, &mine);
     /* bob's next message in S reaches his follower, and still nothing of it reaches alice's tabs */
     answer next, seen;
     answer_init(&seen);
@@ -3302,69 +3305,63 @@ static void test_user_limit_across_streamers(void **state)
     two_streamers_stop(&t);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_status_and_paths),
-        cmocka_unit_test(test_origin_allowlist),
-        cmocka_unit_test(test_origin_settings),
-        cmocka_unit_test(test_request_head_timeout),
-        cmocka_unit_test(test_auth_query_success),
-        cmocka_unit_test(test_auth_query_failure_then_message),
-        cmocka_unit_test(test_auth_message_expired_and_retry),
-        cmocka_unit_test(test_token_expires_on_open_connection),
-        cmocka_unit_test(test_token_expires_with_queue),
-        cmocka_unit_test(test_message_without_auth),
-        cmocka_unit_test(test_auth_replies),
-        cmocka_unit_test(test_jwt_attacks),
-        cmocka_unit_test(test_streaming_chat),
-        cmocka_unit_test(test_multiple_messages),
-        cmocka_unit_test(test_empty_message),
-        cmocka_unit_test(test_protocol_errors),
-        cmocka_unit_test(test_session_id_of_another_user),
-        cmocka_unit_test(test_partial_false),
-        cmocka_unit_test(test_cancel),
-        cmocka_unit_test(test_disconnect_cancels_job),
-        cmocka_unit_test(test_queueing),
-        cmocka_unit_test(test_oversized_frames),
-        cmocka_unit_test(test_invalid_utf8_and_binary),
-        cmocka_unit_test(test_unmasked_frame),
-        cmocka_unit_test(test_no_workers),
-        cmocka_unit_test(test_single_worker_back_to_back),
-        cmocka_unit_test(test_worker_slots_run_concurrently),
-        cmocka_unit_test_setup_teardown(test_openai_through_worker, fake_llm_setup, fake_llm_teardown),
-        cmocka_unit_test(test_worker_with_slots_killed),
-        cmocka_unit_test(test_token_batching),
-        cmocka_unit_test(test_rate_limited),
-        cmocka_unit_test(test_token_refresh),
-        cmocka_unit_test(test_rate_limited_unauthenticated_and_pings),
-        cmocka_unit_test(test_auth_deadline),
-        cmocka_unit_test(test_rs256_and_alg_confusion),
-        cmocka_unit_test(test_idle_timeout),
-        cmocka_unit_test(test_keepalive_empty_pongs),
-        cmocka_unit_test(test_worker_killed_mid_answer),
-        cmocka_unit_test(test_cancel_then_worker_lost),
-        cmocka_unit_test(test_slow_reader),
-        cmocka_unit_test_setup(test_resume_after_drop, resume_setup),
-        cmocka_unit_test_setup(test_resume_other_case, resume_setup),
-        cmocka_unit_test_setup(test_restarted_streamer_waits_for_workers, resume_setup),
-        cmocka_unit_test_setup(test_drop_finishes_answer, resume_setup),
-        cmocka_unit_test_setup(test_resume_finished_answer, resume_setup),
-        cmocka_unit_test_setup(test_two_tabs, resume_setup),
-        cmocka_unit_test_setup(test_cancel_from_other_tab, resume_setup),
-        cmocka_unit_test_setup(test_resume_other_user, resume_setup),
-        cmocka_unit_test_setup(test_same_session_id_two_users, resume_setup),
-        cmocka_unit_test_setup(test_resume_stale_and_future_seq, resume_setup),
-        cmocka_unit_test_setup(test_resume_after_worker_killed, resume_setup),
-        cmocka_unit_test_setup(test_resume_after_streamer_killed, resume_setup),
-        cmocka_unit_test(test_resume_on_another_streamer),
-        cmocka_unit_test(test_user_limit_across_streamers),
-        cmocka_unit_test(test_user_limits_on_by_default),
-        cmocka_unit_test(test_turns_kept_while_database_away),
-        cmocka_unit_test(test_sigterm_with_answer_in_flight),
-        cmocka_unit_test_setup_teardown(test_sighup_reloads_agent_settings, fake_llm_setup, fake_llm_teardown),
-        cmocka_unit_test_setup_teardown(test_fallback_through_worker, fake_llm_setup, fake_llm_teardown),
-    };
-    testutil_filter_from_env();
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+TESTUTIL_MAIN(group_setup, group_teardown,
+              cmocka_unit_test(test_status_and_paths),
+              cmocka_unit_test(test_origin_allowlist),
+              cmocka_unit_test(test_origin_settings),
+              cmocka_unit_test(test_request_head_timeout),
+              cmocka_unit_test(test_auth_query_success),
+              cmocka_unit_test(test_auth_query_failure_then_message),
+              cmocka_unit_test(test_auth_message_expired_and_retry),
+              cmocka_unit_test(test_token_expires_on_open_connection),
+              cmocka_unit_test(test_token_expires_with_queue),
+              cmocka_unit_test(test_message_without_auth),
+              cmocka_unit_test(test_auth_replies),
+              cmocka_unit_test(test_jwt_attacks),
+              cmocka_unit_test(test_streaming_chat),
+              cmocka_unit_test(test_multiple_messages),
+              cmocka_unit_test(test_empty_message),
+              cmocka_unit_test(test_protocol_errors),
+              cmocka_unit_test(test_session_id_of_another_user),
+              cmocka_unit_test(test_partial_false),
+              cmocka_unit_test(test_cancel),
+              cmocka_unit_test(test_disconnect_cancels_job),
+              cmocka_unit_test(test_queueing),
+              cmocka_unit_test(test_oversized_frames),
+              cmocka_unit_test(test_invalid_utf8_and_binary),
+              cmocka_unit_test(test_unmasked_frame),
+              cmocka_unit_test(test_no_workers),
+              cmocka_unit_test(test_single_worker_back_to_back),
+              cmocka_unit_test(test_worker_slots_run_concurrently),
+              cmocka_unit_test_setup_teardown(test_openai_through_worker, fake_llm_setup, fake_llm_teardown),
+              cmocka_unit_test(test_worker_with_slots_killed),
+              cmocka_unit_test(test_token_batching),
+              cmocka_unit_test(test_rate_limited),
+              cmocka_unit_test(test_token_refresh),
+              cmocka_unit_test(test_rate_limited_unauthenticated_and_pings),
+              cmocka_unit_test(test_auth_deadline),
+              cmocka_unit_test(test_rs256_and_alg_confusion),
+              cmocka_unit_test(test_idle_timeout),
+              cmocka_unit_test(test_keepalive_empty_pongs),
+              cmocka_unit_test(test_worker_killed_mid_answer),
+              cmocka_unit_test(test_cancel_then_worker_lost),
+              cmocka_unit_test(test_slow_reader),
+              cmocka_unit_test_setup(test_resume_after_drop, resume_setup),
+              cmocka_unit_test_setup(test_resume_other_case, resume_setup),
+              cmocka_unit_test_setup(test_restarted_streamer_waits_for_workers, resume_setup),
+              cmocka_unit_test_setup(test_drop_finishes_answer, resume_setup),
+              cmocka_unit_test_setup(test_resume_finished_answer, resume_setup),
+              cmocka_unit_test_setup(test_two_tabs, resume_setup),
+              cmocka_unit_test_setup(test_cancel_from_other_tab, resume_setup),
+              cmocka_unit_test_setup(test_resume_other_user, resume_setup),
+              cmocka_unit_test_setup(test_same_session_id_two_users, resume_setup),
+              cmocka_unit_test_setup(test_resume_stale_and_future_seq, resume_setup),
+              cmocka_unit_test_setup(test_resume_after_worker_killed, resume_setup),
+              cmocka_unit_test_setup(test_resume_after_streamer_killed, resume_setup),
+              cmocka_unit_test(test_resume_on_another_streamer),
+              cmocka_unit_test(test_user_limit_across_streamers),
+              cmocka_unit_test(test_user_limits_on_by_default),
+              cmocka_unit_test(test_turns_kept_while_database_away),
+              cmocka_unit_test(test_sigterm_with_answer_in_flight),
+              cmocka_unit_test_setup_teardown(test_sighup_reloads_agent_settings, fake_llm_setup, fake_llm_teardown),
+              cmocka_unit_test_setup_teardown(test_fallback_through_worker, fake_llm_setup, fake_llm_teardown))

@@ -34,6 +34,13 @@ static chat_db *schema_db(void)
     return agent_db;
 }
 
+static int teardown(void **state)
+{
+    (void)state;
+    chat_db_free(agent_db);
+    return 0;
+}
+
 /* ---- the table itself ------------------------------------------------------------------------------ */
 
 static void test_rows_complete(void **state)
@@ -389,22 +396,15 @@ static void test_guide_opening_follows_rows(void **state)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rows_complete),
-        cmocka_unit_test(test_lookups),
-        cmocka_unit_test(test_schema_accepts_every_agent),
-        cmocka_unit_test(test_every_agent_has_seeded_terms),
-        cmocka_unit_test(test_classifier_routes_to_each_row),
-        cmocka_unit_test(test_classifier_ties_follow_rank),
-        cmocka_unit_test(test_classifier_signals_follow_rows),
-        cmocka_unit_test(test_import_follows_rows),
-        cmocka_unit_test(test_retrieval_favours_own),
-        cmocka_unit_test(test_extractive_follows_rows),
-        cmocka_unit_test(test_guide_opening_follows_rows),
-    };
-    int failed = cmocka_run_group_tests(tests, NULL, NULL);
-    chat_db_free(agent_db);
-    return failed;
-}
+TESTUTIL_MAIN(NULL, teardown,
+              cmocka_unit_test(test_rows_complete),
+              cmocka_unit_test(test_lookups),
+              cmocka_unit_test(test_schema_accepts_every_agent),
+              cmocka_unit_test(test_every_agent_has_seeded_terms),
+              cmocka_unit_test(test_classifier_routes_to_each_row),
+              cmocka_unit_test(test_classifier_ties_follow_rank),
+              cmocka_unit_test(test_classifier_signals_follow_rows),
+              cmocka_unit_test(test_import_follows_rows),
+              cmocka_unit_test(test_retrieval_favours_own),
+              cmocka_unit_test(test_extractive_follows_rows),
+              cmocka_unit_test(test_guide_opening_follows_rows))

@@ -219,13 +219,8 @@ static void test_reload(void **state)
     chat_agent_cfg_free(c);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_repository_defaults),
-        cmocka_unit_test(test_conf_table),
-        cmocka_unit_test(test_prompt_errors),
-        cmocka_unit_test(test_reload),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+TESTUTIL_MAIN(setup, teardown,
+              cmocka_unit_test(test_repository_defaults),
+              cmocka_unit_test(test_conf_table),
+              cmocka_unit_test(test_prompt_errors),
+              cmocka_unit_test(test_reload))

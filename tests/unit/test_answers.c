@@ -273,11 +273,6 @@ static void test_llm_grounding(void **state)
     testutil_fake_llm_stop(pid);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_labelled_answers),
-        cmocka_unit_test(test_llm_grounding),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+TESTUTIL_MAIN(setup, teardown,
+              cmocka_unit_test(test_labelled_answers),
+              cmocka_unit_test(test_llm_grounding))

@@ -520,17 +520,12 @@ static void test_benchmark(void **state)
     free_labelled(&l);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mechanics),
-        cmocka_unit_test(test_add_term_validation),
-        cmocka_unit_test(test_hostile_input),
-        cmocka_unit_test(test_confidence),
-        cmocka_unit_test(test_admin_sql_changes),
-        cmocka_unit_test(test_seeded_examples),
-        cmocka_unit_test(test_labelled_accuracy),
-        cmocka_unit_test(test_benchmark),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+TESTUTIL_MAIN(setup, teardown,
+              cmocka_unit_test(test_mechanics),
+              cmocka_unit_test(test_add_term_validation),
+              cmocka_unit_test(test_hostile_input),
+              cmocka_unit_test(test_confidence),
+              cmocka_unit_test(test_admin_sql_changes),
+              cmocka_unit_test(test_seeded_examples),
+              cmocka_unit_test(test_labelled_accuracy),
+              cmocka_unit_test(test_benchmark))

@@ -14,6 +14,7 @@
 
 #include "chat_common.h"
 #include "cli.h"
+#include "testutil.h"
 
 typedef struct vals {
     bool flag;
@@ -141,11 +142,6 @@ static void test_values(void **state)
     assert_true(v.d == 1.25);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table),
-        cmocka_unit_test(test_values),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_table),
+              cmocka_unit_test(test_values))

@@ -19,6 +19,7 @@
 #include "chat_common.h"
 #include "chat_curve.h"
 #include "chat_util.h"
+#include "testutil.h"
 
 static char dir[64];
 
@@ -608,21 +609,16 @@ static void test_server_setup_refusals(void **state)
     zmq_ctx_term(ctx); /* returns: no handler was left running */
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mode_table),
-        cmocka_unit_test(test_settings_from_env),
-        cmocka_unit_test(test_keys_parse_table),
-        cmocka_unit_test(test_keys_read_permissions),
-        cmocka_unit_test(test_secret_round_trip),
-        cmocka_unit_test(test_secret_permissions),
-        cmocka_unit_test(test_secret_malformed),
-        cmocka_unit_test(test_client_server_key_choice),
-        cmocka_unit_test(test_server_key_list),
-        cmocka_unit_test(test_zap_handler),
-        cmocka_unit_test(test_handshakes),
-        cmocka_unit_test(test_server_setup_refusals),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+TESTUTIL_MAIN(setup, teardown,
+              cmocka_unit_test(test_mode_table),
+              cmocka_unit_test(test_settings_from_env),
+              cmocka_unit_test(test_keys_parse_table),
+              cmocka_unit_test(test_keys_read_permissions),
+              cmocka_unit_test(test_secret_round_trip),
+              cmocka_unit_test(test_secret_permissions),
+              cmocka_unit_test(test_secret_malformed),
+              cmocka_unit_test(test_client_server_key_choice),
+              cmocka_unit_test(test_server_key_list),
+              cmocka_unit_test(test_zap_handler),
+              cmocka_unit_test(test_handshakes),
+              cmocka_unit_test(test_server_setup_refusals))

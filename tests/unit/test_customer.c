@@ -330,18 +330,13 @@ static void test_answers_from_records(void **state)
     chat_customer_clear(&empty);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_unknown),
-        cmocka_unit_test(test_single_boat_describe),
-        cmocka_unit_test(test_ordering_and_selection),
-        cmocka_unit_test(test_no_boats_no_appointments),
-        cmocka_unit_test(test_many_rows_bounded),
-        cmocka_unit_test(test_work_done_and_each_boats_visit),
-        cmocka_unit_test(test_vehicle_named),
-        cmocka_unit_test(test_next_service_hours),
-        cmocka_unit_test(test_answers_from_records),
-    };
-    return cmocka_run_group_tests(tests, setup, testutil_db_teardown);
-}
+TESTUTIL_MAIN(setup, testutil_db_teardown,
+              cmocka_unit_test(test_unknown),
+              cmocka_unit_test(test_single_boat_describe),
+              cmocka_unit_test(test_ordering_and_selection),
+              cmocka_unit_test(test_no_boats_no_appointments),
+              cmocka_unit_test(test_many_rows_bounded),
+              cmocka_unit_test(test_work_done_and_each_boats_visit),
+              cmocka_unit_test(test_vehicle_named),
+              cmocka_unit_test(test_next_service_hours),
+              cmocka_unit_test(test_answers_from_records))

@@ -23,6 +23,7 @@
 #include "chat_extractive.h"
 #include "chat_llm.h"
 #include "chat_util.h"
+#include "testutil.h"
 #include "testutil_llm.h"
 
 static chat_kb_passage passages[] = {
@@ -446,18 +447,13 @@ static void test_loop_chain_and_free(void **state)
     chat_llm_free(llm);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_answers),
-        cmocka_unit_test(test_answer_kinds),
-        cmocka_unit_test(test_composed_once),
-        cmocka_unit_test(test_streaming_contract),
-        cmocka_unit_test(test_pacing),
-        cmocka_unit_test(test_loop_pacing),
-        cmocka_unit_test(test_loop_no_delay),
-        cmocka_unit_test(test_loop_cancel),
-        cmocka_unit_test(test_loop_chain_and_free),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_answers),
+              cmocka_unit_test(test_answer_kinds),
+              cmocka_unit_test(test_composed_once),
+              cmocka_unit_test(test_streaming_contract),
+              cmocka_unit_test(test_pacing),
+              cmocka_unit_test(test_loop_pacing),
+              cmocka_unit_test(test_loop_no_delay),
+              cmocka_unit_test(test_loop_cancel),
+              cmocka_unit_test(test_loop_chain_and_free))

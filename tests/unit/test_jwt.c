@@ -23,6 +23,7 @@
 #include "chat_common.h"
 #include "chat_jwt.h"
 #include "chat_util.h"
+#include "testutil.h"
 
 #define NOW 1700000000L
 #define LEEWAY 30
@@ -741,20 +742,15 @@ static void test_mint(void **state)
     assert_null(chat_jwt_mint_hs256(SECRET, NULL, NULL, NULL, NOW, 60));
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hs256_table),
-        cmocka_unit_test(test_single_char_mutations),
-        cmocka_unit_test(test_tampered_payload),
-        cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_size_limit),
-        cmocka_unit_test(test_claim_lengths),
-        cmocka_unit_test(test_iss_aud),
-        cmocka_unit_test(test_rs256),
-        cmocka_unit_test(test_es256),
-        cmocka_unit_test(test_verifier_config),
-        cmocka_unit_test(test_mint),
-    };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
-}
+TESTUTIL_MAIN(group_setup, group_teardown,
+              cmocka_unit_test(test_hs256_table),
+              cmocka_unit_test(test_single_char_mutations),
+              cmocka_unit_test(test_tampered_payload),
+              cmocka_unit_test(test_garbage),
+              cmocka_unit_test(test_size_limit),
+              cmocka_unit_test(test_claim_lengths),
+              cmocka_unit_test(test_iss_aud),
+              cmocka_unit_test(test_rs256),
+              cmocka_unit_test(test_es256),
+              cmocka_unit_test(test_verifier_config),
+              cmocka_unit_test(test_mint))

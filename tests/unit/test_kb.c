@@ -508,15 +508,25 @@ static void test_many_parameters(void **state)
 
 /* 1,200 filler passages: "ubiquitous" in 30 % of them (common for a 12 % threshold, yet under the 50 %
  * beyond which the server's natural-language search ignores a word by itself), "zyxwvut" in two. */
-static chat_db *common_words_kb(const char *name)
+/* A fresh chat_t_<name> with the schema and n generated passages, gen/<seq>.md titled "Filler <seq>",
+ * whose bodies are the SQL expression body (of seq); then the statements of more. */
+static chat_db *filler_kb(const char *name, int n, const char *body, const char *more)
 {
     chat_db *d = testutil_db_fresh(name, TESTUTIL_SCHEMA);
-    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
-                    " CONCAT('Filler ', seq), CONCAT(IF(seq % 10 < 3, 'ubiquitous ', ''), 'filler passage ', seq)"
-                    " FROM seq_1_to_1200;"
-                    "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (7, 8);"
-                    "OPTIMIZE TABLE kb_documents;");
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
+             " CONCAT('Filler ', seq), %s FROM seq_1_to_%d;%s",
+             body, n, more);
+    testutil_sql(d, sql);
     return d;
+}
+
+static chat_db *common_words_kb(const char *name)
+{
+    return filler_kb(name, 1200, "CONCAT(IF(seq % 10 < 3, 'ubiquitous ', ''), 'filler passage ', seq)",
+                     "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (7, 8);"
+                     "OPTIMIZE TABLE kb_documents;");
 }
 
 /* In a large knowledge base, a word found in most passages is left out of the query when stats are
@@ -647,13 +657,11 @@ static void test_no_statement_per_word(void **state)
  * the passages) and left out. A sample of the first rows would have kept it: 10 results, not 2. */
 static void test_common_words_sampled(void **state)
 {
-    chat_db *d = testutil_db_fresh("kb_sampled", TESTUTIL_SCHEMA);
-    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
-                    " CONCAT('Filler ', seq), CONCAT(IF(seq > 6000 AND seq % 10 < 6, 'ubiquitous ', ''),"
-                    " 'filler passage ', seq) FROM seq_1_to_12000;"
-                    "DELETE FROM kb_documents WHERE id % 4 = 1;"
-                    "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (8, 11998);"
-                    "OPTIMIZE TABLE kb_documents;");
+    chat_db *d = filler_kb("kb_sampled", 12000,
+                           "CONCAT(IF(seq > 6000 AND seq % 10 < 6, 'ubiquitous ', ''), 'filler passage ', seq)",
+                           "DELETE FROM kb_documents WHERE id % 4 = 1;"
+                           "UPDATE kb_documents SET body = CONCAT(body, ' zyxwvut') WHERE id IN (8, 11998);"
+                           "OPTIMIZE TABLE kb_documents;");
     chat_kb_stats *st = chat_kb_stats_new(12);
     chat_kb_query q = {.question = "ubiquitous zyxwvut", .k = 10};
     chat_kb_result r;
@@ -674,13 +682,11 @@ static void test_common_words_sampled(void **state)
  * strongest passage last, so a search that took the first 200 rows in table order would miss it. */
 static void test_candidates_by_relevance(void **state)
 {
-    chat_db *d = testutil_db_fresh("kb_candidates", TESTUTIL_SCHEMA);
-    testutil_sql(d, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('gen/', seq, '.md'),"
-                    " CONCAT('Filler ', seq), CONCAT('filler passage ', seq, IF(seq % 5 < 2,"
-                    " ' mentions the bilge once among many other words about hulls, decks and cabins', ''))"
-                    " FROM seq_1_to_1000;"
-                    "INSERT INTO kb_documents (source, title, body) VALUES ('pump.md', 'Bilge pump',"
-                    " 'The bilge pump empties the bilge: test the bilge float switch monthly.');");
+    chat_db *d = filler_kb("kb_candidates", 1000,
+                           "CONCAT('filler passage ', seq, IF(seq % 5 < 2,"
+                           " ' mentions the bilge once among many other words about hulls, decks and cabins', ''))",
+                           "INSERT INTO kb_documents (source, title, body) VALUES ('pump.md', 'Bilge pump',"
+                           " 'The bilge pump empties the bilge: test the bilge float switch monthly.');");
     chat_kb_result r;
     search_for(d, "bilge", 3, &r);
     assert_int_equal(r.n, 3);
@@ -720,20 +726,15 @@ static void test_tiny_knowledge_base(void **state)
     chat_db_free(d);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
-        cmocka_unit_test(test_migration_004_innodb),   cmocka_unit_test(test_import_idempotent),
-        cmocka_unit_test(test_reimport_sample_dir),    cmocka_unit_test(test_ranking),
-        cmocka_unit_test(test_short_tokens_and_codes), cmocka_unit_test(test_hostile_inputs),
-        cmocka_unit_test(test_fault_code_parse),       cmocka_unit_test(test_admin_edits_visible),
-        cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
-        cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
-        cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
-        cmocka_unit_test(test_stats_shared),           cmocka_unit_test(test_admin_edits_transactional),
-        cmocka_unit_test(test_no_statement_per_word),  cmocka_unit_test(test_common_words_sampled),
-        cmocka_unit_test(test_fulltext_settings),        cmocka_unit_test(test_sql_readme_runs),
-    };
-    return cmocka_run_group_tests(tests, setup_sample, testutil_db_teardown);
-}
+TESTUTIL_MAIN(setup_sample, testutil_db_teardown,
+              cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
+              cmocka_unit_test(test_migration_004_innodb),   cmocka_unit_test(test_import_idempotent),
+              cmocka_unit_test(test_reimport_sample_dir),    cmocka_unit_test(test_ranking),
+              cmocka_unit_test(test_short_tokens_and_codes), cmocka_unit_test(test_hostile_inputs),
+              cmocka_unit_test(test_fault_code_parse),       cmocka_unit_test(test_admin_edits_visible),
+              cmocka_unit_test(test_restart_mid_run),        cmocka_unit_test(test_transaction_lost),
+              cmocka_unit_test(test_common_words_dropped),   cmocka_unit_test(test_tiny_knowledge_base),
+              cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
+              cmocka_unit_test(test_stats_shared),           cmocka_unit_test(test_admin_edits_transactional),
+              cmocka_unit_test(test_no_statement_per_word),  cmocka_unit_test(test_common_words_sampled),
+              cmocka_unit_test(test_fulltext_settings),        cmocka_unit_test(test_sql_readme_runs))

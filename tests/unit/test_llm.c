@@ -652,18 +652,13 @@ static void test_chain_config(void **state)
     for (size_t i = 0; i < CHAT_ARRAY_LEN(vars); i++) unsetenv(vars[i]);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table),
-        cmocka_unit_test(test_replay_pieces),
-        cmocka_unit_test(test_replay_paced),
-        cmocka_unit_test(test_replay_max_tokens),
-        cmocka_unit_test(test_replay_cancel),
-        cmocka_unit_test(test_replay_bad_files),
-        cmocka_unit_test(test_replay_loop_many),
-        cmocka_unit_test(test_chain_config),
-        cmocka_unit_test(test_chain_scenarios),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+TESTUTIL_MAIN(setup, teardown,
+              cmocka_unit_test(test_table),
+              cmocka_unit_test(test_replay_pieces),
+              cmocka_unit_test(test_replay_paced),
+              cmocka_unit_test(test_replay_max_tokens),
+              cmocka_unit_test(test_replay_cancel),
+              cmocka_unit_test(test_replay_bad_files),
+              cmocka_unit_test(test_replay_loop_many),
+              cmocka_unit_test(test_chain_config),
+              cmocka_unit_test(test_chain_scenarios))

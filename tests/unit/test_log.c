@@ -16,6 +16,7 @@
 
 #include "chat_common.h"
 #include "chat_log.h"
+#include "testutil.h"
 
 static char log_file[256];
 
@@ -206,15 +207,15 @@ static void test_json_sighup_reopen(void **state)
     unlink(moved);
 }
 
-int main(void)
+static int teardown(void **state)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_text_unchanged),       cmocka_unit_test(test_json_fields),
-        cmocka_unit_test(test_json_escaping),        cmocka_unit_test(test_json_long_line),
-        cmocka_unit_test(test_json_context),         cmocka_unit_test(test_json_context_thread_local),
-        cmocka_unit_test(test_json_sighup_reopen),
-    };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    (void)state;
     unlink(log_file);
-    return rc;
+    return 0;
 }
+
+TESTUTIL_MAIN(NULL, teardown,
+              cmocka_unit_test(test_text_unchanged),       cmocka_unit_test(test_json_fields),
+              cmocka_unit_test(test_json_escaping),        cmocka_unit_test(test_json_long_line),
+              cmocka_unit_test(test_json_context),         cmocka_unit_test(test_json_context_thread_local),
+              cmocka_unit_test(test_json_sighup_reopen))

@@ -727,23 +727,18 @@ static void test_database_restart(void **state)
     free(json);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_open_and_ownership),
-        cmocka_unit_test(test_new_session_and_owner),
-        cmocka_unit_test(test_customer_tie),
-        cmocka_unit_test(test_history_order_and_limit),
-        cmocka_unit_test(test_store_idempotent),
-        cmocka_unit_test(test_store_turns_together),
-        cmocka_unit_test(test_updated_at_touched),
-        cmocka_unit_test(test_open_session_with_history),
-        cmocka_unit_test(test_messages_json),
-        cmocka_unit_test(test_unicode_and_sizes),
-        cmocka_unit_test(test_open_race),
-        cmocka_unit_test(test_same_id_two_users),
-        cmocka_unit_test(test_migration_005_keeps_sessions),
-        cmocka_unit_test(test_database_restart),
-    };
-    return cmocka_run_group_tests(tests, setup, testutil_db_teardown);
-}
+TESTUTIL_MAIN(setup, testutil_db_teardown,
+              cmocka_unit_test(test_open_and_ownership),
+              cmocka_unit_test(test_new_session_and_owner),
+              cmocka_unit_test(test_customer_tie),
+              cmocka_unit_test(test_history_order_and_limit),
+              cmocka_unit_test(test_store_idempotent),
+              cmocka_unit_test(test_store_turns_together),
+              cmocka_unit_test(test_updated_at_touched),
+              cmocka_unit_test(test_open_session_with_history),
+              cmocka_unit_test(test_messages_json),
+              cmocka_unit_test(test_unicode_and_sizes),
+              cmocka_unit_test(test_open_race),
+              cmocka_unit_test(test_same_id_two_users),
+              cmocka_unit_test(test_migration_005_keeps_sessions),
+              cmocka_unit_test(test_database_restart))

@@ -207,15 +207,10 @@ static void test_dashboard_names_exported_metrics(void **state)
     chat_metrics_shutdown();
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_one_process),
-        cmocka_unit_test(test_histogram_buckets),
-        cmocka_unit_test(test_processes_summed),
-        cmocka_unit_test(test_foreign_files_skipped),
-        cmocka_unit_test(test_promtool_accepts),
-        cmocka_unit_test(test_dashboard_names_exported_metrics),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_one_process),
+              cmocka_unit_test(test_histogram_buckets),
+              cmocka_unit_test(test_processes_summed),
+              cmocka_unit_test(test_foreign_files_skipped),
+              cmocka_unit_test(test_promtool_accepts),
+              cmocka_unit_test(test_dashboard_names_exported_metrics))

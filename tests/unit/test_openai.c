@@ -39,9 +39,11 @@ static int fake_port;
 
 /* ---- the fake server ---- */
 
+/* The group's set-up and teardown: curl's global state (once for the program) and the fake server. */
 static int start_fake(void **state)
 {
     (void)state;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
     fake_pid = testutil_fake_llm_start(&fake_port);
     return fake_pid > 0 ? 0 : -1;
 }
@@ -51,6 +53,7 @@ static int stop_fake(void **state)
     (void)state;
     testutil_fake_llm_stop(fake_pid);
     fake_pid = -1;
+    curl_global_cleanup();
     return 0;
 }
 
@@ -848,28 +851,20 @@ static void test_parse_chunk_table(void **state)
     free(text);
 }
 
-int main(void)
-{
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_chunk_table),
-        cmocka_unit_test(test_new_rejects_bad_config),
-        cmocka_unit_test(test_extra_headers_and_body),
-        cmocka_unit_test(test_extras_refused),
-        cmocka_unit_test(test_ok),
-        cmocka_unit_test(test_no_key_trailing_slash),
-        cmocka_unit_test(test_scenarios),
-        cmocka_unit_test(test_connect_refused),
-        cmocka_unit_test(test_timeouts),
-        cmocka_unit_test(test_cancel),
-        cmocka_unit_test(test_callback_stop_and_precancel),
-        cmocka_unit_test(test_loop_concurrent),
-        cmocka_unit_test(test_loop_mix),
-        cmocka_unit_test(test_loop_cancel_one),
-        cmocka_unit_test(test_loop_start_from_callbacks),
-        cmocka_unit_test(test_loop_free_running),
-    };
-    int rc = cmocka_run_group_tests(tests, start_fake, stop_fake);
-    curl_global_cleanup();
-    return rc;
-}
+TESTUTIL_MAIN(start_fake, stop_fake,
+              cmocka_unit_test(test_parse_chunk_table),
+              cmocka_unit_test(test_new_rejects_bad_config),
+              cmocka_unit_test(test_extra_headers_and_body),
+              cmocka_unit_test(test_extras_refused),
+              cmocka_unit_test(test_ok),
+              cmocka_unit_test(test_no_key_trailing_slash),
+              cmocka_unit_test(test_scenarios),
+              cmocka_unit_test(test_connect_refused),
+              cmocka_unit_test(test_timeouts),
+              cmocka_unit_test(test_cancel),
+              cmocka_unit_test(test_callback_stop_and_precancel),
+              cmocka_unit_test(test_loop_concurrent),
+              cmocka_unit_test(test_loop_mix),
+              cmocka_unit_test(test_loop_cancel_one),
+              cmocka_unit_test(test_loop_start_from_callbacks),
+              cmocka_unit_test(test_loop_free_running))

@@ -17,6 +17,7 @@
 #include "chat_common.h"
 #include "chat_openai_api.h"
 #include "chat_proto.h"
+#include "testutil.h"
 
 #define MAX_MSG 40
 #define M "\"model\":\"seawind-assistant\","
@@ -269,13 +270,8 @@ static void test_finish_reasons(void **state)
     free(s);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_table),
-        cmocka_unit_test(test_builders_table),
-        cmocka_unit_test(test_error_types),
-        cmocka_unit_test(test_finish_reasons),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_parse_table),
+              cmocka_unit_test(test_builders_table),
+              cmocka_unit_test(test_error_types),
+              cmocka_unit_test(test_finish_reasons))

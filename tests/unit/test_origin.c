@@ -10,6 +10,7 @@
 
 #include "chat_common.h"
 #include "chat_origin.h"
+#include "testutil.h"
 
 static void test_allowed_table(void **state)
 {
@@ -132,11 +133,6 @@ static void test_list_check(void **state)
     assert_int_equal(chat_origin_list_check("*", NULL, NULL, 0), 0); /* NULL any and err are allowed */
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_allowed_table),
-        cmocka_unit_test(test_list_check),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_allowed_table),
+              cmocka_unit_test(test_list_check))

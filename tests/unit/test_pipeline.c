@@ -914,28 +914,23 @@ static void test_agent_settings_reach_model(void **state)
     testutil_fake_llm_stop(pid);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_event_order_and_metadata),
-        cmocka_unit_test(test_extractive_facts),
-        cmocka_unit_test(test_extractive_behaviour),
-        cmocka_unit_test(test_follow_up_uses_history),
-        cmocka_unit_test(test_session_id_of_another_user),
-        cmocka_unit_test(test_turn_stored_once),
-        cmocka_unit_test(test_session_new_chosen_id),
-        cmocka_unit_test(test_confidence_varies),
-        cmocka_unit_test(test_cancel_each_stage),
-        cmocka_unit_test(test_customer_access_own),
-        cmocka_unit_test(test_database_down),
-        cmocka_unit_test(test_begin_end_split),
-        cmocka_unit_test(test_end_many),
-        cmocka_unit_test(test_stored_flag),
-        cmocka_unit_test(test_spooled_while_database_away),
-        cmocka_unit_test(test_not_stored),
-        cmocka_unit_test(test_openai_provider),
-        cmocka_unit_test(test_agent_settings_reach_model),
-        cmocka_unit_test(test_fallback_in_metadata),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+TESTUTIL_MAIN(setup, teardown,
+              cmocka_unit_test(test_event_order_and_metadata),
+              cmocka_unit_test(test_extractive_facts),
+              cmocka_unit_test(test_extractive_behaviour),
+              cmocka_unit_test(test_follow_up_uses_history),
+              cmocka_unit_test(test_session_id_of_another_user),
+              cmocka_unit_test(test_turn_stored_once),
+              cmocka_unit_test(test_session_new_chosen_id),
+              cmocka_unit_test(test_confidence_varies),
+              cmocka_unit_test(test_cancel_each_stage),
+              cmocka_unit_test(test_customer_access_own),
+              cmocka_unit_test(test_database_down),
+              cmocka_unit_test(test_begin_end_split),
+              cmocka_unit_test(test_end_many),
+              cmocka_unit_test(test_stored_flag),
+              cmocka_unit_test(test_spooled_while_database_away),
+              cmocka_unit_test(test_not_stored),
+              cmocka_unit_test(test_openai_provider),
+              cmocka_unit_test(test_agent_settings_reach_model),
+              cmocka_unit_test(test_fallback_in_metadata))

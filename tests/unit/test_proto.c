@@ -17,6 +17,7 @@
 #include "chat_common.h"
 #include "chat_proto.h"
 #include "chat_util.h"
+#include "testutil.h"
 
 #define MAX_MSG 40
 
@@ -1060,27 +1061,22 @@ static void test_auth_scan_table(void **state)
     }
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_table),     cmocka_unit_test(test_parse_edges),
-        cmocka_unit_test(test_auth_frames),     cmocka_unit_test(test_progress_frames),
-        cmocka_unit_test(test_complete_frames), cmocka_unit_test(test_error_frames),
-        cmocka_unit_test(test_token_frames),    cmocka_unit_test(test_token_malformed_utf8),
-        cmocka_unit_test(test_token_random),
-        cmocka_unit_test(test_token_frames_from_escaped_slices),
-        cmocka_unit_test(test_frame_tables),
-        cmocka_unit_test(test_parse_resume_and_cancel),
-        cmocka_unit_test(test_answer_frames),
-        cmocka_unit_test(test_code_table),
-        cmocka_unit_test(test_step_table),
-        cmocka_unit_test(test_cancelled_frames),
-        cmocka_unit_test(test_other_frames),
-        cmocka_unit_test(test_client_frames),
-        cmocka_unit_test(test_message_fields_match_parser),
-        cmocka_unit_test(test_auth_error_codes),
-        cmocka_unit_test(test_parse_failure_keeps_type),
-        cmocka_unit_test(test_auth_scan_table),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_parse_table),     cmocka_unit_test(test_parse_edges),
+              cmocka_unit_test(test_auth_frames),     cmocka_unit_test(test_progress_frames),
+              cmocka_unit_test(test_complete_frames), cmocka_unit_test(test_error_frames),
+              cmocka_unit_test(test_token_frames),    cmocka_unit_test(test_token_malformed_utf8),
+              cmocka_unit_test(test_token_random),
+              cmocka_unit_test(test_token_frames_from_escaped_slices),
+              cmocka_unit_test(test_frame_tables),
+              cmocka_unit_test(test_parse_resume_and_cancel),
+              cmocka_unit_test(test_answer_frames),
+              cmocka_unit_test(test_code_table),
+              cmocka_unit_test(test_step_table),
+              cmocka_unit_test(test_cancelled_frames),
+              cmocka_unit_test(test_other_frames),
+              cmocka_unit_test(test_client_frames),
+              cmocka_unit_test(test_message_fields_match_parser),
+              cmocka_unit_test(test_auth_error_codes),
+              cmocka_unit_test(test_parse_failure_keeps_type),
+              cmocka_unit_test(test_auth_scan_table))

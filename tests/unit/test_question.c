@@ -15,6 +15,7 @@
 #include "chat_common.h"
 #include "chat_question.h"
 #include "chat_util.h"
+#include "testutil.h"
 
 static void test_attributes(void **state)
 {
@@ -265,13 +266,8 @@ static void test_parse_speed(void **state)
     assert_true(us < 200); /* a few microseconds; generous for loaded machines and sanitizers */
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_attributes), cmocka_unit_test(test_intents),         cmocka_unit_test(test_models),
-        cmocka_unit_test(test_whole_words), cmocka_unit_test(test_figures),        cmocka_unit_test(test_search_text),
-        cmocka_unit_test(test_retrieval_size),
-        cmocka_unit_test(test_parse_speed),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_attributes), cmocka_unit_test(test_intents), cmocka_unit_test(test_models),
+              cmocka_unit_test(test_whole_words), cmocka_unit_test(test_figures), cmocka_unit_test(test_search_text),
+              cmocka_unit_test(test_retrieval_size),
+              cmocka_unit_test(test_parse_speed))

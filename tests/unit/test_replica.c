@@ -101,13 +101,8 @@ static int setup(void **state)
     return *state ? 0 : -1;
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_none_configured),
-        cmocka_unit_test(test_plain_server_is_usable),
-        cmocka_unit_test(test_down_replica_is_skipped),
-        cmocka_unit_test(test_failed_read_falls_back),
-    };
-    return cmocka_run_group_tests(tests, setup, testutil_db_teardown);
-}
+TESTUTIL_MAIN(setup, testutil_db_teardown,
+              cmocka_unit_test(test_none_configured),
+              cmocka_unit_test(test_plain_server_is_usable),
+              cmocka_unit_test(test_down_replica_is_skipped),
+              cmocka_unit_test(test_failed_read_falls_back))

@@ -388,13 +388,8 @@ static void test_replayer_thread(void **state)
     assert_int_equal(spool_files(cfg.spool_dir, ".spool", NULL), 0);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_append_and_replay),   cmocka_unit_test(test_replay_idempotent),
-        cmocka_unit_test(test_torn_last_line),      cmocka_unit_test(test_live_spool_left_alone),
-        cmocka_unit_test(test_database_away),       cmocka_unit_test(test_refused_turns_dropped),
-        cmocka_unit_test(test_bound_and_off),       cmocka_unit_test(test_replayer_thread),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+TESTUTIL_MAIN(setup, teardown,
+              cmocka_unit_test(test_append_and_replay),   cmocka_unit_test(test_replay_idempotent),
+              cmocka_unit_test(test_torn_last_line),      cmocka_unit_test(test_live_spool_left_alone),
+              cmocka_unit_test(test_database_away),       cmocka_unit_test(test_refused_turns_dropped),
+              cmocka_unit_test(test_bound_and_off),       cmocka_unit_test(test_replayer_thread))

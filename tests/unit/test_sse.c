@@ -15,6 +15,7 @@
 #include "chat_common.h"
 #include "chat_sse.h"
 #include "chat_util.h"
+#include "testutil.h"
 
 /* Events are recorded as "name\x01data\x02" so a whole run compares as one string. */
 static int record(void *ud, const char *event, const char *data, size_t len)
@@ -286,14 +287,9 @@ static void test_stop_and_reset(void **state)
     chat_sse_free(NULL);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_table),
-        cmocka_unit_test(test_write_table),
-        cmocka_unit_test(test_realistic_every_split),
-        cmocka_unit_test(test_bound),
-        cmocka_unit_test(test_stop_and_reset),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_table),
+              cmocka_unit_test(test_write_table),
+              cmocka_unit_test(test_realistic_every_split),
+              cmocka_unit_test(test_bound),
+              cmocka_unit_test(test_stop_and_reset))

@@ -25,6 +25,7 @@
 
 #include "chat_common.h"
 #include "streamer_listen.h"
+#include "testutil.h"
 
 static void test_parse(void **state)
 {
@@ -79,25 +80,56 @@ static struct lws_context *context(struct lws_context_creation_info *info, const
     return lws_create_context(info);
 }
 
+static const struct lws_protocols protocols[] = {{.name = "t", .callback = cb}, {.name = NULL}};
+
+/* A test's listeners: a new folder holding a Unix socket s.sock (and, with t_sock, a second one t.sock
+ * after the TCP entry), a TCP listener on a free loopback port, parsed into l and all opened on one
+ * context c. */
+typedef struct {
+    char dir[40];
+    int port, n;
+    sl_listener l[SL_MAX_LISTENERS];
+    struct lws_context_creation_info info;
+    struct lws_context *c;
+} listeners;
+
+static void listeners_open(listeners *ls, bool t_sock)
+{
+    lws_set_log_level(0, NULL);
+    snprintf(ls->dir, sizeof ls->dir, "/tmp/test_streamer_listen.XXXXXX");
+    assert_non_null(mkdtemp(ls->dir));
+    ls->port = free_port();
+    char spec[600];
+    int len = snprintf(spec, sizeof spec, "unix:%s/s.sock,127.0.0.1:%d", ls->dir, ls->port);
+    if (t_sock) snprintf(spec + len, sizeof spec - (size_t)len, ",unix:%s/t.sock", ls->dir);
+    ls->n = sl_parse(spec, ls->l, SL_MAX_LISTENERS);
+    assert_int_equal(ls->n, t_sock ? 3 : 2);
+    ls->c = context(&ls->info, protocols);
+    assert_non_null(ls->c);
+    assert_int_equal(sl_create_vhosts(ls->c, &ls->info, ls->l, ls->n), 0);
+}
+
+/* Destroys the context, removes what is left of the Unix sockets' files, then the folder. */
+static void listeners_close(listeners *ls)
+{
+    lws_context_destroy(ls->c);
+    for (int i = 0; i < ls->n; i++)
+        if (ls->l[i].unix_sock) unlink(ls->l[i].host);
+    rmdir(ls->dir);
+}
+
 static void test_tcp_listener_is_shared(void **state)
 {
     (void)state;
-    lws_set_log_level(0, NULL);
-    static const struct lws_protocols protocols[] = {{.name = "t", .callback = cb}, {.name = NULL}};
-    char spec[600], dir[] = "/tmp/test_streamer_listen.XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    int port = free_port();
-    snprintf(spec, sizeof spec, "unix:%s/s.sock,127.0.0.1:%d", dir, port);
-    sl_listener l[SL_MAX_LISTENERS];
-    int n = sl_parse(spec, l, SL_MAX_LISTENERS);
-    assert_int_equal(n, 2);
+    listeners ls = {0};
+    listeners_open(&ls, false);
+    sl_listener *l = ls.l;
+    int port = ls.port;
+    assert_int_equal(access(l[0].host, F_OK), 0); /* the Unix socket exists */
 
-    struct lws_context_creation_info i1, i2;
-    struct lws_context *c1 = context(&i1, protocols), *c2 = context(&i2, protocols);
-    assert_non_null(c1);
+    struct lws_context_creation_info i2;
+    struct lws_context *c2 = context(&i2, protocols);
     assert_non_null(c2);
-    assert_int_equal(sl_create_vhosts(c1, &i1, l, n), 0);
-    assert_int_equal(access(l[0].host, F_OK), 0);             /* the Unix socket exists */
     assert_int_equal(sl_create_vhosts(c2, &i2, &l[1], 1), 0); /* a second "streamer" on the same port */
 
     int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
@@ -108,9 +140,7 @@ static void test_tcp_listener_is_shared(void **state)
     close(s);
 
     lws_context_destroy(c2);
-    lws_context_destroy(c1);
-    unlink(l[0].host);
-    rmdir(dir);
+    listeners_close(&ls);
 }
 
 static int connect_unix(const char *path)
@@ -142,19 +172,10 @@ static int connect_tcp(int port)
 static void test_close_listeners(void **state)
 {
     (void)state;
-    lws_set_log_level(0, NULL);
-    static const struct lws_protocols protocols[] = {{.name = "t", .callback = cb}, {.name = NULL}};
-    char spec[600], dir[] = "/tmp/test_streamer_listen.XXXXXX";
-    assert_non_null(mkdtemp(dir));
-    int port = free_port();
-    snprintf(spec, sizeof spec, "unix:%s/s.sock,127.0.0.1:%d,unix:%s/t.sock", dir, port, dir);
-    sl_listener l[SL_MAX_LISTENERS];
-    int n = sl_parse(spec, l, SL_MAX_LISTENERS);
-    assert_int_equal(n, 3);
-    struct lws_context_creation_info i1;
-    struct lws_context *c1 = context(&i1, protocols);
-    assert_non_null(c1);
-    assert_int_equal(sl_create_vhosts(c1, &i1, l, n), 0);
+    listeners ls = {0};
+    listeners_open(&ls, true);
+    sl_listener *l = ls.l;
+    int port = ls.port, n = ls.n;
     assert_int_equal(connect_tcp(port), 0); /* queued on the TCP listener (then closed by its client) */
     for (int i = 0; i < n; i++)
         assert_true(l[i].fd >= 0);
@@ -186,17 +207,10 @@ static void test_close_listeners(void **state)
     assert_int_equal(errno, ECONNREFUSED);
 
     close(queued);
-    lws_context_destroy(c1);
-    unlink(l[2].host);
-    rmdir(dir);
+    listeners_close(&ls);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse),
-        cmocka_unit_test(test_tcp_listener_is_shared),
-        cmocka_unit_test(test_close_listeners),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_parse),
+              cmocka_unit_test(test_tcp_listener_is_shared),
+              cmocka_unit_test(test_close_listeners))

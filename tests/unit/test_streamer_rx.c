@@ -16,6 +16,7 @@
 #include "chat_common.h"
 #include "chat_util.h"
 #include "streamer_rx.h"
+#include "testutil.h"
 #include "ws_frame.h" /* CHAT_WS_* opcodes */
 
 /* Appends a client frame: opcode, payload of len bytes (all `fill`), masked or not, with the shortest
@@ -130,11 +131,6 @@ static void test_detach_unattached(void **state)
     srx_detach(&c);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_scan_streams),
-        cmocka_unit_test(test_detach_unattached),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_scan_streams),
+              cmocka_unit_test(test_detach_unattached))

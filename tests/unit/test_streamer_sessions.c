@@ -11,6 +11,7 @@
 
 #include "chat_common.h"
 #include "streamer_sessions.h"
+#include "testutil.h"
 
 static void count(void *conn, void *ud)
 {
@@ -119,9 +120,4 @@ static void test_many(void **state)
     ss_free(r); /* frees the members left */
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_attach_move_detach), cmocka_unit_test(test_session_case),
-                                        cmocka_unit_test(test_many)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL, cmocka_unit_test(test_attach_move_detach), cmocka_unit_test(test_session_case), cmocka_unit_test(test_many))

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "chat_userlimit.h"
+#include "testutil.h"
 
 enum { OP_ADMIT, OP_BEGIN, OP_END };
 
@@ -121,12 +122,7 @@ static void test_private_table(void **state)
     chat_userlimit_free(NULL);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_steps_table),
-        cmocka_unit_test(test_dead_owner),
-        cmocka_unit_test(test_private_table),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_steps_table),
+              cmocka_unit_test(test_dead_owner),
+              cmocka_unit_test(test_private_table))

@@ -12,6 +12,7 @@
 #include "chat_common.h"
 #include "chat_config.h"
 #include "chat_util.h"
+#include "testutil.h"
 
 static void test_utf8(void **state)
 {
@@ -183,11 +184,6 @@ static void test_config_errors(void **state)
     unsetenv("JWT_SECRET");
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8), cmocka_unit_test(test_uuid), cmocka_unit_test(test_uuid7),          cmocka_unit_test(test_ids),
-        cmocka_unit_test(test_buf),  cmocka_unit_test(test_config_errors), cmocka_unit_test(test_list_next),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_utf8), cmocka_unit_test(test_uuid), cmocka_unit_test(test_uuid7), cmocka_unit_test(test_ids),
+              cmocka_unit_test(test_buf), cmocka_unit_test(test_config_errors), cmocka_unit_test(test_list_next))

@@ -10,6 +10,7 @@
 
 #include "chat_common.h"
 #include "chat_wheel.h"
+#include "testutil.h"
 
 enum { N_NODES = 10 };
 
@@ -159,12 +160,7 @@ static void test_many_timers(void **state)
     free(m.nodes);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_steps_table),
-        cmocka_unit_test(test_callbacks_change_the_wheel),
-        cmocka_unit_test(test_many_timers),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_steps_table),
+              cmocka_unit_test(test_callbacks_change_the_wheel),
+              cmocka_unit_test(test_many_timers))

@@ -13,6 +13,7 @@
 
 #include "chat_common.h"
 #include "chat_wire.h"
+#include "testutil.h"
 
 #define WORKER_ID "worker-1"
 
@@ -576,17 +577,12 @@ static void test_limits(void **state)
     assert_int_equal(chat_wire_recv(f->b, &f->m, ZMQ_DONTWAIT), CHAT_ETIMEOUT);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_event_terminal),
-        cmocka_unit_test(test_owned_copies_outlive_message),
-        cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_token_pieces),
-        cmocka_unit_test(test_events_batch),
-        cmocka_unit_test(test_ready_slots),
-        cmocka_unit_test(test_limits),
-    };
-    return cmocka_run_group_tests(tests, setup, teardown);
-}
+TESTUTIL_MAIN(setup, teardown,
+              cmocka_unit_test(test_round_trip),
+              cmocka_unit_test(test_event_terminal),
+              cmocka_unit_test(test_owned_copies_outlive_message),
+              cmocka_unit_test(test_malformed),
+              cmocka_unit_test(test_token_pieces),
+              cmocka_unit_test(test_events_batch),
+              cmocka_unit_test(test_ready_slots),
+              cmocka_unit_test(test_limits))

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "chat_common.h"
+#include "testutil.h"
 #include "worker_answers.h"
 
 #define S(lit) ((chat_wire_str){lit, sizeof(lit) - 1})
@@ -267,17 +268,12 @@ static void test_store_many(void **state)
     wa_store_free(st);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_text_and_offsets),
-        cmocka_unit_test(test_cursor_rules),
-        cmocka_unit_test(test_attached),
-        cmocka_unit_test(test_subs),
-        cmocka_unit_test(test_store),
-        cmocka_unit_test(test_store_per_user),
-        cmocka_unit_test(test_store_session_case),
-        cmocka_unit_test(test_store_many),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_text_and_offsets),
+              cmocka_unit_test(test_cursor_rules),
+              cmocka_unit_test(test_attached),
+              cmocka_unit_test(test_subs),
+              cmocka_unit_test(test_store),
+              cmocka_unit_test(test_store_per_user),
+              cmocka_unit_test(test_store_session_case),
+              cmocka_unit_test(test_store_many))

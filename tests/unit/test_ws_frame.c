@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "chat_common.h"
+#include "testutil.h"
 #include "ws_frame.h"
 
 static const unsigned char KEY[4] = {0x37, 0xfa, 0x21, 0x3d};
@@ -103,13 +104,8 @@ static void test_accept_matches_rfc_example(void **state)
     assert_int_equal(chat_wsf_accept(long_key, sizeof long_key, out), CHAT_EINVAL);
 }
 
-int main(void)
-{
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_client_header_lengths),
-        cmocka_unit_test(test_mask_in_chunks_equals_mask_whole),
-        cmocka_unit_test(test_parse_server_header),
-        cmocka_unit_test(test_accept_matches_rfc_example),
-    };
-    return cmocka_run_group_tests(tests, NULL, NULL);
-}
+TESTUTIL_MAIN(NULL, NULL,
+              cmocka_unit_test(test_client_header_lengths),
+              cmocka_unit_test(test_mask_in_chunks_equals_mask_whole),
+              cmocka_unit_test(test_parse_server_header),
+              cmocka_unit_test(test_accept_matches_rfc_example))

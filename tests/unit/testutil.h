@@ -15,6 +15,17 @@
  * follows: one test of a program while debugging. */
 void testutil_filter_from_env(void);
 
+/* The main() of a test program: its tests (the cmocka_unit_test... entries given after teardown) run as
+ * one group with the group setup and teardown (NULL for none), after testutil_filter_from_env; the exit
+ * status is cmocka's (non-zero when a test failed). The program includes cmocka.h. */
+#define TESTUTIL_MAIN(setup, teardown, ...)                                                                    \
+    int main(void)                                                                                             \
+    {                                                                                                          \
+        const struct CMUnitTest tests[] = {__VA_ARGS__};                                                       \
+        testutil_filter_from_env();                                                                            \
+        return cmocka_run_group_tests(tests, setup, teardown);                                                 \
+    }
+
 /* The value of the sample `series` (the whole series name with its labels) in a Prometheus text
  * exposition, or -1 when it has no such line. */
 double testutil_metric(const char *text, const char *series);
