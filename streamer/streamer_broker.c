@@ -9,7 +9,7 @@
  *   streams that thread was 30 % of the streamer's CPU, most of it going to sleep and being woken
  *   (docs/benchmarks.md). ZMQ_FD only says "the socket's state may have changed" (it is edge-like), so
  *   every run ends by asking ZMQ_EVENTS, which also consumes the signal, and a run that leaves messages
- *   waiting asks to be run again at once. Every use of the ROUTER happens inside sb_broker_run.
+ *   waiting returns 0: the loop's side runs it again at once (streamer_ws.c, broker_run). Every use of the ROUTER happens inside sb_broker_run.
  * - A worker is one process with one DEALER and several slots (its READY says how many). Jobs go only to
  *   live workers with a free slot, the least loaded first. A job waits in one bounded FIFO with a
  *   deadline when all are busy; with no live worker at all it fails at once (OVERLOADED), never hangs.
