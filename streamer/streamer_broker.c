@@ -9,7 +9,8 @@
  *   streams that thread was 30 % of the streamer's CPU, most of it going to sleep and being woken
  *   (docs/benchmarks.md). ZMQ_FD only says "the socket's state may have changed" (it is edge-like), so
  *   every run ends by asking ZMQ_EVENTS, which also consumes the signal, and a run that leaves messages
- *   waiting returns 0: the loop's side runs it again at once (streamer_ws.c, broker_run). Every use of the ROUTER happens inside sb_broker_run.
+ *   waiting returns 0: the loop's side runs it again at once (streamer_ws.c, broker_run). Every use of
+ *   the ROUTER happens inside sb_broker_run.
  * - A worker is one process with one DEALER and several slots (its READY says how many). Jobs go only to
  *   live workers with a free slot, the least loaded first. A job waits in one bounded FIFO with a
  *   deadline when all are busy; with no live worker at all it fails at once (OVERLOADED), never hangs.
@@ -622,30 +623,44 @@ static bool sub_asked_remove(sb_sub *sub, uint64_t worker_id)
     return false;
 }
 
-/* The least busy worker that takes jobs (else any): it looks a resumed session's owner up. */
-static sb_worker *worker_checker(sb_broker *b)
+/* Of the workers of an id above `after`, the least busy that takes jobs (else any): it looks a resumed
+ * session's owner up. */
+static sb_worker *worker_checker(sb_broker *b, uint64_t after)
 {
     sb_worker *best = NULL;
     for (sb_worker *w = b->workers; w; w = w->next)
-        if (!best || (best->retiring && !w->retiring) || (best->retiring == w->retiring && w->running < best->running))
+        if (w->id > after && (!best || (best->retiring && !w->retiring) ||
+                              (best->retiring == w->retiring && w->running < best->running)))
             best = w;
     return best;
+}
+
+/* True in the new broker's window (CHAT_STREAMER_START_WAIT_MS), when workers may still be on their way. */
+static bool starting(const sb_broker *b, int64_t now)
+{
+    return now < b->warm_until_ms;
 }
 
 static void sub_settle(sb_broker *b, sb_job *job);
 static void sub_settle_or_wait(sb_broker *b, sb_job *job);
 
-/* Asks every worker (a retiring one still finishes and keeps its answers); for a resume, one of them
- * also looks the session's owner up in case nobody holds anything. */
+/* Asks every worker of an id above `after` (0: all of them; a retiring one still finishes and keeps its
+ * answers); for a resume whose owner nobody has looked up yet, one of them also does, in case nobody
+ * holds anything. */
+static void sub_ask_newer(sb_broker *b, sb_job *job, uint64_t after)
+{
+    sb_sub *sub = job->sub;
+    sb_worker *checker = sub->resume && !sub->unknown && !sub->held ? worker_checker(b, after) : NULL;
+    for (sb_worker *w = b->workers; w; w = w->next)
+        if (w->id > after && sub_ask(b, job, w, w == checker))
+            chat_log_warn("broker: ATTACH for %" PRIu64 " not sent to worker pid %d", job->id, w->pid);
+    sub->asked_upto = b->next_worker_id;
+}
+
 static void sub_ask_all(sb_broker *b, sb_job *job)
 {
-    sb_worker *checker = job->sub->resume ? worker_checker(b) : NULL;
-    for (sb_worker *w = b->workers; w; w = w->next)
-        if (sub_ask(b, job, w, w == checker))
-            chat_log_warn("broker: ATTACH for %" PRIu64 " not sent to worker pid %d", job->id, w->pid);
-    job->sub->asked_upto = b->next_worker_id;
-    if (job->sub->n_asked) return;
-    sub_settle_or_wait(b, job);
+    sub_ask_newer(b, job, 0);
+    if (!job->sub->n_asked) sub_settle_or_wait(b, job);
 }
 
 /* A queued job reached w: its waiting subscriptions ask w. */
@@ -850,7 +865,7 @@ static void sub_begin(sb_broker *b, sb_job *job)
 {
     if (b->workers)
         sub_start(b, job);
-    else if (chat_now_ms() < b->warm_until_ms)
+    else if (starting(b, chat_now_ms()))
         sub_settle_or_wait(b, job);
     else
         job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
@@ -860,18 +875,9 @@ static void sub_begin(sb_broker *b, sb_job *job)
  * worker not back yet may hold it. Then the subscription waits for the window's end (early_subs_end). */
 static void sub_settle_or_wait(sb_broker *b, sb_job *job)
 {
-    if (chat_now_ms() >= b->warm_until_ms) {
-        sub_settle(b, job);
+    if (!starting(b, chat_now_ms()) || chat_array_reserve(&b->early, &b->cap_early, b->n_early, sizeof *b->early)) {
+        sub_settle(b, job); /* after the window, or out of memory: what is known now */
         return;
-    }
-    if (b->n_early == b->cap_early) {
-        size_t cap = b->cap_early ? 2 * b->cap_early : 64;
-        uint64_t *n = realloc(b->early, cap * sizeof *n);
-        if (!n) {
-            sub_settle(b, job); /* what is known now, rather than nothing */
-            return;
-        }
-        b->early = n, b->cap_early = cap;
     }
     b->early[b->n_early++] = job->id;
 }
@@ -881,7 +887,7 @@ static void sub_settle_or_wait(sb_broker *b, sb_job *job)
  * meanwhile is dropped. */
 static void early_subs_end(sb_broker *b, int64_t now)
 {
-    if (!b->n_early || now < b->warm_until_ms) return;
+    if (!b->n_early || starting(b, now)) return;
     uint64_t *ids = b->early;
     size_t n = b->n_early;
     b->early = NULL, b->n_early = b->cap_early = 0;
@@ -897,15 +903,7 @@ static void early_subs_end(sb_broker *b, int64_t now)
             sub_begin(b, job);
             continue;
         }
-        bool checker_needed = sub->resume && !sub->unknown && !sub->held;
-        for (sb_worker *w = b->workers; w; w = w->next) {
-            if (w->id <= sub->asked_upto) continue;
-            if (sub_ask(b, job, w, checker_needed))
-                chat_log_warn("broker: ATTACH for %" PRIu64 " not sent to worker pid %d", job->id, w->pid);
-            else
-                checker_needed = false;
-        }
-        sub->asked_upto = b->next_worker_id;
+        sub_ask_newer(b, job, sub->asked_upto);
         if (!sub->n_asked) sub_settle(b, job);
     }
     free(ids);
@@ -923,7 +921,7 @@ static void handle_submit(sb_broker *b, sb_job *job, int64_t now)
         sub_begin(b, job);
         return;
     }
-    if (atomic_load(&b->n_live) == 0 && now >= b->warm_until_ms) {
+    if (atomic_load(&b->n_live) == 0 && !starting(b, now)) {
         job_fail(b, job, CHAT_CODE_OVERLOADED, "No worker is available, please retry shortly");
         return;
     }
@@ -1160,7 +1158,7 @@ static void expire_queue(sb_broker *b, int64_t now)
 {
     /* With no live worker left, nothing queued can run: fail it now rather than at its deadline (after the
      * start window: in it, workers may still be on their way). */
-    bool none = atomic_load(&b->n_live) == 0 && now >= b->warm_until_ms;
+    bool none = atomic_load(&b->n_live) == 0 && !starting(b, now);
     while (b->q_head && (none || b->q_head->deadline_ms <= now)) {
         sb_job *job = q_pop(b);
         job_fail(b, job, CHAT_CODE_OVERLOADED,
@@ -1225,8 +1223,8 @@ long sb_broker_run(sb_broker *b)
     if (b->cmd_head || b->out_head || messages_waiting(b)) return 0;
     int64_t due = b->next_hb_ms;
     if (b->q_head && b->q_head->deadline_ms < due) due = b->q_head->deadline_ms;
-    if (b->n_early && b->warm_until_ms < due) due = b->warm_until_ms;
-    if (b->q_head && !atomic_load(&b->n_live) && b->warm_until_ms < due) due = b->warm_until_ms;
+    bool window_ends_something = b->n_early || (b->q_head && !atomic_load(&b->n_live));
+    if (window_ends_something && b->warm_until_ms < due) due = b->warm_until_ms;
     now = chat_now_ms();
     return due > now ? (long)(due - now) : 0;
 }
@@ -1398,7 +1396,7 @@ sb_event *sb_broker_take_events(sb_broker *b)
 void sb_broker_stats(sb_broker *b, sb_stats *out)
 {
     out->workers_live = atomic_load(&b->n_live);
-    out->starting = chat_now_ms() < b->warm_until_ms;
+    out->starting = starting(b, chat_now_ms());
     out->workers_busy = atomic_load(&b->n_busy);
     out->jobs_queued = atomic_load(&b->n_queued);
     out->jobs_running = atomic_load(&b->n_running);
