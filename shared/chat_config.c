@@ -181,6 +181,7 @@ int chat_config_from_env(chat_config *cfg, char *err, size_t errlen)
     INT(history_turns, "CHAT_HISTORY_TURNS", 6, 0, 100);
     INT(kb_top_k, "CHAT_KB_TOP_K", 4, 1, 50);
     INT(kb_common_pct, "CHAT_KB_COMMON_PCT", 5, 0, 100);
+    INT(kb_derived, "CHAT_KB_DERIVED", 1, 0, 1);
     INT(max_message_bytes, "CHAT_MAX_MESSAGE_BYTES", 8192, 16, 1 << 20);
     STR(customer_access, "CHAT_CUSTOMER_ACCESS", "own");
 

@@ -75,6 +75,7 @@ typedef struct chat_config {
     int history_turns;
     int kb_top_k;
     int kb_common_pct; /* words in more than this % of a large knowledge base are left out of queries */
+    int kb_derived;    /* 1: questions search the derived table kb_search where the server allows (chat_kb.h) */
     int max_message_bytes;
     /* Who may name a customer_id: "own" (the token's email is the customer's email) or "any"
      * (every authenticated user: staff desks, demos). */

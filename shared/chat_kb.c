@@ -1,7 +1,9 @@
 /* Knowledge-base retrieval and import over kb_documents.
  *
- * Retrieval uses the FULLTEXT indexes of the InnoDB table (schema.sql says why InnoDB) in natural-language
- * mode on a sanitised question: only word tokens survive, so the boolean-mode operators
+ * Retrieval uses FULLTEXT indexes in natural-language mode: those of kb_search, the Aria copy of the
+ * InnoDB table that triggers and chat_kb_sync keep in step (migration 006; half the search cost), or
+ * of kb_documents itself (schema.sql says why InnoDB) where the copy cannot be kept or is behind a
+ * commit. The question is sanitised first: only word tokens survive, so the boolean-mode operators
  * (+ - ~ * " ( ) @ <>) never reach the parser and the text is a bound parameter anyway. Fault codes take
  * a separate exact path first (boolean "+E42", the code being validated as letter+digits), because a
  * symptom guide mentioning many codes must not outrank the section that is about this one. A customer's
@@ -20,13 +22,16 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "chat_agent.h"
 #include "chat_common.h"
@@ -158,12 +163,15 @@ void chat_kb_result_clear(chat_kb_result *r)
 typedef struct collect_ctx {
     chat_kb_result *out;
     size_t cap;
+    int pending; /* the derived table's ninth column: 1 = changes waiting, 0 = none, -1 = no row read */
 } collect_ctx;
 
-/* Columns: id, source, title, agent, model_id, body, score, raw. Skips ids already collected. */
+/* Columns: id, source, title, agent, model_id, body, score, raw (and pending from kb_search). Skips ids
+ * already collected. */
 static int collect_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
     collect_ctx *c = ud;
+    if (ncols > 8 && v[8]) c->pending = atoi(v[8]) != 0;
     long long id = atoll(v[0]);
     for (size_t i = 0; i < c->out->n; i++)
         if (c->out->items[i].id == id) return 0;
@@ -210,13 +218,13 @@ static int collect_row(void *ud, int ncols, char **v, unsigned long *lens)
 #define KB_K_MAX 50 /* passages a search returns at most (chat_kb_query.k) */
 
 /* Passages that name the fault code (boolean "+E42"); the code was validated as letter + digits. */
-static const char SQL_FAULT[] =
-    "SELECT SQL_CACHE id, source, title, agent, model_id, body,"
-    " " KB_FAULT_BASE " + LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE), " KB_RELEVANCE_MAX ")"
-    " * (CASE WHEN title LIKE ? THEN " KB_FAULT_TITLE_FACTOR " ELSE 1 END) AS score,"
-    " " KB_FAULT_RAW " AS raw"
-    " FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"
-    " ORDER BY score DESC, id LIMIT ?";
+#define SQL_FAULT_IN(TABLE, PENDING)                                                                     \
+    "SELECT SQL_CACHE id, source, title, agent, model_id, body,"                                          \
+    " " KB_FAULT_BASE " + LEAST(MATCH(title, body) AGAINST (? IN BOOLEAN MODE), " KB_RELEVANCE_MAX ")"    \
+    " * (CASE WHEN title LIKE ? THEN " KB_FAULT_TITLE_FACTOR " ELSE 1 END) AS score,"                     \
+    " " KB_FAULT_RAW " AS raw" PENDING                                                                     \
+    " FROM " TABLE " WHERE MATCH(title, body) AGAINST (? IN BOOLEAN MODE)"                                \
+    " ORDER BY score DESC, id LIMIT ?"
 
 /* Ranking runs over (id, agent, model_id) only and the bodies of the k winners are fetched by key
  * afterwards: sorting thousands of matches with their bodies attached made MariaDB spill a temporary
@@ -232,8 +240,8 @@ static const char SQL_FAULT[] =
  * winners. Boolean mode has no such order, so its fallback statement reads every match. The factors
  * are doubles (1e0, not 1.0): a DECIMAL literal made MariaDB multiply in decimal arithmetic per row. */
 #define KB_CANDIDATES "200"
-#define SQL_TEXT_IN(MODE, CANDIDATES)                                                                      \
-    "SELECT SQL_CACHE k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw FROM"            \
+#define SQL_TEXT_IN(MODE, CANDIDATES, TABLE, PENDING)                                                      \
+    "SELECT SQL_CACHE k.id, k.source, k.title, k.agent, k.model_id, k.body, r.score, r.raw" PENDING " FROM" \
     " (SELECT id, raw * (CASE WHEN ? IS NULL OR model_id IS NULL THEN 1e0 WHEN model_id = ? THEN "          \
     KB_OWN_MODEL_FACTOR " ELSE " KB_OTHER_MODEL_FACTOR " END)"                                              \
     "             * (CASE WHEN ? IS NULL OR agent IS NULL OR agent = ? THEN 1e0 ELSE " KB_OTHER_AGENT_FACTOR  \
@@ -241,10 +249,10 @@ static const char SQL_FAULT[] =
     "  FROM (SELECT id, agent, model_id, LEAST(MATCH(title, body) AGAINST (? IN " MODE ")"                  \
     "                                        + " KB_TITLE_WEIGHT " * MATCH(title) AGAINST (? IN " MODE "), " \
     KB_RELEVANCE_MAX ") AS raw"                                                                             \
-    "        FROM kb_documents WHERE MATCH(title, body) AGAINST (? IN " MODE ") " CANDIDATES ") m"          \
+    "        FROM " TABLE " WHERE MATCH(title, body) AGAINST (? IN " MODE ") " CANDIDATES ") m"             \
     "  ORDER BY score DESC, id LIMIT ?) r"                                                                  \
-    " JOIN kb_documents k ON k.id = r.id ORDER BY r.score DESC, r.id"
-static const char SQL_TEXT[] = SQL_TEXT_IN("NATURAL LANGUAGE MODE", "LIMIT " KB_CANDIDATES);
+    " JOIN " TABLE " k ON k.id = r.id ORDER BY r.score DESC, r.id"
+#define SQL_TEXT_NL(TABLE, PENDING) SQL_TEXT_IN("NATURAL LANGUAGE MODE", "LIMIT " KB_CANDIDATES, TABLE, PENDING)
 
 /* The same in boolean mode (any of the words), for when the natural-language search found nothing.
  * MyISAM's and Aria's natural-language search ignores a word found in more than half of the passages,
@@ -252,7 +260,21 @@ static const char SQL_TEXT[] = SQL_TEXT_IN("NATURAL LANGUAGE MODE", "LIMIT " KB_
  * all; boolean mode has no such rule. InnoDB's natural-language search has none either, so on the
  * InnoDB table (migration 004) this finds nothing the first search did not: it stays for a table an
  * admin keeps in another engine, and costs a statement only when the first search found nothing. */
-static const char SQL_TEXT_ANY[] = SQL_TEXT_IN("BOOLEAN MODE", "");
+#define SQL_TEXT_ANY(TABLE, PENDING) SQL_TEXT_IN("BOOLEAN MODE", "", TABLE, PENDING)
+
+/* Where a question is searched (migration 006): kb_search, the derived Aria copy whose full-text search
+ * costs about half of InnoDB's, or kb_documents itself. The copy's statements carry a ninth column,
+ * whether kb_changes has a row: an edit committed to kb_documents that the copy has not taken yet. The
+ * query cache keeps that answer right too, since a commit that writes kb_changes empties the entries
+ * that read it. */
+#define KB_PENDING ", (SELECT COUNT(*) FROM (SELECT 1 FROM kb_changes LIMIT 1) c) AS pending"
+typedef struct kb_source {
+    const char *fault, *text, *any;
+} kb_source;
+static const kb_source KB_DIRECT = {SQL_FAULT_IN("kb_documents", ""), SQL_TEXT_NL("kb_documents", ""),
+                                    SQL_TEXT_ANY("kb_documents", "")};
+static const kb_source KB_DERIVED = {SQL_FAULT_IN("kb_search", KB_PENDING), SQL_TEXT_NL("kb_search", KB_PENDING),
+                                     SQL_TEXT_ANY("kb_search", KB_PENDING)};
 
 /* Which words are common: read from a sample of the passages, not counted per word.
  *
@@ -558,14 +580,15 @@ static char *drop_common_terms(chat_db *db, chat_kb_stats *st, const char *terms
 }
 
 /* The passages that name the fault code, best first. */
-static int search_fault_code(chat_db *db, const char *code, collect_ctx *ctx, char *err, size_t errlen)
+static int search_fault_code(chat_db *db, const kb_source *src, const char *code, collect_ctx *ctx, char *err,
+                             size_t errlen)
 {
     char boolean[24], like[24];
     snprintf(boolean, sizeof boolean, "+%s", code);
     snprintf(like, sizeof like, "%%%s%%", code);
     chat_db_param p[] = {CHAT_DB_P_STR(boolean), CHAT_DB_P_STR(like), CHAT_DB_P_STR(boolean),
                          CHAT_DB_P_INT((long long)ctx->cap)};
-    return chat_db_run(db, SQL_FAULT, p, 4, collect_row, ctx, NULL, NULL, err, errlen);
+    return chat_db_run(db, src->fault, p, 4, collect_row, ctx, NULL, NULL, err, errlen);
 }
 
 /* The question's search words: sanitised, without the common ones when stats are given. Caller frees;
@@ -586,38 +609,214 @@ static char *query_terms(chat_db *db, const chat_kb_query *q, int *rc, char *err
 
 /* The text matches, ranked with the model and agent factors; in boolean mode when natural-language
  * mode found nothing. */
-static int search_text(chat_db *db, const chat_kb_query *q, const char *terms, collect_ctx *ctx, char *err,
-                       size_t errlen)
+static int search_text(chat_db *db, const kb_source *src, const chat_kb_query *q, const char *terms,
+                       collect_ctx *ctx, char *err, size_t errlen)
 {
     chat_db_param model = q->model_id && *q->model_id ? CHAT_DB_P_STR(q->model_id) : CHAT_DB_P_NULL();
     chat_db_param agent = q->agent && *q->agent ? CHAT_DB_P_STR(q->agent) : CHAT_DB_P_NULL();
     chat_db_param t = CHAT_DB_P_STR(terms);
     chat_db_param p[] = {model, model, agent, agent, t, t, t, CHAT_DB_P_INT((long long)ctx->cap)};
     size_t before = ctx->out->n;
-    int rc = chat_db_run(db, SQL_TEXT, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
+    int rc = chat_db_run(db, src->text, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
     if (!rc && ctx->out->n == before)
-        rc = chat_db_run(db, SQL_TEXT_ANY, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
+        rc = chat_db_run(db, src->any, p, 8, collect_row, ctx, NULL, NULL, err, errlen);
     return rc;
 }
 
-int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, char *err, size_t errlen)
+/* One search in src; *pending as collect_ctx's (0 when no statement ran: nothing to search anywhere). */
+static int search_in(chat_db *db, const kb_source *src, const chat_kb_query *q, chat_kb_result *out, int *pending,
+                     char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     size_t k = q->k < 1 ? 1 : q->k > KB_K_MAX ? KB_K_MAX : q->k;
     out->items = calloc(k, sizeof *out->items);
     if (!out->items) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    collect_ctx ctx = {out, k};
+    collect_ctx ctx = {out, k, 0};
     int rc = 0;
     char code[16];
-    if (q->fault_code && chat_kb_find_fault_code(q->fault_code, code))
-        rc = search_fault_code(db, code, &ctx, err, errlen);
+    if (q->fault_code && chat_kb_find_fault_code(q->fault_code, code)) {
+        ctx.pending = -1;
+        rc = search_fault_code(db, src, code, &ctx, err, errlen);
+    }
     if (!rc && out->n < k) {
         char *terms = query_terms(db, q, &rc, err, errlen);
-        if (terms && terms[0]) rc = search_text(db, q, terms, &ctx, err, errlen);
+        if (terms && terms[0]) {
+            if (ctx.pending == 0) ctx.pending = -1;
+            rc = search_text(db, src, q, terms, &ctx, err, errlen);
+        }
         free(terms);
+    }
+    *pending = ctx.pending;
+    if (rc) chat_kb_result_clear(out);
+    return rc;
+}
+
+static int pending_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    (void)ncols, (void)v, (void)lens;
+    *(int *)ud = 1;
+    return 0;
+}
+
+int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, char *err, size_t errlen)
+{
+    int pending = 0;
+    int rc = search_in(db, q->sync_db ? &KB_DERIVED : &KB_DIRECT, q, out, &pending, err, errlen);
+    if (rc || !q->sync_db) return rc;
+    if (pending < 0) { /* no row said: ask on its own */
+        pending = 0;
+        rc = chat_db_run(db, "SELECT 1 FROM kb_changes LIMIT 1", NULL, 0, pending_row, &pending, NULL, NULL, err,
+                         errlen);
+    }
+    if (!rc && pending) { /* the copy is behind a commit: bring it forward, answer this one from the source */
+        char serr[256];
+        int n = chat_kb_sync(q->sync_db, CHAT_KB_SYNC_BATCH, 1, serr, sizeof serr);
+        if (n < 0 && n != CHAT_ECONFLICT) chat_log_debug("kb_search not brought up to date: %s", serr);
+        chat_kb_result_clear(out);
+        rc = search_in(db, &KB_DIRECT, q, out, &pending, err, errlen);
     }
     if (rc) chat_kb_result_clear(out);
     return rc;
+}
+
+/* ---- the derived search table (migration 006) ---- */
+
+#define KB_SYNC_BULK 2000     /* change rows a batch of chat_kb_sync_all takes */
+#define KB_SYNC_WAIT_MS 30000 /* how long chat_kb_sync_all waits for another copier */
+
+/* One batch of change rows: their ids and their passages' (without repeats), as statement parameters. */
+typedef struct change_batch {
+    chat_db_param *ids, *docs;
+    int n, ndocs, cap;
+    char *sql; /* room for a statement with cap placeholders */
+    size_t sql_cap;
+} change_batch;
+
+static void batch_free(change_batch *b)
+{
+    free(b->ids), free(b->docs), free(b->sql);
+}
+
+static int batch_init(change_batch *b, int cap)
+{
+    memset(b, 0, sizeof *b);
+    b->cap = cap;
+    b->sql_cap = 256 + 3 * (size_t)cap;
+    b->ids = calloc((size_t)cap, sizeof *b->ids);
+    b->docs = calloc((size_t)cap, sizeof *b->docs);
+    b->sql = malloc(b->sql_cap);
+    if (b->ids && b->docs && b->sql) return 0;
+    batch_free(b);
+    return CHAT_ENOMEM;
+}
+
+static int change_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    (void)lens;
+    change_batch *b = ud;
+    if (ncols < 2 || !v[0] || !v[1] || b->n == b->cap) return 0;
+    b->ids[b->n++] = CHAT_DB_P_INT(atoll(v[0]));
+    long long doc = atoll(v[1]);
+    for (int i = 0; i < b->ndocs; i++)
+        if (b->docs[i].i == doc) return 0;
+    b->docs[b->ndocs++] = CHAT_DB_P_INT(doc);
+    return 0;
+}
+
+static int lock_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    (void)lens;
+    *(int *)ud = ncols > 0 && v[0] && atoi(v[0]) == 1;
+    return 0;
+}
+
+/* "PREFIX(?, ?, ...)" with n placeholders into the batch's statement buffer. */
+static const char *in_list(change_batch *b, const char *prefix, int n)
+{
+    size_t len = (size_t)snprintf(b->sql, b->sql_cap, "%s(", prefix);
+    for (int i = 0; i < n && len + 4 < b->sql_cap; i++)
+        len += (size_t)snprintf(b->sql + len, b->sql_cap - len, i ? ", ?" : "?");
+    snprintf(b->sql + len, b->sql_cap - len, ")");
+    return b->sql;
+}
+
+/* Within the caller's READ COMMITTED transaction: takes up to b->cap committed change rows (SKIP LOCKED:
+ * an open transaction's are not committed, so not ours to take, and are never waited for), replaces
+ * their passages' copies by the rows committed now (no copy when the passage is gone), and deletes the
+ * rows taken. Returns how many it took. */
+static int sync_batch(chat_db *db, change_batch *b, char *err, size_t errlen)
+{
+    b->n = b->ndocs = 0;
+    chat_db_param lim = CHAT_DB_P_INT(b->cap);
+    int rc = chat_db_run(db, "SELECT id, doc_id FROM kb_changes ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED", &lim, 1,
+                         change_row, b, NULL, NULL, err, errlen);
+    if (rc || !b->n) return rc;
+    rc = chat_db_run(db, in_list(b, "DELETE FROM kb_search WHERE id IN ", b->ndocs), b->docs, b->ndocs, NULL, NULL,
+                     NULL, NULL, err, errlen);
+    /* REPLACE, not INSERT: it never runs as a concurrent insert, so a search statement, which holds
+     * kb_search's read lock to its end, sees the copy before this batch or after it, never between; and
+     * this batch's commit, which empties kb_changes, cannot fall inside that statement either. */
+    if (!rc)
+        rc = chat_db_run(db,
+                         in_list(b,
+                                 "REPLACE INTO kb_search (id, source, title, agent, model_id, body)"
+                                 " SELECT id, source, title, agent, model_id, body FROM kb_documents WHERE id IN ",
+                                 b->ndocs),
+                         b->docs, b->ndocs, NULL, NULL, NULL, NULL, err, errlen);
+    if (!rc)
+        rc = chat_db_run(db, in_list(b, "DELETE FROM kb_changes WHERE id IN ", b->n), b->ids, b->n, NULL, NULL, NULL,
+                         NULL, err, errlen);
+    return rc ? rc : b->n;
+}
+
+int chat_kb_sync(chat_db *db, int batch, int max_batches, char *err, size_t errlen)
+{
+    change_batch b;
+    if (batch_init(&b, batch < 1 ? 1 : batch)) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    /* one copier per database: two copying one passage's rows of different moments could leave the older */
+    int got = 0;
+    int rc = chat_db_run(db, "SELECT GET_LOCK(CONCAT(DATABASE(), '.kb_search'), 0)", NULL, 0, lock_row, &got, NULL,
+                         NULL, err, errlen);
+    if (!rc && !got) rc = chat_fail(err, errlen, CHAT_ECONFLICT, "another connection is updating kb_search");
+    if (rc) {
+        batch_free(&b);
+        return rc;
+    }
+    int total = 0;
+    for (int i = 0; i < max_batches && !rc; i++) {
+        /* READ COMMITTED: the passages' reads see the latest commit and lock nothing an editor holds */
+        rc = chat_db_run(db, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED", NULL, 0, NULL, NULL, NULL, NULL, err,
+                         errlen);
+        if (!rc) rc = chat_db_begin(db, err, errlen);
+        if (rc) break;
+        int n = sync_batch(db, &b, err, errlen);
+        if (n < 0) {
+            chat_db_rollback(db);
+            rc = n;
+            break;
+        }
+        rc = chat_db_commit(db, err, errlen);
+        if (!rc) total += n;
+        if (n < b.cap) break;
+    }
+    char ignore[64];
+    chat_db_run(db, "SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.kb_search'))", NULL, 0, NULL, NULL, NULL, NULL, ignore,
+                sizeof ignore);
+    batch_free(&b);
+    return rc ? rc : total;
+}
+
+#define ER_NO_SUCH_TABLE 1146
+
+int chat_kb_sync_all(chat_db *db, char *err, size_t errlen)
+{
+    for (int waited_ms = 0;; waited_ms += 50) {
+        int rc = chat_kb_sync(db, KB_SYNC_BULK, INT_MAX, err, errlen);
+        if (rc == CHAT_EDB && chat_db_errno(db) == ER_NO_SUCH_TABLE) return 0; /* before migration 006 */
+        if (rc != CHAT_ECONFLICT || waited_ms >= KB_SYNC_WAIT_MS) return rc < 0 ? rc : 0;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
 }
 
 /* ---- import ---- */
@@ -863,8 +1062,9 @@ static int import_walk(chat_db *db, const char *root, const char *rel, chat_kb_i
 int chat_kb_import_dir(chat_db *db, const char *dir, chat_kb_import_stats *stats, char *err, size_t errlen)
 {
     int rc = import_walk(db, dir, "", stats, 0, err, errlen);
+    if (!rc) rc = chat_kb_sync_all(db, err, errlen); /* the copy takes the import now, not question by question */
     if (rc) return rc;
-    static const char optimize[] = "OPTIMIZE TABLE kb_documents";
+    static const char optimize[] = "OPTIMIZE TABLE kb_documents, kb_search";
     return chat_db_exec_script(db, optimize, sizeof optimize - 1, err, errlen);
 }
 
@@ -934,4 +1134,50 @@ void chat_kb_fulltext_warn(chat_db *db, const char *who)
     else if (!ft.ok)
         chat_log_warn("%s: the database's full-text settings lose short words: change %s (%s)", who, ft.setting,
                       ft.problem);
+}
+
+/* ---- whether the derived table can be kept ---- */
+
+typedef struct derived_vars {
+    bool wsrep;
+    long long min_word_len;
+    bool builtin_stopwords;
+} derived_vars;
+
+static int derived_var_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    (void)lens;
+    derived_vars *d = ud;
+    if (ncols < 2 || !v[0]) return 0;
+    const char *val = v[1] ? v[1] : "";
+    if (!strcasecmp(v[0], "wsrep_on")) d->wsrep = !strcasecmp(val, "ON");
+    else if (!strcasecmp(v[0], "ft_min_word_len")) d->min_word_len = atoll(val);
+    else if (!strcasecmp(v[0], "ft_stopword_file")) d->builtin_stopwords = !strcmp(val, "(built-in)");
+    return 0;
+}
+
+int chat_kb_derived_usable(chat_db *db, char *err, size_t errlen)
+{
+    derived_vars d = {.min_word_len = 4};
+    int rc = chat_db_run(db, "SELECT 1 FROM kb_changes LIMIT 0", NULL, 0, NULL, NULL, NULL, NULL, err, errlen);
+    if (!rc)
+        rc = chat_db_run(db,
+                         "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES"
+                         " WHERE VARIABLE_NAME IN ('WSREP_ON', 'FT_MIN_WORD_LEN', 'FT_STOPWORD_FILE')",
+                         NULL, 0, derived_var_row, &d, NULL, NULL, err, errlen);
+    if (rc) return rc;
+    if (d.wsrep) {
+        snprintf(err, errlen, "a Galera node (wsrep_on): Galera does not replicate the Aria copy");
+        return 0;
+    }
+    if (d.min_word_len > KB_SHORT_TOKEN) {
+        snprintf(err, errlen, "ft_min_word_len is %lld: set it to 1 for the Aria copy to index V6 and hp",
+                 d.min_word_len);
+        return 0;
+    }
+    if (d.builtin_stopwords) {
+        snprintf(err, errlen, "ft_stopword_file is the built-in list: set it to '' (empty)");
+        return 0;
+    }
+    return 1;
 }

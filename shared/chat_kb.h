@@ -1,4 +1,5 @@
-/* The knowledge base: full-text retrieval over kb_documents, and the markdown importer.
+/* The knowledge base: full-text retrieval over kb_documents (or its derived copy kb_search, below), and
+ * the markdown importer.
  *
  * Chat text is not a query language: the question is reduced to plain word tokens (letters and digits,
  * any script) before it reaches MATCH ... AGAINST, always as a bound parameter, so operators, quotes and
@@ -48,6 +49,8 @@ typedef struct chat_kb_query {
     const char *fault_code; /* e.g. "E42": the passages naming it first; NULL = none */
     size_t k;               /* max passages, clamped to 1..50 */
     chat_kb_stats *stats;   /* NULL = search with every word */
+    chat_db *sync_db;       /* search the derived table kb_search (migration 006), brought up to date on
+                             * this connection (the primary: it writes); NULL = search kb_documents */
 } chat_kb_query;
 
 /* Searches; out is filled (possibly with n = 0), best first. Caller clears out with chat_kb_result_clear
@@ -55,6 +58,29 @@ typedef struct chat_kb_query {
  * caller's connection. */
 int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, char *err, size_t errlen);
 void chat_kb_result_clear(chat_kb_result *r);
+
+/* The derived search table. kb_search is an Aria copy of kb_documents' searchable columns; triggers
+ * write each edited passage's id into kb_changes in the editor's own transaction. A search with sync_db
+ * reads kb_search and, in the same statement, whether kb_changes has a row; when it has, the copy is
+ * behind a commit, so that search brings up to CHAT_KB_SYNC_BATCH changes over (chat_kb_sync, one
+ * batch) and answers from kb_documents itself. So a committed edit is seen by the next question and a
+ * rolled-back one never, as with a direct search.
+ *
+ * chat_kb_sync copies up to max_batches batches of `batch` committed changes, each in its own
+ * transaction, and returns how many change rows it took (0: the copy is up to date), CHAT_ECONFLICT when another
+ * connection is copying (never waits for it), or CHAT_EDB. Any thread, with the caller's connection
+ * outside a transaction. Needs INSERT and DELETE on kb_search and kb_changes.
+ *
+ * chat_kb_derived_usable says whether this server can keep the copy: not a Galera node (Galera does
+ * not replicate Aria, and one node's copier would take every node's change rows), and Aria's full-text
+ * settings index short words as InnoDB's do (ft_min_word_len <= 2, no built-in stopword list). 1 yes,
+ * 0 no (why in err), or CHAT_EDB (also when migration 006 is missing: the table kb_changes). */
+#define CHAT_KB_SYNC_BATCH 64 /* change rows a search copies when it finds the copy behind */
+int chat_kb_sync(chat_db *db, int batch, int max_batches, char *err, size_t errlen);
+/* Copies every committed change (after a bulk load: an import, chat-kbgen), waiting up to 30 s for
+ * another copier. 0 or a negative code. */
+int chat_kb_sync_all(chat_db *db, char *err, size_t errlen);
+int chat_kb_derived_usable(chat_db *db, char *err, size_t errlen);
 
 /* Turns free text into the boolean-safe search string used by chat_kb_search: lower-case word tokens,
  * without English function words, lone letters, repeats and words over 84 bytes, at most max_terms of

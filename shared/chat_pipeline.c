@@ -83,6 +83,7 @@ struct chat_pipeline {
     chat_kb_stats *own_stats; /* NULL when the caller's shared one is used */
     chat_spool *spool;        /* the process's, or NULL: a turn the database cannot take is not kept */
     int64_t vocab_loaded_ms; /* 0 = never */
+    int kb_derived;          /* search kb_search (1) or kb_documents (0); -1 = not judged yet */
     model_entry models[MAX_MODELS];
     int n_models;
 };
@@ -95,6 +96,7 @@ chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errle
     p->db = chat_db_new(cfg);
     p->read_db = chat_db_new_read(cfg);
     p->kb_stats = p->own_stats = chat_kb_stats_new(cfg->kb_common_pct);
+    p->kb_derived = cfg->kb_derived ? -1 : 0;
     p->clf = chat_classifier_new();
     if (!p->db || !p->kb_stats || !p->clf) {
         chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
@@ -150,6 +152,16 @@ static int model_row(void *ud, int ncols, char **v, unsigned long *lens)
     return 0;
 }
 
+/* Whether questions can search the derived table, judged once on the primary (it keeps the copy). */
+static void judge_kb_derived(chat_pipeline *p)
+{
+    char why[256] = "";
+    int ok = chat_kb_derived_usable(p->db, why, sizeof why);
+    if (ok < 0) return; /* the database is away: judged again at the next reload */
+    p->kb_derived = ok;
+    if (!ok) chat_log_info("questions search kb_documents, not its derived copy kb_search: %s", why);
+}
+
 /* Reloads routing terms and the model list when stale. Failures keep the previous copy. */
 static int refresh_vocabulary(chat_pipeline *p, char *err, size_t errlen)
 {
@@ -166,6 +178,7 @@ static int refresh_vocabulary(chat_pipeline *p, char *err, size_t errlen)
         return p->vocab_loaded_ms ? 0 : rc;
     }
     p->vocab_loaded_ms = now;
+    if (p->kb_derived < 0) judge_kb_derived(p);
     return 0;
 }
 
@@ -644,6 +657,7 @@ static int stage_retrieve(begin_state *s)
         .fault_code = chat_kb_find_fault_code(t->query, code) ? code : NULL,
         .k = k,
         .stats = s->p->kb_stats,
+        .sync_db = s->p->kb_derived > 0 ? s->p->db : NULL,
     };
     int64_t r0 = chat_now_us();
     chat_db *db = stale_db(s->p);

@@ -212,6 +212,8 @@ static int search(chat_db *db, const chat_config *cfg, int argc, char **argv)
         return 1;
     }
     q.question = argv[i];
+    char why[256];
+    if (cfg->kb_derived && chat_kb_derived_usable(db, why, sizeof why) > 0) q.sync_db = db; /* as the pipeline */
     char code[16];
     if (chat_kb_find_fault_code(q.question, code)) q.fault_code = code;
     char *terms = chat_kb_sanitize(q.question, 0);

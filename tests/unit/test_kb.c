@@ -72,10 +72,16 @@ static void test_migrations(void **state)
 }
 
 /* chat_kb_search, which must succeed. */
+/* Whether searches read the derived table kb_search (as the pipeline does) or kb_documents: the tests
+ * of edits and ranking run both ways (the _derived twins below). */
+static bool derived;
+
 static void search_ok(chat_db *d, const chat_kb_query *q, chat_kb_result *r)
 {
     char err[256];
-    int rc = chat_kb_search(d, q, r, err, sizeof err);
+    chat_kb_query dq = *q;
+    if (derived) dq.sync_db = d;
+    int rc = chat_kb_search(d, &dq, r, err, sizeof err);
     if (rc) fail_msg("search '%s': %s (%s)", q->question, chat_strerror(rc), err);
 }
 
@@ -306,10 +312,11 @@ static void test_admin_edits_visible(void **state)
     static const char hits_sql[] =
         "SELECT variable_value FROM information_schema.global_status WHERE variable_name = 'QCACHE_HITS'";
     long long hits = count_sql(admin, hits_sql);
-    /* The same question three times: answered by the query cache by the third at the latest (the private
+    /* The same question four times: answered by the query cache by the fourth at the latest (the private
      * server runs with query_cache_type=2; the first read after another connection's write to an Aria
-     * table is not stored). */
-    for (int i = 0; i < 3; i++)
+     * table is not stored, and with the derived table the first search reads kb_documents and copies
+     * the edit into kb_search). */
+    for (int i = 0; i < 4; i++)
         assert_true(top_is(db, "zanzibar flamingos", "admin/new.md"));
     assert_true(count_sql(admin, hits_sql) > hits);
     testutil_sql(admin, "UPDATE kb_documents SET body = 'Renamed to the xylophone pier.' WHERE source = 'admin/new.md';"
@@ -726,6 +733,130 @@ static void test_tiny_knowledge_base(void **state)
     chat_db_free(d);
 }
 
+/* ---- the derived search table (migration 006) ---- */
+
+#define DERIVED_TWIN(name)                                                                                 \
+    static void name##_derived(void **state)                                                               \
+    {                                                                                                      \
+        derived = true;                                                                                    \
+        name(state);                                                                                       \
+        derived = false;                                                                                   \
+    }
+DERIVED_TWIN(test_ranking)
+DERIVED_TWIN(test_short_tokens_and_codes)
+DERIVED_TWIN(test_admin_edits_visible)
+DERIVED_TWIN(test_admin_edits_transactional)
+
+static long long pending_changes(chat_db *d) { return count_sql(d, "SELECT COUNT(*) FROM kb_changes"); }
+
+/* The private server can keep the copy, and it starts complete (the migration filled it). */
+static void test_derived_usable(void **state)
+{
+    char why[256] = "";
+    int ok = chat_kb_derived_usable(db, why, sizeof why);
+    if (ok != 1) fail_msg("derived table not usable here: %d %s", ok, why);
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search"), count_sql(db, "SELECT COUNT(*) FROM kb_documents"));
+    assert_int_equal(pending_changes(db), 0);
+}
+
+/* A committed edit leaves a change row; the next derived search answers it (from kb_documents) and
+ * brings the copy forward, so kb_search then holds the edit and no change is left. An edit rolled back
+ * leaves no change row at all. */
+static void test_derived_follows_commits(void **state)
+{
+    chat_config cfg = testutil_config("kb");
+    chat_db *admin = chat_db_new(&cfg);
+    testutil_sql(admin, "START TRANSACTION; INSERT INTO kb_documents (source, title, body) VALUES ('admin/rb.md',"
+                        " 'Wombat moorings', 'Wombat moorings are free.'); ROLLBACK;");
+    assert_int_equal(pending_changes(db), 0);
+    testutil_sql(admin, "INSERT INTO kb_documents (source, title, body) VALUES ('admin/d.md', 'Narwhal berths',"
+                        " 'Narwhal berths cost extra.');");
+    assert_int_equal(pending_changes(db), 1);
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source = 'admin/d.md'"), 0);
+    derived = true;
+    assert_true(top_is(db, "narwhal berths", "admin/d.md"));
+    assert_int_equal(pending_changes(db), 0);
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source = 'admin/d.md'"), 1);
+    assert_true(top_is(db, "narwhal berths", "admin/d.md")); /* now from the copy */
+    testutil_sql(admin, "UPDATE kb_documents SET source = 'admin/d2.md' WHERE source = 'admin/d.md';");
+    assert_true(top_is(db, "narwhal berths", "admin/d2.md"));
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source = 'admin/d2.md'"), 1);
+    testutil_sql(admin, "DELETE FROM kb_documents WHERE source = 'admin/d2.md';");
+    assert_false(top_is(db, "narwhal berths", "admin/d2.md"));
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source LIKE 'admin/d%'"), 0);
+    derived = false;
+    assert_int_equal(pending_changes(db), 0);
+    chat_db_free(admin);
+}
+
+/* While another connection is copying (it holds the copier's lock), a search never waits for it and
+ * still sees the committed edit: it answers from kb_documents and leaves the change for later. */
+static void test_derived_busy_copier(void **state)
+{
+    chat_config cfg = testutil_config("kb");
+    chat_db *admin = chat_db_new(&cfg), *copier = chat_db_new(&cfg);
+    assert_int_equal(count_sql(copier, "SELECT GET_LOCK(CONCAT(DATABASE(), '.kb_search'), 0)"), 1);
+    testutil_sql(admin, "INSERT INTO kb_documents (source, title, body) VALUES ('admin/busy.md', 'Axolotl slips',"
+                        " 'Axolotl slips are heated.');");
+    derived = true;
+    int64_t t0 = chat_now_ms();
+    assert_true(top_is(db, "axolotl slips", "admin/busy.md"));
+    assert_true(chat_now_ms() - t0 < 2000);
+    assert_int_equal(pending_changes(db), 1);
+    char err[256];
+    assert_int_equal(chat_kb_sync(db, CHAT_KB_SYNC_BATCH, 1, err, sizeof err), CHAT_ECONFLICT);
+    assert_int_equal(count_sql(copier, "SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.kb_search'))"), 1);
+    assert_true(top_is(db, "axolotl slips", "admin/busy.md"));
+    assert_int_equal(pending_changes(db), 0);
+    testutil_sql(admin, "DELETE FROM kb_documents WHERE source = 'admin/busy.md';");
+    assert_false(top_is(db, "axolotl slips", "admin/busy.md"));
+    derived = false;
+    chat_db_free(copier);
+    chat_db_free(admin);
+}
+
+/* An editor that took its change id first but commits last: the copier passes over its open change
+ * (never waiting for it) and takes it after the commit, so the copy is never left without it. */
+static void test_derived_late_commit(void **state)
+{
+    chat_config cfg = testutil_config("kb");
+    chat_db *slow = chat_db_new(&cfg), *fast = chat_db_new(&cfg);
+    testutil_sql(slow, "START TRANSACTION; INSERT INTO kb_documents (source, title, body) VALUES ('admin/slow.md',"
+                       " 'Pelican ramps', 'Pelican ramps close at six.');");
+    testutil_sql(fast, "INSERT INTO kb_documents (source, title, body) VALUES ('admin/fast.md', 'Heron ramps',"
+                       " 'Heron ramps close at nine.');");
+    derived = true;
+    int64_t t0 = chat_now_ms();
+    assert_true(top_is(db, "heron ramps", "admin/fast.md"));
+    assert_true(chat_now_ms() - t0 < 2000); /* the open change was skipped, not waited for */
+    assert_false(top_is(db, "pelican ramps", "admin/slow.md"));
+    testutil_sql(slow, "COMMIT;");
+    assert_true(top_is(db, "pelican ramps", "admin/slow.md"));
+    assert_int_equal(pending_changes(db), 0);
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source IN ('admin/slow.md', 'admin/fast.md')"),
+                     2);
+    testutil_sql(fast, "DELETE FROM kb_documents WHERE source IN ('admin/slow.md', 'admin/fast.md');");
+    assert_false(top_is(db, "pelican ramps", "admin/slow.md"));
+    derived = false;
+    chat_db_free(fast);
+    chat_db_free(slow);
+}
+
+/* An import leaves the copy up to date (chat_kb_sync_all), not to the questions after it. */
+static void test_derived_import_synced(void **state)
+{
+    static const char doc[] = "---\ntitle: Tapir guide\n---\n## Tapir lockers\nTapir lockers are by the gate.\n";
+    char err[256];
+    assert_int_equal(chat_kb_import_text(db, "admin/tapir.md", doc, sizeof doc - 1, NULL, err, sizeof err), 0);
+    assert_int_equal(chat_kb_sync_all(db, err, sizeof err), 0);
+    assert_int_equal(pending_changes(db), 0);
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source = 'admin/tapir.md'"),
+                     count_sql(db, "SELECT COUNT(*) FROM kb_documents WHERE source = 'admin/tapir.md'"));
+    testutil_sql(db, "DELETE FROM kb_documents WHERE source = 'admin/tapir.md';");
+    assert_int_equal(chat_kb_sync_all(db, err, sizeof err), 0);
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source = 'admin/tapir.md'"), 0);
+}
+
 TESTUTIL_MAIN(setup_sample, testutil_db_teardown,
               cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
               cmocka_unit_test(test_migration_004_innodb),   cmocka_unit_test(test_import_idempotent),
@@ -737,4 +868,9 @@ TESTUTIL_MAIN(setup_sample, testutil_db_teardown,
               cmocka_unit_test(test_many_parameters),        cmocka_unit_test(test_candidates_by_relevance),
               cmocka_unit_test(test_stats_shared),           cmocka_unit_test(test_admin_edits_transactional),
               cmocka_unit_test(test_no_statement_per_word),  cmocka_unit_test(test_common_words_sampled),
-              cmocka_unit_test(test_fulltext_settings),        cmocka_unit_test(test_sql_readme_runs))
+              cmocka_unit_test(test_fulltext_settings),        cmocka_unit_test(test_sql_readme_runs),
+              cmocka_unit_test(test_ranking_derived),          cmocka_unit_test(test_short_tokens_and_codes_derived),
+              cmocka_unit_test(test_admin_edits_visible_derived),
+              cmocka_unit_test(test_admin_edits_transactional_derived), cmocka_unit_test(test_derived_usable),
+              cmocka_unit_test(test_derived_follows_commits), cmocka_unit_test(test_derived_busy_copier),
+              cmocka_unit_test(test_derived_late_commit),     cmocka_unit_test(test_derived_import_synced))
