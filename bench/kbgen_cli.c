@@ -2,7 +2,8 @@
  *
  *   chat-kbgen --passages N [--seed S] [--no-optimize]
  *       replaces the synthetic passages (sources "gen/...") of the database named by CHAT_DB_* with N new
- *       ones, then OPTIMIZE TABLE kb_documents. The hand-written knowledge base (sql/kb) stays.
+ *       ones, brings the derived search table kb_search up to date (chat_kb_sync_all), then OPTIMIZE
+ *       TABLE kb_documents, kb_search. The hand-written knowledge base (sql/kb) stays.
  *   chat-kbgen --questions N [--seed S]
  *       prints N realistic questions, one per line, about what the database holds (for chat-bench).
  *   chat-kbgen --retrieval-bench Q [--seed S] [-k K] [--warmup W]
@@ -721,11 +722,17 @@ static int remove_generated(chat_db *db, long long *deleted, char *err, size_t e
     if (n < 1000)
         return chat_db_run(db, "DELETE FROM kb_documents WHERE source LIKE ?", &like, 1, NULL, NULL, deleted, NULL, err,
                            errlen);
-    static const char swap[] = "DROP TABLE IF EXISTS kb_documents_kbgen_new, kb_documents_kbgen_old;"
-                               "CREATE TABLE kb_documents_kbgen_new LIKE kb_documents;"
-                               "INSERT INTO kb_documents_kbgen_new SELECT * FROM kb_documents WHERE source NOT LIKE 'gen/%';"
-                               "RENAME TABLE kb_documents TO kb_documents_kbgen_old, kb_documents_kbgen_new TO kb_documents;"
-                               "DROP TABLE kb_documents_kbgen_old;";
+    /* The hand-written passages are set aside, the table emptied at once and they are put back: the
+     * table itself stays, with the triggers that keep kb_search (migration 006; a swap of tables by
+     * RENAME would drop them with the old table). TRUNCATE fires no trigger, so the copy is emptied
+     * too and takes the passages put back from their change rows (finish_kb). */
+    static const char swap[] = "DROP TABLE IF EXISTS kb_documents_kbgen_keep;"
+                               "CREATE TABLE kb_documents_kbgen_keep LIKE kb_documents;"
+                               "INSERT INTO kb_documents_kbgen_keep SELECT * FROM kb_documents WHERE source NOT LIKE 'gen/%';"
+                               "TRUNCATE TABLE kb_documents;"
+                               "DELETE FROM kb_search;"
+                               "INSERT INTO kb_documents SELECT * FROM kb_documents_kbgen_keep;"
+                               "DROP TABLE kb_documents_kbgen_keep;";
     rc = chat_db_exec_script(db, swap, sizeof swap - 1, err, errlen);
     if (!rc) *deleted = n;
     return rc;

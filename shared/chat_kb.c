@@ -683,6 +683,7 @@ int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, cha
 
 #define KB_SYNC_BULK 2000     /* change rows a batch of chat_kb_sync_all takes */
 #define KB_SYNC_WAIT_MS 30000 /* how long chat_kb_sync_all waits for another copier */
+#define KB_REBUILD_MIN 2000   /* changes from which chat_kb_sync_all builds a new copy instead */
 
 /* One batch of change rows: their ids and their passages' (without repeats), as statement parameters. */
 typedef struct change_batch {
@@ -769,27 +770,34 @@ static int sync_batch(chat_db *db, change_batch *b, char *err, size_t errlen)
     return rc ? rc : b->n;
 }
 
-int chat_kb_sync(chat_db *db, int batch, int max_batches, char *err, size_t errlen)
+/* One copier per database: two copying one passage's rows of different moments could leave the older.
+ * 0 when this connection holds the lock, CHAT_ECONFLICT when another does, or CHAT_EDB. */
+static int copier_lock(chat_db *db, char *err, size_t errlen)
 {
-    change_batch b;
-    if (batch_init(&b, batch < 1 ? 1 : batch)) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
-    /* one copier per database: two copying one passage's rows of different moments could leave the older */
     int got = 0;
     int rc = chat_db_run(db, "SELECT GET_LOCK(CONCAT(DATABASE(), '.kb_search'), 0)", NULL, 0, lock_row, &got, NULL,
                          NULL, err, errlen);
     if (!rc && !got) rc = chat_fail(err, errlen, CHAT_ECONFLICT, "another connection is updating kb_search");
-    if (rc) {
-        batch_free(&b);
-        return rc;
-    }
-    int total = 0;
+    return rc;
+}
+
+static void copier_unlock(chat_db *db)
+{
+    char ignore[64];
+    chat_db_run(db, "SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.kb_search'))", NULL, 0, NULL, NULL, NULL, NULL, ignore,
+                sizeof ignore);
+}
+
+static int sync_locked(chat_db *db, change_batch *b, int max_batches, char *err, size_t errlen)
+{
+    int total = 0, rc = 0;
     for (int i = 0; i < max_batches && !rc; i++) {
         /* READ COMMITTED: the passages' reads see the latest commit and lock nothing an editor holds */
         rc = chat_db_run(db, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED", NULL, 0, NULL, NULL, NULL, NULL, err,
                          errlen);
         if (!rc) rc = chat_db_begin(db, err, errlen);
         if (rc) break;
-        int n = sync_batch(db, &b, err, errlen);
+        int n = sync_batch(db, b, err, errlen);
         if (n < 0) {
             chat_db_rollback(db);
             rc = n;
@@ -797,26 +805,108 @@ int chat_kb_sync(chat_db *db, int batch, int max_batches, char *err, size_t errl
         }
         rc = chat_db_commit(db, err, errlen);
         if (!rc) total += n;
-        if (n < b.cap) break;
+        if (n < b->cap) break;
     }
-    char ignore[64];
-    chat_db_run(db, "SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.kb_search'))", NULL, 0, NULL, NULL, NULL, NULL, ignore,
-                sizeof ignore);
-    batch_free(&b);
     return rc ? rc : total;
+}
+
+int chat_kb_sync(chat_db *db, int batch, int max_batches, char *err, size_t errlen)
+{
+    change_batch b;
+    if (batch_init(&b, batch < 1 ? 1 : batch)) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    int rc = copier_lock(db, err, errlen);
+    if (!rc) {
+        rc = sync_locked(db, &b, max_batches, err, errlen);
+        copier_unlock(db);
+    }
+    batch_free(&b);
+    return rc;
 }
 
 #define ER_NO_SUCH_TABLE 1146
 
+typedef struct id_list {
+    long long *v;
+    size_t n, cap;
+    bool oom;
+} id_list;
+
+static int id_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    (void)lens;
+    id_list *l = ud;
+    if (ncols < 1 || !v[0] || l->oom) return 0;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 4096;
+        long long *nv = realloc(l->v, cap * sizeof *nv);
+        if (!nv) {
+            l->oom = true;
+            return 0;
+        }
+        l->v = nv, l->cap = cap;
+    }
+    l->v[l->n++] = atoll(v[0]);
+    return 0;
+}
+
+/* A new copy built whole and swapped in: for a bulk load, where copying row by row into the Aria
+ * full-text indexes costs about 2 ms a passage (20 s for 10,000) and a build with the keys disabled a
+ * fraction of that. The change rows committed before the build are deleted after the swap, by id: the
+ * build read kb_documents after their commits. Later ones stay for the next copy. Needs CREATE, ALTER,
+ * DROP (an admin's tools: import, chat-kbgen). The copier's lock is held. */
+static int rebuild_locked(chat_db *db, change_batch *b, char *err, size_t errlen)
+{
+    id_list ids = {0};
+    int rc = chat_db_run(db, "SELECT id FROM kb_changes", NULL, 0, id_row, &ids, NULL, NULL, err, errlen);
+    if (!rc && ids.oom) rc = chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    static const char build[] = "DROP TABLE IF EXISTS kb_search_new;"
+                                "CREATE TABLE kb_search_new LIKE kb_search;"
+                                "ALTER TABLE kb_search_new DISABLE KEYS;";
+    static const char swap[] = "ALTER TABLE kb_search_new ENABLE KEYS;"
+                               "RENAME TABLE kb_search TO kb_search_old, kb_search_new TO kb_search;"
+                               "DROP TABLE kb_search_old;";
+    if (!rc) rc = chat_db_exec_script(db, build, sizeof build - 1, err, errlen);
+    if (!rc) /* READ COMMITTED: the statement's reads lock nothing an editor holds */
+        rc = chat_db_run(db, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED", NULL, 0, NULL, NULL, NULL, NULL, err,
+                         errlen);
+    if (!rc)
+        rc = chat_db_run(db,
+                         "INSERT INTO kb_search_new (id, source, title, agent, model_id, body)"
+                         " SELECT id, source, title, agent, model_id, body FROM kb_documents",
+                         NULL, 0, NULL, NULL, NULL, NULL, err, errlen);
+    if (!rc) rc = chat_db_exec_script(db, swap, sizeof swap - 1, err, errlen);
+    for (size_t i = 0; !rc && i < ids.n; i += (size_t)b->cap) {
+        int n = ids.n - i < (size_t)b->cap ? (int)(ids.n - i) : b->cap;
+        for (int j = 0; j < n; j++) b->ids[j] = CHAT_DB_P_INT(ids.v[i + (size_t)j]);
+        rc = chat_db_run(db, in_list(b, "DELETE FROM kb_changes WHERE id IN ", n), b->ids, n, NULL, NULL, NULL, NULL,
+                         err, errlen);
+    }
+    free(ids.v);
+    return rc;
+}
+
 int chat_kb_sync_all(chat_db *db, char *err, size_t errlen)
 {
+    change_batch b;
+    if (batch_init(&b, KB_SYNC_BULK)) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
+    int rc;
     for (int waited_ms = 0;; waited_ms += 50) {
-        int rc = chat_kb_sync(db, KB_SYNC_BULK, INT_MAX, err, errlen);
-        if (rc == CHAT_EDB && chat_db_errno(db) == ER_NO_SUCH_TABLE) return 0; /* before migration 006 */
-        if (rc != CHAT_ECONFLICT || waited_ms >= KB_SYNC_WAIT_MS) return rc < 0 ? rc : 0;
+        rc = copier_lock(db, err, errlen);
+        if (rc != CHAT_ECONFLICT || waited_ms >= KB_SYNC_WAIT_MS) break;
         struct timespec ts = {0, 50 * 1000000L};
         nanosleep(&ts, NULL);
     }
+    if (!rc) {
+        long long pending = 0;
+        rc = chat_db_run(db, "SELECT COUNT(*) FROM kb_changes", NULL, 0, count_row, &pending, NULL, NULL, err, errlen);
+        if (!rc && pending >= KB_REBUILD_MIN && rebuild_locked(db, &b, err, errlen)) /* e.g. no DDL rights */
+            chat_log_warn("kb_search not rebuilt (%s): copying %lld changes one by one", err, pending);
+        if (!rc) rc = sync_locked(db, &b, INT_MAX, err, errlen);
+        copier_unlock(db);
+    }
+    batch_free(&b);
+    if (rc == CHAT_EDB && chat_db_errno(db) == ER_NO_SUCH_TABLE) return 0; /* before migration 006 */
+    return rc < 0 ? rc : 0;
 }
 
 /* ---- import ---- */

@@ -857,6 +857,29 @@ static void test_derived_import_synced(void **state)
     assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source = 'admin/tapir.md'"), 0);
 }
 
+/* A bulk load (more than 2,000 changes) is copied by building a new copy and swapping it in; the
+ * copy then matches kb_documents row for row, and later edits are followed as before. */
+static void test_derived_bulk_rebuild(void **state)
+{
+    testutil_sql(db, "INSERT INTO kb_documents (source, title, body) SELECT CONCAT('bulk/', seq, '.md'),"
+                     " CONCAT('Bulk passage ', seq), CONCAT('Capybara dock number ', seq) FROM seq_1_to_2100;");
+    assert_true(pending_changes(db) >= 2000);
+    char err[256];
+    assert_int_equal(chat_kb_sync_all(db, err, sizeof err), 0);
+    assert_int_equal(pending_changes(db), 0);
+    static const char same[] = "SELECT COUNT(*) FROM kb_search s JOIN kb_documents d ON d.id = s.id AND"
+                               " d.source = s.source AND d.title = s.title AND d.body = s.body";
+    assert_int_equal(count_sql(db, same), count_sql(db, "SELECT COUNT(*) FROM kb_documents"));
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search"), count_sql(db, "SELECT COUNT(*) FROM kb_documents"));
+    derived = true;
+    assert_true(top_is(db, "capybara dock 1234", "bulk/1234.md"));
+    testutil_sql(db, "DELETE FROM kb_documents WHERE source LIKE 'bulk/%';");
+    assert_false(top_is(db, "capybara dock 1234", "bulk/1234.md"));
+    derived = false;
+    assert_int_equal(chat_kb_sync_all(db, err, sizeof err), 0);
+    assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source LIKE 'bulk/%'"), 0);
+}
+
 TESTUTIL_MAIN(setup_sample, testutil_db_teardown,
               cmocka_unit_test(test_sample_loaded),          cmocka_unit_test(test_migrations),
               cmocka_unit_test(test_migration_004_innodb),   cmocka_unit_test(test_import_idempotent),
@@ -873,4 +896,5 @@ TESTUTIL_MAIN(setup_sample, testutil_db_teardown,
               cmocka_unit_test(test_admin_edits_visible_derived),
               cmocka_unit_test(test_admin_edits_transactional_derived), cmocka_unit_test(test_derived_usable),
               cmocka_unit_test(test_derived_follows_commits), cmocka_unit_test(test_derived_busy_copier),
-              cmocka_unit_test(test_derived_late_commit),     cmocka_unit_test(test_derived_import_synced))
+              cmocka_unit_test(test_derived_late_commit),     cmocka_unit_test(test_derived_import_synced),
+              cmocka_unit_test(test_derived_bulk_rebuild))
