@@ -1183,35 +1183,55 @@ void chat_kb_fulltext_judge(long long min_token_size, bool default_stopwords, ch
     out->ok = !out->setting[0];
 }
 
-typedef struct fulltext_row {
-    bool seen;
-    long long min_token_size;
-    bool default_stopwords;
-} fulltext_row;
+/* The server's full-text settings, InnoDB's (kb_documents) and Aria's (kb_search), and whether it is a
+ * Galera node: the global values, what a new session, and so the next index build (migration,
+ * OPTIMIZE), uses. */
+typedef struct server_vars {
+    int seen;
+    long long innodb_min_token_size;
+    bool innodb_stopword_on, innodb_stopword_table;
+    long long aria_min_word_len;
+    bool aria_builtin_stopwords;
+    bool wsrep;
+} server_vars;
 
-static int fulltext_row_fn(void *ud, int ncols, char **v, unsigned long *lens)
+static bool var_on(const char *v) { return !strcasecmp(v, "ON") || !strcmp(v, "1"); }
+
+static int server_var_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
     (void)lens;
-    fulltext_row *r = ud;
-    if (ncols < 3) return 0;
-    r->seen = true;
-    r->min_token_size = v[0] ? atoll(v[0]) : 0;
-    r->default_stopwords = v[1] && atoi(v[1]) != 0 && (!v[2] || !v[2][0]);
+    server_vars *d = ud;
+    if (ncols < 2 || !v[0]) return 0;
+    const char *val = v[1] ? v[1] : "";
+    d->seen++;
+    if (!strcasecmp(v[0], "innodb_ft_min_token_size")) d->innodb_min_token_size = atoll(val);
+    else if (!strcasecmp(v[0], "innodb_ft_enable_stopword")) d->innodb_stopword_on = var_on(val);
+    else if (!strcasecmp(v[0], "innodb_ft_server_stopword_table")) d->innodb_stopword_table = val[0] != 0;
+    else if (!strcasecmp(v[0], "ft_min_word_len")) d->aria_min_word_len = atoll(val);
+    else if (!strcasecmp(v[0], "ft_stopword_file")) d->aria_builtin_stopwords = !strcmp(val, "(built-in)");
+    else if (!strcasecmp(v[0], "wsrep_on")) d->wsrep = var_on(val);
     return 0;
+}
+
+static int read_server_vars(chat_db *db, server_vars *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    int rc = chat_db_run(db,
+                         "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES"
+                         " WHERE VARIABLE_NAME IN ('INNODB_FT_MIN_TOKEN_SIZE', 'INNODB_FT_ENABLE_STOPWORD',"
+                         " 'INNODB_FT_SERVER_STOPWORD_TABLE', 'FT_MIN_WORD_LEN', 'FT_STOPWORD_FILE', 'WSREP_ON')",
+                         NULL, 0, server_var_row, out, NULL, NULL, err, errlen);
+    if (!rc && !out->seen) rc = chat_fail(err, errlen, CHAT_EDB, "no full-text settings returned");
+    return rc;
 }
 
 int chat_kb_fulltext_check(chat_db *db, chat_kb_fulltext *out, char *err, size_t errlen)
 {
     chat_kb_fulltext_judge(0, false, out);
-    fulltext_row r = {0};
-    /* the global values: what a new session, and so the next index build (migration, OPTIMIZE), uses */
-    int rc = chat_db_run(db,
-                         "SELECT @@GLOBAL.innodb_ft_min_token_size, @@GLOBAL.innodb_ft_enable_stopword,"
-                         " @@GLOBAL.innodb_ft_server_stopword_table",
-                         NULL, 0, fulltext_row_fn, &r, NULL, NULL, err, errlen);
+    server_vars v;
+    int rc = read_server_vars(db, &v, err, errlen);
     if (rc) return rc;
-    if (!r.seen) return chat_fail(err, errlen, CHAT_EDB, "no full-text settings returned");
-    chat_kb_fulltext_judge(r.min_token_size, r.default_stopwords, out);
+    chat_kb_fulltext_judge(v.innodb_min_token_size, v.innodb_stopword_on && !v.innodb_stopword_table, out);
     return 0;
 }
 
@@ -1228,44 +1248,22 @@ void chat_kb_fulltext_warn(chat_db *db, const char *who)
 
 /* ---- whether the derived table can be kept ---- */
 
-typedef struct derived_vars {
-    bool wsrep;
-    long long min_word_len;
-    bool builtin_stopwords;
-} derived_vars;
-
-static int derived_var_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    (void)lens;
-    derived_vars *d = ud;
-    if (ncols < 2 || !v[0]) return 0;
-    const char *val = v[1] ? v[1] : "";
-    if (!strcasecmp(v[0], "wsrep_on")) d->wsrep = !strcasecmp(val, "ON");
-    else if (!strcasecmp(v[0], "ft_min_word_len")) d->min_word_len = atoll(val);
-    else if (!strcasecmp(v[0], "ft_stopword_file")) d->builtin_stopwords = !strcmp(val, "(built-in)");
-    return 0;
-}
-
 int chat_kb_derived_usable(chat_db *db, char *err, size_t errlen)
 {
-    derived_vars d = {.min_word_len = 4};
+    server_vars d;
     int rc = chat_db_run(db, "SELECT 1 FROM kb_changes LIMIT 0", NULL, 0, NULL, NULL, NULL, NULL, err, errlen);
-    if (!rc)
-        rc = chat_db_run(db,
-                         "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES"
-                         " WHERE VARIABLE_NAME IN ('WSREP_ON', 'FT_MIN_WORD_LEN', 'FT_STOPWORD_FILE')",
-                         NULL, 0, derived_var_row, &d, NULL, NULL, err, errlen);
+    if (!rc) rc = read_server_vars(db, &d, err, errlen);
     if (rc) return rc;
     if (d.wsrep) {
         snprintf(err, errlen, "a Galera node (wsrep_on): Galera does not replicate the Aria copy");
         return 0;
     }
-    if (d.min_word_len > KB_SHORT_TOKEN) {
+    if (d.aria_min_word_len > KB_SHORT_TOKEN) {
         snprintf(err, errlen, "ft_min_word_len is %lld: set it to 1 for the Aria copy to index V6 and hp",
-                 d.min_word_len);
+                 d.aria_min_word_len);
         return 0;
     }
-    if (d.builtin_stopwords) {
+    if (d.aria_builtin_stopwords) {
         snprintf(err, errlen, "ft_stopword_file is the built-in list: set it to '' (empty)");
         return 0;
     }
