@@ -679,6 +679,48 @@ int chat_kb_search(chat_db *db, const chat_kb_query *q, chat_kb_result *out, cha
     return rc;
 }
 
+/* The server's full-text settings, InnoDB's (kb_documents) and Aria's (kb_search), and whether it is a
+ * Galera node: the global values, what a new session, and so the next index build (migration,
+ * OPTIMIZE), uses. */
+typedef struct server_vars {
+    int seen;
+    long long innodb_min_token_size;
+    bool innodb_stopword_on, innodb_stopword_table;
+    long long aria_min_word_len;
+    bool aria_builtin_stopwords;
+    bool wsrep;
+} server_vars;
+
+static bool var_on(const char *v) { return !strcasecmp(v, "ON") || !strcmp(v, "1"); }
+
+static int server_var_row(void *ud, int ncols, char **v, unsigned long *lens)
+{
+    (void)lens;
+    server_vars *d = ud;
+    if (ncols < 2 || !v[0]) return 0;
+    const char *val = v[1] ? v[1] : "";
+    d->seen++;
+    if (!strcasecmp(v[0], "innodb_ft_min_token_size")) d->innodb_min_token_size = atoll(val);
+    else if (!strcasecmp(v[0], "innodb_ft_enable_stopword")) d->innodb_stopword_on = var_on(val);
+    else if (!strcasecmp(v[0], "innodb_ft_server_stopword_table")) d->innodb_stopword_table = val[0] != 0;
+    else if (!strcasecmp(v[0], "ft_min_word_len")) d->aria_min_word_len = atoll(val);
+    else if (!strcasecmp(v[0], "ft_stopword_file")) d->aria_builtin_stopwords = !strcmp(val, "(built-in)");
+    else if (!strcasecmp(v[0], "wsrep_on")) d->wsrep = var_on(val);
+    return 0;
+}
+
+static int read_server_vars(chat_db *db, server_vars *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    int rc = chat_db_run(db,
+                         "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES"
+                         " WHERE VARIABLE_NAME IN ('INNODB_FT_MIN_TOKEN_SIZE', 'INNODB_FT_ENABLE_STOPWORD',"
+                         " 'INNODB_FT_SERVER_STOPWORD_TABLE', 'FT_MIN_WORD_LEN', 'FT_STOPWORD_FILE', 'WSREP_ON')",
+                         NULL, 0, server_var_row, out, NULL, NULL, err, errlen);
+    if (!rc && !out->seen) rc = chat_fail(err, errlen, CHAT_EDB, "no full-text settings returned");
+    return rc;
+}
+
 /* ---- the derived search table (migration 006) ---- */
 
 #define KB_SYNC_BULK 2000     /* change rows a batch of chat_kb_sync_all takes */
@@ -887,6 +929,13 @@ static int rebuild_locked(chat_db *db, change_batch *b, char *err, size_t errlen
 
 int chat_kb_sync_all(chat_db *db, char *err, size_t errlen)
 {
+    server_vars v;
+    if (!read_server_vars(db, &v, err, errlen) && v.wsrep) {
+        /* Galera: no node searches the copy (chat_kb_derived_usable), and a commit that writes Aria
+         * beside InnoDB is refused; the change rows are dropped, on every node alike */
+        int rc = chat_db_run(db, "DELETE FROM kb_changes", NULL, 0, NULL, NULL, NULL, NULL, err, errlen);
+        return rc == CHAT_EDB && chat_db_errno(db) == ER_NO_SUCH_TABLE ? 0 : rc;
+    }
     change_batch b;
     if (batch_init(&b, KB_SYNC_BULK)) return chat_fail(err, errlen, CHAT_ENOMEM, "out of memory");
     int rc;
@@ -1181,48 +1230,6 @@ void chat_kb_fulltext_judge(long long min_token_size, bool default_stopwords, ch
                  "of your own in innodb_ft_server_stopword_table), then run OPTIMIZE TABLE kb_documents");
     }
     out->ok = !out->setting[0];
-}
-
-/* The server's full-text settings, InnoDB's (kb_documents) and Aria's (kb_search), and whether it is a
- * Galera node: the global values, what a new session, and so the next index build (migration,
- * OPTIMIZE), uses. */
-typedef struct server_vars {
-    int seen;
-    long long innodb_min_token_size;
-    bool innodb_stopword_on, innodb_stopword_table;
-    long long aria_min_word_len;
-    bool aria_builtin_stopwords;
-    bool wsrep;
-} server_vars;
-
-static bool var_on(const char *v) { return !strcasecmp(v, "ON") || !strcmp(v, "1"); }
-
-static int server_var_row(void *ud, int ncols, char **v, unsigned long *lens)
-{
-    (void)lens;
-    server_vars *d = ud;
-    if (ncols < 2 || !v[0]) return 0;
-    const char *val = v[1] ? v[1] : "";
-    d->seen++;
-    if (!strcasecmp(v[0], "innodb_ft_min_token_size")) d->innodb_min_token_size = atoll(val);
-    else if (!strcasecmp(v[0], "innodb_ft_enable_stopword")) d->innodb_stopword_on = var_on(val);
-    else if (!strcasecmp(v[0], "innodb_ft_server_stopword_table")) d->innodb_stopword_table = val[0] != 0;
-    else if (!strcasecmp(v[0], "ft_min_word_len")) d->aria_min_word_len = atoll(val);
-    else if (!strcasecmp(v[0], "ft_stopword_file")) d->aria_builtin_stopwords = !strcmp(val, "(built-in)");
-    else if (!strcasecmp(v[0], "wsrep_on")) d->wsrep = var_on(val);
-    return 0;
-}
-
-static int read_server_vars(chat_db *db, server_vars *out, char *err, size_t errlen)
-{
-    memset(out, 0, sizeof *out);
-    int rc = chat_db_run(db,
-                         "SELECT VARIABLE_NAME, VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES"
-                         " WHERE VARIABLE_NAME IN ('INNODB_FT_MIN_TOKEN_SIZE', 'INNODB_FT_ENABLE_STOPWORD',"
-                         " 'INNODB_FT_SERVER_STOPWORD_TABLE', 'FT_MIN_WORD_LEN', 'FT_STOPWORD_FILE', 'WSREP_ON')",
-                         NULL, 0, server_var_row, out, NULL, NULL, err, errlen);
-    if (!rc && !out->seen) rc = chat_fail(err, errlen, CHAT_EDB, "no full-text settings returned");
-    return rc;
 }
 
 int chat_kb_fulltext_check(chat_db *db, chat_kb_fulltext *out, char *err, size_t errlen)

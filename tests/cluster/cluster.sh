@@ -346,10 +346,17 @@ check "both worker hosts served them" test "$(serving "${m[@]}")" = 2
 # the first and not the second. (In Galera mode "the replica" is node db2, the read node.)
 LOCAL="SET sql_log_bin=0;"
 [ "$MODE" = galera ] && LOCAL="SET SESSION wsrep_on=OFF;"
-db db2 -e "$LOCAL INSERT INTO $DB_NAME.kb_documents (id, source, title, body) VALUES (900001,
-  'cluster/replica-only.md', 'Vexlin hose', 'The vexlin hose is replaced every seven seasons.')"
-db db1 -e "$LOCAL INSERT INTO $DB_NAME.kb_documents (id, source, title, body) VALUES (900002,
-  'cluster/primary-only.md', 'Quorbit bracket', 'The quorbit bracket bolts are torqued to 31 Nm.')"
+# Each is written into the derived copy kb_search by hand in the same local session, and its change row
+# deleted there: left to the copier, the primary's copy would replicate its document after all, and the
+# primary's deletes of its change ids would take the replica's local one (the ids are each server's own).
+local_doc() { # NODE ID SOURCE TITLE BODY
+  db "$1" -e "$LOCAL USE $DB_NAME; INSERT INTO kb_documents (id, source, title, body) VALUES ($2, '$3', '$4', '$5');
+    INSERT INTO kb_search (id, source, title, agent, model_id, body)
+      SELECT id, source, title, agent, model_id, body FROM kb_documents WHERE id = $2;
+    DELETE FROM kb_changes WHERE doc_id = $2;"
+}
+local_doc db2 900001 cluster/replica-only.md 'Vexlin hose' 'The vexlin hose is replaced every seven seasons.'
+local_doc db1 900002 cluster/primary-only.md 'Quorbit bracket' 'The quorbit bracket bolts are torqued to 31 Nm.'
 Q_REPLICA="How often is the vexlin hose replaced?"
 Q_PRIMARY="What torque do the quorbit bracket bolts take?"
 src=$(sources replica-doc "$Q_REPLICA")
