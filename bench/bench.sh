@@ -389,6 +389,8 @@ maxq=$(( ($(left) - 50) * 20 ))
 if ! want retrieval-large; then
   :
 elif [ "$RQ" -ge 20 ]; then
+  # the same questions as any earlier run: without this a second run is answered from the query cache
+  bash deploy/mariadb.sh client -e "RESET QUERY CACHE" >/dev/null 2>&1
   step retrieval-large 30 timeout $(( $(left) - 20 )) env "${LARGE_ENV[@]}" "$BIN/chat-kbgen" --retrieval-bench "$RQ" --warmup 200
 else
   echo "(skipped: not enough budget left)" | tee "$LOG/bench-retrieval-large.txt"
