@@ -749,6 +749,15 @@ DERIVED_TWIN(test_admin_edits_transactional)
 
 static long long pending_changes(chat_db *d) { return count_sql(d, "SELECT COUNT(*) FROM kb_changes"); }
 
+/* The editor deletes the passages matching `where`; the next search no longer finds source for question. */
+static void retire(chat_db *editor, const char *where, const char *question, const char *source)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "DELETE FROM kb_documents WHERE %s;", where);
+    testutil_sql(editor, sql);
+    assert_false(top_is(db, question, source));
+}
+
 /* The private server can keep the copy, and it starts complete (the migration filled it). */
 static void test_derived_usable(void **state)
 {
@@ -781,8 +790,7 @@ static void test_derived_follows_commits(void **state)
     testutil_sql(admin, "UPDATE kb_documents SET source = 'admin/d2.md' WHERE source = 'admin/d.md';");
     assert_true(top_is(db, "narwhal berths", "admin/d2.md"));
     assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source = 'admin/d2.md'"), 1);
-    testutil_sql(admin, "DELETE FROM kb_documents WHERE source = 'admin/d2.md';");
-    assert_false(top_is(db, "narwhal berths", "admin/d2.md"));
+    retire(admin, "source = 'admin/d2.md'", "narwhal berths", "admin/d2.md");
     assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source LIKE 'admin/d%'"), 0);
     derived = false;
     assert_int_equal(pending_changes(db), 0);
@@ -808,8 +816,7 @@ static void test_derived_busy_copier(void **state)
     assert_int_equal(count_sql(copier, "SELECT RELEASE_LOCK(CONCAT(DATABASE(), '.kb_search'))"), 1);
     assert_true(top_is(db, "axolotl slips", "admin/busy.md"));
     assert_int_equal(pending_changes(db), 0);
-    testutil_sql(admin, "DELETE FROM kb_documents WHERE source = 'admin/busy.md';");
-    assert_false(top_is(db, "axolotl slips", "admin/busy.md"));
+    retire(admin, "source = 'admin/busy.md'", "axolotl slips", "admin/busy.md");
     derived = false;
     chat_db_free(copier);
     chat_db_free(admin);
@@ -835,8 +842,7 @@ static void test_derived_late_commit(void **state)
     assert_int_equal(pending_changes(db), 0);
     assert_int_equal(count_sql(db, "SELECT COUNT(*) FROM kb_search WHERE source IN ('admin/slow.md', 'admin/fast.md')"),
                      2);
-    testutil_sql(fast, "DELETE FROM kb_documents WHERE source IN ('admin/slow.md', 'admin/fast.md');");
-    assert_false(top_is(db, "pelican ramps", "admin/slow.md"));
+    retire(fast, "source IN ('admin/slow.md', 'admin/fast.md')", "pelican ramps", "admin/slow.md");
     derived = false;
     chat_db_free(fast);
     chat_db_free(slow);
