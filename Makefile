@@ -37,10 +37,12 @@ BENCH       := $(patsubst bench/%_cli.c,$(B)/bin/chat-%,$(BENCH_MAINS))
 FCGI_SRC     := $(wildcard fcgi/*.c)
 STREAMER_SRC := $(wildcard streamer/*.c)
 WORKER_SRC   := $(wildcard worker/*.c)
+GUARD_SRC    := $(wildcard guard/*.c)
 PROGS := $(TOOLS) $(BENCH) \
          $(if $(FCGI_SRC),$(B)/bin/chat-fcgi) \
          $(if $(STREAMER_SRC),$(B)/bin/chat-streamer) \
          $(if $(WORKER_SRC),$(B)/bin/chat-worker) \
+         $(if $(GUARD_SRC),$(B)/bin/chat-guard) \
          $(if $(wildcard tests/fake_llm.c),$(B)/bin/fake-llm)
 
 # Tests: tests/unit/test_X.c and tests/e2e/test_X.c -> build/tests/..., each a cmocka program.
@@ -61,7 +63,7 @@ deps:
 # Include paths per folder: the library sees only shared/; each program sees its own folder besides.
 $(B)/tools/%.o $(B)/bench/%.o: INC := -Itools -Ibench
 $(B)/streamer/%.o: INC := $(LWS_CFLAGS)
-$(B)/tests/unit/%.o: INC := -Itests/unit -Itools -Istreamer -Iworker
+$(B)/tests/unit/%.o: INC := -Itests/unit -Itools -Istreamer -Iworker -Iguard
 $(B)/tests/e2e/%.o $(B)/tests/cluster/%.o: INC := -Itests/unit -Itests/e2e -Itools
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -101,6 +103,11 @@ $(B)/bin/chat-worker: $(WORKER_SRC:%.c=$(B)/%.o) $(LIB)
 	@echo "  LINK  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
 
+$(B)/bin/chat-guard: $(GUARD_SRC:%.c=$(B)/%.o) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  LINK  $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
+
 $(B)/bin/fake-llm: $(B)/tests/fake_llm.o $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
@@ -126,6 +133,7 @@ $(E2E_TESTS) $(CLUSTER_TESTS): $(B)/tests/%: $(B)/tests/%.o $(E2E_COMMON:%.c=$(B
 $(B)/tests/unit/test_worker_answers: $(B)/worker/worker_answers.o
 $(B)/tests/unit/test_streamer_sessions: $(B)/streamer/streamer_sessions.o
 $(B)/tests/unit/test_streamer_rx: $(B)/streamer/streamer_rx.o
+$(B)/tests/unit/test_guard: $(B)/guard/guard_track.o $(B)/guard/guard_diag.o $(B)/guard/guard_fd.o
 # (and the one with lws: it needs the library on its link line)
 $(B)/tests/unit/test_streamer_listen: $(B)/streamer/streamer_listen.o
 $(B)/tests/unit/test_streamer_listen: LDLIBS_LIB += $(LWS_LIBS)
@@ -155,11 +163,11 @@ e2e: all
 
 lint:
 	@cppcheck --quiet --error-exitcode=1 --inline-suppr --std=c11 --enable=warning,portability,performance \
-	  --suppress=missingIncludeSystem -Ishared -Itools -Ibench $(wildcard shared fcgi streamer worker tools bench tests)
+	  --suppress=missingIncludeSystem -Ishared -Itools -Ibench $(wildcard shared fcgi streamer worker guard tools bench tests)
 	@echo "lint: cppcheck clean"
 
 format:
-	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] worker/*.[ch] tools/*.[ch] bench/*.[ch] tests/*.c tests/*/*.[ch])
+	clang-format -i $(wildcard shared/*.[ch] fcgi/*.[ch] streamer/*.[ch] worker/*.[ch] guard/*.[ch] tools/*.[ch] bench/*.[ch] tests/*.c tests/*/*.[ch])
 
 # make run / make start build and install only what running needs: the library and the programs, not
 # the test programs, the fake LLM server or the browser test's packages.

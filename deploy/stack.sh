@@ -13,7 +13,8 @@
 #
 # Order: MariaDB (private, unless CHAT_DB_HOST / CHAT_DB_SOCKET name another server) -> chat-kb setup
 # (schema, sample data, knowledge base; once, later runs keep the data) -> chat-worker -> chat-streamer
-# -> lighttpd with its FastCGI pool. `stop` lets every answer in flight finish (see stop_all).
+# -> lighttpd with its FastCGI pool -> chat-guard (the bound on a request's time). `stop` lets every answer
+# in flight finish (see stop_all).
 # This script is also the supervisor (`run` in the foreground, `start` in the background, pid in
 # run/stack.pid): it restarts a process that dies, with a back-off (sv_check), rotates the logs that grow
 # too big (rotate_logs), and stops everything on SIGINT/SIGTERM (what `stop` sends it).
@@ -99,6 +100,9 @@ export CHAT_WS_IDLE_S=${CHAT_WS_IDLE_S:-$(( ${CHAT_IDLE_TIMEOUT_S:-300} + 60 ))}
 export CHAT_FRONT_DRAIN_S=${CHAT_FRONT_DRAIN_S:-$(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 20 ))}
 # A request head may pause this long between two bytes (lighttpd.conf: slowloris).
 export CHAT_HEAD_IDLE_S=${CHAT_HEAD_IDLE_S:-10}
+# ... and must be complete (head and body) this long after the server last answered; chat-guard closes
+# it otherwise (guard/guard_track.h), the bound lighttpd itself lacks.
+export CHAT_HEAD_TIMEOUT_S=${CHAT_HEAD_TIMEOUT_S:-20}
 
 # The private MariaDB unless another server is named. Its schema set-up runs as your own account
 # (unix_socket, see deploy/mariadb.sh), the services as its least-privilege `chat` account (db_start).
@@ -327,6 +331,15 @@ start_lighttpd() {
   spawn lighttpd chat-fcgi lighttpd -D -f "$ROOT/lighttpd.conf"
 }
 
+# chat-guard beside lighttpd: closes the front door's connections whose request trickles in longer than
+# CHAT_HEAD_TIMEOUT_S (slowloris). It finds lighttpd by the port, so the order of the two does not matter.
+start_guard() {
+  [ -x "$BIN/chat-guard" ] || { warn "build/bin/chat-guard is missing (make): no bound on a request's time"; return 0; }
+  if p=$(pid_of chat-guard chat-guard); then say "chat-guard already running (pid $p)"; return 0; fi
+  spawn chat-guard chat-guard "$BIN/chat-guard"
+  kill -0 "$(cat "$RUN/chat-guard.pid")" 2>/dev/null || fail_with_log chat-guard "$LOG/chat-guard.log" "chat-guard exited at start"
+}
+
 # Waits for /health; 200 only when every component was found. Returns 1 when lighttpd never answers.
 wait_ready() {
   local want_all=1 code="" i
@@ -373,6 +386,7 @@ start_all() {
   start_worker || return 1
   start_streamers || return 1
   start_lighttpd || return 1
+  start_guard || return 1
   wait_ready || return 1
 }
 
@@ -390,6 +404,7 @@ stop_all() {
   for c in $streamers; do stop_proc "$c" chat-streamer $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 5 )) -; done
   [ -n "$front" ] && stop_group lighttpd "$front" $(( CHAT_FRONT_DRAIN_S + 5 ))
   stop_proc lighttpd lighttpd 5
+  stop_proc chat-guard chat-guard 5
   stop_proc chat-worker chat-worker $(( ${CHAT_SHUTDOWN_GRACE_S:-10} + 15 ))
   rm -f "${ST_SOCKS[@]}" "${CHAT_STREAMER_SOCKET%.sock}"-[0-9]*.sock
   if [ -f "$RUN/stack.mariadb" ]; then
@@ -423,7 +438,7 @@ status() {
   if p=$(supervisor_pid); then printf '%-16s running (pid %s)\n' supervisor "$p"; else printf '%-16s none\n' supervisor; fi
   local streamers=""
   for c in $(all_streamers); do streamers+=" $c:chat-streamer"; done
-  for c in chat-worker:chat-worker $streamers lighttpd:lighttpd; do
+  for c in chat-worker:chat-worker $streamers lighttpd:lighttpd chat-guard:chat-guard; do
     if p=$(pid_of "${c%%:*}" "${c#*:}"); then
       printf '%-16s running (pid %s)\n' "${c%%:*}" "$p"
     else
@@ -452,7 +467,7 @@ now_ms() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
 
 supervised() { # the names, in start order
   [ -f "$RUN/stack.mariadb" ] && echo mariadb
-  local c; for c in chat-worker "${ST_NAMES[@]}" lighttpd; do [ -f "$RUN/$c.pid" ] && echo "$c"; done
+  local c; for c in chat-worker "${ST_NAMES[@]}" lighttpd chat-guard; do [ -f "$RUN/$c.pid" ] && echo "$c"; done
 }
 
 sv_alive() { # name
@@ -469,6 +484,7 @@ sv_restart() { # name
     chat-worker) start_worker ;;
     chat-streamer*) start_streamer "$(streamer_index "$1")" ;;
     lighttpd) start_lighttpd && wait_ready ;;
+    chat-guard) start_guard ;;
   esac
 }
 
@@ -526,7 +542,7 @@ reload() {
 # gets the signal: master, workers, responders), MariaDB its error log, the supervisor stack.log.
 reopen_logs() {
   local c p
-  for c in chat-worker "${ST_NAMES[@]}" lighttpd; do
+  for c in chat-worker "${ST_NAMES[@]}" lighttpd chat-guard; do
     if p=$(pid_of "$c" "${c%-[0-9]*}"); then kill -HUP -- "-$p" 2>/dev/null; fi
   done
   if [ "$PRIVATE_DB" = 1 ] && bash deploy/mariadb.sh status >/dev/null 2>&1; then bash deploy/mariadb.sh reopen-log; fi

@@ -63,7 +63,9 @@
     X(DB_CONNECTIONS, GAUGE_SUM, NONE, "chat_db_connections", "Open database connections")                          \
     X(DB_BUSY, GAUGE_SUM, NONE, "chat_db_connections_busy", "Database connections running a statement")                                                                                     \
     X(DB_REPLICA_LAG, GAUGE_MAX, NONE, "chat_db_replica_lag_seconds",                                                 \
-      "Read replica's lag as last checked; -1 when down or not replicating (its reads go to the primary)")
+      "Read replica's lag as last checked; -1 when down or not replicating (its reads go to the primary)")                                                                                 \
+    X(SLOW_REQUESTS_CLOSED, COUNTER, NONE, "chat_slow_requests_closed_total",                                         \
+      "Front-door connections chat-guard closed for sending a request longer than CHAT_HEAD_TIMEOUT_S")
 
 #define CHAT_METRIC_BUCKETS 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
 #define CHAT_METRIC_NBUCKETS 15 /* the finite buckets above; +Inf comes on top */

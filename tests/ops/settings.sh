@@ -13,7 +13,7 @@ OWN=$VAR/own
 EXAMPLE=deploy/chat.env.example
 
 code_vars=$( { grep -ohE '(^|[^A-Z_])(STR|INT)\([a-z_]+, "[A-Z][A-Z0-9_]+"' shared/chat_config.c
-  grep -rohE '(getenv|chat_config_env_int)\("[A-Z][A-Z0-9_]+"' shared fcgi streamer; } |
+  grep -rohE '(getenv|chat_config_env_int)\("[A-Z][A-Z0-9_]+"' shared fcgi streamer worker guard; } |
   grep -oE '"[A-Z][A-Z0-9_]+"' | tr -d '"' | sort -u)
 doc_vars=$(grep -oE '^#?[A-Z][A-Z0-9_]+=' "$EXAMPLE" | tr -d '#=' | sort -u)
 missing=$(comm -23 <(echo "$code_vars") <(echo "$doc_vars") | tr '\n' ' ')

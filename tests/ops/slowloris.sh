@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Slowloris at the front door: lighttpd closes a client that trickles its request head, one byte every
 # few seconds, once it pauses longer than CHAT_HEAD_IDLE_S (shortened to 2 s here), for /health and
-# /ws/chat heads alike; a head that keeps coming faster is answered, and an authenticated WebSocket may
-# still sit idle much longer (its own limit, CHAT_WS_IDLE_S, applies once the head is in).
+# /ws/chat heads alike. A head that keeps coming faster than that is closed by chat-guard once it has
+# taken CHAT_HEAD_TIMEOUT_S (6 s here), on any path; one that ends in time is answered. What the guard
+# must leave alone: a REST answer slower than that bound (the client waits, sending nothing), and an
+# authenticated WebSocket that sits idle longer than it and then streams an answer longer than it.
 # Its own stack in $CHAT_VAR/own on CHAT_PORT.
 source "$(dirname "$0")/lib.sh"
 OWN=$VAR/own
 own_stack "$OWN" -- stop >/dev/null 2>&1
-own_stack_start "$OWN" "$LOG/ops-slowloris-start.out" CHAT_HEAD_IDLE_S=2
+own_stack_start "$OWN" "$LOG/ops-slowloris-start.out" CHAT_HEAD_IDLE_S=2 CHAT_HEAD_TIMEOUT_S=6 CHAT_TOKEN_DELAY_MS=200
 
 # trickle PATH INTERVAL MAX: sends the request line, then one header byte every INTERVAL seconds (the
 # head never ends unless MAX bytes were sent, then it ends properly). Prints "closed N" (seconds after
@@ -32,13 +34,37 @@ r=$(trickle /health 3 1000)
 check "a /health head trickled at one byte every 3 s is closed within 5 s ($r)" quiet grep -Eq '^closed [0-5]$' <<<"$r"
 r=$(trickle /ws/chat 3 1000)
 check "a /ws/chat head trickled at one byte every 3 s is closed within 5 s ($r)" quiet grep -Eq '^closed [0-5]$' <<<"$r"
-r=$(trickle /health 1 5)
-check "a head that pauses 1 s between bytes is still answered ($r)" quiet grep -q '^answered' <<<"$r"
+r=$(trickle /health 1 3)
+check "a head that pauses 1 s between bytes and ends within 6 s is answered ($r)" quiet grep -q '^answered' <<<"$r"
+# Faster than lighttpd's per-read limit, for longer than CHAT_HEAD_TIMEOUT_S: chat-guard closes it
+# between 6 s and 6 + 2 (CHAT_HEAD_IDLE_S) + 1 (its poll) s; three at once, on three paths.
+GUARD_LOG=$OWN/log/chat-guard.log
+FROM=$(stat -c %s "$GUARD_LOG" 2>/dev/null || echo 0)
+trickle /health 1 1000 >"$OWN/t1" & trickle /ws/chat 1 1000 >"$OWN/t2" & trickle /api/v1/chat 1 1000 >"$OWN/t3" &
+wait
+for f in t1 t2 t3; do
+  r=$(cat "$OWN/$f")
+  check "a head trickled at one byte a second is closed by chat-guard within 6-10 s ($f: $r)" \
+    quiet grep -Eq '^closed ([6-9]|10)$' <<<"$r"
+done
+check "chat-guard logged the closes by address" \
+  quiet grep -q 'closed the connection from 127.0.0.1:' <(tail -c +"$((FROM + 1))" "$GUARD_LOG" 2>/dev/null)
+check "chat_slow_requests_closed_total counts them" \
+  quiet grep -Eq '^chat_slow_requests_closed_total [3-9]' <(curl -s -m 3 "$BASE/metrics")
 
 tok=$OWN/token
 own_token "$OWN" slow-user slow@example.com "$tok"
-(sleep 5; echo "What is the engine power of the Seawind 250?") |
+# A REST answer of ~46 tokens at 200 ms (about 9 s): longer than the guard's bound, delivered whole.
+t0=$(date +%s)
+code=$(curl -s -o "$OWN/rest-slow.json" -m 30 -w '%{http_code}' -H "Authorization: Bearer $(cat "$tok")" \
+  -H 'Content-Type: application/json' -d '{"message":"What is the engine power of the Seawind 250?"}' "$BASE/api/v1/chat")
+took=$(( $(date +%s) - t0 ))
+check "a REST answer that takes ${took} s (more than CHAT_HEAD_TIMEOUT_S) is delivered (HTTP $code)" \
+  test "$code" = 200 -a "$took" -gt 6
+
+(sleep 8; echo "What is the engine power of the Seawind 250?") |
   "$BIN/chat-ws" --url "ws://127.0.0.1:$PORT/ws/chat" --token-file "$tok" --timeout 30 >"$OWN/ws-idle.json" 2>&1
-check "a WebSocket idle for 5 s after its handshake is not cut" grep -q '"type":"complete"' "$OWN/ws-idle.json"
+check "a WebSocket idle for 8 s after its handshake, then streaming a 9 s answer, is not cut" \
+  grep -q '"type":"complete"' "$OWN/ws-idle.json"
 own_stack "$OWN" -- stop >/dev/null 2>&1
 finish

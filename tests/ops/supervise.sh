@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every long-running process of `make start` is supervised: after a kill -9 of the streamer, lighttpd,
-# the worker supervisor or the private MariaDB, the stack answers again within a few seconds, and the
+# chat-guard, the worker supervisor or the private MariaDB, the stack answers again within a few seconds, and the
 # supervisor says so in $CHAT_VAR/log/stack.log (with a back-off that doubles for a process dying young).
 # Its own stack in $CHAT_VAR/own (which owns its private MariaDB) on CHAT_PORT.
 source "$(dirname "$0")/lib.sh"
@@ -21,7 +21,7 @@ rest_chat() {
     -H 'Content-Type: application/json' -d '{"message":"What is the engine power?"}' "$BASE/api/v1/chat")" = 200 ]
 }
 
-for c in chat-streamer lighttpd chat-worker mariadb; do
+for c in chat-streamer lighttpd chat-guard chat-worker mariadb; do
   old=$(cat "$(pidfile "$c")")
   kill -9 "$old"
   t0=$(date +%s%N)
