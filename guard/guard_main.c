@@ -44,16 +44,21 @@ typedef struct guard {
     size_t nholders;
 } guard;
 
+/* The port's sockets in states (guard_diag_list), with a log line when the kernel refuses. */
+static int list_port(const guard *g, unsigned states, guard_sock **out, size_t *n)
+{
+    char err[256];
+    int rc = guard_diag_list(g->port, states, out, n, err, sizeof err);
+    if (rc) chat_log_warn("listing the sockets of port %u: %s", g->port, err);
+    return rc;
+}
+
 /* The processes holding the port's listening socket: found again when the listener changed. */
 static void find_holders(guard *g)
 {
-    char err[256];
     guard_sock *l = NULL;
     size_t n = 0;
-    if (guard_diag_list(g->port, GUARD_DIAG_LISTEN, &l, &n, err, sizeof err)) {
-        chat_log_warn("listing the listener of port %u: %s", g->port, err);
-        return;
-    }
+    if (list_port(g, GUARD_DIAG_LISTEN, &l, &n)) return;
     if (n && l[0].inode != g->listener) {
         g->listener = l[0].inode;
         guard_fd_holders(g->listener, g->holders, GUARD_MAX_HOLDERS, &g->nholders);
@@ -78,7 +83,7 @@ static void close_victims(guard *g, const guard_sock *socks, const size_t *victi
         if (rc < 0) g->listener = 0; /* a holder gone or out of reach: look again next time */
     }
     for (int i = 0; i < nv; i++)
-        chat_log_warn("closed the connection from %s: its request was still arriving %d s after the server last "
+        chat_log_warn("closing the connection from %s: its request was still arriving %d s after the server last "
                       "answered (CHAT_HEAD_TIMEOUT_S)",
                       socks[victims[i]].peer, g->timeout_s);
     chat_metric_inc(CHAT_METRIC_SLOW_REQUESTS_CLOSED, 0, (uint64_t)shut);
@@ -87,13 +92,9 @@ static void close_victims(guard *g, const guard_sock *socks, const size_t *victi
 
 static void poll_once(guard *g)
 {
-    char err[256];
     guard_sock *socks = NULL;
     size_t n = 0;
-    if (guard_diag_list(g->port, GUARD_DIAG_ESTABLISHED, &socks, &n, err, sizeof err)) {
-        chat_log_warn("listing the connections of port %u: %s", g->port, err);
-        return;
-    }
+    if (list_port(g, GUARD_DIAG_ESTABLISHED, &socks, &n)) return;
     size_t *victims = n ? malloc(n * sizeof *victims) : NULL;
     int nv = (n && !victims) ? 0 : guard_track_update(g->track, socks, n, chat_now_ms(), victims);
     if (nv > 0) close_victims(g, socks, victims, nv);

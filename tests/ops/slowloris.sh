@@ -48,7 +48,7 @@ for f in t1 t2 t3; do
     quiet grep -Eq '^closed ([6-9]|10)$' <<<"$r"
 done
 check "chat-guard logged the closes by address" \
-  quiet grep -q 'closed the connection from 127.0.0.1:' <(tail -c +"$((FROM + 1))" "$GUARD_LOG" 2>/dev/null)
+  quiet grep -q 'closing the connection from 127.0.0.1:' <(tail -c +"$((FROM + 1))" "$GUARD_LOG" 2>/dev/null)
 check "chat_slow_requests_closed_total counts them" \
   quiet grep -Eq '^chat_slow_requests_closed_total [3-9]' <(curl -s -m 3 "$BASE/metrics")
 

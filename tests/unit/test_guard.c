@@ -157,16 +157,23 @@ static uint64_t inode_of(int fd)
     return (uint64_t)st.st_ino;
 }
 
+/* A loopback connection: *l the listener (on *port), *c the client's side, *s the server's. */
+static void connect_pair(uint16_t *port, int *l, int *c, int *s)
+{
+    *l = listen_loopback(port);
+    *c = connect_loopback(*port);
+    *s = accept(*l, NULL, NULL);
+    assert_true(*s >= 0);
+}
+
 /* The kernel lists the server side of a connection on the port, with what each side sent; the
  * client's own socket (another local port) and the listener are not in an ESTABLISHED list. */
 static void test_diag_lists_counters(void **state)
 {
     (void)state;
     uint16_t port;
-    int l = listen_loopback(&port);
-    int c = connect_loopback(port);
-    int s = accept(l, NULL, NULL);
-    assert_true(s >= 0);
+    int l, c, s;
+    connect_pair(&port, &l, &c, &s);
     assert_int_equal(write(c, "GET / HTT", 9), 9);
     assert_int_equal(write(s, "ab", 2), 2);
     usleep(50 * 1000);
@@ -199,10 +206,8 @@ static void test_fd_shuts_another_process_socket(void **state)
 {
     (void)state;
     uint16_t port;
-    int l = listen_loopback(&port);
-    int c = connect_loopback(port);
-    int s = accept(l, NULL, NULL);
-    assert_true(s >= 0);
+    int l, c, s;
+    connect_pair(&port, &l, &c, &s);
     uint64_t victim = inode_of(s);
     pid_t kid = fork();
     if (kid == 0) {
