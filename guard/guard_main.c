@@ -26,6 +26,7 @@
 
 #define GUARD_POLL_MS 1000
 #define GUARD_MAX_HOLDERS 64 /* lighttpd's master and its server.max-worker processes */
+#define GUARD_LOG_PER_POLL 8 /* lines naming a client; an attack of hundreds gets one more line, not hundreds */
 
 static volatile sig_atomic_t g_stop;
 
@@ -82,10 +83,12 @@ static void close_victims(guard *g, const guard_sock *socks, const size_t *victi
         if (rc > 0) shut += rc;
         if (rc < 0) g->listener = 0; /* a holder gone or out of reach: look again next time */
     }
-    for (int i = 0; i < nv; i++)
+    for (int i = 0; i < nv && i < GUARD_LOG_PER_POLL; i++)
         chat_log_warn("closing the connection from %s: its request was still arriving %d s after the server last "
                       "answered (CHAT_HEAD_TIMEOUT_S)",
                       socks[victims[i]].peer, g->timeout_s);
+    if (nv > GUARD_LOG_PER_POLL)
+        chat_log_warn("closing %d more trickling connections (CHAT_HEAD_TIMEOUT_S)", nv - GUARD_LOG_PER_POLL);
     chat_metric_inc(CHAT_METRIC_SLOW_REQUESTS_CLOSED, 0, (uint64_t)shut);
     if (shut < nv) chat_log_error("%d of %d trickling connections could not be closed: %s", nv - shut, nv, err);
 }
