@@ -78,40 +78,21 @@ $(CLIENT_LIB): $(CLIENT_SRC:%.c=$(B)/%.o)
 	@mkdir -p $(dir $@)
 	$(Q)$(AR) rcs $@ $^
 
+# Every program links the same way (the recipe under $(PROGS)): its objects and archives, the
+# libraries of its own (PROG_LIBS), then libchat's.
 $(TOOLS): $(B)/bin/chat-%: $(B)/tools/%_cli.o $(CLIENT_LIB) $(LIB)
-	@mkdir -p $(dir $@)
-	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
-
 $(BENCH): $(B)/bin/chat-%: $(B)/bench/%_cli.o $(CLIENT_LIB) $(LIB)
-	@mkdir -p $(dir $@)
-	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
-
 $(B)/bin/chat-fcgi: $(FCGI_SRC:%.c=$(B)/%.o) $(LIB)
-	@mkdir -p $(dir $@)
-	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(FCGI_LIBS) $(LDLIBS_LIB)
-
+$(B)/bin/chat-fcgi: PROG_LIBS := $(FCGI_LIBS)
 $(B)/bin/chat-streamer: $(STREAMER_SRC:%.c=$(B)/%.o) $(LIB)
-	@mkdir -p $(dir $@)
-	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LWS_LIBS) $(LDLIBS_LIB)
-
+$(B)/bin/chat-streamer: PROG_LIBS := $(LWS_LIBS)
 $(B)/bin/chat-worker: $(WORKER_SRC:%.c=$(B)/%.o) $(LIB)
-	@mkdir -p $(dir $@)
-	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
-
 $(B)/bin/chat-guard: $(GUARD_SRC:%.c=$(B)/%.o) $(LIB)
-	@mkdir -p $(dir $@)
-	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
-
 $(B)/bin/fake-llm: $(B)/tests/fake_llm.o $(LIB)
+$(PROGS):
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"
-	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS_LIB)
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(PROG_LIBS) $(LDLIBS_LIB)
 
 # Test helpers go in an archive so each test links only the helpers it uses.
 $(B)/libtestutil.a: $(TEST_COMMON:%.c=$(B)/%.o)
