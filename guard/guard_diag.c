@@ -88,7 +88,7 @@ static int dump_family(int fd, int family, unsigned states, uint16_t port, guard
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
     if (sendto(fd, &r, sizeof r, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0)
         return chat_fail(err, errlen, CHAT_ERR, "sock_diag request: %s", strerror(errno));
-    static char buf[DIAG_RECV_BUF] __attribute__((aligned(NLMSG_ALIGNTO)));
+    char buf[DIAG_RECV_BUF] __attribute__((aligned(NLMSG_ALIGNTO)));
     for (;;) {
         ssize_t got = recv(fd, buf, sizeof buf, 0);
         if (got < 0 && errno == EINTR) continue;

@@ -27,33 +27,6 @@ static uint64_t socket_inode(int dirfd, const char *name)
     return sscanf(link, "socket:[%" SCNu64 "]", &inode) == 1 ? inode : 0;
 }
 
-static bool holds(pid_t pid, uint64_t inode)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    DIR *d = opendir(path);
-    if (!d) return false;
-    bool found = false;
-    for (struct dirent *e; !found && (e = readdir(d));)
-        found = e->d_name[0] != '.' && socket_inode(dirfd(d), e->d_name) == inode;
-    closedir(d);
-    return found;
-}
-
-int guard_fd_holders(uint64_t inode, pid_t *pids, size_t max, size_t *n)
-{
-    *n = 0;
-    DIR *proc = opendir("/proc");
-    if (!proc) return 0;
-    for (struct dirent *e; *n < max && (e = readdir(proc));) {
-        if (!isdigit((unsigned char)e->d_name[0])) continue;
-        pid_t pid = (pid_t)atoi(e->d_name);
-        if (pid != getpid() && holds(pid, inode)) pids[(*n)++] = pid;
-    }
-    closedir(proc);
-    return 0;
-}
-
 static bool listed(const uint64_t *inodes, size_t n, uint64_t inode)
 {
     for (size_t i = 0; i < n; i++)
@@ -61,33 +34,72 @@ static bool listed(const uint64_t *inodes, size_t n, uint64_t inode)
     return false;
 }
 
-int guard_fd_shutdown(pid_t pid, const uint64_t *inodes, size_t n, char *err, size_t errlen)
+/* Calls found(fd number, ctx) for each descriptor of pid that is one of the n sockets inodes, until
+ * found returns false. CHAT_ERR with errno set when pid's descriptors cannot be listed. */
+static int each_socket_of(pid_t pid, const uint64_t *inodes, size_t n, bool (*found)(int fd, void *ctx), void *ctx)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (pidfd < 0) return chat_fail(err, errlen, CHAT_ERR, "pidfd_open(%d): %s", (int)pid, strerror(errno));
     DIR *d = opendir(path);
-    if (!d) {
-        int e = errno;
-        close(pidfd);
-        return chat_fail(err, errlen, CHAT_ERR, "%s: %s", path, strerror(e));
-    }
-    int shut = 0, denied = 0;
-    for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.' || !listed(inodes, n, socket_inode(dirfd(d), e->d_name))) continue;
-        int dup = (int)syscall(SYS_pidfd_getfd, pidfd, atoi(e->d_name), 0);
-        if (dup < 0) {
-            denied = errno;
-            continue;
-        }
-        if (shutdown(dup, SHUT_RDWR) == 0) shut++;
-        close(dup);
-    }
+    if (!d) return CHAT_ERR;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.' && listed(inodes, n, socket_inode(dirfd(d), e->d_name)) && !found(atoi(e->d_name), ctx))
+            break;
     closedir(d);
-    close(pidfd);
-    if (!shut && denied)
+    return 0;
+}
+
+static bool stop_at_first(int fd, void *ctx)
+{
+    (void)fd;
+    *(bool *)ctx = true;
+    return false;
+}
+
+size_t guard_fd_holders(uint64_t inode, pid_t *pids, size_t max)
+{
+    size_t n = 0;
+    DIR *proc = opendir("/proc");
+    if (!proc) return 0;
+    for (struct dirent *e; n < max && (e = readdir(proc));) {
+        if (!isdigit((unsigned char)e->d_name[0])) continue;
+        pid_t pid = (pid_t)atoi(e->d_name);
+        bool holds = false;
+        if (pid != getpid() && each_socket_of(pid, &inode, 1, stop_at_first, &holds) == 0 && holds) pids[n++] = pid;
+    }
+    closedir(proc);
+    return n;
+}
+
+typedef struct shut_ctx {
+    int pidfd;
+    int shut;   /* sockets shut down */
+    int denied; /* errno of the last refused pidfd_getfd, or 0 */
+} shut_ctx;
+
+static bool shut_one(int fd, void *ctx)
+{
+    shut_ctx *c = ctx;
+    int dup = (int)syscall(SYS_pidfd_getfd, c->pidfd, fd, 0);
+    if (dup < 0) {
+        c->denied = errno;
+        return true;
+    }
+    if (shutdown(dup, SHUT_RDWR) == 0) c->shut++;
+    close(dup);
+    return true;
+}
+
+int guard_fd_shutdown(pid_t pid, const uint64_t *inodes, size_t n, char *err, size_t errlen)
+{
+    shut_ctx c = {.pidfd = (int)syscall(SYS_pidfd_open, pid, 0)};
+    if (c.pidfd < 0) return chat_fail(err, errlen, CHAT_ERR, "pidfd_open(%d): %s", (int)pid, strerror(errno));
+    int rc = each_socket_of(pid, inodes, n, shut_one, &c);
+    int listing_errno = errno;
+    close(c.pidfd);
+    if (rc) return chat_fail(err, errlen, CHAT_ERR, "/proc/%d/fd: %s", (int)pid, strerror(listing_errno));
+    if (!c.shut && c.denied)
         return chat_fail(err, errlen, CHAT_ERR, "pidfd_getfd on process %d: %s (the guard needs ptrace access to it)",
-                         (int)pid, strerror(denied));
-    return shut;
+                         (int)pid, strerror(c.denied));
+    return c.shut;
 }

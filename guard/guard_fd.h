@@ -13,9 +13,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Writes to pids (room for max) the processes that hold a descriptor of the socket `inode`; *n is how
- * many. Processes it may not read are skipped. Returns 0 (also when none hold it). */
-int guard_fd_holders(uint64_t inode, pid_t *pids, size_t max, size_t *n);
+/* Writes to pids (room for max) the processes that hold a descriptor of the socket `inode` and returns
+ * how many (0 when none). Processes it may not read are skipped. */
+size_t guard_fd_holders(uint64_t inode, pid_t *pids, size_t max);
 
 /* Shuts down every socket of process pid whose inode is in inodes (n of them, any order). Returns how
  * many were shut, or CHAT_ERR with err set when pid's descriptors cannot be reached at all (gone, or

@@ -9,12 +9,8 @@
  * Settings (environment): CHAT_PORT (8000), the front door's port; CHAT_HEAD_TIMEOUT_S (20; 0 turns
  * the guard off), the bound. The holders of the port's listening socket are found in /proc, again
  * whenever the listener changes (lighttpd restarted). SIGTERM/SIGINT: exit 0. SIGHUP: reopen the log. */
-#include <errno.h>
 #include <signal.h>
-#include <stdbool.h>
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
 #include "chat_config.h"
 #include "chat_log.h"
@@ -62,7 +58,7 @@ static void find_holders(guard *g)
     if (list_port(g, GUARD_DIAG_LISTEN, &l, &n)) return;
     if (n && l[0].inode != g->listener) {
         g->listener = l[0].inode;
-        guard_fd_holders(g->listener, g->holders, GUARD_MAX_HOLDERS, &g->nholders);
+        g->nholders = guard_fd_holders(g->listener, g->holders, GUARD_MAX_HOLDERS);
         chat_log_info("port %u is held by %zu process%s (first pid %d)", g->port, g->nholders,
                       g->nholders == 1 ? "" : "es", g->nholders ? (int)g->holders[0] : 0);
     }
@@ -105,12 +101,6 @@ static void poll_once(guard *g)
     free(socks);
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL); /* a stop signal ends it early (EINTR): the loop then sees g_stop */
-}
-
 int main(void)
 {
     chat_log_init("chat-guard", CHAT_LOG_INFO);
@@ -120,10 +110,10 @@ int main(void)
     char err[256];
     const char *metrics = getenv("CHAT_METRICS_DIR");
     if (chat_metrics_init(metrics, "guard", err, sizeof err)) chat_log_warn("%s", err);
-    if (g.timeout_s == 0) {
+    if (g.timeout_s == 0) { /* idle rather than exit, which a supervisor would take for a crash */
         chat_log_info("CHAT_HEAD_TIMEOUT_S=0: no bound on a request's time; waiting to be stopped");
         while (!g_stop)
-            sleep_ms(GUARD_POLL_MS);
+            chat_sleep_ms(GUARD_POLL_MS);
         return 0;
     }
     g.track = guard_track_new((int64_t)g.timeout_s * 1000);
@@ -132,7 +122,7 @@ int main(void)
     find_holders(&g);
     while (!g_stop) {
         poll_once(&g);
-        sleep_ms(GUARD_POLL_MS);
+        chat_sleep_ms(GUARD_POLL_MS);
     }
     guard_track_free(g.track);
     chat_metrics_shutdown();

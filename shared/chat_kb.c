@@ -942,8 +942,7 @@ int chat_kb_sync_all(chat_db *db, char *err, size_t errlen)
     for (int waited_ms = 0;; waited_ms += 50) {
         rc = copier_lock(db, err, errlen);
         if (rc != CHAT_ECONFLICT || waited_ms >= KB_SYNC_WAIT_MS) break;
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
+        chat_sleep_ms(50);
     }
     if (!rc) {
         long long pending = 0;

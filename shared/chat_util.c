@@ -231,6 +231,12 @@ int64_t chat_now_us(void)
 
 int64_t chat_now_ms(void) { return chat_now_us() / 1000; }
 
+void chat_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 bool chat_id_valid(const char *s)
 {
     if (!s) return false;

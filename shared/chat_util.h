@@ -54,6 +54,8 @@ size_t chat_u64_dec(char *out, uint64_t v);
 
 /* Monotonic clock in milliseconds / microseconds. */
 int64_t chat_now_ms(void);
+/* Sleeps ms milliseconds; a signal ends it early (EINTR), so that a loop around it sees its stop flag. */
+void chat_sleep_ms(int ms);
 
 /* For a program's main: handler on SIGTERM and SIGINT, without SA_RESTART, so that blocking calls
  * (accept, poll, zmq_poll, waitpid) return EINTR and the loop sees the flag the handler sets; SIGPIPE

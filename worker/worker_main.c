@@ -81,12 +81,6 @@ static pid_t spawn(const chat_config *cfg, pid_t parent)
     _exit(run_one(cfg));
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL); /* EINTR from a signal ends it early, which is what we want */
-}
-
 static int supervise(const chat_config *cfg, int n)
 {
     child *kids = calloc((size_t)n, sizeof *kids);
@@ -133,7 +127,7 @@ static int supervise(const chat_config *cfg, int n)
                 kids[i].pid = 0;
             }
         }
-        sleep_ms(50);
+        chat_sleep_ms(50);
     }
 
     chat_log_info("supervisor: stopping workers");
@@ -158,7 +152,7 @@ static int supervise(const chat_config *cfg, int n)
                 if (kids[i].pid) kill(kids[i].pid, SIGKILL), waitpid(kids[i].pid, NULL, 0);
             break;
         }
-        sleep_ms(20);
+        chat_sleep_ms(20);
     }
     free(kids);
     chat_log_info("supervisor: stopped");
