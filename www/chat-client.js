@@ -15,6 +15,13 @@
  *     sends `resume` with them on every new connection, so the answer in flight
  *     continues exactly where it broke off (its sendMessage() promise survives
  *     the drop) and later answers asked from other tabs arrive too;
+ *   - a message sent just before a drop, whose answer had not begun to arrive,
+ *     is not given up either: the resume asks the server whether it is being
+ *     answered (an answer of its conversation newer than the last one seen),
+ *     and the promise gets that answer, or CONNECTION_LOST when the server
+ *     never took the message (then, and only then, sending it again is safe).
+ *     So that even a first message can be found again, a new conversation's
+ *     session id is chosen here (a random UUID), not left to the server;
  *   - emits connection state changes and every server event through on(type, fn);
  *   - sendMessage() returns a Promise of the `complete` frame (or rejects on
  *     `error`), matched by order because the server answers in order;
@@ -90,6 +97,20 @@
     var p = url || path || '/ws/chat';
     if (p.charAt(0) !== '/') p = '/' + p;
     return scheme + '//' + loc.host + p;
+  }
+
+  // A new conversation's id: a random (version 4) UUID, which the server takes as the user's new
+  // session. null where the host has no crypto (the server then names the session, and a message
+  // dropped before its answer began cannot be looked for).
+  function newSessionId() {
+    var c = global.crypto || (typeof globalThis !== 'undefined' ? globalThis.crypto : null);
+    if (c && typeof c.randomUUID === 'function') return c.randomUUID();
+    if (!c || typeof c.getRandomValues !== 'function') return null;
+    var b = c.getRandomValues(new Uint8Array(16)), hex = '';
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    for (var i = 0; i < 16; i++) hex += (b[i] < 16 ? '0' : '') + b[i].toString(16);
+    return hex.slice(0, 8) + '-' + hex.slice(8, 12) + '-' + hex.slice(12, 16) + '-' + hex.slice(16, 20) + '-' + hex.slice(20);
   }
 
   function withQueryToken(url, token) {
@@ -275,13 +296,24 @@
     this._clearTimer('_stableTimer');
 
     // The answer being streamed outlives the socket: it is resumed on the next one and its promise
-    // stays pending. Messages whose answer had not started die with the socket (the server forgets
-    // a connection's waiting messages): rejected. Unsent messages (outbox) go out after reconnecting.
+    // stays pending. So does the first message when its answer had not begun to arrive: a worker may
+    // be answering it all the same, and the resume tells (see 'resumed'). The messages after it die
+    // with the socket (the server answers a connection's messages one at a time and forgets the
+    // waiting ones): rejected. Unsent messages (outbox) go out after reconnecting.
     var lost = makeError('connection closed before the answer completed (code ' + info.code + ')', 'CONNECTION_LOST', info);
-    var resumable = (this.options.reconnect && !this._manualClose && this._pending.length && this._pending[0].answerId)
-      ? this._pending.shift() : null;
+    var first = this._pending[0];
+    var resumable = (this.options.reconnect && !this._manualClose && first &&
+      (first.answerId || (this.options.resume && first.frame.session_id))) ? this._pending.shift() : null;
     this._rejectPending(lost);
-    if (resumable) { resumable.resuming = true; this._pending.push(resumable); }
+    if (resumable) {
+      resumable.resuming = true;
+      if (!resumable.answerId) { // not begun here: any answer of its conversation newer than the last one seen
+        var sid = resumable.frame.session_id, seen = this._cursors[sid];
+        resumable.unstarted = { after: seen ? seen.answerId : null, error: lost };
+        this.sessionId = sid; // the conversation the next socket resumes
+      }
+      this._pending.push(resumable);
+    }
 
     // 1008 after a rejected token: retrying with the same token would loop forever.
     var willReconnect = !!restarting || (!this._manualClose && this.options.reconnect && !(this._authFailed && info.code === 1008));
@@ -486,10 +518,13 @@
       case 'resumed': {
         this._resuming = null;
         var waiting = this._pending[0] && this._pending[0].resuming ? this._pending[0] : null;
+        if (waiting && waiting.unstarted) this._claimUnstarted(waiting, data);
         // Nothing more of our answer comes (it ended with a worker that died, or long ago), or a newer
         // answer of the conversation is what streams now: ours is in the session's history.
-        if (waiting && (!data.complete_follows || data.answer_id !== waiting.answerId))
+        else if (waiting && (!data.complete_follows || data.answer_id !== waiting.answerId))
           this._rejectResuming('the answer cannot be resumed; see the conversation\'s history', 'ANSWER_LOST', data);
+        // An answer that follows but is not the one our message waited for answers none of our messages.
+        if (waiting && this._pending[0] !== waiting && data.answer_id) this._foreign[data.answer_id] = true;
         if (data.answer_id && data.complete_follows) this._noteAnswer(data);
         this._emit('resumed', data);
         break;
@@ -532,6 +567,17 @@
     return this._answer;
   };
 
+  // The resume of a message whose answer had not begun when its socket closed: the conversation's
+  // held answer is ours when it is newer than the last one this client saw of the conversation and
+  // the rest of it follows; otherwise the server never took the message, and CONNECTION_LOST says
+  // it may be sent again.
+  P._claimUnstarted = function (waiting, data) {
+    var u = waiting.unstarted;
+    waiting.unstarted = null;
+    if (data.answer_id && data.complete_follows && data.answer_id !== u.after) waiting.answerId = data.answer_id;
+    else this._rejectResuming(u.error.message, 'CONNECTION_LOST', u.error.detail);
+  };
+
   // A resumed answer that will not complete: its promise fails (the session's history has it, if anything).
   P._rejectResuming = function (message, code, detail) {
     var first = this._pending[0];
@@ -549,6 +595,14 @@
       return;
     }
     if (data.code === 'SESSION_FORBIDDEN') delete this._cursors[r.sessionId];
+    var first = this._pending[0];
+    // A new conversation's message the server never took: the user has no such session yet.
+    if (first && first.resuming && first.unstarted && data.code === 'SESSION_FORBIDDEN') {
+      var u = first.unstarted;
+      first.unstarted = null;
+      this._rejectResuming(u.error.message, 'CONNECTION_LOST', u.error.detail);
+      return;
+    }
     this._rejectResuming(data.error, data.code, data);
   };
 
@@ -595,7 +649,8 @@
    * or CONNECTION_LOST / DISCONNECTED / AUTH_ERROR / NOT_CONNECTED.
    *
    * opts.sessionId: undefined -> continue the last conversation (this.sessionId);
-   *                 null or '' -> start a new one; a string -> that session.
+   *                 null or '' -> start a new one (its id a fresh UUID, chosen here);
+   *                 a string -> that session.
    * opts.customerId, opts.partial: passed through when given.
    * While (re)connecting the message is queued and sent once authenticated.
    */
@@ -604,6 +659,7 @@
     opts = opts || {};
     var frame = { type: 'message', message: text == null ? '' : String(text) };
     var sid = opts.sessionId !== undefined ? opts.sessionId : this.sessionId;
+    if (!sid) sid = newSessionId();
     if (sid) frame.session_id = String(sid);
     if (opts.customerId) frame.customer_id = String(opts.customerId);
     if (typeof opts.partial === 'boolean') frame.partial = opts.partial;

@@ -1,6 +1,6 @@
-// www/chat-client.js's token refresh and user change, in node against a fake WebSocket (the client takes
-// its WebSocket implementation as an option), so every exchange is scripted and nothing needs a browser
-// or a server:  node tests/browser/test-client.mjs
+// www/chat-client.js's token refresh, user change and recovery of a message dropped before its answer
+// began, in node against a fake WebSocket (the client takes its WebSocket implementation as an option),
+// so every exchange is scripted and nothing needs a browser or a server:  node tests/browser/test-client.mjs
 //
 // Prints one "ok - ..." / "not ok - ..." line per check and a closing "N passed, M failed" line; exits 1
 // on any failure.
@@ -156,6 +156,111 @@ await check('setToken with a bad token behaves as before: auth_error, not authen
   ws.serve({ type: 'auth_error', message: 'Invalid token', code: 'INVALID_TOKEN' });
   assert(events.some(e => e.type === 'auth_error' && e.code === 'INVALID_TOKEN'), 'no auth_error event with its code');
   assert(c.state === 'open' && FakeWebSocket.sockets.length === 1, `state ${c.state}`);
+  c.disconnect();
+});
+
+// ---- a message whose answer had not begun to arrive when its socket closed ----
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const reconnecting = { reconnect: true, minBackoffMs: 1, maxBackoffMs: 2 };
+
+// Drops socket `ws` as a network would (code 1006), lets the client reconnect and authenticates the new
+// socket; returns it with the resume frame the client sent on it. whileDown() runs between the two.
+async function dropAndResume(ws, whileDown) {
+  const before = FakeWebSocket.sockets.length;
+  ws.readyState = 3;
+  ws.onclose({ code: 1006, reason: '', wasClean: false });
+  if (whileDown) whileDown();
+  for (let i = 0; i < 50 && FakeWebSocket.sockets.length === before; i++) await settle();
+  await settle();
+  const next = FakeWebSocket.sockets[before];
+  assert(next && next.sent.length === 1 && next.sent[0].type === 'auth', `after the drop: ${next && sentTypes(next)}`);
+  next.serve({ type: 'auth_success', user: alice });
+  const resume = next.sent[1];
+  assert(resume && resume.type === 'resume', `no resume after the reconnect: ${sentTypes(next)}`);
+  return { next, resume };
+}
+
+// Records how a promise settles: {state: 'pending' | 'resolved' | 'rejected', value}.
+function watch(promise) {
+  const w = { state: 'pending', value: null };
+  promise.then(v => { w.state = 'resolved'; w.value = v; }, e => { w.state = 'rejected'; w.value = e; });
+  return w;
+}
+
+// A conversation with one completed answer ('a-1'), so the client has a cursor in it.
+async function withOneAnswer() {
+  const t = await authenticated(reconnecting);
+  const first = t.c.sendMessage('first', { sessionId: 's-1' });
+  t.ws.serve({ type: 'progress', step: 'starting', message: 'm', session_id: 's-1', answer_id: 'a-1' });
+  t.ws.serve({ type: 'complete', response: 'one', session_id: 's-1', answer_id: 'a-1', seq: 2, metadata: {} });
+  await first;
+  return t;
+}
+
+await check('a new conversation\'s id is chosen by the client: a random UUID in the message frame', async () => {
+  const { c, ws } = await authenticated({});
+  watch(c.sendMessage('hi'));
+  watch(c.sendMessage('and a new one', { sessionId: null }));
+  const [a, b] = ws.sent.slice(1);
+  assert(UUID.test(a.session_id) && UUID.test(b.session_id) && a.session_id !== b.session_id,
+    `session ids ${a.session_id}, ${b.session_id}`);
+  c.disconnect();
+});
+
+await check('dropped before its answer began: the resume finds the answer in flight and the promise gets all of it', async () => {
+  const { c, ws } = await authenticated(reconnecting);
+  const answer = watch(c.sendMessage('What does E42 mean?'));
+  const sid = ws.sent[1].session_id;
+  const late = watch(c.sendMessage('queued behind it')); // the server forgets waiting messages: lost
+  const { next, resume } = await dropAndResume(ws);
+  assert(resume.session_id === sid && !resume.answer_id && !resume.last_seq, `resume ${JSON.stringify(resume)}`);
+  assert(answer.state === 'pending', `the message was settled at the drop: ${answer.state} ${answer.value}`);
+  assert(late.state === 'rejected' && late.value.code === 'CONNECTION_LOST', `the queued message: ${late.state}`);
+  next.serve({ type: 'resumed', session_id: sid, in_flight: true, complete_follows: true, answer_id: 'a-9', seq: 3 });
+  next.serve({ type: 'token', token: 'E42 is ', partial_response: 'E42 is ', seq: 3, session_id: sid });
+  next.serve({ type: 'token', token: 'water', partial_response: 'E42 is water', seq: 4, session_id: sid });
+  next.serve({ type: 'complete', response: 'E42 is water', session_id: sid, answer_id: 'a-9', seq: 5, metadata: {} });
+  await settle();
+  assert(answer.state === 'resolved' && answer.value.response === 'E42 is water' && answer.value.answer_id === 'a-9',
+    `answer ${answer.state} ${JSON.stringify(answer.value && answer.value.response)}`);
+  c.disconnect();
+});
+
+await check('dropped before its answer began, in a conversation with answers: a newer answer is ours, the last one seen is not', async () => {
+  for (const [held, follows, want] of [['a-2', true, 'resolved'], ['a-1', false, 'rejected'], ['a-1', true, 'rejected'], [null, false, 'rejected']]) {
+    const { c, ws } = await withOneAnswer();
+    const answer = watch(c.sendMessage('second'));
+    let later; // asked while the socket is down: it goes out after the resume
+    const { next, resume } = await dropAndResume(ws, () => { later = watch(c.sendMessage('third')); });
+    assert(resume.session_id === 's-1' && resume.answer_id === 'a-1' && resume.last_seq === 2, `resume ${JSON.stringify(resume)}`);
+    assert(sentTypes(next) === 'auth:tok-1 resume message', `sent after the drop: ${sentTypes(next)}`);
+    const resumed = { type: 'resumed', session_id: 's-1', in_flight: follows, complete_follows: follows };
+    if (held) Object.assign(resumed, { answer_id: held, seq: 2 });
+    next.serve(resumed);
+    if (follows) next.serve({ type: 'complete', response: 'two', session_id: 's-1', answer_id: held, seq: 3, metadata: {} });
+    await settle();
+    const how = `held ${held}, complete_follows ${follows}`;
+    assert(answer.state === want, `${how}: ${answer.state}, want ${want}`);
+    if (want === 'rejected') assert(answer.value.code === 'CONNECTION_LOST', `${how}: code ${answer.value.code}`);
+    else assert(answer.value.response === 'two', `${how}: response ${answer.value.response}`);
+    // the message asked meanwhile gets its own answer, never the resumed one
+    assert(later.state === 'pending', `${how}: the next message settled early: ${later.value && later.value.response}`);
+    next.serve({ type: 'progress', step: 'starting', message: 'm', session_id: 's-1', answer_id: 'a-3' });
+    next.serve({ type: 'complete', response: 'three', session_id: 's-1', answer_id: 'a-3', seq: 2, metadata: {} });
+    await settle();
+    assert(later.state === 'resolved' && later.value.response === 'three', `${how}: the next message: ${later.state}`);
+    c.disconnect();
+  }
+});
+
+await check('a new conversation\'s message the server never took: SESSION_FORBIDDEN to the resume is CONNECTION_LOST to it', async () => {
+  const { c, ws } = await authenticated(reconnecting);
+  const answer = watch(c.sendMessage('hello'));
+  const { next } = await dropAndResume(ws);
+  next.serve({ type: 'error', error: 'Session not found', code: 'SESSION_FORBIDDEN' });
+  await settle();
+  assert(answer.state === 'rejected' && answer.value.code === 'CONNECTION_LOST', `${answer.state} ${answer.value && answer.value.code}`);
   c.disconnect();
 });
 

@@ -215,6 +215,38 @@ async function main() {
       console.log(`# dropped after the first token, ${r.tokens.length} token frames in all`);
     }, { fatal: false });
 
+    await check('a drop right after sending, before any of the answer arrived: the client finds the answer and the conversation has it once', async () => {
+      // in the page's conversation, then as the first message of a new one (whose id the client chose)
+      for (const [q, fresh] of [['How much fuel does the Seawind 250 hold?', false], ['What does fault code E42 mean?', true]]) {
+        const r = await page.evaluate(async ([q, fresh]) => {
+          const c = window.chatTest.client, ws = c.ws;
+          const answer = c.sendMessage(q, fresh ? { sessionId: null } : undefined);
+          ws.onmessage = () => {}; // the network loses everything the server sends from here on
+          await new Promise(resolve => setTimeout(resolve, 30));
+          ws.close(4000, 'dropped by the test');
+          try {
+            const d = await answer;
+            return { response: d.response, session: d.session_id };
+          } catch (e) {
+            return { code: e.code, error: e.message };
+          }
+        }, [q, fresh]);
+        const which = fresh ? 'a new conversation' : 'the conversation';
+        if (r.code) return `${which}: the message was given up: ${r.code} (${r.error})`;
+        if (!r.response || !r.session) return `${which}: no answer: ${JSON.stringify(r)}`;
+        const res = await fetch(`${BASE}/api/v1/sessions/${encodeURIComponent(r.session)}/messages`,
+          { headers: { Authorization: `Bearer ${TOKEN}` } });
+        if (res.status !== 200) return `${which}: history: HTTP ${res.status}`;
+        const msgs = (await res.json()).messages || [];
+        const asked = msgs.map((m, i) => [m, i]).filter(([m]) => m.role === 'user' && m.content === q);
+        if (asked.length !== 1) return `${which}: the question is stored ${asked.length} times`;
+        if (fresh && msgs.length !== 2) return `${which}: ${msgs.length} messages stored`;
+        const reply = msgs[asked[0][1] + 1];
+        if (!reply || reply.role !== 'assistant' || reply.content !== r.response)
+          return `${which}: the stored answer is not the one the client got: ${JSON.stringify(reply && reply.content.slice(0, 60))}`;
+      }
+    }, { fatal: false });
+
     await check('"Open in a second tab": the second tab resumes the conversation and follows the next answer live', async () => {
       const sid = (await page.inputValue('#session-id')).trim();
       if (!sid) return 'no session to open';
