@@ -19,7 +19,8 @@
  *     is not given up either: the resume asks the server whether it is being
  *     answered (an answer of its conversation newer than the last one seen),
  *     and the promise gets that answer, or CONNECTION_LOST when the server
- *     never took the message (then, and only then, sending it again is safe).
+ *     did not take the message (sending it again is then safe; the one
+ *     exception is in docs/protocol.md).
  *     So that even a first message can be found again, a new conversation's
  *     session id is chosen here (a random UUID), not left to the server;
  *   - emits connection state changes and every server event through on(type, fn);
