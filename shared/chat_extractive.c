@@ -189,6 +189,11 @@ static const struct {
     {"rock", "grounding"},
     {"rocks", "grounding"},
     {"crash", "collision"},
+    {"change", "replace replaced replacing replacement changed"},
+    {"changed", "replace replaced replacing replacement"},
+    {"changing", "replace replaced replacing replacement"},
+    {"replace", "replaced replacing replacement change changed"},
+    {"swap", "replace replaced replacement"},
 };
 
 /* Words that carry no meaning of their own in a question (sorted, for bsearch). */
@@ -1034,15 +1039,65 @@ static double sentences_confidence(const compose *c, double cov, bool figure_fou
     return CONF_WORDS_BASE + CONF_WORDS_SPAN * cov * cov;
 }
 
+/* Words that make a sentence lean on the one before it when they are its subject: "It replaces the six
+ * spark plugs" names nothing quoted alone. BACK_CLAUSE_BYTES: how far into the sentence an opening
+ * clause may run before the subject ("In addition to the 100-hour items, it replaces ..."). */
+static const char BACK_REFERENCE[] = "it|its|this|these|they|their|those";
+#define BACK_CLAUSE_BYTES 60
+
+/* The word at p (letters only, lowercased) in w; its length. */
+static size_t word_at(const char *p, const char *end, char *w, size_t cap)
+{
+    size_t n = 0;
+    while (p + n < end && n + 1 < cap && isalpha((unsigned char)p[n])) {
+        w[n] = (char)tolower((unsigned char)p[n]);
+        n++;
+    }
+    w[n] = '\0';
+    return n;
+}
+
+/* Whether x opens with a word of BACK_REFERENCE, or with a short clause and then one. */
+static bool refers_back(const sentence *x)
+{
+    const char *end = x->s + x->len;
+    char w[16];
+    if (word_at(x->s, end, w, sizeof w) && word_in_list(w, BACK_REFERENCE)) return true;
+    const char *comma = memchr(x->s, ',', x->len < BACK_CLAUSE_BYTES ? x->len : BACK_CLAUSE_BYTES);
+    if (!comma) return false;
+    const char *p = comma + 1;
+    while (p < end && *p == ' ') p++;
+    return word_at(p, end, w, sizeof w) && word_in_list(w, BACK_REFERENCE);
+}
+
+/* The sentence before x in its passage when x leans on it and it is not among the n picked: quoted
+ * first, so that the answer says what "it" is. NULL otherwise. */
+static const sentence *antecedent(const compose *c, const sentence *x, int n)
+{
+    if (!x->order || !refers_back(x)) return NULL;
+    const sentence *prev = NULL;
+    for (int i = 0; i < c->ns && !prev; i++)
+        if (c->s[i].passage == x->passage && c->s[i].order == x->order - 1) prev = &c->s[i];
+    if (!prev || prev->s[0] == '#') return NULL;
+    for (int i = 0; i < n; i++)
+        if (&c->s[i] == prev) return NULL;
+    return prev;
+}
+
 /* Writes the first n sentences of c->s in document order (after the first one when lead: the one that
- * answers "no"), with the intro and the sources. */
+ * answers "no"), each after the sentence it leans on (antecedent), with the intro and the sources. */
 static void write_sentences(compose *c, int n, const char *intro, bool lead)
 {
     qsort(c->s + lead, (size_t)(n - lead), sizeof *c->s, cmp_position);
     chat_buf_puts(&c->out, intro);
     int used[MAX_PICK + 1];
     for (int i = 0; i < n; i++) {
+        const sentence *prev = antecedent(c, &c->s[i], n);
         if (i) chat_buf_puts(&c->out, " ");
+        if (prev) {
+            chat_buf_append(&c->out, prev->s, prev->len);
+            chat_buf_puts(&c->out, " ");
+        }
         chat_buf_append(&c->out, c->s[i].s, c->s[i].len);
         used[i] = c->s[i].passage;
     }

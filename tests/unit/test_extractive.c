@@ -37,6 +37,11 @@ static chat_kb_passage passages[] = {
      8.0},
     {3, "policies/warranty.md", "Warranty - Coverage", NULL, NULL,
      "Every new boat is covered for 3 years. The warranty starts on the delivery date.", 2.0},
+    {4, "boat-a/maintenance.md", "Boat A Maintenance Guide - 300-Hour Service", "maintenance", "boat-a",
+     "The 300-hour service of the Boat A is the major service for its V6 outboard. In addition to the 100-hour "
+     "items, it replaces the six spark plugs and the thermostat. The impeller of the Boat A must be replaced "
+     "every 300 engine hours or every 3 years.",
+     7.0},
 };
 
 static chat_kb_result make_result(size_t from, size_t n)
@@ -75,6 +80,12 @@ static void test_answers(void **state)
          "Customer: Jo. Upcoming appointments: 2030-01-02 09:00 100-hour service at Port Alden. Recent past "
          "appointments: 2029-01-01 oil change.",
          "2030-01-02 09:00 100-hour service", "2029-01-01"},
+        /* a sentence that leans on the one before it ("it replaces") comes with it */
+        {"When are the spark plugs replaced on the Boat A?", "maintenance", 3, 1, NULL,
+         "The 300-hour service of the Boat A is the major service for its V6 outboard. In addition", NULL},
+        /* "change" asks what the knowledge base says with "replaced" */
+        {"How often should I change the impeller of the Boat A?", "maintenance", 3, 1, NULL, "every 300 engine hours",
+         "could not find"},
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         char *a = compose(cases[i].question, cases[i].agent, cases[i].from, cases[i].n, cases[i].customer);
