@@ -1045,14 +1045,11 @@ static double sentences_confidence(const compose *c, double cov, bool figure_fou
 static const char BACK_REFERENCE[] = "it|its|this|these|they|their|those";
 #define BACK_CLAUSE_BYTES 60
 
-/* The word at p (letters only, lowercased) in w; its length. */
+/* The word at p, lower-cased as each_word reads words, in w (cut at cap - 1 bytes); its length. */
 static size_t word_at(const char *p, const char *end, char *w, size_t cap)
 {
     size_t n = 0;
-    while (p + n < end && n + 1 < cap && isalpha((unsigned char)p[n])) {
-        w[n] = (char)tolower((unsigned char)p[n]);
-        n++;
-    }
+    for (unsigned char ch; p + n < end && n + 1 < cap && (ch = word_lower((unsigned char)p[n])); n++) w[n] = (char)ch;
     w[n] = '\0';
     return n;
 }
