@@ -10,7 +10,9 @@
  * the guard off), the bound. The holders of the port's listening socket are found in /proc, again
  * whenever the listener changes (lighttpd restarted). SIGTERM/SIGINT: exit 0. SIGHUP: reopen the log. */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "chat_config.h"
 #include "chat_log.h"
@@ -65,19 +67,47 @@ static void find_holders(guard *g)
     free(l);
 }
 
-/* Shuts the victims' sockets in whichever holder has them; logs each by peer address (no request data). */
+static bool was_holder(const pid_t *pids, size_t n, pid_t pid)
+{
+    for (size_t i = 0; i < n; i++)
+        if (pids[i] == pid) return true;
+    return false;
+}
+
+/* Shuts the n sockets inodes in each holder not in skip (nskip of them): how many were shut. */
+static int shut_in_holders(guard *g, const uint64_t *inodes, size_t n, const pid_t *skip, size_t nskip, char *err,
+                           size_t errlen)
+{
+    int shut = 0;
+    for (size_t h = 0; h < g->nholders; h++) {
+        if (was_holder(skip, nskip, g->holders[h])) continue;
+        int rc = guard_fd_shutdown(g->holders[h], inodes, n, err, errlen);
+        if (rc > 0) shut += rc;
+        if (rc < 0) g->listener = 0; /* a holder gone or out of reach: look again next time */
+    }
+    return shut;
+}
+
+/* Shuts the victims' sockets in whichever holder has them; logs each by peer address (no request data).
+ * The listener's inode outlives its holders' pids: lighttpd forks its server.max-worker processes after
+ * it binds (the guard may have looked before they existed) and replaces a worker that dies. So when a
+ * victim is in none of the known holders, the holders are found again and only the new ones are tried
+ * (a socket shut twice would be counted twice). */
 static void close_victims(guard *g, const guard_sock *socks, const size_t *victims, int nv)
 {
     uint64_t inodes[nv];
     for (int i = 0; i < nv; i++)
         inodes[i] = socks[victims[i]].inode;
     find_holders(g);
-    int shut = 0;
     char err[256] = "";
-    for (size_t h = 0; h < g->nholders; h++) {
-        int rc = guard_fd_shutdown(g->holders[h], inodes, (size_t)nv, err, sizeof err);
-        if (rc > 0) shut += rc;
-        if (rc < 0) g->listener = 0; /* a holder gone or out of reach: look again next time */
+    int shut = shut_in_holders(g, inodes, (size_t)nv, NULL, 0, err, sizeof err);
+    if (shut < nv) {
+        pid_t tried[GUARD_MAX_HOLDERS];
+        size_t ntried = g->nholders;
+        memcpy(tried, g->holders, ntried * sizeof *tried);
+        g->listener = 0;
+        find_holders(g);
+        shut += shut_in_holders(g, inodes, (size_t)nv, tried, ntried, err, sizeof err);
     }
     for (int i = 0; i < nv && i < GUARD_LOG_PER_POLL; i++)
         chat_log_warn("closing the connection from %s: its request was still arriving %d s after the server last "
@@ -86,7 +116,9 @@ static void close_victims(guard *g, const guard_sock *socks, const size_t *victi
     if (nv > GUARD_LOG_PER_POLL)
         chat_log_warn("closing %d more trickling connections (CHAT_HEAD_TIMEOUT_S)", nv - GUARD_LOG_PER_POLL);
     chat_metric_inc(CHAT_METRIC_SLOW_REQUESTS_CLOSED, 0, (uint64_t)shut);
-    if (shut < nv) chat_log_error("%d of %d trickling connections could not be closed: %s", nv - shut, nv, err);
+    if (shut < nv)
+        chat_log_error("%d of %d trickling connections could not be closed: %s", nv - shut, nv,
+                       err[0] ? err : "no process holding the port has them");
 }
 
 static void poll_once(guard *g)

@@ -37,7 +37,19 @@ check "a /ws/chat head trickled at one byte every 3 s is closed within 5 s ($r)"
 r=$(trickle /health 1 3)
 check "a head that pauses 1 s between bytes and ends within 6 s is answered ($r)" quiet grep -q '^answered' <<<"$r"
 # Faster than lighttpd's per-read limit, for longer than CHAT_HEAD_TIMEOUT_S: chat-guard closes it
-# between 6 s and 6 + 2 (CHAT_HEAD_IDLE_S) + 1 (its poll) s; three at once, on three paths.
+# between 6 s and 6 + 2 (CHAT_HEAD_IDLE_S) + 1 (its poll) s; three at once, on three paths. First
+# lighttpd's worker processes are killed, and its master forks new ones: the connections are then in
+# processes the guard did not see when it started (as after a worker crash, or when the guard looked
+# before lighttpd had forked them).
+master=$(cat "$OWN/run/lighttpd.pid")
+old_workers=$(pgrep -P "$master" -x lighttpd | sort | tr '\n' ' ')
+pkill -KILL -P "$master" -x lighttpd
+for _ in $(seq 50); do
+  new_workers=$(pgrep -P "$master" -x lighttpd | sort | tr '\n' ' ')
+  [ -n "$new_workers" ] && [ "$(wc -w <<<"$new_workers")" = "$(wc -w <<<"$old_workers")" ] && break
+  sleep 0.1
+done
+check "lighttpd replaced its workers ($old_workers-> $new_workers)" test -n "$new_workers" -a "$new_workers" != "$old_workers"
 GUARD_LOG=$OWN/log/chat-guard.log
 FROM=$(stat -c %s "$GUARD_LOG" 2>/dev/null || echo 0)
 trickle /health 1 1000 >"$OWN/t1" & trickle /ws/chat 1 1000 >"$OWN/t2" & trickle /api/v1/chat 1 1000 >"$OWN/t3" &
