@@ -73,6 +73,8 @@
 #define NUMBER_BONUS 0.75
 #define INSTRUCTION_BONUS 2.5 /* an instruction ("Check that ..."), for a how-to question */
 #define EXCLUSION_BONUS 3.0   /* a negation about the item asked ("excludes grounding"), for a coverage one */
+#define SCOPE_EXCLUSION_FACTOR 0.4 /* an exclusion, when the coverage question asks what is covered */
+#define SCOPE_LIST_BONUS 2.0       /* a list ("has four parts: a ..., a ..."), when it asks what is covered */
 /* Retrieval's order counts: PASSAGE_RANK_BONUS / (1 + the passage's rank), less ORDER_PENALTY per
  * sentence into the passage (openings state the main fact). Small: they only break near-ties. */
 #define PASSAGE_RANK_BONUS 0.5
@@ -285,6 +287,7 @@ typedef struct compose {
     int ns;
     char code[16];
     bool has_code;
+    bool asks_scope;                            /* a coverage question that names no item (asks_scope) */
     char targets[CHAT_QUESTION_MAX_MODELS][16]; /* the models the answer is about, by number */
     int ntargets;
     chat_buf out;
@@ -572,6 +575,16 @@ static bool is_instruction(const char *s)
     return word_in_list(first, VERBS) || chat_question_find(s, "what to do:");
 }
 
+/* "What does the warranty cover?": a coverage question that names no item and no exclusion asks what
+ * is covered, which an exclusion ("does not cover normal wear items") does not say. */
+static bool asks_scope(const compose *c)
+{
+    if (!c->q.coverage || chat_question_has_any(c->typed, NEGATION)) return false;
+    for (int k = 0; k < c->nt; k++)
+        if (c->t[k].key == k && !word_in_list(c->t[k].w, COVER_WORDS)) return false;
+    return true;
+}
+
 static double sentence_score(const compose *c, const sentence *x, bool figure_q)
 {
     if (x->other_code) return 0;
@@ -589,6 +602,10 @@ static double sentence_score(const compose *c, const sentence *x, bool figure_q)
     if (figure_q && x->has_number) score += NUMBER_BONUS;
     if (c->q.howto && is_instruction(txt)) score += INSTRUCTION_BONUS;
     if (c->q.coverage && chat_question_has_any(txt, NEGATION) && item_hit(c, x)) score += EXCLUSION_BONUS;
+    if (c->asks_scope && chat_question_has_any(txt, NEGATION))
+        score *= SCOPE_EXCLUSION_FACTOR;
+    else if (c->asks_scope && is_list(txt))
+        score += SCOPE_LIST_BONUS;
     score += PASSAGE_RANK_BONUS / (1 + x->passage) - ORDER_PENALTY * x->order;
     if (!passage_on_target(c, x->passage)) score *= OFF_TARGET_FACTOR;
     return score > 0 ? score : 0;
@@ -614,6 +631,7 @@ static void score_sentences(compose *c)
     /* a word found in few of the candidate sentences says more about which one answers */
     for (int k = 0; k < c->nt; k++) c->t[k].idf = 1.0 + log((c->ns + 1.0) / (df[k] + 1.0));
     bool figure_q = asks_for_figure(c->text);
+    c->asks_scope = asks_scope(c);
     for (int i = 0; i < c->ns; i++) c->s[i].score = sentence_score(c, &c->s[i], figure_q);
 }
 
@@ -1179,6 +1197,64 @@ static int add_instruction(compose *c, int pick)
     return pick;
 }
 
+/* Moves c->s[from] to c->s[to] (to <= from), the sentences between one place on, in their order. */
+static void move_sentence(compose *c, int from, int to)
+{
+    sentence x = c->s[from];
+    memmove(&c->s[to + 1], &c->s[to], (size_t)(from - to) * sizeof *c->s);
+    c->s[to] = x;
+}
+
+/* The near-best sentences (s sorted by score): those a pick could be, whatever MAX_PICK. */
+static int near_best(const compose *c)
+{
+    int n = 0;
+    while (n < c->ns && c->s[n].score >= PICK_MIN_SCORE && c->s[n].score >= c->s[0].score * PICK_SHARE_OF_BEST)
+        n++;
+    return n;
+}
+
+/* What the near-best sentences of passage p cover of the question (coverage, no figure counted). */
+static double passage_coverage(const compose *c, int near, int p)
+{
+    uint32_t hits = 0;
+    for (int j = 0; j < near; j++)
+        if (c->s[j].passage == p) hits |= c->s[j].hits;
+    return coverage(c, hits, false);
+}
+
+/* The best sentence's passage may answer too little of the question while another near-best one
+ * answers it: "How often should the spark plugs be changed on the Seawind 220?" scores highest on "The
+ * gimbal bearing ... is greased at every 100-hour service ... needs replacement" (the interval's cue and a
+ * synonym of "changed"), which says nothing of spark plugs: the answer was "could not find", though "it
+ * replaces the six spark plugs" was a near-best sentence. So when the best sentence's
+ * passage covers less than COVER_MIN, the passage whose near-best sentences cover the most (at least
+ * COVER_MIN) leads: its sentence that covers most alone first, then its other near-best ones, up to
+ * MAX_PICK. Returns the picks so led, or 0 when the best passage covers enough or none does (s unchanged). */
+static int lead_by_coverage(compose *c)
+{
+    int near = near_best(c);
+    if (!near || passage_coverage(c, near, c->s[0].passage) >= COVER_MIN) return 0;
+    int p = -1;
+    double best = COVER_MIN;
+    for (int i = 1; i < near; i++) {
+        double cov = passage_coverage(c, near, c->s[i].passage);
+        if (cov > best || (p < 0 && cov >= best)) p = c->s[i].passage, best = cov;
+    }
+    if (p < 0) return 0;
+    int lead = -1;
+    double lead_cov = -1;
+    for (int i = 0; i < near; i++) {
+        double cov = c->s[i].passage == p ? coverage(c, c->s[i].hits, false) : -1;
+        if (cov > lead_cov) lead = i, lead_cov = cov;
+    }
+    move_sentence(c, lead, 0);
+    int pick = 1;
+    for (int i = 1; i < near && pick < MAX_PICK; i++)
+        if (c->s[i].passage == p) move_sentence(c, i, pick++);
+    return pick;
+}
+
 static bool answer_sentences(compose *c)
 {
     qsort(c->s, (size_t)c->ns, sizeof *c->s, cmp_score);
@@ -1188,7 +1264,10 @@ static bool answer_sentences(compose *c)
            c->s[pick].score >= best * PICK_SHARE_OF_BEST)
         pick++;
     if (!pick) return false;
-    if (picks_have_figure(c, 1)) { /* the figure asked for is found: what follows it comes from its passage */
+    int led = lead_by_coverage(c);
+    if (led)
+        pick = led;
+    else if (picks_have_figure(c, 1)) { /* the figure asked for is found: what follows it comes from its passage */
         int k = 1;
         for (int i = 1; i < pick; i++)
             if (c->s[i].passage == c->s[0].passage) {

@@ -22,6 +22,7 @@
 #include "chat_customer.h"
 #include "chat_extractive.h"
 #include "chat_llm.h"
+#include "chat_question.h"
 #include "chat_util.h"
 #include "testutil.h"
 #include "testutil_llm.h"
@@ -42,6 +43,10 @@ static chat_kb_passage passages[] = {
      "items, it replaces the six spark plugs and the thermostat. The impeller of the Boat A must be replaced "
      "every 300 engine hours or every 3 years.",
      7.0},
+    {5, "boat-a/maintenance.md", "Boat A Maintenance Guide - Outdrive", "maintenance", "boat-a",
+     "The gimbal bearing of the Boat A is changed every 500 hours, and more often in salt water. The bellows "
+     "of the Boat A are replaced every 3 years.",
+     6.0},
 };
 
 static chat_kb_result make_result(size_t from, size_t n)
@@ -57,6 +62,15 @@ static char *compose(const char *question, const char *agent, size_t from, size_
     char *a = chat_extractive_compose(&req);
     assert_non_null(a);
     return a;
+}
+
+/* Case i's answer a holds must and not must_not (NULL: anything), and is UTF-8; frees a. */
+static void check_answer(size_t i, char *a, const char *must, const char *must_not)
+{
+    if (!strstr(a, must)) fail_msg("case %zu: missing '%s' in: %s", i, must, a);
+    if (must_not && strstr(a, must_not)) fail_msg("case %zu: unexpected '%s' in: %s", i, must_not, a);
+    assert_true(chat_utf8_valid(a, strlen(a)));
+    free(a);
 }
 
 static void test_answers(void **state)
@@ -89,11 +103,59 @@ static void test_answers(void **state)
     };
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
         char *a = compose(cases[i].question, cases[i].agent, cases[i].from, cases[i].n, cases[i].customer);
-        if (!strstr(a, cases[i].must)) fail_msg("case %zu: missing '%s' in: %s", i, cases[i].must, a);
-        if (cases[i].must_not && strstr(a, cases[i].must_not))
-            fail_msg("case %zu: unexpected '%s' in: %s", i, cases[i].must_not, a);
-        assert_true(chat_utf8_valid(a, strlen(a)));
-        free(a);
+        check_answer(i, a, cases[i].must, cases[i].must_not);
+    }
+}
+
+/* The request as the pipeline makes it: the typed message as the user turn, the search text (the message
+ * and the words that state what it asks for: "every" for an interval) as the question. "How often ...
+ * changed" is answered by the service that replaces the spark plugs, not given up because the
+ * best-scoring sentence, of another passage ("every", "replacement"), says nothing of spark plugs. */
+static void test_lead_covers_question(void **state)
+{
+    (void)state;
+    const char *typed = "How often should the spark plugs be changed on the Boat A?";
+    char *search = chat_question_search_text(typed, NULL, NULL, NULL);
+    assert_non_null(search);
+    assert_non_null(strstr(search, "every"));
+    chat_llm_message msg = {"user", typed};
+    chat_kb_result r = make_result(3, 2);
+    chat_llm_request req = {
+        .question = search, .agent = "maintenance", .passages = &r, .messages = &msg, .n_messages = 1};
+    char *a = chat_extractive_compose(&req);
+    assert_non_null(a);
+    if (!strstr(a, "it replaces the six spark plugs")) fail_msg("missing the spark plugs' service in: %s", a);
+    free(a);
+    free(search);
+}
+
+/* "What does the warranty cover?" names no item: the parts of the warranty answer it, not the exclusion
+ * that scores best on "warranty" and "cover" ("does not cover normal wear items"). An item asked about
+ * ("Are impellers covered?") is still answered by the exclusion. */
+static void test_scope_question(void **state)
+{
+    (void)state;
+    static chat_kb_passage policy[] = {
+        {1, "policies/warranty.md", "Warranty - Exclusions", NULL, NULL,
+         "The warranty does not cover normal wear items such as impellers, anodes, filters and belts.", 9.0},
+        {2, "policies/warranty.md", "Warranty - Overview", NULL, NULL,
+         "Every new boat is covered by the limited warranty from its delivery date. The limited warranty has four "
+         "parts: a 10-year hull warranty, a 3-year engine warranty, a 2-year warranty on electronics, and a "
+         "1-year warranty on upholstery.",
+         8.0},
+    };
+    static const struct {
+        const char *question, *must, *must_not;
+    } cases[] = {
+        {"What does the warranty cover?", "four parts", "normal wear"},
+        {"Are impellers covered by the warranty?", "normal wear", NULL},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_kb_result r = {policy, CHAT_ARRAY_LEN(policy), 10.0};
+        chat_llm_request req = {.question = cases[i].question, .agent = "general", .passages = &r};
+        char *a = chat_extractive_compose(&req);
+        assert_non_null(a);
+        check_answer(i, a, cases[i].must, cases[i].must_not);
     }
 }
 
@@ -458,13 +520,8 @@ static void test_loop_chain_and_free(void **state)
     chat_llm_free(llm);
 }
 
-TESTUTIL_MAIN(NULL, NULL,
-              cmocka_unit_test(test_answers),
-              cmocka_unit_test(test_answer_kinds),
-              cmocka_unit_test(test_composed_once),
-              cmocka_unit_test(test_streaming_contract),
-              cmocka_unit_test(test_pacing),
-              cmocka_unit_test(test_loop_pacing),
-              cmocka_unit_test(test_loop_no_delay),
-              cmocka_unit_test(test_loop_cancel),
-              cmocka_unit_test(test_loop_chain_and_free))
+TESTUTIL_MAIN(NULL, NULL, cmocka_unit_test(test_answers), cmocka_unit_test(test_lead_covers_question),
+              cmocka_unit_test(test_scope_question), cmocka_unit_test(test_answer_kinds),
+              cmocka_unit_test(test_composed_once), cmocka_unit_test(test_streaming_contract),
+              cmocka_unit_test(test_pacing), cmocka_unit_test(test_loop_pacing), cmocka_unit_test(test_loop_no_delay),
+              cmocka_unit_test(test_loop_cancel), cmocka_unit_test(test_loop_chain_and_free))
