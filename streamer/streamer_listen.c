@@ -103,10 +103,29 @@ int sl_parse(const char *spec, sl_listener *out, int max)
     }
 }
 
+/* A TCP port shared with SO_REUSEPORT loses, when one of its listeners closes (a drain), the handshakes
+ * then in flight to it, unless the kernel moves them to another listener (net.ipv4.tcp_migrate_req,
+ * Linux 5.14+). Said once at start (info: the streamer cannot tell whether others share the port); a
+ * kernel without the setting says nothing. */
+#define SL_MIGRATE_REQ "/proc/sys/net/ipv4/tcp_migrate_req"
+static void warn_unmigrated(const sl_listener *l)
+{
+    FILE *f = fopen(SL_MIGRATE_REQ, "r");
+    if (!f) return;
+    int v = fgetc(f);
+    fclose(f);
+    if (v == '0')
+        chat_log_info("streamer: net.ipv4.tcp_migrate_req is 0: if other streamers share %s, a connection whose "
+                      "handshake is in flight when one of them drains is reset; set it to 1 (deploy/README.md, "
+                      "section 7)",
+                      l->spec);
+}
+
 int sl_create_vhosts(struct lws_context *ctx, struct lws_context_creation_info *info, sl_listener *ls, int n)
 {
     uint64_t base = info->options;
     int rc = 0;
+    bool warned = false;
     for (int i = 0; i < n && !rc; i++) {
         info->port = ls[i].port;
         info->iface = ls[i].host[0] ? ls[i].host : NULL;
@@ -131,6 +150,9 @@ int sl_create_vhosts(struct lws_context *ctx, struct lws_context_creation_info *
         if (!vh) {
             chat_log_error("streamer: cannot listen on %s", ls[i].spec);
             rc = CHAT_ERR;
+        } else if (!ls[i].unix_sock && !warned) {
+            warn_unmigrated(&ls[i]);
+            warned = true;
         }
     }
     info->options = base;
