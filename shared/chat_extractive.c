@@ -984,20 +984,62 @@ static int candidate_models(const compose *c, const char **ids, int max)
     return n;
 }
 
+/* The request's line of models (chat_llm_request.line_models) into line (room for max ids of 64 bytes):
+ * how many, or 0 without one (or one that does not fit). */
+static int line_of_models(const compose *c, char line[][64], int max)
+{
+    const char *p = c->req->line_models;
+    int n = 0;
+    while (p && *p) {
+        size_t len = strcspn(p, " ");
+        if (n == max || len == 0 || len >= 64) return 0;
+        memcpy(line[n], p, len);
+        line[n++][len] = '\0';
+        p += len + (p[len] == ' ');
+    }
+    return n;
+}
+
+static bool in_line(char line[][64], int n, const char *id)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(line[i], id)) return true;
+    return false;
+}
+
+/* "Which model do you mean?": the answer depends on a model nobody named. The models named are the
+ * whole line when the request carries it and the retrieved passages' models are all in it (the few
+ * passages retrieved are about some of the models only: naming just those told the owner of another
+ * that there is nothing for theirs); otherwise the passages' models, the ones it is known to have. */
 static bool answer_which_model(compose *c)
 {
     if (c->ntargets || c->q.compare || !c->ns || !c->kb->items[c->s[0].passage].model_id) return false;
-    const char *ids[8];
+    const char *ids[CHAT_LLM_LINE_MAX];
     int n = candidate_models(c, ids, (int)CHAT_ARRAY_LEN(ids));
     if (n < 2) return false;
+    char line[CHAT_LLM_LINE_MAX][64];
+    int nline = line_of_models(c, line, CHAT_LLM_LINE_MAX);
+    bool whole = nline >= n;
+    for (int i = 0; i < n && whole; i++)
+        whole = in_line(line, nline, ids[i]);
+    if (whole) {
+        n = nline;
+        for (int i = 0; i < n; i++)
+            ids[i] = line[i];
+    }
     qsort(ids, (size_t)n, sizeof ids[0], cmp_str);
-    chat_buf_puts(&c->out, "Which model do you mean? The answer depends on the model, and I have it for ");
+    chat_buf_puts(&c->out, whole ? "Which model do you mean? The answer depends on the model: "
+                                 : "Which model do you mean? The answer depends on the model, and I have it for ");
     for (int i = 0; i < n; i++) {
         char name[64];
         model_display(ids[i], name, sizeof name);
-        chat_buf_printf(&c->out, "%s%s", i == 0 ? "the " : i == n - 1 ? " and the " : ", the ", name);
+        chat_buf_printf(&c->out, "%s%s",
+                        i == 0       ? "the "
+                        : i == n - 1 ? (whole ? " or the " : " and the ")
+                                     : ", the ",
+                        name);
     }
-    chat_buf_puts(&c->out, ".");
+    chat_buf_puts(&c->out, whole ? "?" : ".");
     c->conf = CONF_CLARIFY;
     return true;
 }
@@ -1385,6 +1427,7 @@ static uint64_t request_key(const chat_llm_request *req)
     h = fnv(h, req->agent);
     h = fnv(h, req->customer_context);
     h = fnv(h, req->customer ? req->customer->id : NULL);
+    h = fnv(h, req->line_models);
     for (size_t i = 0; req->passages && i < req->passages->n && i < MAX_PASSAGES; i++) {
         char id[32];
         snprintf(id, sizeof id, "%lld", req->passages->items[i].id);

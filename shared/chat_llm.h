@@ -45,7 +45,13 @@ typedef struct chat_llm_request {
     const chat_kb_result *passages;  /* may be NULL */
     const char *customer_context;    /* plain text about the customer's boats and appointments, or NULL */
     const struct chat_customer *customer; /* the same as records (chat_customer.h), or NULL */
+    /* The knowledge base's whole line of models, ids separated by spaces ("seawind-190 seawind-220"), when
+     * it has at most CHAT_LLM_LINE_MAX of them; NULL otherwise. A question back ("Which model do you
+     * mean?") names them all, not only the models the few retrieved passages happen to be about. */
+    const char *line_models;
 } chat_llm_request;
+
+#define CHAT_LLM_LINE_MAX 8
 
 /* Called for each piece of generated text, in order (valid UTF-8, may be several words).
  * Return non-zero to stop generation (treated like a cancel). */

@@ -366,6 +366,7 @@ struct chat_run {
     int64_t retrieval_us;
     char model_id[64]; /* "" when no model is in question */
     char llm_model[256]; /* the agent's model setting (lreq.model), "" for the provider's own */
+    char line_models[CHAT_LLM_LINE_MAX * 64]; /* lreq.line_models: a copy, the turn keeps nothing of p */
     char rid[37];      /* the request id made up when the request has none */
     /* the model's outcome (chat_run_set_outcome) */
     int gen_rc;
@@ -670,6 +671,20 @@ static int stage_retrieve(begin_state *s)
 }
 
 /* The prompt: the system prompt, the history, the message; and the confidence of the answer it grounds. */
+/* p's models as chat_llm_request.line_models, written to buf (the turn's); NULL when the knowledge base
+ * has none or more than CHAT_LLM_LINE_MAX (or more than MAX_MODELS were loaded: the list is cut). */
+static const char *copy_line(const chat_pipeline *p, char *buf, size_t cap)
+{
+    if (p->n_models < 1 || p->n_models > CHAT_LLM_LINE_MAX) return NULL;
+    size_t len = 0;
+    for (int i = 0; i < p->n_models; i++) {
+        int n = snprintf(buf + len, cap - len, "%s%s", i ? " " : "", p->models[i].id);
+        if (n < 0 || (size_t)n >= cap - len || strchr(p->models[i].id, ' ')) return NULL;
+        len += (size_t)n;
+    }
+    return buf;
+}
+
 static int stage_prompt(begin_state *s)
 {
     chat_run *t = s->t;
@@ -697,6 +712,7 @@ static int stage_prompt(begin_state *s)
         .passages = &t->kb,
         .customer_context = t->customer_text,
         .customer = t->have_customer ? &t->cust : NULL,
+        .line_models = copy_line(s->p, t->line_models, sizeof t->line_models),
     };
     /* composes the extractive answer to measure it (kept for a generation on this thread) */
     t->confidence = chat_extractive_confidence(&t->lreq);

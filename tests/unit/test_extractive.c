@@ -249,6 +249,31 @@ static void test_answer_kinds(void **state)
     for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) check_kind(&cases[i], i);
 }
 
+/* "Which model do you mean?" names the whole line the request carries, not only the models of the
+ * passages retrieved (two of three here); without a line, or with one that lacks a retrieved model,
+ * the passages' models. */
+static void test_which_model_names_line(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *line, *must, *must_not;
+    } cases[] = {
+        {"kestrel-21 kestrel-24 kestrel-30", "the Kestrel 21, the Kestrel 24 or the Kestrel 30?", NULL},
+        {NULL, "I have it for the Kestrel 21 and the Kestrel 24.", "Kestrel 30"},
+        {"kestrel-21 kestrel-30", "I have it for the Kestrel 21 and the Kestrel 24.", "Kestrel 30"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        chat_kb_result r = {line, 2, 5.0};
+        chat_llm_request req = {.question = "What is the top speed?",
+                                .agent = CHAT_AGENT_SPECS,
+                                .passages = &r,
+                                .line_models = cases[i].line};
+        char *a = chat_extractive_compose(&req);
+        assert_non_null(a);
+        check_answer(i, a, cases[i].must, cases[i].must_not);
+    }
+}
+
 /* The confidence's answer is the one the generation streams, and only for that request. */
 static void test_composed_once(void **state)
 {
@@ -521,7 +546,8 @@ static void test_loop_chain_and_free(void **state)
 }
 
 TESTUTIL_MAIN(NULL, NULL, cmocka_unit_test(test_answers), cmocka_unit_test(test_lead_covers_question),
-              cmocka_unit_test(test_scope_question), cmocka_unit_test(test_answer_kinds),
-              cmocka_unit_test(test_composed_once), cmocka_unit_test(test_streaming_contract),
-              cmocka_unit_test(test_pacing), cmocka_unit_test(test_loop_pacing), cmocka_unit_test(test_loop_no_delay),
+              cmocka_unit_test(test_scope_question), cmocka_unit_test(test_which_model_names_line),
+              cmocka_unit_test(test_answer_kinds), cmocka_unit_test(test_composed_once),
+              cmocka_unit_test(test_streaming_contract), cmocka_unit_test(test_pacing),
+              cmocka_unit_test(test_loop_pacing), cmocka_unit_test(test_loop_no_delay),
               cmocka_unit_test(test_loop_cancel), cmocka_unit_test(test_loop_chain_and_free))
