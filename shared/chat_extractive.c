@@ -287,7 +287,7 @@ typedef struct compose {
     int ns;
     char code[16];
     bool has_code;
-    bool asks_scope;                            /* a coverage question that names no item (asks_scope) */
+    bool asks_scope;                            /* a coverage question that names no item (asks_scope()) */
     char targets[CHAT_QUESTION_MAX_MODELS][16]; /* the models the answer is about, by number */
     int ntargets;
     chat_buf out;

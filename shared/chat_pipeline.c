@@ -86,6 +86,7 @@ struct chat_pipeline {
     int kb_derived;          /* search kb_search (1) or kb_documents (0); -1 = not judged yet */
     model_entry models[MAX_MODELS];
     int n_models;
+    char line_models[CHAT_LLM_LINE_MAX * 64]; /* the ids, for chat_llm_request.line_models; "": too many */
 };
 
 chat_pipeline *chat_pipeline_new(const chat_config *cfg, char *err, size_t errlen)
@@ -139,6 +140,23 @@ void chat_pipeline_share_kb_stats(chat_pipeline *p, chat_kb_stats *stats)
     p->kb_stats = stats;
 }
 
+/* p->line_models from p->models: the ids separated by spaces, or "" when there are none, more than
+ * CHAT_LLM_LINE_MAX, or an id that does not fit the list's form. */
+static void build_line(chat_pipeline *p)
+{
+    size_t len = 0, cap = sizeof p->line_models;
+    p->line_models[0] = '\0';
+    if (p->n_models > CHAT_LLM_LINE_MAX) return;
+    for (int i = 0; i < p->n_models; i++) {
+        int n = snprintf(p->line_models + len, cap - len, "%s%s", i ? " " : "", p->models[i].id);
+        if (n < 0 || (size_t)n >= cap - len || strchr(p->models[i].id, ' ')) {
+            p->line_models[0] = '\0';
+            return;
+        }
+        len += (size_t)n;
+    }
+}
+
 static int model_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
     chat_pipeline *p = ud;
@@ -177,6 +195,7 @@ static int refresh_vocabulary(chat_pipeline *p, char *err, size_t errlen)
         p->n_models = saved;
         return p->vocab_loaded_ms ? 0 : rc;
     }
+    build_line(p);
     p->vocab_loaded_ms = now;
     if (p->kb_derived < 0) judge_kb_derived(p);
     return 0;
@@ -671,20 +690,6 @@ static int stage_retrieve(begin_state *s)
 }
 
 /* The prompt: the system prompt, the history, the message; and the confidence of the answer it grounds. */
-/* p's models as chat_llm_request.line_models, written to buf (the turn's); NULL when the knowledge base
- * has none or more than CHAT_LLM_LINE_MAX (or more than MAX_MODELS were loaded: the list is cut). */
-static const char *copy_line(const chat_pipeline *p, char *buf, size_t cap)
-{
-    if (p->n_models < 1 || p->n_models > CHAT_LLM_LINE_MAX) return NULL;
-    size_t len = 0;
-    for (int i = 0; i < p->n_models; i++) {
-        int n = snprintf(buf + len, cap - len, "%s%s", i ? " " : "", p->models[i].id);
-        if (n < 0 || (size_t)n >= cap - len || strchr(p->models[i].id, ' ')) return NULL;
-        len += (size_t)n;
-    }
-    return buf;
-}
-
 static int stage_prompt(begin_state *s)
 {
     chat_run *t = s->t;
@@ -712,7 +717,7 @@ static int stage_prompt(begin_state *s)
         .passages = &t->kb,
         .customer_context = t->customer_text,
         .customer = t->have_customer ? &t->cust : NULL,
-        .line_models = copy_line(s->p, t->line_models, sizeof t->line_models),
+        .line_models = s->p->line_models[0] ? memcpy(t->line_models, s->p->line_models, sizeof t->line_models) : NULL,
     };
     /* composes the extractive answer to measure it (kept for a generation on this thread) */
     t->confidence = chat_extractive_confidence(&t->lreq);

@@ -108,7 +108,7 @@ int sl_parse(const char *spec, sl_listener *out, int max)
  * Linux 5.14+). Said once at start (info: the streamer cannot tell whether others share the port); a
  * kernel without the setting says nothing. */
 #define SL_MIGRATE_REQ "/proc/sys/net/ipv4/tcp_migrate_req"
-static void warn_unmigrated(const sl_listener *l)
+static void note_unmigrated(const sl_listener *l)
 {
     FILE *f = fopen(SL_MIGRATE_REQ, "r");
     if (!f) return;
@@ -125,7 +125,7 @@ int sl_create_vhosts(struct lws_context *ctx, struct lws_context_creation_info *
 {
     uint64_t base = info->options;
     int rc = 0;
-    bool warned = false;
+    bool noted = false;
     for (int i = 0; i < n && !rc; i++) {
         info->port = ls[i].port;
         info->iface = ls[i].host[0] ? ls[i].host : NULL;
@@ -150,9 +150,9 @@ int sl_create_vhosts(struct lws_context *ctx, struct lws_context_creation_info *
         if (!vh) {
             chat_log_error("streamer: cannot listen on %s", ls[i].spec);
             rc = CHAT_ERR;
-        } else if (!ls[i].unix_sock && !warned) {
-            warn_unmigrated(&ls[i]);
-            warned = true;
+        } else if (!ls[i].unix_sock && !noted) {
+            note_unmigrated(&ls[i]);
+            noted = true;
         }
     }
     info->options = base;
