@@ -316,7 +316,21 @@ step proxy 60 timeout 200 "$BIN/chat-bench" idle --url "$WS_PROXY" --conns "$PRO
 # MariaDB's query cache answers a question asked before (SQL_CACHE on the knowledge-base reads): its hit
 # share during the chat run goes in the table beside the figure.
 qcache() { bash deploy/mariadb.sh client -N -e "SHOW GLOBAL STATUS WHERE Variable_name IN ('Qcache_hits','Qcache_inserts','Qcache_not_cached')" 2>/dev/null | awk '{ printf "%s ", $2 }'; }
+# The passages the knowledge base holds now: the steps after kbgen label their figures with it, since a
+# BENCH_ONLY without kbgen runs them on the sample knowledge base (the set-up above imports it alone).
+kb_count() { bash deploy/mariadb.sh client chat -N -e "SELECT COUNT(*) FROM kb_documents" 2>/dev/null || echo "?"; }
+KB_AT_CHAT=$(kb_count)
 QC_BEFORE=$(qcache)
+# InnoDB's undo history (rows purge has still to clean up) once a second into $1, until killed: a purge
+# running during a step takes a CPU from it.
+history_sampler() {
+  while :; do
+    bash deploy/mariadb.sh client -N -e "SHOW ENGINE INNODB STATUS" 2>/dev/null | sed -n 's/.*History list length \([0-9]*\).*/\1/p'
+    sleep 1
+  done >"$1"
+}
+# "hits misses" of the query cache between two qcache() readings
+qc_delta() { echo "$1 $2" | awk 'NF == 6 { printf "%d %d", $4 - $1, $5 - $2 }'; }
 say "chat through lighttpd: $CHAT_CONNS connections, closed loop, ${DURATION} s"
 step chat $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "$WS_PROXY" --conns "$CHAT_CONNS" \
   --duration "$DURATION" --warmup 2 --timeout 20 "${QOPT[@]}" --pid-file "$PID_LIGHTTPD" --pid-file "$PID_STREAMER" \
@@ -337,10 +351,19 @@ if want stream && start_paced "$STREAM_DELAY"; then
   # The steps before asked the same question file: without this their query cache entries would answer
   # most of this step's searches, a warmer cache than a user's first questions meet (docs/benchmarks.md).
   bash deploy/mariadb.sh client -e "RESET QUERY CACHE" >/dev/null 2>&1 || echo "bench: RESET QUERY CACHE failed"
+  KB_AT_STREAM=$(kb_count)
+  echo "stream: the knowledge base holds $KB_AT_STREAM passages"
+  QC_STREAM_BEFORE=$(qcache)
+  history_sampler "$LOG/bench-stream-history.txt" & HSAMPLER=$!
   step stream $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "ws+unix:$PACED_SOCK:/ws/chat" \
     --conns "$STREAMS" --rate "$STREAM_RATE" --duration "$DURATION" --warmup 5 --timeout 30 "${QOPT[@]}" \
     --pid-file "$RUN/bench-paced.pid" --pid-file "$RUN/bench-paced-worker.pid" --pid-file "$PID_DB" \
     --max-time $((DURATION + 100))
+  QC_STREAM=$(qc_delta "$QC_STREAM_BEFORE" "$(qcache)")
+  kill "$HSAMPLER" 2>/dev/null
+  wait "$HSAMPLER" 2>/dev/null
+  echo "stream: query cache hits / inserts ${QC_STREAM:-unknown}; InnoDB history length first / most / last" \
+    "$(awk 'NR == 1 { f = $1 } $1 > m { m = $1 } { l = $1 } END { print f " / " m " / " l }' "$LOG/bench-stream-history.txt")"
 fi
 cleanup_extra
 
@@ -547,8 +570,14 @@ storm_row() {
     "$(num "$(kv storm resumed)") resumed, all answered ${all:-?} s after the drop; lost ${lost:-?}, duplicated ${dup:-?}, gaps ${gaps:-?}, not stored once ${storm_bad_store:-?} $ok" "-"
 }
 
+first_token_row() {
+  row "first token, ~$(num "${active:-}") active streams ($STREAM_RATE msg/s, a token every $STREAM_DELAY ms), $(num "${KB_AT_STREAM:-}") passages: p50 / p99" "<= 1 ms / <= 5 ms" \
+    "$(ms "$ft50") / $(ms "$ft99") $(both "$(verdict "$ft50" le 1000)" "$(verdict "$ft99" le 5000)") (pipeline: $(ms "$sft50") / $(ms "$sft99"); outside it: $(ms "$out50") / $(ms "$out99"); query cache hits / inserts ${QC_STREAM:-?})" "500-1000 ms"
+}
+
 if [ -n "$ONLY" ]; then
   want storm && storm_row
+  want stream && first_token_row
   paced_table
   echo
   echo "bench: done in $((SECONDS - START)) s (BENCH_ONLY=$ONLY)"
@@ -564,14 +593,13 @@ row "idle authenticated WebSocket connections, streamers' direct port (SO_REUSEP
 row "idle authenticated WebSocket connections through lighttpd" ">= 9,000" "$(num "$proxy_held") $(verdict "$proxy_held" ge 9000)" "1000+ concurrent"
 row "streamer memory per idle connection" "<= 8 KB" \
   "$(kb "$mem") $(verdict "$mem" le 8192) (lighttpd adds $(kb "$lt_share") per proxied connection)" "~5 MB"
-row "chat turns/s through lighttpd ($CHAT_CONNS conns, extractive, no delay), $KB_PASSAGES passages, generated questions" ">= 2,000" \
+row "chat turns/s through lighttpd ($CHAT_CONNS conns, extractive, no delay), $(num "$KB_AT_CHAT") passages, generated questions" ">= 2,000" \
   "$(num "$turns") $(verdict "$turns" ge 2000) (answers of ${tpa:-?} tokens; $(num "$fail_chat") turns failed; ${qc_share:-?} % of the reads from the query cache)" "100+ messages/s"
 row "  same, sample knowledge base (187 passages), built-in questions" ">= 2,000" "$(num "$turns_small") $(verdict "$turns_small" ge 2000) ($(num "$fail_small") turns failed)" "-"
 row "token frames delivered per second ($FRAME_CONNS streams, a token every $FRAME_DELAY ms)" ">= 100,000" \
   "$(num "$frames") $(verdict "$frames" ge 100000) (inter-token gap p99 $(ms "$frames_gap99"); streamer CPU ${frame_us:-?} us per token frame)" "a token every 20-100 ms per stream"
 row "  tokens/s in the unpaced chat run (tokens coalesce into $(num "$frames_unpaced") frames/s)" "-" "$(num "$toks")" "-"
-row "first token, ~$(num "${active:-}") active streams ($STREAM_RATE msg/s, a token every $STREAM_DELAY ms), $KB_PASSAGES passages: p50 / p99" "<= 1 ms / <= 5 ms" \
-  "$(ms "$ft50") / $(ms "$ft99") $(both "$(verdict "$ft50" le 1000)" "$(verdict "$ft99" le 5000)") (pipeline: $(ms "$sft50") / $(ms "$sft99"); outside it: $(ms "$out50") / $(ms "$out99"))" "500-1000 ms"
+first_token_row
 row "inter-token gap p50 / p99 (chat run)" "-" "$(ms "$gap50") / $(ms "$gap99")" "20-100 ms"
 row "connect + auth (unloaded, streamer socket): p50 / p99" "p99 <= 1 ms" "$(ms "$ca50") / $(ms "$ca99") $(verdict "$ca99" le 1000)" \
   "10-50 ms + 50-100 ms"
