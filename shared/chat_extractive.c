@@ -1397,44 +1397,11 @@ static void compose_answer(compose *c)
 
 /* ---- the answer of the turn, composed once ----
  *
- * The pipeline asks for the confidence of the request it then hands to the provider: the answer
- * chat_extractive_confidence composed is kept for the generation that follows on the same thread (REST's
- * chat_llm_generate, and a worker's instant generations, run where the turn began), so such a turn
- * composes it once; a paced generation on the worker's generator thread composes it again (the same
- * answer: composing is a pure function of the request). The memo is keyed by everything the answer
- * depends on, so a different request never gets it; used once. */
-
-#define MEMO_BYTES 8192
-
-typedef struct memo {
-    uint64_t key; /* 0: empty */
-    char text[MEMO_BYTES];
-} memo;
-
-static _Thread_local memo turn_memo;
-
-static uint64_t fnv(uint64_t h, const char *s)
-{
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) h = (h ^ *p) * 1099511628211ull;
-    return (h ^ 0xff) * 1099511628211ull; /* a separator, so "ab"+"c" differs from "a"+"bc" */
-}
-
-static uint64_t request_key(const chat_llm_request *req)
-{
-    uint64_t h = 14695981039346656037ull;
-    h = fnv(h, req->question);
-    h = fnv(h, typed_message(req));
-    h = fnv(h, req->agent);
-    h = fnv(h, req->customer_context);
-    h = fnv(h, req->customer ? req->customer->id : NULL);
-    h = fnv(h, req->line_models);
-    for (size_t i = 0; req->passages && i < req->passages->n && i < MAX_PASSAGES; i++) {
-        char id[32];
-        snprintf(id, sizeof id, "%lld", req->passages->items[i].id);
-        h = fnv(fnv(fnv(h, id), req->passages->items[i].title), req->passages->items[i].body);
-    }
-    return h ? h : 1;
-}
+ * The pipeline asks for the confidence of the request it then hands to the provider, so the answer is
+ * composed there and travels with the request (prepared_answer): the generation, on the worker's
+ * generator thread or wherever it runs, streams it as it is. Composing is a pure function of the
+ * request, so the copy is the answer the provider would have composed; a caller that changes the
+ * request afterwards must drop it. */
 
 /* Composes req's answer into c (c->out, c->conf). Returns 0 or CHAT_ENOMEM. */
 static int compose_request(compose *c, const chat_llm_request *req)
@@ -1449,10 +1416,7 @@ static int compose_request(compose *c, const chat_llm_request *req)
 
 char *chat_extractive_compose(const chat_llm_request *req)
 {
-    if (turn_memo.key && turn_memo.key == request_key(req)) {
-        turn_memo.key = 0;
-        return strdup(turn_memo.text);
-    }
+    if (req->prepared_answer) return strdup(req->prepared_answer);
     compose c;
     if (compose_request(&c, req)) {
         chat_buf_free(&c.out);
@@ -1461,17 +1425,14 @@ char *chat_extractive_compose(const chat_llm_request *req)
     return chat_buf_take(&c.out);
 }
 
-double chat_extractive_confidence(const chat_llm_request *req)
+double chat_extractive_confidence(const chat_llm_request *req, char **answer)
 {
     compose c;
     double conf = 0;
-    turn_memo.key = 0;
+    if (answer) *answer = NULL;
     if (!compose_request(&c, req)) {
         conf = c.conf;
-        if (c.out.len < MEMO_BYTES) {
-            memcpy(turn_memo.text, c.out.data, c.out.len + 1);
-            turn_memo.key = request_key(req);
-        }
+        if (answer) *answer = chat_buf_take(&c.out);
     }
     chat_buf_free(&c.out);
     return conf;

@@ -36,15 +36,17 @@
 
 /* The answer text alone, without streaming: what the provider's generations stream, piece by piece.
  * Public on purpose, as the provider's one decision worth checking on its own: the answer as a whole
- * (the tests judge its content without a loop or pacing). req is read during the call only. Caller
- * frees; NULL when out of memory. */
+ * (the tests judge its content without a loop or pacing). req->prepared_answer, when set, is the
+ * answer: it is copied, not composed again. req is read during the call only. Caller frees; NULL when
+ * out of memory. */
 char *chat_extractive_compose(const chat_llm_request *req);
 
 /* How far the answer to req can be trusted, 0..1 (see above): the confidence of the answer
  * chat_extractive_compose gives, which is also how well the context grounds any provider's answer.
- * Composes the answer to measure it, and keeps it for the next chat_extractive_compose of the same
- * request on this thread (a turn generated on the thread that began it composes once). Thread-safe. */
-double chat_extractive_confidence(const chat_llm_request *req);
+ * Composes the answer to measure it; answer (may be NULL) gets it, for req->prepared_answer, so that
+ * the generation that follows streams it without composing it again, on whatever thread it runs
+ * (caller frees; NULL when out of memory). Thread-safe. */
+double chat_extractive_confidence(const chat_llm_request *req, char **answer);
 
 /* The provider itself is chat_extractive_provider (chat_llm_provider.h): chosen through chat_llm. */
 

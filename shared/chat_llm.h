@@ -49,6 +49,10 @@ typedef struct chat_llm_request {
      * it has at most CHAT_LLM_LINE_MAX of them; NULL otherwise. A question back ("Which model do you
      * mean?") names them all, not only the models the few retrieved passages happen to be about. */
     const char *line_models;
+    /* The extractive answer to this very request when the caller composed it already
+     * (chat_extractive_confidence gives it): the extractive provider streams it instead of composing it
+     * again. NULL: the provider composes it. */
+    const char *prepared_answer;
 } chat_llm_request;
 
 #define CHAT_LLM_LINE_MAX 8

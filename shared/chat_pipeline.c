@@ -239,6 +239,7 @@ typedef struct run_ctx {
     int64_t last_token_us;  /* the latest token, for the inter-token latency */
     int64_t queue_us;       /* from acceptance to the first stage (the worker's queue) */
     int64_t session_us;     /* opening the session and reading its history */
+    int64_t ready_us;       /* from acceptance to the stages' end: the generation starts (0: never) */
     bool stopped;           /* the sink asked to stop */
     size_t max_bytes;       /* the answer's size limit, whatever the provider sends */
     bool truncated;         /* stopped at max_bytes */
@@ -355,6 +356,7 @@ static char *build_metadata(const char *agent, double confidence, const chat_kb_
     json_object_object_add(t, "queue_ms", json_double((double)c->queue_us / 1000.0, "%.3f"));
     json_object_object_add(t, "session_ms", json_double((double)c->session_us / 1000.0, "%.3f"));
     json_object_object_add(t, "retrieval_ms", json_double((double)retrieval_us / 1000.0, "%.3f"));
+    if (c->ready_us) json_object_object_add(t, "ready_ms", json_double((double)c->ready_us / 1000.0, "%.3f"));
     json_object_object_add(t, "total_ms", json_double((double)(now - c->t0_us) / 1000.0, "%.3f"));
     json_object_object_add(m, "timings", t);
     json_object_object_add(m, "provider", json_object_new_string(provider));
@@ -378,6 +380,7 @@ struct chat_run {
     bool have_customer;
     chat_kb_result kb;
     char *customer_text, *system, *query;
+    char *answer; /* lreq.prepared_answer: the extractive answer composed for the confidence, or NULL */
     chat_llm_message *msgs;
     chat_llm_request lreq;
     const char *agent; /* a chat_agents[] name (static) */
@@ -399,6 +402,7 @@ static void turn_free(chat_run *t)
     free(t->msgs);
     free(t->system);
     free(t->query);
+    free(t->answer);
     free(t->customer_text);
     chat_kb_result_clear(&t->kb);
     if (t->have_customer) chat_customer_clear(&t->cust);
@@ -719,8 +723,9 @@ static int stage_prompt(begin_state *s)
         .customer = t->have_customer ? &t->cust : NULL,
         .line_models = s->p->line_models[0] ? memcpy(t->line_models, s->p->line_models, sizeof t->line_models) : NULL,
     };
-    /* composes the extractive answer to measure it (kept for a generation on this thread) */
-    t->confidence = chat_extractive_confidence(&t->lreq);
+    /* composes the extractive answer to measure it; an extractive generation streams it as it is */
+    t->confidence = chat_extractive_confidence(&t->lreq, &t->answer);
+    t->lreq.prepared_answer = t->answer;
     return 0;
 }
 
@@ -773,6 +778,7 @@ chat_run *chat_pipeline_begin(chat_pipeline *p, const chat_request *req, const c
     log_context(t);
     begin_state s = {.p = p, .t = t};
     int rc = begin_stages(&s);
+    if (!rc) t->c.ready_us = chat_now_us() - t->c.t0_us;
     if (rc) *rcp = rc == BEGIN_CANCELLED ? end_cancelled(p, t) : rc;
     chat_log_context_clear();
     if (!rc) return t;

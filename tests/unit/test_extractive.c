@@ -210,7 +210,7 @@ static void check_kind(const kind_case *k, size_t i)
     chat_llm_request req = {.question = k->question, .agent = CHAT_AGENT_SPECS, .passages = &r,
                             .customer = k->customer ? &owner : NULL};
     char *a = chat_extractive_compose(&req);
-    double conf = chat_extractive_confidence(&req);
+    double conf = chat_extractive_confidence(&req, NULL);
     assert_non_null(a);
     for (int m = 0; m < 2 && k->must[m]; m++)
         if (!strstr(a, k->must[m])) fail_msg("case %zu '%s': missing '%s' in: %s", i, k->question, k->must[m], a);
@@ -274,24 +274,6 @@ static void test_which_model_names_line(void **state)
     }
 }
 
-/* The confidence's answer is the one the generation streams, and only for that request. */
-static void test_composed_once(void **state)
-{
-    chat_kb_result r = {line, 3, 5.0};
-    chat_llm_request a = {.question = "Which Kestrel has the biggest fuel tank?", .agent = CHAT_AGENT_SPECS, .passages = &r};
-    chat_llm_request b = {.question = "What is the top speed of the Kestrel 24?", .agent = CHAT_AGENT_SPECS, .passages = &r};
-    char *plain = chat_extractive_compose(&a);
-    assert_true(chat_extractive_confidence(&a) > 0.8);
-    char *reused = chat_extractive_compose(&a);
-    assert_string_equal(reused, plain);
-    assert_true(chat_extractive_confidence(&a) > 0.8);
-    char *other = chat_extractive_compose(&b); /* not a's answer */
-    assert_non_null(strstr(other, "44 knots"));
-    char *again = chat_extractive_compose(&a);
-    assert_string_equal(again, plain);
-    free(plain), free(reused), free(other), free(again);
-}
-
 typedef struct collected {
     chat_buf text;
     int n;
@@ -322,6 +304,43 @@ static int generate(const chat_config *cfg, int max_tokens, collected *c, atomic
     int rc = chat_llm_generate(llm, &req, collect, c, cancel, res, err, sizeof err);
     chat_llm_free(llm);
     return rc;
+}
+
+/* The confidence's answer is the one the generation streams: the pipeline hands it over with the
+ * request (prepared_answer), and the provider streams it as it is, on whatever thread it runs, without
+ * composing it again. */
+static void test_composed_once(void **state)
+{
+    (void)state;
+    chat_kb_result r = {line, 3, 5.0};
+    chat_llm_request a = {
+        .question = "Which Kestrel has the biggest fuel tank?", .agent = CHAT_AGENT_SPECS, .passages = &r};
+    char *plain = chat_extractive_compose(&a), *answer = NULL;
+    assert_true(chat_extractive_confidence(&a, &answer) > 0.8);
+    assert_non_null(answer);
+    assert_string_equal(answer, plain);
+    assert_true(chat_extractive_confidence(&a, NULL) > 0.8);
+
+    /* a prepared answer is what composing and a generation give, not a new composition */
+    static const char prepared[] = "The prepared answer, composed before the generation began.";
+    a.prepared_answer = prepared;
+    char *copy = chat_extractive_compose(&a);
+    assert_string_equal(copy, prepared);
+    chat_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    snprintf(cfg.llm_provider, sizeof cfg.llm_provider, "extractive");
+    char err[128];
+    chat_llm *llm = chat_llm_new(&cfg, err, sizeof err);
+    assert_non_null(llm);
+    collected c = {0};
+    chat_buf_init(&c.text);
+    chat_llm_result res;
+    assert_int_equal(chat_llm_generate(llm, &a, collect, &c, NULL, &res, err, sizeof err), 0);
+    assert_string_equal(c.text.data, prepared);
+    assert_true(c.n > 1); /* still streamed piece by piece */
+    chat_llm_free(llm);
+    chat_buf_free(&c.text);
+    free(plain), free(answer), free(copy);
 }
 
 static void test_streaming_contract(void **state)

@@ -189,7 +189,16 @@ static void test_event_order_and_metadata(void **state)
     assert_int_equal(json_object_get_int(v), e.n_tokens);
     assert_true(json_object_object_get_ex(e.metadata, "timings", &timings));
     assert_true(json_object_object_get_ex(timings, "first_token_ms", &v));
-    assert_true(json_object_get_double(v) >= 0);
+    double first = json_object_get_double(v);
+    assert_true(first >= 0);
+    /* the stages end after the session and retrieval, and before the first token */
+    double stages = 0;
+    for (const char *const *k = (const char *const[]){"session_ms", "retrieval_ms", NULL}; *k; k++) {
+        assert_true(json_object_object_get_ex(timings, *k, &v));
+        stages += json_object_get_double(v);
+    }
+    assert_true(json_object_object_get_ex(timings, "ready_ms", &v));
+    assert_true(json_object_get_double(v) >= stages - 0.002 && json_object_get_double(v) <= first);
     assert_true(json_object_object_get_ex(timings, "total_ms", &v));
     assert_true(strstr(e.response, "seawind-250/specs.md") != NULL); /* cites its source */
     ev_clear(&e);
