@@ -60,7 +60,6 @@
 #define CONFIDENCE_MAX 0.99
 /* Scores closer than this are a tie (sums of doubles in another order differ in the last bits). */
 #define TIE_EPSILON 1e-9
-#define MODELS_MAX 64
 
 typedef struct term {
     char *display; /* as given, for explain */
@@ -87,8 +86,8 @@ struct chat_classifier {
     slot *slots;
     size_t nslots, nused; /* nslots is 0 or a power of two */
     uint64_t prefix_lens; /* bit L: some prefix key has length L */
-    int models[MODELS_MAX];
-    int nmodels;
+    int *models;          /* the numbers of the models table's models, any number of them */
+    size_t nmodels, mcap;
 };
 
 typedef struct tok {
@@ -245,6 +244,7 @@ static void release(chat_classifier *c)
     free(c->terms);
     for (size_t i = 0; i < c->nslots; i++) free(c->slots[i].terms);
     free(c->slots);
+    free(c->models);
     memset(c, 0, sizeof *c);
 }
 
@@ -334,13 +334,15 @@ static int term_row(void *ud, int ncols, char **vals, unsigned long *lens)
 static int model_row(void *ud, int ncols, char **vals, unsigned long *lens)
 {
     chat_classifier *c = ud;
-    if (ncols < 1 || !vals[0] || c->nmodels >= MODELS_MAX) return 0;
+    if (ncols < 1 || !vals[0]) return 0;
     /* the model number is the first run of 2-4 digits in the slug: seawind-250 -> 250 */
     for (const char *p = vals[0]; *p; p++) {
         if (!is_digit((unsigned char)*p)) continue;
         size_t nd = 0;
         while (is_digit((unsigned char)p[nd])) nd++;
-        if (nd >= 2 && nd <= 4) c->models[c->nmodels++] = atoi(p);
+        if (nd < 2 || nd > 4) break;
+        if (chat_array_reserve(&c->models, &c->mcap, c->nmodels, sizeof *c->models)) return 1;
+        c->models[c->nmodels++] = atoi(p);
         break;
     }
     return 0;
@@ -360,7 +362,7 @@ int chat_classifier_load_db(chat_classifier *c, chat_db *db, char *err, size_t e
         char merr[128];
         if (chat_db_run(db, "SELECT id FROM models ORDER BY id", NULL, 0, model_row, &fresh, NULL, NULL, merr,
                         sizeof merr))
-            fresh.nmodels = 0;
+            fresh.nmodels = 0; /* no model numbers (no table, no memory): names still count */
     }
     if (rc) {
         release(&fresh);
@@ -502,7 +504,7 @@ static bool is_model_mention(const match_ctx *m, size_t i)
     for (size_t k = 0; k < CHAT_ARRAY_LEN(determiners) && !det; k++) det = tok_is(m, i - 1, determiners[k]);
     if (!det) return false;
     int num = atoi(s);
-    for (int k = 0; k < m->c->nmodels; k++)
+    for (size_t k = 0; k < m->c->nmodels; k++)
         if (m->c->models[k] == num) return true;
     return false;
 }

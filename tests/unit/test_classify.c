@@ -339,6 +339,15 @@ static void test_admin_sql_changes(void **state)
     assert_int_equal(chat_classifier_load_db(c, d, err, sizeof err), 0);
     assert_int_equal(chat_classifier_term_count(c), n0 + 1);
 
+    /* a model number counts whatever the length of the line: the 80th of 80 models */
+    chat_classify(c, "tell me about the 179", &r);
+    assert_null(strstr(r.explain, "model"));
+    testutil_sql(d, "INSERT INTO models (id, name, category) SELECT CONCAT('zephyr-', seq), CONCAT('Zephyr ', seq),"
+                    " 'test' FROM seq_100_to_179");
+    assert_int_equal(chat_classifier_load_db(c, d, err, sizeof err), 0);
+    chat_classify(c, "tell me about the 179", &r);
+    assert_non_null(strstr(r.explain, "model"));
+
     /* a failed load keeps the previous vocabulary */
     testutil_sql(d, "DROP TABLE classifier_terms");
     assert_int_not_equal(chat_classifier_load_db(c, d, err, sizeof err), 0);

@@ -274,6 +274,32 @@ static const char *context_model(json_object *m)
     return json_object_get_string(model);
 }
 
+/* A line of any length: with 87 models (the sample's 7 and 80 more), a question names the last of them
+ * by its name in any case, or by its number. */
+static void test_long_line_of_models(void **state)
+{
+    chat_pipeline *p = testutil_pipeline_sample("pipeline_line");
+    testutil_sql(chat_pipeline_db(p), "INSERT INTO models (id, name, category) SELECT CONCAT('zephyr-', seq),"
+                                      " CONCAT('Zephyr ', seq), 'test' FROM seq_100_to_179");
+    assert_int_equal(testutil_count(chat_pipeline_db(p), "SELECT COUNT(*) FROM models", NULL), 87);
+    static const struct {
+        const char *question, *model;
+    } cases[] = {
+        {"What is the top speed of the Zephyr 178?", "zephyr-178"},
+        {"how much does the ZEPHYR 179 weigh", "zephyr-179"},
+        {"How long is the 177?", "zephyr-177"},
+        {"What is the top speed of the Seawind 250?", "seawind-250"},
+    };
+    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
+        events e;
+        ev_init(&e);
+        assert_int_equal(run(p, &e, &alice, cases[i].question, NULL, NULL, NULL, NULL), 0);
+        assert_context_model(e.metadata, cases[i].model);
+        ev_clear(&e);
+    }
+    chat_pipeline_free(p);
+}
+
 /* bob naming alice's session id gets a normal answer in a conversation of his own: nothing of alice's
  * history reaches his context (his follow-up is not read as about her boat), hers is unchanged, and the
  * two are stored apart. */
@@ -929,23 +955,13 @@ static void test_agent_settings_reach_model(void **state)
     testutil_fake_llm_stop(pid);
 }
 
-TESTUTIL_MAIN(setup, teardown,
-              cmocka_unit_test(test_event_order_and_metadata),
-              cmocka_unit_test(test_extractive_facts),
-              cmocka_unit_test(test_extractive_behaviour),
-              cmocka_unit_test(test_follow_up_uses_history),
-              cmocka_unit_test(test_session_id_of_another_user),
-              cmocka_unit_test(test_turn_stored_once),
-              cmocka_unit_test(test_session_new_chosen_id),
-              cmocka_unit_test(test_confidence_varies),
-              cmocka_unit_test(test_cancel_each_stage),
-              cmocka_unit_test(test_customer_access_own),
-              cmocka_unit_test(test_database_down),
-              cmocka_unit_test(test_begin_end_split),
-              cmocka_unit_test(test_end_many),
-              cmocka_unit_test(test_stored_flag),
-              cmocka_unit_test(test_spooled_while_database_away),
-              cmocka_unit_test(test_not_stored),
-              cmocka_unit_test(test_openai_provider),
-              cmocka_unit_test(test_agent_settings_reach_model),
-              cmocka_unit_test(test_fallback_in_metadata))
+TESTUTIL_MAIN(setup, teardown, cmocka_unit_test(test_event_order_and_metadata), cmocka_unit_test(test_extractive_facts),
+              cmocka_unit_test(test_extractive_behaviour), cmocka_unit_test(test_follow_up_uses_history),
+              cmocka_unit_test(test_long_line_of_models), cmocka_unit_test(test_session_id_of_another_user),
+              cmocka_unit_test(test_turn_stored_once), cmocka_unit_test(test_session_new_chosen_id),
+              cmocka_unit_test(test_confidence_varies), cmocka_unit_test(test_cancel_each_stage),
+              cmocka_unit_test(test_customer_access_own), cmocka_unit_test(test_database_down),
+              cmocka_unit_test(test_begin_end_split), cmocka_unit_test(test_end_many),
+              cmocka_unit_test(test_stored_flag), cmocka_unit_test(test_spooled_while_database_away),
+              cmocka_unit_test(test_not_stored), cmocka_unit_test(test_openai_provider),
+              cmocka_unit_test(test_agent_settings_reach_model), cmocka_unit_test(test_fallback_in_metadata))
