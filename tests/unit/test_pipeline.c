@@ -274,6 +274,16 @@ static const char *context_model(json_object *m)
     return json_object_get_string(model);
 }
 
+/* The model alice's question on p is read as about (metadata.context.model) is want. */
+static void assert_model_read(chat_pipeline *p, const char *question, const char *want)
+{
+    events e;
+    ev_init(&e);
+    assert_int_equal(run(p, &e, &alice, question, NULL, NULL, NULL, NULL), 0);
+    assert_context_model(e.metadata, want);
+    ev_clear(&e);
+}
+
 /* A line of any length: with 87 models (the sample's 7 and 80 more), a question names the last of them
  * by its name in any case, or by its number. */
 static void test_long_line_of_models(void **state)
@@ -282,21 +292,10 @@ static void test_long_line_of_models(void **state)
     testutil_sql(chat_pipeline_db(p), "INSERT INTO models (id, name, category) SELECT CONCAT('zephyr-', seq),"
                                       " CONCAT('Zephyr ', seq), 'test' FROM seq_100_to_179");
     assert_int_equal(testutil_count(chat_pipeline_db(p), "SELECT COUNT(*) FROM models", NULL), 87);
-    static const struct {
-        const char *question, *model;
-    } cases[] = {
-        {"What is the top speed of the Zephyr 178?", "zephyr-178"},
-        {"how much does the ZEPHYR 179 weigh", "zephyr-179"},
-        {"How long is the 177?", "zephyr-177"},
-        {"What is the top speed of the Seawind 250?", "seawind-250"},
-    };
-    for (size_t i = 0; i < CHAT_ARRAY_LEN(cases); i++) {
-        events e;
-        ev_init(&e);
-        assert_int_equal(run(p, &e, &alice, cases[i].question, NULL, NULL, NULL, NULL), 0);
-        assert_context_model(e.metadata, cases[i].model);
-        ev_clear(&e);
-    }
+    assert_model_read(p, "What is the top speed of the Zephyr 178?", "zephyr-178");
+    assert_model_read(p, "how much does the ZEPHYR 179 weigh", "zephyr-179");
+    assert_model_read(p, "How long is the 177?", "zephyr-177");
+    assert_model_read(p, "What is the top speed of the Seawind 250?", "seawind-250");
     chat_pipeline_free(p);
 }
 
