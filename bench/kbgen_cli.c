@@ -2,8 +2,10 @@
  *
  *   chat-kbgen --passages N [--seed S] [--no-optimize]
  *       replaces the synthetic passages (sources "gen/...") of the database named by CHAT_DB_* with N new
- *       ones, brings the derived search table kb_search up to date (chat_kb_sync_all), then OPTIMIZE
- *       TABLE kb_documents, kb_search. The hand-written knowledge base (sql/kb) stays.
+ *       ones, and the synthetic models (category "gen/...") of the models table with theirs, so the
+ *       pipeline recognises them in questions as it does a real line; brings the derived search table
+ *       kb_search up to date (chat_kb_sync_all), then OPTIMIZE TABLE kb_documents, kb_search. The
+ *       hand-written knowledge base (sql/kb) and models stay.
  *   chat-kbgen --questions N [--seed S]
  *       prints N realistic questions, one per line, about what the database holds (for chat-bench).
  *   chat-kbgen --retrieval-bench Q [--seed S] [-k K] [--warmup W]
@@ -19,8 +21,9 @@
  * (brands, part families, places) drawn from a Zipf distribution, as names are in real documents.
  * Everything is a deterministic function of the seed and N.
  *
- * Rows go in through chat_db_run (prepared, 5 rows per INSERT: chat_db_run binds at most 32 parameters),
- * 500 rows per transaction. The database must already have the schema (chat-kb setup). */
+ * Rows go in through chat_db_run (prepared, ROWS_PER_INSERT rows per INSERT), ROWS_PER_TXN rows per
+ * transaction; the models in one INSERT of their own, in the first transaction. The database must already have the
+ * schema (chat-kb setup). */
 #include <ctype.h>
 #include <math.h>
 #include <stdbool.h>
@@ -758,11 +761,39 @@ static kb_plan plan_passages(long n_passages)
     return p;
 }
 
-/* Each model's specification sheet and maintenance guide. */
+/* The world's models as rows of the models table, in the load's first transaction, the category marked
+ * GEN_PREFIX so that the next run removes them (begin_load). One statement: four parameters a model. */
+static int insert_model_rows(inserter *ins, const world *w)
+{
+    if (!w->nmodels) return 0;
+    chat_buf sql;
+    chat_buf_init(&sql);
+    chat_buf_puts(&sql, "INSERT INTO models (id, name, category, model_year) VALUES ");
+    chat_db_param *p = calloc((size_t)w->nmodels * 4, sizeof *p);
+    char(*cats)[64] = calloc((size_t)w->nmodels, sizeof *cats);
+    int rc = CHAT_ENOMEM;
+    if (!p || !cats) goto out;
+    for (int i = 0; i < w->nmodels; i++) {
+        const model *m = &w->models[i];
+        snprintf(cats[i], sizeof cats[i], GEN_PREFIX "%s", m->category);
+        p[i * 4] = CHAT_DB_P_STR(m->id), p[i * 4 + 1] = CHAT_DB_P_STR(m->name);
+        p[i * 4 + 2] = CHAT_DB_P_STR(cats[i]), p[i * 4 + 3] = CHAT_DB_P_INT(m->year);
+        chat_buf_puts(&sql, i ? ",(?,?,?,?)" : "(?,?,?,?)");
+    }
+    if (!sql.data) goto out;
+    rc = chat_db_run(ins->db, sql.data, p, w->nmodels * 4, NULL, NULL, NULL, NULL, ins->err, sizeof ins->err);
+out:
+    if (rc == CHAT_ENOMEM) snprintf(ins->err, sizeof ins->err, "out of memory");
+    free(cats), free(p);
+    chat_buf_free(&sql);
+    return rc;
+}
+
+/* Each model's row in the models table, specification sheet and maintenance guide. */
 static int gen_models(inserter *ins, world *w)
 {
     char source[128], title[200];
-    int rc = 0;
+    int rc = insert_model_rows(ins, w);
     for (int mi = 0; !rc && mi < w->nmodels; mi++) {
         const model *m = &w->models[mi];
         gen_ctx c = {.w = w, .m = m};
@@ -851,7 +882,8 @@ static int gen_policies(inserter *ins, world *w, long n_policy)
     return rc;
 }
 
-/* Before the rows: the earlier run's passages go, the keys are disabled, a transaction begins. Index
+/* Before the rows: the earlier run's passages go, the keys are disabled, a transaction begins and the
+ * earlier run's models go in it. Index
  * maintenance row by row costs about 1.5 ms per passage in an Aria full-text index; with the keys
  * disabled the rows go in alone and ENABLE KEYS builds the indexes once, by sorting. */
 static int begin_load(inserter *ins, long long *deleted)
@@ -860,6 +892,10 @@ static int begin_load(inserter *ins, long long *deleted)
     static const char disable[] = "ALTER TABLE kb_documents DISABLE KEYS";
     if (!rc) rc = chat_db_exec_script(ins->db, disable, sizeof disable - 1, ins->err, sizeof ins->err);
     if (!rc) rc = chat_db_begin(ins->db, ins->err, sizeof ins->err);
+    chat_db_param gen = CHAT_DB_P_STR(GEN_PREFIX "%");
+    if (!rc)
+        rc = chat_db_run(ins->db, "DELETE FROM models WHERE category LIKE ?", &gen, 1, NULL, NULL, NULL, NULL, ins->err,
+                         sizeof ins->err);
     return rc;
 }
 
