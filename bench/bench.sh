@@ -318,7 +318,7 @@ step proxy 60 timeout 200 "$BIN/chat-bench" idle --url "$WS_PROXY" --conns "$PRO
 qcache() { bash deploy/mariadb.sh client -N -e "SHOW GLOBAL STATUS WHERE Variable_name IN ('Qcache_hits','Qcache_inserts','Qcache_not_cached')" 2>/dev/null | awk '{ printf "%s ", $2 }'; }
 # The passages the knowledge base holds now: the steps after kbgen label their figures with it, since a
 # BENCH_ONLY without kbgen runs them on the sample knowledge base (the set-up above imports it alone).
-kb_count() { bash deploy/mariadb.sh client chat -N -e "SELECT COUNT(*) FROM kb_documents" 2>/dev/null || echo "?"; }
+kb_count() { bash deploy/mariadb.sh client chat -N -e "SELECT COUNT(*) FROM kb_documents" 2>/dev/null; } # "" when unknown
 KB_AT_CHAT=$(kb_count)
 QC_BEFORE=$(qcache)
 # InnoDB's undo history (rows purge has still to clean up) once a second into $1, until killed: a purge
@@ -329,7 +329,7 @@ history_sampler() {
     sleep 1
   done >"$1"
 }
-# "hits misses" of the query cache between two qcache() readings
+# "hits inserts" of the query cache between two qcache() readings
 qc_delta() { echo "$1 $2" | awk 'NF == 6 { printf "%d %d", $4 - $1, $5 - $2 }'; }
 say "chat through lighttpd: $CHAT_CONNS connections, closed loop, ${DURATION} s"
 step chat $((DURATION + 30)) timeout $((DURATION + 120)) "$BIN/chat-bench" chat --url "$WS_PROXY" --conns "$CHAT_CONNS" \
@@ -472,7 +472,7 @@ fail_small=$(kv chat-small turns_failed mode=)
 fail_chat=$(kv chat turns_failed mode=)
 out50=$(kv stream outside_p50_us mode=)
 out99=$(kv stream outside_p99_us mode=)
-qc_share=$(echo "$QC_BEFORE $QC_AFTER" | awk 'NF == 6 { h = $4 - $1; m = $5 - $2; if (h + m > 0) printf "%.0f", 100 * h / (h + m) }')
+qc_share=$(qc_delta "$QC_BEFORE" "$QC_AFTER" | awk 'NF == 2 && $1 + $2 > 0 { printf "%.0f", 100 * $1 / ($1 + $2) }')
 frames=$(kv frames token_frames_per_s mode=)
 frames_gap99=$(kv frames gap_p99_us mode=)
 frames_cpu=$(kv frames cpu_pct server=bench-paced)

@@ -164,6 +164,16 @@ static void build_line(chat_pipeline *p)
     }
 }
 
+/* src in lower case into dst, cap bytes at most with its NUL (the model names, the texts find_model
+ * searches). */
+static void lower_into(char *dst, const char *src, size_t cap)
+{
+    size_t i = 0;
+    for (; i + 1 < cap && src[i]; i++)
+        dst[i] = (char)tolower((unsigned char)src[i]);
+    dst[i] = '\0';
+}
+
 static int model_row(void *ud, int ncols, char **v, unsigned long *lens)
 {
     model_list *l = ud;
@@ -172,8 +182,7 @@ static int model_row(void *ud, int ncols, char **v, unsigned long *lens)
     model_entry *m = &l->at[l->n++];
     snprintf(m->id, sizeof m->id, "%s", v[0]);
     snprintf(m->name, sizeof m->name, "%s", v[1]);
-    for (size_t i = 0; i < sizeof m->lname; i++)
-        if (!(m->lname[i] = (char)tolower((unsigned char)m->name[i]))) break;
+    lower_into(m->lname, m->name, sizeof m->lname);
     m->number[0] = '\0';
     const char *sp = strrchr(m->name, ' ');
     if (sp && sp[1]) snprintf(m->number, sizeof m->number, "%s", sp + 1);
@@ -231,8 +240,7 @@ static const model_entry *find_model(const chat_pipeline *p, const char *text)
     char small[1024];
     char *low = len < sizeof small ? small : malloc(len + 1);
     if (!low) return NULL;
-    for (size_t i = 0; i <= len; i++)
-        low[i] = (char)tolower((unsigned char)text[i]);
+    lower_into(low, text, len + 1);
     const model_entry *found = NULL;
     for (size_t i = 0; i < p->models.n && !found; i++)
         if (strstr(low, p->models.at[i].lname)) found = &p->models.at[i];
