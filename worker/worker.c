@@ -33,14 +33,18 @@
  *   thread (and of the broker and the event loop behind it) per interval instead of one per token, for
  *   at most 2 ms more between tokens; the first token is never held back (an instant generation's tokens
  *   all leave with complete, microseconds later). Batching never merges frames: a token event lists its
- *   pieces' lengths, and the streamer sends each piece as its own frame. 0 sends each step and token at once. The main thread
- *   swaps a slot's buffers with spare ones of its own, so sending tokens allocates nothing.
+ *   pieces' lengths, and the streamer sends each piece as its own frame. 0 sends each step and token at
+ *   once. The main thread swaps a slot's buffers with spare ones of its own, so sending tokens allocates
+ *   nothing.
  * - After every answer the stage thread that finished it sends a DONE note. If an answer ever ended
  *   without a terminal event, the main thread supplies a PROCESSING_ERROR, so the broker never waits
  *   forever.
  * - The broker counts a slot free at the job's terminal event, which the DONE follows a moment later: a
- *   JOB arriving in between waits in a small FIFO and starts on the next DONE. A JOB is parsed once and
- *   copied once (chat_wire_job_dup): the slot owns that copy until DONE.
+ *   JOB arriving in between waits in a small FIFO and starts on the next DONE; so does one sent by a
+ *   broker that does not count the slots a gone broker's answers hold. A waiting job is an answer like a
+ *   slot's for CANCEL, DETACH and ATTACH (its followers move to its slot), so a client that dropped while
+ *   it waited resumes it rather than asking again. A JOB is parsed once and copied once
+ *   (chat_wire_job_dup): the slot owns that copy until DONE.
  * - Answers outlive the broker that asked for them (worker_answers.h): each slot keeps what its answer
  *   sent (appended after each send) and the ids of the streamers' subscriptions that follow it (ATTACH:
  *   a client that resumed, another tab); every event goes to the primary (the JOB's sender) and to each
@@ -209,6 +213,16 @@ typedef struct stage_thread {
     chat_pipeline *pipeline;
 } stage_thread;
 
+/* A JOB accepted while no slot was idle: it starts on the next slot that frees itself. Until then it is
+ * cancelled, detached and followed (an ATTACH finds it, as a slot's answer) here. */
+typedef struct waiting_job {
+    chat_wire_job *job; /* owned */
+    bool cancel;
+    bool orphan; /* sent by a broker that is gone since */
+    int peer;
+    wa_subs subs; /* ATTACHes that follow it already: they move to its slot */
+} waiting_job;
+
 struct worker {
     chat_config cfg;
     void *zctx;
@@ -242,10 +256,7 @@ struct worker {
     int n_finishing;  /* busy slots whose terminal event went out (the broker counts them free) */
     int *idle;        /* stack of idle slot indexes */
     int n_idle;
-    chat_wire_job **pending; /* ring of JOBs waiting for a DONE, capacity n_slots */
-    bool *pending_cancel;
-    bool *pending_orphan; /* sent by a broker that is gone since */
-    int *pending_peer;
+    waiting_job *pending; /* ring of JOBs waiting for a DONE, capacity n_slots */
     int pend_head, pend_len;
     int n_orphaned; /* busy slots of a gone broker whose terminal is not handled yet: the broker does not count them */
     int64_t flush_at_ms; /* 0: no TICK pending */
@@ -690,6 +701,12 @@ static void orphan_sweep(worker *w, int64_t now)
     for (int i = 0; i < w->n_slots; i++) watch_check(w, &w->slots[i], now);
 }
 
+/* The k-th job waiting for a slot, oldest first (k < pend_len). */
+static waiting_job *waiting_at(worker *w, int k)
+{
+    return &w->pending[(w->pend_head + k) % w->n_slots];
+}
+
 /* Broker p that sent jobs is gone: nothing goes under their ids or its subscriptions' any more, but the
  * answers go on (CHAT_ORPHAN_POLICY) and stay resumable; the ones waiting for a slot too. */
 static void orphan_all(worker *w, int p)
@@ -705,8 +722,9 @@ static void orphan_all(worker *w, int p)
         if (s->busy) watch_check(w, s, now);
     }
     for (int k = 0; k < w->pend_len; k++) {
-        int at = (w->pend_head + k) % w->n_slots;
-        if (w->pending_peer[at] == p) w->pending_orphan[at] = true;
+        waiting_job *q = waiting_at(w, k);
+        wa_subs_drop_tag(&q->subs, p);
+        if (q->peer == p) q->orphan = true;
     }
 }
 
@@ -727,29 +745,44 @@ static slot *answer_of(worker *w, const char *user_id, const char *session_id, c
     return found;
 }
 
+/* The same among the jobs waiting for a slot (accepted, not started: nothing sent yet), or NULL. */
+static waiting_job *waiting_answer_of(worker *w, const char *user_id, const char *session_id, const char *answer_id)
+{
+    waiting_job *found = NULL;
+    for (int k = 0; k < w->pend_len; k++) {
+        waiting_job *q = waiting_at(w, k);
+        if (strcmp(q->job->user_id, user_id) || !chat_id_equal(q->job->session_id, session_id)) continue;
+        if (*answer_id && !strcmp(q->job->request_id, answer_id)) return q;
+        if (!found) found = q;
+    }
+    return found;
+}
+
 static void send_attached(void *dealer, const chat_wire_attached *a)
 {
     chat_wire_cmd c = {.kind = CHAT_WIRE_ATTACHED, .attached = *a};
     if (chat_wire_send(dealer, NULL, &c, 0)) chat_log_warn("worker: ATTACHED not sent: %s", zmq_strerror(errno));
 }
 
-/* An ATTACH: what is held of the user's session, from the answer streaming (the streamer then follows
- * it) or the completed one kept; nothing held, the database says whether the user has the session when
- * asked to. Nothing of another user's session of the same id is ever held for it. */
+/* An ATTACH: what is held of the user's session, from the answer streaming or waiting for a slot (the
+ * streamer then follows it) or the completed one kept; nothing held, the database says whether the user
+ * has the session when asked to. Nothing of another user's session of the same id is ever held for it. */
 static void handle_attach(worker *w, int p, const chat_wire_attach *a)
 {
     void *dealer = dealer_of(w, p);
     int64_t now = chat_now_ms();
     chat_wire_attached out = {.job_id = a->job_id, .status = CHAT_WIRE_ATT_NONE};
     slot *s = answer_of(w, a->user_id, a->session_id, a->answer_id);
-    const wa_kept *k = s ? NULL : wa_store_find(w->kept, a->user_id, a->session_id, now);
-    if (s) {
-        if (wa_subs_add(&s->subs, a->job_id, p)) {
+    waiting_job *q = s ? NULL : waiting_answer_of(w, a->user_id, a->session_id, a->answer_id);
+    const wa_kept *k = s || q ? NULL : wa_store_find(w->kept, a->user_id, a->session_id, now);
+    if (s || q) {
+        if (wa_subs_add(s ? &s->subs : &q->subs, a->job_id, p)) {
             send_job_error(dealer, a->job_id, CHAT_CODE_PROCESSING_ERROR, "Out of memory");
             return;
         }
-        wa_attached(a, &s->sent, s->job->request_id, NULL, 0, &out);
-        s->unwatched_ms = 0;
+        static const wa_text nothing_sent;
+        wa_attached(a, s ? &s->sent : &nothing_sent, s ? s->job->request_id : q->job->request_id, NULL, 0, &out);
+        if (s) s->unwatched_ms = 0;
     } else if (k) {
         wa_attached(a, &k->text, k->answer_id, k->complete, now - k->finished_ms, &out);
     } else if (a->flags & CHAT_WIRE_A_CHECK_OWNER) {
@@ -800,6 +833,23 @@ static slot *follower_of(worker *w, int p, uint64_t id, bool *sub)
     return NULL;
 }
 
+/* The same among the jobs waiting for a slot. */
+static waiting_job *waiting_follower_of(worker *w, int p, uint64_t id, bool *sub)
+{
+    for (int k = 0; k < w->pend_len; k++) {
+        waiting_job *q = waiting_at(w, k);
+        if (q->job->job_id == id && q->peer == p && !q->orphan) {
+            *sub = false;
+            return q;
+        }
+        if (wa_subs_has(&q->subs, id, p)) {
+            *sub = true;
+            return q;
+        }
+    }
+    return NULL;
+}
+
 /* DETACH: the primary (its client left) or a subscription no longer wants events; the answer goes on. */
 static void detach_job(worker *w, int p, uint64_t id)
 {
@@ -813,22 +863,26 @@ static void detach_job(worker *w, int p, uint64_t id)
         watch_check(w, s, chat_now_ms());
         return;
     }
-    for (int k = 0; k < w->pend_len; k++) {
-        int at = (w->pend_head + k) % w->n_slots;
-        if (w->pending[at]->job_id == id && w->pending_peer[at] == p && !w->pending_orphan[at])
-            w->pending[at]->flags |= CHAT_WIRE_F_DETACHED;
-    }
+    waiting_job *q = waiting_follower_of(w, p, id, &sub);
+    if (q && sub)
+        wa_subs_remove(&q->subs, id, p);
+    else if (q)
+        q->job->flags |= CHAT_WIRE_F_DETACHED;
 }
 
 /* ---------------------------------------------------------------- jobs */
 
-/* Hands job (ownership moves) to an idle slot and queues its first stage. */
-static void assign(worker *w, chat_wire_job *job, bool cancelled, bool orphan, int p)
+/* Hands q's job (ownership moves) to an idle slot, with the subscriptions that follow it (q keeps the
+ * slot's emptied ones, to reuse), and queues its first stage. */
+static void assign(worker *w, waiting_job *q)
 {
     slot *s = &w->slots[w->idle[--w->n_idle]];
+    chat_wire_job *job = q->job;
+    bool orphan = q->orphan;
+    q->job = NULL;
     s->job = job;
-    s->peer = p;
-    atomic_store(&s->cancel, cancelled ? 1 : 0);
+    s->peer = q->peer;
+    atomic_store(&s->cancel, q->cancel ? 1 : 0);
     s->busy = true;
     s->job_id = job->job_id;
     s->terminal_sent = false;
@@ -837,6 +891,11 @@ static void assign(worker *w, chat_wire_job *job, bool cancelled, bool orphan, i
     s->primary = !(job->flags & CHAT_WIRE_F_DETACHED);
     s->orphan = orphan;
     s->subs.n = 0;
+    if (q->subs.n) {
+        wa_subs followers = q->subs;
+        q->subs = s->subs;
+        s->subs = followers;
+    }
     s->unwatched_ms = 0;
     wa_text_reset(&s->sent);
     if (orphan) w->n_orphaned++;
@@ -864,15 +923,15 @@ static void start_job(worker *w, int p, const chat_wire_job *spec, bool stopping
         return;
     }
     if (w->n_idle > 0) {
-        assign(w, job, false, false, p);
+        assign(w, &(waiting_job){.job = job, .peer = p});
         return;
     }
-    int at = (w->pend_head + w->pend_len) % w->n_slots;
-    w->pending[at] = job;
-    w->pending_cancel[at] = false;
-    w->pending_orphan[at] = false;
-    w->pending_peer[at] = p;
-    w->pend_len++;
+    waiting_job *q = waiting_at(w, w->pend_len++);
+    q->job = job;
+    q->cancel = false;
+    q->orphan = false;
+    q->peer = p;
+    q->subs.n = 0;
 }
 
 /* CANCEL: the job's, or, for a subscription's id, the answer it follows (a cancel from another tab
@@ -887,18 +946,16 @@ static void cancel_job(worker *w, int p, uint64_t id)
         chat_log_debug("worker: job %" PRIu64 " cancelled%s", s->job_id, sub ? " by a follower" : "");
         return;
     }
-    for (int k = 0; k < w->pend_len; k++) {
-        int at = (w->pend_head + k) % w->n_slots;
-        if (w->pending[at]->job_id == id && w->pending_peer[at] == p && !w->pending_orphan[at])
-            w->pending_cancel[at] = true;
-    }
+    waiting_job *q = waiting_follower_of(w, p, id, &sub);
+    if (q) q->cancel = true;
 }
 
 static void cancel_all(worker *w)
 {
     for (int i = 0; i < w->n_slots; i++)
         if (w->slots[i].busy) atomic_store(&w->slots[i].cancel, 1);
-    for (int k = 0; k < w->pend_len; k++) w->pending_cancel[(w->pend_head + k) % w->n_slots] = true;
+    for (int k = 0; k < w->pend_len; k++)
+        waiting_at(w, k)->cancel = true;
     chat_llm_loop_wakeup(w->loop);
 }
 
@@ -1039,11 +1096,10 @@ static void slot_done(worker *w, slot *s)
     w->n_busy--;
     w->idle[w->n_idle++] = s->index;
     if (w->pend_len) { /* accepted earlier: it runs even when stopping */
-        int at = w->pend_head;
+        waiting_job *q = waiting_at(w, 0);
         w->pend_head = (w->pend_head + 1) % w->n_slots;
         w->pend_len--;
-        assign(w, w->pending[at], w->pending_cancel[at], w->pending_orphan[at], w->pending_peer[at]);
-        w->pending[at] = NULL;
+        assign(w, q);
     }
 }
 
@@ -1122,19 +1178,16 @@ static worker *worker_new(const chat_config *cfg)
     w->stages = calloc((size_t)w->n_stages, sizeof *w->stages);
     w->idle = calloc(n, sizeof *w->idle);
     w->pending = calloc(n, sizeof *w->pending);
-    w->pending_cancel = calloc(n, sizeof *w->pending_cancel);
-    w->pending_orphan = calloc(n, sizeof *w->pending_orphan);
-    w->pending_peer = calloc(n, sizeof *w->pending_peer);
     w->dirty = calloc(n, sizeof *w->dirty);
     w->flushing = calloc(n, sizeof *w->flushing);
     w->tasks = (slot_fifo){.at = calloc(n, sizeof(int)), .cap = w->n_slots};
     w->inbox = (slot_fifo){.at = calloc(n, sizeof(int)), .cap = w->n_slots};
     w->kept = wa_store_new((int64_t)cfg->resume_retention_s * 1000, (size_t)cfg->resume_max_answers);
     w->orphan_cancel = !strcmp(cfg->orphan_policy, "cancel");
-    if (!w->slots || !w->stages || !w->idle || !w->pending || !w->pending_cancel || !w->pending_orphan ||
-        !w->pending_peer || !w->dirty || !w->flushing || !w->tasks.at || !w->inbox.at || !w->kept) {
-        free(w->slots), free(w->stages), free(w->idle), free(w->pending), free(w->pending_cancel);
-        free(w->pending_orphan), free(w->pending_peer), free(w->dirty), free(w->flushing), free(w->tasks.at);
+    if (!w->slots || !w->stages || !w->idle || !w->pending || !w->dirty || !w->flushing || !w->tasks.at ||
+        !w->inbox.at || !w->kept) {
+        free(w->slots), free(w->stages), free(w->idle), free(w->pending);
+        free(w->dirty), free(w->flushing), free(w->tasks.at);
         free(w->inbox.at);
         wa_store_free(w->kept);
         free(w);
@@ -1167,7 +1220,8 @@ static void worker_free(worker *w)
         slot *s = &w->slots[i];
         chat_run_abandon(s->run);
         chat_wire_job_free(s->job);
-        chat_wire_job_free(w->pending[i]);
+        chat_wire_job_free(w->pending[i].job);
+        wa_subs_free(&w->pending[i].subs);
         chat_wire_event_free(s->terminal);
         slot_out_free(&s->out);
         slot_out_free(&s->spare);
@@ -1184,8 +1238,8 @@ static void worker_free(worker *w)
     chat_llm_loop_free(w->loop);
     chat_llm_free(w->llm);
     if (w->zctx) zmq_ctx_term(w->zctx);
-    free(w->slots), free(w->stages), free(w->idle), free(w->pending), free(w->pending_cancel);
-    free(w->pending_orphan), free(w->pending_peer), free(w->dirty), free(w->flushing), free(w->tasks.at);
+    free(w->slots), free(w->stages), free(w->idle), free(w->pending);
+    free(w->dirty), free(w->flushing), free(w->tasks.at);
     free(w->inbox.at);
     pthread_mutex_destroy(&w->dirty_mu);
     pthread_mutex_destroy(&w->task_mu);

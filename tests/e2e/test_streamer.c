@@ -3134,6 +3134,53 @@ static void test_resume_after_streamer_killed(void **state)
     chat_wsc_close(d, 1000, NULL);
 }
 
+/* A message that waits in the worker for its slot is resumable like a streaming one: with the one slot
+ * held by the answer of a streamer killed since (which the restarted streamer does not count), a message
+ * sent on the new streamer waits in the worker; its client drops and resumes while the other answer
+ * still streams, is told the answer is in flight, and gets it whole once it runs, stored once. (A
+ * resume that found nothing would have the client send it again: two answers.) */
+static void test_resume_answer_waiting_for_slot(void **state)
+{
+    (void)state;
+    char ep[400];
+    own_endpoint(ep, sizeof ep, "waiting");
+    static const char *const pool[] = {"CHAT_LLM_PROVIDER=extractive", "CHAT_TOKEN_DELAY_MS=100", "CHAT_ORPHAN_POLICY",
+                                       NULL};
+    pid_t workers = pool_spawn("waiting-workers", ep, 1, 1, pool, NULL);
+    int port;
+    pid_t streamer = streamer_start("waiting", ep, NULL, &port);
+    wait_workers(port, 1, 15000);
+    answer held, after;
+    chat_wsc *c = ask_partly_on(port, NULL, 2, &held); /* about 4 s to go */
+    e2e_stop(streamer, SIGKILL, 5000, NULL);
+    chat_wsc_close(c, 0, NULL);
+    streamer = streamer_start("waiting", ep, NULL, &port);
+    wait_workers(port, 1, 15000);
+
+    const char *sid = "waiting-for-slot-1";
+    chat_wsc *d = ws_open_on(port, E.alice);
+    send_message(d, QUESTION, "\"session_id\":\"waiting-for-slot-1\"");
+    e2e_sleep_ms(300); /* the JOB reaches the worker, whose slot is taken */
+    chat_wsc_close(d, 0, NULL);
+    chat_wsc *e = ws_open_on(port, E.alice);
+    resume_into(e, sid, 0, NULL, &after);
+    char *held_turns = db_text("SELECT COUNT(*) FROM chat_messages WHERE session_id = ?", held.session_id);
+    assert_string_equal(held_turns, "0"); /* the first answer still streams: the message did wait */
+    free(held_turns);
+    assert_true(resumed_in_flight(&after));
+    collect(e, &after, ANSWER_MS, NULL, NULL);
+    if (!after.complete) fail_msg("no complete after the resume (error %s)", after.error);
+    assert_string_equal(after.tokens.data, jstr(after.complete, "response"));
+    assert_string_equal(jstr(after.complete, "answer_id"), jstr(after.resumed, "answer_id"));
+    assert_stored(sid, 1, jstr(after.complete, "response"));
+    assert_stored(held.session_id, 1, NULL); /* the held answer was finished too */
+    answer_clear(&held);
+    answer_clear(&after);
+    chat_wsc_close(e, 1000, NULL);
+    stop_streamer(streamer);
+    assert_int_equal(e2e_stop(workers, SIGTERM, 15000, NULL), 0);
+}
+
 /* A streamer restarted under running workers serves at once, before they are back: a message sent the
  * moment it listens waits for a worker instead of OVERLOADED, and a resume sent then waits for every
  * worker rather than settling with those back so far (CHAT_STREAMER_START_WAIT_MS). */
@@ -3352,6 +3399,7 @@ TESTUTIL_MAIN(group_setup, group_teardown,
               cmocka_unit_test(test_cancel_then_worker_lost),
               cmocka_unit_test(test_slow_reader),
               cmocka_unit_test_setup(test_resume_after_drop, resume_setup),
+              cmocka_unit_test(test_resume_answer_waiting_for_slot),
               cmocka_unit_test_setup(test_resume_other_case, resume_setup),
               cmocka_unit_test_setup(test_restarted_streamer_waits_for_workers, resume_setup),
               cmocka_unit_test_setup(test_drop_finishes_answer, resume_setup),
